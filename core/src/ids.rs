@@ -1,0 +1,298 @@
+//! Identifier newtypes, parsed once at the edge.
+//!
+//! Every id that crosses a boundary (HTTP path, CLI flag, queue message, database row) is
+//! parsed into one of these types, so code inside the workspace never holds an id that could
+//! not have been issued. Tally-issued ids carry a type prefix (`org_`, `prj_`, `usr_`, `key_`)
+//! so a project id pasted where an org id belongs is refused with a clear message instead of
+//! silently matching nothing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why an identifier was refused. The message names the field the caller got wrong; at the
+/// HTTP edge it becomes a `400` (or a per-event rejection) carrying that field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The value was empty.
+    #[error("{field} must not be empty")]
+    Empty {
+        /// The field that was empty.
+        field: &'static str,
+    },
+    /// The value was longer than the field allows.
+    #[error("{field} must be at most {max} characters")]
+    TooLong {
+        /// The offending field.
+        field: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The value did not have the expected shape.
+    #[error("{field} {expected}")]
+    Malformed {
+        /// The offending field.
+        field: &'static str,
+        /// What the field should look like, as a sentence fragment.
+        expected: &'static str,
+    },
+}
+
+impl IdError {
+    /// The field this error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            IdError::Empty { field }
+            | IdError::TooLong { field, .. }
+            | IdError::Malformed { field, .. } => field,
+        }
+    }
+}
+
+/// Longest random part of a Tally-issued id.
+const MAX_BODY: usize = 40;
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Parses an id, refusing anything Tally could not have issued.
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                if s.is_empty() {
+                    return Err(IdError::Empty { field: $field });
+                }
+                let body = s.strip_prefix($prefix).ok_or(IdError::Malformed {
+                    field: $field,
+                    expected: concat!("must start with \"", $prefix, "\""),
+                })?;
+                if body.is_empty() || body.len() > MAX_BODY {
+                    return Err(IdError::Malformed {
+                        field: $field,
+                        expected: concat!("must be \"", $prefix, "\" followed by 1 to 40 lowercase letters or digits"),
+                    });
+                }
+                if !body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                    return Err(IdError::Malformed {
+                        field: $field,
+                        expected: concat!("must be \"", $prefix, "\" followed by lowercase letters or digits"),
+                    });
+                }
+                Ok(Self(s.to_owned()))
+            }
+
+            /// Builds a fresh id from 16 random bytes supplied by the caller (the core does
+            /// no I/O, so randomness comes from outside).
+            pub fn from_random(bytes: [u8; 16]) -> Self {
+                Self(format!("{}{}", $prefix, hex::encode(bytes)))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// An organization: the tenant. Every stored item's key starts with it.
+    OrgId, "org_", "org_id"
+);
+prefixed_id!(
+    /// A project inside an organization.
+    ProjectId, "prj_", "project_id"
+);
+prefixed_id!(
+    /// A person; one user can belong to several organizations.
+    UserId, "usr_", "user_id"
+);
+prefixed_id!(
+    /// An API key's public id (the secret itself is never stored).
+    ApiKeyId, "key_", "key_id"
+);
+
+/// Longest event id a client may send.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// A client's idempotency key for one event: 1–128 printable ASCII characters, unique per
+/// org. Resending an event with the same id never counts it twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(String);
+
+impl EventId {
+    /// Parses a client-supplied event id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty { field: "id" });
+        }
+        if s.len() > MAX_EVENT_ID_LEN {
+            return Err(IdError::TooLong {
+                field: "id",
+                max: MAX_EVENT_ID_LEN,
+            });
+        }
+        if !s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(IdError::Malformed {
+                field: "id",
+                expected: "must contain only printable ASCII characters",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> String {
+        id.0
+    }
+}
+
+/// Longest meter name.
+pub const MAX_METER_LEN: usize = 64;
+
+/// A meter's name: 1–64 characters of lowercase letters, digits and `_`, starting with a
+/// letter, so it is safe inside storage keys and URLs without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MeterName(String);
+
+impl MeterName {
+    /// Parses a meter name.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty { field: "meter" });
+        }
+        if s.len() > MAX_METER_LEN {
+            return Err(IdError::TooLong {
+                field: "meter",
+                max: MAX_METER_LEN,
+            });
+        }
+        let mut bytes = s.bytes();
+        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
+        if !first_ok || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(IdError::Malformed {
+                field: "meter",
+                expected: "must start with a lowercase letter and contain only lowercase letters, digits and '_'",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MeterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MeterName {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<MeterName> for String {
+    fn from(id: MeterName) -> String {
+        id.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_ids_round_trip_and_refuse_wrong_kind() {
+        let org = OrgId::from_random([7; 16]);
+        assert_eq!(OrgId::parse(org.as_str()), Ok(org.clone()));
+        let err = ProjectId::parse(org.as_str()).unwrap_err();
+        assert_eq!(err.field(), "project_id");
+        assert!(OrgId::parse("org_").is_err());
+        assert!(OrgId::parse("org_ABC").is_err());
+        assert!(OrgId::parse("").is_err());
+        assert!(OrgId::parse(&format!("org_{}", "a".repeat(41))).is_err());
+    }
+
+    #[test]
+    fn event_ids_are_bounded_printable_ascii() {
+        assert!(EventId::parse("evt_01 ok").is_ok());
+        assert!(EventId::parse(&"x".repeat(128)).is_ok());
+        assert!(matches!(
+            EventId::parse(&"x".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(EventId::parse("tab\there").is_err());
+        assert!(EventId::parse("é").is_err());
+        assert!(matches!(
+            EventId::parse(""),
+            Err(IdError::Empty { field: "id" })
+        ));
+    }
+
+    #[test]
+    fn meter_names_are_key_safe() {
+        assert!(MeterName::parse("api_calls").is_ok());
+        assert!(MeterName::parse("1abc").is_err());
+        assert!(MeterName::parse("Api").is_err());
+        assert!(MeterName::parse("a#b").is_err());
+    }
+}

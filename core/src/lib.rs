@@ -1,0 +1,29 @@
+//! Tally's domain core.
+//!
+//! Everything the other crates agree on lives here and nothing here does I/O: ids parsed at
+//! the edge ([`ids`]), usage events and their validation ([`event`]), the meter catalogue
+//! ([`meter`]), UTC periods ([`period`]), counter keys ([`counter`]), plans and their limits
+//! ([`plan`]), money ([`money`]), the pure batch fold that turns events into counter deltas
+//! ([`fold`]), tenant records ([`tenant`]) and the ports ([`ports`]) that storage and queue
+//! adapters implement. Keeping it pure means every rule is unit-testable without a database
+//! and every backend applies exactly the same arithmetic.
+
+pub mod counter;
+pub mod event;
+pub mod fold;
+pub mod ids;
+pub mod meter;
+pub mod money;
+pub mod period;
+pub mod plan;
+pub mod ports;
+pub mod tenant;
+
+pub use counter::{CounterKey, CounterScope, OwnedCounterKey};
+pub use event::{ErrorCode, Event, EventError, Quantity, RawEvent};
+pub use fold::{Delta, Deltas};
+pub use ids::{ApiKeyId, EventId, IdError, MeterName, OrgId, ProjectId, UserId};
+pub use meter::{Aggregation, Meter, MeterCatalogue};
+pub use money::Money;
+pub use period::{Granularity, Month};
+pub use plan::{Plan, PlanId, PlanLimits};

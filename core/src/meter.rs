@@ -1,0 +1,134 @@
+//! The meter catalogue: what can be measured and how events combine into a counter.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MeterName;
+
+/// How a meter's events combine within a counter bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Adds the quantities.
+    Sum,
+    /// Counts events, ignoring their quantity.
+    Count,
+    /// Keeps the largest quantity seen (for example peak storage over a month).
+    Max,
+    /// Keeps the quantity of the event with the latest timestamp (ties: the larger quantity,
+    /// so the result does not depend on arrival order).
+    Latest,
+    /// Counts distinct values of one property.
+    UniqueCount {
+        /// The property whose distinct values are counted.
+        property: String,
+    },
+}
+
+/// A meter: a name, a unit and an aggregation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meter {
+    /// The meter's name, as events give it.
+    pub name: MeterName,
+    /// Unit shown on reports and dashboards.
+    pub unit: String,
+    /// How events combine.
+    pub aggregation: Aggregation,
+    /// Quantity assumed when an event leaves it out. Only meters that count calls have one
+    /// (`api_calls` counts 1 per call unless the client pre-counted); elsewhere a missing
+    /// quantity is refused, because guessing a storage size or a duration would be wrong.
+    #[serde(default)]
+    pub default_quantity: Option<Decimal>,
+}
+
+/// The meters an organization can send events for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterCatalogue {
+    meters: BTreeMap<MeterName, Meter>,
+}
+
+impl MeterCatalogue {
+    /// Builds a catalogue from a list of meters (later entries replace earlier ones).
+    pub fn new(meters: impl IntoIterator<Item = Meter>) -> Self {
+        MeterCatalogue {
+            meters: meters.into_iter().map(|m| (m.name.clone(), m)).collect(),
+        }
+    }
+
+    /// Looks a meter up by name.
+    pub fn get(&self, name: &str) -> Option<&Meter> {
+        // Meter names are plain ASCII, so a borrowed lookup by &str would need a Borrow impl;
+        // the catalogue is tiny, so a linear scan costs nothing measurable.
+        self.meters.values().find(|m| m.name.as_str() == name)
+    }
+
+    /// All meters, in name order.
+    pub fn meters(&self) -> impl Iterator<Item = &Meter> {
+        self.meters.values()
+    }
+
+    /// Names of all meters, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.meters.keys().map(MeterName::as_str).collect()
+    }
+}
+
+fn builtin(
+    name: &str,
+    unit: &str,
+    aggregation: Aggregation,
+    default_quantity: Option<Decimal>,
+) -> Meter {
+    Meter {
+        // The built-in names are literals checked by the test below.
+        name: MeterName::parse(name).unwrap_or_else(|_| unreachable_meter(name)),
+        unit: unit.to_owned(),
+        aggregation,
+        default_quantity,
+    }
+}
+
+#[cold]
+fn unreachable_meter(name: &str) -> MeterName {
+    panic!("built-in meter name {name:?} is invalid")
+}
+
+impl Default for MeterCatalogue {
+    /// The catalogue Tally ships: `api_calls` (sum, 1 per call by default),
+    /// `compute_minutes` (sum), `storage_bytes` (max over the period) and `bandwidth_bytes`
+    /// (sum).
+    fn default() -> Self {
+        MeterCatalogue::new([
+            builtin("api_calls", "calls", Aggregation::Sum, Some(Decimal::ONE)),
+            builtin("compute_minutes", "minutes", Aggregation::Sum, None),
+            builtin("storage_bytes", "bytes", Aggregation::Max, None),
+            builtin("bandwidth_bytes", "bytes", Aggregation::Sum, None),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_catalogue_has_the_four_meters() {
+        let c = MeterCatalogue::default();
+        assert_eq!(
+            c.names(),
+            [
+                "api_calls",
+                "bandwidth_bytes",
+                "compute_minutes",
+                "storage_bytes"
+            ]
+        );
+        assert_eq!(
+            c.get("storage_bytes").map(|m| &m.aggregation),
+            Some(&Aggregation::Max)
+        );
+        assert!(c.get("nope").is_none());
+    }
+}

@@ -1,0 +1,177 @@
+//! Plans and their limits, with the defaults Tally ships.
+//!
+//! Limits are data: the billing issue moves prices and tiers into a plan file. What lives here
+//! is what ingest and the management API need to enforce limits: per-meter monthly allowances,
+//! whether they are hard (refused past the limit) or soft (billed as overage and alerted), and
+//! the hard caps on users and projects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MeterName;
+use crate::money::Money;
+
+/// Which plan an organization is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanId {
+    /// $0, hard limits.
+    Free,
+    /// $29/month.
+    Starter,
+    /// $99/month.
+    Pro,
+    /// Custom, unlimited.
+    Enterprise,
+}
+
+impl PlanId {
+    /// Parses `free`, `starter`, `pro` or `enterprise`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "free" => Some(PlanId::Free),
+            "starter" => Some(PlanId::Starter),
+            "pro" => Some(PlanId::Pro),
+            "enterprise" => Some(PlanId::Enterprise),
+            _ => None,
+        }
+    }
+
+    /// The plan's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanId::Free => "free",
+            PlanId::Starter => "starter",
+            PlanId::Pro => "pro",
+            PlanId::Enterprise => "enterprise",
+        }
+    }
+}
+
+impl fmt::Display for PlanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A plan's limits. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanLimits {
+    /// Members plus pending invitations; always hard.
+    pub users: Option<u32>,
+    /// Active projects; always hard.
+    pub projects: Option<u32>,
+    /// Monthly allowance per meter.
+    pub meters: BTreeMap<MeterName, Decimal>,
+    /// Whether the meter allowances refuse events past the limit (free) or are billed as
+    /// overage and alerted (paid plans).
+    pub hard_usage_limits: bool,
+}
+
+/// A plan: its id, flat monthly fee and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Which plan.
+    pub id: PlanId,
+    /// Flat monthly fee in USD.
+    pub monthly_fee: Money,
+    /// The plan's limits.
+    pub limits: PlanLimits,
+}
+
+const GIB: i64 = 1 << 30;
+
+impl Plan {
+    /// The default plan catalogue from the design notes.
+    pub fn builtin(id: PlanId) -> Plan {
+        let meters = |storage_gib: i64, api: i64, compute: i64| {
+            let mut m = BTreeMap::new();
+            let mut put = |name: &str, v: i64| {
+                if let Ok(n) = MeterName::parse(name) {
+                    m.insert(n, Decimal::from(v));
+                }
+            };
+            put("storage_bytes", storage_gib * GIB);
+            put("api_calls", api);
+            put("compute_minutes", compute);
+            m
+        };
+        let (fee, limits) = match id {
+            PlanId::Free => (
+                0,
+                PlanLimits {
+                    users: Some(3),
+                    projects: Some(1),
+                    meters: meters(1, 10_000, 100),
+                    hard_usage_limits: true,
+                },
+            ),
+            PlanId::Starter => (
+                29,
+                PlanLimits {
+                    users: Some(10),
+                    projects: Some(5),
+                    meters: meters(10, 100_000, 1_000),
+                    hard_usage_limits: false,
+                },
+            ),
+            PlanId::Pro => (
+                99,
+                PlanLimits {
+                    users: Some(50),
+                    projects: Some(20),
+                    meters: meters(100, 1_000_000, 10_000),
+                    hard_usage_limits: false,
+                },
+            ),
+            PlanId::Enterprise => (
+                0,
+                PlanLimits {
+                    users: None,
+                    projects: None,
+                    meters: BTreeMap::new(),
+                    hard_usage_limits: false,
+                },
+            ),
+        };
+        Plan {
+            id,
+            monthly_fee: Money::new(Decimal::from(fee)),
+            limits,
+        }
+    }
+
+    /// The allowance for a meter, if the plan limits it.
+    pub fn meter_limit(&self, meter: &MeterName) -> Option<Decimal> {
+        self.limits.meters.get(meter).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design_notes() {
+        let free = Plan::builtin(PlanId::Free);
+        assert!(free.limits.hard_usage_limits);
+        assert_eq!(free.limits.users, Some(3));
+        assert_eq!(
+            free.meter_limit(&MeterName::parse("api_calls").unwrap()),
+            Some(Decimal::from(10_000))
+        );
+        assert_eq!(
+            free.meter_limit(&MeterName::parse("storage_bytes").unwrap()),
+            Some(Decimal::from(1_073_741_824_i64))
+        );
+        let pro = Plan::builtin(PlanId::Pro);
+        assert_eq!(pro.monthly_fee, Money::new(Decimal::from(99)));
+        assert_eq!(pro.limits.projects, Some(20));
+        assert!(!pro.limits.hard_usage_limits);
+        assert_eq!(Plan::builtin(PlanId::Enterprise).limits.users, None);
+        assert_eq!(PlanId::parse("starter"), Some(PlanId::Starter));
+    }
+}

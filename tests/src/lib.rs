@@ -1,0 +1,2 @@
+//! Cross-crate and end-to-end tests for Tally live in `tests/tests/`; this library holds
+//! the helpers they share.
