@@ -214,7 +214,10 @@ mod tests {
     }
 
     /// Applies deltas to an in-memory "store", as a backend would.
-    type Memory = BTreeMap<crate::counter::OwnedCounterKey, (Decimal, Option<DateTime<Utc>>, BTreeSet<String>)>;
+    type Memory = BTreeMap<
+        crate::counter::OwnedCounterKey,
+        (Decimal, Option<DateTime<Utc>>, BTreeSet<String>),
+    >;
 
     fn apply_all(store: &mut Memory, deltas: &Deltas<'_>) {
         for (k, d) in deltas {

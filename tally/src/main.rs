@@ -1,1 +1,116 @@
-fn main() {}
+//! The `tally` binary: the composition root.
+//!
+//! It reads settings (flags, then `TALLY_*` environment variables, then defaults), opens the
+//! backends once and hands them to library code: `serve` runs ingest, the APIs and the
+//! aggregator in one process; the other commands are one-shot administration. Nothing here
+//! holds business logic; see the crates it wires together.
+
+mod backend;
+mod commands;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tally: usage metering and billing for multi-tenant SaaS.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Common {
+    /// Directory of the embedded SQLite database and local queue.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_DATA",
+        default_value = "./tally-data"
+    )]
+    pub(crate) data: PathBuf,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: ingest and usage APIs, aggregator, billing scheduler.
+    Serve(serve::ServeArgs),
+    /// Manage organizations.
+    #[command(subcommand)]
+    Org(commands::OrgCommand),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(commands::ProjectCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
+    /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
+    Reconcile(commands::ReconcileArgs),
+}
+
+/// Exit status for `reconcile` when it found drift.
+const EXIT_DRIFT: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("tally: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
+    match cli.command {
+        Command::Serve(args) => serve::serve(common, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Org(cmd) => commands::org(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Project(cmd) => commands::project(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Key(cmd) => commands::key(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Reconcile(args) => {
+            let drift = commands::reconcile(common, args).await?;
+            Ok(if drift {
+                ExitCode::from(EXIT_DRIFT)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr so stdout stays machine-readable for --json.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

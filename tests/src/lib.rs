@@ -1,2 +1,10 @@
 //! Cross-crate and end-to-end tests for Tally live in `tests/tests/`; this library holds
-//! the helpers they share.
+//! what they share.
+//!
+//! [`conformance`] holds the backend-agnostic suites every storage and queue adapter must
+//! pass: each test is a function taking a factory of backend handles, and the macros
+//! [`storage_conformance!`] and [`queue_conformance!`] turn a factory into one `#[tokio::test]`
+//! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
+//! backend; the AWS adapters plug their own factories into the same macros.
+
+pub mod conformance;

@@ -1,0 +1,475 @@
+//! Router tests against small in-memory implementations of the ports.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::event::Event;
+use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::period::{Granularity, Month};
+use tally_core::ports::{
+    ApplyReport, Clock, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
+};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tower::ServiceExt;
+
+use super::*;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+const NOW: &str = "2026-11-26T12:30:00Z";
+const READ_KEY: &str = "tk_test_read";
+const WRITE_KEY: &str = "tk_test_write";
+
+struct FixedClock(DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// A stored counter: (org, project, meter, granularity, bucket start) -> value.
+type Row = (
+    OrgId,
+    Option<ProjectId>,
+    MeterName,
+    Granularity,
+    DateTime<Utc>,
+    Decimal,
+);
+
+#[derive(Default)]
+struct Mem {
+    keys: HashMap<KeyHash, ApiKey>,
+    projects: Vec<Project>,
+    counters: Vec<Row>,
+    queries: Mutex<Vec<CounterQuery>>,
+}
+
+fn org(s: &str) -> OrgId {
+    OrgId::parse(s).unwrap()
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn key(secret: &str, scopes: &[KeyScope]) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::parse(&format!("key_{}", secret.len())).unwrap(),
+        org_id: org("org_a"),
+        name: secret.into(),
+        hash: KeyHash::of_secret(secret),
+        display_prefix: secret.chars().take(12).collect(),
+        scopes: scopes.to_vec(),
+        created_at: t("2026-01-01T00:00:00Z"),
+        expires_at: None,
+        revoked_at: None,
+    }
+}
+
+fn project(id: &str, org_id: &str) -> Project {
+    Project {
+        id: ProjectId::parse(id).unwrap(),
+        org_id: org(org_id),
+        name: id.into(),
+        slug: id.replace('_', "-"),
+        created_at: t("2026-01-01T00:00:00Z"),
+    }
+}
+
+impl Mem {
+    fn seeded() -> Mem {
+        let api = MeterName::parse("api_calls").unwrap();
+        let a1 = Some(ProjectId::parse("prj_a1").unwrap());
+        let row = |o: &str, p: &Option<ProjectId>, g, start: &str, v: &str| {
+            (org(o), p.clone(), api.clone(), g, t(start), dec(v))
+        };
+        Mem {
+            keys: [
+                key(READ_KEY, &[KeyScope::UsageRead]),
+                key(WRITE_KEY, &[KeyScope::EventsWrite]),
+            ]
+            .into_iter()
+            .map(|k| (k.hash.clone(), k))
+            .collect(),
+            projects: vec![project("prj_a1", "org_a"), project("prj_b1", "org_b")],
+            counters: vec![
+                row(
+                    "org_a",
+                    &None,
+                    Granularity::Day,
+                    "2026-11-01T00:00:00Z",
+                    "123",
+                ),
+                row(
+                    "org_a",
+                    &None,
+                    Granularity::Day,
+                    "2026-11-02T00:00:00Z",
+                    "2.50",
+                ),
+                row(
+                    "org_a",
+                    &None,
+                    Granularity::Month,
+                    "2026-10-01T00:00:00Z",
+                    "7",
+                ),
+                row(
+                    "org_a",
+                    &None,
+                    Granularity::Month,
+                    "2026-11-01T00:00:00Z",
+                    "125.50",
+                ),
+                row(
+                    "org_a",
+                    &None,
+                    Granularity::Hour,
+                    "2026-11-02T10:00:00Z",
+                    "2.50",
+                ),
+                row(
+                    "org_a",
+                    &a1,
+                    Granularity::Day,
+                    "2026-11-01T00:00:00Z",
+                    "100",
+                ),
+                row(
+                    "org_b",
+                    &None,
+                    Granularity::Day,
+                    "2026-11-01T00:00:00Z",
+                    "999",
+                ),
+            ],
+            ..Mem::default()
+        }
+    }
+
+    fn last_query(&self) -> CounterQuery {
+        self.queries.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+#[async_trait]
+impl TenantStore for Mem {
+    async fn ensure_user(&self, _: &User) -> Result<User, StoreError> {
+        unimplemented!()
+    }
+    async fn get_user(&self, _: &UserId) -> Result<Option<User>, StoreError> {
+        unimplemented!()
+    }
+    async fn create_org(&self, _: &Org) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn get_org(&self, _: &OrgId) -> Result<Option<Org>, StoreError> {
+        unimplemented!()
+    }
+    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
+        unimplemented!()
+    }
+    async fn create_project(&self, _: &Project) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn get_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Option<Project>, StoreError> {
+        Ok(self
+            .projects
+            .iter()
+            .find(|p| p.org_id == *org && p.id == *id)
+            .cloned())
+    }
+    async fn list_projects(&self, _: &OrgId) -> Result<Vec<Project>, StoreError> {
+        unimplemented!()
+    }
+    async fn create_api_key(&self, _: &ApiKey) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.keys.get(hash).cloned())
+    }
+}
+
+#[async_trait]
+impl UsageStore for Mem {
+    async fn apply_batch(&self, _: &[Event]) -> Result<ApplyReport, StoreError> {
+        unimplemented!()
+    }
+    async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+        self.queries.lock().unwrap().push(q.clone());
+        let mut out: Vec<CounterValue> = self
+            .counters
+            .iter()
+            .filter(|(o, p, m, g, start, _)| {
+                *o == q.org
+                    && *p == q.project
+                    && *m == q.meter
+                    && *g == q.granularity
+                    && *start >= q.from
+                    && *start < q.to
+            })
+            .map(|r| CounterValue {
+                start: r.4,
+                value: r.5,
+            })
+            .collect();
+        out.sort_by_key(|c| c.start);
+        Ok(out)
+    }
+    async fn ledger_page(
+        &self,
+        _: &OrgId,
+        _: Month,
+        _: Option<String>,
+        _: usize,
+    ) -> Result<LedgerPage, StoreError> {
+        unimplemented!()
+    }
+    async fn stored_counters(
+        &self,
+        _: &OrgId,
+        _: Month,
+    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
+        unimplemented!()
+    }
+    async fn is_period_closed(&self, _: Month) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    json: Value,
+}
+
+async fn get(mem: &Arc<Mem>, key: Option<&str>, query: &str) -> Answer {
+    let app = router(ApiState::new(
+        mem.clone(),
+        mem.clone(),
+        Arc::new(MeterCatalogue::default()),
+        Arc::new(FixedClock(t(NOW))),
+    ));
+    let mut req = Request::get(format!("/v1/usage?{query}"));
+    if let Some(k) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+    Answer { status, json }
+}
+
+fn series(a: &Answer) -> Vec<(String, String)> {
+    a.json["series"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no series: {}", a.json))
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn daily_series_of_the_current_month_by_default() {
+    let mem = Arc::new(Mem::seeded());
+    let a = get(&mem, Some(READ_KEY), "meter=api_calls").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    assert_eq!(a.json["org_id"], "org_a");
+    assert_eq!(a.json["meter"], "api_calls");
+    assert_eq!(a.json["granularity"], "day");
+    assert_eq!(
+        series(&a),
+        pairs(&[
+            ("2026-11-01T00:00:00Z", "123"),
+            ("2026-11-02T00:00:00Z", "2.50")
+        ])
+    );
+    let q = mem.last_query();
+    assert_eq!((q.from, q.to), (t("2026-11-01T00:00:00Z"), t(NOW)));
+    assert_eq!(q.project, None);
+    assert_eq!(q.org, org("org_a"));
+}
+
+#[tokio::test]
+async fn granularity_and_range_select_the_buckets() {
+    let mem = Arc::new(Mem::seeded());
+    let a = get(
+        &mem,
+        Some(READ_KEY),
+        "meter=api_calls&granularity=month&from=2026-10-15&to=2026-12-01",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    assert_eq!(
+        series(&a),
+        pairs(&[
+            ("2026-10-01T00:00:00Z", "7"),
+            ("2026-11-01T00:00:00Z", "125.50")
+        ])
+    );
+    assert_eq!(
+        a.json["from"], "2026-10-01T00:00:00Z",
+        "from is truncated to its bucket"
+    );
+    assert_eq!(mem.last_query().granularity, Granularity::Month);
+
+    let a = get(
+        &mem,
+        Some(READ_KEY),
+        "meter=api_calls&granularity=hour&from=2026-11-02T10:15:00Z&to=2026-11-02T11:00:00Z",
+    )
+    .await;
+    assert_eq!(series(&a), pairs(&[("2026-11-02T10:00:00Z", "2.50")]));
+    assert_eq!(mem.last_query().from, t("2026-11-02T10:00:00Z"));
+
+    // Half-open: `to` at a bucket start excludes that bucket.
+    let a = get(
+        &mem,
+        Some(READ_KEY),
+        "meter=api_calls&from=2026-11-01&to=2026-11-02T00:00:00Z",
+    )
+    .await;
+    assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "123")]));
+
+    // Only `to`: the month before it.
+    let a = get(&mem, Some(READ_KEY), "meter=api_calls&to=2026-11-01").await;
+    assert_eq!(a.json["from"], "2026-10-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn project_filter_and_own_org_id() {
+    let mem = Arc::new(Mem::seeded());
+    let a = get(
+        &mem,
+        Some(READ_KEY),
+        "meter=api_calls&project_id=prj_a1&org_id=org_a",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    assert_eq!(a.json["project_id"], "prj_a1");
+    assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "100")]));
+    assert_eq!(
+        mem.last_query().project,
+        Some(ProjectId::parse("prj_a1").unwrap())
+    );
+}
+
+#[tokio::test]
+async fn other_orgs_and_their_projects_are_404() {
+    let mem = Arc::new(Mem::seeded());
+    for (query, field) in [
+        ("meter=api_calls&project_id=prj_b1", "project_id"),
+        ("meter=api_calls&project_id=prj_zzz", "project_id"),
+        ("meter=api_calls&org_id=org_b", "org_id"),
+        ("meter=api_calls&org_id=garbage", "org_id"),
+    ] {
+        let a = get(&mem, Some(READ_KEY), query).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{query}");
+        assert_eq!(a.json["error"]["code"], "not_found");
+        assert_eq!(a.json["error"]["field"], field, "{query}");
+        assert!(!a.json.to_string().contains("999"));
+    }
+    assert!(mem.queries.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_naming_the_parameter() {
+    let mem = Arc::new(Mem::seeded());
+    for (query, code, field) in [
+        ("", "missing_field", "meter"),
+        ("meter=", "missing_field", "meter"),
+        ("meter=gpu_hours", "unknown_meter", "meter"),
+        (
+            "meter=api_calls&granularity=week",
+            "invalid_granularity",
+            "granularity",
+        ),
+        (
+            "meter=api_calls&from=yesterday",
+            "invalid_timestamp",
+            "from",
+        ),
+        ("meter=api_calls&to=2026-13-01", "invalid_timestamp", "to"),
+        (
+            "meter=api_calls&from=2026-11-20&to=2026-11-10",
+            "invalid_range",
+            "to",
+        ),
+        (
+            "meter=api_calls&granularity=hour&from=2025-01-01&to=2026-11-01",
+            "range_too_large",
+            "from",
+        ),
+        (
+            "meter=api_calls&project_id=org_a",
+            "invalid_id",
+            "project_id",
+        ),
+    ] {
+        let a = get(&mem, Some(READ_KEY), query).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {}", a.json);
+        assert_eq!(a.json["error"]["code"], code, "{query}");
+        assert_eq!(a.json["error"]["field"], field, "{query}");
+    }
+    // The same span in days is fine.
+    let a = get(
+        &mem,
+        Some(READ_KEY),
+        "meter=api_calls&from=2025-01-01&to=2026-11-01",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_need_usage_read() {
+    let mem = Arc::new(Mem::seeded());
+    let a = get(&mem, None, "meter=api_calls").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(
+        &mem,
+        Some("eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+        "meter=api_calls",
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "JWTs are not accepted yet"
+    );
+    let a = get(&mem, Some(WRITE_KEY), "meter=api_calls").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json["error"]["code"], "forbidden");
+}

@@ -1,0 +1,370 @@
+//! `GET /v1/usage`: a counter series for one meter of the caller's org, or of one of its
+//! projects.
+//!
+//! Query parameters: `meter` (required, a meter of the catalogue), `granularity` (`month`,
+//! `day` or `hour`; default `day`), `from` and `to` (RFC 3339 or `YYYY-MM-DD` meaning
+//! midnight UTC; half-open), `project_id` (optional, must be a project of the org, else
+//! `404`) and `org_id` (optional with an API key, but then it must be the key's org, else
+//! `404`). Without `from`/`to` the range is the current UTC month so far; with only `to`,
+//! `from` is the start of the month holding the instant just before `to`.
+//!
+//! `from` is moved back to the start of its bucket, so the first bucket is whole; a range
+//! may span at most [`MAX_BUCKETS`] buckets. Values are decimal strings exactly as stored;
+//! buckets without usage are omitted.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use tally_core::event::ErrorCode;
+use tally_core::ids::ProjectId;
+use tally_core::period::{Granularity, Month};
+use tally_core::ports::CounterQuery;
+use tally_core::tenant::KeyScope;
+use tally_ingest::error::ApiError;
+
+use crate::ApiState;
+use crate::auth::Caller;
+
+/// Most buckets one request may span (about 416 days of hours, 27 years of days).
+pub const MAX_BUCKETS: i64 = 10_000;
+
+/// The query string, as sent. Every value is checked by the handler so that each problem
+/// is answered with the parameter it concerns.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageParams {
+    /// The meter (required).
+    pub meter: Option<String>,
+    /// `month`, `day` or `hour`.
+    pub granularity: Option<String>,
+    /// Inclusive start.
+    pub from: Option<String>,
+    /// Exclusive end.
+    pub to: Option<String>,
+    /// One project instead of the whole org.
+    pub project_id: Option<String>,
+    /// The org; optional with an API key (it implies its org).
+    pub org_id: Option<String>,
+}
+
+/// The `200` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageResponse {
+    /// The org the counters belong to.
+    pub org_id: String,
+    /// The project, when the series is for one project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The meter.
+    pub meter: String,
+    /// Bucket width.
+    pub granularity: String,
+    /// Start of the range actually read (the start of `from`'s bucket).
+    pub from: String,
+    /// Exclusive end of the range.
+    pub to: String,
+    /// Buckets with usage, in time order.
+    pub series: Vec<SeriesPoint>,
+}
+
+/// One bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// The bucket start, RFC 3339 in UTC (`2026-11-01T00:00:00Z`).
+    pub start: String,
+    /// The counter value as a decimal string, exactly as stored.
+    pub value: String,
+}
+
+/// The route handler.
+pub(crate) async fn get_usage(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<UsageResponse>, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            "query",
+            format!("the query string is malformed: {}", e.body_text()),
+        )
+    })?;
+    let org = caller.org_for(params.org_id.as_deref(), KeyScope::UsageRead)?;
+    tracing::Span::current().record("org", org.as_str());
+
+    let meter = match params.meter.as_deref() {
+        None | Some("") => {
+            return Err(ApiError::bad_request(
+                ErrorCode::MissingField.as_str(),
+                "meter",
+                format!(
+                    "meter is required; this org's meters are {}",
+                    state.catalogue.names().join(", ")
+                ),
+            ));
+        }
+        Some(m) => state
+            .catalogue
+            .get(m)
+            .map(|m| m.name.clone())
+            .ok_or_else(|| unknown_meter(&state, m))?,
+    };
+    let granularity = match params.granularity.as_deref() {
+        None => Granularity::Day,
+        Some(g) => Granularity::parse(g).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_granularity",
+                "granularity",
+                format!("granularity must be month, day or hour, got {:?}", clip(g)),
+            )
+        })?,
+    };
+    let now = state.clock.now();
+    let to = match params.to.as_deref() {
+        Some(s) => parse_instant("to", s)?,
+        None => now,
+    };
+    let from = match params.from.as_deref() {
+        Some(s) => parse_instant("from", s)?,
+        None if params.to.is_none() => Month::of(now).start(),
+        None => Month::of(
+            to.checked_sub_signed(TimeDelta::nanoseconds(1))
+                .unwrap_or(to),
+        )
+        .start(),
+    };
+    let from = granularity.truncate(from);
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "to",
+            format!(
+                "to ({}) must not be before from ({})",
+                rfc3339(to),
+                rfc3339(from)
+            ),
+        ));
+    }
+    let buckets = bucket_count(granularity, from, to);
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::bad_request(
+            "range_too_large",
+            "from",
+            format!(
+                "from..to spans {buckets} {granularity} buckets; at most {MAX_BUCKETS} per request (narrow the range or use a coarser granularity)"
+            ),
+        ));
+    }
+    let project = match params.project_id.as_deref() {
+        None => None,
+        Some(p) => {
+            let id = ProjectId::parse(p)
+                .map_err(|e| ApiError::bad_request("invalid_id", "project_id", e.to_string()))?;
+            if state.tenants.get_project(&org, &id).await?.is_none() {
+                return Err(ApiError::not_found(
+                    "project_id",
+                    format!("project {id} not found in this organization"),
+                ));
+            }
+            Some(id)
+        }
+    };
+
+    let series = if buckets == 0 {
+        Vec::new()
+    } else {
+        state
+            .usage
+            .counter_series(&CounterQuery {
+                org: org.clone(),
+                project: project.clone(),
+                meter: meter.clone(),
+                granularity,
+                from,
+                to,
+            })
+            .await?
+    };
+    Ok(Json(UsageResponse {
+        org_id: org.to_string(),
+        project_id: project.map(|p| p.to_string()),
+        meter: meter.as_str().to_owned(),
+        granularity: granularity.to_string(),
+        from: rfc3339(from),
+        to: rfc3339(to),
+        series: series
+            .into_iter()
+            .map(|c| SeriesPoint {
+                start: rfc3339(c.start),
+                value: c.value.to_string(),
+            })
+            .collect(),
+    }))
+}
+
+fn unknown_meter(state: &ApiState, m: &str) -> ApiError {
+    ApiError::bad_request(
+        ErrorCode::UnknownMeter.as_str(),
+        "meter",
+        format!(
+            "unknown meter {:?}; this org's meters are {}",
+            clip(m),
+            state.catalogue.names().join(", ")
+        ),
+    )
+}
+
+/// At most 64 characters of a caller's value, for messages.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339. A `+` of an offset that arrived
+/// unescaped in the query string (and so decoded as a space) is put back.
+fn parse_instant(field: &'static str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            ErrorCode::InvalidTimestamp.as_str(),
+            field,
+            format!(
+                "{field} must be RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01), got {:?}",
+                clip(s)
+            ),
+        )
+    };
+    let b = s.as_bytes();
+    if b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+    {
+        let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    let parsed = DateTime::parse_from_rfc3339(s).or_else(|e| match s.rfind(' ') {
+        Some(i) if i > 10 => DateTime::parse_from_rfc3339(&format!("{}+{}", &s[..i], &s[i + 1..])),
+        _ => Err(e),
+    });
+    parsed.map(|t| t.with_timezone(&Utc)).map_err(|_| bad())
+}
+
+/// Buckets of width `g` from `from` (a bucket start) up to the exclusive `to`.
+fn bucket_count(g: Granularity, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    if to <= from {
+        return 0;
+    }
+    let last = g.truncate(
+        to.checked_sub_signed(TimeDelta::nanoseconds(1))
+            .unwrap_or(to),
+    );
+    let steps = match g {
+        Granularity::Hour => (last - from).num_seconds() / 3600,
+        Granularity::Day => (last - from).num_seconds() / 86_400,
+        Granularity::Month => {
+            let (a, b) = (Month::of(from), Month::of(last));
+            i64::from(b.year() - a.year()) * 12 + i64::from(b.month()) - i64::from(a.month())
+        }
+    };
+    steps + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn instants_parse_as_dates_or_rfc3339() {
+        assert_eq!(
+            parse_instant("from", "2026-11-01").unwrap(),
+            t("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("from", "2026-11-01T02:00:00+02:00").unwrap(),
+            t("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("from", "2026-11-01T02:00:00 02:00").unwrap(),
+            t("2026-11-01T00:00:00Z")
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-1-01",
+            "yesterday",
+            "",
+            "2026-11-01T25:00:00Z",
+            "2026-02-30",
+        ] {
+            let e = parse_instant("to", bad).unwrap_err();
+            assert!(
+                matches!(e, ApiError::BadRequest { ref field, .. } if field.as_deref() == Some("to")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_are_counted_half_open() {
+        let c = |g, a, b| bucket_count(g, t(a), t(b));
+        assert_eq!(
+            c(
+                Granularity::Hour,
+                "2026-11-01T00:00:00Z",
+                "2026-11-01T00:00:00Z"
+            ),
+            0
+        );
+        assert_eq!(
+            c(
+                Granularity::Hour,
+                "2026-11-01T00:00:00Z",
+                "2026-11-01T01:00:00Z"
+            ),
+            1
+        );
+        assert_eq!(
+            c(
+                Granularity::Hour,
+                "2026-11-01T00:00:00Z",
+                "2026-11-01T01:00:00.5Z"
+            ),
+            2
+        );
+        assert_eq!(
+            c(
+                Granularity::Day,
+                "2026-11-01T00:00:00Z",
+                "2026-12-01T00:00:00Z"
+            ),
+            30
+        );
+        assert_eq!(
+            c(
+                Granularity::Month,
+                "2026-11-01T00:00:00Z",
+                "2027-01-01T00:00:00Z"
+            ),
+            2
+        );
+        assert_eq!(
+            c(
+                Granularity::Month,
+                "2026-11-01T00:00:00Z",
+                "2027-01-01T00:00:01Z"
+            ),
+            3
+        );
+    }
+}

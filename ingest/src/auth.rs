@@ -1,0 +1,201 @@
+//! API-key authentication, shared by every Tally API that accepts keys.
+//!
+//! A caller sends `Authorization: Bearer <secret>`. The secret is refused before hashing
+//! when it is longer than [`MAX_KEY_SECRET_LEN`] (nothing that long can be a key, and hashing
+//! attacker-sized input is wasted work), then looked up by its SHA-256 in one
+//! [`TenantStore::find_api_key`] call. Missing, unknown, revoked and expired keys are `401`;
+//! a key without the route's scope is `403`.
+//!
+//! Two ways to use it: the [`ScopedKey`] extractor (authentication and the scope check run
+//! before the body is read, so an anonymous caller never gets to upload a megabyte), or
+//! [`KeyAuth::authenticate`] plus [`require_scope`] for routes that accept other credentials
+//! too (the usage API will also take JWTs).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use tally_core::ports::{Clock, TenantStore};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN};
+
+use crate::error::ApiError;
+
+/// What key authentication needs: where keys live and what time it is. Cheap to clone (two
+/// `Arc`s); a router state provides it through [`FromRef`].
+#[derive(Clone)]
+pub struct KeyAuth {
+    /// Where API keys are looked up by hash.
+    pub tenants: Arc<dyn TenantStore>,
+    /// Decides whether a key has expired or been revoked.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for KeyAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyAuth").finish_non_exhaustive()
+    }
+}
+
+impl KeyAuth {
+    /// Bundles a tenant store and a clock.
+    pub fn new(tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>) -> Self {
+        KeyAuth { tenants, clock }
+    }
+
+    /// Finds the active key whose secret is `secret`: `401` when it is too long, unknown,
+    /// revoked or expired; `503`/`500` when the store fails.
+    pub async fn authenticate(&self, secret: &str) -> Result<ApiKey, ApiError> {
+        if secret.is_empty() || secret.len() > MAX_KEY_SECRET_LEN {
+            return Err(ApiError::Unauthorized("the API key is not valid".into()));
+        }
+        let key = self
+            .tenants
+            .find_api_key(&KeyHash::of_secret(secret))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
+        let now = self.clock.now();
+        if key.revoked_at.is_some_and(|r| r <= now) {
+            return Err(ApiError::Unauthorized(
+                "the API key has been revoked".into(),
+            ));
+        }
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::Unauthorized("the API key has expired".into()));
+        }
+        debug_assert!(key.is_active(now));
+        Ok(key)
+    }
+
+    /// Authenticates the bearer key of a request and checks that it carries `scope`.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        scope: KeyScope,
+    ) -> Result<ApiKey, ApiError> {
+        let key = self.authenticate(bearer_token(headers)?).await?;
+        require_scope(&key, scope)?;
+        Ok(key)
+    }
+}
+
+/// The credential of `Authorization: Bearer <credential>` (scheme case-insensitive): `401`
+/// when the header is missing, not text, of another scheme or empty.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "missing Authorization header; send `Authorization: Bearer <api key>`".into(),
+        )
+    })?;
+    let text = value.to_str().map_err(|_| {
+        ApiError::Unauthorized("the Authorization header must be visible ASCII".into())
+    })?;
+    let (scheme, credential) = text.trim().split_once(' ').ok_or_else(|| {
+        ApiError::Unauthorized("the Authorization header must be `Bearer <api key>`".into())
+    })?;
+    let credential = credential.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
+        return Err(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <api key>`".into(),
+        ));
+    }
+    Ok(credential)
+}
+
+/// `403` unless the key carries `scope`.
+pub fn require_scope(key: &ApiKey, scope: KeyScope) -> Result<(), ApiError> {
+    if key.has_scope(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this API key lacks the scope {scope:?} that this route needs",
+            scope = scope.as_str()
+        )))
+    }
+}
+
+/// A scope a route demands, as a type, so [`ScopedKey`] can check it during extraction.
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope.
+    const SCOPE: KeyScope;
+}
+
+/// Marker for [`KeyScope::EventsWrite`].
+#[derive(Debug, Clone, Copy)]
+pub struct EventsWrite;
+
+impl RequiredScope for EventsWrite {
+    const SCOPE: KeyScope = KeyScope::EventsWrite;
+}
+
+/// Marker for [`KeyScope::UsageRead`].
+#[derive(Debug, Clone, Copy)]
+pub struct UsageRead;
+
+impl RequiredScope for UsageRead {
+    const SCOPE: KeyScope = KeyScope::UsageRead;
+}
+
+/// Extractor: the caller's active API key, which carries scope `S`. Rejects with the JSON
+/// [`ApiError`] (`401`/`403`/`503`). Needs a state from which a [`KeyAuth`] can be taken.
+#[derive(Debug, Clone)]
+pub struct ScopedKey<S> {
+    /// The authenticated key; its `org_id` is the caller's org.
+    pub key: ApiKey,
+    _scope: PhantomData<fn() -> S>,
+}
+
+impl<S> ScopedKey<S> {
+    /// The key.
+    pub fn into_inner(self) -> ApiKey {
+        self.key
+    }
+}
+
+impl<S, St> FromRequestParts<St> for ScopedKey<S>
+where
+    S: RequiredScope,
+    KeyAuth: FromRef<St>,
+    St: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        let auth = KeyAuth::from_ref(state);
+        let key = auth.authorize(&parts.headers, S::SCOPE).await?;
+        Ok(ScopedKey {
+            key,
+            _scope: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_parse_strictly() {
+        assert_eq!(bearer_token(&headers("Bearer tk_x")).unwrap(), "tk_x");
+        assert_eq!(bearer_token(&headers("bearer  tk_x ")).unwrap(), "tk_x");
+        for bad in ["Basic abc", "Bearer", "Bearer ", "tk_x"] {
+            assert!(
+                matches!(bearer_token(&headers(bad)), Err(ApiError::Unauthorized(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            bearer_token(&HeaderMap::new()),
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+}

@@ -1,0 +1,256 @@
+//! The JSON error every Tally HTTP API answers with.
+//!
+//! Every refusal is `{"error": {"code": "snake_case", "message": "human sentence", "field":
+//! "optional.path"}}` with a fitting status. [`ApiError`] is the one type handlers return for
+//! whole-request failures; each variant's doc states its HTTP status. Per-event rejections
+//! inside a `202` use [`ErrorBody`] directly. Storage and queue failures are logged in full
+//! but answered with a generic sentence, so backend details never reach a client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tally_core::ports::{QueueError, StoreError};
+
+/// The inside of an error answer: what went wrong, for machines and for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable reason in snake_case (`invalid_body`, `unknown_project`, ...).
+    pub code: String,
+    /// A human sentence saying what is wrong and, where possible, how to fix it.
+    pub message: String,
+    /// The offending field (`events`, `body`, `timestamp`, ...), when one field is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        field: Option<impl Into<String>>,
+    ) -> Self {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+            field: field.map(Into::into),
+        }
+    }
+}
+
+/// The envelope: `{"error": {...}}`.
+#[derive(Debug, Serialize)]
+struct Envelope<'a> {
+    error: &'a ErrorBody,
+}
+
+/// A whole-request failure. Each variant documents the status it answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// `400 Bad Request`: the request is malformed (body, query, path); `field` names the
+    /// part to fix (`body`, `events`, `meter`, `from`, ...).
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+        /// The offending field, if one is to blame.
+        field: Option<String>,
+    },
+    /// `401 Unauthorized` (with `WWW-Authenticate: Bearer`): no credentials, or credentials
+    /// that are unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// `403 Forbidden`: valid credentials that lack the permission (a key without the
+    /// route's scope).
+    #[error("{0}")]
+    Forbidden(String),
+    /// `404 Not Found`: the resource does not exist or belongs to another org (the two are
+    /// indistinguishable on purpose, so nothing leaks across tenants).
+    #[error("{message}")]
+    NotFound {
+        /// Human sentence.
+        message: String,
+        /// The parameter that named the missing resource (`project_id`, `org_id`, ...).
+        field: Option<String>,
+    },
+    /// `409 Conflict`: a unique value is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// `413 Payload Too Large`: the body is larger than `limit` bytes.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The largest body accepted, in bytes.
+        limit: usize,
+    },
+    /// `503 Service Unavailable`: storage or the queue could not be reached; retrying later
+    /// may help. The detail is logged, not shown.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// `500 Internal Server Error`: a bug or corrupt data. The detail is logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A `400` with a code, a message and the field to blame.
+    pub fn bad_request(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// A `404` naming the parameter that pointed at nothing.
+    pub fn not_found(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The body a client sees. Server-side details (`Unavailable`, `Internal`) are replaced
+    /// by a generic sentence.
+    pub fn body(&self) -> ErrorBody {
+        let none = None::<String>;
+        match self {
+            ApiError::BadRequest {
+                code,
+                message,
+                field,
+            } => ErrorBody::new(*code, message.clone(), field.clone()),
+            ApiError::Unauthorized(m) => ErrorBody::new("unauthorized", m.clone(), none),
+            ApiError::Forbidden(m) => ErrorBody::new("forbidden", m.clone(), none),
+            ApiError::NotFound { message, field } => {
+                ErrorBody::new("not_found", message.clone(), field.clone())
+            }
+            ApiError::Conflict(m) => ErrorBody::new("conflict", m.clone(), none),
+            ApiError::PayloadTooLarge { limit } => ErrorBody::new(
+                "payload_too_large",
+                format!("the request body must be at most {limit} bytes; send smaller batches"),
+                Some("body"),
+            ),
+            ApiError::Unavailable(_) => ErrorBody::new(
+                "service_unavailable",
+                "the service is temporarily unavailable; retry later",
+                none,
+            ),
+            ApiError::Internal(_) => ErrorBody::new(
+                "internal_error",
+                "something went wrong on our side; it has been logged",
+                none,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Unavailable(detail) => tracing::warn!(%detail, "answering 503"),
+            ApiError::Internal(detail) => tracing::error!(%detail, "answering 500"),
+            _ => tracing::debug!(status = status.as_u16(), error = %self, "request refused"),
+        }
+        let body = self.body();
+        let mut response = (status, Json(Envelope { error: &body })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// As [`StoreError`]'s docs say: `Conflict` 409, `NotFound` 404, `Unavailable` 503,
+    /// `Corrupt` 500.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { what } => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::NotFound { what } => ApiError::NotFound {
+                message: format!("{what} not found"),
+                field: None,
+            },
+            StoreError::Unavailable(m) => ApiError::Unavailable(format!("storage: {m}")),
+            StoreError::Corrupt(m) => ApiError::Internal(format!("corrupt stored data: {m}")),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    /// `Unavailable` is a 503 (retry later); `Malformed` a 500.
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Unavailable(m) => ApiError::Unavailable(format!("queue: {m}")),
+            QueueError::Malformed(m) => ApiError::Internal(format!("queue: {m}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn json_of(e: ApiError) -> (StatusCode, serde_json::Value, Option<HeaderValue>) {
+        let r = e.into_response();
+        let status = r.status();
+        let auth = r.headers().get(header::WWW_AUTHENTICATE).cloned();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap(), auth)
+    }
+
+    #[tokio::test]
+    async fn errors_have_the_contract_shape() {
+        let (s, v, _) = json_of(ApiError::bad_request("invalid_body", "events", "nope")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "invalid_body", "message": "nope", "field": "events"}})
+        );
+        let (s, v, auth) = json_of(ApiError::Unauthorized("no key".into())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["code"], "unauthorized");
+        assert!(v["error"].get("field").is_none());
+        assert_eq!(auth.unwrap(), "Bearer");
+    }
+
+    #[tokio::test]
+    async fn store_errors_map_to_their_documented_status_without_leaking_detail() {
+        let (s, v, _) = json_of(StoreError::Unavailable("dynamo at 10.0.0.1".into()).into()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!v.to_string().contains("10.0.0.1"));
+        let (s, _, _) = json_of(StoreError::Corrupt("x".into()).into()).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        let (s, _, _) = json_of(StoreError::NotFound { what: "x".into() }.into()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, _) = json_of(StoreError::Conflict { what: "x".into() }.into()).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, _) = json_of(QueueError::Unavailable("x".into()).into()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,523 @@
+//! [`LocalQueue`]: the embedded [`EventQueue`], a durable queue in its own SQLite file.
+//!
+//! It has its own file, not a table in the store's file, so ingest (publishing) and the
+//! aggregator (applying batches to the store) never wait for one write lock.
+//!
+//! - **Publish** writes one message row per org in the call (ingest publishes one request,
+//!   which is one org, so normally exactly one row) in one transaction. WAL mode with
+//!   `synchronous=NORMAL`: once `publish` returns, the message survives a crash of the process
+//!   (a SIGKILL); `LocalQueueConfig::sync_full` also covers power loss.
+//! - **Receive** takes visible messages, oldest first, until about `max_events` events (the
+//!   first message is always taken, however large, so no message can get stuck), makes them
+//!   invisible for the visibility timeout and bumps their receive count. If none is visible it
+//!   waits up to `wait`: a publish in the same process wakes it at once (a
+//!   `tokio::sync::Notify`), a publish from another process is seen by polling (every 20 ms by
+//!   default).
+//! - **Ack** deletes the messages. Receipts are `"<message id>.<receive count>"`; message ids
+//!   come from `AUTOINCREMENT`, so an id is never reused and a late ack cannot delete a newer
+//!   message.
+//! - A message whose body does not decode is moved to the `dead_letters` table with the
+//!   reason, in the transaction that found it, and is not returned. Nothing is dropped
+//!   silently; [`LocalQueue::dead_letters`] lists them.
+//! - A message left invisible by a consumer that crashed becomes visible again when its
+//!   timeout passes. In addition, by default, opening the queue makes every message visible
+//!   again at once (`LocalQueueConfig::redeliver_on_open`): the local queue has one consuming
+//!   process, and when it (re)opens the file, whatever was in flight belonged to a consumer
+//!   that is gone. Redelivery is harmless because the store applies events exactly once.
+//! - **Depth** counts messages not yet acknowledged, in flight included, so "depth is 0"
+//!   means everything published was applied.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, TransactionBehavior, params};
+use tally_core::event::Event;
+use tally_core::ids::OrgId;
+use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::conn::{self, ConnSettings, Kind};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: receipts stay unique
+    body            TEXT NOT NULL,                      -- JSON array of events
+    event_count     INTEGER NOT NULL,
+    visible_at      INTEGER NOT NULL DEFAULT 0,         -- Unix ms; taken when <= now
+    receive_count   INTEGER NOT NULL DEFAULT 0,
+    enqueued_at     INTEGER NOT NULL                    -- Unix ms
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id      INTEGER NOT NULL,
+    body            TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    receive_count   INTEGER NOT NULL,
+    enqueued_at     INTEGER NOT NULL,
+    dead_at         INTEGER NOT NULL
+);
+"#;
+
+/// Settings of a [`LocalQueue`].
+#[derive(Debug, Clone, Copy)]
+pub struct LocalQueueConfig {
+    /// How long a received message stays invisible before it is handed out again, unless
+    /// acknowledged. Default 30 s.
+    pub visibility_timeout: Duration,
+    /// How often a waiting `receive` looks for messages published by other processes.
+    /// Default 20 ms (publishes in the same process wake it at once).
+    pub poll_interval: Duration,
+    /// How long a write waits for another process's write lock. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Make every message visible again when the queue is opened (the previous consumer is
+    /// gone). Default `true`; turn it off if several processes consume one file.
+    pub redeliver_on_open: bool,
+    /// `synchronous=FULL`: a published message also survives power loss, at the cost of an
+    /// fsync per publish. Default `false` (survives a process crash).
+    pub sync_full: bool,
+}
+
+impl Default for LocalQueueConfig {
+    fn default() -> Self {
+        LocalQueueConfig {
+            visibility_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(20),
+            busy_timeout: Duration::from_secs(5),
+            redeliver_on_open: true,
+            sync_full: false,
+        }
+    }
+}
+
+/// A message that could not be decoded, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message's id in the queue.
+    pub message_id: i64,
+    /// The stored body, as it was.
+    pub body: String,
+    /// Why it was set aside.
+    pub reason: String,
+    /// How many times it had been handed out before (it is set aside on the receive that
+    /// finds it undecodable, so normally 0).
+    pub receive_count: u32,
+    /// When it was moved here.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// The durable local queue. Cheap to clone (clones share the connection and the wake-up).
+#[derive(Clone)]
+pub struct LocalQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One connection: every queue operation is a short write (publish, take, ack).
+    conn: Mutex<Connection>,
+    /// Wakes waiting receivers when this process publishes.
+    published: Notify,
+    config: LocalQueueConfig,
+}
+
+impl std::fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalQueue")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn qerr(e: rusqlite::Error) -> QueueError {
+    match conn::kind(&e) {
+        Kind::Corrupt => QueueError::Malformed(e.to_string()),
+        Kind::Transient | Kind::Constraint | Kind::Other => QueueError::Unavailable(e.to_string()),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl LocalQueue {
+    /// Opens (creating if missing) the queue file at `path` with the default
+    /// [`LocalQueueConfig`].
+    pub fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_with(path, LocalQueueConfig::default())
+    }
+
+    /// Opens the queue file at `path` with explicit settings.
+    pub fn open_with(path: &Path, config: LocalQueueConfig) -> Result<Self, QueueError> {
+        let mut conn = conn::open(
+            path,
+            ConnSettings {
+                busy_timeout: config.busy_timeout,
+                cache_mib: 8,
+                sync_full: config.sync_full,
+                autocheckpoint_pages: 1000,
+            },
+        )
+        .map_err(qerr)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(qerr)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(qerr)?;
+        if version > SCHEMA_VERSION {
+            return Err(QueueError::Malformed(format!(
+                "queue schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
+            )));
+        }
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1).map_err(qerr)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(qerr)?;
+        }
+        if config.redeliver_on_open {
+            tx.execute(
+                "UPDATE messages SET visible_at = 0 WHERE visible_at > 0",
+                [],
+            )
+            .map_err(qerr)?;
+        }
+        tx.commit().map_err(qerr)?;
+        Ok(LocalQueue {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                published: Notify::new(),
+                config,
+            }),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &LocalQueueConfig) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&mut conn::lock(&inner.conn), &inner.config))
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("queue task failed: {e}")))?
+    }
+
+    /// Appends a message with this exact body, unchecked. For tools and tests (a body that
+    /// does not decode exercises the dead-letter path); `publish` is the way to queue events.
+    pub async fn publish_raw(&self, body: String) -> Result<(), QueueError> {
+        self.insert_bodies(vec![(body, 1)]).await
+    }
+
+    /// The dead-lettered messages, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        self.run(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT message_id, body, reason, receive_count, dead_at FROM dead_letters
+                     ORDER BY id",
+                )
+                .map_err(qerr)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DeadLetter {
+                        message_id: r.get(0)?,
+                        body: r.get(1)?,
+                        reason: r.get(2)?,
+                        receive_count: r.get(3)?,
+                        dead_at: DateTime::from_timestamp_millis(r.get(4)?).unwrap_or_default(),
+                    })
+                })
+                .map_err(qerr)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(qerr)
+        })
+        .await
+    }
+
+    async fn insert_bodies(&self, bodies: Vec<(String, usize)>) -> Result<(), QueueError> {
+        self.run(move |conn, _| {
+            let now = conn::now_millis();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(qerr)?;
+            {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
+                         VALUES (?1, ?2, 0, ?3)",
+                    )
+                    .map_err(qerr)?;
+                for (body, n) in &bodies {
+                    ins.execute(params![body, *n as i64, now]).map_err(qerr)?;
+                }
+            }
+            tx.commit().map_err(qerr)
+        })
+        .await?;
+        self.inner.published.notify_waiters();
+        Ok(())
+    }
+
+    /// One attempt at taking messages; empty when none is visible.
+    async fn take(&self, max_events: usize) -> Result<Vec<Delivery>, QueueError> {
+        self.run(move |conn, config| {
+            let now = conn::now_millis();
+            let invisible_until = now.saturating_add(millis(config.visibility_timeout));
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(qerr)?;
+            let mut out = Vec::new();
+            let mut events = 0usize;
+            {
+                let mut scan = tx
+                    .prepare_cached(
+                        "SELECT id, body, receive_count, enqueued_at FROM messages
+                         WHERE visible_at <= ?1 ORDER BY id",
+                    )
+                    .map_err(qerr)?;
+                let mut dead = tx
+                    .prepare_cached(
+                        "INSERT INTO dead_letters
+                             (message_id, body, reason, receive_count, enqueued_at, dead_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(qerr)?;
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM messages WHERE id = ?1")
+                    .map_err(qerr)?;
+                let mut hide = tx
+                    .prepare_cached(
+                        "UPDATE messages SET visible_at = ?2, receive_count = receive_count + 1
+                         WHERE id = ?1",
+                    )
+                    .map_err(qerr)?;
+                let mut rows = scan.query(params![now]).map_err(qerr)?;
+                while let Some(row) = rows.next().map_err(qerr)? {
+                    let id: i64 = row.get(0).map_err(qerr)?;
+                    let body: String = row.get(1).map_err(qerr)?;
+                    let count: u32 = row.get(2).map_err(qerr)?;
+                    let enqueued: i64 = row.get(3).map_err(qerr)?;
+                    match serde_json::from_str::<Vec<Event>>(&body) {
+                        Err(e) => {
+                            let reason = format!("message body does not decode as events: {e}");
+                            tracing::error!(message_id = id, %reason, "dead-lettering queue message");
+                            dead.execute(params![id, body, reason, count, enqueued, now])
+                                .map_err(qerr)?;
+                            delete.execute(params![id]).map_err(qerr)?;
+                        }
+                        Ok(decoded) => {
+                            if !out.is_empty() && events + decoded.len() > max_events {
+                                break;
+                            }
+                            hide.execute(params![id, invisible_until]).map_err(qerr)?;
+                            events += decoded.len();
+                            out.push(Delivery {
+                                receipt: format!("{id}.{}", count + 1),
+                                events: decoded,
+                                receive_count: count + 1,
+                            });
+                            if events >= max_events {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            tx.commit().map_err(qerr)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn parse_receipt(r: &str) -> Result<i64, QueueError> {
+    r.split_once('.')
+        .and_then(|(id, _)| id.parse::<i64>().ok())
+        .ok_or_else(|| QueueError::Malformed(format!("receipt {r:?} was not issued by this queue")))
+}
+
+#[async_trait]
+impl EventQueue for LocalQueue {
+    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
+        if events.is_empty() {
+            return Ok(PublishReport::default());
+        }
+        // One message per org, in order of first appearance (a delivery carries one org).
+        let mut groups: Vec<Vec<&Event>> = Vec::new();
+        let mut index: HashMap<&OrgId, usize> = HashMap::new();
+        for e in events {
+            let g = *index.entry(&e.org_id).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(e);
+        }
+        let bodies = groups
+            .iter()
+            .map(|g| {
+                serde_json::to_string(g)
+                    .map(|b| (b, g.len()))
+                    .map_err(|e| QueueError::Unavailable(format!("encoding events: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert_bodies(bodies).await?;
+        Ok(PublishReport::default())
+    }
+
+    async fn receive(
+        &self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let max_events = max_events.max(1);
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register for the wake-up before looking, so a publish in between is not missed.
+            let published = self.inner.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let got = self.take(max_events).await?;
+            let now = Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let nap = (deadline - now).min(self.inner.config.poll_interval);
+            let _ = tokio::time::timeout(nap, published).await;
+        }
+    }
+
+    async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let ids = receipts
+            .iter()
+            .map(|r| parse_receipt(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.run(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(qerr)?;
+            {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM messages WHERE id = ?1")
+                    .map_err(qerr)?;
+                for id in &ids {
+                    del.execute(params![id]).map_err(qerr)?;
+                }
+            }
+            tx.commit().map_err(qerr)
+        })
+        .await
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.run(|conn, _| {
+            conn.prepare_cached("SELECT COUNT(*) FROM messages")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+                .map_err(qerr)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+    use tally_core::event::Quantity;
+    use tally_core::ids::{EventId, MeterName, ProjectId};
+    use tally_core::meter::Aggregation;
+
+    fn event(org: &str, id: &str) -> Event {
+        Event {
+            org_id: OrgId::parse(org).unwrap(),
+            id: EventId::parse(id).unwrap(),
+            project_id: ProjectId::parse("prj_1").unwrap(),
+            meter: MeterName::parse("api_calls").unwrap(),
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::new(Decimal::ONE).unwrap(),
+            timestamp: Utc::now(),
+            properties: serde_json::Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_splits_by_org_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let batch = [
+            event("org_a", "1"),
+            event("org_b", "2"),
+            event("org_a", "3"),
+        ];
+        q.publish(&batch).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 2);
+        let got = q.receive(100, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].events, vec![batch[0].clone(), batch[2].clone()]);
+        assert_eq!(got[1].events, vec![batch[1].clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_large_first_message_is_still_delivered_and_bad_receipts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let big: Vec<Event> = (0..5).map(|i| event("org_a", &i.to_string())).collect();
+        q.publish(&big).await.unwrap();
+        let got = q.receive(2, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].events.len(), 5);
+        assert!(matches!(
+            q.ack(&["nonsense".into()]).await,
+            Err(QueueError::Malformed(_))
+        ));
+        q.ack(&[got[0].receipt.clone()]).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_returned_survives_a_handle_that_never_closed() {
+        // What a SIGKILL leaves behind: connections never closed, the WAL never checkpointed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let q = LocalQueue::open(&path).unwrap();
+        let batch = [event("org_a", "1"), event("org_a", "2")];
+        q.publish(&batch).await.unwrap();
+        assert_eq!(q.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+        std::mem::forget(q);
+        let q = LocalQueue::open(&path).unwrap();
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].events, batch);
+        assert_eq!(got[0].receive_count, 2);
+    }
+
+    #[tokio::test]
+    async fn without_redeliver_on_open_in_flight_messages_wait_for_their_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let config = LocalQueueConfig {
+            redeliver_on_open: false,
+            visibility_timeout: Duration::from_secs(60),
+            ..LocalQueueConfig::default()
+        };
+        let q = LocalQueue::open_with(&path, config).unwrap();
+        q.publish(&[event("org_a", "1")]).await.unwrap();
+        assert_eq!(q.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+        drop(q);
+        let q = LocalQueue::open_with(&path, config).unwrap();
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(q.depth().await.unwrap(), 1);
+        drop(q);
+        let q = LocalQueue::open(&path).unwrap();
+        assert_eq!(q.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,305 @@
+//! The one-shot administration commands: `org`, `project`, `key` and `reconcile`.
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use tally_core::tenant::{
+    ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, User, api_key_secret, check_email,
+    check_name, check_slug,
+};
+use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
+
+use crate::Common;
+use crate::backend;
+use crate::output::print;
+
+/// `tally org …`
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization and its owner user.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Unique handle: lowercase letters, digits and '-'.
+        #[arg(long)]
+        slug: String,
+        /// The owner's email; the user is created if it does not exist yet.
+        #[arg(long)]
+        owner_email: String,
+        /// free, starter, pro or enterprise.
+        #[arg(long, default_value = "free")]
+        plan: String,
+    },
+}
+
+/// `tally project …`
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project in an organization.
+    Create {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Handle, unique in the org.
+        #[arg(long)]
+        slug: String,
+    },
+}
+
+/// `tally key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; its secret is printed once and never stored.
+    Create {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: events:write, usage:read.
+        #[arg(long, default_value = "events:write,usage:read", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Make a test key (tk_test_…) instead of a live one.
+        #[arg(long)]
+        test: bool,
+        /// Expiry as RFC 3339 (never by default).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+}
+
+/// `tally reconcile …`
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The month to check, YYYY-MM.
+    #[arg(long)]
+    period: String,
+    /// Only this organization (all by default).
+    #[arg(long)]
+    org: Option<String>,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::fill(&mut b);
+    b
+}
+
+#[derive(Serialize)]
+struct OrgOut {
+    #[serde(flatten)]
+    org: Org,
+    owner_email: String,
+}
+
+/// Runs an `org` command.
+pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
+    let OrgCommand::Create {
+        name,
+        slug,
+        owner_email,
+        plan,
+    } = cmd;
+    check_name("name", &name)?;
+    check_slug("slug", &slug)?;
+    check_email("owner_email", &owner_email)?;
+    let plan = PlanId::parse(&plan).with_context(|| {
+        format!("--plan must be free, starter, pro or enterprise, got {plan:?}")
+    })?;
+    let store = backend::open_store(common)?;
+    let now = Utc::now();
+    let owner = tally_core::ports::TenantStore::ensure_user(
+        store.as_ref(),
+        &User {
+            id: UserId::from_random(random()),
+            email: owner_email.to_lowercase(),
+            created_at: now,
+        },
+    )
+    .await?;
+    let org = Org {
+        id: OrgId::from_random(random()),
+        name,
+        slug,
+        plan,
+        owner_id: owner.id.clone(),
+        created_at: now,
+    };
+    tally_core::ports::TenantStore::create_org(store.as_ref(), &org)
+        .await
+        .context("cannot create the organization")?;
+    print(
+        common.json,
+        &OrgOut {
+            org,
+            owner_email: owner.email,
+        },
+        |o| {
+            format!(
+                "created org {} ({}) on plan {}, owner {} ({})",
+                o.org.id, o.org.slug, o.org.plan, o.owner_email, o.org.owner_id
+            )
+        },
+    )
+}
+
+/// Runs a `project` command.
+pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()> {
+    let ProjectCommand::Create { org, name, slug } = cmd;
+    let org_id = OrgId::parse(&org).context("--org")?;
+    check_name("name", &name)?;
+    check_slug("slug", &slug)?;
+    let store = backend::open_store(common)?;
+    let project = Project {
+        id: ProjectId::from_random(random()),
+        org_id,
+        name,
+        slug,
+        created_at: Utc::now(),
+    };
+    tally_core::ports::TenantStore::create_project(store.as_ref(), &project)
+        .await
+        .context("cannot create the project")?;
+    print(common.json, &project, |p| {
+        format!("created project {} ({}) in {}", p.id, p.slug, p.org_id)
+    })
+}
+
+#[derive(Serialize)]
+struct KeyOut {
+    id: ApiKeyId,
+    org_id: OrgId,
+    name: String,
+    /// The secret, shown this once.
+    key: String,
+    scopes: Vec<KeyScope>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Runs a `key` command.
+pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
+    let KeyCommand::Create {
+        org,
+        name,
+        scopes,
+        test,
+        expires_at,
+    } = cmd;
+    let org_id = OrgId::parse(&org).context("--org")?;
+    check_name("name", &name)?;
+    let mut parsed = Vec::new();
+    for s in scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let scope = KeyScope::parse(s).with_context(|| {
+            format!("--scopes: unknown scope {s:?}; known scopes are events:write, usage:read")
+        })?;
+        if !parsed.contains(&scope) {
+            parsed.push(scope);
+        }
+    }
+    if parsed.is_empty() {
+        bail!("--scopes must name at least one scope (events:write, usage:read)");
+    }
+    let expires_at = expires_at
+        .map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .with_context(|| format!("--expires-at must be RFC 3339, got {s:?}"))
+        })
+        .transpose()?;
+    let secret = api_key_secret(if test { KeyMode::Test } else { KeyMode::Live }, random());
+    let key = ApiKey {
+        id: ApiKeyId::from_random(random()),
+        org_id,
+        name,
+        hash: KeyHash::of_secret(&secret),
+        display_prefix: secret.chars().take(12).collect(),
+        scopes: parsed,
+        created_at: Utc::now(),
+        expires_at,
+        revoked_at: None,
+    };
+    let store = backend::open_store(common)?;
+    tally_core::ports::TenantStore::create_api_key(store.as_ref(), &key)
+        .await
+        .context("cannot create the key")?;
+    let out = KeyOut {
+        id: key.id,
+        org_id: key.org_id,
+        name: key.name,
+        key: secret,
+        scopes: key.scopes,
+        created_at: key.created_at,
+        expires_at: key.expires_at,
+    };
+    print(common.json, &out, |k| {
+        format!(
+            "created key {} for {}; secret (shown once): {}",
+            k.id, k.org_id, k.key
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct ReconcileOut {
+    period: Month,
+    orgs_checked: usize,
+    drift: Vec<tally_aggregator::Drift>,
+}
+
+/// Runs `reconcile`; returns whether drift was found.
+pub async fn reconcile(common: &Common, args: ReconcileArgs) -> anyhow::Result<bool> {
+    let month = Month::parse(&args.period).context("--period")?;
+    let store = backend::open_store(common)?;
+    let orgs = match args.org {
+        Some(o) => vec![OrgId::parse(&o).context("--org")?],
+        None => tally_core::ports::TenantStore::list_org_ids(store.as_ref()).await?,
+    };
+    let mut drift = Vec::new();
+    for org in &orgs {
+        drift.extend(
+            tally_aggregator::reconcile(store.as_ref(), org, month)
+                .await
+                .with_context(|| format!("cannot reconcile {org}"))?,
+        );
+    }
+    let found = !drift.is_empty();
+    let out = ReconcileOut {
+        period: month,
+        orgs_checked: orgs.len(),
+        drift,
+    };
+    print(common.json, &out, |o| {
+        if o.drift.is_empty() {
+            format!("{}: {} org(s) checked, no drift", o.period, o.orgs_checked)
+        } else {
+            let mut lines = vec![format!(
+                "{}: {} org(s) checked, {} counter(s) drifted:",
+                o.period,
+                o.orgs_checked,
+                o.drift.len()
+            )];
+            for d in &o.drift {
+                let c = &d.counter;
+                lines.push(format!(
+                    "  {} {} {} {} {}: expected {}, stored {}",
+                    c.org,
+                    c.project.as_ref().map_or("(all projects)", |p| p.as_str()),
+                    c.meter,
+                    c.granularity,
+                    c.start.to_rfc3339(),
+                    d.expected,
+                    d.stored.map_or("nothing".to_string(), |v| v.to_string())
+                ));
+            }
+            lines.join("\n")
+        }
+    })?;
+    Ok(found)
+}

@@ -1,0 +1,104 @@
+//! Builders the suites share: fresh ids, events, timestamps and decimals, plus the reference
+//! counter computation (a fold of a set of unique events) that stores are compared against.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use tally_core::counter::OwnedCounterKey;
+use tally_core::event::{Event, Quantity};
+use tally_core::fold::{self, Delta};
+use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
+use tally_core::meter::Aggregation;
+
+/// 32 random hex characters, for unique slugs, emails and event ids.
+pub fn random_hex() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A fresh org id no other test (or run) uses.
+pub fn fresh_org() -> OrgId {
+    OrgId::from_random(rand::random())
+}
+
+/// A fresh project id.
+pub fn fresh_project() -> ProjectId {
+    ProjectId::from_random(rand::random())
+}
+
+/// Parses an RFC 3339 timestamp (test literals only).
+pub fn ts(s: &str) -> DateTime<Utc> {
+    match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(e) => panic!("bad test timestamp {s:?}: {e}"),
+    }
+}
+
+/// Parses a decimal (test literals only).
+pub fn dec(s: &str) -> Decimal {
+    match Decimal::from_str(s) {
+        Ok(d) => d,
+        Err(e) => panic!("bad test decimal {s:?}: {e}"),
+    }
+}
+
+/// The aggregation each test meter name uses, so events of one meter agree.
+pub fn aggregation_of(meter: &str) -> Aggregation {
+    match meter {
+        "requests" => Aggregation::Count,
+        "storage_bytes" => Aggregation::Max,
+        "temperature" => Aggregation::Latest,
+        "active_users" => Aggregation::UniqueCount {
+            property: "user".into(),
+        },
+        _ => Aggregation::Sum,
+    }
+}
+
+/// Builds an event. The aggregation follows the meter name ([`aggregation_of`]): `requests`
+/// counts, `storage_bytes` is a max, `temperature` a latest, `active_users` counts distinct
+/// `properties.user`, anything else sums.
+pub fn event(
+    org: &OrgId,
+    project: &ProjectId,
+    id: &str,
+    meter: &str,
+    quantity: &str,
+    at: &str,
+) -> Event {
+    Event {
+        org_id: org.clone(),
+        id: EventId::parse(id).unwrap_or_else(|e| panic!("bad test event id {id:?}: {e}")),
+        project_id: project.clone(),
+        meter: MeterName::parse(meter).unwrap_or_else(|e| panic!("bad test meter: {e}")),
+        aggregation: aggregation_of(meter),
+        quantity: Quantity::parse(quantity)
+            .unwrap_or_else(|e| panic!("bad test quantity {quantity:?}: {e}")),
+        timestamp: ts(at),
+        properties: Map::new(),
+    }
+}
+
+/// The same event with one property set.
+pub fn with_prop(mut e: Event, key: &str, value: impl Into<Value>) -> Event {
+    e.properties.insert(key.to_owned(), value.into());
+    e
+}
+
+/// What every counter should hold after exactly these events (each counted once, however
+/// they were batched): one fold, each delta applied to an absent counter.
+pub fn expected_counters(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal> {
+    fold::fold(events.iter())
+        .into_iter()
+        .map(|(key, delta)| {
+            let distinct = match &delta {
+                Delta::Unique(values) => values.len() as u64,
+                _ => 0,
+            };
+            let (value, _) = fold::apply_delta(None, None, &delta, distinct);
+            (key.to_owned_key(), value)
+        })
+        .collect()
+}

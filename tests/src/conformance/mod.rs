@@ -1,0 +1,19 @@
+//! Backend-agnostic conformance suites for the ports in [`tally_core::ports`].
+//!
+//! - [`storage`]: [`TenantStore`](tally_core::ports::TenantStore) and
+//!   [`UsageStore`](tally_core::ports::UsageStore), through a [`storage::StoreFactory`].
+//! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
+//!   [`queue::QueueFactory`].
+//!
+//! The suites never assume empty tables: every test makes fresh org ids (and slugs, emails,
+//! months where a value is global), so a backend may share one table or server between tests
+//! and between runs. Queues are the exception: a queue is one pipe, so each queue factory owns
+//! a queue of its own.
+
+// This module is test code that lives in a library so every backend's test file can run it;
+// a failed unwrap here is a failed test, as in any #[test].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fixtures;
+pub mod queue;
+pub mod storage;

@@ -1,0 +1,1150 @@
+//! The storage conformance suite: what every [`TenantStore`] + [`UsageStore`] backend must do.
+//!
+//! Each `pub async fn` here is one test taking a [`StoreFactory`]; [`storage_conformance!`]
+//! (crate::storage_conformance) expands to one `#[tokio::test]` per function for a factory
+//! expression. Tests use fresh org ids, slugs, emails and (for period closing) random far-off
+//! months, so backends may share tables between tests and runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::event::Event;
+use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::period::{Granularity, Month};
+use tally_core::plan::PlanId;
+use tally_core::ports::{ApplyOutcome, CounterQuery, StoreError, TenantStore, UsageStore};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+
+use super::fixtures::{
+    dec, event, expected_counters, fresh_org, fresh_project, random_hex, ts, with_prop,
+};
+
+/// Makes handles onto one backing store.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    /// The backend under test.
+    type Store: TenantStore + UsageStore + 'static;
+
+    /// A new handle onto this factory's data. A second call is like a second process opening
+    /// the same database: both see each other's writes.
+    async fn open(&self) -> Self::Store;
+}
+
+/// Expands to one `#[tokio::test]` per storage conformance test, each building its factory
+/// with the given expression (evaluated inside the async test, so it may `.await`).
+///
+/// ```text
+/// tally_tests::storage_conformance!(SqliteFactory::new());
+/// ```
+#[macro_export]
+macro_rules! storage_conformance {
+    ($factory:expr) => {
+        $crate::storage_conformance!(@tests $factory;
+            users_are_unique_by_lowercased_email,
+            orgs_have_an_owner_and_unique_slugs,
+            projects_are_scoped_to_their_org,
+            api_keys_are_found_by_hash,
+            apply_batch_counts_each_event_once,
+            event_ids_are_unique_per_org_not_globally,
+            concurrent_overlapping_batches_count_once,
+            sum_and_count_arithmetic,
+            max_arithmetic,
+            latest_arithmetic,
+            unique_count_arithmetic,
+            counter_series_range_semantics,
+            ledger_pages_cover_each_event_once,
+            stored_counters_agree_with_a_fold_of_the_ledger,
+            periods_close_idempotently,
+        );
+    };
+    (@tests $factory:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let factory = $factory;
+                $crate::conformance::storage::$test(&factory).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+fn created() -> DateTime<Utc> {
+    // Sub-second precision on purpose: timestamps must round-trip exactly.
+    ts("2026-11-26T10:00:00.123456Z")
+}
+
+async fn new_user<S: TenantStore>(s: &S) -> User {
+    let candidate = User {
+        id: UserId::from_random(rand::random()),
+        email: format!("ada.{}@example.com", random_hex()),
+        created_at: created(),
+    };
+    let user = s.ensure_user(&candidate).await.unwrap();
+    assert_eq!(user, candidate);
+    user
+}
+
+fn org_for(owner: &User) -> Org {
+    Org {
+        id: fresh_org(),
+        name: "Acme Inc.".into(),
+        slug: format!("acme-{}", random_hex()),
+        plan: PlanId::Starter,
+        owner_id: owner.id.clone(),
+        created_at: created(),
+    }
+}
+
+async fn new_org<S: TenantStore>(s: &S) -> Org {
+    let owner = new_user(s).await;
+    let org = org_for(&owner);
+    s.create_org(&org).await.unwrap();
+    org
+}
+
+fn project_in(org: &OrgId, slug: &str) -> Project {
+    Project {
+        id: fresh_project(),
+        org_id: org.clone(),
+        name: format!("Project {slug}"),
+        slug: slug.into(),
+        created_at: created(),
+    }
+}
+
+fn key_in(org: &OrgId) -> ApiKey {
+    let secret = format!("tk_test_{}{}", random_hex(), random_hex());
+    ApiKey {
+        id: ApiKeyId::from_random(rand::random()),
+        org_id: org.clone(),
+        name: "ci".into(),
+        hash: KeyHash::of_secret(&secret),
+        display_prefix: secret[..12].to_owned(),
+        scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
+        created_at: created(),
+        expires_at: Some(ts("2027-01-01T00:00:00Z")),
+        revoked_at: None,
+    }
+}
+
+/// A counter series as (bucket start, value) pairs.
+async fn series<S: UsageStore>(
+    s: &S,
+    org: &OrgId,
+    project: Option<&ProjectId>,
+    meter: &str,
+    granularity: Granularity,
+    from: &str,
+    to: &str,
+) -> Vec<(DateTime<Utc>, Decimal)> {
+    s.counter_series(&CounterQuery {
+        org: org.clone(),
+        project: project.cloned(),
+        meter: MeterName::parse(meter).unwrap(),
+        granularity,
+        from: ts(from),
+        to: ts(to),
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|v| (v.start, v.value))
+    .collect()
+}
+
+/// Builds an expected series from (start, value) literals.
+fn exp(points: &[(&str, &str)]) -> Vec<(DateTime<Utc>, Decimal)> {
+    points.iter().map(|(t, v)| (ts(t), dec(v))).collect()
+}
+
+/// The month value of a counter over November 2026.
+async fn november<S: UsageStore>(
+    s: &S,
+    org: &OrgId,
+    project: Option<&ProjectId>,
+    meter: &str,
+) -> Vec<(DateTime<Utc>, Decimal)> {
+    series(
+        s,
+        org,
+        project,
+        meter,
+        Granularity::Month,
+        "2026-11-01T00:00:00Z",
+        "2026-12-01T00:00:00Z",
+    )
+    .await
+}
+
+async fn apply<S: UsageStore>(s: &S, events: &[Event]) -> Vec<ApplyOutcome> {
+    let report = s.apply_batch(events).await.unwrap();
+    assert_eq!(report.outcomes.len(), events.len(), "one outcome per event");
+    report.outcomes
+}
+
+async fn whole_ledger<S: UsageStore>(s: &S, org: &OrgId, month: Month, limit: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = s.ledger_page(org, month, cursor, limit).await.unwrap();
+        assert!(
+            page.events.len() <= limit,
+            "a page holds at most `limit` events"
+        );
+        out.extend(page.events);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return out,
+        }
+    }
+    panic!("ledger paging did not end");
+}
+
+use ApplyOutcome::{Applied, Duplicate};
+
+// ---------------------------------------------------------------------------------------
+// Tenants.
+
+/// `ensure_user` creates a user once per email, compared and stored lowercased.
+pub async fn users_are_unique_by_lowercased_email<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let local = format!("Grace.{}", random_hex());
+    let first = User {
+        id: UserId::from_random(rand::random()),
+        email: format!("{local}@Example.COM"),
+        created_at: created(),
+    };
+    let stored = s.ensure_user(&first).await.unwrap();
+    assert_eq!(stored.id, first.id);
+    assert_eq!(stored.email, format!("{local}@example.com").to_lowercase());
+    assert_eq!(stored.created_at, first.created_at);
+
+    let second = User {
+        id: UserId::from_random(rand::random()),
+        email: format!("{}@example.com", local.to_uppercase()),
+        created_at: ts("2026-11-27T00:00:00Z"),
+    };
+    let again = s.ensure_user(&second).await.unwrap();
+    assert_eq!(
+        again, stored,
+        "the existing user is returned, not a second one"
+    );
+
+    assert_eq!(s.get_user(&first.id).await.unwrap(), Some(stored));
+    assert_eq!(s.get_user(&second.id).await.unwrap(), None);
+}
+
+/// `create_org` stores the org with its owner; slugs are unique; the owner must exist.
+pub async fn orgs_have_an_owner_and_unique_slugs<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let owner = new_user(&s).await;
+    let org = org_for(&owner);
+    s.create_org(&org).await.unwrap();
+    assert_eq!(s.get_org(&org.id).await.unwrap(), Some(org.clone()));
+    assert!(s.list_org_ids().await.unwrap().contains(&org.id));
+
+    let mut same_slug = org_for(&owner);
+    same_slug.slug = org.slug.clone();
+    let err = s.create_org(&same_slug).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        s.get_org(&same_slug.id).await.unwrap(),
+        None,
+        "nothing of it was stored"
+    );
+
+    let orphan = Org {
+        owner_id: UserId::from_random(rand::random()),
+        ..org_for(&owner)
+    };
+    let err = s.create_org(&orphan).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(s.get_org(&orphan.id).await.unwrap(), None);
+
+    assert_eq!(s.get_org(&fresh_org()).await.unwrap(), None);
+    // A second handle (another process) sees the org at once.
+    let other = f.open().await;
+    assert_eq!(other.get_org(&org.id).await.unwrap(), Some(org));
+}
+
+/// Projects live inside their org: slugs are unique per org, and a project is invisible
+/// through any other org.
+pub async fn projects_are_scoped_to_their_org<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let web = project_in(&a.id, "web");
+    let api = project_in(&a.id, "api");
+    s.create_project(&web).await.unwrap();
+    s.create_project(&api).await.unwrap();
+    s.create_project(&project_in(&b.id, "web")).await.unwrap();
+
+    let err = s
+        .create_project(&project_in(&a.id, "web"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = s
+        .create_project(&project_in(&fresh_org(), "web"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    assert_eq!(
+        s.get_project(&a.id, &web.id).await.unwrap(),
+        Some(web.clone())
+    );
+    assert_eq!(
+        s.get_project(&b.id, &web.id).await.unwrap(),
+        None,
+        "cross-org lookup"
+    );
+    assert_eq!(s.get_project(&a.id, &fresh_project()).await.unwrap(), None);
+
+    let mut listed = s.list_projects(&a.id).await.unwrap();
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    let mut expected = vec![web, api];
+    expected.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, expected);
+    assert_eq!(s.list_projects(&b.id).await.unwrap().len(), 1);
+    assert!(s.list_projects(&fresh_org()).await.unwrap().is_empty());
+}
+
+/// API keys are found by the hash of their secret, exactly as stored.
+pub async fn api_keys_are_found_by_hash<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = new_org(&s).await;
+    let key = key_in(&org.id);
+    s.create_api_key(&key).await.unwrap();
+    let revoked = ApiKey {
+        revoked_at: Some(ts("2026-11-26T11:00:00.5Z")),
+        expires_at: None,
+        scopes: vec![KeyScope::UsageRead],
+        ..key_in(&org.id)
+    };
+    s.create_api_key(&revoked).await.unwrap();
+
+    assert_eq!(s.find_api_key(&key.hash).await.unwrap(), Some(key.clone()));
+    assert_eq!(s.find_api_key(&revoked.hash).await.unwrap(), Some(revoked));
+    let unknown = KeyHash::of_secret(&format!("tk_live_{}", random_hex()));
+    assert_eq!(s.find_api_key(&unknown).await.unwrap(), None);
+
+    let err = s.create_api_key(&key_in(&fresh_org())).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let other = f.open().await;
+    assert_eq!(other.find_api_key(&key.hash).await.unwrap(), Some(key));
+}
+
+// ---------------------------------------------------------------------------------------
+// Exactly once.
+
+/// Resent ids, repeats inside a batch and a whole batch applied twice count once; outcomes
+/// come in input order; the first copy of an event is the one that counts.
+pub async fn apply_batch_counts_each_event_once<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let p = fresh_project();
+    let e = |id: &str, q: &str| event(&org, &p, id, "compute_minutes", q, "2026-11-26T10:00:00Z");
+
+    assert!(s.apply_batch(&[]).await.unwrap().outcomes.is_empty());
+
+    let first = [e("a", "1"), e("b", "2"), e("c", "4")];
+    assert_eq!(apply(&s, &first).await, [Applied, Applied, Applied]);
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
+
+    // c resent with another quantity, d twice in one batch, e new.
+    let second = [e("c", "100"), e("d", "8"), e("d", "8"), e("e", "16")];
+    assert_eq!(
+        apply(&s, &second).await,
+        [Duplicate, Applied, Duplicate, Applied]
+    );
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "31")])
+    );
+
+    // The same batches again (a redelivery), from another handle too.
+    assert_eq!(apply(&s, &second).await, [const { Duplicate }; 4]);
+    let other = f.open().await;
+    assert_eq!(apply(&other, &first).await, [const { Duplicate }; 3]);
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "31")])
+    );
+    assert_eq!(
+        november(&s, &org, Some(&p), "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "31")])
+    );
+
+    // The ledger keeps the first copy of c.
+    let ledger = whole_ledger(&s, &org, Month::parse("2026-11").unwrap(), 100).await;
+    let c = ledger.iter().find(|x| x.id.as_str() == "c").unwrap();
+    assert_eq!(c.quantity.value(), dec("4"));
+    assert_eq!(ledger.len(), 5);
+}
+
+/// The same event id in two orgs is two events.
+pub async fn event_ids_are_unique_per_org_not_globally<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let (a, b) = (fresh_org(), fresh_org());
+    let p = fresh_project();
+    let batch = [
+        event(
+            &a,
+            &p,
+            "same",
+            "compute_minutes",
+            "1",
+            "2026-11-26T10:00:00Z",
+        ),
+        event(
+            &b,
+            &p,
+            "same",
+            "compute_minutes",
+            "2",
+            "2026-11-26T10:00:00Z",
+        ),
+    ];
+    assert_eq!(apply(&s, &batch).await, [Applied, Applied]);
+    assert_eq!(
+        november(&s, &a, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "1")])
+    );
+    assert_eq!(
+        november(&s, &b, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "2")])
+    );
+}
+
+/// Two handles applying overlapping batches at the same time count every event once.
+pub async fn concurrent_overlapping_batches_count_once<F: StoreFactory>(f: &F) {
+    let a = Arc::new(f.open().await);
+    let b = Arc::new(f.open().await);
+    let org = fresh_org();
+    let p = fresh_project();
+    let n = 240usize;
+    let events: Vec<Event> = (0..n)
+        .map(|i| {
+            event(
+                &org,
+                &p,
+                &format!("ev-{i:04}"),
+                "compute_minutes",
+                &i.to_string(),
+                &format!("2026-11-26T10:{:02}:00Z", i % 60),
+            )
+        })
+        .collect();
+    let left: Vec<Event> = events[..160].to_vec();
+    let mut right: Vec<Event> = events[80..].to_vec();
+    right.reverse();
+
+    let run = |store: Arc<F::Store>, events: Vec<Event>, chunk: usize| {
+        tokio::spawn(async move {
+            let mut applied = 0;
+            // Twice over: the second pass is a redelivery racing the other task's first.
+            for _ in 0..2 {
+                for batch in events.chunks(chunk) {
+                    let report = store.apply_batch(batch).await.unwrap();
+                    assert!(report.all_settled());
+                    applied += report.applied();
+                }
+            }
+            applied
+        })
+    };
+    let (x, y) = tokio::join!(run(a.clone(), left, 8), run(b.clone(), right, 5));
+    assert_eq!(
+        x.unwrap() + y.unwrap(),
+        n,
+        "each event applied exactly once"
+    );
+
+    let total: usize = (0..n).sum();
+    for store in [&a, &b] {
+        assert_eq!(
+            november(store.as_ref(), &org, None, "compute_minutes").await,
+            exp(&[("2026-11-01T00:00:00Z", &total.to_string())])
+        );
+    }
+    let hour: Decimal = (0..n).map(Decimal::from).sum();
+    assert_eq!(
+        series(
+            a.as_ref(),
+            &org,
+            Some(&p),
+            "compute_minutes",
+            Granularity::Hour,
+            "2026-11-26T00:00:00Z",
+            "2026-11-27T00:00:00Z"
+        )
+        .await,
+        vec![(ts("2026-11-26T10:00:00Z"), hour)]
+    );
+    assert_eq!(
+        whole_ledger(a.as_ref(), &org, Month::parse("2026-11").unwrap(), 1000)
+            .await
+            .len(),
+        n
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Arithmetic.
+
+const NOV: (&str, &str) = ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+
+/// `sum` adds exact decimals and `count` counts events, per hour, day and month, org-wide
+/// and per project.
+pub async fn sum_and_count_arithmetic<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let (p1, p2) = (fresh_project(), fresh_project());
+    let m = "compute_minutes";
+    apply(
+        &s,
+        &[
+            event(&org, &p1, "e1", m, "1.5", "2026-11-26T10:05:00Z"),
+            event(&org, &p2, "e3", m, "3", "2026-11-26T11:10:00Z"),
+            event(&org, &p1, "r1", "requests", "5", "2026-11-26T10:05:00Z"),
+        ],
+    )
+    .await;
+    apply(
+        &s,
+        &[
+            event(&org, &p1, "e2", m, "2.25", "2026-11-26T10:55:00Z"),
+            event(&org, &p1, "e4", m, "0.25", "2026-11-27T00:30:00Z"),
+            event(&org, &p2, "e5", m, "100", "2026-12-01T00:00:00Z"),
+            event(&org, &p1, "r2", "requests", "0", "2026-11-26T10:59:59.999Z"),
+            event(&org, &p2, "r3", "requests", "7", "2026-11-27T23:00:00Z"),
+        ],
+    )
+    .await;
+    let (from, to) = NOV;
+    use Granularity::{Day, Hour, Month as M};
+    assert_eq!(
+        series(&s, &org, None, m, Hour, from, to).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "3.75"),
+            ("2026-11-26T11:00:00Z", "3"),
+            ("2026-11-27T00:00:00Z", "0.25")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, Day, from, to).await,
+        exp(&[
+            ("2026-11-26T00:00:00Z", "6.75"),
+            ("2026-11-27T00:00:00Z", "0.25")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, M, from, "2027-01-01T00:00:00Z").await,
+        exp(&[
+            ("2026-11-01T00:00:00Z", "7"),
+            ("2026-12-01T00:00:00Z", "100")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, Hour, from, to).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "3.75"),
+            ("2026-11-27T00:00:00Z", "0.25")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, Day, from, to).await,
+        exp(&[
+            ("2026-11-26T00:00:00Z", "3.75"),
+            ("2026-11-27T00:00:00Z", "0.25")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "4")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, Hour, from, to).await,
+        exp(&[("2026-11-26T11:00:00Z", "3")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "3")])
+    );
+
+    // count ignores quantities (zero included).
+    assert_eq!(
+        series(&s, &org, None, "requests", M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "3")])
+    );
+    assert_eq!(
+        series(&s, &org, None, "requests", Day, from, to).await,
+        exp(&[("2026-11-26T00:00:00Z", "2"), ("2026-11-27T00:00:00Z", "1")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), "requests", Hour, from, to).await,
+        exp(&[("2026-11-26T10:00:00Z", "2")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), "requests", M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "1")])
+    );
+}
+
+/// `max` keeps the largest quantity per bucket, across batches.
+pub async fn max_arithmetic<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let (p1, p2) = (fresh_project(), fresh_project());
+    let m = "storage_bytes";
+    apply(
+        &s,
+        &[
+            event(&org, &p1, "a", m, "100", "2026-11-26T10:00:00Z"),
+            event(&org, &p1, "b", m, "300", "2026-11-26T10:30:00Z"),
+        ],
+    )
+    .await;
+    apply(
+        &s,
+        &[event(&org, &p2, "c", m, "200", "2026-11-26T11:00:00Z")],
+    )
+    .await;
+    apply(
+        &s,
+        &[event(&org, &p1, "d", m, "50", "2026-11-26T11:30:00Z")],
+    )
+    .await;
+    // A resend of the peak with a bigger quantity changes nothing.
+    apply(
+        &s,
+        &[event(&org, &p1, "b", m, "9999", "2026-11-26T10:30:00Z")],
+    )
+    .await;
+    let (from, to) = NOV;
+    use Granularity::{Day, Hour, Month as M};
+    assert_eq!(
+        series(&s, &org, None, m, Hour, from, to).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "300"),
+            ("2026-11-26T11:00:00Z", "200")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, Day, from, to).await,
+        exp(&[("2026-11-26T00:00:00Z", "300")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "300")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, Hour, from, to).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "300"),
+            ("2026-11-26T11:00:00Z", "50")
+        ])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "200")])
+    );
+}
+
+/// `latest` keeps the reading with the latest timestamp (ties: the larger value), whatever
+/// order the readings arrive in.
+pub async fn latest_arithmetic<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let (p1, p2) = (fresh_project(), fresh_project());
+    let m = "temperature";
+    apply(&s, &[event(&org, &p1, "a", m, "5", "2026-11-26T10:00:00Z")]).await;
+    apply(&s, &[event(&org, &p1, "b", m, "7", "2026-11-26T12:00:00Z")]).await;
+    // Late and older: lands in its own hour, changes neither day nor month.
+    apply(&s, &[event(&org, &p1, "c", m, "9", "2026-11-26T11:00:00Z")]).await;
+    let (from, to) = NOV;
+    use Granularity::{Day, Hour, Month as M};
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, Day, from, to).await,
+        exp(&[("2026-11-26T00:00:00Z", "7")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, Hour, from, to).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "5"),
+            ("2026-11-26T11:00:00Z", "9"),
+            ("2026-11-26T12:00:00Z", "7")
+        ])
+    );
+    // Same instant, smaller value: no change. Same instant, larger value (other project):
+    // wins org-wide.
+    apply(&s, &[event(&org, &p1, "d", m, "4", "2026-11-26T12:00:00Z")]).await;
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
+    apply(&s, &[event(&org, &p2, "e", m, "8", "2026-11-26T12:00:00Z")]).await;
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "8")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "8")])
+    );
+    // Sub-second order is respected.
+    apply(
+        &s,
+        &[event(&org, &p2, "f", m, "1", "2026-11-26T12:00:00.001Z")],
+    )
+    .await;
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "1")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, Hour, "2026-11-26T12:00:00Z", to).await,
+        exp(&[("2026-11-26T12:00:00Z", "1")])
+    );
+}
+
+/// `unique_count` counts distinct property values per bucket, across batches and
+/// projects.
+pub async fn unique_count_arithmetic<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let (p1, p2) = (fresh_project(), fresh_project());
+    let m = "active_users";
+    let e = |p: &ProjectId, id: &str, user: &str, at: &str| {
+        with_prop(event(&org, p, id, m, "1", at), "user", user)
+    };
+    apply(
+        &s,
+        &[
+            e(&p1, "1", "ann", "2026-11-26T10:00:00Z"),
+            e(&p1, "2", "ann", "2026-11-26T10:10:00Z"),
+        ],
+    )
+    .await;
+    apply(
+        &s,
+        &[
+            e(&p2, "3", "ann", "2026-11-26T10:20:00Z"),
+            e(&p1, "4", "bob", "2026-11-26T11:00:00Z"),
+            e(&p1, "4", "bob", "2026-11-26T11:00:00Z"),
+        ],
+    )
+    .await;
+    // A resent event with another user changes nothing.
+    apply(&s, &[e(&p1, "1", "zed", "2026-11-26T10:00:00Z")]).await;
+    let (from, to) = NOV;
+    use Granularity::{Day, Hour, Month as M};
+    assert_eq!(
+        series(&s, &org, None, m, Hour, from, to).await,
+        exp(&[("2026-11-26T10:00:00Z", "1"), ("2026-11-26T11:00:00Z", "1")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, Day, from, to).await,
+        exp(&[("2026-11-26T00:00:00Z", "2")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "2")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p1), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "2")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "1")])
+    );
+    apply(
+        &s,
+        &[
+            e(&p2, "5", "cy", "2026-11-27T09:00:00Z"),
+            e(&p2, "6", "bob", "2026-11-27T09:30:00Z"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        series(&s, &org, None, m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "3")])
+    );
+    assert_eq!(
+        series(&s, &org, None, m, Day, from, to).await,
+        exp(&[("2026-11-26T00:00:00Z", "2"), ("2026-11-27T00:00:00Z", "2")])
+    );
+    assert_eq!(
+        series(&s, &org, Some(&p2), m, M, from, to).await,
+        exp(&[("2026-11-01T00:00:00Z", "3")])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads.
+
+/// Series hold the buckets whose start is in [from, to), in time order, without empty
+/// buckets, for exactly the org, scope and meter asked.
+pub async fn counter_series_range_semantics<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let p = fresh_project();
+    let m = "bandwidth_bytes";
+    let mut batch: Vec<Event> = [
+        ("a", "1", "2026-11-26T13:05:00Z"),
+        ("b", "2", "2026-11-26T10:15:00Z"),
+        ("c", "4", "2026-11-26T11:45:00Z"),
+        ("d", "8", "2026-11-27T09:00:00Z"),
+        ("e", "16", "2026-10-31T23:59:59.999Z"),
+        ("f", "32", "2026-12-01T00:00:00Z"),
+    ]
+    .iter()
+    .map(|(id, q, at)| event(&org, &p, id, m, q, at))
+    .collect();
+    batch.push(event(
+        &fresh_org(),
+        &p,
+        "a",
+        m,
+        "1000",
+        "2026-11-26T11:00:00Z",
+    ));
+    apply(&s, &batch).await;
+    use Granularity::{Day, Hour, Month as M};
+    let day = ("2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z");
+    assert_eq!(
+        series(&s, &org, None, m, Hour, day.0, day.1).await,
+        exp(&[
+            ("2026-11-26T10:00:00Z", "2"),
+            ("2026-11-26T11:00:00Z", "4"),
+            ("2026-11-26T13:00:00Z", "1")
+        ])
+    );
+    // `to` is exclusive; empty hours are omitted.
+    assert_eq!(
+        series(
+            &s,
+            &org,
+            None,
+            m,
+            Hour,
+            "2026-11-26T11:00:00Z",
+            "2026-11-26T13:00:00Z"
+        )
+        .await,
+        exp(&[("2026-11-26T11:00:00Z", "4")])
+    );
+    // A bucket that starts before `from` is left out; one starting before `to` is in.
+    assert_eq!(
+        series(
+            &s,
+            &org,
+            None,
+            m,
+            Hour,
+            "2026-11-26T10:30:00Z",
+            "2026-11-26T13:00:00.001Z"
+        )
+        .await,
+        exp(&[("2026-11-26T11:00:00Z", "4"), ("2026-11-26T13:00:00Z", "1")])
+    );
+    assert_eq!(
+        series(
+            &s,
+            &org,
+            Some(&p),
+            m,
+            Day,
+            "2026-10-01T00:00:00Z",
+            "2027-01-01T00:00:00Z"
+        )
+        .await,
+        exp(&[
+            ("2026-10-31T00:00:00Z", "16"),
+            ("2026-11-26T00:00:00Z", "7"),
+            ("2026-11-27T00:00:00Z", "8"),
+            ("2026-12-01T00:00:00Z", "32"),
+        ])
+    );
+    assert_eq!(
+        series(
+            &s,
+            &org,
+            None,
+            m,
+            M,
+            "2026-10-01T00:00:00Z",
+            "2027-01-01T00:00:00Z"
+        )
+        .await,
+        exp(&[
+            ("2026-10-01T00:00:00Z", "16"),
+            ("2026-11-01T00:00:00Z", "15"),
+            ("2026-12-01T00:00:00Z", "32")
+        ])
+    );
+    assert_eq!(
+        series(
+            &s,
+            &org,
+            None,
+            m,
+            M,
+            "2026-11-02T00:00:00Z",
+            "2027-01-01T00:00:00Z"
+        )
+        .await,
+        exp(&[("2026-12-01T00:00:00Z", "32")])
+    );
+    assert!(
+        series(&s, &org, None, m, Hour, day.0, day.0)
+            .await
+            .is_empty()
+    );
+    assert!(
+        series(&s, &org, None, m, Hour, day.1, day.0)
+            .await
+            .is_empty()
+    );
+    assert!(
+        series(&s, &org, None, "compute_minutes", Hour, day.0, day.1)
+            .await
+            .is_empty()
+    );
+    assert!(
+        series(&s, &org, Some(&fresh_project()), m, Hour, day.0, day.1)
+            .await
+            .is_empty()
+    );
+    assert!(
+        series(&s, &fresh_org(), None, m, Hour, day.0, day.1)
+            .await
+            .is_empty()
+    );
+}
+
+/// Paging the ledger of one org and month returns each of its events exactly once, as
+/// applied (first copy, properties included), and nothing of other orgs or months.
+pub async fn ledger_pages_cover_each_event_once<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let other = fresh_org();
+    let p = fresh_project();
+    let mut nov = Vec::new();
+    for i in 0..53u32 {
+        // Ids in scrambled order, timestamps spread over the month.
+        let id = format!("evt-{:03}", (i * 37) % 53);
+        let at = format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 30, i % 24, i % 60);
+        let mut e = event(&org, &p, &id, "compute_minutes", &format!("{i}.5"), &at);
+        if i % 3 == 0 {
+            e = with_prop(e, "route", format!("/v1/{i}"));
+        }
+        nov.push(e);
+    }
+    let edges = [
+        event(
+            &org,
+            &p,
+            "oct-1",
+            "compute_minutes",
+            "1",
+            "2026-10-31T23:59:59.999Z",
+        ),
+        event(
+            &org,
+            &p,
+            "dec-1",
+            "compute_minutes",
+            "1",
+            "2026-12-01T00:00:00Z",
+        ),
+        event(
+            &other,
+            &p,
+            "evt-001",
+            "compute_minutes",
+            "1",
+            "2026-11-02T00:00:00Z",
+        ),
+    ];
+    let mut all: Vec<Event> = nov.iter().chain(edges.iter()).cloned().collect();
+    all.push(nov[3].clone());
+    for chunk in all.chunks(10) {
+        apply(&s, chunk).await;
+    }
+    // A resend with other content does not replace the first copy.
+    let mut changed = nov[5].clone();
+    changed.quantity = tally_core::event::Quantity::parse("999").unwrap();
+    apply(&s, &[changed]).await;
+
+    let month = Month::parse("2026-11").unwrap();
+    for limit in [1, 7, 53, 1000] {
+        let got = whole_ledger(&s, &org, month, limit).await;
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        let distinct: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), distinct.len(), "no event twice (limit {limit})");
+        let mut got_sorted = got.clone();
+        got_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = nov.clone();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(got_sorted, want, "limit {limit}");
+    }
+    let oct = whole_ledger(&s, &org, Month::parse("2026-10").unwrap(), 10).await;
+    assert_eq!(oct, vec![edges[0].clone()]);
+    let empty = s
+        .ledger_page(&org, Month::parse("2026-09").unwrap(), None, 10)
+        .await
+        .unwrap();
+    assert!(empty.events.is_empty() && empty.next.is_none());
+    assert_eq!(
+        whole_ledger(&s, &other, month, 10).await,
+        vec![edges[2].clone()]
+    );
+}
+
+/// Every stored counter of a month equals what a fold of the month's ledger implies, and
+/// what the events accepted imply; nothing more is stored.
+pub async fn stored_counters_agree_with_a_fold_of_the_ledger<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let projects = [fresh_project(), fresh_project()];
+    let meters = [
+        "compute_minutes",
+        "requests",
+        "storage_bytes",
+        "temperature",
+        "active_users",
+    ];
+    let mut rng_state = rand::random::<u64>() | 1;
+    let mut next = move |n: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state % n
+    };
+    let mut stream = Vec::new();
+    for i in 0..300u64 {
+        // About one in five is a resend of an earlier id (maybe with other content).
+        let id = if i > 10 && next(5) == 0 { next(i) } else { i };
+        let meter = meters[next(meters.len() as u64) as usize];
+        let p = &projects[next(2) as usize];
+        let (day, hour, minute) = (next(32), next(24), next(60));
+        let at = match day {
+            0 => format!("2026-10-31T{hour:02}:{minute:02}:00Z"),
+            31 => format!("2026-12-01T{hour:02}:{minute:02}:00Z"),
+            d => format!(
+                "2026-11-{d:02}T{hour:02}:{minute:02}:{:02}.{:03}Z",
+                next(60),
+                next(1000)
+            ),
+        };
+        let q = format!("{}.{}", next(1000), next(100));
+        let mut e = event(&org, p, &format!("id-{id}"), meter, &q, &at);
+        if meter == "active_users" {
+            e = with_prop(e, "user", format!("u{}", next(6)));
+        }
+        stream.push(e);
+    }
+    let mut accepted: Vec<Event> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut start = 0;
+    while start < stream.len() {
+        let len = 1 + next(40) as usize;
+        let mut batch: Vec<Event> = stream[start..(start + len).min(stream.len())].to_vec();
+        if next(3) == 0
+            && let Some(e) = batch.first().cloned()
+        {
+            batch.push(e);
+        }
+        let outcomes = apply(&s, &batch).await;
+        for (e, o) in batch.iter().zip(outcomes) {
+            let fresh = seen.insert(e.id.clone());
+            assert_eq!(o, if fresh { Applied } else { Duplicate }, "event {}", e.id);
+            if fresh {
+                accepted.push(e.clone());
+            }
+        }
+        start += len;
+    }
+
+    let month = Month::parse("2026-11").unwrap();
+    let stored: BTreeMap<OwnedCounterKey, Decimal> = s
+        .stored_counters(&org, month)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let ledger = whole_ledger(&s, &org, month, 25).await;
+    let from_ledger = expected_counters(&ledger);
+    let in_month: Vec<Event> = accepted
+        .into_iter()
+        .filter(|e| month.contains(e.timestamp))
+        .collect();
+    let from_accepted = expected_counters(&in_month);
+    assert_eq!(
+        from_ledger, from_accepted,
+        "the ledger holds exactly the accepted events"
+    );
+    assert!(!stored.is_empty());
+    assert_eq!(
+        stored, from_ledger,
+        "stored counters equal a fold of the ledger"
+    );
+    assert!(
+        stored
+            .keys()
+            .all(|k| k.org == org && month.contains(k.start))
+    );
+    assert!(
+        s.stored_counters(&fresh_org(), month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Closing a period is recorded, idempotent, and touches no other month.
+pub async fn periods_close_idempotently<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    // A far-off random month, so tests and runs sharing a table do not collide.
+    let month = Month::new(
+        2200 + (rand::random::<u32>() % 7000) as i32,
+        1 + rand::random::<u32>() % 12,
+    )
+    .unwrap();
+    assert!(!s.is_period_closed(month).await.unwrap());
+    let at = ts("2026-12-01T01:00:00Z");
+    s.close_period(month, at).await.unwrap();
+    assert!(s.is_period_closed(month).await.unwrap());
+    s.close_period(month, at + Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(s.is_period_closed(month).await.unwrap());
+    assert!(f.open().await.is_period_closed(month).await.unwrap());
+    assert!(!s.is_period_closed(month.next()).await.unwrap());
+    assert!(!s.is_period_closed(month.prev()).await.unwrap());
+}
