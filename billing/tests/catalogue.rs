@@ -1,0 +1,461 @@
+//! The plan catalogue: the built-in file loads, agrees with core's built-in plans and meter
+//! catalogue, loads from a path, and bad files are refused with errors that name the plan,
+//! meter and field.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rust_decimal::Decimal;
+use tally_billing::{BUILTIN_TOML, Catalogue, CatalogueError, Pricing};
+use tally_core::{MeterCatalogue, MeterName, Plan, PlanId};
+
+const PLANS: [PlanId; 4] = [
+    PlanId::Free,
+    PlanId::Starter,
+    PlanId::Pro,
+    PlanId::Enterprise,
+];
+
+#[test]
+fn builtin_catalogue_agrees_with_core_plans() {
+    let c = Catalogue::builtin().unwrap();
+    for id in PLANS {
+        assert_eq!(c.core_plan(id), Plan::builtin(id), "{id}");
+        assert_eq!(Plan::from(c.plan(id)), Plan::builtin(id), "{id}");
+        // And back: core's plan priced by the catalogue is the catalogue's plan.
+        assert_eq!(&c.priced(&Plan::builtin(id)).unwrap(), c.plan(id), "{id}");
+    }
+    assert_eq!(c.meter_catalogue(), MeterCatalogue::default());
+}
+
+#[test]
+fn builtin_catalogue_has_the_design_prices() {
+    let c = Catalogue::builtin().unwrap();
+    let unit_price = |plan: PlanId, meter: &str| match &c.plan(plan).meters
+        [&MeterName::parse(meter).unwrap()]
+        .pricing
+    {
+        Pricing::PerUnit { unit_price } => *unit_price,
+        other => panic!("{other:?}"),
+    };
+    for plan in [PlanId::Starter, PlanId::Pro, PlanId::Enterprise] {
+        assert_eq!(unit_price(plan, "api_calls"), Decimal::new(50, 2));
+        assert_eq!(unit_price(plan, "compute_minutes"), Decimal::new(10, 2));
+        assert_eq!(unit_price(plan, "storage_bytes"), Decimal::new(10, 2));
+        assert_eq!(unit_price(plan, "bandwidth_bytes"), Decimal::new(8, 2));
+    }
+    for meter in [
+        "api_calls",
+        "compute_minutes",
+        "storage_bytes",
+        "bandwidth_bytes",
+    ] {
+        assert_eq!(unit_price(PlanId::Free, meter), Decimal::ZERO);
+    }
+    let discount = |p| c.plan(p).discount_percent;
+    assert_eq!(discount(PlanId::Free), Decimal::ZERO);
+    assert_eq!(discount(PlanId::Starter), Decimal::from(10));
+    assert_eq!(discount(PlanId::Pro), Decimal::from(20));
+    assert_eq!(discount(PlanId::Enterprise), Decimal::from(40));
+    let size = |m: &str| {
+        c.meter(&MeterName::parse(m).unwrap())
+            .unwrap()
+            .price_unit_size
+    };
+    assert_eq!(size("api_calls"), Decimal::from(1000));
+    assert_eq!(size("storage_bytes"), Decimal::from(1_000_000_000));
+    assert_eq!(size("bandwidth_bytes"), Decimal::from(1_000_000_000));
+    assert_eq!(c.plan(PlanId::Starter).monthly_fee.to_string(), "29.00");
+}
+
+#[test]
+fn loads_from_a_path_and_reports_a_missing_file() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("tally-billing-plans.toml");
+    std::fs::write(&path, BUILTIN_TOML).unwrap();
+    assert_eq!(
+        Catalogue::load(&path).unwrap(),
+        Catalogue::builtin().unwrap()
+    );
+    let missing = dir.join("no-such-plans.toml");
+    let err = Catalogue::load(&missing).unwrap_err();
+    assert!(matches!(err, CatalogueError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-plans.toml"), "{err}");
+}
+
+/// The built-in file with `old` replaced by `new` (which must occur exactly once).
+fn edited(old: &str, new: &str) -> String {
+    assert_eq!(
+        BUILTIN_TOML.matches(old).count(),
+        1,
+        "{old:?} must occur once in plans.toml"
+    );
+    BUILTIN_TOML.replacen(old, new, 1)
+}
+
+/// Loads `text` and returns its problems as "path: message" strings (panics if it loads or
+/// fails to parse).
+fn problems(text: &str) -> Vec<String> {
+    match Catalogue::from_toml(text, "test.toml") {
+        Err(e @ CatalogueError::Invalid { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("plan catalogue test.toml is invalid: "),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            e.problems().iter().map(|p| p.to_string()).collect()
+        }
+        Err(e) => panic!("expected Invalid, got {e}"),
+        Ok(_) => panic!("expected Invalid, it loaded"),
+    }
+}
+
+/// Asserts exactly one problem, at `path`, whose message contains `needle`.
+fn assert_problem(text: &str, path: &str, needle: &str) {
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(&format!("{path}: ")),
+        "expected {path}, got {found:?}"
+    );
+    assert!(found[0].contains(needle), "{found:?} lacks {needle:?}");
+}
+
+fn parse_error(text: &str) -> (usize, String) {
+    match Catalogue::from_toml(text, "test.toml") {
+        Err(CatalogueError::Parse { line, message, .. }) => (line, message),
+        Err(e) => panic!("expected Parse, got {e}"),
+        Ok(_) => panic!("expected Parse, it loaded"),
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn a_float_price_is_refused_with_its_line() {
+    let text = edited(
+        r#"list_price = { model = "per_unit", unit_price = "0.08" }"#,
+        r#"list_price = { model = "per_unit", unit_price = 0.08 }"#,
+    );
+    let (line, message) = parse_error(&text);
+    assert_eq!(line, line_of(&text, "unit_price = 0.08"));
+    assert!(message.contains("floating point"), "{message}");
+    assert!(message.contains("string"), "{message}");
+}
+
+#[test]
+fn a_misspelt_field_is_refused_with_its_line() {
+    let text = edited(r#"discount_percent = "20""#, r#"discount_pct = "20""#);
+    let (line, message) = parse_error(&text);
+    assert_eq!(line, line_of(&text, "discount_pct"));
+    assert!(message.contains("discount_pct"), "{message}");
+    let err = Catalogue::from_toml(&text, "plans.toml").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("plan catalogue plans.toml, line ")
+    );
+}
+
+#[test]
+fn tiers_must_ascend() {
+    let text = edited(
+        "api_calls = { included = 1_000_000 }",
+        r#"api_calls = { included = 1_000_000, price = { model = "graduated", tiers = [
+            { up_to = "100", unit_price = "0.50" },
+            { up_to = "100", unit_price = "0.40" },
+            { unit_price = "0.30" } ] } }"#,
+    );
+    assert_problem(
+        &text,
+        "plans.pro.meters.api_calls.price.tiers[1].up_to",
+        "greater than the previous bound 100",
+    );
+}
+
+#[test]
+fn tiers_must_be_contiguous() {
+    let text = edited(
+        "api_calls = { included = 1_000_000 }",
+        r#"api_calls = { included = 1_000_000, price = { model = "graduated", tiers = [
+            { from = "0", up_to = "100", unit_price = "0.50" },
+            { from = "150", up_to = "200", unit_price = "0.40" },
+            { from = "200", unit_price = "0.30" } ] } }"#,
+    );
+    assert_problem(
+        &text,
+        "plans.pro.meters.api_calls.price.tiers[1].from",
+        "previous tier ends at 100",
+    );
+}
+
+#[test]
+fn only_the_last_tier_is_unbounded() {
+    let text = edited(
+        "compute_minutes = { included = 1_000 }",
+        r#"compute_minutes = { included = 1_000, price = { model = "volume", tiers = [
+            { up_to = "100", unit_price = "0.10" },
+            { up_to = "200", unit_price = "0.10" } ] } }"#,
+    );
+    assert_problem(
+        &text,
+        "plans.starter.meters.compute_minutes.price.tiers[1].up_to",
+        "last tier",
+    );
+    let text = edited(
+        "compute_minutes = { included = 1_000 }",
+        r#"compute_minutes = { included = 1_000, price = { model = "graduated", tiers = [
+            { unit_price = "0.10" }, { unit_price = "0.10" } ] } }"#,
+    );
+    assert_problem(
+        &text,
+        "plans.starter.meters.compute_minutes.price.tiers[0].up_to",
+        "only the last tier may be unbounded",
+    );
+}
+
+#[test]
+fn a_volume_table_may_not_lower_a_bill() {
+    // 1,000 minutes at $0.10 = $100, but 1,000⁺ at $0.05 = $50: refused, with the fix.
+    let text = edited(
+        "compute_minutes = { included = 1_000 }",
+        r#"compute_minutes = { included = 1_000, price = { model = "volume", tiers = [
+            { up_to = "1000", unit_price = "0.10" },
+            { unit_price = "0.05" } ] } }"#,
+    );
+    assert_problem(
+        &text,
+        "plans.starter.meters.compute_minutes.price.tiers[1].flat_fee",
+        "flat_fee must be at least 50",
+    );
+    // With the flat fee it asks for, the same table loads.
+    let fixed = text.replace(
+        r#"{ unit_price = "0.05" }"#,
+        r#"{ unit_price = "0.05", flat_fee = "50" }"#,
+    );
+    Catalogue::from_toml(&fixed, "fixed").unwrap();
+}
+
+#[test]
+fn prices_fees_and_allowances_are_not_negative() {
+    assert_problem(
+        &edited(r#"unit_price = "0.08""#, r#"unit_price = "-0.08""#),
+        "meters.bandwidth_bytes.list_price.unit_price",
+        "must not be negative",
+    );
+    assert_problem(
+        &edited(
+            "compute_minutes = { included = 1_000 }",
+            r#"compute_minutes = { included = "-1" }"#,
+        ),
+        "plans.starter.meters.compute_minutes.included",
+        "must not be negative",
+    );
+    assert_problem(
+        &edited(r#"monthly_fee = "99.00""#, r#"monthly_fee = "-99""#),
+        "plans.pro.monthly_fee",
+        "must not be negative",
+    );
+}
+
+#[test]
+fn fees_are_whole_cents_and_discounts_a_percentage() {
+    assert_problem(
+        &edited(r#"monthly_fee = "29.00""#, r#"monthly_fee = "29.001""#),
+        "plans.starter.monthly_fee",
+        "whole cents",
+    );
+    assert_problem(
+        &edited(r#"discount_percent = "40""#, r#"discount_percent = "150""#),
+        "plans.enterprise.discount_percent",
+        "from 0 to 100",
+    );
+    assert_problem(
+        &edited(
+            r#"discount_percent = "40""#,
+            r#"discount_percent = "forty""#,
+        ),
+        "plans.enterprise.discount_percent",
+        "not a decimal",
+    );
+}
+
+#[test]
+fn aggregations_are_known() {
+    assert_problem(
+        &edited(r#"aggregation = "max""#, r#"aggregation = "avg""#),
+        "meters.storage_bytes.aggregation",
+        "unknown aggregation \"avg\"",
+    );
+    assert_problem(
+        &edited(r#"aggregation = "max""#, r#"aggregation = "unique_count""#),
+        "meters.storage_bytes.property",
+        "required for unique_count",
+    );
+    assert_problem(
+        &edited(
+            r#"aggregation = "max""#,
+            r#"aggregation = "max"
+property = "region""#,
+        ),
+        "meters.storage_bytes.property",
+        "only allowed with",
+    );
+    // unique_count with its property loads.
+    let ok = edited(
+        r#"aggregation = "max""#,
+        r#"aggregation = "unique_count"
+property = "user_id""#,
+    );
+    Catalogue::from_toml(&ok, "ok").unwrap();
+}
+
+#[test]
+fn units_convert_exactly() {
+    assert_problem(
+        &edited(
+            "price_unit = \"GB-month\"\nprice_unit_size = \"1 GB\"",
+            "price_unit = \"GiB-month\"\nprice_unit_size = \"1 GiB\"",
+        ),
+        "meters.storage_bytes.price_unit_size",
+        "power of ten",
+    );
+    assert_problem(
+        &edited(
+            "compute_minutes = { included = 1_000 }",
+            r#"compute_minutes = { included = "1 GB" }"#,
+        ),
+        "plans.starter.meters.compute_minutes.included",
+        "not a quantity of bytes",
+    );
+    assert_problem(
+        &edited(r#"included = "10 GiB""#, r#"included = "10 GiBs""#),
+        "plans.starter.meters.storage_bytes.included",
+        "unknown unit",
+    );
+}
+
+#[test]
+fn every_plan_is_defined_once() {
+    let text = edited("[plans.pro]\n", "[plans.gold]\n").replacen(
+        "[plans.pro.meters]",
+        "[plans.gold.meters]",
+        1,
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("plans.gold: is not a Tally plan"),
+        "{found:?}"
+    );
+    assert!(found[1].starts_with("plans.pro: is missing"), "{found:?}");
+}
+
+#[test]
+fn every_plan_prices_every_meter_and_nothing_else() {
+    assert_problem(
+        &edited(
+            "storage_bytes = {}\nbandwidth_bytes = {}",
+            "storage_bytes = {}",
+        ),
+        "plans.enterprise.meters.bandwidth_bytes",
+        "every plan prices every meter",
+    );
+    assert_problem(
+        &edited(
+            "storage_bytes = {}\nbandwidth_bytes = {}",
+            "storage_bytes = {}\nbandwidth_bytes = {}\negress_bytes = {}",
+        ),
+        "plans.enterprise.meters.egress_bytes",
+        "no meter \"egress_bytes\"",
+    );
+    // Without a list price, every plan that relies on it is named.
+    let found = problems(&edited(
+        "list_price = { model = \"per_unit\", unit_price = \"0.08\" }\n",
+        "",
+    ));
+    assert_eq!(
+        found,
+        [
+            "plans.enterprise.meters.bandwidth_bytes.price: is missing and meters.bandwidth_bytes has no list_price",
+            "plans.pro.meters.bandwidth_bytes.price: is missing and meters.bandwidth_bytes has no list_price",
+            "plans.starter.meters.bandwidth_bytes.price: is missing and meters.bandwidth_bytes has no list_price",
+        ]
+    );
+}
+
+#[test]
+fn price_models_have_their_own_fields() {
+    let with = |price: &str| {
+        edited(
+            "api_calls = { included = 1_000_000 }",
+            &format!("api_calls = {{ included = 1_000_000, price = {price} }}"),
+        )
+    };
+    assert_problem(
+        &with(r#"{ model = "tiered", unit_price = "1" }"#),
+        "plans.pro.meters.api_calls.price.model",
+        "unknown model \"tiered\"",
+    );
+    assert_problem(
+        &with(r#"{ model = "package", package_size = "0", package_price = "0.50" }"#),
+        "plans.pro.meters.api_calls.price.package_size",
+        "greater than zero",
+    );
+    assert_problem(
+        &with(r#"{ model = "package", package_price = "0.50" }"#),
+        "plans.pro.meters.api_calls.price.package_size",
+        "required by model \"package\"",
+    );
+    assert_problem(
+        &with(r#"{ model = "per_unit", unit_price = "1", tiers = [] }"#),
+        "plans.pro.meters.api_calls.price.tiers",
+        "does not belong to model \"per_unit\"",
+    );
+    assert_problem(
+        &with(r#"{ model = "graduated", tiers = [] }"#),
+        "plans.pro.meters.api_calls.price.tiers",
+        "at least one tier",
+    );
+    // A package price of $0.50 per started 1,000 calls (1 price unit = 1,000 calls) loads.
+    Catalogue::from_toml(
+        &with(r#"{ model = "package", package_size = "1", package_price = "0.50" }"#),
+        "ok",
+    )
+    .unwrap();
+}
+
+#[test]
+fn version_currency_and_names_are_checked() {
+    let found = problems(&edited("version = 1\n", "version = 2\n").replacen(
+        "currency = \"usd\"",
+        "currency = \"eur\"",
+        1,
+    ));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("version: must be 1"), "{found:?}");
+    assert!(
+        found[1].starts_with("currency: must be \"usd\""),
+        "{found:?}"
+    );
+
+    let found = problems(&edited("[meters.compute_minutes]", "[meters.Compute]"));
+    assert!(
+        found[0].starts_with("meters.Compute: is not a valid meter name"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = edited(r#"monthly_fee = "29.00""#, r#"monthly_fee = "29.001""#).replacen(
+        r#"aggregation = "max""#,
+        r#"aggregation = "avg""#,
+        1,
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("meters.storage_bytes.aggregation"));
+    assert!(found[1].starts_with("plans.starter.monthly_fee"));
+}
