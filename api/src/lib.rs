@@ -1,7 +1,8 @@
 //! Tally's usage and management API, written against the ports of `tally-core` only.
 //!
-//! Today it serves `GET /v1/usage` (see [`usage`]); the management routes (orgs, projects,
-//! keys, audit) join [`router`] in later issues. Callers are identified by [`auth::Caller`]:
+//! Today it serves `GET /v1/usage` (see [`usage`]) and `GET /openapi.json`, the OpenAPI 3.1
+//! document of every Tally route, ingest's included (see [`openapi`]); the management
+//! routes (orgs, projects, keys, audit) join [`router`] in later issues. Callers are identified by [`auth::Caller`]:
 //! API keys now, JWT bearer tokens of users later, behind the same extractor. Errors are the
 //! shared JSON [`ApiError`] of `tally-ingest`, so every Tally API refuses alike.
 
@@ -16,7 +17,11 @@ use tally_core::ports::{Clock, TenantStore, UsageStore};
 use tally_ingest::auth::KeyAuth;
 
 pub mod auth;
+pub mod openapi;
 pub mod usage;
+
+/// Every route [`router`] serves, as (method, path), for the OpenAPI check.
+pub const ROUTES: &[(&str, &str)] = &[("GET", "/v1/usage"), ("GET", "/openapi.json")];
 
 pub use tally_ingest::error::{ApiError, ErrorBody};
 pub use usage::{SeriesPoint, UsageResponse};
@@ -65,11 +70,12 @@ impl FromRef<ApiState> for KeyAuth {
     }
 }
 
-/// The API's routes: `GET /v1/usage`, inside the request span of
+/// The API's routes: `GET /v1/usage` and `GET /openapi.json`, inside the request span of
 /// [`tally_ingest::trace`].
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/usage", get(usage::get_usage))
+        .route("/openapi.json", get(openapi::serve))
         .layer(axum::middleware::from_fn(
             tally_ingest::trace::trace_requests,
         ))

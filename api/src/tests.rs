@@ -1,7 +1,7 @@
 //! Router tests against small in-memory implementations of the ports.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -53,6 +53,8 @@ struct Mem {
     projects: Vec<Project>,
     counters: Vec<Row>,
     queries: Mutex<Vec<CounterQuery>>,
+    /// Makes key lookups fail: `Some(true)` unavailable (503), `Some(false)` corrupt (500).
+    keys_fail: Option<bool>,
 }
 
 fn org(s: &str) -> OrgId {
@@ -201,6 +203,11 @@ impl TenantStore for Mem {
         unimplemented!()
     }
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        match self.keys_fail {
+            Some(true) => return Err(StoreError::Unavailable("down".into())),
+            Some(false) => return Err(StoreError::Corrupt("bad row".into())),
+            None => {}
+        }
         Ok(self.keys.get(hash).cloned())
     }
 }
@@ -260,13 +267,61 @@ struct Answer {
     json: Value,
 }
 
-async fn get(mem: &Arc<Mem>, key: Option<&str>, query: &str) -> Answer {
-    let app = router(ApiState::new(
+fn app(mem: &Arc<Mem>) -> Router {
+    router(ApiState::new(
         mem.clone(),
         mem.clone(),
         Arc::new(MeterCatalogue::default()),
         Arc::new(FixedClock(t(NOW))),
-    ));
+    ))
+}
+
+/// The OpenAPI document, built once.
+fn doc() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(openapi::document)
+}
+
+fn resolve(v: &Value) -> &Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(
+            doc()
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        ),
+        None => v,
+    }
+}
+
+fn keys_of(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn schema_properties(name: &str) -> BTreeSet<String> {
+    keys_of(&doc()["components"]["schemas"][name]["properties"])
+}
+
+/// Every answer of `GET /v1/usage` the tests see must be documented.
+fn assert_documented(a: &Answer) {
+    let response = resolve(&doc()["paths"]["/v1/usage"]["get"]["responses"][a.status.as_str()]);
+    assert!(
+        response.is_object(),
+        "GET /v1/usage answered {} which is not documented",
+        a.status
+    );
+    if a.status.is_success() {
+        assert!(keys_of(&a.json).is_subset(&schema_properties("UsageResponse")));
+    } else {
+        assert!(
+            keys_of(&a.json["error"]).is_subset(&schema_properties("ErrorBody")),
+            "{}",
+            a.json
+        );
+    }
+}
+
+async fn get(mem: &Arc<Mem>, key: Option<&str>, query: &str) -> Answer {
+    let app = app(mem);
     let mut req = Request::get(format!("/v1/usage?{query}"));
     if let Some(k) = key {
         req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
@@ -278,7 +333,9 @@ async fn get(mem: &Arc<Mem>, key: Option<&str>, query: &str) -> Answer {
         .unwrap();
     let json = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-    Answer { status, json }
+    let a = Answer { status, json };
+    assert_documented(&a);
+    a
 }
 
 fn series(a: &Answer) -> Vec<(String, String)> {
@@ -472,4 +529,144 @@ async fn keys_need_usage_read() {
     let a = get(&mem, Some(WRITE_KEY), "meter=api_calls").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json["error"]["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn every_status_code_of_get_usage_is_produced_and_documented() {
+    let mem = Arc::new(Mem::seeded());
+    let mut seen = BTreeSet::new();
+    for (key, query) in [
+        (Some(READ_KEY), "meter=api_calls"),
+        (Some(READ_KEY), "meter=nope"),
+        (None, "meter=api_calls"),
+        (Some(WRITE_KEY), "meter=api_calls"),
+        (Some(READ_KEY), "meter=api_calls&org_id=org_b"),
+    ] {
+        seen.insert(get(&mem, key, query).await.status.as_u16());
+    }
+    for fail in [true, false] {
+        let broken = Arc::new(Mem {
+            keys_fail: Some(fail),
+            ..Mem::seeded()
+        });
+        seen.insert(
+            get(&broken, Some(READ_KEY), "meter=api_calls")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    let documented: BTreeSet<u16> = keys_of(&doc()["paths"]["/v1/usage"]["get"]["responses"])
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(seen, documented);
+    assert_eq!(
+        openapi::GET_USAGE_STATUSES
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        documented
+    );
+}
+
+#[tokio::test]
+async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
+    let mem = Arc::new(Mem::seeded());
+    let res = app(&mem)
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let served: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(&served, doc());
+    assert_eq!(served["openapi"], "3.1.0");
+
+    // The documented operations are exactly the routes of both routers ...
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .chain(tally_ingest::ROUTES)
+        .map(|(m, p)| (m.to_ascii_lowercase(), (*p).to_owned()))
+        .collect();
+    let documented: BTreeSet<(String, String)> = doc()["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| keys_of(item).into_iter().map(move |m| (m, p.clone())))
+        .collect();
+    assert_eq!(routes, documented);
+    // ... and this router serves its own (not 404/405).
+    for (method, path) in ROUTES {
+        let req = Request::builder()
+            .method(*method)
+            .uri(*path)
+            .body(Body::empty())
+            .unwrap();
+        let status = app(&mem).oneshot(req).await.unwrap().status();
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {status}"
+        );
+    }
+
+    // A real answer serializes to exactly the documented properties.
+    let full = UsageResponse {
+        org_id: "org_a".into(),
+        project_id: Some("prj_a1".into()),
+        meter: "api_calls".into(),
+        granularity: "day".into(),
+        from: "2026-11-01T00:00:00Z".into(),
+        to: "2026-11-02T00:00:00Z".into(),
+        series: vec![SeriesPoint {
+            start: "2026-11-01T00:00:00Z".into(),
+            value: "1".into(),
+        }],
+    };
+    let v = serde_json::to_value(&full).unwrap();
+    assert_eq!(keys_of(&v), schema_properties("UsageResponse"));
+    assert_eq!(keys_of(&v["series"][0]), schema_properties("SeriesPoint"));
+    let required: BTreeSet<String> = doc()["components"]["schemas"]["UsageResponse"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    let minimal = serde_json::to_value(UsageResponse {
+        project_id: None,
+        ..full
+    })
+    .unwrap();
+    assert_eq!(keys_of(&minimal), required);
+
+    // Every documented query parameter is one the handler reads, and vice versa.
+    let params: Vec<String> = doc()["paths"]["/v1/usage"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    let query = params
+        .iter()
+        .map(|p| format!("{p}=x"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let parsed: usage::UsageParams =
+        axum::extract::Query::try_from_uri(&format!("/v1/usage?{query}").parse().unwrap())
+            .unwrap()
+            .0;
+    let read = [
+        ("meter", parsed.meter.is_some()),
+        ("granularity", parsed.granularity.is_some()),
+        ("from", parsed.from.is_some()),
+        ("to", parsed.to.is_some()),
+        ("project_id", parsed.project_id.is_some()),
+        ("org_id", parsed.org_id.is_some()),
+    ];
+    assert_eq!(params.len(), read.len());
+    for (name, is_read) in read {
+        assert!(is_read && params.iter().any(|p| p == name), "{name}");
+    }
 }

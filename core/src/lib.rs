@@ -26,4 +26,4 @@ pub use ids::{ApiKeyId, EventId, IdError, MeterName, OrgId, ProjectId, UserId};
 pub use meter::{Aggregation, Meter, MeterCatalogue};
 pub use money::Money;
 pub use period::{Granularity, Month};
-pub use plan::{Plan, PlanId, PlanLimits};
+pub use plan::{Plan, PlanId, PlanLimits, RateLimit};

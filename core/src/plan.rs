@@ -3,7 +3,8 @@
 //! Limits are data: the billing issue moves prices and tiers into a plan file. What lives here
 //! is what ingest and the management API need to enforce limits: per-meter monthly allowances,
 //! whether they are hard (refused past the limit) or soft (billed as overage and alerted), and
-//! the hard caps on users and projects.
+//! the hard caps on users and projects. It also holds each plan's default ingest rate limit
+//! ([`RateLimit`], [`PlanId::default_rate_limit`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,6 +48,44 @@ impl PlanId {
             PlanId::Starter => "starter",
             PlanId::Pro => "pro",
             PlanId::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// A token-bucket rate limit: `per_second` tokens flow in each second, and at most `burst`
+/// are kept. Ingest charges one token per request by default, or one per event (see
+/// `tally-ingest`'s crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Sustained rate: tokens added per second.
+    pub per_second: u32,
+    /// Bucket size: the most tokens a caller can spend at once after being idle.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Builds a limit.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        RateLimit { per_second, burst }
+    }
+}
+
+impl PlanId {
+    /// The ingest rate limit a key of an org on this plan gets unless it is overridden, in
+    /// requests per second (the default charging) and burst.
+    ///
+    /// Each tier allows ten times the rate of the tier below it (enterprise five times pro),
+    /// with a burst of two seconds' worth so a client that retries after a short outage, or
+    /// flushes several buffers at once, is not refused. Free's 10 requests/s is thousands of
+    /// times what its 10,000-call monthly allowance needs on average (about 0.004/s), so it
+    /// stops floods, not normal use; pro's 1,000 requests/s of up to 1,000 events each is
+    /// far beyond what one customer service sends, yet bounds what a runaway client can cost.
+    pub const fn default_rate_limit(self) -> RateLimit {
+        match self {
+            PlanId::Free => RateLimit::new(10, 20),
+            PlanId::Starter => RateLimit::new(100, 200),
+            PlanId::Pro => RateLimit::new(1_000, 2_000),
+            PlanId::Enterprise => RateLimit::new(5_000, 10_000),
         }
     }
 }
@@ -173,5 +212,24 @@ mod tests {
         assert!(!pro.limits.hard_usage_limits);
         assert_eq!(Plan::builtin(PlanId::Enterprise).limits.users, None);
         assert_eq!(PlanId::parse("starter"), Some(PlanId::Starter));
+    }
+
+    #[test]
+    fn rate_limits_grow_with_the_plan() {
+        let plans = [
+            PlanId::Free,
+            PlanId::Starter,
+            PlanId::Pro,
+            PlanId::Enterprise,
+        ];
+        assert_eq!(PlanId::Free.default_rate_limit(), RateLimit::new(10, 20));
+        for pair in plans.windows(2) {
+            let (a, b) = (pair[0].default_rate_limit(), pair[1].default_rate_limit());
+            assert!(a.per_second < b.per_second && a.burst < b.burst);
+        }
+        for p in plans {
+            let r = p.default_rate_limit();
+            assert_eq!(r.burst, 2 * r.per_second);
+        }
     }
 }

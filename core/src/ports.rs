@@ -228,6 +228,13 @@ pub trait EventQueue: Send + Sync {
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError>;
     /// Approximate number of messages waiting (for draining and tests).
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Keeps messages being worked on hidden from other consumers for `by` more, so a slow
+    /// batch is not handed to a second aggregator mid-apply. Queues without a visibility
+    /// timeout (or whose consumers own their partitions) need not do anything.
+    async fn extend_visibility(&self, receipts: &[String], by: Duration) -> Result<(), QueueError> {
+        let _ = (receipts, by);
+        Ok(())
+    }
 }
 
 /// Where time comes from, so time-dependent logic can be tested without sleeping.

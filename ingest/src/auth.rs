@@ -6,6 +6,10 @@
 //! [`TenantStore::find_api_key`] call. Missing, unknown, revoked and expired keys are `401`;
 //! a key without the route's scope is `403`.
 //!
+//! With a [`KeyCache`] ([`KeyAuth::cached`], which the ingest router uses) the lookup is
+//! answered from memory for up to the cache's TTL (see [`crate::keys`]) and the key's
+//! last-used time is recorded; without one ([`KeyAuth::new`]) every request asks the store.
+//!
 //! Two ways to use it: the [`ScopedKey`] extractor (authentication and the scope check run
 //! before the body is read, so an anonymous caller never gets to upload a megabyte), or
 //! [`KeyAuth::authenticate`] plus [`require_scope`] for routes that accept other credentials
@@ -22,15 +26,18 @@ use tally_core::ports::{Clock, TenantStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN};
 
 use crate::error::ApiError;
+use crate::keys::KeyCache;
 
-/// What key authentication needs: where keys live and what time it is. Cheap to clone (two
-/// `Arc`s); a router state provides it through [`FromRef`].
+/// What key authentication needs: where keys live and what time it is. Cheap to clone
+/// (`Arc`s); a router state provides it through [`FromRef`].
 #[derive(Clone)]
 pub struct KeyAuth {
     /// Where API keys are looked up by hash.
     pub tenants: Arc<dyn TenantStore>,
     /// Decides whether a key has expired or been revoked.
     pub clock: Arc<dyn Clock>,
+    /// When set, keys are looked up through this cache (and their use recorded in it).
+    pub cache: Option<Arc<KeyCache>>,
 }
 
 impl fmt::Debug for KeyAuth {
@@ -40,9 +47,26 @@ impl fmt::Debug for KeyAuth {
 }
 
 impl KeyAuth {
-    /// Bundles a tenant store and a clock.
+    /// Bundles a tenant store and a clock; every authentication asks the store.
     pub fn new(tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>) -> Self {
-        KeyAuth { tenants, clock }
+        KeyAuth {
+            tenants,
+            clock,
+            cache: None,
+        }
+    }
+
+    /// Authenticates through `cache` (which holds its own store and clock).
+    pub fn cached(
+        tenants: Arc<dyn TenantStore>,
+        clock: Arc<dyn Clock>,
+        cache: Arc<KeyCache>,
+    ) -> Self {
+        KeyAuth {
+            tenants,
+            clock,
+            cache: Some(cache),
+        }
     }
 
     /// Finds the active key whose secret is `secret`: `401` when it is too long, unknown,
@@ -51,11 +75,12 @@ impl KeyAuth {
         if secret.is_empty() || secret.len() > MAX_KEY_SECRET_LEN {
             return Err(ApiError::Unauthorized("the API key is not valid".into()));
         }
-        let key = self
-            .tenants
-            .find_api_key(&KeyHash::of_secret(secret))
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
+        let hash = KeyHash::of_secret(secret);
+        let found = match &self.cache {
+            Some(cache) => cache.find(&hash).await?,
+            None => self.tenants.find_api_key(&hash).await?,
+        };
+        let key = found.ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
         let now = self.clock.now();
         if key.revoked_at.is_some_and(|r| r <= now) {
             return Err(ApiError::Unauthorized(
@@ -66,6 +91,9 @@ impl KeyAuth {
             return Err(ApiError::Unauthorized("the API key has expired".into()));
         }
         debug_assert!(key.is_active(now));
+        if let Some(cache) = &self.cache {
+            cache.touch(&key.id);
+        }
         Ok(key)
     }
 

@@ -1,7 +1,9 @@
 //! The JSON error every Tally HTTP API answers with.
 //!
 //! Every refusal is `{"error": {"code": "snake_case", "message": "human sentence", "field":
-//! "optional.path"}}` with a fitting status. [`ApiError`] is the one type handlers return for
+//! "optional.path"}}` with a fitting status. A hard plan limit adds `meter`, `period`,
+//! `limit` and `usage` to the error object ([`LimitDetails`]). `429` and `503` answers carry
+//! `Retry-After` (seconds). [`ApiError`] is the one type handlers return for
 //! whole-request failures; each variant's doc states its HTTP status. Per-event rejections
 //! inside a `202` use [`ErrorBody`] directly. Storage and queue failures are logged in full
 //! but answered with a generic sentence, so backend details never reach a client.
@@ -22,6 +24,24 @@ pub struct ErrorBody {
     /// The offending field (`events`, `body`, `timestamp`, ...), when one field is to blame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `plan_limit_exceeded`: which allowance, and how much of it is used.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitDetails>,
+}
+
+/// What a `plan_limit_exceeded` error adds to the error object. Quantities are decimal
+/// strings, like every quantity Tally answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitDetails {
+    /// The meter whose monthly allowance is used up.
+    pub meter: String,
+    /// The month (`YYYY-MM`) the allowance is for.
+    pub period: String,
+    /// The plan's allowance for the meter in that month.
+    pub limit: String,
+    /// The org's usage of the meter in that month, as ingest knows it (see the enforcement
+    /// lag in the crate docs).
+    pub usage: String,
 }
 
 impl ErrorBody {
@@ -35,9 +55,13 @@ impl ErrorBody {
             code: code.into(),
             message: message.into(),
             field: field.map(Into::into),
+            limit: None,
         }
     }
 }
+
+/// Code of a refusal by a hard plan limit (a `429`, or a per-event rejection).
+pub const PLAN_LIMIT_EXCEEDED: &str = "plan_limit_exceeded";
 
 /// The envelope: `{"error": {...}}`.
 #[derive(Debug, Serialize)]
@@ -85,8 +109,28 @@ pub enum ApiError {
         /// The largest body accepted, in bytes.
         limit: usize,
     },
-    /// `503 Service Unavailable`: storage or the queue could not be reached; retrying later
-    /// may help. The detail is logged, not shown.
+    /// `429 Too Many Requests` (with `Retry-After`), code `rate_limited`: the key's token
+    /// bucket is empty.
+    #[error("{message}")]
+    RateLimited {
+        /// Human sentence naming the limit.
+        message: String,
+        /// Seconds until the request would be admitted (rounded up, at least 1).
+        retry_after_secs: u64,
+    },
+    /// `429 Too Many Requests` (with `Retry-After` until the next month), code
+    /// `plan_limit_exceeded`: every event of the request was refused by a hard plan limit.
+    #[error("{message}")]
+    PlanLimitExceeded {
+        /// Human sentence.
+        message: String,
+        /// The allowance and the usage (of the first refused event's meter).
+        details: Box<LimitDetails>,
+        /// Seconds until the next month starts.
+        retry_after_secs: u64,
+    },
+    /// `503 Service Unavailable` (with `Retry-After: 1`): storage or the queue could not be
+    /// reached; retrying later may help. The detail is logged, not shown.
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// `500 Internal Server Error`: a bug or corrupt data. The detail is logged, not shown.
@@ -125,8 +169,26 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } | ApiError::PlanLimitExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `Retry-After` seconds this error answers with, if any: the wait for `429`s, 1
+    /// for `503`.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ApiError::PlanLimitExceeded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -151,6 +213,15 @@ impl ApiError {
                 format!("the request body must be at most {limit} bytes; send smaller batches"),
                 Some("body"),
             ),
+            ApiError::RateLimited { message, .. } => {
+                ErrorBody::new("rate_limited", message.clone(), none)
+            }
+            ApiError::PlanLimitExceeded {
+                message, details, ..
+            } => ErrorBody {
+                limit: Some((**details).clone()),
+                ..ErrorBody::new(PLAN_LIMIT_EXCEEDED, message.clone(), Some("meter"))
+            },
             ApiError::Unavailable(_) => ErrorBody::new(
                 "service_unavailable",
                 "the service is temporarily unavailable; retry later",
@@ -179,6 +250,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -252,5 +328,42 @@ mod tests {
         assert_eq!(s, StatusCode::CONFLICT);
         let (s, _, _) = json_of(QueueError::Unavailable("x".into()).into()).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn limits_are_429_with_retry_after_and_details() {
+        let r = ApiError::RateLimited {
+            message: "slow down".into(),
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let details = LimitDetails {
+            meter: "api_calls".into(),
+            period: "2026-11".into(),
+            limit: "10000".into(),
+            usage: "10000".into(),
+        };
+        let (s, v, _) = json_of(ApiError::PlanLimitExceeded {
+            message: "used up".into(),
+            details: Box::new(details.clone()),
+            retry_after_secs: 60,
+        })
+        .await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "plan_limit_exceeded", "message": "used up",
+                "field": "meter", "meter": "api_calls", "period": "2026-11",
+                "limit": "10000", "usage": "10000"}})
+        );
+        let back: ErrorBody = serde_json::from_value(v["error"].clone()).unwrap();
+        assert_eq!(back.limit, Some(details));
+        let plain: ErrorBody =
+            serde_json::from_value(serde_json::json!({"code": "x", "message": "y"})).unwrap();
+        assert_eq!(plain.limit, None);
+        let r = ApiError::Unavailable("x".into()).into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -1,29 +1,40 @@
-//! `POST /v1/events`: authenticate, split the body, validate each event, check projects and
-//! periods against the store, publish what passed in one call, and answer `202` with the
-//! count accepted and every rejection.
+//! `POST /v1/events`: authenticate, rate-limit, split the body, validate each event, check
+//! projects, periods and hard plan limits, publish what passed in one call, and answer `202`
+//! with the count accepted and every rejection.
 //!
 //! One bad event never sinks the others: everything about a single event (bad field,
-//! unknown project, closed month, the queue refusing it) is a rejection inside the `202`.
-//! Only what concerns the whole request is an error status: `400` body shape, `401`/`403`
-//! key, `413` size, `503` when the store or the queue cannot be reached (then nothing was
-//! accepted and the client resends everything; resent ids are deduplicated downstream).
+//! unknown project, closed month, a used-up allowance when other events of the request pass,
+//! the queue refusing it) is a rejection inside the `202`. Only what concerns the whole
+//! request is an error status: `400` body shape, `401`/`403` key, `413` size, `429` rate
+//! limit or (when every event is refused by it) a hard plan limit, `503` when the store or
+//! the queue cannot be reached (then nothing was accepted and the client resends
+//! everything; resent ids are deduplicated downstream), `500` for corrupt stored data.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::Month;
+use tally_core::plan::{Plan, RateLimit};
+use tally_core::ports::{EventQueue, QueueError};
+use tally_core::tenant::{ApiKey, KeyScope};
+use tracing::Instrument;
 
-use crate::IngestState;
-use crate::auth::{EventsWrite, ScopedKey};
+use crate::Ingest;
+use crate::auth::KeyAuth;
 use crate::body::{BodyFormat, Candidate, MAX_BODY_BYTES, split_body};
-use crate::error::{ApiError, ErrorBody};
+use crate::config::RateCost;
+use crate::error::{ApiError, ErrorBody, LimitDetails, PLAN_LIMIT_EXCEEDED};
+use crate::limits::{METRIC_RATE_LIMITED, PlanRefusal, Throttled};
 
 /// Counter of accepted events (durably queued).
 pub const METRIC_ACCEPTED: &str = "tally_events_accepted_total";
@@ -57,27 +68,141 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn of(index: usize, id: Option<String>, format: BodyFormat, e: EventError) -> Self {
-        let field = (!e.field.is_empty()).then(|| format.client_field(&e.field));
+    pub(crate) fn of(index: usize, id: Option<String>, format: BodyFormat, e: EventError) -> Self {
+        let field = if e.field.is_empty() {
+            // An unknown field whose name is the empty string: name it as JSON would.
+            (e.code == ErrorCode::UnknownField).then(|| "\"\"".to_owned())
+        } else {
+            Some(format.client_field(&e.field))
+        };
         Rejection {
             index,
             id,
             error: ErrorBody::new(e.code.as_str(), e.message, field),
         }
     }
+
+    fn plan_limit(index: usize, event: &Event, format: BodyFormat, r: &PlanRefusal) -> Self {
+        Rejection {
+            index,
+            id: Some(event.id.as_str().to_owned()),
+            error: ErrorBody {
+                limit: Some(details(r)),
+                ..ErrorBody::new(
+                    PLAN_LIMIT_EXCEEDED,
+                    plan_limit_message(r),
+                    Some(format.client_field("meter")),
+                )
+            },
+        }
+    }
 }
 
-/// The route handler. Extractors run in order: the key (`401`/`403`) before the body is
-/// read (`413` beyond [`MAX_BODY_BYTES`]).
+fn details(r: &PlanRefusal) -> LimitDetails {
+    LimitDetails {
+        meter: r.meter.as_str().to_owned(),
+        period: r.month.to_string(),
+        limit: r.limit.normalize().to_string(),
+        usage: r.usage.normalize().to_string(),
+    }
+}
+
+fn plan_limit_message(r: &PlanRefusal) -> String {
+    format!(
+        "this organization's plan allows {} {} in {} and {} are used; upgrade the plan to send more",
+        r.limit.normalize(),
+        r.meter,
+        r.month,
+        r.usage.normalize()
+    )
+}
+
+/// Extractor: an active key with `events:write` (`401`/`403`), its org's plan, and a rate
+/// limit token (`429`: taken when charging per request, only checked for when charging per
+/// event). Runs before the body is read, so refused callers never upload it.
+pub(crate) struct Admitted {
+    key: ApiKey,
+    plan: Arc<Plan>,
+    /// The key's limit, when rate limits are on and charged per event (after the body is
+    /// split).
+    per_event: Option<RateLimit>,
+}
+
+impl FromRequestParts<Ingest> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Ingest) -> Result<Self, ApiError> {
+        let key = KeyAuth::from_ref(state)
+            .authorize(&parts.headers, KeyScope::EventsWrite)
+            .await?;
+        tracing::Span::current().record("org", key.org_id.as_str());
+        let plan_id = state
+            .inner
+            .lookups
+            .org_plan(&key.org_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the organization of this API key no longer exists".into())
+            })?;
+        let config = &state.inner.config.rate_limits;
+        let mut per_event = None;
+        if config.enabled {
+            let limit = config.limit_for(&key.id, plan_id);
+            let now = state.inner.ports.clock.now();
+            let limiter = &state.inner.limiter;
+            match config.cost {
+                RateCost::PerRequest => limiter.charge(&key.id, limit, 1, now),
+                RateCost::PerEvent => {
+                    per_event = Some(limit);
+                    limiter.check(&key.id, limit, now)
+                }
+            }
+            .map_err(|t| rate_limited(t, None, config.cost))?;
+        }
+        Ok(Admitted {
+            key,
+            plan: state.plan(plan_id),
+            per_event,
+        })
+    }
+}
+
+fn rate_limited(t: Throttled, events: Option<usize>, cost: RateCost) -> ApiError {
+    metrics::counter!(METRIC_RATE_LIMITED).increment(1);
+    let unit = match cost {
+        RateCost::PerRequest => "requests",
+        RateCost::PerEvent => "events",
+    };
+    let hint = match events {
+        Some(n) if n as u64 > u64::from(t.limit.burst) => format!(
+            " This request's {n} events exceed the burst, so it waits for a full bucket; smaller batches pass sooner."
+        ),
+        _ => String::new(),
+    };
+    ApiError::RateLimited {
+        message: format!(
+            "rate limit of {} {unit} per second (burst {}) for this API key exceeded; retry after {} s.{hint}",
+            t.limit.per_second, t.limit.burst, t.retry_after_secs
+        ),
+        retry_after_secs: t.retry_after_secs,
+    }
+}
+
+/// The route handler. Extractors run in order: the key, plan and rate pre-check
+/// (`401`/`403`/`429`) before the body is read (`413` beyond [`MAX_BODY_BYTES`]).
 pub(crate) async fn post_events(
-    State(state): State<IngestState>,
-    auth: ScopedKey<EventsWrite>,
+    State(state): State<Ingest>,
+    caller: Admitted,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
-    let org = auth.into_inner().org_id;
+    let Admitted {
+        key,
+        plan,
+        per_event,
+    } = caller;
+    let org = key.org_id.clone();
     let span = tracing::Span::current();
-    span.record("org", org.as_str());
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -91,7 +216,15 @@ pub(crate) async fn post_events(
     let candidates = split_body(format, &body)?;
     span.record("batch_size", candidates.len());
     metrics::histogram!(METRIC_BATCH_SIZE).record(candidates.len() as f64);
-    let response = ingest(&state, &org, format, &candidates).await?;
+    if let Some(limit) = per_event {
+        let now = state.inner.ports.clock.now();
+        state
+            .inner
+            .limiter
+            .charge(&key.id, limit, candidates.len() as u64, now)
+            .map_err(|t| rate_limited(t, Some(candidates.len()), RateCost::PerEvent))?;
+    }
+    let response = ingest(&state, &org, &plan, format, &candidates).await?;
     metrics::counter!(METRIC_ACCEPTED).increment(response.accepted as u64);
     for r in &response.rejected {
         metrics::counter!(METRIC_REJECTED, "code" => r.error.code.clone()).increment(1);
@@ -106,15 +239,18 @@ pub(crate) async fn post_events(
 
 /// Validates, checks and publishes the candidates of one request for `org`.
 async fn ingest(
-    state: &IngestState,
+    state: &Ingest,
     org: &OrgId,
+    plan: &Plan,
     format: BodyFormat,
     candidates: &[Candidate<'_>],
 ) -> Result<IngestResponse, ApiError> {
+    let inner = &state.inner;
+    let now = inner.ports.clock.now();
     let ctx = ValidationContext {
         org_id: org,
-        catalogue: &state.catalogue,
-        now: state.clock.now(),
+        catalogue: &inner.ports.catalogue,
+        now,
     };
     let mut rejected = Vec::new();
     let mut valid = Vec::with_capacity(candidates.len());
@@ -132,25 +268,21 @@ async fn ingest(
         }
     }
 
-    // Each distinct project and month is asked about once per request.
+    // Each distinct project and month is looked up once per request (through the caches).
     let mut project_ok: HashMap<ProjectId, bool> = HashMap::new();
     let mut month_closed: HashMap<Month, bool> = HashMap::new();
     for (_, event) in &valid {
         let ok = match project_ok.get(&event.project_id) {
             Some(ok) => *ok,
             None => {
-                let ok = state
-                    .tenants
-                    .get_project(org, &event.project_id)
-                    .await?
-                    .is_some_and(|p| p.org_id == *org);
+                let ok = inner.lookups.project_in_org(org, &event.project_id).await?;
                 project_ok.insert(event.project_id.clone(), ok);
                 ok
             }
         };
         let month = Month::of(event.timestamp);
         if ok && !month_closed.contains_key(&month) {
-            let closed = state.usage.is_period_closed(month).await?;
+            let closed = inner.lookups.period_closed(month).await?;
             month_closed.insert(month, closed);
         }
     }
@@ -187,34 +319,73 @@ async fn ingest(
         events.push(event);
     }
 
-    let mut failed = HashSet::new();
+    // Hard plan limits: refused events leave the publish list.
+    let refusals = inner
+        .plan_guard
+        .check(org, plan, &events)
+        .instrument(tracing::debug_span!("plan_limits", events = events.len()))
+        .await?;
+    let mut first_refusal = None;
+    let mut plan_refused = 0;
+    let mut keep_indexes = Vec::with_capacity(events.len());
+    let mut keep_events = Vec::with_capacity(events.len());
+    for ((index, event), refusal) in indexes.into_iter().zip(events).zip(refusals) {
+        match refusal {
+            Some(r) => {
+                plan_refused += 1;
+                rejected.push(Rejection::plan_limit(index, &event, format, &r));
+                first_refusal.get_or_insert(r);
+            }
+            None => {
+                keep_indexes.push(index);
+                keep_events.push(event);
+            }
+        }
+    }
+    let (indexes, events) = (keep_indexes, keep_events);
+    if let Some(r) = first_refusal
+        && plan_refused == candidates.len()
+    {
+        return Err(ApiError::PlanLimitExceeded {
+            message: plan_limit_message(&r),
+            details: Box::new(details(&r)),
+            retry_after_secs: secs_until_next_month(now),
+        });
+    }
+
+    let mut failed = Vec::new();
     if !events.is_empty() {
-        let report = state
-            .queue
-            .publish(&events)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("queue publish failed: {e}")))?;
-        for (i, reason) in report.failed {
-            let (Some(index), Some(event)) = (indexes.get(i), events.get(i)) else {
-                tracing::warn!(
-                    i,
-                    published = events.len(),
-                    "publish report names an event out of range"
-                );
+        let published = publish(
+            inner.ports.queue.as_ref(),
+            &events,
+            inner.config.publish_retries,
+        )
+        .instrument(tracing::info_span!("publish", events = events.len()))
+        .await;
+        failed = match published {
+            Ok(failed) => failed,
+            Err(e) => {
+                inner.plan_guard.release(org, plan, &events);
+                return Err(ApiError::Unavailable(format!("queue publish failed: {e}")));
+            }
+        };
+        inner
+            .plan_guard
+            .release(org, plan, failed.iter().filter_map(|(i, _)| events.get(*i)));
+        for (i, reason) in &failed {
+            let (Some(index), Some(event)) = (indexes.get(*i), events.get(*i)) else {
                 continue;
             };
-            if failed.insert(i) {
-                tracing::warn!(%reason, id = event.id.as_str(), "queue did not take an event");
-                rejected.push(Rejection {
-                    index: *index,
-                    id: Some(event.id.as_str().to_owned()),
-                    error: ErrorBody::new(
-                        QUEUE_UNAVAILABLE,
-                        "the queue did not take this event; send it again",
-                        None::<String>,
-                    ),
-                });
-            }
+            tracing::warn!(%reason, id = event.id.as_str(), "queue did not take an event");
+            rejected.push(Rejection {
+                index: *index,
+                id: Some(event.id.as_str().to_owned()),
+                error: ErrorBody::new(
+                    QUEUE_UNAVAILABLE,
+                    "the queue did not take this event; send it again",
+                    None::<String>,
+                ),
+            });
         }
     }
     rejected.sort_by_key(|r| r.index);
@@ -222,4 +393,72 @@ async fn ingest(
         accepted: events.len() - failed.len(),
         rejected,
     })
+}
+
+/// Publishes `events`; the ones the queue did not take are published again (only those),
+/// up to `retries` times. Returns the indexes (into `events`, distinct, in range) that
+/// still failed, with the last reason. An error of the first call is the caller's `503`
+/// (nothing was queued); an error of a retry leaves the retried events failed, since the
+/// others are already queued.
+async fn publish(
+    queue: &dyn EventQueue,
+    events: &[Event],
+    retries: u32,
+) -> Result<Vec<(usize, String)>, QueueError> {
+    let report = queue.publish(events).await?;
+    let mut failed = in_range(report.failed, Some, events.len());
+    for attempt in 1..=retries {
+        if failed.is_empty() {
+            break;
+        }
+        let again: Vec<Event> = failed
+            .iter()
+            .filter_map(|(i, _)| events.get(*i).cloned())
+            .collect();
+        tracing::info!(
+            attempt,
+            events = again.len(),
+            "publishing the events the queue did not take again"
+        );
+        match queue.publish(&again).await {
+            Ok(report) => {
+                let map: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+                failed = in_range(report.failed, |j| map.get(j).copied(), events.len());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publish retry failed");
+                break;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// The failed entries of a publish report mapped to indexes of the original slice, keeping
+/// the first report of each and dropping out-of-range ones (a buggy adapter).
+fn in_range(
+    failed: Vec<(usize, String)>,
+    map: impl Fn(usize) -> Option<usize>,
+    len: usize,
+) -> Vec<(usize, String)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (j, reason) in failed {
+        match map(j).filter(|i| *i < len) {
+            Some(i) if seen.insert(i) => out.push((i, reason)),
+            Some(_) => {}
+            None => tracing::warn!(j, len, "publish report names an event out of range"),
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// Whole seconds (rounded up, at least 1) from `now` to the start of the next UTC month.
+pub fn secs_until_next_month(now: DateTime<Utc>) -> u64 {
+    let next = Month::of(now).next().start();
+    let micros = (next - now).num_microseconds().unwrap_or(i64::MAX).max(0);
+    u64::try_from(micros.saturating_add(999_999) / 1_000_000)
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

@@ -3,30 +3,75 @@
 //!
 //! [`router`] builds the axum [`Router`]; the composition root serves it with `axum::serve`
 //! locally or `lambda_http` on AWS, and tests drive it with `tower::ServiceExt::oneshot`.
+//! [`Ingest`] is the same with its caches in reach (to flush keys' last-used times) and a
+//! chosen [`IngestConfig`].
+//!
+//! # What a request goes through
+//!
+//! 1. **API key** ([`auth`], [`keys`]): `401` for a missing, unknown, revoked or expired key,
+//!    `403` without `events:write`. Keys are cached for **10 s** (unknown keys for 2 s): a
+//!    key revoked in the store stops working within 10 seconds; expiry is exact.
+//! 2. **Rate limit** ([`limits`]): a token bucket per key, **one token per request** by
+//!    default (one per event with [`config::RateCost::PerEvent`]), sized by the org's plan
+//!    (free 10 requests/s with a burst of 20, starter 100/200, pro 1,000/2,000, enterprise
+//!    5,000/10,000; see [`tally_core::plan::PlanId::default_rate_limit`]) or by a per-key
+//!    override in [`config::RateLimitConfig`]. Taken before the body is read; refused with
+//!    `429`, code `rate_limited`, and `Retry-After` (whole seconds, rounded up).
+//! 3. **Body** ([`body`]): `413` over 1 MiB, `400` when it is not one event, a batch of 1 to
+//!    1,000, or CloudEvents.
+//! 4. **Each event** ([`events`]): validated on its own (field errors, a timestamp more than
+//!    5 minutes ahead, an unknown meter or project, a closed month: `period_closed`), each
+//!    problem a rejection inside the `202`. Project and period checks are cached
+//!    ([`lookups`]: a project 10 s, an open month 5 s, a closed month 1 h).
+//! 5. **Hard plan limits** ([`limits`]): on plans with hard limits (free), events past a
+//!    meter's monthly allowance are refused with `plan_limit_exceeded`, giving the `limit`
+//!    and the `usage`: the whole request is `429` (with `Retry-After` until the next month)
+//!    when every one of its events is refused for it, otherwise those events are rejections
+//!    inside the `202`. Enforcement lag: at most the usage cache TTL (**2 s**) + the
+//!    aggregator's batching window (**200 ms**) + the time events wait in the queue.
+//! 6. **Publish**: the events that passed go to the queue in one call; `202` is answered
+//!    only after it returned. Events the queue did not take are published again once (only
+//!    those), and what still fails is a `queue_unavailable` rejection. A publish that fails
+//!    as a whole is `503` with `Retry-After: 1` (nothing was accepted; resend everything,
+//!    resent ids are deduplicated downstream).
 //!
 //! Modules other APIs reuse: [`auth`] (API-key authentication and scope checks, as an
-//! extractor or as functions), [`error`] (the one JSON error type, [`error::ApiError`]) and
-//! [`trace`] (a request span with a request id). [`body`] splits request bodies without
-//! ever turning quantities into floats; [`events`] is the route itself.
+//! extractor or as functions), [`error`] (the one JSON error type, [`error::ApiError`]),
+//! [`trace`] (a request span with a request id) and [`openapi`] (the document's shared
+//! components). [`cache`] is the bounded TTL map the caches are made of.
 
 use std::fmt;
 use std::sync::Arc;
+
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::post;
 use tally_core::meter::MeterCatalogue;
+use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{Clock, EventQueue, TenantStore, UsageStore};
 
 pub mod auth;
 pub mod body;
+pub mod cache;
+pub mod config;
 pub mod error;
 pub mod events;
+pub mod keys;
+pub mod limits;
+pub mod lookups;
+pub mod openapi;
 pub mod trace;
 
 pub use auth::{KeyAuth, ScopedKey};
-pub use error::{ApiError, ErrorBody};
+pub use config::{CacheConfig, IngestConfig, RateCost, RateLimitConfig};
+pub use error::{ApiError, ErrorBody, LimitDetails};
 pub use events::{IngestResponse, Rejection};
+pub use keys::KeyCache;
+
+/// Every route [`router`] serves, as (method, path), for the OpenAPI check.
+pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
 
 /// Everything the ingest route needs, as ports. Cheap to clone (all `Arc`s).
 #[derive(Clone)]
@@ -76,14 +121,129 @@ impl FromRef<IngestState> for KeyAuth {
     }
 }
 
-/// The ingest API: `POST /v1/events` (see [`events`]), with the 1 MiB body limit and the
-/// request span of [`trace`].
+/// The ingest API with its caches and limiters: the router's state. Cheap to clone (one
+/// `Arc`); build it once per process so every request shares the caches.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ports: IngestState,
+    config: IngestConfig,
+    plans: BTreeMap<PlanId, Arc<Plan>>,
+    keys: Arc<KeyCache>,
+    lookups: lookups::Lookups,
+    limiter: limits::RateLimiter,
+    plan_guard: limits::PlanGuard,
+}
+
+impl fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ingest")
+            .field("ports", &self.inner.ports)
+            .field("config", &self.inner.config)
+            .field("keys", &self.inner.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Builds the caches and limiters over `ports`.
+    pub fn new(ports: IngestState, config: IngestConfig) -> Self {
+        let plans = [
+            PlanId::Free,
+            PlanId::Starter,
+            PlanId::Pro,
+            PlanId::Enterprise,
+        ]
+        .into_iter()
+        .map(|id| (id, Arc::new(config.plan(id))))
+        .collect();
+        let keys = Arc::new(KeyCache::new(
+            ports.tenants.clone(),
+            ports.clock.clone(),
+            &config.cache,
+        ));
+        let lookups = lookups::Lookups::new(
+            ports.tenants.clone(),
+            ports.usage.clone(),
+            ports.clock.clone(),
+            &config.cache,
+        );
+        let limiter = limits::RateLimiter::new(config.cache.capacity);
+        let plan_guard =
+            limits::PlanGuard::new(ports.usage.clone(), ports.clock.clone(), &config.cache);
+        Ingest {
+            inner: Arc::new(Inner {
+                ports,
+                config,
+                plans,
+                keys,
+                lookups,
+                limiter,
+                plan_guard,
+            }),
+        }
+    }
+
+    /// The ports.
+    pub fn ports(&self) -> &IngestState {
+        &self.inner.ports
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IngestConfig {
+        &self.inner.config
+    }
+
+    /// The API-key cache, to flush last-used times ([`KeyCache::take_last_used`]) or to
+    /// share with another router that authenticates keys ([`KeyAuth::cached`]).
+    pub fn key_cache(&self) -> Arc<KeyCache> {
+        self.inner.keys.clone()
+    }
+
+    /// The plan `id` as configured.
+    fn plan(&self, id: PlanId) -> Arc<Plan> {
+        self.inner
+            .plans
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Plan::builtin(id)))
+    }
+
+    /// The ingest API: `POST /v1/events` (see [`events`]), with the 1 MiB body limit and
+    /// the request span of [`trace`]. It does not serve `/openapi.json`: the usage API's
+    /// router serves the whole document (see [`openapi`]); a deployment of ingest alone
+    /// merges [`openapi::router`].
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/events", post(events::post_events))
+            .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn(trace::trace_requests))
+            .with_state(self)
+    }
+}
+
+impl FromRef<Ingest> for KeyAuth {
+    fn from_ref(state: &Ingest) -> Self {
+        KeyAuth::cached(
+            state.inner.ports.tenants.clone(),
+            state.inner.ports.clock.clone(),
+            state.inner.keys.clone(),
+        )
+    }
+}
+
+/// The ingest API with the default [`IngestConfig`]: [`Ingest::new`] then
+/// [`Ingest::router`].
 pub fn router(state: IngestState) -> Router {
-    Router::new()
-        .route("/v1/events", post(events::post_events))
-        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(trace::trace_requests))
-        .with_state(state)
+    router_with(state, IngestConfig::default())
+}
+
+/// The ingest API with a chosen configuration.
+pub fn router_with(state: IngestState, config: IngestConfig) -> Router {
+    Ingest::new(state, config).router()
 }
 
 #[cfg(test)]

@@ -1,25 +1,32 @@
-//! Router tests against small in-memory implementations of the ports.
+//! Router tests against small in-memory implementations of the ports, with a test clock
+//! (time moves when a test says so; nothing sleeps).
+//!
+//! Every answer the helpers see is also checked against the OpenAPI document: its status
+//! must be documented for `POST /v1/events`, and an error body's keys must be documented
+//! properties of the error object.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
-use tally_core::period::Month;
+use tally_core::period::{Granularity, Month};
+use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
     ApplyReport, Clock, CounterQuery, CounterValue, Delivery, EventQueue, LedgerPage,
     PublishReport, QueueError, StoreError, TenantStore, UsageStore,
 };
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use super::*;
@@ -29,49 +36,93 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 const NOW: &str = "2026-11-26T12:00:00Z";
+/// `events:write` key of org_a (pro plan).
 const GOOD_KEY: &str = "tk_test_good";
+/// `usage:read` only.
 const READ_KEY: &str = "tk_test_read";
 const REVOKED_KEY: &str = "tk_test_revoked";
 const EXPIRED_KEY: &str = "tk_test_expired";
+/// `events:write` key of org_f (free plan: 10 events/s, burst 20, hard limits).
+const FREE_KEY: &str = "tk_test_free";
+/// Key whose org does not exist.
+const ORPHAN_KEY: &str = "tk_test_orphan";
 
-struct FixedClock(DateTime<Utc>);
+/// A clock that moves only when told to.
+struct TestClock(Mutex<DateTime<Utc>>);
 
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
+impl TestClock {
+    fn at(s: &str) -> Self {
+        TestClock(Mutex::new(t(s)))
     }
+    fn advance(&self, d: TimeDelta) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn ms(n: i64) -> TimeDelta {
+    TimeDelta::milliseconds(n)
+}
+
+fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
 }
 
 #[derive(Default)]
 enum PublishMode {
     #[default]
     Ok,
+    /// The whole call fails.
     Error,
-    FailIndexes(Vec<usize>),
+    /// These event ids are refused every time.
+    FailIds(HashSet<String>),
+    /// These event ids are refused on the first call only.
+    FailIdsOnce(HashSet<String>),
 }
 
 /// One in-memory fake for all three ports.
 #[derive(Default)]
 struct Mem {
-    keys: HashMap<KeyHash, ApiKey>,
+    keys: Mutex<HashMap<KeyHash, ApiKey>>,
+    orgs: Mutex<HashMap<OrgId, Org>>,
     projects: Vec<Project>,
-    closed: HashSet<Month>,
+    closed: Mutex<HashSet<Month>>,
+    /// Org-wide month counters: (org, meter, month) -> value.
+    usage: Mutex<HashMap<(OrgId, MeterName, Month), Decimal>>,
     published: Mutex<Vec<Event>>,
     publish_calls: AtomicUsize,
     publish_mode: Mutex<PublishMode>,
+    /// When set, `publish` waits for a notification before answering.
+    publish_gate: Mutex<Option<std::sync::Arc<Notify>>>,
     key_lookups: AtomicUsize,
+    org_lookups: AtomicUsize,
     project_lookups: AtomicUsize,
     period_lookups: AtomicUsize,
+    usage_lookups: AtomicUsize,
     projects_unavailable: bool,
+    keys_corrupt: bool,
 }
 
 fn org(s: &str) -> OrgId {
     OrgId::parse(s).unwrap()
 }
 
+fn meter(s: &str) -> MeterName {
+    MeterName::parse(s).unwrap()
+}
+
+fn month(s: &str) -> Month {
+    Month::parse(s).unwrap()
+}
+
 fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
     ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", secret.len())).unwrap(),
+        id: ApiKeyId::parse(&format!("key_{}", secret.trim_start_matches("tk_test_"))).unwrap(),
         org_id: org(org_id),
         name: secret.into(),
         hash: KeyHash::of_secret(secret),
@@ -80,6 +131,21 @@ fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
         created_at: t("2026-01-01T00:00:00Z"),
         expires_at: None,
         revoked_at: None,
+    }
+}
+
+fn key_id(secret: &str) -> ApiKeyId {
+    key(secret, "org_a", &[]).id
+}
+
+fn an_org(id: &str, plan: PlanId) -> Org {
+    Org {
+        id: org(id),
+        name: id.into(),
+        slug: id.replace('_', "-"),
+        plan,
+        owner_id: UserId::parse("usr_owner").unwrap(),
+        created_at: t("2026-01-01T00:00:00Z"),
     }
 }
 
@@ -100,19 +166,53 @@ impl Mem {
             key(READ_KEY, "org_a", &[KeyScope::UsageRead]),
             key(REVOKED_KEY, "org_a", &[KeyScope::EventsWrite]),
             key(EXPIRED_KEY, "org_a", &[KeyScope::EventsWrite]),
+            key(FREE_KEY, "org_f", &[KeyScope::EventsWrite]),
+            key(ORPHAN_KEY, "org_gone", &[KeyScope::EventsWrite]),
         ];
         keys[2].revoked_at = Some(t("2026-11-01T00:00:00Z"));
         keys[3].expires_at = Some(t(NOW));
         Mem {
-            keys: keys.into_iter().map(|k| (k.hash.clone(), k)).collect(),
+            keys: Mutex::new(keys.into_iter().map(|k| (k.hash.clone(), k)).collect()),
+            orgs: Mutex::new(
+                [
+                    an_org("org_a", PlanId::Pro),
+                    an_org("org_b", PlanId::Pro),
+                    an_org("org_f", PlanId::Free),
+                ]
+                .into_iter()
+                .map(|o| (o.id.clone(), o))
+                .collect(),
+            ),
             projects: vec![
                 project("prj_a1", "org_a"),
                 project("prj_a2", "org_a"),
                 project("prj_b1", "org_b"),
+                project("prj_f1", "org_f"),
             ],
-            closed: [Month::parse("2026-10").unwrap()].into(),
+            closed: Mutex::new([month("2026-10")].into()),
             ..Mem::default()
         }
+    }
+
+    fn set_usage(&self, org_id: &str, m: &str, mon: &str, value: i64) {
+        self.usage
+            .lock()
+            .unwrap()
+            .insert((org(org_id), meter(m), month(mon)), Decimal::from(value));
+    }
+
+    fn edit_key(&self, secret: &str, f: impl FnOnce(&mut ApiKey)) {
+        let mut keys = self.keys.lock().unwrap();
+        f(keys.get_mut(&KeyHash::of_secret(secret)).unwrap());
+    }
+
+    fn published_ids(&self) -> Vec<String> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_str().to_owned())
+            .collect()
     }
 }
 
@@ -127,8 +227,9 @@ impl TenantStore for Mem {
     async fn create_org(&self, _: &Org) -> Result<(), StoreError> {
         unimplemented!()
     }
-    async fn get_org(&self, _: &OrgId) -> Result<Option<Org>, StoreError> {
-        unimplemented!()
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
+        self.org_lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(self.orgs.lock().unwrap().get(id).cloned())
     }
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
         unimplemented!()
@@ -159,7 +260,10 @@ impl TenantStore for Mem {
     }
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         self.key_lookups.fetch_add(1, Ordering::SeqCst);
-        Ok(self.keys.get(hash).cloned())
+        if self.keys_corrupt {
+            return Err(StoreError::Corrupt("bad row".into()));
+        }
+        Ok(self.keys.lock().unwrap().get(hash).cloned())
     }
 }
 
@@ -168,8 +272,21 @@ impl UsageStore for Mem {
     async fn apply_batch(&self, _: &[Event]) -> Result<ApplyReport, StoreError> {
         unimplemented!()
     }
-    async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        unimplemented!()
+    async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+        self.usage_lookups.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(q.granularity, Granularity::Month);
+        assert_eq!(q.project, None, "hard limits are org-wide");
+        let m = Month::of(q.from);
+        assert_eq!((q.from, q.to), (m.start(), m.end()));
+        let usage = self.usage.lock().unwrap();
+        Ok(usage
+            .get(&(q.org.clone(), q.meter.clone(), m))
+            .map(|v| CounterValue {
+                start: m.start(),
+                value: *v,
+            })
+            .into_iter()
+            .collect())
     }
     async fn ledger_page(
         &self,
@@ -189,7 +306,7 @@ impl UsageStore for Mem {
     }
     async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
         self.period_lookups.fetch_add(1, Ordering::SeqCst);
-        Ok(self.closed.contains(&month))
+        Ok(self.closed.lock().unwrap().contains(&month))
     }
     async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
         unimplemented!()
@@ -199,21 +316,28 @@ impl UsageStore for Mem {
 #[async_trait]
 impl EventQueue for Mem {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
-        self.publish_calls.fetch_add(1, Ordering::SeqCst);
-        let failed = match &*self.publish_mode.lock().unwrap() {
-            PublishMode::Ok => Vec::new(),
+        let call = self.publish_calls.fetch_add(1, Ordering::SeqCst);
+        let gate = self.publish_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        let refuse: HashSet<String> = match &*self.publish_mode.lock().unwrap() {
+            PublishMode::Ok => HashSet::new(),
             PublishMode::Error => return Err(QueueError::Unavailable("down".into())),
-            PublishMode::FailIndexes(ix) => ix.clone(),
+            PublishMode::FailIds(ids) => ids.clone(),
+            PublishMode::FailIdsOnce(ids) if call == 0 => ids.clone(),
+            PublishMode::FailIdsOnce(_) => HashSet::new(),
         };
         let mut published = self.published.lock().unwrap();
+        let mut failed = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            if !failed.contains(&i) {
+            if refuse.contains(e.id.as_str()) {
+                failed.push((i, "full".to_owned()));
+            } else {
                 published.push(e.clone());
             }
         }
-        Ok(PublishReport {
-            failed: failed.into_iter().map(|i| (i, "full".into())).collect(),
-        })
+        Ok(PublishReport { failed })
     }
     async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
         unimplemented!()
@@ -226,14 +350,62 @@ impl EventQueue for Mem {
     }
 }
 
-fn app(mem: &Arc<Mem>) -> Router {
-    router(IngestState::new(
-        mem.clone(),
-        mem.clone(),
-        mem.clone(),
-        Arc::new(MeterCatalogue::default()),
-        Arc::new(FixedClock(t(NOW))),
-    ))
+/// The OpenAPI document, built once.
+fn doc() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(openapi::document)
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve(v: &Value) -> &Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(
+            doc()
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        ),
+        None => v,
+    }
+}
+
+fn schema_properties(name: &str) -> BTreeSet<String> {
+    doc()["components"]["schemas"][name]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {name} has no properties"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn keys_of(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// Asserts that `status` is documented for the operation, with `Retry-After` when sent.
+fn assert_documented(method: &str, path: &str, a: &Answer) {
+    let op = &doc()["paths"][path][method.to_ascii_lowercase()];
+    assert!(op.is_object(), "{method} {path} is not documented");
+    let response = resolve(&op["responses"][a.status.as_str()]);
+    assert!(
+        response.is_object(),
+        "{method} {path} answered {} which is not documented",
+        a.status
+    );
+    if a.headers.contains_key(header::RETRY_AFTER) {
+        assert!(
+            response["headers"]["Retry-After"].is_object(),
+            "{} sends Retry-After, undocumented",
+            a.status
+        );
+    }
+    if !a.status.is_success() {
+        assert_eq!(keys_of(&a.json), BTreeSet::from(["error".to_owned()]));
+        let undocumented: Vec<_> = keys_of(&a.json["error"])
+            .difference(&schema_properties("ErrorBody"))
+            .cloned()
+            .collect();
+        assert!(undocumented.is_empty(), "{undocumented:?}");
+    }
 }
 
 struct Answer {
@@ -242,36 +414,107 @@ struct Answer {
     headers: axum::http::HeaderMap,
 }
 
-async fn post_with(
-    mem: &Arc<Mem>,
-    key: Option<&str>,
-    content_type: &str,
-    body: impl Into<Body>,
-) -> Answer {
-    let mut req = Request::post("/v1/events").header(header::CONTENT_TYPE, content_type);
-    if let Some(k) = key {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+impl Answer {
+    fn error(&self) -> (&str, &str) {
+        (
+            self.json["error"]["code"].as_str().unwrap_or(""),
+            self.json["error"]["field"].as_str().unwrap_or(""),
+        )
     }
-    let res = app(mem)
-        .oneshot(req.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-    Answer {
-        status,
-        json,
-        headers,
+
+    fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().parse().unwrap())
+    }
+
+    fn rejected_codes(&self) -> Vec<(u64, String)> {
+        self.json["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["index"].as_u64().unwrap(),
+                    r["error"]["code"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
     }
 }
 
-async fn post(mem: &Arc<Mem>, key: Option<&str>, body: impl Into<Body>) -> Answer {
-    post_with(mem, key, "application/json", body).await
+/// A router over one fake, its clock and one set of caches, as in a running process.
+struct Harness {
+    mem: Arc<Mem>,
+    clock: Arc<TestClock>,
+    ingest: Ingest,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness::with(Mem::seeded(), IngestConfig::default())
+    }
+
+    fn with(mem: Mem, config: IngestConfig) -> Self {
+        let mem = Arc::new(mem);
+        let clock = Arc::new(TestClock::at(NOW));
+        let ingest = Ingest::new(
+            IngestState::new(
+                mem.clone(),
+                mem.clone(),
+                mem.clone(),
+                Arc::new(MeterCatalogue::default()),
+                clock.clone(),
+            ),
+            config,
+        );
+        Harness { mem, clock, ingest }
+    }
+
+    fn advance(&self, d: TimeDelta) {
+        self.clock.advance(d);
+    }
+
+    async fn send(&self, req: Request<Body>) -> Answer {
+        let res = self.ingest.clone().router().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        let a = Answer {
+            status,
+            json,
+            headers,
+        };
+        assert_documented("POST", "/v1/events", &a);
+        a
+    }
+
+    async fn post_with(
+        &self,
+        key: Option<&str>,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> Answer {
+        let mut req = Request::post("/v1/events").header(header::CONTENT_TYPE, content_type);
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        self.send(req.body(body.into()).unwrap()).await
+    }
+
+    async fn post(&self, key: Option<&str>, body: impl Into<Body>) -> Answer {
+        self.post_with(key, "application/json", body).await
+    }
+
+    /// Posts `events` as a batch with `key`.
+    async fn batch(&self, key: &str, events: Vec<Value>) -> Answer {
+        self.post(Some(key), json!({ "events": events }).to_string())
+            .await
+    }
 }
 
 fn ev(id: &str) -> Value {
@@ -279,24 +522,30 @@ fn ev(id: &str) -> Value {
            "timestamp": "2026-11-26T10:00:00Z", "properties": {"route": "/x"}})
 }
 
+/// An event of the free org.
+fn fev(id: &str, meter: &str, quantity: i64) -> Value {
+    json!({"id": id, "project_id": "prj_f1", "meter": meter, "quantity": quantity,
+           "timestamp": "2026-11-26T10:00:00Z"})
+}
+
+fn many(n: usize, f: impl Fn(usize) -> Value) -> Vec<Value> {
+    (0..n).map(f).collect()
+}
+
 fn with(mut v: Value, field: &str, value: Value) -> Value {
     v[field] = value;
     v
 }
 
-fn error_of(a: &Answer) -> (&str, &str) {
-    (
-        a.json["error"]["code"].as_str().unwrap_or(""),
-        a.json["error"]["field"].as_str().unwrap_or(""),
-    )
-}
+// ---------------------------------------------------------------------------------------
+// The event contract
 
 #[tokio::test]
 async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
-    let mem = Arc::new(Mem::seeded());
+    let h = Harness::new();
     let mut missing_id = ev("x");
     missing_id.as_object_mut().unwrap().remove("id");
-    let events = vec![
+    let mut events = vec![
         ev("e0"),
         with(ev("e1"), "timestamp", json!("yesterday")),
         with(ev("e2"), "quantity", json!(-1)),
@@ -316,10 +565,8 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
         // A resent id is accepted like any other; the aggregator dedupes.
         with(ev("e0"), "quantity", json!("0.1")),
     ];
-    let mut events = events;
     events[11]["quantity"] = json!("2.50");
-    let body = json!({ "events": events }).to_string();
-    let a = post(&mem, Some(GOOD_KEY), body).await;
+    let a = h.batch(GOOD_KEY, events).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 3);
     let rejected = a.json["rejected"].as_array().unwrap();
@@ -355,8 +602,8 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
         assert!(!r["error"]["message"].as_str().unwrap().is_empty());
     }
     // Every good event is published, in one call, with exact quantities.
-    assert_eq!(mem.publish_calls.load(Ordering::SeqCst), 1);
-    let published = mem.published.lock().unwrap();
+    assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 1);
+    let published = h.mem.published.lock().unwrap();
     let summary: Vec<(&str, String, &str)> = published
         .iter()
         .map(|e| {
@@ -375,67 +622,70 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
             ("e0", "0.1".to_string(), "org_a"),
         ]
     );
-    assert_eq!(
-        published[1].meter,
-        MeterName::parse("compute_minutes").unwrap()
-    );
+    assert_eq!(published[1].meter, meter("compute_minutes"));
     // Distinct projects (a1, zzz, b1, a2) and months (11, 10) are looked up once each.
-    assert_eq!(mem.project_lookups.load(Ordering::SeqCst), 4);
-    assert_eq!(mem.period_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 4);
+    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
-    let mem = Arc::new(Mem::seeded());
-    let a = post(&mem, Some(GOOD_KEY), ev("solo").to_string()).await;
+    let h = Harness::new();
+    let a = h.post(Some(GOOD_KEY), ev("solo").to_string()).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json, json!({"accepted": 1, "rejected": []}));
-    assert_eq!(mem.published.lock().unwrap()[0].id.as_str(), "solo");
+    assert_eq!(h.mem.published_ids(), ["solo"]);
 
-    let a = post(
-        &mem,
-        Some(GOOD_KEY),
-        with(ev("bad"), "quantity", json!(true)).to_string(),
-    )
-    .await;
+    let a = h
+        .post(
+            Some(GOOD_KEY),
+            with(ev("bad"), "quantity", json!(true)).to_string(),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json["accepted"], 0);
     assert_eq!(a.json["rejected"][0]["error"]["field"], "quantity");
     assert_eq!(
-        mem.publish_calls.load(Ordering::SeqCst),
+        h.mem.publish_calls.load(Ordering::SeqCst),
         1,
         "nothing to publish"
     );
 }
 
 #[tokio::test]
+async fn an_unknown_field_named_empty_string_is_still_named() {
+    let h = Harness::new();
+    let a = h
+        .post(Some(GOOD_KEY), with(ev("e"), "", json!(1)).to_string())
+        .await;
+    assert_eq!(a.json["rejected"][0]["error"]["code"], "unknown_field");
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "\"\"");
+}
+
+#[tokio::test]
 async fn cloudevents_are_accepted_and_errors_use_their_names() {
-    let mem = Arc::new(Mem::seeded());
+    let h = Harness::new();
     let ce = json!({"specversion": "1.0", "source": "/svc", "id": "ce1", "type": "compute_minutes",
         "subject": "prj_a1", "time": "2026-11-26T10:00:00Z",
         "data": {"quantity": "12.5", "region": "eu"}});
-    let a = post_with(
-        &mem,
-        Some(GOOD_KEY),
-        "application/cloudevents+json",
-        ce.to_string(),
-    )
-    .await;
+    let a = h
+        .post_with(
+            Some(GOOD_KEY),
+            "application/cloudevents+json",
+            ce.to_string(),
+        )
+        .await;
     assert_eq!(a.json, json!({"accepted": 1, "rejected": []}));
-    let e = mem.published.lock().unwrap()[0].clone();
+    let e = h.mem.published.lock().unwrap()[0].clone();
     assert_eq!(e.quantity.value().to_string(), "12.5");
     assert_eq!(e.properties["region"], "eu");
 
     let bad_type = with(ce.clone(), "type", json!("gpu_hours"));
     let bad_qty = with(ce.clone(), "data", json!({"quantity": -3}));
     let body = json!([ce, bad_type, bad_qty, 7]).to_string();
-    let a = post_with(
-        &mem,
-        Some(GOOD_KEY),
-        "application/cloudevents-batch+json",
-        body,
-    )
-    .await;
+    let a = h
+        .post_with(Some(GOOD_KEY), "application/cloudevents-batch+json", body)
+        .await;
     assert_eq!(a.json["accepted"], 1);
     let fields: Vec<Value> = a.json["rejected"]
         .as_array()
@@ -448,7 +698,7 @@ async fn cloudevents_are_accepted_and_errors_use_their_names() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_naming_body_or_events() {
-    let mem = Arc::new(Mem::seeded());
+    let h = Harness::new();
     let cases = [
         ("{\"events\": [".to_string(), "malformed_json", "body"),
         ("not json".to_string(), "malformed_json", "body"),
@@ -462,63 +712,82 @@ async fn malformed_bodies_are_400_naming_body_or_events() {
         ),
     ];
     for (body, code, field) in cases {
-        let a = post(&mem, Some(GOOD_KEY), body.clone()).await;
+        let a = h.post(Some(GOOD_KEY), body.clone()).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body:.40}");
-        assert_eq!(error_of(&a), (code, field), "{body:.40}");
+        assert_eq!(a.error(), (code, field), "{body:.40}");
         assert!(!a.json["error"]["message"].as_str().unwrap().is_empty());
     }
-    assert_eq!(mem.publish_calls.load(Ordering::SeqCst), 0);
-    let a = post(
-        &mem,
-        Some(GOOD_KEY),
-        json!({ "events": vec![ev("e"); 1000] }).to_string(),
-    )
-    .await;
+    assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 0);
+    let a = h.batch(GOOD_KEY, vec![ev("e"); 1000]).await;
     assert_eq!(a.json["accepted"], 1000);
 }
 
 #[tokio::test]
 async fn bodies_over_one_mebibyte_are_413_json() {
-    let mem = Arc::new(Mem::seeded());
+    let h = Harness::new();
     let mut body = json!({ "events": [ev("e")] }).to_string();
     body.insert_str(1, &" ".repeat(body::MAX_BODY_BYTES));
-    let a = post(&mem, Some(GOOD_KEY), body).await;
+    let a = h.post(Some(GOOD_KEY), body).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(error_of(&a), ("payload_too_large", "body"));
+    assert_eq!(a.error(), ("payload_too_large", "body"));
     // Exactly the limit is fine.
     let mut body = json!({ "events": [ev("e")] }).to_string();
     body.insert_str(1, &" ".repeat(body::MAX_BODY_BYTES - body.len()));
     assert_eq!(body.len(), body::MAX_BODY_BYTES);
-    let a = post(&mem, Some(GOOD_KEY), body).await;
+    let a = h.post(Some(GOOD_KEY), body).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
+async fn request_ids_are_echoed() {
+    let h = Harness::new();
+    let req = Request::post("/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {GOOD_KEY}"))
+        .header("x-request-id", "abc-123")
+        .body(Body::from(ev("e").to_string()))
+        .unwrap();
+    let a = h.send(req).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.headers["x-request-id"], "abc-123");
+    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    assert!(
+        a.headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys and their cache
+
+#[tokio::test]
 async fn bad_keys_are_401_and_missing_scope_403() {
-    let mem = Arc::new(Mem::seeded());
+    let h = Harness::new();
     let body = || ev("e").to_string();
     for key in [
         None,
         Some("tk_test_unknown"),
         Some(REVOKED_KEY),
         Some(EXPIRED_KEY),
+        Some(ORPHAN_KEY),
     ] {
-        let a = post(&mem, key, body()).await;
+        let a = h.post(key, body()).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{key:?}");
-        assert_eq!(error_of(&a).0, "unauthorized");
+        assert_eq!(a.error().0, "unauthorized");
         assert_eq!(a.headers[header::WWW_AUTHENTICATE], "Bearer");
     }
-    let lookups = mem.key_lookups.load(Ordering::SeqCst);
-    let a = post(&mem, Some(&"k".repeat(129)), body()).await;
+    let lookups = h.mem.key_lookups.load(Ordering::SeqCst);
+    let a = h.post(Some(&"k".repeat(129)), body()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        mem.key_lookups.load(Ordering::SeqCst),
+        h.mem.key_lookups.load(Ordering::SeqCst),
         lookups,
         "too-long secrets are refused before any lookup"
     );
-    let a = post(&mem, Some(READ_KEY), body()).await;
+    let a = h.post(Some(READ_KEY), body()).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(error_of(&a).0, "forbidden");
+    assert_eq!(a.error().0, "forbidden");
     assert!(
         a.json["error"]["message"]
             .as_str()
@@ -526,23 +795,598 @@ async fn bad_keys_are_401_and_missing_scope_403() {
             .contains("events:write")
     );
     // Auth is checked before the body is even read.
-    let a = post(&mem, None, "x".repeat(body::MAX_BODY_BYTES + 1)).await;
+    let a = h.post(None, "x".repeat(body::MAX_BODY_BYTES + 1)).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(mem.publish_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
-async fn a_failing_queue_is_503_and_partial_failures_are_rejections() {
-    let mem = Arc::new(Mem::seeded());
-    *mem.publish_mode.lock().unwrap() = PublishMode::Error;
-    let a = post(&mem, Some(GOOD_KEY), ev("e").to_string()).await;
-    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(error_of(&a).0, "service_unavailable");
+async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
+    let h = Harness::new();
+    for i in 0..5 {
+        let a = h
+            .post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(
+        h.mem.key_lookups.load(Ordering::SeqCst),
+        1,
+        "one store read"
+    );
+    assert_eq!(
+        h.mem.org_lookups.load(Ordering::SeqCst),
+        1,
+        "plan cached too"
+    );
 
-    *mem.publish_mode.lock().unwrap() = PublishMode::FailIndexes(vec![1]);
-    let body =
-        json!({"events": [ev("a"), with(ev("bad"), "quantity", json!(-1)), ev("b"), ev("c")]});
-    let a = post(&mem, Some(GOOD_KEY), body.to_string()).await;
+    h.mem
+        .edit_key(GOOD_KEY, |k| k.revoked_at = Some(t(NOW) + secs(1)));
+    h.advance(secs(9));
+    let a = h.post(Some(GOOD_KEY), ev("late").to_string()).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "still cached 9 s later");
+    h.advance(secs(1));
+    let a = h.post(Some(GOOD_KEY), ev("later").to_string()).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "10 s: the TTL is over");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_revocation_time_on_the_cached_key_is_exact() {
+    let h = Harness::new();
+    h.mem
+        .edit_key(GOOD_KEY, |k| k.revoked_at = Some(t(NOW) + secs(3)));
+    h.mem
+        .edit_key(FREE_KEY, |k| k.expires_at = Some(t(NOW) + secs(3)));
+    for key in [GOOD_KEY, FREE_KEY] {
+        let a = h.post(Some(key), ev("e").to_string()).await;
+        assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{key}");
+    }
+    h.advance(secs(3));
+    for key in [GOOD_KEY, FREE_KEY] {
+        let a = h.post(Some(key), ev("e").to_string()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{key}");
+    }
+    assert!(
+        h.post(Some(FREE_KEY), ev("e").to_string()).await.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    assert_eq!(
+        h.mem.key_lookups.load(Ordering::SeqCst),
+        2,
+        "no store read needed"
+    );
+}
+
+#[tokio::test]
+async fn unknown_keys_are_cached_briefly() {
+    let h = Harness::new();
+    for _ in 0..50 {
+        let a = h.post(Some("tk_test_flood"), ev("e").to_string()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 1);
+    h.advance(secs(2));
+    h.post(Some("tk_test_flood"), ev("e").to_string()).await;
+    assert_eq!(
+        h.mem.key_lookups.load(Ordering::SeqCst),
+        2,
+        "miss TTL is 2 s"
+    );
+}
+
+#[tokio::test]
+async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
+    let h = Harness::new();
+    h.post(Some(GOOD_KEY), ev("a").to_string()).await;
+    h.advance(secs(30));
+    h.post(Some(GOOD_KEY), ev("b").to_string()).await;
+    h.post(Some(FREE_KEY), fev("c", "api_calls", 1).to_string())
+        .await;
+    h.post(Some("tk_test_unknown"), ev("d").to_string()).await;
+    let used = h.ingest.key_cache().take_last_used();
+    let at = t(NOW) + secs(30);
+    assert_eq!(used, [(key_id(FREE_KEY), at), (key_id(GOOD_KEY), at)]);
+    assert!(h.ingest.key_cache().take_last_used().is_empty(), "drained");
+}
+
+#[tokio::test]
+async fn a_store_failure_is_not_cached() {
+    let h = Harness::with(
+        Mem {
+            keys_corrupt: true,
+            ..Mem::seeded()
+        },
+        IngestConfig::default(),
+    );
+    for _ in 0..2 {
+        let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(a.error().0, "internal_error");
+    }
+    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Projects and periods through their caches
+
+#[tokio::test]
+async fn projects_and_periods_are_cached_between_requests() {
+    let h = Harness::new();
+    for i in 0..3 {
+        h.post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
+            .await;
+    }
+    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), 1);
+    // Billing closes November; ingest sees it once the open-period TTL (5 s) is over.
+    h.mem.closed.lock().unwrap().insert(month("2026-11"));
+    h.advance(secs(4));
+    let a = h.post(Some(GOOD_KEY), ev("in_flight").to_string()).await;
+    assert_eq!(a.json["accepted"], 1);
+    h.advance(secs(1));
+    let a = h.post(Some(GOOD_KEY), ev("late").to_string()).await;
+    assert_eq!(a.json["accepted"], 0);
+    assert_eq!(a.rejected_codes(), [(0, "period_closed".to_owned())]);
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "timestamp");
+    // A closed month stays closed: no more reads for an hour.
+    let before = h.mem.period_lookups.load(Ordering::SeqCst);
+    h.advance(secs(600));
+    h.post(Some(GOOD_KEY), ev("later").to_string()).await;
+    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn unknown_projects_are_remembered_briefly() {
+    let h = Harness::new();
+    let bad = with(ev("e"), "project_id", json!("prj_nope"));
+    for _ in 0..3 {
+        let a = h.post(Some(GOOD_KEY), bad.to_string()).await;
+        assert_eq!(a.rejected_codes(), [(0, "unknown_project".to_owned())]);
+    }
+    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 1);
+    h.advance(secs(2));
+    h.post(Some(GOOD_KEY), bad.to_string()).await;
+    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_future_limit_is_five_minutes_on_the_server_clock() {
+    let h = Harness::new();
+    let at = |id: &str, ts: &str| with(ev(id), "timestamp", json!(ts));
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![
+                at("ok", "2026-11-26T12:05:00Z"),
+                at("ahead", "2026-11-26T12:05:01Z"),
+            ],
+        )
+        .await;
+    assert_eq!(a.json["accepted"], 1);
+    assert_eq!(a.rejected_codes(), [(1, "timestamp_in_future".to_owned())]);
+    h.advance(secs(1));
+    let a = h
+        .post(
+            Some(GOOD_KEY),
+            at("ahead", "2026-11-26T12:05:01Z").to_string(),
+        )
+        .await;
+    assert_eq!(
+        a.json["accepted"], 1,
+        "one second later it is within the skew"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate limits
+
+fn per_event() -> IngestConfig {
+    let mut config = IngestConfig::default();
+    config.rate_limits.cost = RateCost::PerEvent;
+    config
+}
+
+#[tokio::test]
+async fn the_free_plan_bucket_holds_20_requests_and_refills_10_per_second() {
+    let h = Harness::new();
+    let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
+    for i in 0..19 {
+        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
+    }
+    // A malformed request pays its token too.
+    assert_eq!(
+        h.post(Some(FREE_KEY), "{").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let a = h.post(Some(FREE_KEY), one(20).to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.error().0, "rate_limited");
+    assert_eq!(a.retry_after(), Some(1), "0.1 s rounded up");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 requests per second (burst 20)")
+    );
+    // One token after 100 ms; a batch costs one token.
+    h.advance(ms(100));
+    let a = h.batch(FREE_KEY, many(500, one)).await;
+    assert_eq!(a.json["accepted"], 500);
+    assert_eq!(
+        h.post(Some(FREE_KEY), one(0).to_string()).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Five tokens after 500 ms.
+    h.advance(ms(500));
+    for i in 0..5 {
+        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
+    }
+    let a = h.post(Some(FREE_KEY), one(5).to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    // Idle for long: the bucket is full again, never fuller.
+    h.advance(secs(3600));
+    for i in 0..20 {
+        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
+    }
+    let a = h.post(Some(FREE_KEY), one(0).to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn charged_per_event_the_bucket_holds_20_events() {
+    let h = Harness::with(Mem::seeded(), per_event());
+    let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
+    let a = h.batch(FREE_KEY, many(20, one)).await;
+    assert_eq!(a.json["accepted"], 20, "the burst");
+    let a = h.post(Some(FREE_KEY), one(20).to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after(), Some(1));
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 events per second")
+    );
+    h.advance(ms(100));
+    let a = h.post(Some(FREE_KEY), one(21).to_string()).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "one token after 100 ms");
+    // Five tokens after 500 ms: a batch of 6 is refused whole (and costs nothing), a batch
+    // of 5 passes.
+    h.advance(ms(500));
+    let a = h.batch(FREE_KEY, many(6, one)).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after(), Some(1));
+    let a = h.batch(FREE_KEY, many(5, one)).await;
+    assert_eq!(a.json["accepted"], 5);
+    assert_eq!(h.mem.published.lock().unwrap().len(), 26);
+}
+
+#[tokio::test]
+async fn charged_per_event_a_batch_larger_than_the_burst_waits_for_a_full_bucket() {
+    let mut config = per_event();
+    config
+        .rate_limits
+        .per_key
+        .insert(key_id(GOOD_KEY), RateLimit::new(10, 20));
+    let h = Harness::with(Mem::seeded(), config);
+    let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("e{i}")))).await;
+    assert_eq!(a.json["accepted"], 50, "a full bucket admits any batch");
+    // The bucket is 30 tokens in debt: one token is 3.1 s away.
+    let a = h.post(Some(GOOD_KEY), ev("next").to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after(), Some(4));
+    h.advance(ms(3100));
+    let a = h.post(Some(GOOD_KEY), ev("next").to_string()).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    // 19 tokens 1.9 s later: a batch of 50 waits for all 20, and says so.
+    h.advance(ms(1900));
+    let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("f{i}")))).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after(), Some(1));
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceed the burst")
+    );
+    h.advance(ms(100));
+    let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("f{i}")))).await;
+    assert_eq!(a.json["accepted"], 50);
+}
+
+#[tokio::test]
+async fn a_throttled_caller_is_refused_before_its_body_is_read() {
+    for config in [IngestConfig::default(), per_event()] {
+        let h = Harness::with(Mem::seeded(), config);
+        for i in 0..20 {
+            h.post(
+                Some(FREE_KEY),
+                fev(&format!("e{i}"), "api_calls", 1).to_string(),
+            )
+            .await;
+        }
+        let a = h
+            .post(Some(FREE_KEY), "x".repeat(body::MAX_BODY_BYTES + 1))
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "not 413: never read"
+        );
+        // Refused requests cost nothing: after 100 ms exactly one token is there.
+        h.advance(ms(100));
+        let a = h
+            .post(Some(FREE_KEY), fev("x", "api_calls", 1).to_string())
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        let a = h
+            .post(Some(FREE_KEY), fev("y", "api_calls", 1).to_string())
+            .await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
+#[tokio::test]
+async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
+    let mut config = IngestConfig::default();
+    config
+        .rate_limits
+        .per_key
+        .insert(key_id(GOOD_KEY), RateLimit::new(1, 2));
+    config
+        .rate_limits
+        .per_plan
+        .insert(PlanId::Free, RateLimit::new(2, 3));
+    let h = Harness::with(Mem::seeded(), config);
+    for i in 0..2 {
+        let a = h
+            .post(Some(GOOD_KEY), ev(&format!("g{i}")).to_string())
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+    }
+    let a = h.post(Some(GOOD_KEY), ev("g").to_string()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after(), Some(1));
+    // Another key has its own bucket (its plan's, as configured: burst 3).
+    for i in 0..3 {
+        let a = h
+            .post(
+                Some(FREE_KEY),
+                fev(&format!("f{i}"), "api_calls", 1).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+    }
+    let a = h
+        .post(Some(FREE_KEY), fev("f", "api_calls", 1).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let mut off = IngestConfig::default();
+    off.rate_limits.enabled = false;
+    let h = Harness::with(Mem::seeded(), off);
+    for i in 0..100 {
+        let a = h
+            .post(
+                Some(FREE_KEY),
+                fev(&format!("f{i}"), "api_calls", 1).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hard plan limits
+
+#[tokio::test]
+async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() {
+    let h = Harness::new();
+    h.mem.set_usage("org_f", "api_calls", "2026-11", 9_998);
+    let a = h
+        .batch(FREE_KEY, many(3, |i| fev(&format!("e{i}"), "api_calls", 1)))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.json["accepted"], 2);
+    let r = &a.json["rejected"][0];
+    assert_eq!(r["index"], 2);
+    assert_eq!(r["id"], "e2");
+    assert_eq!(r["error"]["code"], "plan_limit_exceeded");
+    assert_eq!(r["error"]["field"], "meter");
+    assert_eq!(r["error"]["meter"], "api_calls");
+    assert_eq!(r["error"]["period"], "2026-11");
+    assert_eq!(r["error"]["limit"], "10000");
+    assert_eq!(r["error"]["usage"], "10000");
+    assert_eq!(h.mem.published_ids(), ["e0", "e1"]);
+
+    // Every event of the next request is past the limit: the request is 429, with
+    // Retry-After running to December 1st (4.5 days).
+    h.advance(secs(1));
+    let a = h
+        .post(Some(FREE_KEY), fev("e3", "api_calls", 1).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.error(), ("plan_limit_exceeded", "meter"));
+    assert_eq!(a.json["error"]["limit"], "10000");
+    assert_eq!(a.json["error"]["usage"], "10000");
+    assert_eq!(a.json["error"]["period"], "2026-11");
+    assert_eq!(a.retry_after(), Some(4 * 86_400 + 12 * 3600 - 1));
+    assert_eq!(
+        h.mem.usage_lookups.load(Ordering::SeqCst),
+        1,
+        "usage is cached"
+    );
+    // Other meters are not affected.
+    let a = h
+        .post(Some(FREE_KEY), fev("c1", "compute_minutes", 5).to_string())
+        .await;
+    assert_eq!(a.json["accepted"], 1);
+}
+
+#[tokio::test]
+async fn what_is_accepted_is_a_prefix_and_max_meters_compare_readings() {
+    let h = Harness::new();
+    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 97);
+    let gib = 1_i64 << 30;
+    let a = h
+        .batch(
+            FREE_KEY,
+            vec![
+                fev("c0", "compute_minutes", 1),
+                fev("c1", "compute_minutes", 5),
+                fev("c2", "compute_minutes", 1),
+                fev("s0", "storage_bytes", gib),
+                fev("s1", "storage_bytes", gib + 1),
+                fev("s2", "storage_bytes", 10),
+                with(fev("bad", "api_calls", 1), "quantity", json!(-1)),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        a.rejected_codes(),
+        [
+            (1, "plan_limit_exceeded".to_owned()),
+            (2, "plan_limit_exceeded".to_owned()),
+            (4, "plan_limit_exceeded".to_owned()),
+            (6, "invalid_quantity".to_owned()),
+        ]
+    );
+    assert_eq!(a.json["rejected"][0]["error"]["usage"], "98");
+    assert_eq!(a.json["rejected"][2]["error"]["limit"], gib.to_string());
+    assert_eq!(h.mem.published_ids(), ["c0", "s0", "s2"]);
+}
+
+#[tokio::test]
+async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited() {
+    let h = Harness::new();
+    h.mem.set_usage("org_f", "api_calls", "2026-11", 10_000);
+    let a = h
+        .batch(
+            FREE_KEY,
+            vec![
+                fev("a", "api_calls", 1),
+                with(fev("b", "api_calls", 1), "meter", json!("nope")),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        a.rejected_codes(),
+        [
+            (0, "plan_limit_exceeded".to_owned()),
+            (1, "unknown_meter".to_owned())
+        ]
+    );
+    // CloudEvents name the meter attribute `type`.
+    let ce = json!({"id": "ce", "type": "api_calls", "subject": "prj_f1",
+        "time": "2026-11-26T10:00:00Z", "data": {"quantity": 1}});
+    let a = h
+        .post_with(
+            Some(FREE_KEY),
+            "application/cloudevents-batch+json",
+            json!([ce, 5]).to_string(),
+        )
+        .await;
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "type");
+}
+
+#[tokio::test]
+async fn usage_is_reread_after_its_ttl_and_counts_local_acceptances_meanwhile() {
+    let h = Harness::new();
+    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 90);
+    let a = h
+        .post(Some(FREE_KEY), fev("a", "compute_minutes", 8).to_string())
+        .await;
+    assert_eq!(a.json["accepted"], 1);
+    // Not applied by the aggregator yet, but counted locally: 98 + 3 > 100.
+    let a = h
+        .post(Some(FREE_KEY), fev("b", "compute_minutes", 3).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.json["error"]["usage"], "98");
+    // The aggregator applies "a"; another process accepted 2 more. Seen after the TTL.
+    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 100);
+    h.advance(secs(2));
+    let a = h
+        .post(Some(FREE_KEY), fev("c", "compute_minutes", 1).to_string())
+        .await;
+    assert_eq!(a.json["error"]["usage"], "100");
+    assert_eq!(h.mem.usage_lookups.load(Ordering::SeqCst), 2);
+    // A zero quantity never passes the limit.
+    let a = h
+        .post(Some(FREE_KEY), fev("z", "compute_minutes", 0).to_string())
+        .await;
+    assert_eq!(a.json["accepted"], 1);
+}
+
+#[tokio::test]
+async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
+    let h = Harness::new();
+    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 95);
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
+    let a = h
+        .post(Some(FREE_KEY), fev("a", "compute_minutes", 5).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::FailIds(["b".to_owned()].into());
+    let a = h
+        .post(Some(FREE_KEY), fev("b", "compute_minutes", 5).to_string())
+        .await;
+    assert_eq!(a.rejected_codes(), [(0, "queue_unavailable".to_owned())]);
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::Ok;
+    let a = h
+        .post(Some(FREE_KEY), fev("c", "compute_minutes", 5).to_string())
+        .await;
+    assert_eq!(a.json["accepted"], 1, "95 + 5 is exactly the allowance");
+}
+
+#[tokio::test]
+async fn paid_plans_are_never_hard_limited() {
+    let h = Harness::new();
+    h.mem.set_usage("org_a", "api_calls", "2026-11", 5_000_000);
+    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    assert_eq!(a.json["accepted"], 1);
+    assert_eq!(h.mem.usage_lookups.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Publishing
+
+#[tokio::test]
+async fn a_failing_queue_is_503_with_retry_after_and_partial_failures_are_rejections() {
+    let h = Harness::new();
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
+    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.error().0, "service_unavailable");
+    assert_eq!(a.retry_after(), Some(1));
+
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::FailIds(["b".to_owned()].into());
+    let calls = h.mem.publish_calls.load(Ordering::SeqCst);
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![
+                ev("a"),
+                with(ev("bad"), "quantity", json!(-1)),
+                ev("b"),
+                ev("c"),
+            ],
+        )
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json["accepted"], 2);
     let r = &a.json["rejected"];
@@ -550,35 +1394,424 @@ async fn a_failing_queue_is_503_and_partial_failures_are_rejections() {
     assert_eq!(r[1]["index"], 2, "published index 1 is body index 2");
     assert_eq!(r[1]["id"], "b");
     assert_eq!(r[1]["error"]["code"], "queue_unavailable");
+    assert_eq!(
+        h.mem.publish_calls.load(Ordering::SeqCst) - calls,
+        2,
+        "the failed event is retried once"
+    );
+    assert_eq!(h.mem.published_ids(), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn a_partial_failure_is_retried_for_the_failed_events_only() {
+    let h = Harness::new();
+    *h.mem.publish_mode.lock().unwrap() =
+        PublishMode::FailIdsOnce(["b".to_owned(), "d".to_owned()].into());
+    let a = h
+        .batch(GOOD_KEY, vec![ev("a"), ev("b"), ev("c"), ev("d")])
+        .await;
+    assert_eq!(a.json, json!({"accepted": 4, "rejected": []}));
+    assert_eq!(h.mem.published_ids(), ["a", "c", "b", "d"]);
+}
+
+#[tokio::test]
+async fn accepted_is_answered_only_after_publish_returned() {
+    let h = Arc::new(Harness::new());
+    let gate = Arc::new(Notify::new());
+    *h.mem.publish_gate.lock().unwrap() = Some(gate.clone());
+    let task = tokio::spawn({
+        let h = h.clone();
+        async move { h.post(Some(GOOD_KEY), ev("e").to_string()).await.status }
+    });
+    // Let the request run until it waits inside publish.
+    while h.mem.publish_calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !task.is_finished(),
+        "no answer while publish has not returned"
+    );
+    gate.notify_one();
+    assert_eq!(task.await.unwrap(), StatusCode::ACCEPTED);
+    assert_eq!(h.mem.published_ids(), ["e"]);
 }
 
 #[tokio::test]
 async fn a_failing_store_is_503() {
-    let mem = Arc::new(Mem {
-        projects_unavailable: true,
-        ..Mem::seeded()
-    });
-    let a = post(&mem, Some(GOOD_KEY), ev("e").to_string()).await;
+    let h = Harness::with(
+        Mem {
+            projects_unavailable: true,
+            ..Mem::seeded()
+        },
+        IngestConfig::default(),
+    );
+    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(mem.publish_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(a.retry_after(), Some(1));
+    assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Every status code of CONTRACT.md, and the OpenAPI document
+
+#[tokio::test]
+async fn every_status_code_of_post_events_is_produced_and_documented() {
+    let mut seen = BTreeSet::new();
+    let h = Harness::new();
+    // 202
+    seen.insert(h.post(Some(GOOD_KEY), ev("ok").to_string()).await.status);
+    // 400
+    seen.insert(h.post(Some(GOOD_KEY), "{").await.status);
+    // 401
+    seen.insert(h.post(None, ev("x").to_string()).await.status);
+    // 403
+    seen.insert(h.post(Some(READ_KEY), ev("x").to_string()).await.status);
+    // 413
+    seen.insert(
+        h.post(Some(GOOD_KEY), " ".repeat(body::MAX_BODY_BYTES + 1))
+            .await
+            .status,
+    );
+    // 429: rate limit
+    for i in 0..20 {
+        h.post(
+            Some(FREE_KEY),
+            fev(&format!("r{i}"), "api_calls", 1).to_string(),
+        )
+        .await;
+    }
+    let a = h
+        .post(Some(FREE_KEY), fev("r", "api_calls", 1).to_string())
+        .await;
+    assert_eq!(
+        (a.status, a.error().0),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    seen.insert(a.status);
+    // 429: hard plan limit
+    h.advance(secs(10));
+    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 100);
+    let a = h
+        .post(Some(FREE_KEY), fev("p", "compute_minutes", 1).to_string())
+        .await;
+    assert_eq!(
+        (a.status, a.error().0),
+        (StatusCode::TOO_MANY_REQUESTS, "plan_limit_exceeded")
+    );
+    // 503
+    *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
+    seen.insert(h.post(Some(GOOD_KEY), ev("x").to_string()).await.status);
+    // 500
+    let broken = Harness::with(
+        Mem {
+            keys_corrupt: true,
+            ..Mem::seeded()
+        },
+        IngestConfig::default(),
+    );
+    seen.insert(
+        broken
+            .post(Some(GOOD_KEY), ev("x").to_string())
+            .await
+            .status,
+    );
+
+    let seen: BTreeSet<String> = seen.iter().map(|s| s.as_str().to_owned()).collect();
+    let documented: BTreeSet<String> = doc()["paths"]["/v1/events"]["post"]["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        seen, documented,
+        "every documented status is produced and vice versa"
+    );
+    let listed: BTreeSet<String> = openapi::POST_EVENTS_STATUSES
+        .iter()
+        .map(u16::to_string)
+        .collect();
+    assert_eq!(listed, documented);
 }
 
 #[tokio::test]
-async fn request_ids_are_echoed() {
-    let mem = Arc::new(Mem::seeded());
-    let req = Request::post("/v1/events")
-        .header(header::AUTHORIZATION, format!("Bearer {GOOD_KEY}"))
-        .header("x-request-id", "abc-123")
-        .body(Body::from(ev("e").to_string()))
-        .unwrap();
-    let res = app(&mem).oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    assert_eq!(res.headers()["x-request-id"], "abc-123");
-    let a = post(&mem, Some(GOOD_KEY), ev("e").to_string()).await;
-    assert!(
-        a.headers["x-request-id"]
-            .to_str()
-            .unwrap()
-            .starts_with("req_")
+async fn the_document_matches_the_routes_and_the_structs() {
+    let d = doc();
+    assert_eq!(d["openapi"], "3.1.0");
+    // Every route the router serves is documented with its method ...
+    for (method, path) in ROUTES {
+        assert!(
+            d["paths"][path][method.to_ascii_lowercase()].is_object(),
+            "{method} {path}"
+        );
+    }
+    // ... and every documented ingest operation is served (not 404/405).
+    let h = Harness::new();
+    for (path, item) in d["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let router = if path == "/openapi.json" {
+                openapi::router()
+            } else {
+                h.ingest.clone().router()
+            };
+            let req = Request::builder()
+                .method(method.to_ascii_uppercase().as_str())
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            let status = router.oneshot(req).await.unwrap().status();
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status}"
+            );
+        }
+    }
+    // Every $ref resolves.
+    fn walk(v: &Value) {
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("$ref") {
+                    resolve(v);
+                }
+                m.values().for_each(walk);
+            }
+            Value::Array(a) => a.iter().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(d);
+
+    // The response structs serialize to exactly the documented properties.
+    let full_error = ErrorBody {
+        limit: Some(LimitDetails {
+            meter: "api_calls".into(),
+            period: "2026-11".into(),
+            limit: "1".into(),
+            usage: "1".into(),
+        }),
+        ..ErrorBody::new("c", "m", Some("f"))
+    };
+    let response = IngestResponse {
+        accepted: 1,
+        rejected: vec![Rejection {
+            index: 0,
+            id: Some("e".into()),
+            error: full_error,
+        }],
+    };
+    let v = serde_json::to_value(&response).unwrap();
+    assert_eq!(keys_of(&v), schema_properties("IngestResponse"));
+    assert_eq!(keys_of(&v["rejected"][0]), schema_properties("Rejection"));
+    assert_eq!(
+        keys_of(&v["rejected"][0]["error"]),
+        schema_properties("ErrorBody")
     );
+    let required = |name: &str| -> BTreeSet<String> {
+        d["components"]["schemas"][name]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let minimal = serde_json::to_value(ErrorBody::new("c", "m", None::<String>)).unwrap();
+    assert_eq!(keys_of(&minimal), required("ErrorBody"));
+    assert_eq!(keys_of(&v), required("IngestResponse"));
+
+    // The documented event fields are exactly those validation accepts.
+    let org_a = org("org_a");
+    let catalogue = MeterCatalogue::default();
+    let ctx = tally_core::event::ValidationContext {
+        org_id: &org_a,
+        catalogue: &catalogue,
+        now: t(NOW),
+    };
+    let documented = schema_properties("Event");
+    let mut full = ev("e");
+    assert_eq!(
+        keys_of(&full),
+        documented,
+        "the test event uses every field"
+    );
+    assert!(Event::validate(&full.to_string(), &ctx).is_ok());
+    let required_fields = required("Event");
+    for f in &documented {
+        let mut without = full.clone();
+        without.as_object_mut().unwrap().remove(f);
+        let ok = Event::validate(&without.to_string(), &ctx).is_ok();
+        assert_eq!(ok, !required_fields.contains(f), "{f}");
+    }
+    full["undocumented"] = json!(1);
+    assert_eq!(
+        Event::validate(&full.to_string(), &ctx).unwrap_err().code,
+        tally_core::event::ErrorCode::UnknownField
+    );
+    // CloudEvents: every documented attribute that maps is read.
+    let ce_props = schema_properties("CloudEvent");
+    for attr in ["id", "type", "subject", "time", "data"] {
+        assert!(ce_props.contains(attr), "{attr}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile input: the validator
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+    use tally_core::event::{ErrorCode, ValidationContext};
+
+    use crate::body::{BodyFormat, split_body};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[ -~]{0,40}".prop_map(Value::from),
+            "[0-9.eE+-]{0,30}".prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z_]{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn field_value(name: &'static str) -> BoxedStrategy<Value> {
+        match name {
+            "id" => prop_oneof![json_value(), "[ -~]{0,140}".prop_map(Value::from)].boxed(),
+            "project_id" => {
+                prop_oneof![json_value(), "prj_[a-z0-9]{0,45}".prop_map(Value::from)].boxed()
+            }
+            "meter" => prop_oneof![
+                json_value(),
+                prop::sample::select(vec![
+                    "api_calls",
+                    "compute_minutes",
+                    "storage_bytes",
+                    "bandwidth_bytes",
+                    "API_CALLS",
+                    ""
+                ])
+                .prop_map(Value::from)
+            ]
+            .boxed(),
+            "quantity" => prop_oneof![
+                json_value(),
+                "-?[0-9]{1,40}(\\.[0-9]{0,30})?(e[+-]?[0-9]{1,5})?".prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+            ]
+            .boxed(),
+            "timestamp" => prop_oneof![
+                json_value(),
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2})"
+                    .prop_map(Value::from),
+            ]
+            .boxed(),
+            _ => json_value().boxed(),
+        }
+    }
+
+    fn event_object() -> impl Strategy<Value = Value> {
+        let fields = [
+            "id",
+            "project_id",
+            "meter",
+            "quantity",
+            "timestamp",
+            "properties",
+        ];
+        let known: Vec<BoxedStrategy<Option<Value>>> = fields
+            .iter()
+            .map(|f| proptest::option::weighted(0.85, field_value(f)).boxed())
+            .collect();
+        (
+            known,
+            proptest::collection::btree_map("[ -~]{0,10}", json_value(), 0..2),
+            any::<bool>(),
+        )
+            .prop_map(move |(values, extra, add_extra)| {
+                let mut m = serde_json::Map::new();
+                for (f, v) in fields.iter().zip(values) {
+                    if let Some(v) = v {
+                        m.insert((*f).to_owned(), v);
+                    }
+                }
+                if add_extra {
+                    m.extend(extra);
+                }
+                Value::Object(m)
+            })
+    }
+
+    fn check_validation(json: &str) {
+        let org_a = org("org_a");
+        let catalogue = MeterCatalogue::default();
+        let ctx = ValidationContext {
+            org_id: &org_a,
+            catalogue: &catalogue,
+            now: t(NOW),
+        };
+        match Event::validate(json, &ctx) {
+            Ok(e) => {
+                assert_eq!(e.org_id, org_a);
+                assert!(e.timestamp <= t(NOW) + TimeDelta::minutes(5));
+                assert!(e.quantity.value() >= Decimal::ZERO);
+            }
+            Err(e) => {
+                assert!(!e.message.is_empty());
+                assert!(
+                    !e.field.is_empty()
+                        || e.code == ErrorCode::MalformedEvent
+                        || e.code == ErrorCode::UnknownField,
+                    "{e:?} names no field"
+                );
+                // What a client sees: every rejection names a field, or the event itself
+                // is not an object.
+                let r = events::Rejection::of(0, None, BodyFormat::Native, e);
+                assert!(
+                    r.error.field.is_some() || r.error.code == "malformed_event",
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn validating_event_shaped_objects_never_panics_and_names_fields(ev in event_object()) {
+            check_validation(&ev.to_string());
+        }
+
+        #[test]
+        fn validating_any_json_never_panics(v in json_value()) {
+            check_validation(&v.to_string());
+        }
+
+        #[test]
+        fn split_then_validate_never_panics(body in ".{0,300}", wrap in 0..3u8) {
+            let body = match wrap {
+                0 => body,
+                1 => format!("{{\"events\":[{body}]}}"),
+                _ => format!("{{\"id\":\"e\",\"meter\":\"api_calls\",\"project_id\":\"prj_a1\",\"timestamp\":{body}}}"),
+            };
+            for f in [BodyFormat::Native, BodyFormat::CloudEvent, BodyFormat::CloudEventBatch] {
+                if let Ok(candidates) = split_body(f, body.as_bytes()) {
+                    for c in candidates.iter().flatten() {
+                        check_validation(c);
+                    }
+                }
+            }
+        }
+    }
 }

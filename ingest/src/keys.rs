@@ -1,0 +1,130 @@
+//! The API-key cache: [`TenantStore::find_api_key`] behind a bounded in-process cache, and
+//! the keys' last-used times kept in memory until they are flushed in bulk.
+//!
+//! A key found by hash is trusted for [`CacheConfig::key_ttl`] (10 s by default): a key
+//! revoked in the store stops working within that time, and so does a change of its scopes.
+//! Expiry and a revocation time already on the cached record are checked against the clock
+//! on every request, so they are exact. A hash the store does not know is remembered for
+//! [`CacheConfig::key_miss_ttl`] (2 s), so a flood of made-up keys reaches the store once per
+//! distinct key per two seconds. New keys are unaffected by miss caching: a secret has 256
+//! random bits, so nobody presents it before it exists.
+//!
+//! Last-used times are recorded in memory on every successful authentication (never a store
+//! write per request); [`KeyCache::take_last_used`] hands them over for a bulk write.
+//!
+//! [`CacheConfig::key_ttl`]: crate::config::CacheConfig::key_ttl
+//! [`CacheConfig::key_miss_ttl`]: crate::config::CacheConfig::key_miss_ttl
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tally_core::ids::ApiKeyId;
+use tally_core::ports::{Clock, StoreError, TenantStore};
+use tally_core::tenant::{ApiKey, KeyHash};
+
+use tracing::Instrument;
+
+use crate::cache::{TtlCache, delta};
+use crate::config::CacheConfig;
+
+/// Counter of key lookups, labelled `result` = `hit` (answered from the cache) or `miss`
+/// (asked the store).
+pub const METRIC_KEY_CACHE: &str = "tally_ingest_key_cache_total";
+
+/// API keys by hash, cached; plus last-used times. Share one per process (`Arc`).
+pub struct KeyCache {
+    tenants: Arc<dyn TenantStore>,
+    clock: Arc<dyn Clock>,
+    keys: TtlCache<KeyHash, Option<Arc<ApiKey>>>,
+    ttl: TimeDelta,
+    miss_ttl: TimeDelta,
+    last_used: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("entries", &self.keys.len())
+            .field("ttl", &self.ttl)
+            .field("miss_ttl", &self.miss_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    /// A cache over `tenants` with the capacity and TTLs of `config`.
+    pub fn new(tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, config: &CacheConfig) -> Self {
+        KeyCache {
+            tenants,
+            clock,
+            keys: TtlCache::new(config.capacity),
+            ttl: delta(config.key_ttl),
+            miss_ttl: delta(config.key_miss_ttl),
+            last_used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key whose secret hashes to `hash`, from the cache or (on a miss or after the TTL)
+    /// from the store. Store errors are not cached.
+    pub async fn find(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        let now = self.clock.now();
+        if let Some(found) = self.keys.get(hash, now) {
+            metrics::counter!(METRIC_KEY_CACHE, "result" => "hit").increment(1);
+            return Ok(found.map(|k| (*k).clone()));
+        }
+        metrics::counter!(METRIC_KEY_CACHE, "result" => "miss").increment(1);
+        let found = self
+            .tenants
+            .find_api_key(hash)
+            .instrument(tracing::debug_span!("find_api_key"))
+            .await?;
+        let ttl = if found.is_some() {
+            self.ttl
+        } else {
+            self.miss_ttl
+        };
+        self.keys.insert_for(
+            hash.clone(),
+            found.clone().map(Arc::new),
+            ttl,
+            self.clock.now(),
+        );
+        Ok(found)
+    }
+
+    /// Records that `key` was used now (in memory only).
+    pub fn touch(&self, key: &ApiKeyId) {
+        let now = self.clock.now();
+        let mut used = self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match used.get_mut(key) {
+            Some(at) => *at = (*at).max(now),
+            None => {
+                used.insert(key.clone(), now);
+            }
+        }
+    }
+
+    /// Every key used since the last call, with its latest use, emptying the record. The
+    /// composition root calls this periodically and writes the times in one batch; the map
+    /// holds at most one entry per valid key used since the last call.
+    pub fn take_last_used(&self) -> Vec<(ApiKeyId, DateTime<Utc>)> {
+        let mut used = self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = used.drain().collect();
+        out.sort();
+        out
+    }
+
+    /// Forgets every cached key (for tests and for an operator who just revoked a leaked
+    /// key and cannot wait the TTL out).
+    pub fn invalidate_all(&self) {
+        self.keys.clear();
+    }
+}

@@ -1,0 +1,131 @@
+//! Cached store reads on the hot path: an org's plan, whether a project is the org's, and
+//! whether a month is closed.
+//!
+//! Each is a per-request store read without a cache; with one, a steady client costs the
+//! store one read of each kind per TTL. The TTLs (see [`CacheConfig`]) bound how long a
+//! change takes to be seen: a plan change 10 s, a project that stops existing 10 s (one that
+//! did not exist is remembered 2 s), a month closed by billing 5 s (closed months are
+//! remembered an hour: they never reopen). Store errors are never cached.
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use tally_core::ids::{OrgId, ProjectId};
+use tally_core::period::Month;
+use tally_core::plan::PlanId;
+use tally_core::ports::{Clock, StoreError, TenantStore, UsageStore};
+
+use tracing::Instrument;
+
+use crate::cache::{TtlCache, delta};
+use crate::config::CacheConfig;
+
+/// The org, project and period caches.
+pub struct Lookups {
+    tenants: Arc<dyn TenantStore>,
+    usage: Arc<dyn UsageStore>,
+    clock: Arc<dyn Clock>,
+    orgs: TtlCache<OrgId, Option<PlanId>>,
+    projects: TtlCache<(OrgId, ProjectId), bool>,
+    periods: TtlCache<Month, bool>,
+    org_ttl: TimeDelta,
+    project_ttl: TimeDelta,
+    project_miss_ttl: TimeDelta,
+    open_period_ttl: TimeDelta,
+    closed_period_ttl: TimeDelta,
+}
+
+impl std::fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookups")
+            .field("orgs", &self.orgs.len())
+            .field("projects", &self.projects.len())
+            .field("periods", &self.periods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lookups {
+    /// Caches over the given ports.
+    pub fn new(
+        tenants: Arc<dyn TenantStore>,
+        usage: Arc<dyn UsageStore>,
+        clock: Arc<dyn Clock>,
+        config: &CacheConfig,
+    ) -> Self {
+        Lookups {
+            tenants,
+            usage,
+            clock,
+            orgs: TtlCache::new(config.capacity),
+            projects: TtlCache::new(config.capacity),
+            periods: TtlCache::new(config.capacity),
+            org_ttl: delta(config.org_ttl),
+            project_ttl: delta(config.project_ttl),
+            project_miss_ttl: delta(config.project_miss_ttl),
+            open_period_ttl: delta(config.open_period_ttl),
+            closed_period_ttl: delta(config.closed_period_ttl),
+        }
+    }
+
+    /// The org's plan, or `None` if the org does not exist.
+    pub async fn org_plan(&self, org: &OrgId) -> Result<Option<PlanId>, StoreError> {
+        if let Some(plan) = self.orgs.get(org, self.clock.now()) {
+            return Ok(plan);
+        }
+        let plan = self
+            .tenants
+            .get_org(org)
+            .instrument(tracing::debug_span!("get_org"))
+            .await?
+            .map(|o| o.plan);
+        self.orgs
+            .insert_for(org.clone(), plan, self.org_ttl, self.clock.now());
+        Ok(plan)
+    }
+
+    /// Whether `project` is a project of `org`.
+    pub async fn project_in_org(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+    ) -> Result<bool, StoreError> {
+        let key = (org.clone(), project.clone());
+        if let Some(ok) = self.projects.get(&key, self.clock.now()) {
+            return Ok(ok);
+        }
+        let ok = self
+            .tenants
+            .get_project(org, project)
+            .instrument(tracing::debug_span!("get_project"))
+            .await?
+            .is_some_and(|p| p.org_id == *org);
+        let ttl = if ok {
+            self.project_ttl
+        } else {
+            self.project_miss_ttl
+        };
+        self.projects.insert_for(key, ok, ttl, self.clock.now());
+        Ok(ok)
+    }
+
+    /// Whether billing has closed `month`.
+    pub async fn period_closed(&self, month: Month) -> Result<bool, StoreError> {
+        if let Some(closed) = self.periods.get(&month, self.clock.now()) {
+            return Ok(closed);
+        }
+        let closed = self
+            .usage
+            .is_period_closed(month)
+            .instrument(tracing::debug_span!("is_period_closed"))
+            .await?;
+        let ttl = if closed {
+            self.closed_period_ttl
+        } else {
+            self.open_period_ttl
+        };
+        self.periods
+            .insert_for(month, closed, ttl, self.clock.now());
+        Ok(closed)
+    }
+}
