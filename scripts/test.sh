@@ -1,20 +1,79 @@
 #!/usr/bin/env bash
 # The one command that runs Tally's whole test suite on a fresh clone: formatting, lints,
-# then every unit, property, conformance and end-to-end test. It starts whatever the tests
-# need itself and leaves nothing running behind it.
+# then every unit, property, conformance and end-to-end test, on SQLite and on the AWS
+# emulator. It installs the pinned emulator (moto[server] 5.2.5, cached in .cache/venv),
+# starts it (through scripts/moto_serial.py) on a free loopback port, and stops it by PID when the tests end, pass or fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
 
+MOTO_VERSION=5.2.5
+VENV=.cache/venv
+mkdir -p .cache
+
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+moto_ready() {
+  [ -x "$VENV/bin/moto_server" ] &&
+    [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ]
+}
+
+# Install the emulator in the background while cargo compiles; pip needs no CPU to speak of.
+install_pid=""
+if ! moto_ready; then
+  step "installing moto[server]==$MOTO_VERSION into $VENV (background)"
+  ( rm -rf "$VENV" && python3 -m venv "$VENV" &&
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ) \
+    > .cache/pip.log 2>&1 &
+  install_pid=$!
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --no-run"
+cargo test --workspace --locked --no-run
+
+if [ -n "$install_pid" ]; then
+  step "waiting for the emulator install"
+  if ! wait "$install_pid"; then
+    echo "installing moto failed:" >&2
+    cat .cache/pip.log >&2
+    exit 1
+  fi
+fi
+moto_ready || { echo "moto $MOTO_VERSION is not usable in $VENV" >&2; cat .cache/pip.log >&2 || true; exit 1; }
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+step "starting moto on 127.0.0.1:$port"
+# scripts/moto_serial.py is moto_server with two fixes (see its header): DynamoDB requests
+# run one at a time, as DynamoDB's own isolation promises, and a transaction snapshots each
+# table once instead of once per action.
+"$VENV/bin/python" scripts/moto_serial.py -H 127.0.0.1 -p "$port" > .cache/moto.log 2>&1 &
+moto_pid=$!
+stop_moto() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; }
+trap stop_moto EXIT
+for _ in $(seq 1 200); do
+  if ! kill -0 "$moto_pid" 2>/dev/null; then
+    echo "moto exited before answering:" >&2
+    cat .cache/moto.log >&2
+    exit 1
+  fi
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  sleep 0.1
+done
+python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=2)" ||
+  { echo "moto did not answer on port $port" >&2; cat .cache/moto.log >&2; exit 1; }
+
+export TALLY_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 
 step "cargo test"
 cargo test --workspace --locked

@@ -9,13 +9,26 @@
 //!   for the embedded `tally serve` (the module doc explains the ledger's key layout).
 //! - [`local_queue::LocalQueue`]: the durable queue between ingest and the aggregator in its
 //!   own SQLite file, so publishing and applying never contend for one write lock.
+//! - [`sqs::SqsQueue`]: the queue on Amazon SQS, events packed into versioned JSON envelopes
+//!   of up to 256 KiB, undecodable messages moved to the dead-letter queue with the reason.
+//! - [`kinesis::KinesisQueue`]: the queue on a Kinesis data stream (the same envelopes, one
+//!   record per org-message) with a polling consumer whose per-shard checkpoints, and dead
+//!   letters, are items in the DynamoDB table.
 //!
-//! The DynamoDB, SQS and Kinesis adapters will live here too. Every adapter is checked by the
-//! same backend-agnostic conformance suites in `tally-tests` (`tests/src/conformance/`).
+//! - [`dynamodb::DynamoStore`]: tenants, the event ledger and the counters in one DynamoDB
+//!   table, a batch applied as `TransactWriteItems` chunks with conditional ledger puts (the
+//!   module doc lists every item type, the apply algorithm and its write cost).
+//!
+//! Every adapter is checked by the same backend-agnostic conformance suites in `tally-tests`
+//! (`tests/src/conformance/`).
 
+pub mod aws;
 mod conn;
+pub mod dynamodb;
+pub mod kinesis;
 pub mod local_queue;
 pub mod sqlite;
+pub mod sqs;
 
 pub use local_queue::{DeadLetter, LocalQueue, LocalQueueConfig};
 pub use sqlite::{SqliteConfig, SqliteStore};

@@ -1,17 +1,121 @@
-//! Opening the backends a command runs on.
+//! Choosing and opening the backends a command runs on.
 //!
-//! Today that is the embedded default: SQLite (`tally.db`) and the durable local queue
-//! (`queue.db`) under `--data`. The queue has its own file so ingest's writes and the
-//! aggregator's writes never wait on one SQLite write lock.
+//! `--store` picks where state lives (`sqlite:PATH`, default `<data>/tally.db`, or
+//! `dynamodb:TABLE`), `--queue` what sits between ingest and the aggregator (`local`, default
+//! `<data>/queue.db`, `sqs:QUEUE_URL` or `kinesis:STREAM`), and `--aws-endpoint` points every
+//! AWS client at an emulator. Clients are built once per process and shared. The local queue
+//! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use aws_config::SdkConfig;
+use clap::Args;
+use serde::Serialize;
 use tally_core::ports::{EventQueue, TenantStore, UsageStore};
+use tally_store::dynamodb::DynamoStore;
+use tally_store::kinesis::KinesisQueue;
 use tally_store::local_queue::LocalQueue;
 use tally_store::sqlite::SqliteStore;
+use tally_store::sqs::SqsQueue;
 
 use crate::Common;
+use crate::output::print;
+
+/// Where state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A DynamoDB table.
+    Dynamo(String),
+}
+
+/// What carries events from ingest to the aggregator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueSpec {
+    /// The durable local queue in an SQLite file.
+    Local(PathBuf),
+    /// An SQS queue, by URL.
+    Sqs(String),
+    /// A Kinesis stream, by name.
+    Kinesis(String),
+}
+
+fn non_empty<'a>(flag: &str, kind: &str, rest: &'a str) -> anyhow::Result<&'a str> {
+    if rest.trim().is_empty() {
+        bail!("{flag} {kind}: needs a value after the colon");
+    }
+    Ok(rest)
+}
+
+impl StoreSpec {
+    /// Parses `--store`, defaulting to SQLite under `--data`.
+    pub fn from_common(common: &Common) -> anyhow::Result<StoreSpec> {
+        let Some(spec) = common.store.as_deref() else {
+            return Ok(StoreSpec::Sqlite(common.data.join("tally.db")));
+        };
+        match spec.split_once(':') {
+            Some(("sqlite", path)) => Ok(StoreSpec::Sqlite(PathBuf::from(non_empty(
+                "--store", "sqlite", path,
+            )?))),
+            Some(("dynamodb", table)) => {
+                let table = non_empty("--store", "dynamodb", table)?;
+                let ok = (3..=255).contains(&table.len())
+                    && table
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    bail!(
+                        "--store dynamodb:TABLE: table names are 3 to 255 letters, digits, '_', '.' or '-', got {table:?}"
+                    );
+                }
+                Ok(StoreSpec::Dynamo(table.to_owned()))
+            }
+            _ => bail!("--store must be sqlite:PATH or dynamodb:TABLE, got {spec:?}"),
+        }
+    }
+}
+
+impl QueueSpec {
+    /// Parses `--queue`, defaulting to the local queue under `--data`.
+    pub fn from_common(common: &Common) -> anyhow::Result<QueueSpec> {
+        let spec = common.queue.as_deref().unwrap_or("local");
+        match spec.split_once(':') {
+            None if spec == "local" => Ok(QueueSpec::Local(common.data.join("queue.db"))),
+            Some(("local", path)) => Ok(QueueSpec::Local(PathBuf::from(non_empty(
+                "--queue", "local", path,
+            )?))),
+            Some(("sqs", url)) => {
+                let url = non_empty("--queue", "sqs", url)?;
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    bail!(
+                        "--queue sqs:QUEUE_URL needs the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), got {url:?}"
+                    );
+                }
+                Ok(QueueSpec::Sqs(url.to_owned()))
+            }
+            Some(("kinesis", stream)) => Ok(QueueSpec::Kinesis(
+                non_empty("--queue", "kinesis", stream)?.to_owned(),
+            )),
+            _ => bail!("--queue must be local, sqs:QUEUE_URL or kinesis:STREAM, got {spec:?}"),
+        }
+    }
+}
+
+/// The opened stores.
+#[derive(Clone)]
+pub struct Stores {
+    /// Orgs, projects, keys.
+    pub tenants: Arc<dyn TenantStore>,
+    /// Ledger and counters.
+    pub usage: Arc<dyn UsageStore>,
+    /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
+    dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
+    /// The AWS configuration, built once if any AWS backend is in use.
+    aws: Option<SdkConfig>,
+}
 
 /// The opened backends, shared by everything in the process.
 #[derive(Clone)]
@@ -24,25 +128,225 @@ pub struct Backends {
     pub queue: Arc<dyn EventQueue>,
 }
 
+async fn aws_config(common: &Common, cached: &mut Option<SdkConfig>) -> SdkConfig {
+    if let Some(c) = cached {
+        return c.clone();
+    }
+    let c = tally_store::aws::sdk_config(common.aws_endpoint.as_deref()).await;
+    *cached = Some(c.clone());
+    c
+}
+
 /// Opens the store only (commands that never touch the queue).
-pub fn open_store(common: &Common) -> anyhow::Result<Arc<SqliteStore>> {
-    std::fs::create_dir_all(&common.data)
-        .with_context(|| format!("cannot create data directory {}", common.data.display()))?;
-    let path = common.data.join("tally.db");
-    let store =
-        SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Arc::new(store))
+pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
+    match StoreSpec::from_common(common)? {
+        StoreSpec::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            }
+            let store = Arc::new(
+                SqliteStore::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            );
+            Ok(Stores {
+                tenants: store.clone(),
+                usage: store,
+                dynamo: None,
+                aws: None,
+            })
+        }
+        StoreSpec::Dynamo(table) => {
+            let mut aws = None;
+            let config = aws_config(common, &mut aws).await;
+            let client = aws_sdk_dynamodb::Client::new(&config);
+            let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
+            Ok(Stores {
+                tenants: store.clone(),
+                usage: store,
+                dynamo: Some((client, table)),
+                aws,
+            })
+        }
+    }
 }
 
 /// Opens the store and the queue.
-pub fn open(common: &Common) -> anyhow::Result<Backends> {
-    let store = open_store(common)?;
-    let path = common.data.join("queue.db");
-    let queue =
-        LocalQueue::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+pub async fn open(common: &Common) -> anyhow::Result<Backends> {
+    let mut stores = open_store(common).await?;
+    let queue: Arc<dyn EventQueue> = match QueueSpec::from_common(common)? {
+        QueueSpec::Local(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            }
+            Arc::new(
+                LocalQueue::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        }
+        QueueSpec::Sqs(url) => {
+            let config = aws_config(common, &mut stores.aws).await;
+            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&config), url))
+        }
+        QueueSpec::Kinesis(stream) => {
+            let Some((dynamo, table)) = stores.dynamo.clone() else {
+                bail!(
+                    "--queue kinesis:STREAM keeps its shard checkpoints in DynamoDB; use it with --store dynamodb:TABLE"
+                );
+            };
+            let config = aws_config(common, &mut stores.aws).await;
+            Arc::new(KinesisQueue::new(
+                aws_sdk_kinesis::Client::new(&config),
+                stream,
+                dynamo,
+                table,
+                "aggregator",
+            ))
+        }
+    };
     Ok(Backends {
-        tenants: store.clone(),
-        usage: store,
-        queue: Arc::new(queue),
+        tenants: stores.tenants,
+        usage: stores.usage,
+        queue,
     })
+}
+
+/// `tally init` flags.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Shards for a new Kinesis stream.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    shards: u32,
+}
+
+#[derive(Serialize, Default)]
+struct InitOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_queue_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sqlite: Option<PathBuf>,
+}
+
+/// Creates what `--store` and `--queue` name. For SQS the queue's name is the last segment of
+/// its URL; the URL printed is the one to pass to `--queue sqs:` from then on.
+pub async fn init(common: &Common, args: InitArgs) -> anyhow::Result<()> {
+    let mut out = InitOut::default();
+    let mut aws = None;
+    match StoreSpec::from_common(common)? {
+        StoreSpec::Sqlite(path) => {
+            // Opening creates the file and its schema.
+            open_store(common).await?;
+            out.sqlite = Some(path);
+        }
+        StoreSpec::Dynamo(table) => {
+            let config = aws_config(common, &mut aws).await;
+            tally_store::dynamodb::create_table(&aws_sdk_dynamodb::Client::new(&config), &table)
+                .await
+                .with_context(|| format!("cannot create DynamoDB table {table}"))?;
+            out.table = Some(table);
+        }
+    }
+    match QueueSpec::from_common(common)? {
+        QueueSpec::Local(path) => {
+            LocalQueue::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        }
+        QueueSpec::Sqs(url) => {
+            let name = url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if name.is_empty() {
+                bail!("--queue sqs:QUEUE_URL: cannot find a queue name at the end of {url:?}");
+            }
+            let config = aws_config(common, &mut aws).await;
+            let (queue_url, dlq_url) =
+                tally_store::sqs::create_queues(&aws_sdk_sqs::Client::new(&config), &name)
+                    .await
+                    .with_context(|| format!("cannot create SQS queue {name}"))?;
+            out.queue_url = Some(queue_url);
+            out.dead_letter_queue_url = Some(dlq_url);
+        }
+        QueueSpec::Kinesis(stream) => {
+            let config = aws_config(common, &mut aws).await;
+            tally_store::kinesis::create_stream(
+                &aws_sdk_kinesis::Client::new(&config),
+                &stream,
+                args.shards,
+            )
+            .await
+            .with_context(|| format!("cannot create Kinesis stream {stream}"))?;
+            out.stream = Some(stream);
+        }
+    }
+    print(common.json, &out, |o| {
+        let mut parts = Vec::new();
+        if let Some(p) = &o.sqlite {
+            parts.push(format!("sqlite {}", p.display()));
+        }
+        if let Some(t) = &o.table {
+            parts.push(format!("table {t}"));
+        }
+        if let Some(q) = &o.queue_url {
+            parts.push(format!(
+                "queue {q} (dead letters: {})",
+                o.dead_letter_queue_url.as_deref().unwrap_or("?")
+            ));
+        }
+        if let Some(s) = &o.stream {
+            parts.push(format!("stream {s}"));
+        }
+        format!("ready: {}", parts.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(store: Option<&str>, queue: Option<&str>) -> Common {
+        Common {
+            data: PathBuf::from("/d"),
+            store: store.map(str::to_owned),
+            queue: queue.map(str::to_owned),
+            aws_endpoint: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn specs_parse_and_refuse_clearly() {
+        assert_eq!(
+            StoreSpec::from_common(&common(None, None)).unwrap(),
+            StoreSpec::Sqlite("/d/tally.db".into())
+        );
+        assert_eq!(
+            StoreSpec::from_common(&common(Some("dynamodb:tally"), None)).unwrap(),
+            StoreSpec::Dynamo("tally".into())
+        );
+        assert!(StoreSpec::from_common(&common(Some("dynamodb:"), None)).is_err());
+        assert!(StoreSpec::from_common(&common(Some("dynamodb:a b c"), None)).is_err());
+        assert!(StoreSpec::from_common(&common(Some("postgres:x"), None)).is_err());
+        assert_eq!(
+            QueueSpec::from_common(&common(None, None)).unwrap(),
+            QueueSpec::Local("/d/queue.db".into())
+        );
+        assert_eq!(
+            QueueSpec::from_common(&common(None, Some("kinesis:s"))).unwrap(),
+            QueueSpec::Kinesis("s".into())
+        );
+        assert!(QueueSpec::from_common(&common(None, Some("sqs:events"))).is_err());
+        assert_eq!(
+            QueueSpec::from_common(&common(None, Some("sqs:http://127.0.0.1:1/123/q"))).unwrap(),
+            QueueSpec::Sqs("http://127.0.0.1:1/123/q".into())
+        );
+    }
 }

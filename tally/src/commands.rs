@@ -112,17 +112,16 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
     let plan = PlanId::parse(&plan).with_context(|| {
         format!("--plan must be free, starter, pro or enterprise, got {plan:?}")
     })?;
-    let store = backend::open_store(common)?;
+    let store = backend::open_store(common).await?;
     let now = Utc::now();
-    let owner = tally_core::ports::TenantStore::ensure_user(
-        store.as_ref(),
-        &User {
+    let owner = store
+        .tenants
+        .ensure_user(&User {
             id: UserId::from_random(random()),
             email: owner_email.to_lowercase(),
             created_at: now,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let org = Org {
         id: OrgId::from_random(random()),
         name,
@@ -131,7 +130,9 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         owner_id: owner.id.clone(),
         created_at: now,
     };
-    tally_core::ports::TenantStore::create_org(store.as_ref(), &org)
+    store
+        .tenants
+        .create_org(&org)
         .await
         .context("cannot create the organization")?;
     print(
@@ -155,7 +156,7 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
     let org_id = OrgId::parse(&org).context("--org")?;
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
-    let store = backend::open_store(common)?;
+    let store = backend::open_store(common).await?;
     let project = Project {
         id: ProjectId::from_random(random()),
         org_id,
@@ -163,7 +164,9 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
         slug,
         created_at: Utc::now(),
     };
-    tally_core::ports::TenantStore::create_project(store.as_ref(), &project)
+    store
+        .tenants
+        .create_project(&project)
         .await
         .context("cannot create the project")?;
     print(common.json, &project, |p| {
@@ -225,8 +228,10 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         expires_at,
         revoked_at: None,
     };
-    let store = backend::open_store(common)?;
-    tally_core::ports::TenantStore::create_api_key(store.as_ref(), &key)
+    let store = backend::open_store(common).await?;
+    store
+        .tenants
+        .create_api_key(&key)
         .await
         .context("cannot create the key")?;
     let out = KeyOut {
@@ -256,15 +261,15 @@ struct ReconcileOut {
 /// Runs `reconcile`; returns whether drift was found.
 pub async fn reconcile(common: &Common, args: ReconcileArgs) -> anyhow::Result<bool> {
     let month = Month::parse(&args.period).context("--period")?;
-    let store = backend::open_store(common)?;
+    let store = backend::open_store(common).await?;
     let orgs = match args.org {
         Some(o) => vec![OrgId::parse(&o).context("--org")?],
-        None => tally_core::ports::TenantStore::list_org_ids(store.as_ref()).await?,
+        None => store.tenants.list_org_ids().await?,
     };
     let mut drift = Vec::new();
     for org in &orgs {
         drift.extend(
-            tally_aggregator::reconcile(store.as_ref(), org, month)
+            tally_aggregator::reconcile(store.usage.as_ref(), org, month)
                 .await
                 .with_context(|| format!("cannot reconcile {org}"))?,
         );

@@ -36,6 +36,16 @@ pub(crate) struct Common {
         default_value = "./tally-data"
     )]
     pub(crate) data: PathBuf,
+    /// Where state lives: `sqlite:PATH` or `dynamodb:TABLE` (default: sqlite under --data).
+    #[arg(long, global = true, env = "TALLY_STORE")]
+    pub(crate) store: Option<String>,
+    /// The queue between ingest and the aggregator: `local`, `sqs:QUEUE_URL` or
+    /// `kinesis:STREAM` (Kinesis keeps its shard checkpoints in the DynamoDB store).
+    #[arg(long, global = true, env = "TALLY_QUEUE")]
+    pub(crate) queue: Option<String>,
+    /// Endpoint for every AWS client, e.g. an emulator on http://127.0.0.1:5000.
+    #[arg(long, global = true, env = "TALLY_AWS_ENDPOINT")]
+    pub(crate) aws_endpoint: Option<String>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -56,6 +66,9 @@ enum Command {
     Key(commands::KeyCommand),
     /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
     Reconcile(commands::ReconcileArgs),
+    /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
+    /// --queue (idempotent; nothing to do for the embedded default).
+    Init(backend::InitArgs),
 }
 
 /// Exit status for `reconcile` when it found drift.
@@ -94,6 +107,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Key(cmd) => commands::key(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Init(args) => backend::init(common, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Reconcile(args) => {
             let drift = commands::reconcile(common, args).await?;
             Ok(if drift {
@@ -112,5 +128,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -89,7 +89,7 @@ pub fn app(backends: &Backends, clock: Arc<dyn Clock>) -> Router {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
-    let backends = backend::open(common)?;
+    let backends = backend::open(common).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

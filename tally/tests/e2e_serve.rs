@@ -7,192 +7,25 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::*;
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tally_core::{Granularity, Month};
-
-/// One event as the test posts it, with what it should add.
-#[derive(Clone)]
-struct Ev {
-    id: String,
-    project: String,
-    meter: &'static str,
-    quantity: Option<&'static str>,
-    ts: DateTime<Utc>,
-}
-
-impl Ev {
-    fn json(&self) -> Value {
-        let mut v = json!({"id": self.id, "project_id": self.project, "meter": self.meter, "timestamp": self.ts.to_rfc3339()});
-        if let Some(q) = self.quantity {
-            v["quantity"] = json!(q);
-        }
-        v
-    }
-    fn amount(&self) -> Decimal {
-        Decimal::from_str(self.quantity.unwrap_or("1")).unwrap()
-    }
-}
-
-const QUANTITIES: [&str; 5] = ["0.25", "1.5", "3", "0.001", "12.75"];
-
-/// `n` distinct events spread over the current month so far, across the tenant's projects
-/// and two meters (api_calls with the default quantity, compute_minutes with decimals).
-fn events(tenant: &Tenant, prefix: &str, n: usize) -> Vec<Ev> {
-    let now = Utc::now();
-    let start = Month::of(now).start();
-    let span = (now - start).num_seconds().max(1);
-    (0..n)
-        .map(|i| Ev {
-            id: format!("{prefix}-{i}"),
-            project: tenant.projects[i % tenant.projects.len()].clone(),
-            meter: if i % 3 == 0 {
-                "api_calls"
-            } else {
-                "compute_minutes"
-            },
-            quantity: if i % 3 == 0 {
-                None
-            } else {
-                Some(QUANTITIES[i % QUANTITIES.len()])
-            },
-            ts: start + chrono::Duration::seconds((i as i64 * 7919) % span),
-        })
-        .collect()
-}
-
-/// Expected series per (meter, project filter, granularity), computed from distinct events.
-fn expected(
-    evs: &[Ev],
-    meter: &str,
-    project: Option<&str>,
-    g: Granularity,
-) -> Vec<(String, String)> {
-    let mut m: BTreeMap<DateTime<Utc>, Decimal> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for e in evs
-        .iter()
-        .filter(|e| e.meter == meter && project.is_none_or(|p| p == e.project))
-    {
-        if seen.insert(e.id.clone()) {
-            *m.entry(g.truncate(e.ts)).or_default() += e.amount();
-        }
-    }
-    m.into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                v.normalize().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn normalize(series: Vec<(String, String)>) -> Vec<(String, String)> {
-    series
-        .into_iter()
-        .map(|(s, v)| (s, Decimal::from_str(&v).unwrap().normalize().to_string()))
-        .collect()
-}
-
-async fn post(
-    client: &reqwest::Client,
-    server: &Server,
-    key: &str,
-    batch: &[Ev],
-) -> reqwest::Result<(u16, Value)> {
-    let body = json!({"events": batch.iter().map(Ev::json).collect::<Vec<_>>()});
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(key)
-        .json(&body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await?))
-}
-
-/// Waits until the org-wide month totals match, then checks every granularity and scope.
-async fn assert_exact(client: &reqwest::Client, server: &Server, tenant: &Tenant, evs: &[Ev]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for meter in ["api_calls", "compute_minutes"] {
-        let want = expected(evs, meter, None, Granularity::Month);
-        loop {
-            let got = normalize(
-                usage(
-                    client,
-                    server,
-                    &tenant.key,
-                    &format!("meter={meter}&granularity=month"),
-                )
-                .await,
-            );
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{meter} month totals never reached {want:?}; last {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    for meter in ["api_calls", "compute_minutes"] {
-        for g in Granularity::ALL {
-            let scopes: Vec<Option<&str>> = std::iter::once(None)
-                .chain(tenant.projects.iter().map(|p| Some(p.as_str())))
-                .collect();
-            for p in scopes {
-                let mut q = format!("meter={meter}&granularity={}", g.as_str());
-                if let Some(p) = p {
-                    q.push_str(&format!("&project_id={p}"));
-                }
-                let got = normalize(usage(client, server, &tenant.key, &q).await);
-                assert_eq!(got, expected(evs, meter, p, g), "{q}");
-            }
-        }
-    }
-}
+use tally_core::Month;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_never_count_twice_at_any_granularity() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = make_tenant(dir.path(), "acme");
-    let server = Server::start(dir.path()).await;
-    let client = reqwest::Client::new();
-
-    // 900 distinct events plus 100 resends of earlier ids, posted 100 per request.
-    let distinct = events(&tenant, "e", 900);
-    let mut stream = Vec::with_capacity(1000);
-    for (i, e) in distinct.iter().enumerate() {
-        stream.push(e.clone());
-        if i % 9 == 8 {
-            stream.push(distinct[(i * 31) % (i + 1)].clone());
-        }
-    }
-    assert_eq!(stream.len(), 1000);
-    for batch in stream.chunks(100) {
-        let (status, body) = post(&client, &server, &tenant.key, batch).await.unwrap();
-        assert_eq!(status, 202, "{body}");
-        assert_eq!(body["accepted"], batch.len(), "{body}");
-        assert_eq!(body["rejected"], json!([]));
-    }
-    assert_exact(&client, &server, &tenant, &distinct).await;
+    resend_scenario(&Env::embedded(), "acme").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_resend_loses_nothing_and_counts_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Arc::new(make_tenant(dir.path(), "crashy"));
-    let mut server = Server::start(dir.path()).await;
+    let env = Env::embedded();
+    let tenant = Arc::new(make_tenant(&env, "crashy"));
+    let mut server = Server::start(&env).await;
     let client = reqwest::Client::new();
     let evs = events(&tenant, "k", 3000);
     let batches: Vec<Vec<Ev>> = evs.chunks(50).map(<[Ev]>::to_vec).collect();
@@ -242,7 +75,7 @@ async fn sigkill_mid_stream_then_resend_loses_nothing_and_counts_nothing_twice()
 
     // Restart and resend everything that did not get a 202, plus a few that did (a client
     // that is unsure resends; that must not count twice either).
-    let server = Server::start(dir.path()).await;
+    let server = Server::start(&env).await;
     for (i, b) in batches.iter().enumerate() {
         if !answered[i] || i % 10 == 0 {
             let (status, body) = post(&client, &server, &tenant.key, b).await.unwrap();
@@ -252,7 +85,7 @@ async fn sigkill_mid_stream_then_resend_loses_nothing_and_counts_nothing_twice()
     assert_exact(&client, &server, &tenant, &evs).await;
 
     let period = Month::of(Utc::now()).to_string();
-    let out = cli_raw(dir.path(), &["reconcile", "--period", &period]);
+    let out = env.cli_raw(&["reconcile", "--period", &period]);
     assert!(
         out.status.success(),
         "reconcile: {}",
@@ -264,9 +97,9 @@ async fn sigkill_mid_stream_then_resend_loses_nothing_and_counts_nothing_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = make_tenant(dir.path(), "strict");
-    let server = Server::start(dir.path()).await;
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "strict");
+    let server = Server::start(&env).await;
     let client = reqwest::Client::new();
     let good = events(&tenant, "g", 4);
     let ts = good[0].ts.to_rfc3339();
@@ -308,7 +141,7 @@ async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
         expect_bad.insert(body.len(), *field);
         body.push(b.clone());
     }
-    // good[0..4] appear; duplicates among them are resends, which is fine.
+    // good[0..4] appear; the repeats among them are resends, which is fine.
     let r = client
         .post(server.url("/v1/events"))
         .bearer_auth(&tenant.key)
@@ -340,9 +173,9 @@ async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_a_restart_keeps_every_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = make_tenant(dir.path(), "graceful");
-    let mut server = Server::start(dir.path()).await;
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "graceful");
+    let mut server = Server::start(&env).await;
     let client = reqwest::Client::new();
     let evs = events(&tenant, "t", 2000);
     for b in evs.chunks(250) {
@@ -354,77 +187,69 @@ async fn sigterm_drains_and_a_restart_keeps_every_event() {
         status.success(),
         "tally serve exited with {status} after SIGTERM"
     );
-    let server = Server::start(dir.path()).await;
+    let server = Server::start(&env).await;
     assert_exact(&client, &server, &tenant, &evs).await;
 }
 
 #[test]
 fn cli_refuses_bad_input_with_one_line_reasons() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad_slug = cli_raw(
-        dir.path(),
-        &[
-            "org",
-            "create",
-            "--name",
-            "A",
-            "--slug",
-            "Not OK",
-            "--owner-email",
-            "a@example.com",
-        ],
-    );
+    let env = Env::embedded();
+    let bad_slug = env.cli_raw(&[
+        "org",
+        "create",
+        "--name",
+        "A",
+        "--slug",
+        "Not OK",
+        "--owner-email",
+        "a@example.com",
+    ]);
     assert!(!bad_slug.status.success());
     let err = String::from_utf8_lossy(&bad_slug.stderr);
     assert!(err.contains("slug"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
-    cli(
-        dir.path(),
-        &[
-            "org",
-            "create",
-            "--name",
-            "A",
-            "--slug",
-            "taken",
-            "--owner-email",
-            "a@example.com",
-        ],
-    );
-    let dup = cli_raw(
-        dir.path(),
-        &[
-            "org",
-            "create",
-            "--name",
-            "B",
-            "--slug",
-            "taken",
-            "--owner-email",
-            "b@example.com",
-        ],
-    );
+    env.cli(&[
+        "org",
+        "create",
+        "--name",
+        "A",
+        "--slug",
+        "taken",
+        "--owner-email",
+        "a@example.com",
+    ]);
+    let dup = env.cli_raw(&[
+        "org",
+        "create",
+        "--name",
+        "B",
+        "--slug",
+        "taken",
+        "--owner-email",
+        "b@example.com",
+    ]);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
 
-    let no_org = cli_raw(
-        dir.path(),
-        &[
-            "project",
-            "create",
-            "--org",
-            "org_missing",
-            "--name",
-            "P",
-            "--slug",
-            "p",
-        ],
-    );
+    let no_org = env.cli_raw(&[
+        "project",
+        "create",
+        "--org",
+        "org_missing",
+        "--name",
+        "P",
+        "--slug",
+        "p",
+    ]);
     assert!(!no_org.status.success());
     assert!(String::from_utf8_lossy(&no_org.stderr).contains("not found"));
 
-    let bad_period = cli_raw(dir.path(), &["reconcile", "--period", "2026-13"]);
+    let bad_period = env.cli_raw(&["reconcile", "--period", "2026-13"]);
     assert!(!bad_period.status.success());
     assert!(String::from_utf8_lossy(&bad_period.stderr).contains("YYYY-MM"));
+
+    let bad_store = env.cli_raw(&["reconcile", "--period", "2026-11", "--store", "postgres:x"]);
+    assert!(!bad_store.status.success());
+    assert!(String::from_utf8_lossy(&bad_store.stderr).contains("--store"));
 }

@@ -5,6 +5,8 @@
 //! pass: each test is a function taking a factory of backend handles, and the macros
 //! [`storage_conformance!`] and [`queue_conformance!`] turn a factory into one `#[tokio::test]`
 //! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
-//! backend; the AWS adapters plug their own factories into the same macros.
+//! backend; the AWS adapters plug their own factories into the same macros, with the
+//! emulator helpers in [`aws`].
 
+pub mod aws;
 pub mod conformance;

@@ -1,0 +1,275 @@
+//! Item encoding and decoding, and the mapping of SDK errors to [`StoreError`].
+//!
+//! Nothing read from the table is trusted: a missing attribute, a wrong type or an
+//! unparsable value is [`StoreError::Corrupt`] naming the item, never a panic.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tally_core::event::{Event, Quantity};
+use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
+use tally_core::meter::Aggregation;
+use tally_core::ports::StoreError;
+
+/// One DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// A string attribute.
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+/// A number attribute.
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Builds an item from (name, value) pairs.
+pub fn item<const N: usize>(pairs: [(&str, AttributeValue); N]) -> Item {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn describe(item: &Item) -> String {
+    let key = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => v.as_str(),
+        _ => "?",
+    };
+    format!("{}/{}", key("pk"), key("sk"))
+}
+
+/// A required string attribute.
+pub fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        Some(_) => Err(corrupt(format!(
+            "item {}: attribute {name} is not a string",
+            describe(item)
+        ))),
+        None => Err(corrupt(format!(
+            "item {}: attribute {name} is missing",
+            describe(item)
+        ))),
+    }
+}
+
+/// An optional string attribute (absent or NULL is `None`).
+pub fn get_opt_s<'a>(item: &'a Item, name: &str) -> Result<Option<&'a str>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(_) => get_s(item, name).map(Some),
+    }
+}
+
+/// A required number attribute, as an exact decimal.
+pub fn get_decimal(item: &Item, name: &str) -> Result<Decimal, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => parse_decimal(v)
+            .map_err(|e| corrupt(format!("item {}: attribute {name}: {e}", describe(item)))),
+        Some(_) => Err(corrupt(format!(
+            "item {}: attribute {name} is not a number",
+            describe(item)
+        ))),
+        None => Err(corrupt(format!(
+            "item {}: attribute {name} is missing",
+            describe(item)
+        ))),
+    }
+}
+
+/// Parses a DynamoDB number into a decimal without floats. DynamoDB (and its emulators) may
+/// write a number in exponent form (`2E-7`), so both forms are accepted.
+pub fn parse_decimal(text: &str) -> Result<Decimal, String> {
+    let parsed = if text.bytes().any(|b| b == b'e' || b == b'E') {
+        Decimal::from_scientific(text)
+    } else {
+        Decimal::from_str(text)
+    };
+    parsed.map_err(|e| format!("number {text:?} is not a decimal Tally can hold: {e}"))
+}
+
+/// A timestamp as stored: RFC 3339, UTC, with as many fractional digits as it has.
+pub fn ts_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Parses a stored timestamp.
+pub fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+/// A `latest` reading's time as a number that orders exactly like the instant: Unix
+/// nanoseconds (an `i128`, so any `DateTime` fits; DynamoDB numbers hold 38 digits).
+pub fn instant_number(t: DateTime<Utc>) -> String {
+    (i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())).to_string()
+}
+
+/// Parses a stored id.
+pub fn parse_id<T, E: std::fmt::Display>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    parse(s).map_err(|e| corrupt(format!("stored id {s:?}: {e}")))
+}
+
+/// A [`StoreError::Corrupt`].
+pub fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// A ledger record's body: the event minus what its key holds (org, id), with short field
+/// names, as compact JSON (the same shape the SQLite ledger stores).
+#[derive(Serialize)]
+struct LedgerBodyRef<'a> {
+    p: &'a ProjectId,
+    m: &'a MeterName,
+    a: &'a Aggregation,
+    q: Quantity,
+    t: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    x: &'a Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct LedgerBody {
+    p: ProjectId,
+    m: MeterName,
+    a: Aggregation,
+    q: Quantity,
+    t: DateTime<Utc>,
+    #[serde(default)]
+    x: Map<String, Value>,
+}
+
+/// Encodes a ledger body.
+pub fn encode_body(e: &Event) -> Result<String, StoreError> {
+    serde_json::to_string(&LedgerBodyRef {
+        p: &e.project_id,
+        m: &e.meter,
+        a: &e.aggregation,
+        q: e.quantity,
+        t: e.timestamp,
+        x: &e.properties,
+    })
+    .map_err(|err| StoreError::Unavailable(format!("encoding event {}: {err}", e.id)))
+}
+
+/// Decodes a ledger body back into the event.
+pub fn decode_event(org: &OrgId, id: EventId, body: &str) -> Result<Event, StoreError> {
+    let b: LedgerBody = serde_json::from_str(body)
+        .map_err(|e| corrupt(format!("ledger record {org}/{id}: {e}")))?;
+    Ok(Event {
+        org_id: org.clone(),
+        id,
+        project_id: b.p,
+        meter: b.m,
+        aggregation: b.a,
+        quantity: b.q,
+        timestamp: b.t,
+        properties: b.x,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+
+/// Error codes DynamoDB uses for "too much at once"; retrying later helps.
+const THROTTLING_CODES: [&str; 7] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TransactionInProgressException",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "LimitExceededException",
+];
+
+/// Cancellation reason codes of a `TransactWriteItems` that a retry may get past.
+pub const RETRYABLE_REASONS: [&str; 4] = [
+    "TransactionConflict",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+
+/// Whether an SDK error is worth retrying: throttling, 5xx, timeouts and network failures.
+pub fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::ServiceError(se) => {
+            se.raw().status().is_server_error()
+                || se
+                    .err()
+                    .code()
+                    .is_some_and(|c| THROTTLING_CODES.contains(&c))
+        }
+        SdkError::ConstructionFailure(_) => false,
+        // Timeouts, dispatch failures (network) and unparsable responses.
+        _ => true,
+    }
+}
+
+/// Describes an SDK error in one line, with its code and the whole cause chain.
+pub fn describe_sdk_error<E>(op: &str, err: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err.code() {
+        Some(code) => format!(
+            "DynamoDB {op}: {code}: {}",
+            err.message().unwrap_or("no message")
+        ),
+        None => format!("DynamoDB {op}: {}", DisplayErrorContext(err)),
+    }
+}
+
+/// Maps an SDK error the caller has no special meaning for: everything is
+/// [`StoreError::Unavailable`] (the port's "the backend failed"), with a message saying
+/// what failed and how.
+pub fn sdk_error<E>(op: &str, err: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    StoreError::Unavailable(describe_sdk_error(op, &err))
+}
+
+/// A request that could not be built (a missing required field: a bug in this module).
+pub fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("building a DynamoDB request: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn numbers_parse_exactly_in_both_forms() {
+        assert_eq!(parse_decimal("3.75").unwrap(), Decimal::new(375, 2));
+        assert_eq!(parse_decimal("2E-7").unwrap(), Decimal::new(2, 7));
+        assert_eq!(parse_decimal("1.5E+3").unwrap(), Decimal::new(1500, 0));
+        assert_eq!(
+            parse_decimal("123456789012345678.123456789")
+                .unwrap()
+                .to_string(),
+            "123456789012345678.123456789"
+        );
+        assert!(parse_decimal("x").is_err());
+        assert!(parse_decimal("1E+40").is_err());
+    }
+
+    #[test]
+    fn instants_order_like_time() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let a = instant_number(t("2026-11-26T12:00:00Z"));
+        let b = instant_number(t("2026-11-26T12:00:00.001Z"));
+        assert_eq!(a, "1795694400000000000");
+        assert!(a.parse::<i128>().unwrap() < b.parse::<i128>().unwrap());
+    }
+}

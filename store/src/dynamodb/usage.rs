@@ -1,0 +1,234 @@
+//! The read side of [`UsageStore`](tally_core::ports::UsageStore) on DynamoDB, and closed
+//! periods. `apply_batch` lives in [`super::apply`].
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::event::Event;
+use tally_core::ids::OrgId;
+use tally_core::period::Month;
+use tally_core::ports::{CounterQuery, CounterValue, LedgerPage, StoreError};
+
+use super::codec::{corrupt, get_decimal, get_s, item, s, ts_text};
+use super::keys::{self, LEDGER_SHARDS, PERIOD_SK, PK, SK};
+use super::{DynamoStore, QuerySpec};
+
+/// Most ledger events one `ledger_page` call returns (as on SQLite).
+pub const MAX_LEDGER_PAGE: usize = 10_000;
+
+/// Unix seconds, rounded up: the first whole second at or after `t` (bucket starts are whole
+/// seconds, so `start >= ceil(from)` is `start >= from` and `start < ceil(to)` is
+/// `start < to`).
+fn ceil_secs(t: DateTime<Utc>) -> i64 {
+    let s = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}
+
+/// The earliest and latest months counters can be in (event years are 2000 and later).
+fn month_bounds() -> (Month, Month) {
+    let first = Month::new(2000, 1).unwrap_or_else(|| Month::of(DateTime::<Utc>::UNIX_EPOCH));
+    let last = Month::new(9999, 12).unwrap_or(first);
+    (first, last)
+}
+
+fn secs_ts(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// One query per month partition the range touches, each a `BETWEEN` on the series'
+/// sort keys; months come in order and keys sort by time inside a month.
+pub(super) async fn counter_series(
+    store: &DynamoStore,
+    q: &CounterQuery,
+) -> Result<Vec<CounterValue>, StoreError> {
+    let (lo, hi) = month_bounds();
+    let from = ceil_secs(q.from).max(lo.start().timestamp());
+    // Inclusive last second a bucket may start at.
+    let to = ceil_secs(q.to)
+        .saturating_sub(1)
+        .min(hi.end().timestamp() - 1);
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
+    let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
+    let mut out = Vec::new();
+    let mut month = first;
+    while month <= last {
+        let items = store
+            .query_all(&QuerySpec {
+                index: None,
+                key_condition: "#pk = :pk AND #sk BETWEEN :from AND :to",
+                filter: None,
+                names: &[],
+                values: vec![
+                    (":pk", s(keys::counter_pk(&q.org, month))),
+                    (":from", s(format!("{prefix}{}", keys::start_text(from)))),
+                    (":to", s(format!("{prefix}{}", keys::start_text(to)))),
+                ],
+            })
+            .await?;
+        for it in &items {
+            let key = keys::parse_counter_sk(&q.org, get_s(it, SK)?)?;
+            out.push(CounterValue {
+                start: key.start,
+                value: get_decimal(it, "v")?,
+            });
+        }
+        month = month.next();
+    }
+    Ok(out)
+}
+
+/// The position of a ledger page: a shard and the last event id read in it (`None`: the
+/// shard's start). Opaque to callers: hex of `<shard>:<event id>`.
+fn encode_cursor(shard: u8, after: Option<&str>) -> String {
+    hex::encode(format!("{shard}:{}", after.unwrap_or_default()))
+}
+
+fn decode_cursor(c: &str) -> Result<(u8, Option<String>), StoreError> {
+    let bad = || corrupt(format!("ledger cursor {c:?} was not issued by this store"));
+    let text = hex::decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let (shard, after) = text.split_once(':').ok_or_else(bad)?;
+    let shard: u8 = shard.parse().map_err(|_| bad())?;
+    if shard >= LEDGER_SHARDS {
+        return Err(bad());
+    }
+    Ok((shard, (!after.is_empty()).then(|| after.to_owned())))
+}
+
+/// Reads the org's 16 ledger shards in turn with a filter on `month`, until `limit` events
+/// are found; the cursor says where it stopped.
+pub(super) async fn ledger_page(
+    store: &DynamoStore,
+    org: &OrgId,
+    month: Month,
+    cursor: Option<String>,
+    limit: usize,
+) -> Result<LedgerPage, StoreError> {
+    let (mut shard, mut after) = match cursor.as_deref() {
+        Some(c) => decode_cursor(c)?,
+        None => (0, None),
+    };
+    let limit = limit.clamp(1, MAX_LEDGER_PAGE);
+    let mut events: Vec<Event> = Vec::with_capacity(limit.min(1000));
+    while shard < LEDGER_SHARDS {
+        if events.len() == limit {
+            return Ok(LedgerPage {
+                events,
+                next: Some(encode_cursor(shard, after.as_deref())),
+            });
+        }
+        let pk = keys::ledger_pk(org, shard);
+        let start = after
+            .as_ref()
+            .map(|id| item([(PK, s(&pk)), (SK, s(format!("{}{id}", keys::EVENT_PREFIX)))]));
+        let want = i32::try_from(limit - events.len()).unwrap_or(i32::MAX);
+        let (items, next) = store
+            .query_page(
+                &QuerySpec {
+                    index: None,
+                    key_condition: "#pk = :pk",
+                    filter: Some("#month = :month"),
+                    names: &[("#month", "month")],
+                    values: vec![(":pk", s(&pk)), (":month", s(month.to_string()))],
+                },
+                Some(want),
+                start,
+            )
+            .await?;
+        for it in &items {
+            let id = keys::parse_ledger_sk(get_s(it, SK)?)?;
+            events.push(super::codec::decode_event(org, id, get_s(it, "body")?)?);
+        }
+        match next {
+            Some(key) if !key.is_empty() => {
+                let sk = get_s(&key, SK)?;
+                after = Some(keys::parse_ledger_sk(sk)?.as_str().to_owned());
+            }
+            _ => {
+                shard += 1;
+                after = None;
+            }
+        }
+    }
+    Ok(LedgerPage { events, next: None })
+}
+
+/// One paged query of the org's month partition of counters.
+pub(super) async fn stored_counters(
+    store: &DynamoStore,
+    org: &OrgId,
+    month: Month,
+) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk",
+            filter: None,
+            names: &[],
+            values: vec![(":pk", s(keys::counter_pk(org, month)))],
+        })
+        .await?;
+    let mut out = items
+        .iter()
+        .map(|it| {
+            let key = keys::parse_counter_sk(org, get_s(it, SK)?)?;
+            Ok((key, get_decimal(it, "v")?))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Whether the period item exists.
+pub(super) async fn is_period_closed(
+    store: &DynamoStore,
+    month: Month,
+) -> Result<bool, StoreError> {
+    Ok(store
+        .get(keys::period_pk(month), PERIOD_SK)
+        .await?
+        .is_some())
+}
+
+/// Puts the period item unless it exists (the first `closed_at` stays).
+pub(super) async fn close_period(
+    store: &DynamoStore,
+    month: Month,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let record = item([
+        (PK, s(keys::period_pk(month))),
+        (SK, s(PERIOD_SK)),
+        ("closed_at", s(ts_text(at))),
+    ]);
+    // `false` (already closed) is fine: closing is idempotent.
+    store.put_if_absent(record).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_forgeries() {
+        let c = encode_cursor(3, Some("evt:1"));
+        assert_eq!(decode_cursor(&c).unwrap(), (3, Some("evt:1".into())));
+        assert_eq!(decode_cursor(&encode_cursor(0, None)).unwrap(), (0, None));
+        for bad in ["zz", &hex::encode("16:x"), &hex::encode("x"), ""] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1215 @@
+//! [`SqsQueue`]: the [`EventQueue`] on Amazon SQS (a standard queue plus its dead-letter
+//! queue).
+//!
+//! **Message format.** A message body is a versioned JSON envelope holding some events of one
+//! org: `{"v":1,"events":[<event>,...]}`, each event as [`Event`] serializes it. The same
+//! envelope is the data of a Kinesis record ([`crate::kinesis`]); both adapters share the
+//! packing and decoding code here. A reader refuses an envelope of another version, one with
+//! no events and one mixing orgs; such a message is dead-lettered, never handed out.
+//!
+//! - **Publish** groups the events by org (in order of first appearance) and packs each group
+//!   greedily into bodies of at most [`MAX_MESSAGE_BYTES`] (256 KiB). The bodies go out with
+//!   `SendMessageBatch`, at most 10 entries and 256 KiB per call. Entries SQS refuses for a
+//!   reason of its own (throttling, an internal error) are sent again, and only they, up to
+//!   [`SqsConfig::max_attempts`] times with exponential backoff; entries refused for the
+//!   sender's fault are not retried. Every event of an entry that still failed is listed in
+//!   [`PublishReport::failed`] with the reason, as is an event that alone does not fit a
+//!   message (impossible for validated events: their properties are at most 4 KiB).
+//! - **Receive** long-polls (`WaitTimeSeconds` = the whole seconds left of `wait`, at most
+//!   [`SqsConfig::max_wait`] and 20; the sub-second rest is spent on short polls 100 ms
+//!   apart) until a first message arrives, then keeps taking what is immediately there while
+//!   it is under `max_events`. `MaxNumberOfMessages` is `min(10, events still wanted)`, so
+//!   one-event messages never overshoot. A message that would overshoot (multi-event
+//!   messages) is not released (that would bump its receive count towards the redrive limit)
+//!   but kept by the handle and handed out first by its next `receive`, while it still has
+//!   at least half its visibility timeout left; older ones are made visible again. The
+//!   receipt is the SQS receipt handle, `receive_count` is `ApproximateReceiveCount`.
+//! - **Dead letters.** A body that does not decode is sent to the dead-letter queue with the
+//!   reason in the message attribute [`REASON_ATTRIBUTE`] and then deleted from the main
+//!   queue. The dead-letter queue is [`SqsConfig::dead_letter_queue_url`], or else found
+//!   through the main queue's `RedrivePolicy` (as [`create_queues`] sets it). If that fails
+//!   the message stays where it is (not handed out); the redrive policy moves it to the
+//!   dead-letter queue after `maxReceiveCount` receives, without a reason attribute.
+//!   Nothing is dropped.
+//! - **Ack** deletes with `DeleteMessageBatch` (10 per call), retrying failed entries. An
+//!   entry refused as the sender's fault (an unknown or stale receipt handle, e.g. acked
+//!   twice) is logged and skipped: at worst the message comes back, and the store applies
+//!   events exactly once.
+//! - **Visibility.** Each receive passes [`SqsConfig::visibility_timeout`] (whole seconds,
+//!   rounded up); a message not acknowledged in time is handed out again by SQS.
+//!   [`EventQueue::extend_visibility`] is `ChangeMessageVisibilityBatch`.
+//! - **Depth** is `ApproximateNumberOfMessages + ApproximateNumberOfMessagesNotVisible`
+//!   (+ `Delayed`): messages not yet deleted, in flight included.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use serde::Deserialize;
+use tally_core::event::Event;
+use tally_core::ids::OrgId;
+use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The envelope version this build writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+/// Largest message body [`SqsQueue::publish`] writes (and the largest total payload of one
+/// `SendMessageBatch` call): 256 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Message attribute of a dead-lettered message that says why it was set aside.
+pub const REASON_ATTRIBUTE: &str = "tally_dead_letter_reason";
+/// Message attribute of a dead-lettered message: its message id in the main queue.
+pub const SOURCE_ID_ATTRIBUTE: &str = "tally_source_message_id";
+/// `maxReceiveCount` of the redrive policy [`create_queues`] sets: a message handed out this
+/// many times without being deleted moves to the dead-letter queue.
+pub const MAX_RECEIVE_COUNT: u32 = 5;
+
+/// Entries per SQS batch call.
+const BATCH_ENTRIES: usize = 10;
+/// SQS caps a long poll at 20 s.
+const MAX_WAIT_SECONDS: u64 = 20;
+/// Pause between short polls when less than a second of `wait` is left.
+const SHORT_POLL_PAUSE: Duration = Duration::from_millis(100);
+/// SQS caps a visibility timeout at 12 hours.
+const MAX_VISIBILITY_SECONDS: u64 = 12 * 60 * 60;
+/// Longest dead-letter reason kept in the attribute.
+const MAX_REASON_BYTES: usize = 1024;
+
+const ENVELOPE_PREFIX: &str = r#"{"v":1,"events":["#;
+const ENVELOPE_SUFFIX: &str = "]}";
+
+// ---------------------------------------------------------------------------------------
+// The envelope (shared with the Kinesis adapter)
+// ---------------------------------------------------------------------------------------
+
+/// One message's worth of events of one org, encoded.
+#[derive(Debug)]
+pub(crate) struct PackedMessage {
+    /// The org all events belong to (the Kinesis partition key).
+    pub(crate) org: String,
+    /// The envelope JSON.
+    pub(crate) body: String,
+    /// Indexes of the events (into the published slice), in order.
+    pub(crate) indexes: Vec<usize>,
+}
+
+/// What [`pack`] made of a publish.
+#[derive(Debug, Default)]
+pub(crate) struct Packed {
+    pub(crate) messages: Vec<PackedMessage>,
+    /// Events that could not be packed at all, with the reason.
+    pub(crate) failed: Vec<(usize, String)>,
+}
+
+/// Groups `events` by org (first appearance order) and packs each group greedily into
+/// envelopes of at most `max_bytes` bytes.
+pub(crate) fn pack(events: &[Event], max_bytes: usize) -> Packed {
+    let mut groups: Vec<(&OrgId, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&OrgId, usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let g = *index.entry(&e.org_id).or_insert_with(|| {
+            groups.push((&e.org_id, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    let mut packed = Packed::default();
+    let overhead = ENVELOPE_PREFIX.len() + ENVELOPE_SUFFIX.len();
+    for (org, indexes) in groups {
+        let mut current: Option<PackedMessage> = None;
+        for i in indexes {
+            let json = match serde_json::to_string(&events[i]) {
+                Ok(j) => escape_nonchars(j),
+                Err(e) => {
+                    packed
+                        .failed
+                        .push((i, format!("event does not encode as JSON: {e}")));
+                    continue;
+                }
+            };
+            if overhead + json.len() > max_bytes {
+                packed.failed.push((
+                    i,
+                    format!(
+                        "event is {} bytes of JSON; a message holds at most {max_bytes}",
+                        json.len()
+                    ),
+                ));
+                continue;
+            }
+            if let Some(m) = current.as_mut()
+                && m.body.len() + 1 + json.len() + ENVELOPE_SUFFIX.len() <= max_bytes
+            {
+                m.body.push(',');
+                m.body.push_str(&json);
+                m.indexes.push(i);
+                continue;
+            }
+            if let Some(mut done) = current.take() {
+                done.body.push_str(ENVELOPE_SUFFIX);
+                packed.messages.push(done);
+            }
+            let mut body = String::with_capacity(max_bytes.min(64 * 1024));
+            body.push_str(ENVELOPE_PREFIX);
+            body.push_str(&json);
+            current = Some(PackedMessage {
+                org: org.as_str().to_owned(),
+                body,
+                indexes: vec![i],
+            });
+        }
+        if let Some(mut done) = current {
+            done.body.push_str(ENVELOPE_SUFFIX);
+            packed.messages.push(done);
+        }
+    }
+    packed
+}
+
+/// SQS accepts only XML characters in a body: JSON escapes everything below U+0020 already;
+/// this escapes the two non-characters U+FFFE and U+FFFF (they can only occur inside JSON
+/// strings, where `\uXXXX` means the same).
+fn escape_nonchars(json: String) -> String {
+    if !json.contains(['\u{fffe}', '\u{ffff}']) {
+        return json;
+    }
+    json.replace('\u{fffe}', "\\ufffe")
+        .replace('\u{ffff}', "\\uffff")
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    events: Vec<Event>,
+}
+
+/// Decodes an envelope; the error is the reason to dead-letter it.
+pub(crate) fn decode_body(body: &str) -> Result<Vec<Event>, String> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    let version = serde_json::from_str::<VersionOnly>(body)
+        .map_err(|e| format!("message body is not a Tally event envelope: {e}"))?
+        .v;
+    if version != ENVELOPE_VERSION {
+        return Err(format!(
+            "envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"
+        ));
+    }
+    let envelope: EnvelopeIn = serde_json::from_str(body)
+        .map_err(|e| format!("message body does not decode as events: {e}"))?;
+    debug_assert_eq!(envelope.v, ENVELOPE_VERSION);
+    let Some(first) = envelope.events.first() else {
+        return Err("envelope holds no events".to_owned());
+    };
+    if envelope.events.iter().any(|e| e.org_id != first.org_id) {
+        return Err("envelope mixes events of several orgs".to_owned());
+    }
+    Ok(envelope.events)
+}
+
+/// Sleeps before retry `attempt` (1-based): `base * 2^(attempt-1)`, capped at 2 s, plus up
+/// to `base` of jitter.
+pub(crate) async fn backoff(attempt: u32, base: Duration) {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+    let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
+    let pause =
+        exp.min(Duration::from_secs(2)) + Duration::from_millis(rand::random_range(0..jitter_ms));
+    tokio::time::sleep(pause).await;
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration and construction
+// ---------------------------------------------------------------------------------------
+
+/// Settings of an [`SqsQueue`].
+#[derive(Debug, Clone)]
+pub struct SqsConfig {
+    /// How long a received message stays hidden before SQS hands it out again, unless
+    /// deleted. Sent with every `ReceiveMessage` in whole seconds (rounded up, at most 12 h).
+    /// Default 30 s.
+    pub visibility_timeout: Duration,
+    /// Longest single long poll (`WaitTimeSeconds`); SQS allows at most 20 s. Default 20 s.
+    pub max_wait: Duration,
+    /// Where undecodable messages go. `None` (the default): the dead-letter target of the
+    /// main queue's `RedrivePolicy`, looked up once.
+    pub dead_letter_queue_url: Option<String>,
+    /// Attempts per batch entry for sends, deletes and visibility changes (the SDK's own
+    /// retries of a failed call come on top). Default 5.
+    pub max_attempts: u32,
+    /// First retry pause; doubles per attempt, capped at 2 s. Default 50 ms.
+    pub retry_base_delay: Duration,
+}
+
+impl Default for SqsConfig {
+    fn default() -> Self {
+        SqsConfig {
+            visibility_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(MAX_WAIT_SECONDS),
+            dead_letter_queue_url: None,
+            max_attempts: 5,
+            retry_base_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A message received but not handed out yet (it would have overshot `max_events`).
+struct Prefetched {
+    delivery: Delivery,
+    received_at: Instant,
+}
+
+struct Inner {
+    client: Client,
+    queue_url: String,
+    config: SqsConfig,
+    /// The dead-letter queue's URL, once known.
+    dlq_url: Mutex<Option<String>>,
+    /// Messages received for an earlier `receive` that did not fit it, oldest first.
+    prefetched: Mutex<VecDeque<Prefetched>>,
+}
+
+/// The SQS event queue. Cheap to clone (clones share the client and the prefetch buffer).
+#[derive(Clone)]
+pub struct SqsQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqsQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsQueue")
+            .field("queue_url", &self.inner.queue_url)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message found in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsDeadLetter {
+    /// Its message id in the dead-letter queue.
+    pub message_id: String,
+    /// The body, as it was in the main queue.
+    pub body: String,
+    /// Why Tally set it aside; `None` if the redrive policy moved it (received
+    /// `maxReceiveCount` times without being deleted).
+    pub reason: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sdk_err<E, R>(what: &str, e: SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    QueueError::Unavailable(format!("SQS {what}: {}", describe_sdk_error(&e)))
+}
+
+/// A one-line description of an SDK error: `code: message` for a service error (without
+/// the raw response), the error chain otherwise. Shared with the Kinesis adapter (every SDK
+/// crate re-exports the same `SdkError`).
+pub(crate) fn describe_sdk_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("unknown error"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn visibility_seconds(d: Duration) -> i32 {
+    i32::try_from(whole_seconds_up(d).min(MAX_VISIBILITY_SECONDS)).unwrap_or(i32::MAX)
+}
+
+/// Creates (or finds) the queue `name` and its dead-letter queue `<name>-dlq`, and points
+/// the queue's `RedrivePolicy` at the dead-letter queue (`maxReceiveCount`
+/// [`MAX_RECEIVE_COUNT`]). Idempotent: running it again returns the same URLs and leaves the
+/// queues as they are. Returns `(queue url, dead-letter queue url)`.
+pub async fn create_queues(client: &Client, name: &str) -> Result<(String, String), QueueError> {
+    let dlq_name = format!("{name}-dlq");
+    let dlq_url = create_queue(client, &dlq_name).await?;
+    client
+        .set_queue_attributes()
+        .queue_url(&dlq_url)
+        // Fourteen days, the most SQS keeps: dead letters wait for a human.
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| sdk_err("SetQueueAttributes (dead-letter queue)", e))?;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| sdk_err("GetQueueAttributes (dead-letter queue)", e))?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| {
+            QueueError::Unavailable(format!("SQS did not return the ARN of {dlq_name}"))
+        })?;
+    let url = create_queue(client, name).await?;
+    let policy = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
+    });
+    client
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .map_err(|e| sdk_err("SetQueueAttributes (redrive policy)", e))?;
+    Ok((url, dlq_url))
+}
+
+async fn create_queue(client: &Client, name: &str) -> Result<String, QueueError> {
+    // No attributes here: CreateQueue with none matches an existing queue whatever its
+    // attributes, which keeps this idempotent; they are set separately.
+    client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| sdk_err(&format!("CreateQueue {name}"), e))?
+        .queue_url
+        .ok_or_else(|| QueueError::Unavailable(format!("SQS returned no URL for queue {name}")))
+}
+
+impl SqsQueue {
+    /// A queue on `queue_url` with the default [`SqsConfig`].
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        Self::with_config(client, queue_url, SqsConfig::default())
+    }
+
+    /// A queue on `queue_url` with explicit settings.
+    pub fn with_config(client: Client, queue_url: impl Into<String>, config: SqsConfig) -> Self {
+        let dlq_url = config.dead_letter_queue_url.clone();
+        SqsQueue {
+            inner: Arc::new(Inner {
+                client,
+                queue_url: queue_url.into(),
+                config,
+                dlq_url: Mutex::new(dlq_url),
+                prefetched: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    /// The main queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.inner.queue_url
+    }
+
+    /// Sends a message with this exact body, unchecked. For tools and tests (a body that
+    /// does not decode exercises the dead-letter path); `publish` is the way to queue events.
+    pub async fn publish_raw(&self, body: &str) -> Result<(), QueueError> {
+        self.inner
+            .client
+            .send_message()
+            .queue_url(&self.inner.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_err("SendMessage", e))?;
+        Ok(())
+    }
+
+    /// The dead-letter queue's URL: configured, or the main queue's redrive target.
+    pub async fn dead_letter_queue_url(&self) -> Result<String, QueueError> {
+        if let Some(url) = lock(&self.inner.dlq_url).clone() {
+            return Ok(url);
+        }
+        let policy = self
+            .inner
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.inner.queue_url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetQueueAttributes (redrive policy)", e))?
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::RedrivePolicy))
+            .ok_or_else(|| {
+                QueueError::Unavailable(format!(
+                    "queue {} has no RedrivePolicy and no dead-letter queue is configured",
+                    self.inner.queue_url
+                ))
+            })?;
+        let arn = serde_json::from_str::<serde_json::Value>(&policy)
+            .ok()
+            .and_then(|v| v.get("deadLetterTargetArn")?.as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                QueueError::Unavailable(format!(
+                    "RedrivePolicy has no deadLetterTargetArn: {policy}"
+                ))
+            })?;
+        // arn:aws:sqs:<region>:<account>:<name>
+        let parts: Vec<&str> = arn.split(':').collect();
+        let (Some(account), Some(name)) = (parts.get(4), parts.get(5)) else {
+            return Err(QueueError::Unavailable(format!(
+                "dead-letter target {arn:?} is not an SQS queue ARN"
+            )));
+        };
+        let url = self
+            .inner
+            .client
+            .get_queue_url()
+            .queue_name(*name)
+            .queue_owner_aws_account_id(*account)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetQueueUrl (dead-letter queue)", e))?
+            .queue_url
+            .ok_or_else(|| {
+                QueueError::Unavailable(format!("SQS returned no URL for queue {name}"))
+            })?;
+        *lock(&self.inner.dlq_url) = Some(url.clone());
+        Ok(url)
+    }
+
+    /// Looks at (up to `max` of) the messages in the dead-letter queue without taking them
+    /// (they stay visible). Best effort, like every SQS receive: a deep dead-letter queue is
+    /// sampled, not listed.
+    pub async fn dead_letters(&self, max: usize) -> Result<Vec<SqsDeadLetter>, QueueError> {
+        let dlq = self.dead_letter_queue_url().await?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        // Visibility 0 hands the same messages out again, so stop once a call brings nothing
+        // new.
+        for _ in 0..10 {
+            if out.len() >= max {
+                break;
+            }
+            let messages = self
+                .inner
+                .client
+                .receive_message()
+                .queue_url(&dlq)
+                .max_number_of_messages(10)
+                .visibility_timeout(0)
+                .wait_time_seconds(0)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(|e| sdk_err("ReceiveMessage (dead-letter queue)", e))?
+                .messages
+                .unwrap_or_default();
+            let mut new = 0;
+            for m in messages {
+                let id = m.message_id.clone().unwrap_or_default();
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                new += 1;
+                let reason = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(REASON_ATTRIBUTE))
+                    .and_then(|v| v.string_value.clone());
+                out.push(SqsDeadLetter {
+                    message_id: id,
+                    body: m.body.unwrap_or_default(),
+                    reason,
+                });
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    /// Sends one batch of at most 10 bodies, retrying only failed entries. Returns the
+    /// entries (indexes into `bodies`) that still failed, with the reason.
+    async fn send_batch(&self, bodies: &[&str]) -> Vec<(usize, String)> {
+        let total: usize = bodies.iter().map(|b| b.len()).sum();
+        let span = tracing::info_span!("sqs_send_batch", entries = bodies.len(), bytes = total);
+        async {
+            let cfg = &self.inner.config;
+            let mut pending: Vec<usize> = (0..bodies.len()).collect();
+            let mut failed: Vec<(usize, String)> = Vec::new();
+            let mut last_reason: HashMap<usize, String> = HashMap::new();
+            for attempt in 0..cfg.max_attempts.max(1) {
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    backoff(attempt, cfg.retry_base_delay).await;
+                    tracing::warn!(attempt, entries = pending.len(), "retrying SQS sends");
+                }
+                let mut entries = Vec::with_capacity(pending.len());
+                for &k in &pending {
+                    match SendMessageBatchRequestEntry::builder()
+                        .id(k.to_string())
+                        .message_body(bodies[k])
+                        .build()
+                    {
+                        Ok(e) => entries.push(e),
+                        Err(e) => failed.push((k, format!("building the SQS entry: {e}"))),
+                    }
+                }
+                pending.retain(|k| !failed.iter().any(|(f, _)| f == k));
+                if entries.is_empty() {
+                    break;
+                }
+                let result = self
+                    .inner
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.inner.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await;
+                match result {
+                    Err(e) => {
+                        let reason = sdk_err("SendMessageBatch", e).to_string();
+                        tracing::warn!(%reason, "SQS send call failed");
+                        for &k in &pending {
+                            last_reason.insert(k, reason.clone());
+                        }
+                    }
+                    Ok(out) => {
+                        let mut retry = Vec::new();
+                        for f in out.failed() {
+                            let Some(k) =
+                                f.id().parse::<usize>().ok().filter(|k| pending.contains(k))
+                            else {
+                                continue;
+                            };
+                            let reason = format!(
+                                "SQS refused the message: {} {}",
+                                f.code(),
+                                f.message().unwrap_or_default()
+                            );
+                            if f.sender_fault() {
+                                failed.push((k, reason));
+                            } else {
+                                last_reason.insert(k, reason);
+                                retry.push(k);
+                            }
+                        }
+                        let ok: HashSet<usize> = out
+                            .successful()
+                            .iter()
+                            .filter_map(|s| s.id().parse::<usize>().ok())
+                            .collect();
+                        // An entry named in neither list is treated as failed: retry it.
+                        for &k in &pending {
+                            if !ok.contains(&k)
+                                && !retry.contains(&k)
+                                && !failed.iter().any(|(f, _)| *f == k)
+                            {
+                                last_reason.insert(k, "SQS did not report on the message".into());
+                                retry.push(k);
+                            }
+                        }
+                        pending = retry;
+                    }
+                }
+            }
+            for k in pending {
+                let reason = last_reason
+                    .remove(&k)
+                    .unwrap_or_else(|| "SQS send failed".to_owned());
+                failed.push((k, format!("{reason} (after {} attempts)", cfg.max_attempts)));
+            }
+            let sent = bodies.len() - failed.len();
+            metrics::counter!("tally_queue_messages_sent_total", "backend" => "sqs")
+                .increment(sent as u64);
+            if !failed.is_empty() {
+                metrics::counter!("tally_queue_messages_failed_total", "backend" => "sqs")
+                    .increment(failed.len() as u64);
+                tracing::error!(failed = failed.len(), "SQS messages not sent");
+            }
+            failed
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Hands out prefetched messages that fit and are fresh; releases stale ones.
+    async fn take_prefetched(&self, out: &mut Vec<Delivery>, events: &mut usize, max: usize) {
+        let fresh_for = self.inner.config.visibility_timeout / 2;
+        let mut stale = Vec::new();
+        {
+            let mut buf = lock(&self.inner.prefetched);
+            while let Some(p) = buf.front() {
+                if p.received_at.elapsed() >= fresh_for {
+                    if let Some(p) = buf.pop_front() {
+                        stale.push(p.delivery.receipt);
+                    }
+                    continue;
+                }
+                let n = p.delivery.events.len();
+                if !out.is_empty() && *events + n > max {
+                    break;
+                }
+                let Some(p) = buf.pop_front() else { break };
+                *events += n;
+                out.push(p.delivery);
+                if *events >= max {
+                    break;
+                }
+            }
+        }
+        if !stale.is_empty() {
+            // Visible again now rather than at the end of their timeout; best effort.
+            if let Err(e) = self.change_visibility(&stale, 0).await {
+                tracing::debug!(error = %e, "releasing stale prefetched messages");
+            }
+        }
+    }
+
+    /// Dead-letters an undecodable message: to the dead-letter queue with the reason, then
+    /// deleted from the main queue. On failure the message is left where it is.
+    async fn dead_letter(&self, m: &Message, reason: &str) {
+        let message_id = m.message_id().unwrap_or_default();
+        tracing::error!(message_id, reason, "dead-lettering SQS message");
+        let result: Result<(), QueueError> = async {
+            let dlq = self.dead_letter_queue_url().await?;
+            let reason_value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(truncate_utf8(reason, MAX_REASON_BYTES))
+                .build()
+                .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))?;
+            let mut send = self
+                .inner
+                .client
+                .send_message()
+                .queue_url(&dlq)
+                // SQS refuses an empty body, so an (impossible) empty one is marked.
+                .message_body(match m.body() {
+                    Some(b) if !b.is_empty() => b,
+                    _ => "(empty body)",
+                })
+                .message_attributes(REASON_ATTRIBUTE, reason_value);
+            if !message_id.is_empty() {
+                let id_value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(message_id)
+                    .build()
+                    .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))?;
+                send = send.message_attributes(SOURCE_ID_ATTRIBUTE, id_value);
+            }
+            send.send()
+                .await
+                .map_err(|e| sdk_err("SendMessage (dead-letter queue)", e))?;
+            if let Some(handle) = m.receipt_handle() {
+                self.inner
+                    .client
+                    .delete_message()
+                    .queue_url(&self.inner.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("DeleteMessage (dead-lettered)", e))?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                metrics::counter!("tally_queue_messages_dead_lettered_total", "backend" => "sqs")
+                    .increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("tally_queue_dead_letter_failures_total", "backend" => "sqs")
+                    .increment(1);
+                tracing::error!(
+                    message_id,
+                    error = %e,
+                    "could not dead-letter SQS message; it stays queued for the redrive policy"
+                );
+            }
+        }
+    }
+
+    /// One `ReceiveMessage` call.
+    async fn receive_once(&self, want: usize, wait_secs: u64) -> Result<Vec<Message>, QueueError> {
+        let span = tracing::debug_span!("sqs_receive", want, wait_secs);
+        self.inner
+            .client
+            .receive_message()
+            .queue_url(&self.inner.queue_url)
+            .max_number_of_messages(i32::try_from(want.clamp(1, BATCH_ENTRIES)).unwrap_or(1))
+            .wait_time_seconds(i32::try_from(wait_secs.min(MAX_WAIT_SECONDS)).unwrap_or(0))
+            .visibility_timeout(visibility_seconds(self.inner.config.visibility_timeout))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .instrument(span)
+            .await
+            .map(|out| out.messages.unwrap_or_default())
+            .map_err(|e| sdk_err("ReceiveMessage", e))
+    }
+
+    /// `ChangeMessageVisibilityBatch` over `receipts`, 10 per call, retrying failed entries.
+    async fn change_visibility(&self, receipts: &[String], seconds: i32) -> Result<(), QueueError> {
+        for chunk in dedup(receipts).chunks(BATCH_ENTRIES) {
+            let span = tracing::debug_span!(
+                "sqs_change_visibility_batch",
+                entries = chunk.len(),
+                seconds
+            );
+            self.batch_with_retry("ChangeMessageVisibilityBatch", chunk, |entries| {
+                let entries = entries
+                    .iter()
+                    .map(|(id, handle)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(id.clone())
+                            .receipt_handle(*handle)
+                            .visibility_timeout(seconds)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                let client = self.inner.client.clone();
+                let url = self.inner.queue_url.clone();
+                async move {
+                    let entries = entries
+                        .map_err(|e| QueueError::Unavailable(format!("building entry: {e}")))?;
+                    let out = client
+                        .change_message_visibility_batch()
+                        .queue_url(url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
+                    Ok(out
+                        .failed()
+                        .iter()
+                        .map(|f| {
+                            (
+                                f.id().to_owned(),
+                                f.sender_fault(),
+                                format!("{} {}", f.code(), f.message().unwrap_or_default()),
+                            )
+                        })
+                        .collect())
+                }
+            })
+            .instrument(span)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a batch call over `handles` (at most 10), retrying the entries that failed for
+    /// a reason that is not the sender's fault. Sender-fault failures (unknown or stale
+    /// receipt handles) are logged and skipped. Errs only if the call itself keeps failing.
+    async fn batch_with_retry<'a, F, Fut>(
+        &self,
+        what: &str,
+        handles: &[&'a str],
+        call: F,
+    ) -> Result<(), QueueError>
+    where
+        F: Fn(&[(String, &'a str)]) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(String, bool, String)>, QueueError>>,
+    {
+        let cfg = &self.inner.config;
+        let mut pending: Vec<(String, &str)> = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i.to_string(), *h))
+            .collect();
+        let mut last_error = None;
+        for attempt in 0..cfg.max_attempts.max(1) {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                backoff(attempt, cfg.retry_base_delay).await;
+            }
+            match call(&pending).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "{what} call failed");
+                    last_error = Some(e);
+                }
+                Ok(failures) => {
+                    last_error = None;
+                    let mut retry = Vec::new();
+                    for (id, sender_fault, reason) in failures {
+                        let Some(entry) = pending.iter().find(|(i, _)| *i == id) else {
+                            continue;
+                        };
+                        if sender_fault {
+                            tracing::warn!(%reason, "{what}: entry refused; skipping it");
+                        } else {
+                            tracing::warn!(%reason, attempt, "{what}: entry failed; retrying");
+                            last_error = Some(QueueError::Unavailable(format!(
+                                "SQS {what} entry failed: {reason}"
+                            )));
+                            retry.push(entry.clone());
+                        }
+                    }
+                    pending = retry;
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        Err(last_error.unwrap_or_else(|| QueueError::Unavailable(format!("SQS {what} failed"))))
+    }
+}
+
+fn dedup(receipts: &[String]) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    receipts
+        .iter()
+        .map(String::as_str)
+        .filter(|r| seen.insert(*r))
+        .collect()
+}
+
+#[async_trait]
+impl EventQueue for SqsQueue {
+    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
+        if events.is_empty() {
+            return Ok(PublishReport::default());
+        }
+        let packed = pack(events, MAX_MESSAGE_BYTES);
+        let mut failed = packed.failed;
+        // Batches of at most 10 entries and MAX_MESSAGE_BYTES of payload.
+        let mut start = 0;
+        while start < packed.messages.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < packed.messages.len()
+                && end - start < BATCH_ENTRIES
+                && (end == start || bytes + packed.messages[end].body.len() <= MAX_MESSAGE_BYTES)
+            {
+                bytes += packed.messages[end].body.len();
+                end += 1;
+            }
+            let batch = &packed.messages[start..end];
+            let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
+            for (k, reason) in self.send_batch(&bodies).await {
+                failed.extend(batch[k].indexes.iter().map(|&i| (i, reason.clone())));
+            }
+            start = end;
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        Ok(PublishReport { failed })
+    }
+
+    async fn receive(
+        &self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let max_events = max_events.max(1);
+        let deadline = Instant::now() + wait;
+        let max_wait = self.inner.config.max_wait.as_secs().min(MAX_WAIT_SECONDS);
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut events = 0usize;
+        self.take_prefetched(&mut out, &mut events, max_events)
+            .await;
+        while events < max_events {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Wait for the first message only; after that take what is there at once.
+            let wait_secs = if out.is_empty() {
+                left.as_secs().min(max_wait)
+            } else {
+                0
+            };
+            let messages = match self.receive_once(max_events - events, wait_secs).await {
+                Ok(m) => m,
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // Hand out what is in hand; the failed call took nothing.
+                    tracing::warn!(error = %e, "SQS receive failed after some messages");
+                    break;
+                }
+            };
+            let got_any = !messages.is_empty();
+            metrics::counter!("tally_queue_messages_received_total", "backend" => "sqs")
+                .increment(messages.len() as u64);
+            let mut overflowed = false;
+            for m in messages {
+                let decoded = match m.body() {
+                    Some(body) => decode_body(body),
+                    None => Err("message has no body".to_owned()),
+                };
+                let evs = match decoded {
+                    Ok(evs) => evs,
+                    Err(reason) => {
+                        self.dead_letter(&m, &reason).await;
+                        continue;
+                    }
+                };
+                let Some(receipt) = m.receipt_handle else {
+                    tracing::warn!("SQS message without a receipt handle; it will come back");
+                    continue;
+                };
+                let receive_count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .unwrap_or(1)
+                    .max(1);
+                let delivery = Delivery {
+                    receipt,
+                    events: evs,
+                    receive_count,
+                };
+                if !out.is_empty() && events + delivery.events.len() > max_events {
+                    overflowed = true;
+                    lock(&self.inner.prefetched).push_back(Prefetched {
+                        delivery,
+                        received_at: Instant::now(),
+                    });
+                } else {
+                    events += delivery.events.len();
+                    out.push(delivery);
+                }
+            }
+            let now = Instant::now();
+            if overflowed || now >= deadline {
+                break;
+            }
+            if !out.is_empty() {
+                // Keep taking while messages keep coming and time remains.
+                if !got_any {
+                    break;
+                }
+                continue;
+            }
+            if !got_any && wait_secs == 0 {
+                // Less than a second left: short polls, a little apart.
+                tokio::time::sleep(SHORT_POLL_PAUSE.min(deadline - now)).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
+        for chunk in dedup(receipts).chunks(BATCH_ENTRIES) {
+            let span = tracing::debug_span!("sqs_delete_batch", entries = chunk.len());
+            self.batch_with_retry("DeleteMessageBatch", chunk, |entries| {
+                let entries = entries
+                    .iter()
+                    .map(|(id, handle)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(id.clone())
+                            .receipt_handle(*handle)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                let client = self.inner.client.clone();
+                let url = self.inner.queue_url.clone();
+                async move {
+                    let entries = entries
+                        .map_err(|e| QueueError::Unavailable(format!("building entry: {e}")))?;
+                    let out = client
+                        .delete_message_batch()
+                        .queue_url(url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("DeleteMessageBatch", e))?;
+                    Ok(out
+                        .failed()
+                        .iter()
+                        .map(|f| {
+                            (
+                                f.id().to_owned(),
+                                f.sender_fault(),
+                                format!("{} {}", f.code(), f.message().unwrap_or_default()),
+                            )
+                        })
+                        .collect())
+                }
+            })
+            .instrument(span)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let attributes = self
+            .inner
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.inner.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetQueueAttributes", e))?
+            .attributes
+            .unwrap_or_default();
+        Ok(attributes
+            .values()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum())
+    }
+
+    async fn extend_visibility(&self, receipts: &[String], by: Duration) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        self.change_visibility(receipts, visibility_seconds(by))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rust_decimal::Decimal;
+    use tally_core::event::Quantity;
+    use tally_core::ids::{EventId, MeterName, ProjectId};
+    use tally_core::meter::Aggregation;
+
+    fn event(org: &str, id: &str, blob: usize) -> Event {
+        let mut properties = serde_json::Map::new();
+        if blob > 0 {
+            properties.insert("blob".into(), "x".repeat(blob).into());
+        }
+        Event {
+            org_id: OrgId::parse(org).unwrap(),
+            id: EventId::parse(id).unwrap(),
+            project_id: ProjectId::parse("prj_1").unwrap(),
+            meter: MeterName::parse("api_calls").unwrap(),
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::new(Decimal::ONE).unwrap(),
+            timestamp: chrono::Utc::now(),
+            properties,
+        }
+    }
+
+    #[test]
+    fn the_prefix_names_the_current_version() {
+        assert_eq!(
+            ENVELOPE_PREFIX,
+            format!(r#"{{"v":{ENVELOPE_VERSION},"events":["#)
+        );
+    }
+
+    #[test]
+    fn packing_splits_by_org_and_size_and_round_trips() {
+        let mut events: Vec<Event> = (0..40)
+            .map(|i| {
+                event(
+                    if i % 3 == 0 { "org_b" } else { "org_a" },
+                    &format!("e{i}"),
+                    4000,
+                )
+            })
+            .collect();
+        events.push(event("org_a", "huge", 40_000));
+        let packed = pack(&events, 32 * 1024);
+        assert_eq!(packed.failed.len(), 1);
+        assert_eq!(packed.failed[0].0, 40);
+        let mut seen = Vec::new();
+        for m in &packed.messages {
+            assert!(m.body.len() <= 32 * 1024, "{}", m.body.len());
+            let decoded = decode_body(&m.body).unwrap();
+            assert_eq!(decoded.len(), m.indexes.len());
+            for (e, &i) in decoded.iter().zip(&m.indexes) {
+                assert_eq!(e, &events[i]);
+                assert_eq!(e.org_id.as_str(), m.org);
+            }
+            seen.extend(m.indexes.iter().copied());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
+        assert!(packed.messages.len() > 2);
+        // Orgs in first-appearance order.
+        assert_eq!(packed.messages[0].org, "org_b");
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_with_a_reason() {
+        assert!(decode_body("not json").is_err());
+        assert!(
+            decode_body(r#"{"v":2,"events":[]}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(
+            decode_body(r#"{"v":1,"events":[]}"#)
+                .unwrap_err()
+                .contains("no events")
+        );
+        let a = serde_json::to_string(&event("org_a", "1", 0)).unwrap();
+        let b = serde_json::to_string(&event("org_b", "2", 0)).unwrap();
+        let mixed = format!(r#"{{"v":1,"events":[{a},{b}]}}"#);
+        assert!(decode_body(&mixed).unwrap_err().contains("several orgs"));
+        assert_eq!(
+            decode_body(&format!(r#"{{"v":1,"events":[{a}]}}"#))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn non_characters_are_escaped_and_survive() {
+        let mut e = event("org_a", "1", 0);
+        e.properties.insert("k".into(), "a\u{fffe}b\u{ffff}".into());
+        let packed = pack(std::slice::from_ref(&e), MAX_MESSAGE_BYTES);
+        let body = &packed.messages[0].body;
+        assert!(!body.contains('\u{fffe}') && !body.contains('\u{ffff}'));
+        assert_eq!(decode_body(body).unwrap(), vec![e]);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
+
+    #[test]
+    fn visibility_rounds_up() {
+        assert_eq!(visibility_seconds(Duration::from_millis(100)), 1);
+        assert_eq!(visibility_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(visibility_seconds(Duration::from_secs(1 << 40)), 43200);
+    }
+}

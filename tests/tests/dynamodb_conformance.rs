@@ -1,0 +1,362 @@
+//! The storage conformance suite against [`DynamoStore`] on the emulator (moto, started by
+//! `scripts/test.sh`), every test on a fresh table made by `create_table`, plus what is
+//! specific to DynamoDB: batches bigger than one transaction, the TTL attribute, failures
+//! reported per event, and corrupt items reported as such.
+//!
+//! Needs `TALLY_TEST_AWS_ENDPOINT`; without it every test fails and says how to run them.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::event::Event;
+use tally_core::ids::OrgId;
+use tally_core::period::Month;
+use tally_core::ports::{ApplyOutcome, StoreError, TenantStore, UsageStore};
+use tally_store::dynamodb::sdk::Client;
+use tally_store::dynamodb::sdk::types::AttributeValue;
+use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_table};
+use tally_tests::aws;
+use tally_tests::conformance::fixtures::{
+    event, expected_counters, fresh_org, fresh_project, with_prop,
+};
+use tally_tests::conformance::storage::StoreFactory;
+
+/// A fresh table; every `open` is a new client on it (like a new process).
+struct DynamoFactory {
+    config: SdkConfig,
+    table: String,
+}
+
+impl DynamoFactory {
+    async fn new() -> Self {
+        let config = aws::sdk_config().await;
+        let table = aws::fresh_name("tally-test");
+        create_table(&Client::new(&config), &table).await.unwrap();
+        DynamoFactory { config, table }
+    }
+}
+
+#[async_trait]
+impl StoreFactory for DynamoFactory {
+    type Store = DynamoStore;
+
+    async fn open(&self) -> DynamoStore {
+        DynamoStore::new(Client::new(&self.config), self.table.clone())
+    }
+}
+
+mod storage {
+    use super::*;
+    tally_tests::storage_conformance!(DynamoFactory::new().await);
+}
+
+const NOV: &str = "2026-11";
+
+async fn month_counters(s: &DynamoStore, org: &OrgId) -> BTreeMap<OwnedCounterKey, Decimal> {
+    s.stored_counters(org, Month::parse(NOV).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn whole_ledger(s: &DynamoStore, org: &OrgId) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .ledger_page(org, Month::parse(NOV).unwrap(), cursor, 97)
+            .await
+            .unwrap();
+        out.extend(page.events);
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// 500 events over three orgs, two projects each and five meters (sum, count, max, latest,
+/// unique_count), some already in the ledger and some repeated inside the batch: far more
+/// than one transaction's 100 actions, so the batch is applied in many chunks. Counters
+/// must equal a fold of the distinct events, and every repeat must be reported `Duplicate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_chunks_counts_each_event_once() {
+    let f = DynamoFactory::new().await;
+    let s = f.open().await;
+    let orgs = [fresh_org(), fresh_org(), fresh_org()];
+    let projects = [fresh_project(), fresh_project()];
+    let meters = [
+        "compute_minutes",
+        "requests",
+        "storage_bytes",
+        "temperature",
+        "active_users",
+    ];
+    let mut x = rand::random::<u64>() | 1;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut events: Vec<Event> = (0..500u64)
+        .map(|i| {
+            let org = &orgs[(i % 3) as usize];
+            let p = &projects[((i / 3) % 2) as usize];
+            let meter = meters[next(5) as usize];
+            // Four hour buckets over two days: enough distinct counters to need many
+            // chunks, few enough to keep the emulator's table (and its time) small.
+            let at = format!(
+                "2026-11-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                1 + next(2),
+                10 + next(2),
+                next(60),
+                next(60),
+                next(1000)
+            );
+            let q = format!("{}.{}", next(10_000), next(1000));
+            let e = event(org, p, &format!("big-{i}"), meter, &q, &at);
+            if meter == "active_users" {
+                with_prop(e, "user", format!("u{}", next(12)))
+            } else {
+                e
+            }
+        })
+        .collect();
+
+    // Some are already in the ledger (an earlier delivery got them through).
+    let earlier: Vec<Event> = events.iter().step_by(7).cloned().collect();
+    let report = s.apply_batch(&earlier).await.unwrap();
+    assert_eq!(report.applied(), earlier.len(), "{:?}", report.outcomes);
+
+    // Repeats inside the batch, with other content: the first copy counts.
+    for i in [3usize, 10, 99, 250, 401] {
+        let mut again = events[i].clone();
+        again.quantity = tally_core::event::Quantity::parse("123456").unwrap();
+        events.push(again);
+    }
+    let report = s.apply_batch(&events).await.unwrap();
+    assert_eq!(report.outcomes.len(), events.len());
+    let before: HashSet<&str> = earlier.iter().map(|e| e.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    for (e, outcome) in events.iter().zip(&report.outcomes) {
+        let expected = if before.contains(e.id.as_str()) || !seen.insert(e.id.as_str()) {
+            ApplyOutcome::Duplicate
+        } else {
+            ApplyOutcome::Applied
+        };
+        assert_eq!(outcome, &expected, "event {}", e.id);
+    }
+    assert_eq!(report.applied(), 500 - earlier.len());
+
+    let distinct = &events[..500];
+    for org in &orgs {
+        let mine: Vec<Event> = distinct
+            .iter()
+            .filter(|e| &e.org_id == org)
+            .cloned()
+            .collect();
+        let want = expected_counters(&mine);
+        assert_eq!(month_counters(&s, org).await, want, "counters of {org}");
+        let mut ledger = whole_ledger(&s, org).await;
+        ledger.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut mine_sorted = mine.clone();
+        mine_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(ledger, mine_sorted, "ledger of {org}");
+    }
+
+    // The whole batch redelivered, from another handle: nothing changes.
+    let other = f.open().await;
+    let report = other.apply_batch(&events).await.unwrap();
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| *o == ApplyOutcome::Duplicate)
+    );
+    for org in &orgs {
+        let mine: Vec<Event> = distinct
+            .iter()
+            .filter(|e| &e.org_id == org)
+            .cloned()
+            .collect();
+        assert_eq!(month_counters(&s, org).await, expected_counters(&mine));
+    }
+}
+
+/// `create_table` is idempotent and turns TTL on; ledger records carry `ttl` = write time
+/// plus 45 days (DynamoDB deletes them after that; moto never does, so the value is what is
+/// checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_records_expire_after_45_days_by_ttl() {
+    let f = DynamoFactory::new().await;
+    let client = Client::new(&f.config);
+    create_table(&client, &f.table).await.unwrap();
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&f.table)
+        .send()
+        .await
+        .unwrap();
+    let d = ttl.time_to_live_description().unwrap();
+    assert_eq!(d.attribute_name(), Some("ttl"));
+
+    let s = f.open().await;
+    let org = fresh_org();
+    let e = event(
+        &org,
+        &fresh_project(),
+        "ttl-1",
+        "compute_minutes",
+        "1",
+        "2026-11-26T10:00:00Z",
+    );
+    let before = chrono::Utc::now().timestamp();
+    s.apply_batch(std::slice::from_ref(&e)).await.unwrap();
+    let after = chrono::Utc::now().timestamp();
+    let items = client
+        .scan()
+        .table_name(&f.table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap();
+    let ledger: Vec<_> = items
+        .iter()
+        .filter(|it| matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == "EVT#ttl-1"))
+        .collect();
+    assert_eq!(ledger.len(), 1);
+    let Some(AttributeValue::N(ttl)) = ledger[0].get("ttl") else {
+        panic!("ledger record without a numeric ttl: {:?}", ledger[0]);
+    };
+    let ttl: i64 = ttl.parse().unwrap();
+    let days = LEDGER_TTL_DAYS * 86_400;
+    const { assert!(LEDGER_TTL_DAYS >= 40) };
+    assert!((before + days..=after + days).contains(&ttl), "ttl {ttl}");
+    // Counters and markers never expire.
+    assert!(
+        items
+            .iter()
+            .filter(
+                |it| matches!(it.get("pk"), Some(AttributeValue::S(pk)) if pk.contains("#CTR#"))
+            )
+            .all(|it| !it.contains_key("ttl"))
+    );
+}
+
+/// A chunk that cannot be written (here: the table does not exist) reports `Failed` for its
+/// events instead of failing the call or panicking, so the caller keeps them for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_chunks_report_failed_events() {
+    let config = aws::sdk_config().await;
+    let s = DynamoStore::new(Client::new(&config), aws::fresh_name("tally-missing"))
+        .with_retry_policy(RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        });
+    let org = fresh_org();
+    let p = fresh_project();
+    let events = [
+        event(
+            &org,
+            &p,
+            "a",
+            "compute_minutes",
+            "1",
+            "2026-11-26T10:00:00Z",
+        ),
+        event(
+            &org,
+            &p,
+            "a",
+            "compute_minutes",
+            "1",
+            "2026-11-26T10:00:00Z",
+        ),
+    ];
+    let report = s.apply_batch(&events).await.unwrap();
+    assert!(
+        matches!(&report.outcomes[0], ApplyOutcome::Failed(why) if !why.is_empty()),
+        "{:?}",
+        report.outcomes
+    );
+    assert_eq!(report.outcomes[1], ApplyOutcome::Duplicate);
+    assert!(!report.all_settled());
+    assert!(matches!(
+        s.get_org(&org).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// Items that do not decode, and cursors this store did not issue, are `Corrupt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_items_and_cursors_are_reported_not_panicked() {
+    let f = DynamoFactory::new().await;
+    let s = f.open().await;
+    let org = fresh_org();
+    let month = Month::parse(NOV).unwrap();
+    let e = event(
+        &org,
+        &fresh_project(),
+        "e1",
+        "compute_minutes",
+        "1",
+        "2026-11-26T10:00:00Z",
+    );
+    s.apply_batch(std::slice::from_ref(&e)).await.unwrap();
+    for bad in ["zz", "3a", "31363a"] {
+        assert!(
+            matches!(
+                s.ledger_page(&org, month, Some(bad.into()), 10).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "cursor {bad}"
+        );
+    }
+    let client = Client::new(&f.config);
+    let put = |pk: String, sk: &str, attr: &str, value: AttributeValue| {
+        client
+            .put_item()
+            .table_name(&f.table)
+            .item("pk", AttributeValue::S(pk))
+            .item("sk", AttributeValue::S(sk.to_owned()))
+            .item(attr, value)
+    };
+    put(
+        format!("ORG#{org}#CTR#{NOV}"),
+        "ALL#compute_minutes#fortnight#000001795000000",
+        "v",
+        AttributeValue::N("1".into()),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.stored_counters(&org, month).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let shard_of_e1 = (0..16)
+        .map(|shard| format!("ORG#{org}#LEDGER#{shard:02}"))
+        .collect::<Vec<_>>();
+    for pk in shard_of_e1 {
+        put(pk, "EVT#e1", "body", AttributeValue::S("nope".into()))
+            .item("month", AttributeValue::S(NOV.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.ledger_page(&org, month, None, 10).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
