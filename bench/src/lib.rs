@@ -1,3 +1,12 @@
-//! Tally's benchmarks (to come): the fold in events per second per core, the write-cost
-//! benchmark against the DynamoDB emulator, and the ingest throughput benchmark. Each prints
-//! its figures beside a baseline measured in the same run; results go to `bench/RESULTS.md`.
+//! Tally's benchmarks and the workloads they share.
+//!
+//! Every benchmark prints its figures beside a baseline measured in the same run, and the
+//! figures that matter are recorded in `bench/RESULTS.md` with the date, the machine and the
+//! command. [`workload`] generates workload W from the issues: 1,000 orgs whose activity
+//! follows a Zipf distribution (s = 1.1), 5 projects each, 4 meters, events spread over one
+//! simulated hour, with a share of resends, deterministic for a given seed.
+//!
+//! - `benches/fold.rs` (criterion): the pure batch fold in events per second per core,
+//!   against a naive fold that builds six owned counter keys per event.
+
+pub mod workload;

@@ -1,0 +1,80 @@
+//! The pure batch fold, in events per second per core, on workload W in batches of 1,000,
+//! beside a naive fold measured in the same run: one owned key per counter, six counters per
+//! event, no per-hour pre-aggregation (what a first implementation would write).
+//!
+//! Run: `cargo bench -p tally-bench --bench fold`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use chrono::{DateTime, Utc};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rust_decimal::Decimal;
+use tally_bench::workload::{WorkloadSpec, generate, tenants};
+use tally_core::counter::OwnedCounterKey;
+use tally_core::fold::{dedupe_in_batch, fold};
+use tally_core::{Event, Granularity};
+
+fn naive(events: &[Event]) -> usize {
+    let mut counters: HashMap<OwnedCounterKey, Decimal> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        if !seen.insert((e.org_id.clone(), e.id.clone())) {
+            continue;
+        }
+        for g in Granularity::ALL {
+            for project in [None, Some(e.project_id.clone())] {
+                let key = OwnedCounterKey {
+                    org: e.org_id.clone(),
+                    project,
+                    meter: e.meter.clone(),
+                    granularity: g,
+                    start: g.truncate(e.timestamp),
+                };
+                *counters.entry(key).or_default() += e.quantity.value();
+            }
+        }
+    }
+    counters.len()
+}
+
+fn bench(c: &mut Criterion) {
+    let start: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default();
+    let spec = WorkloadSpec {
+        events: 100_000,
+        ..WorkloadSpec::w(start)
+    };
+    let events = generate(&spec, &tenants(&spec));
+    let batches: Vec<&[Event]> = events.chunks(1_000).collect();
+
+    let mut g = c.benchmark_group("fold_workload_w_batches_of_1000");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("tally_fold", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for batch in &batches {
+                n += fold(dedupe_in_batch(batch)).len();
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("naive_baseline", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for batch in &batches {
+                n += naive(batch);
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
