@@ -1,0 +1,243 @@
+//! The DynamoDB table holds exactly the items its module doc describes.
+//!
+//! The test reads the item table out of `store/src/dynamodb.rs`'s own `//!` doc, exercises
+//! every kind of write on a fresh table (user, org, project, key, events of every
+//! aggregation, a closed period), scans the table as `aws dynamodb scan` would, and checks
+//! that every item's `pk`/`sk` matches a documented row and that every documented row the
+//! store writes appears. A new item type without a doc row, or a doc row that no longer
+//! matches the code, fails here.
+//!
+//! Needs `TALLY_TEST_AWS_ENDPOINT` (the test command starts the emulator).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use chrono::{Duration, Utc};
+use tally_core::ports::{TenantStore, UsageStore};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
+use tally_store::dynamodb::sdk::Client;
+use tally_store::dynamodb::sdk::types::AttributeValue;
+use tally_store::dynamodb::{DynamoStore, create_table};
+use tally_tests::aws;
+use tally_tests::conformance::fixtures::{event, with_prop};
+
+const MODULE_DOC: &str = include_str!("../../store/src/dynamodb.rs");
+
+/// One documented item type: its name and the `pk`/`sk` patterns (`<…>` is a placeholder).
+#[derive(Debug)]
+struct Row {
+    item: String,
+    pks: Vec<String>,
+    sks: Vec<String>,
+}
+
+fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The rows of the item table in the module doc.
+fn documented_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    for line in MODULE_DOC.lines().filter_map(|l| l.strip_prefix("//! |")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 3 || cells[0] == "item" || cells[0].starts_with("---") {
+            continue;
+        }
+        let pks = backticked(cells[1]);
+        let mut sks = backticked(cells[2]);
+        // "`<counter sk>#V=<value>` or `#H=<sha256 hex>`": a bare suffix alternative shares
+        // the first alternative's leading placeholder.
+        let first = sks.first().cloned().unwrap_or_default();
+        for sk in sks.iter_mut().skip(1) {
+            if sk.starts_with('#')
+                && let Some(end) = first.find('>')
+            {
+                *sk = format!("{}{sk}", &first[..=end]);
+            }
+        }
+        if !pks.is_empty() && !sks.is_empty() {
+            rows.push(Row {
+                item: cells[0].to_owned(),
+                pks,
+                sks,
+            });
+        }
+    }
+    rows
+}
+
+/// Whether `s` matches `pattern`, where each `<…>` matches one or more characters.
+fn matches(pattern: &str, s: &str) -> bool {
+    match pattern.find('<') {
+        None => pattern == s,
+        Some(open) => {
+            let Some(close) = pattern[open..].find('>').map(|c| open + c) else {
+                return pattern == s;
+            };
+            let (lit, rest) = (&pattern[..open], &pattern[close + 1..]);
+            let Some(tail) = s.strip_prefix(lit) else {
+                return false;
+            };
+            (1..=tail.len())
+                .filter(|&n| tail.is_char_boundary(n))
+                .any(|n| matches(rest, &tail[n..]))
+        }
+    }
+}
+
+async fn scan_all(
+    client: &Client,
+    table: &str,
+) -> Vec<(
+    String,
+    String,
+    std::collections::HashMap<String, AttributeValue>,
+)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        for item in page.items() {
+            let get = |k: &str| {
+                item.get(k)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            out.push((get("pk"), get("sk"), item.clone()));
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn table_items_are_laid_out_as_the_module_doc_says() {
+    let rows = documented_rows();
+    assert!(
+        rows.len() >= 12,
+        "could not read the item table from the module doc: {rows:?}"
+    );
+
+    let config = aws::sdk_config().await;
+    let client = Client::new(&config);
+    let table = aws::fresh_name("tally-layout");
+    create_table(&client, &table).await.unwrap();
+    let store = DynamoStore::new(client.clone(), table.clone());
+
+    let now = Utc::now();
+    let user = store
+        .ensure_user(&User {
+            id: UserId::from_random([1; 16]),
+            email: "layout@example.com".into(),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    let org = Org {
+        id: OrgId::from_random([2; 16]),
+        name: "Layout".into(),
+        slug: "layout".into(),
+        plan: PlanId::Pro,
+        owner_id: user.id.clone(),
+        created_at: now,
+    };
+    store.create_org(&org).await.unwrap();
+    let project = Project {
+        id: ProjectId::from_random([3; 16]),
+        org_id: org.id.clone(),
+        name: "P".into(),
+        slug: "p".into(),
+        created_at: now,
+    };
+    store.create_project(&project).await.unwrap();
+    store
+        .create_api_key(&ApiKey {
+            id: ApiKeyId::from_random([4; 16]),
+            org_id: org.id.clone(),
+            name: "k".into(),
+            hash: KeyHash::of_secret("tk_test_layout"),
+            display_prefix: "tk_test_layo".into(),
+            scopes: vec![KeyScope::EventsWrite],
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let at = "2026-11-26T10:00:00Z";
+    let events = vec![
+        event(&org.id, &project.id, "e1", "api_calls", "3", at),
+        event(&org.id, &project.id, "e2", "storage_bytes", "100", at),
+        event(&org.id, &project.id, "e3", "temperature", "21.5", at),
+        with_prop(
+            event(&org.id, &project.id, "e4", "active_users", "1", at),
+            "user",
+            "u1",
+        ),
+    ];
+    store.apply_batch(&events).await.unwrap();
+    store
+        .close_period(Month::parse("2001-01").unwrap(), now)
+        .await
+        .unwrap();
+
+    let items = scan_all(&client, &table).await;
+    let mut seen_rows = BTreeSet::new();
+    for (pk, sk, item) in &items {
+        let row = rows
+            .iter()
+            .find(|r| r.pks.iter().any(|p| matches(p, pk)) && r.sks.iter().any(|s| matches(s, sk)))
+            .unwrap_or_else(|| {
+                panic!("item pk={pk:?} sk={sk:?} matches no row of the module doc's item table")
+            });
+        seen_rows.insert(row.item.clone());
+        if row.item.starts_with("ledger") {
+            let ttl: i64 = item
+                .get("ttl")
+                .and_then(|v| v.as_n().ok())
+                .expect("ledger ttl")
+                .parse()
+                .unwrap();
+            assert!(
+                ttl >= (now + Duration::days(40)).timestamp(),
+                "ledger records must live at least 40 days"
+            );
+        }
+    }
+    // Every row the store writes (the Kinesis rows belong to the queue adapter) is there.
+    for row in rows.iter().filter(|r| !r.item.contains("Kinesis")) {
+        assert!(
+            seen_rows.contains(&row.item),
+            "documented item {:?} was never written; rows seen: {seen_rows:?}",
+            row.item
+        );
+    }
+}
+
+#[test]
+fn the_pattern_matcher_is_strict() {
+    assert!(matches("ORG#<org>#CTR#<month>", "ORG#org_1#CTR#2026-11"));
+    assert!(!matches("ORG#<org>", "ORGX#org_1"));
+    assert!(!matches("ORG#<org>", "ORG#"));
+    assert!(matches(
+        "<scope>#<meter>#<g>#<start>",
+        "ALL#api_calls#hour#001790000000"
+    ));
+    assert!(!matches("ORG", "ORG#x"));
+}
