@@ -1,34 +1,72 @@
 //! Who is calling, and for which org they may act.
 //!
-//! [`Caller`] is the one extractor the API's routes use. Today every bearer credential is
-//! an API key (authenticated by `tally_ingest::auth`, so keys behave the same on every
-//! route). JWT bearer tokens for users arrive with the management API: they will be told
-//! apart from keys in [`Caller`]'s extractor (the `JWT seam` below) and become a new variant,
-//! and [`Caller::org_for`] will check the user's membership of the requested org instead
-//! of a key's scope.
+//! [`Caller`] is the one extractor the API's routes use. A bearer credential that looks
+//! like a JWT (three dot-separated parts; API keys start with `tk_`) is verified with the
+//! server's [`JwtConfig`](crate::jwt::JwtConfig) and becomes [`Caller::User`]; anything
+//! else is an API key, authenticated by `tally_ingest::auth` so keys behave the same on
+//! every route. A user acts in an org through their role there ([`Caller::authorize`],
+//! checked against [`crate::roles`]); a key acts for its own org within its scopes, and
+//! only on `GET /v1/usage` (the management routes need a user).
+//!
+//! Another org is never revealed: an org the caller is not a member of (or that does not
+//! exist, or whose id is malformed) is `404`; a role without the permission is `403`.
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use tally_core::ids::OrgId;
-use tally_core::tenant::{ApiKey, KeyScope};
+use tally_core::ids::{OrgId, UserId};
+use tally_core::tenant::{ApiKey, KeyScope, Role};
 use tally_ingest::auth::{KeyAuth, bearer_token, require_scope};
 use tally_ingest::error::ApiError;
+
+use crate::ApiState;
+use crate::jwt::looks_like_jwt;
+use crate::roles::{Action, allows};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// An active API key. It acts for its own org only, within its scopes.
     ApiKey(ApiKey),
+    /// A user, from a verified JWT. Acts in the orgs they are a member of, by role.
+    User(UserId),
+}
+
+/// What [`Caller::authorize`] found: the org, and the caller's role in it.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    /// The org of the path.
+    pub org: OrgId,
+    /// The user.
+    pub user: UserId,
+    /// Their role in the org.
+    pub role: Role,
+}
+
+/// The `404` for an org the caller cannot see.
+pub fn org_not_found() -> ApiError {
+    ApiError::not_found("org_id", "no such organization")
 }
 
 impl Caller {
-    /// The org this caller acts for on a route needing `scope`, given the request's
-    /// optional `org_id` parameter: `403` if a key lacks the scope, `404` if `requested`
-    /// names any org but the key's own (another org's existence is not revealed).
-    pub fn org_for(&self, requested: Option<&str>, scope: KeyScope) -> Result<OrgId, ApiError> {
+    /// Who the caller is, for audit records: the user id, or `apikey:<id>`.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::ApiKey(k) => format!("apikey:{}", k.id),
+            Caller::User(u) => u.to_string(),
+        }
+    }
+
+    /// The org this caller reads usage of, given the request's optional `org_id`: a key
+    /// needs scope `usage:read` (`403`) and implies its org (another org is `404`); a user
+    /// must name the org (`400`) and be a member of it (`404`).
+    pub async fn usage_org(
+        &self,
+        state: &ApiState,
+        requested: Option<&str>,
+    ) -> Result<OrgId, ApiError> {
         match self {
             Caller::ApiKey(key) => {
-                require_scope(key, scope)?;
+                require_scope(key, KeyScope::UsageRead)?;
                 match requested {
                     Some(org) if org != key.org_id.as_str() => Err(ApiError::not_found(
                         "org_id",
@@ -37,23 +75,72 @@ impl Caller {
                     _ => Ok(key.org_id.clone()),
                 }
             }
+            Caller::User(_) => {
+                let org = requested.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "missing_field",
+                        "org_id",
+                        "org_id is required with a user token",
+                    )
+                })?;
+                Ok(self.authorize(state, org, Action::UsageRead).await?.org)
+            }
         }
+    }
+
+    /// Checks that the caller may do `action` in the org `org` (a path parameter): `403`
+    /// for an API key or a role without the permission, `404` when the caller is not a
+    /// member (or the org does not exist).
+    pub async fn authorize(
+        &self,
+        state: &ApiState,
+        org: &str,
+        action: Action,
+    ) -> Result<Authorized, ApiError> {
+        let user = match self {
+            Caller::ApiKey(_) => {
+                return Err(ApiError::Forbidden(
+                    "this route needs a user's bearer token (JWT), not an API key".into(),
+                ));
+            }
+            Caller::User(u) => u,
+        };
+        let org = OrgId::parse(org).map_err(|_| org_not_found())?;
+        tracing::Span::current().record("org", org.as_str());
+        let role = state
+            .tenants
+            .get_role(&org, user)
+            .await?
+            .ok_or_else(org_not_found)?;
+        if !allows(role, action) {
+            return Err(ApiError::Forbidden(format!(
+                "the {} role may not do {}",
+                role.as_str(),
+                action.as_str()
+            )));
+        }
+        Ok(Authorized {
+            org,
+            user: user.clone(),
+            role,
+        })
     }
 }
 
-impl<S> FromRequestParts<S> for Caller
-where
-    KeyAuth: FromRef<S>,
-    S: Send + Sync,
-{
+impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let credential = bearer_token(&parts.headers)?;
-        // JWT seam: once the management API lands, a credential that is a JWT (three
-        // dot-separated base64url segments; API keys start with `tk_`) is verified here and
-        // becomes `Caller::User`. Until then every credential is looked up as an API key,
-        // so a JWT is answered like an unknown key (401).
+        if looks_like_jwt(credential) {
+            let jwt = state.jwt.as_ref().ok_or_else(|| {
+                ApiError::Unauthorized("user tokens are not configured on this server".into())
+            })?;
+            return Ok(Caller::User(jwt.verify(credential, state.clock.now())?));
+        }
         let key = KeyAuth::from_ref(state).authenticate(credential).await?;
         Ok(Caller::ApiKey(key))
     }

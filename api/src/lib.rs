@@ -1,27 +1,181 @@
 //! Tally's usage and management API, written against the ports of `tally-core` only.
 //!
-//! Today it serves `GET /v1/usage` (see [`usage`]) and `GET /openapi.json`, the OpenAPI 3.1
-//! document of every Tally route, ingest's included (see [`openapi`]); the management
-//! routes (orgs, projects, keys, audit) join [`router`] in later issues. Callers are identified by [`auth::Caller`]:
-//! API keys now, JWT bearer tokens of users later, behind the same extractor. Errors are the
-//! shared JSON [`ApiError`] of `tally-ingest`, so every Tally API refuses alike.
+//! It serves `GET /v1/usage` (see [`usage`]), the management routes under
+//! `/v1/orgs/{org_id}` (the org, members, projects, API keys, audit trail; see [`orgs`])
+//! and `GET /openapi.json`, the OpenAPI 3.1 document of every Tally route, ingest's
+//! included (see [`openapi`]). Every route is a row of [`ROUTES`], and [`router`] is built
+//! from that table, so the tests that walk it (tenant isolation, role matrix, audit
+//! completeness, the OpenAPI check) cover every route there is.
+//!
+//! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
+//! ([`jwt`]), whose role in the path's org is checked against the one permission table in
+//! [`roles`]. Errors are the shared JSON [`ApiError`] of `tally-ingest`, so every Tally API
+//! refuses alike.
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use tally_core::meter::MeterCatalogue;
 use tally_core::ports::{Clock, TenantStore, UsageStore};
 use tally_ingest::auth::KeyAuth;
 
 pub mod auth;
+pub mod jwt;
 pub mod openapi;
+pub mod orgs;
+pub mod roles;
 pub mod usage;
 
-/// Every route [`router`] serves, as (method, path), for the OpenAPI check.
-pub const ROUTES: &[(&str, &str)] = &[("GET", "/v1/usage"), ("GET", "/openapi.json")];
+use crate::jwt::JwtConfig;
+use crate::roles::Action;
+
+/// What a route does; [`router`] maps each to its handler with an exhaustive match, so a
+/// new endpoint cannot be served without a row in [`ROUTES`] (and the tests that walk it
+/// match on it exhaustively too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /v1/usage`.
+    Usage,
+    /// `GET /openapi.json`.
+    OpenApi,
+    /// `GET /v1/me/orgs`.
+    MyOrgs,
+    /// `GET /v1/orgs/{org_id}`.
+    GetOrg,
+    /// `PATCH /v1/orgs/{org_id}`.
+    UpdateOrg,
+    /// `GET /v1/orgs/{org_id}/members`.
+    ListMembers,
+    /// `POST /v1/orgs/{org_id}/transfer`.
+    TransferOwnership,
+    /// `POST /v1/orgs/{org_id}/members`.
+    AddMember,
+    /// `PATCH /v1/orgs/{org_id}/members/{user_id}`.
+    UpdateMember,
+    /// `DELETE /v1/orgs/{org_id}/members/{user_id}`.
+    RemoveMember,
+    /// `GET /v1/orgs/{org_id}/projects`.
+    ListProjects,
+    /// `POST /v1/orgs/{org_id}/projects`.
+    CreateProject,
+    /// `GET /v1/orgs/{org_id}/projects/{project_id}`.
+    GetProject,
+    /// `GET /v1/orgs/{org_id}/keys`.
+    ListKeys,
+    /// `POST /v1/orgs/{org_id}/keys`.
+    CreateKey,
+    /// `POST /v1/orgs/{org_id}/keys/{key_id}/revoke`.
+    RevokeKey,
+    /// `POST /v1/orgs/{org_id}/keys/{key_id}/rotate`.
+    RotateKey,
+    /// `GET /v1/orgs/{org_id}/audit`.
+    ListAudit,
+    /// `GET /v1/orgs/{org_id}/usage/summary`.
+    UsageSummary,
+}
+
+impl Endpoint {
+    /// The role-table action the route is checked against (`None` for routes outside the
+    /// org scope: the document; usage, whose key callers need a scope instead; the caller's
+    /// own orgs).
+    pub fn action(self) -> Option<Action> {
+        match self {
+            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs => None,
+            Endpoint::GetOrg => Some(Action::OrgRead),
+            Endpoint::UpdateOrg => Some(Action::OrgUpdate),
+            Endpoint::ListMembers => Some(Action::MembersRead),
+            Endpoint::TransferOwnership => Some(Action::OrgTransfer),
+            Endpoint::AddMember => Some(Action::MemberAdd),
+            Endpoint::UpdateMember => Some(Action::MemberUpdate),
+            Endpoint::RemoveMember => Some(Action::MemberRemove),
+            Endpoint::ListProjects | Endpoint::GetProject => Some(Action::ProjectsRead),
+            Endpoint::CreateProject => Some(Action::ProjectCreate),
+            Endpoint::ListKeys => Some(Action::KeysRead),
+            Endpoint::CreateKey => Some(Action::KeyCreate),
+            Endpoint::RevokeKey => Some(Action::KeyRevoke),
+            Endpoint::RotateKey => Some(Action::KeyRotate),
+            Endpoint::ListAudit => Some(Action::AuditRead),
+            Endpoint::UsageSummary => Some(Action::UsageRead),
+        }
+    }
+}
+
+/// One route: method, path (axum syntax) and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path, with `{param}` segments.
+    pub path: &'static str,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+}
+
+const fn route(method: &'static str, path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method,
+        path,
+        endpoint,
+    }
+}
+
+/// Every route [`router`] serves; the router is built from this table.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/v1/usage", Endpoint::Usage),
+    route("GET", "/openapi.json", Endpoint::OpenApi),
+    route("GET", "/v1/me/orgs", Endpoint::MyOrgs),
+    route("GET", "/v1/orgs/{org_id}", Endpoint::GetOrg),
+    route("PATCH", "/v1/orgs/{org_id}", Endpoint::UpdateOrg),
+    route("GET", "/v1/orgs/{org_id}/members", Endpoint::ListMembers),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/transfer",
+        Endpoint::TransferOwnership,
+    ),
+    route("POST", "/v1/orgs/{org_id}/members", Endpoint::AddMember),
+    route(
+        "PATCH",
+        "/v1/orgs/{org_id}/members/{user_id}",
+        Endpoint::UpdateMember,
+    ),
+    route(
+        "DELETE",
+        "/v1/orgs/{org_id}/members/{user_id}",
+        Endpoint::RemoveMember,
+    ),
+    route("GET", "/v1/orgs/{org_id}/projects", Endpoint::ListProjects),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/projects",
+        Endpoint::CreateProject,
+    ),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/projects/{project_id}",
+        Endpoint::GetProject,
+    ),
+    route("GET", "/v1/orgs/{org_id}/keys", Endpoint::ListKeys),
+    route("POST", "/v1/orgs/{org_id}/keys", Endpoint::CreateKey),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/keys/{key_id}/revoke",
+        Endpoint::RevokeKey,
+    ),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/keys/{key_id}/rotate",
+        Endpoint::RotateKey,
+    ),
+    route("GET", "/v1/orgs/{org_id}/audit", Endpoint::ListAudit),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/usage/summary",
+        Endpoint::UsageSummary,
+    ),
+];
 
 pub use tally_ingest::error::{ApiError, ErrorBody};
 pub use usage::{SeriesPoint, UsageResponse};
@@ -35,8 +189,10 @@ pub struct ApiState {
     pub usage: Arc<dyn UsageStore>,
     /// The meters that can be asked about.
     pub catalogue: Arc<MeterCatalogue>,
-    /// The server's time: key expiry and the default range ("this month so far").
+    /// The server's time: key and token expiry, audit times, the default usage range.
     pub clock: Arc<dyn Clock>,
+    /// How users' JWTs are verified; `None` refuses every JWT with `401`.
+    pub jwt: Option<Arc<JwtConfig>>,
 }
 
 impl ApiState {
@@ -52,7 +208,14 @@ impl ApiState {
             usage,
             catalogue,
             clock,
+            jwt: None,
         }
+    }
+
+    /// The same state, accepting users' JWTs as `jwt` says.
+    pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
+        self.jwt = Some(Arc::new(jwt));
+        self
     }
 }
 
@@ -70,17 +233,45 @@ impl FromRef<ApiState> for KeyAuth {
     }
 }
 
-/// The API's routes: `GET /v1/usage` and `GET /openapi.json`, inside the request span of
-/// [`tally_ingest::trace`].
+fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
+    match endpoint {
+        Endpoint::Usage => get(usage::get_usage),
+        Endpoint::OpenApi => get(openapi::serve),
+        Endpoint::MyOrgs => get(orgs::my_orgs),
+        Endpoint::GetOrg => get(orgs::get_org),
+        Endpoint::UpdateOrg => patch(orgs::update_org),
+        Endpoint::ListMembers => get(orgs::list_members),
+        Endpoint::TransferOwnership => post(orgs::transfer_ownership),
+        Endpoint::AddMember => post(orgs::add_member),
+        Endpoint::UpdateMember => patch(orgs::update_member),
+        Endpoint::RemoveMember => delete(orgs::remove_member),
+        Endpoint::ListProjects => get(orgs::list_projects),
+        Endpoint::CreateProject => post(orgs::create_project),
+        Endpoint::GetProject => get(orgs::get_project),
+        Endpoint::ListKeys => get(orgs::list_keys),
+        Endpoint::CreateKey => post(orgs::create_key),
+        Endpoint::RevokeKey => post(orgs::revoke_key),
+        Endpoint::RotateKey => post(orgs::rotate_key),
+        Endpoint::ListAudit => get(orgs::list_audit),
+        Endpoint::UsageSummary => get(orgs::usage_summary),
+    }
+}
+
+/// The API's routes, every row of [`ROUTES`], inside the request span of
+/// [`tally_ingest::trace`] (method, path, request id, and the org once known).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/usage", get(usage::get_usage))
-        .route("/openapi.json", get(openapi::serve))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, route| {
+            r.route(route.path, handler(route.endpoint))
+        })
         .layer(axum::middleware::from_fn(
             tally_ingest::trace::trace_requests,
         ))
         .with_state(state)
 }
 
+#[cfg(test)]
+mod mgmt_tests;
 #[cfg(test)]
 mod tests;

@@ -15,13 +15,63 @@ use axum::Json;
 use serde_json::{Value, json};
 use tally_ingest::openapi::{add_paths, add_schemas, error_responses, schema_ref};
 
+use crate::roles::markdown_table;
+use crate::{Endpoint, ROUTES};
+
 /// The statuses `GET /v1/usage` answers with.
 pub const GET_USAGE_STATUSES: &[u16] = &[200, 400, 401, 403, 404, 500, 503];
+
+/// The statuses each route answers with (`GET /v1/usage` and the management routes).
+pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
+    match endpoint {
+        Endpoint::Usage => GET_USAGE_STATUSES,
+        Endpoint::OpenApi => &[200],
+        Endpoint::MyOrgs => &[200, 401, 403, 500, 503],
+        Endpoint::GetOrg
+        | Endpoint::ListMembers
+        | Endpoint::ListProjects
+        | Endpoint::GetProject
+        | Endpoint::ListKeys => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::ListAudit => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::CreateProject | Endpoint::CreateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
+        Endpoint::RevokeKey => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::UpdateOrg => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::RotateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
+        Endpoint::AddMember => &[201, 400, 401, 403, 404, 409, 500, 503],
+        Endpoint::TransferOwnership => &[200, 400, 401, 403, 404, 409, 500, 503],
+        Endpoint::UpdateMember | Endpoint::RemoveMember => &[200, 400, 401, 403, 404, 500, 503],
+    }
+}
 
 /// The whole document: ingest's plus this crate's routes.
 pub fn document() -> Value {
     let mut doc = tally_ingest::openapi::document();
     add_paths(&mut doc, json!({"/v1/usage": {"get": get_usage()}}));
+    add_paths(&mut doc, json!({"/v1/me/orgs": {"get": my_orgs()}}));
+    for route in ROUTES {
+        if let Some(op) = management_operation(route.endpoint) {
+            add_paths(
+                &mut doc,
+                json!({ route.path: { route.method.to_ascii_lowercase(): op } }),
+            );
+        }
+    }
+    if let Some(schemes) = doc
+        .pointer_mut("/components/securitySchemes")
+        .and_then(Value::as_object_mut)
+    {
+        schemes.insert(
+            "userToken".into(),
+            json!({
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A user's JWT (HS256 or RS256 as the server is configured; `sub` is the user id), e.g. from `tally token create`.",
+            }),
+        );
+    }
+    add_schemas(&mut doc, management_schemas());
     add_schemas(
         &mut doc,
         json!({
@@ -82,18 +132,297 @@ fn get_usage() -> Value {
         "operationId": "getUsage",
         "summary": "Read a usage counter series",
         "description": format!(
-            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets. Needs an API key with scope `usage:read`.",
+            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role).",
             crate::usage::MAX_BUCKETS
         ),
-        "security": [{"apiKey": []}],
+        "security": [{"apiKey": []}, {"userToken": []}],
         "parameters": [
             param("meter", true, "The meter.", json!({"type": "string"})),
             param("granularity", false, "Bucket width; default day.", json!({"type": "string", "enum": ["month", "day", "hour"], "default": "day"})),
             param("from", false, "Inclusive start; default the start of the current month (or of the month before `to`).", instant.clone()),
             param("to", false, "Exclusive end; default now.", instant),
             param("project_id", false, "One project of the org instead of the whole org (404 if it is not the org's).", json!({"type": "string"})),
-            param("org_id", false, "The org; optional with an API key, which implies its org (another org is 404).", json!({"type": "string"})),
+            param("org_id", false, "The org; required with a user token; optional with an API key, which implies its org (another org is 404).", json!({"type": "string"})),
         ],
         "responses": responses,
+    })
+}
+
+fn my_orgs() -> Value {
+    let mut responses = error_responses(statuses(Endpoint::MyOrgs));
+    responses.insert(
+        "200".into(),
+        json!({"description": "The caller's orgs with their role in each.", "content": {"application/json": {"schema": schema_ref("MyOrgsResponse")}}}),
+    );
+    json!({
+        "operationId": "myOrgs",
+        "summary": "List the orgs the caller is a member of",
+        "description": "Needs a user's JWT (an API key is 403). Every org the user belongs to, with their role there.",
+        "security": [{"userToken": []}],
+        "responses": responses,
+    })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+/// The OpenAPI operation of a management route (`None` for the others).
+fn management_operation(endpoint: Endpoint) -> Option<Value> {
+    let (id, summary, ok_schema, body, extra): (&str, &str, &str, Option<&str>, Vec<Value>) =
+        match endpoint {
+            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs => return None,
+            Endpoint::GetOrg => ("getOrg", "Read the organization", "Org", None, vec![]),
+            Endpoint::UpdateOrg => (
+                "updateOrg",
+                "Change the organization's name or plan (a plan whose project limit the org exceeds is 403 with `limit` and `count`)",
+                "Org",
+                Some("UpdateOrg"),
+                vec![],
+            ),
+            Endpoint::TransferOwnership => (
+                "transferOwnership",
+                "Hand ownership to another member; the owner becomes an admin",
+                "Org",
+                Some("TransferOwnership"),
+                vec![],
+            ),
+            Endpoint::AddMember => (
+                "addMember",
+                "Add an existing user as a member (not as owner; 403 with `limit` and `count` past the plan's user limit)",
+                "MemberView",
+                Some("AddMember"),
+                vec![],
+            ),
+            Endpoint::UpdateMember => (
+                "updateMember",
+                "Change a member's role (the owner's cannot change, nobody becomes owner: 403)",
+                "MemberView",
+                Some("UpdateMember"),
+                vec![path_param("user_id", "The member.")],
+            ),
+            Endpoint::RemoveMember => (
+                "removeMember",
+                "Remove a member (not the owner: 403); answers the removed membership",
+                "MemberView",
+                None,
+                vec![path_param("user_id", "The member.")],
+            ),
+            Endpoint::ListMembers => (
+                "listMembers",
+                "List the members and their roles",
+                "MembersResponse",
+                None,
+                vec![],
+            ),
+            Endpoint::ListProjects => (
+                "listProjects",
+                "List the projects",
+                "ProjectsResponse",
+                None,
+                vec![],
+            ),
+            Endpoint::CreateProject => (
+                "createProject",
+                "Create a project (403 with `limit` and `count` past the plan's project limit)",
+                "Project",
+                Some("CreateProject"),
+                vec![],
+            ),
+            Endpoint::GetProject => (
+                "getProject",
+                "Read a project",
+                "Project",
+                None,
+                vec![path_param("project_id", "The project.")],
+            ),
+            Endpoint::ListKeys => (
+                "listKeys",
+                "List the API keys (never their secrets or hashes)",
+                "KeysResponse",
+                None,
+                vec![],
+            ),
+            Endpoint::CreateKey => (
+                "createKey",
+                "Create an API key; its secret is in `key`, shown this once",
+                "CreatedKey",
+                Some("CreateKey"),
+                vec![],
+            ),
+            Endpoint::RevokeKey => (
+                "revokeKey",
+                "Revoke an API key (ingest's key cache may accept it for up to its TTL)",
+                "KeyView",
+                None,
+                vec![path_param("key_id", "The key.")],
+            ),
+            Endpoint::RotateKey => (
+                "rotateKey",
+                "Rotate an API key: a new key (its secret in `key`, shown once) with the same name and scopes; the old one keeps working for `overlap_seconds` (409 if it is revoked)",
+                "RotatedKey",
+                Some("RotateKey"),
+                vec![path_param("key_id", "The key to rotate.")],
+            ),
+            Endpoint::UsageSummary => (
+                "usageSummary",
+                "This month so far, per meter: value, the plan's included quantity, the hard limit (free plan) and the percentage used",
+                "UsageSummary",
+                None,
+                vec![],
+            ),
+            Endpoint::ListAudit => (
+                "listAudit",
+                "Read the audit trail, newest first",
+                "AuditResponse",
+                None,
+                vec![
+                    param(
+                        "from",
+                        false,
+                        "Records at or after (RFC 3339 or YYYY-MM-DD).",
+                        json!({"type": "string"}),
+                    ),
+                    param("to", false, "Records before.", json!({"type": "string"})),
+                    param(
+                        "user",
+                        false,
+                        "Only this actor (a user id, `apikey:<id>` or `cli`).",
+                        json!({"type": "string"}),
+                    ),
+                    param(
+                        "action",
+                        false,
+                        "Only this action (`project.create`, ...).",
+                        json!({"type": "string"}),
+                    ),
+                    param(
+                        "resource",
+                        false,
+                        "Only this resource (`project:prj_…`).",
+                        json!({"type": "string"}),
+                    ),
+                    param(
+                        "limit",
+                        false,
+                        "Page size, 1 to 200; default 50.",
+                        json!({"type": "integer", "minimum": 1, "maximum": 200}),
+                    ),
+                    param(
+                        "cursor",
+                        false,
+                        "The `next_cursor` of the previous page.",
+                        json!({"type": "string"}),
+                    ),
+                ],
+            ),
+        };
+    let action = endpoint.action().map_or("", |a| a.as_str());
+    let codes = statuses(endpoint);
+    let mut responses = error_responses(codes);
+    if codes.contains(&409) {
+        responses.insert(
+            "409".into(),
+            json!({"description": "A unique value is taken (the project slug, a membership, an ownership that changed meanwhile).", "content": {"application/json": {"schema": schema_ref("Error")}}}),
+        );
+    }
+    let ok = if codes.contains(&201) { "201" } else { "200" };
+    responses.insert(
+        ok.into(),
+        json!({"description": summary, "content": {"application/json": {"schema": schema_ref(ok_schema)}}}),
+    );
+    let mut parameters = vec![path_param("org_id", "The organization.")];
+    parameters.extend(extra);
+    let mut op = json!({
+        "operationId": id,
+        "summary": summary,
+        "description": format!(
+            "Needs a user's JWT whose role in the org allows `{action}`; a caller outside the org gets 404, a role without the permission (or an API key) 403.{} Roles:\n\n{}",
+            if endpoint.action().is_some_and(|a| a.is_mutation()) { " Writes one audit record, allowed or refused." } else { "" },
+            markdown_table()
+        ),
+        "security": [{"userToken": []}],
+        "parameters": parameters,
+        "responses": responses,
+    });
+    if let (Some(schema), Some(obj)) = (body, op.as_object_mut()) {
+        obj.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": schema_ref(schema)}}}),
+        );
+    }
+    Some(op)
+}
+
+fn management_schemas() -> Value {
+    let ts = json!({"type": "string", "format": "date-time"});
+    let ts_opt = json!({"type": ["string", "null"], "format": "date-time"});
+    let key_view = json!({
+        "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"},
+        "display_prefix": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["events:write", "usage:read"]}},
+        "created_at": ts, "expires_at": ts_opt, "revoked_at": ts_opt,
+    });
+    let mut created_key = key_view.clone();
+    if let Some(o) = created_key.as_object_mut() {
+        o.insert(
+            "key".into(),
+            json!({"type": "string", "description": "The secret, shown this once."}),
+        );
+    }
+    json!({
+        "Org": {"type": "object", "required": ["id", "name", "slug", "plan", "owner_id", "created_at"], "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"},
+            "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]},
+            "owner_id": {"type": "string"}, "created_at": ts}},
+        "UpdateOrg": {"type": "object", "additionalProperties": false, "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]}}},
+        "TransferOwnership": {"type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
+            "user_id": {"type": "string", "description": "A member of the org."}}},
+        "MyOrg": {"type": "object", "required": ["org", "role"], "properties": {
+            "org": schema_ref("Org"), "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}}},
+        "MyOrgsResponse": {"type": "object", "required": ["orgs"], "properties": {"orgs": {"type": "array", "items": schema_ref("MyOrg")}}},
+        "AddMember": {"type": "object", "required": ["user_id", "role"], "additionalProperties": false, "properties": {
+            "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
+        "UpdateMember": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {
+            "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
+        "MemberView": {"type": "object", "required": ["user_id", "role", "created_at"], "properties": {
+            "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}, "created_at": ts}},
+        "MembersResponse": {"type": "object", "required": ["members"], "properties": {"members": {"type": "array", "items": schema_ref("MemberView")}}},
+        "Project": {"type": "object", "required": ["id", "org_id", "name", "slug", "created_at"], "properties": {
+            "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"}, "created_at": ts}},
+        "ProjectsResponse": {"type": "object", "required": ["projects"], "properties": {"projects": {"type": "array", "items": schema_ref("Project")}}},
+        "CreateProject": {"type": "object", "required": ["name", "slug"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "maxLength": 200}, "slug": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}}},
+        "KeyView": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at"], "properties": key_view},
+        "CreatedKey": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "key"], "properties": created_key},
+        "RotateKey": {"type": "object", "additionalProperties": false, "properties": {
+            "overlap_seconds": {"type": "integer", "minimum": 0, "maximum": 2_592_000, "default": 86_400, "description": "How long the old key keeps working."}}},
+        "RotatedKey": {"type": "object", "required": ["key", "previous"], "properties": {
+            "key": {"type": "string", "description": "The new secret, shown this once."},
+            "new": schema_ref("KeyView"), "previous": schema_ref("KeyView")}},
+        "UsageSummary": {"type": "object", "required": ["org_id", "period", "plan", "meters"], "properties": {
+            "org_id": {"type": "string"}, "period": {"type": "string", "description": "YYYY-MM, the current UTC month."},
+            "plan": {"type": "string"}, "meters": {"type": "array", "items": schema_ref("MeterSummary")}}},
+        "MeterSummary": {"type": "object", "required": ["meter", "value"], "properties": {
+            "meter": {"type": "string"},
+            "value": {"type": "string", "description": "The month's counter so far, a decimal string."},
+            "included": {"type": "string", "description": "The plan's monthly allowance; absent when unlimited."},
+            "limit": {"type": "string", "description": "The hard limit (free plan: the allowance); absent when usage past the allowance is billed as overage."},
+            "percent_used": {"type": "string", "description": "value / included × 100, two decimals; absent without an allowance."}}},
+        "KeysResponse": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": schema_ref("KeyView")}}},
+        "CreateKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["events:write", "usage:read"]}},
+            "expires_at": {"type": "string", "format": "date-time"}, "test": {"type": "boolean", "default": false}}},
+        "AuditRecord": {"type": "object", "required": ["id", "org_id", "actor", "action", "resource", "outcome", "at"], "properties": {
+            "id": {"type": "string"}, "org_id": {"type": "string"},
+            "actor": {"type": "string", "description": "A user id, `apikey:<id>`, or `cli`."},
+            "action": {"type": "string", "description": "`org.create`, `project.create`, `key.create`, `key.revoke`, ..."},
+            "resource": {"type": "string"}, "outcome": {"type": "string", "enum": ["allowed", "refused"]},
+            "reason": {"type": "string", "description": "The error code of a refusal."},
+            "before": {}, "after": {}, "at": ts, "ip": {"type": "string"}, "user_agent": {"type": "string"}}},
+        "AuditResponse": {"type": "object", "required": ["records"], "properties": {
+            "records": {"type": "array", "items": schema_ref("AuditRecord")},
+            "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},
     })
 }

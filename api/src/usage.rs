@@ -21,7 +21,6 @@ use tally_core::event::ErrorCode;
 use tally_core::ids::ProjectId;
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::CounterQuery;
-use tally_core::tenant::KeyScope;
 use tally_ingest::error::ApiError;
 
 use crate::ApiState;
@@ -90,7 +89,7 @@ pub(crate) async fn get_usage(
             format!("the query string is malformed: {}", e.body_text()),
         )
     })?;
-    let org = caller.org_for(params.org_id.as_deref(), KeyScope::UsageRead)?;
+    let org = caller.usage_org(&state, params.org_id.as_deref()).await?;
     tracing::Span::current().record("org", org.as_str());
 
     let meter = match params.meter.as_deref() {
@@ -226,7 +225,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339. A `+` of an offset that arrived
 /// unescaped in the query string (and so decoded as a space) is put back.
-fn parse_instant(field: &'static str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn parse_instant(field: &'static str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     let bad = || {
         ApiError::bad_request(
             ErrorCode::InvalidTimestamp.as_str(),

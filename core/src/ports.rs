@@ -15,9 +15,13 @@ use rust_decimal::Decimal;
 
 use crate::counter::OwnedCounterKey;
 use crate::event::Event;
+use crate::ids::ApiKeyId;
 use crate::ids::{MeterName, OrgId, ProjectId, UserId};
 use crate::period::{Granularity, Month};
-use crate::tenant::{ApiKey, KeyHash, Org, Project, User};
+use crate::tenant::{
+    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, Membership, Org, OrgChanges, Project,
+    Role, User,
+};
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,124 @@ pub trait TenantStore: Send + Sync {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// Finds a key by the hash of its secret, in one lookup.
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
+
+    // The management API's methods. Both adapters of `tally-store` implement every one (the
+    // conformance suite checks them); the defaults only keep small test doubles short, and
+    // refuse with `Unavailable`.
+
+    /// The user's role in the org, in one lookup; `None` when the user is not a member (or
+    /// either does not exist).
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
+        let _ = (org, user);
+        Err(unsupported("get_role"))
+    }
+    /// Applies `changes` to the org and returns it as it is now; `None` if there is no
+    /// such org.
+    async fn update_org(
+        &self,
+        id: &OrgId,
+        changes: &OrgChanges,
+    ) -> Result<Option<Org>, StoreError> {
+        let _ = (id, changes);
+        Err(unsupported("update_org"))
+    }
+    /// The user's memberships in every org, by org id. May lag a membership created a
+    /// moment ago on backends whose index is eventually consistent (DynamoDB).
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        let _ = user;
+        Err(unsupported("list_user_memberships"))
+    }
+    /// The org's members, in the order they joined (then user id).
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        let _ = org;
+        Err(unsupported("list_members"))
+    }
+    /// Adds a member with a role other than owner. `NotFound` if the org or the user does
+    /// not exist, `Conflict` if the user is a member already.
+    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
+        let _ = member;
+        Err(unsupported("add_member"))
+    }
+    /// Changes a member's role and returns the membership as it was; `None` if the user is
+    /// not a member. The owner's role cannot change, and nobody becomes owner this way
+    /// (only by a transfer): both are `Conflict`.
+    async fn set_member_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Option<Membership>, StoreError> {
+        let _ = (org, user, role);
+        Err(unsupported("set_member_role"))
+    }
+    /// Removes a member and returns the membership as it was; `None` if the user is not a
+    /// member. The owner cannot be removed (`Conflict`).
+    async fn remove_member(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Option<Membership>, StoreError> {
+        let _ = (org, user);
+        Err(unsupported("remove_member"))
+    }
+    /// Makes `to` (a member) the owner and the owner `from` an admin, and records `to` as
+    /// the org's `owner_id`, atomically. Returns the org as it is now; `None` if there is no
+    /// such org; `NotFound` if `to` is not a member; `Conflict` if `from` is not the owner
+    /// (any more).
+    async fn transfer_ownership(
+        &self,
+        org: &OrgId,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<Option<Org>, StoreError> {
+        let _ = (org, from, to);
+        Err(unsupported("transfer_ownership"))
+    }
+    /// The org's API keys (hash included: callers must not show it), in creation order
+    /// (then id).
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        let _ = org;
+        Err(unsupported("list_api_keys"))
+    }
+    /// Marks the org's key `id` revoked at `at` and returns it as it is now; a key revoked
+    /// before keeps its first revocation time. `None` if the org has no such key.
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let _ = (org, id, at);
+        Err(unsupported("revoke_api_key"))
+    }
+    /// Rotates the org's key `old`: stores `new` (a key of the same org) and makes `old`
+    /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
+    /// key as it is now; `None` if the org has no such key; `Conflict` if it is revoked.
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let _ = (old, new, old_expires_at);
+        Err(unsupported("rotate_api_key"))
+    }
+    /// Writes one audit record, kept [`AUDIT_RETENTION_DAYS`](crate::tenant::AUDIT_RETENTION_DAYS)
+    /// days. Writing the same record id twice keeps one.
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let _ = record;
+        Err(unsupported("record_audit"))
+    }
+    /// A page of the org's audit trail, newest first, filtered as the query says; expired
+    /// records are never returned.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let _ = query;
+        Err(unsupported("list_audit"))
+    }
+}
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("this store does not implement {what}"))
 }
 
 /// What happened to one event of a batch.
@@ -228,6 +350,16 @@ pub trait EventQueue: Send + Sync {
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError>;
     /// Approximate number of messages waiting (for draining and tests).
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Sets a delivered message aside as poison: moves it to the dead-letter store with
+    /// `reason` attached and removes it from the queue, so it is neither applied nor handed
+    /// out again, and never silently dropped. The default refuses (the message then stays
+    /// queued and comes back), for queues without a dead-letter store.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let _ = (delivery, reason);
+        Err(QueueError::Unavailable(
+            "this queue has no dead-letter store".to_owned(),
+        ))
+    }
     /// Keeps messages being worked on hidden from other consumers for `by` more, so a slow
     /// batch is not handed to a second aggregator mid-apply. Queues without a visibility
     /// timeout (or whose consumers own their partitions) need not do anything.

@@ -298,6 +298,132 @@ impl ApiKey {
     }
 }
 
+/// A change to an org's settings: each field set is written, the others are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgChanges {
+    /// A new display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new plan (its limits apply from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
+}
+
+/// A user's membership of one org: who, with which role, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The org.
+    pub org_id: OrgId,
+    /// The member.
+    pub user_id: UserId,
+    /// What the member may do in the org (see the role table of the management API).
+    pub role: Role,
+    /// When the membership began.
+    pub created_at: DateTime<Utc>,
+}
+
+/// How long audit records are kept (by TTL on DynamoDB, by `expires_at` on SQLite).
+pub const AUDIT_RETENTION_DAYS: i64 = 90;
+
+/// Whether an audited mutation went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// The mutation was carried out.
+    Allowed,
+    /// The mutation was refused (role, plan limit, validation, conflict).
+    Refused,
+}
+
+/// One entry of an org's audit trail: every mutation, allowed or refused, writes one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Unique id, `aud_` + 32 hex digits; breaks ties between records of the same instant.
+    pub id: String,
+    /// The org the mutation concerned.
+    pub org_id: OrgId,
+    /// Who did it: a user id, `apikey:<id>`, or `cli`.
+    pub actor: String,
+    /// What was attempted, `<resource type>.<verb>`: `org.create`, `project.create`, ...
+    pub action: String,
+    /// What it concerned, `<type>:<id>` (`project:prj_…`), or the collection for a refused
+    /// create (`projects`).
+    pub resource: String,
+    /// Whether it went through.
+    pub outcome: AuditOutcome,
+    /// Why it was refused (the error code), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The resource before the change (JSON), if it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    /// The resource after the change (JSON), if the change went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The caller's IP address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The caller's `User-Agent`, when sent (at most 256 characters kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl AuditRecord {
+    /// When the record expires: [`AUDIT_RETENTION_DAYS`] after it was written.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.at + chrono::TimeDelta::days(AUDIT_RETENTION_DAYS)
+    }
+
+    /// The key records sort by, newest last: the instant as 20 zero-padded digits of Unix
+    /// microseconds, then the id. Cursors are these keys.
+    pub fn sort_key(&self) -> String {
+        format!("{}#{}", audit_instant_key(self.at), self.id)
+    }
+}
+
+/// An instant as 20 zero-padded digits of Unix microseconds (sorts like the instant for
+/// every instant after 1970).
+pub fn audit_instant_key(t: DateTime<Utc>) -> String {
+    format!("{:020}", t.timestamp_micros().max(0))
+}
+
+/// A page request of an org's audit trail, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// The org.
+    pub org: OrgId,
+    /// Only records at or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// Only records before this instant.
+    pub to: Option<DateTime<Utc>>,
+    /// Only records of this actor.
+    pub actor: Option<String>,
+    /// Only records of this action.
+    pub action: Option<String>,
+    /// Only records about this resource.
+    pub resource: Option<String>,
+    /// At most this many records (1..=[`MAX_AUDIT_PAGE`]).
+    pub limit: usize,
+    /// Continue after this sort key (the `next` of the previous page).
+    pub cursor: Option<String>,
+    /// Records that expired before this instant are not returned.
+    pub now: DateTime<Utc>,
+}
+
+/// Most audit records one page holds.
+pub const MAX_AUDIT_PAGE: usize = 200;
+
+/// A page of audit records, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    /// The records.
+    pub records: Vec<AuditRecord>,
+    /// The cursor of the next page; `None` when this is the last.
+    pub next: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

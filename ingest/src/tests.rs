@@ -219,23 +219,23 @@ impl Mem {
 #[async_trait]
 impl TenantStore for Mem {
     async fn ensure_user(&self, _: &User) -> Result<User, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn get_user(&self, _: &UserId) -> Result<Option<User>, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn create_org(&self, _: &Org) -> Result<(), StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
         self.org_lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self.orgs.lock().unwrap().get(id).cloned())
     }
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn create_project(&self, _: &Project) -> Result<(), StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn get_project(
         &self,
@@ -253,10 +253,10 @@ impl TenantStore for Mem {
             .cloned())
     }
     async fn list_projects(&self, _: &OrgId) -> Result<Vec<Project>, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn create_api_key(&self, _: &ApiKey) -> Result<(), StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         self.key_lookups.fetch_add(1, Ordering::SeqCst);
@@ -270,7 +270,7 @@ impl TenantStore for Mem {
 #[async_trait]
 impl UsageStore for Mem {
     async fn apply_batch(&self, _: &[Event]) -> Result<ApplyReport, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
         self.usage_lookups.fetch_add(1, Ordering::SeqCst);
@@ -295,21 +295,21 @@ impl UsageStore for Mem {
         _: Option<String>,
         _: usize,
     ) -> Result<LedgerPage, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn stored_counters(
         &self,
         _: &OrgId,
         _: Month,
     ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
         self.period_lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self.closed.lock().unwrap().contains(&month))
     }
     async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
 }
 
@@ -340,13 +340,13 @@ impl EventQueue for Mem {
         Ok(PublishReport { failed })
     }
     async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn depth(&self) -> Result<u64, QueueError> {
-        unimplemented!()
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
 }
 

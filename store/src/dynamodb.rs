@@ -17,15 +17,16 @@
 //!
 //! | item | `pk` | `sk` | other attributes | `gsi1pk` / `gsi1sk` | serves |
 //! |---|---|---|---|---|---|
-//! | org | `ORG#<org>` | `ORG` | `id`, `name`, `slug`, `plan`, `owner_id`, `created_at` | `ORGS` / `ORG#<org>` | `get_org`; the index lists all orgs (`list_org_ids`) |
+//! | org | `ORG#<org>` | `ORG` | `id`, `name`, `slug`, `plan`, `owner_id`, `created_at` | `ORGS` / `ORG#<org>` | `get_org`; `update_org` (conditional `UpdateItem` of `name`/`plan`); `transfer_ownership` (one transaction: `owner_id` conditioned on the old owner, the two memberships' roles conditioned on owner / existing); the index lists all orgs (`list_org_ids`) |
 //! | org slug guard | `SLUG#<slug>` | `SLUG` | `org_id` | | unique org slugs (put with the org, `attribute_not_exists`) |
-//! | membership | `ORG#<org>` | `MEMBER#<user>` | `user_id`, `role`, `created_at` | `USER#<user>` / `ORG#<org>` | an org's members (query the org); a user's orgs (the index) |
+//! | membership | `ORG#<org>` | `MEMBER#<user>` | `user_id`, `role`, `created_at` | `USER#<user>` / `ORG#<org>` | `get_role` (one `GetItem`); `list_members` (query `begins_with MEMBER#`); `add_member` (put under `attribute_not_exists`, with checks of the org and the user); `set_member_role`/`remove_member` (conditional on not being the owner); `list_user_memberships` (the index, eventually consistent) |
 //! | user | `USER#<user>` | `USER` | `id`, `email` (lowercased), `created_at` | | `get_user` |
 //! | email guard | `EMAIL#<email>` | `EMAIL` | `user_id` | | unique emails; `ensure_user` finds the user by email |
 //! | project | `ORG#<org>` | `PROJECT#<project>` | `id`, `org_id`, `name`, `slug`, `created_at` | | `get_project`; `list_projects` (query `begins_with PROJECT#`) |
 //! | project slug guard | `ORG#<org>` | `PROJECTSLUG#<slug>` | `project_id` | | unique project slugs per org |
 //! | API key | `KEYHASH#<sha256 hex>` | `KEY` | `id`, `org_id`, `name`, `hash`, `display_prefix`, `scopes` (JSON), `created_at`, `expires_at`?, `revoked_at`? | `ORG#<org>` / `APIKEY#<key>` | `find_api_key` (one `GetItem` by hash); the index lists an org's keys |
-//! | API key id guard | `ORG#<org>` | `APIKEY#<key>` | `hash` | | unique key ids per org |
+//! | API key id guard | `ORG#<org>` | `APIKEY#<key>` | `hash` | | unique key ids per org; from key id to hash: `list_api_keys` (query `begins_with APIKEY#`, then `GetItem` by hash: consistent, unlike the index), `revoke_api_key` (`GetItem` of the guard, then a conditional `UpdateItem` `SET revoked_at = if_not_exists(...)` of the key); `rotate_api_key` (one transaction: the new key and guard, and the old key's `expires_at` conditioned on its org and no revocation) |
+//! | audit record | `ORG#<org>#AUDIT` | `<20-digit Unix µs>#<record id>` | `actor`, `action`, `resource`, `body` (the record, JSON), `ttl` (90 days) | | `record_audit` (conditional put); `list_audit` (backward query, filters on actor/action/resource/`ttl`) |
 //! | ledger record | `ORG#<org>#LEDGER#<shard>` | `EVT#<event id>` | `month` (`YYYY-MM`), `body` (compact JSON), `ttl` | | exactly once (conditional put); `ledger_page` |
 //! | counter | `ORG#<org>#CTR#<YYYY-MM>` | `<scope>#<meter>#<granularity>#<start>` | `v` (N), `at` (N, `latest` only) | | `counter_series`, `stored_counters` |
 //! | unique marker | `ORG#<org>#UNQ#<YYYY-MM>` | `<counter sk>#V=<value>` or `#H=<sha256 hex>` | | | `unique_count`: one per (counter, value) |
@@ -139,12 +140,15 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
-use tally_core::ids::{OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::ports::{
     ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
 };
-use tally_core::tenant::{ApiKey, KeyHash, Org, Project, User};
+use tally_core::tenant::{
+    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, Membership, Org, OrgChanges, Project,
+    Role, User,
+};
 
 use codec::{Item, describe_sdk_error, is_retryable, sdk_error};
 
@@ -474,6 +478,86 @@ impl TenantStore for DynamoStore {
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         tenants::find_api_key(self, hash).await
+    }
+
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
+        tenants::get_role(self, org, user).await
+    }
+
+    async fn update_org(
+        &self,
+        id: &OrgId,
+        changes: &OrgChanges,
+    ) -> Result<Option<Org>, StoreError> {
+        tenants::update_org(self, id, changes).await
+    }
+
+    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
+        tenants::add_member(self, member).await
+    }
+
+    async fn set_member_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Option<Membership>, StoreError> {
+        tenants::set_member_role(self, org, user, role).await
+    }
+
+    async fn remove_member(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Option<Membership>, StoreError> {
+        tenants::remove_member(self, org, user).await
+    }
+
+    async fn transfer_ownership(
+        &self,
+        org: &OrgId,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<Option<Org>, StoreError> {
+        tenants::transfer_ownership(self, org, from, to).await
+    }
+
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        tenants::list_user_memberships(self, user).await
+    }
+
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        tenants::list_members(self, org).await
+    }
+
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        tenants::list_api_keys(self, org).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        tenants::revoke_api_key(self, org, id, at).await
+    }
+
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        tenants::rotate_api_key(self, old, new, old_expires_at).await
+    }
+
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        tenants::record_audit(self, record).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        tenants::list_audit(self, query).await
     }
 }
 

@@ -80,12 +80,17 @@ use tally_core::ports::{
     ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore,
     UsageStore,
 };
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, Role, User};
+use tally_core::tenant::{
+    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, Membership, Org, OrgChanges,
+    Project, Role, User,
+};
 
 use crate::conn::{self, ConnSettings, Kind};
 
+mod management;
+
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -303,6 +308,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 1 {
         tx.execute_batch(SCHEMA_V1).map_err(db)?;
+    }
+    if version < 2 {
+        tx.execute_batch(management::SCHEMA_V2).map_err(db)?;
+    }
+    if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db)?;
     }
@@ -859,6 +869,88 @@ impl TenantStore for SqliteStore {
             .transpose()
         })
         .await
+    }
+
+    // The management API's methods live in `sqlite/management.rs`.
+
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
+        self.mgmt_get_role(org, user).await
+    }
+
+    async fn update_org(
+        &self,
+        id: &OrgId,
+        changes: &OrgChanges,
+    ) -> Result<Option<Org>, StoreError> {
+        self.mgmt_update_org(id, changes).await
+    }
+
+    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
+        self.mgmt_add_member(member).await
+    }
+
+    async fn set_member_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Option<Membership>, StoreError> {
+        self.mgmt_set_member_role(org, user, role).await
+    }
+
+    async fn remove_member(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Option<Membership>, StoreError> {
+        self.mgmt_remove_member(org, user).await
+    }
+
+    async fn transfer_ownership(
+        &self,
+        org: &OrgId,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<Option<Org>, StoreError> {
+        self.mgmt_transfer_ownership(org, from, to).await
+    }
+
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        self.mgmt_list_user_memberships(user).await
+    }
+
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        self.mgmt_list_members(org).await
+    }
+
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        self.mgmt_list_api_keys(org).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.mgmt_revoke_api_key(org, id, at).await
+    }
+
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.mgmt_rotate_api_key(old, new, old_expires_at).await
+    }
+
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.mgmt_record_audit(record).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.mgmt_list_audit(query).await
     }
 }
 

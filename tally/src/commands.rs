@@ -1,13 +1,23 @@
-//! The one-shot administration commands: `org`, `project`, `key` and `reconcile`.
+//! The one-shot administration commands: `org`, `project`, `key`, `token` and `reconcile`.
+//!
+//! `org create`, `project create` and `key create` write an audit record each (actor
+//! `cli`), like the management API's routes do. `token create` and `tally serve` share the
+//! JWT configuration of [`jwt_config`].
+
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use tally_api::jwt::{JwtConfig, MIN_SECRET_LEN};
+use tally_core::ports::TenantStore;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, User, api_key_secret, check_email,
     check_name, check_slug,
 };
+use tally_core::tenant::{AuditOutcome, AuditRecord};
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 
 use crate::Common;
@@ -74,6 +84,140 @@ pub enum KeyCommand {
     },
 }
 
+/// `tally token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a JWT for a user (local use and tests); prints `{"token": "…"}`.
+    Create {
+        /// The user's id (usr_…).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid (e.g. 90s, 30m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = crate::serve::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// File under `--data` holding the generated HS256 secret (hex, mode 0600).
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
+/// The JWT configuration `serve` verifies with and `token create` signs with, the same for
+/// both: RS256 with the PEM public key at `TALLY_JWT_PUBLIC_KEY` (verification only); else
+/// HS256 with `TALLY_JWT_SECRET` (at least 32 bytes); else HS256 with a secret generated
+/// once and kept in `<data>/jwt-secret` (0600).
+pub fn jwt_config(common: &Common) -> anyhow::Result<JwtConfig> {
+    if let Some(path) = std::env::var_os("TALLY_JWT_PUBLIC_KEY").filter(|v| !v.is_empty()) {
+        let pem = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read TALLY_JWT_PUBLIC_KEY {}",
+                Path::new(&path).display()
+            )
+        })?;
+        return JwtConfig::rs256_public_pem(&pem).context("TALLY_JWT_PUBLIC_KEY");
+    }
+    if let Some(secret) = std::env::var_os("TALLY_JWT_SECRET").filter(|v| !v.is_empty()) {
+        let secret = secret
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("TALLY_JWT_SECRET must be UTF-8"))?;
+        return JwtConfig::hs256(secret.as_bytes()).context("TALLY_JWT_SECRET");
+    }
+    let secret = data_dir_secret(&common.data)?;
+    JwtConfig::hs256(secret.as_bytes()).context("the JWT secret file")
+}
+
+/// Reads `<dir>/jwt-secret`, creating it (64 hex digits, mode 0600) if it is missing.
+fn data_dir_secret(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(JWT_SECRET_FILE);
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            let secret = hex::encode(random::<32>());
+            file.write_all(secret.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let secret = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = secret.trim().to_owned();
+            if secret.len() < MIN_SECRET_LEN {
+                bail!(
+                    "{} holds fewer than {MIN_SECRET_LEN} characters; delete it to make a new one",
+                    path.display()
+                );
+            }
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+#[derive(Serialize)]
+struct TokenOut {
+    token: String,
+    user_id: UserId,
+    expires_at: DateTime<Utc>,
+}
+
+/// Runs a `token` command.
+pub async fn token(common: &Common, cmd: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create { user, ttl } = cmd;
+    let user = UserId::parse(&user).context("--user")?;
+    let ttl = chrono::Duration::from_std(ttl).context("--ttl is too long")?;
+    let jwt = jwt_config(common)?;
+    let store = backend::open_store(common).await?;
+    if store.tenants.get_user(&user).await?.is_none() {
+        bail!("no user {user}");
+    }
+    let now = Utc::now();
+    let token = jwt
+        .mint(&user, now, ttl)
+        .context("cannot mint a token (token create needs an HS256 secret)")?;
+    print(
+        common.json,
+        &TokenOut {
+            token,
+            user_id: user,
+            expires_at: now + ttl,
+        },
+        |t| t.token.clone(),
+    )
+}
+
+/// Writes the audit record of a CLI mutation (actor `cli`). A failure is reported on
+/// stderr but does not undo the command.
+async fn cli_audit(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    action: &str,
+    resource: String,
+    after: Option<serde_json::Value>,
+) {
+    let record = AuditRecord {
+        id: format!("aud_{}", hex::encode(random::<16>())),
+        org_id: org.clone(),
+        actor: "cli".into(),
+        action: action.into(),
+        resource,
+        outcome: AuditOutcome::Allowed,
+        reason: None,
+        before: None,
+        after,
+        at: Utc::now(),
+        ip: None,
+        user_agent: Some(format!("tally-cli/{}", env!("CARGO_PKG_VERSION"))),
+    };
+    if let Err(e) = tenants.record_audit(&record).await {
+        tracing::error!(error = %e, action, "cannot write the audit record");
+    }
+}
+
 /// `tally reconcile …`
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -135,6 +279,14 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         .create_org(&org)
         .await
         .context("cannot create the organization")?;
+    cli_audit(
+        store.tenants.as_ref(),
+        &org.id,
+        "org.create",
+        format!("org:{}", org.id),
+        serde_json::to_value(&org).ok(),
+    )
+    .await;
     print(
         common.json,
         &OrgOut {
@@ -169,6 +321,14 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
         .create_project(&project)
         .await
         .context("cannot create the project")?;
+    cli_audit(
+        store.tenants.as_ref(),
+        &project.org_id,
+        "project.create",
+        format!("project:{}", project.id),
+        serde_json::to_value(&project).ok(),
+    )
+    .await;
     print(common.json, &project, |p| {
         format!("created project {} ({}) in {}", p.id, p.slug, p.org_id)
     })
@@ -234,6 +394,14 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         .create_api_key(&key)
         .await
         .context("cannot create the key")?;
+    cli_audit(
+        store.tenants.as_ref(),
+        &key.org_id,
+        "key.create",
+        format!("key:{}", key.id),
+        serde_json::to_value(tally_api::orgs::KeyView::from(&key)).ok(),
+    )
+    .await;
     let out = KeyOut {
         id: key.id,
         org_id: key.org_id,

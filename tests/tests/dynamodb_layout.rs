@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 
 use chrono::{Duration, Utc};
 use tally_core::ports::{TenantStore, UsageStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{
+    ApiKey, AuditOutcome, AuditRecord, KeyHash, KeyScope, Org, Project, User,
+};
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::sdk::types::AttributeValue;
@@ -194,6 +196,23 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     store.apply_batch(&events).await.unwrap();
     store
         .close_period(Month::parse("2001-01").unwrap(), now)
+        .await
+        .unwrap();
+    store
+        .record_audit(&AuditRecord {
+            id: format!("aud_{}", "0".repeat(32)),
+            org_id: org.id.clone(),
+            actor: "cli".into(),
+            action: "project.create".into(),
+            resource: format!("project:{}", project.id),
+            outcome: AuditOutcome::Allowed,
+            reason: None,
+            before: None,
+            after: None,
+            at: now,
+            ip: None,
+            user_agent: None,
+        })
         .await
         .unwrap();
 

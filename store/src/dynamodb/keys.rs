@@ -111,6 +111,17 @@ pub fn key_id_sk(id: &ApiKeyId) -> String {
     format!("APIKEY#{id}")
 }
 
+/// Sort key prefix of memberships inside the org partition.
+pub const MEMBER_PREFIX: &str = "MEMBER#";
+/// Sort key prefix of API key id guards inside the org partition.
+pub const APIKEY_PREFIX: &str = "APIKEY#";
+
+/// `ORG#<org>#AUDIT`: the org's audit trail, sorted by [`AuditRecord::sort_key`]
+/// (tally_core::tenant::AuditRecord::sort_key).
+pub fn audit_pk(org: &OrgId) -> String {
+    format!("ORG#{org}#AUDIT")
+}
+
 /// `PERIOD#<YYYY-MM>`: a closed billing period.
 pub fn period_pk(month: Month) -> String {
     format!("PERIOD#{month}")

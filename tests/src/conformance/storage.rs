@@ -17,7 +17,10 @@ use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApplyOutcome, CounterQuery, StoreError, TenantStore, UsageStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{
+    ApiKey, AuditOutcome, AuditQuery, AuditRecord, KeyHash, KeyScope, Membership, Org, OrgChanges,
+    Project, Role, User,
+};
 
 use super::fixtures::{
     dec, event, expected_counters, fresh_org, fresh_project, random_hex, ts, with_prop,
@@ -48,6 +51,13 @@ macro_rules! storage_conformance {
             orgs_have_an_owner_and_unique_slugs,
             projects_are_scoped_to_their_org,
             api_keys_are_found_by_hash,
+            roles_are_looked_up_per_org_and_members_listed,
+            orgs_are_updated_in_place,
+            members_are_added_changed_and_removed_but_never_the_owner,
+            ownership_moves_only_by_transfer_to_a_member,
+            api_keys_are_listed_and_revoked_by_id,
+            api_keys_rotate_with_an_overlap,
+            audit_records_page_newest_first_with_filters,
             apply_batch_counts_each_event_once,
             event_ids_are_unique_per_org_not_globally,
             concurrent_overlapping_batches_count_once,
@@ -340,6 +350,586 @@ pub async fn api_keys_are_found_by_hash<F: StoreFactory>(f: &F) {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     let other = f.open().await;
     assert_eq!(other.find_api_key(&key.hash).await.unwrap(), Some(key));
+}
+
+/// A user's role is found per org in one lookup; an owner is a member of their org only;
+/// members are listed per org.
+pub async fn roles_are_looked_up_per_org_and_members_listed<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    assert_eq!(
+        s.get_role(&a.id, &a.owner_id).await.unwrap(),
+        Some(Role::Owner)
+    );
+    assert_eq!(
+        s.get_role(&b.id, &a.owner_id).await.unwrap(),
+        None,
+        "cross-org"
+    );
+    assert_eq!(s.get_role(&fresh_org(), &a.owner_id).await.unwrap(), None);
+    let stranger = UserId::from_random(rand::random());
+    assert_eq!(s.get_role(&a.id, &stranger).await.unwrap(), None);
+
+    let members = s.list_members(&a.id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].user_id, a.owner_id);
+    assert_eq!(members[0].role, Role::Owner);
+    assert_eq!(members[0].org_id, a.id);
+    assert_eq!(members[0].created_at, a.created_at);
+    assert!(s.list_members(&fresh_org()).await.unwrap().is_empty());
+    let other = f.open().await;
+    assert_eq!(
+        other.get_role(&a.id, &a.owner_id).await.unwrap(),
+        Some(Role::Owner)
+    );
+}
+
+/// Members are added once (to an existing org and user), their role changes and they are
+/// removed; the owner's membership never changes this way, and nobody becomes owner.
+pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let bob = new_user(&s).await;
+    let m = Membership {
+        org_id: a.id.clone(),
+        user_id: bob.id.clone(),
+        role: Role::Viewer,
+        created_at: created() + Duration::seconds(5),
+    };
+    s.add_member(&m).await.unwrap();
+    let err = s.add_member(&m).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = s
+        .add_member(&Membership {
+            user_id: UserId::from_random(rand::random()),
+            ..m.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { .. }),
+        "unknown user: {err:?}"
+    );
+    let err = s
+        .add_member(&Membership {
+            org_id: fresh_org(),
+            ..m.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { .. }),
+        "unknown org: {err:?}"
+    );
+    let err = s
+        .add_member(&Membership {
+            org_id: b.id.clone(),
+            role: Role::Owner,
+            ..m.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { .. }),
+        "a second owner: {err:?}"
+    );
+
+    let other = f.open().await;
+    assert_eq!(
+        other.get_role(&a.id, &bob.id).await.unwrap(),
+        Some(Role::Viewer)
+    );
+    assert_eq!(other.get_role(&b.id, &bob.id).await.unwrap(), None);
+    let listed = other.list_members(&a.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1], m);
+
+    let before = s
+        .set_member_role(&a.id, &bob.id, Role::Admin)
+        .await
+        .unwrap();
+    assert_eq!(before, Some(m.clone()));
+    assert_eq!(s.get_role(&a.id, &bob.id).await.unwrap(), Some(Role::Admin));
+    assert_eq!(
+        s.set_member_role(&b.id, &bob.id, Role::Admin)
+            .await
+            .unwrap(),
+        None
+    );
+    for change in [
+        s.set_member_role(&a.id, &a.owner_id, Role::Admin).await,
+        s.set_member_role(&a.id, &bob.id, Role::Owner).await,
+        s.remove_member(&a.id, &a.owner_id).await,
+    ] {
+        assert!(
+            matches!(change, Err(StoreError::Conflict { .. })),
+            "{change:?}"
+        );
+    }
+    assert_eq!(
+        s.get_role(&a.id, &a.owner_id).await.unwrap(),
+        Some(Role::Owner)
+    );
+    assert_eq!(s.get_role(&a.id, &bob.id).await.unwrap(), Some(Role::Admin));
+
+    let mut expected = vec![
+        Membership {
+            role: Role::Admin,
+            ..m.clone()
+        },
+        Membership {
+            org_id: b.id.clone(),
+            role: Role::Member,
+            ..m.clone()
+        },
+    ];
+    s.add_member(&expected[1]).await.unwrap();
+    expected.sort_by(|x, y| x.org_id.cmp(&y.org_id));
+    assert_eq!(
+        other.list_user_memberships(&bob.id).await.unwrap(),
+        expected
+    );
+    let owned = other.list_user_memberships(&a.owner_id).await.unwrap();
+    assert_eq!(owned.len(), 1);
+    assert_eq!((&owned[0].org_id, owned[0].role), (&a.id, Role::Owner));
+    assert!(
+        other
+            .list_user_memberships(&UserId::from_random(rand::random()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let removed = s.remove_member(&a.id, &bob.id).await.unwrap();
+    assert_eq!(
+        removed,
+        Some(Membership {
+            role: Role::Admin,
+            ..m
+        })
+    );
+    assert_eq!(s.remove_member(&a.id, &bob.id).await.unwrap(), None);
+    assert_eq!(other.get_role(&a.id, &bob.id).await.unwrap(), None);
+    assert_eq!(other.list_members(&a.id).await.unwrap().len(), 1);
+}
+
+/// A transfer makes a member the owner (and the org's `owner_id`) and the old owner an
+/// admin, at once; only the current owner can hand it over, and only to a member.
+pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let bob = new_user(&s).await;
+    let stranger = new_user(&s).await;
+    s.add_member(&Membership {
+        org_id: a.id.clone(),
+        user_id: bob.id.clone(),
+        role: Role::Member,
+        created_at: created(),
+    })
+    .await
+    .unwrap();
+    let err = s
+        .transfer_ownership(&a.id, &a.owner_id, &stranger.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let err = s
+        .transfer_ownership(&a.id, &bob.id, &bob.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { .. }),
+        "not the owner: {err:?}"
+    );
+    assert_eq!(
+        s.transfer_ownership(&fresh_org(), &a.owner_id, &bob.id)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let moved = s
+        .transfer_ownership(&a.id, &a.owner_id, &bob.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        Some(Org {
+            owner_id: bob.id.clone(),
+            ..a.clone()
+        })
+    );
+    let other = f.open().await;
+    assert_eq!(
+        other.get_role(&a.id, &bob.id).await.unwrap(),
+        Some(Role::Owner)
+    );
+    assert_eq!(
+        other.get_role(&a.id, &a.owner_id).await.unwrap(),
+        Some(Role::Admin)
+    );
+    assert_eq!(
+        other.get_org(&a.id).await.unwrap().unwrap().owner_id,
+        bob.id
+    );
+    // The old owner cannot hand it over again; the new one is protected.
+    let err = s
+        .transfer_ownership(&a.id, &a.owner_id, &a.owner_id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(matches!(
+        s.remove_member(&a.id, &bob.id).await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+/// An org's name and plan change in place; the rest stays; a missing org is `None`.
+pub async fn orgs_are_updated_in_place<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let renamed = s
+        .update_org(
+            &a.id,
+            &OrgChanges {
+                name: Some("Acme Renamed".into()),
+                plan: None,
+            },
+        )
+        .await
+        .unwrap();
+    let expected = Org {
+        name: "Acme Renamed".into(),
+        ..a.clone()
+    };
+    assert_eq!(renamed, Some(expected.clone()));
+    let replanned = s
+        .update_org(
+            &a.id,
+            &OrgChanges {
+                name: None,
+                plan: Some(PlanId::Pro),
+            },
+        )
+        .await
+        .unwrap();
+    let expected = Org {
+        plan: PlanId::Pro,
+        ..expected
+    };
+    assert_eq!(replanned, Some(expected.clone()));
+    assert_eq!(
+        s.update_org(&a.id, &OrgChanges::default()).await.unwrap(),
+        Some(expected.clone())
+    );
+    let other = f.open().await;
+    assert_eq!(other.get_org(&a.id).await.unwrap(), Some(expected));
+    assert_eq!(
+        other.get_org(&b.id).await.unwrap(),
+        Some(b),
+        "another org is untouched"
+    );
+    let missing = s
+        .update_org(
+            &fresh_org(),
+            &OrgChanges {
+                name: Some("x".into()),
+                plan: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+}
+
+/// An org's keys are listed (its own only) and revoked by id; a revocation is kept at its
+/// first time, is seen by lookups by hash, and never reaches another org's key.
+pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let k1 = key_in(&a.id);
+    let k2 = ApiKey {
+        created_at: created() + Duration::seconds(1),
+        ..key_in(&a.id)
+    };
+    let kb = key_in(&b.id);
+    for k in [&k1, &k2, &kb] {
+        s.create_api_key(k).await.unwrap();
+    }
+    assert_eq!(
+        s.list_api_keys(&a.id).await.unwrap(),
+        vec![k1.clone(), k2.clone()]
+    );
+    assert_eq!(s.list_api_keys(&b.id).await.unwrap(), vec![kb.clone()]);
+    assert!(s.list_api_keys(&fresh_org()).await.unwrap().is_empty());
+
+    // Another org's key id is not found through this org.
+    assert_eq!(
+        s.revoke_api_key(&a.id, &kb.id, ts("2026-11-27T00:00:00Z"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.find_api_key(&kb.hash).await.unwrap(), Some(kb));
+
+    let at = ts("2026-11-27T00:00:00.25Z");
+    let revoked = s.revoke_api_key(&a.id, &k1.id, at).await.unwrap().unwrap();
+    assert_eq!(
+        revoked,
+        ApiKey {
+            revoked_at: Some(at),
+            ..k1.clone()
+        }
+    );
+    let again = s
+        .revoke_api_key(&a.id, &k1.id, at + Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(at),
+        "the first revocation time stays"
+    );
+    let other = f.open().await;
+    assert_eq!(other.find_api_key(&k1.hash).await.unwrap(), Some(revoked));
+    assert_eq!(other.find_api_key(&k2.hash).await.unwrap(), Some(k2));
+    let unknown = ApiKeyId::from_random(rand::random());
+    assert_eq!(s.revoke_api_key(&a.id, &unknown, at).await.unwrap(), None);
+}
+
+/// A rotation stores the new key and makes the old one expire at the end of the overlap
+/// (or keeps its earlier expiry), at once; revoked keys and other orgs' keys do not rotate.
+pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let old = ApiKey {
+        expires_at: None,
+        ..key_in(&a.id)
+    };
+    s.create_api_key(&old).await.unwrap();
+    let new = ApiKey {
+        name: old.name.clone(),
+        created_at: created() + Duration::hours(1),
+        ..key_in(&a.id)
+    };
+    let end = ts("2026-11-27T11:00:00.5Z");
+    let before = s.rotate_api_key(&old.id, &new, end).await.unwrap();
+    let rotated = ApiKey {
+        expires_at: Some(end),
+        ..old.clone()
+    };
+    assert_eq!(before, Some(rotated.clone()));
+    let other = f.open().await;
+    assert_eq!(other.find_api_key(&old.hash).await.unwrap(), Some(rotated));
+    assert_eq!(
+        other.find_api_key(&new.hash).await.unwrap(),
+        Some(new.clone())
+    );
+    assert_eq!(other.list_api_keys(&a.id).await.unwrap().len(), 2);
+
+    // An earlier expiry is kept.
+    let third = key_in(&a.id);
+    let kept = s
+        .rotate_api_key(&new.id, &third, ts("2099-01-01T00:00:00Z"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.expires_at, new.expires_at);
+
+    // Another org's key id is not found through this org; revoked keys do not rotate.
+    let kb = key_in(&b.id);
+    s.create_api_key(&kb).await.unwrap();
+    assert_eq!(
+        s.rotate_api_key(&kb.id, &key_in(&a.id), end).await.unwrap(),
+        None
+    );
+    s.revoke_api_key(&a.id, &third.id, end).await.unwrap();
+    let err = s
+        .rotate_api_key(&third.id, &key_in(&a.id), end)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(s.list_api_keys(&a.id).await.unwrap().len(), 3);
+}
+
+fn audit_at(
+    org: &OrgId,
+    at: DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    resource: &str,
+) -> AuditRecord {
+    AuditRecord {
+        id: format!("aud_{}{}", random_hex(), random_hex()),
+        org_id: org.clone(),
+        actor: actor.into(),
+        action: action.into(),
+        resource: resource.into(),
+        outcome: AuditOutcome::Allowed,
+        reason: None,
+        before: None,
+        after: Some(serde_json::json!({"name": "web"})),
+        at,
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("curl/8".into()),
+    }
+}
+
+/// The audit trail of an org reads newest first, a page at a time, filtered by time,
+/// actor, action and resource; another org's records and expired ones never show.
+pub async fn audit_records_page_newest_first_with_filters<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = fresh_org();
+    let b = fresh_org();
+    let t0 = ts("2026-11-26T10:00:00.000001Z");
+    let mut written = Vec::new();
+    for i in 0..7 {
+        let (actor, action) = if i % 2 == 0 {
+            ("usr_ann", "project.create")
+        } else {
+            ("usr_bob", "key.create")
+        };
+        let r = audit_at(
+            &a,
+            t0 + Duration::minutes(i),
+            actor,
+            action,
+            &format!("thing:{i}"),
+        );
+        s.record_audit(&r).await.unwrap();
+        written.push(r);
+    }
+    // Two records of one instant are both kept; writing a record twice keeps one.
+    let twin = audit_at(
+        &a,
+        t0 + Duration::minutes(6),
+        "usr_ann",
+        "org.update",
+        "org:x",
+    );
+    s.record_audit(&twin).await.unwrap();
+    s.record_audit(&twin).await.unwrap();
+    written.push(twin);
+    s.record_audit(&audit_at(&b, t0, "usr_ann", "project.create", "thing:0"))
+        .await
+        .unwrap();
+    let expired = audit_at(
+        &a,
+        ts("2026-01-01T00:00:00Z"),
+        "usr_old",
+        "org.create",
+        "org:x",
+    );
+    s.record_audit(&expired).await.unwrap();
+
+    let now = t0 + Duration::days(1);
+    let query = |limit| AuditQuery {
+        org: a.clone(),
+        from: None,
+        to: None,
+        actor: None,
+        action: None,
+        resource: None,
+        limit,
+        cursor: None,
+        now,
+    };
+    let mut expected = written.clone();
+    expected.sort_by_key(|r| std::cmp::Reverse(r.sort_key()));
+
+    // Pages of 3 cover everything once, newest first.
+    let other = f.open().await;
+    let mut seen = Vec::new();
+    let mut q = query(3);
+    loop {
+        let page = other.list_audit(&q).await.unwrap();
+        assert!(page.records.len() <= 3);
+        seen.extend(page.records);
+        match page.next {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+
+    let only = |q: AuditQuery| {
+        let s = &s;
+        async move { s.list_audit(&q).await.unwrap().records }
+    };
+    let ann = only(AuditQuery {
+        actor: Some("usr_ann".into()),
+        ..query(50)
+    })
+    .await;
+    assert_eq!(ann.len(), 5);
+    assert!(ann.iter().all(|r| r.actor == "usr_ann"));
+    let keys = only(AuditQuery {
+        action: Some("key.create".into()),
+        ..query(50)
+    })
+    .await;
+    assert_eq!(keys.len(), 3);
+    let one = only(AuditQuery {
+        resource: Some("thing:2".into()),
+        ..query(50)
+    })
+    .await;
+    assert_eq!(one, vec![written[2].clone()]);
+    // [from, to): minutes 2, 3 and 4.
+    let window = only(AuditQuery {
+        from: Some(t0 + Duration::minutes(2)),
+        to: Some(t0 + Duration::minutes(5)),
+        ..query(50)
+    })
+    .await;
+    assert_eq!(
+        window
+            .iter()
+            .map(|r| r.resource.as_str())
+            .collect::<Vec<_>>(),
+        ["thing:4", "thing:3", "thing:2"]
+    );
+    // A filter with a small page still fills pages and pages on.
+    let first = s
+        .list_audit(&AuditQuery {
+            action: Some("project.create".into()),
+            ..query(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.records.len(), 2);
+    let rest = s
+        .list_audit(&AuditQuery {
+            action: Some("project.create".into()),
+            cursor: first.next.clone(),
+            ..query(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.records.len(), 2);
+    assert!(
+        rest.records
+            .iter()
+            .all(|r| r.sort_key() < first.records[1].sort_key())
+    );
+    assert!(
+        only(query(50)).await.iter().all(|r| r.actor != "usr_old"),
+        "expired"
+    );
+    assert!(
+        only(AuditQuery {
+            org: fresh_org(),
+            ..query(50)
+        })
+        .await
+        .is_empty()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+//! JWT bearer tokens of users, for the management API (and `GET /v1/usage` with an
+//! `org_id`).
+//!
+//! A token is signed with HS256 (a shared secret of at least [`MIN_SECRET_LEN`] bytes) or
+//! RS256 (the server holds only the RSA public key, in PEM) as [`JwtConfig`] says. Its
+//! claims are `sub` (the user id), `iat` and `exp` (Unix seconds). Expiry is checked
+//! against the API's [`Clock`](tally_core::ports::Clock), with [`LEEWAY_SECS`] of leeway,
+//! so tests need no sleeping. Only the configured algorithm is accepted (no `alg: none`, no
+//! HS/RS confusion). [`JwtConfig::mint`] signs tokens for `tally token create`; it needs
+//! the HS256 secret (an RS256 server only verifies).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tally_core::ids::UserId;
+use tally_ingest::error::ApiError;
+
+/// Shortest HS256 secret accepted, in bytes (the hash's output size).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Seconds of clock skew tolerated on `exp`.
+pub const LEEWAY_SECS: i64 = 30;
+
+/// Why a JWT configuration or a token could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// The HS256 secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    #[error("the JWT secret must be at least {MIN_SECRET_LEN} bytes")]
+    SecretTooShort,
+    /// The RS256 public key is not an RSA public key in PEM.
+    #[error("the JWT public key is not an RSA public key in PEM: {0}")]
+    BadPublicKey(String),
+    /// Minting needs the HS256 secret; this configuration only verifies.
+    #[error("this JWT configuration cannot sign tokens (RS256 verification only)")]
+    CannotSign,
+    /// Signing failed.
+    #[error("cannot sign the token: {0}")]
+    Signing(String),
+}
+
+/// The claims Tally reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+}
+
+/// How tokens are verified (and, with HS256, minted).
+#[derive(Clone)]
+pub struct JwtConfig {
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtConfig {
+    /// HS256 with a shared secret (verifies and mints).
+    pub fn hs256(secret: &[u8]) -> Result<Self, JwtError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(JwtError::SecretTooShort);
+        }
+        Ok(JwtConfig {
+            algorithm: Algorithm::HS256,
+            decoding: DecodingKey::from_secret(secret),
+            encoding: Some(EncodingKey::from_secret(secret)),
+        })
+    }
+
+    /// RS256 with an RSA public key in PEM (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`);
+    /// verifies only.
+    pub fn rs256_public_pem(pem: &[u8]) -> Result<Self, JwtError> {
+        let decoding =
+            DecodingKey::from_rsa_pem(pem).map_err(|e| JwtError::BadPublicKey(e.to_string()))?;
+        Ok(JwtConfig {
+            algorithm: Algorithm::RS256,
+            decoding,
+            encoding: None,
+        })
+    }
+
+    /// Signs a token for `user`, valid from `now` for `ttl`.
+    pub fn mint(
+        &self,
+        user: &UserId,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<String, JwtError> {
+        let key = self.encoding.as_ref().ok_or(JwtError::CannotSign)?;
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now.timestamp(),
+            exp: (now + ttl).timestamp(),
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
+            .map_err(|e| JwtError::Signing(e.to_string()))
+    }
+
+    /// The user a token speaks for: `401` when the signature, the algorithm or the claims
+    /// are wrong, or the token has expired at `now`.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<UserId, ApiError> {
+        let invalid = || ApiError::Unauthorized("the bearer token is not valid".into());
+        let mut validation = Validation::new(self.algorithm);
+        // Expiry is checked below against the API's clock, not the system's.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| (*s).to_owned()).collect();
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
+                tracing::debug!(error = %e, "JWT refused");
+                invalid()
+            })?;
+        if data.claims.exp.saturating_add(LEEWAY_SECS) <= now.timestamp() {
+            return Err(ApiError::Unauthorized(
+                "the bearer token has expired".into(),
+            ));
+        }
+        UserId::parse(&data.claims.sub).map_err(|_| invalid())
+    }
+}
+
+/// Whether a bearer credential looks like a JWT (three dot-separated parts) rather than an
+/// API key (`tk_…`).
+pub fn looks_like_jwt(credential: &str) -> bool {
+    !credential.starts_with("tk_") && credential.split('.').count() == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn hs256_round_trips_and_expires() {
+        let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
+        let user = UserId::parse("usr_ann").unwrap();
+        let now = t("2026-11-26T12:00:00Z");
+        let token = cfg.mint(&user, now, chrono::Duration::hours(1)).unwrap();
+        assert!(looks_like_jwt(&token));
+        assert_eq!(cfg.verify(&token, now).unwrap(), user);
+        assert!(cfg.verify(&token, t("2026-11-26T13:01:00Z")).is_err());
+        let other = JwtConfig::hs256(&[8; 32]).unwrap();
+        assert!(other.verify(&token, now).is_err(), "another secret");
+        assert!(cfg.verify("a.b.c", now).is_err());
+        assert_eq!(
+            JwtConfig::hs256(b"short").unwrap_err(),
+            JwtError::SecretTooShort
+        );
+        assert!(!looks_like_jwt("tk_live_abc"));
+    }
+
+    #[test]
+    fn rs256_verifies_with_the_public_key_only() {
+        // A throwaway key pair made for this test (`openssl genrsa 2048`); only its public
+        // half and one token it signed (`sub` usr_ann, valid 2026-11-26T16:00Z + 10 min,
+        // signed with `openssl dgst -sha256 -sign`) are kept.
+        let public = include_bytes!("testdata/rs256-test-public.pem");
+        let token = include_str!("testdata/rs256-test-token.txt").trim();
+        let cfg = JwtConfig::rs256_public_pem(public).unwrap();
+        let user = UserId::parse("usr_ann").unwrap();
+        let now = t("2026-11-26T16:05:00Z");
+        assert_eq!(cfg.verify(token, now).unwrap(), user);
+        assert!(
+            cfg.verify(token, t("2026-11-26T17:00:00Z")).is_err(),
+            "expired"
+        );
+        let mut tampered = token.to_owned();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(cfg.verify(&tampered, now).is_err());
+        assert_eq!(
+            cfg.mint(&user, now, chrono::Duration::hours(1)),
+            Err(JwtError::CannotSign)
+        );
+        // An HS256 token is refused by an RS256 server, even one "signed" with the public key.
+        let hs = JwtConfig::hs256(public).unwrap();
+        let confused = hs.mint(&user, now, chrono::Duration::hours(1)).unwrap();
+        assert!(cfg.verify(&confused, now).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_garbage_keys_are_refused() {
+        let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
+        // {"alg":"none"} . {"sub":"usr_ann","exp":9999999999} . (no signature)
+        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c3JfYW5uIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(cfg.verify(none, t("2026-11-26T12:00:00Z")).is_err());
+        assert!(JwtConfig::rs256_public_pem(b"not a key").is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Who may do what: the one role-permission table every management route is checked
+//! against.
+//!
+//! | action | what | owner | admin | member | viewer |
+//! |---|---|:-:|:-:|:-:|:-:|
+//! | `org.read` | `GET /v1/orgs/{org_id}` | ✓ | ✓ | ✓ | ✓ |
+//! | `org.update` | `PATCH /v1/orgs/{org_id}` (name, plan) | ✓ | ✓ | | |
+//! | `members.read` | `GET /v1/orgs/{org_id}/members` | ✓ | ✓ | ✓ | ✓ |
+//! | `org.transfer` | `POST /v1/orgs/{org_id}/transfer` (ownership to a member) | ✓ | | | |
+//! | `member.add` | `POST /v1/orgs/{org_id}/members` | ✓ | ✓ | | |
+//! | `member.update` | `PATCH /v1/orgs/{org_id}/members/{user_id}` (role) | ✓ | ✓ | | |
+//! | `member.remove` | `DELETE /v1/orgs/{org_id}/members/{user_id}` | ✓ | ✓ | | |
+//! | `projects.read` | `GET /v1/orgs/{org_id}/projects`, `GET …/projects/{project_id}` | ✓ | ✓ | ✓ | ✓ |
+//! | `project.create` | `POST /v1/orgs/{org_id}/projects` | ✓ | ✓ | | |
+//! | `keys.read` | `GET /v1/orgs/{org_id}/keys` | ✓ | ✓ | ✓ | |
+//! | `key.create` | `POST /v1/orgs/{org_id}/keys` | ✓ | ✓ | | |
+//! | `key.revoke` | `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` | ✓ | ✓ | | |
+//! | `key.rotate` | `POST /v1/orgs/{org_id}/keys/{key_id}/rotate` | ✓ | ✓ | | |
+//! | `audit.read` | `GET /v1/orgs/{org_id}/audit` | ✓ | ✓ | | |
+//! | `usage.read` | `GET /v1/usage` with a JWT, `GET /v1/orgs/{org_id}/usage/summary` | ✓ | ✓ | ✓ | ✓ |
+//!
+//! `GET /v1/me/orgs` is outside the table: any user may list the orgs they belong to.
+//!
+//! Nobody becomes owner, and the owner is not demoted or removed, through these routes:
+//! ownership moves only by a transfer.
+//!
+//! [`PERMISSIONS`] is this table in code; [`allows`] is the only check the handlers use,
+//! and the role-matrix test walks every route against every role from it. The same table
+//! is in the OpenAPI document's description.
+
+use tally_core::tenant::Role;
+
+/// Something a caller may try in an org.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Read the org.
+    OrgRead,
+    /// Change the org's name or plan.
+    OrgUpdate,
+    /// List the members.
+    MembersRead,
+    /// Hand ownership to another member (the owner becomes an admin).
+    OrgTransfer,
+    /// Add a member.
+    MemberAdd,
+    /// Change a member's role.
+    MemberUpdate,
+    /// Remove a member.
+    MemberRemove,
+    /// List or read projects.
+    ProjectsRead,
+    /// Create a project.
+    ProjectCreate,
+    /// List API keys (never their secrets or hashes).
+    KeysRead,
+    /// Create an API key.
+    KeyCreate,
+    /// Revoke an API key.
+    KeyRevoke,
+    /// Rotate an API key (a new secret; the old one works for an overlap).
+    KeyRotate,
+    /// Read the audit trail.
+    AuditRead,
+    /// Read usage counters.
+    UsageRead,
+}
+
+impl Action {
+    /// The action's name, as in the table (and, for mutations, the audit `action`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::OrgRead => "org.read",
+            Action::OrgUpdate => "org.update",
+            Action::MembersRead => "members.read",
+            Action::OrgTransfer => "org.transfer",
+            Action::MemberAdd => "member.add",
+            Action::MemberUpdate => "member.update",
+            Action::MemberRemove => "member.remove",
+            Action::ProjectsRead => "projects.read",
+            Action::ProjectCreate => "project.create",
+            Action::KeysRead => "keys.read",
+            Action::KeyCreate => "key.create",
+            Action::KeyRevoke => "key.revoke",
+            Action::KeyRotate => "key.rotate",
+            Action::AuditRead => "audit.read",
+            Action::UsageRead => "usage.read",
+        }
+    }
+
+    /// Whether the action changes something (and so writes an audit record).
+    pub fn is_mutation(self) -> bool {
+        matches!(
+            self,
+            Action::OrgUpdate
+                | Action::OrgTransfer
+                | Action::MemberAdd
+                | Action::MemberUpdate
+                | Action::MemberRemove
+                | Action::ProjectCreate
+                | Action::KeyCreate
+                | Action::KeyRevoke
+                | Action::KeyRotate
+        )
+    }
+}
+
+/// The roles in the table's column order.
+pub const ROLES: [Role; 4] = [Role::Owner, Role::Admin, Role::Member, Role::Viewer];
+
+/// The table: for each action, whether owner, admin, member and viewer may do it.
+pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
+    (Action::OrgRead, [true, true, true, true]),
+    (Action::OrgUpdate, [true, true, false, false]),
+    (Action::MembersRead, [true, true, true, true]),
+    (Action::OrgTransfer, [true, false, false, false]),
+    (Action::MemberAdd, [true, true, false, false]),
+    (Action::MemberUpdate, [true, true, false, false]),
+    (Action::MemberRemove, [true, true, false, false]),
+    (Action::ProjectsRead, [true, true, true, true]),
+    (Action::ProjectCreate, [true, true, false, false]),
+    (Action::KeysRead, [true, true, true, false]),
+    (Action::KeyCreate, [true, true, false, false]),
+    (Action::KeyRevoke, [true, true, false, false]),
+    (Action::KeyRotate, [true, true, false, false]),
+    (Action::AuditRead, [true, true, false, false]),
+    (Action::UsageRead, [true, true, true, true]),
+];
+
+/// Whether `role` may do `action` (an action missing from the table is refused).
+pub fn allows(role: Role, action: Action) -> bool {
+    let column = match role {
+        Role::Owner => 0,
+        Role::Admin => 1,
+        Role::Member => 2,
+        Role::Viewer => 3,
+    };
+    PERMISSIONS
+        .iter()
+        .find(|(a, _)| *a == action)
+        .is_some_and(|(_, row)| row[column])
+}
+
+/// The table as Markdown (for the OpenAPI document).
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| action | owner | admin | member | viewer |\n|---|---|---|---|---|\n");
+    for (action, row) in PERMISSIONS {
+        let cells: Vec<&str> = row
+            .iter()
+            .map(|ok| if *ok { "yes" } else { "no" })
+            .collect();
+        out.push_str(&format!(
+            "| `{}` | {} |\n",
+            action.as_str(),
+            cells.join(" | ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_in_the_table_once_and_owners_may_do_everything() {
+        for (i, (a, row)) in PERMISSIONS.iter().enumerate() {
+            assert_eq!(
+                PERMISSIONS.iter().filter(|(b, _)| b == a).count(),
+                1,
+                "{a:?}"
+            );
+            assert!(row[0], "owner may {}", a.as_str());
+            // Rights only shrink from owner to viewer.
+            assert!(row.windows(2).all(|w| w[0] || !w[1]), "row {i}");
+        }
+        assert!(allows(Role::Admin, Action::AuditRead));
+        assert!(!allows(Role::Member, Action::AuditRead));
+        assert!(!allows(Role::Viewer, Action::KeysRead));
+    }
+}
