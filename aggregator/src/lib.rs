@@ -3,15 +3,28 @@
 //! The loop is deliberately thin: collect up to [`AggregatorConfig::max_events`] events or
 //! wait at most [`AggregatorConfig::max_wait`] after the first one, hand the whole batch to
 //! [`UsageStore::apply_batch`] (which dedupes against the ledger and writes counters in the
-//! same atomic step), then acknowledge only the messages whose every event was settled. A
-//! crash anywhere in between leaves messages unacknowledged; they come back after the
+//! same atomic step), then acknowledge only the messages whose every event was settled and
+//! move poison messages to the queue's dead-letter store with the reason
+//! ([`EventQueue::dead_letter`]; the metric `tally_aggregator_poison_records_total` counts
+//! them). A crash anywhere in between leaves messages unacknowledged; they come back after the
 //! queue's visibility timeout and the ledger turns the second application into a no-op. That
 //! is the whole exactly-once argument, and it does not depend on the queue delivering once.
 //!
+//! The judging and applying itself is a library, [`record::apply_records`]: a batch of
+//! queue records in, one [`RecordOutcome`] (applied, duplicate, retry, poison) per record
+//! out, so the polling worker here and the Lambda handlers ([`lambda`]) share it.
+//!
 //! [`reconcile`] recomputes counters from the ledger through the same ports, so it checks
 //! every backend the same way.
+//!
+//! The fault-injection harness in `tests/src/faults.rs` checks all of this under random
+//! fault schedules (failed and partial applies, skipped and partial acknowledgements,
+//! redeliveries, client resends, several aggregators at once) on SQLite + local queue,
+//! DynamoDB + SQS and DynamoDB + Kinesis.
 
+pub mod lambda;
 pub mod reconcile;
+pub mod record;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +34,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 
 pub use reconcile::{Drift, reconcile};
+pub use record::{RecordInput, RecordOutcome, apply_records, check_record, decode_envelope};
 
 /// Batching knobs.
 #[derive(Debug, Clone, Copy)]
@@ -46,18 +60,22 @@ impl Default for AggregatorConfig {
     }
 }
 
-/// What one batch did.
+/// What one batch did, counted in queue records (messages).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
-    /// Messages taken off the queue.
+    /// Records taken off the queue.
     pub messages: usize,
     /// Events in them.
     pub events: usize,
-    /// Newly counted.
+    /// Records with at least one newly counted event.
     pub applied: usize,
-    /// Repeats (already counted).
+    /// Records whose every event had been counted before.
     pub duplicates: usize,
-    /// Messages acknowledged.
+    /// Records left on the queue to come back (not fully applied).
+    pub retried: usize,
+    /// Poison records moved to the dead-letter store.
+    pub poisoned: usize,
+    /// Records acknowledged (applied or duplicate).
     pub acked: usize,
 }
 
@@ -97,7 +115,12 @@ async fn collect(
     Ok(deliveries)
 }
 
-/// Receives one batch, applies it and acknowledges what was settled.
+/// Receives one batch, applies it through [`apply_records`], acknowledges the settled
+/// records, dead-letters the poison ones and leaves the rest for redelivery.
+///
+/// A poison record whose dead-lettering fails stays on the queue (it comes back and is
+/// judged again): never acknowledged without being set aside. An `Err` means receiving or
+/// acknowledging failed; whatever was not acknowledged comes back.
 pub async fn process_batch(
     queue: &dyn EventQueue,
     usage: &dyn UsageStore,
@@ -108,44 +131,45 @@ pub async fn process_batch(
     if deliveries.is_empty() {
         return Ok(BatchStats::default());
     }
-    let events: Vec<_> = deliveries
-        .iter()
-        .flat_map(|d| d.events.iter().cloned())
-        .collect();
-    let span = tracing::info_span!(
-        "apply_batch",
-        messages = deliveries.len(),
-        batch_size = events.len()
-    );
+    let events: usize = deliveries.iter().map(|d| d.events.len()).sum();
+    let span = tracing::info_span!("process_batch", messages = deliveries.len(), events);
     async move {
-        let started = Instant::now();
-        let report = usage.apply_batch(&events).await?;
-        metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("tally_batch_size").record(events.len() as f64);
+        let inputs: Vec<RecordInput<'_>> = deliveries
+            .iter()
+            .map(|d| RecordInput::Decoded {
+                events: &d.events,
+                org: None,
+            })
+            .collect();
+        let outcomes = apply_records(usage, &inputs).await;
         let mut stats = BatchStats {
             messages: deliveries.len(),
-            events: events.len(),
-            applied: report.applied(),
-            duplicates: report.duplicates(),
-            acked: 0,
+            events,
+            ..BatchStats::default()
         };
-        metrics::counter!("tally_events_applied_total").increment(stats.applied as u64);
-        metrics::counter!("tally_events_duplicate_total").increment(stats.duplicates as u64);
-
-        // Outcomes are in event order; walk them message by message.
         let mut receipts = Vec::with_capacity(deliveries.len());
-        let mut at = 0;
-        for d in &deliveries {
-            let outcomes = &report.outcomes[at..(at + d.events.len()).min(report.outcomes.len())];
-            at += d.events.len();
-            let settled = outcomes.len() == d.events.len()
-                && outcomes
-                    .iter()
-                    .all(|o| !matches!(o, tally_core::ports::ApplyOutcome::Failed(_)));
-            if settled {
-                receipts.push(d.receipt.clone());
-            } else {
-                warn!(receipt = %d.receipt, "message not fully applied; leaving it for redelivery");
+        for (d, outcome) in deliveries.iter().zip(&outcomes) {
+            match outcome {
+                RecordOutcome::Applied => {
+                    stats.applied += 1;
+                    receipts.push(d.receipt.clone());
+                }
+                RecordOutcome::Duplicate => {
+                    stats.duplicates += 1;
+                    receipts.push(d.receipt.clone());
+                }
+                RecordOutcome::Retry { reason } => {
+                    stats.retried += 1;
+                    warn!(receipt = %d.receipt, %reason, "record not fully applied; leaving it for redelivery");
+                }
+                RecordOutcome::Poison { reason } => match queue.dead_letter(d, reason).await {
+                    Ok(()) => stats.poisoned += 1,
+                    Err(e) => {
+                        metrics::counter!("tally_aggregator_dead_letter_failures_total")
+                            .increment(1);
+                        warn!(receipt = %d.receipt, %reason, error = %e, "could not dead-letter poison record; it stays queued");
+                    }
+                },
             }
         }
         queue.ack(&receipts).await?;

@@ -996,6 +996,27 @@ impl EventQueue for KinesisQueue {
         Ok(total)
     }
 
+    /// Writes the record's dead-letter item (the events re-encoded as an envelope, with the
+    /// reason), then marks the record done like an ack, so the checkpoint can pass it.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let (shard_id, seq) = parse_receipt(&delivery.receipt)?;
+        let data =
+            serde_json::json!({ "v": crate::sqs::ENVELOPE_VERSION, "events": delivery.events })
+                .to_string()
+                .into_bytes();
+        let rec = Fetched {
+            seq: seq.to_owned(),
+            partition_key: delivery
+                .events
+                .first()
+                .map(|e| e.org_id.as_str().to_owned())
+                .unwrap_or_default(),
+            data,
+        };
+        self.dead_letter(shard_id, &rec, reason).await?;
+        self.ack(std::slice::from_ref(&delivery.receipt)).await
+    }
+
     async fn extend_visibility(&self, receipts: &[String], by: Duration) -> Result<(), QueueError> {
         let mut st = self.inner.state.lock().await;
         let until = Instant::now() + by;

@@ -417,6 +417,32 @@ impl EventQueue for LocalQueue {
         .await
     }
 
+    /// Moves the message (its stored body, as it was) to the `dead_letters` table with the
+    /// reason, in one transaction. A message already gone (acknowledged or dead-lettered by
+    /// another consumer) is left alone.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let id = parse_receipt(&delivery.receipt)?;
+        let reason = reason.to_owned();
+        tracing::error!(message_id = id, %reason, "dead-lettering poison queue message");
+        self.run(move |conn, _| {
+            let now = conn::now_millis();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(qerr)?;
+            tx.execute(
+                "INSERT INTO dead_letters
+                     (message_id, body, reason, receive_count, enqueued_at, dead_at)
+                 SELECT id, body, ?2, receive_count, enqueued_at, ?3 FROM messages WHERE id = ?1",
+                params![id, reason, now],
+            )
+            .map_err(qerr)?;
+            tx.execute("DELETE FROM messages WHERE id = ?1", params![id])
+                .map_err(qerr)?;
+            tx.commit().map_err(qerr)
+        })
+        .await
+    }
+
     async fn depth(&self) -> Result<u64, QueueError> {
         self.run(|conn, _| {
             conn.prepare_cached("SELECT COUNT(*) FROM messages")

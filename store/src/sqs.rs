@@ -1068,6 +1068,42 @@ impl EventQueue for SqsQueue {
         Ok(())
     }
 
+    /// Sends the delivery's events (re-encoded as an envelope) to the dead-letter queue
+    /// with the reason in [`REASON_ATTRIBUTE`], then deletes the message from the main
+    /// queue. If either step fails the message stays queued and comes back (a second send
+    /// to the dead-letter queue is possible then; it is a copy, never a loss).
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        tracing::error!(receipt = %delivery.receipt, reason, "dead-lettering poison SQS message");
+        let body =
+            serde_json::json!({ "v": ENVELOPE_VERSION, "events": delivery.events }).to_string();
+        let dlq = self.dead_letter_queue_url().await?;
+        let reason_value = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(truncate_utf8(reason, MAX_REASON_BYTES))
+            .build()
+            .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))?;
+        self.inner
+            .client
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(body)
+            .message_attributes(REASON_ATTRIBUTE, reason_value)
+            .send()
+            .await
+            .map_err(|e| sdk_err("SendMessage (dead-letter queue)", e))?;
+        self.inner
+            .client
+            .delete_message()
+            .queue_url(&self.inner.queue_url)
+            .receipt_handle(&delivery.receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_err("DeleteMessage (dead-lettered)", e))?;
+        metrics::counter!("tally_queue_messages_dead_lettered_total", "backend" => "sqs")
+            .increment(1);
+        Ok(())
+    }
+
     async fn depth(&self) -> Result<u64, QueueError> {
         let attributes = self
             .inner

@@ -5,6 +5,7 @@
 //! aggregator in one process; the other commands are one-shot administration. Nothing here
 //! holds business logic; see the crates it wires together.
 
+mod aggregate;
 mod backend;
 mod commands;
 mod output;
@@ -64,6 +65,11 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// Mint JWTs for users (local use and tests).
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+    /// Run the aggregator alone: drain --queue into --store until SIGINT/SIGTERM.
+    Aggregate(aggregate::AggregateArgs),
     /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
     Reconcile(commands::ReconcileArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
@@ -107,7 +113,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Key(cmd) => commands::key(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(cmd) => commands::token(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Init(args) => backend::init(common, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Aggregate(args) => aggregate::aggregate(common, args)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Reconcile(args) => {

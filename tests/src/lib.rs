@@ -10,3 +10,4 @@
 
 pub mod aws;
 pub mod conformance;
+pub mod faults;

@@ -1,0 +1,134 @@
+//! The Lambda consumers, as plain functions over the event shapes Lambda sends
+//! (`aws_lambda_events`), so they are tested by feeding them real event JSON. The
+//! `lambda_runtime` `main`s that call them live in the binary crate.
+//!
+//! - [`handle_sqs`] answers an SQS event with `batchItemFailures`
+//!   (`ReportBatchItemFailures`): every message not settled is listed by its message id,
+//!   and SQS deletes only the others.
+//! - [`handle_kinesis`] answers a Kinesis event with the sequence number of the first record
+//!   not settled: Lambda checkpoints before it and sends it (and everything after it)
+//!   again; the ledger turns the repeats into no-ops.
+//!
+//! Poison records go to a [`PoisonSink`] (the dead-letter queue, with the reason) and then
+//! count as settled. Without a sink, or when the sink fails, a poison record is reported as
+//! a failure, so it is never dropped: for SQS the redrive policy moves it to the
+//! dead-letter queue after `maxReceiveCount` receives; for Kinesis the function's
+//! on-failure destination takes it.
+
+/// The event types, re-exported so callers need not depend on the crate themselves.
+pub use aws_lambda_events;
+
+use async_trait::async_trait;
+use aws_lambda_events::event::kinesis::KinesisEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use tally_core::ports::UsageStore;
+use tracing::warn;
+
+use crate::record::{RecordInput, RecordOutcome, apply_records};
+
+/// Where a Lambda consumer sets poison records aside.
+#[async_trait]
+pub trait PoisonSink: Send + Sync {
+    /// Keeps `body` (the record as received) with `reason`; `id` is the message id or
+    /// sequence number. An error leaves the record to the queue's own failure handling.
+    async fn dead_letter(&self, id: &str, body: &[u8], reason: &str) -> Result<(), String>;
+}
+
+/// Settles a poison record through the sink; `true` if it is set aside.
+async fn set_aside(sink: Option<&dyn PoisonSink>, id: &str, body: &[u8], reason: &str) -> bool {
+    let Some(sink) = sink else {
+        warn!(
+            id,
+            reason, "poison record and no dead-letter sink; reporting it as failed"
+        );
+        return false;
+    };
+    match sink.dead_letter(id, body, reason).await {
+        Ok(()) => true,
+        Err(e) => {
+            metrics::counter!("tally_aggregator_dead_letter_failures_total").increment(1);
+            warn!(id, reason, error = %e, "could not dead-letter poison record; reporting it as failed");
+            false
+        }
+    }
+}
+
+/// Applies an SQS event and returns the partial batch response: the message ids of every
+/// message not settled (retry, or poison that could not be set aside).
+pub async fn handle_sqs(
+    usage: &dyn UsageStore,
+    sink: Option<&dyn PoisonSink>,
+    event: &SqsEvent,
+) -> SqsBatchResponse {
+    let span = tracing::info_span!("handle_sqs", records = event.records.len());
+    let _enter = span.enter();
+    let bodies: Vec<&[u8]> = event
+        .records
+        .iter()
+        .map(|m| m.body.as_deref().unwrap_or_default().as_bytes())
+        .collect();
+    drop(_enter);
+    let inputs: Vec<RecordInput<'_>> = bodies
+        .iter()
+        .map(|body| RecordInput::Raw { body, org: None })
+        .collect();
+    let outcomes = apply_records(usage, &inputs).await;
+    let mut response = SqsBatchResponse::default();
+    for ((message, body), outcome) in event.records.iter().zip(&bodies).zip(&outcomes) {
+        let id = message.message_id.clone().unwrap_or_default();
+        let settled = match outcome {
+            RecordOutcome::Applied | RecordOutcome::Duplicate => true,
+            RecordOutcome::Retry { reason } => {
+                warn!(message_id = %id, %reason, "message not applied; SQS will redeliver it");
+                false
+            }
+            RecordOutcome::Poison { reason } => set_aside(sink, &id, body, reason).await,
+        };
+        if !settled {
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+/// Applies a Kinesis event and returns the response naming the first record not settled
+/// (none when all are).
+pub async fn handle_kinesis(
+    usage: &dyn UsageStore,
+    sink: Option<&dyn PoisonSink>,
+    event: &KinesisEvent,
+) -> KinesisEventResponse {
+    let inputs: Vec<RecordInput<'_>> = event
+        .records
+        .iter()
+        .map(|r| RecordInput::Raw {
+            body: &r.kinesis.data.0,
+            org: Some(r.kinesis.partition_key.as_str()),
+        })
+        .collect();
+    let span = tracing::info_span!("handle_kinesis", records = event.records.len());
+    let outcomes = {
+        use tracing::Instrument;
+        apply_records(usage, &inputs).instrument(span).await
+    };
+    let mut response = KinesisEventResponse::default();
+    for (record, outcome) in event.records.iter().zip(&outcomes) {
+        let seq = &record.kinesis.sequence_number;
+        let settled = match outcome {
+            RecordOutcome::Applied | RecordOutcome::Duplicate => true,
+            RecordOutcome::Retry { reason } => {
+                warn!(sequence_number = %seq, %reason, "record not applied; Kinesis will resend from it");
+                false
+            }
+            RecordOutcome::Poison { reason } => {
+                set_aside(sink, seq, &record.kinesis.data.0, reason).await
+            }
+        };
+        if !settled {
+            response.add_failure(seq.clone());
+            break;
+        }
+    }
+    response
+}

@@ -1,0 +1,88 @@
+//! `tally aggregate`: the polling worker, for running the aggregator outside Lambda (or
+//! beside a `tally serve` whose own aggregator is not enough).
+//!
+//! Thin on purpose: it opens the backends named by `--store` and `--queue` once and runs
+//! [`tally_aggregator::run`] until SIGINT or SIGTERM, then drains what is left for at most
+//! `--drain-limit`. Acknowledging only what is applied, dead-lettering poison records and
+//! leaving the rest for redelivery are the library's job.
+
+use std::time::Duration;
+
+use clap::Args;
+use tally_aggregator::AggregatorConfig;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::Common;
+use crate::backend;
+use crate::serve::parse_duration;
+
+/// Flags of `tally aggregate`.
+#[derive(Debug, Clone, Args)]
+pub struct AggregateArgs {
+    /// Most events applied in one batch.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_events: usize,
+    /// Longest a batch waits to fill after its first event, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub max_wait_ms: u64,
+    /// Longest the worker keeps draining the queue after a stop signal.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_limit: Duration,
+}
+
+/// Runs the aggregator on the configured backends until SIGINT/SIGTERM.
+pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<()> {
+    let backends = backend::open(common).await?;
+    let cfg = AggregatorConfig {
+        max_events: args.max_events.max(1),
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        ..AggregatorConfig::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(tally_aggregator::run(
+        backends.queue.clone(),
+        backends.usage.clone(),
+        cfg,
+        stop_rx,
+        args.drain_limit,
+    ));
+    info!(
+        max_events = cfg.max_events,
+        "aggregator running; stop with Ctrl-C or SIGTERM"
+    );
+    stop_signal().await;
+    info!("stopping: draining what is queued");
+    let _ = stop_tx.send(true);
+    if let Err(e) = worker.await {
+        warn!(error = %e, "aggregator task ended abnormally; unacknowledged records come back");
+    }
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

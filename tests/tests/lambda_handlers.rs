@@ -1,0 +1,232 @@
+//! The Lambda handlers of `tally_aggregator::lambda`, fed real event JSON as Lambda sends
+//! it (SQS messages; Kinesis records with base64 data), against the SQLite store.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tally_aggregator::lambda::aws_lambda_events::event::kinesis::KinesisEvent;
+use tally_aggregator::lambda::aws_lambda_events::event::sqs::SqsEvent;
+use tally_aggregator::lambda::{PoisonSink, handle_kinesis, handle_sqs};
+use tally_core::event::Event;
+use tally_core::meter::Aggregation;
+use tally_core::period::Month;
+use tally_core::ports::UsageStore;
+use tally_store::sqlite::SqliteStore;
+use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
+
+#[derive(Default)]
+struct Sink {
+    kept: Mutex<Vec<(String, String)>>,
+    fail: bool,
+}
+
+#[async_trait]
+impl PoisonSink for Sink {
+    async fn dead_letter(&self, id: &str, _body: &[u8], reason: &str) -> Result<(), String> {
+        if self.fail {
+            return Err("dead-letter queue unreachable".into());
+        }
+        self.kept.lock().unwrap().push((id.into(), reason.into()));
+        Ok(())
+    }
+}
+
+fn envelope(events: &[Event]) -> String {
+    json!({"v": 1, "events": events}).to_string()
+}
+
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn sqs_message(id: &str, body: &str) -> serde_json::Value {
+    json!({
+        "messageId": id,
+        "receiptHandle": format!("AQEB{id}"),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1790000000000",
+            "SenderId": "AIDAEXAMPLE",
+            "ApproximateFirstReceiveTimestamp": "1790000000001"
+        },
+        "messageAttributes": {},
+        "md5OfBody": "0123456789abcdef0123456789abcdef",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:tally-events",
+        "awsRegion": "us-east-1"
+    })
+}
+
+fn kinesis_record(seq: &str, partition_key: &str, data: &[u8]) -> serde_json::Value {
+    json!({
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": partition_key,
+            "sequenceNumber": seq,
+            "data": base64(data),
+            "approximateArrivalTimestamp": 1790000000.123
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": format!("shardId-000000000000:{seq}"),
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": "arn:aws:iam::123456789012:role/tally-aggregator",
+        "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/tally-events"
+    })
+}
+
+fn month() -> Month {
+    Month::parse("2026-10").unwrap()
+}
+
+async fn total(store: &SqliteStore, org: &tally_core::ids::OrgId) -> usize {
+    store
+        .ledger_page(org, month(), None, 100)
+        .await
+        .unwrap()
+        .events
+        .len()
+}
+
+#[tokio::test]
+async fn sqs_reports_only_unsettled_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (org, project) = (fresh_org(), fresh_project());
+    let good = vec![
+        event(
+            &org,
+            &project,
+            "a",
+            "api_calls",
+            "2",
+            "2026-10-02T10:00:00Z",
+        ),
+        event(
+            &org,
+            &project,
+            "b",
+            "api_calls",
+            "3",
+            "2026-10-02T10:05:00Z",
+        ),
+    ];
+    let mut poison = event(
+        &org,
+        &project,
+        "p",
+        "active_users",
+        "1",
+        "2026-10-02T10:00:00Z",
+    );
+    poison.aggregation = Aggregation::UniqueCount {
+        property: "user".into(),
+    };
+    let raw = json!({"Records": [
+        sqs_message("m-good", &envelope(&good)),
+        sqs_message("m-resent", &envelope(&good[..1])),
+        sqs_message("m-poison", &envelope(std::slice::from_ref(&poison))),
+        sqs_message("m-garbage", "not json at all"),
+    ]});
+    let event: SqsEvent = serde_json::from_value(raw).unwrap();
+
+    // With a working sink: poison is set aside, everything is settled.
+    let sink = Sink::default();
+    let response = handle_sqs(&store, Some(&sink), &event).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let kept = sink.kept.lock().unwrap().clone();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].0, "m-poison");
+    assert!(kept[0].1.contains("needs property"));
+    assert_eq!(kept[1].0, "m-garbage");
+    assert_eq!(total(&store, &org).await, 2);
+
+    // A failing sink (or none): poison is reported, so the redrive policy takes it.
+    let failing = Sink {
+        fail: true,
+        ..Sink::default()
+    };
+    let response = handle_sqs(&store, Some(&failing), &event).await;
+    let ids: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(ids, ["m-poison", "m-garbage"]);
+    let response = handle_sqs(&store, None, &event).await;
+    assert_eq!(response.batch_item_failures.len(), 2);
+    // The redelivered good messages changed nothing.
+    assert_eq!(total(&store, &org).await, 2);
+    // The response serializes as Lambda expects.
+    let json = serde_json::to_value(&response).unwrap();
+    assert_eq!(json["batchItemFailures"][0]["itemIdentifier"], "m-poison");
+}
+
+#[tokio::test]
+async fn kinesis_reports_the_first_unsettled_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (org, project) = (fresh_org(), fresh_project());
+    let e1 = event(
+        &org,
+        &project,
+        "k1",
+        "api_calls",
+        "1",
+        "2026-10-02T10:00:00Z",
+    );
+    let e2 = event(
+        &org,
+        &project,
+        "k2",
+        "api_calls",
+        "1",
+        "2026-10-02T10:00:00Z",
+    );
+    let other = fresh_org();
+    let raw = json!({"Records": [
+        kinesis_record("4959001", org.as_str(), envelope(std::slice::from_ref(&e1)).as_bytes()),
+        // The partition key names another org than the events: poison.
+        kinesis_record("4959002", other.as_str(), envelope(std::slice::from_ref(&e2)).as_bytes()),
+        kinesis_record("4959003", org.as_str(), envelope(std::slice::from_ref(&e2)).as_bytes()),
+    ]});
+    let event: KinesisEvent = serde_json::from_value(raw).unwrap();
+
+    let response = handle_kinesis(&store, None, &event).await;
+    let ids: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, ["4959002"]);
+    assert_eq!(total(&store, &org).await, 2);
+
+    let sink = Sink::default();
+    let response = handle_kinesis(&store, Some(&sink), &event).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(sink.kept.lock().unwrap()[0].0, "4959002");
+    assert_eq!(total(&store, &org).await, 2);
+}
