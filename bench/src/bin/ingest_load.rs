@@ -1,0 +1,539 @@
+//! End-to-end ingest benchmark of the embedded default, beside the machine's ceiling.
+//!
+//! Starts `tally serve` (the release binary) on a temp data dir and a free loopback port,
+//! creates workload W's tenants directly in its SQLite file (orgs on the `enterprise` plan:
+//! no hard limits, and a per-key bucket of 5,000 requests/s with a 10,000 burst, which no
+//! org of the workload reaches), then posts the workload with N events per request, each
+//! request carrying one org's events as a real client would. Throughput is measured from
+//! the first POST until every counter the store holds equals the ground truth (the pure
+//! fold of the deduplicated workload); latency is per request (POST until `202`).
+//!
+//! The ceiling is raw SQLite on the same disk: the same ledger rows inserted into a plain
+//! rusqlite table keyed like the ledger (rowid table, `UNIQUE (org, event_id)`, WAL,
+//! `synchronous=NORMAL`), in the same rows per commit.
+//!
+//! Only 127.0.0.1 is ever addressed; every loop is bounded in count and in time.
+//!
+//! `cargo run --release -p tally-bench --bin ingest_load -- [--tally PATH] [--scale F]
+//!  [--clients N] [--only LIST]` (scale 1.0 = 200,000 events per batched run).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants};
+use tally_core::counter::OwnedCounterKey;
+use tally_core::fold::{apply_delta, dedupe_in_batch, fold};
+use tally_core::ids::{ApiKeyId, UserId};
+use tally_core::plan::PlanId;
+use tally_core::ports::{TenantStore, UsageStore};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::{Event, Month, OrgId};
+use tally_store::{SqliteConfig, SqliteStore};
+
+/// Longest any one run may take before it is abandoned.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+struct Args {
+    tally: PathBuf,
+    scale: f64,
+    clients: usize,
+    only: Option<Vec<String>>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        tally: PathBuf::from("target/release/tally"),
+        scale: 1.0,
+        clients: 32,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--tally" => a.tally = PathBuf::from(value),
+            "--scale" => a.scale = value.parse().context("--scale")?,
+            "--clients" => a.clients = value.parse().context("--clients")?,
+            "--only" => a.only = Some(value.split(',').map(str::to_owned).collect()),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if !(0.001..=20.0).contains(&a.scale) || a.clients == 0 || a.clients > 512 {
+        bail!("--scale must be in 0.001..=20 and --clients in 1..=512");
+    }
+    Ok(a)
+}
+
+/// One request: an org's key and the JSON body.
+struct Request {
+    key: usize,
+    events: usize,
+    body: String,
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id.as_str(),
+        "project_id": e.project_id.as_str(),
+        "meter": e.meter.as_str(),
+        "quantity": e.quantity.value().to_string(),
+        "timestamp": e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    })
+}
+
+/// Groups the stream into requests of `per` events, each of one org, in arrival order
+/// (an org's request leaves once it has `per` events; what is left is flushed at the end).
+fn requests(events: &[Event], org_index: &HashMap<OrgId, usize>, per: usize) -> Vec<Request> {
+    let mut pending: HashMap<usize, Vec<&Event>> = HashMap::new();
+    let mut out = Vec::new();
+    let emit = |org: usize, evs: &[&Event]| {
+        let body = if evs.len() == 1 {
+            event_json(evs[0]).to_string()
+        } else {
+            serde_json::json!({"events": evs.iter().map(|e| event_json(e)).collect::<Vec<_>>()})
+                .to_string()
+        };
+        Request {
+            key: org,
+            events: evs.len(),
+            body,
+        }
+    };
+    for e in events {
+        let org = org_index[&e.org_id];
+        let buf = pending.entry(org).or_default();
+        buf.push(e);
+        if buf.len() >= per {
+            out.push(emit(org, buf));
+            buf.clear();
+        }
+    }
+    let mut rest: Vec<_> = pending.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    rest.sort_by_key(|(o, _)| *o);
+    for (org, evs) in rest {
+        out.push(emit(org, &evs));
+    }
+    out
+}
+
+/// Ground truth: every counter of the deduplicated workload, per org.
+fn truth(events: &[Event]) -> HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> {
+    let mut out: HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> = HashMap::new();
+    for (k, d) in fold(dedupe_in_batch(events)) {
+        let (v, _) = apply_delta(None, None, &d, 0);
+        out.entry(k.org.clone())
+            .or_default()
+            .insert(k.to_owned_key(), v);
+    }
+    out
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM through `kill`, so it drains; then make sure it is gone.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates the tenants (enterprise plan, one key per org) and returns the key secrets.
+async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
+    let store = SqliteStore::open(db)?;
+    let now = Utc::now();
+    let user = User {
+        id: UserId::from_random(rand::random()),
+        email: "bench@example.com".into(),
+        created_at: now,
+    };
+    let user = store.ensure_user(&user).await?;
+    let mut secrets = Vec::with_capacity(t.orgs.len());
+    for (i, org) in t.orgs.iter().enumerate() {
+        store
+            .create_org(&Org {
+                id: org.clone(),
+                name: format!("Bench org {i}"),
+                slug: format!("bench-{i}"),
+                plan: PlanId::Enterprise,
+                owner_id: user.id.clone(),
+                created_at: now,
+            })
+            .await?;
+        for (j, p) in t.projects[i].iter().enumerate() {
+            store
+                .create_project(&Project {
+                    id: p.clone(),
+                    org_id: org.clone(),
+                    name: format!("Project {j}"),
+                    slug: format!("p{j}"),
+                    created_at: now,
+                })
+                .await?;
+        }
+        let secret = format!("tk_test_{:064x}", rand::random::<u128>());
+        store
+            .create_api_key(&ApiKey {
+                id: ApiKeyId::from_random(rand::random()),
+                org_id: org.clone(),
+                name: "bench".into(),
+                hash: KeyHash::of_secret(&secret),
+                display_prefix: secret[..12].to_owned(),
+                scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        secrets.push(secret);
+    }
+    Ok(secrets)
+}
+
+async fn start_server(tally: &Path, t: &Tenants) -> anyhow::Result<(Server, Vec<String>)> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("tally.db");
+    let secrets = create_tenants(&db, t).await?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(tally)
+        .args([
+            "serve",
+            "--no-billing-scheduler",
+            "--batch-events",
+            "5000",
+            "--addr",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir.path())
+        // Per-request INFO lines would be the benchmark's main cost; TALLY_LOG=info (the
+        // default) can be set in the environment to measure with them.
+        .env(
+            "TALLY_LOG",
+            std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.path().join("serve.log"),
+        )?))
+        .spawn()
+        .with_context(|| format!("cannot start {}", tally.display()))?;
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        db,
+        _dir: dir,
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{}/healthz", server.url)).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("tally serve did not answer /healthz within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((server, secrets))
+}
+
+/// What one run measured.
+struct RunResult {
+    events: usize,
+    requests: usize,
+    send_secs: f64,
+    exact_secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Posts the requests (open loop at `rate` requests/s if given, else as fast as `clients`
+/// connections allow), then waits until the counters are exact.
+async fn run(
+    server: &Server,
+    secrets: &[String],
+    reqs: Vec<Request>,
+    clients: usize,
+    rate: Option<f64>,
+    expected: &HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>>,
+    month: Month,
+) -> anyhow::Result<RunResult> {
+    let events: usize = reqs.iter().map(|r| r.events).sum();
+    let n = reqs.len();
+    let reqs = Arc::new(reqs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let url = format!("{}/v1/events", server.url);
+    let auth: Arc<Vec<String>> = Arc::new(secrets.iter().map(|s| format!("Bearer {s}")).collect());
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (reqs, next, http, url, auth) = (
+            reqs.clone(),
+            next.clone(),
+            http.clone(),
+            url.clone(),
+            auth.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= reqs.len() || began.elapsed() > RUN_LIMIT {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let at = began + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let r = &reqs[i];
+                let t = Instant::now();
+                let resp = http
+                    .post(&url)
+                    .header("authorization", &auth[r.key])
+                    .header("content-type", "application/json")
+                    .body(r.body.clone())
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                if status.as_u16() != 202 {
+                    bail!("request {i} answered {status}: {text}");
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let send_secs = began.elapsed().as_secs_f64();
+    if lat.len() != n {
+        bail!(
+            "only {} of {n} requests were sent within {RUN_LIMIT:?}",
+            lat.len()
+        );
+    }
+    lat.sort_by(f64::total_cmp);
+
+    // Exact counters: every org's stored counters equal the truth. Orgs are checked in turn
+    // and stay checked (nothing is sent any more).
+    let store = SqliteStore::open_with(
+        &server.db,
+        SqliteConfig {
+            checkpoint_interval: None,
+            ..SqliteConfig::default()
+        },
+    )?;
+    let mut left: Vec<(&OrgId, &BTreeMap<OwnedCounterKey, Decimal>)> = expected.iter().collect();
+    while let Some((org, want)) = left.last() {
+        let got: BTreeMap<OwnedCounterKey, Decimal> = store
+            .stored_counters(org, month)
+            .await?
+            .into_iter()
+            .collect();
+        if &got == *want {
+            left.pop();
+            continue;
+        }
+        if began.elapsed() > RUN_LIMIT {
+            bail!(
+                "counters not exact after {RUN_LIMIT:?}: {} orgs differ (e.g. {org})",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exact_secs = began.elapsed().as_secs_f64();
+    Ok(RunResult {
+        events,
+        requests: n,
+        send_secs,
+        exact_secs,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+    })
+}
+
+/// Raw SQLite: the same ledger rows into a plain table keyed like the ledger, `per` rows per
+/// commit. Returns rows/s.
+fn raw_sqlite(events: &[Event], per: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut c = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536;
+         CREATE TABLE ledger (seq INTEGER PRIMARY KEY, org TEXT NOT NULL,
+             event_id TEXT NOT NULL, month INTEGER NOT NULL, body TEXT NOT NULL);
+         CREATE UNIQUE INDEX ledger_by_event ON ledger (org, event_id);",
+    )?;
+    let rows: Vec<(String, String, i64, String)> = events
+        .iter()
+        .map(|e| {
+            let m = Month::of(e.timestamp);
+            let mut body = event_json(e);
+            if let Some(o) = body.as_object_mut() {
+                o.remove("id");
+            }
+            (
+                e.org_id.as_str().to_owned(),
+                e.id.as_str().to_owned(),
+                i64::from(m.year()) * 100 + i64::from(m.month()),
+                body.to_string(),
+            )
+        })
+        .collect();
+    let began = Instant::now();
+    for chunk in rows.chunks(per) {
+        let tx = c.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO ledger (org, event_id, month, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (org, event_id) DO NOTHING",
+            )?;
+            for r in chunk {
+                ins.execute(rusqlite::params![r.0, r.1, r.2, r.3])?;
+            }
+        }
+        tx.commit()?;
+        if began.elapsed() > RUN_LIMIT {
+            bail!("raw SQLite run exceeded {RUN_LIMIT:?}");
+        }
+    }
+    Ok(rows.len() as f64 / began.elapsed().as_secs_f64())
+}
+
+fn print_run(label: &str, r: &RunResult, ceiling: Option<f64>) {
+    let eps = r.events as f64 / r.exact_secs;
+    let frac = ceiling
+        .map(|c| format!("  ({:.0}% of raw SQLite {c:.0} rows/s)", 100.0 * eps / c))
+        .unwrap_or_default();
+    println!(
+        "{label:<34} {:>8} events {:>7} req  sent in {:>6.2}s  exact after {:>6.2}s  \
+         {:>8.0} events/s end to end  p50 {:>6.2} ms  p99 {:>7.2} ms{frac}",
+        r.events, r.requests, r.send_secs, r.exact_secs, eps, r.p50_ms, r.p99_ms
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    if !a.tally.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p tally` or pass --tally PATH",
+            a.tally.display()
+        );
+    }
+    let want = |name: &str| a.only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    // The simulated hour ends a minute ago, so no event is in the future.
+    let start: DateTime<Utc> = Utc::now() - chrono::Duration::minutes(61);
+    let month = Month::of(start);
+    if Month::of(Utc::now()) != month {
+        bail!("the simulated hour straddles a month boundary; run again in an hour");
+    }
+    println!(
+        "workload W: 1,000 orgs (Zipf s=1.1 unless uniform), 5 projects, 4 meters, 10% resends; \
+         {} client connections; tally = {}",
+        a.clients,
+        a.tally.display()
+    );
+    let scaled = |n: f64| ((n * a.scale) as usize).max(1_000);
+    let mut max_100: Option<f64> = None;
+    // (name, events per request, events, zipf s, seed)
+    let runs: [(&str, usize, usize, f64, u64); 4] = [
+        ("zipf-1", 1, scaled(20_000.0), 1.1, 1),
+        ("zipf-100", 100, scaled(200_000.0), 1.1, 2),
+        ("zipf-1000", 1000, scaled(200_000.0), 1.1, 3),
+        ("uniform-100", 100, scaled(200_000.0), 0.0, 4),
+    ];
+    for (name, per, n, s, seed) in runs {
+        if !want(name) {
+            continue;
+        }
+        let spec = WorkloadSpec {
+            events: n,
+            zipf_s: s,
+            seed,
+            ..WorkloadSpec::w(start)
+        };
+        let t = tenants(&spec);
+        let events = generate(&spec, &t);
+        let org_index: HashMap<OrgId, usize> = t
+            .orgs
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, o)| (o, i))
+            .collect();
+        let expected = truth(&events);
+        let ceiling = raw_sqlite(&events, per)?;
+        let (server, secrets) = start_server(&a.tally, &t).await?;
+        let reqs = requests(&events, &org_index, per);
+        let r = run(&server, &secrets, reqs, a.clients, None, &expected, month).await?;
+        print_run(&format!("{name} (max load)"), &r, Some(ceiling));
+        drop(server);
+        if name == "zipf-100" {
+            max_100 = Some(r.events as f64 / r.exact_secs);
+            // Half load: a fresh server, the same workload paced at half the measured rate.
+            let (server, secrets) = start_server(&a.tally, &t).await?;
+            let reqs = requests(&events, &org_index, per);
+            let half_eps = r.events as f64 / r.exact_secs / 2.0;
+            let rate = half_eps / (r.events as f64 / r.requests as f64);
+            let h = run(
+                &server,
+                &secrets,
+                reqs,
+                a.clients,
+                Some(rate),
+                &expected,
+                month,
+            )
+            .await?;
+            print_run(&format!("zipf-100 (half load, {half_eps:.0}/s)"), &h, None);
+            drop(server);
+        }
+    }
+    if let Some(m) = max_100 {
+        println!(
+            "target: >= 50,000 events/s on zipf-100 -> {m:.0} events/s ({})",
+            if m >= 50_000.0 { "met" } else { "NOT met" }
+        );
+    }
+    Ok(())
+}
