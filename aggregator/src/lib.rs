@@ -47,6 +47,13 @@ pub struct AggregatorConfig {
     pub idle_poll: Duration,
     /// Pause after a failed apply before trying again (the messages stay on the queue).
     pub error_backoff: Duration,
+    /// While a batch is being applied, how often to ask the queue to keep its messages
+    /// hidden, so a slow batch (a throttled table, a big backlog) is not handed to a second
+    /// aggregator mid-apply. Redelivery would stay exact (the ledger dedupes) but doubles the
+    /// work.
+    pub heartbeat: Duration,
+    /// How much more hidden time each heartbeat asks for.
+    pub visibility_extension: Duration,
 }
 
 impl Default for AggregatorConfig {
@@ -56,6 +63,8 @@ impl Default for AggregatorConfig {
             max_wait: Duration::from_millis(200),
             idle_poll: Duration::from_millis(500),
             error_backoff: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(10),
+            visibility_extension: Duration::from_secs(30),
         }
     }
 }
@@ -141,7 +150,23 @@ pub async fn process_batch(
                 org: None,
             })
             .collect();
-        let outcomes = apply_records(usage, &inputs).await;
+        let outcomes = {
+            let held: Vec<String> = deliveries.iter().map(|d| d.receipt.clone()).collect();
+            let apply = apply_records(usage, &inputs);
+            tokio::pin!(apply);
+            let start = tokio::time::Instant::now() + cfg.heartbeat;
+            let mut beat = tokio::time::interval_at(start, cfg.heartbeat.max(Duration::from_millis(10)));
+            loop {
+                tokio::select! {
+                    outcomes = &mut apply => break outcomes,
+                    _ = beat.tick() => {
+                        if let Err(e) = queue.extend_visibility(&held, cfg.visibility_extension).await {
+                            warn!(error = %e, "could not extend visibility of a slow batch; it may be redelivered, which the ledger keeps exact");
+                        }
+                    }
+                }
+            }
+        };
         let mut stats = BatchStats {
             messages: deliveries.len(),
             events,
@@ -224,4 +249,118 @@ pub async fn run(
         }
     }
     info!(drained, "aggregator stopped");
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use tally_core::counter::OwnedCounterKey;
+    use tally_core::ports::{
+        ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, PublishReport,
+        QueueError,
+    };
+    use tally_core::{Event, Month, OrgId};
+
+    /// A queue holding one delivery that counts visibility extensions.
+    struct OneShotQueue {
+        pending: Mutex<Vec<Delivery>>,
+        extensions: AtomicUsize,
+        acked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl EventQueue for OneShotQueue {
+        async fn publish(&self, _: &[Event]) -> Result<PublishReport, QueueError> {
+            Ok(PublishReport::default())
+        }
+        async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+            Ok(std::mem::take(&mut *self.pending.lock().unwrap()))
+        }
+        async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
+            self.acked.lock().unwrap().extend_from_slice(receipts);
+            Ok(())
+        }
+        async fn depth(&self) -> Result<u64, QueueError> {
+            Ok(0)
+        }
+        async fn extend_visibility(&self, _: &[String], _: Duration) -> Result<(), QueueError> {
+            self.extensions.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A store whose apply takes a while (a throttled table).
+    struct SlowStore;
+
+    #[async_trait]
+    impl UsageStore for SlowStore {
+        async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            Ok(ApplyReport {
+                outcomes: vec![ApplyOutcome::Applied; events.len()],
+            })
+        }
+        async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn ledger_page(
+            &self,
+            _: &OrgId,
+            _: Month,
+            _: Option<String>,
+            _: usize,
+        ) -> Result<LedgerPage, StoreError> {
+            Ok(LedgerPage::default())
+        }
+        async fn stored_counters(
+            &self,
+            _: &OrgId,
+            _: Month,
+        ) -> Result<Vec<(OwnedCounterKey, rust_decimal::Decimal)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn is_period_closed(&self, _: Month) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn close_period(
+            &self,
+            _: Month,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_batch_keeps_its_messages_hidden_until_acked() {
+        let json = r#"{"org_id":"org_a","id":"e1","project_id":"prj_a","meter":"api_calls","aggregation":{"kind":"sum"},"quantity":"1","timestamp":"2026-11-26T10:00:00Z"}"#;
+        let event: Event = serde_json::from_str(json).unwrap();
+        let queue = OneShotQueue {
+            pending: Mutex::new(vec![Delivery {
+                receipt: "r1".into(),
+                events: vec![event],
+                receive_count: 1,
+            }]),
+            extensions: AtomicUsize::new(0),
+            acked: Mutex::new(Vec::new()),
+        };
+        let cfg = AggregatorConfig {
+            max_wait: Duration::ZERO,
+            heartbeat: Duration::from_millis(20),
+            ..AggregatorConfig::default()
+        };
+        let stats = process_batch(&queue, &SlowStore, &cfg, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(stats.acked, 1);
+        assert_eq!(*queue.acked.lock().unwrap(), ["r1"]);
+        assert!(
+            queue.extensions.load(Ordering::SeqCst) >= 2,
+            "a 120 ms apply with a 20 ms heartbeat must extend visibility"
+        );
+    }
 }

@@ -658,6 +658,7 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
         max_wait: Duration::from_millis(5),
         idle_poll: h.idle_wait,
         error_backoff: Duration::from_millis(5),
+        ..AggregatorConfig::default()
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
