@@ -26,6 +26,7 @@ pub mod aws;
 mod conn;
 pub mod dynamodb;
 pub mod kinesis;
+mod ledger_body;
 pub mod local_queue;
 pub mod sqlite;
 pub mod sqs;

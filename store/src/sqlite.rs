@@ -67,13 +67,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use tally_core::counter::{CounterKey, CounterScope, OwnedCounterKey};
-use tally_core::event::{Event, Quantity};
+use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
 use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
-use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
@@ -406,55 +403,12 @@ fn scope_text<'a>(scope: &CounterScope<'a>) -> &'a str {
     }
 }
 
-/// What a ledger row's body holds: the event minus the columns (org, id). Short field names
-/// keep the row small.
-#[derive(Serialize)]
-struct LedgerBodyRef<'a> {
-    p: &'a ProjectId,
-    m: &'a MeterName,
-    a: &'a Aggregation,
-    q: Quantity,
-    t: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    x: &'a Map<String, Value>,
-}
-
-#[derive(Deserialize)]
-struct LedgerBody {
-    p: ProjectId,
-    m: MeterName,
-    a: Aggregation,
-    q: Quantity,
-    t: DateTime<Utc>,
-    #[serde(default)]
-    x: Map<String, Value>,
-}
-
 fn encode_body(e: &Event) -> Result<String, StoreError> {
-    serde_json::to_string(&LedgerBodyRef {
-        p: &e.project_id,
-        m: &e.meter,
-        a: &e.aggregation,
-        q: e.quantity,
-        t: e.timestamp,
-        x: &e.properties,
-    })
-    .map_err(|err| StoreError::Unavailable(format!("encoding event {}: {err}", e.id)))
+    crate::ledger_body::encode(e)
 }
 
 fn decode_event(org: &OrgId, id: &str, body: &str) -> Result<Event, StoreError> {
-    let b: LedgerBody =
-        serde_json::from_str(body).map_err(|e| corrupt(format!("ledger row {org}/{id}: {e}")))?;
-    Ok(Event {
-        org_id: org.clone(),
-        id: parse_id(id, EventId::parse)?,
-        project_id: b.p,
-        meter: b.m,
-        aggregation: b.a,
-        quantity: b.q,
-        timestamp: b.t,
-        properties: b.x,
-    })
+    crate::ledger_body::decode(org, parse_id(id, EventId::parse)?, body, "ledger row")
 }
 
 /// Opaque ledger cursor: the hex of the last event id returned.
@@ -1258,6 +1212,9 @@ impl UsageStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, Value};
+    use tally_core::event::Quantity;
+    use tally_core::meter::Aggregation;
 
     fn event(org: &OrgId, id: &str, ts: &str) -> Event {
         Event {

@@ -10,11 +10,8 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use tally_core::event::{Event, Quantity};
-use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
-use tally_core::meter::Aggregation;
+use tally_core::event::Event;
+use tally_core::ids::{EventId, OrgId};
 use tally_core::ports::StoreError;
 
 /// One DynamoDB item.
@@ -124,57 +121,14 @@ pub fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-/// A ledger record's body: the event minus what its key holds (org, id), with short field
-/// names, as compact JSON (the same shape the SQLite ledger stores).
-#[derive(Serialize)]
-struct LedgerBodyRef<'a> {
-    p: &'a ProjectId,
-    m: &'a MeterName,
-    a: &'a Aggregation,
-    q: Quantity,
-    t: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    x: &'a Map<String, Value>,
-}
-
-#[derive(Deserialize)]
-struct LedgerBody {
-    p: ProjectId,
-    m: MeterName,
-    a: Aggregation,
-    q: Quantity,
-    t: DateTime<Utc>,
-    #[serde(default)]
-    x: Map<String, Value>,
-}
-
-/// Encodes a ledger body.
+/// Encodes a ledger body (the same JSON the SQLite ledger stores).
 pub fn encode_body(e: &Event) -> Result<String, StoreError> {
-    serde_json::to_string(&LedgerBodyRef {
-        p: &e.project_id,
-        m: &e.meter,
-        a: &e.aggregation,
-        q: e.quantity,
-        t: e.timestamp,
-        x: &e.properties,
-    })
-    .map_err(|err| StoreError::Unavailable(format!("encoding event {}: {err}", e.id)))
+    crate::ledger_body::encode(e)
 }
 
 /// Decodes a ledger body back into the event.
 pub fn decode_event(org: &OrgId, id: EventId, body: &str) -> Result<Event, StoreError> {
-    let b: LedgerBody = serde_json::from_str(body)
-        .map_err(|e| corrupt(format!("ledger record {org}/{id}: {e}")))?;
-    Ok(Event {
-        org_id: org.clone(),
-        id,
-        project_id: b.p,
-        meter: b.m,
-        aggregation: b.a,
-        quantity: b.q,
-        timestamp: b.t,
-        properties: b.x,
-    })
+    crate::ledger_body::decode(org, id, body, "ledger record")
 }
 
 // ---------------------------------------------------------------------------------------
