@@ -453,6 +453,27 @@ fn org_of((id, name, slug, plan, owner, created): OrgRow) -> Result<Org, StoreEr
     })
 }
 
+/// Reads one org by id (on a plain connection or inside a transaction).
+fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, StoreError> {
+    conn.prepare_cached("SELECT id, name, slug, plan, owner_id, created_at FROM orgs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(db)?
+        .map(org_of)
+        .transpose()
+}
+
 type ProjectRow = (String, String, String, String, String);
 
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRow> {
@@ -621,28 +642,7 @@ impl TenantStore for SqliteStore {
 
     async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
         let id = id.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, name, slug, plan, owner_id, created_at FROM orgs WHERE id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
-                .optional()
-            })
-            .map_err(db)?
-            .map(org_of)
-            .transpose()
-        })
-        .await
+        self.read(move |conn| read_org(conn, &id)).await
     }
 
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {

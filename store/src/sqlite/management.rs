@@ -17,7 +17,7 @@ use tally_core::tenant::{
     audit_instant_key,
 };
 
-use super::{KeyRow, SqliteStore, corrupt, db, key_of, org_of, parse_id, parse_ts, ts_text};
+use super::{KeyRow, SqliteStore, corrupt, db, key_of, parse_id, parse_ts, read_org, ts_text};
 
 /// Schema version 2: the audit trail.
 pub(super) const SCHEMA_V2: &str = r#"
@@ -72,19 +72,7 @@ impl SqliteStore {
             )
             .and_then(|mut s| s.execute(params![id, name, plan]))
             .map_err(db)?;
-            let org = tx
-                .prepare_cached(
-                    "SELECT id, name, slug, plan, owner_id, created_at FROM orgs WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                    })
-                    .optional()
-                })
-                .map_err(db)?
-                .map(org_of)
-                .transpose()?;
+            let org = read_org(&tx, &id)?;
             tx.commit().map_err(db)?;
             Ok(org)
         })
@@ -331,26 +319,7 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute(params![org.as_str(), to.as_str()]))
                     .map_err(db)?;
             }
-            let org = tx
-                .prepare_cached(
-                    "SELECT id, name, slug, plan, owner_id, created_at FROM orgs WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![org.as_str()], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
-                    })
-                    .optional()
-                })
-                .map_err(db)?
-                .map(org_of)
-                .transpose()?;
+            let org = read_org(&tx, org.as_str())?;
             tx.commit().map_err(db)?;
             Ok(org)
         })
