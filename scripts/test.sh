@@ -30,6 +30,23 @@ if ! moto_ready; then
   install_pid=$!
 fi
 
+# The template checkers (cfn-lint, sam validate --lint) in their own cached venv, also in the
+# background; about a minute on a fresh machine.
+CFN_LINT_VERSION=1.58.0
+SAM_CLI_VERSION=1.170.0
+TOOLS=.cache/tools-venv
+tools_ready() {
+  [ -x "$TOOLS/bin/cfn-lint" ] && [ -x "$TOOLS/bin/sam" ] &&
+    "$TOOLS/bin/python" -c "import importlib.metadata as m, sys; sys.exit(not (m.version('cfn-lint') == '$CFN_LINT_VERSION' and m.version('aws-sam-cli') == '$SAM_CLI_VERSION'))" 2>/dev/null
+}
+tools_pid=""
+if ! tools_ready; then
+  step "installing cfn-lint==$CFN_LINT_VERSION aws-sam-cli==$SAM_CLI_VERSION into $TOOLS (background)"
+  ( python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install --quiet --disable-pip-version-check \
+      "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION" ) > .cache/tools-pip.log 2>&1 &
+  tools_pid=$!
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -48,6 +65,21 @@ if [ -n "$install_pid" ]; then
   fi
 fi
 moto_ready || { echo "moto $MOTO_VERSION is not usable in $VENV" >&2; cat .cache/pip.log >&2 || true; exit 1; }
+
+if [ -n "$tools_pid" ]; then
+  step "waiting for the template tools install"
+  wait "$tools_pid" || { echo "installing cfn-lint/sam failed:" >&2; cat .cache/tools-pip.log >&2; exit 1; }
+fi
+tools_ready || { echo "cfn-lint/sam are not usable in $TOOLS" >&2; cat .cache/tools-pip.log >&2 || true; exit 1; }
+
+step "cfn-lint template.yaml"
+AWS_REGION=us-east-1 "$TOOLS/bin/cfn-lint" template.yaml
+
+step "sam validate --lint"
+AWS_REGION=us-east-1 SAM_CLI_TELEMETRY=0 "$TOOLS/bin/sam" validate --lint --template template.yaml
+
+step "docker-compose.yml (syntax, built or pinned images)"
+"$TOOLS/bin/python" scripts/check_compose.py docker-compose.yml
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 step "starting moto on 127.0.0.1:$port"

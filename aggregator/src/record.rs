@@ -17,9 +17,16 @@
 //!   whole, and the dead-letter store keeps it intact for a human to look at and redrive.
 //!
 //! The store reports the second copy of an event inside one batch as `Duplicate` whatever
-//! happened to the first copy. Acknowledging the second copy's record is still safe when
-//! the first copy failed: the first copy's record is then a `Retry`, stays on the queue and
-//! brings the event back. (The fault harness in `tests/` injects exactly that case.)
+//! happened to the first copy. That answer cannot settle the second copy's record: both
+//! copies may be *one queue message* handed out twice (a redelivery while the batch was
+//! being collected, an SQS at-least-once duplicate), and acknowledging either receipt deletes
+//! the message, so a `Retry` of the first copy would bring nothing back and the events after
+//! a failed chunk would be lost. So an event is settled only if no copy of it in the batch
+//! failed, and a record only if all its events are settled; every record holding a copy of
+//! a failed event is a `Retry`. (The fault harness in `tests/` injects exactly that case: a
+//! delivery handed out twice in one batch, then a failed chunk.)
+
+use std::collections::HashSet;
 
 use chrono::Datelike;
 use serde::Deserialize;
@@ -236,8 +243,30 @@ pub async fn apply_records(
             }
             Ok(report) => {
                 let per_event = report.outcomes;
+                // Events with a failed copy anywhere in the batch: no copy of them is settled.
+                let failed: HashSet<(&OrgId, &EventId)> = batch
+                    .iter()
+                    .zip(&per_event)
+                    .filter(|(_, o)| matches!(o, ApplyOutcome::Failed(_)))
+                    .map(|(e, _)| (&e.org_id, &e.id))
+                    .collect();
                 for (i, range) in &good {
-                    outcomes[*i] = Some(judge(per_event.get(range.clone())));
+                    let mut outcome = judge(per_event.get(range.clone()));
+                    if outcome.is_settled()
+                        && let Some(e) = batch
+                            .get(range.clone())
+                            .unwrap_or_default()
+                            .iter()
+                            .find(|e| failed.contains(&(&e.org_id, &e.id)))
+                    {
+                        outcome = RecordOutcome::Retry {
+                            reason: format!(
+                                "another copy of event {:?} in this batch was not applied",
+                                e.id.as_str()
+                            ),
+                        };
+                    }
+                    outcomes[*i] = Some(outcome);
                 }
             }
         }
@@ -442,6 +471,44 @@ mod tests {
         assert!(matches!(&out[4], RecordOutcome::Retry { reason } if reason == "chunk failed"));
         // Only the good records' events reached the store.
         assert_eq!(store.seen.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_record_repeating_a_failed_event_is_not_settled() {
+        // One message handed out twice in the batch: the store answers the second copy
+        // `Duplicate` although the first copy's chunk failed. Acknowledging the second
+        // receipt would delete the message, so both copies must come back.
+        let m = [event("org_a", "1"), event("org_a", "2")];
+        let other = [event("org_a", "3")];
+        let store = Scripted::new(Ok(vec![
+            ApplyOutcome::Applied,
+            ApplyOutcome::Failed("chunk failed".into()),
+            ApplyOutcome::Duplicate,
+            ApplyOutcome::Duplicate,
+            ApplyOutcome::Applied,
+        ]));
+        let records = [
+            RecordInput::Decoded {
+                events: &m,
+                org: None,
+            },
+            RecordInput::Decoded {
+                events: &m,
+                org: None,
+            },
+            RecordInput::Decoded {
+                events: &other,
+                org: None,
+            },
+        ];
+        let out = apply_records(&store, &records).await;
+        assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
+        assert!(
+            matches!(&out[1], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out[2], RecordOutcome::Applied);
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Tally's usage and management API, written against the ports of `tally-core` only.
 //!
 //! It serves `GET /v1/usage` (see [`usage`]), the management routes under
-//! `/v1/orgs/{org_id}` (the org, members, projects, API keys, audit trail; see [`orgs`])
-//! and `GET /openapi.json`, the OpenAPI 3.1 document of every Tally route, ingest's
+//! `/v1/orgs/{org_id}` (the org, members, projects, API keys, audit trail; see [`orgs`];
+//! invitations and `POST /v1/invitations/accept`; see [`invitations`]) and
+//! `GET /openapi.json`, the OpenAPI 3.1 document of every Tally route, ingest's
 //! included (see [`openapi`]). Every route is a row of [`ROUTES`], and [`router`] is built
 //! from that table, so the tests that walk it (tenant isolation, role matrix, audit
 //! completeness, the OpenAPI check) cover every route there is.
@@ -23,6 +24,7 @@ use tally_core::ports::{Clock, TenantStore, UsageStore};
 use tally_ingest::auth::KeyAuth;
 
 pub mod auth;
+pub mod invitations;
 pub mod jwt;
 pub mod openapi;
 pub mod orgs;
@@ -47,6 +49,8 @@ pub enum Endpoint {
     GetOrg,
     /// `PATCH /v1/orgs/{org_id}`.
     UpdateOrg,
+    /// `DELETE /v1/orgs/{org_id}`.
+    DeleteOrg,
     /// `GET /v1/orgs/{org_id}/members`.
     ListMembers,
     /// `POST /v1/orgs/{org_id}/transfer`.
@@ -63,6 +67,14 @@ pub enum Endpoint {
     CreateProject,
     /// `GET /v1/orgs/{org_id}/projects/{project_id}`.
     GetProject,
+    /// `PATCH /v1/orgs/{org_id}/projects/{project_id}`.
+    UpdateProject,
+    /// `POST /v1/orgs/{org_id}/projects/{project_id}/archive`.
+    ArchiveProject,
+    /// `POST /v1/orgs/{org_id}/projects/{project_id}/members`.
+    AddProjectMember,
+    /// `DELETE /v1/orgs/{org_id}/projects/{project_id}/members/{user_id}`.
+    RemoveProjectMember,
     /// `GET /v1/orgs/{org_id}/keys`.
     ListKeys,
     /// `POST /v1/orgs/{org_id}/keys`.
@@ -75,17 +87,28 @@ pub enum Endpoint {
     ListAudit,
     /// `GET /v1/orgs/{org_id}/usage/summary`.
     UsageSummary,
+    /// `GET /v1/orgs/{org_id}/invitations`.
+    ListInvitations,
+    /// `POST /v1/orgs/{org_id}/invitations`.
+    CreateInvitation,
+    /// `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}`.
+    RevokeInvitation,
+    /// `POST /v1/invitations/accept`.
+    AcceptInvitation,
 }
 
 impl Endpoint {
     /// The role-table action the route is checked against (`None` for routes outside the
     /// org scope: the document; usage, whose key callers need a scope instead; the caller's
-    /// own orgs).
+    /// own orgs; accepting an invitation, which the invited email decides).
     pub fn action(self) -> Option<Action> {
         match self {
-            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs => None,
+            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs | Endpoint::AcceptInvitation => {
+                None
+            }
             Endpoint::GetOrg => Some(Action::OrgRead),
             Endpoint::UpdateOrg => Some(Action::OrgUpdate),
+            Endpoint::DeleteOrg => Some(Action::OrgDelete),
             Endpoint::ListMembers => Some(Action::MembersRead),
             Endpoint::TransferOwnership => Some(Action::OrgTransfer),
             Endpoint::AddMember => Some(Action::MemberAdd),
@@ -93,12 +116,28 @@ impl Endpoint {
             Endpoint::RemoveMember => Some(Action::MemberRemove),
             Endpoint::ListProjects | Endpoint::GetProject => Some(Action::ProjectsRead),
             Endpoint::CreateProject => Some(Action::ProjectCreate),
+            Endpoint::UpdateProject => Some(Action::ProjectUpdate),
+            Endpoint::ArchiveProject => Some(Action::ProjectArchive),
+            Endpoint::AddProjectMember => Some(Action::ProjectMemberAdd),
+            Endpoint::RemoveProjectMember => Some(Action::ProjectMemberRemove),
             Endpoint::ListKeys => Some(Action::KeysRead),
             Endpoint::CreateKey => Some(Action::KeyCreate),
             Endpoint::RevokeKey => Some(Action::KeyRevoke),
             Endpoint::RotateKey => Some(Action::KeyRotate),
             Endpoint::ListAudit => Some(Action::AuditRead),
             Endpoint::UsageSummary => Some(Action::UsageRead),
+            Endpoint::ListInvitations => Some(Action::InvitationsRead),
+            Endpoint::CreateInvitation => Some(Action::InvitationCreate),
+            Endpoint::RevokeInvitation => Some(Action::InvitationRevoke),
+        }
+    }
+
+    /// The action a mutating route records in the audit trail (`None` for reads): its
+    /// role-table action, or `invitation.accept`, which is outside the table.
+    pub fn audit_action(self) -> Option<Action> {
+        match self {
+            Endpoint::AcceptInvitation => Some(Action::InvitationAccept),
+            other => other.action().filter(|a| a.is_mutation()),
         }
     }
 }
@@ -129,6 +168,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/me/orgs", Endpoint::MyOrgs),
     route("GET", "/v1/orgs/{org_id}", Endpoint::GetOrg),
     route("PATCH", "/v1/orgs/{org_id}", Endpoint::UpdateOrg),
+    route("DELETE", "/v1/orgs/{org_id}", Endpoint::DeleteOrg),
     route("GET", "/v1/orgs/{org_id}/members", Endpoint::ListMembers),
     route(
         "POST",
@@ -157,6 +197,26 @@ pub const ROUTES: &[Route] = &[
         "/v1/orgs/{org_id}/projects/{project_id}",
         Endpoint::GetProject,
     ),
+    route(
+        "PATCH",
+        "/v1/orgs/{org_id}/projects/{project_id}",
+        Endpoint::UpdateProject,
+    ),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/projects/{project_id}/archive",
+        Endpoint::ArchiveProject,
+    ),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/projects/{project_id}/members",
+        Endpoint::AddProjectMember,
+    ),
+    route(
+        "DELETE",
+        "/v1/orgs/{org_id}/projects/{project_id}/members/{user_id}",
+        Endpoint::RemoveProjectMember,
+    ),
     route("GET", "/v1/orgs/{org_id}/keys", Endpoint::ListKeys),
     route("POST", "/v1/orgs/{org_id}/keys", Endpoint::CreateKey),
     route(
@@ -175,6 +235,22 @@ pub const ROUTES: &[Route] = &[
         "/v1/orgs/{org_id}/usage/summary",
         Endpoint::UsageSummary,
     ),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/invitations",
+        Endpoint::ListInvitations,
+    ),
+    route(
+        "POST",
+        "/v1/orgs/{org_id}/invitations",
+        Endpoint::CreateInvitation,
+    ),
+    route(
+        "DELETE",
+        "/v1/orgs/{org_id}/invitations/{invitation_id}",
+        Endpoint::RevokeInvitation,
+    ),
+    route("POST", "/v1/invitations/accept", Endpoint::AcceptInvitation),
 ];
 
 pub use tally_ingest::error::{ApiError, ErrorBody};
@@ -240,6 +316,7 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::MyOrgs => get(orgs::my_orgs),
         Endpoint::GetOrg => get(orgs::get_org),
         Endpoint::UpdateOrg => patch(orgs::update_org),
+        Endpoint::DeleteOrg => delete(orgs::delete_org),
         Endpoint::ListMembers => get(orgs::list_members),
         Endpoint::TransferOwnership => post(orgs::transfer_ownership),
         Endpoint::AddMember => post(orgs::add_member),
@@ -248,12 +325,20 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::ListProjects => get(orgs::list_projects),
         Endpoint::CreateProject => post(orgs::create_project),
         Endpoint::GetProject => get(orgs::get_project),
+        Endpoint::UpdateProject => patch(orgs::update_project),
+        Endpoint::ArchiveProject => post(orgs::archive_project),
+        Endpoint::AddProjectMember => post(orgs::add_project_member),
+        Endpoint::RemoveProjectMember => delete(orgs::remove_project_member),
         Endpoint::ListKeys => get(orgs::list_keys),
         Endpoint::CreateKey => post(orgs::create_key),
         Endpoint::RevokeKey => post(orgs::revoke_key),
         Endpoint::RotateKey => post(orgs::rotate_key),
         Endpoint::ListAudit => get(orgs::list_audit),
         Endpoint::UsageSummary => get(orgs::usage_summary),
+        Endpoint::ListInvitations => get(invitations::list_invitations),
+        Endpoint::CreateInvitation => post(invitations::create_invitation),
+        Endpoint::RevokeInvitation => delete(invitations::revoke_invitation),
+        Endpoint::AcceptInvitation => post(invitations::accept_invitation),
     }
 }
 

@@ -13,15 +13,15 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApplyReport, Clock, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
 };
 use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, Membership, Org,
-    OrgChanges, Project, Role, User,
+    ApiKey, AuditOutcome, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope,
+    Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
 };
 use tower::ServiceExt;
 
@@ -32,6 +32,10 @@ use crate::roles::{ROLES, allows};
 const NOW: &str = "2026-11-26T12:30:00Z";
 const KEY_A: &str = "tk_test_key_of_org_a";
 const KEY_B: &str = "tk_test_key_of_org_b";
+/// The token of org A's pending invitation (to `invitee@example.com`, as a member).
+const INVITE_A: &str = "tinv_invitation_of_org_a";
+/// The token of org B's pending invitation (to `invitee@example.com`, as a member).
+const INVITE_B: &str = "tinv_invitation_of_org_b";
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -52,6 +56,10 @@ struct Data {
     projects: Vec<Project>,
     keys: Vec<ApiKey>,
     audit: Vec<AuditRecord>,
+    users: Vec<User>,
+    invitations: Vec<Invitation>,
+    /// (org, project, user): who is on which project.
+    project_members: Vec<(OrgId, ProjectId, UserId)>,
 }
 
 /// Tenants in memory, with the same semantics as the conformance suite checks.
@@ -63,8 +71,9 @@ impl TenantStore for Mem {
     async fn ensure_user(&self, u: &User) -> Result<User, StoreError> {
         Ok(u.clone())
     }
-    async fn get_user(&self, _: &UserId) -> Result<Option<User>, StoreError> {
-        Ok(None)
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.users.iter().find(|u| u.id == *id).cloned())
     }
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         let mut d = self.0.lock().unwrap();
@@ -125,6 +134,9 @@ impl TenantStore for Mem {
     }
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
         let d = self.0.lock().unwrap();
+        if d.orgs.get(org).is_none_or(|o| o.deleted_at.is_some()) {
+            return Ok(None);
+        }
         Ok(d.members
             .iter()
             .find(|m| m.org_id == *org && m.user_id == *user)
@@ -145,6 +157,97 @@ impl TenantStore for Mem {
             }
             o.clone()
         }))
+    }
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        let Some(org) = d.orgs.get_mut(id) else {
+            return Ok(None);
+        };
+        org.deleted_at.get_or_insert(at);
+        let org = org.clone();
+        for k in d.keys.iter_mut().filter(|k| k.org_id == *id) {
+            k.revoked_at.get_or_insert(at);
+        }
+        Ok(Some(org))
+    }
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        Ok(d.projects
+            .iter_mut()
+            .find(|p| p.org_id == *org && p.id == *id)
+            .map(|p| {
+                if let Some(n) = &changes.name {
+                    p.name = n.clone();
+                }
+                if let Some(at) = changes.archive_at {
+                    p.archived_at.get_or_insert(at);
+                }
+                p.clone()
+            }))
+    }
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        _: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut d = self.0.lock().unwrap();
+        if !d
+            .projects
+            .iter()
+            .any(|p| p.org_id == *org && p.id == *project)
+        {
+            return Err(StoreError::NotFound {
+                what: "project".into(),
+            });
+        }
+        if !d
+            .members
+            .iter()
+            .any(|m| m.org_id == *org && m.user_id == *user)
+        {
+            return Err(StoreError::NotFound {
+                what: "member".into(),
+            });
+        }
+        let row = (org.clone(), project.clone(), user.clone());
+        if d.project_members.contains(&row) {
+            return Err(StoreError::Conflict {
+                what: "project member".into(),
+            });
+        }
+        d.project_members.push(row);
+        Ok(())
+    }
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        let before = d.project_members.len();
+        d.project_members
+            .retain(|(o, p, u)| !(o == org && p == project && u == user));
+        Ok(d.project_members.len() < before)
+    }
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.project_members
+            .iter()
+            .filter(|(o, _, u)| o == org && u == user)
+            .map(|(_, p, _)| p.clone())
+            .collect())
     }
     async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
         let mut d = self.0.lock().unwrap();
@@ -281,6 +384,82 @@ impl TenantStore for Mem {
         self.0.lock().unwrap().audit.push(r.clone());
         Ok(())
     }
+    async fn create_invitation(&self, i: &Invitation) -> Result<(), StoreError> {
+        self.0.lock().unwrap().invitations.push(i.clone());
+        Ok(())
+    }
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.invitations
+            .iter()
+            .filter(|i| i.org_id == *org && i.is_pending(now))
+            .cloned()
+            .collect())
+    }
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.invitations
+            .iter()
+            .find(|i| i.hash == *hash && i.expires_at > now)
+            .cloned())
+    }
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        let i = d
+            .invitations
+            .iter()
+            .position(|i| i.org_id == *org && i.id == *id && i.is_pending(now));
+        Ok(i.map(|i| d.invitations.remove(i)))
+    }
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        let Some(i) = d
+            .invitations
+            .iter()
+            .position(|i| i.hash == *hash && i.expires_at > at)
+        else {
+            return Err(StoreError::NotFound {
+                what: "invitation".into(),
+            });
+        };
+        let inv = d.invitations[i].clone();
+        if inv.accepted_at.is_some()
+            || d.members
+                .iter()
+                .any(|m| m.org_id == inv.org_id && m.user_id == *user)
+        {
+            return Err(StoreError::Conflict {
+                what: "acceptance".into(),
+            });
+        }
+        d.invitations[i].accepted_at = Some(at);
+        let m = Membership {
+            org_id: inv.org_id,
+            user_id: user.clone(),
+            role: inv.role,
+            created_at: at,
+        };
+        d.members.push(m.clone());
+        Ok(m)
+    }
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         let d = self.0.lock().unwrap();
         let mut recs: Vec<AuditRecord> = d
@@ -369,6 +548,7 @@ fn the_key(secret: &str, id: &str, org: &str) -> ApiKey {
         created_at: t("2026-01-01T00:00:00Z"),
         expires_at: None,
         revoked_at: None,
+        last_used_at: None,
     }
 }
 
@@ -377,8 +557,23 @@ fn a_user(role: Role) -> UserId {
     user(&format!("usr_a{}", role.as_str()))
 }
 
-/// Two orgs: A (`plan`) with a user of each role, a project and a key; B (starter) with
-/// its owner, a project and a key.
+fn the_invitation(token: &str, id: &str, org: &str, by: &str) -> Invitation {
+    Invitation {
+        id: InvitationId::parse(id).unwrap(),
+        org_id: org_id(org),
+        email: "invitee@example.com".into(),
+        role: Role::Member,
+        hash: KeyHash::of_secret(token),
+        invited_by: user(by),
+        created_at: t("2026-11-25T00:00:00Z"),
+        expires_at: t("2026-12-02T00:00:00Z"),
+        accepted_at: None,
+    }
+}
+
+/// Two orgs: A (`plan`) with a user of each role, a project, a key and a pending
+/// invitation; B (starter) with its owner, a project, a key and a pending invitation. Every
+/// user has an email (`<id without usr_>@example.com`); `usr_invitee` is in no org.
 async fn world(plan: PlanId) -> Arc<Mem> {
     let mem = Arc::new(Mem::default());
     for (id, name, owner, plan) in [
@@ -392,6 +587,7 @@ async fn world(plan: PlanId) -> Arc<Mem> {
             plan,
             owner_id: owner,
             created_at: t("2026-01-01T00:00:00Z"),
+            deleted_at: None,
         })
         .await
         .unwrap();
@@ -413,10 +609,37 @@ async fn world(plan: PlanId) -> Arc<Mem> {
                 name: format!("Project {p}"),
                 slug: p.replace('_', "-"),
                 created_at: t("2026-01-03T00:00:00Z"),
+                archived_at: None,
             });
+        }
+        // A's member and viewer are on A's project (owners and admins see every project).
+        for role in [Role::Member, Role::Viewer] {
+            d.project_members.push((
+                org_id("org_a"),
+                ProjectId::parse("prj_alpha1").unwrap(),
+                a_user(role),
+            ));
         }
         d.keys.push(the_key(KEY_A, "key_alpha1", "org_a"));
         d.keys.push(the_key(KEY_B, "key_beta1", "org_b"));
+        d.invitations.push(the_invitation(
+            INVITE_A,
+            "inv_alpha1",
+            "org_a",
+            "usr_aowner",
+        ));
+        d.invitations
+            .push(the_invitation(INVITE_B, "inv_beta1", "org_b", "usr_bowner"));
+        let mut ids: Vec<UserId> = ROLES.iter().map(|r| a_user(*r)).collect();
+        ids.push(user("usr_bowner"));
+        ids.push(user("usr_invitee"));
+        for id in ids {
+            d.users.push(User {
+                email: format!("{}@example.com", &id.as_str()[4..]),
+                id,
+                created_at: t("2026-01-01T00:00:00Z"),
+            });
+        }
     }
     mem
 }
@@ -485,6 +708,10 @@ struct Ids {
     project: &'static str,
     key: &'static str,
     user: &'static str,
+    invitation: &'static str,
+    token: &'static str,
+    /// A member of the org who is not on its project yet.
+    project_user: &'static str,
 }
 
 /// Org A's own resources (the user is a non-owner member).
@@ -492,6 +719,9 @@ const A_IDS: Ids = Ids {
     project: "prj_alpha1",
     key: "key_alpha1",
     user: "usr_aviewer",
+    invitation: "inv_alpha1",
+    token: INVITE_A,
+    project_user: "usr_aadmin",
 };
 
 /// Org B's resources.
@@ -499,6 +729,9 @@ const B_IDS: Ids = Ids {
     project: "prj_beta1",
     key: "key_beta1",
     user: "usr_bowner",
+    invitation: "inv_beta1",
+    token: INVITE_B,
+    project_user: "usr_bowner",
 };
 
 /// The request that exercises `route` on `org` with the nested ids given, and the body it
@@ -509,7 +742,8 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         .replace("{org_id}", org)
         .replace("{project_id}", ids.project)
         .replace("{key_id}", ids.key)
-        .replace("{user_id}", ids.user);
+        .replace("{user_id}", ids.user)
+        .replace("{invitation_id}", ids.invitation);
     assert!(
         !path.contains('{'),
         "a path parameter of {} is not filled in",
@@ -526,7 +760,14 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         | Endpoint::ListKeys
         | Endpoint::RevokeKey
         | Endpoint::ListAudit
-        | Endpoint::UsageSummary => (path, None),
+        | Endpoint::UsageSummary
+        | Endpoint::ListInvitations
+        | Endpoint::RevokeInvitation => (path, None),
+        Endpoint::CreateInvitation => (
+            path,
+            Some(json!({"email": format!("new{n}@example.com"), "role": "viewer"})),
+        ),
+        Endpoint::AcceptInvitation => (path, Some(json!({"token": ids.token}))),
         Endpoint::CreateProject => (
             path,
             Some(json!({"name": format!("New {n}"), "slug": format!("new-{n}")})),
@@ -538,7 +779,10 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
             Some(json!({"user_id": format!("usr_new{n}"), "role": "member"})),
         ),
         Endpoint::UpdateMember => (path, Some(json!({"role": "member"}))),
-        Endpoint::RemoveMember => (path, None),
+        Endpoint::RemoveMember | Endpoint::DeleteOrg | Endpoint::ArchiveProject => (path, None),
+        Endpoint::UpdateProject => (path, Some(json!({"name": format!("Renamed {n}")}))),
+        Endpoint::AddProjectMember => (path, Some(json!({"user_id": ids.project_user}))),
+        Endpoint::RemoveProjectMember => (path, None),
         Endpoint::TransferOwnership => (path, Some(json!({"user_id": ids.user}))),
         Endpoint::RotateKey => (path, Some(json!({"overlap_seconds": 60}))),
     }
@@ -566,6 +810,7 @@ async fn tenant_isolation_every_route() {
         "key_beta1",
         "usr_bowner",
         "tk_test_key",
+        "inv_beta1",
     ];
     let mut credentials: Vec<(String, String)> = ROLES
         .iter()
@@ -613,8 +858,16 @@ async fn tenant_isolation_every_route() {
         d.projects
             .iter()
             .filter(|p| p.org_id == org_id("org_b"))
-            .count(),
-        1
+            .collect::<Vec<_>>(),
+        [&Project {
+            id: ProjectId::parse("prj_beta1").unwrap(),
+            org_id: org_id("org_b"),
+            name: "Project prj_beta1".into(),
+            slug: "prj-beta1".into(),
+            created_at: t("2026-01-03T00:00:00Z"),
+            archived_at: None,
+        }],
+        "B's project is neither renamed nor archived"
     );
     assert!(d.keys.iter().all(|k| k.revoked_at.is_none()));
     assert!(
@@ -624,6 +877,25 @@ async fn tenant_isolation_every_route() {
             .count()
             == 1,
         "no key was created in B"
+    );
+    let b_invitations: Vec<&Invitation> = d
+        .invitations
+        .iter()
+        .filter(|i| i.org_id == org_id("org_b"))
+        .collect();
+    assert_eq!(b_invitations.len(), 1, "no invitation was created in B");
+    assert!(b_invitations[0].accepted_at.is_none(), "nor accepted");
+    assert!(
+        d.orgs[&org_id("org_b")].deleted_at.is_none(),
+        "B is not deleted"
+    );
+    assert_eq!(
+        d.members
+            .iter()
+            .filter(|m| m.org_id == org_id("org_b"))
+            .count(),
+        1,
+        "nobody joined B"
     );
 }
 
@@ -677,7 +949,7 @@ async fn role_matrix_every_route_every_role() {
 async fn audit_completeness_every_mutating_route() {
     let mut n = 0;
     for route in ROUTES {
-        let mutation = route.endpoint.action().is_some_and(|a| a.is_mutation());
+        let mutation = route.endpoint.audit_action().is_some();
         assert_eq!(
             mutation,
             route.method != "GET",
@@ -729,7 +1001,7 @@ async fn audit_completeness_every_mutating_route() {
                 assert_eq!(&r.actor, actor);
                 assert_eq!(
                     Some(r.action.as_str()),
-                    route.endpoint.action().map(|a| a.as_str())
+                    route.endpoint.audit_action().map(|a| a.as_str())
                 );
                 assert_eq!(r.at, t(NOW));
                 assert_eq!(r.ip.as_deref(), Some("203.0.113.9"));
@@ -868,7 +1140,7 @@ async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
         &mem,
         "GET",
         &format!("/v1/orgs/org_a/projects/{id}"),
-        Some(&token(&a_user(Role::Viewer))),
+        Some(&token(&a_user(Role::Admin))),
         None,
     )
     .await;
@@ -1235,7 +1507,7 @@ async fn members_are_added_changed_and_removed_but_never_the_owner() {
     )
     .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
-    // The free plan allows 3 users; org A has 4 members already.
+    // The free plan allows 3 users; org A has 4 members and 1 pending invitation already.
     let mem = world(PlanId::Free).await;
     let a = call(
         &mem,
@@ -1247,7 +1519,7 @@ async fn members_are_added_changed_and_removed_but_never_the_owner() {
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json["error"]["field"], "users");
-    assert_eq!(a.json["error"]["count"], 4);
+    assert_eq!(a.json["error"]["count"], 5);
 }
 
 #[tokio::test]
@@ -1462,4 +1734,458 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
         api.get("limit").is_none(),
         "paid plans bill overage instead"
     );
+}
+
+#[tokio::test]
+async fn invitations_are_sent_listed_accepted_once_and_revoked() {
+    let mem = world(PlanId::Starter).await;
+    let admin = token(&a_user(Role::Admin));
+    let a = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/invitations",
+        Some(&admin),
+        Some(json!({"email": "Carol@Example.com", "role": "admin"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let invite = a.json["token"].as_str().unwrap().to_owned();
+    let id = a.json["id"].as_str().unwrap().to_owned();
+    assert!(invite.starts_with("tinv_") && invite.len() == 5 + 64);
+    assert_eq!(a.json["email"], "carol@example.com");
+    assert_eq!(a.json["expires_at"], "2026-12-03T12:30:00Z", "7 days");
+    {
+        let d = mem.0.lock().unwrap();
+        let stored = d.invitations.iter().find(|i| i.id.as_str() == id).unwrap();
+        assert_eq!(
+            stored.hash,
+            KeyHash::of_secret(&invite),
+            "only the hash is kept"
+        );
+    }
+    // The same email twice, and owner as a role, are refused.
+    let again = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/invitations",
+        Some(&admin),
+        Some(json!({"email": "carol@example.com", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    for (body, field) in [
+        (
+            json!({"email": "dave@example.com", "role": "owner"}),
+            "role",
+        ),
+        (json!({"email": "not an email", "role": "member"}), "email"),
+    ] {
+        let a = call(
+            &mem,
+            "POST",
+            "/v1/orgs/org_a/invitations",
+            Some(&admin),
+            Some(body),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(a.json["error"]["field"], field);
+    }
+    let listed = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invitations",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.json["invitations"].as_array().unwrap().len(), 2);
+    assert!(
+        !listed.text.contains(&invite[5..]),
+        "the token is never listed"
+    );
+    assert!(!listed.text.contains(KeyHash::of_secret(&invite).as_str()));
+    assert!(!listed.text.contains("hash") && !listed.text.contains("token"));
+
+    // Carol signs up and accepts; a second accept is refused.
+    mem.0.lock().unwrap().users.push(User {
+        id: user("usr_carol"),
+        email: "carol@example.com".into(),
+        created_at: t(NOW),
+    });
+    let carol = token(&user("usr_carol"));
+    let accept = |bearer: String, token: String| {
+        let mem = mem.clone();
+        async move {
+            call(
+                &mem,
+                "POST",
+                "/v1/invitations/accept",
+                Some(&bearer),
+                Some(json!({ "token": token })),
+            )
+            .await
+        }
+    };
+    let wrong = accept(token(&user("usr_invitee")), invite.clone()).await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "another email");
+    assert!(!wrong.text.contains("carol"), "{}", wrong.text);
+    let key = accept(KEY_A.to_owned(), invite.clone()).await;
+    assert_eq!(key.status, StatusCode::FORBIDDEN, "not an API key");
+    let ok = accept(carol.clone(), invite.clone()).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+    assert_eq!(ok.json["org_id"], "org_a");
+    assert_eq!(ok.json["role"], "admin");
+    let role = call(&mem, "GET", "/v1/orgs/org_a/audit", Some(&carol), None).await;
+    assert_eq!(role.status, StatusCode::OK, "carol is an admin of A now");
+    let twice = accept(carol.clone(), invite.clone()).await;
+    assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text);
+    let unknown = accept(carol.clone(), "tinv_nope".into()).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let listed = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invitations",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed.json["invitations"].as_array().unwrap().len(),
+        1,
+        "an accepted invitation is no longer pending"
+    );
+    let audit = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/audit?action=invitation.accept",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let recs = audit.json["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 4, "{}", audit.text);
+    assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
+    assert!(
+        !audit.text.contains(&invite),
+        "the audit trail never holds a token"
+    );
+
+    // Revoked: gone from the list, and its token no longer accepted.
+    let r = call(
+        &mem,
+        "DELETE",
+        "/v1/orgs/org_a/invitations/inv_alpha1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["id"], "inv_alpha1");
+    let gone = call(
+        &mem,
+        "DELETE",
+        "/v1/orgs/org_a/invitations/inv_alpha1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let revoked = accept(token(&user("usr_invitee")), INVITE_A.into()).await;
+    assert_eq!(revoked.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn expired_invitations_are_refused_and_no_longer_count() {
+    let mem = world(PlanId::Starter).await;
+    mem.0.lock().unwrap().invitations[0].expires_at = t(NOW);
+    let a = call(
+        &mem,
+        "POST",
+        "/v1/invitations/accept",
+        Some(&token(&user("usr_invitee"))),
+        Some(json!({ "token": INVITE_A })),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    let listed = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invitations",
+        Some(&token(&a_user(Role::Owner))),
+        None,
+    )
+    .await;
+    assert!(listed.json["invitations"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pending_invitations_count_against_the_user_limit() {
+    // Starter allows 10 users: org A has 4 members and 1 pending invitation.
+    let mem = world(PlanId::Starter).await;
+    let owner = token(&a_user(Role::Owner));
+    for i in 0..5 {
+        let a = call(
+            &mem,
+            "POST",
+            "/v1/orgs/org_a/invitations",
+            Some(&owner),
+            Some(json!({"email": format!("p{i}@example.com"), "role": "viewer"})),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    for (uri, body) in [
+        (
+            "/v1/orgs/org_a/invitations",
+            json!({"email": "one-more@example.com", "role": "viewer"}),
+        ),
+        (
+            "/v1/orgs/org_a/members",
+            json!({"user_id": "usr_invitee", "role": "viewer"}),
+        ),
+    ] {
+        let a = call(&mem, "POST", uri, Some(&owner), Some(body)).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}: {}", a.text);
+        assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
+        assert_eq!(a.json["error"]["field"], "users");
+        assert_eq!(a.json["error"]["limit"], 10);
+        assert_eq!(a.json["error"]["count"], 10);
+    }
+    // Accepting turns a pending invitation into a member: the count stays, so it is allowed.
+    let a = call(
+        &mem,
+        "POST",
+        "/v1/invitations/accept",
+        Some(&token(&user("usr_invitee"))),
+        Some(json!({ "token": INVITE_A })),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["role"], "member");
+}
+
+#[tokio::test]
+async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
+    let mem = world(PlanId::Starter).await;
+    let owner = token(&a_user(Role::Owner));
+    let admin = token(&a_user(Role::Admin));
+    let ok = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(KEY_A), None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let a = call(&mem, "DELETE", "/v1/orgs/org_a", Some(&admin), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "admins cannot");
+    let a = call(&mem, "DELETE", "/v1/orgs/org_a", Some(&owner), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["deleted_at"], NOW);
+    // Every key is revoked, so the key is refused; the org is gone for its members.
+    let refused = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(KEY_A), None).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        mem.0
+            .lock()
+            .unwrap()
+            .keys
+            .iter()
+            .filter(|k| k.org_id == org_id("org_a"))
+            .all(|k| k.revoked_at == Some(t(NOW)))
+    );
+    for (method, uri) in [
+        ("GET", "/v1/orgs/org_a"),
+        ("GET", "/v1/orgs/org_a/projects"),
+        ("DELETE", "/v1/orgs/org_a"),
+    ] {
+        let a = call(&mem, method, uri, Some(&owner), None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
+    }
+    let mine = call(&mem, "GET", "/v1/me/orgs", Some(&owner), None).await;
+    assert_eq!(mine.json["orgs"], json!([]));
+    // Its invitation can no longer be accepted either.
+    let accept = call(
+        &mem,
+        "POST",
+        "/v1/invitations/accept",
+        Some(&token(&user("usr_invitee"))),
+        Some(json!({ "token": INVITE_A })),
+    )
+    .await;
+    assert_eq!(accept.status, StatusCode::NOT_FOUND, "{}", accept.text);
+    let d = mem.0.lock().unwrap();
+    let recs: Vec<&AuditRecord> = d
+        .audit
+        .iter()
+        .filter(|r| r.action == "org.delete")
+        .collect();
+    assert_eq!(recs.len(), 3, "allowed and refused deletes are audited");
+}
+
+#[tokio::test]
+async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
+    let mem = world(PlanId::Free).await; // free: 1 project, which org A has
+    let admin = token(&a_user(Role::Admin));
+    let a = call(
+        &mem,
+        "PATCH",
+        "/v1/orgs/org_a/projects/prj_alpha1",
+        Some(&admin),
+        Some(json!({"name": "Alpha Main"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["name"], "Alpha Main");
+    assert_eq!(a.json["slug"], "prj-alpha1");
+    assert!(a.json.get("archived_at").is_none());
+    let bad = call(
+        &mem,
+        "PATCH",
+        "/v1/orgs/org_a/projects/prj_alpha1",
+        Some(&admin),
+        Some(json!({"name": ""})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json["error"]["field"], "name");
+    let full = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/projects",
+        Some(&admin),
+        Some(json!({"name": "Two", "slug": "two"})),
+    )
+    .await;
+    assert_eq!(full.status, StatusCode::FORBIDDEN, "the plan is full");
+
+    let a = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/projects/prj_alpha1/archive",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["archived_at"], NOW);
+    let listed = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&admin), None).await;
+    assert_eq!(
+        listed.json["projects"][0]["archived_at"], NOW,
+        "listed, marked"
+    );
+    let two = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/projects",
+        Some(&admin),
+        Some(json!({"name": "Two", "slug": "two"})),
+    )
+    .await;
+    assert_eq!(
+        two.status,
+        StatusCode::CREATED,
+        "archived projects do not count"
+    );
+    for (method, uri) in [
+        ("PATCH", "/v1/orgs/org_a/projects/prj_nope"),
+        ("POST", "/v1/orgs/org_a/projects/prj_nope/archive"),
+        ("POST", "/v1/orgs/org_a/projects/prj_beta1/archive"),
+    ] {
+        let body = (method == "PATCH").then(|| json!({"name": "X"}));
+        let a = call(&mem, method, uri, Some(&admin), body).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
+    }
+    let audit = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/audit?resource=project:prj_alpha1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let recs = audit.json["records"].as_array().unwrap();
+    let archived = recs
+        .iter()
+        .find(|r| r["action"] == "project.archive")
+        .unwrap();
+    assert!(archived["before"].get("archived_at").is_none());
+    assert_eq!(archived["after"]["archived_at"], NOW);
+}
+
+#[tokio::test]
+async fn members_and_viewers_see_only_the_projects_they_are_on() {
+    let mem = world(PlanId::Starter).await;
+    let admin = token(&a_user(Role::Admin));
+    let member = token(&a_user(Role::Member));
+    let two = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/projects",
+        Some(&admin),
+        Some(json!({"name": "Two", "slug": "two"})),
+    )
+    .await;
+    let two = two.json["id"].as_str().unwrap().to_owned();
+    let ids = |a: &Answer| -> Vec<String> {
+        a.json["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&admin), None).await;
+    assert_eq!(ids(&all), ["prj_alpha1", two.as_str()], "admins see all");
+    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    assert_eq!(ids(&mine), ["prj_alpha1"]);
+    let hidden = call(
+        &mem,
+        "GET",
+        &format!("/v1/orgs/org_a/projects/{two}"),
+        Some(&member),
+        None,
+    )
+    .await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+
+    let add = |user: &'static str| {
+        let (mem, admin, two) = (mem.clone(), admin.clone(), two.clone());
+        async move {
+            call(
+                &mem,
+                "POST",
+                &format!("/v1/orgs/org_a/projects/{two}/members"),
+                Some(&admin),
+                Some(json!({ "user_id": user })),
+            )
+            .await
+        }
+    };
+    let a = add("usr_amember").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(add("usr_amember").await.status, StatusCode::CONFLICT);
+    assert_eq!(
+        add("usr_bowner").await.status,
+        StatusCode::NOT_FOUND,
+        "only members of the org"
+    );
+    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    assert_eq!(ids(&mine), ["prj_alpha1", two.as_str()]);
+    let removed = call(
+        &mem,
+        "DELETE",
+        &format!("/v1/orgs/org_a/projects/{two}/members/usr_amember"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    assert_eq!(ids(&mine), ["prj_alpha1"]);
+    let again = call(
+        &mem,
+        "DELETE",
+        &format!("/v1/orgs/org_a/projects/{two}/members/usr_amember"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
 }

@@ -36,11 +36,21 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 500, 503],
         Endpoint::CreateProject | Endpoint::CreateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
         Endpoint::RevokeKey => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::UpdateOrg => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::UpdateOrg | Endpoint::DeleteOrg => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::UpdateProject | Endpoint::ArchiveProject | Endpoint::RemoveProjectMember => {
+            &[200, 400, 401, 403, 404, 500, 503]
+        }
+        Endpoint::AddProjectMember => &[201, 400, 401, 403, 404, 409, 500, 503],
         Endpoint::RotateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
         Endpoint::AddMember => &[201, 400, 401, 403, 404, 409, 500, 503],
         Endpoint::TransferOwnership => &[200, 400, 401, 403, 404, 409, 500, 503],
         Endpoint::UpdateMember | Endpoint::RemoveMember => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::ListInvitations | Endpoint::RevokeInvitation => {
+            &[200, 400, 401, 403, 404, 500, 503]
+        }
+        Endpoint::CreateInvitation | Endpoint::AcceptInvitation => {
+            &[201, 400, 401, 403, 404, 409, 500, 503]
+        }
     }
 }
 
@@ -49,6 +59,10 @@ pub fn document() -> Value {
     let mut doc = tally_ingest::openapi::document();
     add_paths(&mut doc, json!({"/v1/usage": {"get": get_usage()}}));
     add_paths(&mut doc, json!({"/v1/me/orgs": {"get": my_orgs()}}));
+    add_paths(
+        &mut doc,
+        json!({"/v1/invitations/accept": {"post": accept_invitation()}}),
+    );
     for route in ROUTES {
         if let Some(op) = management_operation(route.endpoint) {
             add_paths(
@@ -163,6 +177,27 @@ fn my_orgs() -> Value {
     })
 }
 
+fn accept_invitation() -> Value {
+    let codes = statuses(Endpoint::AcceptInvitation);
+    let mut responses = error_responses(codes);
+    responses.insert(
+        "409".into(),
+        json!({"description": "The invitation was accepted already, or the caller is a member already.", "content": {"application/json": {"schema": schema_ref("Error")}}}),
+    );
+    responses.insert(
+        "201".into(),
+        json!({"description": "The new membership.", "content": {"application/json": {"schema": schema_ref("Membership")}}}),
+    );
+    json!({
+        "operationId": "acceptInvitation",
+        "summary": "Accept an invitation: become a member of its org with its role",
+        "description": "Needs a user's JWT (an API key is 403) whose user's email is the invited one (403 otherwise). The token is the one `createInvitation` answered; an unknown, revoked or expired token (invitations last 7 days) is 404, a second accept 409. Writes one audit record in the invitation's org, allowed or refused (a token that matches no invitation has no org and writes none). Outside the role table: `invitation.accept`.",
+        "security": [{"userToken": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("AcceptInvitation")}}},
+        "responses": responses,
+    })
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
@@ -171,13 +206,43 @@ fn path_param(name: &str, description: &str) -> Value {
 fn management_operation(endpoint: Endpoint) -> Option<Value> {
     let (id, summary, ok_schema, body, extra): (&str, &str, &str, Option<&str>, Vec<Value>) =
         match endpoint {
-            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs => return None,
+            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs | Endpoint::AcceptInvitation => {
+                return None;
+            }
+            Endpoint::ListInvitations => (
+                "listInvitations",
+                "List the pending invitations (never their tokens or hashes)",
+                "InvitationsResponse",
+                None,
+                vec![],
+            ),
+            Endpoint::CreateInvitation => (
+                "createInvitation",
+                "Invite an email address with a role; the token to accept with is in `token`, shown this once (expires after 7 days; 409 if the email has a pending invitation; 403 with `limit` and `count` past the plan's user limit, where pending invitations count)",
+                "CreatedInvitation",
+                Some("CreateInvitation"),
+                vec![],
+            ),
+            Endpoint::RevokeInvitation => (
+                "revokeInvitation",
+                "Revoke a pending invitation; answers it as it was",
+                "InvitationView",
+                None,
+                vec![path_param("invitation_id", "The invitation.")],
+            ),
             Endpoint::GetOrg => ("getOrg", "Read the organization", "Org", None, vec![]),
             Endpoint::UpdateOrg => (
                 "updateOrg",
                 "Change the organization's name or plan (a plan whose project limit the org exceeds is 403 with `limit` and `count`)",
                 "Org",
                 Some("UpdateOrg"),
+                vec![],
+            ),
+            Endpoint::DeleteOrg => (
+                "deleteOrg",
+                "Delete the organization (soft: it is marked `deleted_at` and every API key is revoked; afterwards its routes answer 404)",
+                "Org",
+                None,
                 vec![],
             ),
             Endpoint::TransferOwnership => (
@@ -217,7 +282,7 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
             ),
             Endpoint::ListProjects => (
                 "listProjects",
-                "List the projects",
+                "List the projects (members and viewers: the ones they are on)",
                 "ProjectsResponse",
                 None,
                 vec![],
@@ -235,6 +300,37 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 "Project",
                 None,
                 vec![path_param("project_id", "The project.")],
+            ),
+            Endpoint::UpdateProject => (
+                "updateProject",
+                "Rename a project",
+                "Project",
+                Some("UpdateProject"),
+                vec![path_param("project_id", "The project.")],
+            ),
+            Endpoint::ArchiveProject => (
+                "archiveProject",
+                "Archive a project: ingest refuses its events (within its 10 s project cache), it no longer counts against the plan's project limit, and it stays listed with `archived_at` (archiving again keeps the first time)",
+                "Project",
+                None,
+                vec![path_param("project_id", "The project.")],
+            ),
+            Endpoint::AddProjectMember => (
+                "addProjectMember",
+                "Put a member of the org on a project (members and viewers see only the projects they are on; 409 if they are on it already)",
+                "ProjectMemberView",
+                Some("AddProjectMember"),
+                vec![path_param("project_id", "The project.")],
+            ),
+            Endpoint::RemoveProjectMember => (
+                "removeProjectMember",
+                "Take a member off a project",
+                "ProjectMemberView",
+                None,
+                vec![
+                    path_param("project_id", "The project."),
+                    path_param("user_id", "The member."),
+                ],
             ),
             Endpoint::ListKeys => (
                 "listKeys",
@@ -361,6 +457,7 @@ fn management_schemas() -> Value {
         "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"},
         "display_prefix": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["events:write", "usage:read"]}},
         "created_at": ts, "expires_at": ts_opt, "revoked_at": ts_opt,
+        "last_used_at": {"type": ["string", "null"], "format": "date-time", "description": "When ingest last accepted the key (as of its last flush, every few seconds); null if never."},
     });
     let mut created_key = key_view.clone();
     if let Some(o) = created_key.as_object_mut() {
@@ -369,11 +466,54 @@ fn management_schemas() -> Value {
             json!({"type": "string", "description": "The secret, shown this once."}),
         );
     }
-    json!({
+    let invitation_view = json!({
+        "id": {"type": "string"}, "org_id": {"type": "string"},
+        "email": {"type": "string", "description": "Lowercased."},
+        "role": {"type": "string", "enum": ["admin", "member", "viewer"]},
+        "invited_by": {"type": "string"}, "created_at": ts, "expires_at": ts,
+    });
+    let mut created_invitation = invitation_view.clone();
+    if let Some(o) = created_invitation.as_object_mut() {
+        o.insert(
+            "token".into(),
+            json!({"type": "string", "description": "The token to accept with, shown this once."}),
+        );
+    }
+    let invitation_required = json!([
+        "id",
+        "org_id",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at"
+    ]);
+    let mut created_required = invitation_required.clone();
+    if let Some(a) = created_required.as_array_mut() {
+        a.push(json!("token"));
+    }
+    let invitation_schemas = json!({
+        "InvitationView": {"type": "object", "required": invitation_required, "properties": invitation_view},
+        "CreatedInvitation": {"type": "object", "required": created_required, "properties": created_invitation},
+        "InvitationsResponse": {"type": "object", "required": ["invitations"], "properties": {"invitations": {"type": "array", "items": schema_ref("InvitationView")}}},
+        "CreateInvitation": {"type": "object", "required": ["email", "role"], "additionalProperties": false, "properties": {
+            "email": {"type": "string", "maxLength": 254}, "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
+        "AddProjectMember": {"type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
+            "user_id": {"type": "string", "description": "A member of the org."}}},
+        "ProjectMemberView": {"type": "object", "required": ["project_id", "user_id"], "properties": {
+            "project_id": {"type": "string"}, "user_id": {"type": "string"}}},
+        "AcceptInvitation": {"type": "object", "required": ["token"], "additionalProperties": false, "properties": {
+            "token": {"type": "string", "maxLength": 128}}},
+        "Membership": {"type": "object", "required": ["org_id", "user_id", "role", "created_at"], "properties": {
+            "org_id": {"type": "string"}, "user_id": {"type": "string"},
+            "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}, "created_at": ts}},
+    });
+    let mut schemas = json!({
         "Org": {"type": "object", "required": ["id", "name", "slug", "plan", "owner_id", "created_at"], "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"},
             "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]},
-            "owner_id": {"type": "string"}, "created_at": ts}},
+            "owner_id": {"type": "string"}, "created_at": ts,
+            "deleted_at": {"type": "string", "format": "date-time", "description": "When it was deleted; absent while it is live."}}},
         "UpdateOrg": {"type": "object", "additionalProperties": false, "properties": {
             "name": {"type": "string", "maxLength": 200},
             "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]}}},
@@ -390,12 +530,15 @@ fn management_schemas() -> Value {
             "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}, "created_at": ts}},
         "MembersResponse": {"type": "object", "required": ["members"], "properties": {"members": {"type": "array", "items": schema_ref("MemberView")}}},
         "Project": {"type": "object", "required": ["id", "org_id", "name", "slug", "created_at"], "properties": {
-            "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"}, "created_at": ts}},
+            "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"}, "created_at": ts,
+            "archived_at": {"type": "string", "format": "date-time", "description": "When it was archived; absent while it is active."}}},
+        "UpdateProject": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "maxLength": 200}}},
         "ProjectsResponse": {"type": "object", "required": ["projects"], "properties": {"projects": {"type": "array", "items": schema_ref("Project")}}},
         "CreateProject": {"type": "object", "required": ["name", "slug"], "additionalProperties": false, "properties": {
             "name": {"type": "string", "maxLength": 200}, "slug": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}}},
-        "KeyView": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at"], "properties": key_view},
-        "CreatedKey": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "key"], "properties": created_key},
+        "KeyView": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at"], "properties": key_view},
+        "CreatedKey": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at", "key"], "properties": created_key},
         "RotateKey": {"type": "object", "additionalProperties": false, "properties": {
             "overlap_seconds": {"type": "integer", "minimum": 0, "maximum": 2_592_000, "default": 86_400, "description": "How long the old key keeps working."}}},
         "RotatedKey": {"type": "object", "required": ["key", "previous"], "properties": {
@@ -424,5 +567,9 @@ fn management_schemas() -> Value {
         "AuditResponse": {"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "items": schema_ref("AuditRecord")},
             "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},
-    })
+    });
+    if let (Some(all), Some(more)) = (schemas.as_object_mut(), invitation_schemas.as_object()) {
+        all.extend(more.clone());
+    }
+    schemas
 }

@@ -32,7 +32,8 @@ use tally_core::ports::CounterQuery;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, KeyHash, KeyMode, KeyScope, MAX_AUDIT_PAGE,
-    Membership, Org, OrgChanges, Project, Role, api_key_secret, check_name, check_slug,
+    Membership, Org, OrgChanges, Project, ProjectChanges, Role, api_key_secret, check_name,
+    check_slug,
 };
 use tally_ingest::error::{ApiError, ErrorBody};
 
@@ -167,18 +168,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
 
 /// An audit record being prepared by a mutating handler; [`Audit::finish`] writes it.
 #[derive(Debug)]
-struct Audit {
+pub(crate) struct Audit {
     org: Option<OrgId>,
     actor: String,
     action: Action,
-    resource: String,
-    before: Option<Value>,
-    after: Option<Value>,
+    pub(crate) resource: String,
+    pub(crate) before: Option<Value>,
+    pub(crate) after: Option<Value>,
     meta: RequestMeta,
 }
 
 impl Audit {
-    fn new(
+    pub(crate) fn new(
         caller: &Caller,
         meta: RequestMeta,
         org: &str,
@@ -197,7 +198,7 @@ impl Audit {
     }
 
     /// Writes the one record of this request, allowed or refused, and hands the result on.
-    async fn finish<T>(
+    pub(crate) async fn finish<T>(
         self,
         state: &ApiState,
         result: Result<T, MgmtError>,
@@ -235,17 +236,17 @@ fn hex_of(bytes: [u8; 16]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn random<const N: usize>() -> [u8; N] {
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::fill(&mut b);
     b
 }
 
-fn path_error(e: PathRejection) -> ApiError {
+pub(crate) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", "path", e.body_text())
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, MgmtError> {
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, MgmtError> {
     b.map(|Json(v)| v).map_err(|e| {
         MgmtError::Api(ApiError::bad_request(
             "invalid_body",
@@ -255,11 +256,11 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, MgmtError> {
     })
 }
 
-fn field_error(e: tally_core::tenant::FieldError) -> MgmtError {
+pub(crate) fn field_error(e: tally_core::tenant::FieldError) -> MgmtError {
     MgmtError::Api(ApiError::bad_request("invalid_field", e.field, e.message))
 }
 
-fn to_json<T: Serialize>(v: &T) -> Option<Value> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
 }
 
@@ -311,7 +312,9 @@ pub(crate) async fn my_orgs(
     };
     let mut orgs = Vec::new();
     for m in state.tenants.list_user_memberships(user).await? {
-        if let Some(org) = state.tenants.get_org(&m.org_id).await? {
+        if let Some(org) = state.tenants.get_org(&m.org_id).await?
+            && org.deleted_at.is_none()
+        {
             orgs.push(MyOrg { org, role: m.role });
         }
     }
@@ -368,7 +371,7 @@ pub(crate) async fn update_org(
         if let Some(plan) = plan
             && let Some(limit) = Plan::builtin(plan).limits.projects
         {
-            let count = state.tenants.list_projects(&auth.org).await?.len();
+            let count = active_projects(&state, &auth.org).await?;
             if count > usize::try_from(limit).unwrap_or(usize::MAX) {
                 return Err(MgmtError::CountLimit {
                     what: "projects",
@@ -387,6 +390,40 @@ pub(crate) async fn update_org(
                     plan,
                 },
             )
+            .await?
+            .ok_or_else(org_not_found)?;
+        Ok((before, after))
+    }
+    .await;
+    if let Ok((before, after)) = &result {
+        audit.before = to_json(before);
+        audit.after = to_json(after);
+    }
+    let (_, after) = audit.finish(&state, result).await?;
+    Ok(Json(after))
+}
+
+/// `DELETE /v1/orgs/{org_id}` (`org.delete`, the owner only): the org, soft-deleted, with
+/// every API key revoked (ingest refuses them once its key cache entry expires). From then
+/// on the org's routes answer `404` to everyone; its usage and reports stay for billing.
+pub(crate) async fn delete_org(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Org>, MgmtError> {
+    let Path(org) = path.map_err(path_error)?;
+    let mut audit = Audit::new(&caller, meta, &org, Action::OrgDelete, format!("org:{org}"));
+    let result = async {
+        let auth = caller.authorize(&state, &org, Action::OrgDelete).await?;
+        let before = state
+            .tenants
+            .get_org(&auth.org)
+            .await?
+            .ok_or_else(org_not_found)?;
+        let after = state
+            .tenants
+            .delete_org(&auth.org, state.clock.now())
             .await?
             .ok_or_else(org_not_found)?;
         Ok((before, after))
@@ -443,7 +480,7 @@ impl From<&Membership> for MemberView {
 }
 
 /// A role named in a body: any but `owner` (ownership moves only by transfer).
-fn grantable_role(role: &str) -> Result<Role, MgmtError> {
+pub(crate) fn grantable_role(role: &str) -> Result<Role, MgmtError> {
     match Role::parse(role) {
         Some(Role::Owner) => Err(ApiError::bad_request(
             "invalid_field",
@@ -545,7 +582,7 @@ pub struct AddMember {
 
 /// `POST /v1/orgs/{org_id}/members` (`member.add`): `201` with the membership; `404` for
 /// an unknown user, `409` for a member already, `403` with `limit` and `count` past the
-/// plan's user limit.
+/// plan's user limit (pending invitations count).
 pub(crate) async fn add_member(
     State(state): State<ApiState>,
     caller: Caller,
@@ -566,17 +603,7 @@ pub(crate) async fn add_member(
             .get_org(&auth.org)
             .await?
             .ok_or_else(org_not_found)?;
-        if let Some(limit) = Plan::builtin(org.plan).limits.users {
-            let count = state.tenants.list_members(&org.id).await?.len();
-            if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
-                return Err(MgmtError::CountLimit {
-                    what: "users",
-                    plan: org.plan.as_str().to_owned(),
-                    limit,
-                    count,
-                });
-            }
-        }
+        check_user_limit(&state, &org).await?;
         let m = Membership {
             org_id: org.id,
             user_id: user,
@@ -598,6 +625,31 @@ pub(crate) async fn add_member(
     }
     let m = audit.finish(&state, result).await?;
     Ok((StatusCode::CREATED, Json(m)))
+}
+
+/// Refuses one more user (a member or an invitation) past the plan's user limit: `403` with
+/// `limit` and `count`, where the count is the members plus the pending invitations (each
+/// of which may become a member).
+pub(crate) async fn check_user_limit(state: &ApiState, org: &Org) -> Result<(), MgmtError> {
+    let Some(limit) = Plan::builtin(org.plan).limits.users else {
+        return Ok(());
+    };
+    let members = state.tenants.list_members(&org.id).await?.len();
+    let pending = state
+        .tenants
+        .list_invitations(&org.id, state.clock.now())
+        .await?
+        .len();
+    let count = members + pending;
+    if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        return Err(MgmtError::CountLimit {
+            what: "users",
+            plan: org.plan.as_str().to_owned(),
+            limit,
+            count,
+        });
+    }
+    Ok(())
 }
 
 /// `PATCH /v1/orgs/{org_id}/members/{user_id}` body.
@@ -702,7 +754,10 @@ pub(crate) async fn list_projects(
 ) -> Result<Json<ProjectsResponse>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::ProjectsRead).await?;
-    let projects = state.tenants.list_projects(&auth.org).await?;
+    let mut projects = state.tenants.list_projects(&auth.org).await?;
+    if let Some(mine) = visible_projects(&state, &auth).await? {
+        projects.retain(|p| mine.contains(&p.id));
+    }
     Ok(Json(ProjectsResponse { projects }))
 }
 
@@ -716,12 +771,274 @@ pub(crate) async fn get_project(
     let auth = caller.authorize(&state, &org, Action::ProjectsRead).await?;
     let not_found = || ApiError::not_found("project_id", "no such project in this organization");
     let id = ProjectId::parse(&project).map_err(|_| not_found())?;
+    if let Some(mine) = visible_projects(&state, &auth).await?
+        && !mine.contains(&id)
+    {
+        return Err(not_found().into());
+    }
     let project = state
         .tenants
         .get_project(&auth.org, &id)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(project))
+}
+
+/// The projects a caller may read: `None` for owners and admins (all of them), the ones
+/// they are on for members and viewers.
+async fn visible_projects(
+    state: &ApiState,
+    auth: &Authorized,
+) -> Result<Option<Vec<ProjectId>>, MgmtError> {
+    match auth.role {
+        Role::Owner | Role::Admin => Ok(None),
+        Role::Member | Role::Viewer => Ok(Some(
+            state
+                .tenants
+                .list_user_projects(&auth.org, &auth.user)
+                .await?,
+        )),
+    }
+}
+
+/// `POST /v1/orgs/{org_id}/projects/{project_id}/members` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddProjectMember {
+    /// A member of the org.
+    pub user_id: String,
+}
+
+/// A member's place on a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectMemberView {
+    /// The project.
+    pub project_id: ProjectId,
+    /// The member.
+    pub user_id: UserId,
+}
+
+/// `POST /v1/orgs/{org_id}/projects/{project_id}/members` (`project_member.add`): `201`;
+/// `404` for a project of another org or a user who is not a member of the org, `409` if
+/// they are on the project already.
+pub(crate) async fn add_project_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String)>, PathRejection>,
+    payload: Result<Json<AddProjectMember>, JsonRejection>,
+) -> Result<(StatusCode, Json<ProjectMemberView>), MgmtError> {
+    let Path((org, project)) = path.map_err(path_error)?;
+    let mut audit = Audit::new(
+        &caller,
+        meta,
+        &org,
+        Action::ProjectMemberAdd,
+        format!("project:{project}"),
+    );
+    let result = async {
+        let auth = caller
+            .authorize(&state, &org, Action::ProjectMemberAdd)
+            .await?;
+        let req = body(payload)?;
+        let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
+        let user = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
+        state
+            .tenants
+            .add_project_member(&auth.org, &project, &user, state.clock.now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { what } if what.starts_with("project") => {
+                    MgmtError::Api(project_not_found())
+                }
+                StoreError::NotFound { .. } => MgmtError::Api(member_not_found()),
+                other => other.into(),
+            })?;
+        Ok(ProjectMemberView {
+            project_id: project,
+            user_id: user,
+        })
+    }
+    .await;
+    if let Ok(v) = &result {
+        audit.after = to_json(v);
+    }
+    let v = audit.finish(&state, result).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `DELETE /v1/orgs/{org_id}/projects/{project_id}/members/{user_id}`
+/// (`project_member.remove`): the removed place; `404` if the user was not on the project.
+pub(crate) async fn remove_project_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Json<ProjectMemberView>, MgmtError> {
+    let Path((org, project, user)) = path.map_err(path_error)?;
+    let mut audit = Audit::new(
+        &caller,
+        meta,
+        &org,
+        Action::ProjectMemberRemove,
+        format!("project:{project}"),
+    );
+    let result = async {
+        let auth = caller
+            .authorize(&state, &org, Action::ProjectMemberRemove)
+            .await?;
+        let not_on = || ApiError::not_found("user_id", "no such member on this project");
+        let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
+        let user = UserId::parse(&user).map_err(|_| not_on())?;
+        if !state
+            .tenants
+            .remove_project_member(&auth.org, &project, &user)
+            .await?
+        {
+            return Err(not_on().into());
+        }
+        Ok(ProjectMemberView {
+            project_id: project,
+            user_id: user,
+        })
+    }
+    .await;
+    if let Ok(v) = &result {
+        audit.before = to_json(v);
+    }
+    let v = audit.finish(&state, result).await?;
+    Ok(Json(v))
+}
+
+/// How many of the org's projects count against the plan's limit: the ones not archived.
+async fn active_projects(state: &ApiState, org: &OrgId) -> Result<usize, MgmtError> {
+    Ok(state
+        .tenants
+        .list_projects(org)
+        .await?
+        .iter()
+        .filter(|p| p.archived_at.is_none())
+        .count())
+}
+
+/// `PATCH /v1/orgs/{org_id}/projects/{project_id}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    /// A new display name.
+    pub name: String,
+}
+
+/// The `404` of a project that is not the org's.
+fn project_not_found() -> ApiError {
+    ApiError::not_found("project_id", "no such project in this organization")
+}
+
+/// `PATCH /v1/orgs/{org_id}/projects/{project_id}` (`project.update`): the project,
+/// renamed (its slug, which events never carry, stays).
+pub(crate) async fn update_project(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String)>, PathRejection>,
+    payload: Result<Json<UpdateProject>, JsonRejection>,
+) -> Result<Json<Project>, MgmtError> {
+    let Path((org, project)) = path.map_err(path_error)?;
+    let mut audit = Audit::new(
+        &caller,
+        meta,
+        &org,
+        Action::ProjectUpdate,
+        format!("project:{project}"),
+    );
+    let result = async {
+        let auth = caller
+            .authorize(&state, &org, Action::ProjectUpdate)
+            .await?;
+        let req = body(payload)?;
+        check_name("name", &req.name).map_err(field_error)?;
+        let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
+        change_project(
+            &state,
+            &auth.org,
+            &id,
+            &ProjectChanges {
+                name: Some(req.name),
+                archive_at: None,
+            },
+        )
+        .await
+    }
+    .await;
+    if let Ok((before, after)) = &result {
+        audit.before = to_json(before);
+        audit.after = to_json(after);
+    }
+    let (_, after) = audit.finish(&state, result).await?;
+    Ok(Json(after))
+}
+
+/// `POST /v1/orgs/{org_id}/projects/{project_id}/archive` (`project.archive`): the project,
+/// archived (one archived before keeps its first time). Ingest refuses its events once its
+/// project cache entry expires (10 s by default), and it no longer counts against the
+/// plan's project limit; it stays listed, with `archived_at`.
+pub(crate) async fn archive_project(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Project>, MgmtError> {
+    let Path((org, project)) = path.map_err(path_error)?;
+    let mut audit = Audit::new(
+        &caller,
+        meta,
+        &org,
+        Action::ProjectArchive,
+        format!("project:{project}"),
+    );
+    let result = async {
+        let auth = caller
+            .authorize(&state, &org, Action::ProjectArchive)
+            .await?;
+        let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
+        change_project(
+            &state,
+            &auth.org,
+            &id,
+            &ProjectChanges {
+                name: None,
+                archive_at: Some(state.clock.now()),
+            },
+        )
+        .await
+    }
+    .await;
+    if let Ok((before, after)) = &result {
+        audit.before = to_json(before);
+        audit.after = to_json(after);
+    }
+    let (_, after) = audit.finish(&state, result).await?;
+    Ok(Json(after))
+}
+
+/// Applies `changes` to the org's project: (before, after), or `404`.
+async fn change_project(
+    state: &ApiState,
+    org: &OrgId,
+    id: &ProjectId,
+    changes: &ProjectChanges,
+) -> Result<(Project, Project), MgmtError> {
+    let before = state
+        .tenants
+        .get_project(org, id)
+        .await?
+        .ok_or_else(project_not_found)?;
+    let after = state
+        .tenants
+        .update_project(org, id, changes)
+        .await?
+        .ok_or_else(project_not_found)?;
+    Ok((before, after))
 }
 
 /// `POST /v1/orgs/{org_id}/projects` body.
@@ -765,7 +1082,7 @@ pub(crate) async fn create_project(
             .ok_or_else(org_not_found)?;
         let plan = Plan::builtin(org.plan);
         if let Some(limit) = plan.limits.projects {
-            let count = state.tenants.list_projects(&org.id).await?.len();
+            let count = active_projects(&state, &org.id).await?;
             if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
                 return Err(MgmtError::CountLimit {
                     what: "projects",
@@ -781,6 +1098,7 @@ pub(crate) async fn create_project(
             name: req.name,
             slug: req.slug,
             created_at: state.clock.now(),
+            archived_at: None,
         };
         state.tenants.create_project(&project).await?;
         Ok(project)
@@ -816,6 +1134,9 @@ pub struct KeyView {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When ingest last accepted it (to the microsecond, as of ingest's last flush, every
+    /// few seconds); `null` if never.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 impl From<&ApiKey> for KeyView {
@@ -829,6 +1150,7 @@ impl From<&ApiKey> for KeyView {
             created_at: k.created_at,
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
         }
     }
 }
@@ -942,6 +1264,7 @@ pub(crate) async fn create_key(
             created_at: state.clock.now(),
             expires_at,
             revoked_at: None,
+            last_used_at: None,
         };
         state.tenants.create_api_key(&key).await?;
         Ok(CreatedKey {
@@ -1073,6 +1396,7 @@ pub(crate) async fn rotate_key(
             created_at: now,
             expires_at: old.expires_at,
             revoked_at: None,
+            last_used_at: None,
         };
         let previous = state
             .tenants

@@ -5,6 +5,7 @@
 //! |---|---|:-:|:-:|:-:|:-:|
 //! | `org.read` | `GET /v1/orgs/{org_id}` | ✓ | ✓ | ✓ | ✓ |
 //! | `org.update` | `PATCH /v1/orgs/{org_id}` (name, plan) | ✓ | ✓ | | |
+//! | `org.delete` | `DELETE /v1/orgs/{org_id}` (soft; revokes every API key) | ✓ | | | |
 //! | `members.read` | `GET /v1/orgs/{org_id}/members` | ✓ | ✓ | ✓ | ✓ |
 //! | `org.transfer` | `POST /v1/orgs/{org_id}/transfer` (ownership to a member) | ✓ | | | |
 //! | `member.add` | `POST /v1/orgs/{org_id}/members` | ✓ | ✓ | | |
@@ -12,14 +13,26 @@
 //! | `member.remove` | `DELETE /v1/orgs/{org_id}/members/{user_id}` | ✓ | ✓ | | |
 //! | `projects.read` | `GET /v1/orgs/{org_id}/projects`, `GET …/projects/{project_id}` | ✓ | ✓ | ✓ | ✓ |
 //! | `project.create` | `POST /v1/orgs/{org_id}/projects` | ✓ | ✓ | | |
+//! | `project.update` | `PATCH /v1/orgs/{org_id}/projects/{project_id}` (name) | ✓ | ✓ | | |
+//! | `project.archive` | `POST /v1/orgs/{org_id}/projects/{project_id}/archive` | ✓ | ✓ | | |
+//! | `project_member.add` | `POST /v1/orgs/{org_id}/projects/{project_id}/members` | ✓ | ✓ | | |
+//! | `project_member.remove` | `DELETE /v1/orgs/{org_id}/projects/{project_id}/members/{user_id}` | ✓ | ✓ | | |
 //! | `keys.read` | `GET /v1/orgs/{org_id}/keys` | ✓ | ✓ | ✓ | |
 //! | `key.create` | `POST /v1/orgs/{org_id}/keys` | ✓ | ✓ | | |
 //! | `key.revoke` | `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` | ✓ | ✓ | | |
 //! | `key.rotate` | `POST /v1/orgs/{org_id}/keys/{key_id}/rotate` | ✓ | ✓ | | |
 //! | `audit.read` | `GET /v1/orgs/{org_id}/audit` | ✓ | ✓ | | |
 //! | `usage.read` | `GET /v1/usage` with a JWT, `GET /v1/orgs/{org_id}/usage/summary` | ✓ | ✓ | ✓ | ✓ |
+//! | `invitations.read` | `GET /v1/orgs/{org_id}/invitations` (pending ones) | ✓ | ✓ | | |
+//! | `invitation.create` | `POST /v1/orgs/{org_id}/invitations` | ✓ | ✓ | | |
+//! | `invitation.revoke` | `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` | ✓ | ✓ | | |
 //!
-//! `GET /v1/me/orgs` is outside the table: any user may list the orgs they belong to.
+//! `projects.read` gives members and viewers only the projects they were put on (with
+//! `project_member.add`); owners and admins read every project.
+//!
+//! `GET /v1/me/orgs` is outside the table: any user may list the orgs they belong to. So is
+//! `invitation.accept` (`POST /v1/invitations/accept`): any user whose email is the one the
+//! invitation was sent to, whatever their roles elsewhere.
 //!
 //! Nobody becomes owner, and the owner is not demoted or removed, through these routes:
 //! ownership moves only by a transfer.
@@ -37,6 +50,8 @@ pub enum Action {
     OrgRead,
     /// Change the org's name or plan.
     OrgUpdate,
+    /// Delete the org (soft: marked deleted, its API keys revoked).
+    OrgDelete,
     /// List the members.
     MembersRead,
     /// Hand ownership to another member (the owner becomes an admin).
@@ -51,6 +66,14 @@ pub enum Action {
     ProjectsRead,
     /// Create a project.
     ProjectCreate,
+    /// Rename a project.
+    ProjectUpdate,
+    /// Archive a project (ingest refuses its events from then on).
+    ProjectArchive,
+    /// Put a member on a project (members and viewers see only their projects).
+    ProjectMemberAdd,
+    /// Take a member off a project.
+    ProjectMemberRemove,
     /// List API keys (never their secrets or hashes).
     KeysRead,
     /// Create an API key.
@@ -63,6 +86,14 @@ pub enum Action {
     AuditRead,
     /// Read usage counters.
     UsageRead,
+    /// List the pending invitations (never their tokens or hashes).
+    InvitationsRead,
+    /// Invite someone by email with a role.
+    InvitationCreate,
+    /// Revoke a pending invitation.
+    InvitationRevoke,
+    /// Accept an invitation (outside the table: the invited email decides; audited).
+    InvitationAccept,
 }
 
 impl Action {
@@ -71,6 +102,7 @@ impl Action {
         match self {
             Action::OrgRead => "org.read",
             Action::OrgUpdate => "org.update",
+            Action::OrgDelete => "org.delete",
             Action::MembersRead => "members.read",
             Action::OrgTransfer => "org.transfer",
             Action::MemberAdd => "member.add",
@@ -78,12 +110,20 @@ impl Action {
             Action::MemberRemove => "member.remove",
             Action::ProjectsRead => "projects.read",
             Action::ProjectCreate => "project.create",
+            Action::ProjectUpdate => "project.update",
+            Action::ProjectArchive => "project.archive",
+            Action::ProjectMemberAdd => "project_member.add",
+            Action::ProjectMemberRemove => "project_member.remove",
             Action::KeysRead => "keys.read",
             Action::KeyCreate => "key.create",
             Action::KeyRevoke => "key.revoke",
             Action::KeyRotate => "key.rotate",
             Action::AuditRead => "audit.read",
             Action::UsageRead => "usage.read",
+            Action::InvitationsRead => "invitations.read",
+            Action::InvitationCreate => "invitation.create",
+            Action::InvitationRevoke => "invitation.revoke",
+            Action::InvitationAccept => "invitation.accept",
         }
     }
 
@@ -92,14 +132,22 @@ impl Action {
         matches!(
             self,
             Action::OrgUpdate
+                | Action::OrgDelete
                 | Action::OrgTransfer
                 | Action::MemberAdd
                 | Action::MemberUpdate
                 | Action::MemberRemove
                 | Action::ProjectCreate
+                | Action::ProjectUpdate
+                | Action::ProjectArchive
+                | Action::ProjectMemberAdd
+                | Action::ProjectMemberRemove
                 | Action::KeyCreate
                 | Action::KeyRevoke
                 | Action::KeyRotate
+                | Action::InvitationCreate
+                | Action::InvitationRevoke
+                | Action::InvitationAccept
         )
     }
 }
@@ -111,6 +159,7 @@ pub const ROLES: [Role; 4] = [Role::Owner, Role::Admin, Role::Member, Role::View
 pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::OrgRead, [true, true, true, true]),
     (Action::OrgUpdate, [true, true, false, false]),
+    (Action::OrgDelete, [true, false, false, false]),
     (Action::MembersRead, [true, true, true, true]),
     (Action::OrgTransfer, [true, false, false, false]),
     (Action::MemberAdd, [true, true, false, false]),
@@ -118,12 +167,19 @@ pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::MemberRemove, [true, true, false, false]),
     (Action::ProjectsRead, [true, true, true, true]),
     (Action::ProjectCreate, [true, true, false, false]),
+    (Action::ProjectUpdate, [true, true, false, false]),
+    (Action::ProjectArchive, [true, true, false, false]),
+    (Action::ProjectMemberAdd, [true, true, false, false]),
+    (Action::ProjectMemberRemove, [true, true, false, false]),
     (Action::KeysRead, [true, true, true, false]),
     (Action::KeyCreate, [true, true, false, false]),
     (Action::KeyRevoke, [true, true, false, false]),
     (Action::KeyRotate, [true, true, false, false]),
     (Action::AuditRead, [true, true, false, false]),
     (Action::UsageRead, [true, true, true, true]),
+    (Action::InvitationsRead, [true, true, false, false]),
+    (Action::InvitationCreate, [true, true, false, false]),
+    (Action::InvitationRevoke, [true, true, false, false]),
 ];
 
 /// Whether `role` may do `action` (an action missing from the table is refused).

@@ -76,6 +76,7 @@ fn key(secret: &str, scopes: &[KeyScope]) -> ApiKey {
         created_at: t("2026-01-01T00:00:00Z"),
         expires_at: None,
         revoked_at: None,
+        last_used_at: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn project(id: &str, org_id: &str) -> Project {
         name: id.into(),
         slug: id.replace('_', "-"),
         created_at: t("2026-01-01T00:00:00Z"),
+        archived_at: None,
     }
 }
 

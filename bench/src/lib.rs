@@ -12,5 +12,10 @@
 //!   embedded default (workload W over HTTP on 127.0.0.1, 1, 100 and 1,000 events per
 //!   request, half-load latency, a uniform spread), beside raw SQLite inserts of the same
 //!   ledger rows as the machine's ceiling.
+//! - `src/bin/write_cost.rs` (run by `bench/write_cost.sh`): DynamoDB write and read units
+//!   per event of workload W through the aggregator against the emulator, beside a naive
+//!   six-`UpdateItem` baseline, priced at on-demand rates. [`capacity`] measures the units on
+//!   the wire with an SDK interceptor, by DynamoDB's published rules.
 
+pub mod capacity;
 pub mod workload;

@@ -1,6 +1,7 @@
 //! Tally's billing: where metering becomes money.
 //!
-//! What lives here now, all pure (the only I/O is reading a catalogue file at load):
+//! What lives here now, all pure except month close (the only other I/O is reading a
+//! catalogue file at load):
 //!
 //! - [`catalogue`]: the plan catalogue as data. `billing/plans.toml` is the built-in
 //!   default ([`Catalogue::builtin`]); [`Catalogue::load`] reads a replacement. It is
@@ -14,12 +15,20 @@
 //!   breakdown, the discount on usage, each line rounded once to the cent, per-project
 //!   allocation, totals, and room for adjustment lines.
 //! - [`allocate`]: the largest-remainder split that makes project shares add up to the cent.
+//! - [`close`]: month close, the one piece here that does I/O, and only through the ports
+//!   in `tally-core` (so it runs on SQLite and DynamoDB alike) with time from a `Clock`:
+//!   [`close_month`] refuses the current month and the grace period, closes the period so
+//!   ingest refuses it, prices each org's month counters and stores the report once, and
+//!   turns late events into adjustment lines on the next report. `tally bill` and the
+//!   `tally serve` scheduler both run it.
+//! - [`sync`]: the exactly-once Stripe invoice sync of a report, a recorded sequence of
+//!   steps (customer, draft invoice, one item per entry, finalize) with idempotency keys
+//!   from (org, period, step), results in the [`tally_core::ports::SyncLedger`], through the
+//!   [`tally_core::ports::InvoiceProvider`] port (`tally-stripe` is the adapter).
+//! - [`webhook`]: `invoice.paid` / `invoice.payment_failed`, signature checked, recorded in
+//!   the sync ledger.
 //!
-//! What comes later, on top of this and written against the ports in `tally-core` so it runs
-//! on SQLite and DynamoDB alike: month close (refusing the current month and the grace
-//! period, closing the period so ingest refuses it, reading the month counters, turning
-//! late events into adjustment lines), plan-limit alerts, and the exactly-once Stripe
-//! invoice sync with its ledger of steps.
+//! What comes later: plan-limit alerts.
 //!
 //! Money rules, from the design: amounts stay exact through every step; a percentage
 //! discount applies to the exact usage amount, never to the flat fee; each invoice line is
@@ -51,14 +60,24 @@
 
 pub mod allocate;
 pub mod catalogue;
+pub mod close;
 pub mod error;
 pub mod pricing;
 pub mod report;
+pub mod sync;
+pub mod webhook;
 
 pub use catalogue::{BUILTIN_TOML, CURRENCY, Catalogue, MeterPrice, MeterSpec, PlanSpec};
+pub use close::{
+    CloseError, CloseOutcome, ClosePorts, CloseRequest, NoProgress, OrgError, Progress, close_month,
+};
 pub use error::{CatalogueError, PricingError, Problem};
 pub use pricing::{PriceError, Pricing, Tier, TierCharge};
 pub use report::{
     AdjustmentLine, MonthUsage, ProjectAllocation, ProjectLine, ReportLine, UsageReport,
     adjustment_line, price_line, price_month, round_to_cents,
+};
+pub use sync::{
+    InvoiceSync, PlannedItem, RetryPolicy, Sleeper, SyncError, SyncOutcome, idempotency_key,
+    planned_items,
 };

@@ -13,6 +13,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// The fold's hasher: keys are short ids, and SipHash (std's default) spent more time than
+/// the rest of the fold. foldhash is seeded per process, so keys an outsider picks (event
+/// ids) cannot be precomputed to collide.
+type Hasher = foldhash::fast::RandomState;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -98,7 +103,8 @@ impl Delta {
 
 /// Keeps the first occurrence of each (org, event id) in a batch, in batch order.
 pub fn dedupe_in_batch(events: &[Event]) -> Vec<&Event> {
-    let mut seen: HashSet<(&OrgId, &EventId)> = HashSet::with_capacity(events.len());
+    let mut seen: HashSet<(&OrgId, &EventId), Hasher> =
+        HashSet::with_capacity_and_hasher(events.len(), Hasher::default());
     events
         .iter()
         .filter(|e| seen.insert((&e.org_id, &e.id)))
@@ -109,18 +115,27 @@ pub fn dedupe_in_batch(events: &[Event]) -> Vec<&Event> {
 /// matters to them; sorting here cost more than the fold itself on workload W).
 pub type Deltas<'a> = Vec<(CounterKey<'a>, Delta)>;
 
-#[derive(PartialEq, Eq, Hash)]
-struct Cell<'a> {
-    org: &'a OrgId,
-    project: &'a ProjectId,
-    meter: &'a MeterName,
-    hour: i64,
+/// One (org, project, meter, hour) cell: the first stage of the fold, and the unit a store
+/// may keep instead of the six counters (the DynamoDB store writes cells and derives day,
+/// month and org-wide values when it reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cell<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The project.
+    pub project: &'a ProjectId,
+    /// The meter.
+    pub meter: &'a MeterName,
+    /// Start of the hour, Unix seconds.
+    pub hour: i64,
 }
 
-/// Folds events (already known to be new) into counter deltas for org and project at hour,
-/// day and month granularity.
-pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
-    let mut cells: HashMap<Cell<'a>, Delta> = HashMap::new();
+/// Folds events (already known to be new) into one delta per (org, project, meter, hour)
+/// cell, in no particular order.
+pub fn fold_cells<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(Cell<'a>, Delta)> {
+    let events = events.into_iter();
+    let mut cells: HashMap<Cell<'a>, Delta, Hasher> =
+        HashMap::with_capacity_and_hasher(events.size_hint().0, Hasher::default());
     for e in events {
         let secs = e.timestamp.timestamp();
         let cell = Cell {
@@ -137,11 +152,35 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
             }
         }
     }
-    let mut counters: HashMap<CounterKey<'a>, Delta> = HashMap::with_capacity(cells.len() * 2);
+    cells.into_iter().collect()
+}
+
+/// Spreads cell deltas to the six counters each touches: org-wide and per project, at hour,
+/// day and month granularity.
+pub fn spread<'a>(cells: impl IntoIterator<Item = (Cell<'a>, Delta)>) -> Deltas<'a> {
+    let cells = cells.into_iter();
+    let mut counters: HashMap<CounterKey<'a>, Delta, Hasher> =
+        HashMap::with_capacity_and_hasher(cells.size_hint().0 * 4, Hasher::default());
+    // Cells of a batch mostly share a day: remember the last day's month start instead of
+    // asking the calendar for every cell.
+    let mut month_of_day: Option<(i64, DateTime<Utc>)> = None;
     for (cell, delta) in cells {
         let hour = DateTime::from_timestamp(cell.hour, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
-        for granularity in Granularity::ALL {
-            let start = granularity.truncate(hour);
+        let day_secs = cell.hour - cell.hour.rem_euclid(86_400);
+        let day = DateTime::from_timestamp(day_secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let month = match month_of_day {
+            Some((d, m)) if d == day_secs => m,
+            _ => {
+                let m = Granularity::Month.truncate(hour);
+                month_of_day = Some((day_secs, m));
+                m
+            }
+        };
+        for (granularity, start) in [
+            (Granularity::Hour, hour),
+            (Granularity::Day, day),
+            (Granularity::Month, month),
+        ] {
             for scope in [CounterScope::Project(cell.project), CounterScope::Org] {
                 let key = CounterKey {
                     org: cell.org,
@@ -160,6 +199,12 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
         }
     }
     counters.into_iter().collect()
+}
+
+/// Folds events (already known to be new) into counter deltas for org and project at hour,
+/// day and month granularity: [`fold_cells`], then [`spread`].
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
+    spread(fold_cells(events))
 }
 
 /// Applies a delta to a counter's current value, as every store does: the value a counter

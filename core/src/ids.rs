@@ -2,8 +2,8 @@
 //!
 //! Every id that crosses a boundary (HTTP path, CLI flag, queue message, database row) is
 //! parsed into one of these types, so code inside the workspace never holds an id that could
-//! not have been issued. Tally-issued ids carry a type prefix (`org_`, `prj_`, `usr_`, `key_`)
-//! so a project id pasted where an org id belongs is refused with a clear message instead of
+//! not have been issued. Tally-issued ids carry a type prefix (`org_`, `prj_`, `usr_`, `key_`,
+//! `inv_`) so a project id pasted where an org id belongs is refused with a clear message instead of
 //! silently matching nothing.
 
 use std::fmt;
@@ -142,6 +142,10 @@ prefixed_id!(
 prefixed_id!(
     /// An API key's public id (the secret itself is never stored).
     ApiKeyId, "key_", "key_id"
+);
+prefixed_id!(
+    /// An invitation's public id (its token is never stored, only the token's SHA-256).
+    InvitationId, "inv_", "invitation_id"
 );
 
 /// Longest event id a client may send.

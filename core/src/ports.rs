@@ -6,6 +6,8 @@
 //! moves messages of many events and deletes them after the fact, so [`EventQueue`] hands out
 //! [`Delivery`]s with a receipt that is acknowledged only once every event in it was applied.
 //! Ledger reads are paged because a DynamoDB query returns at most 1 MB at a time.
+//! [`ReportStore`] keeps billing's monthly reports as opaque JSON under a size bound that a
+//! DynamoDB item can hold, with a first-write-wins put so month close can rerun safely.
 
 use std::time::Duration;
 
@@ -15,12 +17,12 @@ use rust_decimal::Decimal;
 
 use crate::counter::OwnedCounterKey;
 use crate::event::Event;
-use crate::ids::ApiKeyId;
+use crate::ids::{ApiKeyId, InvitationId};
 use crate::ids::{MeterName, OrgId, ProjectId, UserId};
 use crate::period::{Granularity, Month};
 use crate::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, Membership, Org, OrgChanges, Project,
-    Role, User,
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
+    OrgChanges, Project, ProjectChanges, Role, User,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.
@@ -79,8 +81,8 @@ pub trait TenantStore: Send + Sync {
     // conformance suite checks them); the defaults only keep small test doubles short, and
     // refuse with `Unavailable`.
 
-    /// The user's role in the org, in one lookup; `None` when the user is not a member (or
-    /// either does not exist).
+    /// The user's role in the org, in one round trip; `None` when the user is not a member
+    /// (or either does not exist, or the org was deleted).
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
         let _ = (org, user);
         Err(unsupported("get_role"))
@@ -187,6 +189,122 @@ pub trait TenantStore: Send + Sync {
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let _ = query;
         Err(unsupported("list_audit"))
+    }
+    /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
+    /// time) and revokes every API key of it that is not revoked yet, then returns the org
+    /// as it is now; `None` if there is no such org. From then on [`get_role`] answers
+    /// `None` for it (so nobody acts in it), no member, project, key or invitation
+    /// acceptance can be added to it (`NotFound`), and [`get_org`] still returns it (billing
+    /// closes its last month), with `deleted_at` set.
+    ///
+    /// [`get_role`]: TenantStore::get_role
+    /// [`get_org`]: TenantStore::get_org
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        let _ = (id, at);
+        Err(unsupported("delete_org"))
+    }
+    /// Applies `changes` to the org's project `id` and returns it as it is now; `None` if
+    /// the org has no such project.
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        let _ = (org, id, changes);
+        Err(unsupported("update_project"))
+    }
+    /// Records when keys were last used: each key's `last_used_at` becomes the use's `at`
+    /// (to the microsecond) unless it holds a later time. A use whose key does not exist,
+    /// or is not of the use's org, is skipped. At most
+    /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
+    /// (`Unavailable` beyond).
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        let _ = uses;
+        Err(unsupported("touch_api_keys"))
+    }
+    /// Puts a member of the org on one of its projects (members and viewers see only the
+    /// projects they are on). `NotFound` if the org has no such project or the user is not
+    /// a member of the org; `Conflict` if they are on it already.
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _ = (org, project, user, at);
+        Err(unsupported("add_project_member"))
+    }
+    /// Takes a user off one of the org's projects; `false` if they were not on it.
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let _ = (org, project, user);
+        Err(unsupported("remove_project_member"))
+    }
+    /// The ids of the org's projects the user is on, in id order.
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        let _ = (org, user);
+        Err(unsupported("list_user_projects"))
+    }
+    /// Stores a new invitation. `NotFound` if the org does not exist.
+    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
+        let _ = invitation;
+        Err(unsupported("create_invitation"))
+    }
+    /// The org's invitations pending at `now` (not accepted, not expired), in creation
+    /// order (then id).
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let _ = (org, now);
+        Err(unsupported("list_invitations"))
+    }
+    /// Finds an invitation by the hash of its token, in one lookup; `None` if there is none
+    /// or it expired before `now` (expired items may linger until TTL deletion). An
+    /// accepted invitation is returned, with its `accepted_at`.
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let _ = (hash, now);
+        Err(unsupported("find_invitation"))
+    }
+    /// Deletes the org's invitation `id` if it is pending at `now`, and returns it; `None`
+    /// if the org has no such pending invitation.
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let _ = (org, id, now);
+        Err(unsupported("revoke_invitation"))
+    }
+    /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
+    /// marks it accepted and adds the membership with the invitation's role, which it
+    /// returns. `NotFound` if there is no such invitation, it expired, or the org or the user
+    /// does not exist; `Conflict` if it was accepted already or the user is a member
+    /// already. (Whether the user's email matches is the caller's check.)
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let _ = (hash, user, at);
+        Err(unsupported("accept_invitation"))
     }
 }
 
@@ -303,6 +421,47 @@ pub trait UsageStore: Send + Sync {
     async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError>;
 }
 
+/// Largest [`StoredReport::body`] a store accepts, in bytes. DynamoDB items are at most
+/// 400 KB; this leaves room for the key and the other attributes. The billing worker
+/// refuses bigger reports before it writes them.
+pub const MAX_REPORT_BODY_BYTES: usize = 350_000;
+
+/// One org's usage report for one month as stored: the billing crate's report, serialized
+/// as JSON, which the store keeps verbatim (it never looks inside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReport {
+    /// The organization.
+    pub org_id: OrgId,
+    /// The month the report bills.
+    pub period: Month,
+    /// The report, JSON; at most [`MAX_REPORT_BODY_BYTES`].
+    pub body: String,
+    /// When it was first stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Usage reports, one per (org, month), written once.
+///
+/// A report is what an invoice is built from, so it never changes after it is stored: a
+/// month-close rerun that computes it again gets the stored one back, and late usage is
+/// billed as adjustment lines on a later report instead (see `tally_billing::close`).
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Stores `report` unless the org already has one for its period, and returns the one
+    /// stored now: `report` itself if it was the first, else the earlier one unchanged (the
+    /// first write wins, even when the two differ). `Unavailable` if the body exceeds
+    /// [`MAX_REPORT_BODY_BYTES`].
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError>;
+    /// The org's report for `period`, if one was stored.
+    async fn get_report(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<StoredReport>, StoreError>;
+    /// Every report of the org, oldest period first.
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError>;
+}
+
 /// What a queue adapter can report.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -387,3 +546,203 @@ impl Clock for SystemClock {
 
 /// Helper for adapters: treat a timeout as "no messages" rather than an error.
 pub const DEFAULT_RECEIVE_WAIT: Duration = Duration::from_millis(200);
+
+// ---------------------------------------------------------------------------------------
+// Stripe invoice sync: the invoice provider (Stripe, or its test double) and the ledger of
+// sync steps. Shaped by Stripe: every write carries an idempotency key, and an answer can be
+// lost after the write was applied, so Tally keeps its own record of each step's result.
+
+/// Longest idempotency key a provider accepts (Stripe's limit is 255 characters).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// An idempotency key for one provider write: the same key with the same request replays
+/// the first answer instead of writing twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Checks the key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] printable ASCII characters.
+    pub fn parse(key: &str) -> Result<Self, ProviderError> {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ProviderError::Fatal {
+                status: 0,
+                message: format!(
+                    "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+                ),
+            });
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    /// The key as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An object's id at the invoice provider (`cus_…`, `in_…`, `ii_…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProviderId(String);
+
+impl ProviderId {
+    /// Wraps an id the provider returned; `None` if it is empty or longer than 255 bytes.
+    pub fn new(id: &str) -> Option<Self> {
+        (!id.is_empty() && id.len() <= 255).then(|| Self(id.to_owned()))
+    }
+
+    /// The id as the provider spells it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How a provider call failed. The sync retries the first kind and stops the org on the
+/// second.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying with the same idempotency key: a 429 (with the provider's
+    /// `Retry-After`, when it sent one), a 5xx, a timeout, or a connection dropped before
+    /// the answer arrived (the write may or may not have been applied).
+    #[error("provider unavailable (retryable): {reason}")]
+    Retryable {
+        /// What happened, for logs.
+        reason: String,
+        /// How long the provider asked us to wait.
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused the request (a 4xx other than 429); retrying the same request
+    /// cannot help. The message is the provider's, shown in the report.
+    #[error("provider refused the request ({status}): {message}")]
+    Fatal {
+        /// The HTTP status (0 when the request was refused before it was sent).
+        status: u16,
+        /// The provider's explanation.
+        message: String,
+    },
+}
+
+/// The customer to ensure for an org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCustomer {
+    /// The org (sent as metadata, so the provider's records point back to Tally).
+    pub org: OrgId,
+    /// The org's display name.
+    pub name: String,
+}
+
+/// A draft invoice for one org's month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInvoice {
+    /// The provider's customer.
+    pub customer: ProviderId,
+    /// The org.
+    pub org: OrgId,
+    /// The billed month.
+    pub period: Month,
+    /// ISO currency, lower case (`usd`).
+    pub currency: String,
+    /// Shown on the invoice.
+    pub description: String,
+}
+
+/// One invoice item, attached to a draft invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInvoiceItem {
+    /// The provider's customer.
+    pub customer: ProviderId,
+    /// The draft invoice it belongs to.
+    pub invoice: ProviderId,
+    /// Amount in minor units (cents); negative for a credit.
+    pub amount_minor: i64,
+    /// ISO currency, lower case.
+    pub currency: String,
+    /// Shown on the invoice line.
+    pub description: String,
+}
+
+/// A finalized invoice as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalizedInvoice {
+    /// The invoice.
+    pub id: ProviderId,
+    /// Its status after finalizing (`open`, or `paid` for a zero total).
+    pub status: String,
+    /// Its total in minor units.
+    pub total_minor: i64,
+}
+
+/// The invoice provider (Stripe). Every call carries an idempotency key; callers reuse the
+/// key of a call whose answer they did not get.
+#[async_trait]
+pub trait InvoiceProvider: Send + Sync {
+    /// Creates the org's customer and returns its id.
+    async fn create_customer(
+        &self,
+        customer: &NewCustomer,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError>;
+    /// Creates a draft invoice (not auto-advanced, pending items excluded) and returns its id.
+    async fn create_draft_invoice(
+        &self,
+        invoice: &NewInvoice,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError>;
+    /// Adds one item to a draft invoice and returns the item's id.
+    async fn add_invoice_item(
+        &self,
+        item: &NewInvoiceItem,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError>;
+    /// Finalizes a draft invoice.
+    async fn finalize_invoice(
+        &self,
+        invoice: &ProviderId,
+        key: &IdempotencyKey,
+    ) -> Result<FinalizedInvoice, ProviderError>;
+}
+
+/// Longest step name or step result a [`SyncLedger`] stores.
+pub const MAX_SYNC_VALUE_LEN: usize = 1024;
+
+/// One recorded result of a sync step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStep {
+    /// The step (`invoice`, `item:3`, `finalize`).
+    pub step: String,
+    /// What the step produced (an id, or a small JSON value), as first recorded.
+    pub result: String,
+}
+
+/// Tally's own record of the Stripe sync: each step's result per (org, period, step), and
+/// each org's Stripe customer. Writes are first-write-wins, so two runs racing (or a rerun
+/// after an answer was lost) agree on one result.
+#[async_trait]
+pub trait SyncLedger: Send + Sync {
+    /// Records a step's result unless one is recorded already; returns the stored result
+    /// (the earlier one if there was one). `Unavailable` if `step` or `result` is empty or
+    /// longer than [`MAX_SYNC_VALUE_LEN`].
+    async fn record_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+        result: &str,
+    ) -> Result<String, StoreError>;
+    /// A step's recorded result.
+    async fn get_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Every recorded step of one org's period, by step name.
+    async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError>;
+    /// Records the org's provider customer unless one is recorded already; returns the
+    /// stored id.
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError>;
+    /// The org's provider customer, if recorded.
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError>;
+}

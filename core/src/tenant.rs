@@ -1,8 +1,9 @@
-//! Tenant records: organizations, users, projects and API keys.
+//! Tenant records: organizations, users, projects, API keys and invitations.
 //!
 //! These are plain data; the storage port persists them and the management API (its own
 //! issue) grows them. API key secrets never live here: only their SHA-256 hash, which is
-//! also how a key is found (one lookup by hash, never a scan).
+//! also how a key is found (one lookup by hash, never a scan). Invitation tokens are kept
+//! the same way.
 
 use std::fmt;
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use crate::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use crate::plan::PlanId;
 
 /// Longest organization or project name.
@@ -108,6 +109,10 @@ pub struct Org {
     pub owner_id: UserId,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was deleted (soft: its data stays for billing, but nobody acts in it any
+    /// more and its API keys are revoked). `None` while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// A person.
@@ -171,6 +176,21 @@ pub struct Project {
     pub slug: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was archived: ingest refuses its events from then on, and it no longer
+    /// counts against the plan's project limit. `None` while it is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+/// A change to a project: each field set is written, the others are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectChanges {
+    /// A new display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Archive it at this instant (a project archived before keeps its first time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_at: Option<DateTime<Utc>>,
 }
 
 /// What an API key may do.
@@ -284,6 +304,33 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When ingest last accepted it, to the microsecond, as of the last flush of ingest's
+    /// in-memory record (`tally serve` flushes every few seconds); `None` if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// One API key's latest use, recorded in memory by ingest and written in bulk.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyUse {
+    /// The key's id.
+    pub key_id: ApiKeyId,
+    /// Its org.
+    pub org_id: OrgId,
+    /// Its hash (how the store finds it in one lookup).
+    pub hash: KeyHash,
+    /// When it was last used.
+    pub at: DateTime<Utc>,
+}
+
+/// Most key uses one `touch_api_keys` call takes; callers write more in chunks.
+pub const MAX_KEY_USES_PER_CALL: usize = 500;
+
+/// A last-used time as stored: RFC 3339 with exactly six fractional digits, so stored
+/// times compare as text in time order (both backends keep the later of two writes by
+/// comparing them).
+pub fn last_used_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 impl ApiKey {
@@ -320,6 +367,55 @@ pub struct Membership {
     pub role: Role,
     /// When the membership began.
     pub created_at: DateTime<Utc>,
+}
+
+/// How long an invitation can be accepted: 7 days (a `ttl` on DynamoDB; both backends also
+/// check it on read, since TTL deletion is lazy).
+pub const INVITATION_TTL_DAYS: i64 = 7;
+
+/// Prefix of invitation tokens, so one pasted where an API key belongs is told apart.
+pub const INVITATION_TOKEN_PREFIX: &str = "tinv_";
+
+/// Longest invitation token accepted in a body; anything longer cannot be one and is
+/// refused before hashing.
+pub const MAX_INVITATION_TOKEN_LEN: usize = 128;
+
+/// Builds an invitation token from 32 random bytes (256 bits) supplied by the caller. Like
+/// an API key's secret it is shown once and only its SHA-256 ([`KeyHash::of_secret`]) is
+/// stored.
+pub fn invitation_token(random: [u8; 32]) -> String {
+    format!("{INVITATION_TOKEN_PREFIX}{}", hex::encode(random))
+}
+
+/// An invitation to join an org with a role, as stored: never the token, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// Public id, shown in lists and audit records.
+    pub id: InvitationId,
+    /// The org to join.
+    pub org_id: OrgId,
+    /// Who may accept it: a user with this email (lowercased).
+    pub email: String,
+    /// The role the membership gets (never owner).
+    pub role: Role,
+    /// SHA-256 of the token: what is stored and looked up.
+    pub hash: KeyHash,
+    /// Who sent it.
+    pub invited_by: UserId,
+    /// When it was sent.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being acceptable ([`INVITATION_TTL_DAYS`] after it was sent).
+    pub expires_at: DateTime<Utc>,
+    /// When it was accepted, if it was (a second accept is refused).
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+impl Invitation {
+    /// Whether it is still waiting to be accepted at `now`: not accepted and not expired.
+    /// Pending invitations count against the plan's user limit.
+    pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
+        self.accepted_at.is_none() && self.expires_at > now
+    }
 }
 
 /// How long audit records are kept (by TTL on DynamoDB, by `expires_at` on SQLite).

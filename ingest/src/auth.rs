@@ -92,7 +92,7 @@ impl KeyAuth {
         }
         debug_assert!(key.is_active(now));
         if let Some(cache) = &self.cache {
-            cache.touch(&key.id);
+            cache.touch(&key);
         }
         Ok(key)
     }

@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use tally_core::ids::ApiKeyId;
 use tally_core::ports::{Clock, StoreError, TenantStore};
-use tally_core::tenant::{ApiKey, KeyHash};
+use tally_core::tenant::{ApiKey, KeyHash, KeyUse};
 
 use tracing::Instrument;
 
@@ -40,7 +40,7 @@ pub struct KeyCache {
     keys: TtlCache<KeyHash, Option<Arc<ApiKey>>>,
     ttl: TimeDelta,
     miss_ttl: TimeDelta,
-    last_used: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
+    last_used: Mutex<HashMap<ApiKeyId, KeyUse>>,
 }
 
 impl fmt::Debug for KeyCache {
@@ -95,16 +95,24 @@ impl KeyCache {
     }
 
     /// Records that `key` was used now (in memory only).
-    pub fn touch(&self, key: &ApiKeyId) {
+    pub fn touch(&self, key: &ApiKey) {
         let now = self.clock.now();
         let mut used = self
             .last_used
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match used.get_mut(key) {
-            Some(at) => *at = (*at).max(now),
+        match used.get_mut(&key.id) {
+            Some(u) => u.at = u.at.max(now),
             None => {
-                used.insert(key.clone(), now);
+                used.insert(
+                    key.id.clone(),
+                    KeyUse {
+                        key_id: key.id.clone(),
+                        org_id: key.org_id.clone(),
+                        hash: key.hash.clone(),
+                        at: now,
+                    },
+                );
             }
         }
     }
@@ -112,12 +120,13 @@ impl KeyCache {
     /// Every key used since the last call, with its latest use, emptying the record. The
     /// composition root calls this periodically and writes the times in one batch; the map
     /// holds at most one entry per valid key used since the last call.
-    pub fn take_last_used(&self) -> Vec<(ApiKeyId, DateTime<Utc>)> {
+    /// The uses come sorted by key id, ready for [`TenantStore::touch_api_keys`].
+    pub fn take_last_used(&self) -> Vec<KeyUse> {
         let mut used = self
             .last_used
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = used.drain().collect();
+        let mut out: Vec<KeyUse> = used.drain().map(|(_, u)| u).collect();
         out.sort();
         out
     }

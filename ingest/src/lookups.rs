@@ -3,8 +3,8 @@
 //!
 //! Each is a per-request store read without a cache; with one, a steady client costs the
 //! store one read of each kind per TTL. The TTLs (see [`CacheConfig`]) bound how long a
-//! change takes to be seen: a plan change 10 s, a project that stops existing 10 s (one that
-//! did not exist is remembered 2 s), a month closed by billing 5 s (closed months are
+//! change takes to be seen: a plan change 10 s, a project that stops existing or is archived
+//! 10 s (one that did not exist is remembered 2 s), a month closed by billing 5 s (closed months are
 //! remembered an hour: they never reopen). Store errors are never cached.
 
 use std::sync::Arc;
@@ -84,7 +84,7 @@ impl Lookups {
         Ok(plan)
     }
 
-    /// Whether `project` is a project of `org`.
+    /// Whether `project` is an active (not archived) project of `org`.
     pub async fn project_in_org(
         &self,
         org: &OrgId,
@@ -99,7 +99,7 @@ impl Lookups {
             .get_project(org, project)
             .instrument(tracing::debug_span!("get_project"))
             .await?
-            .is_some_and(|p| p.org_id == *org);
+            .is_some_and(|p| p.org_id == *org && p.archived_at.is_none());
         let ttl = if ok {
             self.project_ttl
         } else {

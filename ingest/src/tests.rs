@@ -131,6 +131,7 @@ fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
         created_at: t("2026-01-01T00:00:00Z"),
         expires_at: None,
         revoked_at: None,
+        last_used_at: None,
     }
 }
 
@@ -146,6 +147,7 @@ fn an_org(id: &str, plan: PlanId) -> Org {
         plan,
         owner_id: UserId::parse("usr_owner").unwrap(),
         created_at: t("2026-01-01T00:00:00Z"),
+        deleted_at: None,
     }
 }
 
@@ -156,6 +158,7 @@ fn project(id: &str, org_id: &str) -> Project {
         name: id.into(),
         slug: id.replace('_', "-"),
         created_at: t("2026-01-01T00:00:00Z"),
+        archived_at: None,
     }
 }
 
@@ -892,7 +895,13 @@ async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
     h.post(Some(FREE_KEY), fev("c", "api_calls", 1).to_string())
         .await;
     h.post(Some("tk_test_unknown"), ev("d").to_string()).await;
-    let used = h.ingest.key_cache().take_last_used();
+    let used: Vec<_> = h
+        .ingest
+        .key_cache()
+        .take_last_used()
+        .into_iter()
+        .map(|u| (u.key_id, u.at))
+        .collect();
     let at = t(NOW) + secs(30);
     assert_eq!(used, [(key_id(FREE_KEY), at), (key_id(GOOD_KEY), at)]);
     assert!(h.ingest.key_cache().take_last_used().is_empty(), "drained");

@@ -1,5 +1,5 @@
-//! [`DynamoStore`]: the AWS backend of [`TenantStore`] and [`UsageStore`], one DynamoDB
-//! table.
+//! [`DynamoStore`]: the AWS backend of [`TenantStore`], [`UsageStore`] and [`ReportStore`],
+//! one DynamoDB table.
 //!
 //! It mirrors [`SqliteStore`](crate::sqlite::SqliteStore) exactly (same errors, same
 //! arithmetic, same ledger body), and the same conformance suite checks both. The table is
@@ -17,20 +17,30 @@
 //!
 //! | item | `pk` | `sk` | other attributes | `gsi1pk` / `gsi1sk` | serves |
 //! |---|---|---|---|---|---|
-//! | org | `ORG#<org>` | `ORG` | `id`, `name`, `slug`, `plan`, `owner_id`, `created_at` | `ORGS` / `ORG#<org>` | `get_org`; `update_org` (conditional `UpdateItem` of `name`/`plan`); `transfer_ownership` (one transaction: `owner_id` conditioned on the old owner, the two memberships' roles conditioned on owner / existing); the index lists all orgs (`list_org_ids`) |
+//! | org | `ORG#<org>` | `ORG` | `id`, `name`, `slug`, `plan`, `owner_id`, `created_at`, `deleted_at`? | `ORGS` / `ORG#<org>` | `get_org`; `update_org` (conditional `UpdateItem` of `name`/`plan`); `delete_org` (`SET deleted_at = if_not_exists(...)`, then each key revoked; `get_role` reads the org with the membership and answers `None` once it is set, and adding anything to the org checks `attribute_not_exists(deleted_at)`); `transfer_ownership` (one transaction: `owner_id` conditioned on the old owner, the two memberships' roles conditioned on owner / existing); the index lists all orgs (`list_org_ids`) |
 //! | org slug guard | `SLUG#<slug>` | `SLUG` | `org_id` | | unique org slugs (put with the org, `attribute_not_exists`) |
-//! | membership | `ORG#<org>` | `MEMBER#<user>` | `user_id`, `role`, `created_at` | `USER#<user>` / `ORG#<org>` | `get_role` (one `GetItem`); `list_members` (query `begins_with MEMBER#`); `add_member` (put under `attribute_not_exists`, with checks of the org and the user); `set_member_role`/`remove_member` (conditional on not being the owner); `list_user_memberships` (the index, eventually consistent) |
+//! | membership | `ORG#<org>` | `MEMBER#<user>` | `user_id`, `role`, `created_at` | `USER#<user>` / `ORG#<org>` | `get_role` (one `GetItem`, with the org's at once); `list_members` (query `begins_with MEMBER#`); `add_member` (put under `attribute_not_exists`, with checks of the org and the user); `set_member_role`/`remove_member` (conditional on not being the owner); `list_user_memberships` (the index, eventually consistent) |
 //! | user | `USER#<user>` | `USER` | `id`, `email` (lowercased), `created_at` | | `get_user` |
 //! | email guard | `EMAIL#<email>` | `EMAIL` | `user_id` | | unique emails; `ensure_user` finds the user by email |
-//! | project | `ORG#<org>` | `PROJECT#<project>` | `id`, `org_id`, `name`, `slug`, `created_at` | | `get_project`; `list_projects` (query `begins_with PROJECT#`) |
+//! | project | `ORG#<org>` | `PROJECT#<project>` | `id`, `org_id`, `name`, `slug`, `created_at`, `archived_at`? | | `get_project`; `list_projects` (query `begins_with PROJECT#`); `update_project` (conditional `UpdateItem` of `name`, `archived_at` by `if_not_exists`) |
+//! | project member | `ORG#<org>` | `PROJECTMEMBER#<user>#<project>` | `user_id`, `project_id`, `created_at` | | `add_project_member` (one transaction: checks of the project and the membership, the put under `attribute_not_exists`); `remove_project_member` (`DeleteItem`); `list_user_projects` (query `begins_with PROJECTMEMBER#<user>#`) |
 //! | project slug guard | `ORG#<org>` | `PROJECTSLUG#<slug>` | `project_id` | | unique project slugs per org |
-//! | API key | `KEYHASH#<sha256 hex>` | `KEY` | `id`, `org_id`, `name`, `hash`, `display_prefix`, `scopes` (JSON), `created_at`, `expires_at`?, `revoked_at`? | `ORG#<org>` / `APIKEY#<key>` | `find_api_key` (one `GetItem` by hash); the index lists an org's keys |
+//! | API key | `KEYHASH#<sha256 hex>` | `KEY` | `id`, `org_id`, `name`, `hash`, `display_prefix`, `scopes` (JSON), `created_at`, `expires_at`?, `revoked_at`?, `last_used_at`? (fixed-width µs text) | `ORG#<org>` / `APIKEY#<key>` | `find_api_key` (one `GetItem` by hash); `touch_api_keys` (a conditional `UpdateItem` per key, by hash, keeping the later time); the index lists an org's keys |
 //! | API key id guard | `ORG#<org>` | `APIKEY#<key>` | `hash` | | unique key ids per org; from key id to hash: `list_api_keys` (query `begins_with APIKEY#`, then `GetItem` by hash: consistent, unlike the index), `revoke_api_key` (`GetItem` of the guard, then a conditional `UpdateItem` `SET revoked_at = if_not_exists(...)` of the key); `rotate_api_key` (one transaction: the new key and guard, and the old key's `expires_at` conditioned on its org and no revocation) |
+//! | invitation | `INVITE#<sha256 hex of the token>` | `INVITE` | `id`, `org_id`, `email` (lowercased), `role`, `hash`, `invited_by`, `created_at`, `expires_at`, `accepted_at`?, `ttl` (7 days) | | `find_invitation` (one `GetItem` by hash, expiry checked on read); `accept_invitation` (one transaction: `accepted_at` conditioned on not accepted and `ttl` not passed, org and user checks, the membership put under `attribute_not_exists`); `dynamodb/invitations.rs` |
+//! | invitation id guard | `ORG#<org>` | `INVITE#<invitation>` | `hash`, `ttl` | | `list_invitations` (query `begins_with INVITE#`, then `GetItem` by hash); `revoke_invitation` (one transaction deleting both, conditioned on not accepted) |
 //! | audit record | `ORG#<org>#AUDIT` | `<20-digit Unix µs>#<record id>` | `actor`, `action`, `resource`, `body` (the record, JSON), `ttl` (90 days) | | `record_audit` (conditional put); `list_audit` (backward query, filters on actor/action/resource/`ttl`) |
-//! | ledger record | `ORG#<org>#LEDGER#<shard>` | `EVT#<event id>` | `month` (`YYYY-MM`), `body` (compact JSON), `ttl` | | exactly once (conditional put); `ledger_page` |
-//! | counter | `ORG#<org>#CTR#<YYYY-MM>` | `<scope>#<meter>#<granularity>#<start>` | `v` (N), `at` (N, `latest` only) | | `counter_series`, `stored_counters` |
+//! | ledger record | `ORG#<org>#LEDGER#<shard>` | `EVT#<event id>` | `month` (`YYYY-MM`), `body` (compact JSON), `ttl`, `owner` (batch id), `claimed` (N, Unix s) | | exactly once (conditional put, returning the old record on failure); `ledger_page` |
+//! | day cell | `ORG#<org>#CTR#<YYYY-MM>` | `DAY#<meter>#<project>#<day start>` | `k` (`add`/`max`/`latest`), `h00`…`h23` (N, the hours), `a00`…`a23` (N, `latest` reading times) | | `sum`/`count`/`max`/`latest` counters: hour, day, month and org-wide values are derived from it (`dynamodb/cells.rs`) by `counter_series` and `stored_counters` |
+//! | counter | `ORG#<org>#CTR#<YYYY-MM>` | `<scope>#<meter>#<granularity>#<start>` | `v` (N) | | `unique_count` counters, which cannot be derived from cells |
 //! | unique marker | `ORG#<org>#UNQ#<YYYY-MM>` | `<counter sk>#V=<value>` or `#H=<sha256 hex>` | | | `unique_count`: one per (counter, value) |
+//! | batch intent | `BATCH#<batch id>` | `INTENT` | `ops` (JSON: the batch's counter writes) or `aborted` (BOOL), `ttl` | | what a batch will write, for anyone to finish it; an abort fences a dead batch off |
+//! | batch chunk marker | `BATCH#<batch id>` | `CHUNK#<n>` | `ttl` | | chunk `n` of the intent was applied (put in its transaction) |
+//! | batch done | `BATCH#<batch id>` | `DONE` | `ttl` | | every chunk was applied: a resend of its events is a duplicate |
 //! | closed period | `PERIOD#<YYYY-MM>` | `PERIOD` | `closed_at` | | `is_period_closed`, `close_period` |
+//! | usage report | `ORG#<org>#REPORT` | `<YYYY-MM>` | `org_id`, `period`, `body` (the report, JSON, at most 350 KB), `created_at` | | `save_report` (put under `attribute_not_exists`, then a consistent read: the first write wins); `get_report`; `list_reports` (query the partition) |
+//! | sync step | `ORG#<org>#SYNC#<YYYY-MM>` | `STEP#<step>` | `result` (the provider id or value the step produced) | | the Stripe sync's ledger: `record_step` (put under `attribute_not_exists`, then a consistent read: the first write wins); `get_step`; `list_steps` (query the partition); `dynamodb/sync_ledger.rs` |
+//! | sync customer | `ORG#<org>` | `SYNCCUSTOMER` | `customer` (the Stripe customer id) | | `record_customer` (first write wins, as steps), `get_customer` |
 //! | Kinesis checkpoint (reserved: written by [`KinesisQueue`](crate::kinesis::KinesisQueue)) | `CHECKPOINT#<stream>#<consumer>` | `SHARD#<shard id>` | `seq`, `seq_order`, `updated_at` | | where each consumer is in each shard |
 //! | Kinesis dead letter (reserved: written by the Kinesis adapter) | `DEADLETTER#<stream>#<consumer>` | `<shard id>#<seq_order>` | reason, record data and position | | records that did not decode |
 //!
@@ -44,11 +54,11 @@
 //!   billing period plus its grace, as the design asks (at least 40). The body is the event
 //!   minus its org and id (the key holds them), the same JSON the SQLite ledger stores.
 //! - Counter `<scope>` is `ALL` (org-wide) or the project id; `<granularity>` is `hour`,
-//!   `day` or `month`; `<start>` is the bucket start in Unix seconds, zero-padded to 12
-//!   digits so the sort key orders by time. A counter lives in the partition of the month
-//!   its bucket starts in, so a month of an org is one partition (what reconcile and
-//!   billing read), and one series over a range is one `Query` per month touched with
-//!   `sk BETWEEN <prefix><from> AND <prefix><to - 1s>`.
+//!   `day` or `month`; `<start>` (and a cell's `<day start>`) is Unix seconds, zero-padded
+//!   to 12 digits so sort keys order by time. Cells and counters live in the partition of
+//!   the month they start in, so a month of an org is one partition (what reconcile and
+//!   billing read), and a series over a range is two `Query`s per month touched (the
+//!   meter's cells, `begins_with`; its explicit counters, `BETWEEN`).
 //! - Values are DynamoDB numbers (38 significant digits, so every `rust_decimal` value
 //!   round-trips exactly); they are read back from their text, never through a float.
 //!   `at` is the reading's time in Unix nanoseconds, so `latest` compares exactly,
@@ -61,69 +71,91 @@
 //!
 //! # Applying a batch
 //!
-//! [`UsageStore::apply_batch`] works like this:
+//! The ledger is what makes a count exactly once; counters are derived from what the
+//! ledger accepted. Putting both in one `TransactWriteItems` is simple but costs twice:
+//! transactional writes bill 2 units per KB, so the ledger alone would cost 2 WCU per event.
+//! [`UsageStore::apply_batch`] instead claims events with plain conditional puts and makes
+//! the counter writes that follow idempotent and recoverable through a per-batch intent:
 //!
 //! 1. `dedupe_in_batch`: repeats of an (org, event id) inside the batch are `Duplicate`.
-//! 2. The rest is sorted by (org, meter, project, time), so events that touch the same
-//!    counters sit together, and packed greedily into chunks of at most 100 actions (one
-//!    ledger put per event plus one action per distinct counter, plus one per distinct
-//!    `unique_count` marker, of the events in the chunk) and well under 4 MB.
-//! 3. Each chunk is one `TransactWriteItems`: a put of each event's ledger record under
-//!    `attribute_not_exists(pk)`, and the chunk's events folded with
-//!    [`tally_core::fold::fold`] into one action per counter: `ADD v :d` for `sum` and
-//!    `count`; `SET v = :x` if `attribute_not_exists(v) OR v < :x` for `max`;
-//!    `SET v = :x, at = :at` if `attribute_not_exists(v) OR at < :at OR (at = :at AND
-//!    v < :x)` for `latest`; for `unique_count`, a marker put under `attribute_not_exists`
-//!    per value and `ADD v :n` on the counter, `n` being the number of marker puts.
-//! 4. If the transaction is cancelled, the cancellation reasons (one per action, in
-//!    order) say what to drop: `ConditionalCheckFailed` on a ledger put means the event was
-//!    counted before (`Duplicate`, and it leaves the chunk); on a `max`/`latest` `SET` that
-//!    the stored value already wins (the action is dropped: folding fewer events can only
-//!    lower the delta, so it keeps losing); on a marker that the value was counted (the
-//!    marker and its share of the `ADD` go). The chunk is rebuilt from what is left and
-//!    sent again at once. Each such round drops at least one action, so it ends.
-//! 5. `TransactionConflict` and throttling reasons, throttling errors, 5xx and network
-//!    failures are retried with jittered exponential backoff ([`RetryPolicy`]). A chunk that
-//!    still fails reports `Failed(reason)` for its events; other chunks' outcomes stand, and
-//!    the caller does not acknowledge the failed events, so they come back.
+//!    The rest is applied in groups of at most 1,000 events (fewer when `unique_count`
+//!    values would make the intent big), each under a fresh random batch id.
+//! 2. **Claim.** Each event's ledger record is put (32 at a time) under
+//!    `attribute_not_exists`, with `owner` = the batch id and `claimed` = now. A put that
+//!    lands makes the event this batch's to count. A put that fails returns the existing
+//!    record (`ReturnValuesOnConditionCheckFailure`), whose `owner` says who counts it.
+//! 3. **Intent.** The owned events are folded into per-hour cells
+//!    ([`tally_core::fold::fold_cells`]) and turned into ops: one `ADD` per day cell for
+//!    `sum`/`count` (all its hours), one conditional `SET` per hour for `max`/`latest`, and
+//!    marker puts plus an `ADD` per `unique_count` counter. The ops are sorted and put as
+//!    the batch's intent under `attribute_not_exists`.
+//! 4. **Apply.** The ops are packed first-fit into chunks of at most 99 actions with no
+//!    item twice, a pure function of the intent. Each chunk is one `TransactWriteItems`
+//!    with a chunk marker put under `attribute_not_exists`: a marker that exists means the
+//!    chunk was applied, by this call or anyone else. A failed `max`/`latest` condition
+//!    means the stored value wins (the op is dropped); a failed unique marker means the
+//!    value was counted (the marker and its share of the `ADD` go); the chunk is sent
+//!    again at once. `TransactionConflict`, throttling, 5xx and network failures are
+//!    retried with jittered exponential backoff ([`RetryPolicy`]).
+//! 5. **Done.** A `DONE` item ends the batch.
 //!
-//! Exactly-once rests on the ledger put's condition alone, never on `ClientRequestToken`
-//! (moto applies a repeated token twice). A timeout after DynamoDB applied a chunk is
-//! retried like any failure; the retry finds every ledger record present and reports the
-//! events `Duplicate`, so counters stay exact (only the applied/duplicate tally of that one
-//! call is off).
+//! Records another batch owns (a resend, a redelivery, a second aggregator) are settled
+//! after this call's own intent is written, so two calls never wait on each other: if the
+//! owner is done, the event is a `Duplicate`; if it wrote an intent but is not done, this
+//! call finishes it (replaying its chunks, which the markers make safe) and the event is a
+//! `Duplicate`; if it has neither, it is either still claiming (it is waited for, up to
+//! 5 s) or dead: once its claim lease ([`DynamoStore::with_claim_lease`], 30 s) is over it
+//! is fenced off by putting an aborted intent under `attribute_not_exists` (so it can never
+//! write its own), and its records are taken over with a conditional `UpdateItem` of
+//! `owner` under a second fresh batch id. A batch whose intent put finds an abort reports
+//! its events `Failed`; they come back and are taken over. Events not settled within the
+//! call are `Failed` and not acknowledged, so they come back.
+//!
+//! Why it is exactly once: an event is counted only through the intent of the batch that
+//! owns its ledger record; ownership moves only away from an aborted batch, which has no
+//! intent and never will; an intent's chunks apply at most once each (their markers) and at
+//! least once (anyone who meets an unfinished intent finishes it, and the events it covers
+//! keep coming back until it is done). Nothing rests on `ClientRequestToken` (moto applies
+//! a repeated token twice). A timeout after DynamoDB applied a put or a chunk is retried
+//! like any failure and finds its own owner, or its own marker.
 //!
 //! ## What it costs
 //!
-//! Transactional writes cost 2 WCU per KB of item (rounded up). Counters and markers are
-//! far under 1 KB, and so is a ledger record unless its event carries big properties
-//! (validation bounds them at 4 KB), so each action costs 2 WCU. Per event that is 2 for
-//! the ledger record plus 2 per counter action divided among the events of the chunk that
-//! share it: every event touches 6 counters (hour, day, month × org-wide, project). Only
-//! org, membership and API key items carry `gsi1` attributes, so the hot path writes no
-//! index.
+//! On-demand DynamoDB bills a standard write 1 WCU per KB (rounded up) and a transactional
+//! write 2 per KB; a failed condition still bills the write. Per batch of distinct events:
 //!
-//! - Worst case, nothing shared (every event a new org/project/meter/hour): 2 + 6 × 2 =
-//!   **14 WCU per event**.
-//! - Steady traffic of one project and meter within an hour: a chunk holds 94 events and 6
-//!   counter actions, 2 + 12/94 ≈ **2.1 WCU per event**.
-//! - `unique_count` adds 6 marker puts (12 WCU) per value new to the chunk's buckets.
-//! - A duplicate costs a cancelled attempt of its chunk (whose capacity may be billed too)
-//!   and a second, smaller attempt.
+//! - **Ledger:** 1 WCU per event (records stay under 1 KB unless an event carries big
+//!   properties; validation bounds them at 4 KB).
+//! - **Counters:** 2 WCU per distinct day cell of the batch (transactional), plus 2 per
+//!   chunk marker per 99 ops. Org-wide, day and month values are not written at all: they
+//!   are derived at read time from the cells, so one event is one hour attribute of one
+//!   item, and events of one (project, meter, day) in a batch share it.
+//! - **Intent and done:** the intent is ~70 bytes per op, so ~0.1 WCU per event when
+//!   nothing collapses; `DONE` is 1 WCU per batch.
+//! - A resend costs its failed ledger put (1 WCU) and, the first time a process sees its
+//!   owner, one strongly consistent `GetItem` (1 RCU).
 //!
-//! Reads: a series is one query per month (a few read units); `ledger_page` reads the 16
-//! shards of an org with a filter on `month`, so it reads (and pays for) the org's other
-//! month still in the ledger as well, which suits a rare reconcile job. Ways to spend less
-//! when it matters: store only hour counters and sum days and months at read time (3×
-//! fewer counter writes), or write the ledger alone and derive counters from its change
-//! stream with a checkpoint.
+//! So an event that shares nothing with its batch costs about 1 + 2 + 0.1 ≈ 3.1 WCU and
+//! one whose cell is shared by many costs about 1.1. On workload W the write-cost
+//! benchmark (`bench/`, see `bench/RESULTS.md`) measures the mix. The naive alternative,
+//! one `UpdateItem ADD` per event for each of six counters, costs 6 WCU per event and is
+//! neither exactly once nor safe to retry. `unique_count` is the exception: it keeps six
+//! explicit counters and a marker per (counter, value), as distinct values cannot be
+//! derived from hours.
 //!
-//! Chunks of one call run one after the other: they often share an org's day and month
-//! counters, so running them at once would mostly make them conflict.
+//! Reads: a project's series is one query per month over at most 31 cells (a few KB, so
+//! 1–3 RCU); an org-wide series reads the meter's cells of every project in the month;
+//! `stored_counters` reads the month partition once. `ledger_page` reads the 16 shards of
+//! an org with a filter on `month`, so it reads (and pays for) the org's other month still
+//! in the ledger as well, which suits a rare reconcile job.
 
 mod apply;
+mod cells;
 mod codec;
+mod invitations;
 mod keys;
+mod reports;
+mod sync_ledger;
 mod table;
 mod tenants;
 mod usage;
@@ -140,14 +172,15 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError, StoredReport,
+    TenantStore, UsageStore,
 };
 use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, Membership, Org, OrgChanges, Project,
-    Role, User,
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
+    OrgChanges, Project, ProjectChanges, Role, User,
 };
 
 use codec::{Item, describe_sdk_error, is_retryable, sdk_error};
@@ -156,6 +189,9 @@ pub use apply::LEDGER_TTL_DAYS;
 /// The AWS SDK for DynamoDB this adapter is built on, re-exported so callers (the binary,
 /// tests) build the [`Client`] with the same version without depending on it themselves.
 pub use aws_sdk_dynamodb as sdk;
+/// The table's key, index and TTL attribute names (what `template.yaml` must declare; its
+/// agreement test reads them from here).
+pub use keys::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
 pub use table::create_table;
 pub use usage::MAX_LEDGER_PAGE;
 
@@ -202,13 +238,47 @@ pub struct DynamoStore {
     client: Client,
     table: Arc<str>,
     retry: RetryPolicy,
+    /// How long a ledger claim by a batch that wrote no intent yet is left alone before
+    /// another batch may fence that batch off and take its events over.
+    claim_lease: Duration,
+    /// How long one call waits for another batch's intent before failing the events it
+    /// shares with that batch (they are retried later).
+    owner_wait: Duration,
+    /// Batches known to be done, so resends of their events cost no read.
+    done_batches: Arc<DoneBatches>,
 }
+
+/// A bounded set of batch ids known to be done (forgotten wholesale when full: it only
+/// saves reads).
+#[derive(Debug, Default)]
+struct DoneBatches(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl DoneBatches {
+    const CAPACITY: usize = 100_000;
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.lock().map(|set| set.contains(id)).unwrap_or(false)
+    }
+
+    fn insert(&self, id: &str) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= Self::CAPACITY {
+                set.clear();
+            }
+            set.insert(id.to_owned());
+        }
+    }
+}
+
+/// Default of [`DynamoStore::with_claim_lease`].
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for DynamoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoStore")
             .field("table", &self.table)
             .field("retry", &self.retry)
+            .field("claim_lease", &self.claim_lease)
             .finish_non_exhaustive()
     }
 }
@@ -244,7 +314,19 @@ impl DynamoStore {
             client,
             table: Arc::from(table.into()),
             retry: RetryPolicy::default(),
+            claim_lease: DEFAULT_CLAIM_LEASE,
+            owner_wait: Duration::from_secs(5),
+            done_batches: Arc::default(),
         }
+    }
+
+    /// The same store with another claim lease: how long events claimed by a batch that has
+    /// not written its intent are left to it before another aggregator fences it off and
+    /// takes them over (see the [module doc](self)). Shorter recovers a crashed batch's
+    /// events sooner; too short makes live batches lose races to resends and retry.
+    pub fn with_claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = lease;
+        self
     }
 
     /// The same store with another retry policy.
@@ -492,6 +574,50 @@ impl TenantStore for DynamoStore {
         tenants::update_org(self, id, changes).await
     }
 
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        tenants::delete_org(self, id, at).await
+    }
+
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        tenants::update_project(self, org, id, changes).await
+    }
+
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        tenants::touch_api_keys(self, uses).await
+    }
+
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        tenants::add_project_member(self, org, project, user, at).await
+    }
+
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        tenants::remove_project_member(self, org, project, user).await
+    }
+
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        tenants::list_user_projects(self, org, user).await
+    }
+
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
         tenants::add_member(self, member).await
     }
@@ -559,6 +685,44 @@ impl TenantStore for DynamoStore {
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         tenants::list_audit(self, query).await
     }
+
+    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
+        invitations::create_invitation(self, invitation).await
+    }
+
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        invitations::list_invitations(self, org, now).await
+    }
+
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        invitations::find_invitation(self, hash, now).await
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        invitations::revoke_invitation(self, org, id, now).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        invitations::accept_invitation(self, hash, user, at).await
+    }
 }
 
 #[async_trait]
@@ -595,5 +759,62 @@ impl UsageStore for DynamoStore {
 
     async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {
         usage::close_period(self, month, at).await
+    }
+}
+
+#[async_trait]
+impl ReportStore for DynamoStore {
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
+        reports::save_report(self, report).await
+    }
+
+    async fn get_report(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<StoredReport>, StoreError> {
+        reports::get_report(self, org, period).await
+    }
+
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
+        reports::list_reports(self, org).await
+    }
+}
+
+#[async_trait]
+impl tally_core::ports::SyncLedger for DynamoStore {
+    async fn record_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+        result: &str,
+    ) -> Result<String, StoreError> {
+        sync_ledger::record_step(self, org, period, step, result).await
+    }
+
+    async fn get_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+    ) -> Result<Option<String>, StoreError> {
+        sync_ledger::get_step(self, org, period, step).await
+    }
+
+    async fn list_steps(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Vec<tally_core::ports::SyncStep>, StoreError> {
+        sync_ledger::list_steps(self, org, period).await
+    }
+
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
+        sync_ledger::record_customer(self, org, customer).await
+    }
+
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        sync_ledger::get_customer(self, org).await
     }
 }

@@ -1,5 +1,5 @@
-//! [`SqliteStore`]: the embedded backend of [`TenantStore`] and [`UsageStore`], one SQLite
-//! file.
+//! [`SqliteStore`]: the embedded backend of [`TenantStore`], [`UsageStore`] and
+//! [`ReportStore`], one SQLite file (reports: `sqlite/reports.rs`).
 //!
 //! # Processes and connections
 //!
@@ -70,24 +70,26 @@ use rust_decimal::Decimal;
 use tally_core::counter::{CounterKey, CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
-use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore,
-    UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError,
+    StoredReport, TenantStore, UsageStore,
 };
 use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, Membership, Org, OrgChanges,
-    Project, Role, User,
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse, Membership,
+    Org, OrgChanges, Project, ProjectChanges, Role, User,
 };
 
 use crate::conn::{self, ConnSettings, Kind};
 
 mod management;
+mod reports;
+mod sync_ledger;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -309,6 +311,15 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < 2 {
         tx.execute_batch(management::SCHEMA_V2).map_err(db)?;
     }
+    if version < 3 {
+        tx.execute_batch(reports::SCHEMA_V3).map_err(db)?;
+    }
+    if version < 4 {
+        tx.execute_batch(management::SCHEMA_V4).map_err(db)?;
+    }
+    if version < 5 {
+        tx.execute_batch(sync_ledger::SCHEMA_V5).map_err(db)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db)?;
@@ -440,14 +451,23 @@ fn user_of((id, email, created): (String, String, String)) -> Result<User, Store
     })
 }
 
-type OrgRow = (String, String, String, String, String, String);
+type OrgRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
 
-fn org_of((id, name, slug, plan, owner, created): OrgRow) -> Result<Org, StoreError> {
+fn org_of((id, name, slug, plan, owner, created, deleted): OrgRow) -> Result<Org, StoreError> {
     Ok(Org {
         id: parse_id(&id, OrgId::parse)?,
         plan: PlanId::parse(&plan).ok_or_else(|| corrupt(format!("plan {plan:?}")))?,
         owner_id: parse_id(&owner, UserId::parse)?,
         created_at: parse_ts(&created)?,
+        deleted_at: parse_opt_ts(deleted)?,
         name,
         slug,
     })
@@ -455,36 +475,50 @@ fn org_of((id, name, slug, plan, owner, created): OrgRow) -> Result<Org, StoreEr
 
 /// Reads one org by id (on a plain connection or inside a transaction).
 fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, StoreError> {
-    conn.prepare_cached("SELECT id, name, slug, plan, owner_id, created_at FROM orgs WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row(params![id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .optional()
+    conn.prepare_cached(
+        "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })
-        .map_err(db)?
-        .map(org_of)
-        .transpose()
+        .optional()
+    })
+    .map_err(db)?
+    .map(org_of)
+    .transpose()
 }
 
-type ProjectRow = (String, String, String, String, String);
+type ProjectRow = (String, String, String, String, String, Option<String>);
+
+/// The columns [`project_row`] reads, in order.
+const PROJECT_COLS: &str = "org, id, name, slug, created_at, archived_at";
 
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
-fn project_of((org, id, name, slug, created): ProjectRow) -> Result<Project, StoreError> {
+fn project_of((org, id, name, slug, created, archived): ProjectRow) -> Result<Project, StoreError> {
     Ok(Project {
         id: parse_id(&id, ProjectId::parse)?,
         org_id: parse_id(&org, OrgId::parse)?,
         created_at: parse_ts(&created)?,
+        archived_at: parse_opt_ts(archived)?,
         name,
         slug,
     })
@@ -500,6 +534,7 @@ struct KeyRow {
     created: String,
     expires: Option<String>,
     revoked: Option<String>,
+    last_used: Option<String>,
 }
 
 fn key_of(k: KeyRow) -> Result<ApiKey, StoreError> {
@@ -512,14 +547,33 @@ fn key_of(k: KeyRow) -> Result<ApiKey, StoreError> {
         created_at: parse_ts(&k.created)?,
         expires_at: parse_opt_ts(k.expires)?,
         revoked_at: parse_opt_ts(k.revoked)?,
+        last_used_at: parse_opt_ts(k.last_used)?,
         name: k.name,
         display_prefix: k.prefix,
     })
 }
 
+/// Reads one project of an org (on a plain connection or inside a transaction).
+fn read_project(conn: &Connection, org: &str, id: &str) -> Result<Option<Project>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![org, id], project_row).optional())
+    .map_err(db)?
+    .map(project_of)
+    .transpose()
+}
+
 fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreError> {
     conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1")
         .and_then(|mut s| s.exists(params![org.as_str()]))
+        .map_err(db)
+}
+
+/// Whether the org exists and is not deleted (what adding anything to it needs).
+fn org_is_live(conn: &Connection, org: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
+        .and_then(|mut s| s.exists(params![org]))
         .map_err(db)
 }
 
@@ -609,8 +663,8 @@ impl TenantStore for SqliteStore {
             }
             let created = ts_text(org.created_at);
             tx.prepare_cached(
-                "INSERT INTO orgs (id, slug, name, plan, owner_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO orgs (id, slug, name, plan, owner_id, created_at, deleted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -619,7 +673,8 @@ impl TenantStore for SqliteStore {
                     org.name,
                     org.plan.as_str(),
                     org.owner_id.as_str(),
-                    created
+                    created,
+                    org.deleted_at.map(ts_text)
                 ])
             })
             .map_err(db)?;
@@ -666,7 +721,7 @@ impl TenantStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            if !org_exists(&tx, &p.org_id)? {
+            if !org_is_live(&tx, p.org_id.as_str())? {
                 return Err(StoreError::NotFound {
                     what: format!("org {}", p.org_id),
                 });
@@ -690,7 +745,8 @@ impl TenantStore for SqliteStore {
                 });
             }
             tx.prepare_cached(
-                "INSERT INTO projects (org, id, slug, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO projects (org, id, slug, name, created_at, archived_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -698,7 +754,8 @@ impl TenantStore for SqliteStore {
                     p.id.as_str(),
                     p.slug,
                     p.name,
-                    ts_text(p.created_at)
+                    ts_text(p.created_at),
+                    p.archived_at.map(ts_text)
                 ])
             })
             .map_err(db)?;
@@ -713,26 +770,16 @@ impl TenantStore for SqliteStore {
         id: &ProjectId,
     ) -> Result<Option<Project>, StoreError> {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT org, id, name, slug, created_at FROM projects WHERE org = ?1 AND id = ?2",
-            )
-            .and_then(|mut s| s.query_row(params![org, id], project_row).optional())
-            .map_err(db)?
-            .map(project_of)
-            .transpose()
-        })
-        .await
+        self.read(move |conn| read_project(conn, &org, &id)).await
     }
 
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT org, id, name, slug, created_at FROM projects WHERE org = ?1
-                     ORDER BY created_at, id",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 ORDER BY created_at, id"
+                ))
                 .map_err(db)?;
             let rows = stmt.query_map(params![org], project_row).map_err(db)?;
             let mut out = Vec::new();
@@ -752,7 +799,7 @@ impl TenantStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            if !org_exists(&tx, &k.org_id)? {
+            if !org_is_live(&tx, k.org_id.as_str())? {
                 return Err(StoreError::NotFound {
                     what: format!("org {}", k.org_id),
                 });
@@ -799,7 +846,7 @@ impl TenantStore for SqliteStore {
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT org, id, hash, name, display_prefix, scopes, created_at, expires_at,
-                        revoked_at
+                        revoked_at, last_used_at
                  FROM api_keys WHERE hash = ?1",
             )
             .and_then(|mut s| {
@@ -814,6 +861,7 @@ impl TenantStore for SqliteStore {
                         created: r.get(6)?,
                         expires: r.get(7)?,
                         revoked: r.get(8)?,
+                        last_used: r.get(9)?,
                     })
                 })
                 .optional()
@@ -837,6 +885,50 @@ impl TenantStore for SqliteStore {
         changes: &OrgChanges,
     ) -> Result<Option<Org>, StoreError> {
         self.mgmt_update_org(id, changes).await
+    }
+
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        self.mgmt_delete_org(id, at).await
+    }
+
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        self.mgmt_update_project(org, id, changes).await
+    }
+
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        self.mgmt_touch_api_keys(uses).await
+    }
+
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.mgmt_add_project_member(org, project, user, at).await
+    }
+
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        self.mgmt_remove_project_member(org, project, user).await
+    }
+
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        self.mgmt_list_user_projects(org, user).await
     }
 
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
@@ -905,6 +997,44 @@ impl TenantStore for SqliteStore {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         self.mgmt_list_audit(query).await
+    }
+
+    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
+        self.mgmt_create_invitation(invitation).await
+    }
+
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        self.mgmt_list_invitations(org, now).await
+    }
+
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        self.mgmt_find_invitation(hash, now).await
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        self.mgmt_revoke_invitation(org, id, now).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        self.mgmt_accept_invitation(hash, user, at).await
     }
 }
 
@@ -1206,6 +1336,63 @@ impl UsageStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl ReportStore for SqliteStore {
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
+        self.reports_save(report).await
+    }
+
+    async fn get_report(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<StoredReport>, StoreError> {
+        self.reports_get(org, period).await
+    }
+
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
+        self.reports_list(org).await
+    }
+}
+
+#[async_trait]
+impl tally_core::ports::SyncLedger for SqliteStore {
+    async fn record_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+        result: &str,
+    ) -> Result<String, StoreError> {
+        self.sync_record_step(org, period, step, result).await
+    }
+
+    async fn get_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.sync_get_step(org, period, step).await
+    }
+
+    async fn list_steps(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Vec<tally_core::ports::SyncStep>, StoreError> {
+        self.sync_list_steps(org, period).await
+    }
+
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
+        self.sync_record_customer(org, customer).await
+    }
+
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        self.sync_get_customer(org).await
     }
 }
 

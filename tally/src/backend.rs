@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use aws_config::SdkConfig;
 use clap::Args;
 use serde::Serialize;
-use tally_core::ports::{EventQueue, TenantStore, UsageStore};
+use tally_core::ports::{EventQueue, ReportStore, TenantStore, UsageStore};
 use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::KinesisQueue;
 use tally_store::local_queue::LocalQueue;
@@ -111,6 +111,8 @@ pub struct Stores {
     pub tenants: Arc<dyn TenantStore>,
     /// Ledger and counters.
     pub usage: Arc<dyn UsageStore>,
+    /// Billing's usage reports.
+    pub reports: Arc<dyn ReportStore>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
     /// The AWS configuration, built once if any AWS backend is in use.
@@ -124,6 +126,8 @@ pub struct Backends {
     pub tenants: Arc<dyn TenantStore>,
     /// Ledger and counters.
     pub usage: Arc<dyn UsageStore>,
+    /// Billing's usage reports.
+    pub reports: Arc<dyn ReportStore>,
     /// The queue between ingest and the aggregator.
     pub queue: Arc<dyn EventQueue>,
 }
@@ -151,7 +155,8 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             );
             Ok(Stores {
                 tenants: store.clone(),
-                usage: store,
+                usage: store.clone(),
+                reports: store,
                 dynamo: None,
                 aws: None,
             })
@@ -163,7 +168,8 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
             Ok(Stores {
                 tenants: store.clone(),
-                usage: store,
+                usage: store.clone(),
+                reports: store,
                 dynamo: Some((client, table)),
                 aws,
             })
@@ -208,6 +214,7 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
     Ok(Backends {
         tenants: stores.tenants,
         usage: stores.usage,
+        reports: stores.reports,
         queue,
     })
 }

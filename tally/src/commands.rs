@@ -273,6 +273,7 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         plan,
         owner_id: owner.id.clone(),
         created_at: now,
+        deleted_at: None,
     };
     store
         .tenants
@@ -315,6 +316,7 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
         name,
         slug,
         created_at: Utc::now(),
+        archived_at: None,
     };
     store
         .tenants
@@ -387,6 +389,7 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         created_at: Utc::now(),
         expires_at,
         revoked_at: None,
+        last_used_at: None,
     };
     let store = backend::open_store(common).await?;
     store

@@ -7,6 +7,8 @@
 
 mod aggregate;
 mod backend;
+mod bill;
+mod clock;
 mod commands;
 mod output;
 mod serve;
@@ -72,6 +74,8 @@ enum Command {
     Aggregate(aggregate::AggregateArgs),
     /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
     Reconcile(commands::ReconcileArgs),
+    /// Close an ended month and store each organization's usage report (idempotent).
+    Bill(bill::BillArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
@@ -119,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => backend::init(common, args)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Bill(args) => bill::bill(common, args).await.map(|()| ExitCode::SUCCESS),
         Command::Aggregate(args) => aggregate::aggregate(common, args)
             .await
             .map(|()| ExitCode::SUCCESS),

@@ -1,12 +1,16 @@
 //! `tally serve`: the whole of Tally in one process on the embedded default.
 //!
 //! One axum server carries the ingest and usage routers; the aggregator drains the local
-//! queue in a background task; a small scheduler closes each ended month once its grace
-//! period has passed. On SIGINT or SIGTERM the server stops taking requests, finishes the
+//! queue in a background task; a small scheduler bills each ended month once its grace
+//! period has passed (closes it and stores every org's report, as `tally bill` does). On SIGINT or SIGTERM the server stops taking requests, finishes the
 //! ones in flight (each answered `202` only after its events were durably queued), and the
 //! aggregator drains what is queued before the process exits. Anything still queued after
 //! the drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
 //! lost either way.
+//!
+//! `GET /metrics` serves the process's `metrics` (ingest, aggregator, queue) in Prometheus
+//! text format. API keys' last-used times, which ingest keeps in memory, are written to the
+//! store every few seconds ([`flush_key_uses`]) and once more on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +21,10 @@ use axum::Router;
 use axum::routing::get;
 use clap::Args;
 use tally_aggregator::AggregatorConfig;
+use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
 use tally_core::MeterCatalogue;
-use tally_core::ports::{Clock, SystemClock, UsageStore};
-use tally_core::{Month, ports::StoreError};
+use tally_core::Month;
+use tally_core::ports::Clock;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -71,21 +76,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// How often `tally serve` writes the keys' last-used times (kept in memory by ingest) to
+/// the store.
+pub const KEY_USE_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
 /// Builds the HTTP app of the local server; `jwt` verifies users' tokens (none: JWTs are
-/// refused).
+/// refused). Also hands back ingest's key cache, whose last-used times
+/// [`flush_key_uses`] writes.
 pub fn app(
     backends: &Backends,
     clock: Arc<dyn Clock>,
     jwt: Option<tally_api::jwt::JwtConfig>,
-) -> Router {
+) -> (Router, Arc<tally_ingest::KeyCache>) {
     let catalogue = Arc::new(MeterCatalogue::default());
-    let ingest = tally_ingest::router(tally_ingest::IngestState {
-        tenants: backends.tenants.clone(),
-        usage: backends.usage.clone(),
-        queue: backends.queue.clone(),
-        catalogue: catalogue.clone(),
-        clock: clock.clone(),
-    });
+    let ingest = tally_ingest::Ingest::new(
+        tally_ingest::IngestState {
+            tenants: backends.tenants.clone(),
+            usage: backends.usage.clone(),
+            queue: backends.queue.clone(),
+            catalogue: catalogue.clone(),
+            clock: clock.clone(),
+        },
+        tally_ingest::IngestConfig::default(),
+    );
+    let keys = ingest.key_cache();
+    let ingest = ingest.router();
     let api = tally_api::router(tally_api::ApiState {
         tenants: backends.tenants.clone(),
         usage: backends.usage.clone(),
@@ -93,22 +108,59 @@ pub fn app(
         clock,
         jwt: jwt.map(Arc::new),
     });
-    ingest.merge(api).route(
+    let router = ingest.merge(api).route(
         "/healthz",
         get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-    )
+    );
+    (router, keys)
+}
+
+/// Writes the keys' last-used times every [`KEY_USE_FLUSH_EVERY`], and once more when
+/// `stop` is set. A failed write is logged and its times are dropped: a last-used time is
+/// advisory, and the next use records a fresh one.
+pub async fn flush_key_uses(
+    keys: Arc<tally_ingest::KeyCache>,
+    tenants: Arc<dyn tally_core::ports::TenantStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(KEY_USE_FLUSH_EVERY) => false,
+            _ = stop.changed() => true,
+        };
+        let uses = keys.take_last_used();
+        for chunk in uses.chunks(tally_core::tenant::MAX_KEY_USES_PER_CALL) {
+            if let Err(e) = tenants.touch_api_keys(chunk).await {
+                warn!(error = %e, keys = chunk.len(), "cannot record API keys' last use");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     let backends = backend::open(common).await?;
     let jwt = crate::commands::jwt_config(common)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = crate::clock::from_env()?;
+    let grace = chrono::Duration::from_std(args.grace_period)
+        .ok()
+        .filter(|g| *g <= tally_billing::close::MAX_GRACE)
+        .with_context(|| {
+            format!(
+                "--grace-period must be at most {} days",
+                tally_billing::close::MAX_GRACE.num_days()
+            )
+        })?;
+    let catalogue = Arc::new(Catalogue::builtin().context("the built-in plan catalogue")?);
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let prometheus = install_prometheus(stop_rx.clone())?;
 
     let aggregator = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
@@ -122,17 +174,29 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     ));
     let scheduler = (!args.no_billing_scheduler).then(|| {
         tokio::spawn(close_ended_months(
-            backends.usage.clone(),
+            backends.clone(),
+            catalogue,
             clock.clone(),
-            args.grace_period,
+            grace,
             stop_rx.clone(),
         ))
     });
 
     info!(addr = %local, data = %common.data.display(), "tally listening on http://{local}");
+    let (router, keys) = app(&backends, clock, Some(jwt));
+    let key_uses = tokio::spawn(flush_key_uses(
+        keys,
+        backends.tenants.clone(),
+        stop_rx.clone(),
+    ));
     let served = axum::serve(
         listener,
-        app(&backends, clock, Some(jwt)).into_make_service_with_connect_info::<SocketAddr>(),
+        router
+            .route(
+                "/metrics",
+                get(move || std::future::ready(prometheus.render())),
+            )
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await;
@@ -144,6 +208,7 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = scheduler {
         let _ = s.await;
     }
+    let _ = key_uses.await;
     served.context("server failed")?;
     match backends.queue.depth().await {
         Ok(0) => info!("stopped; queue empty"),
@@ -154,6 +219,26 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => warn!(error = %e, "stopped; could not read queue depth"),
     }
     Ok(())
+}
+
+/// Installs the process's `metrics` recorder, rendered in Prometheus text format at
+/// `GET /metrics`, and keeps its histograms trimmed (the exporter's upkeep) until `stop`.
+fn install_prometheus(
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => upkeep.run_upkeep(),
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    Ok(handle)
 }
 
 async fn shutdown_signal() {
@@ -183,39 +268,51 @@ async fn shutdown_signal() {
     }
 }
 
-/// Closes the month before the current one once `grace` has passed since it ended. The
-/// billing worker builds reports for closed months; this task only makes ingest refuse late
-/// events for them.
+/// Bills the month before the current one once `grace` has passed since it ended: the same
+/// [`close_month`] as `tally bill` (close the period so ingest refuses it, then build and
+/// store every org's report). It checks once a minute; after a month is billed it is not run
+/// again in this process, and a restart runs it once more, which finds the reports stored
+/// and changes nothing. A failure (some org could not be billed) is retried next minute.
 async fn close_ended_months(
-    usage: Arc<dyn UsageStore>,
+    backends: Backends,
+    catalogue: Arc<Catalogue>,
     clock: Arc<dyn Clock>,
-    grace: Duration,
+    grace: chrono::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::hours(1));
+    let mut billed: Option<Month> = None;
     loop {
-        if let Err(e) = close_if_due(usage.as_ref(), clock.as_ref(), grace).await {
-            warn!(error = %e, "could not check or close the previous month; will retry");
+        if let Some(period) = tally_billing::close::previous_month_if_due(clock.now(), grace)
+            && billed != Some(period)
+        {
+            let ports = ClosePorts {
+                tenants: backends.tenants.as_ref(),
+                usage: backends.usage.as_ref(),
+                reports: backends.reports.as_ref(),
+                clock: clock.as_ref(),
+            };
+            let request = CloseRequest {
+                grace,
+                ..CloseRequest::new(period)
+            };
+            match close_month(ports, &catalogue, &request, &NoProgress).await {
+                Ok(out) => {
+                    info!(
+                        period = %period,
+                        orgs = out.reports.len(),
+                        stored_now = out.stored_now,
+                        "closed and billed period"
+                    );
+                    billed = Some(period);
+                }
+                Err(e) => warn!(period = %period, error = %e, "billing run failed; will retry"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
     }
-}
-
-async fn close_if_due(
-    usage: &dyn UsageStore,
-    clock: &dyn Clock,
-    grace: chrono::Duration,
-) -> Result<(), StoreError> {
-    let now = clock.now();
-    let prev = Month::of(now).prev();
-    if now >= prev.end() + grace && !usage.is_period_closed(prev).await? {
-        usage.close_period(prev, now).await?;
-        info!(period = %prev, "closed period");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

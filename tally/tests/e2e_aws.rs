@@ -1,7 +1,8 @@
 //! The foundation's end-to-end scenario on the AWS backends, against the emulator the test
 //! command starts: `tally init` creates a fresh table and queue or stream, then `tally serve
 //! --store dynamodb:… --queue sqs:…` (or `kinesis:…`) must give exact totals for 1,000 events
-//! of which 100 are resends, at every granularity, org-wide and per project.
+//! of which 100 are resends, at every granularity, org-wide and per project; and `tally bill`
+//! bills a month once on DynamoDB.
 
 mod common;
 
@@ -15,4 +16,64 @@ async fn dynamodb_and_sqs_count_resends_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_and_kinesis_count_resends_once() {
     resend_scenario(&Env::aws("kinesis"), "acme-kinesis").await;
+}
+
+/// `tally bill` on DynamoDB (with SQS): the period closes, the report is stored once and a
+/// rerun prints it unchanged, and ingest then refuses the month. Time is pinned with the
+/// hidden `TALLY_NOW` (see `e2e_bill.rs`, which covers the rest on the embedded default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_bills_a_month_once() {
+    use serde_json::json;
+    let env = Env::aws("sqs");
+    let tenant = make_tenant(&env, "acme-bill");
+    let now = [("TALLY_NOW", "2026-03-01T02:00:00Z")];
+    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now).await;
+    let client = reqwest::Client::new();
+    let post = |id: &str, minutes: &str, at: &str| json!({"events": [{"id": id, "project_id": tenant.projects[0], "meter": "compute_minutes", "quantity": minutes, "timestamp": at}]});
+    let r = client
+        .post(server.url("/v1/events"))
+        .bearer_auth(&tenant.key)
+        .json(&post("feb-1", "10250", "2026-02-14T12:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let feb = "meter=compute_minutes&granularity=month&from=2026-02-01&to=2026-03-01";
+    while usage(&client, &server, &tenant.key, feb).await
+        != [("2026-02-01T00:00:00Z".to_owned(), "10250".to_owned())]
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "February never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(server);
+
+    let refused = env.cli_raw_env(&["bill", "--period", "2026-03"], &now);
+    assert!(!refused.status.success());
+    let first = env.cli_env(&["bill", "--period", "2026-02"], &now);
+    assert_eq!(first["stored_now"], 1);
+    let report = &first["reports"][0];
+    assert_eq!(report["org_id"], tenant.org);
+    // Pro: 250 minutes over the 10,000 included at $0.10, 20 % off = $20.00, + $99.00.
+    assert_eq!(report["total"], "119.00");
+    let again = env.cli_env(&["bill", "--period", "2026-02"], &now);
+    assert_eq!(again["stored_now"], 0);
+    assert_eq!(again["reports"], first["reports"]);
+
+    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now).await;
+    let r = client
+        .post(server.url("/v1/events"))
+        .bearer_auth(&tenant.key)
+        .json(&post("feb-late", "1", "2026-02-20T00:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["rejected"][0]["error"]["code"], "period_closed",
+        "{body}"
+    );
 }

@@ -90,3 +90,147 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
         ]
     );
 }
+
+/// The life of an org through the server: an invitation accepted once, a project archived,
+/// the key's last use flushed to the store and listed, and the org deleted, after which
+/// its routes are 404 and its key is refused by ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_last_use_and_deletion_through_the_server() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "acme-life");
+    let owner_of = |slug: &str, email: &str| {
+        let org = env.cli(&[
+            "org",
+            "create",
+            "--name",
+            "Home",
+            "--slug",
+            slug,
+            "--owner-email",
+            email,
+        ]);
+        org["owner_id"].as_str().unwrap().to_owned()
+    };
+    let ada = owner_of("ada-home", "ada@example.com");
+    let carol = owner_of("carol-home", "carol@example.com");
+    let token_of = |user: &str| {
+        let t = env.cli(&["token", "create", "--user", user, "--ttl", "10m"]);
+        t["token"].as_str().unwrap().to_owned()
+    };
+    let (ada, carol) = (token_of(&ada), token_of(&carol));
+    let server = Server::start(&env).await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, bearer: String, body: Option<Value>| {
+        let mut req = client
+            .request(method, server.url(&path))
+            .bearer_auth(bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    use reqwest::Method;
+    let org = tenant.org.clone();
+
+    let (status, body) = post(&client, &server, &tenant.key, &events(&tenant, "life", 3))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+
+    let (status, invite) = call(
+        Method::POST,
+        format!("/v1/orgs/{org}/invitations"),
+        ada.clone(),
+        Some(json!({"email": "Carol@Example.com", "role": "member"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{invite}");
+    let accept = json!({"token": invite["token"]});
+    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), carol.clone(), None).await;
+    assert_eq!(status, 404, "not a member yet");
+    let (status, m) = call(
+        Method::POST,
+        "/v1/invitations/accept".into(),
+        carol.clone(),
+        Some(accept.clone()),
+    )
+    .await;
+    assert_eq!((status, m["role"].as_str()), (201, Some("member")), "{m}");
+    let (status, _) = call(
+        Method::POST,
+        "/v1/invitations/accept".into(),
+        carol.clone(),
+        Some(accept),
+    )
+    .await;
+    assert_eq!(status, 409, "accepted once");
+    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), carol.clone(), None).await;
+    assert_eq!(status, 200, "a member now");
+
+    let (status, p) = call(
+        Method::POST,
+        format!("/v1/orgs/{org}/projects/{}/archive", tenant.projects[1]),
+        ada.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{p}");
+    assert!(p["archived_at"].is_string());
+
+    // The key's last use reaches the store within the flush interval.
+    let mut last_used = Value::Null;
+    for _ in 0..40 {
+        let (_, keys) = call(
+            Method::GET,
+            format!("/v1/orgs/{org}/keys"),
+            ada.clone(),
+            None,
+        )
+        .await;
+        last_used = keys["keys"][0]["last_used_at"].clone();
+        if last_used.is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(last_used.is_string(), "last_used_at was never recorded");
+
+    let (status, _) = call(
+        Method::DELETE,
+        format!("/v1/orgs/{org}"),
+        carol.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "members do not delete orgs");
+    let (status, deleted) =
+        call(Method::DELETE, format!("/v1/orgs/{org}"), ada.clone(), None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert!(deleted["deleted_at"].is_string());
+    for who in [&ada, &carol] {
+        let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), who.clone(), None).await;
+        assert_eq!(status, 404);
+    }
+    // Ingest trusts a cached key for up to 10 s; after that the revoked key is refused.
+    let mut refused = false;
+    for i in 0..60 {
+        let (status, _) = post(
+            &client,
+            &server,
+            &tenant.key,
+            &events(&tenant, &format!("after-{i}"), 1),
+        )
+        .await
+        .unwrap();
+        if status == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(refused, "the deleted org's key still works");
+}

@@ -27,15 +27,23 @@
 //! - [`QueueFault::PartialAck`]: some receipts are acknowledged, then `ack` fails.
 //! - [`ReceiveFault::Redeliver`]: `receive` hands out again every delivery that was handed
 //!   out and not acknowledged yet, even while another aggregator is still working on it
-//!   (what a visibility timeout shorter than a batch does). Independently, when the real
-//!   queue has nothing visible, deliveries not acknowledged within
-//!   [`Harness::reoffer_after`] are handed out again (a fast simulated visibility timeout;
-//!   the real queue's own timeout also applies).
+//!   (what a visibility timeout shorter than a batch does), possibly into the very batch
+//!   that already holds it. Independently, when the real queue has nothing visible,
+//!   deliveries not acknowledged within [`Harness::reoffer_after`] are handed out again (a
+//!   fast simulated visibility timeout; the real queue's own timeout also applies). Once
+//!   the real queue acknowledged a message under any of its receipts, the decorator hands
+//!   out none of them again, as the queue would not: a record acknowledged too early must
+//!   show up as a short counter, not be papered over by a redelivery no queue would make.
 //! - Client resends: some events are published again, in later publishes, exactly as
 //!   before, while the aggregators run.
 //! - Poison: with a schedule's `poison` flag, one `unique_count` event without the property
 //!   its meter counts is published for an org of its own (it decodes, but fails validation
 //!   after the fact); it must be dead-lettered with the reason and counted nowhere.
+//!
+//! [`run_property`] draws the schedules from a seed it prints and runs several at once, each
+//! on a queue of its own (the store is shared, or fresh per schedule), so the waiting one
+//! schedule does overlaps the work of the others. A failure names the schedule and how to
+//! replay it (`TALLY_FAULT_SEED`, `TALLY_FAULT_ONLY`).
 
 // Test support code: a failed unwrap here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -322,6 +330,25 @@ impl UsageStore for FaultyStore {
 struct Outstanding {
     delivery: Delivery,
     handed_out: Instant,
+    /// Which queue message it is (see [`message_key`]).
+    message: u64,
+}
+
+/// Identifies the queue message a delivery came from, by its events: a redelivery has a
+/// new receipt (an SQS receipt handle is opaque) but the same events, while two different
+/// messages with the same events in the same order are as good as impossible in a
+/// workload. Used to forget every receipt of a message once one of them is acknowledged,
+/// as the queue does; were two messages ever to collide, forgetting the other one early is
+/// harmless: the real queue still holds it and redelivers it.
+fn message_key(d: &Delivery) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in &d.events {
+        e.org_id.hash(&mut h);
+        e.id.hash(&mut h);
+    }
+    d.events.len().hash(&mut h);
+    h.finish()
 }
 
 /// An [`EventQueue`] that skips or breaks acknowledgements and redelivers as the schedule
@@ -331,6 +358,9 @@ pub struct FaultyQueue {
     faults: Arc<Faults>,
     /// By receipt.
     outstanding: Mutex<HashMap<String, Outstanding>>,
+    /// The message of every receipt handed out (an acknowledged receipt may already be
+    /// gone from `outstanding`).
+    messages: Mutex<HashMap<String, u64>>,
     reoffer_after: Duration,
     /// Orgs of records that were dead-lettered.
     pub dead_lettered: Mutex<Vec<(OrgId, String)>>,
@@ -344,16 +374,28 @@ impl FaultyQueue {
             inner,
             faults,
             outstanding: Mutex::new(HashMap::new()),
+            messages: Mutex::new(HashMap::new()),
             reoffer_after,
             dead_lettered: Mutex::new(Vec::new()),
         }
     }
 
+    /// The queue deleted the messages of `receipts`: none of their deliveries (under any
+    /// receipt) comes back. Keeping a redelivery's older receipt outstanding would hand the
+    /// events out again although the real queue no longer has them, and so hide a record
+    /// acknowledged before its events were all applied.
     fn settle(&self, receipts: &[String]) {
-        let mut out = self.outstanding.lock().unwrap();
-        for r in receipts {
-            out.remove(r);
-        }
+        let gone: HashSet<u64> = {
+            let messages = self.messages.lock().unwrap();
+            receipts
+                .iter()
+                .filter_map(|r| messages.get(r).copied())
+                .collect()
+        };
+        self.outstanding
+            .lock()
+            .unwrap()
+            .retain(|r, o| !receipts.contains(r) && !gone.contains(&o.message));
     }
 
     /// Deliveries handed out and not acknowledged.
@@ -415,13 +457,17 @@ impl EventQueue for FaultyQueue {
             return Ok(again);
         }
         let now = Instant::now();
+        let mut messages = self.messages.lock().unwrap();
         let mut out = self.outstanding.lock().unwrap();
         for d in &got {
+            let message = message_key(d);
+            messages.insert(d.receipt.clone(), message);
             out.insert(
                 d.receipt.clone(),
                 Outstanding {
                     delivery: d.clone(),
                     handed_out: now,
+                    message,
                 },
             );
         }
@@ -487,13 +533,15 @@ pub type StoreMaker = Box<
 
 /// The backend pair a harness runs on, and how long things may take.
 pub struct Harness {
-    /// The real store.
+    /// The real store, shared by every schedule (each uses fresh org ids).
     pub store: Arc<dyn UsageStore>,
     /// If set, each schedule gets a fresh store from it instead of `store` (the emulator
     /// slows down as one table grows: a transaction snapshots the whole table).
     pub new_store: Option<StoreMaker>,
-    /// The real queue (shared by all aggregators, as one queue is).
-    pub queue: Arc<dyn EventQueue>,
+    /// The real queues, all empty: as many schedules run at once as there are queues, each
+    /// on a queue of its own (which all its aggregators share, as they share one queue in
+    /// production). A schedule leaves its queue empty for the next one.
+    pub queues: Vec<Arc<dyn EventQueue>>,
     /// The simulated visibility timeout of [`FaultyQueue`].
     pub reoffer_after: Duration,
     /// How long an aggregator's idle receive waits.
@@ -595,6 +643,17 @@ pub fn ground_truth(events: &[Event]) -> HashMap<OwnedCounterKey, Decimal> {
     truth
 }
 
+/// The aggregator tasks of a running schedule; dropping it aborts them.
+struct Workers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &self.0 {
+            w.abort();
+        }
+    }
+}
+
 /// What one schedule did, for the test's summary.
 #[derive(Debug, Default)]
 pub struct RunReport {
@@ -604,30 +663,25 @@ pub struct RunReport {
     pub dead_lettered: usize,
 }
 
-/// Runs one schedule: publishes (with resends, and a poison event if asked) while
-/// `s.aggregators` aggregators drain the queue through the faulty decorators, waits until
-/// everything is acknowledged, then checks every counter of every org against the ground
-/// truth and runs reconcile. Returns an error describing the first mismatch.
-pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String> {
+/// Runs one schedule on `real_queue` (empty, and left empty when the schedule passes):
+/// publishes (with resends, and a poison event if asked) while `s.aggregators` aggregators
+/// drain the queue through the faulty decorators, waits until everything is acknowledged,
+/// then checks every counter of every org against the ground truth and runs reconcile.
+/// Returns an error describing the first mismatch; the aggregators are stopped either way.
+pub async fn run_schedule(
+    h: &Harness,
+    real_queue: Arc<dyn EventQueue>,
+    s: &Schedule,
+) -> Result<RunReport, String> {
     let t_start = Instant::now();
     let real_store = match &h.new_store {
         Some(make) => make().await,
         None => h.store.clone(),
     };
-    let h = &Harness {
-        store: real_store,
-        new_store: None,
-        queue: h.queue.clone(),
-        reoffer_after: h.reoffer_after,
-        idle_wait: h.idle_wait,
-        drain_timeout: h.drain_timeout,
-        use_depth: h.use_depth,
-        check_every: h.check_every,
-    };
     let faults = Arc::new(Faults::new(s));
-    let store: Arc<dyn UsageStore> = Arc::new(FaultyStore::new(h.store.clone(), faults.clone()));
+    let store: Arc<dyn UsageStore> = Arc::new(FaultyStore::new(real_store.clone(), faults.clone()));
     let queue = Arc::new(FaultyQueue::new(
-        h.queue.clone(),
+        real_queue.clone(),
         faults.clone(),
         h.reoffer_after,
     ));
@@ -661,10 +715,12 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
         ..AggregatorConfig::default()
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
+    // Aborted on every way out of this function: a schedule that fails must not leave
+    // aggregators taking the next schedule's messages off its queue.
+    let mut workers = Workers(Vec::new());
     for _ in 0..s.aggregators {
         let (queue, store, stop) = (queue.clone(), store.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
+        workers.0.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if process_batch(queue.as_ref(), store.as_ref(), &cfg, cfg.idle_poll)
                     .await
@@ -680,8 +736,7 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
     let pieces = s.publishes.min(stream.len()).max(1);
     let per = stream.len().div_ceil(pieces);
     for chunk in stream.chunks(per.max(1)) {
-        let report = h
-            .queue
+        let report = real_queue
             .publish(chunk)
             .await
             .map_err(|e| format!("publish: {e}"))?;
@@ -691,31 +746,53 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
         tokio::time::sleep(Duration::from_millis(rng.below(10))).await;
     }
     if let Some(p) = &poison {
-        h.queue
+        real_queue
             .publish(std::slice::from_ref(p))
             .await
             .map_err(|e| format!("publish poison: {e}"))?;
     }
 
     let t_published = Instant::now();
-    // Drain: until the faults are used up, every counter matches, nothing is outstanding
-    // in the decorator and (where cheap) the real queue is empty.
+    // Drain: until nothing is outstanding in the decorator, the poison record (if any) was
+    // dead-lettered, the real queue is empty (where its depth is cheap and exact) and every
+    // counter matches. The cheap conditions are checked first: reading every counter
+    // competes with the aggregators for a single-threaded emulator.
     let truth = ground_truth(&events);
     let month = Month::parse(MONTH).unwrap();
     let deadline = Instant::now() + h.drain_timeout;
-    let mut last_diff;
+    let mut last_diff = None;
+    // Since when the queue has been drained while the counters differ.
+    let mut short_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(h.check_every).await;
-        last_diff = compare(h.store.as_ref(), &orgs, month, &truth).await?;
         let poison_done = !s.poison || !queue.dead_lettered.lock().unwrap().is_empty();
-        if last_diff.is_none() && queue.outstanding() == 0 && poison_done {
-            let empty = !h.use_depth || h.queue.depth().await.map_err(|e| e.to_string())? == 0;
-            if empty {
+        let mut drained = queue.outstanding() == 0 && poison_done;
+        if drained && h.use_depth {
+            drained = real_queue.depth().await.map_err(|e| e.to_string())? == 0;
+        }
+        if drained {
+            last_diff = compare(real_store.as_ref(), &orgs, month, &truth).await?;
+            if last_diff.is_none() {
                 break;
             }
+            // Nothing is left to deliver, so the counters cannot catch up any more (an
+            // aggregator acknowledges only after its apply returned); give a straggler
+            // a moment, then say so rather than wait for the deadline.
+            let since = *short_since.get_or_insert_with(Instant::now);
+            if h.use_depth && since.elapsed() >= Duration::from_secs(2) {
+                return Err(format!(
+                    "the queue is drained but counters differ: {}",
+                    last_diff.unwrap_or_default()
+                ));
+            }
+        } else {
+            short_since = None;
         }
         if Instant::now() >= deadline {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if last_diff.is_none() {
+                last_diff = compare(real_store.as_ref(), &orgs, month, &truth).await?;
+            }
             return Err(format!(
                 "not drained after {:?}: counters {:?}, faults left {}, outstanding {}, poison done {poison_done}",
                 h.drain_timeout,
@@ -735,10 +812,10 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
     // Everything is applied, so whatever a worker is doing now can only meet repeats:
     // stopping it mid-call (as a crash would) changes no counter.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in &workers {
+    for w in &workers.0 {
         w.abort();
     }
-    for w in workers {
+    for w in std::mem::take(&mut workers.0) {
         if let Err(e) = w.await
             && !e.is_cancelled()
         {
@@ -754,7 +831,7 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
     // Quiet now. Reconcile compares every stored counter with the ledger, so an
     // application that landed after the drain check would show up as drift here.
     for org in orgs.iter().chain(s.poison.then_some(&poison_org)) {
-        let drift = reconcile(h.store.as_ref(), org, month)
+        let drift = reconcile(real_store.as_ref(), org, month)
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
         if !drift.is_empty() {
@@ -762,8 +839,7 @@ pub async fn run_schedule(h: &Harness, s: &Schedule) -> Result<RunReport, String
         }
     }
     if s.poison {
-        let stored = h
-            .store
+        let stored = real_store
             .stored_counters(&poison_org, month)
             .await
             .map_err(|e| e.to_string())?;
@@ -825,50 +901,126 @@ async fn compare(
     }))
 }
 
-/// Runs `cases` random schedules on a harness with proptest (few shrink steps: a failing
-/// schedule is printed whole), each on fresh orgs, and prints a summary.
+/// The schedules of a run: schedule `i` of base seed `seed` is drawn from [`schedules`]
+/// with a proptest RNG seeded by `(seed, i)` alone, so any one of them can be drawn again
+/// (and replayed) without the others.
+pub fn draw_schedules(seed: u64, cases: u32, events: std::ops::Range<usize>) -> Vec<Schedule> {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let strategy = schedules(events);
+    (0..u64::from(cases))
+        .map(|i| {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            bytes[8..16].copy_from_slice(&i.to_le_bytes());
+            let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+            let mut runner =
+                TestRunner::new_with_rng(proptest::test_runner::Config::default(), rng);
+            strategy.new_tree(&mut runner).unwrap().current()
+        })
+        .collect()
+}
+
+/// Runs `cases` random schedules ([`draw_schedules`]) on a harness, as many at once as it
+/// has queues, each on fresh orgs, and prints a summary. Panics on the first failing
+/// schedule with its index, the run's seed, the schedule and what went wrong; no
+/// shrinking (a schedule is small, and timing makes it only roughly replayable anyway).
+///
+/// Environment: `TALLY_FAULT_CASES` overrides the count (more for a soak, fewer while
+/// debugging); `TALLY_FAULT_SEED` fixes the base seed (random otherwise, and printed);
+/// `TALLY_FAULT_ONLY=i` runs only schedule `i` of that seed (a replay).
 pub fn run_property(
     rt: &tokio::runtime::Runtime,
-    harness: &Harness,
+    harness: Harness,
     cases: u32,
     events: std::ops::Range<usize>,
     label: &str,
 ) {
-    // `TALLY_FAULT_CASES` overrides the count (e.g. more for a soak, fewer while debugging).
-    let cases = std::env::var("TALLY_FAULT_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let cases = env("TALLY_FAULT_CASES").map_or(cases, |c| u32::try_from(c).unwrap());
+    let seed = env("TALLY_FAULT_SEED").unwrap_or_else(rand::random);
+    let mut list: Vec<(usize, Schedule)> = draw_schedules(seed, cases, events)
+        .into_iter()
+        .enumerate()
+        .collect();
+    if let Some(only) = env("TALLY_FAULT_ONLY") {
+        list.retain(|(i, _)| *i as u64 == only);
+    }
+    assert!(!harness.queues.is_empty(), "a harness needs a queue");
+    println!(
+        "{label}: {} schedules (TALLY_FAULT_SEED={seed}), {} at once",
+        list.len(),
+        harness.queues.len()
+    );
     let started = std::time::Instant::now();
-    let totals: Mutex<HashMap<&'static str, usize>> = Mutex::new(HashMap::new());
-    let dead = std::sync::atomic::AtomicUsize::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
-        cases,
-        max_shrink_iters: 8,
-        failure_persistence: None,
-        ..proptest::test_runner::Config::default()
-    });
-    let result = runner.run(&schedules(events), |s| {
-        match rt.block_on(run_schedule(harness, &s)) {
-            Ok(r) => {
-                let mut t = totals.lock().unwrap();
-                for (k, v) in r.injected {
-                    *t.entry(k).or_default() += v;
+    let harness = Arc::new(harness);
+    let list = Arc::new(list);
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let totals: Arc<Mutex<HashMap<&'static str, usize>>> = Arc::default();
+    let dead = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let slowest = Arc::new(Mutex::new((Duration::ZERO, 0usize)));
+    rt.block_on(async {
+        let mut slots = Vec::new();
+        for queue in harness.queues.clone() {
+            let (h, list, next, failed) =
+                (harness.clone(), list.clone(), next.clone(), failed.clone());
+            let (totals, dead, failures, slowest) = (
+                totals.clone(),
+                dead.clone(),
+                failures.clone(),
+                slowest.clone(),
+            );
+            slots.push(tokio::spawn(async move {
+                while !failed.load(Ordering::Relaxed) {
+                    let Some((i, s)) = list.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    match run_schedule(&h, queue.clone(), s).await {
+                        Ok(r) => {
+                            let mut t = totals.lock().unwrap();
+                            for (k, v) in r.injected {
+                                *t.entry(k).or_default() += v;
+                            }
+                            dead.fetch_add(r.dead_lettered, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            failures.lock().unwrap().push(format!(
+                                "schedule {i} failed (replay: TALLY_FAULT_SEED={seed} \
+                                 TALLY_FAULT_ONLY={i}): {e}\n{s:#?}"
+                            ));
+                        }
+                    }
+                    let took = t.elapsed();
+                    let mut slow = slowest.lock().unwrap();
+                    if took > slow.0 {
+                        *slow = (took, *i);
+                    }
                 }
-                dead.fetch_add(r.dead_lettered, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => Err(TestCaseError::fail(e)),
+            }));
+        }
+        for slot in slots {
+            slot.await.unwrap();
         }
     });
-    let mut t: Vec<_> = totals.into_inner().unwrap().into_iter().collect();
+    let mut t: Vec<_> = totals.lock().unwrap().clone().into_iter().collect();
     t.sort();
+    let slowest = *slowest.lock().unwrap();
     println!(
-        "{label}: {cases} schedules in {:.1?}; faults injected: {t:?}; poison records dead-lettered: {}",
+        "{label}: {} schedules in {:.1?} (slowest: schedule {} in {:.1?}); faults injected: {t:?}; \
+         poison records dead-lettered: {}",
+        list.len(),
         started.elapsed(),
-        dead.load(std::sync::atomic::Ordering::Relaxed)
+        slowest.1,
+        slowest.0,
+        dead.load(Ordering::Relaxed)
     );
-    if let Err(e) = result {
-        panic!("{label}: {e}");
+    let failures = failures.lock().unwrap();
+    if !failures.is_empty() {
+        panic!("{label}: {}", failures.join("\n\n"));
     }
 }

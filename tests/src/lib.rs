@@ -6,8 +6,11 @@
 //! [`storage_conformance!`] and [`queue_conformance!`] turn a factory into one `#[tokio::test]`
 //! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
 //! backend; the AWS adapters plug their own factories into the same macros, with the
-//! emulator helpers in [`aws`].
+//! emulator helpers in [`aws`]. [`stripe_double`] is the stateful Stripe double the invoice
+//! sync's tests run against.
 
 pub mod aws;
 pub mod conformance;
 pub mod faults;
+pub mod stripe_double;
+pub mod stripe_sync;

@@ -2,7 +2,8 @@
 //!
 //! The test reads the item table out of `store/src/dynamodb.rs`'s own `//!` doc, exercises
 //! every kind of write on a fresh table (user, org, project, key, events of every
-//! aggregation, a closed period), scans the table as `aws dynamodb scan` would, and checks
+//! aggregation, a closed period, a usage report, a Stripe sync step and customer, an audit
+//! record, an invitation), scans the table as `aws dynamodb scan` would, and checks
 //! that every item's `pk`/`sk` matches a documented row and that every documented row the
 //! store writes appears. A new item type without a doc row, or a doc row that no longer
 //! matches the code, fails here.
@@ -14,9 +15,10 @@
 use std::collections::BTreeSet;
 
 use chrono::{Duration, Utc};
-use tally_core::ports::{TenantStore, UsageStore};
+use tally_core::ids::InvitationId;
+use tally_core::ports::{ReportStore, StoredReport, SyncLedger, TenantStore, UsageStore};
 use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditRecord, KeyHash, KeyScope, Org, Project, User,
+    ApiKey, AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Org, Project, Role, User,
 };
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 use tally_store::dynamodb::sdk::Client;
@@ -158,6 +160,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         plan: PlanId::Pro,
         owner_id: user.id.clone(),
         created_at: now,
+        deleted_at: None,
     };
     store.create_org(&org).await.unwrap();
     let project = Project {
@@ -166,6 +169,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         name: "P".into(),
         slug: "p".into(),
         created_at: now,
+        archived_at: None,
     };
     store.create_project(&project).await.unwrap();
     store
@@ -179,6 +183,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            last_used_at: None,
         })
         .await
         .unwrap();
@@ -199,6 +204,25 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .await
         .unwrap();
     store
+        .save_report(&StoredReport {
+            org_id: org.id.clone(),
+            period: Month::parse("2001-01").unwrap(),
+            body: "{}".into(),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    store
+        .record_step(
+            &org.id,
+            Month::parse("2001-01").unwrap(),
+            "invoice",
+            "in_layout",
+        )
+        .await
+        .unwrap();
+    store.record_customer(&org.id, "cus_layout").await.unwrap();
+    store
         .record_audit(&AuditRecord {
             id: format!("aud_{}", "0".repeat(32)),
             org_id: org.id.clone(),
@@ -213,6 +237,26 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
             ip: None,
             user_agent: None,
         })
+        .await
+        .unwrap();
+
+    store
+        .create_invitation(&Invitation {
+            id: InvitationId::from_random([5; 16]),
+            org_id: org.id.clone(),
+            email: "invitee@example.com".into(),
+            role: Role::Member,
+            hash: KeyHash::of_secret("tinv_layout"),
+            invited_by: user.id.clone(),
+            created_at: now,
+            expires_at: now + Duration::days(7),
+            accepted_at: None,
+        })
+        .await
+        .unwrap();
+
+    store
+        .add_project_member(&org.id, &project.id, &user.id, now)
         .await
         .unwrap();
 

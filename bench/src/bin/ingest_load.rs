@@ -181,6 +181,7 @@ async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
                 plan: PlanId::Enterprise,
                 owner_id: user.id.clone(),
                 created_at: now,
+                deleted_at: None,
             })
             .await?;
         for (j, p) in t.projects[i].iter().enumerate() {
@@ -191,6 +192,7 @@ async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
                     name: format!("Project {j}"),
                     slug: format!("p{j}"),
                     created_at: now,
+                    archived_at: None,
                 })
                 .await?;
         }
@@ -206,6 +208,7 @@ async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
                 created_at: now,
                 expires_at: None,
                 revoked_at: None,
+                last_used_at: None,
             })
             .await?;
         secrets.push(secret);

@@ -1,19 +1,30 @@
-//! `apply_batch`: ledger records and counter updates in `TransactWriteItems` chunks.
+//! `apply_batch`: claim each event in the ledger, write the batch's intent, apply it in
+//! counter transactions, mark it done.
 //!
-//! See "Applying a batch" in the [module doc](super) for the algorithm and its cost; the
-//! steps below are named the same way.
+//! See "Applying a batch" in the [module doc](super) for the protocol, why it is exactly
+//! once, and what it costs; the steps below are named the same way.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Duration, Utc};
-use tally_core::counter::CounterKey;
+use serde::{Deserialize, Serialize};
 use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
 use tally_core::period::Month;
 use tally_core::ports::{ApplyOutcome, ApplyReport, StoreError};
+use tokio::sync::Semaphore;
 
-use super::codec::{Item, RETRYABLE_REASONS, build_error, encode_body, instant_number, item, n, s};
+use super::cells::{self, CellKind};
+use super::codec::{
+    Item, RETRYABLE_REASONS, build_error, describe_sdk_error, encode_body, get_opt_s,
+    instant_number, is_retryable, item, n, s,
+};
 use super::keys::{
     PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
     marker_sk, unique_pk,
@@ -22,27 +33,82 @@ use super::{DynamoStore, TxFailure};
 
 /// Most actions in one `TransactWriteItems` (DynamoDB's limit).
 pub const MAX_ACTIONS: usize = 100;
-/// Most bytes of item data one chunk carries: DynamoDB allows 4 MB per transaction; this
-/// leaves room for keys, expressions and JSON framing.
-pub const MAX_CHUNK_BYTES: usize = 3 * 1024 * 1024;
-/// What a ledger record or a counter update weighs in a chunk beside its body (keys,
-/// attribute names, expressions): a generous fixed estimate.
-const ACTION_OVERHEAD_BYTES: usize = 1024;
-/// How long a ledger record is kept (TTL); the design asks for at least 40 days.
+/// How long ledger records and batch state are kept (TTL); the design asks for at least 40
+/// days.
 pub const LEDGER_TTL_DAYS: i64 = 45;
+/// Most events one intent covers: bigger batches are applied as several (see
+/// [`intent_groups`] for the byte bound that keeps an intent under DynamoDB's 400 KB).
+pub const MAX_EVENTS_PER_INTENT: usize = 1_000;
+/// Ledger claims in flight at once per batch.
+const CLAIM_CONCURRENCY: usize = 32;
+/// Rounds of resolving events whose ledger record another batch owns, before giving up on
+/// them for this delivery (each round follows one change of owner).
+const RESOLVE_ROUNDS: usize = 4;
 
-/// What one action of a transaction is, so a cancellation reason at its position can be
-/// turned into a decision.
-#[derive(Debug, Clone)]
-enum Role {
-    /// The ledger put of the event at this index of the batch.
-    Ledger(usize),
-    /// An unconditional `ADD` on a counter.
-    Add,
-    /// A conditional `SET` of a `max` or `latest` counter, by (pk, sk).
-    Raise((String, String)),
-    /// A `unique_count` marker put, by (pk, sk).
-    Marker((String, String)),
+/// Attribute of a ledger record: the batch that claimed it.
+pub const OWNER: &str = "owner";
+/// Attribute of a ledger record: when it was claimed (Unix seconds).
+pub const CLAIMED: &str = "claimed";
+
+/// `BATCH#<id>`: a batch's state items (`INTENT`, `CHUNK#<n>`, `DONE`).
+fn batch_pk(id: &str) -> String {
+    format!("BATCH#{id}")
+}
+const INTENT_SK: &str = "INTENT";
+const DONE_SK: &str = "DONE";
+
+/// One counter write of an intent. The partition comes from the group it is in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Op {
+    /// `ADD` to hours of a day cell: (cell sort key, [(hour index, amount)]).
+    #[serde(rename = "a")]
+    Add(String, Vec<(u32, String)>),
+    /// Raise an hour of a `max` cell: (cell sort key, hour index, value).
+    #[serde(rename = "m")]
+    Max(String, u32, String),
+    /// Replace an hour of a `latest` cell if later: (cell sort key, hour, value, time in ns).
+    #[serde(rename = "l")]
+    Latest(String, u32, String, String),
+    /// Count `unique_count` values once each: (counter sort key, marker partition, one
+    /// marker sort key per value), at most [`MAX_MARKERS_PER_OP`] markers.
+    #[serde(rename = "u")]
+    Unique(String, String, Vec<String>),
+}
+
+/// Most values one [`Op::Unique`] carries, so an op always fits a chunk.
+const MAX_MARKERS_PER_OP: usize = 48;
+
+impl Op {
+    /// Transaction actions the op takes.
+    fn actions(&self) -> usize {
+        match self {
+            Op::Unique(_, _, markers) => markers.len() + 1,
+            _ => 1,
+        }
+    }
+
+    /// The sort key of the counter item the op updates (its partition is the group's).
+    fn item_sk(&self) -> &str {
+        match self {
+            Op::Add(sk, _) | Op::Max(sk, ..) | Op::Latest(sk, ..) | Op::Unique(sk, ..) => sk,
+        }
+    }
+}
+
+/// Everything a batch will write to counters, grouped by partition, in a fixed order: the
+/// intent item holds exactly this, and anyone who finishes the batch replays it.
+type Ops = Vec<(String, Vec<Op>)>;
+
+/// Where an event's ledger claim stands.
+#[derive(Debug)]
+enum Claim {
+    /// This batch owns the record: its counts are this batch's to apply.
+    Owned,
+    /// Another batch owns it (`owner`; `None` on records older than owners), claimed at
+    /// `claimed` (Unix seconds).
+    Foreign { owner: Option<String>, claimed: i64 },
+    /// Settled for this delivery.
+    Done(ApplyOutcome),
 }
 
 /// Applies a batch; see [`tally_core::ports::UsageStore::apply_batch`].
@@ -64,175 +130,652 @@ pub(super) async fn apply_batch(
         }
     }
     // Bodies first, so an event that cannot be encoded fails the call before any write.
-    let mut bodies: Vec<Option<String>> = vec![None; events.len()];
+    let mut bodies: HashMap<usize, String> = HashMap::with_capacity(candidates.len());
     for &i in &candidates {
-        bodies[i] = Some(encode_body(&events[i])?);
+        bodies.insert(i, encode_body(&events[i])?);
     }
-    // 2. Neighbours in (org, meter, project, time) share counters, so packing them into one
-    //    chunk collapses their updates into fewer actions.
-    candidates.sort_by(|&a, &b| {
-        let (x, y) = (&events[a], &events[b]);
-        (&x.org_id, &x.meter, &x.project_id, x.timestamp, &x.id).cmp(&(
-            &y.org_id,
-            &y.meter,
-            &y.project_id,
-            y.timestamp,
-            &y.id,
-        ))
-    });
-    let now = Utc::now();
-    // 3. Chunks, one transaction each, in turn (chunks of one batch often share counters;
-    //    running them at once would only make them conflict).
-    for chunk in plan_chunks(events, &candidates, &bodies) {
-        let chunk_outcomes = apply_chunk(store, events, &chunk, &bodies, now).await;
-        for (i, outcome) in chunk_outcomes {
+    for group in intent_groups(events, &candidates) {
+        for (i, outcome) in apply_group(store, events, group, &bodies).await {
             outcomes[i] = outcome;
         }
     }
     Ok(ApplyReport { outcomes })
 }
 
-/// Packs events greedily into chunks whose ledger puts plus distinct counter and marker
-/// actions stay within [`MAX_ACTIONS`] and whose bodies stay within [`MAX_CHUNK_BYTES`].
-fn plan_chunks(events: &[Event], order: &[usize], bodies: &[Option<String>]) -> Vec<Vec<usize>> {
-    let mut chunks = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut counters: HashSet<CounterKey<'_>> = HashSet::new();
-    let mut markers: HashSet<(CounterKey<'_>, String)> = HashSet::new();
-    let (mut actions, mut bytes) = (0usize, 0usize);
-    for &i in order {
-        let deltas = fold::fold(std::iter::once(&events[i]));
-        let body = bodies[i].as_ref().map_or(0, String::len);
-        let cost = |counters: &HashSet<CounterKey<'_>>,
-                    markers: &HashSet<(CounterKey<'_>, String)>| {
-            1 + deltas
-                .iter()
-                .map(|(key, delta)| {
-                    let counter = usize::from(!counters.contains(key));
-                    let new_markers = match delta {
-                        Delta::Unique(values) => values
-                            .iter()
-                            .filter(|v| !markers.contains(&(*key, (*v).clone())))
-                            .count(),
-                        _ => 0,
-                    };
-                    counter + new_markers
-                })
-                .sum::<usize>()
+/// Most bytes of ops one intent may hold, by the estimate below: DynamoDB items hold 400 KB.
+const MAX_INTENT_BYTES: usize = 300 * 1024;
+
+/// Cuts the candidates into groups whose intents stay under [`MAX_EVENTS_PER_INTENT`] events
+/// and [`MAX_INTENT_BYTES`]: an event is at most one cell op (~150 bytes), or for
+/// `unique_count` six counters with a marker each (the marker key holds the value, up to
+/// 128 bytes, beside the counter's key).
+fn intent_groups<'c>(events: &[Event], candidates: &'c [usize]) -> Vec<&'c [usize]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, &i) in candidates.iter().enumerate() {
+        let e = &events[i];
+        let cost = match e.unique_value() {
+            Some(v) => 6 * (400 + v.len().min(128)),
+            None => 150,
         };
-        let mut c = cost(&counters, &markers);
-        let mut size = body + ACTION_OVERHEAD_BYTES * c;
-        if !current.is_empty() && (actions + c > MAX_ACTIONS || bytes + size > MAX_CHUNK_BYTES) {
-            chunks.push(std::mem::take(&mut current));
-            counters.clear();
-            markers.clear();
-            actions = 0;
-            bytes = 0;
-            c = cost(&counters, &markers);
-            size = body + ACTION_OVERHEAD_BYTES * c;
+        if at > start && (at - start >= MAX_EVENTS_PER_INTENT || bytes + cost > MAX_INTENT_BYTES) {
+            groups.push(&candidates[start..at]);
+            (start, bytes) = (at, 0);
         }
-        for (key, delta) in &deltas {
-            counters.insert(*key);
-            if let Delta::Unique(values) = delta {
-                markers.extend(values.iter().map(|v| (*key, v.clone())));
-            }
-        }
-        actions += c;
-        bytes += size;
-        current.push(i);
+        bytes += cost;
     }
-    if !current.is_empty() {
-        chunks.push(current);
+    if start < candidates.len() {
+        groups.push(&candidates[start..]);
     }
-    chunks
+    groups
 }
 
-/// Applies one chunk until every event in it is settled or the retries run out.
-async fn apply_chunk(
+/// A fresh batch id: 128 random bits in hex.
+fn new_batch_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Applies up to [`MAX_EVENTS_PER_INTENT`] distinct events.
+async fn apply_group(
     store: &DynamoStore,
     events: &[Event],
-    chunk: &[usize],
-    bodies: &[Option<String>],
-    now: DateTime<Utc>,
+    group: &[usize],
+    bodies: &HashMap<usize, String>,
 ) -> Vec<(usize, ApplyOutcome)> {
-    let mut live: Vec<usize> = chunk.to_vec();
-    let mut out = Vec::with_capacity(chunk.len());
-    // `max`/`latest` counters whose stored value already wins, and markers already present:
-    // their actions are left out of later attempts.
-    let mut raised: HashSet<(String, String)> = HashSet::new();
-    let mut marked: HashSet<(String, String)> = HashSet::new();
-    let mut failures = 0u32;
-    // Every round that learns something drops at least one action, so this bounds the
-    // rounds even under heavy concurrency; the factor is headroom.
-    let mut rounds_left = 2 * MAX_ACTIONS + store.retry.max_attempts as usize;
-    let fail = |out: &mut Vec<(usize, ApplyOutcome)>, live: &[usize], why: String| {
-        out.extend(live.iter().map(|&i| (i, ApplyOutcome::Failed(why.clone()))));
-    };
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(group.len());
+    // 2. Claim every event's ledger record for a fresh batch.
+    let batch = new_batch_id();
+    let claims = claim_all(store, events, group, bodies, &batch, now).await;
+    let mut foreign = settle_owned(store, events, &batch, claims, now, &mut out).await;
+    // 3. Records other batches own. Our own intent is written by now, so nobody waits on
+    //    us while we wait on them: finish their intents, or take orphans over under a
+    //    second batch id.
+    for _ in 0..RESOLVE_ROUNDS {
+        if foreign.is_empty() {
+            break;
+        }
+        let batch = new_batch_id();
+        let claims = resolve_foreign(store, events, foreign, &batch, now).await;
+        foreign = settle_owned(store, events, &batch, claims, now, &mut out).await;
+    }
+    out.extend(foreign.into_iter().map(|(i, _)| {
+        (
+            i,
+            ApplyOutcome::Failed("ledger ownership kept changing; retry".into()),
+        )
+    }));
+    out
+}
+
+/// Applies the owned claims under `batch` (steps 4 and 5), records every settled outcome in
+/// `out`, and returns the claims other batches own.
+async fn settle_owned(
+    store: &DynamoStore,
+    events: &[Event],
+    batch: &str,
+    claims: Vec<(usize, Claim)>,
+    now: DateTime<Utc>,
+    out: &mut Vec<(usize, ApplyOutcome)>,
+) -> Vec<(usize, Claim)> {
+    let mut owned = Vec::new();
+    let mut foreign = Vec::new();
+    for (i, claim) in claims {
+        match claim {
+            Claim::Owned => owned.push(i),
+            Claim::Done(outcome) => out.push((i, outcome)),
+            c @ Claim::Foreign { .. } => foreign.push((i, c)),
+        }
+    }
+    if owned.is_empty() {
+        return foreign;
+    }
+    let outcome = apply_owned(store, events, batch, &owned, now).await;
+    out.extend(owned.iter().map(|&i| (i, outcome.clone())));
+    foreign
+}
+
+/// Writes the intent of the owned events (step 4), applies it and marks the batch done
+/// (step 5); the outcome is every owned event's.
+#[tracing::instrument(level = "debug", skip_all, fields(batch = %batch, events = owned.len()))]
+async fn apply_owned(
+    store: &DynamoStore,
+    events: &[Event],
+    batch: &str,
+    owned: &[usize],
+    now: DateTime<Utc>,
+) -> ApplyOutcome {
+    let ops = plan_ops(events, owned);
+    match write_intent(store, batch, &ops, now).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return ApplyOutcome::Failed(
+                "another aggregator took this batch's events over; retry".into(),
+            );
+        }
+        Err(e) => {
+            // Abort our own batch so a redelivery can take the events over at once instead
+            // of waiting out the claim lease.
+            let _ = abort(store, batch, now).await;
+            return ApplyOutcome::Failed(e.to_string());
+        }
+    }
+    match complete(store, batch, &ops, now).await {
+        Ok(()) => ApplyOutcome::Applied,
+        Err(why) => ApplyOutcome::Failed(why),
+    }
+}
+
+/// Puts every event's ledger record under `attribute_not_exists`, owned by `batch`, a few
+/// dozen at once.
+async fn claim_all(
+    store: &DynamoStore,
+    events: &[Event],
+    group: &[usize],
+    bodies: &HashMap<usize, String>,
+    batch: &str,
+    now: DateTime<Utc>,
+) -> Vec<(usize, Claim)> {
+    let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    let permits = Arc::new(Semaphore::new(CLAIM_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for &i in group {
+        let e = &events[i];
+        let record = item([
+            (PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id)))),
+            (SK, s(ledger_sk(&e.id))),
+            ("month", s(Month::of(e.timestamp).to_string())),
+            ("body", s(bodies.get(&i).cloned().unwrap_or_default())),
+            (TTL, n(ttl)),
+            (OWNER, s(batch)),
+            (CLAIMED, n(now.timestamp())),
+        ]);
+        let (store, batch, permits) = (store.clone(), batch.to_owned(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, claim(&store, record, &batch).await)
+        });
+    }
+    let mut claims = Vec::with_capacity(group.len());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(c) => claims.push(c),
+            Err(e) => tracing::error!(error = %e, "a ledger claim task failed"),
+        }
+    }
+    // A task that panicked leaves its event unsettled: fail it so it comes back.
+    for &i in group {
+        if !claims.iter().any(|(j, _)| *j == i) {
+            claims.push((
+                i,
+                Claim::Done(ApplyOutcome::Failed("ledger claim did not finish".into())),
+            ));
+        }
+    }
+    claims
+}
+
+/// One conditional ledger put, retried while DynamoDB says retrying may help. A record that
+/// exists says who owns it (DynamoDB returns it with the failed condition).
+async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
+    let mut attempt = 0;
     loop {
-        if live.is_empty() {
-            return out;
+        attempt += 1;
+        let sent = store
+            .client
+            .put_item()
+            .table_name(&*store.table)
+            .set_item(Some(record.clone()))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let why = match sent {
+            Ok(_) => return Claim::Owned,
+            Err(e) => {
+                if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error()
+                {
+                    return foreign(c.item(), batch);
+                }
+                let why = describe_sdk_error("PutItem", &e);
+                if !is_retryable(&e) {
+                    return Claim::Done(ApplyOutcome::Failed(why));
+                }
+                why
+            }
+        };
+        if attempt >= store.retry.max_attempts {
+            return Claim::Done(ApplyOutcome::Failed(format!(
+                "gave up after {attempt} attempts: {why}"
+            )));
         }
-        if rounds_left == 0 {
-            fail(&mut out, &live, "transaction kept being cancelled".into());
-            return out;
+        tokio::time::sleep(store.retry.delay(attempt)).await;
+    }
+}
+
+/// What an existing ledger record says about its owner.
+fn foreign(old: Option<&Item>, batch: &str) -> Claim {
+    let owner = old.and_then(|it| get_opt_s(it, OWNER).ok().flatten());
+    if owner == Some(batch) {
+        // Our own put landed on an earlier attempt whose answer was lost.
+        return Claim::Owned;
+    }
+    let claimed = old
+        .and_then(|it| match it.get(CLAIMED) {
+            Some(AttributeValue::N(v)) => v.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Claim::Foreign {
+        owner: owner.map(str::to_owned),
+        claimed,
+    }
+}
+
+/// What is known about another batch.
+enum BatchState {
+    /// Its counters are applied.
+    Done,
+    /// It wrote its intent; its counters may be partly applied.
+    Intent(Ops),
+    /// It was aborted before writing an intent: its records are orphans.
+    Aborted,
+    /// Neither: it is still claiming, or it died before its intent.
+    Missing,
+}
+
+/// Settles claims other batches own, one owner at a time: a duplicate of a done batch, a
+/// duplicate after finishing a batch that wrote its intent, or (an orphan of an aborted
+/// batch) taken over for `batch`. An owner with neither intent nor abort is waited for
+/// (it is between its claims and its intent) until its lease is over or the wait limit is
+/// reached; then it is fenced off with an abort, or the claim fails for a later retry.
+async fn resolve_foreign(
+    store: &DynamoStore,
+    events: &[Event],
+    claims: Vec<(usize, Claim)>,
+    batch: &str,
+    now: DateTime<Utc>,
+) -> Vec<(usize, Claim)> {
+    let mut by_owner: BTreeMap<Option<String>, (i64, Vec<usize>)> = BTreeMap::new();
+    let mut out = Vec::with_capacity(claims.len());
+    for (i, c) in claims {
+        match c {
+            Claim::Foreign { owner, claimed } => {
+                let entry = by_owner.entry(owner).or_insert((claimed, Vec::new()));
+                entry.0 = entry.0.max(claimed);
+                entry.1.push(i);
+            }
+            other => out.push((i, other)),
         }
-        rounds_left -= 1;
-        let (actions, roles) =
-            match build_actions(&store.table, events, &live, bodies, &raised, &marked, now) {
-                Ok(x) => x,
-                Err(e) => {
-                    fail(&mut out, &live, e.to_string());
-                    return out;
+    }
+    for (owner, (claimed, indices)) in by_owner {
+        let settle = |out: &mut Vec<(usize, Claim)>, outcome: ApplyOutcome| {
+            out.extend(indices.iter().map(|&i| (i, Claim::Done(outcome.clone()))));
+        };
+        // Records from before owners existed were applied with their ledger write.
+        let Some(id) = owner else {
+            settle(&mut out, ApplyOutcome::Duplicate);
+            continue;
+        };
+        match owner_state(store, &id, claimed).await {
+            Err(e) => settle(&mut out, ApplyOutcome::Failed(e.to_string())),
+            Ok(BatchState::Done) => settle(&mut out, ApplyOutcome::Duplicate),
+            Ok(BatchState::Intent(ops)) => match complete(store, &id, &ops, now).await {
+                Ok(()) => {
+                    // Normal when two deliveries race; often, it means aggregators die
+                    // between their intent and their done.
+                    metrics::counter!("tally_dynamodb_batches_finished_for_others_total")
+                        .increment(1);
+                    tracing::info!(batch = %id, "finished another batch's intent");
+                    settle(&mut out, ApplyOutcome::Duplicate)
+                }
+                Err(why) => settle(&mut out, ApplyOutcome::Failed(why)),
+            },
+            Ok(BatchState::Missing) => settle(
+                &mut out,
+                ApplyOutcome::Failed(format!(
+                    "another aggregator (batch {id}) is applying this event; retry"
+                )),
+            ),
+            Ok(BatchState::Aborted) => {
+                metrics::counter!("tally_dynamodb_events_taken_over_total")
+                    .increment(indices.len() as u64);
+                tracing::warn!(batch = %id, events = indices.len(), "taking over events of an aborted batch");
+                for &i in &indices {
+                    out.push((i, reown(store, &events[i], &id, batch, now).await));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The state of batch `id`, which claimed records at `claimed` (Unix seconds): waits while
+/// it has neither intent nor abort, and fences it off once its lease is over. `Missing`
+/// only if the wait ran out inside the lease.
+async fn owner_state(
+    store: &DynamoStore,
+    id: &str,
+    claimed: i64,
+) -> Result<BatchState, StoreError> {
+    let started = tokio::time::Instant::now();
+    let lease_end = claimed.saturating_add(store.claim_lease.as_secs() as i64);
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let state = batch_state(store, id).await?;
+        if !matches!(state, BatchState::Missing) {
+            return Ok(state);
+        }
+        if Utc::now().timestamp() >= lease_end {
+            abort(store, id, Utc::now()).await?;
+            // Aborted by us, or it won the race with its intent: either way, look again.
+            return batch_state(store, id).await;
+        }
+        if started.elapsed() + pause > store.owner_wait {
+            return Ok(BatchState::Missing);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(250));
+    }
+}
+
+/// Reads another batch's state (a done batch is remembered, so duplicates of it cost no
+/// read the next time).
+async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreError> {
+    if store.done_batches.contains(id) {
+        return Ok(BatchState::Done);
+    }
+    if store.get(batch_pk(id), DONE_SK).await?.is_some() {
+        store.done_batches.insert(id);
+        return Ok(BatchState::Done);
+    }
+    let Some(intent) = store.get(batch_pk(id), INTENT_SK).await? else {
+        return Ok(BatchState::Missing);
+    };
+    if intent.contains_key("aborted") {
+        return Ok(BatchState::Aborted);
+    }
+    let text = super::codec::get_s(&intent, "ops")?;
+    let ops: Ops = serde_json::from_str(text)
+        .map_err(|e| super::codec::corrupt(format!("intent of batch {id}: {e}")))?;
+    Ok(BatchState::Intent(ops))
+}
+
+/// Puts an aborted intent for `id` unless it has one; `true` if this call aborted it.
+async fn abort(store: &DynamoStore, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    store
+        .put_if_absent(item([
+            (PK, s(batch_pk(id))),
+            (SK, s(INTENT_SK)),
+            ("aborted", AttributeValue::Bool(true)),
+            (TTL, n(ttl)),
+        ]))
+        .await
+}
+
+/// Takes an orphaned ledger record over from aborted batch `from`. If someone else moved
+/// it first, the claim follows the record's new owner.
+async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTime<Utc>) -> Claim {
+    let sent = store
+        .client
+        .update_item()
+        .table_name(&*store.table)
+        .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
+        .key(SK, s(ledger_sk(&e.id)))
+        .update_expression("SET #o = :to, #c = :now")
+        .condition_expression("#o = :from")
+        .expression_attribute_names("#o", OWNER)
+        .expression_attribute_names("#c", CLAIMED)
+        .expression_attribute_values(":to", s(to))
+        .expression_attribute_values(":from", s(from))
+        .expression_attribute_values(":now", n(now.timestamp()))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .send()
+        .await;
+    match sent {
+        Ok(_) => Claim::Owned,
+        Err(err) => match err.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
+            _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
+        },
+    }
+}
+
+/// Folds the owned events into ops: one per day cell (all its hours) for `sum`/`count`,
+/// one per hour for `max`/`latest` (their conditions are per hour), one per (counter,
+/// value) for `unique_count`; grouped by partition and sorted, so the intent and its chunks
+/// come out the same however the events were ordered.
+fn plan_ops(events: &[Event], owned: &[usize]) -> Ops {
+    let mut groups: BTreeMap<String, Vec<Op>> = BTreeMap::new();
+    let mut adds: BTreeMap<(String, String), BTreeMap<u32, rust_decimal::Decimal>> =
+        BTreeMap::new();
+    let mut unique_events = Vec::new();
+    for (cell, delta) in fold::fold_cells(owned.iter().map(|&i| &events[i])) {
+        let Some(hour_start) = DateTime::from_timestamp(cell.hour, 0) else {
+            continue;
+        };
+        let pk = counter_pk(cell.org, Month::of(hour_start));
+        let (day, h) = cells::day_and_hour(cell.hour);
+        let sk = cells::cell_sk(cell.meter, cell.project, day);
+        match delta {
+            Delta::Add(d) => {
+                let sum = adds.entry((pk, sk)).or_default().entry(h).or_default();
+                *sum = sum.saturating_add(d);
+            }
+            Delta::Max(x) => groups
+                .entry(pk)
+                .or_default()
+                .push(Op::Max(sk, h, x.to_string())),
+            Delta::Latest { at, value } => groups.entry(pk).or_default().push(Op::Latest(
+                sk,
+                h,
+                value.to_string(),
+                instant_number(at),
+            )),
+            Delta::Unique(_) => unique_events.push(cell),
+        }
+    }
+    for ((pk, sk), hours) in adds {
+        let hours = hours.into_iter().map(|(h, d)| (h, d.to_string())).collect();
+        groups.entry(pk).or_default().push(Op::Add(sk, hours));
+    }
+    if !unique_events.is_empty() {
+        let unique = owned.iter().map(|&i| &events[i]).filter(|e| {
+            matches!(
+                e.aggregation,
+                tally_core::meter::Aggregation::UniqueCount { .. }
+            )
+        });
+        for (key, delta) in fold::fold(unique) {
+            let Delta::Unique(values) = delta else {
+                continue;
+            };
+            let month = counter_month(&key);
+            let csk = counter_sk(&key);
+            let markers: Vec<String> = values.iter().map(|v| marker_sk(&csk, v)).collect();
+            for part in markers.chunks(MAX_MARKERS_PER_OP) {
+                groups
+                    .entry(counter_pk(key.org, month))
+                    .or_default()
+                    .push(Op::Unique(
+                        csk.clone(),
+                        unique_pk(key.org, month),
+                        part.to_vec(),
+                    ));
+            }
+        }
+    }
+    let mut ops: Ops = groups.into_iter().collect();
+    for (_, list) in &mut ops {
+        list.sort();
+    }
+    ops
+}
+
+/// Puts the batch's intent unless the batch was aborted first; `false` if it was.
+async fn write_intent(
+    store: &DynamoStore,
+    batch: &str,
+    ops: &Ops,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(ops)
+        .map_err(|e| StoreError::Unavailable(format!("encoding a batch intent: {e}")))?;
+    let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store
+            .put_if_absent(item([
+                (PK, s(batch_pk(batch))),
+                (SK, s(INTENT_SK)),
+                ("ops", s(text.clone())),
+                (TTL, n(ttl)),
+            ]))
+            .await
+        {
+            Ok(true) => return Ok(true),
+            // Our own earlier attempt may have landed with its answer lost: look.
+            Ok(false) => {
+                return Ok(matches!(
+                    batch_state(store, batch).await?,
+                    BatchState::Intent(_) | BatchState::Done
+                ));
+            }
+            Err(e) if attempt >= store.retry.max_attempts => return Err(e),
+            Err(_) => tokio::time::sleep(store.retry.delay(attempt)).await,
+        }
+    }
+}
+
+/// Applies a batch's intent chunk by chunk (each chunk at most once, guarded by its marker)
+/// and marks the batch done. Anyone may call it for any batch with an intent, at any time,
+/// as often as they like.
+async fn complete(
+    store: &DynamoStore,
+    batch: &str,
+    ops: &Ops,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    for (n_chunk, chunk) in plan_chunks(ops).into_iter().enumerate() {
+        apply_chunk(store, batch, n_chunk, &chunk, ttl).await?;
+    }
+    let done = store
+        .client
+        .put_item()
+        .table_name(&*store.table)
+        .set_item(Some(item([
+            (PK, s(batch_pk(batch))),
+            (SK, s(DONE_SK)),
+            (TTL, n(ttl)),
+        ])))
+        .send()
+        .await;
+    // Counters are applied whatever happens here; a missing DONE only makes a later
+    // duplicate replay the (already applied, so skipped) chunks.
+    if done.is_ok() {
+        store.done_batches.insert(batch);
+    }
+    Ok(())
+}
+
+/// Packs the ops first-fit into chunks of at most [`MAX_ACTIONS`] − 1 actions (one is the
+/// chunk's marker) where no item is written twice (DynamoDB refuses that in one
+/// transaction). A pure function of the intent, so every replay packs the same chunks.
+fn plan_chunks(ops: &Ops) -> Vec<Vec<(&str, &Op)>> {
+    struct Open<'a> {
+        ops: Vec<(&'a str, &'a Op)>,
+        actions: usize,
+        items: HashSet<(&'a str, &'a str)>,
+    }
+    let mut chunks: Vec<Open<'_>> = Vec::new();
+    for (pk, list) in ops {
+        for op in list {
+            let id = (pk.as_str(), op.item_sk());
+            let fits =
+                |c: &Open<'_>| c.actions + op.actions() < MAX_ACTIONS && !c.items.contains(&id);
+            let at = match chunks.iter().position(fits) {
+                Some(at) => at,
+                None => {
+                    chunks.push(Open {
+                        ops: Vec::new(),
+                        actions: 0,
+                        items: HashSet::new(),
+                    });
+                    chunks.len() - 1
                 }
             };
+            let chunk = &mut chunks[at];
+            chunk.actions += op.actions();
+            chunk.items.insert(id);
+            chunk.ops.push((pk.as_str(), op));
+        }
+    }
+    chunks.into_iter().map(|c| c.ops).collect()
+}
+
+/// What one action of a chunk's transaction is, so a cancellation reason at its position
+/// can be turned into a decision.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The chunk's marker: failing its condition means the chunk was applied before.
+    Marker,
+    /// An unconditional `ADD`.
+    Add,
+    /// A conditional `SET` (`max`/`latest`, part 0) or `unique_count` marker (part = the
+    /// marker's index) of op `i`: failing its condition means that part has nothing to do.
+    Conditional(usize, usize),
+}
+
+/// Applies one chunk in one transaction, dropping ops whose condition says they have
+/// nothing to do, until it lands, is found applied, or the retries run out.
+async fn apply_chunk(
+    store: &DynamoStore,
+    batch: &str,
+    n_chunk: usize,
+    chunk: &[(&str, &Op)],
+    ttl: i64,
+) -> Result<(), String> {
+    let mut skip: HashSet<(usize, usize)> = HashSet::new();
+    let mut failures = 0u32;
+    let mut rounds_left = 2 * MAX_ACTIONS + store.retry.max_attempts as usize;
+    loop {
+        if rounds_left == 0 {
+            return Err("counter transaction kept being cancelled".into());
+        }
+        rounds_left -= 1;
+        let (actions, roles) = build_actions(&store.table, batch, n_chunk, chunk, &skip, ttl)
+            .map_err(|e| e.to_string())?;
         let why = match store.transact(actions).await {
-            Ok(()) => {
-                out.extend(live.iter().map(|&i| (i, ApplyOutcome::Applied)));
-                return out;
-            }
-            Err(TxFailure::Fatal(why)) => {
-                fail(&mut out, &live, why);
-                return out;
-            }
+            Ok(()) => return Ok(()),
+            Err(TxFailure::Fatal(why)) => return Err(why),
             Err(TxFailure::Retryable(why)) => why,
             Err(TxFailure::Cancelled(reasons)) if reasons.len() == roles.len() => {
                 let mut learned = false;
                 let mut retryable = None;
-                let mut fatal = None;
                 for (role, (code, message)) in roles.iter().zip(&reasons) {
                     match (code.as_str(), role) {
                         ("None" | "", _) => {}
-                        ("ConditionalCheckFailed", Role::Ledger(i)) => {
-                            // Already in the ledger: counted before.
-                            out.push((*i, ApplyOutcome::Duplicate));
-                            live.retain(|x| x != i);
-                            learned = true;
-                        }
-                        ("ConditionalCheckFailed", Role::Raise(key)) => {
-                            raised.insert(key.clone());
-                            learned = true;
-                        }
-                        ("ConditionalCheckFailed", Role::Marker(key)) => {
-                            marked.insert(key.clone());
+                        ("ConditionalCheckFailed", Role::Marker) => return Ok(()),
+                        ("ConditionalCheckFailed", Role::Conditional(i, part)) => {
+                            skip.insert((*i, *part));
                             learned = true;
                         }
                         (code, _) if RETRYABLE_REASONS.contains(&code) => {
                             retryable = Some(format!("transaction cancelled: {code}"));
                         }
                         (code, role) => {
-                            fatal = Some(format!(
+                            return Err(format!(
                                 "transaction cancelled: {code} on {role:?}: {}",
                                 message.as_deref().unwrap_or("no message")
                             ));
                         }
                     }
                 }
-                if let Some(why) = fatal {
-                    fail(&mut out, &live, why);
-                    return out;
-                }
                 if learned {
-                    // Recompute the chunk from what is left and go again at once.
                     continue;
                 }
                 retryable.unwrap_or_else(|| "transaction cancelled without a reason".into())
@@ -245,99 +788,114 @@ async fn apply_chunk(
         };
         failures += 1;
         if failures >= store.retry.max_attempts {
-            fail(
-                &mut out,
-                &live,
-                format!("gave up after {failures} attempts: {why}"),
-            );
-            return out;
+            return Err(format!("gave up after {failures} attempts: {why}"));
         }
-        tracing::debug!(attempt = failures, reason = %why, "retrying a DynamoDB chunk");
+        tracing::debug!(attempt = failures, reason = %why, "retrying a counter chunk");
         tokio::time::sleep(store.retry.delay(failures)).await;
     }
 }
 
-/// The actions of one attempt: a conditional ledger put per live event, then one action per
-/// counter (or marker) their fold touches, minus what earlier attempts learned is settled.
+/// The actions of one attempt of a chunk: its marker, then its ops not skipped.
 fn build_actions(
     table: &str,
-    events: &[Event],
-    live: &[usize],
-    bodies: &[Option<String>],
-    raised: &HashSet<(String, String)>,
-    marked: &HashSet<(String, String)>,
-    now: DateTime<Utc>,
+    batch: &str,
+    n_chunk: usize,
+    chunk: &[(&str, &Op)],
+    skip: &HashSet<(usize, usize)>,
+    ttl: i64,
 ) -> Result<(Vec<TransactWriteItem>, Vec<Role>), StoreError> {
-    let mut actions = Vec::new();
-    let mut roles = Vec::new();
-    let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
-    for &i in live {
-        let e = &events[i];
-        let body = bodies[i].clone().unwrap_or_default();
-        let record = item([
-            (PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id)))),
-            (SK, s(ledger_sk(&e.id))),
-            ("month", s(Month::of(e.timestamp).to_string())),
-            ("body", s(body)),
+    let mut actions = vec![put_if_absent(
+        table,
+        item([
+            (PK, s(batch_pk(batch))),
+            (SK, s(format!("CHUNK#{n_chunk}"))),
             (TTL, n(ttl)),
-        ]);
-        actions.push(put_if_absent(table, record)?);
-        roles.push(Role::Ledger(i));
-    }
-    let deltas = fold::fold(live.iter().map(|&i| &events[i]));
-    for (key, delta) in &deltas {
-        let month = counter_month(key);
-        let pk = counter_pk(key.org, month);
-        let sk = counter_sk(key);
-        match delta {
-            Delta::Add(d) => {
-                actions.push(update(table, &pk, &sk, "ADD #v :d", None, &[(":d", n(d))])?);
+        ]),
+    )?];
+    let mut roles = vec![Role::Marker];
+    for (i, (pk, op)) in chunk.iter().enumerate() {
+        if skip.contains(&(i, 0)) && !matches!(op, Op::Unique(..)) {
+            continue;
+        }
+        match op {
+            Op::Add(sk, hours) => {
+                let mut names = vec![("#k", cells::KIND.to_owned())];
+                let mut values = vec![(":k".to_owned(), s(CellKind::Add.as_str()))];
+                let mut adds = Vec::new();
+                for (h, d) in hours {
+                    names.push(("", cells::hour_attr(*h)));
+                    adds.push(format!(
+                        "#{} :{}",
+                        cells::hour_attr(*h),
+                        cells::hour_attr(*h)
+                    ));
+                    values.push((
+                        format!(":{}", cells::hour_attr(*h)),
+                        AttributeValue::N(d.clone()),
+                    ));
+                }
+                let expr = format!("SET #k = :k ADD {}", adds.join(", "));
+                actions.push(update(table, pk, sk, &expr, None, &names, values)?);
                 roles.push(Role::Add);
             }
-            Delta::Max(x) => {
-                let id = (pk, sk);
-                if raised.contains(&id) {
-                    continue;
-                }
+            Op::Max(sk, h, x) => {
+                let ha = cells::hour_attr(*h);
                 actions.push(update(
                     table,
-                    &id.0,
-                    &id.1,
-                    "SET #v = :x",
-                    Some("attribute_not_exists(#v) OR #v < :x"),
-                    &[(":x", n(x))],
-                )?);
-                roles.push(Role::Raise(id));
-            }
-            Delta::Latest { at, value } => {
-                let id = (pk, sk);
-                if raised.contains(&id) {
-                    continue;
-                }
-                actions.push(update(
-                    table,
-                    &id.0,
-                    &id.1,
-                    "SET #v = :x, #at = :at",
-                    Some("attribute_not_exists(#v) OR #at < :at OR (#at = :at AND #v < :x)"),
-                    &[
-                        (":x", n(value)),
-                        (":at", AttributeValue::N(instant_number(*at))),
+                    pk,
+                    sk,
+                    "SET #h = :x, #k = :k",
+                    Some("attribute_not_exists(#h) OR #h < :x"),
+                    &[("#k", cells::KIND.to_owned()), ("#h", ha)],
+                    vec![
+                        (":x".into(), AttributeValue::N(x.clone())),
+                        (":k".into(), s(CellKind::Max.as_str())),
                     ],
                 )?);
-                roles.push(Role::Raise(id));
+                roles.push(Role::Conditional(i, 0));
             }
-            Delta::Unique(values) => {
-                let fresh =
-                    unique_markers(table, key, &sk, values, marked, &mut actions, &mut roles)?;
+            Op::Latest(sk, h, x, at) => {
+                actions.push(update(
+                    table,
+                    pk,
+                    sk,
+                    "SET #h = :x, #a = :at, #k = :k",
+                    Some("attribute_not_exists(#a) OR #a < :at OR (#a = :at AND #h < :x)"),
+                    &[
+                        ("#k", cells::KIND.to_owned()),
+                        ("#h", cells::hour_attr(*h)),
+                        ("#a", cells::at_attr(*h)),
+                    ],
+                    vec![
+                        (":x".into(), AttributeValue::N(x.clone())),
+                        (":at".into(), AttributeValue::N(at.clone())),
+                        (":k".into(), s(CellKind::Latest.as_str())),
+                    ],
+                )?);
+                roles.push(Role::Conditional(i, 0));
+            }
+            Op::Unique(csk, mpk, markers) => {
+                let mut fresh = 0;
+                for (j, msk) in markers.iter().enumerate() {
+                    if skip.contains(&(i, j)) {
+                        continue;
+                    }
+                    actions.push(put_if_absent(
+                        table,
+                        item([(PK, s(mpk.clone())), (SK, s(msk.clone()))]),
+                    )?);
+                    roles.push(Role::Conditional(i, j));
+                    fresh += 1;
+                }
                 if fresh > 0 {
                     actions.push(update(
                         table,
-                        &pk,
-                        &sk,
-                        "ADD #v :d",
+                        pk,
+                        csk,
+                        "ADD #v :n",
                         None,
-                        &[(":d", n(fresh))],
+                        &[("#v", "v".to_owned())],
+                        vec![(":n".into(), n(fresh))],
                     )?);
                     roles.push(Role::Add);
                 }
@@ -345,34 +903,6 @@ fn build_actions(
         }
     }
     Ok((actions, roles))
-}
-
-/// Adds a marker put for every value of a `unique_count` delta not known to be marked;
-/// returns how many it added (what the counter goes up by if the transaction lands).
-fn unique_markers(
-    table: &str,
-    key: &CounterKey<'_>,
-    counter_sk: &str,
-    values: &BTreeSet<String>,
-    marked: &HashSet<(String, String)>,
-    actions: &mut Vec<TransactWriteItem>,
-    roles: &mut Vec<Role>,
-) -> Result<usize, StoreError> {
-    let pk = unique_pk(key.org, counter_month(key));
-    let mut fresh = 0;
-    for value in values {
-        let id = (pk.clone(), marker_sk(counter_sk, value));
-        if marked.contains(&id) {
-            continue;
-        }
-        actions.push(put_if_absent(
-            table,
-            item([(PK, s(id.0.clone())), (SK, s(id.1.clone()))]),
-        )?);
-        roles.push(Role::Marker(id));
-        fresh += 1;
-    }
-    Ok(fresh)
 }
 
 /// A put that only succeeds if no item has its key.
@@ -387,27 +917,32 @@ pub(super) fn put_if_absent(table: &str, record: Item) -> Result<TransactWriteIt
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
-/// An update of counter `v` (and `at` when the expression names it).
+/// An update of one counter item. A name `("", attr)` is the placeholder `#<attr>`.
 fn update(
     table: &str,
     pk: &str,
     sk: &str,
     expression: &str,
     condition: Option<&str>,
-    values: &[(&str, AttributeValue)],
+    names: &[(&str, String)],
+    values: Vec<(String, AttributeValue)>,
 ) -> Result<TransactWriteItem, StoreError> {
     let mut b = Update::builder()
         .table_name(table)
         .key(PK, s(pk))
         .key(SK, s(sk))
         .update_expression(expression)
-        .set_condition_expression(condition.map(str::to_owned))
-        .expression_attribute_names("#v", "v");
-    if expression.contains("#at") {
-        b = b.expression_attribute_names("#at", "at");
+        .set_condition_expression(condition.map(str::to_owned));
+    for (placeholder, attr) in names {
+        let placeholder = if placeholder.is_empty() {
+            format!("#{attr}")
+        } else {
+            (*placeholder).to_owned()
+        };
+        b = b.expression_attribute_names(placeholder, attr);
     }
     for (name, value) in values {
-        b = b.expression_attribute_values(*name, value.clone());
+        b = b.expression_attribute_values(name, value);
     }
     Ok(TransactWriteItem::builder()
         .update(b.build().map_err(build_error)?)
@@ -438,37 +973,64 @@ mod tests {
         }
     }
 
-    fn chunk_sizes(events: &[Event]) -> Vec<usize> {
-        let order: Vec<usize> = (0..events.len()).collect();
-        let bodies: Vec<Option<String>> = events
-            .iter()
-            .map(|e| Some(encode_body(e).unwrap()))
+    #[test]
+    fn one_cell_of_one_day_is_one_op_however_many_events_and_hours() {
+        let events: Vec<Event> = (0..200)
+            .map(|i| event("org_a", "prj_a", i, "m", Aggregation::Sum, i64::from(i % 3)))
             .collect();
-        let chunks = plan_chunks(events, &order, &bodies);
-        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), events.len());
-        chunks.iter().map(Vec::len).collect()
+        let all: Vec<usize> = (0..events.len()).collect();
+        let ops = plan_ops(&events, &all);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].1.len(), 1);
+        let Op::Add(_, hours) = &ops[0].1[0] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(hours.len(), 3);
+        let total: u32 = hours.iter().map(|(_, d)| d.parse::<u32>().unwrap()).sum();
+        assert_eq!(total, 200);
     }
 
     #[test]
-    fn events_sharing_counters_pack_densely() {
-        // One cell: 6 counters + one ledger put each: 94 events fit in 100 actions.
-        let same: Vec<Event> = (0..200)
+    fn intents_stay_far_below_the_item_limit() {
+        let sums: Vec<Event> = (0..1200)
             .map(|i| event("org_a", "prj_a", i, "m", Aggregation::Sum, 0))
             .collect();
-        assert_eq!(chunk_sizes(&same), vec![94, 94, 12]);
-        // A new hour each: 1 ledger + 2 hour counters (+ the shared day/month ones once).
-        let hours: Vec<Event> = (0..30)
-            .map(|i| event("org_a", "prj_a", i, "m", Aggregation::Sum, i64::from(i)))
+        let all: Vec<usize> = (0..sums.len()).collect();
+        let sizes: Vec<usize> = intent_groups(&sums, &all).iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![1000, 200]);
+        // Worst case: every event a new value of 128 bytes, a new hour, a new project.
+        let uniques: Vec<Event> = (0..1000)
+            .map(|i| {
+                let mut e = event(
+                    "org_a",
+                    &format!("prj_{i}"),
+                    i,
+                    "m",
+                    Aggregation::UniqueCount {
+                        property: "user".into(),
+                    },
+                    i64::from(i % 24),
+                );
+                e.properties
+                    .insert("user".into(), format!("{i:0>128}").into());
+                e
+            })
             .collect();
-        let sizes = chunk_sizes(&hours);
-        assert!(sizes[0] >= 20, "{sizes:?}");
+        let all: Vec<usize> = (0..uniques.len()).collect();
+        let groups = intent_groups(&uniques, &all);
+        assert!(groups.len() > 1);
+        for g in groups {
+            let text = serde_json::to_string(&plan_ops(&uniques, g)).unwrap();
+            assert!(text.len() < 400 * 1024, "{} bytes", text.len());
+        }
     }
 
     #[test]
-    fn every_chunk_fits_one_transaction() {
-        let agg = |i: u32| match i % 3 {
+    fn ops_and_chunks_do_not_depend_on_event_order() {
+        let agg = |i: u32| match i % 4 {
             0 => Aggregation::Sum,
             1 => Aggregation::Max,
+            2 => Aggregation::Latest,
             _ => Aggregation::UniqueCount {
                 property: "user".into(),
             },
@@ -479,23 +1041,31 @@ mod tests {
                     &format!("org_{}", i % 4),
                     &format!("prj_{}", i % 3),
                     i,
-                    &format!("m{}", i % 3),
+                    &format!("m{}", i % 4),
                     agg(i),
                     i64::from(i % 7),
                 )
             })
             .collect();
-        let order: Vec<usize> = (0..events.len()).collect();
-        let bodies: Vec<Option<String>> = events
-            .iter()
-            .map(|e| Some(encode_body(e).unwrap()))
-            .collect();
-        let none = HashSet::new();
-        for chunk in plan_chunks(&events, &order, &bodies) {
-            let (actions, roles) =
-                build_actions("t", &events, &chunk, &bodies, &none, &none, Utc::now()).unwrap();
+        let fwd: Vec<usize> = (0..events.len()).collect();
+        let rev: Vec<usize> = fwd.iter().rev().copied().collect();
+        let ops = plan_ops(&events, &fwd);
+        assert_eq!(ops, plan_ops(&events, &rev));
+        let chunks = plan_chunks(&ops);
+        assert_eq!(
+            chunks.iter().map(Vec::len).sum::<usize>(),
+            ops.iter().map(|(_, l)| l.len()).sum::<usize>()
+        );
+        for chunk in &chunks {
+            let items: HashSet<(&str, &str)> =
+                chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
+            assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
+            let skip = HashSet::new();
+            let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, 0).unwrap();
             assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
             assert_eq!(actions.len(), roles.len());
         }
+        let text = serde_json::to_string(&ops).unwrap();
+        assert_eq!(serde_json::from_str::<Ops>(&text).unwrap(), ops);
     }
 }

@@ -13,8 +13,9 @@ use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, MAX_AUDIT_PAGE, Membership, Org,
-    OrgChanges, Project, Role, User, audit_instant_key,
+    ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, KeyUse, MAX_AUDIT_PAGE,
+    MAX_KEY_USES_PER_CALL, Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
+    audit_instant_key, last_used_text,
 };
 
 use super::apply::put_if_absent;
@@ -31,17 +32,35 @@ use super::{DynamoStore, QuerySpec};
 const CONDITIONAL: &str = "ConditionalCheckFailed";
 
 /// Whether the action at `i` failed its condition.
-fn failed(reasons: &[String], i: usize) -> bool {
+pub(super) fn failed(reasons: &[String], i: usize) -> bool {
     reasons.get(i).is_some_and(|c| c == CONDITIONAL)
 }
 
 /// A check that an item exists, inside a transaction.
-fn must_exist(table: &str, pk: String, sk: &str) -> Result<TransactWriteItem, StoreError> {
+pub(super) fn must_exist(
+    table: &str,
+    pk: String,
+    sk: &str,
+) -> Result<TransactWriteItem, StoreError> {
     let check = ConditionCheck::builder()
         .table_name(table)
         .key(PK, s(pk))
         .key(SK, s(sk))
         .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+/// A check that the org exists and is not deleted, inside a transaction: what adding a
+/// member, project, key or invitation to it needs.
+pub(super) fn org_must_be_live(table: &str, org: &OrgId) -> Result<TransactWriteItem, StoreError> {
+    let check = ConditionCheck::builder()
+        .table_name(table)
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(ORG_SK))
+        .condition_expression("attribute_exists(#pk) AND attribute_not_exists(deleted_at)")
         .expression_attribute_names("#pk", PK)
         .build()
         .map_err(build_error)?;
@@ -75,6 +94,7 @@ fn org_of(it: &Item) -> Result<Org, StoreError> {
         plan: PlanId::parse(plan).ok_or_else(|| corrupt(format!("plan {plan:?}")))?,
         owner_id: parse_id(get_s(it, "owner_id")?, UserId::parse)?,
         created_at: parse_ts(get_s(it, "created_at")?)?,
+        deleted_at: get_opt_s(it, "deleted_at")?.map(parse_ts).transpose()?,
     })
 }
 
@@ -85,6 +105,7 @@ fn project_of(it: &Item) -> Result<Project, StoreError> {
         name: get_s(it, "name")?.to_owned(),
         slug: get_s(it, "slug")?.to_owned(),
         created_at: parse_ts(get_s(it, "created_at")?)?,
+        archived_at: get_opt_s(it, "archived_at")?.map(parse_ts).transpose()?,
     })
 }
 
@@ -101,6 +122,7 @@ fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
         created_at: parse_ts(get_s(it, "created_at")?)?,
         expires_at: get_opt_s(it, "expires_at")?.map(parse_ts).transpose()?,
         revoked_at: get_opt_s(it, "revoked_at")?.map(parse_ts).transpose()?,
+        last_used_at: get_opt_s(it, "last_used_at")?.map(parse_ts).transpose()?,
     })
 }
 
@@ -254,7 +276,7 @@ pub(super) async fn create_project(store: &DynamoStore, p: &Project) -> Result<(
     let table = store.table();
     let org_pk = keys::org_pk(&p.org_id);
     let actions = vec![
-        must_exist(table, org_pk.clone(), ORG_SK)?,
+        org_must_be_live(table, &p.org_id)?,
         put_if_absent(
             table,
             item([
@@ -273,7 +295,13 @@ pub(super) async fn create_project(store: &DynamoStore, p: &Project) -> Result<(
                 ("name", s(&p.name)),
                 ("slug", s(&p.slug)),
                 ("created_at", s(ts_text(p.created_at))),
-            ]),
+            ])
+            .into_iter()
+            .chain(
+                p.archived_at
+                    .map(|t| ("archived_at".to_owned(), s(ts_text(t)))),
+            )
+            .collect(),
         )?,
     ];
     match store.transact_tenant(actions).await? {
@@ -376,11 +404,7 @@ fn key_puts(table: &str, k: &ApiKey) -> Result<[TransactWriteItem; 2], StoreErro
 pub(super) async fn create_api_key(store: &DynamoStore, k: &ApiKey) -> Result<(), StoreError> {
     let table = store.table();
     let [key, guard] = key_puts(table, k)?;
-    let actions = vec![
-        must_exist(table, keys::org_pk(&k.org_id), ORG_SK)?,
-        key,
-        guard,
-    ];
+    let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
     match store.transact_tenant(actions).await? {
         Ok(()) => Ok(()),
         Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
@@ -408,15 +432,25 @@ pub(super) async fn find_api_key(
 // ---------------------------------------------------------------------------------------
 // The management API's methods.
 
-/// One `GetItem` of the membership item `ORG#<org>` / `MEMBER#<user>`.
+/// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
+/// once (one round trip): no role in an org that is deleted.
 pub(super) async fn get_role(
     store: &DynamoStore,
     org: &OrgId,
     user: &UserId,
 ) -> Result<Option<Role>, StoreError> {
-    let Some(it) = store.get(keys::org_pk(org), &keys::member_sk(user)).await? else {
+    let member_sk = keys::member_sk(user);
+    let (member, org_item) = tokio::join!(
+        store.get(keys::org_pk(org), &member_sk),
+        store.get(keys::org_pk(org), ORG_SK),
+    );
+    let Some(it) = member? else {
         return Ok(None);
     };
+    match org_item? {
+        Some(o) if !o.contains_key("deleted_at") => {}
+        _ => return Ok(None),
+    }
     let role = get_s(&it, "role")?;
     Role::parse(role)
         .map(Some)
@@ -686,6 +720,231 @@ pub(super) async fn update_org(
     }
 }
 
+/// One conditional `UpdateItem` of the project item (`SET` of the name, and of
+/// `archived_at` unless set), returning the project as it is now; `None` when the org has no
+/// such project.
+pub(super) async fn update_project(
+    store: &DynamoStore,
+    org: &OrgId,
+    id: &ProjectId,
+    changes: &ProjectChanges,
+) -> Result<Option<Project>, StoreError> {
+    let mut sets = Vec::new();
+    let mut req = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(keys::project_sk(id)))
+        .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .return_values(ReturnValue::AllNew);
+    if let Some(name) = &changes.name {
+        sets.push("#name = :name");
+        req = req
+            .expression_attribute_names("#name", "name")
+            .expression_attribute_values(":name", s(name));
+    }
+    if let Some(at) = changes.archive_at {
+        sets.push("archived_at = if_not_exists(archived_at, :archived)");
+        req = req.expression_attribute_values(":archived", s(ts_text(at)));
+    }
+    if sets.is_empty() {
+        return get_project(store, org, id).await;
+    }
+    match req
+        .update_expression(format!("SET {}", sets.join(", ")))
+        .send()
+        .await
+    {
+        Ok(out) => out.attributes.as_ref().map(project_of).transpose(),
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_error("UpdateItem", e)),
+    }
+}
+
+/// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
+/// last_used_at` if the key is the use's org's and holds no later time (the fixed-width
+/// text compares in time order). A refused condition (missing key, later time) is skipped.
+pub(super) async fn touch_api_keys(store: &DynamoStore, uses: &[KeyUse]) -> Result<(), StoreError> {
+    if uses.len() > MAX_KEY_USES_PER_CALL {
+        return Err(StoreError::Unavailable(format!(
+            "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
+            uses.len()
+        )));
+    }
+    for u in uses {
+        let sent = store
+            .client
+            .update_item()
+            .table_name(store.table())
+            .key(PK, s(keys::key_pk(&u.hash)))
+            .key(SK, s(KEY_SK))
+            .update_expression("SET last_used_at = :at")
+            .condition_expression(
+                "attribute_exists(#pk) AND org_id = :org \
+                 AND (attribute_not_exists(last_used_at) OR last_used_at < :at)",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":at", s(last_used_text(u.at)))
+            .expression_attribute_values(":org", s(u.org_id.as_str()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) => {}
+            Err(e) => return Err(sdk_error("UpdateItem", e)),
+        }
+    }
+    Ok(())
+}
+
+/// `PROJECTMEMBER#<user>#<project>` inside the org partition.
+fn project_member_sk(user: &UserId, project: &ProjectId) -> String {
+    format!("PROJECTMEMBER#{user}#{project}")
+}
+
+/// Checks of the project and of the user's membership, and the put under
+/// `attribute_not_exists`, in one transaction.
+pub(super) async fn add_project_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    project: &ProjectId,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let table = store.table();
+    let actions = vec![
+        must_exist(table, keys::org_pk(org), &keys::project_sk(project))?,
+        must_exist(table, keys::org_pk(org), &keys::member_sk(user))?,
+        put_if_absent(
+            table,
+            item([
+                (PK, s(keys::org_pk(org))),
+                (SK, s(project_member_sk(user, project))),
+                ("user_id", s(user.as_str())),
+                ("project_id", s(project.as_str())),
+                ("created_at", s(ts_text(at))),
+            ]),
+        )?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(()),
+        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+            what: format!("project {project} in org {org}"),
+        }),
+        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+            what: format!("member {user} of org {org}"),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("user {user} on project {project}"),
+        }),
+    }
+}
+
+/// One `DeleteItem`, returning the old item to tell whether there was one.
+pub(super) async fn remove_project_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    project: &ProjectId,
+    user: &UserId,
+) -> Result<bool, StoreError> {
+    let out = store
+        .client
+        .delete_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(project_member_sk(user, project)))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| sdk_error("DeleteItem", e))?;
+    Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+}
+
+/// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
+pub(super) async fn list_user_projects(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+) -> Result<Vec<ProjectId>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![
+                (":pk", s(keys::org_pk(org))),
+                (":prefix", s(format!("PROJECTMEMBER#{user}#"))),
+            ],
+        })
+        .await?;
+    let mut out = items
+        .iter()
+        .map(|it| parse_id(get_s(it, "project_id")?, ProjectId::parse))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    Ok(out)
+}
+
+/// Sets the org's `deleted_at` (kept if set: `if_not_exists`), then revokes each of its
+/// keys that is not revoked (a conditional `UpdateItem` each, also `if_not_exists`). Not one
+/// transaction (an org may have more keys than one holds), but every step is idempotent
+/// and nothing can be added to a deleted org, so a retried delete finishes the job.
+pub(super) async fn delete_org(
+    store: &DynamoStore,
+    id: &OrgId,
+    at: DateTime<Utc>,
+) -> Result<Option<Org>, StoreError> {
+    let marked = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(id)))
+        .key(SK, s(ORG_SK))
+        .update_expression("SET deleted_at = if_not_exists(deleted_at, :at)")
+        .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .expression_attribute_values(":at", s(ts_text(at)))
+        .return_values(ReturnValue::AllNew)
+        .send()
+        .await;
+    let org = match marked {
+        Ok(out) => match out.attributes.as_ref().map(org_of).transpose()? {
+            Some(org) => org,
+            None => return Ok(None),
+        },
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(sdk_error("UpdateItem", e)),
+    };
+    let revoked_at = org.deleted_at.unwrap_or(at);
+    for key in list_api_keys(store, id).await? {
+        if key.revoked_at.is_none() {
+            revoke_api_key(store, id, &key.id, revoked_at).await?;
+        }
+    }
+    Ok(Some(org))
+}
+
 fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
     let role = get_s(it, "role")?;
     Ok(Membership {
@@ -696,7 +955,7 @@ fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
     })
 }
 
-fn owner_conflict() -> StoreError {
+pub(super) fn owner_conflict() -> StoreError {
     StoreError::Conflict {
         what: "an owner of the org (ownership moves only by transfer)".into(),
     }
@@ -710,7 +969,7 @@ pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<()
     }
     let table = store.table();
     let actions = vec![
-        must_exist(table, keys::org_pk(&m.org_id), ORG_SK)?,
+        org_must_be_live(table, &m.org_id)?,
         must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
         put_if_absent(
             table,
@@ -833,7 +1092,7 @@ pub(super) async fn remove_member(
 }
 
 /// An `Update` inside a transaction.
-fn tx_update(
+pub(super) fn tx_update(
     table: &str,
     pk: String,
     sk: String,

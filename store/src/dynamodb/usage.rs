@@ -1,6 +1,8 @@
 //! The read side of [`UsageStore`](tally_core::ports::UsageStore) on DynamoDB, and closed
 //! periods. `apply_batch` lives in [`super::apply`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
@@ -11,7 +13,7 @@ use tally_core::ports::{CounterQuery, CounterValue, LedgerPage, StoreError};
 
 use super::codec::{corrupt, get_decimal, get_s, item, s, ts_text};
 use super::keys::{self, LEDGER_SHARDS, PERIOD_SK, PK, SK};
-use super::{DynamoStore, QuerySpec};
+use super::{DynamoStore, QuerySpec, cells};
 
 /// Most ledger events one `ledger_page` call returns (as on SQLite).
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -39,8 +41,10 @@ fn secs_ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// One query per month partition the range touches, each a `BETWEEN` on the series'
-/// sort keys; months come in order and keys sort by time inside a month.
+/// Per month partition the range touches: one `BETWEEN` query on the explicit series
+/// (`unique_count` counters) and one `begins_with` query on the day cells of the meter (of
+/// the project, or of every project for an org-wide series), whose hours are merged into
+/// the series' buckets. Months come in order, so buckets do.
 pub(super) async fn counter_series(
     store: &DynamoStore,
     q: &CounterQuery,
@@ -55,10 +59,31 @@ pub(super) async fn counter_series(
         return Ok(Vec::new());
     }
     let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
+    let cell_prefix = match &q.project {
+        Some(p) => cells::series_prefix(&q.meter, p),
+        None => cells::meter_prefix(&q.meter),
+    };
     let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
-    let mut out = Vec::new();
+    let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
     let mut month = first;
     while month <= last {
+        let pk = keys::counter_pk(&q.org, month);
+        let cell_items = store
+            .query_all(&QuerySpec {
+                index: None,
+                key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+                filter: None,
+                names: &[],
+                values: vec![(":pk", s(&pk)), (":prefix", s(&cell_prefix))],
+            })
+            .await?;
+        let stored = cell_items
+            .iter()
+            .map(cells::read_cell)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (start, delta) in cells::derive_series(&stored, q.granularity, from, to + 1) {
+            buckets.insert(start, cells::value_of(&delta));
+        }
         let items = store
             .query_all(&QuerySpec {
                 index: None,
@@ -66,7 +91,7 @@ pub(super) async fn counter_series(
                 filter: None,
                 names: &[],
                 values: vec![
-                    (":pk", s(keys::counter_pk(&q.org, month))),
+                    (":pk", s(&pk)),
                     (":from", s(format!("{prefix}{}", keys::start_text(from)))),
                     (":to", s(format!("{prefix}{}", keys::start_text(to)))),
                 ],
@@ -74,14 +99,17 @@ pub(super) async fn counter_series(
             .await?;
         for it in &items {
             let key = keys::parse_counter_sk(&q.org, get_s(it, SK)?)?;
-            out.push(CounterValue {
-                start: key.start,
-                value: get_decimal(it, "v")?,
-            });
+            buckets.insert(key.start.timestamp(), get_decimal(it, "v")?);
         }
         month = month.next();
     }
-    Ok(out)
+    Ok(buckets
+        .into_iter()
+        .map(|(start, value)| CounterValue {
+            start: secs_ts(start),
+            value,
+        })
+        .collect())
 }
 
 /// The position of a ledger page: a shard and the last event id read in it (`None`: the
@@ -162,7 +190,8 @@ pub(super) async fn ledger_page(
     Ok(LedgerPage { events, next: None })
 }
 
-/// One paged query of the org's month partition of counters.
+/// One paged query of the org's month partition of counters: explicit counters as they
+/// are, day cells spread to the six counters they add up to.
 pub(super) async fn stored_counters(
     store: &DynamoStore,
     org: &OrgId,
@@ -177,15 +206,20 @@ pub(super) async fn stored_counters(
             values: vec![(":pk", s(keys::counter_pk(org, month)))],
         })
         .await?;
-    let mut out = items
-        .iter()
-        .map(|it| {
-            let key = keys::parse_counter_sk(org, get_s(it, SK)?)?;
-            Ok((key, get_decimal(it, "v")?))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let mut stored = Vec::new();
+    let mut out: BTreeMap<OwnedCounterKey, Decimal> = BTreeMap::new();
+    for it in &items {
+        let sk = get_s(it, SK)?;
+        if sk.starts_with(cells::CELL_PREFIX) {
+            stored.push(cells::read_cell(it)?);
+        } else {
+            out.insert(keys::parse_counter_sk(org, sk)?, get_decimal(it, "v")?);
+        }
+    }
+    for (key, value) in cells::derive_counters(org, &stored) {
+        out.entry(key).or_insert(value);
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// Whether the period item exists.

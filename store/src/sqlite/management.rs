@@ -1,5 +1,5 @@
 //! The management API's part of [`TenantStore`](tally_core::ports::TenantStore) on SQLite:
-//! memberships, key listing and revocation, and the audit trail.
+//! memberships, key listing and revocation, the audit trail and invitations.
 //!
 //! The `memberships` and `api_keys` tables come from schema version 1. Version 2 adds the
 //! audit trail ([`SCHEMA_V2`]): one row per record keyed `(org, sk)`, `sk` being the
@@ -9,15 +9,19 @@
 //! deletes the expired rows of all orgs through the `audit_by_expiry` index.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use tally_core::ids::{ApiKeyId, OrgId, UserId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::ports::StoreError;
 use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, MAX_AUDIT_PAGE, Membership, Org, OrgChanges, Role,
-    audit_instant_key,
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, MAX_AUDIT_PAGE,
+    MAX_KEY_USES_PER_CALL, Membership, Org, OrgChanges, Project, ProjectChanges, Role,
+    audit_instant_key, last_used_text,
 };
 
-use super::{KeyRow, SqliteStore, corrupt, db, key_of, parse_id, parse_ts, read_org, ts_text};
+use super::{
+    KeyRow, SqliteStore, corrupt, db, key_of, org_is_live, parse_id, parse_ts, read_org,
+    read_project, ts_text,
+};
 
 /// Schema version 2: the audit trail.
 pub(super) const SCHEMA_V2: &str = r#"
@@ -34,8 +38,108 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_by_expiry ON audit (expires_at);
 "#;
 
-const KEY_COLS: &str =
-    "org, id, hash, name, display_prefix, scopes, created_at, expires_at, revoked_at";
+/// Schema version 4: invitations and soft-deleted orgs. One row per invitation keyed
+/// `(org, id)`, found by the token's hash through a unique index; `expires_unix` (Unix
+/// seconds) lets writes prune expired rows, as DynamoDB's TTL would, and reads check the
+/// expiry themselves. `orgs.deleted_at` marks a deleted org, `projects.archived_at` an
+/// archived project, `api_keys.last_used_at` when ingest last accepted a key;
+/// `project_members` says which projects a member is on, keyed so that one user's
+/// projects in an org are one range scan.
+pub(super) const SCHEMA_V4: &str = r#"
+CREATE TABLE IF NOT EXISTS invitations (
+    org          TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    hash         TEXT NOT NULL,     -- SHA-256 hex of the token
+    email        TEXT NOT NULL,     -- lowercased
+    role         TEXT NOT NULL,
+    invited_by   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    expires_unix INTEGER NOT NULL,  -- Unix seconds of expires_at, rounded up
+    accepted_at  TEXT,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS invitations_by_hash ON invitations (hash);
+CREATE INDEX IF NOT EXISTS invitations_by_expiry ON invitations (expires_unix);
+ALTER TABLE orgs ADD COLUMN deleted_at TEXT;  -- soft delete; NULL while live
+ALTER TABLE projects ADD COLUMN archived_at TEXT;  -- NULL while active
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;  -- fixed-width micros: compares as text
+CREATE TABLE IF NOT EXISTS project_members (
+    org         TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    project     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (org, user_id, project)
+) WITHOUT ROWID;
+"#;
+
+const INVITATION_COLS: &str =
+    "org, id, hash, email, role, invited_by, created_at, expires_at, accepted_at";
+
+type InvitationRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {
+    let (org, id, hash, email, role, by, created, expires, accepted) = row;
+    Ok(Invitation {
+        id: parse_id(&id, InvitationId::parse)?,
+        org_id: parse_id(&org, OrgId::parse)?,
+        hash: KeyHash::from_hex(&hash).ok_or_else(|| corrupt("invitation hash"))?,
+        email,
+        role: role_of(&role)?,
+        invited_by: parse_id(&by, UserId::parse)?,
+        created_at: parse_ts(&created)?,
+        expires_at: parse_ts(&expires)?,
+        accepted_at: accepted.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+/// Unix seconds of `t`, rounded up (an invitation is expired once `now >= expires_at`).
+fn unix_ceil(t: DateTime<Utc>) -> i64 {
+    let s = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}
+
+/// Reads an invitation by hash (on a plain connection or inside a transaction).
+fn read_invitation(conn: &Connection, hash: &str) -> Result<Option<Invitation>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {INVITATION_COLS} FROM invitations WHERE hash = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![hash], invitation_row).optional())
+    .map_err(db)?
+    .map(invitation_of)
+    .transpose()
+}
+
+const KEY_COLS: &str = "org, id, hash, name, display_prefix, scopes, created_at, expires_at,
+     revoked_at, last_used_at";
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     Ok(KeyRow {
@@ -48,6 +152,7 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
         created: r.get(6)?,
         expires: r.get(7)?,
         revoked: r.get(8)?,
+        last_used: r.get(9)?,
     })
 }
 
@@ -79,6 +184,192 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn mgmt_delete_org(
+        &self,
+        id: &OrgId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Org>, StoreError> {
+        let (id, at) = (id.as_str().to_owned(), ts_text(at));
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let marked = tx
+                .prepare_cached(
+                    "UPDATE orgs SET deleted_at = coalesce(deleted_at, ?2) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, at]))
+                .map_err(db)?;
+            if marked == 0 {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE org = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id, at]))
+            .map_err(db)?;
+            let org = read_org(&tx, &id)?;
+            tx.commit().map_err(db)?;
+            Ok(org)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
+        let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.prepare_cached(
+                "UPDATE projects SET name = coalesce(?3, name),
+                                     archived_at = coalesce(archived_at, ?4)
+                 WHERE org = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![org, id, name, archive]))
+            .map_err(db)?;
+            let project = read_project(&tx, &org, &id)?;
+            tx.commit().map_err(db)?;
+            Ok(project)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        if uses.len() > MAX_KEY_USES_PER_CALL {
+            return Err(StoreError::Unavailable(format!(
+                "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
+                uses.len()
+            )));
+        }
+        let uses = uses.to_vec();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET last_used_at = ?3
+                         WHERE hash = ?1 AND org = ?2
+                           AND (last_used_at IS NULL OR last_used_at < ?3)",
+                    )
+                    .map_err(db)?;
+                for u in &uses {
+                    stmt.execute(params![
+                        u.hash.as_str(),
+                        u.org_id.as_str(),
+                        last_used_text(u.at)
+                    ])
+                    .map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (org, project, user) = (
+            org.as_str().to_owned(),
+            project.as_str().to_owned(),
+            user.as_str().to_owned(),
+        );
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            if read_project(&tx, &org, &project)?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: format!("project {project} in org {org}"),
+                });
+            }
+            let member = tx
+                .prepare_cached("SELECT 1 FROM memberships WHERE org = ?1 AND user_id = ?2")
+                .and_then(|mut s| s.exists(params![org, user]))
+                .map_err(db)?;
+            if !member {
+                return Err(StoreError::NotFound {
+                    what: format!("member {user} of org {org}"),
+                });
+            }
+            let added = tx
+                .prepare_cached(
+                    "INSERT INTO project_members (org, user_id, project, created_at)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![org, user, project, ts_text(at)]))
+                .map_err(db)?;
+            if added == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("user {user} on project {project}"),
+                });
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let (org, project, user) = (
+            org.as_str().to_owned(),
+            project.as_str().to_owned(),
+            user.as_str().to_owned(),
+        );
+        self.write(move |conn| {
+            let removed = conn
+                .prepare_cached(
+                    "DELETE FROM project_members WHERE org = ?1 AND user_id = ?2 AND project = ?3",
+                )
+                .and_then(|mut s| s.execute(params![org, user, project]))
+                .map_err(db)?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT project FROM project_members WHERE org = ?1 AND user_id = ?2
+                     ORDER BY project",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![org, user], |r| r.get::<_, String>(0))
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(parse_id(&row.map_err(db)?, ProjectId::parse)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub(super) async fn mgmt_get_role(
         &self,
         org: &OrgId,
@@ -86,15 +377,18 @@ impl SqliteStore {
     ) -> Result<Option<Role>, StoreError> {
         let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
         self.read(move |conn| {
-            conn.prepare_cached("SELECT role FROM memberships WHERE org = ?1 AND user_id = ?2")
-                .and_then(|mut s| {
-                    s.query_row(params![org, user], |r| r.get::<_, String>(0))
-                        .optional()
-                })
-                .map_err(db)?
-                .as_deref()
-                .map(role_of)
-                .transpose()
+            conn.prepare_cached(
+                "SELECT m.role FROM memberships m JOIN orgs o ON o.id = m.org
+                 WHERE m.org = ?1 AND m.user_id = ?2 AND o.deleted_at IS NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![org, user], |r| r.get::<_, String>(0))
+                    .optional()
+            })
+            .map_err(db)?
+            .as_deref()
+            .map(role_of)
+            .transpose()
         })
         .await
     }
@@ -141,48 +435,55 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            if m.role == Role::Owner {
-                return Err(StoreError::Conflict {
-                    what: "an owner of the org (ownership moves only by transfer)".into(),
-                });
-            }
-            let exists = |sql: &str, id: &str| {
-                tx.prepare_cached(sql)
-                    .and_then(|mut s| s.exists(params![id]))
-                    .map_err(db)
-            };
-            if !exists("SELECT 1 FROM orgs WHERE id = ?1", m.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", m.org_id),
-                });
-            }
-            if !exists("SELECT 1 FROM users WHERE id = ?1", m.user_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("user {}", m.user_id),
-                });
-            }
-            let added = tx
-                .prepare_cached(
-                    "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (org, user_id) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        m.org_id.as_str(),
-                        m.user_id.as_str(),
-                        m.role.as_str(),
-                        ts_text(m.created_at)
-                    ])
-                })
-                .map_err(db)?;
-            if added == 0 {
-                return Err(StoreError::Conflict {
-                    what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-                });
-            }
+            Self::insert_member(&tx, &m)?;
             tx.commit().map_err(db)
         })
         .await
+    }
+
+    /// Adds a membership inside a write transaction: `Conflict` for an owner or a member
+    /// already, `NotFound` for a missing org or user.
+    fn insert_member(tx: &rusqlite::Transaction<'_>, m: &Membership) -> Result<(), StoreError> {
+        if m.role == Role::Owner {
+            return Err(StoreError::Conflict {
+                what: "an owner of the org (ownership moves only by transfer)".into(),
+            });
+        }
+        let exists = |sql: &str, id: &str| {
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.exists(params![id]))
+                .map_err(db)
+        };
+        if !org_is_live(tx, m.org_id.as_str())? {
+            return Err(StoreError::NotFound {
+                what: format!("org {}", m.org_id),
+            });
+        }
+        if !exists("SELECT 1 FROM users WHERE id = ?1", m.user_id.as_str())? {
+            return Err(StoreError::NotFound {
+                what: format!("user {}", m.user_id),
+            });
+        }
+        let added = tx
+            .prepare_cached(
+                "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org, user_id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    m.org_id.as_str(),
+                    m.user_id.as_str(),
+                    m.role.as_str(),
+                    ts_text(m.created_at)
+                ])
+            })
+            .map_err(db)?;
+        if added == 0 {
+            return Err(StoreError::Conflict {
+                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
+            });
+        }
+        Ok(())
     }
 
     /// Reads a membership inside a write transaction, refusing the owner's.
@@ -566,6 +867,157 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    pub(super) async fn mgmt_create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
+        let inv = inv.clone();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            if inv.role == Role::Owner {
+                return Err(StoreError::Conflict {
+                    what: "an owner of the org (ownership moves only by transfer)".into(),
+                });
+            }
+            if !org_is_live(&tx, inv.org_id.as_str())? {
+                return Err(StoreError::NotFound {
+                    what: format!("org {}", inv.org_id),
+                });
+            }
+            // Expired invitations are gone for every reader; drop their rows here.
+            tx.prepare_cached("DELETE FROM invitations WHERE expires_unix <= ?1")
+                .and_then(|mut s| s.execute(params![inv.created_at.timestamp()]))
+                .map_err(db)?;
+            tx.prepare_cached(
+                "INSERT INTO invitations (org, id, hash, email, role, invited_by, created_at,
+                                          expires_at, expires_unix, accepted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    inv.org_id.as_str(),
+                    inv.id.as_str(),
+                    inv.hash.as_str(),
+                    inv.email.to_lowercase(),
+                    inv.role.as_str(),
+                    inv.invited_by.as_str(),
+                    ts_text(inv.created_at),
+                    ts_text(inv.expires_at),
+                    unix_ceil(inv.expires_at),
+                    inv.accepted_at.map(ts_text),
+                ])
+            })
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let org = org.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {INVITATION_COLS} FROM invitations
+                     WHERE org = ?1 AND accepted_at IS NULL ORDER BY created_at, id"
+                ))
+                .map_err(db)?;
+            let rows = stmt.query_map(params![org], invitation_row).map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let inv = invitation_of(row.map_err(db)?)?;
+                if inv.is_pending(now) {
+                    out.push(inv);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let hash = hash.as_str().to_owned();
+        self.read(move |conn| Ok(read_invitation(conn, &hash)?.filter(|inv| inv.expires_at > now)))
+            .await
+    }
+
+    pub(super) async fn mgmt_revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let found = tx
+                .prepare_cached(&format!(
+                    "SELECT {INVITATION_COLS} FROM invitations WHERE org = ?1 AND id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![org, id], invitation_row).optional())
+                .map_err(db)?
+                .map(invitation_of)
+                .transpose()?;
+            let Some(inv) = found.filter(|inv| inv.is_pending(now)) else {
+                return Ok(None);
+            };
+            tx.prepare_cached("DELETE FROM invitations WHERE org = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![org, id]))
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(Some(inv))
+        })
+        .await
+    }
+
+    pub(super) async fn mgmt_accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let (hash, user) = (hash.as_str().to_owned(), user.clone());
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let Some(inv) = read_invitation(&tx, &hash)?.filter(|inv| inv.expires_at > at) else {
+                return Err(StoreError::NotFound {
+                    what: "invitation".into(),
+                });
+            };
+            if inv.accepted_at.is_some() {
+                return Err(StoreError::Conflict {
+                    what: format!("acceptance of invitation {}", inv.id),
+                });
+            }
+            let m = Membership {
+                org_id: inv.org_id.clone(),
+                user_id: user,
+                role: inv.role,
+                created_at: at,
+            };
+            Self::insert_member(&tx, &m)?;
+            tx.prepare_cached("UPDATE invitations SET accepted_at = ?2 WHERE hash = ?1")
+                .and_then(|mut s| s.execute(params![hash, ts_text(at)]))
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(m)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -595,7 +1047,8 @@ mod tests {
         }
     }
 
-    /// A file of schema version 1 (before the audit trail) is upgraded in place.
+    /// A file of schema version 1 (before the audit trail, invitations, soft deletes,
+    /// archiving, last use and project members) is upgraded in place.
     #[tokio::test]
     async fn version_1_files_gain_the_audit_trail() {
         let dir = tempfile::tempdir().unwrap();
@@ -603,8 +1056,15 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
         {
             let c = Connection::open(&path).unwrap();
-            c.execute_batch("DROP TABLE audit; PRAGMA user_version = 1;")
-                .unwrap();
+            // What version 1 had: no audit trail, none of version 4's tables and columns.
+            c.execute_batch(
+                "DROP TABLE audit; DROP TABLE invitations; DROP TABLE project_members;
+                 ALTER TABLE orgs DROP COLUMN deleted_at;
+                 ALTER TABLE projects DROP COLUMN archived_at;
+                 ALTER TABLE api_keys DROP COLUMN last_used_at;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         let org = OrgId::parse("org_a").unwrap();

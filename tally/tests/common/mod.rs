@@ -95,6 +95,11 @@ impl Env {
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
+        self.cli_raw_env(args, &[])
+    }
+
+    /// [`Env::cli_raw`] with extra environment variables (such as `TALLY_NOW`).
+    pub fn cli_raw_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(bin())
             .args(args)
             .args(&self.flags)
@@ -102,8 +107,25 @@ impl Env {
             .arg(self.dir.path())
             .arg("--json")
             .env("TALLY_LOG", "warn")
+            .envs(envs.iter().copied())
             .output()
             .expect("run tally")
+    }
+
+    /// [`Env::cli`] with extra environment variables (such as `TALLY_NOW`).
+    pub fn cli_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Value {
+        let out = self.cli_raw_env(args, envs);
+        assert!(
+            out.status.success(),
+            "tally {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tally {args:?} printed non-JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 }
 
@@ -170,13 +192,21 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts `tally serve` on a free port and waits until it answers.
     pub async fn start(env: &Env) -> Server {
+        Server::start_with(env, &[], &[]).await
+    }
+
+    /// [`Server::start`] with extra `serve` flags and environment variables (such as
+    /// `--no-billing-scheduler` and `TALLY_NOW`).
+    pub async fn start_with(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(bin())
             .args(["serve", "--addr", &addr])
+            .args(args)
             .args(&env.flags)
             .arg("--data")
             .arg(env.dir.path())
             .env("TALLY_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,4 +1,5 @@
-//! The storage conformance suite: what every [`TenantStore`] + [`UsageStore`] backend must do.
+//! The storage conformance suite: what every [`TenantStore`] + [`UsageStore`] +
+//! [`ReportStore`] backend must do.
 //!
 //! Each `pub async fn` here is one test taking a [`StoreFactory`]; [`storage_conformance!`]
 //! (crate::storage_conformance) expands to one `#[tokio::test]` per function for a factory
@@ -13,13 +14,16 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
-use tally_core::ports::{ApplyOutcome, CounterQuery, StoreError, TenantStore, UsageStore};
+use tally_core::ports::{
+    ApplyOutcome, CounterQuery, MAX_REPORT_BODY_BYTES, ReportStore, StoreError, StoredReport,
+    TenantStore, UsageStore,
+};
 use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditQuery, AuditRecord, KeyHash, KeyScope, Membership, Org, OrgChanges,
-    Project, Role, User,
+    ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
+    Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
 };
 
 use super::fixtures::{
@@ -30,7 +34,7 @@ use super::fixtures::{
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     /// The backend under test.
-    type Store: TenantStore + UsageStore + 'static;
+    type Store: TenantStore + UsageStore + ReportStore + tally_core::ports::SyncLedger + 'static;
 
     /// A new handle onto this factory's data. A second call is like a second process opening
     /// the same database: both see each other's writes.
@@ -58,6 +62,11 @@ macro_rules! storage_conformance {
             api_keys_are_listed_and_revoked_by_id,
             api_keys_rotate_with_an_overlap,
             audit_records_page_newest_first_with_filters,
+            invitations_are_found_by_hash_accepted_once_and_revoked,
+            orgs_are_soft_deleted_with_their_keys_revoked,
+            projects_are_renamed_and_archived_in_their_org,
+            api_keys_remember_their_latest_use,
+            members_are_put_on_projects_of_their_org,
             apply_batch_counts_each_event_once,
             event_ids_are_unique_per_org_not_globally,
             concurrent_overlapping_batches_count_once,
@@ -69,6 +78,12 @@ macro_rules! storage_conformance {
             ledger_pages_cover_each_event_once,
             stored_counters_agree_with_a_fold_of_the_ledger,
             periods_close_idempotently,
+            reports_are_written_once_and_listed_per_org,
+            racing_report_writes_keep_one,
+            oversized_reports_are_refused,
+            sync_steps_are_recorded_once_per_org_period_and_step,
+            racing_sync_step_writes_keep_one,
+            sync_customers_are_recorded_once_per_org,
         );
     };
     (@tests $factory:expr; $($test:ident),* $(,)?) => {
@@ -109,6 +124,7 @@ fn org_for(owner: &User) -> Org {
         plan: PlanId::Starter,
         owner_id: owner.id.clone(),
         created_at: created(),
+        deleted_at: None,
     }
 }
 
@@ -126,6 +142,7 @@ fn project_in(org: &OrgId, slug: &str) -> Project {
         name: format!("Project {slug}"),
         slug: slug.into(),
         created_at: created(),
+        archived_at: None,
     }
 }
 
@@ -141,6 +158,7 @@ fn key_in(org: &OrgId) -> ApiKey {
         created_at: created(),
         expires_at: Some(ts("2027-01-01T00:00:00Z")),
         revoked_at: None,
+        last_used_at: None,
     }
 }
 
@@ -221,6 +239,462 @@ use ApplyOutcome::{Applied, Duplicate};
 
 // ---------------------------------------------------------------------------------------
 // Tenants.
+
+/// Deleting an org marks it `deleted_at` (the first time stays), revokes every key of it
+/// (a key revoked before keeps its time), takes every role in it away, refuses new
+/// members, projects, keys and invitations, and leaves other orgs alone; `get_org` and
+/// `list_org_ids` still see it (billing closes its last month).
+pub async fn orgs_are_soft_deleted_with_their_keys_revoked<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let member = new_user(&s).await;
+    s.add_member(&Membership {
+        org_id: a.id.clone(),
+        user_id: member.id.clone(),
+        role: Role::Admin,
+        created_at: created(),
+    })
+    .await
+    .unwrap();
+    let early = ts("2026-11-20T00:00:00Z");
+    let k1 = key_in(&a.id);
+    let k2 = ApiKey {
+        revoked_at: Some(early),
+        last_used_at: None,
+        ..key_in(&a.id)
+    };
+    let kb = key_in(&b.id);
+    for k in [&k1, &k2, &kb] {
+        s.create_api_key(k).await.unwrap();
+    }
+    let at = ts("2026-11-27T08:00:00.5Z");
+    let deleted = s.delete_org(&a.id, at).await.unwrap();
+    let expected = Org {
+        deleted_at: Some(at),
+        ..a.clone()
+    };
+    assert_eq!(deleted, Some(expected.clone()));
+    let again = s.delete_org(&a.id, at + Duration::hours(1)).await.unwrap();
+    assert_eq!(
+        again,
+        Some(expected.clone()),
+        "the first deletion time stays"
+    );
+    let other = f.open().await;
+    assert_eq!(other.get_org(&a.id).await.unwrap(), Some(expected));
+    assert!(other.list_org_ids().await.unwrap().contains(&a.id));
+    assert_eq!(
+        other
+            .find_api_key(&k1.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(at)
+    );
+    assert_eq!(
+        other
+            .find_api_key(&k2.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(early)
+    );
+    assert_eq!(other.find_api_key(&kb.hash).await.unwrap(), Some(kb));
+    for user in [&a.owner_id, &member.id] {
+        assert_eq!(other.get_role(&a.id, user).await.unwrap(), None);
+    }
+    assert_eq!(
+        other.get_role(&b.id, &b.owner_id).await.unwrap(),
+        Some(Role::Owner)
+    );
+    let newcomer = new_user(&s).await;
+    assert!(matches!(
+        s.add_member(&Membership {
+            org_id: a.id.clone(),
+            user_id: newcomer.id.clone(),
+            role: Role::Member,
+            created_at: created(),
+        })
+        .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.create_project(&project_in(&a.id, "late")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.create_api_key(&key_in(&a.id)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let (inv, _) = invitation_to(&a, &newcomer.email, Role::Member);
+    assert!(matches!(
+        s.create_invitation(&inv).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.delete_org(&fresh_org(), at).await.unwrap(), None);
+}
+
+/// A project is renamed and archived in place, within its org only; archiving again keeps
+/// the first time; the slug stays.
+pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let p = project_in(&a.id, "web");
+    s.create_project(&p).await.unwrap();
+    let renamed = s
+        .update_project(
+            &a.id,
+            &p.id,
+            &ProjectChanges {
+                name: Some("Website".into()),
+                archive_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let expected = Project {
+        name: "Website".into(),
+        ..p.clone()
+    };
+    assert_eq!(renamed, Some(expected.clone()));
+    let at = ts("2026-11-27T09:00:00.75Z");
+    let archived = s
+        .update_project(
+            &a.id,
+            &p.id,
+            &ProjectChanges {
+                name: None,
+                archive_at: Some(at),
+            },
+        )
+        .await
+        .unwrap();
+    let expected = Project {
+        archived_at: Some(at),
+        ..expected
+    };
+    assert_eq!(archived, Some(expected.clone()));
+    let again = s
+        .update_project(
+            &a.id,
+            &p.id,
+            &ProjectChanges {
+                name: None,
+                archive_at: Some(at + Duration::hours(1)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Some(expected.clone()),
+        "the first archive time stays"
+    );
+    let other = f.open().await;
+    assert_eq!(
+        other.get_project(&a.id, &p.id).await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(other.list_projects(&a.id).await.unwrap(), vec![expected]);
+    let through_b = s
+        .update_project(
+            &b.id,
+            &p.id,
+            &ProjectChanges {
+                name: Some("Stolen".into()),
+                archive_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(through_b, None, "another org's project is not found");
+    assert!(other.list_projects(&b.id).await.unwrap().is_empty());
+}
+
+/// `touch_api_keys` keeps each key's latest use (to the microsecond), never moves it back,
+/// and skips uses of keys that do not exist or are not the use's org's.
+pub async fn api_keys_remember_their_latest_use<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let k1 = key_in(&a.id);
+    let kb = key_in(&b.id);
+    for k in [&k1, &kb] {
+        s.create_api_key(k).await.unwrap();
+    }
+    let use_of = |k: &ApiKey, org: &OrgId, at| KeyUse {
+        key_id: k.id.clone(),
+        org_id: org.clone(),
+        hash: k.hash.clone(),
+        at,
+    };
+    let t1 = ts("2026-11-27T10:00:00.123456Z");
+    let t2 = ts("2026-11-27T10:00:01Z");
+    let unknown = key_in(&a.id);
+    s.touch_api_keys(&[
+        use_of(&k1, &a.id, t2),
+        use_of(&kb, &a.id, t2),
+        use_of(&unknown, &a.id, t2),
+    ])
+    .await
+    .unwrap();
+    s.touch_api_keys(&[use_of(&k1, &a.id, t1)]).await.unwrap();
+    let other = f.open().await;
+    let found = other.find_api_key(&k1.hash).await.unwrap().unwrap();
+    assert_eq!(
+        found.last_used_at,
+        Some(t2),
+        "an earlier use does not move it back"
+    );
+    assert_eq!(
+        other
+            .find_api_key(&kb.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        None,
+        "a use naming another org is skipped"
+    );
+    assert_eq!(other.find_api_key(&unknown.hash).await.unwrap(), None);
+    let t3 = t2 + Duration::microseconds(1);
+    s.touch_api_keys(&[use_of(&k1, &a.id, t3)]).await.unwrap();
+    assert_eq!(
+        other.list_api_keys(&a.id).await.unwrap(),
+        vec![ApiKey {
+            last_used_at: Some(t3),
+            ..k1
+        }]
+    );
+    s.touch_api_keys(&[]).await.unwrap();
+}
+
+/// Members are put on (and taken off) projects of their org only, once each; the list of a
+/// user's projects is per org.
+pub async fn members_are_put_on_projects_of_their_org<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let member = new_user(&s).await;
+    s.add_member(&Membership {
+        org_id: a.id.clone(),
+        user_id: member.id.clone(),
+        role: Role::Member,
+        created_at: created(),
+    })
+    .await
+    .unwrap();
+    let p1 = project_in(&a.id, "one");
+    let p2 = project_in(&a.id, "two");
+    let pb = project_in(&b.id, "bee");
+    for p in [&p1, &p2, &pb] {
+        s.create_project(p).await.unwrap();
+    }
+    s.add_project_member(&a.id, &p2.id, &member.id, created())
+        .await
+        .unwrap();
+    s.add_project_member(&a.id, &p1.id, &member.id, created())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_project_member(&a.id, &p1.id, &member.id, created())
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.add_project_member(&a.id, &pb.id, &member.id, created())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        matches!(
+            s.add_project_member(&b.id, &pb.id, &member.id, created())
+                .await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "not a member of B"
+    );
+    let mut expected = vec![p1.id.clone(), p2.id.clone()];
+    expected.sort();
+    let other = f.open().await;
+    assert_eq!(
+        other.list_user_projects(&a.id, &member.id).await.unwrap(),
+        expected
+    );
+    assert!(
+        other
+            .list_user_projects(&b.id, &member.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.remove_project_member(&a.id, &p1.id, &member.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.remove_project_member(&a.id, &p1.id, &member.id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        other.list_user_projects(&a.id, &member.id).await.unwrap(),
+        vec![p2.id.clone()]
+    );
+    assert!(
+        other
+            .list_projects(&a.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.id == p1.id || p.id == p2.id),
+        "project members are not projects"
+    );
+}
+
+/// A pending invitation to `org` for `email`, sent at `created()`, with its token.
+fn invitation_to(org: &Org, email: &str, role: Role) -> (Invitation, String) {
+    let token = format!("tinv_{}{}", random_hex(), random_hex());
+    let inv = Invitation {
+        id: InvitationId::from_random(rand::random()),
+        org_id: org.id.clone(),
+        email: email.to_owned(),
+        role,
+        hash: KeyHash::of_secret(&token),
+        invited_by: org.owner_id.clone(),
+        created_at: created(),
+        expires_at: created() + Duration::days(7),
+        accepted_at: None,
+    };
+    (inv, token)
+}
+
+/// Invitations are found by the hash of their token (never after they expire), listed per
+/// org while pending, accepted once (the membership is created with the invited role, and
+/// a second accept or a member already is `Conflict`), and revoked by id within their org.
+pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    let b = new_org(&s).await;
+    let invitee = new_user(&s).await;
+    let (inv, token) = invitation_to(&a, &invitee.email, Role::Admin);
+    let (other, _) = invitation_to(&a, "someone.else@example.com", Role::Viewer);
+    let other = Invitation {
+        created_at: created() + Duration::seconds(1),
+        ..other
+    };
+    let (in_b, _) = invitation_to(&b, &invitee.email, Role::Member);
+    for i in [&inv, &other, &in_b] {
+        s.create_invitation(i).await.unwrap();
+    }
+    let (orphan, _) = invitation_to(&org_for(&invitee), "x@example.com", Role::Member);
+    assert!(matches!(
+        s.create_invitation(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let now = created() + Duration::hours(1);
+    let hash = KeyHash::of_secret(&token);
+    let other_handle = f.open().await;
+    assert_eq!(
+        other_handle.find_invitation(&hash, now).await.unwrap(),
+        Some(inv.clone())
+    );
+    assert_eq!(
+        s.find_invitation(&hash, inv.expires_at).await.unwrap(),
+        None,
+        "expired on read, whatever TTL deletion did"
+    );
+    assert_eq!(
+        s.list_invitations(&a.id, now).await.unwrap(),
+        vec![inv.clone(), other.clone()]
+    );
+    assert_eq!(
+        s.list_invitations(&b.id, now).await.unwrap(),
+        vec![in_b.clone()]
+    );
+    assert!(
+        s.list_invitations(&a.id, inv.expires_at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Too late is refused; in time makes the membership once.
+    assert!(matches!(
+        s.accept_invitation(&hash, &invitee.id, inv.expires_at)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let m = s.accept_invitation(&hash, &invitee.id, now).await.unwrap();
+    assert_eq!(
+        m,
+        Membership {
+            org_id: a.id.clone(),
+            user_id: invitee.id.clone(),
+            role: Role::Admin,
+            created_at: now,
+        }
+    );
+    assert_eq!(
+        other_handle.get_role(&a.id, &invitee.id).await.unwrap(),
+        Some(Role::Admin)
+    );
+    assert!(matches!(
+        s.accept_invitation(&hash, &invitee.id, now).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let accepted = s.find_invitation(&hash, now).await.unwrap().unwrap();
+    assert_eq!(accepted.accepted_at, Some(now));
+    assert_eq!(
+        s.list_invitations(&a.id, now).await.unwrap(),
+        vec![other.clone()],
+        "an accepted invitation is not pending"
+    );
+    assert!(matches!(
+        s.accept_invitation(&KeyHash::of_secret("tinv_unknown"), &invitee.id, now)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // A member already cannot accept a second invitation to the same org.
+    let (dup, dup_token) = invitation_to(&a, &invitee.email, Role::Viewer);
+    s.create_invitation(&dup).await.unwrap();
+    assert!(matches!(
+        s.accept_invitation(&KeyHash::of_secret(&dup_token), &invitee.id, now)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.get_role(&a.id, &invitee.id).await.unwrap(),
+        Some(Role::Admin),
+        "the refused accept changed nothing"
+    );
+
+    // Revocation: within the org only, pending only.
+    assert_eq!(
+        s.revoke_invitation(&b.id, &other.id, now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.revoke_invitation(&a.id, &inv.id, now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(
+        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
+        None
+    );
+    assert_eq!(s.find_invitation(&other.hash, now).await.unwrap(), None);
+    assert_eq!(s.list_invitations(&a.id, now).await.unwrap(), vec![dup]);
+    assert_eq!(s.list_invitations(&b.id, now).await.unwrap(), vec![in_b]);
+}
 
 /// `ensure_user` creates a user once per email, compared and stored lowercased.
 pub async fn users_are_unique_by_lowercased_email<F: StoreFactory>(f: &F) {
@@ -335,6 +809,7 @@ pub async fn api_keys_are_found_by_hash<F: StoreFactory>(f: &F) {
     s.create_api_key(&key).await.unwrap();
     let revoked = ApiKey {
         revoked_at: Some(ts("2026-11-26T11:00:00.5Z")),
+        last_used_at: None,
         expires_at: None,
         scopes: vec![KeyScope::UsageRead],
         ..key_in(&org.id)
@@ -682,6 +1157,7 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
         revoked,
         ApiKey {
             revoked_at: Some(at),
+            last_used_at: None,
             ..k1.clone()
         }
     );
@@ -1737,4 +2213,229 @@ pub async fn periods_close_idempotently<F: StoreFactory>(f: &F) {
     assert!(f.open().await.is_period_closed(month).await.unwrap());
     assert!(!s.is_period_closed(month.next()).await.unwrap());
     assert!(!s.is_period_closed(month.prev()).await.unwrap());
+}
+
+fn month(s: &str) -> Month {
+    Month::parse(s).unwrap()
+}
+
+fn report(org: &OrgId, period: &str, body: &str) -> StoredReport {
+    StoredReport {
+        org_id: org.clone(),
+        period: month(period),
+        body: body.to_owned(),
+        // Sub-second precision, as elsewhere: it must round-trip exactly.
+        created_at: created(),
+    }
+}
+
+/// A report is stored once per (org, month): the first write wins and every later write,
+/// equal or not, gets the stored one back; reads and lists see it from another handle;
+/// lists are per org and oldest first.
+pub async fn reports_are_written_once_and_listed_per_org<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let (org, other) = (fresh_org(), fresh_org());
+    let oct = month("2026-10");
+    assert_eq!(s.get_report(&org, oct).await.unwrap(), None);
+    assert!(s.list_reports(&org).await.unwrap().is_empty());
+
+    // A body with what JSON reports carry: quotes, unicode, big decimals.
+    let first = report(&org, "2026-10", r#"{"total":"142.05","note":"é ✓ \"q\""}"#);
+    assert_eq!(s.save_report(&first).await.unwrap(), first);
+    // A rerun computing the same report: a no-op returning the stored one.
+    assert_eq!(s.save_report(&first).await.unwrap(), first);
+    // A rerun computing something else (late usage): still the first one.
+    let mut later = report(&org, "2026-10", r#"{"total":"150.00"}"#);
+    later.created_at = created() + Duration::days(1);
+    assert_eq!(s.save_report(&later).await.unwrap(), first);
+    assert_eq!(s.get_report(&org, oct).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        f.open().await.get_report(&org, oct).await.unwrap(),
+        Some(first.clone())
+    );
+
+    // Other months and other orgs are separate.
+    let dec_ = report(&org, "2026-12", r#"{"total":"1.00"}"#);
+    let sep = report(&org, "2026-09", r#"{"total":"2.00"}"#);
+    let theirs = report(&other, "2026-10", r#"{"total":"3.00"}"#);
+    for r in [&dec_, &sep, &theirs] {
+        assert_eq!(s.save_report(r).await.unwrap(), *r);
+    }
+    assert_eq!(s.get_report(&org, oct.next()).await.unwrap(), None);
+    assert_eq!(
+        s.list_reports(&org).await.unwrap(),
+        vec![sep, first.clone(), dec_]
+    );
+    assert_eq!(s.list_reports(&other).await.unwrap(), vec![theirs.clone()]);
+    assert_eq!(s.get_report(&other, oct).await.unwrap(), Some(theirs));
+}
+
+/// Month-close runs racing on the same (org, month) from several handles (processes) store
+/// one report, and every writer gets that one back.
+pub async fn racing_report_writes_keep_one<F: StoreFactory>(f: &F) {
+    let org = fresh_org();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let s = Arc::new(f.open().await);
+        let r = report(&org, "2026-10", &format!(r#"{{"writer":{i}}}"#));
+        handles.push(tokio::spawn(
+            async move { s.save_report(&r).await.unwrap() },
+        ));
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    let stored = f
+        .open()
+        .await
+        .get_report(&org, month("2026-10"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.iter().all(|r| *r == stored), "{got:?} vs {stored:?}");
+    assert_eq!(f.open().await.list_reports(&org).await.unwrap().len(), 1);
+}
+
+/// A body over [`MAX_REPORT_BODY_BYTES`] is refused and nothing is stored; one at the
+/// limit is kept whole.
+pub async fn oversized_reports_are_refused<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let big = report(&org, "2026-10", &"x".repeat(MAX_REPORT_BODY_BYTES + 1));
+    assert!(matches!(
+        s.save_report(&big).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(s.get_report(&org, month("2026-10")).await.unwrap(), None);
+    let at_limit = report(&org, "2026-10", &"y".repeat(MAX_REPORT_BODY_BYTES));
+    assert_eq!(s.save_report(&at_limit).await.unwrap(), at_limit);
+    assert_eq!(
+        s.get_report(&org, month("2026-10")).await.unwrap(),
+        Some(at_limit)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Stripe sync ledger.
+
+/// A step's result is recorded once per (org, period, step): later writes get the first
+/// result back; steps are listed per (org, period) by name; values are bounded.
+pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactory>(f: &F) {
+    use tally_core::ports::{MAX_SYNC_VALUE_LEN, SyncLedger, SyncStep};
+    let s = f.open().await;
+    let (org, other) = (fresh_org(), fresh_org());
+    let (oct, nov) = (month("2026-10"), month("2026-11"));
+    assert_eq!(s.get_step(&org, oct, "invoice").await.unwrap(), None);
+    assert!(s.list_steps(&org, oct).await.unwrap().is_empty());
+
+    assert_eq!(
+        s.record_step(&org, oct, "invoice", "in_1").await.unwrap(),
+        "in_1"
+    );
+    // A rerun that got another answer (or a racing run) keeps the first.
+    assert_eq!(
+        s.record_step(&org, oct, "invoice", "in_2").await.unwrap(),
+        "in_1"
+    );
+    assert_eq!(
+        f.open().await.get_step(&org, oct, "invoice").await.unwrap(),
+        Some("in_1".to_owned())
+    );
+    s.record_step(&org, oct, "item:0", "ii_a").await.unwrap();
+    s.record_step(&org, oct, "finalize", "open 14205")
+        .await
+        .unwrap();
+    s.record_step(&org, nov, "invoice", "in_9").await.unwrap();
+    s.record_step(&other, oct, "invoice", "in_x").await.unwrap();
+    let step = |a: &str, b: &str| SyncStep {
+        step: a.to_owned(),
+        result: b.to_owned(),
+    };
+    assert_eq!(
+        s.list_steps(&org, oct).await.unwrap(),
+        vec![
+            step("finalize", "open 14205"),
+            step("invoice", "in_1"),
+            step("item:0", "ii_a"),
+        ]
+    );
+    assert_eq!(
+        s.list_steps(&org, nov).await.unwrap(),
+        vec![step("invoice", "in_9")]
+    );
+    assert_eq!(
+        s.list_steps(&other, oct).await.unwrap(),
+        vec![step("invoice", "in_x")]
+    );
+
+    for (st, v) in [
+        ("", "x"),
+        ("x", ""),
+        ("y", &*"z".repeat(MAX_SYNC_VALUE_LEN + 1)),
+    ] {
+        assert!(
+            matches!(
+                s.record_step(&org, oct, st, v).await,
+                Err(StoreError::Unavailable(_))
+            ),
+            "{st:?}/{} bytes",
+            v.len()
+        );
+    }
+    let at_limit = "r".repeat(MAX_SYNC_VALUE_LEN);
+    assert_eq!(
+        s.record_step(&org, oct, "big", &at_limit).await.unwrap(),
+        at_limit
+    );
+}
+
+/// Sync runs racing on one step from several handles store one result, and every writer
+/// gets that one back.
+pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
+    use tally_core::ports::SyncLedger;
+    let org = fresh_org();
+    let oct = month("2026-10");
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let s = Arc::new(f.open().await);
+        let org = org.clone();
+        handles.push(tokio::spawn(async move {
+            s.record_step(&org, oct, "invoice", &format!("in_{i}"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    let stored = f
+        .open()
+        .await
+        .get_step(&org, oct, "invoice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.iter().all(|r| *r == stored), "{got:?} vs {stored:?}");
+    assert_eq!(f.open().await.list_steps(&org, oct).await.unwrap().len(), 1);
+}
+
+/// An org's Stripe customer is recorded once; later writes get the first id back.
+pub async fn sync_customers_are_recorded_once_per_org<F: StoreFactory>(f: &F) {
+    use tally_core::ports::SyncLedger;
+    let s = f.open().await;
+    let (org, other) = (fresh_org(), fresh_org());
+    assert_eq!(s.get_customer(&org).await.unwrap(), None);
+    assert_eq!(s.record_customer(&org, "cus_1").await.unwrap(), "cus_1");
+    assert_eq!(s.record_customer(&org, "cus_2").await.unwrap(), "cus_1");
+    assert_eq!(
+        f.open().await.get_customer(&org).await.unwrap(),
+        Some("cus_1".to_owned())
+    );
+    assert_eq!(s.get_customer(&other).await.unwrap(), None);
+    assert!(matches!(
+        s.record_customer(&other, "").await,
+        Err(StoreError::Unavailable(_))
+    ));
 }

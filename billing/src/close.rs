@@ -1,0 +1,608 @@
+//! Month close: turning a finished month into one stored [`UsageReport`] per org.
+//!
+//! [`close_month`] is the one implementation behind `tally bill` and the scheduler in
+//! `tally serve` (and the scheduled Lambda to come). It does all its I/O through the ports
+//! in [`tally_core::ports`] and takes the time from a [`Clock`], so it runs the same on
+//! SQLite and DynamoDB and tests pin the time.
+//!
+//! # Steps
+//!
+//! 1. **Refuse what has not ended.** The current month (or a later one) is refused, and so
+//!    is an ended month still inside its grace period (`[end, end + grace)`, one hour by
+//!    default): events stamped inside a month may still be on their way, and the grace
+//!    period is the time they get.
+//! 2. **Close the period** ([`UsageStore::close_period`], idempotent). From then on ingest
+//!    refuses events for it (`period_closed`), after at most its cache of open periods (a
+//!    few seconds).
+//! 3. **Build and store each org's report.** If the org has a stored report for the month,
+//!    that is the report: it is returned as stored and nothing is recomputed, so a rerun
+//!    prints the same reports and never changes what an invoice was built from. Otherwise
+//!    the org's month counters (org-wide and per project) are priced on its plan with
+//!    [`price_month`], late usage of earlier months is added as adjustment lines (below),
+//!    and the report is saved with [`ReportStore::save_report`], whose first write wins: of
+//!    two runs racing, both return the report stored first.
+//!
+//! One org failing (a store error, a meter its plan does not price) does not stop the
+//! others; the run reports which failed, and a rerun bills just those (the rest are stored).
+//! A dry run does steps 1 and 3 without writing anything: no close, no save.
+//!
+//! # Late events become adjustments
+//!
+//! Closing a period stops ingest from accepting its events, but events ingest accepted just
+//! before (in the queue, or accepted while ingest still had the month cached as open) are
+//! applied by the aggregator afterwards, possibly after the report was stored. Their usage
+//! is real and must be billed, but the report (and so the invoice) of the closed month
+//! never changes. Instead, when the report of a later month is built, each of the org's
+//! stored reports of the [`ADJUSTMENT_LOOKBACK_MONTHS`] months before it is compared with
+//! that month's counters as they are now:
+//!
+//! - For each line, the quantity billed so far is the line's quantity, or the
+//!   `corrected_quantity` of the latest adjustment for that (month, meter) on a report
+//!   between the two (so usage already adjusted once is not billed twice).
+//! - If the month counter now differs, an [`AdjustmentLine`] is added: the line priced again
+//!   with the corrected quantity minus the line priced with the quantity billed so far,
+//!   both with the closed month's own prices, allowance and discount (taken from its stored
+//!   line, not from today's catalogue). The adjustments of a month telescope: whatever
+//!   order the late events came in, the month is billed in total exactly what its final
+//!   quantity costs.
+//!
+//! This needs no extra bookkeeping on the hot path: the counters already hold the truth,
+//! and the stored reports hold what was billed. It reads one counter series per line of
+//! each looked-back report. The lookback bounds that work; late events come within seconds
+//! or minutes of a close, so three months is ample.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use tally_core::ports::{
+    Clock, CounterQuery, MAX_REPORT_BODY_BYTES, ReportStore, StoreError, StoredReport, TenantStore,
+    UsageStore,
+};
+use tally_core::{Granularity, MeterName, Money, Month, OrgId};
+
+use crate::catalogue::{Catalogue, MeterPrice};
+use crate::error::PricingError;
+use crate::report::{AdjustmentLine, MonthUsage, UsageReport, price_line, price_month};
+
+/// The grace period when none is given: one hour after a month ends.
+pub const DEFAULT_GRACE: Duration = Duration::hours(1);
+
+/// The longest grace period accepted: a week. A longer one would leave a month open for
+/// late events well into the next month's billing.
+pub const MAX_GRACE: Duration = Duration::days(7);
+
+/// How many months before the one being billed are checked for late usage.
+pub const ADJUSTMENT_LOOKBACK_MONTHS: usize = 3;
+
+/// The ports month close works through. Capability code, so no adapter in sight.
+#[derive(Clone, Copy)]
+pub struct ClosePorts<'a> {
+    /// Orgs (their plan) and projects.
+    pub tenants: &'a dyn TenantStore,
+    /// Counters and closed periods.
+    pub usage: &'a dyn UsageStore,
+    /// Where reports are kept.
+    pub reports: &'a dyn ReportStore,
+    /// Where "now" comes from.
+    pub clock: &'a dyn Clock,
+}
+
+/// What to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// The month to bill.
+    pub period: Month,
+    /// One org only; `None` bills every org.
+    pub org: Option<OrgId>,
+    /// Compute the reports without closing the period or storing anything.
+    pub dry_run: bool,
+    /// How long after the month's end it stays open ([`DEFAULT_GRACE`]; at most
+    /// [`MAX_GRACE`]).
+    pub grace: Duration,
+}
+
+impl CloseRequest {
+    /// A request to bill every org for `period` with the default grace period.
+    pub fn new(period: Month) -> Self {
+        CloseRequest {
+            period,
+            org: None,
+            dry_run: false,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Hears about a run's progress (the CLI draws a progress bar with it). Every method
+/// defaults to doing nothing.
+pub trait Progress: Send + Sync {
+    /// The run is about to bill `orgs` orgs.
+    fn start(&self, orgs: usize) {
+        let _ = orgs;
+    }
+    /// One org is done (billed or failed).
+    fn org_done(&self, org: &OrgId) {
+        let _ = org;
+    }
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The month.
+    pub period: Month,
+    /// Whether it was a dry run (nothing was written).
+    pub dry_run: bool,
+    /// One report per org, in org id order: the stored one (or, in a dry run, the one that
+    /// would be stored).
+    pub reports: Vec<UsageReport>,
+    /// How many of them this run stored (the rest were stored before, or it was a dry run).
+    pub stored_now: usize,
+}
+
+/// Why a month could not be closed. Each variant says what the operator sees.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// The month has not ended yet: it is the current month or a later one.
+    #[error(
+        "period {period} has not ended yet (it is now {}); it can be billed from {}",
+        rfc3339(.now),
+        rfc3339(.billable_from)
+    )]
+    NotEnded {
+        /// The month asked for.
+        period: Month,
+        /// The clock's now.
+        now: DateTime<Utc>,
+        /// End of the month plus the grace period.
+        billable_from: DateTime<Utc>,
+    },
+    /// The month has ended but is inside its grace period, still open for late events.
+    #[error(
+        "period {period} is still inside its grace period of {grace_minutes} minute(s) (it is now {}); it can be billed from {}",
+        rfc3339(.now),
+        rfc3339(.billable_from)
+    )]
+    InGracePeriod {
+        /// The month asked for.
+        period: Month,
+        /// The grace period, in minutes.
+        grace_minutes: i64,
+        /// The clock's now.
+        now: DateTime<Utc>,
+        /// End of the month plus the grace period.
+        billable_from: DateTime<Utc>,
+    },
+    /// A request field is out of bounds.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The offending field (`grace_period`).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--org` names an org that does not exist.
+    #[error("no organization {0}")]
+    UnknownOrg(OrgId),
+    /// The store failed before any org was billed (listing orgs, closing the period).
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// Some orgs could not be billed; every other org's report is stored, and a rerun
+    /// bills the rest.
+    #[error("{} of {total} org(s) could not be billed for {period}: {}", failed.len(), join(failed))]
+    OrgsFailed {
+        /// The month.
+        period: Month,
+        /// How many orgs the run covered.
+        total: usize,
+        /// Each failed org with its reason.
+        failed: Vec<(OrgId, OrgError)>,
+    },
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn join(failed: &[(OrgId, OrgError)]) -> String {
+    failed
+        .iter()
+        .map(|(org, e)| format!("{org}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why one org's report could not be built or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum OrgError {
+    /// The store failed; retrying may help.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being read or written.
+        what: &'static str,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// The org disappeared while the run went on.
+    #[error("the organization no longer exists")]
+    Gone,
+    /// The month could not be priced (for example usage of a meter the plan has no price
+    /// for).
+    #[error("cannot price the month: {0}")]
+    Pricing(#[from] PricingError),
+    /// A stored report does not decode: a bug or a manual edit.
+    #[error("stored report for {period} is unreadable: {reason}")]
+    CorruptReport {
+        /// Its month.
+        period: Month,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The report is too big to store.
+    #[error("the report is {bytes} bytes of JSON, over the {MAX_REPORT_BODY_BYTES}-byte limit")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+}
+
+fn store(what: &'static str) -> impl FnOnce(StoreError) -> OrgError {
+    move |source| OrgError::Store { what, source }
+}
+
+/// Checks that `period` may be billed at `now` with `grace`.
+pub fn check_billable(
+    period: Month,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<(), CloseError> {
+    if grace < Duration::zero() || grace > MAX_GRACE {
+        return Err(CloseError::Invalid {
+            field: "grace_period",
+            reason: format!(
+                "must be between 0 and {} days, got {} minute(s)",
+                MAX_GRACE.num_days(),
+                grace.num_minutes()
+            ),
+        });
+    }
+    let billable_from = period.end() + grace;
+    if now < period.end() {
+        return Err(CloseError::NotEnded {
+            period,
+            now,
+            billable_from,
+        });
+    }
+    if now < billable_from {
+        return Err(CloseError::InGracePeriod {
+            period,
+            grace_minutes: grace.num_minutes(),
+            now,
+            billable_from,
+        });
+    }
+    Ok(())
+}
+
+/// The month before `now`'s, once its grace period has passed (the month a scheduler
+/// bills); `None` while it is still inside the grace period.
+pub fn previous_month_if_due(now: DateTime<Utc>, grace: Duration) -> Option<Month> {
+    let prev = Month::of(now).prev();
+    (now >= prev.end() + grace).then_some(prev)
+}
+
+/// Closes the previous month if its grace period has passed and it is still open, without
+/// building reports (the scheduled Lambda's step until it runs [`close_month`]). Returns the
+/// month if this call closed it; `None` if it was closed already or is not due.
+pub async fn close_previous_month_if_due(
+    usage: &dyn UsageStore,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<Option<Month>, StoreError> {
+    let Some(prev) = previous_month_if_due(now, grace) else {
+        return Ok(None);
+    };
+    if usage.is_period_closed(prev).await? {
+        return Ok(None);
+    }
+    usage.close_period(prev, now).await?;
+    Ok(Some(prev))
+}
+
+/// Closes `request.period` and builds and stores each org's report (see the
+/// [module doc](self)). Running it again returns the same reports.
+pub async fn close_month(
+    ports: ClosePorts<'_>,
+    catalogue: &Catalogue,
+    request: &CloseRequest,
+    progress: &dyn Progress,
+) -> Result<CloseOutcome, CloseError> {
+    let period = request.period;
+    let now = ports.clock.now();
+    check_billable(period, now, request.grace)?;
+
+    let orgs = match &request.org {
+        Some(org) => {
+            let found = ports
+                .tenants
+                .get_org(org)
+                .await
+                .map_err(|source| CloseError::Store {
+                    what: format!("cannot read organization {org}"),
+                    source,
+                })?;
+            if found.is_none() {
+                return Err(CloseError::UnknownOrg(org.clone()));
+            }
+            vec![org.clone()]
+        }
+        None => {
+            let mut ids =
+                ports
+                    .tenants
+                    .list_org_ids()
+                    .await
+                    .map_err(|source| CloseError::Store {
+                        what: "cannot list organizations".to_owned(),
+                        source,
+                    })?;
+            ids.sort();
+            ids.dedup();
+            ids
+        }
+    };
+
+    if !request.dry_run {
+        ports
+            .usage
+            .close_period(period, now)
+            .await
+            .map_err(|source| CloseError::Store {
+                what: format!("cannot close period {period}"),
+                source,
+            })?;
+    }
+
+    progress.start(orgs.len());
+    let mut reports = Vec::with_capacity(orgs.len());
+    let mut failed = Vec::new();
+    let mut stored_now = 0;
+    for org in &orgs {
+        match bill_org(ports, catalogue, org, period, request.dry_run, now).await {
+            Ok((report, new)) => {
+                reports.push(report);
+                stored_now += usize::from(new);
+            }
+            Err(e) => failed.push((org.clone(), e)),
+        }
+        progress.org_done(org);
+    }
+    if !failed.is_empty() {
+        return Err(CloseError::OrgsFailed {
+            period,
+            total: orgs.len(),
+            failed,
+        });
+    }
+    Ok(CloseOutcome {
+        period,
+        dry_run: request.dry_run,
+        reports,
+        stored_now,
+    })
+}
+
+fn decode(stored: &StoredReport) -> Result<UsageReport, OrgError> {
+    serde_json::from_str(&stored.body).map_err(|e| OrgError::CorruptReport {
+        period: stored.period,
+        reason: e.to_string(),
+    })
+}
+
+/// One org's report for `period`: the stored one, or a new one (stored unless `dry_run`).
+/// The flag says whether this call stored it.
+async fn bill_org(
+    ports: ClosePorts<'_>,
+    catalogue: &Catalogue,
+    org_id: &OrgId,
+    period: Month,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<(UsageReport, bool), OrgError> {
+    if let Some(stored) = ports
+        .reports
+        .get_report(org_id, period)
+        .await
+        .map_err(store("cannot read the stored report"))?
+    {
+        return Ok((decode(&stored)?, false));
+    }
+    let org = ports
+        .tenants
+        .get_org(org_id)
+        .await
+        .map_err(store("cannot read the organization"))?
+        .ok_or(OrgError::Gone)?;
+    let usage = month_usage(ports.usage, org_id, period).await?;
+    let mut report = price_month(org_id.clone(), period, catalogue.plan(org.plan), &usage)?;
+    for adjustment in late_adjustments(ports, org_id, period).await? {
+        report.add_adjustment(adjustment);
+    }
+    if dry_run {
+        return Ok((report, false));
+    }
+    let body = serde_json::to_string(&report).map_err(|e| OrgError::CorruptReport {
+        period,
+        reason: format!("cannot encode: {e}"),
+    })?;
+    if body.len() > MAX_REPORT_BODY_BYTES {
+        return Err(OrgError::TooLarge { bytes: body.len() });
+    }
+    let candidate = StoredReport {
+        org_id: org_id.clone(),
+        period,
+        body,
+        created_at: now,
+    };
+    let stored = ports
+        .reports
+        .save_report(&candidate)
+        .await
+        .map_err(store("cannot store the report"))?;
+    let new = stored == candidate;
+    Ok((decode(&stored)?, new))
+}
+
+/// The org's month counters: org-wide and per project, each meter's month bucket.
+async fn month_usage(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    period: Month,
+) -> Result<MonthUsage, OrgError> {
+    let counters = usage
+        .stored_counters(org, period)
+        .await
+        .map_err(store("cannot read the month's counters"))?;
+    let mut out = MonthUsage::default();
+    for (key, value) in counters {
+        if key.granularity != Granularity::Month || Month::of(key.start) != period {
+            continue;
+        }
+        match key.project {
+            None => {
+                *out.meters.entry(key.meter).or_default() += value;
+            }
+            Some(project) => {
+                *out.projects
+                    .entry(project)
+                    .or_default()
+                    .entry(key.meter)
+                    .or_default() += value;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The org-wide month counter of one meter, now.
+async fn month_counter(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    period: Month,
+    meter: &MeterName,
+) -> Result<Decimal, OrgError> {
+    let series = usage
+        .counter_series(&CounterQuery {
+            org: org.clone(),
+            project: None,
+            meter: meter.clone(),
+            granularity: Granularity::Month,
+            from: period.start(),
+            to: period.end(),
+        })
+        .await
+        .map_err(store("cannot read a closed month's counter"))?;
+    Ok(series.iter().map(|c| c.value).sum())
+}
+
+/// Adjustment lines for usage applied to earlier months after their reports were stored
+/// (see the [module doc](self)).
+async fn late_adjustments(
+    ports: ClosePorts<'_>,
+    org: &OrgId,
+    period: Month,
+) -> Result<Vec<AdjustmentLine>, OrgError> {
+    let mut oldest = period;
+    for _ in 0..ADJUSTMENT_LOOKBACK_MONTHS {
+        oldest = oldest.prev();
+    }
+    let stored = ports
+        .reports
+        .list_reports(org)
+        .await
+        .map_err(store("cannot list the org's reports"))?;
+    let earlier = stored
+        .iter()
+        .filter(|r| r.period >= oldest && r.period < period)
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // What each (month, meter) was billed so far: adjustments on later reports supersede
+    // the line (reports are oldest first, so the last one seen is the latest).
+    let mut billed: BTreeMap<(Month, MeterName), Decimal> = BTreeMap::new();
+    for report in &earlier {
+        for line in &report.lines {
+            billed.insert((report.period, line.meter.clone()), line.quantity);
+        }
+    }
+    for report in &earlier {
+        for adj in &report.adjustments {
+            if let Some(q) = billed.get_mut(&(adj.period, adj.meter.clone())) {
+                *q = adj.corrected_quantity;
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    for report in &earlier {
+        for line in &report.lines {
+            let so_far = billed
+                .get(&(report.period, line.meter.clone()))
+                .copied()
+                .unwrap_or(line.quantity);
+            let now = month_counter(ports.usage, org, report.period, &line.meter).await?;
+            if now == so_far {
+                continue;
+            }
+            // The closed month's own price for the meter, as its line recorded it.
+            let price = MeterPrice {
+                meter: line.meter.clone(),
+                description: line.description.clone(),
+                unit: line.unit.clone(),
+                price_unit: line.price_unit.clone(),
+                price_unit_size: line.price_unit_size,
+                included: Some(line.included).filter(|i| !i.is_zero()),
+                pricing: line.pricing.clone(),
+            };
+            let before = price_line(&price, so_far, line.discount_percent)?;
+            let after = price_line(&price, now, line.discount_percent)?;
+            let diff = |a: Money, b: Money| {
+                let mut d = a.amount() - b.amount();
+                d.rescale(2);
+                Money::new(d)
+            };
+            out.push(AdjustmentLine {
+                period: report.period,
+                meter: line.meter.clone(),
+                reason: format!(
+                    "usage applied after {} was billed: {} → {} {}",
+                    report.period,
+                    so_far.normalize(),
+                    now.normalize(),
+                    line.unit
+                ),
+                invoiced_quantity: so_far,
+                corrected_quantity: now,
+                list_amount: diff(after.list_amount, before.list_amount),
+                discount: diff(after.discount, before.discount),
+                amount: diff(after.amount, before.amount),
+            });
+        }
+    }
+    Ok(out)
+}

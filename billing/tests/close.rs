@@ -1,0 +1,448 @@
+//! Month close against a real store (SQLite in a temporary directory) with a pinned clock:
+//! refusals, closing, storing once, reruns, dry runs, late events becoming adjustments, and
+//! one org's failure not stopping the others.
+//!
+//! The worked figures use the built-in starter plan: $29.00 a month, 1,000 compute minutes
+//! included, then $0.10 a minute, 10 % off usage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Map;
+use tally_billing::close::{CloseError, check_billable, close_previous_month_if_due};
+use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_core::ports::{Clock, ReportStore, TenantStore, UsageStore};
+use tally_core::tenant::{Org, Project, User};
+use tally_core::{
+    Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
+};
+use tally_store::SqliteStore;
+
+struct FixedClock(Mutex<DateTime<Utc>>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl FixedClock {
+    fn set(&self, t: &str) {
+        *self.0.lock().unwrap() = ts(t);
+    }
+}
+
+fn ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn month(s: &str) -> Month {
+    Month::parse(s).unwrap()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: SqliteStore,
+    clock: FixedClock,
+    catalogue: Catalogue,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("tally.db")).unwrap();
+        World {
+            _dir: dir,
+            store,
+            clock: FixedClock(Mutex::new(ts("2026-12-15T00:00:00Z"))),
+            catalogue: Catalogue::builtin().unwrap(),
+        }
+    }
+
+    fn ports(&self) -> ClosePorts<'_> {
+        ClosePorts {
+            tenants: &self.store,
+            usage: &self.store,
+            reports: &self.store,
+            clock: &self.clock,
+        }
+    }
+
+    async fn org(&self, slug: &str, plan: PlanId) -> (OrgId, ProjectId) {
+        let owner = self
+            .store
+            .ensure_user(&User {
+                id: UserId::from_random(rand_bytes()),
+                email: format!("{slug}@example.com"),
+                created_at: ts("2026-01-01T00:00:00Z"),
+            })
+            .await
+            .unwrap();
+        let org = Org {
+            id: OrgId::from_random(rand_bytes()),
+            name: slug.into(),
+            slug: slug.into(),
+            plan,
+            owner_id: owner.id,
+            created_at: ts("2026-01-01T00:00:00Z"),
+            deleted_at: None,
+        };
+        self.store.create_org(&org).await.unwrap();
+        let project = Project {
+            id: ProjectId::from_random(rand_bytes()),
+            org_id: org.id.clone(),
+            name: "Web".into(),
+            slug: "web".into(),
+            created_at: ts("2026-01-01T00:00:00Z"),
+            archived_at: None,
+        };
+        self.store.create_project(&project).await.unwrap();
+        (org.id, project.id)
+    }
+
+    async fn usage(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        id: &str,
+        meter: &str,
+        q: &str,
+        at: &str,
+    ) {
+        let event = Event {
+            org_id: org.clone(),
+            id: EventId::parse(id).unwrap(),
+            project_id: project.clone(),
+            meter: MeterName::parse(meter).unwrap(),
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::parse(q).unwrap(),
+            timestamp: ts(at),
+            properties: Map::new(),
+        };
+        let report = self.store.apply_batch(&[event]).await.unwrap();
+        assert_eq!(report.applied(), 1);
+    }
+
+    async fn bill(&self, period: &str) -> Result<Vec<UsageReport>, CloseError> {
+        let request = CloseRequest::new(month(period));
+        close_month(self.ports(), &self.catalogue, &request, &NoProgress)
+            .await
+            .map(|o| o.reports)
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use std::hash::{BuildHasher, RandomState};
+    let a = RandomState::new().hash_one(1u8).to_le_bytes();
+    let b = RandomState::new().hash_one(2u8).to_le_bytes();
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a);
+    out[8..].copy_from_slice(&b);
+    out
+}
+
+fn line<'a>(r: &'a UsageReport, meter: &str) -> &'a tally_billing::ReportLine {
+    r.lines.iter().find(|l| l.meter.as_str() == meter).unwrap()
+}
+
+#[test]
+fn the_current_month_and_the_grace_period_are_refused() {
+    let nov = month("2026-11");
+    let grace = Duration::hours(1);
+    for now in ["2026-11-15T00:00:00Z", "2026-10-31T23:00:00Z"] {
+        assert!(matches!(
+            check_billable(nov, ts(now), grace),
+            Err(CloseError::NotEnded { .. })
+        ));
+    }
+    for now in ["2026-12-01T00:00:00Z", "2026-12-01T00:59:59.999Z"] {
+        let err = check_billable(nov, ts(now), grace).unwrap_err();
+        assert!(matches!(err, CloseError::InGracePeriod { .. }), "{err}");
+        assert!(err.to_string().contains("2026-12-01T01:00:00Z"), "{err}");
+    }
+    check_billable(nov, ts("2026-12-01T01:00:00Z"), grace).unwrap();
+    check_billable(nov, ts("2026-12-01T00:00:00Z"), Duration::zero()).unwrap();
+    let err = check_billable(nov, ts("2027-01-01T00:00:00Z"), Duration::days(8)).unwrap_err();
+    assert!(err.to_string().starts_with("grace_period:"), "{err}");
+    assert!(check_billable(nov, ts("2027-01-01T00:00:00Z"), Duration::seconds(-1)).is_err());
+}
+
+#[tokio::test]
+async fn a_refused_run_closes_and_stores_nothing() {
+    let w = World::new();
+    let (org, _) = w.org("acme", PlanId::Starter).await;
+    w.clock.set("2026-12-01T00:30:00Z");
+    assert!(matches!(
+        w.bill("2026-11").await,
+        Err(CloseError::InGracePeriod { .. })
+    ));
+    assert!(matches!(
+        w.bill("2026-12").await,
+        Err(CloseError::NotEnded { .. })
+    ));
+    assert!(!w.store.is_period_closed(month("2026-11")).await.unwrap());
+    assert!(w.store.list_reports(&org).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
+    let w = World::new();
+    let (a, pa) = w.org("acme", PlanId::Starter).await;
+    let (b, _) = w.org("bolt", PlanId::Pro).await;
+    w.usage(
+        &a,
+        &pa,
+        "e1",
+        "compute_minutes",
+        "1200",
+        "2026-11-03T10:00:00Z",
+    )
+    .await;
+    // Another month's usage is not this month's.
+    w.usage(
+        &a,
+        &pa,
+        "e2",
+        "compute_minutes",
+        "7",
+        "2026-12-01T00:00:00Z",
+    )
+    .await;
+
+    // A dry run computes without closing or storing.
+    let dry = close_month(
+        w.ports(),
+        &w.catalogue,
+        &CloseRequest {
+            dry_run: true,
+            ..CloseRequest::new(month("2026-11"))
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.stored_now, 0);
+    assert_eq!(dry.reports.len(), 2);
+    assert!(!w.store.is_period_closed(month("2026-11")).await.unwrap());
+    assert!(w.store.list_reports(&a).await.unwrap().is_empty());
+
+    let first = close_month(
+        w.ports(),
+        &w.catalogue,
+        &CloseRequest::new(month("2026-11")),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.stored_now, 2);
+    assert_eq!(first.reports, dry.reports, "a dry run shows what is stored");
+    assert!(w.store.is_period_closed(month("2026-11")).await.unwrap());
+    let acme = first.reports.iter().find(|r| r.org_id == a).unwrap();
+    acme.check().unwrap();
+    // 1,200 minutes, 1,000 included: 200 × $0.10 = $20.00, 10 % off = $18.00, + $29.00.
+    let cm = line(acme, "compute_minutes");
+    assert_eq!(cm.quantity.to_string(), "1200");
+    assert_eq!(cm.billable.to_string(), "200");
+    assert_eq!(cm.amount.to_string(), "18.00");
+    assert_eq!(acme.total.to_string(), "47.00");
+    assert_eq!(acme.projects.len(), 1);
+    assert_eq!(acme.projects[0].project_id, pa);
+    let bolt = first.reports.iter().find(|r| r.org_id == b).unwrap();
+    assert_eq!(bolt.total.to_string(), "99.00");
+
+    // Twice: the same reports, nothing stored.
+    let second = close_month(
+        w.ports(),
+        &w.catalogue,
+        &CloseRequest::new(month("2026-11")),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.stored_now, 0);
+    assert_eq!(second.reports, first.reports);
+    // Even after usage lands in the closed month: the stored report stands.
+    w.usage(
+        &a,
+        &pa,
+        "late",
+        "compute_minutes",
+        "50",
+        "2026-11-30T23:59:59Z",
+    )
+    .await;
+    assert_eq!(w.bill("2026-11").await.unwrap(), first.reports);
+
+    // One org only.
+    let mut only = CloseRequest::new(month("2026-11"));
+    only.org = Some(b.clone());
+    let out = close_month(w.ports(), &w.catalogue, &only, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(out.reports.len(), 1);
+    assert_eq!(out.reports[0].org_id, b);
+    only.org = Some(OrgId::parse("org_nobody").unwrap());
+    assert!(matches!(
+        close_month(w.ports(), &w.catalogue, &only, &NoProgress).await,
+        Err(CloseError::UnknownOrg(_))
+    ));
+}
+
+#[tokio::test]
+async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
+    let w = World::new();
+    let (a, pa) = w.org("acme", PlanId::Starter).await;
+    w.usage(
+        &a,
+        &pa,
+        "oct",
+        "compute_minutes",
+        "1200",
+        "2026-10-10T00:00:00Z",
+    )
+    .await;
+    w.clock.set("2026-11-01T02:00:00Z");
+    let oct = w.bill("2026-10").await.unwrap().remove(0);
+    assert_eq!(oct.total.to_string(), "47.00");
+    assert!(oct.adjustments.is_empty());
+
+    // In flight at the close: applied after October's report was stored.
+    w.usage(
+        &a,
+        &pa,
+        "late1",
+        "compute_minutes",
+        "50",
+        "2026-10-31T23:59:00Z",
+    )
+    .await;
+    w.usage(
+        &a,
+        &pa,
+        "nov",
+        "compute_minutes",
+        "500",
+        "2026-11-05T00:00:00Z",
+    )
+    .await;
+    w.clock.set("2026-12-01T02:00:00Z");
+    let nov = w.bill("2026-11").await.unwrap().remove(0);
+    nov.check().unwrap();
+    assert_eq!(nov.adjustments.len(), 1, "{:?}", nov.adjustments);
+    let adj = &nov.adjustments[0];
+    assert_eq!(adj.period, month("2026-10"));
+    assert_eq!(adj.meter.as_str(), "compute_minutes");
+    assert_eq!(adj.invoiced_quantity.to_string(), "1200");
+    assert_eq!(adj.corrected_quantity.to_string(), "1250");
+    // 50 more billable minutes: $5.00 list, $0.50 off, $4.50 added.
+    assert_eq!(adj.list_amount.to_string(), "5.00");
+    assert_eq!(adj.discount.to_string(), "0.50");
+    assert_eq!(adj.amount.to_string(), "4.50");
+    // November itself: 500 minutes, all included; $29.00 + $4.50.
+    assert_eq!(line(&nov, "compute_minutes").amount.to_string(), "0.00");
+    assert_eq!(nov.subtotal.to_string(), "34.00");
+    assert_eq!(nov.discount.to_string(), "0.50");
+    assert_eq!(nov.total.to_string(), "33.50");
+    // The adjustment is on the report as stored, and a rerun keeps it once.
+    assert_eq!(w.bill("2026-11").await.unwrap(), vec![nov.clone()]);
+
+    // More October usage after November's report: December adjusts from 1,250, not 1,200,
+    // so nothing is billed twice.
+    w.usage(
+        &a,
+        &pa,
+        "late2",
+        "compute_minutes",
+        "30",
+        "2026-10-31T23:59:30Z",
+    )
+    .await;
+    w.clock.set("2027-01-01T02:00:00Z");
+    let dec = w.bill("2026-12").await.unwrap().remove(0);
+    assert_eq!(dec.adjustments.len(), 1, "{:?}", dec.adjustments);
+    let adj = &dec.adjustments[0];
+    assert_eq!(adj.period, month("2026-10"));
+    assert_eq!(adj.invoiced_quantity.to_string(), "1250");
+    assert_eq!(adj.corrected_quantity.to_string(), "1280");
+    assert_eq!(adj.amount.to_string(), "2.70");
+    assert_eq!(dec.total.to_string(), "31.70");
+    // In all, October was billed what 1,280 minutes cost: 280 × $0.10 × 0.9 = $25.20.
+    let billed = line(&oct, "compute_minutes").amount.amount()
+        + nov.adjustments[0].amount.amount()
+        + dec.adjustments[0].amount.amount();
+    assert_eq!(billed.to_string(), "25.20");
+
+    // Nothing late since: January has no adjustments.
+    w.clock.set("2027-02-01T02:00:00Z");
+    let jan = w.bill("2027-01").await.unwrap().remove(0);
+    assert!(jan.adjustments.is_empty(), "{:?}", jan.adjustments);
+}
+
+#[tokio::test]
+async fn one_org_failing_does_not_stop_the_others() {
+    let w = World::new();
+    let (good, pg) = w.org("good", PlanId::Starter).await;
+    let (bad, pb) = w.org("bad", PlanId::Starter).await;
+    w.usage(
+        &good,
+        &pg,
+        "g",
+        "compute_minutes",
+        "1",
+        "2026-11-02T00:00:00Z",
+    )
+    .await;
+    // A meter no plan prices: billing refuses to drop it.
+    w.usage(&bad, &pb, "b", "gpu_hours", "3", "2026-11-02T00:00:00Z")
+        .await;
+    let err = w.bill("2026-11").await.unwrap_err();
+    let CloseError::OrgsFailed { failed, total, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(*total, 2);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, bad);
+    assert!(err.to_string().contains("gpu_hours"), "{err}");
+    assert!(
+        w.store
+            .get_report(&good, month("2026-11"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        w.store
+            .get_report(&bad, month("2026-11"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_scheduler_rule_closes_the_previous_month_once_after_its_grace() {
+    let w = World::new();
+    let grace = Duration::hours(1);
+    assert_eq!(
+        close_previous_month_if_due(&w.store, ts("2026-12-01T00:59:00Z"), grace)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        close_previous_month_if_due(&w.store, ts("2026-12-01T01:00:00Z"), grace)
+            .await
+            .unwrap(),
+        Some(month("2026-11"))
+    );
+    assert_eq!(
+        close_previous_month_if_due(&w.store, ts("2026-12-01T01:01:00Z"), grace)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(w.store.is_period_closed(month("2026-11")).await.unwrap());
+}

@@ -1,0 +1,78 @@
+//! Opening the AWS backends a function runs on, from its environment ([`crate::env`]).
+//!
+//! Clients are built once per cold start and reused by every invocation of that execution
+//! environment. The SDK's usual chain supplies region and credentials (the function's role);
+//! `AWS_ENDPOINT_URL`, which the SDK reads itself, points them at an emulator.
+
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use tally_core::ports::{EventQueue, ReportStore, TenantStore, UsageStore};
+use tally_store::dynamodb::DynamoStore;
+use tally_store::kinesis::KinesisQueue;
+use tally_store::sqs::SqsQueue;
+
+use crate::env::{self, Env, EnvError, Transport};
+
+/// The consumer name Kinesis checkpoints would be kept under; ingest only publishes, but
+/// the adapter is built with one (the same as `tally aggregate`'s).
+const KINESIS_CONSUMER: &str = "aggregator";
+
+/// The store, opened on the table named by [`env::TABLE`].
+#[derive(Clone)]
+pub struct Store {
+    /// The adapter, for callers that need the concrete type.
+    pub dynamo: Arc<DynamoStore>,
+    /// The same, as the tenant port.
+    pub tenants: Arc<dyn TenantStore>,
+    /// The same, as the usage port.
+    pub usage: Arc<dyn UsageStore>,
+    /// The same, as billing's report port.
+    pub reports: Arc<dyn ReportStore>,
+    /// The SDK configuration, for further clients.
+    pub sdk: SdkConfig,
+}
+
+/// Loads the SDK configuration (region from the Lambda environment, else `us-east-1`).
+pub async fn sdk_config() -> SdkConfig {
+    tally_store::aws::sdk_config(None).await
+}
+
+/// Opens the DynamoDB store named by [`env::TABLE`].
+pub async fn store(env: &Env) -> Result<Store, EnvError> {
+    let table = env.required(env::TABLE)?;
+    let sdk = sdk_config().await;
+    let dynamo = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    Ok(Store {
+        tenants: dynamo.clone(),
+        usage: dynamo.clone(),
+        reports: dynamo.clone(),
+        dynamo,
+        sdk,
+    })
+}
+
+/// Opens the queue ingest publishes to: [`env::QUEUE_URL`] or [`env::STREAM`], as
+/// [`env::TRANSPORT`] says.
+pub fn queue(env: &Env, store: &Store) -> Result<Arc<dyn EventQueue>, EnvError> {
+    Ok(match env.transport()? {
+        Transport::Sqs => {
+            let url = env.required(env::QUEUE_URL)?;
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(EnvError::invalid(
+                    env::QUEUE_URL,
+                    &url,
+                    "must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)",
+                ));
+            }
+            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&store.sdk), url))
+        }
+        Transport::Kinesis => Arc::new(KinesisQueue::new(
+            aws_sdk_kinesis::Client::new(&store.sdk),
+            env.required(env::STREAM)?,
+            store.dynamo.client().clone(),
+            store.dynamo.table().to_owned(),
+            KINESIS_CONSUMER,
+        )),
+    })
+}

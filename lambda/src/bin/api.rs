@@ -1,0 +1,36 @@
+//! `tally-api-lambda`: the usage and management API (`tally_api::router`: `/v1/usage`,
+//! `/v1/me/orgs`, `/v1/orgs/...`, `/openapi.json`) behind an API Gateway HTTP API.
+//!
+//! Users' JWTs are verified with the HS256 secret in [`tally_lambda::env::JWT_SECRET`]
+//! (resolved from Secrets Manager when the stack deploys).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tally_api::jwt::JwtConfig;
+use tally_core::MeterCatalogue;
+use tally_core::ports::SystemClock;
+use tally_lambda::env::{self, Env};
+use tally_lambda::{backends, handlers, telemetry::Telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env = Env::new(env::API);
+    let telemetry = Telemetry::init(&env, "api")?;
+    let secret = env.required(env::JWT_SECRET)?;
+    let jwt = JwtConfig::hs256(secret.as_bytes()).context(env::JWT_SECRET)?;
+    let store = backends::store(&env).await?;
+    let router = tally_api::router(
+        tally_api::ApiState::new(
+            store.tenants.clone(),
+            store.usage.clone(),
+            Arc::new(MeterCatalogue::default()),
+            Arc::new(SystemClock),
+        )
+        .with_jwt(jwt),
+    );
+    handlers::http::serve(router, telemetry)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("the Lambda runtime stopped")
+}

@@ -1,0 +1,187 @@
+//! The environment variables the Lambda functions read: their names, which binary reads
+//! which, and one reader that names the variable in every error.
+//!
+//! The lists are the contract with `template.yaml`: `lambda/tests/template_agreement.rs`
+//! checks that each function in the template sets every variable of its binary's list.
+//! [`Env`] only reads names on its list, so a binary cannot start reading a variable the
+//! test does not know about.
+
+/// Why a variable could not be read. Each message names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvError {
+    /// The code asked for a variable its binary's list does not hold (a bug: add it to the
+    /// list and to `template.yaml`).
+    #[error(
+        "{0} is not in this function's list of environment variables (tally_lambda::env); add it there and to template.yaml"
+    )]
+    NotListed(String),
+    /// A required variable is unset or empty.
+    #[error("environment variable {0} must be set")]
+    Missing(String),
+    /// The value is longer than any sane value.
+    #[error("{name} is {len} bytes; at most {max}")]
+    TooLong {
+        /// The variable.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(String),
+    /// The value is not one the variable takes.
+    #[error("{name}={value:?}: {expected}")]
+    Invalid {
+        /// The variable.
+        name: String,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: String,
+    },
+}
+
+impl EnvError {
+    /// An [`EnvError::Invalid`] for `name`.
+    pub fn invalid(name: &str, value: &str, expected: impl Into<String>) -> Self {
+        EnvError::Invalid {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// The DynamoDB table holding everything (`TALLY_TABLE`).
+pub const TABLE: &str = "TALLY_TABLE";
+/// What carries events from ingest to the aggregator: `sqs` or `kinesis`
+/// (`TALLY_TRANSPORT`; the template's `Transport` parameter).
+pub const TRANSPORT: &str = "TALLY_TRANSPORT";
+/// The SQS queue's URL, read when the transport is `sqs` (`TALLY_QUEUE_URL`).
+pub const QUEUE_URL: &str = "TALLY_QUEUE_URL";
+/// The Kinesis stream's name, read when the transport is `kinesis` (`TALLY_STREAM`).
+pub const STREAM: &str = "TALLY_STREAM";
+/// The queue poison records are set aside in, with their reason
+/// (`TALLY_DEAD_LETTER_QUEUE_URL`).
+pub const DEAD_LETTER_QUEUE_URL: &str = "TALLY_DEAD_LETTER_QUEUE_URL";
+/// The HS256 secret users' JWTs are verified with, at least 32 bytes
+/// (`TALLY_JWT_SECRET`; a Secrets Manager dynamic reference in the template).
+pub const JWT_SECRET: &str = "TALLY_JWT_SECRET";
+/// Seconds after a month ends before billing closes it (`TALLY_GRACE_PERIOD_SECONDS`).
+pub const GRACE_PERIOD_SECONDS: &str = "TALLY_GRACE_PERIOD_SECONDS";
+/// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
+pub const LOG: &str = "TALLY_LOG";
+
+/// What `tally-ingest-lambda` reads.
+pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, LOG];
+/// What `tally-api-lambda` reads.
+pub const API: &[&str] = &[TABLE, JWT_SECRET, LOG];
+/// What `tally-aggregator-lambda` reads.
+pub const AGGREGATOR: &[&str] = &[TABLE, TRANSPORT, DEAD_LETTER_QUEUE_URL, LOG];
+/// What `tally-billing-lambda` reads.
+pub const BILLING: &[&str] = &[TABLE, GRACE_PERIOD_SECONDS, LOG];
+
+/// Every binary of this crate with the variables it reads, for the agreement test.
+pub const BINARIES: &[(&str, &[&str])] = &[
+    ("tally-ingest-lambda", INGEST),
+    ("tally-api-lambda", API),
+    ("tally-aggregator-lambda", AGGREGATOR),
+    ("tally-billing-lambda", BILLING),
+];
+
+/// Longest value accepted from any variable: far above a URL or a key, far below
+/// anything that would be a mistake worth carrying around.
+const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// Reads the variables of one binary's list, and only those.
+#[derive(Debug, Clone, Copy)]
+pub struct Env {
+    allowed: &'static [&'static str],
+}
+
+impl Env {
+    /// A reader of the variables in `allowed` (one of the lists above).
+    pub const fn new(allowed: &'static [&'static str]) -> Self {
+        Env { allowed }
+    }
+
+    /// The value of `name`, `None` when unset or empty.
+    pub fn optional(&self, name: &str) -> Result<Option<String>, EnvError> {
+        if !self.allowed.contains(&name) {
+            return Err(EnvError::NotListed(name.to_owned()));
+        }
+        match std::env::var(name) {
+            Ok(v) if v.trim().is_empty() => Ok(None),
+            Ok(v) if v.len() > MAX_VALUE_BYTES => Err(EnvError::TooLong {
+                name: name.to_owned(),
+                len: v.len(),
+                max: MAX_VALUE_BYTES,
+            }),
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(EnvError::NotUtf8(name.to_owned())),
+        }
+    }
+
+    /// The value of `name`; [`EnvError::Missing`] when unset or empty.
+    pub fn required(&self, name: &str) -> Result<String, EnvError> {
+        self.optional(name)?
+            .ok_or_else(|| EnvError::Missing(name.to_owned()))
+    }
+
+    /// The transport named by [`TRANSPORT`].
+    pub fn transport(&self) -> Result<Transport, EnvError> {
+        let v = self.required(TRANSPORT)?;
+        Transport::parse(&v)
+            .ok_or_else(|| EnvError::invalid(TRANSPORT, &v, "must be sqs or kinesis"))
+    }
+}
+
+/// What carries events from ingest to the aggregator on AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// An SQS standard queue with a dead-letter queue.
+    Sqs,
+    /// A Kinesis data stream.
+    Kinesis,
+}
+
+impl Transport {
+    /// Parses `sqs` or `kinesis` (the template's `Transport` parameter values).
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s.trim() {
+            "sqs" => Some(Transport::Sqs),
+            "kinesis" => Some(Transport::Kinesis),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_only_listed_names_and_names_them_in_errors() {
+        let env = Env::new(&[LOG]);
+        let e = env.required(TABLE).unwrap_err().to_string();
+        assert!(
+            e.contains("TALLY_TABLE") && e.contains("not in this function's list"),
+            "{e}"
+        );
+        let env = Env::new(BILLING);
+        // The test process never sets TALLY_TABLE.
+        let e = env.required(TABLE).unwrap_err().to_string();
+        assert_eq!(e, "environment variable TALLY_TABLE must be set");
+    }
+
+    #[test]
+    fn transports_parse() {
+        assert_eq!(Transport::parse("sqs"), Some(Transport::Sqs));
+        assert_eq!(Transport::parse("kinesis"), Some(Transport::Kinesis));
+        assert_eq!(Transport::parse("SQS"), None);
+    }
+}

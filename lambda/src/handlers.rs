@@ -1,0 +1,205 @@
+//! What one invocation of each function does, as plain async functions over the ports, so
+//! tests call them without a Lambda runtime; the `main`s in `src/bin/` only wire them up.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tally_aggregator::lambda::aws_lambda_events::event::kinesis::KinesisEvent;
+use tally_aggregator::lambda::aws_lambda_events::event::sqs::SqsEvent;
+use tally_aggregator::lambda::{PoisonSink, handle_kinesis, handle_sqs};
+use tally_billing::close::previous_month_if_due;
+use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
+use tally_core::ports::{Clock, ReportStore, TenantStore, UsageStore};
+
+use crate::env::Transport;
+
+pub mod http;
+
+/// Why the aggregator refused a whole invocation; Lambda retries the batch.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// The event has no `Records` array: not an event-source batch at all.
+    #[error("the event has no Records array; expected an {expected} event")]
+    NoRecords {
+        /// The event source configured by `TALLY_TRANSPORT`.
+        expected: &'static str,
+    },
+    /// A record comes from another source than `TALLY_TRANSPORT` names.
+    #[error(
+        "Records[{index}].eventSource is {found:?}, expected {expected:?} (TALLY_TRANSPORT and the event source disagree)"
+    )]
+    WrongSource {
+        /// The record's position.
+        index: usize,
+        /// Its `eventSource`.
+        found: String,
+        /// The configured source.
+        expected: &'static str,
+    },
+    /// The event does not parse as the configured source's event type.
+    #[error("the event is not a well-formed {expected} event: {source}")]
+    Malformed {
+        /// The configured source.
+        expected: &'static str,
+        /// What did not parse.
+        source: serde_json::Error,
+    },
+    /// The response could not be encoded (not expected to happen).
+    #[error("encoding the batch response: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// Why the billing run failed; the invocation fails, alarms and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// The grace period does not fit a date computation.
+    #[error("grace period of {0:?} is out of range")]
+    Grace(Duration),
+    /// Month close failed (the store, or some orgs; see the message).
+    #[error("billing {period}: {source}")]
+    Close {
+        /// The month being billed.
+        period: tally_core::period::Month,
+        /// Why.
+        source: tally_billing::CloseError,
+    },
+}
+
+/// Applies one event-source batch: an SQS event or a Kinesis event, as `transport` says,
+/// and returns the partial-batch response (`batchItemFailures`) for Lambda.
+///
+/// An event of the other shape is an error (the function is wired to the wrong source),
+/// and Lambda retries the whole batch; nothing is acknowledged by mistake.
+pub async fn aggregate(
+    transport: Transport,
+    usage: &dyn UsageStore,
+    sink: Option<&dyn PoisonSink>,
+    event: Value,
+) -> Result<Value, AggregateError> {
+    check_source(transport, &event)?;
+    let response = match transport {
+        Transport::Sqs => {
+            let event: SqsEvent =
+                serde_json::from_value(event).map_err(|source| AggregateError::Malformed {
+                    expected: "aws:sqs",
+                    source,
+                })?;
+            metrics::counter!("tally_lambda_records_total", "transport" => "sqs")
+                .increment(event.records.len() as u64);
+            let r = handle_sqs(usage, sink, &event).await;
+            metrics::counter!("tally_lambda_records_failed_total", "transport" => "sqs")
+                .increment(r.batch_item_failures.len() as u64);
+            serde_json::to_value(r).map_err(AggregateError::Encode)?
+        }
+        Transport::Kinesis => {
+            let event: KinesisEvent =
+                serde_json::from_value(event).map_err(|source| AggregateError::Malformed {
+                    expected: "aws:kinesis",
+                    source,
+                })?;
+            metrics::counter!("tally_lambda_records_total", "transport" => "kinesis")
+                .increment(event.records.len() as u64);
+            let r = handle_kinesis(usage, sink, &event).await;
+            metrics::counter!("tally_lambda_records_failed_total", "transport" => "kinesis")
+                .increment(r.batch_item_failures.len() as u64);
+            serde_json::to_value(r).map_err(AggregateError::Encode)?
+        }
+    };
+    Ok(response)
+}
+
+/// Refuses an event whose records come from another source than `transport`: the event
+/// types' fields are all optional, so a Kinesis event would otherwise read as an SQS event
+/// of empty messages and be dead-lettered.
+fn check_source(transport: Transport, event: &Value) -> Result<(), AggregateError> {
+    let want = match transport {
+        Transport::Sqs => "aws:sqs",
+        Transport::Kinesis => "aws:kinesis",
+    };
+    let Some(records) = event.get("Records").and_then(Value::as_array) else {
+        return Err(AggregateError::NoRecords { expected: want });
+    };
+    for (index, r) in records.iter().enumerate() {
+        let found = r
+            .get("eventSource")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)");
+        if found != want {
+            return Err(AggregateError::WrongSource {
+                index,
+                found: found.to_owned(),
+                expected: want,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the billing function answers (and logs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BillingRun {
+    /// The month billed (`YYYY-MM`); `None` while the previous month is still inside its
+    /// grace period.
+    pub period: Option<String>,
+    /// Orgs with a stored report for it.
+    pub orgs: usize,
+    /// How many of those reports this run stored (the rest were stored by an earlier run).
+    pub stored_now: usize,
+}
+
+/// The ports the billing run needs.
+#[derive(Clone, Copy)]
+pub struct BillingPorts<'a> {
+    /// Orgs and projects.
+    pub tenants: &'a dyn TenantStore,
+    /// Counters and closed periods.
+    pub usage: &'a dyn UsageStore,
+    /// Stored usage reports.
+    pub reports: &'a dyn ReportStore,
+    /// Now.
+    pub clock: &'a dyn Clock,
+}
+
+/// The scheduled billing run: bills the previous month once `grace` has passed since it
+/// ended, with the same [`close_month`] as `tally bill` and `tally serve`'s scheduler (close
+/// the period so ingest refuses it, then build and store every org's report). A rerun finds
+/// the reports stored and changes nothing. Any failure, one org's included, fails the
+/// invocation, so the billing-failures alarm sees it and EventBridge retries (the orgs
+/// already billed stay billed).
+pub async fn bill(
+    ports: BillingPorts<'_>,
+    catalogue: &Catalogue,
+    grace: Duration,
+) -> Result<BillingRun, BillingError> {
+    let grace_std = grace;
+    let grace = chrono::Duration::from_std(grace).map_err(|_| BillingError::Grace(grace_std))?;
+    let Some(period) = previous_month_if_due(ports.clock.now(), grace) else {
+        tracing::info!("the previous month is still in its grace period; nothing to bill");
+        return Ok(BillingRun {
+            period: None,
+            orgs: 0,
+            stored_now: 0,
+        });
+    };
+    let request = CloseRequest {
+        grace,
+        ..CloseRequest::new(period)
+    };
+    let close_ports = ClosePorts {
+        tenants: ports.tenants,
+        usage: ports.usage,
+        reports: ports.reports,
+        clock: ports.clock,
+    };
+    let out = close_month(close_ports, catalogue, &request, &NoProgress)
+        .await
+        .map_err(|source| BillingError::Close { period, source })?;
+    tracing::info!(period = %period, orgs = out.reports.len(), stored_now = out.stored_now, "billed period");
+    metrics::counter!("tally_billing_reports_stored_total").increment(out.stored_now as u64);
+    Ok(BillingRun {
+        period: Some(period.to_string()),
+        orgs: out.reports.len(),
+        stored_now: out.stored_now,
+    })
+}

@@ -1,0 +1,24 @@
+//! Tally on AWS Lambda: what the four entry-point binaries (`src/bin/`) share, kept in a
+//! library so the binaries stay a few lines each and tests reach the same code.
+//!
+//! - [`env`]: the environment variables each function reads, as one list per binary
+//!   ([`env::INGEST`], [`env::API`], [`env::AGGREGATOR`], [`env::BILLING`]); the
+//!   template-code agreement test checks every one is set on its function in
+//!   `template.yaml`, and [`env::Env`] refuses to read a name its list does not hold.
+//! - [`telemetry`]: JSON logs through `tracing` (with the Lambda request id and the
+//!   request span's `request_id` and `org`) and [`emf`], the `metrics` recorder that
+//!   prints CloudWatch embedded-metric-format lines after each invocation.
+//! - [`backends`]: the DynamoDB store and the SQS or Kinesis queue, from the environment.
+//! - [`sink`]: the aggregator's dead-letter sink, an SQS queue.
+//! - [`handlers`]: the aggregator and billing invocations as plain async functions (tested
+//!   without a Lambda runtime), and [`handlers::http`], which serves an axum router on
+//!   `lambda_http`.
+//!
+//! The Stripe webhook receiver is not here yet: billing's Stripe sync does not exist.
+
+pub mod backends;
+pub mod emf;
+pub mod env;
+pub mod handlers;
+pub mod sink;
+pub mod telemetry;

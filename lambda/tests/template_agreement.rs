@@ -1,0 +1,360 @@
+//! `template.yaml` and the code agree: the table the template creates is the one the
+//! DynamoDB adapter reads and writes (keys, index, TTL attribute, redrive count), every
+//! function builds a binary of the workspace (through `lambda/Makefile`), and every
+//! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
+//!
+//! The checks are a function returning the problems found, so the last tests can show
+//! that a broken template is caught, naming what is wrong.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value;
+use tally_store::dynamodb::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn makefile() -> String {
+    std::fs::read_to_string(root().join("lambda/Makefile")).unwrap()
+}
+
+/// Every binary target of every workspace package, from `cargo metadata`.
+fn workspace_bins() -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `v[key]` through YAML mappings; `Null` when absent.
+fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    static NULL: Value = Value::Null;
+    path.iter().try_fold(v, |v, k| v.get(*k)).unwrap_or(&NULL)
+}
+
+fn str_of(v: &Value) -> Option<&str> {
+    v.as_str()
+}
+
+fn keys_of(v: &Value) -> BTreeSet<String> {
+    v.as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (attribute, key type) pairs of a `KeySchema`.
+fn key_schema(v: &Value) -> Vec<(String, String)> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|k| {
+                    (
+                        str_of(get(k, &["AttributeName"])).unwrap_or("").to_owned(),
+                        str_of(get(k, &["KeyType"])).unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The resources of type `ty`, as (logical id, resource).
+fn resources<'a>(t: &'a Value, ty: &str) -> Vec<(String, &'a Value)> {
+    get(t, &["Resources"])
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| str_of(get(r, &["Type"])) == Some(ty))
+        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+/// The binary `lambda/Makefile`'s `build-<id>` target copies.
+fn makefile_binary(makefile: &str, id: &str) -> Option<String> {
+    let mut lines = makefile.lines();
+    lines.find(|l| *l == format!("build-{id}:"))?;
+    let body = lines.next()?;
+    let arg = body.trim().strip_prefix("$(call copy_bootstrap,")?;
+    Some(arg.strip_suffix(')')?.to_owned())
+}
+
+fn table_problems(t: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let tables = resources(t, "AWS::DynamoDB::Table");
+    let [(_, table)] = tables.as_slice() else {
+        return vec![format!("want one DynamoDB table, found {}", tables.len())];
+    };
+    let props = get(table, &["Properties"]);
+    let want_key = |h: &str, r: &str| {
+        vec![
+            (h.to_owned(), "HASH".to_owned()),
+            (r.to_owned(), "RANGE".to_owned()),
+        ]
+    };
+    if key_schema(get(props, &["KeySchema"])) != want_key(PK, SK) {
+        p.push(format!("table key schema is not {PK} HASH / {SK} RANGE"));
+    }
+    let defined: BTreeSet<(String, String)> = get(props, &["AttributeDefinitions"])
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|a| {
+                    (
+                        str_of(get(a, &["AttributeName"])).unwrap_or("").to_owned(),
+                        str_of(get(a, &["AttributeType"])).unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let want_defined: BTreeSet<(String, String)> = [PK, SK, GSI1PK, GSI1SK]
+        .iter()
+        .map(|a| ((*a).to_owned(), "S".to_owned()))
+        .collect();
+    if defined != want_defined {
+        p.push(format!(
+            "attribute definitions are {defined:?}, the adapter's keys are {want_defined:?}"
+        ));
+    }
+    let gsis = get(props, &["GlobalSecondaryIndexes"])
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    match gsis
+        .iter()
+        .find(|g| str_of(get(g, &["IndexName"])) == Some(GSI1))
+    {
+        None => p.push(format!("no global secondary index named {GSI1}")),
+        Some(g) => {
+            if key_schema(get(g, &["KeySchema"])) != want_key(GSI1PK, GSI1SK) {
+                p.push(format!("index {GSI1} is not on {GSI1PK} / {GSI1SK}"));
+            }
+            if str_of(get(g, &["Projection", "ProjectionType"])) != Some("ALL") {
+                p.push(format!("index {GSI1} does not project ALL attributes"));
+            }
+        }
+    }
+    if gsis.len() != 1 {
+        p.push(format!("want only the index {GSI1}, found {}", gsis.len()));
+    }
+    let ttl = get(props, &["TimeToLiveSpecification"]);
+    if str_of(get(ttl, &["AttributeName"])) != Some(TTL)
+        || get(ttl, &["Enabled"]).as_bool() != Some(true)
+    {
+        p.push(format!("TTL is not enabled on {TTL}"));
+    }
+    if get(
+        props,
+        &[
+            "PointInTimeRecoverySpecification",
+            "PointInTimeRecoveryEnabled",
+        ],
+    )
+    .as_bool()
+        != Some(true)
+    {
+        p.push("point-in-time recovery is off".into());
+    }
+    if str_of(get(props, &["BillingMode"])) != Some("PAY_PER_REQUEST") {
+        p.push("the table is not on-demand (PAY_PER_REQUEST), as create_table makes it".into());
+    }
+    p
+}
+
+fn function_problems(t: &Value, makefile: &str, bins: &BTreeSet<String>) -> Vec<String> {
+    let mut p = Vec::new();
+    let globals = keys_of(get(t, &["Globals", "Function", "Environment", "Variables"]));
+    let mut used = BTreeSet::new();
+    let functions = resources(t, "AWS::Serverless::Function");
+    if functions.is_empty() {
+        p.push("no functions".into());
+    }
+    for (id, f) in &functions {
+        let Some(bin) = str_of(get(f, &["Metadata", "Binary"])) else {
+            p.push(format!("{id}: no Metadata.Binary naming its binary"));
+            continue;
+        };
+        used.insert(bin.to_owned());
+        if !bins.contains(bin) {
+            p.push(format!(
+                "{id}: binary {bin} is not a [[bin]] of the workspace"
+            ));
+        }
+        if str_of(get(f, &["Metadata", "BuildMethod"])) != Some("makefile")
+            || str_of(get(f, &["Properties", "CodeUri"])) != Some("lambda/")
+        {
+            p.push(format!(
+                "{id}: not built by lambda/Makefile (BuildMethod makefile, CodeUri lambda/)"
+            ));
+        }
+        match makefile_binary(makefile, id) {
+            Some(m) if m == bin => {}
+            Some(m) => p.push(format!(
+                "{id}: lambda/Makefile copies {m}, the template says {bin}"
+            )),
+            None => p.push(format!("{id}: lambda/Makefile has no build-{id} target")),
+        }
+        let Some((_, reads)) = tally_lambda::env::BINARIES.iter().find(|(b, _)| *b == bin) else {
+            p.push(format!(
+                "{id}: {bin} has no list in tally_lambda::env::BINARIES"
+            ));
+            continue;
+        };
+        let mut set = globals.clone();
+        set.extend(keys_of(get(f, &["Properties", "Environment", "Variables"])));
+        for var in *reads {
+            if !set.contains(*var) {
+                p.push(format!(
+                    "{id}: {bin} reads {var}, which the template does not set"
+                ));
+            }
+        }
+    }
+    for (bin, _) in tally_lambda::env::BINARIES {
+        if !used.contains(*bin) {
+            p.push(format!(
+                "{bin} is built but no function in the template runs it"
+            ));
+        }
+    }
+    p
+}
+
+#[test]
+fn the_table_is_the_one_the_adapter_uses() {
+    let p = table_problems(&template());
+    assert!(p.is_empty(), "{p:#?}");
+}
+
+#[test]
+fn every_function_runs_a_workspace_binary_with_the_environment_it_reads() {
+    let bins = workspace_bins();
+    for (bin, _) in tally_lambda::env::BINARIES {
+        assert!(
+            bins.contains(*bin),
+            "cargo metadata lists no binary {bin}: {bins:?}"
+        );
+    }
+    let p = function_problems(&template(), &makefile(), &bins);
+    assert!(p.is_empty(), "{p:#?}");
+}
+
+#[test]
+fn the_queue_and_event_sources_match_the_adapters() {
+    let t = template();
+    let queue = get(t.get("Resources").unwrap(), &["EventsQueue", "Properties"]);
+    assert_eq!(
+        get(queue, &["RedrivePolicy", "maxReceiveCount"]).as_u64(),
+        Some(u64::from(tally_store::sqs::MAX_RECEIVE_COUNT)),
+        "the redrive count differs from tally_store::sqs::MAX_RECEIVE_COUNT"
+    );
+    for (id, esm) in resources(&t, "AWS::Lambda::EventSourceMapping") {
+        let types = get(esm, &["Properties", "FunctionResponseTypes"]);
+        assert_eq!(
+            types
+                .as_sequence()
+                .map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>()),
+            Some(vec!["ReportBatchItemFailures"]),
+            "{id}: the aggregator answers with batchItemFailures"
+        );
+    }
+    let schedule = get(
+        t.get("Resources").unwrap(),
+        &[
+            "BillingFunction",
+            "Properties",
+            "Events",
+            "Monthly",
+            "Properties",
+            "Schedule",
+        ],
+    );
+    assert_eq!(schedule.as_str(), Some("cron(0 2 1 * ? *)"));
+}
+
+#[test]
+fn a_template_that_drifts_from_the_code_is_caught() {
+    let bins = workspace_bins();
+    let mut t = template();
+    // Drop the table name every function reads from Globals.
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping_mut()
+        .unwrap();
+    vars.remove("TALLY_TABLE");
+    let p = function_problems(&t, &makefile(), &bins);
+    assert!(
+        p.iter().any(|m| m == "IngestFunction: tally-ingest-lambda reads TALLY_TABLE, which the template does not set"),
+        "{p:#?}"
+    );
+    // Rename the TTL attribute and the index.
+    let mut t = template();
+    t["Resources"]["Table"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] =
+        "expires".into();
+    t["Resources"]["Table"]["Properties"]["GlobalSecondaryIndexes"][0]["IndexName"] =
+        "byOrg".into();
+    let p = table_problems(&t);
+    assert!(
+        p.contains(&format!("TTL is not enabled on {TTL}")),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&format!("no global secondary index named {GSI1}")),
+        "{p:#?}"
+    );
+    // Name a binary that does not exist, and one the Makefile does not copy.
+    let mut t = template();
+    t["Resources"]["BillingFunction"]["Metadata"]["Binary"] = "tally-invoice-lambda".into();
+    let p = function_problems(&t, &makefile(), &bins);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("tally-invoice-lambda is not a [[bin]]")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.contains("lambda/Makefile copies tally-billing-lambda")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m == "tally-billing-lambda is built but no function in the template runs it"),
+        "{p:#?}"
+    );
+}

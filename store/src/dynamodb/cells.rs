@@ -1,0 +1,256 @@
+//! Day cells: how the DynamoDB store keeps `sum`, `count`, `max` and `latest` counters.
+//!
+//! Writing the six counters of every event (org-wide and per project × hour, day, month)
+//! costs six writes per event when a batch does not collapse them, and on a Zipf workload
+//! most events do not share counters with their batch. So the store writes one item per
+//! (project, meter, day), holding one attribute per hour (`h00`–`h23`, plus `a00`–`a23`,
+//! the reading's time, for `latest`), and derives the rest when it reads: a day is its
+//! item's hours, a month its days' items, org-wide the union over projects. One event is
+//! one attribute update of one item; a month of one project and meter is 31 small items.
+//! `unique_count` cannot be derived this way (distinct values do not add up across hours or
+//! projects), so it keeps explicit counters and markers (see the [module doc](super)).
+//!
+//! Derivation uses the core's own fold ([`tally_core::fold::spread`] over
+//! [`tally_core::fold::Delta`]), so a derived counter is by construction what the SQLite
+//! store, which keeps all six, holds.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::fold::{self, Cell, Delta};
+use tally_core::ids::{MeterName, OrgId, ProjectId};
+use tally_core::period::Granularity;
+use tally_core::ports::StoreError;
+
+use super::codec::{Item, corrupt, get_decimal, get_s};
+use super::keys::{SK, start_text};
+
+/// Sort key prefix of day cells in an org's month partition of counters.
+pub const CELL_PREFIX: &str = "DAY#";
+/// Attribute naming the cell's aggregation kind ([`CellKind::as_str`]).
+pub const KIND: &str = "k";
+
+/// How a cell's hours combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    /// `sum` and `count`: hours add up.
+    Add,
+    /// `max`: the largest hour wins.
+    Max,
+    /// `latest`: the latest reading wins (ties on time go to the larger value).
+    Latest,
+}
+
+impl CellKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellKind::Add => "add",
+            CellKind::Max => "max",
+            CellKind::Latest => "latest",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "add" => Some(CellKind::Add),
+            "max" => Some(CellKind::Max),
+            "latest" => Some(CellKind::Latest),
+            _ => None,
+        }
+    }
+}
+
+/// The hour attribute of hour `h` (0–23) of a day: `h05`.
+pub fn hour_attr(h: u32) -> String {
+    format!("h{h:02}")
+}
+
+/// The reading-time attribute of hour `h` of a `latest` cell: `a05`.
+pub fn at_attr(h: u32) -> String {
+    format!("a{h:02}")
+}
+
+/// `DAY#<meter>#`: every cell of a meter in a month partition (all projects).
+pub fn meter_prefix(meter: &MeterName) -> String {
+    format!("{CELL_PREFIX}{meter}#")
+}
+
+/// `DAY#<meter>#<project>#`: the cells of one project's meter.
+pub fn series_prefix(meter: &MeterName, project: &ProjectId) -> String {
+    format!("{CELL_PREFIX}{meter}#{project}#")
+}
+
+/// `DAY#<meter>#<project>#<day start, 12 digits>`.
+pub fn cell_sk(meter: &MeterName, project: &ProjectId, day: i64) -> String {
+    format!("{}{}", series_prefix(meter, project), start_text(day))
+}
+
+/// The day a cell of hour `hour` (Unix seconds) lives in, and the hour's index in it.
+pub fn day_and_hour(hour: i64) -> (i64, u32) {
+    let day = hour - hour.rem_euclid(86_400);
+    (day, ((hour - day) / 3600) as u32)
+}
+
+/// One stored cell read back: its (project, meter, day) and the delta of each hour set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCell {
+    /// The project.
+    pub project: ProjectId,
+    /// The meter.
+    pub meter: MeterName,
+    /// (hour start in Unix seconds, what the hour holds), for every hour the item has.
+    pub hours: Vec<(i64, Delta)>,
+}
+
+/// Parses a cell item. Nothing in it is trusted: a bad key or attribute is `Corrupt`.
+pub fn read_cell(item: &Item) -> Result<StoredCell, StoreError> {
+    let sk = get_s(item, SK)?;
+    let bad = |why: &str| corrupt(format!("cell sort key {sk:?}: {why}"));
+    let rest = sk
+        .strip_prefix(CELL_PREFIX)
+        .ok_or_else(|| bad("no DAY# prefix"))?;
+    let mut parts = rest.split('#');
+    let (Some(meter), Some(project), Some(day), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("expected 3 parts"));
+    };
+    let meter = MeterName::parse(meter).map_err(|e| bad(&e.to_string()))?;
+    let project = ProjectId::parse(project).map_err(|e| bad(&e.to_string()))?;
+    let day: i64 = day.parse().map_err(|_| bad("day start"))?;
+    let kind = CellKind::parse(get_s(item, KIND)?)
+        .ok_or_else(|| corrupt(format!("cell {sk:?}: unknown kind")))?;
+    let mut hours = Vec::new();
+    for h in 0..24u32 {
+        let name = hour_attr(h);
+        if !item.contains_key(&name) {
+            continue;
+        }
+        let v = get_decimal(item, &name)?;
+        let delta = match kind {
+            CellKind::Add => Delta::Add(v),
+            CellKind::Max => Delta::Max(v),
+            CellKind::Latest => {
+                let at = get_decimal(item, &at_attr(h))?;
+                let nanos = i64::try_from(at.mantissa())
+                    .ok()
+                    .filter(|_| at.scale() == 0)
+                    .ok_or_else(|| corrupt(format!("cell {sk:?}: bad reading time")))?;
+                Delta::Latest {
+                    at: DateTime::<Utc>::from_timestamp_nanos(nanos),
+                    value: v,
+                }
+            }
+        };
+        hours.push((day + i64::from(h) * 3600, delta));
+    }
+    Ok(StoredCell {
+        project,
+        meter,
+        hours,
+    })
+}
+
+/// The value a counter holds after one delta from nothing (every derived counter's value).
+pub fn value_of(delta: &Delta) -> Decimal {
+    fold::apply_delta(None, None, delta, 0).0
+}
+
+/// The six counters (org-wide and per project × hour, day, month) that stored cells add up
+/// to, as the SQLite store keeps them.
+pub fn derive_counters(org: &OrgId, cells: &[StoredCell]) -> Vec<(OwnedCounterKey, Decimal)> {
+    let flat = cells.iter().flat_map(|c| {
+        c.hours.iter().map(move |(hour, delta)| {
+            (
+                Cell {
+                    org,
+                    project: &c.project,
+                    meter: &c.meter,
+                    hour: *hour,
+                },
+                delta.clone(),
+            )
+        })
+    });
+    fold::spread(flat)
+        .into_iter()
+        .map(|(key, delta)| (key.to_owned_key(), value_of(&delta)))
+        .collect()
+}
+
+/// One series' buckets from cells (already narrowed to one meter, and to one project when
+/// the series is a project's): bucket start → merged delta, for starts in `[from, to)`.
+pub fn derive_series(
+    cells: &[StoredCell],
+    granularity: Granularity,
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, Delta> {
+    let mut buckets: BTreeMap<i64, Delta> = BTreeMap::new();
+    for cell in cells {
+        for (hour, delta) in &cell.hours {
+            let Some(t) = DateTime::from_timestamp(*hour, 0) else {
+                continue;
+            };
+            let start = granularity.truncate(t).timestamp();
+            if start < from || start >= to {
+                continue;
+            }
+            buckets
+                .entry(start)
+                .and_modify(|d| d.merge(delta))
+                .or_insert_with(|| delta.clone());
+        }
+    }
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::codec::{item, n, s};
+    use super::*;
+
+    #[test]
+    fn cells_round_trip_and_derive_like_the_fold() {
+        let org = OrgId::parse("org_a").unwrap();
+        let p = ProjectId::parse("prj_b").unwrap();
+        let m = MeterName::parse("api_calls").unwrap();
+        let day = 1_795_651_200; // 2026-11-26T00:00:00Z
+        assert_eq!(day_and_hour(day + 5 * 3600), (day, 5));
+        let it = item([
+            (SK, s(cell_sk(&m, &p, day))),
+            (KIND, s("add")),
+            ("h05", n(3)),
+            ("h07", n("1.5")),
+        ]);
+        let cell = read_cell(&it).unwrap();
+        assert_eq!(cell.hours.len(), 2);
+        let counters = derive_counters(&org, std::slice::from_ref(&cell));
+        // 2 hours × 2 scopes + 1 day × 2 + 1 month × 2.
+        assert_eq!(counters.len(), 8);
+        let day_total: Vec<_> = counters
+            .iter()
+            .filter(|(k, _)| k.granularity == Granularity::Day)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(day_total, vec![Decimal::new(45, 1); 2]);
+        let series = derive_series(&[cell], Granularity::Hour, day, day + 6 * 3600);
+        assert_eq!(series.len(), 1);
+        assert_eq!(value_of(&series[&(day + 5 * 3600)]), Decimal::from(3));
+    }
+
+    #[test]
+    fn bad_cells_are_corrupt_not_panics() {
+        let bad = item([(SK, s("DAY#api_calls#prj_b")), (KIND, s("add"))]);
+        assert!(matches!(read_cell(&bad), Err(StoreError::Corrupt(_))));
+        let unknown = item([
+            (SK, s("DAY#api_calls#prj_b#000000000000")),
+            (KIND, s("median")),
+        ]);
+        assert!(matches!(read_cell(&unknown), Err(StoreError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,287 @@
+//! Invitations on DynamoDB, mirroring the API key layout: the invitation item is keyed by
+//! the SHA-256 of its token (`INVITE#<hash>` / `INVITE`, so accepting finds it with one
+//! `GetItem`), and an id guard in the org partition (`ORG#<org>` / `INVITE#<id>`, holding the
+//! hash) lists an org's invitations with a strongly consistent query. Both carry `ttl` =
+//! the expiry, and every read checks the expiry itself, because TTL deletion is lazy.
+//!
+//! Accepting is one transaction: the invitation's `accepted_at` (conditioned on not being
+//! accepted and not expired), checks that the org and the user exist, and the membership
+//! put under `attribute_not_exists`. So a second accept, or a member already, is refused
+//! and nothing is half done.
+
+use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
+use chrono::{DateTime, Utc};
+use tally_core::ids::{InvitationId, OrgId, UserId};
+use tally_core::ports::StoreError;
+use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
+
+use super::apply::put_if_absent;
+use super::codec::{
+    Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
+};
+use super::keys::{self, GSI1PK, GSI1SK, PK, SK, TTL, USER_SK};
+use super::tenants::{failed, must_exist, org_must_be_live, owner_conflict, tx_update};
+use super::{DynamoStore, QuerySpec};
+
+/// Sort key of an invitation item.
+pub const INVITE_SK: &str = "INVITE";
+/// Sort key prefix of invitation id guards inside the org partition.
+pub const INVITE_PREFIX: &str = "INVITE#";
+
+/// `INVITE#<sha256 hex of the token>`: an invitation, found by the hash of its token.
+pub fn invite_pk(hash: &KeyHash) -> String {
+    format!("INVITE#{}", hash.as_str())
+}
+
+/// `INVITE#<invitation id>`: the invitation id guard's sort key in the org partition.
+pub fn invite_id_sk(id: &InvitationId) -> String {
+    format!("{INVITE_PREFIX}{id}")
+}
+
+/// Unix seconds of `t`, rounded up: the `ttl` of an item that expires at `t`.
+fn ttl_of(t: DateTime<Utc>) -> i64 {
+    let secs = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs
+    }
+}
+
+fn invitation_of(it: &Item) -> Result<Invitation, StoreError> {
+    let role = get_s(it, "role")?;
+    Ok(Invitation {
+        id: parse_id(get_s(it, "id")?, InvitationId::parse)?,
+        org_id: parse_id(get_s(it, "org_id")?, OrgId::parse)?,
+        email: get_s(it, "email")?.to_owned(),
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("invitation role {role:?}")))?,
+        hash: KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt("invitation hash"))?,
+        invited_by: parse_id(get_s(it, "invited_by")?, UserId::parse)?,
+        created_at: parse_ts(get_s(it, "created_at")?)?,
+        expires_at: parse_ts(get_s(it, "expires_at")?)?,
+        accepted_at: get_opt_s(it, "accepted_at")?.map(parse_ts).transpose()?,
+    })
+}
+
+/// A delete inside a transaction; with `pending_in`, only of a pending invitation of that
+/// org (the item exists, is the org's and is not accepted).
+fn tx_delete(
+    table: &str,
+    pk: String,
+    sk: String,
+    pending_in: Option<&OrgId>,
+) -> Result<TransactWriteItem, StoreError> {
+    let mut b = Delete::builder()
+        .table_name(table)
+        .key(PK, s(pk))
+        .key(SK, s(sk));
+    if let Some(org) = pending_in {
+        b = b
+            .condition_expression(
+                "attribute_exists(#pk) AND org_id = :org AND attribute_not_exists(accepted_at)",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":org", s(org.as_str()));
+    }
+    Ok(TransactWriteItem::builder()
+        .delete(b.build().map_err(build_error)?)
+        .build())
+}
+
+/// The invitation item and its id guard, put under `attribute_not_exists`, with a check
+/// that the org exists, in one transaction.
+pub(super) async fn create_invitation(
+    store: &DynamoStore,
+    inv: &Invitation,
+) -> Result<(), StoreError> {
+    if inv.role == Role::Owner {
+        return Err(owner_conflict());
+    }
+    let table = store.table();
+    let ttl = ttl_of(inv.expires_at);
+    let mut record = item([
+        (PK, s(invite_pk(&inv.hash))),
+        (SK, s(INVITE_SK)),
+        ("id", s(inv.id.as_str())),
+        ("org_id", s(inv.org_id.as_str())),
+        ("email", s(inv.email.to_lowercase())),
+        ("role", s(inv.role.as_str())),
+        ("hash", s(inv.hash.as_str())),
+        ("invited_by", s(inv.invited_by.as_str())),
+        ("created_at", s(ts_text(inv.created_at))),
+        ("expires_at", s(ts_text(inv.expires_at))),
+        (TTL, n(ttl)),
+    ]);
+    if let Some(t) = inv.accepted_at {
+        record.insert("accepted_at".into(), s(ts_text(t)));
+    }
+    let actions = vec![
+        org_must_be_live(table, &inv.org_id)?,
+        put_if_absent(table, record)?,
+        put_if_absent(
+            table,
+            item([
+                (PK, s(keys::org_pk(&inv.org_id))),
+                (SK, s(invite_id_sk(&inv.id))),
+                ("hash", s(inv.hash.as_str())),
+                (TTL, n(ttl)),
+            ]),
+        )?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(()),
+        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+            what: format!("org {}", inv.org_id),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("invitation {}", inv.id),
+        }),
+    }
+}
+
+/// One `GetItem` by hash; an item past its expiry (TTL deletion lags) is `None`.
+pub(super) async fn find_invitation(
+    store: &DynamoStore,
+    hash: &KeyHash,
+    now: DateTime<Utc>,
+) -> Result<Option<Invitation>, StoreError> {
+    let found = store
+        .get(invite_pk(hash), INVITE_SK)
+        .await?
+        .as_ref()
+        .map(invitation_of)
+        .transpose()?;
+    Ok(found.filter(|inv| inv.expires_at > now))
+}
+
+/// The org's id guards (one strongly consistent query), then each invitation by hash;
+/// only pending ones, in creation order (then id).
+pub(super) async fn list_invitations(
+    store: &DynamoStore,
+    org: &OrgId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Invitation>, StoreError> {
+    let guards = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![(":pk", s(keys::org_pk(org))), (":prefix", s(INVITE_PREFIX))],
+        })
+        .await?;
+    let mut out = Vec::with_capacity(guards.len());
+    for g in &guards {
+        let hash = KeyHash::from_hex(get_s(g, "hash")?)
+            .ok_or_else(|| corrupt("invitation id guard hash"))?;
+        if let Some(inv) = find_invitation(store, &hash, now).await?
+            && &inv.org_id == org
+            && inv.is_pending(now)
+        {
+            out.push(inv);
+        }
+    }
+    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(out)
+}
+
+/// The id guard gives the hash; one transaction deletes the invitation (conditioned on its
+/// org and on not being accepted) and its guard.
+pub(super) async fn revoke_invitation(
+    store: &DynamoStore,
+    org: &OrgId,
+    id: &InvitationId,
+    now: DateTime<Utc>,
+) -> Result<Option<Invitation>, StoreError> {
+    let Some(guard) = store.get(keys::org_pk(org), &invite_id_sk(id)).await? else {
+        return Ok(None);
+    };
+    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+        .ok_or_else(|| corrupt("invitation id guard hash"))?;
+    let Some(inv) = find_invitation(store, &hash, now)
+        .await?
+        .filter(|inv| &inv.org_id == org && inv.is_pending(now))
+    else {
+        return Ok(None);
+    };
+    let table = store.table();
+    let actions = vec![
+        tx_delete(table, invite_pk(&hash), INVITE_SK.into(), Some(org))?,
+        tx_delete(table, keys::org_pk(org), invite_id_sk(id), None)?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(Some(inv)),
+        // Accepted or revoked meanwhile: no longer pending.
+        Err(_) => Ok(None),
+    }
+}
+
+/// One transaction: `accepted_at` on the invitation (not accepted, not expired), the org
+/// and the user exist, and the membership is new.
+pub(super) async fn accept_invitation(
+    store: &DynamoStore,
+    hash: &KeyHash,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<Membership, StoreError> {
+    let Some(inv) = find_invitation(store, hash, at).await? else {
+        return Err(StoreError::NotFound {
+            what: "invitation".into(),
+        });
+    };
+    if inv.accepted_at.is_some() {
+        return Err(StoreError::Conflict {
+            what: format!("acceptance of invitation {}", inv.id),
+        });
+    }
+    if inv.role == Role::Owner {
+        return Err(owner_conflict());
+    }
+    let m = Membership {
+        org_id: inv.org_id.clone(),
+        user_id: user.clone(),
+        role: inv.role,
+        created_at: at,
+    };
+    let table = store.table();
+    let actions = vec![
+        tx_update(
+            table,
+            invite_pk(hash),
+            INVITE_SK.into(),
+            "SET accepted_at = :at",
+            "attribute_exists(#pk) AND attribute_not_exists(accepted_at) AND #ttl > :now",
+            &[("#pk", PK), ("#ttl", TTL)],
+            &[(":at", s(ts_text(at))), (":now", n(at.timestamp()))],
+        )?,
+        org_must_be_live(table, &m.org_id)?,
+        must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
+        put_if_absent(
+            table,
+            item([
+                (PK, s(keys::org_pk(&m.org_id))),
+                (SK, s(keys::member_sk(&m.user_id))),
+                ("user_id", s(m.user_id.as_str())),
+                ("role", s(m.role.as_str())),
+                ("created_at", s(ts_text(m.created_at))),
+                (GSI1PK, s(keys::user_pk(&m.user_id))),
+                (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
+            ]),
+        )?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(m),
+        Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
+            what: format!("acceptance of invitation {}", inv.id),
+        }),
+        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+            what: format!("org {}", m.org_id),
+        }),
+        Err(r) if failed(&r, 2) => Err(StoreError::NotFound {
+            what: format!("user {}", m.user_id),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("membership of user {} in org {}", m.user_id, m.org_id),
+        }),
+    }
+}

@@ -1,0 +1,159 @@
+//! [`SyncLedger`](tally_core::ports::SyncLedger) on DynamoDB: the Stripe sync's record of
+//! steps and each org's Stripe customer.
+//!
+//! One org's period of steps is the partition `ORG#<org>#SYNC#<YYYY-MM>`, one item per
+//! step (sort key `STEP#<step>`), so reading them all is one query and one step one
+//! `GetItem`. The org's Stripe customer is the item `ORG#<org>` / `SYNCCUSTOMER`. Both are
+//! first-write-wins: a put under `attribute_not_exists(pk)`, then a strongly consistent read
+//! returning whatever was stored first (a racing run's, or an earlier run's result).
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use tally_core::ids::OrgId;
+use tally_core::period::Month;
+use tally_core::ports::{MAX_SYNC_VALUE_LEN, StoreError, SyncStep};
+
+use super::codec::{Item, corrupt, get_s, item, s};
+use super::{DynamoStore, QuerySpec};
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const STEP_PREFIX: &str = "STEP#";
+
+fn steps_pk(org: &OrgId, period: Month) -> String {
+    format!("ORG#{}#SYNC#{period}", org.as_str())
+}
+
+fn step_sk(step: &str) -> String {
+    format!("{STEP_PREFIX}{step}")
+}
+
+fn customer_pk(org: &OrgId) -> String {
+    format!("ORG#{}", org.as_str())
+}
+
+const CUSTOMER_SK: &str = "SYNCCUSTOMER";
+
+fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
+        return Err(StoreError::Unavailable(format!(
+            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn step_of(it: &Item) -> Result<SyncStep, StoreError> {
+    let sk = get_s(it, SK)?;
+    let step = sk
+        .strip_prefix(STEP_PREFIX)
+        .ok_or_else(|| corrupt(format!("sync step key {sk:?}")))?;
+    Ok(SyncStep {
+        step: step.to_owned(),
+        result: get_s(it, "result")?.to_owned(),
+    })
+}
+
+pub(super) async fn record_step(
+    store: &DynamoStore,
+    org: &OrgId,
+    period: Month,
+    step: &str,
+    result: &str,
+) -> Result<String, StoreError> {
+    check_value("step", step)?;
+    check_value("result", result)?;
+    let record = item([
+        (PK, s(steps_pk(org, period))),
+        (SK, s(step_sk(step))),
+        ("result", s(result)),
+    ]);
+    if store.put_if_absent(record).await? {
+        return Ok(result.to_owned());
+    }
+    get_step(store, org, period, step).await?.ok_or_else(|| {
+        corrupt(format!(
+            "sync step {org}/{period}/{step} was refused as existing but cannot be read"
+        ))
+    })
+}
+
+pub(super) async fn get_step(
+    store: &DynamoStore,
+    org: &OrgId,
+    period: Month,
+    step: &str,
+) -> Result<Option<String>, StoreError> {
+    store
+        .get(steps_pk(org, period), &step_sk(step))
+        .await?
+        .as_ref()
+        .map(|it| get_s(it, "result").map(str::to_owned))
+        .transpose()
+}
+
+pub(super) async fn list_steps(
+    store: &DynamoStore,
+    org: &OrgId,
+    period: Month,
+) -> Result<Vec<SyncStep>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk",
+            filter: None,
+            names: &[],
+            values: vec![(":pk", AttributeValue::S(steps_pk(org, period)))],
+        })
+        .await?;
+    // Sorted by sort key, i.e. by step name, as SQLite's `ORDER BY step`.
+    items.iter().map(step_of).collect()
+}
+
+pub(super) async fn record_customer(
+    store: &DynamoStore,
+    org: &OrgId,
+    customer: &str,
+) -> Result<String, StoreError> {
+    check_value("customer", customer)?;
+    let record = item([
+        (PK, s(customer_pk(org))),
+        (SK, s(CUSTOMER_SK)),
+        ("customer", s(customer)),
+    ]);
+    if store.put_if_absent(record).await? {
+        return Ok(customer.to_owned());
+    }
+    get_customer(store, org).await?.ok_or_else(|| {
+        corrupt(format!(
+            "sync customer of {org} was refused as existing but cannot be read"
+        ))
+    })
+}
+
+pub(super) async fn get_customer(
+    store: &DynamoStore,
+    org: &OrgId,
+) -> Result<Option<String>, StoreError> {
+    store
+        .get(customer_pk(org), CUSTOMER_SK)
+        .await?
+        .as_ref()
+        .map(|it| get_s(it, "customer").map(str::to_owned))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_start_with_the_org() {
+        let org = OrgId::parse("org_acme").unwrap();
+        let oct = Month::parse("2026-10").unwrap();
+        assert_eq!(steps_pk(&org, oct), "ORG#org_acme#SYNC#2026-10");
+        assert_eq!(step_sk("item:3"), "STEP#item:3");
+        assert_eq!(customer_pk(&org), "ORG#org_acme");
+    }
+}

@@ -1,0 +1,382 @@
+//! Tally's Stripe adapter: [`StripeProvider`] implements core's
+//! [`InvoiceProvider`](tally_core::ports::InvoiceProvider) port against Stripe's API (or the
+//! test double in `tally-tests`, through [`StripeConfig::base_url`]).
+//!
+//! Requests are async-stripe 1.0's request types (`CreateCustomer`, `CreateInvoice`,
+//! `CreateInvoiceItem`, `FinalizeInvoiceInvoice`), so the form encoding is Stripe's own
+//! bindings'. The transport is this crate's: async-stripe's client retries by itself and
+//! drops the `Retry-After` header, while the sync must decide retries itself (with the same
+//! idempotency key) and honour `Retry-After`. Each request is sent once, with a timeout,
+//! and its failure sorted into [`ProviderError::Retryable`] (429, 5xx, timeouts, a
+//! connection lost before the answer) or [`ProviderError::Fatal`] (any other 4xx, with
+//! Stripe's message). Responses are read into the few fields Tally uses, so fields Stripe
+//! adds never break a sync.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
+use tally_core::ports::{
+    FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
+    ProviderError, ProviderId,
+};
+
+/// Stripe's API address.
+pub const STRIPE_API_BASE: &str = "https://api.stripe.com/";
+
+/// The Stripe API version the async-stripe request types were generated for, sent on every
+/// request so the account's default version cannot change the shapes under them.
+pub fn stripe_api_version() -> &'static str {
+    stripe_client_core::VERSION.as_str()
+}
+
+/// Longest answer body read; Stripe's objects for these calls are a few KB.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// How to reach Stripe.
+#[derive(Clone)]
+pub struct StripeConfig {
+    /// The secret key (`sk_test_…`, `sk_live_…`).
+    pub secret_key: String,
+    /// Where the API lives, ending in `/`: [`STRIPE_API_BASE`], or the test double's address.
+    pub base_url: String,
+    /// How long one request may take before it counts as a (retryable) timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret key.
+        f.debug_struct("StripeConfig")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can go wrong building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeConfigError {
+    /// The base URL is not an `http://` or `https://` URL ending in `/`.
+    #[error("base_url must be an http(s) URL ending in '/': {0:?}")]
+    BaseUrl(String),
+    /// The secret key is empty or holds characters a header cannot carry.
+    #[error("secret_key must be a non-empty printable ASCII string")]
+    SecretKey,
+}
+
+/// The Stripe adapter. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct StripeProvider {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    auth: HeaderValue,
+    base_url: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StripeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeProvider")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeProvider {
+    /// Builds the client (TLS with the webpki roots; plain HTTP allowed for a loopback double).
+    pub fn new(config: StripeConfig) -> Result<Self, StripeConfigError> {
+        let url = &config.base_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) || !url.ends_with('/') {
+            return Err(StripeConfigError::BaseUrl(url.clone()));
+        }
+        if config.secret_key.is_empty() {
+            return Err(StripeConfigError::SecretKey);
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.secret_key))
+            .map_err(|_| StripeConfigError::SecretKey)?;
+        auth.set_sensitive(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+            auth,
+            base_url: config.base_url,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Sends one request once and returns the answer's body, or the classified error.
+    async fn send(
+        &self,
+        req: RequestBuilder,
+        key: &IdempotencyKey,
+    ) -> Result<Bytes, ProviderError> {
+        let mut uri = format!("{}v1{}", self.base_url, req.path);
+        if let Some(q) = &req.query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        let method = match req.method {
+            StripeMethod::Get => Method::GET,
+            StripeMethod::Post => Method::POST,
+            StripeMethod::Delete => Method::DELETE,
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header("stripe-version", stripe_api_version())
+            .header("idempotency-key", key.as_str())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
+            .map_err(|e| ProviderError::Fatal {
+                status: 0,
+                message: format!("could not build the request to {uri}: {e}"),
+            })?;
+        let attempt = async {
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| ProviderError::Retryable {
+                        reason: format!("request failed: {e}"),
+                        retry_after: None,
+                    })?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| ProviderError::Retryable {
+                    reason: format!("answer lost ({status}): {e}"),
+                    retry_after: None,
+                })?
+                .to_bytes();
+            Ok((status, retry_after, body))
+        };
+        let (status, retry_after, body) = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| ProviderError::Retryable {
+                reason: format!("no answer within {:?}", self.timeout),
+                retry_after: None,
+            })??;
+        classify(status, retry_after, body)
+    }
+}
+
+/// Stripe's error body: `{"error": {"type": …, "message": …}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Bytes,
+) -> Result<Bytes, ProviderError> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .ok()
+        .map(|b| {
+            format!(
+                "{}{}",
+                b.error.kind.map(|k| format!("{k}: ")).unwrap_or_default(),
+                b.error.message.unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(ProviderError::Retryable {
+            reason: format!("{status}: {message}"),
+            retry_after,
+        })
+    } else {
+        Err(ProviderError::Fatal {
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+/// The fields of a Stripe object Tally reads.
+#[derive(Deserialize)]
+struct Object {
+    id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    total: Option<i64>,
+}
+
+fn object(body: &Bytes) -> Result<(ProviderId, Object), ProviderError> {
+    let obj: Object = serde_json::from_slice(body).map_err(|e| ProviderError::Retryable {
+        // A truncated or garbled answer: the same key replays the real one.
+        reason: format!("unreadable answer: {e}"),
+        retry_after: None,
+    })?;
+    let id = ProviderId::new(&obj.id).ok_or_else(|| ProviderError::Retryable {
+        reason: "answer without an id".to_owned(),
+        retry_after: None,
+    })?;
+    Ok((id, obj))
+}
+
+#[async_trait]
+impl InvoiceProvider for StripeProvider {
+    async fn create_customer(
+        &self,
+        customer: &NewCustomer,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError> {
+        let req = stripe_core::customer::CreateCustomer::new()
+            .name(customer.name.clone())
+            .metadata(HashMap::from([(
+                "tally_org".to_owned(),
+                customer.org.as_str().to_owned(),
+            )]));
+        let body = self.send(req.build(), key).await?;
+        Ok(object(&body)?.0)
+    }
+
+    async fn create_draft_invoice(
+        &self,
+        invoice: &NewInvoice,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError> {
+        use stripe_billing::invoice::{CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior};
+        let currency = invoice
+            .currency
+            .parse::<stripe_types::Currency>()
+            .unwrap_or(stripe_types::Currency::USD);
+        let req = CreateInvoice::new()
+            .customer(invoice.customer.as_str())
+            .currency(currency)
+            .auto_advance(false)
+            .collection_method(stripe_shared::InvoiceCollectionMethod::SendInvoice)
+            .days_until_due(30u32)
+            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude)
+            .description(invoice.description.clone())
+            // One entry: a HashMap of several would serialize in a different order on a
+            // retry, and the same idempotency key with different parameters is refused.
+            .metadata(HashMap::from([(
+                "tally_invoice".to_owned(),
+                format!("{}:{}", invoice.org.as_str(), invoice.period),
+            )]));
+        let body = self.send(req.build(), key).await?;
+        Ok(object(&body)?.0)
+    }
+
+    async fn add_invoice_item(
+        &self,
+        item: &NewInvoiceItem,
+        key: &IdempotencyKey,
+    ) -> Result<ProviderId, ProviderError> {
+        let currency = item
+            .currency
+            .parse::<stripe_types::Currency>()
+            .unwrap_or(stripe_types::Currency::USD);
+        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
+            .customer(item.customer.as_str())
+            .invoice(item.invoice.as_str())
+            .amount(item.amount_minor)
+            .currency(currency)
+            .description(item.description.clone());
+        let body = self.send(req.build(), key).await?;
+        Ok(object(&body)?.0)
+    }
+
+    async fn finalize_invoice(
+        &self,
+        invoice: &ProviderId,
+        key: &IdempotencyKey,
+    ) -> Result<FinalizedInvoice, ProviderError> {
+        let req = stripe_billing::invoice::FinalizeInvoiceInvoice::new(invoice.as_str())
+            .auto_advance(false);
+        let body = self.send(req.build(), key).await?;
+        let (id, obj) = object(&body)?;
+        Ok(FinalizedInvoice {
+            id,
+            status: obj.status.unwrap_or_default(),
+            total_minor: obj.total.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_into_retryable_and_fatal() {
+        let body = |m: &str| Bytes::from(format!(r#"{{"error":{{"type":"t","message":"{m}"}}}}"#));
+        let secs = Some(Duration::from_secs(3));
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, secs, body("slow down")),
+            Err(ProviderError::Retryable {
+                reason: "429 Too Many Requests: t: slow down".into(),
+                retry_after: secs
+            })
+        );
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, None, Bytes::from("<html>")),
+            Err(ProviderError::Retryable { .. })
+        ));
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, None, body("No such customer")),
+            Err(ProviderError::Fatal {
+                status: 400,
+                message: "t: No such customer".into()
+            })
+        );
+        assert_eq!(
+            classify(StatusCode::OK, None, Bytes::from("{}")).unwrap(),
+            Bytes::from("{}")
+        );
+    }
+
+    #[test]
+    fn config_is_checked_and_the_key_never_printed() {
+        let config = |url: &str, key: &str| StripeConfig {
+            secret_key: key.into(),
+            base_url: url.into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(StripeProvider::new(config("ftp://x/", "sk_test_1")).is_err());
+        assert!(StripeProvider::new(config("https://x", "sk_test_1")).is_err());
+        assert!(StripeProvider::new(config(STRIPE_API_BASE, "")).is_err());
+        assert!(StripeProvider::new(config(STRIPE_API_BASE, "sk\ntest")).is_err());
+        let p = StripeProvider::new(config(STRIPE_API_BASE, "sk_test_secret")).unwrap();
+        assert!(
+            !format!("{p:?}{:?}", config(STRIPE_API_BASE, "sk_test_secret")).contains("secret")
+        );
+    }
+}

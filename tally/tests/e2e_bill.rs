@@ -1,0 +1,284 @@
+//! End-to-end tests of `tally bill` (and the `tally serve` billing scheduler) on the embedded
+//! default, driven through the real binary. Time is pinned with the hidden `TALLY_NOW`
+//! (the process clock starts at that instant), so the tests bill February 2026 whatever
+//! today is.
+//!
+//! The tenant is on the built-in pro plan: $99.00 a month, 10,000 compute minutes
+//! included, then $0.10 a minute, 20 % off usage.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Map, Value, json};
+use tally_core::ports::{EventQueue, ReportStore};
+use tally_core::{Aggregation, Event, EventId, MeterName, Month, OrgId, ProjectId, Quantity};
+
+const IN_GRACE: &str = "2026-03-01T00:30:00Z";
+const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
+const APRIL: &str = "2026-04-01T02:00:00Z";
+
+fn now(t: &str) -> [(&str, &str); 1] {
+    [("TALLY_NOW", t)]
+}
+
+fn ev(id: &str, project: &str, minutes: &str, at: &str) -> Value {
+    json!({"id": id, "project_id": project, "meter": "compute_minutes", "quantity": minutes, "timestamp": at})
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    events: Vec<Value>,
+) -> Value {
+    let r = client
+        .post(server.url("/v1/events"))
+        .bearer_auth(key)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+/// Waits until the org's compute minutes of `month` (`YYYY-MM`) read `want`.
+async fn wait_for_month(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    month: &str,
+    want: &str,
+) {
+    let m = Month::parse(month).unwrap();
+    let query = format!(
+        "meter=compute_minutes&granularity=month&from={}&to={}",
+        m.start().format("%Y-%m-%d"),
+        m.end().format("%Y-%m-%d")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = usage(client, server, key, &query).await;
+        if got.first().map(|(_, v)| v.as_str()) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{month} never reached {want}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn failure(env: &Env, args: &[&str], at: &str) -> String {
+    let out = env.cli_raw_env(args, &now(at));
+    assert!(!out.status.success(), "tally {args:?} should have failed");
+    assert!(out.stdout.is_empty(), "nothing on stdout when refusing");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    err
+}
+
+fn line<'a>(report: &'a Value, meter: &str) -> &'a Value {
+    report["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == meter)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_late_usage() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "acme");
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    let client = reqwest::Client::new();
+
+    // February's usage: 10,500 minutes over two projects.
+    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(IN_GRACE)).await;
+    let out = post_json(
+        &client,
+        &server,
+        &tenant.key,
+        vec![
+            ev("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
+            ev("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
+        ],
+    )
+    .await;
+    assert_eq!(out["accepted"], 2, "{out}");
+    wait_for_month(&client, &server, &tenant.key, "2026-02", "10500").await;
+    drop(server);
+
+    // Refusals: the current month, a later one, an ended month inside its grace period.
+    let bill = ["bill", "--period", "2026-02"];
+    let err = failure(&env, &["bill", "--period", "2026-03"], IN_GRACE);
+    assert!(err.contains("2026-03 has not ended"), "{err}");
+    let err = failure(&env, &["bill", "--period", "2026-07"], IN_GRACE);
+    assert!(err.contains("has not ended"), "{err}");
+    let err = failure(&env, &bill, IN_GRACE);
+    assert!(err.contains("grace period"), "{err}");
+    assert!(err.contains("2026-03-01T01:00:00Z"), "{err}");
+    let err = failure(&env, &["bill", "--period", "Feb"], AFTER_GRACE);
+    assert!(err.contains("--period"), "{err}");
+    // A shorter grace period lets it through, as a dry run here.
+    let dry = env.cli_env(
+        &[
+            "bill",
+            "--period",
+            "2026-02",
+            "--grace-period",
+            "10m",
+            "--dry-run",
+        ],
+        &now(IN_GRACE),
+    );
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["stored_now"], 0);
+
+    // The run: closes February and stores the report, in the contract's shape.
+    let first = env.cli_env(&bill, &now(AFTER_GRACE));
+    assert_eq!(first["stored_now"], 1);
+    let reports = first["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r["org_id"], tenant.org);
+    assert_eq!(r["period"], "2026-02");
+    assert_eq!(r["plan"], "pro");
+    assert_eq!(r["currency"], "usd");
+    let cm = line(r, "compute_minutes");
+    assert_eq!(cm["quantity"], "10500");
+    assert_eq!(cm["included"], "10000");
+    assert_eq!(cm["billable"], "500");
+    assert_eq!(cm["unit_price"], "0.10");
+    // 500 × $0.10 = $50.00, 20 % off: $40.00.
+    assert_eq!(cm["amount"], "40.00");
+    assert!(cm["tiers"].is_array());
+    for meter in ["api_calls", "storage_bytes", "bandwidth_bytes"] {
+        assert_eq!(line(r, meter)["amount"], "0.00", "{meter}");
+    }
+    assert_eq!(r["subtotal"], "149.00");
+    assert_eq!(r["discount"], "10.00");
+    assert_eq!(r["total"], "139.00");
+    // $40.00 split 6,000 : 4,500 between the projects, to the cent.
+    let projects = r["projects"].as_array().unwrap();
+    assert_eq!(projects.len(), 2);
+    let share = |p: &str| {
+        projects.iter().find(|a| a["project_id"] == p).unwrap()["amount"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(share(p0), "22.86");
+    assert_eq!(share(p1), "17.14");
+    // The dry run showed what was stored.
+    assert_eq!(dry["reports"], first["reports"]);
+
+    // Twice: the same reports, nothing stored; a dry run and a one-org run agree.
+    let again = env.cli_env(&bill, &now(AFTER_GRACE));
+    assert_eq!(again["stored_now"], 0);
+    assert_eq!(again["reports"], first["reports"]);
+    let one = env.cli_env(
+        &["bill", "--period", "2026-02", "--org", &tenant.org],
+        &now(AFTER_GRACE),
+    );
+    assert_eq!(one["reports"], first["reports"]);
+
+    // The period is closed: ingest refuses February, takes March.
+    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(AFTER_GRACE)).await;
+    let out = post_json(
+        &client,
+        &server,
+        &tenant.key,
+        vec![
+            ev("feb-late", p0, "1", "2026-02-27T00:00:00Z"),
+            ev("mar-1", p0, "1", "2026-03-01T01:30:00Z"),
+        ],
+    )
+    .await;
+    assert_eq!(out["accepted"], 1, "{out}");
+    assert_eq!(
+        out["rejected"][0]["error"]["code"], "period_closed",
+        "{out}"
+    );
+    assert_eq!(out["rejected"][0]["error"]["field"], "timestamp", "{out}");
+    drop(server);
+
+    // An event ingest accepted before the close, still on the queue when February was
+    // billed: the aggregator applies it when the server next runs.
+    let queue = tally_store::LocalQueue::open(&env.data().join("queue.db")).unwrap();
+    let in_flight = Event {
+        org_id: OrgId::parse(&tenant.org).unwrap(),
+        id: EventId::parse("feb-in-flight").unwrap(),
+        project_id: ProjectId::parse(p1).unwrap(),
+        meter: MeterName::parse("compute_minutes").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::parse("100").unwrap(),
+        timestamp: "2026-02-28T23:59:00Z".parse().unwrap(),
+        properties: Map::new(),
+    };
+    assert!(queue.publish(&[in_flight]).await.unwrap().failed.is_empty());
+    drop(queue);
+    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(AFTER_GRACE)).await;
+    wait_for_month(&client, &server, &tenant.key, "2026-02", "10600").await;
+    wait_for_month(&client, &server, &tenant.key, "2026-03", "1").await;
+    drop(server);
+
+    // February's report does not change...
+    let still = env.cli_env(&bill, &now(APRIL));
+    assert_eq!(still["reports"], first["reports"]);
+    // ...the 100 late minutes are an adjustment on March's report.
+    let march = env.cli_env(&["bill", "--period", "2026-03"], &now(APRIL));
+    let m = &march["reports"][0];
+    assert_eq!(m["period"], "2026-03");
+    let adjustments = m["adjustments"].as_array().unwrap();
+    assert_eq!(adjustments.len(), 1, "{m}");
+    let a = &adjustments[0];
+    assert_eq!(a["period"], "2026-02");
+    assert_eq!(a["meter"], "compute_minutes");
+    assert_eq!(a["invoiced_quantity"], "10500");
+    assert_eq!(a["corrected_quantity"], "10600");
+    // 100 × $0.10 = $10.00 list, 20 % off: $8.00 added.
+    assert_eq!(a["list_amount"], "10.00");
+    assert_eq!(a["amount"], "8.00");
+    assert_eq!(line(m, "compute_minutes")["quantity"], "1");
+    assert_eq!(m["total"], "107.00");
+    // And a rerun of March keeps it exactly once.
+    let march_again = env.cli_env(&["bill", "--period", "2026-03"], &now(APRIL));
+    assert_eq!(march_again["reports"], march["reports"]);
+    assert_eq!(march_again["stored_now"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_scheduler_bills_the_ended_month_with_the_same_code() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "sched");
+    let org = OrgId::parse(&tenant.org).unwrap();
+    let feb = Month::parse("2026-02").unwrap();
+    // The scheduler checks at start: February is past its grace period at AFTER_GRACE.
+    let server = Server::start_with(&env, &[], &now(AFTER_GRACE)).await;
+    let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        if let Some(r) = store.get_report(&org, feb).await.unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler never stored February"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(server);
+    // `tally bill` finds the scheduler's report and prints it unchanged.
+    let out = env.cli_env(&["bill", "--period", "2026-02"], &now(AFTER_GRACE));
+    assert_eq!(out["stored_now"], 0);
+    let body: Value = serde_json::from_str(&stored.body).unwrap();
+    assert_eq!(out["reports"][0], body);
+    assert_eq!(body["total"], "99.00");
+}

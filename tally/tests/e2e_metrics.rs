@@ -1,0 +1,58 @@
+//! `GET /metrics` of `tally serve`: the process's `metrics` in Prometheus text format, with
+//! what ingest and the aggregator recorded for the requests just served.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "metered");
+    let mut server = Server::start(&env).await;
+    let client = reqwest::Client::new();
+    let batch: Vec<_> = events(&tenant, "m", 3).iter().map(Ev::json).collect();
+    let r = client
+        .post(server.url("/v1/events"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({ "events": batch }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let r = client.get(server.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        // One queue message (the request's three events) applied in one batch of three.
+        if text.contains("tally_aggregator_records_total{outcome=\"applied\"} 1") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the aggregator's counts never showed up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.lines().any(|l| l == "tally_events_accepted_total 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE tally_events_accepted_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "tally_batch_size_sum 3"),
+        "{text}"
+    );
+    assert!(text.contains("tally_apply_seconds_count"), "{text}");
+    server.terminate();
+}

@@ -1,0 +1,318 @@
+//! The Stripe invoice sync (`tally_billing::sync`) through the real adapter
+//! (`tally-stripe`) against the Stripe double, with the SQLite sync ledger: the happy path,
+//! each fault kind on its own, a refused request, and the chaos test (50 orgs, every fault
+//! kind at random, rerun until done: each org ends with exactly one finalized invoice whose
+//! items equal its report to the cent). Plus the opt-in run against Stripe's test mode.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_billing::{InvoiceSync, RetryPolicy, SyncOutcome, idempotency_key, planned_items};
+use tally_core::OrgId;
+use tally_core::ports::{InvoiceProvider, NewCustomer, ProviderError, SyncLedger};
+use tally_store::SqliteStore;
+use tally_stripe::{StripeConfig, StripeProvider};
+use tally_tests::stripe_double::{Fault, StripeDouble};
+use tally_tests::stripe_sync::{
+    RecordingSleeper, assert_invoiced, chaos, invoices_of, period, provider, report,
+};
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("tally.db")).unwrap();
+    (dir, store)
+}
+
+fn sync<'a>(
+    provider: &'a StripeProvider,
+    ledger: &'a SqliteStore,
+    sleeper: &'a RecordingSleeper,
+    max_attempts: u32,
+) -> InvoiceSync<'a> {
+    InvoiceSync {
+        provider,
+        ledger,
+        sleeper,
+        policy: RetryPolicy {
+            max_attempts,
+            ..RetryPolicy::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_report_syncs_to_one_finalized_invoice_and_a_rerun_changes_nothing() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(0);
+    assert!(planned_items(&report).unwrap().len() >= 3, "{report:#?}");
+
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 0")
+        .await
+        .unwrap();
+    let SyncOutcome::Finalized(f) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(Some(f.total_minor), report.total.to_minor_units());
+    assert_eq!(f.status, "open");
+    assert_invoiced(&double, &report);
+    assert_eq!(double.customer_count(), 1);
+
+    // The ledger holds every step; a rerun answers from it without calling Stripe.
+    let steps = ledger.list_steps(&report.org_id, period()).await.unwrap();
+    let names: Vec<_> = steps.iter().map(|s| s.step.as_str()).collect();
+    assert!(
+        names.contains(&"invoice") && names.contains(&"finalize"),
+        "{names:?}"
+    );
+    let (requests, _) = double.stats();
+    let again = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 0")
+        .await
+        .unwrap();
+    assert_eq!(again, SyncOutcome::Finalized(f));
+    assert_eq!(double.stats().0, requests);
+    assert_invoiced(&double, &report);
+}
+
+#[tokio::test]
+async fn each_fault_kind_is_retried_with_the_same_key_and_retry_after_is_honoured() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(2);
+    // customer: lost answer; invoice: 429 Retry-After 2, then a hang; items: a 500.
+    double.push_fault(Fault::LostResponse);
+    double.push_fault(Fault::RateLimited {
+        retry_after_secs: 2,
+    });
+    double.push_fault(Fault::Hang(Duration::from_secs(2)));
+    double.push_fault(Fault::ServerError);
+    let out = sync(&p, &ledger, &sleeper, 5)
+        .sync_report(&report, "Chaos 2")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_invoiced(&double, &report);
+    assert_eq!(
+        double.customer_count(),
+        1,
+        "the lost answer was replayed, not redone"
+    );
+    let waits = sleeper.0.lock().unwrap().clone();
+    assert!(waits.contains(&Duration::from_secs(2)), "{waits:?}");
+}
+
+#[tokio::test]
+async fn retries_running_out_leave_the_org_pending_and_a_rerun_resumes() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(5);
+    let items = planned_items(&report).unwrap().len();
+    // customer and invoice go through, the first item is lost twice.
+    double.push_fault(Fault::LostResponse); // customer, applied
+    double.push_fault(Fault::ServerError); // customer retry fails, attempts used up
+    let out = sync(&p, &ledger, &sleeper, 2)
+        .sync_report(&report, "Chaos 5")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, SyncOutcome::Pending { ref step, .. } if step == "customer"),
+        "{out:?}"
+    );
+    assert_eq!(invoices_of(&double, &report.org_id).len(), 0);
+    let out = sync(&p, &ledger, &sleeper, 2)
+        .sync_report(&report, "Chaos 5")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_invoiced(&double, &report);
+    assert_eq!(double.customer_count(), 1);
+    assert_eq!(invoices_of(&double, &report.org_id)[0].items.len(), items);
+}
+
+#[tokio::test]
+async fn a_refused_request_stops_the_org_and_is_recorded_with_stripes_message() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(4);
+    // A customer Stripe does not know (deleted there, say): creating the invoice is a 400.
+    ledger
+        .record_customer(&report.org_id, "cus_gone")
+        .await
+        .unwrap();
+    let out = sync(&p, &ledger, &sleeper, 5)
+        .sync_report(&report, "Chaos 4")
+        .await
+        .unwrap();
+    let SyncOutcome::Failed { step, message } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(step, "invoice");
+    assert!(
+        message.contains("No such customer: 'cus_gone'"),
+        "{message}"
+    );
+    let recorded = ledger
+        .get_step(&report.org_id, period(), "error:invoice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(recorded.contains("No such customer"), "{recorded}");
+    assert!(
+        sleeper.0.lock().unwrap().is_empty(),
+        "fatal errors are not retried"
+    );
+    assert_eq!(double.invoices().len(), 0);
+}
+
+#[tokio::test]
+async fn a_key_reused_with_a_different_request_is_an_idempotency_error() {
+    let double = StripeDouble::start().await.unwrap();
+    let p = provider(&double);
+    let org = OrgId::parse("org_idem").unwrap();
+    let key = idempotency_key(&org, period(), "customer");
+    let first = NewCustomer {
+        org: org.clone(),
+        name: "Idem".to_owned(),
+    };
+    let a = p.create_customer(&first, &key).await.unwrap();
+    let b = p.create_customer(&first, &key).await.unwrap();
+    assert_eq!(a, b, "same key, same body: the first answer again");
+    let other = NewCustomer {
+        name: "Other".to_owned(),
+        ..first
+    };
+    let err = p.create_customer(&other, &key).await.unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::Fatal { status: 400, message } if message.starts_with("idempotency_error")),
+        "{err:?}"
+    );
+    assert_eq!(double.customer_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_fifty_orgs_each_get_exactly_one_invoice_equal_to_the_report_on_sqlite() {
+    let (_dir, ledger) = store();
+    chaos(Arc::new(ledger), 50, 7).await;
+}
+
+/// The same scenario against Stripe's real test mode; opt-in.
+#[tokio::test]
+async fn real_stripe_test_mode_when_a_key_is_set() {
+    let Ok(secret) = std::env::var("STRIPE_TEST_SECRET_KEY") else {
+        println!("SKIPPED: real Stripe test mode (set STRIPE_TEST_SECRET_KEY=sk_test_… to run it)");
+        return;
+    };
+    assert!(
+        secret.starts_with("sk_test_"),
+        "only a test-mode key, never a live one"
+    );
+    let p = StripeProvider::new(StripeConfig {
+        secret_key: secret,
+        base_url: tally_stripe::STRIPE_API_BASE.to_owned(),
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap();
+    let (_dir, ledger) = store();
+    let sleeper = RecordingSleeper::default();
+    // A fresh org id per run: Stripe keeps idempotency keys for a day.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut report = report(1);
+    report.org_id = OrgId::parse(&format!("org_stripetest{nonce}")).unwrap();
+    let run = || async {
+        InvoiceSync {
+            provider: &p,
+            ledger: &ledger,
+            sleeper: &sleeper,
+            policy: RetryPolicy::default(),
+        }
+        .sync_report(&report, "Tally test")
+        .await
+        .unwrap()
+    };
+    let first = run().await;
+    let SyncOutcome::Finalized(f) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(Some(f.total_minor), report.total.to_minor_units());
+    assert_eq!(run().await, first, "a rerun resumes from the ledger");
+}
+
+/// A signed `invoice.paid` for a synced invoice is recorded on its org's period once; a bad
+/// signature records nothing.
+#[tokio::test]
+async fn a_signed_invoice_paid_webhook_is_recorded_in_the_ledger() {
+    use tally_billing::webhook::{WebhookOutcome, record_invoice_event, sign};
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(0);
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 0")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    let inv = &invoices_of(&double, &report.org_id)[0];
+    let body = serde_json::json!({
+        "id": "evt_1",
+        "type": "invoice.paid",
+        "data": {"object": {"id": inv.id, "object": "invoice", "metadata": inv.metadata}},
+    })
+    .to_string();
+    let now = chrono::Utc::now();
+    let secret = "whsec_test";
+
+    let forged = sign("whsec_other", now.timestamp(), body.as_bytes());
+    assert!(
+        record_invoice_event(&ledger, secret, &forged, body.as_bytes(), now)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        ledger
+            .get_step(&report.org_id, period(), "webhook:invoice.paid")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let header = sign(secret, now.timestamp(), body.as_bytes());
+    for _ in 0..2 {
+        // Stripe delivers at least once: the second delivery changes nothing.
+        let got = record_invoice_event(&ledger, secret, &header, body.as_bytes(), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            WebhookOutcome::Recorded {
+                org: report.org_id.clone(),
+                period: period(),
+                kind: "invoice.paid".to_owned(),
+                invoice: inv.id.clone(),
+            }
+        );
+    }
+    assert_eq!(
+        ledger
+            .get_step(&report.org_id, period(), "webhook:invoice.paid")
+            .await
+            .unwrap(),
+        Some(inv.id.clone())
+    );
+}
