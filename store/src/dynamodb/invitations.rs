@@ -19,8 +19,10 @@ use super::apply::put_if_absent;
 use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
 };
-use super::keys::{self, GSI1PK, GSI1SK, PK, SK, TTL, USER_SK};
-use super::tenants::{failed, must_exist, org_must_be_live, owner_conflict, tx_update};
+use super::keys::{self, PK, SK, TTL, USER_SK};
+use super::tenants::{
+    failed, membership_put, must_exist, org_must_be_live, owner_conflict, tx_update,
+};
 use super::{DynamoStore, QuerySpec};
 
 /// Sort key of an invitation item.
@@ -256,18 +258,7 @@ pub(super) async fn accept_invitation(
         )?,
         org_must_be_live(table, &m.org_id)?,
         must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::org_pk(&m.org_id))),
-                (SK, s(keys::member_sk(&m.user_id))),
-                ("user_id", s(m.user_id.as_str())),
-                ("role", s(m.role.as_str())),
-                ("created_at", s(ts_text(m.created_at))),
-                (GSI1PK, s(keys::user_pk(&m.user_id))),
-                (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
-            ]),
-        )?,
+        membership_put(table, &m)?,
     ];
     match store.transact_tenant(actions).await? {
         Ok(()) => Ok(m),

@@ -961,6 +961,22 @@ pub(super) fn owner_conflict() -> StoreError {
     }
 }
 
+/// The put of a new membership item (under `attribute_not_exists`), indexed under its user.
+pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWriteItem, StoreError> {
+    put_if_absent(
+        table,
+        item([
+            (PK, s(keys::org_pk(&m.org_id))),
+            (SK, s(keys::member_sk(&m.user_id))),
+            ("user_id", s(m.user_id.as_str())),
+            ("role", s(m.role.as_str())),
+            ("created_at", s(ts_text(m.created_at))),
+            (GSI1PK, s(keys::user_pk(&m.user_id))),
+            (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
+        ]),
+    )
+}
+
 /// Membership put under `attribute_not_exists`, with checks that the org and the user
 /// exist, in one transaction.
 pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<(), StoreError> {
@@ -971,18 +987,7 @@ pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<()
     let actions = vec![
         org_must_be_live(table, &m.org_id)?,
         must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::org_pk(&m.org_id))),
-                (SK, s(keys::member_sk(&m.user_id))),
-                ("user_id", s(m.user_id.as_str())),
-                ("role", s(m.role.as_str())),
-                ("created_at", s(ts_text(m.created_at))),
-                (GSI1PK, s(keys::user_pk(&m.user_id))),
-                (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
-            ]),
-        )?,
+        membership_put(table, m)?,
     ];
     match store.transact_tenant(actions).await? {
         Ok(()) => Ok(()),
