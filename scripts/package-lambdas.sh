@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 CARGO_LAMBDA_VERSION=1.9.2
 TOOLS=.cache/tools-venv
-BINARIES=(tally-ingest-lambda tally-api-lambda tally-aggregator-lambda tally-billing-lambda)
+BINARIES=(tally-ingest-lambda tally-api-lambda tally-aggregator-lambda tally-billing-lambda tally-stripe-webhook-lambda)
 
 arch=--arm64
 zip=false

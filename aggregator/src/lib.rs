@@ -33,7 +33,9 @@
 //!   `PutItem` (1 unit), not inside a transaction (2 units). Exactly-once for the counters
 //!   then comes from a per-batch *intent* (the batch's counter writes, one item) applied in
 //!   transactions guarded by per-chunk markers, so a crash anywhere is finished by whoever
-//!   meets the batch next and nothing is applied twice.
+//!   meets the batch next and nothing is applied twice. `max` and `latest` are idempotent,
+//!   so they stay out of the transactions: a plain conditional write each (1 unit), and
+//!   none at all for a value the process already knows cannot beat the stored one.
 //! - **What is derived at read time.** Only one counter item per (project, meter, day) is
 //!   written, with an attribute per hour. Day and month totals, and org-wide totals across
 //!   projects, are sums (or max / latest) of those attributes, computed when a dashboard or
@@ -42,7 +44,9 @@
 //! - **How much a batch collapses.** All events of a batch that fall in the same
 //!   (project, meter, day) become one `ADD` of one item, whatever their hours. On a Zipf
 //!   workload the busy orgs collapse hard; the long tail does not, and costs ledger (1) +
-//!   cell (2, transactional) + its share of the intent (~0.1).
+//!   cell (2, transactional) + its share of the intent (~0.02: intents are deflated).
+//!
+//! Measured on workload W: 1.97 write units per event against the baseline's 6.
 //!
 //! `bench/src/bin/write_cost.rs` measures the mix on workload W against the emulator beside
 //! the naive baseline; `bench/RESULTS.md` has the figures.

@@ -25,10 +25,15 @@
 //!   steps (customer, draft invoice, one item per entry, finalize) with idempotency keys
 //!   from (org, period, step), results in the [`tally_core::ports::SyncLedger`], through the
 //!   [`tally_core::ports::InvoiceProvider`] port (`tally-stripe` is the adapter).
+//! - [`period_sync`]: [`sync_period`], the sync of every report of a billed period, which
+//!   `tally bill`, the `tally serve` scheduler and the billing Lambda all call.
 //! - [`webhook`]: `invoice.paid` / `invoice.payment_failed`, signature checked, recorded in
-//!   the sync ledger.
+//!   the sync ledger; [`webhook::router`] is its HTTP route (`POST /v1/stripe/webhook`) for
+//!   `tally serve` and the webhook Lambda.
 //!
-//! What comes later: plan-limit alerts.
+//! - [`alerts`]: plan-limit alerts at 80 % and 100 % of each allowance, claimed once per
+//!   threshold and month in the [`tally_core::ports::AlertLedger`] outbox and sent through
+//!   the [`alerts::AlertSender`] port (`tally-notify` is the signed-webhook adapter).
 //!
 //! Money rules, from the design: amounts stay exact through every step; a percentage
 //! discount applies to the exact usage amount, never to the flat fee; each invoice line is
@@ -58,10 +63,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod alerts;
 pub mod allocate;
 pub mod catalogue;
 pub mod close;
 pub mod error;
+pub mod period_sync;
 pub mod pricing;
 pub mod report;
 pub mod sync;
@@ -72,6 +79,7 @@ pub use close::{
     CloseError, CloseOutcome, ClosePorts, CloseRequest, NoProgress, OrgError, Progress, close_month,
 };
 pub use error::{CatalogueError, PricingError, Problem};
+pub use period_sync::{OrgSync, PeriodSync, PeriodSyncOptions, PeriodSyncPorts, sync_period};
 pub use pricing::{PriceError, Pricing, Tier, TierCharge};
 pub use report::{
     AdjustmentLine, MonthUsage, ProjectAllocation, ProjectLine, ReportLine, UsageReport,

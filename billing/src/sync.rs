@@ -8,6 +8,15 @@
 //! a month later skips what is done and never creates a second invoice or item (provider
 //! idempotency keys expire after a day; the ledger does not).
 //!
+//! The ledger write follows the provider's answer, so an answer lost after the provider
+//! applied the write leaves the ledger without the step. Within a day the same key replays
+//! the answer; after that it would create the object again. So before creating a draft
+//! invoice or an item that the ledger does not hold, the sync asks the provider for one it
+//! made earlier: the customer's invoice whose metadata `tally_invoice` is `<org>:<period>`
+//! ([`InvoiceProvider::find_invoice`], a paginated list, not Stripe's search, which lags),
+//! and the invoice's items whose metadata `tally_step` names the step
+//! ([`InvoiceProvider::list_invoice_items`]); it adopts what it finds.
+//!
 //! Errors: a [`ProviderError::Retryable`] is retried here with the same key, waiting the
 //! provider's `Retry-After` (or an exponential backoff) through a [`Sleeper`]; when the
 //! attempts run out the org is left [`SyncOutcome::Pending`] and a rerun resumes it. A
@@ -16,6 +25,7 @@
 //!
 //! No I/O happens here: the provider, the ledger and the sleeper are ports.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -235,32 +245,53 @@ impl InvoiceSync<'_> {
         let invoice = match self.ledger.get_step(org, period, "invoice").await? {
             Some(i) => id("invoice", i)?,
             None => {
-                let new = NewInvoice {
-                    customer: customer.clone(),
-                    org: org.clone(),
-                    period,
-                    currency: report.currency.clone(),
-                    description: format!("Tally usage for {period}"),
-                };
-                let key = idempotency_key(org, period, "invoice");
-                match self
+                // Adopt an invoice an earlier run created but never recorded.
+                let found = match self
                     .call(org, period, "invoice", || {
-                        self.provider.create_draft_invoice(&new, &key)
+                        self.provider.find_invoice(&customer, org, period)
                     })
                     .await?
                 {
-                    Step::Done(i) => id(
+                    Step::Done(found) => found,
+                    Step::Stop(o) => return Ok(o),
+                };
+                if let Some(i) = found {
+                    id(
                         "invoice",
                         self.ledger
                             .record_step(org, period, "invoice", i.as_str())
                             .await?,
-                    )?,
-                    Step::Stop(o) => return Ok(o),
+                    )?
+                } else {
+                    let new = NewInvoice {
+                        customer: customer.clone(),
+                        org: org.clone(),
+                        period,
+                        currency: report.currency.clone(),
+                        description: format!("Tally usage for {period}"),
+                    };
+                    let key = idempotency_key(org, period, "invoice");
+                    match self
+                        .call(org, period, "invoice", || {
+                            self.provider.create_draft_invoice(&new, &key)
+                        })
+                        .await?
+                    {
+                        Step::Done(i) => id(
+                            "invoice",
+                            self.ledger
+                                .record_step(org, period, "invoice", i.as_str())
+                                .await?,
+                        )?,
+                        Step::Stop(o) => return Ok(o),
+                    }
                 }
             }
         };
 
-        // 3. One item per report entry.
+        // 3. One item per report entry. The invoice's existing items are listed once, the
+        // first time an item is missing from the ledger, to adopt any created unrecorded.
+        let mut existing: Option<HashMap<String, ProviderId>> = None;
         for item in &items {
             if self
                 .ledger
@@ -270,12 +301,36 @@ impl InvoiceSync<'_> {
             {
                 continue;
             }
+            if existing.is_none() {
+                match self
+                    .call(org, period, &item.step, || {
+                        self.provider.list_invoice_items(&invoice)
+                    })
+                    .await?
+                {
+                    Step::Done(list) => {
+                        existing = Some(
+                            list.into_iter()
+                                .filter_map(|(id, step)| step.map(|s| (s, id)))
+                                .collect(),
+                        );
+                    }
+                    Step::Stop(o) => return Ok(o),
+                }
+            }
+            if let Some(found) = existing.as_ref().and_then(|e| e.get(&item.step)) {
+                self.ledger
+                    .record_step(org, period, &item.step, found.as_str())
+                    .await?;
+                continue;
+            }
             let new = NewInvoiceItem {
                 customer: customer.clone(),
                 invoice: invoice.clone(),
                 amount_minor: item.amount_minor,
                 currency: report.currency.clone(),
                 description: item.description.clone(),
+                step: item.step.clone(),
             };
             let key = idempotency_key(org, period, &item.step);
             match self

@@ -11,13 +11,32 @@
 //! [`record_invoice_event`] finds the org and period from the invoice's
 //! `metadata[tally_invoice]` (`<org>:<YYYY-MM>`, set by the adapter when it created the
 //! invoice) and records the event as ledger step `webhook:<event type>` with the invoice id,
-//! first write wins (Stripe delivers at least once). No I/O happens here: the HTTP route
+//! first write wins (Stripe delivers at least once). No I/O happens there: the HTTP route
 //! hands in the header, the raw body and the time.
+//!
+//! [`router`] is that HTTP route, `POST /v1/stripe/webhook`, as one axum `Router` that
+//! `tally serve` merges into its app and the webhook Lambda serves on `lambda_http`. It
+//! answers `200` for a recorded event and for one it ignores (other event types, invoices
+//! Tally did not create: Stripe stops resending), `400` for a bad signature (missing,
+//! malformed, stale beyond [`DEFAULT_TOLERANCE_SECS`], or not matching) or a bad body,
+//! `413` for a body over [`MAX_WEBHOOK_BODY_BYTES`], and `503` when the ledger fails (Stripe
+//! delivers again) or no signing secret is configured (so a misconfigured deployment is
+//! loud rather than silently dropping events). Errors use Tally's
+//! `{"error": {"code", "message", "field"}}` shape.
 
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tally_core::ports::{StoreError, SyncLedger};
+use tally_core::ports::{Clock, StoreError, SyncLedger};
 use tally_core::{Month, OrgId};
 
 /// How far a signature's timestamp may be from now (Stripe's libraries use 5 minutes).
@@ -188,6 +207,131 @@ pub async fn record_invoice_event(
         kind: event.kind,
         invoice,
     })
+}
+
+/// The route's path.
+pub const WEBHOOK_PATH: &str = "/v1/stripe/webhook";
+
+/// What the webhook route needs.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Where events are recorded.
+    pub ledger: Arc<dyn SyncLedger>,
+    /// The endpoint's signing secret (`whsec_…`); `None` answers every request `503`.
+    pub secret: Option<Arc<str>>,
+    /// Now, for the signature's tolerance.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for WebhookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("WebhookState")
+            .field("configured", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/stripe/webhook` (see the [module doc](self)).
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(handle))
+        // The body is read with its own limit below, which answers in Tally's error shape.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
+    let mut error = serde_json::json!({"code": code, "message": message});
+    if let Some(field) = field {
+        error["field"] = field.into();
+    }
+    (status, Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+fn too_large() -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!("the body exceeds {MAX_WEBHOOK_BODY_BYTES} bytes"),
+        Some("body"),
+    )
+}
+
+async fn handle(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(secret) = state.secret.as_deref() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stripe_webhook_not_configured",
+            "Stripe webhooks are not configured here: set TALLY_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...)",
+            None,
+        );
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY_BYTES as u64) {
+        return too_large();
+    }
+    // The only way reading a body under a limit fails on a healthy connection is the limit.
+    let Ok(body) = axum::body::to_bytes(body, MAX_WEBHOOK_BODY_BYTES).await else {
+        return too_large();
+    };
+    let Some(signature) = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_signature",
+            "the Stripe-Signature header is missing",
+            Some("Stripe-Signature"),
+        );
+    };
+    match record_invoice_event(
+        state.ledger.as_ref(),
+        secret,
+        signature,
+        &body,
+        state.clock.now(),
+    )
+    .await
+    {
+        Ok(WebhookOutcome::Recorded {
+            org,
+            period,
+            kind,
+            invoice,
+        }) => Json(serde_json::json!({
+            "received": true,
+            "recorded": {"org_id": org.as_str(), "period": period.to_string(), "type": kind, "invoice": invoice},
+        }))
+        .into_response(),
+        Ok(WebhookOutcome::Ignored) => {
+            Json(serde_json::json!({"received": true, "ignored": true})).into_response()
+        }
+        Err(e @ WebhookError::Signature(_)) => refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_signature",
+            &e.to_string(),
+            Some("Stripe-Signature"),
+        ),
+        Err(e @ WebhookError::Body(_)) => {
+            refuse(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string(), Some("body"))
+        }
+        Err(WebhookError::Ledger(_)) => {
+            let mut r = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event could not be recorded right now; Stripe delivers it again",
+                None,
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+            r
+        }
+    }
 }
 
 #[cfg(test)]

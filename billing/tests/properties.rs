@@ -387,9 +387,11 @@ fn no_float_in_the_billing_source() {
     let sources = [
         ("lib.rs", include_str!("../src/lib.rs")),
         ("allocate.rs", include_str!("../src/allocate.rs")),
+        ("alerts.rs", include_str!("../src/alerts.rs")),
         ("catalogue.rs", include_str!("../src/catalogue.rs")),
         ("close.rs", include_str!("../src/close.rs")),
         ("error.rs", include_str!("../src/error.rs")),
+        ("period_sync.rs", include_str!("../src/period_sync.rs")),
         ("pricing.rs", include_str!("../src/pricing.rs")),
         ("report.rs", include_str!("../src/report.rs")),
         ("sync.rs", include_str!("../src/sync.rs")),

@@ -8,6 +8,8 @@
 //! Ledger reads are paged because a DynamoDB query returns at most 1 MB at a time.
 //! [`ReportStore`] keeps billing's monthly reports as opaque JSON under a size bound that a
 //! DynamoDB item can hold, with a first-write-wins put so month close can rerun safely.
+//! [`AlertLedger`] is the outbox of plan-limit alerts: a conditional-write claim per
+//! (org, month, meter, threshold), and a lease so concurrent checks never both send one.
 
 use std::time::Duration;
 
@@ -661,6 +663,9 @@ pub struct NewInvoiceItem {
     pub currency: String,
     /// Shown on the invoice line.
     pub description: String,
+    /// The sync step that adds it (`item:0`, …), kept in the item's metadata as
+    /// `tally_step` so a rerun can find it after the provider forgot the idempotency key.
+    pub step: String,
 }
 
 /// A finalized invoice as the provider reports it.
@@ -702,6 +707,23 @@ pub trait InvoiceProvider: Send + Sync {
         invoice: &ProviderId,
         key: &IdempotencyKey,
     ) -> Result<FinalizedInvoice, ProviderError>;
+    /// The customer's invoice for (org, period), found by the metadata
+    /// [`create_draft_invoice`](Self::create_draft_invoice) sets (`tally_invoice` =
+    /// `<org>:<YYYY-MM>`), listing every page of the customer's invoices; `None` if there is
+    /// none. Lets a rerun adopt an invoice whose creation answer was lost after the
+    /// provider's idempotency keys expired (Stripe keeps them 24 hours).
+    async fn find_invoice(
+        &self,
+        customer: &ProviderId,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<ProviderId>, ProviderError>;
+    /// The items already on an invoice, as (item id, its `tally_step` metadata if any),
+    /// every page; for the same reason as [`find_invoice`](Self::find_invoice).
+    async fn list_invoice_items(
+        &self,
+        invoice: &ProviderId,
+    ) -> Result<Vec<(ProviderId, Option<String>)>, ProviderError>;
 }
 
 /// Longest step name or step result a [`SyncLedger`] stores.
@@ -745,4 +767,102 @@ pub trait SyncLedger: Send + Sync {
     async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError>;
     /// The org's provider customer, if recorded.
     async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Plan-limit alerts: an outbox of the webhooks owed to orgs whose usage crossed a threshold
+// of an allowance. Shaped by "once per threshold per period" across processes: the claim is
+// a conditional write (the first writer wins, everyone else learns it was taken), and a
+// claimed alert stays pending until its delivery is recorded, so a failed or interrupted
+// delivery is retried by a later check instead of being lost. Whoever retries takes a lease
+// with a compare-and-set first, so two checks running at once never both send it.
+
+/// A usage threshold in percent of a meter's monthly allowance: 1 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThresholdPct(u8);
+
+impl ThresholdPct {
+    /// 80 %: the early warning.
+    pub const WARNING: ThresholdPct = ThresholdPct(80);
+    /// 100 %: the allowance is used up.
+    pub const REACHED: ThresholdPct = ThresholdPct(100);
+
+    /// A threshold; `None` outside 1 to 100.
+    pub fn new(pct: u8) -> Option<Self> {
+        (1..=100).contains(&pct).then_some(Self(pct))
+    }
+
+    /// The percentage.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// Which alert: there is at most one per (org, month, meter, threshold), ever.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertKey {
+    /// The organization whose usage crossed the threshold.
+    pub org: OrgId,
+    /// The month of that usage.
+    pub period: Month,
+    /// The limited meter.
+    pub meter: MeterName,
+    /// The threshold crossed.
+    pub threshold: ThresholdPct,
+}
+
+/// Largest [`StoredAlert::body`] an [`AlertLedger`] accepts, in bytes.
+pub const MAX_ALERT_BODY_BYTES: usize = 8 * 1024;
+
+/// An alert as the ledger keeps it. Times are kept to the microsecond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAlert {
+    /// Which alert.
+    pub key: AlertKey,
+    /// The webhook body to send (JSON), fixed at the claim so every retry sends the same
+    /// bytes; at most [`MAX_ALERT_BODY_BYTES`].
+    pub body: String,
+    /// When it was claimed.
+    pub claimed_at: DateTime<Utc>,
+    /// Until when the process delivering it owns the delivery; after that a later check
+    /// may take it over.
+    pub lease_until: DateTime<Utc>,
+    /// When its delivery was recorded; `None` while it is pending.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The outbox of plan-limit alerts (see `tally_billing::alerts`).
+#[async_trait]
+pub trait AlertLedger: Send + Sync {
+    /// Stores `alert` (which should have no `delivered_at`) unless its key is stored
+    /// already, as one conditional write. `true` only for the first caller ever for that
+    /// key, however many race; the others get `false` and the stored alert is unchanged.
+    /// `Unavailable` if the body is empty or over [`MAX_ALERT_BODY_BYTES`].
+    async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError>;
+    /// The stored alert, if it was claimed.
+    async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError>;
+    /// The org's undelivered alerts of `since` and later months, ordered by month, meter
+    /// and threshold.
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        since: Month,
+    ) -> Result<Vec<StoredAlert>, StoreError>;
+    /// Takes over the delivery of an undelivered alert: sets its `lease_until` to `until`
+    /// if it still is `seen` (as [`pending_alerts`](AlertLedger::pending_alerts) returned
+    /// it). `false` if another caller took it first, it was delivered, or it does not
+    /// exist.
+    async fn renew_alert_lease(
+        &self,
+        key: &AlertKey,
+        seen: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Records that the alert was delivered at `at`; the first time recorded is kept.
+    /// `NotFound` if it was never claimed.
+    async fn mark_alert_delivered(
+        &self,
+        key: &AlertKey,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }

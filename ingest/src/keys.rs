@@ -137,3 +137,38 @@ impl KeyCache {
         self.keys.clear();
     }
 }
+
+/// How often the key cache's last-used times are written to the store by
+/// [`flush_key_uses`] (`tally serve` and the ingest Lambda).
+pub const KEY_USE_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the keys' last-used times every `every`, and once more when `stop` resolves. A
+/// failed write is logged and its times are dropped: a last-used time is advisory, and the
+/// next use records a fresh one.
+///
+/// On Lambda the execution environment is frozen between invocations, so the timer only
+/// runs while requests are served: a warm function writes at most once per `every`, never
+/// once per request, and a write cut short by a freeze fails and is dropped as above.
+pub async fn flush_key_uses(
+    keys: Arc<KeyCache>,
+    tenants: Arc<dyn TenantStore>,
+    every: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = &mut stop => true,
+        };
+        let uses = keys.take_last_used();
+        for chunk in uses.chunks(tally_core::tenant::MAX_KEY_USES_PER_CALL) {
+            if let Err(e) = tenants.touch_api_keys(chunk).await {
+                tracing::warn!(error = %e, keys = chunk.len(), "cannot record API keys' last use");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -71,6 +71,18 @@ pub const DEAD_LETTER_QUEUE_URL: &str = "TALLY_DEAD_LETTER_QUEUE_URL";
 pub const JWT_SECRET: &str = "TALLY_JWT_SECRET";
 /// Seconds after a month ends before billing closes it (`TALLY_GRACE_PERIOD_SECONDS`).
 pub const GRACE_PERIOD_SECONDS: &str = "TALLY_GRACE_PERIOD_SECONDS";
+/// Where plan-limit alerts are POSTed (`TALLY_ALERT_WEBHOOK_URL`; the template's
+/// `AlertWebhookUrl` parameter, empty: alerts off).
+pub const ALERT_WEBHOOK_URL: &str = "TALLY_ALERT_WEBHOOK_URL";
+/// The secret alerts are signed with (`TALLY_ALERT_WEBHOOK_SECRET`; a Secrets Manager
+/// dynamic reference in the template).
+pub const ALERT_WEBHOOK_SECRET: &str = "TALLY_ALERT_WEBHOOK_SECRET";
+/// The Stripe secret key; the billing run syncs invoices to Stripe only when it is set
+/// (`TALLY_STRIPE_SECRET_KEY`; a Secrets Manager dynamic reference in the template).
+pub const STRIPE_SECRET_KEY: &str = "TALLY_STRIPE_SECRET_KEY";
+/// The Stripe webhook endpoint's signing secret; the webhook function answers `503` without
+/// it (`TALLY_STRIPE_WEBHOOK_SECRET`; a Secrets Manager dynamic reference in the template).
+pub const STRIPE_WEBHOOK_SECRET: &str = "TALLY_STRIPE_WEBHOOK_SECRET";
 /// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
 pub const LOG: &str = "TALLY_LOG";
 
@@ -81,7 +93,16 @@ pub const API: &[&str] = &[TABLE, JWT_SECRET, LOG];
 /// What `tally-aggregator-lambda` reads.
 pub const AGGREGATOR: &[&str] = &[TABLE, TRANSPORT, DEAD_LETTER_QUEUE_URL, LOG];
 /// What `tally-billing-lambda` reads.
-pub const BILLING: &[&str] = &[TABLE, GRACE_PERIOD_SECONDS, LOG];
+pub const BILLING: &[&str] = &[
+    TABLE,
+    GRACE_PERIOD_SECONDS,
+    ALERT_WEBHOOK_URL,
+    ALERT_WEBHOOK_SECRET,
+    STRIPE_SECRET_KEY,
+    LOG,
+];
+/// What `tally-stripe-webhook-lambda` reads.
+pub const STRIPE_WEBHOOK: &[&str] = &[TABLE, STRIPE_WEBHOOK_SECRET, LOG];
 
 /// Every binary of this crate with the variables it reads, for the agreement test.
 pub const BINARIES: &[(&str, &[&str])] = &[
@@ -89,6 +110,7 @@ pub const BINARIES: &[(&str, &[&str])] = &[
     ("tally-api-lambda", API),
     ("tally-aggregator-lambda", AGGREGATOR),
     ("tally-billing-lambda", BILLING),
+    ("tally-stripe-webhook-lambda", STRIPE_WEBHOOK),
 ];
 
 /// Longest value accepted from any variable: far above a URL or a key, far below

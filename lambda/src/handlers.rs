@@ -9,8 +9,11 @@ use tally_aggregator::lambda::aws_lambda_events::event::kinesis::KinesisEvent;
 use tally_aggregator::lambda::aws_lambda_events::event::sqs::SqsEvent;
 use tally_aggregator::lambda::{PoisonSink, handle_kinesis, handle_sqs};
 use tally_billing::close::previous_month_if_due;
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
-use tally_core::ports::{Clock, ReportStore, TenantStore, UsageStore};
+use tally_billing::{
+    Catalogue, ClosePorts, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper,
+    close_month, sync_period,
+};
+use tally_core::ports::{Clock, InvoiceProvider, ReportStore, SyncLedger, TenantStore, UsageStore};
 
 use crate::env::Transport;
 
@@ -63,6 +66,22 @@ pub enum BillingError {
         period: tally_core::period::Month,
         /// Why.
         source: tally_billing::CloseError,
+    },
+    /// The period is closed and its reports stored, but some orgs' Stripe invoices are not
+    /// finalized: pending ones (retryable errors ran out) resume when EventBridge retries
+    /// the invocation or on the next run; failed ones (Stripe refused) need a fix first.
+    #[error(
+        "billing {period}: Stripe sync incomplete: {pending} org(s) pending, {failed} refused: {details}"
+    )]
+    StripeIncomplete {
+        /// The month being billed.
+        period: tally_core::period::Month,
+        /// Orgs left pending.
+        pending: usize,
+        /// Orgs Stripe refused.
+        failed: usize,
+        /// Each such org with its step and reason.
+        details: String,
     },
 }
 
@@ -161,16 +180,51 @@ pub struct BillingPorts<'a> {
     pub clock: &'a dyn Clock,
 }
 
+/// Stripe, for the billing run's invoice sync.
+#[derive(Clone, Copy)]
+pub struct StripePorts<'a> {
+    /// The Stripe adapter.
+    pub provider: &'a dyn InvoiceProvider,
+    /// The sync ledger (the same table).
+    pub ledger: &'a dyn SyncLedger,
+    /// Waits between retries.
+    pub sleeper: &'a dyn Sleeper,
+}
+
+/// Waits on the tokio timer between Stripe retries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioSleeper;
+
+#[async_trait::async_trait]
+impl Sleeper for TokioSleeper {
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// [`bill_and_sync`] without Stripe.
+pub async fn bill(
+    ports: BillingPorts<'_>,
+    catalogue: &Catalogue,
+    grace: Duration,
+) -> Result<BillingRun, BillingError> {
+    bill_and_sync(ports, catalogue, grace, None).await
+}
+
 /// The scheduled billing run: bills the previous month once `grace` has passed since it
 /// ended, with the same [`close_month`] as `tally bill` and `tally serve`'s scheduler (close
 /// the period so ingest refuses it, then build and store every org's report). A rerun finds
 /// the reports stored and changes nothing. Any failure, one org's included, fails the
 /// invocation, so the billing-failures alarm sees it and EventBridge retries (the orgs
-/// already billed stay billed).
-pub async fn bill(
+/// already billed stay billed). With `stripe`, every report of the period is then synced to
+/// Stripe with [`sync_period`], as `tally bill` does; an org left pending or refused fails
+/// the invocation ([`BillingError::StripeIncomplete`]) and the retry resumes from the
+/// ledger.
+pub async fn bill_and_sync(
     ports: BillingPorts<'_>,
     catalogue: &Catalogue,
     grace: Duration,
+    stripe: Option<StripePorts<'_>>,
 ) -> Result<BillingRun, BillingError> {
     let grace_std = grace;
     let grace = chrono::Duration::from_std(grace).map_err(|_| BillingError::Grace(grace_std))?;
@@ -197,6 +251,47 @@ pub async fn bill(
         .map_err(|source| BillingError::Close { period, source })?;
     tracing::info!(period = %period, orgs = out.reports.len(), stored_now = out.stored_now, "billed period");
     metrics::counter!("tally_billing_reports_stored_total").increment(out.stored_now as u64);
+    if let Some(stripe) = stripe {
+        let sync_ports = PeriodSyncPorts {
+            provider: stripe.provider,
+            ledger: stripe.ledger,
+            sleeper: stripe.sleeper,
+            tenants: ports.tenants,
+        };
+        let run = sync_period(
+            sync_ports,
+            &out.reports,
+            PeriodSyncOptions::default(),
+            &NoProgress,
+        )
+        .await;
+        let (pending, failed) = (run.pending().count(), run.failed().count());
+        metrics::counter!("tally_billing_invoices_incomplete_total")
+            .increment((pending + failed) as u64);
+        if pending + failed > 0 {
+            let details = run
+                .orgs
+                .iter()
+                .filter_map(|o| match &o.outcome {
+                    tally_billing::SyncOutcome::Finalized(_) => None,
+                    tally_billing::SyncOutcome::Pending { step, reason } => {
+                        Some(format!("{} pending at {step} ({reason})", o.org_id))
+                    }
+                    tally_billing::SyncOutcome::Failed { step, message } => {
+                        Some(format!("{} refused at {step}: {message}", o.org_id))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(BillingError::StripeIncomplete {
+                period,
+                pending,
+                failed,
+                details,
+            });
+        }
+        tracing::info!(period = %period, orgs = run.orgs.len(), "synced invoices to Stripe");
+    }
     Ok(BillingRun {
         period: Some(period.to_string()),
         orgs: out.reports.len(),

@@ -1,4 +1,4 @@
-//! Tally on AWS Lambda: what the four entry-point binaries (`src/bin/`) share, kept in a
+//! Tally on AWS Lambda: what the five entry-point binaries (`src/bin/`) share, kept in a
 //! library so the binaries stay a few lines each and tests reach the same code.
 //!
 //! - [`env`]: the environment variables each function reads, as one list per binary
@@ -13,9 +13,14 @@
 //! - [`handlers`]: the aggregator and billing invocations as plain async functions (tested
 //!   without a Lambda runtime), and [`handlers::http`], which serves an axum router on
 //!   `lambda_http`.
+//! - [`alerts`]: the billing function's `{"job": "alerts"}` run, plan-limit alerts sent as
+//!   signed webhooks.
 //!
-//! The Stripe webhook receiver is not here yet: billing's Stripe sync does not exist.
+//! The Stripe webhook receiver (`src/bin/stripe_webhook.rs`) serves
+//! `tally_billing::webhook::router`; the billing run's Stripe sync is
+//! [`handlers::bill_and_sync`].
 
+pub mod alerts;
 pub mod backends;
 pub mod emf;
 pub mod env;

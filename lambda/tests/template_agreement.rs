@@ -309,6 +309,52 @@ fn the_queue_and_event_sources_match_the_adapters() {
     assert_eq!(schedule.as_str(), Some("cron(0 2 1 * ? *)"));
 }
 
+/// Secrets reach functions only through Secrets Manager dynamic references (never a
+/// plaintext parameter), and the Stripe webhook function serves the route its router has.
+#[test]
+fn secrets_come_from_secrets_manager_and_the_stripe_webhook_route_matches_the_router() {
+    let t = template();
+    let mut secrets = 0;
+    for (id, f) in resources(&t, "AWS::Serverless::Function") {
+        let vars = get(f, &["Properties", "Environment", "Variables"]);
+        for name in keys_of(vars) {
+            if !name.contains("SECRET") {
+                continue;
+            }
+            secrets += 1;
+            let value = serde_yaml::to_string(get(vars, &[name.as_str()])).unwrap();
+            assert!(
+                value.contains("{{resolve:secretsmanager:"),
+                "{id}: {name} is not a Secrets Manager dynamic reference: {value}"
+            );
+        }
+    }
+    assert!(
+        secrets >= 3,
+        "JWT and both Stripe secrets are set somewhere"
+    );
+    let hook = get(
+        t.get("Resources").unwrap(),
+        &[
+            "StripeWebhookFunction",
+            "Properties",
+            "Events",
+            "StripeWebhook",
+            "Properties",
+        ],
+    );
+    assert_eq!(
+        str_of(get(hook, &["Path"])),
+        Some(tally_billing::webhook::WEBHOOK_PATH)
+    );
+    assert_eq!(str_of(get(hook, &["Method"])), Some("POST"));
+    let binary = get(
+        t.get("Resources").unwrap(),
+        &["StripeWebhookFunction", "Metadata", "Binary"],
+    );
+    assert_eq!(str_of(binary), Some("tally-stripe-webhook-lambda"));
+}
+
 #[test]
 fn a_template_that_drifts_from_the_code_is_caught() {
     let bins = workspace_bins();

@@ -34,12 +34,13 @@
 //! | day cell | `ORG#<org>#CTR#<YYYY-MM>` | `DAY#<meter>#<project>#<day start>` | `k` (`add`/`max`/`latest`), `h00`…`h23` (N, the hours), `a00`…`a23` (N, `latest` reading times) | | `sum`/`count`/`max`/`latest` counters: hour, day, month and org-wide values are derived from it (`dynamodb/cells.rs`) by `counter_series` and `stored_counters` |
 //! | counter | `ORG#<org>#CTR#<YYYY-MM>` | `<scope>#<meter>#<granularity>#<start>` | `v` (N) | | `unique_count` counters, which cannot be derived from cells |
 //! | unique marker | `ORG#<org>#UNQ#<YYYY-MM>` | `<counter sk>#V=<value>` or `#H=<sha256 hex>` | | | `unique_count`: one per (counter, value) |
-//! | batch intent | `BATCH#<batch id>` | `INTENT` | `ops` (JSON: the batch's counter writes) or `aborted` (BOOL), `ttl` | | what a batch will write, for anyone to finish it; an abort fences a dead batch off |
+//! | batch intent | `BATCH#<batch id>` | `INTENT` | `opsz` (B: the batch's counter writes as deflated JSON; `ops`, plain JSON, from older builds is still read) or `aborted` (BOOL), `ttl` | | what a batch will write, for anyone to finish it; an abort fences a dead batch off |
 //! | batch chunk marker | `BATCH#<batch id>` | `CHUNK#<n>` | `ttl` | | chunk `n` of the intent was applied (put in its transaction) |
 //! | batch done | `BATCH#<batch id>` | `DONE` | `ttl` | | every chunk was applied: a resend of its events is a duplicate |
 //! | closed period | `PERIOD#<YYYY-MM>` | `PERIOD` | `closed_at` | | `is_period_closed`, `close_period` |
 //! | usage report | `ORG#<org>#REPORT` | `<YYYY-MM>` | `org_id`, `period`, `body` (the report, JSON, at most 350 KB), `created_at` | | `save_report` (put under `attribute_not_exists`, then a consistent read: the first write wins); `get_report`; `list_reports` (query the partition) |
 //! | sync step | `ORG#<org>#SYNC#<YYYY-MM>` | `STEP#<step>` | `result` (the provider id or value the step produced) | | the Stripe sync's ledger: `record_step` (put under `attribute_not_exists`, then a consistent read: the first write wins); `get_step`; `list_steps` (query the partition); `dynamodb/sync_ledger.rs` |
+//! | plan-limit alert | `ORG#<org>#ALERT` | `<YYYY-MM>#<meter>#<threshold, 3 digits>` | `body` (the webhook JSON), `claimed_at`, `lease_until`, `delivered_at`? (N, Unix µs) | | the alert outbox: `claim_alert` (put under `attribute_not_exists`: the first claim wins); `pending_alerts` (query `sk >= <YYYY-MM>`, filter `attribute_not_exists(delivered_at)`); `renew_alert_lease` (`UpdateItem` conditioned on the lease seen and no delivery); `mark_alert_delivered` (`if_not_exists`); `dynamodb/alerts.rs` |
 //! | sync customer | `ORG#<org>` | `SYNCCUSTOMER` | `customer` (the Stripe customer id) | | `record_customer` (first write wins, as steps), `get_customer` |
 //! | Kinesis checkpoint (reserved: written by [`KinesisQueue`](crate::kinesis::KinesisQueue)) | `CHECKPOINT#<stream>#<consumer>` | `SHARD#<shard id>` | `seq`, `seq_order`, `updated_at` | | where each consumer is in each shard |
 //! | Kinesis dead letter (reserved: written by the Kinesis adapter) | `DEADLETTER#<stream>#<consumer>` | `<shard id>#<seq_order>` | reason, record data and position | | records that did not decode |
@@ -89,15 +90,23 @@
 //!    `sum`/`count` (all its hours), one conditional `SET` per hour for `max`/`latest`, and
 //!    marker puts plus an `ADD` per `unique_count` counter. The ops are sorted and put as
 //!    the batch's intent under `attribute_not_exists`.
-//! 4. **Apply.** The ops are packed first-fit into chunks of at most 99 actions with no
-//!    item twice, a pure function of the intent. Each chunk is one `TransactWriteItems`
-//!    with a chunk marker put under `attribute_not_exists`: a marker that exists means the
-//!    chunk was applied, by this call or anyone else. A failed `max`/`latest` condition
-//!    means the stored value wins (the op is dropped); a failed unique marker means the
-//!    value was counted (the marker and its share of the `ADD` go); the chunk is sent
-//!    again at once. `TransactionConflict`, throttling, 5xx and network failures are
-//!    retried with jittered exponential backoff ([`RetryPolicy`]).
-//! 5. **Done.** A `DONE` item ends the batch.
+//! 4. **Apply.** The ops that must apply once (`ADD`s, unique markers) are packed
+//!    first-fit into chunks of at most 99 actions with no item twice, a pure function of
+//!    the intent. Each chunk is one `TransactWriteItems` with a chunk marker put under
+//!    `attribute_not_exists`: a marker that exists means the chunk was applied, by this
+//!    call or anyone else. A failed unique marker means the value was counted (the marker
+//!    and its share of the `ADD` go) and the chunk is sent again at once.
+//!    `TransactionConflict`, throttling, 5xx and network failures are retried with jittered
+//!    exponential backoff ([`RetryPolicy`]).
+//! 5. **Raise.** `max`/`latest` ops are idempotent (a value that does not beat the stored
+//!    one changes nothing, however often it is sent), so they need neither a transaction
+//!    nor a marker: each is one plain conditional `UpdateItem`, 16 at a time. A failed
+//!    condition means the stored value wins and returns it (`ALL_OLD`); the process keeps
+//!    such values as lower bounds (stored values only rise) and does not send an op that
+//!    cannot win. Inside the chunk transactions these ops cost 2 units each and a lost
+//!    condition cancelled the whole chunk, billing all its actions: on workload W that
+//!    was a third of all write units.
+//! 6. **Done.** A `DONE` item ends the batch.
 //!
 //! Records another batch owns (a resend, a redelivery, a second aggregator) are settled
 //! after this call's own intent is written, so two calls never wait on each other: if the
@@ -126,18 +135,21 @@
 //!
 //! - **Ledger:** 1 WCU per event (records stay under 1 KB unless an event carries big
 //!   properties; validation bounds them at 4 KB).
-//! - **Counters:** 2 WCU per distinct day cell of the batch (transactional), plus 2 per
-//!   chunk marker per 99 ops. Org-wide, day and month values are not written at all: they
+//! - **Counters:** 2 WCU per distinct `sum`/`count` day cell of the batch
+//!   (transactional), plus 2 per chunk marker per 99 ops; 1 WCU per `max`/`latest` hour
+//!   sent (plain conditional write), none for one known not to win. Org-wide, day and month values are not written at all: they
 //!   are derived at read time from the cells, so one event is one hour attribute of one
 //!   item, and events of one (project, meter, day) in a batch share it.
-//! - **Intent and done:** the intent is ~70 bytes per op, so ~0.1 WCU per event when
-//!   nothing collapses; `DONE` is 1 WCU per batch.
+//! - **Intent and done:** the intent is ~70 bytes of JSON per op, deflated to about a
+//!   fifth, so ~0.02 WCU per event when nothing collapses; `DONE` is 1 WCU per batch.
 //! - A resend costs its failed ledger put (1 WCU) and, the first time a process sees its
 //!   owner, one strongly consistent `GetItem` (1 RCU).
 //!
-//! So an event that shares nothing with its batch costs about 1 + 2 + 0.1 ≈ 3.1 WCU and
-//! one whose cell is shared by many costs about 1.1. On workload W the write-cost
-//! benchmark (`bench/`, see `bench/RESULTS.md`) measures the mix. The naive alternative,
+//! So an event that shares nothing with its batch costs about 1 + 2 + 0.02 ≈ 3 WCU and
+//! one whose cell is shared by many costs just over 1. On workload W the write-cost
+//! benchmark (`bench/`, see `bench/RESULTS.md`) measures the mix: 1.97 WCU per record
+//! (ledger 0.99, `sum` cells 0.87, `max` hours 0.09, chunk markers 0.01, intents and
+//! `DONE` 0.01). The naive alternative,
 //! one `UpdateItem ADD` per event for each of six counters, costs 6 WCU per event and is
 //! neither exactly once nor safe to retry. `unique_count` is the exception: it keeps six
 //! explicit counters and a marker per (counter, value), as distinct values cannot be
@@ -149,6 +161,7 @@
 //! an org with a filter on `month`, so it reads (and pays for) the org's other month still
 //! in the ledger as well, which suits a rare reconcile job.
 
+mod alerts;
 mod apply;
 mod cells;
 mod codec;
@@ -246,6 +259,9 @@ pub struct DynamoStore {
     owner_wait: Duration,
     /// Batches known to be done, so resends of their events cost no read.
     done_batches: Arc<DoneBatches>,
+    /// Lower bounds of stored `max`/`latest` hours, so a value that cannot win costs no
+    /// write (see [`apply::KnownHours`]).
+    known_hours: Arc<apply::KnownHours>,
 }
 
 /// A bounded set of batch ids known to be done (forgotten wholesale when full: it only
@@ -317,6 +333,7 @@ impl DynamoStore {
             claim_lease: DEFAULT_CLAIM_LEASE,
             owner_wait: Duration::from_secs(5),
             done_batches: Arc::default(),
+            known_hours: Arc::default(),
         }
     }
 
@@ -816,5 +833,47 @@ impl tally_core::ports::SyncLedger for DynamoStore {
 
     async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
         sync_ledger::get_customer(self, org).await
+    }
+}
+
+#[async_trait]
+impl tally_core::ports::AlertLedger for DynamoStore {
+    async fn claim_alert(
+        &self,
+        alert: &tally_core::ports::StoredAlert,
+    ) -> Result<bool, StoreError> {
+        alerts::claim(self, alert).await
+    }
+
+    async fn get_alert(
+        &self,
+        key: &tally_core::ports::AlertKey,
+    ) -> Result<Option<tally_core::ports::StoredAlert>, StoreError> {
+        alerts::get(self, key).await
+    }
+
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        since: Month,
+    ) -> Result<Vec<tally_core::ports::StoredAlert>, StoreError> {
+        alerts::pending(self, org, since).await
+    }
+
+    async fn renew_alert_lease(
+        &self,
+        key: &tally_core::ports::AlertKey,
+        seen: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        alerts::renew_lease(self, key, seen, until).await
+    }
+
+    async fn mark_alert_delivered(
+        &self,
+        key: &tally_core::ports::AlertKey,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        alerts::mark_delivered(self, key, at).await
     }
 }

@@ -83,6 +83,12 @@ pub struct LocalQueueConfig {
     /// `synchronous=FULL`: a published message also survives power loss, at the cost of an
     /// fsync per publish. Default `false` (survives a process crash).
     pub sync_full: bool,
+    /// Checkpoint the WAL from a background thread this often, so a publish never stops to
+    /// copy pages into the database file (SQLite's automatic checkpoint runs inside the
+    /// commit that crosses its threshold, fsync included: a stall of tens of milliseconds
+    /// for whichever request was unlucky). `None` leaves it to the automatic checkpoint.
+    /// Default 200 ms.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for LocalQueueConfig {
@@ -93,6 +99,7 @@ impl Default for LocalQueueConfig {
             busy_timeout: Duration::from_secs(5),
             redeliver_on_open: true,
             sync_full: false,
+            checkpoint_interval: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -125,6 +132,8 @@ struct Inner {
     /// Wakes waiting receivers when this process publishes.
     published: Notify,
     config: LocalQueueConfig,
+    /// Checkpoints the WAL in the background; stops when the queue is dropped.
+    _checkpointer: Option<conn::Checkpointer>,
 }
 
 impl std::fmt::Debug for LocalQueue {
@@ -155,16 +164,18 @@ impl LocalQueue {
 
     /// Opens the queue file at `path` with explicit settings.
     pub fn open_with(path: &Path, config: LocalQueueConfig) -> Result<Self, QueueError> {
-        let mut conn = conn::open(
-            path,
-            ConnSettings {
-                busy_timeout: config.busy_timeout,
-                cache_mib: 8,
-                sync_full: config.sync_full,
-                autocheckpoint_pages: 1000,
+        let settings = |cache_mib| ConnSettings {
+            busy_timeout: config.busy_timeout,
+            cache_mib,
+            sync_full: config.sync_full,
+            // With the background checkpointer, a backstop should it fall behind.
+            autocheckpoint_pages: if config.checkpoint_interval.is_some() {
+                16_384
+            } else {
+                1000
             },
-        )
-        .map_err(qerr)?;
+        };
+        let mut conn = conn::open(path, settings(8)).map_err(qerr)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(qerr)?;
@@ -189,11 +200,17 @@ impl LocalQueue {
             .map_err(qerr)?;
         }
         tx.commit().map_err(qerr)?;
+        let checkpointer = config
+            .checkpoint_interval
+            .map(|every| conn::Checkpointer::spawn(path, settings(2), every))
+            .transpose()
+            .map_err(QueueError::Unavailable)?;
         Ok(LocalQueue {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 published: Notify::new(),
                 config,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -265,75 +282,121 @@ impl LocalQueue {
     }
 
     /// One attempt at taking messages; empty when none is visible.
+    ///
+    /// The write lock is held only to pick and hide the messages (by their stored event
+    /// counts); bodies are decoded after it is released, so a publish never waits behind
+    /// the decoding of a large batch. A body that does not decode is then moved to the
+    /// dead letters in a transaction of its own: should that fail, the message only comes
+    /// back after its visibility timeout and is found again.
     async fn take(&self, max_events: usize) -> Result<Vec<Delivery>, QueueError> {
-        self.run(move |conn, config| {
-            let now = conn::now_millis();
-            let invisible_until = now.saturating_add(millis(config.visibility_timeout));
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(qerr)?;
-            let mut out = Vec::new();
-            let mut events = 0usize;
-            {
-                let mut scan = tx
-                    .prepare_cached(
-                        "SELECT id, body, receive_count, enqueued_at FROM messages
-                         WHERE visible_at <= ?1 ORDER BY id",
-                    )
+        let taken = self
+            .run(move |conn, config| {
+                let now = conn::now_millis();
+                let invisible_until = now.saturating_add(millis(config.visibility_timeout));
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(qerr)?;
-                let mut dead = tx
-                    .prepare_cached(
-                        "INSERT INTO dead_letters
-                             (message_id, body, reason, receive_count, enqueued_at, dead_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
-                    .map_err(qerr)?;
-                let mut delete = tx
-                    .prepare_cached("DELETE FROM messages WHERE id = ?1")
-                    .map_err(qerr)?;
-                let mut hide = tx
-                    .prepare_cached(
-                        "UPDATE messages SET visible_at = ?2, receive_count = receive_count + 1
-                         WHERE id = ?1",
-                    )
-                    .map_err(qerr)?;
-                let mut rows = scan.query(params![now]).map_err(qerr)?;
-                while let Some(row) = rows.next().map_err(qerr)? {
-                    let id: i64 = row.get(0).map_err(qerr)?;
-                    let body: String = row.get(1).map_err(qerr)?;
-                    let count: u32 = row.get(2).map_err(qerr)?;
-                    let enqueued: i64 = row.get(3).map_err(qerr)?;
-                    match serde_json::from_str::<Vec<Event>>(&body) {
-                        Err(e) => {
-                            let reason = format!("message body does not decode as events: {e}");
-                            tracing::error!(message_id = id, %reason, "dead-lettering queue message");
-                            dead.execute(params![id, body, reason, count, enqueued, now])
-                                .map_err(qerr)?;
-                            delete.execute(params![id]).map_err(qerr)?;
+                let mut taken = Vec::new();
+                {
+                    let mut scan = tx
+                        .prepare_cached(
+                            "SELECT id, body, receive_count, event_count
+                             FROM messages WHERE visible_at <= ?1 ORDER BY id",
+                        )
+                        .map_err(qerr)?;
+                    let mut hide = tx
+                        .prepare_cached(
+                            "UPDATE messages SET visible_at = ?2, receive_count = receive_count + 1
+                             WHERE id = ?1",
+                        )
+                        .map_err(qerr)?;
+                    let mut events = 0usize;
+                    let mut rows = scan.query(params![now]).map_err(qerr)?;
+                    while let Some(row) = rows.next().map_err(qerr)? {
+                        let stored: i64 = row.get(3).map_err(qerr)?;
+                        let n = usize::try_from(stored).unwrap_or(1).max(1);
+                        if !taken.is_empty() && events + n > max_events {
+                            break;
                         }
-                        Ok(decoded) => {
-                            if !out.is_empty() && events + decoded.len() > max_events {
-                                break;
-                            }
-                            hide.execute(params![id, invisible_until]).map_err(qerr)?;
-                            events += decoded.len();
-                            out.push(Delivery {
-                                receipt: format!("{id}.{}", count + 1),
-                                events: decoded,
-                                receive_count: count + 1,
-                            });
-                            if events >= max_events {
-                                break;
-                            }
+                        let message = Taken {
+                            id: row.get(0).map_err(qerr)?,
+                            body: row.get(1).map_err(qerr)?,
+                            receive_count: row.get(2).map_err(qerr)?,
+                        };
+                        hide.execute(params![message.id, invisible_until])
+                            .map_err(qerr)?;
+                        taken.push(message);
+                        events += n;
+                        if events >= max_events {
+                            break;
                         }
                     }
                 }
+                tx.commit().map_err(qerr)?;
+                Ok(taken)
+            })
+            .await?;
+        if taken.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (out, bad) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(taken.len());
+            let mut bad = Vec::new();
+            for m in taken {
+                match serde_json::from_str::<Vec<Event>>(&m.body) {
+                    Ok(events) => out.push(Delivery {
+                        receipt: format!("{}.{}", m.id, m.receive_count + 1),
+                        events,
+                        receive_count: m.receive_count + 1,
+                    }),
+                    Err(e) => {
+                        let reason = format!("message body does not decode as events: {e}");
+                        bad.push((m, reason));
+                    }
+                }
             }
-            tx.commit().map_err(qerr)?;
-            Ok(out)
+            (out, bad)
         })
         .await
+        .map_err(|e| QueueError::Unavailable(format!("queue decode task failed: {e}")))?;
+        if !bad.is_empty() {
+            self.run(move |conn, _| {
+                let now = conn::now_millis();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(qerr)?;
+                {
+                    let mut dead = tx
+                        .prepare_cached(
+                            "INSERT INTO dead_letters
+                                 (message_id, body, reason, receive_count, enqueued_at, dead_at)
+                             SELECT id, body, ?2, ?3, enqueued_at, ?4 FROM messages WHERE id = ?1",
+                        )
+                        .map_err(qerr)?;
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM messages WHERE id = ?1")
+                        .map_err(qerr)?;
+                    for (m, reason) in &bad {
+                        tracing::error!(message_id = m.id, %reason, "dead-lettering queue message");
+                        dead.execute(params![m.id, reason, m.receive_count, now])
+                            .map_err(qerr)?;
+                        delete.execute(params![m.id]).map_err(qerr)?;
+                    }
+                }
+                tx.commit().map_err(qerr)
+            })
+            .await?;
+        }
+        Ok(out)
     }
+}
+
+/// A message picked and hidden by [`LocalQueue::take`], not yet decoded.
+struct Taken {
+    id: i64,
+    body: String,
+    /// Receives before this one.
+    receive_count: u32,
 }
 
 fn parse_receipt(r: &str) -> Result<i64, QueueError> {

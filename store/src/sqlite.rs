@@ -1,5 +1,6 @@
 //! [`SqliteStore`]: the embedded backend of [`TenantStore`], [`UsageStore`] and
-//! [`ReportStore`], one SQLite file (reports: `sqlite/reports.rs`).
+//! [`ReportStore`], one SQLite file (reports: `sqlite/reports.rs`; the Stripe sync ledger:
+//! `sqlite/sync_ledger.rs`; plan-limit alerts: `sqlite/alerts.rs`).
 //!
 //! # Processes and connections
 //!
@@ -84,12 +85,13 @@ use tally_core::tenant::{
 
 use crate::conn::{self, ConnSettings, Kind};
 
+mod alerts;
 mod management;
 mod reports;
 mod sync_ledger;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -319,6 +321,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 5 {
         tx.execute_batch(sync_ledger::SCHEMA_V5).map_err(db)?;
+    }
+    if version < 6 {
+        tx.execute_batch(alerts::SCHEMA_V6).map_err(db)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -1393,6 +1398,48 @@ impl tally_core::ports::SyncLedger for SqliteStore {
 
     async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
         self.sync_get_customer(org).await
+    }
+}
+
+#[async_trait]
+impl tally_core::ports::AlertLedger for SqliteStore {
+    async fn claim_alert(
+        &self,
+        alert: &tally_core::ports::StoredAlert,
+    ) -> Result<bool, StoreError> {
+        self.alerts_claim(alert).await
+    }
+
+    async fn get_alert(
+        &self,
+        key: &tally_core::ports::AlertKey,
+    ) -> Result<Option<tally_core::ports::StoredAlert>, StoreError> {
+        self.alerts_get(key).await
+    }
+
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        since: Month,
+    ) -> Result<Vec<tally_core::ports::StoredAlert>, StoreError> {
+        self.alerts_pending(org, since).await
+    }
+
+    async fn renew_alert_lease(
+        &self,
+        key: &tally_core::ports::AlertKey,
+        seen: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.alerts_renew_lease(key, seen, until).await
+    }
+
+    async fn mark_alert_delivered(
+        &self,
+        key: &tally_core::ports::AlertKey,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.alerts_mark_delivered(key, at).await
     }
 }
 

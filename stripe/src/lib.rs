@@ -3,8 +3,10 @@
 //! test double in `tally-tests`, through [`StripeConfig::base_url`]).
 //!
 //! Requests are async-stripe 1.0's request types (`CreateCustomer`, `CreateInvoice`,
-//! `CreateInvoiceItem`, `FinalizeInvoiceInvoice`), so the form encoding is Stripe's own
-//! bindings'. The transport is this crate's: async-stripe's client retries by itself and
+//! `CreateInvoiceItem`, `FinalizeInvoiceInvoice`, and `ListInvoice` / `ListInvoiceItem` to
+//! find what an earlier run created once Stripe forgot its idempotency keys), so the form
+//! encoding is Stripe's own bindings'. Writes carry the idempotency key; list reads carry
+//! none (a read has nothing to replay, and a replayed list would be stale). The transport is this crate's: async-stripe's client retries by itself and
 //! drops the `Retry-After` header, while the sync must decide retries itself (with the same
 //! idempotency key) and honour `Retry-After`. Each request is sent once, with a timeout,
 //! and its failure sorted into [`ProviderError::Retryable`] (429, 5xx, timeouts, a
@@ -29,6 +31,7 @@ use tally_core::ports::{
     FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
     ProviderError, ProviderId,
 };
+use tally_core::{Month, OrgId};
 
 /// Stripe's API address.
 pub const STRIPE_API_BASE: &str = "https://api.stripe.com/";
@@ -121,7 +124,7 @@ impl StripeProvider {
     async fn send(
         &self,
         req: RequestBuilder,
-        key: &IdempotencyKey,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Bytes, ProviderError> {
         let mut uri = format!("{}v1{}", self.base_url, req.path);
         if let Some(q) = &req.query {
@@ -133,12 +136,15 @@ impl StripeProvider {
             StripeMethod::Post => Method::POST,
             StripeMethod::Delete => Method::DELETE,
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&uri)
             .header(AUTHORIZATION, self.auth.clone())
-            .header("stripe-version", stripe_api_version())
-            .header("idempotency-key", key.as_str())
+            .header("stripe-version", stripe_api_version());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key.as_str());
+        }
+        let request = request
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
             .map_err(|e| ProviderError::Fatal {
@@ -262,7 +268,7 @@ impl InvoiceProvider for StripeProvider {
                 "tally_org".to_owned(),
                 customer.org.as_str().to_owned(),
             )]));
-        let body = self.send(req.build(), key).await?;
+        let body = self.send(req.build(), Some(key)).await?;
         Ok(object(&body)?.0)
     }
 
@@ -287,10 +293,10 @@ impl InvoiceProvider for StripeProvider {
             // One entry: a HashMap of several would serialize in a different order on a
             // retry, and the same idempotency key with different parameters is refused.
             .metadata(HashMap::from([(
-                "tally_invoice".to_owned(),
-                format!("{}:{}", invoice.org.as_str(), invoice.period),
+                INVOICE_METADATA_KEY.to_owned(),
+                invoice_metadata(&invoice.org, invoice.period),
             )]));
-        let body = self.send(req.build(), key).await?;
+        let body = self.send(req.build(), Some(key)).await?;
         Ok(object(&body)?.0)
     }
 
@@ -308,8 +314,12 @@ impl InvoiceProvider for StripeProvider {
             .invoice(item.invoice.as_str())
             .amount(item.amount_minor)
             .currency(currency)
-            .description(item.description.clone());
-        let body = self.send(req.build(), key).await?;
+            .description(item.description.clone())
+            .metadata(HashMap::from([(
+                "tally_step".to_owned(),
+                item.step.clone(),
+            )]));
+        let body = self.send(req.build(), Some(key)).await?;
         Ok(object(&body)?.0)
     }
 
@@ -320,13 +330,126 @@ impl InvoiceProvider for StripeProvider {
     ) -> Result<FinalizedInvoice, ProviderError> {
         let req = stripe_billing::invoice::FinalizeInvoiceInvoice::new(invoice.as_str())
             .auto_advance(false);
-        let body = self.send(req.build(), key).await?;
+        let body = self.send(req.build(), Some(key)).await?;
         let (id, obj) = object(&body)?;
         Ok(FinalizedInvoice {
             id,
             status: obj.status.unwrap_or_default(),
             total_minor: obj.total.unwrap_or_default(),
         })
+    }
+
+    async fn find_invoice(
+        &self,
+        customer: &ProviderId,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<ProviderId>, ProviderError> {
+        let want = invoice_metadata(org, period);
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut req = stripe_billing::invoice::ListInvoice::new()
+                .customer(customer.as_str())
+                .limit(LIST_PAGE_SIZE);
+            if let Some(a) = &after {
+                req = req.starting_after(a.as_str());
+            }
+            let page = list_page(&self.send(req.build(), None).await?)?;
+            if let Some(found) = page
+                .data
+                .iter()
+                .find(|o| o.metadata.get(INVOICE_METADATA_KEY) == Some(&want))
+            {
+                return Ok(Some(list_id(&found.id)?));
+            }
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(None),
+            }
+        }
+        Err(too_many_pages("invoices"))
+    }
+
+    async fn list_invoice_items(
+        &self,
+        invoice: &ProviderId,
+    ) -> Result<Vec<(ProviderId, Option<String>)>, ProviderError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut req = stripe_billing::invoice_item::ListInvoiceItem::new()
+                .invoice(invoice.as_str())
+                .limit(LIST_PAGE_SIZE);
+            if let Some(a) = &after {
+                req = req.starting_after(a.as_str());
+            }
+            let page = list_page(&self.send(req.build(), None).await?)?;
+            for o in &page.data {
+                out.push((list_id(&o.id)?, o.metadata.get(STEP_METADATA_KEY).cloned()));
+            }
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(out),
+            }
+        }
+        Err(too_many_pages("invoice items"))
+    }
+}
+
+/// Default per-request timeout against Stripe.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The invoice metadata key naming Tally's (org, period); the webhook reads it too.
+pub const INVOICE_METADATA_KEY: &str = "tally_invoice";
+
+/// The invoice item metadata key naming the sync step that added the item.
+pub const STEP_METADATA_KEY: &str = "tally_step";
+
+/// Objects per list page (Stripe's maximum).
+const LIST_PAGE_SIZE: i64 = 100;
+
+/// Pages read before giving up: 10,000 invoices of one customer, or items of one invoice,
+/// is far beyond anything Tally creates.
+const MAX_LIST_PAGES: usize = 100;
+
+/// `<org>:<YYYY-MM>`, the value of [`INVOICE_METADATA_KEY`].
+fn invoice_metadata(org: &OrgId, period: Month) -> String {
+    format!("{}:{}", org.as_str(), period)
+}
+
+/// One page of a Stripe list: `{"data": [...], "has_more": bool}`.
+#[derive(Deserialize)]
+struct ListPage {
+    data: Vec<Listed>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    id: String,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+fn list_page(body: &Bytes) -> Result<ListPage, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| ProviderError::Retryable {
+        reason: format!("unreadable list answer: {e}"),
+        retry_after: None,
+    })
+}
+
+fn list_id(id: &str) -> Result<ProviderId, ProviderError> {
+    ProviderId::new(id).ok_or_else(|| ProviderError::Retryable {
+        reason: "a listed object without an id".to_owned(),
+        retry_after: None,
+    })
+}
+
+fn too_many_pages(what: &str) -> ProviderError {
+    ProviderError::Fatal {
+        status: 0,
+        message: format!("more than {MAX_LIST_PAGES} pages of {what}; refusing to read on"),
     }
 }
 

@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use aws_config::SdkConfig;
 use clap::Args;
 use serde::Serialize;
-use tally_core::ports::{EventQueue, ReportStore, TenantStore, UsageStore};
+use tally_core::ports::{
+    AlertLedger, EventQueue, ReportStore, SyncLedger, TenantStore, UsageStore,
+};
 use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::KinesisQueue;
 use tally_store::local_queue::LocalQueue;
@@ -113,6 +115,10 @@ pub struct Stores {
     pub usage: Arc<dyn UsageStore>,
     /// Billing's usage reports.
     pub reports: Arc<dyn ReportStore>,
+    /// The Stripe sync's ledger of steps (and webhook events).
+    pub sync: Arc<dyn SyncLedger>,
+    /// The outbox of plan-limit alerts.
+    pub alerts: Arc<dyn AlertLedger>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
     /// The AWS configuration, built once if any AWS backend is in use.
@@ -128,6 +134,10 @@ pub struct Backends {
     pub usage: Arc<dyn UsageStore>,
     /// Billing's usage reports.
     pub reports: Arc<dyn ReportStore>,
+    /// The Stripe sync's ledger of steps (and webhook events).
+    pub sync: Arc<dyn SyncLedger>,
+    /// The outbox of plan-limit alerts.
+    pub alerts: Arc<dyn AlertLedger>,
     /// The queue between ingest and the aggregator.
     pub queue: Arc<dyn EventQueue>,
 }
@@ -156,7 +166,9 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             Ok(Stores {
                 tenants: store.clone(),
                 usage: store.clone(),
-                reports: store,
+                reports: store.clone(),
+                sync: store.clone(),
+                alerts: store,
                 dynamo: None,
                 aws: None,
             })
@@ -169,7 +181,9 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             Ok(Stores {
                 tenants: store.clone(),
                 usage: store.clone(),
-                reports: store,
+                reports: store.clone(),
+                sync: store.clone(),
+                alerts: store,
                 dynamo: Some((client, table)),
                 aws,
             })
@@ -215,6 +229,8 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
         tenants: stores.tenants,
         usage: stores.usage,
         reports: stores.reports,
+        sync: stores.sync,
+        alerts: stores.alerts,
         queue,
     })
 }

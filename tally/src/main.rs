@@ -6,12 +6,14 @@
 //! holds business logic; see the crates it wires together.
 
 mod aggregate;
+mod alerts;
 mod backend;
 mod bill;
 mod clock;
 mod commands;
 mod output;
 mod serve;
+mod stripe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +78,9 @@ enum Command {
     Reconcile(commands::ReconcileArgs),
     /// Close an ended month and store each organization's usage report (idempotent).
     Bill(bill::BillArgs),
+    /// Plan-limit alerts (80 % and 100 % of an allowance) to TALLY_ALERT_WEBHOOK_URL.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
@@ -124,6 +129,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Bill(args) => bill::bill(common, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Alerts(cmd) => alerts::alerts(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Aggregate(args) => aggregate::aggregate(common, args)
             .await
             .map(|()| ExitCode::SUCCESS),

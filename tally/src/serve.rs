@@ -8,9 +8,12 @@
 //! the drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
 //! lost either way.
 //!
+//! With `TALLY_ALERT_WEBHOOK_URL` and `TALLY_ALERT_WEBHOOK_SECRET` set, a task sends
+//! plan-limit alerts every `--alert-interval` ([`crate::alerts::run_periodically`]).
+//!
 //! `GET /metrics` serves the process's `metrics` (ingest, aggregator, queue) in Prometheus
 //! text format. API keys' last-used times, which ingest keeps in memory, are written to the
-//! store every few seconds ([`flush_key_uses`]) and once more on shutdown.
+//! store every few seconds ([`tally_ingest::keys::flush_key_uses`]) and once more on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +55,18 @@ pub struct ServeArgs {
     /// Longest the aggregator keeps draining the queue at shutdown (e.g. 30s).
     #[arg(long, env = "TALLY_DRAIN_LIMIT", default_value = "30s", value_parser = parse_duration)]
     drain_limit: Duration,
+    /// How often plan-limit alerts are checked and sent, when TALLY_ALERT_WEBHOOK_URL and
+    /// TALLY_ALERT_WEBHOOK_SECRET are set (e.g. 60s, 5m; at least 1s).
+    #[arg(long, env = "TALLY_ALERT_INTERVAL", default_value = "60s", value_parser = parse_alert_interval)]
+    alert_interval: Duration,
+}
+
+fn parse_alert_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("--alert-interval must be from 1s to 1d, got {s:?}"));
+    }
+    Ok(d)
 }
 
 /// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
@@ -76,13 +91,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// How often `tally serve` writes the keys' last-used times (kept in memory by ingest) to
-/// the store.
-pub const KEY_USE_FLUSH_EVERY: Duration = Duration::from_secs(5);
-
 /// Builds the HTTP app of the local server; `jwt` verifies users' tokens (none: JWTs are
 /// refused). Also hands back ingest's key cache, whose last-used times
-/// [`flush_key_uses`] writes.
+/// [`tally_ingest::keys::flush_key_uses`] writes.
 pub fn app(
     backends: &Backends,
     clock: Arc<dyn Clock>,
@@ -115,31 +126,6 @@ pub fn app(
     (router, keys)
 }
 
-/// Writes the keys' last-used times every [`KEY_USE_FLUSH_EVERY`], and once more when
-/// `stop` is set. A failed write is logged and its times are dropped: a last-used time is
-/// advisory, and the next use records a fresh one.
-pub async fn flush_key_uses(
-    keys: Arc<tally_ingest::KeyCache>,
-    tenants: Arc<dyn tally_core::ports::TenantStore>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(KEY_USE_FLUSH_EVERY) => false,
-            _ = stop.changed() => true,
-        };
-        let uses = keys.take_last_used();
-        for chunk in uses.chunks(tally_core::tenant::MAX_KEY_USES_PER_CALL) {
-            if let Err(e) = tenants.touch_api_keys(chunk).await {
-                warn!(error = %e, keys = chunk.len(), "cannot record API keys' last use");
-            }
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     let backends = backend::open(common).await?;
@@ -155,6 +141,13 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let catalogue = Arc::new(Catalogue::builtin().context("the built-in plan catalogue")?);
+    let stripe = crate::stripe::provider_from_env()?.map(Arc::new);
+    let alert_sender = crate::alerts::sender_from_env(clock.clone())?;
+    let webhook = tally_billing::webhook::router(tally_billing::webhook::WebhookState {
+        ledger: backends.sync.clone(),
+        secret: crate::stripe::webhook_secret_from_env()?.map(Arc::from),
+        clock: clock.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -172,10 +165,22 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
         stop_rx.clone(),
         args.drain_limit,
     ));
+    // Its own task: a slow or failing alert endpoint never holds up ingest or aggregation.
+    let alert_task = alert_sender.map(|sender| {
+        tokio::spawn(crate::alerts::run_periodically(
+            backends.clone(),
+            catalogue.clone(),
+            sender,
+            clock.clone(),
+            args.alert_interval,
+            stop_rx.clone(),
+        ))
+    });
     let scheduler = (!args.no_billing_scheduler).then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
             catalogue,
+            stripe,
             clock.clone(),
             grace,
             stop_rx.clone(),
@@ -184,14 +189,19 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
 
     info!(addr = %local, data = %common.data.display(), "tally listening on http://{local}");
     let (router, keys) = app(&backends, clock, Some(jwt));
-    let key_uses = tokio::spawn(flush_key_uses(
+    let mut stop_keys = stop_rx.clone();
+    let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,
         backends.tenants.clone(),
-        stop_rx.clone(),
+        tally_ingest::keys::KEY_USE_FLUSH_EVERY,
+        async move {
+            let _ = stop_keys.wait_for(|stop| *stop).await;
+        },
     ));
     let served = axum::serve(
         listener,
         router
+            .merge(webhook)
             .route(
                 "/metrics",
                 get(move || std::future::ready(prometheus.render())),
@@ -207,6 +217,9 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = scheduler {
         let _ = s.await;
+    }
+    if let Some(a) = alert_task {
+        let _ = a.await;
     }
     let _ = key_uses.await;
     served.context("server failed")?;
@@ -273,9 +286,12 @@ async fn shutdown_signal() {
 /// store every org's report). It checks once a minute; after a month is billed it is not run
 /// again in this process, and a restart runs it once more, which finds the reports stored
 /// and changes nothing. A failure (some org could not be billed) is retried next minute.
+/// When Stripe is configured, each run then syncs the period's reports with the same
+/// [`tally_billing::sync_period`] as `tally bill`; orgs left pending are retried next minute.
 async fn close_ended_months(
     backends: Backends,
     catalogue: Arc<Catalogue>,
+    stripe: Option<Arc<tally_stripe::StripeProvider>>,
     clock: Arc<dyn Clock>,
     grace: chrono::Duration,
     mut stop: watch::Receiver<bool>,
@@ -304,6 +320,32 @@ async fn close_ended_months(
                         "closed and billed period"
                     );
                     billed = Some(period);
+                    if let Some(provider) = &stripe {
+                        let ports = tally_billing::PeriodSyncPorts {
+                            provider: provider.as_ref(),
+                            ledger: backends.sync.as_ref(),
+                            sleeper: &crate::stripe::TokioSleeper,
+                            tenants: backends.tenants.as_ref(),
+                        };
+                        let run = tally_billing::sync_period(
+                            ports,
+                            &out.reports,
+                            tally_billing::PeriodSyncOptions::default(),
+                            &NoProgress,
+                        )
+                        .await;
+                        let rerun = format!("tally bill --period {period}");
+                        if let Some(message) = crate::stripe::incomplete(&run, &rerun) {
+                            warn!(period = %period, "Stripe sync incomplete: {message}");
+                        }
+                        // Pending orgs are retried next minute; refused ones wait for
+                        // someone to fix the cause (and a restart or `tally bill`).
+                        if run.pending().next().is_some() {
+                            billed = None;
+                        } else {
+                            info!(period = %period, orgs = run.orgs.len(), "synced invoices to Stripe");
+                        }
+                    }
                 }
                 Err(e) => warn!(period = %period, error = %e, "billing run failed; will retry"),
             }

@@ -4,11 +4,15 @@
 //! is one: an axum server on `127.0.0.1:0` that speaks Stripe's form-encoded requests and
 //! JSON error shapes for exactly the endpoints `tally-stripe` calls
 //! (`POST /v1/customers`, `/v1/invoices`, `/v1/invoiceitems`,
-//! `/v1/invoices/{id}/finalize`), keeps customers, invoices and items in memory, and
+//! `/v1/invoices/{id}/finalize`, and the paginated lists `GET /v1/invoices?customer=…` and
+//! `GET /v1/invoiceitems?invoice=…`, newest first, with `limit`, `starting_after` and
+//! `has_more`), keeps customers, invoices and items in memory, and
 //! implements Stripe's idempotency keys: the same key with the same request replays the first
 //! answer, the same key with a different request is a `400 idempotency_error`. Results are
 //! stored only for requests that executed (as Stripe does), so an injected fault before
-//! execution leaves the key free.
+//! execution leaves the key free. Reads (`GET`) are never stored under a key.
+//! [`StripeDouble::forget_idempotency_keys`] drops every stored key, as Stripe does after
+//! 24 hours, so tests can show a rerun after that still creates nothing twice.
 //!
 //! Faults ([`Fault`]) are injected one at a time ([`StripeDouble::push_fault`]) or at random
 //! ([`StripeDouble::set_chaos`]): a 500, a 429 with `Retry-After`, a hang past the client's
@@ -49,6 +53,9 @@ pub enum Fault {
     /// The request is applied (and its result stored under its idempotency key), then the
     /// client gets a 500 instead of the answer.
     LostResponse,
+    /// No fault: the request goes through. Queued ahead of another fault, it aims that one
+    /// at a later request.
+    Pass,
 }
 
 /// An invoice item as the double holds it.
@@ -60,6 +67,8 @@ pub struct ItemView {
     pub amount: i64,
     /// As sent.
     pub description: String,
+    /// `metadata[…]` as sent.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// An invoice as the double holds it.
@@ -162,6 +171,12 @@ impl StripeDouble {
             rng: StdRng::seed_from_u64(seed),
             hang,
         });
+    }
+
+    /// Forgets every idempotency key, as Stripe does 24 hours after a key's first use: a
+    /// request repeated with an old key executes again.
+    pub fn forget_idempotency_keys(&self) {
+        lock(&self.inner).keys.clear();
     }
 
     /// Stops injecting random faults.
@@ -279,13 +294,14 @@ async fn handle(
                 _ => Fault::LostResponse,
             })
         });
-        if let Some(f) = fault {
-            let name = match f {
-                Fault::ServerError => "500",
-                Fault::RateLimited { .. } => "429",
-                Fault::Hang(_) => "timeout",
-                Fault::LostResponse => "lost_response",
-            };
+        let name = match fault {
+            None | Some(Fault::Pass) => None,
+            Some(Fault::ServerError) => Some("500"),
+            Some(Fault::RateLimited { .. }) => Some("429"),
+            Some(Fault::Hang(_)) => Some("timeout"),
+            Some(Fault::LostResponse) => Some("lost_response"),
+        };
+        if let Some(name) = name {
             *g.faults_injected.entry(name).or_default() += 1;
         }
         fault
@@ -320,10 +336,24 @@ async fn handle(
             );
             return respond(s, b);
         }
-        Some(Fault::LostResponse) | None => {}
+        Some(Fault::LostResponse | Fault::Pass) | None => {}
     }
 
     let mut g = lock(&inner);
+    if method == Method::GET {
+        let query = parse_form(uri.query().unwrap_or(""));
+        let (status, answer) = list(&g, uri.path(), &query);
+        drop(g);
+        if fault == Some(Fault::LostResponse) {
+            let (s, b) = error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "An unknown error occurred",
+            );
+            return respond(s, b);
+        }
+        return respond(status, answer);
+    }
     let (status, answer) = match key.as_ref().and_then(|k| g.keys.get(k)) {
         Some(stored) if stored.method_path == method_path && stored.body == body => (
             StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
@@ -389,6 +419,80 @@ fn invoice_json(inv: &InvoiceView) -> Value {
         "metadata": inv.metadata,
         "lines": {"object": "list", "data": inv.items.iter().map(|i| json!({"id": i.id, "amount": i.amount})).collect::<Vec<_>>()},
     })
+}
+
+fn item_json(invoice: &str, item: &ItemView) -> Value {
+    json!({
+        "id": item.id,
+        "object": "invoiceitem",
+        "amount": item.amount,
+        "invoice": invoice,
+        "description": item.description,
+        "metadata": item.metadata,
+    })
+}
+
+/// One page of a list, Stripe style: newest first, `limit` (default 10, at most 100),
+/// `starting_after` an id of the previous page.
+fn page(all: Vec<(String, Value)>, query: &BTreeMap<String, String>) -> (StatusCode, Value) {
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 10,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Invalid limit: must be between 1 and 100",
+            );
+        }
+    };
+    let mut rest: Vec<(String, Value)> = all.into_iter().rev().collect();
+    if let Some(after) = query.get("starting_after") {
+        let Some(pos) = rest.iter().position(|(id, _)| id == after) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("No such object: '{after}'"),
+            );
+        };
+        rest.drain(..=pos);
+    }
+    let has_more = rest.len() > limit;
+    let data: Vec<Value> = rest.into_iter().take(limit).map(|(_, v)| v).collect();
+    (
+        StatusCode::OK,
+        json!({"object": "list", "data": data, "has_more": has_more}),
+    )
+}
+
+/// `GET /v1/invoices?customer=…` and `GET /v1/invoiceitems?invoice=…`. Ids grow with
+/// creation, so id order is creation order.
+fn list(g: &Inner, path: &str, query: &BTreeMap<String, String>) -> (StatusCode, Value) {
+    match path {
+        "/v1/invoices" => {
+            let all = g
+                .invoices
+                .values()
+                .filter(|i| query.get("customer").is_none_or(|c| *c == i.customer))
+                .map(|i| (i.id.clone(), invoice_json(i)))
+                .collect();
+            page(all, query)
+        }
+        "/v1/invoiceitems" => {
+            let all = g
+                .items
+                .iter()
+                .filter(|(_, (inv, _))| query.get("invoice").is_none_or(|i| i == inv))
+                .map(|(id, (inv, item))| (id.clone(), item_json(inv, item)))
+                .collect();
+            page(all, query)
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            &format!("Unrecognized request URL (GET: {path})."),
+        ),
+    }
 }
 
 fn missing(param: &str) -> (StatusCode, Value) {
@@ -488,15 +592,10 @@ fn execute(
                 id: id.clone(),
                 amount,
                 description: form.get("description").cloned().unwrap_or_default(),
+                metadata: metadata(form),
             };
             inv.items.push(item.clone());
-            let answer = json!({
-                "id": id,
-                "object": "invoiceitem",
-                "amount": amount,
-                "invoice": invoice,
-                "description": item.description,
-            });
+            let answer = item_json(invoice, &item);
             g.items.insert(id, (invoice.clone(), item));
             (StatusCode::OK, answer)
         }

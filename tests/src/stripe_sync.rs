@@ -1,7 +1,8 @@
 //! Shared scenarios of the Stripe invoice sync's tests (`tests/tests/stripe_sync*.rs`): a
 //! sleeper that records what it was asked to wait, reports for numbered orgs, the check
 //! that an org has exactly one finalized invoice equal to its report, and the chaos run, so
-//! the same chaos test runs on every sync ledger backend.
+//! the same chaos test runs on every sync ledger backend. The chaos run drives
+//! [`sync_period`], the function `tally bill` calls after closing the month, not a copy.
 
 // Test support: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,10 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use tally_billing::{
-    Catalogue, InvoiceSync, MonthUsage, RetryPolicy, Sleeper, SyncOutcome, UsageReport,
-    planned_items,
+    Catalogue, MonthUsage, NoProgress, PeriodSyncOptions, PeriodSyncPorts, RetryPolicy, Sleeper,
+    UsageReport, planned_items, sync_period,
 };
-use tally_core::ports::SyncLedger;
+use tally_core::ports::{SyncLedger, TenantStore};
 use tally_core::{MeterName, Month, OrgId, PlanId};
 use tally_stripe::{StripeConfig, StripeProvider};
 
@@ -130,60 +131,68 @@ pub fn assert_invoiced(double: &StripeDouble, report: &UsageReport) {
     assert_eq!(inv.metadata.get("tally_invoice"), Some(&want));
 }
 
-/// Runs the sync of every report until each is finalized, `rounds` at most; every org runs
-/// concurrently within a round, as a billing run over many orgs would.
+/// Runs [`sync_period`] (what `tally bill`, the serve scheduler and the billing Lambda
+/// call) over every report until each is finalized, `rounds` at most, as an operator
+/// rerunning `tally bill` would; returns the number of runs it took.
 pub async fn sync_until_done(
     reports: &[UsageReport],
-    provider: Arc<StripeProvider>,
-    ledger: Arc<dyn SyncLedger>,
+    provider: &StripeProvider,
+    store: &dyn SyncAndTenants,
     rounds: usize,
 ) -> usize {
-    let sleeper = Arc::new(RecordingSleeper::default());
+    let sleeper = RecordingSleeper::default();
+    let ports = PeriodSyncPorts {
+        provider,
+        ledger: store.ledger(),
+        sleeper: &sleeper,
+        tenants: store.tenants(),
+    };
+    let options = PeriodSyncOptions {
+        policy: RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        },
+        concurrency: 8,
+    };
     for round in 1..=rounds {
-        let mut set = tokio::task::JoinSet::new();
-        for r in reports {
-            let (r, p, l, s) = (
-                r.clone(),
-                Arc::clone(&provider),
-                Arc::clone(&ledger),
-                Arc::clone(&sleeper),
-            );
-            set.spawn(async move {
-                let sync = InvoiceSync {
-                    provider: p.as_ref(),
-                    ledger: l.as_ref(),
-                    sleeper: s.as_ref(),
-                    policy: RetryPolicy {
-                        max_attempts: 3,
-                        ..RetryPolicy::default()
-                    },
-                };
-                sync.sync_report(&r, r.org_id.as_str()).await.unwrap()
-            });
+        let run = sync_period(ports, reports, options, &NoProgress).await;
+        assert_eq!(run.orgs.len(), reports.len());
+        if let Some(f) = run.failed().next() {
+            panic!("{}: {:?}", f.org_id, f.outcome);
         }
-        let mut done = 0;
-        while let Some(out) = set.join_next().await {
-            match out.unwrap() {
-                SyncOutcome::Finalized(_) => done += 1,
-                SyncOutcome::Pending { .. } => {}
-                SyncOutcome::Failed { step, message } => panic!("{step}: {message}"),
-            }
-        }
-        if done == reports.len() {
+        if run.all_finalized() {
             return round;
         }
     }
     panic!("not every org was finalized after {rounds} rounds");
 }
 
+/// A store that is both the sync ledger and the tenant store (SQLite, DynamoDB), as
+/// [`sync_period`] needs both.
+pub trait SyncAndTenants: Send + Sync {
+    /// As the sync ledger.
+    fn ledger(&self) -> &dyn SyncLedger;
+    /// As the tenant store.
+    fn tenants(&self) -> &dyn TenantStore;
+}
+
+impl<T: SyncLedger + TenantStore> SyncAndTenants for T {
+    fn ledger(&self) -> &dyn SyncLedger {
+        self
+    }
+    fn tenants(&self) -> &dyn TenantStore {
+        self
+    }
+}
+
 /// The chaos test of issue 7, on any ledger: `orgs` reports synced while the double injects
 /// every fault kind at random (a third of requests), rerun until all are finalized.
-pub async fn chaos(ledger: Arc<dyn SyncLedger>, orgs: usize, seed: u64) {
+pub async fn chaos(store: Arc<dyn SyncAndTenants>, orgs: usize, seed: u64) {
     let double = StripeDouble::start().await.unwrap();
     double.set_chaos(0.35, seed, Duration::from_millis(600));
-    let p = Arc::new(provider(&double));
+    let p = provider(&double);
     let reports: Vec<_> = (0..orgs).map(report).collect();
-    let rounds = sync_until_done(&reports, p, ledger, 40).await;
+    let rounds = sync_until_done(&reports, &p, store.as_ref(), 40).await;
     double.clear_chaos();
     let (requests, faults) = double.stats();
     println!(

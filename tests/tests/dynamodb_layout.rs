@@ -3,7 +3,7 @@
 //! The test reads the item table out of `store/src/dynamodb.rs`'s own `//!` doc, exercises
 //! every kind of write on a fresh table (user, org, project, key, events of every
 //! aggregation, a closed period, a usage report, a Stripe sync step and customer, an audit
-//! record, an invitation), scans the table as `aws dynamodb scan` would, and checks
+//! record, an invitation, a plan-limit alert), scans the table as `aws dynamodb scan` would, and checks
 //! that every item's `pk`/`sk` matches a documented row and that every documented row the
 //! store writes appears. A new item type without a doc row, or a doc row that no longer
 //! matches the code, fails here.
@@ -257,6 +257,23 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
 
     store
         .add_project_member(&org.id, &project.id, &user.id, now)
+        .await
+        .unwrap();
+
+    use tally_core::ports::{AlertKey, AlertLedger, StoredAlert, ThresholdPct};
+    store
+        .claim_alert(&StoredAlert {
+            key: AlertKey {
+                org: org.id.clone(),
+                period: Month::of(now),
+                meter: tally_core::MeterName::parse("compute_minutes").unwrap(),
+                threshold: ThresholdPct::WARNING,
+            },
+            body: "{}".into(),
+            claimed_at: now,
+            lease_until: now + Duration::minutes(5),
+            delivered_at: None,
+        })
         .await
         .unwrap();
 

@@ -202,6 +202,89 @@ async fn a_key_reused_with_a_different_request_is_an_idempotency_error() {
     assert_eq!(double.customer_count(), 1);
 }
 
+/// Stripe forgets idempotency keys after 24 hours. An answer lost after Stripe created the
+/// invoice (and later an item) leaves the ledger without them; once the keys are forgotten,
+/// a rerun finds the invoice by its `tally_invoice` metadata and the item by its
+/// `tally_step`, and adopts them: still one invoice, one item per report entry.
+#[tokio::test]
+async fn a_rerun_after_the_idempotency_keys_expired_adopts_what_stripe_already_has() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(1);
+    let items = planned_items(&report).unwrap();
+    assert!(items.len() >= 2, "{items:?}");
+
+    // Run 1: the customer goes through; the draft invoice is created but its answer lost.
+    double.push_fault(Fault::Pass); // POST /v1/customers
+    double.push_fault(Fault::Pass); // GET /v1/invoices (nothing to adopt yet)
+    double.push_fault(Fault::LostResponse); // POST /v1/invoices, applied
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 1")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, SyncOutcome::Pending { ref step, .. } if step == "invoice"),
+        "{out:?}"
+    );
+    assert_eq!(invoices_of(&double, &report.org_id).len(), 1);
+    assert_eq!(
+        ledger
+            .get_step(&report.org_id, period(), "invoice")
+            .await
+            .unwrap(),
+        None
+    );
+    double.forget_idempotency_keys();
+
+    // Run 2: adopts the invoice; the first item is created, its answer lost.
+    double.push_fault(Fault::Pass); // GET /v1/invoices: found
+    double.push_fault(Fault::Pass); // GET /v1/invoiceitems: none yet
+    double.push_fault(Fault::LostResponse); // POST /v1/invoiceitems item:0, applied
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 1")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, SyncOutcome::Pending { ref step, .. } if step == "item:0"),
+        "{out:?}"
+    );
+    let inv = &invoices_of(&double, &report.org_id)[0];
+    assert_eq!(
+        ledger
+            .get_step(&report.org_id, period(), "invoice")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(inv.id.as_str()),
+        "the rerun adopted the invoice Stripe already had"
+    );
+    assert_eq!(inv.items.len(), 1);
+    double.forget_idempotency_keys();
+
+    // Run 3: adopts the item and finishes.
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 1")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_invoiced(&double, &report);
+    assert_eq!(double.invoices().len(), 1);
+    assert_eq!(double.customer_count(), 1);
+    let inv = &invoices_of(&double, &report.org_id)[0];
+    let steps: Vec<_> = inv
+        .items
+        .iter()
+        .map(|i| i.metadata.get("tally_step").cloned().unwrap())
+        .collect();
+    let want: Vec<_> = items.iter().map(|i| i.step.clone()).collect();
+    assert_eq!(
+        steps, want,
+        "one item per report entry, each named by its step"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_fifty_orgs_each_get_exactly_one_invoice_equal_to_the_report_on_sqlite() {
     let (_dir, ledger) = store();

@@ -2,7 +2,13 @@
 //! (`cron(0 2 1 * ? *)`): once [`tally_lambda::env::GRACE_PERIOD_SECONDS`] have passed since
 //! the previous month ended, closes it and stores every org's usage report, with the same
 //! `close_month` as `tally bill` and `tally serve`'s scheduler. A failure fails the
-//! invocation (alarmed, retried). Stripe sync is not here yet.
+//! invocation (alarmed, retried). When [`tally_lambda::env::STRIPE_SECRET_KEY`] is set
+//! (from Secrets Manager), every report of the period is then synced to Stripe with the
+//! same `sync_period` as `tally bill`; an org left pending or refused fails the invocation,
+//! and the retry resumes from the sync ledger.
+//!
+//! An event `{"job": "alerts"}` (a second schedule, every five minutes) runs the plan-limit
+//! alert pass instead ([`tally_lambda::alerts`]).
 
 use std::time::Duration;
 
@@ -11,6 +17,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
+use tally_lambda::alerts::JobOutput;
 use tally_lambda::env::{self, Env};
 use tally_lambda::handlers::BillingPorts;
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -39,18 +46,53 @@ async fn main() -> anyhow::Result<()> {
     let grace = Duration::from_secs(grace);
     let catalogue = Catalogue::builtin().context("the built-in plan catalogue")?;
     let store = backends::store(&env).await?;
+    let stripe = match env.optional(env::STRIPE_SECRET_KEY)? {
+        Some(secret_key) => Some(
+            tally_stripe::StripeProvider::new(tally_stripe::StripeConfig {
+                secret_key,
+                base_url: tally_stripe::STRIPE_API_BASE.to_owned(),
+                timeout: tally_stripe::DEFAULT_TIMEOUT,
+            })
+            .context(env::STRIPE_SECRET_KEY)?,
+        ),
+        None => None,
+    };
+    let stripe_ports = stripe.as_ref().map(|provider| handlers::StripePorts {
+        provider,
+        ledger: store.dynamo.as_ref(),
+        sleeper: &handlers::TokioSleeper,
+    });
     let ports = BillingPorts {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),
         reports: store.reports.as_ref(),
         clock: &SystemClock,
     };
+    let alert_sender =
+        tally_lambda::alerts::sender_from_env(&env, std::sync::Arc::new(SystemClock))?;
+    let alert_ports = tally_lambda::alerts::AlertRunPorts {
+        tenants: store.tenants.as_ref(),
+        usage: store.usage.as_ref(),
+        alerts: store.dynamo.as_ref(),
+        clock: &SystemClock,
+    };
+    let alert_sender = alert_sender
+        .as_ref()
+        .map(|s| s as &dyn tally_billing::alerts::AlertSender);
     let catalogue = &catalogue;
     let telemetry = &telemetry;
-    lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {
-        let out = handlers::bill(ports, catalogue, grace).await;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        if tally_lambda::alerts::is_alert_job(&event.payload) {
+            let out = tally_lambda::alerts::run(alert_ports, catalogue, alert_sender).await;
+            telemetry.flush();
+            return out.map(JobOutput::Alerts).map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "alert run failed");
+                lambda_runtime::Error::from(format!("{e:#}"))
+            });
+        }
+        let out = handlers::bill_and_sync(ports, catalogue, grace, stripe_ports).await;
         telemetry.flush();
-        out.map_err(|e| {
+        out.map(JobOutput::Bill).map_err(|e| {
             tracing::error!(error = format!("{e:#}"), "billing run failed");
             lambda_runtime::Error::from(format!("{e:#}"))
         })

@@ -2,7 +2,8 @@
 //!
 //! The same ingest router `tally serve` runs, on the DynamoDB store and the SQS queue or
 //! Kinesis stream named by the environment ([`tally_lambda::env::INGEST`]). Its caches (keys,
-//! projects, periods, usage) live as long as the execution environment.
+//! projects, periods, usage) live as long as the execution environment, and the keys'
+//! last-used times are written from it every few seconds while it is warm.
 
 use std::sync::Arc;
 
@@ -18,13 +19,24 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = Telemetry::init(&env, "ingest")?;
     let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
-    let router = tally_ingest::router(tally_ingest::IngestState::new(
+    let ingest = tally_ingest::Ingest::new(
+        tally_ingest::IngestState::new(
+            store.tenants.clone(),
+            store.usage.clone(),
+            queue,
+            Arc::new(MeterCatalogue::default()),
+            Arc::new(SystemClock),
+        ),
+        tally_ingest::IngestConfig::default(),
+    );
+    // Keys' last-used times, written at most every few seconds while the function is warm.
+    tokio::spawn(tally_ingest::keys::flush_key_uses(
+        ingest.key_cache(),
         store.tenants.clone(),
-        store.usage.clone(),
-        queue,
-        Arc::new(MeterCatalogue::default()),
-        Arc::new(SystemClock),
+        tally_ingest::keys::KEY_USE_FLUSH_EVERY,
+        std::future::pending(),
     ));
+    let router = ingest.router();
     handlers::http::serve(router, telemetry)
         .await
         .map_err(|e| anyhow::anyhow!(e))

@@ -1,5 +1,7 @@
 //! The storage conformance suite: what every [`TenantStore`] + [`UsageStore`] +
-//! [`ReportStore`] backend must do.
+//! [`ReportStore`] backend must do, and the Stripe sync ledger and plan-limit alert outbox
+//! ([`SyncLedger`](tally_core::ports::SyncLedger), [`AlertLedger`](tally_core::ports::AlertLedger))
+//! that live in the same store.
 //!
 //! Each `pub async fn` here is one test taking a [`StoreFactory`]; [`storage_conformance!`]
 //! (crate::storage_conformance) expands to one `#[tokio::test]` per function for a factory
@@ -34,7 +36,12 @@ use super::fixtures::{
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     /// The backend under test.
-    type Store: TenantStore + UsageStore + ReportStore + tally_core::ports::SyncLedger + 'static;
+    type Store: TenantStore
+        + UsageStore
+        + ReportStore
+        + tally_core::ports::SyncLedger
+        + tally_core::ports::AlertLedger
+        + 'static;
 
     /// A new handle onto this factory's data. A second call is like a second process opening
     /// the same database: both see each other's writes.
@@ -84,6 +91,9 @@ macro_rules! storage_conformance {
             sync_steps_are_recorded_once_per_org_period_and_step,
             racing_sync_step_writes_keep_one,
             sync_customers_are_recorded_once_per_org,
+            alerts_are_claimed_once_and_pending_until_delivered,
+            racing_alert_claims_have_one_winner,
+            alert_leases_are_taken_over_once,
         );
     };
     (@tests $factory:expr; $($test:ident),* $(,)?) => {
@@ -2438,4 +2448,222 @@ pub async fn sync_customers_are_recorded_once_per_org<F: StoreFactory>(f: &F) {
         s.record_customer(&other, "").await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+// ---------------------------------------------------------------------------------------
+// The plan-limit alert outbox.
+
+fn alert(
+    org: &OrgId,
+    period: &str,
+    meter: &str,
+    pct: u8,
+    body: &str,
+) -> tally_core::ports::StoredAlert {
+    use tally_core::ports::{AlertKey, StoredAlert, ThresholdPct};
+    StoredAlert {
+        key: AlertKey {
+            org: org.clone(),
+            period: month(period),
+            meter: MeterName::parse(meter).unwrap(),
+            threshold: ThresholdPct::new(pct).unwrap(),
+        },
+        body: body.to_owned(),
+        claimed_at: ts("2026-11-20T10:00:00.123456Z"),
+        lease_until: ts("2026-11-20T10:05:00.123456Z"),
+        delivered_at: None,
+    }
+}
+
+/// The first claim of an (org, month, meter, threshold) wins and stores the alert; later
+/// claims, from any handle, get `false` and change nothing. Claimed alerts are pending (per
+/// org, from a month on, by month, meter and threshold) until their delivery is recorded,
+/// which keeps its first time. Bodies are bounded.
+pub async fn alerts_are_claimed_once_and_pending_until_delivered<F: StoreFactory>(f: &F) {
+    use tally_core::ports::{AlertLedger, MAX_ALERT_BODY_BYTES};
+    let s = f.open().await;
+    let (org, other) = (fresh_org(), fresh_org());
+    let warn = alert(&org, "2026-11", "api_calls", 80, r#"{"n":1}"#);
+    assert_eq!(s.get_alert(&warn.key).await.unwrap(), None);
+    assert!(
+        s.pending_alerts(&org, month("2026-01"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(s.claim_alert(&warn).await.unwrap());
+    let mut again = warn.clone();
+    again.body = r#"{"n":2}"#.to_owned();
+    again.claimed_at = ts("2026-11-21T00:00:00Z");
+    assert!(!f.open().await.claim_alert(&again).await.unwrap());
+    assert_eq!(s.get_alert(&warn.key).await.unwrap(), Some(warn.clone()));
+
+    let reached = alert(&org, "2026-11", "api_calls", 100, "{}");
+    let compute = alert(&org, "2026-11", "compute_minutes", 80, "{}");
+    let october = alert(&org, "2026-10", "api_calls", 100, "{}");
+    let december = alert(&org, "2026-12", "api_calls", 80, "{}");
+    for a in [&december, &compute, &reached, &october] {
+        assert!(s.claim_alert(a).await.unwrap());
+    }
+    assert!(
+        s.claim_alert(&alert(&other, "2026-11", "api_calls", 80, "{}"))
+            .await
+            .unwrap()
+    );
+    let pending = f
+        .open()
+        .await
+        .pending_alerts(&org, month("2026-11"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pending,
+        vec![
+            warn.clone(),
+            reached.clone(),
+            compute.clone(),
+            december.clone()
+        ]
+    );
+    assert_eq!(
+        s.pending_alerts(&org, month("2026-10"))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    let first = ts("2026-11-20T10:00:01.5Z");
+    s.mark_alert_delivered(&warn.key, first).await.unwrap();
+    s.mark_alert_delivered(&warn.key, ts("2026-11-22T00:00:00Z"))
+        .await
+        .unwrap();
+    let stored = f.open().await.get_alert(&warn.key).await.unwrap().unwrap();
+    assert_eq!(stored.delivered_at, Some(first));
+    assert_eq!(
+        s.pending_alerts(&org, month("2026-11")).await.unwrap(),
+        vec![reached.clone(), compute, december]
+    );
+    // Delivered stays delivered: a late claim does not bring it back.
+    assert!(!s.claim_alert(&warn).await.unwrap());
+    assert_eq!(
+        s.pending_alerts(&org, month("2026-11"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let never = alert(&org, "2026-09", "api_calls", 80, "{}");
+    assert!(matches!(
+        s.mark_alert_delivered(&never.key, first).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.get_alert(&never.key).await.unwrap(), None);
+
+    for body in [String::new(), "x".repeat(MAX_ALERT_BODY_BYTES + 1)] {
+        let a = alert(&other, "2026-11", "compute_minutes", 100, &body);
+        assert!(
+            matches!(s.claim_alert(&a).await, Err(StoreError::Unavailable(_))),
+            "{} bytes",
+            body.len()
+        );
+        assert_eq!(s.get_alert(&a.key).await.unwrap(), None);
+    }
+    let big = alert(
+        &other,
+        "2026-11",
+        "compute_minutes",
+        100,
+        &"y".repeat(MAX_ALERT_BODY_BYTES),
+    );
+    assert!(s.claim_alert(&big).await.unwrap());
+    assert_eq!(s.get_alert(&big.key).await.unwrap(), Some(big));
+}
+
+/// Checks racing on one threshold from several handles (processes): exactly one claim
+/// wins, so exactly one of them sends the alert.
+pub async fn racing_alert_claims_have_one_winner<F: StoreFactory>(f: &F) {
+    use tally_core::ports::AlertLedger;
+    let org = fresh_org();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let s = Arc::new(f.open().await);
+        let a = alert(
+            &org,
+            "2026-11",
+            "api_calls",
+            100,
+            &format!(r#"{{"writer":{i}}}"#),
+        );
+        handles.push(tokio::spawn(
+            async move { s.claim_alert(&a).await.unwrap() },
+        ));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += usize::from(h.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    let pending = f
+        .open()
+        .await
+        .pending_alerts(&org, month("2026-11"))
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+}
+
+/// A pending alert's delivery is taken over by a compare-and-set of its lease: of several
+/// handles presenting the lease they saw, one wins; a stale lease, a delivered alert or an
+/// unknown one is refused.
+pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
+    use tally_core::ports::AlertLedger;
+    let s = f.open().await;
+    let org = fresh_org();
+    let a = alert(&org, "2026-11", "compute_minutes", 80, "{}");
+    assert!(s.claim_alert(&a).await.unwrap());
+    let seen = a.lease_until;
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let s = Arc::new(f.open().await);
+        let key = a.key.clone();
+        let until = seen + Duration::minutes(10) + Duration::microseconds(i);
+        handles.push(tokio::spawn(async move {
+            s.renew_alert_lease(&key, seen, until).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += usize::from(h.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    let now = s.get_alert(&a.key).await.unwrap().unwrap();
+    assert!(now.lease_until > seen);
+    assert!(!s.renew_alert_lease(&a.key, seen, seen).await.unwrap());
+    let later = now.lease_until + Duration::minutes(5);
+    assert!(
+        s.renew_alert_lease(&a.key, now.lease_until, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_alert(&a.key).await.unwrap().unwrap().lease_until,
+        later
+    );
+
+    s.mark_alert_delivered(&a.key, later).await.unwrap();
+    assert!(
+        !s.renew_alert_lease(&a.key, later, later + Duration::minutes(1))
+            .await
+            .unwrap()
+    );
+    let unknown = alert(&org, "2026-11", "api_calls", 80, "{}");
+    assert!(
+        !s.renew_alert_lease(&unknown.key, unknown.lease_until, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_alert(&unknown.key).await.unwrap(), None);
 }

@@ -1,0 +1,230 @@
+//! [`AlertLedger`](tally_core::ports::AlertLedger) on SQLite: the outbox of plan-limit
+//! alerts.
+//!
+//! Schema version 6 adds one table ([`SCHEMA_V6`]), keyed `(org, period, meter, threshold)`
+//! so the claim is the primary key's uniqueness (`INSERT ... ON CONFLICT DO NOTHING`, whose
+//! changed-row count says who won) and an org's pending alerts from a month on are one range
+//! scan. Times are integer Unix microseconds, so the lease's compare-and-set compares exact
+//! values rather than text.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use tally_core::ids::{MeterName, OrgId};
+use tally_core::period::Month;
+use tally_core::ports::{AlertKey, MAX_ALERT_BODY_BYTES, StoreError, StoredAlert, ThresholdPct};
+
+use super::{SqliteStore, corrupt, db, month_key, parse_id};
+
+/// Schema version 6: plan-limit alerts.
+pub(super) const SCHEMA_V6: &str = r#"
+CREATE TABLE IF NOT EXISTS alerts (
+    org           TEXT NOT NULL,
+    period        INTEGER NOT NULL,   -- yyyymm
+    meter         TEXT NOT NULL,
+    threshold     INTEGER NOT NULL,   -- percent of the allowance, 1-100
+    body          TEXT NOT NULL,      -- the webhook body, JSON, fixed at the claim
+    claimed_at    INTEGER NOT NULL,   -- Unix microseconds
+    lease_until   INTEGER NOT NULL,   -- Unix microseconds
+    delivered_at  INTEGER,            -- Unix microseconds; NULL while pending
+    PRIMARY KEY (org, period, meter, threshold)
+) WITHOUT ROWID;
+"#;
+
+const SELECT: &str =
+    "SELECT org, period, meter, threshold, body, claimed_at, lease_until, delivered_at FROM alerts";
+
+type AlertRow = (String, i64, String, i64, String, i64, i64, Option<i64>);
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("alert time {us}")))
+}
+
+fn month_of(key: i64) -> Result<Month, StoreError> {
+    let year = i32::try_from(key / 100).ok();
+    let month = u32::try_from(key % 100).ok();
+    year.zip(month)
+        .and_then(|(y, m)| Month::new(y, m))
+        .ok_or_else(|| corrupt(format!("alert period {key}")))
+}
+
+fn alert_of(
+    (org, period, meter, threshold, body, claimed, lease, delivered): AlertRow,
+) -> Result<StoredAlert, StoreError> {
+    let threshold = u8::try_from(threshold)
+        .ok()
+        .and_then(ThresholdPct::new)
+        .ok_or_else(|| corrupt(format!("alert threshold {threshold}")))?;
+    Ok(StoredAlert {
+        key: AlertKey {
+            org: parse_id(&org, OrgId::parse)?,
+            period: month_of(period)?,
+            meter: parse_id(&meter, MeterName::parse)?,
+            threshold,
+        },
+        body,
+        claimed_at: instant(claimed)?,
+        lease_until: instant(lease)?,
+        delivered_at: delivered.map(instant).transpose()?,
+    })
+}
+
+/// Refuses an empty or oversized body, naming the field.
+pub(crate) fn check_body(body: &str) -> Result<(), StoreError> {
+    if body.is_empty() || body.len() > MAX_ALERT_BODY_BYTES {
+        return Err(StoreError::Unavailable(format!(
+            "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+type KeyParams = (String, i64, String, i64);
+
+fn key_params(key: &AlertKey) -> KeyParams {
+    (
+        key.org.as_str().to_owned(),
+        month_key(key.period),
+        key.meter.as_str().to_owned(),
+        i64::from(key.threshold.get()),
+    )
+}
+
+impl SqliteStore {
+    pub(super) async fn alerts_claim(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
+        check_body(&alert.body)?;
+        let (org, period, meter, threshold) = key_params(&alert.key);
+        let body = alert.body.clone();
+        let (claimed, lease) = (micros(alert.claimed_at), micros(alert.lease_until));
+        let delivered = alert.delivered_at.map(micros);
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO alerts (org, period, meter, threshold, body, claimed_at,
+                                         lease_until, delivered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (org, period, meter, threshold) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        org, period, meter, threshold, body, claimed, lease, delivered
+                    ])
+                })
+                .map_err(db)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn alerts_get(
+        &self,
+        key: &AlertKey,
+    ) -> Result<Option<StoredAlert>, StoreError> {
+        let (org, period, meter, threshold) = key_params(key);
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "{SELECT} WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![org, period, meter, threshold], alert_row)
+                    .optional()
+            })
+            .map_err(db)?
+            .map(alert_of)
+            .transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn alerts_pending(
+        &self,
+        org: &OrgId,
+        since: Month,
+    ) -> Result<Vec<StoredAlert>, StoreError> {
+        let org = org.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "{SELECT} WHERE org = ?1 AND period >= ?2 AND delivered_at IS NULL
+                     ORDER BY period, meter, threshold"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![org, month_key(since)], alert_row)
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            rows.into_iter().map(alert_of).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn alerts_renew_lease(
+        &self,
+        key: &AlertKey,
+        seen: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (org, period, meter, threshold) = key_params(key);
+        let (seen, until) = (micros(seen), micros(until));
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE alerts SET lease_until = ?6
+                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4
+                       AND lease_until = ?5 AND delivered_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![org, period, meter, threshold, seen, until]))
+                .map_err(db)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn alerts_mark_delivered(
+        &self,
+        key: &AlertKey,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (org, period, meter, threshold) = key_params(key);
+        let what = format!(
+            "alert {}/{}/{}/{}",
+            key.org,
+            key.period,
+            key.meter,
+            key.threshold.get()
+        );
+        let at = micros(at);
+        self.write(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "UPDATE alerts SET delivered_at = COALESCE(delivered_at, ?5)
+                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4",
+                )
+                .and_then(|mut s| s.execute(params![org, period, meter, threshold, at]))
+                .map_err(db)?;
+            if found == 0 {
+                return Err(StoreError::NotFound { what });
+            }
+            Ok(())
+        })
+        .await
+    }
+}
