@@ -10,12 +10,22 @@
 //!
 //! The ledger write follows the provider's answer, so an answer lost after the provider
 //! applied the write leaves the ledger without the step. Within a day the same key replays
-//! the answer; after that it would create the object again. So before creating a draft
-//! invoice or an item that the ledger does not hold, the sync asks the provider for one it
-//! made earlier: the customer's invoice whose metadata `tally_invoice` is `<org>:<period>`
-//! ([`InvoiceProvider::find_invoice`], a paginated list, not Stripe's search, which lags),
-//! and the invoice's items whose metadata `tally_step` names the step
+//! the answer; after that it would create the object again. So before creating a customer,
+//! a draft invoice or an item that the ledger does not hold, the sync asks the provider for
+//! one it made earlier: the customer whose metadata `tally_org` is the org
+//! ([`InvoiceProvider::find_customer`], Stripe's customer search; the oldest if an earlier
+//! duplicate exists), the customer's invoice whose metadata `tally_invoice` is
+//! `<org>:<period>` ([`InvoiceProvider::find_invoice`], a paginated list), and the invoice's
+//! items whose metadata `tally_step` names the step
 //! ([`InvoiceProvider::list_invoice_items`]); it adopts what it finds.
+//!
+//! Stripe's search index lags writes by up to about a minute, so a search right after a
+//! lost creation answer can miss the customer. That does no harm: within 24 hours the
+//! creation's idempotency key (the same for a rerun of the same period) replays the first
+//! answer instead of creating another customer, and after 24 hours, when the key is
+//! forgotten, the index has long caught up. Invoices are not searched for but listed,
+//! since a customer's list is exact and short. Where the provider refuses the search
+//! (Stripe does not offer it to every account), the sync creates the customer as before.
 //!
 //! Errors: a [`ProviderError::Retryable`] is retried here with the same key, waiting the
 //! provider's `Retry-After` (or an exponential backoff) through a [`Sleeper`]; when the
@@ -217,27 +227,56 @@ impl InvoiceSync<'_> {
             })
         };
 
-        // 1. The customer: one per org, whatever the period.
+        // 1. The customer: one per org, whatever the period. Adopt one an earlier run
+        // created but never recorded (its answer lost) before creating one.
         let customer = match self.ledger.get_customer(org).await? {
             Some(c) => id("customer", c)?,
             None => {
-                let new = NewCustomer {
-                    org: org.clone(),
-                    name: org_name.to_owned(),
-                };
-                let key = idempotency_key(org, period, "customer");
-                match self
-                    .call(org, period, "customer", || {
-                        self.provider.create_customer(&new, &key)
+                let found = match self
+                    .call(org, period, "customer", || async {
+                        // A search the account cannot use (Stripe's search is not offered
+                        // everywhere: a 400 or 404) must not stop invoicing: fall back to
+                        // creating, which the idempotency key still protects for a day. A
+                        // refused key (401/403) stops the org as any other step would.
+                        match self.provider.find_customer(org).await {
+                            Err(ProviderError::Fatal {
+                                status: status @ (400 | 404),
+                                message,
+                            }) => {
+                                tracing::warn!(org = %org, status, %message, "customer search refused; creating the customer without it");
+                                Ok(None)
+                            }
+                            other => other,
+                        }
                     })
                     .await?
                 {
-                    Step::Done(c) => id(
-                        "customer",
-                        self.ledger.record_customer(org, c.as_str()).await?,
-                    )?,
+                    Step::Done(found) => found,
                     Step::Stop(o) => return Ok(o),
-                }
+                };
+                let c = match found {
+                    Some(c) => c,
+                    None => {
+                        let new = NewCustomer {
+                            org: org.clone(),
+                            name: org_name.to_owned(),
+                        };
+                        let key = idempotency_key(org, period, "customer");
+                        match self
+                            .call(org, period, "customer", || {
+                                self.provider.create_customer(&new, &key)
+                            })
+                            .await?
+                        {
+                            Step::Done(c) => c,
+                            Step::Stop(o) => return Ok(o),
+                        }
+                    }
+                };
+                id(
+                    "customer",
+                    self.ledger.record_customer(org, c.as_str()).await?,
+                )?
             }
         };
 

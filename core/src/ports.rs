@@ -683,12 +683,19 @@ pub struct FinalizedInvoice {
 /// key of a call whose answer they did not get.
 #[async_trait]
 pub trait InvoiceProvider: Send + Sync {
-    /// Creates the org's customer and returns its id.
+    /// Creates the org's customer (with metadata `tally_org` = the org id) and returns its id.
     async fn create_customer(
         &self,
         customer: &NewCustomer,
         key: &IdempotencyKey,
     ) -> Result<ProviderId, ProviderError>;
+    /// The org's customer, found by the metadata
+    /// [`create_customer`](Self::create_customer) sets (`tally_org` = the org id); `None` if
+    /// there is none. When several carry the org (created twice before this lookup existed),
+    /// the oldest by creation time, with a warning logged. A read: no idempotency key. Lets a
+    /// rerun adopt a customer whose creation answer was lost after the provider's
+    /// idempotency keys expired, for the same reason as [`find_invoice`](Self::find_invoice).
+    async fn find_customer(&self, org: &OrgId) -> Result<Option<ProviderId>, ProviderError>;
     /// Creates a draft invoice (not auto-advanced, pending items excluded) and returns its id.
     async fn create_draft_invoice(
         &self,

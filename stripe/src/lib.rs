@@ -3,11 +3,12 @@
 //! test double in `tally-tests`, through [`StripeConfig::base_url`]).
 //!
 //! Requests are async-stripe 1.0's request types (`CreateCustomer`, `CreateInvoice`,
-//! `CreateInvoiceItem`, `FinalizeInvoiceInvoice`, and `ListInvoice` / `ListInvoiceItem` to
-//! find what an earlier run created once Stripe forgot its idempotency keys), so the form
-//! encoding is Stripe's own bindings'. Writes carry the idempotency key; list reads carry
-//! none (a read has nothing to replay, and a replayed list would be stale). The transport is this crate's: async-stripe's client retries by itself and
-//! drops the `Retry-After` header, while the sync must decide retries itself (with the same
+//! `CreateInvoiceItem`, `FinalizeInvoiceInvoice`, and `SearchCustomer` / `ListInvoice` /
+//! `ListInvoiceItem` to find what an earlier run created once Stripe forgot its idempotency
+//! keys), so the form encoding is Stripe's own bindings'. Writes carry the idempotency key;
+//! reads carry none (a read has nothing to replay, and a replayed read would be stale).
+//! The transport is this crate's: async-stripe's client retries by itself and drops the
+//! `Retry-After` header, while the sync must decide retries itself (with the same
 //! idempotency key) and honour `Retry-After`. Each request is sent once, with a timeout,
 //! and its failure sorted into [`ProviderError::Retryable`] (429, 5xx, timeouts, a
 //! connection lost before the answer) or [`ProviderError::Fatal`] (any other 4xx, with
@@ -265,11 +266,50 @@ impl InvoiceProvider for StripeProvider {
         let req = stripe_core::customer::CreateCustomer::new()
             .name(customer.name.clone())
             .metadata(HashMap::from([(
-                "tally_org".to_owned(),
+                CUSTOMER_METADATA_KEY.to_owned(),
                 customer.org.as_str().to_owned(),
             )]));
         let body = self.send(req.build(), Some(key)).await?;
         Ok(object(&body)?.0)
+    }
+
+    /// Customer search (`GET /v1/customers/search`), every page. Stripe's search index lags
+    /// writes by up to about a minute (longer during its outages), which does not matter
+    /// here: the sync only searches before creating a customer its ledger lacks, and within
+    /// Stripe's 24 hours the creation's idempotency key replays the first answer anyway,
+    /// while after 24 hours the index has long caught up. Search results come in no set
+    /// order, so all pages are read before picking the oldest.
+    async fn find_customer(&self, org: &OrgId) -> Result<Option<ProviderId>, ProviderError> {
+        let query = format!(
+            "metadata[{}]:{}",
+            search_quoted(CUSTOMER_METADATA_KEY)?,
+            search_quoted(org.as_str())?
+        );
+        let mut found: Vec<Searched> = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut req =
+                stripe_core::customer::SearchCustomer::new(query.clone()).limit(LIST_PAGE_SIZE);
+            if let Some(n) = &next {
+                req = req.page(n.as_str());
+            }
+            let body = self.send(req.build(), None).await?;
+            let page: SearchPage =
+                serde_json::from_slice(&body).map_err(|e| ProviderError::Retryable {
+                    reason: format!("unreadable search answer: {e}"),
+                    retry_after: None,
+                })?;
+            // The query is an exact match, but check: adopting another org's customer
+            // would bill the wrong account.
+            found.extend(page.data.into_iter().filter(|c| {
+                c.metadata.get(CUSTOMER_METADATA_KEY).map(String::as_str) == Some(org.as_str())
+            }));
+            match (page.has_more, page.next_page) {
+                (true, Some(n)) => next = Some(n),
+                _ => return oldest_customer(org, found),
+            }
+        }
+        Err(too_many_pages("customers"))
     }
 
     async fn create_draft_invoice(
@@ -399,6 +439,10 @@ impl InvoiceProvider for StripeProvider {
 /// Default per-request timeout against Stripe.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The customer metadata key naming Tally's org; [`InvoiceProvider::find_customer`] searches
+/// on it.
+pub const CUSTOMER_METADATA_KEY: &str = "tally_org";
+
 /// The invoice metadata key naming Tally's (org, period); the webhook reads it too.
 pub const INVOICE_METADATA_KEY: &str = "tally_invoice";
 
@@ -430,6 +474,72 @@ struct Listed {
     id: String,
     #[serde(default)]
     metadata: HashMap<String, String>,
+}
+
+/// One page of a Stripe search: `{"object": "search_result", "data": [...], "has_more": bool,
+/// "next_page": "…"}`.
+#[derive(Deserialize)]
+struct SearchPage {
+    data: Vec<Searched>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    next_page: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Searched {
+    id: String,
+    /// Unix seconds.
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+/// A string literal of Stripe's search query language: single-quoted, with `\` and `'`
+/// escaped by a backslash. Control characters have no escape there, so they are refused
+/// rather than sent (org ids never hold them; this guards the query, not the ids).
+fn search_quoted(value: &str) -> Result<String, ProviderError> {
+    if value.chars().any(char::is_control) {
+        return Err(ProviderError::Fatal {
+            status: 0,
+            message: format!("cannot search for {value:?}: it holds a control character"),
+        });
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    Ok(out)
+}
+
+/// The oldest of the org's customers (by `created`, then id, so every run picks the same
+/// one); warns when there are several, since the others are duplicates someone should
+/// delete in Stripe's dashboard.
+fn oldest_customer(
+    org: &OrgId,
+    mut found: Vec<Searched>,
+) -> Result<Option<ProviderId>, ProviderError> {
+    found.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let Some(oldest) = found.first() else {
+        return Ok(None);
+    };
+    if found.len() > 1 {
+        let others: Vec<&str> = found[1..].iter().map(|c| c.id.as_str()).collect();
+        tracing::warn!(
+            org = org.as_str(),
+            adopted = oldest.id.as_str(),
+            ?others,
+            "several Stripe customers carry this org; adopting the oldest"
+        );
+    }
+    Ok(Some(list_id(&oldest.id)?))
 }
 
 fn list_page(body: &Bytes) -> Result<ListPage, ProviderError> {
@@ -484,6 +594,32 @@ mod tests {
             classify(StatusCode::OK, None, Bytes::from("{}")).unwrap(),
             Bytes::from("{}")
         );
+    }
+
+    #[test]
+    fn search_values_are_quoted_and_escaped() {
+        assert_eq!(search_quoted("org_abc123").unwrap(), "'org_abc123'");
+        assert_eq!(search_quoted(r"a'b\c").unwrap(), r"'a\'b\\c'");
+        assert!(matches!(
+            search_quoted("a\nb"),
+            Err(ProviderError::Fatal { status: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn the_oldest_of_several_customers_is_adopted() {
+        let org = OrgId::parse("org_dup").unwrap();
+        let c = |id: &str, created: i64| Searched {
+            id: id.into(),
+            created,
+            metadata: HashMap::new(),
+        };
+        assert_eq!(oldest_customer(&org, Vec::new()).unwrap(), None);
+        let got = oldest_customer(&org, vec![c("cus_b", 20), c("cus_z", 10), c("cus_a", 20)]);
+        assert_eq!(got.unwrap(), ProviderId::new("cus_z"));
+        // A tie on `created` (whole seconds) goes to the smaller id, the same every run.
+        let got = oldest_customer(&org, vec![c("cus_b", 10), c("cus_a", 10)]);
+        assert_eq!(got.unwrap(), ProviderId::new("cus_a"));
     }
 
     #[test]

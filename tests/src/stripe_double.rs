@@ -4,9 +4,11 @@
 //! is one: an axum server on `127.0.0.1:0` that speaks Stripe's form-encoded requests and
 //! JSON error shapes for exactly the endpoints `tally-stripe` calls
 //! (`POST /v1/customers`, `/v1/invoices`, `/v1/invoiceitems`,
-//! `/v1/invoices/{id}/finalize`, and the paginated lists `GET /v1/invoices?customer=…` and
+//! `/v1/invoices/{id}/finalize`, the paginated lists `GET /v1/invoices?customer=…` and
 //! `GET /v1/invoiceitems?invoice=…`, newest first, with `limit`, `starting_after` and
-//! `has_more`), keeps customers, invoices and items in memory, and
+//! `has_more`, and the customer search `GET /v1/customers/search?query=metadata['k']:'v'`,
+//! one page, newest first, over the stored customers' metadata, without Stripe's index
+//! lag), keeps customers, invoices and items in memory, and
 //! implements Stripe's idempotency keys: the same key with the same request replays the first
 //! answer, the same key with a different request is a `400 idempotency_error`. Results are
 //! stored only for requests that executed (as Stripe does), so an injected fault before
@@ -56,6 +58,9 @@ pub enum Fault {
     /// No fault: the request goes through. Queued ahead of another fault, it aims that one
     /// at a later request.
     Pass,
+    /// `400 invalid_request_error` with this message, nothing applied: Stripe refusing a
+    /// request outright (a feature the account does not have, a bad parameter).
+    Refused(&'static str),
 }
 
 /// An invoice item as the double holds it.
@@ -300,6 +305,7 @@ async fn handle(
             Some(Fault::RateLimited { .. }) => Some("429"),
             Some(Fault::Hang(_)) => Some("timeout"),
             Some(Fault::LostResponse) => Some("lost_response"),
+            Some(Fault::Refused(_)) => Some("400"),
         };
         if let Some(name) = name {
             *g.faults_injected.entry(name).or_default() += 1;
@@ -334,6 +340,10 @@ async fn handle(
                 "api_error",
                 "Request timed out",
             );
+            return respond(s, b);
+        }
+        Some(Fault::Refused(message)) => {
+            let (s, b) = error(StatusCode::BAD_REQUEST, "invalid_request_error", message);
             return respond(s, b);
         }
         Some(Fault::LostResponse | Fault::Pass) | None => {}
@@ -390,6 +400,12 @@ async fn handle(
         return respond(s, b);
     }
     respond(status, answer)
+}
+
+/// The double's clock for `created`: a fixed start plus the id counter, so every object is
+/// strictly younger than the one created before it (Stripe's whole seconds can tie).
+fn created(g: &Inner) -> i64 {
+    1_790_000_000 + g.next_id as i64
 }
 
 fn new_id(g: &mut Inner, prefix: &str) -> String {
@@ -487,12 +503,80 @@ fn list(g: &Inner, path: &str, query: &BTreeMap<String, String>) -> (StatusCode,
                 .collect();
             page(all, query)
         }
+        "/v1/customers/search" => search_customers(g, query),
         _ => error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             &format!("Unrecognized request URL (GET: {path})."),
         ),
     }
+}
+
+/// `GET /v1/customers/search?query=metadata['<key>']:'<value>'`: the customers whose
+/// metadata holds exactly that, newest first (Stripe promises no order, and newest first
+/// catches a client that takes the first hit for the oldest), in Stripe's shape. Only the
+/// one clause Tally sends is understood; any other query is a `400`, as a malformed one is
+/// at Stripe.
+fn search_customers(g: &Inner, query: &BTreeMap<String, String>) -> (StatusCode, Value) {
+    let invalid = |m: &str| error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    if let Some(l) = query.get("limit")
+        && !l.parse::<usize>().is_ok_and(|l| (1..=100).contains(&l))
+    {
+        return invalid("Invalid limit: must be between 1 and 100");
+    }
+    let Some(q) = query.get("query") else {
+        return invalid("Missing required param: query.");
+    };
+    let Some((key, value)) = metadata_clause(q) else {
+        return invalid(&format!("Invalid search query: {q}"));
+    };
+    let data: Vec<Value> = g
+        .customers
+        .values()
+        .rev()
+        .filter(|c| c["metadata"][&key].as_str() == Some(value.as_str()))
+        .cloned()
+        .collect();
+    (
+        StatusCode::OK,
+        json!({
+            "object": "search_result",
+            "url": "/v1/customers/search",
+            "data": data,
+            "has_more": false,
+            "next_page": null,
+        }),
+    )
+}
+
+/// Reads `metadata['<key>']:'<value>'` (either quote, a backslash escaping the next
+/// character), as Stripe's search query language does.
+fn metadata_clause(q: &str) -> Option<(String, String)> {
+    let rest = q.trim().strip_prefix("metadata[")?;
+    let (key, rest) = quoted(rest)?;
+    let (value, rest) = quoted(rest.strip_prefix("]:")?)?;
+    rest.trim().is_empty().then_some((key, value))
+}
+
+/// A quoted string literal at the start of `s`, unescaped, and what follows it.
+fn quoted(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.char_indices();
+    let (_, quote) = chars.next().filter(|(_, c)| *c == '\'' || *c == '"')?;
+    let mut out = String::new();
+    let mut escaped = false;
+    for (i, c) in chars {
+        if escaped {
+            out.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == quote {
+            return Some((out, &s[i + c.len_utf8()..]));
+        } else {
+            out.push(c);
+        }
+    }
+    None
 }
 
 fn missing(param: &str) -> (StatusCode, Value) {
@@ -522,6 +606,7 @@ fn execute(
             let c = json!({
                 "id": id,
                 "object": "customer",
+                "created": created(g),
                 "name": form.get("name"),
                 "metadata": metadata(form),
             });

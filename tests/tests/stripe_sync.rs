@@ -1,6 +1,8 @@
 //! The Stripe invoice sync (`tally_billing::sync`) through the real adapter
 //! (`tally-stripe`) against the Stripe double, with the SQLite sync ledger: the happy path,
-//! each fault kind on its own, a refused request, and the chaos test (50 orgs, every fault
+//! each fault kind on its own, a refused request, reruns after Stripe forgot the
+//! idempotency keys (adopting the customer, invoice and items it already has), and the
+//! chaos test (50 orgs, every fault
 //! kind at random, rerun until done: each org ends with exactly one finalized invoice whose
 //! items equal its report to the cent). Plus the opt-in run against Stripe's test mode.
 
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_billing::{InvoiceSync, RetryPolicy, SyncOutcome, idempotency_key, planned_items};
-use tally_core::OrgId;
 use tally_core::ports::{InvoiceProvider, NewCustomer, ProviderError, SyncLedger};
+use tally_core::{Month, OrgId};
 use tally_store::SqliteStore;
 use tally_stripe::{StripeConfig, StripeProvider};
 use tally_tests::stripe_double::{Fault, StripeDouble};
@@ -89,6 +91,7 @@ async fn each_fault_kind_is_retried_with_the_same_key_and_retry_after_is_honoure
     let sleeper = RecordingSleeper::default();
     let report = report(2);
     // customer: lost answer; invoice: 429 Retry-After 2, then a hang; items: a 500.
+    double.push_fault(Fault::Pass); // GET /v1/customers/search: none yet
     double.push_fault(Fault::LostResponse);
     double.push_fault(Fault::RateLimited {
         retry_after_secs: 2,
@@ -118,7 +121,8 @@ async fn retries_running_out_leave_the_org_pending_and_a_rerun_resumes() {
     let sleeper = RecordingSleeper::default();
     let report = report(5);
     let items = planned_items(&report).unwrap().len();
-    // customer and invoice go through, the first item is lost twice.
+    // The customer is created but its answer lost, and the retry fails too.
+    double.push_fault(Fault::Pass); // GET /v1/customers/search: none yet
     double.push_fault(Fault::LostResponse); // customer, applied
     double.push_fault(Fault::ServerError); // customer retry fails, attempts used up
     let out = sync(&p, &ledger, &sleeper, 2)
@@ -217,6 +221,7 @@ async fn a_rerun_after_the_idempotency_keys_expired_adopts_what_stripe_already_h
     assert!(items.len() >= 2, "{items:?}");
 
     // Run 1: the customer goes through; the draft invoice is created but its answer lost.
+    double.push_fault(Fault::Pass); // GET /v1/customers/search: none yet
     double.push_fault(Fault::Pass); // POST /v1/customers
     double.push_fault(Fault::Pass); // GET /v1/invoices (nothing to adopt yet)
     double.push_fault(Fault::LostResponse); // POST /v1/invoices, applied
@@ -283,6 +288,117 @@ async fn a_rerun_after_the_idempotency_keys_expired_adopts_what_stripe_already_h
         steps, want,
         "one item per report entry, each named by its step"
     );
+}
+
+/// The customer is created but the answer lost, and the rerun comes after Stripe forgot
+/// the idempotency key (24 hours), so the same key would create a second customer. The
+/// rerun finds the customer by its `tally_org` metadata (customer search), records it and
+/// goes on: still one customer, with one finalized invoice.
+#[tokio::test]
+async fn a_rerun_after_the_customer_key_expired_adopts_the_customer_stripe_already_has() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(3);
+    let org = &report.org_id;
+
+    double.push_fault(Fault::Pass); // GET /v1/customers/search: none yet
+    double.push_fault(Fault::LostResponse); // POST /v1/customers, applied
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, SyncOutcome::Pending { ref step, .. } if step == "customer"),
+        "{out:?}"
+    );
+    assert_eq!(double.customer_count(), 1);
+    assert_eq!(ledger.get_customer(org).await.unwrap(), None);
+    double.forget_idempotency_keys();
+
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 3")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_eq!(
+        double.customer_count(),
+        1,
+        "the customer was adopted, not redone"
+    );
+    assert_invoiced(&double, &report);
+    assert_eq!(double.invoices().len(), 1);
+    let customer = ledger.get_customer(org).await.unwrap().unwrap();
+    assert_eq!(invoices_of(&double, org)[0].customer, customer);
+}
+
+/// An account where Stripe refuses the customer search (it is not offered everywhere)
+/// still gets its invoice: the sync creates the customer as it did before the search.
+#[tokio::test]
+async fn a_refused_customer_search_falls_back_to_creating_the_customer() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(7);
+
+    double.push_fault(Fault::Refused("Search is not available for this account."));
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 7")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_eq!(double.customer_count(), 1);
+    assert_invoiced(&double, &report);
+    assert_eq!(double.invoices().len(), 1);
+}
+
+/// Several customers carrying one org (left by runs before the customer search existed):
+/// the sync adopts the oldest and creates no other; another org's customer is never found.
+#[tokio::test]
+async fn with_several_customers_for_an_org_the_oldest_is_adopted() {
+    let double = StripeDouble::start().await.unwrap();
+    let (_dir, ledger) = store();
+    let p = provider(&double);
+    let sleeper = RecordingSleeper::default();
+    let report = report(6);
+    let org = &report.org_id;
+    let customer = |org: &OrgId, month: &str| {
+        let new = NewCustomer {
+            org: org.clone(),
+            name: "Chaos 6".to_owned(),
+        };
+        let key = idempotency_key(org, Month::parse(month).unwrap(), "customer");
+        let p = &p;
+        async move { p.create_customer(&new, &key).await.unwrap() }
+    };
+    let other_org = OrgId::parse("org_other").unwrap();
+    let others = customer(&other_org, "2026-08").await; // the oldest of all, another org's
+    let oldest = customer(org, "2026-08").await;
+    let newer = customer(org, "2026-09").await;
+    assert_ne!(oldest, newer);
+    assert_eq!(p.find_customer(org).await.unwrap(), Some(oldest.clone()));
+    assert_eq!(p.find_customer(&other_org).await.unwrap(), Some(others));
+    assert_eq!(
+        p.find_customer(&OrgId::parse("org_nobody").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+
+    let out = sync(&p, &ledger, &sleeper, 1)
+        .sync_report(&report, "Chaos 6")
+        .await
+        .unwrap();
+    assert!(matches!(out, SyncOutcome::Finalized(_)), "{out:?}");
+    assert_eq!(double.customer_count(), 3, "no customer was created");
+    assert_eq!(
+        ledger.get_customer(org).await.unwrap().as_deref(),
+        Some(oldest.as_str())
+    );
+    assert_invoiced(&double, &report);
+    assert_eq!(invoices_of(&double, org)[0].customer, oldest.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,9 @@ struct Args {
     queue: QueueKind,
     /// fauxqs's `dist/cli.js`, for `--queue sqs`.
     fauxqs: PathBuf,
+    /// `tally serve --batch-events`: most events the aggregator applies per batch; `None`
+    /// runs tally's default (1,000), which is what the targets are measured on.
+    batch_events: Option<usize>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -77,6 +80,7 @@ fn args() -> anyhow::Result<Args> {
         only: None,
         queue: QueueKind::Local,
         fauxqs: PathBuf::from(".cache/fauxqs/node_modules/fauxqs/dist/cli.js"),
+        batch_events: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,6 +98,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             "--fauxqs" => a.fauxqs = PathBuf::from(value),
+            "--batch-events" => a.batch_events = Some(value.parse().context("--batch-events")?),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -384,14 +389,13 @@ async fn start_server(a: &Args, t: &Tenants) -> anyhow::Result<(Server, Vec<Stri
     };
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(tally)
-        .args([
-            "serve",
-            "--no-billing-scheduler",
-            "--batch-events",
-            "5000",
-            "--addr",
-        ])
+        .args(["serve", "--no-billing-scheduler", "--addr"])
         .arg(format!("127.0.0.1:{port}"))
+        .args(
+            a.batch_events
+                .iter()
+                .flat_map(|n| ["--batch-events".to_owned(), n.to_string()]),
+        )
         .arg("--data")
         .arg(dir.path())
         .args(&queue_args)
