@@ -141,11 +141,11 @@
 //!   are derived at read time from the cells, so one event is one hour attribute of one
 //!   item, and events of one (project, meter, day) in a batch share it.
 //! - **Intent and done:** the intent is ~70 bytes of JSON per op, deflated to about a
-//!   fifth, so ~0.02 WCU per event when nothing collapses; `DONE` is 1 WCU per batch.
+//!   ninth, so under 0.01 WCU per event; `DONE` is 1 WCU per batch.
 //! - A resend costs its failed ledger put (1 WCU) and, the first time a process sees its
 //!   owner, one strongly consistent `GetItem` (1 RCU).
 //!
-//! So an event that shares nothing with its batch costs about 1 + 2 + 0.02 ≈ 3 WCU and
+//! So an event that shares nothing with its batch costs about 1 + 2 + 0.01 ≈ 3 WCU and
 //! one whose cell is shared by many costs just over 1. On workload W the write-cost
 //! benchmark (`bench/`, see `bench/RESULTS.md`) measures the mix: 1.97 WCU per record
 //! (ledger 0.99, `sum` cells 0.87, `max` hours 0.09, chunk markers 0.01, intents and

@@ -516,8 +516,9 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
 }
 
 /// Attribute of an intent: its ops as deflated JSON. The ops repeat long key prefixes
-/// (`DAY#<meter>#<project>#`), so deflate cuts the intent to about a fifth, and an intent
-/// is written for every batch: about 0.05 write units per event saved on workload W.
+/// (`DAY#<meter>#<project>#`), so deflate cuts the intent to about a ninth, and an intent
+/// is written for every batch: on workload W intents and `DONE` fell from 0.069 to 0.008
+/// write units per event.
 const OPS_PACKED: &str = "opsz";
 /// Largest inflated intent accepted when reading one back (a corrupt or hostile item
 /// must not make the reader allocate without bound); well above [`MAX_INTENT_BYTES`].
