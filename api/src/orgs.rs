@@ -197,6 +197,20 @@ impl Audit {
         }
     }
 
+    /// [`Audit::finish`] for a change: records the (before, after) pair of a success and
+    /// hands on the after state.
+    pub(crate) async fn finish_change<B: Serialize, A: Serialize>(
+        mut self,
+        state: &ApiState,
+        result: Result<(B, A), MgmtError>,
+    ) -> Result<A, MgmtError> {
+        if let Ok((before, after)) = &result {
+            self.before = to_json(before);
+            self.after = to_json(after);
+        }
+        self.finish(state, result).await.map(|(_, after)| after)
+    }
+
     /// Writes the one record of this request, allowed or refused, and hands the result on.
     pub(crate) async fn finish<T>(
         self,
@@ -343,7 +357,7 @@ pub(crate) async fn update_org(
     payload: Result<Json<UpdateOrg>, JsonRejection>,
 ) -> Result<Json<Org>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
-    let mut audit = Audit::new(&caller, meta, &org, Action::OrgUpdate, format!("org:{org}"));
+    let audit = Audit::new(&caller, meta, &org, Action::OrgUpdate, format!("org:{org}"));
     let result = async {
         let auth = caller.authorize(&state, &org, Action::OrgUpdate).await?;
         let req = body(payload)?;
@@ -395,12 +409,7 @@ pub(crate) async fn update_org(
         Ok((before, after))
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// `DELETE /v1/orgs/{org_id}` (`org.delete`, the owner only): the org, soft-deleted, with
@@ -413,7 +422,7 @@ pub(crate) async fn delete_org(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Org>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
-    let mut audit = Audit::new(&caller, meta, &org, Action::OrgDelete, format!("org:{org}"));
+    let audit = Audit::new(&caller, meta, &org, Action::OrgDelete, format!("org:{org}"));
     let result = async {
         let auth = caller.authorize(&state, &org, Action::OrgDelete).await?;
         let before = state
@@ -429,12 +438,7 @@ pub(crate) async fn delete_org(
         Ok((before, after))
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// One member as listed.
@@ -534,7 +538,7 @@ pub(crate) async fn transfer_ownership(
     payload: Result<Json<TransferOwnership>, JsonRejection>,
 ) -> Result<Json<Org>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let audit = Audit::new(
         &caller,
         meta,
         &org,
@@ -562,12 +566,7 @@ pub(crate) async fn transfer_ownership(
         Ok((before, after))
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// `POST /v1/orgs/{org_id}/members` body.
@@ -670,7 +669,7 @@ pub(crate) async fn update_member(
     payload: Result<Json<UpdateMember>, JsonRejection>,
 ) -> Result<Json<MemberView>, MgmtError> {
     let Path((org, user)) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let audit = Audit::new(
         &caller,
         meta,
         &org,
@@ -694,12 +693,7 @@ pub(crate) async fn update_member(
         Ok((MemberView::from(&before), MemberView::from(&after)))
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// `DELETE /v1/orgs/{org_id}/members/{user_id}` (`member.remove`): the removed
@@ -944,7 +938,7 @@ pub(crate) async fn update_project(
     payload: Result<Json<UpdateProject>, JsonRejection>,
 ) -> Result<Json<Project>, MgmtError> {
     let Path((org, project)) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let audit = Audit::new(
         &caller,
         meta,
         &org,
@@ -970,12 +964,7 @@ pub(crate) async fn update_project(
         .await
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// `POST /v1/orgs/{org_id}/projects/{project_id}/archive` (`project.archive`): the project,
@@ -989,7 +978,7 @@ pub(crate) async fn archive_project(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Project>, MgmtError> {
     let Path((org, project)) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let audit = Audit::new(
         &caller,
         meta,
         &org,
@@ -1013,12 +1002,7 @@ pub(crate) async fn archive_project(
         .await
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// Applies `changes` to the org's project: (before, after), or `404`.
@@ -1291,7 +1275,7 @@ pub(crate) async fn revoke_key(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<KeyView>, MgmtError> {
     let Path((org, key)) = path.map_err(path_error)?;
-    let mut audit = Audit::new(&caller, meta, &org, Action::KeyRevoke, format!("key:{key}"));
+    let audit = Audit::new(&caller, meta, &org, Action::KeyRevoke, format!("key:{key}"));
     let result = async {
         let auth: Authorized = caller.authorize(&state, &org, Action::KeyRevoke).await?;
         let not_found = || ApiError::not_found("key_id", "no such API key in this organization");
@@ -1311,12 +1295,7 @@ pub(crate) async fn revoke_key(
         Ok((KeyView::from(&before), KeyView::from(&after)))
     }
     .await;
-    if let Ok((before, after)) = &result {
-        audit.before = to_json(before);
-        audit.after = to_json(after);
-    }
-    let (_, after) = audit.finish(&state, result).await?;
-    Ok(Json(after))
+    Ok(Json(audit.finish_change(&state, result).await?))
 }
 
 /// Longest overlap of a rotation: 30 days.

@@ -53,10 +53,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
-    AlertKey, AlertLedger, Clock, CounterQuery, StoreError, StoredAlert, TenantStore, ThresholdPct,
-    UsageStore,
+    AlertKey, AlertLedger, Clock, StoreError, StoredAlert, TenantStore, ThresholdPct, UsageStore,
 };
-use tally_core::{Granularity, MeterName, Month, OrgId, PlanId};
+use tally_core::{MeterName, Month, OrgId, PlanId};
 
 use crate::catalogue::Catalogue;
 
@@ -282,7 +281,10 @@ async fn check_org(
         .filter(|(_, q)| *q > Decimal::ZERO)
         .collect();
     for (meter, limit) in limits {
-        let usage = match month_usage(ports.usage, org_id, period, meter).await {
+        let usage = match crate::close::month_counter(ports.usage, org_id, period, meter)
+            .await
+            .map_err(store("cannot read the month's usage"))
+        {
             Ok(u) => u,
             Err(e) => {
                 outcome.problems.push((org_id.clone(), None, e));
@@ -364,27 +366,6 @@ async fn deliver(
         .mark_alert_delivered(&alert.key, ports.clock.now())
         .await
         .map_err(store("sent, but cannot record the delivery"))
-}
-
-/// The org-wide month-to-date counter of one meter.
-async fn month_usage(
-    usage: &dyn UsageStore,
-    org: &OrgId,
-    period: Month,
-    meter: &MeterName,
-) -> Result<Decimal, AlertProblem> {
-    let series = usage
-        .counter_series(&CounterQuery {
-            org: org.clone(),
-            project: None,
-            meter: meter.clone(),
-            granularity: Granularity::Month,
-            from: period.start(),
-            to: period.end(),
-        })
-        .await
-        .map_err(store("cannot read the month's usage"))?;
-    Ok(series.iter().map(|c| c.value).sum())
 }
 
 #[cfg(test)]

@@ -499,13 +499,14 @@ async fn month_usage(
     Ok(out)
 }
 
-/// The org-wide month counter of one meter, now.
-async fn month_counter(
+/// The org-wide month counter of one meter, now: what month close compares late usage
+/// against and what plan-limit alerts compare allowances against.
+pub(crate) async fn month_counter(
     usage: &dyn UsageStore,
     org: &OrgId,
     period: Month,
     meter: &MeterName,
-) -> Result<Decimal, OrgError> {
+) -> Result<Decimal, StoreError> {
     let series = usage
         .counter_series(&CounterQuery {
             org: org.clone(),
@@ -515,8 +516,7 @@ async fn month_counter(
             from: period.start(),
             to: period.end(),
         })
-        .await
-        .map_err(store("cannot read a closed month's counter"))?;
+        .await?;
     Ok(series.iter().map(|c| c.value).sum())
 }
 
@@ -565,7 +565,9 @@ async fn late_adjustments(
                 .get(&(report.period, line.meter.clone()))
                 .copied()
                 .unwrap_or(line.quantity);
-            let now = month_counter(ports.usage, org, report.period, &line.meter).await?;
+            let now = month_counter(ports.usage, org, report.period, &line.meter)
+                .await
+                .map_err(store("cannot read a closed month's counter"))?;
             if now == so_far {
                 continue;
             }

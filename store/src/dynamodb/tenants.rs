@@ -5,6 +5,7 @@
 
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Put, ReturnValue, TransactWriteItem, Update,
 };
@@ -702,12 +703,22 @@ pub(super) async fn update_org(
     if sets.is_empty() {
         return get_org(store, id).await;
     }
+    update_existing(req, &sets, org_of).await
+}
+
+/// Sends `SET <sets>` on an update conditioned on the item existing (and returning
+/// `ALL_NEW`), decoding what it returns; `None` when the condition failed.
+async fn update_existing<T>(
+    req: UpdateItemFluentBuilder,
+    sets: &[&str],
+    decode: impl Fn(&Item) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
     match req
         .update_expression(format!("SET {}", sets.join(", ")))
         .send()
         .await
     {
-        Ok(out) => out.attributes.as_ref().map(org_of).transpose(),
+        Ok(out) => out.attributes.as_ref().map(decode).transpose(),
         Err(e)
             if matches!(
                 e.as_service_error(),
@@ -752,22 +763,7 @@ pub(super) async fn update_project(
     if sets.is_empty() {
         return get_project(store, org, id).await;
     }
-    match req
-        .update_expression(format!("SET {}", sets.join(", ")))
-        .send()
-        .await
-    {
-        Ok(out) => out.attributes.as_ref().map(project_of).transpose(),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
-    }
+    update_existing(req, &sets, project_of).await
 }
 
 /// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
