@@ -11,7 +11,9 @@
 //! value), set union), which is what makes the totals independent of event order and of how a
 //! stream is split into batches; the property tests below check exactly that.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 
 /// The fold's hasher: keys are short ids, and SipHash (std's default) spent more time than
 /// the rest of the fold. foldhash is seeded per process, so keys an outsider picks (event
@@ -133,26 +135,36 @@ pub struct Cell<'a> {
 /// Folds events (already known to be new) into one delta per (org, project, meter, hour)
 /// cell, in no particular order.
 pub fn fold_cells<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(Cell<'a>, Delta)> {
-    cell_map(events).into_iter().collect()
+    keyed_cells(events, &Hasher::default())
+        .into_iter()
+        .map(|(keyed, delta)| (keyed.cell, delta))
+        .collect()
 }
 
-/// [`fold_cells`] before it is turned into a list: [`fold`] spreads the map directly.
-fn cell_map<'a>(events: impl IntoIterator<Item = &'a Event>) -> HashMap<Cell<'a>, Delta, Hasher> {
+/// [`fold_cells`] with each cell's series hash (from `hasher`), which [`fold`] hands to the
+/// spread.
+fn keyed_cells<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    hasher: &Hasher,
+) -> HashMap<Keyed<'a>, Delta, Hasher> {
     let events = events.into_iter();
-    let mut cells: HashMap<Cell<'a>, Delta, Hasher> =
+    let mut cells: HashMap<Keyed<'a>, Delta, Hasher> =
         HashMap::with_capacity_and_hasher(events.size_hint().0, Hasher::default());
     for e in events {
         let secs = e.timestamp.timestamp();
-        let cell = Cell {
-            org: &e.org_id,
-            project: &e.project_id,
-            meter: &e.meter,
-            hour: secs - secs.rem_euclid(3600),
-        };
+        let cell = Keyed::new(
+            Cell {
+                org: &e.org_id,
+                project: &e.project_id,
+                meter: &e.meter,
+                hour: secs - secs.rem_euclid(3600),
+            },
+            hasher,
+        );
         let d = Delta::of(e);
         match cells.entry(cell) {
-            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(&d),
-            std::collections::hash_map::Entry::Vacant(v) => {
+            Entry::Occupied(mut o) => o.get_mut().merge(&d),
+            Entry::Vacant(v) => {
                 v.insert(d);
             }
         }
@@ -164,152 +176,302 @@ fn cell_map<'a>(events: impl IntoIterator<Item = &'a Event>) -> HashMap<Cell<'a>
 /// day and month granularity. The cells must be distinct (as [`fold_cells`] returns them,
 /// and as stored cells are): each one *is* its project-hour counter.
 ///
-/// Each level is folded from the one below rather than from every cell (project-hour →
-/// project-day → project-month; project-hour → org-hour; project-day → org-day →
-/// org-month), and the coarser levels are keyed by small integers: each distinct (org,
-/// project, meter) of the cells is numbered once, with its (org, meter), so a cell costs one
-/// hash of its strings instead of six.
+/// No hash map per level: each distinct (org, project, meter) of the cells is numbered once,
+/// with its (org, meter), by hashes of its ids that [`fold`] computed once per event. The
+/// cells are then grouped by series number with a counting sort, each group ordered by hour,
+/// and every coarser bucket is a run of consecutive cells: a project's days and months are
+/// runs of its hours, an org's hours, days and months runs of its projects' cells. A batch
+/// mostly holds one hour, so most runs are one cell long and cost a copy, not a merge.
 pub fn spread<'a>(cells: impl IntoIterator<Item = (Cell<'a>, Delta)>) -> Deltas<'a> {
+    let hasher = Hasher::default();
+    spread_keyed(
+        cells
+            .into_iter()
+            .map(|(cell, delta)| (Keyed::new(cell, &hasher), delta)),
+    )
+}
+
+/// [`spread`] of cells whose series hashes are known.
+fn spread_keyed<'a>(cells: impl IntoIterator<Item = (Keyed<'a>, Delta)>) -> Deltas<'a> {
     let cells = cells.into_iter();
-    let n = cells.size_hint().0;
-    let mut out: Deltas<'a> = Vec::with_capacity(n * 2 + 16);
-    let mut series = Series::with_capacity(n);
-    // Buckets: (series or org-series number, bucket start in Unix seconds).
-    let mut project_days: Buckets = HashMap::with_capacity_and_hasher(n, Hasher::default());
-    let mut org_hours: Buckets = HashMap::with_capacity_and_hasher(n, Hasher::default());
-    for (cell, delta) in cells {
-        let (s, o) = series.number(cell);
-        let day = cell.hour - cell.hour.rem_euclid(86_400);
-        merge_into(&mut project_days, (s, day), &delta);
-        merge_into(&mut org_hours, (o, cell.hour), &delta);
-        out.push((project_key(cell, Granularity::Hour), delta));
-    }
-    let mut month_of = MonthOf::default();
-    let mut project_months: Buckets =
-        HashMap::with_capacity_and_hasher(project_days.len(), Hasher::default());
-    let mut org_days: Buckets =
-        HashMap::with_capacity_and_hasher(project_days.len(), Hasher::default());
-    for ((s, day), delta) in project_days {
-        let (cell, o) = series.cell(s, day);
-        merge_into(&mut project_months, (s, month_of.get(day)), &delta);
-        merge_into(&mut org_days, (o, day), &delta);
-        out.push((project_key(cell, Granularity::Day), delta));
-    }
-    // Org months are at most as many as org days.
-    out.reserve(2 * org_days.len() + project_months.len() + org_hours.len());
-    let mut org_months: Buckets =
-        HashMap::with_capacity_and_hasher(org_days.len(), Hasher::default());
-    for ((o, day), delta) in org_days {
-        merge_into(&mut org_months, (o, month_of.get(day)), &delta);
-        out.push((series.org_key(o, day, Granularity::Day), delta));
-    }
-    for ((s, month), delta) in project_months {
-        let (cell, _) = series.cell(s, month);
-        out.push((project_key(cell, Granularity::Month), delta));
-    }
-    for (buckets, granularity) in [
-        (org_hours, Granularity::Hour),
-        (org_months, Granularity::Month),
-    ] {
-        out.extend(
-            buckets
-                .into_iter()
-                .map(|((o, start), delta)| (series.org_key(o, start, granularity), delta)),
-        );
-    }
+    let mut series = Series::with_capacity(cells.size_hint().0);
+    let cells: Vec<(Cell<'a>, Delta, (u32, u32))> = cells
+        .map(|(keyed, delta)| (keyed.cell, delta, series.number(&keyed)))
+        .collect();
+    let mut out: Deltas<'a> = Vec::with_capacity(cells.len() * 3 + series.orgs.len() * 3);
+    let mut runs = Runs::default();
+
+    let by_project = group_by(&cells, series.projects.len(), |c| c.0);
+    runs.emit(
+        &cells,
+        &by_project,
+        |c| c.0,
+        &mut out,
+        |s, start, g| {
+            let (org, project, meter, _) = series.projects[s as usize];
+            CounterKey {
+                org,
+                scope: CounterScope::Project(project),
+                meter,
+                granularity: g,
+                start,
+            }
+        },
+    );
+    let by_org = group_by(&cells, series.orgs.len(), |c| c.1);
+    runs.emit(
+        &cells,
+        &by_org,
+        |c| c.1,
+        &mut out,
+        |o, start, g| {
+            let (org, meter) = series.orgs[o as usize];
+            CounterKey {
+                org,
+                scope: CounterScope::Org,
+                meter,
+                granularity: g,
+                start,
+            }
+        },
+    );
     out
 }
 
-/// Buckets of one level: (series number, bucket start in Unix seconds).
-type Buckets = HashMap<(u32, i64), Delta, Hasher>;
+/// A cell with the hash of its (org, project, meter), computed once from its ids. The ids
+/// live in the events, scattered over memory, and hashing them again for every level cost
+/// more than the rest of the spread; keyed cells compare ids only when the hashes match.
+#[derive(Debug, Clone, Copy)]
+struct Keyed<'a> {
+    cell: Cell<'a>,
+    series: u64,
+}
+
+impl<'a> Keyed<'a> {
+    fn new(cell: Cell<'a>, hasher: &Hasher) -> Self {
+        Keyed {
+            cell,
+            series: hasher.hash_one((cell.org, cell.meter, cell.project)),
+        }
+    }
+}
+
+impl std::hash::Hash for Keyed<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.series);
+        state.write_i64(self.cell.hour);
+    }
+}
+
+impl PartialEq for Keyed<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.series == other.series && self.cell == other.cell
+    }
+}
+
+impl Eq for Keyed<'_> {}
+
+/// A key that carries its own hash, its [`Keyed::series`].
+#[derive(Debug, PartialEq, Eq)]
+struct Prehashed<T>(u64, T);
+
+impl<T> std::hash::Hash for Prehashed<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// Cell indexes grouped by `group` (numbers below `groups`; a stable counting sort), each
+/// group in ascending hour order.
+fn group_by(cells: &[Numbered<'_>], groups: usize, group: impl Fn((u32, u32)) -> u32) -> Vec<u32> {
+    let mut offsets = vec![0u32; groups + 1];
+    for c in cells {
+        offsets[group(c.2) as usize + 1] += 1;
+    }
+    for g in 0..groups {
+        offsets[g + 1] += offsets[g];
+    }
+    let mut order = vec![0u32; cells.len()];
+    let mut next = offsets.clone();
+    for (i, c) in cells.iter().enumerate() {
+        let slot = &mut next[group(c.2) as usize];
+        order[*slot as usize] = i as u32;
+        *slot += 1;
+    }
+    for g in 0..groups {
+        let members = &mut order[offsets[g] as usize..offsets[g + 1] as usize];
+        if members.len() > 1 {
+            members.sort_unstable_by_key(|&i| cells[i as usize].0.hour);
+        }
+    }
+    order
+}
+
+/// A cell with its series and org series numbers.
+type Numbered<'a> = (Cell<'a>, Delta, (u32, u32));
+
+/// Scratch space for [`Runs::emit`], kept across its calls.
+#[derive(Default)]
+struct Runs {
+    /// One group's buckets of the level being built: (start, delta).
+    level: Vec<(i64, Delta)>,
+    month_of: MonthOf,
+    /// The last bucket start turned into a time, per granularity: a batch's starts are few,
+    /// and chrono's conversion showed in profiles.
+    instants: [Option<(i64, DateTime<Utc>)>; 3],
+}
+
+impl Runs {
+    /// Emits each group's hour, day and month buckets, each level folded from the one below.
+    /// `order` is [`group_by`]'s output for the same `group`.
+    fn emit<'a>(
+        &mut self,
+        cells: &[Numbered<'a>],
+        order: &[u32],
+        group: impl Fn((u32, u32)) -> u32,
+        out: &mut Deltas<'a>,
+        key: impl Fn(u32, DateTime<Utc>, Granularity) -> CounterKey<'a>,
+    ) {
+        let mut rest = order;
+        while let Some(&first) = rest.first() {
+            let g = group(cells[first as usize].2);
+            let len = rest
+                .iter()
+                .position(|&i| group(cells[i as usize].2) != g)
+                .unwrap_or(rest.len());
+            let (members, tail) = rest.split_at(len);
+            rest = tail;
+            if let [only] = members {
+                // The common case: one cell is its own hour, day and month.
+                let (cell, delta, _) = &cells[*only as usize];
+                let day = cell.hour - cell.hour.rem_euclid(86_400);
+                let month = self.month_of.get(day);
+                for (n, (granularity, start)) in [
+                    (Granularity::Hour, cell.hour),
+                    (Granularity::Day, day),
+                    (Granularity::Month, month),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    out.push((key(g, self.at(n, start), granularity), delta.clone()));
+                }
+                continue;
+            }
+            self.level.clear();
+            for &i in members {
+                let (cell, delta, _) = &cells[i as usize];
+                push_run(&mut self.level, cell.hour, delta);
+            }
+            for (n, granularity) in [Granularity::Hour, Granularity::Day, Granularity::Month]
+                .into_iter()
+                .enumerate()
+            {
+                if granularity != Granularity::Hour {
+                    let month_of = &mut self.month_of;
+                    fold_level(&mut self.level, |start| match granularity {
+                        Granularity::Day => start - start.rem_euclid(86_400),
+                        _ => month_of.get(start),
+                    });
+                }
+                for i in 0..self.level.len() {
+                    let at = self.at(n, self.level[i].0);
+                    out.push((key(g, at, granularity), self.level[i].1.clone()));
+                }
+            }
+        }
+    }
+
+    /// Bucket start `secs` of the `n`th granularity as a time.
+    fn at(&mut self, n: usize, secs: i64) -> DateTime<Utc> {
+        match self.instants[n] {
+            Some((s, at)) if s == secs => at,
+            _ => {
+                let at = instant(secs);
+                self.instants[n] = Some((secs, at));
+                at
+            }
+        }
+    }
+}
+
+/// Appends a bucket to a level in ascending start order, merging it into the last one if it
+/// has the same start.
+fn push_run(level: &mut Vec<(i64, Delta)>, start: i64, delta: &Delta) {
+    match level.last_mut() {
+        Some((last, d)) if *last == start => d.merge(delta),
+        _ => level.push((start, delta.clone())),
+    }
+}
+
+/// Rebuckets a level (ascending starts) into the next coarser one, in place: `coarser` maps a
+/// bucket start to the start of the coarser bucket holding it.
+fn fold_level(level: &mut Vec<(i64, Delta)>, mut coarser: impl FnMut(i64) -> i64) {
+    let mut kept = 0;
+    for i in 0..level.len() {
+        let start = coarser(level[i].0);
+        if kept > 0 && level[kept - 1].0 == start {
+            let delta = std::mem::replace(&mut level[i].1, Delta::Add(Decimal::ZERO));
+            level[kept - 1].1.merge(&delta);
+        } else {
+            level.swap(kept, i);
+            level[kept].0 = start;
+            kept += 1;
+        }
+    }
+    level.truncate(kept);
+}
 
 /// The distinct (org, project, meter) series of a spread, numbered in order of appearance,
 /// each with the number of its (org, meter).
 struct Series<'a> {
-    index: HashMap<(&'a OrgId, &'a ProjectId, &'a MeterName), (u32, u32), Hasher>,
+    index: HashMap<Prehashed<SeriesIds<'a>>, (u32, u32), Hasher>,
     projects: Vec<(&'a OrgId, &'a ProjectId, &'a MeterName, u32)>,
+    /// Consulted once per series, so it hashes the ids itself.
     org_index: HashMap<(&'a OrgId, &'a MeterName), u32, Hasher>,
     orgs: Vec<(&'a OrgId, &'a MeterName)>,
 }
+
+type SeriesIds<'a> = (&'a OrgId, &'a ProjectId, &'a MeterName);
 
 impl<'a> Series<'a> {
     fn with_capacity(n: usize) -> Self {
         Series {
             index: HashMap::with_capacity_and_hasher(n, Hasher::default()),
             projects: Vec::with_capacity(n),
-            org_index: HashMap::default(),
-            orgs: Vec::new(),
+            org_index: HashMap::with_capacity_and_hasher(n, Hasher::default()),
+            orgs: Vec::with_capacity(n),
         }
     }
 
     /// The numbers of a cell's series and org series.
-    fn number(&mut self, cell: Cell<'a>) -> (u32, u32) {
-        if let Some(&found) = self.index.get(&(cell.org, cell.project, cell.meter)) {
-            return found;
-        }
-        let o = match self.org_index.get(&(cell.org, cell.meter)) {
-            Some(&o) => o,
-            None => {
-                let o = self.orgs.len() as u32;
-                self.orgs.push((cell.org, cell.meter));
-                self.org_index.insert((cell.org, cell.meter), o);
-                o
-            }
-        };
-        let s = self.projects.len() as u32;
-        self.projects.push((cell.org, cell.project, cell.meter, o));
-        self.index
-            .insert((cell.org, cell.project, cell.meter), (s, o));
-        (s, o)
-    }
-
-    /// Series `s` as a cell starting at `start`, with its org series.
-    fn cell(&self, s: u32, start: i64) -> (Cell<'a>, u32) {
-        let (org, project, meter, o) = self.projects[s as usize];
-        (
-            Cell {
-                org,
-                project,
-                meter,
-                hour: start,
-            },
-            o,
-        )
-    }
-
-    fn org_key(&self, o: u32, start: i64, granularity: Granularity) -> CounterKey<'a> {
-        let (org, meter) = self.orgs[o as usize];
-        CounterKey {
+    fn number(&mut self, keyed: &Keyed<'a>) -> (u32, u32) {
+        let Cell {
             org,
-            scope: CounterScope::Org,
+            project,
             meter,
-            granularity,
-            start: instant(start),
+            ..
+        } = keyed.cell;
+        let new = match self
+            .index
+            .entry(Prehashed(keyed.series, (org, project, meter)))
+        {
+            Entry::Occupied(found) => return *found.get(),
+            Entry::Vacant(new) => new,
+        };
+        let next = self.orgs.len() as u32;
+        let o = *self.org_index.entry((org, meter)).or_insert(next);
+        if o == next {
+            self.orgs.push((org, meter));
         }
-    }
-}
-
-fn merge_into<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Delta, Hasher>, key: K, delta: &Delta) {
-    match map.entry(key) {
-        std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(delta),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(delta.clone());
-        }
+        let s = self.projects.len() as u32;
+        self.projects.push((org, project, meter, o));
+        *new.insert((s, o))
     }
 }
 
 fn instant(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
-
-fn project_key(cell: Cell<'_>, granularity: Granularity) -> CounterKey<'_> {
-    CounterKey {
-        org: cell.org,
-        scope: CounterScope::Project(cell.project),
-        meter: cell.meter,
-        granularity,
-        start: instant(cell.hour),
-    }
 }
 
 /// The month start of a day start, remembering the last answer: a batch's days are few.
@@ -332,7 +494,7 @@ impl MonthOf {
 /// Folds events (already known to be new) into counter deltas for org and project at hour,
 /// day and month granularity: [`fold_cells`], then [`spread`].
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
-    spread(cell_map(events))
+    spread_keyed(keyed_cells(events, &Hasher::default()))
 }
 
 /// Applies a delta to a counter's current value, as every store does: the value a counter
@@ -380,7 +542,7 @@ mod tests {
             meter: MeterName::parse(meter).unwrap(),
             aggregation: agg,
             quantity: Quantity::new(q).unwrap(),
-            timestamp: DateTime::from_timestamp(1_790_000_000 + secs, 0).unwrap(),
+            timestamp: DateTime::from_timestamp(1_790_812_800 + secs, 0).unwrap(),
             properties: serde_json::Map::new(),
         }
     }
