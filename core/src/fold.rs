@@ -195,8 +195,8 @@ pub fn spread<'a>(cells: impl IntoIterator<Item = (Cell<'a>, Delta)>) -> Deltas<
 fn spread_keyed<'a>(cells: impl IntoIterator<Item = (Keyed<'a>, Delta)>) -> Deltas<'a> {
     let cells = cells.into_iter();
     let mut series = Series::with_capacity(cells.size_hint().0);
-    let cells: Vec<(Cell<'a>, Delta, (u32, u32))> = cells
-        .map(|(keyed, delta)| (keyed.cell, delta, series.number(&keyed)))
+    let cells: Vec<Numbered> = cells
+        .map(|(keyed, delta)| (keyed.cell.hour, delta, series.number(&keyed)))
         .collect();
     let mut out: Deltas<'a> = Vec::with_capacity(cells.len() * 3 + series.orgs.len() * 3);
     let mut runs = Runs::default();
@@ -283,7 +283,7 @@ impl<T> std::hash::Hash for Prehashed<T> {
 
 /// Cell indexes grouped by `group` (numbers below `groups`; a stable counting sort), each
 /// group in ascending hour order.
-fn group_by(cells: &[Numbered<'_>], groups: usize, group: impl Fn((u32, u32)) -> u32) -> Vec<u32> {
+fn group_by(cells: &[Numbered], groups: usize, group: impl Fn((u32, u32)) -> u32) -> Vec<u32> {
     let mut offsets = vec![0u32; groups + 1];
     for c in cells {
         offsets[group(c.2) as usize + 1] += 1;
@@ -301,14 +301,17 @@ fn group_by(cells: &[Numbered<'_>], groups: usize, group: impl Fn((u32, u32)) ->
     for g in 0..groups {
         let members = &mut order[offsets[g] as usize..offsets[g + 1] as usize];
         if members.len() > 1 {
-            members.sort_unstable_by_key(|&i| cells[i as usize].0.hour);
+            members.sort_unstable_by_key(|&i| cells[i as usize].0);
         }
     }
     order
 }
 
-/// A cell with its series and org series numbers.
-type Numbered<'a> = (Cell<'a>, Delta, (u32, u32));
+/// A cell as its hour, its delta, and its series and org series numbers (which name its ids).
+type Numbered = (i64, Delta, (u32, u32));
+
+/// The granularities a cell spreads to, finest first.
+const GRANULARITIES: [Granularity; 3] = [Granularity::Hour, Granularity::Day, Granularity::Month];
 
 /// Scratch space for [`Runs::emit`], kept across its calls.
 #[derive(Default)]
@@ -326,7 +329,7 @@ impl Runs {
     /// `order` is [`group_by`]'s output for the same `group`.
     fn emit<'a>(
         &mut self,
-        cells: &[Numbered<'a>],
+        cells: &[Numbered],
         order: &[u32],
         group: impl Fn((u32, u32)) -> u32,
         out: &mut Deltas<'a>,
@@ -343,30 +346,21 @@ impl Runs {
             rest = tail;
             if let [only] = members {
                 // The common case: one cell is its own hour, day and month.
-                let (cell, delta, _) = &cells[*only as usize];
-                let day = cell.hour - cell.hour.rem_euclid(86_400);
+                let (hour, delta, _) = &cells[*only as usize];
+                let day = hour - hour.rem_euclid(86_400);
                 let month = self.month_of.get(day);
-                for (n, (granularity, start)) in [
-                    (Granularity::Hour, cell.hour),
-                    (Granularity::Day, day),
-                    (Granularity::Month, month),
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    out.push((key(g, self.at(n, start), granularity), delta.clone()));
-                }
+                let ats = [self.at(0, *hour), self.at(1, day), self.at(2, month)];
+                // `extend` over a range writes each counter straight into the list; `push`
+                // assembled it on the stack first and stalled copying it over.
+                out.extend((0..3).map(|n| (key(g, ats[n], GRANULARITIES[n]), delta.clone())));
                 continue;
             }
             self.level.clear();
             for &i in members {
-                let (cell, delta, _) = &cells[i as usize];
-                push_run(&mut self.level, cell.hour, delta);
+                let (hour, delta, _) = &cells[i as usize];
+                push_run(&mut self.level, *hour, delta);
             }
-            for (n, granularity) in [Granularity::Hour, Granularity::Day, Granularity::Month]
-                .into_iter()
-                .enumerate()
-            {
+            for (n, granularity) in GRANULARITIES.into_iter().enumerate() {
                 if granularity != Granularity::Hour {
                     let month_of = &mut self.month_of;
                     fold_level(&mut self.level, |start| match granularity {
