@@ -4,7 +4,9 @@
 //! `tally_fold` is what the SQLite store folds (cells, then the six counters);
 //! `tally_fold_cells` what the DynamoDB store folds (cells only).
 //!
-//! Run: `cargo bench -p tally-bench --bench fold`.
+//! Run: `cargo bench -p tally-bench --bench fold`, or `bash bench/fold.sh`, which also prints
+//! the fastest and median sample of each fold (on a shared VM the mean carries other tenants'
+//! load).
 
 use std::collections::HashMap;
 use std::hint::black_box;
