@@ -191,17 +191,6 @@ pub struct StripePorts<'a> {
     pub sleeper: &'a dyn Sleeper,
 }
 
-/// Waits on the tokio timer between Stripe retries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioSleeper;
-
-#[async_trait::async_trait]
-impl Sleeper for TokioSleeper {
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
-    }
-}
-
 /// [`bill_and_sync`] without Stripe.
 pub async fn bill(
     ports: BillingPorts<'_>,

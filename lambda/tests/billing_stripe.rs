@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use tally_billing::Catalogue;
-use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{Clock, TenantStore};
-use tally_core::tenant::{Org, User};
+use tally_core::ports::Clock;
 use tally_lambda::handlers::{BillingError, BillingPorts, StripePorts, bill_and_sync};
 use tally_store::sqlite::SqliteStore;
 use tally_stripe::{StripeConfig, StripeProvider};
@@ -32,24 +32,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
     let created = Utc.with_ymd_and_hms(2026, 10, 3, 0, 0, 0).unwrap();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([7; 16]),
-            email: "ada@example.com".into(),
-            created_at: created,
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([9; 16]),
-        name: "Acme".into(),
-        slug: "acme".into(),
-        plan: PlanId::Starter,
-        owner_id: owner.id,
-        created_at: created,
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = common::acme(&store, PlanId::Starter, created).await;
 
     let double = StripeDouble::start().await.unwrap();
     let sleeper = RecordingSleeper::default();
@@ -83,7 +66,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
         "{err}"
     );
     let message = err.to_string();
-    assert!(message.contains(org.id.as_str()), "{message}");
+    assert!(message.contains(org.as_str()), "{message}");
     assert!(message.contains("Invalid API Key"), "{message}");
 
     // The retry, with the right key: one finalized invoice for the $29.00 starter fee.
@@ -101,7 +84,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
     assert_eq!(invoices.len(), 1);
     assert_eq!(invoices[0].status, "open");
     assert_eq!(invoices[0].total, 2900);
-    let want = format!("{}:2026-10", org.id.as_str());
+    let want = format!("{}:2026-10", org.as_str());
     assert_eq!(invoices[0].metadata.get("tally_invoice"), Some(&want));
     // Again: nothing new at Stripe.
     let requests = double.stats().0;

@@ -4,6 +4,8 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,11 +14,9 @@ use chrono::{TimeZone, Utc};
 use serde_json::json;
 use tally_aggregator::lambda::PoisonSink;
 use tally_billing::Catalogue;
-use tally_core::ids::{OrgId, UserId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{Clock, ReportStore, TenantStore, UsageStore};
-use tally_core::tenant::{Org, User};
+use tally_core::ports::{Clock, ReportStore, UsageStore};
 use tally_lambda::env::Transport;
 use tally_lambda::handlers::{BillingPorts, BillingRun, aggregate, bill};
 use tally_store::sqlite::SqliteStore;
@@ -62,33 +62,15 @@ async fn bill_at(store: &SqliteStore, at: chrono::DateTime<Utc>) -> BillingRun {
     .unwrap()
 }
 
-/// An org on the free plan (its owner created first), created in `month`.
-async fn org(store: &SqliteStore, at: chrono::DateTime<Utc>) -> OrgId {
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([7; 16]),
-            email: "ada@example.com".into(),
-            created_at: at,
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([9; 16]),
-        name: "Acme".into(),
-        slug: "acme".into(),
-        plan: PlanId::Free,
-        owner_id: owner.id,
-        created_at: at,
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
-    org.id
-}
-
 #[tokio::test]
 async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
     let (_dir, store) = store();
-    let acme = org(&store, Utc.with_ymd_and_hms(2026, 10, 3, 0, 0, 0).unwrap()).await;
+    let acme = common::acme(
+        &store,
+        PlanId::Free,
+        Utc.with_ymd_and_hms(2026, 10, 3, 0, 0, 0).unwrap(),
+    )
+    .await;
     let october = Month::parse("2026-10").unwrap();
     let early = Utc.with_ymd_and_hms(2026, 11, 1, 0, 30, 0).unwrap();
     let nothing = BillingRun {

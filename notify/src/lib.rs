@@ -115,7 +115,8 @@ pub enum WebhookConfigError {
     NotPositive(&'static str),
 }
 
-/// Sleeps on the tokio timer (the [`Sleeper`] for production).
+/// Sleeps on the tokio timer: the production [`Sleeper`] for alert delivery and Stripe sync
+/// alike (`tally` and the Lambdas use this one).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioSleeper;
 

@@ -27,7 +27,8 @@ use tally_core::{Month, OrgId};
 use crate::Common;
 use crate::backend;
 use crate::output::print;
-use crate::stripe::{OrgInvoice, TokioSleeper};
+use crate::stripe::OrgInvoice;
+use tally_notify::TokioSleeper;
 
 /// `tally bill` flags.
 #[derive(Debug, Args)]

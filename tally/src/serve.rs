@@ -324,7 +324,7 @@ async fn close_ended_months(
                         let ports = tally_billing::PeriodSyncPorts {
                             provider: provider.as_ref(),
                             ledger: backends.sync.as_ref(),
-                            sleeper: &crate::stripe::TokioSleeper,
+                            sleeper: &tally_notify::TokioSleeper,
                             tenants: backends.tenants.as_ref(),
                         };
                         let run = tally_billing::sync_period(

@@ -8,13 +8,10 @@
 //! than `https://api.stripe.com/` (the tests' Stripe double), and
 //! `TALLY_STRIPE_WEBHOOK_SECRET` is the webhook route's signing secret.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_billing::{OrgSync, PeriodSync, Sleeper, SyncOutcome};
+use tally_billing::{OrgSync, PeriodSync, SyncOutcome};
 use tally_stripe::{StripeConfig, StripeProvider};
 
 /// The Stripe secret key; Stripe sync runs only when it is set.
@@ -56,17 +53,6 @@ pub fn provider_from_env() -> anyhow::Result<Option<StripeProvider>> {
 /// The webhook signing secret, if `TALLY_STRIPE_WEBHOOK_SECRET` is set.
 pub fn webhook_secret_from_env() -> anyhow::Result<Option<String>> {
     var(WEBHOOK_SECRET_ENV)
-}
-
-/// Waits on the tokio timer between retries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioSleeper;
-
-#[async_trait]
-impl Sleeper for TokioSleeper {
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
-    }
 }
 
 /// One org's Stripe result as `tally bill` prints it.

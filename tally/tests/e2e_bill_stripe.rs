@@ -202,18 +202,20 @@ async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
         "data": {"object": {"id": "in_9", "metadata": {"tally_invoice": "org_hook:2026-02"}}}})
     .to_string();
     let secret = "whsec_serve";
+    // Posts the event signed with `key`, as Stripe would.
+    let post = |server: &Server, key: &str| {
+        client
+            .post(server.url("/v1/stripe/webhook"))
+            .header(
+                "stripe-signature",
+                sign(key, chrono::Utc::now().timestamp(), body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+    };
 
     let server = Server::start_with(&env, &["--no-billing-scheduler"], &[]).await;
-    let r = client
-        .post(server.url("/v1/stripe/webhook"))
-        .header(
-            "stripe-signature",
-            sign(secret, chrono::Utc::now().timestamp(), body.as_bytes()),
-        )
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(&server, secret).await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "stripe_webhook_not_configured");
@@ -225,31 +227,9 @@ async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
         &[("TALLY_STRIPE_WEBHOOK_SECRET", secret)],
     )
     .await;
-    let r = client
-        .post(server.url("/v1/stripe/webhook"))
-        .header(
-            "stripe-signature",
-            sign(secret, chrono::Utc::now().timestamp(), body.as_bytes()),
-        )
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(&server, secret).await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(server.url("/v1/stripe/webhook"))
-        .header(
-            "stripe-signature",
-            sign(
-                "whsec_other",
-                chrono::Utc::now().timestamp(),
-                body.as_bytes(),
-            ),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&server, "whsec_other").await.unwrap();
     assert_eq!(r.status(), 400);
     drop(server);
     let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();

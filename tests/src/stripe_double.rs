@@ -213,6 +213,20 @@ fn error(status: StatusCode, kind: &str, message: &str) -> (StatusCode, Value) {
     (status, json!({"error": {"type": kind, "message": message}}))
 }
 
+/// The answer, or, under [`Fault::LostResponse`], a 500 in its place: the request took
+/// effect but the client never learns how.
+fn answer_unless_lost(fault: Option<Fault>, status: StatusCode, answer: Value) -> Response {
+    if fault == Some(Fault::LostResponse) {
+        let (s, b) = error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "An unknown error occurred",
+        );
+        return respond(s, b);
+    }
+    respond(status, answer)
+}
+
 fn respond(status: StatusCode, body: Value) -> Response {
     (
         status,
@@ -354,15 +368,7 @@ async fn handle(
         let query = parse_form(uri.query().unwrap_or(""));
         let (status, answer) = list(&g, uri.path(), &query);
         drop(g);
-        if fault == Some(Fault::LostResponse) {
-            let (s, b) = error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                "An unknown error occurred",
-            );
-            return respond(s, b);
-        }
-        return respond(status, answer);
+        return answer_unless_lost(fault, status, answer);
     }
     let (status, answer) = match key.as_ref().and_then(|k| g.keys.get(k)) {
         Some(stored) if stored.method_path == method_path && stored.body == body => (
@@ -391,15 +397,7 @@ async fn handle(
         }
     };
     drop(g);
-    if fault == Some(Fault::LostResponse) {
-        let (s, b) = error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "api_error",
-            "An unknown error occurred",
-        );
-        return respond(s, b);
-    }
-    respond(status, answer)
+    answer_unless_lost(fault, status, answer)
 }
 
 /// The double's clock for `created`: a fixed start plus the id counter, so every object is

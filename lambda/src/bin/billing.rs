@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let stripe_ports = stripe.as_ref().map(|provider| handlers::StripePorts {
         provider,
         ledger: store.dynamo.as_ref(),
-        sleeper: &handlers::TokioSleeper,
+        sleeper: &tally_notify::TokioSleeper,
     });
     let ports = BillingPorts {
         tenants: store.tenants.as_ref(),
