@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
+# The suite builds once from a clean clone: incremental caches would add ~1.7 GB to a ~5 GB
+# target directory and save nothing. CI once ran out of disk; keep its footprint small.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 MOTO_VERSION=5.2.5
 VENV=.cache/venv
