@@ -1,8 +1,11 @@
 //! The pure batch fold, in events per second per core, on workload W in batches of 1,000,
 //! beside a naive fold measured in the same run: one owned key per counter, six counters per
 //! event, no per-hour pre-aggregation (what a first implementation would write).
-//! `tally_fold` is what the SQLite store folds (cells, then the six counters);
-//! `tally_fold_cells` what the DynamoDB store folds (cells only).
+//! `tally_fold_cells` is what the DynamoDB store folds when it applies a batch (hour cells;
+//! day, month and org-wide counters are derived when read); `tally_fold_days` what the
+//! SQLite store folds (hour cells, then day cells beside them); `tally_fold` goes on to the
+//! six counters, as `reconcile` derives them (and as the SQLite store wrote them before
+//! schema 7).
 //!
 //! Run: `cargo bench -p tally-bench --bench fold`, or `bash bench/fold.sh`, which also prints
 //! the fastest and median sample of each fold (on a shared VM the mean carries other tenants'
@@ -16,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rust_decimal::Decimal;
 use tally_bench::workload::{WorkloadSpec, generate, tenants};
 use tally_core::counter::OwnedCounterKey;
-use tally_core::fold::{dedupe_in_batch, fold, fold_cells};
+use tally_core::fold::{day_cells, dedupe_in_batch, fold, fold_cells};
 use tally_core::{Event, Granularity};
 
 fn naive(events: &[Event]) -> usize {
@@ -64,13 +67,24 @@ fn bench(c: &mut Criterion) {
             black_box(n)
         })
     });
-    // What the DynamoDB store folds: cells only; day, month and org-wide are derived when
-    // read.
+    // What the DynamoDB store folds on apply: cells only; day, month and org-wide are
+    // derived when read.
     g.bench_function("tally_fold_cells", |b| {
         b.iter(|| {
             let mut n = 0;
             for batch in &batches {
                 n += fold_cells(dedupe_in_batch(batch)).len();
+            }
+            black_box(n)
+        })
+    });
+    // What the SQLite store folds: hour cells and the day cells it writes beside them.
+    g.bench_function("tally_fold_days", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for batch in &batches {
+                let cells = fold_cells(dedupe_in_batch(batch));
+                n += cells.len() + day_cells(&cells).len();
             }
             black_box(n)
         })

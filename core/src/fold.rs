@@ -117,9 +117,9 @@ pub fn dedupe_in_batch(events: &[Event]) -> Vec<&Event> {
 /// matters to them; sorting here cost more than the fold itself on workload W).
 pub type Deltas<'a> = Vec<(CounterKey<'a>, Delta)>;
 
-/// One (org, project, meter, hour) cell: the first stage of the fold, and the unit a store
-/// may keep instead of the six counters (the DynamoDB store writes cells and derives day,
-/// month and org-wide values when it reads).
+/// One (org, project, meter, hour) cell: the first stage of the fold, and the unit the stores
+/// keep instead of the six counters (both write cells and derive day, month and org-wide
+/// values when they read; only `unique_count` keeps six explicit counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cell<'a> {
     /// The org.
@@ -139,6 +139,33 @@ pub fn fold_cells<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(Cell<
         .into_iter()
         .map(|(keyed, delta)| (keyed.cell, delta))
         .collect()
+}
+
+/// Merges hour cells into one cell per (org, project, meter, day), whose `hour` is the
+/// day's start, in no particular order: the day rows the SQLite store writes beside the
+/// hours, so that a month is read from 30 rows per project rather than 720.
+pub fn day_cells<'a>(cells: &[(Cell<'a>, Delta)]) -> Vec<(Cell<'a>, Delta)> {
+    let mut index: HashMap<Cell<'a>, usize, Hasher> =
+        HashMap::with_capacity_and_hasher(cells.len(), Hasher::default());
+    let mut days: Vec<(Cell<'a>, Delta)> = Vec::with_capacity(cells.len());
+    for (cell, delta) in cells {
+        let day = Cell {
+            hour: cell.hour - cell.hour.rem_euclid(86_400),
+            ..*cell
+        };
+        match index.entry(day) {
+            Entry::Occupied(o) => {
+                if let Some((_, d)) = days.get_mut(*o.get()) {
+                    d.merge(delta);
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(days.len());
+                days.push((day, delta.clone()));
+            }
+        }
+    }
+    days
 }
 
 /// [`fold_cells`] with each cell's series hash (from `hasher`), which [`fold`] hands to the
@@ -702,6 +729,33 @@ mod tests {
             let folded = fold(dedupe_in_batch(&events));
             let actual: BTreeMap<_, _> = folded.iter().map(|(k, d)| (k.to_owned_key(), d.clone())).collect();
             prop_assert_eq!(actual.len(), folded.len(), "a counter appears twice in the fold");
+            prop_assert_eq!(actual, expected);
+        }
+
+        /// Day cells are exactly the projects' day counters of the six-counter fold, each once.
+        #[test]
+        fn day_cells_are_the_projects_days(events in proptest::collection::vec(arb_event(), 0..150)) {
+            let kept = dedupe_in_batch(&events);
+            let expected: BTreeMap<_, _> = fold(kept.iter().copied())
+                .into_iter()
+                .filter(|(k, _)| k.granularity == Granularity::Day && k.scope != CounterScope::Org)
+                .map(|(k, d)| (k.to_owned_key(), d))
+                .collect();
+            let days = day_cells(&fold_cells(kept.iter().copied()));
+            let actual: BTreeMap<_, _> = days
+                .iter()
+                .map(|(c, d)| {
+                    let key = crate::counter::OwnedCounterKey {
+                        org: c.org.clone(),
+                        project: Some(c.project.clone()),
+                        meter: c.meter.clone(),
+                        granularity: Granularity::Day,
+                        start: DateTime::from_timestamp(c.hour, 0).unwrap(),
+                    };
+                    (key, d.clone())
+                })
+                .collect();
+            prop_assert_eq!(actual.len(), days.len(), "a day appears twice");
             prop_assert_eq!(actual, expected);
         }
 

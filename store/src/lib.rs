@@ -19,11 +19,15 @@
 //!   table, a batch applied as `TransactWriteItems` chunks with conditional ledger puts (the
 //!   module doc lists every item type, the apply algorithm and its write cost).
 //!
+//! - [`derive`]: day, month and org-wide counters derived from hour cells when read; both
+//!   stores keep cells rather than six counters per event (its module doc says why).
+//!
 //! Every adapter is checked by the same backend-agnostic conformance suites in `tally-tests`
 //! (`tests/src/conformance/`).
 
 pub mod aws;
 mod conn;
+pub mod derive;
 pub mod dynamodb;
 pub mod kinesis;
 mod ledger_body;

@@ -49,15 +49,19 @@
 //!   pruning old months is left to a later maintenance job.
 //!
 //! Measured with `examples/apply_throughput.rs` (release, 2 cores, 32-character random
-//! event ids, `sum` meter, two projects per org, so six counters per event): 1,000 orgs
-//! interleaved at random, 1,000,000 events, ~26k events/s at 1,000 events per batch and ~40k
-//! at 5,000; 10 orgs (counters collapse in the fold) ~63k at 1,000 per batch. The ledger alone
-//! (no counters, no checkpoints) reaches ~56k at 1,000 per batch, close to the figure above.
+//! event ids, `sum` meter, two projects per org): 1,000 orgs interleaved at random,
+//! 1,000,000 events, 30k–34k events/s at 1,000 events per batch and ~48k at 5,000, against
+//! 19k–27k and ~41k when the store wrote six counters per event (same host, alternating runs;
+//! `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold either way and the
+//! ledger sets the pace (~40k–45k at 1,000 per batch).
 //!
-//! Counters are keyed `(org, project, meter, granularity, start)` (`project` is `''` for the
-//! org-wide counter), so one series is one range scan; `unique_count` markers are keyed the
-//! same plus the value. Values are decimal text (exact), `latest_at` is RFC 3339 text with
-//! full precision (ties compare exactly as in the fold).
+//! Counters: `sum`, `count`, `max` and `latest` meters are kept as one row per (org,
+//! project, meter, hour) and per (org, project, meter, day), and month and org-wide values
+//! are derived when read (see [`counters`] for why and what it costs); `unique_count` meters
+//! keep their six counters explicitly, keyed `(org, project, meter, granularity, start)`
+//! (`project` is `''` for the org-wide counter), with one marker per value seen. Values are
+//! decimal text (exact), `latest_at` is RFC 3339 text with full precision (ties compare
+//! exactly as in the fold).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -68,10 +72,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use rust_decimal::Decimal;
-use tally_core::counter::{CounterKey, CounterScope, OwnedCounterKey};
+use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
-use tally_core::fold::{self, Delta};
-use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::fold;
+use tally_core::ids::{ApiKeyId, EventId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
@@ -86,12 +90,13 @@ use tally_core::tenant::{
 use crate::conn::{self, ConnSettings, Kind};
 
 mod alerts;
+mod counters;
 mod management;
 mod reports;
 mod sync_ledger;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -324,6 +329,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 6 {
         tx.execute_batch(alerts::SCHEMA_V6).map_err(db)?;
+    }
+    if version < 7 {
+        tx.execute_batch(counters::SCHEMA_V7).map_err(db)?;
+        if version >= 1 {
+            let replayed = counters::rebuild_from_ledger(&tx)?;
+            tracing::info!(
+                replayed,
+                "rebuilt the counters from the ledger as hour cells"
+            );
+        }
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -1091,8 +1106,10 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
             new[i] = changed == 1;
         }
     }
-    let deltas = fold::fold(events.iter().zip(&new).filter_map(|(e, n)| n.then_some(e)));
-    apply_deltas(&tx, &deltas)?;
+    counters::apply(
+        &tx,
+        events.iter().zip(&new).filter_map(|(e, n)| n.then_some(e)),
+    )?;
     tx.commit().map_err(db)?;
     Ok(ApplyReport {
         outcomes: new
@@ -1108,72 +1125,6 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
     })
 }
 
-fn apply_deltas(conn: &Connection, deltas: &[(CounterKey<'_>, Delta)]) -> Result<(), StoreError> {
-    let mut get = conn
-        .prepare_cached(
-            "SELECT value, latest_at FROM counters
-             WHERE org = ?1 AND project = ?2 AND meter = ?3 AND granularity = ?4 AND start = ?5",
-        )
-        .map_err(db)?;
-    let mut put = conn
-        .prepare_cached(
-            "INSERT INTO counters (org, project, meter, granularity, start, value, latest_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (org, project, meter, granularity, start)
-             DO UPDATE SET value = excluded.value, latest_at = excluded.latest_at",
-        )
-        .map_err(db)?;
-    let mut mark = conn
-        .prepare_cached(
-            "INSERT INTO unique_markers (org, project, meter, granularity, start, value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-        )
-        .map_err(db)?;
-    for (key, delta) in deltas {
-        let org = key.org.as_str();
-        let project = scope_text(&key.scope);
-        let meter = key.meter.as_str();
-        let gran = gran_code(key.granularity);
-        let start = key.start.timestamp();
-        let mut new_unique = 0u64;
-        if let Delta::Unique(values) = delta {
-            for v in values {
-                new_unique += mark
-                    .execute(params![org, project, meter, gran, start, v])
-                    .map_err(db)? as u64;
-            }
-            if new_unique == 0 {
-                continue;
-            }
-        }
-        let current = get
-            .query_row(params![org, project, meter, gran, start], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })
-            .optional()
-            .map_err(db)?;
-        let (cur, cur_at) = match current {
-            Some((v, at)) => (Some(parse_decimal(&v)?), parse_opt_ts(at)?),
-            None => (None, None),
-        };
-        let (value, at) = fold::apply_delta(cur, cur_at, delta, new_unique);
-        if cur == Some(value) && cur_at == at {
-            continue;
-        }
-        put.execute(params![
-            org,
-            project,
-            meter,
-            gran,
-            start,
-            value.to_string(),
-            at.map(ts_text)
-        ])
-        .map_err(db)?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
@@ -1185,38 +1136,17 @@ impl UsageStore for SqliteStore {
     }
 
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        let org = q.org.as_str().to_owned();
-        let project = q
-            .project
-            .as_ref()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        let meter = q.meter.as_str().to_owned();
-        let gran = gran_code(q.granularity);
-        let (from, to) = (ceil_secs(q.from), ceil_secs(q.to));
+        let q = q.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT start, value FROM counters
-                     WHERE org = ?1 AND project = ?2 AND meter = ?3 AND granularity = ?4
-                       AND start >= ?5 AND start < ?6
-                     ORDER BY start",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org, project, meter, gran, from, to], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (start, value) = row.map_err(db)?;
-                out.push(CounterValue {
-                    start: secs_ts(start)?,
-                    value: parse_decimal(&value)?,
-                });
-            }
-            Ok(out)
+            counters::series(
+                conn,
+                q.org.as_str(),
+                q.project.as_ref().map(|p| p.as_str()).unwrap_or_default(),
+                q.meter.as_str(),
+                q.granularity,
+                q.from,
+                q.to,
+            )
         })
         .await
     }
@@ -1277,48 +1207,8 @@ impl UsageStore for SqliteStore {
         month: Month,
     ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
         let org = org.clone();
-        let (from, to) = (month.start().timestamp(), month.end().timestamp());
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT project, meter, granularity, start, value FROM counters
-                     WHERE org = ?1 AND start >= ?2 AND start < ?3
-                     ORDER BY project, meter, granularity, start",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org.as_str(), from, to], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (project, meter, gran, start, value) = row.map_err(db)?;
-                let project = if project.is_empty() {
-                    None
-                } else {
-                    Some(parse_id(&project, ProjectId::parse)?)
-                };
-                out.push((
-                    OwnedCounterKey {
-                        org: org.clone(),
-                        project,
-                        meter: parse_id(&meter, MeterName::parse)?,
-                        granularity: gran_of(gran)?,
-                        start: secs_ts(start)?,
-                    },
-                    parse_decimal(&value)?,
-                ));
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| counters::stored(conn, &org, month))
+            .await
     }
 
     async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
@@ -1448,6 +1338,7 @@ mod tests {
     use super::*;
     use serde_json::{Map, Value};
     use tally_core::event::Quantity;
+    use tally_core::ids::MeterName;
     use tally_core::meter::Aggregation;
 
     fn event(org: &OrgId, id: &str, ts: &str) -> Event {
@@ -1486,6 +1377,51 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn schema_7_rebuilds_explicit_counters_as_cells_from_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.db");
+        let org = OrgId::parse("org_a").unwrap();
+        let mut events: Vec<Event> = (0..3)
+            .map(|i| event(&org, &format!("e{i}"), "2026-11-26T10:00:00Z"))
+            .collect();
+        events[2].timestamp += chrono::Duration::hours(30);
+        let month = Month::of(events[0].timestamp);
+        let expected = {
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(s.apply_batch(&events).await.unwrap().applied(), 3);
+            s.stored_counters(&org, month).await.unwrap()
+        };
+        // 2 hours and 2 days × org and project, 1 month × org and project.
+        assert_eq!(expected.len(), 10);
+        let month_total = expected
+            .iter()
+            .find(|(k, _)| k.granularity == Granularity::Month && k.project.is_none())
+            .map(|(_, v)| *v);
+        assert_eq!(month_total, Some(Decimal::new(75, 1)));
+        // What a schema 6 file holds: the same ledger, explicit counters, no cells.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "DELETE FROM cells;
+             INSERT INTO counters (org, project, meter, granularity, start, value)
+             VALUES ('org_a', '', 'api_calls', 3, {}, '7.5');
+             PRAGMA user_version = 6;",
+            month.start().timestamp()
+        ))
+        .unwrap();
+        drop(c);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.stored_counters(&org, month).await.unwrap(), expected);
+        let explicit: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM counters", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(explicit, 0);
+        // The ledger still knows them.
+        assert_eq!(s.apply_batch(&events).await.unwrap().duplicates(), 3);
+        assert_eq!(s.stored_counters(&org, month).await.unwrap(), expected);
     }
 
     #[tokio::test]
@@ -1544,8 +1480,7 @@ mod tests {
         ));
         let c = Connection::open(&path).unwrap();
         c.execute("UPDATE ledger SET body = 'nope'", []).unwrap();
-        c.execute("UPDATE counters SET value = 'x' WHERE granularity = 3", [])
-            .unwrap();
+        c.execute("UPDATE cells SET value = 'x'", []).unwrap();
         assert!(matches!(
             s.ledger_page(&org, month, None, 10).await,
             Err(StoreError::Corrupt(_))

@@ -10,19 +10,15 @@
 //! `unique_count` cannot be derived this way (distinct values do not add up across hours or
 //! projects), so it keeps explicit counters and markers (see the [module doc](super)).
 //!
-//! Derivation uses the core's own fold ([`tally_core::fold::spread`] over
-//! [`tally_core::fold::Delta`]), so a derived counter is by construction what the SQLite
-//! store, which keeps all six, holds.
-
-use std::collections::BTreeMap;
+//! Derivation is shared with the SQLite store, which keeps one row per hour cell
+//! ([`crate::derive`]).
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use tally_core::counter::OwnedCounterKey;
-use tally_core::fold::{self, Cell, Delta};
-use tally_core::ids::{MeterName, OrgId, ProjectId};
-use tally_core::period::Granularity;
+use tally_core::fold::Delta;
+use tally_core::ids::{MeterName, ProjectId};
 use tally_core::ports::StoreError;
+
+pub use crate::derive::{StoredCell, derive_counters, derive_series, value_of};
 
 use super::codec::{Item, corrupt, get_decimal, get_s};
 use super::keys::{SK, start_text};
@@ -94,17 +90,6 @@ pub fn day_and_hour(hour: i64) -> (i64, u32) {
     (day, ((hour - day) / 3600) as u32)
 }
 
-/// One stored cell read back: its (project, meter, day) and the delta of each hour set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredCell {
-    /// The project.
-    pub project: ProjectId,
-    /// The meter.
-    pub meter: MeterName,
-    /// (hour start in Unix seconds, what the hour holds), for every hour the item has.
-    pub hours: Vec<(i64, Delta)>,
-}
-
 /// Parses a cell item. Nothing in it is trusted: a bad key or attribute is `Corrupt`.
 pub fn read_cell(item: &Item) -> Result<StoredCell, StoreError> {
     let sk = get_s(item, SK)?;
@@ -154,65 +139,14 @@ pub fn read_cell(item: &Item) -> Result<StoredCell, StoreError> {
     })
 }
 
-/// The value a counter holds after one delta from nothing (every derived counter's value).
-pub fn value_of(delta: &Delta) -> Decimal {
-    fold::apply_delta(None, None, delta, 0).0
-}
-
-/// The six counters (org-wide and per project × hour, day, month) that stored cells add up
-/// to, as the SQLite store keeps them.
-pub fn derive_counters(org: &OrgId, cells: &[StoredCell]) -> Vec<(OwnedCounterKey, Decimal)> {
-    let flat = cells.iter().flat_map(|c| {
-        c.hours.iter().map(move |(hour, delta)| {
-            (
-                Cell {
-                    org,
-                    project: &c.project,
-                    meter: &c.meter,
-                    hour: *hour,
-                },
-                delta.clone(),
-            )
-        })
-    });
-    fold::spread(flat)
-        .into_iter()
-        .map(|(key, delta)| (key.to_owned_key(), value_of(&delta)))
-        .collect()
-}
-
-/// One series' buckets from cells (already narrowed to one meter, and to one project when
-/// the series is a project's): bucket start → merged delta, for starts in `[from, to)`.
-pub fn derive_series(
-    cells: &[StoredCell],
-    granularity: Granularity,
-    from: i64,
-    to: i64,
-) -> BTreeMap<i64, Delta> {
-    let mut buckets: BTreeMap<i64, Delta> = BTreeMap::new();
-    for cell in cells {
-        for (hour, delta) in &cell.hours {
-            let Some(t) = DateTime::from_timestamp(*hour, 0) else {
-                continue;
-            };
-            let start = granularity.truncate(t).timestamp();
-            if start < from || start >= to {
-                continue;
-            }
-            buckets
-                .entry(start)
-                .and_modify(|d| d.merge(delta))
-                .or_insert_with(|| delta.clone());
-        }
-    }
-    buckets
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::codec::{item, n, s};
     use super::*;
+    use rust_decimal::Decimal;
+    use tally_core::ids::OrgId;
+    use tally_core::period::Granularity;
 
     #[test]
     fn cells_round_trip_and_derive_like_the_fold() {
@@ -238,7 +172,7 @@ mod tests {
             .map(|(_, v)| *v)
             .collect();
         assert_eq!(day_total, vec![Decimal::new(45, 1); 2]);
-        let series = derive_series(&[cell], Granularity::Hour, day, day + 6 * 3600);
+        let series = derive_series(cell.hours, Granularity::Hour, day, day + 6 * 3600);
         assert_eq!(series.len(), 1);
         assert_eq!(value_of(&series[&(day + 5 * 3600)]), Decimal::from(3));
     }

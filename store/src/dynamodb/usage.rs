@@ -81,7 +81,12 @@ pub(super) async fn counter_series(
             .iter()
             .map(cells::read_cell)
             .collect::<Result<Vec<_>, _>>()?;
-        for (start, delta) in cells::derive_series(&stored, q.granularity, from, to + 1) {
+        for (start, delta) in cells::derive_series(
+            stored.into_iter().flat_map(|c| c.hours),
+            q.granularity,
+            from,
+            to + 1,
+        ) {
             buckets.insert(start, cells::value_of(&delta));
         }
         let items = store

@@ -1,0 +1,128 @@
+//! Counters derived from hour cells when they are read, shared by both stores.
+//!
+//! Neither store writes the six counters an event touches (org-wide and per project × hour,
+//! day, month) for `sum`, `count`, `max` and `latest` meters. Each writes one cell per
+//! (org, project, meter, hour) — a row on SQLite, an attribute of a day item on DynamoDB —
+//! and derives the day, month and org-wide values when it reads them, here. A batch then
+//! costs one write per distinct cell instead of six per event, while a month read folds at
+//! most 744 hours per project. `unique_count` cannot be derived this way (distinct values do
+//! not add up across hours or projects), so both stores keep its six counters explicitly,
+//! with one marker per value.
+//!
+//! Derivation uses the core's own fold ([`tally_core::fold::spread`] and
+//! [`tally_core::fold::Delta::merge`]), so a derived counter is by construction what
+//! applying the same events to six explicit counters would hold.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use chrono::DateTime;
+use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
+use tally_core::fold::{self, Cell, Delta};
+use tally_core::ids::{MeterName, OrgId, ProjectId};
+use tally_core::period::Granularity;
+
+/// Stored cells read back: a (project, meter) and the delta of each hour stored for it (a
+/// DynamoDB day item holds up to 24 hours, a SQLite row one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCell {
+    /// The project.
+    pub project: ProjectId,
+    /// The meter.
+    pub meter: MeterName,
+    /// (hour start in Unix seconds, what the hour holds), for every hour the item has.
+    pub hours: Vec<(i64, Delta)>,
+}
+
+/// The value a counter holds after one delta from nothing (every derived counter's value).
+pub fn value_of(delta: &Delta) -> Decimal {
+    fold::apply_delta(None, None, delta, 0).0
+}
+
+/// The six counters (org-wide and per project × hour, day, month) that stored cells add up
+/// to: what `stored_counters` reports and `reconcile` compares with the ledger.
+pub fn derive_counters(org: &OrgId, cells: &[StoredCell]) -> Vec<(OwnedCounterKey, Decimal)> {
+    let flat = cells.iter().flat_map(|c| {
+        c.hours.iter().map(move |(hour, delta)| {
+            (
+                Cell {
+                    org,
+                    project: &c.project,
+                    meter: &c.meter,
+                    hour: *hour,
+                },
+                delta.clone(),
+            )
+        })
+    });
+    fold::spread(flat)
+        .into_iter()
+        .map(|(key, delta)| (key.to_owned_key(), value_of(&delta)))
+        .collect()
+}
+
+/// One series' buckets from stored cell values (already narrowed to one meter, and to one
+/// project when the series is a project's), each given as (the start of the hour or day it
+/// holds, its delta): bucket start → merged delta, for bucket starts in `[from, to)`.
+pub fn derive_series(
+    cells: impl IntoIterator<Item = (i64, Delta)>,
+    granularity: Granularity,
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, Delta> {
+    let mut buckets: BTreeMap<i64, Delta> = BTreeMap::new();
+    for (at, delta) in cells {
+        let Some(t) = DateTime::from_timestamp(at, 0) else {
+            continue;
+        };
+        let start = granularity.truncate(t).timestamp();
+        if start < from || start >= to {
+            continue;
+        }
+        match buckets.entry(start) {
+            Entry::Occupied(mut e) => e.get_mut().merge(&delta),
+            Entry::Vacant(e) => {
+                e.insert(delta);
+            }
+        }
+    }
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cells_derive_like_the_fold() {
+        let org = OrgId::parse("org_a").unwrap();
+        let p = ProjectId::parse("prj_b").unwrap();
+        let m = MeterName::parse("api_calls").unwrap();
+        let day = 1_795_651_200; // 2026-11-26T00:00:00Z
+        let cell = StoredCell {
+            project: p,
+            meter: m,
+            hours: vec![
+                (day + 5 * 3600, Delta::Add(Decimal::from(3))),
+                (day + 7 * 3600, Delta::Add(Decimal::new(15, 1))),
+            ],
+        };
+        let counters = derive_counters(&org, std::slice::from_ref(&cell));
+        // 2 hours × 2 scopes + 1 day × 2 + 1 month × 2.
+        assert_eq!(counters.len(), 8);
+        let day_total: Vec<_> = counters
+            .iter()
+            .filter(|(k, _)| k.granularity == Granularity::Day)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(day_total, vec![Decimal::new(45, 1); 2]);
+        let series = derive_series(cell.hours.clone(), Granularity::Hour, day, day + 6 * 3600);
+        assert_eq!(series.len(), 1);
+        assert_eq!(value_of(&series[&(day + 5 * 3600)]), Decimal::from(3));
+        // A bucket that starts before `from` is left out even though its hours are after it.
+        let days = derive_series(cell.hours, Granularity::Day, day + 1, day + 86_400);
+        assert!(days.is_empty(), "{days:?}");
+    }
+}
