@@ -5,12 +5,13 @@
 //! day; month and org-wide values, and the hours and days of an org, are derived when read
 //! ([`crate::derive`], shared with the DynamoDB store). Writing the six counters of every
 //! event (org-wide and per project × hour, day, month) instead cost ~5.4 upserts per
-//! distinct project-hour on a 1,000-org workload, where most events share no counter with
-//! their batch; two now. Why not the hour alone, as on DynamoDB, where a day item holds its
-//! 24 hours: a row holds one value here, and deriving a month from 720 hour rows per project
-//! made an org-wide month total of five projects take ~4 ms instead of ~20 µs. With day
-//! rows it reads 30 rows per project (`examples/read_latency.rs`; figures in
-//! `bench/RESULTS.md`).
+//! distinct project-hour when 1,000 orgs with two projects each are evenly active (a batch of
+//! 1,000 events then touches ~787 project-hours and ~632 orgs: ~4,257 upserts, against
+//! ~1,574 now), and apply ran 24–55 % slower. Why not the hour alone, as on DynamoDB, where a
+//! day item holds its 24 hours: a row holds one value here, and deriving a month from 720
+//! hour rows per project made an org-wide month total of five projects take ~4 ms instead of
+//! ~20 µs; with day rows it reads 30 rows per project, ~0.1 ms (`examples/read_latency.rs`,
+//! `examples/apply_throughput.rs`; figures in `bench/RESULTS.md`).
 //!
 //! `unique_count` values cannot be derived (distinct values do not add up across hours or
 //! projects), so those meters keep all six counters in `counters`, with one row per value
