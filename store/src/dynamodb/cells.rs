@@ -145,12 +145,10 @@ mod tests {
     use super::super::codec::{item, n, s};
     use super::*;
     use rust_decimal::Decimal;
-    use tally_core::ids::OrgId;
-    use tally_core::period::Granularity;
 
+    /// Derivation from the parsed hours is tested in [`crate::derive`].
     #[test]
-    fn cells_round_trip_and_derive_like_the_fold() {
-        let org = OrgId::parse("org_a").unwrap();
+    fn cells_round_trip() {
         let p = ProjectId::parse("prj_b").unwrap();
         let m = MeterName::parse("api_calls").unwrap();
         let day = 1_795_651_200; // 2026-11-26T00:00:00Z
@@ -161,20 +159,15 @@ mod tests {
             ("h05", n(3)),
             ("h07", n("1.5")),
         ]);
-        let cell = read_cell(&it).unwrap();
-        assert_eq!(cell.hours.len(), 2);
-        let counters = derive_counters(&org, std::slice::from_ref(&cell));
-        // 2 hours × 2 scopes + 1 day × 2 + 1 month × 2.
-        assert_eq!(counters.len(), 8);
-        let day_total: Vec<_> = counters
-            .iter()
-            .filter(|(k, _)| k.granularity == Granularity::Day)
-            .map(|(_, v)| *v)
-            .collect();
-        assert_eq!(day_total, vec![Decimal::new(45, 1); 2]);
-        let series = derive_series(cell.hours, Granularity::Hour, day, day + 6 * 3600);
-        assert_eq!(series.len(), 1);
-        assert_eq!(value_of(&series[&(day + 5 * 3600)]), Decimal::from(3));
+        let expected = StoredCell {
+            project: p,
+            meter: m,
+            hours: vec![
+                (day + 5 * 3600, Delta::Add(Decimal::from(3))),
+                (day + 7 * 3600, Delta::Add(Decimal::new(15, 1))),
+            ],
+        };
+        assert_eq!(read_cell(&it).unwrap(), expected);
     }
 
     #[test]
