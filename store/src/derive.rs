@@ -1,13 +1,13 @@
-//! Counters derived from hour cells when they are read, shared by both stores.
+//! Counters derived from cells when they are read, shared by both stores.
 //!
 //! Neither store writes the six counters an event touches (org-wide and per project × hour,
-//! day, month) for `sum`, `count`, `max` and `latest` meters. Each writes one cell per
-//! (org, project, meter, hour) — a row on SQLite, an attribute of a day item on DynamoDB —
-//! and derives the day, month and org-wide values when it reads them, here. A batch then
-//! costs one write per distinct cell instead of six per event, while a month read folds at
-//! most 744 hours per project. `unique_count` cannot be derived this way (distinct values do
-//! not add up across hours or projects), so both stores keep its six counters explicitly,
-//! with one marker per value.
+//! day, month) for `sum`, `count`, `max` and `latest` meters. Each writes cells per (org,
+//! project, meter): DynamoDB one item per day holding an attribute per hour, SQLite one row
+//! per hour and one per day. Coarser and org-wide values are derived here when read: a batch
+//! costs one or two writes per distinct project-hour instead of six per event, and a month
+//! read merges ~30 cells per project. `unique_count` cannot be derived this way (distinct
+//! values do not add up across hours or projects), so both stores keep its six counters
+//! explicitly, with one marker per value.
 //!
 //! Derivation uses the core's own fold ([`tally_core::fold::spread`] and
 //! [`tally_core::fold::Delta::merge`]), so a derived counter is by construction what
@@ -31,7 +31,9 @@ pub struct StoredCell {
     pub project: ProjectId,
     /// The meter.
     pub meter: MeterName,
-    /// (hour start in Unix seconds, what the hour holds), for every hour the item has.
+    /// (start in Unix seconds, what the cell holds) for every stored hour; SQLite's day
+    /// rows put their day's start here, and then only day and month counters derived from
+    /// them are meaningful.
     pub hours: Vec<(i64, Delta)>,
 }
 

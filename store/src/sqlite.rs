@@ -336,7 +336,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             let replayed = counters::rebuild_from_ledger(&tx)?;
             tracing::info!(
                 replayed,
-                "rebuilt the counters from the ledger as hour cells"
+                "rebuilt the counters from the ledger as hour and day cells"
             );
         }
     }
@@ -1384,43 +1384,82 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.db");
         let org = OrgId::parse("org_a").unwrap();
-        let mut events: Vec<Event> = (0..3)
-            .map(|i| event(&org, &format!("e{i}"), "2026-11-26T10:00:00Z"))
-            .collect();
+        let at = "2026-11-26T10:00:00Z";
+        let mut events: Vec<Event> = (0..3).map(|i| event(&org, &format!("e{i}"), at)).collect();
         events[2].timestamp += chrono::Duration::hours(30);
+        // One meter of every other kind, all in the first hour.
+        let kinds = [
+            ("peak", Aggregation::Max),
+            ("temp", Aggregation::Latest),
+            (
+                "users",
+                Aggregation::UniqueCount {
+                    property: "user".into(),
+                },
+            ),
+        ];
+        for (m, (name, agg)) in kinds.into_iter().enumerate() {
+            for (i, user) in ["u1", "u2", "u1"].into_iter().enumerate() {
+                let mut e = event(&org, &format!("{name}{i}"), at);
+                e.meter = MeterName::parse(name).unwrap();
+                e.aggregation = agg.clone();
+                e.quantity = Quantity::new(Decimal::from(10 * m + i)).unwrap();
+                e.properties.insert("user".into(), Value::from(user));
+                events.push(e);
+            }
+        }
         let month = Month::of(events[0].timestamp);
         let expected = {
             let s = SqliteStore::open(&path).unwrap();
-            assert_eq!(s.apply_batch(&events).await.unwrap().applied(), 3);
+            assert_eq!(s.apply_batch(&events).await.unwrap().applied(), 12);
             s.stored_counters(&org, month).await.unwrap()
         };
-        // 2 hours and 2 days × org and project, 1 month × org and project.
-        assert_eq!(expected.len(), 10);
-        let month_total = expected
-            .iter()
-            .find(|(k, _)| k.granularity == Granularity::Month && k.project.is_none())
-            .map(|(_, v)| *v);
-        assert_eq!(month_total, Some(Decimal::new(75, 1)));
-        // What a schema 6 file holds: the same ledger, explicit counters, no cells.
+        // `sum`: 2 hours and 2 days × org and project, 1 month × org and project; the other
+        // three meters 6 each.
+        assert_eq!(expected.len(), 10 + 3 * 6);
+        let month_total = |name: &str| {
+            expected
+                .iter()
+                .find(|(k, _)| {
+                    k.meter.as_str() == name
+                        && k.granularity == Granularity::Month
+                        && k.project.is_none()
+                })
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(month_total("api_calls"), Some(Decimal::new(75, 1)));
+        assert_eq!(month_total("peak"), Some(Decimal::from(2)));
+        assert_eq!(month_total("temp"), Some(Decimal::from(12)));
+        assert_eq!(month_total("users"), Some(Decimal::from(2)));
+        // What a schema 6 file holds: the same ledger and schema 1's `counters` table, with a
+        // stale explicit counter, and no cells.
         let c = Connection::open(&path).unwrap();
-        c.execute_batch(&format!(
-            "DELETE FROM cells;
-             INSERT INTO counters (org, project, meter, granularity, start, value)
-             VALUES ('org_a', '', 'api_calls', 3, {}, '7.5');
-             PRAGMA user_version = 6;",
-            month.start().timestamp()
-        ))
+        c.execute_batch(
+            "DROP TABLE cells; DROP TABLE unique_counters; DELETE FROM unique_markers;",
+        )
         .unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.execute(
+            "INSERT INTO counters (org, project, meter, granularity, start, value)
+             VALUES ('org_a', '', 'api_calls', 3, ?1, '99')",
+            [month.start().timestamp()],
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 6).unwrap();
         drop(c);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.stored_counters(&org, month).await.unwrap(), expected);
-        let explicit: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM counters", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(explicit, 0);
-        // The ledger still knows them.
-        assert_eq!(s.apply_batch(&events).await.unwrap().duplicates(), 3);
+        let c = Connection::open(&path).unwrap();
+        let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        // Gone, so an older build still running on the file fails instead of writing there.
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_master WHERE name = 'counters'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM unique_counters"), 6);
+        assert_eq!(count("SELECT count(*) FROM unique_markers"), 2 * 6);
+        // The ledger still knows every event.
+        assert_eq!(s.apply_batch(&events).await.unwrap().duplicates(), 12);
         assert_eq!(s.stored_counters(&org, month).await.unwrap(), expected);
     }
 

@@ -14,7 +14,7 @@
 //! `examples/apply_throughput.rs`; figures in `bench/RESULTS.md`).
 //!
 //! `unique_count` values cannot be derived (distinct values do not add up across hours or
-//! projects), so those meters keep all six counters in `counters`, with one row per value
+//! projects), so those meters keep all six counters in `unique_counters`, with one row per value
 //! seen in `unique_markers`.
 
 use std::collections::BTreeMap;
@@ -35,8 +35,12 @@ use super::{
 };
 use crate::derive::{self, StoredCell};
 
-/// Schema 7: cells. Keyed (org, meter, span, start, project) so that both a project's
-/// series and an org-wide one (every project) are one range of the key.
+/// Schema 7: cells, keyed (org, meter, span, start, project) so that both a project's series
+/// and an org-wide one (every project) are one range of the key; and `unique_count`'s
+/// explicit counters under a new name. Schema 6's `counters` table is dropped rather than
+/// kept for them: a process of an older build still running on the file would otherwise go
+/// on writing six counters per event there, which the new reads would take for explicit
+/// counters. With the table gone its writes fail, loudly, and its batches stay queued.
 pub(super) const SCHEMA_V7: &str = r#"
 CREATE TABLE IF NOT EXISTS cells (
     org         TEXT NOT NULL,
@@ -49,6 +53,17 @@ CREATE TABLE IF NOT EXISTS cells (
     latest_at   TEXT,                   -- `latest`: the reading's time
     PRIMARY KEY (org, meter, span, start, project)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unique_counters (
+    org         TEXT NOT NULL,
+    project     TEXT NOT NULL,          -- '' for the org-wide counter
+    meter       TEXT NOT NULL,
+    granularity INTEGER NOT NULL,       -- 1 hour, 2 day, 3 month
+    start       INTEGER NOT NULL,       -- bucket start, Unix seconds
+    value       TEXT NOT NULL,          -- exact decimal
+    latest_at   TEXT,
+    PRIMARY KEY (org, project, meter, granularity, start)
+) WITHOUT ROWID;
+DROP TABLE IF EXISTS counters;
 "#;
 
 /// `span` of an hour cell (the code of [`Granularity::Hour`] in `counters`).
@@ -129,8 +144,13 @@ fn merge_cell(
         Delta::Add(v) => (KIND_ADD, v, None),
         Delta::Max(v) => (KIND_MAX, v, None),
         Delta::Latest { at, value } => (KIND_LATEST, value, Some(at)),
-        // Merging two deltas that are not `Unique` keeps one of their kinds.
-        Delta::Unique(_) => return Ok(()),
+        // `apply` sends `unique_count` elsewhere, and merging two deltas that are not
+        // `Unique` keeps one of their kinds; refuse rather than drop should that change.
+        Delta::Unique(_) => {
+            return Err(corrupt(format!(
+                "a unique_count delta reached the cell of {org}/{project}/{meter}"
+            )));
+        }
     };
     conn.prepare_cached(
         "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
@@ -160,13 +180,13 @@ fn merge_cell(
 fn apply_explicit(conn: &Connection, deltas: &[(CounterKey<'_>, Delta)]) -> Result<(), StoreError> {
     let mut get = conn
         .prepare_cached(
-            "SELECT value, latest_at FROM counters
+            "SELECT value, latest_at FROM unique_counters
              WHERE org = ?1 AND project = ?2 AND meter = ?3 AND granularity = ?4 AND start = ?5",
         )
         .map_err(db)?;
     let mut put = conn
         .prepare_cached(
-            "INSERT INTO counters (org, project, meter, granularity, start, value, latest_at)
+            "INSERT INTO unique_counters (org, project, meter, granularity, start, value, latest_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (org, project, meter, granularity, start)
              DO UPDATE SET value = excluded.value, latest_at = excluded.latest_at",
@@ -287,6 +307,8 @@ pub(super) fn series(
     to: DateTime<Utc>,
 ) -> Result<Vec<CounterValue>, StoreError> {
     let (from, to) = (ceil_secs(from), ceil_secs(to).min(LAST_SECOND + 1));
+    // Cells and explicit counters from one snapshot, whatever commits in between.
+    let _snapshot = conn.unchecked_transaction().map_err(db)?;
     let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
     if from < to {
         // A cell inside a bucket starts at or after the bucket, so no cell before `from`
@@ -327,7 +349,7 @@ pub(super) fn series(
     }
     let mut stmt = conn
         .prepare_cached(
-            "SELECT start, value FROM counters
+            "SELECT start, value FROM unique_counters
              WHERE org = ?1 AND project = ?2 AND meter = ?3 AND granularity = ?4
                AND start >= ?5 AND start < ?6",
         )
@@ -361,10 +383,13 @@ pub(super) fn stored(
     month: Month,
 ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
     let (from, to) = (month.start().timestamp(), month.end().timestamp());
+    // Hour rows, day rows and explicit counters from one snapshot: a batch committing
+    // between the queries would otherwise look like drift to `reconcile`.
+    let _snapshot = conn.unchecked_transaction().map_err(db)?;
     let mut out: BTreeMap<OwnedCounterKey, Decimal> = BTreeMap::new();
     let mut stmt = conn
         .prepare_cached(
-            "SELECT project, meter, granularity, start, value FROM counters
+            "SELECT project, meter, granularity, start, value FROM unique_counters
              WHERE org = ?1 AND start >= ?2 AND start < ?3",
         )
         .map_err(db)?;
@@ -414,10 +439,14 @@ pub(super) fn stored(
 /// Rebuilds every counter from the ledger, for the move to schema 7: the ledger holds each
 /// applied event once, and an explicit counter does not say whether its meter adds up or
 /// keeps the maximum, so replaying is the one exact conversion. It runs inside the
-/// migration's transaction; a crash leaves the old schema in place.
+/// migration's transaction, so a crash or a bad ledger row leaves the old schema in place;
+/// it holds the write lock meanwhile (~40k events/s), so other processes opening the file
+/// wait and may time out.
 pub(super) fn rebuild_from_ledger(conn: &Connection) -> Result<u64, StoreError> {
-    conn.execute_batch("DELETE FROM cells; DELETE FROM counters; DELETE FROM unique_markers;")
-        .map_err(db)?;
+    conn.execute_batch(
+        "DELETE FROM cells; DELETE FROM unique_counters; DELETE FROM unique_markers;",
+    )
+    .map_err(db)?;
     let mut stmt = conn
         .prepare("SELECT seq, org, event_id, body FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2")
         .map_err(db)?;
@@ -437,7 +466,10 @@ pub(super) fn rebuild_from_ledger(conn: &Connection) -> Result<u64, StoreError> 
         for row in rows {
             let (seq, org, id, body) = row.map_err(db)?;
             after = seq;
-            events.push(decode_event(&parse_id(&org, OrgId::parse)?, &id, &body)?);
+            let event = parse_id(&org, OrgId::parse)
+                .and_then(|org| decode_event(&org, &id, &body))
+                .map_err(|e| corrupt(format!("replaying ledger row {seq}: {e}")))?;
+            events.push(event);
         }
         if events.is_empty() {
             return Ok(replayed);
