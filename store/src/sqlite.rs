@@ -50,10 +50,10 @@
 //!
 //! Measured with `examples/apply_throughput.rs` (release, 2 cores, 32-character random
 //! event ids, `sum` meter, two projects per org): 1,000 orgs interleaved at random,
-//! 1,000,000 events, 30k–34k events/s at 1,000 events per batch and ~48k at 5,000, against
-//! 19k–27k and ~41k when the store wrote six counters per event (same host, alternating runs;
-//! `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold either way and the
-//! ledger sets the pace (~40k–45k at 1,000 per batch).
+//! 1,000,000 events, 28k–34k events/s at 1,000 events per batch and 44k–48k at 5,000,
+//! against 19k–27k and 38k–41k when the store wrote six counters per event (same host,
+//! alternating runs; `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold
+//! either way and the ledger sets the pace (42k–47k at 1,000 per batch).
 //!
 //! Counters: `sum`, `count`, `max` and `latest` meters are kept as one row per (org,
 //! project, meter, hour) and per (org, project, meter, day), and month and org-wide values

@@ -14,8 +14,8 @@
 //! `examples/apply_throughput.rs`; figures in `bench/RESULTS.md`).
 //!
 //! `unique_count` values cannot be derived (distinct values do not add up across hours or
-//! projects), so those meters keep all six counters in `unique_counters`, with one row per value
-//! seen in `unique_markers`.
+//! projects), so those meters keep all six counters in `unique_counters`, with one row per
+//! value seen in `unique_markers`.
 
 use std::collections::BTreeMap;
 
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS unique_counters (
 DROP TABLE IF EXISTS counters;
 "#;
 
-/// `span` of an hour cell (the code of [`Granularity::Hour`] in `counters`).
+/// `span` of an hour cell (as `granularity` codes [`Granularity::Hour`] in
+/// `unique_counters`).
 const HOUR: i64 = 1;
 /// `span` of a day cell.
 const DAY: i64 = 2;
