@@ -150,7 +150,7 @@ pub fn day_cells<'a>(cells: &[(Cell<'a>, Delta)]) -> Vec<(Cell<'a>, Delta)> {
     let mut days: Vec<(Cell<'a>, Delta)> = Vec::with_capacity(cells.len());
     for (cell, delta) in cells {
         let day = Cell {
-            hour: cell.hour - cell.hour.rem_euclid(86_400),
+            hour: day_start(cell.hour),
             ..*cell
         };
         match index.entry(day) {
@@ -374,7 +374,7 @@ impl Runs {
             if let [only] = members {
                 // The common case: one cell is its own hour, day and month.
                 let (hour, delta, _) = &cells[*only as usize];
-                let day = hour - hour.rem_euclid(86_400);
+                let day = day_start(*hour);
                 let month = self.month_of.get(day);
                 let ats = [self.at(0, *hour), self.at(1, day), self.at(2, month)];
                 // `extend` over a range writes each counter straight into the list; `push`
@@ -391,7 +391,7 @@ impl Runs {
                 if granularity != Granularity::Hour {
                     let month_of = &mut self.month_of;
                     fold_level(&mut self.level, |start| match granularity {
-                        Granularity::Day => start - start.rem_euclid(86_400),
+                        Granularity::Day => day_start(start),
                         _ => month_of.get(start),
                     });
                 }
@@ -493,6 +493,11 @@ impl<'a> Series<'a> {
 
 fn instant(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The start of the UTC day holding `secs` (as [`Granularity::Day`] truncates).
+fn day_start(secs: i64) -> i64 {
+    secs - secs.rem_euclid(86_400)
 }
 
 /// The month start of a day start, remembering the last answer: a batch's days are few.

@@ -92,88 +92,79 @@ pub(super) fn apply<'a>(
     let (unique, cells): (Vec<_>, Vec<_>) = fold::fold_cells(events)
         .into_iter()
         .partition(|(_, delta)| matches!(delta, Delta::Unique(_)));
-    for (span, cells) in [(HOUR, &cells), (DAY, &fold::day_cells(&cells))] {
-        for (cell, delta) in cells {
-            let key = (
-                cell.org.as_str(),
-                cell.meter.as_str(),
-                span,
-                cell.hour,
-                cell.project.as_str(),
-            );
-            merge_cell(conn, key, delta)?;
-        }
-    }
-    apply_explicit(conn, &fold::spread(unique))
-}
-
-/// Merges a delta into the cell keyed (org, meter, span, start, project).
-fn merge_cell(
-    conn: &Connection,
-    (org, meter, span, start, project): (&str, &str, i64, i64, &str),
-    delta: &Delta,
-) -> Result<(), StoreError> {
-    let current = conn
+    // Prepared once per batch: looking a cached statement up hashes its SQL, twice per cell.
+    let mut get = conn
         .prepare_cached(
             "SELECT kind, value, latest_at FROM cells
              WHERE org = ?1 AND meter = ?2 AND span = ?3 AND start = ?4 AND project = ?5",
         )
-        .and_then(|mut get| {
-            get.query_row(params![org, meter, span, start, project], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })
-            .optional()
-        })
         .map_err(db)?;
-    let merged = match current {
-        Some((kind, value, at)) => {
-            let stored = cell_delta(kind, &value, at)?;
-            let mut merged = stored.clone();
-            merged.merge(delta);
-            if merged == stored {
-                return Ok(());
-            }
-            merged
+    let mut put = conn
+        .prepare_cached(
+            "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (org, meter, span, start, project)
+             DO UPDATE SET kind = excluded.kind, value = excluded.value,
+                           latest_at = excluded.latest_at",
+        )
+        .map_err(db)?;
+    for (span, cells) in [(HOUR, &cells), (DAY, &fold::day_cells(&cells))] {
+        for (cell, delta) in cells {
+            let (org, meter, project) = (
+                cell.org.as_str(),
+                cell.meter.as_str(),
+                cell.project.as_str(),
+            );
+            let key = params![org, meter, span, cell.hour, project];
+            let current = get
+                .query_row(key, |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(db)?;
+            let merged = match current {
+                Some((kind, value, at)) => {
+                    let stored = cell_delta(kind, &value, at)?;
+                    let mut merged = stored.clone();
+                    merged.merge(delta);
+                    if merged == stored {
+                        continue;
+                    }
+                    merged
+                }
+                None => delta.clone(),
+            };
+            let (kind, value, at) = match merged {
+                Delta::Add(v) => (KIND_ADD, v, None),
+                Delta::Max(v) => (KIND_MAX, v, None),
+                Delta::Latest { at, value } => (KIND_LATEST, value, Some(at)),
+                // The partition above sends `unique_count` elsewhere, and merging two deltas
+                // that are not `Unique` keeps one of their kinds; refuse rather than drop
+                // should that change.
+                Delta::Unique(_) => {
+                    return Err(corrupt(format!(
+                        "a unique_count delta reached the cell of {org}/{project}/{meter}"
+                    )));
+                }
+            };
+            put.execute(params![
+                org,
+                meter,
+                span,
+                cell.hour,
+                project,
+                kind,
+                value.to_string(),
+                at.map(ts_text)
+            ])
+            .map_err(db)?;
         }
-        None => delta.clone(),
-    };
-    let (kind, value, at) = match merged {
-        Delta::Add(v) => (KIND_ADD, v, None),
-        Delta::Max(v) => (KIND_MAX, v, None),
-        Delta::Latest { at, value } => (KIND_LATEST, value, Some(at)),
-        // `apply` sends `unique_count` elsewhere, and merging two deltas that are not
-        // `Unique` keeps one of their kinds; refuse rather than drop should that change.
-        Delta::Unique(_) => {
-            return Err(corrupt(format!(
-                "a unique_count delta reached the cell of {org}/{project}/{meter}"
-            )));
-        }
-    };
-    conn.prepare_cached(
-        "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (org, meter, span, start, project)
-         DO UPDATE SET kind = excluded.kind, value = excluded.value,
-                       latest_at = excluded.latest_at",
-    )
-    .and_then(|mut put| {
-        put.execute(params![
-            org,
-            meter,
-            span,
-            start,
-            project,
-            kind,
-            value.to_string(),
-            at.map(ts_text)
-        ])
-    })
-    .map_err(db)?;
-    Ok(())
+    }
+    apply_explicit(conn, &fold::spread(unique))
 }
 
 /// Applies deltas to explicit counters (only `unique_count` meters have them): markers first,
