@@ -17,11 +17,12 @@ use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApplyReport, Clock, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
+    ApiKeyStore, ApplyReport, AuditLog, Clock, CounterQuery, CounterValue, InvitationStore,
+    LedgerPage, MemberStore, OrgStore, ProjectStore, StoreError, UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope,
-    Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
+    KeyUse, Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
 };
 use tower::ServiceExt;
 
@@ -67,7 +68,7 @@ struct Data {
 struct Mem(Mutex<Data>);
 
 #[async_trait]
-impl TenantStore for Mem {
+impl UserStore for Mem {
     async fn ensure_user(&self, u: &User) -> Result<User, StoreError> {
         Ok(u.clone())
     }
@@ -75,6 +76,18 @@ impl TenantStore for Mem {
         let d = self.0.lock().unwrap();
         Ok(d.users.iter().find(|u| u.id == *id).cloned())
     }
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.members
+            .iter()
+            .filter(|m| m.user_id == *user)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl OrgStore for Mem {
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         let mut d = self.0.lock().unwrap();
         d.members.push(Membership {
@@ -91,56 +104,6 @@ impl TenantStore for Mem {
     }
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
         Ok(self.0.lock().unwrap().orgs.keys().cloned().collect())
-    }
-    async fn create_project(&self, p: &Project) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if d.projects
-            .iter()
-            .any(|q| q.org_id == p.org_id && q.slug == p.slug)
-        {
-            return Err(StoreError::Conflict {
-                what: "project slug".into(),
-            });
-        }
-        d.projects.push(p.clone());
-        Ok(())
-    }
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter()
-            .find(|p| p.org_id == *org && p.id == *id)
-            .cloned())
-    }
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter()
-            .filter(|p| p.org_id == *org)
-            .cloned()
-            .collect())
-    }
-    async fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.0.lock().unwrap().keys.push(k.clone());
-        Ok(())
-    }
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.keys.iter().find(|k| k.hash == *hash).cloned())
-    }
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        let d = self.0.lock().unwrap();
-        if d.orgs.get(org).is_none_or(|o| o.deleted_at.is_some()) {
-            return Ok(None);
-        }
-        Ok(d.members
-            .iter()
-            .find(|m| m.org_id == *org && m.user_id == *user)
-            .map(|m| m.role))
     }
     async fn update_org(
         &self,
@@ -170,83 +133,26 @@ impl TenantStore for Mem {
         }
         Ok(Some(org))
     }
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter_mut()
-            .find(|p| p.org_id == *org && p.id == *id)
-            .map(|p| {
-                if let Some(n) = &changes.name {
-                    p.name = n.clone();
-                }
-                if let Some(at) = changes.archive_at {
-                    p.archived_at.get_or_insert(at);
-                }
-                p.clone()
-            }))
-    }
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        _: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if !d
-            .projects
-            .iter()
-            .any(|p| p.org_id == *org && p.id == *project)
-        {
-            return Err(StoreError::NotFound {
-                what: "project".into(),
-            });
-        }
-        if !d
-            .members
-            .iter()
-            .any(|m| m.org_id == *org && m.user_id == *user)
-        {
-            return Err(StoreError::NotFound {
-                what: "member".into(),
-            });
-        }
-        let row = (org.clone(), project.clone(), user.clone());
-        if d.project_members.contains(&row) {
-            return Err(StoreError::Conflict {
-                what: "project member".into(),
-            });
-        }
-        d.project_members.push(row);
-        Ok(())
-    }
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let before = d.project_members.len();
-        d.project_members
-            .retain(|(o, p, u)| !(o == org && p == project && u == user));
-        Ok(d.project_members.len() < before)
-    }
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
+}
+
+#[async_trait]
+impl MemberStore for Mem {
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
         let d = self.0.lock().unwrap();
-        Ok(d.project_members
+        if d.orgs.get(org).is_none_or(|o| o.deleted_at.is_some()) {
+            return Ok(None);
+        }
+        Ok(d.members
             .iter()
-            .filter(|(o, _, u)| o == org && u == user)
-            .map(|(_, p, _)| p.clone())
+            .find(|m| m.org_id == *org && m.user_id == *user)
+            .map(|m| m.role))
+    }
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.members
+            .iter()
+            .filter(|m| m.org_id == *org)
+            .cloned()
             .collect())
     }
     async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
@@ -319,21 +225,132 @@ impl TenantStore for Mem {
             o.clone()
         }))
     }
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.members
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        _: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut d = self.0.lock().unwrap();
+        if !d
+            .projects
             .iter()
-            .filter(|m| m.user_id == *user)
+            .any(|p| p.org_id == *org && p.id == *project)
+        {
+            return Err(StoreError::NotFound {
+                what: "project".into(),
+            });
+        }
+        if !d
+            .members
+            .iter()
+            .any(|m| m.org_id == *org && m.user_id == *user)
+        {
+            return Err(StoreError::NotFound {
+                what: "member".into(),
+            });
+        }
+        let row = (org.clone(), project.clone(), user.clone());
+        if d.project_members.contains(&row) {
+            return Err(StoreError::Conflict {
+                what: "project member".into(),
+            });
+        }
+        d.project_members.push(row);
+        Ok(())
+    }
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        let before = d.project_members.len();
+        d.project_members
+            .retain(|(o, p, u)| !(o == org && p == project && u == user));
+        Ok(d.project_members.len() < before)
+    }
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.project_members
+            .iter()
+            .filter(|(o, _, u)| o == org && u == user)
+            .map(|(_, p, _)| p.clone())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ProjectStore for Mem {
+    async fn create_project(&self, p: &Project) -> Result<(), StoreError> {
+        let mut d = self.0.lock().unwrap();
+        if d.projects
+            .iter()
+            .any(|q| q.org_id == p.org_id && q.slug == p.slug)
+        {
+            return Err(StoreError::Conflict {
+                what: "project slug".into(),
+            });
+        }
+        d.projects.push(p.clone());
+        Ok(())
+    }
+    async fn get_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Option<Project>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.projects
+            .iter()
+            .find(|p| p.org_id == *org && p.id == *id)
+            .cloned())
+    }
+    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
+        let d = self.0.lock().unwrap();
+        Ok(d.projects
+            .iter()
+            .filter(|p| p.org_id == *org)
             .cloned()
             .collect())
     }
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        let mut d = self.0.lock().unwrap();
+        Ok(d.projects
+            .iter_mut()
+            .find(|p| p.org_id == *org && p.id == *id)
+            .map(|p| {
+                if let Some(n) = &changes.name {
+                    p.name = n.clone();
+                }
+                if let Some(at) = changes.archive_at {
+                    p.archived_at.get_or_insert(at);
+                }
+                p.clone()
+            }))
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for Mem {
+    async fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.0.lock().unwrap().keys.push(k.clone());
+        Ok(())
+    }
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let d = self.0.lock().unwrap();
-        Ok(d.members
-            .iter()
-            .filter(|m| m.org_id == *org)
-            .cloned()
-            .collect())
+        Ok(d.keys.iter().find(|k| k.hash == *hash).cloned())
     }
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
         let d = self.0.lock().unwrap();
@@ -380,10 +397,13 @@ impl TenantStore for Mem {
         d.keys.push(new.clone());
         Ok(Some(before))
     }
-    async fn record_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
-        self.0.lock().unwrap().audit.push(r.clone());
-        Ok(())
+    async fn touch_api_keys(&self, _: &[KeyUse]) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
+}
+
+#[async_trait]
+impl InvitationStore for Mem {
     async fn create_invitation(&self, i: &Invitation) -> Result<(), StoreError> {
         self.0.lock().unwrap().invitations.push(i.clone());
         Ok(())
@@ -459,6 +479,14 @@ impl TenantStore for Mem {
         };
         d.members.push(m.clone());
         Ok(m)
+    }
+}
+
+#[async_trait]
+impl AuditLog for Mem {
+    async fn record_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
+        self.0.lock().unwrap().audit.push(r.clone());
+        Ok(())
     }
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         let d = self.0.lock().unwrap();

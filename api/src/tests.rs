@@ -11,12 +11,16 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{
-    ApplyReport, Clock, CounterQuery, CounterValue, LedgerPage, StoreError, TenantStore, UsageStore,
+    ApiKeyStore, ApplyReport, AuditLog, Clock, CounterQuery, CounterValue, InvitationStore,
+    LedgerPage, MemberStore, OrgStore, ProjectStore, StoreError, UsageStore, UserStore,
 };
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse, Membership,
+    Org, OrgChanges, Project, ProjectChanges, Role, User,
+};
 use tower::ServiceExt;
 
 use super::*;
@@ -168,13 +172,20 @@ impl Mem {
 }
 
 #[async_trait]
-impl TenantStore for Mem {
+impl UserStore for Mem {
     async fn ensure_user(&self, _: &User) -> Result<User, StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
     async fn get_user(&self, _: &UserId) -> Result<Option<User>, StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
+    async fn list_user_memberships(&self, _: &UserId) -> Result<Vec<Membership>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl OrgStore for Mem {
     async fn create_org(&self, _: &Org) -> Result<(), StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
@@ -184,6 +195,72 @@ impl TenantStore for Mem {
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
+    async fn update_org(&self, _: &OrgId, _: &OrgChanges) -> Result<Option<Org>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn delete_org(&self, _: &OrgId, _: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl MemberStore for Mem {
+    async fn get_role(&self, _: &OrgId, _: &UserId) -> Result<Option<Role>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn list_members(&self, _: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn add_member(&self, _: &Membership) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn set_member_role(
+        &self,
+        _: &OrgId,
+        _: &UserId,
+        _: Role,
+    ) -> Result<Option<Membership>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn remove_member(&self, _: &OrgId, _: &UserId) -> Result<Option<Membership>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn transfer_ownership(
+        &self,
+        _: &OrgId,
+        _: &UserId,
+        _: &UserId,
+    ) -> Result<Option<Org>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn add_project_member(
+        &self,
+        _: &OrgId,
+        _: &ProjectId,
+        _: &UserId,
+        _: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn remove_project_member(
+        &self,
+        _: &OrgId,
+        _: &ProjectId,
+        _: &UserId,
+    ) -> Result<bool, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn list_user_projects(
+        &self,
+        _: &OrgId,
+        _: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl ProjectStore for Mem {
     async fn create_project(&self, _: &Project) -> Result<(), StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
@@ -201,6 +278,18 @@ impl TenantStore for Mem {
     async fn list_projects(&self, _: &OrgId) -> Result<Vec<Project>, StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
+    async fn update_project(
+        &self,
+        _: &OrgId,
+        _: &ProjectId,
+        _: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for Mem {
     async fn create_api_key(&self, _: &ApiKey) -> Result<(), StoreError> {
         unreachable!("the test double does not serve this port method; these tests never call it")
     }
@@ -211,6 +300,75 @@ impl TenantStore for Mem {
             None => {}
         }
         Ok(self.keys.get(hash).cloned())
+    }
+    async fn list_api_keys(&self, _: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn revoke_api_key(
+        &self,
+        _: &OrgId,
+        _: &ApiKeyId,
+        _: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn rotate_api_key(
+        &self,
+        _: &ApiKeyId,
+        _: &ApiKey,
+        _: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn touch_api_keys(&self, _: &[KeyUse]) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl InvitationStore for Mem {
+    async fn create_invitation(&self, _: &Invitation) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn list_invitations(
+        &self,
+        _: &OrgId,
+        _: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn find_invitation(
+        &self,
+        _: &KeyHash,
+        _: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn revoke_invitation(
+        &self,
+        _: &OrgId,
+        _: &InvitationId,
+        _: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn accept_invitation(
+        &self,
+        _: &KeyHash,
+        _: &UserId,
+        _: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+}
+
+#[async_trait]
+impl AuditLog for Mem {
+    async fn record_audit(&self, _: &AuditRecord) -> Result<(), StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
+    }
+    async fn list_audit(&self, _: &AuditQuery) -> Result<AuditPage, StoreError> {
+        unreachable!("the test double does not serve this port method; these tests never call it")
     }
 }
 

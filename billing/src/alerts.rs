@@ -53,7 +53,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
-    AlertKey, AlertLedger, Clock, StoreError, StoredAlert, TenantStore, ThresholdPct, UsageStore,
+    AlertKey, AlertLedger, Clock, OrgStore, StoreError, StoredAlert, ThresholdPct, UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, PlanId};
 
@@ -148,7 +148,7 @@ pub trait AlertSender: Send + Sync {
 #[derive(Clone, Copy)]
 pub struct AlertPorts<'a> {
     /// Orgs (their plan).
-    pub tenants: &'a dyn TenantStore,
+    pub tenants: &'a dyn OrgStore,
     /// Month counters.
     pub usage: &'a dyn UsageStore,
     /// The outbox.

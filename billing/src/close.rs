@@ -56,7 +56,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use tally_core::ports::{
-    Clock, CounterQuery, MAX_REPORT_BODY_BYTES, ReportStore, StoreError, StoredReport, TenantStore,
+    Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, ReportStore, StoreError, StoredReport,
     UsageStore,
 };
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
@@ -79,7 +79,7 @@ pub const ADJUSTMENT_LOOKBACK_MONTHS: usize = 3;
 #[derive(Clone, Copy)]
 pub struct ClosePorts<'a> {
     /// Orgs (their plan) and projects.
-    pub tenants: &'a dyn TenantStore,
+    pub tenants: &'a dyn OrgStore,
     /// Counters and closed periods.
     pub usage: &'a dyn UsageStore,
     /// Where reports are kept.

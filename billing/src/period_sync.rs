@@ -13,7 +13,7 @@
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tally_core::OrgId;
-use tally_core::ports::{InvoiceProvider, SyncLedger, TenantStore};
+use tally_core::ports::{InvoiceProvider, OrgStore, SyncLedger};
 
 use crate::close::Progress;
 use crate::report::UsageReport;
@@ -29,7 +29,7 @@ pub struct PeriodSyncPorts<'a> {
     /// Waits between retries.
     pub sleeper: &'a dyn Sleeper,
     /// Where the orgs' display names (the customers' names) come from.
-    pub tenants: &'a dyn TenantStore,
+    pub tenants: &'a dyn OrgStore,
 }
 
 /// How a period sync runs.

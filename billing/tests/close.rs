@@ -7,32 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Mutex;
-
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Map;
 use tally_billing::close::{CloseError, check_billable, close_previous_month_if_due};
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
-use tally_core::ports::{Clock, ReportStore, TenantStore, UsageStore};
+use tally_core::ports::{FixedClock, OrgStore, ProjectStore, ReportStore, UsageStore, UserStore};
 use tally_core::tenant::{Org, Project, User};
 use tally_core::{
     Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
 };
 use tally_store::SqliteStore;
-
-struct FixedClock(Mutex<DateTime<Utc>>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl FixedClock {
-    fn set(&self, t: &str) {
-        *self.0.lock().unwrap() = ts(t);
-    }
-}
 
 fn ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -56,7 +40,7 @@ impl World {
         World {
             _dir: dir,
             store,
-            clock: FixedClock(Mutex::new(ts("2026-12-15T00:00:00Z"))),
+            clock: FixedClock::at(ts("2026-12-15T00:00:00Z")),
             catalogue: Catalogue::builtin().unwrap(),
         }
     }
@@ -173,7 +157,7 @@ fn the_current_month_and_the_grace_period_are_refused() {
 async fn a_refused_run_closes_and_stores_nothing() {
     let w = World::new();
     let (org, _) = w.org("acme", PlanId::Starter).await;
-    w.clock.set("2026-12-01T00:30:00Z");
+    w.clock.set(ts("2026-12-01T00:30:00Z"));
     assert!(matches!(
         w.bill("2026-11").await,
         Err(CloseError::InGracePeriod { .. })
@@ -304,7 +288,7 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
         "2026-10-10T00:00:00Z",
     )
     .await;
-    w.clock.set("2026-11-01T02:00:00Z");
+    w.clock.set(ts("2026-11-01T02:00:00Z"));
     let oct = w.bill("2026-10").await.unwrap().remove(0);
     assert_eq!(oct.total.to_string(), "47.00");
     assert!(oct.adjustments.is_empty());
@@ -328,7 +312,7 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
         "2026-11-05T00:00:00Z",
     )
     .await;
-    w.clock.set("2026-12-01T02:00:00Z");
+    w.clock.set(ts("2026-12-01T02:00:00Z"));
     let nov = w.bill("2026-11").await.unwrap().remove(0);
     nov.check().unwrap();
     assert_eq!(nov.adjustments.len(), 1, "{:?}", nov.adjustments);
@@ -360,7 +344,7 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
         "2026-10-31T23:59:30Z",
     )
     .await;
-    w.clock.set("2027-01-01T02:00:00Z");
+    w.clock.set(ts("2027-01-01T02:00:00Z"));
     let dec = w.bill("2026-12").await.unwrap().remove(0);
     assert_eq!(dec.adjustments.len(), 1, "{:?}", dec.adjustments);
     let adj = &dec.adjustments[0];
@@ -376,7 +360,7 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
     assert_eq!(billed.to_string(), "25.20");
 
     // Nothing late since: January has no adjustments.
-    w.clock.set("2027-02-01T02:00:00Z");
+    w.clock.set(ts("2027-02-01T02:00:00Z"));
     let jan = w.bill("2027-01").await.unwrap().remove(0);
     assert!(jan.adjustments.is_empty(), "{:?}", jan.adjustments);
 }

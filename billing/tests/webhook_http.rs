@@ -13,20 +13,12 @@ use axum::http::{Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_billing::webhook::{MAX_WEBHOOK_BODY_BYTES, WEBHOOK_PATH, WebhookState, router, sign};
-use tally_core::ports::{Clock, SyncLedger};
+use tally_core::ports::{FixedClock, SyncLedger};
 use tally_core::{Month, OrgId};
 use tally_store::SqliteStore;
 use tower::ServiceExt;
 
 const SECRET: &str = "whsec_test_route";
-
-struct Fixed(DateTime<Utc>);
-
-impl Clock for Fixed {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}
 
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
@@ -38,7 +30,7 @@ fn setup(secret: Option<&str>) -> (tempfile::TempDir, Arc<SqliteStore>, axum::Ro
     let app = router(WebhookState {
         ledger: store.clone(),
         secret: secret.map(Arc::from),
-        clock: Arc::new(Fixed(now())),
+        clock: Arc::new(FixedClock::at(now())),
     });
     (dir, store, app)
 }

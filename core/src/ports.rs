@@ -10,6 +10,8 @@
 //! DynamoDB item can hold, with a first-write-wins put so month close can rerun safely.
 //! [`AlertLedger`] is the outbox of plan-limit alerts: a conditional-write claim per
 //! (org, month, meter, threshold), and a lease so concurrent checks never both send one.
+//! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
+//! re-exported here.
 
 use std::time::Duration;
 
@@ -19,12 +21,13 @@ use rust_decimal::Decimal;
 
 use crate::counter::OwnedCounterKey;
 use crate::event::Event;
-use crate::ids::{ApiKeyId, InvitationId};
-use crate::ids::{MeterName, OrgId, ProjectId, UserId};
+use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::period::{Granularity, Month};
-use crate::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
-    OrgChanges, Project, ProjectChanges, Role, User,
+
+mod tenants;
+pub use tenants::{
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
+    UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.
@@ -50,268 +53,6 @@ pub enum StoreError {
     /// Error`.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// Organizations, users, projects and API keys.
-#[async_trait]
-pub trait TenantStore: Send + Sync {
-    /// Returns the user with this email, creating `candidate` if there is none.
-    async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError>;
-    /// Looks a user up.
-    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
-    /// Creates an org and makes `org.owner_id` its owner, atomically. `Conflict` if the slug
-    /// is taken.
-    async fn create_org(&self, org: &Org) -> Result<(), StoreError>;
-    /// Looks an org up.
-    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError>;
-    /// Every org's id (for billing and reconcile runs over all tenants).
-    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError>;
-    /// Creates a project. `NotFound` if the org does not exist, `Conflict` if the slug is
-    /// taken in the org.
-    async fn create_project(&self, project: &Project) -> Result<(), StoreError>;
-    /// Looks a project up inside its org (a project of another org is `None`).
-    async fn get_project(&self, org: &OrgId, id: &ProjectId)
-    -> Result<Option<Project>, StoreError>;
-    /// The org's projects.
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError>;
-    /// Stores a new API key. `NotFound` if the org does not exist.
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
-    /// Finds a key by the hash of its secret, in one lookup.
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
-
-    // The management API's methods. Both adapters of `tally-store` implement every one (the
-    // conformance suite checks them); the defaults only keep small test doubles short, and
-    // refuse with `Unavailable`.
-
-    /// The user's role in the org, in one round trip; `None` when the user is not a member
-    /// (or either does not exist, or the org was deleted).
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        let _ = (org, user);
-        Err(unsupported("get_role"))
-    }
-    /// Applies `changes` to the org and returns it as it is now; `None` if there is no
-    /// such org.
-    async fn update_org(
-        &self,
-        id: &OrgId,
-        changes: &OrgChanges,
-    ) -> Result<Option<Org>, StoreError> {
-        let _ = (id, changes);
-        Err(unsupported("update_org"))
-    }
-    /// The user's memberships in every org, by org id. May lag a membership created a
-    /// moment ago on backends whose index is eventually consistent (DynamoDB).
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        let _ = user;
-        Err(unsupported("list_user_memberships"))
-    }
-    /// The org's members, in the order they joined (then user id).
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        let _ = org;
-        Err(unsupported("list_members"))
-    }
-    /// Adds a member with a role other than owner. `NotFound` if the org or the user does
-    /// not exist, `Conflict` if the user is a member already.
-    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
-        let _ = member;
-        Err(unsupported("add_member"))
-    }
-    /// Changes a member's role and returns the membership as it was; `None` if the user is
-    /// not a member. The owner's role cannot change, and nobody becomes owner this way
-    /// (only by a transfer): both are `Conflict`.
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
-        let _ = (org, user, role);
-        Err(unsupported("set_member_role"))
-    }
-    /// Removes a member and returns the membership as it was; `None` if the user is not a
-    /// member. The owner cannot be removed (`Conflict`).
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
-        let _ = (org, user);
-        Err(unsupported("remove_member"))
-    }
-    /// Makes `to` (a member) the owner and the owner `from` an admin, and records `to` as
-    /// the org's `owner_id`, atomically. Returns the org as it is now; `None` if there is no
-    /// such org; `NotFound` if `to` is not a member; `Conflict` if `from` is not the owner
-    /// (any more).
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
-        let _ = (org, from, to);
-        Err(unsupported("transfer_ownership"))
-    }
-    /// The org's API keys (hash included: callers must not show it), in creation order
-    /// (then id).
-    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        let _ = org;
-        Err(unsupported("list_api_keys"))
-    }
-    /// Marks the org's key `id` revoked at `at` and returns it as it is now; a key revoked
-    /// before keeps its first revocation time. `None` if the org has no such key.
-    async fn revoke_api_key(
-        &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        let _ = (org, id, at);
-        Err(unsupported("revoke_api_key"))
-    }
-    /// Rotates the org's key `old`: stores `new` (a key of the same org) and makes `old`
-    /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
-    /// key as it is now; `None` if the org has no such key; `Conflict` if it is revoked.
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        let _ = (old, new, old_expires_at);
-        Err(unsupported("rotate_api_key"))
-    }
-    /// Writes one audit record, kept [`AUDIT_RETENTION_DAYS`](crate::tenant::AUDIT_RETENTION_DAYS)
-    /// days. Writing the same record id twice keeps one.
-    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        let _ = record;
-        Err(unsupported("record_audit"))
-    }
-    /// A page of the org's audit trail, newest first, filtered as the query says; expired
-    /// records are never returned.
-    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        let _ = query;
-        Err(unsupported("list_audit"))
-    }
-    /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
-    /// time) and revokes every API key of it that is not revoked yet, then returns the org
-    /// as it is now; `None` if there is no such org. From then on [`get_role`] answers
-    /// `None` for it (so nobody acts in it), no member, project, key or invitation
-    /// acceptance can be added to it (`NotFound`), and [`get_org`] still returns it (billing
-    /// closes its last month), with `deleted_at` set.
-    ///
-    /// [`get_role`]: TenantStore::get_role
-    /// [`get_org`]: TenantStore::get_org
-    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
-        let _ = (id, at);
-        Err(unsupported("delete_org"))
-    }
-    /// Applies `changes` to the org's project `id` and returns it as it is now; `None` if
-    /// the org has no such project.
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        let _ = (org, id, changes);
-        Err(unsupported("update_project"))
-    }
-    /// Records when keys were last used: each key's `last_used_at` becomes the use's `at`
-    /// (to the microsecond) unless it holds a later time. A use whose key does not exist,
-    /// or is not of the use's org, is skipped. At most
-    /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
-    /// (`Unavailable` beyond).
-    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        let _ = uses;
-        Err(unsupported("touch_api_keys"))
-    }
-    /// Puts a member of the org on one of its projects (members and viewers see only the
-    /// projects they are on). `NotFound` if the org has no such project or the user is not
-    /// a member of the org; `Conflict` if they are on it already.
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let _ = (org, project, user, at);
-        Err(unsupported("add_project_member"))
-    }
-    /// Takes a user off one of the org's projects; `false` if they were not on it.
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        let _ = (org, project, user);
-        Err(unsupported("remove_project_member"))
-    }
-    /// The ids of the org's projects the user is on, in id order.
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        let _ = (org, user);
-        Err(unsupported("list_user_projects"))
-    }
-    /// Stores a new invitation. `NotFound` if the org does not exist.
-    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
-        let _ = invitation;
-        Err(unsupported("create_invitation"))
-    }
-    /// The org's invitations pending at `now` (not accepted, not expired), in creation
-    /// order (then id).
-    async fn list_invitations(
-        &self,
-        org: &OrgId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Invitation>, StoreError> {
-        let _ = (org, now);
-        Err(unsupported("list_invitations"))
-    }
-    /// Finds an invitation by the hash of its token, in one lookup; `None` if there is none
-    /// or it expired before `now` (expired items may linger until TTL deletion). An
-    /// accepted invitation is returned, with its `accepted_at`.
-    async fn find_invitation(
-        &self,
-        hash: &KeyHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        let _ = (hash, now);
-        Err(unsupported("find_invitation"))
-    }
-    /// Deletes the org's invitation `id` if it is pending at `now`, and returns it; `None`
-    /// if the org has no such pending invitation.
-    async fn revoke_invitation(
-        &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        let _ = (org, id, now);
-        Err(unsupported("revoke_invitation"))
-    }
-    /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
-    /// marks it accepted and adds the membership with the invitation's role, which it
-    /// returns. `NotFound` if there is no such invitation, it expired, or the org or the user
-    /// does not exist; `Conflict` if it was accepted already or the user is a member
-    /// already. (Whether the user's email matches is the caller's check.)
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
-        let _ = (hash, user, at);
-        Err(unsupported("accept_invitation"))
-    }
-}
-
-fn unsupported(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("this store does not implement {what}"))
 }
 
 /// What happened to one event of a batch.
@@ -543,6 +284,42 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+}
+
+/// A clock that moves only when told to: the one test clock of every crate, so a test of
+/// month close, key expiry or rate limits sets the time instead of sleeping until it.
+#[derive(Debug)]
+pub struct FixedClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl FixedClock {
+    /// A clock showing `at`.
+    pub fn at(at: DateTime<Utc>) -> Self {
+        FixedClock(std::sync::Mutex::new(at))
+    }
+
+    /// Moves the clock to `at` (forwards or backwards).
+    pub fn set(&self, at: DateTime<Utc>) {
+        *self.lock() = at;
+    }
+
+    /// Moves the clock forwards by `by` (backwards if negative).
+    pub fn advance(&self, by: chrono::TimeDelta) {
+        let mut now = self.lock();
+        *now += by;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DateTime<Utc>> {
+        // The guarded value is a plain instant: a panic elsewhere cannot leave it torn.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.lock()
     }
 }
 

@@ -3,7 +3,8 @@
 //! These are plain data; the storage port persists them and the management API (its own
 //! issue) grows them. API key secrets never live here: only their SHA-256 hash, which is
 //! also how a key is found (one lookup by hash, never a scan). Invitation tokens are kept
-//! the same way.
+//! the same way. The rules about them that every backend enforces (owner guards, key
+//! rotation) are in [`rules`].
 
 use std::fmt;
 
@@ -13,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use crate::plan::PlanId;
+
+pub mod rules;
 
 /// Longest organization or project name.
 pub const MAX_NAME_LEN: usize = 200;

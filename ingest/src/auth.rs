@@ -3,7 +3,7 @@
 //! A caller sends `Authorization: Bearer <secret>`. The secret is refused before hashing
 //! when it is longer than [`MAX_KEY_SECRET_LEN`] (nothing that long can be a key, and hashing
 //! attacker-sized input is wasted work), then looked up by its SHA-256 in one
-//! [`TenantStore::find_api_key`] call. Missing, unknown, revoked and expired keys are `401`;
+//! [`ApiKeyStore::find_api_key`] call. Missing, unknown, revoked and expired keys are `401`;
 //! a key without the route's scope is `403`.
 //!
 //! With a [`KeyCache`] ([`KeyAuth::cached`], which the ingest router uses) the lookup is
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use tally_core::ports::{Clock, TenantStore};
+use tally_core::ports::{ApiKeyStore, Clock};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN};
 
 use crate::error::ApiError;
@@ -33,7 +33,7 @@ use crate::keys::KeyCache;
 #[derive(Clone)]
 pub struct KeyAuth {
     /// Where API keys are looked up by hash.
-    pub tenants: Arc<dyn TenantStore>,
+    pub keys: Arc<dyn ApiKeyStore>,
     /// Decides whether a key has expired or been revoked.
     pub clock: Arc<dyn Clock>,
     /// When set, keys are looked up through this cache (and their use recorded in it).
@@ -47,23 +47,19 @@ impl fmt::Debug for KeyAuth {
 }
 
 impl KeyAuth {
-    /// Bundles a tenant store and a clock; every authentication asks the store.
-    pub fn new(tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>) -> Self {
+    /// Bundles a key store and a clock; every authentication asks the store.
+    pub fn new(keys: Arc<dyn ApiKeyStore>, clock: Arc<dyn Clock>) -> Self {
         KeyAuth {
-            tenants,
+            keys,
             clock,
             cache: None,
         }
     }
 
     /// Authenticates through `cache` (which holds its own store and clock).
-    pub fn cached(
-        tenants: Arc<dyn TenantStore>,
-        clock: Arc<dyn Clock>,
-        cache: Arc<KeyCache>,
-    ) -> Self {
+    pub fn cached(keys: Arc<dyn ApiKeyStore>, clock: Arc<dyn Clock>, cache: Arc<KeyCache>) -> Self {
         KeyAuth {
-            tenants,
+            keys,
             clock,
             cache: Some(cache),
         }
@@ -78,7 +74,7 @@ impl KeyAuth {
         let hash = KeyHash::of_secret(secret);
         let found = match &self.cache {
             Some(cache) => cache.find(&hash).await?,
-            None => self.tenants.find_api_key(&hash).await?,
+            None => self.keys.find_api_key(&hash).await?,
         };
         let key = found.ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
         let now = self.clock.now();

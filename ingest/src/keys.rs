@@ -1,4 +1,4 @@
-//! The API-key cache: [`TenantStore::find_api_key`] behind a bounded in-process cache, and
+//! The API-key cache: [`ApiKeyStore::find_api_key`] behind a bounded in-process cache, and
 //! the keys' last-used times kept in memory until they are flushed in bulk.
 //!
 //! A key found by hash is trusted for [`CacheConfig::key_ttl`] (10 s by default): a key
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::TimeDelta;
 use tally_core::ids::ApiKeyId;
-use tally_core::ports::{Clock, StoreError, TenantStore};
+use tally_core::ports::{ApiKeyStore, Clock, StoreError};
 use tally_core::tenant::{ApiKey, KeyHash, KeyUse};
 
 use tracing::Instrument;
@@ -35,7 +35,7 @@ pub const METRIC_KEY_CACHE: &str = "tally_ingest_key_cache_total";
 
 /// API keys by hash, cached; plus last-used times. Share one per process (`Arc`).
 pub struct KeyCache {
-    tenants: Arc<dyn TenantStore>,
+    store: Arc<dyn ApiKeyStore>,
     clock: Arc<dyn Clock>,
     keys: TtlCache<KeyHash, Option<Arc<ApiKey>>>,
     ttl: TimeDelta,
@@ -54,10 +54,10 @@ impl fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// A cache over `tenants` with the capacity and TTLs of `config`.
-    pub fn new(tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, config: &CacheConfig) -> Self {
+    /// A cache over `store` with the capacity and TTLs of `config`.
+    pub fn new(store: Arc<dyn ApiKeyStore>, clock: Arc<dyn Clock>, config: &CacheConfig) -> Self {
         KeyCache {
-            tenants,
+            store,
             clock,
             keys: TtlCache::new(config.capacity),
             ttl: delta(config.key_ttl),
@@ -76,7 +76,7 @@ impl KeyCache {
         }
         metrics::counter!(METRIC_KEY_CACHE, "result" => "miss").increment(1);
         let found = self
-            .tenants
+            .store
             .find_api_key(hash)
             .instrument(tracing::debug_span!("find_api_key"))
             .await?;
@@ -120,7 +120,7 @@ impl KeyCache {
     /// Every key used since the last call, with its latest use, emptying the record. The
     /// composition root calls this periodically and writes the times in one batch; the map
     /// holds at most one entry per valid key used since the last call.
-    /// The uses come sorted by key id, ready for [`TenantStore::touch_api_keys`].
+    /// The uses come sorted by key id, ready for [`ApiKeyStore::touch_api_keys`].
     pub fn take_last_used(&self) -> Vec<KeyUse> {
         let mut used = self
             .last_used
@@ -151,7 +151,7 @@ pub const KEY_USE_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_s
 /// once per request, and a write cut short by a freeze fails and is dropped as above.
 pub async fn flush_key_uses(
     keys: Arc<KeyCache>,
-    tenants: Arc<dyn TenantStore>,
+    store: Arc<dyn ApiKeyStore>,
     every: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -163,7 +163,7 @@ pub async fn flush_key_uses(
         };
         let uses = keys.take_last_used();
         for chunk in uses.chunks(tally_core::tenant::MAX_KEY_USES_PER_CALL) {
-            if let Err(e) = tenants.touch_api_keys(chunk).await {
+            if let Err(e) = store.touch_api_keys(chunk).await {
                 tracing::warn!(error = %e, keys = chunk.len(), "cannot record API keys' last use");
             }
         }

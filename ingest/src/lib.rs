@@ -50,7 +50,9 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::post;
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
-use tally_core::ports::{Clock, EventQueue, TenantStore, UsageStore};
+use tally_core::ports::{
+    ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, TenantStore, UsageStore,
+};
 
 pub mod auth;
 pub mod body;
@@ -76,8 +78,12 @@ pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
 /// Everything the ingest route needs, as ports. Cheap to clone (all `Arc`s).
 #[derive(Clone)]
 pub struct IngestState {
-    /// Finds API keys (auth) and projects (an event's project must be of the key's org).
-    pub tenants: Arc<dyn TenantStore>,
+    /// Finds API keys by hash (auth) and records their last use.
+    pub keys: Arc<dyn ApiKeyStore>,
+    /// Finds the key's org (its plan decides the limits).
+    pub orgs: Arc<dyn OrgStore>,
+    /// Finds projects (an event's project must be an active one of the key's org).
+    pub projects: Arc<dyn ProjectStore>,
     /// Says whether an event's month has been closed by billing.
     pub usage: Arc<dyn UsageStore>,
     /// Where accepted events go, for the aggregator.
@@ -89,7 +95,7 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    /// Bundles the ports.
+    /// Bundles the ports, taking the three tenant roles ingest uses from one store.
     pub fn new(
         tenants: Arc<dyn TenantStore>,
         usage: Arc<dyn UsageStore>,
@@ -98,7 +104,9 @@ impl IngestState {
         clock: Arc<dyn Clock>,
     ) -> Self {
         IngestState {
-            tenants,
+            keys: tenants.clone(),
+            orgs: tenants.clone(),
+            projects: tenants,
             usage,
             queue,
             catalogue,
@@ -117,7 +125,7 @@ impl fmt::Debug for IngestState {
 
 impl FromRef<IngestState> for KeyAuth {
     fn from_ref(state: &IngestState) -> Self {
-        KeyAuth::new(state.tenants.clone(), state.clock.clone())
+        KeyAuth::new(state.keys.clone(), state.clock.clone())
     }
 }
 
@@ -161,12 +169,13 @@ impl Ingest {
         .map(|id| (id, Arc::new(config.plan(id))))
         .collect();
         let keys = Arc::new(KeyCache::new(
-            ports.tenants.clone(),
+            ports.keys.clone(),
             ports.clock.clone(),
             &config.cache,
         ));
         let lookups = lookups::Lookups::new(
-            ports.tenants.clone(),
+            ports.orgs.clone(),
+            ports.projects.clone(),
             ports.usage.clone(),
             ports.clock.clone(),
             &config.cache,
@@ -228,7 +237,7 @@ impl Ingest {
 impl FromRef<Ingest> for KeyAuth {
     fn from_ref(state: &Ingest) -> Self {
         KeyAuth::cached(
-            state.inner.ports.tenants.clone(),
+            state.inner.ports.keys.clone(),
             state.inner.ports.clock.clone(),
             state.inner.keys.clone(),
         )

@@ -13,7 +13,7 @@ use chrono::TimeDelta;
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{Clock, StoreError, TenantStore, UsageStore};
+use tally_core::ports::{Clock, OrgStore, ProjectStore, StoreError, UsageStore};
 
 use tracing::Instrument;
 
@@ -22,7 +22,8 @@ use crate::config::CacheConfig;
 
 /// The org, project and period caches.
 pub struct Lookups {
-    tenants: Arc<dyn TenantStore>,
+    orgs_store: Arc<dyn OrgStore>,
+    projects_store: Arc<dyn ProjectStore>,
     usage: Arc<dyn UsageStore>,
     clock: Arc<dyn Clock>,
     orgs: TtlCache<OrgId, Option<PlanId>>,
@@ -48,13 +49,15 @@ impl std::fmt::Debug for Lookups {
 impl Lookups {
     /// Caches over the given ports.
     pub fn new(
-        tenants: Arc<dyn TenantStore>,
+        orgs: Arc<dyn OrgStore>,
+        projects: Arc<dyn ProjectStore>,
         usage: Arc<dyn UsageStore>,
         clock: Arc<dyn Clock>,
         config: &CacheConfig,
     ) -> Self {
         Lookups {
-            tenants,
+            orgs_store: orgs,
+            projects_store: projects,
             usage,
             clock,
             orgs: TtlCache::new(config.capacity),
@@ -74,7 +77,7 @@ impl Lookups {
             return Ok(plan);
         }
         let plan = self
-            .tenants
+            .orgs_store
             .get_org(org)
             .instrument(tracing::debug_span!("get_org"))
             .await?
@@ -95,7 +98,7 @@ impl Lookups {
             return Ok(ok);
         }
         let ok = self
-            .tenants
+            .projects_store
             .get_project(org, project)
             .instrument(tracing::debug_span!("get_project"))
             .await?

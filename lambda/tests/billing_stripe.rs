@@ -12,20 +12,12 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use tally_billing::Catalogue;
 use tally_core::plan::PlanId;
-use tally_core::ports::Clock;
+use tally_core::ports::FixedClock;
 use tally_lambda::handlers::{BillingError, BillingPorts, StripePorts, bill_and_sync};
 use tally_store::sqlite::SqliteStore;
 use tally_stripe::{StripeConfig, StripeProvider};
 use tally_tests::stripe_double::StripeDouble;
 use tally_tests::stripe_sync::{RecordingSleeper, provider};
-
-struct At(chrono::DateTime<Utc>);
-
-impl Clock for At {
-    fn now(&self) -> chrono::DateTime<Utc> {
-        self.0
-    }
-}
 
 #[tokio::test]
 async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
@@ -36,7 +28,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
 
     let double = StripeDouble::start().await.unwrap();
     let sleeper = RecordingSleeper::default();
-    let clock = At(Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap());
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap());
     let ports = BillingPorts {
         tenants: &store,
         usage: &store,

@@ -16,7 +16,7 @@ use tally_aggregator::lambda::PoisonSink;
 use tally_billing::Catalogue;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{Clock, ReportStore, UsageStore};
+use tally_core::ports::{FixedClock, ReportStore, UsageStore};
 use tally_lambda::env::Transport;
 use tally_lambda::handlers::{BillingPorts, BillingRun, aggregate, bill};
 use tally_store::sqlite::SqliteStore;
@@ -38,20 +38,12 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-struct At(chrono::DateTime<Utc>);
-
-impl Clock for At {
-    fn now(&self) -> chrono::DateTime<Utc> {
-        self.0
-    }
-}
-
 async fn bill_at(store: &SqliteStore, at: chrono::DateTime<Utc>) -> BillingRun {
     let ports = BillingPorts {
         tenants: store,
         usage: store,
         reports: store,
-        clock: &At(at),
+        clock: &FixedClock::at(at),
     };
     bill(
         ports,

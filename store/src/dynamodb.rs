@@ -188,8 +188,9 @@ use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError, StoredReport,
-    TenantStore, UsageStore,
+    ApiKeyStore, ApplyReport, AuditLog, CounterQuery, CounterValue, InvitationStore, LedgerPage,
+    MemberStore, OrgStore, ProjectStore, ReportStore, StoreError, StoredReport, UsageStore,
+    UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
@@ -534,7 +535,7 @@ impl DynamoStore {
 }
 
 #[async_trait]
-impl TenantStore for DynamoStore {
+impl UserStore for DynamoStore {
     async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError> {
         tenants::ensure_user(self, candidate).await
     }
@@ -543,6 +544,13 @@ impl TenantStore for DynamoStore {
         tenants::get_user(self, id).await
     }
 
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        tenants::list_user_memberships(self, user).await
+    }
+}
+
+#[async_trait]
+impl OrgStore for DynamoStore {
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         tenants::create_org(self, org).await
     }
@@ -553,34 +561,6 @@ impl TenantStore for DynamoStore {
 
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
         tenants::list_org_ids(self).await
-    }
-
-    async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
-        tenants::create_project(self, project).await
-    }
-
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        tenants::get_project(self, org, id).await
-    }
-
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        tenants::list_projects(self, org).await
-    }
-
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        tenants::create_api_key(self, key).await
-    }
-
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        tenants::find_api_key(self, hash).await
-    }
-
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        tenants::get_role(self, org, user).await
     }
 
     async fn update_org(
@@ -594,45 +574,16 @@ impl TenantStore for DynamoStore {
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
         tenants::delete_org(self, id, at).await
     }
+}
 
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        tenants::update_project(self, org, id, changes).await
+#[async_trait]
+impl MemberStore for DynamoStore {
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
+        tenants::get_role(self, org, user).await
     }
 
-    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        tenants::touch_api_keys(self, uses).await
-    }
-
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        tenants::add_project_member(self, org, project, user, at).await
-    }
-
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        tenants::remove_project_member(self, org, project, user).await
-    }
-
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        tenants::list_user_projects(self, org, user).await
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        tenants::list_members(self, org).await
     }
 
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
@@ -665,12 +616,70 @@ impl TenantStore for DynamoStore {
         tenants::transfer_ownership(self, org, from, to).await
     }
 
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_user_memberships(self, user).await
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        tenants::add_project_member(self, org, project, user, at).await
     }
 
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_members(self, org).await
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        tenants::remove_project_member(self, org, project, user).await
+    }
+
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        tenants::list_user_projects(self, org, user).await
+    }
+}
+
+#[async_trait]
+impl ProjectStore for DynamoStore {
+    async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
+        tenants::create_project(self, project).await
+    }
+
+    async fn get_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Option<Project>, StoreError> {
+        tenants::get_project(self, org, id).await
+    }
+
+    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
+        tenants::list_projects(self, org).await
+    }
+
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        tenants::update_project(self, org, id, changes).await
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for DynamoStore {
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        tenants::create_api_key(self, key).await
+    }
+
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        tenants::find_api_key(self, hash).await
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
@@ -695,14 +704,13 @@ impl TenantStore for DynamoStore {
         tenants::rotate_api_key(self, old, new, old_expires_at).await
     }
 
-    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        tenants::record_audit(self, record).await
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        tenants::touch_api_keys(self, uses).await
     }
+}
 
-    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        tenants::list_audit(self, query).await
-    }
-
+#[async_trait]
+impl InvitationStore for DynamoStore {
     async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
         invitations::create_invitation(self, invitation).await
     }
@@ -739,6 +747,17 @@ impl TenantStore for DynamoStore {
         at: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
         invitations::accept_invitation(self, hash, user, at).await
+    }
+}
+
+#[async_trait]
+impl AuditLog for DynamoStore {
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        tenants::record_audit(self, record).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        tenants::list_audit(self, query).await
     }
 }
 

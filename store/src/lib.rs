@@ -19,6 +19,9 @@
 //!   table, a batch applied as `TransactWriteItems` chunks with conditional ledger puts (the
 //!   module doc lists every item type, the apply algorithm and its write cost).
 //!
+//! - [`memory::MemoryStore`]: every storage port in process memory, for tests and test
+//!   doubles; it passes the same conformance suite as the SQLite and DynamoDB stores.
+//!
 //! - [`derive`]: day, month and org-wide counters derived from hour cells when read; both
 //!   stores keep cells rather than six counters per event (its module doc says why).
 //!
@@ -32,8 +35,10 @@ pub mod dynamodb;
 pub mod kinesis;
 mod ledger_body;
 pub mod local_queue;
+pub mod memory;
 pub mod sqlite;
 pub mod sqs;
 
 pub use local_queue::{DeadLetter, LocalQueue, LocalQueueConfig};
+pub use memory::MemoryStore;
 pub use sqlite::{SqliteConfig, SqliteStore};

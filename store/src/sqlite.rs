@@ -1,6 +1,11 @@
-//! [`SqliteStore`]: the embedded backend of [`TenantStore`], [`UsageStore`] and
-//! [`ReportStore`], one SQLite file (reports: `sqlite/reports.rs`; the Stripe sync ledger:
-//! `sqlite/sync_ledger.rs`; plan-limit alerts: `sqlite/alerts.rs`).
+//! [`SqliteStore`]: the embedded backend of every storage port, one SQLite file. This file
+//! holds the connections, the schema migrations and the [`UsageStore`] (ledger and
+//! counters, with the cells in `sqlite/counters.rs`); each other port has its own file, as
+//! in the DynamoDB adapter: users, orgs and projects in `sqlite/tenants.rs`, memberships in
+//! `sqlite/members.rs`, API keys in `sqlite/keys.rs`, invitations in
+//! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`, [`ReportStore`] in
+//! `sqlite/reports.rs`, the Stripe sync ledger in `sqlite/sync_ledger.rs` and plan-limit
+//! alerts in `sqlite/alerts.rs`.
 //!
 //! # Processes and connections
 //!
@@ -70,30 +75,32 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
 use tally_core::fold;
-use tally_core::ids::{ApiKeyId, EventId, InvitationId, OrgId, ProjectId, UserId};
+use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{Granularity, Month};
-use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError,
-    StoredReport, TenantStore, UsageStore,
-};
-use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse, Membership,
-    Org, OrgChanges, Project, ProjectChanges, Role, User,
+    StoredReport, UsageStore,
 };
 
 use crate::conn::{self, ConnSettings, Kind};
 
 mod alerts;
+mod audit;
 mod counters;
-mod management;
+mod invitations;
+mod keys;
+mod members;
 mod reports;
 mod sync_ledger;
+mod tenants;
+
+use members::role_of;
+use tenants::{org_is_live, read_org, read_project};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 7;
@@ -316,13 +323,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(SCHEMA_V1).map_err(db)?;
     }
     if version < 2 {
-        tx.execute_batch(management::SCHEMA_V2).map_err(db)?;
+        tx.execute_batch(audit::SCHEMA_V2).map_err(db)?;
     }
     if version < 3 {
         tx.execute_batch(reports::SCHEMA_V3).map_err(db)?;
     }
     if version < 4 {
-        tx.execute_batch(management::SCHEMA_V4).map_err(db)?;
+        tx.execute_batch(invitations::SCHEMA_V4).map_err(db)?;
     }
     if version < 5 {
         tx.execute_batch(sync_ledger::SCHEMA_V5).map_err(db)?;
@@ -452,610 +459,6 @@ fn decode_cursor(c: &str) -> Result<String, StoreError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| corrupt(format!("ledger cursor {c:?} was not issued by this store")))
-}
-
-// ---------------------------------------------------------------------------------------
-// Row readers.
-
-const USER_COLS: &str = "id, email, created_at";
-
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-}
-
-fn user_of((id, email, created): (String, String, String)) -> Result<User, StoreError> {
-    Ok(User {
-        id: parse_id(&id, UserId::parse)?,
-        email,
-        created_at: parse_ts(&created)?,
-    })
-}
-
-type OrgRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-);
-
-fn org_of((id, name, slug, plan, owner, created, deleted): OrgRow) -> Result<Org, StoreError> {
-    Ok(Org {
-        id: parse_id(&id, OrgId::parse)?,
-        plan: PlanId::parse(&plan).ok_or_else(|| corrupt(format!("plan {plan:?}")))?,
-        owner_id: parse_id(&owner, UserId::parse)?,
-        created_at: parse_ts(&created)?,
-        deleted_at: parse_opt_ts(deleted)?,
-        name,
-        slug,
-    })
-}
-
-/// Reads one org by id (on a plain connection or inside a transaction).
-fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, StoreError> {
-    conn.prepare_cached(
-        "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()
-    })
-    .map_err(db)?
-    .map(org_of)
-    .transpose()
-}
-
-type ProjectRow = (String, String, String, String, String, Option<String>);
-
-/// The columns [`project_row`] reads, in order.
-const PROJECT_COLS: &str = "org, id, name, slug, created_at, archived_at";
-
-fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-fn project_of((org, id, name, slug, created, archived): ProjectRow) -> Result<Project, StoreError> {
-    Ok(Project {
-        id: parse_id(&id, ProjectId::parse)?,
-        org_id: parse_id(&org, OrgId::parse)?,
-        created_at: parse_ts(&created)?,
-        archived_at: parse_opt_ts(archived)?,
-        name,
-        slug,
-    })
-}
-
-struct KeyRow {
-    org: String,
-    id: String,
-    hash: String,
-    name: String,
-    prefix: String,
-    scopes: String,
-    created: String,
-    expires: Option<String>,
-    revoked: Option<String>,
-    last_used: Option<String>,
-}
-
-fn key_of(k: KeyRow) -> Result<ApiKey, StoreError> {
-    Ok(ApiKey {
-        id: parse_id(&k.id, ApiKeyId::parse)?,
-        org_id: parse_id(&k.org, OrgId::parse)?,
-        hash: KeyHash::from_hex(&k.hash).ok_or_else(|| corrupt("api key hash"))?,
-        scopes: serde_json::from_str::<Vec<KeyScope>>(&k.scopes)
-            .map_err(|e| corrupt(format!("api key scopes {:?}: {e}", k.scopes)))?,
-        created_at: parse_ts(&k.created)?,
-        expires_at: parse_opt_ts(k.expires)?,
-        revoked_at: parse_opt_ts(k.revoked)?,
-        last_used_at: parse_opt_ts(k.last_used)?,
-        name: k.name,
-        display_prefix: k.prefix,
-    })
-}
-
-/// Reads one project of an org (on a plain connection or inside a transaction).
-fn read_project(conn: &Connection, org: &str, id: &str) -> Result<Option<Project>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| s.query_row(params![org, id], project_row).optional())
-    .map_err(db)?
-    .map(project_of)
-    .transpose()
-}
-
-fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1")
-        .and_then(|mut s| s.exists(params![org.as_str()]))
-        .map_err(db)
-}
-
-/// Whether the org exists and is not deleted (what adding anything to it needs).
-fn org_is_live(conn: &Connection, org: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
-        .and_then(|mut s| s.exists(params![org]))
-        .map_err(db)
-}
-
-// ---------------------------------------------------------------------------------------
-// TenantStore.
-
-#[async_trait]
-impl TenantStore for SqliteStore {
-    async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError> {
-        let id = candidate.id.as_str().to_owned();
-        let email = candidate.email.to_lowercase();
-        let created = ts_text(candidate.created_at);
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let existing = tx
-                .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE email = ?1"))
-                .and_then(|mut s| s.query_row(params![email], user_row).optional())
-                .map_err(db)?;
-            let row = match existing {
-                Some(row) => row,
-                None => {
-                    let taken = tx
-                        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-                        .and_then(|mut s| s.exists(params![id]))
-                        .map_err(db)?;
-                    if taken {
-                        return Err(StoreError::Conflict {
-                            what: format!("user id {id:?}"),
-                        });
-                    }
-                    tx.prepare_cached(
-                        "INSERT INTO users (id, email, created_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut s| s.execute(params![id, email, created]))
-                    .map_err(db)?;
-                    (id, email, created)
-                }
-            };
-            tx.commit().map_err(db)?;
-            user_of(row)
-        })
-        .await
-    }
-
-    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        let id = id.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))
-                .and_then(|mut s| s.query_row(params![id], user_row).optional())
-                .map_err(db)?
-                .map(user_of)
-                .transpose()
-        })
-        .await
-    }
-
-    async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
-        let org = org.clone();
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let owner_known = tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-                .and_then(|mut s| s.exists(params![org.owner_id.as_str()]))
-                .map_err(db)?;
-            if !owner_known {
-                return Err(StoreError::NotFound {
-                    what: format!("user {}", org.owner_id),
-                });
-            }
-            let slug_taken = tx
-                .prepare_cached("SELECT 1 FROM orgs WHERE slug = ?1")
-                .and_then(|mut s| s.exists(params![org.slug]))
-                .map_err(db)?;
-            if slug_taken {
-                return Err(StoreError::Conflict {
-                    what: format!("org slug {:?}", org.slug),
-                });
-            }
-            if org_exists(&tx, &org.id)? {
-                return Err(StoreError::Conflict {
-                    what: format!("org {}", org.id),
-                });
-            }
-            let created = ts_text(org.created_at);
-            tx.prepare_cached(
-                "INSERT INTO orgs (id, slug, name, plan, owner_id, created_at, deleted_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org.id.as_str(),
-                    org.slug,
-                    org.name,
-                    org.plan.as_str(),
-                    org.owner_id.as_str(),
-                    created,
-                    org.deleted_at.map(ts_text)
-                ])
-            })
-            .map_err(db)?;
-            tx.prepare_cached(
-                "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org.id.as_str(),
-                    org.owner_id.as_str(),
-                    Role::Owner.as_str(),
-                    created
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
-        })
-        .await
-    }
-
-    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        let id = id.as_str().to_owned();
-        self.read(move |conn| read_org(conn, &id)).await
-    }
-
-    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id FROM orgs ORDER BY id")
-                .map_err(db)?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(parse_id(&row.map_err(db)?, OrgId::parse)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
-        let p = project.clone();
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            if !org_is_live(&tx, p.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", p.org_id),
-                });
-            }
-            let slug_taken = tx
-                .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2")
-                .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.slug]))
-                .map_err(db)?;
-            if slug_taken {
-                return Err(StoreError::Conflict {
-                    what: format!("project slug {:?} in org {}", p.slug, p.org_id),
-                });
-            }
-            let id_taken = tx
-                .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.id.as_str()]))
-                .map_err(db)?;
-            if id_taken {
-                return Err(StoreError::Conflict {
-                    what: format!("project {}", p.id),
-                });
-            }
-            tx.prepare_cached(
-                "INSERT INTO projects (org, id, slug, name, created_at, archived_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    p.org_id.as_str(),
-                    p.id.as_str(),
-                    p.slug,
-                    p.name,
-                    ts_text(p.created_at),
-                    p.archived_at.map(ts_text)
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
-        })
-        .await
-    }
-
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
-        self.read(move |conn| read_project(conn, &org, &id)).await
-    }
-
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        let org = org.as_str().to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(db)?;
-            let rows = stmt.query_map(params![org], project_row).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(project_of(row.map_err(db)?)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let k = key.clone();
-        let scopes = serde_json::to_string(&k.scopes)
-            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            if !org_is_live(&tx, k.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", k.org_id),
-                });
-            }
-            let hash_taken = tx
-                .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
-                .and_then(|mut s| s.exists(params![k.hash.as_str()]))
-                .map_err(db)?;
-            let id_taken = tx
-                .prepare_cached("SELECT 1 FROM api_keys WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.exists(params![k.org_id.as_str(), k.id.as_str()]))
-                .map_err(db)?;
-            if hash_taken || id_taken {
-                return Err(StoreError::Conflict {
-                    what: format!("api key {}", k.id),
-                });
-            }
-            tx.prepare_cached(
-                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
-                                       expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    k.org_id.as_str(),
-                    k.id.as_str(),
-                    k.hash.as_str(),
-                    k.name,
-                    k.display_prefix,
-                    scopes,
-                    ts_text(k.created_at),
-                    k.expires_at.map(ts_text),
-                    k.revoked_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
-        })
-        .await
-    }
-
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let hash = hash.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT org, id, hash, name, display_prefix, scopes, created_at, expires_at,
-                        revoked_at, last_used_at
-                 FROM api_keys WHERE hash = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![hash], |r| {
-                    Ok(KeyRow {
-                        org: r.get(0)?,
-                        id: r.get(1)?,
-                        hash: r.get(2)?,
-                        name: r.get(3)?,
-                        prefix: r.get(4)?,
-                        scopes: r.get(5)?,
-                        created: r.get(6)?,
-                        expires: r.get(7)?,
-                        revoked: r.get(8)?,
-                        last_used: r.get(9)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db)?
-            .map(key_of)
-            .transpose()
-        })
-        .await
-    }
-
-    // The management API's methods live in `sqlite/management.rs`.
-
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        self.mgmt_get_role(org, user).await
-    }
-
-    async fn update_org(
-        &self,
-        id: &OrgId,
-        changes: &OrgChanges,
-    ) -> Result<Option<Org>, StoreError> {
-        self.mgmt_update_org(id, changes).await
-    }
-
-    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
-        self.mgmt_delete_org(id, at).await
-    }
-
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        self.mgmt_update_project(org, id, changes).await
-    }
-
-    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.mgmt_touch_api_keys(uses).await
-    }
-
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.mgmt_add_project_member(org, project, user, at).await
-    }
-
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        self.mgmt_remove_project_member(org, project, user).await
-    }
-
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        self.mgmt_list_user_projects(org, user).await
-    }
-
-    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
-        self.mgmt_add_member(member).await
-    }
-
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
-        self.mgmt_set_member_role(org, user, role).await
-    }
-
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
-        self.mgmt_remove_member(org, user).await
-    }
-
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
-        self.mgmt_transfer_ownership(org, from, to).await
-    }
-
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        self.mgmt_list_user_memberships(user).await
-    }
-
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        self.mgmt_list_members(org).await
-    }
-
-    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        self.mgmt_list_api_keys(org).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        self.mgmt_revoke_api_key(org, id, at).await
-    }
-
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        self.mgmt_rotate_api_key(old, new, old_expires_at).await
-    }
-
-    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        self.mgmt_record_audit(record).await
-    }
-
-    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        self.mgmt_list_audit(query).await
-    }
-
-    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
-        self.mgmt_create_invitation(invitation).await
-    }
-
-    async fn list_invitations(
-        &self,
-        org: &OrgId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Invitation>, StoreError> {
-        self.mgmt_list_invitations(org, now).await
-    }
-
-    async fn find_invitation(
-        &self,
-        hash: &KeyHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        self.mgmt_find_invitation(hash, now).await
-    }
-
-    async fn revoke_invitation(
-        &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        self.mgmt_revoke_invitation(org, id, now).await
-    }
-
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
-        self.mgmt_accept_invitation(hash, user, at).await
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1338,7 +741,7 @@ mod tests {
     use super::*;
     use serde_json::{Map, Value};
     use tally_core::event::Quantity;
-    use tally_core::ids::MeterName;
+    use tally_core::ids::{MeterName, ProjectId};
     use tally_core::meter::Aggregation;
 
     fn event(org: &OrgId, id: &str, ts: &str) -> Event {

@@ -101,13 +101,13 @@ pub fn app(
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
     let catalogue = Arc::new(MeterCatalogue::default());
     let ingest = tally_ingest::Ingest::new(
-        tally_ingest::IngestState {
-            tenants: backends.tenants.clone(),
-            usage: backends.usage.clone(),
-            queue: backends.queue.clone(),
-            catalogue: catalogue.clone(),
-            clock: clock.clone(),
-        },
+        tally_ingest::IngestState::new(
+            backends.tenants.clone(),
+            backends.usage.clone(),
+            backends.queue.clone(),
+            catalogue.clone(),
+            clock.clone(),
+        ),
         tally_ingest::IngestConfig::default(),
     );
     let keys = ingest.key_cache();

@@ -21,12 +21,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use tally_billing::Catalogue;
 use tally_billing::alerts::{AlertPayload, AlertPorts, CheckOutcome, DEFAULT_LEASE, check_alerts};
 use tally_billing::sync::Sleeper;
 use tally_billing::webhook::verify_signature;
-use tally_core::ports::{AlertLedger, Clock, TenantStore, UsageStore};
+use tally_core::ports::{AlertLedger, Clock, FixedClock, TenantStore, UsageStore};
 use tally_core::tenant::{Org, User};
 use tally_core::{Month, OrgId, PlanId, UserId};
 use tally_notify::{WebhookConfig, WebhookSender};
@@ -37,24 +37,6 @@ use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project, random_hex, ts};
 
 const SECRET: &str = "whsec_alerts_0123456789";
-
-/// A clock the test moves by hand.
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl TestClock {
-    fn at(t: &str) -> Arc<Self> {
-        Arc::new(TestClock(Mutex::new(ts(t))))
-    }
-    fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
 
 /// Records the backoff it was asked for and returns at once.
 #[derive(Default)]
@@ -184,7 +166,7 @@ impl Backing {
 struct World {
     backing: Backing,
     store: Arc<dyn Ports>,
-    clock: Arc<TestClock>,
+    clock: Arc<FixedClock>,
     sleeper: Arc<RecordingSleeper>,
     receiver: Receiver,
     catalogue: Catalogue,
@@ -213,7 +195,7 @@ impl World {
         World {
             store: backing.open().await,
             backing,
-            clock: TestClock::at(now),
+            clock: Arc::new(FixedClock::at(ts(now))),
             sleeper: Arc::default(),
             receiver: Receiver::start().await,
             catalogue: Catalogue::builtin().unwrap(),

@@ -18,7 +18,7 @@ use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{ApplyOutcome, StoreError, TenantStore, UsageStore};
+use tally_core::ports::{ApplyOutcome, OrgStore, StoreError, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_table};

@@ -16,7 +16,10 @@ use std::collections::BTreeSet;
 
 use chrono::{Duration, Utc};
 use tally_core::ids::InvitationId;
-use tally_core::ports::{ReportStore, StoredReport, SyncLedger, TenantStore, UsageStore};
+use tally_core::ports::{
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, ReportStore,
+    StoredReport, SyncLedger, UsageStore, UserStore,
+};
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Org, Project, Role, User,
 };

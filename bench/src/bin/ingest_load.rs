@@ -42,7 +42,7 @@ use tally_core::counter::OwnedCounterKey;
 use tally_core::fold::{apply_delta, dedupe_in_batch, fold};
 use tally_core::ids::{ApiKeyId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{TenantStore, UsageStore};
+use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, UsageStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 use tally_core::{Event, Month, OrgId};
 use tally_store::{SqliteConfig, SqliteStore};

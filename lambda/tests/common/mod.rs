@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::TenantStore;
+use tally_core::ports::{OrgStore, UserStore};
 use tally_core::tenant::{Org, User};
 use tally_store::sqlite::SqliteStore;
 

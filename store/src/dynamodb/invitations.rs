@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{InvitationId, OrgId, UserId};
 use tally_core::ports::StoreError;
+use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
 use super::apply::put_if_absent;
@@ -20,9 +21,7 @@ use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
 };
 use super::keys::{self, PK, SK, TTL, USER_SK};
-use super::tenants::{
-    failed, membership_put, must_exist, org_must_be_live, owner_conflict, tx_update,
-};
+use super::tenants::{failed, membership_put, must_exist, org_must_be_live, tx_update};
 use super::{DynamoStore, QuerySpec};
 
 /// Sort key of an invitation item.
@@ -96,9 +95,7 @@ pub(super) async fn create_invitation(
     store: &DynamoStore,
     inv: &Invitation,
 ) -> Result<(), StoreError> {
-    if inv.role == Role::Owner {
-        return Err(owner_conflict());
-    }
+    rules::check_new_member(inv.role)?;
     let table = store.table();
     let ttl = ttl_of(inv.expires_at);
     let mut record = item([
@@ -236,9 +233,7 @@ pub(super) async fn accept_invitation(
             what: format!("acceptance of invitation {}", inv.id),
         });
     }
-    if inv.role == Role::Owner {
-        return Err(owner_conflict());
-    }
+    rules::check_new_member(inv.role)?;
     let m = Membership {
         org_id: inv.org_id.clone(),
         user_id: user.clone(),

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::StoreError;
+use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, KeyHash, KeyScope, KeyUse, MAX_AUDIT_PAGE,
     MAX_KEY_USES_PER_CALL, Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
@@ -951,12 +952,6 @@ fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
     })
 }
 
-pub(super) fn owner_conflict() -> StoreError {
-    StoreError::Conflict {
-        what: "an owner of the org (ownership moves only by transfer)".into(),
-    }
-}
-
 /// The put of a new membership item (under `attribute_not_exists`), indexed under its user.
 pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWriteItem, StoreError> {
     put_if_absent(
@@ -976,9 +971,7 @@ pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWrit
 /// Membership put under `attribute_not_exists`, with checks that the org and the user
 /// exist, in one transaction.
 pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<(), StoreError> {
-    if m.role == Role::Owner {
-        return Err(owner_conflict());
-    }
+    rules::check_new_member(m.role)?;
     let table = store.table();
     let actions = vec![
         org_must_be_live(table, &m.org_id)?,
@@ -1000,7 +993,8 @@ pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<()
 }
 
 /// After a refused conditional write of a membership: `None` if it does not exist, the
-/// owner conflict if it does (the only other way the condition fails).
+/// owner's refusal ([`rules::check_member_change`]) if it is the owner's (the only other way
+/// the condition fails).
 async fn refused_member(
     store: &DynamoStore,
     org: &OrgId,
@@ -1008,7 +1002,14 @@ async fn refused_member(
 ) -> Result<Option<Membership>, StoreError> {
     match store.get(keys::org_pk(org), &keys::member_sk(user)).await? {
         None => Ok(None),
-        Some(_) => Err(owner_conflict()),
+        Some(it) => {
+            rules::check_member_change(membership_of(org, &it)?.role)?;
+            // The condition failed on a member who is not the owner: it became one between
+            // the write and this read; the caller may retry.
+            Err(StoreError::Unavailable(format!(
+                "membership of {user} in org {org} changed during the update; retry"
+            )))
+        }
     }
 }
 
@@ -1019,9 +1020,7 @@ pub(super) async fn set_member_role(
     user: &UserId,
     role: Role,
 ) -> Result<Option<Membership>, StoreError> {
-    if role == Role::Owner {
-        return Err(owner_conflict());
-    }
+    rules::check_new_member(role)?;
     let updated = store
         .client
         .update_item()
@@ -1131,17 +1130,9 @@ pub(super) async fn transfer_ownership(
     let Some(current) = get_org(store, org).await? else {
         return Ok(None);
     };
-    if &current.owner_id != from {
-        return Err(StoreError::Conflict {
-            what: format!("a different owner of org {org}"),
-        });
-    }
-    if get_role(store, org, to).await?.is_none() {
-        return Err(StoreError::NotFound {
-            what: format!("member {to} of org {org}"),
-        });
-    }
-    if from == to {
+    let from_role = get_role(store, org, from).await?;
+    let to_role = get_role(store, org, to).await?;
+    if !rules::check_transfer(org, &current.owner_id, from, from_role, to, to_role)? {
         return Ok(Some(current));
     }
     let table = store.table();
@@ -1232,14 +1223,7 @@ pub(super) async fn rotate_api_key(
     let Some(current) = find_api_key(store, &hash).await? else {
         return Ok(None);
     };
-    if current.revoked_at.is_some() {
-        return Err(StoreError::Conflict {
-            what: format!("revocation of api key {old}"),
-        });
-    }
-    let expires = current
-        .expires_at
-        .map_or(old_expires_at, |e| e.min(old_expires_at));
+    let expires = rules::rotated_expiry(old, &current, old_expires_at)?;
     let table = store.table();
     let [key, key_guard] = key_puts(table, new)?;
     let actions = vec![

@@ -20,8 +20,9 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApplyOutcome, CounterQuery, MAX_REPORT_BODY_BYTES, ReportStore, StoreError, StoredReport,
-    TenantStore, UsageStore,
+    ApiKeyStore, ApplyOutcome, AuditLog, CounterQuery, InvitationStore, MAX_REPORT_BODY_BYTES,
+    MemberStore, OrgStore, ProjectStore, ReportStore, StoreError, StoredReport, TenantStore,
+    UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,

@@ -1,0 +1,253 @@
+//! The tenant ports, one small trait per role: users, orgs, members, projects, API keys,
+//! invitations and the audit trail.
+//!
+//! Each capability holds only the roles it calls (ingest: keys, orgs and projects; billing:
+//! orgs; the management API: all of them), so a store that lacks a method does not compile,
+//! and a test double for one capability implements only what that capability uses. Every
+//! method is required: there are no defaults that answer "unsupported" at run time.
+//!
+//! [`TenantStore`] is the sum of the roles, implemented for every type that implements all
+//! of them; the composition root builds one store and hands each capability the roles it
+//! needs (an `Arc<dyn TenantStore>` coerces to an `Arc<dyn OrgStore>` and the others).
+//!
+//! The rules these methods enforce (who may become owner, what a rotation does to the old
+//! key, ...) are written once in [`crate::tenant::rules`]; adapters call those functions
+//! inside their transactions, so both backends decide the same way.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use crate::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
+use crate::tenant::{
+    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
+    OrgChanges, Project, ProjectChanges, Role, User,
+};
+
+/// Users: people who act in the management API, unique by lowercased email.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Returns the user with this email, creating `candidate` if there is none.
+    async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError>;
+    /// Looks a user up.
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    /// The user's memberships in every org, by org id. May lag a membership created a
+    /// moment ago on backends whose index is eventually consistent (DynamoDB).
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError>;
+}
+
+/// Organizations: the tenants.
+#[async_trait]
+pub trait OrgStore: Send + Sync {
+    /// Creates an org and makes `org.owner_id` its owner, atomically. `Conflict` if the slug
+    /// is taken.
+    async fn create_org(&self, org: &Org) -> Result<(), StoreError>;
+    /// Looks an org up.
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError>;
+    /// Every org's id (for billing and reconcile runs over all tenants).
+    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError>;
+    /// Applies `changes` to the org and returns it as it is now; `None` if there is no
+    /// such org.
+    async fn update_org(&self, id: &OrgId, changes: &OrgChanges)
+    -> Result<Option<Org>, StoreError>;
+    /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
+    /// time) and revokes every API key of it that is not revoked yet, then returns the org
+    /// as it is now; `None` if there is no such org. From then on
+    /// [`MemberStore::get_role`] answers `None` for it (so nobody acts in it), no member,
+    /// project, key or invitation acceptance can be added to it (`NotFound`), and
+    /// [`get_org`](OrgStore::get_org) still returns it (billing closes its last month), with
+    /// `deleted_at` set.
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError>;
+}
+
+/// Who belongs to an org, with which role, and on which of its projects.
+#[async_trait]
+pub trait MemberStore: Send + Sync {
+    /// The user's role in the org, in one round trip; `None` when the user is not a member
+    /// (or either does not exist, or the org was deleted).
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError>;
+    /// The org's members, in the order they joined (then user id).
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError>;
+    /// Adds a member with a role other than owner. `NotFound` if the org or the user does
+    /// not exist, `Conflict` if the user is a member already (or the role is owner:
+    /// [`rules::check_new_member`](crate::tenant::rules::check_new_member)).
+    async fn add_member(&self, member: &Membership) -> Result<(), StoreError>;
+    /// Changes a member's role and returns the membership as it was; `None` if the user is
+    /// not a member. The owner's role cannot change, and nobody becomes owner this way
+    /// (only by a transfer): both are `Conflict`
+    /// ([`rules::check_role_change`](crate::tenant::rules::check_role_change)).
+    async fn set_member_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Option<Membership>, StoreError>;
+    /// Removes a member and returns the membership as it was; `None` if the user is not a
+    /// member. The owner cannot be removed (`Conflict`).
+    async fn remove_member(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Option<Membership>, StoreError>;
+    /// Makes `to` (a member) the owner and the owner `from` an admin, and records `to` as
+    /// the org's `owner_id`, atomically. Returns the org as it is now; `None` if there is no
+    /// such org; `NotFound` if `to` is not a member; `Conflict` if `from` is not the owner
+    /// (any more).
+    async fn transfer_ownership(
+        &self,
+        org: &OrgId,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<Option<Org>, StoreError>;
+    /// Puts a member of the org on one of its projects (members and viewers see only the
+    /// projects they are on). `NotFound` if the org has no such project or the user is not
+    /// a member of the org; `Conflict` if they are on it already.
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Takes a user off one of the org's projects; `false` if they were not on it.
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
+    /// The ids of the org's projects the user is on, in id order.
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError>;
+}
+
+/// Projects inside an org.
+#[async_trait]
+pub trait ProjectStore: Send + Sync {
+    /// Creates a project. `NotFound` if the org does not exist, `Conflict` if the slug is
+    /// taken in the org.
+    async fn create_project(&self, project: &Project) -> Result<(), StoreError>;
+    /// Looks a project up inside its org (a project of another org is `None`).
+    async fn get_project(&self, org: &OrgId, id: &ProjectId)
+    -> Result<Option<Project>, StoreError>;
+    /// The org's projects.
+    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError>;
+    /// Applies `changes` to the org's project `id` and returns it as it is now; `None` if
+    /// the org has no such project.
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError>;
+}
+
+/// API keys, stored by the hash of their secret.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Stores a new API key. `NotFound` if the org does not exist.
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// Finds a key by the hash of its secret, in one lookup.
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
+    /// The org's API keys (hash included: callers must not show it), in creation order
+    /// (then id).
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError>;
+    /// Marks the org's key `id` revoked at `at` and returns it as it is now; a key revoked
+    /// before keeps its first revocation time. `None` if the org has no such key.
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
+    /// Rotates the org's key `old`: stores `new` (a key of the same org) and makes `old`
+    /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
+    /// key as it is now; `None` if the org has no such key; `Conflict` if it is revoked
+    /// ([`rules::rotated_expiry`](crate::tenant::rules::rotated_expiry)).
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
+    /// Records when keys were last used: each key's `last_used_at` becomes the use's `at`
+    /// (to the microsecond) unless it holds a later time. A use whose key does not exist,
+    /// or is not of the use's org, is skipped. At most
+    /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
+    /// (`Unavailable` beyond).
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+}
+
+/// Invitations to join an org, found by the hash of their token.
+#[async_trait]
+pub trait InvitationStore: Send + Sync {
+    /// Stores a new invitation. `NotFound` if the org does not exist.
+    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError>;
+    /// The org's invitations pending at `now` (not accepted, not expired), in creation
+    /// order (then id).
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError>;
+    /// Finds an invitation by the hash of its token, in one lookup; `None` if there is none
+    /// or it expired before `now` (expired items may linger until TTL deletion). An
+    /// accepted invitation is returned, with its `accepted_at`.
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError>;
+    /// Deletes the org's invitation `id` if it is pending at `now`, and returns it; `None`
+    /// if the org has no such pending invitation.
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError>;
+    /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
+    /// marks it accepted and adds the membership with the invitation's role, which it
+    /// returns. `NotFound` if there is no such invitation, it expired, or the org or the user
+    /// does not exist; `Conflict` if it was accepted already or the user is a member
+    /// already. (Whether the user's email matches is the caller's check.)
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError>;
+}
+
+/// The audit trail of every mutation, allowed or refused.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Writes one audit record, kept [`AUDIT_RETENTION_DAYS`](crate::tenant::AUDIT_RETENTION_DAYS)
+    /// days. Writing the same record id twice keeps one.
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// A page of the org's audit trail, newest first, filtered as the query says; expired
+    /// records are never returned.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+}
+
+/// Every tenant role at once: what a whole backend (memory, SQLite, DynamoDB) implements and
+/// what the composition root builds. Capabilities should hold the roles they use instead.
+pub trait TenantStore:
+    UserStore + OrgStore + MemberStore + ProjectStore + ApiKeyStore + InvitationStore + AuditLog
+{
+}
+
+impl<T> TenantStore for T where
+    T: UserStore
+        + OrgStore
+        + MemberStore
+        + ProjectStore
+        + ApiKeyStore
+        + InvitationStore
+        + AuditLog
+        + ?Sized
+{
+}

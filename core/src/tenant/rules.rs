@@ -1,0 +1,187 @@
+//! The tenant rules every backend enforces, written once.
+//!
+//! Adapters read what a rule needs inside their transaction (or conditional write), call the
+//! function here, and write only what it allows; so a rule cannot drift between SQLite,
+//! DynamoDB and the in-memory store. The errors are the ports' [`StoreError`]s, worded as
+//! the management API shows them (`409` for a [`StoreError::Conflict`]).
+
+use chrono::{DateTime, Utc};
+
+use super::{ApiKey, Role};
+use crate::ids::{ApiKeyId, OrgId, UserId};
+use crate::ports::StoreError;
+
+/// The refusal of making anyone owner other than by a transfer.
+pub fn owner_by_transfer_only() -> StoreError {
+    StoreError::Conflict {
+        what: "an owner of the org (ownership moves only by transfer)".into(),
+    }
+}
+
+/// A new membership (added directly or by an invitation) may have any role but owner.
+pub fn check_new_member(role: Role) -> Result<(), StoreError> {
+    if role == Role::Owner {
+        return Err(owner_by_transfer_only());
+    }
+    Ok(())
+}
+
+/// A member's role may change to anything but owner, and the owner's role not at all;
+/// `current` is the member's role now.
+pub fn check_role_change(current: Role, new: Role) -> Result<(), StoreError> {
+    check_new_member(new)?;
+    check_member_change(current)
+}
+
+/// The owner's membership cannot be changed or removed except by a transfer; `current` is
+/// the member's role now.
+pub fn check_member_change(current: Role) -> Result<(), StoreError> {
+    if current == Role::Owner {
+        return Err(StoreError::Conflict {
+            what: "the owner's membership cannot change except by transfer; an owner".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an ownership transfer of `org` from `from` to `to`, given the org's recorded
+/// owner and both users' roles in it now (`None`: not a member). `Conflict` if `from` is
+/// not the owner (any more), `NotFound` if `to` is not a member. Returns whether anything
+/// changes (a transfer to oneself is a no-op that succeeds).
+pub fn check_transfer(
+    org: &OrgId,
+    owner_id: &UserId,
+    from: &UserId,
+    from_role: Option<Role>,
+    to: &UserId,
+    to_role: Option<Role>,
+) -> Result<bool, StoreError> {
+    if owner_id != from || from_role != Some(Role::Owner) {
+        return Err(StoreError::Conflict {
+            what: format!("a different owner of org {org}"),
+        });
+    }
+    if to_role.is_none() {
+        return Err(StoreError::NotFound {
+            what: format!("member {to} of org {org}"),
+        });
+    }
+    Ok(from != to)
+}
+
+/// When a rotated key `current` (id `old`) stops working: at `requested`, or at its own
+/// earlier expiry. A revoked key cannot be rotated (`Conflict`): its replacement would
+/// outlive a revocation someone meant.
+pub fn rotated_expiry(
+    old: &ApiKeyId,
+    current: &ApiKey,
+    requested: DateTime<Utc>,
+) -> Result<DateTime<Utc>, StoreError> {
+    if current.revoked_at.is_some() {
+        return Err(StoreError::Conflict {
+            what: format!("revocation of api key {old}"),
+        });
+    }
+    Ok(current.expires_at.map_or(requested, |e| e.min(requested)))
+}
+
+/// A key's revocation time after revoking it at `at`: a key revoked before keeps its first
+/// revocation time, so the audit trail and the key agree on when it stopped working.
+pub fn revocation_time(current: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
+    current.unwrap_or(at)
+}
+
+/// A key's last-used time after a use at `at`: never moves back, since uses are flushed
+/// from several processes in no particular order.
+pub fn last_used_after(current: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
+    current.map_or(at, |c| c.max(at))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::tenant::{KeyHash, KeyScope};
+
+    fn t(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, h, 0, 0).unwrap()
+    }
+
+    fn key(expires: Option<DateTime<Utc>>, revoked: Option<DateTime<Utc>>) -> ApiKey {
+        ApiKey {
+            id: ApiKeyId::parse("key_a").unwrap(),
+            org_id: OrgId::parse("org_a").unwrap(),
+            hash: KeyHash::of_secret("tk_test_x"),
+            name: "k".into(),
+            display_prefix: "tk_test_x".into(),
+            scopes: vec![KeyScope::EventsWrite],
+            created_at: t(0),
+            expires_at: expires,
+            revoked_at: revoked,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn nobody_becomes_owner_except_by_transfer() {
+        assert!(check_new_member(Role::Admin).is_ok());
+        assert!(matches!(
+            check_new_member(Role::Owner),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(check_role_change(Role::Member, Role::Admin).is_ok());
+        assert!(check_role_change(Role::Member, Role::Owner).is_err());
+        assert!(check_role_change(Role::Owner, Role::Admin).is_err());
+        assert!(check_member_change(Role::Owner).is_err());
+        assert!(check_member_change(Role::Viewer).is_ok());
+    }
+
+    #[test]
+    fn transfers_need_the_owner_and_a_member() {
+        let org = OrgId::parse("org_a").unwrap();
+        let (a, b) = (
+            UserId::parse("usr_a").unwrap(),
+            UserId::parse("usr_b").unwrap(),
+        );
+        let ok = check_transfer(&org, &a, &a, Some(Role::Owner), &b, Some(Role::Member));
+        assert!(ok.unwrap());
+        let to_self = check_transfer(&org, &a, &a, Some(Role::Owner), &a, Some(Role::Owner));
+        assert!(!to_self.unwrap());
+        let not_owner = check_transfer(&org, &a, &b, Some(Role::Admin), &a, Some(Role::Owner));
+        assert!(matches!(not_owner, Err(StoreError::Conflict { .. })));
+        let stale = check_transfer(&org, &b, &a, Some(Role::Owner), &b, Some(Role::Member));
+        assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+        let stranger = check_transfer(&org, &a, &a, Some(Role::Owner), &b, None);
+        assert!(matches!(stranger, Err(StoreError::NotFound { .. })));
+    }
+
+    #[test]
+    fn rotation_keeps_the_earlier_expiry_and_refuses_revoked_keys() {
+        let id = ApiKeyId::parse("key_a").unwrap();
+        assert_eq!(rotated_expiry(&id, &key(None, None), t(5)).unwrap(), t(5));
+        assert_eq!(
+            rotated_expiry(&id, &key(Some(t(3)), None), t(5)).unwrap(),
+            t(3)
+        );
+        assert_eq!(
+            rotated_expiry(&id, &key(Some(t(9)), None), t(5)).unwrap(),
+            t(5)
+        );
+        assert!(matches!(
+            rotated_expiry(&id, &key(None, Some(t(1))), t(5)),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn revocation_and_last_use_keep_their_first_and_latest_times() {
+        assert_eq!(revocation_time(None, t(4)), t(4));
+        assert_eq!(revocation_time(Some(t(2)), t(4)), t(2));
+        assert_eq!(last_used_after(None, t(4)), t(4));
+        assert_eq!(last_used_after(Some(t(6)), t(4)), t(6));
+        assert_eq!(last_used_after(Some(t(2)), t(4)), t(4));
+    }
+}

@@ -1,0 +1,189 @@
+//! [`MemoryStore`]: every storage port in process memory, for tests and test doubles.
+//!
+//! It is the one in-memory adapter, and it passes the same conformance suite
+//! (`tally-tests`, `tests/src/conformance/storage.rs`) as [`SqliteStore`](crate::SqliteStore)
+//! and [`DynamoStore`](crate::dynamodb::DynamoStore): tenants (every role of
+//! [`TenantStore`](tally_core::ports::TenantStore)), the event ledger and the counters
+//! ([`UsageStore`](tally_core::ports::UsageStore)), billing's reports
+//! ([`ReportStore`](tally_core::ports::ReportStore)), the Stripe sync ledger
+//! ([`SyncLedger`](tally_core::ports::SyncLedger)) and the plan-limit alert outbox
+//! ([`AlertLedger`](tally_core::ports::AlertLedger)). A capability's tests can therefore
+//! use it instead of a hand-written double and get the real semantics (exactly-once apply,
+//! owner guards, first-write-wins reports, lease compare-and-set), with no file, no
+//! emulator and no cleanup. Nothing survives the process; it is not a production backend.
+//!
+//! # Layout
+//!
+//! All state sits in one `State` behind one `Mutex`, and every method does its reads,
+//! checks and writes under a single lock, so each call is atomic exactly where the SQLite
+//! transaction or the DynamoDB conditional write is. A clone is a new handle on the same
+//! state (as a second process opening the same SQLite file is), which is what the
+//! conformance suite's `StoreFactory::open` wants. The tenant rules are
+//! [`tally_core::tenant::rules`]', called as the other backends call them.
+//!
+//! - `memory/tenants.rs`: users, orgs, memberships and projects.
+//! - `memory/keys.rs`: API keys and invitations (both found by the hash of their secret),
+//!   and the audit trail.
+//! - `memory/usage.rs`: the ledger, the counters (hour cells, with every coarser and
+//!   org-wide counter derived through [`tally_core::fold::spread`], as [`crate::derive`]
+//!   does for the other stores) and closed periods.
+//! - `memory/billing.rs`: reports, the sync ledger and alerts.
+//!
+//! # Faults
+//!
+//! [`MemoryStore::fail_key_lookups`] makes
+//! [`find_api_key`](tally_core::ports::ApiKeyStore::find_api_key) fail with a chosen
+//! [`Fault`] until it is cleared, for tests of what ingest and the API do when the key store
+//! is down or returns garbage.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use tally_core::event::Event;
+use tally_core::fold::Delta;
+use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::period::Month;
+use tally_core::ports::{AlertKey, StoreError, StoredAlert, StoredReport};
+use tally_core::tenant::{
+    ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, Project, User,
+};
+
+mod billing;
+mod keys;
+mod tenants;
+mod usage;
+
+pub use usage::MAX_LEDGER_PAGE;
+
+/// Every storage port in memory; see the [module documentation](self). Cheap to clone: a
+/// clone is another handle on the same data.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+/// A failure [`MemoryStore::fail_key_lookups`] injects, named by the [`StoreError`] it
+/// becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// [`StoreError::Unavailable`]: the backend is down (a `503` at the HTTP edge).
+    Unavailable,
+    /// [`StoreError::Corrupt`]: stored data could not be decoded (a `500`).
+    Corrupt,
+}
+
+impl Fault {
+    /// The error the failing operation returns; `op` names it in the message.
+    fn error(self, op: &str) -> StoreError {
+        match self {
+            Fault::Unavailable => {
+                StoreError::Unavailable(format!("{op}: injected by MemoryStore::fail_key_lookups"))
+            }
+            Fault::Corrupt => {
+                StoreError::Corrupt(format!("{op}: injected by MemoryStore::fail_key_lookups"))
+            }
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every [`find_api_key`](tally_core::ports::ApiKeyStore::find_api_key), on every
+    /// handle of this store, fail with `fault` from now on; `None` makes lookups work again.
+    /// Nothing else is affected: keys can still be created, listed and touched.
+    pub fn fail_key_lookups(&self, fault: Option<Fault>) {
+        self.lock().faults.key_lookups = fault;
+    }
+
+    /// The state, locked. A panic in another thread while it held the lock does not make
+    /// this one panic too: every method checks before it writes, so the state a panicking
+    /// call leaves behind is still consistent.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Everything the store holds.
+#[derive(Default)]
+struct State {
+    /// Users by id.
+    users: BTreeMap<UserId, User>,
+    /// User ids by lowercased email.
+    emails: HashMap<String, UserId>,
+    /// Orgs by id (deleted ones too).
+    orgs: BTreeMap<OrgId, Org>,
+    /// Org ids by slug.
+    slugs: HashMap<String, OrgId>,
+    /// Memberships by (org, user).
+    members: BTreeMap<(OrgId, UserId), Membership>,
+    /// Which projects a member is on, keyed (org, user, project), with when they were put
+    /// there.
+    project_members: BTreeMap<(OrgId, UserId, ProjectId), DateTime<Utc>>,
+    /// Projects by (org, id).
+    projects: BTreeMap<(OrgId, ProjectId), Project>,
+    /// API keys by (org, id).
+    keys: BTreeMap<(OrgId, ApiKeyId), ApiKey>,
+    /// Where each key hash points in `keys`.
+    key_hashes: HashMap<KeyHash, (OrgId, ApiKeyId)>,
+    /// Invitations by (org, id).
+    invitations: BTreeMap<(OrgId, InvitationId), Invitation>,
+    /// Where each token hash points in `invitations`.
+    invitation_hashes: HashMap<KeyHash, (OrgId, InvitationId)>,
+    /// Each org's audit trail by [`AuditRecord::sort_key`].
+    audit: BTreeMap<OrgId, BTreeMap<String, AuditRecord>>,
+    /// (expiry in Unix seconds, org, sort key) of every audit record, for pruning.
+    audit_expiry: BTreeSet<(i64, OrgId, String)>,
+    /// Each org's ledger: the first copy of every event, by id.
+    ledger: HashMap<OrgId, BTreeMap<EventId, Event>>,
+    /// Each org's counters as cells: by (meter, hour start in Unix seconds), then project,
+    /// the merged delta of the hour's events (a `unique_count` cell holds the values seen).
+    cells: HashMap<OrgId, Cells>,
+    /// Closed months and when they were first closed.
+    closed: BTreeMap<Month, DateTime<Utc>>,
+    /// Reports by org, then period.
+    reports: BTreeMap<OrgId, BTreeMap<Month, StoredReport>>,
+    /// Sync step results by (org, period), then step name.
+    sync_steps: BTreeMap<(OrgId, Month), BTreeMap<String, String>>,
+    /// Provider customers by org.
+    sync_customers: HashMap<OrgId, String>,
+    /// Alerts by key (org first, so one org's alerts are one range, by month, meter and
+    /// threshold).
+    alerts: BTreeMap<AlertKey, StoredAlert>,
+    /// Injected failures.
+    faults: Faults,
+}
+
+/// One org's counter cells: by (meter, hour start in Unix seconds), then project, the merged
+/// delta of the hour's events.
+type Cells = BTreeMap<(MeterName, i64), BTreeMap<ProjectId, Delta>>;
+
+/// The failures [`MemoryStore`] is told to inject.
+#[derive(Default)]
+struct Faults {
+    /// What `find_api_key` fails with, if anything.
+    key_lookups: Option<Fault>,
+}
+
+impl State {
+    /// Whether the org exists and is not deleted (what adding anything to it needs).
+    fn org_is_live(&self, org: &OrgId) -> bool {
+        self.orgs.get(org).is_some_and(|o| o.deleted_at.is_none())
+    }
+}
+
+/// `t` cut to the microsecond, the precision the other stores keep last-used and alert
+/// times at.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}

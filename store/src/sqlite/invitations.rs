@@ -1,0 +1,264 @@
+//! Invitations on SQLite: [`InvitationStore`].
+//!
+//! Schema version 4 ([`SCHEMA_V4`]) adds invitations with soft-deleted orgs, archived
+//! projects, keys' last use and project members.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tally_core::ids::{InvitationId, OrgId, UserId};
+use tally_core::ports::*;
+use tally_core::tenant::*;
+
+use super::*;
+
+/// Schema version 4: invitations and soft-deleted orgs. One row per invitation keyed
+/// `(org, id)`, found by the token's hash through a unique index; `expires_unix` (Unix
+/// seconds) lets writes prune expired rows, as DynamoDB's TTL would, and reads check the
+/// expiry themselves. `orgs.deleted_at` marks a deleted org, `projects.archived_at` an
+/// archived project, `api_keys.last_used_at` when ingest last accepted a key;
+/// `project_members` says which projects a member is on, keyed so that one user's
+/// projects in an org are one range scan.
+pub(super) const SCHEMA_V4: &str = r#"
+CREATE TABLE IF NOT EXISTS invitations (
+    org          TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    hash         TEXT NOT NULL,     -- SHA-256 hex of the token
+    email        TEXT NOT NULL,     -- lowercased
+    role         TEXT NOT NULL,
+    invited_by   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    expires_unix INTEGER NOT NULL,  -- Unix seconds of expires_at, rounded up
+    accepted_at  TEXT,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS invitations_by_hash ON invitations (hash);
+CREATE INDEX IF NOT EXISTS invitations_by_expiry ON invitations (expires_unix);
+ALTER TABLE orgs ADD COLUMN deleted_at TEXT;  -- soft delete; NULL while live
+ALTER TABLE projects ADD COLUMN archived_at TEXT;  -- NULL while active
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;  -- fixed-width micros: compares as text
+CREATE TABLE IF NOT EXISTS project_members (
+    org         TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    project     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (org, user_id, project)
+) WITHOUT ROWID;
+"#;
+
+pub(super) const INVITATION_COLS: &str =
+    "org, id, hash, email, role, invited_by, created_at, expires_at, accepted_at";
+
+pub(super) type InvitationRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+pub(super) fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {
+    let (org, id, hash, email, role, by, created, expires, accepted) = row;
+    Ok(Invitation {
+        id: parse_id(&id, InvitationId::parse)?,
+        org_id: parse_id(&org, OrgId::parse)?,
+        hash: KeyHash::from_hex(&hash).ok_or_else(|| corrupt("invitation hash"))?,
+        email,
+        role: role_of(&role)?,
+        invited_by: parse_id(&by, UserId::parse)?,
+        created_at: parse_ts(&created)?,
+        expires_at: parse_ts(&expires)?,
+        accepted_at: accepted.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+/// Unix seconds of `t`, rounded up (an invitation is expired once `now >= expires_at`).
+pub(super) fn unix_ceil(t: DateTime<Utc>) -> i64 {
+    let s = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}
+
+/// Reads an invitation by hash (on a plain connection or inside a transaction).
+pub(super) fn read_invitation(
+    conn: &Connection,
+    hash: &str,
+) -> Result<Option<Invitation>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {INVITATION_COLS} FROM invitations WHERE hash = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![hash], invitation_row).optional())
+    .map_err(db)?
+    .map(invitation_of)
+    .transpose()
+}
+
+#[async_trait]
+impl InvitationStore for SqliteStore {
+    async fn create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
+        let inv = inv.clone();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            rules::check_new_member(inv.role)?;
+            if !org_is_live(&tx, inv.org_id.as_str())? {
+                return Err(StoreError::NotFound {
+                    what: format!("org {}", inv.org_id),
+                });
+            }
+            // Expired invitations are gone for every reader; drop their rows here.
+            tx.prepare_cached("DELETE FROM invitations WHERE expires_unix <= ?1")
+                .and_then(|mut s| s.execute(params![inv.created_at.timestamp()]))
+                .map_err(db)?;
+            tx.prepare_cached(
+                "INSERT INTO invitations (org, id, hash, email, role, invited_by, created_at,
+                                          expires_at, expires_unix, accepted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    inv.org_id.as_str(),
+                    inv.id.as_str(),
+                    inv.hash.as_str(),
+                    inv.email.to_lowercase(),
+                    inv.role.as_str(),
+                    inv.invited_by.as_str(),
+                    ts_text(inv.created_at),
+                    ts_text(inv.expires_at),
+                    unix_ceil(inv.expires_at),
+                    inv.accepted_at.map(ts_text),
+                ])
+            })
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let org = org.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {INVITATION_COLS} FROM invitations
+                     WHERE org = ?1 AND accepted_at IS NULL ORDER BY created_at, id"
+                ))
+                .map_err(db)?;
+            let rows = stmt.query_map(params![org], invitation_row).map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let inv = invitation_of(row.map_err(db)?)?;
+                if inv.is_pending(now) {
+                    out.push(inv);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let hash = hash.as_str().to_owned();
+        self.read(move |conn| Ok(read_invitation(conn, &hash)?.filter(|inv| inv.expires_at > now)))
+            .await
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let found = tx
+                .prepare_cached(&format!(
+                    "SELECT {INVITATION_COLS} FROM invitations WHERE org = ?1 AND id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![org, id], invitation_row).optional())
+                .map_err(db)?
+                .map(invitation_of)
+                .transpose()?;
+            let Some(inv) = found.filter(|inv| inv.is_pending(now)) else {
+                return Ok(None);
+            };
+            tx.prepare_cached("DELETE FROM invitations WHERE org = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![org, id]))
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(Some(inv))
+        })
+        .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let (hash, user) = (hash.as_str().to_owned(), user.clone());
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let Some(inv) = read_invitation(&tx, &hash)?.filter(|inv| inv.expires_at > at) else {
+                return Err(StoreError::NotFound {
+                    what: "invitation".into(),
+                });
+            };
+            if inv.accepted_at.is_some() {
+                return Err(StoreError::Conflict {
+                    what: format!("acceptance of invitation {}", inv.id),
+                });
+            }
+            let m = Membership {
+                org_id: inv.org_id.clone(),
+                user_id: user,
+                role: inv.role,
+                created_at: at,
+            };
+            Self::insert_member(&tx, &m)?;
+            tx.prepare_cached("UPDATE invitations SET accepted_at = ?2 WHERE hash = ?1")
+                .and_then(|mut s| s.execute(params![hash, ts_text(at)]))
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(m)
+        })
+        .await
+    }
+}

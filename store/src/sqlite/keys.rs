@@ -1,0 +1,287 @@
+//! API keys on SQLite: [`ApiKeyStore`].
+//!
+//! One row per key in `api_keys`, keyed `(org, id)` and found by the secret's hash through a
+//! unique index (one lookup, never a scan). `last_used_at` (schema version 4) holds
+//! fixed-width microsecond text, so "unless it holds a later time" is a text comparison.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use tally_core::ids::{ApiKeyId, OrgId};
+use tally_core::ports::*;
+use tally_core::tenant::*;
+
+use super::*;
+
+pub(super) struct KeyRow {
+    org: String,
+    id: String,
+    hash: String,
+    name: String,
+    prefix: String,
+    scopes: String,
+    created: String,
+    expires: Option<String>,
+    revoked: Option<String>,
+    last_used: Option<String>,
+}
+
+pub(super) fn key_of(k: KeyRow) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
+        id: parse_id(&k.id, ApiKeyId::parse)?,
+        org_id: parse_id(&k.org, OrgId::parse)?,
+        hash: KeyHash::from_hex(&k.hash).ok_or_else(|| corrupt("api key hash"))?,
+        scopes: serde_json::from_str::<Vec<KeyScope>>(&k.scopes)
+            .map_err(|e| corrupt(format!("api key scopes {:?}: {e}", k.scopes)))?,
+        created_at: parse_ts(&k.created)?,
+        expires_at: parse_opt_ts(k.expires)?,
+        revoked_at: parse_opt_ts(k.revoked)?,
+        last_used_at: parse_opt_ts(k.last_used)?,
+        name: k.name,
+        display_prefix: k.prefix,
+    })
+}
+
+pub(super) const KEY_COLS: &str =
+    "org, id, hash, name, display_prefix, scopes, created_at, expires_at,
+     revoked_at, last_used_at";
+
+pub(super) fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        org: r.get(0)?,
+        id: r.get(1)?,
+        hash: r.get(2)?,
+        name: r.get(3)?,
+        prefix: r.get(4)?,
+        scopes: r.get(5)?,
+        created: r.get(6)?,
+        expires: r.get(7)?,
+        revoked: r.get(8)?,
+        last_used: r.get(9)?,
+    })
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let k = key.clone();
+        let scopes = serde_json::to_string(&k.scopes)
+            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            if !org_is_live(&tx, k.org_id.as_str())? {
+                return Err(StoreError::NotFound {
+                    what: format!("org {}", k.org_id),
+                });
+            }
+            let hash_taken = tx
+                .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
+                .and_then(|mut s| s.exists(params![k.hash.as_str()]))
+                .map_err(db)?;
+            let id_taken = tx
+                .prepare_cached("SELECT 1 FROM api_keys WHERE org = ?1 AND id = ?2")
+                .and_then(|mut s| s.exists(params![k.org_id.as_str(), k.id.as_str()]))
+                .map_err(db)?;
+            if hash_taken || id_taken {
+                return Err(StoreError::Conflict {
+                    what: format!("api key {}", k.id),
+                });
+            }
+            tx.prepare_cached(
+                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
+                                       expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    k.org_id.as_str(),
+                    k.id.as_str(),
+                    k.hash.as_str(),
+                    k.name,
+                    k.display_prefix,
+                    scopes,
+                    ts_text(k.created_at),
+                    k.expires_at.map(ts_text),
+                    k.revoked_at.map(ts_text),
+                ])
+            })
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        let hash = hash.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT org, id, hash, name, display_prefix, scopes, created_at, expires_at,
+                        revoked_at, last_used_at
+                 FROM api_keys WHERE hash = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![hash], |r| {
+                    Ok(KeyRow {
+                        org: r.get(0)?,
+                        id: r.get(1)?,
+                        hash: r.get(2)?,
+                        name: r.get(3)?,
+                        prefix: r.get(4)?,
+                        scopes: r.get(5)?,
+                        created: r.get(6)?,
+                        expires: r.get(7)?,
+                        revoked: r.get(8)?,
+                        last_used: r.get(9)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db)?
+            .map(key_of)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        let org = org.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(db)?;
+            let rows = stmt.query_map(params![org], key_row).map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(key_of(row.map_err(db)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let (org, id, at) = (org.as_str().to_owned(), id.as_str().to_owned(), ts_text(at));
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?3
+                 WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![org, id, at]))
+            .map_err(db)?;
+            let key = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 AND id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![org, id], key_row).optional())
+                .map_err(db)?
+                .map(key_of)
+                .transpose()?;
+            tx.commit().map_err(db)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
+        let scopes = serde_json::to_string(&new.scopes)
+            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let org = new.org_id.as_str();
+            let current = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 AND id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![org, old], key_row).optional())
+                .map_err(db)?
+                .map(key_of)
+                .transpose()?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let expires = rules::rotated_expiry(&old_id, &current, old_expires_at)?;
+            tx.prepare_cached("UPDATE api_keys SET expires_at = ?3 WHERE org = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![org, old, ts_text(expires)]))
+                .map_err(db)?;
+            tx.prepare_cached(
+                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
+                                       expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    org,
+                    new.id.as_str(),
+                    new.hash.as_str(),
+                    new.name,
+                    new.display_prefix,
+                    scopes,
+                    ts_text(new.created_at),
+                    new.expires_at.map(ts_text),
+                    new.revoked_at.map(ts_text),
+                ])
+            })
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(Some(ApiKey {
+                expires_at: Some(expires),
+                ..current
+            }))
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        if uses.len() > MAX_KEY_USES_PER_CALL {
+            return Err(StoreError::Unavailable(format!(
+                "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
+                uses.len()
+            )));
+        }
+        let uses = uses.to_vec();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET last_used_at = ?3
+                         WHERE hash = ?1 AND org = ?2
+                           AND (last_used_at IS NULL OR last_used_at < ?3)",
+                    )
+                    .map_err(db)?;
+                for u in &uses {
+                    stmt.execute(params![
+                        u.hash.as_str(),
+                        u.org_id.as_str(),
+                        last_used_text(u.at)
+                    ])
+                    .map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+}

@@ -1,0 +1,95 @@
+//! The storage conformance suite against the in-memory backend: every storage test on a
+//! fresh `MemoryStore`, whose handles are clones sharing its state. Plus the fault switch
+//! tests rely on.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use async_trait::async_trait;
+use tally_store::MemoryStore;
+use tally_tests::conformance::storage::StoreFactory;
+
+/// One store; every `open` is a new handle (a clone) onto it, like a new process opening
+/// the same database.
+#[derive(Default)]
+struct MemoryFactory {
+    store: MemoryStore,
+}
+
+#[async_trait]
+impl StoreFactory for MemoryFactory {
+    type Store = MemoryStore;
+
+    async fn open(&self) -> MemoryStore {
+        self.store.clone()
+    }
+}
+
+mod storage {
+    use super::*;
+    tally_tests::storage_conformance!(MemoryFactory::default());
+}
+
+/// `fail_key_lookups` makes `find_api_key` fail on every handle, with the chosen error,
+/// until it is cleared; nothing else fails meanwhile.
+#[tokio::test]
+async fn key_lookups_fail_on_demand() {
+    use chrono::Utc;
+    use tally_core::ids::{ApiKeyId, OrgId, UserId};
+    use tally_core::plan::PlanId;
+    use tally_core::ports::{ApiKeyStore, OrgStore, StoreError, UserStore};
+    use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
+    use tally_store::memory::Fault;
+
+    let store = MemoryStore::new();
+    let now = Utc::now();
+    let owner = store
+        .ensure_user(&User {
+            id: UserId::from_random([1; 16]),
+            email: "ada@example.com".into(),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    let org = Org {
+        id: OrgId::from_random([2; 16]),
+        name: "Acme".into(),
+        slug: "acme".into(),
+        plan: PlanId::Starter,
+        owner_id: owner.id,
+        created_at: now,
+        deleted_at: None,
+    };
+    store.create_org(&org).await.unwrap();
+    let key = ApiKey {
+        id: ApiKeyId::from_random([3; 16]),
+        org_id: org.id.clone(),
+        name: "ci".into(),
+        hash: KeyHash::of_secret("tk_test_secret"),
+        display_prefix: "tk_test_sec".into(),
+        scopes: vec![KeyScope::EventsWrite],
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store.create_api_key(&key).await.unwrap();
+
+    let other = store.clone();
+    other.fail_key_lookups(Some(Fault::Unavailable));
+    assert!(matches!(
+        store.find_api_key(&key.hash).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    store.fail_key_lookups(Some(Fault::Corrupt));
+    assert!(matches!(
+        other.find_api_key(&key.hash).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        store.list_api_keys(&org.id).await.unwrap(),
+        vec![key.clone()]
+    );
+    store.fail_key_lookups(None);
+    assert_eq!(other.find_api_key(&key.hash).await.unwrap(), Some(key));
+}
