@@ -13,9 +13,8 @@ use tally_aggregator::AggregatorConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend;
-use crate::serve::parse_duration;
+use crate::settings::{Common, parse_duration};
 
 /// Flags of `tally aggregate`.
 #[derive(Debug, Clone, Args)]

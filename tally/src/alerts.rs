@@ -19,9 +19,9 @@ use tally_notify::{TokioSleeper, WebhookConfig, WebhookSender};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend::{self, Backends};
 use crate::output::print;
+use crate::settings::Common;
 
 /// Where alerts are POSTed.
 pub const URL_ENV: &str = "TALLY_ALERT_WEBHOOK_URL";

@@ -13,12 +13,14 @@ mod clock;
 mod commands;
 mod output;
 mod serve;
+mod settings;
 mod stripe;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use settings::Common;
 
 /// Tally: usage metering and billing for multi-tenant SaaS.
 #[derive(Debug, Parser)]
@@ -28,32 +30,6 @@ struct Cli {
     common: Common,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Settings every command shares.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct Common {
-    /// Directory of the embedded SQLite database and local queue.
-    #[arg(
-        long,
-        global = true,
-        env = "TALLY_DATA",
-        default_value = "./tally-data"
-    )]
-    pub(crate) data: PathBuf,
-    /// Where state lives: `sqlite:PATH` or `dynamodb:TABLE` (default: sqlite under --data).
-    #[arg(long, global = true, env = "TALLY_STORE")]
-    pub(crate) store: Option<String>,
-    /// The queue between ingest and the aggregator: `local`, `sqs:QUEUE_URL` or
-    /// `kinesis:STREAM` (Kinesis keeps its shard checkpoints in the DynamoDB store).
-    #[arg(long, global = true, env = "TALLY_QUEUE")]
-    pub(crate) queue: Option<String>,
-    /// Endpoint for every AWS client, e.g. an emulator on http://127.0.0.1:5000.
-    #[arg(long, global = true, env = "TALLY_AWS_ENDPOINT")]
-    pub(crate) aws_endpoint: Option<String>,
-    /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
-    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

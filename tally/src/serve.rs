@@ -31,8 +31,8 @@ use tally_core::ports::Clock;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend::{self, Backends};
+use crate::settings::{Common, jwt_config, parse_duration};
 
 /// `tally serve` flags.
 #[derive(Debug, Args)]
@@ -67,28 +67,6 @@ fn parse_alert_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("--alert-interval must be from 1s to 1d, got {s:?}"));
     }
     Ok(d)
-}
-
-/// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 90s, 30m or 1h, got {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => {
-            return Err(format!(
-                "unknown duration unit {unit:?} in {s:?}; use s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 /// Builds the HTTP app of the local server; `jwt` verifies users' tokens (none: JWTs are
@@ -129,7 +107,7 @@ pub fn app(
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     let backends = backend::open(common).await?;
-    let jwt = crate::commands::jwt_config(common)?;
+    let jwt = jwt_config(common)?;
     let clock = crate::clock::from_env()?;
     let grace = chrono::Duration::from_std(args.grace_period)
         .ok()
@@ -354,19 +332,5 @@ async fn close_ended_months(
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
     }
 }
