@@ -14,6 +14,7 @@ mod commands;
 mod output;
 mod serve;
 mod settings;
+mod signal;
 mod stripe;
 
 use std::process::ExitCode;
