@@ -37,6 +37,12 @@ pub fn sender_from_env(clock: Arc<dyn Clock>) -> anyhow::Result<Option<WebhookSe
         (Some(_), None) => bail!("{URL_ENV} is set but {SECRET_ENV} is not; alerts need both"),
         (None, Some(_)) => bail!("{SECRET_ENV} is set but {URL_ENV} is not; alerts need both"),
     };
+    sender(&url, &secret, clock).map(Some)
+}
+
+/// The signed-webhook sender for alerts POSTed to `url` and signed with `secret`, as
+/// [`sender_from_env`] builds it from the environment.
+pub fn sender(url: &str, secret: &str, clock: Arc<dyn Clock>) -> anyhow::Result<WebhookSender> {
     let config = WebhookConfig::new(url.trim(), secret.trim());
     // The lease must outlast one alert's attempts, or a second pass could send it too.
     if let Ok(lease) = DEFAULT_LEASE.to_std()
@@ -44,9 +50,7 @@ pub fn sender_from_env(clock: Arc<dyn Clock>) -> anyhow::Result<Option<WebhookSe
     {
         bail!("the alert sender's attempts could outlast the alert lease");
     }
-    WebhookSender::new(config, clock, Arc::new(TokioSleeper))
-        .map(Some)
-        .context("alert webhook settings")
+    WebhookSender::new(config, clock, Arc::new(TokioSleeper)).context("alert webhook settings")
 }
 
 /// `tally alerts` subcommands.

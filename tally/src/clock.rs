@@ -39,7 +39,14 @@ pub fn from_env() -> anyhow::Result<Arc<dyn Clock>> {
     let start = DateTime::parse_from_rfc3339(raw.trim())
         .with_context(|| format!("{NOW_ENV} must be RFC 3339, got {raw:?}"))?
         .with_timezone(&Utc);
-    Ok(Arc::new(ShiftedClock {
+    Ok(starting_at(start))
+}
+
+/// A clock that reads `start` now and runs on from there at normal speed: what `TALLY_NOW`
+/// gives a process, for tests that run the app in process (and cannot set the environment
+/// of a process they share with other tests).
+pub fn starting_at(start: DateTime<Utc>) -> Arc<dyn Clock> {
+    Arc::new(ShiftedClock {
         offset: start - Utc::now(),
-    }))
+    })
 }

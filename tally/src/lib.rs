@@ -1,6 +1,6 @@
 //! Tally's composition root, as a library: configuration, wiring, the CLI and the local
 //! server. The `tally` binary (`main.rs`) only parses the command line and calls
-//! [`cli::main`], so tests can call the same code in process.
+//! [`cli::main`]; tests call the same code in process (above all [`serve::run`]).
 //!
 //! Layout, leaves first (no two modules import each other):
 //!
@@ -9,7 +9,8 @@
 //! - [`signal`]: the SIGINT/SIGTERM future `serve` and `aggregate` stop on.
 //! - [`clock`], [`backend`], [`stripe`], [`alerts`]: the clock (`TALLY_NOW`), the backends
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
-//! - [`serve`]: `tally serve`, the whole app in one process.
+//! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
+//!   listener until a shutdown future completes.
 //! - `commands`, `bill`, `aggregate`, `output`: the other commands and their printing.
 //! - [`cli`]: the command line and the dispatch to the commands.
 //!

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tally_api::jwt::{JwtConfig, MIN_SECRET_LEN};
 
-/// Settings every command shares.
+/// Settings every command shares. Tests that run the app in process build one directly.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Directory of the embedded SQLite database and local queue.
@@ -37,6 +37,19 @@ pub struct Common {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Common {
+    /// The embedded default (SQLite and the local queue) under `data`, human output.
+    pub fn embedded(data: impl Into<PathBuf>) -> Common {
+        Common {
+            data: data.into(),
+            store: None,
+            queue: None,
+            aws_endpoint: None,
+            json: false,
+        }
+    }
 }
 
 /// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.

@@ -1,7 +1,8 @@
 //! The process's stop signal: one future that completes on SIGINT (Ctrl-C) or SIGTERM.
 //!
 //! `tally serve` and `tally aggregate` both stop on it; they are the only commands that run
-//! until told to stop.
+//! until told to stop. Library code never listens for signals itself: `serve::run` takes
+//! any shutdown future, which is how tests stop an in-process app without signals.
 
 use tracing::warn;
 
