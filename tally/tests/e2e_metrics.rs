@@ -1,5 +1,7 @@
-//! `GET /metrics` of `tally serve`: the process's `metrics` in Prometheus text format, with
-//! what ingest and the aggregator recorded for the requests just served.
+//! `GET /metrics` of the server: the process's `metrics` in Prometheus text format, with
+//! what ingest and the aggregator recorded for the requests just served. The app runs in
+//! process; a process has one metrics recorder, so this file holds this one test and its
+//! counts are its own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +16,7 @@ use serde_json::json;
 async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "metered");
-    let mut server = Server::start(&env).await;
+    let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
     let batch: Vec<_> = events(&tenant, "m", 3).iter().map(Ev::json).collect();
     let r = client
@@ -54,5 +56,5 @@ async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("tally_apply_seconds_count"), "{text}");
-    server.terminate();
+    server.stop().await.unwrap();
 }
