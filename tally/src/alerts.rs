@@ -1,5 +1,6 @@
-//! Plan-limit alerts in the binary: the webhook sender from the environment, `tally alerts
-//! check` (one pass, for cron) and the periodic pass `tally serve` runs in its own task.
+//! Plan-limit alerts: the webhook sender from the environment ([`sender_from_env`]; tests
+//! that run the app in process build it with [`sender`]), `tally alerts check` (one pass,
+//! for cron) and the periodic pass `tally serve` runs in its own task.
 //!
 //! Alerts are on when both `TALLY_ALERT_WEBHOOK_URL` and `TALLY_ALERT_WEBHOOK_SECRET` are
 //! set (one without the other is a configuration error, not a silent "off"). The pass is

@@ -4,7 +4,8 @@
 //! [`Clock`] for the time. Black-box tests of the binary cannot wait for a month to end, so
 //! the hidden `TALLY_NOW` environment variable (RFC 3339) makes the process's clock read that
 //! instant at start and run on from there at normal speed. It is for tests and drills; it
-//! is not documented in `--help`.
+//! is not documented in `--help`. Tests that run the app in process get the same clock from
+//! [`starting_at`] and set it on the app, since they share one environment.
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
-//! Stripe wiring for the binary: the adapter built from the environment, the sleeper the
-//! sync waits with, and how one run's per-org results are shown.
+//! Stripe wiring: the adapter built from the environment ([`provider_from_env`]; tests that
+//! run the app in process build it with [`provider`]), and how one run's per-org results
+//! are shown.
 //!
 //! `tally bill` and the `tally serve` scheduler both sync through
 //! [`tally_billing::sync_period`]; this module only builds its ports. Stripe is configured
