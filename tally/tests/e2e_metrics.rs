@@ -14,9 +14,10 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "metered");
-    let server = spawn_app_in(&env).await;
+    // The app first, then the tenant made by the CLI in its data directory: what the CLI
+    // creates works in a running server at once.
+    let server = spawn_app().await;
+    let tenant = make_tenant(&server.env, "metered");
     let client = reqwest::Client::new();
     let batch: Vec<_> = events(&tenant, "m", 3).iter().map(Ev::json).collect();
     let r = client
