@@ -2,7 +2,8 @@
 //! beside a `tally serve` whose own aggregator is not enough).
 //!
 //! Thin on purpose: it opens the backends named by `--store` and `--queue` once and runs
-//! [`tally_aggregator::run`] until SIGINT or SIGTERM, then drains what is left for at most
+//! [`tally_aggregator::run`] until SIGINT or SIGTERM ([`crate::signal::shutdown`], the same
+//! stop signal as `tally serve`), then drains what is left for at most
 //! `--drain-limit`. Acknowledging only what is applied, dead-lettering poison records and
 //! leaving the rest for redelivery are the library's job.
 
@@ -13,9 +14,8 @@ use tally_aggregator::AggregatorConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend;
-use crate::serve::parse_duration;
+use crate::settings::{Common, parse_duration};
 
 /// Flags of `tally aggregate`.
 #[derive(Debug, Clone, Args)]
@@ -51,38 +51,11 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
         max_events = cfg.max_events,
         "aggregator running; stop with Ctrl-C or SIGTERM"
     );
-    stop_signal().await;
+    crate::signal::shutdown().await;
     info!("stopping: draining what is queued");
     let _ = stop_tx.send(true);
     if let Err(e) = worker.await {
         warn!(error = %e, "aggregator task ended abnormally; unacknowledged records come back");
     }
     Ok(())
-}
-
-async fn stop_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -1,5 +1,6 @@
-//! Plan-limit alerts in the binary: the webhook sender from the environment, `tally alerts
-//! check` (one pass, for cron) and the periodic pass `tally serve` runs in its own task.
+//! Plan-limit alerts: the webhook sender from the environment ([`sender_from_env`]; tests
+//! that run the app in process build it with [`sender`]), `tally alerts check` (one pass,
+//! for cron) and the periodic pass `tally serve` runs in its own task.
 //!
 //! Alerts are on when both `TALLY_ALERT_WEBHOOK_URL` and `TALLY_ALERT_WEBHOOK_SECRET` are
 //! set (one without the other is a configuration error, not a silent "off"). The pass is
@@ -19,9 +20,9 @@ use tally_notify::{TokioSleeper, WebhookConfig, WebhookSender};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend::{self, Backends};
 use crate::output::print;
+use crate::settings::Common;
 
 /// Where alerts are POSTed.
 pub const URL_ENV: &str = "TALLY_ALERT_WEBHOOK_URL";
@@ -37,6 +38,12 @@ pub fn sender_from_env(clock: Arc<dyn Clock>) -> anyhow::Result<Option<WebhookSe
         (Some(_), None) => bail!("{URL_ENV} is set but {SECRET_ENV} is not; alerts need both"),
         (None, Some(_)) => bail!("{SECRET_ENV} is set but {URL_ENV} is not; alerts need both"),
     };
+    sender(&url, &secret, clock).map(Some)
+}
+
+/// The signed-webhook sender for alerts POSTed to `url` and signed with `secret`, as
+/// [`sender_from_env`] builds it from the environment.
+pub fn sender(url: &str, secret: &str, clock: Arc<dyn Clock>) -> anyhow::Result<WebhookSender> {
     let config = WebhookConfig::new(url.trim(), secret.trim());
     // The lease must outlast one alert's attempts, or a second pass could send it too.
     if let Ok(lease) = DEFAULT_LEASE.to_std()
@@ -44,9 +51,7 @@ pub fn sender_from_env(clock: Arc<dyn Clock>) -> anyhow::Result<Option<WebhookSe
     {
         bail!("the alert sender's attempts could outlast the alert lease");
     }
-    WebhookSender::new(config, clock, Arc::new(TokioSleeper))
-        .map(Some)
-        .context("alert webhook settings")
+    WebhookSender::new(config, clock, Arc::new(TokioSleeper)).context("alert webhook settings")
 }
 
 /// `tally alerts` subcommands.

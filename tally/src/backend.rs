@@ -22,8 +22,8 @@ use tally_store::local_queue::LocalQueue;
 use tally_store::sqlite::SqliteStore;
 use tally_store::sqs::SqsQueue;
 
-use crate::Common;
 use crate::output::print;
+use crate::settings::Common;
 
 /// Where state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

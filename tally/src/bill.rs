@@ -24,9 +24,9 @@ use tally_billing::{
 };
 use tally_core::{Month, OrgId};
 
-use crate::Common;
 use crate::backend;
 use crate::output::print;
+use crate::settings::Common;
 use crate::stripe::OrgInvoice;
 use tally_notify::TokioSleeper;
 
@@ -46,7 +46,7 @@ pub struct BillArgs {
     #[arg(long)]
     no_stripe: bool,
     /// How long after a month ends it stays open for late events (e.g. 1h, 30m, 90s).
-    #[arg(long, env = "TALLY_GRACE_PERIOD", default_value = "1h", value_parser = crate::serve::parse_duration)]
+    #[arg(long, env = "TALLY_GRACE_PERIOD", default_value = "1h", value_parser = crate::settings::parse_duration)]
     grace_period: std::time::Duration,
 }
 

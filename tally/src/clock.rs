@@ -4,7 +4,8 @@
 //! [`Clock`] for the time. Black-box tests of the binary cannot wait for a month to end, so
 //! the hidden `TALLY_NOW` environment variable (RFC 3339) makes the process's clock read that
 //! instant at start and run on from there at normal speed. It is for tests and drills; it
-//! is not documented in `--help`.
+//! is not documented in `--help`. Tests that run the app in process get the same clock from
+//! [`starting_at`] and set it on the app, since they share one environment.
 
 use std::sync::Arc;
 
@@ -39,7 +40,14 @@ pub fn from_env() -> anyhow::Result<Arc<dyn Clock>> {
     let start = DateTime::parse_from_rfc3339(raw.trim())
         .with_context(|| format!("{NOW_ENV} must be RFC 3339, got {raw:?}"))?
         .with_timezone(&Utc);
-    Ok(Arc::new(ShiftedClock {
+    Ok(starting_at(start))
+}
+
+/// A clock that reads `start` now and runs on from there at normal speed: what `TALLY_NOW`
+/// gives a process, for tests that run the app in process (and cannot set the environment
+/// of a process they share with other tests).
+pub fn starting_at(start: DateTime<Utc>) -> Arc<dyn Clock> {
+    Arc::new(ShiftedClock {
         offset: start - Utc::now(),
-    }))
+    })
 }

@@ -2,16 +2,12 @@
 //!
 //! `org create`, `project create` and `key create` write an audit record each (actor
 //! `cli`), like the management API's routes do. `token create` and `tally serve` share the
-//! JWT configuration of [`jwt_config`].
-
-use std::io::Write;
-use std::path::Path;
+//! JWT configuration of [`crate::settings::jwt_config`].
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tally_api::jwt::{JwtConfig, MIN_SECRET_LEN};
 use tally_core::ports::TenantStore;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, User, api_key_secret, check_email,
@@ -20,9 +16,9 @@ use tally_core::tenant::{
 use tally_core::tenant::{AuditOutcome, AuditRecord};
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 
-use crate::Common;
 use crate::backend;
 use crate::output::print;
+use crate::settings::{Common, jwt_config, parse_duration};
 
 /// `tally org …`
 #[derive(Debug, Subcommand)]
@@ -93,69 +89,9 @@ pub enum TokenCommand {
         #[arg(long)]
         user: String,
         /// How long the token is valid (e.g. 90s, 30m, 1h, 2d).
-        #[arg(long, default_value = "1h", value_parser = crate::serve::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: std::time::Duration,
     },
-}
-
-/// File under `--data` holding the generated HS256 secret (hex, mode 0600).
-pub const JWT_SECRET_FILE: &str = "jwt-secret";
-
-/// The JWT configuration `serve` verifies with and `token create` signs with, the same for
-/// both: RS256 with the PEM public key at `TALLY_JWT_PUBLIC_KEY` (verification only); else
-/// HS256 with `TALLY_JWT_SECRET` (at least 32 bytes); else HS256 with a secret generated
-/// once and kept in `<data>/jwt-secret` (0600).
-pub fn jwt_config(common: &Common) -> anyhow::Result<JwtConfig> {
-    if let Some(path) = std::env::var_os("TALLY_JWT_PUBLIC_KEY").filter(|v| !v.is_empty()) {
-        let pem = std::fs::read(&path).with_context(|| {
-            format!(
-                "cannot read TALLY_JWT_PUBLIC_KEY {}",
-                Path::new(&path).display()
-            )
-        })?;
-        return JwtConfig::rs256_public_pem(&pem).context("TALLY_JWT_PUBLIC_KEY");
-    }
-    if let Some(secret) = std::env::var_os("TALLY_JWT_SECRET").filter(|v| !v.is_empty()) {
-        let secret = secret
-            .into_string()
-            .map_err(|_| anyhow::anyhow!("TALLY_JWT_SECRET must be UTF-8"))?;
-        return JwtConfig::hs256(secret.as_bytes()).context("TALLY_JWT_SECRET");
-    }
-    let secret = data_dir_secret(&common.data)?;
-    JwtConfig::hs256(secret.as_bytes()).context("the JWT secret file")
-}
-
-/// Reads `<dir>/jwt-secret`, creating it (64 hex digits, mode 0600) if it is missing.
-fn data_dir_secret(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join(JWT_SECRET_FILE);
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            let secret = hex::encode(random::<32>());
-            file.write_all(secret.as_bytes())
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(secret)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let secret = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let secret = secret.trim().to_owned();
-            if secret.len() < MIN_SECRET_LEN {
-                bail!(
-                    "{} holds fewer than {MIN_SECRET_LEN} characters; delete it to make a new one",
-                    path.display()
-                );
-            }
-            Ok(secret)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
-    }
 }
 
 #[derive(Serialize)]

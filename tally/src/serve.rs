@@ -1,22 +1,31 @@
 //! `tally serve`: the whole of Tally in one process on the embedded default.
 //!
-//! One axum server carries the ingest and usage routers; the aggregator drains the local
+//! The command ([`serve`]) reads flags and the environment into an [`App`], binds its
+//! address and hands both, with the process's stop signal ([`crate::signal::shutdown`]), to
+//! [`run`]. `run` is library code in the mini-redis style: it takes an already bound
+//! listener and any shutdown future, so tests run the whole app in process on
+//! `127.0.0.1:0` and stop it without signals, through exactly the code the binary runs.
+//!
+//! One axum server carries the ingest and management routers; the aggregator drains the
 //! queue in a background task; a small scheduler bills each ended month once its grace
-//! period has passed (closes it and stores every org's report, as `tally bill` does). On SIGINT or SIGTERM the server stops taking requests, finishes the
-//! ones in flight (each answered `202` only after its events were durably queued), and the
-//! aggregator drains what is queued before the process exits. Anything still queued after
-//! the drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
+//! period has passed (closes it and stores every org's report, as `tally bill` does). When
+//! the shutdown future completes the server stops taking requests, finishes the ones in
+//! flight (each answered `202` only after its events were durably queued), and the
+//! aggregator drains what is queued before `run` returns. Anything still queued after the
+//! drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
 //! lost either way.
 //!
-//! With `TALLY_ALERT_WEBHOOK_URL` and `TALLY_ALERT_WEBHOOK_SECRET` set, a task sends
-//! plan-limit alerts every `--alert-interval` ([`crate::alerts::run_periodically`]).
+//! With an alert sender configured (`TALLY_ALERT_WEBHOOK_URL` and
+//! `TALLY_ALERT_WEBHOOK_SECRET` for the binary), a task sends plan-limit alerts every
+//! `--alert-interval` ([`crate::alerts::run_periodically`]).
 //!
 //! `GET /metrics` serves the process's `metrics` (ingest, aggregator, queue) in Prometheus
 //! text format. API keys' last-used times, which ingest keeps in memory, are written to the
 //! store every few seconds ([`tally_ingest::keys::flush_key_uses`]) and once more on shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,41 +33,45 @@ use axum::Router;
 use axum::routing::get;
 use clap::Args;
 use tally_aggregator::AggregatorConfig;
+use tally_api::jwt::JwtConfig;
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
 use tally_core::MeterCatalogue;
 use tally_core::Month;
-use tally_core::ports::Clock;
+use tally_core::ports::{Clock, SystemClock};
+use tally_notify::WebhookSender;
+use tally_stripe::StripeProvider;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Common;
 use crate::backend::{self, Backends};
+use crate::settings::{Common, jwt_config, parse_duration};
 
 /// `tally serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0: any free port, printed in the log).
     #[arg(long, env = "TALLY_ADDR", default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     /// Do not close ended months automatically.
     #[arg(long)]
-    no_billing_scheduler: bool,
+    pub no_billing_scheduler: bool,
     /// How long after a month ends it stays open for late events (e.g. 1h, 30m, 90s).
     #[arg(long, env = "TALLY_GRACE_PERIOD", default_value = "1h", value_parser = parse_duration)]
-    grace_period: Duration,
+    pub grace_period: Duration,
     /// Most events the aggregator applies in one batch (it also stops waiting 200 ms after
     /// the first). Bigger batches share the ledger's index pages between more events per
     /// commit: 5,000 raised workload W from ~38k to ~52k events/s end to end in
     /// bench/RESULTS.md, at the cost of a longer tail for ingest latency.
     #[arg(long, env = "TALLY_BATCH_EVENTS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    batch_events: u32,
+    pub batch_events: u32,
     /// Longest the aggregator keeps draining the queue at shutdown (e.g. 30s).
     #[arg(long, env = "TALLY_DRAIN_LIMIT", default_value = "30s", value_parser = parse_duration)]
-    drain_limit: Duration,
+    pub drain_limit: Duration,
     /// How often plan-limit alerts are checked and sent, when TALLY_ALERT_WEBHOOK_URL and
     /// TALLY_ALERT_WEBHOOK_SECRET are set (e.g. 60s, 5m; at least 1s).
     #[arg(long, env = "TALLY_ALERT_INTERVAL", default_value = "60s", value_parser = parse_alert_interval)]
-    alert_interval: Duration,
+    pub alert_interval: Duration,
 }
 
 fn parse_alert_interval(s: &str) -> Result<Duration, String> {
@@ -69,35 +82,13 @@ fn parse_alert_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 90s, 30m or 1h, got {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => {
-            return Err(format!(
-                "unknown duration unit {unit:?} in {s:?}; use s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(secs))
-}
-
-/// Builds the HTTP app of the local server; `jwt` verifies users' tokens (none: JWTs are
-/// refused). Also hands back ingest's key cache, whose last-used times
-/// [`tally_ingest::keys::flush_key_uses`] writes.
-pub fn app(
+/// The ingest and management routers merged, plus `GET /healthz`; `jwt` verifies users'
+/// tokens (none: JWTs are refused). Also hands back ingest's key cache, whose last-used
+/// times [`tally_ingest::keys::flush_key_uses`] writes.
+pub fn router(
     backends: &Backends,
     clock: Arc<dyn Clock>,
-    jwt: Option<tally_api::jwt::JwtConfig>,
+    jwt: Option<JwtConfig>,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
     let catalogue = Arc::new(MeterCatalogue::default());
     let ingest = tally_ingest::Ingest::new(
@@ -126,12 +117,129 @@ pub fn app(
     (router, keys)
 }
 
-/// Runs the server until SIGINT/SIGTERM.
+/// How the app runs: the `tally serve` flags other than the address. [`Settings::default`]
+/// is what the flags default to.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether the billing scheduler runs (`--no-billing-scheduler` turns it off).
+    pub billing_scheduler: bool,
+    /// How long after a month ends it stays open for late events (at most
+    /// [`tally_billing::close::MAX_GRACE`]).
+    pub grace_period: Duration,
+    /// Most events the aggregator applies in one batch.
+    pub batch_events: usize,
+    /// Longest the aggregator keeps draining the queue at shutdown.
+    pub drain_limit: Duration,
+    /// How often plan-limit alerts are checked, when [`App::alert_sender`] is set.
+    pub alert_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            billing_scheduler: true,
+            grace_period: Duration::from_secs(3600),
+            batch_events: 1_000,
+            drain_limit: Duration::from_secs(30),
+            alert_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl From<&ServeArgs> for Settings {
+    fn from(args: &ServeArgs) -> Settings {
+        Settings {
+            billing_scheduler: !args.no_billing_scheduler,
+            grace_period: args.grace_period,
+            batch_events: args.batch_events as usize,
+            drain_limit: args.drain_limit,
+            alert_interval: args.alert_interval,
+        }
+    }
+}
+
+/// Everything [`run`] serves, opened and configured. The binary builds it with
+/// [`App::from_env`]; tests build it with [`App::open`] and set the fields the environment
+/// would have set (a pinned clock, Stripe, alerts), since tests in one process cannot each
+/// have their own environment.
+pub struct App {
+    /// The store and the queue, opened once and shared by every task.
+    pub backends: Backends,
+    /// The flags' settings.
+    pub settings: Settings,
+    /// What every task asks for the time (`TALLY_NOW` shifts it; see [`crate::clock`]).
+    pub clock: Arc<dyn Clock>,
+    /// How users' JWTs are verified: the same configuration `tally token create` signs with.
+    pub jwt: JwtConfig,
+    /// The Stripe adapter the billing scheduler syncs invoices through; `None`: no sync.
+    pub stripe: Option<StripeProvider>,
+    /// The signing secret of Stripe's webhooks at `POST /v1/stripe/webhook`; `None`: the
+    /// route answers that it is not configured.
+    pub stripe_webhook_secret: Option<String>,
+    /// Where plan-limit alerts are sent; `None`: no alert task.
+    pub alert_sender: Option<WebhookSender>,
+}
+
+impl App {
+    /// The backends `common` names, with the system clock, the JWT configuration of
+    /// [`jwt_config`], and no Stripe and no alerts.
+    pub async fn open(common: &Common, settings: Settings) -> anyhow::Result<App> {
+        let backends = backend::open(common).await?;
+        let jwt = jwt_config(common)?;
+        Ok(App {
+            backends,
+            settings,
+            clock: Arc::new(SystemClock),
+            jwt,
+            stripe: None,
+            stripe_webhook_secret: None,
+            alert_sender: None,
+        })
+    }
+
+    /// The app as `tally serve` configures it: [`App::open`], then the clock
+    /// (`TALLY_NOW`), Stripe (`TALLY_STRIPE_*`) and alerts (`TALLY_ALERT_WEBHOOK_*`) from the
+    /// environment.
+    pub async fn from_env(common: &Common, settings: Settings) -> anyhow::Result<App> {
+        let mut app = App::open(common, settings).await?;
+        app.clock = crate::clock::from_env()?;
+        app.stripe = crate::stripe::provider_from_env()?;
+        app.stripe_webhook_secret = crate::stripe::webhook_secret_from_env()?;
+        app.alert_sender = crate::alerts::sender_from_env(app.clock.clone())?;
+        Ok(app)
+    }
+}
+
+/// `tally serve`: binds `--addr` and runs the app until SIGINT or SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
-    let backends = backend::open(common).await?;
-    let jwt = crate::commands::jwt_config(common)?;
-    let clock = crate::clock::from_env()?;
-    let grace = chrono::Duration::from_std(args.grace_period)
+    let app = App::from_env(common, Settings::from(&args)).await?;
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    info!(data = %common.data.display(), "serving the data directory");
+    run(app, listener, crate::signal::shutdown()).await
+}
+
+/// Runs the whole app on `listener` until `shutdown` completes, then drains: the HTTP
+/// server (ingest, management API, Stripe webhook, `/metrics`, `/healthz`), the aggregator,
+/// the billing scheduler, the alert task and the key-use flush. It returns once the server
+/// has answered the requests in flight and every task has stopped, the aggregator after
+/// draining the queue for at most [`Settings::drain_limit`].
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let App {
+        backends,
+        settings,
+        clock,
+        jwt,
+        stripe,
+        stripe_webhook_secret,
+        alert_sender,
+    } = app;
+    let grace = chrono::Duration::from_std(settings.grace_period)
         .ok()
         .filter(|g| *g <= tally_billing::close::MAX_GRACE)
         .with_context(|| {
@@ -141,29 +249,28 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let catalogue = Arc::new(Catalogue::builtin().context("the built-in plan catalogue")?);
-    let stripe = crate::stripe::provider_from_env()?.map(Arc::new);
-    let alert_sender = crate::alerts::sender_from_env(clock.clone())?;
+    let stripe = stripe.map(Arc::new);
     let webhook = tally_billing::webhook::router(tally_billing::webhook::WebhookState {
         ledger: backends.sync.clone(),
-        secret: crate::stripe::webhook_secret_from_env()?.map(Arc::from),
+        secret: stripe_webhook_secret.map(Arc::from),
         clock: clock.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let local = listener.local_addr()?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listener's address")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let prometheus = install_prometheus(stop_rx.clone())?;
+    let prometheus = prometheus()?;
+    tokio::spawn(prometheus_upkeep(prometheus.clone(), stop_rx.clone()));
 
     let aggregator = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
         backends.usage.clone(),
         AggregatorConfig {
-            max_events: args.batch_events as usize,
+            max_events: settings.batch_events.max(1),
             ..AggregatorConfig::default()
         },
         stop_rx.clone(),
-        args.drain_limit,
+        settings.drain_limit,
     ));
     // Its own task: a slow or failing alert endpoint never holds up ingest or aggregation.
     let alert_task = alert_sender.map(|sender| {
@@ -172,11 +279,11 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
             catalogue.clone(),
             sender,
             clock.clone(),
-            args.alert_interval,
+            settings.alert_interval,
             stop_rx.clone(),
         ))
     });
-    let scheduler = (!args.no_billing_scheduler).then(|| {
+    let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
             catalogue,
@@ -187,8 +294,8 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
         ))
     });
 
-    info!(addr = %local, data = %common.data.display(), "tally listening on http://{local}");
-    let (router, keys) = app(&backends, clock, Some(jwt));
+    info!(addr = %local, "tally listening on http://{local}");
+    let (routes, keys) = router(&backends, clock, Some(jwt));
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,
@@ -200,7 +307,7 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     ));
     let served = axum::serve(
         listener,
-        router
+        routes
             .merge(webhook)
             .route(
                 "/metrics",
@@ -208,7 +315,7 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
             )
             .into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await;
     info!("no longer accepting requests; draining the queue");
     let _ = stop_tx.send(true);
@@ -234,50 +341,32 @@ pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the process's `metrics` recorder, rendered in Prometheus text format at
-/// `GET /metrics`, and keeps its histograms trimmed (the exporter's upkeep) until `stop`.
-fn install_prometheus(
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the Prometheus metrics recorder")?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => upkeep.run_upkeep(),
-                _ = stop.changed() => return,
-            }
-        }
-    });
-    Ok(handle)
+/// The process's `metrics` recorder, rendered in Prometheus text format at `GET /metrics`.
+/// A process has one recorder, so it is installed by the first [`run`] and shared by any
+/// later one (tests run several apps in one process; their metrics add up).
+fn prometheus() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    static RECORDER: OnceLock<Result<metrics_exporter_prometheus::PrometheusHandle, String>> =
+        OnceLock::new();
+    RECORDER
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("cannot install the Prometheus metrics recorder: {e}"))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Keeps the recorder's histograms trimmed (the exporter's upkeep) until `stop`.
+async fn prometheus_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.changed() => return,
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
 
@@ -354,19 +443,5 @@ async fn close_ended_months(
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! Stripe wiring for the binary: the adapter built from the environment, the sleeper the
-//! sync waits with, and how one run's per-org results are shown.
+//! Stripe wiring: the adapter built from the environment ([`provider_from_env`]; tests that
+//! run the app in process build it with [`provider`]), and how one run's per-org results
+//! are shown.
 //!
 //! `tally bill` and the `tally serve` scheduler both sync through
 //! [`tally_billing::sync_period`]; this module only builds its ports. Stripe is configured
@@ -36,18 +37,26 @@ pub fn provider_from_env() -> anyhow::Result<Option<StripeProvider>> {
     let Some(secret_key) = var(SECRET_KEY_ENV)? else {
         return Ok(None);
     };
-    let mut base_url =
-        var(API_BASE_ENV)?.unwrap_or_else(|| tally_stripe::STRIPE_API_BASE.to_owned());
+    let base_url = var(API_BASE_ENV)?;
+    provider(secret_key, base_url)
+        .map(Some)
+        .with_context(|| format!("{SECRET_KEY_ENV} / {API_BASE_ENV}"))
+}
+
+/// The Stripe adapter for `secret_key` at `base_url` (Stripe's own API when `None`), as
+/// [`provider_from_env`] builds it from the environment.
+pub fn provider(secret_key: String, base_url: Option<String>) -> anyhow::Result<StripeProvider> {
+    let mut base_url = base_url.unwrap_or_else(|| tally_stripe::STRIPE_API_BASE.to_owned());
+    // `StripeConfig::base_url` must end in `/`; a user's setting may not.
     if !base_url.ends_with('/') {
         base_url.push('/');
     }
-    let provider = StripeProvider::new(StripeConfig {
+    StripeProvider::new(StripeConfig {
         secret_key,
         base_url,
         timeout: tally_stripe::DEFAULT_TIMEOUT,
     })
-    .with_context(|| format!("{SECRET_KEY_ENV} / {API_BASE_ENV}"))?;
-    Ok(Some(provider))
+    .context("the Stripe adapter's settings")
 }
 
 /// The webhook signing secret, if `TALLY_STRIPE_WEBHOOK_SECRET` is set.

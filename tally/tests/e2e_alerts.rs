@@ -1,5 +1,6 @@
-//! End-to-end tests of plan-limit alerts through the real binary on the embedded default:
-//! `tally serve` with the alert webhook configured, and `tally alerts check`.
+//! End-to-end tests of plan-limit alerts on the embedded default: the app in process with
+//! the alert webhook configured (as `TALLY_ALERT_WEBHOOK_URL` and `_SECRET` configure
+//! `tally serve`), and `tally alerts check` through the real binary.
 //!
 //! The receiver is a loopback axum server that records each request and answers with a
 //! status the test sets. While it fails, ingest keeps answering `202` and counting; the
@@ -55,7 +56,13 @@ async fn start_receiver(answer: u16) -> (String, Arc<Receiver>) {
     (format!("http://{addr}/hook"), r)
 }
 
-async fn post_minutes(client: &reqwest::Client, server: &Server, t: &Tenant, id: &str, q: &str) {
+async fn post_minutes(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    t: &Tenant,
+    id: &str,
+    q: &str,
+) {
     let at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     let r = client
         .post(server.url("/v1/events"))
@@ -82,11 +89,11 @@ async fn a_failing_alert_endpoint_never_blocks_metering_and_cron_delivers_later(
         ("TALLY_ALERT_WEBHOOK_URL", url.as_str()),
         ("TALLY_ALERT_WEBHOOK_SECRET", SECRET),
     ];
-    let mut server = Server::start_with(
-        &env,
-        &["--no-billing-scheduler", "--alert-interval", "1s"],
-        &alert_env,
-    )
+    let server = spawn_app_with(&env, |app| {
+        app.settings.billing_scheduler = false;
+        app.settings.alert_interval = Duration::from_secs(1);
+        app.alert_sender = Some(tally::alerts::sender(&url, SECRET, app.clock.clone()).unwrap());
+    })
     .await;
     let client = reqwest::Client::new();
 
@@ -122,9 +129,11 @@ async fn a_failing_alert_endpoint_never_blocks_metering_and_cron_delivers_later(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The same 60 s a process gets to stop after SIGTERM in `process.rs`.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), server.stop()).await;
     assert!(
-        server.terminate().success(),
-        "shutdown must not wait on alerts"
+        matches!(stopped, Ok(Ok(()))),
+        "shutdown must not wait on alerts: {stopped:?}"
     );
     let failed: Vec<_> = receiver.got.lock().unwrap().clone();
     assert!(failed.iter().all(|(_, _, status)| *status == 500));

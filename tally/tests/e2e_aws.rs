@@ -1,8 +1,8 @@
 //! The foundation's end-to-end scenario on the AWS backends, against the emulator the test
-//! command starts: `tally init` creates a fresh table and queue or stream, then `tally serve
-//! --store dynamodb:… --queue sqs:…` (or `kinesis:…`) must give exact totals for 1,000 events
-//! of which 100 are resends, at every granularity, org-wide and per project; and `tally bill`
-//! bills a month once on DynamoDB.
+//! command starts: `tally init` creates a fresh table and queue or stream, then the app in
+//! process on `--store dynamodb:… --queue sqs:…` (or `kinesis:…`) must give exact totals for
+//! 1,000 events of which 100 are resends, at every granularity, org-wide and per project;
+//! and `tally bill` bills a month once on DynamoDB.
 
 mod common;
 
@@ -27,7 +27,14 @@ async fn dynamodb_bills_a_month_once() {
     let env = Env::aws("sqs");
     let tenant = make_tenant(&env, "acme-bill");
     let now = [("TALLY_NOW", "2026-03-01T02:00:00Z")];
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now).await;
+    // What `tally serve --no-billing-scheduler` gives with that TALLY_NOW.
+    let serve = || {
+        spawn_app_with(&env, |app| {
+            app.settings.billing_scheduler = false;
+            app.clock = clock_at(now[0].1);
+        })
+    };
+    let server = serve().await;
     let client = reqwest::Client::new();
     let post = |id: &str, minutes: &str, at: &str| json!({"events": [{"id": id, "project_id": tenant.projects[0], "meter": "compute_minutes", "quantity": minutes, "timestamp": at}]});
     let r = client
@@ -49,7 +56,7 @@ async fn dynamodb_bills_a_month_once() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    drop(server);
+    server.stop().await.unwrap();
 
     let refused = env.cli_raw_env(&["bill", "--period", "2026-03"], &now);
     assert!(!refused.status.success());
@@ -63,7 +70,7 @@ async fn dynamodb_bills_a_month_once() {
     assert_eq!(again["stored_now"], 0);
     assert_eq!(again["reports"], first["reports"]);
 
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now).await;
+    let server = serve().await;
     let r = client
         .post(server.url("/v1/events"))
         .bearer_auth(&tenant.key)
@@ -76,4 +83,5 @@ async fn dynamodb_bills_a_month_once() {
         body["rejected"][0]["error"]["code"], "period_closed",
         "{body}"
     );
+    server.stop().await.unwrap();
 }

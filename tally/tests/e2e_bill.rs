@@ -1,7 +1,8 @@
-//! End-to-end tests of `tally bill` (and the `tally serve` billing scheduler) on the embedded
-//! default, driven through the real binary. Time is pinned with the hidden `TALLY_NOW`
-//! (the process clock starts at that instant), so the tests bill February 2026 whatever
-//! today is.
+//! End-to-end tests of `tally bill` (and the server's billing scheduler) on the embedded
+//! default: `tally bill` runs as the real binary, the server runs in process. Time is
+//! pinned, with the hidden `TALLY_NOW` for the CLI (the process clock starts at that
+//! instant) and with the same clock ([`clock_at`]) for the in-process app, so the tests
+//! bill February 2026 whatever today is.
 //!
 //! The tenant is on the built-in pro plan: $99.00 a month, 10,000 compute minutes
 //! included, then $0.10 a minute, 20 % off usage.
@@ -25,13 +26,23 @@ fn now(t: &str) -> [(&str, &str); 1] {
     [("TALLY_NOW", t)]
 }
 
+/// The app without the billing scheduler, its clock starting at `at`: what `tally serve
+/// --no-billing-scheduler` gives with `TALLY_NOW=at`.
+async fn serve_at(env: &Env, at: &str) -> TestApp {
+    spawn_app_with(env, |app| {
+        app.settings.billing_scheduler = false;
+        app.clock = clock_at(at);
+    })
+    .await
+}
+
 fn ev(id: &str, project: &str, minutes: &str, at: &str) -> Value {
     json!({"id": id, "project_id": project, "meter": "compute_minutes", "quantity": minutes, "timestamp": at})
 }
 
 async fn post_json(
     client: &reqwest::Client,
-    server: &Server,
+    server: &impl Endpoint,
     key: &str,
     events: Vec<Value>,
 ) -> Value {
@@ -49,7 +60,7 @@ async fn post_json(
 /// Waits until the org's compute minutes of `month` (`YYYY-MM`) read `want`.
 async fn wait_for_month(
     client: &reqwest::Client,
-    server: &Server,
+    server: &impl Endpoint,
     key: &str,
     month: &str,
     want: &str,
@@ -100,7 +111,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     let client = reqwest::Client::new();
 
     // February's usage: 10,500 minutes over two projects.
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(IN_GRACE)).await;
+    let server = serve_at(&env, IN_GRACE).await;
     let out = post_json(
         &client,
         &server,
@@ -113,7 +124,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     .await;
     assert_eq!(out["accepted"], 2, "{out}");
     wait_for_month(&client, &server, &tenant.key, "2026-02", "10500").await;
-    drop(server);
+    server.stop().await.unwrap();
 
     // Refusals: the current month, a later one, an ended month inside its grace period.
     let bill = ["bill", "--period", "2026-02"];
@@ -190,7 +201,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     assert_eq!(one["reports"], first["reports"]);
 
     // The period is closed: ingest refuses February, takes March.
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(AFTER_GRACE)).await;
+    let server = serve_at(&env, AFTER_GRACE).await;
     let out = post_json(
         &client,
         &server,
@@ -207,7 +218,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
         "{out}"
     );
     assert_eq!(out["rejected"][0]["error"]["field"], "timestamp", "{out}");
-    drop(server);
+    server.stop().await.unwrap();
 
     // An event ingest accepted before the close, still on the queue when February was
     // billed: the aggregator applies it when the server next runs.
@@ -224,10 +235,10 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     };
     assert!(queue.publish(&[in_flight]).await.unwrap().failed.is_empty());
     drop(queue);
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &now(AFTER_GRACE)).await;
+    let server = serve_at(&env, AFTER_GRACE).await;
     wait_for_month(&client, &server, &tenant.key, "2026-02", "10600").await;
     wait_for_month(&client, &server, &tenant.key, "2026-03", "1").await;
-    drop(server);
+    server.stop().await.unwrap();
 
     // February's report does not change...
     let still = env.cli_env(&bill, &now(APRIL));
@@ -261,7 +272,7 @@ async fn the_serve_scheduler_bills_the_ended_month_with_the_same_code() {
     let org = OrgId::parse(&tenant.org).unwrap();
     let feb = Month::parse("2026-02").unwrap();
     // The scheduler checks at start: February is past its grace period at AFTER_GRACE.
-    let server = Server::start_with(&env, &[], &now(AFTER_GRACE)).await;
+    let server = spawn_app_with(&env, |app| app.clock = clock_at(AFTER_GRACE)).await;
     let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let stored = loop {
@@ -274,7 +285,7 @@ async fn the_serve_scheduler_bills_the_ended_month_with_the_same_code() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    drop(server);
+    server.stop().await.unwrap();
     // `tally bill` finds the scheduler's report and prints it unchanged.
     let out = env.cli_env(&["bill", "--period", "2026-02"], &now(AFTER_GRACE));
     assert_eq!(out["stored_now"], 0);

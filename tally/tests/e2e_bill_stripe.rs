@@ -1,7 +1,9 @@
 //! End-to-end test of `tally bill`'s Stripe sync, through the real binary, on the embedded
 //! default, against the Stripe double (`tally_tests::stripe_double`) named by
-//! `TALLY_STRIPE_API_BASE`. Two orgs on the pro plan have February 2026 usage; time is
-//! pinned with the hidden `TALLY_NOW`.
+//! `TALLY_STRIPE_API_BASE`; and of the server's webhook route and scheduler sync, with the
+//! app in process configured as those variables configure `tally serve`. Two orgs on the
+//! pro plan have February 2026 usage; time is pinned with the hidden `TALLY_NOW` (the
+//! CLI) and the same clock ([`clock_at`], the app).
 
 #![allow(clippy::unwrap_used)]
 
@@ -31,7 +33,7 @@ async fn bill(env: &Env, double: &StripeDouble, secret: &str, extra: &[&str]) ->
         ("TALLY_STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
         ("TALLY_STRIPE_API_BASE".to_owned(), double.base_url()),
     ];
-    let (bin_args, data, flags) = (args, env.data(), env.flags.clone());
+    let (bin_args, data, flags) = (args, env.data(), env.flags());
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin())
             .args(&bin_args)
@@ -59,7 +61,7 @@ fn json_of(out: &Output) -> Value {
 }
 
 /// Posts February usage for the tenant and waits until the month total reads `minutes`.
-async fn feb_usage(server: &Server, tenant: &Tenant, minutes: &str) {
+async fn feb_usage(server: &impl Endpoint, tenant: &Tenant, minutes: &str) {
     let client = reqwest::Client::new();
     let r = client
         .post(server.url("/v1/events"))
@@ -92,15 +94,14 @@ async fn bill_syncs_one_finalized_invoice_per_org_to_stripe_and_a_rerun_changes_
     let env = Env::embedded();
     let a = make_tenant(&env, "alpha");
     let b = make_tenant(&env, "beta");
-    let server = Server::start_with(
-        &env,
-        &["--no-billing-scheduler"],
-        &[("TALLY_NOW", IN_GRACE)],
-    )
+    let server = spawn_app_with(&env, |app| {
+        app.settings.billing_scheduler = false;
+        app.clock = clock_at(IN_GRACE);
+    })
     .await;
     feb_usage(&server, &a, "10500").await;
     feb_usage(&server, &b, "12000").await;
-    drop(server);
+    server.stop().await.unwrap();
 
     let double = StripeDouble::start().await.unwrap();
 
@@ -203,7 +204,7 @@ async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
     .to_string();
     let secret = "whsec_serve";
     // Posts the event signed with `key`, as Stripe would.
-    let post = |server: &Server, key: &str| {
+    let post = |server: &TestApp, key: &str| {
         client
             .post(server.url("/v1/stripe/webhook"))
             .header(
@@ -214,24 +215,24 @@ async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
             .send()
     };
 
-    let server = Server::start_with(&env, &["--no-billing-scheduler"], &[]).await;
+    let server = spawn_app_with(&env, |app| app.settings.billing_scheduler = false).await;
     let r = post(&server, secret).await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "stripe_webhook_not_configured");
-    drop(server);
+    server.stop().await.unwrap();
 
-    let server = Server::start_with(
-        &env,
-        &["--no-billing-scheduler"],
-        &[("TALLY_STRIPE_WEBHOOK_SECRET", secret)],
-    )
+    // What TALLY_STRIPE_WEBHOOK_SECRET sets.
+    let server = spawn_app_with(&env, |app| {
+        app.settings.billing_scheduler = false;
+        app.stripe_webhook_secret = Some(secret.to_owned());
+    })
     .await;
     let r = post(&server, secret).await.unwrap();
     assert_eq!(r.status(), 200);
     let r = post(&server, "whsec_other").await.unwrap();
     assert_eq!(r.status(), 400);
-    drop(server);
+    server.stop().await.unwrap();
     let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
     let got = store
         .get_step(
@@ -252,15 +253,12 @@ async fn the_serve_scheduler_syncs_the_closed_month_to_stripe() {
     let tenant = make_tenant(&env, "sched");
     let double = StripeDouble::start().await.unwrap();
     let base = double.base_url();
-    let server = Server::start_with(
-        &env,
-        &[],
-        &[
-            ("TALLY_NOW", AFTER_GRACE),
-            ("TALLY_STRIPE_SECRET_KEY", DOUBLE_SECRET_KEY),
-            ("TALLY_STRIPE_API_BASE", &base),
-        ],
-    )
+    // What TALLY_NOW, TALLY_STRIPE_SECRET_KEY and TALLY_STRIPE_API_BASE set.
+    let server = spawn_app_with(&env, |app| {
+        app.clock = clock_at(AFTER_GRACE);
+        app.stripe =
+            Some(tally::stripe::provider(DOUBLE_SECRET_KEY.to_owned(), Some(base)).unwrap());
+    })
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let invoice = loop {
@@ -274,7 +272,7 @@ async fn the_serve_scheduler_syncs_the_closed_month_to_stripe() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    drop(server);
+    server.stop().await.unwrap();
     assert_eq!(
         invoice.metadata.get("tally_invoice"),
         Some(&format!("{}:2026-02", tenant.org))

@@ -1,5 +1,7 @@
-//! `GET /metrics` of `tally serve`: the process's `metrics` in Prometheus text format, with
-//! what ingest and the aggregator recorded for the requests just served.
+//! `GET /metrics` of the server: the process's `metrics` in Prometheus text format, with
+//! what ingest and the aggregator recorded for the requests just served. The app runs in
+//! process; a process has one metrics recorder, so this file holds this one test and its
+//! counts are its own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,9 +14,10 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "metered");
-    let mut server = Server::start(&env).await;
+    // The app first, then the tenant made by the CLI in its data directory: what the CLI
+    // creates works in a running server at once.
+    let server = spawn_app().await;
+    let tenant = make_tenant(&server.env, "metered");
     let client = reqwest::Client::new();
     let batch: Vec<_> = events(&tenant, "m", 3).iter().map(Ev::json).collect();
     let r = client
@@ -54,5 +57,5 @@ async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("tally_apply_seconds_count"), "{text}");
-    server.terminate();
+    server.stop().await.unwrap();
 }

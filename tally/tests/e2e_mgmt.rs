@@ -1,7 +1,7 @@
 //! End-to-end test of the management API on the embedded default, driven as a user would:
-//! the CLI makes orgs and mints a token, and `tally serve` (sharing the data directory, and
-//! so the generated JWT secret) accepts it; every mutation shows in the audit trail, those
-//! of the CLI included.
+//! the CLI (a subprocess) makes orgs and mints a token, and the app in process (sharing the
+//! data directory, and so the generated JWT secret) accepts it; every mutation shows in the
+//! audit trail, those of the CLI included.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,7 +44,7 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
     let refused = env.cli_raw(&["token", "create", "--user", "usr_nobody"]);
     assert!(!refused.status.success());
 
-    let server = Server::start(&env).await;
+    let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
     let get = |path: String| {
         let req = client.get(server.url(&path)).bearer_auth(&token);
@@ -89,6 +89,7 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
             ("org.create", "cli")
         ]
     );
+    server.stop().await.unwrap();
 }
 
 /// The life of an org through the server: an invitation accepted once, a project archived,
@@ -118,7 +119,7 @@ async fn invitations_last_use_and_deletion_through_the_server() {
         t["token"].as_str().unwrap().to_owned()
     };
     let (ada, carol) = (token_of(&ada), token_of(&carol));
-    let server = Server::start(&env).await;
+    let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
     let call = |method: reqwest::Method, path: String, bearer: String, body: Option<Value>| {
         let mut req = client
@@ -233,4 +234,5 @@ async fn invitations_last_use_and_deletion_through_the_server() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(refused, "the deleted org's key still works");
+    server.stop().await.unwrap();
 }

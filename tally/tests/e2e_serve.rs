@@ -1,20 +1,16 @@
-//! End-to-end tests of `tally serve` on the embedded default, driven as a user would: the
-//! CLI makes the tenant, events go over HTTP, totals come back from `GET /v1/usage`, and the
-//! server is killed and restarted along the way.
+//! End-to-end tests of the server on the embedded default, driven as a user would: the CLI
+//! makes the tenant, events go over HTTP to the app running in process ([`spawn_app_in`]),
+//! totals come back from `GET /v1/usage`; and the CLI refuses bad input. Crash and signal
+//! tests, which need a real `tally serve` process, are in `process.rs`.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use common::*;
 use serde_json::{Value, json};
-use tally_core::Month;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_never_count_twice_at_any_granularity() {
@@ -22,84 +18,10 @@ async fn resends_never_count_twice_at_any_granularity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_then_resend_loses_nothing_and_counts_nothing_twice() {
-    let env = Env::embedded();
-    let tenant = Arc::new(make_tenant(&env, "crashy"));
-    let mut server = Server::start(&env).await;
-    let client = reqwest::Client::new();
-    let evs = events(&tenant, "k", 3000);
-    let batches: Vec<Vec<Ev>> = evs.chunks(50).map(<[Ev]>::to_vec).collect();
-
-    // Post in the background; kill the server while requests are in flight.
-    let ok = Arc::new(AtomicUsize::new(0));
-    let poster = {
-        let (client, url, key, ok, batches) = (
-            client.clone(),
-            server.url("/v1/events"),
-            tenant.key.clone(),
-            ok.clone(),
-            batches.clone(),
-        );
-        tokio::spawn(async move {
-            let mut answered = vec![false; batches.len()];
-            for (i, b) in batches.iter().enumerate() {
-                let body = json!({"events": b.iter().map(Ev::json).collect::<Vec<_>>()});
-                if let Ok(r) = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    && r.status() == 202
-                {
-                    answered[i] = true;
-                    ok.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            answered
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ok.load(Ordering::SeqCst) < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "server never accepted 20 requests"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    server.kill();
-    let answered = poster.await.unwrap();
-    let lost = answered.iter().filter(|a| !**a).count();
-    assert!(lost > 0, "the kill should have cut the stream short");
-
-    // Restart and resend everything that did not get a 202, plus a few that did (a client
-    // that is unsure resends; that must not count twice either).
-    let server = Server::start(&env).await;
-    for (i, b) in batches.iter().enumerate() {
-        if !answered[i] || i % 10 == 0 {
-            let (status, body) = post(&client, &server, &tenant.key, b).await.unwrap();
-            assert_eq!(status, 202, "{body}");
-        }
-    }
-    assert_exact(&client, &server, &tenant, &evs).await;
-
-    let period = Month::of(Utc::now()).to_string();
-    let out = env.cli_raw(&["reconcile", "--period", &period]);
-    assert!(
-        out.status.success(),
-        "reconcile: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["drift"], json!([]));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "strict");
-    let server = Server::start(&env).await;
+    let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
     let good = events(&tenant, "g", 4);
     let ts = good[0].ts.to_rfc3339();
@@ -169,26 +91,7 @@ async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
         );
     }
     assert_exact(&client, &server, &tenant, &good).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_a_restart_keeps_every_event() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "graceful");
-    let mut server = Server::start(&env).await;
-    let client = reqwest::Client::new();
-    let evs = events(&tenant, "t", 2000);
-    for b in evs.chunks(250) {
-        let (status, body) = post(&client, &server, &tenant.key, b).await.unwrap();
-        assert_eq!(status, 202, "{body}");
-    }
-    let status = server.terminate();
-    assert!(
-        status.success(),
-        "tally serve exited with {status} after SIGTERM"
-    );
-    let server = Server::start(&env).await;
-    assert_exact(&client, &server, &tenant, &evs).await;
+    server.stop().await.unwrap();
 }
 
 #[test]

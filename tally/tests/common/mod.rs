@@ -1,16 +1,28 @@
-//! Helpers for black-box tests of the `tally` binary: run CLI commands, start and stop
-//! `tally serve` on a free loopback port, talk to it over HTTP, and check usage totals
-//! against what the posted events imply. Every helper takes an [`Env`], which says which
-//! backends the binary runs on (the embedded default, or DynamoDB with SQS or Kinesis on the
-//! emulator), so one scenario runs on every backend.
+//! Helpers for end-to-end tests of Tally, driven as a user would: CLI commands run as
+//! subprocesses of the built binary (the CLI is the contract), the server runs either in
+//! process ([`spawn_app`], in `app.rs`: the usual way) or as a real `tally serve` process
+//! ([`Server`], in `process.rs`: only for what needs a process, see `tests/process.rs`),
+//! and checks go over HTTP and compare usage totals with what the posted events imply.
+//! Every helper takes an [`Env`], which says which backends everything runs on (the
+//! embedded default, or DynamoDB with SQS or Kinesis on the emulator), so one scenario runs
+//! on every backend.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod app;
+mod process;
+
+// Each test binary uses some of these: the in-process app or the process.
+#[allow(unused_imports)]
+pub use app::*;
+#[allow(unused_imports)]
+pub use process::*;
+
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,24 +31,33 @@ use serde_json::{Value, json};
 use tally_core::{Granularity, Month};
 use tempfile::TempDir;
 
-/// Path of the binary under test.
+/// Path of the binary under test, for CLI commands and process-level tests.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tally")
 }
 
-/// Which backends the binary runs on: a data directory plus backend flags.
+/// Which backends the binary and the in-process app run on: a data directory plus the
+/// backend settings. Clones share the directory, which lives until the last clone (an
+/// in-process app holds one) is dropped.
+#[derive(Clone)]
 pub struct Env {
-    dir: TempDir,
-    /// Extra flags for every command (`--store`, `--queue`, `--aws-endpoint`).
-    pub flags: Vec<String>,
+    dir: Arc<TempDir>,
+    /// `--store` (default: SQLite under the data directory).
+    pub store: Option<String>,
+    /// `--queue` (default: the local queue under the data directory).
+    pub queue: Option<String>,
+    /// `--aws-endpoint`.
+    pub aws_endpoint: Option<String>,
 }
 
 impl Env {
     /// The embedded default under a fresh temporary directory.
     pub fn embedded() -> Env {
         Env {
-            dir: tempfile::tempdir().unwrap(),
-            flags: Vec::new(),
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            store: None,
+            queue: None,
+            aws_endpoint: None,
         }
     }
 
@@ -54,21 +75,42 @@ impl Env {
             other => panic!("unknown queue kind {other}"),
         };
         let mut env = Env {
-            dir: tempfile::tempdir().unwrap(),
-            flags: vec![
-                "--store".into(),
-                format!("dynamodb:tally-e2e-{suffix}"),
-                "--queue".into(),
-                queue,
-                "--aws-endpoint".into(),
-                endpoint,
-            ],
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            store: Some(format!("dynamodb:tally-e2e-{suffix}")),
+            queue: Some(queue),
+            aws_endpoint: Some(endpoint),
         };
         let out = env.cli(&["init", "--shards", "1"]);
         if let Some(url) = out["queue_url"].as_str() {
-            env.flags[3] = format!("sqs:{url}");
+            env.queue = Some(format!("sqs:{url}"));
         }
         env
+    }
+
+    /// The backend flags every command gets (`--store`, `--queue`, `--aws-endpoint`).
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        for (flag, value) in [
+            ("--store", &self.store),
+            ("--queue", &self.queue),
+            ("--aws-endpoint", &self.aws_endpoint),
+        ] {
+            if let Some(v) = value {
+                flags.push(flag.to_owned());
+                flags.push(v.clone());
+            }
+        }
+        flags
+    }
+
+    /// The same settings as the library takes them, for an in-process app.
+    pub fn common(&self) -> tally::settings::Common {
+        tally::settings::Common {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            aws_endpoint: self.aws_endpoint.clone(),
+            ..tally::settings::Common::embedded(self.data())
+        }
     }
 
     /// The data directory.
@@ -102,7 +144,7 @@ impl Env {
     pub fn cli_raw_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(bin())
             .args(args)
-            .args(&self.flags)
+            .args(self.flags())
             .arg("--data")
             .arg(self.dir.path())
             .arg("--json")
@@ -175,110 +217,17 @@ pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
     Tenant { org, projects, key }
 }
 
-/// A running `tally serve`.
-pub struct Server {
-    pub child: Child,
-    pub addr: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-impl Server {
-    /// Starts `tally serve` on a free port and waits until it answers.
-    pub async fn start(env: &Env) -> Server {
-        Server::start_with(env, &[], &[]).await
-    }
-
-    /// [`Server::start`] with extra `serve` flags and environment variables (such as
-    /// `--no-billing-scheduler` and `TALLY_NOW`).
-    pub async fn start_with(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(bin())
-            .args(["serve", "--addr", &addr])
-            .args(args)
-            .args(&env.flags)
-            .arg("--data")
-            .arg(env.dir.path())
-            .env("TALLY_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tally serve");
-        let mut server = Server { child, addr };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tally serve exited early with {status}");
-            }
-            if let Ok(r) = client.get(self.url("/healthz")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tally serve did not answer within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// SIGKILL: no chance to drain.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tally serve did not stop within 60 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Anything serving Tally's HTTP API that a test talks to: an in-process [`TestApp`] or a
+/// `tally serve` [`Server`] process.
+pub trait Endpoint {
+    /// The absolute URL of `path` (which starts with `/`).
+    fn url(&self, path: &str) -> String;
 }
 
 /// GET /v1/usage and return the series as (start, value) strings.
 pub async fn usage(
     client: &reqwest::Client,
-    server: &Server,
+    server: &impl Endpoint,
     key: &str,
     query: &str,
 ) -> Vec<(String, String)> {
@@ -390,7 +339,7 @@ pub fn normalize(series: Vec<(String, String)>) -> Vec<(String, String)> {
 
 pub async fn post(
     client: &reqwest::Client,
-    server: &Server,
+    server: &impl Endpoint,
     key: &str,
     batch: &[Ev],
 ) -> reqwest::Result<(u16, Value)> {
@@ -407,7 +356,12 @@ pub async fn post(
 }
 
 /// Waits until the org-wide month totals match, then checks every granularity and scope.
-pub async fn assert_exact(client: &reqwest::Client, server: &Server, tenant: &Tenant, evs: &[Ev]) {
+pub async fn assert_exact(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    tenant: &Tenant,
+    evs: &[Ev],
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for meter in ["api_calls", "compute_minutes"] {
         let want = expected(evs, meter, None, Granularity::Month);
@@ -452,7 +406,7 @@ pub async fn assert_exact(client: &reqwest::Client, server: &Server, tenant: &Te
 /// per request, then exact totals at every granularity, org-wide and per project.
 pub async fn resend_scenario(env: &Env, slug: &str) {
     let tenant = make_tenant(env, slug);
-    let server = Server::start(env).await;
+    let server = spawn_app_in(env).await;
     let client = reqwest::Client::new();
     let distinct = events(&tenant, "e", 900);
     let mut stream = Vec::with_capacity(1000);
@@ -470,4 +424,5 @@ pub async fn resend_scenario(env: &Env, slug: &str) {
         assert_eq!(body["rejected"], json!([]));
     }
     assert_exact(&client, &server, &tenant, &distinct).await;
+    server.stop().await.unwrap();
 }

@@ -1,0 +1,125 @@
+//! The `tally` command line: flags, subcommands and the dispatch to the command modules.
+//!
+//! Settings are read from flags, then `TALLY_*` environment variables, then defaults
+//! (clap does that through each flag's `env`). [`main`] builds the async runtime, runs the
+//! command and turns its outcome into the exit status and a one-line reason on stderr.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::Common;
+use crate::{aggregate, alerts, backend, bill, commands, serve};
+
+/// Tally: usage metering and billing for multi-tenant SaaS.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: ingest and usage APIs, aggregator, billing scheduler.
+    Serve(serve::ServeArgs),
+    /// Manage organizations.
+    #[command(subcommand)]
+    Org(commands::OrgCommand),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(commands::ProjectCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
+    /// Mint JWTs for users (local use and tests).
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+    /// Run the aggregator alone: drain --queue into --store until SIGINT/SIGTERM.
+    Aggregate(aggregate::AggregateArgs),
+    /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
+    Reconcile(commands::ReconcileArgs),
+    /// Close an ended month and store each organization's usage report (idempotent).
+    Bill(bill::BillArgs),
+    /// Plan-limit alerts (80 % and 100 % of an allowance) to TALLY_ALERT_WEBHOOK_URL.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
+    /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
+    /// --queue (idempotent; nothing to do for the embedded default).
+    Init(backend::InitArgs),
+}
+
+/// Exit status for `reconcile` when it found drift.
+const EXIT_DRIFT: u8 = 3;
+
+/// Runs a parsed command line to its exit status: logging to stderr (`TALLY_LOG`), a
+/// multi-threaded runtime, the command, and on failure one line on stderr with the error
+/// and its causes.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("tally: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
+    match cli.command {
+        Command::Serve(args) => serve::serve(common, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Org(cmd) => commands::org(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Project(cmd) => commands::project(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Key(cmd) => commands::key(common, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(cmd) => commands::token(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Init(args) => backend::init(common, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bill(args) => bill::bill(common, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Alerts(cmd) => alerts::alerts(common, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Aggregate(args) => aggregate::aggregate(common, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Reconcile(args) => {
+            let drift = commands::reconcile(common, args).await?;
+            Ok(if drift {
+                ExitCode::from(EXIT_DRIFT)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr so stdout stays machine-readable for --json.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

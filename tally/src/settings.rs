@@ -1,0 +1,151 @@
+//! Settings every command shares: the global flags ([`Common`]), the duration syntax of
+//! flags such as `--grace-period` ([`parse_duration`]) and the JWT configuration that
+//! `tally serve` verifies with and `tally token create` signs with ([`jwt_config`]).
+//!
+//! They live here, apart from the commands, so that the command modules (`serve`,
+//! `commands`, `bill`, `aggregate`, ...) depend on this one and never on each other.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tally_api::jwt::{JwtConfig, MIN_SECRET_LEN};
+
+/// Settings every command shares. Tests that run the app in process build one directly.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Directory of the embedded SQLite database and local queue.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_DATA",
+        default_value = "./tally-data"
+    )]
+    pub data: PathBuf,
+    /// Where state lives: `sqlite:PATH` or `dynamodb:TABLE` (default: sqlite under --data).
+    #[arg(long, global = true, env = "TALLY_STORE")]
+    pub store: Option<String>,
+    /// The queue between ingest and the aggregator: `local`, `sqs:QUEUE_URL` or
+    /// `kinesis:STREAM` (Kinesis keeps its shard checkpoints in the DynamoDB store).
+    #[arg(long, global = true, env = "TALLY_QUEUE")]
+    pub queue: Option<String>,
+    /// Endpoint for every AWS client, e.g. an emulator on http://127.0.0.1:5000.
+    #[arg(long, global = true, env = "TALLY_AWS_ENDPOINT")]
+    pub aws_endpoint: Option<String>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Common {
+    /// The embedded default (SQLite and the local queue) under `data`, human output.
+    pub fn embedded(data: impl Into<PathBuf>) -> Common {
+        Common {
+            data: data.into(),
+            store: None,
+            queue: None,
+            aws_endpoint: None,
+            json: false,
+        }
+    }
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 30m or 1h, got {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?}; use s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// File under `--data` holding the generated HS256 secret (hex, mode 0600).
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
+/// The JWT configuration `serve` verifies with and `token create` signs with, the same for
+/// both: RS256 with the PEM public key at `TALLY_JWT_PUBLIC_KEY` (verification only); else
+/// HS256 with `TALLY_JWT_SECRET` (at least 32 bytes); else HS256 with a secret generated
+/// once and kept in `<data>/jwt-secret` (0600).
+pub fn jwt_config(common: &Common) -> anyhow::Result<JwtConfig> {
+    if let Some(path) = std::env::var_os("TALLY_JWT_PUBLIC_KEY").filter(|v| !v.is_empty()) {
+        let pem = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read TALLY_JWT_PUBLIC_KEY {}",
+                Path::new(&path).display()
+            )
+        })?;
+        return JwtConfig::rs256_public_pem(&pem).context("TALLY_JWT_PUBLIC_KEY");
+    }
+    if let Some(secret) = std::env::var_os("TALLY_JWT_SECRET").filter(|v| !v.is_empty()) {
+        let secret = secret
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("TALLY_JWT_SECRET must be UTF-8"))?;
+        return JwtConfig::hs256(secret.as_bytes()).context("TALLY_JWT_SECRET");
+    }
+    let secret = data_dir_secret(&common.data)?;
+    JwtConfig::hs256(secret.as_bytes()).context("the JWT secret file")
+}
+
+/// Reads `<dir>/jwt-secret`, creating it (64 hex digits, mode 0600) if it is missing.
+fn data_dir_secret(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(JWT_SECRET_FILE);
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            let mut bytes = [0u8; 32];
+            rand::fill(&mut bytes);
+            let secret = hex::encode(bytes);
+            file.write_all(secret.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let secret = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = secret.trim().to_owned();
+            if secret.len() < MIN_SECRET_LEN {
+                bail!(
+                    "{} holds fewer than {MIN_SECRET_LEN} characters; delete it to make a new one",
+                    path.display()
+                );
+            }
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}
