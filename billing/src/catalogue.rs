@@ -70,13 +70,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use tally_core::{
-    Aggregation, Meter, MeterCatalogue, MeterName, Money, Month, OrgId, Plan, PlanId, PlanLimits,
-};
+use tally_core::{Aggregation, Meter, MeterCatalogue, MeterName, Money, Plan, PlanId, PlanLimits};
 
 use crate::error::{CatalogueError, PricingError, Problem};
 use crate::pricing::{Pricing, Tier};
-use crate::report::{MonthUsage, UsageReport, price_month};
 
 /// The catalogue compiled into Tally: the text of `billing/plans.toml`.
 pub const BUILTIN_TOML: &str = include_str!("../plans.toml");
@@ -334,18 +331,6 @@ impl Catalogue {
     /// One plan as core knows it (fee and limits; what ingest and the API enforce).
     pub fn core_plan(&self, id: PlanId) -> Plan {
         self.plan(id).to_core()
-    }
-
-    /// Prices an org's month on one of this catalogue's plans (see
-    /// [`crate::report::price_month`]).
-    pub fn price_month(
-        &self,
-        org_id: OrgId,
-        period: Month,
-        plan: PlanId,
-        usage: &MonthUsage,
-    ) -> Result<UsageReport, PricingError> {
-        price_month(org_id, period, self.plan(plan), usage)
     }
 
     /// The priced plan for a core [`Plan`]: this catalogue's prices for `plan.id`, with the
