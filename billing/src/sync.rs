@@ -8,6 +8,13 @@
 //! a month later skips what is done and never creates a second invoice or item (provider
 //! idempotency keys expire after a day; the ledger does not).
 //!
+//! The steps are the [`SyncStep`]s, and each runs through one resume: the ledger's record,
+//! else an object the provider already has, else a creation with the step's key; then the
+//! record. A step's [`SyncStep::name`] is both its ledger step and the last part of its key,
+//! unchanged from earlier releases so their half-synced months resume. Ids are recorded as
+//! they are; the finalize step as a [`FinalizeRecord`] in JSON, and the
+//! `"<status> <total>"` text earlier releases recorded is still read.
+//!
 //! The ledger write follows the provider's answer, so an answer lost after the provider
 //! applied the write leaves the ledger without the step. Within a day the same key replays
 //! the answer; after that it would create the object again. So before creating a customer,
