@@ -5,7 +5,7 @@
 //! the prices, so what ingest and the API enforce and what billing charges cannot drift.
 //! This module adds what core may not do: reading an operator's file from disk
 //! ([`Catalogue::load`]), and pricing on top of it ([`Catalogue::priced`], and
-//! `Catalogue::price_month` in [`crate::report`]).
+//! `Catalogue::price_month`, which lives in the `report` module).
 //!
 //! A composition root (`tally`, the Lambdas) loads one catalogue and hands its views out:
 //! [`tally_core::Catalogue::meter_catalogue`] to ingest and the API (the meters events are

@@ -350,9 +350,9 @@ impl InvoiceSync<'_> {
     /// Syncs one org's report, resuming after whatever the ledger says is done. `org_name`
     /// names the customer when it has to be created.
     ///
-    /// Every step runs through [`resume`](Self::resume): the ledger's record if there is
-    /// one, else an object the provider already has (created by a run whose answer was
-    /// lost), else a creation with the step's idempotency key; then the result is recorded.
+    /// Every [`SyncStep`] runs the same way: the ledger's record if there is one, else an
+    /// object the provider already has (created by a run whose answer was lost), else a
+    /// creation with the step's idempotency key; then the result is recorded.
     pub async fn sync_report(
         &self,
         report: &UsageReport,

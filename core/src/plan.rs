@@ -1,10 +1,10 @@
-//! Plans and their limits, with the defaults Tally ships.
+//! Plans and their limits.
 //!
-//! Limits are data: every plan is defined once, in the catalogue file ([`crate::catalogue`]),
-//! which also holds prices. What lives here is what ingest and the management API need to
-//! enforce limits: per-meter monthly allowances,
-//! whether they are hard (refused past the limit) or soft (billed as overage and alerted), and
-//! the hard caps on users and projects. It also holds each plan's default ingest rate limit
+//! Limits are data: every plan is defined once, in the catalogue file (the `catalogue`
+//! module reads it), which also holds prices. What lives here is what ingest and the
+//! management API need to enforce limits: per-meter monthly allowances, whether they are
+//! hard (refused past the limit) or soft (billed as overage and alerted), and the hard caps
+//! on users and projects. It also holds each plan's default ingest rate limit
 //! ([`RateLimit`], [`PlanId::default_rate_limit`]).
 
 use std::collections::BTreeMap;
