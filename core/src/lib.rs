@@ -3,11 +3,13 @@
 //! Everything the other crates agree on lives here and nothing here does I/O: ids parsed at
 //! the edge ([`ids`]), usage events and their validation ([`event`]), the meter catalogue
 //! ([`meter`]), UTC periods ([`period`]), counter keys ([`counter`]), plans and their limits
-//! ([`plan`]), money ([`money`]), the pure batch fold that turns events into counter deltas
+//! ([`plan`]), the one catalogue file that defines meters, plans, limits and prices
+//! ([`catalogue`]) and its price models ([`pricing`]), money ([`money`]), the pure batch fold that turns events into counter deltas
 //! ([`fold`]), tenant records ([`tenant`]) and the ports ([`ports`]) that storage and queue
 //! adapters implement. Keeping it pure means every rule is unit-testable without a database
 //! and every backend applies exactly the same arithmetic.
 
+pub mod catalogue;
 pub mod counter;
 pub mod event;
 pub mod fold;
@@ -17,8 +19,10 @@ pub mod money;
 pub mod period;
 pub mod plan;
 pub mod ports;
+pub mod pricing;
 pub mod tenant;
 
+pub use catalogue::{Catalogue, CatalogueError, MeterPrice, MeterSpec, PlanSpec, Problem};
 pub use counter::{CounterKey, CounterScope, OwnedCounterKey};
 pub use event::{ErrorCode, Event, EventError, Quantity, RawEvent};
 pub use fold::{Delta, Deltas};
