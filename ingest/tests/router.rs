@@ -1,6 +1,3 @@
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 //! Router tests against the in-memory store (`tally_store::MemoryStore`, the adapter that
 //! passes the storage conformance suite) and a queue fake whose publishes can be made to
 //! fail or wait, with a [`FixedClock`] (time moves when a test says so; nothing sleeps).
@@ -8,6 +5,9 @@
 //! Every answer the helpers see is also checked against the OpenAPI document: its status
 //! must be documented for `POST /v1/events`, and an error body's keys must be documented
 //! properties of the error object.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
