@@ -1386,7 +1386,7 @@ async fn a_failing_store_is_503() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Every status code of CONTRACT.md, and the OpenAPI document
+// Every status code of the HTTP contract (README, "HTTP"), and the OpenAPI document
 
 #[tokio::test]
 async fn every_status_code_of_post_events_is_produced_and_documented() {

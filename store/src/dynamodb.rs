@@ -162,11 +162,14 @@
 //! in the ledger as well, which suits a rare reconcile job.
 
 mod alerts;
+mod api_keys;
 mod apply;
+mod audit;
 mod cells;
 mod codec;
 mod invitations;
 mod keys;
+mod members;
 mod reports;
 mod sync_ledger;
 mod table;
@@ -545,7 +548,7 @@ impl UserStore for DynamoStore {
     }
 
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_user_memberships(self, user).await
+        members::list_user_memberships(self, user).await
     }
 }
 
@@ -579,15 +582,15 @@ impl OrgStore for DynamoStore {
 #[async_trait]
 impl MemberStore for DynamoStore {
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        tenants::get_role(self, org, user).await
+        members::get_role(self, org, user).await
     }
 
     async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_members(self, org).await
+        members::list_members(self, org).await
     }
 
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
-        tenants::add_member(self, member).await
+        members::add_member(self, member).await
     }
 
     async fn set_member_role(
@@ -596,7 +599,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
         role: Role,
     ) -> Result<Option<Membership>, StoreError> {
-        tenants::set_member_role(self, org, user, role).await
+        members::set_member_role(self, org, user, role).await
     }
 
     async fn remove_member(
@@ -604,7 +607,7 @@ impl MemberStore for DynamoStore {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Option<Membership>, StoreError> {
-        tenants::remove_member(self, org, user).await
+        members::remove_member(self, org, user).await
     }
 
     async fn transfer_ownership(
@@ -613,7 +616,7 @@ impl MemberStore for DynamoStore {
         from: &UserId,
         to: &UserId,
     ) -> Result<Option<Org>, StoreError> {
-        tenants::transfer_ownership(self, org, from, to).await
+        members::transfer_ownership(self, org, from, to).await
     }
 
     async fn add_project_member(
@@ -623,7 +626,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        tenants::add_project_member(self, org, project, user, at).await
+        members::add_project_member(self, org, project, user, at).await
     }
 
     async fn remove_project_member(
@@ -632,7 +635,7 @@ impl MemberStore for DynamoStore {
         project: &ProjectId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        tenants::remove_project_member(self, org, project, user).await
+        members::remove_project_member(self, org, project, user).await
     }
 
     async fn list_user_projects(
@@ -640,7 +643,7 @@ impl MemberStore for DynamoStore {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Vec<ProjectId>, StoreError> {
-        tenants::list_user_projects(self, org, user).await
+        members::list_user_projects(self, org, user).await
     }
 }
 
@@ -675,15 +678,15 @@ impl ProjectStore for DynamoStore {
 #[async_trait]
 impl ApiKeyStore for DynamoStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        tenants::create_api_key(self, key).await
+        api_keys::create_api_key(self, key).await
     }
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        tenants::find_api_key(self, hash).await
+        api_keys::find_api_key(self, hash).await
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        tenants::list_api_keys(self, org).await
+        api_keys::list_api_keys(self, org).await
     }
 
     async fn revoke_api_key(
@@ -692,7 +695,7 @@ impl ApiKeyStore for DynamoStore {
         id: &ApiKeyId,
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        tenants::revoke_api_key(self, org, id, at).await
+        api_keys::revoke_api_key(self, org, id, at).await
     }
 
     async fn rotate_api_key(
@@ -701,11 +704,11 @@ impl ApiKeyStore for DynamoStore {
         new: &ApiKey,
         old_expires_at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        tenants::rotate_api_key(self, old, new, old_expires_at).await
+        api_keys::rotate_api_key(self, old, new, old_expires_at).await
     }
 
     async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        tenants::touch_api_keys(self, uses).await
+        api_keys::touch_api_keys(self, uses).await
     }
 }
 
@@ -753,11 +756,11 @@ impl InvitationStore for DynamoStore {
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        tenants::record_audit(self, record).await
+        audit::record_audit(self, record).await
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        tenants::list_audit(self, query).await
+        audit::list_audit(self, query).await
     }
 }
 
