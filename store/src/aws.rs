@@ -1,11 +1,19 @@
-//! Building AWS SDK configuration once per process.
+//! What the AWS adapters share: building the SDK configuration once per process, and the
+//! small helpers the SQS and Kinesis adapters both use (error descriptions, retry pauses,
+//! bounded reason strings), so neither reaches into the other's internals.
 //!
-//! Every AWS adapter takes ready clients; this is where the binary and the tests make them.
-//! An explicit endpoint (`--aws-endpoint`, `TALLY_AWS_ENDPOINT`) points every client at an
-//! emulator; without one the SDK's usual chain (environment, profile, instance role) decides
-//! credentials, and the region falls back to `us-east-1` when none is configured.
+//! Every AWS adapter takes ready clients; [`sdk_config`] is where the binary and the tests
+//! make them. An explicit endpoint (`--aws-endpoint`, `TALLY_AWS_ENDPOINT`) points every
+//! client at an emulator; without one the SDK's usual chain (environment, profile, instance
+//! role) decides credentials, and the region falls back to `us-east-1` when none is
+//! configured.
+
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+// Every SDK crate re-exports the same smithy `SdkError` and metadata trait; the SQS crate's
+// path is as good as any.
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 /// Loads the shared SDK configuration, optionally pointed at `endpoint`.
 pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
@@ -23,4 +31,58 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
         loader = loader.endpoint_url(endpoint);
     }
     loader.load().await
+}
+
+/// A one-line description of an SDK error: `code: message` for a service error (without
+/// the raw response), the error chain otherwise.
+pub(crate) fn describe_sdk_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("unknown error"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+/// Sleeps before retry `attempt` (1-based): `base * 2^(attempt-1)`, capped at 2 s, plus up
+/// to `base` of jitter.
+pub(crate) async fn backoff(attempt: u32, base: Duration) {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+    let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
+    let pause =
+        exp.min(Duration::from_secs(2)) + Duration::from_millis(rand::random_range(0..jitter_ms));
+    tokio::time::sleep(pause).await;
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary (message attributes and items
+/// have byte limits; a reason is worth keeping even when cut).
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_utf8("h\u{e9}llo", 2), "h");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
 }

@@ -2,8 +2,9 @@
 //! consumer whose per-shard checkpoints live in the DynamoDB table.
 //!
 //! **Records.** One record per org-message: the events of one org packed into the versioned
-//! JSON envelope of [`crate::sqs`] (`{"v":1,"events":[...]}`), at most 1 MiB with its
-//! partition key, which is the org id (so one org's events stay in order on one shard).
+//! JSON envelope of [`tally_core::envelope`] (`{"v":1,"events":[...]}`), the same as on SQS,
+//! at most 1 MiB with its partition key, which is the org id (so one org's events stay in
+//! order on one shard).
 //!
 //! - **Publish** sends `PutRecords` calls of at most 500 records and 5 MiB. Records Kinesis
 //!   refuses (throttled, internal failure) are sent again, and only they, up to
@@ -58,13 +59,14 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use chrono::Utc;
+use tally_core::envelope::{self, PackedMessage, pack};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::sqs::{backoff, decode_body, describe_sdk_error, pack, truncate_utf8};
+use crate::aws::{backoff, describe_sdk_error, truncate_utf8};
 
 /// Largest record (data plus partition key) Kinesis accepts: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -637,10 +639,7 @@ impl KinesisQueue {
                 sh.buffer.pop_front();
                 continue;
             }
-            let decoded = match std::str::from_utf8(&rec.data) {
-                Ok(text) => decode_body(text),
-                Err(e) => Err(format!("record data is not UTF-8: {e}")),
-            };
+            let decoded = envelope::decode(&rec.data).map_err(|e| e.to_string());
             match decoded {
                 Err(reason) => {
                     let Some(rec) = sh.buffer.pop_front() else {
@@ -885,7 +884,7 @@ impl EventQueue for KinesisQueue {
         }
         let packed = pack(events, MAX_RECORD_BYTES - MAX_PARTITION_KEY);
         let mut failed = packed.failed;
-        let size = |m: &crate::sqs::PackedMessage| m.body.len() + m.org.len();
+        let size = |m: &PackedMessage| m.body.len() + m.org.len();
         let mut start = 0;
         while start < packed.messages.len() {
             let mut end = start;
@@ -1000,10 +999,9 @@ impl EventQueue for KinesisQueue {
     /// reason), then marks the record done like an ack, so the checkpoint can pass it.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let (shard_id, seq) = parse_receipt(&delivery.receipt)?;
-        let data =
-            serde_json::json!({ "v": crate::sqs::ENVELOPE_VERSION, "events": delivery.events })
-                .to_string()
-                .into_bytes();
+        let data = envelope::encode(&delivery.events)
+            .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?
+            .into_bytes();
         let rec = Fetched {
             seq: seq.to_owned(),
             partition_key: delivery
@@ -1038,7 +1036,7 @@ impl EventQueue for KinesisQueue {
 impl KinesisQueue {
     /// Sends one `PutRecords` batch, retrying only the failed records. Returns the records
     /// (indexes into `batch`) that still failed, with the reason.
-    async fn put_batch(&self, batch: &[crate::sqs::PackedMessage]) -> Vec<(usize, String)> {
+    async fn put_batch(&self, batch: &[PackedMessage]) -> Vec<(usize, String)> {
         let cfg = &self.inner.config;
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut last_reason: HashMap<usize, String> = HashMap::new();
