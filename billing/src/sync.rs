@@ -46,7 +46,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
     FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
@@ -56,12 +55,8 @@ use tally_core::{Money, Month, OrgId};
 
 use crate::report::UsageReport;
 
-/// Waits between retries; a port so tests (and the chaos test) need not sleep for real.
-#[async_trait]
-pub trait Sleeper: Send + Sync {
-    /// Returns after `duration` (or sooner, in tests).
-    async fn sleep(&self, duration: Duration);
-}
+/// Waits between retries (the port is core's, shared with the alert webhook sender).
+pub use tally_core::backoff::Sleeper;
 
 /// How hard one run tries before leaving an org for the next run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,6 +605,7 @@ mod tests {
 
     use std::collections::BTreeMap;
 
+    use async_trait::async_trait;
     use tally_core::PlanId;
     use tally_core::ports::{StoreError, SyncStep as RecordedStep};
 

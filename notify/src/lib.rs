@@ -1,6 +1,6 @@
-//! Tally's outgoing webhooks: [`WebhookSender`] implements billing's
-//! [`AlertSender`](tally_billing::alerts::AlertSender) port by POSTing each plan-limit alert,
-//! signed, to one configured URL.
+//! Tally's outgoing webhooks: [`WebhookSender`] implements the
+//! [`AlertSender`](tally_core::sinks::AlertSender) port (core's; the billing alert pass calls
+//! it) by POSTing each plan-limit alert, signed, to one configured URL.
 //!
 //! # The request
 //!
@@ -11,9 +11,9 @@
 //! - `Tally-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
 //!
 //! as payment providers sign theirs (the same code as the Stripe webhook check,
-//! [`tally_billing::webhook::sign`]). A receiver recomputes the HMAC over `t`, a `.` and the
+//! [`tally_core::signature::sign`]). A receiver recomputes the HMAC over `t`, a `.` and the
 //! raw body with the shared secret, compares in constant time, and refuses a `t` far from its
-//! clock (stops replays); [`tally_billing::webhook::verify_signature`] does exactly that.
+//! clock (stops replays); [`tally_core::signature::verify`] does exactly that.
 //!
 //! # Delivery
 //!
@@ -36,10 +36,10 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tally_billing::alerts::{AlertSender, SendError};
-use tally_billing::sync::Sleeper;
-use tally_billing::webhook::sign;
+use tally_core::backoff::Sleeper;
 use tally_core::ports::Clock;
+use tally_core::signature::sign;
+use tally_core::sinks::{AlertSender, SendError};
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "tally-signature";
