@@ -36,7 +36,7 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tally_core::backoff::Sleeper;
+use tally_core::backoff::{Backoff, Sleeper};
 use tally_core::ports::Clock;
 use tally_core::signature::sign;
 use tally_core::sinks::{AlertSender, SendError};
@@ -87,6 +87,11 @@ impl WebhookConfig {
     /// exceed.
     pub fn worst_case(&self) -> Duration {
         self.timeout * self.max_attempts + self.max_backoff * self.max_attempts
+    }
+
+    /// The attempts and backoff as the workspace's one retry policy.
+    pub fn retry(&self) -> Backoff {
+        Backoff::new(self.max_attempts, self.base_backoff, self.max_backoff)
     }
 }
 
@@ -197,12 +202,7 @@ impl WebhookSender {
     /// capped, jittered to a random point in its upper half so that many senders retrying
     /// one endpoint spread out.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .config
-            .base_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.config.max_backoff);
-        cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
+        self.config.retry().delay(attempt, rand::random::<f64>())
     }
 
     async fn attempt(&self, id: &str, body: &str) -> Attempt {
@@ -266,12 +266,12 @@ impl AlertSender for WebhookSender {
                 Attempt::Delivered => return Ok(()),
                 Attempt::Stop(why) => return Err(SendError(why)),
                 Attempt::Retry(why, retry_after) => {
-                    if attempt >= self.config.max_attempts {
+                    let retry = self.config.retry();
+                    if !retry.retries_after(attempt) {
                         return Err(SendError(format!("{why} (after {attempt} attempts)")));
                     }
-                    let wait = retry_after
-                        .map(|d| d.min(self.config.max_backoff))
-                        .unwrap_or_else(|| self.backoff(attempt));
+                    // The endpoint's `Retry-After` (capped) wins over the backoff.
+                    let wait = retry.wait(retry_after, self.backoff(attempt));
                     self.sleeper.sleep(wait).await;
                     attempt += 1;
                 }

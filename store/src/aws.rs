@@ -14,6 +14,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 // Every SDK crate re-exports the same smithy `SdkError` and metadata trait; the SQS crate's
 // path is as good as any.
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use tally_core::backoff::Backoff;
 
 /// Loads the shared SDK configuration, optionally pointed at `endpoint`.
 pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
@@ -53,14 +54,20 @@ where
     }
 }
 
-/// Sleeps before retry `attempt` (1-based): `base * 2^(attempt-1)`, capped at 2 s, plus up
-/// to `base` of jitter.
-pub(crate) async fn backoff(attempt: u32, base: Duration) {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
-    let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
-    let pause =
-        exp.min(Duration::from_secs(2)) + Duration::from_millis(rand::random_range(0..jitter_ms));
-    tokio::time::sleep(pause).await;
+/// How the SQS and Kinesis adapters retry the entries of a batch call that failed for a
+/// reason of the service's own (throttling, an internal error): 5 attempts, 50 ms doubling,
+/// at most 2 s.
+pub const ENTRY_RETRY: Backoff = Backoff::new(5, Duration::from_millis(50), Duration::from_secs(2));
+
+/// The jittered pause of `policy` after failed attempt `attempt` (1-based), with the
+/// randomness core leaves to its callers.
+pub(crate) fn jittered(policy: &Backoff, attempt: u32) -> Duration {
+    policy.delay(attempt, rand::random::<f64>())
+}
+
+/// Sleeps the jittered pause of `policy` after failed attempt `attempt` (1-based).
+pub(crate) async fn sleep_before_retry(policy: &Backoff, attempt: u32) {
+    tokio::time::sleep(jittered(policy, attempt)).await;
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary (message attributes and items

@@ -8,7 +8,7 @@
 //!
 //! - **Publish** sends `PutRecords` calls of at most 500 records and 5 MiB. Records Kinesis
 //!   refuses (throttled, internal failure) are sent again, and only they, up to
-//!   [`KinesisConfig::max_attempts`] times with exponential backoff; the events of records
+//!   [`KinesisConfig::retry`] allows, with jittered exponential backoff; the events of records
 //!   that still failed are listed in [`PublishReport::failed`] with Kinesis's error.
 //! - **Consume.** The handle lists the stream's shards (`ListShards`, again every
 //!   [`KinesisConfig::shard_refresh`]) and polls each with `GetRecords`, at most once per
@@ -59,6 +59,7 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use chrono::Utc;
+use tally_core::backoff::Backoff;
 use tally_core::envelope::{self, PackedMessage, pack};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
@@ -66,7 +67,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::aws::{backoff, describe_sdk_error, truncate_utf8};
+use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
 
 /// Largest record (data plus partition key) Kinesis accepts: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -100,10 +101,9 @@ pub struct KinesisConfig {
     pub records_per_call: i32,
     /// How often the shard list is fetched again (to pick up a reshard). Default 60 s.
     pub shard_refresh: Duration,
-    /// Attempts per record for `PutRecords`. Default 5.
-    pub max_attempts: u32,
-    /// First retry pause; doubles per attempt, capped at 2 s. Default 50 ms.
-    pub retry_base_delay: Duration,
+    /// Attempts per record for `PutRecords`, and the jittered pause between them. Default
+    /// [`ENTRY_RETRY`]: 5 attempts, 50 ms doubling, at most 2 s.
+    pub retry: Backoff,
 }
 
 impl Default for KinesisConfig {
@@ -113,8 +113,7 @@ impl Default for KinesisConfig {
             poll_interval: Duration::from_millis(250),
             records_per_call: 1000,
             shard_refresh: Duration::from_secs(60),
-            max_attempts: 5,
-            retry_base_delay: Duration::from_millis(50),
+            retry: ENTRY_RETRY,
         }
     }
 }
@@ -1041,12 +1040,12 @@ impl KinesisQueue {
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut last_reason: HashMap<usize, String> = HashMap::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
-        for attempt in 0..cfg.max_attempts.max(1) {
+        for attempt in 0..cfg.retry.max_attempts.max(1) {
             if pending.is_empty() {
                 break;
             }
             if attempt > 0 {
-                backoff(attempt, cfg.retry_base_delay).await;
+                sleep_before_retry(&cfg.retry, attempt).await;
                 tracing::warn!(attempt, records = pending.len(), "retrying Kinesis puts");
             }
             let mut entries = Vec::with_capacity(pending.len());
@@ -1117,7 +1116,10 @@ impl KinesisQueue {
             let reason = last_reason
                 .remove(&k)
                 .unwrap_or_else(|| "Kinesis put failed".to_owned());
-            failed.push((k, format!("{reason} (after {} attempts)", cfg.max_attempts)));
+            failed.push((
+                k,
+                format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
+            ));
         }
         metrics::counter!("tally_queue_messages_sent_total", "backend" => "kinesis")
             .increment((batch.len() - failed.len()) as u64);

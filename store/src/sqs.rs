@@ -11,7 +11,7 @@
 //!   greedily into bodies of at most [`MAX_MESSAGE_BYTES`] (256 KiB). The bodies go out with
 //!   `SendMessageBatch`, at most 10 entries and 256 KiB per call. Entries SQS refuses for a
 //!   reason of its own (throttling, an internal error) are sent again, and only they, up to
-//!   [`SqsConfig::max_attempts`] times with exponential backoff; entries refused for the
+//!   [`SqsConfig::retry`] allows, with jittered exponential backoff; entries refused for the
 //!   sender's fault are not retried. Every event of an entry that still failed is listed in
 //!   [`PublishReport::failed`] with the reason, as is an event that alone does not fit a
 //!   message (impossible for validated events: their properties are at most 4 KiB).
@@ -53,13 +53,14 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
+use tally_core::backoff::Backoff;
 use tally_core::envelope::{self, pack};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::aws::{backoff, describe_sdk_error, truncate_utf8};
+use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
 
 /// The envelope version this build writes and reads (defined with the envelope, in core).
 pub use tally_core::envelope::ENVELOPE_VERSION;
@@ -102,10 +103,9 @@ pub struct SqsConfig {
     /// main queue's `RedrivePolicy`, looked up once.
     pub dead_letter_queue_url: Option<String>,
     /// Attempts per batch entry for sends, deletes and visibility changes (the SDK's own
-    /// retries of a failed call come on top). Default 5.
-    pub max_attempts: u32,
-    /// First retry pause; doubles per attempt, capped at 2 s. Default 50 ms.
-    pub retry_base_delay: Duration,
+    /// retries of a failed call come on top), and the jittered pause between them. Default
+    /// [`ENTRY_RETRY`]: 5 attempts, 50 ms doubling, at most 2 s.
+    pub retry: Backoff,
 }
 
 impl Default for SqsConfig {
@@ -114,8 +114,7 @@ impl Default for SqsConfig {
             visibility_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(MAX_WAIT_SECONDS),
             dead_letter_queue_url: None,
-            max_attempts: 5,
-            retry_base_delay: Duration::from_millis(50),
+            retry: ENTRY_RETRY,
         }
     }
 }
@@ -394,12 +393,12 @@ impl SqsQueue {
             let mut pending: Vec<usize> = (0..bodies.len()).collect();
             let mut failed: Vec<(usize, String)> = Vec::new();
             let mut last_reason: HashMap<usize, String> = HashMap::new();
-            for attempt in 0..cfg.max_attempts.max(1) {
+            for attempt in 0..cfg.retry.max_attempts.max(1) {
                 if pending.is_empty() {
                     break;
                 }
                 if attempt > 0 {
-                    backoff(attempt, cfg.retry_base_delay).await;
+                    sleep_before_retry(&cfg.retry, attempt).await;
                     tracing::warn!(attempt, entries = pending.len(), "retrying SQS sends");
                 }
                 let mut entries = Vec::with_capacity(pending.len());
@@ -476,7 +475,10 @@ impl SqsQueue {
                 let reason = last_reason
                     .remove(&k)
                     .unwrap_or_else(|| "SQS send failed".to_owned());
-                failed.push((k, format!("{reason} (after {} attempts)", cfg.max_attempts)));
+                failed.push((
+                    k,
+                    format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
+                ));
             }
             let sent = bodies.len() - failed.len();
             metrics::counter!("tally_queue_messages_sent_total", "backend" => "sqs")
@@ -677,12 +679,12 @@ impl SqsQueue {
             .map(|(i, h)| (i.to_string(), *h))
             .collect();
         let mut last_error = None;
-        for attempt in 0..cfg.max_attempts.max(1) {
+        for attempt in 0..cfg.retry.max_attempts.max(1) {
             if pending.is_empty() {
                 return Ok(());
             }
             if attempt > 0 {
-                backoff(attempt, cfg.retry_base_delay).await;
+                sleep_before_retry(&cfg.retry, attempt).await;
             }
             match call(&pending).await {
                 Err(e) => {
