@@ -1,6 +1,6 @@
-//! Tally's outgoing webhooks: [`WebhookSender`] implements the
-//! [`AlertSender`](tally_core::sinks::AlertSender) port (core's; the billing alert pass calls
-//! it) by POSTing each plan-limit alert, signed, to one configured URL.
+//! Tally's outgoing webhooks: [`WebhookSender`] implements core's [`AlertSender`] port (the
+//! billing alert pass calls it) by POSTing each plan-limit alert, signed, to one configured
+//! URL.
 //!
 //! # The request
 //!
