@@ -44,9 +44,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
     FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
@@ -56,33 +54,14 @@ use tally_core::{Money, Month, OrgId};
 
 use crate::report::UsageReport;
 
-/// Waits between retries; a port so tests (and the chaos test) need not sleep for real.
-#[async_trait]
-pub trait Sleeper: Send + Sync {
-    /// Returns after `duration` (or sooner, in tests).
-    async fn sleep(&self, duration: Duration);
-}
+/// Waits between retries (the port is core's, shared with the alert webhook sender).
+pub use tally_core::backoff::Sleeper;
 
-/// How hard one run tries before leaving an org for the next run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts per step in one run (at least 1).
-    pub max_attempts: u32,
-    /// First backoff when the provider gave no `Retry-After`; doubles per attempt.
-    pub base_backoff: Duration,
-    /// Longest wait, whatever `Retry-After` says.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(60),
-        }
-    }
-}
+/// How hard one run tries before leaving an org for the next run: attempts per step, the
+/// backoff when the provider gave no `Retry-After` (doubling, not jittered: the key is
+/// the same every attempt) and the longest wait, whatever `Retry-After` says. The
+/// workspace's one retry policy; its default (5 attempts, 500 ms, at most 60 s) is this one.
+pub type RetryPolicy = tally_core::backoff::Backoff;
 
 /// How one org's sync ended in this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -586,11 +565,8 @@ impl InvoiceSync<'_> {
                 }) => {
                     last = reason;
                     if attempt + 1 < attempts {
-                        let backoff = self
-                            .policy
-                            .base_backoff
-                            .saturating_mul(1u32 << attempt.min(16));
-                        let wait = retry_after.unwrap_or(backoff).min(self.policy.max_backoff);
+                        let backoff = self.policy.ceiling(attempt + 1);
+                        let wait = self.policy.wait(retry_after, backoff);
                         self.sleeper.sleep(wait).await;
                     }
                 }
@@ -609,7 +585,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
+    use async_trait::async_trait;
     use tally_core::PlanId;
     use tally_core::ports::{StoreError, SyncStep as RecordedStep};
 

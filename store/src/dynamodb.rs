@@ -186,6 +186,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_core::backoff::Backoff;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
@@ -214,39 +215,16 @@ pub use usage::MAX_LEDGER_PAGE;
 
 /// How [`DynamoStore`] retries what may succeed later: throttling, transaction conflicts,
 /// 5xx answers and network failures. Conditional-check failures are not retried this way;
-/// they are answers (see the [module doc](self)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts of one transaction before its events are reported `Failed` (or the call
-    /// fails `Unavailable`). Default 8.
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; it doubles with each attempt. Default 25 ms.
-    pub base_delay: Duration,
-    /// Longest backoff between two attempts. Default 1 s.
-    pub max_delay: Duration,
-}
+/// they are answers (see the [module doc](self)). It is the one retry policy of the
+/// workspace, [`Backoff`], under the name this module has always used; the store's default
+/// is [`DEFAULT_RETRY`] (not `Backoff::default()`, which suits slower remote APIs).
+pub type RetryPolicy = Backoff;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base_delay: Duration::from_millis(25),
-            max_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause after failed attempt number `attempt` (1-based): exponential, capped, and
-    /// jittered to a random point in its upper half so that retrying writers spread out.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
-    }
-}
+/// The store's default [`RetryPolicy`]: 8 attempts of one transaction before its events are
+/// reported `Failed` (or the call fails `Unavailable`), 25 ms doubling, at most 1 s apart,
+/// jittered so that retrying writers spread out.
+pub const DEFAULT_RETRY: RetryPolicy =
+    Backoff::new(8, Duration::from_millis(25), Duration::from_secs(1));
 
 /// Tenants, the event ledger and the counters in one DynamoDB table (see the
 /// [module doc](self) for its items). Cheap to clone: clones share the SDK client.
@@ -328,12 +306,12 @@ struct QuerySpec<'a> {
 
 impl DynamoStore {
     /// A store on `table` (made by [`create_table`]) through `client`, with the default
-    /// [`RetryPolicy`].
+    /// [`RetryPolicy`] ([`DEFAULT_RETRY`]).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoStore {
             client,
             table: Arc::from(table.into()),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
             claim_lease: DEFAULT_CLAIM_LEASE,
             owner_wait: Duration::from_secs(5),
             done_batches: Arc::default(),
@@ -532,7 +510,7 @@ impl DynamoStore {
                     "gave up after {attempt} attempts: {why}"
                 )));
             }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            crate::aws::sleep_before_retry(&self.retry, attempt).await;
         }
     }
 }
