@@ -170,6 +170,7 @@ mod codec;
 mod invitations;
 mod keys;
 mod members;
+mod raise;
 mod reports;
 mod sync_ledger;
 mod table;
@@ -242,8 +243,8 @@ pub struct DynamoStore {
     /// Batches known to be done, so resends of their events cost no read.
     done_batches: Arc<DoneBatches>,
     /// Lower bounds of stored `max`/`latest` hours, so a value that cannot win costs no
-    /// write (see [`apply::KnownHours`]).
-    known_hours: Arc<apply::KnownHours>,
+    /// write (see [`raise::KnownHours`]).
+    known_hours: Arc<raise::KnownHours>,
 }
 
 /// A bounded set of batch ids known to be done (forgotten wholesale when full: it only
