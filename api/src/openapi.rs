@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use serde_json::{Value, json};
-use tally_ingest::openapi::{add_paths, add_schemas, error_responses, schema_ref};
 
+use crate::http::openapi::{add_paths, add_schemas, error_responses, schema_ref, service_document};
 use crate::roles::markdown_table;
 use crate::{Endpoint, ROUTES};
 
@@ -56,7 +56,7 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
 
 /// The whole document: ingest's plus this crate's routes.
 pub fn document() -> Value {
-    let mut doc = tally_ingest::openapi::document();
+    let mut doc = service_document();
     add_paths(&mut doc, json!({"/v1/usage": {"get": get_usage()}}));
     add_paths(&mut doc, json!({"/v1/me/orgs": {"get": my_orgs()}}));
     add_paths(
