@@ -1,10 +1,12 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of every Tally route, served by this
 //! router.
 //!
-//! The ingest part (`POST /v1/events`, the shared error object, the security scheme) comes
-//! from [`tally_ingest::openapi::document`]; this module adds the routes of this crate
-//! (`GET /v1/usage`) and their schemas. Tests check it against the implementation: every
-//! route of [`crate::ROUTES`] and [`tally_ingest::ROUTES`] is documented with its method,
+//! The shared part (`POST /v1/events`, the shared error object, the security scheme) comes
+//! from the HTTP seam, `tally_http::openapi::document` (through [`crate::http`]), so this
+//! crate documents ingest's route without depending on ingest; this module adds the routes
+//! of this crate (`GET /v1/usage`, the management routes) and their schemas. Tests check it
+//! against the implementation: every route of [`crate::ROUTES`] and of ingest
+//! (`tally_ingest::ROUTES`, a dev-dependency) is documented with its method,
 //! every status the handlers answer is listed, and the schemas' property names are those of
 //! [`UsageResponse`](crate::UsageResponse), [`SeriesPoint`](crate::SeriesPoint) and
 //! [`UsageParams`](crate::usage::UsageParams).

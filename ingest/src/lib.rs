@@ -54,17 +54,16 @@ use tally_core::ports::{
     ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, TenantStore, UsageStore,
 };
 
-pub mod auth;
 pub mod body;
-pub mod cache;
 pub mod config;
-pub mod error;
 pub mod events;
-pub mod keys;
 pub mod limits;
 pub mod lookups;
 pub mod openapi;
-pub mod trace;
+
+// The HTTP seam this crate shares with the other APIs lives in `tally-http`; its modules are
+// re-exported under their old paths (`tally_ingest::error::ApiError`, `crate::auth::...`).
+pub use tally_http::{auth, cache, error, keys, trace};
 
 pub use auth::{KeyAuth, ScopedKey};
 pub use config::{CacheConfig, IngestConfig, RateCost, RateLimitConfig};
