@@ -6,8 +6,8 @@
 //! crate documents ingest's route without depending on ingest; this module adds the routes
 //! of this crate (`GET /v1/usage`, the management routes) and their schemas. Tests check it
 //! against the implementation: every route of [`crate::ROUTES`] and of ingest
-//! (`tally_ingest::ROUTES`, a dev-dependency) is documented with its method,
-//! every status the handlers answer is listed, and the schemas' property names are those of
+//! (`tally_ingest::ROUTES`, a dev-dependency) is documented with its method, every status
+//! the handlers answer is listed, and the schemas' property names are those of
 //! [`UsageResponse`](crate::UsageResponse), [`SeriesPoint`](crate::SeriesPoint) and
 //! [`UsageParams`](crate::usage::UsageParams).
 

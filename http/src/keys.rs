@@ -30,7 +30,8 @@ use tracing::Instrument;
 use crate::cache::{DEFAULT_CAPACITY, TtlCache, delta};
 
 /// Counter of key lookups, labelled `result` = `hit` (answered from the cache) or `miss`
-/// (asked the store).
+/// (asked the store). Named for ingest, whose router the cache serves; the name stayed when
+/// the cache moved here, so dashboards and alarms keep finding it.
 pub const METRIC_KEY_CACHE: &str = "tally_ingest_key_cache_total";
 
 /// The key cache's size and how long it trusts what the store said.
