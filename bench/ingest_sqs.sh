@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the ingest benchmark (bench/src/bin/ingest_load.rs) with SQS between ingest and the
-# aggregator, on the fast SQS emulator npm `fauxqs@1.9.2` (TESTING.md; 2.x needs Node 22).
+# aggregator, on the fast SQS emulator npm `fauxqs@1.9.2` (docs/testing.md; 2.x needs Node 22).
 # Installs fauxqs under .cache/fauxqs when it is not there yet, builds the release binaries,
 # then runs `ingest_load --queue sqs` with the arguments given. ingest_load itself starts a
 # fauxqs per run on a free 127.0.0.1 port and stops it by PID, pass or fail.

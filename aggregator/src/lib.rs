@@ -12,7 +12,8 @@
 //!
 //! The judging and applying itself is a library, [`record::apply_records`]: a batch of
 //! queue records in, one [`RecordOutcome`] (applied, duplicate, retry, poison) per record
-//! out, so the polling worker here and the Lambda handlers ([`lambda`]) share it.
+//! out, so the polling worker here and the Lambda consumers (`tally_lambda::consumers`, which
+//! own the Lambda event plumbing) share it.
 //!
 //! [`reconcile`] recomputes counters from the ledger through the same ports, so it checks
 //! every backend the same way.
@@ -51,7 +52,6 @@
 //! `bench/src/bin/write_cost.rs` measures the mix on workload W against the emulator beside
 //! the naive baseline; `bench/RESULTS.md` has the figures.
 
-pub mod lambda;
 pub mod reconcile;
 pub mod record;
 

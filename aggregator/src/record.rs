@@ -29,14 +29,15 @@
 use std::collections::HashSet;
 
 use chrono::Datelike;
-use serde::Deserialize;
+use tally_core::envelope;
 use tally_core::event::{Event, MAX_PROPERTIES_BYTES, MAX_PROPERTIES_KEYS, MIN_YEAR, Quantity};
 use tally_core::ids::{EventId, OrgId};
 use tally_core::meter::Aggregation;
 use tally_core::ports::{ApplyOutcome, UsageStore};
 
-/// The envelope version the queue adapters write (`{"v":1,"events":[...]}`).
-pub const ENVELOPE_VERSION: u32 = 1;
+/// The envelope version the queue adapters write (`{"v":1,"events":[...]}`), defined with
+/// the envelope in core.
+pub use tally_core::envelope::ENVELOPE_VERSION;
 
 /// What a consumer hands to [`apply_records`]: one queue record.
 #[derive(Debug, Clone, Copy)]
@@ -95,32 +96,10 @@ impl RecordOutcome {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    v: u32,
-    events: Vec<Event>,
-}
-
-/// Decodes a record body (the versioned envelope the queue adapters write). The error is
-/// the poison reason.
+/// Decodes a record body (the versioned envelope the queue adapters write,
+/// [`tally_core::envelope`]). The error is the poison reason.
 pub fn decode_envelope(body: &[u8]) -> Result<Vec<Event>, String> {
-    let text = std::str::from_utf8(body).map_err(|e| format!("record is not UTF-8: {e}"))?;
-    #[derive(Deserialize)]
-    struct VersionOnly {
-        v: u32,
-    }
-    let version: VersionOnly =
-        serde_json::from_str(text).map_err(|e| format!("record is not a Tally envelope: {e}"))?;
-    if version.v != ENVELOPE_VERSION {
-        return Err(format!(
-            "envelope version {} is not supported (this build reads {ENVELOPE_VERSION})",
-            version.v
-        ));
-    }
-    let envelope: Envelope =
-        serde_json::from_str(text).map_err(|e| format!("envelope events do not decode: {e}"))?;
-    debug_assert_eq!(envelope.v, ENVELOPE_VERSION);
-    Ok(envelope.events)
+    envelope::decode(body).map_err(|e| e.to_string())
 }
 
 /// Checks a decoded record against the rules every event passed at ingest and that need

@@ -364,6 +364,4 @@ pub fn router(state: ApiState) -> Router {
 }
 
 #[cfg(test)]
-mod mgmt_tests;
-#[cfg(test)]
 mod tests;

@@ -47,7 +47,6 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use chrono::{Duration, SecondsFormat};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -130,19 +129,9 @@ pub fn crossed(limit: Decimal, usage: Decimal) -> Vec<ThresholdPct> {
         .collect()
 }
 
-/// Why the sender could not deliver an alert (after all its attempts). The alert stays
-/// pending and a later pass sends it again.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("alert webhook not delivered: {0}")]
-pub struct SendError(pub String);
-
-/// Delivers one alert to the org's webhook endpoint (the HTTP adapter signs it and retries
-/// with backoff). `Ok` means the endpoint acknowledged it (a 2xx).
-#[async_trait]
-pub trait AlertSender: Send + Sync {
-    /// Sends `body` (JSON) as alert `id`.
-    async fn send(&self, id: &str, body: &str) -> Result<(), SendError>;
-}
+/// The delivery port and its error, defined in core so the webhook adapter needs only core;
+/// re-exported here, where callers have always found them.
+pub use tally_core::sinks::{AlertSender, SendError};
 
 /// The ports a pass works through.
 #[derive(Clone, Copy)]

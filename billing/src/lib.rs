@@ -3,13 +3,15 @@
 //! What lives here now, all pure except month close (the only other I/O is reading a
 //! catalogue file at load):
 //!
-//! - [`catalogue`]: the plan catalogue as data. `billing/plans.toml` is the built-in
-//!   default ([`Catalogue::builtin`]); [`Catalogue::load`] reads a replacement. It is
-//!   validated at load with errors that name the plan, meter and field, and it converts to
-//!   core's [`tally_core::Plan`] and [`tally_core::MeterCatalogue`] (what ingest and the
-//!   API enforce), so limits and prices come from one file.
+//! - [`catalogue`]: the catalogue as the composition root loads it. The catalogue is data,
+//!   one file that defines meters, plans with their limits, and prices; core parses and
+//!   validates it ([`tally_core::catalogue`], built in as `core/catalogue.json`, errors
+//!   that name the plan, meter and field). [`Catalogue::builtin`] or [`Catalogue::load`]
+//!   gives the one catalogue whose views are core's [`tally_core::Plan`]s and
+//!   [`tally_core::MeterCatalogue`] (what ingest and the API enforce) and the priced plans
+//!   billing charges with, so limits and prices cannot disagree.
 //! - [`pricing`]: the price models (per unit, package, graduated and volume tiers), exact in
-//!   `rust_decimal`, never floats.
+//!   `rust_decimal`, never floats; they live in core beside the catalogue.
 //! - [`report`]: [`price_month`] turns a plan and an org's month quantities into a
 //!   [`UsageReport`] (the shape `tally bill` prints): a line per meter with its tier
 //!   breakdown, the discount on usage, each line rounded once to the cent, per-project
@@ -69,12 +71,13 @@ pub mod catalogue;
 pub mod close;
 pub mod error;
 pub mod period_sync;
-pub mod pricing;
+/// The price models, which live in core beside the catalogue that names them.
+pub use tally_core::pricing;
 pub mod report;
 pub mod sync;
 pub mod webhook;
 
-pub use catalogue::{BUILTIN_TOML, CURRENCY, Catalogue, MeterPrice, MeterSpec, PlanSpec};
+pub use catalogue::{BUILTIN_JSON, CURRENCY, Catalogue, MeterPrice, MeterSpec, PlanSpec};
 pub use close::{
     CloseError, CloseOutcome, ClosePorts, CloseRequest, NoProgress, OrgError, Progress, close_month,
 };
@@ -86,6 +89,6 @@ pub use report::{
     adjustment_line, price_line, price_month, round_to_cents,
 };
 pub use sync::{
-    InvoiceSync, PlannedItem, RetryPolicy, Sleeper, SyncError, SyncOutcome, idempotency_key,
-    planned_items,
+    FinalizeRecord, InvoiceSync, PlannedItem, RetryPolicy, Sleeper, SyncError, SyncOutcome,
+    SyncStep, idempotency_key, planned_items,
 };

@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::{MeterName, Money, Month, OrgId, PlanId, ProjectId};
 
 use crate::allocate::allocate_cents;
-use crate::catalogue::{CURRENCY, MeterPrice, PlanSpec};
+use crate::catalogue::{CURRENCY, Catalogue, MeterPrice, PlanSpec};
 use crate::error::PricingError;
 use crate::pricing::{Pricing, TierCharge};
 
@@ -408,6 +408,22 @@ pub fn adjustment_line(
         discount: cents(after.discount.amount() - before.discount.amount()),
         amount: cents(after.amount.amount() - before.amount.amount()),
     })
+}
+
+// Pricing a month with a whole catalogue lives here, beside `price_month`, rather than in
+// `catalogue`: the catalogue is data that pricing reads, so `report` depends on `catalogue`
+// and never the other way round.
+impl Catalogue {
+    /// Prices an org's month on one of this catalogue's plans (see [`price_month`]).
+    pub fn price_month(
+        &self,
+        org_id: OrgId,
+        period: Month,
+        plan: PlanId,
+        usage: &MonthUsage,
+    ) -> Result<UsageReport, PricingError> {
+        price_month(org_id, period, self.plan(plan), usage)
+    }
 }
 
 impl UsageReport {

@@ -8,6 +8,13 @@
 //! a month later skips what is done and never creates a second invoice or item (provider
 //! idempotency keys expire after a day; the ledger does not).
 //!
+//! The steps are the [`SyncStep`]s, and each runs through one resume: the ledger's record,
+//! else an object the provider already has, else a creation with the step's key; then the
+//! record. A step's [`SyncStep::name`] is both its ledger step and the last part of its key,
+//! unchanged from earlier releases so their half-synced months resume. Ids are recorded as
+//! they are; the finalize step as a [`FinalizeRecord`] in JSON, and the
+//! `"<status> <total>"` text earlier releases recorded is still read.
+//!
 //! The ledger write follows the provider's answer, so an answer lost after the provider
 //! applied the write leaves the ledger without the step. Within a day the same key replays
 //! the answer; after that it would create the object again. So before creating a customer,
@@ -36,9 +43,8 @@
 //! No I/O happens here: the provider, the ledger and the sleeper are ports.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
     FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
@@ -48,33 +54,14 @@ use tally_core::{Money, Month, OrgId};
 
 use crate::report::UsageReport;
 
-/// Waits between retries; a port so tests (and the chaos test) need not sleep for real.
-#[async_trait]
-pub trait Sleeper: Send + Sync {
-    /// Returns after `duration` (or sooner, in tests).
-    async fn sleep(&self, duration: Duration);
-}
+/// Waits between retries (the port is core's, shared with the alert webhook sender).
+pub use tally_core::backoff::Sleeper;
 
-/// How hard one run tries before leaving an org for the next run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts per step in one run (at least 1).
-    pub max_attempts: u32,
-    /// First backoff when the provider gave no `Retry-After`; doubles per attempt.
-    pub base_backoff: Duration,
-    /// Longest wait, whatever `Retry-After` says.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(60),
-        }
-    }
-}
+/// How hard one run tries before leaving an org for the next run: attempts per step, the
+/// backoff when the provider gave no `Retry-After` (doubling, not jittered: the key is
+/// the same every attempt) and the longest wait, whatever `Retry-After` says. The
+/// workspace's one retry policy; its default (5 attempts, 500 ms, at most 60 s) is this one.
+pub type RetryPolicy = tally_core::backoff::Backoff;
 
 /// How one org's sync ended in this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,14 +189,149 @@ pub struct InvoiceSync<'a> {
     pub policy: RetryPolicy,
 }
 
+/// One step of the sync, in the order they run. Its [`name`](SyncStep::name) is the ledger
+/// step and the last part of its idempotency key, so the names are stored data: they never
+/// change, or a rerun of a half-synced month would miss its ledger records and send new keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncStep {
+    /// The org's customer (one per org, recorded apart from the periods' steps).
+    Customer,
+    /// The period's draft invoice.
+    Invoice,
+    /// The n-th invoice item of [`planned_items`].
+    Item(usize),
+    /// Finalizing the invoice.
+    Finalize,
+}
+
+impl SyncStep {
+    /// The ledger step name: `customer`, `invoice`, `item:<n>` or `finalize`.
+    pub fn name(self) -> String {
+        match self {
+            SyncStep::Customer => "customer".to_owned(),
+            SyncStep::Invoice => "invoice".to_owned(),
+            SyncStep::Item(n) => format!("item:{n}"),
+            SyncStep::Finalize => "finalize".to_owned(),
+        }
+    }
+
+    /// The step's idempotency key for (org, period): [`idempotency_key`] of its name.
+    pub fn key(self, org: &OrgId, period: Month) -> IdempotencyKey {
+        idempotency_key(org, period, &self.name())
+    }
+}
+
+impl std::fmt::Display for SyncStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// What the ledger holds for a finished finalize step. Written as JSON
+/// (`{"status":"open","total_minor":9650}`); releases before this one wrote
+/// `"<status> <total_minor>"`, which is still read (see [`FinalizeRecord::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalizeRecord {
+    /// The invoice's status after finalizing (`open`, or `paid` for a zero total).
+    pub status: String,
+    /// The invoice's total in minor units.
+    pub total_minor: i64,
+}
+
+/// How a step's result is kept in the [`SyncLedger`], which stores text.
+trait StepRecord: Sized {
+    /// The text written to the ledger.
+    fn encode(&self) -> String;
+    /// Reads the text back; `None` if this build cannot read it.
+    fn decode(stored: &str) -> Option<Self>;
+}
+
+impl StepRecord for ProviderId {
+    fn encode(&self) -> String {
+        self.as_str().to_owned()
+    }
+
+    fn decode(stored: &str) -> Option<Self> {
+        ProviderId::new(stored)
+    }
+}
+
+impl StepRecord for FinalizeRecord {
+    fn encode(&self) -> String {
+        // Two plain fields: serializing cannot fail, but an error must not panic a sync.
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!("{} {}", self.status, self.total_minor))
+    }
+
+    /// The JSON form, or the older `"<status> <total_minor>"` form that ledgers written by
+    /// earlier releases hold (a JSON object always starts with `{`, a status never does).
+    fn decode(stored: &str) -> Option<Self> {
+        if stored.starts_with('{') {
+            return serde_json::from_str(stored).ok();
+        }
+        let (status, total) = stored.split_once(' ')?;
+        Some(FinalizeRecord {
+            status: status.to_owned(),
+            total_minor: total.parse().ok()?,
+        })
+    }
+}
+
+impl FinalizeRecord {
+    /// Reads a finalize record in either the current (JSON) or the older
+    /// (`"<status> <total_minor>"`) form; `None` if it is neither.
+    pub fn decode(stored: &str) -> Option<Self> {
+        <Self as StepRecord>::decode(stored)
+    }
+
+    /// The record as the ledger stores it now (JSON).
+    pub fn encode(&self) -> String {
+        <Self as StepRecord>::encode(self)
+    }
+}
+
+/// Where a provider call left the sync: done with a value, or stopped for this run.
 enum Step<T> {
     Done(T),
     Stop(SyncOutcome),
 }
 
+/// Returns the value of a finished [`Step`], or the outcome of a stopped one from the
+/// enclosing function.
+macro_rules! done_or_return {
+    ($step:expr) => {
+        match $step {
+            Step::Done(v) => v,
+            Step::Stop(outcome) => return Ok(outcome),
+        }
+    };
+}
+
+/// Inside [`InvoiceSync::resume`]: the value of a finished [`Step`], or the stopped step
+/// returned as it is.
+macro_rules! done_or_step {
+    ($step:expr) => {
+        match $step {
+            Step::Done(v) => v,
+            Step::Stop(outcome) => return Ok(Step::Stop(outcome)),
+        }
+    };
+}
+
+/// Locks the listed-items cache; a panic elsewhere cannot leave it half-written (it is
+/// replaced whole), so a poisoned lock is as good as a clean one.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl InvoiceSync<'_> {
     /// Syncs one org's report, resuming after whatever the ledger says is done. `org_name`
     /// names the customer when it has to be created.
+    ///
+    /// Every [`SyncStep`] runs the same way: the ledger's record if there is one, else an
+    /// object the provider already has (created by a run whose answer was lost), else a
+    /// creation with the step's idempotency key; then the result is recorded.
     pub async fn sync_report(
         &self,
         report: &UsageReport,
@@ -218,152 +340,65 @@ impl InvoiceSync<'_> {
         let org = &report.org_id;
         let period = report.period;
         let items = planned_items(report)?;
-        let id = |field: &str, v: String| {
-            ProviderId::new(&v).ok_or_else(|| SyncError::BadReport {
-                org: org.clone(),
-                period,
-                field: field.to_owned(),
-                reason: "empty or over-long provider id".to_owned(),
-            })
-        };
 
-        // 1. The customer: one per org, whatever the period. Adopt one an earlier run
-        // created but never recorded (its answer lost) before creating one.
-        let customer = match self.ledger.get_customer(org).await? {
-            Some(c) => id("customer", c)?,
-            None => {
-                let found = match self
-                    .call(org, period, "customer", || async {
-                        // A search the account cannot use (Stripe's search is not offered
-                        // everywhere: a 400 or 404) must not stop invoicing: fall back to
-                        // creating, which the idempotency key still protects for a day. A
-                        // refused key (401/403) stops the org as any other step would.
-                        match self.provider.find_customer(org).await {
-                            Err(ProviderError::Fatal {
-                                status: status @ (400 | 404),
-                                message,
-                            }) => {
-                                tracing::warn!(org = %org, status, %message, "customer search refused; creating the customer without it");
-                                Ok(None)
-                            }
-                            other => other,
-                        }
-                    })
-                    .await?
-                {
-                    Step::Done(found) => found,
-                    Step::Stop(o) => return Ok(o),
-                };
-                let c = match found {
-                    Some(c) => c,
-                    None => {
-                        let new = NewCustomer {
-                            org: org.clone(),
-                            name: org_name.to_owned(),
-                        };
-                        let key = idempotency_key(org, period, "customer");
-                        match self
-                            .call(org, period, "customer", || {
-                                self.provider.create_customer(&new, &key)
-                            })
-                            .await?
-                        {
-                            Step::Done(c) => c,
-                            Step::Stop(o) => return Ok(o),
-                        }
-                    }
-                };
-                id(
-                    "customer",
-                    self.ledger.record_customer(org, c.as_str()).await?,
-                )?
-            }
+        // 1. The customer: one per org, whatever the period.
+        let new_customer = &NewCustomer {
+            org: org.clone(),
+            name: org_name.to_owned(),
         };
+        let customer: ProviderId = done_or_return!(
+            self.resume(
+                org,
+                period,
+                SyncStep::Customer,
+                || async {
+                    // A search the account cannot use (Stripe's search is not offered
+                    // everywhere: a 400 or 404) must not stop invoicing: fall back to
+                    // creating, which the idempotency key still protects for a day. A
+                    // refused key (401/403) stops the org as any other step would.
+                    match self.provider.find_customer(org).await {
+                        Err(ProviderError::Fatal {
+                            status: status @ (400 | 404),
+                            message,
+                        }) => {
+                            tracing::warn!(org = %org, status, %message, "customer search refused; creating the customer without it");
+                            Ok(None)
+                        }
+                        other => other,
+                    }
+                },
+                |key| async move { self.provider.create_customer(new_customer, &key).await },
+            )
+            .await?
+        );
 
         // 2. The draft invoice.
-        let invoice = match self.ledger.get_step(org, period, "invoice").await? {
-            Some(i) => id("invoice", i)?,
-            None => {
-                // Adopt an invoice an earlier run created but never recorded.
-                let found = match self
-                    .call(org, period, "invoice", || {
-                        self.provider.find_invoice(&customer, org, period)
-                    })
-                    .await?
-                {
-                    Step::Done(found) => found,
-                    Step::Stop(o) => return Ok(o),
-                };
-                if let Some(i) = found {
-                    id(
-                        "invoice",
-                        self.ledger
-                            .record_step(org, period, "invoice", i.as_str())
-                            .await?,
-                    )?
-                } else {
-                    let new = NewInvoice {
-                        customer: customer.clone(),
-                        org: org.clone(),
-                        period,
-                        currency: report.currency.clone(),
-                        description: format!("Tally usage for {period}"),
-                    };
-                    let key = idempotency_key(org, period, "invoice");
-                    match self
-                        .call(org, period, "invoice", || {
-                            self.provider.create_draft_invoice(&new, &key)
-                        })
-                        .await?
-                    {
-                        Step::Done(i) => id(
-                            "invoice",
-                            self.ledger
-                                .record_step(org, period, "invoice", i.as_str())
-                                .await?,
-                        )?,
-                        Step::Stop(o) => return Ok(o),
-                    }
-                }
-            }
+        let new_invoice = &NewInvoice {
+            customer: customer.clone(),
+            org: org.clone(),
+            period,
+            currency: report.currency.clone(),
+            description: format!("Tally usage for {period}"),
         };
+        let invoice: ProviderId = done_or_return!(
+            self.resume(
+                org,
+                period,
+                SyncStep::Invoice,
+                || self.provider.find_invoice(&customer, org, period),
+                |key| async move { self.provider.create_draft_invoice(new_invoice, &key).await },
+            )
+            .await?
+        );
 
-        // 3. One item per report entry. The invoice's existing items are listed once, the
-        // first time an item is missing from the ledger, to adopt any created unrecorded.
-        let mut existing: Option<HashMap<String, ProviderId>> = None;
-        for item in &items {
-            if self
-                .ledger
-                .get_step(org, period, &item.step)
-                .await?
-                .is_some()
-            {
-                continue;
-            }
-            if existing.is_none() {
-                match self
-                    .call(org, period, &item.step, || {
-                        self.provider.list_invoice_items(&invoice)
-                    })
-                    .await?
-                {
-                    Step::Done(list) => {
-                        existing = Some(
-                            list.into_iter()
-                                .filter_map(|(id, step)| step.map(|s| (s, id)))
-                                .collect(),
-                        );
-                    }
-                    Step::Stop(o) => return Ok(o),
-                }
-            }
-            if let Some(found) = existing.as_ref().and_then(|e| e.get(&item.step)) {
-                self.ledger
-                    .record_step(org, period, &item.step, found.as_str())
-                    .await?;
-                continue;
-            }
-            let new = NewInvoiceItem {
+        // 3. One item per report entry. The invoice's items are listed at most once, the
+        // first time an item is missing from the ledger, and looked up by their
+        // `tally_step` for the items after it. (A mutex rather than a cell so the sync's
+        // future stays `Send`; it is never held across an await.)
+        let listed: Mutex<Option<HashMap<String, ProviderId>>> = Mutex::new(None);
+        for (n, item) in items.iter().enumerate() {
+            let step = SyncStep::Item(n);
+            let new_item = &NewInvoiceItem {
                 customer: customer.clone(),
                 invoice: invoice.clone(),
                 amount_minor: item.amount_minor,
@@ -371,58 +406,124 @@ impl InvoiceSync<'_> {
                 description: item.description.clone(),
                 step: item.step.clone(),
             };
-            let key = idempotency_key(org, period, &item.step);
-            match self
-                .call(org, period, &item.step, || {
-                    self.provider.add_invoice_item(&new, &key)
-                })
+            let _: ProviderId = done_or_return!(
+                self.resume(
+                    org,
+                    period,
+                    step,
+                    || async {
+                        let cached = lock(&listed)
+                            .as_ref()
+                            .map(|existing| existing.get(&item.step).cloned());
+                        if let Some(found) = cached {
+                            return Ok(found);
+                        }
+                        let existing: HashMap<String, ProviderId> = self
+                            .provider
+                            .list_invoice_items(&invoice)
+                            .await?
+                            .into_iter()
+                            .filter_map(|(id, step)| step.map(|s| (s, id)))
+                            .collect();
+                        let found = existing.get(&item.step).cloned();
+                        *lock(&listed) = Some(existing);
+                        Ok(found)
+                    },
+                    |key| async move { self.provider.add_invoice_item(new_item, &key).await },
+                )
                 .await?
-            {
-                Step::Done(i) => {
-                    self.ledger
-                        .record_step(org, period, &item.step, i.as_str())
-                        .await?;
-                }
-                Step::Stop(o) => return Ok(o),
-            }
+            );
         }
 
-        // 4. Finalize. The ledger keeps "<status> <total>" so a rerun can answer without
-        // calling the provider.
-        if let Some(done) = self.ledger.get_step(org, period, "finalize").await? {
-            let (status, total) = done.split_once(' ').unwrap_or((done.as_str(), ""));
-            let total_minor = total.parse().map_err(|_| SyncError::BadReport {
-                org: org.clone(),
+        let invoice = &invoice;
+        // 4. Finalize. Finalizing twice is harmless to the provider (the key replays it),
+        // so there is nothing to adopt; the record lets a rerun answer without a call.
+        let finalized: FinalizeRecord = done_or_return!(
+            self.resume(
+                org,
                 period,
-                field: "ledger step finalize".to_owned(),
-                reason: format!("unreadable value {done:?}"),
-            })?;
-            return Ok(SyncOutcome::Finalized(FinalizedInvoice {
-                id: invoice,
-                status: status.to_owned(),
-                total_minor,
-            }));
-        }
-        let key = idempotency_key(org, period, "finalize");
-        match self
-            .call(org, period, "finalize", || {
-                self.provider.finalize_invoice(&invoice, &key)
-            })
+                SyncStep::Finalize,
+                || std::future::ready(Ok(None)),
+                |key| async move {
+                    let f = self.provider.finalize_invoice(invoice, &key).await?;
+                    Ok(FinalizeRecord {
+                        status: f.status,
+                        total_minor: f.total_minor,
+                    })
+                },
+            )
             .await?
-        {
-            Step::Done(f) => {
-                self.ledger
-                    .record_step(
-                        org,
-                        period,
-                        "finalize",
-                        &format!("{} {}", f.status, f.total_minor),
-                    )
-                    .await?;
-                Ok(SyncOutcome::Finalized(f))
-            }
-            Step::Stop(o) => Ok(o),
+        );
+        Ok(SyncOutcome::Finalized(FinalizedInvoice {
+            id: invoice.clone(),
+            status: finalized.status,
+            total_minor: finalized.total_minor,
+        }))
+    }
+
+    /// One resumable step: the ledger's record if there is one; otherwise what `find`
+    /// adopts from the provider, or else what `create` makes with the step's idempotency
+    /// key; the result is recorded (first write wins) and the recorded value returned, so
+    /// two runs racing agree on one result.
+    async fn resume<T, Find, FindFut, Create, CreateFut>(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: SyncStep,
+        find: Find,
+        mut create: Create,
+    ) -> Result<Step<T>, SyncError>
+    where
+        T: StepRecord,
+        Find: FnMut() -> FindFut,
+        FindFut: Future<Output = Result<Option<T>, ProviderError>>,
+        Create: FnMut(IdempotencyKey) -> CreateFut,
+        CreateFut: Future<Output = Result<T, ProviderError>>,
+    {
+        let name = step.name();
+        let recorded = match step {
+            SyncStep::Customer => self.ledger.get_customer(org).await?,
+            _ => self.ledger.get_step(org, period, &name).await?,
+        };
+        if let Some(stored) = recorded {
+            return self.decode(org, period, &name, &stored).map(Step::Done);
         }
+        let value = match done_or_step!(self.call(org, period, &name, find).await?) {
+            Some(found) => found,
+            None => {
+                let key = step.key(org, period);
+                done_or_step!(
+                    self.call(org, period, &name, || create(key.clone()))
+                        .await?
+                )
+            }
+        };
+        let encoded = value.encode();
+        let stored = match step {
+            SyncStep::Customer => self.ledger.record_customer(org, &encoded).await?,
+            _ => {
+                self.ledger
+                    .record_step(org, period, &name, &encoded)
+                    .await?
+            }
+        };
+        self.decode(org, period, &name, &stored).map(Step::Done)
+    }
+
+    /// Reads a recorded step result, or names the step whose record this build cannot read.
+    fn decode<T: StepRecord>(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+        stored: &str,
+    ) -> Result<T, SyncError> {
+        T::decode(stored).ok_or_else(|| SyncError::BadReport {
+            org: org.clone(),
+            period,
+            field: format!("ledger step {step}"),
+            reason: format!("unreadable value {stored:?}"),
+        })
     }
 
     /// One provider call with retries: the same key every attempt, waiting `Retry-After`
@@ -436,7 +537,7 @@ impl InvoiceSync<'_> {
     ) -> Result<Step<T>, SyncError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+        Fut: Future<Output = Result<T, ProviderError>>,
     {
         let attempts = self.policy.max_attempts.max(1);
         let mut last = String::new();
@@ -464,11 +565,8 @@ impl InvoiceSync<'_> {
                 }) => {
                     last = reason;
                     if attempt + 1 < attempts {
-                        let backoff = self
-                            .policy
-                            .base_backoff
-                            .saturating_mul(1u32 << attempt.min(16));
-                        let wait = retry_after.unwrap_or(backoff).min(self.policy.max_backoff);
+                        let backoff = self.policy.ceiling(attempt + 1);
+                        let wait = self.policy.wait(retry_after, backoff);
                         self.sleeper.sleep(wait).await;
                     }
                 }
@@ -478,5 +576,347 @@ impl InvoiceSync<'_> {
             step: step.to_owned(),
             reason: last,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tally_core::PlanId;
+    use tally_core::ports::{StoreError, SyncStep as RecordedStep};
+
+    use super::*;
+    use crate::catalogue::Catalogue;
+    use crate::report::MonthUsage;
+
+    /// A ledger in memory, first write wins like the real ones.
+    #[derive(Default)]
+    struct MemLedger {
+        steps: Mutex<BTreeMap<String, String>>,
+        customer: Mutex<Option<String>>,
+    }
+
+    #[async_trait]
+    impl SyncLedger for MemLedger {
+        async fn record_step(
+            &self,
+            _: &OrgId,
+            _: Month,
+            step: &str,
+            result: &str,
+        ) -> Result<String, StoreError> {
+            let mut steps = lock(&self.steps);
+            Ok(steps
+                .entry(step.to_owned())
+                .or_insert_with(|| result.to_owned())
+                .clone())
+        }
+        async fn get_step(
+            &self,
+            _: &OrgId,
+            _: Month,
+            step: &str,
+        ) -> Result<Option<String>, StoreError> {
+            Ok(lock(&self.steps).get(step).cloned())
+        }
+        async fn list_steps(&self, _: &OrgId, _: Month) -> Result<Vec<RecordedStep>, StoreError> {
+            Ok(lock(&self.steps)
+                .iter()
+                .map(|(step, result)| RecordedStep {
+                    step: step.clone(),
+                    result: result.clone(),
+                })
+                .collect())
+        }
+        async fn record_customer(&self, _: &OrgId, customer: &str) -> Result<String, StoreError> {
+            Ok(lock(&self.customer)
+                .get_or_insert_with(|| customer.to_owned())
+                .clone())
+        }
+        async fn get_customer(&self, _: &OrgId) -> Result<Option<String>, StoreError> {
+            Ok(lock(&self.customer).clone())
+        }
+    }
+
+    /// A provider that answers every write with fixed ids and counts the calls, or refuses
+    /// every call when `refuse` is set (so a test proves the ledger alone answered).
+    #[derive(Default)]
+    struct Provider {
+        refuse: bool,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Provider {
+        fn note(&self, call: &str, key: Option<&IdempotencyKey>) -> Result<(), ProviderError> {
+            lock(&self.calls).push(format!("{call} {key:?}"));
+            if self.refuse {
+                return Err(ProviderError::Fatal {
+                    status: 400,
+                    message: format!("unexpected call {call}"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl InvoiceProvider for Provider {
+        async fn create_customer(
+            &self,
+            _: &NewCustomer,
+            key: &IdempotencyKey,
+        ) -> Result<ProviderId, ProviderError> {
+            self.note("create_customer", Some(key))?;
+            Ok(ProviderId::new("cus_1").unwrap())
+        }
+        async fn find_customer(&self, _: &OrgId) -> Result<Option<ProviderId>, ProviderError> {
+            self.note("find_customer", None)?;
+            Ok(None)
+        }
+        async fn create_draft_invoice(
+            &self,
+            _: &NewInvoice,
+            key: &IdempotencyKey,
+        ) -> Result<ProviderId, ProviderError> {
+            self.note("create_draft_invoice", Some(key))?;
+            Ok(ProviderId::new("in_1").unwrap())
+        }
+        async fn add_invoice_item(
+            &self,
+            item: &NewInvoiceItem,
+            key: &IdempotencyKey,
+        ) -> Result<ProviderId, ProviderError> {
+            self.note("add_invoice_item", Some(key))?;
+            Ok(ProviderId::new(&format!("ii_{}", item.step)).unwrap())
+        }
+        async fn finalize_invoice(
+            &self,
+            invoice: &ProviderId,
+            key: &IdempotencyKey,
+        ) -> Result<FinalizedInvoice, ProviderError> {
+            self.note("finalize_invoice", Some(key))?;
+            Ok(FinalizedInvoice {
+                id: invoice.clone(),
+                status: "open".to_owned(),
+                total_minor: 9650,
+            })
+        }
+        async fn find_invoice(
+            &self,
+            _: &ProviderId,
+            _: &OrgId,
+            _: Month,
+        ) -> Result<Option<ProviderId>, ProviderError> {
+            self.note("find_invoice", None)?;
+            Ok(None)
+        }
+        async fn list_invoice_items(
+            &self,
+            _: &ProviderId,
+        ) -> Result<Vec<(ProviderId, Option<String>)>, ProviderError> {
+            self.note("list_invoice_items", None)?;
+            Ok(Vec::new())
+        }
+    }
+
+    struct NoSleep;
+
+    #[async_trait]
+    impl Sleeper for NoSleep {
+        async fn sleep(&self, _: Duration) {}
+    }
+
+    fn report() -> UsageReport {
+        let usage = MonthUsage {
+            meters: BTreeMap::from([(
+                tally_core::MeterName::parse("api_calls").unwrap(),
+                rust_decimal::Decimal::from(250_000),
+            )]),
+            projects: BTreeMap::new(),
+        };
+        Catalogue::builtin()
+            .unwrap()
+            .price_month(
+                OrgId::parse("org_acme").unwrap(),
+                Month::parse("2026-10").unwrap(),
+                PlanId::Starter,
+                &usage,
+            )
+            .unwrap()
+    }
+
+    async fn run(provider: &Provider, ledger: &MemLedger) -> SyncOutcome {
+        InvoiceSync {
+            provider,
+            ledger,
+            sleeper: &NoSleep,
+            policy: RetryPolicy::default(),
+        }
+        .sync_report(&report(), "Acme")
+        .await
+        .unwrap()
+    }
+
+    #[test]
+    fn step_names_and_keys_are_those_earlier_releases_used() {
+        let org = OrgId::parse("org_acme").unwrap();
+        let period = Month::parse("2026-10").unwrap();
+        for (step, name) in [
+            (SyncStep::Customer, "customer"),
+            (SyncStep::Invoice, "invoice"),
+            (SyncStep::Item(0), "item:0"),
+            (SyncStep::Item(12), "item:12"),
+            (SyncStep::Finalize, "finalize"),
+        ] {
+            assert_eq!(step.name(), name);
+            assert_eq!(step.key(&org, period), idempotency_key(&org, period, name));
+        }
+        // Pinned: the key a half-synced month's earlier run sent for this step.
+        assert_eq!(
+            SyncStep::Finalize.key(&org, period).as_str(),
+            PINNED_FINALIZE_KEY
+        );
+    }
+
+    /// `idempotency_key(org_acme, 2026-10, "finalize")` as the release before the typed
+    /// steps computed it.
+    const PINNED_FINALIZE_KEY: &str =
+        "tally-8ce6b6e1cb44893f28016c1f56441c48871c4b5909a6b9277959f5018108cc25";
+
+    #[test]
+    fn a_finalize_record_reads_in_both_forms_and_writes_json() {
+        let old = FinalizeRecord::decode("open 9650").unwrap();
+        assert_eq!(
+            old,
+            FinalizeRecord {
+                status: "open".to_owned(),
+                total_minor: 9650
+            }
+        );
+        assert_eq!(old.encode(), r#"{"status":"open","total_minor":9650}"#);
+        assert_eq!(FinalizeRecord::decode(&old.encode()), Some(old));
+        assert_eq!(FinalizeRecord::decode("paid 0").unwrap().status, "paid");
+        for bad in ["", "open", "open x", "{\"status\":\"open\"}", "{"] {
+            assert_eq!(FinalizeRecord::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ledger_with_an_old_finalize_record_answers_without_the_provider() {
+        let report = report();
+        let ledger = MemLedger::default();
+        let org = &report.org_id;
+        let period = report.period;
+        ledger.record_customer(org, "cus_old").await.unwrap();
+        ledger
+            .record_step(org, period, "invoice", "in_old")
+            .await
+            .unwrap();
+        for item in planned_items(&report).unwrap() {
+            ledger
+                .record_step(org, period, &item.step, "ii_old")
+                .await
+                .unwrap();
+        }
+        // The form releases before the typed finalize record wrote.
+        ledger
+            .record_step(org, period, "finalize", "open 9650")
+            .await
+            .unwrap();
+
+        let provider = Provider {
+            refuse: true,
+            ..Provider::default()
+        };
+        let out = run(&provider, &ledger).await;
+        assert_eq!(
+            out,
+            SyncOutcome::Finalized(FinalizedInvoice {
+                id: ProviderId::new("in_old").unwrap(),
+                status: "open".to_owned(),
+                total_minor: 9650,
+            })
+        );
+        assert!(
+            lock(&provider.calls).is_empty(),
+            "{:?}",
+            lock(&provider.calls)
+        );
+        // Read, never rewritten: first write wins, and nothing tried to write.
+        assert_eq!(
+            ledger
+                .get_step(org, period, "finalize")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("open 9650")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_sync_records_every_step_with_its_key_and_a_rerun_calls_nothing() {
+        let report = report();
+        let (org, period) = (&report.org_id, report.period);
+        let ledger = MemLedger::default();
+        let provider = Provider::default();
+        let out = run(&provider, &ledger).await;
+        assert_eq!(
+            out,
+            SyncOutcome::Finalized(FinalizedInvoice {
+                id: ProviderId::new("in_1").unwrap(),
+                status: "open".to_owned(),
+                total_minor: 9650,
+            })
+        );
+        let items = planned_items(&report).unwrap();
+        let mut want = vec![
+            "find_customer None".to_owned(),
+            format!(
+                "create_customer {:?}",
+                Some(idempotency_key(org, period, "customer"))
+            ),
+            "find_invoice None".to_owned(),
+            format!(
+                "create_draft_invoice {:?}",
+                Some(idempotency_key(org, period, "invoice"))
+            ),
+            "list_invoice_items None".to_owned(),
+        ];
+        for item in &items {
+            want.push(format!(
+                "add_invoice_item {:?}",
+                Some(idempotency_key(org, period, &item.step))
+            ));
+        }
+        want.push(format!(
+            "finalize_invoice {:?}",
+            Some(idempotency_key(org, period, "finalize"))
+        ));
+        assert_eq!(
+            *lock(&provider.calls),
+            want,
+            "the invoice's items are listed once"
+        );
+        assert_eq!(
+            ledger
+                .get_step(org, period, "finalize")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"status":"open","total_minor":9650}"#)
+        );
+
+        let again = Provider {
+            refuse: true,
+            ..Provider::default()
+        };
+        assert_eq!(run(&again, &ledger).await, out);
+        assert!(lock(&again.calls).is_empty());
     }
 }

@@ -5,8 +5,8 @@
 //! and sends `Stripe-Signature: t=<unix seconds>,v1=<hex>[,v1=…]` (several `v1` while a
 //! secret is rolled). [`verify_signature`] accepts the request if any `v1` matches (in
 //! constant time) and `t` is within the tolerance of now, which stops replays of an old,
-//! validly signed request. HMAC is written out over `sha2` (a dozen lines) rather than
-//! pulling a crate for it; it is checked against RFC 4231's vectors below.
+//! validly signed request. The HMAC and the check are [`tally_core::signature`]'s (Tally's
+//! own alert webhooks are signed the same way); the RFC 4231 vectors are checked below too.
 //!
 //! [`record_invoice_event`] finds the org and period from the invoice's
 //! `metadata[tally_invoice]` (`<org>:<YYYY-MM>`, set by the adapter when it created the
@@ -38,7 +38,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tally_core::ports::{Clock, StoreError, SyncLedger};
 use tally_core::{Month, OrgId};
 use tally_http::ApiError;
@@ -68,39 +67,11 @@ pub enum WebhookError {
     Ledger(#[from] StoreError),
 }
 
-/// HMAC-SHA256 (RFC 2104) over `sha2`.
-pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
+/// The HMAC and the header signing live in core (the alert webhook sender signs the same
+/// way); re-exported here, where the Stripe check has always offered them.
+pub use tally_core::signature::{hmac_sha256, sign};
 
-/// The header value Stripe would send for `body` at `t` (for tests and tools).
-pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    let mut msg = format!("{t}.").into_bytes();
-    msg.extend_from_slice(body);
-    format!(
-        "t={t},v1={}",
-        hex::encode(hmac_sha256(secret.as_bytes(), &msg))
-    )
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks `Stripe-Signature` against the raw body.
+/// Checks `Stripe-Signature` against the raw body ([`tally_core::signature::verify`]).
 pub fn verify_signature(
     secret: &str,
     header: &str,
@@ -108,31 +79,8 @@ pub fn verify_signature(
     now: DateTime<Utc>,
     tolerance_secs: i64,
 ) -> Result<(), WebhookError> {
-    let bad = |m: &str| WebhookError::Signature(m.to_owned());
-    let mut t = None;
-    let mut sigs = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = Some(v.parse::<i64>().map_err(|_| bad("t is not a number"))?),
-            Some(("v1", v)) => sigs.push(hex::decode(v).map_err(|_| bad("v1 is not hex"))?),
-            _ => {}
-        }
-    }
-    let t = t.ok_or_else(|| bad("no t="))?;
-    if sigs.is_empty() {
-        return Err(bad("no v1="));
-    }
-    if (now.timestamp() - t).abs() > tolerance_secs {
-        return Err(bad("timestamp outside the tolerance"));
-    }
-    let mut msg = format!("{t}.").into_bytes();
-    msg.extend_from_slice(body);
-    let want = hmac_sha256(secret.as_bytes(), &msg);
-    if sigs.iter().any(|s| constant_time_eq(s, &want)) {
-        Ok(())
-    } else {
-        Err(bad("no signature matches"))
-    }
+    tally_core::signature::verify(secret, header, body, now, tolerance_secs)
+        .map_err(|e| WebhookError::Signature(e.0))
 }
 
 #[derive(Deserialize)]

@@ -1,11 +1,11 @@
-//! The plan catalogue: the built-in file loads, agrees with core's built-in plans and meter
-//! catalogue, loads from a path, and bad files are refused with errors that name the plan,
-//! meter and field.
+//! The catalogue: the built-in file loads, is what core's built-in plans and meter catalogue
+//! are, loads from a path, and bad files are refused with errors that name the plan, meter
+//! and field (or the line, for a file that is not the catalogue's JSON shape).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rust_decimal::Decimal;
-use tally_billing::{BUILTIN_TOML, Catalogue, CatalogueError, Pricing};
+use tally_billing::{BUILTIN_JSON, Catalogue, CatalogueError, Pricing};
 use tally_core::{MeterCatalogue, MeterName, Plan, PlanId};
 
 const PLANS: [PlanId; 4] = [
@@ -25,6 +25,11 @@ fn builtin_catalogue_agrees_with_core_plans() {
         assert_eq!(&c.priced(&Plan::builtin(id)).unwrap(), c.plan(id), "{id}");
     }
     assert_eq!(c.meter_catalogue(), MeterCatalogue::default());
+    let plans = c.core_plans();
+    assert_eq!(plans.keys().copied().collect::<Vec<_>>(), PLANS);
+    for (id, plan) in plans {
+        assert_eq!(plan, Plan::builtin(id), "{id}");
+    }
 }
 
 #[test]
@@ -70,36 +75,40 @@ fn builtin_catalogue_has_the_design_prices() {
 #[test]
 fn loads_from_a_path_and_reports_a_missing_file() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join("tally-billing-plans.toml");
-    std::fs::write(&path, BUILTIN_TOML).unwrap();
+    let path = dir.join("tally-billing-catalogue.json");
+    std::fs::write(&path, BUILTIN_JSON).unwrap();
     assert_eq!(
         Catalogue::load(&path).unwrap(),
         Catalogue::builtin().unwrap()
     );
-    let missing = dir.join("no-such-plans.toml");
+    assert_eq!(
+        Catalogue::load_or_builtin(Some(&path)).unwrap(),
+        Catalogue::load_or_builtin(None).unwrap()
+    );
+    let missing = dir.join("no-such-catalogue.json");
     let err = Catalogue::load(&missing).unwrap_err();
     assert!(matches!(err, CatalogueError::Read { .. }), "{err}");
-    assert!(err.to_string().contains("no-such-plans.toml"), "{err}");
+    assert!(err.to_string().contains("no-such-catalogue.json"), "{err}");
 }
 
 /// The built-in file with `old` replaced by `new` (which must occur exactly once).
 fn edited(old: &str, new: &str) -> String {
     assert_eq!(
-        BUILTIN_TOML.matches(old).count(),
+        BUILTIN_JSON.matches(old).count(),
         1,
-        "{old:?} must occur once in plans.toml"
+        "{old:?} must occur once in catalogue.json"
     );
-    BUILTIN_TOML.replacen(old, new, 1)
+    BUILTIN_JSON.replacen(old, new, 1)
 }
 
 /// Loads `text` and returns its problems as "path: message" strings (panics if it loads or
 /// fails to parse).
 fn problems(text: &str) -> Vec<String> {
-    match Catalogue::from_toml(text, "test.toml") {
+    match Catalogue::from_json(text, "test.json") {
         Err(e @ CatalogueError::Invalid { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.starts_with("plan catalogue test.toml is invalid: "),
+                msg.starts_with("plan catalogue test.json is invalid: "),
                 "{msg}"
             );
             assert!(!msg.contains('\n'), "one line: {msg}");
@@ -122,7 +131,7 @@ fn assert_problem(text: &str, path: &str, needle: &str) {
 }
 
 fn parse_error(text: &str) -> (usize, String) {
-    match Catalogue::from_toml(text, "test.toml") {
+    match Catalogue::from_json(text, "test.json") {
         Err(CatalogueError::Parse { line, message, .. }) => (line, message),
         Err(e) => panic!("expected Parse, got {e}"),
         Ok(_) => panic!("expected Parse, it loaded"),
@@ -136,36 +145,41 @@ fn line_of(text: &str, needle: &str) -> usize {
 #[test]
 fn a_float_price_is_refused_with_its_line() {
     let text = edited(
-        r#"list_price = { model = "per_unit", unit_price = "0.08" }"#,
-        r#"list_price = { model = "per_unit", unit_price = 0.08 }"#,
+        r#""list_price": { "model": "per_unit", "unit_price": "0.08" }"#,
+        r#""list_price": { "model": "per_unit", "unit_price": 0.08 }"#,
     );
     let (line, message) = parse_error(&text);
-    assert_eq!(line, line_of(&text, "unit_price = 0.08"));
+    assert_eq!(line, line_of(&text, r#""unit_price": 0.08"#));
     assert!(message.contains("floating point"), "{message}");
     assert!(message.contains("string"), "{message}");
 }
 
 #[test]
 fn a_misspelt_field_is_refused_with_its_line() {
-    let text = edited(r#"discount_percent = "20""#, r#"discount_pct = "20""#);
+    let text = edited(r#""discount_percent": "20""#, r#""discount_pct": "20""#);
     let (line, message) = parse_error(&text);
     assert_eq!(line, line_of(&text, "discount_pct"));
     assert!(message.contains("discount_pct"), "{message}");
-    let err = Catalogue::from_toml(&text, "plans.toml").unwrap_err();
+    let err = Catalogue::from_json(&text, "catalogue.json").unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("plan catalogue plans.toml, line ")
+            .starts_with("plan catalogue catalogue.json, line ")
     );
 }
+
+/// Pro's `api_calls` entry, which the price tests replace.
+const PRO_CALLS: &str = r#""api_calls": { "included": 1000000 }"#;
+/// Starter's `compute_minutes` entry, which the price tests replace.
+const STARTER_MINUTES: &str = r#""compute_minutes": { "included": 1000 }"#;
 
 #[test]
 fn tiers_must_ascend() {
     let text = edited(
-        "api_calls = { included = 1_000_000 }",
-        r#"api_calls = { included = 1_000_000, price = { model = "graduated", tiers = [
-            { up_to = "100", unit_price = "0.50" },
-            { up_to = "100", unit_price = "0.40" },
-            { unit_price = "0.30" } ] } }"#,
+        PRO_CALLS,
+        r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
+            { "up_to": "100", "unit_price": "0.50" },
+            { "up_to": "100", "unit_price": "0.40" },
+            { "unit_price": "0.30" } ] } }"#,
     );
     assert_problem(
         &text,
@@ -177,11 +191,11 @@ fn tiers_must_ascend() {
 #[test]
 fn tiers_must_be_contiguous() {
     let text = edited(
-        "api_calls = { included = 1_000_000 }",
-        r#"api_calls = { included = 1_000_000, price = { model = "graduated", tiers = [
-            { from = "0", up_to = "100", unit_price = "0.50" },
-            { from = "150", up_to = "200", unit_price = "0.40" },
-            { from = "200", unit_price = "0.30" } ] } }"#,
+        PRO_CALLS,
+        r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
+            { "from": "0", "up_to": "100", "unit_price": "0.50" },
+            { "from": "150", "up_to": "200", "unit_price": "0.40" },
+            { "from": "200", "unit_price": "0.30" } ] } }"#,
     );
     assert_problem(
         &text,
@@ -193,10 +207,10 @@ fn tiers_must_be_contiguous() {
 #[test]
 fn only_the_last_tier_is_unbounded() {
     let text = edited(
-        "compute_minutes = { included = 1_000 }",
-        r#"compute_minutes = { included = 1_000, price = { model = "volume", tiers = [
-            { up_to = "100", unit_price = "0.10" },
-            { up_to = "200", unit_price = "0.10" } ] } }"#,
+        STARTER_MINUTES,
+        r#""compute_minutes": { "included": 1000, "price": { "model": "volume", "tiers": [
+            { "up_to": "100", "unit_price": "0.10" },
+            { "up_to": "200", "unit_price": "0.10" } ] } }"#,
     );
     assert_problem(
         &text,
@@ -204,9 +218,9 @@ fn only_the_last_tier_is_unbounded() {
         "last tier",
     );
     let text = edited(
-        "compute_minutes = { included = 1_000 }",
-        r#"compute_minutes = { included = 1_000, price = { model = "graduated", tiers = [
-            { unit_price = "0.10" }, { unit_price = "0.10" } ] } }"#,
+        STARTER_MINUTES,
+        r#""compute_minutes": { "included": 1000, "price": { "model": "graduated", "tiers": [
+            { "unit_price": "0.10" }, { "unit_price": "0.10" } ] } }"#,
     );
     assert_problem(
         &text,
@@ -219,10 +233,10 @@ fn only_the_last_tier_is_unbounded() {
 fn a_volume_table_may_not_lower_a_bill() {
     // 1,000 minutes at $0.10 = $100, but 1,000⁺ at $0.05 = $50: refused, with the fix.
     let text = edited(
-        "compute_minutes = { included = 1_000 }",
-        r#"compute_minutes = { included = 1_000, price = { model = "volume", tiers = [
-            { up_to = "1000", unit_price = "0.10" },
-            { unit_price = "0.05" } ] } }"#,
+        STARTER_MINUTES,
+        r#""compute_minutes": { "included": 1000, "price": { "model": "volume", "tiers": [
+            { "up_to": "1000", "unit_price": "0.10" },
+            { "unit_price": "0.05" } ] } }"#,
     );
     assert_problem(
         &text,
@@ -231,29 +245,29 @@ fn a_volume_table_may_not_lower_a_bill() {
     );
     // With the flat fee it asks for, the same table loads.
     let fixed = text.replace(
-        r#"{ unit_price = "0.05" }"#,
-        r#"{ unit_price = "0.05", flat_fee = "50" }"#,
+        r#"{ "unit_price": "0.05" }"#,
+        r#"{ "unit_price": "0.05", "flat_fee": "50" }"#,
     );
-    Catalogue::from_toml(&fixed, "fixed").unwrap();
+    Catalogue::from_json(&fixed, "fixed").unwrap();
 }
 
 #[test]
 fn prices_fees_and_allowances_are_not_negative() {
     assert_problem(
-        &edited(r#"unit_price = "0.08""#, r#"unit_price = "-0.08""#),
+        &edited(r#""unit_price": "0.08""#, r#""unit_price": "-0.08""#),
         "meters.bandwidth_bytes.list_price.unit_price",
         "must not be negative",
     );
     assert_problem(
         &edited(
-            "compute_minutes = { included = 1_000 }",
-            r#"compute_minutes = { included = "-1" }"#,
+            STARTER_MINUTES,
+            r#""compute_minutes": { "included": "-1" }"#,
         ),
         "plans.starter.meters.compute_minutes.included",
         "must not be negative",
     );
     assert_problem(
-        &edited(r#"monthly_fee = "99.00""#, r#"monthly_fee = "-99""#),
+        &edited(r#""monthly_fee": "99.00""#, r#""monthly_fee": "-99""#),
         "plans.pro.monthly_fee",
         "must not be negative",
     );
@@ -262,19 +276,22 @@ fn prices_fees_and_allowances_are_not_negative() {
 #[test]
 fn fees_are_whole_cents_and_discounts_a_percentage() {
     assert_problem(
-        &edited(r#"monthly_fee = "29.00""#, r#"monthly_fee = "29.001""#),
+        &edited(r#""monthly_fee": "29.00""#, r#""monthly_fee": "29.001""#),
         "plans.starter.monthly_fee",
         "whole cents",
     );
     assert_problem(
-        &edited(r#"discount_percent = "40""#, r#"discount_percent = "150""#),
+        &edited(
+            r#""discount_percent": "40""#,
+            r#""discount_percent": "150""#,
+        ),
         "plans.enterprise.discount_percent",
         "from 0 to 100",
     );
     assert_problem(
         &edited(
-            r#"discount_percent = "40""#,
-            r#"discount_percent = "forty""#,
+            r#""discount_percent": "40""#,
+            r#""discount_percent": "forty""#,
         ),
         "plans.enterprise.discount_percent",
         "not a decimal",
@@ -284,53 +301,55 @@ fn fees_are_whole_cents_and_discounts_a_percentage() {
 #[test]
 fn aggregations_are_known() {
     assert_problem(
-        &edited(r#"aggregation = "max""#, r#"aggregation = "avg""#),
+        &edited(r#""aggregation": "max""#, r#""aggregation": "avg""#),
         "meters.storage_bytes.aggregation",
         "unknown aggregation \"avg\"",
     );
     assert_problem(
-        &edited(r#"aggregation = "max""#, r#"aggregation = "unique_count""#),
+        &edited(
+            r#""aggregation": "max""#,
+            r#""aggregation": "unique_count""#,
+        ),
         "meters.storage_bytes.property",
         "required for unique_count",
     );
     assert_problem(
         &edited(
-            r#"aggregation = "max""#,
-            r#"aggregation = "max"
-property = "region""#,
+            r#""aggregation": "max""#,
+            r#""aggregation": "max", "property": "region""#,
         ),
         "meters.storage_bytes.property",
         "only allowed with",
     );
     // unique_count with its property loads.
     let ok = edited(
-        r#"aggregation = "max""#,
-        r#"aggregation = "unique_count"
-property = "user_id""#,
+        r#""aggregation": "max""#,
+        r#""aggregation": "unique_count", "property": "user_id""#,
     );
-    Catalogue::from_toml(&ok, "ok").unwrap();
+    Catalogue::from_json(&ok, "ok").unwrap();
 }
 
 #[test]
 fn units_convert_exactly() {
     assert_problem(
         &edited(
-            "price_unit = \"GB-month\"\nprice_unit_size = \"1 GB\"",
-            "price_unit = \"GiB-month\"\nprice_unit_size = \"1 GiB\"",
-        ),
+            r#""price_unit": "GB-month","#,
+            r#""price_unit": "GiB-month", "price_unit_size": "1 GiB","#,
+        )
+        .replacen(r#""price_unit_size": "1 GB","#, "", 1),
         "meters.storage_bytes.price_unit_size",
         "power of ten",
     );
     assert_problem(
         &edited(
-            "compute_minutes = { included = 1_000 }",
-            r#"compute_minutes = { included = "1 GB" }"#,
+            STARTER_MINUTES,
+            r#""compute_minutes": { "included": "1 GB" }"#,
         ),
         "plans.starter.meters.compute_minutes.included",
         "not a quantity of bytes",
     );
     assert_problem(
-        &edited(r#"included = "10 GiB""#, r#"included = "10 GiBs""#),
+        &edited(r#""included": "10 GiB""#, r#""included": "10 GiBs""#),
         "plans.starter.meters.storage_bytes.included",
         "unknown unit",
     );
@@ -338,12 +357,7 @@ fn units_convert_exactly() {
 
 #[test]
 fn every_plan_is_defined_once() {
-    let text = edited("[plans.pro]\n", "[plans.gold]\n").replacen(
-        "[plans.pro.meters]",
-        "[plans.gold.meters]",
-        1,
-    );
-    let found = problems(&text);
+    let found = problems(&edited(r#""pro": {"#, r#""gold": {"#));
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(
         found[0].starts_with("plans.gold: is not a Tally plan"),
@@ -352,27 +366,27 @@ fn every_plan_is_defined_once() {
     assert!(found[1].starts_with("plans.pro: is missing"), "{found:?}");
 }
 
+/// Enterprise's last two meter entries, which these tests change.
+const ENTERPRISE_TAIL: &str = "\"storage_bytes\": {},\n        \"bandwidth_bytes\": {}";
+
 #[test]
 fn every_plan_prices_every_meter_and_nothing_else() {
     assert_problem(
-        &edited(
-            "storage_bytes = {}\nbandwidth_bytes = {}",
-            "storage_bytes = {}",
-        ),
+        &edited(ENTERPRISE_TAIL, r#""storage_bytes": {}"#),
         "plans.enterprise.meters.bandwidth_bytes",
         "every plan prices every meter",
     );
     assert_problem(
         &edited(
-            "storage_bytes = {}\nbandwidth_bytes = {}",
-            "storage_bytes = {}\nbandwidth_bytes = {}\negress_bytes = {}",
+            ENTERPRISE_TAIL,
+            r#""storage_bytes": {}, "bandwidth_bytes": {}, "egress_bytes": {}"#,
         ),
         "plans.enterprise.meters.egress_bytes",
         "no meter \"egress_bytes\"",
     );
     // Without a list price, every plan that relies on it is named.
     let found = problems(&edited(
-        "list_price = { model = \"per_unit\", unit_price = \"0.08\" }\n",
+        ",\n      \"list_price\": { \"model\": \"per_unit\", \"unit_price\": \"0.08\" }",
         "",
     ));
     assert_eq!(
@@ -389,38 +403,38 @@ fn every_plan_prices_every_meter_and_nothing_else() {
 fn price_models_have_their_own_fields() {
     let with = |price: &str| {
         edited(
-            "api_calls = { included = 1_000_000 }",
-            &format!("api_calls = {{ included = 1_000_000, price = {price} }}"),
+            PRO_CALLS,
+            &format!(r#""api_calls": {{ "included": 1000000, "price": {price} }}"#),
         )
     };
     assert_problem(
-        &with(r#"{ model = "tiered", unit_price = "1" }"#),
+        &with(r#"{ "model": "tiered", "unit_price": "1" }"#),
         "plans.pro.meters.api_calls.price.model",
         "unknown model \"tiered\"",
     );
     assert_problem(
-        &with(r#"{ model = "package", package_size = "0", package_price = "0.50" }"#),
+        &with(r#"{ "model": "package", "package_size": "0", "package_price": "0.50" }"#),
         "plans.pro.meters.api_calls.price.package_size",
         "greater than zero",
     );
     assert_problem(
-        &with(r#"{ model = "package", package_price = "0.50" }"#),
+        &with(r#"{ "model": "package", "package_price": "0.50" }"#),
         "plans.pro.meters.api_calls.price.package_size",
         "required by model \"package\"",
     );
     assert_problem(
-        &with(r#"{ model = "per_unit", unit_price = "1", tiers = [] }"#),
+        &with(r#"{ "model": "per_unit", "unit_price": "1", "tiers": [] }"#),
         "plans.pro.meters.api_calls.price.tiers",
         "does not belong to model \"per_unit\"",
     );
     assert_problem(
-        &with(r#"{ model = "graduated", tiers = [] }"#),
+        &with(r#"{ "model": "graduated", "tiers": [] }"#),
         "plans.pro.meters.api_calls.price.tiers",
         "at least one tier",
     );
     // A package price of $0.50 per started 1,000 calls (1 price unit = 1,000 calls) loads.
-    Catalogue::from_toml(
-        &with(r#"{ model = "package", package_size = "1", package_price = "0.50" }"#),
+    Catalogue::from_json(
+        &with(r#"{ "model": "package", "package_size": "1", "package_price": "0.50" }"#),
         "ok",
     )
     .unwrap();
@@ -428,9 +442,9 @@ fn price_models_have_their_own_fields() {
 
 #[test]
 fn version_currency_and_names_are_checked() {
-    let found = problems(&edited("version = 1\n", "version = 2\n").replacen(
-        "currency = \"usd\"",
-        "currency = \"eur\"",
+    let found = problems(&edited(r#""version": 1,"#, r#""version": 2,"#).replacen(
+        r#""currency": "usd""#,
+        r#""currency": "eur""#,
         1,
     ));
     assert_eq!(found.len(), 2, "{found:#?}");
@@ -440,7 +454,7 @@ fn version_currency_and_names_are_checked() {
         "{found:?}"
     );
 
-    let found = problems(&edited("[meters.compute_minutes]", "[meters.Compute]"));
+    let found = problems(&edited("\"compute_minutes\": {\n", "\"Compute\": {\n"));
     assert!(
         found[0].starts_with("meters.Compute: is not a valid meter name"),
         "{found:?}"
@@ -449,13 +463,21 @@ fn version_currency_and_names_are_checked() {
 
 #[test]
 fn all_problems_are_reported_at_once() {
-    let text = edited(r#"monthly_fee = "29.00""#, r#"monthly_fee = "29.001""#).replacen(
-        r#"aggregation = "max""#,
-        r#"aggregation = "avg""#,
+    let text = edited(r#""monthly_fee": "29.00""#, r#""monthly_fee": "29.001""#).replacen(
+        r#""aggregation": "max""#,
+        r#""aggregation": "avg""#,
         1,
     );
     let found = problems(&text);
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(found[0].starts_with("meters.storage_bytes.aggregation"));
     assert!(found[1].starts_with("plans.starter.monthly_fee"));
+}
+
+#[test]
+fn a_number_with_an_exponent_is_refused_like_a_float() {
+    let text = edited(r#""default_quantity": 1,"#, r#""default_quantity": 1e0,"#);
+    let (line, message) = parse_error(&text);
+    assert_eq!(line, line_of(&text, "1e0"));
+    assert!(message.contains("floating point"), "{message}");
 }

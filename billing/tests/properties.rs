@@ -392,15 +392,28 @@ fn no_float_in_the_billing_source() {
         ("close.rs", include_str!("../src/close.rs")),
         ("error.rs", include_str!("../src/error.rs")),
         ("period_sync.rs", include_str!("../src/period_sync.rs")),
-        ("pricing.rs", include_str!("../src/pricing.rs")),
         ("report.rs", include_str!("../src/report.rs")),
         ("sync.rs", include_str!("../src/sync.rs")),
         ("webhook.rs", include_str!("../src/webhook.rs")),
-        ("plans.toml", include_str!("../plans.toml")),
+    ];
+    // Core's catalogue and price models, which billing prices with.
+    let core = [
+        (
+            "core/src/catalogue.rs",
+            include_str!("../../core/src/catalogue.rs"),
+        ),
+        (
+            "core/src/pricing.rs",
+            include_str!("../../core/src/pricing.rs"),
+        ),
+        (
+            "core/catalogue.json",
+            include_str!("../../core/catalogue.json"),
+        ),
     ];
     // Spelt in pieces so this file does not match itself if it is ever scanned.
     let needles = [concat!("f", "32"), concat!("f", "64"), concat!("Float", "")];
-    for (file, text) in sources {
+    for (file, text) in sources.iter().chain(&core) {
         for needle in needles {
             assert!(
                 !text.contains(needle),

@@ -3,12 +3,19 @@
 //! Everything the other crates agree on lives here and nothing here does I/O: ids parsed at
 //! the edge ([`ids`]), usage events and their validation ([`event`]), the meter catalogue
 //! ([`meter`]), UTC periods ([`period`]), counter keys ([`counter`]), plans and their limits
-//! ([`plan`]), money ([`money`]), the pure batch fold that turns events into counter deltas
-//! ([`fold`]), tenant records ([`tenant`]) and the ports ([`ports`]) that storage and queue
-//! adapters implement. Keeping it pure means every rule is unit-testable without a database
-//! and every backend applies exactly the same arithmetic.
+//! ([`plan`]), the one catalogue file that defines meters, plans, limits and prices
+//! ([`catalogue`]) and its price models ([`pricing`]), money ([`money`]), the pure batch fold
+//! that turns events into counter deltas ([`fold`]), the queue envelope ([`envelope`]),
+//! webhook signatures ([`signature`]), tenant records ([`tenant`]), the ports ([`ports`]) that
+//! storage and queue adapters implement and the outgoing ones ([`sinks`]) that capabilities
+//! hand alerts and poison records to, and the one retry policy ([`backoff`]). Keeping it pure
+//! means every rule is unit-testable without a database and every backend applies exactly the
+//! same arithmetic.
 
+pub mod backoff;
+pub mod catalogue;
 pub mod counter;
+pub mod envelope;
 pub mod event;
 pub mod fold;
 pub mod ids;
@@ -17,8 +24,12 @@ pub mod money;
 pub mod period;
 pub mod plan;
 pub mod ports;
+pub mod pricing;
+pub mod signature;
+pub mod sinks;
 pub mod tenant;
 
+pub use catalogue::{Catalogue, CatalogueError, MeterPrice, MeterSpec, PlanSpec, Problem};
 pub use counter::{CounterKey, CounterScope, OwnedCounterKey};
 pub use event::{ErrorCode, Event, EventError, Quantity, RawEvent};
 pub use fold::{Delta, Deltas};

@@ -75,39 +75,8 @@ impl MeterCatalogue {
     }
 }
 
-fn builtin(
-    name: &str,
-    unit: &str,
-    aggregation: Aggregation,
-    default_quantity: Option<Decimal>,
-) -> Meter {
-    Meter {
-        // The built-in names are literals checked by the test below.
-        name: MeterName::parse(name).unwrap_or_else(|_| unreachable_meter(name)),
-        unit: unit.to_owned(),
-        aggregation,
-        default_quantity,
-    }
-}
-
-#[cold]
-fn unreachable_meter(name: &str) -> MeterName {
-    panic!("built-in meter name {name:?} is invalid")
-}
-
-impl Default for MeterCatalogue {
-    /// The catalogue Tally ships: `api_calls` (sum, 1 per call by default),
-    /// `compute_minutes` (sum), `storage_bytes` (max over the period) and `bandwidth_bytes`
-    /// (sum).
-    fn default() -> Self {
-        MeterCatalogue::new([
-            builtin("api_calls", "calls", Aggregation::Sum, Some(Decimal::ONE)),
-            builtin("compute_minutes", "minutes", Aggregation::Sum, None),
-            builtin("storage_bytes", "bytes", Aggregation::Max, None),
-            builtin("bandwidth_bytes", "bytes", Aggregation::Sum, None),
-        ])
-    }
-}
+// `MeterCatalogue::default()` (the built-in meters) lives in `catalogue`: the meters are
+// data (`core/catalogue.json`).
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,10 @@
-//! Plans and their limits, with the defaults Tally ships.
+//! Plans and their limits.
 //!
-//! Limits are data: the billing issue moves prices and tiers into a plan file. What lives here
-//! is what ingest and the management API need to enforce limits: per-meter monthly allowances,
-//! whether they are hard (refused past the limit) or soft (billed as overage and alerted), and
-//! the hard caps on users and projects. It also holds each plan's default ingest rate limit
+//! Limits are data: every plan is defined once, in the catalogue file (the `catalogue`
+//! module reads it), which also holds prices. What lives here is what ingest and the
+//! management API need to enforce limits: per-meter monthly allowances, whether they are
+//! hard (refused past the limit) or soft (billed as overage and alerted), and the hard caps
+//! on users and projects. It also holds each plan's default ingest rate limit
 //! ([`RateLimit`], [`PlanId::default_rate_limit`]).
 
 use std::collections::BTreeMap;
@@ -121,68 +122,8 @@ pub struct Plan {
     pub limits: PlanLimits,
 }
 
-const GIB: i64 = 1 << 30;
-
+// `Plan::builtin` lives in `catalogue`: the built-in plans are data (`core/catalogue.json`).
 impl Plan {
-    /// The default plan catalogue from the design notes.
-    pub fn builtin(id: PlanId) -> Plan {
-        let meters = |storage_gib: i64, api: i64, compute: i64| {
-            let mut m = BTreeMap::new();
-            let mut put = |name: &str, v: i64| {
-                if let Ok(n) = MeterName::parse(name) {
-                    m.insert(n, Decimal::from(v));
-                }
-            };
-            put("storage_bytes", storage_gib * GIB);
-            put("api_calls", api);
-            put("compute_minutes", compute);
-            m
-        };
-        let (fee, limits) = match id {
-            PlanId::Free => (
-                0,
-                PlanLimits {
-                    users: Some(3),
-                    projects: Some(1),
-                    meters: meters(1, 10_000, 100),
-                    hard_usage_limits: true,
-                },
-            ),
-            PlanId::Starter => (
-                29,
-                PlanLimits {
-                    users: Some(10),
-                    projects: Some(5),
-                    meters: meters(10, 100_000, 1_000),
-                    hard_usage_limits: false,
-                },
-            ),
-            PlanId::Pro => (
-                99,
-                PlanLimits {
-                    users: Some(50),
-                    projects: Some(20),
-                    meters: meters(100, 1_000_000, 10_000),
-                    hard_usage_limits: false,
-                },
-            ),
-            PlanId::Enterprise => (
-                0,
-                PlanLimits {
-                    users: None,
-                    projects: None,
-                    meters: BTreeMap::new(),
-                    hard_usage_limits: false,
-                },
-            ),
-        };
-        Plan {
-            id,
-            monthly_fee: Money::new(Decimal::from(fee)),
-            limits,
-        }
-    }
-
     /// The allowance for a meter, if the plan limits it.
     pub fn meter_limit(&self, meter: &MeterName) -> Option<Decimal> {
         self.limits.meters.get(meter).copied()

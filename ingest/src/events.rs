@@ -68,7 +68,9 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub(crate) fn of(index: usize, id: Option<String>, format: BodyFormat, e: EventError) -> Self {
+    /// The rejection a client sees for event `index` (with its `id`, if it had one) of a
+    /// body in `format`, refused for `e`: the field is named as the client wrote it.
+    pub fn of(index: usize, id: Option<String>, format: BodyFormat, e: EventError) -> Self {
         let field = if e.field.is_empty() {
             // An unknown field whose name is the empty string: name it as JSON would.
             (e.code == ErrorCode::UnknownField).then(|| "\"\"".to_owned())

@@ -257,6 +257,3 @@ pub fn router(state: IngestState) -> Router {
 pub fn router_with(state: IngestState, config: IngestConfig) -> Router {
     Ingest::new(state, config).router()
 }
-
-#[cfg(test)]
-mod tests;

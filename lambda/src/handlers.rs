@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
+use aws_lambda_events::event::kinesis::KinesisEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
 use serde::Serialize;
 use serde_json::Value;
-use tally_aggregator::lambda::aws_lambda_events::event::kinesis::KinesisEvent;
-use tally_aggregator::lambda::aws_lambda_events::event::sqs::SqsEvent;
-use tally_aggregator::lambda::{PoisonSink, handle_kinesis, handle_sqs};
 use tally_billing::close::previous_month_if_due;
 use tally_billing::{
     Catalogue, ClosePorts, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper,
@@ -15,6 +14,7 @@ use tally_billing::{
 };
 use tally_core::ports::{Clock, InvoiceProvider, ReportStore, SyncLedger, TenantStore, UsageStore};
 
+use crate::consumers::{PoisonSink, handle_kinesis, handle_sqs};
 use crate::env::Transport;
 
 pub mod http;

@@ -9,6 +9,8 @@
 //!   request span's `request_id` and `org`) and [`emf`], the `metrics` recorder that
 //!   prints CloudWatch embedded-metric-format lines after each invocation.
 //! - [`backends`]: the DynamoDB store and the SQS or Kinesis queue, from the environment.
+//! - [`consumers`]: the aggregator's SQS and Kinesis consumers over Lambda's event shapes
+//!   (partial batch responses, poison records to a dead-letter sink).
 //! - [`sink`]: the aggregator's dead-letter sink, an SQS queue.
 //! - [`handlers`]: the aggregator and billing invocations as plain async functions (tested
 //!   without a Lambda runtime), and [`handlers::http`], which serves an axum router on
@@ -22,6 +24,7 @@
 
 pub mod alerts;
 pub mod backends;
+pub mod consumers;
 pub mod emf;
 pub mod env;
 pub mod handlers;

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageAttributeValue;
-use tally_aggregator::lambda::PoisonSink;
+use tally_core::sinks::PoisonSink;
 use tally_store::sqs::{REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE};
 
 /// Message attribute saying how the body is encoded when it is not the record's own text.

@@ -1,6 +1,6 @@
-//! Tally's outgoing webhooks: [`WebhookSender`] implements billing's
-//! [`AlertSender`](tally_billing::alerts::AlertSender) port by POSTing each plan-limit alert,
-//! signed, to one configured URL.
+//! Tally's outgoing webhooks: [`WebhookSender`] implements core's [`AlertSender`] port (the
+//! billing alert pass calls it) by POSTing each plan-limit alert, signed, to one configured
+//! URL.
 //!
 //! # The request
 //!
@@ -11,9 +11,9 @@
 //! - `Tally-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
 //!
 //! as payment providers sign theirs (the same code as the Stripe webhook check,
-//! [`tally_billing::webhook::sign`]). A receiver recomputes the HMAC over `t`, a `.` and the
+//! [`tally_core::signature::sign`]). A receiver recomputes the HMAC over `t`, a `.` and the
 //! raw body with the shared secret, compares in constant time, and refuses a `t` far from its
-//! clock (stops replays); [`tally_billing::webhook::verify_signature`] does exactly that.
+//! clock (stops replays); [`tally_core::signature::verify`] does exactly that.
 //!
 //! # Delivery
 //!
@@ -36,10 +36,10 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tally_billing::alerts::{AlertSender, SendError};
-use tally_billing::sync::Sleeper;
-use tally_billing::webhook::sign;
+use tally_core::backoff::{Backoff, Sleeper};
 use tally_core::ports::Clock;
+use tally_core::signature::sign;
+use tally_core::sinks::{AlertSender, SendError};
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "tally-signature";
@@ -87,6 +87,11 @@ impl WebhookConfig {
     /// exceed.
     pub fn worst_case(&self) -> Duration {
         self.timeout * self.max_attempts + self.max_backoff * self.max_attempts
+    }
+
+    /// The attempts and backoff as the workspace's one retry policy.
+    pub fn retry(&self) -> Backoff {
+        Backoff::new(self.max_attempts, self.base_backoff, self.max_backoff)
     }
 }
 
@@ -197,12 +202,7 @@ impl WebhookSender {
     /// capped, jittered to a random point in its upper half so that many senders retrying
     /// one endpoint spread out.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .config
-            .base_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.config.max_backoff);
-        cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
+        self.config.retry().delay(attempt, rand::random::<f64>())
     }
 
     async fn attempt(&self, id: &str, body: &str) -> Attempt {
@@ -266,12 +266,12 @@ impl AlertSender for WebhookSender {
                 Attempt::Delivered => return Ok(()),
                 Attempt::Stop(why) => return Err(SendError(why)),
                 Attempt::Retry(why, retry_after) => {
-                    if attempt >= self.config.max_attempts {
+                    let retry = self.config.retry();
+                    if !retry.retries_after(attempt) {
                         return Err(SendError(format!("{why} (after {attempt} attempts)")));
                     }
-                    let wait = retry_after
-                        .map(|d| d.min(self.config.max_backoff))
-                        .unwrap_or_else(|| self.backoff(attempt));
+                    // The endpoint's `Retry-After` (capped) wins over the backoff.
+                    let wait = retry.wait(retry_after, self.backoff(attempt));
                     self.sleeper.sleep(wait).await;
                     attempt += 1;
                 }

@@ -162,11 +162,14 @@
 //! in the ledger as well, which suits a rare reconcile job.
 
 mod alerts;
+mod api_keys;
 mod apply;
+mod audit;
 mod cells;
 mod codec;
 mod invitations;
 mod keys;
+mod members;
 mod reports;
 mod sync_ledger;
 mod table;
@@ -183,6 +186,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_core::backoff::Backoff;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
@@ -211,39 +215,16 @@ pub use usage::MAX_LEDGER_PAGE;
 
 /// How [`DynamoStore`] retries what may succeed later: throttling, transaction conflicts,
 /// 5xx answers and network failures. Conditional-check failures are not retried this way;
-/// they are answers (see the [module doc](self)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts of one transaction before its events are reported `Failed` (or the call
-    /// fails `Unavailable`). Default 8.
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; it doubles with each attempt. Default 25 ms.
-    pub base_delay: Duration,
-    /// Longest backoff between two attempts. Default 1 s.
-    pub max_delay: Duration,
-}
+/// they are answers (see the [module doc](self)). It is the one retry policy of the
+/// workspace, [`Backoff`], under the name this module has always used; the store's default
+/// is [`DEFAULT_RETRY`] (not `Backoff::default()`, which suits slower remote APIs).
+pub type RetryPolicy = Backoff;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base_delay: Duration::from_millis(25),
-            max_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause after failed attempt number `attempt` (1-based): exponential, capped, and
-    /// jittered to a random point in its upper half so that retrying writers spread out.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
-    }
-}
+/// The store's default [`RetryPolicy`]: 8 attempts of one transaction before its events are
+/// reported `Failed` (or the call fails `Unavailable`), 25 ms doubling, at most 1 s apart,
+/// jittered so that retrying writers spread out.
+pub const DEFAULT_RETRY: RetryPolicy =
+    Backoff::new(8, Duration::from_millis(25), Duration::from_secs(1));
 
 /// Tenants, the event ledger and the counters in one DynamoDB table (see the
 /// [module doc](self) for its items). Cheap to clone: clones share the SDK client.
@@ -325,12 +306,12 @@ struct QuerySpec<'a> {
 
 impl DynamoStore {
     /// A store on `table` (made by [`create_table`]) through `client`, with the default
-    /// [`RetryPolicy`].
+    /// [`RetryPolicy`] ([`DEFAULT_RETRY`]).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoStore {
             client,
             table: Arc::from(table.into()),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
             claim_lease: DEFAULT_CLAIM_LEASE,
             owner_wait: Duration::from_secs(5),
             done_batches: Arc::default(),
@@ -529,7 +510,7 @@ impl DynamoStore {
                     "gave up after {attempt} attempts: {why}"
                 )));
             }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            crate::aws::sleep_before_retry(&self.retry, attempt).await;
         }
     }
 }
@@ -545,7 +526,7 @@ impl UserStore for DynamoStore {
     }
 
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_user_memberships(self, user).await
+        members::list_user_memberships(self, user).await
     }
 }
 
@@ -579,15 +560,15 @@ impl OrgStore for DynamoStore {
 #[async_trait]
 impl MemberStore for DynamoStore {
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        tenants::get_role(self, org, user).await
+        members::get_role(self, org, user).await
     }
 
     async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        tenants::list_members(self, org).await
+        members::list_members(self, org).await
     }
 
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
-        tenants::add_member(self, member).await
+        members::add_member(self, member).await
     }
 
     async fn set_member_role(
@@ -596,7 +577,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
         role: Role,
     ) -> Result<Option<Membership>, StoreError> {
-        tenants::set_member_role(self, org, user, role).await
+        members::set_member_role(self, org, user, role).await
     }
 
     async fn remove_member(
@@ -604,7 +585,7 @@ impl MemberStore for DynamoStore {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Option<Membership>, StoreError> {
-        tenants::remove_member(self, org, user).await
+        members::remove_member(self, org, user).await
     }
 
     async fn transfer_ownership(
@@ -613,7 +594,7 @@ impl MemberStore for DynamoStore {
         from: &UserId,
         to: &UserId,
     ) -> Result<Option<Org>, StoreError> {
-        tenants::transfer_ownership(self, org, from, to).await
+        members::transfer_ownership(self, org, from, to).await
     }
 
     async fn add_project_member(
@@ -623,7 +604,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        tenants::add_project_member(self, org, project, user, at).await
+        members::add_project_member(self, org, project, user, at).await
     }
 
     async fn remove_project_member(
@@ -632,7 +613,7 @@ impl MemberStore for DynamoStore {
         project: &ProjectId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        tenants::remove_project_member(self, org, project, user).await
+        members::remove_project_member(self, org, project, user).await
     }
 
     async fn list_user_projects(
@@ -640,7 +621,7 @@ impl MemberStore for DynamoStore {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Vec<ProjectId>, StoreError> {
-        tenants::list_user_projects(self, org, user).await
+        members::list_user_projects(self, org, user).await
     }
 }
 
@@ -675,15 +656,15 @@ impl ProjectStore for DynamoStore {
 #[async_trait]
 impl ApiKeyStore for DynamoStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        tenants::create_api_key(self, key).await
+        api_keys::create_api_key(self, key).await
     }
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        tenants::find_api_key(self, hash).await
+        api_keys::find_api_key(self, hash).await
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        tenants::list_api_keys(self, org).await
+        api_keys::list_api_keys(self, org).await
     }
 
     async fn revoke_api_key(
@@ -692,7 +673,7 @@ impl ApiKeyStore for DynamoStore {
         id: &ApiKeyId,
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        tenants::revoke_api_key(self, org, id, at).await
+        api_keys::revoke_api_key(self, org, id, at).await
     }
 
     async fn rotate_api_key(
@@ -701,11 +682,11 @@ impl ApiKeyStore for DynamoStore {
         new: &ApiKey,
         old_expires_at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        tenants::rotate_api_key(self, old, new, old_expires_at).await
+        api_keys::rotate_api_key(self, old, new, old_expires_at).await
     }
 
     async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        tenants::touch_api_keys(self, uses).await
+        api_keys::touch_api_keys(self, uses).await
     }
 }
 
@@ -753,11 +734,11 @@ impl InvitationStore for DynamoStore {
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        tenants::record_audit(self, record).await
+        audit::record_audit(self, record).await
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        tenants::list_audit(self, query).await
+        audit::list_audit(self, query).await
     }
 }
 

@@ -2,12 +2,13 @@
 //! consumer whose per-shard checkpoints live in the DynamoDB table.
 //!
 //! **Records.** One record per org-message: the events of one org packed into the versioned
-//! JSON envelope of [`crate::sqs`] (`{"v":1,"events":[...]}`), at most 1 MiB with its
-//! partition key, which is the org id (so one org's events stay in order on one shard).
+//! JSON envelope of [`tally_core::envelope`] (`{"v":1,"events":[...]}`), the same as on SQS,
+//! at most 1 MiB with its partition key, which is the org id (so one org's events stay in
+//! order on one shard).
 //!
 //! - **Publish** sends `PutRecords` calls of at most 500 records and 5 MiB. Records Kinesis
 //!   refuses (throttled, internal failure) are sent again, and only they, up to
-//!   [`KinesisConfig::max_attempts`] times with exponential backoff; the events of records
+//!   [`KinesisConfig::retry`] allows, with jittered exponential backoff; the events of records
 //!   that still failed are listed in [`PublishReport::failed`] with Kinesis's error.
 //! - **Consume.** The handle lists the stream's shards (`ListShards`, again every
 //!   [`KinesisConfig::shard_refresh`]) and polls each with `GetRecords`, at most once per
@@ -58,13 +59,15 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use chrono::Utc;
+use tally_core::backoff::Backoff;
+use tally_core::envelope::{self, PackedMessage, pack};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::sqs::{backoff, decode_body, describe_sdk_error, pack, truncate_utf8};
+use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
 
 /// Largest record (data plus partition key) Kinesis accepts: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -98,10 +101,9 @@ pub struct KinesisConfig {
     pub records_per_call: i32,
     /// How often the shard list is fetched again (to pick up a reshard). Default 60 s.
     pub shard_refresh: Duration,
-    /// Attempts per record for `PutRecords`. Default 5.
-    pub max_attempts: u32,
-    /// First retry pause; doubles per attempt, capped at 2 s. Default 50 ms.
-    pub retry_base_delay: Duration,
+    /// Attempts per record for `PutRecords`, and the jittered pause between them. Default
+    /// [`ENTRY_RETRY`]: 5 attempts, 50 ms doubling, at most 2 s.
+    pub retry: Backoff,
 }
 
 impl Default for KinesisConfig {
@@ -111,8 +113,7 @@ impl Default for KinesisConfig {
             poll_interval: Duration::from_millis(250),
             records_per_call: 1000,
             shard_refresh: Duration::from_secs(60),
-            max_attempts: 5,
-            retry_base_delay: Duration::from_millis(50),
+            retry: ENTRY_RETRY,
         }
     }
 }
@@ -637,10 +638,7 @@ impl KinesisQueue {
                 sh.buffer.pop_front();
                 continue;
             }
-            let decoded = match std::str::from_utf8(&rec.data) {
-                Ok(text) => decode_body(text),
-                Err(e) => Err(format!("record data is not UTF-8: {e}")),
-            };
+            let decoded = envelope::decode(&rec.data).map_err(|e| e.to_string());
             match decoded {
                 Err(reason) => {
                     let Some(rec) = sh.buffer.pop_front() else {
@@ -885,7 +883,7 @@ impl EventQueue for KinesisQueue {
         }
         let packed = pack(events, MAX_RECORD_BYTES - MAX_PARTITION_KEY);
         let mut failed = packed.failed;
-        let size = |m: &crate::sqs::PackedMessage| m.body.len() + m.org.len();
+        let size = |m: &PackedMessage| m.body.len() + m.org.len();
         let mut start = 0;
         while start < packed.messages.len() {
             let mut end = start;
@@ -1000,10 +998,9 @@ impl EventQueue for KinesisQueue {
     /// reason), then marks the record done like an ack, so the checkpoint can pass it.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let (shard_id, seq) = parse_receipt(&delivery.receipt)?;
-        let data =
-            serde_json::json!({ "v": crate::sqs::ENVELOPE_VERSION, "events": delivery.events })
-                .to_string()
-                .into_bytes();
+        let data = envelope::encode(&delivery.events)
+            .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?
+            .into_bytes();
         let rec = Fetched {
             seq: seq.to_owned(),
             partition_key: delivery
@@ -1038,17 +1035,17 @@ impl EventQueue for KinesisQueue {
 impl KinesisQueue {
     /// Sends one `PutRecords` batch, retrying only the failed records. Returns the records
     /// (indexes into `batch`) that still failed, with the reason.
-    async fn put_batch(&self, batch: &[crate::sqs::PackedMessage]) -> Vec<(usize, String)> {
+    async fn put_batch(&self, batch: &[PackedMessage]) -> Vec<(usize, String)> {
         let cfg = &self.inner.config;
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut last_reason: HashMap<usize, String> = HashMap::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
-        for attempt in 0..cfg.max_attempts.max(1) {
+        for attempt in 0..cfg.retry.max_attempts.max(1) {
             if pending.is_empty() {
                 break;
             }
             if attempt > 0 {
-                backoff(attempt, cfg.retry_base_delay).await;
+                sleep_before_retry(&cfg.retry, attempt).await;
                 tracing::warn!(attempt, records = pending.len(), "retrying Kinesis puts");
             }
             let mut entries = Vec::with_capacity(pending.len());
@@ -1119,7 +1116,10 @@ impl KinesisQueue {
             let reason = last_reason
                 .remove(&k)
                 .unwrap_or_else(|| "Kinesis put failed".to_owned());
-            failed.push((k, format!("{reason} (after {} attempts)", cfg.max_attempts)));
+            failed.push((
+                k,
+                format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
+            ));
         }
         metrics::counter!("tally_queue_messages_sent_total", "backend" => "kinesis")
             .increment((batch.len() - failed.len()) as u64);

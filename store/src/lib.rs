@@ -9,8 +9,9 @@
 //!   for the embedded `tally serve` (the module doc explains the ledger's key layout).
 //! - [`local_queue::LocalQueue`]: the durable queue between ingest and the aggregator in its
 //!   own SQLite file, so publishing and applying never contend for one write lock.
-//! - [`sqs::SqsQueue`]: the queue on Amazon SQS, events packed into versioned JSON envelopes
-//!   of up to 256 KiB, undecodable messages moved to the dead-letter queue with the reason.
+//! - [`sqs::SqsQueue`]: the queue on Amazon SQS, events packed into the versioned JSON
+//!   envelopes of [`tally_core::envelope`], up to 256 KiB each, undecodable messages moved to
+//!   the dead-letter queue with the reason.
 //! - [`kinesis::KinesisQueue`]: the queue on a Kinesis data stream (the same envelopes, one
 //!   record per org-message) with a polling consumer whose per-shard checkpoints, and dead
 //!   letters, are items in the DynamoDB table.
@@ -24,6 +25,8 @@
 //!
 //! - [`derive`]: day, month and org-wide counters derived from hour cells when read; both
 //!   stores keep cells rather than six counters per event (its module doc says why).
+//! - [`aws`]: the SDK configuration, and what the AWS adapters share (error descriptions,
+//!   retry pauses of core's one [`Backoff`](tally_core::backoff::Backoff) policy).
 //!
 //! Every adapter is checked by the same backend-agnostic conformance suites in `tally-tests`
 //! (`tests/src/conformance/`).

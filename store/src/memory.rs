@@ -29,12 +29,13 @@
 //!   does for the other stores) and closed periods.
 //! - `memory/billing.rs`: reports, the sync ledger and alerts.
 //!
-//! # Faults
+//! # Observing and failing the hot lookups
 //!
-//! [`MemoryStore::fail_key_lookups`] makes
-//! [`find_api_key`](tally_core::ports::ApiKeyStore::find_api_key) fail with a chosen
-//! [`Fault`] until it is cleared, for tests of what ingest and the API do when the key store
-//! is down or returns garbage.
+//! The lookups ingest and the usage API make per request ([`Op`]: key by hash, org,
+//! project, period, counter series) are counted ([`MemoryStore::calls`]), so a test can see
+//! that a cache saved a round trip, and can be made to fail ([`MemoryStore::fail`]) with a
+//! chosen [`Fault`] until cleared, for tests of what a capability answers when its store is
+//! down or returns garbage.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -69,8 +70,22 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// A failure [`MemoryStore::fail_key_lookups`] injects, named by the [`StoreError`] it
-/// becomes.
+/// A lookup a test can count ([`MemoryStore::calls`]) or make fail ([`MemoryStore::fail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`find_api_key`](tally_core::ports::ApiKeyStore::find_api_key).
+    FindApiKey,
+    /// [`get_org`](tally_core::ports::OrgStore::get_org).
+    GetOrg,
+    /// [`get_project`](tally_core::ports::ProjectStore::get_project).
+    GetProject,
+    /// [`is_period_closed`](tally_core::ports::UsageStore::is_period_closed).
+    IsPeriodClosed,
+    /// [`counter_series`](tally_core::ports::UsageStore::counter_series).
+    CounterSeries,
+}
+
+/// A failure [`MemoryStore::fail`] injects, named by the [`StoreError`] it becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// [`StoreError::Unavailable`]: the backend is down (a `503` at the HTTP edge).
@@ -81,14 +96,11 @@ pub enum Fault {
 
 impl Fault {
     /// The error the failing operation returns; `op` names it in the message.
-    fn error(self, op: &str) -> StoreError {
+    fn error(self, op: Op) -> StoreError {
+        let what = format!("{op:?}: injected by MemoryStore::fail");
         match self {
-            Fault::Unavailable => {
-                StoreError::Unavailable(format!("{op}: injected by MemoryStore::fail_key_lookups"))
-            }
-            Fault::Corrupt => {
-                StoreError::Corrupt(format!("{op}: injected by MemoryStore::fail_key_lookups"))
-            }
+            Fault::Unavailable => StoreError::Unavailable(what),
+            Fault::Corrupt => StoreError::Corrupt(what),
         }
     }
 }
@@ -99,11 +111,20 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Makes every [`find_api_key`](tally_core::ports::ApiKeyStore::find_api_key), on every
-    /// handle of this store, fail with `fault` from now on; `None` makes lookups work again.
-    /// Nothing else is affected: keys can still be created, listed and touched.
-    pub fn fail_key_lookups(&self, fault: Option<Fault>) {
-        self.lock().faults.key_lookups = fault;
+    /// Makes every call of `op`, on every handle of this store, fail with `fault` from now
+    /// on; `None` makes it work again. Nothing else is affected (keys can still be created,
+    /// listed and touched while key lookups fail).
+    pub fn fail(&self, op: Op, fault: Option<Fault>) {
+        let mut st = self.lock();
+        match fault {
+            Some(f) => st.faults.insert(op, f),
+            None => st.faults.remove(&op),
+        };
+    }
+
+    /// How many times `op` was called on any handle of this store, failed calls included.
+    pub fn calls(&self, op: Op) -> usize {
+        self.lock().calls.get(&op).copied().unwrap_or(0)
     }
 
     /// The state, locked. A panic in another thread while it held the lock does not make
@@ -161,21 +182,25 @@ struct State {
     /// threshold).
     alerts: BTreeMap<AlertKey, StoredAlert>,
     /// Injected failures.
-    faults: Faults,
+    faults: HashMap<Op, Fault>,
+    /// How often each observed lookup was called.
+    calls: HashMap<Op, usize>,
 }
 
 /// One org's counter cells: by (meter, hour start in Unix seconds), then project, the merged
 /// delta of the hour's events.
 type Cells = BTreeMap<(MeterName, i64), BTreeMap<ProjectId, Delta>>;
 
-/// The failures [`MemoryStore`] is told to inject.
-#[derive(Default)]
-struct Faults {
-    /// What `find_api_key` fails with, if anything.
-    key_lookups: Option<Fault>,
-}
-
 impl State {
+    /// Counts a call of `op` and fails it if a test said so.
+    fn observe(&mut self, op: Op) -> Result<(), StoreError> {
+        *self.calls.entry(op).or_default() += 1;
+        match self.faults.get(&op) {
+            Some(f) => Err(f.error(op)),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the org exists and is not deleted (what adding anything to it needs).
     fn org_is_live(&self, org: &OrgId) -> bool {
         self.orgs.get(org).is_some_and(|o| o.deleted_at.is_none())

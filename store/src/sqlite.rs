@@ -26,7 +26,7 @@
 //! seen?". Event ids are the clients' own and arrive in no particular order across orgs, so
 //! whatever B-tree is keyed by (org, event id) is written at random places, and each touched
 //! page is written to the WAL at commit (and again at checkpoint). That is the embedded
-//! backend's wall (see `TESTING.md`: ~55k rows/s when the ledger *table* is keyed by
+//! backend's wall (see `docs/testing.md`: ~55k rows/s when the ledger *table* is keyed by
 //! (org, id), ~68k when it is a rowid table with a unique index on (org, id), ~690k for
 //! inserts in key order). So:
 //!

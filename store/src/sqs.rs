@@ -2,16 +2,16 @@
 //! queue).
 //!
 //! **Message format.** A message body is a versioned JSON envelope holding some events of one
-//! org: `{"v":1,"events":[<event>,...]}`, each event as [`Event`] serializes it. The same
-//! envelope is the data of a Kinesis record ([`crate::kinesis`]); both adapters share the
-//! packing and decoding code here. A reader refuses an envelope of another version, one with
-//! no events and one mixing orgs; such a message is dead-lettered, never handed out.
+//! org: `{"v":1,"events":[<event>,...]}`, each event as [`Event`] serializes it
+//! ([`tally_core::envelope`] packs and decodes it). The same envelope is the data of a
+//! Kinesis record ([`crate::kinesis`]). A reader refuses an envelope of another version, one
+//! with no events and one mixing orgs; such a message is dead-lettered, never handed out.
 //!
 //! - **Publish** groups the events by org (in order of first appearance) and packs each group
 //!   greedily into bodies of at most [`MAX_MESSAGE_BYTES`] (256 KiB). The bodies go out with
 //!   `SendMessageBatch`, at most 10 entries and 256 KiB per call. Entries SQS refuses for a
 //!   reason of its own (throttling, an internal error) are sent again, and only they, up to
-//!   [`SqsConfig::max_attempts`] times with exponential backoff; entries refused for the
+//!   [`SqsConfig::retry`] allows, with jittered exponential backoff; entries refused for the
 //!   sender's fault are not retried. Every event of an entry that still failed is listed in
 //!   [`PublishReport::failed`] with the reason, as is an event that alone does not fit a
 //!   message (impossible for validated events: their properties are at most 4 KiB).
@@ -47,21 +47,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
-use serde::Deserialize;
+use tally_core::backoff::Backoff;
+use tally_core::envelope::{self, pack};
 use tally_core::event::Event;
-use tally_core::ids::OrgId;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// The envelope version this build writes and reads.
-pub const ENVELOPE_VERSION: u32 = 1;
+use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
+
+/// The envelope version this build writes and reads (defined with the envelope, in core).
+pub use tally_core::envelope::ENVELOPE_VERSION;
 /// Largest message body [`SqsQueue::publish`] writes (and the largest total payload of one
 /// `SendMessageBatch` call): 256 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -84,162 +86,6 @@ const MAX_VISIBILITY_SECONDS: u64 = 12 * 60 * 60;
 /// Longest dead-letter reason kept in the attribute.
 const MAX_REASON_BYTES: usize = 1024;
 
-const ENVELOPE_PREFIX: &str = r#"{"v":1,"events":["#;
-const ENVELOPE_SUFFIX: &str = "]}";
-
-// ---------------------------------------------------------------------------------------
-// The envelope (shared with the Kinesis adapter)
-// ---------------------------------------------------------------------------------------
-
-/// One message's worth of events of one org, encoded.
-#[derive(Debug)]
-pub(crate) struct PackedMessage {
-    /// The org all events belong to (the Kinesis partition key).
-    pub(crate) org: String,
-    /// The envelope JSON.
-    pub(crate) body: String,
-    /// Indexes of the events (into the published slice), in order.
-    pub(crate) indexes: Vec<usize>,
-}
-
-/// What [`pack`] made of a publish.
-#[derive(Debug, Default)]
-pub(crate) struct Packed {
-    pub(crate) messages: Vec<PackedMessage>,
-    /// Events that could not be packed at all, with the reason.
-    pub(crate) failed: Vec<(usize, String)>,
-}
-
-/// Groups `events` by org (first appearance order) and packs each group greedily into
-/// envelopes of at most `max_bytes` bytes.
-pub(crate) fn pack(events: &[Event], max_bytes: usize) -> Packed {
-    let mut groups: Vec<(&OrgId, Vec<usize>)> = Vec::new();
-    let mut index: HashMap<&OrgId, usize> = HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        let g = *index.entry(&e.org_id).or_insert_with(|| {
-            groups.push((&e.org_id, Vec::new()));
-            groups.len() - 1
-        });
-        groups[g].1.push(i);
-    }
-    let mut packed = Packed::default();
-    let overhead = ENVELOPE_PREFIX.len() + ENVELOPE_SUFFIX.len();
-    for (org, indexes) in groups {
-        let mut current: Option<PackedMessage> = None;
-        for i in indexes {
-            let json = match serde_json::to_string(&events[i]) {
-                Ok(j) => escape_nonchars(j),
-                Err(e) => {
-                    packed
-                        .failed
-                        .push((i, format!("event does not encode as JSON: {e}")));
-                    continue;
-                }
-            };
-            if overhead + json.len() > max_bytes {
-                packed.failed.push((
-                    i,
-                    format!(
-                        "event is {} bytes of JSON; a message holds at most {max_bytes}",
-                        json.len()
-                    ),
-                ));
-                continue;
-            }
-            if let Some(m) = current.as_mut()
-                && m.body.len() + 1 + json.len() + ENVELOPE_SUFFIX.len() <= max_bytes
-            {
-                m.body.push(',');
-                m.body.push_str(&json);
-                m.indexes.push(i);
-                continue;
-            }
-            if let Some(mut done) = current.take() {
-                done.body.push_str(ENVELOPE_SUFFIX);
-                packed.messages.push(done);
-            }
-            let mut body = String::with_capacity(max_bytes.min(64 * 1024));
-            body.push_str(ENVELOPE_PREFIX);
-            body.push_str(&json);
-            current = Some(PackedMessage {
-                org: org.as_str().to_owned(),
-                body,
-                indexes: vec![i],
-            });
-        }
-        if let Some(mut done) = current {
-            done.body.push_str(ENVELOPE_SUFFIX);
-            packed.messages.push(done);
-        }
-    }
-    packed
-}
-
-/// SQS accepts only XML characters in a body: JSON escapes everything below U+0020 already;
-/// this escapes the two non-characters U+FFFE and U+FFFF (they can only occur inside JSON
-/// strings, where `\uXXXX` means the same).
-fn escape_nonchars(json: String) -> String {
-    if !json.contains(['\u{fffe}', '\u{ffff}']) {
-        return json;
-    }
-    json.replace('\u{fffe}', "\\ufffe")
-        .replace('\u{ffff}', "\\uffff")
-}
-
-#[derive(Deserialize)]
-struct EnvelopeIn {
-    v: u32,
-    events: Vec<Event>,
-}
-
-/// Decodes an envelope; the error is the reason to dead-letter it.
-pub(crate) fn decode_body(body: &str) -> Result<Vec<Event>, String> {
-    #[derive(Deserialize)]
-    struct VersionOnly {
-        v: u32,
-    }
-    let version = serde_json::from_str::<VersionOnly>(body)
-        .map_err(|e| format!("message body is not a Tally event envelope: {e}"))?
-        .v;
-    if version != ENVELOPE_VERSION {
-        return Err(format!(
-            "envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"
-        ));
-    }
-    let envelope: EnvelopeIn = serde_json::from_str(body)
-        .map_err(|e| format!("message body does not decode as events: {e}"))?;
-    debug_assert_eq!(envelope.v, ENVELOPE_VERSION);
-    let Some(first) = envelope.events.first() else {
-        return Err("envelope holds no events".to_owned());
-    };
-    if envelope.events.iter().any(|e| e.org_id != first.org_id) {
-        return Err("envelope mixes events of several orgs".to_owned());
-    }
-    Ok(envelope.events)
-}
-
-/// Sleeps before retry `attempt` (1-based): `base * 2^(attempt-1)`, capped at 2 s, plus up
-/// to `base` of jitter.
-pub(crate) async fn backoff(attempt: u32, base: Duration) {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
-    let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
-    let pause =
-        exp.min(Duration::from_secs(2)) + Duration::from_millis(rand::random_range(0..jitter_ms));
-    tokio::time::sleep(pause).await;
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 // ---------------------------------------------------------------------------------------
 // Configuration and construction
 // ---------------------------------------------------------------------------------------
@@ -257,10 +103,9 @@ pub struct SqsConfig {
     /// main queue's `RedrivePolicy`, looked up once.
     pub dead_letter_queue_url: Option<String>,
     /// Attempts per batch entry for sends, deletes and visibility changes (the SDK's own
-    /// retries of a failed call come on top). Default 5.
-    pub max_attempts: u32,
-    /// First retry pause; doubles per attempt, capped at 2 s. Default 50 ms.
-    pub retry_base_delay: Duration,
+    /// retries of a failed call come on top), and the jittered pause between them. Default
+    /// [`ENTRY_RETRY`]: 5 attempts, 50 ms doubling, at most 2 s.
+    pub retry: Backoff,
 }
 
 impl Default for SqsConfig {
@@ -269,8 +114,7 @@ impl Default for SqsConfig {
             visibility_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(MAX_WAIT_SECONDS),
             dead_letter_queue_url: None,
-            max_attempts: 5,
-            retry_base_delay: Duration::from_millis(50),
+            retry: ENTRY_RETRY,
         }
     }
 }
@@ -328,27 +172,6 @@ where
     R: std::fmt::Debug,
 {
     QueueError::Unavailable(format!("SQS {what}: {}", describe_sdk_error(&e)))
-}
-
-/// A one-line description of an SDK error: `code: message` for a service error (without
-/// the raw response), the error chain otherwise. Shared with the Kinesis adapter (every SDK
-/// crate re-exports the same `SdkError`).
-pub(crate) fn describe_sdk_error<E, R>(e: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e {
-        SdkError::ServiceError(service) => {
-            let err = service.err();
-            format!(
-                "{}: {}",
-                err.code().unwrap_or("unknown error"),
-                err.message().unwrap_or("(no message)")
-            )
-        }
-        other => DisplayErrorContext(other).to_string(),
-    }
 }
 
 fn whole_seconds_up(d: Duration) -> u64 {
@@ -570,12 +393,12 @@ impl SqsQueue {
             let mut pending: Vec<usize> = (0..bodies.len()).collect();
             let mut failed: Vec<(usize, String)> = Vec::new();
             let mut last_reason: HashMap<usize, String> = HashMap::new();
-            for attempt in 0..cfg.max_attempts.max(1) {
+            for attempt in 0..cfg.retry.max_attempts.max(1) {
                 if pending.is_empty() {
                     break;
                 }
                 if attempt > 0 {
-                    backoff(attempt, cfg.retry_base_delay).await;
+                    sleep_before_retry(&cfg.retry, attempt).await;
                     tracing::warn!(attempt, entries = pending.len(), "retrying SQS sends");
                 }
                 let mut entries = Vec::with_capacity(pending.len());
@@ -652,7 +475,10 @@ impl SqsQueue {
                 let reason = last_reason
                     .remove(&k)
                     .unwrap_or_else(|| "SQS send failed".to_owned());
-                failed.push((k, format!("{reason} (after {} attempts)", cfg.max_attempts)));
+                failed.push((
+                    k,
+                    format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
+                ));
             }
             let sent = bodies.len() - failed.len();
             metrics::counter!("tally_queue_messages_sent_total", "backend" => "sqs")
@@ -853,12 +679,12 @@ impl SqsQueue {
             .map(|(i, h)| (i.to_string(), *h))
             .collect();
         let mut last_error = None;
-        for attempt in 0..cfg.max_attempts.max(1) {
+        for attempt in 0..cfg.retry.max_attempts.max(1) {
             if pending.is_empty() {
                 return Ok(());
             }
             if attempt > 0 {
-                backoff(attempt, cfg.retry_base_delay).await;
+                sleep_before_retry(&cfg.retry, attempt).await;
             }
             match call(&pending).await {
                 Err(e) => {
@@ -968,7 +794,7 @@ impl EventQueue for SqsQueue {
             let mut overflowed = false;
             for m in messages {
                 let decoded = match m.body() {
-                    Some(body) => decode_body(body),
+                    Some(body) => envelope::decode_str(body).map_err(|e| e.to_string()),
                     None => Err("message has no body".to_owned()),
                 };
                 let evs = match decoded {
@@ -1074,8 +900,8 @@ impl EventQueue for SqsQueue {
     /// to the dead-letter queue is possible then; it is a copy, never a loss).
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         tracing::error!(receipt = %delivery.receipt, reason, "dead-lettering poison SQS message");
-        let body =
-            serde_json::json!({ "v": ENVELOPE_VERSION, "events": delivery.events }).to_string();
+        let body = envelope::encode(&delivery.events)
+            .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?;
         let dlq = self.dead_letter_queue_url().await?;
         let reason_value = MessageAttributeValue::builder()
             .data_type("String")
@@ -1135,112 +961,7 @@ impl EventQueue for SqsQueue {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
-    use rust_decimal::Decimal;
-    use tally_core::event::Quantity;
-    use tally_core::ids::{EventId, MeterName, ProjectId};
-    use tally_core::meter::Aggregation;
-
-    fn event(org: &str, id: &str, blob: usize) -> Event {
-        let mut properties = serde_json::Map::new();
-        if blob > 0 {
-            properties.insert("blob".into(), "x".repeat(blob).into());
-        }
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::parse("prj_1").unwrap(),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Sum,
-            quantity: Quantity::new(Decimal::ONE).unwrap(),
-            timestamp: chrono::Utc::now(),
-            properties,
-        }
-    }
-
-    #[test]
-    fn the_prefix_names_the_current_version() {
-        assert_eq!(
-            ENVELOPE_PREFIX,
-            format!(r#"{{"v":{ENVELOPE_VERSION},"events":["#)
-        );
-    }
-
-    #[test]
-    fn packing_splits_by_org_and_size_and_round_trips() {
-        let mut events: Vec<Event> = (0..40)
-            .map(|i| {
-                event(
-                    if i % 3 == 0 { "org_b" } else { "org_a" },
-                    &format!("e{i}"),
-                    4000,
-                )
-            })
-            .collect();
-        events.push(event("org_a", "huge", 40_000));
-        let packed = pack(&events, 32 * 1024);
-        assert_eq!(packed.failed.len(), 1);
-        assert_eq!(packed.failed[0].0, 40);
-        let mut seen = Vec::new();
-        for m in &packed.messages {
-            assert!(m.body.len() <= 32 * 1024, "{}", m.body.len());
-            let decoded = decode_body(&m.body).unwrap();
-            assert_eq!(decoded.len(), m.indexes.len());
-            for (e, &i) in decoded.iter().zip(&m.indexes) {
-                assert_eq!(e, &events[i]);
-                assert_eq!(e.org_id.as_str(), m.org);
-            }
-            seen.extend(m.indexes.iter().copied());
-        }
-        seen.sort_unstable();
-        assert_eq!(seen, (0..40).collect::<Vec<_>>());
-        assert!(packed.messages.len() > 2);
-        // Orgs in first-appearance order.
-        assert_eq!(packed.messages[0].org, "org_b");
-    }
-
-    #[test]
-    fn bad_envelopes_are_refused_with_a_reason() {
-        assert!(decode_body("not json").is_err());
-        assert!(
-            decode_body(r#"{"v":2,"events":[]}"#)
-                .unwrap_err()
-                .contains("version 2")
-        );
-        assert!(
-            decode_body(r#"{"v":1,"events":[]}"#)
-                .unwrap_err()
-                .contains("no events")
-        );
-        let a = serde_json::to_string(&event("org_a", "1", 0)).unwrap();
-        let b = serde_json::to_string(&event("org_b", "2", 0)).unwrap();
-        let mixed = format!(r#"{{"v":1,"events":[{a},{b}]}}"#);
-        assert!(decode_body(&mixed).unwrap_err().contains("several orgs"));
-        assert_eq!(
-            decode_body(&format!(r#"{{"v":1,"events":[{a}]}}"#))
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn non_characters_are_escaped_and_survive() {
-        let mut e = event("org_a", "1", 0);
-        e.properties.insert("k".into(), "a\u{fffe}b\u{ffff}".into());
-        let packed = pack(std::slice::from_ref(&e), MAX_MESSAGE_BYTES);
-        let body = &packed.messages[0].body;
-        assert!(!body.contains('\u{fffe}') && !body.contains('\u{ffff}'));
-        assert_eq!(decode_body(body).unwrap(), vec![e]);
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate_utf8("héllo", 2), "h");
-        assert_eq!(truncate_utf8("abc", 10), "abc");
-    }
 
     #[test]
     fn visibility_rounds_up() {

@@ -107,7 +107,7 @@ pub async fn alerts(common: &Common, command: AlertsCommand) -> anyhow::Result<(
         bail!("alerts are off: set {URL_ENV} and {SECRET_ENV}");
     };
     let stores = backend::open_store(common).await?;
-    let catalogue = Catalogue::builtin().context("the built-in plan catalogue")?;
+    let catalogue = common.load_catalogue()?;
     let ports = AlertPorts {
         tenants: stores.tenants.as_ref(),
         usage: stores.usage.as_ref(),

@@ -341,6 +341,7 @@ mod tests {
             store: store.map(str::to_owned),
             queue: queue.map(str::to_owned),
             aws_endpoint: None,
+            catalogue: None,
             json: false,
         }
     }

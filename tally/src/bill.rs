@@ -19,7 +19,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tally_billing::{
-    Catalogue, ClosePorts, CloseRequest, PeriodSyncOptions, PeriodSyncPorts, Progress, UsageReport,
+    ClosePorts, CloseRequest, PeriodSyncOptions, PeriodSyncPorts, Progress, UsageReport,
     close_month, sync_period,
 };
 use tally_core::{Month, OrgId};
@@ -99,7 +99,7 @@ pub async fn bill(common: &Common, args: BillArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--org")?;
     let grace = chrono::Duration::from_std(args.grace_period).context("--grace-period")?;
-    let catalogue = Catalogue::builtin().context("the built-in plan catalogue")?;
+    let catalogue = common.load_catalogue()?;
     let clock = crate::clock::from_env()?;
     // Read before anything is closed, so a bad setting stops the run early.
     let provider = if args.dry_run || args.no_stripe {

@@ -35,7 +35,6 @@ use clap::Args;
 use tally_aggregator::AggregatorConfig;
 use tally_api::jwt::JwtConfig;
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
-use tally_core::MeterCatalogue;
 use tally_core::Month;
 use tally_core::ports::{Clock, SystemClock};
 use tally_notify::WebhookSender;
@@ -83,30 +82,35 @@ fn parse_alert_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// The ingest and management routers merged, plus `GET /healthz`; `jwt` verifies users'
-/// tokens (none: JWTs are refused). Also hands back ingest's key cache, whose last-used
-/// times [`tally_ingest::keys::flush_key_uses`] writes.
+/// tokens (none: JWTs are refused); both take their meters and plan limits from
+/// `catalogue`. Also hands back ingest's key cache, whose last-used times
+/// [`tally_ingest::keys::flush_key_uses`] writes.
 pub fn router(
     backends: &Backends,
     clock: Arc<dyn Clock>,
     jwt: Option<JwtConfig>,
+    catalogue: &Catalogue,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
-    let catalogue = Arc::new(MeterCatalogue::default());
+    let meters = Arc::new(catalogue.meter_catalogue());
     let ingest = tally_ingest::Ingest::new(
         tally_ingest::IngestState::new(
             backends.tenants.clone(),
             backends.usage.clone(),
             backends.queue.clone(),
-            catalogue.clone(),
+            meters.clone(),
             clock.clone(),
         ),
-        tally_ingest::IngestConfig::default(),
+        tally_ingest::IngestConfig {
+            plans: catalogue.core_plans(),
+            ..tally_ingest::IngestConfig::default()
+        },
     );
     let keys = ingest.key_cache();
     let ingest = ingest.router();
     let api = tally_api::router(tally_api::ApiState {
         tenants: backends.tenants.clone(),
         usage: backends.usage.clone(),
-        catalogue,
+        catalogue: meters,
         clock,
         jwt: jwt.map(Arc::new),
     });
@@ -178,6 +182,9 @@ pub struct App {
     pub stripe_webhook_secret: Option<String>,
     /// Where plan-limit alerts are sent; `None`: no alert task.
     pub alert_sender: Option<WebhookSender>,
+    /// The one catalogue of this run: ingest validates and limits by it, the API reads its
+    /// meters, billing and alerts price and measure by it.
+    pub catalogue: Arc<Catalogue>,
 }
 
 impl App {
@@ -186,6 +193,7 @@ impl App {
     pub async fn open(common: &Common, settings: Settings) -> anyhow::Result<App> {
         let backends = backend::open(common).await?;
         let jwt = jwt_config(common)?;
+        let catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,
             settings,
@@ -194,6 +202,7 @@ impl App {
             stripe: None,
             stripe_webhook_secret: None,
             alert_sender: None,
+            catalogue,
         })
     }
 
@@ -238,6 +247,7 @@ pub async fn run(
         stripe,
         stripe_webhook_secret,
         alert_sender,
+        catalogue,
     } = app;
     let grace = chrono::Duration::from_std(settings.grace_period)
         .ok()
@@ -248,7 +258,6 @@ pub async fn run(
                 tally_billing::close::MAX_GRACE.num_days()
             )
         })?;
-    let catalogue = Arc::new(Catalogue::builtin().context("the built-in plan catalogue")?);
     let stripe = stripe.map(Arc::new);
     let webhook = tally_billing::webhook::router(tally_billing::webhook::WebhookState {
         ledger: backends.sync.clone(),
@@ -286,7 +295,7 @@ pub async fn run(
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
-            catalogue,
+            catalogue.clone(),
             stripe,
             clock.clone(),
             grace,
@@ -295,7 +304,7 @@ pub async fn run(
     });
 
     info!(addr = %local, "tally listening on http://{local}");
-    let (routes, keys) = router(&backends, clock, Some(jwt));
+    let (routes, keys) = router(&backends, clock, Some(jwt), &catalogue);
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,

@@ -34,6 +34,11 @@ pub struct Common {
     /// Endpoint for every AWS client, e.g. an emulator on http://127.0.0.1:5000.
     #[arg(long, global = true, env = "TALLY_AWS_ENDPOINT")]
     pub aws_endpoint: Option<String>,
+    /// The catalogue file (meters, plans with their limits, prices; JSON as
+    /// `core/catalogue.json`); default: the built-in one. Every command and task of one run
+    /// uses this one catalogue, so what ingest enforces and what billing charges agree.
+    #[arg(long, global = true, env = "TALLY_CATALOGUE")]
+    pub catalogue: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -47,7 +52,17 @@ impl Common {
             store: None,
             queue: None,
             aws_endpoint: None,
+            catalogue: None,
             json: false,
+        }
+    }
+
+    /// Loads the catalogue `--catalogue` names, or the built-in one.
+    pub fn load_catalogue(&self) -> anyhow::Result<tally_billing::Catalogue> {
+        let loaded = tally_billing::Catalogue::load_or_builtin(self.catalogue.as_deref());
+        match &self.catalogue {
+            Some(path) => loaded.with_context(|| format!("the catalogue {}", path.display())),
+            None => loaded.context("the built-in catalogue"),
         }
     }
 }

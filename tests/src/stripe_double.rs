@@ -1,6 +1,6 @@
 //! A stateful Stripe double for the invoice sync's tests.
 //!
-//! No Stripe emulator on the registries handles the invoice flow (see TESTING.md), so this
+//! No Stripe emulator on the registries handles the invoice flow (see docs/testing.md), so this
 //! is one: an axum server on `127.0.0.1:0` that speaks Stripe's form-encoded requests and
 //! JSON error shapes for exactly the endpoints `tally-stripe` calls
 //! (`POST /v1/customers`, `/v1/invoices`, `/v1/invoiceitems`,

@@ -1,4 +1,4 @@
-//! The Lambda handlers of `tally_aggregator::lambda`, fed real event JSON as Lambda sends
+//! The Lambda consumers of `tally_lambda::consumers`, fed real event JSON as Lambda sends
 //! it (SQS messages; Kinesis records with base64 data), against the SQLite store.
 
 // Test harness code: a failed unwrap is a failed test.
@@ -8,13 +8,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde_json::json;
-use tally_aggregator::lambda::aws_lambda_events::event::kinesis::KinesisEvent;
-use tally_aggregator::lambda::aws_lambda_events::event::sqs::SqsEvent;
-use tally_aggregator::lambda::{PoisonSink, handle_kinesis, handle_sqs};
 use tally_core::event::Event;
 use tally_core::meter::Aggregation;
 use tally_core::period::Month;
 use tally_core::ports::UsageStore;
+use tally_lambda::consumers::aws_lambda_events::event::kinesis::KinesisEvent;
+use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
+use tally_lambda::consumers::{PoisonSink, handle_kinesis, handle_sqs};
 use tally_store::sqlite::SqliteStore;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
 

@@ -30,16 +30,16 @@ mod storage {
     tally_tests::storage_conformance!(MemoryFactory::default());
 }
 
-/// `fail_key_lookups` makes `find_api_key` fail on every handle, with the chosen error,
+/// `fail(Op::FindApiKey, ..)` makes `find_api_key` fail on every handle, with the chosen error,
 /// until it is cleared; nothing else fails meanwhile.
 #[tokio::test]
-async fn key_lookups_fail_on_demand() {
+async fn lookups_are_counted_and_fail_on_demand() {
     use chrono::Utc;
     use tally_core::ids::{ApiKeyId, OrgId, UserId};
     use tally_core::plan::PlanId;
     use tally_core::ports::{ApiKeyStore, OrgStore, StoreError, UserStore};
     use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
-    use tally_store::memory::Fault;
+    use tally_store::memory::{Fault, Op};
 
     let store = MemoryStore::new();
     let now = Utc::now();
@@ -76,12 +76,12 @@ async fn key_lookups_fail_on_demand() {
     store.create_api_key(&key).await.unwrap();
 
     let other = store.clone();
-    other.fail_key_lookups(Some(Fault::Unavailable));
+    other.fail(Op::FindApiKey, Some(Fault::Unavailable));
     assert!(matches!(
         store.find_api_key(&key.hash).await,
         Err(StoreError::Unavailable(_))
     ));
-    store.fail_key_lookups(Some(Fault::Corrupt));
+    store.fail(Op::FindApiKey, Some(Fault::Corrupt));
     assert!(matches!(
         other.find_api_key(&key.hash).await,
         Err(StoreError::Corrupt(_))
@@ -90,6 +90,9 @@ async fn key_lookups_fail_on_demand() {
         store.list_api_keys(&org.id).await.unwrap(),
         vec![key.clone()]
     );
-    store.fail_key_lookups(None);
+    store.fail(Op::FindApiKey, None);
     assert_eq!(other.find_api_key(&key.hash).await.unwrap(), Some(key));
+    // Every call was counted, failed ones included, on whichever handle made it.
+    assert_eq!(store.calls(Op::FindApiKey), 3);
+    assert_eq!(other.calls(Op::GetOrg), 0);
 }

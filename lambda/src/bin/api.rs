@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tally_api::jwt::JwtConfig;
-use tally_core::MeterCatalogue;
+use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
 use tally_lambda::env::{self, Env};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -19,12 +19,13 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = Telemetry::init(&env, "api")?;
     let secret = env.required(env::JWT_SECRET)?;
     let jwt = JwtConfig::hs256(secret.as_bytes()).context(env::JWT_SECRET)?;
+    let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let router = tally_api::router(
         tally_api::ApiState::new(
             store.tenants.clone(),
             store.usage.clone(),
-            Arc::new(MeterCatalogue::default()),
+            Arc::new(catalogue.meter_catalogue()),
             Arc::new(SystemClock),
         )
         .with_jwt(jwt),

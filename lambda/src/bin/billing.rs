@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let grace = Duration::from_secs(grace);
-    let catalogue = Catalogue::builtin().context("the built-in plan catalogue")?;
+    let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let stripe = match env.optional(env::STRIPE_SECRET_KEY)? {
         Some(secret_key) => Some(

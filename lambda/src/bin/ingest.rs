@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tally_core::MeterCatalogue;
+use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
 use tally_lambda::env::{self, Env};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -17,6 +17,7 @@ use tally_lambda::{backends, handlers, telemetry::Telemetry};
 async fn main() -> anyhow::Result<()> {
     let env = Env::new(env::INGEST);
     let telemetry = Telemetry::init(&env, "ingest")?;
+    let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
     let ingest = tally_ingest::Ingest::new(
@@ -24,10 +25,13 @@ async fn main() -> anyhow::Result<()> {
             store.tenants.clone(),
             store.usage.clone(),
             queue,
-            Arc::new(MeterCatalogue::default()),
+            Arc::new(catalogue.meter_catalogue()),
             Arc::new(SystemClock),
         ),
-        tally_ingest::IngestConfig::default(),
+        tally_ingest::IngestConfig {
+            plans: catalogue.core_plans(),
+            ..tally_ingest::IngestConfig::default()
+        },
     );
     // Keys' last-used times, written at most every few seconds while the function is warm.
     tokio::spawn(tally_ingest::keys::flush_key_uses(

@@ -358,7 +358,7 @@ async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
                 "gave up after {attempt} attempts: {why}"
             )));
         }
-        tokio::time::sleep(store.retry.delay(attempt)).await;
+        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 
@@ -678,7 +678,7 @@ async fn write_intent(
                 ));
             }
             Err(e) if attempt >= store.retry.max_attempts => return Err(e),
-            Err(_) => tokio::time::sleep(store.retry.delay(attempt)).await,
+            Err(_) => crate::aws::sleep_before_retry(&store.retry, attempt).await,
         }
     }
 }
@@ -826,7 +826,7 @@ async fn apply_chunk(
             return Err(format!("gave up after {failures} attempts: {why}"));
         }
         tracing::debug!(attempt = failures, reason = %why, "retrying a counter chunk");
-        tokio::time::sleep(store.retry.delay(failures)).await;
+        crate::aws::sleep_before_retry(&store.retry, failures).await;
     }
 }
 
@@ -1076,7 +1076,7 @@ async fn raise_hour(
         if attempt >= store.retry.max_attempts {
             return Err(format!("gave up after {attempt} attempts: {why}"));
         }
-        tokio::time::sleep(store.retry.delay(attempt)).await;
+        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 

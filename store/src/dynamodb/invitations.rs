@@ -21,7 +21,8 @@ use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
 };
 use super::keys::{self, PK, SK, TTL, USER_SK};
-use super::tenants::{failed, membership_put, must_exist, org_must_be_live, tx_update};
+use super::members::membership_put;
+use super::tenants::{failed, must_exist, org_must_be_live, tx_update};
 use super::{DynamoStore, QuerySpec};
 
 /// Sort key of an invitation item.

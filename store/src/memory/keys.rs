@@ -16,7 +16,7 @@ use tally_core::tenant::{
     MAX_KEY_USES_PER_CALL, Membership, audit_instant_key, rules,
 };
 
-use super::{MemoryStore, State, micros};
+use super::{MemoryStore, Op, State, micros};
 
 impl State {
     /// `Conflict` if a key with this hash, or this id in its org, is stored.
@@ -69,10 +69,8 @@ impl ApiKeyStore for MemoryStore {
     }
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let st = self.lock();
-        if let Some(fault) = st.faults.key_lookups {
-            return Err(fault.error("find_api_key"));
-        }
+        let mut st = self.lock();
+        st.observe(Op::FindApiKey)?;
         Ok(st
             .key_hashes
             .get(hash)

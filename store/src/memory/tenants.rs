@@ -8,7 +8,7 @@ use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::{MemberStore, OrgStore, ProjectStore, StoreError, UserStore};
 use tally_core::tenant::{Membership, Org, OrgChanges, Project, ProjectChanges, Role, User, rules};
 
-use super::{MemoryStore, State};
+use super::{MemoryStore, Op, State};
 
 impl State {
     /// Adds a membership: `Conflict` for an owner or a member already, `NotFound` for a
@@ -134,7 +134,9 @@ impl OrgStore for MemoryStore {
     }
 
     async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        Ok(self.lock().orgs.get(id).cloned())
+        let mut st = self.lock();
+        st.observe(Op::GetOrg)?;
+        Ok(st.orgs.get(id).cloned())
     }
 
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
@@ -341,11 +343,9 @@ impl ProjectStore for MemoryStore {
         org: &OrgId,
         id: &ProjectId,
     ) -> Result<Option<Project>, StoreError> {
-        Ok(self
-            .lock()
-            .projects
-            .get(&(org.clone(), id.clone()))
-            .cloned())
+        let mut st = self.lock();
+        st.observe(Op::GetProject)?;
+        Ok(st.projects.get(&(org.clone(), id.clone())).cloned())
     }
 
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {

@@ -27,7 +27,7 @@ use tally_core::ports::{
     ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
 };
 
-use super::MemoryStore;
+use super::{MemoryStore, Op};
 use crate::derive;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns (as on SQLite and
@@ -119,6 +119,7 @@ impl UsageStore for MemoryStore {
     }
 
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+        self.lock().observe(Op::CounterSeries)?;
         let (from, to) = (ceil_secs(q.from), ceil_secs(q.to));
         if from >= to {
             return Ok(Vec::new());
@@ -217,7 +218,9 @@ impl UsageStore for MemoryStore {
     }
 
     async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
-        Ok(self.lock().closed.contains_key(&month))
+        let mut st = self.lock();
+        st.observe(Op::IsPeriodClosed)?;
+        Ok(st.closed.contains_key(&month))
     }
 
     async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {

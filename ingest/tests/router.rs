@@ -1,11 +1,15 @@
-//! Router tests against small in-memory implementations of the ports, with a test clock
-//! (time moves when a test says so; nothing sleeps).
+//! Router tests against the in-memory store (`tally_store::MemoryStore`, the adapter that
+//! passes the storage conformance suite) and a queue fake whose publishes can be made to
+//! fail or wait, with a [`FixedClock`] (time moves when a test says so; nothing sleeps).
 //!
 //! Every answer the helpers see is also checked against the OpenAPI document: its status
 //! must be documented for `POST /v1/events`, and an error body's keys must be documented
 //! properties of the error object.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -16,24 +20,25 @@ use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tally_core::counter::OwnedCounterKey;
-use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::event::{Event, Quantity};
+use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
-    ApiKeyStore, ApplyReport, AuditLog, Clock, CounterQuery, CounterValue, Delivery, EventQueue,
-    InvitationStore, LedgerPage, MemberStore, OrgStore, ProjectStore, PublishReport, QueueError,
-    StoreError, UsageStore, UserStore,
+    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
+    QueueError, UsageStore, UserStore,
 };
-use tally_core::tenant::{
-    ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse, Membership,
-    Org, OrgChanges, Project, ProjectChanges, Role, User,
-};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_store::MemoryStore;
+use tally_store::memory::{Fault, Op};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use super::*;
+use std::sync::Arc;
+
+use tally_core::MeterCatalogue;
+use tally_ingest::*;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -48,26 +53,8 @@ const REVOKED_KEY: &str = "tk_test_revoked";
 const EXPIRED_KEY: &str = "tk_test_expired";
 /// `events:write` key of org_f (free plan: 10 events/s, burst 20, hard limits).
 const FREE_KEY: &str = "tk_test_free";
-/// Key whose org does not exist.
+/// Key of an org that was deleted (which revoked it).
 const ORPHAN_KEY: &str = "tk_test_orphan";
-
-/// A clock that moves only when told to.
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl TestClock {
-    fn at(s: &str) -> Self {
-        TestClock(Mutex::new(t(s)))
-    }
-    fn advance(&self, d: TimeDelta) {
-        *self.0.lock().unwrap() += d;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
 
 fn ms(n: i64) -> TimeDelta {
     TimeDelta::milliseconds(n)
@@ -89,27 +76,26 @@ enum PublishMode {
     FailIdsOnce(HashSet<String>),
 }
 
-/// One in-memory fake for all three ports.
+/// The queue fake: records what ingest published, and refuses or holds publishes on demand
+/// (what a queue does when it is down, full or slow).
 #[derive(Default)]
-struct Mem {
-    keys: Mutex<HashMap<KeyHash, ApiKey>>,
-    orgs: Mutex<HashMap<OrgId, Org>>,
-    projects: Vec<Project>,
-    closed: Mutex<HashSet<Month>>,
-    /// Org-wide month counters: (org, meter, month) -> value.
-    usage: Mutex<HashMap<(OrgId, MeterName, Month), Decimal>>,
+struct Queue {
     published: Mutex<Vec<Event>>,
     publish_calls: AtomicUsize,
     publish_mode: Mutex<PublishMode>,
     /// When set, `publish` waits for a notification before answering.
     publish_gate: Mutex<Option<std::sync::Arc<Notify>>>,
-    key_lookups: AtomicUsize,
-    org_lookups: AtomicUsize,
-    project_lookups: AtomicUsize,
-    period_lookups: AtomicUsize,
-    usage_lookups: AtomicUsize,
-    projects_unavailable: bool,
-    keys_corrupt: bool,
+}
+
+impl Queue {
+    fn published_ids(&self) -> Vec<String> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_str().to_owned())
+            .collect()
+    }
 }
 
 fn org(s: &str) -> OrgId {
@@ -166,316 +152,61 @@ fn project(id: &str, org_id: &str) -> Project {
     }
 }
 
-impl Mem {
-    fn seeded() -> Mem {
-        let mut keys = vec![
-            key(GOOD_KEY, "org_a", &[KeyScope::EventsWrite]),
-            key(READ_KEY, "org_a", &[KeyScope::UsageRead]),
-            key(REVOKED_KEY, "org_a", &[KeyScope::EventsWrite]),
-            key(EXPIRED_KEY, "org_a", &[KeyScope::EventsWrite]),
-            key(FREE_KEY, "org_f", &[KeyScope::EventsWrite]),
-            key(ORPHAN_KEY, "org_gone", &[KeyScope::EventsWrite]),
-        ];
-        keys[2].revoked_at = Some(t("2026-11-01T00:00:00Z"));
-        keys[3].expires_at = Some(t(NOW));
-        Mem {
-            keys: Mutex::new(keys.into_iter().map(|k| (k.hash.clone(), k)).collect()),
-            orgs: Mutex::new(
-                [
-                    an_org("org_a", PlanId::Pro),
-                    an_org("org_b", PlanId::Pro),
-                    an_org("org_f", PlanId::Free),
-                ]
-                .into_iter()
-                .map(|o| (o.id.clone(), o))
-                .collect(),
-            ),
-            projects: vec![
-                project("prj_a1", "org_a"),
-                project("prj_a2", "org_a"),
-                project("prj_b1", "org_b"),
-                project("prj_f1", "org_f"),
-            ],
-            closed: Mutex::new([month("2026-10")].into()),
-            ..Mem::default()
-        }
+/// A store holding orgs a (pro), b (pro) and f (free) with their projects and keys, and a
+/// deleted org whose key was revoked with it; October is closed.
+async fn seeded() -> MemoryStore {
+    let store = MemoryStore::new();
+    store
+        .ensure_user(&User {
+            id: UserId::parse("usr_owner").unwrap(),
+            email: "owner@example.com".into(),
+            created_at: t("2026-01-01T00:00:00Z"),
+        })
+        .await
+        .unwrap();
+    for (id, plan) in [
+        ("org_a", PlanId::Pro),
+        ("org_b", PlanId::Pro),
+        ("org_f", PlanId::Free),
+        ("org_gone", PlanId::Pro),
+    ] {
+        store.create_org(&an_org(id, plan)).await.unwrap();
     }
-
-    fn set_usage(&self, org_id: &str, m: &str, mon: &str, value: i64) {
-        self.usage
-            .lock()
-            .unwrap()
-            .insert((org(org_id), meter(m), month(mon)), Decimal::from(value));
+    for (id, o) in [
+        ("prj_a1", "org_a"),
+        ("prj_a2", "org_a"),
+        ("prj_b1", "org_b"),
+        ("prj_f1", "org_f"),
+    ] {
+        store.create_project(&project(id, o)).await.unwrap();
     }
-
-    fn edit_key(&self, secret: &str, f: impl FnOnce(&mut ApiKey)) {
-        let mut keys = self.keys.lock().unwrap();
-        f(keys.get_mut(&KeyHash::of_secret(secret)).unwrap());
+    let mut revoked = key(REVOKED_KEY, "org_a", &[KeyScope::EventsWrite]);
+    revoked.revoked_at = Some(t("2026-11-01T00:00:00Z"));
+    let mut expired = key(EXPIRED_KEY, "org_a", &[KeyScope::EventsWrite]);
+    expired.expires_at = Some(t(NOW));
+    for k in [
+        key(GOOD_KEY, "org_a", &[KeyScope::EventsWrite]),
+        key(READ_KEY, "org_a", &[KeyScope::UsageRead]),
+        revoked,
+        expired,
+        key(FREE_KEY, "org_f", &[KeyScope::EventsWrite]),
+        key(ORPHAN_KEY, "org_gone", &[KeyScope::EventsWrite]),
+    ] {
+        store.create_api_key(&k).await.unwrap();
     }
-
-    fn published_ids(&self) -> Vec<String> {
-        self.published
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.id.as_str().to_owned())
-            .collect()
-    }
+    store
+        .delete_org(&org("org_gone"), t("2026-11-02T00:00:00Z"))
+        .await
+        .unwrap();
+    store
+        .close_period(month("2026-10"), t("2026-11-01T02:00:00Z"))
+        .await
+        .unwrap();
+    store
 }
 
 #[async_trait]
-impl UserStore for Mem {
-    async fn ensure_user(&self, _: &User) -> Result<User, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn get_user(&self, _: &UserId) -> Result<Option<User>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn list_user_memberships(&self, _: &UserId) -> Result<Vec<Membership>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl OrgStore for Mem {
-    async fn create_org(&self, _: &Org) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        self.org_lookups.fetch_add(1, Ordering::SeqCst);
-        Ok(self.orgs.lock().unwrap().get(id).cloned())
-    }
-    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn update_org(&self, _: &OrgId, _: &OrgChanges) -> Result<Option<Org>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn delete_org(&self, _: &OrgId, _: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl MemberStore for Mem {
-    async fn get_role(&self, _: &OrgId, _: &UserId) -> Result<Option<Role>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn list_members(&self, _: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn add_member(&self, _: &Membership) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn set_member_role(
-        &self,
-        _: &OrgId,
-        _: &UserId,
-        _: Role,
-    ) -> Result<Option<Membership>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn remove_member(&self, _: &OrgId, _: &UserId) -> Result<Option<Membership>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn transfer_ownership(
-        &self,
-        _: &OrgId,
-        _: &UserId,
-        _: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn add_project_member(
-        &self,
-        _: &OrgId,
-        _: &ProjectId,
-        _: &UserId,
-        _: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn remove_project_member(
-        &self,
-        _: &OrgId,
-        _: &ProjectId,
-        _: &UserId,
-    ) -> Result<bool, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn list_user_projects(
-        &self,
-        _: &OrgId,
-        _: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl ProjectStore for Mem {
-    async fn create_project(&self, _: &Project) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        self.project_lookups.fetch_add(1, Ordering::SeqCst);
-        if self.projects_unavailable {
-            return Err(StoreError::Unavailable("down".into()));
-        }
-        Ok(self
-            .projects
-            .iter()
-            .find(|p| p.org_id == *org && p.id == *id)
-            .cloned())
-    }
-    async fn list_projects(&self, _: &OrgId) -> Result<Vec<Project>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn update_project(
-        &self,
-        _: &OrgId,
-        _: &ProjectId,
-        _: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for Mem {
-    async fn create_api_key(&self, _: &ApiKey) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        self.key_lookups.fetch_add(1, Ordering::SeqCst);
-        if self.keys_corrupt {
-            return Err(StoreError::Corrupt("bad row".into()));
-        }
-        Ok(self.keys.lock().unwrap().get(hash).cloned())
-    }
-    async fn list_api_keys(&self, _: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn revoke_api_key(
-        &self,
-        _: &OrgId,
-        _: &ApiKeyId,
-        _: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn rotate_api_key(
-        &self,
-        _: &ApiKeyId,
-        _: &ApiKey,
-        _: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn touch_api_keys(&self, _: &[KeyUse]) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl InvitationStore for Mem {
-    async fn create_invitation(&self, _: &Invitation) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn list_invitations(
-        &self,
-        _: &OrgId,
-        _: DateTime<Utc>,
-    ) -> Result<Vec<Invitation>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn find_invitation(
-        &self,
-        _: &KeyHash,
-        _: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn revoke_invitation(
-        &self,
-        _: &OrgId,
-        _: &InvitationId,
-        _: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn accept_invitation(
-        &self,
-        _: &KeyHash,
-        _: &UserId,
-        _: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl AuditLog for Mem {
-    async fn record_audit(&self, _: &AuditRecord) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn list_audit(&self, _: &AuditQuery) -> Result<AuditPage, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl UsageStore for Mem {
-    async fn apply_batch(&self, _: &[Event]) -> Result<ApplyReport, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        self.usage_lookups.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(q.granularity, Granularity::Month);
-        assert_eq!(q.project, None, "hard limits are org-wide");
-        let m = Month::of(q.from);
-        assert_eq!((q.from, q.to), (m.start(), m.end()));
-        let usage = self.usage.lock().unwrap();
-        Ok(usage
-            .get(&(q.org.clone(), q.meter.clone(), m))
-            .map(|v| CounterValue {
-                start: m.start(),
-                value: *v,
-            })
-            .into_iter()
-            .collect())
-    }
-    async fn ledger_page(
-        &self,
-        _: &OrgId,
-        _: Month,
-        _: Option<String>,
-        _: usize,
-    ) -> Result<LedgerPage, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn stored_counters(
-        &self,
-        _: &OrgId,
-        _: Month,
-    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
-        self.period_lookups.fetch_add(1, Ordering::SeqCst);
-        Ok(self.closed.lock().unwrap().contains(&month))
-    }
-    async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl EventQueue for Mem {
+impl EventQueue for Queue {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
         let call = self.publish_calls.fetch_add(1, Ordering::SeqCst);
         let gate = self.publish_gate.lock().unwrap().clone();
@@ -501,13 +232,13 @@ impl EventQueue for Mem {
         Ok(PublishReport { failed })
     }
     async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
+        unreachable!("ingest only publishes")
     }
     async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
+        unreachable!("ingest only publishes")
     }
     async fn depth(&self) -> Result<u64, QueueError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
+        unreachable!("ingest only publishes")
     }
 }
 
@@ -604,32 +335,82 @@ impl Answer {
     }
 }
 
-/// A router over one fake, its clock and one set of caches, as in a running process.
+/// A router over the store, the queue fake, its clock and one set of caches, as in a running
+/// process.
 struct Harness {
-    mem: Arc<Mem>,
-    clock: Arc<TestClock>,
+    store: MemoryStore,
+    mem: Arc<Queue>,
+    clock: Arc<FixedClock>,
     ingest: Ingest,
 }
 
 impl Harness {
-    fn new() -> Self {
-        Harness::with(Mem::seeded(), IngestConfig::default())
+    async fn new() -> Self {
+        Harness::with(IngestConfig::default()).await
     }
 
-    fn with(mem: Mem, config: IngestConfig) -> Self {
-        let mem = Arc::new(mem);
-        let clock = Arc::new(TestClock::at(NOW));
+    async fn with(config: IngestConfig) -> Self {
+        Harness::over(seeded().await, config)
+    }
+
+    fn over(store: MemoryStore, config: IngestConfig) -> Self {
+        let mem = Arc::new(Queue::default());
+        let clock = Arc::new(FixedClock::at(t(NOW)));
+        let shared = Arc::new(store.clone());
         let ingest = Ingest::new(
             IngestState::new(
-                mem.clone(),
-                mem.clone(),
+                shared.clone(),
+                shared,
                 mem.clone(),
                 Arc::new(MeterCatalogue::default()),
                 clock.clone(),
             ),
             config,
         );
-        Harness { mem, clock, ingest }
+        Harness {
+            store,
+            mem,
+            clock,
+            ingest,
+        }
+    }
+
+    /// Makes the org's month usage of a `sum` meter read `value` (at least what it reads
+    /// now), by applying one event of the difference to the store.
+    async fn set_usage(&self, org_id: &str, m: &str, mon: &str, value: i64) {
+        let org_id = org(org_id);
+        let meter = meter(m);
+        let mon = month(mon);
+        let now: Decimal = self
+            .store
+            .stored_counters(&org_id, mon)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| {
+                k.project.is_none() && k.meter == meter && k.granularity == Granularity::Month
+            })
+            .map_or(Decimal::ZERO, |(_, v)| v);
+        let add = Decimal::from(value) - now;
+        assert!(add >= Decimal::ZERO, "usage only grows");
+        let project = self
+            .store
+            .list_projects(&org_id)
+            .await
+            .unwrap()
+            .remove(0)
+            .id;
+        let e = Event {
+            id: EventId::parse(&format!("usage_{m}_{value}")).unwrap(),
+            org_id,
+            project_id: project,
+            meter,
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::new(add).unwrap(),
+            timestamp: mon.start(),
+            properties: serde_json::Map::new(),
+        };
+        self.store.apply_batch(&[e]).await.unwrap();
     }
 
     fn advance(&self, d: TimeDelta) {
@@ -703,7 +484,7 @@ fn with(mut v: Value, field: &str, value: Value) -> Value {
 
 #[tokio::test]
 async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let mut missing_id = ev("x");
     missing_id.as_object_mut().unwrap().remove("id");
     let mut events = vec![
@@ -785,13 +566,13 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
     );
     assert_eq!(published[1].meter, meter("compute_minutes"));
     // Distinct projects (a1, zzz, b1, a2) and months (11, 10) are looked up once each.
-    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 4);
-    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.store.calls(Op::GetProject), 4);
+    assert_eq!(h.store.calls(Op::IsPeriodClosed), 2);
 }
 
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let a = h.post(Some(GOOD_KEY), ev("solo").to_string()).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json, json!({"accepted": 1, "rejected": []}));
@@ -815,7 +596,7 @@ async fn a_single_event_body_is_accepted() {
 
 #[tokio::test]
 async fn an_unknown_field_named_empty_string_is_still_named() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let a = h
         .post(Some(GOOD_KEY), with(ev("e"), "", json!(1)).to_string())
         .await;
@@ -825,7 +606,7 @@ async fn an_unknown_field_named_empty_string_is_still_named() {
 
 #[tokio::test]
 async fn cloudevents_are_accepted_and_errors_use_their_names() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let ce = json!({"specversion": "1.0", "source": "/svc", "id": "ce1", "type": "compute_minutes",
         "subject": "prj_a1", "time": "2026-11-26T10:00:00Z",
         "data": {"quantity": "12.5", "region": "eu"}});
@@ -859,7 +640,7 @@ async fn cloudevents_are_accepted_and_errors_use_their_names() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_naming_body_or_events() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let cases = [
         ("{\"events\": [".to_string(), "malformed_json", "body"),
         ("not json".to_string(), "malformed_json", "body"),
@@ -885,7 +666,7 @@ async fn malformed_bodies_are_400_naming_body_or_events() {
 
 #[tokio::test]
 async fn bodies_over_one_mebibyte_are_413_json() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let mut body = json!({ "events": [ev("e")] }).to_string();
     body.insert_str(1, &" ".repeat(body::MAX_BODY_BYTES));
     let a = h.post(Some(GOOD_KEY), body).await;
@@ -901,7 +682,7 @@ async fn bodies_over_one_mebibyte_are_413_json() {
 
 #[tokio::test]
 async fn request_ids_are_echoed() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let req = Request::post("/v1/events")
         .header(header::AUTHORIZATION, format!("Bearer {GOOD_KEY}"))
         .header("x-request-id", "abc-123")
@@ -924,7 +705,7 @@ async fn request_ids_are_echoed() {
 
 #[tokio::test]
 async fn bad_keys_are_401_and_missing_scope_403() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let body = || ev("e").to_string();
     for key in [
         None,
@@ -938,11 +719,11 @@ async fn bad_keys_are_401_and_missing_scope_403() {
         assert_eq!(a.error().0, "unauthorized");
         assert_eq!(a.headers[header::WWW_AUTHENTICATE], "Bearer");
     }
-    let lookups = h.mem.key_lookups.load(Ordering::SeqCst);
+    let lookups = h.store.calls(Op::FindApiKey);
     let a = h.post(Some(&"k".repeat(129)), body()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        h.mem.key_lookups.load(Ordering::SeqCst),
+        h.store.calls(Op::FindApiKey),
         lookups,
         "too-long secrets are refused before any lookup"
     );
@@ -963,26 +744,20 @@ async fn bad_keys_are_401_and_missing_scope_403() {
 
 #[tokio::test]
 async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     for i in 0..5 {
         let a = h
             .post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
             .await;
         assert_eq!(a.status, StatusCode::ACCEPTED);
     }
-    assert_eq!(
-        h.mem.key_lookups.load(Ordering::SeqCst),
-        1,
-        "one store read"
-    );
-    assert_eq!(
-        h.mem.org_lookups.load(Ordering::SeqCst),
-        1,
-        "plan cached too"
-    );
+    assert_eq!(h.store.calls(Op::FindApiKey), 1, "one store read");
+    assert_eq!(h.store.calls(Op::GetOrg), 1, "plan cached too");
 
-    h.mem
-        .edit_key(GOOD_KEY, |k| k.revoked_at = Some(t(NOW) + secs(1)));
+    h.store
+        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(1))
+        .await
+        .unwrap();
     h.advance(secs(9));
     let a = h.post(Some(GOOD_KEY), ev("late").to_string()).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "still cached 9 s later");
@@ -995,16 +770,22 @@ async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
             .unwrap()
             .contains("revoked")
     );
-    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.store.calls(Op::FindApiKey), 2);
 }
 
 #[tokio::test]
 async fn a_revocation_time_on_the_cached_key_is_exact() {
-    let h = Harness::new();
-    h.mem
-        .edit_key(GOOD_KEY, |k| k.revoked_at = Some(t(NOW) + secs(3)));
-    h.mem
-        .edit_key(FREE_KEY, |k| k.expires_at = Some(t(NOW) + secs(3)));
+    let h = Harness::new().await;
+    h.store
+        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(3))
+        .await
+        .unwrap();
+    // A rotation with a 3 s overlap: the old key expires then.
+    let successor = key("tk_test_freenext", "org_f", &[KeyScope::EventsWrite]);
+    h.store
+        .rotate_api_key(&key_id(FREE_KEY), &successor, t(NOW) + secs(3))
+        .await
+        .unwrap();
     for key in [GOOD_KEY, FREE_KEY] {
         let a = h.post(Some(key), ev("e").to_string()).await;
         assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{key}");
@@ -1020,33 +801,25 @@ async fn a_revocation_time_on_the_cached_key_is_exact() {
             .unwrap()
             .contains("expired")
     );
-    assert_eq!(
-        h.mem.key_lookups.load(Ordering::SeqCst),
-        2,
-        "no store read needed"
-    );
+    assert_eq!(h.store.calls(Op::FindApiKey), 2, "no store read needed");
 }
 
 #[tokio::test]
 async fn unknown_keys_are_cached_briefly() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     for _ in 0..50 {
         let a = h.post(Some("tk_test_flood"), ev("e").to_string()).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.store.calls(Op::FindApiKey), 1);
     h.advance(secs(2));
     h.post(Some("tk_test_flood"), ev("e").to_string()).await;
-    assert_eq!(
-        h.mem.key_lookups.load(Ordering::SeqCst),
-        2,
-        "miss TTL is 2 s"
-    );
+    assert_eq!(h.store.calls(Op::FindApiKey), 2, "miss TTL is 2 s");
 }
 
 #[tokio::test]
 async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.post(Some(GOOD_KEY), ev("a").to_string()).await;
     h.advance(secs(30));
     h.post(Some(GOOD_KEY), ev("b").to_string()).await;
@@ -1067,19 +840,14 @@ async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
 
 #[tokio::test]
 async fn a_store_failure_is_not_cached() {
-    let h = Harness::with(
-        Mem {
-            keys_corrupt: true,
-            ..Mem::seeded()
-        },
-        IngestConfig::default(),
-    );
+    let h = Harness::new().await;
+    h.store.fail(Op::FindApiKey, Some(Fault::Corrupt));
     for _ in 0..2 {
         let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(a.error().0, "internal_error");
     }
-    assert_eq!(h.mem.key_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.store.calls(Op::FindApiKey), 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1087,15 +855,18 @@ async fn a_store_failure_is_not_cached() {
 
 #[tokio::test]
 async fn projects_and_periods_are_cached_between_requests() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     for i in 0..3 {
         h.post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
             .await;
     }
-    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 1);
-    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.store.calls(Op::GetProject), 1);
+    assert_eq!(h.store.calls(Op::IsPeriodClosed), 1);
     // Billing closes November; ingest sees it once the open-period TTL (5 s) is over.
-    h.mem.closed.lock().unwrap().insert(month("2026-11"));
+    h.store
+        .close_period(month("2026-11"), t(NOW))
+        .await
+        .unwrap();
     h.advance(secs(4));
     let a = h.post(Some(GOOD_KEY), ev("in_flight").to_string()).await;
     assert_eq!(a.json["accepted"], 1);
@@ -1105,29 +876,29 @@ async fn projects_and_periods_are_cached_between_requests() {
     assert_eq!(a.rejected_codes(), [(0, "period_closed".to_owned())]);
     assert_eq!(a.json["rejected"][0]["error"]["field"], "timestamp");
     // A closed month stays closed: no more reads for an hour.
-    let before = h.mem.period_lookups.load(Ordering::SeqCst);
+    let before = h.store.calls(Op::IsPeriodClosed);
     h.advance(secs(600));
     h.post(Some(GOOD_KEY), ev("later").to_string()).await;
-    assert_eq!(h.mem.period_lookups.load(Ordering::SeqCst), before);
+    assert_eq!(h.store.calls(Op::IsPeriodClosed), before);
 }
 
 #[tokio::test]
 async fn unknown_projects_are_remembered_briefly() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let bad = with(ev("e"), "project_id", json!("prj_nope"));
     for _ in 0..3 {
         let a = h.post(Some(GOOD_KEY), bad.to_string()).await;
         assert_eq!(a.rejected_codes(), [(0, "unknown_project".to_owned())]);
     }
-    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.store.calls(Op::GetProject), 1);
     h.advance(secs(2));
     h.post(Some(GOOD_KEY), bad.to_string()).await;
-    assert_eq!(h.mem.project_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.store.calls(Op::GetProject), 2);
 }
 
 #[tokio::test]
 async fn the_future_limit_is_five_minutes_on_the_server_clock() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let at = |id: &str, ts: &str| with(ev(id), "timestamp", json!(ts));
     let a = h
         .batch(
@@ -1164,7 +935,7 @@ fn per_event() -> IngestConfig {
 
 #[tokio::test]
 async fn the_free_plan_bucket_holds_20_requests_and_refills_10_per_second() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
     for i in 0..19 {
         let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
@@ -1213,7 +984,7 @@ async fn the_free_plan_bucket_holds_20_requests_and_refills_10_per_second() {
 
 #[tokio::test]
 async fn charged_per_event_the_bucket_holds_20_events() {
-    let h = Harness::with(Mem::seeded(), per_event());
+    let h = Harness::with(per_event()).await;
     let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
     let a = h.batch(FREE_KEY, many(20, one)).await;
     assert_eq!(a.json["accepted"], 20, "the burst");
@@ -1247,7 +1018,7 @@ async fn charged_per_event_a_batch_larger_than_the_burst_waits_for_a_full_bucket
         .rate_limits
         .per_key
         .insert(key_id(GOOD_KEY), RateLimit::new(10, 20));
-    let h = Harness::with(Mem::seeded(), config);
+    let h = Harness::with(config).await;
     let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("e{i}")))).await;
     assert_eq!(a.json["accepted"], 50, "a full bucket admits any batch");
     // The bucket is 30 tokens in debt: one token is 3.1 s away.
@@ -1276,7 +1047,7 @@ async fn charged_per_event_a_batch_larger_than_the_burst_waits_for_a_full_bucket
 #[tokio::test]
 async fn a_throttled_caller_is_refused_before_its_body_is_read() {
     for config in [IngestConfig::default(), per_event()] {
-        let h = Harness::with(Mem::seeded(), config);
+        let h = Harness::with(config).await;
         for i in 0..20 {
             h.post(
                 Some(FREE_KEY),
@@ -1316,7 +1087,7 @@ async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
         .rate_limits
         .per_plan
         .insert(PlanId::Free, RateLimit::new(2, 3));
-    let h = Harness::with(Mem::seeded(), config);
+    let h = Harness::with(config).await;
     for i in 0..2 {
         let a = h
             .post(Some(GOOD_KEY), ev(&format!("g{i}")).to_string())
@@ -1343,7 +1114,7 @@ async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
 
     let mut off = IngestConfig::default();
     off.rate_limits.enabled = false;
-    let h = Harness::with(Mem::seeded(), off);
+    let h = Harness::with(off).await;
     for i in 0..100 {
         let a = h
             .post(
@@ -1360,8 +1131,8 @@ async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
 
 #[tokio::test]
 async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() {
-    let h = Harness::new();
-    h.mem.set_usage("org_f", "api_calls", "2026-11", 9_998);
+    let h = Harness::new().await;
+    h.set_usage("org_f", "api_calls", "2026-11", 9_998).await;
     let a = h
         .batch(FREE_KEY, many(3, |i| fev(&format!("e{i}"), "api_calls", 1)))
         .await;
@@ -1390,11 +1161,7 @@ async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() 
     assert_eq!(a.json["error"]["usage"], "10000");
     assert_eq!(a.json["error"]["period"], "2026-11");
     assert_eq!(a.retry_after(), Some(4 * 86_400 + 12 * 3600 - 1));
-    assert_eq!(
-        h.mem.usage_lookups.load(Ordering::SeqCst),
-        1,
-        "usage is cached"
-    );
+    assert_eq!(h.store.calls(Op::CounterSeries), 1, "usage is cached");
     // Other meters are not affected.
     let a = h
         .post(Some(FREE_KEY), fev("c1", "compute_minutes", 5).to_string())
@@ -1404,8 +1171,8 @@ async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() 
 
 #[tokio::test]
 async fn what_is_accepted_is_a_prefix_and_max_meters_compare_readings() {
-    let h = Harness::new();
-    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 97);
+    let h = Harness::new().await;
+    h.set_usage("org_f", "compute_minutes", "2026-11", 97).await;
     let gib = 1_i64 << 30;
     let a = h
         .batch(
@@ -1438,8 +1205,8 @@ async fn what_is_accepted_is_a_prefix_and_max_meters_compare_readings() {
 
 #[tokio::test]
 async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited() {
-    let h = Harness::new();
-    h.mem.set_usage("org_f", "api_calls", "2026-11", 10_000);
+    let h = Harness::new().await;
+    h.set_usage("org_f", "api_calls", "2026-11", 10_000).await;
     let a = h
         .batch(
             FREE_KEY,
@@ -1472,8 +1239,8 @@ async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited
 
 #[tokio::test]
 async fn usage_is_reread_after_its_ttl_and_counts_local_acceptances_meanwhile() {
-    let h = Harness::new();
-    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 90);
+    let h = Harness::new().await;
+    h.set_usage("org_f", "compute_minutes", "2026-11", 90).await;
     let a = h
         .post(Some(FREE_KEY), fev("a", "compute_minutes", 8).to_string())
         .await;
@@ -1485,13 +1252,14 @@ async fn usage_is_reread_after_its_ttl_and_counts_local_acceptances_meanwhile() 
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json["error"]["usage"], "98");
     // The aggregator applies "a"; another process accepted 2 more. Seen after the TTL.
-    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 100);
+    h.set_usage("org_f", "compute_minutes", "2026-11", 100)
+        .await;
     h.advance(secs(2));
     let a = h
         .post(Some(FREE_KEY), fev("c", "compute_minutes", 1).to_string())
         .await;
     assert_eq!(a.json["error"]["usage"], "100");
-    assert_eq!(h.mem.usage_lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.store.calls(Op::CounterSeries), 2);
     // A zero quantity never passes the limit.
     let a = h
         .post(Some(FREE_KEY), fev("z", "compute_minutes", 0).to_string())
@@ -1501,8 +1269,8 @@ async fn usage_is_reread_after_its_ttl_and_counts_local_acceptances_meanwhile() 
 
 #[tokio::test]
 async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
-    let h = Harness::new();
-    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 95);
+    let h = Harness::new().await;
+    h.set_usage("org_f", "compute_minutes", "2026-11", 95).await;
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
     let a = h
         .post(Some(FREE_KEY), fev("a", "compute_minutes", 5).to_string())
@@ -1522,11 +1290,12 @@ async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
 
 #[tokio::test]
 async fn paid_plans_are_never_hard_limited() {
-    let h = Harness::new();
-    h.mem.set_usage("org_a", "api_calls", "2026-11", 5_000_000);
+    let h = Harness::new().await;
+    h.set_usage("org_a", "api_calls", "2026-11", 5_000_000)
+        .await;
     let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
     assert_eq!(a.json["accepted"], 1);
-    assert_eq!(h.mem.usage_lookups.load(Ordering::SeqCst), 0);
+    assert_eq!(h.store.calls(Op::CounterSeries), 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1534,7 +1303,7 @@ async fn paid_plans_are_never_hard_limited() {
 
 #[tokio::test]
 async fn a_failing_queue_is_503_with_retry_after_and_partial_failures_are_rejections() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
     let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1571,7 +1340,7 @@ async fn a_failing_queue_is_503_with_retry_after_and_partial_failures_are_reject
 
 #[tokio::test]
 async fn a_partial_failure_is_retried_for_the_failed_events_only() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     *h.mem.publish_mode.lock().unwrap() =
         PublishMode::FailIdsOnce(["b".to_owned(), "d".to_owned()].into());
     let a = h
@@ -1583,7 +1352,7 @@ async fn a_partial_failure_is_retried_for_the_failed_events_only() {
 
 #[tokio::test]
 async fn accepted_is_answered_only_after_publish_returned() {
-    let h = Arc::new(Harness::new());
+    let h = Arc::new(Harness::new().await);
     let gate = Arc::new(Notify::new());
     *h.mem.publish_gate.lock().unwrap() = Some(gate.clone());
     let task = tokio::spawn({
@@ -1608,13 +1377,8 @@ async fn accepted_is_answered_only_after_publish_returned() {
 
 #[tokio::test]
 async fn a_failing_store_is_503() {
-    let h = Harness::with(
-        Mem {
-            projects_unavailable: true,
-            ..Mem::seeded()
-        },
-        IngestConfig::default(),
-    );
+    let h = Harness::new().await;
+    h.store.fail(Op::GetProject, Some(Fault::Unavailable));
     let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.retry_after(), Some(1));
@@ -1622,12 +1386,12 @@ async fn a_failing_store_is_503() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Every status code of CONTRACT.md, and the OpenAPI document
+// Every status code of the HTTP contract (README, "HTTP"), and the OpenAPI document
 
 #[tokio::test]
 async fn every_status_code_of_post_events_is_produced_and_documented() {
     let mut seen = BTreeSet::new();
-    let h = Harness::new();
+    let h = Harness::new().await;
     // 202
     seen.insert(h.post(Some(GOOD_KEY), ev("ok").to_string()).await.status);
     // 400
@@ -1660,7 +1424,8 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
     seen.insert(a.status);
     // 429: hard plan limit
     h.advance(secs(10));
-    h.mem.set_usage("org_f", "compute_minutes", "2026-11", 100);
+    h.set_usage("org_f", "compute_minutes", "2026-11", 100)
+        .await;
     let a = h
         .post(Some(FREE_KEY), fev("p", "compute_minutes", 1).to_string())
         .await;
@@ -1672,13 +1437,8 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
     seen.insert(h.post(Some(GOOD_KEY), ev("x").to_string()).await.status);
     // 500
-    let broken = Harness::with(
-        Mem {
-            keys_corrupt: true,
-            ..Mem::seeded()
-        },
-        IngestConfig::default(),
-    );
+    let broken = Harness::new().await;
+    broken.store.fail(Op::FindApiKey, Some(Fault::Corrupt));
     seen.insert(
         broken
             .post(Some(GOOD_KEY), ev("x").to_string())
@@ -1716,7 +1476,7 @@ async fn the_document_matches_the_routes_and_the_structs() {
         );
     }
     // ... and every documented ingest operation is served (not 404/405).
-    let h = Harness::new();
+    let h = Harness::new().await;
     for (path, item) in d["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
             let router = if path == "/openapi.json" {

@@ -1,6 +1,8 @@
-//! The Lambda consumers, as plain functions over the event shapes Lambda sends
-//! (`aws_lambda_events`), so they are tested by feeding them real event JSON. The
-//! `lambda_runtime` `main`s that call them live in the binary crate.
+//! The aggregator's Lambda consumers, as plain functions over the event shapes Lambda sends
+//! (`aws_lambda_events`), so they are tested by feeding them real event JSON. They judge and
+//! apply records through the aggregator library ([`tally_aggregator::apply_records`]); the
+//! Lambda event plumbing lives here so the aggregator itself knows nothing of Lambda.
+//! [`crate::handlers::aggregate`] calls them.
 //!
 //! - [`handle_sqs`] answers an SQS event with `batchItemFailures`
 //!   (`ReportBatchItemFailures`): every message not settled is listed by its message id,
@@ -9,7 +11,7 @@
 //!   not settled: Lambda checkpoints before it and sends it (and everything after it)
 //!   again; the ledger turns the repeats into no-ops.
 //!
-//! Poison records go to a [`PoisonSink`] (the dead-letter queue, with the reason) and then
+//! Poison records go to a [`PoisonSink`] (core's port; [`crate::sink`] is the SQS one) and then
 //! count as settled. Without a sink, or when the sink fails, a poison record is reported as
 //! a failure, so it is never dropped: for SQS the redrive policy moves it to the
 //! dead-letter queue after `maxReceiveCount` receives; for Kinesis the function's
@@ -18,22 +20,15 @@
 /// The event types, re-exported so callers need not depend on the crate themselves.
 pub use aws_lambda_events;
 
-use async_trait::async_trait;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
+use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
 use tally_core::ports::UsageStore;
 use tracing::warn;
 
-use crate::record::{RecordInput, RecordOutcome, apply_records};
-
-/// Where a Lambda consumer sets poison records aside.
-#[async_trait]
-pub trait PoisonSink: Send + Sync {
-    /// Keeps `body` (the record as received) with `reason`; `id` is the message id or
-    /// sequence number. An error leaves the record to the queue's own failure handling.
-    async fn dead_letter(&self, id: &str, body: &[u8], reason: &str) -> Result<(), String>;
-}
+/// The dead-letter port, core's; re-exported here beside the handlers that take it.
+pub use tally_core::sinks::PoisonSink;
 
 /// Settles a poison record through the sink; `true` if it is set aside.
 async fn set_aside(sink: Option<&dyn PoisonSink>, id: &str, body: &[u8], reason: &str) -> bool {

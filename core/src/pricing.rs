@@ -1,7 +1,7 @@
 //! The pricing models: how a billable quantity becomes an exact amount of money.
 //!
 //! Everything here works on exact [`Decimal`]s and rounds nothing: the one rounding an
-//! invoice line gets happens later, in [`crate::report`], after the discount. Quantities
+//! invoice line gets happens later, in `tally-billing`'s report, after the discount. Quantities
 //! here are in *price units* (for example GB, or thousands of calls): the conversion from
 //! the meter's unit (bytes, calls) happens in the report, where the included allowance is
 //! subtracted first. So a tier's `up_to` is "the first N price units of overage".

@@ -1,34 +1,37 @@
-//! Tests of the management routes against an in-memory store: tenant isolation, the role
+//! Tests of the management routes against the in-memory store (`tally_store::MemoryStore`,
+//! the adapter that passes the storage conformance suite): tenant isolation, the role
 //! matrix and audit completeness walk every row of [`ROUTES`], so a new route is covered
 //! (or fails to compile here) without anyone remembering to add it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use async_trait::async_trait;
+use std::sync::Arc;
+
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tally_core::counter::OwnedCounterKey;
-use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
-use tally_core::period::Month;
+use tally_core::event::{Event, Quantity};
+use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, ApplyReport, AuditLog, Clock, CounterQuery, CounterValue, InvitationStore,
-    LedgerPage, MemberStore, OrgStore, ProjectStore, StoreError, UsageStore, UserStore,
+    ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, OrgStore, ProjectStore,
+    UsageStore, UserStore,
 };
 use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope,
-    KeyUse, Membership, Org, OrgChanges, Project, ProjectChanges, Role, User,
+    ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
+    Membership, Org, Project, Role, User,
 };
+use tally_store::MemoryStore;
 use tower::ServiceExt;
 
-use super::*;
-use crate::jwt::JwtConfig;
-use crate::roles::{ROLES, allows};
+use tally_api::jwt::JwtConfig;
+use tally_api::roles::{ROLES, allows};
+use tally_api::*;
+use tally_core::MeterCatalogue;
 
 const NOW: &str = "2026-11-26T12:30:00Z";
 const KEY_A: &str = "tk_test_key_of_org_a";
@@ -42,518 +45,54 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-struct FixedClock;
+/// The store the API runs against and the API's clock. Derefs to the store, so a test
+/// reads and seeds it through the ports.
+#[derive(Clone)]
+struct World {
+    store: MemoryStore,
+    clock: Arc<FixedClock>,
+}
 
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        t(NOW)
+impl std::ops::Deref for World {
+    type Target = MemoryStore;
+    fn deref(&self) -> &MemoryStore {
+        &self.store
     }
 }
 
-#[derive(Default)]
-struct Data {
-    orgs: HashMap<OrgId, Org>,
-    members: Vec<Membership>,
-    projects: Vec<Project>,
-    keys: Vec<ApiKey>,
-    audit: Vec<AuditRecord>,
-    users: Vec<User>,
-    invitations: Vec<Invitation>,
-    /// (org, project, user): who is on which project.
-    project_members: Vec<(OrgId, ProjectId, UserId)>,
-}
-
-/// Tenants in memory, with the same semantics as the conformance suite checks.
-#[derive(Default)]
-struct Mem(Mutex<Data>);
-
-#[async_trait]
-impl UserStore for Mem {
-    async fn ensure_user(&self, u: &User) -> Result<User, StoreError> {
-        Ok(u.clone())
-    }
-    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.users.iter().find(|u| u.id == *id).cloned())
-    }
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.members
-            .iter()
-            .filter(|m| m.user_id == *user)
-            .cloned()
-            .collect())
-    }
-}
-
-#[async_trait]
-impl OrgStore for Mem {
-    async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        d.members.push(Membership {
-            org_id: org.id.clone(),
-            user_id: org.owner_id.clone(),
-            role: Role::Owner,
-            created_at: org.created_at,
-        });
-        d.orgs.insert(org.id.clone(), org.clone());
-        Ok(())
-    }
-    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        Ok(self.0.lock().unwrap().orgs.get(id).cloned())
-    }
-    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        Ok(self.0.lock().unwrap().orgs.keys().cloned().collect())
-    }
-    async fn update_org(
-        &self,
-        id: &OrgId,
-        changes: &OrgChanges,
-    ) -> Result<Option<Org>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        Ok(d.orgs.get_mut(id).map(|o| {
-            if let Some(n) = &changes.name {
-                o.name = n.clone();
-            }
-            if let Some(p) = changes.plan {
-                o.plan = p;
-            }
-            o.clone()
-        }))
-    }
-    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let Some(org) = d.orgs.get_mut(id) else {
-            return Ok(None);
-        };
-        org.deleted_at.get_or_insert(at);
-        let org = org.clone();
-        for k in d.keys.iter_mut().filter(|k| k.org_id == *id) {
-            k.revoked_at.get_or_insert(at);
-        }
-        Ok(Some(org))
-    }
-}
-
-#[async_trait]
-impl MemberStore for Mem {
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        let d = self.0.lock().unwrap();
-        if d.orgs.get(org).is_none_or(|o| o.deleted_at.is_some()) {
-            return Ok(None);
-        }
-        Ok(d.members
-            .iter()
-            .find(|m| m.org_id == *org && m.user_id == *user)
-            .map(|m| m.role))
-    }
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.members
-            .iter()
-            .filter(|m| m.org_id == *org)
-            .cloned()
-            .collect())
-    }
-    async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if d.members
-            .iter()
-            .any(|x| x.org_id == m.org_id && x.user_id == m.user_id)
-        {
-            return Err(StoreError::Conflict {
-                what: "member".into(),
-            });
-        }
-        d.members.push(m.clone());
-        Ok(())
-    }
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        Ok(d.members
-            .iter_mut()
-            .find(|m| m.org_id == *org && m.user_id == *user)
-            .map(|m| {
-                let before = m.clone();
-                m.role = role;
-                before
-            }))
-    }
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let i = d
-            .members
-            .iter()
-            .position(|m| m.org_id == *org && m.user_id == *user);
-        Ok(i.map(|i| d.members.remove(i)))
-    }
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if !d
-            .members
-            .iter()
-            .any(|m| m.org_id == *org && m.user_id == *to)
-        {
-            return Err(StoreError::NotFound {
-                what: "member".into(),
-            });
-        }
-        for m in d.members.iter_mut().filter(|m| m.org_id == *org) {
-            if m.user_id == *from {
-                m.role = Role::Admin;
-            }
-            if m.user_id == *to {
-                m.role = Role::Owner;
+impl World {
+    /// Every audit record of `org`, newest first.
+    async fn audit_of(&self, org: &str) -> Vec<AuditRecord> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .list_audit(&AuditQuery {
+                    org: org_id(org),
+                    from: None,
+                    to: None,
+                    actor: None,
+                    action: None,
+                    resource: None,
+                    limit: MAX_AUDIT_PAGE,
+                    cursor,
+                    now: self.clock.now(),
+                })
+                .await
+                .unwrap();
+            out.extend(page.records);
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => return out,
             }
         }
-        Ok(d.orgs.get_mut(org).map(|o| {
-            o.owner_id = to.clone();
-            o.clone()
-        }))
     }
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        _: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if !d
-            .projects
-            .iter()
-            .any(|p| p.org_id == *org && p.id == *project)
-        {
-            return Err(StoreError::NotFound {
-                what: "project".into(),
-            });
-        }
-        if !d
-            .members
-            .iter()
-            .any(|m| m.org_id == *org && m.user_id == *user)
-        {
-            return Err(StoreError::NotFound {
-                what: "member".into(),
-            });
-        }
-        let row = (org.clone(), project.clone(), user.clone());
-        if d.project_members.contains(&row) {
-            return Err(StoreError::Conflict {
-                what: "project member".into(),
-            });
-        }
-        d.project_members.push(row);
-        Ok(())
-    }
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let before = d.project_members.len();
-        d.project_members
-            .retain(|(o, p, u)| !(o == org && p == project && u == user));
-        Ok(d.project_members.len() < before)
-    }
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.project_members
-            .iter()
-            .filter(|(o, _, u)| o == org && u == user)
-            .map(|(_, p, _)| p.clone())
-            .collect())
-    }
-}
 
-#[async_trait]
-impl ProjectStore for Mem {
-    async fn create_project(&self, p: &Project) -> Result<(), StoreError> {
-        let mut d = self.0.lock().unwrap();
-        if d.projects
-            .iter()
-            .any(|q| q.org_id == p.org_id && q.slug == p.slug)
-        {
-            return Err(StoreError::Conflict {
-                what: "project slug".into(),
-            });
-        }
-        d.projects.push(p.clone());
-        Ok(())
-    }
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter()
-            .find(|p| p.org_id == *org && p.id == *id)
-            .cloned())
-    }
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter()
-            .filter(|p| p.org_id == *org)
-            .cloned()
-            .collect())
-    }
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        Ok(d.projects
-            .iter_mut()
-            .find(|p| p.org_id == *org && p.id == *id)
-            .map(|p| {
-                if let Some(n) = &changes.name {
-                    p.name = n.clone();
-                }
-                if let Some(at) = changes.archive_at {
-                    p.archived_at.get_or_insert(at);
-                }
-                p.clone()
-            }))
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for Mem {
-    async fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.0.lock().unwrap().keys.push(k.clone());
-        Ok(())
-    }
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.keys.iter().find(|k| k.hash == *hash).cloned())
-    }
-    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.keys
-            .iter()
-            .filter(|k| k.org_id == *org)
-            .cloned()
-            .collect())
-    }
-    async fn revoke_api_key(
-        &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        Ok(d.keys
-            .iter_mut()
-            .find(|k| k.org_id == *org && k.id == *id)
-            .map(|k| {
-                k.revoked_at.get_or_insert(at);
-                k.clone()
-            }))
-    }
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let Some(k) = d
-            .keys
-            .iter_mut()
-            .find(|k| k.org_id == new.org_id && k.id == *old)
-        else {
-            return Ok(None);
-        };
-        k.expires_at = Some(
-            k.expires_at
-                .map_or(old_expires_at, |e| e.min(old_expires_at)),
-        );
-        let before = k.clone();
-        d.keys.push(new.clone());
-        Ok(Some(before))
-    }
-    async fn touch_api_keys(&self, _: &[KeyUse]) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-}
-
-#[async_trait]
-impl InvitationStore for Mem {
-    async fn create_invitation(&self, i: &Invitation) -> Result<(), StoreError> {
-        self.0.lock().unwrap().invitations.push(i.clone());
-        Ok(())
-    }
-    async fn list_invitations(
-        &self,
-        org: &OrgId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Invitation>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.invitations
-            .iter()
-            .filter(|i| i.org_id == *org && i.is_pending(now))
-            .cloned()
-            .collect())
-    }
-    async fn find_invitation(
-        &self,
-        hash: &KeyHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        let d = self.0.lock().unwrap();
-        Ok(d.invitations
-            .iter()
-            .find(|i| i.hash == *hash && i.expires_at > now)
-            .cloned())
-    }
-    async fn revoke_invitation(
-        &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let i = d
-            .invitations
-            .iter()
-            .position(|i| i.org_id == *org && i.id == *id && i.is_pending(now));
-        Ok(i.map(|i| d.invitations.remove(i)))
-    }
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
-        let mut d = self.0.lock().unwrap();
-        let Some(i) = d
-            .invitations
-            .iter()
-            .position(|i| i.hash == *hash && i.expires_at > at)
-        else {
-            return Err(StoreError::NotFound {
-                what: "invitation".into(),
-            });
-        };
-        let inv = d.invitations[i].clone();
-        if inv.accepted_at.is_some()
-            || d.members
-                .iter()
-                .any(|m| m.org_id == inv.org_id && m.user_id == *user)
-        {
-            return Err(StoreError::Conflict {
-                what: "acceptance".into(),
-            });
-        }
-        d.invitations[i].accepted_at = Some(at);
-        let m = Membership {
-            org_id: inv.org_id,
-            user_id: user.clone(),
-            role: inv.role,
-            created_at: at,
-        };
-        d.members.push(m.clone());
-        Ok(m)
-    }
-}
-
-#[async_trait]
-impl AuditLog for Mem {
-    async fn record_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
-        self.0.lock().unwrap().audit.push(r.clone());
-        Ok(())
-    }
-    async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
-        let d = self.0.lock().unwrap();
-        let mut recs: Vec<AuditRecord> = d
-            .audit
-            .iter()
-            .filter(|r| {
-                r.org_id == q.org
-                    && q.from.is_none_or(|f| r.at >= f)
-                    && q.to.is_none_or(|to| r.at < to)
-                    && q.actor.as_ref().is_none_or(|a| *a == r.actor)
-                    && q.action.as_ref().is_none_or(|a| *a == r.action)
-                    && q.resource.as_ref().is_none_or(|a| *a == r.resource)
-                    && q.cursor.as_ref().is_none_or(|c| r.sort_key() < *c)
-            })
-            .cloned()
-            .collect();
-        recs.sort_by_key(|r| std::cmp::Reverse(r.sort_key()));
-        let next = (recs.len() > q.limit).then(|| recs[q.limit - 1].sort_key());
-        recs.truncate(q.limit);
-        Ok(AuditPage {
-            records: recs,
-            next,
-        })
-    }
-}
-
-#[async_trait]
-impl UsageStore for Mem {
-    async fn apply_batch(&self, _: &[Event]) -> Result<ApplyReport, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        // Org A used 2,500 API calls this month.
-        let used = q.org == org_id("org_a")
-            && q.meter.as_str() == "api_calls"
-            && q.granularity == tally_core::period::Granularity::Month;
-        Ok(if used {
-            vec![CounterValue {
-                start: q.from,
-                value: Decimal::from(2500),
-            }]
-        } else {
-            Vec::new()
-        })
-    }
-    async fn ledger_page(
-        &self,
-        _: &OrgId,
-        _: Month,
-        _: Option<String>,
-        _: usize,
-    ) -> Result<LedgerPage, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn stored_counters(
-        &self,
-        _: &OrgId,
-        _: Month,
-    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
-    }
-    async fn is_period_closed(&self, _: Month) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-    async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
-        unreachable!("the test double does not serve this port method; these tests never call it")
+    /// Both orgs' audit records.
+    async fn all_audit(&self) -> Vec<AuditRecord> {
+        let mut all = self.audit_of("org_a").await;
+        all.extend(self.audit_of("org_b").await);
+        all
     }
 }
 
@@ -600,76 +139,105 @@ fn the_invitation(token: &str, id: &str, org: &str, by: &str) -> Invitation {
 }
 
 /// Two orgs: A (`plan`) with a user of each role, a project, a key and a pending
-/// invitation; B (starter) with its owner, a project, a key and a pending invitation. Every
-/// user has an email (`<id without usr_>@example.com`); `usr_invitee` is in no org.
-async fn world(plan: PlanId) -> Arc<Mem> {
-    let mem = Arc::new(Mem::default());
+/// invitation, and 2,500 API calls this month; B (starter) with its owner, a project, a key
+/// and a pending invitation. Every user has an email (`<id without usr_>@example.com`);
+/// `usr_invitee` is in no org.
+async fn world(plan: PlanId) -> World {
+    let store = MemoryStore::new();
+    let mut ids: Vec<UserId> = ROLES.iter().map(|r| a_user(*r)).collect();
+    ids.push(user("usr_bowner"));
+    ids.push(user("usr_invitee"));
+    for id in ids {
+        store
+            .ensure_user(&User {
+                email: format!("{}@example.com", &id.as_str()[4..]),
+                id,
+                created_at: t("2026-01-01T00:00:00Z"),
+            })
+            .await
+            .unwrap();
+    }
     for (id, name, owner, plan) in [
         ("org_a", "Alpha Ltd", a_user(Role::Owner), plan),
         ("org_b", "Beta Corp", user("usr_bowner"), PlanId::Starter),
     ] {
-        mem.create_org(&Org {
-            id: org_id(id),
-            name: name.into(),
-            slug: name.to_lowercase().replace(' ', "-"),
-            plan,
-            owner_id: owner,
-            created_at: t("2026-01-01T00:00:00Z"),
-            deleted_at: None,
-        })
-        .await
-        .unwrap();
+        store
+            .create_org(&Org {
+                id: org_id(id),
+                name: name.into(),
+                slug: name.to_lowercase().replace(' ', "-"),
+                plan,
+                owner_id: owner,
+                created_at: t("2026-01-01T00:00:00Z"),
+                deleted_at: None,
+            })
+            .await
+            .unwrap();
     }
-    {
-        let mut d = mem.0.lock().unwrap();
-        for role in [Role::Admin, Role::Member, Role::Viewer] {
-            d.members.push(Membership {
+    for role in [Role::Admin, Role::Member, Role::Viewer] {
+        store
+            .add_member(&Membership {
                 org_id: org_id("org_a"),
                 user_id: a_user(role),
                 role,
                 created_at: t("2026-01-02T00:00:00Z"),
-            });
-        }
-        for (org, p) in [("org_a", "prj_alpha1"), ("org_b", "prj_beta1")] {
-            d.projects.push(Project {
+            })
+            .await
+            .unwrap();
+    }
+    for (org, p) in [("org_a", "prj_alpha1"), ("org_b", "prj_beta1")] {
+        store
+            .create_project(&Project {
                 id: ProjectId::parse(p).unwrap(),
                 org_id: org_id(org),
                 name: format!("Project {p}"),
                 slug: p.replace('_', "-"),
                 created_at: t("2026-01-03T00:00:00Z"),
                 archived_at: None,
-            });
-        }
-        // A's member and viewer are on A's project (owners and admins see every project).
-        for role in [Role::Member, Role::Viewer] {
-            d.project_members.push((
-                org_id("org_a"),
-                ProjectId::parse("prj_alpha1").unwrap(),
-                a_user(role),
-            ));
-        }
-        d.keys.push(the_key(KEY_A, "key_alpha1", "org_a"));
-        d.keys.push(the_key(KEY_B, "key_beta1", "org_b"));
-        d.invitations.push(the_invitation(
-            INVITE_A,
-            "inv_alpha1",
-            "org_a",
-            "usr_aowner",
-        ));
-        d.invitations
-            .push(the_invitation(INVITE_B, "inv_beta1", "org_b", "usr_bowner"));
-        let mut ids: Vec<UserId> = ROLES.iter().map(|r| a_user(*r)).collect();
-        ids.push(user("usr_bowner"));
-        ids.push(user("usr_invitee"));
-        for id in ids {
-            d.users.push(User {
-                email: format!("{}@example.com", &id.as_str()[4..]),
-                id,
-                created_at: t("2026-01-01T00:00:00Z"),
-            });
-        }
+            })
+            .await
+            .unwrap();
     }
-    mem
+    // A's member and viewer are on A's project (owners and admins see every project).
+    for role in [Role::Member, Role::Viewer] {
+        store
+            .add_project_member(
+                &org_id("org_a"),
+                &ProjectId::parse("prj_alpha1").unwrap(),
+                &a_user(role),
+                t("2026-01-03T00:00:00Z"),
+            )
+            .await
+            .unwrap();
+    }
+    for k in [
+        the_key(KEY_A, "key_alpha1", "org_a"),
+        the_key(KEY_B, "key_beta1", "org_b"),
+    ] {
+        store.create_api_key(&k).await.unwrap();
+    }
+    for inv in [
+        the_invitation(INVITE_A, "inv_alpha1", "org_a", "usr_aowner"),
+        the_invitation(INVITE_B, "inv_beta1", "org_b", "usr_bowner"),
+    ] {
+        store.create_invitation(&inv).await.unwrap();
+    }
+    // Org A used 2,500 API calls this month.
+    let used = Event {
+        id: EventId::parse("seeded_usage").unwrap(),
+        org_id: org_id("org_a"),
+        project_id: ProjectId::parse("prj_alpha1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(2500.into()).unwrap(),
+        timestamp: t("2026-11-02T00:00:00Z"),
+        properties: serde_json::Map::new(),
+    };
+    store.apply_batch(&[used]).await.unwrap();
+    World {
+        store,
+        clock: Arc::new(FixedClock::at(t(NOW))),
+    }
 }
 
 fn jwt() -> JwtConfig {
@@ -680,13 +248,14 @@ fn token(u: &UserId) -> String {
     jwt().mint(u, t(NOW), chrono::Duration::hours(1)).unwrap()
 }
 
-fn app(mem: &Arc<Mem>) -> Router {
+fn app(mem: &World) -> Router {
+    let store = Arc::new(mem.store.clone());
     router(
         ApiState::new(
-            mem.clone(),
-            mem.clone(),
+            store.clone(),
+            store,
             Arc::new(MeterCatalogue::default()),
-            Arc::new(FixedClock),
+            mem.clock.clone(),
         )
         .with_jwt(jwt()),
     )
@@ -700,7 +269,7 @@ struct Answer {
 }
 
 async fn call(
-    mem: &Arc<Mem>,
+    mem: &World,
     method: &str,
     uri: &str,
     bearer: Option<&str>,
@@ -804,7 +373,8 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         Endpoint::UpdateOrg => (path, Some(json!({"name": format!("Renamed {n}")}))),
         Endpoint::AddMember => (
             path,
-            Some(json!({"user_id": format!("usr_new{n}"), "role": "member"})),
+            // A user who exists and is in neither org.
+            Some(json!({"user_id": "usr_invitee", "role": "member"})),
         ),
         Endpoint::UpdateMember => (path, Some(json!({"role": "member"}))),
         Endpoint::RemoveMember | Endpoint::DeleteOrg | Endpoint::ArchiveProject => (path, None),
@@ -881,15 +451,12 @@ async fn tenant_isolation_every_route() {
             }
         }
     }
-    let d = mem.0.lock().unwrap();
+    let (a, b) = (org_id("org_a"), org_id("org_b"));
     assert_eq!(
-        d.projects
-            .iter()
-            .filter(|p| p.org_id == org_id("org_b"))
-            .collect::<Vec<_>>(),
-        [&Project {
+        mem.list_projects(&b).await.unwrap(),
+        [Project {
             id: ProjectId::parse("prj_beta1").unwrap(),
-            org_id: org_id("org_b"),
+            org_id: b.clone(),
             name: "Project prj_beta1".into(),
             slug: "prj-beta1".into(),
             created_at: t("2026-01-03T00:00:00Z"),
@@ -897,31 +464,23 @@ async fn tenant_isolation_every_route() {
         }],
         "B's project is neither renamed nor archived"
     );
-    assert!(d.keys.iter().all(|k| k.revoked_at.is_none()));
-    assert!(
-        d.keys
-            .iter()
-            .filter(|k| k.org_id == org_id("org_b"))
-            .count()
-            == 1,
-        "no key was created in B"
+    let mut keys = mem.list_api_keys(&a).await.unwrap();
+    let b_keys = mem.list_api_keys(&b).await.unwrap();
+    assert_eq!(b_keys.len(), 1, "no key was created in B");
+    keys.extend(b_keys);
+    assert!(keys.iter().all(|k| k.revoked_at.is_none()));
+    let b_invitations = mem.list_invitations(&b, t(NOW)).await.unwrap();
+    assert_eq!(
+        b_invitations.len(),
+        1,
+        "no invitation was created in B, nor accepted"
     );
-    let b_invitations: Vec<&Invitation> = d
-        .invitations
-        .iter()
-        .filter(|i| i.org_id == org_id("org_b"))
-        .collect();
-    assert_eq!(b_invitations.len(), 1, "no invitation was created in B");
-    assert!(b_invitations[0].accepted_at.is_none(), "nor accepted");
     assert!(
-        d.orgs[&org_id("org_b")].deleted_at.is_none(),
+        mem.get_org(&b).await.unwrap().unwrap().deleted_at.is_none(),
         "B is not deleted"
     );
     assert_eq!(
-        d.members
-            .iter()
-            .filter(|m| m.org_id == org_id("org_b"))
-            .count(),
+        mem.list_members(&b).await.unwrap().len(),
         1,
         "nobody joined B"
     );
@@ -1008,7 +567,7 @@ async fn audit_completeness_every_mutating_route() {
                     body = Some(json!({"nonsense": true}));
                 }
                 let a = call(&mem, route.method, &uri, Some(bearer), body).await;
-                let audit = mem.0.lock().unwrap().audit.clone();
+                let audit = mem.all_audit().await;
                 if !mutation {
                     assert!(
                         audit.is_empty(),
@@ -1292,7 +851,9 @@ async fn usage_accepts_a_members_jwt_with_org_id() {
 async fn the_audit_trail_pages_newest_first_with_filters() {
     let mem = world(PlanId::Pro).await;
     let owner = token(&a_user(Role::Owner));
+    // Records of one instant are ordered by id; the five are a minute apart for the check.
     for i in 0..5 {
+        mem.clock.set(t(NOW) - chrono::Duration::minutes(10 - i));
         let a = call(
             &mem,
             "POST",
@@ -1303,13 +864,7 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
         .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
-    // Records of one instant are ordered by id; make their times distinct for the check.
-    {
-        let mut d = mem.0.lock().unwrap();
-        for (i, r) in d.audit.iter_mut().enumerate() {
-            r.at = t(NOW) - chrono::Duration::minutes(10 - i64::try_from(i).unwrap());
-        }
-    }
+    mem.clock.set(t(NOW));
     let member = call(
         &mem,
         "POST",
@@ -1467,6 +1022,18 @@ async fn owners_and_admins_rename_and_replan_within_the_limits() {
 #[tokio::test]
 async fn members_are_added_changed_and_removed_but_never_the_owner() {
     let mem = world(PlanId::Starter).await;
+    for (id, email) in [
+        ("usr_carol", "carol@example.com"),
+        ("usr_dave", "dave@example.com"),
+    ] {
+        mem.ensure_user(&User {
+            id: user(id),
+            email: email.into(),
+            created_at: t(NOW),
+        })
+        .await
+        .unwrap();
+    }
     let admin = token(&a_user(Role::Admin));
     let a = call(
         &mem,
@@ -1609,12 +1176,14 @@ async fn the_owner_hands_over_ownership_to_a_member() {
 #[tokio::test]
 async fn users_list_their_own_orgs_only() {
     let mem = world(PlanId::Starter).await;
-    mem.0.lock().unwrap().members.push(Membership {
+    mem.add_member(&Membership {
         org_id: org_id("org_b"),
         user_id: a_user(Role::Viewer),
         role: Role::Member,
         created_at: t(NOW),
-    });
+    })
+    .await
+    .unwrap();
     let a = call(
         &mem,
         "GET",
@@ -1782,15 +1351,17 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert!(invite.starts_with("tinv_") && invite.len() == 5 + 64);
     assert_eq!(a.json["email"], "carol@example.com");
     assert_eq!(a.json["expires_at"], "2026-12-03T12:30:00Z", "7 days");
-    {
-        let d = mem.0.lock().unwrap();
-        let stored = d.invitations.iter().find(|i| i.id.as_str() == id).unwrap();
-        assert_eq!(
-            stored.hash,
-            KeyHash::of_secret(&invite),
-            "only the hash is kept"
-        );
-    }
+    let stored = mem
+        .find_invitation(&KeyHash::of_secret(&invite), t(NOW))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.id.as_str(), id, "found by the token's hash");
+    assert_eq!(
+        stored.hash,
+        KeyHash::of_secret(&invite),
+        "only the hash is kept"
+    );
     // The same email twice, and owner as a role, are refused.
     let again = call(
         &mem,
@@ -1837,11 +1408,13 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert!(!listed.text.contains("hash") && !listed.text.contains("token"));
 
     // Carol signs up and accepts; a second accept is refused.
-    mem.0.lock().unwrap().users.push(User {
+    mem.ensure_user(&User {
         id: user("usr_carol"),
         email: "carol@example.com".into(),
         created_at: t(NOW),
-    });
+    })
+    .await
+    .unwrap();
     let carol = token(&user("usr_carol"));
     let accept = |bearer: String, token: String| {
         let mem = mem.clone();
@@ -1927,7 +1500,15 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
 #[tokio::test]
 async fn expired_invitations_are_refused_and_no_longer_count() {
     let mem = world(PlanId::Starter).await;
-    mem.0.lock().unwrap().invitations[0].expires_at = t(NOW);
+    // A's invitation, as it is once its expiry has come.
+    let a_inv = InvitationId::parse("inv_alpha1").unwrap();
+    mem.revoke_invitation(&org_id("org_a"), &a_inv, t(NOW))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expired = the_invitation(INVITE_A, "inv_alpha1", "org_a", "usr_aowner");
+    expired.expires_at = t(NOW);
+    mem.create_invitation(&expired).await.unwrap();
     let a = call(
         &mem,
         "POST",
@@ -2010,12 +1591,10 @@ async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
     let refused = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(KEY_A), None).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert!(
-        mem.0
-            .lock()
+        mem.list_api_keys(&org_id("org_a"))
+            .await
             .unwrap()
-            .keys
             .iter()
-            .filter(|k| k.org_id == org_id("org_a"))
             .all(|k| k.revoked_at == Some(t(NOW)))
     );
     for (method, uri) in [
@@ -2038,12 +1617,8 @@ async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
     )
     .await;
     assert_eq!(accept.status, StatusCode::NOT_FOUND, "{}", accept.text);
-    let d = mem.0.lock().unwrap();
-    let recs: Vec<&AuditRecord> = d
-        .audit
-        .iter()
-        .filter(|r| r.action == "org.delete")
-        .collect();
+    let audit = mem.all_audit().await;
+    let recs: Vec<&AuditRecord> = audit.iter().filter(|r| r.action == "org.delete").collect();
     assert_eq!(recs.len(), 3, "allowed and refused deletes are audited");
 }
 

@@ -1,0 +1,357 @@
+//! The queue envelope: how events travel between ingest and the aggregator on SQS and
+//! Kinesis, and how a Lambda consumer reads them back.
+//!
+//! A message body (an SQS message, a Kinesis record's data) is a versioned JSON object
+//! holding some events of one org: `{"v":1,"events":[<event>,...]}`, each event as
+//! [`Event`] serializes it. These bytes are a wire format: messages already in flight and
+//! dead letters kept for weeks are read by later builds, so [`pack`] writes exactly what
+//! earlier builds wrote (a test pins the bytes) and [`decode`] reads every envelope of
+//! [`ENVELOPE_VERSION`]. A reader refuses an envelope of another version, one with no
+//! events and one mixing orgs; the queue adapters dead-letter such a message with the
+//! [`EnvelopeError`] as the reason, never hand it out.
+//!
+//! Pure: no I/O, so the SQS and Kinesis adapters, the polling worker and the Lambda
+//! consumers all share one encoder and one decoder.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::event::Event;
+use crate::ids::OrgId;
+
+/// The envelope version this build writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What every packed body starts with; kept in step with [`ENVELOPE_VERSION`] by a test.
+const ENVELOPE_PREFIX: &str = r#"{"v":1,"events":["#;
+/// What every packed body ends with.
+const ENVELOPE_SUFFIX: &str = "]}";
+
+/// Bytes an envelope adds around its events' JSON (prefix and suffix); an event whose JSON
+/// is larger than `max_bytes - ENVELOPE_OVERHEAD` cannot be packed at all.
+pub const ENVELOPE_OVERHEAD: usize = ENVELOPE_PREFIX.len() + ENVELOPE_SUFFIX.len();
+
+/// Why a body is not a readable envelope. The message (its `Display`) is the reason a
+/// dead-lettered message carries, so it names what is wrong in a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The bytes are not UTF-8 text.
+    #[error("message body is not UTF-8: {0}")]
+    NotUtf8(String),
+    /// The text is not a JSON object with a numeric `v`.
+    #[error("message body is not a Tally event envelope: {0}")]
+    NotEnvelope(String),
+    /// Another build's version.
+    #[error("envelope version {found} is not supported (this build reads {ENVELOPE_VERSION})")]
+    Version {
+        /// The version the body names.
+        found: u32,
+    },
+    /// The version is right but the events do not decode as [`Event`]s.
+    #[error("message body does not decode as events: {0}")]
+    Events(String),
+    /// `events` is empty.
+    #[error("envelope holds no events")]
+    Empty,
+    /// Events of more than one org in one envelope (a writer never does that).
+    #[error("envelope mixes events of several orgs")]
+    MixedOrgs,
+}
+
+/// One envelope's worth of events of one org, encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedMessage {
+    /// The org all events belong to (the Kinesis partition key).
+    pub org: String,
+    /// The envelope JSON.
+    pub body: String,
+    /// Indexes of the events (into the packed slice), in order.
+    pub indexes: Vec<usize>,
+}
+
+/// What [`pack`] made of a slice of events.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Packed {
+    /// The envelopes, grouped by org in order of the org's first appearance.
+    pub messages: Vec<PackedMessage>,
+    /// Events that could not be packed at all (index into the slice, reason).
+    pub failed: Vec<(usize, String)>,
+}
+
+/// Groups `events` by org (in order of first appearance) and packs each group greedily
+/// into envelopes of at most `max_bytes` bytes. An event that alone does not fit (or does
+/// not encode) is listed in [`Packed::failed`] with the reason, and the rest go on.
+pub fn pack(events: &[Event], max_bytes: usize) -> Packed {
+    let mut groups: Vec<(&OrgId, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&OrgId, usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let g = *index.entry(&e.org_id).or_insert_with(|| {
+            groups.push((&e.org_id, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    let mut packed = Packed::default();
+    for (org, indexes) in groups {
+        let mut current: Option<PackedMessage> = None;
+        for i in indexes {
+            let json = match serde_json::to_string(&events[i]) {
+                Ok(j) => escape_nonchars(j),
+                Err(e) => {
+                    packed
+                        .failed
+                        .push((i, format!("event does not encode as JSON: {e}")));
+                    continue;
+                }
+            };
+            if ENVELOPE_OVERHEAD + json.len() > max_bytes {
+                packed.failed.push((
+                    i,
+                    format!(
+                        "event is {} bytes of JSON; a message holds at most {max_bytes}",
+                        json.len()
+                    ),
+                ));
+                continue;
+            }
+            if let Some(m) = current.as_mut()
+                && m.body.len() + 1 + json.len() + ENVELOPE_SUFFIX.len() <= max_bytes
+            {
+                m.body.push(',');
+                m.body.push_str(&json);
+                m.indexes.push(i);
+                continue;
+            }
+            if let Some(mut done) = current.take() {
+                done.body.push_str(ENVELOPE_SUFFIX);
+                packed.messages.push(done);
+            }
+            let mut body = String::with_capacity(max_bytes.min(64 * 1024));
+            body.push_str(ENVELOPE_PREFIX);
+            body.push_str(&json);
+            current = Some(PackedMessage {
+                org: org.as_str().to_owned(),
+                body,
+                indexes: vec![i],
+            });
+        }
+        if let Some(mut done) = current {
+            done.body.push_str(ENVELOPE_SUFFIX);
+            packed.messages.push(done);
+        }
+    }
+    packed
+}
+
+/// Encodes `events` as one envelope, unbounded, the way a dead-lettered message is kept
+/// (`{"v":1,"events":[...]}` through `serde_json::Value`, so the key order is what
+/// earlier builds wrote with `json!`). The caller decided the events belong together.
+pub fn encode(events: &[Event]) -> Result<String, serde_json::Error> {
+    let mut map = serde_json::Map::new();
+    map.insert("v".to_owned(), ENVELOPE_VERSION.into());
+    map.insert("events".to_owned(), serde_json::to_value(events)?);
+    Ok(escape_nonchars(serde_json::Value::Object(map).to_string()))
+}
+
+/// SQS accepts only XML characters in a body: JSON escapes everything below U+0020 already;
+/// this escapes the two non-characters U+FFFE and U+FFFF (they can only occur inside JSON
+/// strings, where `\uXXXX` means the same).
+fn escape_nonchars(json: String) -> String {
+    if !json.contains(['\u{fffe}', '\u{ffff}']) {
+        return json;
+    }
+    json.replace('\u{fffe}', "\\ufffe")
+        .replace('\u{ffff}', "\\uffff")
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    events: Vec<Event>,
+}
+
+/// Decodes an envelope's bytes: UTF-8, version [`ENVELOPE_VERSION`], at least one event,
+/// all of one org. The error is the reason to dead-letter it.
+pub fn decode(body: &[u8]) -> Result<Vec<Event>, EnvelopeError> {
+    let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::NotUtf8(e.to_string()))?;
+    decode_str(text)
+}
+
+/// [`decode`] for a body that is text already (an SQS message body).
+pub fn decode_str(body: &str) -> Result<Vec<Event>, EnvelopeError> {
+    // The version first, alone: a newer build's envelope is refused as such, not with
+    // whatever its events fail to decode as.
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    let version = serde_json::from_str::<VersionOnly>(body)
+        .map_err(|e| EnvelopeError::NotEnvelope(e.to_string()))?
+        .v;
+    if version != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version { found: version });
+    }
+    let envelope: EnvelopeIn =
+        serde_json::from_str(body).map_err(|e| EnvelopeError::Events(e.to_string()))?;
+    debug_assert_eq!(envelope.v, ENVELOPE_VERSION);
+    let Some(first) = envelope.events.first() else {
+        return Err(EnvelopeError::Empty);
+    };
+    if envelope.events.iter().any(|e| e.org_id != first.org_id) {
+        return Err(EnvelopeError::MixedOrgs);
+    }
+    Ok(envelope.events)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::event::Quantity;
+    use crate::ids::{EventId, MeterName, ProjectId};
+    use crate::meter::Aggregation;
+    use chrono::TimeZone;
+    use rust_decimal::Decimal;
+
+    fn event(org: &str, id: &str, blob: usize) -> Event {
+        let mut properties = serde_json::Map::new();
+        if blob > 0 {
+            properties.insert("blob".into(), "x".repeat(blob).into());
+        }
+        Event {
+            org_id: OrgId::parse(org).unwrap(),
+            id: EventId::parse(id).unwrap(),
+            project_id: ProjectId::parse("prj_1").unwrap(),
+            meter: MeterName::parse("api_calls").unwrap(),
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::new(Decimal::ONE).unwrap(),
+            timestamp: chrono::Utc::now(),
+            properties,
+        }
+    }
+
+    /// A message exactly as the SQS and Kinesis adapters wrote it before the envelope moved
+    /// here: messages in flight across the upgrade must still decode, and new ones must be
+    /// the same bytes.
+    const PINNED: &str = concat!(
+        r#"{"v":1,"events":[{"org_id":"org_a","id":"evt_1","project_id":"prj_1","#,
+        r#""meter":"api_calls","aggregation":{"kind":"sum"},"quantity":"1.5","#,
+        r#""timestamp":"2026-11-26T10:00:00Z","properties":{"route":"/x"}},"#,
+        r#"{"org_id":"org_a","id":"evt_2","project_id":"prj_1","meter":"api_calls","#,
+        r#""aggregation":{"kind":"sum"},"quantity":"2","timestamp":"2026-11-26T10:00:01Z"}]}"#
+    );
+
+    fn pinned_events() -> Vec<Event> {
+        let mut a = event("org_a", "evt_1", 0);
+        a.quantity = Quantity::new(Decimal::new(15, 1)).unwrap();
+        a.timestamp = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 26, 10, 0, 0)
+            .unwrap();
+        a.properties.insert("route".into(), "/x".into());
+        let mut b = event("org_a", "evt_2", 0);
+        b.quantity = Quantity::new(Decimal::TWO).unwrap();
+        b.timestamp = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 26, 10, 0, 1)
+            .unwrap();
+        vec![a, b]
+    }
+
+    #[test]
+    fn the_wire_bytes_are_pinned() {
+        let events = pinned_events();
+        assert_eq!(decode(PINNED.as_bytes()).unwrap(), events);
+        let packed = pack(&events, 256 * 1024);
+        assert!(packed.failed.is_empty());
+        assert_eq!(packed.messages.len(), 1);
+        assert_eq!(packed.messages[0].body, PINNED);
+        assert_eq!(packed.messages[0].org, "org_a");
+        assert_eq!(packed.messages[0].indexes, vec![0, 1]);
+    }
+
+    #[test]
+    fn dead_letter_encoding_is_what_json_macro_wrote() {
+        let events = pinned_events();
+        let old = serde_json::json!({ "v": ENVELOPE_VERSION, "events": events }).to_string();
+        assert_eq!(encode(&events).unwrap(), old);
+        assert_eq!(decode(old.as_bytes()).unwrap(), events);
+    }
+
+    #[test]
+    fn the_prefix_names_the_current_version() {
+        assert_eq!(
+            ENVELOPE_PREFIX,
+            format!(r#"{{"v":{ENVELOPE_VERSION},"events":["#)
+        );
+    }
+
+    #[test]
+    fn packing_splits_by_org_and_size_and_round_trips() {
+        let mut events: Vec<Event> = (0..40)
+            .map(|i| {
+                event(
+                    if i % 3 == 0 { "org_b" } else { "org_a" },
+                    &format!("e{i}"),
+                    4000,
+                )
+            })
+            .collect();
+        events.push(event("org_a", "huge", 40_000));
+        let packed = pack(&events, 32 * 1024);
+        assert_eq!(packed.failed.len(), 1);
+        assert_eq!(packed.failed[0].0, 40);
+        let mut seen = Vec::new();
+        for m in &packed.messages {
+            assert!(m.body.len() <= 32 * 1024, "{}", m.body.len());
+            let decoded = decode_str(&m.body).unwrap();
+            assert_eq!(decoded.len(), m.indexes.len());
+            for (e, &i) in decoded.iter().zip(&m.indexes) {
+                assert_eq!(e, &events[i]);
+                assert_eq!(e.org_id.as_str(), m.org);
+            }
+            seen.extend(m.indexes.iter().copied());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
+        assert!(packed.messages.len() > 2);
+        // Orgs in first-appearance order.
+        assert_eq!(packed.messages[0].org, "org_b");
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_with_a_reason() {
+        let reason = |b: &[u8]| decode(b).unwrap_err().to_string();
+        assert!(reason(b"\xff").contains("UTF-8"));
+        assert!(reason(b"not json").contains("not a Tally event envelope"));
+        assert!(reason(br#"{"v":2,"events":[]}"#).contains("version 2"));
+        assert!(reason(br#"{"v":1,"events":[]}"#).contains("no events"));
+        assert!(reason(br#"{"v":1,"events":[{"org_id":"org_a"}]}"#).contains("as events"));
+        let a = serde_json::to_string(&event("org_a", "1", 0)).unwrap();
+        let b = serde_json::to_string(&event("org_b", "2", 0)).unwrap();
+        let mixed = format!(r#"{{"v":1,"events":[{a},{b}]}}"#);
+        assert_eq!(decode_str(&mixed), Err(EnvelopeError::MixedOrgs));
+        let bad_qty = format!(r#"{{"v":1,"events":[{a}]}}"#)
+            .replace("\"1\",\"timestamp\"", "\"-1\",\"timestamp\"");
+        assert!(decode_str(&bad_qty).is_err(), "{bad_qty}");
+        assert_eq!(
+            decode_str(&format!(r#"{{"v":1,"events":[{a}]}}"#))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn non_characters_are_escaped_and_survive() {
+        let mut e = event("org_a", "1", 0);
+        e.properties.insert("k".into(), "a\u{fffe}b\u{ffff}".into());
+        let packed = pack(std::slice::from_ref(&e), 256 * 1024);
+        let body = &packed.messages[0].body;
+        assert!(!body.contains('\u{fffe}') && !body.contains('\u{ffff}'));
+        assert_eq!(decode_str(body).unwrap(), vec![e.clone()]);
+        let kept = encode(std::slice::from_ref(&e)).unwrap();
+        assert!(!kept.contains('\u{fffe}') && !kept.contains('\u{ffff}'));
+        assert_eq!(decode_str(&kept).unwrap(), vec![e]);
+    }
+}

@@ -1,0 +1,264 @@
+//! API keys on DynamoDB: a key item found by the hash of its secret (`key#<hash>`, one
+//! `GetItem`), and an id guard under its org (`org#<org>` / `key#<id>`) for listing and
+//! revoking by id; both are written in one transaction.
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
+use chrono::{DateTime, Utc};
+use tally_core::ids::{ApiKeyId, OrgId};
+use tally_core::ports::StoreError;
+use tally_core::tenant::rules;
+use tally_core::tenant::{
+    ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
+};
+
+use super::apply::put_if_absent;
+use super::codec::{
+    Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text,
+};
+use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
+use super::{DynamoStore, QuerySpec};
+
+use super::tenants::{failed, org_must_be_live, tx_update};
+
+fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
+    let scopes = get_s(it, "scopes")?;
+    Ok(ApiKey {
+        id: parse_id(get_s(it, "id")?, ApiKeyId::parse)?,
+        org_id: parse_id(get_s(it, "org_id")?, OrgId::parse)?,
+        name: get_s(it, "name")?.to_owned(),
+        hash: KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt("api key hash"))?,
+        display_prefix: get_s(it, "display_prefix")?.to_owned(),
+        scopes: serde_json::from_str::<Vec<KeyScope>>(scopes)
+            .map_err(|e| corrupt(format!("api key scopes {scopes:?}: {e}")))?,
+        created_at: parse_ts(get_s(it, "created_at")?)?,
+        expires_at: get_opt_s(it, "expires_at")?.map(parse_ts).transpose()?,
+        revoked_at: get_opt_s(it, "revoked_at")?.map(parse_ts).transpose()?,
+        last_used_at: get_opt_s(it, "last_used_at")?.map(parse_ts).transpose()?,
+    })
+}
+
+/// The key item and the key id guard of `k`, as conditional puts.
+fn key_puts(table: &str, k: &ApiKey) -> Result<[TransactWriteItem; 2], StoreError> {
+    let scopes = serde_json::to_string(&k.scopes)
+        .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+    let mut record = item([
+        (PK, s(keys::key_pk(&k.hash))),
+        (SK, s(KEY_SK)),
+        ("id", s(k.id.as_str())),
+        ("org_id", s(k.org_id.as_str())),
+        ("name", s(&k.name)),
+        ("hash", s(k.hash.as_str())),
+        ("display_prefix", s(&k.display_prefix)),
+        ("scopes", s(scopes)),
+        ("created_at", s(ts_text(k.created_at))),
+        (GSI1PK, s(keys::org_pk(&k.org_id))),
+        (GSI1SK, s(keys::key_id_sk(&k.id))),
+    ]);
+    if let Some(t) = k.expires_at {
+        record.insert("expires_at".into(), s(ts_text(t)));
+    }
+    if let Some(t) = k.revoked_at {
+        record.insert("revoked_at".into(), s(ts_text(t)));
+    }
+    Ok([
+        put_if_absent(table, record)?,
+        put_if_absent(
+            table,
+            item([
+                (PK, s(keys::org_pk(&k.org_id))),
+                (SK, s(keys::key_id_sk(&k.id))),
+                ("hash", s(k.hash.as_str())),
+            ]),
+        )?,
+    ])
+}
+
+/// Key item and key id guard in one transaction, checked against the org.
+pub(super) async fn create_api_key(store: &DynamoStore, k: &ApiKey) -> Result<(), StoreError> {
+    let table = store.table();
+    let [key, guard] = key_puts(table, k)?;
+    let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(()),
+        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+            what: format!("org {}", k.org_id),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("api key {}", k.id),
+        }),
+    }
+}
+
+/// One `GetItem` by hash.
+pub(super) async fn find_api_key(
+    store: &DynamoStore,
+    hash: &KeyHash,
+) -> Result<Option<ApiKey>, StoreError> {
+    store
+        .get(keys::key_pk(hash), KEY_SK)
+        .await?
+        .as_ref()
+        .map(key_of)
+        .transpose()
+}
+
+/// The org's key id guards (one strongly consistent query of the org partition), then each
+/// key by its hash: consistent right after a create, unlike the index.
+pub(super) async fn list_api_keys(
+    store: &DynamoStore,
+    org: &OrgId,
+) -> Result<Vec<ApiKey>, StoreError> {
+    let guards = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![
+                (":pk", s(keys::org_pk(org))),
+                (":prefix", s(keys::APIKEY_PREFIX)),
+            ],
+        })
+        .await?;
+    let mut out = Vec::with_capacity(guards.len());
+    for g in &guards {
+        let hash =
+            KeyHash::from_hex(get_s(g, "hash")?).ok_or_else(|| corrupt("api key id guard hash"))?;
+        if let Some(key) = find_api_key(store, &hash).await?
+            && &key.org_id == org
+        {
+            out.push(key);
+        }
+    }
+    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(out)
+}
+
+/// The id guard gives the hash; one conditional `UpdateItem` of the key item sets
+/// `revoked_at` unless it is set, and returns the key as it is now.
+pub(super) async fn revoke_api_key(
+    store: &DynamoStore,
+    org: &OrgId,
+    id: &ApiKeyId,
+    at: DateTime<Utc>,
+) -> Result<Option<ApiKey>, StoreError> {
+    let Some(guard) = store.get(keys::org_pk(org), &keys::key_id_sk(id)).await? else {
+        return Ok(None);
+    };
+    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+        .ok_or_else(|| corrupt("api key id guard hash"))?;
+    let updated = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(keys::key_pk(&hash)))
+        .key(SK, s(KEY_SK))
+        .update_expression("SET revoked_at = if_not_exists(revoked_at, :at)")
+        .condition_expression("attribute_exists(#pk) AND org_id = :org")
+        .expression_attribute_names("#pk", PK)
+        .expression_attribute_values(":at", s(ts_text(at)))
+        .expression_attribute_values(":org", s(org.as_str()))
+        .return_values(ReturnValue::AllNew)
+        .send()
+        .await;
+    match updated {
+        Ok(out) => out.attributes.as_ref().map(key_of).transpose(),
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_error("UpdateItem", e)),
+    }
+}
+
+/// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
+/// last_used_at` if the key is the use's org's and holds no later time (the fixed-width
+/// text compares in time order). A refused condition (missing key, later time) is skipped.
+pub(super) async fn touch_api_keys(store: &DynamoStore, uses: &[KeyUse]) -> Result<(), StoreError> {
+    if uses.len() > MAX_KEY_USES_PER_CALL {
+        return Err(StoreError::Unavailable(format!(
+            "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
+            uses.len()
+        )));
+    }
+    for u in uses {
+        let sent = store
+            .client
+            .update_item()
+            .table_name(store.table())
+            .key(PK, s(keys::key_pk(&u.hash)))
+            .key(SK, s(KEY_SK))
+            .update_expression("SET last_used_at = :at")
+            .condition_expression(
+                "attribute_exists(#pk) AND org_id = :org \
+                 AND (attribute_not_exists(last_used_at) OR last_used_at < :at)",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":at", s(last_used_text(u.at)))
+            .expression_attribute_values(":org", s(u.org_id.as_str()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) => {}
+            Err(e) => return Err(sdk_error("UpdateItem", e)),
+        }
+    }
+    Ok(())
+}
+
+/// The old key's guard gives its hash; one transaction puts the new key and its guard and
+/// sets the old key's `expires_at` (conditioned on its org and on not being revoked).
+pub(super) async fn rotate_api_key(
+    store: &DynamoStore,
+    old: &ApiKeyId,
+    new: &ApiKey,
+    old_expires_at: DateTime<Utc>,
+) -> Result<Option<ApiKey>, StoreError> {
+    let org = &new.org_id;
+    let Some(guard) = store.get(keys::org_pk(org), &keys::key_id_sk(old)).await? else {
+        return Ok(None);
+    };
+    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+        .ok_or_else(|| corrupt("api key id guard hash"))?;
+    let Some(current) = find_api_key(store, &hash).await? else {
+        return Ok(None);
+    };
+    let expires = rules::rotated_expiry(old, &current, old_expires_at)?;
+    let table = store.table();
+    let [key, key_guard] = key_puts(table, new)?;
+    let actions = vec![
+        tx_update(
+            table,
+            keys::key_pk(&hash),
+            KEY_SK.into(),
+            "SET expires_at = :exp",
+            "org_id = :org AND attribute_not_exists(revoked_at)",
+            &[],
+            &[(":exp", s(ts_text(expires))), (":org", s(org.as_str()))],
+        )?,
+        key,
+        key_guard,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(Some(ApiKey {
+            expires_at: Some(expires),
+            ..current
+        })),
+        Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
+            what: format!("revocation of api key {old}"),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("api key {}", new.id),
+        }),
+    }
+}

@@ -1,0 +1,405 @@
+//! Memberships on DynamoDB: roles in an org, the owner guards (as [`rules`] decides them,
+//! enforced with conditions on the membership items), ownership transfer, and which projects
+//! a member is on. A membership is `org#<org>` / `member#<user>`, indexed under its user in
+//! `gsi1` so a user's orgs are one query.
+
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
+use chrono::{DateTime, Utc};
+use tally_core::ids::{OrgId, ProjectId, UserId};
+use tally_core::ports::StoreError;
+use tally_core::tenant::rules;
+use tally_core::tenant::{Membership, Org, Role};
+
+use super::apply::put_if_absent;
+use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text};
+use super::keys::{self, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
+use super::{DynamoStore, QuerySpec};
+
+use super::tenants::{failed, get_org, must_exist, org_must_be_live, tx_update};
+
+/// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
+/// once (one round trip): no role in an org that is deleted.
+pub(super) async fn get_role(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+) -> Result<Option<Role>, StoreError> {
+    let member_sk = keys::member_sk(user);
+    let (member, org_item) = tokio::join!(
+        store.get(keys::org_pk(org), &member_sk),
+        store.get(keys::org_pk(org), ORG_SK),
+    );
+    let Some(it) = member? else {
+        return Ok(None);
+    };
+    match org_item? {
+        Some(o) if !o.contains_key("deleted_at") => {}
+        _ => return Ok(None),
+    }
+    let role = get_s(&it, "role")?;
+    Role::parse(role)
+        .map(Some)
+        .ok_or_else(|| corrupt(format!("membership role {role:?}")))
+}
+
+/// The membership items of the org partition (one strongly consistent query).
+pub(super) async fn list_members(
+    store: &DynamoStore,
+    org: &OrgId,
+) -> Result<Vec<Membership>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![
+                (":pk", s(keys::org_pk(org))),
+                (":prefix", s(keys::MEMBER_PREFIX)),
+            ],
+        })
+        .await?;
+    let mut members = items
+        .iter()
+        .map(|it| {
+            let role = get_s(it, "role")?;
+            Ok(Membership {
+                org_id: org.clone(),
+                user_id: parse_id(get_s(it, "user_id")?, UserId::parse)?,
+                role: Role::parse(role)
+                    .ok_or_else(|| corrupt(format!("membership role {role:?}")))?,
+                created_at: parse_ts(get_s(it, "created_at")?)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    members.sort_by(|a, b| (a.created_at, &a.user_id).cmp(&(b.created_at, &b.user_id)));
+    Ok(members)
+}
+
+/// `PROJECTMEMBER#<user>#<project>` inside the org partition.
+fn project_member_sk(user: &UserId, project: &ProjectId) -> String {
+    format!("PROJECTMEMBER#{user}#{project}")
+}
+
+/// Checks of the project and of the user's membership, and the put under
+/// `attribute_not_exists`, in one transaction.
+pub(super) async fn add_project_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    project: &ProjectId,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let table = store.table();
+    let actions = vec![
+        must_exist(table, keys::org_pk(org), &keys::project_sk(project))?,
+        must_exist(table, keys::org_pk(org), &keys::member_sk(user))?,
+        put_if_absent(
+            table,
+            item([
+                (PK, s(keys::org_pk(org))),
+                (SK, s(project_member_sk(user, project))),
+                ("user_id", s(user.as_str())),
+                ("project_id", s(project.as_str())),
+                ("created_at", s(ts_text(at))),
+            ]),
+        )?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(()),
+        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+            what: format!("project {project} in org {org}"),
+        }),
+        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+            what: format!("member {user} of org {org}"),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("user {user} on project {project}"),
+        }),
+    }
+}
+
+/// One `DeleteItem`, returning the old item to tell whether there was one.
+pub(super) async fn remove_project_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    project: &ProjectId,
+    user: &UserId,
+) -> Result<bool, StoreError> {
+    let out = store
+        .client
+        .delete_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(project_member_sk(user, project)))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| sdk_error("DeleteItem", e))?;
+    Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+}
+
+/// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
+pub(super) async fn list_user_projects(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+) -> Result<Vec<ProjectId>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![
+                (":pk", s(keys::org_pk(org))),
+                (":prefix", s(format!("PROJECTMEMBER#{user}#"))),
+            ],
+        })
+        .await?;
+    let mut out = items
+        .iter()
+        .map(|it| parse_id(get_s(it, "project_id")?, ProjectId::parse))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    Ok(out)
+}
+
+fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
+    let role = get_s(it, "role")?;
+    Ok(Membership {
+        org_id: org.clone(),
+        user_id: parse_id(get_s(it, "user_id")?, UserId::parse)?,
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("membership role {role:?}")))?,
+        created_at: parse_ts(get_s(it, "created_at")?)?,
+    })
+}
+
+/// The put of a new membership item (under `attribute_not_exists`), indexed under its user.
+pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWriteItem, StoreError> {
+    put_if_absent(
+        table,
+        item([
+            (PK, s(keys::org_pk(&m.org_id))),
+            (SK, s(keys::member_sk(&m.user_id))),
+            ("user_id", s(m.user_id.as_str())),
+            ("role", s(m.role.as_str())),
+            ("created_at", s(ts_text(m.created_at))),
+            (GSI1PK, s(keys::user_pk(&m.user_id))),
+            (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
+        ]),
+    )
+}
+
+/// Membership put under `attribute_not_exists`, with checks that the org and the user
+/// exist, in one transaction.
+pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<(), StoreError> {
+    rules::check_new_member(m.role)?;
+    let table = store.table();
+    let actions = vec![
+        org_must_be_live(table, &m.org_id)?,
+        must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
+        membership_put(table, m)?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => Ok(()),
+        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+            what: format!("org {}", m.org_id),
+        }),
+        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+            what: format!("user {}", m.user_id),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("membership of user {} in org {}", m.user_id, m.org_id),
+        }),
+    }
+}
+
+/// After a refused conditional write of a membership: `None` if it does not exist, the
+/// owner's refusal ([`rules::check_member_change`]) if it is the owner's (the only other way
+/// the condition fails).
+async fn refused_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+) -> Result<Option<Membership>, StoreError> {
+    match store.get(keys::org_pk(org), &keys::member_sk(user)).await? {
+        None => Ok(None),
+        Some(it) => {
+            rules::check_member_change(membership_of(org, &it)?.role)?;
+            // The condition failed on a member who is not the owner: it became one between
+            // the write and this read; the caller may retry.
+            Err(StoreError::Unavailable(format!(
+                "membership of {user} in org {org} changed during the update; retry"
+            )))
+        }
+    }
+}
+
+/// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
+pub(super) async fn set_member_role(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+    role: Role,
+) -> Result<Option<Membership>, StoreError> {
+    rules::check_new_member(role)?;
+    let updated = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(keys::member_sk(user)))
+        .update_expression("SET #role = :role")
+        .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+        .expression_attribute_names("#pk", PK)
+        .expression_attribute_names("#role", "role")
+        .expression_attribute_values(":role", s(role.as_str()))
+        .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await;
+    match updated {
+        Ok(out) => out
+            .attributes
+            .as_ref()
+            .map(|it| membership_of(org, it))
+            .transpose(),
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            refused_member(store, org, user).await
+        }
+        Err(e) => Err(sdk_error("UpdateItem", e)),
+    }
+}
+
+/// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
+pub(super) async fn remove_member(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+) -> Result<Option<Membership>, StoreError> {
+    let deleted = store
+        .client
+        .delete_item()
+        .table_name(store.table())
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(keys::member_sk(user)))
+        .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+        .expression_attribute_names("#pk", PK)
+        .expression_attribute_names("#role", "role")
+        .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await;
+    match deleted {
+        Ok(out) => out
+            .attributes
+            .as_ref()
+            .map(|it| membership_of(org, it))
+            .transpose(),
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(DeleteItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            refused_member(store, org, user).await
+        }
+        Err(e) => Err(sdk_error("DeleteItem", e)),
+    }
+}
+
+/// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
+/// membership to admin (conditioned on being owner), the new owner's to owner (conditioned
+/// on existing).
+pub(super) async fn transfer_ownership(
+    store: &DynamoStore,
+    org: &OrgId,
+    from: &UserId,
+    to: &UserId,
+) -> Result<Option<Org>, StoreError> {
+    let Some(current) = get_org(store, org).await? else {
+        return Ok(None);
+    };
+    let from_role = get_role(store, org, from).await?;
+    let to_role = get_role(store, org, to).await?;
+    if !rules::check_transfer(org, &current.owner_id, from, from_role, to, to_role)? {
+        return Ok(Some(current));
+    }
+    let table = store.table();
+    let role = [("#role", "role"), ("#pk", PK)];
+    let actions = vec![
+        tx_update(
+            table,
+            keys::org_pk(org),
+            ORG_SK.into(),
+            "SET owner_id = :to",
+            "owner_id = :from",
+            &[],
+            &[(":to", s(to.as_str())), (":from", s(from.as_str()))],
+        )?,
+        tx_update(
+            table,
+            keys::org_pk(org),
+            keys::member_sk(from),
+            "SET #role = :admin",
+            "#role = :owner",
+            &role[..1],
+            &[
+                (":admin", s(Role::Admin.as_str())),
+                (":owner", s(Role::Owner.as_str())),
+            ],
+        )?,
+        tx_update(
+            table,
+            keys::org_pk(org),
+            keys::member_sk(to),
+            "SET #role = :owner",
+            "attribute_exists(#pk)",
+            &role,
+            &[(":owner", s(Role::Owner.as_str()))],
+        )?,
+    ];
+    match store.transact_tenant(actions).await? {
+        Ok(()) => get_org(store, org).await,
+        Err(r) if failed(&r, 2) && !failed(&r, 0) && !failed(&r, 1) => Err(StoreError::NotFound {
+            what: format!("member {to} of org {org}"),
+        }),
+        Err(_) => Err(StoreError::Conflict {
+            what: format!("a different owner of org {org}"),
+        }),
+    }
+}
+
+/// The user's membership items, from the index (`gsi1pk` `USER#<user>`), by org id.
+/// Eventually consistent.
+pub(super) async fn list_user_memberships(
+    store: &DynamoStore,
+    user: &UserId,
+) -> Result<Vec<Membership>, StoreError> {
+    let items = store
+        .query_all(&QuerySpec {
+            index: Some(GSI1),
+            key_condition: "#pk = :pk",
+            filter: None,
+            names: &[],
+            values: vec![(":pk", s(keys::user_pk(user)))],
+        })
+        .await?;
+    let mut out = items
+        .iter()
+        .map(|it| {
+            let org = keys::parse_org_gsi_sk(get_s(it, GSI1SK)?)?;
+            membership_of(&org, it)
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    out.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+    Ok(out)
+}
