@@ -15,10 +15,9 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use tally_core::ids::{OrgId, UserId};
 use tally_core::tenant::{ApiKey, KeyScope, Role};
-use tally_ingest::auth::{KeyAuth, bearer_token, require_scope};
-use tally_ingest::error::ApiError;
 
 use crate::ApiState;
+use crate::http::{ApiError, KeyAuth, bearer_token, require_scope};
 use crate::jwt::looks_like_jwt;
 use crate::roles::{Action, allows};
 

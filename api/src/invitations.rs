@@ -24,13 +24,13 @@ use tally_core::tenant::{
     INVITATION_TTL_DAYS, Invitation, KeyHash, MAX_INVITATION_TOKEN_LEN, Membership, Role,
     check_email, invitation_token,
 };
-use tally_ingest::error::ApiError;
 
 use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
-use crate::orgs::{
-    Audit, MgmtError, RequestMeta, body, check_user_limit, field_error, grantable_role, path_error,
-    random, to_json,
+use crate::http::ApiError;
+use crate::members::{check_user_limit, grantable_role};
+use crate::mgmt::{
+    Audit, Change, MgmtError, RequestMeta, body, change, field_error, path_error, random, to_json,
 };
 use crate::roles::Action;
 
@@ -124,64 +124,64 @@ pub(crate) async fn create_invitation(
     payload: Result<Json<CreateInvitation>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), MgmtError> {
     let Path(org) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let resource = "invitations".to_owned();
+    let action = Action::InvitationCreate;
+    let created = change(
+        &state,
         &caller,
         meta,
         &org,
-        Action::InvitationCreate,
-        "invitations".into(),
-    );
-    let result = async {
-        let auth = caller
-            .authorize(&state, &org, Action::InvitationCreate)
-            .await?;
-        let req = body(payload)?;
-        check_email("email", &req.email).map_err(field_error)?;
-        let role = grantable_role(&req.role)?;
-        let email = req.email.to_lowercase();
-        let org = state
-            .tenants
-            .get_org(&auth.org)
-            .await?
-            .ok_or_else(org_not_found)?;
-        let now = state.clock.now();
-        if state
-            .tenants
-            .list_invitations(&org.id, now)
-            .await?
-            .iter()
-            .any(|i| i.email == email)
-        {
-            return Err(ApiError::Conflict(
-                "this email has a pending invitation to the organization already".into(),
-            )
-            .into());
-        }
-        check_user_limit(&state, &org).await?;
-        let token = invitation_token(random());
-        let invitation = Invitation {
-            id: InvitationId::from_random(random()),
-            org_id: org.id,
-            email,
-            role,
-            hash: KeyHash::of_secret(&token),
-            invited_by: auth.user,
-            created_at: now,
-            expires_at: now + chrono::TimeDelta::days(INVITATION_TTL_DAYS),
-            accepted_at: None,
-        };
-        state.tenants.create_invitation(&invitation).await?;
-        Ok(CreatedInvitation {
-            view: InvitationView::from(&invitation),
-            token,
-        })
-    }
-    .await;
-    if let Ok(i) = &result {
-        audit.resource = format!("invitation:{}", i.view.id);
-        audit.after = to_json(&i.view);
-    }
-    let created = audit.finish(&state, result).await?;
+        action,
+        resource,
+        async |auth| {
+            let req = body(payload)?;
+            check_email("email", &req.email).map_err(field_error)?;
+            let role = grantable_role(&req.role)?;
+            let email = req.email.to_lowercase();
+            let org = state
+                .tenants
+                .get_org(&auth.org)
+                .await?
+                .ok_or_else(org_not_found)?;
+            let now = state.clock.now();
+            if state
+                .tenants
+                .list_invitations(&org.id, now)
+                .await?
+                .iter()
+                .any(|i| i.email == email)
+            {
+                return Err(ApiError::Conflict(
+                    "this email has a pending invitation to the organization already".into(),
+                )
+                .into());
+            }
+            check_user_limit(&state, &org).await?;
+            let token = invitation_token(random());
+            let invitation = Invitation {
+                id: InvitationId::from_random(random()),
+                org_id: org.id,
+                email,
+                role,
+                hash: KeyHash::of_secret(&token),
+                invited_by: auth.user,
+                created_at: now,
+                expires_at: now + chrono::TimeDelta::days(INVITATION_TTL_DAYS),
+                accepted_at: None,
+            };
+            state.tenants.create_invitation(&invitation).await?;
+            let view = InvitationView::from(&invitation);
+            // The record shows the invitation as listed; the token is in the answer only.
+            let resource = format!("invitation:{}", view.id);
+            Ok(Change::new(CreatedInvitation {
+                view: view.clone(),
+                token,
+            })
+            .resource(resource)
+            .after(&view))
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -194,36 +194,32 @@ pub(crate) async fn revoke_invitation(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<InvitationView>, MgmtError> {
     let Path((org, id)) = path.map_err(path_error)?;
-    let mut audit = Audit::new(
+    let resource = format!("invitation:{id}");
+    let action = Action::InvitationRevoke;
+    let revoked = change(
+        &state,
         &caller,
         meta,
         &org,
-        Action::InvitationRevoke,
-        format!("invitation:{id}"),
-    );
-    let result = async {
-        let auth = caller
-            .authorize(&state, &org, Action::InvitationRevoke)
-            .await?;
-        let not_found = || {
-            ApiError::not_found(
-                "invitation_id",
-                "no such pending invitation in this organization",
-            )
-        };
-        let id = InvitationId::parse(&id).map_err(|_| not_found())?;
-        let revoked = state
-            .tenants
-            .revoke_invitation(&auth.org, &id, state.clock.now())
-            .await?
-            .ok_or_else(not_found)?;
-        Ok(InvitationView::from(&revoked))
-    }
-    .await;
-    if let Ok(before) = &result {
-        audit.before = to_json(before);
-    }
-    let revoked = audit.finish(&state, result).await?;
+        action,
+        resource,
+        async |auth| {
+            let not_found = || {
+                ApiError::not_found(
+                    "invitation_id",
+                    "no such pending invitation in this organization",
+                )
+            };
+            let id = InvitationId::parse(&id).map_err(|_| not_found())?;
+            let revoked = state
+                .tenants
+                .revoke_invitation(&auth.org, &id, state.clock.now())
+                .await?
+                .ok_or_else(not_found)?;
+            Ok(Change::removed(InvitationView::from(&revoked)))
+        },
+    )
+    .await?;
     Ok(Json(revoked))
 }
 

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::UserId;
-use tally_ingest::error::ApiError;
+
+use crate::http::ApiError;
 
 /// Shortest HS256 secret accepted, in bytes (the hash's output size).
 pub const MIN_SECRET_LEN: usize = 32;

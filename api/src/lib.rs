@@ -1,17 +1,20 @@
 //! Tally's usage and management API, written against the ports of `tally-core` only.
 //!
 //! It serves `GET /v1/usage` (see [`usage`]), the management routes under
-//! `/v1/orgs/{org_id}` (the org, members, projects, API keys, audit trail; see [`orgs`];
-//! invitations and `POST /v1/invitations/accept`; see [`invitations`]) and
-//! `GET /openapi.json`, the OpenAPI 3.1 document of every Tally route, ingest's
-//! included (see [`openapi`]). Every route is a row of [`ROUTES`], and [`router`] is built
-//! from that table, so the tests that walk it (tenant isolation, role matrix, audit
-//! completeness, the OpenAPI check) cover every route there is.
+//! `/v1/orgs/{org_id}` — the org itself ([`orgs`]), its members ([`members`]), projects
+//! ([`projects`]), API keys ([`keys`]), audit trail ([`audit`]) and invitations with
+//! `POST /v1/invitations/accept` ([`invitations`]) — and `GET /openapi.json`, the OpenAPI
+//! 3.1 document of every Tally route, ingest's included (see [`openapi`]). Every route is a
+//! row of [`ROUTES`], and [`router`] is built from that table, so the tests that walk it
+//! (tenant isolation, role matrix, audit completeness, the OpenAPI check) cover every route
+//! there is.
 //!
 //! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
 //! ([`jwt`]), whose role in the path's org is checked against the one permission table in
-//! [`roles`]. Errors are the shared JSON [`ApiError`] of `tally-ingest`, so every Tally API
-//! refuses alike.
+//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::change`:
+//! authorize, parse, change, write the audit record. Errors are the shared JSON
+//! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
+//! authentication, the request span, the OpenAPI helpers) come through [`http`] alone.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,16 +24,22 @@ use axum::extract::FromRef;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use tally_core::meter::MeterCatalogue;
 use tally_core::ports::{Clock, TenantStore, UsageStore};
-use tally_ingest::auth::KeyAuth;
 
+pub mod audit;
 pub mod auth;
+pub mod http;
 pub mod invitations;
 pub mod jwt;
+pub mod keys;
+pub mod members;
+pub mod mgmt;
 pub mod openapi;
 pub mod orgs;
+pub mod projects;
 pub mod roles;
 pub mod usage;
 
+use crate::http::KeyAuth;
 use crate::jwt::JwtConfig;
 use crate::roles::Action;
 
@@ -253,7 +262,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/invitations/accept", Endpoint::AcceptInvitation),
 ];
 
-pub use tally_ingest::error::{ApiError, ErrorBody};
+pub use http::{ApiError, ErrorBody};
 pub use usage::{SeriesPoint, UsageResponse};
 
 /// Everything the API needs, as ports. Cheap to clone (all `Arc`s).
@@ -317,23 +326,23 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::GetOrg => get(orgs::get_org),
         Endpoint::UpdateOrg => patch(orgs::update_org),
         Endpoint::DeleteOrg => delete(orgs::delete_org),
-        Endpoint::ListMembers => get(orgs::list_members),
+        Endpoint::ListMembers => get(members::list_members),
         Endpoint::TransferOwnership => post(orgs::transfer_ownership),
-        Endpoint::AddMember => post(orgs::add_member),
-        Endpoint::UpdateMember => patch(orgs::update_member),
-        Endpoint::RemoveMember => delete(orgs::remove_member),
-        Endpoint::ListProjects => get(orgs::list_projects),
-        Endpoint::CreateProject => post(orgs::create_project),
-        Endpoint::GetProject => get(orgs::get_project),
-        Endpoint::UpdateProject => patch(orgs::update_project),
-        Endpoint::ArchiveProject => post(orgs::archive_project),
-        Endpoint::AddProjectMember => post(orgs::add_project_member),
-        Endpoint::RemoveProjectMember => delete(orgs::remove_project_member),
-        Endpoint::ListKeys => get(orgs::list_keys),
-        Endpoint::CreateKey => post(orgs::create_key),
-        Endpoint::RevokeKey => post(orgs::revoke_key),
-        Endpoint::RotateKey => post(orgs::rotate_key),
-        Endpoint::ListAudit => get(orgs::list_audit),
+        Endpoint::AddMember => post(members::add_member),
+        Endpoint::UpdateMember => patch(members::update_member),
+        Endpoint::RemoveMember => delete(members::remove_member),
+        Endpoint::ListProjects => get(projects::list_projects),
+        Endpoint::CreateProject => post(projects::create_project),
+        Endpoint::GetProject => get(projects::get_project),
+        Endpoint::UpdateProject => patch(projects::update_project),
+        Endpoint::ArchiveProject => post(projects::archive_project),
+        Endpoint::AddProjectMember => post(projects::add_project_member),
+        Endpoint::RemoveProjectMember => delete(projects::remove_project_member),
+        Endpoint::ListKeys => get(keys::list_keys),
+        Endpoint::CreateKey => post(keys::create_key),
+        Endpoint::RevokeKey => post(keys::revoke_key),
+        Endpoint::RotateKey => post(keys::rotate_key),
+        Endpoint::ListAudit => get(audit::list_audit),
         Endpoint::UsageSummary => get(orgs::usage_summary),
         Endpoint::ListInvitations => get(invitations::list_invitations),
         Endpoint::CreateInvitation => post(invitations::create_invitation),
@@ -343,16 +352,14 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
 }
 
 /// The API's routes, every row of [`ROUTES`], inside the request span of
-/// [`tally_ingest::trace`] (method, path, request id, and the org once known).
+/// [`http::trace_requests`] (method, path, request id, and the org once known).
 pub fn router(state: ApiState) -> Router {
     ROUTES
         .iter()
         .fold(Router::new(), |r, route| {
             r.route(route.path, handler(route.endpoint))
         })
-        .layer(axum::middleware::from_fn(
-            tally_ingest::trace::trace_requests,
-        ))
+        .layer(axum::middleware::from_fn(http::trace_requests))
         .with_state(state)
 }
 

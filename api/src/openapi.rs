@@ -1,11 +1,13 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of every Tally route, served by this
 //! router.
 //!
-//! The ingest part (`POST /v1/events`, the shared error object, the security scheme) comes
-//! from [`tally_ingest::openapi::document`]; this module adds the routes of this crate
-//! (`GET /v1/usage`) and their schemas. Tests check it against the implementation: every
-//! route of [`crate::ROUTES`] and [`tally_ingest::ROUTES`] is documented with its method,
-//! every status the handlers answer is listed, and the schemas' property names are those of
+//! The shared part (`POST /v1/events`, the shared error object, the security scheme) comes
+//! from the HTTP seam, `tally_http::openapi::document` (through [`crate::http`]), so this
+//! crate documents ingest's route without depending on ingest; this module adds the routes
+//! of this crate (`GET /v1/usage`, the management routes) and their schemas. Tests check it
+//! against the implementation: every route of [`crate::ROUTES`] and of ingest
+//! (`tally_ingest::ROUTES`, a dev-dependency) is documented with its method, every status
+//! the handlers answer is listed, and the schemas' property names are those of
 //! [`UsageResponse`](crate::UsageResponse), [`SeriesPoint`](crate::SeriesPoint) and
 //! [`UsageParams`](crate::usage::UsageParams).
 
@@ -13,8 +15,8 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use serde_json::{Value, json};
-use tally_ingest::openapi::{add_paths, add_schemas, error_responses, schema_ref};
 
+use crate::http::openapi::{add_paths, add_schemas, error_responses, schema_ref, service_document};
 use crate::roles::markdown_table;
 use crate::{Endpoint, ROUTES};
 
@@ -56,7 +58,7 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
 
 /// The whole document: ingest's plus this crate's routes.
 pub fn document() -> Value {
-    let mut doc = tally_ingest::openapi::document();
+    let mut doc = service_document();
     add_paths(&mut doc, json!({"/v1/usage": {"get": get_usage()}}));
     add_paths(&mut doc, json!({"/v1/me/orgs": {"get": my_orgs()}}));
     add_paths(

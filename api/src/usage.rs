@@ -21,10 +21,10 @@ use tally_core::event::ErrorCode;
 use tally_core::ids::ProjectId;
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::CounterQuery;
-use tally_ingest::error::ApiError;
 
 use crate::ApiState;
 use crate::auth::Caller;
+use crate::http::ApiError;
 
 /// Most buckets one request may span (about 416 days of hours, 27 years of days).
 pub const MAX_BUCKETS: i64 = 10_000;

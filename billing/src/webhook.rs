@@ -21,22 +21,26 @@
 //! malformed, stale beyond [`DEFAULT_TOLERANCE_SECS`], or not matching) or a bad body,
 //! `413` for a body over [`MAX_WEBHOOK_BODY_BYTES`], and `503` when the ledger fails (Stripe
 //! delivers again) or no signing secret is configured (so a misconfigured deployment is
-//! loud rather than silently dropping events). Errors use Tally's
-//! `{"error": {"code", "message", "field"}}` shape.
+//! loud rather than silently dropping events). Refusals are the shared [`ApiError`] of
+//! `tally-http`, so they have the `{"error": {"code", "message", "field"}}` shape of every
+//! Tally API: codes `bad_signature` (field `Stripe-Signature`), `invalid_body`,
+//! `payload_too_large`, `stripe_webhook_not_configured` and `unavailable` (with
+//! `Retry-After: 5`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_LENGTH;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::Value;
 use tally_core::ports::{Clock, StoreError, SyncLedger};
 use tally_core::{Month, OrgId};
+use tally_http::ApiError;
 
 /// How far a signature's timestamp may be from now (Stripe's libraries use 5 minutes).
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
@@ -44,17 +48,21 @@ pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// Largest webhook body accepted.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 256 * 1024;
 
-/// Why a webhook was refused. Each variant says what the HTTP route answers.
+/// Why a webhook was refused. Each variant says what the HTTP route answers (as the shared
+/// [`ApiError`] it converts into).
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     /// The `Stripe-Signature` header is missing, malformed, stale or matches no `v1`
-    /// signature. `400 Bad Request` (Stripe retries it; a real mismatch never passes).
+    /// signature. `400 Bad Request`, code `bad_signature`, field `Stripe-Signature` (Stripe
+    /// retries it; a real mismatch never passes).
     #[error("bad Stripe-Signature: {0}")]
     Signature(String),
-    /// The body is not a Stripe event, is too big, or lacks the field named. `400`.
+    /// The body is not a Stripe event, is too big, or lacks the field named. `400 Bad
+    /// Request`, code `invalid_body`, field `body`.
     #[error("bad webhook body: {0}")]
     Body(String),
-    /// The ledger failed; `503`, so Stripe delivers the event again.
+    /// The ledger failed: `503 Service Unavailable`, code `unavailable`, with
+    /// `Retry-After: 5`, so Stripe delivers the event again. The detail is logged, not shown.
     #[error("sync ledger: {0}")]
     Ledger(#[from] StoreError),
 }
@@ -189,97 +197,87 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    let mut error = serde_json::json!({"code": code, "message": message});
-    if let Some(field) = field {
-        error["field"] = field.into();
+/// What the route answers for a webhook it refuses.
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Signature(_) => {
+                ApiError::bad_request("bad_signature", "Stripe-Signature", e.to_string())
+            }
+            WebhookError::Body(_) => ApiError::bad_request("invalid_body", "body", e.to_string()),
+            WebhookError::Ledger(detail) => {
+                // The answer stays generic; the store's detail is for the operator.
+                tracing::warn!(error = %detail, "cannot record a Stripe webhook event");
+                ApiError::UnavailableBecause {
+                    code: "unavailable",
+                    message: "the event could not be recorded right now; Stripe delivers it again"
+                        .into(),
+                    retry_after_secs: Some(5),
+                }
+            }
+        }
     }
-    (status, Json(serde_json::json!({ "error": error }))).into_response()
 }
 
-fn too_large() -> Response {
-    refuse(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        &format!("the body exceeds {MAX_WEBHOOK_BODY_BYTES} bytes"),
-        Some("body"),
-    )
+fn too_large() -> ApiError {
+    ApiError::PayloadTooLarge {
+        limit: MAX_WEBHOOK_BODY_BYTES,
+    }
 }
 
-async fn handle(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    State(state): State<WebhookState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let Some(secret) = state.secret.as_deref() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stripe_webhook_not_configured",
-            "Stripe webhooks are not configured here: set TALLY_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...)",
-            None,
-        );
+        return Err(ApiError::UnavailableBecause {
+            code: "stripe_webhook_not_configured",
+            message: "Stripe webhooks are not configured here: set TALLY_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...)".into(),
+            retry_after_secs: None,
+        });
     };
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY_BYTES as u64) {
-        return too_large();
+        return Err(too_large());
     }
     // The only way reading a body under a limit fails on a healthy connection is the limit.
     let Ok(body) = axum::body::to_bytes(body, MAX_WEBHOOK_BODY_BYTES).await else {
-        return too_large();
+        return Err(too_large());
     };
-    let Some(signature) = headers
+    let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
-    else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_signature",
-            "the Stripe-Signature header is missing",
-            Some("Stripe-Signature"),
-        );
-    };
-    match record_invoice_event(
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_signature",
+                "Stripe-Signature",
+                "the Stripe-Signature header is missing",
+            )
+        })?;
+    let outcome = record_invoice_event(
         state.ledger.as_ref(),
         secret,
         signature,
         &body,
         state.clock.now(),
     )
-    .await
-    {
-        Ok(WebhookOutcome::Recorded {
+    .await?;
+    Ok(Json(match outcome {
+        WebhookOutcome::Recorded {
             org,
             period,
             kind,
             invoice,
-        }) => Json(serde_json::json!({
+        } => serde_json::json!({
             "received": true,
             "recorded": {"org_id": org.as_str(), "period": period.to_string(), "type": kind, "invoice": invoice},
-        }))
-        .into_response(),
-        Ok(WebhookOutcome::Ignored) => {
-            Json(serde_json::json!({"received": true, "ignored": true})).into_response()
-        }
-        Err(e @ WebhookError::Signature(_)) => refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_signature",
-            &e.to_string(),
-            Some("Stripe-Signature"),
-        ),
-        Err(e @ WebhookError::Body(_)) => {
-            refuse(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string(), Some("body"))
-        }
-        Err(WebhookError::Ledger(_)) => {
-            let mut r = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the event could not be recorded right now; Stripe delivers it again",
-                None,
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
-            r
-        }
-    }
+        }),
+        WebhookOutcome::Ignored => serde_json::json!({"received": true, "ignored": true}),
+    }))
 }
 
 #[cfg(test)]
@@ -300,6 +298,31 @@ mod tests {
                 b"Test Using Larger Than Block-Size Key - Hash Key First"
             )),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn refusals_keep_their_codes_statuses_and_retry_after() {
+        use axum::http::StatusCode;
+        let e = ApiError::from(WebhookError::Ledger(StoreError::Unavailable(
+            "sqlite at /srv/tally".into(),
+        )));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after(), Some(5));
+        let body = e.body();
+        assert_eq!(body.code, "unavailable");
+        assert!(!body.message.contains("/srv/tally"), "{body:?}");
+        let e = ApiError::from(WebhookError::Signature("no v1=".into()));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let body = e.body();
+        assert_eq!(
+            (body.code.as_str(), body.field.as_deref()),
+            ("bad_signature", Some("Stripe-Signature"))
+        );
+        let body = ApiError::from(WebhookError::Body("not json".into())).body();
+        assert_eq!(
+            (body.code.as_str(), body.field.as_deref()),
+            ("invalid_body", Some("body"))
         );
     }
 

@@ -22,10 +22,9 @@ use tally_core::event::{ErrorCode, EventError};
 
 use crate::error::ApiError;
 
-/// Largest body accepted, in bytes (1 MiB); larger is `413`.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most events in one request.
-pub const MAX_BATCH_EVENTS: usize = 1000;
+// The limits live in the HTTP seam, where every API's OpenAPI document states them too.
+// Larger than `MAX_BODY_BYTES` is `413`; more than `MAX_BATCH_EVENTS` events is `400`.
+pub use tally_http::events::{MAX_BATCH_EVENTS, MAX_BODY_BYTES};
 
 /// How a body is encoded, decided by its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

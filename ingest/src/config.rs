@@ -11,6 +11,7 @@ use tally_core::ids::ApiKeyId;
 use tally_core::plan::{Plan, PlanId, RateLimit};
 
 use crate::cache::DEFAULT_CAPACITY;
+use crate::keys::KeyCacheConfig;
 
 /// How long each hot-path lookup is cached. See the crate docs for what each TTL means to a
 /// caller (how long a revocation, a plan change or a closed period takes to be seen).
@@ -53,6 +54,17 @@ impl Default for CacheConfig {
             open_period_ttl: Duration::from_secs(5),
             closed_period_ttl: Duration::from_secs(3600),
             usage_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+impl From<&CacheConfig> for KeyCacheConfig {
+    /// The API-key cache's part: the shared capacity and the key TTLs.
+    fn from(c: &CacheConfig) -> Self {
+        KeyCacheConfig {
+            capacity: c.capacity,
+            ttl: c.key_ttl,
+            miss_ttl: c.key_miss_ttl,
         }
     }
 }

@@ -35,10 +35,14 @@
 //!    as a whole is `503` with `Retry-After: 1` (nothing was accepted; resend everything,
 //!    resent ids are deduplicated downstream).
 //!
-//! Modules other APIs reuse: [`auth`] (API-key authentication and scope checks, as an
-//! extractor or as functions), [`error`] (the one JSON error type, [`error::ApiError`]),
-//! [`trace`] (a request span with a request id) and [`openapi`] (the document's shared
-//! components). [`cache`] is the bounded TTL map the caches are made of.
+//! The HTTP seam ingest shares with the other APIs lives in `tally-http`: API-key
+//! authentication ([`auth`], [`keys`]), the one JSON error ([`error`], [`ApiError`]),
+//! the request span ([`trace`]), the bounded TTL map the caches are made of ([`cache`]) and
+//! the shared OpenAPI document ([`openapi`] re-exports it and adds a router for ingest
+//! alone). Those modules are re-exported here under their old paths, so
+//! `tally_ingest::error::ApiError` and the like keep working. The cache TTLs above are
+//! [`CacheConfig`]'s; its key TTLs configure the key cache through
+//! [`KeyCacheConfig`](keys::KeyCacheConfig).
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,17 +58,16 @@ use tally_core::ports::{
     ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, TenantStore, UsageStore,
 };
 
-pub mod auth;
 pub mod body;
-pub mod cache;
 pub mod config;
-pub mod error;
 pub mod events;
-pub mod keys;
 pub mod limits;
 pub mod lookups;
 pub mod openapi;
-pub mod trace;
+
+// The HTTP seam this crate shares with the other APIs lives in `tally-http`; its modules are
+// re-exported under their old paths (`tally_ingest::error::ApiError`, `crate::auth::...`).
+pub use tally_http::{auth, cache, error, keys, trace};
 
 pub use auth::{KeyAuth, ScopedKey};
 pub use config::{CacheConfig, IngestConfig, RateCost, RateLimitConfig};

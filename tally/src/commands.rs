@@ -338,7 +338,7 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         &key.org_id,
         "key.create",
         format!("key:{}", key.id),
-        serde_json::to_value(tally_api::orgs::KeyView::from(&key)).ok(),
+        serde_json::to_value(tally_api::keys::KeyView::from(&key)).ok(),
     )
     .await;
     let out = KeyOut {

@@ -4,6 +4,9 @@
 //! The id is the caller's `x-request-id` when it is a sane token (1–128 visible ASCII
 //! characters), otherwise a fresh `req_` + 16 hex digits. Handlers fill in the span's `org`
 //! and `batch_size` fields once they know them (`tracing::Span::current().record(...)`).
+//!
+//! Its log lines' target is `tally_http::trace` (it was `tally_ingest::trace` before this
+//! module moved out of ingest; a `TALLY_LOG` filter naming that target needs the new name).
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};

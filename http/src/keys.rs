@@ -1,23 +1,24 @@
 //! The API-key cache: [`ApiKeyStore::find_api_key`] behind a bounded in-process cache, and
 //! the keys' last-used times kept in memory until they are flushed in bulk.
 //!
-//! A key found by hash is trusted for [`CacheConfig::key_ttl`] (10 s by default): a key
+//! A key found by hash is trusted for [`KeyCacheConfig::ttl`] (10 s by default): a key
 //! revoked in the store stops working within that time, and so does a change of its scopes.
 //! Expiry and a revocation time already on the cached record are checked against the clock
 //! on every request, so they are exact. A hash the store does not know is remembered for
-//! [`CacheConfig::key_miss_ttl`] (2 s), so a flood of made-up keys reaches the store once per
+//! [`KeyCacheConfig::miss_ttl`] (2 s), so a flood of made-up keys reaches the store once per
 //! distinct key per two seconds. New keys are unaffected by miss caching: a secret has 256
 //! random bits, so nobody presents it before it exists.
 //!
 //! Last-used times are recorded in memory on every successful authentication (never a store
 //! write per request); [`KeyCache::take_last_used`] hands them over for a bulk write.
 //!
-//! [`CacheConfig::key_ttl`]: crate::config::CacheConfig::key_ttl
-//! [`CacheConfig::key_miss_ttl`]: crate::config::CacheConfig::key_miss_ttl
+//! Ingest's `CacheConfig` carries these settings among its other caches' and converts into
+//! a [`KeyCacheConfig`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use chrono::TimeDelta;
 use tally_core::ids::ApiKeyId;
@@ -26,12 +27,35 @@ use tally_core::tenant::{ApiKey, KeyHash, KeyUse};
 
 use tracing::Instrument;
 
-use crate::cache::{TtlCache, delta};
-use crate::config::CacheConfig;
+use crate::cache::{DEFAULT_CAPACITY, TtlCache, delta};
 
 /// Counter of key lookups, labelled `result` = `hit` (answered from the cache) or `miss`
-/// (asked the store).
+/// (asked the store). Named for ingest, whose router the cache serves; the name stayed when
+/// the cache moved here, so dashboards and alarms keep finding it.
 pub const METRIC_KEY_CACHE: &str = "tally_ingest_key_cache_total";
+
+/// The key cache's size and how long it trusts what the store said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCacheConfig {
+    /// Entries at most (found keys and unknown hashes together).
+    pub capacity: usize,
+    /// A key found by hash is trusted this long: a revocation or a change of scopes written
+    /// to the store is seen within it. Expiry (`expires_at`) is checked on every request.
+    pub ttl: Duration,
+    /// An unknown key hash is remembered this long, so a flood of bad keys reaches the store
+    /// once per distinct key per TTL.
+    pub miss_ttl: Duration,
+}
+
+impl Default for KeyCacheConfig {
+    fn default() -> Self {
+        KeyCacheConfig {
+            capacity: DEFAULT_CAPACITY,
+            ttl: Duration::from_secs(10),
+            miss_ttl: Duration::from_secs(2),
+        }
+    }
+}
 
 /// API keys by hash, cached; plus last-used times. Share one per process (`Arc`).
 pub struct KeyCache {
@@ -54,14 +78,20 @@ impl fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// A cache over `store` with the capacity and TTLs of `config`.
-    pub fn new(store: Arc<dyn ApiKeyStore>, clock: Arc<dyn Clock>, config: &CacheConfig) -> Self {
+    /// A cache over `store` with the capacity and TTLs of `config` (a [`KeyCacheConfig`],
+    /// or anything that converts into one, such as ingest's `&CacheConfig`).
+    pub fn new(
+        store: Arc<dyn ApiKeyStore>,
+        clock: Arc<dyn Clock>,
+        config: impl Into<KeyCacheConfig>,
+    ) -> Self {
+        let config = config.into();
         KeyCache {
             store,
             clock,
             keys: TtlCache::new(config.capacity),
-            ttl: delta(config.key_ttl),
-            miss_ttl: delta(config.key_miss_ttl),
+            ttl: delta(config.ttl),
+            miss_ttl: delta(config.miss_ttl),
             last_used: Mutex::new(HashMap::new()),
         }
     }

@@ -1,7 +1,8 @@
 //! A small bounded in-process cache with per-entry expiry, driven by the [`Clock`] port.
 //!
-//! [`TtlCache`] is what the hot path's caches are built from (API keys, org plans, projects,
-//! closed periods, month-to-date usage, rate-limit buckets). It is deliberately simple: one
+//! [`TtlCache`] is what the hot path's caches are built from (API keys here, in
+//! [`crate::keys`]; org plans, projects, closed periods, month-to-date usage and rate-limit
+//! buckets in ingest). It is deliberately simple: one
 //! `std::sync::Mutex` around a `HashMap` (critical sections are a lookup or an insert, never
 //! an `.await`), an expiry instant per entry read from the caller's clock (so tests move time
 //! instead of sleeping), and a hard cap on the number of entries.

@@ -133,6 +133,20 @@ pub enum ApiError {
     /// reached; retrying later may help. The detail is logged, not shown.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// `503 Service Unavailable` with a code and sentence of the route's own, shown as
+    /// written (so they must hold no backend detail), and `Retry-After` when
+    /// `retry_after_secs` is set: a route that cannot serve for a reason its caller or
+    /// operator can act on (the Stripe webhook without a signing secret; its ledger down,
+    /// so Stripe delivers again).
+    #[error("{message}")]
+    UnavailableBecause {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence saying what to do.
+        message: String,
+        /// Seconds to wait before retrying, if the caller should.
+        retry_after_secs: Option<u64>,
+    },
     /// `500 Internal Server Error`: a bug or corrupt data. The detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -172,13 +186,15 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::PlanLimitExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::UnavailableBecause { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The `Retry-After` seconds this error answers with, if any: the wait for `429`s, 1
-    /// for `503`.
+    /// for [`ApiError::Unavailable`], the route's own for [`ApiError::UnavailableBecause`].
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited {
@@ -188,6 +204,9 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ApiError::Unavailable(_) => Some(1),
+            ApiError::UnavailableBecause {
+                retry_after_secs, ..
+            } => *retry_after_secs,
             _ => None,
         }
     }
@@ -227,6 +246,9 @@ impl ApiError {
                 "the service is temporarily unavailable; retry later",
                 none,
             ),
+            ApiError::UnavailableBecause { code, message, .. } => {
+                ErrorBody::new(*code, message.clone(), none)
+            }
             ApiError::Internal(_) => ErrorBody::new(
                 "internal_error",
                 "something went wrong on our side; it has been logged",
@@ -365,5 +387,29 @@ mod tests {
         assert_eq!(plain.limit, None);
         let r = ApiError::Unavailable("x".into()).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn a_route_s_own_503_shows_its_code_and_sentence() {
+        let e = ApiError::UnavailableBecause {
+            code: "not_configured",
+            message: "set X".into(),
+            retry_after_secs: None,
+        };
+        let r = e.clone().into_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let (s, v, _) = json_of(e).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "not_configured", "message": "set X"}})
+        );
+        let r = ApiError::UnavailableBecause {
+            code: "unavailable",
+            message: "later".into(),
+            retry_after_secs: Some(5),
+        }
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
     }
 }

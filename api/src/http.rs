@@ -1,0 +1,15 @@
+//! The HTTP seam this API shares with Tally's other APIs, in one place: the JSON error
+//! type, API-key authentication, the request span and the OpenAPI helpers, all from
+//! `tally-http`. Every other module of this crate takes them from here, so a change of
+//! where they live is a change of this file alone.
+
+pub use tally_http::auth::{KeyAuth, bearer_token, require_scope};
+pub use tally_http::error::{ApiError, ErrorBody, PLAN_LIMIT_EXCEEDED};
+pub use tally_http::trace::trace_requests;
+
+/// The OpenAPI pieces shared by every API's document.
+pub mod openapi {
+    pub use tally_http::openapi::{
+        add_paths, add_schemas, document as service_document, error_responses, schema_ref,
+    };
+}

@@ -1,0 +1,271 @@
+//! The org's members: `GET`/`POST /v1/orgs/{org_id}/members` and `PATCH`/`DELETE
+//! /v1/orgs/{org_id}/members/{user_id}`.
+//!
+//! A role is granted here (admin, member or viewer) but never owner: ownership moves only
+//! by a transfer ([`crate::orgs`]), and the owner cannot be demoted or removed (`403`). A
+//! user who is not a member is `404`. Adding a member past the plan's user limit is `403`
+//! with `limit` and `count`, pending invitations counting as members. Mutations go through
+//! `crate::mgmt::change`, which authorizes them and writes their audit record.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tally_core::ids::{OrgId, UserId};
+use tally_core::plan::Plan;
+use tally_core::ports::StoreError;
+use tally_core::tenant::{Membership, Org, Role};
+
+use crate::ApiState;
+use crate::auth::{Caller, org_not_found};
+use crate::http::ApiError;
+use crate::mgmt::{Change, MgmtError, RequestMeta, body, change, path_error};
+use crate::roles::Action;
+
+/// One member as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The user.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+    /// Since when.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Membership> for MemberView {
+    fn from(m: &Membership) -> Self {
+        MemberView {
+            user_id: m.user_id.clone(),
+            role: m.role,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// `GET /v1/orgs/{org_id}/members` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersResponse {
+    /// The members, in the order they joined.
+    pub members: Vec<MemberView>,
+}
+
+/// `GET /v1/orgs/{org_id}/members` (`members.read`).
+pub(crate) async fn list_members(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<MembersResponse>, MgmtError> {
+    let Path(org) = path.map_err(path_error)?;
+    let auth = caller.authorize(&state, &org, Action::MembersRead).await?;
+    let members = state.tenants.list_members(&auth.org).await?;
+    Ok(Json(MembersResponse {
+        members: members.into_iter().map(|m| MemberView::from(&m)).collect(),
+    }))
+}
+
+/// A role named in a body: any but `owner` (ownership moves only by transfer).
+pub(crate) fn grantable_role(role: &str) -> Result<Role, MgmtError> {
+    match Role::parse(role) {
+        Some(Role::Owner) => Err(ApiError::bad_request(
+            "invalid_field",
+            "role",
+            "nobody becomes owner this way; ownership moves only by a transfer",
+        )
+        .into()),
+        Some(r) => Ok(r),
+        None => Err(ApiError::bad_request(
+            "invalid_field",
+            "role",
+            "role must be admin, member or viewer",
+        )
+        .into()),
+    }
+}
+
+/// The `404` of a user who is not a member of the org.
+pub(crate) fn member_not_found() -> ApiError {
+    ApiError::not_found("user_id", "no such member of this organization")
+}
+
+/// The target of a member change: a member, and not the owner (`403`).
+async fn changeable_member(state: &ApiState, org: &OrgId, user: &str) -> Result<UserId, MgmtError> {
+    let user = UserId::parse(user).map_err(|_| member_not_found())?;
+    match state.tenants.get_role(org, &user).await? {
+        None => Err(member_not_found().into()),
+        Some(Role::Owner) => Err(ApiError::Forbidden(
+            "the owner cannot be demoted or removed except by transferring ownership".into(),
+        )
+        .into()),
+        Some(_) => Ok(user),
+    }
+}
+
+/// Refuses one more user (a member or an invitation) past the plan's user limit: `403` with
+/// `limit` and `count`, where the count is the members plus the pending invitations (each
+/// of which may become a member).
+pub(crate) async fn check_user_limit(state: &ApiState, org: &Org) -> Result<(), MgmtError> {
+    let Some(limit) = Plan::builtin(org.plan).limits.users else {
+        return Ok(());
+    };
+    let members = state.tenants.list_members(&org.id).await?.len();
+    let pending = state
+        .tenants
+        .list_invitations(&org.id, state.clock.now())
+        .await?
+        .len();
+    let count = members + pending;
+    if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        return Err(MgmtError::CountLimit {
+            what: "users",
+            plan: org.plan.as_str().to_owned(),
+            limit,
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// `POST /v1/orgs/{org_id}/members` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// An existing user.
+    pub user_id: String,
+    /// `admin`, `member` or `viewer`.
+    pub role: String,
+}
+
+/// `POST /v1/orgs/{org_id}/members` (`member.add`): `201` with the membership; `404` for
+/// an unknown user, `409` for a member already, `403` with `limit` and `count` past the
+/// plan's user limit (pending invitations count).
+pub(crate) async fn add_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<String>, PathRejection>,
+    payload: Result<Json<AddMember>, JsonRejection>,
+) -> Result<(StatusCode, Json<MemberView>), MgmtError> {
+    let Path(org) = path.map_err(path_error)?;
+    let resource = "members".to_owned();
+    let member = change(
+        &state,
+        &caller,
+        meta,
+        &org,
+        Action::MemberAdd,
+        resource,
+        async |auth| {
+            let req = body(payload)?;
+            let role = grantable_role(&req.role)?;
+            let user = UserId::parse(&req.user_id)
+                .map_err(|_| ApiError::not_found("user_id", "no such user"))?;
+            let org = state
+                .tenants
+                .get_org(&auth.org)
+                .await?
+                .ok_or_else(org_not_found)?;
+            check_user_limit(&state, &org).await?;
+            let m = Membership {
+                org_id: org.id,
+                user_id: user,
+                role,
+                created_at: state.clock.now(),
+            };
+            state.tenants.add_member(&m).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => {
+                    MgmtError::Api(ApiError::not_found("user_id", "no such user"))
+                }
+                other => other.into(),
+            })?;
+            Ok(Change::created(
+                format!("member:{}", m.user_id),
+                MemberView::from(&m),
+            ))
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+/// `PATCH /v1/orgs/{org_id}/members/{user_id}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMember {
+    /// `admin`, `member` or `viewer`.
+    pub role: String,
+}
+
+/// `PATCH /v1/orgs/{org_id}/members/{user_id}` (`member.update`): the membership as
+/// changed; the owner's is `403`.
+pub(crate) async fn update_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String)>, PathRejection>,
+    payload: Result<Json<UpdateMember>, JsonRejection>,
+) -> Result<Json<MemberView>, MgmtError> {
+    let Path((org, user)) = path.map_err(path_error)?;
+    let resource = format!("member:{user}");
+    let member = change(
+        &state,
+        &caller,
+        meta,
+        &org,
+        Action::MemberUpdate,
+        resource,
+        async |auth| {
+            let req = body(payload)?;
+            let role = grantable_role(&req.role)?;
+            let user = changeable_member(&state, &auth.org, &user).await?;
+            let before = state
+                .tenants
+                .set_member_role(&auth.org, &user, role)
+                .await?
+                .ok_or_else(member_not_found)?;
+            let after = Membership {
+                role,
+                ..before.clone()
+            };
+            Ok(Change::updated(
+                &MemberView::from(&before),
+                MemberView::from(&after),
+            ))
+        },
+    )
+    .await?;
+    Ok(Json(member))
+}
+
+/// `DELETE /v1/orgs/{org_id}/members/{user_id}` (`member.remove`): the removed
+/// membership; the owner is `403`.
+pub(crate) async fn remove_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<MemberView>, MgmtError> {
+    let Path((org, user)) = path.map_err(path_error)?;
+    let resource = format!("member:{user}");
+    let removed = change(
+        &state,
+        &caller,
+        meta,
+        &org,
+        Action::MemberRemove,
+        resource,
+        async |auth| {
+            let user = changeable_member(&state, &auth.org, &user).await?;
+            let before = state
+                .tenants
+                .remove_member(&auth.org, &user)
+                .await?
+                .ok_or_else(member_not_found)?;
+            Ok(Change::removed(MemberView::from(&before)))
+        },
+    )
+    .await?;
+    Ok(Json(removed))
+}

@@ -1,0 +1,359 @@
+//! What every management route shares: the refusal type [`MgmtError`], the audit record of
+//! a mutation, and `change`, the one skeleton of a mutating route.
+//!
+//! Every mutating route is the same four steps, written once in `change`: authorize the
+//! caller for the route's action in the path's org (a caller outside the org gets `404`, a
+//! role without the permission `403`, an API key `403`), parse the body, make the change,
+//! and write exactly one audit record ([`AuditRecord`]), allowed or refused, with the
+//! caller, the action, the resource, before/after, the time, the IP (`X-Forwarded-For`'s
+//! first address, else the peer address) and the user agent. A handler supplies only the
+//! middle part, as a `Change` that says what to answer and what to record.
+//!
+//! Two refusals leave no record because there is nothing to file it under: `401` (no
+//! caller) and a path org id that is not an org id at all (no org). A record that cannot be
+//! written is logged as an error; the answer is the mutation's own.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use tally_core::ids::OrgId;
+use tally_core::ports::StoreError;
+use tally_core::tenant::{AuditOutcome, AuditRecord};
+
+use crate::ApiState;
+use crate::auth::{Authorized, Caller};
+use crate::http::{ApiError, ErrorBody, PLAN_LIMIT_EXCEEDED};
+use crate::roles::Action;
+
+/// Longest user agent kept in an audit record, in characters.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// A refusal of a management route.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    /// Any refusal of the shared [`ApiError`], with its status (`400`, `401`, `403`,
+    /// `404`, `409`, `500`, `503`).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// `403 Forbidden`, code `plan_limit_exceeded`, with `limit` and `count` in the error
+    /// object: the org's plan allows no more of `what` (projects, users).
+    #[error("the {plan} plan allows {limit} {what}; the organization has {count}")]
+    CountLimit {
+        /// What is counted (`projects`, `users`).
+        what: &'static str,
+        /// The org's plan.
+        plan: String,
+        /// The plan's limit.
+        limit: u32,
+        /// How many the org has.
+        count: usize,
+    },
+}
+
+impl From<StoreError> for MgmtError {
+    fn from(e: StoreError) -> Self {
+        MgmtError::Api(e.into())
+    }
+}
+
+impl MgmtError {
+    /// The error code written to the audit record.
+    fn code(&self) -> String {
+        match self {
+            MgmtError::Api(e) => e.body().code,
+            MgmtError::CountLimit { .. } => PLAN_LIMIT_EXCEEDED.to_owned(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            MgmtError::Api(e) => e.status(),
+            MgmtError::CountLimit { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// What a plan-count refusal's error object carries besides code and message.
+#[derive(Debug, Serialize)]
+struct CountLimitBody {
+    #[serde(flatten)]
+    error: ErrorBody,
+    limit: u32,
+    count: usize,
+}
+
+impl IntoResponse for MgmtError {
+    fn into_response(self) -> Response {
+        match self {
+            MgmtError::Api(e) => e.into_response(),
+            MgmtError::CountLimit {
+                what, limit, count, ..
+            } => {
+                let message = self.to_string();
+                let body = CountLimitBody {
+                    error: ErrorBody::new(PLAN_LIMIT_EXCEEDED, message, Some(what)),
+                    limit,
+                    count,
+                };
+                (
+                    StatusCode::FORBIDDEN,
+                    Json(serde_json::json!({ "error": body })),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Where a request came from, for audit records.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// `X-Forwarded-For`'s first address, else the peer address.
+    pub ip: Option<String>,
+    /// The `User-Agent`, clipped to [`MAX_USER_AGENT`] characters.
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().chars().take(64).collect::<String>())
+            .filter(|v| !v.is_empty());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(MAX_USER_AGENT).collect());
+        Ok(RequestMeta {
+            ip: forwarded.or(peer),
+            user_agent,
+        })
+    }
+}
+
+/// What a successful change answers, and what its audit record shows.
+#[derive(Debug)]
+pub(crate) struct Change<T> {
+    /// What the route answers (may hold a secret shown once, which is never recorded).
+    answer: T,
+    /// The resource's state before, if it had one.
+    before: Option<Value>,
+    /// Its state after, if it still has one.
+    after: Option<Value>,
+    /// The resource, when only the change names it (the id of something created).
+    resource: Option<String>,
+}
+
+impl<T> Change<T> {
+    /// Answers `answer` and records no state; add it with the builders below.
+    pub(crate) fn new(answer: T) -> Self {
+        Change {
+            answer,
+            before: None,
+            after: None,
+            resource: None,
+        }
+    }
+
+    /// Records `state` as the resource's state before the change.
+    pub(crate) fn before(mut self, state: &impl Serialize) -> Self {
+        self.before = to_json(state);
+        self
+    }
+
+    /// Records `state` as the resource's state after the change.
+    pub(crate) fn after(mut self, state: &impl Serialize) -> Self {
+        self.after = to_json(state);
+        self
+    }
+
+    /// Names the resource in the record (a created one's id is known only now).
+    pub(crate) fn resource(mut self, resource: String) -> Self {
+        self.resource = Some(resource);
+        self
+    }
+}
+
+impl<T: Serialize> Change<T> {
+    /// An update: records `before` and the answer as the state after.
+    pub(crate) fn updated(before: &impl Serialize, after: T) -> Self {
+        Change::added(after).before(before)
+    }
+
+    /// An addition to a resource named already: records the answer as the state after.
+    pub(crate) fn added(answer: T) -> Self {
+        let after = to_json(&answer);
+        Change {
+            after,
+            ..Change::new(answer)
+        }
+    }
+
+    /// A creation: names the new `resource` and records the answer as its state.
+    pub(crate) fn created(resource: String, answer: T) -> Self {
+        Change::added(answer).resource(resource)
+    }
+
+    /// A removal: records the answer (what was removed) as the state before.
+    pub(crate) fn removed(answer: T) -> Self {
+        let before = to_json(&answer);
+        Change {
+            before,
+            ..Change::new(answer)
+        }
+    }
+}
+
+/// The one skeleton of a mutating management route: authorizes `caller` for `action` in
+/// the org `org` (a path parameter), runs `work` with that authorization (it parses the
+/// body and makes the change), and writes the audit record of the outcome under
+/// `resource`, allowed or refused. Answers `work`'s answer, or the refusal.
+pub(crate) async fn change<T>(
+    state: &ApiState,
+    caller: &Caller,
+    meta: RequestMeta,
+    org: &str,
+    action: Action,
+    resource: String,
+    work: impl AsyncFnOnce(Authorized) -> Result<Change<T>, MgmtError>,
+) -> Result<T, MgmtError> {
+    let mut audit = Audit::new(caller, meta, org, action, resource);
+    let result = match caller.authorize(state, org, action).await {
+        Ok(auth) => work(auth).await,
+        Err(e) => Err(e.into()),
+    };
+    let result = result.map(|c| {
+        audit.before = c.before;
+        audit.after = c.after;
+        if let Some(resource) = c.resource {
+            audit.resource = resource;
+        }
+        c.answer
+    });
+    audit.finish(state, result).await
+}
+
+/// An audit record being prepared; [`Audit::finish`] writes it. [`change`] uses it for
+/// every route in the role table; accepting an invitation, which no role decides, uses it
+/// directly.
+#[derive(Debug)]
+pub(crate) struct Audit {
+    org: Option<OrgId>,
+    actor: String,
+    action: Action,
+    resource: String,
+    pub(crate) before: Option<Value>,
+    pub(crate) after: Option<Value>,
+    meta: RequestMeta,
+}
+
+impl Audit {
+    /// A record of `caller` doing `action` on `resource` in `org` (filed nowhere when `org`
+    /// is not an org id).
+    pub(crate) fn new(
+        caller: &Caller,
+        meta: RequestMeta,
+        org: &str,
+        action: Action,
+        resource: String,
+    ) -> Self {
+        Audit {
+            org: OrgId::parse(org).ok(),
+            actor: caller.actor(),
+            action,
+            resource,
+            before: None,
+            after: None,
+            meta,
+        }
+    }
+
+    /// Writes the one record of this request, allowed or refused, and hands the result on.
+    pub(crate) async fn finish<T>(
+        self,
+        state: &ApiState,
+        result: Result<T, MgmtError>,
+    ) -> Result<T, MgmtError> {
+        let Some(org) = self.org else {
+            return result;
+        };
+        let now = state.clock.now();
+        let record = AuditRecord {
+            id: format!("aud_{}", hex_of(rand::random::<[u8; 16]>())),
+            org_id: org,
+            actor: self.actor,
+            action: self.action.as_str().to_owned(),
+            resource: self.resource,
+            outcome: if result.is_ok() {
+                AuditOutcome::Allowed
+            } else {
+                AuditOutcome::Refused
+            },
+            reason: result.as_ref().err().map(MgmtError::code),
+            before: self.before,
+            after: if result.is_ok() { self.after } else { None },
+            at: now,
+            ip: self.meta.ip,
+            user_agent: self.meta.user_agent,
+        };
+        if let Err(e) = state.tenants.record_audit(&record).await {
+            tracing::error!(error = %e, action = %record.action, org = %record.org_id, "cannot write the audit record");
+        }
+        result
+    }
+}
+
+fn hex_of(bytes: [u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` random bytes, for ids and secrets.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::fill(&mut b);
+    b
+}
+
+/// The `400` of a path whose parameters do not parse.
+pub(crate) fn path_error(e: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", "path", e.body_text())
+}
+
+/// The JSON body, or the `400` (`invalid_body`) of one that is not the expected JSON.
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, MgmtError> {
+    b.map(|Json(v)| v).map_err(|e| {
+        MgmtError::Api(ApiError::bad_request(
+            "invalid_body",
+            "body",
+            format!("the body is not the expected JSON: {}", e.body_text()),
+        ))
+    })
+}
+
+/// The `400` (`invalid_field`) of a field core's checks refused.
+pub(crate) fn field_error(e: tally_core::tenant::FieldError) -> MgmtError {
+    MgmtError::Api(ApiError::bad_request("invalid_field", e.field, e.message))
+}
+
+/// `v` as JSON for an audit record (`None` if it does not serialize, which our types do).
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Option<Value> {
+    serde_json::to_value(v).ok()
+}

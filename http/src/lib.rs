@@ -1,0 +1,28 @@
+//! Tally's HTTP seam: what every Tally API (ingest, the usage and management API, billing's
+//! Stripe webhook) shares at its HTTP edge, so they refuse, authenticate and trace alike.
+//!
+//! - [`error`]: the one JSON error, [`ApiError`] (each variant documents its status) and
+//!   its body [`ErrorBody`], `{"error": {"code", "message", "field"}}`.
+//! - [`auth`]: API-key authentication ([`KeyAuth`], the [`ScopedKey`] extractor,
+//!   [`auth::bearer_token`], [`auth::require_scope`]), through the key cache of [`keys`]
+//!   ([`KeyCache`]: 10 s for a found key, 2 s for an unknown hash, last-used times flushed
+//!   in bulk), built on the bounded TTL map of [`cache`].
+//! - [`trace`]: one request span with a request id, echoed in `x-request-id`.
+//! - [`openapi`]: the shared part of the OpenAPI document (`POST /v1/events`, the error
+//!   object, the security scheme) and the helpers each API adds its routes with; [`events`]
+//!   holds the body limits of `POST /v1/events` the document states and ingest enforces.
+//!
+//! It depends on `tally-core` and the HTTP stack only, never on an adapter, so every API
+//! that uses it still runs on every backend.
+
+pub mod auth;
+pub mod cache;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod openapi;
+pub mod trace;
+
+pub use auth::{KeyAuth, ScopedKey};
+pub use error::{ApiError, ErrorBody, LimitDetails};
+pub use keys::{KeyCache, KeyCacheConfig};

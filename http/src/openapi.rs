@@ -1,0 +1,306 @@
+//! The OpenAPI 3.1 document's shared part, hand-written with `serde_json::json!` (no code
+//! generator, so no build cost), and the helpers every Tally API builds its part with.
+//!
+//! [`document`] is what every API's document starts from: `POST /v1/events` (the ingest
+//! contract, documented here so the usage API can serve the whole service's document
+//! without depending on ingest), `GET /openapi.json`, the shared components (the error
+//! object, the API-key security scheme, `Retry-After`, the error responses) and the event
+//! schemas. `tally-api` adds its own paths with [`add_paths`] and [`add_schemas`] and serves
+//! the whole document at `GET /openapi.json`; a deployment of ingest alone serves
+//! [`document`] with `tally_ingest::openapi::router`.
+//!
+//! Tests keep the document honest (in ingest and in the API): every route served is
+//! documented with its method, every status a handler answers is listed for it, and the
+//! schemas' property names are those of the real structs (a serialized `IngestResponse`
+//! and [`ErrorBody`](crate::ErrorBody) have exactly the documented keys; the documented
+//! event fields are exactly what validation accepts).
+
+use serde_json::{Map, Value, json};
+
+use crate::events::{MAX_BATCH_EVENTS, MAX_BODY_BYTES};
+
+/// The OpenAPI version written.
+pub const OPENAPI_VERSION: &str = "3.1.0";
+
+/// The statuses `POST /v1/events` answers with.
+pub const POST_EVENTS_STATUSES: &[u16] = &[202, 400, 401, 403, 413, 429, 500, 503];
+
+/// The shared document: `POST /v1/events`, `GET /openapi.json` and every shared component.
+pub fn document() -> Value {
+    let mut doc = json!({
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Tally",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Usage metering: send usage events, read usage counters. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"?}}.",
+        },
+        "paths": {},
+        "components": components(),
+    });
+    add_paths(
+        &mut doc,
+        json!({
+            "/v1/events": {"post": post_events()},
+            "/openapi.json": {"get": get_openapi()},
+        }),
+    );
+    doc
+}
+
+/// Merges `paths` (an object of path -> path item) into `doc["paths"]`, joining the
+/// operations of a path both hold.
+pub fn add_paths(doc: &mut Value, paths: Value) {
+    let Value::Object(new) = paths else { return };
+    let Some(existing) = doc.as_object_mut().and_then(|d| {
+        d.entry("paths")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+    }) else {
+        return;
+    };
+    for (path, item) in new {
+        match (existing.get_mut(&path), item) {
+            (Some(Value::Object(ops)), Value::Object(more)) => ops.extend(more),
+            (_, item) => {
+                existing.insert(path, item);
+            }
+        }
+    }
+}
+
+/// Merges `schemas` (name -> schema) into `doc["components"]["schemas"]`.
+pub fn add_schemas(doc: &mut Value, schemas: Value) {
+    let Value::Object(new) = schemas else { return };
+    if let Some(existing) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        existing.extend(new);
+    }
+}
+
+/// The operation of `GET /openapi.json`.
+fn get_openapi() -> Value {
+    json!({
+        "operationId": "getOpenApi",
+        "summary": "This document",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI 3.1 document of every route",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+        },
+    })
+}
+
+/// A reference to a schema of `components.schemas`.
+pub fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// A reference to a response of `components.responses`.
+pub fn response_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/responses/{name}")})
+}
+
+/// The shared error responses, by status, for operations to pick from.
+pub fn error_responses(statuses: &[u16]) -> Map<String, Value> {
+    statuses
+        .iter()
+        .filter_map(|s| {
+            let name = match s {
+                400 => "BadRequest",
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                413 => "PayloadTooLarge",
+                429 => "TooManyRequests",
+                500 => "InternalError",
+                503 => "ServiceUnavailable",
+                _ => return None,
+            };
+            Some((s.to_string(), response_ref(name)))
+        })
+        .collect()
+}
+
+fn post_events() -> Value {
+    let mut responses = error_responses(POST_EVENTS_STATUSES);
+    responses.insert(
+        "202".into(),
+        json!({
+            "description": "The request was taken: `accepted` events are durably queued (resent ids included; they are counted once), each refused event is listed in `rejected` with its index, id and error.",
+            "content": {"application/json": {"schema": schema_ref("IngestResponse")}},
+        }),
+    );
+    json!({
+        "operationId": "postEvents",
+        "summary": "Send usage events",
+        "description": format!(
+            "One event, or a batch of 1 to {MAX_BATCH_EVENTS} events, at most {MAX_BODY_BYTES} bytes. Needs an API key with scope `events:write`; the org of every event is the key's. Each event is validated on its own: a bad event is a rejection inside the 202, never a failure of the others. Rate limited per key by a token bucket sized by the plan (free 10 requests/s, burst 20; starter 100/200; pro 1,000/2,000; enterprise 5,000/10,000), one token per request (429 `rate_limited` with Retry-After); orgs on plans with hard limits are refused past a meter's monthly allowance (`plan_limit_exceeded`: a 429 when every event of the request is refused for it, else per-event rejections)."
+        ),
+        "security": [{"apiKey": []}],
+        "requestBody": {
+            "required": true,
+            "content": {
+                "application/json": {"schema": {"oneOf": [schema_ref("Event"), schema_ref("EventBatch")]}},
+                "application/cloudevents+json": {"schema": schema_ref("CloudEvent")},
+                "application/cloudevents-batch+json": {"schema": {
+                    "type": "array",
+                    "items": schema_ref("CloudEvent"),
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_EVENTS,
+                }},
+            },
+        },
+        "responses": responses,
+    })
+}
+
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key (`tk_live_…` or `tk_test_…`) as `Authorization: Bearer <key>`.",
+            },
+        },
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+            "WWW-Authenticate": {
+                "description": "`Bearer`.",
+                "schema": {"type": "string"},
+            },
+        },
+        "responses": error_response_components(),
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": schema_ref("ErrorBody")},
+            },
+            "ErrorBody": error_body_schema(),
+            "Event": event_schema(),
+            "EventBatch": {
+                "type": "object",
+                "required": ["events"],
+                "additionalProperties": false,
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "items": schema_ref("Event"),
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH_EVENTS,
+                    },
+                },
+            },
+            "CloudEvent": cloud_event_schema(),
+            "IngestResponse": {
+                "type": "object",
+                "required": ["accepted", "rejected"],
+                "properties": {
+                    "accepted": {"type": "integer", "minimum": 0, "description": "Events durably queued."},
+                    "rejected": {"type": "array", "items": schema_ref("Rejection"), "description": "Refused events, in body order."},
+                },
+            },
+            "Rejection": {
+                "type": "object",
+                "required": ["index", "id", "error"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0, "description": "Position in the body (0 for a single event)."},
+                    "id": {"type": ["string", "null"], "description": "The event's id, when one could be read."},
+                    "error": schema_ref("ErrorBody"),
+                },
+            },
+        },
+    })
+}
+
+fn error_body_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {
+                "type": "string",
+                "description": "snake_case reason: invalid_body, malformed_json, unauthorized, forbidden, not_found, payload_too_large, rate_limited, plan_limit_exceeded, service_unavailable, internal_error; per event: missing_field, invalid_type, invalid_id, invalid_quantity, invalid_timestamp, timestamp_in_future, unknown_meter, unknown_project, period_closed, invalid_properties, unknown_field, malformed_event, queue_unavailable, plan_limit_exceeded.",
+            },
+            "message": {"type": "string", "description": "A human sentence."},
+            "field": {"type": "string", "description": "The offending field (`body`, `events`, `quantity`, `data.quantity`, ...), when one is to blame."},
+            "meter": {"type": "string", "description": "plan_limit_exceeded: the meter whose allowance is used up."},
+            "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "description": "plan_limit_exceeded: the month of the allowance."},
+            "limit": {"type": "string", "description": "plan_limit_exceeded: the plan's monthly allowance (decimal string)."},
+            "usage": {"type": "string", "description": "plan_limit_exceeded: the org's usage in that month (decimal string)."},
+        },
+    })
+}
+
+fn event_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "project_id", "meter", "timestamp"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Idempotency key, unique per org: 1–128 printable ASCII characters. Resending an id never counts twice."},
+            "project_id": {"type": "string", "description": "A project of the API key's org."},
+            "meter": {"type": "string", "description": "One of the org's meters: api_calls, compute_minutes, storage_bytes, bandwidth_bytes by default."},
+            "quantity": {
+                "oneOf": [
+                    {"type": "number", "minimum": 0},
+                    {"type": "string", "pattern": "^(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?$"},
+                ],
+                "description": "A JSON number or decimal string, finite, >= 0, at most 18 significant digits. Optional for api_calls (1).",
+            },
+            "timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339; not more than 5 minutes in the future; its month must still be open."},
+            "properties": {"type": "object", "maxProperties": 32, "description": "Small free-form attributes (at most 4096 bytes of JSON)."},
+        },
+    })
+}
+
+fn cloud_event_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "A structured-mode CloudEvent: id → id, type → meter, subject → project_id, time → timestamp, data.quantity → quantity, other data fields → properties. Other attributes are ignored. Errors name the CloudEvents attribute (`type`, `data.quantity`, ...).",
+        "required": ["id", "type", "subject", "time"],
+        "properties": {
+            "specversion": {"type": "string"},
+            "source": {"type": "string"},
+            "id": {"type": "string"},
+            "type": {"type": "string", "description": "The meter."},
+            "subject": {"type": "string", "description": "The project id."},
+            "time": {"type": "string", "format": "date-time"},
+            "data": {
+                "type": "object",
+                "properties": {"quantity": {"type": ["number", "string"]}},
+                "additionalProperties": true,
+            },
+        },
+        "additionalProperties": true,
+    })
+}
+
+fn error_response_components() -> Value {
+    let error = |description: &str, headers: Value| {
+        json!({
+            "description": description,
+            "headers": headers,
+            "content": {"application/json": {"schema": schema_ref("Error")}},
+        })
+    };
+    let retry = || json!({"Retry-After": {"$ref": "#/components/headers/Retry-After"}});
+    json!({
+        "BadRequest": error("The request is malformed; `field` names what to fix (`body`, `events`, a query parameter).", json!({})),
+        "Unauthorized": error("Missing, unknown, revoked or expired credentials.", json!({"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}})),
+        "Forbidden": error("The credentials lack the scope (or role) the route needs.", json!({})),
+        "NotFound": error("No such resource for this caller (another org's resources are not revealed).", json!({})),
+        "PayloadTooLarge": error("The body is larger than 1 MiB (code `payload_too_large`).", json!({})),
+        "TooManyRequests": error("`rate_limited`: the API key's rate limit is exceeded (`Retry-After` says when a token is back); or `plan_limit_exceeded`: every event of the request is past a hard monthly allowance (the error gives `meter`, `period`, `limit` and `usage`; `Retry-After` runs to the next month).", retry()),
+        "InternalError": error("A bug or corrupt stored data; it has been logged.", json!({})),
+        "ServiceUnavailable": error("Storage or the queue could not be reached; nothing was accepted. Retry after `Retry-After` (1 s).", retry()),
+    })
+}
