@@ -16,6 +16,7 @@
 //! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
 //! authentication, the request span, the OpenAPI helpers) come through [`http`] alone.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use tally_core::meter::MeterCatalogue;
+use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{Clock, TenantStore, UsageStore};
 
 pub mod audit;
@@ -278,6 +280,9 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     /// How users' JWTs are verified; `None` refuses every JWT with `401`.
     pub jwt: Option<Arc<JwtConfig>>,
+    /// The plans of the process's catalogue: the user and project caps the API enforces
+    /// and the allowances the usage summary shows. A plan missing here is the built-in one.
+    pub plans: Arc<BTreeMap<PlanId, Plan>>,
 }
 
 impl ApiState {
@@ -294,6 +299,7 @@ impl ApiState {
             catalogue,
             clock,
             jwt: None,
+            plans: Arc::new(BTreeMap::new()),
         }
     }
 
@@ -301,6 +307,21 @@ impl ApiState {
     pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
         self.jwt = Some(Arc::new(jwt));
         self
+    }
+
+    /// The same state, enforcing `plans` (the catalogue's, as the composition root loaded
+    /// it) instead of the built-in ones.
+    pub fn with_plans(mut self, plans: BTreeMap<PlanId, Plan>) -> Self {
+        self.plans = Arc::new(plans);
+        self
+    }
+
+    /// The plan `id` as this process's catalogue defines it.
+    pub fn plan(&self, id: PlanId) -> Plan {
+        self.plans
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| Plan::builtin(id))
     }
 }
 

@@ -14,7 +14,6 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
-use tally_core::plan::Plan;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{Membership, Org, Role};
 
@@ -107,7 +106,7 @@ async fn changeable_member(state: &ApiState, org: &OrgId, user: &str) -> Result<
 /// `limit` and `count`, where the count is the members plus the pending invitations (each
 /// of which may become a member).
 pub(crate) async fn check_user_limit(state: &ApiState, org: &Org) -> Result<(), MgmtError> {
-    let Some(limit) = Plan::builtin(org.plan).limits.users else {
+    let Some(limit) = state.plan(org.plan).limits.users else {
         return Ok(());
     };
     let members = state.tenants.list_members(&org.id).await?.len();

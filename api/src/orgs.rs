@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::period::{Granularity, Month};
-use tally_core::plan::{Plan, PlanId};
+use tally_core::plan::PlanId;
 use tally_core::ports::{CounterQuery, StoreError};
 use tally_core::tenant::{Org, OrgChanges, Role, check_name};
 
@@ -136,7 +136,7 @@ pub(crate) async fn update_org(
                 .await?
                 .ok_or_else(org_not_found)?;
             if let Some(plan) = plan
-                && let Some(limit) = Plan::builtin(plan).limits.projects
+                && let Some(limit) = state.plan(plan).limits.projects
             {
                 let count = active_projects(&state, &auth.org).await?;
                 if count > usize::try_from(limit).unwrap_or(usize::MAX) {
@@ -296,7 +296,7 @@ pub(crate) async fn usage_summary(
         .get_org(&auth.org)
         .await?
         .ok_or_else(org_not_found)?;
-    let plan = Plan::builtin(org.plan);
+    let plan = state.plan(org.plan);
     let now = state.clock.now();
     let month = Month::of(now);
     let mut meters = Vec::new();

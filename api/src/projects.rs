@@ -13,7 +13,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::plan::Plan;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{Project, ProjectChanges, Role, check_name, check_slug};
 
@@ -138,7 +137,7 @@ pub(crate) async fn create_project(
                 .get_org(&auth.org)
                 .await?
                 .ok_or_else(org_not_found)?;
-            let plan = Plan::builtin(org.plan);
+            let plan = state.plan(org.plan);
             if let Some(limit) = plan.limits.projects {
                 let count = active_projects(&state, &org.id).await?;
                 if count >= usize::try_from(limit).unwrap_or(usize::MAX) {

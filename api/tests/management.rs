@@ -51,6 +51,8 @@ fn t(s: &str) -> DateTime<Utc> {
 struct World {
     store: MemoryStore,
     clock: Arc<FixedClock>,
+    /// The catalogue's plans the API is given; empty: the built-in ones.
+    plans: std::collections::BTreeMap<PlanId, tally_core::plan::Plan>,
 }
 
 impl std::ops::Deref for World {
@@ -237,6 +239,7 @@ async fn world(plan: PlanId) -> World {
     World {
         store,
         clock: Arc::new(FixedClock::at(t(NOW))),
+        plans: std::collections::BTreeMap::new(),
     }
 }
 
@@ -257,7 +260,8 @@ fn app(mem: &World) -> Router {
             Arc::new(MeterCatalogue::default()),
             mem.clock.clone(),
         )
-        .with_jwt(jwt()),
+        .with_jwt(jwt())
+        .with_plans(mem.plans.clone()),
     )
 }
 
@@ -692,6 +696,36 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     assert_eq!(allowed["before"]["revoked_at"], Value::Null);
     assert_eq!(allowed["after"]["revoked_at"], "2026-11-26T12:30:00Z");
     assert_eq!(allowed["resource"], format!("key:{id}"));
+}
+
+/// The caps come from the catalogue the process loaded, not from a built-in table: an
+/// operator's free plan with 2 projects lets org A make a second one and refuses a third.
+#[tokio::test]
+async fn the_api_enforces_the_loaded_catalogue_s_caps() {
+    let mut mem = world(PlanId::Free).await; // org A has its one project
+    let mut free = tally_core::plan::Plan::builtin(PlanId::Free);
+    free.limits.projects = Some(2);
+    mem.plans.insert(PlanId::Free, free);
+    let owner = token(&a_user(Role::Owner));
+    let create = |slug: &'static str| {
+        let (mem, owner) = (mem.clone(), owner.clone());
+        async move {
+            call(
+                &mem,
+                "POST",
+                "/v1/orgs/org_a/projects",
+                Some(&owner),
+                Some(json!({"name": slug, "slug": slug})),
+            )
+            .await
+        }
+    };
+    let two = create("two").await;
+    assert_eq!(two.status, StatusCode::CREATED, "{}", two.text);
+    let three = create("three").await;
+    assert_eq!(three.status, StatusCode::FORBIDDEN, "{}", three.text);
+    assert_eq!(three.json["error"]["limit"], 2);
+    assert_eq!(three.json["error"]["count"], 2);
 }
 
 #[tokio::test]

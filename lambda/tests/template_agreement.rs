@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 use tally_store::dynamodb::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
 
 fn root() -> PathBuf {
@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 
 fn template() -> Value {
     let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_norway::from_str(&text).unwrap()
 }
 
 fn makefile() -> String {
@@ -322,7 +322,7 @@ fn secrets_come_from_secrets_manager_and_the_stripe_webhook_route_matches_the_ro
                 continue;
             }
             secrets += 1;
-            let value = serde_yaml::to_string(get(vars, &[name.as_str()])).unwrap();
+            let value = serde_norway::to_string(get(vars, &[name.as_str()])).unwrap();
             assert!(
                 value.contains("{{resolve:secretsmanager:"),
                 "{id}: {name} is not a Secrets Manager dynamic reference: {value}"

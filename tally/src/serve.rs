@@ -113,6 +113,7 @@ pub fn router(
         catalogue: meters,
         clock,
         jwt: jwt.map(Arc::new),
+        plans: Arc::new(catalogue.core_plans()),
     });
     let router = ingest.merge(api).route(
         "/healthz",

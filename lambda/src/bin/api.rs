@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(catalogue.meter_catalogue()),
             Arc::new(SystemClock),
         )
-        .with_jwt(jwt),
+        .with_jwt(jwt)
+        .with_plans(catalogue.core_plans()),
     );
     handlers::http::serve(router, telemetry)
         .await
