@@ -170,11 +170,13 @@ mod codec;
 mod invitations;
 mod keys;
 mod members;
+mod ops;
 mod raise;
 mod reports;
 mod sync_ledger;
 mod table;
 mod tenants;
+mod tx;
 mod usage;
 
 use std::sync::Arc;

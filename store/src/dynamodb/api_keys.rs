@@ -19,7 +19,7 @@ use super::codec::{
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
 use super::{DynamoStore, QuerySpec};
 
-use super::tenants::{failed, org_must_be_live, tx_update};
+use super::tx::{failed, org_must_be_live, tx_update};
 
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;

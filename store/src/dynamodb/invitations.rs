@@ -22,7 +22,7 @@ use super::codec::{
 };
 use super::keys::{self, PK, SK, TTL, USER_SK};
 use super::members::membership_put;
-use super::tenants::{failed, must_exist, org_must_be_live, tx_update};
+use super::tx::{failed, must_exist, org_must_be_live, tx_update};
 use super::{DynamoStore, QuerySpec};
 
 /// Sort key of an invitation item.

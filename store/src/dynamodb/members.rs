@@ -17,7 +17,8 @@ use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error,
 use super::keys::{self, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
 use super::{DynamoStore, QuerySpec};
 
-use super::tenants::{failed, get_org, must_exist, org_must_be_live, tx_update};
+use super::tenants::get_org;
+use super::tx::{failed, must_exist, org_must_be_live, tx_update};
 
 /// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
 /// once (one round trip): no role in an org that is deleted.

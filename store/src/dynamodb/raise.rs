@@ -12,10 +12,10 @@ use rust_decimal::Decimal;
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
-use super::apply::{Op, Ops};
 use super::cells::{self, CellKind};
 use super::codec::{Item, describe_sdk_error, is_retryable, s};
 use super::keys::{PK, SK};
+use super::ops::{Op, Ops};
 
 /// Conditional `SET`s of one batch in flight at once.
 const RAISE_CONCURRENCY: usize = 16;

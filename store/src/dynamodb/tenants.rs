@@ -5,9 +5,7 @@
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, ReturnValue, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
@@ -17,61 +15,14 @@ use tally_core::tenant::{Org, OrgChanges, Project, ProjectChanges, Role, User};
 use super::api_keys::{list_api_keys, revoke_api_key};
 use super::apply::put_if_absent;
 use super::codec::{
-    Item, build_error, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text,
+    Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text,
 };
 use super::keys::{
     self, ALL_ORGS, EMAIL_SK, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, PROJECT_PREFIX, SK, SLUG_SK,
     USER_SK,
 };
+use super::tx::{failed, must_exist, org_must_be_live, put};
 use super::{DynamoStore, QuerySpec};
-
-pub(super) const CONDITIONAL: &str = "ConditionalCheckFailed";
-
-/// Whether the action at `i` failed its condition.
-pub(super) fn failed(reasons: &[String], i: usize) -> bool {
-    reasons.get(i).is_some_and(|c| c == CONDITIONAL)
-}
-
-/// A check that an item exists, inside a transaction.
-pub(super) fn must_exist(
-    table: &str,
-    pk: String,
-    sk: &str,
-) -> Result<TransactWriteItem, StoreError> {
-    let check = ConditionCheck::builder()
-        .table_name(table)
-        .key(PK, s(pk))
-        .key(SK, s(sk))
-        .condition_expression("attribute_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .build()
-        .map_err(build_error)?;
-    Ok(TransactWriteItem::builder().condition_check(check).build())
-}
-
-/// A check that the org exists and is not deleted, inside a transaction: what adding a
-/// member, project, key or invitation to it needs.
-pub(super) fn org_must_be_live(table: &str, org: &OrgId) -> Result<TransactWriteItem, StoreError> {
-    let check = ConditionCheck::builder()
-        .table_name(table)
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(ORG_SK))
-        .condition_expression("attribute_exists(#pk) AND attribute_not_exists(deleted_at)")
-        .expression_attribute_names("#pk", PK)
-        .build()
-        .map_err(build_error)?;
-    Ok(TransactWriteItem::builder().condition_check(check).build())
-}
-
-/// A plain put inside a transaction.
-pub(super) fn put(table: &str, record: Item) -> Result<TransactWriteItem, StoreError> {
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(record))
-        .build()
-        .map_err(build_error)?;
-    Ok(TransactWriteItem::builder().put(put).build())
-}
 
 pub(super) fn user_of(it: &Item) -> Result<User, StoreError> {
     Ok(User {
@@ -482,31 +433,4 @@ pub(super) async fn delete_org(
         }
     }
     Ok(Some(org))
-}
-
-/// An `Update` inside a transaction.
-pub(super) fn tx_update(
-    table: &str,
-    pk: String,
-    sk: String,
-    expression: &str,
-    condition: &str,
-    names: &[(&str, &str)],
-    values: &[(&str, AttributeValue)],
-) -> Result<TransactWriteItem, StoreError> {
-    let mut b = Update::builder()
-        .table_name(table)
-        .key(PK, s(pk))
-        .key(SK, s(sk))
-        .update_expression(expression)
-        .condition_expression(condition);
-    for (k, v) in names {
-        b = b.expression_attribute_names(*k, *v);
-    }
-    for (k, v) in values {
-        b = b.expression_attribute_values(*k, v.clone());
-    }
-    Ok(TransactWriteItem::builder()
-        .update(b.build().map_err(build_error)?)
-        .build())
 }

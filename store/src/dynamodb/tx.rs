@@ -1,0 +1,86 @@
+//! The transaction actions the tenant adapters build (checks, puts, updates) and how a
+//! cancelled transaction says which of them failed: shared by users and orgs, members, API
+//! keys and invitations, each of which writes its records and their guards in one
+//! `TransactWriteItems`.
+
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+use tally_core::ids::OrgId;
+use tally_core::ports::StoreError;
+
+use super::codec::{Item, build_error, s};
+use super::keys::{self, ORG_SK, PK, SK};
+
+pub(super) const CONDITIONAL: &str = "ConditionalCheckFailed";
+
+/// Whether the action at `i` failed its condition.
+pub(super) fn failed(reasons: &[String], i: usize) -> bool {
+    reasons.get(i).is_some_and(|c| c == CONDITIONAL)
+}
+
+/// A check that an item exists, inside a transaction.
+pub(super) fn must_exist(
+    table: &str,
+    pk: String,
+    sk: &str,
+) -> Result<TransactWriteItem, StoreError> {
+    let check = ConditionCheck::builder()
+        .table_name(table)
+        .key(PK, s(pk))
+        .key(SK, s(sk))
+        .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+/// A check that the org exists and is not deleted, inside a transaction: what adding a
+/// member, project, key or invitation to it needs.
+pub(super) fn org_must_be_live(table: &str, org: &OrgId) -> Result<TransactWriteItem, StoreError> {
+    let check = ConditionCheck::builder()
+        .table_name(table)
+        .key(PK, s(keys::org_pk(org)))
+        .key(SK, s(ORG_SK))
+        .condition_expression("attribute_exists(#pk) AND attribute_not_exists(deleted_at)")
+        .expression_attribute_names("#pk", PK)
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+/// A plain put inside a transaction.
+pub(super) fn put(table: &str, record: Item) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(record))
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// An `Update` inside a transaction.
+pub(super) fn tx_update(
+    table: &str,
+    pk: String,
+    sk: String,
+    expression: &str,
+    condition: &str,
+    names: &[(&str, &str)],
+    values: &[(&str, AttributeValue)],
+) -> Result<TransactWriteItem, StoreError> {
+    let mut b = Update::builder()
+        .table_name(table)
+        .key(PK, s(pk))
+        .key(SK, s(sk))
+        .update_expression(expression)
+        .condition_expression(condition);
+    for (k, v) in names {
+        b = b.expression_attribute_names(*k, *v);
+    }
+    for (k, v) in values {
+        b = b.expression_attribute_values(*k, v.clone());
+    }
+    Ok(TransactWriteItem::builder()
+        .update(b.build().map_err(build_error)?)
+        .build())
+}
