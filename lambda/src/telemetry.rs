@@ -3,7 +3,7 @@
 //! Logs are one JSON object per line on stdout (CloudWatch Logs keeps each line as one
 //! event), through `tracing-subscriber`'s JSON formatter. Every line carries the fields of
 //! the spans it happened in: the runtime's invocation span (`requestId`, the Lambda request
-//! id) and, on the HTTP functions, the request span of `tally_ingest::trace`
+//! id) and, on the HTTP functions, the request span of `tally_http::trace`
 //! (`request_id`, `org` once known). The filter is [`crate::env::LOG`], `info` by default.
 //!
 //! Metrics from the `metrics` crate go to [`crate::emf`]'s recorder; [`Telemetry::flush`]
@@ -99,7 +99,7 @@ mod tests {
         let buf = Buf::default();
         let subscriber = json_subscriber(EnvFilter::new("info"), buf.clone());
         tracing::subscriber::with_default(subscriber, || {
-            // What lambda_runtime and tally_ingest::trace open around a request.
+            // What lambda_runtime and tally_http::trace open around a request.
             let invoke = tracing::info_span!("Lambda runtime invoke", requestId = "lambda-1");
             let _i = invoke.enter();
             let request = tracing::info_span!(

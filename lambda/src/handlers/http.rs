@@ -1,7 +1,7 @@
 //! Serving an axum router on `lambda_http` (API Gateway HTTP APIs, payload format 2.0).
 //!
 //! Each request gets the API Gateway request id as its `x-request-id` unless the caller sent
-//! one, so the id in the logs of `tally_ingest::trace` is the one API Gateway's access logs
+//! one, so the id in the logs of `tally_http::trace` (re-exported by ingest) is the one API Gateway's access logs
 //! and the caller see. After each response the metrics recorded while serving it are
 //! flushed as EMF lines.
 
