@@ -57,6 +57,27 @@ pub fn aggregation_of(meter: &str) -> Aggregation {
     }
 }
 
+/// One test meter of each aggregation [`aggregation_of`] knows, for streams that mix them.
+pub const MIXED_METERS: [&str; 5] = [
+    "compute_minutes",
+    "requests",
+    "storage_bytes",
+    "temperature",
+    "active_users",
+];
+
+/// A die for random streams: each call answers a number below its argument, from an
+/// xorshift with a random seed (cheap, and no generator type to thread through a test).
+pub fn dice() -> impl FnMut(u64) -> u64 {
+    let mut x = rand::random::<u64>() | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    }
+}
+
 /// Builds an event. The aggregation follows the meter name ([`aggregation_of`]): `requests`
 /// counts, `storage_bytes` is a max, `temperature` a latest, `active_users` counts distinct
 /// `properties.user`, anything else sums.
