@@ -513,6 +513,19 @@ pub trait InvoiceProvider: Send + Sync {
 /// Longest step name or step result a [`SyncLedger`] stores.
 pub const MAX_SYNC_VALUE_LEN: usize = 1024;
 
+/// Refuses an empty sync ledger value or one longer than [`MAX_SYNC_VALUE_LEN`] as
+/// `Unavailable`, naming the field: the check every [`SyncLedger`] makes before it writes,
+/// kept here so the stores refuse alike.
+pub fn check_sync_value(field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
+        return Err(StoreError::Unavailable(format!(
+            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One recorded result of a sync step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStep {

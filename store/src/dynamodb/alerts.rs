@@ -10,14 +10,14 @@
 //! and on no delivery; delivery is `SET delivered_at = if_not_exists(...)` conditioned on the
 //! item existing. Times are Unix microseconds (numbers), compared exactly.
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{AlertKey, MAX_ALERT_BODY_BYTES, StoreError, StoredAlert, ThresholdPct};
 
-use super::codec::{Item, corrupt, get_s, item, n, parse_id, s, sdk_error};
+use super::codec::unless_condition_failed;
+use super::codec::{Item, corrupt, get_s, item, n, parse_id, s};
 use super::{DynamoStore, QuerySpec};
 
 const PK: &str = "pk";
@@ -158,18 +158,7 @@ async fn update(
     for (name, value) in values {
         req = req.expression_attribute_values(name, value);
     }
-    match req.send().await {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
-    }
+    Ok(unless_condition_failed("UpdateItem", req.send().await)?.is_some())
 }
 
 pub(super) async fn renew_lease(

@@ -8,13 +8,12 @@
 //! caller gets back. The key helpers live here rather than in `keys.rs` so that this item
 //! type is self-contained.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{MAX_REPORT_BODY_BYTES, StoreError, StoredReport};
 
+use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, ts_text};
-use super::{DynamoStore, QuerySpec};
 
 /// The table's partition key attribute.
 const PK: &str = "pk";
@@ -89,15 +88,7 @@ pub(super) async fn list_reports(
     store: &DynamoStore,
     org: &OrgId,
 ) -> Result<Vec<StoredReport>, StoreError> {
-    let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", AttributeValue::S(report_pk(org)))],
-        })
-        .await?;
+    let items = store.query_partition(None, report_pk(org)).await?;
     // The sort key orders by period already; the query returns them in that order.
     items.iter().map(report_of).collect()
 }

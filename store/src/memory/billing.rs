@@ -11,22 +11,11 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, MAX_ALERT_BODY_BYTES, MAX_REPORT_BODY_BYTES, MAX_SYNC_VALUE_LEN,
-    ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger, SyncStep,
+    AlertKey, AlertLedger, MAX_ALERT_BODY_BYTES, MAX_REPORT_BODY_BYTES, ReportStore, StoreError,
+    StoredAlert, StoredReport, SyncLedger, SyncStep, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
-
-/// Refuses an empty or over-long sync ledger value, naming the field.
-fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
-        return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
 
 #[async_trait]
 impl ReportStore for MemoryStore {
@@ -79,8 +68,8 @@ impl SyncLedger for MemoryStore {
         step: &str,
         result: &str,
     ) -> Result<String, StoreError> {
-        check_value("step", step)?;
-        check_value("result", result)?;
+        check_sync_value("step", step)?;
+        check_sync_value("result", result)?;
         Ok(self
             .lock()
             .sync_steps
@@ -123,7 +112,7 @@ impl SyncLedger for MemoryStore {
     }
 
     async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
-        check_value("customer", customer)?;
+        check_sync_value("customer", customer)?;
         Ok(self
             .lock()
             .sync_customers

@@ -30,8 +30,8 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::{CounterValue, StoreError};
 
 use super::{
-    ceil_secs, corrupt, db, decode_event, gran_code, gran_of, parse_decimal, parse_id,
-    parse_opt_ts, scope_text, secs_ts, ts_text,
+    bucket_start, ceil_secs, corrupt, db, decode_event, gran_code, gran_of, parse_decimal,
+    parse_id, parse_opt_ts, scope_text, ts_text,
 };
 use crate::derive::{self, StoredCell};
 
@@ -360,7 +360,7 @@ pub(super) fn series(
         .into_iter()
         .map(|(start, value)| {
             Ok(CounterValue {
-                start: secs_ts(start)?,
+                start: bucket_start(start)?,
                 value,
             })
         })
@@ -409,7 +409,7 @@ pub(super) fn stored(
                 project,
                 meter: parse_id(&meter, MeterName::parse)?,
                 granularity: gran_of(gran)?,
-                start: secs_ts(start)?,
+                start: bucket_start(start)?,
             },
             parse_decimal(&value)?,
         );

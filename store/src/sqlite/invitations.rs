@@ -91,16 +91,6 @@ pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError
     })
 }
 
-/// Unix seconds of `t`, rounded up (an invitation is expired once `now >= expires_at`).
-pub(super) fn unix_ceil(t: DateTime<Utc>) -> i64 {
-    let s = t.timestamp();
-    if t.timestamp_subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
-}
-
 /// Reads an invitation by hash (on a plain connection or inside a transaction).
 pub(super) fn read_invitation(
     conn: &Connection,
@@ -124,11 +114,7 @@ impl InvitationStore for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
             rules::check_new_member(inv.role)?;
-            if !org_is_live(&tx, inv.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", inv.org_id),
-                });
-            }
+            require_live_org(&tx, &inv.org_id)?;
             // Expired invitations are gone for every reader; drop their rows here.
             tx.prepare_cached("DELETE FROM invitations WHERE expires_unix <= ?1")
                 .and_then(|mut s| s.execute(params![inv.created_at.timestamp()]))
@@ -148,7 +134,7 @@ impl InvitationStore for SqliteStore {
                     inv.invited_by.as_str(),
                     ts_text(inv.created_at),
                     ts_text(inv.expires_at),
-                    unix_ceil(inv.expires_at),
+                    crate::secs::ceil_secs(inv.expires_at),
                     inv.accepted_at.map(ts_text),
                 ])
             })

@@ -71,11 +71,7 @@ impl ApiKeyStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            if !org_is_live(&tx, k.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", k.org_id),
-                });
-            }
+            require_live_org(&tx, &k.org_id)?;
             let hash_taken = tx
                 .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
                 .and_then(|mut s| s.exists(params![k.hash.as_str()]))
@@ -116,31 +112,11 @@ impl ApiKeyStore for SqliteStore {
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let hash = hash.as_str().to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT org, id, hash, name, display_prefix, scopes, created_at, expires_at,
-                        revoked_at, last_used_at
-                 FROM api_keys WHERE hash = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![hash], |r| {
-                    Ok(KeyRow {
-                        org: r.get(0)?,
-                        id: r.get(1)?,
-                        hash: r.get(2)?,
-                        name: r.get(3)?,
-                        prefix: r.get(4)?,
-                        scopes: r.get(5)?,
-                        created: r.get(6)?,
-                        expires: r.get(7)?,
-                        revoked: r.get(8)?,
-                        last_used: r.get(9)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db)?
-            .map(key_of)
-            .transpose()
+            conn.prepare_cached(&format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"))
+                .and_then(|mut s| s.query_row(params![hash], key_row).optional())
+                .map_err(db)?
+                .map(key_of)
+                .transpose()
         })
         .await
     }

@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_SYNC_VALUE_LEN, StoreError, SyncStep};
+use tally_core::ports::{StoreError, SyncStep, check_sync_value};
 
 use super::{SqliteStore, db, month_key};
 
@@ -29,17 +29,6 @@ CREATE TABLE IF NOT EXISTS sync_customers (
 ) WITHOUT ROWID;
 "#;
 
-/// Refuses empty or over-long values, naming the field.
-pub(crate) fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
-        return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     pub(super) async fn sync_record_step(
         &self,
@@ -48,8 +37,8 @@ impl SqliteStore {
         step: &str,
         result: &str,
     ) -> Result<String, StoreError> {
-        check_value("step", step)?;
-        check_value("result", result)?;
+        check_sync_value("step", step)?;
+        check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
         self.write(move |conn| {
             let tx = conn
@@ -125,7 +114,7 @@ impl SqliteStore {
         org: &OrgId,
         customer: &str,
     ) -> Result<String, StoreError> {
-        check_value("customer", customer)?;
+        check_sync_value("customer", customer)?;
         let (org, customer) = (org.as_str().to_owned(), customer.to_owned());
         self.write(move |conn| {
             let tx = conn

@@ -126,11 +126,20 @@ pub(super) fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreEr
         .map_err(db)
 }
 
-/// Whether the org exists and is not deleted (what adding anything to it needs).
-pub(super) fn org_is_live(conn: &Connection, org: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
-        .and_then(|mut s| s.exists(params![org]))
-        .map_err(db)
+/// `NotFound` unless the org exists and is not deleted: what adding anything to it needs,
+/// refused the same way for members, projects, keys and invitations.
+pub(super) fn require_live_org(conn: &Connection, org: &OrgId) -> Result<(), StoreError> {
+    let live = conn
+        .prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
+        .and_then(|mut s| s.exists(params![org.as_str()]))
+        .map_err(db)?;
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound {
+            what: format!("org {org}"),
+        })
+    }
 }
 
 #[async_trait]
@@ -188,31 +197,12 @@ impl UserStore for SqliteStore {
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         let user_id = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT org, role, created_at FROM memberships WHERE user_id = ?1 ORDER BY org",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![user_id.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (org, role, created) = row.map_err(db)?;
-                out.push(Membership {
-                    org_id: parse_id(&org, OrgId::parse)?,
-                    user_id: user_id.clone(),
-                    role: role_of(&role)?,
-                    created_at: parse_ts(&created)?,
-                });
-            }
-            Ok(out)
+            members::query_memberships(
+                conn,
+                "SELECT org, role, created_at FROM memberships WHERE user_id = ?1 ORDER BY org",
+                user_id.as_str(),
+                |org| Ok((parse_id(org, OrgId::parse)?, user_id.clone())),
+            )
         })
         .await
     }
@@ -362,11 +352,7 @@ impl ProjectStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            if !org_is_live(&tx, p.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", p.org_id),
-                });
-            }
+            require_live_org(&tx, &p.org_id)?;
             let slug_taken = tx
                 .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2")
                 .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.slug]))
