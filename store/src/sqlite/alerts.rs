@@ -36,16 +36,7 @@ const SELECT: &str =
 type AlertRow = (String, i64, String, i64, String, i64, i64, Option<i64>);
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+    r.try_into()
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {

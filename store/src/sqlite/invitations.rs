@@ -63,17 +63,7 @@ pub(super) type InvitationRow = (
 );
 
 pub(super) fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
+    r.try_into()
 }
 
 pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {

@@ -61,12 +61,43 @@ pub(super) fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     })
 }
 
+/// A key's scopes as the `scopes` column holds them (JSON), encoded before the write
+/// transaction starts.
+fn encode_scopes(scopes: &[KeyScope]) -> Result<String, StoreError> {
+    serde_json::to_string(scopes)
+        .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))
+}
+
+/// Inserts a new key row (never used yet, so no `last_used_at`) with its `scopes` already
+/// encoded: creating a key and rotating one write the new key alike.
+fn insert_key(tx: &rusqlite::Transaction<'_>, k: &ApiKey, scopes: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
+                               expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            k.org_id.as_str(),
+            k.id.as_str(),
+            k.hash.as_str(),
+            k.name,
+            k.display_prefix,
+            scopes,
+            ts_text(k.created_at),
+            k.expires_at.map(ts_text),
+            k.revoked_at.map(ts_text),
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ApiKeyStore for SqliteStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let k = key.clone();
-        let scopes = serde_json::to_string(&k.scopes)
-            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        let scopes = encode_scopes(&k.scopes)?;
         self.write(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -85,25 +116,7 @@ impl ApiKeyStore for SqliteStore {
                     what: format!("api key {}", k.id),
                 });
             }
-            tx.prepare_cached(
-                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
-                                       expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    k.org_id.as_str(),
-                    k.id.as_str(),
-                    k.hash.as_str(),
-                    k.name,
-                    k.display_prefix,
-                    scopes,
-                    ts_text(k.created_at),
-                    k.expires_at.map(ts_text),
-                    k.revoked_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
+            insert_key(&tx, &k, &scopes)?;
             tx.commit().map_err(db)
         })
         .await
@@ -177,8 +190,7 @@ impl ApiKeyStore for SqliteStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
         let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
-        let scopes = serde_json::to_string(&new.scopes)
-            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        let scopes = encode_scopes(&new.scopes)?;
         self.write(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -199,25 +211,7 @@ impl ApiKeyStore for SqliteStore {
             tx.prepare_cached("UPDATE api_keys SET expires_at = ?3 WHERE org = ?1 AND id = ?2")
                 .and_then(|mut s| s.execute(params![org, old, ts_text(expires)]))
                 .map_err(db)?;
-            tx.prepare_cached(
-                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
-                                       expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org,
-                    new.id.as_str(),
-                    new.hash.as_str(),
-                    new.name,
-                    new.display_prefix,
-                    scopes,
-                    ts_text(new.created_at),
-                    new.expires_at.map(ts_text),
-                    new.revoked_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
+            insert_key(&tx, &new, &scopes)?;
             tx.commit().map_err(db)?;
             Ok(Some(ApiKey {
                 expires_at: Some(expires),

@@ -28,13 +28,7 @@ pub(super) fn query_memberships(
 ) -> Result<Vec<Membership>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(db)?;
     let rows = stmt
-        .query_map(params![key], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
+        .query_map(params![key], |r| <(String, String, String)>::try_from(r))
         .map_err(db)?;
     let mut out = Vec::new();
     for row in rows {

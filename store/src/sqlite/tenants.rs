@@ -57,20 +57,7 @@ pub(super) fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, Store
     conn.prepare_cached(
         "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
     )
-    .and_then(|mut s| {
-        s.query_row(params![id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()
-    })
+    .and_then(|mut s| s.query_row(params![id], |r| r.try_into()).optional())
     .map_err(db)?
     .map(org_of)
     .transpose()
@@ -82,14 +69,7 @@ pub(super) type ProjectRow = (String, String, String, String, String, Option<Str
 pub(super) const PROJECT_COLS: &str = "org, id, name, slug, created_at, archived_at";
 
 pub(super) fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    r.try_into()
 }
 
 pub(super) fn project_of(
