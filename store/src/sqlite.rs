@@ -309,9 +309,7 @@ impl SqliteStore {
 /// Creates or upgrades the schema, under the write lock so two processes opening a new file
 /// at once do it once.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
+    let tx = immediate(conn)?;
     let version: i64 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(db)?;
@@ -367,6 +365,13 @@ fn db(e: rusqlite::Error) -> StoreError {
             what: e.to_string(),
         },
     }
+}
+
+/// Begins the `IMMEDIATE` transaction every write runs in: the write lock is taken up
+/// front, so a transaction that reads before it writes never fails to upgrade halfway.
+fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -470,9 +475,7 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
         .map(|&i| encode_body(&events[i]))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
+    let tx = immediate(conn)?;
     let mut new = vec![false; events.len()];
     {
         let mut ins = tx

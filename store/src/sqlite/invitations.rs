@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tally_core::ids::{InvitationId, OrgId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -100,9 +100,7 @@ impl InvitationStore for SqliteStore {
     async fn create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
         let inv = inv.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             rules::check_new_member(inv.role)?;
             require_live_org(&tx, &inv.org_id)?;
             // Expired invitations are gone for every reader; drop their rows here.
@@ -178,9 +176,7 @@ impl InvitationStore for SqliteStore {
     ) -> Result<Option<Invitation>, StoreError> {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let found = tx
                 .prepare_cached(&format!(
                     "SELECT {INVITATION_COLS} FROM invitations WHERE org = ?1 AND id = ?2"
@@ -209,9 +205,7 @@ impl InvitationStore for SqliteStore {
     ) -> Result<Membership, StoreError> {
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let Some(inv) = read_invitation(&tx, &hash)?.filter(|inv| inv.expires_at > at) else {
                 return Err(StoreError::NotFound {
                     what: "invitation".into(),

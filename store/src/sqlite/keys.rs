@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -99,9 +99,7 @@ impl ApiKeyStore for SqliteStore {
         let k = key.clone();
         let scopes = encode_scopes(&k.scopes)?;
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             require_live_org(&tx, &k.org_id)?;
             let hash_taken = tx
                 .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
@@ -160,9 +158,7 @@ impl ApiKeyStore for SqliteStore {
     ) -> Result<Option<ApiKey>, StoreError> {
         let (org, id, at) = (org.as_str().to_owned(), id.as_str().to_owned(), ts_text(at));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE api_keys SET revoked_at = ?3
                  WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
@@ -192,9 +188,7 @@ impl ApiKeyStore for SqliteStore {
         let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
         let scopes = encode_scopes(&new.scopes)?;
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let org = new.org_id.as_str();
             let current = tx
                 .prepare_cached(&format!(
@@ -230,9 +224,7 @@ impl ApiKeyStore for SqliteStore {
         }
         let uses = uses.to_vec();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             {
                 let mut stmt = tx
                     .prepare_cached(

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -154,9 +154,7 @@ impl MemberStore for SqliteStore {
     async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
         let m = m.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             Self::insert_member(&tx, &m)?;
             tx.commit().map_err(db)
         })
@@ -171,9 +169,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             rules::check_new_member(role)?;
             let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
                 return Ok(None);
@@ -194,9 +190,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
                 return Ok(None);
             };
@@ -217,9 +211,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Org>, StoreError> {
         let (org, from, to) = (org.clone(), from.clone(), to.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let owner: Option<String> = tx
                 .prepare_cached("SELECT owner_id FROM orgs WHERE id = ?1")
                 .and_then(|mut s| s.query_row(params![org.as_str()], |r| r.get(0)).optional())
@@ -273,9 +265,7 @@ impl MemberStore for SqliteStore {
             user.as_str().to_owned(),
         );
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             if read_project(&tx, &org, &project)?.is_none() {
                 return Err(StoreError::NotFound {
                     what: format!("project {project} in org {org}"),

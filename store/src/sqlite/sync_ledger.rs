@@ -7,12 +7,12 @@
 //! write transaction, so of two sync runs racing, the first result stored is the one both
 //! get back (and build on).
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{StoreError, SyncStep, check_sync_value};
 
-use super::{SqliteStore, db, month_key};
+use super::{SqliteStore, db, immediate, month_key};
 
 /// Schema version 5: the Stripe sync ledger.
 pub(super) const SCHEMA_V5: &str = r#"
@@ -41,9 +41,7 @@ impl SqliteStore {
         check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let period = month_key(period);
             tx.prepare_cached(
                 "INSERT INTO sync_steps (org, period, step, result) VALUES (?1, ?2, ?3, ?4)
@@ -117,9 +115,7 @@ impl SqliteStore {
         check_sync_value("customer", customer)?;
         let (org, customer) = (org.as_str().to_owned(), customer.to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "INSERT INTO sync_customers (org, customer) VALUES (?1, ?2)
                  ON CONFLICT (org) DO NOTHING",

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::*;
@@ -129,9 +129,7 @@ impl UserStore for SqliteStore {
         let email = candidate.email.to_lowercase();
         let created = ts_text(candidate.created_at);
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let existing = tx
                 .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE email = ?1"))
                 .and_then(|mut s| s.query_row(params![email], user_row).optional())
@@ -193,9 +191,7 @@ impl OrgStore for SqliteStore {
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         let org = org.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let owner_known = tx
                 .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
                 .and_then(|mut s| s.exists(params![org.owner_id.as_str()]))
@@ -281,9 +277,7 @@ impl OrgStore for SqliteStore {
         let id = id.as_str().to_owned();
         let (name, plan) = (changes.name.clone(), changes.plan.map(|p| p.as_str()));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE orgs SET name = coalesce(?2, name), plan = coalesce(?3, plan) WHERE id = ?1",
             )
@@ -299,9 +293,7 @@ impl OrgStore for SqliteStore {
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
         let (id, at) = (id.as_str().to_owned(), ts_text(at));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let marked = tx
                 .prepare_cached(
                     "UPDATE orgs SET deleted_at = coalesce(deleted_at, ?2) WHERE id = ?1",
@@ -329,9 +321,7 @@ impl ProjectStore for SqliteStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         let p = project.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             require_live_org(&tx, &p.org_id)?;
             let slug_taken = tx
                 .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2")
@@ -407,9 +397,7 @@ impl ProjectStore for SqliteStore {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE projects SET name = coalesce(?3, name),
                                      archived_at = coalesce(archived_at, ?4)
