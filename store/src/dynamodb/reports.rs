@@ -10,7 +10,7 @@
 
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_REPORT_BODY_BYTES, StoreError, StoredReport};
+use tally_core::ports::{StoreError, StoredReport, check_report_body};
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, ts_text};
@@ -44,12 +44,7 @@ pub(super) async fn save_report(
     store: &DynamoStore,
     report: &StoredReport,
 ) -> Result<StoredReport, StoreError> {
-    if report.body.len() > MAX_REPORT_BODY_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-            report.body.len()
-        )));
-    }
+    check_report_body(&report.body)?;
     let record = item([
         (PK, s(report_pk(&report.org_id))),
         (SK, s(report_sk(report.period))),

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, MAX_ALERT_BODY_BYTES, MAX_REPORT_BODY_BYTES, ReportStore, StoreError,
-    StoredAlert, StoredReport, SyncLedger, SyncStep, check_sync_value,
+    AlertKey, AlertLedger, ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger,
+    SyncStep, check_alert_body, check_report_body, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
@@ -20,12 +20,7 @@ use super::{MemoryStore, micros};
 #[async_trait]
 impl ReportStore for MemoryStore {
     async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
-        if report.body.len() > MAX_REPORT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-                report.body.len()
-            )));
-        }
+        check_report_body(&report.body)?;
         Ok(self
             .lock()
             .reports
@@ -129,12 +124,7 @@ impl SyncLedger for MemoryStore {
 #[async_trait]
 impl AlertLedger for MemoryStore {
     async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
-        if alert.body.is_empty() || alert.body.len() > MAX_ALERT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
-                alert.body.len()
-            )));
-        }
+        check_alert_body(&alert.body)?;
         let mut st = self.lock();
         if st.alerts.contains_key(&alert.key) {
             return Ok(false);
@@ -192,13 +182,7 @@ impl AlertLedger for MemoryStore {
         let mut st = self.lock();
         let Some(a) = st.alerts.get_mut(key) else {
             return Err(StoreError::NotFound {
-                what: format!(
-                    "alert {}/{}/{}/{}",
-                    key.org,
-                    key.period,
-                    key.meter,
-                    key.threshold.get()
-                ),
+                what: format!("alert {key}"),
             });
         };
         a.delivered_at = Some(a.delivered_at.unwrap_or(micros(at)));

@@ -307,7 +307,7 @@ impl AuditLog for MemoryStore {
         let Some(trail) = st.audit.get(&q.org) else {
             return Ok(AuditPage::default());
         };
-        let mut records: Vec<AuditRecord> = trail
+        let records: Vec<AuditRecord> = trail
             .iter()
             .rev()
             .filter(|(sk, _)| upper.as_ref().is_none_or(|u| *sk < u))
@@ -322,12 +322,6 @@ impl AuditLog for MemoryStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let next = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(AuditRecord::sort_key)
-        } else {
-            None
-        };
-        Ok(AuditPage { records, next })
+        Ok(AuditPage::from_one_extra(records, limit))
     }
 }

@@ -109,13 +109,7 @@ impl AuditLog for SqliteStore {
                     .map_err(|e| corrupt(format!("audit record {sk:?}: {e}")))?;
                 records.push(record);
             }
-            let next = if records.len() > limit {
-                records.truncate(limit);
-                records.last().map(AuditRecord::sort_key)
-            } else {
-                None
-            };
-            Ok(AuditPage { records, next })
+            Ok(AuditPage::from_one_extra(records, limit))
         })
         .await
     }

@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_REPORT_BODY_BYTES, StoreError, StoredReport};
+use tally_core::ports::{StoreError, StoredReport, check_report_body};
 
 use super::{SqliteStore, corrupt, db, immediate, month_key, parse_id, parse_ts, ts_text};
 
@@ -55,12 +55,7 @@ impl SqliteStore {
         &self,
         report: &StoredReport,
     ) -> Result<StoredReport, StoreError> {
-        if report.body.len() > MAX_REPORT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-                report.body.len()
-            )));
-        }
+        check_report_body(&report.body)?;
         let report = report.clone();
         self.write(move |conn| {
             let tx = immediate(conn)?;
