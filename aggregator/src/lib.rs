@@ -52,6 +52,8 @@
 //! `bench/src/bin/write_cost.rs` measures the mix on workload W against the emulator beside
 //! the naive baseline; `bench/RESULTS.md` has the figures.
 
+#[cfg(test)]
+mod apply_only;
 pub mod reconcile;
 pub mod record;
 
@@ -287,16 +289,14 @@ pub async fn run(
 #[cfg(test)]
 mod heartbeat_tests {
     use super::*;
+    use crate::apply_only::{Apply, ApplyOnly};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
-    use tally_core::counter::OwnedCounterKey;
-    use tally_core::ports::{
-        ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, PublishReport,
-        QueueError,
-    };
-    use tally_core::{Event, Month, OrgId};
+
+    use tally_core::Event;
+    use tally_core::ports::{ApplyOutcome, ApplyReport, PublishReport, QueueError};
 
     /// A queue holding one delivery that counts visibility extensions.
     struct OneShotQueue {
@@ -333,42 +333,13 @@ mod heartbeat_tests {
     }
 
     #[async_trait]
-    impl UsageStore for SlowStore {
-        async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+    impl Apply for SlowStore {
+        async fn apply(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
             tokio::time::sleep(Duration::from_millis(120)).await;
             self.applied.fetch_add(events.len(), Ordering::SeqCst);
             Ok(ApplyReport {
                 outcomes: vec![ApplyOutcome::Applied; events.len()],
             })
-        }
-        async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn ledger_page(
-            &self,
-            _: &OrgId,
-            _: Month,
-            _: Option<String>,
-            _: usize,
-        ) -> Result<LedgerPage, StoreError> {
-            Ok(LedgerPage::default())
-        }
-        async fn stored_counters(
-            &self,
-            _: &OrgId,
-            _: Month,
-        ) -> Result<Vec<(OwnedCounterKey, rust_decimal::Decimal)>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn is_period_closed(&self, _: Month) -> Result<bool, StoreError> {
-            Ok(false)
-        }
-        async fn close_period(
-            &self,
-            _: Month,
-            _: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
-            Ok(())
         }
     }
 
@@ -389,7 +360,7 @@ mod heartbeat_tests {
             extensions: AtomicUsize::new(0),
             acked: Mutex::new(Vec::new()),
         };
-        let store = SlowStore::default();
+        let store = ApplyOnly(SlowStore::default());
         let cfg = AggregatorConfig {
             max_wait: Duration::ZERO,
             ..AggregatorConfig::default()
@@ -419,9 +390,14 @@ mod heartbeat_tests {
             heartbeat: Duration::from_millis(20),
             ..AggregatorConfig::default()
         };
-        let stats = process_batch(&queue, &SlowStore::default(), &cfg, Duration::ZERO)
-            .await
-            .unwrap();
+        let stats = process_batch(
+            &queue,
+            &ApplyOnly(SlowStore::default()),
+            &cfg,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
         assert_eq!(stats.acked, 1);
         assert_eq!(*queue.acked.lock().unwrap(), ["r1"]);
         assert!(

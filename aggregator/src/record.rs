@@ -294,14 +294,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::apply_only::{Apply, ApplyOnly};
     use async_trait::async_trait;
-    use chrono::{DateTime, TimeZone, Utc};
+    use chrono::{TimeZone, Utc};
     use rust_decimal::Decimal;
     use std::sync::Mutex;
-    use tally_core::counter::OwnedCounterKey;
+
     use tally_core::ids::{MeterName, ProjectId};
-    use tally_core::period::Month;
-    use tally_core::ports::{ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError};
+
+    use tally_core::ports::{ApplyReport, StoreError};
 
     fn event(org: &str, id: &str) -> Event {
         Event {
@@ -332,8 +333,8 @@ mod tests {
     }
 
     #[async_trait]
-    impl UsageStore for Scripted {
-        async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+    impl Apply for Scripted {
+        async fn apply(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
             self.seen.lock().unwrap().extend(events.iter().cloned());
             self.answer
                 .lock()
@@ -341,31 +342,6 @@ mod tests {
                 .take()
                 .unwrap()
                 .map(|outcomes| ApplyReport { outcomes })
-        }
-        async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn ledger_page(
-            &self,
-            _: &OrgId,
-            _: Month,
-            _: Option<String>,
-            _: usize,
-        ) -> Result<LedgerPage, StoreError> {
-            Ok(LedgerPage::default())
-        }
-        async fn stored_counters(
-            &self,
-            _: &OrgId,
-            _: Month,
-        ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn is_period_closed(&self, _: Month) -> Result<bool, StoreError> {
-            Ok(false)
-        }
-        async fn close_period(&self, _: Month, _: DateTime<Utc>) -> Result<(), StoreError> {
-            Ok(())
         }
     }
 
@@ -414,12 +390,12 @@ mod tests {
         let b = [event("org_a", "2")];
         let c = [event("org_b", "3")];
         let poison = [event("org_a", "9"), event("org_b", "9")];
-        let store = Scripted::new(Ok(vec![
+        let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Applied,
             ApplyOutcome::Duplicate,
             ApplyOutcome::Failed("chunk failed".into()),
-        ]));
+        ])));
         let records = [
             RecordInput::Decoded {
                 events: &a,
@@ -459,13 +435,13 @@ mod tests {
         // receipt would delete the message, so both copies must come back.
         let m = [event("org_a", "1"), event("org_a", "2")];
         let other = [event("org_a", "3")];
-        let store = Scripted::new(Ok(vec![
+        let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Failed("chunk failed".into()),
             ApplyOutcome::Duplicate,
             ApplyOutcome::Duplicate,
             ApplyOutcome::Applied,
-        ]));
+        ])));
         let records = [
             RecordInput::Decoded {
                 events: &m,
@@ -493,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_failure_retries_every_good_record() {
         let a = [event("org_a", "1")];
-        let store = Scripted::new(Err(StoreError::Unavailable("down".into())));
+        let store = ApplyOnly(Scripted::new(Err(StoreError::Unavailable("down".into()))));
         let body = serde_json::json!({"v": 1, "events": [event("org_a", "2")]}).to_string();
         let records = [
             RecordInput::Decoded {

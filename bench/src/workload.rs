@@ -1,10 +1,14 @@
 //! Workload W: Zipf-distributed orgs, a few projects and meters each, one simulated hour.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
+use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Quantity;
+use tally_core::fold::{apply_delta, dedupe_in_batch, fold};
 use tally_core::{Aggregation, Event, EventId, MeterName, OrgId, ProjectId};
 
 /// Shape of a generated workload.
@@ -157,4 +161,17 @@ pub fn generate(spec: &WorkloadSpec, tenants: &Tenants) -> Vec<Event> {
 #[cold]
 fn unreachable_id() -> EventId {
     panic!("generated event ids are printable ASCII")
+}
+
+/// Ground truth: every counter of the distinct events, per org, by the core's own fold:
+/// what a benchmark checks the counters its store ends with against.
+pub fn truth(events: &[Event]) -> HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> {
+    let mut out: HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> = HashMap::new();
+    for (k, d) in fold(dedupe_in_batch(events)) {
+        let (v, _) = apply_delta(None, None, &d, 0);
+        out.entry(k.org.clone())
+            .or_default()
+            .insert(k.to_owned_key(), v);
+    }
+    out
 }

@@ -8,17 +8,10 @@ use rust_decimal::Decimal;
 use tally_billing::{BUILTIN_JSON, Catalogue, CatalogueError, Pricing};
 use tally_core::{MeterCatalogue, MeterName, Plan, PlanId};
 
-const PLANS: [PlanId; 4] = [
-    PlanId::Free,
-    PlanId::Starter,
-    PlanId::Pro,
-    PlanId::Enterprise,
-];
-
 #[test]
 fn builtin_catalogue_agrees_with_core_plans() {
     let c = Catalogue::builtin().unwrap();
-    for id in PLANS {
+    for id in PlanId::ALL {
         assert_eq!(c.core_plan(id), Plan::builtin(id), "{id}");
         assert_eq!(Plan::from(c.plan(id)), Plan::builtin(id), "{id}");
         // And back: core's plan priced by the catalogue is the catalogue's plan.
@@ -26,7 +19,7 @@ fn builtin_catalogue_agrees_with_core_plans() {
     }
     assert_eq!(c.meter_catalogue(), MeterCatalogue::default());
     let plans = c.core_plans();
-    assert_eq!(plans.keys().copied().collect::<Vec<_>>(), PLANS);
+    assert_eq!(plans.keys().copied().collect::<Vec<_>>(), PlanId::ALL);
     for (id, plan) in plans {
         assert_eq!(plan, Plan::builtin(id), "{id}");
     }

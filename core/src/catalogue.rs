@@ -697,12 +697,7 @@ impl Checker {
                 found.insert(id, spec);
             }
         }
-        for id in [
-            PlanId::Free,
-            PlanId::Starter,
-            PlanId::Pro,
-            PlanId::Enterprise,
-        ] {
+        for id in PlanId::ALL {
             if !seen.contains(&id) {
                 self.bad(
                     format!("plans.{id}"),
@@ -1049,13 +1044,6 @@ mod tests {
     use serde_json::Value;
     use std::str::FromStr;
 
-    const PLANS: [PlanId; 4] = [
-        PlanId::Free,
-        PlanId::Starter,
-        PlanId::Pro,
-        PlanId::Enterprise,
-    ];
-
     /// A whole number of the file, read without the catalogue's parser: an integer, or a
     /// string with an optional binary byte unit (all the built-in file uses).
     fn raw_quantity(v: &Value) -> Decimal {
@@ -1083,7 +1071,7 @@ mod tests {
     fn enforced_limits_are_the_catalogue_files() {
         let file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
         let loaded = Catalogue::builtin().unwrap().core_plans();
-        for id in PLANS {
+        for id in PlanId::ALL {
             let raw = &file["plans"][id.as_str()];
             let cap = |field: &str| raw.get(field).map(|v| v.as_u64().unwrap() as u32);
             let want = PlanLimits {

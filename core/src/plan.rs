@@ -31,6 +31,14 @@ pub enum PlanId {
 }
 
 impl PlanId {
+    /// Every plan, cheapest first: the one list whatever walks all the plans iterates.
+    pub const ALL: [PlanId; 4] = [
+        PlanId::Free,
+        PlanId::Starter,
+        PlanId::Pro,
+        PlanId::Enterprise,
+    ];
+
     /// Parses `free`, `starter`, `pro` or `enterprise`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -157,12 +165,7 @@ mod tests {
 
     #[test]
     fn rate_limits_grow_with_the_plan() {
-        let plans = [
-            PlanId::Free,
-            PlanId::Starter,
-            PlanId::Pro,
-            PlanId::Enterprise,
-        ];
+        let plans = PlanId::ALL;
         assert_eq!(PlanId::Free.default_rate_limit(), RateLimit::new(10, 20));
         for pair in plans.windows(2) {
             let (a, b) = (pair[0].default_rate_limit(), pair[1].default_rate_limit());

@@ -169,6 +169,18 @@ pub trait UsageStore: Send + Sync {
 /// refuses bigger reports before it writes them.
 pub const MAX_REPORT_BODY_BYTES: usize = 350_000;
 
+/// Refuses a report body over [`MAX_REPORT_BODY_BYTES`] as `Unavailable`: the check every
+/// [`ReportStore`] makes before it saves, kept here so the stores refuse alike.
+pub fn check_report_body(body: &str) -> Result<(), StoreError> {
+    if body.len() > MAX_REPORT_BODY_BYTES {
+        return Err(StoreError::Unavailable(format!(
+            "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One org's usage report for one month as stored: the billing crate's report, serialized
 /// as JSON, which the store keeps verbatim (it never looks inside).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +525,19 @@ pub trait InvoiceProvider: Send + Sync {
 /// Longest step name or step result a [`SyncLedger`] stores.
 pub const MAX_SYNC_VALUE_LEN: usize = 1024;
 
+/// Refuses an empty sync ledger value or one longer than [`MAX_SYNC_VALUE_LEN`] as
+/// `Unavailable`, naming the field: the check every [`SyncLedger`] makes before it writes,
+/// kept here so the stores refuse alike.
+pub fn check_sync_value(field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
+        return Err(StoreError::Unavailable(format!(
+            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One recorded result of a sync step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStep {
@@ -595,8 +620,34 @@ pub struct AlertKey {
     pub threshold: ThresholdPct,
 }
 
+/// `org/period/meter/threshold`, as stores name an alert in their errors.
+impl std::fmt::Display for AlertKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.org,
+            self.period,
+            self.meter,
+            self.threshold.get()
+        )
+    }
+}
+
 /// Largest [`StoredAlert::body`] an [`AlertLedger`] accepts, in bytes.
 pub const MAX_ALERT_BODY_BYTES: usize = 8 * 1024;
+
+/// Refuses an empty alert body or one over [`MAX_ALERT_BODY_BYTES`] as `Unavailable`: the
+/// check every [`AlertLedger`] makes before it claims, kept here so the stores refuse alike.
+pub fn check_alert_body(body: &str) -> Result<(), StoreError> {
+    if body.is_empty() || body.len() > MAX_ALERT_BODY_BYTES {
+        return Err(StoreError::Unavailable(format!(
+            "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
+            body.len()
+        )));
+    }
+    Ok(())
+}
 
 /// An alert as the ledger keeps it. Times are kept to the microsecond.
 #[derive(Debug, Clone, PartialEq, Eq)]

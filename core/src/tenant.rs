@@ -523,6 +523,21 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
+impl AuditPage {
+    /// The page of `records`, fetched in page order one past `limit`: a record past the
+    /// limit only says another page exists, and the last one kept is its cursor. Every
+    /// store pages its audit log this way.
+    pub fn from_one_extra(mut records: Vec<AuditRecord>, limit: usize) -> Self {
+        let next = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(AuditRecord::sort_key)
+        } else {
+            None
+        };
+        AuditPage { records, next }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,15 +162,10 @@ impl fmt::Debug for Ingest {
 impl Ingest {
     /// Builds the caches and limiters over `ports`.
     pub fn new(ports: IngestState, config: IngestConfig) -> Self {
-        let plans = [
-            PlanId::Free,
-            PlanId::Starter,
-            PlanId::Pro,
-            PlanId::Enterprise,
-        ]
-        .into_iter()
-        .map(|id| (id, Arc::new(config.plan(id))))
-        .collect();
+        let plans = PlanId::ALL
+            .into_iter()
+            .map(|id| (id, Arc::new(config.plan(id))))
+            .collect();
         let keys = Arc::new(KeyCache::new(
             ports.keys.clone(),
             ports.clock.clone(),

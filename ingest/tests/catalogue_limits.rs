@@ -13,13 +13,6 @@ use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::{Catalogue, MeterName, PlanId, PlanLimits};
 use tally_ingest::IngestConfig;
 
-const PLANS: [PlanId; 4] = [
-    PlanId::Free,
-    PlanId::Starter,
-    PlanId::Pro,
-    PlanId::Enterprise,
-];
-
 /// A quantity as the built-in file writes it: an integer, or a string with an optional
 /// `GiB` (all the file uses).
 fn quantity(v: &Value) -> Decimal {
@@ -62,7 +55,7 @@ fn limits_in(text: &str, id: PlanId) -> PlanLimits {
 #[test]
 fn ingest_enforces_the_builtin_catalogue_files_limits() {
     let config = IngestConfig::default();
-    for id in PLANS {
+    for id in PlanId::ALL {
         assert_eq!(config.plan(id).limits, limits_in(BUILTIN_JSON, id), "{id}");
     }
     // The file is not empty of limits: free is hard-limited at 10,000 calls.
@@ -86,7 +79,7 @@ fn ingest_enforces_a_loaded_catalogues_limits() {
         plans: catalogue.core_plans(),
         ..IngestConfig::default()
     };
-    for id in PLANS {
+    for id in PlanId::ALL {
         assert_eq!(config.plan(id).limits, limits_in(&text, id), "{id}");
     }
     assert_eq!(

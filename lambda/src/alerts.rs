@@ -14,10 +14,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 use tally_billing::Catalogue;
-use tally_billing::alerts::{
-    AlertPorts, AlertSender, CheckError, DEFAULT_LEASE, alert_id, check_alerts,
-};
-use tally_core::ports::{AlertLedger, Clock, TenantStore, UsageStore};
+use tally_billing::alerts::{AlertSender, CheckError, DEFAULT_LEASE, alert_id, check_alerts};
+use tally_core::ports::Clock;
 use tally_notify::{TokioSleeper, WebhookConfig, WebhookConfigError, WebhookSender};
 
 use crate::env::{self, Env, EnvError};
@@ -103,18 +101,10 @@ pub struct AlertRun {
     pub problems: Vec<String>,
 }
 
-/// The ports an alert run needs.
-#[derive(Clone, Copy)]
-pub struct AlertRunPorts<'a> {
-    /// Orgs (their plan).
-    pub tenants: &'a dyn TenantStore,
-    /// Month counters.
-    pub usage: &'a dyn UsageStore,
-    /// The alert outbox.
-    pub alerts: &'a dyn AlertLedger,
-    /// Now.
-    pub clock: &'a dyn Clock,
-}
+/// The ports an alert run needs: the same four as the pass it runs, so the billing crate's
+/// struct serves under the name callers of this crate have always used (a
+/// `&dyn TenantStore` coerces to its `&dyn OrgStore`).
+pub use tally_billing::alerts::AlertPorts as AlertRunPorts;
 
 /// One alert pass; `sender` `None` (alerts not configured) does nothing.
 pub async fn run(
@@ -131,12 +121,6 @@ pub async fn run(
             delivered: 0,
             problems: Vec::new(),
         });
-    };
-    let ports = AlertPorts {
-        tenants: ports.tenants,
-        usage: ports.usage,
-        alerts: ports.alerts,
-        clock: ports.clock,
     };
     let out = check_alerts(ports, catalogue, sender, DEFAULT_LEASE).await?;
     metrics::counter!("tally_alerts_delivered_total").increment(out.delivered as u64);

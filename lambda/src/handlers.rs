@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_billing::close::previous_month_if_due;
 use tally_billing::{
-    Catalogue, ClosePorts, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper,
-    close_month, sync_period,
+    Catalogue, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper, close_month,
+    sync_period,
 };
-use tally_core::ports::{Clock, InvoiceProvider, ReportStore, SyncLedger, TenantStore, UsageStore};
+use tally_core::ports::{InvoiceProvider, SyncLedger, UsageStore};
 
 use crate::consumers::{PoisonSink, handle_kinesis, handle_sqs};
 use crate::env::Transport;
@@ -167,18 +167,11 @@ pub struct BillingRun {
     pub stored_now: usize,
 }
 
-/// The ports the billing run needs.
-#[derive(Clone, Copy)]
-pub struct BillingPorts<'a> {
-    /// Orgs and projects.
-    pub tenants: &'a dyn TenantStore,
-    /// Counters and closed periods.
-    pub usage: &'a dyn UsageStore,
-    /// Stored usage reports.
-    pub reports: &'a dyn ReportStore,
-    /// Now.
-    pub clock: &'a dyn Clock,
-}
+/// The ports the billing run needs: exactly those of the [`close_month`] it runs (the
+/// Stripe sync reuses their orgs), so the billing crate's struct serves under the name
+/// callers of this crate have always used (a `&dyn TenantStore` coerces to its
+/// `&dyn OrgStore`).
+pub use tally_billing::ClosePorts as BillingPorts;
 
 /// Stripe, for the billing run's invoice sync.
 #[derive(Clone, Copy)]
@@ -229,13 +222,7 @@ pub async fn bill_and_sync(
         grace,
         ..CloseRequest::new(period)
     };
-    let close_ports = ClosePorts {
-        tenants: ports.tenants,
-        usage: ports.usage,
-        reports: ports.reports,
-        clock: ports.clock,
-    };
-    let out = close_month(close_ports, catalogue, &request, &NoProgress)
+    let out = close_month(ports, catalogue, &request, &NoProgress)
         .await
         .map_err(|source| BillingError::Close { period, source })?;
     tracing::info!(period = %period, orgs = out.reports.len(), stored_now = out.stored_now, "billed period");

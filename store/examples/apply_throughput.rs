@@ -14,17 +14,14 @@ use tally_core::meter::Aggregation;
 use tally_core::ports::UsageStore;
 use tally_store::SqliteStore;
 
+mod common;
+
+use common::{arg, scratch_dir};
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: usize| -> usize {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (total, batch, orgs) = (arg(1, 1_000_000), arg(2, 1_000), arg(3, 1_000));
-    let dir = std::env::temp_dir().join(format!("tally-apply-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir("apply")?;
     // CHECKPOINT_MS=0 leaves checkpoints to SQLite (on commit), for comparison; CACHE_MIB
     // sets the writer's page cache.
     let mut config = tally_store::SqliteConfig::default();

@@ -14,17 +14,14 @@ use tally_core::meter::Aggregation;
 use tally_core::ports::EventQueue;
 use tally_store::LocalQueue;
 
+mod common;
+
+use common::{arg, scratch_dir};
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: usize| -> usize {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (total, per_publish, per_receive) = (arg(1, 500_000), arg(2, 1_000), arg(3, 5_000));
-    let dir = std::env::temp_dir().join(format!("tally-queue-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir("queue")?;
     let queue = LocalQueue::open(&dir.join("queue.db"))?;
     let org = OrgId::from_random(rand::random());
     let project = ProjectId::from_random(rand::random());

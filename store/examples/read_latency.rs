@@ -20,17 +20,14 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::{CounterQuery, UsageStore};
 use tally_store::SqliteStore;
 
+mod common;
+
+use common::{arg, scratch_dir};
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: usize| -> usize {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (projects, noise) = (arg(1, 5), arg(2, 1_000));
-    let dir = std::env::temp_dir().join(format!("tally-read-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir("read")?;
     let store = SqliteStore::open(&dir.join("tally.db"))?;
     let meter = MeterName::parse("api_calls")?;
     let month = Month::new(2026, 11).ok_or("no such month")?;

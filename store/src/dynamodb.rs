@@ -184,7 +184,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
@@ -204,7 +203,7 @@ use tally_core::tenant::{
     OrgChanges, Project, ProjectChanges, Role, User,
 };
 
-use codec::{Item, describe_sdk_error, is_retryable, sdk_error};
+use codec::{Item, describe_sdk_error, is_retryable, sdk_error, unless_condition_failed};
 
 pub use apply::LEDGER_TTL_DAYS;
 /// The AWS SDK for DynamoDB this adapter is built on, re-exported so callers (the binary,
@@ -372,18 +371,7 @@ impl DynamoStore {
             .expression_attribute_names("#pk", keys::PK)
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("PutItem", e)),
-        }
+        Ok(unless_condition_failed("PutItem", put)?.is_some())
     }
 
     /// One page of a query: its items and where the next page starts.
@@ -438,6 +426,43 @@ impl DynamoStore {
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// Every item of partition `pk` of `index` (`None`: the table, strongly consistent), in
+    /// sort-key order: the whole-partition listing most readers share.
+    async fn query_partition(
+        &self,
+        index: Option<&str>,
+        pk: impl Into<String>,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.query_all(&QuerySpec {
+            index,
+            key_condition: "#pk = :pk",
+            filter: None,
+            names: &[],
+            values: vec![(":pk", AttributeValue::S(pk.into()))],
+        })
+        .await
+    }
+
+    /// Every item of the table's partition `pk` whose sort key begins with `prefix`, in
+    /// sort-key order (strongly consistent): one kind of item out of a shared partition.
+    async fn query_prefix(
+        &self,
+        pk: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.query_all(&QuerySpec {
+            index: None,
+            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
+            filter: None,
+            names: &[],
+            values: vec![
+                (":pk", AttributeValue::S(pk.into())),
+                (":prefix", AttributeValue::S(prefix.into())),
+            ],
+        })
+        .await
     }
 
     /// One `TransactWriteItems` attempt (never with a `ClientRequestToken`: exactly-once

@@ -39,6 +39,7 @@ pub mod kinesis;
 mod ledger_body;
 pub mod local_queue;
 pub mod memory;
+mod secs;
 pub mod sqlite;
 pub mod sqs;
 

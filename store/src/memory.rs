@@ -205,6 +205,18 @@ impl State {
     fn org_is_live(&self, org: &OrgId) -> bool {
         self.orgs.get(org).is_some_and(|o| o.deleted_at.is_none())
     }
+
+    /// `NotFound` unless [`org_is_live`](Self::org_is_live): how adding a member, project,
+    /// key or invitation to a missing or deleted org is refused.
+    fn require_live_org(&self, org: &OrgId) -> Result<(), StoreError> {
+        if self.org_is_live(org) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound {
+                what: format!("org {org}"),
+            })
+        }
+    }
 }
 
 /// `t` cut to the microsecond, the precision the other stores keep last-used and alert

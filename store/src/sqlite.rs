@@ -88,6 +88,7 @@ use tally_core::ports::{
 };
 
 use crate::conn::{self, ConnSettings, Kind};
+use crate::secs::{bucket_start, ceil_secs};
 
 mod alerts;
 mod audit;
@@ -100,7 +101,7 @@ mod sync_ledger;
 mod tenants;
 
 use members::role_of;
-use tenants::{org_is_live, read_org, read_project};
+use tenants::{read_org, read_project, require_live_org};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 7;
@@ -308,9 +309,7 @@ impl SqliteStore {
 /// Creates or upgrades the schema, under the write lock so two processes opening a new file
 /// at once do it once.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
+    let tx = immediate(conn)?;
     let version: i64 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(db)?;
@@ -368,6 +367,13 @@ fn db(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Begins the `IMMEDIATE` transaction every write runs in: the write lock is taken up
+/// front, so a transaction that reads before it writes never fails to upgrade halfway.
+fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
@@ -412,22 +418,6 @@ fn gran_of(code: i64) -> Result<Granularity, StoreError> {
         3 => Ok(Granularity::Month),
         other => Err(corrupt(format!("granularity code {other}"))),
     }
-}
-
-/// Unix seconds, rounded up: the first whole second at or after `t` (bucket starts are whole
-/// seconds, so `start >= ceil(from)` is `start >= from` and `start < ceil(to)` is
-/// `start < to`).
-fn ceil_secs(t: DateTime<Utc>) -> i64 {
-    let s = t.timestamp();
-    if t.timestamp_subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
-}
-
-fn secs_ts(s: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp(s, 0).ok_or_else(|| corrupt(format!("bucket start {s}")))
 }
 
 fn parse_decimal(s: &str) -> Result<Decimal, StoreError> {
@@ -485,9 +475,7 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
         .map(|&i| encode_body(&events[i]))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
+    let tx = immediate(conn)?;
     let mut new = vec![false; events.len()];
     {
         let mut ins = tx

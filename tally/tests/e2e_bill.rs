@@ -57,34 +57,6 @@ async fn post_json(
     r.json().await.unwrap()
 }
 
-/// Waits until the org's compute minutes of `month` (`YYYY-MM`) read `want`.
-async fn wait_for_month(
-    client: &reqwest::Client,
-    server: &impl Endpoint,
-    key: &str,
-    month: &str,
-    want: &str,
-) {
-    let m = Month::parse(month).unwrap();
-    let query = format!(
-        "meter=compute_minutes&granularity=month&from={}&to={}",
-        m.start().format("%Y-%m-%d"),
-        m.end().format("%Y-%m-%d")
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = usage(client, server, key, &query).await;
-        if got.first().map(|(_, v)| v.as_str()) == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{month} never reached {want}: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn failure(env: &Env, args: &[&str], at: &str) -> String {
     let out = env.cli_raw_env(args, &now(at));
     assert!(!out.status.success(), "tally {args:?} should have failed");

@@ -72,21 +72,7 @@ async fn feb_usage(server: &impl Endpoint, tenant: &Tenant, minutes: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let m = Month::parse("2026-02").unwrap();
-    let query = format!(
-        "meter=compute_minutes&granularity=month&from={}&to={}",
-        m.start().format("%Y-%m-%d"),
-        m.end().format("%Y-%m-%d")
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = usage(&client, server, &tenant.key, &query).await;
-        if got.first().map(|(_, v)| v.as_str()) == Some(minutes) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "usage never reached {minutes}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_month(&client, server, &tenant.key, "2026-02", minutes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
-    event, expected_counters, fresh_org, fresh_project, with_prop,
+    MIXED_METERS, dice, event, expected_counters, fresh_org, fresh_project, with_prop,
 };
 use tally_tests::conformance::storage::StoreFactory;
 
@@ -93,20 +93,8 @@ async fn a_batch_of_many_chunks_counts_each_event_once() {
     let s = f.open().await;
     let orgs = [fresh_org(), fresh_org(), fresh_org()];
     let projects = [fresh_project(), fresh_project()];
-    let meters = [
-        "compute_minutes",
-        "requests",
-        "storage_bytes",
-        "temperature",
-        "active_users",
-    ];
-    let mut x = rand::random::<u64>() | 1;
-    let mut next = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let meters = MIXED_METERS;
+    let mut next = dice();
     let mut events: Vec<Event> = (0..500u64)
         .map(|i| {
             let org = &orgs[(i % 3) as usize];

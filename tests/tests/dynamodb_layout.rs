@@ -17,18 +17,18 @@ use std::collections::BTreeSet;
 use chrono::{Duration, Utc};
 use tally_core::ids::InvitationId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, ReportStore,
-    StoredReport, SyncLedger, UsageStore, UserStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, ProjectStore, ReportStore, StoredReport,
+    SyncLedger, UsageStore,
 };
 use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Org, Project, Role, User,
+    ApiKey, AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role,
 };
-use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
+use tally_core::{ApiKeyId, Month, PlanId, ProjectId};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
-use tally_tests::conformance::fixtures::{event, with_prop};
+use tally_tests::conformance::fixtures::{create_owned_org, event, with_prop};
 
 const MODULE_DOC: &str = include_str!("../../store/src/dynamodb.rs");
 
@@ -148,24 +148,16 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     let store = DynamoStore::new(client.clone(), table.clone());
 
     let now = Utc::now();
-    let user = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "layout@example.com".into(),
-            created_at: now,
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Layout".into(),
-        slug: "layout".into(),
-        plan: PlanId::Pro,
-        owner_id: user.id.clone(),
-        created_at: now,
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = create_owned_org(
+        &store,
+        (1, 2),
+        "layout@example.com",
+        "Layout",
+        PlanId::Pro,
+        now,
+    )
+    .await;
+    let user = org.owner_id.clone();
     let project = Project {
         id: ProjectId::from_random([3; 16]),
         org_id: org.id.clone(),
@@ -250,7 +242,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
             email: "invitee@example.com".into(),
             role: Role::Member,
             hash: KeyHash::of_secret("tinv_layout"),
-            invited_by: user.id.clone(),
+            invited_by: user.clone(),
             created_at: now,
             expires_at: now + Duration::days(7),
             accepted_at: None,
@@ -259,7 +251,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .unwrap();
 
     store
-        .add_project_member(&org.id, &project.id, &user.id, now)
+        .add_project_member(&org.id, &project.id, &user, now)
         .await
         .unwrap();
 

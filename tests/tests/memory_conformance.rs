@@ -35,32 +35,24 @@ mod storage {
 #[tokio::test]
 async fn lookups_are_counted_and_fail_on_demand() {
     use chrono::Utc;
-    use tally_core::ids::{ApiKeyId, OrgId, UserId};
+    use tally_core::ids::ApiKeyId;
     use tally_core::plan::PlanId;
-    use tally_core::ports::{ApiKeyStore, OrgStore, StoreError, UserStore};
-    use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
+    use tally_core::ports::{ApiKeyStore, StoreError};
+    use tally_core::tenant::{ApiKey, KeyHash, KeyScope};
     use tally_store::memory::{Fault, Op};
+    use tally_tests::conformance::fixtures::create_owned_org;
 
     let store = MemoryStore::new();
     let now = Utc::now();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "ada@example.com".into(),
-            created_at: now,
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Acme".into(),
-        slug: "acme".into(),
-        plan: PlanId::Starter,
-        owner_id: owner.id,
-        created_at: now,
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = create_owned_org(
+        &store,
+        (1, 2),
+        "ada@example.com",
+        "Acme",
+        PlanId::Starter,
+        now,
+    )
+    .await;
     let key = ApiKey {
         id: ApiKeyId::from_random([3; 16]),
         org_id: org.id.clone(),

@@ -37,9 +37,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants};
+use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants, truth};
 use tally_core::counter::OwnedCounterKey;
-use tally_core::fold::{apply_delta, dedupe_in_batch, fold};
 use tally_core::ids::{ApiKeyId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, UsageStore, UserStore};
@@ -156,18 +155,6 @@ fn requests(events: &[Event], org_index: &HashMap<OrgId, usize>, per: usize) -> 
     rest.sort_by_key(|(o, _)| *o);
     for (org, evs) in rest {
         out.push(emit(org, &evs));
-    }
-    out
-}
-
-/// Ground truth: every counter of the deduplicated workload, per org.
-fn truth(events: &[Event]) -> HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> {
-    let mut out: HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> = HashMap::new();
-    for (k, d) in fold(dedupe_in_batch(events)) {
-        let (v, _) = apply_delta(None, None, &d, 0);
-        out.entry(k.org.clone())
-            .or_default()
-            .insert(k.to_owned_key(), v);
     }
     out
 }

@@ -47,9 +47,9 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
 use tally_bench::capacity::{CapacityMeter, Totals};
-use tally_bench::workload::{WorkloadSpec, generate, tenants};
+use tally_bench::workload::{WorkloadSpec, generate, tenants, truth};
 use tally_core::counter::OwnedCounterKey;
-use tally_core::fold::{apply_delta, dedupe_in_batch, fold};
+use tally_core::fold::dedupe_in_batch;
 use tally_core::ports::{CounterQuery, UsageStore};
 use tally_core::{Event, Granularity, Month, OrgId};
 use tally_store::dynamodb::{DynamoStore, create_table};
@@ -245,18 +245,6 @@ async fn tally_path(
         redelivered,
         secs: began.elapsed().as_secs_f64(),
     })
-}
-
-/// Every counter of the distinct events, per org.
-fn truth(events: &[Event]) -> HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> {
-    let mut out: HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>> = HashMap::new();
-    for (k, d) in fold(dedupe_in_batch(events)) {
-        let (v, _) = apply_delta(None, None, &d, 0);
-        out.entry(k.org.clone())
-            .or_default()
-            .insert(k.to_owned_key(), v);
-    }
-    out
 }
 
 /// What the exactness check found.

@@ -10,14 +10,14 @@
 //! and on no delivery; delivery is `SET delivered_at = if_not_exists(...)` conditioned on the
 //! item existing. Times are Unix microseconds (numbers), compared exactly.
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::{AlertKey, MAX_ALERT_BODY_BYTES, StoreError, StoredAlert, ThresholdPct};
+use tally_core::ports::{AlertKey, StoreError, StoredAlert, ThresholdPct, check_alert_body};
 
-use super::codec::{Item, corrupt, get_s, item, n, parse_id, s, sdk_error};
+use super::codec::unless_condition_failed;
+use super::codec::{Item, corrupt, get_s, item, n, parse_id, s};
 use super::{DynamoStore, QuerySpec};
 
 const PK: &str = "pk";
@@ -34,16 +34,6 @@ fn alert_sk(key: &AlertKey) -> String {
         key.meter.as_str(),
         key.threshold.get()
     )
-}
-
-fn check_body(body: &str) -> Result<(), StoreError> {
-    if body.is_empty() || body.len() > MAX_ALERT_BODY_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
-            body.len()
-        )));
-    }
-    Ok(())
 }
 
 fn micros(t: DateTime<Utc>) -> AttributeValue {
@@ -95,7 +85,7 @@ fn alert_of(org: &OrgId, it: &Item) -> Result<StoredAlert, StoreError> {
 }
 
 pub(super) async fn claim(store: &DynamoStore, alert: &StoredAlert) -> Result<bool, StoreError> {
-    check_body(&alert.body)?;
+    check_alert_body(&alert.body)?;
     let mut record = item([
         (PK, s(alerts_pk(&alert.key.org))),
         (SK, s(alert_sk(&alert.key))),
@@ -158,18 +148,7 @@ async fn update(
     for (name, value) in values {
         req = req.expression_attribute_values(name, value);
     }
-    match req.send().await {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
-    }
+    Ok(unless_condition_failed("UpdateItem", req.send().await)?.is_some())
 }
 
 pub(super) async fn renew_lease(
@@ -205,13 +184,7 @@ pub(super) async fn mark_delivered(
         Ok(())
     } else {
         Err(StoreError::NotFound {
-            what: format!(
-                "alert {}/{}/{}/{}",
-                key.org,
-                key.period,
-                key.meter,
-                key.threshold.get()
-            ),
+            what: format!("alert {key}"),
         })
     }
 }

@@ -2,7 +2,6 @@
 //! `GetItem`), and an id guard under its org (`org#<org>` / `key#<id>`) for listing and
 //! revoking by id; both are written in one transaction.
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
@@ -12,12 +11,11 @@ use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
 };
 
+use super::DynamoStore;
 use super::apply::put_if_absent;
-use super::codec::{
-    Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text,
-};
+use super::codec::unless_condition_failed;
+use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
-use super::{DynamoStore, QuerySpec};
 
 use super::tx::{failed, org_must_be_live, tx_update};
 
@@ -110,16 +108,7 @@ pub(super) async fn list_api_keys(
     org: &OrgId,
 ) -> Result<Vec<ApiKey>, StoreError> {
     let guards = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-            filter: None,
-            names: &[],
-            values: vec![
-                (":pk", s(keys::org_pk(org))),
-                (":prefix", s(keys::APIKEY_PREFIX)),
-            ],
-        })
+        .query_prefix(keys::org_pk(org), keys::APIKEY_PREFIX)
         .await?;
     let mut out = Vec::with_capacity(guards.len());
     for g in &guards {
@@ -162,18 +151,11 @@ pub(super) async fn revoke_api_key(
         .return_values(ReturnValue::AllNew)
         .send()
         .await;
-    match updated {
-        Ok(out) => out.attributes.as_ref().map(key_of).transpose(),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
-    }
+    unless_condition_failed("UpdateItem", updated)?
+        .and_then(|out| out.attributes)
+        .as_ref()
+        .map(key_of)
+        .transpose()
 }
 
 /// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
@@ -203,15 +185,8 @@ pub(super) async fn touch_api_keys(store: &DynamoStore, uses: &[KeyUse]) -> Resu
             .expression_attribute_values(":org", s(u.org_id.as_str()))
             .send()
             .await;
-        match sent {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) => {}
-            Err(e) => return Err(sdk_error("UpdateItem", e)),
-        }
+        // A failed condition is a later use already recorded (or a key gone): nothing to do.
+        unless_condition_failed("UpdateItem", sent)?;
     }
     Ok(())
 }

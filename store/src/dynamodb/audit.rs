@@ -101,13 +101,7 @@ pub(super) async fn list_audit(
             _ => break,
         }
     }
-    let next = if records.len() > limit {
-        records.truncate(limit);
-        records.last().map(AuditRecord::sort_key)
-    } else {
-        None
-    };
-    Ok(AuditPage { records, next })
+    Ok(AuditPage::from_one_extra(records, limit))
 }
 
 fn r_sk(it: &Item) -> &str {

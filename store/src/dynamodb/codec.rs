@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
@@ -191,6 +194,53 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     StoreError::Unavailable(describe_sdk_error(op, &err))
+}
+
+/// The write errors whose condition can fail, so [`unless_condition_failed`] reads the
+/// three operations' errors alike.
+pub trait ConditionalWriteError {
+    /// Whether the write was refused because its condition expression was false.
+    fn is_condition_failed(&self) -> bool;
+}
+
+impl ConditionalWriteError for PutItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, PutItemError::ConditionalCheckFailedException(_))
+    }
+}
+
+impl ConditionalWriteError for UpdateItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, UpdateItemError::ConditionalCheckFailedException(_))
+    }
+}
+
+impl ConditionalWriteError for DeleteItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, DeleteItemError::ConditionalCheckFailedException(_))
+    }
+}
+
+/// A conditional write's result with the failed condition split out: `Some(output)` when
+/// it wrote, `None` when its condition was false (an expected answer for every caller),
+/// any other failure as [`sdk_error`] for `op`.
+pub fn unless_condition_failed<T, E>(
+    op: &str,
+    sent: Result<T, SdkError<E>>,
+) -> Result<Option<T>, StoreError>
+where
+    E: ConditionalWriteError + ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match sent {
+        Ok(out) => Ok(Some(out)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(ConditionalWriteError::is_condition_failed) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_error(op, e)),
+    }
 }
 
 /// A request that could not be built (a missing required field: a bug in this module).

@@ -16,6 +16,7 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
+use super::DynamoStore;
 use super::apply::put_if_absent;
 use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
@@ -23,7 +24,6 @@ use super::codec::{
 use super::keys::{self, PK, SK, TTL, USER_SK};
 use super::members::membership_put;
 use super::tx::{failed, must_exist, org_must_be_live, tx_update};
-use super::{DynamoStore, QuerySpec};
 
 /// Sort key of an invitation item.
 pub const INVITE_SK: &str = "INVITE";
@@ -161,15 +161,7 @@ pub(super) async fn list_invitations(
     org: &OrgId,
     now: DateTime<Utc>,
 ) -> Result<Vec<Invitation>, StoreError> {
-    let guards = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", s(keys::org_pk(org))), (":prefix", s(INVITE_PREFIX))],
-        })
-        .await?;
+    let guards = store.query_prefix(keys::org_pk(org), INVITE_PREFIX).await?;
     let mut out = Vec::with_capacity(guards.len());
     for g in &guards {
         let hash = KeyHash::from_hex(get_s(g, "hash")?)

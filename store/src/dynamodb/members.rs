@@ -3,8 +3,6 @@
 //! a member is on. A membership is `org#<org>` / `member#<user>`, indexed under its user in
 //! `gsi1` so a user's orgs are one query.
 
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
@@ -12,10 +10,11 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
+use super::DynamoStore;
 use super::apply::put_if_absent;
+use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text};
 use super::keys::{self, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
-use super::{DynamoStore, QuerySpec};
 
 use super::tenants::get_org;
 use super::tx::{failed, must_exist, org_must_be_live, tx_update};
@@ -51,16 +50,7 @@ pub(super) async fn list_members(
     org: &OrgId,
 ) -> Result<Vec<Membership>, StoreError> {
     let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-            filter: None,
-            names: &[],
-            values: vec![
-                (":pk", s(keys::org_pk(org))),
-                (":prefix", s(keys::MEMBER_PREFIX)),
-            ],
-        })
+        .query_prefix(keys::org_pk(org), keys::MEMBER_PREFIX)
         .await?;
     let mut members = items
         .iter()
@@ -149,16 +139,7 @@ pub(super) async fn list_user_projects(
     user: &UserId,
 ) -> Result<Vec<ProjectId>, StoreError> {
     let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-            filter: None,
-            names: &[],
-            values: vec![
-                (":pk", s(keys::org_pk(org))),
-                (":prefix", s(format!("PROJECTMEMBER#{user}#"))),
-            ],
-        })
+        .query_prefix(keys::org_pk(org), format!("PROJECTMEMBER#{user}#"))
         .await?;
     let mut out = items
         .iter()
@@ -262,21 +243,13 @@ pub(super) async fn set_member_role(
         .return_values(ReturnValue::AllOld)
         .send()
         .await;
-    match updated {
-        Ok(out) => out
+    match unless_condition_failed("UpdateItem", updated)? {
+        Some(out) => out
             .attributes
             .as_ref()
             .map(|it| membership_of(org, it))
             .transpose(),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            refused_member(store, org, user).await
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
+        None => refused_member(store, org, user).await,
     }
 }
 
@@ -299,21 +272,13 @@ pub(super) async fn remove_member(
         .return_values(ReturnValue::AllOld)
         .send()
         .await;
-    match deleted {
-        Ok(out) => out
+    match unless_condition_failed("DeleteItem", deleted)? {
+        Some(out) => out
             .attributes
             .as_ref()
             .map(|it| membership_of(org, it))
             .transpose(),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(DeleteItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            refused_member(store, org, user).await
-        }
-        Err(e) => Err(sdk_error("DeleteItem", e)),
+        None => refused_member(store, org, user).await,
     }
 }
 
@@ -386,13 +351,7 @@ pub(super) async fn list_user_memberships(
     user: &UserId,
 ) -> Result<Vec<Membership>, StoreError> {
     let items = store
-        .query_all(&QuerySpec {
-            index: Some(GSI1),
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", s(keys::user_pk(user)))],
-        })
+        .query_partition(Some(GSI1), keys::user_pk(user))
         .await?;
     let mut out = items
         .iter()

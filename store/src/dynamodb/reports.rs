@@ -8,13 +8,12 @@
 //! caller gets back. The key helpers live here rather than in `keys.rs` so that this item
 //! type is self-contained.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_REPORT_BODY_BYTES, StoreError, StoredReport};
+use tally_core::ports::{StoreError, StoredReport, check_report_body};
 
+use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, ts_text};
-use super::{DynamoStore, QuerySpec};
 
 /// The table's partition key attribute.
 const PK: &str = "pk";
@@ -45,12 +44,7 @@ pub(super) async fn save_report(
     store: &DynamoStore,
     report: &StoredReport,
 ) -> Result<StoredReport, StoreError> {
-    if report.body.len() > MAX_REPORT_BODY_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-            report.body.len()
-        )));
-    }
+    check_report_body(&report.body)?;
     let record = item([
         (PK, s(report_pk(&report.org_id))),
         (SK, s(report_sk(report.period))),
@@ -89,15 +83,7 @@ pub(super) async fn list_reports(
     store: &DynamoStore,
     org: &OrgId,
 ) -> Result<Vec<StoredReport>, StoreError> {
-    let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", AttributeValue::S(report_pk(org)))],
-        })
-        .await?;
+    let items = store.query_partition(None, report_pk(org)).await?;
     // The sort key orders by period already; the query returns them in that order.
     items.iter().map(report_of).collect()
 }

@@ -7,13 +7,12 @@
 //! first-write-wins: a put under `attribute_not_exists(pk)`, then a strongly consistent read
 //! returning whatever was stored first (a racing run's, or an earlier run's result).
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_SYNC_VALUE_LEN, StoreError, SyncStep};
+use tally_core::ports::{StoreError, SyncStep, check_sync_value};
 
+use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, s};
-use super::{DynamoStore, QuerySpec};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -33,16 +32,6 @@ fn customer_pk(org: &OrgId) -> String {
 
 const CUSTOMER_SK: &str = "SYNCCUSTOMER";
 
-fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
-        return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 fn step_of(it: &Item) -> Result<SyncStep, StoreError> {
     let sk = get_s(it, SK)?;
     let step = sk
@@ -61,8 +50,8 @@ pub(super) async fn record_step(
     step: &str,
     result: &str,
 ) -> Result<String, StoreError> {
-    check_value("step", step)?;
-    check_value("result", result)?;
+    check_sync_value("step", step)?;
+    check_sync_value("result", result)?;
     let record = item([
         (PK, s(steps_pk(org, period))),
         (SK, s(step_sk(step))),
@@ -97,15 +86,7 @@ pub(super) async fn list_steps(
     org: &OrgId,
     period: Month,
 ) -> Result<Vec<SyncStep>, StoreError> {
-    let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", AttributeValue::S(steps_pk(org, period)))],
-        })
-        .await?;
+    let items = store.query_partition(None, steps_pk(org, period)).await?;
     // Sorted by sort key, i.e. by step name, as SQLite's `ORDER BY step`.
     items.iter().map(step_of).collect()
 }
@@ -115,7 +96,7 @@ pub(super) async fn record_customer(
     org: &OrgId,
     customer: &str,
 ) -> Result<String, StoreError> {
-    check_value("customer", customer)?;
+    check_sync_value("customer", customer)?;
     let record = item([
         (PK, s(customer_pk(org))),
         (SK, s(CUSTOMER_SK)),

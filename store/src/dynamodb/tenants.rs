@@ -3,7 +3,6 @@
 //! guards, and every "must exist" rule is a `ConditionCheck` in that transaction, so each
 //! operation is one atomic request whose cancellation reasons say which rule failed.
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
@@ -12,17 +11,16 @@ use tally_core::plan::PlanId;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{Org, OrgChanges, Project, ProjectChanges, Role, User};
 
+use super::DynamoStore;
 use super::api_keys::{list_api_keys, revoke_api_key};
 use super::apply::put_if_absent;
-use super::codec::{
-    Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text,
-};
+use super::codec::unless_condition_failed;
+use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
 use super::keys::{
     self, ALL_ORGS, EMAIL_SK, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, PROJECT_PREFIX, SK, SLUG_SK,
     USER_SK,
 };
 use super::tx::{failed, must_exist, org_must_be_live, put};
-use super::{DynamoStore, QuerySpec};
 
 pub(super) fn user_of(it: &Item) -> Result<User, StoreError> {
     Ok(User {
@@ -186,15 +184,7 @@ pub(super) async fn get_org(store: &DynamoStore, id: &OrgId) -> Result<Option<Or
 
 /// Every org's id, from the index (in id order; eventually consistent).
 pub(super) async fn list_org_ids(store: &DynamoStore) -> Result<Vec<OrgId>, StoreError> {
-    let items = store
-        .query_all(&QuerySpec {
-            index: Some(GSI1),
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", s(ALL_ORGS))],
-        })
-        .await?;
+    let items = store.query_partition(Some(GSI1), ALL_ORGS).await?;
     items
         .iter()
         .map(|it| keys::parse_org_gsi_sk(get_s(it, GSI1SK)?))
@@ -275,16 +265,7 @@ pub(super) async fn list_projects(
     org: &OrgId,
 ) -> Result<Vec<Project>, StoreError> {
     let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-            filter: None,
-            names: &[],
-            values: vec![
-                (":pk", s(keys::org_pk(org))),
-                (":prefix", s(PROJECT_PREFIX)),
-            ],
-        })
+        .query_prefix(keys::org_pk(org), PROJECT_PREFIX)
         .await?;
     let mut projects = items
         .iter()
@@ -336,22 +317,15 @@ pub(super) async fn update_existing<T>(
     sets: &[&str],
     decode: impl Fn(&Item) -> Result<T, StoreError>,
 ) -> Result<Option<T>, StoreError> {
-    match req
+    let sent = req
         .update_expression(format!("SET {}", sets.join(", ")))
         .send()
-        .await
-    {
-        Ok(out) => out.attributes.as_ref().map(decode).transpose(),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
-    }
+        .await;
+    unless_condition_failed("UpdateItem", sent)?
+        .and_then(|out| out.attributes)
+        .as_ref()
+        .map(decode)
+        .transpose()
 }
 
 /// One conditional `UpdateItem` of the project item (`SET` of the name, and of
@@ -411,20 +385,9 @@ pub(super) async fn delete_org(
         .return_values(ReturnValue::AllNew)
         .send()
         .await;
-    let org = match marked {
-        Ok(out) => match out.attributes.as_ref().map(org_of).transpose()? {
-            Some(org) => org,
-            None => return Ok(None),
-        },
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(sdk_error("UpdateItem", e)),
+    let marked = unless_condition_failed("UpdateItem", marked)?.and_then(|out| out.attributes);
+    let Some(org) = marked.as_ref().map(org_of).transpose()? else {
+        return Ok(None);
     };
     let revoked_at = org.deleted_at.unwrap_or(at);
     for key in list_api_keys(store, id).await? {

@@ -14,21 +14,10 @@ use tally_core::ports::{CounterQuery, CounterValue, LedgerPage, StoreError};
 use super::codec::{corrupt, get_decimal, get_s, item, s, ts_text};
 use super::keys::{self, LEDGER_SHARDS, PERIOD_SK, PK, SK};
 use super::{DynamoStore, QuerySpec, cells};
+use crate::secs::ceil_secs;
 
 /// Most ledger events one `ledger_page` call returns (as on SQLite).
 pub const MAX_LEDGER_PAGE: usize = 10_000;
-
-/// Unix seconds, rounded up: the first whole second at or after `t` (bucket starts are whole
-/// seconds, so `start >= ceil(from)` is `start >= from` and `start < ceil(to)` is
-/// `start < to`).
-fn ceil_secs(t: DateTime<Utc>) -> i64 {
-    let s = t.timestamp();
-    if t.timestamp_subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
-}
 
 /// The earliest and latest months counters can be in (event years are 2000 and later).
 fn month_bounds() -> (Month, Month) {
@@ -68,15 +57,7 @@ pub(super) async fn counter_series(
     let mut month = first;
     while month <= last {
         let pk = keys::counter_pk(&q.org, month);
-        let cell_items = store
-            .query_all(&QuerySpec {
-                index: None,
-                key_condition: "#pk = :pk AND begins_with(#sk, :prefix)",
-                filter: None,
-                names: &[],
-                values: vec![(":pk", s(&pk)), (":prefix", s(&cell_prefix))],
-            })
-            .await?;
+        let cell_items = store.query_prefix(&pk, &cell_prefix).await?;
         let stored = cell_items
             .iter()
             .map(cells::read_cell)
@@ -203,13 +184,7 @@ pub(super) async fn stored_counters(
     month: Month,
 ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
     let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk",
-            filter: None,
-            names: &[],
-            values: vec![(":pk", s(keys::counter_pk(org, month)))],
-        })
+        .query_partition(None, keys::counter_pk(org, month))
         .await?;
     let mut stored = Vec::new();
     let mut out: BTreeMap<OwnedCounterKey, Decimal> = BTreeMap::new();

@@ -11,32 +11,16 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, MAX_ALERT_BODY_BYTES, MAX_REPORT_BODY_BYTES, MAX_SYNC_VALUE_LEN,
-    ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger, SyncStep,
+    AlertKey, AlertLedger, ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger,
+    SyncStep, check_alert_body, check_report_body, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
 
-/// Refuses an empty or over-long sync ledger value, naming the field.
-fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
-        return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ReportStore for MemoryStore {
     async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
-        if report.body.len() > MAX_REPORT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-                report.body.len()
-            )));
-        }
+        check_report_body(&report.body)?;
         Ok(self
             .lock()
             .reports
@@ -79,8 +63,8 @@ impl SyncLedger for MemoryStore {
         step: &str,
         result: &str,
     ) -> Result<String, StoreError> {
-        check_value("step", step)?;
-        check_value("result", result)?;
+        check_sync_value("step", step)?;
+        check_sync_value("result", result)?;
         Ok(self
             .lock()
             .sync_steps
@@ -123,7 +107,7 @@ impl SyncLedger for MemoryStore {
     }
 
     async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
-        check_value("customer", customer)?;
+        check_sync_value("customer", customer)?;
         Ok(self
             .lock()
             .sync_customers
@@ -140,12 +124,7 @@ impl SyncLedger for MemoryStore {
 #[async_trait]
 impl AlertLedger for MemoryStore {
     async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
-        if alert.body.is_empty() || alert.body.len() > MAX_ALERT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
-                alert.body.len()
-            )));
-        }
+        check_alert_body(&alert.body)?;
         let mut st = self.lock();
         if st.alerts.contains_key(&alert.key) {
             return Ok(false);
@@ -203,13 +182,7 @@ impl AlertLedger for MemoryStore {
         let mut st = self.lock();
         let Some(a) = st.alerts.get_mut(key) else {
             return Err(StoreError::NotFound {
-                what: format!(
-                    "alert {}/{}/{}/{}",
-                    key.org,
-                    key.period,
-                    key.meter,
-                    key.threshold.get()
-                ),
+                what: format!("alert {key}"),
             });
         };
         a.delivered_at = Some(a.delivered_at.unwrap_or(micros(at)));

@@ -58,11 +58,7 @@ impl State {
 impl ApiKeyStore for MemoryStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if !st.org_is_live(&key.org_id) {
-            return Err(StoreError::NotFound {
-                what: format!("org {}", key.org_id),
-            });
-        }
+        st.require_live_org(&key.org_id)?;
         st.check_new_key(key)?;
         st.insert_key(key);
         Ok(())
@@ -154,11 +150,7 @@ impl InvitationStore for MemoryStore {
     async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
         rules::check_new_member(invitation.role)?;
         let mut st = self.lock();
-        if !st.org_is_live(&invitation.org_id) {
-            return Err(StoreError::NotFound {
-                what: format!("org {}", invitation.org_id),
-            });
-        }
+        st.require_live_org(&invitation.org_id)?;
         // Expired invitations are gone for every reader; drop them here.
         let now = invitation.created_at;
         let expired: Vec<_> = st
@@ -315,7 +307,7 @@ impl AuditLog for MemoryStore {
         let Some(trail) = st.audit.get(&q.org) else {
             return Ok(AuditPage::default());
         };
-        let mut records: Vec<AuditRecord> = trail
+        let records: Vec<AuditRecord> = trail
             .iter()
             .rev()
             .filter(|(sk, _)| upper.as_ref().is_none_or(|u| *sk < u))
@@ -330,12 +322,6 @@ impl AuditLog for MemoryStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let next = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(AuditRecord::sort_key)
-        } else {
-            None
-        };
-        Ok(AuditPage { records, next })
+        Ok(AuditPage::from_one_extra(records, limit))
     }
 }

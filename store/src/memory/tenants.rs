@@ -15,11 +15,7 @@ impl State {
     /// missing (or deleted) org or a missing user. Writes nothing unless it succeeds.
     pub(super) fn insert_member(&mut self, m: &Membership) -> Result<(), StoreError> {
         rules::check_new_member(m.role)?;
-        if !self.org_is_live(&m.org_id) {
-            return Err(StoreError::NotFound {
-                what: format!("org {}", m.org_id),
-            });
-        }
+        self.require_live_org(&m.org_id)?;
         if !self.users.contains_key(&m.user_id) {
             return Err(StoreError::NotFound {
                 what: format!("user {}", m.user_id),
@@ -314,11 +310,7 @@ impl MemberStore for MemoryStore {
 impl ProjectStore for MemoryStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if !st.org_is_live(&project.org_id) {
-            return Err(StoreError::NotFound {
-                what: format!("org {}", project.org_id),
-            });
-        }
+        st.require_live_org(&project.org_id)?;
         let slug_taken = st
             .projects
             .values()

@@ -29,6 +29,7 @@ use tally_core::ports::{
 
 use super::{MemoryStore, Op};
 use crate::derive;
+use crate::secs::{bucket_start, ceil_secs};
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns (as on SQLite and
 /// DynamoDB).
@@ -42,23 +43,6 @@ fn value_of(delta: &Delta) -> Decimal {
         _ => 0,
     };
     fold::apply_delta(None, None, delta, distinct).0
-}
-
-/// Unix seconds, rounded up: the first whole second at or after `t` (bucket starts are whole
-/// seconds, so `start >= ceil(from)` is `start >= from` and `start < ceil(to)` is
-/// `start < to`).
-fn ceil_secs(t: DateTime<Utc>) -> i64 {
-    let s = t.timestamp();
-    if t.timestamp_subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
-}
-
-fn secs_ts(secs: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp(secs, 0)
-        .ok_or_else(|| StoreError::Corrupt(format!("bucket start {secs}")))
 }
 
 /// Opaque ledger cursor: the hex of the last event id returned.
@@ -146,7 +130,7 @@ impl UsageStore for MemoryStore {
             .into_iter()
             .map(|(start, delta)| {
                 Ok(CounterValue {
-                    start: secs_ts(start)?,
+                    start: bucket_start(start)?,
                     value: value_of(&delta),
                 })
             })

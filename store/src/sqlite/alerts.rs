@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::{AlertKey, MAX_ALERT_BODY_BYTES, StoreError, StoredAlert, ThresholdPct};
+use tally_core::ports::{AlertKey, StoreError, StoredAlert, ThresholdPct, check_alert_body};
 
 use super::{SqliteStore, corrupt, db, month_key, parse_id};
 
@@ -36,16 +36,7 @@ const SELECT: &str =
 type AlertRow = (String, i64, String, i64, String, i64, i64, Option<i64>);
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+    r.try_into()
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -85,17 +76,6 @@ fn alert_of(
     })
 }
 
-/// Refuses an empty or oversized body, naming the field.
-pub(crate) fn check_body(body: &str) -> Result<(), StoreError> {
-    if body.is_empty() || body.len() > MAX_ALERT_BODY_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
-            body.len()
-        )));
-    }
-    Ok(())
-}
-
 type KeyParams = (String, i64, String, i64);
 
 fn key_params(key: &AlertKey) -> KeyParams {
@@ -109,7 +89,7 @@ fn key_params(key: &AlertKey) -> KeyParams {
 
 impl SqliteStore {
     pub(super) async fn alerts_claim(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
-        check_body(&alert.body)?;
+        check_alert_body(&alert.body)?;
         let (org, period, meter, threshold) = key_params(&alert.key);
         let body = alert.body.clone();
         let (claimed, lease) = (micros(alert.claimed_at), micros(alert.lease_until));
@@ -204,13 +184,7 @@ impl SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (org, period, meter, threshold) = key_params(key);
-        let what = format!(
-            "alert {}/{}/{}/{}",
-            key.org,
-            key.period,
-            key.meter,
-            key.threshold.get()
-        );
+        let what = format!("alert {key}");
         let at = micros(at);
         self.write(move |conn| {
             let found = conn

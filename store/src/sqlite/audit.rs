@@ -8,7 +8,7 @@
 //! `audit_by_expiry` index.
 
 use async_trait::async_trait;
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::params;
 use tally_core::ports::*;
 use tally_core::tenant::*;
 
@@ -37,9 +37,7 @@ impl AuditLog for SqliteStore {
         let r = record.clone();
         let now = r.at.timestamp();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached("DELETE FROM audit WHERE expires_at <= ?1")
                 .and_then(|mut s| s.execute(params![now]))
                 .map_err(db)?;
@@ -111,13 +109,7 @@ impl AuditLog for SqliteStore {
                     .map_err(|e| corrupt(format!("audit record {sk:?}: {e}")))?;
                 records.push(record);
             }
-            let next = if records.len() > limit {
-                records.truncate(limit);
-                records.last().map(AuditRecord::sort_key)
-            } else {
-                None
-            };
-            Ok(AuditPage { records, next })
+            Ok(AuditPage::from_one_extra(records, limit))
         })
         .await
     }

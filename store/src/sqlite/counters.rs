@@ -30,8 +30,8 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::{CounterValue, StoreError};
 
 use super::{
-    ceil_secs, corrupt, db, decode_event, gran_code, gran_of, parse_decimal, parse_id,
-    parse_opt_ts, scope_text, secs_ts, ts_text,
+    bucket_start, ceil_secs, corrupt, db, decode_event, gran_code, gran_of, parse_decimal,
+    parse_id, parse_opt_ts, scope_text, ts_text,
 };
 use crate::derive::{self, StoredCell};
 
@@ -117,13 +117,7 @@ pub(super) fn apply<'a>(
             );
             let key = params![org, meter, span, cell.hour, project];
             let current = get
-                .query_row(key, |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                })
+                .query_row(key, |r| <(i64, String, Option<String>)>::try_from(r))
                 .optional()
                 .map_err(db)?;
             let merged = match current {
@@ -264,14 +258,7 @@ fn read_cells(
         .map_err(db)?;
     let rows = stmt
         .query_map(params![org.as_str(), span, from, to], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
+            <(String, String, i64, i64, String, Option<String>)>::try_from(r)
         })
         .map_err(db)?;
     let mut out = Vec::new();
@@ -322,12 +309,7 @@ pub(super) fn series(
             .map_err(db)?;
         let rows = stmt
             .query_map(params![org, meter, span, from, cells_to, project], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
+                <(i64, i64, String, Option<String>)>::try_from(r)
             })
             .map_err(db)?;
         let mut cells = Vec::new();
@@ -360,7 +342,7 @@ pub(super) fn series(
         .into_iter()
         .map(|(start, value)| {
             Ok(CounterValue {
-                start: secs_ts(start)?,
+                start: bucket_start(start)?,
                 value,
             })
         })
@@ -387,13 +369,7 @@ pub(super) fn stored(
         .map_err(db)?;
     let rows = stmt
         .query_map(params![org.as_str(), from, to], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-            ))
+            <(String, String, i64, i64, String)>::try_from(r)
         })
         .map_err(db)?;
     for row in rows {
@@ -409,7 +385,7 @@ pub(super) fn stored(
                 project,
                 meter: parse_id(&meter, MeterName::parse)?,
                 granularity: gran_of(gran)?,
-                start: secs_ts(start)?,
+                start: bucket_start(start)?,
             },
             parse_decimal(&value)?,
         );
@@ -446,12 +422,7 @@ pub(super) fn rebuild_from_ledger(conn: &Connection) -> Result<u64, StoreError> 
     loop {
         let rows = stmt
             .query_map(params![after, REBUILD_CHUNK], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
+                <(i64, String, String, String)>::try_from(r)
             })
             .map_err(db)?;
         let mut events = Vec::new();

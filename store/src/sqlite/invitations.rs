@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tally_core::ids::{InvitationId, OrgId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -63,17 +63,7 @@ pub(super) type InvitationRow = (
 );
 
 pub(super) fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
+    r.try_into()
 }
 
 pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {
@@ -89,16 +79,6 @@ pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError
         expires_at: parse_ts(&expires)?,
         accepted_at: accepted.as_deref().map(parse_ts).transpose()?,
     })
-}
-
-/// Unix seconds of `t`, rounded up (an invitation is expired once `now >= expires_at`).
-pub(super) fn unix_ceil(t: DateTime<Utc>) -> i64 {
-    let s = t.timestamp();
-    if t.timestamp_subsec_nanos() > 0 {
-        s.saturating_add(1)
-    } else {
-        s
-    }
 }
 
 /// Reads an invitation by hash (on a plain connection or inside a transaction).
@@ -120,15 +100,9 @@ impl InvitationStore for SqliteStore {
     async fn create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
         let inv = inv.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             rules::check_new_member(inv.role)?;
-            if !org_is_live(&tx, inv.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", inv.org_id),
-                });
-            }
+            require_live_org(&tx, &inv.org_id)?;
             // Expired invitations are gone for every reader; drop their rows here.
             tx.prepare_cached("DELETE FROM invitations WHERE expires_unix <= ?1")
                 .and_then(|mut s| s.execute(params![inv.created_at.timestamp()]))
@@ -148,7 +122,7 @@ impl InvitationStore for SqliteStore {
                     inv.invited_by.as_str(),
                     ts_text(inv.created_at),
                     ts_text(inv.expires_at),
-                    unix_ceil(inv.expires_at),
+                    crate::secs::ceil_secs(inv.expires_at),
                     inv.accepted_at.map(ts_text),
                 ])
             })
@@ -202,9 +176,7 @@ impl InvitationStore for SqliteStore {
     ) -> Result<Option<Invitation>, StoreError> {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let found = tx
                 .prepare_cached(&format!(
                     "SELECT {INVITATION_COLS} FROM invitations WHERE org = ?1 AND id = ?2"
@@ -233,9 +205,7 @@ impl InvitationStore for SqliteStore {
     ) -> Result<Membership, StoreError> {
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let Some(inv) = read_invitation(&tx, &hash)?.filter(|inv| inv.expires_at > at) else {
                 return Err(StoreError::NotFound {
                     what: "invitation".into(),

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -61,21 +61,46 @@ pub(super) fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     })
 }
 
+/// A key's scopes as the `scopes` column holds them (JSON), encoded before the write
+/// transaction starts.
+fn encode_scopes(scopes: &[KeyScope]) -> Result<String, StoreError> {
+    serde_json::to_string(scopes)
+        .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))
+}
+
+/// Inserts a new key row (never used yet, so no `last_used_at`) with its `scopes` already
+/// encoded: creating a key and rotating one write the new key alike.
+fn insert_key(tx: &rusqlite::Transaction<'_>, k: &ApiKey, scopes: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
+                               expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            k.org_id.as_str(),
+            k.id.as_str(),
+            k.hash.as_str(),
+            k.name,
+            k.display_prefix,
+            scopes,
+            ts_text(k.created_at),
+            k.expires_at.map(ts_text),
+            k.revoked_at.map(ts_text),
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ApiKeyStore for SqliteStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let k = key.clone();
-        let scopes = serde_json::to_string(&k.scopes)
-            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        let scopes = encode_scopes(&k.scopes)?;
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            if !org_is_live(&tx, k.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", k.org_id),
-                });
-            }
+            let tx = immediate(conn)?;
+            require_live_org(&tx, &k.org_id)?;
             let hash_taken = tx
                 .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
                 .and_then(|mut s| s.exists(params![k.hash.as_str()]))
@@ -89,25 +114,7 @@ impl ApiKeyStore for SqliteStore {
                     what: format!("api key {}", k.id),
                 });
             }
-            tx.prepare_cached(
-                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
-                                       expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    k.org_id.as_str(),
-                    k.id.as_str(),
-                    k.hash.as_str(),
-                    k.name,
-                    k.display_prefix,
-                    scopes,
-                    ts_text(k.created_at),
-                    k.expires_at.map(ts_text),
-                    k.revoked_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
+            insert_key(&tx, &k, &scopes)?;
             tx.commit().map_err(db)
         })
         .await
@@ -116,31 +123,11 @@ impl ApiKeyStore for SqliteStore {
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let hash = hash.as_str().to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT org, id, hash, name, display_prefix, scopes, created_at, expires_at,
-                        revoked_at, last_used_at
-                 FROM api_keys WHERE hash = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![hash], |r| {
-                    Ok(KeyRow {
-                        org: r.get(0)?,
-                        id: r.get(1)?,
-                        hash: r.get(2)?,
-                        name: r.get(3)?,
-                        prefix: r.get(4)?,
-                        scopes: r.get(5)?,
-                        created: r.get(6)?,
-                        expires: r.get(7)?,
-                        revoked: r.get(8)?,
-                        last_used: r.get(9)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db)?
-            .map(key_of)
-            .transpose()
+            conn.prepare_cached(&format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"))
+                .and_then(|mut s| s.query_row(params![hash], key_row).optional())
+                .map_err(db)?
+                .map(key_of)
+                .transpose()
         })
         .await
     }
@@ -171,9 +158,7 @@ impl ApiKeyStore for SqliteStore {
     ) -> Result<Option<ApiKey>, StoreError> {
         let (org, id, at) = (org.as_str().to_owned(), id.as_str().to_owned(), ts_text(at));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE api_keys SET revoked_at = ?3
                  WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
@@ -201,12 +186,9 @@ impl ApiKeyStore for SqliteStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
         let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
-        let scopes = serde_json::to_string(&new.scopes)
-            .map_err(|e| StoreError::Unavailable(format!("encoding scopes: {e}")))?;
+        let scopes = encode_scopes(&new.scopes)?;
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let org = new.org_id.as_str();
             let current = tx
                 .prepare_cached(&format!(
@@ -223,25 +205,7 @@ impl ApiKeyStore for SqliteStore {
             tx.prepare_cached("UPDATE api_keys SET expires_at = ?3 WHERE org = ?1 AND id = ?2")
                 .and_then(|mut s| s.execute(params![org, old, ts_text(expires)]))
                 .map_err(db)?;
-            tx.prepare_cached(
-                "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
-                                       expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org,
-                    new.id.as_str(),
-                    new.hash.as_str(),
-                    new.name,
-                    new.display_prefix,
-                    scopes,
-                    ts_text(new.created_at),
-                    new.expires_at.map(ts_text),
-                    new.revoked_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
+            insert_key(&tx, &new, &scopes)?;
             tx.commit().map_err(db)?;
             Ok(Some(ApiKey {
                 expires_at: Some(expires),
@@ -260,9 +224,7 @@ impl ApiKeyStore for SqliteStore {
         }
         let uses = uses.to_vec();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             {
                 let mut stmt = tx
                     .prepare_cached(

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -15,6 +15,33 @@ use super::*;
 
 pub(super) fn role_of(s: &str) -> Result<Role, StoreError> {
     Role::parse(s).ok_or_else(|| corrupt(format!("membership role {s:?}")))
+}
+
+/// The memberships a `SELECT <id>, role, created_at FROM memberships WHERE … = ?1` query
+/// finds for `key`, in the query's order; `ids` reads the row's id into the (org, user)
+/// pair. Listing an org's members and a user's memberships decode their rows alike.
+pub(super) fn query_memberships(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    key: &str,
+    ids: impl Fn(&str) -> Result<(OrgId, UserId), StoreError>,
+) -> Result<Vec<Membership>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt
+        .query_map(params![key], |r| <(String, String, String)>::try_from(r))
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, role, created) = row.map_err(db)?;
+        let (org_id, user_id) = ids(&id)?;
+        out.push(Membership {
+            org_id,
+            user_id,
+            role: role_of(&role)?,
+            created_at: parse_ts(&created)?,
+        });
+    }
+    Ok(out)
 }
 
 impl SqliteStore {
@@ -30,11 +57,7 @@ impl SqliteStore {
                 .and_then(|mut s| s.exists(params![id]))
                 .map_err(db)
         };
-        if !org_is_live(tx, m.org_id.as_str())? {
-            return Err(StoreError::NotFound {
-                what: format!("org {}", m.org_id),
-            });
-        }
+        require_live_org(tx, &m.org_id)?;
         if !exists("SELECT 1 FROM users WHERE id = ?1", m.user_id.as_str())? {
             return Err(StoreError::NotFound {
                 what: format!("user {}", m.user_id),
@@ -117,32 +140,13 @@ impl MemberStore for SqliteStore {
     async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
         let org_id = org.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user_id, role, created_at FROM memberships WHERE org = ?1
-                     ORDER BY created_at, user_id",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org_id.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (user, role, created) = row.map_err(db)?;
-                out.push(Membership {
-                    org_id: org_id.clone(),
-                    user_id: parse_id(&user, UserId::parse)?,
-                    role: role_of(&role)?,
-                    created_at: parse_ts(&created)?,
-                });
-            }
-            Ok(out)
+            query_memberships(
+                conn,
+                "SELECT user_id, role, created_at FROM memberships WHERE org = ?1
+                 ORDER BY created_at, user_id",
+                org_id.as_str(),
+                |user| Ok((org_id.clone(), parse_id(user, UserId::parse)?)),
+            )
         })
         .await
     }
@@ -150,9 +154,7 @@ impl MemberStore for SqliteStore {
     async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
         let m = m.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             Self::insert_member(&tx, &m)?;
             tx.commit().map_err(db)
         })
@@ -167,9 +169,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             rules::check_new_member(role)?;
             let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
                 return Ok(None);
@@ -190,9 +190,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
                 return Ok(None);
             };
@@ -213,9 +211,7 @@ impl MemberStore for SqliteStore {
     ) -> Result<Option<Org>, StoreError> {
         let (org, from, to) = (org.clone(), from.clone(), to.clone());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let owner: Option<String> = tx
                 .prepare_cached("SELECT owner_id FROM orgs WHERE id = ?1")
                 .and_then(|mut s| s.query_row(params![org.as_str()], |r| r.get(0)).optional())
@@ -269,9 +265,7 @@ impl MemberStore for SqliteStore {
             user.as_str().to_owned(),
         );
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             if read_project(&tx, &org, &project)?.is_none() {
                 return Err(StoreError::NotFound {
                     what: format!("project {project} in org {org}"),

@@ -7,12 +7,12 @@
 //! so of two month-close runs racing (two processes, or a rerun), the first report stored is
 //! the one both get back.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_REPORT_BODY_BYTES, StoreError, StoredReport};
+use tally_core::ports::{StoreError, StoredReport, check_report_body};
 
-use super::{SqliteStore, corrupt, db, month_key, parse_id, parse_ts, ts_text};
+use super::{SqliteStore, corrupt, db, immediate, month_key, parse_id, parse_ts, ts_text};
 
 /// Schema version 3: usage reports.
 pub(super) const SCHEMA_V3: &str = r#"
@@ -55,17 +55,10 @@ impl SqliteStore {
         &self,
         report: &StoredReport,
     ) -> Result<StoredReport, StoreError> {
-        if report.body.len() > MAX_REPORT_BODY_BYTES {
-            return Err(StoreError::Unavailable(format!(
-                "report body of {} bytes exceeds the {MAX_REPORT_BODY_BYTES}-byte limit",
-                report.body.len()
-            )));
-        }
+        check_report_body(&report.body)?;
         let report = report.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let org = report.org_id.as_str();
             let period = month_key(report.period);
             tx.prepare_cached(

@@ -7,12 +7,12 @@
 //! write transaction, so of two sync runs racing, the first result stored is the one both
 //! get back (and build on).
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{MAX_SYNC_VALUE_LEN, StoreError, SyncStep};
+use tally_core::ports::{StoreError, SyncStep, check_sync_value};
 
-use super::{SqliteStore, db, month_key};
+use super::{SqliteStore, db, immediate, month_key};
 
 /// Schema version 5: the Stripe sync ledger.
 pub(super) const SCHEMA_V5: &str = r#"
@@ -29,17 +29,6 @@ CREATE TABLE IF NOT EXISTS sync_customers (
 ) WITHOUT ROWID;
 "#;
 
-/// Refuses empty or over-long values, naming the field.
-pub(crate) fn check_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
-        return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     pub(super) async fn sync_record_step(
         &self,
@@ -48,13 +37,11 @@ impl SqliteStore {
         step: &str,
         result: &str,
     ) -> Result<String, StoreError> {
-        check_value("step", step)?;
-        check_value("result", result)?;
+        check_sync_value("step", step)?;
+        check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let period = month_key(period);
             tx.prepare_cached(
                 "INSERT INTO sync_steps (org, period, step, result) VALUES (?1, ?2, ?3, ?4)
@@ -125,12 +112,10 @@ impl SqliteStore {
         org: &OrgId,
         customer: &str,
     ) -> Result<String, StoreError> {
-        check_value("customer", customer)?;
+        check_sync_value("customer", customer)?;
         let (org, customer) = (org.as_str().to_owned(), customer.to_owned());
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "INSERT INTO sync_customers (org, customer) VALUES (?1, ?2)
                  ON CONFLICT (org) DO NOTHING",

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::*;
@@ -57,20 +57,7 @@ pub(super) fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, Store
     conn.prepare_cached(
         "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
     )
-    .and_then(|mut s| {
-        s.query_row(params![id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()
-    })
+    .and_then(|mut s| s.query_row(params![id], |r| r.try_into()).optional())
     .map_err(db)?
     .map(org_of)
     .transpose()
@@ -82,14 +69,7 @@ pub(super) type ProjectRow = (String, String, String, String, String, Option<Str
 pub(super) const PROJECT_COLS: &str = "org, id, name, slug, created_at, archived_at";
 
 pub(super) fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    r.try_into()
 }
 
 pub(super) fn project_of(
@@ -126,11 +106,20 @@ pub(super) fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreEr
         .map_err(db)
 }
 
-/// Whether the org exists and is not deleted (what adding anything to it needs).
-pub(super) fn org_is_live(conn: &Connection, org: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
-        .and_then(|mut s| s.exists(params![org]))
-        .map_err(db)
+/// `NotFound` unless the org exists and is not deleted: what adding anything to it needs,
+/// refused the same way for members, projects, keys and invitations.
+pub(super) fn require_live_org(conn: &Connection, org: &OrgId) -> Result<(), StoreError> {
+    let live = conn
+        .prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
+        .and_then(|mut s| s.exists(params![org.as_str()]))
+        .map_err(db)?;
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound {
+            what: format!("org {org}"),
+        })
+    }
 }
 
 #[async_trait]
@@ -140,9 +129,7 @@ impl UserStore for SqliteStore {
         let email = candidate.email.to_lowercase();
         let created = ts_text(candidate.created_at);
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let existing = tx
                 .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE email = ?1"))
                 .and_then(|mut s| s.query_row(params![email], user_row).optional())
@@ -188,31 +175,12 @@ impl UserStore for SqliteStore {
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         let user_id = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT org, role, created_at FROM memberships WHERE user_id = ?1 ORDER BY org",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![user_id.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (org, role, created) = row.map_err(db)?;
-                out.push(Membership {
-                    org_id: parse_id(&org, OrgId::parse)?,
-                    user_id: user_id.clone(),
-                    role: role_of(&role)?,
-                    created_at: parse_ts(&created)?,
-                });
-            }
-            Ok(out)
+            members::query_memberships(
+                conn,
+                "SELECT org, role, created_at FROM memberships WHERE user_id = ?1 ORDER BY org",
+                user_id.as_str(),
+                |org| Ok((parse_id(org, OrgId::parse)?, user_id.clone())),
+            )
         })
         .await
     }
@@ -223,9 +191,7 @@ impl OrgStore for SqliteStore {
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         let org = org.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let owner_known = tx
                 .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
                 .and_then(|mut s| s.exists(params![org.owner_id.as_str()]))
@@ -311,9 +277,7 @@ impl OrgStore for SqliteStore {
         let id = id.as_str().to_owned();
         let (name, plan) = (changes.name.clone(), changes.plan.map(|p| p.as_str()));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE orgs SET name = coalesce(?2, name), plan = coalesce(?3, plan) WHERE id = ?1",
             )
@@ -329,9 +293,7 @@ impl OrgStore for SqliteStore {
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
         let (id, at) = (id.as_str().to_owned(), ts_text(at));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             let marked = tx
                 .prepare_cached(
                     "UPDATE orgs SET deleted_at = coalesce(deleted_at, ?2) WHERE id = ?1",
@@ -359,14 +321,8 @@ impl ProjectStore for SqliteStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         let p = project.clone();
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            if !org_is_live(&tx, p.org_id.as_str())? {
-                return Err(StoreError::NotFound {
-                    what: format!("org {}", p.org_id),
-                });
-            }
+            let tx = immediate(conn)?;
+            require_live_org(&tx, &p.org_id)?;
             let slug_taken = tx
                 .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2")
                 .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.slug]))
@@ -441,9 +397,7 @@ impl ProjectStore for SqliteStore {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = immediate(conn)?;
             tx.prepare_cached(
                 "UPDATE projects SET name = coalesce(?3, name),
                                      archived_at = coalesce(archived_at, ?4)

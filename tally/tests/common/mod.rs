@@ -121,18 +121,7 @@ impl Env {
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the parsed stdout, panicking
     /// with the stderr if it failed.
     pub fn cli(&self, args: &[&str]) -> Value {
-        let out = self.cli_raw(args);
-        assert!(
-            out.status.success(),
-            "tally {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "tally {args:?} printed non-JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.cli_env(args, &[])
     }
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
@@ -251,6 +240,35 @@ pub async fn usage(
             )
         })
         .collect()
+}
+
+/// Waits (up to 30 s) until the org's compute minutes of `month` (`YYYY-MM`), read with
+/// `key`, are `want`: how a scenario knows its posted usage has been counted.
+pub async fn wait_for_month(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    key: &str,
+    month: &str,
+    want: &str,
+) {
+    let m = Month::parse(month).unwrap();
+    let query = format!(
+        "meter=compute_minutes&granularity=month&from={}&to={}",
+        m.start().format("%Y-%m-%d"),
+        m.end().format("%Y-%m-%d")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = usage(client, server, key, &query).await;
+        if got.first().map(|(_, v)| v.as_str()) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{month} never reached {want}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One event as the test posts it, with what it should add.

@@ -10,8 +10,11 @@ use serde_json::{Map, Value};
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::{Event, Quantity};
 use tally_core::fold::{self, Delta};
-use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
+use tally_core::ids::{EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::Aggregation;
+use tally_core::plan::PlanId;
+use tally_core::ports::{OrgStore, UserStore};
+use tally_core::tenant::{Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
 pub fn random_hex() -> String {
@@ -54,6 +57,27 @@ pub fn aggregation_of(meter: &str) -> Aggregation {
             property: "user".into(),
         },
         _ => Aggregation::Sum,
+    }
+}
+
+/// One test meter of each aggregation [`aggregation_of`] knows, for streams that mix them.
+pub const MIXED_METERS: [&str; 5] = [
+    "compute_minutes",
+    "requests",
+    "storage_bytes",
+    "temperature",
+    "active_users",
+];
+
+/// A die for random streams: each call answers a number below its argument, from an
+/// xorshift with a random seed (cheap, and no generator type to thread through a test).
+pub fn dice() -> impl FnMut(u64) -> u64 {
+    let mut x = rand::random::<u64>() | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
     }
 }
 
@@ -101,4 +125,39 @@ pub fn expected_counters(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal>
             (key.to_owned_key(), value)
         })
         .collect()
+}
+
+/// Creates the user `email` (id from `seeds.0`) and an org named `name` it owns (id from
+/// `seeds.1`, its slug the name in lower case, on `plan`), both at `at`: how tests that need
+/// a tenant begin. Returns the org as created.
+pub async fn create_owned_org<S>(
+    store: &S,
+    seeds: (u8, u8),
+    email: &str,
+    name: &str,
+    plan: PlanId,
+    at: DateTime<Utc>,
+) -> Org
+where
+    S: UserStore + OrgStore + ?Sized,
+{
+    let owner = store
+        .ensure_user(&User {
+            id: UserId::from_random([seeds.0; 16]),
+            email: email.into(),
+            created_at: at,
+        })
+        .await
+        .unwrap();
+    let org = Org {
+        id: OrgId::from_random([seeds.1; 16]),
+        name: name.into(),
+        slug: name.to_lowercase(),
+        plan,
+        owner_id: owner.id,
+        created_at: at,
+        deleted_at: None,
+    };
+    store.create_org(&org).await.unwrap();
+    org
 }

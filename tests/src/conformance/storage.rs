@@ -30,7 +30,8 @@ use tally_core::tenant::{
 };
 
 use super::fixtures::{
-    dec, event, expected_counters, fresh_org, fresh_project, random_hex, ts, with_prop,
+    MIXED_METERS, dec, dice, event, expected_counters, fresh_org, fresh_project, random_hex, ts,
+    with_prop,
 };
 
 /// Makes handles onto one backing store.
@@ -2109,20 +2110,8 @@ pub async fn stored_counters_agree_with_a_fold_of_the_ledger<F: StoreFactory>(f:
     let s = f.open().await;
     let org = fresh_org();
     let projects = [fresh_project(), fresh_project()];
-    let meters = [
-        "compute_minutes",
-        "requests",
-        "storage_bytes",
-        "temperature",
-        "active_users",
-    ];
-    let mut rng_state = rand::random::<u64>() | 1;
-    let mut next = move |n: u64| {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        rng_state % n
-    };
+    let meters = MIXED_METERS;
+    let mut next = dice();
     let mut stream = Vec::new();
     for i in 0..300u64 {
         // About one in five is a resend of an earlier id (maybe with other content).
