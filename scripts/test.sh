@@ -3,6 +3,8 @@
 # then every unit, property, conformance and end-to-end test, on SQLite and on the AWS
 # emulator. It installs the pinned emulator (moto[server] 5.2.5, cached in .cache/venv),
 # starts it (through scripts/moto_serial.py) on a free loopback port, and stops it by PID when the tests end, pass or fail.
+# It also checks the OpenAPI document of a running `tally serve` with openapi-spec-validator
+# and schemathesis (scripts/openapi_check.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +52,23 @@ if ! tools_ready; then
   tools_pid=$!
 fi
 
+# The OpenAPI checkers (openapi-spec-validator, schemathesis) in their own cached venv, also
+# in the background; about 30 s on a fresh machine.
+OAS_VALIDATOR_VERSION=0.9.0
+SCHEMATHESIS_VERSION=4.32.5
+OAS=.cache/oas-venv
+oas_ready() {
+  [ -x "$OAS/bin/openapi-spec-validator" ] && [ -x "$OAS/bin/schemathesis" ] &&
+    "$OAS/bin/python" -c "import importlib.metadata as m, sys; sys.exit(not (m.version('openapi-spec-validator') == '$OAS_VALIDATOR_VERSION' and m.version('schemathesis') == '$SCHEMATHESIS_VERSION'))" 2>/dev/null
+}
+oas_pid=""
+if ! oas_ready; then
+  step "installing openapi-spec-validator==$OAS_VALIDATOR_VERSION schemathesis==$SCHEMATHESIS_VERSION into $OAS (background)"
+  ( rm -rf "$OAS" && python3 -m venv "$OAS" && "$OAS/bin/pip" install --quiet --disable-pip-version-check \
+      "openapi-spec-validator==$OAS_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" ) > .cache/oas-pip.log 2>&1 &
+  oas_pid=$!
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -80,6 +99,16 @@ AWS_REGION=us-east-1 "$TOOLS/bin/cfn-lint" template.yaml
 
 step "sam validate --lint"
 AWS_REGION=us-east-1 SAM_CLI_TELEMETRY=0 "$TOOLS/bin/sam" validate --lint --template template.yaml
+
+if [ -n "$oas_pid" ]; then
+  step "waiting for the OpenAPI tools install"
+  wait "$oas_pid" || { echo "installing openapi-spec-validator/schemathesis failed:" >&2; cat .cache/oas-pip.log >&2; exit 1; }
+fi
+oas_ready || { echo "openapi-spec-validator/schemathesis are not usable in $OAS" >&2; cat .cache/oas-pip.log >&2 || true; exit 1; }
+
+# `cargo test --no-run` built the binary the tally crate's end-to-end tests run.
+step "OpenAPI: openapi-spec-validator and schemathesis against tally serve"
+python3 scripts/openapi_check.py "${CARGO_TARGET_DIR:-target}/debug/tally" "$OAS"
 
 step "docker-compose.yml (syntax, built or pinned images)"
 "$TOOLS/bin/python" scripts/check_compose.py docker-compose.yml

@@ -13,7 +13,7 @@
 //! answer is `404` either way, so nobody learns which tokens once existed.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -30,7 +30,8 @@ use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::{check_user_limit, grantable_role};
 use crate::mgmt::{
-    Audit, Change, MgmtError, RequestMeta, body, change, field_error, path_error, random, to_json,
+    Audit, Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error,
+    random, to_json,
 };
 use crate::roles::Action;
 
@@ -121,7 +122,7 @@ pub(crate) async fn create_invitation(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<CreateInvitation>, JsonRejection>,
+    payload: Result<JsonObject<CreateInvitation>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = "invitations".to_owned();
@@ -247,10 +248,10 @@ pub(crate) async fn accept_invitation(
     State(state): State<ApiState>,
     caller: Caller,
     meta: RequestMeta,
-    payload: Result<Json<AcceptInvitation>, JsonRejection>,
+    payload: Result<JsonObject<AcceptInvitation>, MgmtError>,
 ) -> Result<(StatusCode, Json<Membership>), MgmtError> {
     let req = body(payload)?;
-    if req.token.is_empty() || req.token.len() > MAX_INVITATION_TOKEN_LEN {
+    if req.token.is_empty() || req.token.chars().count() > MAX_INVITATION_TOKEN_LEN {
         return Err(ApiError::bad_request(
             "invalid_field",
             "token",

@@ -8,7 +8,7 @@
 //! authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -20,7 +20,9 @@ use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, che
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{Change, MgmtError, RequestMeta, body, change, field_error, path_error, random};
+use crate::mgmt::{
+    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error, random,
+};
 use crate::roles::Action;
 use crate::usage::parse_instant;
 
@@ -153,7 +155,7 @@ pub(crate) async fn create_key(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<CreateKey>, JsonRejection>,
+    payload: Result<JsonObject<CreateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedKey>), MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = "keys".to_owned();
@@ -259,8 +261,29 @@ pub(crate) async fn revoke_key(
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// How long the old key keeps working, in seconds (default a day, at most 30 days).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub overlap_seconds: Option<u32>,
+}
+
+/// A whole number of seconds as JSON Schema reads an integer (`3600` or `3600.0`, never
+/// `3600.5`), so what the OpenAPI document calls an integer is one here too; `null` is the
+/// default.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match n.as_u64() {
+        Some(u) => Some(u),
+        None => n
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+            .map(|f| f as u64),
+    };
+    whole
+        .and_then(|u| u32::try_from(u).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number of seconds, got {n}")))
 }
 
 /// `POST /v1/orgs/{org_id}/keys/{key_id}/rotate` answer.
@@ -281,7 +304,7 @@ pub(crate) async fn rotate_key(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<(String, String)>, PathRejection>,
-    payload: Result<Json<RotateKey>, JsonRejection>,
+    payload: Result<JsonObject<RotateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<RotatedKey>), MgmtError> {
     let Path((org, key)) = path.map_err(path_error)?;
     let resource = format!("key:{key}");

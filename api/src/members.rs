@@ -8,7 +8,7 @@
 //! `crate::mgmt::change`, which authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use tally_core::tenant::{Membership, Org, Role};
 use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
-use crate::mgmt::{Change, MgmtError, RequestMeta, body, change, path_error};
+use crate::mgmt::{Change, JsonObject, MgmtError, RequestMeta, body, change, path_error};
 use crate::roles::Action;
 
 /// One member as listed.
@@ -145,7 +145,7 @@ pub(crate) async fn add_member(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<AddMember>, JsonRejection>,
+    payload: Result<JsonObject<AddMember>, MgmtError>,
 ) -> Result<(StatusCode, Json<MemberView>), MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = "members".to_owned();
@@ -204,7 +204,7 @@ pub(crate) async fn update_member(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<(String, String)>, PathRejection>,
-    payload: Result<Json<UpdateMember>, JsonRejection>,
+    payload: Result<JsonObject<UpdateMember>, MgmtError>,
 ) -> Result<Json<MemberView>, MgmtError> {
     let Path((org, user)) = path.map_err(path_error)?;
     let resource = format!("member:{user}");

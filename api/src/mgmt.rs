@@ -17,11 +17,12 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tally_core::ids::OrgId;
 use tally_core::ports::StoreError;
@@ -337,15 +338,38 @@ pub(crate) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", "path", e.body_text())
 }
 
+/// A management request's JSON body: a JSON object (never an array, which serde would
+/// otherwise read field by field, so `[null, null]` would pass for `{}`), deserialized into
+/// `T`. Handlers take it as `Result<JsonObject<T>, MgmtError>` and unwrap it with [`body`]
+/// where the refusal is audited.
+pub(crate) struct JsonObject<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonObject<T> {
+    type Rejection = MgmtError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, MgmtError> {
+        let invalid = |message: String| {
+            MgmtError::Api(ApiError::bad_request(
+                "invalid_body",
+                "body",
+                format!("the body is not the expected JSON: {message}"),
+            ))
+        };
+        let Json(value) = Json::<Value>::from_request(req, state)
+            .await
+            .map_err(|e: JsonRejection| invalid(e.body_text()))?;
+        if !value.is_object() {
+            return Err(invalid("it must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(JsonObject)
+            .map_err(|e| invalid(e.to_string()))
+    }
+}
+
 /// The JSON body, or the `400` (`invalid_body`) of one that is not the expected JSON.
-pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, MgmtError> {
-    b.map(|Json(v)| v).map_err(|e| {
-        MgmtError::Api(ApiError::bad_request(
-            "invalid_body",
-            "body",
-            format!("the body is not the expected JSON: {}", e.body_text()),
-        ))
-    })
+pub(crate) fn body<T>(b: Result<JsonObject<T>, MgmtError>) -> Result<T, MgmtError> {
+    b.map(|JsonObject(v)| v)
 }
 
 /// The `400` (`invalid_field`) of a field core's checks refused.

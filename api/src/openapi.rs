@@ -142,8 +142,7 @@ fn get_usage() -> Value {
             "content": {"application/json": {"schema": schema_ref("UsageResponse")}},
         }),
     );
-    let instant =
-        json!({"type": "string", "description": "RFC 3339, or YYYY-MM-DD (midnight UTC)"});
+    let instant = instant_schema();
     json!({
         "operationId": "getUsage",
         "summary": "Read a usage counter series",
@@ -153,7 +152,7 @@ fn get_usage() -> Value {
         ),
         "security": [{"apiKey": []}, {"userToken": []}],
         "parameters": [
-            param("meter", true, "The meter.", json!({"type": "string"})),
+            param("meter", true, "The meter: one of the org's meters (another is 400 `unknown_meter`).", json!({"type": "string", "minLength": 1})),
             param("granularity", false, "Bucket width; default day.", json!({"type": "string", "enum": ["month", "day", "hour"], "default": "day"})),
             param("from", false, "Inclusive start; default the start of the current month (or of the month before `to`).", instant.clone()),
             param("to", false, "Exclusive end; default now.", instant),
@@ -197,6 +196,29 @@ fn accept_invitation() -> Value {
         "security": [{"userToken": []}],
         "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("AcceptInvitation")}}},
         "responses": responses,
+    })
+}
+
+/// An instant of a query: RFC 3339 or a date (midnight UTC), as `parse_instant` reads it.
+fn instant_schema() -> Value {
+    json!({
+        "description": "RFC 3339, or YYYY-MM-DD (midnight UTC)",
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+        ],
+    })
+}
+
+/// A display name as `tally_core::tenant::check_name` accepts it: 1–200 characters, not
+/// only whitespace, no control characters.
+fn name_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": tally_core::tenant::MAX_NAME_LEN,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        "description": "1–200 characters, not only whitespace, no control characters.",
     })
 }
 
@@ -379,9 +401,9 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                         "from",
                         false,
                         "Records at or after (RFC 3339 or YYYY-MM-DD).",
-                        json!({"type": "string"}),
+                        instant_schema(),
                     ),
-                    param("to", false, "Records before.", json!({"type": "string"})),
+                    param("to", false, "Records before.", instant_schema()),
                     param(
                         "user",
                         false,
@@ -410,7 +432,7 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                         "cursor",
                         false,
                         "The `next_cursor` of the previous page.",
-                        json!({"type": "string"}),
+                        json!({"type": "string", "pattern": "^[0-9]{20}#[A-Za-z0-9_]{0,64}$"}),
                     ),
                 ],
             ),
@@ -499,13 +521,18 @@ fn management_schemas() -> Value {
         "CreatedInvitation": {"type": "object", "required": created_required, "properties": created_invitation},
         "InvitationsResponse": {"type": "object", "required": ["invitations"], "properties": {"invitations": {"type": "array", "items": schema_ref("InvitationView")}}},
         "CreateInvitation": {"type": "object", "required": ["email", "role"], "additionalProperties": false, "properties": {
-            "email": {"type": "string", "maxLength": 254}, "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
+            "email": {
+                "type": "string",
+                "maxLength": tally_core::tenant::MAX_EMAIL_LEN,
+                "pattern": "^[^@\\s\\u0000-\\u001f\\u007f-\\u009f]+@[^@\\s.\\u0000-\\u001f\\u007f-\\u009f][^@\\s\\u0000-\\u001f\\u007f-\\u009f]*\\.[^@\\s\\u0000-\\u001f\\u007f-\\u009f]*[^@\\s.\\u0000-\\u001f\\u007f-\\u009f]$",
+                "description": "An email address: one `@`, a dotted domain, no whitespace or control characters; at most 254 bytes of UTF-8."},
+            "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
         "AddProjectMember": {"type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
             "user_id": {"type": "string", "description": "A member of the org."}}},
         "ProjectMemberView": {"type": "object", "required": ["project_id", "user_id"], "properties": {
             "project_id": {"type": "string"}, "user_id": {"type": "string"}}},
         "AcceptInvitation": {"type": "object", "required": ["token"], "additionalProperties": false, "properties": {
-            "token": {"type": "string", "maxLength": 128}}},
+            "token": {"type": "string", "minLength": 1, "maxLength": 128}}},
         "Membership": {"type": "object", "required": ["org_id", "user_id", "role", "created_at"], "properties": {
             "org_id": {"type": "string"}, "user_id": {"type": "string"},
             "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}, "created_at": ts}},
@@ -516,9 +543,9 @@ fn management_schemas() -> Value {
             "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]},
             "owner_id": {"type": "string"}, "created_at": ts,
             "deleted_at": {"type": "string", "format": "date-time", "description": "When it was deleted; absent while it is live."}}},
-        "UpdateOrg": {"type": "object", "additionalProperties": false, "properties": {
-            "name": {"type": "string", "maxLength": 200},
-            "plan": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]}}},
+        "UpdateOrg": {"type": "object", "additionalProperties": false, "description": "Absent or null fields are left as they are.", "properties": {
+            "name": {"anyOf": [name_schema(), {"type": "null"}]},
+            "plan": {"type": ["string", "null"], "enum": ["free", "starter", "pro", "enterprise", null]}}},
         "TransferOwnership": {"type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
             "user_id": {"type": "string", "description": "A member of the org."}}},
         "MyOrg": {"type": "object", "required": ["org", "role"], "properties": {
@@ -535,14 +562,14 @@ fn management_schemas() -> Value {
             "id": {"type": "string"}, "org_id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"}, "created_at": ts,
             "archived_at": {"type": "string", "format": "date-time", "description": "When it was archived; absent while it is active."}}},
         "UpdateProject": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": {"type": "string", "maxLength": 200}}},
+            "name": name_schema()}},
         "ProjectsResponse": {"type": "object", "required": ["projects"], "properties": {"projects": {"type": "array", "items": schema_ref("Project")}}},
         "CreateProject": {"type": "object", "required": ["name", "slug"], "additionalProperties": false, "properties": {
-            "name": {"type": "string", "maxLength": 200}, "slug": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}}},
+            "name": name_schema(), "slug": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}}},
         "KeyView": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at"], "properties": key_view},
         "CreatedKey": {"type": "object", "required": ["id", "org_id", "name", "display_prefix", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at", "key"], "properties": created_key},
         "RotateKey": {"type": "object", "additionalProperties": false, "properties": {
-            "overlap_seconds": {"type": "integer", "minimum": 0, "maximum": 2_592_000, "default": 86_400, "description": "How long the old key keeps working."}}},
+            "overlap_seconds": {"type": ["integer", "null"], "minimum": 0, "maximum": 2_592_000, "default": 86_400, "description": "How long the old key keeps working (null: the default)."}}},
         "RotatedKey": {"type": "object", "required": ["key", "previous"], "properties": {
             "key": {"type": "string", "description": "The new secret, shown this once."},
             "new": schema_ref("KeyView"), "previous": schema_ref("KeyView")}},
@@ -557,8 +584,8 @@ fn management_schemas() -> Value {
             "percent_used": {"type": "string", "description": "value / included × 100, two decimals; absent without an allowance."}}},
         "KeysResponse": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": schema_ref("KeyView")}}},
         "CreateKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["events:write", "usage:read"]}},
-            "expires_at": {"type": "string", "format": "date-time"}, "test": {"type": "boolean", "default": false}}},
+            "name": name_schema(), "scopes": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string", "enum": ["events:write", "usage:read"]}, "description": "At least one scope; absent or null: both."},
+            "expires_at": {"anyOf": [instant_schema(), {"type": "null"}], "description": "When the key stops working (RFC 3339 or YYYY-MM-DD); absent or null: never."}, "test": {"type": "boolean", "default": false}}},
         "AuditRecord": {"type": "object", "required": ["id", "org_id", "actor", "action", "resource", "outcome", "at"], "properties": {
             "id": {"type": "string"}, "org_id": {"type": "string"},
             "actor": {"type": "string", "description": "A user id, `apikey:<id>`, or `cli`."},

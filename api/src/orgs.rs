@@ -10,7 +10,7 @@
 //! [`crate::projects`], [`crate::keys`], [`crate::audit`]).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,9 @@ use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{Change, MgmtError, RequestMeta, body, change, field_error, path_error};
+use crate::mgmt::{
+    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error,
+};
 use crate::projects::active_projects;
 use crate::roles::Action;
 
@@ -101,7 +103,7 @@ pub(crate) async fn update_org(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<UpdateOrg>, JsonRejection>,
+    payload: Result<JsonObject<UpdateOrg>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
@@ -217,7 +219,7 @@ pub(crate) async fn transfer_ownership(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<TransferOwnership>, JsonRejection>,
+    payload: Result<JsonObject<TransferOwnership>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");

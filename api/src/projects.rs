@@ -8,7 +8,7 @@
 //! their audit record.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,9 @@ use crate::ApiState;
 use crate::auth::{Authorized, Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{Change, MgmtError, RequestMeta, body, change, field_error, path_error, random};
+use crate::mgmt::{
+    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error, random,
+};
 use crate::roles::Action;
 
 /// `GET /v1/orgs/{org_id}/projects` answer.
@@ -117,7 +119,7 @@ pub(crate) async fn create_project(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<String>, PathRejection>,
-    payload: Result<Json<CreateProject>, JsonRejection>,
+    payload: Result<JsonObject<CreateProject>, MgmtError>,
 ) -> Result<(StatusCode, Json<Project>), MgmtError> {
     let Path(org) = path.map_err(path_error)?;
     let resource = "projects".to_owned();
@@ -180,7 +182,7 @@ pub(crate) async fn update_project(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<(String, String)>, PathRejection>,
-    payload: Result<Json<UpdateProject>, JsonRejection>,
+    payload: Result<JsonObject<UpdateProject>, MgmtError>,
 ) -> Result<Json<Project>, MgmtError> {
     let Path((org, project)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");
@@ -283,7 +285,7 @@ pub(crate) async fn add_project_member(
     caller: Caller,
     meta: RequestMeta,
     path: Result<Path<(String, String)>, PathRejection>,
-    payload: Result<Json<AddProjectMember>, JsonRejection>,
+    payload: Result<JsonObject<AddProjectMember>, MgmtError>,
 ) -> Result<(StatusCode, Json<ProjectMemberView>), MgmtError> {
     let Path((org, project)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");

@@ -1826,3 +1826,67 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
     .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
 }
+
+/// What schemathesis found against the OpenAPI document (scripts/openapi_check.py): a body
+/// must be a JSON object (serde alone reads `[null, null]` as `{}`), an integer the document
+/// allows may be spelled `60.0`, and the invitation token's limit counts characters.
+#[tokio::test]
+async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters() {
+    let mem = world(PlanId::Starter).await;
+    let owner = token(&a_user(Role::Owner));
+    let array = call(
+        &mem,
+        "PATCH",
+        "/v1/orgs/org_a",
+        Some(&owner),
+        Some(json!([null, null])),
+    )
+    .await;
+    assert_eq!(array.status, StatusCode::BAD_REQUEST, "{}", array.text);
+    assert_eq!(array.json["error"]["code"], "invalid_body");
+    assert_eq!(array.json["error"]["field"], "body");
+
+    let half = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/keys/key_alpha1/rotate",
+        Some(&owner),
+        Some(json!({"overlap_seconds": 60.5})),
+    )
+    .await;
+    assert_eq!(half.status, StatusCode::BAD_REQUEST, "{}", half.text);
+    let whole = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/keys/key_alpha1/rotate",
+        Some(&owner),
+        Some(json!({"overlap_seconds": 60.0})),
+    )
+    .await;
+    assert_eq!(whole.status, StatusCode::CREATED, "{}", whole.text);
+
+    // 128 characters of 2 bytes each: within the documented 1–128, so an unknown token (404).
+    let long = call(
+        &mem,
+        "POST",
+        "/v1/invitations/accept",
+        Some(&owner),
+        Some(json!({"token": "é".repeat(128)})),
+    )
+    .await;
+    assert_eq!(long.status, StatusCode::NOT_FOUND, "{}", long.text);
+    let too_long = call(
+        &mem,
+        "POST",
+        "/v1/invitations/accept",
+        Some(&owner),
+        Some(json!({"token": "é".repeat(129)})),
+    )
+    .await;
+    assert_eq!(
+        too_long.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        too_long.text
+    );
+}

@@ -144,11 +144,25 @@ fn post_events() -> Value {
         "requestBody": {
             "required": true,
             "content": {
-                "application/json": {"schema": {"oneOf": [schema_ref("Event"), schema_ref("EventBatch")]}},
-                "application/cloudevents+json": {"schema": schema_ref("CloudEvent")},
+                // What is answered 202, not only what is accepted: an event that is not a
+                // valid `Event` is a rejection inside the 202 (one bad event never sinks a
+                // batch), so the body schemas admit it; only the body's shape is a 400.
+                "application/json": {"schema": {"anyOf": [
+                    schema_ref("Event"),
+                    schema_ref("EventBatch"),
+                    {
+                        "type": "object",
+                        "not": {"required": ["events"]},
+                        "description": "Any other object is taken as one event and, if it is not a valid Event, answered 202 with its rejection.",
+                    },
+                ]}},
+                "application/cloudevents+json": {"schema": {"anyOf": [
+                    schema_ref("CloudEvent"),
+                    {"type": "object", "description": "Any other object is one event, answered 202 with its rejection."},
+                ]}},
                 "application/cloudevents-batch+json": {"schema": {
                     "type": "array",
-                    "items": schema_ref("CloudEvent"),
+                    "items": {"anyOf": [schema_ref("CloudEvent"), {"description": "Any other JSON value is rejected alone, in `rejected`."}]},
                     "minItems": 1,
                     "maxItems": MAX_BATCH_EVENTS,
                 }},
@@ -193,7 +207,8 @@ fn components() -> Value {
                 "properties": {
                     "events": {
                         "type": "array",
-                        "items": schema_ref("Event"),
+                        "description": "Events; an item that is not a valid Event (any JSON value) is rejected alone, in `rejected`, never the batch.",
+                        "items": {"anyOf": [schema_ref("Event"), {"description": "Any other JSON value: a rejection in the 202."}]},
                         "minItems": 1,
                         "maxItems": MAX_BATCH_EVENTS,
                     },
@@ -234,7 +249,8 @@ fn error_body_schema() -> Value {
             "field": {"type": "string", "description": "The offending field (`body`, `events`, `quantity`, `data.quantity`, ...), when one is to blame."},
             "meter": {"type": "string", "description": "plan_limit_exceeded: the meter whose allowance is used up."},
             "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "description": "plan_limit_exceeded: the month of the allowance."},
-            "limit": {"type": "string", "description": "plan_limit_exceeded: the plan's monthly allowance (decimal string)."},
+            "limit": {"type": ["string", "integer"], "description": "plan_limit_exceeded: the plan's monthly allowance of the meter (decimal string); or, for a plan's project or user limit (403, `field` `projects` or `users`), that limit (integer)."},
+            "count": {"type": "integer", "minimum": 0, "description": "plan_limit_exceeded for a project or user limit (403): how many the org has."},
             "usage": {"type": "string", "description": "plan_limit_exceeded: the org's usage in that month (decimal string)."},
         },
     })
