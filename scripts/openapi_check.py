@@ -63,9 +63,23 @@ def step(msg):
     print(f"\n--- {msg} ({time.strftime('%H:%M:%S', time.gmtime())})", flush=True)
 
 
+def child_env():
+    """The environment of every tally process this check starts: the caller's, without any
+    TALLY_* setting (a TALLY_STORE, TALLY_QUEUE, TALLY_CATALOGUE or TALLY_NOW in the shell
+    must not point the fuzzing, which deletes its org, at another backend), with the log
+    filter that prints the "listening on" line this script waits for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env["TALLY_LOG"] = "warn,tally=info"
+    return env
+
+
 def cli(tally, data, *args):
     out = subprocess.run(
-        [tally, *args, "--data", data, "--json"], check=True, capture_output=True, text=True
+        [tally, *args, "--data", data, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=child_env(),
     )
     return json.loads(out.stdout)
 
@@ -76,22 +90,29 @@ def start_server(tally, data, log_path):
         [tally, "serve", "--addr", "127.0.0.1:0", "--data", data, "--no-billing-scheduler"],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn,tally=info")},
+        env=child_env(),
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"tally serve exited ({proc.returncode}):\n{open(log_path).read()}")
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", open(log_path).read())
-        if m:
-            base = m.group(1)
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                return proc, base
-            except OSError:
-                pass
-        time.sleep(0.1)
-    raise SystemExit(f"tally serve did not answer within 30 s:\n{open(log_path).read()}")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"tally serve exited ({proc.returncode}):\n{open(log_path).read()}"
+                )
+            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", open(log_path).read())
+            if m:
+                base = m.group(1)
+                try:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
+                    return proc, base
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise SystemExit(f"tally serve did not answer within 30 s:\n{open(log_path).read()}")
+    except BaseException:
+        # The caller's `finally` never sees a server that did not come up: stop it here.
+        stop_server(proc)
+        raise
 
 
 def stop_server(proc):

@@ -25,6 +25,17 @@ moto_ready() {
     [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ]
 }
 
+# Background installs still running when the script stops early (a failed fmt, clippy or
+# build) are stopped, children first, so a rerun never races an old pip in the same venv.
+bg_pids=()
+stop_background() {
+  for p in "${bg_pids[@]}"; do
+    pkill -P "$p" 2>/dev/null || true
+    kill "$p" 2>/dev/null || true
+  done
+}
+trap stop_background EXIT
+
 # Install the emulator in the background while cargo compiles; pip needs no CPU to speak of.
 install_pid=""
 if ! moto_ready; then
@@ -33,6 +44,7 @@ if ! moto_ready; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ) \
     > .cache/pip.log 2>&1 &
   install_pid=$!
+  bg_pids+=("$install_pid")
 fi
 
 # The template checkers (cfn-lint, sam validate --lint) in their own cached venv, also in the
@@ -50,6 +62,7 @@ if ! tools_ready; then
   ( python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install --quiet --disable-pip-version-check \
       "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION" ) > .cache/tools-pip.log 2>&1 &
   tools_pid=$!
+  bg_pids+=("$tools_pid")
 fi
 
 # The OpenAPI checkers (openapi-spec-validator, schemathesis) in their own cached venv, also
@@ -67,6 +80,7 @@ if ! oas_ready; then
   ( rm -rf "$OAS" && python3 -m venv "$OAS" && "$OAS/bin/pip" install --quiet --disable-pip-version-check \
       "openapi-spec-validator==$OAS_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" ) > .cache/oas-pip.log 2>&1 &
   oas_pid=$!
+  bg_pids+=("$oas_pid")
 fi
 
 step "cargo fmt --check"
@@ -121,7 +135,7 @@ step "starting moto on 127.0.0.1:$port"
 "$VENV/bin/python" scripts/moto_serial.py -H 127.0.0.1 -p "$port" > .cache/moto.log 2>&1 &
 moto_pid=$!
 stop_moto() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; }
-trap stop_moto EXIT
+trap 'stop_moto; stop_background' EXIT
 for _ in $(seq 1 200); do
   if ! kill -0 "$moto_pid" 2>/dev/null; then
     echo "moto exited before answering:" >&2

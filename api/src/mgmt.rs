@@ -355,13 +355,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonObject<T> {
                 format!("the body is not the expected JSON: {message}"),
             ))
         };
-        let Json(value) = Json::<Value>::from_request(req, state)
+        // Kept as text, not a `Value`: deserializing `T` from the text keeps serde's refusal
+        // of a field given twice, which a `Value` would have settled as "the last one wins".
+        let Json(raw) = Json::<Box<serde_json::value::RawValue>>::from_request(req, state)
             .await
             .map_err(|e: JsonRejection| invalid(e.body_text()))?;
-        if !value.is_object() {
+        if !raw.get().trim_start().starts_with('{') {
             return Err(invalid("it must be a JSON object".into()));
         }
-        serde_json::from_value(value)
+        serde_json::from_str(raw.get())
             .map(JsonObject)
             .map_err(|e| invalid(e.to_string()))
     }

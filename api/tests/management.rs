@@ -279,6 +279,17 @@ async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> Answer {
+    call_text(mem, method, uri, bearer, body.map(|b| b.to_string())).await
+}
+
+/// [`call`] with the body as written, for JSON a `Value` cannot hold (a key given twice).
+async fn call_text(
+    mem: &World,
+    method: &str,
+    uri: &str,
+    bearer: Option<&str>,
+    body: Option<String>,
+) -> Answer {
     let mut req = Request::builder()
         .method(method)
         .uri(uri)
@@ -290,7 +301,7 @@ async fn call(
     let req = match body {
         Some(b) => req
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
+            .body(Body::from(b)),
         None => req.body(Body::empty()),
     }
     .unwrap();
@@ -1828,8 +1839,9 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
 }
 
 /// What schemathesis found against the OpenAPI document (scripts/openapi_check.py): a body
-/// must be a JSON object (serde alone reads `[null, null]` as `{}`), an integer the document
-/// allows may be spelled `60.0`, and the invitation token's limit counts characters.
+/// must be a JSON object (serde alone reads `[null, null]` as `{}`) with each field once, an
+/// integer the document allows may be spelled `60.0`, and the invitation token's limit
+/// counts characters.
 #[tokio::test]
 async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters() {
     let mem = world(PlanId::Starter).await;
@@ -1845,6 +1857,18 @@ async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters
     assert_eq!(array.status, StatusCode::BAD_REQUEST, "{}", array.text);
     assert_eq!(array.json["error"]["code"], "invalid_body");
     assert_eq!(array.json["error"]["field"], "body");
+    // A field given twice is ambiguous (which role did the caller mean?): refused, not
+    // settled as "the last one wins".
+    let twice = call_text(
+        &mem,
+        "PATCH",
+        "/v1/orgs/org_a",
+        Some(&owner),
+        Some(r#"{"name": "Alpha", "name": "Omega"}"#.to_owned()),
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{}", twice.text);
+    assert_eq!(twice.json["error"]["code"], "invalid_body");
 
     let half = call(
         &mem,
