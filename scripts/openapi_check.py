@@ -12,7 +12,10 @@ Usage: openapi_check.py TALLY_BINARY TOOLS_VENV
    refused and schema-valid ones are not. The org, project, key and token come from the
    binary's own CLI (README "Three steps"); the org is on the enterprise plan so its rate
    limit does not turn the run into 429s.
-4. Stops the server by PID, pass or fail.
+4. Plants a fault in a copy of the document for each tool (a malformed `info` for the
+   validator, a missing `202` for schemathesis) and fails unless the tool catches it, so a
+   tool that quietly checks nothing cannot pass the suite.
+5. Stops the server by PID, pass or fail.
 
 Exits non-zero, with the tools' output, on any finding. Bounded: a few hundred requests per
 operation at most, and a hard time limit per run.
@@ -125,7 +128,7 @@ def stop_server(proc):
             proc.wait()
 
 
-def schemathesis(venv, workdir, name, base, token, config, select):
+def schemathesis(venv, workdir, name, base, token, config, select, schema=None):
     cfg = os.path.join(workdir, f"{name}.toml")
     with open(cfg, "w") as f:
         f.write(OPERATIONS)
@@ -137,7 +140,7 @@ def schemathesis(venv, workdir, name, base, token, config, select):
         "--config-file",
         cfg,
         "run",
-        f"{base}/openapi.json",
+        schema or f"{base}/openapi.json",
         "--url",
         base,
         "--header",
@@ -206,11 +209,17 @@ def main():
             json.dump(doc, f)
         if doc.get("openapi", "").split(".")[:2] != ["3", "1"]:
             raise SystemExit(f"/openapi.json is OpenAPI {doc.get('openapi')!r}, not 3.1")
-        subprocess.run(
-            [os.path.join(venv, "bin", "openapi-spec-validator"), "--schema", "3.1",
-             "--validation-errors", "all", doc_path],
-            check=True,
-        )
+        validate = [os.path.join(venv, "bin", "openapi-spec-validator"), "--schema", "3.1",
+                    "--validation-errors", "all"]
+        subprocess.run([*validate, doc_path], check=True)
+        step("planted fault: the validator must refuse a document whose info is a string")
+        bad_doc = os.path.join(workdir, "planted-invalid.json")
+        with open(bad_doc, "w") as f:
+            json.dump({**doc, "info": "not an object"}, f)
+        planted = subprocess.run([*validate, bad_doc], capture_output=True, text=True)
+        if planted.returncode == 0:
+            raise SystemExit("openapi-spec-validator accepted a malformed document")
+        print("caught, as it must be", flush=True)
 
         params = {
             "path.org_id": org["id"],
@@ -222,9 +231,23 @@ def main():
         results = [
             schemathesis(venv, workdir, "api-key", base, key, params, rest),
             schemathesis(venv, workdir, "user-jwt", base, jwt, params, rest),
-            schemathesis(venv, workdir, "user-jwt-delete", base, jwt, params,
-                         ["--include-operation-id", "deleteOrg"]),
         ]
+        # A document that no longer lists 202 for POST /v1/events: schemathesis must report
+        # the undocumented status, or its green runs above prove nothing.
+        step("planted fault: schemathesis must report an undocumented status")
+        post_events = doc["paths"]["/v1/events"]["post"]
+        lying = json.loads(json.dumps(doc))
+        del lying["paths"]["/v1/events"]["post"]["responses"]["202"]
+        lying_path = os.path.join(workdir, "planted-no-202.json")
+        with open(lying_path, "w") as f:
+            json.dump(lying, f)
+        caught = not schemathesis(venv, workdir, "planted-no-202", base, key, params,
+                                  ["--include-operation-id", post_events["operationId"]],
+                                  schema=lying_path)
+        print("caught, as it must be" if caught else "NOT caught", flush=True)
+        results.append(caught)
+        results.append(schemathesis(venv, workdir, "user-jwt-delete", base, jwt, params,
+                                    ["--include-operation-id", "deleteOrg"]))
         ok = all(results)
         if not ok:
             with open(log_path) as f:

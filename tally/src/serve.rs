@@ -92,6 +92,7 @@ pub fn router(
     catalogue: &Catalogue,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
     let meters = Arc::new(catalogue.meter_catalogue());
+    let plans = catalogue.core_plans();
     let ingest = tally_ingest::Ingest::new(
         tally_ingest::IngestState::new(
             backends.tenants.clone(),
@@ -101,7 +102,7 @@ pub fn router(
             clock.clone(),
         ),
         tally_ingest::IngestConfig {
-            plans: catalogue.core_plans(),
+            plans: plans.clone(),
             ..tally_ingest::IngestConfig::default()
         },
     );
@@ -113,7 +114,7 @@ pub fn router(
         catalogue: meters,
         clock,
         jwt: jwt.map(Arc::new),
-        plans: Arc::new(catalogue.core_plans()),
+        plans: Arc::new(plans),
     });
     let router = ingest.merge(api).route(
         "/healthz",
