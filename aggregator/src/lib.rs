@@ -65,7 +65,10 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 
 pub use reconcile::{Drift, reconcile};
-pub use record::{RecordInput, RecordOutcome, apply_records, check_record, decode_envelope};
+pub use record::{
+    RecordInput, RecordOutcome, SetAside, apply_records, check_record, decode_envelope,
+    split_record,
+};
 
 /// Batching knobs.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +118,9 @@ pub struct BatchStats {
     pub retried: usize,
     /// Poison records moved to the dead-letter store.
     pub poisoned: usize,
+    /// Events set aside from records whose other events were applied (those records are
+    /// counted in `applied`, and removed from the queue with their bad part).
+    pub set_aside: usize,
     /// Records acknowledged (applied or duplicate).
     pub acked: usize,
 }
@@ -182,6 +188,7 @@ pub async fn process_batch(
             .iter()
             .map(|d| RecordInput::Decoded {
                 events: &d.events,
+                unreadable: &d.unreadable,
                 org: None,
             })
             .collect();
@@ -230,6 +237,28 @@ pub async fn process_batch(
                         warn!(receipt = %d.receipt, %reason, error = %e, "could not dead-letter poison record; it stays queued");
                     }
                 },
+                RecordOutcome::SetAside(part) => {
+                    // Dead-lettering the bad part removes the message, which is the
+                    // acknowledgement of its good part (applied above).
+                    let aside = Delivery {
+                        receipt: d.receipt.clone(),
+                        events: part.events.clone(),
+                        unreadable: part.unreadable.clone(),
+                        receive_count: d.receive_count,
+                    };
+                    match queue.dead_letter(&aside, &part.reason).await {
+                        Ok(()) => {
+                            stats.applied += 1;
+                            stats.set_aside += part.len();
+                        }
+                        Err(e) => {
+                            metrics::counter!("tally_aggregator_dead_letter_failures_total")
+                                .increment(1);
+                            stats.retried += 1;
+                            warn!(receipt = %d.receipt, reason = %part.reason, error = %e, "could not dead-letter the bad events of a record; it stays queued and its good events are repeats next time");
+                        }
+                    }
+                }
             }
         }
         queue.ack(&receipts).await?;
@@ -353,6 +382,7 @@ mod heartbeat_tests {
         let delivery = Delivery {
             receipt: "r1".into(),
             events: vec![one_event()],
+            unreadable: Vec::new(),
             receive_count: 1,
         };
         let queue = OneShotQueue {
@@ -380,6 +410,7 @@ mod heartbeat_tests {
             pending: Mutex::new(vec![Delivery {
                 receipt: "r1".into(),
                 events: vec![event],
+                unreadable: Vec::new(),
                 receive_count: 1,
             }]),
             extensions: AtomicUsize::new(0),

@@ -10,11 +10,14 @@
 //!   (counted now, or counted before); acknowledge it.
 //! - [`RecordOutcome::Retry`]: some event is not settled (the store failed, a transaction
 //!   chunk failed); do **not** acknowledge, it comes back.
-//! - [`RecordOutcome::Poison`]: the record can never be applied (undecodable, or failing
-//!   the core validation rules after the fact, or mixing orgs); none of its events are
-//!   applied, and the consumer sets it aside in the dead-letter store with the reason.
-//!   Poison is all-or-nothing per record: a record with one bad event is suspect as a
-//!   whole, and the dead-letter store keeps it intact for a human to look at and redrive.
+//! - [`RecordOutcome::SetAside`]: the record's good events are settled and some of its
+//!   events can never be applied (they do not decode, fail [`Event::check`] — the very
+//!   rules ingest checked before answering `202` — or belong to another org); the consumer
+//!   keeps exactly those in the dead-letter store, then acknowledges the record. One bad
+//!   event never costs its neighbours their count.
+//! - [`RecordOutcome::Poison`]: none of the record can ever be applied (the envelope does
+//!   not decode at all, or every event is bad); the consumer sets it aside whole, as
+//!   received, with the reason.
 //!
 //! The store reports the second copy of an event inside one batch as `Duplicate` whatever
 //! happened to the first copy. That answer cannot settle the second copy's record: both
@@ -28,11 +31,9 @@
 
 use std::collections::HashSet;
 
-use chrono::Datelike;
-use tally_core::envelope;
-use tally_core::event::{Event, MAX_PROPERTIES_BYTES, MAX_PROPERTIES_KEYS, MIN_YEAR, Quantity};
+use tally_core::envelope::{self, Unreadable};
+use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId};
-use tally_core::meter::Aggregation;
 use tally_core::ports::{ApplyOutcome, UsageStore};
 
 /// The envelope version the queue adapters write (`{"v":1,"events":[...]}`), defined with
@@ -46,6 +47,8 @@ pub enum RecordInput<'a> {
     Decoded {
         /// The events.
         events: &'a [Event],
+        /// Events of the record that did not decode (set aside, never applied).
+        unreadable: &'a [Unreadable],
         /// The org the queue says the record belongs to (a partition key, a message
         /// attribute), if it says; otherwise the first event's org.
         org: Option<&'a str>,
@@ -72,11 +75,14 @@ pub enum RecordOutcome {
         /// Why.
         reason: String,
     },
-    /// Can never be applied; move it to the dead-letter store with the reason.
+    /// None of it can ever be applied; move it to the dead-letter store with the reason.
     Poison {
         /// Why.
         reason: String,
     },
+    /// Its good events are settled (counted now or before), and these can never be
+    /// applied: keep them in the dead-letter store, then acknowledge the record.
+    SetAside(SetAside),
 }
 
 impl RecordOutcome {
@@ -92,21 +98,39 @@ impl RecordOutcome {
             RecordOutcome::Duplicate => "duplicate",
             RecordOutcome::Retry { .. } => "retry",
             RecordOutcome::Poison { .. } => "poison",
+            RecordOutcome::SetAside(_) => "set_aside",
         }
     }
 }
 
 /// Decodes a record body (the versioned envelope the queue adapters write,
-/// [`tally_core::envelope`]). The error is the poison reason.
+/// [`tally_core::envelope`]) strictly: every event must decode. The error is the reason.
+/// [`apply_records`] reads bodies event by event instead ([`envelope::decode_each`]).
 pub fn decode_envelope(body: &[u8]) -> Result<Vec<Event>, String> {
     envelope::decode(body).map_err(|e| e.to_string())
 }
 
-/// Checks a decoded record against the rules every event passed at ingest and that need
-/// no storage: one org (the queue's, if it names one), a valid id and quantity, a plausible
-/// timestamp, bounded properties, and the property a `unique_count` meter counts. The error
-/// is the poison reason.
+/// Checks a decoded record against the rules every event passed at ingest: one org (the
+/// queue's, if it names one) and, per event, [`Event::check`], the very function ingest
+/// ran before it answered `202`. The error names the first event that fails. (
+/// [`apply_records`] judges each event on its own with [`split_record`] instead.)
 pub fn check_record(events: &[Event], org: Option<&str>) -> Result<(), String> {
+    let (_, bad) = split_record(events, org)?;
+    match bad.into_iter().next() {
+        Some((_, reason)) => Err(reason),
+        None => Ok(()),
+    }
+}
+
+/// A record split by [`split_record`]: the indexes of its good events, and the bad ones
+/// with the reason naming each.
+pub type Split = (Vec<usize>, Vec<(usize, String)>);
+
+/// Splits a decoded record into the indexes of the events that may be applied and the
+/// events that never can (index, reason naming the event): another org's event, or one
+/// failing [`Event::check`]. The error is for the record as a whole: no events, or an org
+/// that is not an org id.
+pub fn split_record(events: &[Event], org: Option<&str>) -> Result<Split, String> {
     let Some(first) = events.first() else {
         return Err("record carries no events".to_owned());
     };
@@ -114,45 +138,133 @@ pub fn check_record(events: &[Event], org: Option<&str>) -> Result<(), String> {
     if OrgId::parse(org).is_err() {
         return Err(format!("record org {org:?} is not an org id"));
     }
-    for e in events {
-        let bad = |why: String| Err(format!("event {:?}: {why}", e.id.as_str()));
-        if e.org_id.as_str() != org {
-            return bad(format!(
+    let mut good = Vec::with_capacity(events.len());
+    let mut bad = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let why = if e.org_id.as_str() != org {
+            Some(format!(
                 "belongs to org {} but the record is org {org}",
                 e.org_id.as_str()
-            ));
-        }
-        if let Err(err) = EventId::parse(e.id.as_str()) {
-            return bad(format!("invalid id: {err}"));
-        }
-        if let Err(err) = Quantity::new(e.quantity.value()) {
-            return bad(format!("invalid quantity: {err}"));
-        }
-        if e.timestamp.year() < MIN_YEAR {
-            return bad(format!("timestamp {} is before {MIN_YEAR}", e.timestamp));
-        }
-        if e.properties.len() > MAX_PROPERTIES_KEYS {
-            return bad(format!("more than {MAX_PROPERTIES_KEYS} properties"));
-        }
-        let props_len = serde_json::to_string(&e.properties).map_or(usize::MAX, |s| s.len());
-        if props_len > MAX_PROPERTIES_BYTES {
-            return bad(format!("properties exceed {MAX_PROPERTIES_BYTES} bytes"));
-        }
-        if let Aggregation::UniqueCount { property } = &e.aggregation
-            && e.unique_value().is_none()
-        {
-            return bad(format!(
-                "unique_count meter {} needs property {property:?}",
-                e.meter.as_str()
-            ));
+            ))
+        } else {
+            e.check()
+                .err()
+                .map(|err| format!("{} ({})", err.message, err.code))
+        };
+        match why {
+            None => good.push(i),
+            Some(why) => bad.push((i, format!("event {:?}: {why}", e.id.as_str()))),
         }
     }
-    Ok(())
+    Ok((good, bad))
+}
+
+/// The part of a record that can never be applied, the rest of it having been settled: the
+/// events to keep in the dead-letter store, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Events that decode but fail the rules (or belong to another org).
+    pub events: Vec<Event>,
+    /// Events that do not decode at all.
+    pub unreadable: Vec<Unreadable>,
+    /// One line per event, naming it.
+    pub reason: String,
+}
+
+impl SetAside {
+    /// The dead letter's body: an envelope of exactly these events.
+    pub fn body(&self) -> Result<String, String> {
+        envelope::encode_parts(&self.events, &self.unreadable).map_err(|e| e.to_string())
+    }
+
+    /// How many events are set aside.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.unreadable.len()
+    }
+
+    /// Whether nothing is set aside.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Longest reason kept for a record with many bad events (SQS attributes and logs stay
+/// small); the events themselves are all in the dead letter.
+const MAX_REASON_CHARS: usize = 2000;
+
+fn join_reasons<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for r in reasons {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        if out.len() + r.len() > MAX_REASON_CHARS {
+            out.push_str("...");
+            break;
+        }
+        out.push_str(r);
+    }
+    out
+}
+
+/// One record being judged: its decoded events, the indexes of the good ones, and what
+/// cannot be applied.
+struct Judged<'a> {
+    events: std::borrow::Cow<'a, [Event]>,
+    good: Vec<usize>,
+    set_aside: SetAside,
+}
+
+fn judge_input<'a>(input: &RecordInput<'a>) -> Result<Judged<'a>, String> {
+    use std::borrow::Cow;
+    let (events, unreadable, org): (Cow<'a, [Event]>, Vec<Unreadable>, Option<&str>) = match input {
+        RecordInput::Decoded {
+            events,
+            unreadable,
+            org,
+        } => (Cow::Borrowed(*events), unreadable.to_vec(), *org),
+        RecordInput::Raw { body, org } => {
+            let (events, unreadable) = envelope::decode_each(body).map_err(|e| e.to_string())?;
+            (Cow::Owned(events), unreadable, *org)
+        }
+    };
+    let (good, bad) = if events.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        split_record(&events, org)?
+    };
+    let reason = join_reasons(
+        bad.iter()
+            .map(|(_, r)| r.as_str())
+            .chain(unreadable.iter().map(|u| u.reason.as_str())),
+    );
+    if good.is_empty() {
+        // Nothing here can be applied: the record goes aside whole, as received.
+        return Err(if reason.is_empty() {
+            "record carries no events".to_owned()
+        } else {
+            reason
+        });
+    }
+    let set_aside = SetAside {
+        events: bad.iter().map(|(i, _)| events[*i].clone()).collect(),
+        unreadable,
+        reason,
+    };
+    Ok(Judged {
+        events,
+        good,
+        set_aside,
+    })
 }
 
 /// Judges every record, applies the events of the good ones in one
 /// [`UsageStore::apply_batch`] call and returns one outcome per record, in input order.
 /// Never fails as a whole: a store failure makes every record it concerned a `Retry`.
+///
+/// Bad events are judged one by one: a record's events that cannot be applied are handed
+/// back in [`RecordOutcome::SetAside`] and the rest are applied; only a record none of
+/// whose events can be applied is [`RecordOutcome::Poison`].
 pub async fn apply_records(
     usage: &dyn UsageStore,
     records: &[RecordInput<'_>],
@@ -160,47 +272,26 @@ pub async fn apply_records(
     let span = tracing::info_span!("apply_records", records = records.len());
     let guard = span.enter();
     let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
-    // Raw bodies are decoded first; an undecodable one is poison.
-    let decoded: Vec<Option<Vec<Event>>> = records
-        .iter()
-        .zip(outcomes.iter_mut())
-        .map(|(r, out)| match r {
-            RecordInput::Decoded { .. } => None,
-            RecordInput::Raw { body, .. } => match decode_envelope(body) {
-                Ok(evs) => Some(evs),
-                Err(reason) => {
-                    *out = Some(RecordOutcome::Poison { reason });
-                    None
-                }
-            },
-        })
-        .collect();
-    let events_of = |i: usize| -> (&[Event], Option<&str>) {
-        match &records[i] {
-            RecordInput::Decoded { events, org } => (events, *org),
-            RecordInput::Raw { org, .. } => (decoded[i].as_deref().unwrap_or_default(), *org),
-        }
-    };
-    // Which records are good, with the range of their events in the combined batch.
-    let mut good: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    let mut total = 0usize;
-    for (i, outcome) in outcomes.iter_mut().enumerate() {
-        if outcome.is_some() {
-            continue;
-        }
-        let (events, org) = events_of(i);
-        match check_record(events, org) {
-            Ok(()) => {
-                good.push((i, total..total + events.len()));
-                total += events.len();
+    let mut judged: Vec<Option<Judged<'_>>> = Vec::with_capacity(records.len());
+    for (r, out) in records.iter().zip(outcomes.iter_mut()) {
+        match judge_input(r) {
+            Ok(j) => judged.push(Some(j)),
+            Err(reason) => {
+                *out = Some(RecordOutcome::Poison { reason });
+                judged.push(None);
             }
-            Err(reason) => *outcome = Some(RecordOutcome::Poison { reason }),
         }
     }
-    let batch: Vec<Event> = good
-        .iter()
-        .flat_map(|(i, _)| events_of(*i).0.iter().cloned())
-        .collect();
+    // Which records have events to apply, with the range of those in the combined batch.
+    let mut good: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    let mut batch: Vec<Event> = Vec::new();
+    for (i, j) in judged.iter().enumerate() {
+        if let Some(j) = j {
+            let start = batch.len();
+            batch.extend(j.good.iter().map(|&k| j.events[k].clone()));
+            good.push((i, start..batch.len()));
+        }
+    }
     drop(guard);
     if !batch.is_empty() {
         let started = std::time::Instant::now();
@@ -245,6 +336,19 @@ pub async fn apply_records(
                             ),
                         };
                     }
+                    if outcome.is_settled()
+                        && let Some(j) = judged[*i].as_mut()
+                        && !j.set_aside.is_empty()
+                    {
+                        outcome = RecordOutcome::SetAside(std::mem::replace(
+                            &mut j.set_aside,
+                            SetAside {
+                                events: Vec::new(),
+                                unreadable: Vec::new(),
+                                reason: String::new(),
+                            },
+                        ));
+                    }
                     outcomes[*i] = Some(outcome);
                 }
             }
@@ -260,9 +364,16 @@ pub async fn apply_records(
         .collect();
     for o in &outcomes {
         metrics::counter!("tally_aggregator_records_total", "outcome" => o.label()).increment(1);
-        if let RecordOutcome::Poison { reason } = o {
-            metrics::counter!("tally_aggregator_poison_records_total").increment(1);
-            tracing::warn!(%reason, "poison record");
+        match o {
+            RecordOutcome::Poison { reason } => {
+                metrics::counter!("tally_aggregator_poison_records_total").increment(1);
+                tracing::warn!(%reason, "poison record");
+            }
+            RecordOutcome::SetAside(s) => {
+                metrics::counter!("tally_aggregator_poison_events_total").increment(s.len() as u64);
+                tracing::warn!(events = s.len(), reason = %s.reason, "events set aside; the rest of their record was applied");
+            }
+            _ => {}
         }
     }
     outcomes
@@ -300,7 +411,9 @@ mod tests {
     use rust_decimal::Decimal;
     use std::sync::Mutex;
 
+    use tally_core::event::Quantity;
     use tally_core::ids::{MeterName, ProjectId};
+    use tally_core::meter::Aggregation;
 
     use tally_core::ports::{ApplyReport, StoreError};
 
@@ -377,20 +490,44 @@ mod tests {
         assert!(
             check_record(&[unique], None)
                 .unwrap_err()
-                .contains("needs property")
+                .contains("properties.user, which is missing")
         );
         let mut old = event("org_a", "1");
         old.timestamp = Utc.with_ymd_and_hms(1999, 1, 1, 0, 0, 0).unwrap();
         assert!(check_record(&[old], None).is_err());
+        // A quantity an earlier release queued with more decimal places than today's
+        // bound decodes, and is refused by the same rule ingest applies now.
+        let legacy: Event = serde_json::from_str(
+            &serde_json::to_string(&event("org_a", "1"))
+                .unwrap()
+                .replace(r#""quantity":"1""#, r#""quantity":"0.000000000001""#),
+        )
+        .unwrap();
+        assert!(
+            check_record(&[legacy], None)
+                .unwrap_err()
+                .contains("decimal places")
+        );
     }
 
     #[tokio::test]
-    async fn one_outcome_per_record_and_poison_is_never_applied() {
+    async fn one_outcome_per_record_and_bad_events_are_never_applied() {
         let a = [event("org_a", "1"), event("org_a", "2")];
         let b = [event("org_a", "2")];
         let c = [event("org_b", "3")];
-        let poison = [event("org_a", "9"), event("org_b", "9")];
+        // One event of another org among good ones: it alone is set aside.
+        let mixed = [event("org_a", "9"), event("org_b", "9")];
+        // Every event bad: the record is poison as a whole.
+        let mut deep = event("org_a", "8");
+        deep.quantity = Quantity::new(Decimal::ONE).unwrap();
+        let mut nested = serde_json::Value::Null;
+        for _ in 0..20 {
+            nested = serde_json::json!([nested]);
+        }
+        deep.properties.insert("p".into(), nested);
+        let all_bad = [deep.clone()];
         let store = ApplyOnly(Scripted::new(Ok(vec![
+            ApplyOutcome::Applied,
             ApplyOutcome::Applied,
             ApplyOutcome::Applied,
             ApplyOutcome::Duplicate,
@@ -399,14 +536,17 @@ mod tests {
         let records = [
             RecordInput::Decoded {
                 events: &a,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Decoded {
-                events: &poison,
+                events: &mixed,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Decoded {
                 events: &b,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Raw {
@@ -415,17 +555,64 @@ mod tests {
             },
             RecordInput::Decoded {
                 events: &c,
+                unreadable: &[],
+                org: None,
+            },
+            RecordInput::Decoded {
+                events: &all_bad,
+                unreadable: &[],
                 org: None,
             },
         ];
         let out = apply_records(&store, &records).await;
         assert_eq!(out[0], RecordOutcome::Applied);
-        assert!(matches!(&out[1], RecordOutcome::Poison { reason } if reason.contains("org_b")));
+        match &out[1] {
+            RecordOutcome::SetAside(part) => {
+                assert_eq!(part.events, vec![event("org_b", "9")]);
+                assert!(part.reason.contains("org_b"), "{}", part.reason);
+                let body = part.body().unwrap();
+                assert_eq!(decode_envelope(body.as_bytes()).unwrap(), part.events);
+            }
+            other => panic!("expected the org_b event set aside, got {other:?}"),
+        }
         assert_eq!(out[2], RecordOutcome::Duplicate);
         assert!(matches!(&out[3], RecordOutcome::Poison { .. }));
         assert!(matches!(&out[4], RecordOutcome::Retry { reason } if reason == "chunk failed"));
-        // Only the good records' events reached the store.
-        assert_eq!(store.seen.lock().unwrap().len(), 4);
+        assert!(
+            matches!(&out[5], RecordOutcome::Poison { reason } if reason.contains("nest")),
+            "{:?}",
+            out[5]
+        );
+        // Only the good events reached the store: org_a's "9" did, org_b's did not.
+        let seen = store.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 5);
+        assert!(seen.contains(&event("org_a", "9")));
+        assert!(!seen.contains(&event("org_b", "9")) && !seen.contains(&deep));
+    }
+
+    #[tokio::test]
+    async fn an_event_that_does_not_decode_is_set_aside_alone() {
+        let good = serde_json::to_string(&event("org_a", "1")).unwrap();
+        let body =
+            format!(r#"{{"v":1,"events":[{good},{{"org_id":"org_a","id":"2","quantity":7}}]}}"#);
+        let store = ApplyOnly(Scripted::new(Ok(vec![ApplyOutcome::Applied])));
+        let out = apply_records(
+            &store,
+            &[RecordInput::Raw {
+                body: body.as_bytes(),
+                org: Some("org_a"),
+            }],
+        )
+        .await;
+        match &out[0] {
+            RecordOutcome::SetAside(part) => {
+                assert!(part.events.is_empty());
+                assert_eq!(part.unreadable.len(), 1);
+                assert!(part.body().unwrap().contains(r#""id":"2""#));
+            }
+            other => panic!("expected the unreadable event set aside, got {other:?}"),
+        }
+        assert_eq!(*store.seen.lock().unwrap(), vec![event("org_a", "1")]);
     }
 
     #[tokio::test]
@@ -445,14 +632,17 @@ mod tests {
         let records = [
             RecordInput::Decoded {
                 events: &m,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Decoded {
                 events: &m,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Decoded {
                 events: &other,
+                unreadable: &[],
                 org: None,
             },
         ];
@@ -474,6 +664,7 @@ mod tests {
         let records = [
             RecordInput::Decoded {
                 events: &a,
+                unreadable: &[],
                 org: None,
             },
             RecordInput::Raw {

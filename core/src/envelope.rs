@@ -10,6 +10,11 @@
 //! events and one mixing orgs; the queue adapters dead-letter such a message with the
 //! [`EnvelopeError`] as the reason, never hand it out.
 //!
+//! Events are read one by one ([`decode_each`]): an event that does not decode (a corrupt
+//! or hand-edited message, another build's field) is handed back as [`Unreadable`] beside
+//! the ones that do, so the consumer sets aside that event alone and applies the rest. Only
+//! an envelope that is unreadable as a whole is refused as a whole.
+//!
 //! Pure: no I/O, so the SQS and Kinesis adapters, the polling worker and the Lambda
 //! consumers all share one encoder and one decoder.
 
@@ -57,6 +62,16 @@ pub enum EnvelopeError {
     /// Events of more than one org in one envelope (a writer never does that).
     #[error("envelope mixes events of several orgs")]
     MixedOrgs,
+}
+
+/// An event of an envelope that does not decode as an [`Event`]: its JSON as it stood in
+/// the message and why. It is never applied; the consumer dead-letters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The event's JSON text as it stood in the message.
+    pub json: String,
+    /// Why it does not decode.
+    pub reason: String,
 }
 
 /// One envelope's worth of events of one org, encoded.
@@ -154,6 +169,34 @@ pub fn encode(events: &[Event]) -> Result<String, serde_json::Error> {
     Ok(escape_nonchars(serde_json::Value::Object(map).to_string()))
 }
 
+/// [`encode`] for a dead letter that also holds events that never decoded: the decodable
+/// ones first, then each [`Unreadable`] as the JSON it was.
+pub fn encode_parts(
+    events: &[Event],
+    unreadable: &[Unreadable],
+) -> Result<String, serde_json::Error> {
+    if unreadable.is_empty() {
+        return encode(events);
+    }
+    let mut body = String::from(ENVELOPE_PREFIX);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(e)?);
+    }
+    for (i, u) in unreadable.iter().enumerate() {
+        if i > 0 || !events.is_empty() {
+            body.push(',');
+        }
+        // Kept as it stood, but only if it is JSON at all, so the dead letter stays an
+        // envelope a later build can read event by event.
+        body.push_str(serde_json::value::RawValue::from_string(u.json.clone())?.get());
+    }
+    body.push_str(ENVELOPE_SUFFIX);
+    Ok(escape_nonchars(body))
+}
+
 /// SQS accepts only XML characters in a body: JSON escapes everything below U+0020 already;
 /// this escapes the two non-characters U+FFFE and U+FFFF (they can only occur inside JSON
 /// strings, where `\uXXXX` means the same).
@@ -166,9 +209,10 @@ fn escape_nonchars(json: String) -> String {
 }
 
 #[derive(Deserialize)]
-struct EnvelopeIn {
+struct EnvelopeIn<'a> {
     v: u32,
-    events: Vec<Event>,
+    #[serde(borrow)]
+    events: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// Decodes an envelope's bytes: UTF-8, version [`ENVELOPE_VERSION`], at least one event,
@@ -180,6 +224,30 @@ pub fn decode(body: &[u8]) -> Result<Vec<Event>, EnvelopeError> {
 
 /// [`decode`] for a body that is text already (an SQS message body).
 pub fn decode_str(body: &str) -> Result<Vec<Event>, EnvelopeError> {
+    let (events, unreadable) = decode_each_str(body)?;
+    if let Some(u) = unreadable.first() {
+        return Err(EnvelopeError::Events(u.reason.clone()));
+    }
+    let Some(first) = events.first() else {
+        return Err(EnvelopeError::Empty);
+    };
+    if events.iter().any(|e| e.org_id != first.org_id) {
+        return Err(EnvelopeError::MixedOrgs);
+    }
+    Ok(events)
+}
+
+/// Decodes an envelope event by event: the events that decode, and those that do not
+/// ([`Unreadable`]), in message order within each list. The error is for an envelope that
+/// is unreadable as a whole (not UTF-8, not an envelope, another version, no events); the
+/// org of each event is the caller's to check.
+pub fn decode_each(body: &[u8]) -> Result<(Vec<Event>, Vec<Unreadable>), EnvelopeError> {
+    let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::NotUtf8(e.to_string()))?;
+    decode_each_str(text)
+}
+
+/// [`decode_each`] for a body that is text already.
+pub fn decode_each_str(body: &str) -> Result<(Vec<Event>, Vec<Unreadable>), EnvelopeError> {
     // The version first, alone: a newer build's envelope is refused as such, not with
     // whatever its events fail to decode as.
     #[derive(Deserialize)]
@@ -192,16 +260,32 @@ pub fn decode_str(body: &str) -> Result<Vec<Event>, EnvelopeError> {
     if version != ENVELOPE_VERSION {
         return Err(EnvelopeError::Version { found: version });
     }
-    let envelope: EnvelopeIn =
+    let envelope: EnvelopeIn<'_> =
         serde_json::from_str(body).map_err(|e| EnvelopeError::Events(e.to_string()))?;
     debug_assert_eq!(envelope.v, ENVELOPE_VERSION);
-    let Some(first) = envelope.events.first() else {
+    if envelope.events.is_empty() {
         return Err(EnvelopeError::Empty);
-    };
-    if envelope.events.iter().any(|e| e.org_id != first.org_id) {
-        return Err(EnvelopeError::MixedOrgs);
     }
-    Ok(envelope.events)
+    Ok(decode_items(envelope.events))
+}
+
+/// Decodes events one by one from their JSON texts (an envelope's `events`, the local
+/// queue's stored array), keeping those that do not decode as [`Unreadable`].
+pub fn decode_items<'a>(
+    raws: impl IntoIterator<Item = &'a serde_json::value::RawValue>,
+) -> (Vec<Event>, Vec<Unreadable>) {
+    let mut events = Vec::new();
+    let mut unreadable = Vec::new();
+    for raw in raws {
+        match serde_json::from_str::<Event>(raw.get()) {
+            Ok(e) => events.push(e),
+            Err(e) => unreadable.push(Unreadable {
+                json: raw.get().to_owned(),
+                reason: format!("event does not decode: {e}"),
+            }),
+        }
+    }
+    (events, unreadable)
 }
 
 #[cfg(test)]
@@ -353,5 +437,34 @@ mod tests {
         let kept = encode(std::slice::from_ref(&e)).unwrap();
         assert!(!kept.contains('\u{fffe}') && !kept.contains('\u{ffff}'));
         assert_eq!(decode_str(&kept).unwrap(), vec![e]);
+    }
+
+    #[test]
+    fn events_that_do_not_decode_are_handed_back_alone() {
+        let a = serde_json::to_string(&event("org_a", "1", 0)).unwrap();
+        let body = format!(r#"{{"v":1,"events":[{a},{{"org_id":"org_a","id":7}},{a}]}}"#);
+        let (events, unreadable) = decode_each_str(&body).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].json, r#"{"org_id":"org_a","id":7}"#);
+        assert!(
+            unreadable[0].reason.contains("does not decode"),
+            "{}",
+            unreadable[0].reason
+        );
+        // The strict reader still refuses the message, naming the event's problem.
+        assert!(matches!(decode_str(&body), Err(EnvelopeError::Events(_))));
+        // A dead letter keeps both kinds, and reads back the same way.
+        let kept = encode_parts(&events, &unreadable).unwrap();
+        assert_eq!(decode_each_str(&kept).unwrap(), (events, unreadable));
+        // Whole-envelope problems stay whole.
+        assert_eq!(
+            decode_each_str(r#"{"v":1,"events":[]}"#),
+            Err(EnvelopeError::Empty)
+        );
+        assert!(matches!(
+            decode_each_str(r#"{"v":1,"events":7}"#),
+            Err(EnvelopeError::Events(_))
+        ));
     }
 }

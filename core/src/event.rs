@@ -23,10 +23,20 @@ use crate::meter::{Aggregation, MeterCatalogue};
 
 /// How far into the future a timestamp may be (clock skew between services).
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
-/// Most significant digits a quantity may carry.
+/// Most significant digits a quantity may carry (leading and trailing zeros do not count:
+/// `1e17` has one, `0.000000001` has one).
 pub const MAX_QUANTITY_DIGITS: u32 = 18;
-/// Largest serialized `properties` object.
+/// Most decimal places a quantity may carry.
+pub const MAX_QUANTITY_SCALE: u32 = 9;
+/// Digits before the decimal point: every quantity is below 10^18.
+pub const MAX_QUANTITY_INTEGER_DIGITS: u32 = 18;
+/// Largest `properties` object, counted on the JSON Tally queues and stores (numbers as
+/// `serde_json` writes them, no white space), not on the text as sent.
 pub const MAX_PROPERTIES_BYTES: usize = 4096;
+/// Deepest nesting of objects and arrays in `properties`, the object itself being level 1.
+/// With the queue envelope around an event this stays far below `serde_json`'s recursion
+/// limit of 128, so every accepted event decodes on the other side.
+pub const MAX_PROPERTIES_DEPTH: usize = 8;
 /// Most keys in `properties`.
 pub const MAX_PROPERTIES_KEYS: usize = 32;
 /// Longest key in `properties`.
@@ -63,6 +73,8 @@ pub enum ErrorCode {
     UnknownField,
     /// The event is not a JSON object at all.
     MalformedEvent,
+    /// An object in the event gives the same key twice (`field` names it).
+    DuplicateKey,
 }
 
 impl ErrorCode {
@@ -81,6 +93,7 @@ impl ErrorCode {
             ErrorCode::InvalidProperties => "invalid_properties",
             ErrorCode::UnknownField => "unknown_field",
             ErrorCode::MalformedEvent => "malformed_event",
+            ErrorCode::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -119,7 +132,12 @@ impl EventError {
     }
 }
 
-/// A non-negative decimal with at most 18 significant digits, parsed without floats.
+/// A non-negative decimal below 10^18 with at most 9 decimal places and 18 significant
+/// digits, parsed without floats.
+///
+/// The bounds make every counter exact: `rust_decimal` holds 28 digits, so with at most 9
+/// decimal places every sum below 10^19 is exact at every granularity, and a sum that
+/// would reach it is refused by the store as a counter overflow instead of being rounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Quantity(Decimal);
@@ -130,16 +148,36 @@ impl Quantity {
     /// One.
     pub const ONE: Quantity = Quantity(Decimal::ONE);
 
-    /// Wraps a decimal, checking the same rules as parsing.
+    /// Wraps a decimal, checking the same rules as parsing: not negative, at most
+    /// [`MAX_QUANTITY_SCALE`] decimal places, below 10^[`MAX_QUANTITY_INTEGER_DIGITS`], at
+    /// most [`MAX_QUANTITY_DIGITS`] significant digits. Each rule has its own message.
     pub fn new(d: Decimal) -> Result<Self, EventError> {
-        if d.is_sign_negative() && !d.is_zero() {
-            return Err(EventError::new(
-                ErrorCode::InvalidQuantity,
-                "quantity",
-                "quantity must be >= 0",
+        let d = non_negative(d)?;
+        let bad = |m: String| Err(EventError::new(ErrorCode::InvalidQuantity, "quantity", m));
+        if d.scale() > MAX_QUANTITY_SCALE {
+            return bad(format!(
+                "quantity may have at most {MAX_QUANTITY_SCALE} decimal places, got {d}"
             ));
         }
-        let d = d.normalize();
+        if d >= Decimal::from(10u64.pow(MAX_QUANTITY_INTEGER_DIGITS)) {
+            return bad(format!(
+                "quantity must be less than 10^{MAX_QUANTITY_INTEGER_DIGITS}, got {d}"
+            ));
+        }
+        if significant_digits(d) > MAX_QUANTITY_DIGITS {
+            return bad(format!(
+                "quantity must have at most {MAX_QUANTITY_DIGITS} significant digits, got {d}"
+            ));
+        }
+        Ok(Quantity(d))
+    }
+
+    /// Wraps a decimal read back from the queue or the store, by the rule every earlier
+    /// release accepted at ingest (not negative, at most 18 digits in the mantissa), so
+    /// events queued or stored before the current bounds still decode; whether they are
+    /// still applied is [`Event::check`]'s call.
+    fn stored(d: Decimal) -> Result<Self, EventError> {
+        let d = non_negative(d)?;
         if digits(d.mantissa().unsigned_abs()) > MAX_QUANTITY_DIGITS {
             return Err(EventError::new(
                 ErrorCode::InvalidQuantity,
@@ -147,8 +185,7 @@ impl Quantity {
                 format!("quantity must have at most {MAX_QUANTITY_DIGITS} significant digits"),
             ));
         }
-        // Drop a negative zero's sign so "-0" and "0" are the same value everywhere.
-        Ok(Quantity(if d.is_zero() { Decimal::ZERO } else { d }))
+        Ok(Quantity(d))
     }
 
     /// Parses a decimal written as JSON number text or as the content of a JSON string:
@@ -167,19 +204,20 @@ impl Quantity {
         if !is_json_number(text) {
             return Err(bad());
         }
-        let d = if text.bytes().any(|b| b == b'e' || b == b'E') {
-            Decimal::from_scientific(text)
-        } else {
-            Decimal::from_str_exact(text)
-        }
-        .map_err(|_| {
-            EventError::new(
+        Quantity::new(decimal_of(text).ok_or_else(|| out_of_range(text))?)
+    }
+
+    /// [`Quantity::parse`] by the rule for stored and queued quantities
+    /// ([`Quantity::stored`]).
+    fn parse_stored(text: &str) -> Result<Self, EventError> {
+        if !is_json_number(text) {
+            return Err(EventError::new(
                 ErrorCode::InvalidQuantity,
                 "quantity",
-                format!("quantity {:?} is out of range (at most {MAX_QUANTITY_DIGITS} significant digits)", truncate(text, 40)),
-            )
-        })?;
-        Quantity::new(d)
+                format!("stored quantity {:?} is not a decimal", truncate(text, 40)),
+            ));
+        }
+        Quantity::stored(decimal_of(text).ok_or_else(|| out_of_range(text))?)
     }
 
     /// The value.
@@ -190,9 +228,64 @@ impl Quantity {
 
 impl TryFrom<String> for Quantity {
     type Error = EventError;
+    /// Deserialization (the queue envelope, stored rows): the stored rule, so nothing an
+    /// earlier release queued or stored becomes unreadable.
     fn try_from(s: String) -> Result<Self, EventError> {
-        Quantity::parse(&s)
+        Quantity::parse_stored(&s)
     }
+}
+
+/// Refuses a negative decimal and normalizes the rest; a negative zero loses its sign so
+/// "-0" and "0" are the same value everywhere.
+fn non_negative(d: Decimal) -> Result<Decimal, EventError> {
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err(EventError::new(
+            ErrorCode::InvalidQuantity,
+            "quantity",
+            "quantity must be >= 0",
+        ));
+    }
+    let d = d.normalize();
+    Ok(if d.is_zero() { Decimal::ZERO } else { d })
+}
+
+/// The decimal a JSON number text denotes, if `rust_decimal` can hold it exactly.
+fn decimal_of(text: &str) -> Option<Decimal> {
+    if text.bytes().any(|b| b == b'e' || b == b'E') {
+        Decimal::from_scientific(text).ok()
+    } else {
+        Decimal::from_str_exact(text).ok()
+    }
+}
+
+/// The refusal of a number `rust_decimal` cannot hold: too large, or too many decimal
+/// places. Which one is judged on the text's magnitude (a float is fine for that: it only
+/// picks the message).
+fn out_of_range(text: &str) -> EventError {
+    let message = match text.parse::<f64>() {
+        Ok(f) if f.abs() < 1.0 => format!(
+            "quantity {:?} has too many decimal places (at most {MAX_QUANTITY_SCALE})",
+            truncate(text, 40)
+        ),
+        _ => format!(
+            "quantity {:?} is too large (it must be less than 10^{MAX_QUANTITY_INTEGER_DIGITS})",
+            truncate(text, 40)
+        ),
+    };
+    EventError::new(ErrorCode::InvalidQuantity, "quantity", message)
+}
+
+/// Significant digits of a normalized decimal: the mantissa's, trailing zeros left out
+/// (`1e17` has one).
+fn significant_digits(d: Decimal) -> u32 {
+    let mut m = d.mantissa().unsigned_abs();
+    if m == 0 {
+        return 1;
+    }
+    while m.is_multiple_of(10) {
+        m /= 10;
+    }
+    digits(m)
 }
 
 impl From<Quantity> for String {
@@ -289,6 +382,46 @@ impl Event {
         })
     }
 
+    /// The rules every event obeys wherever it is: checked by ingest on the event it is
+    /// about to queue ([`Event::validate`] ends with it) and by the aggregator on the event
+    /// it decoded, so whatever ingest accepted the aggregator applies, by construction.
+    ///
+    /// Checked on this canonical form (the one queued and stored), not on the text a client
+    /// sent: a valid id; a quantity within [`Quantity::new`]'s bounds; a timestamp from
+    /// [`MIN_YEAR`] on; `properties` of at most [`MAX_PROPERTIES_KEYS`] keys of 1 to
+    /// [`MAX_PROPERTY_KEY_LEN`] characters, nesting at most [`MAX_PROPERTIES_DEPTH`] levels
+    /// and at most [`MAX_PROPERTIES_BYTES`] bytes as serialized; and the property a
+    /// `unique_count` meter counts.
+    pub fn check(&self) -> Result<(), EventError> {
+        EventId::parse(self.id.as_str())
+            .map_err(|e| EventError::from_id(ErrorCode::InvalidId, e))?;
+        Quantity::new(self.quantity.value())?;
+        {
+            use chrono::Datelike;
+            if self.timestamp.year() < MIN_YEAR {
+                return Err(EventError::new(
+                    ErrorCode::InvalidTimestamp,
+                    "timestamp",
+                    format!("timestamp must be in {MIN_YEAR} or later"),
+                ));
+            }
+        }
+        check_properties(&self.properties)?;
+        if let Aggregation::UniqueCount { property } = &self.aggregation
+            && !self.properties.contains_key(property)
+        {
+            return Err(EventError::new(
+                ErrorCode::InvalidProperties,
+                format!("properties.{property}"),
+                format!(
+                    "meter {:?} counts distinct values of properties.{property}, which is missing",
+                    self.meter.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates the JSON text of one event for the org behind the caller's API key.
     ///
     /// Checks everything that needs no storage: field presence and types, id, quantity,
@@ -296,6 +429,9 @@ impl Event {
     /// project id syntax and properties. Whether the project belongs to the org and whether
     /// the month is still open are checked by ingest, which can ask the store.
     pub fn validate(json: &str, ctx: &ValidationContext<'_>) -> Result<Event, EventError> {
+        // Keys given twice and runaway nesting first: the map below would keep the last
+        // of two equal keys, and nesting past the bound could not cross the queue.
+        crate::json::check(json, MAX_PROPERTIES_DEPTH + 1, "").map_err(shape_error)?;
         let fields: HashMap<Cow<'_, str>, &RawValue> =
             serde_json::from_str(json).map_err(|_| {
                 EventError::new(
@@ -354,19 +490,7 @@ impl Event {
             None => Map::new(),
             Some(raw) => parse_properties(raw)?,
         };
-        if let crate::meter::Aggregation::UniqueCount { property } = &meter.aggregation
-            && !properties.contains_key(property)
-        {
-            return Err(EventError::new(
-                ErrorCode::InvalidProperties,
-                format!("properties.{property}"),
-                format!(
-                    "meter {:?} counts distinct values of properties.{property}, which is missing",
-                    meter.name.as_str()
-                ),
-            ));
-        }
-        Ok(Event {
+        let event = Event {
             org_id: ctx.org_id.clone(),
             id,
             project_id,
@@ -375,7 +499,9 @@ impl Event {
             quantity,
             timestamp,
             properties,
-        })
+        };
+        event.check()?;
+        Ok(event)
     }
 
     /// Best-effort id of an event that failed validation, for the rejection list.
@@ -492,35 +618,97 @@ fn parse_timestamp(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Even
     Ok(ts)
 }
 
+/// The error of a body that repeats a key or nests too deep, as a rejection of the event.
+fn shape_error(e: crate::json::ShapeError) -> EventError {
+    use crate::json::ShapeError;
+    match &e {
+        ShapeError::DuplicateKey { .. } => {
+            EventError::new(ErrorCode::DuplicateKey, e.field(), e.to_string())
+        }
+        ShapeError::TooDeep { path, .. } => {
+            // Only `properties` may nest at all; any other field this deep has the wrong
+            // type anyway, and is named as such.
+            let top = path.split(['.', '[']).next().unwrap_or_default();
+            if top == "properties" {
+                EventError::new(
+                    ErrorCode::InvalidProperties,
+                    "properties",
+                    format!(
+                        "properties may nest at most {MAX_PROPERTIES_DEPTH} levels of objects and arrays"
+                    ),
+                )
+            } else {
+                EventError::new(
+                    ErrorCode::InvalidType,
+                    truncate(top, 64),
+                    format!("{:?} nests objects or arrays too deep", truncate(top, 64)),
+                )
+            }
+        }
+        ShapeError::Syntax(_) => EventError::new(
+            ErrorCode::MalformedEvent,
+            "",
+            "each event must be a JSON object of fields",
+        ),
+    }
+}
+
 fn parse_properties(raw: &RawValue) -> Result<Map<String, Value>, EventError> {
     let err = |m: String| EventError::new(ErrorCode::InvalidProperties, "properties", m);
-    if raw.get().len() > MAX_PROPERTIES_BYTES {
+    // A cheap bound before parsing; the real one is on the serialized form, in
+    // `check_properties` (white space shrinks, `1e15` grows to `1000000000000000.0`).
+    if raw.get().len() > 2 * MAX_PROPERTIES_BYTES {
         return Err(err(format!(
             "properties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON"
         )));
     }
-    let value: Value = serde_json::from_str(raw.get())
-        .map_err(|_| err("properties must be a JSON object".into()))?;
-    match value {
-        Value::Null => Ok(Map::new()),
-        Value::Object(map) => {
-            if map.len() > MAX_PROPERTIES_KEYS {
-                return Err(err(format!(
-                    "properties may have at most {MAX_PROPERTIES_KEYS} keys"
-                )));
-            }
-            if let Some(k) = map
-                .keys()
-                .find(|k| k.is_empty() || k.len() > MAX_PROPERTY_KEY_LEN)
-            {
-                return Err(err(format!(
-                    "property names must be 1 to {MAX_PROPERTY_KEY_LEN} characters, got {:?}",
-                    truncate(k, 70)
-                )));
-            }
-            Ok(map)
-        }
-        _ => Err(err("properties must be a JSON object".into())),
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(err("properties must be a JSON object".into())),
+        Err(e) => Err(err(format!("properties must be a JSON object: {e}"))),
+    }
+}
+
+/// `properties`' bounds, on the map as it is queued and stored.
+fn check_properties(map: &Map<String, Value>) -> Result<(), EventError> {
+    let err = |m: String| EventError::new(ErrorCode::InvalidProperties, "properties", m);
+    if map.len() > MAX_PROPERTIES_KEYS {
+        return Err(err(format!(
+            "properties may have at most {MAX_PROPERTIES_KEYS} keys"
+        )));
+    }
+    if let Some(k) = map
+        .keys()
+        .find(|k| k.is_empty() || k.len() > MAX_PROPERTY_KEY_LEN)
+    {
+        return Err(err(format!(
+            "property names must be 1 to {MAX_PROPERTY_KEY_LEN} characters, got {:?}",
+            truncate(k, 70)
+        )));
+    }
+    if map.values().map(depth).max().unwrap_or(0) + 1 > MAX_PROPERTIES_DEPTH {
+        return Err(err(format!(
+            "properties may nest at most {MAX_PROPERTIES_DEPTH} levels of objects and arrays"
+        )));
+    }
+    let bytes = serde_json::to_string(map).map_or(usize::MAX, |s| s.len());
+    if bytes > MAX_PROPERTIES_BYTES {
+        return Err(err(format!(
+            "properties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON as Tally stores \
+             it (without white space, numbers as 1000000000000000.0 for 1e15), got {bytes}"
+        )));
+    }
+    Ok(())
+}
+
+/// Levels of objects and arrays in a value (a scalar has none). Only called on values that
+/// came through a parser with a recursion limit, so the recursion here is bounded too.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -709,6 +897,212 @@ mod tests {
             "", "01", "+1", "1.", ".5", "1e", "0x10", "NaN", "Infinity", "1 ", "--1",
         ] {
             assert!(!is_json_number(bad), "{bad}");
+        }
+    }
+
+    fn quantity_error(q: &str) -> String {
+        let e = validate(&GOOD.replace(r#""2.50""#, q)).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::InvalidQuantity, "quantity"),
+            "{q}"
+        );
+        e.message
+    }
+
+    #[test]
+    fn quantity_bounds_count_significant_digits_and_say_which_rule() {
+        // Leading and trailing zeros are not significant.
+        for ok in [
+            "1e17",
+            "\"100000000000000000\"",
+            "999999999999999999",
+            "0.000000001",
+            "\"123456789.123456789\"",
+            "1.5e-8",
+            "0",
+        ] {
+            assert!(validate(&GOOD.replace(r#""2.50""#, ok)).is_ok(), "{ok}");
+        }
+        // One significant digit, but not below 10^18: the message says the range.
+        assert!(quantity_error("1e18").contains("less than 10^18"));
+        assert!(quantity_error("1e40").contains("too large"));
+        // Too precise: the message says decimal places, not digits or range.
+        assert!(quantity_error("1e-30").contains("decimal places"));
+        assert!(quantity_error("\"0.0000000001\"").contains("decimal places"));
+        // Nineteen significant digits within range and scale.
+        assert!(quantity_error("\"1234567890.123456789\"").contains("significant digits"));
+    }
+
+    #[test]
+    fn sums_of_quantities_at_the_bounds_stay_exact() {
+        // The documented promise: with at most 9 decimal places, every sum below 10^19
+        // is exact. Ten of the largest quantities with the finest fraction, summed.
+        let max = Quantity::parse("999999999.999999999").unwrap().value()
+            * Decimal::from(1_000_000_000u64);
+        assert_eq!(max.to_string(), "999999999999999999.000000000");
+        let fine = Quantity::parse("0.000000001").unwrap().value();
+        let mut sum = Decimal::ZERO;
+        for _ in 0..10 {
+            sum = sum.checked_add(max).unwrap().checked_add(fine).unwrap();
+        }
+        assert_eq!(sum.to_string(), "9999999999999999990.000000010");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_by_name() {
+        let twice = GOOD.replace(
+            r#""quantity":"2.50""#,
+            r#""quantity":"1","quantity":"1000""#,
+        );
+        let e = validate(&twice).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::DuplicateKey, "quantity")
+        );
+        assert!(
+            e.message.contains("\"quantity\" is given twice"),
+            "{}",
+            e.message
+        );
+        let nested = GOOD.replace(r#"{"route":"/x"}"#, r#"{"a":{"b":1,"b":2}}"#);
+        assert_eq!(
+            field_of(&nested),
+            (ErrorCode::DuplicateKey, "properties.a.b".into())
+        );
+    }
+
+    fn with_properties(props: &str) -> String {
+        GOOD.replace(r#"{"route":"/x"}"#, props)
+    }
+
+    #[test]
+    fn properties_nest_at_most_eight_levels() {
+        let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(validate(&with_properties(&format!(r#"{{"a":{}}}"#, nest(7)))).is_ok());
+        for n in [8, 125, 300] {
+            let e = validate(&with_properties(&format!(r#"{{"a":{}}}"#, nest(n)))).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_str()),
+                (ErrorCode::InvalidProperties, "properties"),
+                "{n}"
+            );
+            assert!(e.message.contains("nest at most 8"), "{}", e.message);
+        }
+        // Any other field that deep is named as itself.
+        let e = validate(&GOOD.replace(r#""evt_1""#, &nest(20))).unwrap_err();
+        assert_eq!((e.code, e.field.as_str()), (ErrorCode::InvalidType, "id"));
+    }
+
+    #[test]
+    fn properties_are_measured_as_stored_not_as_sent() {
+        // 800 numbers written 1e15: about 3.9 KiB as sent, far more as stored.
+        let numbers = vec!["1e15"; 800].join(",");
+        let props = format!(r#"{{"n":[{numbers}]}}"#);
+        assert!(props.len() <= MAX_PROPERTIES_BYTES, "{}", props.len());
+        let e = validate(&with_properties(&props)).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::InvalidProperties, "properties")
+        );
+        assert!(e.message.contains("as Tally stores it"), "{}", e.message);
+        // White space does not count against the bound.
+        let spaced = format!(r#"{{"s":"{}"{}}}"#, "x".repeat(4000), " ".repeat(3000));
+        assert!(validate(&with_properties(&spaced)).is_ok());
+    }
+
+    #[test]
+    fn check_is_what_validate_ends_with() {
+        let e = validate(GOOD).unwrap();
+        assert_eq!(e.check(), Ok(()));
+        let mut deep = e.clone();
+        let mut v = Value::Null;
+        for _ in 0..8 {
+            v = Value::Array(vec![v]);
+        }
+        deep.properties.insert("p".into(), v);
+        assert_eq!(deep.check().unwrap_err().code, ErrorCode::InvalidProperties);
+        let mut big = e.clone();
+        big.properties
+            .insert("p".into(), Value::String("x".repeat(MAX_PROPERTIES_BYTES)));
+        assert_eq!(big.check().unwrap_err().code, ErrorCode::InvalidProperties);
+    }
+
+    mod accepted_means_decodable {
+        //! Whatever [`Event::validate`] accepts crosses the queue envelope and passes the
+        //! aggregator's [`Event::check`] unchanged: generated up to every bound.
+        use super::*;
+        use crate::envelope;
+        use proptest::prelude::*;
+
+        fn quantity() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..=999_999_999_999_999_999).prop_map(|n| n.to_string()),
+                (0u64..=999_999_999_999_999_999, 0u32..=9).prop_map(|(n, scale)| {
+                    Decimal::from_i128_with_scale(
+                        i128::from(n % 10u64.pow(18 - scale.min(17))),
+                        scale,
+                    )
+                    .to_string()
+                }),
+                (1u64..=9, 0i32..=17).prop_map(|(d, e)| format!("{d}e{e}")),
+                (1u64..=9, 1i32..=9).prop_map(|(d, e)| format!("\"{d}e-{e}\"")),
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e300f64..1e300).prop_map(Value::from),
+                "[\\PC]{0,40}".prop_map(Value::String),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(7, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z]{1,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn properties() -> impl Strategy<Value = Map<String, Value>> {
+            prop::collection::btree_map("[\\PC]{1,20}", value(), 0..=MAX_PROPERTIES_KEYS)
+                .prop_map(|m| m.into_iter().collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn every_accepted_event_decodes_and_passes_the_aggregator(
+                id in "[!-~]{1,128}",
+                q in quantity(),
+                props in properties(),
+            ) {
+                let json = serde_json::json!({
+                    "id": id,
+                    "project_id": "prj_1",
+                    "meter": "compute_minutes",
+                    "timestamp": "2026-11-26T10:00:00Z",
+                    "properties": props,
+                })
+                .to_string();
+                // Splice the quantity in as text, exactly as a client may send it.
+                let json = format!(r#"{{"quantity":{q},{}"#, &json[1..]);
+                if let Ok(event) = validate(&json) {
+                    let packed = envelope::pack(std::slice::from_ref(&event), 256 * 1024);
+                    prop_assert!(packed.failed.is_empty(), "{:?}", packed.failed);
+                    let (events, unreadable) =
+                        envelope::decode_each_str(&packed.messages[0].body).unwrap();
+                    prop_assert!(unreadable.is_empty(), "{:?}", unreadable);
+                    prop_assert_eq!(&events, &vec![event.clone()]);
+                    prop_assert_eq!(events[0].check(), Ok(()));
+                }
+            }
         }
     }
 }

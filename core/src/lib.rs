@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod event;
 pub mod fold;
 pub mod ids;
+pub mod json;
 pub mod meter;
 pub mod money;
 pub mod period;

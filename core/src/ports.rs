@@ -246,6 +246,9 @@ pub struct Delivery {
     pub receipt: String,
     /// The events the message carries.
     pub events: Vec<Event>,
+    /// Events of the message that did not decode. They are never applied: the consumer
+    /// sets them aside with [`EventQueue::dead_letter`] and applies the rest.
+    pub unreadable: Vec<crate::envelope::Unreadable>,
     /// How many times the message has been handed out, this time included.
     pub receive_count: u32,
 }
@@ -264,9 +267,11 @@ pub trait EventQueue: Send + Sync {
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError>;
     /// Approximate number of messages waiting (for draining and tests).
     async fn depth(&self) -> Result<u64, QueueError>;
-    /// Sets a delivered message aside as poison: moves it to the dead-letter store with
-    /// `reason` attached and removes it from the queue, so it is neither applied nor handed
-    /// out again, and never silently dropped. The default refuses (the message then stays
+    /// Sets a delivered message aside as poison: keeps the delivery's events (its `events`
+    /// and `unreadable`, which may be just the part of the message that cannot be applied,
+    /// the rest having been applied) in the dead-letter store with `reason` attached and
+    /// removes the message from the queue, so it is neither applied nor handed out again,
+    /// and never silently dropped. The default refuses (the message then stays
     /// queued and comes back), for queues without a dead-letter store.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let _ = (delivery, reason);

@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::http::{HeaderMap, header};
 use serde_json::value::RawValue;
-use tally_core::event::{ErrorCode, EventError};
+use tally_core::event::{ErrorCode, EventError, MAX_PROPERTIES_DEPTH};
+use tally_core::json;
 
 use crate::error::ApiError;
 
@@ -167,12 +168,26 @@ fn split_native(top: &RawValue) -> Result<Vec<Candidate<'_>>, BodyError> {
     if !top.get().starts_with('{') {
         return Err(wrong_shape());
     }
-    let fields: HashMap<Cow<'_, str>, &RawValue> =
-        serde_json::from_str(top.get()).map_err(|_| wrong_shape())?;
-    let Some(events) = fields.get("events") else {
+    let fields = match json::entries(top.get()) {
+        Ok(fields) => fields,
+        Err(e @ json::ShapeError::DuplicateKey { .. }) if e.field() == "events" => {
+            return Err(BodyError::shape("events", e.to_string()));
+        }
+        Err(e @ json::ShapeError::DuplicateKey { .. }) => {
+            let batch = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(top.get())
+                .is_ok_and(|f| f.contains_key("events"));
+            if batch {
+                return Err(BodyError::shape("body", e.to_string()));
+            }
+            // One event repeating a key is that event's rejection, not the body's.
+            return Ok(vec![Ok(Cow::Borrowed(top.get()))]);
+        }
+        Err(_) => return Err(wrong_shape()),
+    };
+    let Some((_, events)) = fields.iter().find(|(k, _)| k == "events") else {
         return Ok(vec![Ok(Cow::Borrowed(top.get()))]);
     };
-    if let Some(other) = fields.keys().find(|k| *k != "events") {
+    if let Some((other, _)) = fields.iter().find(|(k, _)| k != "events") {
         return Err(BodyError::shape(
             "body",
             format!(
@@ -217,6 +232,23 @@ fn cloudevent_to_native(raw: &RawValue) -> Result<String, EventError> {
             "each CloudEvent must be a JSON object of attributes",
         )
     };
+    // A repeated attribute (or data member) would be read as its last copy; refuse it,
+    // named as the client wrote it, and bound the nesting as for a native event.
+    if let Err(e) = json::check(raw.get(), MAX_PROPERTIES_DEPTH + 1, "") {
+        return Err(match e {
+            json::ShapeError::DuplicateKey { .. } => {
+                EventError::new(ErrorCode::DuplicateKey, e.field(), e.to_string())
+            }
+            json::ShapeError::TooDeep { .. } => EventError::new(
+                ErrorCode::InvalidProperties,
+                "properties",
+                format!(
+                    "data may nest at most {MAX_PROPERTIES_DEPTH} levels of objects and arrays"
+                ),
+            ),
+            json::ShapeError::Syntax(_) => not_object(),
+        });
+    }
     let attrs: HashMap<Cow<'_, str>, &RawValue> =
         serde_json::from_str(raw.get()).map_err(|_| not_object())?;
     let mut native: BTreeMap<&'static str, Cow<'_, RawValue>> = BTreeMap::new();
@@ -296,6 +328,12 @@ mod tests {
             (br#"{"events":{}}"#, "invalid_body", "events"),
             (br#"{"events":null}"#, "invalid_body", "events"),
             (br#"{"events":[{}],"x":1}"#, "invalid_body", "body"),
+            (
+                br#"{"events":[{}],"events":[{}]}"#,
+                "invalid_body",
+                "events",
+            ),
+            (br#"{"events":[{}],"x":1,"x":2}"#, "invalid_body", "body"),
         ];
         for (body, code, field) in cases {
             let e = split_body(BodyFormat::Native, body).unwrap_err();

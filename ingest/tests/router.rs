@@ -604,6 +604,74 @@ async fn an_unknown_field_named_empty_string_is_still_named() {
     assert_eq!(a.json["rejected"][0]["error"]["field"], "\"\"");
 }
 
+/// The issue's two lost-`202` cases and the duplicate key: each is refused per event with
+/// its field named, the rest of the batch is accepted, and every event ingest queued passes
+/// the aggregator's check after a trip through the envelope.
+#[tokio::test]
+async fn what_ingest_accepts_the_aggregator_applies() {
+    let h = Harness::new().await;
+    let mut deep = json!(1);
+    for _ in 0..126 {
+        deep = json!([deep]);
+    }
+    let grows = format!(r#"{{"n":[{}]}}"#, vec!["1e15"; 800].join(","));
+    assert!(grows.len() < 4096);
+    let mut events = many(997, |i| ev(&format!("ok{i}")));
+    events.push(with(ev("deep"), "properties", json!({ "p": deep })));
+    events.push(with(
+        ev("grows"),
+        "properties",
+        serde_json::from_str(&grows).unwrap(),
+    ));
+    let body = json!({ "events": events }).to_string();
+    // The duplicate key cannot be built with `json!`: splice it into the text.
+    let twice = r#"{"id":"twice","project_id":"prj_a1","meter":"api_calls","quantity":"1","quantity":"1000","timestamp":"2026-11-26T10:00:00Z"}"#;
+    let body = format!("{},{twice}]}}", &body[..body.len() - 2]);
+    let a = h.post(Some(GOOD_KEY), body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    assert_eq!(a.json["accepted"], 997);
+    let fields: Vec<(u64, String, String)> = a.json["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["error"]["code"].as_str().unwrap().to_owned(),
+                r["error"]["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (997, "invalid_properties".into(), "properties".into()),
+            (998, "invalid_properties".into(), "properties".into()),
+            (999, "duplicate_key".into(), "quantity".into()),
+        ]
+    );
+    let published = h.mem.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 997);
+    let packed = tally_core::envelope::pack(&published, 256 * 1024);
+    assert!(packed.failed.is_empty());
+    for m in &packed.messages {
+        let (events, unreadable) = tally_core::envelope::decode_each_str(&m.body).unwrap();
+        assert!(unreadable.is_empty());
+        for e in &events {
+            assert_eq!(e.check(), Ok(()), "{}", e.id.as_str());
+        }
+    }
+
+    // In a CloudEvent, a repeated data member is named as the client wrote it.
+    let ce = r#"{"specversion":"1.0","source":"/s","id":"ce2","type":"compute_minutes","subject":"prj_a1","time":"2026-11-26T10:00:00Z","data":{"quantity":"1","quantity":"9"}}"#;
+    let a = h
+        .post_with(Some(GOOD_KEY), "application/cloudevents+json", ce)
+        .await;
+    assert_eq!(a.json["accepted"], 0);
+    assert_eq!(a.json["rejected"][0]["error"]["code"], "duplicate_key");
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "data.quantity");
+}
+
 #[tokio::test]
 async fn cloudevents_are_accepted_and_errors_use_their_names() {
     let h = Harness::new().await;

@@ -23,7 +23,7 @@ pub use aws_lambda_events;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
-use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
+use tally_aggregator::{RecordInput, RecordOutcome, SetAside, apply_records};
 use tally_core::ports::UsageStore;
 use tracing::warn;
 
@@ -44,6 +44,18 @@ async fn set_aside(sink: Option<&dyn PoisonSink>, id: &str, body: &[u8], reason:
         Err(e) => {
             metrics::counter!("tally_aggregator_dead_letter_failures_total").increment(1);
             warn!(id, reason, error = %e, "could not dead-letter poison record; reporting it as failed");
+            false
+        }
+    }
+}
+
+/// Settles the bad part of a record whose good events were applied: those events alone go
+/// to the sink; `true` if they are set aside (the record may then be acknowledged).
+async fn set_aside_part(sink: Option<&dyn PoisonSink>, id: &str, part: &SetAside) -> bool {
+    match part.body() {
+        Ok(body) => set_aside(sink, id, body.as_bytes(), &part.reason).await,
+        Err(e) => {
+            warn!(id, error = %e, "could not encode the events to set aside; reporting the record as failed");
             false
         }
     }
@@ -79,6 +91,7 @@ pub async fn handle_sqs(
                 false
             }
             RecordOutcome::Poison { reason } => set_aside(sink, &id, body, reason).await,
+            RecordOutcome::SetAside(part) => set_aside_part(sink, &id, part).await,
         };
         if !settled {
             response.add_failure(id);
@@ -119,6 +132,7 @@ pub async fn handle_kinesis(
             RecordOutcome::Poison { reason } => {
                 set_aside(sink, seq, &record.kinesis.data.0, reason).await
             }
+            RecordOutcome::SetAside(part) => set_aside_part(sink, seq, part).await,
         };
         if !settled {
             response.add_failure(seq.clone());

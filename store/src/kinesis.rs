@@ -638,7 +638,7 @@ impl KinesisQueue {
                 sh.buffer.pop_front();
                 continue;
             }
-            let decoded = envelope::decode(&rec.data).map_err(|e| e.to_string());
+            let decoded = envelope::decode_each(&rec.data).map_err(|e| e.to_string());
             match decoded {
                 Err(reason) => {
                     let Some(rec) = sh.buffer.pop_front() else {
@@ -678,7 +678,7 @@ impl KinesisQueue {
                         tracing::warn!(shard = shard_id, error = %e, "checkpoint not written; retried on the next ack");
                     }
                 }
-                Ok(evs) => {
+                Ok((evs, unreadable)) => {
                     if !out.is_empty() && *events + evs.len() > max_events {
                         return true;
                     }
@@ -697,6 +697,7 @@ impl KinesisQueue {
                     out.push(Delivery {
                         receipt: format!("{shard_id}/{}", rec.seq),
                         events: evs,
+                        unreadable,
                         receive_count: t.receive_count,
                     });
                     if *events >= max_events {
@@ -998,7 +999,7 @@ impl EventQueue for KinesisQueue {
     /// reason), then marks the record done like an ack, so the checkpoint can pass it.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let (shard_id, seq) = parse_receipt(&delivery.receipt)?;
-        let data = envelope::encode(&delivery.events)
+        let data = envelope::encode_parts(&delivery.events, &delivery.unreadable)
             .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?
             .into_bytes();
         let rec = Fetched {

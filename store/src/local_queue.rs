@@ -35,6 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, TransactionBehavior, params};
+use serde_json::value::RawValue;
+use tally_core::envelope;
 use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
@@ -109,7 +111,9 @@ impl Default for LocalQueueConfig {
 pub struct DeadLetter {
     /// The message's id in the queue.
     pub message_id: i64,
-    /// The stored body, as it was.
+    /// The events set aside, as a JSON array like a message's stored body: the body as it
+    /// was for a message that did not decode at all, otherwise the events of the message
+    /// that could not be applied (the others were).
     pub body: String,
     /// Why it was set aside.
     pub reason: String,
@@ -343,12 +347,18 @@ impl LocalQueue {
             let mut out = Vec::with_capacity(taken.len());
             let mut bad = Vec::new();
             for m in taken {
-                match serde_json::from_str::<Vec<Event>>(&m.body) {
-                    Ok(events) => out.push(Delivery {
-                        receipt: format!("{}.{}", m.id, m.receive_count + 1),
-                        events,
-                        receive_count: m.receive_count + 1,
-                    }),
+                // Event by event: one that does not decode is set aside alone by the
+                // consumer, the rest are applied.
+                match serde_json::from_str::<Vec<&RawValue>>(&m.body) {
+                    Ok(raws) => {
+                        let (events, unreadable) = envelope::decode_items(raws);
+                        out.push(Delivery {
+                            receipt: format!("{}.{}", m.id, m.receive_count + 1),
+                            events,
+                            unreadable,
+                            receive_count: m.receive_count + 1,
+                        })
+                    }
                     Err(e) => {
                         let reason = format!("message body does not decode as events: {e}");
                         bad.push((m, reason));
@@ -389,6 +399,27 @@ impl LocalQueue {
         }
         Ok(out)
     }
+}
+
+/// The stored-body form (a JSON array) of a delivery's events, unreadable ones as they
+/// stood.
+fn array_body(delivery: &Delivery) -> Result<String, QueueError> {
+    let mut items: Vec<Box<RawValue>> =
+        Vec::with_capacity(delivery.events.len() + delivery.unreadable.len());
+    for e in &delivery.events {
+        items.push(
+            serde_json::value::to_raw_value(e)
+                .map_err(|e| QueueError::Malformed(format!("re-encoding an event: {e}")))?,
+        );
+    }
+    for u in &delivery.unreadable {
+        items.push(
+            RawValue::from_string(u.json.clone())
+                .map_err(|e| QueueError::Malformed(format!("keeping an unreadable event: {e}")))?,
+        );
+    }
+    serde_json::to_string(&items)
+        .map_err(|e| QueueError::Malformed(format!("encoding a dead letter: {e}")))
 }
 
 /// A message picked and hidden by [`LocalQueue::take`], not yet decoded.
@@ -480,12 +511,15 @@ impl EventQueue for LocalQueue {
         .await
     }
 
-    /// Moves the message (its stored body, as it was) to the `dead_letters` table with the
-    /// reason, in one transaction. A message already gone (acknowledged or dead-lettered by
-    /// another consumer) is left alone.
+    /// Keeps the delivery's events (all of the message, or the part of it that cannot be
+    /// applied; a JSON array like the stored body, unreadable events as they stood) in the
+    /// `dead_letters` table with the reason and deletes the message, in one transaction. A
+    /// message already gone (acknowledged or dead-lettered by another consumer) is left
+    /// alone.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let id = parse_receipt(&delivery.receipt)?;
         let reason = reason.to_owned();
+        let body = array_body(delivery)?;
         tracing::error!(message_id = id, %reason, "dead-lettering poison queue message");
         self.run(move |conn, _| {
             let now = conn::now_millis();
@@ -495,8 +529,8 @@ impl EventQueue for LocalQueue {
             tx.execute(
                 "INSERT INTO dead_letters
                      (message_id, body, reason, receive_count, enqueued_at, dead_at)
-                 SELECT id, body, ?2, receive_count, enqueued_at, ?3 FROM messages WHERE id = ?1",
-                params![id, reason, now],
+                 SELECT id, ?4, ?2, receive_count, enqueued_at, ?3 FROM messages WHERE id = ?1",
+                params![id, reason, now, body],
             )
             .map_err(qerr)?;
             tx.execute("DELETE FROM messages WHERE id = ?1", params![id])

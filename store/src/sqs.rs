@@ -794,11 +794,11 @@ impl EventQueue for SqsQueue {
             let mut overflowed = false;
             for m in messages {
                 let decoded = match m.body() {
-                    Some(body) => envelope::decode_str(body).map_err(|e| e.to_string()),
+                    Some(body) => envelope::decode_each_str(body).map_err(|e| e.to_string()),
                     None => Err("message has no body".to_owned()),
                 };
-                let evs = match decoded {
-                    Ok(evs) => evs,
+                let (evs, unreadable) = match decoded {
+                    Ok(parts) => parts,
                     Err(reason) => {
                         self.dead_letter(&m, &reason).await;
                         continue;
@@ -818,6 +818,7 @@ impl EventQueue for SqsQueue {
                 let delivery = Delivery {
                     receipt,
                     events: evs,
+                    unreadable,
                     receive_count,
                 };
                 if !out.is_empty() && events + delivery.events.len() > max_events {
@@ -900,7 +901,7 @@ impl EventQueue for SqsQueue {
     /// to the dead-letter queue is possible then; it is a copy, never a loss).
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         tracing::error!(receipt = %delivery.receipt, reason, "dead-lettering poison SQS message");
-        let body = envelope::encode(&delivery.events)
+        let body = envelope::encode_parts(&delivery.events, &delivery.unreadable)
             .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?;
         let dlq = self.dead_letter_queue_url().await?;
         let reason_value = MessageAttributeValue::builder()

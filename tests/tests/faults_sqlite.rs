@@ -60,7 +60,8 @@ fn every_counter_is_exact_under_random_faults_on_sqlite() {
     for queue in &queues {
         let dead = rt.block_on(queue.dead_letters()).unwrap();
         assert!(
-            dead.iter().all(|d| d.reason.contains("needs property")),
+            dead.iter()
+                .all(|d| d.reason.contains("properties.user, which is missing")),
             "{dead:?}"
         );
     }

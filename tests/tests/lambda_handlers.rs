@@ -160,7 +160,7 @@ async fn sqs_reports_only_unsettled_messages() {
     let kept = sink.kept.lock().unwrap().clone();
     assert_eq!(kept.len(), 2);
     assert_eq!(kept[0].0, "m-poison");
-    assert!(kept[0].1.contains("needs property"));
+    assert!(kept[0].1.contains("properties.user, which is missing"));
     assert_eq!(kept[1].0, "m-garbage");
     assert_eq!(total(&store, &org).await, 2);
 

@@ -107,7 +107,10 @@ async fn sqs_poison_goes_to_the_dead_letter_queue_with_its_reason() {
     let dead = queue.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let reason = dead[0].reason.clone().unwrap();
-    assert!(reason.contains("needs property"), "{reason}");
+    assert!(
+        reason.contains("properties.user, which is missing"),
+        "{reason}"
+    );
     assert!(dead[0].body.contains("p1"), "{}", dead[0].body);
 }
 
@@ -139,7 +142,7 @@ async fn kinesis_poison_becomes_a_dead_letter_item_and_the_checkpoint_passes_it(
     let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(
-        dead[0].reason.contains("needs property"),
+        dead[0].reason.contains("properties.user, which is missing"),
         "{}",
         dead[0].reason
     );

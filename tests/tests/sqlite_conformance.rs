@@ -98,6 +98,10 @@ impl QueueFactory for LocalQueueFactory {
             .map(|d| (d.body, d.reason))
             .collect()
     }
+
+    fn body_of(items: &[String]) -> String {
+        format!("[{}]", items.join(","))
+    }
 }
 
 mod storage {

@@ -208,6 +208,7 @@ async fn tally_path(
             .iter()
             .map(|&(i, _)| RecordInput::Decoded {
                 events: std::slice::from_ref(&events[i]),
+                unreadable: &[],
                 org: None,
             })
             .collect();
@@ -226,6 +227,9 @@ async fn tally_path(
                     pending.push((i, tries + 1));
                 }
                 RecordOutcome::Poison { reason } => bail!("record {i} is poison: {reason}"),
+                RecordOutcome::SetAside(part) => {
+                    bail!("record {i} has events set aside: {}", part.reason)
+                }
             }
         }
         done_batches += 1;

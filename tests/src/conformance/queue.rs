@@ -35,6 +35,12 @@ pub trait QueueFactory: Send + Sync {
 
     /// The dead-lettered messages so far, as (body, reason).
     async fn dead_letters(&self) -> Vec<(String, String)>;
+
+    /// A message body in this backend's stored form holding these events' JSON texts as
+    /// they are (the queue envelope by default; the local queue stores a bare array).
+    fn body_of(items: &[String]) -> String {
+        format!(r#"{{"v":1,"events":[{}]}}"#, items.join(","))
+    }
 }
 
 /// Expands to one `#[tokio::test]` per queue conformance test, each building its factory with
@@ -52,6 +58,7 @@ macro_rules! queue_conformance {
             unacked_messages_come_back_after_the_visibility_timeout,
             receive_respects_max_events,
             malformed_messages_are_dead_lettered,
+            an_unreadable_event_is_set_aside_alone,
             a_waiting_receive_wakes_on_publish,
             a_publish_from_another_handle_is_received,
             an_empty_receive_returns_after_its_wait,
@@ -268,6 +275,58 @@ pub async fn malformed_messages_are_dead_lettered<F: QueueFactory>(f: &F) {
         let stray = q.receive(100, Duration::from_millis(200)).await.unwrap();
         assert!(stray.is_empty(), "{stray:?}");
     }
+    assert_drains(&q).await;
+}
+
+/// A message with one event that does not decode between two that do: the two are handed
+/// out to be applied, the bad one beside them as unreadable, and setting it aside keeps
+/// exactly it in the dead-letter store and removes the message.
+pub async fn an_unreadable_event_is_set_aside_alone<F: QueueFactory>(f: &F) {
+    let q = f.open().await;
+    let good = events(2, "good");
+    let bad = format!(
+        r#"{{"org_id":"{}","id":"bad-{}","quantity":7}}"#,
+        good[0].org_id.as_str(),
+        super::fixtures::random_hex()
+    );
+    let text = |e: &Event| serde_json::to_string(e).unwrap();
+    f.inject_malformed(&F::body_of(&[text(&good[0]), bad.clone(), text(&good[1])]))
+        .await;
+    let got = collect(&q, 2, Duration::from_secs(5)).await;
+    assert_eq!(events_of(&got), sorted(good.clone()));
+    let with_bad: Vec<&Delivery> = got.iter().filter(|d| !d.unreadable.is_empty()).collect();
+    assert_eq!(with_bad.len(), 1, "{got:?}");
+    let d = with_bad[0];
+    assert_eq!(d.unreadable.len(), 1);
+    assert_eq!(d.unreadable[0].json, bad);
+    // What the aggregator does once the good events are applied.
+    let aside = Delivery {
+        receipt: d.receipt.clone(),
+        events: Vec::new(),
+        unreadable: d.unreadable.clone(),
+        receive_count: d.receive_count,
+    };
+    q.dead_letter(&aside, "event bad: does not decode")
+        .await
+        .unwrap();
+    let others: Vec<Delivery> = got
+        .iter()
+        .filter(|o| o.receipt != d.receipt)
+        .cloned()
+        .collect();
+    ack_all(&q, &others).await;
+    let dead = f.dead_letters().await;
+    let kept: Vec<&(String, String)> = dead
+        .iter()
+        .filter(|(body, _)| body.contains(&bad))
+        .collect();
+    assert_eq!(kept.len(), 1, "{dead:?}");
+    assert!(
+        !kept[0].0.contains(good[0].id.as_str()),
+        "only the bad event is kept: {}",
+        kept[0].0
+    );
+    assert_eq!(kept[0].1, "event bad: does not decode");
     assert_drains(&q).await;
 }
 
