@@ -68,9 +68,10 @@ use crate::report::{AdjustmentLine, MonthUsage, UsageReport, price_line, price_m
 /// The grace period when none is given: one hour after a month ends.
 pub const DEFAULT_GRACE: Duration = Duration::hours(1);
 
-/// The longest grace period accepted: a week. A longer one would leave a month open for
-/// late events well into the next month's billing.
-pub const MAX_GRACE: Duration = Duration::days(7);
+/// The longest grace period accepted: a week, the same week after which ingest takes no
+/// more events for a month ([`tally_core::period::MAX_LATE_WINDOW`]). A longer one would
+/// leave a month open for late events well into the next month's billing.
+pub const MAX_GRACE: Duration = tally_core::period::MAX_LATE_WINDOW;
 
 /// How many months before the one being billed are checked for late usage.
 pub const ADJUSTMENT_LOOKBACK_MONTHS: usize = 3;

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How wide a counter bucket is.
@@ -78,6 +78,21 @@ fn from_secs(secs: i64) -> DateTime<Utc> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("period must be YYYY-MM with a year from 2000 to 9999, got {0:?}")]
 pub struct MonthParseError(pub String);
+
+/// The longest a month stays open to late events after it ends when billing has not closed
+/// it sooner: a week, billing's longest grace period. Past it the month takes no events,
+/// closed or not, so no month is left open forever.
+pub const MAX_LATE_WINDOW: Duration = Duration::days(7);
+
+/// Whether an event stamped in `month` may still be recorded at `now`, billing's own
+/// closing aside: the current month (and the next, which clock skew can reach), and the
+/// previous month until [`MAX_LATE_WINDOW`] after it ended. Everything older is refused
+/// at ingest, so a backdated event can neither land in a month nobody bills nor open a
+/// fresh allowance.
+pub fn open_for_events(month: Month, now: DateTime<Utc>) -> bool {
+    let current = Month::of(now);
+    month >= current || (month == current.prev() && now < current.start() + MAX_LATE_WINDOW)
+}
 
 /// A calendar month in UTC: the billing period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,6 +213,21 @@ pub fn seconds_into_hour(ts: DateTime<Utc>) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_current_and_previous_month_take_events() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let m = |s: &str| Month::parse(s).unwrap();
+        let now = at("2026-12-05T10:00:00Z");
+        assert!(open_for_events(m("2026-12"), now));
+        assert!(open_for_events(m("2027-01"), now));
+        assert!(open_for_events(m("2026-11"), now));
+        assert!(!open_for_events(m("2026-10"), now));
+        assert!(!open_for_events(m("2001-01"), now));
+        // The previous month closes to events a week after it ended, billed or not.
+        assert!(open_for_events(m("2026-11"), at("2026-12-07T23:59:59Z")));
+        assert!(!open_for_events(m("2026-11"), at("2026-12-08T00:00:00Z")));
+    }
+
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
 use tally_core::ids::{OrgId, ProjectId};
-use tally_core::period::Month;
+use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
 use tally_core::plan::{Plan, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
 use tally_core::tenant::{ApiKey, KeyScope};
@@ -283,7 +283,7 @@ async fn ingest(
             }
         };
         let month = Month::of(event.timestamp);
-        if ok && !month_closed.contains_key(&month) {
+        if ok && open_for_events(month, now) && !month_closed.contains_key(&month) {
             let closed = inner.lookups.period_closed(month).await?;
             month_closed.insert(month, closed);
         }
@@ -306,6 +306,20 @@ async fn ingest(
             continue;
         }
         let month = Month::of(event.timestamp);
+        if !open_for_events(month, now) {
+            let e = EventError::new(
+                ErrorCode::PeriodClosed,
+                "timestamp",
+                format!(
+                    "the billing period {month} is closed to new events: Tally records usage \
+                     of the current month, and of the previous one until it is billed (at most \
+                     {} days after it ends)",
+                    MAX_LATE_WINDOW.num_days()
+                ),
+            );
+            rejected.push(Rejection::of(index, id, format, e));
+            continue;
+        }
         if month_closed.get(&month) != Some(&false) {
             let e = EventError::new(
                 ErrorCode::PeriodClosed,

@@ -565,9 +565,59 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
         ]
     );
     assert_eq!(published[1].meter, meter("compute_minutes"));
-    // Distinct projects (a1, zzz, b1, a2) and months (11, 10) are looked up once each.
+    // Distinct projects (a1, zzz, b1, a2) are looked up once each, and month 11 once;
+    // month 10 ended more than a week ago, so it is refused without asking the store.
     assert_eq!(h.store.calls(Op::GetProject), 4);
-    assert_eq!(h.store.calls(Op::IsPeriodClosed), 2);
+    assert_eq!(h.store.calls(Op::IsPeriodClosed), 1);
+}
+
+/// Backdating: only the current month, and the previous one within a week of its end and
+/// until billing closes it, take events; an older month is `period_closed` naming
+/// `timestamp` even though billing never closed it.
+#[tokio::test]
+async fn events_older_than_the_previous_month_are_refused() {
+    let h = Harness::new().await;
+    // 2026-11-26: October ended more than a week ago (and is closed in the store too);
+    // September and 2001 were never closed.
+    for ts in [
+        "2026-09-30T23:00:00Z",
+        "2001-01-15T00:00:00Z",
+        "2026-10-31T23:59:59Z",
+    ] {
+        let a = h
+            .batch(GOOD_KEY, vec![with(ev("old"), "timestamp", json!(ts))])
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_eq!(a.json["accepted"], 0, "{ts}");
+        assert_eq!(
+            a.json["rejected"][0]["error"]["code"], "period_closed",
+            "{ts}"
+        );
+        assert_eq!(a.json["rejected"][0]["error"]["field"], "timestamp", "{ts}");
+    }
+    // Early in December, November is still open (not closed by billing yet).
+    h.clock.set(t("2026-12-03T00:00:00Z"));
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![with(ev("late"), "timestamp", json!("2026-11-30T23:00:00Z"))],
+        )
+        .await;
+    assert_eq!(a.json["accepted"], 1, "{}", a.json);
+    // A week after November ended it takes nothing more, although nobody billed it.
+    h.clock.set(t("2026-12-08T00:00:01Z"));
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![with(
+                ev("later"),
+                "timestamp",
+                json!("2026-11-30T23:00:00Z"),
+            )],
+        )
+        .await;
+    assert_eq!(a.json["accepted"], 0, "{}", a.json);
+    assert_eq!(a.json["rejected"][0]["error"]["code"], "period_closed");
 }
 
 #[tokio::test]
