@@ -10,6 +10,12 @@
 //! It is pure: the caller brings the randomness (a number in `[0, 1]`) and does the waiting,
 //! through its runtime's timer or the [`Sleeper`] port, which lets tests record the waits
 //! instead of sleeping.
+//!
+//! Not `backon`: its jitter adds up to a whole backoff on top (so a wait can pass
+//! `max_delay`), not the upper-half jitter above, and its retry loop wraps one closure per
+//! attempt, while the adapters' loops carry state between attempts (the entries of a batch
+//! still failing, a `Retry-After`, a ledger step to record). Keeping this policy and
+//! wrapping it for backon would add a dependency and make no loop shorter.
 
 use std::time::Duration;
 

@@ -24,8 +24,9 @@
 //!
 //! Buckets live in a bounded [`TtlCache`] whose entries expire when the bucket would be full
 //! again, which is exactly when forgetting it changes nothing. If more than the cache's
-//! capacity of keys are throttled at once, the least recently charged bucket is forgotten,
-//! which can only let its key through earlier.
+//! capacity of keys are throttled at once, a bucket that was not charged again since it was
+//! made is forgotten first (the cache keeps entries in use), which can only let its key
+//! through earlier.
 //!
 //! # Hard plan limits
 //!

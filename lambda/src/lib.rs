@@ -6,8 +6,9 @@
 //!   template-code agreement test checks every one is set on its function in
 //!   `template.yaml`, and [`env::Env`] refuses to read a name its list does not hold.
 //! - [`telemetry`]: JSON logs through `tracing` (with the Lambda request id and the
-//!   request span's `request_id` and `org`) and [`emf`], the `metrics` recorder that
-//!   prints CloudWatch embedded-metric-format lines after each invocation.
+//!   request span's `request_id` and `org`) and the `metrics` recorder
+//!   (`metrics_cloudwatch_embedded`) that prints CloudWatch embedded-metric-format lines
+//!   after each invocation.
 //! - [`backends`]: the DynamoDB store and the SQS or Kinesis queue, from the environment.
 //! - [`consumers`]: the aggregator's SQS and Kinesis consumers over Lambda's event shapes
 //!   (partial batch responses, poison records to a dead-letter sink).
@@ -25,7 +26,6 @@
 pub mod alerts;
 pub mod backends;
 pub mod consumers;
-pub mod emf;
 pub mod env;
 pub mod handlers;
 pub mod sink;

@@ -6,16 +6,25 @@
 //! id) and, on the HTTP functions, the request span of `tally_http::trace`
 //! (`request_id`, `org` once known). The filter is [`crate::env::LOG`], `info` by default.
 //!
-//! Metrics from the `metrics` crate go to [`crate::emf`]'s recorder; [`Telemetry::flush`]
-//! prints them as embedded-metric-format lines, once per invocation.
+//! Metrics from the `metrics` crate go to `metrics_cloudwatch_embedded`'s recorder, so on
+//! Lambda they need no agent and no API call: [`Telemetry::flush`] prints them once per
+//! invocation as CloudWatch embedded metric format (EMF) lines, which CloudWatch Logs turns
+//! into metrics in the [`NAMESPACE`] namespace. Each distinct set of labels is one line
+//! whose dimensions are `function` (the function's short name) plus the labels. Counters
+//! print what was added since the last flush (nothing when that is 0), gauges their current
+//! value, histograms every value recorded since the last flush (EMF takes at most 100 per
+//! line; the recorder logs an error for each value past that and drops it).
 
-use std::sync::Arc;
+use std::io::Write;
 
+use metrics_cloudwatch_embedded::{Builder, Collector};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::emf::EmfRecorder;
 use crate::env::{self, Env, EnvError};
+
+/// The CloudWatch namespace Tally's metrics are published under.
+pub const NAMESPACE: &str = "Tally";
 
 /// The JSON log subscriber writing to `writer`: one object per event, its fields at the top
 /// level, with `spans` listing every enclosing span and its fields.
@@ -36,9 +45,18 @@ where
 }
 
 /// The process's metrics recorder, for flushing after each invocation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Telemetry {
-    recorder: Arc<EmfRecorder>,
+    /// `None` when another recorder was installed first (a second `init`).
+    collector: Option<&'static Collector>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("recording", &self.collector.is_some())
+            .finish()
+    }
 }
 
 impl Telemetry {
@@ -50,18 +68,28 @@ impl Telemetry {
             EnvError::invalid(env::LOG, &filter, format!("not a tracing filter: {e}"))
         })?;
         let _ = tracing::subscriber::set_global_default(json_subscriber(filter, std::io::stdout));
-        let recorder = Arc::new(EmfRecorder::new(crate::emf::NAMESPACE, function));
         // A second install (tests) fails and leaves the first recorder in place; this
-        // handle then flushes an empty registry, which prints nothing.
-        let _ = metrics::set_global_recorder(crate::emf::Global(recorder.clone()));
-        Ok(Telemetry { recorder })
+        // handle then has nothing to flush and prints nothing.
+        let collector = Builder::new()
+            .cloudwatch_namespace(NAMESPACE)
+            .with_dimension("function", function)
+            .init()
+            .ok();
+        Ok(Telemetry { collector })
     }
 
     /// Prints what was recorded since the last flush as EMF lines on stdout.
     pub fn flush(&self) {
-        let now = chrono::Utc::now().timestamp_millis();
-        for line in self.recorder.drain_lines(now) {
-            println!("{line}");
+        self.flush_to(std::io::stdout().lock());
+    }
+
+    /// Writes what was recorded since the last flush as EMF lines to `out`. A failed write
+    /// is logged: metrics are not worth failing an invocation for.
+    pub fn flush_to(&self, out: impl Write) {
+        if let Some(collector) = self.collector
+            && let Err(e) = collector.flush(out)
+        {
+            tracing::warn!(error = %e, "cannot write EMF metrics");
         }
     }
 }
@@ -70,7 +98,7 @@ impl Telemetry {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::io::Write;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
