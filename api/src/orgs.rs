@@ -12,8 +12,8 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_core::counter::{Overflow, checked_percent, checked_sum};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
@@ -314,11 +314,12 @@ pub(crate) async fn usage_summary(
                 to: month.end(),
             })
             .await?;
-        let value: Decimal = series.iter().map(|c| c.value).sum();
+        let value = checked_sum(series.iter().map(|c| c.value)).map_err(overflow)?;
         let included = plan.meter_limit(&meter.name);
-        let percent = included
-            .filter(|i| !i.is_zero())
-            .map(|i| (value * Decimal::ONE_HUNDRED / i).round_dp(2));
+        let percent = match included {
+            Some(i) => checked_percent(value, i).map_err(overflow)?,
+            None => None,
+        };
         meters.push(MeterSummary {
             meter: meter.name.to_string(),
             value: value.normalize().to_string(),
@@ -335,4 +336,10 @@ pub(crate) async fn usage_summary(
         plan: org.plan.as_str().to_owned(),
         meters,
     }))
+}
+
+/// A summary this org's usage is too large to compute exactly: a `500` for this request
+/// alone (the detail is logged), never a panic or a rounded figure.
+fn overflow(e: Overflow) -> ApiError {
+    ApiError::Internal(format!("usage summary: {e}"))
 }

@@ -119,13 +119,20 @@ pub fn alert_id(key: &AlertKey) -> String {
 }
 
 /// The thresholds `usage` has reached of `limit` (none for a zero or negative limit).
+/// Checked: usage too large to multiply (past ~7.9e26) has crossed every threshold of any
+/// limit whose own product fits, and never panics the pass.
 pub fn crossed(limit: Decimal, usage: Decimal) -> Vec<ThresholdPct> {
     if limit <= Decimal::ZERO {
         return Vec::new();
     }
     THRESHOLDS
         .into_iter()
-        .filter(|t| usage * Decimal::ONE_HUNDRED >= limit * Decimal::from(t.get()))
+        .filter(|t| match limit.checked_mul(Decimal::from(t.get())) {
+            None => false,
+            Some(scaled) => usage
+                .checked_mul(Decimal::ONE_HUNDRED)
+                .is_none_or(|u| u >= scaled),
+        })
         .collect()
 }
 

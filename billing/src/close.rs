@@ -55,6 +55,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
+use tally_core::counter::checked_sum;
 use tally_core::ports::{
     Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, ReportStore, StoreError, StoredReport,
     UsageStore,
@@ -241,6 +242,10 @@ pub enum OrgError {
     /// The org disappeared while the run went on.
     #[error("the organization no longer exists")]
     Gone,
+    /// The org's usage is too large to sum exactly; this org's report is not made (the run
+    /// goes on with the others), and an operator looks at its counters.
+    #[error("the month's usage is too large to sum exactly; its counters need a look")]
+    Overflow,
     /// The month could not be priced (for example usage of a meter the plan has no price
     /// for).
     #[error("cannot price the month: {0}")]
@@ -484,18 +489,16 @@ async fn month_usage(
         if key.granularity != Granularity::Month || Month::of(key.start) != period {
             continue;
         }
-        match key.project {
-            None => {
-                *out.meters.entry(key.meter).or_default() += value;
-            }
-            Some(project) => {
-                *out.projects
-                    .entry(project)
-                    .or_default()
-                    .entry(key.meter)
-                    .or_default() += value;
-            }
-        }
+        let slot = match key.project {
+            None => out.meters.entry(key.meter).or_default(),
+            Some(project) => out
+                .projects
+                .entry(project)
+                .or_default()
+                .entry(key.meter)
+                .or_default(),
+        };
+        *slot = checked_sum([*slot, value]).map_err(|_| OrgError::Overflow)?;
     }
     Ok(out)
 }
@@ -518,7 +521,8 @@ pub(crate) async fn month_counter(
             to: period.end(),
         })
         .await?;
-    Ok(series.iter().map(|c| c.value).sum())
+    checked_sum(series.iter().map(|c| c.value))
+        .map_err(|e| StoreError::Corrupt(format!("the month counters of {org} for {meter}: {e}")))
 }
 
 /// Adjustment lines for usage applied to earlier months after their reports were stored

@@ -27,7 +27,7 @@ fn month(s: &str) -> Month {
 }
 
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: SqliteStore,
     clock: FixedClock,
     catalogue: Catalogue,
@@ -38,7 +38,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("tally.db")).unwrap();
         World {
-            _dir: dir,
+            dir,
             store,
             clock: FixedClock::at(ts("2026-12-15T00:00:00Z")),
             catalogue: Catalogue::builtin().unwrap(),
@@ -429,4 +429,121 @@ async fn the_scheduler_rule_closes_the_previous_month_once_after_its_grace() {
         None
     );
     assert!(w.store.is_period_closed(month("2026-11")).await.unwrap());
+}
+
+/// A tenant whose counters are past what a decimal sums (planted in the store file, as
+/// months of the largest quantities would leave them): its report and its alerts fail
+/// alone, with an error saying so, and every other org is billed and alerted as usual.
+/// Before, `Decimal`'s `+` and `*` panicked and took the whole run down.
+#[tokio::test]
+async fn an_overflowing_tenant_fails_alone() {
+    let w = World::new();
+    let (good, pg) = w.org("good", PlanId::Starter).await;
+    let (huge, ph) = w.org("huge", PlanId::Starter).await;
+    w.usage(
+        &good,
+        &pg,
+        "g",
+        "compute_minutes",
+        "1200",
+        "2026-11-02T00:00:00Z",
+    )
+    .await;
+    for (i, day) in ["2026-11-02", "2026-11-03"].iter().enumerate() {
+        let at = format!("{day}T00:00:00Z");
+        w.usage(&huge, &ph, &format!("h{i}"), "compute_minutes", "1", &at)
+            .await;
+    }
+    {
+        let conn = rusqlite::Connection::open(w.dir.path().join("tally.db")).unwrap();
+        let planted = conn
+            .execute(
+                "UPDATE cells SET value = '50000000000000000000000000000' WHERE org = ?1",
+                [huge.as_str()],
+            )
+            .unwrap();
+        assert!(planted >= 2, "{planted}");
+    }
+    let err = w.bill("2026-11").await.unwrap_err();
+    let CloseError::OrgsFailed { failed, total, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!((*total, failed.len()), (2, 1));
+    assert_eq!(failed[0].0, huge);
+    assert!(err.to_string().contains("too large to sum"), "{err}");
+    let report = w.store.get_report(&good, month("2026-11")).await.unwrap();
+    assert_eq!(
+        line(&decode_report(report), "compute_minutes")
+            .quantity
+            .to_string(),
+        "1200"
+    );
+
+    // Alerts for the current month: the same planted counters in December.
+    w.clock.set(ts("2026-12-20T00:00:00Z"));
+    w.usage(
+        &good,
+        &pg,
+        "g2",
+        "compute_minutes",
+        "900",
+        "2026-12-02T00:00:00Z",
+    )
+    .await;
+    for (i, day) in ["2026-12-02", "2026-12-03"].iter().enumerate() {
+        let at = format!("{day}T00:00:00Z");
+        w.usage(&huge, &ph, &format!("d{i}"), "compute_minutes", "1", &at)
+            .await;
+    }
+    {
+        let conn = rusqlite::Connection::open(w.dir.path().join("tally.db")).unwrap();
+        conn.execute(
+            "UPDATE cells SET value = '50000000000000000000000000000' WHERE org = ?1",
+            [huge.as_str()],
+        )
+        .unwrap();
+    }
+    let sent = Recorder::default();
+    let outcome = tally_billing::alerts::check_alerts(
+        tally_billing::alerts::AlertPorts {
+            tenants: &w.store,
+            usage: &w.store,
+            alerts: &w.store,
+            clock: &w.clock,
+        },
+        &w.catalogue,
+        &sent,
+        Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.orgs, 2);
+    assert_eq!(outcome.problems.len(), 1, "{:?}", outcome.problems);
+    assert_eq!(outcome.problems[0].0, huge);
+    assert!(
+        outcome.problems[0]
+            .2
+            .to_string()
+            .contains("too large to sum")
+    );
+    // The good org used 900 of 1,000 included minutes: its 80 % alert went out.
+    let sent = sent.0.lock().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains(good.as_str()) && sent[0].contains("\"threshold_percent\":80"));
+}
+
+fn decode_report(r: Option<tally_core::ports::StoredReport>) -> UsageReport {
+    serde_json::from_str(&r.unwrap().body).unwrap()
+}
+
+/// Keeps every alert body it is given.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl tally_billing::alerts::AlertSender for Recorder {
+    async fn send(&self, _id: &str, body: &str) -> Result<(), tally_billing::alerts::SendError> {
+        self.0.lock().unwrap().push(body.to_owned());
+        Ok(())
+    }
 }

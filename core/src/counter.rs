@@ -1,6 +1,8 @@
-//! Counter keys: (org, project or all projects, meter, granularity, bucket start).
+//! Counter keys: (org, project or all projects, meter, granularity, bucket start), and the
+//! checked arithmetic every reader of counters sums them with.
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MeterName, OrgId, ProjectId};
@@ -75,5 +77,64 @@ impl OwnedCounterKey {
             granularity: self.granularity,
             start: self.start,
         }
+    }
+}
+
+/// Counter values too large to add up exactly: their sum is past what `rust_decimal` holds
+/// (about 7.9 × 10^28). Ingest's quantity bounds keep honest usage far below it, so this
+/// names a tenant sending the largest quantities it may, or a corrupt counter; whoever
+/// meets it reports an error for that org alone, never a rounded or saturated figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("usage is too large to sum exactly (past 7.9e28)")]
+pub struct Overflow;
+
+/// The exact sum of counter values, or [`Overflow`]: `Decimal`'s `Sum` and `+` panic past
+/// its range, which would end a billing run or an alert pass for every tenant.
+///
+/// A value of exactly `Decimal::MAX` is an overflow too: the stores' folds saturate there
+/// rather than fail an apply, and no exact sum reaches it (ingest's bounds keep sums below
+/// 10^19), so a counter holding it is a counter that overflowed and must not be billed.
+pub fn checked_sum(values: impl IntoIterator<Item = Decimal>) -> Result<Decimal, Overflow> {
+    values.into_iter().try_fold(Decimal::ZERO, |acc, v| {
+        if v == Decimal::MAX {
+            return Err(Overflow);
+        }
+        acc.checked_add(v)
+            .filter(|s| *s != Decimal::MAX)
+            .ok_or(Overflow)
+    })
+}
+
+/// `part` as a percentage of `whole` to two decimal places; `None` for a zero or negative
+/// `whole`, and [`Overflow`] when the quotient is past `Decimal`'s range.
+pub fn checked_percent(part: Decimal, whole: Decimal) -> Result<Option<Decimal>, Overflow> {
+    if whole <= Decimal::ZERO {
+        return Ok(None);
+    }
+    let ratio = part.checked_div(whole).ok_or(Overflow)?;
+    let pct = ratio.checked_mul(Decimal::ONE_HUNDRED).ok_or(Overflow)?;
+    Ok(Some(pct.round_dp(2)))
+}
+
+#[cfg(test)]
+mod checked_tests {
+    use super::*;
+
+    #[test]
+    fn sums_and_percentages_refuse_to_overflow_instead_of_panicking() {
+        let huge = Decimal::MAX / Decimal::TWO;
+        assert_eq!(
+            checked_sum([Decimal::ONE, Decimal::TWO]),
+            Ok(Decimal::from(3))
+        );
+        assert_eq!(checked_sum([huge, huge, huge]), Err(Overflow));
+        assert_eq!(checked_sum([]), Ok(Decimal::ZERO));
+        assert_eq!(checked_sum([Decimal::MAX]), Err(Overflow));
+        assert_eq!(
+            checked_percent(Decimal::from(5), Decimal::from(8)),
+            Ok(Some(Decimal::new(6250, 2)))
+        );
+        assert_eq!(checked_percent(Decimal::ONE, Decimal::ZERO), Ok(None));
+        assert_eq!(checked_percent(huge, Decimal::new(1, 3)), Err(Overflow));
     }
 }
