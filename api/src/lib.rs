@@ -11,7 +11,7 @@
 //!
 //! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
 //! ([`jwt`]), whose role in the path's org is checked against the one permission table in
-//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::change`:
+//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::Mutation::run`:
 //! authorize, parse, change, write the audit record. Errors are the shared JSON
 //! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
 //! authentication, the request span, the OpenAPI helpers) come through [`http`] alone.

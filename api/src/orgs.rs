@@ -5,13 +5,12 @@
 //! Every route authenticates a user's JWT ([`Caller`]) and checks the caller's role in the
 //! path's org against [`crate::roles`] before it reads anything: a caller outside the org
 //! gets `404`, a role without the permission `403`, an API key `403`. Mutations go through
-//! `crate::mgmt::change`, which writes their audit record. The org's members, projects,
-//! API keys and audit trail have modules of their own ([`crate::members`],
+//! `crate::mgmt::Mutation::run`, which writes their audit record. The org's members,
+//! projects, API keys and audit trail have modules of their own ([`crate::members`],
 //! [`crate::projects`], [`crate::keys`], [`crate::audit`]).
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
@@ -24,9 +23,7 @@ use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{
-    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error,
-};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
 use crate::projects::active_projects;
 use crate::roles::Action;
 
@@ -34,9 +31,8 @@ use crate::roles::Action;
 pub(crate) async fn get_org(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::OrgRead).await?;
     let org = state
         .tenants
@@ -100,21 +96,14 @@ pub struct UpdateOrg {
 /// limit the org already exceeds is refused `403` with `limit` and `count`.
 pub(crate) async fn update_org(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<UpdateOrg>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgUpdate,
-        resource,
-        async |auth| {
+    let org = actor
+        .mutation(&state, &org, Action::OrgUpdate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             if let Some(name) = &req.name {
                 check_name("name", name).map_err(field_error)?;
@@ -162,9 +151,8 @@ pub(crate) async fn update_org(
                 .await?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -173,20 +161,13 @@ pub(crate) async fn update_org(
 /// on the org's routes answer `404` to everyone; its usage and reports stay for billing.
 pub(crate) async fn delete_org(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgDelete,
-        resource,
-        async |auth| {
+    let org = actor
+        .mutation(&state, &org, Action::OrgDelete, resource)
+        .run(async |auth| {
             let before = state
                 .tenants
                 .get_org(&auth.org)
@@ -198,9 +179,8 @@ pub(crate) async fn delete_org(
                 .await?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -216,21 +196,14 @@ pub struct TransferOwnership {
 /// new `owner_id`; the caller becomes an admin. `404` if the user is not a member.
 pub(crate) async fn transfer_ownership(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<TransferOwnership>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgTransfer,
-        resource,
-        async |auth| {
+    let org = actor
+        .mutation(&state, &org, Action::OrgTransfer, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let to = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
             let before = state
@@ -248,9 +221,8 @@ pub(crate) async fn transfer_ownership(
                 })?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -289,9 +261,8 @@ pub struct UsageSummary {
 pub(crate) async fn usage_summary(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<UsageSummary>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
     let org = state
         .tenants
