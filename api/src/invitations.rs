@@ -25,7 +25,7 @@ use tally_core::tenant::{
 };
 
 use crate::ApiState;
-use crate::auth::{Caller, org_not_found};
+use crate::auth::Caller;
 use crate::http::ApiError;
 use crate::members::{check_user_limit, grantable_role};
 use crate::mgmt::{
@@ -129,11 +129,7 @@ pub(crate) async fn create_invitation(
             check_email("email", &req.email).map_err(field_error)?;
             let role = grantable_role(&req.role)?;
             let email = req.email.to_lowercase();
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             let now = state.clock.now();
             if state
                 .tenants

@@ -202,6 +202,19 @@ fn key_not_found() -> ApiError {
     ApiError::not_found("key_id", "no such API key in this organization")
 }
 
+/// The org's key `key` (a path parameter), or the `404` of one that is not the org's.
+async fn org_key(state: &ApiState, org: &OrgId, key: &str) -> Result<ApiKey, MgmtError> {
+    let id = ApiKeyId::parse(key).map_err(|_| key_not_found())?;
+    let key = state
+        .tenants
+        .list_api_keys(org)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .ok_or_else(key_not_found)?;
+    Ok(key)
+}
+
 /// `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` (`key.revoke`): the key, revoked (a key
 /// revoked before keeps its first revocation time). Ingest's key cache may accept it for
 /// up to its TTL.
@@ -214,14 +227,8 @@ pub(crate) async fn revoke_key(
     let revoked = actor
         .mutation(&state, &org, Action::KeyRevoke, resource)
         .run(async |auth| {
-            let id = ApiKeyId::parse(&key).map_err(|_| key_not_found())?;
-            let before = state
-                .tenants
-                .list_api_keys(&auth.org)
-                .await?
-                .into_iter()
-                .find(|k| k.id == id)
-                .ok_or_else(key_not_found)?;
+            let before = org_key(&state, &auth.org, &key).await?;
+            let id = before.id.clone();
             let after = state
                 .tenants
                 .revoke_api_key(&auth.org, &id, state.clock.now())
@@ -299,14 +306,8 @@ pub(crate) async fn rotate_key(
                 )
                 .into());
             }
-            let id = ApiKeyId::parse(&key).map_err(|_| key_not_found())?;
-            let old = state
-                .tenants
-                .list_api_keys(&auth.org)
-                .await?
-                .into_iter()
-                .find(|k| k.id == id)
-                .ok_or_else(key_not_found)?;
+            let old = org_key(&state, &auth.org, &key).await?;
+            let id = old.id.clone();
             if old.revoked_at.is_some() {
                 return Err(
                     ApiError::Conflict("a revoked API key cannot be rotated".into()).into(),

@@ -17,7 +17,7 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::ApiState;
-use crate::auth::{Caller, org_not_found};
+use crate::auth::Caller;
 use crate::http::ApiError;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body};
 use crate::roles::Action;
@@ -152,11 +152,7 @@ pub(crate) async fn add_member(
             let role = grantable_role(&req.role)?;
             let user = UserId::parse(&req.user_id)
                 .map_err(|_| ApiError::not_found("user_id", "no such user"))?;
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             check_user_limit(&state, &org).await?;
             let m = Membership {
                 org_id: org.id,

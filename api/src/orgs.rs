@@ -34,11 +34,7 @@ pub(crate) async fn get_org(
     PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::OrgRead).await?;
-    let org = state
-        .tenants
-        .get_org(&auth.org)
-        .await?
-        .ok_or_else(org_not_found)?;
+    let org = state.org(&auth.org).await?;
     Ok(Json(org))
 }
 
@@ -121,11 +117,7 @@ pub(crate) async fn update_org(
                     })
                 })
                 .transpose()?;
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let before = state.org(&auth.org).await?;
             if let Some(plan) = plan
                 && let Some(limit) = state.plan(plan).limits.projects
             {
@@ -168,11 +160,7 @@ pub(crate) async fn delete_org(
     let org = actor
         .mutation(&state, &org, Action::OrgDelete, resource)
         .run(async |auth| {
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
                 .delete_org(&auth.org, state.clock.now())
@@ -206,11 +194,7 @@ pub(crate) async fn transfer_ownership(
         .run(async |auth| {
             let req = body(payload)?;
             let to = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
                 .transfer_ownership(&auth.org, &auth.user, &to)
@@ -264,11 +248,7 @@ pub(crate) async fn usage_summary(
     PathParams(org): PathParams<String>,
 ) -> Result<Json<UsageSummary>, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
-    let org = state
-        .tenants
-        .get_org(&auth.org)
-        .await?
-        .ok_or_else(org_not_found)?;
+    let org = state.org(&auth.org).await?;
     let plan = state.plan(org.plan);
     let now = state.clock.now();
     let month = Month::of(now);

@@ -16,7 +16,7 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::{Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
-use crate::auth::{Authorized, Caller, org_not_found};
+use crate::auth::{Authorized, Caller};
 use crate::http::ApiError;
 use crate::members::member_not_found;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error, random};
@@ -122,11 +122,7 @@ pub(crate) async fn create_project(
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             check_slug("slug", &req.slug).map_err(field_error)?;
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             let plan = state.plan(org.plan);
             if let Some(limit) = plan.limits.projects {
                 let count = active_projects(&state, &org.id).await?;
