@@ -187,6 +187,13 @@ async fn read(mem: &MemoryStore, query: &str) -> Answer {
     get(mem, Some(READ_KEY), query).await
 }
 
+/// [`read`], which must answer `200`.
+async fn read_ok(mem: &MemoryStore, query: &str) -> Answer {
+    let a = read(mem, query).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    a
+}
+
 async fn get(mem: &MemoryStore, key: Option<&str>, query: &str) -> Answer {
     let app = app(mem);
     let mut req = Request::get(format!("/v1/usage?{query}"));
@@ -228,8 +235,7 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn daily_series_of_the_current_month_by_default() {
     let mem = seeded().await;
-    let a = read(&mem, "meter=api_calls").await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = read_ok(&mem, "meter=api_calls").await;
     assert_eq!(a.json["org_id"], "org_a");
     assert_eq!(a.json["meter"], "api_calls");
     assert_eq!(a.json["granularity"], "day");
@@ -248,12 +254,11 @@ async fn daily_series_of_the_current_month_by_default() {
 #[tokio::test]
 async fn granularity_and_range_select_the_buckets() {
     let mem = seeded().await;
-    let a = read(
+    let a = read_ok(
         &mem,
         "meter=api_calls&granularity=month&from=2026-10-15&to=2026-12-01",
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     assert_eq!(
         series(&a),
         pairs(&[
@@ -294,8 +299,7 @@ async fn granularity_and_range_select_the_buckets() {
 #[tokio::test]
 async fn project_filter_and_own_org_id() {
     let mem = seeded().await;
-    let a = read(&mem, "meter=api_calls&project_id=prj_a1&org_id=org_a").await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = read_ok(&mem, "meter=api_calls&project_id=prj_a1&org_id=org_a").await;
     assert_eq!(a.json["project_id"], "prj_a1");
     assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "100")]));
 }
