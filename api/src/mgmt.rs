@@ -202,11 +202,12 @@ impl<T: Serialize> Change<T> {
 
     /// An addition to a resource named already: records the answer as the state after.
     pub(crate) fn added(answer: T) -> Self {
-        let after = to_json(&answer);
-        Change {
-            after,
-            ..Change::new(answer)
-        }
+        Change::recording(answer, |c| &mut c.after)
+    }
+
+    /// A removal: records the answer (what was removed) as the state before.
+    pub(crate) fn removed(answer: T) -> Self {
+        Change::recording(answer, |c| &mut c.before)
     }
 
     /// A creation: names the new `resource` and records the answer as its state.
@@ -214,13 +215,12 @@ impl<T: Serialize> Change<T> {
         Change::added(answer).resource(resource)
     }
 
-    /// A removal: records the answer (what was removed) as the state before.
-    pub(crate) fn removed(answer: T) -> Self {
-        let before = to_json(&answer);
-        Change {
-            before,
-            ..Change::new(answer)
-        }
+    /// Answers `answer` and records it as the state `side` picks (before or after).
+    fn recording(answer: T, side: fn(&mut Self) -> &mut Option<Value>) -> Self {
+        let state = to_json(&answer);
+        let mut change = Change::new(answer);
+        *side(&mut change) = state;
+        change
     }
 }
 
