@@ -6,15 +6,15 @@
 //! (`user`), the `action` and the `resource`.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use tally_core::tenant::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
 
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{MgmtError, path_error};
+use crate::mgmt::{MgmtError, PathParams};
 use crate::roles::Action;
 use crate::usage::parse_instant;
 
@@ -65,10 +65,9 @@ fn valid_cursor(c: &str) -> bool {
 pub(crate) async fn list_audit(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditResponse>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::AuditRead).await?;
     let Query(p) = params.map_err(|e| {
         ApiError::bad_request(

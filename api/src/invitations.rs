@@ -13,8 +13,7 @@
 //! answer is `404` either way, so nobody learns which tokens once existed.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,11 +25,11 @@ use tally_core::tenant::{
 };
 
 use crate::ApiState;
-use crate::auth::{Caller, org_not_found};
+use crate::auth::Caller;
 use crate::http::ApiError;
 use crate::members::{check_user_limit, grantable_role};
 use crate::mgmt::{
-    Audit, Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error,
+    Actor, Audit, Change, JsonObject, MgmtError, PathParams, RequestMeta, body, field_error,
     random, to_json,
 };
 use crate::roles::Action;
@@ -79,9 +78,8 @@ pub struct InvitationsResponse {
 pub(crate) async fn list_invitations(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<InvitationsResponse>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller
         .authorize(&state, &org, Action::InvitationsRead)
         .await?;
@@ -119,31 +117,19 @@ pub struct CreatedInvitation {
 /// past the plan's user limit (members plus pending invitations).
 pub(crate) async fn create_invitation(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateInvitation>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = "invitations".to_owned();
-    let action = Action::InvitationCreate;
-    let created = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        action,
-        resource,
-        async |auth| {
+    let created = actor
+        .mutation(&state, &org, Action::InvitationCreate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             check_email("email", &req.email).map_err(field_error)?;
             let role = grantable_role(&req.role)?;
             let email = req.email.to_lowercase();
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             let now = state.clock.now();
             if state
                 .tenants
@@ -180,9 +166,8 @@ pub(crate) async fn create_invitation(
             })
             .resource(resource)
             .after(&view))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -190,21 +175,13 @@ pub(crate) async fn create_invitation(
 /// revoked invitation; one that is not pending (accepted, expired, revoked) is `404`.
 pub(crate) async fn revoke_invitation(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, id)): PathParams<(String, String)>,
 ) -> Result<Json<InvitationView>, MgmtError> {
-    let Path((org, id)) = path.map_err(path_error)?;
     let resource = format!("invitation:{id}");
-    let action = Action::InvitationRevoke;
-    let revoked = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        action,
-        resource,
-        async |auth| {
+    let revoked = actor
+        .mutation(&state, &org, Action::InvitationRevoke, resource)
+        .run(async |auth| {
             let not_found = || {
                 ApiError::not_found(
                     "invitation_id",
@@ -218,9 +195,8 @@ pub(crate) async fn revoke_invitation(
                 .await?
                 .ok_or_else(not_found)?;
             Ok(Change::removed(InvitationView::from(&revoked)))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(revoked))
 }
 

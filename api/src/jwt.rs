@@ -141,10 +141,7 @@ pub fn looks_like_jwt(credential: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
+    use crate::tests::t;
 
     #[test]
     fn hs256_round_trips_and_expires() {

@@ -4,12 +4,11 @@
 //! A key's secret is shown once, in the answer that creates it (or rotates to it); only its
 //! SHA-256 is stored, and neither the secret nor the hash is ever listed or written to the
 //! audit trail ([`KeyView`] is what is). Ingest caches keys, so a revocation takes effect
-//! within its key cache's TTL. Mutations go through `crate::mgmt::change`, which
+//! within its key cache's TTL. Mutations go through `crate::mgmt::Mutation::run`, which
 //! authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,9 +19,7 @@ use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, che
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{
-    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error, random,
-};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error, random};
 use crate::roles::Action;
 use crate::usage::parse_instant;
 
@@ -80,9 +77,8 @@ pub struct KeysResponse {
 pub(crate) async fn list_keys(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<KeysResponse>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::KeysRead).await?;
     let keys = state.tenants.list_api_keys(&auth.org).await?;
     Ok(Json(KeysResponse {
@@ -152,21 +148,14 @@ fn parse_scopes(requested: Option<Vec<String>>) -> Result<Vec<KeyScope>, ApiErro
 /// `POST /v1/orgs/{org_id}/keys` (`key.create`): `201` with the secret, shown once.
 pub(crate) async fn create_key(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedKey>), MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = "keys".to_owned();
-    let created = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::KeyCreate,
-        resource,
-        async |auth| {
+    let created = actor
+        .mutation(&state, &org, Action::KeyCreate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             let scopes = parse_scopes(req.scopes)?;
@@ -203,9 +192,8 @@ pub(crate) async fn create_key(
             })
             .resource(resource)
             .after(&view))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -214,33 +202,33 @@ fn key_not_found() -> ApiError {
     ApiError::not_found("key_id", "no such API key in this organization")
 }
 
+/// The org's key `key` (a path parameter), or the `404` of one that is not the org's.
+async fn org_key(state: &ApiState, org: &OrgId, key: &str) -> Result<ApiKey, MgmtError> {
+    let id = ApiKeyId::parse(key).map_err(|_| key_not_found())?;
+    let key = state
+        .tenants
+        .list_api_keys(org)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .ok_or_else(key_not_found)?;
+    Ok(key)
+}
+
 /// `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` (`key.revoke`): the key, revoked (a key
 /// revoked before keeps its first revocation time). Ingest's key cache may accept it for
 /// up to its TTL.
 pub(crate) async fn revoke_key(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, key)): PathParams<(String, String)>,
 ) -> Result<Json<KeyView>, MgmtError> {
-    let Path((org, key)) = path.map_err(path_error)?;
     let resource = format!("key:{key}");
-    let revoked = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::KeyRevoke,
-        resource,
-        async |auth| {
-            let id = ApiKeyId::parse(&key).map_err(|_| key_not_found())?;
-            let before = state
-                .tenants
-                .list_api_keys(&auth.org)
-                .await?
-                .into_iter()
-                .find(|k| k.id == id)
-                .ok_or_else(key_not_found)?;
+    let revoked = actor
+        .mutation(&state, &org, Action::KeyRevoke, resource)
+        .run(async |auth| {
+            let before = org_key(&state, &auth.org, &key).await?;
+            let id = before.id.clone();
             let after = state
                 .tenants
                 .revoke_api_key(&auth.org, &id, state.clock.now())
@@ -250,9 +238,8 @@ pub(crate) async fn revoke_key(
                 &KeyView::from(&before),
                 KeyView::from(&after),
             ))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(revoked))
 }
 
@@ -301,21 +288,14 @@ pub struct RotatedKey {
 /// the same name and scopes; the old key expires after the overlap. A revoked key is `409`.
 pub(crate) async fn rotate_key(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, key)): PathParams<(String, String)>,
     payload: Result<JsonObject<RotateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<RotatedKey>), MgmtError> {
-    let Path((org, key)) = path.map_err(path_error)?;
     let resource = format!("key:{key}");
-    let rotated = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::KeyRotate,
-        resource,
-        async |auth| {
+    let rotated = actor
+        .mutation(&state, &org, Action::KeyRotate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let overlap = req.overlap_seconds.unwrap_or(86_400);
             if overlap > MAX_ROTATION_OVERLAP_SECS {
@@ -326,14 +306,8 @@ pub(crate) async fn rotate_key(
                 )
                 .into());
             }
-            let id = ApiKeyId::parse(&key).map_err(|_| key_not_found())?;
-            let old = state
-                .tenants
-                .list_api_keys(&auth.org)
-                .await?
-                .into_iter()
-                .find(|k| k.id == id)
-                .ok_or_else(key_not_found)?;
+            let old = org_key(&state, &auth.org, &key).await?;
+            let id = old.id.clone();
             if old.revoked_at.is_some() {
                 return Err(
                     ApiError::Conflict("a revoked API key cannot be rotated".into()).into(),
@@ -378,9 +352,8 @@ pub(crate) async fn rotate_key(
             Ok(Change::new(rotated)
                 .before(&KeyView::from(&old))
                 .after(&after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(rotated)))
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
 //! ([`jwt`]), whose role in the path's org is checked against the one permission table in
-//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::change`:
+//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::Mutation::run`:
 //! authorize, parse, change, write the audit record. Errors are the shared JSON
 //! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
 //! authentication, the request span, the OpenAPI helpers) come through [`http`] alone.
@@ -23,9 +23,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodRouter, delete, get, patch, post};
+use tally_core::ids::OrgId;
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{Clock, TenantStore, UsageStore};
+use tally_core::tenant::Org;
 
 pub mod audit;
 pub mod auth;
@@ -314,6 +316,14 @@ impl ApiState {
     pub fn with_plans(mut self, plans: BTreeMap<PlanId, Plan>) -> Self {
         self.plans = Arc::new(plans);
         self
+    }
+
+    /// The org `id`, or the `404` of one that does not exist.
+    pub async fn org(&self, id: &OrgId) -> Result<Org, ApiError> {
+        self.tenants
+            .get_org(id)
+            .await?
+            .ok_or_else(auth::org_not_found)
     }
 
     /// The plan `id` as this process's catalogue defines it.

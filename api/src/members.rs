@@ -5,11 +5,10 @@
 //! by a transfer ([`crate::orgs`]), and the owner cannot be demoted or removed (`403`). A
 //! user who is not a member is `404`. Adding a member past the plan's user limit is `403`
 //! with `limit` and `count`, pending invitations counting as members. Mutations go through
-//! `crate::mgmt::change`, which authorizes them and writes their audit record.
+//! `crate::mgmt::Mutation::run`, which authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,9 +17,9 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::ApiState;
-use crate::auth::{Caller, org_not_found};
+use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{Change, JsonObject, MgmtError, RequestMeta, body, change, path_error};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body};
 use crate::roles::Action;
 
 /// One member as listed.
@@ -55,9 +54,8 @@ pub struct MembersResponse {
 pub(crate) async fn list_members(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<MembersResponse>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::MembersRead).await?;
     let members = state.tenants.list_members(&auth.org).await?;
     Ok(Json(MembersResponse {
@@ -142,30 +140,19 @@ pub struct AddMember {
 /// plan's user limit (pending invitations count).
 pub(crate) async fn add_member(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<AddMember>, MgmtError>,
 ) -> Result<(StatusCode, Json<MemberView>), MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = "members".to_owned();
-    let member = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::MemberAdd,
-        resource,
-        async |auth| {
+    let member = actor
+        .mutation(&state, &org, Action::MemberAdd, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let role = grantable_role(&req.role)?;
             let user = UserId::parse(&req.user_id)
                 .map_err(|_| ApiError::not_found("user_id", "no such user"))?;
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             check_user_limit(&state, &org).await?;
             let m = Membership {
                 org_id: org.id,
@@ -183,9 +170,8 @@ pub(crate) async fn add_member(
                 format!("member:{}", m.user_id),
                 MemberView::from(&m),
             ))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -201,21 +187,14 @@ pub struct UpdateMember {
 /// changed; the owner's is `403`.
 pub(crate) async fn update_member(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, user)): PathParams<(String, String)>,
     payload: Result<JsonObject<UpdateMember>, MgmtError>,
 ) -> Result<Json<MemberView>, MgmtError> {
-    let Path((org, user)) = path.map_err(path_error)?;
     let resource = format!("member:{user}");
-    let member = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::MemberUpdate,
-        resource,
-        async |auth| {
+    let member = actor
+        .mutation(&state, &org, Action::MemberUpdate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let role = grantable_role(&req.role)?;
             let user = changeable_member(&state, &auth.org, &user).await?;
@@ -232,9 +211,8 @@ pub(crate) async fn update_member(
                 &MemberView::from(&before),
                 MemberView::from(&after),
             ))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(member))
 }
 
@@ -242,20 +220,13 @@ pub(crate) async fn update_member(
 /// membership; the owner is `403`.
 pub(crate) async fn remove_member(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, user)): PathParams<(String, String)>,
 ) -> Result<Json<MemberView>, MgmtError> {
-    let Path((org, user)) = path.map_err(path_error)?;
     let resource = format!("member:{user}");
-    let removed = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::MemberRemove,
-        resource,
-        async |auth| {
+    let removed = actor
+        .mutation(&state, &org, Action::MemberRemove, resource)
+        .run(async |auth| {
             let user = changeable_member(&state, &auth.org, &user).await?;
             let before = state
                 .tenants
@@ -263,8 +234,7 @@ pub(crate) async fn remove_member(
                 .await?
                 .ok_or_else(member_not_found)?;
             Ok(Change::removed(MemberView::from(&before)))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(removed))
 }

@@ -1,13 +1,14 @@
 //! What every management route shares: the refusal type [`MgmtError`], the audit record of
-//! a mutation, and `change`, the one skeleton of a mutating route.
+//! a mutation, and [`Mutation::run`], the one skeleton of a mutating route.
 //!
-//! Every mutating route is the same four steps, written once in `change`: authorize the
-//! caller for the route's action in the path's org (a caller outside the org gets `404`, a
-//! role without the permission `403`, an API key `403`), parse the body, make the change,
-//! and write exactly one audit record ([`AuditRecord`]), allowed or refused, with the
-//! caller, the action, the resource, before/after, the time, the IP (`X-Forwarded-For`'s
-//! first address, else the peer address) and the user agent. A handler supplies only the
-//! middle part, as a `Change` that says what to answer and what to record.
+//! Every mutating route is the same four steps, written once in [`Mutation::run`]:
+//! authorize the caller for the route's action in the path's org (a caller outside the org
+//! gets `404`, a role without the permission `403`, an API key `403`), parse the body, make
+//! the change, and write exactly one audit record ([`AuditRecord`]), allowed or refused,
+//! with the caller, the action, the resource, before/after, the time, the IP
+//! (`X-Forwarded-For`'s first address, else the peer address) and the user agent. A handler
+//! supplies only the middle part, as a `Change` that says what to answer and what to
+//! record. It takes the caller as an [`Actor`] and its path as [`PathParams`].
 //!
 //! Two refusals leave no record because there is nothing to file it under: `401` (no
 //! caller) and a path org id that is not an org id at all (no org). A record that cannot be
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -201,11 +202,12 @@ impl<T: Serialize> Change<T> {
 
     /// An addition to a resource named already: records the answer as the state after.
     pub(crate) fn added(answer: T) -> Self {
-        let after = to_json(&answer);
-        Change {
-            after,
-            ..Change::new(answer)
-        }
+        Change::recording(answer, |c| &mut c.after)
+    }
+
+    /// A removal: records the answer (what was removed) as the state before.
+    pub(crate) fn removed(answer: T) -> Self {
+        Change::recording(answer, |c| &mut c.before)
     }
 
     /// A creation: names the new `resource` and records the answer as its state.
@@ -213,48 +215,114 @@ impl<T: Serialize> Change<T> {
         Change::added(answer).resource(resource)
     }
 
-    /// A removal: records the answer (what was removed) as the state before.
-    pub(crate) fn removed(answer: T) -> Self {
-        let before = to_json(&answer);
-        Change {
-            before,
-            ..Change::new(answer)
+    /// Answers `answer` and records it as the state `side` picks (before or after).
+    fn recording(answer: T, side: fn(&mut Self) -> &mut Option<Value>) -> Self {
+        let state = to_json(&answer);
+        let mut change = Change::new(answer);
+        *side(&mut change) = state;
+        change
+    }
+}
+
+/// Who makes a management request, and from where: the authenticated [`Caller`] and the
+/// [`RequestMeta`] its audit record shows. A mutating route takes it and calls
+/// [`Actor::mutation`]; it refuses like [`Caller`] (`401`) before anything else is read.
+#[derive(Debug)]
+pub(crate) struct Actor {
+    caller: Caller,
+    meta: RequestMeta,
+}
+
+impl FromRequestParts<ApiState> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Ok(meta) = RequestMeta::from_request_parts(parts, state).await;
+        Ok(Actor { caller, meta })
+    }
+}
+
+impl Actor {
+    /// The caller doing `action` on `resource` in the org `org` (a path parameter): a
+    /// mutation, made and audited by [`Mutation::run`].
+    pub(crate) fn mutation<'a>(
+        self,
+        state: &'a ApiState,
+        org: &'a str,
+        action: Action,
+        resource: String,
+    ) -> Mutation<'a> {
+        Mutation {
+            audit: Audit::new(&self.caller, self.meta, org, action, resource),
+            caller: self.caller,
+            state,
+            org,
+            action,
         }
     }
 }
 
-/// The one skeleton of a mutating management route: authorizes `caller` for `action` in
-/// the org `org` (a path parameter), runs `work` with that authorization (it parses the
-/// body and makes the change), and writes the audit record of the outcome under
-/// `resource`, allowed or refused. Answers `work`'s answer, or the refusal.
-pub(crate) async fn change<T>(
-    state: &ApiState,
-    caller: &Caller,
-    meta: RequestMeta,
-    org: &str,
+/// A mutation about to be made: what [`Actor::mutation`] names, with its audit record.
+#[derive(Debug)]
+pub(crate) struct Mutation<'a> {
+    caller: Caller,
+    state: &'a ApiState,
+    org: &'a str,
     action: Action,
-    resource: String,
-    work: impl AsyncFnOnce(Authorized) -> Result<Change<T>, MgmtError>,
-) -> Result<T, MgmtError> {
-    let mut audit = Audit::new(caller, meta, org, action, resource);
-    let result = match caller.authorize(state, org, action).await {
-        Ok(auth) => work(auth).await,
-        Err(e) => Err(e.into()),
-    };
-    let result = result.map(|c| {
-        audit.before = c.before;
-        audit.after = c.after;
-        if let Some(resource) = c.resource {
-            audit.resource = resource;
-        }
-        c.answer
-    });
-    audit.finish(state, result).await
+    audit: Audit,
 }
 
-/// An audit record being prepared; [`Audit::finish`] writes it. [`change`] uses it for
-/// every route in the role table; accepting an invitation, which no role decides, uses it
-/// directly.
+impl Mutation<'_> {
+    /// The one skeleton of a mutating management route: authorizes the caller for the
+    /// action in the org, runs `work` with that authorization (it parses the body and makes
+    /// the change), and writes the audit record of the outcome, allowed or refused.
+    /// Answers `work`'s answer, or the refusal.
+    pub(crate) async fn run<T>(
+        self,
+        work: impl AsyncFnOnce(Authorized) -> Result<Change<T>, MgmtError>,
+    ) -> Result<T, MgmtError> {
+        let Mutation {
+            caller,
+            state,
+            org,
+            action,
+            mut audit,
+        } = self;
+        let result = match caller.authorize(state, org, action).await {
+            Ok(auth) => work(auth).await,
+            Err(e) => Err(e.into()),
+        };
+        let result = result.map(|c| {
+            audit.before = c.before;
+            audit.after = c.after;
+            if let Some(resource) = c.resource {
+                audit.resource = resource;
+            }
+            c.answer
+        });
+        audit.finish(state, result).await
+    }
+}
+
+/// A management route's path parameters (the org id first), or the `400`
+/// (`invalid_path`) of ones that do not parse, which no audit record shows.
+pub(crate) struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| PathParams(v))
+            .map_err(path_error)
+    }
+}
+
+/// An audit record being prepared; [`Audit::finish`] writes it. [`Mutation::run`] uses it
+/// for every route in the role table; accepting an invitation, which no role decides, uses
+/// it directly.
 #[derive(Debug)]
 pub(crate) struct Audit {
     org: Option<OrgId>,
@@ -334,7 +402,7 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 }
 
 /// The `400` of a path whose parameters do not parse.
-pub(crate) fn path_error(e: PathRejection) -> ApiError {
+fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", "path", e.body_text())
 }
 

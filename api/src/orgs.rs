@@ -5,13 +5,12 @@
 //! Every route authenticates a user's JWT ([`Caller`]) and checks the caller's role in the
 //! path's org against [`crate::roles`] before it reads anything: a caller outside the org
 //! gets `404`, a role without the permission `403`, an API key `403`. Mutations go through
-//! `crate::mgmt::change`, which writes their audit record. The org's members, projects,
-//! API keys and audit trail have modules of their own ([`crate::members`],
+//! `crate::mgmt::Mutation::run`, which writes their audit record. The org's members,
+//! projects, API keys and audit trail have modules of their own ([`crate::members`],
 //! [`crate::projects`], [`crate::keys`], [`crate::audit`]).
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tally_core::counter::{Overflow, checked_percent, checked_sum};
 use tally_core::ids::{OrgId, UserId};
@@ -24,9 +23,7 @@ use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{
-    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error,
-};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
 use crate::projects::active_projects;
 use crate::roles::Action;
 
@@ -34,15 +31,10 @@ use crate::roles::Action;
 pub(crate) async fn get_org(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::OrgRead).await?;
-    let org = state
-        .tenants
-        .get_org(&auth.org)
-        .await?
-        .ok_or_else(org_not_found)?;
+    let org = state.org(&auth.org).await?;
     Ok(Json(org))
 }
 
@@ -100,21 +92,14 @@ pub struct UpdateOrg {
 /// limit the org already exceeds is refused `403` with `limit` and `count`.
 pub(crate) async fn update_org(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<UpdateOrg>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgUpdate,
-        resource,
-        async |auth| {
+    let org = actor
+        .mutation(&state, &org, Action::OrgUpdate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             if let Some(name) = &req.name {
                 check_name("name", name).map_err(field_error)?;
@@ -132,11 +117,7 @@ pub(crate) async fn update_org(
                     })
                 })
                 .transpose()?;
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let before = state.org(&auth.org).await?;
             if let Some(plan) = plan
                 && let Some(limit) = state.plan(plan).limits.projects
             {
@@ -162,9 +143,8 @@ pub(crate) async fn update_org(
                 .await?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -173,34 +153,22 @@ pub(crate) async fn update_org(
 /// on the org's routes answer `404` to everyone; its usage and reports stay for billing.
 pub(crate) async fn delete_org(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgDelete,
-        resource,
-        async |auth| {
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+    let org = actor
+        .mutation(&state, &org, Action::OrgDelete, resource)
+        .run(async |auth| {
+            let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
                 .delete_org(&auth.org, state.clock.now())
                 .await?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -216,28 +184,17 @@ pub struct TransferOwnership {
 /// new `owner_id`; the caller becomes an admin. `404` if the user is not a member.
 pub(crate) async fn transfer_ownership(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<TransferOwnership>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = format!("org:{org}");
-    let org = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::OrgTransfer,
-        resource,
-        async |auth| {
+    let org = actor
+        .mutation(&state, &org, Action::OrgTransfer, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let to = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
-            let before = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
                 .transfer_ownership(&auth.org, &auth.user, &to)
@@ -248,9 +205,8 @@ pub(crate) async fn transfer_ownership(
                 })?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(org))
 }
 
@@ -289,15 +245,10 @@ pub struct UsageSummary {
 pub(crate) async fn usage_summary(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<UsageSummary>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
-    let org = state
-        .tenants
-        .get_org(&auth.org)
-        .await?
-        .ok_or_else(org_not_found)?;
+    let org = state.org(&auth.org).await?;
     let plan = state.plan(org.plan);
     let now = state.clock.now();
     let month = Month::of(now);

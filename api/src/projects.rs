@@ -4,12 +4,11 @@
 //! Owners and admins see every project; members and viewers only those they are on. A
 //! project of another org, or one the caller may not see, is `404`. Creating a project past
 //! the plan's project limit is `403` with `limit` and `count` (archived projects do not
-//! count). Mutations go through `crate::mgmt::change`, which authorizes them and writes
-//! their audit record.
+//! count). Mutations go through `crate::mgmt::Mutation::run`, which authorizes them and
+//! writes their audit record.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
@@ -17,12 +16,10 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::{Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
-use crate::auth::{Authorized, Caller, org_not_found};
+use crate::auth::{Authorized, Caller};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{
-    Change, JsonObject, MgmtError, RequestMeta, body, change, field_error, path_error, random,
-};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error, random};
 use crate::roles::Action;
 
 /// `GET /v1/orgs/{org_id}/projects` answer.
@@ -41,9 +38,8 @@ fn project_not_found() -> ApiError {
 pub(crate) async fn list_projects(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    PathParams(org): PathParams<String>,
 ) -> Result<Json<ProjectsResponse>, MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::ProjectsRead).await?;
     let mut projects = state.tenants.list_projects(&auth.org).await?;
     if let Some(mine) = visible_projects(&state, &auth).await? {
@@ -56,9 +52,8 @@ pub(crate) async fn list_projects(
 pub(crate) async fn get_project(
     State(state): State<ApiState>,
     caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
+    PathParams((org, project)): PathParams<(String, String)>,
 ) -> Result<Json<Project>, MgmtError> {
-    let Path((org, project)) = path.map_err(path_error)?;
     let auth = caller.authorize(&state, &org, Action::ProjectsRead).await?;
     let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
     if let Some(mine) = visible_projects(&state, &auth).await?
@@ -116,29 +111,18 @@ pub struct CreateProject {
 /// with `limit` and `count` past the plan's project limit; `409` when the slug is taken.
 pub(crate) async fn create_project(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<String>, PathRejection>,
+    actor: Actor,
+    PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateProject>, MgmtError>,
 ) -> Result<(StatusCode, Json<Project>), MgmtError> {
-    let Path(org) = path.map_err(path_error)?;
     let resource = "projects".to_owned();
-    let project = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::ProjectCreate,
-        resource,
-        async |auth| {
+    let project = actor
+        .mutation(&state, &org, Action::ProjectCreate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             check_slug("slug", &req.slug).map_err(field_error)?;
-            let org = state
-                .tenants
-                .get_org(&auth.org)
-                .await?
-                .ok_or_else(org_not_found)?;
+            let org = state.org(&auth.org).await?;
             let plan = state.plan(org.plan);
             if let Some(limit) = plan.limits.projects {
                 let count = active_projects(&state, &org.id).await?;
@@ -161,9 +145,8 @@ pub(crate) async fn create_project(
             };
             state.tenants.create_project(&project).await?;
             Ok(Change::created(format!("project:{}", project.id), project))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
@@ -179,21 +162,14 @@ pub struct UpdateProject {
 /// renamed (its slug, which events never carry, stays).
 pub(crate) async fn update_project(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, project)): PathParams<(String, String)>,
     payload: Result<JsonObject<UpdateProject>, MgmtError>,
 ) -> Result<Json<Project>, MgmtError> {
-    let Path((org, project)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");
-    let project = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::ProjectUpdate,
-        resource,
-        async |auth| {
+    let project = actor
+        .mutation(&state, &org, Action::ProjectUpdate, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
@@ -202,9 +178,8 @@ pub(crate) async fn update_project(
                 archive_at: None,
             };
             change_project(&state, &auth.org, &id, &changes).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(project))
 }
 
@@ -214,29 +189,21 @@ pub(crate) async fn update_project(
 /// plan's project limit; it stays listed, with `archived_at`.
 pub(crate) async fn archive_project(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, project)): PathParams<(String, String)>,
 ) -> Result<Json<Project>, MgmtError> {
-    let Path((org, project)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");
-    let project = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        Action::ProjectArchive,
-        resource,
-        async |auth| {
+    let project = actor
+        .mutation(&state, &org, Action::ProjectArchive, resource)
+        .run(async |auth| {
             let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let changes = ProjectChanges {
                 name: None,
                 archive_at: Some(state.clock.now()),
             };
             change_project(&state, &auth.org, &id, &changes).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(project))
 }
 
@@ -282,22 +249,14 @@ pub struct ProjectMemberView {
 /// they are on the project already.
 pub(crate) async fn add_project_member(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, project)): PathParams<(String, String)>,
     payload: Result<JsonObject<AddProjectMember>, MgmtError>,
 ) -> Result<(StatusCode, Json<ProjectMemberView>), MgmtError> {
-    let Path((org, project)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");
-    let action = Action::ProjectMemberAdd;
-    let added = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        action,
-        resource,
-        async |auth| {
+    let added = actor
+        .mutation(&state, &org, Action::ProjectMemberAdd, resource)
+        .run(async |auth| {
             let req = body(payload)?;
             let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let user = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
@@ -316,9 +275,8 @@ pub(crate) async fn add_project_member(
                 project_id: project,
                 user_id: user,
             }))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -326,21 +284,13 @@ pub(crate) async fn add_project_member(
 /// (`project_member.remove`): the removed place; `404` if the user was not on the project.
 pub(crate) async fn remove_project_member(
     State(state): State<ApiState>,
-    caller: Caller,
-    meta: RequestMeta,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+    actor: Actor,
+    PathParams((org, project, user)): PathParams<(String, String, String)>,
 ) -> Result<Json<ProjectMemberView>, MgmtError> {
-    let Path((org, project, user)) = path.map_err(path_error)?;
     let resource = format!("project:{project}");
-    let action = Action::ProjectMemberRemove;
-    let removed = change(
-        &state,
-        &caller,
-        meta,
-        &org,
-        action,
-        resource,
-        async |auth| {
+    let removed = actor
+        .mutation(&state, &org, Action::ProjectMemberRemove, resource)
+        .run(async |auth| {
             let not_on = || ApiError::not_found("user_id", "no such member on this project");
             let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let user = UserId::parse(&user).map_err(|_| not_on())?;
@@ -355,8 +305,7 @@ pub(crate) async fn remove_project_member(
                 project_id: project,
                 user_id: user,
             }))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(removed))
 }

@@ -21,7 +21,8 @@ use tower::ServiceExt;
 
 use super::*;
 
-fn t(s: &str) -> DateTime<Utc> {
+/// An RFC 3339 instant, for the unit tests of every module of the crate.
+pub(crate) fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
@@ -181,6 +182,18 @@ fn assert_documented(a: &Answer) {
     }
 }
 
+/// `GET /v1/usage?{query}` with the org's read key.
+async fn read(mem: &MemoryStore, query: &str) -> Answer {
+    get(mem, Some(READ_KEY), query).await
+}
+
+/// [`read`], which must answer `200`.
+async fn read_ok(mem: &MemoryStore, query: &str) -> Answer {
+    let a = read(mem, query).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    a
+}
+
 async fn get(mem: &MemoryStore, key: Option<&str>, query: &str) -> Answer {
     let app = app(mem);
     let mut req = Request::get(format!("/v1/usage?{query}"));
@@ -222,8 +235,7 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn daily_series_of_the_current_month_by_default() {
     let mem = seeded().await;
-    let a = get(&mem, Some(READ_KEY), "meter=api_calls").await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = read_ok(&mem, "meter=api_calls").await;
     assert_eq!(a.json["org_id"], "org_a");
     assert_eq!(a.json["meter"], "api_calls");
     assert_eq!(a.json["granularity"], "day");
@@ -242,13 +254,11 @@ async fn daily_series_of_the_current_month_by_default() {
 #[tokio::test]
 async fn granularity_and_range_select_the_buckets() {
     let mem = seeded().await;
-    let a = get(
+    let a = read_ok(
         &mem,
-        Some(READ_KEY),
         "meter=api_calls&granularity=month&from=2026-10-15&to=2026-12-01",
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     assert_eq!(
         series(&a),
         pairs(&[
@@ -262,9 +272,8 @@ async fn granularity_and_range_select_the_buckets() {
     );
     assert_eq!(a.json["granularity"], "month");
 
-    let a = get(
+    let a = read(
         &mem,
-        Some(READ_KEY),
         "meter=api_calls&granularity=hour&from=2026-11-02T10:15:00Z&to=2026-11-02T11:00:00Z",
     )
     .await;
@@ -275,29 +284,22 @@ async fn granularity_and_range_select_the_buckets() {
     );
 
     // Half-open: `to` at a bucket start excludes that bucket.
-    let a = get(
+    let a = read(
         &mem,
-        Some(READ_KEY),
         "meter=api_calls&from=2026-11-01&to=2026-11-02T00:00:00Z",
     )
     .await;
     assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "123")]));
 
     // Only `to`: the month before it.
-    let a = get(&mem, Some(READ_KEY), "meter=api_calls&to=2026-11-01").await;
+    let a = read(&mem, "meter=api_calls&to=2026-11-01").await;
     assert_eq!(a.json["from"], "2026-10-01T00:00:00Z");
 }
 
 #[tokio::test]
 async fn project_filter_and_own_org_id() {
     let mem = seeded().await;
-    let a = get(
-        &mem,
-        Some(READ_KEY),
-        "meter=api_calls&project_id=prj_a1&org_id=org_a",
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = read_ok(&mem, "meter=api_calls&project_id=prj_a1&org_id=org_a").await;
     assert_eq!(a.json["project_id"], "prj_a1");
     assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "100")]));
 }
@@ -311,7 +313,7 @@ async fn other_orgs_and_their_projects_are_404() {
         ("meter=api_calls&org_id=org_b", "org_id"),
         ("meter=api_calls&org_id=garbage", "org_id"),
     ] {
-        let a = get(&mem, Some(READ_KEY), query).await;
+        let a = read(&mem, query).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{query}");
         assert_eq!(a.json["error"]["code"], "not_found");
         assert_eq!(a.json["error"]["field"], field, "{query}");
@@ -354,18 +356,13 @@ async fn bad_parameters_are_400_naming_the_parameter() {
             "project_id",
         ),
     ] {
-        let a = get(&mem, Some(READ_KEY), query).await;
+        let a = read(&mem, query).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {}", a.json);
         assert_eq!(a.json["error"]["code"], code, "{query}");
         assert_eq!(a.json["error"]["field"], field, "{query}");
     }
     // The same span in days is fine.
-    let a = get(
-        &mem,
-        Some(READ_KEY),
-        "meter=api_calls&from=2025-01-01&to=2026-11-01",
-    )
-    .await;
+    let a = read(&mem, "meter=api_calls&from=2025-01-01&to=2026-11-01").await;
     assert_eq!(a.status, StatusCode::OK);
 }
 

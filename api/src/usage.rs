@@ -279,10 +279,7 @@ fn bucket_count(g: Granularity, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
+    use crate::tests::t;
 
     #[test]
     fn instants_parse_as_dates_or_rfc3339() {

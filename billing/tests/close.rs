@@ -9,8 +9,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Map;
-use tally_billing::close::{CloseError, check_billable, close_previous_month_if_due};
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_billing::close::{CloseError, CloseOutcome, check_billable, close_previous_month_if_due};
+use tally_billing::{
+    AdjustmentLine, Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month,
+};
 use tally_core::ports::{FixedClock, OrgStore, ProjectStore, ReportStore, UsageStore, UserStore};
 use tally_core::tenant::{Org, Project, User};
 use tally_core::{
@@ -86,6 +88,11 @@ impl World {
         (org.id, project.id)
     }
 
+    /// Applies `q` compute minutes of `project` at `at`, as event `id`.
+    async fn minutes(&self, org: &OrgId, project: &ProjectId, id: &str, q: &str, at: &str) {
+        self.usage(org, project, id, "compute_minutes", q, at).await;
+    }
+
     async fn usage(
         &self,
         org: &OrgId,
@@ -111,10 +118,30 @@ impl World {
 
     async fn bill(&self, period: &str) -> Result<Vec<UsageReport>, CloseError> {
         let request = CloseRequest::new(month(period));
-        close_month(self.ports(), &self.catalogue, &request, &NoProgress)
-            .await
-            .map(|o| o.reports)
+        self.close(&request).await.map(|o| o.reports)
     }
+
+    /// Closes a month as `request` says.
+    async fn close(&self, request: &CloseRequest) -> Result<CloseOutcome, CloseError> {
+        close_month(self.ports(), &self.catalogue, request, &NoProgress).await
+    }
+}
+
+/// The one adjustment on `report`.
+fn the_adjustment(report: &UsageReport) -> &AdjustmentLine {
+    assert_eq!(report.adjustments.len(), 1, "{:?}", report.adjustments);
+    &report.adjustments[0]
+}
+
+/// What an adjustment corrects: the period, the quantity invoiced and the corrected one,
+/// and the amount added.
+fn correction(adj: &AdjustmentLine) -> [String; 4] {
+    [
+        adj.period.to_string(),
+        adj.invoiced_quantity.to_string(),
+        adj.corrected_quantity.to_string(),
+        adj.amount.to_string(),
+    ]
 }
 
 fn rand_bytes() -> [u8; 16] {
@@ -175,52 +202,26 @@ async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
     let w = World::new();
     let (a, pa) = w.org("acme", PlanId::Starter).await;
     let (b, _) = w.org("bolt", PlanId::Pro).await;
-    w.usage(
-        &a,
-        &pa,
-        "e1",
-        "compute_minutes",
-        "1200",
-        "2026-11-03T10:00:00Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "e1", "1200", "2026-11-03T10:00:00Z")
+        .await;
     // Another month's usage is not this month's.
-    w.usage(
-        &a,
-        &pa,
-        "e2",
-        "compute_minutes",
-        "7",
-        "2026-12-01T00:00:00Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "e2", "7", "2026-12-01T00:00:00Z").await;
 
     // A dry run computes without closing or storing.
-    let dry = close_month(
-        w.ports(),
-        &w.catalogue,
-        &CloseRequest {
+    let dry = w
+        .close(&CloseRequest {
             dry_run: true,
             ..CloseRequest::new(month("2026-11"))
-        },
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     assert!(dry.dry_run);
     assert_eq!(dry.stored_now, 0);
     assert_eq!(dry.reports.len(), 2);
     assert!(!w.store.is_period_closed(month("2026-11")).await.unwrap());
     assert!(w.store.list_reports(&a).await.unwrap().is_empty());
 
-    let first = close_month(
-        w.ports(),
-        &w.catalogue,
-        &CloseRequest::new(month("2026-11")),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let first = w.close(&CloseRequest::new(month("2026-11"))).await.unwrap();
     assert_eq!(first.stored_now, 2);
     assert_eq!(first.reports, dry.reports, "a dry run shows what is stored");
     assert!(w.store.is_period_closed(month("2026-11")).await.unwrap());
@@ -238,39 +239,23 @@ async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
     assert_eq!(bolt.total.to_string(), "99.00");
 
     // Twice: the same reports, nothing stored.
-    let second = close_month(
-        w.ports(),
-        &w.catalogue,
-        &CloseRequest::new(month("2026-11")),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let second = w.close(&CloseRequest::new(month("2026-11"))).await.unwrap();
     assert_eq!(second.stored_now, 0);
     assert_eq!(second.reports, first.reports);
     // Even after usage lands in the closed month: the stored report stands.
-    w.usage(
-        &a,
-        &pa,
-        "late",
-        "compute_minutes",
-        "50",
-        "2026-11-30T23:59:59Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "late", "50", "2026-11-30T23:59:59Z")
+        .await;
     assert_eq!(w.bill("2026-11").await.unwrap(), first.reports);
 
     // One org only.
     let mut only = CloseRequest::new(month("2026-11"));
     only.org = Some(b.clone());
-    let out = close_month(w.ports(), &w.catalogue, &only, &NoProgress)
-        .await
-        .unwrap();
+    let out = w.close(&only).await.unwrap();
     assert_eq!(out.reports.len(), 1);
     assert_eq!(out.reports[0].org_id, b);
     only.org = Some(OrgId::parse("org_nobody").unwrap());
     assert!(matches!(
-        close_month(w.ports(), &w.catalogue, &only, &NoProgress).await,
+        w.close(&only).await,
         Err(CloseError::UnknownOrg(_))
     ));
 }
@@ -279,52 +264,27 @@ async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
 async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
     let w = World::new();
     let (a, pa) = w.org("acme", PlanId::Starter).await;
-    w.usage(
-        &a,
-        &pa,
-        "oct",
-        "compute_minutes",
-        "1200",
-        "2026-10-10T00:00:00Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "oct", "1200", "2026-10-10T00:00:00Z")
+        .await;
     w.clock.set(ts("2026-11-01T02:00:00Z"));
     let oct = w.bill("2026-10").await.unwrap().remove(0);
     assert_eq!(oct.total.to_string(), "47.00");
     assert!(oct.adjustments.is_empty());
 
     // In flight at the close: applied after October's report was stored.
-    w.usage(
-        &a,
-        &pa,
-        "late1",
-        "compute_minutes",
-        "50",
-        "2026-10-31T23:59:00Z",
-    )
-    .await;
-    w.usage(
-        &a,
-        &pa,
-        "nov",
-        "compute_minutes",
-        "500",
-        "2026-11-05T00:00:00Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "late1", "50", "2026-10-31T23:59:00Z")
+        .await;
+    w.minutes(&a, &pa, "nov", "500", "2026-11-05T00:00:00Z")
+        .await;
     w.clock.set(ts("2026-12-01T02:00:00Z"));
     let nov = w.bill("2026-11").await.unwrap().remove(0);
     nov.check().unwrap();
-    assert_eq!(nov.adjustments.len(), 1, "{:?}", nov.adjustments);
-    let adj = &nov.adjustments[0];
-    assert_eq!(adj.period, month("2026-10"));
-    assert_eq!(adj.meter.as_str(), "compute_minutes");
-    assert_eq!(adj.invoiced_quantity.to_string(), "1200");
-    assert_eq!(adj.corrected_quantity.to_string(), "1250");
+    let adj = the_adjustment(&nov);
     // 50 more billable minutes: $5.00 list, $0.50 off, $4.50 added.
+    assert_eq!(correction(adj), ["2026-10", "1200", "1250", "4.50"]);
+    assert_eq!(adj.meter.as_str(), "compute_minutes");
     assert_eq!(adj.list_amount.to_string(), "5.00");
     assert_eq!(adj.discount.to_string(), "0.50");
-    assert_eq!(adj.amount.to_string(), "4.50");
     // November itself: 500 minutes, all included; $29.00 + $4.50.
     assert_eq!(line(&nov, "compute_minutes").amount.to_string(), "0.00");
     assert_eq!(nov.subtotal.to_string(), "34.00");
@@ -335,23 +295,12 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
 
     // More October usage after November's report: December adjusts from 1,250, not 1,200,
     // so nothing is billed twice.
-    w.usage(
-        &a,
-        &pa,
-        "late2",
-        "compute_minutes",
-        "30",
-        "2026-10-31T23:59:30Z",
-    )
-    .await;
+    w.minutes(&a, &pa, "late2", "30", "2026-10-31T23:59:30Z")
+        .await;
     w.clock.set(ts("2027-01-01T02:00:00Z"));
     let dec = w.bill("2026-12").await.unwrap().remove(0);
-    assert_eq!(dec.adjustments.len(), 1, "{:?}", dec.adjustments);
-    let adj = &dec.adjustments[0];
-    assert_eq!(adj.period, month("2026-10"));
-    assert_eq!(adj.invoiced_quantity.to_string(), "1250");
-    assert_eq!(adj.corrected_quantity.to_string(), "1280");
-    assert_eq!(adj.amount.to_string(), "2.70");
+    let adj = the_adjustment(&dec);
+    assert_eq!(correction(adj), ["2026-10", "1250", "1280", "2.70"]);
     assert_eq!(dec.total.to_string(), "31.70");
     // In all, October was billed what 1,280 minutes cost: 280 × $0.10 × 0.9 = $25.20.
     let billed = line(&oct, "compute_minutes").amount.amount()
@@ -370,15 +319,8 @@ async fn one_org_failing_does_not_stop_the_others() {
     let w = World::new();
     let (good, pg) = w.org("good", PlanId::Starter).await;
     let (bad, pb) = w.org("bad", PlanId::Starter).await;
-    w.usage(
-        &good,
-        &pg,
-        "g",
-        "compute_minutes",
-        "1",
-        "2026-11-02T00:00:00Z",
-    )
-    .await;
+    w.minutes(&good, &pg, "g", "1", "2026-11-02T00:00:00Z")
+        .await;
     // A meter no plan prices: billing refuses to drop it.
     w.usage(&bad, &pb, "b", "gpu_hours", "3", "2026-11-02T00:00:00Z")
         .await;

@@ -52,6 +52,50 @@ impl IdError {
 /// Longest random part of a Tally-issued id.
 const MAX_BODY: usize = 40;
 
+/// What every text id shares, given a `parse`: `as_str`, `Display`, and the `String`
+/// conversions serde goes through (`try_from = "String", into = "String"`), so a
+/// deserialized id is always a parsed one.
+macro_rules! text_id {
+    ($name:ident) => {
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+/// Refuses an empty `s`, or one longer than `max` bytes, as the value of `field`.
+fn check_len(s: &str, field: &'static str, max: usize) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { field });
+    }
+    if s.len() > max {
+        return Err(IdError::TooLong { field, max });
+    }
+    Ok(())
+}
+
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $field:literal) => {
         $(#[$doc])*
@@ -92,31 +136,9 @@ macro_rules! prefixed_id {
             pub fn from_random(bytes: [u8; 16]) -> Self {
                 Self(format!("{}{}", $prefix, hex::encode(bytes)))
             }
-
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(s: String) -> Result<Self, IdError> {
-                Self::parse(&s)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
+        text_id!($name);
 
         impl std::str::FromStr for $name {
             type Err = IdError;
@@ -160,15 +182,7 @@ pub struct EventId(String);
 impl EventId {
     /// Parses a client-supplied event id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() {
-            return Err(IdError::Empty { field: "id" });
-        }
-        if s.len() > MAX_EVENT_ID_LEN {
-            return Err(IdError::TooLong {
-                field: "id",
-                max: MAX_EVENT_ID_LEN,
-            });
-        }
+        check_len(s, "id", MAX_EVENT_ID_LEN)?;
         if !s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return Err(IdError::Malformed {
                 field: "id",
@@ -177,31 +191,9 @@ impl EventId {
         }
         Ok(Self(s.to_owned()))
     }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for EventId {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<EventId> for String {
-    fn from(id: EventId) -> String {
-        id.0
-    }
-}
+text_id!(EventId);
 
 /// Longest meter name.
 pub const MAX_METER_LEN: usize = 64;
@@ -215,15 +207,7 @@ pub struct MeterName(String);
 impl MeterName {
     /// Parses a meter name.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() {
-            return Err(IdError::Empty { field: "meter" });
-        }
-        if s.len() > MAX_METER_LEN {
-            return Err(IdError::TooLong {
-                field: "meter",
-                max: MAX_METER_LEN,
-            });
-        }
+        check_len(s, "meter", MAX_METER_LEN)?;
         let mut bytes = s.bytes();
         let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
         if !first_ok || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
@@ -234,31 +218,9 @@ impl MeterName {
         }
         Ok(Self(s.to_owned()))
     }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for MeterName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for MeterName {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<MeterName> for String {
-    fn from(id: MeterName) -> String {
-        id.0
-    }
-}
+text_id!(MeterName);
 
 #[cfg(test)]
 mod tests {

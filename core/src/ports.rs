@@ -534,9 +534,14 @@ pub const MAX_SYNC_VALUE_LEN: usize = 1024;
 /// `Unavailable`, naming the field: the check every [`SyncLedger`] makes before it writes,
 /// kept here so the stores refuse alike.
 pub fn check_sync_value(field: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > MAX_SYNC_VALUE_LEN {
+    check_stored_len(&format!("sync ledger {field}"), value, MAX_SYNC_VALUE_LEN)
+}
+
+/// `Unavailable` unless `value`, which the store calls `what`, is 1 to `max` bytes.
+fn check_stored_len(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
+    if value.is_empty() || value.len() > max {
         return Err(StoreError::Unavailable(format!(
-            "sync ledger {field} must be 1 to {MAX_SYNC_VALUE_LEN} bytes, got {}",
+            "{what} must be 1 to {max} bytes, got {}",
             value.len()
         )));
     }
@@ -645,13 +650,7 @@ pub const MAX_ALERT_BODY_BYTES: usize = 8 * 1024;
 /// Refuses an empty alert body or one over [`MAX_ALERT_BODY_BYTES`] as `Unavailable`: the
 /// check every [`AlertLedger`] makes before it claims, kept here so the stores refuse alike.
 pub fn check_alert_body(body: &str) -> Result<(), StoreError> {
-    if body.is_empty() || body.len() > MAX_ALERT_BODY_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "alert body must be 1 to {MAX_ALERT_BODY_BYTES} bytes, got {}",
-            body.len()
-        )));
-    }
-    Ok(())
+    check_stored_len("alert body", body, MAX_ALERT_BODY_BYTES)
 }
 
 /// An alert as the ledger keeps it. Times are kept to the microsecond.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tally_billing::close::previous_month_if_due;
 use tally_billing::{
@@ -97,35 +98,43 @@ pub async fn aggregate(
     event: Value,
 ) -> Result<Value, AggregateError> {
     check_source(transport, &event)?;
-    let response = match transport {
+    match transport {
         Transport::Sqs => {
-            let event: SqsEvent =
-                serde_json::from_value(event).map_err(|source| AggregateError::Malformed {
-                    expected: "aws:sqs",
-                    source,
-                })?;
-            metrics::counter!("tally_lambda_records_total", "transport" => "sqs")
-                .increment(event.records.len() as u64);
+            let event: SqsEvent = decode(event, "aws:sqs")?;
             let r = handle_sqs(usage, sink, &event).await;
-            metrics::counter!("tally_lambda_records_failed_total", "transport" => "sqs")
-                .increment(r.batch_item_failures.len() as u64);
-            serde_json::to_value(r).map_err(AggregateError::Encode)?
+            respond("sqs", event.records.len(), r.batch_item_failures.len(), &r)
         }
         Transport::Kinesis => {
-            let event: KinesisEvent =
-                serde_json::from_value(event).map_err(|source| AggregateError::Malformed {
-                    expected: "aws:kinesis",
-                    source,
-                })?;
-            metrics::counter!("tally_lambda_records_total", "transport" => "kinesis")
-                .increment(event.records.len() as u64);
+            let event: KinesisEvent = decode(event, "aws:kinesis")?;
             let r = handle_kinesis(usage, sink, &event).await;
-            metrics::counter!("tally_lambda_records_failed_total", "transport" => "kinesis")
-                .increment(r.batch_item_failures.len() as u64);
-            serde_json::to_value(r).map_err(AggregateError::Encode)?
+            respond(
+                "kinesis",
+                event.records.len(),
+                r.batch_item_failures.len(),
+                &r,
+            )
         }
-    };
-    Ok(response)
+    }
+}
+
+/// The event as its source's type, or `Malformed` naming the source `expected`.
+fn decode<T: DeserializeOwned>(event: Value, expected: &'static str) -> Result<T, AggregateError> {
+    serde_json::from_value(event).map_err(|source| AggregateError::Malformed { expected, source })
+}
+
+/// Counts a batch of `records` from `transport` and the `failed` ones of its `response`,
+/// and encodes the response for Lambda.
+fn respond(
+    transport: &'static str,
+    records: usize,
+    failed: usize,
+    response: &impl Serialize,
+) -> Result<Value, AggregateError> {
+    metrics::counter!("tally_lambda_records_total", "transport" => transport)
+        .increment(records as u64);
+    metrics::counter!("tally_lambda_records_failed_total", "transport" => transport)
+        .increment(failed as u64);
+    serde_json::to_value(response).map_err(AggregateError::Encode)
 }
 
 /// Refuses an event whose records come from another source than `transport`: the event

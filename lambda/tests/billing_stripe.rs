@@ -45,14 +45,17 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
         timeout: Duration::from_secs(2),
     })
     .unwrap();
-    let stripe = StripePorts {
-        provider: &refusing,
-        ledger: &store,
-        sleeper: &sleeper,
+    let right = provider(&double);
+    // Bills the month and syncs it to Stripe through `provider`.
+    let run = |provider| {
+        let stripe = StripePorts {
+            provider,
+            ledger: &store,
+            sleeper: &sleeper,
+        };
+        bill_and_sync(ports, &catalogue, grace, Some(stripe))
     };
-    let err = bill_and_sync(ports, &catalogue, grace, Some(stripe))
-        .await
-        .unwrap_err();
+    let err = run(&refusing).await.unwrap_err();
     assert!(
         matches!(err, BillingError::StripeIncomplete { failed: 1, .. }),
         "{err}"
@@ -62,16 +65,8 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
     assert!(message.contains("Invalid API Key"), "{message}");
 
     // The retry, with the right key: one finalized invoice for the $29.00 starter fee.
-    let p = provider(&double);
-    let stripe = StripePorts {
-        provider: &p,
-        ledger: &store,
-        sleeper: &sleeper,
-    };
-    let run = bill_and_sync(ports, &catalogue, grace, Some(stripe))
-        .await
-        .unwrap();
-    assert_eq!((run.orgs, run.stored_now), (1, 0));
+    let done = run(&right).await.unwrap();
+    assert_eq!((done.orgs, done.stored_now), (1, 0));
     let invoices = double.invoices();
     assert_eq!(invoices.len(), 1);
     assert_eq!(invoices[0].status, "open");
@@ -80,8 +75,6 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
     assert_eq!(invoices[0].metadata.get("tally_invoice"), Some(&want));
     // Again: nothing new at Stripe.
     let requests = double.stats().0;
-    bill_and_sync(ports, &catalogue, grace, Some(stripe))
-        .await
-        .unwrap();
+    run(&right).await.unwrap();
     assert_eq!(double.stats().0, requests);
 }

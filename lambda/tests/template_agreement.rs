@@ -65,6 +65,15 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
     path.iter().try_fold(v, |v, k| v.get(*k)).unwrap_or(&NULL)
 }
 
+/// The value at `path` (keys joined by `.`) under the template's `Resources`; `Null` when
+/// absent.
+fn resource_at<'a>(t: &'a Value, path: &str) -> &'a Value {
+    let keys: Vec<&str> = std::iter::once("Resources")
+        .chain(path.split('.'))
+        .collect();
+    get(t, &keys)
+}
+
 fn str_of(v: &Value) -> Option<&str> {
     v.as_str()
 }
@@ -79,20 +88,20 @@ fn keys_of(v: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// (`AttributeName`, `second`) of each element of a sequence of attribute mappings, in
+/// order; empty when `v` is not a sequence.
+fn attribute_pairs<C: FromIterator<(String, String)>>(v: &Value, second: &str) -> C {
+    let field = |a: &Value, k: &str| str_of(get(a, &[k])).unwrap_or("").to_owned();
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|a| (field(a, "AttributeName"), field(a, second)))
+        .collect()
+}
+
 /// (attribute, key type) pairs of a `KeySchema`.
 fn key_schema(v: &Value) -> Vec<(String, String)> {
-    v.as_sequence()
-        .map(|s| {
-            s.iter()
-                .map(|k| {
-                    (
-                        str_of(get(k, &["AttributeName"])).unwrap_or("").to_owned(),
-                        str_of(get(k, &["KeyType"])).unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    attribute_pairs(v, "KeyType")
 }
 
 /// The resources of type `ty`, as (logical id, resource).
@@ -131,19 +140,8 @@ fn table_problems(t: &Value) -> Vec<String> {
     if key_schema(get(props, &["KeySchema"])) != want_key(PK, SK) {
         p.push(format!("table key schema is not {PK} HASH / {SK} RANGE"));
     }
-    let defined: BTreeSet<(String, String)> = get(props, &["AttributeDefinitions"])
-        .as_sequence()
-        .map(|s| {
-            s.iter()
-                .map(|a| {
-                    (
-                        str_of(get(a, &["AttributeName"])).unwrap_or("").to_owned(),
-                        str_of(get(a, &["AttributeType"])).unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let defined: BTreeSet<(String, String)> =
+        attribute_pairs(get(props, &["AttributeDefinitions"]), "AttributeType");
     let want_defined: BTreeSet<(String, String)> = [PK, SK, GSI1PK, GSI1SK]
         .iter()
         .map(|a| ((*a).to_owned(), "S".to_owned()))
@@ -279,7 +277,7 @@ fn every_function_runs_a_workspace_binary_with_the_environment_it_reads() {
 #[test]
 fn the_queue_and_event_sources_match_the_adapters() {
     let t = template();
-    let queue = get(t.get("Resources").unwrap(), &["EventsQueue", "Properties"]);
+    let queue = resource_at(&t, "EventsQueue.Properties");
     assert_eq!(
         get(queue, &["RedrivePolicy", "maxReceiveCount"]).as_u64(),
         Some(u64::from(tally_store::sqs::MAX_RECEIVE_COUNT)),
@@ -295,16 +293,9 @@ fn the_queue_and_event_sources_match_the_adapters() {
             "{id}: the aggregator answers with batchItemFailures"
         );
     }
-    let schedule = get(
-        t.get("Resources").unwrap(),
-        &[
-            "BillingFunction",
-            "Properties",
-            "Events",
-            "Monthly",
-            "Properties",
-            "Schedule",
-        ],
+    let schedule = resource_at(
+        &t,
+        "BillingFunction.Properties.Events.Monthly.Properties.Schedule",
     );
     assert_eq!(schedule.as_str(), Some("cron(0 2 1 * ? *)"));
 }
@@ -333,25 +324,16 @@ fn secrets_come_from_secrets_manager_and_the_stripe_webhook_route_matches_the_ro
         secrets >= 3,
         "JWT and both Stripe secrets are set somewhere"
     );
-    let hook = get(
-        t.get("Resources").unwrap(),
-        &[
-            "StripeWebhookFunction",
-            "Properties",
-            "Events",
-            "StripeWebhook",
-            "Properties",
-        ],
+    let hook = resource_at(
+        &t,
+        "StripeWebhookFunction.Properties.Events.StripeWebhook.Properties",
     );
     assert_eq!(
         str_of(get(hook, &["Path"])),
         Some(tally_billing::webhook::WEBHOOK_PATH)
     );
     assert_eq!(str_of(get(hook, &["Method"])), Some("POST"));
-    let binary = get(
-        t.get("Resources").unwrap(),
-        &["StripeWebhookFunction", "Metadata", "Binary"],
-    );
+    let binary = resource_at(&t, "StripeWebhookFunction.Metadata.Binary");
     assert_eq!(str_of(binary), Some("tally-stripe-webhook-lambda"));
 }
 

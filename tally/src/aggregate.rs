@@ -42,7 +42,7 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
-        backends.usage.clone(),
+        backends.stores.usage.clone(),
         cfg,
         stop_rx,
         args.drain_limit,

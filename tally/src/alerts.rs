@@ -155,9 +155,9 @@ pub async fn run_periodically(
 ) {
     loop {
         let ports = AlertPorts {
-            tenants: backends.tenants.as_ref(),
-            usage: backends.usage.as_ref(),
-            alerts: backends.alerts.as_ref(),
+            tenants: backends.stores.tenants.as_ref(),
+            usage: backends.stores.usage.as_ref(),
+            alerts: backends.stores.alerts.as_ref(),
             clock: clock.as_ref(),
         };
         // A pass is bounded (each alert's attempts are), but stop waiting for it on shutdown.

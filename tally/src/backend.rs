@@ -6,7 +6,7 @@
 //! AWS client at an emulator. Clients are built once per process and shared. The local queue
 //! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -128,18 +128,32 @@ pub struct Stores {
 /// The opened backends, shared by everything in the process.
 #[derive(Clone)]
 pub struct Backends {
-    /// Orgs, projects, keys.
-    pub tenants: Arc<dyn TenantStore>,
-    /// Ledger and counters.
-    pub usage: Arc<dyn UsageStore>,
-    /// Billing's usage reports.
-    pub reports: Arc<dyn ReportStore>,
-    /// The Stripe sync's ledger of steps (and webhook events).
-    pub sync: Arc<dyn SyncLedger>,
-    /// The outbox of plan-limit alerts.
-    pub alerts: Arc<dyn AlertLedger>,
+    /// The stores.
+    pub stores: Stores,
     /// The queue between ingest and the aggregator.
     pub queue: Arc<dyn EventQueue>,
+}
+
+impl Stores {
+    /// Every store port served by the one `store`, on `dynamo`'s table when it is DynamoDB.
+    fn of<S>(
+        store: Arc<S>,
+        dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
+        aws: Option<SdkConfig>,
+    ) -> Stores
+    where
+        S: TenantStore + UsageStore + ReportStore + SyncLedger + AlertLedger + 'static,
+    {
+        Stores {
+            tenants: store.clone(),
+            usage: store.clone(),
+            reports: store.clone(),
+            sync: store.clone(),
+            alerts: store,
+            dynamo,
+            aws,
+        }
+    }
 }
 
 async fn aws_config(common: &Common, cached: &mut Option<SdkConfig>) -> SdkConfig {
@@ -155,38 +169,17 @@ async fn aws_config(common: &Common, cached: &mut Option<SdkConfig>) -> SdkConfi
 pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
     match StoreSpec::from_common(common)? {
         StoreSpec::Sqlite(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-            }
-            let store = Arc::new(
-                SqliteStore::open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?,
-            );
-            Ok(Stores {
-                tenants: store.clone(),
-                usage: store.clone(),
-                reports: store.clone(),
-                sync: store.clone(),
-                alerts: store,
-                dynamo: None,
-                aws: None,
-            })
+            create_parent_dir(&path)?;
+            let store = SqliteStore::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            Ok(Stores::of(Arc::new(store), None, None))
         }
         StoreSpec::Dynamo(table) => {
             let mut aws = None;
             let config = aws_config(common, &mut aws).await;
             let client = aws_sdk_dynamodb::Client::new(&config);
             let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
-            Ok(Stores {
-                tenants: store.clone(),
-                usage: store.clone(),
-                reports: store.clone(),
-                sync: store.clone(),
-                alerts: store,
-                dynamo: Some((client, table)),
-                aws,
-            })
+            Ok(Stores::of(store, Some((client, table)), aws))
         }
     }
 }
@@ -196,10 +189,7 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
     let mut stores = open_store(common).await?;
     let queue: Arc<dyn EventQueue> = match QueueSpec::from_common(common)? {
         QueueSpec::Local(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-            }
+            create_parent_dir(&path)?;
             Arc::new(
                 LocalQueue::open(&path)
                     .with_context(|| format!("cannot open {}", path.display()))?,
@@ -225,14 +215,16 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
             ))
         }
     };
-    Ok(Backends {
-        tenants: stores.tenants,
-        usage: stores.usage,
-        reports: stores.reports,
-        sync: stores.sync,
-        alerts: stores.alerts,
-        queue,
-    })
+    Ok(Backends { stores, queue })
+}
+
+/// Creates the directory `path` (a store or queue file) will be in, if it names one.
+fn create_parent_dir(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `tally init` flags.

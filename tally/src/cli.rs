@@ -82,35 +82,27 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
-    match cli.command {
-        Command::Serve(args) => serve::serve(common, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Org(cmd) => commands::org(common, cmd).await.map(|()| ExitCode::SUCCESS),
-        Command::Project(cmd) => commands::project(common, cmd)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Key(cmd) => commands::key(common, cmd).await.map(|()| ExitCode::SUCCESS),
-        Command::Token(cmd) => commands::token(common, cmd)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Init(args) => backend::init(common, args)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Bill(args) => bill::bill(common, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Alerts(cmd) => alerts::alerts(common, cmd)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Aggregate(args) => aggregate::aggregate(common, args)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+    // Every command but `reconcile` exits 0 once it has done its work.
+    let done = match cli.command {
+        Command::Serve(args) => serve::serve(common, args).await,
+        Command::Org(cmd) => commands::org(common, cmd).await,
+        Command::Project(cmd) => commands::project(common, cmd).await,
+        Command::Key(cmd) => commands::key(common, cmd).await,
+        Command::Token(cmd) => commands::token(common, cmd).await,
+        Command::Init(args) => backend::init(common, args).await,
+        Command::Bill(args) => bill::bill(common, args).await,
+        Command::Alerts(cmd) => alerts::alerts(common, cmd).await,
+        Command::Aggregate(args) => aggregate::aggregate(common, args).await,
         Command::Reconcile(args) => {
             let drift = commands::reconcile(common, args).await?;
-            Ok(if drift {
+            return Ok(if drift {
                 ExitCode::from(EXIT_DRIFT)
             } else {
                 ExitCode::SUCCESS
-            })
+            });
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn init_tracing() {

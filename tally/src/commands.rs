@@ -4,11 +4,12 @@
 //! `cli`), like the management API's routes do. `token create` and `tally serve` share the
 //! JWT configuration of [`crate::settings::jwt_config`].
 
+use std::fmt;
+
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tally_core::ports::TenantStore;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, User, api_key_secret, check_email,
     check_name, check_slug,
@@ -126,30 +127,32 @@ pub async fn token(common: &Common, cmd: TokenCommand) -> anyhow::Result<()> {
     )
 }
 
-/// Writes the audit record of a CLI mutation (actor `cli`). A failure is reported on
-/// stderr but does not undo the command.
-async fn cli_audit(
-    tenants: &dyn TenantStore,
+/// Writes the audit record of the CLI (actor `cli`) creating `what` (`org`, `project`,
+/// `key`) `id` in `org`, as `after` shows it. A failure is reported on stderr but does not
+/// undo the command.
+async fn audit_created(
+    store: &backend::Stores,
     org: &OrgId,
-    action: &str,
-    resource: String,
-    after: Option<serde_json::Value>,
+    what: &str,
+    id: &impl fmt::Display,
+    after: &impl Serialize,
 ) {
+    let action = format!("{what}.create");
     let record = AuditRecord {
         id: format!("aud_{}", hex::encode(random::<16>())),
         org_id: org.clone(),
         actor: "cli".into(),
-        action: action.into(),
-        resource,
+        action: action.clone(),
+        resource: format!("{what}:{id}"),
         outcome: AuditOutcome::Allowed,
         reason: None,
         before: None,
-        after,
+        after: serde_json::to_value(after).ok(),
         at: Utc::now(),
         ip: None,
         user_agent: Some(format!("tally-cli/{}", env!("CARGO_PKG_VERSION"))),
     };
-    if let Err(e) = tenants.record_audit(&record).await {
+    if let Err(e) = store.tenants.record_audit(&record).await {
         tracing::error!(error = %e, action, "cannot write the audit record");
     }
 }
@@ -216,14 +219,7 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         .create_org(&org)
         .await
         .context("cannot create the organization")?;
-    cli_audit(
-        store.tenants.as_ref(),
-        &org.id,
-        "org.create",
-        format!("org:{}", org.id),
-        serde_json::to_value(&org).ok(),
-    )
-    .await;
+    audit_created(&store, &org.id, "org", &org.id, &org).await;
     print(
         common.json,
         &OrgOut {
@@ -259,14 +255,7 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
         .create_project(&project)
         .await
         .context("cannot create the project")?;
-    cli_audit(
-        store.tenants.as_ref(),
-        &project.org_id,
-        "project.create",
-        format!("project:{}", project.id),
-        serde_json::to_value(&project).ok(),
-    )
-    .await;
+    audit_created(&store, &project.org_id, "project", &project.id, &project).await;
     print(common.json, &project, |p| {
         format!("created project {} ({}) in {}", p.id, p.slug, p.org_id)
     })
@@ -333,14 +322,8 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         .create_api_key(&key)
         .await
         .context("cannot create the key")?;
-    cli_audit(
-        store.tenants.as_ref(),
-        &key.org_id,
-        "key.create",
-        format!("key:{}", key.id),
-        serde_json::to_value(tally_api::keys::KeyView::from(&key)).ok(),
-    )
-    .await;
+    let view = tally_api::keys::KeyView::from(&key);
+    audit_created(&store, &key.org_id, "key", &key.id, &view).await;
     let out = KeyOut {
         id: key.id,
         org_id: key.org_id,

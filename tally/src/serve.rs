@@ -95,8 +95,8 @@ pub fn router(
     let plans = catalogue.core_plans();
     let ingest = tally_ingest::Ingest::new(
         tally_ingest::IngestState::new(
-            backends.tenants.clone(),
-            backends.usage.clone(),
+            backends.stores.tenants.clone(),
+            backends.stores.usage.clone(),
             backends.queue.clone(),
             meters.clone(),
             clock.clone(),
@@ -109,8 +109,8 @@ pub fn router(
     let keys = ingest.key_cache();
     let ingest = ingest.router();
     let api = tally_api::router(tally_api::ApiState {
-        tenants: backends.tenants.clone(),
-        usage: backends.usage.clone(),
+        tenants: backends.stores.tenants.clone(),
+        usage: backends.stores.usage.clone(),
         catalogue: meters,
         clock,
         jwt: jwt.map(Arc::new),
@@ -262,7 +262,7 @@ pub async fn run(
         })?;
     let stripe = stripe.map(Arc::new);
     let webhook = tally_billing::webhook::router(tally_billing::webhook::WebhookState {
-        ledger: backends.sync.clone(),
+        ledger: backends.stores.sync.clone(),
         secret: stripe_webhook_secret.map(Arc::from),
         clock: clock.clone(),
     });
@@ -275,7 +275,7 @@ pub async fn run(
 
     let aggregator = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
-        backends.usage.clone(),
+        backends.stores.usage.clone(),
         AggregatorConfig {
             max_events: settings.batch_events.max(1),
             ..AggregatorConfig::default()
@@ -310,7 +310,7 @@ pub async fn run(
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,
-        backends.tenants.clone(),
+        backends.stores.tenants.clone(),
         tally_ingest::keys::KEY_USE_FLUSH_EVERY,
         async move {
             let _ = stop_keys.wait_for(|stop| *stop).await;
@@ -402,9 +402,9 @@ async fn close_ended_months(
             && billed != Some(period)
         {
             let ports = ClosePorts {
-                tenants: backends.tenants.as_ref(),
-                usage: backends.usage.as_ref(),
-                reports: backends.reports.as_ref(),
+                tenants: backends.stores.tenants.as_ref(),
+                usage: backends.stores.usage.as_ref(),
+                reports: backends.stores.reports.as_ref(),
                 clock: clock.as_ref(),
             };
             let request = CloseRequest {
@@ -423,9 +423,9 @@ async fn close_ended_months(
                     if let Some(provider) = &stripe {
                         let ports = tally_billing::PeriodSyncPorts {
                             provider: provider.as_ref(),
-                            ledger: backends.sync.as_ref(),
+                            ledger: backends.stores.sync.as_ref(),
                             sleeper: &tally_notify::TokioSleeper,
-                            tenants: backends.tenants.as_ref(),
+                            tenants: backends.stores.tenants.as_ref(),
                         };
                         let run = tally_billing::sync_period(
                             ports,

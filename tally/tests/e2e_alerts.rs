@@ -50,9 +50,7 @@ async fn start_receiver(answer: u16) -> (String, Arc<Receiver>) {
     let app = Router::new()
         .route("/hook", post(receive))
         .with_state(Arc::clone(&r));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = tally_tests::serve_local(app).await.unwrap();
     (format!("http://{addr}/hook"), r)
 }
 

@@ -23,7 +23,6 @@ async fn dynamodb_and_kinesis_count_resends_once() {
 /// hidden `TALLY_NOW` (see `e2e_bill.rs`, which covers the rest on the embedded default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_bills_a_month_once() {
-    use serde_json::json;
     let env = Env::aws("sqs");
     let tenant = make_tenant(&env, "acme-bill");
     let now = [("TALLY_NOW", "2026-03-01T02:00:00Z")];
@@ -36,15 +35,11 @@ async fn dynamodb_bills_a_month_once() {
     };
     let server = serve().await;
     let client = reqwest::Client::new();
-    let post = |id: &str, minutes: &str, at: &str| json!({"events": [{"id": id, "project_id": tenant.projects[0], "meter": "compute_minutes", "quantity": minutes, "timestamp": at}]});
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(&tenant.key)
-        .json(&post("feb-1", "10250", "2026-02-14T12:00:00Z"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let one_event = |id: &str, minutes: &str, at: &str| {
+        vec![compute_minutes(id, &tenant.projects[0], minutes, at)]
+    };
+    let feb_1 = one_event("feb-1", "10250", "2026-02-14T12:00:00Z");
+    post_accepted(&client, &server, &tenant.key, feb_1).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let feb = "meter=compute_minutes&granularity=month&from=2026-02-01&to=2026-03-01";
     while usage(&client, &server, &tenant.key, feb).await
@@ -71,14 +66,10 @@ async fn dynamodb_bills_a_month_once() {
     assert_eq!(again["reports"], first["reports"]);
 
     let server = serve().await;
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(&tenant.key)
-        .json(&post("feb-late", "1", "2026-02-20T00:00:00Z"))
-        .send()
+    let feb_late = one_event("feb-late", "1", "2026-02-20T00:00:00Z");
+    let (_, body) = post_events(&client, &server, &tenant.key, feb_late)
         .await
         .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
         body["rejected"][0]["error"]["code"], "period_closed",
         "{body}"

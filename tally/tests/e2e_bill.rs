@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tally_core::ports::{EventQueue, ReportStore};
 use tally_core::{Aggregation, Event, EventId, MeterName, Month, OrgId, ProjectId, Quantity};
 
@@ -34,27 +34,6 @@ async fn serve_at(env: &Env, at: &str) -> TestApp {
         app.clock = clock_at(at);
     })
     .await
-}
-
-fn ev(id: &str, project: &str, minutes: &str, at: &str) -> Value {
-    json!({"id": id, "project_id": project, "meter": "compute_minutes", "quantity": minutes, "timestamp": at})
-}
-
-async fn post_json(
-    client: &reqwest::Client,
-    server: &impl Endpoint,
-    key: &str,
-    events: Vec<Value>,
-) -> Value {
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(key)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json().await.unwrap()
 }
 
 fn failure(env: &Env, args: &[&str], at: &str) -> String {
@@ -84,13 +63,13 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
 
     // February's usage: 10,500 minutes over two projects.
     let server = serve_at(&env, IN_GRACE).await;
-    let out = post_json(
+    let out = post_accepted(
         &client,
         &server,
         &tenant.key,
         vec![
-            ev("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
-            ev("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
+            compute_minutes("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
+            compute_minutes("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
         ],
     )
     .await;
@@ -174,13 +153,13 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
 
     // The period is closed: ingest refuses February, takes March.
     let server = serve_at(&env, AFTER_GRACE).await;
-    let out = post_json(
+    let out = post_accepted(
         &client,
         &server,
         &tenant.key,
         vec![
-            ev("feb-late", p0, "1", "2026-02-27T00:00:00Z"),
-            ev("mar-1", p0, "1", "2026-03-01T01:30:00Z"),
+            compute_minutes("feb-late", p0, "1", "2026-02-27T00:00:00Z"),
+            compute_minutes("mar-1", p0, "1", "2026-03-01T01:30:00Z"),
         ],
     )
     .await;

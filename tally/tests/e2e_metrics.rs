@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
@@ -20,14 +19,7 @@ async fn metrics_show_accepted_and_applied_events_in_prometheus_text() {
     let tenant = make_tenant(&server.env, "metered");
     let client = reqwest::Client::new();
     let batch: Vec<_> = events(&tenant, "m", 3).iter().map(Ev::json).collect();
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(&tenant.key)
-        .json(&json!({ "events": batch }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    post_accepted(&client, &server, &tenant.key, batch).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {

@@ -13,28 +13,8 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
     let env = Env::embedded();
-    let org = env.cli(&[
-        "org",
-        "create",
-        "--name",
-        "Acme",
-        "--slug",
-        "acme-mgmt",
-        "--owner-email",
-        "ada@example.com",
-        "--plan",
-        "starter",
-    ]);
-    let other = env.cli(&[
-        "org",
-        "create",
-        "--name",
-        "Other",
-        "--slug",
-        "other-mgmt",
-        "--owner-email",
-        "bob@example.com",
-    ]);
+    let org = env.create_org("Acme", "acme-mgmt", "ada@example.com", Some("starter"));
+    let other = env.create_org("Other", "other-mgmt", "bob@example.com", None);
     let (org_id, owner) = (
         org["id"].as_str().unwrap(),
         org["owner_id"].as_str().unwrap(),
@@ -121,7 +101,7 @@ async fn invitations_last_use_and_deletion_through_the_server() {
     let (ada, carol) = (token_of(&ada), token_of(&carol));
     let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: String, bearer: String, body: Option<Value>| {
+    let call = |method: reqwest::Method, path: String, bearer: &str, body: Option<Value>| {
         let mut req = client
             .request(method, server.url(&path))
             .bearer_auth(bearer);
@@ -145,18 +125,18 @@ async fn invitations_last_use_and_deletion_through_the_server() {
     let (status, invite) = call(
         Method::POST,
         format!("/v1/orgs/{org}/invitations"),
-        ada.clone(),
+        &ada,
         Some(json!({"email": "Carol@Example.com", "role": "member"})),
     )
     .await;
     assert_eq!(status, 201, "{invite}");
     let accept = json!({"token": invite["token"]});
-    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), carol.clone(), None).await;
+    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), &carol, None).await;
     assert_eq!(status, 404, "not a member yet");
     let (status, m) = call(
         Method::POST,
         "/v1/invitations/accept".into(),
-        carol.clone(),
+        &carol,
         Some(accept.clone()),
     )
     .await;
@@ -164,18 +144,18 @@ async fn invitations_last_use_and_deletion_through_the_server() {
     let (status, _) = call(
         Method::POST,
         "/v1/invitations/accept".into(),
-        carol.clone(),
+        &carol,
         Some(accept),
     )
     .await;
     assert_eq!(status, 409, "accepted once");
-    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), carol.clone(), None).await;
+    let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), &carol, None).await;
     assert_eq!(status, 200, "a member now");
 
     let (status, p) = call(
         Method::POST,
         format!("/v1/orgs/{org}/projects/{}/archive", tenant.projects[1]),
-        ada.clone(),
+        &ada,
         None,
     )
     .await;
@@ -185,13 +165,7 @@ async fn invitations_last_use_and_deletion_through_the_server() {
     // The key's last use reaches the store within the flush interval.
     let mut last_used = Value::Null;
     for _ in 0..40 {
-        let (_, keys) = call(
-            Method::GET,
-            format!("/v1/orgs/{org}/keys"),
-            ada.clone(),
-            None,
-        )
-        .await;
+        let (_, keys) = call(Method::GET, format!("/v1/orgs/{org}/keys"), &ada, None).await;
         last_used = keys["keys"][0]["last_used_at"].clone();
         if last_used.is_string() {
             break;
@@ -200,20 +174,13 @@ async fn invitations_last_use_and_deletion_through_the_server() {
     }
     assert!(last_used.is_string(), "last_used_at was never recorded");
 
-    let (status, _) = call(
-        Method::DELETE,
-        format!("/v1/orgs/{org}"),
-        carol.clone(),
-        None,
-    )
-    .await;
+    let (status, _) = call(Method::DELETE, format!("/v1/orgs/{org}"), &carol, None).await;
     assert_eq!(status, 403, "members do not delete orgs");
-    let (status, deleted) =
-        call(Method::DELETE, format!("/v1/orgs/{org}"), ada.clone(), None).await;
+    let (status, deleted) = call(Method::DELETE, format!("/v1/orgs/{org}"), &ada, None).await;
     assert_eq!(status, 200, "{deleted}");
     assert!(deleted["deleted_at"].is_string());
     for who in [&ada, &carol] {
-        let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), who.clone(), None).await;
+        let (status, _) = call(Method::GET, format!("/v1/orgs/{org}"), who, None).await;
         assert_eq!(status, 404);
     }
     // Ingest trusts a cached key for up to 10 s; after that the revoked key is refused.

@@ -64,15 +64,7 @@ async fn malformed_events_are_refused_by_field_and_the_rest_counted() {
         body.push(b.clone());
     }
     // good[0..4] appear; the repeats among them are resends, which is fine.
-    let r = client
-        .post(server.url("/v1/events"))
-        .bearer_auth(&tenant.key)
-        .json(&json!({"events": body}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let answer: Value = r.json().await.unwrap();
+    let answer = post_accepted(&client, &server, &tenant.key, body).await;
     assert_eq!(answer["accepted"], bad.len(), "{answer}");
     let rejected = answer["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), bad.len(), "{answer}");
@@ -112,47 +104,23 @@ fn cli_refuses_bad_input_with_one_line_reasons() {
     assert!(err.contains("slug"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
-    env.cli(&[
-        "org",
-        "create",
-        "--name",
-        "A",
-        "--slug",
-        "taken",
-        "--owner-email",
-        "a@example.com",
-    ]);
-    let dup = env.cli_raw(&[
-        "org",
-        "create",
-        "--name",
-        "B",
-        "--slug",
-        "taken",
-        "--owner-email",
-        "b@example.com",
-    ]);
-    assert!(!dup.status.success());
-    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
-
-    let no_org = env.cli_raw(&[
-        "project",
-        "create",
-        "--org",
-        "org_missing",
-        "--name",
-        "P",
-        "--slug",
-        "p",
-    ]);
-    assert!(!no_org.status.success());
-    assert!(String::from_utf8_lossy(&no_org.stderr).contains("not found"));
-
-    let bad_period = env.cli_raw(&["reconcile", "--period", "2026-13"]);
-    assert!(!bad_period.status.success());
-    assert!(String::from_utf8_lossy(&bad_period.stderr).contains("YYYY-MM"));
-
-    let bad_store = env.cli_raw(&["reconcile", "--period", "2026-11", "--store", "postgres:x"]);
-    assert!(!bad_store.status.success());
-    assert!(String::from_utf8_lossy(&bad_store.stderr).contains("--store"));
+    env.create_org("A", "taken", "a@example.com", None);
+    for (command, says) in [
+        (
+            "org create --name B --slug taken --owner-email b@example.com",
+            "already exists",
+        ),
+        (
+            "project create --org org_missing --name P --slug p",
+            "not found",
+        ),
+        ("reconcile --period 2026-13", "YYYY-MM"),
+        ("reconcile --period 2026-11 --store postgres:x", "--store"),
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        let out = env.cli_raw(&args);
+        assert!(!out.status.success(), "tally {command} should have failed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "tally {command}: {err}");
+    }
 }

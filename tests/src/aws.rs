@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
+use tally_store::kinesis::{KinesisConfig, KinesisQueue, create_stream};
 
 /// The environment variable naming the emulator's endpoint.
 pub const ENDPOINT_VAR: &str = "TALLY_TEST_AWS_ENDPOINT";
@@ -93,4 +94,21 @@ pub async fn create_pk_sk_table(client: &aws_sdk_dynamodb::Client, name: &str) {
             aws_sdk_dynamodb::error::DisplayErrorContext(&e)
         );
     }
+}
+
+/// A Kinesis consumer named `consumer` on a fresh one-shard stream, with its checkpoints in a
+/// fresh table (both named from `prefix`), configured by `config`.
+pub async fn fresh_kinesis_queue(
+    sdk: &SdkConfig,
+    prefix: &str,
+    consumer: &str,
+    config: KinesisConfig,
+) -> KinesisQueue {
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let checkpoints = fresh_name(&format!("{prefix}-cp"));
+    create_pk_sk_table(&dynamo, &checkpoints).await;
+    let kinesis = aws_sdk_kinesis::Client::new(sdk);
+    let stream = fresh_name(prefix);
+    create_stream(&kinesis, &stream, 1).await.unwrap();
+    KinesisQueue::with_config(kinesis, stream, dynamo, checkpoints, consumer, config)
 }

@@ -155,48 +155,34 @@ fn receive_fault() -> impl Strategy<Value = ReceiveFault> {
     ]
 }
 
-/// Random schedules: `events` distinct events (plus up to half as many resends), 2–3
-/// aggregators, up to 12 faults of each kind.
-pub fn schedules(events: std::ops::Range<usize>) -> impl Strategy<Value = Schedule> {
-    (
-        events,
-        0usize..=50,
-        1usize..=4,
-        2usize..=3,
-        3usize..=16,
-        proptest::collection::vec(store_fault(), 0..12),
-        proptest::collection::vec(queue_fault(), 0..12),
-        proptest::collection::vec(receive_fault(), 0..12),
-        proptest::bool::weighted(0.25),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(
-                events,
-                resend_pct,
-                publishes,
-                aggregators,
-                batch,
-                store,
-                acks,
-                receives,
-                poison,
-                seed,
-            )| {
-                Schedule {
-                    events,
-                    resends: events * resend_pct / 100,
-                    publishes,
-                    aggregators,
-                    batch,
-                    store,
-                    acks,
-                    receives,
-                    poison,
-                    seed,
-                }
-            },
-        )
+prop_compose! {
+    /// Random schedules: `events` distinct events (plus up to half as many resends), 2–3
+    /// aggregators, up to 12 faults of each kind.
+    pub fn schedules(events: std::ops::Range<usize>)(
+        events in events,
+        resend_pct in 0usize..=50,
+        publishes in 1usize..=4,
+        aggregators in 2usize..=3,
+        batch in 3usize..=16,
+        store in proptest::collection::vec(store_fault(), 0..12),
+        acks in proptest::collection::vec(queue_fault(), 0..12),
+        receives in proptest::collection::vec(receive_fault(), 0..12),
+        poison in proptest::bool::weighted(0.25),
+        seed in any::<u64>(),
+    ) -> Schedule {
+        Schedule {
+            events,
+            resends: events * resend_pct / 100,
+            publishes,
+            aggregators,
+            batch,
+            store,
+            acks,
+            receives,
+            poison,
+            seed,
+        }
+    }
 }
 
 /// The fault lists of a running schedule, shared by every decorator.

@@ -7,10 +7,22 @@
 //! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
 //! backend; the AWS adapters plug their own factories into the same macros, with the
 //! emulator helpers in [`aws`]. [`stripe_double`] is the stateful Stripe double the invoice
-//! sync's tests run against.
+//! sync's tests run against, and [`serve_local`] serves a test's own endpoint (a webhook
+//! receiver).
 
 pub mod aws;
 pub mod conformance;
 pub mod faults;
 pub mod stripe_double;
 pub mod stripe_sync;
+
+/// Serves `app` in the background on a free loopback port: its address. The server lives
+/// as long as the test's runtime.
+pub async fn serve_local(app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}

@@ -76,9 +76,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hooks/tally", post(receive))
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = tally_tests::serve_local(app).await.unwrap();
         Receiver {
             url: format!("http://{addr}/hooks/tally"),
             state,
@@ -173,6 +171,21 @@ struct World {
 }
 
 impl World {
+    /// A world on `backend` on 10 November with one org of `plan` that has used `q` of
+    /// `meter`, and an endpoint that answers `answers` first.
+    async fn answering(
+        backend: &str,
+        plan: PlanId,
+        (meter, q): (&str, &str),
+        answers: &[u16],
+    ) -> (World, OrgId) {
+        let w = World::new(backend, "2026-11-10T12:00:00Z").await;
+        let org = w.org(plan).await;
+        w.use_(&org, meter, q).await;
+        w.receiver.then_answer(answers);
+        (w, org)
+    }
+
     async fn new(backend: &str, now: &str) -> World {
         let backing = match backend {
             "sqlite" => {
@@ -350,11 +363,9 @@ async fn crossing_80_then_100_percent_sends_one_signed_alert_per_threshold(backe
 /// inside the lease leaves it alone. Once the lease is over, the next check sends the same
 /// body with the same id, and it is delivered and no longer pending.
 async fn a_failing_endpoint_leaves_the_alert_pending_and_a_later_check_delivers_it(backend: &str) {
-    let w = World::new(backend, "2026-11-10T12:00:00Z").await;
-    let org = w.org(PlanId::Pro).await;
+    let usage = ("api_calls", "800000");
+    let (w, org) = World::answering(backend, PlanId::Pro, usage, &[500, 0, 503]).await;
     let nov = Month::parse("2026-11").unwrap();
-    w.use_(&org, "api_calls", "800000").await;
-    w.receiver.then_answer(&[500, 0, 503]);
 
     let out = w.check().await;
     assert_eq!((out.claimed, out.delivered), (1, 0));
@@ -402,10 +413,8 @@ async fn a_failing_endpoint_leaves_the_alert_pending_and_a_later_check_delivers_
 /// A 4xx other than 408/429 cannot get better by retrying at once: one attempt, and the
 /// alert waits for a later check (after its lease), which delivers it.
 async fn a_refusing_endpoint_is_not_hammered(backend: &str) {
-    let w = World::new(backend, "2026-11-10T12:00:00Z").await;
-    let org = w.org(PlanId::Starter).await;
-    w.use_(&org, "compute_minutes", "999").await;
-    w.receiver.then_answer(&[404]);
+    let usage = ("compute_minutes", "999");
+    let (w, _) = World::answering(backend, PlanId::Starter, usage, &[404]).await;
     let out = w.check().await;
     assert_eq!((out.claimed, out.delivered, out.problems.len()), (1, 0, 1));
     assert_eq!(w.receiver.got().len(), 1);
@@ -419,10 +428,8 @@ async fn a_refusing_endpoint_is_not_hammered(backend: &str) {
 /// A 429 with `Retry-After` is retried after the endpoint's wait (not the backoff), within
 /// the same check.
 async fn a_busy_endpoint_is_retried_when_it_asks(backend: &str) {
-    let w = World::new(backend, "2026-11-10T12:00:00Z").await;
-    let org = w.org(PlanId::Starter).await;
-    w.use_(&org, "api_calls", "80000").await;
-    w.receiver.then_answer(&[429]);
+    let usage = ("api_calls", "80000");
+    let (w, _) = World::answering(backend, PlanId::Starter, usage, &[429]).await;
     let out = w.check().await;
     assert_eq!((out.claimed, out.delivered), (1, 1), "{:?}", out.problems);
     assert_eq!(w.receiver.got().len(), 2);

@@ -83,6 +83,15 @@ async fn whole_ledger(s: &DynamoStore, org: &OrgId) -> Vec<Event> {
     }
 }
 
+/// The events of `org` among `events`, in order.
+fn events_of(events: &[Event], org: &OrgId) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| &e.org_id == org)
+        .cloned()
+        .collect()
+}
+
 /// 500 events over three orgs, two projects each and five meters (sum, count, max, latest,
 /// unique_count), some already in the ledger and some repeated inside the batch: far more
 /// than one transaction's 100 actions, so the batch is applied in many chunks. Counters
@@ -147,18 +156,13 @@ async fn a_batch_of_many_chunks_counts_each_event_once() {
 
     let distinct = &events[..500];
     for org in &orgs {
-        let mine: Vec<Event> = distinct
-            .iter()
-            .filter(|e| &e.org_id == org)
-            .cloned()
-            .collect();
+        let mut mine = events_of(distinct, org);
         let want = expected_counters(&mine);
         assert_eq!(month_counters(&s, org).await, want, "counters of {org}");
         let mut ledger = whole_ledger(&s, org).await;
         ledger.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut mine_sorted = mine.clone();
-        mine_sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(ledger, mine_sorted, "ledger of {org}");
+        mine.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(ledger, mine, "ledger of {org}");
     }
 
     // The whole batch redelivered, from another handle: nothing changes.
@@ -171,12 +175,8 @@ async fn a_batch_of_many_chunks_counts_each_event_once() {
             .all(|o| *o == ApplyOutcome::Duplicate)
     );
     for org in &orgs {
-        let mine: Vec<Event> = distinct
-            .iter()
-            .filter(|e| &e.org_id == org)
-            .cloned()
-            .collect();
-        assert_eq!(month_counters(&s, org).await, expected_counters(&mine));
+        let want = expected_counters(&events_of(distinct, org));
+        assert_eq!(month_counters(&s, org).await, want);
     }
 }
 
@@ -254,24 +254,16 @@ async fn unwritable_chunks_report_failed_events() {
         });
     let org = fresh_org();
     let p = fresh_project();
-    let events = [
-        event(
-            &org,
-            &p,
-            "a",
-            "compute_minutes",
-            "1",
-            "2026-11-26T10:00:00Z",
-        ),
-        event(
-            &org,
-            &p,
-            "a",
-            "compute_minutes",
-            "1",
-            "2026-11-26T10:00:00Z",
-        ),
-    ];
+    // The same event twice in one batch: the second is a duplicate of the first.
+    let once = event(
+        &org,
+        &p,
+        "a",
+        "compute_minutes",
+        "1",
+        "2026-11-26T10:00:00Z",
+    );
+    let events = [once.clone(), once];
     let report = s.apply_batch(&events).await.unwrap();
     assert!(
         matches!(&report.outcomes[0], ApplyOutcome::Failed(why) if !why.is_empty()),

@@ -20,15 +20,13 @@ use tally_core::ports::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, ProjectStore, ReportStore, StoredReport,
     SyncLedger, UsageStore,
 };
-use tally_core::tenant::{
-    ApiKey, AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role,
-};
-use tally_core::{ApiKeyId, Month, PlanId, ProjectId};
+use tally_core::tenant::{AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role};
+use tally_core::{Month, PlanId, ProjectId};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
-use tally_tests::conformance::fixtures::{create_owned_org, event, with_prop};
+use tally_tests::conformance::fixtures::{api_key, create_owned_org, event, with_prop};
 
 const MODULE_DOC: &str = include_str!("../../store/src/dynamodb.rs");
 
@@ -167,21 +165,8 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         archived_at: None,
     };
     store.create_project(&project).await.unwrap();
-    store
-        .create_api_key(&ApiKey {
-            id: ApiKeyId::from_random([4; 16]),
-            org_id: org.id.clone(),
-            name: "k".into(),
-            hash: KeyHash::of_secret("tk_test_layout"),
-            display_prefix: "tk_test_layo".into(),
-            scopes: vec![KeyScope::EventsWrite],
-            created_at: now,
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-        })
-        .await
-        .unwrap();
+    let key = api_key(&org.id, "tk_test_layout", &[KeyScope::EventsWrite], now);
+    store.create_api_key(&key).await.unwrap();
     let at = "2026-11-26T10:00:00Z";
     let events = vec![
         event(&org.id, &project.id, "e1", "api_calls", "3", at),

@@ -21,39 +21,54 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::SdkConfig;
+
 use tally_core::ports::{EventQueue, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
-use tally_store::kinesis::{KinesisConfig, KinesisQueue, create_stream};
+use tally_store::kinesis::KinesisConfig;
 use tally_store::sqlite::SqliteStore;
 use tally_store::sqs::{self, SqsConfig, SqsQueue};
 use tally_tests::aws;
 use tally_tests::faults::{Harness, StoreMaker, run_property};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs the property on the emulator: `cases` schedules of `events` distinct events each, on
+/// the harness `harness` builds from the SDK configuration.
+fn run_on_emulator(
+    harness: impl AsyncFnOnce(SdkConfig) -> Harness,
+    cases: u32,
+    events: std::ops::Range<usize>,
+    label: &str,
+) {
+    aws::endpoint();
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap();
+    let harness = rt.block_on(async { harness(aws::sdk_config().await).await });
+    run_property(&rt, harness, cases, events, label);
+}
+
+/// A DynamoDB store on a fresh table named from `prefix`.
+async fn fresh_dynamo(config: &SdkConfig, prefix: &str) -> Arc<dyn UsageStore> {
+    let table = aws::fresh_name(prefix);
+    create_table(&Client::new(config), &table).await.unwrap();
+    Arc::new(DynamoStore::new(Client::new(config), table))
 }
 
 /// A fresh table per schedule: moto's transactions snapshot the whole table, so one table
 /// shared by 200 schedules makes the later ones several times slower. Creating a table in
 /// the emulator takes milliseconds.
-fn fresh_tables(config: aws_config::SdkConfig) -> StoreMaker {
+fn fresh_tables(config: SdkConfig) -> StoreMaker {
     Box::new(move || {
         let config = config.clone();
-        Box::pin(async move {
-            let table = aws::fresh_name("tally-faults");
-            create_table(&Client::new(&config), &table).await.unwrap();
-            Arc::new(DynamoStore::new(Client::new(&config), table)) as Arc<dyn UsageStore>
-        })
+        Box::pin(async move { fresh_dynamo(&config, "tally-faults").await })
     })
 }
 
 /// `n` fresh SQS queues (each with its dead-letter queue), one per schedule running at once.
-async fn sqs_queues(config: &aws_config::SdkConfig, n: usize) -> Vec<Arc<dyn EventQueue>> {
+async fn sqs_queues(config: &SdkConfig, n: usize) -> Vec<Arc<dyn EventQueue>> {
     let client = aws_sdk_sqs::Client::new(config);
     let mut queues = Vec::new();
     for _ in 0..n {
@@ -72,16 +87,16 @@ async fn sqs_queues(config: &aws_config::SdkConfig, n: usize) -> Vec<Arc<dyn Eve
     queues
 }
 
-/// The SQS harness on `store`/`new_store`.
-fn sqs_harness(
+/// The SQS harness on `store`/`new_store`, with [`SQS_AT_ONCE`] fresh queues.
+async fn sqs_harness(
+    config: &SdkConfig,
     store: Arc<dyn UsageStore>,
     new_store: Option<StoreMaker>,
-    queues: Vec<Arc<dyn EventQueue>>,
 ) -> Harness {
     Harness {
         store,
         new_store,
-        queues,
+        queues: sqs_queues(config, SQS_AT_ONCE).await,
         // Fast enough to redeliver many times per schedule, slow enough that most applies
         // finish first: each redelivery is more emulator work for every schedule.
         reoffer_after: Duration::from_millis(300),
@@ -105,67 +120,34 @@ const SQS_EVENTS: std::ops::Range<usize> = 10..19;
 
 #[test]
 fn every_counter_is_exact_under_random_faults_on_dynamodb_and_sqs() {
-    aws::endpoint();
-    let rt = runtime();
-    let harness = rt.block_on(async {
-        let config = aws::sdk_config().await;
-        let table = aws::fresh_name("tally-faults");
-        create_table(&Client::new(&config), &table).await.unwrap();
-        sqs_harness(
-            Arc::new(DynamoStore::new(Client::new(&config), table)),
-            Some(fresh_tables(config.clone())),
-            sqs_queues(&config, SQS_AT_ONCE).await,
-        )
-    });
-    run_property(&rt, harness, 200, SQS_EVENTS, "dynamodb + sqs");
+    let harness = async |config: SdkConfig| {
+        let store = fresh_dynamo(&config, "tally-faults").await;
+        sqs_harness(&config, store, Some(fresh_tables(config.clone()))).await
+    };
+    run_on_emulator(harness, 200, SQS_EVENTS, "dynamodb + sqs");
 }
 
 /// The same property with the SQLite store behind the SQS queue: it tells a fault of the
 /// SQS adapter or the harness (it fails here too) from one of the DynamoDB store.
 #[test]
 fn every_counter_is_exact_under_random_faults_on_sqlite_and_sqs() {
-    aws::endpoint();
-    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("tally.db")).unwrap();
-    let harness = rt.block_on(async {
-        let config = aws::sdk_config().await;
-        sqs_harness(
-            Arc::new(store),
-            None,
-            sqs_queues(&config, SQS_AT_ONCE).await,
-        )
-    });
-    run_property(&rt, harness, 50, SQS_EVENTS, "sqlite + sqs");
+    let harness = async |config: SdkConfig| sqs_harness(&config, Arc::new(store), None).await;
+    run_on_emulator(harness, 50, SQS_EVENTS, "sqlite + sqs");
 }
 
 #[test]
 fn every_counter_is_exact_under_random_faults_on_dynamodb_and_kinesis() {
-    aws::endpoint();
-    let rt = runtime();
-    let harness = rt.block_on(async {
-        let config = aws::sdk_config().await;
-        let table = aws::fresh_name("tally-faults-k");
-        create_table(&Client::new(&config), &table).await.unwrap();
-        let checkpoints = aws::fresh_name("tally-faults-cp");
-        aws::create_pk_sk_table(&Client::new(&config), &checkpoints).await;
-        let kinesis = aws_sdk_kinesis::Client::new(&config);
-        let stream = aws::fresh_name("tally-faults");
-        create_stream(&kinesis, &stream, 1).await.unwrap();
-        let queue = KinesisQueue::with_config(
-            kinesis,
-            stream,
-            Client::new(&config),
-            checkpoints,
-            "faults",
-            KinesisConfig {
-                visibility_timeout: Duration::from_millis(300),
-                poll_interval: Duration::from_millis(50),
-                ..KinesisConfig::default()
-            },
-        );
+    let harness = async |config: SdkConfig| {
+        let kinesis = KinesisConfig {
+            visibility_timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_millis(50),
+            ..KinesisConfig::default()
+        };
+        let queue = aws::fresh_kinesis_queue(&config, "tally-faults", "faults", kinesis).await;
         Harness {
-            store: Arc::new(DynamoStore::new(Client::new(&config), table)),
+            store: fresh_dynamo(&config, "tally-faults-k").await,
             new_store: Some(fresh_tables(config.clone())),
             queues: vec![Arc::new(queue)],
             reoffer_after: Duration::from_millis(150),
@@ -176,6 +158,6 @@ fn every_counter_is_exact_under_random_faults_on_dynamodb_and_kinesis() {
             use_depth: false,
             check_every: Duration::from_millis(100),
         }
-    });
-    run_property(&rt, harness, 20, 20..41, "dynamodb + kinesis");
+    };
+    run_on_emulator(harness, 20, 20..41, "dynamodb + kinesis");
 }

@@ -35,12 +35,11 @@ mod storage {
 #[tokio::test]
 async fn lookups_are_counted_and_fail_on_demand() {
     use chrono::Utc;
-    use tally_core::ids::ApiKeyId;
     use tally_core::plan::PlanId;
     use tally_core::ports::{ApiKeyStore, StoreError};
-    use tally_core::tenant::{ApiKey, KeyHash, KeyScope};
+    use tally_core::tenant::KeyScope;
     use tally_store::memory::{Fault, Op};
-    use tally_tests::conformance::fixtures::create_owned_org;
+    use tally_tests::conformance::fixtures::{api_key, create_owned_org};
 
     let store = MemoryStore::new();
     let now = Utc::now();
@@ -53,18 +52,7 @@ async fn lookups_are_counted_and_fail_on_demand() {
         now,
     )
     .await;
-    let key = ApiKey {
-        id: ApiKeyId::from_random([3; 16]),
-        org_id: org.id.clone(),
-        name: "ci".into(),
-        hash: KeyHash::of_secret("tk_test_secret"),
-        display_prefix: "tk_test_sec".into(),
-        scopes: vec![KeyScope::EventsWrite],
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    };
+    let key = api_key(&org.id, "tk_test_secret", &[KeyScope::EventsWrite], now);
     store.create_api_key(&key).await.unwrap();
 
     let other = store.clone();

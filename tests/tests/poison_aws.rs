@@ -17,7 +17,7 @@ use tally_core::meter::Aggregation;
 use tally_core::ports::{EventQueue, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
-use tally_store::kinesis::{KinesisConfig, KinesisQueue, create_stream};
+use tally_store::kinesis::KinesisConfig;
 use tally_store::sqs::{self, SqsConfig, SqsQueue};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
@@ -118,22 +118,11 @@ async fn sqs_poison_goes_to_the_dead_letter_queue_with_its_reason() {
 async fn kinesis_poison_becomes_a_dead_letter_item_and_the_checkpoint_passes_it() {
     let config = aws::sdk_config().await;
     let usage = store(&config).await;
-    let kinesis = aws_sdk_kinesis::Client::new(&config);
-    let stream = aws::fresh_name("tally-poison");
-    create_stream(&kinesis, &stream, 1).await.unwrap();
-    let checkpoints = aws::fresh_name("tally-poison-cp");
-    aws::create_pk_sk_table(&Client::new(&config), &checkpoints).await;
-    let queue = KinesisQueue::with_config(
-        kinesis,
-        stream,
-        Client::new(&config),
-        checkpoints,
-        "poison",
-        KinesisConfig {
-            poll_interval: Duration::from_millis(50),
-            ..KinesisConfig::default()
-        },
-    );
+    let kinesis = KinesisConfig {
+        poll_interval: Duration::from_millis(50),
+        ..KinesisConfig::default()
+    };
+    let queue = aws::fresh_kinesis_queue(&config, "tally-poison", "poison", kinesis).await;
     let (good, bad) = events();
     queue.publish(std::slice::from_ref(&bad)).await.unwrap();
     queue.publish(&good).await.unwrap();

@@ -14,44 +14,23 @@ use tally_tests::conformance::queue::QueueFactory;
 use tally_tests::conformance::storage::StoreFactory;
 use tempfile::TempDir;
 
-/// A temporary directory holding one store file; every `open` is a new handle (like a new
-/// process) on that file.
-struct SqliteFactory {
-    dir: TempDir,
-}
-
-impl SqliteFactory {
-    fn new() -> Self {
-        SqliteFactory {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-}
-
-#[async_trait]
-impl StoreFactory for SqliteFactory {
-    type Store = SqliteStore;
-
-    async fn open(&self) -> SqliteStore {
-        SqliteStore::open(&self.dir.path().join("tally.db")).unwrap()
-    }
-}
-
+/// The queue's visibility timeout: short, as the suite waits for it to pass.
 const VISIBILITY: Duration = Duration::from_millis(100);
 
-/// A temporary directory holding one queue file.
-struct LocalQueueFactory {
+/// A temporary directory holding one store file and one queue file; every `open` is a new
+/// handle (like a new process) on its file.
+struct Files {
     dir: TempDir,
 }
 
-impl LocalQueueFactory {
+impl Files {
     fn new() -> Self {
-        LocalQueueFactory {
+        Files {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self) -> PathBuf {
+    fn queue_path(&self) -> PathBuf {
         self.dir.path().join("queue.db")
     }
 
@@ -59,7 +38,7 @@ impl LocalQueueFactory {
     /// inspect, so they do not disturb messages in flight on the handle under test.
     fn open_queue(&self, redeliver_on_open: bool) -> LocalQueue {
         LocalQueue::open_with(
-            &self.path(),
+            &self.queue_path(),
             LocalQueueConfig {
                 visibility_timeout: VISIBILITY,
                 redeliver_on_open,
@@ -71,7 +50,16 @@ impl LocalQueueFactory {
 }
 
 #[async_trait]
-impl QueueFactory for LocalQueueFactory {
+impl StoreFactory for Files {
+    type Store = SqliteStore;
+
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.dir.path().join("tally.db")).unwrap()
+    }
+}
+
+#[async_trait]
+impl QueueFactory for Files {
     type Queue = LocalQueue;
 
     async fn open(&self) -> LocalQueue {
@@ -106,10 +94,10 @@ impl QueueFactory for LocalQueueFactory {
 
 mod storage {
     use super::*;
-    tally_tests::storage_conformance!(SqliteFactory::new());
+    tally_tests::storage_conformance!(Files::new());
 }
 
 mod queue {
     use super::*;
-    tally_tests::queue_conformance!(LocalQueueFactory::new());
+    tally_tests::queue_conformance!(Files::new());
 }

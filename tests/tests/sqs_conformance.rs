@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::types::{Message, QueueAttributeName};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue};
 use tally_store::sqs::{self, MAX_MESSAGE_BYTES, SqsConfig, SqsQueue};
@@ -55,6 +55,22 @@ impl SqsFactory {
                 ..SqsConfig::default()
             },
         )
+    }
+
+    /// Up to 10 raw messages of the queue at `url`, with their attributes, looked at
+    /// without taking them (visibility 0).
+    async fn peek(&self, url: &str) -> Vec<Message> {
+        self.client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
     }
 }
 
@@ -150,18 +166,7 @@ async fn a_large_publish_is_split_into_messages_of_at_most_256_kib() {
     let report = q.publish(&sent).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
 
-    // Look at the raw messages without taking them (visibility 0).
-    let raw = f
-        .client
-        .receive_message()
-        .queue_url(&f.url)
-        .max_number_of_messages(10)
-        .visibility_timeout(0)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let raw = f.peek(&f.url).await;
     assert!(
         raw.len() >= 4,
         "expected several messages, got {}",
@@ -228,18 +233,7 @@ async fn undecodable_messages_go_to_the_dead_letter_queue_with_the_reason() {
         "{dead:?}"
     );
     // The source message id travels along.
-    let raw = f
-        .client
-        .receive_message()
-        .queue_url(&f.dlq_url)
-        .max_number_of_messages(10)
-        .visibility_timeout(0)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let raw = f.peek(&f.dlq_url).await;
     assert_eq!(raw.len(), 2);
     for m in raw {
         let attrs = m.message_attributes.unwrap_or_default();

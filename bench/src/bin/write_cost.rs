@@ -332,28 +332,25 @@ async fn dashboard_reads(
         .filter(|e| e.org_id.as_str() == org_s)
         .collect();
     let first = of_org.first().context("busiest org has no events")?;
-    let meter_s = busiest(&|e| {
-        if e.org_id.as_str() == org_s {
-            e.meter.as_str().to_owned()
-        } else {
-            String::new()
-        }
-    });
-    let meter_name = of_org
-        .iter()
-        .find(|e| Some(e.meter.as_str()) == meter_s.as_deref())
-        .map_or_else(|| first.meter.clone(), |e| e.meter.clone());
-    let project_s = busiest(&|e| {
-        if e.org_id.as_str() == org_s {
-            e.project_id.as_str().to_owned()
-        } else {
-            String::new()
-        }
-    });
-    let project = of_org
-        .iter()
-        .find(|e| Some(e.project_id.as_str()) == project_s.as_deref())
-        .map_or_else(|| first.project_id.clone(), |e| e.project_id.clone());
+    // The busiest org's event whose `key` is the busiest among its events (its first event
+    // when no key stands out).
+    let busiest_of_org = |key: &dyn Fn(&Event) -> &str| {
+        let busiest_key = busiest(&|e| {
+            if e.org_id.as_str() == org_s {
+                key(e).to_owned()
+            } else {
+                String::new()
+            }
+        });
+        of_org
+            .iter()
+            .find(|e| Some(key(e)) == busiest_key.as_deref())
+            .unwrap_or(first)
+    };
+    let meter_name = busiest_of_org(&|e| e.meter.as_str()).meter.clone();
+    let project = busiest_of_org(&|e| e.project_id.as_str())
+        .project_id
+        .clone();
     let org = first.org_id.clone();
     let month = Month::of(start);
     let day = Granularity::Day.truncate(start);

@@ -125,6 +125,14 @@ impl Env {
     }
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
+    /// `tally org create`, on `plan` if given: the org, as the CLI prints it.
+    pub fn create_org(&self, name: &str, slug: &str, owner: &str, plan: Option<&str>) -> Value {
+        let mut args = vec!["org", "create", "--name", name, "--slug", slug];
+        args.extend(["--owner-email", owner]);
+        args.extend(plan.into_iter().flat_map(|p| ["--plan", p]));
+        self.cli(&args)
+    }
+
     pub fn cli_raw(&self, args: &[&str]) -> Output {
         self.cli_raw_env(args, &[])
     }
@@ -173,18 +181,7 @@ pub struct Tenant {
 }
 
 pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
-    let org = env.cli(&[
-        "org",
-        "create",
-        "--name",
-        "Acme",
-        "--slug",
-        slug,
-        "--owner-email",
-        "ada@example.com",
-        "--plan",
-        "pro",
-    ]);
+    let org = env.create_org("Acme", slug, "ada@example.com", Some("pro"));
     let org = org["id"].as_str().expect("org id").to_owned();
     let projects = (0..2)
         .map(|i| {
@@ -361,16 +358,43 @@ pub async fn post(
     key: &str,
     batch: &[Ev],
 ) -> reqwest::Result<(u16, Value)> {
-    let body = json!({"events": batch.iter().map(Ev::json).collect::<Vec<_>>()});
+    post_events(client, server, key, batch.iter().map(Ev::json).collect()).await
+}
+
+/// `POST /v1/events` of `events` (as JSON, valid or not) with `key`: the status and the
+/// answer.
+pub async fn post_events(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    key: &str,
+    events: Vec<Value>,
+) -> reqwest::Result<(u16, Value)> {
     let r = client
         .post(server.url("/v1/events"))
         .bearer_auth(key)
-        .json(&body)
+        .json(&json!({ "events": events }))
         .timeout(Duration::from_secs(10))
         .send()
         .await?;
     let status = r.status().as_u16();
     Ok((status, r.json().await?))
+}
+
+/// [`post_events`], which must be accepted (`202`): the answer.
+pub async fn post_accepted(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    key: &str,
+    events: Vec<Value>,
+) -> Value {
+    let (status, answer) = post_events(client, server, key, events).await.unwrap();
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+/// An event of `minutes` compute minutes, as JSON.
+pub fn compute_minutes(id: &str, project: &str, minutes: &str, at: &str) -> Value {
+    json!({"id": id, "project_id": project, "meter": "compute_minutes", "quantity": minutes, "timestamp": at})
 }
 
 /// Waits until the org-wide month totals match, then checks every granularity and scope.

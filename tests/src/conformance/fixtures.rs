@@ -10,11 +10,11 @@ use serde_json::{Map, Value};
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::{Event, Quantity};
 use tally_core::fold::{self, Delta};
-use tally_core::ids::{EventId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{OrgStore, UserStore};
-use tally_core::tenant::{Org, User};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
 pub fn random_hex() -> String {
@@ -160,4 +160,21 @@ where
     };
     store.create_org(&org).await.unwrap();
     org
+}
+
+/// An active API key of `org` for `secret` (a fresh id, named `ci`), created at `at`, that
+/// may do `scopes` and never expires.
+pub fn api_key(org: &OrgId, secret: &str, scopes: &[KeyScope], at: DateTime<Utc>) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::from_random(rand::random()),
+        org_id: org.clone(),
+        name: "ci".into(),
+        hash: KeyHash::of_secret(secret),
+        display_prefix: secret.chars().take(12).collect(),
+        scopes: scopes.to_vec(),
+        created_at: at,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    }
 }

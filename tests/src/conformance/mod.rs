@@ -17,3 +17,20 @@
 pub mod fixtures;
 pub mod queue;
 pub mod storage;
+
+/// What [`queue_conformance!`](crate::queue_conformance) and
+/// [`storage_conformance!`](crate::storage_conformance) expand to: one `#[tokio::test]` per
+/// test of the `suite` module, each building its factory with `factory`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_tests {
+    ($suite:ident, $factory:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let factory = $factory;
+                $crate::conformance::$suite::$test(&factory).await;
+            }
+        )*
+    };
+}

@@ -52,7 +52,7 @@ pub trait QueueFactory: Send + Sync {
 #[macro_export]
 macro_rules! queue_conformance {
     ($factory:expr) => {
-        $crate::queue_conformance!(@tests $factory;
+        $crate::conformance_tests!(queue, $factory;
             published_events_are_received_and_acked_once,
             nothing_is_lost_across_reopen,
             unacked_messages_come_back_after_the_visibility_timeout,
@@ -63,15 +63,6 @@ macro_rules! queue_conformance {
             a_publish_from_another_handle_is_received,
             an_empty_receive_returns_after_its_wait,
         );
-    };
-    (@tests $factory:expr; $($test:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                let factory = $factory;
-                $crate::conformance::queue::$test(&factory).await;
-            }
-        )*
     };
 }
 
@@ -146,6 +137,17 @@ async fn assert_drains<Q: EventQueue>(q: &Q) {
     }
 }
 
+/// Nothing comes back for longer than the visibility timeout (acknowledged means gone, not
+/// hidden), and the queue drains.
+async fn assert_all_acknowledged<F: QueueFactory>(f: &F, q: &F::Queue) {
+    let again = q.receive(100, f.visibility_timeout() * 3).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "acknowledged messages came back: {again:?}"
+    );
+    assert_drains(q).await;
+}
+
 /// Published events are handed out intact; acknowledged messages never come back.
 pub async fn published_events_are_received_and_acked_once<F: QueueFactory>(f: &F) {
     let q = f.open().await;
@@ -157,13 +159,7 @@ pub async fn published_events_are_received_and_acked_once<F: QueueFactory>(f: &F
     assert_eq!(events_of(&got), sorted(sent));
     assert!(got.iter().all(|d| d.receive_count == 1));
     ack_all(&q, &got).await;
-    // Longer than the visibility timeout: acknowledged means gone, not hidden.
-    let again = q.receive(100, f.visibility_timeout() * 3).await.unwrap();
-    assert!(
-        again.is_empty(),
-        "acknowledged messages came back: {again:?}"
-    );
-    assert_drains(&q).await;
+    assert_all_acknowledged(f, &q).await;
     // Acknowledging twice is harmless.
     ack_all(&q, &got).await;
 }
@@ -189,9 +185,7 @@ pub async fn nothing_is_lost_across_reopen<F: QueueFactory>(f: &F) {
         ack_all(&q, &got).await;
     }
     let q = f.open().await;
-    let again = q.receive(100, f.visibility_timeout() * 3).await.unwrap();
-    assert!(again.is_empty(), "{again:?}");
-    assert_drains(&q).await;
+    assert_all_acknowledged(f, &q).await;
 }
 
 /// A message taken and not acknowledged is invisible until its visibility timeout passes,
@@ -212,9 +206,7 @@ pub async fn unacked_messages_come_back_after_the_visibility_timeout<F: QueueFac
     assert_eq!(events_of(&again), sorted(sent));
     assert!(again.iter().all(|d| d.receive_count >= 2), "{again:?}");
     ack_all(&q, &again).await;
-    let after = q.receive(100, f.visibility_timeout() * 3).await.unwrap();
-    assert!(after.is_empty(), "{after:?}");
-    assert_drains(&q).await;
+    assert_all_acknowledged(f, &q).await;
 }
 
 /// `receive` hands out at most about `max_events` events (one-event messages here, so

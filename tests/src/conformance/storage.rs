@@ -30,8 +30,8 @@ use tally_core::tenant::{
 };
 
 use super::fixtures::{
-    MIXED_METERS, dec, dice, event, expected_counters, fresh_org, fresh_project, random_hex, ts,
-    with_prop,
+    MIXED_METERS, api_key, dec, dice, event, expected_counters, fresh_org, fresh_project,
+    random_hex, ts, with_prop,
 };
 
 /// Makes handles onto one backing store.
@@ -59,7 +59,7 @@ pub trait StoreFactory: Send + Sync {
 #[macro_export]
 macro_rules! storage_conformance {
     ($factory:expr) => {
-        $crate::storage_conformance!(@tests $factory;
+        $crate::conformance_tests!(storage, $factory;
             users_are_unique_by_lowercased_email,
             orgs_have_an_owner_and_unique_slugs,
             projects_are_scoped_to_their_org,
@@ -97,15 +97,6 @@ macro_rules! storage_conformance {
             racing_alert_claims_have_one_winner,
             alert_leases_are_taken_over_once,
         );
-    };
-    (@tests $factory:expr; $($test:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                let factory = $factory;
-                $crate::conformance::storage::$test(&factory).await;
-            }
-        )*
     };
 }
 
@@ -161,16 +152,8 @@ fn project_in(org: &OrgId, slug: &str) -> Project {
 fn key_in(org: &OrgId) -> ApiKey {
     let secret = format!("tk_test_{}{}", random_hex(), random_hex());
     ApiKey {
-        id: ApiKeyId::from_random(rand::random()),
-        org_id: org.clone(),
-        name: "ci".into(),
-        hash: KeyHash::of_secret(&secret),
-        display_prefix: secret[..12].to_owned(),
-        scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
-        created_at: created(),
         expires_at: Some(ts("2027-01-01T00:00:00Z")),
-        revoked_at: None,
-        last_used_at: None,
+        ..api_key(org, &secret, &KeyScope::ALL, created())
     }
 }
 
