@@ -3,9 +3,9 @@
 //! counters, with the cells in `sqlite/counters.rs`); each other port has its own file, as
 //! in the DynamoDB adapter: users, orgs and projects in `sqlite/tenants.rs`, memberships in
 //! `sqlite/members.rs`, API keys in `sqlite/keys.rs`, invitations in
-//! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`, [`ReportStore`] in
-//! `sqlite/reports.rs`, the Stripe sync ledger in `sqlite/sync_ledger.rs` and plan-limit
-//! alerts in `sqlite/alerts.rs`.
+//! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`,
+//! [`ReportStore`](tally_core::ports::ReportStore) in `sqlite/reports.rs`, the Stripe sync
+//! ledger in `sqlite/sync_ledger.rs` and plan-limit alerts in `sqlite/alerts.rs`.
 //!
 //! # Processes and connections
 //!
@@ -83,8 +83,7 @@ use tally_core::fold;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError,
-    StoredReport, UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
 };
 
 use crate::conn::{self, ConnSettings, Kind};
@@ -622,105 +621,6 @@ impl UsageStore for SqliteStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[async_trait]
-impl ReportStore for SqliteStore {
-    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
-        self.reports_save(report).await
-    }
-
-    async fn get_report(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Option<StoredReport>, StoreError> {
-        self.reports_get(org, period).await
-    }
-
-    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
-        self.reports_list(org).await
-    }
-}
-
-#[async_trait]
-impl tally_core::ports::SyncLedger for SqliteStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
-        self.sync_record_step(org, period, step, result).await
-    }
-
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
-        self.sync_get_step(org, period, step).await
-    }
-
-    async fn list_steps(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Vec<tally_core::ports::SyncStep>, StoreError> {
-        self.sync_list_steps(org, period).await
-    }
-
-    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
-        self.sync_record_customer(org, customer).await
-    }
-
-    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
-        self.sync_get_customer(org).await
-    }
-}
-
-#[async_trait]
-impl tally_core::ports::AlertLedger for SqliteStore {
-    async fn claim_alert(
-        &self,
-        alert: &tally_core::ports::StoredAlert,
-    ) -> Result<bool, StoreError> {
-        self.alerts_claim(alert).await
-    }
-
-    async fn get_alert(
-        &self,
-        key: &tally_core::ports::AlertKey,
-    ) -> Result<Option<tally_core::ports::StoredAlert>, StoreError> {
-        self.alerts_get(key).await
-    }
-
-    async fn pending_alerts(
-        &self,
-        org: &OrgId,
-        since: Month,
-    ) -> Result<Vec<tally_core::ports::StoredAlert>, StoreError> {
-        self.alerts_pending(org, since).await
-    }
-
-    async fn renew_alert_lease(
-        &self,
-        key: &tally_core::ports::AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.alerts_renew_lease(key, seen, until).await
-    }
-
-    async fn mark_alert_delivered(
-        &self,
-        key: &tally_core::ports::AlertKey,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.alerts_mark_delivered(key, at).await
     }
 }
 

@@ -7,11 +7,14 @@
 //! scan. Times are integer Unix microseconds, so the lease's compare-and-set compares exact
 //! values rather than text.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::{AlertKey, StoreError, StoredAlert, ThresholdPct, check_alert_body};
+use tally_core::ports::{
+    AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
+};
 
 use super::{SqliteStore, corrupt, db, month_key, parse_id};
 
@@ -87,8 +90,9 @@ fn key_params(key: &AlertKey) -> KeyParams {
     )
 }
 
-impl SqliteStore {
-    pub(super) async fn alerts_claim(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
+#[async_trait]
+impl AlertLedger for SqliteStore {
+    async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
         check_alert_body(&alert.body)?;
         let (org, period, meter, threshold) = key_params(&alert.key);
         let body = alert.body.clone();
@@ -113,10 +117,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn alerts_get(
-        &self,
-        key: &AlertKey,
-    ) -> Result<Option<StoredAlert>, StoreError> {
+    async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError> {
         let (org, period, meter, threshold) = key_params(key);
         self.read(move |conn| {
             conn.prepare_cached(&format!(
@@ -133,7 +134,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn alerts_pending(
+    async fn pending_alerts(
         &self,
         org: &OrgId,
         since: Month,
@@ -156,7 +157,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn alerts_renew_lease(
+    async fn renew_alert_lease(
         &self,
         key: &AlertKey,
         seen: DateTime<Utc>,
@@ -178,7 +179,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn alerts_mark_delivered(
+    async fn mark_alert_delivered(
         &self,
         key: &AlertKey,
         at: DateTime<Utc>,

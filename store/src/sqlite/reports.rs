@@ -7,10 +7,11 @@
 //! so of two month-close runs racing (two processes, or a rerun), the first report stored is
 //! the one both get back.
 
+use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, StoredReport, check_report_body};
+use tally_core::ports::{ReportStore, StoreError, StoredReport, check_report_body};
 
 use super::{SqliteStore, corrupt, db, immediate, month_key, parse_id, parse_ts, ts_text};
 
@@ -50,11 +51,9 @@ fn report_of((org, period, body, created): ReportRow) -> Result<StoredReport, St
 
 const SELECT: &str = "SELECT org, period, body, created_at FROM reports";
 
-impl SqliteStore {
-    pub(super) async fn reports_save(
-        &self,
-        report: &StoredReport,
-    ) -> Result<StoredReport, StoreError> {
+#[async_trait]
+impl ReportStore for SqliteStore {
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
         check_report_body(&report.body)?;
         let report = report.clone();
         self.write(move |conn| {
@@ -84,7 +83,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn reports_get(
+    async fn get_report(
         &self,
         org: &OrgId,
         period: Month,
@@ -103,7 +102,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn reports_list(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
         let org = org.clone();
         self.read(move |conn| {
             let mut stmt = conn

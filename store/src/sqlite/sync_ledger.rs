@@ -7,10 +7,11 @@
 //! write transaction, so of two sync runs racing, the first result stored is the one both
 //! get back (and build on).
 
+use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, SyncStep, check_sync_value};
+use tally_core::ports::{StoreError, SyncLedger, SyncStep, check_sync_value};
 
 use super::{SqliteStore, db, immediate, month_key};
 
@@ -29,8 +30,9 @@ CREATE TABLE IF NOT EXISTS sync_customers (
 ) WITHOUT ROWID;
 "#;
 
-impl SqliteStore {
-    pub(super) async fn sync_record_step(
+#[async_trait]
+impl SyncLedger for SqliteStore {
+    async fn record_step(
         &self,
         org: &OrgId,
         period: Month,
@@ -61,7 +63,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn sync_get_step(
+    async fn get_step(
         &self,
         org: &OrgId,
         period: Month,
@@ -81,11 +83,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn sync_list_steps(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Vec<SyncStep>, StoreError> {
+    async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
             let mut stmt = conn
@@ -107,11 +105,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn sync_record_customer(
-        &self,
-        org: &OrgId,
-        customer: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
         check_sync_value("customer", customer)?;
         let (org, customer) = (org.as_str().to_owned(), customer.to_owned());
         self.write(move |conn| {
@@ -132,10 +126,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn sync_get_customer(
-        &self,
-        org: &OrgId,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
             conn.prepare_cached("SELECT customer FROM sync_customers WHERE org = ?1")
