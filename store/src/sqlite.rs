@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Params, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
@@ -303,6 +303,22 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
+
+    /// Runs `f` in one write transaction ([`immediate`]), committed when `f` succeeds and
+    /// rolled back when it fails, so a refused write leaves nothing behind.
+    async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(move |conn| {
+            let tx = immediate(conn)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// Creates or upgrades the schema, under the write lock so two processes opening a new file
@@ -371,6 +387,60 @@ fn db(e: rusqlite::Error) -> StoreError {
 fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)
+}
+
+/// Runs one statement (cached, as every statement here): how many rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params))
+        .map_err(db)
+}
+
+/// First write wins: runs `insert` (an `INSERT ... ON CONFLICT DO NOTHING`), then reads
+/// back with `select` the row stored now, this one or the one written first. Inside the
+/// write transaction, so no other writer comes between.
+fn insert_or_keep<T>(
+    tx: &Connection,
+    (insert, values): (&str, impl Params),
+    (select, key): (&str, impl Params),
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    execute(tx, insert, values)?;
+    tx.prepare_cached(select)
+        .and_then(|mut s| s.query_row(key, row))
+        .map_err(db)
+}
+
+/// Whether a query returns any row: the existence checks writes make before they write.
+fn exists(conn: &Connection, sql: &str, params: impl Params) -> Result<bool, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.exists(params))
+        .map_err(db)
+}
+
+/// The first row of a query, read by `row`, or `None` when there is none.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, row).optional())
+        .map_err(db)
+}
+
+/// Every row of a query, read by `row` and decoded by `of`, in the query's order.
+fn query_all<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    mut of: impl FnMut(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt.query_map(params, row).map_err(db)?;
+    rows.map(|r| r.map_err(db).and_then(&mut of)).collect()
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {

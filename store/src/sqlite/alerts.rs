@@ -9,14 +9,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
     AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
 };
 
-use super::{SqliteStore, corrupt, db, month_key, parse_id};
+use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, query_opt};
 
 /// Schema version 6: plan-limit alerts.
 pub(super) const SCHEMA_V6: &str = r#"
@@ -99,19 +99,16 @@ impl AlertLedger for SqliteStore {
         let (claimed, lease) = (micros(alert.claimed_at), micros(alert.lease_until));
         let delivered = alert.delivered_at.map(micros);
         self.write(move |conn| {
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO alerts (org, period, meter, threshold, body, claimed_at,
-                                         lease_until, delivered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (org, period, meter, threshold) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        org, period, meter, threshold, body, claimed, lease, delivered
-                    ])
-                })
-                .map_err(db)?;
+            let inserted = execute(
+                conn,
+                "INSERT INTO alerts (org, period, meter, threshold, body, claimed_at,
+                                     lease_until, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (org, period, meter, threshold) DO NOTHING",
+                params![
+                    org, period, meter, threshold, body, claimed, lease, delivered
+                ],
+            )?;
             Ok(inserted == 1)
         })
         .await
@@ -120,14 +117,15 @@ impl AlertLedger for SqliteStore {
     async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError> {
         let (org, period, meter, threshold) = key_params(key);
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            let sql = format!(
                 "{SELECT} WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![org, period, meter, threshold], alert_row)
-                    .optional()
-            })
-            .map_err(db)?
+            );
+            query_opt(
+                conn,
+                &sql,
+                params![org, period, meter, threshold],
+                alert_row,
+            )?
             .map(alert_of)
             .transpose()
         })
@@ -141,18 +139,17 @@ impl AlertLedger for SqliteStore {
     ) -> Result<Vec<StoredAlert>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "{SELECT} WHERE org = ?1 AND period >= ?2 AND delivered_at IS NULL
-                     ORDER BY period, meter, threshold"
-                ))
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org, month_key(since)], alert_row)
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            rows.into_iter().map(alert_of).collect()
+            let sql = format!(
+                "{SELECT} WHERE org = ?1 AND period >= ?2 AND delivered_at IS NULL
+                 ORDER BY period, meter, threshold"
+            );
+            query_all(
+                conn,
+                &sql,
+                params![org, month_key(since)],
+                alert_row,
+                alert_of,
+            )
         })
         .await
     }
@@ -166,14 +163,13 @@ impl AlertLedger for SqliteStore {
         let (org, period, meter, threshold) = key_params(key);
         let (seen, until) = (micros(seen), micros(until));
         self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE alerts SET lease_until = ?6
-                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4
-                       AND lease_until = ?5 AND delivered_at IS NULL",
-                )
-                .and_then(|mut s| s.execute(params![org, period, meter, threshold, seen, until]))
-                .map_err(db)?;
+            let changed = execute(
+                conn,
+                "UPDATE alerts SET lease_until = ?6
+                 WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4
+                   AND lease_until = ?5 AND delivered_at IS NULL",
+                params![org, period, meter, threshold, seen, until],
+            )?;
             Ok(changed == 1)
         })
         .await
@@ -188,13 +184,12 @@ impl AlertLedger for SqliteStore {
         let what = format!("alert {key}");
         let at = micros(at);
         self.write(move |conn| {
-            let found = conn
-                .prepare_cached(
-                    "UPDATE alerts SET delivered_at = COALESCE(delivered_at, ?5)
-                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4",
-                )
-                .and_then(|mut s| s.execute(params![org, period, meter, threshold, at]))
-                .map_err(db)?;
+            let found = execute(
+                conn,
+                "UPDATE alerts SET delivered_at = COALESCE(delivered_at, ?5)
+                 WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4",
+                params![org, period, meter, threshold, at],
+            )?;
             if found == 0 {
                 return Err(StoreError::NotFound { what });
             }
