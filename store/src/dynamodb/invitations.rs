@@ -217,23 +217,9 @@ impl InvitationStore for DynamoStore {
         user: &UserId,
         at: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
-        let Some(inv) = self.find_invitation(hash, at).await? else {
-            return Err(StoreError::NotFound {
-                what: "invitation".into(),
-            });
-        };
-        if inv.accepted_at.is_some() {
-            return Err(StoreError::Conflict {
-                what: format!("acceptance of invitation {}", inv.id),
-            });
-        }
-        rules::check_new_member(inv.role)?;
-        let m = Membership {
-            org_id: inv.org_id.clone(),
-            user_id: user.clone(),
-            role: inv.role,
-            created_at: at,
-        };
+        let found = self.find_invitation(hash, at).await?;
+        let (inv, m) = rules::accepted_membership(found, user, at)?;
+        rules::check_new_member(m.role)?;
         let table = self.table();
         let actions = vec![
             tx_update(

@@ -192,22 +192,7 @@ impl InvitationStore for SqliteStore {
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
         self.transact(move |tx| {
             let found = read_invitation(tx, "hash = ?1", params![hash])?;
-            let Some(inv) = found.filter(|inv| inv.expires_at > at) else {
-                return Err(StoreError::NotFound {
-                    what: "invitation".into(),
-                });
-            };
-            if inv.accepted_at.is_some() {
-                return Err(StoreError::Conflict {
-                    what: format!("acceptance of invitation {}", inv.id),
-                });
-            }
-            let m = Membership {
-                org_id: inv.org_id.clone(),
-                user_id: user,
-                role: inv.role,
-                created_at: at,
-            };
+            let (_, m) = rules::accepted_membership(found, &user, at)?;
             Self::insert_member(tx, &m)?;
             execute(
                 tx,
