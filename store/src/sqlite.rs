@@ -333,23 +333,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
-    if version < 1 {
-        tx.execute_batch(SCHEMA_V1).map_err(db)?;
-    }
-    if version < 2 {
-        tx.execute_batch(audit::SCHEMA_V2).map_err(db)?;
-    }
-    if version < 3 {
-        tx.execute_batch(reports::SCHEMA_V3).map_err(db)?;
-    }
-    if version < 4 {
-        tx.execute_batch(invitations::SCHEMA_V4).map_err(db)?;
-    }
-    if version < 5 {
-        tx.execute_batch(sync_ledger::SCHEMA_V5).map_err(db)?;
-    }
-    if version < 6 {
-        tx.execute_batch(alerts::SCHEMA_V6).map_err(db)?;
+    // Versions 1 to 6 are plain SQL; 7 also rebuilds the counters.
+    let plain = [
+        SCHEMA_V1,
+        audit::SCHEMA_V2,
+        reports::SCHEMA_V3,
+        invitations::SCHEMA_V4,
+        sync_ledger::SCHEMA_V5,
+        alerts::SCHEMA_V6,
+    ];
+    for (to, sql) in (1..).zip(plain) {
+        if version < to {
+            tx.execute_batch(sql).map_err(db)?;
+        }
     }
     if version < 7 {
         tx.execute_batch(counters::SCHEMA_V7).map_err(db)?;
@@ -413,9 +409,7 @@ fn insert_or_keep<T>(
 
 /// Whether a query returns any row: the existence checks writes make before they write.
 fn exists(conn: &Connection, sql: &str, params: impl Params) -> Result<bool, StoreError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.exists(params))
-        .map_err(db)
+    Ok(query_opt(conn, sql, params, |_| Ok(()))?.is_some())
 }
 
 /// The first row of a query, read by `row`, or `None` when there is none.
@@ -428,6 +422,18 @@ fn query_opt<T>(
     conn.prepare_cached(sql)
         .and_then(|mut s| s.query_row(params, row).optional())
         .map_err(db)
+}
+
+/// The first row of a query, read by `row` and decoded by `of`, or `None` when there is
+/// none.
+fn read_one<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    of: impl FnOnce(R) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    query_opt(conn, sql, params, row)?.map(of).transpose()
 }
 
 /// Every row of a query, read by `row` and decoded by `of`, in the query's order.

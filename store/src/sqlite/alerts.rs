@@ -16,7 +16,7 @@ use tally_core::ports::{
     AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
 };
 
-use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, query_opt};
+use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, read_one};
 
 /// Schema version 6: plan-limit alerts.
 pub(super) const SCHEMA_V6: &str = r#"
@@ -120,14 +120,13 @@ impl AlertLedger for SqliteStore {
             let sql = format!(
                 "{SELECT} WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4"
             );
-            query_opt(
+            read_one(
                 conn,
                 &sql,
                 params![org, period, meter, threshold],
                 alert_row,
-            )?
-            .map(alert_of)
-            .transpose()
+                alert_of,
+            )
         })
         .await
     }

@@ -89,9 +89,7 @@ fn read_invitation(
     params: impl Params,
 ) -> Result<Option<Invitation>, StoreError> {
     let sql = format!("SELECT {INVITATION_COLS} FROM invitations WHERE {cond}");
-    query_opt(conn, &sql, params, invitation_row)?
-        .map(invitation_of)
-        .transpose()
+    read_one(conn, &sql, params, invitation_row, invitation_of)
 }
 
 #[async_trait]

@@ -69,9 +69,7 @@ fn read_key(
     params: impl Params,
 ) -> Result<Option<ApiKey>, StoreError> {
     let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE {cond}");
-    query_opt(conn, &sql, params, key_row)?
-        .map(key_of)
-        .transpose()
+    read_one(conn, &sql, params, key_row, key_of)
 }
 
 /// A key's scopes as the `scopes` column holds them (JSON), encoded before the write

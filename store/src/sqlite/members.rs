@@ -120,16 +120,14 @@ impl MemberStore for SqliteStore {
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
         let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
         self.read(move |conn| {
-            query_opt(
+            read_one(
                 conn,
                 "SELECT m.role FROM memberships m JOIN orgs o ON o.id = m.org
                  WHERE m.org = ?1 AND m.user_id = ?2 AND o.deleted_at IS NULL",
                 params![org, user],
                 |r| r.get::<_, String>(0),
-            )?
-            .as_deref()
-            .map(role_of)
-            .transpose()
+                |r| role_of(&r),
+            )
         })
         .await
     }
@@ -209,14 +207,13 @@ impl MemberStore for SqliteStore {
                 return Ok(None);
             };
             let role_of_user = |u: &UserId| {
-                query_opt(
+                read_one(
                     tx,
                     "SELECT role FROM memberships WHERE org = ?1 AND user_id = ?2",
                     params![org.as_str(), u.as_str()],
                     |r| r.get::<_, String>(0),
-                )?
-                .map(|r| role_of(&r))
-                .transpose()
+                    |r: String| role_of(&r),
+                )
             };
             let owner = parse_id(&owner, UserId::parse)?;
             let (from_role, to_role) = (role_of_user(&from)?, role_of_user(&to)?);

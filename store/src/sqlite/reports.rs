@@ -14,7 +14,7 @@ use tally_core::period::Month;
 use tally_core::ports::{ReportStore, StoreError, StoredReport, check_report_body};
 
 use super::{
-    SqliteStore, corrupt, insert_or_keep, month_key, parse_id, parse_ts, query_all, query_opt,
+    SqliteStore, corrupt, insert_or_keep, month_key, parse_id, parse_ts, query_all, read_one,
     ts_text,
 };
 
@@ -89,14 +89,13 @@ impl ReportStore for SqliteStore {
         let org = org.clone();
         self.read(move |conn| {
             let sql = format!("{SELECT} WHERE org = ?1 AND period = ?2");
-            query_opt(
+            read_one(
                 conn,
                 &sql,
                 params![org.as_str(), month_key(period)],
                 report_row,
-            )?
-            .map(report_of)
-            .transpose()
+                report_of,
+            )
         })
         .await
     }

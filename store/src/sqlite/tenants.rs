@@ -54,14 +54,13 @@ pub(super) fn org_of(
 
 /// Reads one org by id (on a plain connection or inside a transaction).
 pub(super) fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, StoreError> {
-    query_opt(
+    read_one(
         conn,
         "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
         params![id],
         |r| r.try_into(),
-    )?
-    .map(org_of)
-    .transpose()
+        org_of,
+    )
 }
 
 pub(super) type ProjectRow = (String, String, String, String, String, Option<String>);
@@ -93,9 +92,7 @@ pub(super) fn read_project(
     id: &str,
 ) -> Result<Option<Project>, StoreError> {
     let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 AND id = ?2");
-    query_opt(conn, &sql, params![org, id], project_row)?
-        .map(project_of)
-        .transpose()
+    read_one(conn, &sql, params![org, id], project_row, project_of)
 }
 
 pub(super) fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreError> {
@@ -153,9 +150,7 @@ impl UserStore for SqliteStore {
         let id = id.as_str().to_owned();
         self.read(move |conn| {
             let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ?1");
-            query_opt(conn, &sql, params![id], user_row)?
-                .map(user_of)
-                .transpose()
+            read_one(conn, &sql, params![id], user_row, user_of)
         })
         .await
     }
