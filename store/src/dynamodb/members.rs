@@ -178,14 +178,8 @@ impl MemberStore for DynamoStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        match unless_condition_failed("UpdateItem", updated)? {
-            Some(out) => out
-                .attributes
-                .as_ref()
-                .map(|it| membership_of(org, it))
-                .transpose(),
-            None => refused_member(self, org, user).await,
-        }
+        let old = unless_condition_failed("UpdateItem", updated)?.map(|out| out.attributes);
+        member_before(self, org, user, old).await
     }
 
     /// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
@@ -207,14 +201,8 @@ impl MemberStore for DynamoStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        match unless_condition_failed("DeleteItem", deleted)? {
-            Some(out) => out
-                .attributes
-                .as_ref()
-                .map(|it| membership_of(org, it))
-                .transpose(),
-            None => refused_member(self, org, user).await,
-        }
+        let old = unless_condition_failed("DeleteItem", deleted)?.map(|out| out.attributes);
+        member_before(self, org, user, old).await
     }
 
     /// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
@@ -333,6 +321,21 @@ pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWrit
             (GSI1SK, s(keys::org_gsi_sk(&m.org_id))),
         ]),
     )
+}
+
+/// What a write of a membership conditioned on it existing and not being the owner's
+/// answers: the membership as it was (`old`, the item it returned), or when the condition
+/// failed (`None`), why ([`refused_member`]).
+async fn member_before(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+    old: Option<Option<Item>>,
+) -> Result<Option<Membership>, StoreError> {
+    match old {
+        Some(item) => item.as_ref().map(|it| membership_of(org, it)).transpose(),
+        None => refused_member(store, org, user).await,
+    }
 }
 
 /// After a refused conditional write of a membership: `None` if it does not exist, the

@@ -219,22 +219,7 @@ impl OrgStore for DynamoStore {
         id: &OrgId,
         changes: &OrgChanges,
     ) -> Result<Option<Org>, StoreError> {
-        let mut sets = Vec::new();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(id)))
-            .key(SK, s(ORG_SK))
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .return_values(ReturnValue::AllNew);
-        if let Some(name) = &changes.name {
-            sets.push("#name = :name");
-            req = req
-                .expression_attribute_names("#name", "name")
-                .expression_attribute_values(":name", s(name));
-        }
+        let (mut req, mut sets) = update_named(self, keys::org_pk(id), ORG_SK, &changes.name);
         if let Some(plan) = changes.plan {
             sets.push("#plan = :plan");
             req = req
@@ -369,22 +354,8 @@ impl ProjectStore for DynamoStore {
         id: &ProjectId,
         changes: &ProjectChanges,
     ) -> Result<Option<Project>, StoreError> {
-        let mut sets = Vec::new();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(org)))
-            .key(SK, s(keys::project_sk(id)))
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .return_values(ReturnValue::AllNew);
-        if let Some(name) = &changes.name {
-            sets.push("#name = :name");
-            req = req
-                .expression_attribute_names("#name", "name")
-                .expression_attribute_values(":name", s(name));
-        }
+        let sk = keys::project_sk(id);
+        let (mut req, mut sets) = update_named(self, keys::org_pk(org), &sk, &changes.name);
         if let Some(at) = changes.archive_at {
             sets.push("archived_at = if_not_exists(archived_at, :archived)");
             req = req.expression_attribute_values(":archived", s(ts_text(at)));
@@ -394,6 +365,33 @@ impl ProjectStore for DynamoStore {
         }
         update_existing(req, &sets, project_of).await
     }
+}
+
+/// The start of [`update_existing`]'s request for the item `pk`/`sk` (an org or a project),
+/// with the `SET` of a new `name` when there is one: what the two updates share.
+fn update_named(
+    store: &DynamoStore,
+    pk: String,
+    sk: &str,
+    name: &Option<String>,
+) -> (UpdateItemFluentBuilder, Vec<&'static str>) {
+    let mut sets = Vec::new();
+    let mut req = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(pk))
+        .key(SK, s(sk))
+        .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .return_values(ReturnValue::AllNew);
+    if let Some(name) = name {
+        sets.push("#name = :name");
+        req = req
+            .expression_attribute_names("#name", "name")
+            .expression_attribute_values(":name", s(name));
+    }
+    (req, sets)
 }
 
 /// Sends `SET <sets>` on an update conditioned on the item existing (and returning
