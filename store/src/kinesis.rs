@@ -56,18 +56,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use chrono::Utc;
 use tally_core::backoff::Backoff;
-use tally_core::envelope::{self, PackedMessage, pack};
+use tally_core::envelope::{self, PackedMessage};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
+use crate::aws::{
+    BatchNames, ENTRY_RETRY, EntryResult, describe_sdk_error, publish_packed, send_with_retries,
+    truncate_utf8,
+};
 
 /// Largest record (data plus partition key) Kinesis accepts: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -879,33 +883,18 @@ fn parse_receipt(r: &str) -> Result<(&str, &str), QueueError> {
 #[async_trait]
 impl EventQueue for KinesisQueue {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
-        if events.is_empty() {
-            return Ok(PublishReport::default());
-        }
-        let packed = pack(events, MAX_RECORD_BYTES - MAX_PARTITION_KEY);
-        let mut failed = packed.failed;
-        let size = |m: &PackedMessage| m.body.len() + m.org.len();
-        let mut start = 0;
-        while start < packed.messages.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < packed.messages.len()
-                && end - start < MAX_RECORDS_PER_CALL
-                && (end == start || bytes + size(&packed.messages[end]) <= MAX_BYTES_PER_CALL)
-            {
-                bytes += size(&packed.messages[end]);
-                end += 1;
-            }
-            let batch = &packed.messages[start..end];
-            let span = tracing::info_span!("kinesis_put_records", records = batch.len(), bytes);
-            let unsent = self.put_batch(batch).instrument(span).await;
-            for (k, reason) in unsent {
-                failed.extend(batch[k].indexes.iter().map(|&i| (i, reason.clone())));
-            }
-            start = end;
-        }
-        failed.sort_by_key(|(i, _)| *i);
-        Ok(PublishReport { failed })
+        let packed = envelope::pack(events, MAX_RECORD_BYTES - MAX_PARTITION_KEY);
+        let report = publish_packed(
+            &packed,
+            (MAX_RECORDS_PER_CALL, MAX_BYTES_PER_CALL),
+            |m| m.body.len() + m.org.len(),
+            |batch, bytes| {
+                let span = tracing::info_span!("kinesis_put_records", records = batch.len(), bytes);
+                Box::pin(self.put_batch(batch).instrument(span))
+            },
+        )
+        .await;
+        Ok(report)
     }
 
     async fn receive(
@@ -1034,103 +1023,56 @@ impl EventQueue for KinesisQueue {
 }
 
 impl KinesisQueue {
-    /// Sends one `PutRecords` batch, retrying only the failed records. Returns the records
-    /// (indexes into `batch`) that still failed, with the reason.
+    /// Sends one `PutRecords` batch, retrying only the failed records
+    /// ([`send_with_retries`]). Returns the records (indexes into `batch`) that still failed,
+    /// with the reason.
     async fn put_batch(&self, batch: &[PackedMessage]) -> Vec<(usize, String)> {
-        let cfg = &self.inner.config;
-        let mut pending: Vec<usize> = (0..batch.len()).collect();
-        let mut last_reason: HashMap<usize, String> = HashMap::new();
-        let mut failed: Vec<(usize, String)> = Vec::new();
-        for attempt in 0..cfg.retry.max_attempts.max(1) {
-            if pending.is_empty() {
-                break;
-            }
-            if attempt > 0 {
-                sleep_before_retry(&cfg.retry, attempt).await;
-                tracing::warn!(attempt, records = pending.len(), "retrying Kinesis puts");
-            }
-            let mut entries = Vec::with_capacity(pending.len());
-            let mut sent = Vec::with_capacity(pending.len());
-            for &k in &pending {
-                match PutRecordsRequestEntry::builder()
+        let names = BatchNames {
+            backend: "kinesis",
+            call: "Kinesis put",
+            entry: "Kinesis record",
+        };
+        send_with_retries(
+            &self.inner.config.retry,
+            &names,
+            batch.len(),
+            |k| {
+                PutRecordsRequestEntry::builder()
                     .data(Blob::new(batch[k].body.as_bytes()))
                     .partition_key(&batch[k].org)
                     .build()
-                {
-                    Ok(e) => {
-                        entries.push(e);
-                        sent.push(k);
-                    }
-                    Err(e) => failed.push((k, format!("building the Kinesis record: {e}"))),
-                }
-            }
-            if entries.is_empty() {
-                pending.clear();
-                break;
-            }
-            let result = self
-                .inner
-                .kinesis
-                .put_records()
-                .stream_name(&self.inner.stream)
-                .set_records(Some(entries))
-                .send()
-                .await;
-            match result {
-                Err(e) => {
-                    let reason = kerr("PutRecords", e).to_string();
-                    tracing::warn!(%reason, "Kinesis put call failed");
-                    for &k in &sent {
-                        last_reason.insert(k, reason.clone());
-                    }
-                    pending = sent;
-                }
-                Ok(out) => {
-                    let mut retry = Vec::new();
-                    // Results come in request order.
-                    for (n, &k) in sent.iter().enumerate() {
-                        match out.records.get(n) {
-                            Some(r) if r.error_code.is_none() && r.sequence_number.is_some() => {}
-                            Some(r) => {
-                                last_reason.insert(
-                                    k,
-                                    format!(
-                                        "Kinesis refused the record: {} {}",
-                                        r.error_code.as_deref().unwrap_or("(no code)"),
-                                        r.error_message.as_deref().unwrap_or_default()
-                                    ),
-                                );
-                                retry.push(k);
-                            }
-                            None => {
-                                last_reason
-                                    .insert(k, "Kinesis did not report on the record".into());
-                                retry.push(k);
-                            }
-                        }
-                    }
-                    pending = retry;
-                }
-            }
-        }
-        for k in pending {
-            let reason = last_reason
-                .remove(&k)
-                .unwrap_or_else(|| "Kinesis put failed".to_owned());
-            failed.push((
-                k,
-                format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
-            ));
-        }
-        metrics::counter!("tally_queue_messages_sent_total", "backend" => "kinesis")
-            .increment((batch.len() - failed.len()) as u64);
-        if !failed.is_empty() {
-            metrics::counter!("tally_queue_messages_failed_total", "backend" => "kinesis")
-                .increment(failed.len() as u64);
-            tracing::error!(failed = failed.len(), "Kinesis records not sent");
-        }
-        failed
+                    .map_err(|e| format!("building the Kinesis record: {e}"))
+            },
+            |entries| async move {
+                self.inner
+                    .kinesis
+                    .put_records()
+                    .stream_name(&self.inner.stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| kerr("PutRecords", e).to_string())
+            },
+            judge_puts,
+        )
+        .await
     }
+}
+
+/// How each sent record of a `PutRecords` call went; results come in request order. A
+/// refused record is retried (Kinesis refuses only for throttling or an internal error).
+fn judge_puts(out: &PutRecordsOutput, sent: &[usize]) -> Vec<EntryResult> {
+    (0..sent.len())
+        .map(|n| match out.records.get(n) {
+            Some(r) if r.error_code.is_none() && r.sequence_number.is_some() => EntryResult::Sent,
+            Some(r) => EntryResult::Retry(format!(
+                "Kinesis refused the record: {} {}",
+                r.error_code.as_deref().unwrap_or("(no code)"),
+                r.error_message.as_deref().unwrap_or_default()
+            )),
+            None => EntryResult::Retry("Kinesis did not report on the record".into()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -219,6 +219,23 @@ impl State {
     }
 }
 
+/// The values of `map` (keyed `(org, id)`) that belong to `org`, oldest first by
+/// `created`, then by id: the order every listing of an org's members, projects, keys and
+/// invitations has on every store.
+fn list_of_org<K: Ord, V: Clone>(
+    map: &BTreeMap<(OrgId, K), V>,
+    org: &OrgId,
+    created: impl Fn(&V) -> DateTime<Utc>,
+) -> Vec<V> {
+    let mut found: Vec<(DateTime<Utc>, &K, &V)> = map
+        .iter()
+        .filter(|((o, _), _)| o == org)
+        .map(|((_, id), v)| (created(v), id, v))
+        .collect();
+    found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    found.into_iter().map(|(_, _, v)| v.clone()).collect()
+}
+
 /// `t` cut to the microsecond, the precision the other stores keep last-used and alert
 /// times at.
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {

@@ -3,9 +3,9 @@
 //! counters, with the cells in `sqlite/counters.rs`); each other port has its own file, as
 //! in the DynamoDB adapter: users, orgs and projects in `sqlite/tenants.rs`, memberships in
 //! `sqlite/members.rs`, API keys in `sqlite/keys.rs`, invitations in
-//! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`, [`ReportStore`] in
-//! `sqlite/reports.rs`, the Stripe sync ledger in `sqlite/sync_ledger.rs` and plan-limit
-//! alerts in `sqlite/alerts.rs`.
+//! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`,
+//! [`ReportStore`](tally_core::ports::ReportStore) in `sqlite/reports.rs`, the Stripe sync
+//! ledger in `sqlite/sync_ledger.rs` and plan-limit alerts in `sqlite/alerts.rs`.
 //!
 //! # Processes and connections
 //!
@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Params, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
@@ -83,8 +83,7 @@ use tally_core::fold;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReportStore, StoreError,
-    StoredReport, UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
 };
 
 use crate::conn::{self, ConnSettings, Kind};
@@ -304,6 +303,22 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
+
+    /// Runs `f` in one write transaction ([`immediate`]), committed when `f` succeeds and
+    /// rolled back when it fails, so a refused write leaves nothing behind.
+    async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(move |conn| {
+            let tx = immediate(conn)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// Creates or upgrades the schema, under the write lock so two processes opening a new file
@@ -318,23 +333,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
-    if version < 1 {
-        tx.execute_batch(SCHEMA_V1).map_err(db)?;
-    }
-    if version < 2 {
-        tx.execute_batch(audit::SCHEMA_V2).map_err(db)?;
-    }
-    if version < 3 {
-        tx.execute_batch(reports::SCHEMA_V3).map_err(db)?;
-    }
-    if version < 4 {
-        tx.execute_batch(invitations::SCHEMA_V4).map_err(db)?;
-    }
-    if version < 5 {
-        tx.execute_batch(sync_ledger::SCHEMA_V5).map_err(db)?;
-    }
-    if version < 6 {
-        tx.execute_batch(alerts::SCHEMA_V6).map_err(db)?;
+    // Versions 1 to 6 are plain SQL; 7 also rebuilds the counters.
+    let plain = [
+        SCHEMA_V1,
+        audit::SCHEMA_V2,
+        reports::SCHEMA_V3,
+        invitations::SCHEMA_V4,
+        sync_ledger::SCHEMA_V5,
+        alerts::SCHEMA_V6,
+    ];
+    for (to, sql) in (1..).zip(plain) {
+        if version < to {
+            tx.execute_batch(sql).map_err(db)?;
+        }
     }
     if version < 7 {
         tx.execute_batch(counters::SCHEMA_V7).map_err(db)?;
@@ -372,6 +383,70 @@ fn db(e: rusqlite::Error) -> StoreError {
 fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)
+}
+
+/// Runs one statement (cached, as every statement here): how many rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params))
+        .map_err(db)
+}
+
+/// First write wins: runs `insert` (an `INSERT ... ON CONFLICT DO NOTHING`), then reads
+/// back with `select` the row stored now, this one or the one written first. Inside the
+/// write transaction, so no other writer comes between.
+fn insert_or_keep<T>(
+    tx: &Connection,
+    (insert, values): (&str, impl Params),
+    (select, key): (&str, impl Params),
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    execute(tx, insert, values)?;
+    tx.prepare_cached(select)
+        .and_then(|mut s| s.query_row(key, row))
+        .map_err(db)
+}
+
+/// Whether a query returns any row: the existence checks writes make before they write.
+fn exists(conn: &Connection, sql: &str, params: impl Params) -> Result<bool, StoreError> {
+    Ok(query_opt(conn, sql, params, |_| Ok(()))?.is_some())
+}
+
+/// The first row of a query, read by `row`, or `None` when there is none.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, row).optional())
+        .map_err(db)
+}
+
+/// The first row of a query, read by `row` and decoded by `of`, or `None` when there is
+/// none.
+fn read_one<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    of: impl FnOnce(R) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    query_opt(conn, sql, params, row)?.map(of).transpose()
+}
+
+/// Every row of a query, read by `row` and decoded by `of`, in the query's order.
+fn query_all<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    mut of: impl FnMut(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt.query_map(params, row).map_err(db)?;
+    rows.map(|r| r.map_err(db).and_then(&mut of)).collect()
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -622,105 +697,6 @@ impl UsageStore for SqliteStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[async_trait]
-impl ReportStore for SqliteStore {
-    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
-        self.reports_save(report).await
-    }
-
-    async fn get_report(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Option<StoredReport>, StoreError> {
-        self.reports_get(org, period).await
-    }
-
-    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
-        self.reports_list(org).await
-    }
-}
-
-#[async_trait]
-impl tally_core::ports::SyncLedger for SqliteStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
-        self.sync_record_step(org, period, step, result).await
-    }
-
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
-        self.sync_get_step(org, period, step).await
-    }
-
-    async fn list_steps(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Vec<tally_core::ports::SyncStep>, StoreError> {
-        self.sync_list_steps(org, period).await
-    }
-
-    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
-        self.sync_record_customer(org, customer).await
-    }
-
-    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
-        self.sync_get_customer(org).await
-    }
-}
-
-#[async_trait]
-impl tally_core::ports::AlertLedger for SqliteStore {
-    async fn claim_alert(
-        &self,
-        alert: &tally_core::ports::StoredAlert,
-    ) -> Result<bool, StoreError> {
-        self.alerts_claim(alert).await
-    }
-
-    async fn get_alert(
-        &self,
-        key: &tally_core::ports::AlertKey,
-    ) -> Result<Option<tally_core::ports::StoredAlert>, StoreError> {
-        self.alerts_get(key).await
-    }
-
-    async fn pending_alerts(
-        &self,
-        org: &OrgId,
-        since: Month,
-    ) -> Result<Vec<tally_core::ports::StoredAlert>, StoreError> {
-        self.alerts_pending(org, since).await
-    }
-
-    async fn renew_alert_lease(
-        &self,
-        key: &tally_core::ports::AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.alerts_renew_lease(key, seen, until).await
-    }
-
-    async fn mark_alert_delivered(
-        &self,
-        key: &tally_core::ports::AlertKey,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.alerts_mark_delivered(key, at).await
     }
 }
 

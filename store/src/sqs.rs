@@ -41,26 +41,30 @@
 //! - **Depth** is `ApproximateNumberOfMessages + ApproximateNumberOfMessagesNotVisible`
 //!   (+ `Delayed`): messages not yet deleted, in flight included.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{BuildError, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use tally_core::backoff::Backoff;
-use tally_core::envelope::{self, pack};
+use tally_core::envelope;
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::aws::{ENTRY_RETRY, describe_sdk_error, sleep_before_retry, truncate_utf8};
+use crate::aws::{
+    BatchNames, ENTRY_RETRY, EntryResult, describe_sdk_error, publish_packed, send_with_retries,
+    sleep_before_retry, truncate_utf8,
+};
 
 /// The envelope version this build writes and reads (defined with the envelope, in core).
 pub use tally_core::envelope::ENVELOPE_VERSION;
@@ -383,113 +387,40 @@ impl SqsQueue {
         Ok(out)
     }
 
-    /// Sends one batch of at most 10 bodies, retrying only failed entries. Returns the
-    /// entries (indexes into `bodies`) that still failed, with the reason.
+    /// Sends one batch of at most 10 bodies, retrying only failed entries
+    /// ([`send_with_retries`]). Returns the entries (indexes into `bodies`) that still
+    /// failed, with the reason.
     async fn send_batch(&self, bodies: &[&str]) -> Vec<(usize, String)> {
         let total: usize = bodies.iter().map(|b| b.len()).sum();
         let span = tracing::info_span!("sqs_send_batch", entries = bodies.len(), bytes = total);
-        async {
-            let cfg = &self.inner.config;
-            let mut pending: Vec<usize> = (0..bodies.len()).collect();
-            let mut failed: Vec<(usize, String)> = Vec::new();
-            let mut last_reason: HashMap<usize, String> = HashMap::new();
-            for attempt in 0..cfg.retry.max_attempts.max(1) {
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt > 0 {
-                    sleep_before_retry(&cfg.retry, attempt).await;
-                    tracing::warn!(attempt, entries = pending.len(), "retrying SQS sends");
-                }
-                let mut entries = Vec::with_capacity(pending.len());
-                for &k in &pending {
-                    match SendMessageBatchRequestEntry::builder()
-                        .id(k.to_string())
-                        .message_body(bodies[k])
-                        .build()
-                    {
-                        Ok(e) => entries.push(e),
-                        Err(e) => failed.push((k, format!("building the SQS entry: {e}"))),
-                    }
-                }
-                pending.retain(|k| !failed.iter().any(|(f, _)| f == k));
-                if entries.is_empty() {
-                    break;
-                }
-                let result = self
-                    .inner
+        let names = BatchNames {
+            backend: "sqs",
+            call: "SQS send",
+            entry: "SQS message",
+        };
+        send_with_retries(
+            &self.inner.config.retry,
+            &names,
+            bodies.len(),
+            |k| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(k.to_string())
+                    .message_body(bodies[k])
+                    .build()
+                    .map_err(|e| format!("building the SQS entry: {e}"))
+            },
+            |entries| async move {
+                self.inner
                     .client
                     .send_message_batch()
                     .queue_url(&self.inner.queue_url)
                     .set_entries(Some(entries))
                     .send()
-                    .await;
-                match result {
-                    Err(e) => {
-                        let reason = sdk_err("SendMessageBatch", e).to_string();
-                        tracing::warn!(%reason, "SQS send call failed");
-                        for &k in &pending {
-                            last_reason.insert(k, reason.clone());
-                        }
-                    }
-                    Ok(out) => {
-                        let mut retry = Vec::new();
-                        for f in out.failed() {
-                            let Some(k) =
-                                f.id().parse::<usize>().ok().filter(|k| pending.contains(k))
-                            else {
-                                continue;
-                            };
-                            let reason = format!(
-                                "SQS refused the message: {} {}",
-                                f.code(),
-                                f.message().unwrap_or_default()
-                            );
-                            if f.sender_fault() {
-                                failed.push((k, reason));
-                            } else {
-                                last_reason.insert(k, reason);
-                                retry.push(k);
-                            }
-                        }
-                        let ok: HashSet<usize> = out
-                            .successful()
-                            .iter()
-                            .filter_map(|s| s.id().parse::<usize>().ok())
-                            .collect();
-                        // An entry named in neither list is treated as failed: retry it.
-                        for &k in &pending {
-                            if !ok.contains(&k)
-                                && !retry.contains(&k)
-                                && !failed.iter().any(|(f, _)| *f == k)
-                            {
-                                last_reason.insert(k, "SQS did not report on the message".into());
-                                retry.push(k);
-                            }
-                        }
-                        pending = retry;
-                    }
-                }
-            }
-            for k in pending {
-                let reason = last_reason
-                    .remove(&k)
-                    .unwrap_or_else(|| "SQS send failed".to_owned());
-                failed.push((
-                    k,
-                    format!("{reason} (after {} attempts)", cfg.retry.max_attempts),
-                ));
-            }
-            let sent = bodies.len() - failed.len();
-            metrics::counter!("tally_queue_messages_sent_total", "backend" => "sqs")
-                .increment(sent as u64);
-            if !failed.is_empty() {
-                metrics::counter!("tally_queue_messages_failed_total", "backend" => "sqs")
-                    .increment(failed.len() as u64);
-                tracing::error!(failed = failed.len(), "SQS messages not sent");
-            }
-            failed
-        }
+                    .await
+                    .map_err(|e| sdk_err("SendMessageBatch", e).to_string())
+            },
+            judge_sends,
+        )
         .instrument(span)
         .await
     }
@@ -611,37 +542,61 @@ impl SqsQueue {
 
     /// `ChangeMessageVisibilityBatch` over `receipts`, 10 per call, retrying failed entries.
     async fn change_visibility(&self, receipts: &[String], seconds: i32) -> Result<(), QueueError> {
+        self.receipt_batches(
+            "ChangeMessageVisibilityBatch",
+            receipts,
+            |n| tracing::debug_span!("sqs_change_visibility_batch", entries = n, seconds),
+            |id, handle| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(handle)
+                    .visibility_timeout(seconds)
+                    .build()
+            },
+            |entries| async move {
+                let out = self
+                    .inner
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.inner.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
+                Ok(out.failed().to_vec())
+            },
+        )
+        .await
+    }
+
+    /// Runs one of SQS's receipt-handle batch calls, `what` (`DeleteMessageBatch` or
+    /// `ChangeMessageVisibilityBatch`), over `receipts`, duplicates dropped, 10 entries per
+    /// call under the span `span(entries)`, retrying failed entries
+    /// ([`Self::batch_with_retry`]). `entry` builds the entry of one receipt handle from its
+    /// id in the call; `send` makes the call and returns the entries SQS reports failed.
+    async fn receipt_batches<E, Fut>(
+        &self,
+        what: &str,
+        receipts: &[String],
+        span: impl Fn(usize) -> tracing::Span,
+        entry: impl Fn(String, &str) -> Result<E, BuildError>,
+        send: impl Fn(Vec<E>) -> Fut,
+    ) -> Result<(), QueueError>
+    where
+        Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
+    {
         for chunk in dedup(receipts).chunks(BATCH_ENTRIES) {
-            let span = tracing::debug_span!(
-                "sqs_change_visibility_batch",
-                entries = chunk.len(),
-                seconds
-            );
-            self.batch_with_retry("ChangeMessageVisibilityBatch", chunk, |entries| {
-                let entries = entries
+            self.batch_with_retry(what, chunk, |pending| {
+                let entries = pending
                     .iter()
-                    .map(|(id, handle)| {
-                        ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(id.clone())
-                            .receipt_handle(*handle)
-                            .visibility_timeout(seconds)
-                            .build()
-                    })
+                    .map(|(id, handle)| entry(id.clone(), handle))
                     .collect::<Result<Vec<_>, _>>();
-                let client = self.inner.client.clone();
-                let url = self.inner.queue_url.clone();
+                let sent = entries
+                    .map_err(|e| QueueError::Unavailable(format!("building entry: {e}")))
+                    .map(&send);
                 async move {
-                    let entries = entries
-                        .map_err(|e| QueueError::Unavailable(format!("building entry: {e}")))?;
-                    let out = client
-                        .change_message_visibility_batch()
-                        .queue_url(url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
-                    Ok(out
-                        .failed()
+                    let failed = sent?.await?;
+                    Ok(failed
                         .iter()
                         .map(|f| {
                             (
@@ -653,7 +608,7 @@ impl SqsQueue {
                         .collect())
                 }
             })
-            .instrument(span)
+            .instrument(span(chunk.len()))
             .await?;
         }
         Ok(())
@@ -719,6 +674,33 @@ impl SqsQueue {
     }
 }
 
+/// How each sent entry of a `SendMessageBatch` went: refused for good when SQS says it is
+/// the sender's fault, else retried; an entry named in neither list is retried too.
+fn judge_sends(out: &SendMessageBatchOutput, sent: &[usize]) -> Vec<EntryResult> {
+    let ok: HashSet<&str> = out.successful().iter().map(|s| s.id()).collect();
+    sent.iter()
+        .map(|k| {
+            let id = k.to_string();
+            match out.failed().iter().find(|f| f.id() == id) {
+                Some(f) => {
+                    let reason = format!(
+                        "SQS refused the message: {} {}",
+                        f.code(),
+                        f.message().unwrap_or_default()
+                    );
+                    if f.sender_fault() {
+                        EntryResult::Refused(reason)
+                    } else {
+                        EntryResult::Retry(reason)
+                    }
+                }
+                None if ok.contains(id.as_str()) => EntryResult::Sent,
+                None => EntryResult::Retry("SQS did not report on the message".into()),
+            }
+        })
+        .collect()
+}
+
 fn dedup(receipts: &[String]) -> Vec<&str> {
     let mut seen = HashSet::new();
     receipts
@@ -731,32 +713,21 @@ fn dedup(receipts: &[String]) -> Vec<&str> {
 #[async_trait]
 impl EventQueue for SqsQueue {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
-        if events.is_empty() {
-            return Ok(PublishReport::default());
-        }
-        let packed = pack(events, MAX_MESSAGE_BYTES);
-        let mut failed = packed.failed;
-        // Batches of at most 10 entries and MAX_MESSAGE_BYTES of payload.
-        let mut start = 0;
-        while start < packed.messages.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < packed.messages.len()
-                && end - start < BATCH_ENTRIES
-                && (end == start || bytes + packed.messages[end].body.len() <= MAX_MESSAGE_BYTES)
-            {
-                bytes += packed.messages[end].body.len();
-                end += 1;
-            }
-            let batch = &packed.messages[start..end];
-            let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
-            for (k, reason) in self.send_batch(&bodies).await {
-                failed.extend(batch[k].indexes.iter().map(|&i| (i, reason.clone())));
-            }
-            start = end;
-        }
-        failed.sort_by_key(|(i, _)| *i);
-        Ok(PublishReport { failed })
+        let limits = (BATCH_ENTRIES, MAX_MESSAGE_BYTES);
+        let packed = envelope::pack(events, MAX_MESSAGE_BYTES);
+        let report = publish_packed(
+            &packed,
+            limits,
+            |m| m.body.len(),
+            |batch, _| {
+                Box::pin(async move {
+                    let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
+                    self.send_batch(&bodies).await
+                })
+            },
+        )
+        .await;
+        Ok(report)
     }
 
     async fn receive(
@@ -852,47 +823,30 @@ impl EventQueue for SqsQueue {
     }
 
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
-        for chunk in dedup(receipts).chunks(BATCH_ENTRIES) {
-            let span = tracing::debug_span!("sqs_delete_batch", entries = chunk.len());
-            self.batch_with_retry("DeleteMessageBatch", chunk, |entries| {
-                let entries = entries
-                    .iter()
-                    .map(|(id, handle)| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(id.clone())
-                            .receipt_handle(*handle)
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>();
-                let client = self.inner.client.clone();
-                let url = self.inner.queue_url.clone();
-                async move {
-                    let entries = entries
-                        .map_err(|e| QueueError::Unavailable(format!("building entry: {e}")))?;
-                    let out = client
-                        .delete_message_batch()
-                        .queue_url(url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err("DeleteMessageBatch", e))?;
-                    Ok(out
-                        .failed()
-                        .iter()
-                        .map(|f| {
-                            (
-                                f.id().to_owned(),
-                                f.sender_fault(),
-                                format!("{} {}", f.code(), f.message().unwrap_or_default()),
-                            )
-                        })
-                        .collect())
-                }
-            })
-            .instrument(span)
-            .await?;
-        }
-        Ok(())
+        self.receipt_batches(
+            "DeleteMessageBatch",
+            receipts,
+            |n| tracing::debug_span!("sqs_delete_batch", entries = n),
+            |id, handle| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(handle)
+                    .build()
+            },
+            |entries| async move {
+                let out = self
+                    .inner
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.inner.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("DeleteMessageBatch", e))?;
+                Ok(out.failed().to_vec())
+            },
+        )
+        .await
     }
 
     /// Sends the delivery's events (re-encoded as an envelope) to the dead-letter queue

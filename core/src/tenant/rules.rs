@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ApiKey, Role};
+use super::{ApiKey, Invitation, Membership, Role};
 use crate::ids::{ApiKeyId, OrgId, UserId};
 use crate::ports::StoreError;
 
@@ -97,6 +97,33 @@ pub fn last_used_after(current: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Dat
     current.map_or(at, |c| c.max(at))
 }
 
+/// The membership `user` gets by accepting, at `at`, the invitation its token's hash finds
+/// (`found`), with that invitation: `NotFound` when there is none or it expired, `Conflict`
+/// when it was accepted already.
+pub fn accepted_membership(
+    found: Option<Invitation>,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<(Invitation, Membership), StoreError> {
+    let Some(inv) = found.filter(|inv| inv.expires_at > at) else {
+        return Err(StoreError::NotFound {
+            what: "invitation".into(),
+        });
+    };
+    if inv.accepted_at.is_some() {
+        return Err(StoreError::Conflict {
+            what: format!("acceptance of invitation {}", inv.id),
+        });
+    }
+    let m = Membership {
+        org_id: inv.org_id.clone(),
+        user_id: user.clone(),
+        role: inv.role,
+        created_at: at,
+    };
+    Ok((inv, m))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -123,6 +150,39 @@ mod tests {
             revoked_at: revoked,
             last_used_at: None,
         }
+    }
+
+    #[test]
+    fn an_invitation_is_accepted_once_and_before_it_expires() {
+        let inv = Invitation {
+            id: crate::ids::InvitationId::parse("inv_a").unwrap(),
+            org_id: OrgId::parse("org_a").unwrap(),
+            email: "a@example.com".into(),
+            role: Role::Member,
+            hash: KeyHash::of_secret("tk_invite_x"),
+            invited_by: UserId::parse("usr_a").unwrap(),
+            created_at: t(0),
+            expires_at: t(2),
+            accepted_at: None,
+        };
+        let user = UserId::parse("usr_b").unwrap();
+        let (found, m) = accepted_membership(Some(inv.clone()), &user, t(1)).unwrap();
+        assert_eq!(found, inv);
+        assert_eq!(
+            (m.org_id, m.user_id, m.role),
+            (inv.org_id.clone(), user.clone(), Role::Member)
+        );
+        assert_eq!(m.created_at, t(1));
+        let expired = accepted_membership(Some(inv.clone()), &user, t(2));
+        assert!(matches!(expired, Err(StoreError::NotFound { .. })));
+        let missing = accepted_membership(None, &user, t(1));
+        assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+        let twice = Invitation {
+            accepted_at: Some(t(1)),
+            ..inv
+        };
+        let again = accepted_membership(Some(twice), &user, t(1));
+        assert!(matches!(again, Err(StoreError::Conflict { .. })));
     }
 
     #[test]

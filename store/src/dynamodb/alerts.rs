@@ -10,11 +10,14 @@
 //! and on no delivery; delivery is `SET delivered_at = if_not_exists(...)` conditioned on the
 //! item existing. Times are Unix microseconds (numbers), compared exactly.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::{AlertKey, StoreError, StoredAlert, ThresholdPct, check_alert_body};
+use tally_core::ports::{
+    AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
+};
 
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_s, item, n, parse_id, s};
@@ -84,48 +87,85 @@ fn alert_of(org: &OrgId, it: &Item) -> Result<StoredAlert, StoreError> {
     })
 }
 
-pub(super) async fn claim(store: &DynamoStore, alert: &StoredAlert) -> Result<bool, StoreError> {
-    check_alert_body(&alert.body)?;
-    let mut record = item([
-        (PK, s(alerts_pk(&alert.key.org))),
-        (SK, s(alert_sk(&alert.key))),
-        ("body", s(alert.body.as_str())),
-        ("claimed_at", micros(alert.claimed_at)),
-        ("lease_until", micros(alert.lease_until)),
-    ]);
-    if let Some(at) = alert.delivered_at {
-        record.insert("delivered_at".to_owned(), micros(at));
+#[async_trait]
+impl AlertLedger for DynamoStore {
+    async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
+        check_alert_body(&alert.body)?;
+        let mut record = item([
+            (PK, s(alerts_pk(&alert.key.org))),
+            (SK, s(alert_sk(&alert.key))),
+            ("body", s(alert.body.as_str())),
+            ("claimed_at", micros(alert.claimed_at)),
+            ("lease_until", micros(alert.lease_until)),
+        ]);
+        if let Some(at) = alert.delivered_at {
+            record.insert("delivered_at".to_owned(), micros(at));
+        }
+        self.put_if_absent(record).await
     }
-    store.put_if_absent(record).await
-}
 
-pub(super) async fn get(
-    store: &DynamoStore,
-    key: &AlertKey,
-) -> Result<Option<StoredAlert>, StoreError> {
-    store
-        .get(alerts_pk(&key.org), &alert_sk(key))
-        .await?
-        .as_ref()
-        .map(|it| alert_of(&key.org, it))
-        .transpose()
-}
+    async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError> {
+        self.get(alerts_pk(&key.org), &alert_sk(key))
+            .await?
+            .as_ref()
+            .map(|it| alert_of(&key.org, it))
+            .transpose()
+    }
 
-pub(super) async fn pending(
-    store: &DynamoStore,
-    org: &OrgId,
-    since: Month,
-) -> Result<Vec<StoredAlert>, StoreError> {
-    let items = store
-        .query_all(&QuerySpec {
-            index: None,
-            key_condition: "#pk = :pk AND #sk >= :since",
-            filter: Some("attribute_not_exists(delivered_at)"),
-            names: &[],
-            values: vec![(":pk", s(alerts_pk(org))), (":since", s(since.to_string()))],
-        })
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        since: Month,
+    ) -> Result<Vec<StoredAlert>, StoreError> {
+        let items = self
+            .query_all(&QuerySpec {
+                index: None,
+                key_condition: "#pk = :pk AND #sk >= :since",
+                filter: Some("attribute_not_exists(delivered_at)"),
+                names: &[],
+                values: vec![(":pk", s(alerts_pk(org))), (":since", s(since.to_string()))],
+            })
+            .await?;
+        items.iter().map(|it| alert_of(org, it)).collect()
+    }
+
+    async fn renew_alert_lease(
+        &self,
+        key: &AlertKey,
+        seen: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        update(
+            self,
+            key,
+            "SET lease_until = :until",
+            "attribute_exists(#pk) AND lease_until = :seen AND attribute_not_exists(delivered_at)",
+            vec![(":seen", micros(seen)), (":until", micros(until))],
+        )
+        .await
+    }
+
+    async fn mark_alert_delivered(
+        &self,
+        key: &AlertKey,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let found = update(
+            self,
+            key,
+            "SET delivered_at = if_not_exists(delivered_at, :at)",
+            "attribute_exists(#pk)",
+            vec![(":at", micros(at))],
+        )
         .await?;
-    items.iter().map(|it| alert_of(org, it)).collect()
+        if found {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound {
+                what: format!("alert {key}"),
+            })
+        }
+    }
 }
 
 /// One conditional `UpdateItem` of an alert; `false` when its condition failed.
@@ -149,44 +189,6 @@ async fn update(
         req = req.expression_attribute_values(name, value);
     }
     Ok(unless_condition_failed("UpdateItem", req.send().await)?.is_some())
-}
-
-pub(super) async fn renew_lease(
-    store: &DynamoStore,
-    key: &AlertKey,
-    seen: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    update(
-        store,
-        key,
-        "SET lease_until = :until",
-        "attribute_exists(#pk) AND lease_until = :seen AND attribute_not_exists(delivered_at)",
-        vec![(":seen", micros(seen)), (":until", micros(until))],
-    )
-    .await
-}
-
-pub(super) async fn mark_delivered(
-    store: &DynamoStore,
-    key: &AlertKey,
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let found = update(
-        store,
-        key,
-        "SET delivered_at = if_not_exists(delivered_at, :at)",
-        "attribute_exists(#pk)",
-        vec![(":at", micros(at))],
-    )
-    .await?;
-    if found {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound {
-            what: format!("alert {key}"),
-        })
-    }
 }
 
 #[cfg(test)]

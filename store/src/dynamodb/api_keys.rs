@@ -2,10 +2,11 @@
 //! `GetItem`), and an id guard under its org (`org#<org>` / `key#<id>`) for listing and
 //! revoking by id; both are written in one transaction.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::StoreError;
+use tally_core::ports::{ApiKeyStore, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
@@ -72,168 +73,164 @@ fn key_puts(table: &str, k: &ApiKey) -> Result<[TransactWriteItem; 2], StoreErro
     ])
 }
 
-/// Key item and key id guard in one transaction, checked against the org.
-pub(super) async fn create_api_key(store: &DynamoStore, k: &ApiKey) -> Result<(), StoreError> {
-    let table = store.table();
-    let [key, guard] = key_puts(table, k)?;
-    let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("org {}", k.org_id),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("api key {}", k.id),
-        }),
-    }
-}
-
-/// One `GetItem` by hash.
-pub(super) async fn find_api_key(
-    store: &DynamoStore,
-    hash: &KeyHash,
-) -> Result<Option<ApiKey>, StoreError> {
-    store
-        .get(keys::key_pk(hash), KEY_SK)
-        .await?
-        .as_ref()
-        .map(key_of)
-        .transpose()
-}
-
-/// The org's key id guards (one strongly consistent query of the org partition), then each
-/// key by its hash: consistent right after a create, unlike the index.
-pub(super) async fn list_api_keys(
-    store: &DynamoStore,
-    org: &OrgId,
-) -> Result<Vec<ApiKey>, StoreError> {
-    let guards = store
-        .query_prefix(keys::org_pk(org), keys::APIKEY_PREFIX)
-        .await?;
-    let mut out = Vec::with_capacity(guards.len());
-    for g in &guards {
-        let hash =
-            KeyHash::from_hex(get_s(g, "hash")?).ok_or_else(|| corrupt("api key id guard hash"))?;
-        if let Some(key) = find_api_key(store, &hash).await?
-            && &key.org_id == org
-        {
-            out.push(key);
+#[async_trait]
+impl ApiKeyStore for DynamoStore {
+    /// Key item and key id guard in one transaction, checked against the org.
+    async fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        let table = self.table();
+        let [key, guard] = key_puts(table, k)?;
+        let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("org {}", k.org_id),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("api key {}", k.id),
+            }),
         }
     }
-    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(out)
-}
 
-/// The id guard gives the hash; one conditional `UpdateItem` of the key item sets
-/// `revoked_at` unless it is set, and returns the key as it is now.
-pub(super) async fn revoke_api_key(
-    store: &DynamoStore,
-    org: &OrgId,
-    id: &ApiKeyId,
-    at: DateTime<Utc>,
-) -> Result<Option<ApiKey>, StoreError> {
-    let Some(guard) = store.get(keys::org_pk(org), &keys::key_id_sk(id)).await? else {
-        return Ok(None);
-    };
-    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-        .ok_or_else(|| corrupt("api key id guard hash"))?;
-    let updated = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(keys::key_pk(&hash)))
-        .key(SK, s(KEY_SK))
-        .update_expression("SET revoked_at = if_not_exists(revoked_at, :at)")
-        .condition_expression("attribute_exists(#pk) AND org_id = :org")
-        .expression_attribute_names("#pk", PK)
-        .expression_attribute_values(":at", s(ts_text(at)))
-        .expression_attribute_values(":org", s(org.as_str()))
-        .return_values(ReturnValue::AllNew)
-        .send()
-        .await;
-    unless_condition_failed("UpdateItem", updated)?
-        .and_then(|out| out.attributes)
-        .as_ref()
-        .map(key_of)
-        .transpose()
-}
-
-/// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
-/// last_used_at` if the key is the use's org's and holds no later time (the fixed-width
-/// text compares in time order). A refused condition (missing key, later time) is skipped.
-pub(super) async fn touch_api_keys(store: &DynamoStore, uses: &[KeyUse]) -> Result<(), StoreError> {
-    if uses.len() > MAX_KEY_USES_PER_CALL {
-        return Err(StoreError::Unavailable(format!(
-            "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
-            uses.len()
-        )));
+    /// One `GetItem` by hash.
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        self.get(keys::key_pk(hash), KEY_SK)
+            .await?
+            .as_ref()
+            .map(key_of)
+            .transpose()
     }
-    for u in uses {
-        let sent = store
+
+    /// The org's key id guards (one strongly consistent query of the org partition), then each
+    /// key by its hash: consistent right after a create, unlike the index.
+    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
+        let guards = self
+            .query_prefix(keys::org_pk(org), keys::APIKEY_PREFIX)
+            .await?;
+        let mut out = Vec::with_capacity(guards.len());
+        for g in &guards {
+            let hash = KeyHash::from_hex(get_s(g, "hash")?)
+                .ok_or_else(|| corrupt("api key id guard hash"))?;
+            if let Some(key) = self.find_api_key(&hash).await?
+                && &key.org_id == org
+            {
+                out.push(key);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// The id guard gives the hash; one conditional `UpdateItem` of the key item sets
+    /// `revoked_at` unless it is set, and returns the key as it is now.
+    async fn revoke_api_key(
+        &self,
+        org: &OrgId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let Some(guard) = self.get(keys::org_pk(org), &keys::key_id_sk(id)).await? else {
+            return Ok(None);
+        };
+        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+            .ok_or_else(|| corrupt("api key id guard hash"))?;
+        let updated = self
             .client
             .update_item()
-            .table_name(store.table())
-            .key(PK, s(keys::key_pk(&u.hash)))
+            .table_name(self.table())
+            .key(PK, s(keys::key_pk(&hash)))
             .key(SK, s(KEY_SK))
-            .update_expression("SET last_used_at = :at")
-            .condition_expression(
-                "attribute_exists(#pk) AND org_id = :org \
-                 AND (attribute_not_exists(last_used_at) OR last_used_at < :at)",
-            )
+            .update_expression("SET revoked_at = if_not_exists(revoked_at, :at)")
+            .condition_expression("attribute_exists(#pk) AND org_id = :org")
             .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":at", s(last_used_text(u.at)))
-            .expression_attribute_values(":org", s(u.org_id.as_str()))
+            .expression_attribute_values(":at", s(ts_text(at)))
+            .expression_attribute_values(":org", s(org.as_str()))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        // A failed condition is a later use already recorded (or a key gone): nothing to do.
-        unless_condition_failed("UpdateItem", sent)?;
+        unless_condition_failed("UpdateItem", updated)?
+            .and_then(|out| out.attributes)
+            .as_ref()
+            .map(key_of)
+            .transpose()
     }
-    Ok(())
-}
 
-/// The old key's guard gives its hash; one transaction puts the new key and its guard and
-/// sets the old key's `expires_at` (conditioned on its org and on not being revoked).
-pub(super) async fn rotate_api_key(
-    store: &DynamoStore,
-    old: &ApiKeyId,
-    new: &ApiKey,
-    old_expires_at: DateTime<Utc>,
-) -> Result<Option<ApiKey>, StoreError> {
-    let org = &new.org_id;
-    let Some(guard) = store.get(keys::org_pk(org), &keys::key_id_sk(old)).await? else {
-        return Ok(None);
-    };
-    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-        .ok_or_else(|| corrupt("api key id guard hash"))?;
-    let Some(current) = find_api_key(store, &hash).await? else {
-        return Ok(None);
-    };
-    let expires = rules::rotated_expiry(old, &current, old_expires_at)?;
-    let table = store.table();
-    let [key, key_guard] = key_puts(table, new)?;
-    let actions = vec![
-        tx_update(
-            table,
-            keys::key_pk(&hash),
-            KEY_SK.into(),
-            "SET expires_at = :exp",
-            "org_id = :org AND attribute_not_exists(revoked_at)",
-            &[],
-            &[(":exp", s(ts_text(expires))), (":org", s(org.as_str()))],
-        )?,
-        key,
-        key_guard,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(Some(ApiKey {
-            expires_at: Some(expires),
-            ..current
-        })),
-        Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
-            what: format!("revocation of api key {old}"),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("api key {}", new.id),
-        }),
+    /// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
+    /// last_used_at` if the key is the use's org's and holds no later time (the fixed-width
+    /// text compares in time order). A refused condition (missing key, later time) is skipped.
+    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        if uses.len() > MAX_KEY_USES_PER_CALL {
+            return Err(StoreError::Unavailable(format!(
+                "at most {MAX_KEY_USES_PER_CALL} key uses per call, got {}",
+                uses.len()
+            )));
+        }
+        for u in uses {
+            let sent = self
+                .client
+                .update_item()
+                .table_name(self.table())
+                .key(PK, s(keys::key_pk(&u.hash)))
+                .key(SK, s(KEY_SK))
+                .update_expression("SET last_used_at = :at")
+                .condition_expression(
+                    "attribute_exists(#pk) AND org_id = :org \
+                 AND (attribute_not_exists(last_used_at) OR last_used_at < :at)",
+                )
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":at", s(last_used_text(u.at)))
+                .expression_attribute_values(":org", s(u.org_id.as_str()))
+                .send()
+                .await;
+            // A failed condition is a later use already recorded (or a key gone): nothing to do.
+            unless_condition_failed("UpdateItem", sent)?;
+        }
+        Ok(())
+    }
+
+    /// The old key's guard gives its hash; one transaction puts the new key and its guard and
+    /// sets the old key's `expires_at` (conditioned on its org and on not being revoked).
+    async fn rotate_api_key(
+        &self,
+        old: &ApiKeyId,
+        new: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let org = &new.org_id;
+        let Some(guard) = self.get(keys::org_pk(org), &keys::key_id_sk(old)).await? else {
+            return Ok(None);
+        };
+        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+            .ok_or_else(|| corrupt("api key id guard hash"))?;
+        let Some(current) = self.find_api_key(&hash).await? else {
+            return Ok(None);
+        };
+        let expires = rules::rotated_expiry(old, &current, old_expires_at)?;
+        let table = self.table();
+        let [key, key_guard] = key_puts(table, new)?;
+        let actions = vec![
+            tx_update(
+                table,
+                keys::key_pk(&hash),
+                KEY_SK.into(),
+                "SET expires_at = :exp",
+                "org_id = :org AND attribute_not_exists(revoked_at)",
+                &[],
+                &[(":exp", s(ts_text(expires))), (":org", s(org.as_str()))],
+            )?,
+            key,
+            key_guard,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(Some(ApiKey {
+                expires_at: Some(expires),
+                ..current
+            })),
+            Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
+                what: format!("revocation of api key {old}"),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("api key {}", new.id),
+            }),
+        }
     }
 }

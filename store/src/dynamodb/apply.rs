@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use chrono::{DateTime, Duration, Utc};
 use tally_core::event::Event;
@@ -31,6 +31,7 @@ use super::keys::{
 };
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
 use super::raise::raise_hours;
+use super::tx::update_action;
 use super::{DynamoStore, TxFailure};
 
 /// Most actions in one `TransactWriteItems` (DynamoDB's limit).
@@ -877,26 +878,16 @@ fn update(
     names: &[(&str, String)],
     values: Vec<(String, AttributeValue)>,
 ) -> Result<TransactWriteItem, StoreError> {
-    let mut b = Update::builder()
-        .table_name(table)
-        .key(PK, s(pk))
-        .key(SK, s(sk))
-        .update_expression(expression)
-        .set_condition_expression(condition.map(str::to_owned));
-    for (placeholder, attr) in names {
+    let names = names.iter().map(|(placeholder, attr)| {
         let placeholder = if placeholder.is_empty() {
             format!("#{attr}")
         } else {
             (*placeholder).to_owned()
         };
-        b = b.expression_attribute_names(placeholder, attr);
-    }
-    for (name, value) in values {
-        b = b.expression_attribute_values(name, value);
-    }
-    Ok(TransactWriteItem::builder()
-        .update(b.build().map_err(build_error)?)
-        .build())
+        (placeholder, attr.clone())
+    });
+    let (pk, sk) = (pk.to_owned(), sk.to_owned());
+    update_action(table, pk, sk, expression, condition, names, values)
 }
 
 #[cfg(test)]

@@ -47,15 +47,17 @@ fn describe(item: &Item) -> String {
 pub fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v),
-        Some(_) => Err(corrupt(format!(
-            "item {}: attribute {name} is not a string",
-            describe(item)
-        ))),
-        None => Err(corrupt(format!(
-            "item {}: attribute {name} is missing",
-            describe(item)
-        ))),
+        Some(_) => Err(bad_attribute(item, name, "is not a string")),
+        None => Err(bad_attribute(item, name, "is missing")),
     }
+}
+
+/// The error of an attribute of `item` that is missing or not what it should be.
+fn bad_attribute(item: &Item, name: &str, problem: &str) -> StoreError {
+    corrupt(format!(
+        "item {}: attribute {name} {problem}",
+        describe(item)
+    ))
 }
 
 /// An optional string attribute (absent or NULL is `None`).
@@ -71,14 +73,8 @@ pub fn get_decimal(item: &Item, name: &str) -> Result<Decimal, StoreError> {
     match item.get(name) {
         Some(AttributeValue::N(v)) => parse_decimal(v)
             .map_err(|e| corrupt(format!("item {}: attribute {name}: {e}", describe(item)))),
-        Some(_) => Err(corrupt(format!(
-            "item {}: attribute {name} is not a number",
-            describe(item)
-        ))),
-        None => Err(corrupt(format!(
-            "item {}: attribute {name} is missing",
-            describe(item)
-        ))),
+        Some(_) => Err(bad_attribute(item, name, "is not a number")),
+        None => Err(bad_attribute(item, name, "is missing")),
     }
 }
 

@@ -9,10 +9,11 @@
 //! put under `attribute_not_exists`. So a second accept, or a member already, is refused
 //! and nothing is half done.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{InvitationId, OrgId, UserId};
-use tally_core::ports::StoreError;
+use tally_core::ports::{InvitationStore, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
@@ -90,177 +91,164 @@ fn tx_delete(
         .build())
 }
 
-/// The invitation item and its id guard, put under `attribute_not_exists`, with a check
-/// that the org exists, in one transaction.
-pub(super) async fn create_invitation(
-    store: &DynamoStore,
-    inv: &Invitation,
-) -> Result<(), StoreError> {
-    rules::check_new_member(inv.role)?;
-    let table = store.table();
-    let ttl = ttl_of(inv.expires_at);
-    let mut record = item([
-        (PK, s(invite_pk(&inv.hash))),
-        (SK, s(INVITE_SK)),
-        ("id", s(inv.id.as_str())),
-        ("org_id", s(inv.org_id.as_str())),
-        ("email", s(inv.email.to_lowercase())),
-        ("role", s(inv.role.as_str())),
-        ("hash", s(inv.hash.as_str())),
-        ("invited_by", s(inv.invited_by.as_str())),
-        ("created_at", s(ts_text(inv.created_at))),
-        ("expires_at", s(ts_text(inv.expires_at))),
-        (TTL, n(ttl)),
-    ]);
-    if let Some(t) = inv.accepted_at {
-        record.insert("accepted_at".into(), s(ts_text(t)));
-    }
-    let actions = vec![
-        org_must_be_live(table, &inv.org_id)?,
-        put_if_absent(table, record)?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::org_pk(&inv.org_id))),
-                (SK, s(invite_id_sk(&inv.id))),
-                ("hash", s(inv.hash.as_str())),
-                (TTL, n(ttl)),
-            ]),
-        )?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("org {}", inv.org_id),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("invitation {}", inv.id),
-        }),
-    }
-}
-
-/// One `GetItem` by hash; an item past its expiry (TTL deletion lags) is `None`.
-pub(super) async fn find_invitation(
-    store: &DynamoStore,
-    hash: &KeyHash,
-    now: DateTime<Utc>,
-) -> Result<Option<Invitation>, StoreError> {
-    let found = store
-        .get(invite_pk(hash), INVITE_SK)
-        .await?
-        .as_ref()
-        .map(invitation_of)
-        .transpose()?;
-    Ok(found.filter(|inv| inv.expires_at > now))
-}
-
-/// The org's id guards (one strongly consistent query), then each invitation by hash;
-/// only pending ones, in creation order (then id).
-pub(super) async fn list_invitations(
-    store: &DynamoStore,
-    org: &OrgId,
-    now: DateTime<Utc>,
-) -> Result<Vec<Invitation>, StoreError> {
-    let guards = store.query_prefix(keys::org_pk(org), INVITE_PREFIX).await?;
-    let mut out = Vec::with_capacity(guards.len());
-    for g in &guards {
-        let hash = KeyHash::from_hex(get_s(g, "hash")?)
-            .ok_or_else(|| corrupt("invitation id guard hash"))?;
-        if let Some(inv) = find_invitation(store, &hash, now).await?
-            && &inv.org_id == org
-            && inv.is_pending(now)
-        {
-            out.push(inv);
+#[async_trait]
+impl InvitationStore for DynamoStore {
+    /// The invitation item and its id guard, put under `attribute_not_exists`, with a check
+    /// that the org exists, in one transaction.
+    async fn create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
+        rules::check_new_member(inv.role)?;
+        let table = self.table();
+        let ttl = ttl_of(inv.expires_at);
+        let mut record = item([
+            (PK, s(invite_pk(&inv.hash))),
+            (SK, s(INVITE_SK)),
+            ("id", s(inv.id.as_str())),
+            ("org_id", s(inv.org_id.as_str())),
+            ("email", s(inv.email.to_lowercase())),
+            ("role", s(inv.role.as_str())),
+            ("hash", s(inv.hash.as_str())),
+            ("invited_by", s(inv.invited_by.as_str())),
+            ("created_at", s(ts_text(inv.created_at))),
+            ("expires_at", s(ts_text(inv.expires_at))),
+            (TTL, n(ttl)),
+        ]);
+        if let Some(t) = inv.accepted_at {
+            record.insert("accepted_at".into(), s(ts_text(t)));
+        }
+        let actions = vec![
+            org_must_be_live(table, &inv.org_id)?,
+            put_if_absent(table, record)?,
+            put_if_absent(
+                table,
+                item([
+                    (PK, s(keys::org_pk(&inv.org_id))),
+                    (SK, s(invite_id_sk(&inv.id))),
+                    ("hash", s(inv.hash.as_str())),
+                    (TTL, n(ttl)),
+                ]),
+            )?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("org {}", inv.org_id),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("invitation {}", inv.id),
+            }),
         }
     }
-    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(out)
-}
 
-/// The id guard gives the hash; one transaction deletes the invitation (conditioned on its
-/// org and on not being accepted) and its guard.
-pub(super) async fn revoke_invitation(
-    store: &DynamoStore,
-    org: &OrgId,
-    id: &InvitationId,
-    now: DateTime<Utc>,
-) -> Result<Option<Invitation>, StoreError> {
-    let Some(guard) = store.get(keys::org_pk(org), &invite_id_sk(id)).await? else {
-        return Ok(None);
-    };
-    let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-        .ok_or_else(|| corrupt("invitation id guard hash"))?;
-    let Some(inv) = find_invitation(store, &hash, now)
-        .await?
-        .filter(|inv| &inv.org_id == org && inv.is_pending(now))
-    else {
-        return Ok(None);
-    };
-    let table = store.table();
-    let actions = vec![
-        tx_delete(table, invite_pk(&hash), INVITE_SK.into(), Some(org))?,
-        tx_delete(table, keys::org_pk(org), invite_id_sk(id), None)?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(Some(inv)),
-        // Accepted or revoked meanwhile: no longer pending.
-        Err(_) => Ok(None),
+    /// One `GetItem` by hash; an item past its expiry (TTL deletion lags) is `None`.
+    async fn find_invitation(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let found = self
+            .get(invite_pk(hash), INVITE_SK)
+            .await?
+            .as_ref()
+            .map(invitation_of)
+            .transpose()?;
+        Ok(found.filter(|inv| inv.expires_at > now))
     }
-}
 
-/// One transaction: `accepted_at` on the invitation (not accepted, not expired), the org
-/// and the user exist, and the membership is new.
-pub(super) async fn accept_invitation(
-    store: &DynamoStore,
-    hash: &KeyHash,
-    user: &UserId,
-    at: DateTime<Utc>,
-) -> Result<Membership, StoreError> {
-    let Some(inv) = find_invitation(store, hash, at).await? else {
-        return Err(StoreError::NotFound {
-            what: "invitation".into(),
-        });
-    };
-    if inv.accepted_at.is_some() {
-        return Err(StoreError::Conflict {
-            what: format!("acceptance of invitation {}", inv.id),
-        });
+    /// The org's id guards (one strongly consistent query), then each invitation by hash;
+    /// only pending ones, in creation order (then id).
+    async fn list_invitations(
+        &self,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let guards = self.query_prefix(keys::org_pk(org), INVITE_PREFIX).await?;
+        let mut out = Vec::with_capacity(guards.len());
+        for g in &guards {
+            let hash = KeyHash::from_hex(get_s(g, "hash")?)
+                .ok_or_else(|| corrupt("invitation id guard hash"))?;
+            if let Some(inv) = self.find_invitation(&hash, now).await?
+                && &inv.org_id == org
+                && inv.is_pending(now)
+            {
+                out.push(inv);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
     }
-    rules::check_new_member(inv.role)?;
-    let m = Membership {
-        org_id: inv.org_id.clone(),
-        user_id: user.clone(),
-        role: inv.role,
-        created_at: at,
-    };
-    let table = store.table();
-    let actions = vec![
-        tx_update(
-            table,
-            invite_pk(hash),
-            INVITE_SK.into(),
-            "SET accepted_at = :at",
-            "attribute_exists(#pk) AND attribute_not_exists(accepted_at) AND #ttl > :now",
-            &[("#pk", PK), ("#ttl", TTL)],
-            &[(":at", s(ts_text(at))), (":now", n(at.timestamp()))],
-        )?,
-        org_must_be_live(table, &m.org_id)?,
-        must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
-        membership_put(table, &m)?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(m),
-        Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
-            what: format!("acceptance of invitation {}", inv.id),
-        }),
-        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-            what: format!("org {}", m.org_id),
-        }),
-        Err(r) if failed(&r, 2) => Err(StoreError::NotFound {
-            what: format!("user {}", m.user_id),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-        }),
+
+    /// The id guard gives the hash; one transaction deletes the invitation (conditioned on its
+    /// org and on not being accepted) and its guard.
+    async fn revoke_invitation(
+        &self,
+        org: &OrgId,
+        id: &InvitationId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let Some(guard) = self.get(keys::org_pk(org), &invite_id_sk(id)).await? else {
+            return Ok(None);
+        };
+        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
+            .ok_or_else(|| corrupt("invitation id guard hash"))?;
+        let Some(inv) = self
+            .find_invitation(&hash, now)
+            .await?
+            .filter(|inv| &inv.org_id == org && inv.is_pending(now))
+        else {
+            return Ok(None);
+        };
+        let table = self.table();
+        let actions = vec![
+            tx_delete(table, invite_pk(&hash), INVITE_SK.into(), Some(org))?,
+            tx_delete(table, keys::org_pk(org), invite_id_sk(id), None)?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(Some(inv)),
+            // Accepted or revoked meanwhile: no longer pending.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// One transaction: `accepted_at` on the invitation (not accepted, not expired), the org
+    /// and the user exist, and the membership is new.
+    async fn accept_invitation(
+        &self,
+        hash: &KeyHash,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let found = self.find_invitation(hash, at).await?;
+        let (inv, m) = rules::accepted_membership(found, user, at)?;
+        rules::check_new_member(m.role)?;
+        let table = self.table();
+        let actions = vec![
+            tx_update(
+                table,
+                invite_pk(hash),
+                INVITE_SK.into(),
+                "SET accepted_at = :at",
+                "attribute_exists(#pk) AND attribute_not_exists(accepted_at) AND #ttl > :now",
+                &[("#pk", PK), ("#ttl", TTL)],
+                &[(":at", s(ts_text(at))), (":now", n(at.timestamp()))],
+            )?,
+            org_must_be_live(table, &m.org_id)?,
+            must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
+            membership_put(table, &m)?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(m),
+            Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
+                what: format!("acceptance of invitation {}", inv.id),
+            }),
+            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+                what: format!("org {}", m.org_id),
+            }),
+            Err(r) if failed(&r, 2) => Err(StoreError::NotFound {
+                what: format!("user {}", m.user_id),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
+            }),
+        }
     }
 }

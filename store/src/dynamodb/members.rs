@@ -3,10 +3,11 @@
 //! a member is on. A membership is `org#<org>` / `member#<user>`, indexed under its user in
 //! `gsi1` so a user's orgs are one query.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::StoreError;
+use tally_core::ports::{MemberStore, OrgStore, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
@@ -14,25 +15,264 @@ use super::DynamoStore;
 use super::apply::put_if_absent;
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text};
-use super::keys::{self, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
+use super::keys::{self, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
 
-use super::tenants::get_org;
 use super::tx::{failed, must_exist, org_must_be_live, tx_update};
 
-/// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
-/// once (one round trip): no role in an org that is deleted.
-pub(super) async fn get_role(
-    store: &DynamoStore,
-    org: &OrgId,
-    user: &UserId,
-) -> Result<Option<Role>, StoreError> {
-    let (role, org_item) = tokio::join!(
-        member_role(store, org, user),
-        store.get(keys::org_pk(org), ORG_SK),
-    );
-    match org_item? {
-        Some(o) if !o.contains_key("deleted_at") => role,
-        _ => Ok(None),
+#[async_trait]
+impl MemberStore for DynamoStore {
+    /// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
+    /// once (one round trip): no role in an org that is deleted.
+    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
+        let (role, org_item) = tokio::join!(
+            member_role(self, org, user),
+            self.get(keys::org_pk(org), ORG_SK),
+        );
+        match org_item? {
+            Some(o) if !o.contains_key("deleted_at") => role,
+            _ => Ok(None),
+        }
+    }
+
+    /// The membership items of the org partition (one strongly consistent query).
+    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
+        let items = self
+            .query_prefix(keys::org_pk(org), keys::MEMBER_PREFIX)
+            .await?;
+        let mut members = items
+            .iter()
+            .map(|it| {
+                let role = get_s(it, "role")?;
+                Ok(Membership {
+                    org_id: org.clone(),
+                    user_id: parse_id(get_s(it, "user_id")?, UserId::parse)?,
+                    role: Role::parse(role)
+                        .ok_or_else(|| corrupt(format!("membership role {role:?}")))?,
+                    created_at: parse_ts(get_s(it, "created_at")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        members.sort_by(|a, b| (a.created_at, &a.user_id).cmp(&(b.created_at, &b.user_id)));
+        Ok(members)
+    }
+
+    /// Checks of the project and of the user's membership, and the put under
+    /// `attribute_not_exists`, in one transaction.
+    async fn add_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let table = self.table();
+        let actions = vec![
+            must_exist(table, keys::org_pk(org), &keys::project_sk(project))?,
+            must_exist(table, keys::org_pk(org), &keys::member_sk(user))?,
+            put_if_absent(
+                table,
+                item([
+                    (PK, s(keys::org_pk(org))),
+                    (SK, s(project_member_sk(user, project))),
+                    ("user_id", s(user.as_str())),
+                    ("project_id", s(project.as_str())),
+                    ("created_at", s(ts_text(at))),
+                ]),
+            )?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("project {project} in org {org}"),
+            }),
+            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+                what: format!("member {user} of org {org}"),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("user {user} on project {project}"),
+            }),
+        }
+    }
+
+    /// One `DeleteItem`, returning the old item to tell whether there was one.
+    async fn remove_project_member(
+        &self,
+        org: &OrgId,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(self.table())
+            .key(PK, s(keys::org_pk(org)))
+            .key(SK, s(project_member_sk(user, project)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteItem", e))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    /// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
+    async fn list_user_projects(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Vec<ProjectId>, StoreError> {
+        let items = self
+            .query_prefix(keys::org_pk(org), format!("PROJECTMEMBER#{user}#"))
+            .await?;
+        let mut out = items
+            .iter()
+            .map(|it| parse_id(get_s(it, "project_id")?, ProjectId::parse))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Membership put under `attribute_not_exists`, with checks that the org and the user
+    /// exist, in one transaction.
+    async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
+        rules::check_new_member(m.role)?;
+        let table = self.table();
+        let actions = vec![
+            org_must_be_live(table, &m.org_id)?,
+            must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
+            membership_put(table, m)?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("org {}", m.org_id),
+            }),
+            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
+                what: format!("user {}", m.user_id),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
+            }),
+        }
+    }
+
+    /// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
+    async fn set_member_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Option<Membership>, StoreError> {
+        rules::check_new_member(role)?;
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table())
+            .key(PK, s(keys::org_pk(org)))
+            .key(SK, s(keys::member_sk(user)))
+            .update_expression("SET #role = :role")
+            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#role", "role")
+            .expression_attribute_values(":role", s(role.as_str()))
+            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        let old = unless_condition_failed("UpdateItem", updated)?.map(|out| out.attributes);
+        member_before(self, org, user, old).await
+    }
+
+    /// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
+    async fn remove_member(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+    ) -> Result<Option<Membership>, StoreError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(self.table())
+            .key(PK, s(keys::org_pk(org)))
+            .key(SK, s(keys::member_sk(user)))
+            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#role", "role")
+            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        let old = unless_condition_failed("DeleteItem", deleted)?.map(|out| out.attributes);
+        member_before(self, org, user, old).await
+    }
+
+    /// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
+    /// membership to admin (conditioned on being owner), the new owner's to owner (conditioned
+    /// on existing).
+    async fn transfer_ownership(
+        &self,
+        org: &OrgId,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<Option<Org>, StoreError> {
+        let Some(current) = self.get_org(org).await? else {
+            return Ok(None);
+        };
+        // The org is read already: only the two memberships are left to read, at once. As
+        // before the rules moved to core, nobody in a deleted org can take ownership over.
+        let (from_role, to_role) =
+            tokio::join!(member_role(self, org, from), member_role(self, org, to));
+        let (from_role, to_role) = (
+            from_role?,
+            to_role?.filter(|_| current.deleted_at.is_none()),
+        );
+        if !rules::check_transfer(org, &current.owner_id, from, from_role, to, to_role)? {
+            return Ok(Some(current));
+        }
+        let table = self.table();
+        let role = [("#role", "role"), ("#pk", PK)];
+        let actions = vec![
+            tx_update(
+                table,
+                keys::org_pk(org),
+                ORG_SK.into(),
+                "SET owner_id = :to",
+                "owner_id = :from",
+                &[],
+                &[(":to", s(to.as_str())), (":from", s(from.as_str()))],
+            )?,
+            tx_update(
+                table,
+                keys::org_pk(org),
+                keys::member_sk(from),
+                "SET #role = :admin",
+                "#role = :owner",
+                &role[..1],
+                &[
+                    (":admin", s(Role::Admin.as_str())),
+                    (":owner", s(Role::Owner.as_str())),
+                ],
+            )?,
+            tx_update(
+                table,
+                keys::org_pk(org),
+                keys::member_sk(to),
+                "SET #role = :owner",
+                "attribute_exists(#pk)",
+                &role,
+                &[(":owner", s(Role::Owner.as_str()))],
+            )?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => self.get_org(org).await,
+            Err(r) if failed(&r, 2) && !failed(&r, 0) && !failed(&r, 1) => {
+                Err(StoreError::NotFound {
+                    what: format!("member {to} of org {org}"),
+                })
+            }
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("a different owner of org {org}"),
+            }),
+        }
     }
 }
 
@@ -52,112 +292,12 @@ async fn member_role(
         .ok_or_else(|| corrupt(format!("membership role {role:?}")))
 }
 
-/// The membership items of the org partition (one strongly consistent query).
-pub(super) async fn list_members(
-    store: &DynamoStore,
-    org: &OrgId,
-) -> Result<Vec<Membership>, StoreError> {
-    let items = store
-        .query_prefix(keys::org_pk(org), keys::MEMBER_PREFIX)
-        .await?;
-    let mut members = items
-        .iter()
-        .map(|it| {
-            let role = get_s(it, "role")?;
-            Ok(Membership {
-                org_id: org.clone(),
-                user_id: parse_id(get_s(it, "user_id")?, UserId::parse)?,
-                role: Role::parse(role)
-                    .ok_or_else(|| corrupt(format!("membership role {role:?}")))?,
-                created_at: parse_ts(get_s(it, "created_at")?)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    members.sort_by(|a, b| (a.created_at, &a.user_id).cmp(&(b.created_at, &b.user_id)));
-    Ok(members)
-}
-
 /// `PROJECTMEMBER#<user>#<project>` inside the org partition.
 fn project_member_sk(user: &UserId, project: &ProjectId) -> String {
     format!("PROJECTMEMBER#{user}#{project}")
 }
 
-/// Checks of the project and of the user's membership, and the put under
-/// `attribute_not_exists`, in one transaction.
-pub(super) async fn add_project_member(
-    store: &DynamoStore,
-    org: &OrgId,
-    project: &ProjectId,
-    user: &UserId,
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let table = store.table();
-    let actions = vec![
-        must_exist(table, keys::org_pk(org), &keys::project_sk(project))?,
-        must_exist(table, keys::org_pk(org), &keys::member_sk(user))?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::org_pk(org))),
-                (SK, s(project_member_sk(user, project))),
-                ("user_id", s(user.as_str())),
-                ("project_id", s(project.as_str())),
-                ("created_at", s(ts_text(at))),
-            ]),
-        )?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("project {project} in org {org}"),
-        }),
-        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-            what: format!("member {user} of org {org}"),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("user {user} on project {project}"),
-        }),
-    }
-}
-
-/// One `DeleteItem`, returning the old item to tell whether there was one.
-pub(super) async fn remove_project_member(
-    store: &DynamoStore,
-    org: &OrgId,
-    project: &ProjectId,
-    user: &UserId,
-) -> Result<bool, StoreError> {
-    let out = store
-        .client
-        .delete_item()
-        .table_name(store.table())
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(project_member_sk(user, project)))
-        .return_values(ReturnValue::AllOld)
-        .send()
-        .await
-        .map_err(|e| sdk_error("DeleteItem", e))?;
-    Ok(out.attributes.is_some_and(|a| !a.is_empty()))
-}
-
-/// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
-pub(super) async fn list_user_projects(
-    store: &DynamoStore,
-    org: &OrgId,
-    user: &UserId,
-) -> Result<Vec<ProjectId>, StoreError> {
-    let items = store
-        .query_prefix(keys::org_pk(org), format!("PROJECTMEMBER#{user}#"))
-        .await?;
-    let mut out = items
-        .iter()
-        .map(|it| parse_id(get_s(it, "project_id")?, ProjectId::parse))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.sort();
-    Ok(out)
-}
-
-fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
+pub(super) fn membership_of(org: &OrgId, it: &Item) -> Result<Membership, StoreError> {
     let role = get_s(it, "role")?;
     Ok(Membership {
         org_id: org.clone(),
@@ -183,27 +323,18 @@ pub(super) fn membership_put(table: &str, m: &Membership) -> Result<TransactWrit
     )
 }
 
-/// Membership put under `attribute_not_exists`, with checks that the org and the user
-/// exist, in one transaction.
-pub(super) async fn add_member(store: &DynamoStore, m: &Membership) -> Result<(), StoreError> {
-    rules::check_new_member(m.role)?;
-    let table = store.table();
-    let actions = vec![
-        org_must_be_live(table, &m.org_id)?,
-        must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
-        membership_put(table, m)?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("org {}", m.org_id),
-        }),
-        Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-            what: format!("user {}", m.user_id),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-        }),
+/// What a write of a membership conditioned on it existing and not being the owner's
+/// answers: the membership as it was (`old`, the item it returned), or when the condition
+/// failed (`None`), why ([`refused_member`]).
+async fn member_before(
+    store: &DynamoStore,
+    org: &OrgId,
+    user: &UserId,
+    old: Option<Option<Item>>,
+) -> Result<Option<Membership>, StoreError> {
+    match old {
+        Some(item) => item.as_ref().map(|it| membership_of(org, it)).transpose(),
+        None => refused_member(store, org, user).await,
     }
 }
 
@@ -226,154 +357,4 @@ async fn refused_member(
             )))
         }
     }
-}
-
-/// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
-pub(super) async fn set_member_role(
-    store: &DynamoStore,
-    org: &OrgId,
-    user: &UserId,
-    role: Role,
-) -> Result<Option<Membership>, StoreError> {
-    rules::check_new_member(role)?;
-    let updated = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(keys::member_sk(user)))
-        .update_expression("SET #role = :role")
-        .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-        .expression_attribute_names("#pk", PK)
-        .expression_attribute_names("#role", "role")
-        .expression_attribute_values(":role", s(role.as_str()))
-        .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-        .return_values(ReturnValue::AllOld)
-        .send()
-        .await;
-    match unless_condition_failed("UpdateItem", updated)? {
-        Some(out) => out
-            .attributes
-            .as_ref()
-            .map(|it| membership_of(org, it))
-            .transpose(),
-        None => refused_member(store, org, user).await,
-    }
-}
-
-/// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
-pub(super) async fn remove_member(
-    store: &DynamoStore,
-    org: &OrgId,
-    user: &UserId,
-) -> Result<Option<Membership>, StoreError> {
-    let deleted = store
-        .client
-        .delete_item()
-        .table_name(store.table())
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(keys::member_sk(user)))
-        .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-        .expression_attribute_names("#pk", PK)
-        .expression_attribute_names("#role", "role")
-        .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-        .return_values(ReturnValue::AllOld)
-        .send()
-        .await;
-    match unless_condition_failed("DeleteItem", deleted)? {
-        Some(out) => out
-            .attributes
-            .as_ref()
-            .map(|it| membership_of(org, it))
-            .transpose(),
-        None => refused_member(store, org, user).await,
-    }
-}
-
-/// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
-/// membership to admin (conditioned on being owner), the new owner's to owner (conditioned
-/// on existing).
-pub(super) async fn transfer_ownership(
-    store: &DynamoStore,
-    org: &OrgId,
-    from: &UserId,
-    to: &UserId,
-) -> Result<Option<Org>, StoreError> {
-    let Some(current) = get_org(store, org).await? else {
-        return Ok(None);
-    };
-    // The org is read already: only the two memberships are left to read, at once. As
-    // before the rules moved to core, nobody in a deleted org can take ownership over.
-    let (from_role, to_role) =
-        tokio::join!(member_role(store, org, from), member_role(store, org, to));
-    let (from_role, to_role) = (
-        from_role?,
-        to_role?.filter(|_| current.deleted_at.is_none()),
-    );
-    if !rules::check_transfer(org, &current.owner_id, from, from_role, to, to_role)? {
-        return Ok(Some(current));
-    }
-    let table = store.table();
-    let role = [("#role", "role"), ("#pk", PK)];
-    let actions = vec![
-        tx_update(
-            table,
-            keys::org_pk(org),
-            ORG_SK.into(),
-            "SET owner_id = :to",
-            "owner_id = :from",
-            &[],
-            &[(":to", s(to.as_str())), (":from", s(from.as_str()))],
-        )?,
-        tx_update(
-            table,
-            keys::org_pk(org),
-            keys::member_sk(from),
-            "SET #role = :admin",
-            "#role = :owner",
-            &role[..1],
-            &[
-                (":admin", s(Role::Admin.as_str())),
-                (":owner", s(Role::Owner.as_str())),
-            ],
-        )?,
-        tx_update(
-            table,
-            keys::org_pk(org),
-            keys::member_sk(to),
-            "SET #role = :owner",
-            "attribute_exists(#pk)",
-            &role,
-            &[(":owner", s(Role::Owner.as_str()))],
-        )?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => get_org(store, org).await,
-        Err(r) if failed(&r, 2) && !failed(&r, 0) && !failed(&r, 1) => Err(StoreError::NotFound {
-            what: format!("member {to} of org {org}"),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("a different owner of org {org}"),
-        }),
-    }
-}
-
-/// The user's membership items, from the index (`gsi1pk` `USER#<user>`), by org id.
-/// Eventually consistent.
-pub(super) async fn list_user_memberships(
-    store: &DynamoStore,
-    user: &UserId,
-) -> Result<Vec<Membership>, StoreError> {
-    let items = store
-        .query_partition(Some(GSI1), keys::user_pk(user))
-        .await?;
-    let mut out = items
-        .iter()
-        .map(|it| {
-            let org = keys::parse_org_gsi_sk(get_s(it, GSI1SK)?)?;
-            membership_of(&org, it)
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    out.sort_by(|a, b| a.org_id.cmp(&b.org_id));
-    Ok(out)
 }

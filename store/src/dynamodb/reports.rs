@@ -8,9 +8,10 @@
 //! caller gets back. The key helpers live here rather than in `keys.rs` so that this item
 //! type is self-contained.
 
+use async_trait::async_trait;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, StoredReport, check_report_body};
+use tally_core::ports::{ReportStore, StoreError, StoredReport, check_report_body};
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, ts_text};
@@ -40,52 +41,48 @@ fn report_of(item: &Item) -> Result<StoredReport, StoreError> {
     })
 }
 
-pub(super) async fn save_report(
-    store: &DynamoStore,
-    report: &StoredReport,
-) -> Result<StoredReport, StoreError> {
-    check_report_body(&report.body)?;
-    let record = item([
-        (PK, s(report_pk(&report.org_id))),
-        (SK, s(report_sk(report.period))),
-        ("org_id", s(report.org_id.as_str())),
-        ("period", s(report.period.to_string())),
-        ("body", s(report.body.clone())),
-        ("created_at", s(ts_text(report.created_at))),
-    ]);
-    if store.put_if_absent(record).await? {
-        return Ok(report.clone());
+#[async_trait]
+impl ReportStore for DynamoStore {
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
+        check_report_body(&report.body)?;
+        let record = item([
+            (PK, s(report_pk(&report.org_id))),
+            (SK, s(report_sk(report.period))),
+            ("org_id", s(report.org_id.as_str())),
+            ("period", s(report.period.to_string())),
+            ("body", s(report.body.clone())),
+            ("created_at", s(ts_text(report.created_at))),
+        ]);
+        if self.put_if_absent(record).await? {
+            return Ok(report.clone());
+        }
+        self.get_report(&report.org_id, report.period)
+            .await?
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "report {}/{} was refused as existing but cannot be read",
+                    report.org_id, report.period
+                ))
+            })
     }
-    get_report(store, &report.org_id, report.period)
-        .await?
-        .ok_or_else(|| {
-            corrupt(format!(
-                "report {}/{} was refused as existing but cannot be read",
-                report.org_id, report.period
-            ))
-        })
-}
 
-pub(super) async fn get_report(
-    store: &DynamoStore,
-    org: &OrgId,
-    period: Month,
-) -> Result<Option<StoredReport>, StoreError> {
-    store
-        .get(report_pk(org), &report_sk(period))
-        .await?
-        .as_ref()
-        .map(report_of)
-        .transpose()
-}
+    async fn get_report(
+        &self,
+        org: &OrgId,
+        period: Month,
+    ) -> Result<Option<StoredReport>, StoreError> {
+        self.get(report_pk(org), &report_sk(period))
+            .await?
+            .as_ref()
+            .map(report_of)
+            .transpose()
+    }
 
-pub(super) async fn list_reports(
-    store: &DynamoStore,
-    org: &OrgId,
-) -> Result<Vec<StoredReport>, StoreError> {
-    let items = store.query_partition(None, report_pk(org)).await?;
-    // The sort key orders by period already; the query returns them in that order.
-    items.iter().map(report_of).collect()
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
+        let items = self.query_partition(None, report_pk(org)).await?;
+        // The sort key orders by period already; the query returns them in that order.
+        items.iter().map(report_of).collect()
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 //! first-write-wins: a put under `attribute_not_exists(pk)`, then a strongly consistent read
 //! returning whatever was stored first (a racing run's, or an earlier run's result).
 
+use async_trait::async_trait;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, SyncStep, check_sync_value};
+use tally_core::ports::{StoreError, SyncLedger, SyncStep, check_sync_value};
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, s};
@@ -43,85 +44,75 @@ fn step_of(it: &Item) -> Result<SyncStep, StoreError> {
     })
 }
 
-pub(super) async fn record_step(
-    store: &DynamoStore,
-    org: &OrgId,
-    period: Month,
-    step: &str,
-    result: &str,
-) -> Result<String, StoreError> {
-    check_sync_value("step", step)?;
-    check_sync_value("result", result)?;
-    let record = item([
-        (PK, s(steps_pk(org, period))),
-        (SK, s(step_sk(step))),
-        ("result", s(result)),
-    ]);
-    if store.put_if_absent(record).await? {
-        return Ok(result.to_owned());
+#[async_trait]
+impl SyncLedger for DynamoStore {
+    async fn record_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+        result: &str,
+    ) -> Result<String, StoreError> {
+        check_sync_value("step", step)?;
+        check_sync_value("result", result)?;
+        let record = item([
+            (PK, s(steps_pk(org, period))),
+            (SK, s(step_sk(step))),
+            ("result", s(result)),
+        ]);
+        if self.put_if_absent(record).await? {
+            return Ok(result.to_owned());
+        }
+        self.get_step(org, period, step).await?.ok_or_else(|| {
+            corrupt(format!(
+                "sync step {org}/{period}/{step} was refused as existing but cannot be read"
+            ))
+        })
     }
-    get_step(store, org, period, step).await?.ok_or_else(|| {
-        corrupt(format!(
-            "sync step {org}/{period}/{step} was refused as existing but cannot be read"
-        ))
-    })
-}
 
-pub(super) async fn get_step(
-    store: &DynamoStore,
-    org: &OrgId,
-    period: Month,
-    step: &str,
-) -> Result<Option<String>, StoreError> {
-    store
-        .get(steps_pk(org, period), &step_sk(step))
-        .await?
-        .as_ref()
-        .map(|it| get_s(it, "result").map(str::to_owned))
-        .transpose()
-}
-
-pub(super) async fn list_steps(
-    store: &DynamoStore,
-    org: &OrgId,
-    period: Month,
-) -> Result<Vec<SyncStep>, StoreError> {
-    let items = store.query_partition(None, steps_pk(org, period)).await?;
-    // Sorted by sort key, i.e. by step name, as SQLite's `ORDER BY step`.
-    items.iter().map(step_of).collect()
-}
-
-pub(super) async fn record_customer(
-    store: &DynamoStore,
-    org: &OrgId,
-    customer: &str,
-) -> Result<String, StoreError> {
-    check_sync_value("customer", customer)?;
-    let record = item([
-        (PK, s(customer_pk(org))),
-        (SK, s(CUSTOMER_SK)),
-        ("customer", s(customer)),
-    ]);
-    if store.put_if_absent(record).await? {
-        return Ok(customer.to_owned());
+    async fn get_step(
+        &self,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.get(steps_pk(org, period), &step_sk(step))
+            .await?
+            .as_ref()
+            .map(|it| get_s(it, "result").map(str::to_owned))
+            .transpose()
     }
-    get_customer(store, org).await?.ok_or_else(|| {
-        corrupt(format!(
-            "sync customer of {org} was refused as existing but cannot be read"
-        ))
-    })
-}
 
-pub(super) async fn get_customer(
-    store: &DynamoStore,
-    org: &OrgId,
-) -> Result<Option<String>, StoreError> {
-    store
-        .get(customer_pk(org), CUSTOMER_SK)
-        .await?
-        .as_ref()
-        .map(|it| get_s(it, "customer").map(str::to_owned))
-        .transpose()
+    async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError> {
+        let items = self.query_partition(None, steps_pk(org, period)).await?;
+        // Sorted by sort key, i.e. by step name, as SQLite's `ORDER BY step`.
+        items.iter().map(step_of).collect()
+    }
+
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
+        check_sync_value("customer", customer)?;
+        let record = item([
+            (PK, s(customer_pk(org))),
+            (SK, s(CUSTOMER_SK)),
+            ("customer", s(customer)),
+        ]);
+        if self.put_if_absent(record).await? {
+            return Ok(customer.to_owned());
+        }
+        self.get_customer(org).await?.ok_or_else(|| {
+            corrupt(format!(
+                "sync customer of {org} was refused as existing but cannot be read"
+            ))
+        })
+    }
+
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        self.get(customer_pk(org), CUSTOMER_SK)
+            .await?
+            .as_ref()
+            .map(|it| get_s(it, "customer").map(str::to_owned))
+            .transpose()
+    }
 }
 
 #[cfg(test)]

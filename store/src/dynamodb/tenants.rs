@@ -3,16 +3,16 @@
 //! guards, and every "must exist" rule is a `ConditionCheck` in that transaction, so each
 //! operation is one atomic request whose cancellation reasons say which rule failed.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::StoreError;
-use tally_core::tenant::{Org, OrgChanges, Project, ProjectChanges, Role, User};
+use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, StoreError, UserStore};
+use tally_core::tenant::{Membership, Org, OrgChanges, Project, ProjectChanges, Role, User};
 
 use super::DynamoStore;
-use super::api_keys::{list_api_keys, revoke_api_key};
 use super::apply::put_if_absent;
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
@@ -20,6 +20,7 @@ use super::keys::{
     self, ALL_ORGS, EMAIL_SK, GSI1, GSI1PK, GSI1SK, ORG_SK, PK, PROJECT_PREFIX, SK, SLUG_SK,
     USER_SK,
 };
+use super::members::membership_of;
 use super::tx::{failed, must_exist, org_must_be_live, put};
 
 pub(super) fn user_of(it: &Item) -> Result<User, StoreError> {
@@ -54,260 +55,343 @@ pub(super) fn project_of(it: &Item) -> Result<Project, StoreError> {
     })
 }
 
-/// See [`TenantStore::ensure_user`](tally_core::ports::TenantStore::ensure_user): the email
-/// guard and the user are put together; when the guard exists, its user is the answer.
-pub(super) async fn ensure_user(store: &DynamoStore, candidate: &User) -> Result<User, StoreError> {
-    let email = candidate.email.to_lowercase();
-    // Two rounds: a concurrent creator can take the email between our read and our put.
-    for _ in 0..2 {
-        if let Some(guard) = store.get(keys::email_pk(&email), EMAIL_SK).await? {
-            let id = parse_id(get_s(&guard, "user_id")?, UserId::parse)?;
-            return get_user(store, &id).await?.ok_or_else(|| {
-                corrupt(format!("email guard of {email:?} names missing user {id}"))
-            });
+#[async_trait]
+impl UserStore for DynamoStore {
+    /// See [`TenantStore::ensure_user`](tally_core::ports::TenantStore::ensure_user): the email
+    /// guard and the user are put together; when the guard exists, its user is the answer.
+    async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError> {
+        let email = candidate.email.to_lowercase();
+        // Two rounds: a concurrent creator can take the email between our read and our put.
+        for _ in 0..2 {
+            if let Some(guard) = self.get(keys::email_pk(&email), EMAIL_SK).await? {
+                let id = parse_id(get_s(&guard, "user_id")?, UserId::parse)?;
+                return self.get_user(&id).await?.ok_or_else(|| {
+                    corrupt(format!("email guard of {email:?} names missing user {id}"))
+                });
+            }
+            let user = User {
+                email: email.clone(),
+                ..candidate.clone()
+            };
+            let table = self.table();
+            let actions = vec![
+                put_if_absent(
+                    table,
+                    item([
+                        (PK, s(keys::user_pk(&user.id))),
+                        (SK, s(USER_SK)),
+                        ("id", s(user.id.as_str())),
+                        ("email", s(&user.email)),
+                        ("created_at", s(ts_text(user.created_at))),
+                    ]),
+                )?,
+                put_if_absent(
+                    table,
+                    item([
+                        (PK, s(keys::email_pk(&email))),
+                        (SK, s(EMAIL_SK)),
+                        ("user_id", s(user.id.as_str())),
+                    ]),
+                )?,
+            ];
+            match self.transact_tenant(actions).await? {
+                Ok(()) => return Ok(user),
+                Err(reasons) if failed(&reasons, 1) => continue,
+                Err(_) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("user id {:?}", user.id.as_str()),
+                    });
+                }
+            }
         }
-        let user = User {
-            email: email.clone(),
-            ..candidate.clone()
-        };
-        let table = store.table();
+        Err(StoreError::Unavailable(format!(
+            "the user of email {email:?} kept changing"
+        )))
+    }
+
+    /// Looks a user up.
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        self.get(keys::user_pk(id), USER_SK)
+            .await?
+            .as_ref()
+            .map(user_of)
+            .transpose()
+    }
+
+    /// The user's membership items, from the index (`gsi1pk` `USER#<user>`), by org id.
+    /// Eventually consistent.
+    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        let items = self
+            .query_partition(Some(GSI1), keys::user_pk(user))
+            .await?;
+        let mut out = items
+            .iter()
+            .map(|it| {
+                let org = keys::parse_org_gsi_sk(get_s(it, GSI1SK)?)?;
+                membership_of(&org, it)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl OrgStore for DynamoStore {
+    /// Org, slug guard and owner membership in one transaction, checked against the owner.
+    async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
+        let table = self.table();
+        let created = ts_text(org.created_at);
         let actions = vec![
+            must_exist(table, keys::user_pk(&org.owner_id), USER_SK)?,
             put_if_absent(
                 table,
                 item([
-                    (PK, s(keys::user_pk(&user.id))),
-                    (SK, s(USER_SK)),
-                    ("id", s(user.id.as_str())),
-                    ("email", s(&user.email)),
-                    ("created_at", s(ts_text(user.created_at))),
+                    (PK, s(keys::slug_pk(&org.slug))),
+                    (SK, s(SLUG_SK)),
+                    ("org_id", s(org.id.as_str())),
                 ]),
             )?,
             put_if_absent(
                 table,
                 item([
-                    (PK, s(keys::email_pk(&email))),
-                    (SK, s(EMAIL_SK)),
-                    ("user_id", s(user.id.as_str())),
+                    (PK, s(keys::org_pk(&org.id))),
+                    (SK, s(ORG_SK)),
+                    ("id", s(org.id.as_str())),
+                    ("name", s(&org.name)),
+                    ("slug", s(&org.slug)),
+                    ("plan", s(org.plan.as_str())),
+                    ("owner_id", s(org.owner_id.as_str())),
+                    ("created_at", s(&created)),
+                    (GSI1PK, s(ALL_ORGS)),
+                    (GSI1SK, s(keys::org_gsi_sk(&org.id))),
+                ]),
+            )?,
+            put(
+                table,
+                item([
+                    (PK, s(keys::org_pk(&org.id))),
+                    (SK, s(keys::member_sk(&org.owner_id))),
+                    ("user_id", s(org.owner_id.as_str())),
+                    ("role", s(Role::Owner.as_str())),
+                    ("created_at", s(&created)),
+                    (GSI1PK, s(keys::user_pk(&org.owner_id))),
+                    (GSI1SK, s(keys::org_gsi_sk(&org.id))),
                 ]),
             )?,
         ];
-        match store.transact_tenant(actions).await? {
-            Ok(()) => return Ok(user),
-            Err(reasons) if failed(&reasons, 1) => continue,
-            Err(_) => {
-                return Err(StoreError::Conflict {
-                    what: format!("user id {:?}", user.id.as_str()),
-                });
-            }
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("user {}", org.owner_id),
+            }),
+            Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
+                what: format!("org slug {:?}", org.slug),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("org {}", org.id),
+            }),
         }
     }
-    Err(StoreError::Unavailable(format!(
-        "the user of email {email:?} kept changing"
-    )))
-}
 
-/// Looks a user up.
-pub(super) async fn get_user(store: &DynamoStore, id: &UserId) -> Result<Option<User>, StoreError> {
-    store
-        .get(keys::user_pk(id), USER_SK)
-        .await?
-        .as_ref()
-        .map(user_of)
-        .transpose()
-}
+    /// Looks an org up.
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
+        self.get(keys::org_pk(id), ORG_SK)
+            .await?
+            .as_ref()
+            .map(org_of)
+            .transpose()
+    }
 
-/// Org, slug guard and owner membership in one transaction, checked against the owner.
-pub(super) async fn create_org(store: &DynamoStore, org: &Org) -> Result<(), StoreError> {
-    let table = store.table();
-    let created = ts_text(org.created_at);
-    let actions = vec![
-        must_exist(table, keys::user_pk(&org.owner_id), USER_SK)?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::slug_pk(&org.slug))),
-                (SK, s(SLUG_SK)),
-                ("org_id", s(org.id.as_str())),
-            ]),
-        )?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(keys::org_pk(&org.id))),
-                (SK, s(ORG_SK)),
-                ("id", s(org.id.as_str())),
-                ("name", s(&org.name)),
-                ("slug", s(&org.slug)),
-                ("plan", s(org.plan.as_str())),
-                ("owner_id", s(org.owner_id.as_str())),
-                ("created_at", s(&created)),
-                (GSI1PK, s(ALL_ORGS)),
-                (GSI1SK, s(keys::org_gsi_sk(&org.id))),
-            ]),
-        )?,
-        put(
-            table,
-            item([
-                (PK, s(keys::org_pk(&org.id))),
-                (SK, s(keys::member_sk(&org.owner_id))),
-                ("user_id", s(org.owner_id.as_str())),
-                ("role", s(Role::Owner.as_str())),
-                ("created_at", s(&created)),
-                (GSI1PK, s(keys::user_pk(&org.owner_id))),
-                (GSI1SK, s(keys::org_gsi_sk(&org.id))),
-            ]),
-        )?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("user {}", org.owner_id),
-        }),
-        Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
-            what: format!("org slug {:?}", org.slug),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("org {}", org.id),
-        }),
+    /// Every org's id, from the index (in id order; eventually consistent).
+    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
+        let items = self.query_partition(Some(GSI1), ALL_ORGS).await?;
+        items
+            .iter()
+            .map(|it| keys::parse_org_gsi_sk(get_s(it, GSI1SK)?))
+            .collect()
+    }
+
+    /// One conditional `UpdateItem` of the org item (`SET` of the changed fields), returning
+    /// the org as it is now; `None` when there is no such org.
+    async fn update_org(
+        &self,
+        id: &OrgId,
+        changes: &OrgChanges,
+    ) -> Result<Option<Org>, StoreError> {
+        let (mut req, mut sets) = update_named(self, keys::org_pk(id), ORG_SK, &changes.name);
+        if let Some(plan) = changes.plan {
+            sets.push("#plan = :plan");
+            req = req
+                .expression_attribute_names("#plan", "plan")
+                .expression_attribute_values(":plan", s(plan.as_str()));
+        }
+        if sets.is_empty() {
+            return self.get_org(id).await;
+        }
+        update_existing(req, &sets, org_of).await
+    }
+
+    /// Sets the org's `deleted_at` (kept if set: `if_not_exists`), then revokes each of its
+    /// keys that is not revoked (a conditional `UpdateItem` each, also `if_not_exists`). Not one
+    /// transaction (an org may have more keys than one holds), but every step is idempotent
+    /// and nothing can be added to a deleted org, so a retried delete finishes the job.
+    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        let marked = self
+            .client
+            .update_item()
+            .table_name(self.table())
+            .key(PK, s(keys::org_pk(id)))
+            .key(SK, s(ORG_SK))
+            .update_expression("SET deleted_at = if_not_exists(deleted_at, :at)")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":at", s(ts_text(at)))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let marked = unless_condition_failed("UpdateItem", marked)?.and_then(|out| out.attributes);
+        let Some(org) = marked.as_ref().map(org_of).transpose()? else {
+            return Ok(None);
+        };
+        let revoked_at = org.deleted_at.unwrap_or(at);
+        for key in self.list_api_keys(id).await? {
+            if key.revoked_at.is_none() {
+                self.revoke_api_key(id, &key.id, revoked_at).await?;
+            }
+        }
+        Ok(Some(org))
     }
 }
 
-/// Looks an org up.
-pub(super) async fn get_org(store: &DynamoStore, id: &OrgId) -> Result<Option<Org>, StoreError> {
-    store
-        .get(keys::org_pk(id), ORG_SK)
-        .await?
-        .as_ref()
-        .map(org_of)
-        .transpose()
-}
+#[async_trait]
+impl ProjectStore for DynamoStore {
+    /// Project and slug guard in one transaction, checked against the org.
+    async fn create_project(&self, p: &Project) -> Result<(), StoreError> {
+        let table = self.table();
+        let org_pk = keys::org_pk(&p.org_id);
+        let actions = vec![
+            org_must_be_live(table, &p.org_id)?,
+            put_if_absent(
+                table,
+                item([
+                    (PK, s(&org_pk)),
+                    (SK, s(keys::project_slug_sk(&p.slug))),
+                    ("project_id", s(p.id.as_str())),
+                ]),
+            )?,
+            put_if_absent(
+                table,
+                item([
+                    (PK, s(&org_pk)),
+                    (SK, s(keys::project_sk(&p.id))),
+                    ("id", s(p.id.as_str())),
+                    ("org_id", s(p.org_id.as_str())),
+                    ("name", s(&p.name)),
+                    ("slug", s(&p.slug)),
+                    ("created_at", s(ts_text(p.created_at))),
+                ])
+                .into_iter()
+                .chain(
+                    p.archived_at
+                        .map(|t| ("archived_at".to_owned(), s(ts_text(t)))),
+                )
+                .collect(),
+            )?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(()),
+            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
+                what: format!("org {}", p.org_id),
+            }),
+            Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
+                what: format!("project slug {:?} in org {}", p.slug, p.org_id),
+            }),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("project {}", p.id),
+            }),
+        }
+    }
 
-/// Every org's id, from the index (in id order; eventually consistent).
-pub(super) async fn list_org_ids(store: &DynamoStore) -> Result<Vec<OrgId>, StoreError> {
-    let items = store.query_partition(Some(GSI1), ALL_ORGS).await?;
-    items
-        .iter()
-        .map(|it| keys::parse_org_gsi_sk(get_s(it, GSI1SK)?))
-        .collect()
-}
+    /// Looks a project up inside its org's partition, so another org's project is `None`.
+    async fn get_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Option<Project>, StoreError> {
+        let found = self
+            .get(keys::org_pk(org), &keys::project_sk(id))
+            .await?
+            .as_ref()
+            .map(project_of)
+            .transpose()?;
+        match found {
+            Some(p) if &p.org_id != org => Err(corrupt(format!(
+                "project {id} under org {org} says it belongs to {}",
+                p.org_id
+            ))),
+            other => Ok(other),
+        }
+    }
 
-/// Project and slug guard in one transaction, checked against the org.
-pub(super) async fn create_project(store: &DynamoStore, p: &Project) -> Result<(), StoreError> {
-    let table = store.table();
-    let org_pk = keys::org_pk(&p.org_id);
-    let actions = vec![
-        org_must_be_live(table, &p.org_id)?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(&org_pk)),
-                (SK, s(keys::project_slug_sk(&p.slug))),
-                ("project_id", s(p.id.as_str())),
-            ]),
-        )?,
-        put_if_absent(
-            table,
-            item([
-                (PK, s(&org_pk)),
-                (SK, s(keys::project_sk(&p.id))),
-                ("id", s(p.id.as_str())),
-                ("org_id", s(p.org_id.as_str())),
-                ("name", s(&p.name)),
-                ("slug", s(&p.slug)),
-                ("created_at", s(ts_text(p.created_at))),
-            ])
-            .into_iter()
-            .chain(
-                p.archived_at
-                    .map(|t| ("archived_at".to_owned(), s(ts_text(t)))),
-            )
-            .collect(),
-        )?,
-    ];
-    match store.transact_tenant(actions).await? {
-        Ok(()) => Ok(()),
-        Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-            what: format!("org {}", p.org_id),
-        }),
-        Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
-            what: format!("project slug {:?} in org {}", p.slug, p.org_id),
-        }),
-        Err(_) => Err(StoreError::Conflict {
-            what: format!("project {}", p.id),
-        }),
+    /// The org's projects, in creation order (then id), as the SQLite store lists them.
+    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
+        let items = self.query_prefix(keys::org_pk(org), PROJECT_PREFIX).await?;
+        let mut projects = items
+            .iter()
+            .map(project_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(projects)
+    }
+
+    /// One conditional `UpdateItem` of the project item (`SET` of the name, and of
+    /// `archived_at` unless set), returning the project as it is now; `None` when the org has no
+    /// such project.
+    async fn update_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        changes: &ProjectChanges,
+    ) -> Result<Option<Project>, StoreError> {
+        let sk = keys::project_sk(id);
+        let (mut req, mut sets) = update_named(self, keys::org_pk(org), &sk, &changes.name);
+        if let Some(at) = changes.archive_at {
+            sets.push("archived_at = if_not_exists(archived_at, :archived)");
+            req = req.expression_attribute_values(":archived", s(ts_text(at)));
+        }
+        if sets.is_empty() {
+            return self.get_project(org, id).await;
+        }
+        update_existing(req, &sets, project_of).await
     }
 }
 
-/// Looks a project up inside its org's partition, so another org's project is `None`.
-pub(super) async fn get_project(
+/// The start of [`update_existing`]'s request for the item `pk`/`sk` (an org or a project),
+/// with the `SET` of a new `name` when there is one: what the two updates share.
+fn update_named(
     store: &DynamoStore,
-    org: &OrgId,
-    id: &ProjectId,
-) -> Result<Option<Project>, StoreError> {
-    let found = store
-        .get(keys::org_pk(org), &keys::project_sk(id))
-        .await?
-        .as_ref()
-        .map(project_of)
-        .transpose()?;
-    match found {
-        Some(p) if &p.org_id != org => Err(corrupt(format!(
-            "project {id} under org {org} says it belongs to {}",
-            p.org_id
-        ))),
-        other => Ok(other),
-    }
-}
-
-/// The org's projects, in creation order (then id), as the SQLite store lists them.
-pub(super) async fn list_projects(
-    store: &DynamoStore,
-    org: &OrgId,
-) -> Result<Vec<Project>, StoreError> {
-    let items = store
-        .query_prefix(keys::org_pk(org), PROJECT_PREFIX)
-        .await?;
-    let mut projects = items
-        .iter()
-        .map(project_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(projects)
-}
-
-/// One conditional `UpdateItem` of the org item (`SET` of the changed fields), returning
-/// the org as it is now; `None` when there is no such org.
-pub(super) async fn update_org(
-    store: &DynamoStore,
-    id: &OrgId,
-    changes: &OrgChanges,
-) -> Result<Option<Org>, StoreError> {
+    pk: String,
+    sk: &str,
+    name: &Option<String>,
+) -> (UpdateItemFluentBuilder, Vec<&'static str>) {
     let mut sets = Vec::new();
     let mut req = store
         .client
         .update_item()
         .table_name(store.table())
-        .key(PK, s(keys::org_pk(id)))
-        .key(SK, s(ORG_SK))
+        .key(PK, s(pk))
+        .key(SK, s(sk))
         .condition_expression("attribute_exists(#pk)")
         .expression_attribute_names("#pk", PK)
         .return_values(ReturnValue::AllNew);
-    if let Some(name) = &changes.name {
+    if let Some(name) = name {
         sets.push("#name = :name");
         req = req
             .expression_attribute_names("#name", "name")
             .expression_attribute_values(":name", s(name));
     }
-    if let Some(plan) = changes.plan {
-        sets.push("#plan = :plan");
-        req = req
-            .expression_attribute_names("#plan", "plan")
-            .expression_attribute_values(":plan", s(plan.as_str()));
-    }
-    if sets.is_empty() {
-        return get_org(store, id).await;
-    }
-    update_existing(req, &sets, org_of).await
+    (req, sets)
 }
 
 /// Sends `SET <sets>` on an update conditioned on the item existing (and returning
@@ -326,74 +410,4 @@ pub(super) async fn update_existing<T>(
         .as_ref()
         .map(decode)
         .transpose()
-}
-
-/// One conditional `UpdateItem` of the project item (`SET` of the name, and of
-/// `archived_at` unless set), returning the project as it is now; `None` when the org has no
-/// such project.
-pub(super) async fn update_project(
-    store: &DynamoStore,
-    org: &OrgId,
-    id: &ProjectId,
-    changes: &ProjectChanges,
-) -> Result<Option<Project>, StoreError> {
-    let mut sets = Vec::new();
-    let mut req = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(keys::project_sk(id)))
-        .condition_expression("attribute_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .return_values(ReturnValue::AllNew);
-    if let Some(name) = &changes.name {
-        sets.push("#name = :name");
-        req = req
-            .expression_attribute_names("#name", "name")
-            .expression_attribute_values(":name", s(name));
-    }
-    if let Some(at) = changes.archive_at {
-        sets.push("archived_at = if_not_exists(archived_at, :archived)");
-        req = req.expression_attribute_values(":archived", s(ts_text(at)));
-    }
-    if sets.is_empty() {
-        return get_project(store, org, id).await;
-    }
-    update_existing(req, &sets, project_of).await
-}
-
-/// Sets the org's `deleted_at` (kept if set: `if_not_exists`), then revokes each of its
-/// keys that is not revoked (a conditional `UpdateItem` each, also `if_not_exists`). Not one
-/// transaction (an org may have more keys than one holds), but every step is idempotent
-/// and nothing can be added to a deleted org, so a retried delete finishes the job.
-pub(super) async fn delete_org(
-    store: &DynamoStore,
-    id: &OrgId,
-    at: DateTime<Utc>,
-) -> Result<Option<Org>, StoreError> {
-    let marked = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(keys::org_pk(id)))
-        .key(SK, s(ORG_SK))
-        .update_expression("SET deleted_at = if_not_exists(deleted_at, :at)")
-        .condition_expression("attribute_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .expression_attribute_values(":at", s(ts_text(at)))
-        .return_values(ReturnValue::AllNew)
-        .send()
-        .await;
-    let marked = unless_condition_failed("UpdateItem", marked)?.and_then(|out| out.attributes);
-    let Some(org) = marked.as_ref().map(org_of).transpose()? else {
-        return Ok(None);
-    };
-    let revoked_at = org.deleted_at.unwrap_or(at);
-    for key in list_api_keys(store, id).await? {
-        if key.revoked_at.is_none() {
-            revoke_api_key(store, id, &key.id, revoked_at).await?;
-        }
-    }
-    Ok(Some(org))
 }

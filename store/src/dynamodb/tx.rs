@@ -23,25 +23,29 @@ pub(super) fn must_exist(
     pk: String,
     sk: &str,
 ) -> Result<TransactWriteItem, StoreError> {
-    let check = ConditionCheck::builder()
-        .table_name(table)
-        .key(PK, s(pk))
-        .key(SK, s(sk))
-        .condition_expression("attribute_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .build()
-        .map_err(build_error)?;
-    Ok(TransactWriteItem::builder().condition_check(check).build())
+    check(table, pk, sk, "attribute_exists(#pk)")
 }
 
 /// A check that the org exists and is not deleted, inside a transaction: what adding a
 /// member, project, key or invitation to it needs.
 pub(super) fn org_must_be_live(table: &str, org: &OrgId) -> Result<TransactWriteItem, StoreError> {
+    let live = "attribute_exists(#pk) AND attribute_not_exists(deleted_at)";
+    check(table, keys::org_pk(org), ORG_SK, live)
+}
+
+/// A `ConditionCheck` of the item `pk`/`sk` inside a transaction (`#pk` names the
+/// partition key in `condition`).
+fn check(
+    table: &str,
+    pk: String,
+    sk: &str,
+    condition: &str,
+) -> Result<TransactWriteItem, StoreError> {
     let check = ConditionCheck::builder()
         .table_name(table)
-        .key(PK, s(keys::org_pk(org)))
-        .key(SK, s(ORG_SK))
-        .condition_expression("attribute_exists(#pk) AND attribute_not_exists(deleted_at)")
+        .key(PK, s(pk))
+        .key(SK, s(sk))
+        .condition_expression(condition)
         .expression_attribute_names("#pk", PK)
         .build()
         .map_err(build_error)?;
@@ -68,17 +72,41 @@ pub(super) fn tx_update(
     names: &[(&str, &str)],
     values: &[(&str, AttributeValue)],
 ) -> Result<TransactWriteItem, StoreError> {
+    update_action(
+        table,
+        pk,
+        sk,
+        expression,
+        Some(condition),
+        names
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        values.iter().map(|(k, v)| ((*k).to_owned(), v.clone())),
+    )
+}
+
+/// An `Update` of the item `pk`/`sk` inside a transaction, with its placeholders' names
+/// and values: what tenant writes ([`tx_update`]) and counter writes both send.
+pub(super) fn update_action(
+    table: &str,
+    pk: String,
+    sk: String,
+    expression: &str,
+    condition: Option<&str>,
+    names: impl IntoIterator<Item = (String, String)>,
+    values: impl IntoIterator<Item = (String, AttributeValue)>,
+) -> Result<TransactWriteItem, StoreError> {
     let mut b = Update::builder()
         .table_name(table)
         .key(PK, s(pk))
         .key(SK, s(sk))
         .update_expression(expression)
-        .condition_expression(condition);
+        .set_condition_expression(condition.map(str::to_owned));
     for (k, v) in names {
-        b = b.expression_attribute_names(*k, *v);
+        b = b.expression_attribute_names(k, v);
     }
     for (k, v) in values {
-        b = b.expression_attribute_values(*k, v.clone());
+        b = b.expression_attribute_values(k, v);
     }
     Ok(TransactWriteItem::builder()
         .update(b.build().map_err(build_error)?)

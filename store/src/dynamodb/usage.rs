@@ -1,7 +1,11 @@
 //! The read side of [`UsageStore`](tally_core::ports::UsageStore) on DynamoDB, and closed
 //! periods. `apply_batch` lives in [`super::apply`].
 
+use async_trait::async_trait;
 use std::collections::BTreeMap;
+use tally_core::ports::{
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -9,7 +13,6 @@ use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{CounterQuery, CounterValue, LedgerPage, StoreError};
 
 use super::codec::{corrupt, get_decimal, get_s, item, s, ts_text};
 use super::keys::{self, LEDGER_SHARDS, PERIOD_SK, PK, SK};
@@ -30,72 +33,177 @@ fn secs_ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Per month partition the range touches: one `BETWEEN` query on the explicit series
-/// (`unique_count` counters) and one `begins_with` query on the day cells of the meter (of
-/// the project, or of every project for an org-wide series), whose hours are merged into
-/// the series' buckets. Months come in order, so buckets do.
-pub(super) async fn counter_series(
-    store: &DynamoStore,
-    q: &CounterQuery,
-) -> Result<Vec<CounterValue>, StoreError> {
-    let (lo, hi) = month_bounds();
-    let from = ceil_secs(q.from).max(lo.start().timestamp());
-    // Inclusive last second a bucket may start at.
-    let to = ceil_secs(q.to)
-        .saturating_sub(1)
-        .min(hi.end().timestamp() - 1);
-    if from > to {
-        return Ok(Vec::new());
+#[async_trait]
+impl UsageStore for DynamoStore {
+    /// The algorithm of the [module doc](super), in `apply.rs`.
+    async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+        super::apply::apply_batch(self, events).await
     }
-    let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
-    let cell_prefix = match &q.project {
-        Some(p) => cells::series_prefix(&q.meter, p),
-        None => cells::meter_prefix(&q.meter),
-    };
-    let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
-    let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
-    let mut month = first;
-    while month <= last {
-        let pk = keys::counter_pk(&q.org, month);
-        let cell_items = store.query_prefix(&pk, &cell_prefix).await?;
-        let stored = cell_items
-            .iter()
-            .map(cells::read_cell)
-            .collect::<Result<Vec<_>, _>>()?;
-        for (start, delta) in cells::derive_series(
-            stored.into_iter().flat_map(|c| c.hours),
-            q.granularity,
-            from,
-            to + 1,
-        ) {
-            buckets.insert(start, cells::value_of(&delta));
+
+    /// Per month partition the range touches: one `BETWEEN` query on the explicit series
+    /// (`unique_count` counters) and one `begins_with` query on the day cells of the meter (of
+    /// the project, or of every project for an org-wide series), whose hours are merged into
+    /// the series' buckets. Months come in order, so buckets do.
+    async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+        let (lo, hi) = month_bounds();
+        let from = ceil_secs(q.from).max(lo.start().timestamp());
+        // Inclusive last second a bucket may start at.
+        let to = ceil_secs(q.to)
+            .saturating_sub(1)
+            .min(hi.end().timestamp() - 1);
+        if from > to {
+            return Ok(Vec::new());
         }
-        let items = store
-            .query_all(&QuerySpec {
-                index: None,
-                key_condition: "#pk = :pk AND #sk BETWEEN :from AND :to",
-                filter: None,
-                names: &[],
-                values: vec![
-                    (":pk", s(&pk)),
-                    (":from", s(format!("{prefix}{}", keys::start_text(from)))),
-                    (":to", s(format!("{prefix}{}", keys::start_text(to)))),
-                ],
+        let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
+        let cell_prefix = match &q.project {
+            Some(p) => cells::series_prefix(&q.meter, p),
+            None => cells::meter_prefix(&q.meter),
+        };
+        let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
+        let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
+        let mut month = first;
+        while month <= last {
+            let pk = keys::counter_pk(&q.org, month);
+            let cell_items = self.query_prefix(&pk, &cell_prefix).await?;
+            let stored = cell_items
+                .iter()
+                .map(cells::read_cell)
+                .collect::<Result<Vec<_>, _>>()?;
+            for (start, delta) in cells::derive_series(
+                stored.into_iter().flat_map(|c| c.hours),
+                q.granularity,
+                from,
+                to + 1,
+            ) {
+                buckets.insert(start, cells::value_of(&delta));
+            }
+            let items = self
+                .query_all(&QuerySpec {
+                    index: None,
+                    key_condition: "#pk = :pk AND #sk BETWEEN :from AND :to",
+                    filter: None,
+                    names: &[],
+                    values: vec![
+                        (":pk", s(&pk)),
+                        (":from", s(format!("{prefix}{}", keys::start_text(from)))),
+                        (":to", s(format!("{prefix}{}", keys::start_text(to)))),
+                    ],
+                })
+                .await?;
+            for it in &items {
+                let key = keys::parse_counter_sk(&q.org, get_s(it, SK)?)?;
+                buckets.insert(key.start.timestamp(), get_decimal(it, "v")?);
+            }
+            month = month.next();
+        }
+        Ok(buckets
+            .into_iter()
+            .map(|(start, value)| CounterValue {
+                start: secs_ts(start),
+                value,
             })
-            .await?;
-        for it in &items {
-            let key = keys::parse_counter_sk(&q.org, get_s(it, SK)?)?;
-            buckets.insert(key.start.timestamp(), get_decimal(it, "v")?);
-        }
-        month = month.next();
+            .collect())
     }
-    Ok(buckets
-        .into_iter()
-        .map(|(start, value)| CounterValue {
-            start: secs_ts(start),
-            value,
-        })
-        .collect())
+
+    /// Reads the org's 16 ledger shards in turn with a filter on `month`, until `limit` events
+    /// are found; the cursor says where it stopped.
+    async fn ledger_page(
+        &self,
+        org: &OrgId,
+        month: Month,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<LedgerPage, StoreError> {
+        let (mut shard, mut after) = match cursor.as_deref() {
+            Some(c) => decode_cursor(c)?,
+            None => (0, None),
+        };
+        let limit = limit.clamp(1, MAX_LEDGER_PAGE);
+        let mut events: Vec<Event> = Vec::with_capacity(limit.min(1000));
+        while shard < LEDGER_SHARDS {
+            if events.len() == limit {
+                return Ok(LedgerPage {
+                    events,
+                    next: Some(encode_cursor(shard, after.as_deref())),
+                });
+            }
+            let pk = keys::ledger_pk(org, shard);
+            let start = after
+                .as_ref()
+                .map(|id| item([(PK, s(&pk)), (SK, s(format!("{}{id}", keys::EVENT_PREFIX)))]));
+            let want = i32::try_from(limit - events.len()).unwrap_or(i32::MAX);
+            let (items, next) = self
+                .query_page(
+                    &QuerySpec {
+                        index: None,
+                        key_condition: "#pk = :pk",
+                        filter: Some("#month = :month"),
+                        names: &[("#month", "month")],
+                        values: vec![(":pk", s(&pk)), (":month", s(month.to_string()))],
+                    },
+                    Some(want),
+                    start,
+                )
+                .await?;
+            for it in &items {
+                let id = keys::parse_ledger_sk(get_s(it, SK)?)?;
+                events.push(super::codec::decode_event(org, id, get_s(it, "body")?)?);
+            }
+            match next {
+                Some(key) if !key.is_empty() => {
+                    let sk = get_s(&key, SK)?;
+                    after = Some(keys::parse_ledger_sk(sk)?.as_str().to_owned());
+                }
+                _ => {
+                    shard += 1;
+                    after = None;
+                }
+            }
+        }
+        Ok(LedgerPage { events, next: None })
+    }
+
+    /// One paged query of the org's month partition of counters: explicit counters as they
+    /// are, day cells spread to the six counters they add up to.
+    async fn stored_counters(
+        &self,
+        org: &OrgId,
+        month: Month,
+    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
+        let items = self
+            .query_partition(None, keys::counter_pk(org, month))
+            .await?;
+        let mut stored = Vec::new();
+        let mut out: BTreeMap<OwnedCounterKey, Decimal> = BTreeMap::new();
+        for it in &items {
+            let sk = get_s(it, SK)?;
+            if sk.starts_with(cells::CELL_PREFIX) {
+                stored.push(cells::read_cell(it)?);
+            } else {
+                out.insert(keys::parse_counter_sk(org, sk)?, get_decimal(it, "v")?);
+            }
+        }
+        for (key, value) in cells::derive_counters(org, &stored) {
+            out.entry(key).or_insert(value);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Whether the period item exists.
+    async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
+        Ok(self.get(keys::period_pk(month), PERIOD_SK).await?.is_some())
+    }
+
+    /// Puts the period item unless it exists (the first `closed_at` stays).
+    async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let record = item([
+            (PK, s(keys::period_pk(month))),
+            (SK, s(PERIOD_SK)),
+            ("closed_at", s(ts_text(at))),
+        ]);
+        // `false` (already closed) is fine: closing is idempotent.
+        self.put_if_absent(record).await.map(|_| ())
+    }
 }
 
 /// The position of a ledger page: a shard and the last event id read in it (`None`: the
@@ -116,116 +224,6 @@ fn decode_cursor(c: &str) -> Result<(u8, Option<String>), StoreError> {
         return Err(bad());
     }
     Ok((shard, (!after.is_empty()).then(|| after.to_owned())))
-}
-
-/// Reads the org's 16 ledger shards in turn with a filter on `month`, until `limit` events
-/// are found; the cursor says where it stopped.
-pub(super) async fn ledger_page(
-    store: &DynamoStore,
-    org: &OrgId,
-    month: Month,
-    cursor: Option<String>,
-    limit: usize,
-) -> Result<LedgerPage, StoreError> {
-    let (mut shard, mut after) = match cursor.as_deref() {
-        Some(c) => decode_cursor(c)?,
-        None => (0, None),
-    };
-    let limit = limit.clamp(1, MAX_LEDGER_PAGE);
-    let mut events: Vec<Event> = Vec::with_capacity(limit.min(1000));
-    while shard < LEDGER_SHARDS {
-        if events.len() == limit {
-            return Ok(LedgerPage {
-                events,
-                next: Some(encode_cursor(shard, after.as_deref())),
-            });
-        }
-        let pk = keys::ledger_pk(org, shard);
-        let start = after
-            .as_ref()
-            .map(|id| item([(PK, s(&pk)), (SK, s(format!("{}{id}", keys::EVENT_PREFIX)))]));
-        let want = i32::try_from(limit - events.len()).unwrap_or(i32::MAX);
-        let (items, next) = store
-            .query_page(
-                &QuerySpec {
-                    index: None,
-                    key_condition: "#pk = :pk",
-                    filter: Some("#month = :month"),
-                    names: &[("#month", "month")],
-                    values: vec![(":pk", s(&pk)), (":month", s(month.to_string()))],
-                },
-                Some(want),
-                start,
-            )
-            .await?;
-        for it in &items {
-            let id = keys::parse_ledger_sk(get_s(it, SK)?)?;
-            events.push(super::codec::decode_event(org, id, get_s(it, "body")?)?);
-        }
-        match next {
-            Some(key) if !key.is_empty() => {
-                let sk = get_s(&key, SK)?;
-                after = Some(keys::parse_ledger_sk(sk)?.as_str().to_owned());
-            }
-            _ => {
-                shard += 1;
-                after = None;
-            }
-        }
-    }
-    Ok(LedgerPage { events, next: None })
-}
-
-/// One paged query of the org's month partition of counters: explicit counters as they
-/// are, day cells spread to the six counters they add up to.
-pub(super) async fn stored_counters(
-    store: &DynamoStore,
-    org: &OrgId,
-    month: Month,
-) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-    let items = store
-        .query_partition(None, keys::counter_pk(org, month))
-        .await?;
-    let mut stored = Vec::new();
-    let mut out: BTreeMap<OwnedCounterKey, Decimal> = BTreeMap::new();
-    for it in &items {
-        let sk = get_s(it, SK)?;
-        if sk.starts_with(cells::CELL_PREFIX) {
-            stored.push(cells::read_cell(it)?);
-        } else {
-            out.insert(keys::parse_counter_sk(org, sk)?, get_decimal(it, "v")?);
-        }
-    }
-    for (key, value) in cells::derive_counters(org, &stored) {
-        out.entry(key).or_insert(value);
-    }
-    Ok(out.into_iter().collect())
-}
-
-/// Whether the period item exists.
-pub(super) async fn is_period_closed(
-    store: &DynamoStore,
-    month: Month,
-) -> Result<bool, StoreError> {
-    Ok(store
-        .get(keys::period_pk(month), PERIOD_SK)
-        .await?
-        .is_some())
-}
-
-/// Puts the period item unless it exists (the first `closed_at` stays).
-pub(super) async fn close_period(
-    store: &DynamoStore,
-    month: Month,
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let record = item([
-        (PK, s(keys::period_pk(month))),
-        (SK, s(PERIOD_SK)),
-        ("closed_at", s(ts_text(at))),
-    ]);
-    // `false` (already closed) is fine: closing is idempotent.
-    store.put_if_absent(record).await.map(|_| ())
 }
 
 #[cfg(test)]

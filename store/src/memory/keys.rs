@@ -16,7 +16,7 @@ use tally_core::tenant::{
     MAX_KEY_USES_PER_CALL, Membership, audit_instant_key, rules,
 };
 
-use super::{MemoryStore, Op, State, micros};
+use super::{MemoryStore, Op, State, list_of_org, micros};
 
 impl State {
     /// `Conflict` if a key with this hash, or this id in its org, is stored.
@@ -75,15 +75,7 @@ impl ApiKeyStore for MemoryStore {
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        let mut out: Vec<ApiKey> = self
-            .lock()
-            .keys
-            .iter()
-            .filter(|((o, _), _)| o == org)
-            .map(|(_, k)| k.clone())
-            .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+        Ok(list_of_org(&self.lock().keys, org, |k| k.created_at))
     }
 
     async fn revoke_api_key(
@@ -186,14 +178,8 @@ impl InvitationStore for MemoryStore {
         org: &OrgId,
         now: DateTime<Utc>,
     ) -> Result<Vec<Invitation>, StoreError> {
-        let mut out: Vec<Invitation> = self
-            .lock()
-            .invitations
-            .iter()
-            .filter(|((o, _), inv)| o == org && inv.is_pending(now))
-            .map(|(_, inv)| inv.clone())
-            .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let mut out = list_of_org(&self.lock().invitations, org, |inv| inv.created_at);
+        out.retain(|inv| inv.is_pending(now));
         Ok(out)
     }
 
@@ -237,26 +223,8 @@ impl InvitationStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
         let mut st = self.lock();
-        let Some(inv) = st
-            .invitation_by_hash(hash)
-            .filter(|inv| inv.expires_at > at)
-            .cloned()
-        else {
-            return Err(StoreError::NotFound {
-                what: "invitation".into(),
-            });
-        };
-        if inv.accepted_at.is_some() {
-            return Err(StoreError::Conflict {
-                what: format!("acceptance of invitation {}", inv.id),
-            });
-        }
-        let m = Membership {
-            org_id: inv.org_id.clone(),
-            user_id: user.clone(),
-            role: inv.role,
-            created_at: at,
-        };
+        let found = st.invitation_by_hash(hash).cloned();
+        let (inv, m) = rules::accepted_membership(found, user, at)?;
         st.insert_member(&m)?;
         if let Some(stored) = st.invitations.get_mut(&(inv.org_id, inv.id)) {
             stored.accepted_at = Some(at);

@@ -8,7 +8,7 @@ use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::{MemberStore, OrgStore, ProjectStore, StoreError, UserStore};
 use tally_core::tenant::{Membership, Org, OrgChanges, Project, ProjectChanges, Role, User, rules};
 
-use super::{MemoryStore, Op, State};
+use super::{MemoryStore, Op, State, list_of_org};
 
 impl State {
     /// Adds a membership: `Conflict` for an owner or a member already, `NotFound` for a
@@ -185,15 +185,7 @@ impl MemberStore for MemoryStore {
     }
 
     async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        let mut out: Vec<Membership> = self
-            .lock()
-            .members
-            .iter()
-            .filter(|((o, _), _)| o == org)
-            .map(|(_, m)| m.clone())
-            .collect();
-        out.sort_by(|a, b| (a.created_at, &a.user_id).cmp(&(b.created_at, &b.user_id)));
-        Ok(out)
+        Ok(list_of_org(&self.lock().members, org, |m| m.created_at))
     }
 
     async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
@@ -341,15 +333,7 @@ impl ProjectStore for MemoryStore {
     }
 
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        let mut out: Vec<Project> = self
-            .lock()
-            .projects
-            .iter()
-            .filter(|((o, _), _)| o == org)
-            .map(|(_, p)| p.clone())
-            .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+        Ok(list_of_org(&self.lock().projects, org, |p| p.created_at))
     }
 
     async fn update_project(

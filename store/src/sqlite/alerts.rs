@@ -7,13 +7,16 @@
 //! scan. Times are integer Unix microseconds, so the lease's compare-and-set compares exact
 //! values rather than text.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::{AlertKey, StoreError, StoredAlert, ThresholdPct, check_alert_body};
+use tally_core::ports::{
+    AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
+};
 
-use super::{SqliteStore, corrupt, db, month_key, parse_id};
+use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, read_one};
 
 /// Schema version 6: plan-limit alerts.
 pub(super) const SCHEMA_V6: &str = r#"
@@ -87,76 +90,70 @@ fn key_params(key: &AlertKey) -> KeyParams {
     )
 }
 
-impl SqliteStore {
-    pub(super) async fn alerts_claim(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
+#[async_trait]
+impl AlertLedger for SqliteStore {
+    async fn claim_alert(&self, alert: &StoredAlert) -> Result<bool, StoreError> {
         check_alert_body(&alert.body)?;
         let (org, period, meter, threshold) = key_params(&alert.key);
         let body = alert.body.clone();
         let (claimed, lease) = (micros(alert.claimed_at), micros(alert.lease_until));
         let delivered = alert.delivered_at.map(micros);
         self.write(move |conn| {
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO alerts (org, period, meter, threshold, body, claimed_at,
-                                         lease_until, delivered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (org, period, meter, threshold) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        org, period, meter, threshold, body, claimed, lease, delivered
-                    ])
-                })
-                .map_err(db)?;
+            let inserted = execute(
+                conn,
+                "INSERT INTO alerts (org, period, meter, threshold, body, claimed_at,
+                                     lease_until, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (org, period, meter, threshold) DO NOTHING",
+                params![
+                    org, period, meter, threshold, body, claimed, lease, delivered
+                ],
+            )?;
             Ok(inserted == 1)
         })
         .await
     }
 
-    pub(super) async fn alerts_get(
-        &self,
-        key: &AlertKey,
-    ) -> Result<Option<StoredAlert>, StoreError> {
+    async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError> {
         let (org, period, meter, threshold) = key_params(key);
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            let sql = format!(
                 "{SELECT} WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![org, period, meter, threshold], alert_row)
-                    .optional()
-            })
-            .map_err(db)?
-            .map(alert_of)
-            .transpose()
+            );
+            read_one(
+                conn,
+                &sql,
+                params![org, period, meter, threshold],
+                alert_row,
+                alert_of,
+            )
         })
         .await
     }
 
-    pub(super) async fn alerts_pending(
+    async fn pending_alerts(
         &self,
         org: &OrgId,
         since: Month,
     ) -> Result<Vec<StoredAlert>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "{SELECT} WHERE org = ?1 AND period >= ?2 AND delivered_at IS NULL
-                     ORDER BY period, meter, threshold"
-                ))
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org, month_key(since)], alert_row)
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            rows.into_iter().map(alert_of).collect()
+            let sql = format!(
+                "{SELECT} WHERE org = ?1 AND period >= ?2 AND delivered_at IS NULL
+                 ORDER BY period, meter, threshold"
+            );
+            query_all(
+                conn,
+                &sql,
+                params![org, month_key(since)],
+                alert_row,
+                alert_of,
+            )
         })
         .await
     }
 
-    pub(super) async fn alerts_renew_lease(
+    async fn renew_alert_lease(
         &self,
         key: &AlertKey,
         seen: DateTime<Utc>,
@@ -165,20 +162,19 @@ impl SqliteStore {
         let (org, period, meter, threshold) = key_params(key);
         let (seen, until) = (micros(seen), micros(until));
         self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE alerts SET lease_until = ?6
-                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4
-                       AND lease_until = ?5 AND delivered_at IS NULL",
-                )
-                .and_then(|mut s| s.execute(params![org, period, meter, threshold, seen, until]))
-                .map_err(db)?;
+            let changed = execute(
+                conn,
+                "UPDATE alerts SET lease_until = ?6
+                 WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4
+                   AND lease_until = ?5 AND delivered_at IS NULL",
+                params![org, period, meter, threshold, seen, until],
+            )?;
             Ok(changed == 1)
         })
         .await
     }
 
-    pub(super) async fn alerts_mark_delivered(
+    async fn mark_alert_delivered(
         &self,
         key: &AlertKey,
         at: DateTime<Utc>,
@@ -187,13 +183,12 @@ impl SqliteStore {
         let what = format!("alert {key}");
         let at = micros(at);
         self.write(move |conn| {
-            let found = conn
-                .prepare_cached(
-                    "UPDATE alerts SET delivered_at = COALESCE(delivered_at, ?5)
-                     WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4",
-                )
-                .and_then(|mut s| s.execute(params![org, period, meter, threshold, at]))
-                .map_err(db)?;
+            let found = execute(
+                conn,
+                "UPDATE alerts SET delivered_at = COALESCE(delivered_at, ?5)
+                 WHERE org = ?1 AND period = ?2 AND meter = ?3 AND threshold = ?4",
+                params![org, period, meter, threshold, at],
+            )?;
             if found == 0 {
                 return Err(StoreError::NotFound { what });
             }

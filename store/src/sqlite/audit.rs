@@ -36,17 +36,13 @@ impl AuditLog for SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("encoding audit record: {e}")))?;
         let r = record.clone();
         let now = r.at.timestamp();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            tx.prepare_cached("DELETE FROM audit WHERE expires_at <= ?1")
-                .and_then(|mut s| s.execute(params![now]))
-                .map_err(db)?;
-            tx.prepare_cached(
+        self.transact(move |tx| {
+            execute(tx, "DELETE FROM audit WHERE expires_at <= ?1", params![now])?;
+            execute(
+                tx,
                 "INSERT INTO audit (org, sk, actor, action, resource, expires_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (org, sk) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
+                params![
                     r.org_id.as_str(),
                     r.sort_key(),
                     r.actor,
@@ -54,10 +50,9 @@ impl AuditLog for SqliteStore {
                     r.resource,
                     r.expires_at().timestamp(),
                     body
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
+                ],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, Params, params};
 use tally_core::ids::{InvitationId, OrgId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -47,10 +47,10 @@ CREATE TABLE IF NOT EXISTS project_members (
 ) WITHOUT ROWID;
 "#;
 
-pub(super) const INVITATION_COLS: &str =
+const INVITATION_COLS: &str =
     "org, id, hash, email, role, invited_by, created_at, expires_at, accepted_at";
 
-pub(super) type InvitationRow = (
+type InvitationRow = (
     String,
     String,
     String,
@@ -62,11 +62,11 @@ pub(super) type InvitationRow = (
     Option<String>,
 );
 
-pub(super) fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
+fn invitation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvitationRow> {
     r.try_into()
 }
 
-pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {
+fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError> {
     let (org, id, hash, email, role, by, created, expires, accepted) = row;
     Ok(Invitation {
         id: parse_id(&id, InvitationId::parse)?,
@@ -81,39 +81,36 @@ pub(super) fn invitation_of(row: InvitationRow) -> Result<Invitation, StoreError
     })
 }
 
-/// Reads an invitation by hash (on a plain connection or inside a transaction).
-pub(super) fn read_invitation(
+/// The invitation a `WHERE` condition on `invitations` finds (on a plain connection or
+/// inside a transaction): by hash, or by org and id.
+fn read_invitation(
     conn: &Connection,
-    hash: &str,
+    cond: &str,
+    params: impl Params,
 ) -> Result<Option<Invitation>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {INVITATION_COLS} FROM invitations WHERE hash = ?1"
-    ))
-    .and_then(|mut s| s.query_row(params![hash], invitation_row).optional())
-    .map_err(db)?
-    .map(invitation_of)
-    .transpose()
+    let sql = format!("SELECT {INVITATION_COLS} FROM invitations WHERE {cond}");
+    read_one(conn, &sql, params, invitation_row, invitation_of)
 }
 
 #[async_trait]
 impl InvitationStore for SqliteStore {
     async fn create_invitation(&self, inv: &Invitation) -> Result<(), StoreError> {
         let inv = inv.clone();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
+        self.transact(move |tx| {
             rules::check_new_member(inv.role)?;
-            require_live_org(&tx, &inv.org_id)?;
+            require_live_org(tx, &inv.org_id)?;
             // Expired invitations are gone for every reader; drop their rows here.
-            tx.prepare_cached("DELETE FROM invitations WHERE expires_unix <= ?1")
-                .and_then(|mut s| s.execute(params![inv.created_at.timestamp()]))
-                .map_err(db)?;
-            tx.prepare_cached(
+            execute(
+                tx,
+                "DELETE FROM invitations WHERE expires_unix <= ?1",
+                params![inv.created_at.timestamp()],
+            )?;
+            execute(
+                tx,
                 "INSERT INTO invitations (org, id, hash, email, role, invited_by, created_at,
                                           expires_at, expires_unix, accepted_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
+                params![
                     inv.org_id.as_str(),
                     inv.id.as_str(),
                     inv.hash.as_str(),
@@ -124,10 +121,9 @@ impl InvitationStore for SqliteStore {
                     ts_text(inv.expires_at),
                     crate::secs::ceil_secs(inv.expires_at),
                     inv.accepted_at.map(ts_text),
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
+                ],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -139,21 +135,13 @@ impl InvitationStore for SqliteStore {
     ) -> Result<Vec<Invitation>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {INVITATION_COLS} FROM invitations
-                     WHERE org = ?1 AND accepted_at IS NULL ORDER BY created_at, id"
-                ))
-                .map_err(db)?;
-            let rows = stmt.query_map(params![org], invitation_row).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let inv = invitation_of(row.map_err(db)?)?;
-                if inv.is_pending(now) {
-                    out.push(inv);
-                }
-            }
-            Ok(out)
+            let sql = format!(
+                "SELECT {INVITATION_COLS} FROM invitations
+                 WHERE org = ?1 AND accepted_at IS NULL ORDER BY created_at, id"
+            );
+            let mut all = query_all(conn, &sql, params![org], invitation_row, invitation_of)?;
+            all.retain(|inv| inv.is_pending(now));
+            Ok(all)
         })
         .await
     }
@@ -164,8 +152,11 @@ impl InvitationStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Invitation>, StoreError> {
         let hash = hash.as_str().to_owned();
-        self.read(move |conn| Ok(read_invitation(conn, &hash)?.filter(|inv| inv.expires_at > now)))
-            .await
+        self.read(move |conn| {
+            let found = read_invitation(conn, "hash = ?1", params![hash])?;
+            Ok(found.filter(|inv| inv.expires_at > now))
+        })
+        .await
     }
 
     async fn revoke_invitation(
@@ -175,23 +166,16 @@ impl InvitationStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Invitation>, StoreError> {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let found = tx
-                .prepare_cached(&format!(
-                    "SELECT {INVITATION_COLS} FROM invitations WHERE org = ?1 AND id = ?2"
-                ))
-                .and_then(|mut s| s.query_row(params![org, id], invitation_row).optional())
-                .map_err(db)?
-                .map(invitation_of)
-                .transpose()?;
+        self.transact(move |tx| {
+            let found = read_invitation(tx, "org = ?1 AND id = ?2", params![org, id])?;
             let Some(inv) = found.filter(|inv| inv.is_pending(now)) else {
                 return Ok(None);
             };
-            tx.prepare_cached("DELETE FROM invitations WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.execute(params![org, id]))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
+            execute(
+                tx,
+                "DELETE FROM invitations WHERE org = ?1 AND id = ?2",
+                params![org, id],
+            )?;
             Ok(Some(inv))
         })
         .await
@@ -204,29 +188,15 @@ impl InvitationStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let Some(inv) = read_invitation(&tx, &hash)?.filter(|inv| inv.expires_at > at) else {
-                return Err(StoreError::NotFound {
-                    what: "invitation".into(),
-                });
-            };
-            if inv.accepted_at.is_some() {
-                return Err(StoreError::Conflict {
-                    what: format!("acceptance of invitation {}", inv.id),
-                });
-            }
-            let m = Membership {
-                org_id: inv.org_id.clone(),
-                user_id: user,
-                role: inv.role,
-                created_at: at,
-            };
-            Self::insert_member(&tx, &m)?;
-            tx.prepare_cached("UPDATE invitations SET accepted_at = ?2 WHERE hash = ?1")
-                .and_then(|mut s| s.execute(params![hash, ts_text(at)]))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
+        self.transact(move |tx| {
+            let found = read_invitation(tx, "hash = ?1", params![hash])?;
+            let (_, m) = rules::accepted_membership(found, &user, at)?;
+            Self::insert_member(tx, &m)?;
+            execute(
+                tx,
+                "UPDATE invitations SET accepted_at = ?2 WHERE hash = ?1",
+                params![hash, ts_text(at)],
+            )?;
             Ok(m)
         })
         .await

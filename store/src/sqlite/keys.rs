@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, Params, params};
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -61,6 +61,17 @@ pub(super) fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     })
 }
 
+/// The key a `WHERE` condition on `api_keys` finds (on a plain connection or inside a
+/// transaction): by hash, or by org and id.
+fn read_key(
+    conn: &Connection,
+    cond: &str,
+    params: impl Params,
+) -> Result<Option<ApiKey>, StoreError> {
+    let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE {cond}");
+    read_one(conn, &sql, params, key_row, key_of)
+}
+
 /// A key's scopes as the `scopes` column holds them (JSON), encoded before the write
 /// transaction starts.
 fn encode_scopes(scopes: &[KeyScope]) -> Result<String, StoreError> {
@@ -71,13 +82,12 @@ fn encode_scopes(scopes: &[KeyScope]) -> Result<String, StoreError> {
 /// Inserts a new key row (never used yet, so no `last_used_at`) with its `scopes` already
 /// encoded: creating a key and rotating one write the new key alike.
 fn insert_key(tx: &rusqlite::Transaction<'_>, k: &ApiKey, scopes: &str) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    execute(
+        tx,
         "INSERT INTO api_keys (org, id, hash, name, display_prefix, scopes, created_at,
                                expires_at, revoked_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        params![
             k.org_id.as_str(),
             k.id.as_str(),
             k.hash.as_str(),
@@ -87,9 +97,8 @@ fn insert_key(tx: &rusqlite::Transaction<'_>, k: &ApiKey, scopes: &str) -> Resul
             ts_text(k.created_at),
             k.expires_at.map(ts_text),
             k.revoked_at.map(ts_text),
-        ])
-    })
-    .map_err(db)?;
+        ],
+    )?;
     Ok(())
 }
 
@@ -98,54 +107,40 @@ impl ApiKeyStore for SqliteStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let k = key.clone();
         let scopes = encode_scopes(&k.scopes)?;
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            require_live_org(&tx, &k.org_id)?;
-            let hash_taken = tx
-                .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")
-                .and_then(|mut s| s.exists(params![k.hash.as_str()]))
-                .map_err(db)?;
-            let id_taken = tx
-                .prepare_cached("SELECT 1 FROM api_keys WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.exists(params![k.org_id.as_str(), k.id.as_str()]))
-                .map_err(db)?;
+        self.transact(move |tx| {
+            require_live_org(tx, &k.org_id)?;
+            let hash_taken = exists(
+                tx,
+                "SELECT 1 FROM api_keys WHERE hash = ?1",
+                params![k.hash.as_str()],
+            )?;
+            let id_taken = exists(
+                tx,
+                "SELECT 1 FROM api_keys WHERE org = ?1 AND id = ?2",
+                params![k.org_id.as_str(), k.id.as_str()],
+            )?;
             if hash_taken || id_taken {
                 return Err(StoreError::Conflict {
                     what: format!("api key {}", k.id),
                 });
             }
-            insert_key(&tx, &k, &scopes)?;
-            tx.commit().map_err(db)
+            insert_key(tx, &k, &scopes)
         })
         .await
     }
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let hash = hash.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"))
-                .and_then(|mut s| s.query_row(params![hash], key_row).optional())
-                .map_err(db)?
-                .map(key_of)
-                .transpose()
-        })
-        .await
+        self.read(move |conn| read_key(conn, "hash = ?1", params![hash]))
+            .await
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(db)?;
-            let rows = stmt.query_map(params![org], key_row).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(key_of(row.map_err(db)?)?);
-            }
-            Ok(out)
+            let sql =
+                format!("SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 ORDER BY created_at, id");
+            query_all(conn, &sql, params![org], key_row, key_of)
         })
         .await
     }
@@ -157,24 +152,14 @@ impl ApiKeyStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
         let (org, id, at) = (org.as_str().to_owned(), id.as_str().to_owned(), ts_text(at));
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            tx.prepare_cached(
+        self.transact(move |tx| {
+            execute(
+                tx,
                 "UPDATE api_keys SET revoked_at = ?3
                  WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
-            )
-            .and_then(|mut s| s.execute(params![org, id, at]))
-            .map_err(db)?;
-            let key = tx
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 AND id = ?2"
-                ))
-                .and_then(|mut s| s.query_row(params![org, id], key_row).optional())
-                .map_err(db)?
-                .map(key_of)
-                .transpose()?;
-            tx.commit().map_err(db)?;
-            Ok(key)
+                params![org, id, at],
+            )?;
+            read_key(tx, "org = ?1 AND id = ?2", params![org, id])
         })
         .await
     }
@@ -187,26 +172,18 @@ impl ApiKeyStore for SqliteStore {
     ) -> Result<Option<ApiKey>, StoreError> {
         let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
         let scopes = encode_scopes(&new.scopes)?;
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
+        self.transact(move |tx| {
             let org = new.org_id.as_str();
-            let current = tx
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLS} FROM api_keys WHERE org = ?1 AND id = ?2"
-                ))
-                .and_then(|mut s| s.query_row(params![org, old], key_row).optional())
-                .map_err(db)?
-                .map(key_of)
-                .transpose()?;
-            let Some(current) = current else {
+            let Some(current) = read_key(tx, "org = ?1 AND id = ?2", params![org, old])? else {
                 return Ok(None);
             };
             let expires = rules::rotated_expiry(&old_id, &current, old_expires_at)?;
-            tx.prepare_cached("UPDATE api_keys SET expires_at = ?3 WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.execute(params![org, old, ts_text(expires)]))
-                .map_err(db)?;
-            insert_key(&tx, &new, &scopes)?;
-            tx.commit().map_err(db)?;
+            execute(
+                tx,
+                "UPDATE api_keys SET expires_at = ?3 WHERE org = ?1 AND id = ?2",
+                params![org, old, ts_text(expires)],
+            )?;
+            insert_key(tx, &new, &scopes)?;
             Ok(Some(ApiKey {
                 expires_at: Some(expires),
                 ..current
@@ -223,26 +200,23 @@ impl ApiKeyStore for SqliteStore {
             )));
         }
         let uses = uses.to_vec();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE api_keys SET last_used_at = ?3
-                         WHERE hash = ?1 AND org = ?2
-                           AND (last_used_at IS NULL OR last_used_at < ?3)",
-                    )
-                    .map_err(db)?;
-                for u in &uses {
-                    stmt.execute(params![
-                        u.hash.as_str(),
-                        u.org_id.as_str(),
-                        last_used_text(u.at)
-                    ])
-                    .map_err(db)?;
-                }
+        self.transact(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE api_keys SET last_used_at = ?3
+                     WHERE hash = ?1 AND org = ?2
+                       AND (last_used_at IS NULL OR last_used_at < ?3)",
+                )
+                .map_err(db)?;
+            for u in &uses {
+                stmt.execute(params![
+                    u.hash.as_str(),
+                    u.org_id.as_str(),
+                    last_used_text(u.at)
+                ])
+                .map_err(db)?;
             }
-            tx.commit().map_err(db)
+            Ok(())
         })
         .await
     }

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::*;
 use tally_core::tenant::*;
@@ -26,22 +26,30 @@ pub(super) fn query_memberships(
     key: &str,
     ids: impl Fn(&str) -> Result<(OrgId, UserId), StoreError>,
 ) -> Result<Vec<Membership>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
-    let rows = stmt
-        .query_map(params![key], |r| <(String, String, String)>::try_from(r))
-        .map_err(db)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, role, created) = row.map_err(db)?;
+    let row = |r: &rusqlite::Row<'_>| <(String, String, String)>::try_from(r);
+    query_all(conn, sql, params![key], row, |(id, role, created)| {
         let (org_id, user_id) = ids(&id)?;
-        out.push(Membership {
+        Ok(Membership {
             org_id,
             user_id,
             role: role_of(&role)?,
             created_at: parse_ts(&created)?,
-        });
-    }
-    Ok(out)
+        })
+    })
+}
+
+/// Sets a member's role inside a write transaction (no checks: the caller made them).
+fn set_role(
+    tx: &rusqlite::Transaction<'_>,
+    org: &OrgId,
+    user: &UserId,
+    role: Role,
+) -> Result<usize, StoreError> {
+    execute(
+        tx,
+        "UPDATE memberships SET role = ?3 WHERE org = ?1 AND user_id = ?2",
+        params![org.as_str(), user.as_str(), role.as_str()],
+    )
 }
 
 impl SqliteStore {
@@ -52,31 +60,27 @@ impl SqliteStore {
         m: &Membership,
     ) -> Result<(), StoreError> {
         rules::check_new_member(m.role)?;
-        let exists = |sql: &str, id: &str| {
-            tx.prepare_cached(sql)
-                .and_then(|mut s| s.exists(params![id]))
-                .map_err(db)
-        };
         require_live_org(tx, &m.org_id)?;
-        if !exists("SELECT 1 FROM users WHERE id = ?1", m.user_id.as_str())? {
+        if !exists(
+            tx,
+            "SELECT 1 FROM users WHERE id = ?1",
+            params![m.user_id.as_str()],
+        )? {
             return Err(StoreError::NotFound {
                 what: format!("user {}", m.user_id),
             });
         }
-        let added = tx
-            .prepare_cached(
-                "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (org, user_id) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    m.org_id.as_str(),
-                    m.user_id.as_str(),
-                    m.role.as_str(),
-                    ts_text(m.created_at)
-                ])
-            })
-            .map_err(db)?;
+        let added = execute(
+            tx,
+            "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (org, user_id) DO NOTHING",
+            params![
+                m.org_id.as_str(),
+                m.user_id.as_str(),
+                m.role.as_str(),
+                ts_text(m.created_at)
+            ],
+        )?;
         if added == 0 {
             return Err(StoreError::Conflict {
                 what: format!("membership of user {} in org {}", m.user_id, m.org_id),
@@ -91,17 +95,12 @@ impl SqliteStore {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Option<Membership>, StoreError> {
-        let row = tx
-            .prepare_cached(
-                "SELECT role, created_at FROM memberships WHERE org = ?1 AND user_id = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![org.as_str(), user.as_str()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()
-            })
-            .map_err(db)?;
+        let row = query_opt(
+            tx,
+            "SELECT role, created_at FROM memberships WHERE org = ?1 AND user_id = ?2",
+            params![org.as_str(), user.as_str()],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
         let Some((role, created)) = row else {
             return Ok(None);
         };
@@ -121,18 +120,14 @@ impl MemberStore for SqliteStore {
     async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
         let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
         self.read(move |conn| {
-            conn.prepare_cached(
+            read_one(
+                conn,
                 "SELECT m.role FROM memberships m JOIN orgs o ON o.id = m.org
                  WHERE m.org = ?1 AND m.user_id = ?2 AND o.deleted_at IS NULL",
+                params![org, user],
+                |r| r.get::<_, String>(0),
+                |r| role_of(&r),
             )
-            .and_then(|mut s| {
-                s.query_row(params![org, user], |r| r.get::<_, String>(0))
-                    .optional()
-            })
-            .map_err(db)?
-            .as_deref()
-            .map(role_of)
-            .transpose()
         })
         .await
     }
@@ -153,12 +148,7 @@ impl MemberStore for SqliteStore {
 
     async fn add_member(&self, m: &Membership) -> Result<(), StoreError> {
         let m = m.clone();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            Self::insert_member(&tx, &m)?;
-            tx.commit().map_err(db)
-        })
-        .await
+        self.transact(move |tx| Self::insert_member(tx, &m)).await
     }
 
     async fn set_member_role(
@@ -168,16 +158,12 @@ impl MemberStore for SqliteStore {
         role: Role,
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
+        self.transact(move |tx| {
             rules::check_new_member(role)?;
-            let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
+            let Some(before) = Self::member_for_change(tx, &org, &user)? else {
                 return Ok(None);
             };
-            tx.prepare_cached("UPDATE memberships SET role = ?3 WHERE org = ?1 AND user_id = ?2")
-                .and_then(|mut s| s.execute(params![org.as_str(), user.as_str(), role.as_str()]))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
+            set_role(tx, &org, &user, role)?;
             Ok(Some(before))
         })
         .await
@@ -189,15 +175,15 @@ impl MemberStore for SqliteStore {
         user: &UserId,
     ) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (org.clone(), user.clone());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let Some(before) = Self::member_for_change(&tx, &org, &user)? else {
+        self.transact(move |tx| {
+            let Some(before) = Self::member_for_change(tx, &org, &user)? else {
                 return Ok(None);
             };
-            tx.prepare_cached("DELETE FROM memberships WHERE org = ?1 AND user_id = ?2")
-                .and_then(|mut s| s.execute(params![org.as_str(), user.as_str()]))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
+            execute(
+                tx,
+                "DELETE FROM memberships WHERE org = ?1 AND user_id = ?2",
+                params![org.as_str(), user.as_str()],
+            )?;
             Ok(Some(before))
         })
         .await
@@ -210,44 +196,37 @@ impl MemberStore for SqliteStore {
         to: &UserId,
     ) -> Result<Option<Org>, StoreError> {
         let (org, from, to) = (org.clone(), from.clone(), to.clone());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let owner: Option<String> = tx
-                .prepare_cached("SELECT owner_id FROM orgs WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![org.as_str()], |r| r.get(0)).optional())
-                .map_err(db)?;
+        self.transact(move |tx| {
+            let owner: Option<String> = query_opt(
+                tx,
+                "SELECT owner_id FROM orgs WHERE id = ?1",
+                params![org.as_str()],
+                |r| r.get(0),
+            )?;
             let Some(owner) = owner else {
                 return Ok(None);
             };
             let role_of_user = |u: &UserId| {
-                tx.prepare_cached("SELECT role FROM memberships WHERE org = ?1 AND user_id = ?2")
-                    .and_then(|mut s| {
-                        s.query_row(params![org.as_str(), u.as_str()], |r| r.get::<_, String>(0))
-                            .optional()
-                    })
-                    .map_err(db)?
-                    .map(|r| role_of(&r))
-                    .transpose()
+                read_one(
+                    tx,
+                    "SELECT role FROM memberships WHERE org = ?1 AND user_id = ?2",
+                    params![org.as_str(), u.as_str()],
+                    |r| r.get::<_, String>(0),
+                    |r: String| role_of(&r),
+                )
             };
             let owner = parse_id(&owner, UserId::parse)?;
             let (from_role, to_role) = (role_of_user(&from)?, role_of_user(&to)?);
             if rules::check_transfer(&org, &owner, &from, from_role, &to, to_role)? {
-                let set = |u: &UserId, role: Role| {
-                    tx.prepare_cached(
-                        "UPDATE memberships SET role = ?3 WHERE org = ?1 AND user_id = ?2",
-                    )
-                    .and_then(|mut s| s.execute(params![org.as_str(), u.as_str(), role.as_str()]))
-                    .map_err(db)
-                };
-                set(&from, Role::Admin)?;
-                set(&to, Role::Owner)?;
-                tx.prepare_cached("UPDATE orgs SET owner_id = ?2 WHERE id = ?1")
-                    .and_then(|mut s| s.execute(params![org.as_str(), to.as_str()]))
-                    .map_err(db)?;
+                set_role(tx, &org, &from, Role::Admin)?;
+                set_role(tx, &org, &to, Role::Owner)?;
+                execute(
+                    tx,
+                    "UPDATE orgs SET owner_id = ?2 WHERE id = ?1",
+                    params![org.as_str(), to.as_str()],
+                )?;
             }
-            let org = read_org(&tx, org.as_str())?;
-            tx.commit().map_err(db)?;
-            Ok(org)
+            read_org(tx, org.as_str())
         })
         .await
     }
@@ -264,35 +243,34 @@ impl MemberStore for SqliteStore {
             project.as_str().to_owned(),
             user.as_str().to_owned(),
         );
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            if read_project(&tx, &org, &project)?.is_none() {
+        self.transact(move |tx| {
+            if read_project(tx, &org, &project)?.is_none() {
                 return Err(StoreError::NotFound {
                     what: format!("project {project} in org {org}"),
                 });
             }
-            let member = tx
-                .prepare_cached("SELECT 1 FROM memberships WHERE org = ?1 AND user_id = ?2")
-                .and_then(|mut s| s.exists(params![org, user]))
-                .map_err(db)?;
+            let member = exists(
+                tx,
+                "SELECT 1 FROM memberships WHERE org = ?1 AND user_id = ?2",
+                params![org, user],
+            )?;
             if !member {
                 return Err(StoreError::NotFound {
                     what: format!("member {user} of org {org}"),
                 });
             }
-            let added = tx
-                .prepare_cached(
-                    "INSERT INTO project_members (org, user_id, project, created_at)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                )
-                .and_then(|mut s| s.execute(params![org, user, project, ts_text(at)]))
-                .map_err(db)?;
+            let added = execute(
+                tx,
+                "INSERT INTO project_members (org, user_id, project, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![org, user, project, ts_text(at)],
+            )?;
             if added == 0 {
                 return Err(StoreError::Conflict {
                     what: format!("user {user} on project {project}"),
                 });
             }
-            tx.commit().map_err(db)
+            Ok(())
         })
         .await
     }
@@ -309,12 +287,11 @@ impl MemberStore for SqliteStore {
             user.as_str().to_owned(),
         );
         self.write(move |conn| {
-            let removed = conn
-                .prepare_cached(
-                    "DELETE FROM project_members WHERE org = ?1 AND user_id = ?2 AND project = ?3",
-                )
-                .and_then(|mut s| s.execute(params![org, user, project]))
-                .map_err(db)?;
+            let removed = execute(
+                conn,
+                "DELETE FROM project_members WHERE org = ?1 AND user_id = ?2 AND project = ?3",
+                params![org, user, project],
+            )?;
             Ok(removed > 0)
         })
         .await
@@ -327,20 +304,14 @@ impl MemberStore for SqliteStore {
     ) -> Result<Vec<ProjectId>, StoreError> {
         let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT project FROM project_members WHERE org = ?1 AND user_id = ?2
-                     ORDER BY project",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org, user], |r| r.get::<_, String>(0))
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(parse_id(&row.map_err(db)?, ProjectId::parse)?);
-            }
-            Ok(out)
+            query_all(
+                conn,
+                "SELECT project FROM project_members WHERE org = ?1 AND user_id = ?2
+                 ORDER BY project",
+                params![org, user],
+                |r| r.get::<_, String>(0),
+                |id| parse_id(&id, ProjectId::parse),
+            )
         })
         .await
     }

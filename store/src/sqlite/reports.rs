@@ -7,12 +7,16 @@
 //! so of two month-close runs racing (two processes, or a rerun), the first report stored is
 //! the one both get back.
 
-use rusqlite::{OptionalExtension, params};
+use async_trait::async_trait;
+use rusqlite::params;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, StoredReport, check_report_body};
+use tally_core::ports::{ReportStore, StoreError, StoredReport, check_report_body};
 
-use super::{SqliteStore, corrupt, db, immediate, month_key, parse_id, parse_ts, ts_text};
+use super::{
+    SqliteStore, corrupt, insert_or_keep, month_key, parse_id, parse_ts, query_all, read_one,
+    ts_text,
+};
 
 /// Schema version 3: usage reports.
 pub(super) const SCHEMA_V3: &str = r#"
@@ -50,73 +54,57 @@ fn report_of((org, period, body, created): ReportRow) -> Result<StoredReport, St
 
 const SELECT: &str = "SELECT org, period, body, created_at FROM reports";
 
-impl SqliteStore {
-    pub(super) async fn reports_save(
-        &self,
-        report: &StoredReport,
-    ) -> Result<StoredReport, StoreError> {
+#[async_trait]
+impl ReportStore for SqliteStore {
+    async fn save_report(&self, report: &StoredReport) -> Result<StoredReport, StoreError> {
         check_report_body(&report.body)?;
         let report = report.clone();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
+        self.transact(move |tx| {
             let org = report.org_id.as_str();
             let period = month_key(report.period);
-            tx.prepare_cached(
-                "INSERT INTO reports (org, period, body, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (org, period) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org,
-                    period,
-                    report.body,
-                    ts_text(report.created_at)
-                ])
-            })
-            .map_err(db)?;
-            let row = tx
-                .prepare_cached(&format!("{SELECT} WHERE org = ?1 AND period = ?2"))
-                .and_then(|mut s| s.query_row(params![org, period], report_row))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
+            let created = ts_text(report.created_at);
+            let row = insert_or_keep(
+                tx,
+                (
+                    "INSERT INTO reports (org, period, body, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org, period) DO NOTHING",
+                    params![org, period, report.body, created],
+                ),
+                (
+                    &format!("{SELECT} WHERE org = ?1 AND period = ?2"),
+                    params![org, period],
+                ),
+                report_row,
+            )?;
             report_of(row)
         })
         .await
     }
 
-    pub(super) async fn reports_get(
+    async fn get_report(
         &self,
         org: &OrgId,
         period: Month,
     ) -> Result<Option<StoredReport>, StoreError> {
         let org = org.clone();
         self.read(move |conn| {
-            conn.prepare_cached(&format!("{SELECT} WHERE org = ?1 AND period = ?2"))
-                .and_then(|mut s| {
-                    s.query_row(params![org.as_str(), month_key(period)], report_row)
-                        .optional()
-                })
-                .map_err(db)?
-                .map(report_of)
-                .transpose()
+            let sql = format!("{SELECT} WHERE org = ?1 AND period = ?2");
+            read_one(
+                conn,
+                &sql,
+                params![org.as_str(), month_key(period)],
+                report_row,
+                report_of,
+            )
         })
         .await
     }
 
-    pub(super) async fn reports_list(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
+    async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {
         let org = org.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!("{SELECT} WHERE org = ?1 ORDER BY period"))
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org.as_str()], report_row)
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(report_of(row.map_err(db)?)?);
-            }
-            Ok(out)
+            let sql = format!("{SELECT} WHERE org = ?1 ORDER BY period");
+            query_all(conn, &sql, params![org.as_str()], report_row, report_of)
         })
         .await
     }

@@ -7,12 +7,13 @@
 //! write transaction, so of two sync runs racing, the first result stored is the one both
 //! get back (and build on).
 
-use rusqlite::{OptionalExtension, params};
+use async_trait::async_trait;
+use rusqlite::params;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, SyncStep, check_sync_value};
+use tally_core::ports::{StoreError, SyncLedger, SyncStep, check_sync_value};
 
-use super::{SqliteStore, db, immediate, month_key};
+use super::{SqliteStore, insert_or_keep, month_key, query_all, query_opt};
 
 /// Schema version 5: the Stripe sync ledger.
 pub(super) const SCHEMA_V5: &str = r#"
@@ -29,8 +30,15 @@ CREATE TABLE IF NOT EXISTS sync_customers (
 ) WITHOUT ROWID;
 "#;
 
-impl SqliteStore {
-    pub(super) async fn sync_record_step(
+/// One step's result, by (org, period, step).
+const STEP: &str = "SELECT result FROM sync_steps WHERE org = ?1 AND period = ?2 AND step = ?3";
+
+/// An org's customer.
+const CUSTOMER: &str = "SELECT customer FROM sync_customers WHERE org = ?1";
+
+#[async_trait]
+impl SyncLedger for SqliteStore {
+    async fn record_step(
         &self,
         org: &OrgId,
         period: Month,
@@ -40,28 +48,23 @@ impl SqliteStore {
         check_sync_value("step", step)?;
         check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
+        self.transact(move |tx| {
             let period = month_key(period);
-            tx.prepare_cached(
-                "INSERT INTO sync_steps (org, period, step, result) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (org, period, step) DO NOTHING",
+            insert_or_keep(
+                tx,
+                (
+                    "INSERT INTO sync_steps (org, period, step, result) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org, period, step) DO NOTHING",
+                    params![org, period, step, result],
+                ),
+                (STEP, params![org, period, step]),
+                |r| r.get(0),
             )
-            .and_then(|mut s| s.execute(params![org, period, step, result]))
-            .map_err(db)?;
-            let stored: String = tx
-                .prepare_cached(
-                    "SELECT result FROM sync_steps WHERE org = ?1 AND period = ?2 AND step = ?3",
-                )
-                .and_then(|mut s| s.query_row(params![org, period, step], |r| r.get(0)))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok(stored)
         })
         .await
     }
 
-    pub(super) async fn sync_get_step(
+    async fn get_step(
         &self,
         org: &OrgId,
         period: Month,
@@ -69,79 +72,54 @@ impl SqliteStore {
     ) -> Result<Option<String>, StoreError> {
         let (org, step) = (org.as_str().to_owned(), step.to_owned());
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT result FROM sync_steps WHERE org = ?1 AND period = ?2 AND step = ?3",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![org, month_key(period), step], |r| r.get(0))
-                    .optional()
+            query_opt(conn, STEP, params![org, month_key(period), step], |r| {
+                r.get(0)
             })
-            .map_err(db)
         })
         .await
     }
 
-    pub(super) async fn sync_list_steps(
-        &self,
-        org: &OrgId,
-        period: Month,
-    ) -> Result<Vec<SyncStep>, StoreError> {
+    async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT step, result FROM sync_steps WHERE org = ?1 AND period = ?2
-                     ORDER BY step",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![org, month_key(period)], |r| {
+            query_all(
+                conn,
+                "SELECT step, result FROM sync_steps WHERE org = ?1 AND period = ?2
+                 ORDER BY step",
+                params![org, month_key(period)],
+                |r| {
                     Ok(SyncStep {
                         step: r.get(0)?,
                         result: r.get(1)?,
                     })
-                })
-                .map_err(db)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+                },
+                Ok,
+            )
         })
         .await
     }
 
-    pub(super) async fn sync_record_customer(
-        &self,
-        org: &OrgId,
-        customer: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_customer(&self, org: &OrgId, customer: &str) -> Result<String, StoreError> {
         check_sync_value("customer", customer)?;
         let (org, customer) = (org.as_str().to_owned(), customer.to_owned());
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            tx.prepare_cached(
-                "INSERT INTO sync_customers (org, customer) VALUES (?1, ?2)
-                 ON CONFLICT (org) DO NOTHING",
+        self.transact(move |tx| {
+            insert_or_keep(
+                tx,
+                (
+                    "INSERT INTO sync_customers (org, customer) VALUES (?1, ?2)
+                     ON CONFLICT (org) DO NOTHING",
+                    params![org, customer],
+                ),
+                (CUSTOMER, params![org]),
+                |r| r.get(0),
             )
-            .and_then(|mut s| s.execute(params![org, customer]))
-            .map_err(db)?;
-            let stored: String = tx
-                .prepare_cached("SELECT customer FROM sync_customers WHERE org = ?1")
-                .and_then(|mut s| s.query_row(params![org], |r| r.get(0)))
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok(stored)
         })
         .await
     }
 
-    pub(super) async fn sync_get_customer(
-        &self,
-        org: &OrgId,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
         let org = org.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT customer FROM sync_customers WHERE org = ?1")
-                .and_then(|mut s| s.query_row(params![org], |r| r.get(0)).optional())
-                .map_err(db)
-        })
-        .await
+        self.read(move |conn| query_opt(conn, CUSTOMER, params![org], |r| r.get(0)))
+            .await
     }
 }

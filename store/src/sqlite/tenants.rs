@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::*;
@@ -54,13 +54,13 @@ pub(super) fn org_of(
 
 /// Reads one org by id (on a plain connection or inside a transaction).
 pub(super) fn read_org(conn: &Connection, id: &str) -> Result<Option<Org>, StoreError> {
-    conn.prepare_cached(
+    read_one(
+        conn,
         "SELECT id, name, slug, plan, owner_id, created_at, deleted_at FROM orgs WHERE id = ?1",
+        params![id],
+        |r| r.try_into(),
+        org_of,
     )
-    .and_then(|mut s| s.query_row(params![id], |r| r.try_into()).optional())
-    .map_err(db)?
-    .map(org_of)
-    .transpose()
 }
 
 pub(super) type ProjectRow = (String, String, String, String, String, Option<String>);
@@ -91,28 +91,26 @@ pub(super) fn read_project(
     org: &str,
     id: &str,
 ) -> Result<Option<Project>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| s.query_row(params![org, id], project_row).optional())
-    .map_err(db)?
-    .map(project_of)
-    .transpose()
+    let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 AND id = ?2");
+    read_one(conn, &sql, params![org, id], project_row, project_of)
 }
 
 pub(super) fn org_exists(conn: &Connection, org: &OrgId) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1")
-        .and_then(|mut s| s.exists(params![org.as_str()]))
-        .map_err(db)
+    exists(
+        conn,
+        "SELECT 1 FROM orgs WHERE id = ?1",
+        params![org.as_str()],
+    )
 }
 
 /// `NotFound` unless the org exists and is not deleted: what adding anything to it needs,
 /// refused the same way for members, projects, keys and invitations.
 pub(super) fn require_live_org(conn: &Connection, org: &OrgId) -> Result<(), StoreError> {
-    let live = conn
-        .prepare_cached("SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL")
-        .and_then(|mut s| s.exists(params![org.as_str()]))
-        .map_err(db)?;
+    let live = exists(
+        conn,
+        "SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL",
+        params![org.as_str()],
+    )?;
     if live {
         Ok(())
     } else {
@@ -128,34 +126,22 @@ impl UserStore for SqliteStore {
         let id = candidate.id.as_str().to_owned();
         let email = candidate.email.to_lowercase();
         let created = ts_text(candidate.created_at);
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let existing = tx
-                .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE email = ?1"))
-                .and_then(|mut s| s.query_row(params![email], user_row).optional())
-                .map_err(db)?;
-            let row = match existing {
-                Some(row) => row,
-                None => {
-                    let taken = tx
-                        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-                        .and_then(|mut s| s.exists(params![id]))
-                        .map_err(db)?;
-                    if taken {
-                        return Err(StoreError::Conflict {
-                            what: format!("user id {id:?}"),
-                        });
-                    }
-                    tx.prepare_cached(
-                        "INSERT INTO users (id, email, created_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut s| s.execute(params![id, email, created]))
-                    .map_err(db)?;
-                    (id, email, created)
-                }
-            };
-            tx.commit().map_err(db)?;
-            user_of(row)
+        self.transact(move |tx| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE email = ?1");
+            if let Some(row) = query_opt(tx, &sql, params![email], user_row)? {
+                return user_of(row);
+            }
+            if exists(tx, "SELECT 1 FROM users WHERE id = ?1", params![id])? {
+                return Err(StoreError::Conflict {
+                    what: format!("user id {id:?}"),
+                });
+            }
+            execute(
+                tx,
+                "INSERT INTO users (id, email, created_at) VALUES (?1, ?2, ?3)",
+                params![id, email, created],
+            )?;
+            user_of((id, email, created))
         })
         .await
     }
@@ -163,11 +149,8 @@ impl UserStore for SqliteStore {
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
         let id = id.as_str().to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))
-                .and_then(|mut s| s.query_row(params![id], user_row).optional())
-                .map_err(db)?
-                .map(user_of)
-                .transpose()
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ?1");
+            read_one(conn, &sql, params![id], user_row, user_of)
         })
         .await
     }
@@ -190,61 +173,44 @@ impl UserStore for SqliteStore {
 impl OrgStore for SqliteStore {
     async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
         let org = org.clone();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let owner_known = tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-                .and_then(|mut s| s.exists(params![org.owner_id.as_str()]))
-                .map_err(db)?;
-            if !owner_known {
+        self.transact(move |tx| {
+            let owner = org.owner_id.as_str();
+            if !exists(tx, "SELECT 1 FROM users WHERE id = ?1", params![owner])? {
                 return Err(StoreError::NotFound {
                     what: format!("user {}", org.owner_id),
                 });
             }
-            let slug_taken = tx
-                .prepare_cached("SELECT 1 FROM orgs WHERE slug = ?1")
-                .and_then(|mut s| s.exists(params![org.slug]))
-                .map_err(db)?;
-            if slug_taken {
+            if exists(tx, "SELECT 1 FROM orgs WHERE slug = ?1", params![org.slug])? {
                 return Err(StoreError::Conflict {
                     what: format!("org slug {:?}", org.slug),
                 });
             }
-            if org_exists(&tx, &org.id)? {
+            if org_exists(tx, &org.id)? {
                 return Err(StoreError::Conflict {
                     what: format!("org {}", org.id),
                 });
             }
             let created = ts_text(org.created_at);
-            tx.prepare_cached(
+            execute(
+                tx,
                 "INSERT INTO orgs (id, slug, name, plan, owner_id, created_at, deleted_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
+                params![
                     org.id.as_str(),
                     org.slug,
                     org.name,
                     org.plan.as_str(),
-                    org.owner_id.as_str(),
+                    owner,
                     created,
                     org.deleted_at.map(ts_text)
-                ])
-            })
-            .map_err(db)?;
-            tx.prepare_cached(
+                ],
+            )?;
+            execute(
+                tx,
                 "INSERT INTO memberships (org, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    org.id.as_str(),
-                    org.owner_id.as_str(),
-                    Role::Owner.as_str(),
-                    created
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
+                params![org.id.as_str(), owner, Role::Owner.as_str(), created],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -256,15 +222,13 @@ impl OrgStore for SqliteStore {
 
     async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id FROM orgs ORDER BY id")
-                .map_err(db)?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(parse_id(&row.map_err(db)?, OrgId::parse)?);
-            }
-            Ok(out)
+            query_all(
+                conn,
+                "SELECT id FROM orgs ORDER BY id",
+                [],
+                |r| r.get::<_, String>(0),
+                |id| parse_id(&id, OrgId::parse),
+            )
         })
         .await
     }
@@ -276,41 +240,34 @@ impl OrgStore for SqliteStore {
     ) -> Result<Option<Org>, StoreError> {
         let id = id.as_str().to_owned();
         let (name, plan) = (changes.name.clone(), changes.plan.map(|p| p.as_str()));
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            tx.prepare_cached(
+        self.transact(move |tx| {
+            execute(
+                tx,
                 "UPDATE orgs SET name = coalesce(?2, name), plan = coalesce(?3, plan) WHERE id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![id, name, plan]))
-            .map_err(db)?;
-            let org = read_org(&tx, &id)?;
-            tx.commit().map_err(db)?;
-            Ok(org)
+                params![id, name, plan],
+            )?;
+            read_org(tx, &id)
         })
         .await
     }
 
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
         let (id, at) = (id.as_str().to_owned(), ts_text(at));
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            let marked = tx
-                .prepare_cached(
-                    "UPDATE orgs SET deleted_at = coalesce(deleted_at, ?2) WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, at]))
-                .map_err(db)?;
+        self.transact(move |tx| {
+            let marked = execute(
+                tx,
+                "UPDATE orgs SET deleted_at = coalesce(deleted_at, ?2) WHERE id = ?1",
+                params![id, at],
+            )?;
             if marked == 0 {
                 return Ok(None);
             }
-            tx.prepare_cached(
+            execute(
+                tx,
                 "UPDATE api_keys SET revoked_at = ?2 WHERE org = ?1 AND revoked_at IS NULL",
-            )
-            .and_then(|mut s| s.execute(params![id, at]))
-            .map_err(db)?;
-            let org = read_org(&tx, &id)?;
-            tx.commit().map_err(db)?;
-            Ok(org)
+                params![id, at],
+            )?;
+            read_org(tx, &id)
         })
         .await
     }
@@ -320,43 +277,43 @@ impl OrgStore for SqliteStore {
 impl ProjectStore for SqliteStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         let p = project.clone();
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            require_live_org(&tx, &p.org_id)?;
-            let slug_taken = tx
-                .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2")
-                .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.slug]))
-                .map_err(db)?;
+        self.transact(move |tx| {
+            require_live_org(tx, &p.org_id)?;
+            let org = p.org_id.as_str();
+            let slug_taken = exists(
+                tx,
+                "SELECT 1 FROM projects WHERE org = ?1 AND slug = ?2",
+                params![org, p.slug],
+            )?;
             if slug_taken {
                 return Err(StoreError::Conflict {
                     what: format!("project slug {:?} in org {}", p.slug, p.org_id),
                 });
             }
-            let id_taken = tx
-                .prepare_cached("SELECT 1 FROM projects WHERE org = ?1 AND id = ?2")
-                .and_then(|mut s| s.exists(params![p.org_id.as_str(), p.id.as_str()]))
-                .map_err(db)?;
+            let id_taken = exists(
+                tx,
+                "SELECT 1 FROM projects WHERE org = ?1 AND id = ?2",
+                params![org, p.id.as_str()],
+            )?;
             if id_taken {
                 return Err(StoreError::Conflict {
                     what: format!("project {}", p.id),
                 });
             }
-            tx.prepare_cached(
+            execute(
+                tx,
                 "INSERT INTO projects (org, id, slug, name, created_at, archived_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    p.org_id.as_str(),
+                params![
+                    org,
                     p.id.as_str(),
                     p.slug,
                     p.name,
                     ts_text(p.created_at),
                     p.archived_at.map(ts_text)
-                ])
-            })
-            .map_err(db)?;
-            tx.commit().map_err(db)
+                ],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -373,17 +330,10 @@ impl ProjectStore for SqliteStore {
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
         let org = org.as_str().to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(db)?;
-            let rows = stmt.query_map(params![org], project_row).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(project_of(row.map_err(db)?)?);
-            }
-            Ok(out)
+            let sql = format!(
+                "SELECT {PROJECT_COLS} FROM projects WHERE org = ?1 ORDER BY created_at, id"
+            );
+            query_all(conn, &sql, params![org], project_row, project_of)
         })
         .await
     }
@@ -396,18 +346,15 @@ impl ProjectStore for SqliteStore {
     ) -> Result<Option<Project>, StoreError> {
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
-        self.write(move |conn| {
-            let tx = immediate(conn)?;
-            tx.prepare_cached(
+        self.transact(move |tx| {
+            execute(
+                tx,
                 "UPDATE projects SET name = coalesce(?3, name),
                                      archived_at = coalesce(archived_at, ?4)
                  WHERE org = ?1 AND id = ?2",
-            )
-            .and_then(|mut s| s.execute(params![org, id, name, archive]))
-            .map_err(db)?;
-            let project = read_project(&tx, &org, &id)?;
-            tx.commit().map_err(db)?;
-            Ok(project)
+                params![org, id, name, archive],
+            )?;
+            read_project(tx, &org, &id)
         })
         .await
     }
