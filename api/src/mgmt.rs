@@ -57,6 +57,12 @@ pub enum MgmtError {
         /// How many the org has.
         count: usize,
     },
+    /// `403 Forbidden`, code `plan_change_forbidden`, field `plan`: an org's plan decides
+    /// its bill, so no tenant role may change it; the operator does (`tally org set-plan`).
+    #[error(
+        "an organization's plan is changed by the operator of this Tally (tally org set-plan), not through the API"
+    )]
+    PlanChangeForbidden,
 }
 
 impl From<StoreError> for MgmtError {
@@ -71,6 +77,7 @@ impl MgmtError {
         match self {
             MgmtError::Api(e) => e.body().code,
             MgmtError::CountLimit { .. } => PLAN_LIMIT_EXCEEDED.to_owned(),
+            MgmtError::PlanChangeForbidden => PLAN_CHANGE_FORBIDDEN.to_owned(),
         }
     }
 
@@ -78,10 +85,13 @@ impl MgmtError {
     pub fn status(&self) -> StatusCode {
         match self {
             MgmtError::Api(e) => e.status(),
-            MgmtError::CountLimit { .. } => StatusCode::FORBIDDEN,
+            MgmtError::CountLimit { .. } | MgmtError::PlanChangeForbidden => StatusCode::FORBIDDEN,
         }
     }
 }
+
+/// Code of the refusal of a plan change through the API.
+pub const PLAN_CHANGE_FORBIDDEN: &str = "plan_change_forbidden";
 
 /// What a plan-count refusal's error object carries besides code and message.
 #[derive(Debug, Serialize)]
@@ -105,6 +115,14 @@ impl IntoResponse for MgmtError {
                     limit,
                     count,
                 };
+                (
+                    StatusCode::FORBIDDEN,
+                    Json(serde_json::json!({ "error": body })),
+                )
+                    .into_response()
+            }
+            MgmtError::PlanChangeForbidden => {
+                let body = ErrorBody::new(PLAN_CHANGE_FORBIDDEN, self.to_string(), Some("plan"));
                 (
                     StatusCode::FORBIDDEN,
                     Json(serde_json::json!({ "error": body })),

@@ -545,7 +545,7 @@ fn management_schemas() -> Value {
             "deleted_at": {"type": "string", "format": "date-time", "description": "When it was deleted; absent while it is live."}}},
         "UpdateOrg": {"type": "object", "additionalProperties": false, "description": "Absent or null fields are left as they are.", "properties": {
             "name": {"anyOf": [name_schema(), {"type": "null"}]},
-            "plan": {"type": ["string", "null"], "enum": ["free", "starter", "pro", "enterprise", null]}}},
+            "plan": {"description": "Refused whenever present, with 403 plan_change_forbidden: a plan decides the bill, so only the operator changes it (tally org set-plan)."}}},
         "TransferOwnership": {"type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
             "user_id": {"type": "string", "description": "A member of the org."}}},
         "MyOrg": {"type": "object", "required": ["org", "role"], "properties": {

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use tally_core::counter::{Overflow, checked_percent, checked_sum};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::period::{Granularity, Month};
-use tally_core::plan::PlanId;
 use tally_core::ports::{CounterQuery, StoreError};
 use tally_core::tenant::{Org, OrgChanges, Role, check_name};
 
@@ -24,7 +23,6 @@ use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
-use crate::projects::active_projects;
 use crate::roles::Action;
 
 /// `GET /v1/orgs/{org_id}`: the org (`org.read`).
@@ -83,13 +81,15 @@ pub struct UpdateOrg {
     /// A new display name.
     #[serde(default)]
     pub name: Option<String>,
-    /// A new plan: `free`, `starter`, `pro` or `enterprise`.
+    /// Refused whenever present (`403 plan_change_forbidden`): a plan decides the bill, so
+    /// it is the operator's to change (`tally org set-plan`), never a tenant role's. Kept in
+    /// the body's shape so the refusal says that instead of "unknown field".
     #[serde(default)]
-    pub plan: Option<String>,
+    pub plan: Option<serde_json::Value>,
 }
 
-/// `PATCH /v1/orgs/{org_id}` (`org.update`): the org as changed. A plan whose project
-/// limit the org already exceeds is refused `403` with `limit` and `count`.
+/// `PATCH /v1/orgs/{org_id}` (`org.update`): the org as changed (its name). A `plan` is
+/// refused `403 plan_change_forbidden` and audited as refused, whatever the caller's role.
 pub(crate) async fn update_org(
     State(state): State<ApiState>,
     actor: Actor,
@@ -101,43 +101,20 @@ pub(crate) async fn update_org(
         .mutation(&state, &org, Action::OrgUpdate, resource)
         .run(async |auth| {
             let req = body(payload)?;
+            if req.plan.is_some() {
+                return Err(MgmtError::PlanChangeForbidden);
+            }
             if let Some(name) = &req.name {
                 check_name("name", name).map_err(field_error)?;
             }
-            let plan = req
-                .plan
-                .as_deref()
-                .map(|p| {
-                    PlanId::parse(p).ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_field",
-                            "plan",
-                            "plan must be free, starter, pro or enterprise",
-                        )
-                    })
-                })
-                .transpose()?;
             let before = state.org(&auth.org).await?;
-            if let Some(plan) = plan
-                && let Some(limit) = state.plan(plan).limits.projects
-            {
-                let count = active_projects(&state, &auth.org).await?;
-                if count > usize::try_from(limit).unwrap_or(usize::MAX) {
-                    return Err(MgmtError::CountLimit {
-                        what: "projects",
-                        plan: plan.as_str().to_owned(),
-                        limit,
-                        count,
-                    });
-                }
-            }
             let after = state
                 .tenants
                 .update_org(
                     &auth.org,
                     &OrgChanges {
                         name: req.name,
-                        plan,
+                        plan: None,
                     },
                 )
                 .await?

@@ -998,7 +998,7 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
 }
 
 #[tokio::test]
-async fn owners_and_admins_rename_and_replan_within_the_limits() {
+async fn owners_and_admins_rename_but_never_replan() {
     let mem = world(PlanId::Starter).await;
     let admin = token(&a_user(Role::Admin));
     let owner = token(&a_user(Role::Owner));
@@ -1013,41 +1013,38 @@ async fn owners_and_admins_rename_and_replan_within_the_limits() {
         .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
+    // The name changes; the plan is the operator's, whatever the caller's role or the
+    // plan asked for (a cheaper one to shrink the bill, a richer one to skip its fee).
     let a = call(
         &mem,
         "PATCH",
         "/v1/orgs/org_a",
         Some(&admin),
-        Some(json!({"name": "Alpha Two", "plan": "pro"})),
+        Some(json!({"name": "Alpha Two"})),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["name"], "Alpha Two");
-    assert_eq!(a.json["plan"], "pro");
-    // Free allows 1 project; the org has 3.
-    let a = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a",
-        Some(&owner),
-        Some(json!({"plan": "free"})),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
-    assert_eq!(a.json["error"]["limit"], 1);
-    assert_eq!(a.json["error"]["count"], 3);
-    let a = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a",
-        Some(&owner),
-        Some(json!({"plan": "gold"})),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(a.json["error"]["field"], "plan");
+    for (who, body) in [
+        (&admin, json!({"name": "Alpha Three", "plan": "free"})),
+        (&owner, json!({"plan": "enterprise"})),
+        (&owner, json!({"plan": "gold"})),
+    ] {
+        let a = call(
+            &mem,
+            "PATCH",
+            "/v1/orgs/org_a",
+            Some(who),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{body}: {}", a.text);
+        assert_eq!(a.json["error"]["code"], "plan_change_forbidden", "{body}");
+        assert_eq!(a.json["error"]["field"], "plan", "{body}");
+    }
     let got = call(&mem, "GET", "/v1/orgs/org_a", Some(&owner), None).await;
-    assert_eq!(got.json["plan"], "pro");
+    assert_eq!(got.json["plan"], "starter");
+    assert_eq!(got.json["name"], "Alpha Two");
     let audit = call(
         &mem,
         "GET",
@@ -1057,11 +1054,17 @@ async fn owners_and_admins_rename_and_replan_within_the_limits() {
     )
     .await;
     let recs = audit.json["records"].as_array().unwrap();
-    assert_eq!(recs.len(), 3);
+    assert_eq!(recs.len(), 4);
     let allowed: Vec<&Value> = recs.iter().filter(|r| r["outcome"] == "allowed").collect();
     assert_eq!(allowed.len(), 1);
-    assert_eq!(allowed[0]["before"]["plan"], "starter");
-    assert_eq!(allowed[0]["after"]["plan"], "pro");
+    assert_eq!(allowed[0]["before"]["name"], "Alpha Ltd");
+    assert_eq!(allowed[0]["after"]["name"], "Alpha Two");
+    assert!(
+        recs.iter()
+            .filter(|r| r["outcome"] != "allowed")
+            .all(|r| r.to_string().contains("plan_change_forbidden")),
+        "{recs:?}"
+    );
 }
 
 #[tokio::test]

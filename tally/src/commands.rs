@@ -1,7 +1,8 @@
 //! The one-shot administration commands: `org`, `project`, `key`, `token` and `reconcile`.
 //!
-//! `org create`, `project create` and `key create` write an audit record each (actor
-//! `cli`), like the management API's routes do. `token create` and `tally serve` share the
+//! `org create`, `org set-plan`, `project create` and `key create` write an audit record
+//! each (actor `cli`), like the management API's routes do. `org set-plan` is the only way
+//! an org's plan changes: the management API refuses it to every tenant role. `token create` and `tally serve` share the
 //! JWT configuration of [`crate::settings::jwt_config`].
 
 use std::fmt;
@@ -37,6 +38,17 @@ pub enum OrgCommand {
         owner_email: String,
         /// free, starter, pro or enterprise.
         #[arg(long, default_value = "free")]
+        plan: String,
+    },
+    /// Move an organization to another plan. Only the operator can: a plan decides the
+    /// bill, so the management API refuses plan changes from every tenant role. Audited as
+    /// `org.update` by `cli`. A plan whose project limit the org already exceeds is refused.
+    SetPlan {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// free, starter, pro or enterprise.
+        #[arg(long)]
         plan: String,
     },
 }
@@ -137,17 +149,37 @@ async fn audit_created(
     id: &impl fmt::Display,
     after: &impl Serialize,
 ) {
-    let action = format!("{what}.create");
+    audit_record(
+        store,
+        org,
+        &format!("{what}.create"),
+        format!("{what}:{id}"),
+        None,
+        serde_json::to_value(after).ok(),
+    )
+    .await;
+}
+
+/// Writes an allowed audit record with actor `cli`; a failure to write it is logged, not
+/// fatal (the change itself is done).
+async fn audit_record(
+    store: &backend::Stores,
+    org: &OrgId,
+    action: &str,
+    resource: String,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) {
     let record = AuditRecord {
         id: format!("aud_{}", hex::encode(random::<16>())),
         org_id: org.clone(),
         actor: "cli".into(),
-        action: action.clone(),
-        resource: format!("{what}:{id}"),
+        action: action.to_owned(),
+        resource,
         outcome: AuditOutcome::Allowed,
         reason: None,
-        before: None,
-        after: serde_json::to_value(after).ok(),
+        before,
+        after,
         at: Utc::now(),
         ip: None,
         user_agent: Some(format!("tally-cli/{}", env!("CARGO_PKG_VERSION"))),
@@ -183,12 +215,15 @@ struct OrgOut {
 
 /// Runs an `org` command.
 pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
-    let OrgCommand::Create {
-        name,
-        slug,
-        owner_email,
-        plan,
-    } = cmd;
+    let (name, slug, owner_email, plan) = match cmd {
+        OrgCommand::Create {
+            name,
+            slug,
+            owner_email,
+            plan,
+        } => (name, slug, owner_email, plan),
+        OrgCommand::SetPlan { org, plan } => return set_plan(common, &org, &plan).await,
+    };
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
     check_email("owner_email", &owner_email)?;
@@ -233,6 +268,64 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
             )
         },
     )
+}
+
+/// `tally org set-plan`: the operator's plan change (see [`OrgCommand::SetPlan`]).
+async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> {
+    let org_id = OrgId::parse(org).context("--org")?;
+    let plan = PlanId::parse(plan).with_context(|| {
+        format!("--plan must be free, starter, pro or enterprise, got {plan:?}")
+    })?;
+    let catalogue = common.load_catalogue()?;
+    let store = backend::open_store(common).await?;
+    let before = store
+        .tenants
+        .get_org(&org_id)
+        .await?
+        .filter(|o| o.deleted_at.is_none())
+        .with_context(|| format!("no organization {org_id}"))?;
+    if let Some(limit) = catalogue
+        .core_plans()
+        .get(&plan)
+        .and_then(|p| p.limits.projects)
+    {
+        let active = store
+            .tenants
+            .list_projects(&org_id)
+            .await?
+            .iter()
+            .filter(|p| p.archived_at.is_none())
+            .count();
+        if active > usize::try_from(limit).unwrap_or(usize::MAX) {
+            bail!(
+                "the {plan} plan allows {limit} projects; {org_id} has {active} active ones \
+                 (archive some first)"
+            );
+        }
+    }
+    let after = store
+        .tenants
+        .update_org(
+            &org_id,
+            &tally_core::tenant::OrgChanges {
+                name: None,
+                plan: Some(plan),
+            },
+        )
+        .await?
+        .with_context(|| format!("no organization {org_id}"))?;
+    audit_record(
+        &store,
+        &org_id,
+        "org.update",
+        format!("org:{org_id}"),
+        serde_json::to_value(&before).ok(),
+        serde_json::to_value(&after).ok(),
+    )
+    .await;
+    print(common.json, &after, |o| {
+        format!("org {} moved from plan {} to {}", o.id, before.plan, o.plan)
+    })
 }
 
 /// Runs a `project` command.

@@ -72,6 +72,69 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
     server.stop().await.unwrap();
 }
 
+/// Plans change only through the operator: the API refuses the owner, `tally org set-plan`
+/// moves the org (audited as the CLI), and refuses a plan whose project limit the org
+/// already exceeds (free allows one; the org has two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_changes_a_plan() {
+    let env = Env::embedded();
+    let org = env.create_org("Plan Co", "plan-co", "pat@example.com", Some("starter"));
+    let (org_id, owner) = (
+        org["id"].as_str().unwrap(),
+        org["owner_id"].as_str().unwrap(),
+    );
+    for slug in ["one", "two"] {
+        env.cli(&[
+            "project", "create", "--org", org_id, "--name", "P", "--slug", slug,
+        ]);
+    }
+    let token = env.cli(&["token", "create", "--user", owner, "--ttl", "10m"]);
+    let token = token["token"].as_str().unwrap().to_owned();
+    let server = spawn_app_in(&env).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .patch(server.url(&format!("/v1/orgs/{org_id}")))
+        .bearer_auth(&token)
+        .json(&json!({"plan": "free"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "plan_change_forbidden", "{body}");
+
+    let refused = env.cli_raw(&["org", "set-plan", "--org", org_id, "--plan", "free"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("allows 1 projects") && err.contains("has 2"),
+        "{err}"
+    );
+    let bad = env.cli_raw(&["org", "set-plan", "--org", org_id, "--plan", "gold"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--plan must be"));
+
+    let moved = env.cli(&["org", "set-plan", "--org", org_id, "--plan", "pro"]);
+    assert_eq!(moved["plan"], "pro", "{moved}");
+    let r = client
+        .get(server.url(&format!("/v1/orgs/{org_id}/audit?action=org.update")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let audit: Value = r.json().await.unwrap();
+    let records = audit["records"].as_array().unwrap();
+    let by_cli: Vec<&Value> = records.iter().filter(|r| r["actor"] == "cli").collect();
+    assert_eq!(by_cli.len(), 1, "{audit}");
+    assert_eq!(by_cli[0]["before"]["plan"], "starter");
+    assert_eq!(by_cli[0]["after"]["plan"], "pro");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["actor"] == owner && r["outcome"] != "allowed")
+    );
+    server.stop().await.unwrap();
+}
+
 /// The life of an org through the server: an invitation accepted once, a project archived,
 /// the key's last use flushed to the store and listed, and the org deleted, after which
 /// its routes are 404 and its key is refused by ingest.
