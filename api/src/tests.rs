@@ -27,8 +27,8 @@ pub(crate) fn t(s: &str) -> DateTime<Utc> {
 }
 
 const NOW: &str = "2026-11-26T12:30:00Z";
-const READ_KEY: &str = "tk_test_read";
-const WRITE_KEY: &str = "tk_test_write";
+const READ_KEY: &str = "tk_test_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
+const WRITE_KEY: &str = "tk_test_10fd874b68dad080ed706762c8e163dabb20514bddae38fb159c56f714a3b143";
 
 fn org(s: &str) -> OrgId {
     OrgId::parse(s).unwrap()
@@ -36,7 +36,7 @@ fn org(s: &str) -> OrgId {
 
 fn key(secret: &str, scopes: &[KeyScope]) -> ApiKey {
     ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", secret.len())).unwrap(),
+        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 12..])).unwrap(),
         org_id: org("org_a"),
         name: secret.into(),
         hash: KeyHash::of_secret(secret),

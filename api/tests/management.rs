@@ -34,8 +34,8 @@ use tally_api::*;
 use tally_core::MeterCatalogue;
 
 const NOW: &str = "2026-11-26T12:30:00Z";
-const KEY_A: &str = "tk_test_key_of_org_a";
-const KEY_B: &str = "tk_test_key_of_org_b";
+const KEY_A: &str = "tk_test_a88b9b7c672fb38c5270af4721bd209c3d58beb6ebe1e76eb10a76817dc76491";
+const KEY_B: &str = "tk_test_9960a17fc76af7594b9ffb54aae98c384dd7c65d182cf60746f79ea492af8643";
 /// The token of org A's pending invitation (to `invitee@example.com`, as a member).
 const INVITE_A: &str = "tinv_invitation_of_org_a";
 /// The token of org B's pending invitation (to `invitee@example.com`, as a member).
@@ -422,7 +422,7 @@ async fn tenant_isolation_every_route() {
         "prj_beta1",
         "key_beta1",
         "usr_bowner",
-        "tk_test_key",
+        "tk_test_2c70e12b7a0646f92279f427c7b38e7334d8e5389cff167a1dc30e73f826b683",
         "inv_beta1",
     ];
     let mut credentials: Vec<(String, String)> = ROLES

@@ -282,6 +282,20 @@ pub fn api_key_secret(mode: KeyMode, random: [u8; 32]) -> String {
     format!("{}{}", mode.prefix(), hex::encode(random))
 }
 
+/// Whether `secret` has the shape of a key [`api_key_secret`] makes: a mode prefix and 64
+/// lowercase hex digits. Checked before any lookup, so an invented credential costs no
+/// store read and no cache slot.
+pub fn looks_like_key(secret: &str) -> bool {
+    [KeyMode::Live, KeyMode::Test].iter().any(|m| {
+        secret.strip_prefix(m.prefix()).is_some_and(|rest| {
+            rest.len() == 64
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    })
+}
+
 /// Longest secret accepted in an `Authorization` header; anything longer cannot be a key and
 /// is refused before hashing.
 pub const MAX_KEY_SECRET_LEN: usize = 128;
@@ -540,6 +554,24 @@ impl AuditPage {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_key_shaped_secrets_are_looked_up() {
+        let live = api_key_secret(KeyMode::Live, [7; 32]);
+        let test = api_key_secret(KeyMode::Test, [255; 32]);
+        assert!(looks_like_key(&live) && looks_like_key(&test));
+        for bad in [
+            "",
+            "tk_live_",
+            "nonsense",
+            &live[..live.len() - 1],
+            &format!("{live}0"),
+            &live.to_uppercase(),
+            &live.replace("tk_live_", "tk_prod_"),
+        ] {
+            assert!(!looks_like_key(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

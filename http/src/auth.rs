@@ -1,8 +1,9 @@
 //! API-key authentication, shared by every Tally API that accepts keys.
 //!
 //! A caller sends `Authorization: Bearer <secret>`. The secret is refused before hashing
-//! when it is longer than [`MAX_KEY_SECRET_LEN`] (nothing that long can be a key, and hashing
-//! attacker-sized input is wasted work), then looked up by its SHA-256 in one
+//! when it is longer than [`MAX_KEY_SECRET_LEN`] or not shaped like a key (a mode prefix and
+//! 64 hex digits, [`looks_like_key`]): an invented credential costs no hashing, no store read
+//! and no cache slot. A key-shaped secret is then looked up by its SHA-256 in one
 //! [`ApiKeyStore::find_api_key`] call. Missing, unknown, revoked and expired keys are `401`;
 //! a key without the route's scope is `403`.
 //!
@@ -23,7 +24,7 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use tally_core::ports::{ApiKeyStore, Clock};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN, looks_like_key};
 
 use crate::error::ApiError;
 use crate::keys::KeyCache;
@@ -68,7 +69,7 @@ impl KeyAuth {
     /// Finds the active key whose secret is `secret`: `401` when it is too long, unknown,
     /// revoked or expired; `503`/`500` when the store fails.
     pub async fn authenticate(&self, secret: &str) -> Result<ApiKey, ApiError> {
-        if secret.is_empty() || secret.len() > MAX_KEY_SECRET_LEN {
+        if secret.len() > MAX_KEY_SECRET_LEN || !looks_like_key(secret) {
             return Err(ApiError::Unauthorized("the API key is not valid".into()));
         }
         let hash = KeyHash::of_secret(secret);

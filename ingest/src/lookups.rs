@@ -81,6 +81,9 @@ impl Lookups {
             .get_org(org)
             .instrument(tracing::debug_span!("get_org"))
             .await?
+            // A deleted org has no plan: its keys are refused even if a deletion stopped
+            // before revoking them all.
+            .filter(|o| o.deleted_at.is_none())
             .map(|o| o.plan);
         self.orgs
             .insert_for(org.clone(), plan, self.org_ttl, self.clock.now());

@@ -46,15 +46,17 @@ fn t(s: &str) -> DateTime<Utc> {
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 /// `events:write` key of org_a (pro plan).
-const GOOD_KEY: &str = "tk_test_good";
+const GOOD_KEY: &str = "tk_test_770e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
 /// `usage:read` only.
-const READ_KEY: &str = "tk_test_read";
-const REVOKED_KEY: &str = "tk_test_revoked";
-const EXPIRED_KEY: &str = "tk_test_expired";
+const READ_KEY: &str = "tk_test_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
+const REVOKED_KEY: &str =
+    "tk_test_4bb47f186df233e48b09d241ee4defb821add0c35ac8311469fe1522c6813dd5";
+const EXPIRED_KEY: &str =
+    "tk_test_fa64ea1e82e1206f828ab2a02917c7e92accb98e3b95881a1b4ad52b914b66e3";
 /// `events:write` key of org_f (free plan: 10 events/s, burst 20, hard limits).
-const FREE_KEY: &str = "tk_test_free";
+const FREE_KEY: &str = "tk_test_ad95d5fa651ba86d8923fe1238d24a4f1988a752acfe426ac72ac7c04471bc17";
 /// Key of an org that was deleted (which revoked it).
-const ORPHAN_KEY: &str = "tk_test_orphan";
+const ORPHAN_KEY: &str = "tk_test_88f6811ab5d8fc6d3177f9b7609ae0fcebfda187e5046b62d38bb539e88b74d7";
 
 fn ms(n: i64) -> TimeDelta {
     TimeDelta::milliseconds(n)
@@ -112,7 +114,7 @@ fn month(s: &str) -> Month {
 
 fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
     ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", secret.trim_start_matches("tk_test_"))).unwrap(),
+        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap(),
         org_id: org(org_id),
         name: secret.into(),
         hash: KeyHash::of_secret(secret),
@@ -620,6 +622,23 @@ async fn events_older_than_the_previous_month_are_refused() {
     assert_eq!(a.json["rejected"][0]["error"]["code"], "period_closed");
 }
 
+/// An org marked deleted whose keys were not (yet) revoked: ingest refuses the key, naming
+/// the org as gone, and queues nothing.
+#[tokio::test]
+async fn a_deleted_orgs_live_key_is_refused() {
+    let h = Harness::new().await;
+    assert!(h.store.plant_deleted_org(&org("org_a"), t(NOW)));
+    let a = h.batch(GOOD_KEY, vec![ev("after-delete")]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.json);
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists")
+    );
+    assert!(h.mem.published.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
     let h = Harness::new().await;
@@ -827,7 +846,7 @@ async fn bad_keys_are_401_and_missing_scope_403() {
     let body = || ev("e").to_string();
     for key in [
         None,
-        Some("tk_test_unknown"),
+        Some("tk_test_b23a6a8439c0dde5515893e7c90c1e3233b8616e634470f20dc4928bcf3609bc"),
         Some(REVOKED_KEY),
         Some(EXPIRED_KEY),
         Some(ORPHAN_KEY),
@@ -899,7 +918,11 @@ async fn a_revocation_time_on_the_cached_key_is_exact() {
         .await
         .unwrap();
     // A rotation with a 3 s overlap: the old key expires then.
-    let successor = key("tk_test_freenext", "org_f", &[KeyScope::EventsWrite]);
+    let successor = key(
+        "tk_test_bbee0bbb95d9308643cc605bcc203d27940d58865aefe7e08690101ab532ff5b",
+        "org_f",
+        &[KeyScope::EventsWrite],
+    );
     h.store
         .rotate_api_key(&key_id(FREE_KEY), &successor, t(NOW) + secs(3))
         .await
@@ -922,16 +945,44 @@ async fn a_revocation_time_on_the_cached_key_is_exact() {
     assert_eq!(h.store.calls(Op::FindApiKey), 2, "no store read needed");
 }
 
+/// A credential that is not shaped like a key (a mode prefix and 64 hex digits) is refused
+/// before any lookup: no store read, no cache slot, however many times it is sent.
+#[tokio::test]
+async fn invented_credentials_cost_no_lookup() {
+    let h = Harness::new().await;
+    for secret in [
+        "nonsense",
+        "tk_test_short",
+        "tk_live_ZZZZ",
+        &"x".repeat(120),
+    ] {
+        for _ in 0..20 {
+            let a = h.post(Some(secret), ev("e").to_string()).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{secret}");
+        }
+    }
+    assert_eq!(h.store.calls(Op::FindApiKey), 0);
+}
+
 #[tokio::test]
 async fn unknown_keys_are_cached_briefly() {
     let h = Harness::new().await;
     for _ in 0..50 {
-        let a = h.post(Some("tk_test_flood"), ev("e").to_string()).await;
+        let a = h
+            .post(
+                Some("tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b"),
+                ev("e").to_string(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(h.store.calls(Op::FindApiKey), 1);
     h.advance(secs(2));
-    h.post(Some("tk_test_flood"), ev("e").to_string()).await;
+    h.post(
+        Some("tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b"),
+        ev("e").to_string(),
+    )
+    .await;
     assert_eq!(h.store.calls(Op::FindApiKey), 2, "miss TTL is 2 s");
 }
 
@@ -943,7 +994,11 @@ async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
     h.post(Some(GOOD_KEY), ev("b").to_string()).await;
     h.post(Some(FREE_KEY), fev("c", "api_calls", 1).to_string())
         .await;
-    h.post(Some("tk_test_unknown"), ev("d").to_string()).await;
+    h.post(
+        Some("tk_test_b23a6a8439c0dde5515893e7c90c1e3233b8616e634470f20dc4928bcf3609bc"),
+        ev("d").to_string(),
+    )
+    .await;
     let used: Vec<_> = h
         .ingest
         .key_cache()

@@ -122,6 +122,20 @@ impl MemoryStore {
         };
     }
 
+    /// Marks `org` deleted at `at` and does nothing else: the state a crash leaves between
+    /// the two steps of a deletion that revokes keys separately (DynamoDB's, before it was
+    /// made one transaction). For tests that every reader refuses a deleted org's live keys.
+    /// `false` if there is no such org.
+    pub fn plant_deleted_org(&self, org: &OrgId, at: DateTime<Utc>) -> bool {
+        match self.lock().orgs.get_mut(org) {
+            Some(o) => {
+                o.deleted_at = Some(at);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// How many times `op` was called on any handle of this store, failed calls included.
     pub fn calls(&self, op: Op) -> usize {
         self.lock().calls.get(&op).copied().unwrap_or(0)
