@@ -3,9 +3,13 @@
 //!
 //! A token is signed with HS256 (a shared secret of at least [`MIN_SECRET_LEN`] bytes) or
 //! RS256 (the server holds only the RSA public key, in PEM) as [`JwtConfig`] says. Its
-//! claims are `sub` (the user id), `iat` and `exp` (Unix seconds). Expiry is checked
-//! against the API's [`Clock`](tally_core::ports::Clock), with [`LEEWAY_SECS`] of leeway,
-//! so tests need no sleeping. Only the configured algorithm is accepted (no `alg: none`, no
+//! claims are `sub` (the user id), `iss` and `aud`, `iat` and `exp` (Unix seconds), and an
+//! optional `nbf`. Tally's own tokens (HS256) are pinned to issuer [`ISSUER`] and audience
+//! [`AUDIENCE`]; an RS256 issuer's `iss` and `aud` are checked when configured
+//! ([`JwtConfig::with_issuer`]). Time is checked against the API's
+//! [`Clock`](tally_core::ports::Clock), with [`LEEWAY_SECS`] of leeway, so tests need no
+//! sleeping: `exp` must be ahead, `iat` and `nbf` not ahead, and a token may not live longer
+//! than [`MAX_TTL_SECS`] (`exp - iat`), so a leaked token is good for a day at most. Only the configured algorithm is accepted (no `alg: none`, no
 //! HS/RS confusion). [`JwtConfig::mint`] signs tokens for `tally token create`; it needs
 //! the HS256 secret (an RS256 server only verifies).
 
@@ -21,8 +25,15 @@ use crate::http::ApiError;
 /// Shortest HS256 secret accepted, in bytes (the hash's output size).
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// Seconds of clock skew tolerated on `exp`.
+/// Seconds of clock skew tolerated on `exp`, `iat` and `nbf`.
 pub const LEEWAY_SECS: i64 = 30;
+/// The `iss` of the tokens Tally mints, required of every HS256 token.
+pub const ISSUER: &str = "tally";
+/// The `aud` of the tokens Tally mints (its management API), required of every HS256 token.
+pub const AUDIENCE: &str = "tally-api";
+/// The longest a token may live, `exp - iat`: a day. `tally token create --ttl` is refused
+/// past it, and a token claiming more is refused however it was signed.
+pub const MAX_TTL_SECS: i64 = 24 * 3600;
 
 /// Why a JWT configuration or a token could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +50,9 @@ pub enum JwtError {
     /// Signing failed.
     #[error("cannot sign the token: {0}")]
     Signing(String),
+    /// The lifetime asked for is not positive or longer than [`MAX_TTL_SECS`].
+    #[error("a token lives more than 0 seconds and at most {MAX_TTL_SECS} seconds (a day)")]
+    BadTtl,
 }
 
 /// The claims Tally reads and writes.
@@ -46,8 +60,17 @@ pub enum JwtError {
 pub struct Claims {
     /// The user id.
     pub sub: String,
+    /// Who issued it ([`ISSUER`] for Tally's own tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Whom it is for ([`AUDIENCE`] for Tally's own tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
     /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Not valid before, Unix seconds, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// Expires at, Unix seconds.
     pub exp: i64,
 }
@@ -58,6 +81,8 @@ pub struct JwtConfig {
     algorithm: Algorithm,
     decoding: DecodingKey,
     encoding: Option<EncodingKey>,
+    /// The `iss` and `aud` a token must carry, when pinned.
+    pinned: Option<(String, String)>,
 }
 
 impl fmt::Debug for JwtConfig {
@@ -78,6 +103,7 @@ impl JwtConfig {
             algorithm: Algorithm::HS256,
             decoding: DecodingKey::from_secret(secret),
             encoding: Some(EncodingKey::from_secret(secret)),
+            pinned: Some((ISSUER.to_owned(), AUDIENCE.to_owned())),
         })
     }
 
@@ -90,7 +116,14 @@ impl JwtConfig {
             algorithm: Algorithm::RS256,
             decoding,
             encoding: None,
+            pinned: None,
         })
+    }
+
+    /// Requires `iss` and `aud` to be exactly these (an RS256 issuer's values).
+    pub fn with_issuer(mut self, issuer: &str, audience: &str) -> Self {
+        self.pinned = Some((issuer.to_owned(), audience.to_owned()));
+        self
     }
 
     /// Signs a token for `user`, valid from `now` for `ttl`.
@@ -101,9 +134,19 @@ impl JwtConfig {
         ttl: chrono::Duration,
     ) -> Result<String, JwtError> {
         let key = self.encoding.as_ref().ok_or(JwtError::CannotSign)?;
+        if ttl <= chrono::Duration::zero() || ttl.num_seconds() > MAX_TTL_SECS {
+            return Err(JwtError::BadTtl);
+        }
+        let (iss, aud) = match &self.pinned {
+            Some((i, a)) => (Some(i.clone()), Some(a.clone())),
+            None => (None, None),
+        };
         let claims = Claims {
             sub: user.to_string(),
+            iss,
+            aud,
             iat: now.timestamp(),
+            nbf: None,
             exp: (now + ttl).timestamp(),
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
@@ -115,18 +158,43 @@ impl JwtConfig {
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<UserId, ApiError> {
         let invalid = || ApiError::Unauthorized("the bearer token is not valid".into());
         let mut validation = Validation::new(self.algorithm);
-        // Expiry is checked below against the API's clock, not the system's.
+        // Time is checked below against the API's clock, not the system's.
         validation.validate_exp = false;
-        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| (*s).to_owned()).collect();
+        validation.validate_nbf = false;
+        let mut required = vec!["exp", "sub", "iat"];
+        match &self.pinned {
+            Some((iss, aud)) => {
+                validation.set_issuer(&[iss]);
+                validation.set_audience(&[aud]);
+                required.extend(["iss", "aud"]);
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.required_spec_claims = required.iter().map(|s| (*s).to_owned()).collect();
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
                 tracing::debug!(error = %e, "JWT refused");
                 invalid()
             })?;
-        if data.claims.exp.saturating_add(LEEWAY_SECS) <= now.timestamp() {
+        let c = &data.claims;
+        let now = now.timestamp();
+        if c.exp.saturating_add(LEEWAY_SECS) <= now {
             return Err(ApiError::Unauthorized(
                 "the bearer token has expired".into(),
             ));
+        }
+        if c.iat.saturating_sub(LEEWAY_SECS) > now
+            || c.nbf.is_some_and(|n| n.saturating_sub(LEEWAY_SECS) > now)
+        {
+            return Err(ApiError::Unauthorized(
+                "the bearer token is not valid yet".into(),
+            ));
+        }
+        if c.exp.saturating_sub(c.iat) > MAX_TTL_SECS {
+            return Err(ApiError::Unauthorized(format!(
+                "the bearer token lives longer than {} hours; mint a shorter one",
+                MAX_TTL_SECS / 3600
+            )));
         }
         UserId::parse(&data.claims.sub).map_err(|_| invalid())
     }
@@ -189,6 +257,60 @@ mod tests {
         let hs = JwtConfig::hs256(public).unwrap();
         let confused = hs.mint(&user, now, chrono::Duration::hours(1)).unwrap();
         assert!(cfg.verify(&confused, now).is_err());
+    }
+
+    /// Signs arbitrary claims with the HS256 test secret, as a forger holding it (or a
+    /// buggy minter) would.
+    fn forge(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&[7; 32]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn issuer_audience_time_and_lifetime_are_checked() {
+        let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
+        let now = t("2026-11-26T12:00:00Z");
+        let at = now.timestamp();
+        let good = serde_json::json!({"sub": "usr_ann", "iss": ISSUER, "aud": AUDIENCE, "iat": at, "exp": at + 600});
+        assert!(cfg.verify(&forge(&good), now).is_ok());
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = good.clone();
+            c[k] = v;
+            forge(&c)
+        };
+        let without = |k: &str| {
+            let mut c = good.clone();
+            c.as_object_mut().unwrap().remove(k);
+            forge(&c)
+        };
+        for (what, token) in [
+            ("another issuer", with("iss", "evil".into())),
+            ("another audience", with("aud", "billing".into())),
+            ("no issuer", without("iss")),
+            ("no audience", without("aud")),
+            ("no iat", without("iat")),
+            ("issued in the future", with("iat", (at + 3600).into())),
+            ("not valid before later", with("nbf", (at + 3600).into())),
+            ("a year long", with("exp", (at + 365 * 86400).into())),
+        ] {
+            let e = cfg.verify(&token, now).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::UNAUTHORIZED, "{what}");
+        }
+        // Minting is bounded the same way.
+        let user = UserId::parse("usr_ann").unwrap();
+        assert_eq!(
+            cfg.mint(&user, now, chrono::Duration::days(2)),
+            Err(JwtError::BadTtl)
+        );
+        assert_eq!(
+            cfg.mint(&user, now, chrono::Duration::zero()),
+            Err(JwtError::BadTtl)
+        );
+        assert!(cfg.mint(&user, now, chrono::Duration::hours(24)).is_ok());
     }
 
     #[test]

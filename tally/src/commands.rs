@@ -101,7 +101,7 @@ pub enum TokenCommand {
         /// The user's id (usr_…).
         #[arg(long)]
         user: String,
-        /// How long the token is valid (e.g. 90s, 30m, 1h, 2d).
+        /// How long the token is valid (e.g. 90s, 30m, 1h), at most a day.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: std::time::Duration,
     },

@@ -93,7 +93,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
 
 /// The JWT configuration `serve` verifies with and `token create` signs with, the same for
-/// both: RS256 with the PEM public key at `TALLY_JWT_PUBLIC_KEY` (verification only); else
+/// both: RS256 with the PEM public key at `TALLY_JWT_PUBLIC_KEY` (verification only; with
+/// `TALLY_JWT_ISSUER` and `TALLY_JWT_AUDIENCE` set, tokens must carry exactly those); else
 /// HS256 with `TALLY_JWT_SECRET` (at least 32 bytes); else HS256 with a secret generated
 /// once and kept in `<data>/jwt-secret` (0600).
 pub fn jwt_config(common: &Common) -> anyhow::Result<JwtConfig> {
@@ -104,7 +105,13 @@ pub fn jwt_config(common: &Common) -> anyhow::Result<JwtConfig> {
                 Path::new(&path).display()
             )
         })?;
-        return JwtConfig::rs256_public_pem(&pem).context("TALLY_JWT_PUBLIC_KEY");
+        let config = JwtConfig::rs256_public_pem(&pem).context("TALLY_JWT_PUBLIC_KEY")?;
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        return match (var("TALLY_JWT_ISSUER"), var("TALLY_JWT_AUDIENCE")) {
+            (Some(iss), Some(aud)) => Ok(config.with_issuer(&iss, &aud)),
+            (None, None) => Ok(config),
+            _ => anyhow::bail!("set both TALLY_JWT_ISSUER and TALLY_JWT_AUDIENCE, or neither"),
+        };
     }
     if let Some(secret) = std::env::var_os("TALLY_JWT_SECRET").filter(|v| !v.is_empty()) {
         let secret = secret

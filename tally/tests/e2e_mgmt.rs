@@ -23,6 +23,13 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
     let token = token["token"].as_str().unwrap().to_owned();
     let refused = env.cli_raw(&["token", "create", "--user", "usr_nobody"]);
     assert!(!refused.status.success());
+    // A token lives a day at most.
+    let long = env.cli_raw(&["token", "create", "--user", owner, "--ttl", "2d"]);
+    assert!(!long.status.success());
+    assert!(
+        String::from_utf8_lossy(&long.stderr).contains("at most"),
+        "{long:?}"
+    );
 
     let server = spawn_app_in(&env).await;
     let client = reqwest::Client::new();
