@@ -285,6 +285,11 @@ pub struct ApiState {
     /// The plans of the process's catalogue: the user and project caps the API enforces
     /// and the allowances the usage summary shows. A plan missing here is the built-in one.
     pub plans: Arc<BTreeMap<PlanId, Plan>>,
+    /// How many proxies in front of this server append to `X-Forwarded-For` and are
+    /// trusted to: the client address audit records show is the entry the outermost of
+    /// them saw. 0 (the default): the connection's peer, and the header is ignored, since
+    /// any client can write it.
+    pub trusted_proxies: usize,
 }
 
 impl ApiState {
@@ -302,6 +307,7 @@ impl ApiState {
             clock,
             jwt: None,
             plans: Arc::new(BTreeMap::new()),
+            trusted_proxies: 0,
         }
     }
 
@@ -315,6 +321,12 @@ impl ApiState {
     /// it) instead of the built-in ones.
     pub fn with_plans(mut self, plans: BTreeMap<PlanId, Plan>) -> Self {
         self.plans = Arc::new(plans);
+        self
+    }
+
+    /// Trusts `n` proxies' `X-Forwarded-For` entries (see [`ApiState::trusted_proxies`]).
+    pub fn with_trusted_proxies(mut self, n: usize) -> Self {
+        self.trusted_proxies = n;
         self
     }
 

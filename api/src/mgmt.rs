@@ -136,23 +136,27 @@ impl IntoResponse for MgmtError {
 /// Where a request came from, for audit records.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
-    /// `X-Forwarded-For`'s first address, else the peer address.
+    /// The client's address as [`ApiState::trusted_proxies`] says to find it.
     pub ip: Option<String>,
     /// The `User-Agent`, clipped to [`MAX_USER_AGENT`] characters.
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+impl FromRequestParts<ApiState> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let forwarded = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let forwarded: Vec<&str> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().chars().take(64).collect::<String>())
-            .filter(|v| !v.is_empty());
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -163,10 +167,26 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(MAX_USER_AGENT).collect());
         Ok(RequestMeta {
-            ip: forwarded.or(peer),
+            ip: client_ip(&forwarded, peer, state.trusted_proxies),
             user_agent,
         })
     }
+}
+
+/// The client's address: with `trusted` proxies in front, the `X-Forwarded-For` entry the
+/// outermost of them appended (the `trusted`-th from the right; entries left of it are the
+/// client's own words); with none, the peer. An entry that is not an IP address is not
+/// believed.
+fn client_ip(forwarded: &[&str], peer: Option<String>, trusted: usize) -> Option<String> {
+    if trusted == 0 {
+        return peer;
+    }
+    let at = forwarded.len().saturating_sub(trusted);
+    forwarded
+        .get(at)
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .or(peer)
 }
 
 /// What a successful change answers, and what its audit record shows.
@@ -309,7 +329,15 @@ impl Mutation<'_> {
         } = self;
         let result = match caller.authorize(state, org, action).await {
             Ok(auth) => work(auth).await,
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                if matches!(e, ApiError::NotFound { .. } | ApiError::Unauthorized(_)) {
+                    // Not a member (or no valid credential): the org's trail is its members'
+                    // business, so a stranger's probe is a server event, not a record there.
+                    tracing::warn!(org, action = action.as_str(), actor = %audit.actor, ip = ?audit.meta.ip, "refused a caller outside the org");
+                    audit.org = None;
+                }
+                Err(e.into())
+            }
         };
         let result = result.map(|c| {
             audit.before = c.before;
@@ -468,4 +496,24 @@ pub(crate) fn field_error(e: tally_core::tenant::FieldError) -> MgmtError {
 /// `v` as JSON for an audit record (`None` if it does not serialize, which our types do).
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::client_ip;
+
+    #[test]
+    fn only_trusted_proxies_entries_are_believed() {
+        let peer = || Some("10.0.0.9".to_owned());
+        let xff = ["6.6.6.6", "1.2.3.4", "10.0.0.2"];
+        assert_eq!(client_ip(&xff, peer(), 0).as_deref(), Some("10.0.0.9"));
+        assert_eq!(client_ip(&xff, peer(), 1).as_deref(), Some("10.0.0.2"));
+        assert_eq!(client_ip(&xff, peer(), 2).as_deref(), Some("1.2.3.4"));
+        assert_eq!(client_ip(&xff, peer(), 5).as_deref(), Some("6.6.6.6"));
+        assert_eq!(
+            client_ip(&["not an ip"], peer(), 1).as_deref(),
+            Some("10.0.0.9")
+        );
+        assert_eq!(client_ip(&[], None, 1), None);
+    }
 }

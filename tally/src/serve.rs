@@ -91,6 +91,8 @@ pub fn router(
     jwt: Option<JwtConfig>,
     catalogue: &Catalogue,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
+    // A malformed value is reported when `tally serve` starts (see `run`); here it is 0.
+    let trusted_proxies = crate::settings::trusted_proxies().unwrap_or(0);
     let meters = Arc::new(catalogue.meter_catalogue());
     let plans = catalogue.core_plans();
     let ingest = tally_ingest::Ingest::new(
@@ -115,6 +117,7 @@ pub fn router(
         clock,
         jwt: jwt.map(Arc::new),
         plans: Arc::new(plans),
+        trusted_proxies,
     });
     let router = ingest.merge(api).route(
         "/healthz",
@@ -195,6 +198,8 @@ impl App {
     pub async fn open(common: &Common, settings: Settings) -> anyhow::Result<App> {
         let backends = backend::open(common).await?;
         let jwt = jwt_config(common)?;
+        // Checked here so a bad value stops `tally serve` with its reason.
+        crate::settings::trusted_proxies()?;
         let catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,

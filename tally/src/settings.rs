@@ -89,6 +89,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// How many proxies in front of `tally serve` append to `X-Forwarded-For` and are trusted
+/// to (`TALLY_TRUSTED_PROXIES`, default 0: audit records show the connection's peer and the
+/// header, which any client can write, is ignored).
+pub fn trusted_proxies() -> anyhow::Result<usize> {
+    match std::env::var("TALLY_TRUSTED_PROXIES") {
+        Err(_) => Ok(0),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 8)
+            .with_context(|| {
+                format!("TALLY_TRUSTED_PROXIES must be a number from 0 to 8, got {v:?}")
+            }),
+    }
+}
+
 /// File under `--data` holding the generated HS256 secret (hex, mode 0600).
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
 

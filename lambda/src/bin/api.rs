@@ -29,7 +29,9 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(SystemClock),
         )
         .with_jwt(jwt)
-        .with_plans(catalogue.core_plans()),
+        .with_plans(catalogue.core_plans())
+        // API Gateway appends the address it was reached from to X-Forwarded-For.
+        .with_trusted_proxies(1),
     );
     handlers::http::serve(router, telemetry)
         .await
