@@ -1,0 +1,132 @@
+//! `tally reconcile` seen to catch drift: usage is posted and counted through the app, then
+//! the SQLite store file is edited behind Tally's back the three ways counters can drift (a
+//! changed value, a missing counter, a counter the ledger knows nothing about), and each is
+//! named, with exit status 3. A reconcile that always said "no drift" fails here.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use chrono::{Datelike, Utc};
+use common::*;
+use serde_json::Value;
+
+fn reconcile(env: &Env, period: &str) -> (Option<i32>, Value) {
+    let out = env.cli_raw(&["reconcile", "--period", period]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report)
+}
+
+/// The drifted counters as (meter, project or "", granularity, expected, stored).
+fn drifted(report: &Value) -> Vec<(String, String, String, String, Value)> {
+    report["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let c = &d["counter"];
+            (
+                c["meter"].as_str().unwrap().to_owned(),
+                c["project"].as_str().unwrap_or("").to_owned(),
+                c["granularity"].as_str().unwrap().to_owned(),
+                d["expected"].as_str().unwrap().to_owned(),
+                d["stored"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_names_each_kind_of_drift_and_exits_3() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "drift-co");
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    let now = Utc::now();
+    let period = format!("{}-{:02}", now.year(), now.month());
+    let at = now.to_rfc3339();
+    let server = spawn_app_in(&env).await;
+    let client = reqwest::Client::new();
+    post_accepted(
+        &client,
+        &server,
+        &tenant.key,
+        vec![
+            compute_minutes("c1", p0, "7.5", &at),
+            compute_minutes("c2", p1, "2", &at),
+        ],
+    )
+    .await;
+    wait_for_month(&client, &server, &tenant.key, &period, "9.5").await;
+    server.stop().await.unwrap();
+
+    let (code, report) = reconcile(&env, &period);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["drift"], serde_json::json!([]));
+
+    let db = rusqlite::Connection::open(env.data().join("tally.db")).unwrap();
+    // 1. A changed counter: project 0's cells say 100 instead of 7.5.
+    let changed = db
+        .execute(
+            "UPDATE cells SET value = '100' WHERE org = ?1 AND project = ?2",
+            [&tenant.org, p0],
+        )
+        .unwrap();
+    assert!(changed > 0);
+    let (code, report) = reconcile(&env, &period);
+    assert_eq!(code, Some(3), "{report}");
+    let d = drifted(&report);
+    assert!(
+        d.iter().any(|(m, p, g, want, have)| m == "compute_minutes"
+            && p == p0
+            && g == "month"
+            && want == "7.5"
+            && have == "100"),
+        "{d:?}"
+    );
+
+    // 2. A missing counter: project 1's cells are gone.
+    db.execute(
+        "DELETE FROM cells WHERE org = ?1 AND project = ?2",
+        [&tenant.org, p1],
+    )
+    .unwrap();
+    let (code, report) = reconcile(&env, &period);
+    assert_eq!(code, Some(3));
+    let d = drifted(&report);
+    assert!(
+        d.iter().any(|(m, p, g, want, have)| m == "compute_minutes"
+            && p == p1
+            && g == "month"
+            && want == "2"
+            && have.is_null()),
+        "{d:?}"
+    );
+
+    // 3. An extra counter: bandwidth nobody sent, copied from a compute cell.
+    let extra = db
+        .execute(
+            "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
+             SELECT org, 'bandwidth_bytes', span, start, project, kind, '5', latest_at
+             FROM cells WHERE org = ?1 AND project = ?2",
+            [&tenant.org, p0],
+        )
+        .unwrap();
+    assert!(extra > 0);
+    let (code, report) = reconcile(&env, &period);
+    assert_eq!(code, Some(3));
+    let d = drifted(&report);
+    assert!(
+        d.iter().any(|(m, p, g, want, have)| m == "bandwidth_bytes"
+            && p == p0
+            && g == "month"
+            && want == "0"
+            && have == "5"),
+        "{d:?}"
+    );
+    // Every kind is reported at once, and for the org-wide counters too.
+    assert!(d.iter().any(|(m, p, ..)| m == "compute_minutes" && p == p1));
+    assert!(
+        d.iter()
+            .any(|(m, p, ..)| m == "compute_minutes" && p.is_empty())
+    );
+}
