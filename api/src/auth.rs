@@ -13,7 +13,7 @@
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use tally_core::ids::{OrgId, UserId};
+use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::tenant::{ApiKey, KeyScope, Role};
 
 use crate::ApiState;
@@ -41,6 +41,38 @@ pub struct Authorized {
     pub role: Role,
 }
 
+/// Who reads usage: the org, and the user with their role when a user token reads it (an
+/// API key reads all of its org's usage).
+#[derive(Debug, Clone)]
+pub struct UsageReader {
+    /// The org whose usage is read.
+    pub org: OrgId,
+    /// The user and role, for a user token.
+    pub user: Option<Authorized>,
+}
+
+impl UsageReader {
+    /// Whether the reader may see `project`'s usage: API keys, owners and admins see every
+    /// project; members and viewers the ones they are on, as the project routes show them.
+    pub async fn may_read_project(
+        &self,
+        state: &ApiState,
+        project: &ProjectId,
+    ) -> Result<bool, ApiError> {
+        let Some(auth) = &self.user else {
+            return Ok(true);
+        };
+        match auth.role {
+            Role::Owner | Role::Admin => Ok(true),
+            Role::Member | Role::Viewer => Ok(state
+                .tenants
+                .list_user_projects(&auth.org, &auth.user)
+                .await?
+                .contains(project)),
+        }
+    }
+}
+
 /// The `404` for an org the caller cannot see.
 pub fn org_not_found() -> ApiError {
     ApiError::not_found("org_id", "no such organization")
@@ -62,7 +94,7 @@ impl Caller {
         &self,
         state: &ApiState,
         requested: Option<&str>,
-    ) -> Result<OrgId, ApiError> {
+    ) -> Result<UsageReader, ApiError> {
         match self {
             Caller::ApiKey(key) => {
                 require_scope(key, KeyScope::UsageRead)?;
@@ -71,7 +103,10 @@ impl Caller {
                         "org_id",
                         "no such organization for this API key",
                     )),
-                    _ => Ok(key.org_id.clone()),
+                    _ => Ok(UsageReader {
+                        org: key.org_id.clone(),
+                        user: None,
+                    }),
                 }
             }
             Caller::User(_) => {
@@ -82,7 +117,11 @@ impl Caller {
                         "org_id is required with a user token",
                     )
                 })?;
-                Ok(self.authorize(state, org, Action::UsageRead).await?.org)
+                let auth = self.authorize(state, org, Action::UsageRead).await?;
+                Ok(UsageReader {
+                    org: auth.org.clone(),
+                    user: Some(auth),
+                })
             }
         }
     }

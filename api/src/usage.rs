@@ -89,7 +89,8 @@ pub(crate) async fn get_usage(
             format!("the query string is malformed: {}", e.body_text()),
         )
     })?;
-    let org = caller.usage_org(&state, params.org_id.as_deref()).await?;
+    let reader = caller.usage_org(&state, params.org_id.as_deref()).await?;
+    let org = reader.org.clone();
     tracing::Span::current().record("org", org.as_str());
 
     let meter = match params.meter.as_deref() {
@@ -160,7 +161,10 @@ pub(crate) async fn get_usage(
         Some(p) => {
             let id = ProjectId::parse(p)
                 .map_err(|e| ApiError::bad_request("invalid_id", "project_id", e.to_string()))?;
-            if state.tenants.get_project(&org, &id).await?.is_none() {
+            // A project the reader may not see is answered like one that does not exist.
+            if state.tenants.get_project(&org, &id).await?.is_none()
+                || !reader.may_read_project(&state, &id).await?
+            {
                 return Err(ApiError::not_found(
                     "project_id",
                     format!("project {id} not found in this organization"),

@@ -908,6 +908,63 @@ async fn usage_accepts_a_members_jwt_with_org_id() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
+/// Members and viewers read the usage of the projects they are on and no other, as the
+/// project routes show them; owners and admins (and keys) read every project's.
+#[tokio::test]
+async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
+    let mem = world(PlanId::Starter).await;
+    mem.store
+        .create_project(&Project {
+            id: ProjectId::parse("prj_alpha2").unwrap(),
+            org_id: org_id("org_a"),
+            name: "Secret".into(),
+            slug: "secret".into(),
+            created_at: t("2026-01-03T00:00:00Z"),
+            archived_at: None,
+        })
+        .await
+        .unwrap();
+    let read =
+        |project: &str| format!("/v1/usage?meter=api_calls&org_id=org_a&project_id={project}");
+    for role in [Role::Member, Role::Viewer] {
+        let bearer = token(&a_user(role));
+        let own = call(&mem, "GET", &read("prj_alpha1"), Some(&bearer), None).await;
+        assert_eq!(own.status, StatusCode::OK, "{role:?}: {}", own.text);
+        let other = call(&mem, "GET", &read("prj_alpha2"), Some(&bearer), None).await;
+        assert_eq!(
+            other.status,
+            StatusCode::NOT_FOUND,
+            "{role:?}: {}",
+            other.text
+        );
+        assert_eq!(other.json["error"]["field"], "project_id");
+        let project = call(
+            &mem,
+            "GET",
+            "/v1/orgs/org_a/projects/prj_alpha2",
+            Some(&bearer),
+            None,
+        )
+        .await;
+        assert_eq!(
+            project.status,
+            StatusCode::NOT_FOUND,
+            "the project routes agree"
+        );
+    }
+    for role in [Role::Owner, Role::Admin] {
+        let a = call(
+            &mem,
+            "GET",
+            &read("prj_alpha2"),
+            Some(&token(&a_user(role))),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{role:?}: {}", a.text);
+    }
+}
+
 #[tokio::test]
 async fn the_audit_trail_pages_newest_first_with_filters() {
     let mem = world(PlanId::Pro).await;
