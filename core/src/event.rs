@@ -65,6 +65,10 @@ pub enum ErrorCode {
     UnknownMeter,
     /// The project id is malformed or not a project of the key's org.
     UnknownProject,
+    /// The project is the org's but archived: it takes no more usage.
+    ProjectArchived,
+    /// The request names more distinct projects than one request may.
+    TooManyProjects,
     /// The event's month has been closed by billing.
     PeriodClosed,
     /// `properties` is not a small JSON object, or lacks a property the meter needs.
@@ -89,6 +93,8 @@ impl ErrorCode {
             ErrorCode::TimestampInFuture => "timestamp_in_future",
             ErrorCode::UnknownMeter => "unknown_meter",
             ErrorCode::UnknownProject => "unknown_project",
+            ErrorCode::ProjectArchived => "project_archived",
+            ErrorCode::TooManyProjects => "too_many_projects",
             ErrorCode::PeriodClosed => "period_closed",
             ErrorCode::InvalidProperties => "invalid_properties",
             ErrorCode::UnknownField => "unknown_field",

@@ -243,7 +243,7 @@ fn error_body_schema() -> Value {
         "properties": {
             "code": {
                 "type": "string",
-                "description": "snake_case reason: invalid_body, malformed_json, unauthorized, forbidden, not_found, payload_too_large, rate_limited, plan_limit_exceeded, service_unavailable, internal_error; per event: missing_field, invalid_type, invalid_id, invalid_quantity, invalid_timestamp, timestamp_in_future, unknown_meter, unknown_project, period_closed, invalid_properties, unknown_field, malformed_event, queue_unavailable, plan_limit_exceeded.",
+                "description": "snake_case reason: invalid_body, malformed_json, unauthorized, forbidden, not_found, payload_too_large, rate_limited, plan_limit_exceeded, service_unavailable, internal_error; per event: missing_field, invalid_type, invalid_id, invalid_quantity, invalid_timestamp, timestamp_in_future, unknown_meter, unknown_project, project_archived, too_many_projects, period_closed, invalid_properties, unknown_field, malformed_event, duplicate_key, queue_unavailable, plan_limit_exceeded.",
             },
             "message": {"type": "string", "description": "A human sentence."},
             "field": {"type": "string", "description": "The offending field (`body`, `events`, `quantity`, `data.quantity`, ...), when one is to blame."},
@@ -281,11 +281,11 @@ fn event_schema() -> Value {
 fn cloud_event_schema() -> Value {
     json!({
         "type": "object",
-        "description": "A structured-mode CloudEvent: id → id, type → meter, subject → project_id, time → timestamp, data.quantity → quantity, other data fields → properties. Other attributes are ignored. Errors name the CloudEvents attribute (`type`, `data.quantity`, ...).",
-        "required": ["id", "type", "subject", "time"],
+        "description": "A structured-mode CloudEvent: id → id, type → meter, subject → project_id, time → timestamp, data.quantity → quantity, other data fields → properties. specversion (1.0) and source are required; other attributes are ignored. Errors name the CloudEvents attribute (`type`, `data.quantity`, ...).",
+        "required": ["specversion", "source", "id", "type", "subject", "time"],
         "properties": {
-            "specversion": {"type": "string"},
-            "source": {"type": "string"},
+            "specversion": {"type": "string", "const": "1.0"},
+            "source": {"type": "string", "minLength": 1},
             "id": {"type": "string"},
             "type": {"type": "string", "description": "The meter."},
             "subject": {"type": "string", "description": "The project id."},

@@ -251,6 +251,34 @@ fn cloudevent_to_native(raw: &RawValue) -> Result<String, EventError> {
     }
     let attrs: HashMap<Cow<'_, str>, &RawValue> =
         serde_json::from_str(raw.get()).map_err(|_| not_object())?;
+    // The two required attributes Tally does not use are still required: a body without
+    // them is not a CloudEvent, and taking it would hide a client's mistake.
+    for (name, want) in [("specversion", Some("1.0")), ("source", None)] {
+        let value = attrs
+            .get(name)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .filter(|v| !v.is_empty());
+        match (value, want) {
+            (None, _) => {
+                return Err(EventError::new(
+                    ErrorCode::MissingField,
+                    name,
+                    format!("a CloudEvent needs the {name} attribute (a non-empty string)"),
+                ));
+            }
+            (Some(v), Some(want)) if v != want => {
+                return Err(EventError::new(
+                    ErrorCode::InvalidType,
+                    name,
+                    format!(
+                        "specversion must be \"1.0\", got {:?}",
+                        v.chars().take(16).collect::<String>()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
     let mut native: BTreeMap<&'static str, Cow<'_, RawValue>> = BTreeMap::new();
     for (ce, ours) in [
         ("id", "id"),
@@ -394,13 +422,28 @@ mod tests {
                 .unwrap()
                 .contains(r#""quantity":0.1000000000000000055"#)
         );
-        let batch = split_body(BodyFormat::CloudEventBatch, br#"[{"id":"a"}, 3]"#).unwrap();
+        let batch = split_body(
+            BodyFormat::CloudEventBatch,
+            br#"[{"specversion":"1.0","source":"/s","id":"a"}, 3, {"id":"b"},
+                {"specversion":"0.3","source":"/s"}, {"specversion":"1.0","source":""}]"#,
+        )
+        .unwrap();
         assert!(batch[0].is_ok());
         assert_eq!(
             batch[1].as_ref().unwrap_err().code,
             ErrorCode::MalformedEvent
         );
-        let bad = split_body(BodyFormat::CloudEventBatch, br#"[{"data":"text"}]"#).unwrap();
+        // specversion and source are required, specversion is 1.0, source is not empty.
+        let fields: Vec<&str> = batch[2..]
+            .iter()
+            .map(|c| c.as_ref().unwrap_err().field.as_str())
+            .collect();
+        assert_eq!(fields, ["specversion", "specversion", "source"]);
+        let bad = split_body(
+            BodyFormat::CloudEventBatch,
+            br#"[{"specversion":"1.0","source":"/s","data":"text"}]"#,
+        )
+        .unwrap();
         assert_eq!(bad[0].as_ref().unwrap_err().field, "properties");
         assert_eq!(BodyFormat::CloudEvent.client_field("properties"), "data");
         assert_eq!(BodyFormat::CloudEvent.client_field("meter"), "type");

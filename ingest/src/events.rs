@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
+
+use crate::lookups::ProjectState;
+
+/// Most distinct projects one `POST /v1/events` may name; events naming more are refused
+/// (`too_many_projects`), so a request costs at most this many project lookups.
+pub const MAX_PROJECTS_PER_REQUEST: usize = 50;
 use tally_core::plan::{Plan, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
 use tally_core::tenant::{ApiKey, KeyScope};
@@ -270,20 +276,32 @@ async fn ingest(
         }
     }
 
-    // Each distinct project and month is looked up once per request (through the caches).
-    let mut project_ok: HashMap<ProjectId, bool> = HashMap::new();
+    // Each distinct project and month is looked up once per request (through the caches),
+    // the projects concurrently and at most MAX_PROJECTS_PER_REQUEST of them: an event
+    // naming one more is refused, so one request cannot cost a thousand store reads.
+    let mut distinct: Vec<ProjectId> = Vec::new();
+    for (_, event) in &valid {
+        if distinct.len() < MAX_PROJECTS_PER_REQUEST && !distinct.contains(&event.project_id) {
+            distinct.push(event.project_id.clone());
+        }
+    }
+    let looked_up = futures_util::future::join_all(
+        distinct
+            .iter()
+            .map(|p| inner.lookups.project_in_org(org, p)),
+    )
+    .await;
+    let mut project_state: HashMap<ProjectId, ProjectState> = HashMap::new();
+    for (p, state) in distinct.into_iter().zip(looked_up) {
+        project_state.insert(p, state?);
+    }
     let mut month_closed: HashMap<Month, bool> = HashMap::new();
     for (_, event) in &valid {
-        let ok = match project_ok.get(&event.project_id) {
-            Some(ok) => *ok,
-            None => {
-                let ok = inner.lookups.project_in_org(org, &event.project_id).await?;
-                project_ok.insert(event.project_id.clone(), ok);
-                ok
-            }
-        };
         let month = Month::of(event.timestamp);
-        if ok && open_for_events(month, now) && !month_closed.contains_key(&month) {
+        if project_state.get(&event.project_id) == Some(&ProjectState::Active)
+            && open_for_events(month, now)
+            && !month_closed.contains_key(&month)
+        {
             let closed = inner.lookups.period_closed(month).await?;
             month_closed.insert(month, closed);
         }
@@ -293,15 +311,34 @@ async fn ingest(
     let mut events = Vec::with_capacity(valid.len());
     for (index, event) in valid {
         let id = Some(event.id.as_str().to_owned());
-        if project_ok.get(&event.project_id) != Some(&true) {
-            let e = EventError::new(
+        let project_error = match project_state.get(&event.project_id) {
+            Some(ProjectState::Active) => None,
+            Some(ProjectState::Archived) => Some(EventError::new(
+                ErrorCode::ProjectArchived,
+                "project_id",
+                format!(
+                    "project {} is archived and takes no more usage",
+                    event.project_id
+                ),
+            )),
+            Some(ProjectState::Missing) => Some(EventError::new(
                 ErrorCode::UnknownProject,
                 "project_id",
                 format!(
                     "{} is not a project of this API key's organization",
                     event.project_id
                 ),
-            );
+            )),
+            None => Some(EventError::new(
+                ErrorCode::TooManyProjects,
+                "project_id",
+                format!(
+                    "a request may name at most {MAX_PROJECTS_PER_REQUEST} distinct projects; \
+                     send events of the others in another request"
+                ),
+            )),
+        };
+        if let Some(e) = project_error {
             rejected.push(Rejection::of(index, id, format, e));
             continue;
         }

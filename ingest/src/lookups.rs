@@ -20,6 +20,17 @@ use tracing::Instrument;
 use crate::cache::{TtlCache, delta};
 use crate::config::CacheConfig;
 
+/// What ingest knows of a project id an event names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectState {
+    /// A live project of the key's org: its events are taken.
+    Active,
+    /// A project of the org that was archived: refused as `project_archived`.
+    Archived,
+    /// Not a project of this org (another org's, or none at all): `unknown_project`.
+    Missing,
+}
+
 /// The org, project and period caches.
 pub struct Lookups {
     orgs_store: Arc<dyn OrgStore>,
@@ -27,7 +38,7 @@ pub struct Lookups {
     usage: Arc<dyn UsageStore>,
     clock: Arc<dyn Clock>,
     orgs: TtlCache<OrgId, Option<PlanId>>,
-    projects: TtlCache<(OrgId, ProjectId), bool>,
+    projects: TtlCache<(OrgId, ProjectId), ProjectState>,
     periods: TtlCache<Month, bool>,
     org_ttl: TimeDelta,
     project_ttl: TimeDelta,
@@ -90,29 +101,33 @@ impl Lookups {
         Ok(plan)
     }
 
-    /// Whether `project` is an active (not archived) project of `org`.
+    /// Whether `project` is an active project of `org`, an archived one, or none of its.
     pub async fn project_in_org(
         &self,
         org: &OrgId,
         project: &ProjectId,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<ProjectState, StoreError> {
         let key = (org.clone(), project.clone());
-        if let Some(ok) = self.projects.get(&key, self.clock.now()) {
-            return Ok(ok);
+        if let Some(state) = self.projects.get(&key, self.clock.now()) {
+            return Ok(state);
         }
-        let ok = self
+        let state = match self
             .projects_store
             .get_project(org, project)
             .instrument(tracing::debug_span!("get_project"))
             .await?
-            .is_some_and(|p| p.org_id == *org && p.archived_at.is_none());
-        let ttl = if ok {
+        {
+            Some(p) if p.org_id == *org && p.archived_at.is_none() => ProjectState::Active,
+            Some(p) if p.org_id == *org => ProjectState::Archived,
+            _ => ProjectState::Missing,
+        };
+        let ttl = if state == ProjectState::Active {
             self.project_ttl
         } else {
             self.project_miss_ttl
         };
-        self.projects.insert_for(key, ok, ttl, self.clock.now());
-        Ok(ok)
+        self.projects.insert_for(key, state, ttl, self.clock.now());
+        Ok(state)
     }
 
     /// Whether billing has closed `month`.

@@ -639,6 +639,62 @@ async fn a_deleted_orgs_live_key_is_refused() {
     assert!(h.mem.published.lock().unwrap().is_empty());
 }
 
+/// An archived project's events are `project_archived`, not "not a project"; and a request
+/// names at most MAX_PROJECTS_PER_REQUEST distinct projects, looked up once each, the
+/// events of any further project refused as `too_many_projects` while the rest go through.
+#[tokio::test]
+async fn projects_per_request_are_bounded_and_archived_ones_say_so() {
+    let h = Harness::new().await;
+    let archived = project("prj_a2", "org_a");
+    h.store.create_project(&archived).await.ok();
+    h.store
+        .update_project(
+            &org("org_a"),
+            &archived.id,
+            &tally_core::tenant::ProjectChanges {
+                name: None,
+                archive_at: Some(t(NOW)),
+            },
+        )
+        .await
+        .unwrap();
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![with(ev("arch"), "project_id", json!("prj_a2"))],
+        )
+        .await;
+    assert_eq!(
+        a.json["rejected"][0]["error"]["code"], "project_archived",
+        "{}",
+        a.json
+    );
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "project_id");
+
+    let before = h.store.calls(Op::GetProject);
+    let max = tally_ingest::events::MAX_PROJECTS_PER_REQUEST;
+    // One real project first, then invented ones: 60 distinct in all.
+    let mut events = vec![ev("real")];
+    events.extend((0..59).map(|i| {
+        with(
+            ev(&format!("inv{i}")),
+            "project_id",
+            json!(format!("prj_invented{i}")),
+        )
+    }));
+    let a = h.batch(GOOD_KEY, events).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.json["accepted"], 1);
+    let codes = a.rejected_codes();
+    let too_many = codes
+        .iter()
+        .filter(|(_, c)| c == "too_many_projects")
+        .count();
+    let unknown = codes.iter().filter(|(_, c)| c == "unknown_project").count();
+    assert_eq!((unknown, too_many), (max - 1, 60 - max), "{codes:?}");
+    assert!(h.store.calls(Op::GetProject) - before <= max);
+}
+
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
     let h = Harness::new().await;
@@ -1398,8 +1454,8 @@ async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited
         ]
     );
     // CloudEvents name the meter attribute `type`.
-    let ce = json!({"id": "ce", "type": "api_calls", "subject": "prj_f1",
-        "time": "2026-11-26T10:00:00Z", "data": {"quantity": 1}});
+    let ce = json!({"specversion": "1.0", "source": "/svc", "id": "ce", "type": "api_calls",
+        "subject": "prj_f1", "time": "2026-11-26T10:00:00Z", "data": {"quantity": 1}});
     let a = h
         .post_with(
             Some(FREE_KEY),
