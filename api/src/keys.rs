@@ -164,6 +164,8 @@ pub(crate) async fn create_key(
                 .as_deref()
                 .map(|s| parse_instant("expires_at", s))
                 .transpose()?;
+            tally_core::tenant::rules::check_new_key_expiry(expires_at, state.clock.now())
+                .map_err(|m| ApiError::bad_request("invalid_field", "expires_at", m))?;
             let mode = if req.test {
                 KeyMode::Test
             } else {

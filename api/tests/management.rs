@@ -653,6 +653,19 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let secret = a.json["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tk_test_"));
+    // A key cannot be created already expired.
+    let expired = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/keys",
+        Some(&admin),
+        Some(
+            json!({"name": "late", "scopes": ["usage:read"], "expires_at": "2026-01-01T00:00:00Z"}),
+        ),
+    )
+    .await;
+    assert_eq!(expired.status, StatusCode::BAD_REQUEST, "{}", expired.text);
+    assert_eq!(expired.json["error"]["field"], "expires_at");
     let id = a.json["id"].as_str().unwrap().to_owned();
     assert_eq!(a.json["scopes"], json!(["usage:read"]));
 

@@ -396,6 +396,8 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("--expires-at must be RFC 3339, got {s:?}"))
         })
         .transpose()?;
+    tally_core::tenant::rules::check_new_key_expiry(expires_at, Utc::now())
+        .map_err(|m| anyhow::anyhow!("--expires-at: {m}"))?;
     let secret = api_key_secret(if test { KeyMode::Test } else { KeyMode::Live }, random());
     let key = ApiKey {
         id: ApiKeyId::from_random(random()),

@@ -69,6 +69,23 @@ pub fn check_transfer(
     Ok(from != to)
 }
 
+/// Checks a new key's expiry: none, or later than `now`. A key created already expired
+/// would look issued and never work; the error is the sentence to show (field
+/// `expires_at`).
+pub fn check_new_key_expiry(
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    match expires_at {
+        Some(at) if at <= now => Err(format!(
+            "expires_at ({}) must be in the future (it is now {})",
+            at.to_rfc3339(),
+            now.to_rfc3339()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// When a rotated key `current` (id `old`) stops working: at `requested`, or at its own
 /// earlier expiry. A revoked key cannot be rotated (`Conflict`): its replacement would
 /// outlive a revocation someone meant.
@@ -126,6 +143,7 @@ pub fn accepted_membership(
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
 
     use chrono::TimeZone;
@@ -243,5 +261,15 @@ mod tests {
         assert_eq!(last_used_after(None, t(4)), t(4));
         assert_eq!(last_used_after(Some(t(6)), t(4)), t(6));
         assert_eq!(last_used_after(Some(t(2)), t(4)), t(4));
+    }
+    #[test]
+    fn a_new_key_expires_in_the_future_or_never() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(check_new_key_expiry(None, now).is_ok());
+        assert!(check_new_key_expiry(Some(now + chrono::Duration::seconds(1)), now).is_ok());
+        assert!(check_new_key_expiry(Some(now), now).is_err());
+        assert!(check_new_key_expiry(Some(now - chrono::Duration::days(1)), now).is_err());
     }
 }
