@@ -110,13 +110,7 @@ pub(crate) async fn update_org(
             let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
-                .update_org(
-                    &auth.org,
-                    &OrgChanges {
-                        name: req.name,
-                        plan: None,
-                    },
-                )
+                .update_org(&auth.org, &OrgChanges { name: req.name })
                 .await?
                 .ok_or_else(org_not_found)?;
             Ok(Change::updated(&before, after))

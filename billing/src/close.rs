@@ -56,6 +56,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::checked_sum;
+use tally_core::plan::billed_plan;
 use tally_core::ports::{
     Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, ReportStore, StoreError, StoredReport,
     UsageStore,
@@ -444,8 +445,16 @@ async fn bill_org(
         .await
         .map_err(store("cannot read the organization"))?
         .ok_or(OrgError::Gone)?;
+    // The plan is the highest in force during the month, not the one the org has now:
+    // a change just before close cannot reprice the month gone by.
+    let history = ports
+        .tenants
+        .plan_history(org_id)
+        .await
+        .map_err(store("cannot read the plan history"))?;
+    let plan = billed_plan(org.plan, &history, period);
     let usage = month_usage(ports.usage, org_id, period).await?;
-    let mut report = price_month(org_id.clone(), period, catalogue.plan(org.plan), &usage)?;
+    let mut report = price_month(org_id.clone(), period, catalogue.plan(plan), &usage)?;
     for adjustment in late_adjustments(ports, org_id, period).await? {
         report.add_adjustment(adjustment);
     }

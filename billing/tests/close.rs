@@ -489,3 +489,74 @@ impl tally_billing::alerts::AlertSender for Recorder {
         Ok(())
     }
 }
+
+/// Hand-worked: an org on pro (\$99, 10,000 minutes included, 20 % off) moved down to
+/// starter (\$29, 1,000 included, \$0.10 a minute, 10 % off) on the 28th keeps pro for that
+/// month: 1,200 minutes are \$99.00, not starter's \$29 + 200 × \$0.10 − 10 % = \$47.00.
+/// The next month is starter's.
+#[tokio::test]
+async fn a_downgrade_applies_from_the_next_month() {
+    let w = World::new();
+    let (org, p) = w.org("down", PlanId::Pro).await;
+    w.usage(
+        &org,
+        &p,
+        "n1",
+        "compute_minutes",
+        "1200",
+        "2026-11-05T00:00:00Z",
+    )
+    .await;
+    w.store
+        .change_plan(&org, PlanId::Starter, ts("2026-11-28T23:00:00Z"))
+        .await
+        .unwrap();
+    let november = w.bill("2026-11").await.unwrap();
+    assert_eq!(november[0].plan, PlanId::Pro);
+    assert_eq!(november[0].total.to_string(), "99.00");
+    w.clock.set(ts("2027-01-15T00:00:00Z"));
+    w.usage(
+        &org,
+        &p,
+        "d1",
+        "compute_minutes",
+        "1200",
+        "2026-12-05T00:00:00Z",
+    )
+    .await;
+    let december = w.bill("2026-12").await.unwrap();
+    assert_eq!(december[0].plan, PlanId::Starter);
+    assert_eq!(
+        line(&december[0], "compute_minutes").amount.to_string(),
+        "18.00"
+    );
+    assert_eq!(december[0].total.to_string(), "47.00");
+}
+
+/// Hand-worked: an org on starter upgraded to pro on the 20th is billed on pro for that
+/// month: 12,000 minutes are \$99 + 2,000 × \$0.10 − 20 % = \$259.00 (on starter they would
+/// be \$29 + 11,000 × \$0.10 − 10 % = \$1,019.00), and the month before stays starter.
+#[tokio::test]
+async fn an_upgrade_applies_at_once() {
+    let w = World::new();
+    let (org, p) = w.org("up", PlanId::Starter).await;
+    w.usage(
+        &org,
+        &p,
+        "n1",
+        "compute_minutes",
+        "12000",
+        "2026-11-05T00:00:00Z",
+    )
+    .await;
+    w.store
+        .change_plan(&org, PlanId::Pro, ts("2026-11-20T00:00:00Z"))
+        .await
+        .unwrap();
+    let november = w.bill("2026-11").await.unwrap();
+    assert_eq!(november[0].plan, PlanId::Pro);
+    assert_eq!(november[0].total.to_string(), "259.00");
+    let october = w.bill("2026-10").await.unwrap();
+    assert_eq!(october[0].plan, PlanId::Starter);
+    assert_eq!(october[0].total.to_string(), "29.00");
+}

@@ -177,3 +177,86 @@ mod tests {
         }
     }
 }
+
+/// The plan month close prices `month` on, by the documented policy: **the highest plan in
+/// force at any instant of the month** (plans rank free < starter < pro < enterprise). So
+/// an upgrade applies at once (the month of the upgrade is priced on the new plan) and a
+/// downgrade from the next month (the month it happens in keeps the higher plan): a
+/// tenant cannot shrink a bill by moving to a cheaper plan before close, and an operator's
+/// upgrade is billed for the month it was granted in.
+///
+/// `current` is the org's plan now and `history` its changes (any order); with no change
+/// the org has always been on `current`.
+pub fn billed_plan(
+    current: PlanId,
+    history: &[crate::tenant::PlanChange],
+    month: crate::period::Month,
+) -> PlanId {
+    let mut changes: Vec<&crate::tenant::PlanChange> = history.iter().collect();
+    changes.sort_by_key(|c| c.at);
+    let (start, end) = (month.start(), month.end());
+    // The plan in force when the month began: the last change before it, else the plan
+    // the org had before its first change, else the plan it has now.
+    let at_start = changes
+        .iter()
+        .rev()
+        .find(|c| c.at <= start)
+        .map(|c| c.to)
+        .or_else(|| changes.first().map(|c| c.from))
+        .unwrap_or(current);
+    changes
+        .iter()
+        .filter(|c| c.at > start && c.at < end)
+        .map(|c| c.to)
+        .fold(at_start, PlanId::max)
+}
+
+#[cfg(test)]
+mod billed_plan_tests {
+    use super::*;
+    use crate::period::Month;
+    use crate::tenant::PlanChange;
+    use chrono::{DateTime, Utc};
+
+    fn change(from: PlanId, to: PlanId, at: &str) -> PlanChange {
+        PlanChange {
+            org_id: crate::ids::OrgId::parse("org_a").unwrap_or_else(|_| unreachable!()),
+            from,
+            to,
+            at: DateTime::parse_from_rfc3339(at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    fn month(s: &str) -> Month {
+        Month::parse(s).unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn the_month_is_priced_on_the_highest_plan_in_force() {
+        use PlanId::*;
+        // No history: always the current plan.
+        assert_eq!(billed_plan(Pro, &[], month("2026-11")), Pro);
+        // Downgrade on the 28th: November stays pro, December is starter.
+        let down = [change(Pro, Starter, "2026-11-28T23:00:00Z")];
+        assert_eq!(billed_plan(Starter, &down, month("2026-11")), Pro);
+        assert_eq!(billed_plan(Starter, &down, month("2026-12")), Starter);
+        assert_eq!(billed_plan(Starter, &down, month("2026-10")), Pro);
+        // Upgrade on the 28th: November is already pro.
+        let up = [change(Starter, Pro, "2026-11-28T23:00:00Z")];
+        assert_eq!(billed_plan(Pro, &up, month("2026-11")), Pro);
+        assert_eq!(billed_plan(Pro, &up, month("2026-10")), Starter);
+        // Up and back down inside one month: the month is priced on the peak.
+        let blip = [
+            change(Free, Enterprise, "2026-11-10T00:00:00Z"),
+            change(Enterprise, Free, "2026-11-11T00:00:00Z"),
+        ];
+        assert_eq!(billed_plan(Free, &blip, month("2026-11")), Enterprise);
+        assert_eq!(billed_plan(Free, &blip, month("2026-12")), Free);
+        // A change exactly at midnight of the 1st belongs to the month it starts.
+        let at_start = [change(Pro, Free, "2026-12-01T00:00:00Z")];
+        assert_eq!(billed_plan(Free, &at_start, month("2026-12")), Free);
+        assert_eq!(billed_plan(Free, &at_start, month("2026-11")), Pro);
+    }
+}

@@ -368,9 +368,22 @@ pub struct OrgChanges {
     /// A new display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A new plan (its limits apply from then on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<PlanId>,
+}
+
+/// One change of an org's plan, kept for good: month close prices each month by the
+/// changes in force during it ([`crate::plan::billed_plan`]), so a plan can never be
+/// changed just before close to reprice the month gone by. Made only by the operator
+/// ([`OrgStore::change_plan`](crate::ports::OrgStore::change_plan)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChange {
+    /// The org.
+    pub org_id: OrgId,
+    /// The plan before.
+    pub from: PlanId,
+    /// The plan from `at` on.
+    pub to: PlanId,
+    /// When it took effect.
+    pub at: DateTime<Utc>,
 }
 
 /// A user's membership of one org: who, with which role, since when.

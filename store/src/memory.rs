@@ -47,7 +47,7 @@ use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, Project
 use tally_core::period::Month;
 use tally_core::ports::{AlertKey, StoreError, StoredAlert, StoredReport};
 use tally_core::tenant::{
-    ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, Project, User,
+    ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, PlanChange, Project, User,
 };
 
 mod billing;
@@ -160,6 +160,8 @@ struct State {
     orgs: BTreeMap<OrgId, Org>,
     /// Org ids by slug.
     slugs: HashMap<String, OrgId>,
+    /// Each org's plan changes, oldest first.
+    plan_changes: BTreeMap<OrgId, Vec<PlanChange>>,
     /// Memberships by (org, user).
     members: BTreeMap<(OrgId, UserId), Membership>,
     /// Which projects a member is on, keyed (org, user, project), with when they were put

@@ -103,7 +103,7 @@ use members::role_of;
 use tenants::{read_org, read_project, require_live_org};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -323,6 +323,19 @@ impl SqliteStore {
 
 /// Creates or upgrades the schema, under the write lock so two processes opening a new file
 /// at once do it once.
+/// Version 8: every org's plan changes, which month close prices by
+/// ([`tally_core::plan::billed_plan`]). `seq` orders changes of one instant.
+const SCHEMA_V8: &str = r#"
+CREATE TABLE IF NOT EXISTS plan_changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    org         TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    from_plan   TEXT NOT NULL,
+    to_plan     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plan_changes_by_org ON plan_changes (org, at, seq);
+"#;
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = immediate(conn)?;
     let version: i64 = tx
@@ -333,7 +346,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
-    // Versions 1 to 6 are plain SQL; 7 also rebuilds the counters.
+    // Versions 1 to 6 and 8 are plain SQL; 7 also rebuilds the counters.
     let plain = [
         SCHEMA_V1,
         audit::SCHEMA_V2,
@@ -356,6 +369,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 "rebuilt the counters from the ledger as hour and day cells"
             );
         }
+    }
+    if version < 8 {
+        tx.execute_batch(SCHEMA_V8).map_err(db)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -40,9 +40,12 @@ pub enum OrgCommand {
         #[arg(long, default_value = "free")]
         plan: String,
     },
-    /// Move an organization to another plan. Only the operator can: a plan decides the
-    /// bill, so the management API refuses plan changes from every tenant role. Audited as
-    /// `org.update` by `cli`. A plan whose project limit the org already exceeds is refused.
+    /// Move an organization to another plan, from now on. Only the operator can: a plan
+    /// decides the bill, so the management API refuses plan changes from every tenant role.
+    /// The change is kept in the org's plan history, and month close prices each month on
+    /// the highest plan in force during it (an upgrade counts at once, a downgrade from the
+    /// next month). Audited as `org.update` by `cli`. A plan whose project limit the org
+    /// already exceeds is refused.
     SetPlan {
         /// The organization's id (org_…).
         #[arg(long)]
@@ -305,13 +308,7 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
     }
     let after = store
         .tenants
-        .update_org(
-            &org_id,
-            &tally_core::tenant::OrgChanges {
-                name: None,
-                plan: Some(plan),
-            },
-        )
+        .change_plan(&org_id, plan, Utc::now())
         .await?
         .with_context(|| format!("no organization {org_id}"))?;
     audit_record(

@@ -19,9 +19,10 @@ use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use crate::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
+use crate::plan::PlanId;
 use crate::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
-    OrgChanges, Project, ProjectChanges, Role, User,
+    OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
 };
 
 /// Users: people who act in the management API, unique by lowercased email.
@@ -50,6 +51,18 @@ pub trait OrgStore: Send + Sync {
     /// such org.
     async fn update_org(&self, id: &OrgId, changes: &OrgChanges)
     -> Result<Option<Org>, StoreError>;
+    /// Moves a live org to `plan` from `at` on and keeps the change in its plan history, in
+    /// one atomic write; returns the org as it is now, or `None` if there is no such live
+    /// org. Moving to the plan it is on changes nothing and records nothing. Two racing
+    /// changes: one wins, the other is a `Conflict` (read the org and try again).
+    async fn change_plan(
+        &self,
+        id: &OrgId,
+        plan: PlanId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Org>, StoreError>;
+    /// The org's plan changes, oldest first (empty for an org never moved).
+    async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError>;
     /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
     /// time) and revokes every API key of it that is not revoked yet, then returns the org
     /// as it is now; `None` if there is no such org. From then on

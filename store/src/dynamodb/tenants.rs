@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, StoreError, UserStore};
-use tally_core::tenant::{Membership, Org, OrgChanges, Project, ProjectChanges, Role, User};
+use tally_core::tenant::{
+    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
+};
 
 use super::DynamoStore;
 use super::apply::put_if_absent;
@@ -21,7 +23,10 @@ use super::keys::{
     USER_SK,
 };
 use super::members::membership_of;
-use super::tx::{failed, must_exist, org_must_be_live, put};
+use super::tx::{failed, must_exist, org_must_be_live, put, tx_update};
+
+/// Sort key prefix of an org's plan changes (`PLAN#<at>#<to>`), in its partition.
+pub const PLAN_CHANGE_PREFIX: &str = "PLAN#";
 
 pub(super) fn user_of(it: &Item) -> Result<User, StoreError> {
     Ok(User {
@@ -219,17 +224,81 @@ impl OrgStore for DynamoStore {
         id: &OrgId,
         changes: &OrgChanges,
     ) -> Result<Option<Org>, StoreError> {
-        let (mut req, mut sets) = update_named(self, keys::org_pk(id), ORG_SK, &changes.name);
-        if let Some(plan) = changes.plan {
-            sets.push("#plan = :plan");
-            req = req
-                .expression_attribute_names("#plan", "plan")
-                .expression_attribute_values(":plan", s(plan.as_str()));
-        }
+        let (req, sets) = update_named(self, keys::org_pk(id), ORG_SK, &changes.name);
         if sets.is_empty() {
             return self.get_org(id).await;
         }
         update_existing(req, &sets, org_of).await
+    }
+
+    /// One transaction: the org's `plan`, conditioned on the plan it was read with and on
+    /// being live, and the history item `PLAN#<at>#<to>` (put if absent). A racing change
+    /// fails the condition: `Conflict`.
+    async fn change_plan(
+        &self,
+        id: &OrgId,
+        plan: PlanId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Org>, StoreError> {
+        let Some(org) = self.get_org(id).await?.filter(|o| o.deleted_at.is_none()) else {
+            return Ok(None);
+        };
+        if org.plan == plan {
+            return Ok(Some(org));
+        }
+        let table = self.table();
+        let when = ts_text(at);
+        let actions = vec![
+            tx_update(
+                table,
+                keys::org_pk(id),
+                ORG_SK.to_owned(),
+                "SET #plan = :to",
+                "#plan = :from AND attribute_not_exists(deleted_at)",
+                &[("#plan", "plan")],
+                &[(":to", s(plan.as_str())), (":from", s(org.plan.as_str()))],
+            )?,
+            put_if_absent(
+                table,
+                item([
+                    (PK, s(keys::org_pk(id))),
+                    (
+                        SK,
+                        s(format!("{PLAN_CHANGE_PREFIX}{when}#{}", plan.as_str())),
+                    ),
+                    ("from", s(org.plan.as_str())),
+                    ("to", s(plan.as_str())),
+                    ("at", s(&when)),
+                ]),
+            )?,
+        ];
+        match self.transact_tenant(actions).await? {
+            Ok(()) => Ok(Some(Org { plan, ..org })),
+            Err(_) => Err(StoreError::Conflict {
+                what: format!("the plan of org {id} (it changed meanwhile; read it again)"),
+            }),
+        }
+    }
+
+    /// Query `begins_with PLAN#` of the org's partition: sort keys hold the time, so the
+    /// answer is oldest first.
+    async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError> {
+        let plan = |it: &Item, name: &str| {
+            let p = get_s(it, name)?;
+            PlanId::parse(p).ok_or_else(|| corrupt(format!("plan {p:?} in a plan change")))
+        };
+        self.query_prefix(keys::org_pk(id), PLAN_CHANGE_PREFIX)
+            .await?
+            .iter()
+            .map(|it| {
+                Ok(PlanChange {
+                    org_id: id.clone(),
+                    from: plan(it, "from")?,
+                    to: plan(it, "to")?,
+                    at: parse_ts(get_s(it, "at")?)?,
+                })
+            })
+            .collect()
     }
 
     /// Sets the org's `deleted_at` (kept if set: `if_not_exists`), then revokes each of its

@@ -5,8 +5,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
+use tally_core::plan::PlanId;
 use tally_core::ports::{MemberStore, OrgStore, ProjectStore, StoreError, UserStore};
-use tally_core::tenant::{Membership, Org, OrgChanges, Project, ProjectChanges, Role, User, rules};
+use tally_core::tenant::{
+    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
+};
 
 use super::{MemoryStore, Op, State, list_of_org};
 
@@ -151,10 +154,43 @@ impl OrgStore for MemoryStore {
         if let Some(name) = &changes.name {
             org.name = name.clone();
         }
-        if let Some(plan) = changes.plan {
-            org.plan = plan;
-        }
         Ok(Some(org.clone()))
+    }
+
+    async fn change_plan(
+        &self,
+        id: &OrgId,
+        plan: PlanId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Org>, StoreError> {
+        let mut st = self.lock();
+        let Some(org) = st.orgs.get_mut(id).filter(|o| o.deleted_at.is_none()) else {
+            return Ok(None);
+        };
+        if org.plan == plan {
+            return Ok(Some(org.clone()));
+        }
+        let change = PlanChange {
+            org_id: id.clone(),
+            from: org.plan,
+            to: plan,
+            at,
+        };
+        org.plan = plan;
+        let org = org.clone();
+        st.plan_changes.entry(id.clone()).or_default().push(change);
+        Ok(Some(org))
+    }
+
+    async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError> {
+        let mut changes = self
+            .lock()
+            .plan_changes
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
+        changes.sort_by_key(|c| c.at);
+        Ok(changes)
     }
 
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {

@@ -239,14 +239,71 @@ impl OrgStore for SqliteStore {
         changes: &OrgChanges,
     ) -> Result<Option<Org>, StoreError> {
         let id = id.as_str().to_owned();
-        let (name, plan) = (changes.name.clone(), changes.plan.map(|p| p.as_str()));
+        let name = changes.name.clone();
         self.transact(move |tx| {
             execute(
                 tx,
-                "UPDATE orgs SET name = coalesce(?2, name), plan = coalesce(?3, plan) WHERE id = ?1",
-                params![id, name, plan],
+                "UPDATE orgs SET name = coalesce(?2, name) WHERE id = ?1",
+                params![id, name],
             )?;
             read_org(tx, &id)
+        })
+        .await
+    }
+
+    /// The org row and its history row in one write transaction (which also serializes
+    /// racing changes: the second reads the first's plan as its `from`).
+    async fn change_plan(
+        &self,
+        id: &OrgId,
+        plan: PlanId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Org>, StoreError> {
+        let (id, at) = (id.as_str().to_owned(), ts_text(at));
+        self.transact(move |tx| {
+            let Some(org) = read_org(tx, &id)?.filter(|o| o.deleted_at.is_none()) else {
+                return Ok(None);
+            };
+            if org.plan == plan {
+                return Ok(Some(org));
+            }
+            execute(
+                tx,
+                "UPDATE orgs SET plan = ?2 WHERE id = ?1",
+                params![id, plan.as_str()],
+            )?;
+            execute(
+                tx,
+                "INSERT INTO plan_changes (org, at, from_plan, to_plan) VALUES (?1, ?2, ?3, ?4)",
+                params![id, at, org.plan.as_str(), plan.as_str()],
+            )?;
+            read_org(tx, &id)
+        })
+        .await
+    }
+
+    async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError> {
+        let org = id.clone();
+        let key = id.as_str().to_owned();
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT at, from_plan, to_plan FROM plan_changes WHERE org = ?1 ORDER BY at, seq",
+                params![key],
+                |r| r.try_into(),
+                |(at, from, to): (String, String, String)| {
+                    let plan = |p: &str| {
+                        PlanId::parse(p)
+                            .ok_or_else(|| corrupt(format!("plan {p:?} in plan_changes")))
+                    };
+                    Ok(PlanChange {
+                        org_id: org.clone(),
+                        from: plan(&from)?,
+                        to: plan(&to)?,
+                        at: parse_ts(&at)?,
+                    })
+                },
+            )
         })
         .await
     }

@@ -66,6 +66,7 @@ macro_rules! storage_conformance {
             api_keys_are_found_by_hash,
             roles_are_looked_up_per_org_and_members_listed,
             orgs_are_updated_in_place,
+            plan_changes_are_kept_in_order,
             members_are_added_changed_and_removed_but_never_the_owner,
             ownership_moves_only_by_transfer_to_a_member,
             api_keys_are_listed_and_revoked_by_id,
@@ -1056,7 +1057,7 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
     ));
 }
 
-/// An org's name and plan change in place; the rest stays; a missing org is `None`.
+/// An org's name changes in place; the rest stays; a missing org is `None`.
 pub async fn orgs_are_updated_in_place<F: StoreFactory>(f: &F) {
     let s = f.open().await;
     let a = new_org(&s).await;
@@ -1066,7 +1067,6 @@ pub async fn orgs_are_updated_in_place<F: StoreFactory>(f: &F) {
             &a.id,
             &OrgChanges {
                 name: Some("Acme Renamed".into()),
-                plan: None,
             },
         )
         .await
@@ -1076,21 +1076,6 @@ pub async fn orgs_are_updated_in_place<F: StoreFactory>(f: &F) {
         ..a.clone()
     };
     assert_eq!(renamed, Some(expected.clone()));
-    let replanned = s
-        .update_org(
-            &a.id,
-            &OrgChanges {
-                name: None,
-                plan: Some(PlanId::Pro),
-            },
-        )
-        .await
-        .unwrap();
-    let expected = Org {
-        plan: PlanId::Pro,
-        ..expected
-    };
-    assert_eq!(replanned, Some(expected.clone()));
     assert_eq!(
         s.update_org(&a.id, &OrgChanges::default()).await.unwrap(),
         Some(expected.clone())
@@ -1107,12 +1092,85 @@ pub async fn orgs_are_updated_in_place<F: StoreFactory>(f: &F) {
             &fresh_org(),
             &OrgChanges {
                 name: Some("x".into()),
-                plan: None,
             },
         )
         .await
         .unwrap();
     assert_eq!(missing, None);
+}
+
+/// A plan change moves the org and is kept in its history, oldest first, with the plan
+/// before and after; moving to the plan it is on records nothing; a deleted or missing org
+/// is `None`; racing changes leave a history that chains (each `from` is the previous
+/// `to`, the last `to` is the org's plan), whoever won.
+pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let a = new_org(&s).await;
+    assert_eq!(a.plan, PlanId::Starter);
+    assert!(s.plan_history(&a.id).await.unwrap().is_empty());
+    let t1 = ts("2026-11-10T08:00:00.5Z");
+    let t2 = ts("2026-11-20T09:30:00Z");
+    let moved = s
+        .change_plan(&a.id, PlanId::Pro, t1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.plan, PlanId::Pro);
+    let same = s
+        .change_plan(&a.id, PlanId::Pro, t2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.plan, PlanId::Pro);
+    s.change_plan(&a.id, PlanId::Free, t2).await.unwrap();
+    let other = f.open().await;
+    assert_eq!(
+        other.get_org(&a.id).await.unwrap().unwrap().plan,
+        PlanId::Free
+    );
+    let history = other.plan_history(&a.id).await.unwrap();
+    let seen: Vec<(PlanId, PlanId, DateTime<Utc>)> =
+        history.iter().map(|c| (c.from, c.to, c.at)).collect();
+    assert_eq!(
+        seen,
+        [
+            (PlanId::Starter, PlanId::Pro, t1),
+            (PlanId::Pro, PlanId::Free, t2)
+        ]
+    );
+    assert!(history.iter().all(|c| c.org_id == a.id));
+    assert_eq!(
+        s.change_plan(&fresh_org(), PlanId::Pro, t2).await.unwrap(),
+        None
+    );
+    let b = new_org(&s).await;
+    assert!(s.plan_history(&b.id).await.unwrap().is_empty(), "per org");
+    s.delete_org(&b.id, t2).await.unwrap();
+    assert_eq!(s.change_plan(&b.id, PlanId::Pro, t2).await.unwrap(), None);
+    assert!(s.plan_history(&b.id).await.unwrap().is_empty());
+
+    // Racing changes.
+    let c = new_org(&s).await;
+    let (x, y) = (f.open().await, f.open().await);
+    let t3 = ts("2026-11-21T00:00:00Z");
+    let (rx, ry) = tokio::join!(
+        x.change_plan(&c.id, PlanId::Pro, t3),
+        y.change_plan(&c.id, PlanId::Enterprise, t3 + chrono::Duration::seconds(1)),
+    );
+    for r in [&rx, &ry] {
+        assert!(
+            matches!(r, Ok(Some(_)) | Err(StoreError::Conflict { .. })),
+            "{r:?}"
+        );
+    }
+    let history = s.plan_history(&c.id).await.unwrap();
+    assert!(!history.is_empty());
+    let mut plan = PlanId::Starter;
+    for change in &history {
+        assert_eq!(change.from, plan, "{history:?}");
+        plan = change.to;
+    }
+    assert_eq!(s.get_org(&c.id).await.unwrap().unwrap().plan, plan);
 }
 
 /// An org's keys are listed (its own only) and revoked by id; a revocation is kept at its
