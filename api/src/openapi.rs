@@ -147,8 +147,9 @@ fn get_usage() -> Value {
         "operationId": "getUsage",
         "summary": "Read a usage counter series",
         "description": format!(
-            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role).",
-            crate::usage::MAX_BUCKETS
+            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets and {} calendar months. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role).",
+            crate::usage::MAX_BUCKETS,
+            crate::usage::MAX_MONTHS
         ),
         "security": [{"apiKey": []}, {"userToken": []}],
         "parameters": [

@@ -350,6 +350,17 @@ async fn bad_parameters_are_400_naming_the_parameter() {
             "range_too_large",
             "from",
         ),
+        // 834 years of months is few buckets but thousands of month reads: refused.
+        (
+            "meter=api_calls&granularity=month&from=2000-01-01&to=2833-01-01",
+            "range_too_large",
+            "from",
+        ),
+        (
+            "meter=api_calls&granularity=month&from=2020-01-01&to=2026-11-01",
+            "range_too_large",
+            "from",
+        ),
         (
             "meter=api_calls&project_id=org_a",
             "invalid_id",
@@ -361,9 +372,15 @@ async fn bad_parameters_are_400_naming_the_parameter() {
         assert_eq!(a.json["error"]["code"], code, "{query}");
         assert_eq!(a.json["error"]["field"], field, "{query}");
     }
-    // The same span in days is fine.
+    // The same span in days is fine, and so are five years of months.
     let a = read(&mem, "meter=api_calls&from=2025-01-01&to=2026-11-01").await;
     assert_eq!(a.status, StatusCode::OK);
+    let a = read(
+        &mem,
+        "meter=api_calls&granularity=month&from=2021-12-01&to=2026-12-01",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ use crate::http::ApiError;
 /// Most buckets one request may span (about 416 days of hours, 27 years of days).
 pub const MAX_BUCKETS: i64 = 10_000;
 
+/// Most calendar months one request may touch, whatever its granularity: a store keeps
+/// counters by org and month, so each month touched is at least one read (5 years).
+pub const MAX_MONTHS: i64 = 60;
+
 /// The query string, as sent. Every value is checked by the handler so that each problem
 /// is answered with the parameter it concerns.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +157,16 @@ pub(crate) async fn get_usage(
             "from",
             format!(
                 "from..to spans {buckets} {granularity} buckets; at most {MAX_BUCKETS} per request (narrow the range or use a coarser granularity)"
+            ),
+        ));
+    }
+    let months = bucket_count(Granularity::Month, Granularity::Month.truncate(from), to);
+    if months > MAX_MONTHS {
+        return Err(ApiError::bad_request(
+            "range_too_large",
+            "from",
+            format!(
+                "from..to touches {months} months; at most {MAX_MONTHS} per request (narrow the range)"
             ),
         ));
     }
