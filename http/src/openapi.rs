@@ -221,6 +221,7 @@ fn components() -> Value {
                 "properties": {
                     "accepted": {"type": "integer", "minimum": 0, "description": "Events durably queued."},
                     "rejected": {"type": "array", "items": schema_ref("Rejection"), "description": "Refused events, in body order."},
+                    "notices": {"type": "array", "items": schema_ref("Rejection"), "description": "Accepted events to look at, absent when none: duplicate_conflict for an id sent twice in the request with other contents (the first is counted)."},
                 },
             },
             "Rejection": {

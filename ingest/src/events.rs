@@ -60,6 +60,42 @@ pub struct IngestResponse {
     pub accepted: usize,
     /// Every event that was not, in body order.
     pub rejected: Vec<Rejection>,
+    /// Accepted events the client should look at (absent when there are none): an id sent
+    /// twice in this request with different contents (`duplicate_conflict`). The first
+    /// body sent under an id is the one counted, as with Stripe's idempotency keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Rejection>,
+}
+
+/// Code of the notice for an id resent with a different body in the same request.
+pub const DUPLICATE_CONFLICT: &str = "duplicate_conflict";
+/// Counter of ids resent with a different body that ingest saw.
+pub const METRIC_DUPLICATE_CONFLICTS: &str = "tally_events_duplicate_conflicts_total";
+
+/// Notices for the events of `events` (index, event) whose id an earlier event of the same
+/// request already used with other contents: the later one changes nothing downstream.
+fn duplicate_conflicts(events: &[(usize, Event)]) -> Vec<Rejection> {
+    let mut first: HashMap<&str, &Event> = HashMap::with_capacity(events.len());
+    let mut notices = Vec::new();
+    for (index, event) in events {
+        match first.get(event.id.as_str()) {
+            None => {
+                first.insert(event.id.as_str(), event);
+            }
+            Some(earlier) if *earlier != event => notices.push(Rejection {
+                index: *index,
+                id: Some(event.id.as_str().to_owned()),
+                error: ErrorBody::new(
+                    DUPLICATE_CONFLICT,
+                    "an earlier event of this request has the same id and other contents; \
+                     the first one is counted and this one is ignored",
+                    Some("id"),
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+    notices
 }
 
 /// One refused event.
@@ -442,9 +478,22 @@ async fn ingest(
         }
     }
     rejected.sort_by_key(|r| r.index);
+    let queued: Vec<(usize, Event)> = indexes
+        .iter()
+        .copied()
+        .zip(events.iter().cloned())
+        .enumerate()
+        .filter(|(i, _)| !failed.iter().any(|(f, _)| f == i))
+        .map(|(_, pair)| pair)
+        .collect();
+    let notices = duplicate_conflicts(&queued);
+    if !notices.is_empty() {
+        metrics::counter!(METRIC_DUPLICATE_CONFLICTS).increment(notices.len() as u64);
+    }
     Ok(IngestResponse {
         accepted: events.len() - failed.len(),
         rejected,
+        notices,
     })
 }
 

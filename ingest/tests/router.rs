@@ -695,6 +695,37 @@ async fn projects_per_request_are_bounded_and_archived_ones_say_so() {
     assert!(h.store.calls(Op::GetProject) - before <= max);
 }
 
+/// The same id twice in one request: with the same contents it is a plain resend; with
+/// other contents the second is accepted (it changes nothing downstream: the first is
+/// counted) and named in `notices` as `duplicate_conflict`.
+#[tokio::test]
+async fn an_id_resent_with_other_contents_is_noticed() {
+    let h = Harness::new().await;
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![
+                ev("same"),
+                ev("same"),
+                ev("twice"),
+                with(ev("twice"), "quantity", json!(1000)),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.json["accepted"], 4);
+    assert_eq!(a.json["rejected"], json!([]));
+    let notices = a.json["notices"].as_array().unwrap();
+    assert_eq!(notices.len(), 1, "{}", a.json);
+    assert_eq!(notices[0]["index"], 3);
+    assert_eq!(notices[0]["id"], "twice");
+    assert_eq!(notices[0]["error"]["code"], "duplicate_conflict");
+    assert_documented("POST", "/v1/events", &a);
+    // Without conflicts the answer keeps its shape.
+    let a = h.batch(GOOD_KEY, vec![ev("plain")]).await;
+    assert!(a.json.get("notices").is_none(), "{}", a.json);
+}
+
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
     let h = Harness::new().await;
@@ -1755,6 +1786,11 @@ async fn the_document_matches_the_routes_and_the_structs() {
         rejected: vec![Rejection {
             index: 0,
             id: Some("e".into()),
+            error: full_error.clone(),
+        }],
+        notices: vec![Rejection {
+            index: 1,
+            id: Some("e".into()),
             error: full_error,
         }],
     };
@@ -1776,7 +1812,13 @@ async fn the_document_matches_the_routes_and_the_structs() {
     };
     let minimal = serde_json::to_value(ErrorBody::new("c", "m", None::<String>)).unwrap();
     assert_eq!(keys_of(&minimal), required("ErrorBody"));
-    assert_eq!(keys_of(&v), required("IngestResponse"));
+    // `notices` is left out when empty, so it is not required.
+    let without_notices = serde_json::to_value(IngestResponse {
+        notices: Vec::new(),
+        ..response.clone()
+    })
+    .unwrap();
+    assert_eq!(keys_of(&without_notices), required("IngestResponse"));
 
     // The documented event fields are exactly those validation accepts.
     let org_a = org("org_a");
