@@ -55,8 +55,13 @@ CHECKS = ",".join(
 OPERATIONS = """
 [[operations]]
 # A meter the org does not have (400 unknown_meter), `to` before `from`, or more than
-# 10,000 buckets between them.
+# 10,000 buckets or 60 months between them.
 include-operation-id = "getUsage"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
+
+[[operations]]
+# An `expires_at` that is not in the future (400 invalid_field): a bound on the clock.
+include-operation-id = "createKey"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
 
 """
@@ -241,7 +246,12 @@ def main():
         lying_path = os.path.join(workdir, "planted-no-202.json")
         with open(lying_path, "w") as f:
             json.dump(lying, f)
-        caught = not schemathesis(venv, workdir, "planted-no-202", base, key, params,
+        # A fresh key: the runs above may have revoked or rotated every key they could list
+        # (schemathesis follows the links from GET .../keys), and a key that only gets 401s
+        # would hide the planted fault behind a documented status.
+        planted_key = cli(tally, data, "key", "create", "--org", org["id"], "--name", "planted",
+                          "--scopes", "events:write")["key"]
+        caught = not schemathesis(venv, workdir, "planted-no-202", base, planted_key, params,
                                   ["--include-operation-id", post_events["operationId"]],
                                   schema=lying_path)
         print("caught, as it must be" if caught else "NOT caught", flush=True)

@@ -586,7 +586,7 @@ fn management_schemas() -> Value {
         "KeysResponse": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": schema_ref("KeyView")}}},
         "CreateKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
             "name": name_schema(), "scopes": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string", "enum": ["events:write", "usage:read"]}, "description": "At least one scope; absent or null: both."},
-            "expires_at": {"anyOf": [instant_schema(), {"type": "null"}], "description": "When the key stops working (RFC 3339 or YYYY-MM-DD); absent or null: never."}, "test": {"type": "boolean", "default": false}}},
+            "expires_at": {"anyOf": [instant_schema(), {"type": "null"}], "description": "When the key stops working (RFC 3339 or YYYY-MM-DD), in the future (400 invalid_field otherwise); absent or null: never."}, "test": {"type": "boolean", "default": false}}},
         "AuditRecord": {"type": "object", "required": ["id", "org_id", "actor", "action", "resource", "outcome", "at"], "properties": {
             "id": {"type": "string"}, "org_id": {"type": "string"},
             "actor": {"type": "string", "description": "A user id, `apikey:<id>`, or `cli`."},
