@@ -726,6 +726,187 @@ async fn an_id_resent_with_other_contents_is_noticed() {
     assert!(a.json.get("notices").is_none(), "{}", a.json);
 }
 
+/// The hostile-input walk: every bound of an event at the limit (accepted) and one past it
+/// (refused, with the code and the field named), one event per request so each answer is
+/// about one bound. Body-level bounds (1,000 events, 1 MiB) have tests of their own above;
+/// query parameters are walked in tally-api's tests.
+#[tokio::test]
+async fn every_event_bound_at_the_limit_and_one_past() {
+    let h = Harness::new().await;
+    let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let keys = |n: usize| {
+        let m: serde_json::Map<String, Value> =
+            (0..n).map(|i| (format!("k{i}"), json!(1))).collect();
+        Value::Object(m)
+    };
+    let sized = |n: usize| json!({ "k": "x".repeat(n - 8) });
+    type Case = (
+        &'static str,
+        &'static str,
+        Value,
+        Option<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
+        ("id", "id", json!("i".repeat(128)), None),
+        (
+            "id",
+            "id",
+            json!("i".repeat(129)),
+            Some(("invalid_id", "id")),
+        ),
+        ("id", "id", json!(""), Some(("invalid_id", "id"))),
+        ("id", "id", json!("a\u{7}b"), Some(("invalid_id", "id"))),
+        ("quantity", "quantity", json!("999999999999999999"), None),
+        (
+            "quantity",
+            "quantity",
+            json!("1e18"),
+            Some(("invalid_quantity", "quantity")),
+        ),
+        ("quantity", "quantity", json!("0.000000001"), None),
+        (
+            "quantity",
+            "quantity",
+            json!("0.0000000001"),
+            Some(("invalid_quantity", "quantity")),
+        ),
+        ("quantity", "quantity", json!("123456789.123456789"), None),
+        (
+            "quantity",
+            "quantity",
+            json!("1234567890.123456789"),
+            Some(("invalid_quantity", "quantity")),
+        ),
+        (
+            "quantity",
+            "quantity",
+            json!(-1),
+            Some(("invalid_quantity", "quantity")),
+        ),
+        (
+            "timestamp",
+            "timestamp",
+            json!("2026-11-26T12:05:00Z"),
+            None,
+        ),
+        (
+            "timestamp",
+            "timestamp",
+            json!("2026-11-26T12:05:01Z"),
+            Some(("timestamp_in_future", "timestamp")),
+        ),
+        (
+            "timestamp",
+            "timestamp",
+            json!("2026-11-01T00:00:00Z"),
+            None,
+        ),
+        (
+            "timestamp",
+            "timestamp",
+            json!("2026-10-31T23:59:59Z"),
+            Some(("period_closed", "timestamp")),
+        ),
+        (
+            "timestamp",
+            "timestamp",
+            json!("1999-12-31T23:59:59Z"),
+            Some(("invalid_timestamp", "timestamp")),
+        ),
+        ("properties", "properties", keys(32), None),
+        (
+            "properties",
+            "properties",
+            keys(33),
+            Some(("invalid_properties", "properties")),
+        ),
+        (
+            "properties",
+            "properties",
+            json!({ "k".repeat(64): 1 }),
+            None,
+        ),
+        (
+            "properties",
+            "properties",
+            json!({ "k".repeat(65): 1 }),
+            Some(("invalid_properties", "properties")),
+        ),
+        (
+            "properties",
+            "properties",
+            serde_json::from_str(&format!(r#"{{"a":{}}}"#, nest(7))).unwrap(),
+            None,
+        ),
+        (
+            "properties",
+            "properties",
+            serde_json::from_str(&format!(r#"{{"a":{}}}"#, nest(8))).unwrap(),
+            Some(("invalid_properties", "properties")),
+        ),
+        ("properties", "properties", sized(4096), None),
+        (
+            "properties",
+            "properties",
+            sized(4097),
+            Some(("invalid_properties", "properties")),
+        ),
+        ("project_id", "project_id", json!("prj_a1"), None),
+        (
+            "project_id",
+            "project_id",
+            json!("prj_nope"),
+            Some(("unknown_project", "project_id")),
+        ),
+        (
+            "project_id",
+            "project_id",
+            json!("org_a"),
+            Some(("unknown_project", "project_id")),
+        ),
+        (
+            "meter",
+            "meter",
+            json!("gpu_hours"),
+            Some(("unknown_meter", "meter")),
+        ),
+        (
+            "meter",
+            "meter",
+            json!("m".repeat(500)),
+            Some(("unknown_meter", "meter")),
+        ),
+    ];
+    for (n, (what, field, value, expected)) in cases.into_iter().enumerate() {
+        let event = with(ev(&format!("bound{n}")), field, value.clone());
+        let a = h.batch(GOOD_KEY, vec![event]).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{what} {value}: {}", a.json);
+        match expected {
+            None => assert_eq!(a.json["accepted"], 1, "{what} at its limit: {}", a.json),
+            Some((code, named)) => {
+                assert_eq!(a.json["accepted"], 0, "{what} past its limit: {value}");
+                let error = &a.json["rejected"][0]["error"];
+                assert_eq!(error["code"], code, "{what} {value}: {error}");
+                assert_eq!(error["field"], named, "{what} {value}: {error}");
+            }
+        }
+    }
+    // Every accepted one crossed the queue intact and passes the aggregator's check.
+    for e in h.mem.published.lock().unwrap().iter() {
+        assert_eq!(e.check(), Ok(()), "{}", e.id.as_str());
+    }
+    // Headers: a credential longer than any key, or of another scheme, is 401.
+    let long = "k".repeat(4096);
+    for auth in [format!("Bearer {long}"), "Basic dXNlcjpwYXNz".to_owned()] {
+        let req = Request::post("/v1/events")
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(ev("h").to_string()))
+            .unwrap();
+        assert_eq!(h.send(req).await.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
     let h = Harness::new().await;
