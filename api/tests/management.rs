@@ -1449,7 +1449,10 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
         .find(|m| m["meter"] == "bandwidth_bytes")
         .unwrap();
     assert_eq!(bw["value"], "0");
-    assert!(bw.get("included").is_none() && bw.get("percent_used").is_none());
+    // Every free meter is capped, bandwidth included (1 GiB).
+    assert_eq!(bw["included"], "1073741824");
+    assert_eq!(bw["limit"], "1073741824");
+    assert_eq!(bw["percent_used"], "0.00");
 
     let mem = world(PlanId::Starter).await;
     let a = call(
@@ -1471,6 +1474,18 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
     assert!(
         api.get("limit").is_none(),
         "paid plans bill overage instead"
+    );
+    // A meter without an allowance (starter's bandwidth) shows no allowance or percentage.
+    let bw = a.json["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == "bandwidth_bytes")
+        .unwrap()
+        .clone();
+    assert!(
+        bw.get("included").is_none() && bw.get("percent_used").is_none(),
+        "{bw}"
     );
 }
 

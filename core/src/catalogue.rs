@@ -84,8 +84,9 @@
 //! The plans of the design notes. Free is $0 with hard limits, so usage past an allowance
 //! is refused at ingest and nothing is ever charged: its prices are $0, yet its lines are
 //! still computed, so anything that got past a limit (a peak of storage, events in flight
-//! when the limit was reached) shows as billable at $0; the design gives free no bandwidth
-//! allowance, so free bandwidth is unlimited. Enterprise is custom: by default no fee, no
+//! when the limit was reached) shows as billable at $0. Every free meter has a hard limit,
+//! bandwidth included (1 GiB a month): a free plan with one unlimited meter is a free
+//! plan without limits for whoever meters that. Enterprise is custom: by default no fee, no
 //! allowances, no caps, list prices with 40 % off; a contract changes it in an operator's
 //! catalogue file. An `api_calls` event without a quantity counts as one call; calls are
 //! priced at $0.50 per 1,000 pro rata (per unit, not per started block: 1,500 calls over
@@ -1101,6 +1102,15 @@ mod tests {
         let free = Plan::builtin(PlanId::Free);
         assert!(free.limits.hard_usage_limits);
         assert_eq!(free.meter_limit(&calls), Some(Decimal::from(10_000)));
+        // Every meter of the free plan is capped: a hard-limited plan with one unlimited
+        // meter is unlimited for whoever meters that.
+        for meter in MeterCatalogue::default().meters() {
+            assert!(free.meter_limit(&meter.name).is_some(), "{}", meter.name);
+        }
+        assert_eq!(
+            free.meter_limit(&MeterName::parse("bandwidth_bytes").unwrap()),
+            Some(Decimal::from(1u64 << 30))
+        );
         assert_eq!(
             Plan::builtin(PlanId::Pro).limits.meters.len(),
             3,

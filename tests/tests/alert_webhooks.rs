@@ -439,8 +439,9 @@ async fn a_busy_endpoint_is_retried_when_it_asks(backend: &str) {
     );
 }
 
-/// Free has hard limits: 80 % warns, 100 % says events are now refused (`hard_limit`).
-/// Deleted orgs, enterprise (no allowances) and unlimited meters are never alerted.
+/// Free has hard limits on every meter: 80 % warns, 100 % says events are now refused
+/// (`hard_limit`). Deleted orgs and enterprise (no allowances, so unlimited meters) are
+/// never alerted.
 async fn hard_limit_plans_are_alerted_and_say_so(backend: &str) {
     let w = World::new(backend, "2026-11-10T12:00:00Z").await;
     let free = w.org(PlanId::Free).await;
@@ -448,22 +449,34 @@ async fn hard_limit_plans_are_alerted_and_say_so(backend: &str) {
     let gone = w.org(PlanId::Free).await;
     for org in [&free, &enterprise, &gone] {
         w.use_(org, "api_calls", "10000").await;
-        // Free's bandwidth has no allowance: never alerted.
+        // Past free's 1 GiB of bandwidth; enterprise's bandwidth is unlimited.
         w.use_(org, "bandwidth_bytes", "999999999999").await;
     }
     w.store.delete_org(&gone, w.clock.now()).await.unwrap();
     let out = w.check().await;
     assert_eq!(out.orgs, 3);
-    assert_eq!((out.claimed, out.delivered), (2, 2), "{:?}", out.problems);
+    assert_eq!((out.claimed, out.delivered), (4, 4), "{:?}", out.problems);
     let delivered = w.receiver.delivered();
-    assert!(
-        delivered
-            .iter()
-            .all(|p| p.org_id == free && p.hard_limit && p.meter.as_str() == "api_calls")
+    assert!(delivered.iter().all(|p| p.org_id == free && p.hard_limit));
+    let mut seen: Vec<(String, u8)> = delivered
+        .iter()
+        .map(|p| (p.meter.as_str().to_owned(), p.threshold_percent))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("api_calls".to_owned(), 80),
+            ("api_calls".to_owned(), 100),
+            ("bandwidth_bytes".to_owned(), 80),
+            ("bandwidth_bytes".to_owned(), 100),
+        ]
     );
-    let thresholds: Vec<u8> = delivered.iter().map(|p| p.threshold_percent).collect();
-    assert_eq!(thresholds, vec![80, 100]);
-    assert_eq!(delivered[1].limit.to_string(), "10000");
+    let calls_100 = delivered
+        .iter()
+        .find(|p| p.meter.as_str() == "api_calls" && p.threshold_percent == 100)
+        .unwrap();
+    assert_eq!(calls_100.limit.to_string(), "10000");
 }
 
 /// Runs each scenario on SQLite and on DynamoDB.
