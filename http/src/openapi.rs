@@ -253,6 +253,7 @@ fn error_body_schema() -> Value {
             "limit": {"type": ["string", "integer"], "description": "plan_limit_exceeded: the plan's monthly allowance of the meter (decimal string); or, for a plan's project or user limit (403, `field` `projects` or `users`), that limit (integer)."},
             "count": {"type": "integer", "minimum": 0, "description": "plan_limit_exceeded for a project or user limit (403): how many the org has."},
             "usage": {"type": "string", "description": "plan_limit_exceeded: the org's usage in that month (decimal string)."},
+            "request_id": {"type": "string", "description": "On 5xx answers: the request's id (as in x-request-id), to quote to the operator; the message is generic and the detail is in the server's log."},
         },
     })
 }

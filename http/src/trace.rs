@@ -40,7 +40,9 @@ pub fn request_id(headers: &HeaderMap) -> String {
 /// Middleware (`axum::middleware::from_fn(trace_requests)`): runs the request inside an
 /// `http_request` span with `method`, `path`, `request_id`, and empty `org` and
 /// `batch_size` fields for handlers to record, logs the status, and sets `x-request-id` on
-/// the response.
+/// the response. A `5xx` JSON error also carries the id in its error object
+/// (`"request_id"`): its message is generic on purpose (the detail is in the log), so the id
+/// is what a caller quotes to the operator.
 pub async fn trace_requests(request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
     let span = tracing::info_span!(
@@ -53,15 +55,94 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
     );
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::info!(status = response.status().as_u16(), "request finished"));
+    if response.status().is_server_error() {
+        response = with_request_id(response, &id).await;
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
 }
 
+/// Largest error body [`with_request_id`] rewrites; error bodies are a few hundred bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Adds `request_id` to the `error` object of a JSON error body; any other body (or one too
+/// large or not of that shape) is passed on as it was.
+async fn with_request_id(response: Response, id: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        // The body was larger than any error body or failed mid-stream: nothing to keep.
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let rewritten = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|mut v| {
+            v.get_mut("error")?
+                .as_object_mut()?
+                .insert("request_id".to_owned(), id.into());
+            serde_json::to_vec(&v).ok()
+        });
+    let body = match rewritten {
+        Some(b) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            axum::body::Body::from(b)
+        }
+        None => axum::body::Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn server_errors_carry_the_request_id_and_others_do_not() {
+        use axum::response::IntoResponse;
+        let err = crate::error::ApiError::Internal("disk on fire at /var/x".into()).into_response();
+        let out = with_request_id(err, "req_42").await;
+        let bytes = axum::body::to_bytes(out.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["request_id"], "req_42");
+        assert_eq!(v["error"]["code"], "internal_error");
+        assert!(!v.to_string().contains("disk on fire"), "{v}");
+        // Through the middleware: only 5xx answers are rewritten.
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    crate::error::ApiError::Unavailable("storage: DynamoDB said no".into())
+                }),
+            )
+            .route(
+                "/nope",
+                axum::routing::get(|| async {
+                    crate::error::ApiError::not_found("x", "no such x")
+                }),
+            )
+            .layer(axum::middleware::from_fn(trace_requests));
+        for (path, has_id) in [("/boom", true), ("/nope", false)] {
+            let req = Request::builder()
+                .uri(path)
+                .header(REQUEST_ID_HEADER, "abc-1")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(app.clone(), req).await.unwrap();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                v["error"].get("request_id").is_some(),
+                has_id,
+                "{path}: {v}"
+            );
+            assert!(!v.to_string().contains("DynamoDB"), "{v}");
+        }
+    }
 
     #[test]
     fn request_ids_are_kept_or_generated() {
