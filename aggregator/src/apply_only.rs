@@ -35,6 +35,9 @@ impl<A> Deref for ApplyOnly<A> {
 
 #[async_trait]
 impl<A: Apply> UsageStore for ApplyOnly<A> {
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        None
+    }
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         self.0.apply(events).await
     }

@@ -64,7 +64,7 @@ use tally_core::ports::{Delivery, EventQueue, StoreError, UsageStore};
 use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 
-pub use reconcile::{Drift, reconcile};
+pub use reconcile::{Drift, ReconcileError, reconcile};
 pub use record::{
     RecordInput, RecordOutcome, SetAside, apply_records, check_record, decode_envelope,
     split_record,

@@ -30,12 +30,48 @@ pub struct Drift {
     pub stored: Option<Decimal>,
 }
 
-/// Recomputes `org`'s counters for `month` from the ledger and returns every drift.
+/// Why reconcile could not judge a month.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The month is older than the store keeps its ledger: some of its records may be gone,
+    /// and every counter would look like drift.
+    #[error(
+        "{month} is too old to reconcile: this store keeps ledger records {days} days after they are written, so records of {month} may have expired since {expired}"
+    )]
+    BeyondRetention {
+        /// The month asked for.
+        month: Month,
+        /// The store's retention, in days.
+        days: i64,
+        /// From when the month's earliest records may be gone.
+        expired: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+/// Recomputes `org`'s counters for `month` from the ledger and returns every drift; refused
+/// ([`ReconcileError::BeyondRetention`]) at `now` when the store may have expired some of
+/// the month's ledger records.
 pub async fn reconcile(
     usage: &dyn UsageStore,
     org: &OrgId,
     month: Month,
-) -> Result<Vec<Drift>, StoreError> {
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Drift>, ReconcileError> {
+    if let Some(retention) = usage.ledger_retention() {
+        // The earliest record of the month was written at its start at the soonest (minus
+        // the clock skew ingest allows).
+        let expired = month.start() - tally_core::event::MAX_FUTURE_SKEW + retention;
+        if now >= expired {
+            return Err(ReconcileError::BeyondRetention {
+                month,
+                days: retention.num_days(),
+                expired,
+            });
+        }
+    }
     let mut expected: BTreeMap<OwnedCounterKey, Delta> = BTreeMap::new();
     let mut cursor = None;
     loop {

@@ -136,6 +136,10 @@ pub struct LedgerPage {
 /// The event ledger and the counters, applied together exactly once.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
+    /// How long a ledger record is kept at least after it is written; `None`: for good.
+    /// Reconcile refuses a month whose first records may already be gone, instead of
+    /// reporting every counter as drift.
+    fn ledger_retention(&self) -> Option<chrono::Duration>;
     /// Applies a batch exactly once: events already in the ledger (or repeated inside the
     /// batch) are reported `Duplicate` and change nothing; the rest are written to the ledger
     /// and their deltas added to the counters atomically with their ledger records.

@@ -609,6 +609,12 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
 
 #[async_trait]
 impl UsageStore for SqliteStore {
+    /// The SQLite ledger is kept for good (it is what reconcile and adjustments read; it
+    /// is small: one compact row per event).
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        None
+    }
+
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         if events.is_empty() {
             return Ok(ApplyReport::default());

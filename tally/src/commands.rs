@@ -443,6 +443,7 @@ struct ReconcileOut {
 /// Runs `reconcile`; returns whether drift was found.
 pub async fn reconcile(common: &Common, args: ReconcileArgs) -> anyhow::Result<bool> {
     let month = Month::parse(&args.period).context("--period")?;
+    let now = crate::clock::from_env()?.now();
     let store = backend::open_store(common).await?;
     let orgs = match args.org {
         Some(o) => vec![OrgId::parse(&o).context("--org")?],
@@ -451,7 +452,7 @@ pub async fn reconcile(common: &Common, args: ReconcileArgs) -> anyhow::Result<b
     let mut drift = Vec::new();
     for org in &orgs {
         drift.extend(
-            tally_aggregator::reconcile(store.usage.as_ref(), org, month)
+            tally_aggregator::reconcile(store.usage.as_ref(), org, month, now)
                 .await
                 .with_context(|| format!("cannot reconcile {org}"))?,
         );

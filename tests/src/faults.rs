@@ -235,6 +235,9 @@ fn cut(len: usize, pct: u8) -> usize {
 
 #[async_trait]
 impl UsageStore for FaultyStore {
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        self.inner.ledger_retention()
+    }
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         let fault = self
             .faults
@@ -817,7 +820,7 @@ pub async fn run_schedule(
     // Quiet now. Reconcile compares every stored counter with the ledger, so an
     // application that landed after the drain check would show up as drift here.
     for org in orgs.iter().chain(s.poison.then_some(&poison_org)) {
-        let drift = reconcile(real_store.as_ref(), org, month)
+        let drift = reconcile(real_store.as_ref(), org, month, month.start())
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
         if !drift.is_empty() {

@@ -183,6 +183,49 @@ async fn a_batch_of_many_chunks_counts_each_event_once() {
 /// `create_table` is idempotent and turns TTL on; ledger records carry `ttl` = write time
 /// plus 45 days (DynamoDB deletes them after that; moto never does, so the value is what is
 /// checked).
+/// Reconcile on DynamoDB judges a month while its ledger is all there (until 45 days after
+/// the month began, less the 5 minutes of clock skew) and refuses it afterwards with a
+/// sentence saying why, instead of reporting every counter as drift; SQLite keeps its
+/// ledger for good and reconciles any month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_refuses_a_month_past_the_ledger_retention() {
+    let f = DynamoFactory::new().await;
+    let s = f.open().await;
+    let org = fresh_org();
+    let month = Month::parse("2026-10").unwrap();
+    let within =
+        month.start() + chrono::Duration::days(LEDGER_TTL_DAYS) - chrono::Duration::minutes(6);
+    assert!(
+        tally_aggregator::reconcile(&s, &org, month, within)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let past = month.start() + chrono::Duration::days(LEDGER_TTL_DAYS);
+    let refused = tally_aggregator::reconcile(&s, &org, month, past)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tally_aggregator::ReconcileError::BeyondRetention { days: 45, .. }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("too old to reconcile"),
+        "{refused}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = tally_store::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let years_later = month.start() + chrono::Duration::days(3650);
+    assert!(
+        tally_aggregator::reconcile(&sqlite, &org, month, years_later)
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_records_expire_after_45_days_by_ttl() {
     let f = DynamoFactory::new().await;

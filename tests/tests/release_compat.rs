@@ -116,7 +116,7 @@ async fn the_previous_release_s_file_reads_and_counts_on() {
         .await
         .unwrap();
     assert_eq!(ledger.events.len(), 5);
-    let drift = tally_aggregator::reconcile::reconcile(&store, &org_id, december)
+    let drift = tally_aggregator::reconcile::reconcile(&store, &org_id, december, december.start())
         .await
         .unwrap();
     assert!(drift.is_empty(), "{drift:?}");
@@ -144,7 +144,7 @@ async fn the_previous_release_s_file_reads_and_counts_on() {
         month_total(&store, "compute_minutes").await,
         [Decimal::new(165, 1)]
     );
-    let drift = tally_aggregator::reconcile::reconcile(&store, &org_id, december)
+    let drift = tally_aggregator::reconcile::reconcile(&store, &org_id, december, december.start())
         .await
         .unwrap();
     assert!(drift.is_empty(), "{drift:?}");

@@ -35,6 +35,11 @@ fn secs_ts(secs: i64) -> DateTime<Utc> {
 
 #[async_trait]
 impl UsageStore for DynamoStore {
+    /// Ledger items carry a TTL of their write time plus [`super::apply::LEDGER_TTL_DAYS`].
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        Some(chrono::Duration::days(super::apply::LEDGER_TTL_DAYS))
+    }
+
     /// The algorithm of the [module doc](super), in `apply.rs`.
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         super::apply::apply_batch(self, events).await

@@ -62,6 +62,11 @@ fn decode_cursor(c: &str) -> Result<EventId, StoreError> {
 
 #[async_trait]
 impl UsageStore for MemoryStore {
+    /// The ledger is kept as long as the store.
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        None
+    }
+
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         // The first copy of each (org, id) in the batch, in batch order.
         let mut first = fold::dedupe_in_batch(events).into_iter().peekable();
