@@ -90,13 +90,14 @@ fn assert_totals(report: &UsageReport, fee: &str, subtotal: &str, discount: &str
 
 #[test]
 fn free_plan_never_charges() {
-    // Free: $0, hard limits (10,000 calls, 100 minutes, 1 GiB), no bandwidth allowance,
+    // Free: $0, hard limits (10,000 calls, 100 minutes, 1 GiB stored, 1 GiB of bandwidth),
     // every price $0.
     //
     // api_calls        8,000 of 10,000 included          → billable 0          → $0.00
     // compute_minutes    100 of 100 included (at limit)   → billable 0          → $0.00
     // storage_bytes  900,000,000 of 1,073,741,824         → billable 0          → $0.00
-    // bandwidth_bytes 3,000,000,000, no allowance         → billable 3 GB × $0  → $0.00
+    // bandwidth_bytes 3,000,000,000 of 1,073,741,824 (past the limit: events in flight)
+    //                                                     → billable 1,926,258,176 × $0 → $0.00
     // flat fee $0.00; subtotal $0.00; discount $0.00; total $0.00
     let report = bill(
         PlanId::Free,
@@ -108,7 +109,12 @@ fn free_plan_never_charges() {
         ("api_calls", "8000", "10000", "0"),
         ("compute_minutes", "100", "100", "0"),
         ("storage_bytes", "900000000", one_gib.as_str(), "0"),
-        ("bandwidth_bytes", "3000000000", "0", "3000000000"),
+        (
+            "bandwidth_bytes",
+            "3000000000",
+            one_gib.as_str(),
+            "1926258176",
+        ),
     ] {
         assert_line(
             &report,
