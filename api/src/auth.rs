@@ -177,7 +177,20 @@ impl FromRequestParts<ApiState> for Caller {
             let jwt = state.jwt.as_ref().ok_or_else(|| {
                 ApiError::Unauthorized("user tokens are not configured on this server".into())
             })?;
-            return Ok(Caller::User(jwt.verify(credential, state.clock.now())?));
+            let now = state.clock.now();
+            let user = jwt.verify(credential, now)?;
+            // One bucket per user, charged before any store read.
+            state
+                .users
+                .charge(&user, state.user_rate, 1, now)
+                .map_err(|t| ApiError::RateLimited {
+                    message: format!(
+                        "this user may make {} requests per second (bursts of {}); retry in {} s",
+                        t.limit.per_second, t.limit.burst, t.retry_after_secs
+                    ),
+                    retry_after_secs: t.retry_after_secs,
+                })?;
+            return Ok(Caller::User(user));
         }
         let key = KeyAuth::from_ref(state).authenticate(credential).await?;
         Ok(Caller::ApiKey(key))

@@ -5,6 +5,7 @@
 
 pub use tally_http::auth::{KeyAuth, bearer_token, require_scope};
 pub use tally_http::error::{ApiError, ErrorBody, PLAN_LIMIT_EXCEEDED};
+pub use tally_http::rate::RateLimiter;
 pub use tally_http::trace::trace_requests;
 
 /// The OpenAPI pieces shared by every API's document.

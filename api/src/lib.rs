@@ -23,9 +23,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodRouter, delete, get, patch, post};
-use tally_core::ids::OrgId;
+use tally_core::ids::{OrgId, UserId};
 use tally_core::meter::MeterCatalogue;
-use tally_core::plan::{Plan, PlanId};
+use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{Clock, TenantStore, UsageStore};
 use tally_core::tenant::Org;
 
@@ -285,12 +285,27 @@ pub struct ApiState {
     /// The plans of the process's catalogue: the user and project caps the API enforces
     /// and the allowances the usage summary shows. A plan missing here is the built-in one.
     pub plans: Arc<BTreeMap<PlanId, Plan>>,
+    /// One token bucket per user across the management API and user-token usage reads
+    /// ([`USER_RATE`] by default), so one user cannot flood the store for everyone.
+    pub users: Arc<crate::http::RateLimiter<UserId>>,
+    /// The size of each user's bucket.
+    pub user_rate: RateLimit,
     /// How many proxies in front of this server append to `X-Forwarded-For` and are
     /// trusted to: the client address audit records show is the entry the outermost of
     /// them saw. 0 (the default): the connection's peer, and the header is ignored, since
     /// any client can write it.
     pub trusted_proxies: usize,
 }
+
+/// A user's requests per second (and burst) on the management API by default: far above
+/// what a person or a dashboard needs, far below what hurts the store.
+pub const USER_RATE: RateLimit = RateLimit {
+    per_second: 20,
+    burst: 40,
+};
+
+/// Most users whose buckets are kept at once (a full bucket is forgotten anyway).
+pub const USER_BUCKETS: usize = 100_000;
 
 impl ApiState {
     /// Bundles the ports.
@@ -307,6 +322,8 @@ impl ApiState {
             clock,
             jwt: None,
             plans: Arc::new(BTreeMap::new()),
+            users: Arc::new(crate::http::RateLimiter::new(USER_BUCKETS)),
+            user_rate: USER_RATE,
             trusted_proxies: 0,
         }
     }

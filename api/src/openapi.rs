@@ -21,37 +21,41 @@ use crate::roles::markdown_table;
 use crate::{Endpoint, ROUTES};
 
 /// The statuses `GET /v1/usage` answers with.
-pub const GET_USAGE_STATUSES: &[u16] = &[200, 400, 401, 403, 404, 500, 503];
+pub const GET_USAGE_STATUSES: &[u16] = &[200, 400, 401, 403, 404, 429, 500, 503];
 
 /// The statuses each route answers with (`GET /v1/usage` and the management routes).
 pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
     match endpoint {
         Endpoint::Usage => GET_USAGE_STATUSES,
         Endpoint::OpenApi => &[200],
-        Endpoint::MyOrgs => &[200, 401, 403, 500, 503],
+        Endpoint::MyOrgs => &[200, 401, 403, 429, 500, 503],
         Endpoint::GetOrg
         | Endpoint::ListMembers
         | Endpoint::ListProjects
         | Endpoint::GetProject
-        | Endpoint::ListKeys => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::ListAudit => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::CreateProject | Endpoint::CreateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
-        Endpoint::RevokeKey => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::UpdateOrg | Endpoint::DeleteOrg => &[200, 400, 401, 403, 404, 500, 503],
-        Endpoint::UpdateProject | Endpoint::ArchiveProject | Endpoint::RemoveProjectMember => {
-            &[200, 400, 401, 403, 404, 500, 503]
+        | Endpoint::ListKeys => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::ListAudit => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::CreateProject | Endpoint::CreateKey => {
+            &[201, 400, 401, 403, 404, 409, 429, 500, 503]
         }
-        Endpoint::AddProjectMember => &[201, 400, 401, 403, 404, 409, 500, 503],
-        Endpoint::RotateKey => &[201, 400, 401, 403, 404, 409, 500, 503],
-        Endpoint::AddMember => &[201, 400, 401, 403, 404, 409, 500, 503],
-        Endpoint::TransferOwnership => &[200, 400, 401, 403, 404, 409, 500, 503],
-        Endpoint::UpdateMember | Endpoint::RemoveMember => &[200, 400, 401, 403, 404, 500, 503],
+        Endpoint::RevokeKey => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::UpdateOrg | Endpoint::DeleteOrg => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::UpdateProject | Endpoint::ArchiveProject | Endpoint::RemoveProjectMember => {
+            &[200, 400, 401, 403, 404, 429, 500, 503]
+        }
+        Endpoint::AddProjectMember => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
+        Endpoint::RotateKey => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
+        Endpoint::AddMember => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
+        Endpoint::TransferOwnership => &[200, 400, 401, 403, 404, 409, 429, 500, 503],
+        Endpoint::UpdateMember | Endpoint::RemoveMember => {
+            &[200, 400, 401, 403, 404, 429, 500, 503]
+        }
         Endpoint::ListInvitations | Endpoint::RevokeInvitation => {
-            &[200, 400, 401, 403, 404, 500, 503]
+            &[200, 400, 401, 403, 404, 429, 500, 503]
         }
         Endpoint::CreateInvitation | Endpoint::AcceptInvitation => {
-            &[201, 400, 401, 403, 404, 409, 500, 503]
+            &[201, 400, 401, 403, 404, 409, 429, 500, 503]
         }
     }
 }

@@ -432,6 +432,39 @@ async fn every_status_code_of_get_usage_is_produced_and_documented() {
                 .as_u16(),
         );
     }
+    // 429: a user's bucket (one request a second here) emptied by a user token.
+    {
+        let shared = Arc::new(mem.clone());
+        let jwt = crate::jwt::JwtConfig::hs256(&[9; 32]).unwrap();
+        let token = jwt
+            .mint(
+                &tally_core::ids::UserId::parse("usr_ann").unwrap(),
+                t(NOW),
+                chrono::Duration::hours(1),
+            )
+            .unwrap();
+        let mut state = ApiState::new(
+            shared.clone(),
+            shared,
+            Arc::new(MeterCatalogue::default()),
+            Arc::new(FixedClock::at(t(NOW))),
+        )
+        .with_jwt(jwt);
+        state.user_rate = tally_core::plan::RateLimit {
+            per_second: 1,
+            burst: 1,
+        };
+        let limited = router(state);
+        for _ in 0..2 {
+            let req = Request::get("/v1/usage?meter=api_calls&org_id=org_a")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let res = limited.clone().oneshot(req).await.unwrap();
+            seen.insert(res.status().as_u16());
+        }
+        assert!(seen.contains(&429));
+    }
     let documented: BTreeSet<u16> = keys_of(&doc()["paths"]["/v1/usage"]["get"]["responses"])
         .iter()
         .map(|s| s.parse().unwrap())

@@ -978,6 +978,53 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
     }
 }
 
+/// One token bucket per user across the management API: a burst of 40, then 429 with
+/// Retry-After, refilling 20 a second; another user is not affected.
+#[tokio::test]
+async fn each_user_is_rate_limited_on_the_management_api() {
+    let mem = world(PlanId::Starter).await;
+    let router = app(&mem);
+    let get = |bearer: String| {
+        let router = router.clone();
+        async move {
+            let req = Request::get("/v1/orgs/org_a")
+                .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+                .body(Body::empty())
+                .unwrap();
+            router.oneshot(req).await.unwrap()
+        }
+    };
+    let owner = token(&a_user(Role::Owner));
+    for i in 0..tally_api::USER_RATE.burst {
+        assert_eq!(
+            get(owner.clone()).await.status(),
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let refused = get(owner.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+    let body = axum::body::to_bytes(refused.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another user has a bucket of their own.
+    let admin = token(&a_user(Role::Admin));
+    assert_eq!(get(admin).await.status(), StatusCode::OK);
+    // A second later, 20 more.
+    mem.clock.set(t(NOW) + chrono::Duration::seconds(1));
+    for i in 0..tally_api::USER_RATE.per_second {
+        assert_eq!(
+            get(owner.clone()).await.status(),
+            StatusCode::OK,
+            "refill {i}"
+        );
+    }
+    assert_eq!(get(owner).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn the_audit_trail_pages_newest_first_with_filters() {
     let mem = world(PlanId::Pro).await;

@@ -7,7 +7,10 @@
 //!   [`auth::bearer_token`], [`auth::require_scope`]), through the key cache of [`keys`]
 //!   ([`KeyCache`]: 10 s for a found key, 2 s for an unknown hash, last-used times flushed
 //!   in bulk), built on the bounded TTL map of [`cache`].
-//! - [`trace`]: one request span with a request id, echoed in `x-request-id`.
+//! - [`trace`]: one request span with a request id, echoed in `x-request-id` (and in 5xx
+//!   error bodies).
+//! - [`rate`]: token buckets per key, ingest's per-API-key limit and the management API's
+//!   per-user limit.
 //! - [`openapi`]: the shared part of the OpenAPI document (`POST /v1/events`, the error
 //!   object, the security scheme) and the helpers each API adds its routes with; [`events`]
 //!   holds the body limits of `POST /v1/events` the document states and ingest enforces.
@@ -21,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod openapi;
+pub mod rate;
 pub mod trace;
 
 pub use auth::{KeyAuth, ScopedKey};

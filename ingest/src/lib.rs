@@ -145,7 +145,7 @@ struct Inner {
     plans: BTreeMap<PlanId, Arc<Plan>>,
     keys: Arc<KeyCache>,
     lookups: lookups::Lookups,
-    limiter: limits::RateLimiter,
+    limiter: limits::RateLimiter<tally_core::ids::ApiKeyId>,
     plan_guard: limits::PlanGuard,
 }
 

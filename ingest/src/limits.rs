@@ -54,141 +54,28 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use rust_decimal::Decimal;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, MeterName, OrgId};
+use tally_core::ids::{MeterName, OrgId};
 use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
-use tally_core::plan::{Plan, RateLimit};
+use tally_core::plan::Plan;
 use tally_core::ports::{Clock, CounterQuery, StoreError, UsageStore};
 
 use tracing::Instrument;
 
 use crate::cache::{TtlCache, add, delta};
+
 use crate::config::CacheConfig;
+/// The token buckets, shared with the management API's per-user limit (see the module doc
+/// above for how ingest charges them).
+pub use tally_http::rate::{RateLimiter, Throttled};
 
 /// Counter of requests refused by a rate limit.
 pub const METRIC_RATE_LIMITED: &str = "tally_ingest_rate_limited_total";
 /// Counter of events refused by a hard plan limit, labelled `meter`.
 pub const METRIC_PLAN_LIMITED: &str = "tally_ingest_plan_limited_total";
-
-const MICROS_PER_TOKEN: i64 = 1_000_000;
-const MICROS_PER_SECOND: i64 = 1_000_000;
-
-/// A refusal by the rate limiter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttled {
-    /// Whole seconds (rounded up, at least 1) until the request would be admitted.
-    pub retry_after_secs: u64,
-    /// The limit that applied.
-    pub limit: RateLimit,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Tokens in millionths; negative while in debt.
-    micros: i64,
-    /// When `micros` was computed.
-    at: DateTime<Utc>,
-}
-
-/// Token buckets per API key. See the module docs.
-#[derive(Debug)]
-pub struct RateLimiter {
-    buckets: TtlCache<ApiKeyId, Bucket>,
-}
-
-impl RateLimiter {
-    /// A limiter keeping at most `capacity` buckets.
-    pub fn new(capacity: usize) -> Self {
-        RateLimiter {
-            buckets: TtlCache::new(capacity),
-        }
-    }
-
-    /// Refuses if `key`'s bucket holds less than one token; charges nothing.
-    pub fn check(
-        &self,
-        key: &ApiKeyId,
-        limit: RateLimit,
-        now: DateTime<Utc>,
-    ) -> Result<(), Throttled> {
-        self.buckets.update(key.clone(), now, |entry| {
-            let bucket = entry.map(|(b, _)| b);
-            let level = level(bucket, limit, now);
-            let result = match wait_micros(level, MICROS_PER_TOKEN, limit) {
-                0 => Ok(()),
-                wait => Err(throttled(wait, limit)),
-            };
-            (result, entry)
-        })
-    }
-
-    /// Charges `cost` tokens to `key`'s bucket if it holds `min(cost, burst)` (so the bucket
-    /// may go into debt); otherwise charges nothing and says how long to wait.
-    pub fn charge(
-        &self,
-        key: &ApiKeyId,
-        limit: RateLimit,
-        cost: u64,
-        now: DateTime<Utc>,
-    ) -> Result<(), Throttled> {
-        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
-        let burst = i64::from(limit.burst.max(1));
-        self.buckets.update(key.clone(), now, |entry| {
-            let bucket = entry.map(|(b, _)| b);
-            let level = level(bucket, limit, now);
-            let need = cost.min(burst).saturating_mul(MICROS_PER_TOKEN);
-            match wait_micros(level, need, limit) {
-                0 => {
-                    let b = Bucket {
-                        micros: level.saturating_sub(cost.saturating_mul(MICROS_PER_TOKEN)),
-                        at: bucket.map_or(now, |b| b.at.max(now)),
-                    };
-                    (Ok(()), Some((b, full_at(b, limit))))
-                }
-                wait => (Err(throttled(wait, limit)), entry),
-            }
-        })
-    }
-}
-
-/// The bucket's level at `now` (a missing bucket is full).
-fn level(bucket: Option<Bucket>, limit: RateLimit, now: DateTime<Utc>) -> i64 {
-    let capacity = i64::from(limit.burst.max(1)) * MICROS_PER_TOKEN;
-    let Some(b) = bucket else {
-        return capacity;
-    };
-    let elapsed = (now - b.at).num_microseconds().unwrap_or(i64::MAX).max(0);
-    let refill = elapsed.saturating_mul(i64::from(limit.per_second.max(1)));
-    b.micros.saturating_add(refill).min(capacity)
-}
-
-/// Microseconds until a bucket at `level` holds `need`; 0 if it already does.
-fn wait_micros(level: i64, need: i64, limit: RateLimit) -> i64 {
-    if level >= need {
-        return 0;
-    }
-    // `per_second` tokens per second is `per_second` millionths of a token per microsecond.
-    let rate = i64::from(limit.per_second.max(1));
-    need.saturating_sub(level).saturating_add(rate - 1) / rate
-}
-
-fn throttled(wait_micros: i64, limit: RateLimit) -> Throttled {
-    let secs = wait_micros.saturating_add(MICROS_PER_SECOND - 1) / MICROS_PER_SECOND;
-    Throttled {
-        retry_after_secs: u64::try_from(secs).unwrap_or(u64::MAX).max(1),
-        limit,
-    }
-}
-
-/// When a bucket refills completely (after which it is the same as no bucket).
-fn full_at(b: Bucket, limit: RateLimit) -> DateTime<Utc> {
-    let capacity = i64::from(limit.burst.max(1)) * MICROS_PER_TOKEN;
-    let wait = wait_micros(b.micros, capacity, limit);
-    add(b.at, TimeDelta::microseconds(wait))
-}
 
 /// Why one event was refused by a hard plan limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,90 +268,5 @@ impl PlanGuard {
             stored,
             pending: Decimal::ZERO,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
-
-    fn key() -> ApiKeyId {
-        ApiKeyId::parse("key_x").unwrap()
-    }
-
-    #[test]
-    fn a_clock_going_back_never_adds_tokens() {
-        let l = RateLimiter::new(10);
-        let limit = RateLimit::new(10, 2);
-        assert!(l.charge(&key(), limit, 2, t0()).is_ok());
-        let earlier = t0() - TimeDelta::seconds(60);
-        assert!(l.charge(&key(), limit, 1, earlier).is_err());
-        assert!(l.check(&key(), limit, t0()).is_err());
-        assert!(
-            l.check(&key(), limit, t0() + TimeDelta::milliseconds(100))
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn zero_limits_are_treated_as_one() {
-        let l = RateLimiter::new(10);
-        let limit = RateLimit::new(0, 0);
-        assert!(l.charge(&key(), limit, 1, t0()).is_ok());
-        let refused = l.charge(&key(), limit, 1, t0()).unwrap_err();
-        assert_eq!(refused.retry_after_secs, 1);
-        assert!(
-            l.charge(&key(), limit, 1, t0() + TimeDelta::seconds(1))
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn a_bucket_is_forgotten_exactly_when_it_is_full_again() {
-        let l = RateLimiter::new(10);
-        let limit = RateLimit::new(10, 20);
-        assert!(l.charge(&key(), limit, 5, t0()).is_ok());
-        assert_eq!(l.buckets.len(), 1);
-        // 5 tokens come back in 0.5 s: just before, the bucket is still remembered.
-        let almost = t0() + TimeDelta::microseconds(499_999);
-        assert!(l.buckets.get(&key(), almost).is_some());
-        assert!(
-            l.buckets
-                .get(&key(), t0() + TimeDelta::milliseconds(500))
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        let l = RateLimiter::new(10);
-        let limit = RateLimit::new(3, 3);
-        assert!(l.charge(&key(), limit, 3, t0()).is_ok());
-        // A third of a second per token.
-        assert_eq!(
-            l.check(&key(), limit, t0()).unwrap_err().retry_after_secs,
-            1
-        );
-        assert_eq!(
-            l.charge(&key(), limit, 3, t0())
-                .unwrap_err()
-                .retry_after_secs,
-            1
-        );
-        let limit = RateLimit::new(1, 5);
-        let other = ApiKeyId::parse("key_y").unwrap();
-        assert!(l.charge(&other, limit, 5, t0()).is_ok());
-        assert_eq!(
-            l.charge(&other, limit, 5, t0())
-                .unwrap_err()
-                .retry_after_secs,
-            5
-        );
     }
 }

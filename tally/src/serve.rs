@@ -117,6 +117,8 @@ pub fn router(
         clock,
         jwt: jwt.map(Arc::new),
         plans: Arc::new(plans),
+        users: Arc::new(tally_api::http::RateLimiter::new(tally_api::USER_BUCKETS)),
+        user_rate: crate::settings::user_rate().unwrap_or(tally_api::USER_RATE),
         trusted_proxies,
     });
     let router = ingest.merge(api).route(
@@ -200,6 +202,7 @@ impl App {
         let jwt = jwt_config(common)?;
         // Checked here so a bad value stops `tally serve` with its reason.
         crate::settings::trusted_proxies()?;
+        crate::settings::user_rate()?;
         let catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,

@@ -106,6 +106,28 @@ pub fn trusted_proxies() -> anyhow::Result<usize> {
     }
 }
 
+/// Each user's requests per second on the management API (`TALLY_USER_RATE`, 1 to
+/// 1,000,000, bursts of twice that; default [`tally_api::USER_RATE`]).
+pub fn user_rate() -> anyhow::Result<tally_core::plan::RateLimit> {
+    match std::env::var("TALLY_USER_RATE") {
+        Err(_) => Ok(tally_api::USER_RATE),
+        Ok(v) => {
+            let n = v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .with_context(|| {
+                    format!("TALLY_USER_RATE must be a number from 1 to 1000000, got {v:?}")
+                })?;
+            Ok(tally_core::plan::RateLimit {
+                per_second: n,
+                burst: n.saturating_mul(2),
+            })
+        }
+    }
+}
+
 /// File under `--data` holding the generated HS256 secret (hex, mode 0600).
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
 
