@@ -301,11 +301,19 @@ impl OrgStore for DynamoStore {
             .collect()
     }
 
-    /// Sets the org's `deleted_at` (kept if set: `if_not_exists`), then revokes each of its
-    /// keys that is not revoked (a conditional `UpdateItem` each, also `if_not_exists`). Not one
-    /// transaction (an org may have more keys than one holds), but every step is idempotent
-    /// and nothing can be added to a deleted org, so a retried delete finishes the job.
+    /// Revokes each of the org's keys that is not revoked (a conditional `UpdateItem` each,
+    /// `if_not_exists`), **then** sets its `deleted_at` (kept if set), then revokes once more
+    /// any key created in between. Not one transaction (an org may have more keys than one
+    /// holds), but in this order a deletion that stops half-way leaves the org live, so its
+    /// owner can simply delete it again; every step is idempotent; and ingest refuses a
+    /// deleted org's keys whatever state they are in.
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
+        let Some(before) = self.get_org(id).await? else {
+            return Ok(None);
+        };
+        // A retried deletion revokes at the first deletion's time.
+        let revoked_at = before.deleted_at.unwrap_or(at);
+        self.revoke_live_keys(id, revoked_at).await?;
         let marked = self
             .client
             .update_item()
@@ -315,7 +323,7 @@ impl OrgStore for DynamoStore {
             .update_expression("SET deleted_at = if_not_exists(deleted_at, :at)")
             .condition_expression("attribute_exists(#pk)")
             .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":at", s(ts_text(at)))
+            .expression_attribute_values(":at", s(ts_text(revoked_at)))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -323,13 +331,22 @@ impl OrgStore for DynamoStore {
         let Some(org) = marked.as_ref().map(org_of).transpose()? else {
             return Ok(None);
         };
-        let revoked_at = org.deleted_at.unwrap_or(at);
-        for key in self.list_api_keys(id).await? {
+        // A key created while the first pass ran (the org was still live then).
+        self.revoke_live_keys(id, org.deleted_at.unwrap_or(revoked_at))
+            .await?;
+        Ok(Some(org))
+    }
+}
+
+impl DynamoStore {
+    /// Revokes every key of `org` that is not revoked yet, at `at`.
+    async fn revoke_live_keys(&self, org: &OrgId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        for key in self.list_api_keys(org).await? {
             if key.revoked_at.is_none() {
-                self.revoke_api_key(id, &key.id, revoked_at).await?;
+                self.revoke_api_key(org, &key.id, at).await?;
             }
         }
-        Ok(Some(org))
+        Ok(())
     }
 }
 
