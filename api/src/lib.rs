@@ -68,8 +68,6 @@ pub enum Endpoint {
     ListMembers,
     /// `POST /v1/orgs/{org_id}/transfer`.
     TransferOwnership,
-    /// `POST /v1/orgs/{org_id}/members`.
-    AddMember,
     /// `PATCH /v1/orgs/{org_id}/members/{user_id}`.
     UpdateMember,
     /// `DELETE /v1/orgs/{org_id}/members/{user_id}`.
@@ -124,7 +122,6 @@ impl Endpoint {
             Endpoint::DeleteOrg => Some(Action::OrgDelete),
             Endpoint::ListMembers => Some(Action::MembersRead),
             Endpoint::TransferOwnership => Some(Action::OrgTransfer),
-            Endpoint::AddMember => Some(Action::MemberAdd),
             Endpoint::UpdateMember => Some(Action::MemberUpdate),
             Endpoint::RemoveMember => Some(Action::MemberRemove),
             Endpoint::ListProjects | Endpoint::GetProject => Some(Action::ProjectsRead),
@@ -188,7 +185,6 @@ pub const ROUTES: &[Route] = &[
         "/v1/orgs/{org_id}/transfer",
         Endpoint::TransferOwnership,
     ),
-    route("POST", "/v1/orgs/{org_id}/members", Endpoint::AddMember),
     route(
         "PATCH",
         "/v1/orgs/{org_id}/members/{user_id}",
@@ -388,7 +384,6 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::DeleteOrg => delete(orgs::delete_org),
         Endpoint::ListMembers => get(members::list_members),
         Endpoint::TransferOwnership => post(orgs::transfer_ownership),
-        Endpoint::AddMember => post(members::add_member),
         Endpoint::UpdateMember => patch(members::update_member),
         Endpoint::RemoveMember => delete(members::remove_member),
         Endpoint::ListProjects => get(projects::list_projects),

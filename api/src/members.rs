@@ -9,11 +9,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
-use tally_core::ports::StoreError;
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::ApiState;
@@ -123,56 +121,6 @@ pub(crate) async fn check_user_limit(state: &ApiState, org: &Org) -> Result<(), 
         });
     }
     Ok(())
-}
-
-/// `POST /v1/orgs/{org_id}/members` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddMember {
-    /// An existing user.
-    pub user_id: String,
-    /// `admin`, `member` or `viewer`.
-    pub role: String,
-}
-
-/// `POST /v1/orgs/{org_id}/members` (`member.add`): `201` with the membership; `404` for
-/// an unknown user, `409` for a member already, `403` with `limit` and `count` past the
-/// plan's user limit (pending invitations count).
-pub(crate) async fn add_member(
-    State(state): State<ApiState>,
-    actor: Actor,
-    PathParams(org): PathParams<String>,
-    payload: Result<JsonObject<AddMember>, MgmtError>,
-) -> Result<(StatusCode, Json<MemberView>), MgmtError> {
-    let resource = "members".to_owned();
-    let member = actor
-        .mutation(&state, &org, Action::MemberAdd, resource)
-        .run(async |auth| {
-            let req = body(payload)?;
-            let role = grantable_role(&req.role)?;
-            let user = UserId::parse(&req.user_id)
-                .map_err(|_| ApiError::not_found("user_id", "no such user"))?;
-            let org = state.org(&auth.org).await?;
-            check_user_limit(&state, &org).await?;
-            let m = Membership {
-                org_id: org.id,
-                user_id: user,
-                role,
-                created_at: state.clock.now(),
-            };
-            state.tenants.add_member(&m).await.map_err(|e| match e {
-                StoreError::NotFound { .. } => {
-                    MgmtError::Api(ApiError::not_found("user_id", "no such user"))
-                }
-                other => other.into(),
-            })?;
-            Ok(Change::created(
-                format!("member:{}", m.user_id),
-                MemberView::from(&m),
-            ))
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(member)))
 }
 
 /// `PATCH /v1/orgs/{org_id}/members/{user_id}` body.

@@ -46,7 +46,6 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         }
         Endpoint::AddProjectMember => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
         Endpoint::RotateKey => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
-        Endpoint::AddMember => &[201, 400, 401, 403, 404, 409, 429, 500, 503],
         Endpoint::TransferOwnership => &[200, 400, 401, 403, 404, 409, 429, 500, 503],
         Endpoint::UpdateMember | Endpoint::RemoveMember => {
             &[200, 400, 401, 403, 404, 429, 500, 503]
@@ -279,13 +278,6 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 "Hand ownership to another member; the owner becomes an admin",
                 "Org",
                 Some("TransferOwnership"),
-                vec![],
-            ),
-            Endpoint::AddMember => (
-                "addMember",
-                "Add an existing user as a member (not as owner; 403 with `limit` and `count` past the plan's user limit)",
-                "MemberView",
-                Some("AddMember"),
                 vec![],
             ),
             Endpoint::UpdateMember => (
@@ -556,8 +548,6 @@ fn management_schemas() -> Value {
         "MyOrg": {"type": "object", "required": ["org", "role"], "properties": {
             "org": schema_ref("Org"), "role": {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}}},
         "MyOrgsResponse": {"type": "object", "required": ["orgs"], "properties": {"orgs": {"type": "array", "items": schema_ref("MyOrg")}}},
-        "AddMember": {"type": "object", "required": ["user_id", "role"], "additionalProperties": false, "properties": {
-            "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
         "UpdateMember": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {
             "role": {"type": "string", "enum": ["admin", "member", "viewer"]}}},
         "MemberView": {"type": "object", "required": ["user_id", "role", "created_at"], "properties": {

@@ -8,7 +8,6 @@
 //! | `org.delete` | `DELETE /v1/orgs/{org_id}` (soft; revokes every API key) | ✓ | | | |
 //! | `members.read` | `GET /v1/orgs/{org_id}/members` | ✓ | ✓ | ✓ | ✓ |
 //! | `org.transfer` | `POST /v1/orgs/{org_id}/transfer` (ownership to a member) | ✓ | | | |
-//! | `member.add` | `POST /v1/orgs/{org_id}/members` | ✓ | ✓ | | |
 //! | `member.update` | `PATCH /v1/orgs/{org_id}/members/{user_id}` (role) | ✓ | ✓ | | |
 //! | `member.remove` | `DELETE /v1/orgs/{org_id}/members/{user_id}` | ✓ | ✓ | | |
 //! | `projects.read` | `GET /v1/orgs/{org_id}/projects`, `GET …/projects/{project_id}` | ✓ | ✓ | ✓ | ✓ |
@@ -48,7 +47,7 @@ use tally_core::tenant::Role;
 pub enum Action {
     /// Read the org.
     OrgRead,
-    /// Change the org's name or plan.
+    /// Change the org's name (its plan is the operator's).
     OrgUpdate,
     /// Delete the org (soft: marked deleted, its API keys revoked).
     OrgDelete,
@@ -56,9 +55,8 @@ pub enum Action {
     MembersRead,
     /// Hand ownership to another member (the owner becomes an admin).
     OrgTransfer,
-    /// Add a member.
-    MemberAdd,
-    /// Change a member's role.
+    /// Change a member's role. (There is no "add a member": a user joins an org only by
+    /// accepting an invitation sent to their email, never by being added without consent.)
     MemberUpdate,
     /// Remove a member.
     MemberRemove,
@@ -105,7 +103,6 @@ impl Action {
             Action::OrgDelete => "org.delete",
             Action::MembersRead => "members.read",
             Action::OrgTransfer => "org.transfer",
-            Action::MemberAdd => "member.add",
             Action::MemberUpdate => "member.update",
             Action::MemberRemove => "member.remove",
             Action::ProjectsRead => "projects.read",
@@ -134,7 +131,6 @@ impl Action {
             Action::OrgUpdate
                 | Action::OrgDelete
                 | Action::OrgTransfer
-                | Action::MemberAdd
                 | Action::MemberUpdate
                 | Action::MemberRemove
                 | Action::ProjectCreate
@@ -162,7 +158,6 @@ pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::OrgDelete, [true, false, false, false]),
     (Action::MembersRead, [true, true, true, true]),
     (Action::OrgTransfer, [true, false, false, false]),
-    (Action::MemberAdd, [true, true, false, false]),
     (Action::MemberUpdate, [true, true, false, false]),
     (Action::MemberRemove, [true, true, false, false]),
     (Action::ProjectsRead, [true, true, true, true]),

@@ -389,11 +389,6 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         ),
         Endpoint::CreateKey => (path, Some(json!({"name": format!("key {n}")}))),
         Endpoint::UpdateOrg => (path, Some(json!({"name": format!("Renamed {n}")}))),
-        Endpoint::AddMember => (
-            path,
-            // A user who exists and is in neither org.
-            Some(json!({"user_id": "usr_invitee", "role": "member"})),
-        ),
         Endpoint::UpdateMember => (path, Some(json!({"role": "member"}))),
         Endpoint::RemoveMember | Endpoint::DeleteOrg | Endpoint::ArchiveProject => (path, None),
         Endpoint::UpdateProject => (path, Some(json!({"name": format!("Renamed {n}")}))),
@@ -1208,7 +1203,7 @@ async fn owners_and_admins_rename_but_never_replan() {
 }
 
 #[tokio::test]
-async fn members_are_added_changed_and_removed_but_never_the_owner() {
+async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_the_owner() {
     let mem = world(PlanId::Starter).await;
     for (id, email) in [
         ("usr_carol", "carol@example.com"),
@@ -1223,6 +1218,8 @@ async fn members_are_added_changed_and_removed_but_never_the_owner() {
         .unwrap();
     }
     let admin = token(&a_user(Role::Admin));
+    // Nobody is added to an org without consent: there is no route that adds an existing
+    // user by id; a user joins by accepting an invitation sent to their email.
     let a = call(
         &mem,
         "POST",
@@ -1231,26 +1228,22 @@ async fn members_are_added_changed_and_removed_but_never_the_owner() {
         Some(json!({"user_id": "usr_carol", "role": "viewer"})),
     )
     .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-    assert_eq!(a.json["role"], "viewer");
-    let again = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/members",
-        Some(&admin),
-        Some(json!({"user_id": "usr_carol", "role": "viewer"})),
-    )
-    .await;
-    assert_eq!(again.status, StatusCode::CONFLICT);
-    let owner = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/members",
-        Some(&admin),
-        Some(json!({"user_id": "usr_dave", "role": "owner"})),
-    )
-    .await;
-    assert_eq!(owner.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{}", a.text);
+    assert!(
+        mem.get_role(&org_id("org_a"), &user("usr_carol"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Carol accepted an invitation (what the invitation tests drive end to end).
+    mem.add_member(&Membership {
+        org_id: org_id("org_a"),
+        user_id: user("usr_carol"),
+        role: Role::Viewer,
+        created_at: t(NOW),
+    })
+    .await
+    .unwrap();
     let p = call(
         &mem,
         "PATCH",
@@ -1290,14 +1283,15 @@ async fn members_are_added_changed_and_removed_but_never_the_owner() {
     )
     .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
-    // The free plan allows 3 users; org A has 4 members and 1 pending invitation already.
+    // The free plan allows 3 users; org A has 4 members and 1 pending invitation already,
+    // so another invitation is refused.
     let mem = world(PlanId::Free).await;
     let a = call(
         &mem,
         "POST",
-        "/v1/orgs/org_a/members",
+        "/v1/orgs/org_a/invitations",
         Some(&admin),
-        Some(json!({"user_id": "usr_carol", "role": "viewer"})),
+        Some(json!({"email": "carol@example.com", "role": "viewer"})),
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
@@ -1748,16 +1742,10 @@ async fn pending_invitations_count_against_the_user_limit() {
         .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     }
-    for (uri, body) in [
-        (
-            "/v1/orgs/org_a/invitations",
-            json!({"email": "one-more@example.com", "role": "viewer"}),
-        ),
-        (
-            "/v1/orgs/org_a/members",
-            json!({"user_id": "usr_invitee", "role": "viewer"}),
-        ),
-    ] {
+    for (uri, body) in [(
+        "/v1/orgs/org_a/invitations",
+        json!({"email": "one-more@example.com", "role": "viewer"}),
+    )] {
         let a = call(&mem, "POST", uri, Some(&owner), Some(body)).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}: {}", a.text);
         assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
