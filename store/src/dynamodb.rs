@@ -195,6 +195,7 @@ use tally_core::ports::StoreError;
 use codec::{Item, describe_sdk_error, is_retryable, sdk_error, unless_condition_failed};
 
 pub use apply::LEDGER_TTL_DAYS;
+pub use audit::{AUDIT_QUERY_PAGE_ITEMS, AUDIT_QUERY_PAGES};
 /// The AWS SDK for DynamoDB this adapter is built on, re-exported so callers (the binary,
 /// tests) build the [`Client`] with the same version without depending on it themselves.
 pub use aws_sdk_dynamodb as sdk;

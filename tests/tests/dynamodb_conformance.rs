@@ -183,6 +183,76 @@ async fn a_batch_of_many_chunks_counts_each_event_once() {
 /// `create_table` is idempotent and turns TTL on; ledger records carry `ttl` = write time
 /// plus 45 days (DynamoDB deletes them after that; moto never does, so the value is what is
 /// checked).
+/// A filtered audit query that matches little reads a bounded number of pages per call
+/// (`AUDIT_QUERY_PAGES` × `AUDIT_QUERY_PAGE_ITEMS` items) and hands back a cursor where it
+/// stopped; following the cursors finds the one old match under a thousand newer records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_audit_queries_read_a_bounded_number_of_pages() {
+    use tally_core::ports::AuditLog;
+    use tally_core::tenant::{AuditOutcome, AuditQuery, AuditRecord};
+    let f = DynamoFactory::new().await;
+    let s = f.open().await;
+    let org = fresh_org();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let record = |i: i64, action: &str| AuditRecord {
+        id: format!("aud_{i:032x}"),
+        org_id: org.clone(),
+        actor: "usr_x".into(),
+        action: action.into(),
+        resource: "org".into(),
+        outcome: AuditOutcome::Allowed,
+        reason: None,
+        before: None,
+        after: None,
+        at: t0 + chrono::Duration::seconds(i),
+        ip: None,
+        user_agent: None,
+    };
+    s.record_audit(&record(0, "org.needle")).await.unwrap();
+    let noise = tally_store::dynamodb::AUDIT_QUERY_PAGES as i64
+        * i64::from(tally_store::dynamodb::AUDIT_QUERY_PAGE_ITEMS)
+        + 10;
+    for chunk in (1..=noise).collect::<Vec<_>>().chunks(25) {
+        let records: Vec<AuditRecord> = chunk.iter().map(|i| record(*i, "org.noise")).collect();
+        let writes = records.iter().map(|r| s.record_audit(r));
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+    }
+    let mut query = AuditQuery {
+        org: org.clone(),
+        from: None,
+        to: None,
+        actor: None,
+        action: Some("org.needle".into()),
+        resource: None,
+        limit: 10,
+        cursor: None,
+        now: t0,
+    };
+    let first = s.list_audit(&query).await.unwrap();
+    assert!(
+        first.records.is_empty(),
+        "the budget ran out before the match"
+    );
+    assert!(first.next.is_some(), "and the answer says where to go on");
+    let mut calls = 1;
+    let mut found = Vec::new();
+    query.cursor = first.next;
+    while query.cursor.is_some() {
+        let page = s.list_audit(&query).await.unwrap();
+        calls += 1;
+        assert!(calls < 10, "the cursors lead somewhere");
+        found.extend(page.records);
+        query.cursor = page.next;
+    }
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].action, "org.needle");
+    assert!(calls >= 2);
+}
+
 /// Reconcile on DynamoDB judges a month while its ledger is all there (until 45 days after
 /// the month began, less the 5 minutes of clock skew) and refuses it afterwards with a
 /// sentence saying why, instead of reporting every counter as drift; SQLite keeps its

@@ -30,7 +30,10 @@ impl AuditLog for DynamoStore {
 
     /// A backward query of `ORG#<org>#AUDIT` between the bounds, filtered on actor, action,
     /// resource and `ttl` (DynamoDB deletes expired items lazily), page after page until the
-    /// page is full.
+    /// page is full, but reading at most [`AUDIT_QUERY_PAGES`] pages of
+    /// [`AUDIT_QUERY_PAGE_ITEMS`] items: a filter that matches little cannot make one call
+    /// read a whole trail. Stopped early, the answer holds what was found and a cursor
+    /// where the reading stopped, so the caller goes on from there.
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         let limit = q.limit.clamp(1, MAX_AUDIT_PAGE);
         let pk = keys::audit_pk(&q.org);
@@ -72,7 +75,9 @@ impl AuditLog for DynamoStore {
             .filter(|c| **c == upper)
             .map(|c| item([(PK, s(&pk)), (SK, s(c))]));
         let mut records = Vec::new();
+        let mut pages = 0;
         loop {
+            pages += 1;
             let mut req = self
                 .client
                 .query()
@@ -81,6 +86,7 @@ impl AuditLog for DynamoStore {
                 .scan_index_forward(false)
                 .key_condition_expression("#pk = :pk AND #sk BETWEEN :lo AND :hi")
                 .filter_expression(&filter)
+                .limit(AUDIT_QUERY_PAGE_ITEMS)
                 .set_exclusive_start_key(start.take());
             for (k, v) in &names {
                 req = req.expression_attribute_names(*k, *v);
@@ -96,13 +102,25 @@ impl AuditLog for DynamoStore {
                 records.push(record);
             }
             match out.last_evaluated_key {
-                Some(k) if !k.is_empty() && records.len() <= limit => start = Some(k),
+                Some(k) if !k.is_empty() && records.len() <= limit => {
+                    if pages >= AUDIT_QUERY_PAGES {
+                        // The budget is spent: hand back what was found and where to go on.
+                        let next = k.get(SK).and_then(|v| v.as_s().ok()).cloned();
+                        return Ok(AuditPage { records, next });
+                    }
+                    start = Some(k);
+                }
                 _ => break,
             }
         }
         Ok(AuditPage::from_one_extra(records, limit))
     }
 }
+
+/// Items one audit query page evaluates (before the filter).
+pub const AUDIT_QUERY_PAGE_ITEMS: i32 = 200;
+/// Pages one `list_audit` call reads at most: 1,000 items evaluated, whatever the filter.
+pub const AUDIT_QUERY_PAGES: usize = 5;
 
 fn r_sk(it: &Item) -> &str {
     get_s(it, SK).unwrap_or("?")
