@@ -53,8 +53,9 @@ pub trait OrgStore: Send + Sync {
     -> Result<Option<Org>, StoreError>;
     /// Moves a live org to `plan` from `at` on and keeps the change in its plan history, in
     /// one atomic write; returns the org as it is now, or `None` if there is no such live
-    /// org. Moving to the plan it is on changes nothing and records nothing. Two racing
-    /// changes: one wins, the other is a `Conflict` (read the org and try again).
+    /// org. Moving to the plan it is on changes nothing and records nothing. Changes are
+    /// kept in time order: one at an instant before the org's last change is a `Conflict`,
+    /// and so is the loser of two racing changes (read the org and try again).
     async fn change_plan(
         &self,
         id: &OrgId,

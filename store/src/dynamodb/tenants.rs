@@ -231,9 +231,10 @@ impl OrgStore for DynamoStore {
         update_existing(req, &sets, org_of).await
     }
 
-    /// One transaction: the org's `plan`, conditioned on the plan it was read with and on
-    /// being live, and the history item `PLAN#<at>#<to>` (put if absent). A racing change
-    /// fails the condition: `Conflict`.
+    /// One transaction: the org's `plan` and `plan_changed_at`, conditioned on the plan it
+    /// was read with, on being live and on no later change, and the history item
+    /// `PLAN#<at>#<to>` (put if absent). A racing or out-of-order change fails the
+    /// condition: `Conflict`.
     async fn change_plan(
         &self,
         id: &OrgId,
@@ -253,10 +254,17 @@ impl OrgStore for DynamoStore {
                 table,
                 keys::org_pk(id),
                 ORG_SK.to_owned(),
-                "SET #plan = :to",
-                "#plan = :from AND attribute_not_exists(deleted_at)",
+                "SET #plan = :to, plan_changed_at = :at",
+                // The plan read, a live org, and no change recorded after this one: the
+                // history stays in time order.
+                "#plan = :from AND attribute_not_exists(deleted_at) AND \
+                 (attribute_not_exists(plan_changed_at) OR plan_changed_at <= :at)",
                 &[("#plan", "plan")],
-                &[(":to", s(plan.as_str())), (":from", s(org.plan.as_str()))],
+                &[
+                    (":to", s(plan.as_str())),
+                    (":from", s(org.plan.as_str())),
+                    (":at", s(&when)),
+                ],
             )?,
             put_if_absent(
                 table,

@@ -163,23 +163,30 @@ impl OrgStore for MemoryStore {
         plan: PlanId,
         at: DateTime<Utc>,
     ) -> Result<Option<Org>, StoreError> {
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         let Some(org) = st.orgs.get_mut(id).filter(|o| o.deleted_at.is_none()) else {
             return Ok(None);
         };
         if org.plan == plan {
             return Ok(Some(org.clone()));
         }
-        let change = PlanChange {
+        let changes = st.plan_changes.entry(id.clone()).or_default();
+        if let Some(last) = changes.last()
+            && last.at > at
+        {
+            return Err(StoreError::Conflict {
+                what: format!("the plan of org {id} (it changed later, at {})", last.at),
+            });
+        }
+        changes.push(PlanChange {
             org_id: id.clone(),
             from: org.plan,
             to: plan,
             at,
-        };
+        });
         org.plan = plan;
-        let org = org.clone();
-        st.plan_changes.entry(id.clone()).or_default().push(change);
-        Ok(Some(org))
+        Ok(Some(org.clone()))
     }
 
     async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError> {

@@ -267,6 +267,18 @@ impl OrgStore for SqliteStore {
             if org.plan == plan {
                 return Ok(Some(org));
             }
+            let last: Option<String> = query_opt(
+                tx,
+                "SELECT max(at) FROM plan_changes WHERE org = ?1",
+                params![id],
+                |r| r.get::<_, Option<String>>(0),
+            )?
+            .flatten();
+            if let Some(last) = last.filter(|l| *l > at) {
+                return Err(StoreError::Conflict {
+                    what: format!("the plan of org {id} (it changed later, at {last})"),
+                });
+            }
             execute(
                 tx,
                 "UPDATE orgs SET plan = ?2 WHERE id = ?1",

@@ -1139,6 +1139,15 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
         ]
     );
     assert!(history.iter().all(|c| c.org_id == a.id));
+    // Kept in time order: a change dated before the last one is refused, and changes
+    // nothing.
+    let earlier = s.change_plan(&a.id, PlanId::Enterprise, t1).await;
+    assert!(
+        matches!(earlier, Err(StoreError::Conflict { .. })),
+        "{earlier:?}"
+    );
+    assert_eq!(s.get_org(&a.id).await.unwrap().unwrap().plan, PlanId::Free);
+    assert_eq!(s.plan_history(&a.id).await.unwrap().len(), 2);
     assert_eq!(
         s.change_plan(&fresh_org(), PlanId::Pro, t2).await.unwrap(),
         None
