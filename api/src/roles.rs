@@ -4,7 +4,7 @@
 //! | action | what | owner | admin | member | viewer |
 //! |---|---|:-:|:-:|:-:|:-:|
 //! | `org.read` | `GET /v1/orgs/{org_id}` | ✓ | ✓ | ✓ | ✓ |
-//! | `org.update` | `PATCH /v1/orgs/{org_id}` (name, plan) | ✓ | ✓ | | |
+//! | `org.update` | `PATCH /v1/orgs/{org_id}` (name; a plan is refused: only the operator changes it) | ✓ | ✓ | | |
 //! | `org.delete` | `DELETE /v1/orgs/{org_id}` (soft; revokes every API key) | ✓ | | | |
 //! | `members.read` | `GET /v1/orgs/{org_id}/members` | ✓ | ✓ | ✓ | ✓ |
 //! | `org.transfer` | `POST /v1/orgs/{org_id}/transfer` (ownership to a member) | ✓ | | | |
