@@ -161,7 +161,7 @@ pub fn split_record(events: &[Event], org: Option<&str>) -> Result<Split, String
 
 /// The part of a record that can never be applied, the rest of it having been settled: the
 /// events to keep in the dead-letter store, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetAside {
     /// Events that decode but fail the rules (or belong to another org).
     pub events: Vec<Event>,
@@ -340,14 +340,7 @@ pub async fn apply_records(
                         && let Some(j) = judged[*i].as_mut()
                         && !j.set_aside.is_empty()
                     {
-                        outcome = RecordOutcome::SetAside(std::mem::replace(
-                            &mut j.set_aside,
-                            SetAside {
-                                events: Vec::new(),
-                                unreadable: Vec::new(),
-                                reason: String::new(),
-                            },
-                        ));
+                        outcome = RecordOutcome::SetAside(std::mem::take(&mut j.set_aside));
                     }
                     outcomes[*i] = Some(outcome);
                 }

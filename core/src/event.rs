@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -142,8 +142,9 @@ impl EventError {
 /// digits, parsed without floats.
 ///
 /// The bounds make every counter exact: `rust_decimal` holds 28 digits, so with at most 9
-/// decimal places every sum below 10^19 is exact at every granularity, and a sum that
-/// would reach it is refused by the store as a counter overflow instead of being rounded.
+/// decimal places every sum below 10^19 is exact at every granularity. Past `Decimal`'s
+/// range the stores saturate, and every reader that sums counters refuses such a value
+/// ([`crate::counter::checked_sum`]) rather than bill a rounded one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Quantity(Decimal);
@@ -402,15 +403,12 @@ impl Event {
         EventId::parse(self.id.as_str())
             .map_err(|e| EventError::from_id(ErrorCode::InvalidId, e))?;
         Quantity::new(self.quantity.value())?;
-        {
-            use chrono::Datelike;
-            if self.timestamp.year() < MIN_YEAR {
-                return Err(EventError::new(
-                    ErrorCode::InvalidTimestamp,
-                    "timestamp",
-                    format!("timestamp must be in {MIN_YEAR} or later"),
-                ));
-            }
+        if self.timestamp.year() < MIN_YEAR {
+            return Err(EventError::new(
+                ErrorCode::InvalidTimestamp,
+                "timestamp",
+                format!("timestamp must be in {MIN_YEAR} or later"),
+            ));
         }
         check_properties(&self.properties)?;
         if let Aggregation::UniqueCount { property } = &self.aggregation
@@ -602,7 +600,6 @@ fn parse_timestamp(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Even
             )
         })?
         .with_timezone(&Utc);
-    use chrono::Datelike;
     if ts.year() < MIN_YEAR {
         return Err(EventError::new(
             ErrorCode::InvalidTimestamp,

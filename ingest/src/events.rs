@@ -24,12 +24,6 @@ use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
-
-use crate::lookups::ProjectState;
-
-/// Most distinct projects one `POST /v1/events` may name; events naming more are refused
-/// (`too_many_projects`), so a request costs at most this many project lookups.
-pub const MAX_PROJECTS_PER_REQUEST: usize = 50;
 use tally_core::plan::{Plan, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
 use tally_core::tenant::{ApiKey, KeyScope};
@@ -41,6 +35,11 @@ use crate::body::{BodyFormat, Candidate, MAX_BODY_BYTES, split_body};
 use crate::config::RateCost;
 use crate::error::{ApiError, ErrorBody, LimitDetails, PLAN_LIMIT_EXCEEDED};
 use crate::limits::{METRIC_RATE_LIMITED, PlanRefusal, Throttled};
+use crate::lookups::ProjectState;
+
+/// Most distinct projects one `POST /v1/events` may name; events naming more are refused
+/// (`too_many_projects`), so a request costs at most this many project lookups.
+pub const MAX_PROJECTS_PER_REQUEST: usize = 50;
 
 /// Counter of accepted events (durably queued).
 pub const METRIC_ACCEPTED: &str = "tally_events_accepted_total";
@@ -74,8 +73,8 @@ pub const METRIC_DUPLICATE_CONFLICTS: &str = "tally_events_duplicate_conflicts_t
 
 /// Notices for the events of `events` (index, event) whose id an earlier event of the same
 /// request already used with other contents: the later one changes nothing downstream.
-fn duplicate_conflicts(events: &[(usize, Event)]) -> Vec<Rejection> {
-    let mut first: HashMap<&str, &Event> = HashMap::with_capacity(events.len());
+fn duplicate_conflicts<'a>(events: impl IntoIterator<Item = (usize, &'a Event)>) -> Vec<Rejection> {
+    let mut first: HashMap<&str, &Event> = HashMap::new();
     let mut notices = Vec::new();
     for (index, event) in events {
         match first.get(event.id.as_str()) {
@@ -83,7 +82,7 @@ fn duplicate_conflicts(events: &[(usize, Event)]) -> Vec<Rejection> {
                 first.insert(event.id.as_str(), event);
             }
             Some(earlier) if *earlier != event => notices.push(Rejection {
-                index: *index,
+                index,
                 id: Some(event.id.as_str().to_owned()),
                 error: ErrorBody::new(
                     DUPLICATE_CONFLICT,
@@ -478,15 +477,16 @@ async fn ingest(
         }
     }
     rejected.sort_by_key(|r| r.index);
-    let queued: Vec<(usize, Event)> = indexes
-        .iter()
-        .copied()
-        .zip(events.iter().cloned())
-        .enumerate()
-        .filter(|(i, _)| !failed.iter().any(|(f, _)| f == i))
-        .map(|(_, pair)| pair)
-        .collect();
-    let notices = duplicate_conflicts(&queued);
+    let not_queued: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+    let notices = duplicate_conflicts(
+        indexes
+            .iter()
+            .copied()
+            .zip(&events)
+            .enumerate()
+            .filter(|(i, _)| !not_queued.contains(i))
+            .map(|(_, pair)| pair),
+    );
     if !notices.is_empty() {
         metrics::counter!(METRIC_DUPLICATE_CONFLICTS).increment(notices.len() as u64);
     }

@@ -2,8 +2,9 @@
 //!
 //! `org create`, `org set-plan`, `project create` and `key create` write an audit record
 //! each (actor `cli`), like the management API's routes do. `org set-plan` is the only way
-//! an org's plan changes: the management API refuses it to every tenant role. `token create` and `tally serve` share the
-//! JWT configuration of [`crate::settings::jwt_config`].
+//! an org's plan changes: the management API refuses it to every tenant role. `token
+//! create` and `tally serve` share the JWT configuration of
+//! [`crate::settings::jwt_config`].
 
 use std::fmt;
 
@@ -308,7 +309,7 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
     }
     let after = store
         .tenants
-        .change_plan(&org_id, plan, Utc::now())
+        .change_plan(&org_id, plan, crate::clock::from_env()?.now())
         .await?
         .with_context(|| format!("no organization {org_id}"))?;
     audit_record(

@@ -90,9 +90,8 @@ pub fn router(
     clock: Arc<dyn Clock>,
     jwt: Option<JwtConfig>,
     catalogue: &Catalogue,
+    edge: EdgeSettings,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
-    // A malformed value is reported when `tally serve` starts (see `run`); here it is 0.
-    let trusted_proxies = crate::settings::trusted_proxies().unwrap_or(0);
     let meters = Arc::new(catalogue.meter_catalogue());
     let plans = catalogue.core_plans();
     let ingest = tally_ingest::Ingest::new(
@@ -118,8 +117,8 @@ pub fn router(
         jwt: jwt.map(Arc::new),
         plans: Arc::new(plans),
         users: Arc::new(tally_api::http::RateLimiter::new(tally_api::USER_BUCKETS)),
-        user_rate: crate::settings::user_rate().unwrap_or(tally_api::USER_RATE),
-        trusted_proxies,
+        user_rate: edge.user_rate,
+        trusted_proxies: edge.trusted_proxies,
     });
     let router = ingest.merge(api).route(
         "/healthz",
@@ -169,6 +168,16 @@ impl From<&ServeArgs> for Settings {
     }
 }
 
+/// How the HTTP edge sees its callers: read once from the environment
+/// (`TALLY_TRUSTED_PROXIES`, `TALLY_USER_RATE`) when the app is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeSettings {
+    /// Proxies whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: usize,
+    /// Each user's bucket on the management API.
+    pub user_rate: tally_core::plan::RateLimit,
+}
+
 /// Everything [`run`] serves, opened and configured. The binary builds it with
 /// [`App::from_env`]; tests build it with [`App::open`] and set the fields the environment
 /// would have set (a pinned clock, Stripe, alerts), since tests in one process cannot each
@@ -192,6 +201,8 @@ pub struct App {
     /// The one catalogue of this run: ingest validates and limits by it, the API reads its
     /// meters, billing and alerts price and measure by it.
     pub catalogue: Arc<Catalogue>,
+    /// Trusted proxies and the per-user rate.
+    pub edge: EdgeSettings,
 }
 
 impl App {
@@ -200,9 +211,10 @@ impl App {
     pub async fn open(common: &Common, settings: Settings) -> anyhow::Result<App> {
         let backends = backend::open(common).await?;
         let jwt = jwt_config(common)?;
-        // Checked here so a bad value stops `tally serve` with its reason.
-        crate::settings::trusted_proxies()?;
-        crate::settings::user_rate()?;
+        let edge = EdgeSettings {
+            trusted_proxies: crate::settings::trusted_proxies()?,
+            user_rate: crate::settings::user_rate()?,
+        };
         let catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,
@@ -213,6 +225,7 @@ impl App {
             stripe_webhook_secret: None,
             alert_sender: None,
             catalogue,
+            edge,
         })
     }
 
@@ -258,6 +271,7 @@ pub async fn run(
         stripe_webhook_secret,
         alert_sender,
         catalogue,
+        edge,
     } = app;
     let grace = chrono::Duration::from_std(settings.grace_period)
         .ok()
@@ -314,7 +328,7 @@ pub async fn run(
     });
 
     info!(addr = %local, "tally listening on http://{local}");
-    let (routes, keys) = router(&backends, clock, Some(jwt), &catalogue);
+    let (routes, keys) = router(&backends, clock, Some(jwt), &catalogue, edge);
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,

@@ -248,7 +248,9 @@ impl OrgStore for DynamoStore {
             return Ok(Some(org));
         }
         let table = self.table();
-        let when = ts_text(at);
+        // Fixed width (microseconds always written): the condition below and the sort keys
+        // compare these as text.
+        let when = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let actions = vec![
             tx_update(
                 table,

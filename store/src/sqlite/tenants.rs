@@ -259,7 +259,11 @@ impl OrgStore for SqliteStore {
         plan: PlanId,
         at: DateTime<Utc>,
     ) -> Result<Option<Org>, StoreError> {
-        let (id, at) = (id.as_str().to_owned(), ts_text(at));
+        // Fixed width (microseconds always written), so times compare and sort as text.
+        let (id, at) = (
+            id.as_str().to_owned(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
         self.transact(move |tx| {
             let Some(org) = read_org(tx, &id)?.filter(|o| o.deleted_at.is_none()) else {
                 return Ok(None);
