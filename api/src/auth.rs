@@ -14,7 +14,7 @@
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::tenant::{ApiKey, KeyScope, Role};
+use tally_core::tenant::{ApiKey, KeyMode, KeyScope, Role};
 
 use crate::ApiState;
 use crate::http::{ApiError, KeyAuth, bearer_token, require_scope};
@@ -49,6 +49,9 @@ pub struct UsageReader {
     pub org: OrgId,
     /// The user and role, for a user token.
     pub user: Option<Authorized>,
+    /// For an API key, its mode: a key reads the usage of its own mode only, as Stripe's
+    /// test keys see no live data.
+    pub key_mode: Option<KeyMode>,
 }
 
 impl UsageReader {
@@ -106,6 +109,7 @@ impl Caller {
                     _ => Ok(UsageReader {
                         org: key.org_id.clone(),
                         user: None,
+                        key_mode: Some(key.mode()),
                     }),
                 }
             }
@@ -121,6 +125,7 @@ impl Caller {
                 Ok(UsageReader {
                     org: auth.org.clone(),
                     user: Some(auth),
+                    key_mode: None,
                 })
             }
         }

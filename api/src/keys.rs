@@ -316,14 +316,7 @@ pub(crate) async fn rotate_key(
                 );
             }
             let now = state.clock.now();
-            let secret = api_key_secret(
-                if old.display_prefix.starts_with(KeyMode::Test.prefix()) {
-                    KeyMode::Test
-                } else {
-                    KeyMode::Live
-                },
-                random(),
-            );
+            let secret = api_key_secret(old.mode(), random());
             let new = ApiKey {
                 id: ApiKeyId::from_random(random()),
                 org_id: auth.org,

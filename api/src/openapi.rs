@@ -96,10 +96,11 @@ pub fn document() -> Value {
         json!({
             "UsageResponse": {
                 "type": "object",
-                "required": ["org_id", "meter", "granularity", "from", "to", "series"],
+                "required": ["org_id", "mode", "meter", "granularity", "from", "to", "series"],
                 "properties": {
                     "org_id": {"type": "string"},
                     "project_id": {"type": "string", "description": "Present when the series is for one project."},
+                    "mode": {"type": "string", "enum": ["live", "test"], "description": "Which usage was read: live, or test mode (events sent with `tk_test_` keys, never billed)."},
                     "meter": {"type": "string"},
                     "granularity": {"type": "string", "enum": ["month", "day", "hour"]},
                     "from": {"type": "string", "format": "date-time", "description": "Start of the range read: `from` moved back to the start of its bucket."},
@@ -162,6 +163,7 @@ fn get_usage() -> Value {
             param("to", false, "Exclusive end; default now.", instant),
             param("project_id", false, "One project of the org instead of the whole org (404 if it is not the org's).", json!({"type": "string"})),
             param("org_id", false, "The org; required with a user token; optional with an API key, which implies its org (another org is 404).", json!({"type": "string"})),
+            param("mode", false, "`live` or `test`. Test-mode usage (events sent with `tk_test_` keys) is counted apart and never priced, invoiced or held to plan limits. Default: `live` for a user; an API key's own mode, and an API key asking for the other mode is 403.", json!({"type": "string", "enum": ["live", "test"]})),
         ],
         "responses": responses,
     })

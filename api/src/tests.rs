@@ -27,8 +27,8 @@ pub(crate) fn t(s: &str) -> DateTime<Utc> {
 }
 
 const NOW: &str = "2026-11-26T12:30:00Z";
-const READ_KEY: &str = "tk_test_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
-const WRITE_KEY: &str = "tk_test_10fd874b68dad080ed706762c8e163dabb20514bddae38fb159c56f714a3b143";
+const READ_KEY: &str = "tk_live_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
+const WRITE_KEY: &str = "tk_live_10fd874b68dad080ed706762c8e163dabb20514bddae38fb159c56f714a3b143";
 
 fn org(s: &str) -> OrgId {
     OrgId::parse(s).unwrap()
@@ -526,6 +526,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
     let full = UsageResponse {
         org_id: "org_a".into(),
         project_id: Some("prj_a1".into()),
+        mode: "live".into(),
         meter: "api_calls".into(),
         granularity: "day".into(),
         from: "2026-11-01T00:00:00Z".into(),
@@ -574,6 +575,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         ("to", parsed.to.is_some()),
         ("project_id", parsed.project_id.is_some()),
         ("org_id", parsed.org_id.is_some()),
+        ("mode", parsed.mode.is_some()),
     ];
     assert_eq!(params.len(), read.len());
     for (name, is_read) in read {

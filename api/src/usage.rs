@@ -5,7 +5,9 @@
 //! `day` or `hour`; default `day`), `from` and `to` (RFC 3339 or `YYYY-MM-DD` meaning
 //! midnight UTC; half-open), `project_id` (optional, must be a project of the org, else
 //! `404`) and `org_id` (optional with an API key, but then it must be the key's org, else
-//! `404`). Without `from`/`to` the range is the current UTC month so far; with only `to`,
+//! `404`), and `mode` (`live` or `test`: test-mode usage, sent with `tk_test_…` keys, is
+//! kept apart and never billed; a user reads live usage unless asking for `mode=test`, an API
+//! key reads the usage of its own mode and is refused the other with `403`). Without `from`/`to` the range is the current UTC month so far; with only `to`,
 //! `from` is the start of the month holding the instant just before `to`.
 //!
 //! `from` is moved back to the start of its bucket, so the first bucket is whole; a range
@@ -21,6 +23,7 @@ use tally_core::event::ErrorCode;
 use tally_core::ids::ProjectId;
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::CounterQuery;
+use tally_core::tenant::KeyMode;
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -49,6 +52,8 @@ pub struct UsageParams {
     pub project_id: Option<String>,
     /// The org; optional with an API key (it implies its org).
     pub org_id: Option<String>,
+    /// `live` or `test`; by default a user's `live`, an API key's own mode.
+    pub mode: Option<String>,
 }
 
 /// The `200` answer.
@@ -59,6 +64,8 @@ pub struct UsageResponse {
     /// The project, when the series is for one project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
+    /// `live` or `test`: which usage was read.
+    pub mode: String,
     /// The meter.
     pub meter: String,
     /// Bucket width.
@@ -96,6 +103,26 @@ pub(crate) async fn get_usage(
     let reader = caller.usage_org(&state, params.org_id.as_deref()).await?;
     let org = reader.org.clone();
     tracing::Span::current().record("org", org.as_str());
+    let mode = match params.mode.as_deref() {
+        None => reader.key_mode.unwrap_or(KeyMode::Live),
+        Some(m) => KeyMode::parse(m).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_mode",
+                "mode",
+                format!("mode must be live or test, got {:?}", clip(m)),
+            )
+        })?,
+    };
+    if let Some(own) = reader.key_mode
+        && own != mode
+    {
+        return Err(ApiError::Forbidden(format!(
+            "a {} key reads {} usage only (mode={})",
+            own.as_str(),
+            own.as_str(),
+            own.as_str()
+        )));
+    }
 
     let meter = match params.meter.as_deref() {
         None | Some("") => {
@@ -194,7 +221,8 @@ pub(crate) async fn get_usage(
         state
             .usage
             .counter_series(&CounterQuery {
-                org: org.clone(),
+                // Test usage is kept under the org's test twin (see `OrgId::test_twin`).
+                org: mode.usage_org(&org),
                 project: project.clone(),
                 meter: meter.clone(),
                 granularity,
@@ -206,6 +234,7 @@ pub(crate) async fn get_usage(
     Ok(Json(UsageResponse {
         org_id: org.to_string(),
         project_id: project.map(|p| p.to_string()),
+        mode: mode.as_str().to_owned(),
         meter: meter.as_str().to_owned(),
         granularity: granularity.to_string(),
         from: rfc3339(from),

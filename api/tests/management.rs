@@ -34,8 +34,8 @@ use tally_api::*;
 use tally_core::MeterCatalogue;
 
 const NOW: &str = "2026-11-26T12:30:00Z";
-const KEY_A: &str = "tk_test_a88b9b7c672fb38c5270af4721bd209c3d58beb6ebe1e76eb10a76817dc76491";
-const KEY_B: &str = "tk_test_9960a17fc76af7594b9ffb54aae98c384dd7c65d182cf60746f79ea492af8643";
+const KEY_A: &str = "tk_live_a88b9b7c672fb38c5270af4721bd209c3d58beb6ebe1e76eb10a76817dc76491";
+const KEY_B: &str = "tk_live_9960a17fc76af7594b9ffb54aae98c384dd7c65d182cf60746f79ea492af8643";
 /// The token of org A's pending invitation (to `invitee@example.com`, as a member).
 const INVITE_A: &str = "tinv_invitation_of_org_a";
 /// The token of org B's pending invitation (to `invitee@example.com`, as a member).
@@ -916,6 +916,94 @@ async fn usage_accepts_a_members_jwt_with_org_id() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
+/// Test-mode usage (sent with `tk_test_` keys, kept under the org's test twin) is read with
+/// `mode=test` or a test key, never mixed into live usage; a key reads its own mode only.
+#[tokio::test]
+async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
+    let mem = world(PlanId::Starter).await;
+    let test_key = "tk_test_5e1f0c3b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
+    mem.store
+        .create_api_key(&the_key(test_key, "key_alphatest", "org_a"))
+        .await
+        .unwrap();
+    let sent_in_test = Event {
+        id: EventId::parse("seeded_usage").unwrap(),
+        org_id: org_id("org_a").test_twin(),
+        project_id: ProjectId::parse("prj_alpha1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(7.into()).unwrap(),
+        timestamp: t("2026-11-02T00:00:00Z"),
+        properties: serde_json::Map::new(),
+    };
+    mem.store.apply_batch(&[sent_in_test]).await.unwrap();
+    let month = "meter=api_calls&granularity=month";
+    let value = |a: &Answer| a.json["series"][0]["value"].as_str().unwrap().to_owned();
+
+    let viewer = token(&a_user(Role::Viewer));
+    let read = |q: String, who: String| {
+        let mem = &mem;
+        async move { call(mem, "GET", &format!("/v1/usage?{q}"), Some(&who), None).await }
+    };
+    let live = read(format!("{month}&org_id=org_a"), viewer.clone()).await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.text);
+    assert_eq!(
+        (value(&live), live.json["mode"].clone()),
+        ("2500".into(), json!("live"))
+    );
+    let test = read(format!("{month}&org_id=org_a&mode=test"), viewer.clone()).await;
+    assert_eq!(test.status, StatusCode::OK, "{}", test.text);
+    assert_eq!(
+        (value(&test), test.json["mode"].clone()),
+        ("7".into(), json!("test"))
+    );
+    assert_eq!(test.json["org_id"], "org_a", "the org, not its twin");
+    let bad = read(format!("{month}&org_id=org_a&mode=sandbox"), viewer).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json["error"]["field"], "mode");
+
+    // A test key reads test usage by default and is refused live usage; a live key the reverse.
+    let by_test_key = read(month.into(), test_key.into()).await;
+    assert_eq!(by_test_key.status, StatusCode::OK, "{}", by_test_key.text);
+    assert_eq!(value(&by_test_key), "7");
+    let refused = read(format!("{month}&mode=live"), test_key.into()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    let refused = read(format!("{month}&mode=test"), KEY_A.into()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    let by_live_key = read(month.into(), KEY_A.into()).await;
+    assert_eq!(value(&by_live_key), "2500");
+    // A rotated test key stays a test key.
+    let admin = token(&a_user(Role::Admin));
+    let rotated = call(
+        &mem,
+        "POST",
+        "/v1/orgs/org_a/keys/key_alphatest/rotate",
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.text);
+    assert!(
+        rotated.json["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("tk_test_")
+    );
+
+    // The usage summary (what plan limits and alerts see) counts live usage only.
+    let owner = token(&a_user(Role::Owner));
+    let summary = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/usage/summary",
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert!(summary.text.contains("\"2500\""), "{}", summary.text);
+    assert!(!summary.text.contains("2507"), "{}", summary.text);
+}
+
 /// Members and viewers read the usage of the projects they are on and no other, as the
 /// project routes show them; owners and admins (and keys) read every project's.
 #[tokio::test]
@@ -1417,7 +1505,7 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let secret = a.json["key"].as_str().unwrap().to_owned();
-    assert!(secret.starts_with("tk_test_"), "keeps the mode");
+    assert!(secret.starts_with("tk_live_"), "keeps the mode");
     assert_eq!(a.json["previous"]["expires_at"], "2026-11-26T13:30:00Z");
     assert_eq!(a.json["new"]["name"], "key key_alpha1");
     // Both work now (the old one until the overlap ends).

@@ -356,7 +356,8 @@ fn truncate(s: &str, max: usize) -> &str {
 /// A validated usage event, as it travels on the queue and sits in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// The tenant, taken from the API key, never from the body.
+    /// The tenant, taken from the API key, never from the body: for a test key, the org's
+    /// [test twin](OrgId::test_twin), so test usage is kept apart from live usage.
     pub org_id: OrgId,
     /// The client's idempotency key, unique per org.
     pub id: EventId,
@@ -534,7 +535,8 @@ const KNOWN_FIELDS: [&str; 6] = [
 /// What validation needs to know about the caller and the moment.
 #[derive(Debug, Clone, Copy)]
 pub struct ValidationContext<'a> {
-    /// The org of the API key.
+    /// The org the events are stamped with: the API key's org, or its
+    /// [test twin](OrgId::test_twin) for a test key.
     pub org_id: &'a OrgId,
     /// The org's meters.
     pub catalogue: &'a MeterCatalogue,

@@ -170,6 +170,34 @@ prefixed_id!(
     InvitationId, "inv_", "invitation_id"
 );
 
+/// What a test-mode twin's id ends with (see [`OrgId::test_twin`]). Not hexadecimal, so no
+/// issued org id (32 hex digits) ends with it.
+pub const TEST_TWIN_SUFFIX: &str = "test";
+
+impl OrgId {
+    /// The id under which this org's **test-mode** usage is kept: events sent with a test key
+    /// (`tk_test_…`) are stamped with it at ingest, so the ledger, the counters and the
+    /// queue keep them apart from live usage with no new column or key anywhere. It is never
+    /// an org (no org is stored under it), so month close, alerts, plan limits and Stripe,
+    /// which all walk the stored orgs, never see test usage; the usage API reads it when
+    /// asked for `mode=test`.
+    ///
+    /// The twin is the org's id with [`TEST_TWIN_SUFFIX`] appended (the random part cut to
+    /// fit the 40-character bound first, which only ids Tally did not issue ever need), so it
+    /// parses as an org id and survives every store and the queue envelope unchanged, and it
+    /// cannot equal an issued id (those end in a hex digit).
+    pub fn test_twin(&self) -> OrgId {
+        let body = &self.0[Self::PREFIX.len()..];
+        let keep = body.len().min(MAX_BODY - TEST_TWIN_SUFFIX.len());
+        // Ids are ASCII (checked at parse), so any byte index is a char boundary.
+        OrgId(format!(
+            "{}{}{TEST_TWIN_SUFFIX}",
+            Self::PREFIX,
+            &body[..keep]
+        ))
+    }
+}
+
 /// Longest event id a client may send.
 pub const MAX_EVENT_ID_LEN: usize = 128;
 
@@ -225,6 +253,21 @@ text_id!(MeterName);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orgs_test_twin_parses_and_never_equals_an_issued_id() {
+        let org = OrgId::from_random([0xab; 16]);
+        let twin = org.test_twin();
+        assert_eq!(twin.as_str(), format!("{org}test"));
+        assert_eq!(OrgId::parse(twin.as_str()), Ok(twin.clone()));
+        assert_ne!(twin, org);
+        // Issued ids are hex; a twin ends in "test".
+        assert!(!twin.as_str()[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        // An id already at the 40-character bound still gives a parseable twin.
+        let long = OrgId::parse(&format!("org_{}", "a".repeat(40))).unwrap();
+        assert!(OrgId::parse(long.test_twin().as_str()).is_ok());
+        assert_ne!(long.test_twin(), org.test_twin());
+    }
 
     #[test]
     fn prefixed_ids_round_trip_and_refuse_wrong_kind() {

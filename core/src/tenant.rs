@@ -277,6 +277,34 @@ impl KeyMode {
     }
 }
 
+impl KeyMode {
+    /// The org id under which usage of this mode is kept: the org itself for live keys, its
+    /// [test twin](OrgId::test_twin) for test keys.
+    pub fn usage_org(self, org: &OrgId) -> OrgId {
+        match self {
+            KeyMode::Live => org.clone(),
+            KeyMode::Test => org.test_twin(),
+        }
+    }
+
+    /// `live` or `test`, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMode::Live => "live",
+            KeyMode::Test => "test",
+        }
+    }
+
+    /// Reads `live` or `test`.
+    pub fn parse(s: &str) -> Option<KeyMode> {
+        match s {
+            "live" => Some(KeyMode::Live),
+            "test" => Some(KeyMode::Test),
+            _ => None,
+        }
+    }
+}
+
 /// Builds an API key secret from 32 random bytes (256 bits) supplied by the caller.
 pub fn api_key_secret(mode: KeyMode, random: [u8; 32]) -> String {
     format!("{}{}", mode.prefix(), hex::encode(random))
@@ -325,6 +353,18 @@ pub struct ApiKey {
     /// in-memory record (`tally serve` flushes every few seconds); `None` if never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// Live or test, read from the secret's prefix as kept in
+    /// [`display_prefix`](Self::display_prefix).
+    pub fn mode(&self) -> KeyMode {
+        if self.display_prefix.starts_with(KeyMode::Test.prefix()) {
+            KeyMode::Test
+        } else {
+            KeyMode::Live
+        }
+    }
 }
 
 /// One API key's latest use, recorded in memory by ingest and written in bulk.

@@ -178,7 +178,7 @@ fn components() -> Value {
             "apiKey": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "An API key (`tk_live_…` or `tk_test_…`) as `Authorization: Bearer <key>`.",
+                "description": "An API key (`tk_live_…` or `tk_test_…`) as `Authorization: Bearer <key>`. A test key's usage is counted apart from live usage (read it with that key) and never billed or held to plan limits.",
             },
         },
         "headers": {

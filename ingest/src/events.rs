@@ -26,7 +26,7 @@ use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
 use tally_core::plan::{Plan, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
-use tally_core::tenant::{ApiKey, KeyScope};
+use tally_core::tenant::{ApiKey, KeyMode, KeyScope};
 use tracing::Instrument;
 
 use crate::Ingest;
@@ -267,7 +267,7 @@ pub(crate) async fn post_events(
             .charge(&key.id, limit, candidates.len() as u64, now)
             .map_err(|t| rate_limited(t, Some(candidates.len()), RateCost::PerEvent))?;
     }
-    let response = ingest(&state, &org, &plan, format, &candidates).await?;
+    let response = ingest(&state, &org, key.mode(), &plan, format, &candidates).await?;
     metrics::counter!(METRIC_ACCEPTED).increment(response.accepted as u64);
     for r in &response.rejected {
         metrics::counter!(METRIC_REJECTED, "code" => r.error.code.clone()).increment(1);
@@ -280,18 +280,23 @@ pub(crate) async fn post_events(
     Ok((StatusCode::ACCEPTED, Json(response)))
 }
 
-/// Validates, checks and publishes the candidates of one request for `org`.
+/// Validates, checks and publishes the candidates of one request for `org`. Test-mode
+/// events (`mode` of a test key) are stamped with the org's
+/// [test twin](OrgId::test_twin) and skip the hard plan limits: they are counted apart and
+/// never priced, so they neither use nor are held to the plan's allowance.
 async fn ingest(
     state: &Ingest,
     org: &OrgId,
+    mode: KeyMode,
     plan: &Plan,
     format: BodyFormat,
     candidates: &[Candidate<'_>],
 ) -> Result<IngestResponse, ApiError> {
     let inner = &state.inner;
     let now = inner.ports.clock.now();
+    let usage_org = mode.usage_org(org);
     let ctx = ValidationContext {
-        org_id: org,
+        org_id: &usage_org,
         catalogue: &inner.ports.catalogue,
         now,
     };
@@ -407,12 +412,18 @@ async fn ingest(
         events.push(event);
     }
 
-    // Hard plan limits: refused events leave the publish list.
-    let refusals = inner
-        .plan_guard
-        .check(org, plan, &events)
-        .instrument(tracing::debug_span!("plan_limits", events = events.len()))
-        .await?;
+    // Hard plan limits: refused events leave the publish list. Test usage is never held to
+    // them (nor counted against them: the guard reads and reserves the live org's counters).
+    let refusals = match mode {
+        KeyMode::Live => {
+            inner
+                .plan_guard
+                .check(org, plan, &events)
+                .instrument(tracing::debug_span!("plan_limits", events = events.len()))
+                .await?
+        }
+        KeyMode::Test => vec![None; events.len()],
+    };
     let mut first_refusal = None;
     let mut plan_refused = 0;
     let mut keep_indexes = Vec::with_capacity(events.len());
@@ -453,13 +464,17 @@ async fn ingest(
         failed = match published {
             Ok(failed) => failed,
             Err(e) => {
-                inner.plan_guard.release(org, plan, &events);
+                if mode == KeyMode::Live {
+                    inner.plan_guard.release(org, plan, &events);
+                }
                 return Err(ApiError::Unavailable(format!("queue publish failed: {e}")));
             }
         };
-        inner
-            .plan_guard
-            .release(org, plan, failed.iter().filter_map(|(i, _)| events.get(*i)));
+        if mode == KeyMode::Live {
+            inner
+                .plan_guard
+                .release(org, plan, failed.iter().filter_map(|(i, _)| events.get(*i)));
+        }
         for (i, reason) in &failed {
             let (Some(index), Some(event)) = (indexes.get(*i), events.get(*i)) else {
                 continue;

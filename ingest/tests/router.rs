@@ -46,17 +46,20 @@ fn t(s: &str) -> DateTime<Utc> {
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 /// `events:write` key of org_a (pro plan).
-const GOOD_KEY: &str = "tk_test_770e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
+const GOOD_KEY: &str = "tk_live_770e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
 /// `usage:read` only.
-const READ_KEY: &str = "tk_test_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
+const READ_KEY: &str = "tk_live_3316348dbadfb7b11c7c2ea235949419e23f9fa898ad2c198f999617912a9925";
 const REVOKED_KEY: &str =
-    "tk_test_4bb47f186df233e48b09d241ee4defb821add0c35ac8311469fe1522c6813dd5";
+    "tk_live_4bb47f186df233e48b09d241ee4defb821add0c35ac8311469fe1522c6813dd5";
 const EXPIRED_KEY: &str =
-    "tk_test_fa64ea1e82e1206f828ab2a02917c7e92accb98e3b95881a1b4ad52b914b66e3";
+    "tk_live_fa64ea1e82e1206f828ab2a02917c7e92accb98e3b95881a1b4ad52b914b66e3";
 /// `events:write` key of org_f (free plan: 10 events/s, burst 20, hard limits).
-const FREE_KEY: &str = "tk_test_ad95d5fa651ba86d8923fe1238d24a4f1988a752acfe426ac72ac7c04471bc17";
+const FREE_KEY: &str = "tk_live_ad95d5fa651ba86d8923fe1238d24a4f1988a752acfe426ac72ac7c04471bc17";
+/// A test key (`tk_test_…`) of org_f: its usage is kept apart and never limited.
+const FREE_TEST_KEY: &str =
+    "tk_test_0b6a1c5e9d4f2a7b3c8e1d6f5a4b9c2e7d0f3a6b1c4e8d2f5a9b7c3e6d1f4a8b";
 /// Key of an org that was deleted (which revoked it).
-const ORPHAN_KEY: &str = "tk_test_88f6811ab5d8fc6d3177f9b7609ae0fcebfda187e5046b62d38bb539e88b74d7";
+const ORPHAN_KEY: &str = "tk_live_88f6811ab5d8fc6d3177f9b7609ae0fcebfda187e5046b62d38bb539e88b74d7";
 
 fn ms(n: i64) -> TimeDelta {
     TimeDelta::milliseconds(n)
@@ -192,6 +195,7 @@ async fn seeded() -> MemoryStore {
         revoked,
         expired,
         key(FREE_KEY, "org_f", &[KeyScope::EventsWrite]),
+        key(FREE_TEST_KEY, "org_f", &[KeyScope::EventsWrite]),
         key(ORPHAN_KEY, "org_gone", &[KeyScope::EventsWrite]),
     ] {
         store.create_api_key(&k).await.unwrap();
@@ -1652,6 +1656,50 @@ async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
         .post(Some(FREE_KEY), fev("c", "compute_minutes", 5).to_string())
         .await;
     assert_eq!(a.json["accepted"], 1, "95 + 5 is exactly the allowance");
+}
+
+#[tokio::test]
+async fn a_test_keys_events_are_kept_apart_and_never_held_to_the_plans_limits() {
+    let h = Harness::new().await;
+    h.set_usage("org_f", "compute_minutes", "2026-11", 100)
+        .await;
+    // The live key is at the free plan's hard limit...
+    let a = h
+        .post(
+            Some(FREE_KEY),
+            fev("live", "compute_minutes", 1).to_string(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    // ...the test key is not held to it (nor does it read the live counters).
+    let calls = h.store.calls(Op::CounterSeries);
+    let a = h
+        .batch(
+            FREE_TEST_KEY,
+            vec![
+                fev("t1", "compute_minutes", 1_000),
+                fev("t2", "compute_minutes", 5),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    assert_eq!(a.json["accepted"], 2);
+    assert_eq!(h.store.calls(Op::CounterSeries), calls);
+    // Queued under the org's test twin, so the ledger and counters keep them apart.
+    let published = h.mem.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 2);
+    for e in &published {
+        assert_eq!(e.org_id, org("org_f").test_twin());
+    }
+    // And the live allowance is untouched: a live event is still refused at 100.
+    let a = h
+        .post(
+            Some(FREE_KEY),
+            fev("live2", "compute_minutes", 1).to_string(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.json["error"]["usage"], "100");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! command starts: `tally init` creates a fresh table and queue or stream, then the app in
 //! process on `--store dynamodb:… --queue sqs:…` (or `kinesis:…`) must give exact totals for
 //! 1,000 events of which 100 are resends, at every granularity, org-wide and per project;
-//! and `tally bill` bills a month once on DynamoDB.
+//! and `tally bill` bills a month once on DynamoDB, leaving test-mode usage out.
 
 mod common;
 
@@ -40,16 +40,33 @@ async fn dynamodb_bills_a_month_once() {
     };
     let feb_1 = one_event("feb-1", "10250", "2026-02-14T12:00:00Z");
     post_accepted(&client, &server, &tenant.key, feb_1).await;
+    // Test mode on DynamoDB: the same id with a test key is another event, kept apart.
+    let test_key = env.cli(&[
+        "key",
+        "create",
+        "--org",
+        &tenant.org,
+        "--name",
+        "sandbox",
+        "--test",
+    ])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let test_feb = one_event("feb-1", "5000", "2026-02-14T12:00:00Z");
+    post_accepted(&client, &server, &test_key, test_feb).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let feb = "meter=compute_minutes&granularity=month&from=2026-02-01&to=2026-03-01";
-    while usage(&client, &server, &tenant.key, feb).await
-        != [("2026-02-01T00:00:00Z".to_owned(), "10250".to_owned())]
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "February never counted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for (key, want) in [(&tenant.key, "10250"), (&test_key, "5000")] {
+        while usage(&client, &server, key, feb).await
+            != [("2026-02-01T00:00:00Z".to_owned(), want.to_owned())]
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "February never reached {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
     server.stop().await.unwrap();
 
@@ -59,7 +76,8 @@ async fn dynamodb_bills_a_month_once() {
     assert_eq!(first["stored_now"], 1);
     let report = &first["reports"][0];
     assert_eq!(report["org_id"], tenant.org);
-    // Pro: 250 minutes over the 10,000 included at $0.10, 20 % off = $20.00, + $99.00.
+    // Pro: 250 minutes over the 10,000 included at $0.10, 20 % off = $20.00, + $99.00; the
+    // 5,000 test-mode minutes are not billed.
     assert_eq!(report["total"], "119.00");
     let again = env.cli_env(&["bill", "--period", "2026-02"], &now);
     assert_eq!(again["stored_now"], 0);
