@@ -54,13 +54,14 @@
 
 #[cfg(test)]
 mod apply_only;
+pub mod conflicts;
 pub mod reconcile;
 pub mod record;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_core::ports::{Delivery, EventQueue, StoreError, UsageStore};
+use tally_core::ports::{AuditLog, Delivery, EventQueue, StoreError, UsageStore};
 use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 
@@ -167,9 +168,13 @@ async fn collect(
 /// A poison record whose dead-lettering fails stays on the queue (it comes back and is
 /// judged again): never acknowledged without being set aside. An `Err` means receiving or
 /// acknowledging failed; whatever was not acknowledged comes back.
+///
+/// `audit`, when given, receives a record per event id resent with other contents (see
+/// [`conflicts`]).
 pub async fn process_batch(
     queue: &dyn EventQueue,
     usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
     cfg: &AggregatorConfig,
     first_wait: Duration,
 ) -> Result<BatchStats, AggregateError> {
@@ -194,7 +199,7 @@ pub async fn process_batch(
             .collect();
         let outcomes = {
             let held: Vec<String> = deliveries.iter().map(|d| d.receipt.clone()).collect();
-            let apply = apply_records(usage, &inputs);
+            let apply = apply_records(usage, audit, &inputs);
             tokio::pin!(apply);
             let start = tokio::time::Instant::now() + cfg.heartbeat;
             let mut beat = tokio::time::interval_at(start, cfg.heartbeat.max(Duration::from_millis(10)));
@@ -274,6 +279,7 @@ pub async fn process_batch(
 pub async fn run(
     queue: Arc<dyn EventQueue>,
     usage: Arc<dyn UsageStore>,
+    audit: Option<Arc<dyn AuditLog>>,
     cfg: AggregatorConfig,
     mut shutdown: watch::Receiver<bool>,
     drain_limit: Duration,
@@ -282,7 +288,13 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let step = process_batch(queue.as_ref(), usage.as_ref(), &cfg, cfg.idle_poll);
+        let step = process_batch(
+            queue.as_ref(),
+            usage.as_ref(),
+            audit.as_deref(),
+            &cfg,
+            cfg.idle_poll,
+        );
         tokio::select! {
             res = step => {
                 if let Err(e) = res {
@@ -299,6 +311,7 @@ pub async fn run(
         match process_batch(
             queue.as_ref(),
             usage.as_ref(),
+            audit.as_deref(),
             &cfg,
             Duration::from_millis(50),
         )
@@ -366,9 +379,7 @@ mod heartbeat_tests {
         async fn apply(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
             tokio::time::sleep(Duration::from_millis(120)).await;
             self.applied.fetch_add(events.len(), Ordering::SeqCst);
-            Ok(ApplyReport {
-                outcomes: vec![ApplyOutcome::Applied; events.len()],
-            })
+            Ok(ApplyReport::of(vec![ApplyOutcome::Applied; events.len()]))
         }
     }
 
@@ -395,7 +406,7 @@ mod heartbeat_tests {
             max_wait: Duration::ZERO,
             ..AggregatorConfig::default()
         };
-        let stats = process_batch(&queue, &store, &cfg, Duration::ZERO)
+        let stats = process_batch(&queue, &store, None, &cfg, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!((stats.messages, stats.acked), (1, 1));
@@ -424,6 +435,7 @@ mod heartbeat_tests {
         let stats = process_batch(
             &queue,
             &ApplyOnly(SlowStore::default()),
+            None,
             &cfg,
             Duration::ZERO,
         )

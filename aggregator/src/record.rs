@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use tally_core::envelope::{self, Unreadable};
 use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId};
-use tally_core::ports::{ApplyOutcome, UsageStore};
+use tally_core::ports::{ApplyOutcome, AuditLog, UsageStore};
 
 /// The envelope version the queue adapters write (`{"v":1,"events":[...]}`), defined with
 /// the envelope in core.
@@ -265,8 +265,13 @@ fn judge_input<'a>(input: &RecordInput<'a>) -> Result<Judged<'a>, String> {
 /// Bad events are judged one by one: a record's events that cannot be applied are handed
 /// back in [`RecordOutcome::SetAside`] and the rest are applied; only a record none of
 /// whose events can be applied is [`RecordOutcome::Poison`].
+///
+/// Duplicates whose contents differ from the counted copy are reported through
+/// [`crate::conflicts::report`] (a metric, a log line and, given `audit`, a record in the
+/// org's audit trail); they are settled like any duplicate.
 pub async fn apply_records(
     usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
     records: &[RecordInput<'_>],
 ) -> Vec<RecordOutcome> {
     let span = tracing::info_span!("apply_records", records = records.len());
@@ -312,6 +317,8 @@ pub async fn apply_records(
                 }
             }
             Ok(report) => {
+                crate::conflicts::report(audit, &batch, &report.conflicts, chrono::Utc::now())
+                    .await;
                 let per_event = report.outcomes;
                 // Events with a failed copy anywhere in the batch: no copy of them is settled.
                 let failed: HashSet<(&OrgId, &EventId)> = batch
@@ -447,7 +454,7 @@ mod tests {
                 .unwrap()
                 .take()
                 .unwrap()
-                .map(|outcomes| ApplyReport { outcomes })
+                .map(ApplyReport::of)
         }
     }
 
@@ -557,7 +564,7 @@ mod tests {
                 org: None,
             },
         ];
-        let out = apply_records(&store, &records).await;
+        let out = apply_records(&store, None, &records).await;
         assert_eq!(out[0], RecordOutcome::Applied);
         match &out[1] {
             RecordOutcome::SetAside(part) => {
@@ -591,6 +598,7 @@ mod tests {
         let store = ApplyOnly(Scripted::new(Ok(vec![ApplyOutcome::Applied])));
         let out = apply_records(
             &store,
+            None,
             &[RecordInput::Raw {
                 body: body.as_bytes(),
                 org: Some("org_a"),
@@ -639,7 +647,7 @@ mod tests {
                 org: None,
             },
         ];
-        let out = apply_records(&store, &records).await;
+        let out = apply_records(&store, None, &records).await;
         assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
         assert!(
             matches!(&out[1], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
@@ -665,7 +673,7 @@ mod tests {
                 org: Some("org_a"),
             },
         ];
-        let out = apply_records(&store, &records).await;
+        let out = apply_records(&store, None, &records).await;
         assert!(out.iter().all(|o| matches!(o, RecordOutcome::Retry { .. })));
         assert!(!out[0].is_settled());
     }

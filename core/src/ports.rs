@@ -71,6 +71,12 @@ pub enum ApplyOutcome {
 pub struct ApplyReport {
     /// One outcome per input event.
     pub outcomes: Vec<ApplyOutcome>,
+    /// Indexes (into the input) of the [`Duplicate`](ApplyOutcome::Duplicate)s whose
+    /// contents differ from the copy the ledger counted (the first one sent, earlier in the
+    /// batch or in an earlier batch): an id resent with another quantity, meter, project,
+    /// timestamp or properties. The first copy stays counted, as with Stripe's idempotency
+    /// keys; the caller reports the resend (`duplicate_conflict`). In input order.
+    pub conflicts: Vec<usize>,
 }
 
 impl ApplyReport {
@@ -88,6 +94,14 @@ impl ApplyReport {
             .iter()
             .filter(|o| **o == ApplyOutcome::Duplicate)
             .count()
+    }
+
+    /// A report of `outcomes` with no conflicting duplicates.
+    pub fn of(outcomes: Vec<ApplyOutcome>) -> Self {
+        ApplyReport {
+            outcomes,
+            conflicts: Vec::new(),
+        }
     }
 
     /// Whether every event is settled (applied or duplicate).

@@ -24,7 +24,7 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use tally_aggregator::{RecordInput, RecordOutcome, SetAside, apply_records};
-use tally_core::ports::UsageStore;
+use tally_core::ports::{AuditLog, UsageStore};
 use tracing::warn;
 
 /// The dead-letter port, core's; re-exported here beside the handlers that take it.
@@ -65,6 +65,7 @@ async fn set_aside_part(sink: Option<&dyn PoisonSink>, id: &str, part: &SetAside
 /// message not settled (retry, or poison that could not be set aside).
 pub async fn handle_sqs(
     usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: &SqsEvent,
 ) -> SqsBatchResponse {
@@ -80,7 +81,7 @@ pub async fn handle_sqs(
         .iter()
         .map(|body| RecordInput::Raw { body, org: None })
         .collect();
-    let outcomes = apply_records(usage, &inputs).await;
+    let outcomes = apply_records(usage, audit, &inputs).await;
     let mut response = SqsBatchResponse::default();
     for ((message, body), outcome) in event.records.iter().zip(&bodies).zip(&outcomes) {
         let id = message.message_id.clone().unwrap_or_default();
@@ -104,6 +105,7 @@ pub async fn handle_sqs(
 /// (none when all are).
 pub async fn handle_kinesis(
     usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: &KinesisEvent,
 ) -> KinesisEventResponse {
@@ -118,7 +120,7 @@ pub async fn handle_kinesis(
     let span = tracing::info_span!("handle_kinesis", records = event.records.len());
     let outcomes = {
         use tracing::Instrument;
-        apply_records(usage, &inputs).instrument(span).await
+        apply_records(usage, audit, &inputs).instrument(span).await
     };
     let mut response = KinesisEventResponse::default();
     for (record, outcome) in event.records.iter().zip(&outcomes) {

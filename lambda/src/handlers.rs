@@ -13,7 +13,7 @@ use tally_billing::{
     Catalogue, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper, close_month,
     sync_period,
 };
-use tally_core::ports::{InvoiceProvider, SyncLedger, UsageStore};
+use tally_core::ports::{AuditLog, InvoiceProvider, SyncLedger, UsageStore};
 
 use crate::consumers::{PoisonSink, handle_kinesis, handle_sqs};
 use crate::env::Transport;
@@ -94,6 +94,7 @@ pub enum BillingError {
 pub async fn aggregate(
     transport: Transport,
     usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: Value,
 ) -> Result<Value, AggregateError> {
@@ -101,12 +102,12 @@ pub async fn aggregate(
     match transport {
         Transport::Sqs => {
             let event: SqsEvent = decode(event, "aws:sqs")?;
-            let r = handle_sqs(usage, sink, &event).await;
+            let r = handle_sqs(usage, audit, sink, &event).await;
             respond("sqs", event.records.len(), r.batch_item_failures.len(), &r)
         }
         Transport::Kinesis => {
             let event: KinesisEvent = decode(event, "aws:kinesis")?;
-            let r = handle_kinesis(usage, sink, &event).await;
+            let r = handle_kinesis(usage, audit, sink, &event).await;
             respond(
                 "kinesis",
                 event.records.len(),

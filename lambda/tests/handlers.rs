@@ -97,7 +97,7 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let event = json!({"Records": [
         {"messageId": "m1", "body": "not an envelope", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, Some(&sink), event)
+    let out = aggregate(Transport::Sqs, &store, None, Some(&sink), event)
         .await
         .unwrap();
     assert_eq!(out, json!({"batchItemFailures": []}));
@@ -109,7 +109,7 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let event = json!({"Records": [
         {"messageId": "m2", "body": "{}", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, None, event)
+    let out = aggregate(Transport::Sqs, &store, None, None, event)
         .await
         .unwrap();
     assert_eq!(
@@ -126,7 +126,7 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
         "eventSource": "aws:kinesis",
         "kinesis": {"partitionKey": "org_a", "data": "e30=", "sequenceNumber": "1"},
     }]});
-    let e = aggregate(Transport::Sqs, &store, Some(&sink), kinesis)
+    let e = aggregate(Transport::Sqs, &store, None, Some(&sink), kinesis)
         .await
         .unwrap_err();
     assert!(
@@ -136,6 +136,7 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
     let e = aggregate(
         Transport::Kinesis,
         &store,
+        None,
         Some(&sink),
         json!({"detail": {}}),
     )

@@ -68,6 +68,7 @@
 //! decimal text (exact), `latest_at` is RFC 3339 text with full precision (ties compare
 //! exactly as in the fold).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -592,8 +593,10 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
         &tx,
         events.iter().zip(&new).filter_map(|(e, n)| n.then_some(e)),
     )?;
+    let conflicts = conflicting_repeats(&tx, events, &new)?;
     tx.commit().map_err(db)?;
     Ok(ApplyReport {
+        conflicts,
         outcomes: new
             .into_iter()
             .map(|n| {
@@ -605,6 +608,42 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
             })
             .collect(),
     })
+}
+
+/// The repeats (`new[i]` false) whose contents differ from the copy the ledger counted: read
+/// back inside the batch's transaction, so a first copy earlier in the same batch is seen
+/// too. One indexed read per distinct repeated id; a batch without repeats reads nothing.
+fn conflicting_repeats(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[Event],
+    new: &[bool],
+) -> Result<Vec<usize>, StoreError> {
+    let mut conflicts = Vec::new();
+    if new.iter().all(|n| *n) {
+        return Ok(conflicts);
+    }
+    let mut read = tx
+        .prepare_cached("SELECT body FROM ledger WHERE org = ?1 AND event_id = ?2")
+        .map_err(db)?;
+    let mut counted: HashMap<(&OrgId, &EventId), Event> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if new[i] {
+            continue;
+        }
+        let copy = match counted.entry((&e.org_id, &e.id)) {
+            std::collections::hash_map::Entry::Occupied(c) => c.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let body: String = read
+                    .query_row(params![e.org_id.as_str(), e.id.as_str()], |r| r.get(0))
+                    .map_err(db)?;
+                slot.insert(decode_event(&e.org_id, e.id.as_str(), &body)?)
+            }
+        };
+        if copy != e {
+            conflicts.push(i);
+        }
+    }
+    Ok(conflicts)
 }
 
 #[async_trait]

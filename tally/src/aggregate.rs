@@ -7,10 +7,12 @@
 //! `--drain-limit`. Acknowledging only what is applied, dead-lettering poison records and
 //! leaving the rest for redelivery are the library's job.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use tally_aggregator::AggregatorConfig;
+use tally_core::ports::AuditLog;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -43,6 +45,7 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
     let worker = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
         backends.stores.usage.clone(),
+        Some(backends.stores.tenants.clone() as Arc<dyn AuditLog>),
         cfg,
         stop_rx,
         args.drain_limit,

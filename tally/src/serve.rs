@@ -298,6 +298,7 @@ pub async fn run(
     let aggregator = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),
         backends.stores.usage.clone(),
+        Some(backends.stores.tenants.clone() as Arc<dyn tally_core::ports::AuditLog>),
         AggregatorConfig {
             max_events: settings.batch_events.max(1),
             ..AggregatorConfig::default()

@@ -711,7 +711,7 @@ pub async fn run_schedule(
         let (queue, store, stop) = (queue.clone(), store.clone(), stop.clone());
         workers.0.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if process_batch(queue.as_ref(), store.as_ref(), &cfg, cfg.idle_poll)
+                if process_batch(queue.as_ref(), store.as_ref(), None, &cfg, cfg.idle_poll)
                     .await
                     .is_err()
                 {

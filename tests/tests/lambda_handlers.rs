@@ -155,7 +155,7 @@ async fn sqs_reports_only_unsettled_messages() {
 
     // With a working sink: poison is set aside, everything is settled.
     let sink = Sink::default();
-    let response = handle_sqs(&store, Some(&sink), &event).await;
+    let response = handle_sqs(&store, None, Some(&sink), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let kept = sink.kept.lock().unwrap().clone();
     assert_eq!(kept.len(), 2);
@@ -169,14 +169,14 @@ async fn sqs_reports_only_unsettled_messages() {
         fail: true,
         ..Sink::default()
     };
-    let response = handle_sqs(&store, Some(&failing), &event).await;
+    let response = handle_sqs(&store, None, Some(&failing), &event).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
     assert_eq!(ids, ["m-poison", "m-garbage"]);
-    let response = handle_sqs(&store, None, &event).await;
+    let response = handle_sqs(&store, None, None, &event).await;
     assert_eq!(response.batch_item_failures.len(), 2);
     // The redelivered good messages changed nothing.
     assert_eq!(total(&store, &org).await, 2);
@@ -215,7 +215,7 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     ]});
     let event: KinesisEvent = serde_json::from_value(raw).unwrap();
 
-    let response = handle_kinesis(&store, None, &event).await;
+    let response = handle_kinesis(&store, None, None, &event).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -225,7 +225,7 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     assert_eq!(total(&store, &org).await, 2);
 
     let sink = Sink::default();
-    let response = handle_kinesis(&store, Some(&sink), &event).await;
+    let response = handle_kinesis(&store, None, Some(&sink), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(sink.kept.lock().unwrap()[0].0, "4959002");
     assert_eq!(total(&store, &org).await, 2);

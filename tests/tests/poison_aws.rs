@@ -64,7 +64,7 @@ async fn drain(queue: &dyn EventQueue, store: &dyn UsageStore) -> (usize, usize)
     };
     let (mut acked, mut poisoned) = (0, 0);
     for _ in 0..20 {
-        let s = process_batch(queue, store, &cfg, Duration::from_millis(500))
+        let s = process_batch(queue, store, None, &cfg, Duration::from_millis(500))
             .await
             .unwrap();
         acked += s.acked;

@@ -212,7 +212,7 @@ async fn tally_path(
                 org: None,
             })
             .collect();
-        let outcomes = apply_records(store, &inputs).await;
+        let outcomes = apply_records(store, None, &inputs).await;
         for (&(i, tries), outcome) in records.iter().zip(&outcomes) {
             match outcome {
                 RecordOutcome::Applied => applied += 1,

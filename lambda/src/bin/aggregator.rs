@@ -24,8 +24,15 @@ async fn main() -> anyhow::Result<()> {
     let sink = &sink;
     let telemetry = &telemetry;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let out =
-            handlers::aggregate(transport, store.usage.as_ref(), Some(sink), event.payload).await;
+        let audit: &dyn tally_core::ports::AuditLog = store.tenants.as_ref();
+        let out = handlers::aggregate(
+            transport,
+            store.usage.as_ref(),
+            Some(audit),
+            Some(sink),
+            event.payload,
+        )
+        .await;
         telemetry.flush();
         out.map_err(|e| {
             tracing::error!(

@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
+use tally_core::ids::{EventId, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{ApplyOutcome, ApplyReport, StoreError};
 use tokio::sync::Semaphore;
@@ -66,8 +67,13 @@ enum Claim {
     /// This batch owns the record: its counts are this batch's to apply.
     Owned,
     /// Another batch owns it (`owner`; `None` on records older than owners), claimed at
-    /// `claimed` (Unix seconds).
-    Foreign { owner: Option<String>, claimed: i64 },
+    /// `claimed` (Unix seconds); `body` is the record's body, to tell a resend with other
+    /// contents (`ApplyReport::conflicts`).
+    Foreign {
+        owner: Option<String>,
+        claimed: i64,
+        body: Option<String>,
+    },
     /// Settled for this delivery.
     Done(ApplyOutcome),
 }
@@ -95,12 +101,57 @@ pub(super) async fn apply_batch(
     for &i in &candidates {
         bodies.insert(i, encode_body(&events[i])?);
     }
+    let mut stored: HashMap<usize, String> = HashMap::new();
     for group in intent_groups(events, &candidates) {
-        for (i, outcome) in apply_group(store, events, group, &bodies).await {
+        let (settled, seen) = apply_group(store, events, group, &bodies).await;
+        for (i, outcome) in settled {
             outcomes[i] = outcome;
         }
+        stored.extend(seen);
     }
-    Ok(ApplyReport { outcomes })
+    let conflicts = conflicting_repeats(events, &candidates, &outcomes, &stored)?;
+    Ok(ApplyReport {
+        outcomes,
+        conflicts,
+    })
+}
+
+/// The duplicates whose contents differ from the copy that was counted: for a first copy
+/// the ledger already held, the record's body as its claim returned it; for a repeat inside
+/// the batch, its first copy (or what that copy met in the ledger). A record settled as a
+/// duplicate after waiting on another batch is compared with the body its first claim saw.
+fn conflicting_repeats(
+    events: &[Event],
+    candidates: &[usize],
+    outcomes: &[ApplyOutcome],
+    stored: &HashMap<usize, String>,
+) -> Result<Vec<usize>, StoreError> {
+    let mut counted: HashMap<(&OrgId, &EventId), Option<Event>> =
+        HashMap::with_capacity(candidates.len());
+    for &i in candidates {
+        let e = &events[i];
+        let copy = match (&outcomes[i], stored.get(&i)) {
+            (ApplyOutcome::Applied, _) => Some(e.clone()),
+            (ApplyOutcome::Duplicate, Some(body)) => Some(crate::ledger_body::decode(
+                &e.org_id,
+                e.id.clone(),
+                body,
+                "ledger record",
+            )?),
+            // Failed, or a duplicate whose counted body was not seen: nothing to compare.
+            _ => None,
+        };
+        counted.insert((&e.org_id, &e.id), copy);
+    }
+    Ok(events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            outcomes[*i] == ApplyOutcome::Duplicate
+                && matches!(counted.get(&(&e.org_id, &e.id)), Some(Some(c)) if c != *e)
+        })
+        .map(|(i, _)| i)
+        .collect())
 }
 
 /// Most bytes of ops one intent may hold, by the estimate below: DynamoDB items hold 400 KB.
@@ -136,18 +187,28 @@ fn new_batch_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Applies up to [`MAX_EVENTS_PER_INTENT`] distinct events.
+/// Applies up to [`MAX_EVENTS_PER_INTENT`] distinct events. Also hands back the bodies of
+/// the records other batches held when this one claimed (for `conflicting_repeats`).
 async fn apply_group(
     store: &DynamoStore,
     events: &[Event],
     group: &[usize],
     bodies: &HashMap<usize, String>,
-) -> Vec<(usize, ApplyOutcome)> {
+) -> (Vec<(usize, ApplyOutcome)>, Vec<(usize, String)>) {
     let now = Utc::now();
     let mut out = Vec::with_capacity(group.len());
     // 2. Claim every event's ledger record for a fresh batch.
     let batch = new_batch_id();
     let claims = claim_all(store, events, group, bodies, &batch, now).await;
+    let seen: Vec<(usize, String)> = claims
+        .iter()
+        .filter_map(|(i, c)| match c {
+            Claim::Foreign {
+                body: Some(body), ..
+            } => Some((*i, body.clone())),
+            _ => None,
+        })
+        .collect();
     let mut foreign = settle_owned(store, events, &batch, claims, now, &mut out).await;
     // 3. Records other batches own. Our own intent is written by now, so nobody waits on
     //    us while we wait on them: finish their intents, or take orphans over under a
@@ -166,7 +227,7 @@ async fn apply_group(
             ApplyOutcome::Failed("ledger ownership kept changing; retry".into()),
         )
     }));
-    out
+    (out, seen)
 }
 
 /// Applies the owned claims under `batch` (steps 4 and 5), records every settled outcome in
@@ -331,6 +392,7 @@ fn foreign(old: Option<&Item>, batch: &str) -> Claim {
     Claim::Foreign {
         owner: owner.map(str::to_owned),
         claimed,
+        body: old.and_then(|it| get_opt_s(it, "body").ok().flatten().map(str::to_owned)),
     }
 }
 
@@ -362,7 +424,7 @@ async fn resolve_foreign(
     let mut out = Vec::with_capacity(claims.len());
     for (i, c) in claims {
         match c {
-            Claim::Foreign { owner, claimed } => {
+            Claim::Foreign { owner, claimed, .. } => {
                 let entry = by_owner.entry(owner).or_insert((claimed, Vec::new()));
                 entry.0 = entry.0.max(claimed);
                 entry.1.push(i);
@@ -504,20 +566,33 @@ async fn abort(store: &DynamoStore, id: &str, now: DateTime<Utc>) -> Result<bool
 
 /// Takes an orphaned ledger record over from aborted batch `from`. If someone else moved
 /// it first, the claim follows the record's new owner.
+///
+/// The record's body and month become this event's: the aborted batch never counted its
+/// copy, and the copy counted now is this one, so the ledger must say so (else an id resent
+/// with other contents would leave the ledger disagreeing with the counters, which
+/// reconcile would report as drift).
 async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTime<Utc>) -> Claim {
+    let body = match encode_body(e) {
+        Ok(body) => body,
+        Err(err) => return Claim::Done(ApplyOutcome::Failed(err.to_string())),
+    };
     let sent = store
         .client
         .update_item()
         .table_name(&*store.table)
         .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
         .key(SK, s(ledger_sk(&e.id)))
-        .update_expression("SET #o = :to, #c = :now")
+        .update_expression("SET #o = :to, #c = :now, #b = :body, #m = :month")
         .condition_expression("#o = :from")
         .expression_attribute_names("#o", OWNER)
         .expression_attribute_names("#c", CLAIMED)
+        .expression_attribute_names("#b", "body")
+        .expression_attribute_names("#m", "month")
         .expression_attribute_values(":to", s(to))
         .expression_attribute_values(":from", s(from))
         .expression_attribute_values(":now", n(now.timestamp()))
+        .expression_attribute_values(":body", s(body))
+        .expression_attribute_values(":month", s(Month::of(e.timestamp).to_string()))
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         .send()
         .await;

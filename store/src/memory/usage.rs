@@ -1,7 +1,8 @@
 //! The ledger, the counters and closed periods in memory: [`UsageStore`].
 //!
 //! A batch is applied under the store's lock, so it is atomic: the events the ledger has
-//! not seen (first copy per (org, event id), [`fold::dedupe_in_batch`]) are recorded, and
+//! not seen (the first copy per (org, event id); a later copy whose contents differ is
+//! reported in [`ApplyReport::conflicts`]) are recorded, and
 //! folded into (org, project, meter, hour) cells with [`fold::fold_cells`], each merged into
 //! the stored cell with [`Delta::merge`]. Every counter is derived from those cells when it
 //! is read, with the core's own [`fold::spread`] (`stored_counters`) and
@@ -68,25 +69,29 @@ impl UsageStore for MemoryStore {
     }
 
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
-        // The first copy of each (org, id) in the batch, in batch order.
-        let mut first = fold::dedupe_in_batch(events).into_iter().peekable();
+        // A repeat inside the batch meets its first copy in the ledger, inserted just before.
         let mut st = self.lock();
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            let new = first.next_if(|k| std::ptr::eq(*k, e)).is_some()
-                && match st
-                    .ledger
-                    .entry(e.org_id.clone())
-                    .or_default()
-                    .entry(e.id.clone())
-                {
-                    Entry::Vacant(slot) => {
-                        slot.insert(e.clone());
-                        true
+        let mut conflicts = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let new = match st
+                .ledger
+                .entry(e.org_id.clone())
+                .or_default()
+                .entry(e.id.clone())
+            {
+                Entry::Vacant(slot) => {
+                    slot.insert(e.clone());
+                    true
+                }
+                Entry::Occupied(counted) => {
+                    if counted.get() != e {
+                        conflicts.push(i);
                     }
-                    Entry::Occupied(_) => false,
-                };
+                    false
+                }
+            };
             if new {
                 fresh.push(e);
                 outcomes.push(ApplyOutcome::Applied);
@@ -104,7 +109,10 @@ impl UsageStore for MemoryStore {
                 }
             }
         }
-        Ok(ApplyReport { outcomes })
+        Ok(ApplyReport {
+            outcomes,
+            conflicts,
+        })
     }
 
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {

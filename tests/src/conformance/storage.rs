@@ -78,6 +78,7 @@ macro_rules! storage_conformance {
             api_keys_remember_their_latest_use,
             members_are_put_on_projects_of_their_org,
             apply_batch_counts_each_event_once,
+            resends_with_other_contents_are_reported_as_conflicts,
             event_ids_are_unique_per_org_not_globally,
             concurrent_overlapping_batches_count_once,
             sum_and_count_arithmetic,
@@ -1519,6 +1520,47 @@ pub async fn apply_batch_counts_each_event_once<F: StoreFactory>(f: &F) {
     let c = ledger.iter().find(|x| x.id.as_str() == "c").unwrap();
     assert_eq!(c.quantity.value(), dec("4"));
     assert_eq!(ledger.len(), 5);
+}
+
+/// A duplicate whose contents differ from the counted copy (in an earlier batch or earlier
+/// in the same batch) is reported in `conflicts`; an identical resend, or one that differs
+/// only in how a number is written, is not. The first copy stays counted.
+pub async fn resends_with_other_contents_are_reported_as_conflicts<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let p = fresh_project();
+    let e = |id: &str, q: &str| event(&org, &p, id, "compute_minutes", q, "2026-11-26T10:00:00Z");
+
+    let first = s.apply_batch(&[e("a", "1"), e("b", "2")]).await.unwrap();
+    assert_eq!(first.conflicts, Vec::<usize>::new());
+    let second = [
+        e("a", "1.0"),
+        e("b", "3"),
+        e("c", "5"),
+        e("c", "6"),
+        e("d", "7"),
+        e("d", "7"),
+    ];
+    let report = s.apply_batch(&second).await.unwrap();
+    assert_eq!(
+        report.outcomes,
+        [Duplicate, Duplicate, Applied, Duplicate, Applied, Duplicate]
+    );
+    assert_eq!(
+        report.conflicts,
+        [1, 3],
+        "b resent with 3, c repeated with 6"
+    );
+    // A redelivery of the same batch, from another handle: the same conflicts.
+    let other = f.open().await;
+    let again = other.apply_batch(&second).await.unwrap();
+    assert_eq!(again.outcomes, [const { Duplicate }; 6]);
+    assert_eq!(again.conflicts, [1, 3]);
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "15")]),
+        "1 + 2 + 5 + 7: the first copies"
+    );
 }
 
 /// The same event id in two orgs is two events.
