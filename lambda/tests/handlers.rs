@@ -15,10 +15,13 @@ use serde_json::json;
 use tally_billing::Catalogue;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{FixedClock, ReportStore, UsageStore};
+use tally_core::ports::{FixedClock, ReportStore, TenantStore, UsageStore};
 use tally_lambda::consumers::PoisonSink;
 use tally_lambda::env::Transport;
-use tally_lambda::handlers::{BillingPorts, BillingRun, aggregate, bill};
+use tally_lambda::handlers::{
+    BillingError, BillingPorts, BillingRun, MONTH_TIME_RESERVE, MonthRun, aggregate, bill,
+    bill_and_sync,
+};
 use tally_store::sqlite::SqliteStore;
 
 #[derive(Default)]
@@ -38,7 +41,10 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-async fn bill_at(store: &SqliteStore, at: chrono::DateTime<Utc>) -> BillingRun {
+async fn bill_at<S>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun
+where
+    S: TenantStore + UsageStore + ReportStore,
+{
     let ports = BillingPorts {
         tenants: store,
         usage: store,
@@ -69,6 +75,7 @@ async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
         period: None,
         orgs: 0,
         stored_now: 0,
+        months: vec![],
     };
     assert_eq!(bill_at(&store, early).await, nothing);
     assert!(!store.is_period_closed(october).await.unwrap());
@@ -81,6 +88,11 @@ async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
             period: Some("2026-10".into()),
             orgs: 1,
             stored_now: 1,
+            months: vec![MonthRun {
+                period: "2026-10".into(),
+                orgs: 1,
+                stored_now: 1,
+            }],
         }
     );
     assert!(store.is_period_closed(october).await.unwrap());
@@ -143,4 +155,181 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("no Records array"), "{e:#}");
     assert!(sink.0.lock().unwrap().is_empty());
+}
+
+/// Runs of `months` as the billing run reports them: (period, orgs, stored now).
+fn runs(run: &BillingRun) -> Vec<(String, usize, usize)> {
+    run.months
+        .iter()
+        .map(|m| (m.period.clone(), m.orgs, m.stored_now))
+        .collect()
+}
+
+/// The billing function was down (or failed all its retries) on 1 December and 1 January:
+/// the run on 2 January bills November and December, oldest first, after checking October
+/// (billed on time) again without storing or closing anything anew. Before, it billed only
+/// December and left November open for good. On SQLite and in memory.
+#[tokio::test]
+async fn a_run_after_two_missed_month_ends_bills_both_months_oldest_first() {
+    let (_dir, sqlite) = store();
+    missed_month_ends(&sqlite).await;
+    missed_month_ends(&tally_store::MemoryStore::new()).await;
+}
+
+async fn missed_month_ends<S: TenantStore + UsageStore + ReportStore>(store: &S) {
+    let created = Utc.with_ymd_and_hms(2026, 9, 20, 0, 0, 0).unwrap();
+    let acme = common::acme(store, PlanId::Starter, created).await;
+    let (sep, oct, nov, dec) = (
+        Month::parse("2026-09").unwrap(),
+        Month::parse("2026-10").unwrap(),
+        Month::parse("2026-11").unwrap(),
+        Month::parse("2026-12").unwrap(),
+    );
+    // On time on 1 October and 1 November.
+    let first = bill_at(store, Utc.with_ymd_and_hms(2026, 10, 1, 2, 0, 0).unwrap()).await;
+    assert_eq!(runs(&first), [("2026-09".into(), 1, 1)]);
+    let on_time = bill_at(store, Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap()).await;
+    // September, closed, is checked again before October is closed.
+    assert_eq!(
+        runs(&on_time),
+        [("2026-09".into(), 1, 0), ("2026-10".into(), 1, 1)]
+    );
+    let october = store.get_report(&acme, oct).await.unwrap().unwrap();
+
+    let late = Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap();
+    let run = bill_at(store, late).await;
+    assert_eq!(
+        runs(&run),
+        [
+            ("2026-10".into(), 1, 0),
+            ("2026-11".into(), 1, 1),
+            ("2026-12".into(), 1, 1),
+        ]
+    );
+    assert_eq!(run.period.as_deref(), Some("2026-12"));
+    for month in [sep, oct, nov, dec] {
+        assert!(store.is_period_closed(month).await.unwrap(), "{month}");
+        assert!(
+            store.get_report(&acme, month).await.unwrap().is_some(),
+            "{month}"
+        );
+    }
+    // October was not billed again: its report is the one stored on 1 November.
+    assert_eq!(
+        store.get_report(&acme, oct).await.unwrap().unwrap(),
+        october
+    );
+    // The next run finds nothing open and runs December alone, storing nothing.
+    let again = bill_at(store, late).await;
+    assert_eq!(runs(&again), [("2026-12".into(), 1, 0)]);
+}
+
+/// A month that fails stops the run: December is not closed while November failed (an
+/// org's usage of a meter no plan prices), and the next run starts again from November.
+#[tokio::test]
+async fn a_failed_month_stops_the_run_before_the_next_is_closed() {
+    let store = tally_store::MemoryStore::new();
+    let created = Utc.with_ymd_and_hms(2026, 10, 3, 0, 0, 0).unwrap();
+    let acme = common::acme(&store, PlanId::Starter, created).await;
+    let project = tally_core::tenant::Project {
+        id: tally_core::ProjectId::from_random([3; 16]),
+        org_id: acme.clone(),
+        name: "Web".into(),
+        slug: "web".into(),
+        created_at: created,
+        archived_at: None,
+    };
+    tally_core::ports::ProjectStore::create_project(&store, &project)
+        .await
+        .unwrap();
+    let event = tally_core::Event {
+        org_id: acme.clone(),
+        id: tally_core::EventId::parse("gpu-1").unwrap(),
+        project_id: project.id.clone(),
+        meter: tally_core::MeterName::parse("gpu_hours").unwrap(),
+        aggregation: tally_core::Aggregation::Sum,
+        quantity: tally_core::Quantity::parse("3").unwrap(),
+        timestamp: Utc.with_ymd_and_hms(2026, 11, 5, 0, 0, 0).unwrap(),
+        properties: serde_json::Map::new(),
+    };
+    assert_eq!(store.apply_batch(&[event]).await.unwrap().applied(), 1);
+    let ports = BillingPorts {
+        tenants: &store,
+        usage: &store,
+        reports: &store,
+        clock: &FixedClock::at(Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap()),
+    };
+    let catalogue = Catalogue::builtin().unwrap();
+    let grace = Duration::from_secs(3600);
+    for _ in 0..2 {
+        let err = bill(ports, &catalogue, grace).await.unwrap_err();
+        assert!(
+            matches!(&err, BillingError::Close { period, .. } if period.to_string() == "2026-11"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("gpu_hours"), "{err}");
+        assert!(
+            !store
+                .is_period_closed(Month::parse("2026-12").unwrap())
+                .await
+                .unwrap()
+        );
+    }
+    // October, before it, was billed.
+    let oct = Month::parse("2026-10").unwrap();
+    assert!(store.get_report(&acme, oct).await.unwrap().is_some());
+}
+
+/// With the invocation's deadline near, the run bills the first month and leaves the next
+/// for the retry (failing, so EventBridge retries); the retry, with time, continues.
+#[tokio::test]
+async fn a_run_short_of_time_leaves_later_months_to_the_retry() {
+    let store = tally_store::MemoryStore::new();
+    common::acme(
+        &store,
+        PlanId::Free,
+        Utc.with_ymd_and_hms(2026, 10, 3, 0, 0, 0).unwrap(),
+    )
+    .await;
+    let now = Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap();
+    let ports = BillingPorts {
+        tenants: &store,
+        usage: &store,
+        reports: &store,
+        clock: &FixedClock::at(now),
+    };
+    let catalogue = Catalogue::builtin().unwrap();
+    let grace = Duration::from_secs(3600);
+    let short = now + MONTH_TIME_RESERVE - chrono::Duration::seconds(1);
+    let err = bill_and_sync(ports, &catalogue, grace, None, Some(short))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BillingError::OutOfTime { billed: 1, next } if next.to_string() == "2026-11"),
+        "{err}"
+    );
+    assert!(
+        store
+            .is_period_closed(Month::parse("2026-10").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_period_closed(Month::parse("2026-11").unwrap())
+            .await
+            .unwrap()
+    );
+    let enough = now + MONTH_TIME_RESERVE;
+    let run = bill_and_sync(ports, &catalogue, grace, None, Some(enough))
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(&run),
+        [
+            ("2026-10".into(), 1, 0),
+            ("2026-11".into(), 1, 1),
+            ("2026-12".into(), 1, 1),
+        ]
+    );
 }
