@@ -15,7 +15,7 @@ use serde_json::json;
 use tally_billing::Catalogue;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{FixedClock, ReportStore, TenantStore, UsageStore};
+use tally_core::ports::{FixedClock, ReportStore, UsageStore};
 use tally_lambda::consumers::PoisonSink;
 use tally_lambda::env::Transport;
 use tally_lambda::handlers::{
@@ -41,25 +41,6 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-async fn bill_at<S>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun
-where
-    S: TenantStore + UsageStore + ReportStore,
-{
-    let ports = BillingPorts {
-        tenants: store,
-        usage: store,
-        reports: store,
-        clock: &FixedClock::at(at),
-    };
-    bill(
-        ports,
-        &Catalogue::builtin().unwrap(),
-        Duration::from_secs(3600),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
     let (_dir, store) = store();
@@ -77,11 +58,11 @@ async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
         stored_now: 0,
         months: vec![],
     };
-    assert_eq!(bill_at(&store, early).await, nothing);
+    assert_eq!(common::bill_at(&store, early).await, nothing);
     assert!(!store.is_period_closed(october).await.unwrap());
 
     let due = Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap();
-    let billed = bill_at(&store, due).await;
+    let billed = common::bill_at(&store, due).await;
     assert_eq!(
         billed,
         BillingRun {
@@ -98,7 +79,7 @@ async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
     assert!(store.is_period_closed(october).await.unwrap());
     assert!(store.get_report(&acme, october).await.unwrap().is_some());
     // A retried run bills the same month again and stores nothing new.
-    let again = bill_at(&store, due).await;
+    let again = common::bill_at(&store, due).await;
     assert_eq!((again.orgs, again.stored_now), (1, 0));
 }
 
@@ -157,14 +138,6 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
     assert!(sink.0.lock().unwrap().is_empty());
 }
 
-/// Runs of `months` as the billing run reports them: (period, orgs, stored now).
-fn runs(run: &BillingRun) -> Vec<(String, usize, usize)> {
-    run.months
-        .iter()
-        .map(|m| (m.period.clone(), m.orgs, m.stored_now))
-        .collect()
-}
-
 /// The billing function was down (or failed all its retries) on 1 December and 1 January:
 /// the run on 2 January bills November and December, oldest first, after checking October
 /// (billed on time) again without storing or closing anything anew. Before, it billed only
@@ -172,56 +145,8 @@ fn runs(run: &BillingRun) -> Vec<(String, usize, usize)> {
 #[tokio::test]
 async fn a_run_after_two_missed_month_ends_bills_both_months_oldest_first() {
     let (_dir, sqlite) = store();
-    missed_month_ends(&sqlite).await;
-    missed_month_ends(&tally_store::MemoryStore::new()).await;
-}
-
-async fn missed_month_ends<S: TenantStore + UsageStore + ReportStore>(store: &S) {
-    let created = Utc.with_ymd_and_hms(2026, 9, 20, 0, 0, 0).unwrap();
-    let acme = common::acme(store, PlanId::Starter, created).await;
-    let (sep, oct, nov, dec) = (
-        Month::parse("2026-09").unwrap(),
-        Month::parse("2026-10").unwrap(),
-        Month::parse("2026-11").unwrap(),
-        Month::parse("2026-12").unwrap(),
-    );
-    // On time on 1 October and 1 November.
-    let first = bill_at(store, Utc.with_ymd_and_hms(2026, 10, 1, 2, 0, 0).unwrap()).await;
-    assert_eq!(runs(&first), [("2026-09".into(), 1, 1)]);
-    let on_time = bill_at(store, Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap()).await;
-    // September, closed, is checked again before October is closed.
-    assert_eq!(
-        runs(&on_time),
-        [("2026-09".into(), 1, 0), ("2026-10".into(), 1, 1)]
-    );
-    let october = store.get_report(&acme, oct).await.unwrap().unwrap();
-
-    let late = Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap();
-    let run = bill_at(store, late).await;
-    assert_eq!(
-        runs(&run),
-        [
-            ("2026-10".into(), 1, 0),
-            ("2026-11".into(), 1, 1),
-            ("2026-12".into(), 1, 1),
-        ]
-    );
-    assert_eq!(run.period.as_deref(), Some("2026-12"));
-    for month in [sep, oct, nov, dec] {
-        assert!(store.is_period_closed(month).await.unwrap(), "{month}");
-        assert!(
-            store.get_report(&acme, month).await.unwrap().is_some(),
-            "{month}"
-        );
-    }
-    // October was not billed again: its report is the one stored on 1 November.
-    assert_eq!(
-        store.get_report(&acme, oct).await.unwrap().unwrap(),
-        october
-    );
-    // The next run finds nothing open and runs December alone, storing nothing.
-    let again = bill_at(store, late).await;
-    assert_eq!(runs(&again), [("2026-12".into(), 1, 0)]);
+    common::missed_month_ends(&sqlite).await;
+    common::missed_month_ends(&tally_store::MemoryStore::new()).await;
 }
 
 /// A month that fails stops the run: December is not closed while November failed (an
@@ -325,7 +250,7 @@ async fn a_run_short_of_time_leaves_later_months_to_the_retry() {
         .await
         .unwrap();
     assert_eq!(
-        runs(&run),
+        common::runs(&run),
         [
             ("2026-10".into(), 1, 0),
             ("2026-11".into(), 1, 1),
