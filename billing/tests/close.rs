@@ -754,3 +754,63 @@ async fn catch_up(tenants: &dyn TenantsForTest, usage: &dyn UsageStore) {
 /// The tenant roles the plan test creates orgs through.
 trait TenantsForTest: OrgStore + UserStore {}
 impl<T: OrgStore + UserStore> TenantsForTest for T {}
+
+/// The same rule on the in-memory store: November bills the org that existed in it, not
+/// the one created in December nor the one deleted before November began; `--org` for the
+/// December org is refused.
+#[tokio::test]
+async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
+    let store = tally_store::MemoryStore::new();
+    let mut ids = Vec::new();
+    for (slug, created, deleted) in [
+        ("old", "2026-01-01T00:00:00Z", None),
+        ("new", "2026-12-03T00:00:00Z", None),
+        ("gone", "2026-01-01T00:00:00Z", Some("2026-10-31T23:00:00Z")),
+    ] {
+        let owner = store
+            .ensure_user(&User {
+                id: UserId::from_random(rand_bytes()),
+                email: format!("{slug}@example.com"),
+                created_at: ts(created),
+            })
+            .await
+            .unwrap();
+        let org = Org {
+            id: OrgId::from_random(rand_bytes()),
+            name: slug.into(),
+            slug: slug.into(),
+            plan: PlanId::Starter,
+            owner_id: owner.id,
+            created_at: ts(created),
+            deleted_at: None,
+        };
+        store.create_org(&org).await.unwrap();
+        if let Some(at) = deleted {
+            store.delete_org(&org.id, ts(at)).await.unwrap();
+        }
+        ids.push(org.id);
+    }
+    let clock = FixedClock::at(ts("2026-12-15T00:00:00Z"));
+    let ports = ClosePorts {
+        tenants: &store,
+        usage: &store,
+        reports: &store,
+        clock: &clock,
+    };
+    let catalogue = Catalogue::builtin().unwrap();
+    let mut request = CloseRequest::new(month("2026-11"));
+    let out = close_month(ports, &catalogue, &request, &NoProgress)
+        .await
+        .unwrap();
+    let billed: Vec<&OrgId> = out.reports.iter().map(|r| &r.org_id).collect();
+    assert_eq!(billed, [&ids[0]]);
+    assert_eq!(out.not_in_period, 2);
+    for id in &ids[1..] {
+        assert!(store.list_reports(id).await.unwrap().is_empty());
+    }
+    request.org = Some(ids[1].clone());
+    assert!(matches!(
+        close_month(ports, &catalogue, &request, &NoProgress).await,
+        Err(CloseError::OrgNotInPeriod { .. })
+    ));
+}
