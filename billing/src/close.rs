@@ -14,7 +14,18 @@
 //! 2. **Close the period** ([`UsageStore::close_period`], idempotent). From then on ingest
 //!    refuses events for it (`period_closed`), after at most its cache of open periods (a
 //!    few seconds).
-//! 3. **Build and store each org's report.** If the org has a stored report for the month,
+//! 3. **Build and store the report of each org that existed in the month.** An org is
+//!    billed for a month only if it existed during it: created before the month ended and
+//!    not deleted before it began ([`existed_in`]). An org created later has nothing to
+//!    bill for the month (no usage, and no flat fee for a month it never had); an org
+//!    deleted before the month began is done being billed (its last month was the one it
+//!    was deleted in, billed in full). Such orgs are left out of the run
+//!    ([`CloseOutcome::not_in_period`] counts them), and `--org` naming one is refused
+//!    ([`CloseError::OrgNotInPeriod`]). The org is read once, before its stored report, so
+//!    a report stored for such an org by an earlier version is left in the store untouched
+//!    but no longer returned (nor synced).
+//!
+//!    If the org has a stored report for the month,
 //!    that is the report: it is returned as stored and nothing is recomputed, so a rerun
 //!    prints the same reports and never changes what an invoice was built from. Otherwise
 //!    the org's month counters (org-wide and per project) are priced on its plan with
@@ -61,6 +72,7 @@ use tally_core::ports::{
     Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, ReportStore, StoreError, StoredReport,
     UsageStore,
 };
+use tally_core::tenant::Org;
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
 
 use crate::catalogue::{Catalogue, MeterPrice};
@@ -148,6 +160,9 @@ pub struct CloseOutcome {
     pub reports: Vec<UsageReport>,
     /// How many of them this run stored (the rest were stored before, or it was a dry run).
     pub stored_now: usize,
+    /// Orgs left out because they did not exist in the month (created after it ended, or
+    /// deleted before it began; see [`existed_in`]).
+    pub not_in_period: usize,
 }
 
 /// Why a month could not be closed. Each variant says what the operator sees.
@@ -194,6 +209,23 @@ pub enum CloseError {
     /// `--org` names an org that does not exist.
     #[error("no organization {0}")]
     UnknownOrg(OrgId),
+    /// `--org` names an org that did not exist during the month (created after it ended, or
+    /// deleted before it began): it has nothing to bill for it. Nothing is closed or
+    /// stored; `tally bill` exits non-zero with this message.
+    #[error(
+        "organization {org} did not exist in {period} ({}); there is nothing to bill it for that month",
+        lifetime(.created_at, .deleted_at)
+    )]
+    OrgNotInPeriod {
+        /// The org asked for.
+        org: OrgId,
+        /// The month asked for.
+        period: Month,
+        /// When the org was created.
+        created_at: DateTime<Utc>,
+        /// When it was deleted, if it was.
+        deleted_at: Option<DateTime<Utc>>,
+    },
     /// The store failed before any org was billed (listing orgs, closing the period).
     #[error("{what}: {source}")]
     Store {
@@ -209,7 +241,7 @@ pub enum CloseError {
     OrgsFailed {
         /// The month.
         period: Month,
-        /// How many orgs the run covered.
+        /// How many orgs the run billed or tried to (those that existed in the month).
         total: usize,
         /// Each failed org with its reason.
         failed: Vec<(OrgId, OrgError)>,
@@ -218,6 +250,17 @@ pub enum CloseError {
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn lifetime(created_at: &DateTime<Utc>, deleted_at: &Option<DateTime<Utc>>) -> String {
+    match deleted_at {
+        Some(deleted) => format!(
+            "created {}, deleted {}",
+            rfc3339(created_at),
+            rfc3339(deleted)
+        ),
+        None => format!("created {}", rfc3339(created_at)),
+    }
 }
 
 fn join(failed: &[(OrgId, OrgError)]) -> String {
@@ -306,6 +349,16 @@ pub fn check_billable(
     Ok(())
 }
 
+/// Whether `org` existed during `period`, and so is billed for it: created before the month
+/// ended and not deleted before it began. An org deleted during the month existed in it and
+/// is billed for it in full (there is no proration).
+pub fn existed_in(org: &Org, period: Month) -> bool {
+    org.created_at < period.end()
+        && org
+            .deleted_at
+            .is_none_or(|deleted| deleted > period.start())
+}
+
 /// The month before `now`'s, once its grace period has passed (the month a scheduler
 /// bills); `None` while it is still inside the grace period.
 pub fn previous_month_if_due(now: DateTime<Utc>, grace: Duration) -> Option<Month> {
@@ -343,20 +396,30 @@ pub async fn close_month(
     let now = ports.clock.now();
     check_billable(period, now, request.grace)?;
 
-    let orgs = match &request.org {
-        Some(org) => {
+    // An org named by `--org` is read (and refused) before anything is closed; the others
+    // are read one at a time as they are billed, so each org is read once.
+    let orgs: Vec<(OrgId, Option<Org>)> = match &request.org {
+        Some(id) => {
             let found = ports
                 .tenants
-                .get_org(org)
+                .get_org(id)
                 .await
                 .map_err(|source| CloseError::Store {
-                    what: format!("cannot read organization {org}"),
+                    what: format!("cannot read organization {id}"),
                     source,
                 })?;
-            if found.is_none() {
-                return Err(CloseError::UnknownOrg(org.clone()));
+            let Some(org) = found else {
+                return Err(CloseError::UnknownOrg(id.clone()));
+            };
+            if !existed_in(&org, period) {
+                return Err(CloseError::OrgNotInPeriod {
+                    org: org.id,
+                    period,
+                    created_at: org.created_at,
+                    deleted_at: org.deleted_at,
+                });
             }
-            vec![org.clone()]
+            vec![(id.clone(), Some(org))]
         }
         None => {
             let mut ids =
@@ -370,7 +433,7 @@ pub async fn close_month(
                     })?;
             ids.sort();
             ids.dedup();
-            ids
+            ids.into_iter().map(|id| (id, None)).collect()
         }
     };
 
@@ -389,20 +452,34 @@ pub async fn close_month(
     let mut reports = Vec::with_capacity(orgs.len());
     let mut failed = Vec::new();
     let mut stored_now = 0;
-    for org in &orgs {
-        match bill_org(ports, catalogue, org, period, request.dry_run, now).await {
-            Ok((report, new)) => {
+    let mut not_in_period = 0;
+    for (id, org) in orgs {
+        let org = match org {
+            Some(org) => Ok(org),
+            None => read_org(ports.tenants, &id).await,
+        };
+        let billed = match org {
+            Ok(org) if !existed_in(&org, period) => {
+                not_in_period += 1;
+                None
+            }
+            Ok(org) => Some(bill_org(ports, catalogue, &org, period, request.dry_run, now).await),
+            Err(e) => Some(Err(e)),
+        };
+        match billed {
+            None => {}
+            Some(Ok((report, new))) => {
                 reports.push(report);
                 stored_now += usize::from(new);
             }
-            Err(e) => failed.push((org.clone(), e)),
+            Some(Err(e)) => failed.push((id.clone(), e)),
         }
-        progress.org_done(org);
+        progress.org_done(&id);
     }
     if !failed.is_empty() {
         return Err(CloseError::OrgsFailed {
             period,
-            total: orgs.len(),
+            total: reports.len() + failed.len(),
             failed,
         });
     }
@@ -411,7 +488,17 @@ pub async fn close_month(
         dry_run: request.dry_run,
         reports,
         stored_now,
+        not_in_period,
     })
+}
+
+/// One listed org, which must still be there.
+async fn read_org(tenants: &dyn OrgStore, id: &OrgId) -> Result<Org, OrgError> {
+    tenants
+        .get_org(id)
+        .await
+        .map_err(store("cannot read the organization"))?
+        .ok_or(OrgError::Gone)
 }
 
 fn decode(stored: &StoredReport) -> Result<UsageReport, OrgError> {
@@ -426,11 +513,12 @@ fn decode(stored: &StoredReport) -> Result<UsageReport, OrgError> {
 async fn bill_org(
     ports: ClosePorts<'_>,
     catalogue: &Catalogue,
-    org_id: &OrgId,
+    org: &Org,
     period: Month,
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Result<(UsageReport, bool), OrgError> {
+    let org_id = &org.id;
     if let Some(stored) = ports
         .reports
         .get_report(org_id, period)
@@ -439,12 +527,6 @@ async fn bill_org(
     {
         return Ok((decode(&stored)?, false));
     }
-    let org = ports
-        .tenants
-        .get_org(org_id)
-        .await
-        .map_err(store("cannot read the organization"))?
-        .ok_or(OrgError::Gone)?;
     // The plan is the highest in force during the month, not the one the org has now:
     // a change just before close cannot reprice the month gone by.
     let history = ports

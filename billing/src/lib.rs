@@ -21,8 +21,13 @@
 //!   in `tally-core` (so it runs on SQLite and DynamoDB alike) with time from a `Clock`:
 //!   [`close_month`] refuses the current month and the grace period, closes the period so
 //!   ingest refuses it, prices each org's month counters and stores the report once, and
-//!   turns late events into adjustment lines on the next report. `tally bill` and the
-//!   `tally serve` scheduler both run it.
+//!   turns late events into adjustment lines on the next report. A month bills only the
+//!   orgs that existed in it. `tally bill`, the `tally serve` scheduler and the billing
+//!   Lambda all run it.
+//! - [`schedule`]: which months the schedulers close, oldest first: every ended month
+//!   still open since the earliest org was created, at most
+//!   [`schedule::MAX_CATCH_UP_MONTHS`] back, so a missed month-end is caught up on the
+//!   next run and no month is left open forever.
 //! - [`sync`]: the exactly-once Stripe invoice sync of a report, a recorded sequence of
 //!   steps (customer, draft invoice, one item per entry, finalize) with idempotency keys
 //!   from (org, period, step), results in the [`tally_core::ports::SyncLedger`], through the
@@ -74,6 +79,7 @@ pub mod period_sync;
 /// The price models, which live in core beside the catalogue that names them.
 pub use tally_core::pricing;
 pub mod report;
+pub mod schedule;
 pub mod sync;
 pub mod webhook;
 

@@ -9,7 +9,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Map;
-use tally_billing::close::{CloseError, CloseOutcome, check_billable, close_previous_month_if_due};
+use tally_billing::close::{
+    CloseError, CloseOutcome, check_billable, close_previous_month_if_due, existed_in,
+};
+use tally_billing::schedule::{MAX_CATCH_UP_MONTHS, earliest_org_month, months_to_bill};
 use tally_billing::{
     AdjustmentLine, Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month,
 };
@@ -57,6 +60,11 @@ impl World {
     }
 
     async fn org(&self, slug: &str, plan: PlanId) -> (OrgId, ProjectId) {
+        self.org_created(slug, plan, "2026-01-01T00:00:00Z").await
+    }
+
+    /// An org on `plan` created at `created` (RFC 3339), with one project.
+    async fn org_created(&self, slug: &str, plan: PlanId, created: &str) -> (OrgId, ProjectId) {
         let owner = self
             .store
             .ensure_user(&User {
@@ -72,7 +80,7 @@ impl World {
             slug: slug.into(),
             plan,
             owner_id: owner.id,
-            created_at: ts("2026-01-01T00:00:00Z"),
+            created_at: ts(created),
             deleted_at: None,
         };
         self.store.create_org(&org).await.unwrap();
@@ -81,7 +89,7 @@ impl World {
             org_id: org.id.clone(),
             name: "Web".into(),
             slug: "web".into(),
-            created_at: ts("2026-01-01T00:00:00Z"),
+            created_at: ts(created),
             archived_at: None,
         };
         self.store.create_project(&project).await.unwrap();
@@ -559,4 +567,250 @@ async fn an_upgrade_applies_at_once() {
     let october = w.bill("2026-10").await.unwrap();
     assert_eq!(october[0].plan, PlanId::Starter);
     assert_eq!(october[0].total.to_string(), "29.00");
+}
+
+/// A month bills only the orgs that existed in it: one created the next month gets no
+/// report (before, it got a $0-usage report and its plan's flat fee) and `--org` for it is
+/// refused; one deleted before the month began is not billed either; one deleted during
+/// the month is billed for it.
+#[tokio::test]
+async fn a_month_bills_only_the_orgs_that_existed_in_it() {
+    let w = World::new();
+    let (old, po) = w.org("old", PlanId::Starter).await;
+    w.minutes(&old, &po, "o", "10", "2026-11-02T00:00:00Z")
+        .await;
+    // Created in December (M + 1), on a paid plan: nothing to bill for November.
+    let (new, _) = w
+        .org_created("new", PlanId::Pro, "2026-12-03T00:00:00Z")
+        .await;
+    // Created at the very end of November: it existed in it.
+    let (last_second, _) = w
+        .org_created("edge", PlanId::Starter, "2026-11-30T23:59:59Z")
+        .await;
+    // Deleted on November's first instant: not in November. Deleted mid-November: billed.
+    let (gone, _) = w.org("gone", PlanId::Pro).await;
+    w.store
+        .delete_org(&gone, ts("2026-11-01T00:00:00Z"))
+        .await
+        .unwrap();
+    let (leaving, _) = w.org("leaving", PlanId::Starter).await;
+    w.store
+        .delete_org(&leaving, ts("2026-11-20T00:00:00Z"))
+        .await
+        .unwrap();
+
+    w.clock.set(ts("2026-12-15T00:00:00Z"));
+    let out = w.close(&CloseRequest::new(month("2026-11"))).await.unwrap();
+    let mut billed: Vec<&OrgId> = out.reports.iter().map(|r| &r.org_id).collect();
+    billed.sort();
+    let mut expected = vec![&old, &last_second, &leaving];
+    expected.sort();
+    assert_eq!(billed, expected);
+    assert_eq!((out.stored_now, out.not_in_period), (3, 2));
+    assert!(
+        w.store
+            .get_report(&new, month("2026-11"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        w.store
+            .get_report(&gone, month("2026-11"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // `tally bill --org` for the org created after November: refused, nothing stored.
+    let mut only = CloseRequest::new(month("2026-11"));
+    only.org = Some(new.clone());
+    let err = w.close(&only).await.unwrap_err();
+    assert!(matches!(err, CloseError::OrgNotInPeriod { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(new.as_str())
+            && message.contains("2026-11")
+            && message.contains("created 2026-12-03T00:00:00Z"),
+        "{message}"
+    );
+    only.org = Some(gone.clone());
+    let err = w.close(&only).await.unwrap_err();
+    assert!(
+        err.to_string().contains("deleted 2026-11-01T00:00:00Z"),
+        "{err}"
+    );
+    // Refused before anything is closed: October is still open.
+    only.period = month("2026-10");
+    only.org = Some(new.clone());
+    assert!(matches!(
+        w.close(&only).await,
+        Err(CloseError::OrgNotInPeriod { .. })
+    ));
+    assert!(!w.store.is_period_closed(month("2026-10")).await.unwrap());
+    assert!(w.store.list_reports(&new).await.unwrap().is_empty());
+
+    // December is the new org's first month.
+    w.clock.set(ts("2027-01-02T00:00:00Z"));
+    let dec = w.bill("2026-12").await.unwrap();
+    assert!(
+        dec.iter()
+            .any(|r| r.org_id == new && r.total.to_string() == "99.00")
+    );
+    assert!(!dec.iter().any(|r| r.org_id == gone || r.org_id == leaving));
+}
+
+#[tokio::test]
+async fn existence_in_a_month_is_decided_by_creation_and_deletion_instants() {
+    let w = World::new();
+    let (id, _) = w.org("x", PlanId::Free).await;
+    let mut org = w.store.get_org(&id).await.unwrap().unwrap();
+    let nov = month("2026-11");
+    org.created_at = ts("2026-12-01T00:00:00Z");
+    assert!(!existed_in(&org, nov), "created as November ended");
+    org.created_at = ts("2026-11-30T23:59:59.999Z");
+    assert!(existed_in(&org, nov));
+    org.deleted_at = Some(ts("2026-11-01T00:00:00.001Z"));
+    assert!(existed_in(&org, nov));
+    org.deleted_at = Some(ts("2026-11-01T00:00:00Z"));
+    assert!(!existed_in(&org, nov), "deleted as November began");
+}
+
+/// The scheduler's plan over a store: a scheduler down across two month-ends (November and
+/// December) finds both missed months, oldest first, after October (closed, run again to
+/// see it fully billed); once they are closed, only the newest due month is run again. On
+/// SQLite and in memory.
+#[tokio::test]
+async fn the_schedulers_plan_catches_up_missed_months_oldest_first() {
+    let sqlite = World::new();
+    catch_up(&sqlite.store, &sqlite.store).await;
+    let memory = tally_store::MemoryStore::new();
+    catch_up(&memory, &memory).await;
+}
+
+async fn catch_up(tenants: &dyn TenantsForTest, usage: &dyn UsageStore) {
+    let grace = Duration::hours(1);
+    assert_eq!(earliest_org_month(tenants).await.unwrap(), None);
+    // No org: nothing to bill, however long ago.
+    let none = months_to_bill(usage, ts("2027-01-02T00:00:00Z"), grace, None)
+        .await
+        .unwrap();
+    assert!(none.months.is_empty());
+
+    for (slug, created) in [
+        ("late", "2026-09-20T00:00:00Z"),
+        ("early", "2026-06-10T00:00:00Z"),
+    ] {
+        let owner = tenants
+            .ensure_user(&User {
+                id: UserId::from_random(rand_bytes()),
+                email: format!("{slug}@example.com"),
+                created_at: ts(created),
+            })
+            .await
+            .unwrap();
+        tenants
+            .create_org(&Org {
+                id: OrgId::from_random(rand_bytes()),
+                name: slug.into(),
+                slug: slug.into(),
+                plan: PlanId::Free,
+                owner_id: owner.id,
+                created_at: ts(created),
+                deleted_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let earliest = earliest_org_month(tenants).await.unwrap();
+    assert_eq!(earliest, Some(month("2026-06")));
+    for m in ["2026-06", "2026-07", "2026-08", "2026-09", "2026-10"] {
+        usage
+            .close_period(month(m), ts("2026-11-01T00:00:00Z"))
+            .await
+            .unwrap();
+    }
+    let now = ts("2027-01-02T00:00:00Z");
+    let plan = months_to_bill(usage, now, grace, earliest).await.unwrap();
+    let months: Vec<String> = plan.months.iter().map(Month::to_string).collect();
+    assert_eq!(months, ["2026-10", "2026-11", "2026-12"]);
+    assert_eq!(plan.left_open_beyond_cap, None);
+
+    usage.close_period(month("2026-11"), now).await.unwrap();
+    usage.close_period(month("2026-12"), now).await.unwrap();
+    let plan = months_to_bill(usage, now, grace, earliest).await.unwrap();
+    assert_eq!(plan.months, vec![month("2026-12")]);
+
+    // Years later, with everything since left open: the cap bounds the walk, and the open
+    // month beyond it is reported.
+    let later = ts("2029-03-05T00:00:00Z");
+    let plan = months_to_bill(usage, later, grace, earliest).await.unwrap();
+    assert_eq!(plan.months.len(), MAX_CATCH_UP_MONTHS as usize);
+    assert_eq!(plan.months.first(), Some(&month("2027-03")));
+    assert_eq!(plan.months.last(), Some(&month("2029-02")));
+    assert_eq!(plan.left_open_beyond_cap, Some(month("2027-02")));
+}
+
+/// The tenant roles the plan test creates orgs through.
+trait TenantsForTest: OrgStore + UserStore {}
+impl<T: OrgStore + UserStore> TenantsForTest for T {}
+
+/// The same rule on the in-memory store: November bills the org that existed in it, not
+/// the one created in December nor the one deleted before November began; `--org` for the
+/// December org is refused.
+#[tokio::test]
+async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
+    let store = tally_store::MemoryStore::new();
+    let mut ids = Vec::new();
+    for (slug, created, deleted) in [
+        ("old", "2026-01-01T00:00:00Z", None),
+        ("new", "2026-12-03T00:00:00Z", None),
+        ("gone", "2026-01-01T00:00:00Z", Some("2026-10-31T23:00:00Z")),
+    ] {
+        let owner = store
+            .ensure_user(&User {
+                id: UserId::from_random(rand_bytes()),
+                email: format!("{slug}@example.com"),
+                created_at: ts(created),
+            })
+            .await
+            .unwrap();
+        let org = Org {
+            id: OrgId::from_random(rand_bytes()),
+            name: slug.into(),
+            slug: slug.into(),
+            plan: PlanId::Starter,
+            owner_id: owner.id,
+            created_at: ts(created),
+            deleted_at: None,
+        };
+        store.create_org(&org).await.unwrap();
+        if let Some(at) = deleted {
+            store.delete_org(&org.id, ts(at)).await.unwrap();
+        }
+        ids.push(org.id);
+    }
+    let clock = FixedClock::at(ts("2026-12-15T00:00:00Z"));
+    let ports = ClosePorts {
+        tenants: &store,
+        usage: &store,
+        reports: &store,
+        clock: &clock,
+    };
+    let catalogue = Catalogue::builtin().unwrap();
+    let mut request = CloseRequest::new(month("2026-11"));
+    let out = close_month(ports, &catalogue, &request, &NoProgress)
+        .await
+        .unwrap();
+    let billed: Vec<&OrgId> = out.reports.iter().map(|r| &r.org_id).collect();
+    assert_eq!(billed, [&ids[0]]);
+    assert_eq!(out.not_in_period, 2);
+    for id in &ids[1..] {
+        assert!(store.list_reports(id).await.unwrap().is_empty());
+    }
+    request.org = Some(ids[1].clone());
+    assert!(matches!(
+        close_month(ports, &catalogue, &request, &NoProgress).await,
+        Err(CloseError::OrgNotInPeriod { .. })
+    ));
 }

@@ -393,6 +393,7 @@ fn no_float_in_the_billing_source() {
         ("error.rs", include_str!("../src/error.rs")),
         ("period_sync.rs", include_str!("../src/period_sync.rs")),
         ("report.rs", include_str!("../src/report.rs")),
+        ("schedule.rs", include_str!("../src/schedule.rs")),
         ("sync.rs", include_str!("../src/sync.rs")),
         ("webhook.rs", include_str!("../src/webhook.rs")),
     ];

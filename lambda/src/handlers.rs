@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tally_billing::close::previous_month_if_due;
+use tally_billing::schedule::{MAX_CATCH_UP_MONTHS, earliest_org_month, months_to_bill};
 use tally_billing::{
-    Catalogue, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper, close_month,
-    sync_period,
+    Catalogue, CloseOutcome, CloseRequest, NoProgress, PeriodSyncOptions, PeriodSyncPorts, Sleeper,
+    close_month, sync_period,
 };
-use tally_core::ports::{AuditLog, InvoiceProvider, SyncLedger, UsageStore};
+use tally_core::period::Month;
+use tally_core::ports::{AuditLog, InvoiceProvider, StoreError, SyncLedger, UsageStore};
 
 use crate::consumers::{PoisonSink, handle_kinesis, handle_sqs};
 use crate::env::Transport;
@@ -60,6 +62,33 @@ pub enum BillingError {
     /// The grace period does not fit a date computation.
     #[error("grace period of {0:?} is out of range")]
     Grace(Duration),
+    /// The orgs or the closed periods could not be read to plan the run; nothing was
+    /// billed.
+    #[error("planning the billing run: {0}")]
+    Plan(#[source] StoreError),
+    /// The invocation ran out of time with months still to bill: those before `next` are
+    /// billed, `next` and any later ones are still open. The retry (or the next run)
+    /// continues from `next`.
+    #[error(
+        "billed {billed} period(s) but ran out of time; {next} and later periods are still open (the retry continues)"
+    )]
+    OutOfTime {
+        /// How many months this invocation billed.
+        billed: usize,
+        /// The first month not started.
+        next: Month,
+    },
+    /// Every month in reach is billed, but an older one, beyond the
+    /// [`MAX_CATCH_UP_MONTHS`] the run looks back, is still open: the scheduler never
+    /// closes it, so the invocation fails (and alarms) until an operator bills it with
+    /// `tally bill --period`.
+    #[error(
+        "period {period} is still open and more than {MAX_CATCH_UP_MONTHS} months back, beyond what the billing run closes; bill it (and any older open period) with `tally bill --period {period}`"
+    )]
+    OpenBeyondCap {
+        /// The open month just beyond the cap.
+        period: Month,
+    },
     /// Month close failed (the store, or some orgs; see the message).
     #[error("billing {period}: {source}")]
     Close {
@@ -168,14 +197,35 @@ fn check_source(transport: Transport, event: &Value) -> Result<(), AggregateErro
 /// What the billing function answers (and logs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BillingRun {
-    /// The month billed (`YYYY-MM`); `None` while the previous month is still inside its
-    /// grace period.
+    /// The newest month billed (`YYYY-MM`); `None` when nothing was due (the previous month
+    /// is still inside its grace period, or there is no org).
     pub period: Option<String>,
     /// Orgs with a stored report for it.
     pub orgs: usize,
     /// How many of those reports this run stored (the rest were stored by an earlier run).
     pub stored_now: usize,
+    /// Every month this run billed, oldest first: more than `period` alone when earlier
+    /// months were left open (a missed run) or the closed month before an open one was
+    /// checked again.
+    pub months: Vec<MonthRun>,
 }
+
+/// One month of a [`BillingRun`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MonthRun {
+    /// The month (`YYYY-MM`).
+    pub period: String,
+    /// Orgs with a stored report for it.
+    pub orgs: usize,
+    /// How many of those reports this run stored.
+    pub stored_now: usize,
+}
+
+/// Time an invocation keeps in hand to bill one more month: after the first month, the
+/// next is started only while at least this much is left before the deadline (the function
+/// has 300 s). Running out is safe (month close and the Stripe sync resume where they
+/// stopped) but fails the invocation.
+pub const MONTH_TIME_RESERVE: chrono::Duration = chrono::Duration::seconds(120);
 
 /// The ports the billing run needs: exactly those of the [`close_month`] it runs (the
 /// Stripe sync reuses their orgs), so the billing crate's struct serves under the name
@@ -194,40 +244,97 @@ pub struct StripePorts<'a> {
     pub sleeper: &'a dyn Sleeper,
 }
 
-/// [`bill_and_sync`] without Stripe.
+/// [`bill_and_sync`] without Stripe and without a deadline.
 pub async fn bill(
     ports: BillingPorts<'_>,
     catalogue: &Catalogue,
     grace: Duration,
 ) -> Result<BillingRun, BillingError> {
-    bill_and_sync(ports, catalogue, grace, None).await
+    bill_and_sync(ports, catalogue, grace, None, None).await
 }
 
-/// The scheduled billing run: bills the previous month once `grace` has passed since it
-/// ended, with the same [`close_month`] as `tally bill` and `tally serve`'s scheduler (close
-/// the period so ingest refuses it, then build and store every org's report). A rerun finds
-/// the reports stored and changes nothing. Any failure, one org's included, fails the
-/// invocation, so the billing-failures alarm sees it and EventBridge retries (the orgs
-/// already billed stay billed). With `stripe`, every report of the period is then synced to
-/// Stripe with [`sync_period`], as `tally bill` does; an org left pending or refused fails
-/// the invocation ([`BillingError::StripeIncomplete`]) and the retry resumes from the
-/// ledger.
+/// The scheduled billing run: bills every ended month still open once `grace` has passed
+/// since it ended, oldest first, in the order
+/// [`tally_billing::schedule::months_to_bill`] gives (from the month the earliest org was
+/// created, at most [`MAX_CATCH_UP_MONTHS`] back), so a month a failed or missed run left
+/// open is billed by the next one. Each month runs the same [`close_month`] as `tally bill`
+/// and `tally serve`'s scheduler (close the period so ingest refuses it, then build and
+/// store the report of every org that existed in it) and, with `stripe`, syncs the
+/// month's reports to Stripe with [`sync_period`], as `tally bill` does; only then is the
+/// next month started. A rerun finds the reports stored and changes nothing.
+///
+/// Any failure, one org's included, stops the run there and fails the invocation, so the
+/// billing-failures alarm sees it and EventBridge retries (months and orgs already billed
+/// stay billed; no later month is closed before the failed one is fully billed). An org
+/// left pending or refused by Stripe is such a failure
+/// ([`BillingError::StripeIncomplete`]); the retry resumes from the sync ledger.
+///
+/// With a `deadline` (the invocation's), a month after the first is started only while
+/// [`MONTH_TIME_RESERVE`] is left; otherwise the invocation fails with
+/// [`BillingError::OutOfTime`] and the retry continues. An open month beyond the cap fails
+/// the invocation after the rest is billed ([`BillingError::OpenBeyondCap`]).
 pub async fn bill_and_sync(
     ports: BillingPorts<'_>,
     catalogue: &Catalogue,
     grace: Duration,
     stripe: Option<StripePorts<'_>>,
+    deadline: Option<DateTime<Utc>>,
 ) -> Result<BillingRun, BillingError> {
     let grace_std = grace;
     let grace = chrono::Duration::from_std(grace).map_err(|_| BillingError::Grace(grace_std))?;
-    let Some(period) = previous_month_if_due(ports.clock.now(), grace) else {
-        tracing::info!("the previous month is still in its grace period; nothing to bill");
-        return Ok(BillingRun {
-            period: None,
-            orgs: 0,
-            stored_now: 0,
-        });
+    let earliest = earliest_org_month(ports.tenants)
+        .await
+        .map_err(BillingError::Plan)?;
+    let plan = months_to_bill(ports.usage, ports.clock.now(), grace, earliest)
+        .await
+        .map_err(BillingError::Plan)?;
+    if plan.months.is_empty() {
+        tracing::info!(
+            "no period is due (the previous month is in its grace period, or there is no org); nothing to bill"
+        );
+    }
+    let mut run = BillingRun {
+        period: None,
+        orgs: 0,
+        stored_now: 0,
+        months: Vec::with_capacity(plan.months.len()),
     };
+    for period in plan.months {
+        if let Some(deadline) = deadline
+            && !run.months.is_empty()
+            && ports.clock.now() + MONTH_TIME_RESERVE > deadline
+        {
+            tracing::warn!(next = %period, billed = run.months.len(), "out of time; the retry continues");
+            return Err(BillingError::OutOfTime {
+                billed: run.months.len(),
+                next: period,
+            });
+        }
+        let out = bill_month(ports, catalogue, grace, stripe, period).await?;
+        run.period = Some(period.to_string());
+        run.orgs = out.reports.len();
+        run.stored_now = out.stored_now;
+        run.months.push(MonthRun {
+            period: period.to_string(),
+            orgs: out.reports.len(),
+            stored_now: out.stored_now,
+        });
+    }
+    if let Some(period) = plan.left_open_beyond_cap {
+        tracing::error!(period = %period, "a period beyond the billing run's reach is still open; bill it with `tally bill --period {period}`");
+        return Err(BillingError::OpenBeyondCap { period });
+    }
+    Ok(run)
+}
+
+/// Bills one month: close, reports, and the Stripe sync when configured.
+async fn bill_month(
+    ports: BillingPorts<'_>,
+    catalogue: &Catalogue,
+    grace: chrono::Duration,
+    stripe: Option<StripePorts<'_>>,
+    period: Month,
+) -> Result<CloseOutcome, BillingError> {
     let request = CloseRequest {
         grace,
         ..CloseRequest::new(period)
@@ -235,7 +342,7 @@ pub async fn bill_and_sync(
     let out = close_month(ports, catalogue, &request, &NoProgress)
         .await
         .map_err(|source| BillingError::Close { period, source })?;
-    tracing::info!(period = %period, orgs = out.reports.len(), stored_now = out.stored_now, "billed period");
+    tracing::info!(period = %period, orgs = out.reports.len(), stored_now = out.stored_now, not_in_period = out.not_in_period, "billed period");
     metrics::counter!("tally_billing_reports_stored_total").increment(out.stored_now as u64);
     if let Some(stripe) = stripe {
         let sync_ports = PeriodSyncPorts {
@@ -278,9 +385,5 @@ pub async fn bill_and_sync(
         }
         tracing::info!(period = %period, orgs = run.orgs.len(), "synced invoices to Stripe");
     }
-    Ok(BillingRun {
-        period: Some(period.to_string()),
-        orgs: out.reports.len(),
-        stored_now: out.stored_now,
-    })
+    Ok(out)
 }

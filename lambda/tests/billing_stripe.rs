@@ -53,7 +53,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
             ledger: &store,
             sleeper: &sleeper,
         };
-        bill_and_sync(ports, &catalogue, grace, Some(stripe))
+        bill_and_sync(ports, &catalogue, grace, Some(stripe), None)
     };
     let err = run(&refusing).await.unwrap_err();
     assert!(

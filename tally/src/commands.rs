@@ -235,7 +235,9 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         format!("--plan must be free, starter, pro or enterprise, got {plan:?}")
     })?;
     let store = backend::open_store(common).await?;
-    let now = Utc::now();
+    // The process clock (`TALLY_NOW` shifts it, as for `org set-plan`): an org is billed
+    // only for the months it existed in, so its creation time is billing's business.
+    let now = crate::clock::from_env()?.now();
     let owner = store
         .tenants
         .ensure_user(&User {

@@ -8,7 +8,9 @@
 //!
 //! One axum server carries the ingest and management routers; the aggregator drains the
 //! queue in a background task; a small scheduler bills each ended month once its grace
-//! period has passed (closes it and stores every org's report, as `tally bill` does). When
+//! period has passed (closes it and stores the report of every org that existed in it, as
+//! `tally bill` does), oldest first, catching up months whose month-end it missed (see
+//! [`close_ended_months`]). When
 //! the shutdown future completes the server stops taking requests, finishes the ones in
 //! flight (each answered `202` only after its events were durably queued), and the
 //! aggregator drains what is queued before `run` returns. Anything still queued after the
@@ -23,6 +25,7 @@
 //! text format. API keys' last-used times, which ingest keeps in memory, are written to the
 //! store every few seconds ([`tally_ingest::keys::flush_key_uses`]) and once more on shutdown.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +37,7 @@ use axum::routing::get;
 use clap::Args;
 use tally_aggregator::AggregatorConfig;
 use tally_api::jwt::JwtConfig;
+use tally_billing::schedule::{earliest_org_month, months_to_bill};
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
 use tally_core::Month;
 use tally_core::ports::{Clock, SystemClock};
@@ -41,7 +45,7 @@ use tally_notify::WebhookSender;
 use tally_stripe::StripeProvider;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::{self, Backends};
 use crate::settings::{Common, jwt_config, parse_duration};
@@ -404,13 +408,23 @@ async fn prometheus_upkeep(
     }
 }
 
-/// Bills the month before the current one once `grace` has passed since it ended: the same
-/// [`close_month`] as `tally bill` (close the period so ingest refuses it, then build and
-/// store every org's report). It checks once a minute; after a month is billed it is not run
-/// again in this process, and a restart runs it once more, which finds the reports stored
-/// and changes nothing. A failure (some org could not be billed) is retried next minute.
-/// When Stripe is configured, each run then syncs the period's reports with the same
-/// [`tally_billing::sync_period`] as `tally bill`; orgs left pending are retried next minute.
+/// Bills every ended month still open, oldest first, once `grace` has passed since it
+/// ended: the same [`close_month`] as `tally bill` (close the period so ingest refuses it,
+/// then build and store the report of every org that existed in it), in the order
+/// [`tally_billing::schedule::months_to_bill`] gives, so months whose month-end this process
+/// missed (it was down) are caught up on its next check, at most
+/// [`tally_billing::schedule::MAX_CATCH_UP_MONTHS`] back (an open month beyond that is
+/// logged at error level on every check and needs `tally bill --period`).
+///
+/// It checks at start and then once a minute. Each month is finished (closed, reports
+/// stored, and, when Stripe is configured, synced with the same
+/// [`tally_billing::sync_period`] as `tally bill`) before the next is started; the first
+/// month that fails (some org could not be billed, or Stripe left orgs pending) stops the
+/// check, and the next check starts again from it, so a month is never closed while the
+/// one before it failed. A month finished in this process is not run again in it; a
+/// restart runs the newest due month once more, which finds its reports stored and changes
+/// nothing. Orgs Stripe refused wait for someone to fix the cause (and a restart or
+/// `tally bill`), as before.
 async fn close_ended_months(
     backends: Backends,
     catalogue: Arc<Catalogue>,
@@ -419,63 +433,114 @@ async fn close_ended_months(
     grace: chrono::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut billed: Option<Month> = None;
+    let mut done: BTreeSet<Month> = BTreeSet::new();
+    // Orgs are created at their creation time, so the earliest creation month never moves
+    // later: read once (it costs a read of every org), again only while there is no org.
+    let mut earliest: Option<Month> = None;
     loop {
-        if let Some(period) = tally_billing::close::previous_month_if_due(clock.now(), grace)
-            && billed != Some(period)
-        {
-            let ports = ClosePorts {
-                tenants: backends.stores.tenants.as_ref(),
-                usage: backends.stores.usage.as_ref(),
-                reports: backends.stores.reports.as_ref(),
-                clock: clock.as_ref(),
-            };
-            let request = CloseRequest {
-                grace,
-                ..CloseRequest::new(period)
-            };
-            match close_month(ports, &catalogue, &request, &NoProgress).await {
-                Ok(out) => {
-                    info!(
-                        period = %period,
-                        orgs = out.reports.len(),
-                        stored_now = out.stored_now,
-                        "closed and billed period"
-                    );
-                    billed = Some(period);
-                    if let Some(provider) = &stripe {
-                        let ports = tally_billing::PeriodSyncPorts {
-                            provider: provider.as_ref(),
-                            ledger: backends.stores.sync.as_ref(),
-                            sleeper: &tally_notify::TokioSleeper,
-                            tenants: backends.stores.tenants.as_ref(),
-                        };
-                        let run = tally_billing::sync_period(
-                            ports,
-                            &out.reports,
-                            tally_billing::PeriodSyncOptions::default(),
-                            &NoProgress,
-                        )
-                        .await;
-                        let rerun = format!("tally bill --period {period}");
-                        if let Some(message) = crate::stripe::incomplete(&run, &rerun) {
-                            warn!(period = %period, "Stripe sync incomplete: {message}");
-                        }
-                        // Pending orgs are retried next minute; refused ones wait for
-                        // someone to fix the cause (and a restart or `tally bill`).
-                        if run.pending().next().is_some() {
-                            billed = None;
-                        } else {
-                            info!(period = %period, orgs = run.orgs.len(), "synced invoices to Stripe");
-                        }
-                    }
-                }
-                Err(e) => warn!(period = %period, error = %e, "billing run failed; will retry"),
+        if earliest.is_none() {
+            match earliest_org_month(backends.stores.tenants.as_ref()).await {
+                Ok(found) => earliest = found,
+                Err(e) => warn!(error = %e, "cannot read the orgs to plan billing; will retry"),
             }
+        }
+        match months_to_bill(backends.stores.usage.as_ref(), clock.now(), grace, earliest).await {
+            Ok(plan) => {
+                if let Some(month) = plan.left_open_beyond_cap {
+                    error!(
+                        period = %month,
+                        cap_months = tally_billing::schedule::MAX_CATCH_UP_MONTHS,
+                        "period {month} is still open and older than the scheduler looks; bill it (and any older open month) with `tally bill --period {month}`"
+                    );
+                }
+                for period in plan.months {
+                    if done.contains(&period) {
+                        continue;
+                    }
+                    let finished = bill_one_month(
+                        &backends,
+                        &catalogue,
+                        stripe.as_deref(),
+                        &clock,
+                        grace,
+                        period,
+                    )
+                    .await;
+                    if !finished {
+                        break;
+                    }
+                    done.insert(period);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read which periods are closed; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Closes and bills `period`, then syncs its reports to Stripe when configured. Whether the
+/// month is finished: false when month close failed or Stripe left orgs pending (retried
+/// next check).
+async fn bill_one_month(
+    backends: &Backends,
+    catalogue: &Catalogue,
+    stripe: Option<&tally_stripe::StripeProvider>,
+    clock: &Arc<dyn Clock>,
+    grace: chrono::Duration,
+    period: Month,
+) -> bool {
+    let ports = ClosePorts {
+        tenants: backends.stores.tenants.as_ref(),
+        usage: backends.stores.usage.as_ref(),
+        reports: backends.stores.reports.as_ref(),
+        clock: clock.as_ref(),
+    };
+    let request = CloseRequest {
+        grace,
+        ..CloseRequest::new(period)
+    };
+    let out = match close_month(ports, catalogue, &request, &NoProgress).await {
+        Ok(out) => out,
+        Err(e) => {
+            warn!(period = %period, error = %e, "billing run failed; will retry, and no later period is closed before this one");
+            return false;
+        }
+    };
+    info!(
+        period = %period,
+        orgs = out.reports.len(),
+        stored_now = out.stored_now,
+        not_in_period = out.not_in_period,
+        "closed and billed period"
+    );
+    let Some(provider) = stripe else {
+        return true;
+    };
+    let ports = tally_billing::PeriodSyncPorts {
+        provider,
+        ledger: backends.stores.sync.as_ref(),
+        sleeper: &tally_notify::TokioSleeper,
+        tenants: backends.stores.tenants.as_ref(),
+    };
+    let run = tally_billing::sync_period(
+        ports,
+        &out.reports,
+        tally_billing::PeriodSyncOptions::default(),
+        &NoProgress,
+    )
+    .await;
+    let rerun = format!("tally bill --period {period}");
+    if let Some(message) = crate::stripe::incomplete(&run, &rerun) {
+        warn!(period = %period, "Stripe sync incomplete: {message}");
+    }
+    // Pending orgs are retried next check; refused ones wait for someone to fix the cause
+    // (and a restart or `tally bill`).
+    if run.pending().next().is_some() {
+        return false;
+    }
+    info!(period = %period, orgs = run.orgs.len(), "synced invoices to Stripe");
+    true
 }

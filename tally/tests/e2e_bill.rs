@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Map, Value};
-use tally_core::ports::{EventQueue, ReportStore};
+use tally_core::ports::{EventQueue, ReportStore, UsageStore};
 use tally_core::{Aggregation, Event, EventId, MeterName, Month, OrgId, ProjectId, Quantity};
 
 const IN_GRACE: &str = "2026-03-01T00:30:00Z";
@@ -243,4 +243,93 @@ async fn the_serve_scheduler_bills_the_ended_month_with_the_same_code() {
     let body: Value = serde_json::from_str(&stored.body).unwrap();
     assert_eq!(out["reports"][0], body);
     assert_eq!(body["total"], "99.00");
+}
+
+/// The server was down across two month-ends (1 April and 1 May): started on 1 May, its
+/// scheduler bills March and April on its first check, oldest first, and leaves February
+/// (billed on time by `tally bill`) as it was. Before, it billed April alone and March
+/// stayed open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_scheduler_catches_up_missed_months_oldest_first() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "catchup");
+    let org = OrgId::parse(&tenant.org).unwrap();
+    let out = env.cli_env(&["bill", "--period", "2026-02"], &now(AFTER_GRACE));
+    assert_eq!(out["stored_now"], 1, "{out}");
+    let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
+    let [feb, mar, apr] = ["2026-02", "2026-03", "2026-04"].map(|m| Month::parse(m).unwrap());
+    let february = store.get_report(&org, feb).await.unwrap().unwrap();
+
+    let server = spawn_app_with(&env, |app| app.clock = clock_at("2026-05-01T02:00:00Z")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (march, april) = loop {
+        if let (Some(m), Some(a)) = (
+            store.get_report(&org, mar).await.unwrap(),
+            store.get_report(&org, apr).await.unwrap(),
+        ) {
+            break (m, a);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler never stored March and April"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    server.stop().await.unwrap();
+    assert!(
+        march.created_at <= april.created_at,
+        "March is billed before April"
+    );
+    for month in [feb, mar, apr] {
+        assert!(store.is_period_closed(month).await.unwrap(), "{month}");
+    }
+    assert_eq!(
+        store.get_report(&org, feb).await.unwrap().unwrap(),
+        february
+    );
+    // `tally bill` finds both stored: nothing left to bill.
+    for period in ["2026-03", "2026-04"] {
+        let out = env.cli_env(&["bill", "--period", period], &now("2026-05-01T02:00:00Z"));
+        assert_eq!(out["stored_now"], 0, "{out}");
+    }
+}
+
+/// `tally bill --org` for an org created after the month is refused with one line naming
+/// the org and the month; nothing is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bill_refuses_an_org_created_after_the_month() {
+    let env = Env::embedded();
+    let created = env.cli_env(
+        &[
+            "org",
+            "create",
+            "--name",
+            "Newco",
+            "--slug",
+            "newco",
+            "--owner-email",
+            "new@example.com",
+            "--plan",
+            "pro",
+        ],
+        &now("2026-03-10T00:00:00Z"),
+    );
+    let org = created["id"].as_str().unwrap().to_owned();
+    let err = failure(&env, &["bill", "--period", "2026-02", "--org", &org], APRIL);
+    assert!(
+        err.contains(&org) && err.contains("did not exist in 2026-02"),
+        "{err}"
+    );
+    let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
+    assert!(
+        !store
+            .is_period_closed(Month::parse("2026-02").unwrap())
+            .await
+            .unwrap()
+    );
+    // Billing every org for February leaves it out; March is its first month.
+    let feb = env.cli_env(&["bill", "--period", "2026-02"], &now(APRIL));
+    assert_eq!(feb["reports"].as_array().unwrap().len(), 0, "{feb}");
+    let mar = env.cli_env(&["bill", "--period", "2026-03", "--org", &org], &now(APRIL));
+    assert_eq!(mar["reports"][0]["total"], "99.00", "{mar}");
 }

@@ -1,7 +1,9 @@
 //! `tally-billing-lambda`: the monthly billing run on an EventBridge schedule
 //! (`cron(0 2 1 * ? *)`): once [`tally_lambda::env::GRACE_PERIOD_SECONDS`] have passed since
-//! the previous month ended, closes it and stores every org's usage report, with the same
-//! `close_month` as `tally bill` and `tally serve`'s scheduler. A failure fails the
+//! the previous month ended, closes it and stores the usage report of every org that
+//! existed in it, with the same `close_month` as `tally bill` and `tally serve`'s
+//! scheduler; months an earlier run left open are billed first, oldest first, while the
+//! invocation has time ([`tally_lambda::handlers::bill_and_sync`]). A failure fails the
 //! invocation (alarmed, retried). When [`tally_lambda::env::STRIPE_SECRET_KEY`] is set
 //! (from Secrets Manager), every report of the period is then synced to Stripe with the
 //! same `sync_period` as `tally bill`; an org left pending or refused fails the invocation,
@@ -90,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
                 lambda_runtime::Error::from(format!("{e:#}"))
             });
         }
-        let out = handlers::bill_and_sync(ports, catalogue, grace, stripe_ports).await;
+        // Lambda's deadline, in milliseconds since the epoch: later months wait for the
+        // retry rather than start without time to finish.
+        let deadline = i64::try_from(event.context.deadline)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let out = handlers::bill_and_sync(ports, catalogue, grace, stripe_ports, deadline).await;
         telemetry.flush();
         out.map(JobOutput::Bill).map_err(|e| {
             tracing::error!(error = format!("{e:#}"), "billing run failed");

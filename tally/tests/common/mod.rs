@@ -31,6 +31,11 @@ use serde_json::{Value, json};
 use tally_core::{Granularity, Month};
 use tempfile::TempDir;
 
+/// When [`Env::create_org`] creates its orgs (`TALLY_NOW` for `tally org create`): at the
+/// start of February 2026, the first month the tests bill (a month bills only the orgs that
+/// existed in it, and the schedulers bill every month since the earliest org's).
+pub const ORGS_CREATED_AT: &str = "2026-02-01T00:00:00Z";
+
 /// Path of the binary under test, for CLI commands and process-level tests.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tally")
@@ -125,12 +130,13 @@ impl Env {
     }
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
-    /// `tally org create`, on `plan` if given: the org, as the CLI prints it.
+    /// `tally org create`, on `plan` if given, at [`ORGS_CREATED_AT`]: the org, as the CLI
+    /// prints it.
     pub fn create_org(&self, name: &str, slug: &str, owner: &str, plan: Option<&str>) -> Value {
         let mut args = vec!["org", "create", "--name", name, "--slug", slug];
         args.extend(["--owner-email", owner]);
         args.extend(plan.into_iter().flat_map(|p| ["--plan", p]));
-        self.cli(&args)
+        self.cli_env(&args, &[("TALLY_NOW", ORGS_CREATED_AT)])
     }
 
     pub fn cli_raw(&self, args: &[&str]) -> Output {
