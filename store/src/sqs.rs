@@ -550,7 +550,10 @@ impl SqsQueue {
         let report = ReplayReport {
             dry_run: request.dry_run(),
             missing_ids: request.missing(letters.iter().map(|l| l.id.as_str())),
-            limit_reached: !exhausted && letters.len() == request.limit(),
+            // Ids asked for are all found before the limit (it is at least their number).
+            limit_reached: request.ids().is_empty()
+                && !exhausted
+                && letters.len() == request.limit(),
             letters,
         };
         if !report.dry_run && report.republished() > 0 {

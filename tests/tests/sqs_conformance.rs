@@ -450,3 +450,75 @@ async fn a_replay_sends_bodies_byte_for_byte_without_the_reason_and_takes_redriv
         BTreeSet::from(["redriven".to_owned(), "set-aside".to_owned()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_whose_copy_could_not_be_sent_stays_in_the_dead_letter_queue() {
+    use tally_core::backoff::Backoff;
+    use tally_store::replay::{LetterStatus, ReplayRequest};
+
+    let f = SqsFactory::new().await;
+    let (org, project) = (fresh_org(), fresh_project());
+    let e = event(
+        &org,
+        &project,
+        "kept",
+        "api_calls",
+        "1",
+        "2026-11-26T10:00:00Z",
+    );
+    f.queue().publish(std::slice::from_ref(&e)).await.unwrap();
+    let got = drain_unacked(&f.queue()).await;
+    f.queue()
+        .dead_letter(&got, "store unavailable")
+        .await
+        .unwrap();
+
+    // The fault: the main queue is gone, so the copy cannot be sent.
+    let gone = format!("{}-gone", f.url);
+    let broken = SqsQueue::with_config(
+        f.client.clone(),
+        gone,
+        SqsConfig {
+            dead_letter_queue_url: Some(f.dlq_url.clone()),
+            retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+            ..SqsConfig::default()
+        },
+    );
+    let report = broken
+        .replay_dead_letters(&ReplayRequest::all())
+        .await
+        .unwrap();
+    assert!(!report.is_complete(), "{report:?}");
+    assert_eq!(report.letters.len(), 1);
+    assert_eq!(report.letters[0].status, LetterStatus::Left);
+    assert!(report.letters[0].problem.is_some());
+    // Still there, visible again at once, and replayable once the fault is gone.
+    let kept = f.queue().dead_letters(10).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].body.contains("kept"));
+    let fixed = f
+        .queue()
+        .replay_dead_letters(&ReplayRequest::all())
+        .await
+        .unwrap();
+    assert!(fixed.is_complete(), "{fixed:?}");
+    let back = drain(&f.queue(), 1, 100).await;
+    assert_eq!(ids(&back), BTreeSet::from(["kept".to_owned()]));
+}
+
+/// Receives one delivery without acknowledging it (bounded wait).
+async fn drain_unacked(q: &SqsQueue) -> Delivery {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(d) = q
+            .receive(100, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "nothing was received");
+    }
+}
