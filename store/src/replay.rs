@@ -3,8 +3,9 @@
 //!
 //! The queue adapters that keep their dead letters whole implement [`DeadLetterReplay`]:
 //! [`LocalQueue`](crate::local_queue::LocalQueue) (its `dead_letters` table) and
-//! [`SqsQueue`](crate::sqs::SqsQueue) (its dead-letter queue). Kinesis does not: its
-//! on-failure destination keeps only pointers to the records, not the records.
+//! [`SqsQueue`](crate::sqs::SqsQueue) (its dead-letter queue). Kinesis does not: the Lambda
+//! consumer's on-failure destination keeps only pointers to the records, and the polling
+//! worker's dead-letter items keep the data only as lossy, bounded text for inspection.
 //!
 //! - **Harmless to repeat.** A replayed letter is an ordinary message again, and the store
 //!   applies every event exactly once (the ledger), so replaying a letter whose events were
