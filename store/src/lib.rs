@@ -23,6 +23,9 @@
 //! - [`memory::MemoryStore`]: every storage port in process memory, for tests and test
 //!   doubles; it passes the same conformance suite as the SQLite and DynamoDB stores.
 //!
+//! - [`replay`]: moving dead letters of the local queue or SQS back onto the main queue
+//!   once the fault is fixed (`tally replay`); Kinesis keeps only pointers, so not there.
+//!
 //! - [`derive`]: day, month and org-wide counters derived from hour cells when read; both
 //!   stores keep cells rather than six counters per event (its module doc says why).
 //! - [`aws`]: the SDK configuration, and what the AWS adapters share (error descriptions,
@@ -39,6 +42,7 @@ pub mod kinesis;
 mod ledger_body;
 pub mod local_queue;
 pub mod memory;
+pub mod replay;
 mod secs;
 pub mod sqlite;
 pub mod sqs;

@@ -24,6 +24,11 @@
 //!   again at once (`LocalQueueConfig::redeliver_on_open`): the local queue has one consuming
 //!   process, and when it (re)opens the file, whatever was in flight belonged to a consumer
 //!   that is gone. Redelivery is harmless because the store applies events exactly once.
+//! - **Replay** ([`LocalQueue::replay_dead_letters`], `tally replay`): once the fault is
+//!   fixed, dead letters whose body is a list of events go back into `messages` as they
+//!   are, and their rows are deleted, in one transaction: never lost, never on both sides.
+//!   The ledger makes a replay of events already counted harmless; one still unreadable is
+//!   dead-lettered again by the aggregator with its reason. See [`crate::replay`].
 //! - **Depth** counts messages not yet acknowledged, in flight included, so "depth is 0"
 //!   means everything published was applied.
 
@@ -44,6 +49,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::conn::{self, ConnSettings, Kind};
+use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -398,6 +404,145 @@ impl LocalQueue {
             .await?;
         }
         Ok(out)
+    }
+}
+
+/// A dead letter chosen by [`LocalQueue::replay_dead_letters`], read in its transaction.
+struct ReplayRow {
+    row: i64,
+    letter: ReplayedLetter,
+    body: String,
+    /// Events of the body, or why it is not a message of events.
+    items: Result<usize, String>,
+}
+
+/// How many events a dead letter's body holds, if it is a message this build reads: a
+/// non-empty JSON array (what `publish` and `dead_letter` store). A body that is not (a
+/// message moved here because it did not decode) is not replayed.
+fn replayable_items(body: &str) -> Result<usize, String> {
+    match serde_json::from_str::<Vec<&RawValue>>(body) {
+        Ok(items) if items.is_empty() => Err("the letter holds no events".to_owned()),
+        Ok(items) => Ok(items.len()),
+        Err(e) => Err(format!("the body is not a list of events ({e})")),
+    }
+}
+
+#[async_trait]
+impl DeadLetterReplay for LocalQueue {
+    async fn replay_dead_letters(
+        &self,
+        request: &ReplayRequest,
+    ) -> Result<ReplayReport, QueueError> {
+        self.replay_dead_letters(request).await
+    }
+}
+
+impl LocalQueue {
+    /// Replays (or, for a dry run, lists) the dead letters `request` selects, oldest first:
+    /// each body goes back into `messages` as it is and its dead-letter row is deleted, both
+    /// in one transaction with the selection, so a letter is never lost and never on
+    /// both sides. A body that is not a list of events stays and is reported.
+    /// Ids are the `message_id`s [`LocalQueue::dead_letters`] lists.
+    pub async fn replay_dead_letters(
+        &self,
+        request: &ReplayRequest,
+    ) -> Result<ReplayReport, QueueError> {
+        let request = request.clone();
+        let report = self
+            .run(move |conn, _| {
+                let now = conn::now_millis();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(qerr)?;
+                let mut chosen: Vec<ReplayRow> = Vec::new();
+                let mut limit_reached = false;
+                {
+                    let mut scan = tx
+                        .prepare_cached(
+                            "SELECT id, message_id, body, reason, dead_at FROM dead_letters
+                             ORDER BY id",
+                        )
+                        .map_err(qerr)?;
+                    let mut rows = scan.query([]).map_err(qerr)?;
+                    while let Some(r) = rows.next().map_err(qerr)? {
+                        let message_id: i64 = r.get(1).map_err(qerr)?;
+                        let reason: String = r.get(3).map_err(qerr)?;
+                        let id = message_id.to_string();
+                        if !request.matches(&id, Some(&reason)) {
+                            continue;
+                        }
+                        if chosen.len() == request.limit() {
+                            limit_reached = true;
+                            break;
+                        }
+                        let body: String = r.get(2).map_err(qerr)?;
+                        let items = replayable_items(&body);
+                        chosen.push(ReplayRow {
+                            row: r.get(0).map_err(qerr)?,
+                            letter: ReplayedLetter {
+                                id,
+                                reason: Some(reason),
+                                events: *items.as_ref().unwrap_or(&0),
+                                dead_lettered_at: DateTime::from_timestamp_millis(
+                                    r.get(4).map_err(qerr)?,
+                                ),
+                                status: LetterStatus::Left,
+                                problem: None,
+                            },
+                            body,
+                            items,
+                        });
+                    }
+                }
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
+                             VALUES (?1, ?2, 0, ?3)",
+                        )
+                        .map_err(qerr)?;
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")
+                        .map_err(qerr)?;
+                    for c in &mut chosen {
+                        match &c.items {
+                            Err(problem) => c.letter.problem = Some(problem.clone()),
+                            Ok(_) if request.dry_run() => {
+                                c.letter.status = LetterStatus::WouldReplay;
+                            }
+                            Ok(n) => {
+                                insert
+                                    .execute(params![c.body, *n as i64, now])
+                                    .map_err(qerr)?;
+                                delete.execute(params![c.row]).map_err(qerr)?;
+                                c.letter.status = LetterStatus::Replayed;
+                            }
+                        }
+                    }
+                }
+                if request.dry_run() {
+                    tx.rollback().map_err(qerr)?;
+                } else {
+                    tx.commit().map_err(qerr)?;
+                }
+                let letters: Vec<ReplayedLetter> = chosen.into_iter().map(|c| c.letter).collect();
+                Ok(ReplayReport {
+                    dry_run: request.dry_run(),
+                    missing_ids: request.missing(letters.iter().map(|l| l.id.as_str())),
+                    letters,
+                    limit_reached,
+                })
+            })
+            .await?;
+        if report.republished() > 0 && !report.dry_run {
+            tracing::info!(
+                letters = report.republished(),
+                events = report.events_republished(),
+                "replayed dead letters onto the local queue"
+            );
+            self.inner.published.notify_waiters();
+        }
+        Ok(report)
     }
 }
 

@@ -31,6 +31,13 @@
 //!   the message stays where it is (not handed out); the redrive policy moves it to the
 //!   dead-letter queue after `maxReceiveCount` receives, without a reason attribute.
 //!   Nothing is dropped.
+//! - **Replay** ([`SqsQueue::replay_dead_letters`], `tally replay`): once the fault is
+//!   fixed, dead letters go back to the main queue: received from the dead-letter queue,
+//!   sent to the main queue byte for byte without the reason attribute, and only then
+//!   deleted from the dead-letter queue (a crash in between replays the letter again,
+//!   which the ledger makes harmless; it is never lost). Letters the redrive policy moved
+//!   (no reason attribute) are replayed like the others; a body that is not a Tally
+//!   envelope is left and reported. See [`crate::replay`].
 //! - **Ack** deletes with `DeleteMessageBatch` (10 per call), retrying failed entries. An
 //!   entry refused as the sender's fault (an unknown or stale receipt handle, e.g. acked
 //!   twice) is logged and skipped: at worst the message comes back, and the store applies
@@ -54,6 +61,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
+use chrono::DateTime;
 use tally_core::backoff::Backoff;
 use tally_core::envelope;
 use tally_core::event::Event;
@@ -64,6 +72,9 @@ use tracing::Instrument;
 use crate::aws::{
     BatchNames, ENTRY_RETRY, EntryResult, describe_sdk_error, publish_packed, send_with_retries,
     sleep_before_retry, truncate_utf8,
+};
+use crate::replay::{
+    DeadLetterReplay, LetterStatus, MAX_REPLAY_LIMIT, ReplayReport, ReplayRequest, ReplayedLetter,
 };
 
 /// The envelope version this build writes and reads (defined with the envelope, in core).
@@ -89,6 +100,11 @@ const SHORT_POLL_PAUSE: Duration = Duration::from_millis(100);
 const MAX_VISIBILITY_SECONDS: u64 = 12 * 60 * 60;
 /// Longest dead-letter reason kept in the attribute.
 const MAX_REASON_BYTES: usize = 1024;
+/// How long a replay keeps the dead letters it looks at hidden from other readers of the
+/// dead-letter queue; it makes those it does not replay visible again when it is done.
+pub const REPLAY_VISIBILITY_SECONDS: i32 = 300;
+/// Most dead letters one replay examines, selected or not (a filter may skip many).
+pub const MAX_REPLAY_SCAN: usize = 2 * MAX_REPLAY_LIMIT;
 
 // ---------------------------------------------------------------------------------------
 // Configuration and construction
@@ -387,6 +403,206 @@ impl SqsQueue {
         Ok(out)
     }
 
+    /// Replays (or, for a dry run, lists) the dead letters `request` selects: receives them
+    /// from the dead-letter queue (hidden for [`REPLAY_VISIBILITY_SECONDS`] while the run
+    /// looks at them), sends each selected body to the main queue byte for byte and without
+    /// attributes (the reason is dropped), and only once SQS has taken the copy deletes the
+    /// letter from the dead-letter queue. A crash in between leaves the letter there, to be
+    /// replayed again; the ledger makes the second copy harmless. A body that is not a Tally
+    /// envelope this build reads is left and reported. Everything looked at and not
+    /// replayed is made visible again before returning. Ids are the dead-letter queue's
+    /// message ids. At most [`MAX_REPLAY_SCAN`] letters are examined per run.
+    pub async fn replay_dead_letters(
+        &self,
+        request: &ReplayRequest,
+    ) -> Result<ReplayReport, QueueError> {
+        let dlq = self.dead_letter_queue_url().await?;
+        let started = Instant::now();
+        // Stop looking well before the first letters looked at become visible again.
+        let budget = Duration::from_secs(REPLAY_VISIBILITY_SECONDS.unsigned_abs().into()) / 2;
+        let mut seen = HashSet::new();
+        let mut release: Vec<String> = Vec::new();
+        let mut chosen: Vec<ReplayCandidate> = Vec::new();
+        let mut examined = 0usize;
+        let mut exhausted = false;
+        while examined < MAX_REPLAY_SCAN
+            && chosen.len() < request.limit()
+            && started.elapsed() < budget
+        {
+            let received = self
+                .inner
+                .client
+                .receive_message()
+                .queue_url(&dlq)
+                .max_number_of_messages(i32::try_from(BATCH_ENTRIES).unwrap_or(10))
+                .visibility_timeout(REPLAY_VISIBILITY_SECONDS)
+                // A long poll asks every SQS server, so an empty answer means empty.
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await;
+            let messages = match received {
+                Ok(out) => out.messages.unwrap_or_default(),
+                Err(e) => {
+                    release.extend(chosen.into_iter().map(|c| c.receipt));
+                    self.release_dead_letters(&dlq, &release).await;
+                    return Err(sdk_err("ReceiveMessage (dead-letter queue)", e));
+                }
+            };
+            if messages.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for m in messages {
+                let Some(receipt) = m.receipt_handle.clone() else {
+                    continue;
+                };
+                let id = m.message_id.clone().unwrap_or_default();
+                // A letter handed out twice (at-least-once delivery) is judged once.
+                if !seen.insert(id.clone()) || chosen.len() == request.limit() {
+                    release.push(receipt);
+                    continue;
+                }
+                examined += 1;
+                let reason = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(REASON_ATTRIBUTE))
+                    .and_then(|v| v.string_value.clone());
+                if !request.matches(&id, reason.as_deref()) {
+                    release.push(receipt);
+                    continue;
+                }
+                let body = m.body.unwrap_or_default();
+                let check = envelope::decode_each_str(&body)
+                    .map(|(events, unreadable)| events.len() + unreadable.len())
+                    .map_err(|e| format!("not a Tally envelope this build reads: {e}"));
+                let dead_lettered_at = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .and_then(DateTime::from_timestamp_millis);
+                chosen.push(ReplayCandidate {
+                    receipt,
+                    letter: ReplayedLetter {
+                        id,
+                        reason,
+                        events: *check.as_ref().unwrap_or(&0),
+                        dead_lettered_at,
+                        status: LetterStatus::Left,
+                        problem: check.as_ref().err().cloned(),
+                    },
+                    body,
+                    replayable: check.is_ok(),
+                });
+            }
+            if !request.ids().is_empty() && chosen.len() == request.ids().len() {
+                break;
+            }
+        }
+        let mut to_send: Vec<usize> = Vec::new();
+        for (i, c) in chosen.iter_mut().enumerate() {
+            if !c.replayable {
+                release.push(c.receipt.clone());
+            } else if request.dry_run() {
+                c.letter.status = LetterStatus::WouldReplay;
+                release.push(c.receipt.clone());
+            } else {
+                to_send.push(i);
+            }
+        }
+        for batch in size_batches(&to_send, |i| chosen[i].body.len()) {
+            let bodies: Vec<&str> = batch.iter().map(|&i| chosen[i].body.as_str()).collect();
+            let failed = self.send_batch(&bodies).await;
+            for (k, &i) in batch.iter().enumerate() {
+                let c = &mut chosen[i];
+                if let Some((_, why)) = failed.iter().find(|(f, _)| *f == k) {
+                    c.letter.problem = Some(format!("republishing failed: {why}"));
+                    release.push(c.receipt.clone());
+                    continue;
+                }
+                // The copy is on the main queue: only now may the letter go.
+                let deleted = self
+                    .inner
+                    .client
+                    .delete_message()
+                    .queue_url(&dlq)
+                    .receipt_handle(&c.receipt)
+                    .send()
+                    .await;
+                match deleted {
+                    Ok(_) => c.letter.status = LetterStatus::Replayed,
+                    Err(e) => {
+                        c.letter.status = LetterStatus::ReplayedNotRemoved;
+                        c.letter.problem = Some(format!(
+                            "republished, but not removed from the dead-letter queue ({}); replaying it again is harmless",
+                            describe_sdk_error(&e)
+                        ));
+                        release.push(c.receipt.clone());
+                    }
+                }
+            }
+        }
+        self.release_dead_letters(&dlq, &release).await;
+        let letters: Vec<ReplayedLetter> = chosen.into_iter().map(|c| c.letter).collect();
+        let report = ReplayReport {
+            dry_run: request.dry_run(),
+            missing_ids: request.missing(letters.iter().map(|l| l.id.as_str())),
+            // Ids asked for are all found before the limit (it is at least their number).
+            limit_reached: request.ids().is_empty()
+                && !exhausted
+                && letters.len() == request.limit(),
+            letters,
+        };
+        if !report.dry_run && report.republished() > 0 {
+            tracing::info!(
+                letters = report.republished(),
+                events = report.events_republished(),
+                "replayed SQS dead letters onto the main queue"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Makes dead letters a replay looked at visible again at once; best effort (they come
+    /// back by themselves when their visibility timeout ends).
+    async fn release_dead_letters(&self, dlq: &str, receipts: &[String]) {
+        if receipts.is_empty() {
+            return;
+        }
+        let released = self
+            .receipt_batches(
+                "ChangeMessageVisibilityBatch (dead-letter queue)",
+                receipts,
+                |n| tracing::debug_span!("sqs_release_dead_letters", entries = n),
+                |id, handle| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(id)
+                        .receipt_handle(handle)
+                        .visibility_timeout(0)
+                        .build()
+                },
+                |entries| async move {
+                    let out = self
+                        .inner
+                        .client
+                        .change_message_visibility_batch()
+                        .queue_url(dlq)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
+                    Ok(out.failed().to_vec())
+                },
+            )
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "dead letters a replay looked at stay hidden until their timeout ends");
+        }
+    }
+
     /// Sends one batch of at most 10 bodies, retrying only failed entries
     /// ([`send_with_retries`]). Returns the entries (indexes into `bodies`) that still
     /// failed, with the reason.
@@ -671,6 +887,45 @@ impl SqsQueue {
             return Ok(());
         }
         Err(last_error.unwrap_or_else(|| QueueError::Unavailable(format!("SQS {what} failed"))))
+    }
+}
+
+/// A dead letter a replay selected: its receipt in the dead-letter queue and its body.
+struct ReplayCandidate {
+    receipt: String,
+    letter: ReplayedLetter,
+    body: String,
+    replayable: bool,
+}
+
+/// Splits `items` into `SendMessageBatch` calls: at most 10 entries and
+/// [`MAX_MESSAGE_BYTES`] of bodies per call (one body alone always fits: it came from SQS).
+fn size_batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0usize;
+    for &i in items {
+        let n = size(i);
+        match out.last_mut() {
+            Some(last) if last.len() < BATCH_ENTRIES && bytes + n <= MAX_MESSAGE_BYTES => {
+                last.push(i);
+                bytes += n;
+            }
+            _ => {
+                out.push(vec![i]);
+                bytes = n;
+            }
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl DeadLetterReplay for SqsQueue {
+    async fn replay_dead_letters(
+        &self,
+        request: &ReplayRequest,
+    ) -> Result<ReplayReport, QueueError> {
+        self.replay_dead_letters(request).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! `<data>/queue.db`, `sqs:QUEUE_URL` or `kinesis:STREAM`), and `--aws-endpoint` points every
 //! AWS client at an emulator. Clients are built once per process and shared. The local queue
 //! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
+//! `tally replay` opens only the queue ([`open_dead_letters`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use tally_core::ports::{
 };
 use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::KinesisQueue;
-use tally_store::local_queue::LocalQueue;
+use tally_store::local_queue::{LocalQueue, LocalQueueConfig};
+use tally_store::replay::DeadLetterReplay;
 use tally_store::sqlite::SqliteStore;
 use tally_store::sqs::SqsQueue;
 
@@ -216,6 +218,42 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
         }
     };
     Ok(Backends { stores, queue })
+}
+
+/// Opens the queue `--queue` names for replaying its dead letters (`tally replay`), without
+/// the store. Kinesis is refused: its on-failure destination keeps only pointers to the
+/// records, not the records, so there is nothing to put back.
+pub async fn open_dead_letters(common: &Common) -> anyhow::Result<Box<dyn DeadLetterReplay>> {
+    match QueueSpec::from_common(common)? {
+        QueueSpec::Local(path) => {
+            if !path.exists() {
+                bail!(
+                    "no local queue at {} (check --data or --queue)",
+                    path.display()
+                );
+            }
+            // Not a consumer: messages a running aggregator has in flight stay with it.
+            let config = LocalQueueConfig {
+                redeliver_on_open: false,
+                checkpoint_interval: None,
+                ..LocalQueueConfig::default()
+            };
+            Ok(Box::new(
+                LocalQueue::open_with(&path, config)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ))
+        }
+        QueueSpec::Sqs(url) => {
+            let config = aws_config(common, &mut None).await;
+            Ok(Box::new(SqsQueue::new(
+                aws_sdk_sqs::Client::new(&config),
+                url,
+            )))
+        }
+        QueueSpec::Kinesis(_) => bail!(
+            "--queue kinesis: cannot replay dead letters: Kinesis's on-failure destination keeps only pointers to the records, not the records"
+        ),
+    }
 }
 
 /// Creates the directory `path` (a store or queue file) will be in, if it names one.

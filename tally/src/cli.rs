@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
-use crate::{aggregate, alerts, backend, bill, commands, serve};
+use crate::{aggregate, alerts, backend, bill, commands, replay, serve};
 
 /// Tally: usage metering and billing for multi-tenant SaaS.
 #[derive(Debug, Parser)]
@@ -46,6 +46,9 @@ enum Command {
     /// Plan-limit alerts (80 % and 100 % of an allowance) to TALLY_ALERT_WEBHOOK_URL.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
+    /// After a fix, move dead letters back onto the queue so the aggregator applies them
+    /// again (local queue or SQS); --dry-run lists them. Exits 4 if some are left.
+    Replay(replay::ReplayArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
@@ -53,6 +56,9 @@ enum Command {
 
 /// Exit status for `reconcile` when it found drift.
 const EXIT_DRIFT: u8 = 3;
+/// Exit status for `replay` when some selected dead letter could not be replayed (or
+/// removed after its replay), or an `--id` was not found.
+const EXIT_REPLAY_INCOMPLETE: u8 = 4;
 
 /// Runs a parsed command line to its exit status: logging to stderr (`TALLY_LOG`), a
 /// multi-threaded runtime, the command, and on failure one line on stderr with the error
@@ -82,7 +88,7 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
-    // Every command but `reconcile` exits 0 once it has done its work.
+    // Every command but `reconcile` and `replay` exits 0 once it has done its work.
     let done = match cli.command {
         Command::Serve(args) => serve::serve(common, args).await,
         Command::Org(cmd) => commands::org(common, cmd).await,
@@ -93,6 +99,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bill(args) => bill::bill(common, args).await,
         Command::Alerts(cmd) => alerts::alerts(common, cmd).await,
         Command::Aggregate(args) => aggregate::aggregate(common, args).await,
+        Command::Replay(args) => {
+            let complete = replay::replay(common, args).await?;
+            return Ok(if complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REPLAY_INCOMPLETE)
+            });
+        }
         Command::Reconcile(args) => {
             let drift = commands::reconcile(common, args).await?;
             return Ok(if drift {

@@ -94,3 +94,58 @@ async fn dynamodb_bills_a_month_once() {
     );
     server.stop().await.unwrap();
 }
+
+/// `tally replay` on SQS: a message the aggregator set aside goes to the dead-letter queue
+/// with its reason; `--dry-run` lists it, `tally replay` sends it back, and the app counts
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_dead_letters_are_listed_and_replayed_by_the_cli() {
+    use tally_core::ports::EventQueue;
+
+    let env = Env::aws("sqs");
+    let tenant = make_tenant(&env, "acme-replay");
+    let url = env.queue.as_deref().unwrap().strip_prefix("sqs:").unwrap();
+    let config = tally_store::aws::sdk_config(env.aws_endpoint.as_deref()).await;
+    let queue = tally_store::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(&config), url);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let event: tally_core::event::Event = serde_json::from_value(serde_json::json!({
+        "org_id": tenant.org, "id": "dlq-1", "project_id": tenant.projects[0],
+        "meter": "compute_minutes", "aggregation": {"kind": "sum"}, "quantity": "2.5",
+        "timestamp": now,
+    }))
+    .unwrap();
+    queue.publish(std::slice::from_ref(&event)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let delivery = loop {
+        let got = queue
+            .receive(10, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        if let Some(d) = got.into_iter().next() {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "never received");
+    };
+    queue
+        .dead_letter(&delivery, "store unavailable")
+        .await
+        .unwrap();
+
+    let listed = env.cli(&["replay", "--dry-run"]);
+    assert_eq!(listed["letters"][0]["status"], "would_replay", "{listed}");
+    assert_eq!(listed["letters"][0]["reason"], "store unavailable");
+    assert_eq!(listed["letters"][0]["events"], 1);
+    let done = env.cli(&["replay", "--reason", "unavailable"]);
+    assert_eq!(done["letters"][0]["status"], "replayed", "{done}");
+    assert!(
+        env.cli(&["replay", "--dry-run"])["letters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let server = spawn_app_in(&env).await;
+    let month = tally_core::Month::of(chrono::Utc::now()).to_string();
+    wait_for_month(&reqwest::Client::new(), &server, &tenant.key, &month, "2.5").await;
+    server.stop().await.unwrap();
+}

@@ -101,3 +101,8 @@ mod queue {
     use super::*;
     tally_tests::queue_conformance!(Files::new());
 }
+
+mod replay {
+    use super::*;
+    tally_tests::replay_conformance!(Files::new());
+}

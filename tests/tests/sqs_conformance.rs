@@ -106,6 +106,11 @@ mod queue {
     tally_tests::queue_conformance!(SqsFactory::new().await);
 }
 
+mod replay {
+    use super::*;
+    tally_tests::replay_conformance!(SqsFactory::new().await);
+}
+
 /// Events of one org with `blob` bytes of properties each.
 fn big_events(n: usize, blob: usize, tag: &str) -> Vec<Event> {
     let org = fresh_org();
@@ -366,4 +371,154 @@ async fn an_event_too_big_for_any_message_is_reported_failed_and_the_rest_go() {
             .collect()
     );
     wait_for_depth_zero(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_bodies_byte_for_byte_without_the_reason_and_takes_redrive_letters_too() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use tally_store::replay::{LetterStatus, ReplayRequest};
+
+    let f = SqsFactory::new().await;
+    let q = f.queue();
+    let (org, project) = (fresh_org(), fresh_project());
+    let text = |id: &str| {
+        serde_json::to_string(&event(
+            &org,
+            &project,
+            id,
+            "api_calls",
+            "1",
+            "2026-11-26T10:00:00Z",
+        ))
+        .unwrap()
+    };
+    // Spacing no encoder writes: a re-encoded copy would not keep it.
+    let redriven = format!(r#"{{ "v": 1, "events": [ {} ] }}"#, text("redriven"));
+    let set_aside = format!(r#"{{"v":1,  "events":[{}]}}"#, text("set-aside"));
+    // What the redrive policy leaves: the body, no attributes.
+    f.client
+        .send_message()
+        .queue_url(&f.dlq_url)
+        .message_body(&redriven)
+        .send()
+        .await
+        .unwrap();
+    // What Tally's dead-lettering leaves: the body and the reason.
+    let reason = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("store unavailable")
+        .build()
+        .unwrap();
+    f.client
+        .send_message()
+        .queue_url(&f.dlq_url)
+        .message_body(&set_aside)
+        .message_attributes(sqs::REASON_ATTRIBUTE, reason)
+        .send()
+        .await
+        .unwrap();
+
+    let report = q.replay_dead_letters(&ReplayRequest::all()).await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.letters.len(), 2);
+    assert!(
+        report
+            .letters
+            .iter()
+            .all(|l| l.status == LetterStatus::Replayed && l.events == 1)
+    );
+    let reasons: BTreeSet<Option<&str>> =
+        report.letters.iter().map(|l| l.reason.as_deref()).collect();
+    assert_eq!(reasons, BTreeSet::from([None, Some("store unavailable")]));
+
+    let main = f.peek(&f.url).await;
+    let bodies: BTreeSet<&str> = main.iter().filter_map(|m| m.body()).collect();
+    assert_eq!(
+        bodies,
+        BTreeSet::from([redriven.as_str(), set_aside.as_str()])
+    );
+    for m in &main {
+        assert!(
+            m.message_attributes.as_ref().is_none_or(HashMap::is_empty),
+            "the reason stays behind: {m:?}"
+        );
+    }
+    assert!(f.peek(&f.dlq_url).await.is_empty(), "both left the DLQ");
+    let got = drain(&q, 2, 100).await;
+    assert_eq!(
+        ids(&got),
+        BTreeSet::from(["redriven".to_owned(), "set-aside".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_whose_copy_could_not_be_sent_stays_in_the_dead_letter_queue() {
+    use tally_core::backoff::Backoff;
+    use tally_store::replay::{LetterStatus, ReplayRequest};
+
+    let f = SqsFactory::new().await;
+    let (org, project) = (fresh_org(), fresh_project());
+    let e = event(
+        &org,
+        &project,
+        "kept",
+        "api_calls",
+        "1",
+        "2026-11-26T10:00:00Z",
+    );
+    f.queue().publish(std::slice::from_ref(&e)).await.unwrap();
+    let got = drain_unacked(&f.queue()).await;
+    f.queue()
+        .dead_letter(&got, "store unavailable")
+        .await
+        .unwrap();
+
+    // The fault: the main queue is gone, so the copy cannot be sent.
+    let gone = format!("{}-gone", f.url);
+    let broken = SqsQueue::with_config(
+        f.client.clone(),
+        gone,
+        SqsConfig {
+            dead_letter_queue_url: Some(f.dlq_url.clone()),
+            retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+            ..SqsConfig::default()
+        },
+    );
+    let report = broken
+        .replay_dead_letters(&ReplayRequest::all())
+        .await
+        .unwrap();
+    assert!(!report.is_complete(), "{report:?}");
+    assert_eq!(report.letters.len(), 1);
+    assert_eq!(report.letters[0].status, LetterStatus::Left);
+    assert!(report.letters[0].problem.is_some());
+    // Still there, visible again at once, and replayable once the fault is gone.
+    let kept = f.queue().dead_letters(10).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].body.contains("kept"));
+    let fixed = f
+        .queue()
+        .replay_dead_letters(&ReplayRequest::all())
+        .await
+        .unwrap();
+    assert!(fixed.is_complete(), "{fixed:?}");
+    let back = drain(&f.queue(), 1, 100).await;
+    assert_eq!(ids(&back), BTreeSet::from(["kept".to_owned()]));
+}
+
+/// Receives one delivery without acknowledging it (bounded wait).
+async fn drain_unacked(q: &SqsQueue) -> Delivery {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(d) = q
+            .receive(100, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "nothing was received");
+    }
 }

@@ -4,6 +4,9 @@
 //!   [`UsageStore`](tally_core::ports::UsageStore), through a [`storage::StoreFactory`].
 //! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
 //!   [`queue::QueueFactory`].
+//! - [`replay`]: replaying dead letters
+//!   ([`DeadLetterReplay`](tally_store::replay::DeadLetterReplay)) on the queues that keep
+//!   them whole (local, SQS), through the same factory.
 //!
 //! The suites never assume empty tables: every test makes fresh org ids (and slugs, emails,
 //! months where a value is global), so a backend may share one table or server between tests
@@ -16,6 +19,7 @@
 
 pub mod fixtures;
 pub mod queue;
+pub mod replay;
 pub mod storage;
 
 /// What [`queue_conformance!`](crate::queue_conformance) and
