@@ -87,7 +87,7 @@ async fn drain<Q: EventQueue>(q: &Q, store: &MemoryStore) -> BatchStats {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut sum = BatchStats::default();
     loop {
-        let s = process_batch(q, store, &cfg, Duration::from_millis(300))
+        let s = process_batch(q, store, None, &cfg, Duration::from_millis(300))
             .await
             .unwrap();
         sum.messages += s.messages;
