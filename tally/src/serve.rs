@@ -346,6 +346,12 @@ pub async fn run(
                 "/metrics",
                 get(move || std::future::ready(prometheus.render())),
             )
+            // Every route, the 404 of an unknown path included: a body left unread by an
+            // early answer is drained within bounds, so the client reads the answer instead
+            // of a reset (the routers' own layers step aside under this one).
+            .layer(axum::middleware::from_fn(
+                tally_api::http::drain_unread_body,
+            ))
             .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
