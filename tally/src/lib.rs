@@ -11,7 +11,8 @@
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
-//! - `commands`, `bill`, `aggregate`, `output`: the other commands and their printing.
+//! - `commands`, `bill`, `aggregate`, `prune`, `output`: the other commands and their
+//!   printing.
 //! - [`cli`]: the command line and the dispatch to the commands.
 //!
 //! Nothing here holds business logic; see the crates it wires together.
@@ -29,3 +30,4 @@ mod aggregate;
 mod bill;
 mod commands;
 mod output;
+mod prune;

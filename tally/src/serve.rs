@@ -15,6 +15,9 @@
 //! drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
 //! lost either way.
 //!
+//! On SQLite a task prunes ledger rows written more than 45 days ago every hour
+//! ([`crate::prune`]); counters stay.
+//!
 //! With an alert sender configured (`TALLY_ALERT_WEBHOOK_URL` and
 //! `TALLY_ALERT_WEBHOOK_SECRET` for the binary), a task sends plan-limit alerts every
 //! `--alert-interval` ([`crate::alerts::run_periodically`]).
@@ -316,6 +319,15 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    // The SQLite ledger keeps a record 45 days after writing it (DynamoDB: TTL).
+    let pruner = backends.stores.sqlite().cloned().map(|store| {
+        tokio::spawn(crate::prune::run_periodically(
+            store,
+            clock.clone(),
+            crate::prune::PRUNE_EVERY,
+            stop_rx.clone(),
+        ))
+    });
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
@@ -366,6 +378,9 @@ pub async fn run(
     }
     if let Some(a) = alert_task {
         let _ = a.await;
+    }
+    if let Some(p) = pruner {
+        let _ = p.await;
     }
     let _ = key_uses.await;
     served.context("server failed")?;
