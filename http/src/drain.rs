@@ -252,6 +252,89 @@ impl HttpBody for Counted {
 mod tests {
     use super::*;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback whose one route refuses without reading the body, behind the
+    /// middleware with `limits`.
+    async fn refusing_server(limits: DrainLimits) -> std::net::SocketAddr {
+        let app = axum::Router::new()
+            .route(
+                "/x",
+                axum::routing::post(|| async {
+                    crate::error::ApiError::Unauthorized("no key".into())
+                }),
+            )
+            .layer(axum::middleware::from_fn(move |req, next| {
+                drain_unread_body_within(limits, req, next)
+            }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// Reads one answer's head (to the blank line) and returns it lowercased.
+    async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut byte).await.unwrap();
+            assert_eq!(n, 1, "EOF in the head: {:?}", String::from_utf8_lossy(&buf));
+            buf.push(byte[0]);
+        }
+        String::from_utf8(buf).unwrap().to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn a_declared_rest_within_the_bound_is_drained_and_the_connection_kept() {
+        let addr = refusing_server(DrainLimits {
+            max_bytes: 64 * 1024,
+            max_time: DRAIN_MAX_TIME,
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            let body = vec![b'x'; 60 * 1024];
+            let head = format!(
+                "POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let head = read_head(&mut s).await;
+            assert!(head.starts_with("http/1.1 401"), "{head}");
+            assert!(!head.contains("connection: close"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut rest = vec![0u8; len];
+            s.read_exact(&mut rest).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_or_of_unknown_length_the_answer_says_close() {
+        let addr = refusing_server(DrainLimits {
+            max_bytes: 64 * 1024,
+            max_time: DRAIN_MAX_TIME,
+        })
+        .await;
+        for head in [
+            "POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n",
+            "POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n",
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let answer = read_head(&mut s).await;
+            assert!(answer.starts_with("http/1.1 401"), "{answer}");
+            assert!(answer.contains("connection: close"), "{head}: {answer}");
+        }
+    }
+
     #[test]
     fn content_length_is_read_only_when_it_is_a_number() {
         let mut h = HeaderMap::new();
