@@ -407,7 +407,9 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
 }
 
 /// The API's routes, every row of [`ROUTES`], inside the request span of
-/// [`http::trace_requests`] (method, path, request id, and the org once known).
+/// [`http::trace_requests`] (method, path, request id, and the org once known) and
+/// [`http::drain_unread_body`] (a body left unread by an early answer is drained, within
+/// bounds, rather than reset).
 pub fn router(state: ApiState) -> Router {
     ROUTES
         .iter()
@@ -415,6 +417,9 @@ pub fn router(state: ApiState) -> Router {
             r.route(route.path, handler(route.endpoint))
         })
         .layer(axum::middleware::from_fn(http::trace_requests))
+        // Outermost: an answer given before the body is read (401, 403, 413, 429) still
+        // reaches a client that is sending it.
+        .layer(axum::middleware::from_fn(http::drain_unread_body))
         .with_state(state)
 }
 

@@ -194,6 +194,9 @@ pub fn router(state: WebhookState) -> Router {
         .route(WEBHOOK_PATH, post(handle))
         // The body is read with its own limit below, which answers in Tally's error shape.
         .layer(DefaultBodyLimit::disable())
+        // A 413 or a refused signature answered before the body is read still reaches a
+        // client that is sending it.
+        .layer(axum::middleware::from_fn(tally_http::drain_unread_body))
         .with_state(state)
 }
 

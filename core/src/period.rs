@@ -84,6 +84,29 @@ pub struct MonthParseError(pub String);
 /// closed or not, so no month is left open forever.
 pub const MAX_LATE_WINDOW: Duration = Duration::days(7);
 
+/// How long every ledger keeps an event's record after writing it, in days: DynamoDB by
+/// TTL, SQLite by pruning (`tally prune-ledger`, and `tally serve` on its own). See
+/// [`LEDGER_RETENTION`].
+pub const LEDGER_RETENTION_DAYS: i64 = 45;
+
+/// How long every ledger keeps an event's record after writing it.
+///
+/// Why forgetting is safe: a record of an event stamped in month M is written no sooner
+/// than M's start less [`crate::event::MAX_FUTURE_SKEW`] (a timestamp may lead the clock by
+/// that much), so it is kept until at least M's start + 45 days − 5 minutes. By then M has
+/// taken its last event: [`open_for_events`] refuses M from the next month's start plus
+/// [`MAX_LATE_WINDOW`], at most 31 + 7 = 38 days after M began. So the same event sent
+/// again once its record is gone is refused at ingest as `period_closed` before any
+/// duplicate check, and the ledger need not remember it. (An id resent with another,
+/// current timestamp is another event, and is counted once its first record is gone; the
+/// ledger's promise is about resends of the same event.) Reconcile refuses a month from its
+/// start − 5 minutes + 45 days on, before any of its records can be gone.
+pub const LEDGER_RETENTION: Duration = Duration::days(LEDGER_RETENTION_DAYS);
+
+// The argument above, checked by the compiler: the longest month plus the late window plus
+// the skew ends before the first record of the month may be forgotten.
+const _: () = assert!(31 + 7 < LEDGER_RETENTION_DAYS && MAX_LATE_WINDOW.num_days() == 7);
+
 /// Whether an event stamped in `month` may still be recorded at `now`, billing's own
 /// closing aside: the current month (and the next, which clock skew can reach), and the
 /// previous month until [`MAX_LATE_WINDOW`] after it ended. Everything older is refused

@@ -9,6 +9,9 @@
 //!   in bulk), built on the bounded TTL map of [`cache`].
 //! - [`trace`]: one request span with a request id, echoed in `x-request-id` (and in 5xx
 //!   error bodies).
+//! - [`drain`]: [`drain_unread_body`], the middleware that reads and discards (within
+//!   bounds) a body left unread by an early answer (`401`, `413`, `429`, ...), so a client
+//!   still sending it is not reset before it reads the answer.
 //! - [`rate`]: token buckets per key, ingest's per-API-key limit and the management API's
 //!   per-user limit.
 //! - [`openapi`]: the shared part of the OpenAPI document (`POST /v1/events`, the error
@@ -20,6 +23,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod keys;
@@ -28,5 +32,6 @@ pub mod rate;
 pub mod trace;
 
 pub use auth::{KeyAuth, ScopedKey};
+pub use drain::drain_unread_body;
 pub use error::{ApiError, ErrorBody, LimitDetails};
 pub use keys::{KeyCache, KeyCacheConfig};

@@ -219,8 +219,9 @@ impl Ingest {
             .unwrap_or_else(|| Arc::new(Plan::builtin(id)))
     }
 
-    /// The ingest API: `POST /v1/events` (see [`events`]), with the 1 MiB body limit and
-    /// the request span of [`trace`]. It does not serve `/openapi.json`: the usage API's
+    /// The ingest API: `POST /v1/events` (see [`events`]), with the 1 MiB body limit, the
+    /// request span of [`trace`], and [`tally_http::drain`] so that an answer given before
+    /// the body was read is not lost to a connection reset. It does not serve `/openapi.json`: the usage API's
     /// router serves the whole document (see [`openapi`]); a deployment of ingest alone
     /// merges [`openapi::router`].
     pub fn router(self) -> Router {
@@ -228,6 +229,9 @@ impl Ingest {
             .route("/v1/events", post(events::post_events))
             .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(trace::trace_requests))
+            // Outermost: a 401/403/413/429 given before the body is read still reaches a
+            // client that is sending it.
+            .layer(axum::middleware::from_fn(tally_http::drain_unread_body))
             .with_state(self)
     }
 }

@@ -2170,3 +2170,224 @@ mod hostile {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Early refusals over a real socket: the answer arrives whole, and the connection is not
+// reset under a client still sending its body.
+
+/// Serves `router` on loopback the way `tally serve` does (`axum::serve` on a bound
+/// listener), for the lifetime of the test's runtime.
+async fn serve_on_loopback(router: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// One HTTP/1.1 answer read off a socket.
+#[derive(Debug)]
+struct WireAnswer {
+    status: u16,
+    /// Header names lowercased.
+    headers: Vec<(String, String)>,
+    json: Value,
+}
+
+impl WireAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The head of `POST /v1/events` declaring a `len`-byte JSON body.
+fn post_head(key: Option<&str>, len: usize) -> String {
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    format!(
+        "POST /v1/events HTTP/1.1\r\nhost: tally.test\r\ncontent-type: application/json\r\n\
+         {auth}content-length: {len}\r\n\r\n"
+    )
+}
+
+/// Reads one answer (head, then a `content-length` body) from `r`; any I/O error (a reset)
+/// fails the test with what was read so far.
+async fn read_answer(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> WireAnswer {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = r.read(&mut chunk).await.unwrap_or_else(|e| {
+            panic!(
+                "reading the answer failed ({e}) after {:?}",
+                String::from_utf8_lossy(&buf)
+            )
+        });
+        assert!(
+            n > 0,
+            "EOF before a whole head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a content-length answer");
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = r.read(&mut chunk).await.unwrap_or_else(|e| {
+            panic!(
+                "reading the answer's body failed ({e}) after {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        assert!(
+            n > 0,
+            "EOF inside the body: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), len, "bytes after the answer's body");
+    WireAnswer {
+        status,
+        headers,
+        json: serde_json::from_slice(&body).unwrap(),
+    }
+}
+
+/// A client that sends the head, then all `len` bytes of the body in 64 KiB chunks with a
+/// pause between them (a slow uploader the server answers mid-send), and only then reads:
+/// the shape that sees a reset when a server answers early and closes with bytes unread.
+async fn upload_then_read(
+    stream: &mut tokio::net::TcpStream,
+    key: Option<&str>,
+    len: usize,
+) -> WireAnswer {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(post_head(key, len).as_bytes())
+        .await
+        .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        stream.write_all(&chunk[..n]).await.unwrap_or_else(|e| {
+            panic!("the server broke the connection after {sent} of {len} body bytes: {e}")
+        });
+        sent += n;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    read_answer(stream).await
+}
+
+const EIGHT_MIB: usize = 8 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_a_whole_413_and_the_connection_lives_on() {
+    let h = Harness::new().await;
+    let addr = serve_on_loopback(h.ingest.clone().router()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let a = upload_then_read(&mut stream, Some(GOOD_KEY), EIGHT_MIB).await;
+    assert_eq!(a.status, 413, "{a:?}");
+    assert_eq!(a.json["error"]["code"], "payload_too_large", "{a:?}");
+    // The rest of the body was read and discarded, so the same connection takes the next
+    // request (no `connection: close`).
+    assert_eq!(a.header("connection"), None, "{a:?}");
+    let b = upload_then_read(&mut stream, None, 2).await;
+    assert_eq!(b.status, 401, "{b:?}");
+    assert!(h.mem.published_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_reach_a_client_still_sending() {
+    let h = Harness::new().await;
+    // Empty the free key's bucket (20 requests; the clock does not move, so no refill).
+    for i in 0..20 {
+        let a = h
+            .post(
+                Some(FREE_KEY),
+                fev(&format!("e{i}"), "api_calls", 1).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
+    }
+    let addr = serve_on_loopback(h.ingest.clone().router()).await;
+    for (key, status, code) in [
+        (None, 401, "unauthorized"),
+        (Some("tk_test_nosuchkey"), 401, "unauthorized"),
+        (Some(READ_KEY), 403, "forbidden"),
+        (Some(FREE_KEY), 429, "rate_limited"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let a = upload_then_read(&mut stream, key, EIGHT_MIB).await;
+        assert_eq!(a.status, status, "{key:?}: {a:?}");
+        assert_eq!(a.json["error"]["code"], code, "{key:?}: {a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_big_to_drain_is_answered_with_connection_close() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    let addr = serve_on_loopback(h.ingest.clone().router()).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    // 64 MiB declared: more than the drain bound, so the server says it will close. A client
+    // that reads while it sends (curl, reqwest) gets the whole answer and stops.
+    let len = 64 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        w.write_all(post_head(Some(GOOD_KEY), len).as_bytes())
+            .await?;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            w.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let a = read_answer(&mut r).await;
+    assert_eq!(a.status, 413, "{a:?}");
+    assert_eq!(a.json["error"]["code"], "payload_too_large", "{a:?}");
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_100_continue_is_refused_without_being_asked_for_its_body() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    let addr = serve_on_loopback(h.ingest.clone().router()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = post_head(None, EIGHT_MIB).replace("\r\n\r\n", "\r\nexpect: 100-continue\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The first answer is the refusal, not `100 Continue`; the body was never asked for,
+    // so the connection cannot carry another request.
+    let a = read_answer(&mut stream).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_eq!(a.json["error"]["code"], "unauthorized", "{a:?}");
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
+}

@@ -54,8 +54,9 @@
 //!   big org's ledger writes spread over 16 partitions instead of one hot one. The ledger is
 //!   keyed by (org, event id) alone (not by month), because a resent event must find its
 //!   first copy whatever timestamp it now carries.
-//! - Ledger `ttl` is the write time plus [`LEDGER_TTL_DAYS`] (45) days: longer than a
-//!   billing period plus its grace, as the design asks (at least 40). The body is the event
+//! - Ledger `ttl` is the write time plus [`LEDGER_TTL_DAYS`] (45) days, the retention every
+//!   ledger has (`tally_core::period::LEDGER_RETENTION`, where why forgetting is safe is
+//!   written; the SQLite ledger is pruned after the same time). The body is the event
 //!   minus its org and id (the key holds them), the same JSON the SQLite ledger stores.
 //! - Counter `<scope>` is `ALL` (org-wide) or the project id; `<granularity>` is `hour`,
 //!   `day` or `month`; `<start>` (and a cell's `<day start>`) is Unix seconds, zero-padded

@@ -50,8 +50,9 @@
 //! - `ledger_page` reads through the same index (org, then event id), filtering on the
 //!   `month` column; no second index is kept for it, because every index on the ledger costs
 //!   random writes on the hot path, while reading a month is a rare reconcile/billing job.
-//! - Ledger rows are kept indefinitely for now (the design asks for at least 40 days);
-//!   pruning old months is left to a later maintenance job.
+//! - Each ledger row records when it was written (`written`, Unix seconds, from the store's
+//!   clock: [`SqliteStore::with_clock`]); rows written before schema 9 have none. See
+//!   "Retention" below.
 //!
 //! Measured with `examples/apply_throughput.rs` (release, 2 cores, 32-character random
 //! event ids, `sum` meter, two projects per org): 1,000 orgs interleaved at random,
@@ -59,6 +60,33 @@
 //! against 19k–27k and 38k–41k when the store wrote six counters per event (same host,
 //! alternating runs; `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold
 //! either way and the ledger sets the pace (42k–47k at 1,000 per batch).
+//!
+//! # Retention
+//!
+//! The ledger keeps a row [`LEDGER_RETENTION`] (45 days) after writing it, as DynamoDB's TTL
+//! does, and [`SqliteStore::prune_ledger`] deletes it afterwards (`tally prune-ledger`, and
+//! `tally serve` and `tally aggregate` every hour). Counters are never pruned: they are the
+//! totals, and reports are built from them.
+//!
+//! Why forgetting is safe (the argument in full at [`LEDGER_RETENTION`]): the ledger exists
+//! to say "already counted" when an event comes again. An event stamped in month M is
+//! written no sooner than M's start less the 5 minutes of skew ingest allows, and ingest
+//! takes events of M only until the next month's start plus the 7-day late window
+//! (`core::period::open_for_events`), at most 38 days after M began; a row is kept at
+//! least 45 days. So by the time a row may go, the same event sent again is refused at
+//! ingest as `period_closed`, before any duplicate check. Reconcile, which reads a month's
+//! rows, refuses a month from its start − 5 minutes + 45 days on (it asks
+//! [`UsageStore::ledger_retention`]), before any of its rows may be gone. A copy that waited
+//! in the queue more than a week after the month closed, or an id resent with another
+//! timestamp, is counted again once the first row is gone: the same holds on DynamoDB.
+//!
+//! How it prunes: rows are appended in write order (`seq`), so the old ones are a prefix of
+//! the table. Pruning walks that prefix [`PRUNE_BATCH_ROWS`] (10,000) rows per write
+//! transaction, so a batch of events waits at most for one such transaction, and stops at
+//! the first span holding a row written within the retention. A row without `written`
+//! (written before schema 9) goes when its month is past the retention as reconcile counts
+//! it (its start − 5 minutes + 45 days), which is no sooner than its write time plus 45 days.
+//! Pruning deletes rows by the `written` it finds, so a clock set back only delays it.
 //!
 //! Counters: `sum`, `count`, `max` and `latest` meters are kept as one row per (org,
 //! project, meter, hour) and per (org, project, meter, day), and month and org-wide values
@@ -82,9 +110,10 @@ use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
 use tally_core::fold;
 use tally_core::ids::{EventId, OrgId};
-use tally_core::period::{Granularity, Month};
+use tally_core::period::{Granularity, LEDGER_RETENTION, Month};
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyOutcome, ApplyReport, Clock, CounterQuery, CounterValue, LedgerPage, StoreError,
+    SystemClock, UsageStore,
 };
 
 use crate::conn::{self, ConnSettings, Kind};
@@ -104,7 +133,11 @@ use members::role_of;
 use tenants::{read_org, read_project, require_live_org};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// Most ledger rows [`SqliteStore::prune_ledger`] looks at (and deletes) in one write
+/// transaction, so a batch of events never waits long behind it.
+pub const PRUNE_BATCH_ROWS: usize = 10_000;
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -228,6 +261,21 @@ impl Default for SqliteConfig {
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// When ledger rows are written (`written`); [`SqliteStore::with_clock`].
+    clock: Arc<dyn Clock>,
+}
+
+/// What [`SqliteStore::prune_ledger`] did (or, dry, would do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    /// Ledger rows deleted (dry: that would be).
+    pub deleted: u64,
+    /// Write transactions it took (dry: read passes).
+    pub batches: u64,
+    /// Rows written before this instant (less a second) went; later ones stay.
+    pub cutoff: DateTime<Utc>,
+    /// Whether nothing was deleted because it was asked not to.
+    pub dry_run: bool,
 }
 
 struct Inner {
@@ -280,7 +328,63 @@ impl SqliteStore {
                 reader: Mutex::new(reader),
                 _checkpointer: checkpointer,
             }),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same store, writing ledger rows' time from `clock` (the system clock by default):
+    /// the process's clock, so that [`SqliteStore::prune_ledger`]'s `now` and the rows'
+    /// times agree; tests pass a fixed one.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        SqliteStore { clock, ..self }
+    }
+
+    /// Deletes the ledger rows written more than [`LEDGER_RETENTION`] before `now` (see
+    /// "Retention" in the module doc), [`PRUNE_BATCH_ROWS`] rows per write transaction;
+    /// `dry_run` only counts them. Counters are not touched. `now` comes from the clock the
+    /// store writes with ([`SqliteStore::with_clock`]).
+    pub async fn prune_ledger(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<PruneReport, StoreError> {
+        let cutoff = now - LEDGER_RETENTION;
+        // Rows without a write time: those of months reconcile already refuses at `now`.
+        let last_old_month = month_key(Month::of(
+            now + tally_core::event::MAX_FUTURE_SKEW - LEDGER_RETENTION,
+        ));
+        let bound = PruneBound {
+            before: cutoff.timestamp(),
+            last_old_month,
+        };
+        let mut report = PruneReport {
+            deleted: 0,
+            batches: 0,
+            cutoff: secs_ts(bound.before),
+            dry_run,
+        };
+        let mut after = 0i64;
+        loop {
+            let step = if dry_run {
+                self.read(move |conn| prune_step(conn, after, bound, false))
+                    .await?
+            } else {
+                self.write(move |conn| {
+                    let tx = immediate(conn)?;
+                    let step = prune_step(&tx, after, bound, true)?;
+                    tx.commit().map_err(db)?;
+                    Ok(step)
+                })
+                .await?
+            };
+            report.batches += 1;
+            report.deleted += step.deleted;
+            match step.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        Ok(report)
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -337,6 +441,11 @@ CREATE TABLE IF NOT EXISTS plan_changes (
 CREATE INDEX IF NOT EXISTS plan_changes_by_org ON plan_changes (org, at, seq);
 "#;
 
+/// Version 9: when each ledger row was written (Unix seconds; `NULL` for rows written
+/// before), which pruning goes by (see "Retention" in the module doc). Adding a nullable
+/// column rewrites nothing.
+const SCHEMA_V9: &str = "ALTER TABLE ledger ADD COLUMN written INTEGER;";
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = immediate(conn)?;
     let version: i64 = tx
@@ -347,7 +456,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
-    // Versions 1 to 6 and 8 are plain SQL; 7 also rebuilds the counters.
+    // Versions 1 to 6, 8 and 9 are plain SQL; 7 also rebuilds the counters.
     let plain = [
         SCHEMA_V1,
         audit::SCHEMA_V2,
@@ -373,6 +482,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 8 {
         tx.execute_batch(SCHEMA_V8).map_err(db)?;
+    }
+    if version < 9 {
+        // `ADD COLUMN` has no `IF NOT EXISTS`; the other versions' statements are idempotent,
+        // and so is this one by asking first.
+        let has: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('ledger') WHERE name = 'written'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !has {
+            tx.execute_batch(SCHEMA_V9).map_err(db)?;
+        }
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -544,10 +667,86 @@ fn decode_cursor(c: &str) -> Result<String, StoreError> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Pruning.
+
+/// Which ledger rows may go: written before `before` (Unix seconds), or, without a write
+/// time, of a month up to `last_old_month` (yyyymm).
+#[derive(Debug, Clone, Copy)]
+struct PruneBound {
+    before: i64,
+    last_old_month: i64,
+}
+
+/// One span of [`SqliteStore::prune_ledger`].
+struct PruneStep {
+    /// Rows deleted (or, dry, that would be).
+    deleted: u64,
+    /// Where the next span starts (after this `seq`); `None`: done.
+    next: Option<i64>,
+}
+
+const PRUNABLE: &str = "(written < ?3 OR (written IS NULL AND month <= ?4))";
+
+/// Looks at the [`PRUNE_BATCH_ROWS`] rows after `seq` `after` and deletes (when `delete`)
+/// or counts those past `bound`. The prefix ends at a span holding a row written since
+/// `bound.before`: rows are appended in write order, so the rest is newer still.
+fn prune_step(
+    conn: &Connection,
+    after: i64,
+    bound: PruneBound,
+    delete: bool,
+) -> Result<PruneStep, StoreError> {
+    let span: (Option<i64>, i64, bool) = conn
+        .prepare_cached(
+            "SELECT max(seq), count(*), coalesce(max(written >= ?3), 0) FROM (
+                 SELECT seq, written FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![after, PRUNE_BATCH_ROWS as i64, bound.before], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+        })
+        .map_err(db)?;
+    let (Some(last), rows, newer) = span else {
+        return Ok(PruneStep {
+            deleted: 0,
+            next: None,
+        });
+    };
+    let range = params![after, last, bound.before, bound.last_old_month];
+    let deleted = if delete {
+        execute(
+            conn,
+            &format!("DELETE FROM ledger WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"),
+            range,
+        )? as u64
+    } else {
+        conn.prepare_cached(&format!(
+            "SELECT count(*) FROM ledger WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"
+        ))
+        .and_then(|mut s| s.query_row(range, |r| r.get::<_, i64>(0)))
+        .map_err(db)? as u64
+    };
+    let full = rows as usize == PRUNE_BATCH_ROWS;
+    Ok(PruneStep {
+        deleted,
+        next: (full && !newer).then_some(last),
+    })
+}
+
+fn secs_ts(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+// ---------------------------------------------------------------------------------------
 // UsageStore.
 
 /// Applies one batch in one transaction; see [`UsageStore::apply_batch`].
-fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport, StoreError> {
+fn apply_batch_tx(
+    conn: &mut Connection,
+    events: &[Event],
+    written: i64,
+) -> Result<ApplyReport, StoreError> {
     // First occurrence of each (org, id) in the batch, by position.
     let kept = fold::dedupe_in_batch(events);
     let mut first = vec![false; events.len()];
@@ -572,7 +771,8 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
     {
         let mut ins = tx
             .prepare_cached(
-                "INSERT INTO ledger (org, event_id, month, body) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO ledger (org, event_id, month, body, written)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (org, event_id) DO NOTHING",
             )
             .map_err(db)?;
@@ -583,7 +783,8 @@ fn apply_batch_tx(conn: &mut Connection, events: &[Event]) -> Result<ApplyReport
                     e.org_id.as_str(),
                     e.id.as_str(),
                     month_key(Month::of(e.timestamp)),
-                    body
+                    body,
+                    written
                 ])
                 .map_err(db)?;
             new[i] = changed == 1;
@@ -648,10 +849,10 @@ fn conflicting_repeats(
 
 #[async_trait]
 impl UsageStore for SqliteStore {
-    /// The SQLite ledger is kept for good (it is what reconcile and adjustments read; it
-    /// is small: one compact row per event).
+    /// Rows are kept [`LEDGER_RETENTION`] after they are written, then pruned
+    /// ([`SqliteStore::prune_ledger`]), as on DynamoDB.
     fn ledger_retention(&self) -> Option<chrono::Duration> {
-        None
+        Some(LEDGER_RETENTION)
     }
 
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
@@ -659,7 +860,9 @@ impl UsageStore for SqliteStore {
             return Ok(ApplyReport::default());
         }
         let events = events.to_vec();
-        self.write(move |conn| apply_batch_tx(conn, &events)).await
+        let written = self.clock.now().timestamp();
+        self.write(move |conn| apply_batch_tx(conn, &events, written))
+            .await
     }
 
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
@@ -889,6 +1092,128 @@ mod tests {
         // The ledger still knows every event.
         assert_eq!(s.apply_batch(&events).await.unwrap().duplicates(), 12);
         assert_eq!(s.stored_counters(&org, month).await.unwrap(), expected);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn ledger_rows(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Rows written 45 days ago and more go, in spans of `PRUNE_BATCH_ROWS`; rows written
+    /// since stay and still catch resends; counters are untouched; a dry run deletes nothing.
+    #[tokio::test]
+    async fn pruning_deletes_ledger_rows_past_the_retention_only() {
+        use tally_core::ports::FixedClock;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.db");
+        let clock = Arc::new(FixedClock::at(at("2026-10-02T00:00:00Z")));
+        let s = SqliteStore::open(&path).unwrap().with_clock(clock.clone());
+        let org = OrgId::parse("org_a").unwrap();
+        let october = Month::parse("2026-10").unwrap();
+        let november = Month::parse("2026-11").unwrap();
+        // More than two spans of old rows, so pruning takes several transactions.
+        let old: Vec<Event> = (0..2 * PRUNE_BATCH_ROWS + 7)
+            .map(|i| event(&org, &format!("old-{i}"), "2026-10-01T12:00:00Z"))
+            .collect();
+        for chunk in old.chunks(5_000) {
+            assert_eq!(s.apply_batch(chunk).await.unwrap().applied(), chunk.len());
+        }
+        clock.set(at("2026-11-10T00:00:00Z"));
+        let new = [
+            event(&org, "new-1", "2026-11-10T00:00:00Z"),
+            event(&org, "new-2", "2026-11-10T00:00:00Z"),
+        ];
+        s.apply_batch(&new).await.unwrap();
+        let counters = (
+            s.stored_counters(&org, october).await.unwrap(),
+            s.stored_counters(&org, november).await.unwrap(),
+        );
+        let total = old.len() as i64 + 2;
+        assert_eq!(ledger_rows(&path), total);
+
+        // One second short of 45 days after the old rows were written: nothing goes.
+        let written = at("2026-10-02T00:00:00Z");
+        let early = s
+            .prune_ledger(written + LEDGER_RETENTION, false)
+            .await
+            .unwrap();
+        assert_eq!(early.deleted, 0, "{early:?}");
+        assert_eq!(ledger_rows(&path), total);
+
+        let now = written + LEDGER_RETENTION + chrono::Duration::seconds(1);
+        let dry = s.prune_ledger(now, true).await.unwrap();
+        assert_eq!(dry.deleted, old.len() as u64, "{dry:?}");
+        assert!(dry.dry_run);
+        assert_eq!(ledger_rows(&path), total, "a dry run deletes nothing");
+
+        let done = s.prune_ledger(now, false).await.unwrap();
+        assert_eq!(done.deleted, old.len() as u64, "{done:?}");
+        assert!(done.batches >= 3, "{done:?}");
+        assert_eq!(ledger_rows(&path), 2);
+        assert!(
+            s.ledger_page(&org, october, None, 10)
+                .await
+                .unwrap()
+                .events
+                .is_empty()
+        );
+        assert_eq!(
+            s.ledger_page(&org, november, None, 10)
+                .await
+                .unwrap()
+                .events,
+            new.to_vec()
+        );
+        assert_eq!(
+            (
+                s.stored_counters(&org, october).await.unwrap(),
+                s.stored_counters(&org, november).await.unwrap(),
+            ),
+            counters,
+            "counters are never pruned"
+        );
+        // The kept rows still say "already counted".
+        assert_eq!(s.apply_batch(&new).await.unwrap().duplicates(), 2);
+        // Nothing is left to prune: one look at the table.
+        let again = s.prune_ledger(now, false).await.unwrap();
+        assert_eq!((again.deleted, again.batches), (0, 1), "{again:?}");
+    }
+
+    /// Rows written before schema 9 carry no write time: they go when reconcile refuses their
+    /// month (its start less the 5-minute skew plus 45 days), not before.
+    #[tokio::test]
+    async fn rows_without_a_write_time_go_with_their_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let org = OrgId::parse("org_a").unwrap();
+        s.apply_batch(&[
+            event(&org, "sep", "2026-09-30T23:00:00Z"),
+            event(&org, "oct", "2026-10-01T00:00:00Z"),
+        ])
+        .await
+        .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE ledger SET written = NULL", [])
+            .unwrap();
+        let october_goes = Month::parse("2026-10").unwrap().start()
+            - tally_core::event::MAX_FUTURE_SKEW
+            + LEDGER_RETENTION;
+        let before = october_goes - chrono::Duration::seconds(1);
+        assert_eq!(s.prune_ledger(before, false).await.unwrap().deleted, 1);
+        assert_eq!(ledger_rows(&path), 1, "September went, October stays");
+        assert_eq!(
+            s.prune_ledger(october_goes, false).await.unwrap().deleted,
+            1
+        );
+        assert_eq!(ledger_rows(&path), 0);
     }
 
     #[tokio::test]

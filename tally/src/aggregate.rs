@@ -5,7 +5,8 @@
 //! [`tally_aggregator::run`] until SIGINT or SIGTERM ([`crate::signal::shutdown`], the same
 //! stop signal as `tally serve`), then drains what is left for at most
 //! `--drain-limit`. Acknowledging only what is applied, dead-lettering poison records and
-//! leaving the rest for redelivery are the library's job.
+//! leaving the rest for redelivery are the library's job. On SQLite it also prunes ledger
+//! rows past the retention every hour, as `tally serve` does ([`crate::prune`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub struct AggregateArgs {
 /// Runs the aggregator on the configured backends until SIGINT/SIGTERM.
 pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<()> {
     let backends = backend::open(common).await?;
+    let clock = crate::clock::from_env()?;
     let cfg = AggregatorConfig {
         max_events: args.max_events.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
@@ -47,9 +49,19 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
         backends.stores.usage.clone(),
         Some(backends.stores.tenants.clone() as Arc<dyn AuditLog>),
         cfg,
-        stop_rx,
+        stop_rx.clone(),
         args.drain_limit,
     ));
+    // On SQLite this worker also keeps the ledger to its retention, as `tally serve` does
+    // (pruning twice from two processes is harmless: each run deletes what is left).
+    let pruner = backends.stores.sqlite().cloned().map(|store| {
+        tokio::spawn(crate::prune::run_periodically(
+            store,
+            clock,
+            crate::prune::PRUNE_EVERY,
+            stop_rx.clone(),
+        ))
+    });
     info!(
         max_events = cfg.max_events,
         "aggregator running; stop with Ctrl-C or SIGTERM"
@@ -59,6 +71,9 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
     let _ = stop_tx.send(true);
     if let Err(e) = worker.await {
         warn!(error = %e, "aggregator task ended abnormally; unacknowledged records come back");
+    }
+    if let Some(p) = pruner {
+        let _ = p.await;
     }
     Ok(())
 }

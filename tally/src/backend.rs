@@ -123,6 +123,9 @@ pub struct Stores {
     pub alerts: Arc<dyn AlertLedger>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
+    /// The SQLite store, when the store is SQLite: its ledger is pruned by Tally (on
+    /// DynamoDB, TTL does it).
+    sqlite: Option<SqliteStore>,
     /// The AWS configuration, built once if any AWS backend is in use.
     aws: Option<SdkConfig>,
 }
@@ -153,8 +156,14 @@ impl Stores {
             sync: store.clone(),
             alerts: store,
             dynamo,
+            sqlite: None,
             aws,
         }
+    }
+
+    /// The SQLite store, whose ledger [`crate::prune`] prunes; `None` on DynamoDB.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        self.sqlite.as_ref()
     }
 }
 
@@ -172,9 +181,15 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
     match StoreSpec::from_common(common)? {
         StoreSpec::Sqlite(path) => {
             create_parent_dir(&path)?;
+            // Ledger rows carry their write time from the process's clock (`TALLY_NOW`), the
+            // clock pruning and reconcile go by.
             let store = SqliteStore::open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            Ok(Stores::of(Arc::new(store), None, None))
+                .with_context(|| format!("cannot open {}", path.display()))?
+                .with_clock(crate::clock::from_env()?);
+            Ok(Stores {
+                sqlite: Some(store.clone()),
+                ..Stores::of(Arc::new(store), None, None)
+            })
         }
         StoreSpec::Dynamo(table) => {
             let mut aws = None;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
-use crate::{aggregate, alerts, backend, bill, commands, replay, serve};
+use crate::{aggregate, alerts, backend, bill, commands, prune, replay, serve};
 
 /// Tally: usage metering and billing for multi-tenant SaaS.
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ enum Command {
     Aggregate(aggregate::AggregateArgs),
     /// Recompute counters from the event ledger and report any drift (exit 3 on drift).
     Reconcile(commands::ReconcileArgs),
+    /// Delete SQLite ledger rows written more than 45 days ago (counters stay); tally serve
+    /// and tally aggregate do it hourly. Nothing to do on DynamoDB (TTL).
+    PruneLedger(prune::PruneArgs),
     /// Close an ended month and store each organization's usage report (idempotent).
     Bill(bill::BillArgs),
     /// Plan-limit alerts (80 % and 100 % of an allowance) to TALLY_ALERT_WEBHOOK_URL.
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_REPLAY_INCOMPLETE)
             });
         }
+        Command::PruneLedger(args) => prune::prune_ledger(common, args).await,
         Command::Reconcile(args) => {
             let drift = commands::reconcile(common, args).await?;
             return Ok(if drift {

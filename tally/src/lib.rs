@@ -11,7 +11,7 @@
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
-//! - `commands`, `bill`, `aggregate`, `replay`, `output`: the other commands and their
+//! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `output`: the other commands and their
 //!   printing.
 //! - [`cli`]: the command line and the dispatch to the commands.
 //!
@@ -30,4 +30,5 @@ mod aggregate;
 mod bill;
 mod commands;
 mod output;
+mod prune;
 mod replay;

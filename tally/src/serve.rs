@@ -17,6 +17,9 @@
 //! drain limit stays in `queue.db` and is applied on the next start: nothing accepted is
 //! lost either way.
 //!
+//! On SQLite a task prunes ledger rows written more than 45 days ago every hour
+//! ([`crate::prune`]); counters stay.
+//!
 //! With an alert sender configured (`TALLY_ALERT_WEBHOOK_URL` and
 //! `TALLY_ALERT_WEBHOOK_SECRET` for the binary), a task sends plan-limit alerts every
 //! `--alert-interval` ([`crate::alerts::run_periodically`]).
@@ -321,6 +324,15 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    // The SQLite ledger keeps a record 45 days after writing it (DynamoDB: TTL).
+    let pruner = backends.stores.sqlite().cloned().map(|store| {
+        tokio::spawn(crate::prune::run_periodically(
+            store,
+            clock.clone(),
+            crate::prune::PRUNE_EVERY,
+            stop_rx.clone(),
+        ))
+    });
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
@@ -351,6 +363,12 @@ pub async fn run(
                 "/metrics",
                 get(move || std::future::ready(prometheus.render())),
             )
+            // Every route, the 404 of an unknown path included: a body left unread by an
+            // early answer is drained within bounds, so the client reads the answer instead
+            // of a reset (the routers' own layers step aside under this one).
+            .layer(axum::middleware::from_fn(
+                tally_api::http::drain_unread_body,
+            ))
             .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
@@ -365,6 +383,9 @@ pub async fn run(
     }
     if let Some(a) = alert_task {
         let _ = a.await;
+    }
+    if let Some(p) = pruner {
+        let _ = p.await;
     }
     let _ = key_uses.await;
     served.context("server failed")?;

@@ -130,3 +130,73 @@ async fn reconcile_names_each_kind_of_drift_and_exits_3() {
             .any(|(m, p, ..)| m == "compute_minutes" && p.is_empty())
     );
 }
+
+/// The SQLite ledger's retention end to end: `tally prune-ledger` (dry, then for real)
+/// deletes the records of events applied more than 45 days before its clock and leaves the
+/// counters; the same events sent again then are refused as `period_closed` before any
+/// duplicate check (so the ledger need not remember them), and reconcile refuses the month
+/// with a sentence instead of reporting drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_events_are_refused_as_period_closed_and_reconcile_refuses_their_month() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "prune-co");
+    let p0 = &tenant.projects[0];
+    let now = Utc::now();
+    let period = format!("{}-{:02}", now.year(), now.month());
+    let at = now.to_rfc3339();
+    let sent = vec![
+        compute_minutes("k1", p0, "7.5", &at),
+        compute_minutes("k2", p0, "2", &at),
+    ];
+    let server = spawn_app_in(&env).await;
+    let client = reqwest::Client::new();
+    post_accepted(&client, &server, &tenant.key, sent.clone()).await;
+    wait_for_month(&client, &server, &tenant.key, &period, "9.5").await;
+    server.stop().await.unwrap();
+
+    let later = (now + chrono::Duration::days(46)).to_rfc3339();
+    let at_later = [("TALLY_NOW", later.as_str())];
+    // Today nothing is old enough.
+    let today = env.cli(&["prune-ledger"]);
+    assert_eq!(today["deleted"], 0, "{today}");
+    let dry = env.cli_env(&["prune-ledger", "--dry-run"], &at_later);
+    assert_eq!(
+        (&dry["deleted"], &dry["dry_run"]),
+        (&2.into(), &true.into()),
+        "{dry}"
+    );
+    assert_eq!(dry["retention_days"], 45, "{dry}");
+    let done = env.cli_env(&["prune-ledger"], &at_later);
+    assert_eq!(done["deleted"], 2, "{done}");
+    let db = rusqlite::Connection::open(env.data().join("tally.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    drop(db);
+
+    // Reconcile refuses the month at that time, with the reason.
+    let out = env.cli_raw_env(&["reconcile", "--period", &period], &at_later);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too old to reconcile"), "{err}");
+
+    // The same events sent again are refused for their month; the counters did not move.
+    let clock = clock_at(&later);
+    let server = spawn_app_with(&env, |app| {
+        app.settings.billing_scheduler = false;
+        app.clock = clock;
+    })
+    .await;
+    let answer = post_accepted(&client, &server, &tenant.key, sent).await;
+    assert_eq!(answer["accepted"], 0, "{answer}");
+    let codes: Vec<&str> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["period_closed", "period_closed"], "{answer}");
+    wait_for_month(&client, &server, &tenant.key, &period, "9.5").await;
+    server.stop().await.unwrap();
+}

@@ -255,8 +255,9 @@ async fn filtered_audit_queries_read_a_bounded_number_of_pages() {
 
 /// Reconcile on DynamoDB judges a month while its ledger is all there (until 45 days after
 /// the month began, less the 5 minutes of clock skew) and refuses it afterwards with a
-/// sentence saying why, instead of reporting every counter as drift; SQLite keeps its
-/// ledger for good and reconciles any month.
+/// sentence saying why, instead of reporting every counter as drift; SQLite, whose ledger is
+/// pruned after the same retention, refuses it from the same instant (its own test is in
+/// `sqlite_conformance.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_refuses_a_month_past_the_ledger_retention() {
     let f = DynamoFactory::new().await;
@@ -288,12 +289,15 @@ async fn reconcile_refuses_a_month_past_the_ledger_retention() {
     );
     let dir = tempfile::tempdir().unwrap();
     let sqlite = tally_store::SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    let years_later = month.start() + chrono::Duration::days(3650);
     assert!(
-        tally_aggregator::reconcile(&sqlite, &org, month, years_later)
+        tally_aggregator::reconcile(&sqlite, &org, month, within)
             .await
             .is_ok()
     );
+    assert!(matches!(
+        tally_aggregator::reconcile(&sqlite, &org, month, past).await,
+        Err(tally_aggregator::ReconcileError::BeyondRetention { days: 45, .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,3 +106,64 @@ mod replay {
     use super::*;
     tally_tests::replay_conformance!(Files::new());
 }
+
+/// Reconcile on SQLite judges a month while its ledger is all there (until 45 days after the
+/// month began, less the 5 minutes of clock skew) and refuses it afterwards with a sentence
+/// saying why, exactly as on DynamoDB: the SQLite ledger is pruned 45 days after each row
+/// is written. Written in October, pruned at the refusal time, the counters still stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_refuses_a_month_past_the_ledger_retention() {
+    use std::sync::Arc;
+    use tally_core::period::{LEDGER_RETENTION, Month};
+    use tally_core::ports::{FixedClock, UsageStore};
+    use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
+
+    let files = Files::new();
+    let month = Month::parse("2026-10").unwrap();
+    let clock = Arc::new(FixedClock::at(month.start()));
+    let store = StoreFactory::open(&files).await.with_clock(clock);
+    assert_eq!(store.ledger_retention(), Some(LEDGER_RETENTION));
+    let org = fresh_org();
+    let e = event(
+        &org,
+        &fresh_project(),
+        "r1",
+        "compute_minutes",
+        "3",
+        "2026-10-01T00:00:00Z",
+    );
+    store.apply_batch(&[e]).await.unwrap();
+    let within = month.start() + LEDGER_RETENTION - chrono::Duration::minutes(6);
+    assert!(
+        tally_aggregator::reconcile(&store, &org, month, within)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nothing of the month is pruned while reconcile still judges it.
+    assert_eq!(store.prune_ledger(within, false).await.unwrap().deleted, 0);
+
+    let past = month.start() + LEDGER_RETENTION;
+    let refused = tally_aggregator::reconcile(&store, &org, month, past)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tally_aggregator::ReconcileError::BeyondRetention { days: 45, .. }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("too old to reconcile"),
+        "{refused}"
+    );
+    let counters = store.stored_counters(&org, month).await.unwrap();
+    let pruned = store
+        .prune_ledger(past + chrono::Duration::seconds(1), false)
+        .await
+        .unwrap();
+    assert_eq!(pruned.deleted, 1, "{pruned:?}");
+    assert_eq!(store.stored_counters(&org, month).await.unwrap(), counters);
+    assert!(!counters.is_empty());
+}

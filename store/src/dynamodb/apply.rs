@@ -37,9 +37,9 @@ use super::{DynamoStore, TxFailure};
 
 /// Most actions in one `TransactWriteItems` (DynamoDB's limit).
 pub const MAX_ACTIONS: usize = 100;
-/// How long ledger records and batch state are kept (TTL); the design asks for at least 40
-/// days.
-pub const LEDGER_TTL_DAYS: i64 = 45;
+/// How long ledger records and batch state are kept (TTL): the retention every ledger has,
+/// [`tally_core::period::LEDGER_RETENTION_DAYS`] (why that is safe is written there).
+pub const LEDGER_TTL_DAYS: i64 = tally_core::period::LEDGER_RETENTION_DAYS;
 /// Most events one intent covers: bigger batches are applied as several (see
 /// [`intent_groups`] for the byte bound that keeps an intent under DynamoDB's 400 KB).
 pub const MAX_EVENTS_PER_INTENT: usize = 1_000;

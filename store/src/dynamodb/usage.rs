@@ -37,7 +37,7 @@ fn secs_ts(secs: i64) -> DateTime<Utc> {
 impl UsageStore for DynamoStore {
     /// Ledger items carry a TTL of their write time plus [`super::apply::LEDGER_TTL_DAYS`].
     fn ledger_retention(&self) -> Option<chrono::Duration> {
-        Some(chrono::Duration::days(super::apply::LEDGER_TTL_DAYS))
+        Some(tally_core::period::LEDGER_RETENTION)
     }
 
     /// The algorithm of the [module doc](super), in `apply.rs`.
