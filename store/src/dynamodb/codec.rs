@@ -133,9 +133,11 @@ pub fn decode_event(org: &OrgId, id: EventId, body: &str) -> Result<Event, Store
 // ---------------------------------------------------------------------------------------
 // Errors.
 
-/// Error codes DynamoDB uses for "too much at once"; retrying later helps.
-const THROTTLING_CODES: [&str; 7] = [
+/// Error codes DynamoDB uses for "too much at once" (and, for a plain write, "a transaction
+/// holds this item right now": `TransactionConflictException`); retrying later helps.
+const THROTTLING_CODES: [&str; 8] = [
     "ProvisionedThroughputExceededException",
+    "TransactionConflictException",
     "ThrottlingException",
     "RequestLimitExceeded",
     "TransactionInProgressException",
@@ -262,6 +264,32 @@ mod tests {
         );
         assert!(parse_decimal("x").is_err());
         assert!(parse_decimal("1E+40").is_err());
+    }
+
+    #[test]
+    fn throttles_and_transaction_conflicts_of_plain_writes_are_retried() {
+        use aws_sdk_dynamodb::config::http::HttpResponse;
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        use aws_smithy_types::body::SdkBody;
+        let answer = |status: u16, code: &str| -> SdkError<PutItemError, HttpResponse> {
+            SdkError::service_error(
+                PutItemError::generic(ErrorMetadata::builder().code(code).build()),
+                HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+            )
+        };
+        assert!(is_retryable(&answer(400, "TransactionConflictException")));
+        assert!(is_retryable(&answer(400, "ThrottlingException")));
+        assert!(is_retryable(&answer(
+            400,
+            "ProvisionedThroughputExceededException"
+        )));
+        assert!(is_retryable(&answer(500, "InternalFailure")));
+        assert!(!is_retryable(&answer(400, "ValidationException")));
+        assert!(!is_retryable(&answer(
+            400,
+            "ConditionalCheckFailedException"
+        )));
     }
 
     #[test]
