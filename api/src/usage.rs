@@ -7,8 +7,9 @@
 //! `404`) and `org_id` (optional with an API key, but then it must be the key's org, else
 //! `404`), and `mode` (`live` or `test`: test-mode usage, sent with `tk_test_…` keys, is
 //! kept apart and never billed; a user reads live usage unless asking for `mode=test`, an API
-//! key reads the usage of its own mode and is refused the other with `403`). Without `from`/`to` the range is the current UTC month so far; with only `to`,
-//! `from` is the start of the month holding the instant just before `to`.
+//! key reads the usage of its own mode and is refused the other with `403`). Without
+//! `from`/`to` the range is the current UTC month so far; with only `to`, `from` is the start
+//! of the month holding the instant just before `to`.
 //!
 //! `from` is moved back to the start of its bucket, so the first bucket is whole; a range
 //! may span at most [`MAX_BUCKETS`] buckets. Values are decimal strings exactly as stored;
@@ -116,11 +117,9 @@ pub(crate) async fn get_usage(
     if let Some(own) = reader.key_mode
         && own != mode
     {
+        let own = own.as_str();
         return Err(ApiError::Forbidden(format!(
-            "a {} key reads {} usage only (mode={})",
-            own.as_str(),
-            own.as_str(),
-            own.as_str()
+            "a {own} key reads {own} usage only: leave mode out, or ask for mode={own}"
         )));
     }
 

@@ -109,7 +109,7 @@ pub(super) async fn apply_batch(
         }
         stored.extend(seen);
     }
-    let conflicts = conflicting_repeats(events, &candidates, &outcomes, &stored)?;
+    let conflicts = conflicting_repeats(events, &candidates, &outcomes, &stored);
     Ok(ApplyReport {
         outcomes,
         conflicts,
@@ -120,30 +120,36 @@ pub(super) async fn apply_batch(
 /// the ledger already held, the record's body as its claim returned it; for a repeat inside
 /// the batch, its first copy (or what that copy met in the ledger). A record settled as a
 /// duplicate after waiting on another batch is compared with the body its first claim saw.
+///
+/// Only a report: the batch is applied by now, so a stored body that does not decode is
+/// logged and left uncompared rather than failing (and forever retrying) the batch.
 fn conflicting_repeats(
     events: &[Event],
     candidates: &[usize],
     outcomes: &[ApplyOutcome],
     stored: &HashMap<usize, String>,
-) -> Result<Vec<usize>, StoreError> {
+) -> Vec<usize> {
     let mut counted: HashMap<(&OrgId, &EventId), Option<Event>> =
         HashMap::with_capacity(candidates.len());
     for &i in candidates {
         let e = &events[i];
         let copy = match (&outcomes[i], stored.get(&i)) {
             (ApplyOutcome::Applied, _) => Some(e.clone()),
-            (ApplyOutcome::Duplicate, Some(body)) => Some(crate::ledger_body::decode(
-                &e.org_id,
-                e.id.clone(),
-                body,
-                "ledger record",
-            )?),
+            (ApplyOutcome::Duplicate, Some(body)) => {
+                match crate::ledger_body::decode(&e.org_id, e.id.clone(), body, "ledger record") {
+                    Ok(copy) => Some(copy),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot compare a resend with its ledger record");
+                        None
+                    }
+                }
+            }
             // Failed, or a duplicate whose counted body was not seen: nothing to compare.
             _ => None,
         };
         counted.insert((&e.org_id, &e.id), copy);
     }
-    Ok(events
+    events
         .iter()
         .enumerate()
         .filter(|(i, e)| {
@@ -151,7 +157,7 @@ fn conflicting_repeats(
                 && matches!(counted.get(&(&e.org_id, &e.id)), Some(Some(c)) if c != *e)
         })
         .map(|(i, _)| i)
-        .collect())
+        .collect()
 }
 
 /// Most bytes of ops one intent may hold, by the estimate below: DynamoDB items hold 400 KB.
