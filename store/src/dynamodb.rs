@@ -121,7 +121,9 @@
 //! 5 s) or dead: once its claim lease ([`DynamoStore::with_claim_lease`], 30 s) is over it
 //! is fenced off by putting an aborted intent under `attribute_not_exists` (so it can never
 //! write its own), and its records are taken over with a conditional `UpdateItem` of
-//! `owner` under a second fresh batch id. A batch whose intent put finds an abort reports
+//! `owner` under a second fresh batch id, which also writes the taker's `body` and `month`
+//! (the aborted copy was never counted; the ledger must hold the one that is, even when an
+//! id was resent with other contents). A batch whose intent put finds an abort reports
 //! its events `Failed`; they come back and are taken over. Events not settled within the
 //! call are `Failed` and not acknowledged, so they come back.
 //!
