@@ -13,7 +13,9 @@
 //! The judging and applying itself is a library, [`record::apply_records`]: a batch of
 //! queue records in, one [`RecordOutcome`] (applied, duplicate, retry, poison) per record
 //! out, so the polling worker here and the Lambda consumers (`tally_lambda::consumers`, which
-//! own the Lambda event plumbing) share it.
+//! own the Lambda event plumbing) share it. The Lambda consumers, which must answer before
+//! their invocation's deadline, call [`record::apply_records_until`]: groups of whole records
+//! of at most [`GROUP_EVENTS`] events, none started once less than the margin is left.
 //!
 //! [`reconcile`] recomputes counters from the ledger through the same ports, so it checks
 //! every backend the same way.
@@ -67,8 +69,8 @@ use tracing::{Instrument, info, warn};
 
 pub use reconcile::{Drift, ReconcileError, reconcile};
 pub use record::{
-    RecordInput, RecordOutcome, SetAside, apply_records, check_record, decode_envelope,
-    split_record,
+    DEFAULT_DEADLINE_MARGIN, Deadline, GROUP_EVENTS, RecordInput, RecordOutcome, SetAside,
+    apply_records, apply_records_until, check_record, decode_envelope, group_records, split_record,
 };
 
 /// Batching knobs.

@@ -28,13 +28,20 @@
 //! failed, and a record only if all its events are settled; every record holding a copy of
 //! a failed event is a `Retry`. (The fault harness in `tests/` injects exactly that case: a
 //! delivery handed out twice in one batch, then a failed chunk.)
+//!
+//! A consumer with a deadline (a Lambda invocation) calls [`apply_records_until`] instead:
+//! the good records are applied in groups of whole records, one store call each, and no
+//! group is started once less than the [`Deadline`]'s margin is left; the records of the
+//! groups not started are `Retry` (`deadline: ...`) and come back. Copies of one event are
+//! always put in the same group ([`group_records`]), so the rule above is judged whole.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use tally_core::envelope::{self, Unreadable};
 use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId};
-use tally_core::ports::{ApplyOutcome, AuditLog, UsageStore};
+use tally_core::ports::{ApplyOutcome, AuditLog, Clock, UsageStore};
 
 /// The envelope version the queue adapters write (`{"v":1,"events":[...]}`), defined with
 /// the envelope in core.
@@ -258,6 +265,127 @@ fn judge_input<'a>(input: &RecordInput<'a>) -> Result<Judged<'a>, String> {
     })
 }
 
+/// Most events in one group of [`apply_records_until`]: the polling aggregator's batch
+/// size ([`crate::AggregatorConfig`]'s `max_events`), and the DynamoDB store's intent size,
+/// so one group is one store intent of whole records.
+pub const GROUP_EVENTS: usize = 1_000;
+
+/// Time kept in hand by default when [`apply_records_until`] decides whether to start
+/// another group. A group already started runs to its end, and on DynamoDB its store calls
+/// have bounds of their own that add up to about 25 s in a bad case: waiting on a batch that
+/// is still claiming (up to 5 s per owner) for each of 4 rounds of ownership changes, plus
+/// the transaction retries (8 attempts, ~2.6 s of backoff at most each). 30 s covers that;
+/// against the aggregator function's 60 s timeout, groups start during the first half.
+pub const DEFAULT_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When a consumer must stop starting groups: the invocation's deadline, the margin kept
+/// before it, and the clock that tells the time (a test's own clock, or the system's).
+#[derive(Clone, Copy)]
+pub struct Deadline<'a> {
+    /// When the invocation ends (Lambda's `context.deadline`).
+    pub at: DateTime<Utc>,
+    /// A group after the first is started only while at least this much is left.
+    pub margin: std::time::Duration,
+    /// Most events per group (a record bigger than this is a group of its own).
+    pub group_events: usize,
+    /// Where the time comes from.
+    pub clock: &'a dyn Clock,
+}
+
+impl std::fmt::Debug for Deadline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadline")
+            .field("at", &self.at)
+            .field("margin", &self.margin)
+            .field("group_events", &self.group_events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Deadline<'a> {
+    /// A deadline `at` with [`DEFAULT_DEADLINE_MARGIN`] and [`GROUP_EVENTS`] per group.
+    pub fn new(at: DateTime<Utc>, clock: &'a dyn Clock) -> Self {
+        Deadline {
+            at,
+            margin: DEFAULT_DEADLINE_MARGIN,
+            group_events: GROUP_EVENTS,
+            clock,
+        }
+    }
+
+    /// Why no further group may start, or `None` while the margin is left.
+    fn out_of_time(&self) -> Option<String> {
+        let left = self.at - self.clock.now();
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or(chrono::Duration::MAX);
+        (left < margin).then(|| {
+            format!(
+                "deadline: {:.1} s of the invocation left, under the {} s margin; not started, so it comes back",
+                left.num_milliseconds() as f64 / 1000.0,
+                self.margin.as_secs()
+            )
+        })
+    }
+}
+
+/// Splits the records (each by the events it would apply, in input order) into groups of
+/// whole records of at most `max_events` events, in order; a record bigger than that is a
+/// group of its own. Records holding a copy of the same event (one queue message handed out
+/// twice) always share a group, however far apart they are: the in-batch duplicate rule of
+/// the [module doc](self) is judged within one store call, and a later group's store answer
+/// could not tell a copy whose first group failed from one counted before. Each group lists
+/// positions into `records`, ascending.
+pub fn group_records(records: &[&[Event]], max_events: usize) -> Vec<Vec<usize>> {
+    // Union-find over records sharing an event: each set is placed whole.
+    let mut parent: Vec<usize> = (0..records.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first: HashMap<(&OrgId, &EventId), usize> = HashMap::new();
+    for (p, events) in records.iter().enumerate() {
+        for e in events.iter() {
+            let seen = *first.entry((&e.org_id, &e.id)).or_insert(p);
+            let (a, b) = (root(&mut parent, seen), root(&mut parent, p));
+            // The smaller position stays the root, so a set is placed where it starts.
+            if a != b {
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    let mut set_of: HashMap<usize, usize> = HashMap::new();
+    for p in 0..records.len() {
+        let r = root(&mut parent, p);
+        let k = *set_of.entry(r).or_insert_with(|| {
+            sets.push(Vec::new());
+            sets.len() - 1
+        });
+        sets[k].push(p);
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut size = 0;
+    for set in sets {
+        let events: usize = set.iter().map(|&p| records[p].len()).sum();
+        if !current.is_empty() && size + events > max_events {
+            groups.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += events;
+        current.extend(set);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    for g in &mut groups {
+        g.sort_unstable();
+    }
+    groups
+}
+
 /// Judges every record, applies the events of the good ones in one
 /// [`UsageStore::apply_batch`] call and returns one outcome per record, in input order.
 /// Never fails as a whole: a store failure makes every record it concerned a `Retry`.
@@ -274,6 +402,24 @@ pub async fn apply_records(
     audit: Option<&dyn AuditLog>,
     records: &[RecordInput<'_>],
 ) -> Vec<RecordOutcome> {
+    apply_records_until(usage, audit, records, None).await
+}
+
+/// [`apply_records`] against a deadline: with one, the good records are applied in groups
+/// of whole records ([`group_records`], `deadline.group_events` events at most) one
+/// [`UsageStore::apply_batch`] call after another, and a group after the first is started
+/// only while `deadline.margin` is left before `deadline.at`. The records of the groups not
+/// started are [`RecordOutcome::Retry`] with a reason starting `deadline:`, so the queue
+/// hands back only them (SQS) or resends from the first of them (Kinesis). The first group
+/// always starts, so a margin longer than the invocation still makes progress. A group
+/// started is finished: its store calls have bounds of their own ([`DEFAULT_DEADLINE_MARGIN`]
+/// says which). Without a deadline this is [`apply_records`]: one call for the whole batch.
+pub async fn apply_records_until(
+    usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
+    records: &[RecordInput<'_>],
+    deadline: Option<&Deadline<'_>>,
+) -> Vec<RecordOutcome> {
     let span = tracing::info_span!("apply_records", records = records.len());
     let guard = span.enter();
     let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
@@ -287,72 +433,49 @@ pub async fn apply_records(
             }
         }
     }
-    // Which records have events to apply, with the range of those in the combined batch.
-    let mut good: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    let mut batch: Vec<Event> = Vec::new();
-    for (i, j) in judged.iter().enumerate() {
-        if let Some(j) = j {
-            let start = batch.len();
-            batch.extend(j.good.iter().map(|&k| j.events[k].clone()));
-            good.push((i, start..batch.len()));
+    // The records with events to apply, each with those events.
+    let good: Vec<(usize, Vec<Event>)> = judged
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| {
+            j.as_ref()
+                .map(|j| (i, j.good.iter().map(|&k| j.events[k].clone()).collect()))
+        })
+        .collect();
+    let groups = match deadline {
+        Some(d) => {
+            let events: Vec<&[Event]> = good.iter().map(|(_, e)| e.as_slice()).collect();
+            group_records(&events, d.group_events.max(1))
         }
-    }
+        None if good.is_empty() => Vec::new(),
+        None => vec![(0..good.len()).collect()],
+    };
     drop(guard);
-    if !batch.is_empty() {
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!("apply_batch", batch_size = batch.len());
-        let result = {
-            use tracing::Instrument;
-            usage.apply_batch(&batch).instrument(span).await
-        };
-        metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("tally_batch_size").record(batch.len() as f64);
-        match result {
-            Err(e) => {
-                let reason = format!("store failed: {e}");
-                for (i, _) in &good {
-                    outcomes[*i] = Some(RecordOutcome::Retry {
-                        reason: reason.clone(),
-                    });
-                }
+    for (k, group) in groups.iter().enumerate() {
+        if k > 0
+            && let Some(why) = deadline.and_then(Deadline::out_of_time)
+        {
+            let left: Vec<usize> = groups[k..].iter().flatten().map(|&g| good[g].0).collect();
+            metrics::counter!("tally_aggregator_deadline_retries_total")
+                .increment(left.len() as u64);
+            tracing::warn!(
+                groups_left = groups.len() - k,
+                records_left = left.len(),
+                reason = %why,
+                "out of time; the records of the groups not started come back"
+            );
+            for i in left {
+                outcomes[i] = Some(RecordOutcome::Retry {
+                    reason: why.clone(),
+                });
             }
-            Ok(report) => {
-                crate::conflicts::report(audit, &batch, &report.conflicts, chrono::Utc::now())
-                    .await;
-                let per_event = report.outcomes;
-                // Events with a failed copy anywhere in the batch: no copy of them is settled.
-                let failed: HashSet<(&OrgId, &EventId)> = batch
-                    .iter()
-                    .zip(&per_event)
-                    .filter(|(_, o)| matches!(o, ApplyOutcome::Failed(_)))
-                    .map(|(e, _)| (&e.org_id, &e.id))
-                    .collect();
-                for (i, range) in &good {
-                    let mut outcome = judge(per_event.get(range.clone()));
-                    if outcome.is_settled()
-                        && let Some(e) = batch
-                            .get(range.clone())
-                            .unwrap_or_default()
-                            .iter()
-                            .find(|e| failed.contains(&(&e.org_id, &e.id)))
-                    {
-                        outcome = RecordOutcome::Retry {
-                            reason: format!(
-                                "another copy of event {:?} in this batch was not applied",
-                                e.id.as_str()
-                            ),
-                        };
-                    }
-                    if outcome.is_settled()
-                        && let Some(j) = judged[*i].as_mut()
-                        && !j.set_aside.is_empty()
-                    {
-                        outcome = RecordOutcome::SetAside(std::mem::take(&mut j.set_aside));
-                    }
-                    outcomes[*i] = Some(outcome);
-                }
-            }
+            break;
         }
+        let members: Vec<(usize, &[Event])> = group
+            .iter()
+            .map(|&g| (good[g].0, good[g].1.as_slice()))
+            .collect();
+        apply_group(usage, audit, &members, &mut judged, &mut outcomes).await;
     }
     let outcomes: Vec<RecordOutcome> = outcomes
         .into_iter()
@@ -377,6 +500,82 @@ pub async fn apply_records(
         }
     }
     outcomes
+}
+
+/// Applies the good events of `members` (record index, its events) in one
+/// [`UsageStore::apply_batch`] call and writes each member's outcome. Every copy of an
+/// event in the batch is among the members ([`group_records`]), so the duplicate rule is
+/// judged here whole.
+async fn apply_group(
+    usage: &dyn UsageStore,
+    audit: Option<&dyn AuditLog>,
+    members: &[(usize, &[Event])],
+    judged: &mut [Option<Judged<'_>>],
+    outcomes: &mut [Option<RecordOutcome>],
+) {
+    let mut batch: Vec<Event> = Vec::new();
+    let mut good: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(members.len());
+    for (i, events) in members {
+        let start = batch.len();
+        batch.extend_from_slice(events);
+        good.push((*i, start..batch.len()));
+    }
+    if batch.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("apply_batch", batch_size = batch.len());
+    let result = {
+        use tracing::Instrument;
+        usage.apply_batch(&batch).instrument(span).await
+    };
+    metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("tally_batch_size").record(batch.len() as f64);
+    match result {
+        Err(e) => {
+            let reason = format!("store failed: {e}");
+            for (i, _) in &good {
+                outcomes[*i] = Some(RecordOutcome::Retry {
+                    reason: reason.clone(),
+                });
+            }
+        }
+        Ok(report) => {
+            crate::conflicts::report(audit, &batch, &report.conflicts, chrono::Utc::now()).await;
+            let per_event = report.outcomes;
+            // Events with a failed copy anywhere in the batch: no copy of them is settled.
+            let failed: HashSet<(&OrgId, &EventId)> = batch
+                .iter()
+                .zip(&per_event)
+                .filter(|(_, o)| matches!(o, ApplyOutcome::Failed(_)))
+                .map(|(e, _)| (&e.org_id, &e.id))
+                .collect();
+            for (i, range) in &good {
+                let mut outcome = judge(per_event.get(range.clone()));
+                if outcome.is_settled()
+                    && let Some(e) = batch
+                        .get(range.clone())
+                        .unwrap_or_default()
+                        .iter()
+                        .find(|e| failed.contains(&(&e.org_id, &e.id)))
+                {
+                    outcome = RecordOutcome::Retry {
+                        reason: format!(
+                            "another copy of event {:?} in this batch was not applied",
+                            e.id.as_str()
+                        ),
+                    };
+                }
+                if outcome.is_settled()
+                    && let Some(j) = judged[*i].as_mut()
+                    && !j.set_aside.is_empty()
+                {
+                    outcome = RecordOutcome::SetAside(std::mem::take(&mut j.set_aside));
+                }
+                outcomes[*i] = Some(outcome);
+            }
+        }
+    }
 }
 
 fn judge(outcomes: Option<&[ApplyOutcome]>) -> RecordOutcome {
@@ -676,5 +875,151 @@ mod tests {
         let out = apply_records(&store, None, &records).await;
         assert!(out.iter().all(|o| matches!(o, RecordOutcome::Retry { .. })));
         assert!(!out[0].is_settled());
+    }
+
+    /// Answers each `apply_batch` call with the next scripted answer (all `Applied` once
+    /// the script runs out), records each call's events, and moves the clock on by `step`
+    /// per call, as if each store call took that long.
+    struct Timed<'c> {
+        answers: Mutex<Vec<Vec<ApplyOutcome>>>,
+        calls: Mutex<Vec<Vec<Event>>>,
+        clock: &'c tally_core::ports::FixedClock,
+        step: chrono::Duration,
+    }
+
+    #[async_trait]
+    impl Apply for Timed<'_> {
+        async fn apply(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+            self.calls.lock().unwrap().push(events.to_vec());
+            self.clock.advance(self.step);
+            let mut answers = self.answers.lock().unwrap();
+            let answer = if answers.is_empty() {
+                vec![ApplyOutcome::Applied; events.len()]
+            } else {
+                answers.remove(0)
+            };
+            Ok(ApplyReport::of(answer))
+        }
+    }
+
+    fn decoded(events: &[Event]) -> RecordInput<'_> {
+        RecordInput::Decoded {
+            events,
+            unreadable: &[],
+            org: None,
+        }
+    }
+
+    #[test]
+    fn groups_hold_whole_records_and_every_copy_of_an_event_together() {
+        let r0 = [
+            event("org_a", "1"),
+            event("org_a", "2"),
+            event("org_a", "3"),
+        ];
+        let r1 = [
+            event("org_a", "4"),
+            event("org_a", "5"),
+            event("org_a", "6"),
+        ];
+        let r2 = [event("org_a", "7"), event("org_a", "8")];
+        let r3 = [event("org_a", "9"), event("org_a", "10")];
+        // r4 is r0 delivered again; r5 shares one event with r1 (a resend cut differently).
+        let r5 = [event("org_a", "6"), event("org_a", "11")];
+        let records: [&[Event]; 6] = [&r0, &r1, &r2, &r3, &r0, &r5];
+        let groups = group_records(&records, 4);
+        assert_eq!(groups, vec![vec![0, 4], vec![1, 5], vec![2, 3]]);
+        // Every record once, none split: groups list whole records by position.
+        let mut all: Vec<usize> = groups.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..6).collect::<Vec<_>>());
+        // A record over the bound is a group of its own; small ones still share.
+        let groups = group_records(&[&r0, &r2[..1], &r3[..1]], 2);
+        assert_eq!(groups, vec![vec![0], vec![1, 2]]);
+        assert!(group_records(&[], 4).is_empty());
+    }
+
+    #[tokio::test]
+    async fn groups_not_started_before_the_deadline_come_back() {
+        let now = Utc.with_ymd_and_hms(2026, 10, 1, 12, 0, 0).unwrap();
+        let clock = tally_core::ports::FixedClock::at(now);
+        let store = ApplyOnly(Timed {
+            answers: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+            clock: &clock,
+            step: chrono::Duration::seconds(20),
+        });
+        let (a, b, c) = (
+            [event("org_a", "1"), event("org_a", "2")],
+            [event("org_a", "3"), event("org_a", "4")],
+            [event("org_a", "5")],
+        );
+        let records = [decoded(&a), decoded(&b), decoded(&c)];
+        // 60 s left, 30 s margin, each group takes 20 s: the second group starts with 40 s
+        // left, the third would start with 20 s left.
+        let deadline = Deadline {
+            at: now + chrono::Duration::seconds(60),
+            margin: std::time::Duration::from_secs(30),
+            group_events: 2,
+            clock: &clock,
+        };
+        let out = apply_records_until(&store, None, &records, Some(&deadline)).await;
+        assert_eq!(out[..2], [RecordOutcome::Applied, RecordOutcome::Applied]);
+        assert!(
+            matches!(&out[2], RecordOutcome::Retry { reason } if reason.starts_with("deadline:")),
+            "{:?}",
+            out[2]
+        );
+        assert_eq!(*store.calls.lock().unwrap(), vec![a.to_vec(), b.to_vec()]);
+
+        // Already past the deadline: the first group still runs (progress whatever the
+        // margin), nothing after it.
+        store.calls.lock().unwrap().clear();
+        let late = Deadline {
+            at: now,
+            ..deadline
+        };
+        let out = apply_records_until(&store, None, &records, Some(&late)).await;
+        assert_eq!(out[0], RecordOutcome::Applied);
+        assert!(out[1..].iter().all(|o| !o.is_settled()));
+        assert_eq!(store.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_delivered_twice_is_judged_in_one_group() {
+        // The same message at positions 0 and 2, another between; two events per group
+        // would put them apart, but copies share a group, so the store's in-batch
+        // `Duplicate` for the second copy is judged against the first copy's failure.
+        let now = Utc.with_ymd_and_hms(2026, 10, 1, 12, 0, 0).unwrap();
+        let clock = tally_core::ports::FixedClock::at(now);
+        let store = ApplyOnly(Timed {
+            answers: Mutex::new(vec![vec![
+                ApplyOutcome::Applied,
+                ApplyOutcome::Failed("chunk failed".into()),
+                ApplyOutcome::Duplicate,
+                ApplyOutcome::Duplicate,
+            ]]),
+            calls: Mutex::new(Vec::new()),
+            clock: &clock,
+            step: chrono::Duration::zero(),
+        });
+        let m = [event("org_a", "1"), event("org_a", "2")];
+        let other = [event("org_a", "3")];
+        let records = [decoded(&m), decoded(&other), decoded(&m)];
+        let deadline = Deadline {
+            group_events: 2,
+            ..Deadline::new(now + chrono::Duration::minutes(5), &clock)
+        };
+        let out = apply_records_until(&store, None, &records, Some(&deadline)).await;
+        assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
+        assert!(
+            matches!(&out[2], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
+            "{:?}",
+            out[2]
+        );
+        assert_eq!(out[1], RecordOutcome::Applied);
+        let calls = store.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0], [m.to_vec(), m.to_vec()].concat());
     }
 }

@@ -11,6 +11,12 @@
 //!   not settled: Lambda checkpoints before it and sends it (and everything after it)
 //!   again; the ledger turns the repeats into no-ops.
 //!
+//! With a [`Deadline`] (the invocation's, from the Lambda context), the records are applied
+//! in groups of whole records ([`tally_aggregator::apply_records_until`]) and no group is
+//! started once less than the margin is left: its records are reported like any record not
+//! settled, so SQS redelivers only them and Kinesis resends from the first of them, instead
+//! of the timeout failing the whole batch.
+//!
 //! Poison records go to a [`PoisonSink`] (core's port; [`crate::sink`] is the SQS one) and then
 //! count as settled. Without a sink, or when the sink fails, a poison record is reported as
 //! a failure, so it is never dropped: for SQS the redrive policy moves it to the
@@ -23,12 +29,15 @@ pub use aws_lambda_events;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
-use tally_aggregator::{RecordInput, RecordOutcome, SetAside, apply_records};
+use tally_aggregator::{RecordInput, RecordOutcome, SetAside, apply_records_until};
 use tally_core::ports::{AuditLog, UsageStore};
 use tracing::warn;
 
 /// The dead-letter port, core's; re-exported here beside the handlers that take it.
 pub use tally_core::sinks::PoisonSink;
+
+/// The aggregator's deadline and its defaults, re-exported beside the handlers that take it.
+pub use tally_aggregator::{DEFAULT_DEADLINE_MARGIN, Deadline, GROUP_EVENTS};
 
 /// Settles a poison record through the sink; `true` if it is set aside.
 async fn set_aside(sink: Option<&dyn PoisonSink>, id: &str, body: &[u8], reason: &str) -> bool {
@@ -62,12 +71,14 @@ async fn set_aside_part(sink: Option<&dyn PoisonSink>, id: &str, part: &SetAside
 }
 
 /// Applies an SQS event and returns the partial batch response: the message ids of every
-/// message not settled (retry, or poison that could not be set aside).
+/// message not settled (retry, poison that could not be set aside, or, with a `deadline`,
+/// in a group there was no time left to start).
 pub async fn handle_sqs(
     usage: &dyn UsageStore,
     audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: &SqsEvent,
+    deadline: Option<&Deadline<'_>>,
 ) -> SqsBatchResponse {
     let span = tracing::info_span!("handle_sqs", records = event.records.len());
     let _enter = span.enter();
@@ -81,7 +92,7 @@ pub async fn handle_sqs(
         .iter()
         .map(|body| RecordInput::Raw { body, org: None })
         .collect();
-    let outcomes = apply_records(usage, audit, &inputs).await;
+    let outcomes = apply_records_until(usage, audit, &inputs, deadline).await;
     let mut response = SqsBatchResponse::default();
     for ((message, body), outcome) in event.records.iter().zip(&bodies).zip(&outcomes) {
         let id = message.message_id.clone().unwrap_or_default();
@@ -102,12 +113,14 @@ pub async fn handle_sqs(
 }
 
 /// Applies a Kinesis event and returns the response naming the first record not settled
-/// (none when all are).
+/// (none when all are); with a `deadline`, the first record of the groups there was no
+/// time left to start is such a record, unless an earlier one is.
 pub async fn handle_kinesis(
     usage: &dyn UsageStore,
     audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: &KinesisEvent,
+    deadline: Option<&Deadline<'_>>,
 ) -> KinesisEventResponse {
     let inputs: Vec<RecordInput<'_>> = event
         .records
@@ -120,7 +133,9 @@ pub async fn handle_kinesis(
     let span = tracing::info_span!("handle_kinesis", records = event.records.len());
     let outcomes = {
         use tracing::Instrument;
-        apply_records(usage, audit, &inputs).instrument(span).await
+        apply_records_until(usage, audit, &inputs, deadline)
+            .instrument(span)
+            .await
     };
     let mut response = KinesisEventResponse::default();
     for (record, outcome) in event.records.iter().zip(&outcomes) {

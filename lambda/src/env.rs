@@ -83,6 +83,13 @@ pub const STRIPE_SECRET_KEY: &str = "TALLY_STRIPE_SECRET_KEY";
 /// The Stripe webhook endpoint's signing secret; the webhook function answers `503` without
 /// it (`TALLY_STRIPE_WEBHOOK_SECRET`; a Secrets Manager dynamic reference in the template).
 pub const STRIPE_WEBHOOK_SECRET: &str = "TALLY_STRIPE_WEBHOOK_SECRET";
+/// Seconds of its invocation the aggregator keeps in hand: it starts no further group of
+/// records once less is left, and reports the rest as failures so they come back
+/// (`TALLY_DEADLINE_MARGIN_SECONDS`; whole seconds, 30 when unset, see
+/// [`tally_aggregator::DEFAULT_DEADLINE_MARGIN`] for why).
+pub const DEADLINE_MARGIN_SECONDS: &str = "TALLY_DEADLINE_MARGIN_SECONDS";
+/// Longest [`DEADLINE_MARGIN_SECONDS`] accepted: Lambda's longest timeout, 15 minutes.
+pub const MAX_DEADLINE_MARGIN_SECONDS: u64 = 900;
 /// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
 pub const LOG: &str = "TALLY_LOG";
 
@@ -91,7 +98,13 @@ pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, LOG];
 /// What `tally-api-lambda` reads.
 pub const API: &[&str] = &[TABLE, JWT_SECRET, LOG];
 /// What `tally-aggregator-lambda` reads.
-pub const AGGREGATOR: &[&str] = &[TABLE, TRANSPORT, DEAD_LETTER_QUEUE_URL, LOG];
+pub const AGGREGATOR: &[&str] = &[
+    TABLE,
+    TRANSPORT,
+    DEAD_LETTER_QUEUE_URL,
+    DEADLINE_MARGIN_SECONDS,
+    LOG,
+];
 /// What `tally-billing-lambda` reads.
 pub const BILLING: &[&str] = &[
     TABLE,
@@ -153,11 +166,33 @@ impl Env {
             .ok_or_else(|| EnvError::Missing(name.to_owned()))
     }
 
+    /// The aggregator's deadline margin ([`DEADLINE_MARGIN_SECONDS`]):
+    /// [`tally_aggregator::DEFAULT_DEADLINE_MARGIN`] when unset; whole seconds up to
+    /// [`MAX_DEADLINE_MARGIN_SECONDS`] otherwise.
+    pub fn deadline_margin(&self) -> Result<std::time::Duration, EnvError> {
+        parse_deadline_margin(self.optional(DEADLINE_MARGIN_SECONDS)?.as_deref())
+    }
+
     /// The transport named by [`TRANSPORT`].
     pub fn transport(&self) -> Result<Transport, EnvError> {
         let v = self.required(TRANSPORT)?;
         Transport::parse(&v)
             .ok_or_else(|| EnvError::invalid(TRANSPORT, &v, "must be sqs or kinesis"))
+    }
+}
+
+/// [`Env::deadline_margin`] of the variable's value (`None`: unset or empty).
+fn parse_deadline_margin(v: Option<&str>) -> Result<std::time::Duration, EnvError> {
+    let Some(v) = v else {
+        return Ok(tally_aggregator::DEFAULT_DEADLINE_MARGIN);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(secs) if secs <= MAX_DEADLINE_MARGIN_SECONDS => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(EnvError::invalid(
+            DEADLINE_MARGIN_SECONDS,
+            v,
+            format!("must be whole seconds, 0 to {MAX_DEADLINE_MARGIN_SECONDS}"),
+        )),
     }
 }
 
@@ -198,6 +233,21 @@ mod tests {
         // The test process never sets TALLY_TABLE.
         let e = env.required(TABLE).unwrap_err().to_string();
         assert_eq!(e, "environment variable TALLY_TABLE must be set");
+    }
+
+    #[test]
+    fn the_deadline_margin_defaults_to_30_s_and_refuses_nonsense() {
+        use std::time::Duration;
+        assert_eq!(parse_deadline_margin(None), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            parse_deadline_margin(Some(" 20 ")),
+            Ok(Duration::from_secs(20))
+        );
+        assert_eq!(parse_deadline_margin(Some("0")), Ok(Duration::ZERO));
+        for bad in ["-1", "2.5", "30s", "901"] {
+            let e = parse_deadline_margin(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(DEADLINE_MARGIN_SECONDS), "{e}");
+        }
     }
 
     #[test]

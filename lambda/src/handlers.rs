@@ -17,7 +17,7 @@ use tally_billing::{
 use tally_core::period::Month;
 use tally_core::ports::{AuditLog, InvoiceProvider, StoreError, SyncLedger, UsageStore};
 
-use crate::consumers::{PoisonSink, handle_kinesis, handle_sqs};
+use crate::consumers::{Deadline, PoisonSink, handle_kinesis, handle_sqs};
 use crate::env::Transport;
 
 pub mod http;
@@ -120,23 +120,28 @@ pub enum BillingError {
 ///
 /// An event of the other shape is an error (the function is wired to the wrong source),
 /// and Lambda retries the whole batch; nothing is acknowledged by mistake.
+///
+/// With a `deadline` (the invocation's), records are applied in groups and the groups there
+/// is no time left to start are reported as failures ([`crate::consumers`]), so a batch too
+/// big for one invocation makes progress instead of timing out whole.
 pub async fn aggregate(
     transport: Transport,
     usage: &dyn UsageStore,
     audit: Option<&dyn AuditLog>,
     sink: Option<&dyn PoisonSink>,
     event: Value,
+    deadline: Option<&Deadline<'_>>,
 ) -> Result<Value, AggregateError> {
     check_source(transport, &event)?;
     match transport {
         Transport::Sqs => {
             let event: SqsEvent = decode(event, "aws:sqs")?;
-            let r = handle_sqs(usage, audit, sink, &event).await;
+            let r = handle_sqs(usage, audit, sink, &event, deadline).await;
             respond("sqs", event.records.len(), r.batch_item_failures.len(), &r)
         }
         Transport::Kinesis => {
             let event: KinesisEvent = decode(event, "aws:kinesis")?;
-            let r = handle_kinesis(usage, audit, sink, &event).await;
+            let r = handle_kinesis(usage, audit, sink, &event, deadline).await;
             respond(
                 "kinesis",
                 event.records.len(),

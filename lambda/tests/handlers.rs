@@ -90,7 +90,7 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let event = json!({"Records": [
         {"messageId": "m1", "body": "not an envelope", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, None, Some(&sink), event)
+    let out = aggregate(Transport::Sqs, &store, None, Some(&sink), event, None)
         .await
         .unwrap();
     assert_eq!(out, json!({"batchItemFailures": []}));
@@ -102,7 +102,7 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let event = json!({"Records": [
         {"messageId": "m2", "body": "{}", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, None, None, event)
+    let out = aggregate(Transport::Sqs, &store, None, None, event, None)
         .await
         .unwrap();
     assert_eq!(
@@ -119,7 +119,7 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
         "eventSource": "aws:kinesis",
         "kinesis": {"partitionKey": "org_a", "data": "e30=", "sequenceNumber": "1"},
     }]});
-    let e = aggregate(Transport::Sqs, &store, None, Some(&sink), kinesis)
+    let e = aggregate(Transport::Sqs, &store, None, Some(&sink), kinesis, None)
         .await
         .unwrap_err();
     assert!(
@@ -132,6 +132,7 @@ async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
         None,
         Some(&sink),
         json!({"detail": {}}),
+        None,
     )
     .await
     .unwrap_err();

@@ -7,14 +7,20 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde_json::json;
+use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
+use tally_core::ids::{OrgId, ProjectId};
 use tally_core::meter::Aggregation;
-use tally_core::period::Month;
-use tally_core::ports::UsageStore;
+use tally_core::period::{Granularity, Month};
+use tally_core::ports::{
+    ApplyReport, Clock, CounterQuery, CounterValue, FixedClock, LedgerPage, StoreError, UsageStore,
+};
 use tally_lambda::consumers::aws_lambda_events::event::kinesis::KinesisEvent;
 use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
-use tally_lambda::consumers::{PoisonSink, handle_kinesis, handle_sqs};
+use tally_lambda::consumers::{Deadline, PoisonSink, handle_kinesis, handle_sqs};
 use tally_store::sqlite::SqliteStore;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
 
@@ -155,7 +161,7 @@ async fn sqs_reports_only_unsettled_messages() {
 
     // With a working sink: poison is set aside, everything is settled.
     let sink = Sink::default();
-    let response = handle_sqs(&store, None, Some(&sink), &event).await;
+    let response = handle_sqs(&store, None, Some(&sink), &event, None).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let kept = sink.kept.lock().unwrap().clone();
     assert_eq!(kept.len(), 2);
@@ -169,14 +175,14 @@ async fn sqs_reports_only_unsettled_messages() {
         fail: true,
         ..Sink::default()
     };
-    let response = handle_sqs(&store, None, Some(&failing), &event).await;
+    let response = handle_sqs(&store, None, Some(&failing), &event, None).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
     assert_eq!(ids, ["m-poison", "m-garbage"]);
-    let response = handle_sqs(&store, None, None, &event).await;
+    let response = handle_sqs(&store, None, None, &event, None).await;
     assert_eq!(response.batch_item_failures.len(), 2);
     // The redelivered good messages changed nothing.
     assert_eq!(total(&store, &org).await, 2);
@@ -215,7 +221,7 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     ]});
     let event: KinesisEvent = serde_json::from_value(raw).unwrap();
 
-    let response = handle_kinesis(&store, None, None, &event).await;
+    let response = handle_kinesis(&store, None, None, &event, None).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -225,8 +231,218 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     assert_eq!(total(&store, &org).await, 2);
 
     let sink = Sink::default();
-    let response = handle_kinesis(&store, None, Some(&sink), &event).await;
+    let response = handle_kinesis(&store, None, Some(&sink), &event, None).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(sink.kept.lock().unwrap()[0].0, "4959002");
     assert_eq!(total(&store, &org).await, 2);
+}
+
+/// The SQLite store, with each `apply_batch` taking `step` of the test's clock: a batch too
+/// big for its invocation without sleeping through one.
+struct Slow<'a> {
+    inner: &'a SqliteStore,
+    clock: &'a FixedClock,
+    step: chrono::Duration,
+    calls: Mutex<usize>,
+}
+
+impl<'a> Slow<'a> {
+    fn new(inner: &'a SqliteStore, clock: &'a FixedClock) -> Self {
+        Slow {
+            inner,
+            clock,
+            step: chrono::Duration::seconds(20),
+            calls: Mutex::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl UsageStore for Slow<'_> {
+    fn ledger_retention(&self) -> Option<chrono::Duration> {
+        self.inner.ledger_retention()
+    }
+    async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+        *self.calls.lock().unwrap() += 1;
+        self.clock.advance(self.step);
+        self.inner.apply_batch(events).await
+    }
+    async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+        self.inner.counter_series(query).await
+    }
+    async fn ledger_page(
+        &self,
+        org: &OrgId,
+        month: Month,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<LedgerPage, StoreError> {
+        self.inner.ledger_page(org, month, cursor, limit).await
+    }
+    async fn stored_counters(
+        &self,
+        org: &OrgId,
+        month: Month,
+    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
+        self.inner.stored_counters(org, month).await
+    }
+    async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
+        self.inner.is_period_closed(month).await
+    }
+    async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.close_period(month, at).await
+    }
+}
+
+/// The org's month total of `api_calls` (every event counts 1): counted once means it equals
+/// the number of distinct events.
+async fn counted(store: &SqliteStore, org: &OrgId) -> Decimal {
+    store
+        .stored_counters(org, month())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.project.is_none() && k.granularity == Granularity::Month)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Three records of two events each: with two events per group, three groups.
+fn three_records(org: &OrgId, project: &ProjectId) -> Vec<Vec<Event>> {
+    (0..3)
+        .map(|r| {
+            (0..2)
+                .map(|e| {
+                    event(
+                        org,
+                        project,
+                        &format!("d{r}-{e}"),
+                        "api_calls",
+                        "1",
+                        "2026-10-02T10:00:00Z",
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// 45 s left, a 30 s margin, 20 s per group: the first group runs, then 25 s are left.
+fn tight<'c>(clock: &'c FixedClock) -> Deadline<'c> {
+    Deadline {
+        at: clock.now() + chrono::Duration::seconds(45),
+        margin: std::time::Duration::from_secs(30),
+        group_events: 2,
+        clock,
+    }
+}
+
+fn ids(failures: impl IntoIterator<Item = String>) -> Vec<String> {
+    failures.into_iter().collect()
+}
+
+#[tokio::test]
+async fn sqs_out_of_time_reports_only_the_groups_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (org, project) = (fresh_org(), fresh_project());
+    let records = three_records(&org, &project);
+    let messages: Vec<_> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| sqs_message(&format!("m{i}"), &envelope(r)))
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": messages })).unwrap();
+    let clock = FixedClock::at(Utc::now());
+    let slow = Slow::new(&store, &clock);
+
+    let response = handle_sqs(&slow, None, None, &event, Some(&tight(&clock))).await;
+    let failed = ids(response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone()));
+    assert_eq!(failed, ["m1", "m2"]);
+    assert_eq!(*slow.calls.lock().unwrap(), 1);
+    assert_eq!(counted(&store, &org).await, Decimal::from(2));
+
+    // SQS redelivers exactly the failures; with time, they are applied in two groups.
+    let again: Vec<_> = messages
+        .iter()
+        .filter(|m| failed.iter().any(|id| m["messageId"] == id.as_str()))
+        .collect();
+    let again: SqsEvent = serde_json::from_value(json!({ "Records": again })).unwrap();
+    let plenty = Deadline {
+        at: clock.now() + chrono::Duration::minutes(5),
+        ..tight(&clock)
+    };
+    let response = handle_sqs(&slow, None, None, &again, Some(&plenty)).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(*slow.calls.lock().unwrap(), 3);
+    assert_eq!(counted(&store, &org).await, Decimal::from(6));
+    assert_eq!(total(&store, &org).await, 6);
+}
+
+#[tokio::test]
+async fn kinesis_out_of_time_resends_from_the_first_group_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (org, project) = (fresh_org(), fresh_project());
+    let records: Vec<_> = three_records(&org, &project)
+        .iter()
+        .enumerate()
+        .map(|(i, r)| kinesis_record(&format!("49590{i}"), org.as_str(), envelope(r).as_bytes()))
+        .collect();
+    let event: KinesisEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let clock = FixedClock::at(Utc::now());
+    let slow = Slow::new(&store, &clock);
+
+    let response = handle_kinesis(&slow, None, None, &event, Some(&tight(&clock))).await;
+    let failed = ids(response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap_or_default()));
+    assert_eq!(failed, ["495901"]);
+    assert_eq!(counted(&store, &org).await, Decimal::from(2));
+
+    // Lambda resends from that sequence number on.
+    let rest: KinesisEvent = serde_json::from_value(json!({ "Records": records[1..] })).unwrap();
+    let plenty = Deadline {
+        at: clock.now() + chrono::Duration::minutes(5),
+        ..tight(&clock)
+    };
+    let response = handle_kinesis(&slow, None, None, &rest, Some(&plenty)).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(counted(&store, &org).await, Decimal::from(6));
+    // The whole batch again (a resend from further back) counts nothing twice.
+    let response = handle_kinesis(&slow, None, None, &event, Some(&plenty)).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(counted(&store, &org).await, Decimal::from(6));
+    assert_eq!(total(&store, &org).await, 6);
+}
+
+#[tokio::test]
+async fn with_time_enough_every_group_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (org, project) = (fresh_org(), fresh_project());
+    let records = three_records(&org, &project);
+    let mut messages: Vec<_> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| sqs_message(&format!("m{i}"), &envelope(r)))
+        .collect();
+    // The first message handed out twice in the batch: judged in one group, counted once.
+    messages.push(messages[0].clone());
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": messages })).unwrap();
+    let clock = FixedClock::at(Utc::now());
+    let slow = Slow::new(&store, &clock);
+    let plenty = Deadline {
+        at: clock.now() + chrono::Duration::minutes(5),
+        ..tight(&clock)
+    };
+    let response = handle_sqs(&slow, None, None, &event, Some(&plenty)).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    // In groups: the duplicated message's two copies (4 events) in one, then one per record.
+    assert_eq!(*slow.calls.lock().unwrap(), 3);
+    assert_eq!(counted(&store, &org).await, Decimal::from(6));
 }
