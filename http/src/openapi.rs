@@ -104,6 +104,20 @@ pub fn response_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
 }
 
+/// What `v` stands for in `doc`: the target of its `$ref` (followed again while it is one),
+/// or `v` itself when it is no reference. For the tests that check a document against the
+/// routes; panics on a reference `doc` does not hold.
+pub fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(
+            doc,
+            doc.pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        ),
+        None => v,
+    }
+}
+
 /// The shared error responses, by status, for operations to pick from.
 pub fn error_responses(statuses: &[u16]) -> Map<String, Value> {
     statuses
