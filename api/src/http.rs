@@ -12,6 +12,7 @@ pub use tally_http::trace::trace_requests;
 /// The OpenAPI pieces shared by every API's document.
 pub mod openapi {
     pub use tally_http::openapi::{
-        add_paths, add_schemas, document as service_document, error_responses, schema_ref,
+        add_paths, add_schemas, document as service_document, error_responses, json_response,
+        schema_ref,
     };
 }

@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 use axum::Json;
 use serde_json::{Value, json};
 
-use crate::http::openapi::{add_paths, add_schemas, error_responses, schema_ref, service_document};
+use crate::http::openapi::{
+    add_paths, add_schemas, error_responses, json_response, schema_ref, service_document,
+};
 use crate::roles::markdown_table;
 use crate::{Endpoint, ROUTES};
 
@@ -141,10 +143,7 @@ fn get_usage() -> Value {
     let mut responses = error_responses(GET_USAGE_STATUSES);
     responses.insert(
         "200".into(),
-        json!({
-            "description": "The counter series.",
-            "content": {"application/json": {"schema": schema_ref("UsageResponse")}},
-        }),
+        json_response("The counter series.", "UsageResponse"),
     );
     let instant = instant_schema();
     json!({
@@ -173,7 +172,10 @@ fn my_orgs() -> Value {
     let mut responses = error_responses(statuses(Endpoint::MyOrgs));
     responses.insert(
         "200".into(),
-        json!({"description": "The caller's orgs with their role in each.", "content": {"application/json": {"schema": schema_ref("MyOrgsResponse")}}}),
+        json_response(
+            "The caller's orgs with their role in each.",
+            "MyOrgsResponse",
+        ),
     );
     json!({
         "operationId": "myOrgs",
@@ -189,11 +191,14 @@ fn accept_invitation() -> Value {
     let mut responses = error_responses(codes);
     responses.insert(
         "409".into(),
-        json!({"description": "The invitation was accepted already, or the caller is a member already.", "content": {"application/json": {"schema": schema_ref("Error")}}}),
+        json_response(
+            "The invitation was accepted already, or the caller is a member already.",
+            "Error",
+        ),
     );
     responses.insert(
         "201".into(),
-        json!({"description": "The new membership.", "content": {"application/json": {"schema": schema_ref("Membership")}}}),
+        json_response("The new membership.", "Membership"),
     );
     json!({
         "operationId": "acceptInvitation",
@@ -442,14 +447,11 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
     if codes.contains(&409) {
         responses.insert(
             "409".into(),
-            json!({"description": "A unique value is taken (the project slug, a membership, an ownership that changed meanwhile).", "content": {"application/json": {"schema": schema_ref("Error")}}}),
+            json_response("A unique value is taken (the project slug, a membership, an ownership that changed meanwhile).", "Error"),
         );
     }
     let ok = if codes.contains(&201) { "201" } else { "200" };
-    responses.insert(
-        ok.into(),
-        json!({"description": summary, "content": {"application/json": {"schema": schema_ref(ok_schema)}}}),
-    );
+    responses.insert(ok.into(), json_response(summary, ok_schema));
     let mut parameters = vec![path_param("org_id", "The organization.")];
     parameters.extend(extra);
     let mut op = json!({

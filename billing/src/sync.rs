@@ -589,60 +589,11 @@ mod tests {
 
     use async_trait::async_trait;
     use tally_core::PlanId;
-    use tally_core::ports::{StoreError, SyncStep as RecordedStep};
+    use tally_store::MemoryStore;
 
     use super::*;
     use crate::catalogue::Catalogue;
     use crate::report::MonthUsage;
-
-    /// A ledger in memory, first write wins like the real ones.
-    #[derive(Default)]
-    struct MemLedger {
-        steps: Mutex<BTreeMap<String, String>>,
-        customer: Mutex<Option<String>>,
-    }
-
-    #[async_trait]
-    impl SyncLedger for MemLedger {
-        async fn record_step(
-            &self,
-            _: &OrgId,
-            _: Month,
-            step: &str,
-            result: &str,
-        ) -> Result<String, StoreError> {
-            let mut steps = lock(&self.steps);
-            Ok(steps
-                .entry(step.to_owned())
-                .or_insert_with(|| result.to_owned())
-                .clone())
-        }
-        async fn get_step(
-            &self,
-            _: &OrgId,
-            _: Month,
-            step: &str,
-        ) -> Result<Option<String>, StoreError> {
-            Ok(lock(&self.steps).get(step).cloned())
-        }
-        async fn list_steps(&self, _: &OrgId, _: Month) -> Result<Vec<RecordedStep>, StoreError> {
-            Ok(lock(&self.steps)
-                .iter()
-                .map(|(step, result)| RecordedStep {
-                    step: step.clone(),
-                    result: result.clone(),
-                })
-                .collect())
-        }
-        async fn record_customer(&self, _: &OrgId, customer: &str) -> Result<String, StoreError> {
-            Ok(lock(&self.customer)
-                .get_or_insert_with(|| customer.to_owned())
-                .clone())
-        }
-        async fn get_customer(&self, _: &OrgId) -> Result<Option<String>, StoreError> {
-            Ok(lock(&self.customer).clone())
-        }
-    }
 
     /// A provider that answers every write with fixed ids and counts the calls, or refuses
     /// every call when `refuse` is set (so a test proves the ledger alone answered).
@@ -751,7 +702,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn run(provider: &Provider, ledger: &MemLedger) -> SyncOutcome {
+    async fn run(provider: &Provider, ledger: &MemoryStore) -> SyncOutcome {
         InvoiceSync {
             provider,
             ledger,
@@ -810,7 +761,7 @@ mod tests {
     #[tokio::test]
     async fn a_ledger_with_an_old_finalize_record_answers_without_the_provider() {
         let report = report();
-        let ledger = MemLedger::default();
+        let ledger = MemoryStore::new();
         let org = &report.org_id;
         let period = report.period;
         ledger.record_customer(org, "cus_old").await.unwrap();
@@ -863,7 +814,7 @@ mod tests {
     async fn a_fresh_sync_records_every_step_with_its_key_and_a_rerun_calls_nothing() {
         let report = report();
         let (org, period) = (&report.org_id, report.period);
-        let ledger = MemLedger::default();
+        let ledger = MemoryStore::new();
         let provider = Provider::default();
         let out = run(&provider, &ledger).await;
         assert_eq!(

@@ -189,10 +189,11 @@ pub fn delta(d: std::time::Duration) -> TimeDelta {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn t0() -> DateTime<Utc> {
+    /// The fixed instant the crate's time-based unit tests start from.
+    pub(crate) fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc)

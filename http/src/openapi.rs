@@ -99,9 +99,32 @@ pub fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
+/// A response with `description` whose JSON body is the schema `schema` of
+/// `components.schemas`.
+pub fn json_response(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": schema_ref(schema)}},
+    })
+}
+
 /// A reference to a response of `components.responses`.
 pub fn response_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
+}
+
+/// What `v` stands for in `doc`: the target of its `$ref` (followed again while it is one),
+/// or `v` itself when it is no reference. For the tests that check a document against the
+/// routes; panics on a reference `doc` does not hold.
+pub fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(
+            doc,
+            doc.pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        ),
+        None => v,
+    }
 }
 
 /// The shared error responses, by status, for operations to pick from.
@@ -129,10 +152,10 @@ fn post_events() -> Value {
     let mut responses = error_responses(POST_EVENTS_STATUSES);
     responses.insert(
         "202".into(),
-        json!({
-            "description": "The request was taken: `accepted` events are durably queued (resent ids included; they are counted once), each refused event is listed in `rejected` with its index, id and error.",
-            "content": {"application/json": {"schema": schema_ref("IngestResponse")}},
-        }),
+        json_response(
+            "The request was taken: `accepted` events are durably queued (resent ids included; they are counted once), each refused event is listed in `rejected` with its index, id and error.",
+            "IngestResponse",
+        ),
     );
     json!({
         "operationId": "postEvents",

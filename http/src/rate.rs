@@ -135,12 +135,7 @@ fn full_at(b: Bucket, limit: RateLimit) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::cache::tests::t0;
 
     fn key() -> String {
         "key_x".to_owned()

@@ -256,14 +256,7 @@ fn doc() -> &'static Value {
 
 /// Follows a `$ref` inside the document.
 fn resolve(v: &Value) -> &Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => resolve(
-            doc()
-                .pointer(r.trim_start_matches('#'))
-                .unwrap_or_else(|| panic!("dangling $ref {r}")),
-        ),
-        None => v,
-    }
+    tally_http::openapi::resolve(doc(), v)
 }
 
 fn schema_properties(name: &str) -> BTreeSet<String> {

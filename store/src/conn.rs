@@ -21,6 +21,36 @@ pub(crate) struct ConnSettings {
     pub autocheckpoint_pages: u32,
 }
 
+/// WAL size (pages, 4 KiB each) at which a commit checkpoints by itself even though the
+/// background checkpointer runs: a backstop should it fall behind.
+const BACKSTOP_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// SQLite's own automatic checkpoint threshold, kept when no background checkpointer runs.
+const DEFAULT_AUTOCHECKPOINT_PAGES: u32 = 1000;
+
+impl ConnSettings {
+    /// The settings of one connection to a file with `cache_mib` of page cache. With a
+    /// background checkpointer (`checkpointer`), a commit checkpoints by itself only past
+    /// [`BACKSTOP_CHECKPOINT_PAGES`]; without one, at SQLite's default.
+    pub(crate) fn new(
+        busy_timeout: Duration,
+        sync_full: bool,
+        checkpointer: bool,
+        cache_mib: u32,
+    ) -> Self {
+        ConnSettings {
+            busy_timeout,
+            cache_mib,
+            sync_full,
+            autocheckpoint_pages: if checkpointer {
+                BACKSTOP_CHECKPOINT_PAGES
+            } else {
+                DEFAULT_AUTOCHECKPOINT_PAGES
+            },
+        }
+    }
+}
+
 /// Opens (creating if missing) a database file in WAL mode with the shared pragmas.
 ///
 /// The busy timeout is set first, so that switching to WAL waits for a process that holds

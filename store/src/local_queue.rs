@@ -161,6 +161,14 @@ fn qerr(e: rusqlite::Error) -> QueueError {
     }
 }
 
+/// Begins a write transaction that takes the file's write lock at once (`BEGIN
+/// IMMEDIATE`): it waits for another writer (up to the busy timeout) before anything is
+/// read, instead of failing when its first write finds the lock taken.
+fn write_tx(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, QueueError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(qerr)
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -174,21 +182,17 @@ impl LocalQueue {
 
     /// Opens the queue file at `path` with explicit settings.
     pub fn open_with(path: &Path, config: LocalQueueConfig) -> Result<Self, QueueError> {
-        let settings = |cache_mib| ConnSettings {
-            busy_timeout: config.busy_timeout,
-            cache_mib,
-            sync_full: config.sync_full,
-            // With the background checkpointer, a backstop should it fall behind.
-            autocheckpoint_pages: if config.checkpoint_interval.is_some() {
-                16_384
-            } else {
-                1000
-            },
+        let checkpointing = config.checkpoint_interval.is_some();
+        let settings = |cache_mib| {
+            ConnSettings::new(
+                config.busy_timeout,
+                config.sync_full,
+                checkpointing,
+                cache_mib,
+            )
         };
         let mut conn = conn::open(path, settings(8)).map_err(qerr)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(qerr)?;
+        let tx = write_tx(&mut conn)?;
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(qerr)?;
@@ -270,9 +274,7 @@ impl LocalQueue {
     async fn insert_bodies(&self, bodies: Vec<(String, usize)>) -> Result<(), QueueError> {
         self.run(move |conn, _| {
             let now = conn::now_millis();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(qerr)?;
+            let tx = write_tx(conn)?;
             {
                 let mut ins = tx
                     .prepare_cached(
@@ -303,9 +305,7 @@ impl LocalQueue {
             .run(move |conn, config| {
                 let now = conn::now_millis();
                 let invisible_until = now.saturating_add(millis(config.visibility_timeout));
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(qerr)?;
+                let tx = write_tx(conn)?;
                 let mut taken = Vec::new();
                 {
                     let mut scan = tx
@@ -378,9 +378,7 @@ impl LocalQueue {
         if !bad.is_empty() {
             self.run(move |conn, _| {
                 let now = conn::now_millis();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(qerr)?;
+                let tx = write_tx(conn)?;
                 {
                     let mut dead = tx
                         .prepare_cached(
@@ -451,9 +449,7 @@ impl LocalQueue {
         let report = self
             .run(move |conn, _| {
                 let now = conn::now_millis();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(qerr)?;
+                let tx = write_tx(conn)?;
                 let mut chosen: Vec<ReplayRow> = Vec::new();
                 let mut limit_reached = false;
                 {
@@ -640,9 +636,7 @@ impl EventQueue for LocalQueue {
             return Ok(());
         }
         self.run(move |conn, _| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(qerr)?;
+            let tx = write_tx(conn)?;
             {
                 let mut del = tx
                     .prepare_cached("DELETE FROM messages WHERE id = ?1")
@@ -668,9 +662,7 @@ impl EventQueue for LocalQueue {
         tracing::error!(message_id = id, %reason, "dead-lettering poison queue message");
         self.run(move |conn, _| {
             let now = conn::now_millis();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(qerr)?;
+            let tx = write_tx(conn)?;
             tx.execute(
                 "INSERT INTO dead_letters
                      (message_id, body, reason, receive_count, enqueued_at, dead_at)

@@ -240,10 +240,6 @@ pub struct SqliteConfig {
     pub checkpoint_interval: Option<Duration>,
 }
 
-/// WAL size (pages, 4 KiB each) at which a commit checkpoints by itself even though the
-/// background checkpointer runs: a backstop should it fall behind.
-const BACKSTOP_CHECKPOINT_PAGES: u32 = 16_384;
-
 impl Default for SqliteConfig {
     fn default() -> Self {
         SqliteConfig {
@@ -303,15 +299,14 @@ impl SqliteStore {
 
     /// Opens the store at `path` with explicit settings.
     pub fn open_with(path: &Path, config: SqliteConfig) -> Result<Self, StoreError> {
-        let settings = |cache_mib| ConnSettings {
-            busy_timeout: config.busy_timeout,
-            cache_mib,
-            sync_full: config.sync_full,
-            autocheckpoint_pages: if config.checkpoint_interval.is_some() {
-                BACKSTOP_CHECKPOINT_PAGES
-            } else {
-                1000
-            },
+        let checkpointing = config.checkpoint_interval.is_some();
+        let settings = |cache_mib| {
+            ConnSettings::new(
+                config.busy_timeout,
+                config.sync_full,
+                checkpointing,
+                cache_mib,
+            )
         };
         let mut writer = conn::open(path, settings(config.writer_cache_mib)).map_err(db)?;
         migrate(&mut writer)?;

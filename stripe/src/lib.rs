@@ -318,13 +318,9 @@ impl InvoiceProvider for StripeProvider {
         key: &IdempotencyKey,
     ) -> Result<ProviderId, ProviderError> {
         use stripe_billing::invoice::{CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior};
-        let currency = invoice
-            .currency
-            .parse::<stripe_types::Currency>()
-            .unwrap_or(stripe_types::Currency::USD);
         let req = CreateInvoice::new()
             .customer(invoice.customer.as_str())
-            .currency(currency)
+            .currency(currency(&invoice.currency))
             .auto_advance(false)
             .collection_method(stripe_shared::InvoiceCollectionMethod::SendInvoice)
             .days_until_due(30u32)
@@ -345,15 +341,11 @@ impl InvoiceProvider for StripeProvider {
         item: &NewInvoiceItem,
         key: &IdempotencyKey,
     ) -> Result<ProviderId, ProviderError> {
-        let currency = item
-            .currency
-            .parse::<stripe_types::Currency>()
-            .unwrap_or(stripe_types::Currency::USD);
         let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
             .customer(item.customer.as_str())
             .invoice(item.invoice.as_str())
             .amount(item.amount_minor)
-            .currency(currency)
+            .currency(currency(&item.currency))
             .description(item.description.clone())
             .metadata(HashMap::from([(
                 "tally_step".to_owned(),
@@ -554,6 +546,12 @@ fn list_id(id: &str) -> Result<ProviderId, ProviderError> {
         reason: "a listed object without an id".to_owned(),
         retry_after: None,
     })
+}
+
+/// The Stripe currency of an ISO code as Tally writes it (`usd`); one Stripe does not know
+/// is billed in US dollars.
+fn currency(code: &str) -> stripe_types::Currency {
+    code.parse().unwrap_or(stripe_types::Currency::USD)
 }
 
 fn too_many_pages(what: &str) -> ProviderError {
