@@ -29,8 +29,9 @@
 //! probability ([`FaultConfig::rates`]) covers the draw, or none; a fault that does not
 //! apply to the operation is no fault. Arrival order of concurrent requests follows
 //! timing, so a run is replayable only roughly, as the harness in [`crate::faults`] is.
-//! [`FaultProxy::force`] queues faults for the next eligible requests it applies to, ahead
-//! of the schedule (to test one answer at a time). [`FaultProxy::injected`] counts what was
+//! [`FaultProxy::force`] queues faults for the next eligible requests they apply to, ahead
+//! of the schedule (to test one answer at a time); [`FaultProxy::force_on`] for the next
+//! request of one operation. [`FaultProxy::injected`] counts what was
 //! injected, by kind, so a test can show each kind was met.
 //!
 //! The SDK's own retry (standard mode, 3 attempts) retries throttling codes, 500s and lost
@@ -166,7 +167,8 @@ struct Shared {
     active: AtomicBool,
     eligible: AtomicU64,
     forwarded: AtomicU64,
-    forced: Mutex<VecDeque<Fault>>,
+    /// Forced faults, each with the one operation it is for (`None`: any it applies to).
+    forced: Mutex<VecDeque<(Option<String>, Fault)>>,
     injected: Mutex<BTreeMap<Fault, u64>>,
 }
 
@@ -207,7 +209,17 @@ impl FaultProxy {
     /// Injects `fault` into the next eligible request it applies to, ahead of the schedule
     /// (and even while the proxy is [`set_active`](Self::set_active)`(false)`).
     pub fn force(&self, fault: Fault) {
-        self.shared.forced.lock().unwrap().push_back(fault);
+        self.shared.forced.lock().unwrap().push_back((None, fault));
+    }
+
+    /// Like [`force`](Self::force), for the next request of operation `op` only (e.g.
+    /// `GetItem`, which is eligible only with [`FaultConfig::reads`]).
+    pub fn force_on(&self, op: &str, fault: Fault) {
+        self.shared
+            .forced
+            .lock()
+            .unwrap()
+            .push_back((Some(op.to_owned()), fault));
     }
 
     /// Turns the schedule on or off (off: everything not forced passes).
@@ -236,8 +248,11 @@ impl FaultProxy {
 fn pick(shared: &Shared, op: &str, n: u64) -> Option<Fault> {
     {
         let mut forced = shared.forced.lock().unwrap();
-        if let Some(at) = forced.iter().position(|f| f.applies_to(op)) {
-            return forced.remove(at);
+        let fits = |(only, f): &(Option<String>, Fault)| {
+            f.applies_to(op) && only.as_deref().is_none_or(|o| o == op)
+        };
+        if let Some(at) = forced.iter().position(fits) {
+            return forced.remove(at).map(|(_, f)| f);
         }
     }
     if !shared.active.load(Ordering::SeqCst) {

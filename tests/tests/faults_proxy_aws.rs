@@ -8,6 +8,8 @@
 //!   throttle is retried by the SDK while a `TransactionConflictException` reaches the
 //!   caller. Then a `DynamoStore` behind the proxy applies one event per forced fault and
 //!   every one is `Applied`.
+//! - `a_failed_read_of_another_batch_s_state_is_retried`: a resend's read of the batch
+//!   that applied its first copy, answered a throttle or a 500, is retried by the store.
 //! - `counters_are_exact_under_dynamodb_failure_modes`: two store handles (separate clients
 //!   and caches, as two aggregators) apply overlapping batches of `sum`, `count`, `max`,
 //!   `latest` and `unique_count` events with resends, concurrently, while the proxy injects
@@ -270,6 +272,56 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
     assert_eq!(total, Some(Decimal::from(2 * Fault::ALL.len() as i64)));
 }
 
+/// A resend whose first copy another process applied makes the store read that batch's
+/// state (`GetItem`); a throttle or 500 on that read is retried by the store, so the resend
+/// is a `Duplicate` at once instead of `Failed` until its next delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_of_another_batch_s_state_is_retried() {
+    let config = FaultConfig {
+        reads: true,
+        ..FaultConfig::quiet()
+    };
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    let (direct, table) = fresh_table().await;
+    let first = DynamoStore::new(direct, &table);
+    // No SDK retry: the store itself must retry the read.
+    let bare = Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let second = DynamoStore::new(bare, &table);
+    let (org, project) = (fresh_org(), fresh_project());
+    for (i, fault) in [
+        Fault::InternalServerError,
+        Fault::Throttling,
+        Fault::ProvisionedThroughputExceeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = event(
+            &org,
+            &project,
+            &format!("resent-{i}"),
+            "compute_minutes",
+            "1",
+            "2026-11-03T10:00:00Z",
+        );
+        let report = first.apply_batch(std::slice::from_ref(&e)).await.unwrap();
+        assert_eq!(report.outcomes, vec![ApplyOutcome::Applied]);
+        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        proxy.force_on("GetItem", fault);
+        let report = second.apply_batch(&[e]).await.unwrap();
+        assert_eq!(report.outcomes, vec![ApplyOutcome::Duplicate], "{fault:?}");
+        assert_eq!(
+            proxy.injected().get(&fault).copied().unwrap_or(0),
+            before + 1,
+            "{fault:?} was met"
+        );
+    }
+}
+
 /// The workload: `n` distinct events of every aggregation for one org, over three days of
 /// November 2026, and the stream sent (the distinct events plus `resends` exact copies,
 /// shuffled).
@@ -395,14 +447,20 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     println!("fault proxy schedule: TALLY_PROXY_SEED={seed}");
-    let config = FaultConfig {
+    // `TALLY_PROXY_SCALE` multiplies every rate (a soak with more faults).
+    let scale: f64 = std::env::var("TALLY_PROXY_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let mut config = FaultConfig {
         seed,
         rates: vec![
             (Fault::ProvisionedThroughputExceeded, 0.02),
             (Fault::Throttling, 0.02),
             (Fault::TransactionConflict, 0.03),
-            // Only transactions meet it, and a batch sends one or two: a high rate for a few.
-            (Fault::TransactionCanceled, 0.20),
+            // Only transactions meet it, and a batch sends one or two (a few dozen in a run): a
+            // high rate, so every run meets it several times.
+            (Fault::TransactionCanceled, 0.40),
             (Fault::InternalServerError, 0.02),
             (Fault::Latency, 0.03),
             (Fault::AnswerLost500, 0.03),
@@ -411,12 +469,24 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         latency: Duration::from_millis(30),
         reads: true,
     };
+    for (_, rate) in &mut config.rates {
+        *rate *= scale;
+    }
     let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
     let (direct, table) = fresh_table().await;
     let proxied = aws::sdk_config_at(&proxy.url()).await;
+    // `TALLY_PROXY_NO_SDK_RETRY`: the store meets every fault itself (the SDK's standard
+    // retry otherwise absorbs most throttles, 500s and cut connections).
+    let client = || {
+        let mut b = aws_sdk_dynamodb::config::Builder::from(&proxied);
+        if std::env::var_os("TALLY_PROXY_NO_SDK_RETRY").is_some() {
+            b = b.retry_config(RetryConfig::disabled());
+        }
+        Client::from_conf(b.build())
+    };
     // Two aggregators: separate clients, separate caches of done batches and known hours.
-    let a = DynamoStore::new(Client::new(&proxied), &table);
-    let b = DynamoStore::new(Client::new(&proxied), &table);
+    let a = DynamoStore::new(client(), &table);
+    let b = DynamoStore::new(client(), &table);
 
     let mut rng = StdRng::seed_from_u64(seed);
     let org = fresh_org();
