@@ -527,6 +527,15 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         left_a.len(),
         left_b.len()
     );
+    // A batch fails as a whole only when one of its counter transactions is cancelled or
+    // refused 8 times running (0.4^8 per chunk at these rates): rare, and then it is one
+    // batch, not a quarter of the events.
+    assert!(
+        seen.failed_once.len() <= distinct.len() / 4,
+        "{} of {} events failed at least once (seed {seed})",
+        seen.failed_once.len(),
+        distinct.len()
+    );
     for f in Fault::ALL {
         assert!(
             injected.get(&f).copied().unwrap_or(0) > 0,
