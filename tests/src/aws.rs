@@ -35,7 +35,13 @@ pub fn endpoint() -> String {
 /// The SDK configuration for the emulator: `tally_store::aws::sdk_config` on [`endpoint`],
 /// with the dummy credentials `test`/`test` when `AWS_ACCESS_KEY_ID` is not set.
 pub async fn sdk_config() -> SdkConfig {
-    let config = tally_store::aws::sdk_config(Some(&endpoint())).await;
+    sdk_config_at(&endpoint()).await
+}
+
+/// The SDK configuration of [`sdk_config`] on another endpoint (e.g. a
+/// [`FaultProxy`](crate::fault_proxy::FaultProxy) in front of the emulator).
+pub async fn sdk_config_at(endpoint: &str) -> SdkConfig {
+    let config = tally_store::aws::sdk_config(Some(endpoint)).await;
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
         return config;
     }

@@ -6,12 +6,15 @@
 //! [`storage_conformance!`] and [`queue_conformance!`] turn a factory into one `#[tokio::test]`
 //! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
 //! backend; the AWS adapters plug their own factories into the same macros, with the
-//! emulator helpers in [`aws`]. [`stripe_double`] is the stateful Stripe double the invoice
+//! emulator helpers in [`aws`]. [`fault_proxy`] stands between the SDK and the emulator and
+//! answers DynamoDB calls the way DynamoDB does under load (throttles, conflicts, cancelled
+//! transactions, 500s, lost answers). [`stripe_double`] is the stateful Stripe double the invoice
 //! sync's tests run against, and [`serve_local`] serves a test's own endpoint (a webhook
 //! receiver).
 
 pub mod aws;
 pub mod conformance;
+pub mod fault_proxy;
 pub mod faults;
 pub mod stripe_double;
 pub mod stripe_sync;

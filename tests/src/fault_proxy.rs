@@ -1,0 +1,492 @@
+//! A fault proxy between the AWS SDK and the emulator, for DynamoDB: real AWS failure modes
+//! in tests whose emulator has none (moto serializes every request, so no transaction ever
+//! conflicts, nothing is throttled and no answer is lost).
+//!
+//! [`FaultProxy::start`] listens on `127.0.0.1:0` and forwards every request to the
+//! emulator, which stays the source of truth. Point an SDK client at [`FaultProxy::url`]
+//! (e.g. with [`crate::aws::sdk_config_at`]) and, on a seeded schedule, some DynamoDB calls
+//! are answered the way DynamoDB answers them under load instead:
+//!
+//! | [`Fault`] | the answer | applies to |
+//! |---|---|---|
+//! | `ProvisionedThroughputExceeded` | 400, `__type` `com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException`; nothing forwarded | writes, reads |
+//! | `Throttling` | 400, `com.amazon.coral.availability#ThrottlingException`; nothing forwarded | writes, reads |
+//! | `TransactionConflict` | 400, `...#TransactionConflictException` (a plain write meeting an item a transaction holds); nothing forwarded | `PutItem`, `UpdateItem`, `DeleteItem` |
+//! | `TransactionCanceled` | 400, `...#TransactionCanceledException` with `CancellationReasons`, one per action of the request: `TransactionConflict` for one, `None` for the rest; nothing forwarded | `TransactWriteItems` |
+//! | `InternalServerError` | 500, `...#InternalServerError`; nothing forwarded | writes, reads |
+//! | `Latency` | the emulator's own answer, [`FaultConfig::latency`] late | writes, reads |
+//! | `AnswerLost500` | forwarded (the emulator applies the write), then answered 500 `InternalServerError` instead of the emulator's answer | writes |
+//! | `ConnectionCut` | forwarded (applied), then the connection is cut after the answer's headers: the client never reads the answer | writes |
+//!
+//! Writes are `PutItem`, `UpdateItem`, `DeleteItem`, `TransactWriteItems` and
+//! `BatchWriteItem`; reads (only with [`FaultConfig::reads`]) are `GetItem`, `Query`,
+//! `Scan`, `BatchGetItem` and `TransactGetItems`. Everything else (table creation,
+//! `DescribeTable`, TTL settings: a test's setup) always passes. The operation is the
+//! `X-Amz-Target` header (`DynamoDB_20120810.<Operation>`).
+//!
+//! The schedule: the `n`th eligible request (counted from 0 in arrival order) draws from a
+//! `StdRng` seeded by `(seed, n)` alone, and meets the first fault whose cumulative
+//! probability ([`FaultConfig::rates`]) covers the draw, or none; a fault that does not
+//! apply to the operation is no fault. Arrival order of concurrent requests follows
+//! timing, so a run is replayable only roughly, as the harness in [`crate::faults`] is.
+//! [`FaultProxy::force`] queues faults for the next eligible requests they apply to, ahead
+//! of the schedule (to test one answer at a time); [`FaultProxy::force_on`] for the next
+//! request of one operation. [`FaultProxy::injected`] counts what was
+//! injected, by kind, so a test can show each kind was met.
+//!
+//! The SDK's own retry (standard mode, 3 attempts) retries throttling codes, 500s and lost
+//! connections before the store sees them; `TransactionConflictException` and
+//! `TransactionCanceledException` reach the store at once.
+//!
+//! SQS and Kinesis (`PutRecords` partial failures) are not proxied yet: this first part
+//! covers DynamoDB only.
+
+// Test support code: a failed unwrap here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// One way the proxy answers a DynamoDB call instead of (or besides) the emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// 400 `ProvisionedThroughputExceededException`, not forwarded.
+    ProvisionedThroughputExceeded,
+    /// 400 `ThrottlingException`, not forwarded.
+    Throttling,
+    /// 400 `TransactionConflictException` to a plain write, not forwarded.
+    TransactionConflict,
+    /// 400 `TransactionCanceledException` to a `TransactWriteItems`, one reason per action
+    /// (`TransactionConflict` for one of them), not forwarded.
+    TransactionCanceled,
+    /// 500 `InternalServerError`, not forwarded.
+    InternalServerError,
+    /// Forwarded, answered late.
+    Latency,
+    /// Forwarded and applied, answered 500 `InternalServerError`.
+    AnswerLost500,
+    /// Forwarded and applied, the connection cut before the answer's body.
+    ConnectionCut,
+}
+
+impl Fault {
+    /// Every kind, in the order the schedule tries them.
+    pub const ALL: [Fault; 8] = [
+        Fault::ProvisionedThroughputExceeded,
+        Fault::Throttling,
+        Fault::TransactionConflict,
+        Fault::TransactionCanceled,
+        Fault::InternalServerError,
+        Fault::Latency,
+        Fault::AnswerLost500,
+        Fault::ConnectionCut,
+    ];
+
+    /// Whether this fault can meet operation `op` (`PutItem`, `TransactWriteItems`, ...).
+    pub fn applies_to(self, op: &str) -> bool {
+        let write = WRITES.contains(&op);
+        match self {
+            Fault::TransactionConflict => matches!(op, "PutItem" | "UpdateItem" | "DeleteItem"),
+            Fault::TransactionCanceled => op == "TransactWriteItems",
+            Fault::AnswerLost500 | Fault::ConnectionCut => write,
+            Fault::ProvisionedThroughputExceeded
+            | Fault::Throttling
+            | Fault::InternalServerError
+            | Fault::Latency => write || READS.contains(&op),
+        }
+    }
+}
+
+/// The operations faults are injected on by default.
+pub const WRITES: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "TransactWriteItems",
+    "BatchWriteItem",
+];
+/// The operations faults are injected on with [`FaultConfig::reads`].
+pub const READS: [&str; 5] = [
+    "GetItem",
+    "Query",
+    "Scan",
+    "BatchGetItem",
+    "TransactGetItems",
+];
+
+/// The proxy's schedule.
+#[derive(Debug, Clone)]
+pub struct FaultConfig {
+    /// Seed of the schedule.
+    pub seed: u64,
+    /// Probability of each fault per eligible request (their sum at most 1).
+    pub rates: Vec<(Fault, f64)>,
+    /// Added delay of a [`Fault::Latency`].
+    pub latency: Duration,
+    /// Whether reads are eligible too (only writes otherwise).
+    pub reads: bool,
+}
+
+impl FaultConfig {
+    /// Every fault at probability `rate`, writes only, 40 ms latency.
+    pub fn uniform(seed: u64, rate: f64) -> Self {
+        FaultConfig {
+            seed,
+            rates: Fault::ALL.iter().map(|&f| (f, rate)).collect(),
+            latency: Duration::from_millis(40),
+            reads: false,
+        }
+    }
+
+    /// No scheduled fault: only [`FaultProxy::force`]d ones.
+    pub fn quiet() -> Self {
+        FaultConfig {
+            seed: 0,
+            rates: Vec::new(),
+            latency: Duration::from_millis(40),
+            reads: false,
+        }
+    }
+}
+
+struct Shared {
+    upstream: String,
+    http: reqwest::Client,
+    config: FaultConfig,
+    active: AtomicBool,
+    eligible: AtomicU64,
+    forwarded: AtomicU64,
+    /// Forced faults, each with the one operation it is for (`None`: any it applies to).
+    forced: Mutex<VecDeque<(Option<String>, Fault)>>,
+    injected: Mutex<BTreeMap<Fault, u64>>,
+}
+
+/// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
+/// ends.
+#[derive(Clone)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `upstream` (the emulator's endpoint, e.g.
+    /// `http://127.0.0.1:5655`) on a free loopback port.
+    pub async fn start(upstream: &str, config: FaultConfig) -> std::io::Result<FaultProxy> {
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            config,
+            active: AtomicBool::new(true),
+            eligible: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            forced: Mutex::new(VecDeque::new()),
+            injected: Mutex::new(BTreeMap::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        let addr = crate::serve_local(app).await?;
+        Ok(FaultProxy { addr, shared })
+    }
+
+    /// The endpoint to give the SDK: `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Injects `fault` into the next eligible request it applies to, ahead of the schedule
+    /// (and even while the proxy is [`set_active`](Self::set_active)`(false)`).
+    pub fn force(&self, fault: Fault) {
+        self.shared.forced.lock().unwrap().push_back((None, fault));
+    }
+
+    /// Like [`force`](Self::force), for the next request of operation `op` only (e.g.
+    /// `GetItem`, which is eligible only with [`FaultConfig::reads`]).
+    pub fn force_on(&self, op: &str, fault: Fault) {
+        self.shared
+            .forced
+            .lock()
+            .unwrap()
+            .push_back((Some(op.to_owned()), fault));
+    }
+
+    /// Turns the schedule on or off (off: everything not forced passes).
+    pub fn set_active(&self, active: bool) {
+        self.shared.active.store(active, Ordering::SeqCst);
+    }
+
+    /// Faults injected so far, by kind (kinds never injected are absent).
+    pub fn injected(&self) -> BTreeMap<Fault, u64> {
+        self.shared.injected.lock().unwrap().clone()
+    }
+
+    /// How many requests reached the emulator (faults that forward included).
+    pub fn forwarded(&self) -> u64 {
+        self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// How many requests were eligible for a fault (by operation).
+    pub fn eligible(&self) -> u64 {
+        self.shared.eligible.load(Ordering::SeqCst)
+    }
+}
+
+/// The fault eligible request `n` of operation `op` meets, if any: a forced one that applies first,
+/// else the schedule's draw.
+fn pick(shared: &Shared, op: &str, n: u64) -> Option<Fault> {
+    {
+        let mut forced = shared.forced.lock().unwrap();
+        let fits = |(only, f): &(Option<String>, Fault)| {
+            f.applies_to(op) && only.as_deref().is_none_or(|o| o == op)
+        };
+        if let Some(at) = forced.iter().position(fits) {
+            return forced.remove(at).map(|(_, f)| f);
+        }
+    }
+    if !shared.active.load(Ordering::SeqCst) {
+        return None;
+    }
+    let mut rng = request_rng(shared.config.seed, n);
+    let draw: f64 = rng.random();
+    let mut cumulative = 0.0;
+    for &(fault, rate) in &shared.config.rates {
+        cumulative += rate;
+        if draw < cumulative {
+            return fault.applies_to(op).then_some(fault);
+        }
+    }
+    None
+}
+
+/// The generator of eligible request `n`: a function of `(seed, n)` alone.
+fn request_rng(seed: u64, n: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("proxy: reading body: {e}")),
+    };
+    let op = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("")
+        .to_owned();
+    let eligible =
+        WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
+    let n = eligible.then(|| shared.eligible.fetch_add(1, Ordering::SeqCst));
+    let fault = n.and_then(|n| pick(&shared, &op, n));
+    if let Some(f) = fault {
+        *shared.injected.lock().unwrap().entry(f).or_default() += 1;
+    }
+    match fault {
+        Some(Fault::ProvisionedThroughputExceeded) => dynamodb_error(
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+            "The level of configured provisioned throughput for the table was exceeded. \
+             Consider increasing your provisioning level with the UpdateTable API.",
+        ),
+        Some(Fault::Throttling) => dynamodb_error(
+            StatusCode::BAD_REQUEST,
+            "com.amazon.coral.availability#ThrottlingException",
+            "Rate of requests exceeds the allowed throughput.",
+        ),
+        Some(Fault::TransactionConflict) => dynamodb_error(
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
+            "Transaction is ongoing for the item",
+        ),
+        Some(Fault::TransactionCanceled) => {
+            transaction_canceled(shared.config.seed, n.unwrap_or(0), &body)
+        }
+        Some(Fault::InternalServerError) => internal_error(),
+        Some(Fault::Latency) => {
+            tokio::time::sleep(shared.config.latency).await;
+            forward(&shared, &parts, body).await.0
+        }
+        Some(Fault::AnswerLost500) => {
+            let _applied = forward(&shared, &parts, body).await;
+            internal_error()
+        }
+        Some(Fault::ConnectionCut) => {
+            let (answer, len) = forward(&shared, &parts, body).await;
+            cut_after_headers(answer, len)
+        }
+        None => forward(&shared, &parts, body).await.0,
+    }
+}
+
+/// Sends the request on to the emulator; its answer, and the answer body's length.
+async fn forward(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> (Response, usize) {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", shared.upstream);
+    let mut req = shared.http.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            req = req.header(name, value);
+        }
+    }
+    shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    let answer = match req.send().await {
+        Ok(a) => a,
+        Err(e) => return (plain(StatusCode::BAD_GATEWAY, format!("proxy: {e}")), 0),
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = match answer.bytes().await {
+        Ok(b) => b,
+        Err(e) => return (plain(StatusCode::BAD_GATEWAY, format!("proxy: {e}")), 0),
+    };
+    let len = bytes.len();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    copy_headers(&headers, response.headers_mut());
+    (response, len)
+}
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host" | "connection" | "keep-alive" | "transfer-encoding" | "content-length"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !hop_by_hop(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    let mut r = Response::new(Body::from(text));
+    *r.status_mut() = status;
+    r
+}
+
+/// A DynamoDB JSON-protocol error: the type in `__type`, as DynamoDB sends it.
+fn dynamodb_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    json_answer(
+        status,
+        &serde_json::json!({ "__type": error_type, "message": message }),
+    )
+}
+
+fn internal_error() -> Response {
+    dynamodb_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "com.amazonaws.dynamodb.v20120810#InternalServerError",
+        "Internal server error",
+    )
+}
+
+fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    h.insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&format!("FAULTPROXY{:016X}", rand::random::<u64>())).unwrap(),
+    );
+    r
+}
+
+/// `TransactionCanceledException` for the `TransactWriteItems` in `body`: one reason per
+/// action, `TransactionConflict` for one picked at random, `None` for the others (what
+/// DynamoDB answers when another transaction or write holds one of the items).
+fn transaction_canceled(seed: u64, n: u64, body: &[u8]) -> Response {
+    let actions = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("TransactItems")?.as_array().map(Vec::len))
+        .unwrap_or(1)
+        .max(1);
+    let conflict = request_rng(seed ^ 0x5eed, n).random_range(0..actions);
+    let reasons: Vec<serde_json::Value> = (0..actions)
+        .map(|i| {
+            if i == conflict {
+                serde_json::json!({
+                    "Code": "TransactionConflict",
+                    "Message": "Transaction is ongoing for the item"
+                })
+            } else {
+                serde_json::json!({ "Code": "None" })
+            }
+        })
+        .collect();
+    let codes: Vec<&str> = (0..actions)
+        .map(|i| {
+            if i == conflict {
+                "TransactionConflict"
+            } else {
+                "None"
+            }
+        })
+        .collect();
+    json_answer(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+            "Message": format!(
+                "Transaction cancelled, please refer cancellation reasons for specific \
+                 reasons [{}]",
+                codes.join(", ")
+            ),
+            "CancellationReasons": reasons,
+        }),
+    )
+}
+
+/// The emulator's answer with its headers (and its `content-length`) but a body that fails
+/// at once: the server sends the head, then drops the connection, and the client never
+/// reads an answer to a write that was applied.
+fn cut_after_headers(answer: Response, len: usize) -> Response {
+    let (mut parts, _) = answer.into_parts();
+    parts.headers.insert(
+        "content-length",
+        HeaderValue::from_str(&len.max(1).to_string()).unwrap(),
+    );
+    Response::from_parts(parts, Body::new(CutBody))
+}
+
+/// A response body whose first frame is an error: hyper closes the connection mid-answer.
+struct CutBody;
+
+impl http_body::Body for CutBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "fault proxy: connection cut",
+        ))))
+    }
+}
