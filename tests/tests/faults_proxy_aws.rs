@@ -322,6 +322,68 @@ async fn a_failed_read_of_another_batch_s_state_is_retried() {
     }
 }
 
+/// A batch that claimed an event and died before its intent (here: its intent put was
+/// throttled, so it aborted itself) leaves an orphan; the next delivery takes it over. A
+/// throttle or a 5xx on that takeover is retried by the store (before, the event failed
+/// until the next delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_takeover_of_an_orphan_is_retried() {
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let (_, table) = fresh_table().await;
+    let bare = || async {
+        Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+                .retry_config(RetryConfig::disabled())
+                .build(),
+        )
+    };
+    // One attempt per write: the throttled intent put is final for this batch.
+    let dying = DynamoStore::new(bare().await, &table).with_retry_policy(
+        tally_core::backoff::Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+    );
+    let taker = DynamoStore::new(bare().await, &table).with_claim_lease(Duration::ZERO);
+    let (org, project) = (fresh_org(), fresh_project());
+    for (i, fault) in [Fault::Throttling, Fault::InternalServerError]
+        .into_iter()
+        .enumerate()
+    {
+        let e = event(
+            &org,
+            &project,
+            &format!("orphan-{i}"),
+            "compute_minutes",
+            "2",
+            "2026-11-03T10:00:00Z",
+        );
+        // The claim passes (late), the intent put is throttled: the batch fails its event.
+        proxy.force_on("PutItem", Fault::Latency);
+        proxy.force_on("PutItem", Fault::Throttling);
+        let died = dying.apply_batch(std::slice::from_ref(&e)).await.unwrap();
+        assert!(
+            matches!(died.outcomes[..], [ApplyOutcome::Failed(_)]),
+            "{died:?}"
+        );
+        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        proxy.force_on("UpdateItem", fault);
+        let taken = taker.apply_batch(std::slice::from_ref(&e)).await.unwrap();
+        assert_eq!(taken.outcomes, vec![ApplyOutcome::Applied], "{fault:?}");
+        assert_eq!(
+            proxy.injected().get(&fault).copied().unwrap_or(0),
+            before + 1,
+            "{fault:?} was met by the takeover"
+        );
+    }
+    let month = Month::parse("2026-11").unwrap();
+    assert!(
+        reconcile(&taker, &org, month, "2026-11-20T00:00:00Z".parse().unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// The workload: `n` distinct events of every aggregation for one org, over three days of
 /// November 2026, and the stream sent (the distinct events plus `resends` exact copies,
 /// shuffled).

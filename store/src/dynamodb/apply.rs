@@ -558,16 +558,29 @@ fn unpack_ops(packed: &[u8]) -> Result<Ops, StoreError> {
 }
 
 /// Puts an aborted intent for `id` unless it has one; `true` if this call aborted it.
+///
+/// Retried under the store's policy when the put fails: a throttle or a 5xx here would
+/// otherwise fail every event of the dead batch until the next delivery. A retry after an
+/// answer lost on the way is harmless: it finds the abort it wrote and says `false`, and
+/// every caller reads the batch's state again rather than trusting the flag.
 async fn abort(store: &DynamoStore, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
-    store
-        .put_if_absent(item([
-            (PK, s(batch_pk(id))),
-            (SK, s(INTENT_SK)),
-            ("aborted", AttributeValue::Bool(true)),
-            (TTL, n(ttl)),
-        ]))
-        .await
+    let record = item([
+        (PK, s(batch_pk(id))),
+        (SK, s(INTENT_SK)),
+        ("aborted", AttributeValue::Bool(true)),
+        (TTL, n(ttl)),
+    ]);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store.put_if_absent(record.clone()).await {
+            Err(StoreError::Unavailable(_)) if attempt < store.retry.max_attempts => {
+                crate::aws::sleep_before_retry(&store.retry, attempt).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Takes an orphaned ledger record over from aborted batch `from`. If someone else moved
@@ -582,32 +595,42 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
         Ok(body) => body,
         Err(err) => return Claim::Done(ApplyOutcome::Failed(err.to_string())),
     };
-    let sent = store
-        .client
-        .update_item()
-        .table_name(&*store.table)
-        .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
-        .key(SK, s(ledger_sk(&e.id)))
-        .update_expression("SET #o = :to, #c = :now, #b = :body, #m = :month")
-        .condition_expression("#o = :from")
-        .expression_attribute_names("#o", OWNER)
-        .expression_attribute_names("#c", CLAIMED)
-        .expression_attribute_names("#b", "body")
-        .expression_attribute_names("#m", "month")
-        .expression_attribute_values(":to", s(to))
-        .expression_attribute_values(":from", s(from))
-        .expression_attribute_values(":now", n(now.timestamp()))
-        .expression_attribute_values(":body", s(body))
-        .expression_attribute_values(":month", s(Month::of(e.timestamp).to_string()))
-        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-        .send()
-        .await;
-    match sent {
-        Ok(_) => Claim::Owned,
-        Err(err) => match err.as_service_error() {
-            Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
-            _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
-        },
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = store
+            .client
+            .update_item()
+            .table_name(&*store.table)
+            .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
+            .key(SK, s(ledger_sk(&e.id)))
+            .update_expression("SET #o = :to, #c = :now, #b = :body, #m = :month")
+            .condition_expression("#o = :from")
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#c", CLAIMED)
+            .expression_attribute_names("#b", "body")
+            .expression_attribute_names("#m", "month")
+            .expression_attribute_values(":to", s(to))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .expression_attribute_values(":body", s(body.clone()))
+            .expression_attribute_values(":month", s(Month::of(e.timestamp).to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        // A throttle or a 5xx is retried: a lost answer makes the retry's condition fail on
+        // the record it moved, which `foreign` recognizes as already ours.
+        return match sent {
+            Ok(_) => Claim::Owned,
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
+                _ if attempt < store.retry.max_attempts && is_retryable(&err) => {
+                    crate::aws::sleep_before_retry(&store.retry, attempt).await;
+                    continue;
+                }
+                _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
+            },
+        };
     }
 }
 
