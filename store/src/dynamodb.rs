@@ -415,7 +415,19 @@ impl DynamoStore {
         for (name, value) in &q.values {
             req = req.expression_attribute_values(*name, value.clone());
         }
-        let out = req.send().await.map_err(|e| sdk_error("Query", e))?;
+        // Retried like `get`: a reader (usage series, reconcile, another batch's state) should
+        // not fail on one throttle or 5xx.
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            match req.clone().send().await {
+                Ok(out) => break out,
+                Err(e) if attempt < self.retry.max_attempts && is_retryable(&e) => {
+                    crate::aws::sleep_before_retry(&self.retry, attempt).await;
+                }
+                Err(e) => return Err(sdk_error("Query", e)),
+            }
+        };
         Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
     }
 

@@ -322,6 +322,58 @@ async fn a_failed_read_of_another_batch_s_state_is_retried() {
     }
 }
 
+/// Reads page through queries; one throttled or failed page is retried by the store, so a
+/// usage read or a reconcile does not fail on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_query_page_is_retried() {
+    let config = FaultConfig {
+        reads: true,
+        ..FaultConfig::quiet()
+    };
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    let (direct, table) = fresh_table().await;
+    let writer = DynamoStore::new(direct, &table);
+    let bare = Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let reader = DynamoStore::new(bare, &table);
+    let (org, project) = (fresh_org(), fresh_project());
+    let e = event(
+        &org,
+        &project,
+        "q",
+        "compute_minutes",
+        "4",
+        "2026-11-03T10:00:00Z",
+    );
+    writer.apply_batch(&[e]).await.unwrap();
+    let month = Month::parse("2026-11").unwrap();
+    for fault in [
+        Fault::Throttling,
+        Fault::ProvisionedThroughputExceeded,
+        Fault::InternalServerError,
+    ] {
+        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        proxy.force_on("Query", fault);
+        let drift = reconcile(
+            &reader,
+            &org,
+            month,
+            "2026-11-20T00:00:00Z".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(drift.is_empty(), "{fault:?}: {drift:?}");
+        assert_eq!(
+            proxy.injected().get(&fault).copied().unwrap_or(0),
+            before + 1,
+            "{fault:?} was met"
+        );
+    }
+}
+
 /// A batch that claimed an event and died before its intent (here: its intent put was
 /// throttled, so it aborted itself) leaves an orphan; the next delivery takes it over. A
 /// throttle or a 5xx on that takeover is retried by the store (before, the event failed
