@@ -77,7 +77,8 @@ pub struct Unreadable {
 /// One envelope's worth of events of one org, encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedMessage {
-    /// The org all events belong to (the Kinesis partition key).
+    /// The org all events belong to (the Kinesis partition key is made from it, see
+    /// [`partition_key`]).
     pub org: String,
     /// The envelope JSON.
     pub body: String,
@@ -288,11 +289,81 @@ pub fn decode_items<'a>(
     (events, unreadable)
 }
 
+/// How many Kinesis partition keys one org's messages are spread over by default: the top
+/// org is no longer pinned to one shard (1 MB/s, 1,000 records/s), while one org's records
+/// still touch at most this many shards.
+pub const DEFAULT_KEY_SPREAD: u16 = 8;
+
+/// Most partition keys one org's messages may be spread over.
+pub const MAX_KEY_SPREAD: u16 = 64;
+
+/// The Kinesis partition key of `message`: the org id when `spread` is 1 (what earlier
+/// builds wrote), else `<org>#<n>` with `n` below `spread`, taken from a hash of the
+/// message's body, so one org's messages land on up to `spread` shards. Order between an
+/// org's messages never mattered (the ledger makes every apply order give the same
+/// counters); [`org_of_partition_key`] reads the org back.
+pub fn partition_key(message: &PackedMessage, spread: u16) -> String {
+    if spread <= 1 {
+        return message.org.clone();
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = message
+        .body
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{}#{}", message.org, hash % u64::from(spread))
+}
+
+/// The org a Kinesis partition key names: the part before `#` (org ids hold no `#`).
+pub fn org_of_partition_key(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(org, _)| org)
+}
+
+/// Reads a key spread (`TALLY_KINESIS_KEY_SPREAD`): a whole number from 1 to
+/// [`MAX_KEY_SPREAD`]; the error says so.
+pub fn parse_key_spread(v: &str) -> Result<u16, String> {
+    match v.trim().parse::<u16>() {
+        Ok(n) if (1..=MAX_KEY_SPREAD).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_KEY_SPREAD}, got {v:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn partition_keys_spread_an_org_and_name_it_back() {
+        let msg = |body: String| PackedMessage {
+            org: "org_a".into(),
+            body,
+            indexes: vec![0],
+        };
+        assert_eq!(partition_key(&msg("x".into()), 1), "org_a");
+        let keys: std::collections::BTreeSet<String> = (0..1000)
+            .map(|i| partition_key(&msg(format!("body {i}")), 8))
+            .collect();
+        assert_eq!(keys.len(), 8, "{keys:?}");
+        for k in &keys {
+            assert_eq!(org_of_partition_key(k), "org_a");
+        }
+        assert_eq!(org_of_partition_key("org_a"), "org_a");
+        // The same message always gets the same key.
+        assert_eq!(
+            partition_key(&msg("same".into()), 8),
+            partition_key(&msg("same".into()), 8)
+        );
+        assert_eq!(parse_key_spread("8"), Ok(8));
+        assert!(parse_key_spread("0").is_err());
+        assert!(parse_key_spread("65").is_err());
+        assert!(parse_key_spread("x").is_err());
+    }
     use crate::event::Quantity;
     use crate::ids::{EventId, MeterName, ProjectId};
     use crate::meter::Aggregation;

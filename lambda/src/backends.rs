@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 use tally_core::ports::{EventQueue, ReportStore, TenantStore, UsageStore};
 use tally_store::dynamodb::DynamoStore;
-use tally_store::kinesis::KinesisQueue;
+use tally_store::kinesis::{KinesisConfig, KinesisQueue};
 use tally_store::sqs::SqsQueue;
 
 use crate::env::{self, Env, EnvError, Transport};
@@ -67,12 +67,16 @@ pub fn queue(env: &Env, store: &Store) -> Result<Arc<dyn EventQueue>, EnvError> 
             }
             Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&store.sdk), url))
         }
-        Transport::Kinesis => Arc::new(KinesisQueue::new(
+        Transport::Kinesis => Arc::new(KinesisQueue::with_config(
             aws_sdk_kinesis::Client::new(&store.sdk),
             env.required(env::STREAM)?,
             store.dynamo.client().clone(),
             store.dynamo.table().to_owned(),
             KINESIS_CONSUMER,
+            KinesisConfig {
+                key_spread: env.kinesis_key_spread()?,
+                ..KinesisConfig::default()
+            },
         )),
     })
 }

@@ -127,7 +127,9 @@ pub async fn handle_kinesis(
         .iter()
         .map(|r| RecordInput::Raw {
             body: &r.kinesis.data.0,
-            org: Some(r.kinesis.partition_key.as_str()),
+            org: Some(tally_core::envelope::org_of_partition_key(
+                &r.kinesis.partition_key,
+            )),
         })
         .collect();
     let span = tracing::info_span!("handle_kinesis", records = event.records.len());

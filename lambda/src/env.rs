@@ -63,6 +63,10 @@ pub const TRANSPORT: &str = "TALLY_TRANSPORT";
 pub const QUEUE_URL: &str = "TALLY_QUEUE_URL";
 /// The Kinesis stream's name, read when the transport is `kinesis` (`TALLY_STREAM`).
 pub const STREAM: &str = "TALLY_STREAM";
+/// Over how many Kinesis partition keys one org's records are spread, 1 to 64, read when the
+/// transport is `kinesis` (`TALLY_KINESIS_KEY_SPREAD`; default 8, see
+/// [`tally_core::envelope::partition_key`]).
+pub const KINESIS_KEY_SPREAD: &str = "TALLY_KINESIS_KEY_SPREAD";
 /// The queue poison records are set aside in, with their reason
 /// (`TALLY_DEAD_LETTER_QUEUE_URL`).
 pub const DEAD_LETTER_QUEUE_URL: &str = "TALLY_DEAD_LETTER_QUEUE_URL";
@@ -94,7 +98,7 @@ pub const MAX_DEADLINE_MARGIN_SECONDS: u64 = 900;
 pub const LOG: &str = "TALLY_LOG";
 
 /// What `tally-ingest-lambda` reads.
-pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, LOG];
+pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, KINESIS_KEY_SPREAD, LOG];
 /// What `tally-api-lambda` reads.
 pub const API: &[&str] = &[TABLE, JWT_SECRET, LOG];
 /// What `tally-aggregator-lambda` reads.
@@ -171,6 +175,15 @@ impl Env {
     /// [`MAX_DEADLINE_MARGIN_SECONDS`] otherwise.
     pub fn deadline_margin(&self) -> Result<std::time::Duration, EnvError> {
         parse_deadline_margin(self.optional(DEADLINE_MARGIN_SECONDS)?.as_deref())
+    }
+
+    /// The Kinesis key spread named by [`KINESIS_KEY_SPREAD`], or the default when unset.
+    pub fn kinesis_key_spread(&self) -> Result<u16, EnvError> {
+        match self.optional(KINESIS_KEY_SPREAD)? {
+            None => Ok(tally_core::envelope::DEFAULT_KEY_SPREAD),
+            Some(v) => tally_core::envelope::parse_key_spread(&v)
+                .map_err(|why| EnvError::invalid(KINESIS_KEY_SPREAD, &v, why)),
+        }
     }
 
     /// The transport named by [`TRANSPORT`].

@@ -3,8 +3,12 @@
 //!
 //! **Records.** One record per org-message: the events of one org packed into the versioned
 //! JSON envelope of [`tally_core::envelope`] (`{"v":1,"events":[...]}`), the same as on SQS,
-//! at most 1 MiB with its partition key, which is the org id (so one org's events stay in
-//! order on one shard).
+//! at most 1 MiB with its partition key, which is the org id followed by `#<n>`, `n` below
+//! [`KinesisConfig::key_spread`] (from a hash of the body: see
+//! [`tally_core::envelope::partition_key`]), so the top org's records spread over up to that
+//! many shards instead of being pinned to one (1 MB/s, 1,000 records/s). Consumers read the
+//! org back with [`tally_core::envelope::org_of_partition_key`]; a key without `#` (written
+//! by earlier builds, or with a spread of 1) is the org itself.
 //!
 //! - **Publish** sends `PutRecords` calls of at most 500 records and 5 MiB. Records Kinesis
 //!   refuses (throttled, internal failure) are sent again, and only they, up to
@@ -108,6 +112,10 @@ pub struct KinesisConfig {
     /// Attempts per record for `PutRecords`, and the jittered pause between them. Default
     /// [`ENTRY_RETRY`]: 5 attempts, 50 ms doubling, at most 2 s.
     pub retry: Backoff,
+    /// Over how many partition keys one org's records are spread (1 to
+    /// [`tally_core::envelope::MAX_KEY_SPREAD`]). Default
+    /// [`tally_core::envelope::DEFAULT_KEY_SPREAD`] (8).
+    pub key_spread: u16,
 }
 
 impl Default for KinesisConfig {
@@ -118,6 +126,7 @@ impl Default for KinesisConfig {
             records_per_call: 1000,
             shard_refresh: Duration::from_secs(60),
             retry: ENTRY_RETRY,
+            key_spread: tally_core::envelope::DEFAULT_KEY_SPREAD,
         }
     }
 }
@@ -1039,7 +1048,10 @@ impl KinesisQueue {
             |k| {
                 PutRecordsRequestEntry::builder()
                     .data(Blob::new(batch[k].body.as_bytes()))
-                    .partition_key(&batch[k].org)
+                    .partition_key(tally_core::envelope::partition_key(
+                        &batch[k],
+                        self.inner.config.key_spread,
+                    ))
                     .build()
                     .map_err(|e| format!("building the Kinesis record: {e}"))
             },

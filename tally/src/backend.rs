@@ -18,7 +18,7 @@ use tally_core::ports::{
     AlertLedger, EventQueue, ReportStore, SyncLedger, TenantStore, UsageStore,
 };
 use tally_store::dynamodb::DynamoStore;
-use tally_store::kinesis::KinesisQueue;
+use tally_store::kinesis::{KinesisConfig, KinesisQueue};
 use tally_store::local_queue::{LocalQueue, LocalQueueConfig};
 use tally_store::replay::DeadLetterReplay;
 use tally_store::sqlite::SqliteStore;
@@ -223,12 +223,21 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
                 );
             };
             let config = aws_config(common, &mut stores.aws).await;
-            Arc::new(KinesisQueue::new(
+            let key_spread = match std::env::var("TALLY_KINESIS_KEY_SPREAD") {
+                Ok(v) if !v.trim().is_empty() => tally_core::envelope::parse_key_spread(&v)
+                    .map_err(|why| anyhow::anyhow!("TALLY_KINESIS_KEY_SPREAD {why}"))?,
+                _ => tally_core::envelope::DEFAULT_KEY_SPREAD,
+            };
+            Arc::new(KinesisQueue::with_config(
                 aws_sdk_kinesis::Client::new(&config),
                 stream,
                 dynamo,
                 table,
                 "aggregator",
+                KinesisConfig {
+                    key_spread,
+                    ..KinesisConfig::default()
+                },
             ))
         }
     };

@@ -256,6 +256,70 @@ async fn several_shards_and_orgs_are_all_read_and_checkpointed() {
     assert_eq!(q.depth().await.unwrap(), 0);
 }
 
+/// One org's records are no longer pinned to one shard: with the default key spread its
+/// messages carry `<org>#<n>` keys and land on every shard, and all are read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orgs_records_spread_over_the_shards() {
+    let f = KinesisFactory::with_shards(2, LONG_VISIBILITY).await;
+    kinesis::create_stream(&f.kinesis, &f.stream, 2)
+        .await
+        .unwrap();
+    let q = f.queue();
+    let (org, project) = (fresh_org(), fresh_project());
+    let sent: Vec<Event> = (0..24)
+        .map(|i| {
+            event(
+                &org,
+                &project,
+                &format!("hot{i:02}"),
+                "api_calls",
+                "1",
+                "2026-11-26T10:00:00Z",
+            )
+        })
+        .collect();
+    publish_each(&q, &sent).await;
+    let got = take(&q, 24).await;
+    let got_ids: BTreeSet<String> = ids(&got).into_iter().collect();
+    let want: BTreeSet<String> = sent.iter().map(|e| e.id.as_str().to_owned()).collect();
+    assert_eq!(got_ids, want);
+    let shards: BTreeSet<String> = got.iter().map(shard_of).collect();
+    assert_eq!(shards.len(), 2, "one org's 24 records land on both shards");
+    // The keys as Kinesis stored them: the org, then '#' and a spread index.
+    let mut keys = BTreeSet::new();
+    for shard in &shards {
+        let iterator = f
+            .kinesis
+            .get_shard_iterator()
+            .stream_name(&f.stream)
+            .shard_id(shard)
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator
+            .unwrap();
+        let records = f
+            .kinesis
+            .get_records()
+            .shard_iterator(iterator)
+            .send()
+            .await
+            .unwrap()
+            .records;
+        keys.extend(records.into_iter().filter_map(|r| r.partition_key));
+    }
+    assert!(keys.len() > 2, "{keys:?}");
+    for k in &keys {
+        assert_eq!(
+            tally_core::envelope::org_of_partition_key(k),
+            org.as_str(),
+            "{k}"
+        );
+        assert!(k.starts_with(&format!("{org}#")), "{k}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_keeps_the_record_and_lets_the_checkpoint_pass() {
     let f = KinesisFactory::with_shards(1, LONG_VISIBILITY).await;

@@ -217,7 +217,8 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
         kinesis_record("4959001", org.as_str(), envelope(std::slice::from_ref(&e1)).as_bytes()),
         // The partition key names another org than the events: poison.
         kinesis_record("4959002", other.as_str(), envelope(std::slice::from_ref(&e2)).as_bytes()),
-        kinesis_record("4959003", org.as_str(), envelope(std::slice::from_ref(&e2)).as_bytes()),
+        // A key spread within the org (`<org>#<n>`) names the org.
+        kinesis_record("4959003", &format!("{org}#5"), envelope(std::slice::from_ref(&e2)).as_bytes()),
     ]});
     let event: KinesisEvent = serde_json::from_value(raw).unwrap();
 
