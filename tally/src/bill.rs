@@ -59,6 +59,9 @@ struct BillOut {
     dry_run: bool,
     /// Reports this run stored (the others were stored by an earlier run).
     stored_now: usize,
+    /// Orgs left out because they did not exist in the month (created after it, or deleted
+    /// before it began).
+    not_in_period: usize,
     /// Each org's Stripe invoice, when this run synced to Stripe.
     #[serde(skip_serializing_if = "Option::is_none")]
     stripe: Option<Vec<OrgInvoice>>,
@@ -155,6 +158,7 @@ pub async fn bill(common: &Common, args: BillArgs) -> anyhow::Result<()> {
         period: outcome.period,
         dry_run: outcome.dry_run,
         stored_now: outcome.stored_now,
+        not_in_period: outcome.not_in_period,
         reports: outcome.reports,
         stripe: synced
             .as_ref()
@@ -181,8 +185,12 @@ fn human(out: &BillOut) -> String {
     } else {
         "billed"
     };
+    let skipped = match out.not_in_period {
+        0 => String::new(),
+        n => format!("; {n} org(s) did not exist in the month"),
+    };
     lines.push(format!(
-        "{}: {verb} {} org(s), {} report(s) stored by this run",
+        "{}: {verb} {} org(s), {} report(s) stored by this run{skipped}",
         out.period,
         out.reports.len(),
         out.stored_now

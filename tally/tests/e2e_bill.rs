@@ -330,6 +330,7 @@ async fn bill_refuses_an_org_created_after_the_month() {
     // Billing every org for February leaves it out; March is its first month.
     let feb = env.cli_env(&["bill", "--period", "2026-02"], &now(APRIL));
     assert_eq!(feb["reports"].as_array().unwrap().len(), 0, "{feb}");
+    assert_eq!(feb["not_in_period"], 1, "{feb}");
     let mar = env.cli_env(&["bill", "--period", "2026-03", "--org", &org], &now(APRIL));
     assert_eq!(mar["reports"][0]["total"], "99.00", "{mar}");
 }
