@@ -162,7 +162,7 @@ fn get_usage() -> Value {
             param("to", false, "Exclusive end; default now.", instant),
             param("project_id", false, "One project of the org instead of the whole org (404 if it is not the org's).", json!({"type": "string"})),
             param("org_id", false, "The org; required with a user token; optional with an API key, which implies its org (another org is 404).", json!({"type": "string"})),
-            param("mode", false, "`live` or `test`. Test-mode usage (events sent with `tk_test_` keys) is counted apart and never priced, invoiced or held to plan limits. Default: `live` for a user; an API key's own mode, and an API key asking for the other mode is 403.", json!({"type": "string", "enum": ["live", "test"]})),
+            param("mode", false, "`live` or `test`. Test-mode usage (events sent with `tk_test_` keys) is counted apart, never priced or invoiced, and held to the free plan's hard limits of its own. Default: `live` for a user; an API key's own mode, and an API key asking for the other mode is 403.", json!({"type": "string", "enum": ["live", "test"]})),
         ],
         "responses": responses,
     })

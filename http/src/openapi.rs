@@ -201,7 +201,7 @@ fn components() -> Value {
             "apiKey": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "An API key (`tk_live_…` or `tk_test_…`) as `Authorization: Bearer <key>`. A test key's usage is counted apart from live usage (read it with that key) and never billed or held to plan limits.",
+                "description": "An API key (`tk_live_…` or `tk_test_…`) as `Authorization: Bearer <key>`. A test key's usage is counted apart from live usage (read it with that key), never billed, and held to the free plan's hard limits of its own.",
             },
         },
         "headers": {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
-use tally_core::plan::{Plan, RateLimit};
+use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
 use tally_core::tenant::{ApiKey, KeyMode, KeyScope};
 use tracing::Instrument;
@@ -125,7 +125,13 @@ impl Rejection {
         }
     }
 
-    fn plan_limit(index: usize, event: &Event, format: BodyFormat, r: &PlanRefusal) -> Self {
+    fn plan_limit(
+        index: usize,
+        event: &Event,
+        format: BodyFormat,
+        r: &PlanRefusal,
+        mode: KeyMode,
+    ) -> Self {
         Rejection {
             index,
             id: Some(event.id.as_str().to_owned()),
@@ -133,7 +139,7 @@ impl Rejection {
                 limit: Some(details(r)),
                 ..ErrorBody::new(
                     PLAN_LIMIT_EXCEEDED,
-                    plan_limit_message(r),
+                    plan_limit_message(r, mode),
                     Some(format.client_field("meter")),
                 )
             },
@@ -150,14 +156,17 @@ fn details(r: &PlanRefusal) -> LimitDetails {
     }
 }
 
-fn plan_limit_message(r: &PlanRefusal) -> String {
-    format!(
-        "this organization's plan allows {} {} in {} and {} are used; upgrade the plan to send more",
-        r.limit.normalize(),
-        r.meter,
-        r.month,
-        r.usage.normalize()
-    )
+fn plan_limit_message(r: &PlanRefusal, mode: KeyMode) -> String {
+    let (limit, meter, month, usage) =
+        (r.limit.normalize(), &r.meter, r.month, r.usage.normalize());
+    match mode {
+        KeyMode::Live => format!(
+            "this organization's plan allows {limit} {meter} in {month} and {usage} are used; upgrade the plan to send more"
+        ),
+        KeyMode::Test => format!(
+            "test mode allows {limit} {meter} in {month} (the free plan's allowance) and {usage} are used; test keys are for testing, send production usage with a live key"
+        ),
+    }
 }
 
 /// Extractor: an active key with `events:write` (`401`/`403`), its org's plan, and a rate
@@ -282,8 +291,10 @@ pub(crate) async fn post_events(
 
 /// Validates, checks and publishes the candidates of one request for `org`. Test-mode
 /// events (`mode` of a test key) are stamped with the org's
-/// [test twin](OrgId::test_twin) and skip the hard plan limits: they are counted apart and
-/// never priced, so they neither use nor are held to the plan's allowance.
+/// [test twin](OrgId::test_twin): they are counted apart and never priced, so they neither
+/// use nor are held to the org's plan. They are held instead to the free plan's hard limits,
+/// counted on the twin: unbilled test usage must stay a test, never a way to meter
+/// production traffic for nothing.
 async fn ingest(
     state: &Ingest,
     org: &OrgId,
@@ -412,18 +423,21 @@ async fn ingest(
         events.push(event);
     }
 
-    // Hard plan limits: refused events leave the publish list. Test usage is never held to
-    // them (nor counted against them: the guard reads and reserves the live org's counters).
-    let refusals = match mode {
-        KeyMode::Live => {
-            inner
-                .plan_guard
-                .check(org, plan, &events)
-                .instrument(tracing::debug_span!("plan_limits", events = events.len()))
-                .await?
+    // Hard plan limits: refused events leave the publish list. Test usage is held to the
+    // free plan's, on the twin's own counters (see the doc above).
+    let test_plan;
+    let guarded: (&OrgId, &Plan) = match mode {
+        KeyMode::Live => (org, plan),
+        KeyMode::Test => {
+            test_plan = state.plan(PlanId::Free);
+            (&usage_org, &test_plan)
         }
-        KeyMode::Test => vec![None; events.len()],
     };
+    let refusals = inner
+        .plan_guard
+        .check(guarded.0, guarded.1, &events)
+        .instrument(tracing::debug_span!("plan_limits", events = events.len()))
+        .await?;
     let mut first_refusal = None;
     let mut plan_refused = 0;
     let mut keep_indexes = Vec::with_capacity(events.len());
@@ -432,7 +446,7 @@ async fn ingest(
         match refusal {
             Some(r) => {
                 plan_refused += 1;
-                rejected.push(Rejection::plan_limit(index, &event, format, &r));
+                rejected.push(Rejection::plan_limit(index, &event, format, &r, mode));
                 first_refusal.get_or_insert(r);
             }
             None => {
@@ -446,7 +460,7 @@ async fn ingest(
         && plan_refused == candidates.len()
     {
         return Err(ApiError::PlanLimitExceeded {
-            message: plan_limit_message(&r),
+            message: plan_limit_message(&r, mode),
             details: Box::new(details(&r)),
             retry_after_secs: secs_until_next_month(now),
         });
@@ -464,17 +478,15 @@ async fn ingest(
         failed = match published {
             Ok(failed) => failed,
             Err(e) => {
-                if mode == KeyMode::Live {
-                    inner.plan_guard.release(org, plan, &events);
-                }
+                inner.plan_guard.release(guarded.0, guarded.1, &events);
                 return Err(ApiError::Unavailable(format!("queue publish failed: {e}")));
             }
         };
-        if mode == KeyMode::Live {
-            inner
-                .plan_guard
-                .release(org, plan, failed.iter().filter_map(|(i, _)| events.get(*i)));
-        }
+        inner.plan_guard.release(
+            guarded.0,
+            guarded.1,
+            failed.iter().filter_map(|(i, _)| events.get(*i)),
+        );
         for (i, reason) in &failed {
             let (Some(index), Some(event)) = (indexes.get(*i), events.get(*i)) else {
                 continue;

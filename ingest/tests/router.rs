@@ -1652,7 +1652,7 @@ async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
 }
 
 #[tokio::test]
-async fn a_test_keys_events_are_kept_apart_and_never_held_to_the_plans_limits() {
+async fn a_test_keys_events_are_kept_apart_and_held_to_the_free_allowance_of_their_own() {
     let h = Harness::new().await;
     h.set_usage("org_f", "compute_minutes", "2026-11", 100)
         .await;
@@ -1664,20 +1664,24 @@ async fn a_test_keys_events_are_kept_apart_and_never_held_to_the_plans_limits() 
         )
         .await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
-    // ...the test key is not held to it (nor does it read the live counters).
-    let calls = h.store.calls(Op::CounterSeries);
+    // ...the test key has an allowance of its own, on the twin's counters, not the live one.
     let a = h
         .batch(
             FREE_TEST_KEY,
             vec![
-                fev("t1", "compute_minutes", 1_000),
+                fev("t1", "compute_minutes", 95),
                 fev("t2", "compute_minutes", 5),
+                fev("t3", "compute_minutes", 1),
             ],
         )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 2);
-    assert_eq!(h.store.calls(Op::CounterSeries), calls);
+    // Unbilled test usage cannot carry production traffic: past the free allowance it is
+    // refused, saying why.
+    assert_eq!(a.rejected_codes(), [(2, "plan_limit_exceeded".to_owned())]);
+    let message = a.json["rejected"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("test mode allows 100"), "{message}");
     // Queued under the org's test twin, so the ledger and counters keep them apart.
     let published = h.mem.published.lock().unwrap().clone();
     assert_eq!(published.len(), 2);

@@ -53,11 +53,11 @@ async fn dynamodb_bills_a_month_once() {
         .as_str()
         .unwrap()
         .to_owned();
-    let test_feb = one_event("feb-1", "5000", "2026-02-14T12:00:00Z");
+    let test_feb = one_event("feb-1", "50", "2026-02-14T12:00:00Z");
     post_accepted(&client, &server, &test_key, test_feb).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let feb = "meter=compute_minutes&granularity=month&from=2026-02-01&to=2026-03-01";
-    for (key, want) in [(&tenant.key, "10250"), (&test_key, "5000")] {
+    for (key, want) in [(&tenant.key, "10250"), (&test_key, "50")] {
         while usage(&client, &server, key, feb).await
             != [("2026-02-01T00:00:00Z".to_owned(), want.to_owned())]
         {
@@ -77,7 +77,7 @@ async fn dynamodb_bills_a_month_once() {
     let report = &first["reports"][0];
     assert_eq!(report["org_id"], tenant.org);
     // Pro: 250 minutes over the 10,000 included at $0.10, 20 % off = $20.00, + $99.00; the
-    // 5,000 test-mode minutes are not billed.
+    // 50 test-mode minutes are not billed.
     assert_eq!(report["total"], "119.00");
     let again = env.cli_env(&["bill", "--period", "2026-02"], &now);
     assert_eq!(again["stored_now"], 0);

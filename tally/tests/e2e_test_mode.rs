@@ -1,7 +1,8 @@
 //! Test mode end to end on the embedded default: events sent with a test key (`tk_test_…`)
 //! go through the same ingest, queue, aggregator and ledger as live ones, but are counted
 //! under the org's test twin. They are read with the test key (or `mode=test`), are never
-//! priced by `tally bill`, and are checked by `tally reconcile` like live usage. Time is
+//! priced by `tally bill`, are held to the free plan's allowance of their own, and are
+//! checked by `tally reconcile` like live usage. Time is
 //! pinned as in `e2e_bill.rs`, so the tests bill February 2026 whatever today is.
 
 #![allow(clippy::unwrap_used)]
@@ -60,25 +61,25 @@ async fn test_key_usage_is_counted_apart_never_billed_and_reconciled() {
         &server,
         &test_key,
         vec![
-            compute_minutes("same-id", p0, "70000", IN_FEBRUARY),
+            compute_minutes("same-id", p0, "7", IN_FEBRUARY),
             compute_minutes("other", p0, "5", IN_FEBRUARY),
         ],
     )
     .await;
     assert_eq!(test["accepted"], 2, "{test}");
     wait_for_month(&client, &server, &tenant.key, "2026-02", "100").await;
-    wait_for_month(&client, &server, &test_key, "2026-02", "70005").await;
+    wait_for_month(&client, &server, &test_key, "2026-02", "12").await;
     // Resending in test mode counts nothing twice.
     post_accepted(
         &client,
         &server,
         &test_key,
-        vec![compute_minutes("same-id", p0, "70000", IN_FEBRUARY)],
+        vec![compute_minutes("same-id", p0, "7", IN_FEBRUARY)],
     )
     .await;
     assert_eq!(
         usage(&client, &server, &test_key, &february(None)).await[0].1,
-        "70005"
+        "12"
     );
     assert_eq!(
         usage(&client, &server, &tenant.key, &february(None)).await[0].1,
