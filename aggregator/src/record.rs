@@ -551,6 +551,13 @@ async fn apply_group(
                 .map(|(e, _)| (&e.org_id, &e.id))
                 .collect();
             for (i, range) in &good {
+                if let Some(j) = judged[*i].as_mut() {
+                    set_aside_overflows(
+                        &mut j.set_aside,
+                        batch.get(range.clone()).unwrap_or_default(),
+                        per_event.get(range.clone()).unwrap_or_default(),
+                    );
+                }
                 let mut outcome = judge(per_event.get(range.clone()));
                 if outcome.is_settled()
                     && let Some(e) = batch
@@ -576,6 +583,46 @@ async fn apply_group(
             }
         }
     }
+}
+
+/// Moves a record's events that the store refused with
+/// [`ApplyOutcome::Overflow`] into its set-aside part, reason `counter_overflow`: retrying
+/// cannot count them, and the rest of the record is settled.
+fn set_aside_overflows(part: &mut SetAside, events: &[Event], outcomes: &[ApplyOutcome]) {
+    let refused: Vec<&Event> = events
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == ApplyOutcome::Overflow)
+        .map(|(e, _)| e)
+        .collect();
+    if refused.is_empty() {
+        return;
+    }
+    metrics::counter!("tally_counter_overflow_events_total").increment(refused.len() as u64);
+    for e in &refused {
+        tracing::warn!(
+            org = %e.org_id,
+            event = %e.id.as_str(),
+            meter = %e.meter,
+            "counter_overflow: the event would take its org's month total past the counter limit; dead-lettered"
+        );
+    }
+    let reasons = refused.iter().map(|e| {
+        format!(
+            "event {:?}: counter_overflow: it would take the month's total of meter {:?} past {}",
+            e.id.as_str(),
+            e.meter.as_str(),
+            tally_core::headroom::COUNTER_LIMIT
+        )
+    });
+    let reasons: Vec<String> = reasons.collect();
+    let joined = join_reasons(
+        std::iter::once(part.reason.as_str())
+            .filter(|r| !r.is_empty())
+            .chain(reasons.iter().map(String::as_str)),
+    );
+    part.reason = joined;
+    part.events.extend(refused.into_iter().cloned());
 }
 
 fn judge(outcomes: Option<&[ApplyOutcome]>) -> RecordOutcome {
@@ -813,6 +860,42 @@ mod tests {
             other => panic!("expected the unreadable event set aside, got {other:?}"),
         }
         assert_eq!(*store.seen.lock().unwrap(), vec![event("org_a", "1")]);
+    }
+
+    #[tokio::test]
+    async fn events_refused_as_overflows_are_set_aside_alone_and_the_record_acknowledged() {
+        // The store counts "1", refuses "2" (it would take the total past the limit), and
+        // refuses the second record's only event too.
+        let m = [event("org_a", "1"), event("org_a", "2")];
+        let lone = [event("org_a", "3")];
+        let store = ApplyOnly(Scripted::new(Ok(vec![
+            ApplyOutcome::Applied,
+            ApplyOutcome::Overflow,
+            ApplyOutcome::Overflow,
+        ])));
+        let records = [
+            RecordInput::Decoded {
+                events: &m,
+                unreadable: &[],
+                org: None,
+            },
+            RecordInput::Decoded {
+                events: &lone,
+                unreadable: &[],
+                org: None,
+            },
+        ];
+        let out = apply_records(&store, None, &records).await;
+        for (o, want) in out.iter().zip([&m[1], &lone[0]]) {
+            match o {
+                RecordOutcome::SetAside(part) => {
+                    assert_eq!(part.events, vec![want.clone()]);
+                    assert!(part.reason.contains("counter_overflow"), "{}", part.reason);
+                    assert!(part.reason.contains(want.id.as_str()), "{}", part.reason);
+                }
+                other => panic!("expected the refused event set aside, got {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -142,9 +142,10 @@ impl EventError {
 /// digits, parsed without floats.
 ///
 /// The bounds make every counter exact: `rust_decimal` holds 28 digits, so with at most 9
-/// decimal places every sum below 10^19 is exact at every granularity. Past `Decimal`'s
-/// range the stores saturate, and every reader that sums counters refuses such a value
-/// ([`crate::counter::checked_sum`]) rather than bill a rounded one.
+/// decimal places every sum up to 10^19 is exact at every granularity, and the stores refuse
+/// any event that would take a month total past that ([`crate::headroom`],
+/// `counter_overflow`). Every reader that sums counters still does so with checked
+/// arithmetic ([`crate::counter::checked_sum`]) rather than bill a rounded value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Quantity(Decimal);

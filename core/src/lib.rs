@@ -18,6 +18,7 @@ pub mod counter;
 pub mod envelope;
 pub mod event;
 pub mod fold;
+pub mod headroom;
 pub mod ids;
 pub mod json;
 pub mod meter;

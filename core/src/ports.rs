@@ -64,6 +64,11 @@ pub enum ApplyOutcome {
     Duplicate,
     /// Not applied; the caller must keep it for a retry (do not acknowledge it).
     Failed(String),
+    /// Not applied, and not put in the ledger: it would take its org's month total of its
+    /// meter past [`COUNTER_LIMIT`](crate::headroom::COUNTER_LIMIT) (see
+    /// [`crate::headroom`]). Retrying cannot help; the aggregator dead-letters it with the
+    /// reason `counter_overflow`, and a replay may still count it should room appear.
+    Overflow,
 }
 
 /// Per-event outcomes of [`UsageStore::apply_batch`], in the order of the input.
@@ -104,7 +109,16 @@ impl ApplyReport {
         }
     }
 
-    /// Whether every event is settled (applied or duplicate).
+    /// How many were refused as [`ApplyOutcome::Overflow`].
+    pub fn overflows(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| **o == ApplyOutcome::Overflow)
+            .count()
+    }
+
+    /// Whether every event is settled (applied, duplicate, or refused for good as an
+    /// overflow): nothing is left to retry.
     pub fn all_settled(&self) -> bool {
         self.outcomes
             .iter()

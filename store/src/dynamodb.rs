@@ -36,6 +36,7 @@
 //! | ledger record | `ORG#<org>#LEDGER#<shard>` | `EVT#<event id>` | `month` (`YYYY-MM`), `body` (compact JSON), `ttl`, `owner` (batch id), `claimed` (N, Unix s) | | exactly once (conditional put, returning the old record on failure); `ledger_page` |
 //! | day cell | `ORG#<org>#CTR#<YYYY-MM>` | `DAY#<meter>#<project>#<day start>` | `k` (`add`/`max`/`latest`), `h00`…`h23` (N, the hours), `a00`…`a23` (N, `latest` reading times) | | `sum`/`count`/`max`/`latest` counters: hour, day, month and org-wide values are derived from it (`dynamodb/cells.rs`) by `counter_series` and `stored_counters` |
 //! | counter | `ORG#<org>#CTR#<YYYY-MM>` | `<scope>#<meter>#<granularity>#<start>` | `v` (N) | | `unique_count` counters, which cannot be derived from cells |
+//! | counter guard | `ORG#<org>#GUARD#<YYYY-MM>` | `<meter>` | `r` (N: room reserved under the 10^19 limit), `ttl` (90 days after the month) | | `sum`/`count` meters: a conditional `ADD` of `r` before a batch's intent holds the month total under `COUNTER_LIMIT`; events that do not fit are refused as `counter_overflow` (`dynamodb/guard.rs`) |
 //! | unique marker | `ORG#<org>#UNQ#<YYYY-MM>` | `<counter sk>#V=<value>` or `#H=<sha256 hex>` | | | `unique_count`: one per (counter, value) |
 //! | batch intent | `BATCH#<batch id>` | `INTENT` | `opsz` (B: the batch's counter writes as deflated JSON; `ops`, plain JSON, from older builds is still read) or `aborted` (BOOL), `ttl` | | what a batch will write, for anyone to finish it; an abort fences a dead batch off |
 //! | batch chunk marker | `BATCH#<batch id>` | `CHUNK#<n>` | `ttl` | | chunk `n` of the intent was applied (put in its transaction) |
@@ -90,6 +91,13 @@
 //!    `attribute_not_exists`, with `owner` = the batch id and `claimed` = now. A put that
 //!    lands makes the event this batch's to count. A put that fails returns the existing
 //!    record (`ReturnValuesOnConditionCheckFailure`), whose `owner` says who counts it.
+//!    **Guard.** The owned events of `sum`/`count` meters are held under the 10^19 limit
+//!    of their org's month total: room is reserved in a guard item per (org, meter, month)
+//!    with a conditional `ADD`, mostly from an allowance reserved earlier
+//!    ([`guard`](self::guard) says why that costs about one write per (org, meter, month)
+//!    per process). Events that do not fit lose their claim (a `DeleteItem` conditioned on
+//!    the owner) and are `Overflow`; if a guard or a release fails, the batch aborts itself
+//!    and all its events are `Failed`, so nothing uncounted stays claimed.
 //! 3. **Intent.** The owned events are folded into per-hour cells
 //!    ([`tally_core::fold::fold_cells`]) and turned into ops: one `ADD` per day cell for
 //!    `sum`/`count` (all its hours), one conditional `SET` per hour for `max`/`latest`, and
@@ -174,6 +182,7 @@ mod apply;
 mod audit;
 mod cells;
 mod codec;
+mod guard;
 mod invitations;
 mod keys;
 mod members;
@@ -239,6 +248,8 @@ pub struct DynamoStore {
     /// Lower bounds of stored `max`/`latest` hours, so a value that cannot win costs no
     /// write (see [`raise::KnownHours`]).
     known_hours: Arc<raise::KnownHours>,
+    /// Room reserved under the counter guards and not yet spent (see [`guard`]).
+    allowances: Arc<guard::Allowances>,
 }
 
 /// A bounded set of batch ids known to be done (forgotten wholesale when full: it only
@@ -311,6 +322,7 @@ impl DynamoStore {
             owner_wait: Duration::from_secs(5),
             done_batches: Arc::default(),
             known_hours: Arc::default(),
+            allowances: Arc::default(),
         }
     }
 

@@ -205,7 +205,7 @@ struct State {
 
 /// One org's counter cells: by (meter, hour start in Unix seconds), then project, the merged
 /// delta of the hour's events.
-type Cells = BTreeMap<(MeterName, i64), BTreeMap<ProjectId, Delta>>;
+pub(crate) type Cells = BTreeMap<(MeterName, i64), BTreeMap<ProjectId, Delta>>;
 
 impl State {
     /// Counts a call of `op` and fails it if a test said so.

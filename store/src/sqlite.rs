@@ -96,7 +96,7 @@
 //! decimal text (exact), `latest_at` is RFC 3339 text with full precision (ties compare
 //! exactly as in the fold).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -109,6 +109,7 @@ use rust_decimal::Decimal;
 use tally_core::counter::{CounterScope, OwnedCounterKey};
 use tally_core::event::Event;
 use tally_core::fold;
+use tally_core::headroom;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{Granularity, LEDGER_RETENTION, Month};
 use tally_core::ports::{
@@ -282,6 +283,9 @@ struct Inner {
     reader: Mutex<Connection>,
     /// Checkpoints the WAL in the background; stops when the store is dropped.
     _checkpointer: Option<conn::Checkpointer>,
+    /// Month totals this process knows, so the `counter_overflow` check reads nothing in
+    /// steady state ([`counters::Totals`]). Locked only by the writer, inside its lock.
+    totals: Mutex<counters::Totals>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -322,6 +326,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 _checkpointer: checkpointer,
+                totals: Mutex::default(),
             }),
             clock: Arc::new(SystemClock),
         })
@@ -741,6 +746,7 @@ fn apply_batch_tx(
     conn: &mut Connection,
     events: &[Event],
     written: i64,
+    totals: &mut counters::Totals,
 ) -> Result<ApplyReport, StoreError> {
     // First occurrence of each (org, id) in the batch, by position.
     let kept = fold::dedupe_in_batch(events);
@@ -785,28 +791,65 @@ fn apply_batch_tx(
             new[i] = changed == 1;
         }
     }
+    // Events that would take a month total past the limit are refused, in batch order,
+    // and leave the ledger again (`counter_overflow`; see `tally_core::headroom`).
+    let fresh = || (0..events.len()).filter(|&i| new[i]);
+    totals.check_version(&tx)?;
+    let mut before = HashMap::new();
+    for key in headroom::needs(fresh().map(|i| &events[i])).into_keys() {
+        let total = totals.get(&tx, &key)?;
+        before.insert(key, total);
+    }
+    let admission = headroom::admit(fresh().map(|i| (i, &events[i])), |key| {
+        headroom::room_under_limit(before.get(key).copied().unwrap_or(headroom::COUNTER_LIMIT))
+    });
+    let mut refused = vec![false; events.len()];
+    if !admission.refused.is_empty() {
+        let mut forget = tx
+            .prepare_cached("DELETE FROM ledger WHERE org = ?1 AND event_id = ?2")
+            .map_err(db)?;
+        for &i in &admission.refused {
+            forget
+                .execute(params![events[i].org_id.as_str(), events[i].id.as_str()])
+                .map_err(db)?;
+            new[i] = false;
+            refused[i] = true;
+        }
+        // A repeat of a refused first copy was not counted either.
+        let ids: HashSet<(&OrgId, &EventId)> = admission
+            .refused
+            .iter()
+            .map(|&i| (&events[i].org_id, &events[i].id))
+            .collect();
+        for (i, e) in events.iter().enumerate() {
+            if ids.contains(&(&e.org_id, &e.id)) {
+                refused[i] = true;
+            }
+        }
+    }
     counters::apply(
         &tx,
         events.iter().zip(&new).filter_map(|(e, n)| n.then_some(e)),
     )?;
-    let conflicts = conflicting_repeats(&tx, events, &new)?;
+    let compared: Vec<bool> = new.iter().zip(&refused).map(|(n, r)| *n || *r).collect();
+    let conflicts = conflicting_repeats(&tx, events, &compared)?;
     tx.commit().map_err(db)?;
+    totals.committed(before, &admission.growth);
     Ok(ApplyReport {
         conflicts,
         outcomes: new
             .into_iter()
-            .map(|n| {
-                if n {
-                    ApplyOutcome::Applied
-                } else {
-                    ApplyOutcome::Duplicate
-                }
+            .zip(refused)
+            .map(|(n, r)| match (n, r) {
+                (_, true) => ApplyOutcome::Overflow,
+                (true, false) => ApplyOutcome::Applied,
+                (false, false) => ApplyOutcome::Duplicate,
             })
             .collect(),
     })
 }
 
-/// The repeats (`new[i]` false) whose contents differ from the copy the ledger counted: read
+/// The repeats (`skip[i]` false: neither new nor refused) whose contents differ from the copy the ledger counted: read
 /// back inside the batch's transaction, so a first copy earlier in the same batch is seen
 /// too. One indexed read per distinct repeated id; a batch without repeats reads nothing.
 /// Only a report: a stored body that does not decode is logged and left uncompared, never
@@ -814,10 +857,10 @@ fn apply_batch_tx(
 fn conflicting_repeats(
     tx: &rusqlite::Transaction<'_>,
     events: &[Event],
-    new: &[bool],
+    skip: &[bool],
 ) -> Result<Vec<usize>, StoreError> {
     let mut conflicts = Vec::new();
-    if new.iter().all(|n| *n) {
+    if skip.iter().all(|n| *n) {
         return Ok(conflicts);
     }
     let mut read = tx
@@ -825,7 +868,7 @@ fn conflicting_repeats(
         .map_err(db)?;
     let mut counted: HashMap<(&OrgId, &EventId), Option<Event>> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
-        if new[i] {
+        if skip[i] {
             continue;
         }
         let copy = match counted.entry((&e.org_id, &e.id)) {
@@ -863,8 +906,15 @@ impl UsageStore for SqliteStore {
         }
         let events = events.to_vec();
         let written = self.clock.now().timestamp();
-        self.write(move |conn| apply_batch_tx(conn, &events, written))
-            .await
+        let inner = Arc::clone(&self.inner);
+        self.write(move |conn| {
+            let mut totals = inner
+                .totals
+                .lock()
+                .map_err(|_| StoreError::Unavailable("month totals lock poisoned".into()))?;
+            apply_batch_tx(conn, &events, written, &mut totals)
+        })
+        .await
     }
 
     async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {

@@ -12,47 +12,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use chrono::{SecondsFormat, Utc};
 use common::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_e2e_alerts_0123456789";
-
-#[derive(Default)]
-struct Receiver {
-    answer: AtomicU16,
-    got: Mutex<Vec<(String, Vec<u8>, u16)>>,
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let status = r.answer.load(Ordering::SeqCst);
-    let sig = headers
-        .get("tally-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    r.got.lock().unwrap().push((sig, body.to_vec(), status));
-    StatusCode::from_u16(status).unwrap()
-}
-
-async fn start_receiver(answer: u16) -> (String, Arc<Receiver>) {
-    let r = Arc::new(Receiver::default());
-    r.answer.store(answer, Ordering::SeqCst);
-    let app = Router::new()
-        .route("/hook", post(receive))
-        .with_state(Arc::clone(&r));
-    let addr = tally_tests::serve_local(app).await.unwrap();
-    (format!("http://{addr}/hook"), r)
-}
 
 async fn post_minutes(
     client: &reqwest::Client,

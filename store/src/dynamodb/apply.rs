@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -26,6 +27,7 @@ use super::codec::{
     Item, RETRYABLE_REASONS, build_error, describe_sdk_error, encode_body, get_opt_s,
     instant_number, is_retryable, item, n, s,
 };
+use super::guard;
 use super::keys::{
     PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
     marker_sk, unique_pk,
@@ -108,6 +110,19 @@ pub(super) async fn apply_batch(
             outcomes[i] = outcome;
         }
         stored.extend(seen);
+    }
+    // A repeat of a refused first copy was not counted either.
+    let refused: HashSet<(&OrgId, &EventId)> = candidates
+        .iter()
+        .filter(|&&i| outcomes[i] == ApplyOutcome::Overflow)
+        .map(|&i| (&events[i].org_id, &events[i].id))
+        .collect();
+    if !refused.is_empty() {
+        for (e, o) in events.iter().zip(outcomes.iter_mut()) {
+            if refused.contains(&(&e.org_id, &e.id)) {
+                *o = ApplyOutcome::Overflow;
+            }
+        }
     }
     let conflicts = conflicting_repeats(events, &candidates, &outcomes, &stored);
     Ok(ApplyReport {
@@ -258,9 +273,81 @@ async fn settle_owned(
     if owned.is_empty() {
         return foreign;
     }
+    // Room under the counter guards first: events past the limit leave the ledger again
+    // and are refused; should that not work out, nothing of the batch is counted.
+    let verdict = guard::admit(store, events, &owned).await;
+    let failed = match verdict.failed {
+        Some(why) => Some(why),
+        None => release(store, events, batch, &verdict.refused).await.err(),
+    };
+    if let Some(why) = failed {
+        // Our claims stay ours and nothing was counted: fence the batch off so a
+        // redelivery takes its events over at once.
+        let _ = abort(store, batch, now).await;
+        out.extend(
+            owned
+                .iter()
+                .map(|&i| (i, ApplyOutcome::Failed(why.clone()))),
+        );
+        return foreign;
+    }
+    out.extend(verdict.refused.iter().map(|&i| (i, ApplyOutcome::Overflow)));
+    owned.retain(|i| verdict.refused.binary_search(i).is_err());
+    if owned.is_empty() {
+        return foreign;
+    }
     let outcome = apply_owned(store, events, batch, &owned, now).await;
     out.extend(owned.iter().map(|&i| (i, outcome.clone())));
     foreign
+}
+
+/// Deletes this batch's ledger claims of refused events, so the ledger never holds an
+/// event that was not counted and a later replay can count it. A record another batch owns
+/// by now (ours was fenced off) is left to it.
+async fn release(
+    store: &DynamoStore,
+    events: &[Event],
+    batch: &str,
+    refused: &[usize],
+) -> Result<(), String> {
+    for &i in refused {
+        let e = &events[i];
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = store
+                .client
+                .delete_item()
+                .table_name(&*store.table)
+                .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
+                .key(SK, s(ledger_sk(&e.id)))
+                .condition_expression("#owner = :batch")
+                .expression_attribute_names("#owner", OWNER)
+                .expression_attribute_values(":batch", s(batch))
+                .send()
+                .await;
+            let why = match sent {
+                Ok(_) => break,
+                Err(err) => {
+                    if let Some(DeleteItemError::ConditionalCheckFailedException(_)) =
+                        err.as_service_error()
+                    {
+                        break;
+                    }
+                    let why = describe_sdk_error("DeleteItem", &err);
+                    if !is_retryable(&err) {
+                        return Err(why);
+                    }
+                    why
+                }
+            };
+            if attempt >= store.retry.max_attempts {
+                return Err(format!("gave up after {attempt} attempts: {why}"));
+            }
+            crate::aws::sleep_before_retry(&store.retry, attempt).await;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the intent of the owned events (step 4), applies it and marks the batch done

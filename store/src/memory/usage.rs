@@ -12,8 +12,8 @@
 //! cell keeps the set of values it saw, and sets merge by union across hours and projects,
 //! which a database row or item could not afford.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::fold::{self, Cell, Delta};
+use tally_core::headroom::{self, TotalKey};
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
@@ -44,6 +45,23 @@ fn value_of(delta: &Delta) -> Decimal {
         _ => 0,
     };
     fold::apply_delta(None, None, delta, distinct).0
+}
+
+/// The stored month total of an adding meter ([`TotalKey`]): its cells' values over the
+/// month's hours and every project.
+fn month_total(cells: &HashMap<OrgId, super::Cells>, key: &TotalKey) -> Decimal {
+    let Some(series) = cells.get(&key.org) else {
+        return Decimal::ZERO;
+    };
+    let (from, to) = (key.month.start().timestamp(), key.month.end().timestamp());
+    series
+        .range((key.meter.clone(), from)..(key.meter.clone(), to))
+        .flat_map(|(_, by_project)| by_project.values())
+        .map(|d| match d {
+            Delta::Add(v) => *v,
+            _ => Decimal::ZERO,
+        })
+        .fold(Decimal::ZERO, |acc, v| acc.saturating_add(v))
 }
 
 /// Opaque ledger cursor: the hex of the last event id returned.
@@ -69,13 +87,40 @@ impl UsageStore for MemoryStore {
     }
 
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
-        // A repeat inside the batch meets its first copy in the ledger, inserted just before.
         let mut st = self.lock();
-        let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
+        // The first copy of each (org, id) in the batch, and whether the ledger lacks it.
+        let mut first: HashMap<(&OrgId, &EventId), usize> = HashMap::new();
+        let mut new = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = first.entry((&e.org_id, &e.id))
+            {
+                slot.insert(i);
+                if !st
+                    .ledger
+                    .get(&e.org_id)
+                    .is_some_and(|l| l.contains_key(&e.id))
+                {
+                    new.push(i);
+                }
+            }
+        }
+        // Under the lock, checking the totals and counting are one step, as in SQLite's
+        // write transaction.
+        let admission = headroom::admit(new.iter().map(|&i| (i, &events[i])), |key| {
+            headroom::room_under_limit(month_total(&st.cells, key))
+        });
+        let refused: HashSet<usize> = admission.refused.into_iter().collect();
+        let mut fresh: Vec<&Event> = Vec::with_capacity(new.len());
         let mut outcomes = Vec::with_capacity(events.len());
         let mut conflicts = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            let new = match st
+            let copy_of = first.get(&(&e.org_id, &e.id)).copied().unwrap_or(i);
+            if refused.contains(&copy_of) {
+                // A repeat of a refused first copy was not counted either.
+                outcomes.push(ApplyOutcome::Overflow);
+                continue;
+            }
+            match st
                 .ledger
                 .entry(e.org_id.clone())
                 .or_default()
@@ -83,20 +128,15 @@ impl UsageStore for MemoryStore {
             {
                 Entry::Vacant(slot) => {
                     slot.insert(e.clone());
-                    true
+                    fresh.push(e);
+                    outcomes.push(ApplyOutcome::Applied);
                 }
                 Entry::Occupied(counted) => {
                     if counted.get() != e {
                         conflicts.push(i);
                     }
-                    false
+                    outcomes.push(ApplyOutcome::Duplicate);
                 }
-            };
-            if new {
-                fresh.push(e);
-                outcomes.push(ApplyOutcome::Applied);
-            } else {
-                outcomes.push(ApplyOutcome::Duplicate);
             }
         }
         for (cell, delta) in fold::fold_cells(fresh) {

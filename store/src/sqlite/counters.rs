@@ -17,7 +17,7 @@
 //! projects), so those meters keep all six counters in `unique_counters`, with one row per
 //! value seen in `unique_markers`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -25,6 +25,7 @@ use rust_decimal::Decimal;
 use tally_core::counter::{CounterKey, OwnedCounterKey};
 use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
+use tally_core::headroom::TotalKey;
 use tally_core::ids::{MeterName, OrgId, ProjectId};
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{CounterValue, StoreError};
@@ -227,6 +228,92 @@ fn apply_explicit(conn: &Connection, deltas: &[(CounterKey<'_>, Delta)]) -> Resu
         .map_err(db)?;
     }
     Ok(())
+}
+
+/// Month totals of adding meters as this process last committed them, so the
+/// `counter_overflow` check costs no read in steady state. Valid only while no other
+/// connection wrote the file: SQLite's `PRAGMA data_version` changes exactly then (and not
+/// on this connection's own commits), and the whole map is forgotten. Filled from
+/// [`month_total`] inside the batch's write transaction and updated only after its commit,
+/// so a rolled-back batch leaves it true.
+#[derive(Debug, Default)]
+pub(super) struct Totals {
+    version: Option<i64>,
+    known: HashMap<TotalKey, Decimal>,
+}
+
+impl Totals {
+    /// Entries kept before the map is forgotten wholesale (it only saves reads).
+    const CAPACITY: usize = 100_000;
+
+    /// Forgets everything if another connection committed since the last look. Called
+    /// inside the write transaction, so nobody else commits until it ends.
+    pub(super) fn check_version(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let v: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(db)?;
+        if self.version != Some(v) {
+            self.known.clear();
+            self.version = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The month total of `key` as stored now.
+    pub(super) fn get(&mut self, conn: &Connection, key: &TotalKey) -> Result<Decimal, StoreError> {
+        if let Some(t) = self.known.get(key) {
+            return Ok(*t);
+        }
+        month_total(conn, key)
+    }
+
+    /// Records the totals after a committed batch: `before` plus what it added.
+    pub(super) fn committed(
+        &mut self,
+        before: HashMap<TotalKey, Decimal>,
+        growth: &HashMap<TotalKey, Decimal>,
+    ) {
+        if self.known.len() + before.len() > Self::CAPACITY {
+            self.known.clear();
+        }
+        for (key, total) in before {
+            let after = growth.get(&key).map_or(total, |g| total.saturating_add(*g));
+            self.known.insert(key, after);
+        }
+    }
+}
+
+/// The stored month total of an adding meter: its day cells over the month and every
+/// project, read inside the batch's write transaction so the check against
+/// [`tally_core::headroom::COUNTER_LIMIT`] and the write are one step. One range read of
+/// the primary key per (org, meter, month) an adding batch touches.
+pub(super) fn month_total(conn: &Connection, key: &TotalKey) -> Result<Decimal, StoreError> {
+    let mut read = conn
+        .prepare_cached(
+            "SELECT value FROM cells
+             WHERE org = ?1 AND meter = ?2 AND span = ?3 AND start >= ?4 AND start < ?5
+               AND kind = ?6",
+        )
+        .map_err(db)?;
+    let rows = read
+        .query_map(
+            params![
+                key.org.as_str(),
+                key.meter.as_str(),
+                DAY,
+                key.month.start().timestamp(),
+                key.month.end().timestamp(),
+                KIND_ADD
+            ],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(db)?;
+    let mut total = Decimal::ZERO;
+    for v in rows {
+        // Past `Decimal`'s range the total is over the limit anyway.
+        total = total.saturating_add(parse_decimal(&v.map_err(db)?)?);
+    }
+    Ok(total)
 }
 
 /// A stored cell's delta. Nothing read is trusted: a bad kind, value or time is `Corrupt`.

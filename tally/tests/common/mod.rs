@@ -11,12 +11,15 @@
 
 mod app;
 mod process;
+mod receiver;
 
 // Each test binary uses some of these: the in-process app or the process.
 #[allow(unused_imports)]
 pub use app::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use receiver::*;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

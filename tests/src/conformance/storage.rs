@@ -81,6 +81,8 @@ macro_rules! storage_conformance {
             resends_with_other_contents_are_reported_as_conflicts,
             event_ids_are_unique_per_org_not_globally,
             concurrent_overlapping_batches_count_once,
+            events_past_the_counter_limit_are_refused_one_by_one,
+            racing_handles_never_take_a_total_past_the_counter_limit,
             sum_and_count_arithmetic,
             max_arithmetic,
             latest_arithmetic,
@@ -1667,6 +1669,148 @@ pub async fn concurrent_overlapping_batches_count_once<F: StoreFactory>(f: &F) {
             .await
             .len(),
         n
+    );
+}
+
+/// The largest quantity an event may carry: 10^18 − 1.
+const MAX_QUANTITY: &str = "999999999999999999";
+
+/// An event that would take its org's month total of an adding meter past
+/// `COUNTER_LIMIT` (10^19) is refused alone (`Overflow`), in batch order: it is not in the
+/// ledger, a smaller one after it still fits, a repeat of it is refused too, and other
+/// months, meters and orgs are counted as usual. Another handle (a second aggregator) meets
+/// the same limit.
+pub async fn events_past_the_counter_limit_are_refused_one_by_one<F: StoreFactory>(f: &F) {
+    use ApplyOutcome::Overflow;
+    let s = f.open().await;
+    let (org, other) = (fresh_org(), fresh_org());
+    let (p1, p2) = (fresh_project(), fresh_project());
+    let nov = |org: &OrgId, p: &ProjectId, id: &str, q: &str, at: &str| {
+        event(org, p, id, "compute_minutes", q, at)
+    };
+    // Nine of the largest, over two projects and two days.
+    let first: Vec<Event> = (0..9)
+        .map(|i| {
+            let (p, at) = if i % 2 == 0 {
+                (&p1, "2026-11-02T10:00:00Z")
+            } else {
+                (&p2, "2026-11-20T03:00:00Z")
+            };
+            nov(&org, p, &format!("m{i}"), MAX_QUANTITY, at)
+        })
+        .collect();
+    assert_eq!(apply(&s, &first).await, vec![Applied; 9]);
+    // Room left: 10^19 − 9 × (10^18 − 1) = 10^18 + 9.
+    let at = "2026-11-26T10:00:00Z";
+    let second = [
+        nov(&org, &p1, "n1", MAX_QUANTITY, at), // fits, 10 left
+        nov(&org, &p2, "n2", "11", at),         // one too many
+        nov(&org, &p1, "n3", "10", at),         // fits exactly
+        nov(&org, &p1, "n4", "0.000000001", at),
+        nov(&org, &p2, "n2", "11", at), // a repeat of a refused event
+        nov(&other, &p1, "o1", MAX_QUANTITY, at), // another org
+        nov(&org, &p1, "oct", MAX_QUANTITY, "2026-10-15T00:00:00Z"), // another month
+        event(&org, &p1, "r1", "requests", "1", at), // another meter
+    ];
+    assert_eq!(
+        apply(&s, &second).await,
+        [
+            Applied, Overflow, Applied, Overflow, Overflow, Applied, Applied, Applied
+        ]
+    );
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "10000000000000000000")]),
+        "the total reaches the limit exactly and not a unit past it"
+    );
+    assert_eq!(
+        november(&s, &other, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", MAX_QUANTITY)])
+    );
+    let ledger: BTreeSet<String> = whole_ledger(&s, &org, Month::parse("2026-11").unwrap(), 100)
+        .await
+        .into_iter()
+        .map(|e| e.id.as_str().to_owned())
+        .collect();
+    assert!(
+        !ledger.contains("n2") && !ledger.contains("n4"),
+        "refused events are not in the ledger: {ledger:?}"
+    );
+    assert_eq!(ledger.len(), 12, "9 + n1 + n3 + r1: {ledger:?}");
+
+    // A second handle: nothing more fits, a counted event is still a duplicate.
+    let s2 = f.open().await;
+    assert_eq!(
+        apply(
+            &s2,
+            &[
+                nov(&org, &p2, "n2", "11", at),
+                nov(&org, &p1, "n1", MAX_QUANTITY, at)
+            ]
+        )
+        .await,
+        [Overflow, Duplicate]
+    );
+    assert_eq!(
+        november(&s2, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "10000000000000000000")])
+    );
+}
+
+/// Handles racing to fill one total (several aggregators at once) never take it past the
+/// limit: what they applied adds up to exactly the stored total, at most 10^19, and every
+/// event was either counted or refused.
+pub async fn racing_handles_never_take_a_total_past_the_counter_limit<F: StoreFactory>(f: &F) {
+    let org = fresh_org();
+    let p = fresh_project();
+    let mut tasks = Vec::new();
+    for h in 0..6 {
+        let store = f.open().await;
+        let (org, p) = (org.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut applied = Decimal::ZERO;
+            for b in 0..2 {
+                let batch: Vec<Event> = (0..2)
+                    .map(|i| {
+                        event(
+                            &org,
+                            &p,
+                            &format!("h{h}-b{b}-{i}"),
+                            "compute_minutes",
+                            MAX_QUANTITY,
+                            "2026-11-26T10:00:00Z",
+                        )
+                    })
+                    .collect();
+                let report = store.apply_batch(&batch).await.unwrap();
+                assert!(report.all_settled(), "{report:?}");
+                for (e, o) in batch.iter().zip(&report.outcomes) {
+                    match o {
+                        Applied => applied += e.quantity.value(),
+                        ApplyOutcome::Overflow => {}
+                        other => panic!("a fresh event was {other:?}"),
+                    }
+                }
+            }
+            applied
+        }));
+    }
+    let mut applied = Decimal::ZERO;
+    for t in tasks {
+        applied += t.await.unwrap();
+    }
+    let one = Decimal::from(999_999_999_999_999_999u64);
+    // 24 events of 10^18 − 1 were sent and ten fit under 10^19. A store that reserves room
+    // ahead (the DynamoDB guard) may lose a small share of it with each handle, never more
+    // than the one event.
+    assert!(
+        applied <= one * Decimal::from(10) && applied >= one * Decimal::from(9),
+        "between nine and ten fit: {applied}"
+    );
+    let s = f.open().await;
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        vec![(ts("2026-11-01T00:00:00Z"), applied)]
     );
 }
 
