@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use crate::settings::Common;
 use crate::{aggregate, alerts, backend, bill, commands, people, prune, records, replay, serve};
 
-/// Tally: usage metering and billing for multi-tenant SaaS.
+/// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
+/// the operator's commands.
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about, long_about = None)]
+#[command(name = "tally", version)]
 pub struct Cli {
     #[command(flatten)]
     common: Common,

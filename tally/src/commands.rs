@@ -1,7 +1,10 @@
 //! The one-shot administration commands: `org`, `project`, `key`, `token` and `reconcile`.
 //!
-//! `org create`, `org set-plan`, `project create` and `key create` write an audit record
-//! each (actor `cli`), like the management API's routes do. `org set-plan` is the only way
+//! The `org`, `project` and `key` command lines are declared here; creation and `org
+//! set-plan` run here, the rest (list, show, update, delete, rename, archive, revoke,
+//! rotate) in [`crate::inventory`] over the management API's own functions. `org create`,
+//! `org set-plan`, `project create` and `key create` write an audit record each (actor
+//! `cli`, through [`crate::manage::record`]), like the management API's routes do. `org set-plan` is the only way
 //! an org's plan changes: the management API refuses it to every tenant role. `token
 //! create` and `tally serve` share the JWT configuration of
 //! [`crate::settings::jwt_config`].

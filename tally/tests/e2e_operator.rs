@@ -597,7 +597,10 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
         .unwrap()
         .to_owned();
     // At the server's time: a revocation takes effect from its `revoked_at` on.
-    env.cli_env(&["key", "revoke", "--org", &tenant.org, "--key", &key_id], &at);
+    env.cli_env(
+        &["key", "revoke", "--org", &tenant.org, "--key", &key_id],
+        &at,
+    );
     let server = spawn_app_with(&env, |app| {
         app.settings.billing_scheduler = false;
         app.clock = clock_at(AFTER_GRACE);
