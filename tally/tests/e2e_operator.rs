@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
+use tally_core::{Month, OrgId};
+use tally_tests::stripe_double::{DOUBLE_SECRET_KEY, StripeDouble};
 
 const IN_GRACE: &str = "2026-03-01T00:30:00Z";
 const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
@@ -590,6 +592,59 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
         ],
     );
     assert!(err.contains("no stored report"), "{err}");
+
+    // Once `tally bill` synced it to Stripe, the report shows its finalized invoice; once
+    // Stripe's webhook said it was paid, it shows paid.
+    let double = StripeDouble::start().await.unwrap();
+    let (data, flags, base) = (env.data(), env.flags(), double.base_url());
+    let synced = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["bill", "--period", "2026-02", "--json"])
+            .args(&flags)
+            .arg("--data")
+            .arg(&data)
+            .env("TALLY_LOG", "warn")
+            .env("TALLY_NOW", AFTER_GRACE)
+            .env("TALLY_STRIPE_SECRET_KEY", DOUBLE_SECRET_KEY)
+            .env("TALLY_STRIPE_API_BASE", base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(synced.status.success(), "{synced:?}");
+    let theirs = double.invoices();
+    assert_eq!(theirs.len(), 1);
+    let invoice = theirs[0].id.clone();
+    let cents: i64 = theirs[0].items.iter().map(|i| i.amount).sum();
+    let report = env.cli(&[
+        "report",
+        "show",
+        "--org",
+        &tenant.org,
+        "--period",
+        "2026-02",
+    ]);
+    assert_eq!(report["stripe"]["status"], "finalized", "{report}");
+    assert_eq!(report["stripe"]["invoice"], invoice.as_str());
+    assert_eq!(report["stripe"]["invoice_status"], "open");
+    assert_eq!(report["stripe"]["total_minor"], cents);
+    let store = tally::backend::open_store(&env.common()).await.unwrap();
+    store
+        .sync
+        .record_step(
+            &OrgId::parse(&tenant.org).unwrap(),
+            Month::parse("2026-02").unwrap(),
+            "webhook:invoice.paid",
+            &invoice,
+        )
+        .await
+        .unwrap();
+    let shown = table(&env, &["report", "list", "--org", &tenant.org]);
+    assert!(
+        shown.contains("paid") && shown.contains(&invoice),
+        "{shown}"
+    );
 
     // A key the operator revoked is refused by ingest.
     let key_id = env.cli(&["key", "list", "--org", &tenant.org])["keys"][0]["id"]
