@@ -152,21 +152,8 @@ pub(crate) async fn update_member(
         .mutation(&state, &org, Action::MemberUpdate, resource)
         .run(async |auth| {
             let req = body(payload)?;
-            let role = grantable_role(&req.role)?;
-            let user = changeable_member(&*state.tenants, &auth.org, &user).await?;
-            let before = state
-                .tenants
-                .set_member_role(&auth.org, &user, role)
-                .await?
-                .ok_or_else(member_not_found)?;
-            let after = Membership {
-                role,
-                ..before.clone()
-            };
-            Ok(Change::updated(
-                &MemberView::from(&before),
-                MemberView::from(&after),
-            ))
+            let (before, after) = set_role(&*state.tenants, &auth.org, &user, &req.role).await?;
+            Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(member))
@@ -204,4 +191,27 @@ pub async fn remove(
         .await?
         .ok_or_else(member_not_found)?;
     Ok(MemberView::from(&before))
+}
+
+/// Gives the member `user` (a path parameter or a CLI flag) of `org` the role `role`: the
+/// membership before and after. `400` naming `role` unless it is admin, member or viewer,
+/// `404` for a user who is not a member, `403` for the owner. The one role change both the
+/// route and `tally member set-role` make.
+pub async fn set_role(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    user: &str,
+    role: &str,
+) -> Result<(MemberView, MemberView), MgmtError> {
+    let role = grantable_role(role)?;
+    let user = changeable_member(tenants, org, user).await?;
+    let before = tenants
+        .set_member_role(org, &user, role)
+        .await?
+        .ok_or_else(member_not_found)?;
+    let after = Membership {
+        role,
+        ..before.clone()
+    };
+    Ok((MemberView::from(&before), MemberView::from(&after)))
 }

@@ -72,6 +72,16 @@ pub enum OrgCommand {
         #[arg(long)]
         org: String,
     },
+    /// Make a member the organization's owner, as `POST /v1/orgs/{org_id}/transfer` does:
+    /// the owner until now becomes an admin. Audited as `org.transfer`.
+    Transfer {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The member who becomes the owner (usr_…).
+        #[arg(long)]
+        to: String,
+    },
     /// Rename an organization, as `PATCH /v1/orgs/{org_id}` does; audited as `org.update`.
     /// Its plan is changed by `tally org set-plan` instead.
     Update {
@@ -327,6 +337,9 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
             return inventory::org_update(common, &org, &name).await;
         }
         OrgCommand::Delete { org, yes } => return inventory::org_delete(common, &org, yes).await,
+        OrgCommand::Transfer { org, to } => {
+            return inventory::org_transfer(common, &org, &to).await;
+        }
     };
     check_name("name", &name)?;
     check_slug("slug", &slug)?;

@@ -1,5 +1,6 @@
-//! `tally org list|show|update|delete`, `tally project list|show|rename|archive` and `tally
-//! key list|revoke|rotate`: the operator's view and changes of what a tenant owns.
+//! `tally org list|show|update|transfer|delete`, `tally project list|show|rename|archive`
+//! and `tally key list|revoke|rotate`: the operator's view and changes of what a tenant
+//! owns.
 //!
 //! Listings print aligned tables, or the API's answer shapes with `--json` (`{"keys":
 //! [...]}` as `GET /v1/orgs/{org_id}/keys` answers, and so on), so a script can move between
@@ -178,6 +179,24 @@ pub async fn org_delete(common: &Common, org: &str, yes: bool) -> anyhow::Result
         format!(
             "deleted org {} ({}); its API keys are revoked, its usage and reports are kept",
             o.id, o.slug
+        )
+    })
+}
+
+/// `tally org transfer`: makes the member `to` the owner in place of the current owner, who
+/// becomes an admin; audited as `org.transfer`.
+pub async fn org_transfer(common: &Common, org: &str, to: &str) -> anyhow::Result<()> {
+    let id = org_id(org)?;
+    let store = open(common).await?;
+    let current = live_org(&store, &id).await?;
+    let result = tally_api::orgs::transfer(&*store.tenants, &id, &current.owner_id, to)
+        .await
+        .map(|(before, after)| Change::updated(&before, after));
+    let after = audited(&store, &id, "org.transfer", format!("org:{id}"), result).await?;
+    print(common.json, &after, |o| {
+        format!(
+            "{} is now the owner of {}; {} is an admin",
+            o.owner_id, o.id, current.owner_id
         )
     })
 }

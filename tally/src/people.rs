@@ -1,4 +1,4 @@
-//! `tally member list|add|remove` and `tally invitation list|create|revoke`: who belongs to
+//! `tally member list|add|set-role|remove` and `tally invitation list|create|revoke`: who belongs to
 //! an org, as the operator sees and changes it.
 //!
 //! A user joins an org only by accepting an invitation sent to their email (`POST
@@ -42,6 +42,19 @@ pub enum MemberCommand {
         email: String,
         /// admin, member or viewer (ownership moves only by a transfer).
         #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Give a member another role (admin, member or viewer); the owner's role changes only
+    /// by `tally org transfer`. Audited as `member.update`.
+    SetRole {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The member's user id (usr_…).
+        #[arg(long)]
+        user: String,
+        /// admin, member or viewer.
+        #[arg(long)]
         role: String,
     },
     /// Remove a member from an organization; the owner cannot be removed. Audited as
@@ -122,6 +135,25 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
             })
         }
         MemberCommand::Add { org, email, role } => invite(common, &org, email, role).await,
+        MemberCommand::SetRole { org, user, role } => {
+            let id = org_id(&org)?;
+            let store = open(common).await?;
+            live_org(&store, &id).await?;
+            let result = tally_api::members::set_role(&*store.tenants, &id, &user, &role)
+                .await
+                .map(|(before, after)| Change::updated(&before, after));
+            let changed = audited(
+                &store,
+                &id,
+                "member.update",
+                format!("member:{user}"),
+                result,
+            )
+            .await?;
+            print(common.json, &changed, |m| {
+                format!("{} is now {} of {id}", m.user_id, m.role.as_str())
+            })
+        }
         MemberCommand::Remove { org, user } => {
             let id = org_id(&org)?;
             let store = open(common).await?;

@@ -690,3 +690,94 @@ fn completions_are_printed_for_each_shell_and_help_is_written_in_sentences() {
     let help = table(&env, &["key", "--help"]);
     assert!(help.contains("Revoke an API key"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_member_accepts_then_the_operator_changes_roles_and_transfers_ownership() {
+    let env = Env::embedded();
+    let org = env.create_org("Acme", "acme", "ada@example.com", Some("starter"));
+    let (org_id, ada) = (
+        org["id"].as_str().unwrap(),
+        org["owner_id"].as_str().unwrap(),
+    );
+    // Eve exists as a user (the owner of her own org) before she is invited.
+    let eve = env.create_org("Eve's", "eves", "eve@example.com", None)["owner_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invited = env.cli(&[
+        "member",
+        "add",
+        "--org",
+        org_id,
+        "--email",
+        "eve@example.com",
+        "--role",
+        "viewer",
+    ]);
+    let token = env.cli(&["token", "create", "--user", &eve])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = spawn_app_in(&env).await;
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/invitations/accept"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"token": invited["token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    server.stop().await.unwrap();
+
+    let role_of = |user: &str| {
+        env.cli(&["member", "list", "--org", org_id])["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["user_id"] == user)
+            .map(|m| m["role"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(role_of(&eve).as_deref(), Some("viewer"));
+    let changed = env.cli(&[
+        "member", "set-role", "--org", org_id, "--user", &eve, "--role", "admin",
+    ]);
+    assert_eq!(changed["role"], "admin");
+    let err = refused(
+        &env,
+        &[
+            "member", "set-role", "--org", org_id, "--user", ada, "--role", "viewer",
+        ],
+    );
+    assert!(err.contains("owner cannot be demoted"), "{err}");
+    let err = refused(
+        &env,
+        &[
+            "member", "set-role", "--org", org_id, "--user", &eve, "--role", "owner",
+        ],
+    );
+    assert!(
+        err.contains("only by a transfer") && err.contains("field role"),
+        "{err}"
+    );
+
+    let err = refused(
+        &env,
+        &["org", "transfer", "--org", org_id, "--to", "usr_nobody"],
+    );
+    assert!(err.contains("no such member"), "{err}");
+    let moved = env.cli(&["org", "transfer", "--org", org_id, "--to", &eve]);
+    assert_eq!(moved["owner_id"], eve.as_str());
+    assert_eq!(role_of(&eve).as_deref(), Some("owner"));
+    assert_eq!(role_of(ada).as_deref(), Some("admin"));
+    let removed = env.cli(&["member", "remove", "--org", org_id, "--user", ada]);
+    assert_eq!(removed["user_id"], ada);
+    assert_eq!(role_of(ada), None);
+
+    let trail = audit(&env, org_id, &["--user", "cli"]);
+    for action in ["member.update", "org.transfer", "member.remove"] {
+        assert!(
+            trail.iter().any(|(a, _, o)| a == action && o == "allowed"),
+            "{action}: {trail:?}"
+        );
+    }
+}
