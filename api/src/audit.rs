@@ -8,7 +8,9 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tally_core::ids::OrgId;
 use tally_core::tenant::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
 
 use crate::ApiState;
@@ -61,21 +63,10 @@ fn valid_cursor(c: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// `GET /v1/orgs/{org_id}/audit` (`audit.read`).
-pub(crate) async fn list_audit(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-    params: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<AuditResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::AuditRead).await?;
-    let Query(p) = params.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            "query",
-            format!("the query string is malformed: {}", e.body_text()),
-        )
-    })?;
+/// The store query of `org`'s audit trail that `p` asks for: `400` naming `limit`,
+/// `cursor`, `from` or `to` when one is malformed. The route and `tally audit` both build
+/// it here, so both refuse alike.
+pub fn audit_query(org: OrgId, p: AuditParams, now: DateTime<Utc>) -> Result<AuditQuery, ApiError> {
     let limit = match p.limit.as_deref() {
         None => DEFAULT_AUDIT_PAGE,
         Some(l) => l
@@ -97,8 +88,7 @@ pub(crate) async fn list_audit(
             "invalid_cursor",
             "cursor",
             "cursor must be the next_cursor of a previous page",
-        )
-        .into());
+        ));
     }
     let from = p
         .from
@@ -109,19 +99,37 @@ pub(crate) async fn list_audit(
         p.to.as_deref()
             .map(|s| parse_instant("to", s))
             .transpose()?;
+    Ok(AuditQuery {
+        org,
+        from,
+        to,
+        actor: p.user,
+        action: p.action,
+        resource: p.resource,
+        limit,
+        cursor: p.cursor,
+        now,
+    })
+}
+
+/// `GET /v1/orgs/{org_id}/audit` (`audit.read`).
+pub(crate) async fn list_audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+    PathParams(org): PathParams<String>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<AuditResponse>, MgmtError> {
+    let auth = caller.authorize(&state, &org, Action::AuditRead).await?;
+    let Query(p) = params.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            "query",
+            format!("the query string is malformed: {}", e.body_text()),
+        )
+    })?;
     let page = state
         .tenants
-        .list_audit(&AuditQuery {
-            org: auth.org,
-            from,
-            to,
-            actor: p.user,
-            action: p.action,
-            resource: p.resource,
-            limit,
-            cursor: p.cursor,
-            now: state.clock.now(),
-        })
+        .list_audit(&audit_query(auth.org, p, state.clock.now())?)
         .await?;
     Ok(Json(AuditResponse {
         records: page.records,

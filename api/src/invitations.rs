@@ -18,9 +18,10 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{InvitationId, OrgId, UserId};
-use tally_core::ports::StoreError;
+use tally_core::plan::Plan;
+use tally_core::ports::{StoreError, TenantStore};
 use tally_core::tenant::{
-    INVITATION_TTL_DAYS, Invitation, KeyHash, MAX_INVITATION_TOKEN_LEN, Membership, Role,
+    INVITATION_TTL_DAYS, Invitation, KeyHash, MAX_INVITATION_TOKEN_LEN, Membership, Org, Role,
     check_email, invitation_token,
 };
 
@@ -112,6 +113,78 @@ pub struct CreatedInvitation {
     pub token: String,
 }
 
+/// Invites `req.email` to `org` (on `plan`, as the process's catalogue defines it) with
+/// `req.role`, sent by `invited_by`: the invitation with its token, shown this once. `400`
+/// naming `email` or `role` when one is malformed (`owner` is never granted), `409` if the
+/// email has a pending invitation already, `403` with `limit` and `count` past the plan's
+/// user limit. The one invitation both the route and `tally invitation create` make.
+pub async fn create(
+    tenants: &dyn TenantStore,
+    plan: &Plan,
+    org: &Org,
+    req: &CreateInvitation,
+    invited_by: UserId,
+    now: DateTime<Utc>,
+) -> Result<CreatedInvitation, MgmtError> {
+    check_email("email", &req.email).map_err(field_error)?;
+    let role = grantable_role(&req.role)?;
+    let email = req.email.to_lowercase();
+    if tenants
+        .list_invitations(&org.id, now)
+        .await?
+        .iter()
+        .any(|i| i.email == email)
+    {
+        return Err(ApiError::Conflict(
+            "this email has a pending invitation to the organization already".into(),
+        )
+        .into());
+    }
+    check_user_limit(tenants, plan, org, now).await?;
+    let token = invitation_token(random());
+    let invitation = Invitation {
+        id: InvitationId::from_random(random()),
+        org_id: org.id.clone(),
+        email,
+        role,
+        hash: KeyHash::of_secret(&token),
+        invited_by,
+        created_at: now,
+        expires_at: now + chrono::TimeDelta::days(INVITATION_TTL_DAYS),
+        accepted_at: None,
+    };
+    tenants.create_invitation(&invitation).await?;
+    Ok(CreatedInvitation {
+        view: InvitationView::from(&invitation),
+        token,
+    })
+}
+
+/// The `404` of an invitation that is not pending in the org.
+fn invitation_not_found() -> ApiError {
+    ApiError::not_found(
+        "invitation_id",
+        "no such pending invitation in this organization",
+    )
+}
+
+/// Revokes `org`'s pending invitation `id` (a path parameter or a CLI flag) at `now`: the
+/// revoked invitation; one that is not pending (accepted, expired, revoked) is `404`. The
+/// one revocation both the route and `tally invitation revoke` make.
+pub async fn revoke(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<InvitationView, MgmtError> {
+    let id = InvitationId::parse(id).map_err(|_| invitation_not_found())?;
+    let revoked = tenants
+        .revoke_invitation(org, &id, now)
+        .await?
+        .ok_or_else(invitation_not_found)?;
+    Ok(InvitationView::from(&revoked))
+}
+
 /// `POST /v1/orgs/{org_id}/invitations` (`invitation.create`): `201` with the token;
 /// `409` if the email has a pending invitation already; `403` with `limit` and `count`
 /// past the plan's user limit (members plus pending invitations).
@@ -126,46 +199,21 @@ pub(crate) async fn create_invitation(
         .mutation(&state, &org, Action::InvitationCreate, resource)
         .run(async |auth| {
             let req = body(payload)?;
-            check_email("email", &req.email).map_err(field_error)?;
-            let role = grantable_role(&req.role)?;
-            let email = req.email.to_lowercase();
             let org = state.org(&auth.org).await?;
-            let now = state.clock.now();
-            if state
-                .tenants
-                .list_invitations(&org.id, now)
-                .await?
-                .iter()
-                .any(|i| i.email == email)
-            {
-                return Err(ApiError::Conflict(
-                    "this email has a pending invitation to the organization already".into(),
-                )
-                .into());
-            }
-            check_user_limit(&state, &org).await?;
-            let token = invitation_token(random());
-            let invitation = Invitation {
-                id: InvitationId::from_random(random()),
-                org_id: org.id,
-                email,
-                role,
-                hash: KeyHash::of_secret(&token),
-                invited_by: auth.user,
-                created_at: now,
-                expires_at: now + chrono::TimeDelta::days(INVITATION_TTL_DAYS),
-                accepted_at: None,
-            };
-            state.tenants.create_invitation(&invitation).await?;
-            let view = InvitationView::from(&invitation);
+            let plan = state.plan(org.plan);
+            let created = create(
+                &*state.tenants,
+                &plan,
+                &org,
+                &req,
+                auth.user,
+                state.clock.now(),
+            )
+            .await?;
+            let view = created.view.clone();
             // The record shows the invitation as listed; the token is in the answer only.
             let resource = format!("invitation:{}", view.id);
-            Ok(Change::new(CreatedInvitation {
-                view: view.clone(),
-                token,
-            })
-            .resource(resource)
-            .after(&view))
+            Ok(Change::new(created).resource(resource).after(&view))
         })
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -182,19 +230,8 @@ pub(crate) async fn revoke_invitation(
     let revoked = actor
         .mutation(&state, &org, Action::InvitationRevoke, resource)
         .run(async |auth| {
-            let not_found = || {
-                ApiError::not_found(
-                    "invitation_id",
-                    "no such pending invitation in this organization",
-                )
-            };
-            let id = InvitationId::parse(&id).map_err(|_| not_found())?;
-            let revoked = state
-                .tenants
-                .revoke_invitation(&auth.org, &id, state.clock.now())
-                .await?
-                .ok_or_else(not_found)?;
-            Ok(Change::removed(InvitationView::from(&revoked)))
+            let revoked = revoke(&*state.tenants, &auth.org, &id, state.clock.now()).await?;
+            Ok(Change::removed(revoked))
         })
         .await?;
     Ok(Json(revoked))

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_core::ids::{ApiKeyId, OrgId};
+use tally_core::ports::TenantStore;
 use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
 
 use crate::ApiState;
@@ -204,17 +205,38 @@ fn key_not_found() -> ApiError {
     ApiError::not_found("key_id", "no such API key in this organization")
 }
 
-/// The org's key `key` (a path parameter), or the `404` of one that is not the org's.
-async fn org_key(state: &ApiState, org: &OrgId, key: &str) -> Result<ApiKey, MgmtError> {
+/// The org's key `key` (a path parameter or a CLI flag), or the `404` of one that is not
+/// the org's.
+pub async fn org_key(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    key: &str,
+) -> Result<ApiKey, MgmtError> {
     let id = ApiKeyId::parse(key).map_err(|_| key_not_found())?;
-    let key = state
-        .tenants
+    let key = tenants
         .list_api_keys(org)
         .await?
         .into_iter()
         .find(|k| k.id == id)
         .ok_or_else(key_not_found)?;
     Ok(key)
+}
+
+/// Revokes the org's key `key` at `now`: the key before and after (a key revoked before
+/// keeps its first revocation time), or `404`. The one revocation both the route and
+/// `tally key revoke` make.
+pub async fn revoke(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<(KeyView, KeyView), MgmtError> {
+    let before = org_key(tenants, org, key).await?;
+    let after = tenants
+        .revoke_api_key(org, &before.id, now)
+        .await?
+        .ok_or_else(key_not_found)?;
+    Ok((KeyView::from(&before), KeyView::from(&after)))
 }
 
 /// `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` (`key.revoke`): the key, revoked (a key
@@ -229,17 +251,9 @@ pub(crate) async fn revoke_key(
     let revoked = actor
         .mutation(&state, &org, Action::KeyRevoke, resource)
         .run(async |auth| {
-            let before = org_key(&state, &auth.org, &key).await?;
-            let id = before.id.clone();
-            let after = state
-                .tenants
-                .revoke_api_key(&auth.org, &id, state.clock.now())
-                .await?
-                .ok_or_else(key_not_found)?;
-            Ok(Change::updated(
-                &KeyView::from(&before),
-                KeyView::from(&after),
-            ))
+            let (before, after) =
+                revoke(&*state.tenants, &auth.org, &key, state.clock.now()).await?;
+            Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(revoked))
@@ -299,60 +313,77 @@ pub(crate) async fn rotate_key(
         .mutation(&state, &org, Action::KeyRotate, resource)
         .run(async |auth| {
             let req = body(payload)?;
-            let overlap = req.overlap_seconds.unwrap_or(86_400);
-            if overlap > MAX_ROTATION_OVERLAP_SECS {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    "overlap_seconds",
-                    format!("overlap_seconds must be at most {MAX_ROTATION_OVERLAP_SECS}"),
-                )
-                .into());
-            }
-            let old = org_key(&state, &auth.org, &key).await?;
-            let id = old.id.clone();
-            if old.revoked_at.is_some() {
-                return Err(
-                    ApiError::Conflict("a revoked API key cannot be rotated".into()).into(),
-                );
-            }
-            let now = state.clock.now();
-            let secret = api_key_secret(old.mode(), random());
-            let new = ApiKey {
-                id: ApiKeyId::from_random(random()),
-                org_id: auth.org,
-                name: old.name.clone(),
-                hash: KeyHash::of_secret(&secret),
-                display_prefix: secret.chars().take(12).collect(),
-                scopes: old.scopes.clone(),
-                created_at: now,
-                expires_at: old.expires_at,
-                revoked_at: None,
-                last_used_at: None,
-            };
-            let previous = state
-                .tenants
-                .rotate_api_key(
-                    &id,
-                    &new,
-                    now + chrono::TimeDelta::seconds(i64::from(overlap)),
-                )
-                .await?
-                .ok_or_else(key_not_found)?;
-            let rotated = RotatedKey {
-                key: secret,
-                new: KeyView::from(&new),
-                previous: KeyView::from(&previous),
-            };
+            let (old, rotated) = rotate(
+                &*state.tenants,
+                &auth.org,
+                &key,
+                req.overlap_seconds,
+                state.clock.now(),
+            )
+            .await?;
             let after = json_pair(&rotated.previous, &rotated.new);
-            Ok(Change::new(rotated)
-                .before(&KeyView::from(&old))
-                .after(&after))
+            Ok(Change::new(rotated).before(&old).after(&after))
         })
         .await?;
     Ok((StatusCode::CREATED, Json(rotated)))
 }
 
+/// Rotates the org's key `key` at `now`: a new key of the same name, scopes and mode, while
+/// the old one keeps working for `overlap_seconds` (default a day, at most
+/// [`MAX_ROTATION_OVERLAP_SECS`], else `400` naming `overlap_seconds`). Answers the old key
+/// as it was and the rotation (with the new secret, shown once); `404` for a key that is
+/// not the org's, `409` for a revoked one. The one rotation both the route and `tally key
+/// rotate` make.
+pub async fn rotate(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    key: &str,
+    overlap_seconds: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<(KeyView, RotatedKey), MgmtError> {
+    let overlap = overlap_seconds.unwrap_or(86_400);
+    if overlap > MAX_ROTATION_OVERLAP_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "overlap_seconds",
+            format!("overlap_seconds must be at most {MAX_ROTATION_OVERLAP_SECS}"),
+        )
+        .into());
+    }
+    let old = org_key(tenants, org, key).await?;
+    if old.revoked_at.is_some() {
+        return Err(ApiError::Conflict("a revoked API key cannot be rotated".into()).into());
+    }
+    let secret = api_key_secret(old.mode(), random());
+    let new = ApiKey {
+        id: ApiKeyId::from_random(random()),
+        org_id: org.clone(),
+        name: old.name.clone(),
+        hash: KeyHash::of_secret(&secret),
+        display_prefix: secret.chars().take(12).collect(),
+        scopes: old.scopes.clone(),
+        created_at: now,
+        expires_at: old.expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let previous = tenants
+        .rotate_api_key(
+            &old.id,
+            &new,
+            now + chrono::TimeDelta::seconds(i64::from(overlap)),
+        )
+        .await?
+        .ok_or_else(key_not_found)?;
+    let rotated = RotatedKey {
+        key: secret,
+        new: KeyView::from(&new),
+        previous: KeyView::from(&previous),
+    };
+    Ok((KeyView::from(&old), rotated))
+}
+
 /// The audit `after` of a rotation: both keys, never the secret.
-fn json_pair(previous: &KeyView, new: &KeyView) -> Value {
+pub fn json_pair(previous: &KeyView, new: &KeyView) -> Value {
     serde_json::json!({"previous": previous, "new": new})
 }

@@ -12,6 +12,8 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
+use tally_core::plan::Plan;
+use tally_core::ports::TenantStore;
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::ApiState;
@@ -86,9 +88,13 @@ pub(crate) fn member_not_found() -> ApiError {
 }
 
 /// The target of a member change: a member, and not the owner (`403`).
-async fn changeable_member(state: &ApiState, org: &OrgId, user: &str) -> Result<UserId, MgmtError> {
+async fn changeable_member(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    user: &str,
+) -> Result<UserId, MgmtError> {
     let user = UserId::parse(user).map_err(|_| member_not_found())?;
-    match state.tenants.get_role(org, &user).await? {
+    match tenants.get_role(org, &user).await? {
         None => Err(member_not_found().into()),
         Some(Role::Owner) => Err(ApiError::Forbidden(
             "the owner cannot be demoted or removed except by transferring ownership".into(),
@@ -101,16 +107,18 @@ async fn changeable_member(state: &ApiState, org: &OrgId, user: &str) -> Result<
 /// Refuses one more user (a member or an invitation) past the plan's user limit: `403` with
 /// `limit` and `count`, where the count is the members plus the pending invitations (each
 /// of which may become a member).
-pub(crate) async fn check_user_limit(state: &ApiState, org: &Org) -> Result<(), MgmtError> {
-    let Some(limit) = state.plan(org.plan).limits.users else {
+/// `plan` is the org's plan as the process's catalogue defines it.
+pub async fn check_user_limit(
+    tenants: &dyn TenantStore,
+    plan: &Plan,
+    org: &Org,
+    now: DateTime<Utc>,
+) -> Result<(), MgmtError> {
+    let Some(limit) = plan.limits.users else {
         return Ok(());
     };
-    let members = state.tenants.list_members(&org.id).await?.len();
-    let pending = state
-        .tenants
-        .list_invitations(&org.id, state.clock.now())
-        .await?
-        .len();
+    let members = tenants.list_members(&org.id).await?.len();
+    let pending = tenants.list_invitations(&org.id, now).await?.len();
     let count = members + pending;
     if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
         return Err(MgmtError::CountLimit {
@@ -144,21 +152,8 @@ pub(crate) async fn update_member(
         .mutation(&state, &org, Action::MemberUpdate, resource)
         .run(async |auth| {
             let req = body(payload)?;
-            let role = grantable_role(&req.role)?;
-            let user = changeable_member(&state, &auth.org, &user).await?;
-            let before = state
-                .tenants
-                .set_member_role(&auth.org, &user, role)
-                .await?
-                .ok_or_else(member_not_found)?;
-            let after = Membership {
-                role,
-                ..before.clone()
-            };
-            Ok(Change::updated(
-                &MemberView::from(&before),
-                MemberView::from(&after),
-            ))
+            let (before, after) = set_role(&*state.tenants, &auth.org, &user, &req.role).await?;
+            Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(member))
@@ -175,14 +170,48 @@ pub(crate) async fn remove_member(
     let removed = actor
         .mutation(&state, &org, Action::MemberRemove, resource)
         .run(async |auth| {
-            let user = changeable_member(&state, &auth.org, &user).await?;
-            let before = state
-                .tenants
-                .remove_member(&auth.org, &user)
-                .await?
-                .ok_or_else(member_not_found)?;
-            Ok(Change::removed(MemberView::from(&before)))
+            let removed = remove(&*state.tenants, &auth.org, &user).await?;
+            Ok(Change::removed(removed))
         })
         .await?;
     Ok(Json(removed))
+}
+
+/// Removes the member `user` (a path parameter or a CLI flag) from `org`: the removed
+/// membership; `404` for a user who is not a member, `403` for the owner (ownership moves
+/// only by a transfer). The one removal both the route and `tally member remove` make.
+pub async fn remove(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    user: &str,
+) -> Result<MemberView, MgmtError> {
+    let user = changeable_member(tenants, org, user).await?;
+    let before = tenants
+        .remove_member(org, &user)
+        .await?
+        .ok_or_else(member_not_found)?;
+    Ok(MemberView::from(&before))
+}
+
+/// Gives the member `user` (a path parameter or a CLI flag) of `org` the role `role`: the
+/// membership before and after. `400` naming `role` unless it is admin, member or viewer,
+/// `404` for a user who is not a member, `403` for the owner. The one role change both the
+/// route and `tally member set-role` make.
+pub async fn set_role(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    user: &str,
+    role: &str,
+) -> Result<(MemberView, MemberView), MgmtError> {
+    let role = grantable_role(role)?;
+    let user = changeable_member(tenants, org, user).await?;
+    let before = tenants
+        .set_member_role(org, &user, role)
+        .await?
+        .ok_or_else(member_not_found)?;
+    let after = Membership {
+        role,
+        ..before.clone()
+    };
+    Ok((MemberView::from(&before), MemberView::from(&after)))
 }

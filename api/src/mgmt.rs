@@ -72,12 +72,21 @@ impl From<StoreError> for MgmtError {
 }
 
 impl MgmtError {
-    /// The error code written to the audit record.
-    fn code(&self) -> String {
+    /// The error code: the one the answer carries and the audit record shows.
+    pub fn code(&self) -> String {
         match self {
             MgmtError::Api(e) => e.body().code,
             MgmtError::CountLimit { .. } => PLAN_LIMIT_EXCEEDED.to_owned(),
             MgmtError::PlanChangeForbidden => PLAN_CHANGE_FORBIDDEN.to_owned(),
+        }
+    }
+
+    /// The field to blame, as the answer's error object names it.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            MgmtError::Api(e) => e.body().field,
+            MgmtError::CountLimit { what, .. } => Some((*what).to_owned()),
+            MgmtError::PlanChangeForbidden => Some("plan".to_owned()),
         }
     }
 

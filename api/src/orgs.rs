@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::counter::{Overflow, checked_percent, checked_sum};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{CounterQuery, StoreError};
+use tally_core::ports::{CounterQuery, StoreError, TenantStore};
 use tally_core::tenant::{Org, OrgChanges, Role, check_name};
 
 use crate::ApiState;
@@ -164,21 +164,35 @@ pub(crate) async fn transfer_ownership(
         .mutation(&state, &org, Action::OrgTransfer, resource)
         .run(async |auth| {
             let req = body(payload)?;
-            let to = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
-            let before = state.org(&auth.org).await?;
-            let after = state
-                .tenants
-                .transfer_ownership(&auth.org, &auth.user, &to)
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound { .. } => MgmtError::Api(member_not_found()),
-                    other => other.into(),
-                })?
-                .ok_or_else(org_not_found)?;
+            let (before, after) =
+                transfer(&*state.tenants, &auth.org, &auth.user, &req.user_id).await?;
             Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(org))
+}
+
+/// Makes the member `to` (a body field or a CLI flag) the owner of `org` in place of its
+/// owner `from`, who becomes an admin: the org before and after. `404` if `to` is not a
+/// member or there is no such org, `409` if `from` is not the owner (any more). The one
+/// transfer both the route and `tally org transfer` make.
+pub async fn transfer(
+    tenants: &dyn TenantStore,
+    org: &OrgId,
+    from: &UserId,
+    to: &str,
+) -> Result<(Org, Org), MgmtError> {
+    let to = UserId::parse(to).map_err(|_| member_not_found())?;
+    let before = tenants.get_org(org).await?.ok_or_else(org_not_found)?;
+    let after = tenants
+        .transfer_ownership(org, from, &to)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => MgmtError::Api(member_not_found()),
+            other => other.into(),
+        })?
+        .ok_or_else(org_not_found)?;
+    Ok((before, after))
 }
 
 /// One meter of the usage summary.

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::StoreError;
+use tally_core::ports::{StoreError, TenantStore};
 use tally_core::tenant::{Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
@@ -30,7 +30,7 @@ pub struct ProjectsResponse {
 }
 
 /// The `404` of a project that is not the org's.
-fn project_not_found() -> ApiError {
+pub fn project_not_found() -> ApiError {
     ApiError::not_found("project_id", "no such project in this organization")
 }
 
@@ -172,12 +172,13 @@ pub(crate) async fn update_project(
         .run(async |auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
-            let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let changes = ProjectChanges {
                 name: Some(req.name),
                 archive_at: None,
             };
-            change_project(&state, &auth.org, &id, &changes).await
+            let (before, after) =
+                change_project(&*state.tenants, &auth.org, &project, &changes).await?;
+            Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(project))
@@ -196,35 +197,37 @@ pub(crate) async fn archive_project(
     let project = actor
         .mutation(&state, &org, Action::ProjectArchive, resource)
         .run(async |auth| {
-            let id = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let changes = ProjectChanges {
                 name: None,
                 archive_at: Some(state.clock.now()),
             };
-            change_project(&state, &auth.org, &id, &changes).await
+            let (before, after) =
+                change_project(&*state.tenants, &auth.org, &project, &changes).await?;
+            Ok(Change::updated(&before, after))
         })
         .await?;
     Ok(Json(project))
 }
 
-/// Applies `changes` to the org's project: the change from before to after, or `404`.
-async fn change_project(
-    state: &ApiState,
+/// Applies `changes` to the org's project `id` (a path parameter or a CLI flag): the
+/// project before and after, or `404`. The one project change both the routes and `tally
+/// project rename|archive` make.
+pub async fn change_project(
+    tenants: &dyn TenantStore,
     org: &OrgId,
-    id: &ProjectId,
+    id: &str,
     changes: &ProjectChanges,
-) -> Result<Change<Project>, MgmtError> {
-    let before = state
-        .tenants
-        .get_project(org, id)
+) -> Result<(Project, Project), MgmtError> {
+    let id = ProjectId::parse(id).map_err(|_| project_not_found())?;
+    let before = tenants
+        .get_project(org, &id)
         .await?
         .ok_or_else(project_not_found)?;
-    let after = state
-        .tenants
-        .update_project(org, id, changes)
+    let after = tenants
+        .update_project(org, &id, changes)
         .await?
         .ok_or_else(project_not_found)?;
-    Ok(Change::updated(&before, after))
+    Ok((before, after))
 }
 
 /// `POST /v1/orgs/{org_id}/projects/{project_id}/members` body.

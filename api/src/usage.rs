@@ -21,9 +21,10 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::event::ErrorCode;
-use tally_core::ids::ProjectId;
+use tally_core::ids::{MeterName, OrgId, ProjectId};
+use tally_core::meter::MeterCatalogue;
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::CounterQuery;
+use tally_core::ports::{CounterQuery, UsageStore};
 use tally_core::tenant::KeyMode;
 
 use crate::ApiState;
@@ -88,6 +89,186 @@ pub struct SeriesPoint {
     pub value: String,
 }
 
+/// A usage query whose parameters were checked against the catalogue and the bounds: what
+/// [`read`] reads. The route and `tally usage` both build it with [`UsageRequest::parse`],
+/// so both refuse alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRequest {
+    /// The meter, one of the catalogue's.
+    pub meter: MeterName,
+    /// Bucket width.
+    pub granularity: Granularity,
+    /// Start of the range, moved back to the start of its bucket.
+    pub from: DateTime<Utc>,
+    /// Exclusive end.
+    pub to: DateTime<Utc>,
+    /// One project instead of the whole org; the caller checks it is the org's (see
+    /// [`project_not_found`]).
+    pub project: Option<ProjectId>,
+}
+
+/// The `mode` parameter: `None` when absent, else `live` or `test` (`400 invalid_mode`).
+pub fn parse_mode(mode: Option<&str>) -> Result<Option<KeyMode>, ApiError> {
+    mode.map(|m| {
+        KeyMode::parse(m).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_mode",
+                "mode",
+                format!("mode must be live or test, got {:?}", clip(m)),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// The `404` of a `project_id` that is not a project of the org (or one the reader may not
+/// see: the two are answered alike).
+pub fn project_not_found(id: &ProjectId) -> ApiError {
+    ApiError::not_found(
+        "project_id",
+        format!("project {id} not found in this organization"),
+    )
+}
+
+impl UsageRequest {
+    /// Checks `meter`, `granularity`, `from`, `to` (with their defaults relative to `now`,
+    /// and the [`MAX_BUCKETS`] and [`MAX_MONTHS`] bounds) and the shape of `project_id`;
+    /// `org_id` and `mode` are the caller's to check. Each problem is a `400` naming its
+    /// parameter.
+    pub fn parse(
+        params: &UsageParams,
+        catalogue: &MeterCatalogue,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ApiError> {
+        let meter = match params.meter.as_deref() {
+            None | Some("") => {
+                return Err(ApiError::bad_request(
+                    ErrorCode::MissingField.as_str(),
+                    "meter",
+                    format!(
+                        "meter is required; this org's meters are {}",
+                        catalogue.names().join(", ")
+                    ),
+                ));
+            }
+            Some(m) => catalogue
+                .get(m)
+                .map(|m| m.name.clone())
+                .ok_or_else(|| unknown_meter(catalogue, m))?,
+        };
+        let granularity = match params.granularity.as_deref() {
+            None => Granularity::Day,
+            Some(g) => Granularity::parse(g).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_granularity",
+                    "granularity",
+                    format!("granularity must be month, day or hour, got {:?}", clip(g)),
+                )
+            })?,
+        };
+        let to = match params.to.as_deref() {
+            Some(s) => parse_instant("to", s)?,
+            None => now,
+        };
+        let from = match params.from.as_deref() {
+            Some(s) => parse_instant("from", s)?,
+            None if params.to.is_none() => Month::of(now).start(),
+            None => Month::of(
+                to.checked_sub_signed(TimeDelta::nanoseconds(1))
+                    .unwrap_or(to),
+            )
+            .start(),
+        };
+        let from = granularity.truncate(from);
+        if from > to {
+            return Err(ApiError::bad_request(
+                "invalid_range",
+                "to",
+                format!(
+                    "to ({}) must not be before from ({})",
+                    rfc3339(to),
+                    rfc3339(from)
+                ),
+            ));
+        }
+        let buckets = bucket_count(granularity, from, to);
+        if buckets > MAX_BUCKETS {
+            return Err(ApiError::bad_request(
+                "range_too_large",
+                "from",
+                format!(
+                    "from..to spans {buckets} {granularity} buckets; at most {MAX_BUCKETS} per request (narrow the range or use a coarser granularity)"
+                ),
+            ));
+        }
+        let months = bucket_count(Granularity::Month, Granularity::Month.truncate(from), to);
+        if months > MAX_MONTHS {
+            return Err(ApiError::bad_request(
+                "range_too_large",
+                "from",
+                format!(
+                    "from..to touches {months} months; at most {MAX_MONTHS} per request (narrow the range)"
+                ),
+            ));
+        }
+        let project = params
+            .project_id
+            .as_deref()
+            .map(|p| {
+                ProjectId::parse(p)
+                    .map_err(|e| ApiError::bad_request("invalid_id", "project_id", e.to_string()))
+            })
+            .transpose()?;
+        Ok(UsageRequest {
+            meter,
+            granularity,
+            from,
+            to,
+            project,
+        })
+    }
+}
+
+/// Reads the series `req` asks for from `org`'s `mode` usage (test usage is kept under the
+/// org's test twin, see `OrgId::test_twin`).
+pub async fn read(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    mode: KeyMode,
+    req: UsageRequest,
+) -> Result<UsageResponse, ApiError> {
+    let series = if bucket_count(req.granularity, req.from, req.to) == 0 {
+        Vec::new()
+    } else {
+        usage
+            .counter_series(&CounterQuery {
+                org: mode.usage_org(org),
+                project: req.project.clone(),
+                meter: req.meter.clone(),
+                granularity: req.granularity,
+                from: req.from,
+                to: req.to,
+            })
+            .await?
+    };
+    Ok(UsageResponse {
+        org_id: org.to_string(),
+        project_id: req.project.map(|p| p.to_string()),
+        mode: mode.as_str().to_owned(),
+        meter: req.meter.as_str().to_owned(),
+        granularity: req.granularity.to_string(),
+        from: rfc3339(req.from),
+        to: rfc3339(req.to),
+        series: series
+            .into_iter()
+            .map(|c| SeriesPoint {
+                start: rfc3339(c.start),
+                value: c.value.to_string(),
+            })
+            .collect(),
+    })
+}
+
 /// The route handler.
 pub(crate) async fn get_usage(
     State(state): State<ApiState>,
@@ -104,15 +285,9 @@ pub(crate) async fn get_usage(
     let reader = caller.usage_org(&state, params.org_id.as_deref()).await?;
     let org = reader.org.clone();
     tracing::Span::current().record("org", org.as_str());
-    let mode = match params.mode.as_deref() {
+    let mode = match parse_mode(params.mode.as_deref())? {
         None => reader.key_mode.unwrap_or(KeyMode::Live),
-        Some(m) => KeyMode::parse(m).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_mode",
-                "mode",
-                format!("mode must be live or test, got {:?}", clip(m)),
-            )
-        })?,
+        Some(m) => m,
     };
     if let Some(own) = reader.key_mode
         && own != mode
@@ -122,140 +297,25 @@ pub(crate) async fn get_usage(
             "a {own} key reads {own} usage only: leave mode out, or ask for mode={own}"
         )));
     }
-
-    let meter = match params.meter.as_deref() {
-        None | Some("") => {
-            return Err(ApiError::bad_request(
-                ErrorCode::MissingField.as_str(),
-                "meter",
-                format!(
-                    "meter is required; this org's meters are {}",
-                    state.catalogue.names().join(", ")
-                ),
-            ));
-        }
-        Some(m) => state
-            .catalogue
-            .get(m)
-            .map(|m| m.name.clone())
-            .ok_or_else(|| unknown_meter(&state, m))?,
-    };
-    let granularity = match params.granularity.as_deref() {
-        None => Granularity::Day,
-        Some(g) => Granularity::parse(g).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_granularity",
-                "granularity",
-                format!("granularity must be month, day or hour, got {:?}", clip(g)),
-            )
-        })?,
-    };
-    let now = state.clock.now();
-    let to = match params.to.as_deref() {
-        Some(s) => parse_instant("to", s)?,
-        None => now,
-    };
-    let from = match params.from.as_deref() {
-        Some(s) => parse_instant("from", s)?,
-        None if params.to.is_none() => Month::of(now).start(),
-        None => Month::of(
-            to.checked_sub_signed(TimeDelta::nanoseconds(1))
-                .unwrap_or(to),
-        )
-        .start(),
-    };
-    let from = granularity.truncate(from);
-    if from > to {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            "to",
-            format!(
-                "to ({}) must not be before from ({})",
-                rfc3339(to),
-                rfc3339(from)
-            ),
-        ));
+    let req = UsageRequest::parse(&params, &state.catalogue, state.clock.now())?;
+    if let Some(id) = &req.project
+        // A project the reader may not see is answered like one that does not exist.
+        && (state.tenants.get_project(&org, id).await?.is_none()
+            || !reader.may_read_project(&state, id).await?)
+    {
+        return Err(project_not_found(id));
     }
-    let buckets = bucket_count(granularity, from, to);
-    if buckets > MAX_BUCKETS {
-        return Err(ApiError::bad_request(
-            "range_too_large",
-            "from",
-            format!(
-                "from..to spans {buckets} {granularity} buckets; at most {MAX_BUCKETS} per request (narrow the range or use a coarser granularity)"
-            ),
-        ));
-    }
-    let months = bucket_count(Granularity::Month, Granularity::Month.truncate(from), to);
-    if months > MAX_MONTHS {
-        return Err(ApiError::bad_request(
-            "range_too_large",
-            "from",
-            format!(
-                "from..to touches {months} months; at most {MAX_MONTHS} per request (narrow the range)"
-            ),
-        ));
-    }
-    let project = match params.project_id.as_deref() {
-        None => None,
-        Some(p) => {
-            let id = ProjectId::parse(p)
-                .map_err(|e| ApiError::bad_request("invalid_id", "project_id", e.to_string()))?;
-            // A project the reader may not see is answered like one that does not exist.
-            if state.tenants.get_project(&org, &id).await?.is_none()
-                || !reader.may_read_project(&state, &id).await?
-            {
-                return Err(ApiError::not_found(
-                    "project_id",
-                    format!("project {id} not found in this organization"),
-                ));
-            }
-            Some(id)
-        }
-    };
-
-    let series = if buckets == 0 {
-        Vec::new()
-    } else {
-        state
-            .usage
-            .counter_series(&CounterQuery {
-                // Test usage is kept under the org's test twin (see `OrgId::test_twin`).
-                org: mode.usage_org(&org),
-                project: project.clone(),
-                meter: meter.clone(),
-                granularity,
-                from,
-                to,
-            })
-            .await?
-    };
-    Ok(Json(UsageResponse {
-        org_id: org.to_string(),
-        project_id: project.map(|p| p.to_string()),
-        mode: mode.as_str().to_owned(),
-        meter: meter.as_str().to_owned(),
-        granularity: granularity.to_string(),
-        from: rfc3339(from),
-        to: rfc3339(to),
-        series: series
-            .into_iter()
-            .map(|c| SeriesPoint {
-                start: rfc3339(c.start),
-                value: c.value.to_string(),
-            })
-            .collect(),
-    }))
+    Ok(Json(read(&*state.usage, &org, mode, req).await?))
 }
 
-fn unknown_meter(state: &ApiState, m: &str) -> ApiError {
+fn unknown_meter(catalogue: &MeterCatalogue, m: &str) -> ApiError {
     ApiError::bad_request(
         ErrorCode::UnknownMeter.as_str(),
         "meter",
         format!(
             "unknown meter {:?}; this org's meters are {}",
             clip(m),
-            state.catalogue.names().join(", ")
+            catalogue.names().join(", ")
         ),
     )
 }

@@ -9,11 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
-use crate::{aggregate, alerts, backend, bill, commands, prune, replay, serve};
+use crate::{aggregate, alerts, backend, bill, commands, people, prune, records, replay, serve};
 
-/// Tally: usage metering and billing for multi-tenant SaaS.
+/// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
+/// the operator's commands.
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about, long_about = None)]
+#[command(name = "tally", version)]
 pub struct Cli {
     #[command(flatten)]
     common: Common,
@@ -34,6 +35,21 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// See and change an organization's members; a user joins only by an invitation.
+    #[command(subcommand)]
+    Member(people::MemberCommand),
+    /// See, send and revoke an organization's invitations.
+    #[command(subcommand)]
+    Invitation(people::InvitationCommand),
+    /// Read an organization's audit trail, newest first, with the API's filters.
+    Audit(records::AuditArgs),
+    /// Read an organization's usage of one meter as a series, as GET /v1/usage answers.
+    Usage(records::UsageArgs),
+    /// Read the usage reports month close stored, with their lines and Stripe invoices.
+    #[command(subcommand)]
+    Report(records::ReportCommand),
+    /// Print a shell completion script for bash, zsh or fish on stdout.
+    Completions(CompletionsArgs),
     /// Mint JWTs for users (local use and tests).
     #[command(subcommand)]
     Token(commands::TokenCommand),
@@ -55,6 +71,37 @@ enum Command {
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
+}
+
+/// `tally completions` flags.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+/// The shells `tally completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    /// Bash: `source <(tally completions bash)`.
+    Bash,
+    /// Zsh: write it to a file named `_tally` on `$fpath`.
+    Zsh,
+    /// Fish: write it to `~/.config/fish/completions/tally.fish`.
+    Fish,
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn completions(args: CompletionsArgs) {
+    use clap::CommandFactory;
+    use clap_complete::{Shell as S, generate};
+    let shell = match args.shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+    };
+    generate(shell, &mut Cli::command(), "tally", &mut std::io::stdout());
 }
 
 /// Exit status for `reconcile` when it found drift.
@@ -98,6 +145,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(cmd) => commands::project(common, cmd).await,
         Command::Key(cmd) => commands::key(common, cmd).await,
         Command::Token(cmd) => commands::token(common, cmd).await,
+        Command::Member(cmd) => people::member(common, cmd).await,
+        Command::Invitation(cmd) => people::invitation(common, cmd).await,
+        Command::Audit(args) => records::audit(common, args).await,
+        Command::Usage(args) => records::usage(common, args).await,
+        Command::Report(cmd) => records::report(common, cmd).await,
+        Command::Completions(args) => {
+            completions(args);
+            Ok(())
+        }
         Command::Init(args) => backend::init(common, args).await,
         Command::Bill(args) => bill::bill(common, args).await,
         Command::Alerts(cmd) => alerts::alerts(common, cmd).await,

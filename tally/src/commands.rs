@@ -1,7 +1,10 @@
 //! The one-shot administration commands: `org`, `project`, `key`, `token` and `reconcile`.
 //!
-//! `org create`, `org set-plan`, `project create` and `key create` write an audit record
-//! each (actor `cli`), like the management API's routes do. `org set-plan` is the only way
+//! The `org`, `project` and `key` command lines are declared here; creation and `org
+//! set-plan` run here, the rest (list, show, update, delete, rename, archive, revoke,
+//! rotate) in [`crate::inventory`] over the management API's own functions. `org create`,
+//! `org set-plan`, `project create` and `key create` write an audit record each (actor
+//! `cli`, through [`crate::manage::record`]), like the management API's routes do. `org set-plan` is the only way
 //! an org's plan changes: the management API refuses it to every tenant role. `token
 //! create` and `tally serve` share the JWT configuration of
 //! [`crate::settings::jwt_config`].
@@ -12,16 +15,17 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use tally_core::tenant::AuditOutcome;
 use tally_core::tenant::{
-    ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, User, api_key_secret, check_email,
-    check_name, check_slug,
+    ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret,
+    check_email, check_name, check_slug,
 };
-use tally_core::tenant::{AuditOutcome, AuditRecord};
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 
-use crate::backend;
+use crate::manage::random;
 use crate::output::print;
 use crate::settings::{Common, jwt_config, parse_duration};
+use crate::{backend, inventory};
 
 /// `tally org …`
 #[derive(Debug, Subcommand)]
@@ -55,6 +59,50 @@ pub enum OrgCommand {
         #[arg(long)]
         plan: String,
     },
+    /// List the organizations as a table (or `{"orgs": [...]}` with --json), by id.
+    List {
+        /// Include deleted organizations.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show an organization (deleted ones too): its owner, how many members, projects and
+    /// keys it has, and its plan history.
+    Show {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+    },
+    /// Make a member the organization's owner, as `POST /v1/orgs/{org_id}/transfer` does:
+    /// the owner until now becomes an admin. Audited as `org.transfer`.
+    Transfer {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The member who becomes the owner (usr_…).
+        #[arg(long)]
+        to: String,
+    },
+    /// Rename an organization, as `PATCH /v1/orgs/{org_id}` does; audited as `org.update`.
+    /// Its plan is changed by `tally org set-plan` instead.
+    Update {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The new display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete an organization, as `DELETE /v1/orgs/{org_id}` does: it is soft-deleted, every
+    /// API key is revoked, and its usage and reports are kept for billing. Audited as
+    /// `org.delete`.
+    Delete {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// Confirm the deletion; without it nothing is changed.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `tally project …`
@@ -71,6 +119,43 @@ pub enum ProjectCommand {
         /// Handle, unique in the org.
         #[arg(long)]
         slug: String,
+    },
+    /// List an organization's projects, archived ones included.
+    List {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+    },
+    /// Show one project of an organization.
+    Show {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The project's id (prj_…).
+        #[arg(long)]
+        project: String,
+    },
+    /// Rename a project (its slug stays); audited as `project.update`.
+    Rename {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The project's id (prj_…).
+        #[arg(long)]
+        project: String,
+        /// The new display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Archive a project: ingest refuses its events once its cache entry expires, and it no
+    /// longer counts against the plan's project limit. Audited as `project.archive`.
+    Archive {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The project's id (prj_…).
+        #[arg(long)]
+        project: String,
     },
 }
 
@@ -94,6 +179,37 @@ pub enum KeyCommand {
         /// Expiry as RFC 3339 (never by default).
         #[arg(long)]
         expires_at: Option<String>,
+    },
+    /// List an organization's API keys with their state; never a secret or a hash.
+    List {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke an API key; ingest refuses it once its key cache entry expires. Audited as
+    /// `key.revoke`.
+    Revoke {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The key's id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Rotate an API key: a new key with the same name and scopes is made and its secret
+    /// printed once, while the old key keeps working for the overlap. Audited as
+    /// `key.rotate`.
+    Rotate {
+        /// The organization's id (org_…).
+        #[arg(long)]
+        org: String,
+        /// The key's id (key_…).
+        #[arg(long)]
+        key: String,
+        /// How long the old key keeps working (e.g. 1h, 2d), at most 30 days; a day by
+        /// default.
+        #[arg(long, value_parser = parse_duration)]
+        overlap: Option<std::time::Duration>,
     },
 }
 
@@ -174,23 +290,17 @@ async fn audit_record(
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
 ) {
-    let record = AuditRecord {
-        id: format!("aud_{}", hex::encode(random::<16>())),
-        org_id: org.clone(),
-        actor: "cli".into(),
-        action: action.to_owned(),
+    crate::manage::record(
+        store,
+        org,
+        action,
         resource,
-        outcome: AuditOutcome::Allowed,
-        reason: None,
+        AuditOutcome::Allowed,
+        None,
         before,
         after,
-        at: Utc::now(),
-        ip: None,
-        user_agent: Some(format!("tally-cli/{}", env!("CARGO_PKG_VERSION"))),
-    };
-    if let Err(e) = store.tenants.record_audit(&record).await {
-        tracing::error!(error = %e, action, "cannot write the audit record");
-    }
+    )
+    .await;
 }
 
 /// `tally reconcile …`
@@ -202,12 +312,6 @@ pub struct ReconcileArgs {
     /// Only this organization (all by default).
     #[arg(long)]
     org: Option<String>,
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    rand::fill(&mut b);
-    b
 }
 
 #[derive(Serialize)]
@@ -227,6 +331,15 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
             plan,
         } => (name, slug, owner_email, plan),
         OrgCommand::SetPlan { org, plan } => return set_plan(common, &org, &plan).await,
+        OrgCommand::List { all } => return inventory::org_list(common, all).await,
+        OrgCommand::Show { org } => return inventory::org_show(common, &org).await,
+        OrgCommand::Update { org, name } => {
+            return inventory::org_update(common, &org, &name).await;
+        }
+        OrgCommand::Delete { org, yes } => return inventory::org_delete(common, &org, yes).await,
+        OrgCommand::Transfer { org, to } => {
+            return inventory::org_transfer(common, &org, &to).await;
+        }
     };
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
@@ -330,7 +443,29 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
 
 /// Runs a `project` command.
 pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()> {
-    let ProjectCommand::Create { org, name, slug } = cmd;
+    let (org, name, slug) = match cmd {
+        ProjectCommand::Create { org, name, slug } => (org, name, slug),
+        ProjectCommand::List { org } => return inventory::project_list(common, &org).await,
+        ProjectCommand::Show { org, project } => {
+            return inventory::project_show(common, &org, &project).await;
+        }
+        ProjectCommand::Rename { org, project, name } => {
+            let changes = ProjectChanges {
+                name: Some(name),
+                archive_at: None,
+            };
+            return inventory::project_change(common, &org, &project, "project.update", changes)
+                .await;
+        }
+        ProjectCommand::Archive { org, project } => {
+            let changes = ProjectChanges {
+                name: None,
+                archive_at: Some(crate::manage::now()?),
+            };
+            return inventory::project_change(common, &org, &project, "project.archive", changes)
+                .await;
+        }
+    };
     let org_id = OrgId::parse(&org).context("--org")?;
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
@@ -368,13 +503,20 @@ struct KeyOut {
 
 /// Runs a `key` command.
 pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
-    let KeyCommand::Create {
-        org,
-        name,
-        scopes,
-        test,
-        expires_at,
-    } = cmd;
+    let (org, name, scopes, test, expires_at) = match cmd {
+        KeyCommand::Create {
+            org,
+            name,
+            scopes,
+            test,
+            expires_at,
+        } => (org, name, scopes, test, expires_at),
+        KeyCommand::List { org } => return inventory::key_list(common, &org).await,
+        KeyCommand::Revoke { org, key } => return inventory::key_revoke(common, &org, &key).await,
+        KeyCommand::Rotate { org, key, overlap } => {
+            return inventory::key_rotate(common, &org, &key, overlap).await;
+        }
+    };
     let org_id = OrgId::parse(&org).context("--org")?;
     check_name("name", &name)?;
     let mut parsed = Vec::new();

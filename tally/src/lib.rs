@@ -13,6 +13,9 @@
 //!   listener until a shutdown future completes.
 //! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `output`: the other commands and their
 //!   printing.
+//! - `manage` (what the operator's management commands share: refusals, audit records),
+//!   `inventory` (orgs, projects, keys), `people` (members, invitations) and `records`
+//!   (usage, audit trail, reports): the operator's parity with the management API.
 //! - [`cli`]: the command line and the dispatch to the commands.
 //!
 //! Nothing here holds business logic; see the crates it wires together.
@@ -29,6 +32,10 @@ pub mod stripe;
 mod aggregate;
 mod bill;
 mod commands;
+mod inventory;
+mod manage;
 mod output;
+mod people;
 mod prune;
+mod records;
 mod replay;

@@ -1,4 +1,5 @@
-//! Printing results: JSON on stdout with `--json`, a short human text otherwise.
+//! Printing results: JSON on stdout with `--json`, a short human text otherwise, and the
+//! aligned tables the listing commands print for people.
 
 use serde::Serialize;
 
@@ -14,4 +15,65 @@ pub fn print<T: Serialize>(
         println!("{}", human(value));
     }
     Ok(())
+}
+
+/// `rows` under `headers`, each column as wide as its widest cell, columns two spaces apart
+/// and no trailing spaces; `empty` instead when there are no rows, so an empty listing says
+/// so rather than printing a lone header.
+pub fn table(headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+    if rows.is_empty() {
+        return empty.to_owned();
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            out.push_str(cell);
+            out.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = vec![line(&mut headers.iter().copied())];
+    out.extend(rows.iter().map(|r| line(&mut r.iter().map(String::as_str))));
+    out.join("\n")
+}
+
+/// An optional time as a table shows it: RFC 3339 to the second, or `-`.
+pub fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_say_when_empty() {
+        let rows = vec![
+            vec![
+                "org_a".to_owned(),
+                "Acme Corporation".to_owned(),
+                "pro".to_owned(),
+            ],
+            vec!["org_bb".to_owned(), "B".to_owned(), "free".to_owned()],
+        ];
+        assert_eq!(
+            table(&["ID", "NAME", "PLAN"], &rows, "none"),
+            "ID      NAME              PLAN\n\
+             org_a   Acme Corporation  pro\n\
+             org_bb  B                 free"
+        );
+        assert_eq!(table(&["ID"], &[], "no orgs"), "no orgs");
+    }
 }

@@ -14,7 +14,9 @@ use clap::Args;
 use tally_api::jwt::{JwtConfig, MIN_SECRET_LEN};
 
 /// Settings every command shares. Tests that run the app in process build one directly.
+/// Help lists them under a heading of their own, after each command's own flags.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Common {
     /// Directory of the embedded SQLite database and local queue.
     #[arg(
