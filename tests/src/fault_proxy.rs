@@ -38,6 +38,14 @@
 //! connections before the store sees them; `TransactionConflictException` and
 //! `TransactionCanceledException` reach the store at once.
 //!
+//! [`FaultProxy::crash_at`] simulates a process killed inside a protocol: when the request
+//! it names arrives (the `nth` of an operation whose body contains a given text, e.g. the
+//! `TransactWriteItems` of `CHUNK#1`), the proxy goes dark ([`CrashMode`]: before
+//! forwarding it, after forwarding it with the answer lost, or after answering it), and
+//! from then on answers every request a 500 without forwarding it, so the client behind it
+//! can write nothing more, like a dead process. [`FaultProxy::crash_log`] lists what
+//! reached the emulator since the crash was armed.
+//!
 //! SQS and Kinesis (`PutRecords` partial failures) are not proxied yet: this first part
 //! covers DynamoDB only.
 
@@ -108,6 +116,37 @@ impl Fault {
     }
 }
 
+/// Where a [`CrashPoint`] kills the process behind the proxy, relative to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CrashMode {
+    /// The request never leaves: the process died just before sending it.
+    Before,
+    /// The request is applied, its answer lost: the process died waiting for it.
+    AnswerLost,
+    /// The request is applied and answered: the process died just after reading it.
+    After,
+}
+
+/// The request at which [`FaultProxy::crash_at`] goes dark: the `nth` (from 0, in arrival
+/// order) request of operation `op` whose body contains `needle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The operation (`PutItem`, `TransactWriteItems`, ...).
+    pub op: String,
+    /// Text the request's body must contain (empty: any request of `op`).
+    pub needle: String,
+    /// Which of the matching requests.
+    pub nth: u64,
+    /// What becomes of that request.
+    pub mode: CrashMode,
+}
+
+/// An armed crash: its point and how many requests matched so far.
+struct Armed {
+    point: CrashPoint,
+    matched: u64,
+}
+
 /// The operations faults are injected on by default.
 pub const WRITES: [&str; 5] = [
     "PutItem",
@@ -170,6 +209,12 @@ struct Shared {
     /// Forced faults, each with the one operation it is for (`None`: any it applies to).
     forced: Mutex<VecDeque<(Option<String>, Fault)>>,
     injected: Mutex<BTreeMap<Fault, u64>>,
+    /// The armed crash, if any (see [`FaultProxy::crash_at`]).
+    crash: Mutex<Option<Armed>>,
+    /// Set when the armed crash fired: nothing is forwarded any more.
+    dark: AtomicBool,
+    /// (operation, body) of every request forwarded since the crash was armed.
+    crash_log: Mutex<Vec<(String, String)>>,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -193,6 +238,9 @@ impl FaultProxy {
             forwarded: AtomicU64::new(0),
             forced: Mutex::new(VecDeque::new()),
             injected: Mutex::new(BTreeMap::new()),
+            crash: Mutex::new(None),
+            dark: AtomicBool::new(false),
+            crash_log: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -235,6 +283,25 @@ impl FaultProxy {
     /// How many requests reached the emulator (faults that forward included).
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Arms a crash at `point` (replacing any earlier one, and lighting the proxy up again
+    /// if an earlier crash left it dark): see the [module doc](self).
+    pub fn crash_at(&self, point: CrashPoint) {
+        *self.shared.crash.lock().unwrap() = Some(Armed { point, matched: 0 });
+        self.shared.crash_log.lock().unwrap().clear();
+        self.shared.dark.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the armed crash fired (the proxy is dark).
+    pub fn crashed(&self) -> bool {
+        self.shared.dark.load(Ordering::SeqCst)
+    }
+
+    /// (operation, body) of every request that reached the emulator since the crash was
+    /// armed, in the order they were forwarded.
+    pub fn crash_log(&self) -> Vec<(String, String)> {
+        self.shared.crash_log.lock().unwrap().clone()
     }
 
     /// How many requests were eligible for a fault (by operation).
@@ -288,6 +355,19 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("")
         .to_owned();
+    if shared.dark.load(Ordering::SeqCst) {
+        return internal_error();
+    }
+    if let Some(mode) = crash_fires(&shared, &op, &body) {
+        return match mode {
+            CrashMode::Before => internal_error(),
+            CrashMode::AnswerLost => {
+                let _applied = forward(&shared, &parts, body).await;
+                internal_error()
+            }
+            CrashMode::After => forward(&shared, &parts, body).await.0,
+        };
+    }
     let eligible =
         WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
     let n = eligible.then(|| shared.eligible.fetch_add(1, Ordering::SeqCst));
@@ -332,6 +412,29 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
 }
 
+/// Whether this request fires the armed crash, and how; the proxy is dark from here on if so.
+fn crash_fires(shared: &Shared, op: &str, body: &[u8]) -> Option<CrashMode> {
+    let mut crash = shared.crash.lock().unwrap();
+    let armed = crash.as_mut()?;
+    if armed.point.op != op {
+        return None;
+    }
+    if !armed.point.needle.is_empty()
+        && !String::from_utf8_lossy(body).contains(armed.point.needle.as_str())
+    {
+        return None;
+    }
+    armed.matched += 1;
+    if armed.matched - 1 != armed.point.nth {
+        return None;
+    }
+    let mode = armed.point.mode;
+    *crash = None;
+    // Dark before this request is forwarded: requests arriving from now on are refused.
+    shared.dark.store(true, Ordering::SeqCst);
+    Some(mode)
+}
+
 /// Sends the request on to the emulator; its answer, and the answer body's length.
 async fn forward(
     shared: &Shared,
@@ -340,13 +443,27 @@ async fn forward(
 ) -> (Response, usize) {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", shared.upstream);
-    let mut req = shared.http.request(parts.method.clone(), url).body(body);
+    let mut req = shared
+        .http
+        .request(parts.method.clone(), url)
+        .body(body.clone());
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
             req = req.header(name, value);
         }
     }
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    if shared.crash.lock().unwrap().is_some() || shared.dark.load(Ordering::SeqCst) {
+        let op = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("")
+            .to_owned();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        shared.crash_log.lock().unwrap().push((op, text));
+    }
     let answer = match req.send().await {
         Ok(a) => a,
         Err(e) => return (plain(StatusCode::BAD_GATEWAY, format!("proxy: {e}")), 0),
