@@ -43,8 +43,11 @@
 //! `TransactWriteItems` of `CHUNK#1`), the proxy goes dark ([`CrashMode`]: before
 //! forwarding it, after forwarding it with the answer lost, or after answering it), and
 //! from then on answers every request a 500 without forwarding it, so the client behind it
-//! can write nothing more, like a dead process. [`FaultProxy::crash_log`] lists what
-//! reached the emulator since the crash was armed.
+//! can write nothing more, like a dead process. [`CrashMode::Stall`] pauses the process
+//! instead: that request and every later one are held until [`FaultProxy::resume`], then
+//! forwarded (a zombie: a long GC pause or a frozen VM, that wakes up after others took its
+//! work over). [`FaultProxy::until_crashed`] waits for the crash; [`FaultProxy::crash_log`]
+//! lists what reached the emulator since the crash was armed.
 //!
 //! SQS and Kinesis (`PutRecords` partial failures) are not proxied yet: this first part
 //! covers DynamoDB only.
@@ -125,6 +128,9 @@ pub enum CrashMode {
     AnswerLost,
     /// The request is applied and answered: the process died just after reading it.
     After,
+    /// The request and every later one wait for [`FaultProxy::resume`], then go through:
+    /// the process was paused just before sending it, not killed.
+    Stall,
 }
 
 /// The request at which [`FaultProxy::crash_at`] goes dark: the `nth` (from 0, in arrival
@@ -215,6 +221,16 @@ struct Shared {
     dark: AtomicBool,
     /// (operation, body) of every request forwarded since the crash was armed.
     crash_log: Mutex<Vec<(String, String)>>,
+    /// Set when the armed crash fired, whatever its mode.
+    fired: AtomicBool,
+    /// Wakes [`FaultProxy::until_crashed`].
+    fired_notify: tokio::sync::Notify,
+    /// Requests on their way to the emulator.
+    in_flight: AtomicU64,
+    /// Set by a [`CrashMode::Stall`] crash until [`FaultProxy::resume`].
+    stalled: AtomicBool,
+    /// Wakes the requests a stall holds.
+    resumed: tokio::sync::Notify,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -241,6 +257,11 @@ impl FaultProxy {
             crash: Mutex::new(None),
             dark: AtomicBool::new(false),
             crash_log: Mutex::new(Vec::new()),
+            fired: AtomicBool::new(false),
+            fired_notify: tokio::sync::Notify::new(),
+            in_flight: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -291,11 +312,32 @@ impl FaultProxy {
         *self.shared.crash.lock().unwrap() = Some(Armed { point, matched: 0 });
         self.shared.crash_log.lock().unwrap().clear();
         self.shared.dark.store(false, Ordering::SeqCst);
+        self.shared.fired.store(false, Ordering::SeqCst);
+        self.resume();
     }
 
-    /// Whether the armed crash fired (the proxy is dark).
+    /// Whether the armed crash fired (the proxy is dark, or stalled).
     pub fn crashed(&self) -> bool {
-        self.shared.dark.load(Ordering::SeqCst)
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the armed crash fired and every request forwarded before it was
+    /// answered by the emulator (so the table holds all the crashed process wrote).
+    pub async fn until_crashed(&self) {
+        loop {
+            // Registered before the check, so a fire in between is not missed.
+            let fired = self.shared.fired_notify.notified();
+            if self.crashed() && self.shared.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            fired.await;
+        }
+    }
+
+    /// Lets the requests a [`CrashMode::Stall`] holds (and all later ones) through.
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::SeqCst);
+        self.shared.resumed.notify_waiters();
     }
 
     /// (operation, body) of every request that reached the emulator since the crash was
@@ -355,6 +397,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("")
         .to_owned();
+    until_resumed(&shared).await;
     if shared.dark.load(Ordering::SeqCst) {
         return internal_error();
     }
@@ -366,6 +409,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 internal_error()
             }
             CrashMode::After => forward(&shared, &parts, body).await.0,
+            CrashMode::Stall => {
+                until_resumed(&shared).await;
+                forward(&shared, &parts, body).await.0
+            }
         };
     }
     let eligible =
@@ -430,9 +477,27 @@ fn crash_fires(shared: &Shared, op: &str, body: &[u8]) -> Option<CrashMode> {
     }
     let mode = armed.point.mode;
     *crash = None;
-    // Dark before this request is forwarded: requests arriving from now on are refused.
-    shared.dark.store(true, Ordering::SeqCst);
+    // Dark (or stalled) before this request is forwarded: requests arriving from now on are
+    // refused (or held).
+    if mode == CrashMode::Stall {
+        shared.stalled.store(true, Ordering::SeqCst);
+    } else {
+        shared.dark.store(true, Ordering::SeqCst);
+    }
+    shared.fired.store(true, Ordering::SeqCst);
+    shared.fired_notify.notify_waiters();
     Some(mode)
+}
+
+/// Returns once no stall holds requests.
+async fn until_resumed(shared: &Shared) {
+    loop {
+        let resumed = shared.resumed.notified();
+        if !shared.stalled.load(Ordering::SeqCst) {
+            return;
+        }
+        resumed.await;
+    }
 }
 
 /// Sends the request on to the emulator; its answer, and the answer body's length.
@@ -453,7 +518,7 @@ async fn forward(
         }
     }
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
-    if shared.crash.lock().unwrap().is_some() || shared.dark.load(Ordering::SeqCst) {
+    if shared.crash.lock().unwrap().is_some() || shared.fired.load(Ordering::SeqCst) {
         let op = parts
             .headers
             .get("x-amz-target")
@@ -464,7 +529,11 @@ async fn forward(
         let text = String::from_utf8_lossy(&body).into_owned();
         shared.crash_log.lock().unwrap().push((op, text));
     }
-    let answer = match req.send().await {
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    let sent = req.send().await;
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    shared.fired_notify.notify_waiters();
+    let answer = match sent {
         Ok(a) => a,
         Err(e) => return (plain(StatusCode::BAD_GATEWAY, format!("proxy: {e}")), 0),
     };

@@ -16,17 +16,22 @@
 //! intent put answered lost, after the intent, at chunk `k` of `n` (batches of 18 events
 //! with 16 `unique_count` values in one hour take two chunks), the last chunk answered
 //! lost, at the first `max`/`latest` raise, before `DONE`, and `DONE` answered lost. The
-//! takeover modes, in turn (`i / 9 % 3`): one taker; a taker inside the dead batch's lease
+//! takeover modes, in turn (`i / 9 % 4`): one taker; a taker inside the dead batch's lease
 //! first (owner wait zero: the events the dead batch claimed must come back `Failed` and
 //! nobody may fence it yet), then one with lease zero; two takers racing on overlapping
-//! batches (both with lease zero, so they also fence each other's live batches).
+//! batches (both with lease zero, so they also fence each other's live batches); and a
+//! zombie: the dying store is paused just before the step's request instead of killed
+//! ([`CrashMode::Stall`]), one taker takes over, then the zombie wakes up and carries on.
+//! The zombie is what fencing is for: without the abort, its intent would land after the
+//! takeover and count its events twice (removing the abort from `owner_state` makes the
+//! zombie schedules fail, as does finishing no one else's intent).
 //!
 //! Every schedule checks, on its own org:
 //! - the counters (`stored_counters`, read straight from the emulator) equal an oracle
 //!   computed with plain maps from the distinct events, for all five aggregations;
-//! - each event is reported `Applied` exactly once over all takers' calls, except those the
-//!   dead batch's written intent covers, which are never `Applied` (the taker finished
-//!   that intent and reports them `Duplicate`);
+//! - each event is reported `Applied` exactly once over all takers' calls (and the
+//!   zombie's), except those a killed batch's written intent covers, which are never
+//!   `Applied` (the taker finished that intent and reports them `Duplicate`);
 //! - the protocol took the path the crash calls for: a batch that died with claims but no
 //!   intent is fenced (its `INTENT` item is an abort) and its events taken over (`reown`);
 //!   a batch that died with its intent written is finished (`DONE` exists) and not aborted;
@@ -130,9 +135,17 @@ impl Step {
         }
     }
 
-    /// Whether the dying batch's intent is in the table when it dies.
-    fn intent_written(self) -> bool {
-        !matches!(self, Step::Claim(..) | Step::BeforeIntent)
+    /// Whether the dying batch's intent is in the table when it dies (killed at the step
+    /// in its mode; or, `stalled`, paused just before the step's request).
+    fn intent_written(self, stalled: bool) -> bool {
+        if stalled {
+            matches!(
+                self,
+                Step::Chunk(..) | Step::Raise(..) | Step::BeforeDone | Step::DoneLost
+            )
+        } else {
+            !matches!(self, Step::Claim(..) | Step::BeforeIntent)
+        }
     }
 }
 
@@ -146,6 +159,9 @@ enum Takeover {
     LeaseHeld,
     /// Two fresh stores with lease zero, on overlapping batches at once.
     Race,
+    /// The dying store is paused at the step, not killed: one fresh store with lease zero
+    /// takes over, then the zombie wakes up and carries on with its protocol.
+    Zombie,
 }
 
 /// One schedule, drawn from `(seed, i)` alone.
@@ -294,10 +310,11 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         7 => Step::BeforeDone,
         _ => Step::DoneLost,
     };
-    let takeover = match (i / STEPS) % 3 {
+    let takeover = match (i / STEPS) % 4 {
         0 => Takeover::Single,
         1 => Takeover::LeaseHeld,
-        _ => Takeover::Race,
+        2 => Takeover::Race,
+        _ => Takeover::Zombie,
     };
     let mut extras = |rng: &mut StdRng, prefix: &str| -> Vec<Event> {
         (0..rng.random_range(0..=2))
@@ -501,55 +518,60 @@ struct Outcome {
     rounds: usize,
 }
 
-/// Runs schedule `s` with the dying store behind `proxy`; an error names what went wrong.
-async fn run(
+/// What the dying batch left in the table when it died (or was paused).
+struct Dead {
+    /// Its batch id, if any claim of it reached the table.
+    owner: Option<String>,
+    /// The ids of the events whose claims reached the table.
+    claimed: HashSet<String>,
+    /// Whether its intent is in the table.
+    intent_written: bool,
+}
+
+impl Dead {
+    /// Reads the requests the dying store got through before the crash.
+    fn read(s: &Schedule, proxy: &FaultProxy, stalled: bool) -> Result<Dead, String> {
+        let log = proxy.crash_log();
+        let claims: Vec<&String> = log
+            .iter()
+            .filter(|(op, body)| op == "PutItem" && body.contains("EVT#"))
+            .map(|(_, body)| body)
+            .collect();
+        let dead = Dead {
+            owner: claims.first().and_then(|b| item_s(b, "owner")),
+            claimed: claims
+                .iter()
+                .filter_map(|b| item_s(b, "sk"))
+                .filter_map(|sk| sk.strip_prefix("EVT#").map(str::to_owned))
+                .collect(),
+            intent_written: s.step.intent_written(stalled),
+        };
+        if dead.intent_written && dead.claimed.len() != s.dying_distinct {
+            return Err(format!(
+                "the dying batch claimed {} of {} events before its intent",
+                dead.claimed.len(),
+                s.dying_distinct
+            ));
+        }
+        Ok(dead)
+    }
+}
+
+/// Hands the schedule's events to fresh stores (as [`Takeover`] says) until none comes back
+/// `Failed`; the events still failing after [`MAX_ROUNDS`].
+async fn take_over(
     s: &Schedule,
-    proxy: &FaultProxy,
-    dying_client: &Client,
+    dead: &Dead,
     direct: &Client,
     table: &str,
-    reconcile_too: bool,
-) -> Result<Outcome, String> {
-    let month = Month::parse(MONTH).unwrap();
-    // 1. The dying store: fresh caches, one attempt per write, killed at the step.
-    let dying = DynamoStore::new(dying_client.clone(), table).with_retry_policy(Backoff::new(
-        1,
-        Duration::from_millis(1),
-        Duration::from_millis(1),
-    ));
-    proxy.crash_at(s.step.point());
-    let _ = dying.apply_batch(&s.dying).await;
-    if !proxy.crashed() {
-        return Err(format!("the crash at {:?} never fired", s.step));
-    }
-    let log = proxy.crash_log();
-    let claims: Vec<&String> = log
-        .iter()
-        .filter(|(op, body)| op == "PutItem" && body.contains("EVT#"))
-        .map(|(_, body)| body)
-        .collect();
-    let owner = claims.first().and_then(|b| item_s(b, "owner"));
-    let claimed: HashSet<String> = claims
-        .iter()
-        .filter_map(|b| item_s(b, "sk"))
-        .filter_map(|sk| sk.strip_prefix("EVT#").map(str::to_owned))
-        .collect();
-    if s.step.intent_written() && claimed.len() != s.dying_distinct {
-        return Err(format!(
-            "the dying batch claimed {} of {} events before its intent",
-            claimed.len(),
-            s.dying_distinct
-        ));
-    }
-
-    // 2. The takeover, on fresh stores straight on the emulator.
+    tally: &Mutex<Tally>,
+) -> Result<Vec<Event>, String> {
     let fresh = || DynamoStore::new(direct.clone(), table).with_claim_lease(Duration::ZERO);
     let mut batch_a: Vec<Event> = s.dying.iter().chain(&s.extra_a).cloned().collect();
     let mut rng = StdRng::seed_from_u64(s.i as u64);
     batch_a.shuffle(&mut rng);
-    let tally = Mutex::new(Tally::default());
-    let left = match s.takeover {
-        Takeover::Single => deliver(&fresh(), batch_a, &tally).await,
+    Ok(match s.takeover {
+        Takeover::Single | Takeover::Zombie => deliver(&fresh(), batch_a, tally).await,
         Takeover::LeaseHeld => {
             let held = DynamoStore::new(direct.clone(), table).with_owner_wait(Duration::ZERO);
             let report = held
@@ -560,7 +582,7 @@ async fn run(
             let mut first = HashSet::new();
             for (e, o) in batch_a.iter().zip(&report.outcomes) {
                 // A repeat inside the batch is a `Duplicate` whatever its first copy became.
-                let dead_owns = first.insert(&e.id) && claimed.contains(e.id.as_str());
+                let dead_owns = first.insert(&e.id) && dead.claimed.contains(e.id.as_str());
                 match o {
                     ApplyOutcome::Applied => {
                         *tally
@@ -574,19 +596,19 @@ async fn run(
                     ApplyOutcome::Failed(_) => again.push(e.clone()),
                 }
                 // Inside the lease, a claim of a batch without intent is left alone.
-                if dead_owns && !s.step.intent_written() && !matches!(o, ApplyOutcome::Failed(_)) {
+                if dead_owns && !dead.intent_written && !matches!(o, ApplyOutcome::Failed(_)) {
                     return Err(format!(
                         "{} was settled inside the dead batch's lease: {o:?}",
                         e.id
                     ));
                 }
             }
-            if let (Some(owner), false) = (&owner, s.step.intent_written())
+            if let (Some(owner), false) = (&dead.owner, dead.intent_written)
                 && batch_item(direct, table, owner, "INTENT").await.is_some()
             {
                 return Err("the dead batch was fenced inside its lease".into());
             }
-            deliver(&fresh(), again, &tally).await
+            deliver(&fresh(), again, tally).await
         }
         Takeover::Race => {
             let mut batch_b: Vec<Event> = s.dying.iter().rev().chain(&s.extra_b).cloned().collect();
@@ -594,10 +616,75 @@ async fn run(
             batch_b.rotate_left(half);
             let (a, b) = (fresh(), fresh());
             let (left_a, left_b) =
-                tokio::join!(deliver(&a, batch_a, &tally), deliver(&b, batch_b, &tally));
+                tokio::join!(deliver(&a, batch_a, tally), deliver(&b, batch_b, tally));
             left_a.into_iter().chain(left_b).collect()
         }
+    })
+}
+
+/// Runs schedule `s` with the dying store behind `proxy`; an error names what went wrong.
+async fn run(
+    s: &Schedule,
+    proxy: &FaultProxy,
+    dying_client: &Client,
+    direct: &Client,
+    table: &str,
+    reconcile_too: bool,
+) -> Result<Outcome, String> {
+    let month = Month::parse(MONTH).unwrap();
+    // 1. The dying store: fresh caches, one attempt per write, killed (or paused) at the
+    //    step.
+    let dying = DynamoStore::new(dying_client.clone(), table).with_retry_policy(Backoff::new(
+        1,
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+    ));
+    let zombie = s.takeover == Takeover::Zombie;
+    let mut point = s.step.point();
+    if zombie {
+        point.mode = CrashMode::Stall;
+    }
+    proxy.crash_at(point);
+    let tally = Mutex::new(Tally::default());
+    // 2. The takeover, on fresh stores straight on the emulator: after the dying store
+    //    died, or while the zombie is paused (it wakes up once the takers are done).
+    let (dead, left) = if zombie {
+        let takeover = async {
+            let fired = tokio::time::timeout(Duration::from_secs(60), proxy.until_crashed()).await;
+            let dead = Dead::read(s, proxy, true);
+            let left = match (fired, &dead) {
+                (Err(_), _) => Err(format!("the stall at {:?} never fired", s.step)),
+                (Ok(()), Err(why)) => Err(why.clone()),
+                (Ok(()), Ok(dead)) => Ok(take_over(s, dead, direct, table, &tally).await),
+            };
+            proxy.resume();
+            (dead, left)
+        };
+        let (woke, (dead, left)) = tokio::join!(dying.apply_batch(&s.dying), takeover);
+        // The zombie's own reports count like anyone's.
+        if let Ok(report) = woke {
+            let mut t = tally.lock().unwrap();
+            for (e, o) in s.dying.iter().zip(&report.outcomes) {
+                if *o == ApplyOutcome::Applied {
+                    *t.applied.entry(e.id.clone()).or_default() += 1;
+                }
+            }
+        }
+        (dead?, left??)
+    } else {
+        let _ = dying.apply_batch(&s.dying).await;
+        if !proxy.crashed() {
+            return Err(format!("the crash at {:?} never fired", s.step));
+        }
+        let dead = Dead::read(s, proxy, false)?;
+        let left = take_over(s, &dead, direct, table, &tally).await?;
+        (dead, left)
     };
+    let Dead {
+        owner,
+        claimed,
+        intent_written,
+    } = dead;
     if !left.is_empty() {
         return Err(format!(
             "{} events still Failed after {MAX_ROUNDS} redeliveries",
@@ -605,7 +692,6 @@ async fn run(
         ));
     }
     let tally = tally.into_inner().unwrap();
-
     // 3. Each event counted once, by the dead batch's intent or by exactly one taker.
     let mut all: Vec<Event> = s.dying.clone();
     all.extend(s.extra_a.iter().cloned());
@@ -615,7 +701,8 @@ async fn run(
     let ids: BTreeSet<&EventId> = all.iter().map(|e| &e.id).collect();
     for id in ids {
         let applied = tally.applied.get(id).copied().unwrap_or(0);
-        let by_intent = s.step.intent_written() && claimed.contains(id.as_str());
+        // A zombie's own `Applied` counts: it finishes an intent it wrote.
+        let by_intent = !zombie && intent_written && claimed.contains(id.as_str());
         let want = usize::from(!by_intent);
         if applied != want {
             return Err(format!(
@@ -635,7 +722,7 @@ async fn run(
         let intent = batch_item(direct, table, owner, "INTENT").await;
         let done = batch_item(direct, table, owner, "DONE").await;
         let aborted = intent.as_ref().is_some_and(|it| it.contains_key("aborted"));
-        if s.step.intent_written() {
+        if intent_written {
             if aborted || done.is_none() {
                 return Err(format!(
                     "the dead batch's intent was not finished (aborted {aborted}, done {})",
