@@ -49,8 +49,16 @@
 //! work over). [`FaultProxy::until_crashed`] waits for the crash; [`FaultProxy::crash_log`]
 //! lists what reached the emulator since the crash was armed.
 //!
-//! SQS and Kinesis (`PutRecords` partial failures) are not proxied yet: this first part
-//! covers DynamoDB only.
+//! SQS and Kinesis batch sends meet partial failures ([`FaultProxy::fail_entries`]): in an
+//! SQS `SendMessageBatch` (`AmazonSQS.SendMessageBatch`, JSON protocol) or a Kinesis
+//! `PutRecords` (`Kinesis_20131202.PutRecords`), each entry fails with probability `rate`
+//! (drawn from `(seed, n)` for the `n`th such call); only the others are forwarded, and the
+//! emulator's answer is merged with the failures the way the services report them: an SQS
+//! `Failed` entry (`InternalError`, `SenderFault` false) beside the `Successful` ones, or a
+//! Kinesis record result with `ErrorCode` `ProvisionedThroughputExceededException` (or
+//! `InternalFailure`) in the record's place and `FailedRecordCount` raised.
+//! [`FaultProxy::entries_forwarded`] and [`FaultProxy::entries_failed`] count them, so a
+//! test can show a sender resends only the failed entries.
 
 // Test support code: a failed unwrap here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -231,6 +239,13 @@ struct Shared {
     stalled: AtomicBool,
     /// Wakes the requests a stall holds.
     resumed: tokio::sync::Notify,
+    /// Probability (as `f64` bits) that an entry of a batch send fails.
+    entry_failure_rate: AtomicU64,
+    /// Batch sends seen (numbers their draws).
+    batch_calls: AtomicU64,
+    /// Batch-send entries forwarded to the emulator, and failed by the proxy.
+    entries_forwarded: AtomicU64,
+    entries_failed: AtomicU64,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -262,6 +277,10 @@ impl FaultProxy {
             in_flight: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
+            entry_failure_rate: AtomicU64::new(0f64.to_bits()),
+            batch_calls: AtomicU64::new(0),
+            entries_forwarded: AtomicU64::new(0),
+            entries_failed: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -346,6 +365,25 @@ impl FaultProxy {
         self.shared.crash_log.lock().unwrap().clone()
     }
 
+    /// Fails each entry of SQS `SendMessageBatch` and Kinesis `PutRecords` calls with
+    /// probability `rate` (0 turns it off): see the [module doc](self).
+    pub fn fail_entries(&self, rate: f64) {
+        self.shared
+            .entry_failure_rate
+            .store(rate.to_bits(), Ordering::SeqCst);
+    }
+
+    /// Entries of batch sends forwarded to the emulator (each one is a message or record
+    /// the emulator now holds).
+    pub fn entries_forwarded(&self) -> u64 {
+        self.shared.entries_forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Entries of batch sends the proxy answered failed (never forwarded).
+    pub fn entries_failed(&self) -> u64 {
+        self.shared.entries_failed.load(Ordering::SeqCst)
+    }
+
     /// How many requests were eligible for a fault (by operation).
     pub fn eligible(&self) -> u64 {
         self.shared.eligible.load(Ordering::SeqCst)
@@ -414,6 +452,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 forward(&shared, &parts, body).await.0
             }
         };
+    }
+    let entry_rate = f64::from_bits(shared.entry_failure_rate.load(Ordering::SeqCst));
+    if entry_rate > 0.0 && matches!(op.as_str(), "SendMessageBatch" | "PutRecords") {
+        return partial_batch(&shared, &parts, body, &op, entry_rate).await;
     }
     let eligible =
         WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
@@ -487,6 +529,130 @@ fn crash_fires(shared: &Shared, op: &str, body: &[u8]) -> Option<CrashMode> {
     shared.fired.store(true, Ordering::SeqCst);
     shared.fired_notify.notify_waiters();
     Some(mode)
+}
+
+/// A batch send (`SendMessageBatch` or `PutRecords`) with some entries failed: the others
+/// are forwarded, and the emulator's answer is merged with the failures.
+async fn partial_batch(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    op: &str,
+    rate: f64,
+) -> Response {
+    let sqs = op == "SendMessageBatch";
+    let list = if sqs { "Entries" } else { "Records" };
+    let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return forward(shared, parts, body).await.0;
+    };
+    let entries = request
+        .get(list)
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let n = shared.batch_calls.fetch_add(1, Ordering::SeqCst);
+    let mut rng = request_rng(shared.config.seed ^ 0xba7c_4ed5, n);
+    let fails: Vec<bool> = entries.iter().map(|_| rng.random::<f64>() < rate).collect();
+    let kept: Vec<serde_json::Value> = entries
+        .iter()
+        .zip(&fails)
+        .filter(|(_, f)| !**f)
+        .map(|(e, _)| e.clone())
+        .collect();
+    let failed = fails.iter().filter(|f| **f).count() as u64;
+    shared.entries_failed.fetch_add(failed, Ordering::SeqCst);
+    shared
+        .entries_forwarded
+        .fetch_add(kept.len() as u64, Ordering::SeqCst);
+    let (mut answer, content_type) = if kept.is_empty() {
+        let empty = if sqs {
+            serde_json::json!({ "Successful": [], "Failed": [] })
+        } else {
+            serde_json::json!({ "FailedRecordCount": 0, "Records": [] })
+        };
+        let ct = if sqs {
+            "application/x-amz-json-1.0"
+        } else {
+            "application/x-amz-json-1.1"
+        };
+        (empty, HeaderValue::from_static(ct))
+    } else {
+        request[list] = serde_json::Value::Array(kept);
+        let forwarded = Bytes::from(serde_json::to_vec(&request).unwrap());
+        let (response, _) = forward(shared, parts, forwarded).await;
+        if !response.status().is_success() {
+            return response;
+        }
+        let ct = response
+            .headers()
+            .get("content-type")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("application/x-amz-json-1.0"));
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => (v, ct),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("proxy: the emulator's answer is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    if sqs {
+        let mut refused: Vec<serde_json::Value> = answer
+            .get("Failed")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (entry, _) in entries.iter().zip(&fails).filter(|(_, f)| **f) {
+            refused.push(serde_json::json!({
+                "Id": entry.get("Id").cloned().unwrap_or_default(),
+                "SenderFault": false,
+                "Code": "InternalError",
+                "Message": "We encountered an internal error. Please try again.",
+            }));
+        }
+        answer["Failed"] = serde_json::Value::Array(refused);
+    } else {
+        let mut landed = answer
+            .get("Records")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let already = answer
+            .get("FailedRecordCount")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let records: Vec<serde_json::Value> = fails
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| match (f, i % 2) {
+                (true, 0) => serde_json::json!({
+                    "ErrorCode": "ProvisionedThroughputExceededException",
+                    "ErrorMessage": "Rate exceeded for shard shardId-000000000000 in stream \
+                                     under account 123456789012.",
+                }),
+                (true, _) => serde_json::json!({
+                    "ErrorCode": "InternalFailure",
+                    "ErrorMessage": "Internal service failure.",
+                }),
+                (false, _) => landed.next().unwrap_or_default(),
+            })
+            .collect();
+        answer["Records"] = serde_json::Value::Array(records);
+        answer["FailedRecordCount"] = serde_json::json!(already + failed);
+    }
+    let mut r = Response::new(Body::from(answer.to_string()));
+    r.headers_mut().insert("content-type", content_type);
+    r.headers_mut().insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&format!("FAULTPROXY{:016X}", rand::random::<u64>())).unwrap(),
+    );
+    r
 }
 
 /// Returns once no stall holds requests.
