@@ -58,7 +58,11 @@
 //! Kinesis record result with `ErrorCode` `ProvisionedThroughputExceededException` (or
 //! `InternalFailure`) in the record's place and `FailedRecordCount` raised.
 //! [`FaultProxy::entries_forwarded`] and [`FaultProxy::entries_failed`] count them, so a
-//! test can show a sender resends only the failed entries.
+//! test can show a sender resends only the failed entries. With
+//! [`FaultProxy::fail_calls`] every `k`th batch send (the first one included) is throttled
+//! whole instead (not forwarded): SQS
+//! 400 `RequestThrottled`, Kinesis 400 `ProvisionedThroughputExceededException`
+//! ([`FaultProxy::calls_failed`] counts them).
 
 // Test support code: a failed unwrap here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -246,6 +250,10 @@ struct Shared {
     /// Batch-send entries forwarded to the emulator, and failed by the proxy.
     entries_forwarded: AtomicU64,
     entries_failed: AtomicU64,
+    /// Every how many batch sends one is throttled whole (0: none).
+    call_failure_every: AtomicU64,
+    /// Batch sends throttled whole.
+    calls_failed: AtomicU64,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -281,6 +289,8 @@ impl FaultProxy {
             batch_calls: AtomicU64::new(0),
             entries_forwarded: AtomicU64::new(0),
             entries_failed: AtomicU64::new(0),
+            call_failure_every: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -373,6 +383,19 @@ impl FaultProxy {
             .store(rate.to_bits(), Ordering::SeqCst);
     }
 
+    /// Throttles every `every`th SQS `SendMessageBatch` or Kinesis `PutRecords` call whole,
+    /// counting from the first (0 turns it off); the others meet [`Self::fail_entries`].
+    pub fn fail_calls(&self, every: u64) {
+        self.shared
+            .call_failure_every
+            .store(every, Ordering::SeqCst);
+    }
+
+    /// Batch sends throttled whole (never forwarded).
+    pub fn calls_failed(&self) -> u64 {
+        self.shared.calls_failed.load(Ordering::SeqCst)
+    }
+
     /// Entries of batch sends forwarded to the emulator (each one is a message or record
     /// the emulator now holds).
     pub fn entries_forwarded(&self) -> u64 {
@@ -454,8 +477,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         };
     }
     let entry_rate = f64::from_bits(shared.entry_failure_rate.load(Ordering::SeqCst));
-    if entry_rate > 0.0 && matches!(op.as_str(), "SendMessageBatch" | "PutRecords") {
-        return partial_batch(&shared, &parts, body, &op, entry_rate).await;
+    let every = shared.call_failure_every.load(Ordering::SeqCst);
+    if (entry_rate > 0.0 || every > 0) && matches!(op.as_str(), "SendMessageBatch" | "PutRecords") {
+        return partial_batch(&shared, &parts, body, &op, entry_rate, every).await;
     }
     let eligible =
         WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
@@ -539,8 +563,43 @@ async fn partial_batch(
     body: Bytes,
     op: &str,
     rate: f64,
+    every: u64,
 ) -> Response {
     let sqs = op == "SendMessageBatch";
+    let n = shared.batch_calls.fetch_add(1, Ordering::SeqCst);
+    let mut rng = request_rng(shared.config.seed ^ 0xba7c_4ed5, n);
+    if every > 0 && n.is_multiple_of(every) {
+        shared.calls_failed.fetch_add(1, Ordering::SeqCst);
+        let mut r = if sqs {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "__type": "com.amazonaws.sqs#RequestThrottled",
+                    "message": "Request is throttled.",
+                }),
+            )
+        } else {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "__type": "ProvisionedThroughputExceededException",
+                    "message": "Rate exceeded for stream under account 123456789012.",
+                }),
+            )
+        };
+        if sqs {
+            r.headers_mut().insert(
+                "x-amzn-query-error",
+                HeaderValue::from_static("RequestThrottled;Sender"),
+            );
+        } else {
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
+        }
+        return r;
+    }
     let list = if sqs { "Entries" } else { "Records" };
     let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return forward(shared, parts, body).await.0;
@@ -550,8 +609,6 @@ async fn partial_batch(
         .and_then(|v| v.as_array())
         .cloned()
         .unwrap_or_default();
-    let n = shared.batch_calls.fetch_add(1, Ordering::SeqCst);
-    let mut rng = request_rng(shared.config.seed ^ 0xba7c_4ed5, n);
     let fails: Vec<bool> = entries.iter().map(|_| rng.random::<f64>() < rate).collect();
     let kept: Vec<serde_json::Value> = entries
         .iter()

@@ -2,13 +2,15 @@
 //! ([`tally_tests::fault_proxy`]) between the SDK and the emulator.
 //!
 //! - `sqs_publish_resends_only_the_failed_entries`: `SqsQueue::publish` of 40 one-event
-//!   messages (40 orgs) while the proxy fails each `SendMessageBatch` entry with probability
-//!   0.3 (`Failed`, `InternalError`, not the sender's fault): nothing is reported failed,
+//!   messages (40 orgs) while the proxy throttles every third `SendMessageBatch` call whole
+//!   (`RequestThrottled`, the first one included) and fails each entry of the others with
+//!   probability 0.3 (`Failed`, `InternalError`, not the sender's fault): nothing is reported failed,
 //!   the proxy forwarded exactly 40 entries (an entry SQS took is never sent again), and the
 //!   queue, read straight from the emulator, holds each event exactly once.
 //! - `kinesis_publish_resends_only_the_failed_records`: the same for `KinesisQueue::publish`
-//!   and `PutRecords` records failed with `ProvisionedThroughputExceededException` or
-//!   `InternalFailure` (`FailedRecordCount` above zero).
+//!   and `PutRecords` (calls throttled whole with `ProvisionedThroughputExceededException`;
+//!   records failed with `ProvisionedThroughputExceededException` or `InternalFailure`,
+//!   `FailedRecordCount` above zero), published in four calls of ten events.
 //!
 //! Each test then plants a duplicate (one event published again) and shows the
 //! exactly-once check catches it. The seed is printed; `TALLY_PUBLISH_SEED` replays it.
@@ -115,6 +117,7 @@ async fn proxy(seed: u64) -> FaultProxy {
     .await
     .unwrap();
     proxy.fail_entries(RATE);
+    proxy.fail_calls(3);
     proxy
 }
 
@@ -140,6 +143,7 @@ async fn sqs_publish_resends_only_the_failed_entries() {
         report.failed
     );
     assert!(proxy.entries_failed() > 0, "no entry failed (seed {seed})");
+    assert!(proxy.calls_failed() > 0, "no call was throttled");
     assert_eq!(
         proxy.entries_forwarded(),
         EVENTS as u64,
@@ -187,13 +191,16 @@ async fn kinesis_publish_resends_only_the_failed_records() {
         config.clone(),
     );
     let sent = events("kin");
-    let report = publisher.publish(&sent).await.unwrap();
-    assert!(
-        report.failed.is_empty(),
-        "{:?} (seed {seed})",
-        report.failed
-    );
+    for part in sent.chunks(10) {
+        let report = publisher.publish(part).await.unwrap();
+        assert!(
+            report.failed.is_empty(),
+            "{:?} (seed {seed})",
+            report.failed
+        );
+    }
     assert!(proxy.entries_failed() > 0, "no record failed (seed {seed})");
+    assert!(proxy.calls_failed() > 0, "no call was throttled");
     assert_eq!(
         proxy.entries_forwarded(),
         EVENTS as u64,
