@@ -335,6 +335,15 @@ impl DynamoStore {
         self
     }
 
+    /// The same store with another owner wait: how long one `apply_batch` call waits for a
+    /// batch that claimed some of its events, inside that batch's claim lease, to write its
+    /// intent before reporting those events `Failed` for a later delivery (default 5 s).
+    /// Zero fails them at once (tests of the lease use it, so nothing waits on a clock).
+    pub fn with_owner_wait(mut self, wait: Duration) -> Self {
+        self.owner_wait = wait;
+        self
+    }
+
     /// The same store with another retry policy.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;

@@ -38,8 +38,31 @@
 //! connections before the store sees them; `TransactionConflictException` and
 //! `TransactionCanceledException` reach the store at once.
 //!
-//! SQS and Kinesis (`PutRecords` partial failures) are not proxied yet: this first part
-//! covers DynamoDB only.
+//! [`FaultProxy::crash_at`] simulates a process killed inside a protocol: when the request
+//! it names arrives (the `nth` of an operation whose body contains a given text, e.g. the
+//! `TransactWriteItems` of `CHUNK#1`), the proxy goes dark ([`CrashMode`]: before
+//! forwarding it, after forwarding it with the answer lost, or after answering it), and
+//! from then on answers every request a 500 without forwarding it, so the client behind it
+//! can write nothing more, like a dead process. [`CrashMode::Stall`] pauses the process
+//! instead: that request and every later one are held until [`FaultProxy::resume`], then
+//! forwarded (a zombie: a long GC pause or a frozen VM, that wakes up after others took its
+//! work over). [`FaultProxy::until_crashed`] waits for the crash; [`FaultProxy::crash_log`]
+//! lists what reached the emulator since the crash was armed.
+//!
+//! SQS and Kinesis batch sends meet partial failures ([`FaultProxy::fail_entries`]): in an
+//! SQS `SendMessageBatch` (`AmazonSQS.SendMessageBatch`, JSON protocol) or a Kinesis
+//! `PutRecords` (`Kinesis_20131202.PutRecords`), each entry fails with probability `rate`
+//! (drawn from `(seed, n)` for the `n`th such call); only the others are forwarded, and the
+//! emulator's answer is merged with the failures the way the services report them: an SQS
+//! `Failed` entry (`InternalError`, `SenderFault` false) beside the `Successful` ones, or a
+//! Kinesis record result with `ErrorCode` `ProvisionedThroughputExceededException` (or
+//! `InternalFailure`) in the record's place and `FailedRecordCount` raised.
+//! [`FaultProxy::entries_forwarded`] and [`FaultProxy::entries_failed`] count them, so a
+//! test can show a sender resends only the failed entries. With
+//! [`FaultProxy::fail_calls`] every `k`th batch send (the first one included) is throttled
+//! whole instead (not forwarded): SQS
+//! 400 `RequestThrottled`, Kinesis 400 `ProvisionedThroughputExceededException`
+//! ([`FaultProxy::calls_failed`] counts them).
 
 // Test support code: a failed unwrap here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -108,6 +131,40 @@ impl Fault {
     }
 }
 
+/// Where a [`CrashPoint`] kills the process behind the proxy, relative to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CrashMode {
+    /// The request never leaves: the process died just before sending it.
+    Before,
+    /// The request is applied, its answer lost: the process died waiting for it.
+    AnswerLost,
+    /// The request is applied and answered: the process died just after reading it.
+    After,
+    /// The request and every later one wait for [`FaultProxy::resume`], then go through:
+    /// the process was paused just before sending it, not killed.
+    Stall,
+}
+
+/// The request at which [`FaultProxy::crash_at`] goes dark: the `nth` (from 0, in arrival
+/// order) request of operation `op` whose body contains `needle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The operation (`PutItem`, `TransactWriteItems`, ...).
+    pub op: String,
+    /// Text the request's body must contain (empty: any request of `op`).
+    pub needle: String,
+    /// Which of the matching requests.
+    pub nth: u64,
+    /// What becomes of that request.
+    pub mode: CrashMode,
+}
+
+/// An armed crash: its point and how many requests matched so far.
+struct Armed {
+    point: CrashPoint,
+    matched: u64,
+}
+
 /// The operations faults are injected on by default.
 pub const WRITES: [&str; 5] = [
     "PutItem",
@@ -170,6 +227,33 @@ struct Shared {
     /// Forced faults, each with the one operation it is for (`None`: any it applies to).
     forced: Mutex<VecDeque<(Option<String>, Fault)>>,
     injected: Mutex<BTreeMap<Fault, u64>>,
+    /// The armed crash, if any (see [`FaultProxy::crash_at`]).
+    crash: Mutex<Option<Armed>>,
+    /// Set when the armed crash fired: nothing is forwarded any more.
+    dark: AtomicBool,
+    /// (operation, body) of every request forwarded since the crash was armed.
+    crash_log: Mutex<Vec<(String, String)>>,
+    /// Set when the armed crash fired, whatever its mode.
+    fired: AtomicBool,
+    /// Wakes [`FaultProxy::until_crashed`].
+    fired_notify: tokio::sync::Notify,
+    /// Requests on their way to the emulator.
+    in_flight: AtomicU64,
+    /// Set by a [`CrashMode::Stall`] crash until [`FaultProxy::resume`].
+    stalled: AtomicBool,
+    /// Wakes the requests a stall holds.
+    resumed: tokio::sync::Notify,
+    /// Probability (as `f64` bits) that an entry of a batch send fails.
+    entry_failure_rate: AtomicU64,
+    /// Batch sends seen (numbers their draws).
+    batch_calls: AtomicU64,
+    /// Batch-send entries forwarded to the emulator, and failed by the proxy.
+    entries_forwarded: AtomicU64,
+    entries_failed: AtomicU64,
+    /// Every how many batch sends one is throttled whole (0: none).
+    call_failure_every: AtomicU64,
+    /// Batch sends throttled whole.
+    calls_failed: AtomicU64,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -193,6 +277,20 @@ impl FaultProxy {
             forwarded: AtomicU64::new(0),
             forced: Mutex::new(VecDeque::new()),
             injected: Mutex::new(BTreeMap::new()),
+            crash: Mutex::new(None),
+            dark: AtomicBool::new(false),
+            crash_log: Mutex::new(Vec::new()),
+            fired: AtomicBool::new(false),
+            fired_notify: tokio::sync::Notify::new(),
+            in_flight: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            entry_failure_rate: AtomicU64::new(0f64.to_bits()),
+            batch_calls: AtomicU64::new(0),
+            entries_forwarded: AtomicU64::new(0),
+            entries_failed: AtomicU64::new(0),
+            call_failure_every: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -235,6 +333,78 @@ impl FaultProxy {
     /// How many requests reached the emulator (faults that forward included).
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Arms a crash at `point` (replacing any earlier one, and lighting the proxy up again
+    /// if an earlier crash left it dark): see the [module doc](self).
+    pub fn crash_at(&self, point: CrashPoint) {
+        *self.shared.crash.lock().unwrap() = Some(Armed { point, matched: 0 });
+        self.shared.crash_log.lock().unwrap().clear();
+        self.shared.dark.store(false, Ordering::SeqCst);
+        self.shared.fired.store(false, Ordering::SeqCst);
+        self.resume();
+    }
+
+    /// Whether the armed crash fired (the proxy is dark, or stalled).
+    pub fn crashed(&self) -> bool {
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the armed crash fired and every request forwarded before it was
+    /// answered by the emulator (so the table holds all the crashed process wrote).
+    pub async fn until_crashed(&self) {
+        loop {
+            // Registered before the check, so a fire in between is not missed.
+            let fired = self.shared.fired_notify.notified();
+            if self.crashed() && self.shared.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            fired.await;
+        }
+    }
+
+    /// Lets the requests a [`CrashMode::Stall`] holds (and all later ones) through.
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::SeqCst);
+        self.shared.resumed.notify_waiters();
+    }
+
+    /// (operation, body) of every request that reached the emulator since the crash was
+    /// armed, in the order they were forwarded.
+    pub fn crash_log(&self) -> Vec<(String, String)> {
+        self.shared.crash_log.lock().unwrap().clone()
+    }
+
+    /// Fails each entry of SQS `SendMessageBatch` and Kinesis `PutRecords` calls with
+    /// probability `rate` (0 turns it off): see the [module doc](self).
+    pub fn fail_entries(&self, rate: f64) {
+        self.shared
+            .entry_failure_rate
+            .store(rate.to_bits(), Ordering::SeqCst);
+    }
+
+    /// Throttles every `every`th SQS `SendMessageBatch` or Kinesis `PutRecords` call whole,
+    /// counting from the first (0 turns it off); the others meet [`Self::fail_entries`].
+    pub fn fail_calls(&self, every: u64) {
+        self.shared
+            .call_failure_every
+            .store(every, Ordering::SeqCst);
+    }
+
+    /// Batch sends throttled whole (never forwarded).
+    pub fn calls_failed(&self) -> u64 {
+        self.shared.calls_failed.load(Ordering::SeqCst)
+    }
+
+    /// Entries of batch sends forwarded to the emulator (each one is a message or record
+    /// the emulator now holds).
+    pub fn entries_forwarded(&self) -> u64 {
+        self.shared.entries_forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Entries of batch sends the proxy answered failed (never forwarded).
+    pub fn entries_failed(&self) -> u64 {
+        self.shared.entries_failed.load(Ordering::SeqCst)
     }
 
     /// How many requests were eligible for a fault (by operation).
@@ -288,6 +458,29 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("")
         .to_owned();
+    until_resumed(&shared).await;
+    if shared.dark.load(Ordering::SeqCst) {
+        return internal_error();
+    }
+    if let Some(mode) = crash_fires(&shared, &op, &body) {
+        return match mode {
+            CrashMode::Before => internal_error(),
+            CrashMode::AnswerLost => {
+                let _applied = forward(&shared, &parts, body).await;
+                internal_error()
+            }
+            CrashMode::After => forward(&shared, &parts, body).await.0,
+            CrashMode::Stall => {
+                until_resumed(&shared).await;
+                forward(&shared, &parts, body).await.0
+            }
+        };
+    }
+    let entry_rate = f64::from_bits(shared.entry_failure_rate.load(Ordering::SeqCst));
+    let every = shared.call_failure_every.load(Ordering::SeqCst);
+    if (entry_rate > 0.0 || every > 0) && matches!(op.as_str(), "SendMessageBatch" | "PutRecords") {
+        return partial_batch(&shared, &parts, body, &op, entry_rate, every).await;
+    }
     let eligible =
         WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
     let n = eligible.then(|| shared.eligible.fetch_add(1, Ordering::SeqCst));
@@ -332,6 +525,204 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
 }
 
+/// Whether this request fires the armed crash, and how; the proxy is dark from here on if so.
+fn crash_fires(shared: &Shared, op: &str, body: &[u8]) -> Option<CrashMode> {
+    let mut crash = shared.crash.lock().unwrap();
+    let armed = crash.as_mut()?;
+    if armed.point.op != op {
+        return None;
+    }
+    if !armed.point.needle.is_empty()
+        && !String::from_utf8_lossy(body).contains(armed.point.needle.as_str())
+    {
+        return None;
+    }
+    armed.matched += 1;
+    if armed.matched - 1 != armed.point.nth {
+        return None;
+    }
+    let mode = armed.point.mode;
+    *crash = None;
+    // Dark (or stalled) before this request is forwarded: requests arriving from now on are
+    // refused (or held).
+    if mode == CrashMode::Stall {
+        shared.stalled.store(true, Ordering::SeqCst);
+    } else {
+        shared.dark.store(true, Ordering::SeqCst);
+    }
+    shared.fired.store(true, Ordering::SeqCst);
+    shared.fired_notify.notify_waiters();
+    Some(mode)
+}
+
+/// A batch send (`SendMessageBatch` or `PutRecords`) with some entries failed: the others
+/// are forwarded, and the emulator's answer is merged with the failures.
+async fn partial_batch(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    op: &str,
+    rate: f64,
+    every: u64,
+) -> Response {
+    let sqs = op == "SendMessageBatch";
+    let n = shared.batch_calls.fetch_add(1, Ordering::SeqCst);
+    let mut rng = request_rng(shared.config.seed ^ 0xba7c_4ed5, n);
+    if every > 0 && n.is_multiple_of(every) {
+        shared.calls_failed.fetch_add(1, Ordering::SeqCst);
+        let mut r = if sqs {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "__type": "com.amazonaws.sqs#RequestThrottled",
+                    "message": "Request is throttled.",
+                }),
+            )
+        } else {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "__type": "ProvisionedThroughputExceededException",
+                    "message": "Rate exceeded for stream under account 123456789012.",
+                }),
+            )
+        };
+        if sqs {
+            r.headers_mut().insert(
+                "x-amzn-query-error",
+                HeaderValue::from_static("RequestThrottled;Sender"),
+            );
+        } else {
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
+        }
+        return r;
+    }
+    let list = if sqs { "Entries" } else { "Records" };
+    let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return forward(shared, parts, body).await.0;
+    };
+    let entries = request
+        .get(list)
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let fails: Vec<bool> = entries.iter().map(|_| rng.random::<f64>() < rate).collect();
+    let kept: Vec<serde_json::Value> = entries
+        .iter()
+        .zip(&fails)
+        .filter(|(_, f)| !**f)
+        .map(|(e, _)| e.clone())
+        .collect();
+    let failed = fails.iter().filter(|f| **f).count() as u64;
+    shared.entries_failed.fetch_add(failed, Ordering::SeqCst);
+    shared
+        .entries_forwarded
+        .fetch_add(kept.len() as u64, Ordering::SeqCst);
+    let (mut answer, content_type) = if kept.is_empty() {
+        let empty = if sqs {
+            serde_json::json!({ "Successful": [], "Failed": [] })
+        } else {
+            serde_json::json!({ "FailedRecordCount": 0, "Records": [] })
+        };
+        let ct = if sqs {
+            "application/x-amz-json-1.0"
+        } else {
+            "application/x-amz-json-1.1"
+        };
+        (empty, HeaderValue::from_static(ct))
+    } else {
+        request[list] = serde_json::Value::Array(kept);
+        let forwarded = Bytes::from(serde_json::to_vec(&request).unwrap());
+        let (response, _) = forward(shared, parts, forwarded).await;
+        if !response.status().is_success() {
+            return response;
+        }
+        let ct = response
+            .headers()
+            .get("content-type")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("application/x-amz-json-1.0"));
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => (v, ct),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("proxy: the emulator's answer is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    if sqs {
+        let mut refused: Vec<serde_json::Value> = answer
+            .get("Failed")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (entry, _) in entries.iter().zip(&fails).filter(|(_, f)| **f) {
+            refused.push(serde_json::json!({
+                "Id": entry.get("Id").cloned().unwrap_or_default(),
+                "SenderFault": false,
+                "Code": "InternalError",
+                "Message": "We encountered an internal error. Please try again.",
+            }));
+        }
+        answer["Failed"] = serde_json::Value::Array(refused);
+    } else {
+        let mut landed = answer
+            .get("Records")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let already = answer
+            .get("FailedRecordCount")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let records: Vec<serde_json::Value> = fails
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| match (f, i % 2) {
+                (true, 0) => serde_json::json!({
+                    "ErrorCode": "ProvisionedThroughputExceededException",
+                    "ErrorMessage": "Rate exceeded for shard shardId-000000000000 in stream \
+                                     under account 123456789012.",
+                }),
+                (true, _) => serde_json::json!({
+                    "ErrorCode": "InternalFailure",
+                    "ErrorMessage": "Internal service failure.",
+                }),
+                (false, _) => landed.next().unwrap_or_default(),
+            })
+            .collect();
+        answer["Records"] = serde_json::Value::Array(records);
+        answer["FailedRecordCount"] = serde_json::json!(already + failed);
+    }
+    let mut r = Response::new(Body::from(answer.to_string()));
+    r.headers_mut().insert("content-type", content_type);
+    r.headers_mut().insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&format!("FAULTPROXY{:016X}", rand::random::<u64>())).unwrap(),
+    );
+    r
+}
+
+/// Returns once no stall holds requests.
+async fn until_resumed(shared: &Shared) {
+    loop {
+        let resumed = shared.resumed.notified();
+        if !shared.stalled.load(Ordering::SeqCst) {
+            return;
+        }
+        resumed.await;
+    }
+}
+
 /// Sends the request on to the emulator; its answer, and the answer body's length.
 async fn forward(
     shared: &Shared,
@@ -340,14 +731,32 @@ async fn forward(
 ) -> (Response, usize) {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", shared.upstream);
-    let mut req = shared.http.request(parts.method.clone(), url).body(body);
+    let mut req = shared
+        .http
+        .request(parts.method.clone(), url)
+        .body(body.clone());
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
             req = req.header(name, value);
         }
     }
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
-    let answer = match req.send().await {
+    if shared.crash.lock().unwrap().is_some() || shared.fired.load(Ordering::SeqCst) {
+        let op = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("")
+            .to_owned();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        shared.crash_log.lock().unwrap().push((op, text));
+    }
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    let sent = req.send().await;
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    shared.fired_notify.notify_waiters();
+    let answer = match sent {
         Ok(a) => a,
         Err(e) => return (plain(StatusCode::BAD_GATEWAY, format!("proxy: {e}")), 0),
     };

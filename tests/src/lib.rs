@@ -8,7 +8,8 @@
 //! backend; the AWS adapters plug their own factories into the same macros, with the
 //! emulator helpers in [`aws`]. [`fault_proxy`] stands between the SDK and the emulator and
 //! answers DynamoDB calls the way DynamoDB does under load (throttles, conflicts, cancelled
-//! transactions, 500s, lost answers). [`stripe_double`] is the stateful Stripe double the invoice
+//! transactions, 500s, lost answers), kills or pauses a client at a chosen request (crashes
+//! inside a protocol), and fails some entries of SQS and Kinesis batch sends. [`stripe_double`] is the stateful Stripe double the invoice
 //! sync's tests run against, and [`serve_local`] serves a test's own endpoint (a webhook
 //! receiver).
 
