@@ -40,7 +40,7 @@
 //! Each schedule has a table of its own (dropped when it passes).
 //!
 //! The seed is printed; `TALLY_CRASH_SEED` replays a run, `TALLY_CRASH_ONLY=<i>` one
-//! schedule of it, `TALLY_CRASH_SCHEDULES` sets how many (default 225, 25 per step).
+//! schedule of it, `TALLY_CRASH_SCHEDULES` sets how many (default 250, 25 per step).
 //!
 //! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
 
@@ -74,7 +74,7 @@ use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
 
 const MONTH: &str = "2026-11";
 /// Step kinds; schedule `i` crashes at kind `i % STEPS`.
-const STEPS: usize = 9;
+const STEPS: usize = 10;
 /// Names of the step kinds, for the summary.
 const KINDS: [&str; STEPS] = [
     "during claims",
@@ -86,6 +86,7 @@ const KINDS: [&str; STEPS] = [
     "at a raise",
     "before done",
     "done answer lost",
+    "at the counter guard",
 ];
 /// Schedules run at once (each with a dying store behind a crash proxy of its own).
 const PARALLEL: usize = 4;
@@ -111,6 +112,8 @@ enum Step {
     BeforeDone,
     /// The `DONE` put applied, its answer lost.
     DoneLost,
+    /// At the first counter guard reservation (after the claims, before the intent).
+    Guard(CrashMode),
 }
 
 impl Step {
@@ -129,7 +132,9 @@ impl Step {
             Step::IntentLost => at("PutItem", "opsz".into(), 0, CrashMode::AnswerLost),
             Step::AfterIntent => at("PutItem", "opsz".into(), 0, CrashMode::After),
             Step::Chunk(k, mode) => at("TransactWriteItems", format!("CHUNK#{k}\""), 0, mode),
-            Step::Raise(mode) => at("UpdateItem", String::new(), 0, mode),
+            // Raises update day cells; the counter guard's reservation is an `UpdateItem` too.
+            Step::Raise(mode) => at("UpdateItem", "DAY#".into(), 0, mode),
+            Step::Guard(mode) => at("UpdateItem", "#GUARD#".into(), 0, mode),
             Step::BeforeDone => at("PutItem", "\"DONE\"".into(), 0, CrashMode::Before),
             Step::DoneLost => at("PutItem", "\"DONE\"".into(), 0, CrashMode::AnswerLost),
         }
@@ -144,7 +149,7 @@ impl Step {
                 Step::Chunk(..) | Step::Raise(..) | Step::BeforeDone | Step::DoneLost
             )
         } else {
-            !matches!(self, Step::Claim(..) | Step::BeforeIntent)
+            !matches!(self, Step::Claim(..) | Step::BeforeIntent | Step::Guard(..))
         }
     }
 }
@@ -273,6 +278,8 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         let n = rng.random_range(2..=6);
         for k in 0..n {
             let meter = match k {
+                // The guard step needs an adding meter to reserve room for.
+                0 if kind == 9 => ["compute_minutes", "requests"][rng.random_range(0..2)],
                 0 => ["compute_minutes", "requests", "active_users"][rng.random_range(0..3)],
                 1 => ["storage_bytes", "temperature"][rng.random_range(0..2)],
                 _ => METERS[rng.random_range(0..METERS.len())],
@@ -308,7 +315,8 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         5 => Step::Chunk(0, CrashMode::AnswerLost),
         6 => Step::Raise(mode(&mut rng)),
         7 => Step::BeforeDone,
-        _ => Step::DoneLost,
+        8 => Step::DoneLost,
+        _ => Step::Guard(mode(&mut rng)),
     };
     let takeover = match (i / STEPS) % 4 {
         0 => Takeover::Single,
@@ -478,6 +486,9 @@ async fn deliver(store: &DynamoStore, batch: Vec<Event>, tally: &Mutex<Tally>) -
                         ApplyOutcome::Applied => *t.applied.entry(e.id.clone()).or_default() += 1,
                         ApplyOutcome::Duplicate => {}
                         ApplyOutcome::Failed(_) => pending.push(e.clone()),
+                        ApplyOutcome::Overflow => {
+                            panic!("no event of this workload comes near the counter limit")
+                        }
                     }
                 }
             }
@@ -594,6 +605,9 @@ async fn take_over(
                     }
                     ApplyOutcome::Duplicate => {}
                     ApplyOutcome::Failed(_) => again.push(e.clone()),
+                    ApplyOutcome::Overflow => {
+                        return Err(format!("event {:?} refused as an overflow", e.id));
+                    }
                 }
                 // Inside the lease, a claim of a batch without intent is left alone.
                 if dead_owns && !dead.intent_written && !matches!(o, ApplyOutcome::Failed(_)) {
