@@ -518,6 +518,19 @@ impl DynamoStore {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
                     e.as_service_error()
                 {
+                    // Labelled with the first reason that is not `None`: conflicts with
+                    // another writer, a failed condition (a marker: the chunk was applied
+                    // before), throttling. The `TransactionConflict` count is what the
+                    // template's alarm watches.
+                    let reason = c
+                        .cancellation_reasons()
+                        .iter()
+                        .filter_map(|r| r.code())
+                        .find(|code| *code != "None")
+                        .unwrap_or("None")
+                        .to_owned();
+                    metrics::counter!("tally_dynamodb_transactions_cancelled_total", "reason" => reason)
+                        .increment(1);
                     return Err(TxFailure::Cancelled(
                         c.cancellation_reasons()
                             .iter()
