@@ -105,7 +105,10 @@
 //!    the batch's intent under `attribute_not_exists`.
 //! 4. **Apply.** The ops that must apply once (`ADD`s, unique markers) are packed
 //!    first-fit into chunks of at most 99 actions with no item twice, a pure function of
-//!    the intent. Each chunk is one `TransactWriteItems` with a chunk marker put under
+//!    the intent; an org with 8 or more such ops in the intent (a hot org) gets chunks of
+//!    its own, so a `TransactionConflict` on its cells, which every concurrent batch
+//!    writes, cancels only its own actions and never the tail's (the packing is stored with
+//!    the intent, see `apply::Packing`). Each chunk is one `TransactWriteItems` with a chunk marker put under
 //!    `attribute_not_exists`: a marker that exists means the chunk was applied, by this
 //!    call or anyone else. A failed unique marker means the value was counted (the marker
 //!    and its share of the `ADD` go) and the chunk is sent again at once.

@@ -125,12 +125,12 @@ impl Step {
             mode,
         };
         // Ledger claims are the puts of `EVT#` records; the intent is the put carrying the
-        // packed ops; a chunk is the transaction holding its marker.
+        // packed ops (`opsh`); a chunk is the transaction holding its marker.
         match self {
             Step::Claim(k, mode) => at("PutItem", "EVT#".into(), k, mode),
-            Step::BeforeIntent => at("PutItem", "opsz".into(), 0, CrashMode::Before),
-            Step::IntentLost => at("PutItem", "opsz".into(), 0, CrashMode::AnswerLost),
-            Step::AfterIntent => at("PutItem", "opsz".into(), 0, CrashMode::After),
+            Step::BeforeIntent => at("PutItem", "opsh".into(), 0, CrashMode::Before),
+            Step::IntentLost => at("PutItem", "opsh".into(), 0, CrashMode::AnswerLost),
+            Step::AfterIntent => at("PutItem", "opsh".into(), 0, CrashMode::After),
             Step::Chunk(k, mode) => at("TransactWriteItems", format!("CHUNK#{k}\""), 0, mode),
             // Raises update day cells; the counter guard's reservation is an `UpdateItem` too.
             Step::Raise(mode) => at("UpdateItem", "DAY#".into(), 0, mode),

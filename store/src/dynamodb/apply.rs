@@ -375,7 +375,7 @@ async fn apply_owned(
             return ApplyOutcome::Failed(e.to_string());
         }
     }
-    match complete(store, batch, &ops, now).await {
+    match complete(store, batch, &ops, Packing::HotApart, now).await {
         Ok(()) => ApplyOutcome::Applied,
         Err(why) => ApplyOutcome::Failed(why),
     }
@@ -493,8 +493,8 @@ fn foreign(old: Option<&Item>, batch: &str) -> Claim {
 enum BatchState {
     /// Its counters are applied.
     Done,
-    /// It wrote its intent; its counters may be partly applied.
-    Intent(Ops),
+    /// It wrote its intent (packed so); its counters may be partly applied.
+    Intent(Ops, Packing),
     /// It was aborted before writing an intent: its records are orphans.
     Aborted,
     /// Neither: it is still claiming, or it died before its intent.
@@ -537,17 +537,19 @@ async fn resolve_foreign(
         match owner_state(store, &id, claimed).await {
             Err(e) => settle(&mut out, ApplyOutcome::Failed(e.to_string())),
             Ok(BatchState::Done) => settle(&mut out, ApplyOutcome::Duplicate),
-            Ok(BatchState::Intent(ops)) => match complete(store, &id, &ops, now).await {
-                Ok(()) => {
-                    // Normal when two deliveries race; often, it means aggregators die
-                    // between their intent and their done.
-                    metrics::counter!("tally_dynamodb_batches_finished_for_others_total")
-                        .increment(1);
-                    tracing::info!(batch = %id, "finished another batch's intent");
-                    settle(&mut out, ApplyOutcome::Duplicate)
+            Ok(BatchState::Intent(ops, packing)) => {
+                match complete(store, &id, &ops, packing, now).await {
+                    Ok(()) => {
+                        // Normal when two deliveries race; often, it means aggregators die
+                        // between their intent and their done.
+                        metrics::counter!("tally_dynamodb_batches_finished_for_others_total")
+                            .increment(1);
+                        tracing::info!(batch = %id, "finished another batch's intent");
+                        settle(&mut out, ApplyOutcome::Duplicate)
+                    }
+                    Err(why) => settle(&mut out, ApplyOutcome::Failed(why)),
                 }
-                Err(why) => settle(&mut out, ApplyOutcome::Failed(why)),
-            },
+            }
             Ok(BatchState::Missing) => settle(
                 &mut out,
                 ApplyOutcome::Failed(format!(
@@ -612,15 +614,27 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
     if intent.contains_key("aborted") {
         return Ok(BatchState::Aborted);
     }
-    let ops = match intent.get(OPS_PACKED) {
-        Some(AttributeValue::B(packed)) => unpack_ops(packed.as_ref()),
+    let (ops, packing) = intent_ops(&intent)
+        .map_err(|e| super::codec::corrupt(format!("intent of batch {id}: {e}")))?;
+    Ok(BatchState::Intent(ops, packing))
+}
+
+/// An intent's ops and how they are packed, from whichever attribute the release that
+/// wrote it used.
+fn intent_ops(intent: &Item) -> Result<(Ops, Packing), StoreError> {
+    match (intent.get(OPS_HOT_APART), intent.get(OPS_PACKED)) {
+        (Some(AttributeValue::B(packed)), _) => {
+            Ok((unpack_ops(packed.as_ref())?, Packing::HotApart))
+        }
+        (_, Some(AttributeValue::B(packed))) => Ok((unpack_ops(packed.as_ref())?, Packing::Mixed)),
         // Intents written before they were compressed.
-        _ => super::codec::get_s(&intent, "ops").and_then(|text| {
-            serde_json::from_str(text).map_err(|e| super::codec::corrupt(e.to_string()))
-        }),
+        _ => {
+            let text = super::codec::get_s(intent, "ops")?;
+            let ops =
+                serde_json::from_str(text).map_err(|e| super::codec::corrupt(e.to_string()))?;
+            Ok((ops, Packing::Mixed))
+        }
     }
-    .map_err(|e| super::codec::corrupt(format!("intent of batch {id}: {e}")))?;
-    Ok(BatchState::Intent(ops))
 }
 
 /// Attribute of an intent: its ops as deflated JSON. The ops repeat long key prefixes
@@ -628,6 +642,11 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
 /// is written for every batch: on workload W intents and `DONE` fell from 0.069 to 0.008
 /// write units per event.
 const OPS_PACKED: &str = "opsz";
+/// Attribute of an intent whose ops are packed with hot orgs apart ([`Packing::HotApart`]):
+/// the same deflated JSON as [`OPS_PACKED`], under a name a release that packs every org
+/// together does not read, so such a release fails those batches for a later retry instead
+/// of cutting their chunks differently (which would apply some ops twice).
+const OPS_HOT_APART: &str = "opsh";
 /// Largest inflated intent accepted when reading one back (a corrupt or hostile item
 /// must not make the reader allocate without bound); well above [`MAX_INTENT_BYTES`].
 const MAX_UNPACKED_INTENT: usize = 8 * 1024 * 1024;
@@ -808,7 +827,7 @@ async fn write_intent(
             .put_if_absent(item([
                 (PK, s(batch_pk(batch))),
                 (SK, s(INTENT_SK)),
-                (OPS_PACKED, AttributeValue::B(Blob::new(packed.clone()))),
+                (OPS_HOT_APART, AttributeValue::B(Blob::new(packed.clone()))),
                 (TTL, n(ttl)),
             ]))
             .await
@@ -818,7 +837,7 @@ async fn write_intent(
             Ok(false) => {
                 return Ok(matches!(
                     batch_state(store, batch).await?,
-                    BatchState::Intent(_) | BatchState::Done
+                    BatchState::Intent(..) | BatchState::Done
                 ));
             }
             Err(e) if attempt >= store.retry.max_attempts => return Err(e),
@@ -834,10 +853,11 @@ async fn complete(
     store: &DynamoStore,
     batch: &str,
     ops: &Ops,
+    packing: Packing,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
-    for (n_chunk, chunk) in plan_chunks(ops).into_iter().enumerate() {
+    for (n_chunk, chunk) in plan_chunks(ops, packing).into_iter().enumerate() {
         apply_chunk(store, batch, n_chunk, &chunk, ttl).await?;
     }
     raise_hours(store, ops).await?;
@@ -860,22 +880,65 @@ async fn complete(
     Ok(())
 }
 
+/// How an intent's ops are packed into chunks. The packing is part of the intent (the
+/// attribute its ops are stored under), because chunk markers name chunks by number: a
+/// batch finished by another process must be cut exactly as it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Packing {
+    /// Every org's ops first-fit together (intents stored as `opsz` or `ops`, written
+    /// before hot orgs were kept apart).
+    Mixed,
+    /// As `Mixed`, but the ops of each *hot* org of the intent (one with at least
+    /// [`HOT_ORG_OPS`] ops that must apply once) go in chunks of their own.
+    ///
+    /// Why: a hot org's cells are written by every concurrent batch, so its transactions
+    /// are the ones DynamoDB cancels with `TransactionConflict`. Mixed with 90 cells of the
+    /// Zipf tail, one conflict cancelled (and billed, and delayed) them all; kept apart, a
+    /// conflict costs only the hot org's own actions, and the tail's chunks, whose cells few
+    /// batches share, go through at the first attempt. The price is one chunk marker per hot
+    /// org per batch (2 WCU; workload W has a handful of such orgs per 1,000 events).
+    HotApart,
+}
+
+/// Ops (that must apply once) an org needs in one intent to count as hot for
+/// [`Packing::HotApart`]: eight day cells or unique counters is an org with several
+/// projects or meters active in one batch, which on a Zipf workload is the top few orgs.
+pub(super) const HOT_ORG_OPS: usize = 8;
+
+/// The org a counter partition key (`ORG#<org>#CTR#…`, `ORG#<org>#UNQ#…`) belongs to.
+fn org_of_pk(pk: &str) -> &str {
+    pk.split('#').nth(1).unwrap_or(pk)
+}
+
 /// Packs the ops that must apply once (`ADD`s and `unique_count` markers; `max`/`latest`
 /// go through [`raise_hours`]) first-fit into chunks of at most [`MAX_ACTIONS`] − 1 actions
 /// (one is the chunk's marker) where no item is written twice (DynamoDB refuses that in one
-/// transaction). A pure function of the intent, so every replay packs the same chunks.
-fn plan_chunks(ops: &Ops) -> Vec<Vec<(&str, &Op)>> {
+/// transaction), keeping hot orgs apart under [`Packing::HotApart`]. A pure function of
+/// the intent and its packing, so every replay packs the same chunks.
+fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> {
     struct Open<'a> {
         ops: Vec<(&'a str, &'a Op)>,
         actions: usize,
         items: HashSet<(&'a str, &'a str)>,
+        /// The hot org the chunk is kept for, or `None` for everyone else.
+        owner: Option<&'a str>,
+    }
+    let mut per_org: HashMap<&str, usize> = HashMap::new();
+    if packing == Packing::HotApart {
+        for (pk, list) in ops {
+            *per_org.entry(org_of_pk(pk)).or_default() +=
+                list.iter().filter(|op| !op.is_idempotent()).count();
+        }
     }
     let mut chunks: Vec<Open<'_>> = Vec::new();
     for (pk, list) in ops {
+        let org = org_of_pk(pk);
+        let owner = (per_org.get(org).copied().unwrap_or(0) >= HOT_ORG_OPS).then_some(org);
         for op in list.iter().filter(|op| !op.is_idempotent()) {
             let id = (pk.as_str(), op.item_sk());
-            let fits =
-                |c: &Open<'_>| c.actions + op.actions() < MAX_ACTIONS && !c.items.contains(&id);
+            let fits = |c: &Open<'_>| {
+                c.owner == owner && c.actions + op.actions() < MAX_ACTIONS && !c.items.contains(&id)
+            };
             let at = match chunks.iter().position(fits) {
                 Some(at) => at,
                 None => {
@@ -883,6 +946,7 @@ fn plan_chunks(ops: &Ops) -> Vec<Vec<(&str, &Op)>> {
                         ops: Vec::new(),
                         actions: 0,
                         items: HashSet::new(),
+                        owner,
                     });
                     chunks.len() - 1
                 }
@@ -1193,6 +1257,99 @@ mod tests {
         ));
     }
 
+    /// One hot org (ten projects, two meters: twenty day cells) among forty orgs with one
+    /// event each.
+    fn hot_and_cold() -> (Vec<Event>, Ops) {
+        let mut events: Vec<Event> = (0..40)
+            .map(|i| {
+                event(
+                    "org_hot",
+                    &format!("prj_{}", i % 10),
+                    i,
+                    &format!("m{}", i % 2),
+                    Aggregation::Sum,
+                    0,
+                )
+            })
+            .collect();
+        events.extend((0..40).map(|i| {
+            event(
+                &format!("org_c{i:02}"),
+                "prj_1",
+                100 + i,
+                "m0",
+                Aggregation::Sum,
+                0,
+            )
+        }));
+        let all: Vec<usize> = (0..events.len()).collect();
+        let ops = plan_ops(&events, &all);
+        (events, ops)
+    }
+
+    #[test]
+    fn hot_orgs_get_chunks_of_their_own_and_everything_is_in_one_chunk() {
+        let (_, ops) = hot_and_cold();
+        let once = ops
+            .iter()
+            .flat_map(|(_, l)| l)
+            .filter(|op| !op.is_idempotent())
+            .count();
+        for packing in [Packing::Mixed, Packing::HotApart] {
+            let chunks = plan_chunks(&ops, packing);
+            assert_eq!(
+                chunks.iter().map(Vec::len).sum::<usize>(),
+                once,
+                "{packing:?}"
+            );
+        }
+        let mixed = plan_chunks(&ops, Packing::Mixed);
+        assert!(
+            mixed.iter().any(|c| {
+                let orgs: HashSet<&str> = c.iter().map(|(pk, _)| org_of_pk(pk)).collect();
+                orgs.contains("org_hot") && orgs.len() > 1
+            }),
+            "the old packing mixes the hot org with others"
+        );
+        let apart = plan_chunks(&ops, Packing::HotApart);
+        for chunk in &apart {
+            let orgs: HashSet<&str> = chunk.iter().map(|(pk, _)| org_of_pk(pk)).collect();
+            assert!(
+                !orgs.contains("org_hot") || orgs.len() == 1,
+                "a chunk mixes the hot org with {orgs:?}"
+            );
+        }
+        assert_eq!(
+            apart.len(),
+            2,
+            "one chunk for the hot org, one for the tail"
+        );
+    }
+
+    #[test]
+    fn an_intent_is_replayed_with_the_packing_it_was_written_with() {
+        let (_, ops) = hot_and_cold();
+        let packed = pack_ops(&ops).unwrap();
+        let mut new = Item::new();
+        new.insert(
+            OPS_HOT_APART.into(),
+            AttributeValue::B(Blob::new(packed.clone())),
+        );
+        assert_eq!(intent_ops(&new).unwrap(), (ops.clone(), Packing::HotApart));
+        let mut old = Item::new();
+        old.insert(OPS_PACKED.into(), AttributeValue::B(Blob::new(packed)));
+        assert_eq!(intent_ops(&old).unwrap(), (ops.clone(), Packing::Mixed));
+        let mut older = Item::new();
+        older.insert("ops".into(), s(serde_json::to_string(&ops).unwrap()));
+        assert_eq!(intent_ops(&older).unwrap(), (ops.clone(), Packing::Mixed));
+        // The two packings cut this intent differently: replaying one with the other would
+        // apply some ops twice, which is why the packing travels with the intent.
+        assert_ne!(
+            plan_chunks(&ops, Packing::Mixed),
+            plan_chunks(&ops, Packing::HotApart)
+        );
+    }
+
     #[test]
     fn ops_and_chunks_do_not_depend_on_event_order() {
         let agg = |i: u32| match i % 4 {
@@ -1219,7 +1376,7 @@ mod tests {
         let rev: Vec<usize> = fwd.iter().rev().copied().collect();
         let ops = plan_ops(&events, &fwd);
         assert_eq!(ops, plan_ops(&events, &rev));
-        let chunks = plan_chunks(&ops);
+        let chunks = plan_chunks(&ops, Packing::HotApart);
         // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
         let once = ops
             .iter()

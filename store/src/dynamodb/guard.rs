@@ -111,8 +111,12 @@ pub(super) struct Verdict {
 /// Reserves room for the owned events of a batch, one guard per (org, meter, month) that
 /// adds up, and says which events do not fit.
 pub(super) async fn admit(store: &DynamoStore, events: &[Event], owned: &[usize]) -> Verdict {
+    // In batch order (claims settle in any order): who fits is decided first come, first
+    // served, as on the other stores.
+    let mut owned = owned.to_vec();
+    owned.sort_unstable();
     let mut by_key: HashMap<TotalKey, Vec<usize>> = HashMap::new();
-    for &i in owned {
+    for &i in &owned {
         if let Some((key, _)) = TotalKey::of(&events[i]) {
             by_key.entry(key).or_default().push(i);
         }
