@@ -2,6 +2,8 @@
 //! DynamoDB adapter reads and writes (keys, index, TTL attribute, redrive count), every
 //! function builds a binary of the workspace (through `lambda/Makefile`), and every
 //! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
+//! Secrets reach a function only as ARNs, each readable by that function's role and by no
+//! other, never as values.
 //!
 //! The checks are a function returning the problems found, so the last tests can show
 //! that a broken template is caught, naming what is wrong.
@@ -300,30 +302,238 @@ fn the_queue_and_event_sources_match_the_adapters() {
     assert_eq!(schedule.as_str(), Some("cron(0 2 1 * ? *)"));
 }
 
-/// Secrets reach functions only through Secrets Manager dynamic references (never a
-/// plaintext parameter), and the Stripe webhook function serves the route its router has.
-#[test]
-fn secrets_come_from_secrets_manager_and_the_stripe_webhook_route_matches_the_router() {
-    let t = template();
-    let mut secrets = 0;
-    for (id, f) in resources(&t, "AWS::Serverless::Function") {
+/// The names a CloudFormation expression refers to: `!Ref X`, `!GetAtt X.Attr`, and the
+/// `${X}` of a `!Sub` (pseudo parameters `AWS::*` left out), anywhere inside `v`.
+fn refs(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Tagged(t) => {
+            match (t.tag.to_string().trim_start_matches('!'), &t.value) {
+                ("Ref", Value::String(name)) if !name.starts_with("AWS::") => {
+                    out.insert(name.clone());
+                }
+                ("GetAtt", Value::String(path)) => {
+                    out.insert(path.split('.').next().unwrap_or("").to_owned());
+                }
+                ("Sub", Value::String(text)) => {
+                    for piece in text.split("${").skip(1) {
+                        let name = piece.split('}').next().unwrap_or("");
+                        let name = name.split('.').next().unwrap_or("");
+                        if !name.starts_with("AWS::") {
+                            out.insert(name.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            refs(&t.value, out);
+        }
+        Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+        Value::Mapping(m) => m.values().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Every IAM statement (a mapping with `Action`) anywhere inside `v`, through `!If`s.
+fn statements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Mapping(m) if m.contains_key("Action") && m.contains_key("Effect") => out.push(v),
+        Value::Mapping(m) => m.values().for_each(|v| statements(v, out)),
+        Value::Sequence(s) => s.iter().for_each(|v| statements(v, out)),
+        Value::Tagged(t) => statements(&t.value, out),
+        _ => {}
+    }
+}
+
+/// The strings of a scalar or a sequence (an `Action` or a literal `Resource`).
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Sequence(s) => s.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Secrets reach a function as the ARNs of its `*_SECRET_ARN` variables, which name a
+/// secret of the template (or the Stripe secret's parameter); its role may call
+/// `secretsmanager:GetSecretValue` on exactly those secrets; no variable holds a secret
+/// value (a literal, or a `{{resolve:secretsmanager:...}}` resolved at deploy).
+fn secret_problems(t: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let whole = serde_norway::to_string(get(t, &["Resources"])).unwrap();
+    if whole.contains("{{resolve:secretsmanager:") {
+        p.push("a resource resolves a Secrets Manager value at deploy ({{resolve:secretsmanager:...}})".into());
+    }
+    let secrets: BTreeSet<String> = resources(t, "AWS::SecretsManager::Secret")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let parameters = keys_of(get(t, &["Parameters"]));
+    for (id, f) in resources(t, "AWS::Serverless::Function") {
         let vars = get(f, &["Properties", "Environment", "Variables"]);
+        let mut wanted = BTreeSet::new();
         for name in keys_of(vars) {
-            if !name.contains("SECRET") {
+            if !name.contains("SECRET") || name == "TALLY_SECRETS_REFRESH_SECONDS" {
                 continue;
             }
-            secrets += 1;
-            let value = serde_norway::to_string(get(vars, &[name.as_str()])).unwrap();
+            if !name.ends_with("_SECRET_ARN") {
+                p.push(format!(
+                    "{id}: {name} carries a secret's value; functions get only *_SECRET_ARN"
+                ));
+                continue;
+            }
+            let mut named = BTreeSet::new();
+            refs(get(vars, &[name.as_str()]), &mut named);
+            let targets: BTreeSet<String> = named
+                .into_iter()
+                .filter(|n| secrets.contains(n) || parameters.contains(n) && n.contains("Secret"))
+                .collect();
+            if targets.is_empty() {
+                p.push(format!(
+                    "{id}: {name} does not name a secret of the template or a secret parameter"
+                ));
+            }
+            wanted.extend(targets);
+        }
+        let role = str_of(match get(f, &["Properties", "Role"]) {
+            Value::Tagged(t) => &t.value,
+            other => other,
+        })
+        .and_then(|r| r.strip_suffix(".Arn"))
+        .unwrap_or("");
+        let mut stmts = Vec::new();
+        statements(
+            resource_at(t, &format!("{role}.Properties.Policies")),
+            &mut stmts,
+        );
+        let mut granted = BTreeSet::new();
+        for s in stmts {
+            let actions = strings(get(s, &["Action"]));
+            let reads_secrets = actions
+                .iter()
+                .any(|a| a.starts_with("secretsmanager:") || *a == "*");
+            if !reads_secrets {
+                continue;
+            }
+            if actions
+                .iter()
+                .any(|a| *a != "secretsmanager:GetSecretValue")
+            {
+                p.push(format!(
+                    "{id}: {role} allows {actions:?}; a function only reads its secrets (secretsmanager:GetSecretValue)"
+                ));
+            }
+            let resource = get(s, &["Resource"]);
+            if strings(resource).iter().any(|r| r.contains('*')) {
+                p.push(format!(
+                    "{id}: {role} may read secrets it does not use (Resource *)"
+                ));
+            }
+            refs(resource, &mut granted);
+        }
+        for missing in wanted.difference(&granted) {
+            p.push(format!(
+                "{id}: {role} may not read {missing}, which the function reads"
+            ));
+        }
+        for extra in granted.difference(&wanted) {
+            p.push(format!(
+                "{id}: {role} may read {extra}, which the function does not use"
+            ));
+        }
+    }
+    p
+}
+
+#[test]
+fn secrets_reach_functions_as_arns_their_roles_alone_may_read() {
+    let t = template();
+    let p = secret_problems(&t);
+    assert!(p.is_empty(), "{p:#?}");
+    // And each variable the code reads a secret from is an ARN variable.
+    for (bin, vars) in tally_lambda::env::BINARIES {
+        for var in *vars {
             assert!(
-                value.contains("{{resolve:secretsmanager:"),
-                "{id}: {name} is not a Secrets Manager dynamic reference: {value}"
+                !var.contains("_SECRET") || var.ends_with("_SECRET_ARN") || var.contains("REFRESH"),
+                "{bin} reads a secret's value from {var}"
             );
         }
     }
+}
+
+#[test]
+fn a_secret_passed_by_value_or_read_without_its_own_grant_is_caught() {
+    let mut t = template();
+    // The old way: the value resolved at deploy into the environment.
+    t["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]["TALLY_JWT_SECRET"] =
+        "{{resolve:secretsmanager:JwtSecret:SecretString}}".into();
+    let p = secret_problems(&t);
     assert!(
-        secrets >= 3,
-        "JWT and both Stripe secrets are set somewhere"
+        p.iter()
+            .any(|m| m.contains("resolves a Secrets Manager value at deploy")),
+        "{p:#?}"
     );
+    assert!(
+        p.iter().any(|m| m == "ApiFunction: TALLY_JWT_SECRET carries a secret's value; functions get only *_SECRET_ARN"),
+        "{p:#?}"
+    );
+    // The billing role reading every secret of the account.
+    let mut t = template();
+    let billing =
+        t["Resources"]["BillingRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+    billing.push(
+        serde_norway::from_str("{Effect: Allow, Action: 'secretsmanager:*', Resource: '*'}")
+            .unwrap(),
+    );
+    let p = secret_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("BillingRole may read secrets it does not use (Resource *)")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("BillingRole allows")), "{p:#?}");
+    // The API role without its grant; the webhook role with the JWT secret's.
+    let mut t = template();
+    let api = t["Resources"]["ApiRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .unwrap();
+    let grant = api.pop().unwrap();
+    assert_eq!(
+        grant["Action"].as_str(),
+        Some("secretsmanager:GetSecretValue")
+    );
+    t["Resources"]["StripeWebhookRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .unwrap()
+        .push(grant);
+    let p = secret_problems(&t);
+    assert!(
+        p.contains(
+            &"ApiFunction: ApiRole may not read JwtSecret, which the function reads".to_owned()
+        ),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&"StripeWebhookFunction: StripeWebhookRole may read JwtSecret, which the function does not use".to_owned()),
+        "{p:#?}"
+    );
+    // An ARN variable naming nothing the template knows.
+    let mut t = template();
+    t["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]["TALLY_JWT_SECRET_ARN"] =
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:x".into();
+    let p = secret_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("TALLY_JWT_SECRET_ARN does not name a secret")),
+        "{p:#?}"
+    );
+}
+
+/// The Stripe webhook function serves the route its router has.
+#[test]
+fn the_stripe_webhook_route_matches_the_router() {
+    let t = template();
     let hook = resource_at(
         &t,
         "StripeWebhookFunction.Properties.Events.StripeWebhook.Properties",
