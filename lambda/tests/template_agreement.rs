@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_norway::Value;
-use tally_store::dynamodb::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
+use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -166,8 +166,33 @@ fn table_problems(t: &Value) -> Vec<String> {
             if key_schema(get(g, &["KeySchema"])) != want_key(GSI1PK, GSI1SK) {
                 p.push(format!("index {GSI1} is not on {GSI1PK} / {GSI1SK}"));
             }
-            if str_of(get(g, &["Projection", "ProjectionType"])) != Some("ALL") {
-                p.push(format!("index {GSI1} does not project ALL attributes"));
+            // The projection is the `IndexProjection` parameter (ALL kept for stacks made
+            // before it): what a new stack gets is its default, with the attribute list of
+            // the `!If`'s other branch.
+            let ty = get(g, &["Projection", "ProjectionType"]);
+            let ty = match ty {
+                Value::Tagged(r) if r.tag == "Ref" => str_of(&r.value)
+                    .and_then(|param| str_of(get(t, &["Parameters", param, "Default"]))),
+                other => str_of(other),
+            };
+            let attrs = get(g, &["Projection", "NonKeyAttributes"]);
+            let attrs = match attrs {
+                Value::Tagged(cond) if cond.tag == "If" => cond
+                    .value
+                    .as_sequence()
+                    .and_then(|branches| branches.iter().find_map(Value::as_sequence)),
+                other => other.as_sequence(),
+            };
+            let projected: BTreeSet<String> = attrs
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let want: BTreeSet<String> = GSI1_PROJECTED.iter().map(|a| (*a).to_owned()).collect();
+            if ty != Some("INCLUDE") || projected != want {
+                p.push(format!(
+                    "index {GSI1} does not project INCLUDE {want:?} (GSI1_PROJECTED), what its queries read"
+                ));
             }
         }
     }
@@ -574,6 +599,24 @@ fn a_template_that_drifts_from_the_code_is_caught() {
     );
     assert!(
         p.contains(&format!("no global secondary index named {GSI1}")),
+        "{p:#?}"
+    );
+    // Project less than the membership query reads, or everything again.
+    let mut t = template();
+    t["Resources"]["Table"]["Properties"]["GlobalSecondaryIndexes"][0]["Projection"]["NonKeyAttributes"] =
+        serde_norway::from_str("[user_id, created_at]").unwrap();
+    let p = table_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with(&format!("index {GSI1} does not project INCLUDE"))),
+        "{p:#?}"
+    );
+    let mut t = template();
+    t["Parameters"]["IndexProjection"]["Default"] = "ALL".into();
+    let p = table_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with(&format!("index {GSI1} does not project INCLUDE"))),
         "{p:#?}"
     );
     // Name a binary that does not exist, and one the Makefile does not copy.
