@@ -2,7 +2,8 @@
 //! a rotated secret (a new `AWSCURRENT` version, as a rotation or `put-secret-value`
 //! leaves it) is used once the refresh interval has passed on the test's clock, and not
 //! before; the management API and the Stripe webhook receiver follow it without being
-//! rebuilt by hand; an outage keeps the value read earlier. Needs `TALLY_TEST_AWS_ENDPOINT`
+//! rebuilt by hand, and so do the billing run's Stripe adapter and alert signing; an outage
+//! keeps the value read earlier. Needs `TALLY_TEST_AWS_ENDPOINT`
 //! (the test command starts the emulator).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -265,4 +266,111 @@ async fn the_stripe_webhook_follows_a_rotated_signing_secret() {
     let (status, v) = post_webhook(&router, "whsec_new_0123456789", clock.now()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["code"], "service_unavailable", "{v}");
+}
+
+/// The billing run's Stripe adapter uses the Stripe secret's `secret_key` as it is now: a
+/// wrong key is refused by Stripe (the double), and after the key is rotated to the right
+/// one and the refresh interval has passed, the same adapter handle is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stripe_adapter_follows_a_rotated_secret_key() {
+    use tally_core::ports::InvoiceProvider;
+    use tally_tests::stripe_double::{DOUBLE_SECRET_KEY, StripeDouble};
+
+    let double = StripeDouble::start().await.unwrap();
+    let client = secrets_client().await;
+    let clock = Arc::new(FixedClock::at(t0()));
+    let stripe_json = |key: &str| {
+        json!({"secret_key": key, "webhook_signing_secret": "whsec_0123456789"}).to_string()
+    };
+    let arn = create_secret(&client, &stripe_json("sk_test_revoked")).await;
+    let provider = tally_lambda::handlers::stripe_provider(
+        Secret::new(
+            client.clone(),
+            &arn,
+            Some(tally_lambda::secrets::STRIPE_SECRET_KEY_FIELD),
+            REFRESH,
+            clock.clone(),
+        ),
+        double.base_url(),
+    );
+    let org = tally_core::ids::OrgId::parse("org_acme").unwrap();
+    let refused = provider.current().await.unwrap().find_customer(&org).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    rotate(&client, &arn, &stripe_json(DOUBLE_SECRET_KEY)).await;
+    clock.advance(TimeDelta::seconds(300));
+    let found = provider.current().await.unwrap().find_customer(&org).await;
+    assert_eq!(found.unwrap(), None);
+}
+
+/// One request the alert receiver got: its `Tally-Signature` and body.
+type Received = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A loopback alert receiver answering 204; its URL and what it received.
+async fn alert_receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            |axum::extract::State(got): axum::extract::State<Received>,
+             headers: axum::http::HeaderMap,
+             body: axum::body::Bytes| async move {
+                let signature = headers
+                    .get(tally_notify::SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                got.lock().unwrap().push((signature, body.to_vec()));
+                StatusCode::NO_CONTENT
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let state = received.clone();
+    tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await });
+    (url, received)
+}
+
+/// Plan-limit alerts are signed with the alert secret as it is now: after a rotation and
+/// the refresh interval, the receiver verifies them with the new secret only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_signed_with_the_rotated_secret_after_the_refresh_interval() {
+    use tally_core::sinks::AlertSender;
+
+    let (url, received) = alert_receiver().await;
+    let client = secrets_client().await;
+    let clock = Arc::new(FixedClock::at(t0()));
+    let (old, new) = (value('p'), value('q'));
+    let arn = create_secret(&client, &old).await;
+    let sender = tally_lambda::alerts::sender_from_secret(
+        url,
+        Secret::new(client.clone(), &arn, None, REFRESH, clock.clone()),
+        clock.clone(),
+    );
+    let body = r#"{"id":"alert_1"}"#;
+    sender
+        .current()
+        .await
+        .unwrap()
+        .send("alert_1", body)
+        .await
+        .unwrap();
+    rotate(&client, &arn, &new).await;
+    clock.advance(TimeDelta::seconds(300));
+    sender
+        .current()
+        .await
+        .unwrap()
+        .send("alert_1", body)
+        .await
+        .unwrap();
+
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let verifies = |secret: &str, (signature, body): &(String, Vec<u8>)| {
+        tally_billing::webhook::verify_signature(secret, signature, body, clock.now(), 300).is_ok()
+    };
+    assert!(verifies(&old, &got[0]) && !verifies(&new, &got[0]));
+    assert!(verifies(&new, &got[1]) && !verifies(&old, &got[1]));
 }

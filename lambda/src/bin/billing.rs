@@ -56,16 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Some(STRIPE_SECRET_KEY_FIELD),
         &store.sdk,
     )?
-    .map(|secret| {
-        Derived::new(secret, |secret_key| {
-            tally_stripe::StripeProvider::new(tally_stripe::StripeConfig {
-                secret_key: secret_key.to_owned(),
-                base_url: tally_stripe::STRIPE_API_BASE.to_owned(),
-                timeout: tally_stripe::DEFAULT_TIMEOUT,
-            })
-            .map_err(|e| e.to_string())
-        })
-    });
+    .map(|secret| handlers::stripe_provider(secret, tally_stripe::STRIPE_API_BASE.to_owned()));
     let ports = BillingPorts {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),
