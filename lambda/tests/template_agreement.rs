@@ -639,3 +639,115 @@ fn a_template_that_drifts_from_the_code_is_caught() {
         "{p:#?}"
     );
 }
+
+/// A scalar of a rule, as CloudFormation compares it (a string): a literal, or a `!Ref`
+/// to one of `params`. `None` for anything else.
+fn rule_scalar(v: &Value, params: &[(&str, &str)]) -> Option<String> {
+    match v {
+        Value::Tagged(t) if t.tag == "Ref" => {
+            let name = t.value.as_str()?;
+            params
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Evaluates a rule condition or assertion made of `!And`, `!Or`, `!Not`, `!Equals` and
+/// `!Contains` over the parameter values `params`; panics on anything else, so a rule
+/// this cannot read fails the test rather than passing it.
+fn rule_holds(v: &Value, params: &[(&str, &str)]) -> bool {
+    let Value::Tagged(t) = v else {
+        panic!("not a rule function: {v:?}");
+    };
+    let args = t.value.as_sequence().cloned().unwrap_or_default();
+    let tag = t.tag.to_string();
+    match tag.trim_start_matches('!') {
+        "And" => args.iter().all(|a| rule_holds(a, params)),
+        "Or" => args.iter().any(|a| rule_holds(a, params)),
+        "Not" => !rule_holds(&args[0], params),
+        "Equals" => rule_scalar(&args[0], params) == rule_scalar(&args[1], params),
+        "Contains" => {
+            let needle = rule_scalar(&args[1], params);
+            args[0]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|x| rule_scalar(x, params) == needle)
+        }
+        other => panic!("rule function {other} is not evaluated here"),
+    }
+}
+
+/// Whether the template's rules accept these parameter values, as CloudFormation would
+/// before creating anything.
+fn rules_accept(t: &Value, params: &[(&str, &str)]) -> bool {
+    get(t, &["Rules"])
+        .as_mapping()
+        .unwrap()
+        .values()
+        .all(|rule| {
+            let applies = match get(rule, &["RuleCondition"]) {
+                Value::Null => true,
+                c => rule_holds(c, params),
+            };
+            !applies
+                || get(rule, &["Assertions"])
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .all(|a| rule_holds(get(a, &["Assert"]), params))
+        })
+}
+
+/// SQS refuses a batch of more than 10 records without a batching window of a second or
+/// more, so the template refuses that combination before deploying; Kinesis takes it.
+#[test]
+fn the_rules_refuse_what_sqs_would_refuse_and_nothing_else() {
+    let t = template();
+    let with = |transport, window, batch| {
+        rules_accept(
+            &t,
+            &[
+                ("Transport", transport),
+                ("AggregatorBatchingWindowSeconds", window),
+                ("AggregatorBatchSize", batch),
+            ],
+        )
+    };
+    assert!(!with("sqs", "0", "11"), "SQS, no window, 11 records");
+    assert!(
+        !with("sqs", "0", "100"),
+        "SQS, no window, the default batch"
+    );
+    assert!(with("sqs", "0", "10"));
+    assert!(with("sqs", "1", "100"), "the defaults");
+    assert!(with("kinesis", "0", "100"), "Kinesis needs no window");
+    // A rule that forgot the transport would refuse Kinesis too; one that forgot the
+    // window would refuse the defaults: both are caught.
+    let mut wrong = template();
+    wrong["Rules"]["SqsBatchNeedsAWindow"]["RuleCondition"] =
+        serde_norway::from_str("!Equals [!Ref AggregatorBatchingWindowSeconds, 0]").unwrap();
+    assert!(!rules_accept(
+        &wrong,
+        &[
+            ("Transport", "kinesis"),
+            ("AggregatorBatchingWindowSeconds", "0"),
+            ("AggregatorBatchSize", "100"),
+        ]
+    ));
+    wrong["Rules"]["SqsBatchNeedsAWindow"]["RuleCondition"] =
+        serde_norway::from_str("!Equals [!Ref Transport, sqs]").unwrap();
+    assert!(!rules_accept(
+        &wrong,
+        &[
+            ("Transport", "sqs"),
+            ("AggregatorBatchingWindowSeconds", "1"),
+            ("AggregatorBatchSize", "100"),
+        ]
+    ));
+}
