@@ -10,16 +10,15 @@
 //! routed by the router of the secret's current value, so a rotation is followed without
 //! a restart, and a secret that cannot be read answers `503` (the detail is logged).
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::HeaderValue;
+use axum::response::IntoResponse;
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt, Response};
 use tally_ingest::trace::REQUEST_ID_HEADER;
 use tower::ServiceExt;
-
-use std::sync::Arc;
-
-use axum::response::IntoResponse;
 
 use crate::secrets::{Derived, Secret};
 use crate::telemetry::Telemetry;
