@@ -236,7 +236,7 @@ async fn handle(
     let Some(secret) = state.secret.as_deref() else {
         return Err(ApiError::UnavailableBecause {
             code: "stripe_webhook_not_configured",
-            message: "Stripe webhooks are not configured here: set TALLY_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...)".into(),
+            message: "Stripe webhooks are not configured here: set TALLY_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...), or on AWS deploy with the StripeSecretName parameter".into(),
             retry_after_secs: None,
         });
     };

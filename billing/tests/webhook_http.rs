@@ -190,4 +190,12 @@ async fn without_a_signing_secret_the_route_is_503_and_says_what_to_set() {
             .contains("TALLY_STRIPE_WEBHOOK_SECRET"),
         "{v}"
     );
+    // The Lambda function reads no such variable: the message also says what to do there.
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("StripeSecretName"),
+        "{v}"
+    );
 }

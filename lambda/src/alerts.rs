@@ -1,7 +1,9 @@
 //! The billing function's second job, `{"job": "alerts"}` on a `rate(5 minutes)` schedule:
 //! one pass of plan-limit alerts ([`tally_billing::alerts::check_alerts`]), signed and sent
-//! by `tally-notify` to [`env::ALERT_WEBHOOK_URL`] with the secret in
-//! [`env::ALERT_WEBHOOK_SECRET`] (a Secrets Manager dynamic reference in the template).
+//! by `tally-notify` to [`env::ALERT_WEBHOOK_URL`] with the secret whose ARN is
+//! [`env::ALERT_WEBHOOK_SECRET_ARN`] (read at run time and refreshed, so a rotated secret
+//! signs the next run's alerts once the refresh interval has passed; see
+//! [`crate::secrets`]).
 //!
 //! An alert that could not be delivered stays pending and the next run retries it, so a
 //! run with such problems still succeeds (they are logged and counted as
@@ -19,6 +21,7 @@ use tally_core::ports::Clock;
 use tally_notify::{TokioSleeper, WebhookConfig, WebhookConfigError, WebhookSender};
 
 use crate::env::{self, Env, EnvError};
+use crate::secrets::{Derived, Secret};
 
 /// Whether an invocation's event asks for the alert pass (`{"job": "alerts"}`) rather than
 /// the monthly billing run.
@@ -50,40 +53,63 @@ pub enum AlertConfigError {
         /// The one missing.
         missing: &'static str,
     },
-    /// The URL or the secret is not usable.
+    /// The URL is not usable (the secret is checked when it is read).
     #[error("{0}")]
     Config(#[from] WebhookConfigError),
 }
 
-/// The sender, if the function's environment configures alerts (both variables set).
+/// The signing secret the URL is checked with at start, before the real one is read: long
+/// enough and printable, so only the URL can be refused.
+const URL_CHECK_SECRET: &str = "url-check-placeholder";
+
+/// The sender, if the function's environment configures alerts (both variables set),
+/// rebuilt whenever the secret's value changes.
 pub fn sender_from_env(
     env: &Env,
+    sdk: &aws_config::SdkConfig,
     clock: Arc<dyn Clock>,
-) -> Result<Option<WebhookSender>, AlertConfigError> {
+) -> Result<Option<Derived<WebhookSender>>, AlertConfigError> {
     let url = env.optional(env::ALERT_WEBHOOK_URL)?;
-    let secret = env.optional(env::ALERT_WEBHOOK_SECRET)?;
+    let secret = Secret::from_env(env, env::ALERT_WEBHOOK_SECRET_ARN, None, sdk)?;
     let (url, secret) = match (url, secret) {
         (None, None) => return Ok(None),
-        (Some(u), Some(s)) => (u, s),
+        (Some(u), Some(s)) => (u.trim().to_owned(), s),
         (Some(_), None) => {
             return Err(AlertConfigError::Half {
                 set: env::ALERT_WEBHOOK_URL,
-                missing: env::ALERT_WEBHOOK_SECRET,
+                missing: env::ALERT_WEBHOOK_SECRET_ARN,
             });
         }
         (None, Some(_)) => {
             return Err(AlertConfigError::Half {
-                set: env::ALERT_WEBHOOK_SECRET,
+                set: env::ALERT_WEBHOOK_SECRET_ARN,
                 missing: env::ALERT_WEBHOOK_URL,
             });
         }
     };
-    let config = WebhookConfig::new(url.trim(), secret.trim());
-    Ok(Some(WebhookSender::new(
-        config,
-        clock,
+    // A bad URL is a deploy mistake: refuse it at start, not at the first run.
+    WebhookSender::new(
+        WebhookConfig::new(url.as_str(), URL_CHECK_SECRET),
+        clock.clone(),
         Arc::new(TokioSleeper),
-    )?))
+    )?;
+    Ok(Some(sender_from_secret(url, secret, clock)))
+}
+
+/// Alerts to `url`, signed with `secret`'s current value.
+pub fn sender_from_secret(
+    url: String,
+    secret: Secret,
+    clock: Arc<dyn Clock>,
+) -> Derived<WebhookSender> {
+    Derived::new(secret, move |value| {
+        WebhookSender::new(
+            WebhookConfig::new(url.as_str(), value),
+            clock.clone(),
+            Arc::new(TokioSleeper),
+        )
+        .map_err(|e| e.to_string())
+    })
 }
 
 /// What an alert run answers (and logs).

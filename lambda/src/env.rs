@@ -70,23 +70,28 @@ pub const KINESIS_KEY_SPREAD: &str = "TALLY_KINESIS_KEY_SPREAD";
 /// The queue poison records are set aside in, with their reason
 /// (`TALLY_DEAD_LETTER_QUEUE_URL`).
 pub const DEAD_LETTER_QUEUE_URL: &str = "TALLY_DEAD_LETTER_QUEUE_URL";
-/// The HS256 secret users' JWTs are verified with, at least 32 bytes
-/// (`TALLY_JWT_SECRET`; a Secrets Manager dynamic reference in the template).
-pub const JWT_SECRET: &str = "TALLY_JWT_SECRET";
+/// The ARN of the Secrets Manager secret holding the HS256 secret users' JWTs are verified
+/// with, at least 32 bytes (`TALLY_JWT_SECRET_ARN`; read at run time, see
+/// [`crate::secrets`]).
+pub const JWT_SECRET_ARN: &str = "TALLY_JWT_SECRET_ARN";
 /// Seconds after a month ends before billing closes it (`TALLY_GRACE_PERIOD_SECONDS`).
 pub const GRACE_PERIOD_SECONDS: &str = "TALLY_GRACE_PERIOD_SECONDS";
 /// Where plan-limit alerts are POSTed (`TALLY_ALERT_WEBHOOK_URL`; the template's
 /// `AlertWebhookUrl` parameter, empty: alerts off).
 pub const ALERT_WEBHOOK_URL: &str = "TALLY_ALERT_WEBHOOK_URL";
-/// The secret alerts are signed with (`TALLY_ALERT_WEBHOOK_SECRET`; a Secrets Manager
-/// dynamic reference in the template).
-pub const ALERT_WEBHOOK_SECRET: &str = "TALLY_ALERT_WEBHOOK_SECRET";
-/// The Stripe secret key; the billing run syncs invoices to Stripe only when it is set
-/// (`TALLY_STRIPE_SECRET_KEY`; a Secrets Manager dynamic reference in the template).
-pub const STRIPE_SECRET_KEY: &str = "TALLY_STRIPE_SECRET_KEY";
-/// The Stripe webhook endpoint's signing secret; the webhook function answers `503` without
-/// it (`TALLY_STRIPE_WEBHOOK_SECRET`; a Secrets Manager dynamic reference in the template).
-pub const STRIPE_WEBHOOK_SECRET: &str = "TALLY_STRIPE_WEBHOOK_SECRET";
+/// The ARN of the Secrets Manager secret alerts are signed with
+/// (`TALLY_ALERT_WEBHOOK_SECRET_ARN`; read at run time, see [`crate::secrets`]).
+pub const ALERT_WEBHOOK_SECRET_ARN: &str = "TALLY_ALERT_WEBHOOK_SECRET_ARN";
+/// The ARN of the Secrets Manager secret holding Stripe's keys as JSON,
+/// `{"secret_key": "sk_...", "webhook_signing_secret": "whsec_..."}`
+/// (`TALLY_STRIPE_SECRET_ARN`; read at run time, see [`crate::secrets`]). The billing run
+/// syncs invoices to Stripe with `secret_key` only when it is set; the webhook function
+/// checks signatures with `webhook_signing_secret`, and answers `503` when it is unset.
+pub const STRIPE_SECRET_ARN: &str = "TALLY_STRIPE_SECRET_ARN";
+/// How many seconds a secret read from Secrets Manager is used before it is read again, so
+/// how long a rotation takes to reach a warm function (`TALLY_SECRETS_REFRESH_SECONDS`;
+/// 300 when unset, see [`crate::secrets::DEFAULT_REFRESH`]).
+pub const SECRETS_REFRESH_SECONDS: &str = "TALLY_SECRETS_REFRESH_SECONDS";
 /// Seconds of its invocation the aggregator keeps in hand: it starts no further group of
 /// records once less is left, and reports the rest as failures so they come back
 /// (`TALLY_DEADLINE_MARGIN_SECONDS`; whole seconds, 30 when unset, see
@@ -100,7 +105,7 @@ pub const LOG: &str = "TALLY_LOG";
 /// What `tally-ingest-lambda` reads.
 pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, KINESIS_KEY_SPREAD, LOG];
 /// What `tally-api-lambda` reads.
-pub const API: &[&str] = &[TABLE, JWT_SECRET, LOG];
+pub const API: &[&str] = &[TABLE, JWT_SECRET_ARN, SECRETS_REFRESH_SECONDS, LOG];
 /// What `tally-aggregator-lambda` reads.
 pub const AGGREGATOR: &[&str] = &[
     TABLE,
@@ -114,12 +119,13 @@ pub const BILLING: &[&str] = &[
     TABLE,
     GRACE_PERIOD_SECONDS,
     ALERT_WEBHOOK_URL,
-    ALERT_WEBHOOK_SECRET,
-    STRIPE_SECRET_KEY,
+    ALERT_WEBHOOK_SECRET_ARN,
+    STRIPE_SECRET_ARN,
+    SECRETS_REFRESH_SECONDS,
     LOG,
 ];
 /// What `tally-stripe-webhook-lambda` reads.
-pub const STRIPE_WEBHOOK: &[&str] = &[TABLE, STRIPE_WEBHOOK_SECRET, LOG];
+pub const STRIPE_WEBHOOK: &[&str] = &[TABLE, STRIPE_SECRET_ARN, SECRETS_REFRESH_SECONDS, LOG];
 
 /// Every binary of this crate with the variables it reads, for the agreement test.
 pub const BINARIES: &[(&str, &[&str])] = &[

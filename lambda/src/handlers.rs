@@ -238,6 +238,23 @@ pub const MONTH_TIME_RESERVE: chrono::Duration = chrono::Duration::seconds(120);
 /// `&dyn OrgStore`).
 pub use tally_billing::ClosePorts as BillingPorts;
 
+/// The Stripe adapter on `base_url` with the `secret_key` of the Stripe secret as it is now,
+/// rebuilt only when the key changes (a rotated key is used by the first billing run after
+/// the refresh interval).
+pub fn stripe_provider(
+    secret: crate::secrets::Secret,
+    base_url: String,
+) -> crate::secrets::Derived<tally_stripe::StripeProvider> {
+    crate::secrets::Derived::new(secret, move |secret_key| {
+        tally_stripe::StripeProvider::new(tally_stripe::StripeConfig {
+            secret_key: secret_key.to_owned(),
+            base_url: base_url.clone(),
+            timeout: tally_stripe::DEFAULT_TIMEOUT,
+        })
+        .map_err(|e| e.to_string())
+    })
+}
+
 /// Stripe, for the billing run's invoice sync.
 #[derive(Clone, Copy)]
 pub struct StripePorts<'a> {

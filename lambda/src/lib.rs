@@ -16,6 +16,8 @@
 //! - [`handlers`]: the aggregator and billing invocations as plain async functions (tested
 //!   without a Lambda runtime), and [`handlers::http`], which serves an axum router on
 //!   `lambda_http`.
+//! - [`secrets`]: the JWT, Stripe and alert secrets, read from Secrets Manager by the ARNs
+//!   in the environment and refreshed on an interval, so a rotation needs no redeploy.
 //! - [`alerts`]: the billing function's `{"job": "alerts"}` run, plan-limit alerts sent as
 //!   signed webhooks.
 //!
@@ -28,5 +30,6 @@ pub mod backends;
 pub mod consumers;
 pub mod env;
 pub mod handlers;
+pub mod secrets;
 pub mod sink;
 pub mod telemetry;

@@ -2,6 +2,8 @@
 //! DynamoDB adapter reads and writes (keys, index, TTL attribute, redrive count), every
 //! function builds a binary of the workspace (through `lambda/Makefile`), and every
 //! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
+//! Secrets reach a function only as ARNs, each readable by that function's role and by no
+//! other, never as values.
 //!
 //! The checks are a function returning the problems found, so the last tests can show
 //! that a broken template is caught, naming what is wrong.
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_norway::Value;
-use tally_store::dynamodb::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
+use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -164,8 +166,33 @@ fn table_problems(t: &Value) -> Vec<String> {
             if key_schema(get(g, &["KeySchema"])) != want_key(GSI1PK, GSI1SK) {
                 p.push(format!("index {GSI1} is not on {GSI1PK} / {GSI1SK}"));
             }
-            if str_of(get(g, &["Projection", "ProjectionType"])) != Some("ALL") {
-                p.push(format!("index {GSI1} does not project ALL attributes"));
+            // The projection is the `IndexProjection` parameter (ALL kept for stacks made
+            // before it): what a new stack gets is its default, with the attribute list of
+            // the `!If`'s other branch.
+            let ty = get(g, &["Projection", "ProjectionType"]);
+            let ty = match ty {
+                Value::Tagged(r) if r.tag == "Ref" => str_of(&r.value)
+                    .and_then(|param| str_of(get(t, &["Parameters", param, "Default"]))),
+                other => str_of(other),
+            };
+            let attrs = get(g, &["Projection", "NonKeyAttributes"]);
+            let attrs = match attrs {
+                Value::Tagged(cond) if cond.tag == "If" => cond
+                    .value
+                    .as_sequence()
+                    .and_then(|branches| branches.iter().find_map(Value::as_sequence)),
+                other => other.as_sequence(),
+            };
+            let projected: BTreeSet<String> = attrs
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let want: BTreeSet<String> = GSI1_PROJECTED.iter().map(|a| (*a).to_owned()).collect();
+            if ty != Some("INCLUDE") || projected != want {
+                p.push(format!(
+                    "index {GSI1} does not project INCLUDE {want:?} (GSI1_PROJECTED), what its queries read"
+                ));
             }
         }
     }
@@ -300,30 +327,238 @@ fn the_queue_and_event_sources_match_the_adapters() {
     assert_eq!(schedule.as_str(), Some("cron(0 2 1 * ? *)"));
 }
 
-/// Secrets reach functions only through Secrets Manager dynamic references (never a
-/// plaintext parameter), and the Stripe webhook function serves the route its router has.
-#[test]
-fn secrets_come_from_secrets_manager_and_the_stripe_webhook_route_matches_the_router() {
-    let t = template();
-    let mut secrets = 0;
-    for (id, f) in resources(&t, "AWS::Serverless::Function") {
+/// The names a CloudFormation expression refers to: `!Ref X`, `!GetAtt X.Attr`, and the
+/// `${X}` of a `!Sub` (pseudo parameters `AWS::*` left out), anywhere inside `v`.
+fn refs(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Tagged(t) => {
+            match (t.tag.to_string().trim_start_matches('!'), &t.value) {
+                ("Ref", Value::String(name)) if !name.starts_with("AWS::") => {
+                    out.insert(name.clone());
+                }
+                ("GetAtt", Value::String(path)) => {
+                    out.insert(path.split('.').next().unwrap_or("").to_owned());
+                }
+                ("Sub", Value::String(text)) => {
+                    for piece in text.split("${").skip(1) {
+                        let name = piece.split('}').next().unwrap_or("");
+                        let name = name.split('.').next().unwrap_or("");
+                        if !name.starts_with("AWS::") {
+                            out.insert(name.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            refs(&t.value, out);
+        }
+        Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+        Value::Mapping(m) => m.values().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Every IAM statement (a mapping with `Action`) anywhere inside `v`, through `!If`s.
+fn statements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Mapping(m) if m.contains_key("Action") && m.contains_key("Effect") => out.push(v),
+        Value::Mapping(m) => m.values().for_each(|v| statements(v, out)),
+        Value::Sequence(s) => s.iter().for_each(|v| statements(v, out)),
+        Value::Tagged(t) => statements(&t.value, out),
+        _ => {}
+    }
+}
+
+/// The strings of a scalar or a sequence (an `Action` or a literal `Resource`).
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Sequence(s) => s.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Secrets reach a function as the ARNs of its `*_SECRET_ARN` variables, which name a
+/// secret of the template (or the Stripe secret's parameter); its role may call
+/// `secretsmanager:GetSecretValue` on exactly those secrets; no variable holds a secret
+/// value (a literal, or a `{{resolve:secretsmanager:...}}` resolved at deploy).
+fn secret_problems(t: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let whole = serde_norway::to_string(get(t, &["Resources"])).unwrap();
+    if whole.contains("{{resolve:secretsmanager:") {
+        p.push("a resource resolves a Secrets Manager value at deploy ({{resolve:secretsmanager:...}})".into());
+    }
+    let secrets: BTreeSet<String> = resources(t, "AWS::SecretsManager::Secret")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let parameters = keys_of(get(t, &["Parameters"]));
+    for (id, f) in resources(t, "AWS::Serverless::Function") {
         let vars = get(f, &["Properties", "Environment", "Variables"]);
+        let mut wanted = BTreeSet::new();
         for name in keys_of(vars) {
-            if !name.contains("SECRET") {
+            if !name.contains("SECRET") || name == "TALLY_SECRETS_REFRESH_SECONDS" {
                 continue;
             }
-            secrets += 1;
-            let value = serde_norway::to_string(get(vars, &[name.as_str()])).unwrap();
+            if !name.ends_with("_SECRET_ARN") {
+                p.push(format!(
+                    "{id}: {name} carries a secret's value; functions get only *_SECRET_ARN"
+                ));
+                continue;
+            }
+            let mut named = BTreeSet::new();
+            refs(get(vars, &[name.as_str()]), &mut named);
+            let targets: BTreeSet<String> = named
+                .into_iter()
+                .filter(|n| secrets.contains(n) || parameters.contains(n) && n.contains("Secret"))
+                .collect();
+            if targets.is_empty() {
+                p.push(format!(
+                    "{id}: {name} does not name a secret of the template or a secret parameter"
+                ));
+            }
+            wanted.extend(targets);
+        }
+        let role = str_of(match get(f, &["Properties", "Role"]) {
+            Value::Tagged(t) => &t.value,
+            other => other,
+        })
+        .and_then(|r| r.strip_suffix(".Arn"))
+        .unwrap_or("");
+        let mut stmts = Vec::new();
+        statements(
+            resource_at(t, &format!("{role}.Properties.Policies")),
+            &mut stmts,
+        );
+        let mut granted = BTreeSet::new();
+        for s in stmts {
+            let actions = strings(get(s, &["Action"]));
+            let reads_secrets = actions
+                .iter()
+                .any(|a| a.starts_with("secretsmanager:") || *a == "*");
+            if !reads_secrets {
+                continue;
+            }
+            if actions
+                .iter()
+                .any(|a| *a != "secretsmanager:GetSecretValue")
+            {
+                p.push(format!(
+                    "{id}: {role} allows {actions:?}; a function only reads its secrets (secretsmanager:GetSecretValue)"
+                ));
+            }
+            let resource = get(s, &["Resource"]);
+            if strings(resource).iter().any(|r| r.contains('*')) {
+                p.push(format!(
+                    "{id}: {role} may read secrets it does not use (Resource *)"
+                ));
+            }
+            refs(resource, &mut granted);
+        }
+        for missing in wanted.difference(&granted) {
+            p.push(format!(
+                "{id}: {role} may not read {missing}, which the function reads"
+            ));
+        }
+        for extra in granted.difference(&wanted) {
+            p.push(format!(
+                "{id}: {role} may read {extra}, which the function does not use"
+            ));
+        }
+    }
+    p
+}
+
+#[test]
+fn secrets_reach_functions_as_arns_their_roles_alone_may_read() {
+    let t = template();
+    let p = secret_problems(&t);
+    assert!(p.is_empty(), "{p:#?}");
+    // And each variable the code reads a secret from is an ARN variable.
+    for (bin, vars) in tally_lambda::env::BINARIES {
+        for var in *vars {
             assert!(
-                value.contains("{{resolve:secretsmanager:"),
-                "{id}: {name} is not a Secrets Manager dynamic reference: {value}"
+                !var.contains("_SECRET") || var.ends_with("_SECRET_ARN") || var.contains("REFRESH"),
+                "{bin} reads a secret's value from {var}"
             );
         }
     }
+}
+
+#[test]
+fn a_secret_passed_by_value_or_read_without_its_own_grant_is_caught() {
+    let mut t = template();
+    // The old way: the value resolved at deploy into the environment.
+    t["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]["TALLY_JWT_SECRET"] =
+        "{{resolve:secretsmanager:JwtSecret:SecretString}}".into();
+    let p = secret_problems(&t);
     assert!(
-        secrets >= 3,
-        "JWT and both Stripe secrets are set somewhere"
+        p.iter()
+            .any(|m| m.contains("resolves a Secrets Manager value at deploy")),
+        "{p:#?}"
     );
+    assert!(
+        p.iter().any(|m| m == "ApiFunction: TALLY_JWT_SECRET carries a secret's value; functions get only *_SECRET_ARN"),
+        "{p:#?}"
+    );
+    // The billing role reading every secret of the account.
+    let mut t = template();
+    let billing =
+        t["Resources"]["BillingRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+    billing.push(
+        serde_norway::from_str("{Effect: Allow, Action: 'secretsmanager:*', Resource: '*'}")
+            .unwrap(),
+    );
+    let p = secret_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("BillingRole may read secrets it does not use (Resource *)")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("BillingRole allows")), "{p:#?}");
+    // The API role without its grant; the webhook role with the JWT secret's.
+    let mut t = template();
+    let api = t["Resources"]["ApiRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .unwrap();
+    let grant = api.pop().unwrap();
+    assert_eq!(
+        grant["Action"].as_str(),
+        Some("secretsmanager:GetSecretValue")
+    );
+    t["Resources"]["StripeWebhookRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .unwrap()
+        .push(grant);
+    let p = secret_problems(&t);
+    assert!(
+        p.contains(
+            &"ApiFunction: ApiRole may not read JwtSecret, which the function reads".to_owned()
+        ),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&"StripeWebhookFunction: StripeWebhookRole may read JwtSecret, which the function does not use".to_owned()),
+        "{p:#?}"
+    );
+    // An ARN variable naming nothing the template knows.
+    let mut t = template();
+    t["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]["TALLY_JWT_SECRET_ARN"] =
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:x".into();
+    let p = secret_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("TALLY_JWT_SECRET_ARN does not name a secret")),
+        "{p:#?}"
+    );
+}
+
+/// The Stripe webhook function serves the route its router has.
+#[test]
+fn the_stripe_webhook_route_matches_the_router() {
+    let t = template();
     let hook = resource_at(
         &t,
         "StripeWebhookFunction.Properties.Events.StripeWebhook.Properties",
@@ -366,6 +601,24 @@ fn a_template_that_drifts_from_the_code_is_caught() {
         p.contains(&format!("no global secondary index named {GSI1}")),
         "{p:#?}"
     );
+    // Project less than the membership query reads, or everything again.
+    let mut t = template();
+    t["Resources"]["Table"]["Properties"]["GlobalSecondaryIndexes"][0]["Projection"]["NonKeyAttributes"] =
+        serde_norway::from_str("[user_id, created_at]").unwrap();
+    let p = table_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with(&format!("index {GSI1} does not project INCLUDE"))),
+        "{p:#?}"
+    );
+    let mut t = template();
+    t["Parameters"]["IndexProjection"]["Default"] = "ALL".into();
+    let p = table_problems(&t);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with(&format!("index {GSI1} does not project INCLUDE"))),
+        "{p:#?}"
+    );
     // Name a binary that does not exist, and one the Makefile does not copy.
     let mut t = template();
     t["Resources"]["BillingFunction"]["Metadata"]["Binary"] = "tally-invoice-lambda".into();
@@ -385,4 +638,116 @@ fn a_template_that_drifts_from_the_code_is_caught() {
             .any(|m| m == "tally-billing-lambda is built but no function in the template runs it"),
         "{p:#?}"
     );
+}
+
+/// A scalar of a rule, as CloudFormation compares it (a string): a literal, or a `!Ref`
+/// to one of `params`. `None` for anything else.
+fn rule_scalar(v: &Value, params: &[(&str, &str)]) -> Option<String> {
+    match v {
+        Value::Tagged(t) if t.tag == "Ref" => {
+            let name = t.value.as_str()?;
+            params
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Evaluates a rule condition or assertion made of `!And`, `!Or`, `!Not`, `!Equals` and
+/// `!Contains` over the parameter values `params`; panics on anything else, so a rule
+/// this cannot read fails the test rather than passing it.
+fn rule_holds(v: &Value, params: &[(&str, &str)]) -> bool {
+    let Value::Tagged(t) = v else {
+        panic!("not a rule function: {v:?}");
+    };
+    let args = t.value.as_sequence().cloned().unwrap_or_default();
+    let tag = t.tag.to_string();
+    match tag.trim_start_matches('!') {
+        "And" => args.iter().all(|a| rule_holds(a, params)),
+        "Or" => args.iter().any(|a| rule_holds(a, params)),
+        "Not" => !rule_holds(&args[0], params),
+        "Equals" => rule_scalar(&args[0], params) == rule_scalar(&args[1], params),
+        "Contains" => {
+            let needle = rule_scalar(&args[1], params);
+            args[0]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|x| rule_scalar(x, params) == needle)
+        }
+        other => panic!("rule function {other} is not evaluated here"),
+    }
+}
+
+/// Whether the template's rules accept these parameter values, as CloudFormation would
+/// before creating anything.
+fn rules_accept(t: &Value, params: &[(&str, &str)]) -> bool {
+    get(t, &["Rules"])
+        .as_mapping()
+        .unwrap()
+        .values()
+        .all(|rule| {
+            let applies = match get(rule, &["RuleCondition"]) {
+                Value::Null => true,
+                c => rule_holds(c, params),
+            };
+            !applies
+                || get(rule, &["Assertions"])
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .all(|a| rule_holds(get(a, &["Assert"]), params))
+        })
+}
+
+/// SQS refuses a batch of more than 10 records without a batching window of a second or
+/// more, so the template refuses that combination before deploying; Kinesis takes it.
+#[test]
+fn the_rules_refuse_what_sqs_would_refuse_and_nothing_else() {
+    let t = template();
+    let with = |transport, window, batch| {
+        rules_accept(
+            &t,
+            &[
+                ("Transport", transport),
+                ("AggregatorBatchingWindowSeconds", window),
+                ("AggregatorBatchSize", batch),
+            ],
+        )
+    };
+    assert!(!with("sqs", "0", "11"), "SQS, no window, 11 records");
+    assert!(
+        !with("sqs", "0", "100"),
+        "SQS, no window, the default batch"
+    );
+    assert!(with("sqs", "0", "10"));
+    assert!(with("sqs", "1", "100"), "the defaults");
+    assert!(with("kinesis", "0", "100"), "Kinesis needs no window");
+    // A rule that forgot the transport would refuse Kinesis too; one that forgot the
+    // window would refuse the defaults: both are caught.
+    let mut wrong = template();
+    wrong["Rules"]["SqsBatchNeedsAWindow"]["RuleCondition"] =
+        serde_norway::from_str("!Equals [!Ref AggregatorBatchingWindowSeconds, 0]").unwrap();
+    assert!(!rules_accept(
+        &wrong,
+        &[
+            ("Transport", "kinesis"),
+            ("AggregatorBatchingWindowSeconds", "0"),
+            ("AggregatorBatchSize", "100"),
+        ]
+    ));
+    wrong["Rules"]["SqsBatchNeedsAWindow"]["RuleCondition"] =
+        serde_norway::from_str("!Equals [!Ref Transport, sqs]").unwrap();
+    assert!(!rules_accept(
+        &wrong,
+        &[
+            ("Transport", "sqs"),
+            ("AggregatorBatchingWindowSeconds", "1"),
+            ("AggregatorBatchSize", "100"),
+        ]
+    ));
 }

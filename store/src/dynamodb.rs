@@ -11,11 +11,12 @@
 //! # The table
 //!
 //! Partition key `pk` (S), sort key `sk` (S), on-demand billing. One global secondary index,
-//! `gsi1`, on `gsi1pk` (S) / `gsi1sk` (S), projecting all attributes; it is sparse (only
-//! items that carry `gsi1pk` are in it). TTL is on `ttl` (N, Unix seconds). Every tenant
-//! item's key starts with its org where the item belongs to one org; the exceptions are
-//! global by nature (users, emails, org slugs, key hashes, periods) and each is found by
-//! one `GetItem`, never a scan.
+//! `gsi1`, on `gsi1pk` (S) / `gsi1sk` (S), projecting the keys and [`GSI1_PROJECTED`]
+//! (only what its queries read, so updating anything else costs no index write); it is
+//! sparse (only items that carry `gsi1pk` are in it). TTL is on `ttl` (N, Unix seconds).
+//! Every tenant item's key starts with its org where the item belongs to one org; the
+//! exceptions are global by nature (users, emails, org slugs, key hashes, periods) and each
+//! is found by one `GetItem`, never a scan.
 //!
 //! | item | `pk` | `sk` | other attributes | `gsi1pk` / `gsi1sk` | serves |
 //! |---|---|---|---|---|---|
@@ -216,7 +217,7 @@ pub use audit::{AUDIT_QUERY_PAGE_ITEMS, AUDIT_QUERY_PAGES};
 pub use aws_sdk_dynamodb as sdk;
 /// The table's key, index and TTL attribute names (what `template.yaml` must declare; its
 /// agreement test reads them from here).
-pub use keys::{GSI1, GSI1PK, GSI1SK, PK, SK, TTL};
+pub use keys::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
 pub use table::create_table;
 pub use usage::MAX_LEDGER_PAGE;
 

@@ -4,10 +4,11 @@
 //! existed in it, with the same `close_month` as `tally bill` and `tally serve`'s
 //! scheduler; months an earlier run left open are billed first, oldest first, while the
 //! invocation has time ([`tally_lambda::handlers::bill_and_sync`]). A failure fails the
-//! invocation (alarmed, retried). When [`tally_lambda::env::STRIPE_SECRET_KEY`] is set
-//! (from Secrets Manager), every report of the period is then synced to Stripe with the
-//! same `sync_period` as `tally bill`; an org left pending or refused fails the invocation,
-//! and the retry resumes from the sync ledger.
+//! invocation (alarmed, retried). When [`tally_lambda::env::STRIPE_SECRET_ARN`] is set,
+//! every report of the period is then synced to Stripe with the same `sync_period` as
+//! `tally bill`, with the `secret_key` of that secret as it is at the invocation (read from
+//! Secrets Manager and refreshed, [`tally_lambda::secrets`]); an org left pending or refused
+//! fails the invocation, and the retry resumes from the sync ledger.
 //!
 //! An event `{"job": "alerts"}` (a second schedule, every five minutes) runs the plan-limit
 //! alert pass instead ([`tally_lambda::alerts`]).
@@ -22,6 +23,7 @@ use tally_core::ports::SystemClock;
 use tally_lambda::alerts::JobOutput;
 use tally_lambda::env::{self, Env};
 use tally_lambda::handlers::BillingPorts;
+use tally_lambda::secrets::{Derived, STRIPE_SECRET_KEY_FIELD, Secret};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
 
 /// Longest grace period accepted: the schedule runs two hours into the month, so a longer
@@ -48,22 +50,13 @@ async fn main() -> anyhow::Result<()> {
     let grace = Duration::from_secs(grace);
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
-    let stripe = match env.optional(env::STRIPE_SECRET_KEY)? {
-        Some(secret_key) => Some(
-            tally_stripe::StripeProvider::new(tally_stripe::StripeConfig {
-                secret_key,
-                base_url: tally_stripe::STRIPE_API_BASE.to_owned(),
-                timeout: tally_stripe::DEFAULT_TIMEOUT,
-            })
-            .context(env::STRIPE_SECRET_KEY)?,
-        ),
-        None => None,
-    };
-    let stripe_ports = stripe.as_ref().map(|provider| handlers::StripePorts {
-        provider,
-        ledger: store.dynamo.as_ref(),
-        sleeper: &tally_notify::TokioSleeper,
-    });
+    let stripe = Secret::from_env(
+        &env,
+        env::STRIPE_SECRET_ARN,
+        Some(STRIPE_SECRET_KEY_FIELD),
+        &store.sdk,
+    )?
+    .map(|secret| handlers::stripe_provider(secret, tally_stripe::STRIPE_API_BASE.to_owned()));
     let ports = BillingPorts {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),
@@ -71,27 +64,51 @@ async fn main() -> anyhow::Result<()> {
         clock: &SystemClock,
     };
     let alert_sender =
-        tally_lambda::alerts::sender_from_env(&env, std::sync::Arc::new(SystemClock))?;
+        tally_lambda::alerts::sender_from_env(&env, &store.sdk, std::sync::Arc::new(SystemClock))?;
     let alert_ports = tally_lambda::alerts::AlertRunPorts {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),
         alerts: store.dynamo.as_ref(),
         clock: &SystemClock,
     };
-    let alert_sender = alert_sender
-        .as_ref()
-        .map(|s| s as &dyn tally_billing::alerts::AlertSender);
+    let alert_sender = alert_sender.as_ref();
+    let stripe = stripe.as_ref();
     let catalogue = &catalogue;
     let telemetry = &telemetry;
+    let store = &store;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         if tally_lambda::alerts::is_alert_job(&event.payload) {
-            let out = tally_lambda::alerts::run(alert_ports, catalogue, alert_sender).await;
+            // The secret as it is now: a rotation signs this run's alerts once the refresh
+            // interval has passed.
+            let sender = match alert_sender.map(Derived::current) {
+                Some(current) => Some(current.await.map_err(|e| {
+                    tracing::error!(error = %e, "alert run failed: no signing secret");
+                    lambda_runtime::Error::from(e.to_string())
+                })?),
+                None => None,
+            };
+            let sender = sender
+                .as_deref()
+                .map(|s| s as &dyn tally_billing::alerts::AlertSender);
+            let out = tally_lambda::alerts::run(alert_ports, catalogue, sender).await;
             telemetry.flush();
             return out.map(JobOutput::Alerts).map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "alert run failed");
                 lambda_runtime::Error::from(format!("{e:#}"))
             });
         }
+        let provider = match stripe.map(Derived::current) {
+            Some(current) => Some(current.await.map_err(|e| {
+                tracing::error!(error = %e, "billing run failed: no Stripe secret key");
+                lambda_runtime::Error::from(e.to_string())
+            })?),
+            None => None,
+        };
+        let stripe_ports = provider.as_deref().map(|provider| handlers::StripePorts {
+            provider,
+            ledger: store.dynamo.as_ref(),
+            sleeper: &tally_notify::TokioSleeper,
+        });
         // Lambda's deadline, in milliseconds since the epoch: later months wait for the
         // retry rather than start without time to finish.
         let deadline = i64::try_from(event.context.deadline)

@@ -2,10 +2,11 @@
 //! behind an API Gateway HTTP API.
 //!
 //! The same router `tally serve` mounts ([`tally_billing::webhook::router`]): it checks
-//! `Stripe-Signature` with the signing secret in
-//! [`tally_lambda::env::STRIPE_WEBHOOK_SECRET`] (resolved from Secrets Manager when the
-//! stack deploys; unset, every request is answered `503` saying so) and records
-//! `invoice.paid` / `invoice.payment_failed` in the sync ledger of the DynamoDB table.
+//! `Stripe-Signature` with the `webhook_signing_secret` field of the Stripe secret whose
+//! ARN is [`tally_lambda::env::STRIPE_SECRET_ARN`], read from Secrets Manager at run time
+//! and refreshed ([`tally_lambda::secrets`]); unset, every request is answered `503`
+//! saying so. It records `invoice.paid` / `invoice.payment_failed` in the sync ledger of
+//! the DynamoDB table.
 
 use std::sync::Arc;
 
@@ -13,26 +14,41 @@ use anyhow::Context;
 use tally_billing::webhook::{WebhookState, router};
 use tally_core::ports::SystemClock;
 use tally_lambda::env::{self, Env};
+use tally_lambda::secrets::{STRIPE_WEBHOOK_SECRET_FIELD, Secret};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = Env::new(env::STRIPE_WEBHOOK);
     let telemetry = Telemetry::init(&env, "stripe-webhook")?;
-    let secret = env.optional(env::STRIPE_WEBHOOK_SECRET)?;
-    if secret.is_none() {
+    let store = backends::store(&env).await?;
+    let secret = Secret::from_env(
+        &env,
+        env::STRIPE_SECRET_ARN,
+        Some(STRIPE_WEBHOOK_SECRET_FIELD),
+        &store.sdk,
+    )?;
+    let Some(secret) = secret else {
         tracing::warn!(
             "{} is not set: every webhook is answered 503",
-            env::STRIPE_WEBHOOK_SECRET
+            env::STRIPE_SECRET_ARN
         );
+        let router = router(WebhookState {
+            ledger: store.dynamo.clone(),
+            secret: None,
+            clock: Arc::new(SystemClock),
+        });
+        return handlers::http::serve(router, telemetry)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("the Lambda runtime stopped");
+    };
+    if let Err(e) = secret.current().await {
+        tracing::error!(error = %e, "the Stripe webhook signing secret cannot be read yet");
     }
-    let store = backends::store(&env).await?;
-    let router = router(WebhookState {
-        ledger: store.dynamo.clone(),
-        secret: secret.map(Arc::from),
-        clock: Arc::new(SystemClock),
-    });
-    handlers::http::serve(router, telemetry)
+    let router =
+        handlers::http::stripe_webhook_router(store.dynamo.clone(), Arc::new(SystemClock), secret);
+    handlers::http::serve_derived(Arc::new(router), telemetry)
         .await
         .map_err(|e| anyhow::anyhow!(e))
         .context("the Lambda runtime stopped")

@@ -24,6 +24,12 @@ pub const GSI1PK: &str = "gsi1pk";
 pub const GSI1SK: &str = "gsi1sk";
 /// Name of the global secondary index.
 pub const GSI1: &str = "gsi1";
+/// The attributes besides the keys the index projects: exactly what its queries read. A
+/// user's memberships (`list_user_memberships`) read `user_id`, `role` and `created_at`
+/// (and the org from `gsi1sk`); every org's id (`list_org_ids`) reads only `gsi1sk`.
+/// Projecting nothing else means an update of any other attribute of an indexed item (an
+/// API key's `last_used_at`, written every few seconds) costs no index write.
+pub const GSI1_PROJECTED: &[&str] = &["user_id", "role", "created_at"];
 /// The TTL attribute (epoch seconds).
 pub const TTL: &str = "ttl";
 
