@@ -54,12 +54,12 @@ use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
 /// Aggregator processes running at once.
 const PROCESSES: usize = 4;
 /// Distinct events, and resends of earlier ones mixed in.
-const DISTINCT: usize = 240;
-const RESENDS: usize = 40;
+const DISTINCT: usize = 400;
+const RESENDS: usize = 60;
 /// Events per publish.
 const PUBLISH_CHUNK: usize = 20;
 /// SIGKILLs while publishing, and after the last publish while the backlog drains.
-const KILLS_DURING: usize = 4;
+const KILLS_DURING: usize = 6;
 const KILLS_AFTER: usize = 2;
 /// Longest wait for the queue to drain after the last kill.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
@@ -260,7 +260,8 @@ impl Fleet {
             .args(self.env.flags())
             .arg("--data")
             .arg(self.env.data())
-            .env("TALLY_LOG", "warn")
+            // Warnings, plus the store's line when it finishes another batch's intent.
+            .env("TALLY_LOG", "warn,tally_store::dynamodb::apply=info")
             .env("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", "3")
             .env("TALLY_SQS_VISIBILITY_SECONDS", "4")
             .stdout(Stdio::null())
@@ -298,6 +299,16 @@ impl Fleet {
 
     fn log_tails(&self) -> String {
         log_tails(&self.logs)
+    }
+
+    /// How many log lines of all processes contain `text`.
+    fn log_lines_with(&self, text: &str) -> usize {
+        std::fs::read_dir(&self.logs)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .map(|log| log.lines().filter(|l| l.contains(text)).count())
+            .sum()
     }
 }
 
@@ -465,6 +476,14 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
         fleet.log_tails()
     );
     assert_eq!(dead, 0, "messages were dead-lettered (seed {seed})");
+    // What the kills left behind and the survivors cleaned up (reported, not asserted: a
+    // kill may find its process idle).
+    let recovered = [
+        "taking over events of an aborted batch",
+        "finished another batch's intent",
+        "record not fully applied",
+    ]
+    .map(|text| (text, fleet.log_lines_with(text)));
     drop(fleet);
 
     let out = env.cli_raw(&[
@@ -508,8 +527,8 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
     println!(
         "{PROCESSES} processes, {} distinct events + {RESENDS} resends in {} publishes; \
          {} SIGKILLs (slots {kills:?}), {} starts; faults injected {injected:?} \
-         ({total} of {} eligible calls); published and killed in {t_published:?}, \
-         drained at {t_drained:?}, done at {:?}",
+         ({total} of {} eligible calls); recovery in the logs {recovered:?}; published \
+         and killed in {t_published:?}, drained at {t_drained:?}, done at {:?}",
         events.len(),
         chunks.len(),
         kills.len(),
