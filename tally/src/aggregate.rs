@@ -43,9 +43,9 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
         max_wait: Duration::from_millis(args.max_wait_ms),
         ..AggregatorConfig::default()
     };
-    // A shorter SQS visibility timeout: keep a slow batch hidden by as much, every third
+    // A shorter visibility timeout: keep a slow batch hidden by as much, every third
     // of it, so it is not handed to another aggregator while this one is still applying.
-    if let Some(visibility) = crate::settings::sqs_visibility()? {
+    if let Some(visibility) = crate::settings::queue_visibility()? {
         cfg.heartbeat = visibility / 3;
         cfg.visibility_extension = visibility;
     }

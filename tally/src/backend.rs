@@ -6,8 +6,8 @@
 //! AWS client at an emulator. Clients are built once per process and shared. The local queue
 //! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
 //! Two settings for tests that kill aggregators come from the environment:
-//! `TALLY_DYNAMODB_CLAIM_LEASE_SECONDS` and `TALLY_SQS_VISIBILITY_SECONDS` (see
-//! [`crate::settings::claim_lease`] and [`crate::settings::sqs_visibility`]).
+//! `TALLY_DYNAMODB_CLAIM_LEASE_SECONDS` and `TALLY_QUEUE_VISIBILITY_SECONDS` (see
+//! [`crate::settings::claim_lease`] and [`crate::settings::queue_visibility`]).
 //! `tally replay` opens only the queue ([`open_dead_letters`]).
 
 use std::path::{Path, PathBuf};
@@ -222,7 +222,7 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
         QueueSpec::Sqs(url) => {
             let config = aws_config(common, &mut stores.aws).await;
             let client = aws_sdk_sqs::Client::new(&config);
-            match crate::settings::sqs_visibility()? {
+            match crate::settings::queue_visibility()? {
                 Some(visibility_timeout) => Arc::new(SqsQueue::with_config(
                     client,
                     url,
@@ -254,6 +254,8 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
                 "aggregator",
                 KinesisConfig {
                     key_spread,
+                    visibility_timeout: crate::settings::queue_visibility()?
+                        .unwrap_or(KinesisConfig::default().visibility_timeout),
                     ..KinesisConfig::default()
                 },
             ))

@@ -160,11 +160,12 @@ pub fn claim_lease() -> anyhow::Result<Option<Duration>> {
     env_seconds("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", 3600)
 }
 
-/// The SQS visibility timeout the aggregator receives with (`TALLY_SQS_VISIBILITY_SECONDS`,
-/// 1 to 43200; default 30 s): how long a message a dead aggregator took stays hidden. With
-/// it set, `tally aggregate` extends a slow batch's visibility by as much every third of it.
-pub fn sqs_visibility() -> anyhow::Result<Option<Duration>> {
-    env_seconds("TALLY_SQS_VISIBILITY_SECONDS", 43_200)
+/// The visibility timeout of the SQS and Kinesis queues (`TALLY_QUEUE_VISIBILITY_SECONDS`,
+/// 1 to 43200; default 30 s): how long a message or record handed out and not acknowledged
+/// (its aggregator died, or left it for redelivery) stays hidden. With it set,
+/// `tally aggregate` extends a slow batch's visibility by as much every third of it.
+pub fn queue_visibility() -> anyhow::Result<Option<Duration>> {
+    env_seconds("TALLY_QUEUE_VISIBILITY_SECONDS", 43_200)
 }
 
 /// File under `--data` holding the generated HS256 secret (hex, mode 0600).
