@@ -21,7 +21,7 @@
 //! extra event applied straight to the store makes the comparison fail.
 //!
 //! Settings that keep it quick: `TALLY_DYNAMODB_CLAIM_LEASE_SECONDS=3` and
-//! `TALLY_SQS_VISIBILITY_SECONDS=4`, so a killed process's work comes back within seconds.
+//! `TALLY_QUEUE_VISIBILITY_SECONDS=10`, so a killed process's work comes back within seconds.
 //! `TALLY_KILL_SEED` replays a run's choices (the seed is printed); arrival order at the
 //! proxy still follows timing, so a replay is close, not identical.
 //!
@@ -48,14 +48,24 @@ use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{EventQueue, UsageStore};
 use tally_store::dynamodb::DynamoStore;
+use tally_store::kinesis::KinesisQueue;
 use tally_store::sqs::SqsQueue;
 use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
 
 /// Aggregator processes running at once.
 const PROCESSES: usize = 4;
-/// Distinct events, and resends of earlier ones mixed in.
+/// Distinct events, and resends of earlier ones mixed in, on SQS; Kinesis takes half as
+/// many (each of its processes reads every record, so it does four times the work).
 const DISTINCT: usize = 400;
 const RESENDS: usize = 60;
+/// The processes' claim lease and queue visibility timeout, in seconds: what a killed one
+/// held comes back this soon. A visibility much shorter than a slow batch sends messages
+/// round the consumers until SQS dead-letters them (after 5 receives).
+const CLAIM_LEASE: &str = "3";
+const VISIBILITY: &str = "10";
+/// The two scenarios share the one emulator, which serves one DynamoDB request at a time:
+/// run side by side, each slows the other past its visibility timeout.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Events per publish.
 const PUBLISH_CHUNK: usize = 20;
 /// SIGKILLs while publishing, and after the last publish while the backlog drains.
@@ -80,11 +90,17 @@ fn meters() -> [(&'static str, Aggregation); 5] {
     ]
 }
 
-/// `DISTINCT` events of `org` over its `projects`, the meters in turn, timestamps over the
+/// `distinct` events of `org` over its `projects`, the meters in turn, timestamps over the
 /// first three days of `month` (few hour cells, so few items to contend on).
-fn workload(rng: &mut StdRng, org: &OrgId, projects: &[ProjectId], month: Month) -> Vec<Event> {
+fn workload(
+    rng: &mut StdRng,
+    org: &OrgId,
+    projects: &[ProjectId],
+    month: Month,
+    distinct: usize,
+) -> Vec<Event> {
     let meters = meters();
-    (0..DISTINCT)
+    (0..distinct)
         .map(|i| {
             let (meter, aggregation) = meters[i % meters.len()].clone();
             let mut properties = serde_json::Map::new();
@@ -110,9 +126,9 @@ fn workload(rng: &mut StdRng, org: &OrgId, projects: &[ProjectId], month: Month)
 }
 
 /// The published stream: every event once, each resend after its original.
-fn with_resends(rng: &mut StdRng, events: &[Event]) -> Vec<Event> {
+fn with_resends(rng: &mut StdRng, events: &[Event], resends: usize) -> Vec<Event> {
     let mut stream = events.to_vec();
-    for _ in 0..RESENDS {
+    for _ in 0..resends {
         let i = rng.random_range(0..events.len());
         let at = rng.random_range(i + 1..=stream.len());
         stream.insert(at, events[i].clone());
@@ -262,8 +278,8 @@ impl Fleet {
             .arg(self.env.data())
             // Warnings, plus the store's line when it finishes another batch's intent.
             .env("TALLY_LOG", "warn,tally_store::dynamodb::apply=info")
-            .env("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", "3")
-            .env("TALLY_SQS_VISIBILITY_SECONDS", "4")
+            .env("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", CLAIM_LEASE)
+            .env("TALLY_QUEUE_VISIBILITY_SECONDS", VISIBILITY)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -350,17 +366,78 @@ async fn kill_one(fleet: &mut Fleet, rng: &mut StdRng, kills: &mut Vec<usize>) {
     fleet.start(slot);
 }
 
+/// The test's own handle on the queue the processes drain (straight to the emulator): to
+/// publish, to see it drained and to count dead letters.
+enum Queue {
+    Sqs { main: SqsQueue, dead: SqsQueue },
+    Kinesis(KinesisQueue),
+}
+
+impl Queue {
+    /// The queue `--queue` names (`sqs:URL` or `kinesis:STREAM`, whose checkpoints are in
+    /// `table`, under the consumer name `tally aggregate` reads with).
+    fn open(aws: &aws_config::SdkConfig, spec: &str, table: &str) -> Queue {
+        if let Some(url) = spec.strip_prefix("sqs:") {
+            let sqs = aws_sdk_sqs::Client::new(aws);
+            return Queue::Sqs {
+                main: SqsQueue::new(sqs.clone(), url),
+                dead: SqsQueue::new(sqs, format!("{url}-dlq")),
+            };
+        }
+        let stream = spec.strip_prefix("kinesis:").expect("sqs: or kinesis:");
+        Queue::Kinesis(KinesisQueue::new(
+            aws_sdk_kinesis::Client::new(aws),
+            stream,
+            aws_sdk_dynamodb::Client::new(aws),
+            table,
+            "aggregator",
+        ))
+    }
+
+    fn queue(&self) -> &dyn EventQueue {
+        match self {
+            Queue::Sqs { main, .. } => main,
+            Queue::Kinesis(k) => k,
+        }
+    }
+
+    /// Messages or records set aside as undecodable or received too often.
+    async fn dead_letters(&self) -> u64 {
+        match self {
+            Queue::Sqs { dead, .. } => dead.depth().await.expect("dead-letter depth"),
+            Queue::Kinesis(k) => k.dead_letters().await.expect("dead letters").len() as u64,
+        }
+    }
+}
+
+/// Four aggregators on SQS: each message goes to one of them (until a kill or a lost answer
+/// sends it to another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_aggregator_processes_killed_at_random_end_exact() {
+async fn four_aggregator_processes_on_sqs_killed_at_random_end_exact() {
+    killed_at_random("sqs").await;
+}
+
+/// Four aggregators on Kinesis under one consumer name: every process reads every record,
+/// so all four race on every batch, and a restarted one reads again from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_aggregator_processes_on_kinesis_killed_at_random_end_exact() {
+    killed_at_random("kinesis").await;
+}
+
+/// The scenario of the [module doc](self) on `kind` (`sqs` or `kinesis`).
+async fn killed_at_random(kind: &str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let t0 = Instant::now();
+    let scale = if kind == "kinesis" { 2 } else { 1 };
+    let (distinct, resends) = (DISTINCT / scale, RESENDS / scale);
     let seed = std::env::var("TALLY_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
-    println!("TALLY_KILL_SEED={seed}");
+    println!("{kind}: TALLY_KILL_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let env = Env::aws("sqs");
+    let env = Env::aws(kind);
     let tenant = make_tenant(&env, "killed-co");
     let upstream = env.aws_endpoint.clone().unwrap();
     let table = env
@@ -368,13 +445,6 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
         .as_deref()
         .unwrap()
         .strip_prefix("dynamodb:")
-        .unwrap()
-        .to_owned();
-    let queue_url = env
-        .queue
-        .as_deref()
-        .unwrap()
-        .strip_prefix("sqs:")
         .unwrap()
         .to_owned();
 
@@ -405,9 +475,8 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
 
     // The test's own clients talk to the emulator directly.
     let aws = tally_tests::aws::sdk_config_at(&upstream).await;
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url.clone());
-    let dead_letters = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), format!("{queue_url}-dlq"));
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone());
+    let queue = Queue::open(&aws, env.queue.as_deref().unwrap(), &table);
 
     let org = OrgId::parse(&tenant.org).unwrap();
     let projects: Vec<ProjectId> = tenant
@@ -416,8 +485,8 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
         .map(|p| ProjectId::parse(p).unwrap())
         .collect();
     let month = Month::of(Utc::now());
-    let events = workload(&mut rng, &org, &projects, month);
-    let stream = with_resends(&mut rng, &events);
+    let events = workload(&mut rng, &org, &projects, month, distinct);
+    let stream = with_resends(&mut rng, &events, resends);
 
     let mut fleet = Fleet::new(via_proxy, env.data().join("aggregator-logs"));
     let chunks: Vec<&[Event]> = stream.chunks(PUBLISH_CHUNK).collect();
@@ -428,7 +497,7 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
     }
     let mut kills = Vec::new();
     for (i, chunk) in chunks.iter().enumerate() {
-        let report = queue.publish(chunk).await.expect("publish");
+        let report = queue.queue().publish(chunk).await.expect("publish");
         assert!(
             report.failed.is_empty(),
             "publish refused {:?}",
@@ -450,7 +519,7 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
     let deadline = Instant::now() + DRAIN_LIMIT;
     loop {
         fleet.all_alive();
-        let depth = queue.depth().await.expect("queue depth");
+        let depth = queue.queue().depth().await.expect("queue depth");
         if depth == 0 {
             break;
         }
@@ -464,18 +533,21 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let t_drained = t0.elapsed();
-    let dead = dead_letters.depth().await.expect("dead-letter depth");
-
+    let dead = queue.dead_letters().await;
+    assert_eq!(
+        dead,
+        0,
+        "{dead} message(s) were dead-lettered (seed {seed}): received too often, or undecodable\n{}",
+        fleet.log_tails()
+    );
     let want = oracle(&events);
     let diff = compare(&store, &org, month, &want).await;
     assert!(
         diff.is_none(),
-        "counters are not exact after the drain (seed {seed}, kills {kills:?}, \
-         dead letters {dead}): {}\n{}",
+        "counters are not exact after the drain (seed {seed}, kills {kills:?}): {}\n{}",
         diff.unwrap_or_default(),
         fleet.log_tails()
     );
-    assert_eq!(dead, 0, "messages were dead-lettered (seed {seed})");
     // What the kills left behind and the survivors cleaned up (reported, not asserted: a
     // kill may find its process idle).
     let recovered = [
@@ -525,7 +597,7 @@ async fn four_aggregator_processes_killed_at_random_end_exact() {
     );
 
     println!(
-        "{PROCESSES} processes, {} distinct events + {RESENDS} resends in {} publishes; \
+        "{kind}: {PROCESSES} processes, {} distinct events + {resends} resends in {} publishes; \
          {} SIGKILLs (slots {kills:?}), {} starts; faults injected {injected:?} \
          ({total} of {} eligible calls); recovery in the logs {recovered:?}; published \
          and killed in {t_published:?}, drained at {t_drained:?}, done at {:?}",
