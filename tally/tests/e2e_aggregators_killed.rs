@@ -1,5 +1,6 @@
 //! Exactly once across aggregator *processes* that die: four `tally aggregate` processes
-//! drain one SQS queue into one DynamoDB table on the emulator, every DynamoDB call going
+//! drain one SQS queue (or, in the second scenario, one Kinesis stream) into one DynamoDB
+//! table on the emulator, every DynamoDB call going
 //! through the fault proxy (`tally_tests::fault_proxy`, seeded: throttles, conflicts,
 //! cancelled transactions, 500s and answers lost after the write was applied), while the
 //! test SIGKILLs a random one every so often and starts it again. At the end every counter
@@ -13,7 +14,7 @@
 //! visibility timeout), ledger records claimed without an intent (taken over once the
 //! claim lease is over), intents half applied (finished by whoever meets them).
 //!
-//! The events go straight onto the queue with the SQS publisher (the aggregator needs no
+//! The events go straight onto the queue with the queue's publisher (the aggregator needs no
 //! catalogue: an event carries its aggregation), so all five aggregations are covered with
 //! meters of this test's own (sum, count, max, latest, unique_count), and resends of
 //! earlier events are mixed into later publishes. The oracle is a plain map over the
