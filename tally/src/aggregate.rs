@@ -38,11 +38,17 @@ pub struct AggregateArgs {
 pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<()> {
     let backends = backend::open(common).await?;
     let clock = crate::clock::from_env()?;
-    let cfg = AggregatorConfig {
+    let mut cfg = AggregatorConfig {
         max_events: args.max_events.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
         ..AggregatorConfig::default()
     };
+    // A shorter visibility timeout: keep a slow batch hidden by as much, every third
+    // of it, so it is not handed to another aggregator while this one is still applying.
+    if let Some(visibility) = crate::settings::queue_visibility()? {
+        cfg.heartbeat = visibility / 3;
+        cfg.visibility_extension = visibility;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(tally_aggregator::run(
         backends.queue.clone(),

@@ -5,6 +5,9 @@
 //! `<data>/queue.db`, `sqs:QUEUE_URL` or `kinesis:STREAM`), and `--aws-endpoint` points every
 //! AWS client at an emulator. Clients are built once per process and shared. The local queue
 //! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
+//! Two settings for tests that kill aggregators come from the environment:
+//! `TALLY_DYNAMODB_CLAIM_LEASE_SECONDS` and `TALLY_QUEUE_VISIBILITY_SECONDS` (see
+//! [`crate::settings::claim_lease`] and [`crate::settings::queue_visibility`]).
 //! `tally replay` opens only the queue ([`open_dead_letters`]).
 
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use tally_store::kinesis::{KinesisConfig, KinesisQueue};
 use tally_store::local_queue::{LocalQueue, LocalQueueConfig};
 use tally_store::replay::DeadLetterReplay;
 use tally_store::sqlite::SqliteStore;
-use tally_store::sqs::SqsQueue;
+use tally_store::sqs::{SqsConfig, SqsQueue};
 
 use crate::output::print;
 use crate::settings::Common;
@@ -195,7 +198,11 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             let mut aws = None;
             let config = aws_config(common, &mut aws).await;
             let client = aws_sdk_dynamodb::Client::new(&config);
-            let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
+            let mut store = DynamoStore::new(client.clone(), table.clone());
+            if let Some(lease) = crate::settings::claim_lease()? {
+                store = store.with_claim_lease(lease);
+            }
+            let store = Arc::new(store);
             Ok(Stores::of(store, Some((client, table)), aws))
         }
     }
@@ -214,7 +221,18 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
         }
         QueueSpec::Sqs(url) => {
             let config = aws_config(common, &mut stores.aws).await;
-            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&config), url))
+            let client = aws_sdk_sqs::Client::new(&config);
+            match crate::settings::queue_visibility()? {
+                Some(visibility_timeout) => Arc::new(SqsQueue::with_config(
+                    client,
+                    url,
+                    SqsConfig {
+                        visibility_timeout,
+                        ..SqsConfig::default()
+                    },
+                )),
+                None => Arc::new(SqsQueue::new(client, url)),
+            }
         }
         QueueSpec::Kinesis(stream) => {
             let Some((dynamo, table)) = stores.dynamo.clone() else {
@@ -236,6 +254,8 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
                 "aggregator",
                 KinesisConfig {
                     key_spread,
+                    visibility_timeout: crate::settings::queue_visibility()?
+                        .unwrap_or(KinesisConfig::default().visibility_timeout),
                     ..KinesisConfig::default()
                 },
             ))

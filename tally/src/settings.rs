@@ -130,6 +130,44 @@ pub fn user_rate() -> anyhow::Result<tally_core::plan::RateLimit> {
     }
 }
 
+/// An optional whole number of seconds from the environment variable `name`, from 1 to
+/// `max`: `None` when it is unset or empty.
+fn env_seconds(name: &str, max: u64) -> anyhow::Result<Option<Duration>> {
+    parse_seconds(name, std::env::var(name).ok().as_deref(), max)
+}
+
+/// [`env_seconds`] of the variable's value `value`.
+fn parse_seconds(name: &str, value: Option<&str>, max: u64) -> anyhow::Result<Option<Duration>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .map(|n| Some(Duration::from_secs(n)))
+            .with_context(|| {
+                format!("{name} must be a number of seconds from 1 to {max}, got {v:?}")
+            }),
+    }
+}
+
+/// The DynamoDB store's claim lease (`TALLY_DYNAMODB_CLAIM_LEASE_SECONDS`, 1 to 3600;
+/// default [`tally_store::dynamodb::DEFAULT_CLAIM_LEASE`]): how long events claimed by a
+/// batch that has not written its intent are left to it before another aggregator takes
+/// them over. For tests that kill aggregators and want their work back quickly; shorter
+/// than a batch's claim-to-intent time makes live batches lose races and retry.
+pub fn claim_lease() -> anyhow::Result<Option<Duration>> {
+    env_seconds("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", 3600)
+}
+
+/// The visibility timeout of the SQS and Kinesis queues (`TALLY_QUEUE_VISIBILITY_SECONDS`,
+/// 1 to 43200; default 30 s): how long a message or record handed out and not acknowledged
+/// (its aggregator died, or left it for redelivery) stays hidden. With it set,
+/// `tally aggregate` extends a slow batch's visibility by as much every third of it.
+pub fn queue_visibility() -> anyhow::Result<Option<Duration>> {
+    env_seconds("TALLY_QUEUE_VISIBILITY_SECONDS", 43_200)
+}
+
 /// File under `--data` holding the generated HS256 secret (hex, mode 0600).
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
 
@@ -210,5 +248,20 @@ mod tests {
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn env_seconds_parse_and_refuse_clearly() {
+        let name = "TALLY_X_SECONDS";
+        assert_eq!(parse_seconds(name, None, 10).unwrap(), None);
+        assert_eq!(parse_seconds(name, Some(" "), 10).unwrap(), None);
+        assert_eq!(
+            parse_seconds(name, Some(" 7 "), 10).unwrap(),
+            Some(Duration::from_secs(7))
+        );
+        for bad in ["0", "11", "5s", "-1"] {
+            let err = parse_seconds(name, Some(bad), 10).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("1 to 10"), "{err}");
+        }
     }
 }
