@@ -254,6 +254,11 @@ struct Shared {
     call_failure_every: AtomicU64,
     /// Batch sends throttled whole.
     calls_failed: AtomicU64,
+    /// A hot item: `TransactWriteItems` whose body holds this text are cancelled with a
+    /// conflict, this many more times ([`FaultProxy::contend`]).
+    contended: Mutex<Option<(String, u64)>>,
+    /// The bodies of the transactions cancelled for contention, in order.
+    contention_log: Mutex<Vec<String>>,
 }
 
 /// A running fault proxy (see the [module doc](self)). It serves until the test's runtime
@@ -291,6 +296,8 @@ impl FaultProxy {
             entries_failed: AtomicU64::new(0),
             call_failure_every: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
+            contended: Mutex::new(None),
+            contention_log: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -318,6 +325,18 @@ impl FaultProxy {
             .lock()
             .unwrap()
             .push_back((Some(op.to_owned()), fault));
+    }
+
+    /// Contention on a hot item, as concurrent writers cause it on DynamoDB: the next
+    /// `times` `TransactWriteItems` whose body contains `needle` (an org id, a key) are
+    /// cancelled with a `TransactionConflict`, not forwarded; others pass.
+    pub fn contend(&self, needle: &str, times: u64) {
+        *self.shared.contended.lock().unwrap() = Some((needle.to_owned(), times));
+    }
+
+    /// The bodies of the transactions [`contend`](Self::contend) cancelled, in order.
+    pub fn contention_log(&self) -> Vec<String> {
+        self.shared.contention_log.lock().unwrap().clone()
     }
 
     /// Turns the schedule on or off (off: everything not forced passes).
@@ -440,6 +459,25 @@ fn pick(shared: &Shared, op: &str, n: u64) -> Option<Fault> {
     None
 }
 
+/// Whether a transaction meets the contention rule (and takes one of its turns).
+fn contended(shared: &Shared, body: &[u8]) -> bool {
+    let mut rule = shared.contended.lock().unwrap();
+    let Some((needle, left)) = rule.as_mut() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(body);
+    if *left == 0 || !text.contains(needle.as_str()) {
+        return false;
+    }
+    *left -= 1;
+    shared
+        .contention_log
+        .lock()
+        .unwrap()
+        .push(text.into_owned());
+    true
+}
+
 /// The generator of eligible request `n`: a function of `(seed, n)` alone.
 fn request_rng(seed: u64, n: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -475,6 +513,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 forward(&shared, &parts, body).await.0
             }
         };
+    }
+    if op == "TransactWriteItems" && contended(&shared, &body) {
+        let n = shared.eligible.fetch_add(1, Ordering::SeqCst);
+        return transaction_canceled(shared.config.seed, n, &body);
     }
     let entry_rate = f64::from_bits(shared.entry_failure_rate.load(Ordering::SeqCst));
     let every = shared.call_failure_every.load(Ordering::SeqCst);

@@ -739,3 +739,66 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         "the oracle misses the planted drift"
     );
 }
+
+/// A hot org's cells are what concurrent batches fight over: with its counter ops in
+/// chunks of their own (`Packing::HotApart`), the transactions DynamoDB cancels for
+/// conflicts on its cells hold none of the other orgs' cells, so the tail is never
+/// cancelled or delayed by them, and everything still counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_on_a_hot_org_never_cancel_other_orgs_writes() {
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let (_direct, table) = fresh_table().await;
+    let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table);
+    let hot = fresh_org();
+    let projects: Vec<_> = (0..10).map(|_| fresh_project()).collect();
+    let mut events: Vec<Event> = (0..40)
+        .map(|i| {
+            event(
+                &hot,
+                &projects[i % 10],
+                &format!("h{i}"),
+                ["compute_minutes", "requests"][i % 2],
+                "1",
+                "2026-11-26T10:00:00Z",
+            )
+        })
+        .collect();
+    let cold: Vec<OrgId> = (0..40).map(|_| fresh_org()).collect();
+    events.extend(cold.iter().enumerate().map(|(i, org)| {
+        event(
+            org,
+            &projects[0],
+            &format!("c{i}"),
+            "compute_minutes",
+            "2",
+            "2026-11-26T10:00:00Z",
+        )
+    }));
+    // Three conflicts in a row on the hot org's cells: within the store's retries.
+    proxy.contend(hot.as_str(), 3);
+    let report = store.apply_batch(&events).await.unwrap();
+    assert!(
+        report.outcomes.iter().all(|o| *o == ApplyOutcome::Applied),
+        "{report:?}"
+    );
+    let cancelled = proxy.contention_log();
+    assert_eq!(cancelled.len(), 3, "the hot chunk met every conflict");
+    for body in &cancelled {
+        let tail: Vec<&OrgId> = cold.iter().filter(|o| body.contains(o.as_str())).collect();
+        assert!(
+            tail.is_empty(),
+            "a transaction cancelled for the hot org carried {} other orgs' cells",
+            tail.len()
+        );
+    }
+    let month = Month::parse("2026-11").unwrap();
+    let counters: BTreeMap<OwnedCounterKey, Decimal> = store
+        .stored_counters(&hot, month)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(counters, expected_counters(&events[..40]));
+}
