@@ -896,7 +896,10 @@ pub(super) enum Packing {
     /// Zipf tail, one conflict cancelled (and billed, and delayed) them all; kept apart, a
     /// conflict costs only the hot org's own actions, and the tail's chunks, whose cells few
     /// batches share, go through at the first attempt. The price is one chunk marker per hot
-    /// org per batch (2 WCU; workload W has a handful of such orgs per 1,000 events).
+    /// org per batch (2 WCU): on workload W, 275 transactions instead of 100 for 20,000
+    /// events (about 9 hot orgs per 1,000-event batch), +0.0175 WCU per event, 2.061 →
+    /// 2.078 (`bench/RESULTS.md`). The threshold of [`HOT_ORG_OPS`] keeps the Zipf tail,
+    /// whose orgs have one or two cells per batch, packed together as before.
     HotApart,
 }
 
