@@ -43,7 +43,9 @@
 //!   full price of every action in it, and shown separately as "cancelled": AWS does not
 //!   publish what a cancelled transaction bills, so this is the upper bound.
 //! - A written item that carries every key attribute of a global secondary index is counted
-//!   once more for the index (the store's index projects all attributes).
+//!   once more for the index, at the item's full size: an upper bound since the index
+//!   projects only the attributes its queries read (`IndexProjection`), and none of the
+//!   items this benchmark writes is indexed, so it changes nothing here.
 //! - A `Query` with a filter is priced on the items that pass it (the rest are not on the
 //!   wire); the store's dashboard queries have no filter.
 //! - Requests that fail before DynamoDB would have done the work (throttling, validation,
