@@ -189,9 +189,10 @@ async fn settle_key(
             return Err("the counter guard kept changing under other aggregators; retry".into());
         }
         let short = target - held.left;
-        // The first reservation also takes a share of the room for later batches.
+        // The first reservation also takes a share of the room for later batches, in whole
+        // units so the allowance keeps at most the events' nine decimal places, exactly.
         let want = if reservations == 0 && refused.is_empty() {
-            (short + room_seen / Decimal::from(BLOCK_SHARE)).min(room_seen)
+            (short + (room_seen / Decimal::from(BLOCK_SHARE)).trunc()).min(room_seen)
         } else {
             short
         };
