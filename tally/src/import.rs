@@ -1,0 +1,648 @@
+//! `tally import FILE`: backfill and migration of usage from a file of events.
+//!
+//! The file is NDJSON: one event per line in the shape `POST /v1/events` takes (`id`,
+//! `project_id`, `meter`, `quantity`, `timestamp`, `properties`), for the org named by
+//! `--org` (`-` reads stdin). Blank lines are skipped; line numbers count every line from 1.
+//!
+//! Each line goes through ingest's own checks: [`Event::validate`] (fields, id, meter of the
+//! catalogue, quantity and properties bounds, repeated keys, a timestamp at most five
+//! minutes ahead) and then [`tally_ingest::placement`] with ingest's cached
+//! [`Lookups`] (a live project of the org: `unknown_project`, `project_archived`; a month
+//! still open: `period_closed`). What passes is applied straight to the store in batches of
+//! [`BATCH`] through [`UsageStore::apply_batch`], the aggregator's exactly-once ledger:
+//! an id already counted is a `duplicate` and changes nothing, so running an interrupted
+//! import again resumes it, and running a finished one again reports every line
+//! `duplicate` (while the ledger still holds the ids: 45 days after they were written on
+//! SQLite, the TTL on DynamoDB). The server need not run. Events the store reports
+//! `Failed` are retried up to [`APPLY_ATTEMPTS`] times in all, then rejected as
+//! `apply_failed` (run the import again); an event that would take its org's month total
+//! past 10^19 is rejected as `counter_overflow`.
+//!
+//! With `--into-closed`, events of months that are closed (billed, or out of ingest's open
+//! window) are applied too, and the summary counts them: billing reports them as
+//! adjustments on the next report. Without it they are rejected as `period_closed`.
+//! Hard plan limits are not applied: an import records usage that already happened.
+//!
+//! Bounds: a line is at most [`MAX_LINE_BYTES`] (a longer one is rejected as
+//! `line_too_long` and skipped), a file at most [`MAX_LINES`] lines (the import stops with an
+//! error at the next one: split the file). The summary prints `accepted`, `duplicate`,
+//! `rejected` and the first [`SHOWN_REJECTIONS`] rejections (line, code, field);
+//! `--rejected FILE` writes every rejected line as NDJSON (line number, id, error and the
+//! line's text). The exit status is [`EXIT_REJECTED`] when any line was rejected. On a
+//! terminal (stderr, without `--json`) a progress bar shows bytes read, the rate and the ETA.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tally_core::event::{ErrorCode, EventError, ValidationContext};
+use tally_core::meter::MeterCatalogue;
+use tally_core::period::{Month, open_for_events};
+use tally_core::ports::{ApplyOutcome, Clock, UsageStore};
+use tally_core::{Event, OrgId};
+use tally_ingest::CacheConfig;
+use tally_ingest::body::BodyFormat;
+use tally_ingest::lookups::{Lookups, ProjectState};
+use tally_ingest::{Rejection, placement};
+
+use crate::backend;
+use crate::output::{print, table};
+use crate::settings::Common;
+
+/// Longest line, in bytes (without its line break): far above what an event can be
+/// (properties are at most 4 KiB).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most lines of one file; split larger files (a rerun of each is harmless).
+pub const MAX_LINES: u64 = 10_000_000;
+/// Events applied per [`UsageStore::apply_batch`] call, like a full `POST /v1/events`.
+pub const BATCH: usize = 1_000;
+/// Calls to the store for an event it reports `Failed` (the first included).
+pub const APPLY_ATTEMPTS: u32 = 5;
+/// Rejections listed in the summary (all of them go to `--rejected`).
+pub const SHOWN_REJECTIONS: usize = 20;
+/// Exit status when at least one line was rejected.
+pub const EXIT_REJECTED: u8 = 5;
+
+/// Code of a line longer than [`MAX_LINE_BYTES`].
+pub const LINE_TOO_LONG: &str = "line_too_long";
+/// Code of an event the store did not apply after [`APPLY_ATTEMPTS`] calls.
+pub const APPLY_FAILED: &str = "apply_failed";
+/// Code of an event that would overflow its org's month counter.
+pub const COUNTER_OVERFLOW: &str = "counter_overflow";
+
+/// `tally import` flags.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// NDJSON file of events, one `POST /v1/events` event object per line; `-` for stdin.
+    file: PathBuf,
+    /// The organization the events are for (org_…).
+    #[arg(long)]
+    org: String,
+    /// Write every rejected line here as NDJSON: line number, id, error, text (replaced if
+    /// it exists).
+    #[arg(long, value_name = "FILE")]
+    rejected: Option<PathBuf>,
+    /// Apply events of closed months too: they become adjustments on the next report.
+    #[arg(long)]
+    into_closed: bool,
+}
+
+/// One rejected line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineRejection {
+    /// Line number, from 1.
+    pub line: u64,
+    /// The event's id when one could be read.
+    pub id: Option<String>,
+    /// Machine-readable reason, as `POST /v1/events` names it.
+    pub code: String,
+    /// The offending field, when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What `tally import` prints.
+#[derive(Debug, Default, Serialize)]
+pub struct ImportSummary {
+    /// The org imported into.
+    pub org_id: String,
+    /// Events read (non-blank lines).
+    pub events: u64,
+    /// Newly counted.
+    pub accepted: u64,
+    /// Already counted (by an earlier run, ingest, or an earlier line): not counted again.
+    pub duplicate: u64,
+    /// Of the duplicates, those whose contents differ from the copy counted (the first copy
+    /// stays counted).
+    pub duplicate_conflicts: u64,
+    /// Refused.
+    pub rejected: u64,
+    /// Of the accepted, those in closed months (`--into-closed`): adjustments on the next
+    /// report.
+    pub into_closed: u64,
+    /// The first rejections, in line order.
+    pub rejections: Vec<LineRejection>,
+    /// Where every rejected line was written (`--rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_file: Option<String>,
+}
+
+/// What `--rejected` holds per line.
+#[derive(Serialize)]
+struct RejectedLine<'a> {
+    #[serde(flatten)]
+    rejection: &'a LineRejection,
+    /// The line as read (absent when it was too long or not UTF-8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+/// Runs `tally import`; `Ok(false)` when some line was rejected (the caller exits
+/// [`EXIT_REJECTED`]).
+pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
+    let org = OrgId::parse(&args.org).context("--org")?;
+    let catalogue = common.load_catalogue()?.meter_catalogue();
+    let clock = crate::clock::from_env()?;
+    let (input, size): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    let stores = backend::open_store(common).await?;
+    let lookups = Lookups::new(
+        stores.tenants.clone(),
+        stores.tenants.clone(),
+        stores.usage.clone(),
+        clock.clone(),
+        &CacheConfig::default(),
+    );
+    if lookups
+        .org_plan(&org)
+        .await
+        .context("cannot read the organization")?
+        .is_none()
+    {
+        bail!("--org: there is no organization {org} (or it was deleted)");
+    }
+    let rejected_out = match &args.rejected {
+        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
+            format!("--rejected: cannot create {}", path.display())
+        })?)),
+        None => None,
+    };
+    let bar = (!common.json && std::io::stderr().is_terminal()).then(|| progress_bar(size));
+    let mut run = Run {
+        org: org.clone(),
+        catalogue,
+        clock,
+        usage: stores.usage.clone(),
+        lookups,
+        into_closed: args.into_closed,
+        rejected_out,
+        pending: Vec::with_capacity(BATCH),
+        summary: ImportSummary {
+            org_id: org.to_string(),
+            rejected_file: args.rejected.as_ref().map(|p| p.display().to_string()),
+            ..ImportSummary::default()
+        },
+    };
+    let read = run.read_all(BufReader::new(input), bar.as_ref()).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if let Some(out) = run.rejected_out.as_mut() {
+        out.flush().context("--rejected: cannot write")?;
+    }
+    read?;
+    print(common.json, &run.summary, human)?;
+    Ok(run.summary.rejected == 0)
+}
+
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+    let template = if size.is_some() {
+        "importing [{bar:30}] {percent}% {binary_bytes}/{binary_total_bytes} {msg} ETA {eta}"
+    } else {
+        "importing {spinner} {binary_bytes} {msg} {elapsed}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// An event that passed the checks, waiting for its batch.
+struct Pending {
+    line: u64,
+    event: Event,
+    closed: bool,
+}
+
+struct Run {
+    org: OrgId,
+    catalogue: MeterCatalogue,
+    clock: Arc<dyn Clock>,
+    usage: Arc<dyn UsageStore>,
+    lookups: Lookups,
+    into_closed: bool,
+    rejected_out: Option<BufWriter<File>>,
+    pending: Vec<Pending>,
+    summary: ImportSummary,
+}
+
+/// One line as read.
+enum Line {
+    /// The line (without its line break).
+    Text(Vec<u8>),
+    /// Longer than [`MAX_LINE_BYTES`]; skipped.
+    TooLong,
+}
+
+/// Reads the next line, never holding more than [`MAX_LINE_BYTES`] + 1 bytes of it;
+/// `None` at the end. `consumed` is increased by the bytes read.
+fn next_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    consumed: &mut u64,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let n = reader
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)?;
+    *consumed += n as u64;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > MAX_LINE_BYTES {
+        // The rest of the line, up to and including its break, is skipped unread.
+        let mut rest = 0u64;
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            reader.consume(used);
+            rest += used as u64;
+            if done {
+                break;
+            }
+        }
+        *consumed += rest;
+        return Ok(Some(Line::TooLong));
+    }
+    Ok(Some(Line::Text(std::mem::take(buf))))
+}
+
+impl Run {
+    async fn read_all(
+        &mut self,
+        mut reader: impl BufRead,
+        bar: Option<&ProgressBar>,
+    ) -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        let mut consumed = 0u64;
+        let mut number = 0u64;
+        while let Some(line) = next_line(&mut reader, &mut buf, &mut consumed)
+            .with_context(|| format!("cannot read line {}", number + 1))?
+        {
+            number += 1;
+            if number > MAX_LINES {
+                self.apply_pending().await?;
+                bail!(
+                    "the file has more than {MAX_LINES} lines; the first {MAX_LINES} were \
+                     imported: split the rest into another file"
+                );
+            }
+            match line {
+                Line::TooLong => {
+                    self.summary.events += 1;
+                    let e = EventError::new(
+                        ErrorCode::MalformedEvent,
+                        "",
+                        format!("the line is longer than {MAX_LINE_BYTES} bytes"),
+                    );
+                    let mut r = rejection(number, None, e);
+                    r.code = LINE_TOO_LONG.to_owned();
+                    self.reject(r, None)?;
+                }
+                Line::Text(bytes) => {
+                    if bytes.iter().all(u8::is_ascii_whitespace) {
+                        buf = bytes;
+                        continue;
+                    }
+                    self.summary.events += 1;
+                    self.check_line(number, &bytes).await?;
+                    buf = bytes;
+                }
+            }
+            if self.pending.len() >= BATCH {
+                self.apply_pending().await?;
+            }
+            if let Some(bar) = bar
+                && number.is_multiple_of(1_000)
+            {
+                bar.set_position(consumed);
+                bar.set_message(format!(
+                    "{} events: {} accepted, {} duplicate, {} rejected",
+                    self.summary.events,
+                    self.summary.accepted,
+                    self.summary.duplicate,
+                    self.summary.rejected
+                ));
+            }
+        }
+        self.apply_pending().await
+    }
+
+    /// Validates one non-blank line: rejected, or queued for the next batch.
+    async fn check_line(&mut self, number: u64, bytes: &[u8]) -> anyhow::Result<()> {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = EventError::new(
+                    ErrorCode::MalformedEvent,
+                    "",
+                    format!(
+                        "the line must be UTF-8 JSON; invalid UTF-8 at byte {}",
+                        e.valid_up_to()
+                    ),
+                );
+                return self.reject(rejection(number, None, e), None);
+            }
+        };
+        let now = self.clock.now();
+        let ctx = ValidationContext {
+            org_id: &self.org,
+            catalogue: &self.catalogue,
+            now,
+        };
+        let event = match Event::validate(text, &ctx) {
+            Ok(event) => event,
+            Err(e) => {
+                return self.reject(rejection(number, Event::id_hint(text), e), Some(text));
+            }
+        };
+        let project = self
+            .lookups
+            .project_in_org(&self.org, &event.project_id)
+            .await
+            .context("cannot read a project")?;
+        let month = Month::of(event.timestamp);
+        let month_closed = if project == ProjectState::Active && open_for_events(month, now) {
+            Some(
+                self.lookups
+                    .period_closed(month)
+                    .await
+                    .context("cannot read whether a month is closed")?,
+            )
+        } else {
+            None
+        };
+        let closed = match placement(&event, Some(project), month_closed, now) {
+            Ok(()) => false,
+            Err(e) if e.code == ErrorCode::PeriodClosed && self.into_closed => true,
+            Err(e) => {
+                let id = Some(event.id.as_str().to_owned());
+                return self.reject(rejection(number, id, e), Some(text));
+            }
+        };
+        self.pending.push(Pending {
+            line: number,
+            event,
+            closed,
+        });
+        Ok(())
+    }
+
+    /// Applies the pending events through the ledger, retrying what the store reports
+    /// `Failed`. A store error on every attempt stops the import (a rerun resumes it).
+    async fn apply_pending(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; batch.len()];
+        let mut conflicts = vec![false; batch.len()];
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        let mut last_error = None;
+        for attempt in 0..APPLY_ATTEMPTS {
+            if todo.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let events: Vec<Event> = todo
+                .iter()
+                .filter_map(|i| batch.get(*i).map(|p| p.event.clone()))
+                .collect();
+            let report = match self.usage.apply_batch(&events).await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "the store did not take a batch");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            last_error = None;
+            for j in report.conflicts {
+                if let Some(c) = todo.get(j).and_then(|i| conflicts.get_mut(*i)) {
+                    *c = true;
+                }
+            }
+            let mut again = Vec::new();
+            for (j, outcome) in report.outcomes.into_iter().enumerate() {
+                let Some(&i) = todo.get(j) else { continue };
+                if matches!(outcome, ApplyOutcome::Failed(_)) {
+                    again.push(i);
+                }
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+            // An event the report left out is tried again too.
+            // (Those have no outcome; the failed ones have theirs.)
+            again.extend(
+                todo.iter()
+                    .copied()
+                    .filter(|i| outcomes.get(*i).is_some_and(Option::is_none)),
+            );
+            again.sort_unstable();
+            todo = again;
+        }
+        if let Some(e) = last_error {
+            let first = batch.first().map_or(0, |p| p.line);
+            return Err(anyhow::Error::new(e).context(format!(
+                "the store refused the batch starting at line {first} {APPLY_ATTEMPTS} times; \
+                 the lines before it are imported: run the same import again to resume"
+            )));
+        }
+        for ((p, outcome), conflict) in batch.into_iter().zip(outcomes).zip(conflicts) {
+            let id = Some(p.event.id.as_str().to_owned());
+            let (code, field, message) = match outcome {
+                Some(ApplyOutcome::Applied) => {
+                    self.summary.accepted += 1;
+                    self.summary.into_closed += u64::from(p.closed);
+                    continue;
+                }
+                Some(ApplyOutcome::Duplicate) => {
+                    self.summary.duplicate += 1;
+                    self.summary.duplicate_conflicts += u64::from(conflict);
+                    continue;
+                }
+                Some(ApplyOutcome::Overflow) => (
+                    COUNTER_OVERFLOW,
+                    Some("quantity"),
+                    format!(
+                        "this event would take the organization's {} total of {} past \
+                         10^19; it is not counted",
+                        Month::of(p.event.timestamp),
+                        p.event.meter
+                    ),
+                ),
+                Some(ApplyOutcome::Failed(why)) => (
+                    APPLY_FAILED,
+                    None,
+                    format!(
+                        "the store did not apply it in {APPLY_ATTEMPTS} attempts ({why}); run \
+                         the import again"
+                    ),
+                ),
+                None => (
+                    APPLY_FAILED,
+                    None,
+                    format!(
+                        "the store did not report on it in {APPLY_ATTEMPTS} attempts; run the \
+                         import again"
+                    ),
+                ),
+            };
+            let r = LineRejection {
+                line: p.line,
+                id,
+                code: code.to_owned(),
+                field: field.map(str::to_owned),
+                message,
+            };
+            self.reject(r, None)?;
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, r: LineRejection, text: Option<&str>) -> anyhow::Result<()> {
+        self.summary.rejected += 1;
+        if let Some(out) = self.rejected_out.as_mut() {
+            let entry = RejectedLine {
+                rejection: &r,
+                text,
+            };
+            serde_json::to_writer(&mut *out, &entry).context("--rejected: cannot write")?;
+            out.write_all(b"\n").context("--rejected: cannot write")?;
+        }
+        if self.summary.rejections.len() < SHOWN_REJECTIONS {
+            self.summary.rejections.push(r);
+        }
+        Ok(())
+    }
+}
+
+/// A line's rejection as `POST /v1/events` would word it (same code, field and message).
+fn rejection(line: u64, id: Option<String>, e: EventError) -> LineRejection {
+    let r = Rejection::of(0, id, BodyFormat::Native, e);
+    LineRejection {
+        line,
+        id: r.id,
+        code: r.error.code,
+        field: r.error.field,
+        message: r.error.message,
+    }
+}
+
+fn human(s: &ImportSummary) -> String {
+    let mut out = vec![format!(
+        "imported into {}: {} events, {} accepted, {} duplicate, {} rejected",
+        s.org_id, s.events, s.accepted, s.duplicate, s.rejected
+    )];
+    if s.into_closed > 0 {
+        out.push(format!(
+            "{} of the accepted are in closed months: adjustments on the next report",
+            s.into_closed
+        ));
+    }
+    if s.duplicate_conflicts > 0 {
+        out.push(format!(
+            "{} duplicates differ from the copy counted first (duplicate_conflict); the first \
+             copy stays counted",
+            s.duplicate_conflicts
+        ));
+    }
+    if !s.rejections.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .rejections
+            .iter()
+            .map(|r| {
+                vec![
+                    r.line.to_string(),
+                    r.code.clone(),
+                    r.field.clone().unwrap_or_else(|| "-".to_owned()),
+                    r.message.clone(),
+                ]
+            })
+            .collect();
+        out.push(table(&["LINE", "CODE", "FIELD", "MESSAGE"], &rows, ""));
+        if s.rejected > s.rejections.len() as u64 {
+            out.push(format!(
+                "... and {} more",
+                s.rejected - s.rejections.len() as u64
+            ));
+        }
+    }
+    if let Some(path) = &s.rejected_file {
+        out.push(format!("rejected lines written to {path}"));
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let mut reader = BufReader::with_capacity(16, input);
+        let (mut buf, mut consumed) = (Vec::new(), 0);
+        let mut out = Vec::new();
+        while let Some(l) = next_line(&mut reader, &mut buf, &mut consumed).unwrap() {
+            out.push(match l {
+                Line::Text(t) => Some(t),
+                Line::TooLong => None,
+            });
+        }
+        assert_eq!(consumed, input.len() as u64);
+        out
+    }
+
+    #[test]
+    fn lines_are_split_bounded_and_too_long_ones_skipped_whole() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        let exact = vec![b'y'; MAX_LINE_BYTES];
+        let mut input = b"a\r\n\n".to_vec();
+        input.extend(&long);
+        input.extend(b"\nb\n");
+        input.extend(&exact);
+        input.extend(b"\nlast");
+        assert_eq!(
+            lines(&input),
+            vec![
+                Some(b"a".to_vec()),
+                Some(Vec::new()),
+                None,
+                Some(b"b".to_vec()),
+                Some(exact),
+                Some(b"last".to_vec()),
+            ]
+        );
+        // A too-long last line without a break.
+        assert_eq!(lines(&long), vec![None]);
+    }
+}
