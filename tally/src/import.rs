@@ -2,7 +2,10 @@
 //!
 //! The file is NDJSON: one event per line in the shape `POST /v1/events` takes (`id`,
 //! `project_id`, `meter`, `quantity`, `timestamp`, `properties`), for the org named by
-//! `--org` (`-` reads stdin). Blank lines are skipped; line numbers count every line from 1.
+//! `--org` (`-` reads stdin). Or CSV (`--format csv`, the default for a `.csv` name): a
+//! header line, then one event per line, each rewritten into that JSON through the
+//! `--columns` mapping ([`crate::import_csv`]); errors then name the column. Blank lines
+//! are skipped; line numbers count every line from 1 (the header included).
 //!
 //! Each line goes through ingest's own checks: [`Event::validate`] (fields, id, meter of the
 //! catalogue, quantity and properties bounds, repeated keys, a timestamp at most five
@@ -31,6 +34,7 @@
 //! line's text). The exit status is [`EXIT_REJECTED`] when any line was rejected. On a
 //! terminal (stderr, without `--json`) a progress bar shows bytes read, the rate and the ETA.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -52,6 +56,7 @@ use tally_ingest::lookups::{Lookups, ProjectState};
 use tally_ingest::{Rejection, placement};
 
 use crate::backend;
+use crate::import_csv::{CsvLayout, parse_columns};
 use crate::output::{print, table};
 use crate::settings::Common;
 
@@ -91,6 +96,23 @@ pub struct ImportArgs {
     /// Apply events of closed months too: they become adjustments on the next report.
     #[arg(long)]
     into_closed: bool,
+    /// The file's format; by default csv for a name ending in .csv, else ndjson.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// For CSV: which column holds which event field, as FIELD=COLUMN pairs separated by
+    /// commas (e.g. id=event_id,quantity=qty,properties.region=region); unmapped fields are
+    /// read from the column named like them.
+    #[arg(long, value_delimiter = ',', value_name = "FIELD=COLUMN")]
+    columns: Vec<String>,
+}
+
+/// What the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON event object per line.
+    Ndjson,
+    /// A header line, then one event per line (see `--columns`).
+    Csv,
 }
 
 /// One rejected line.
@@ -149,6 +171,17 @@ struct RejectedLine<'a> {
 /// [`EXIT_REJECTED`]).
 pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
     let org = OrgId::parse(&args.org).context("--org")?;
+    let format = args.format.unwrap_or_else(|| {
+        let csv = args
+            .file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if csv { Format::Csv } else { Format::Ndjson }
+    });
+    let columns = parse_columns(&args.columns)?;
+    if format == Format::Ndjson && !columns.is_empty() {
+        bail!("--columns is for CSV files (--format csv)");
+    }
     let catalogue = common.load_catalogue()?.meter_catalogue();
     let clock = crate::clock::from_env()?;
     let (input, size): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
@@ -189,6 +222,9 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
         usage: stores.usage.clone(),
         lookups,
         into_closed: args.into_closed,
+        format,
+        columns,
+        csv: None,
         rejected_out,
         pending: Vec::with_capacity(BATCH),
         summary: ImportSummary {
@@ -212,9 +248,9 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
 fn progress_bar(size: Option<u64>) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
     let template = if size.is_some() {
-        "importing [{bar:30}] {percent}% {binary_bytes}/{binary_total_bytes} {msg} ETA {eta}"
+        "importing [{bar:30}] {percent}% {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {msg} ETA {eta}"
     } else {
-        "importing {spinner} {binary_bytes} {msg} {elapsed}"
+        "importing {spinner} {binary_bytes} ({binary_bytes_per_sec}) {msg} {elapsed}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
@@ -236,6 +272,11 @@ struct Run {
     usage: Arc<dyn UsageStore>,
     lookups: Lookups,
     into_closed: bool,
+    format: Format,
+    /// `--columns`, until the header is read.
+    columns: Vec<(String, String)>,
+    /// The CSV layout, once the header line is read.
+    csv: Option<CsvLayout>,
     rejected_out: Option<BufWriter<File>>,
     pending: Vec<Pending>,
     summary: ImportSummary,
@@ -331,6 +372,13 @@ impl Run {
                         buf = bytes;
                         continue;
                     }
+                    if self.format == Format::Csv && self.csv.is_none() {
+                        let header = std::str::from_utf8(&bytes)
+                            .map_err(|_| anyhow::anyhow!("the CSV header line is not UTF-8"))?;
+                        self.csv = Some(CsvLayout::new(header, &self.columns)?);
+                        buf = bytes;
+                        continue;
+                    }
                     self.summary.events += 1;
                     self.check_line(number, &bytes).await?;
                     buf = bytes;
@@ -343,9 +391,11 @@ impl Run {
                 && number.is_multiple_of(1_000)
             {
                 bar.set_position(consumed);
+                let secs = bar.elapsed().as_secs_f64().max(0.001);
                 bar.set_message(format!(
-                    "{} events: {} accepted, {} duplicate, {} rejected",
+                    "{} events ({:.0}/s): {} accepted, {} duplicate, {} rejected",
                     self.summary.events,
+                    self.summary.events as f64 / secs,
                     self.summary.accepted,
                     self.summary.duplicate,
                     self.summary.rejected
@@ -371,16 +421,27 @@ impl Run {
                 return self.reject(rejection(number, None, e), None);
             }
         };
+        let json: Cow<'_, str> = match &self.csv {
+            None => Cow::Borrowed(text),
+            Some(layout) => match layout.to_json(text) {
+                Ok(json) => Cow::Owned(json),
+                Err(e) => {
+                    let r = self.rejection(number, None, e);
+                    return self.reject(r, Some(text));
+                }
+            },
+        };
         let now = self.clock.now();
         let ctx = ValidationContext {
             org_id: &self.org,
             catalogue: &self.catalogue,
             now,
         };
-        let event = match Event::validate(text, &ctx) {
+        let event = match Event::validate(&json, &ctx) {
             Ok(event) => event,
             Err(e) => {
-                return self.reject(rejection(number, Event::id_hint(text), e), Some(text));
+                let r = self.rejection(number, Event::id_hint(&json), e);
+                return self.reject(r, Some(text));
             }
         };
         let project = self
@@ -404,7 +465,8 @@ impl Run {
             Err(e) if e.code == ErrorCode::PeriodClosed && self.into_closed => true,
             Err(e) => {
                 let id = Some(event.id.as_str().to_owned());
-                return self.reject(rejection(number, id, e), Some(text));
+                let r = self.rejection(number, id, e);
+                return self.reject(r, Some(text));
             }
         };
         self.pending.push(Pending {
@@ -528,6 +590,15 @@ impl Run {
             self.reject(r, None)?;
         }
         Ok(())
+    }
+
+    /// [`rejection`], naming the CSV column rather than the field for a CSV file.
+    fn rejection(&self, line: u64, id: Option<String>, e: EventError) -> LineRejection {
+        let mut r = rejection(line, id, e);
+        if let (Some(layout), Some(field)) = (&self.csv, &r.field) {
+            r.field = Some(layout.column_of(field));
+        }
+        r
     }
 
     fn reject(&mut self, r: LineRejection, text: Option<&str>) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ mod aggregate;
 mod bill;
 mod commands;
 mod import;
+mod import_csv;
 mod inventory;
 mod manage;
 mod output;

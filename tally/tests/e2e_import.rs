@@ -238,3 +238,52 @@ fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--org"), "{err}");
 }
+
+#[test]
+fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "csv");
+    let p0 = &tenant.projects[0];
+    let file = env.data().join("events.csv");
+    write(
+        &file,
+        &[
+            "event_id,project,meter,qty,at,region".to_owned(),
+            format!("csv-1,{p0},compute_minutes,\"2.5\",2026-03-02T00:00:00Z,eu"),
+            format!("csv-2,{p0},compute_minutes,4,2026-03-03T00:00:00Z,us"),
+            format!("csv-3,{p0},compute_minutes,lots,2026-03-03T00:00:00Z,us"),
+            format!("csv-4,{p0},compute_minutes,1"),
+        ],
+    );
+    let file = file.to_str().unwrap();
+    let columns =
+        "id=event_id,project_id=project,quantity=qty,timestamp=at,properties.region=region";
+    let (code, s) = import(
+        &env,
+        &["--org", &tenant.org, file, "--columns", columns],
+        IMPORT_AT,
+    );
+    assert_eq!(code, Some(5), "{s}");
+    assert_eq!(s["events"], 4, "the header is not an event: {s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["rejected"], 2, "{s}");
+    let r = &s["rejections"];
+    assert_eq!(r[0]["line"], 4, "{s}");
+    assert_eq!(r[0]["code"], "invalid_quantity", "{s}");
+    assert_eq!(r[0]["field"], "qty", "the CSV column is named: {s}");
+    assert_eq!(r[0]["id"], "csv-3", "{s}");
+    assert_eq!(r[1]["line"], 5, "{s}");
+    assert_eq!(r[1]["code"], "malformed_event", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "6.5"}])
+    );
+    // A mapping naming a column the header lacks is refused before anything is imported.
+    let out = env.cli_raw_env(
+        &["import", "--org", &tenant.org, file, "--columns", "id=nope"],
+        &at(IMPORT_AT),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nope\""), "{err}");
+}
