@@ -208,6 +208,12 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
     {
         bail!("--org: there is no organization {org} (or it was deleted)");
     }
+    if let Some(path) = &args.rejected
+        && let (Ok(a), Ok(b)) = (path.canonicalize(), args.file.canonicalize())
+        && a == b
+    {
+        bail!("--rejected must not be the file imported");
+    }
     let rejected_out = match &args.rejected {
         Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
             format!("--rejected: cannot create {}", path.display())

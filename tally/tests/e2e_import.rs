@@ -233,6 +233,18 @@ fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
         json!([{"start": "2026-03-01T00:00:00Z", "value": "5000"}])
     );
 
+    // --rejected naming the file imported is refused before it is truncated.
+    let out = env.cli_raw_env(
+        &["import", "--org", &tenant.org, file, "--rejected", file],
+        &at(IMPORT_AT),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rejected"));
+    assert_eq!(
+        std::fs::read_to_string(file).unwrap().lines().count(),
+        2_500
+    );
+
     let out = env.cli_raw_env(&["import", "--org", "org_nope", file], &at(IMPORT_AT));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
