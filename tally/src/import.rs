@@ -48,7 +48,7 @@ use serde::Serialize;
 use tally_core::event::{ErrorCode, EventError, ValidationContext};
 use tally_core::meter::MeterCatalogue;
 use tally_core::period::{Month, open_for_events};
-use tally_core::ports::{ApplyOutcome, Clock, UsageStore};
+use tally_core::ports::{ApplyOutcome, Clock, StoreError, UsageStore};
 use tally_core::{Event, OrgId};
 use tally_ingest::CacheConfig;
 use tally_ingest::body::BodyFormat;
@@ -490,62 +490,19 @@ impl Run {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
-        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; batch.len()];
-        let mut conflicts = vec![false; batch.len()];
-        let mut todo: Vec<usize> = (0..batch.len()).collect();
-        let mut last_error = None;
-        for attempt in 0..APPLY_ATTEMPTS {
-            if todo.is_empty() {
-                break;
+        let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
+        let settled = apply_with_retries(self.usage.as_ref(), &events, RETRY_PAUSE).await;
+        let (outcomes, conflicts) = match settled {
+            Ok(settled) => settled,
+            Err(e) => {
+                let first = batch.first().map_or(0, |p| p.line);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the store refused the batch starting at line {first} {APPLY_ATTEMPTS} \
+                     times; the lines before it are imported: run the same import again to \
+                     resume"
+                )));
             }
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            let events: Vec<Event> = todo
-                .iter()
-                .filter_map(|i| batch.get(*i).map(|p| p.event.clone()))
-                .collect();
-            let report = match self.usage.apply_batch(&events).await {
-                Ok(report) => report,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "the store did not take a batch");
-                    last_error = Some(e);
-                    continue;
-                }
-            };
-            last_error = None;
-            for j in report.conflicts {
-                if let Some(c) = todo.get(j).and_then(|i| conflicts.get_mut(*i)) {
-                    *c = true;
-                }
-            }
-            let mut again = Vec::new();
-            for (j, outcome) in report.outcomes.into_iter().enumerate() {
-                let Some(&i) = todo.get(j) else { continue };
-                if matches!(outcome, ApplyOutcome::Failed(_)) {
-                    again.push(i);
-                }
-                if let Some(slot) = outcomes.get_mut(i) {
-                    *slot = Some(outcome);
-                }
-            }
-            // An event the report left out is tried again too.
-            // (Those have no outcome; the failed ones have theirs.)
-            again.extend(
-                todo.iter()
-                    .copied()
-                    .filter(|i| outcomes.get(*i).is_some_and(Option::is_none)),
-            );
-            again.sort_unstable();
-            todo = again;
-        }
-        if let Some(e) = last_error {
-            let first = batch.first().map_or(0, |p| p.line);
-            return Err(anyhow::Error::new(e).context(format!(
-                "the store refused the batch starting at line {first} {APPLY_ATTEMPTS} times; \
-                 the lines before it are imported: run the same import again to resume"
-            )));
-        }
+        };
         for ((p, outcome), conflict) in batch.into_iter().zip(outcomes).zip(conflicts) {
             let id = Some(p.event.id.as_str().to_owned());
             let (code, field, message) = match outcome {
@@ -624,6 +581,83 @@ impl Run {
     }
 }
 
+/// First pause before calling the store again; doubled at each attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Applies `events` through the ledger, calling the store again (after `pause`, doubled each
+/// time) for the events it reports `Failed` or leaves out, [`APPLY_ATTEMPTS`] calls in all.
+/// Per event: its last outcome (`None` if never reported) and whether it was reported a
+/// conflicting duplicate. An error when the last call failed as a whole.
+async fn apply_with_retries(
+    usage: &dyn UsageStore,
+    events: &[Event],
+    pause: Duration,
+) -> Result<(Vec<Option<ApplyOutcome>>, Vec<bool>), StoreError> {
+    let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; events.len()];
+    let mut conflicts = vec![false; events.len()];
+    let mut todo: Vec<usize> = (0..events.len()).collect();
+    let mut last_error = None;
+    for attempt in 0..APPLY_ATTEMPTS {
+        if todo.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(pause * (1 << (attempt - 1))).await;
+        }
+        let subset: Vec<Event>;
+        let call = if todo.len() == events.len() {
+            events
+        } else {
+            subset = todo
+                .iter()
+                .filter_map(|i| events.get(*i).cloned())
+                .collect();
+            &subset
+        };
+        let report = match usage.apply_batch(call).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "the store did not take a batch");
+                last_error = Some(e);
+                continue;
+            }
+        };
+        last_error = None;
+        for j in report.conflicts {
+            if let Some(c) = todo.get(j).and_then(|i| conflicts.get_mut(*i)) {
+                *c = true;
+            }
+        }
+        let mut again = Vec::new();
+        let mut reported = vec![false; todo.len()];
+        for (j, outcome) in report.outcomes.into_iter().enumerate() {
+            let Some(&i) = todo.get(j) else { continue };
+            if let Some(r) = reported.get_mut(j) {
+                *r = true;
+            }
+            if matches!(outcome, ApplyOutcome::Failed(_)) {
+                again.push(i);
+            }
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = Some(outcome);
+            }
+        }
+        // An event the report left out is tried again too.
+        again.extend(
+            todo.iter()
+                .zip(&reported)
+                .filter(|(_, r)| !**r)
+                .map(|(i, _)| *i),
+        );
+        again.sort_unstable();
+        todo = again;
+    }
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok((outcomes, conflicts)),
+    }
+}
+
 /// A line's rejection as `POST /v1/events` would word it (same code, field and message).
 fn rejection(line: u64, id: Option<String>, e: EventError) -> LineRejection {
     let r = Rejection::of(0, id, BodyFormat::Native, e);
@@ -684,6 +718,158 @@ fn human(s: &ImportSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use tally_core::ports::{ApplyReport, CounterQuery, CounterValue, LedgerPage};
+    use tally_core::{Aggregation, EventId, MeterName, OwnedCounterKey, ProjectId, Quantity};
+    use tally_store::MemoryStore;
+
+    /// A store that fails whole calls, fails given ids once each, and leaves the last
+    /// outcome out of a report, as told; the rest goes to a memory store.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        whole_failures: Mutex<u32>,
+        fail_once: Mutex<HashSet<String>>,
+        fail_always: HashSet<String>,
+        short_reports: Mutex<u32>,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl UsageStore for Flaky {
+        fn ledger_retention(&self) -> Option<chrono::Duration> {
+            self.inner.ledger_retention()
+        }
+        async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+            self.calls.lock().unwrap().push(events.len());
+            {
+                let mut whole = self.whole_failures.lock().unwrap();
+                if *whole > 0 {
+                    *whole -= 1;
+                    return Err(StoreError::Unavailable("flaky".into()));
+                }
+            }
+            let mut outcomes = vec![None; events.len()];
+            let mut pass = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                let id = e.id.as_str();
+                if self.fail_always.contains(id) || self.fail_once.lock().unwrap().remove(id) {
+                    outcomes[i] = Some(ApplyOutcome::Failed("flaky".into()));
+                } else {
+                    pass.push(i);
+                }
+            }
+            let sub: Vec<Event> = pass.iter().map(|i| events[*i].clone()).collect();
+            let report = self.inner.apply_batch(&sub).await?;
+            for (j, o) in report.outcomes.into_iter().enumerate() {
+                outcomes[pass[j]] = Some(o);
+            }
+            let mut outcomes: Vec<ApplyOutcome> =
+                outcomes.into_iter().map(Option::unwrap).collect();
+            let mut short = self.short_reports.lock().unwrap();
+            if *short > 0 && !outcomes.is_empty() {
+                *short -= 1;
+                outcomes.pop();
+            }
+            Ok(ApplyReport::of(outcomes))
+        }
+        async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
+            self.inner.counter_series(q).await
+        }
+        async fn ledger_page(
+            &self,
+            org: &OrgId,
+            month: Month,
+            cursor: Option<String>,
+            limit: usize,
+        ) -> Result<LedgerPage, StoreError> {
+            self.inner.ledger_page(org, month, cursor, limit).await
+        }
+        async fn stored_counters(
+            &self,
+            org: &OrgId,
+            month: Month,
+        ) -> Result<Vec<(OwnedCounterKey, rust_decimal::Decimal)>, StoreError> {
+            self.inner.stored_counters(org, month).await
+        }
+        async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
+            self.inner.is_period_closed(month).await
+        }
+        async fn close_period(
+            &self,
+            month: Month,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            self.inner.close_period(month, at).await
+        }
+    }
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                org_id: OrgId::parse("org_import").unwrap(),
+                id: EventId::parse(&format!("e{i}")).unwrap(),
+                project_id: ProjectId::parse("prj_import").unwrap(),
+                meter: MeterName::parse("compute_minutes").unwrap(),
+                aggregation: Aggregation::Sum,
+                quantity: Quantity::ONE,
+                timestamp: "2026-03-02T00:00:00Z".parse().unwrap(),
+                properties: serde_json::Map::new(),
+            })
+            .collect()
+    }
+
+    const NO_PAUSE: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn failed_and_unreported_events_are_retried_until_applied_once() {
+        let store = Flaky {
+            whole_failures: Mutex::new(1),
+            fail_once: Mutex::new(["e1", "e3"].map(str::to_owned).into()),
+            short_reports: Mutex::new(1),
+            ..Flaky::default()
+        };
+        let evs = events(5);
+        let (outcomes, conflicts) = apply_with_retries(&store, &evs, NO_PAUSE).await.unwrap();
+        // e4 was applied by the call whose report left it out: asked again, the ledger
+        // says it is counted already.
+        let mut want = vec![Some(ApplyOutcome::Applied); 4];
+        want.push(Some(ApplyOutcome::Duplicate));
+        assert_eq!(outcomes, want);
+        assert_eq!(conflicts, vec![false; 5]);
+        // A whole failure; all five (e1, e3 failed, e4 left out); then those three.
+        assert_eq!(*store.calls.lock().unwrap(), vec![5, 5, 3]);
+        // Each counted once: a second pass finds them all in the ledger.
+        let (again, _) = apply_with_retries(&store, &evs, NO_PAUSE).await.unwrap();
+        assert_eq!(again, vec![Some(ApplyOutcome::Duplicate); 5]);
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let store = Flaky {
+            fail_always: ["e0"].map(str::to_owned).into(),
+            ..Flaky::default()
+        };
+        let (outcomes, _) = apply_with_retries(&store, &events(2), NO_PAUSE)
+            .await
+            .unwrap();
+        assert!(matches!(outcomes[0], Some(ApplyOutcome::Failed(_))));
+        assert_eq!(outcomes[1], Some(ApplyOutcome::Applied));
+        assert_eq!(store.calls.lock().unwrap().len(), APPLY_ATTEMPTS as usize);
+
+        let down = Flaky {
+            whole_failures: Mutex::new(APPLY_ATTEMPTS),
+            ..Flaky::default()
+        };
+        assert!(
+            apply_with_retries(&down, &events(2), NO_PAUSE)
+                .await
+                .is_err()
+        );
+        assert_eq!(down.calls.lock().unwrap().len(), APPLY_ATTEMPTS as usize);
+    }
 
     fn lines(input: &[u8]) -> Vec<Option<Vec<u8>>> {
         let mut reader = BufReader::with_capacity(16, input);
