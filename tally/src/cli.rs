@@ -70,7 +70,7 @@ enum Command {
     /// After a fix, move dead letters back onto the queue so the aggregator applies them
     /// again (local queue or SQS); --dry-run lists them. Exits 4 if some are left.
     Replay(replay::ReplayArgs),
-    /// Backfill usage from an NDJSON file of events, checked as POST /v1/events checks them
+    /// Backfill usage from an NDJSON or CSV file of events, checked as POST /v1/events checks them
     /// and counted once (a rerun is harmless). Exits 5 if some line was rejected.
     Import(import::ImportArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and

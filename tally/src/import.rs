@@ -84,7 +84,8 @@ pub const COUNTER_OVERFLOW: &str = "counter_overflow";
 /// `tally import` flags.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// NDJSON file of events, one `POST /v1/events` event object per line; `-` for stdin.
+    /// The file of events: NDJSON (one `POST /v1/events` event object per line) or CSV (see
+    /// `--format`); `-` for stdin.
     file: PathBuf,
     /// The organization the events are for (org_…).
     #[arg(long)]
