@@ -31,7 +31,8 @@
 //! error at the next one: split the file). The summary prints `accepted`, `duplicate`,
 //! `rejected` and the first [`SHOWN_REJECTIONS`] rejections (line, code, field);
 //! `--rejected FILE` writes every rejected line as NDJSON (line number, id, error and the
-//! line's text). The exit status is [`EXIT_REJECTED`] when any line was rejected. On a
+//! line's text), in line order except that the few refused when applied (`counter_overflow`,
+//! `apply_failed`) come up to one batch late: a batch is applied while the next is read. The exit status is [`EXIT_REJECTED`] when any line was rejected. On a
 //! terminal (stderr, without `--json`) a progress bar shows bytes read, the rate and the ETA.
 
 use std::borrow::Cow;
@@ -234,6 +235,7 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
         csv: None,
         rejected_out,
         pending: Vec::with_capacity(BATCH),
+        in_flight: None,
         summary: ImportSummary {
             org_id: org.to_string(),
             rejected_file: args.rejected.as_ref().map(|p| p.display().to_string()),
@@ -286,8 +288,13 @@ struct Run {
     csv: Option<CsvLayout>,
     rejected_out: Option<BufWriter<File>>,
     pending: Vec<Pending>,
+    /// The batch being applied: its events and outcomes.
+    in_flight: Option<tokio::task::JoinHandle<(Vec<Pending>, Applied)>>,
     summary: ImportSummary,
 }
+
+/// What [`apply_with_retries`] answers.
+type Applied = Result<(Vec<Option<ApplyOutcome>>, Vec<bool>), StoreError>;
 
 /// One line as read.
 enum Line {
@@ -357,6 +364,7 @@ impl Run {
             number += 1;
             if number > MAX_LINES {
                 self.apply_pending().await?;
+                self.settle_in_flight().await?;
                 bail!(
                     "the file has more than {MAX_LINES} lines; the first {MAX_LINES} were \
                      imported: split the rest into another file"
@@ -409,7 +417,8 @@ impl Run {
                 ));
             }
         }
-        self.apply_pending().await
+        self.apply_pending().await?;
+        self.settle_in_flight().await
     }
 
     /// Validates one non-blank line: rejected, or queued for the next batch.
@@ -484,15 +493,31 @@ impl Run {
         Ok(())
     }
 
-    /// Applies the pending events through the ledger, retrying what the store reports
-    /// `Failed`. A store error on every attempt stops the import (a rerun resumes it).
+    /// Starts applying the pending events through the ledger (retrying what the store
+    /// reports `Failed`), once the batch before them is settled: batches are applied one
+    /// at a time, in file order, while the next one is read and validated.
     async fn apply_pending(&mut self) -> anyhow::Result<()> {
+        self.settle_in_flight().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
-        let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
-        let settled = apply_with_retries(self.usage.as_ref(), &events, RETRY_PAUSE).await;
+        let usage = self.usage.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
+            let settled = apply_with_retries(usage.as_ref(), &events, RETRY_PAUSE).await;
+            (batch, settled)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch being applied, if any, and counts its outcomes. A store error on
+    /// every attempt stops the import (a rerun resumes it).
+    async fn settle_in_flight(&mut self) -> anyhow::Result<()> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (batch, settled) = task.await.context("the task applying a batch failed")?;
         let (outcomes, conflicts) = match settled {
             Ok(settled) => settled,
             Err(e) => {
@@ -575,8 +600,13 @@ impl Run {
             serde_json::to_writer(&mut *out, &entry).context("--rejected: cannot write")?;
             out.write_all(b"\n").context("--rejected: cannot write")?;
         }
-        if self.summary.rejections.len() < SHOWN_REJECTIONS {
-            self.summary.rejections.push(r);
+        // The first by line number: a batch's apply-time rejections come after the next
+        // batch's validation ones.
+        let shown = &mut self.summary.rejections;
+        if shown.len() < SHOWN_REJECTIONS || shown.last().is_some_and(|l| l.line > r.line) {
+            let at = shown.partition_point(|l| l.line <= r.line);
+            shown.insert(at, r);
+            shown.truncate(SHOWN_REJECTIONS);
         }
         Ok(())
     }
@@ -589,11 +619,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// time) for the events it reports `Failed` or leaves out, [`APPLY_ATTEMPTS`] calls in all.
 /// Per event: its last outcome (`None` if never reported) and whether it was reported a
 /// conflicting duplicate. An error when the last call failed as a whole.
-async fn apply_with_retries(
-    usage: &dyn UsageStore,
-    events: &[Event],
-    pause: Duration,
-) -> Result<(Vec<Option<ApplyOutcome>>, Vec<bool>), StoreError> {
+async fn apply_with_retries(usage: &dyn UsageStore, events: &[Event], pause: Duration) -> Applied {
     let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; events.len()];
     let mut conflicts = vec![false; events.len()];
     let mut todo: Vec<usize> = (0..events.len()).collect();
