@@ -299,3 +299,53 @@ fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"nope\""), "{err}");
 }
+
+#[test]
+fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "stdin");
+    let p0 = &tenant.projects[0];
+    // One line past the 64 KiB bound (a property far beyond the 4 KiB an event may hold),
+    // between two good ones.
+    let long = json!({"id": "long", "project_id": p0, "meter": "compute_minutes",
+        "quantity": "1", "timestamp": "2026-03-02T00:00:00Z",
+        "properties": {"blob": "x".repeat(70_000)}})
+    .to_string();
+    let input = [
+        minutes("in-1", p0, "3", "2026-03-02T00:00:00Z"),
+        long,
+        minutes("in-2", p0, "4", "2026-03-02T00:00:00Z"),
+    ]
+    .join("\n");
+    let mut child = Command::new(bin())
+        .args(["import", "--org", &tenant.org, "-"])
+        .args(env.flags())
+        .arg("--data")
+        .arg(env.data())
+        .arg("--json")
+        .env("TALLY_LOG", "warn")
+        .env("TALLY_NOW", IMPORT_AT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejections"][0]["line"], 2, "{s}");
+    assert_eq!(s["rejections"][0]["code"], "line_too_long", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "7"}])
+    );
+}
