@@ -362,60 +362,12 @@ async fn ingest(
     let mut events = Vec::with_capacity(valid.len());
     for (index, event) in valid {
         let id = Some(event.id.as_str().to_owned());
-        let project_error = match project_state.get(&event.project_id) {
-            Some(ProjectState::Active) => None,
-            Some(ProjectState::Archived) => Some(EventError::new(
-                ErrorCode::ProjectArchived,
-                "project_id",
-                format!(
-                    "project {} is archived and takes no more usage",
-                    event.project_id
-                ),
-            )),
-            Some(ProjectState::Missing) => Some(EventError::new(
-                ErrorCode::UnknownProject,
-                "project_id",
-                format!(
-                    "{} is not a project of this API key's organization",
-                    event.project_id
-                ),
-            )),
-            None => Some(EventError::new(
-                ErrorCode::TooManyProjects,
-                "project_id",
-                format!(
-                    "a request may name at most {MAX_PROJECTS_PER_REQUEST} distinct projects; \
-                     send events of the others in another request"
-                ),
-            )),
-        };
-        if let Some(e) = project_error {
-            rejected.push(Rejection::of(index, id, format, e));
-            continue;
-        }
-        let month = Month::of(event.timestamp);
-        if !open_for_events(month, now) {
-            let e = EventError::new(
-                ErrorCode::PeriodClosed,
-                "timestamp",
-                format!(
-                    "the billing period {month} is closed to new events: Tally records usage \
-                     of the current month, and of the previous one until it is billed (at most \
-                     {} days after it ends)",
-                    MAX_LATE_WINDOW.num_days()
-                ),
-            );
-            rejected.push(Rejection::of(index, id, format, e));
-            continue;
-        }
-        if month_closed.get(&month) != Some(&false) {
-            let e = EventError::new(
-                ErrorCode::PeriodClosed,
-                "timestamp",
-                format!(
-                    "the billing period {month} is closed; usage in it can no longer be recorded"
-                ),
-            );
+        if let Err(e) = placement(
+            &event,
+            project_state.get(&event.project_id).copied(),
+            month_closed.get(&Month::of(event.timestamp)).copied(),
+            now,
+        ) {
             rejected.push(Rejection::of(index, id, format, e));
             continue;
         }
@@ -522,6 +474,76 @@ async fn ingest(
         rejected,
         notices,
     })
+}
+
+/// Whether a validated `event` may be recorded at `now`, given what the store says of its
+/// project and of its month: the checks after [`Event::validate`] that need the store,
+/// shared by `POST /v1/events` and `tally import`.
+///
+/// `project` is `None` when it was not looked up (past [`MAX_PROJECTS_PER_REQUEST`]:
+/// `too_many_projects`); `month_closed` is `None` when the month was not looked up, which
+/// counts as closed. Refusals: `project_archived`, `unknown_project`, and `period_closed`
+/// for a month out of the open window ([`open_for_events`]) or closed by billing.
+pub fn placement(
+    event: &Event,
+    project: Option<ProjectState>,
+    month_closed: Option<bool>,
+    now: DateTime<Utc>,
+) -> Result<(), EventError> {
+    match project {
+        Some(ProjectState::Active) => {}
+        Some(ProjectState::Archived) => {
+            return Err(EventError::new(
+                ErrorCode::ProjectArchived,
+                "project_id",
+                format!(
+                    "project {} is archived and takes no more usage",
+                    event.project_id
+                ),
+            ));
+        }
+        Some(ProjectState::Missing) => {
+            return Err(EventError::new(
+                ErrorCode::UnknownProject,
+                "project_id",
+                format!(
+                    "{} is not a project of this API key's organization",
+                    event.project_id
+                ),
+            ));
+        }
+        None => {
+            return Err(EventError::new(
+                ErrorCode::TooManyProjects,
+                "project_id",
+                format!(
+                    "a request may name at most {MAX_PROJECTS_PER_REQUEST} distinct projects; \
+                     send events of the others in another request"
+                ),
+            ));
+        }
+    }
+    let month = Month::of(event.timestamp);
+    if !open_for_events(month, now) {
+        return Err(EventError::new(
+            ErrorCode::PeriodClosed,
+            "timestamp",
+            format!(
+                "the billing period {month} is closed to new events: Tally records usage \
+                 of the current month, and of the previous one until it is billed (at most \
+                 {} days after it ends)",
+                MAX_LATE_WINDOW.num_days()
+            ),
+        ));
+    }
+    if month_closed != Some(false) {
+        return Err(EventError::new(
+            ErrorCode::PeriodClosed,
+            "timestamp",
+            format!("the billing period {month} is closed; usage in it can no longer be recorded"),
+        ));
+    }
+    Ok(())
 }
 
 /// Publishes `events`; the ones the queue did not take are published again (only those),

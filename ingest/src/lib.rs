@@ -72,7 +72,7 @@ pub use tally_http::{auth, cache, error, keys, trace};
 pub use auth::{KeyAuth, ScopedKey};
 pub use config::{CacheConfig, IngestConfig, RateCost, RateLimitConfig};
 pub use error::{ApiError, ErrorBody, LimitDetails};
-pub use events::{IngestResponse, Rejection};
+pub use events::{IngestResponse, Rejection, placement};
 pub use keys::KeyCache;
 
 /// Every route [`router`] serves, as (method, path), for the OpenAPI check.

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
-use crate::{aggregate, alerts, backend, bill, commands, people, prune, records, replay, serve};
+use crate::{
+    aggregate, alerts, backend, bill, commands, import, people, prune, records, replay, serve,
+};
 
 /// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
 /// the operator's commands.
@@ -68,6 +70,9 @@ enum Command {
     /// After a fix, move dead letters back onto the queue so the aggregator applies them
     /// again (local queue or SQS); --dry-run lists them. Exits 4 if some are left.
     Replay(replay::ReplayArgs),
+    /// Backfill usage from an NDJSON or CSV file of events, checked as POST /v1/events checks them
+    /// and counted once (a rerun is harmless). Exits 5 if some line was rejected.
+    Import(import::ImportArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
@@ -138,7 +143,7 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
-    // Every command but `reconcile` and `replay` exits 0 once it has done its work.
+    // Every command but `reconcile`, `replay` and `import` exits 0 once it has done its work.
     let done = match cli.command {
         Command::Serve(args) => serve::serve(common, args).await,
         Command::Org(cmd) => commands::org(common, cmd).await,
@@ -164,6 +169,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_REPLAY_INCOMPLETE)
+            });
+        }
+        Command::Import(args) => {
+            let clean = import::import(common, args).await?;
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(import::EXIT_REJECTED)
             });
         }
         Command::PruneLedger(args) => prune::prune_ledger(common, args).await,

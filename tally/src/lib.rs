@@ -11,8 +11,8 @@
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
-//! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `output`: the other commands and their
-//!   printing.
+//! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `import`, `output`: the other commands
+//!   and their printing.
 //! - `manage` (what the operator's management commands share: refusals, audit records),
 //!   `inventory` (orgs, projects, keys), `people` (members, invitations) and `records`
 //!   (usage, audit trail, reports): the operator's parity with the management API.
@@ -32,6 +32,8 @@ pub mod stripe;
 mod aggregate;
 mod bill;
 mod commands;
+mod import;
+mod import_csv;
 mod inventory;
 mod manage;
 mod output;

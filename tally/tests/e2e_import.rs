@@ -1,0 +1,351 @@
+//! End-to-end tests of `tally import` on the embedded default: the real binary applies an
+//! NDJSON file straight to a temporary SQLite store, with time pinned by `TALLY_NOW`, and
+//! usage is read back with `tally usage` and `tally bill`.
+//!
+//! The tenant is on the pro plan (10,000 compute minutes included), created on 1 February
+//! 2026; February is billed (closed) before the imports, which run on 10 March.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+const FEB_BILLED: &str = "2026-03-01T02:00:00Z";
+const IMPORT_AT: &str = "2026-03-10T00:00:00Z";
+const APRIL: &str = "2026-04-01T02:00:00Z";
+
+fn at(t: &str) -> [(&str, &str); 1] {
+    [("TALLY_NOW", t)]
+}
+
+/// Runs `tally import ARGS` at `now`: the exit code and the JSON summary.
+fn import(env: &Env, args: &[&str], now: &str) -> (Option<i32>, Value) {
+    let mut all = vec!["import"];
+    all.extend(args);
+    let out = env.cli_raw_env(&all, &at(now));
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "import printed non-JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), summary)
+}
+
+/// The org's compute minutes of `month` (YYYY-MM) through `tally usage`.
+fn month_minutes(env: &Env, org: &str, month: &str, next: &str) -> Value {
+    let out = env.cli_env(
+        &[
+            "usage",
+            "--org",
+            org,
+            "--meter",
+            "compute_minutes",
+            "--granularity",
+            "month",
+            "--from",
+            &format!("{month}-01"),
+            "--to",
+            &format!("{next}-01"),
+        ],
+        &at(IMPORT_AT),
+    );
+    out["series"].clone()
+}
+
+fn write(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn minutes(id: &str, project: &str, q: &str, ts: &str) -> String {
+    json!({"id": id, "project_id": project, "meter": "compute_minutes", "quantity": q, "timestamp": ts})
+        .to_string()
+}
+
+#[test]
+fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicates() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "acme");
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    // February is billed, so closed.
+    let billed = env.cli_env(&["bill", "--period", "2026-02"], &at(FEB_BILLED));
+    assert_eq!(billed["stored_now"], 1, "{billed}");
+
+    let file = env.data().join("events.ndjson");
+    write(
+        &file,
+        &[
+            minutes("imp-1", p0, "10", "2026-03-02T10:00:00Z"),
+            minutes("imp-2", p1, "5", "2026-03-03T10:00:00Z"),
+            String::new(),
+            minutes("imp-1", p0, "10", "2026-03-02T10:00:00Z"),
+            r#"{"id": "imp-bad", "project_id": "#.to_owned(),
+            minutes("imp-3", "prj_doesnotexist", "1", "2026-03-04T10:00:00Z"),
+            minutes("imp-4", p0, "-3", "2026-03-04T10:00:00Z"),
+            minutes("imp-feb", p0, "7", "2026-02-20T10:00:00Z"),
+        ],
+    );
+    let file = file.to_str().unwrap();
+    let rejected = env.data().join("rejected.ndjson");
+    let rejected_arg = rejected.to_str().unwrap();
+
+    let (code, s) = import(
+        &env,
+        &["--org", &tenant.org, file, "--rejected", rejected_arg],
+        IMPORT_AT,
+    );
+    assert_eq!(code, Some(5), "some lines were rejected: {s}");
+    assert_eq!(s["org_id"], tenant.org);
+    assert_eq!(s["events"], 7, "the blank line is skipped: {s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["duplicate"], 1, "{s}");
+    assert_eq!(s["duplicate_conflicts"], 0, "{s}");
+    assert_eq!(s["rejected"], 4, "{s}");
+    assert_eq!(s["into_closed"], 0, "{s}");
+    let got: Vec<(u64, String, Option<String>, Option<String>)> = s["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["code"].as_str().unwrap().to_owned(),
+                r["field"].as_str().map(str::to_owned),
+                r["id"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            (5, "malformed_event".to_owned(), None, None),
+            (
+                6,
+                "unknown_project".to_owned(),
+                some("project_id"),
+                some("imp-3")
+            ),
+            (
+                7,
+                "invalid_quantity".to_owned(),
+                some("quantity"),
+                some("imp-4")
+            ),
+            (
+                8,
+                "period_closed".to_owned(),
+                some("timestamp"),
+                some("imp-feb")
+            ),
+        ],
+        "{s}"
+    );
+
+    // The rejected file: every rejected line with its number, error and text.
+    let written: Vec<Value> = std::fs::read_to_string(&rejected)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 4);
+    for (w, r) in written.iter().zip(s["rejections"].as_array().unwrap()) {
+        assert_eq!(w["line"], r["line"]);
+        assert_eq!(w["code"], r["code"]);
+        assert!(w["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(written[0]["text"], r#"{"id": "imp-bad", "project_id": "#);
+    assert_eq!(
+        written[3]["text"],
+        minutes("imp-feb", p0, "7", "2026-02-20T10:00:00Z")
+    );
+
+    // Counted exactly: 15 minutes in March, nothing added to February.
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "15"}])
+    );
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-02", "2026-03"),
+        json!([])
+    );
+
+    // A rerun changes nothing: every good line is a duplicate.
+    let (code, again) = import(&env, &["--org", &tenant.org, file], IMPORT_AT);
+    assert_eq!(code, Some(5));
+    assert_eq!(again["accepted"], 0, "{again}");
+    assert_eq!(again["duplicate"], 3, "{again}");
+    assert_eq!(again["rejected"], 4, "{again}");
+    assert_eq!(again["rejections"], s["rejections"]);
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "15"}])
+    );
+
+    // --into-closed takes February's event, and says so.
+    let (code, closed) = import(
+        &env,
+        &["--org", &tenant.org, file, "--into-closed"],
+        IMPORT_AT,
+    );
+    assert_eq!(code, Some(5), "three lines are still bad: {closed}");
+    assert_eq!(closed["accepted"], 1, "{closed}");
+    assert_eq!(closed["into_closed"], 1, "{closed}");
+    assert_eq!(closed["duplicate"], 3, "{closed}");
+    assert_eq!(closed["rejected"], 3, "{closed}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-02", "2026-03"),
+        json!([{"start": "2026-02-01T00:00:00Z", "value": "7"}])
+    );
+    // February's report stays; the 7 minutes are an adjustment on March's.
+    let march = env.cli_env(&["bill", "--period", "2026-03"], &at(APRIL));
+    let adjustments = march["reports"][0]["adjustments"].as_array().unwrap();
+    assert_eq!(adjustments.len(), 1, "{march}");
+    assert_eq!(adjustments[0]["period"], "2026-02");
+    assert_eq!(adjustments[0]["meter"], "compute_minutes");
+    assert_eq!(adjustments[0]["invoiced_quantity"], "0");
+    assert_eq!(adjustments[0]["corrected_quantity"], "7");
+}
+
+#[test]
+fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "clean");
+    let p0 = &tenant.projects[0];
+    let file = env.data().join("clean.ndjson");
+    let lines: Vec<String> = (0..2_500)
+        .map(|i| minutes(&format!("c-{i}"), p0, "2", "2026-03-05T00:00:00Z"))
+        .collect();
+    write(&file, &lines);
+    let file = file.to_str().unwrap();
+    let (code, s) = import(&env, &["--org", &tenant.org, file], IMPORT_AT);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["accepted"], 2_500, "{s}");
+    assert_eq!(s["rejected"], 0, "{s}");
+    assert_eq!(s["rejections"], json!([]));
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "5000"}])
+    );
+
+    // --rejected naming the file imported is refused before it is truncated.
+    let out = env.cli_raw_env(
+        &["import", "--org", &tenant.org, file, "--rejected", file],
+        &at(IMPORT_AT),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rejected"));
+    assert_eq!(
+        std::fs::read_to_string(file).unwrap().lines().count(),
+        2_500
+    );
+
+    let out = env.cli_raw_env(&["import", "--org", "org_nope", file], &at(IMPORT_AT));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--org"), "{err}");
+}
+
+#[test]
+fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "csv");
+    let p0 = &tenant.projects[0];
+    let file = env.data().join("events.csv");
+    write(
+        &file,
+        &[
+            "event_id,project,meter,qty,at,region".to_owned(),
+            format!("csv-1,{p0},compute_minutes,\"2.5\",2026-03-02T00:00:00Z,eu"),
+            format!("csv-2,{p0},compute_minutes,4,2026-03-03T00:00:00Z,us"),
+            format!("csv-3,{p0},compute_minutes,lots,2026-03-03T00:00:00Z,us"),
+            format!("csv-4,{p0},compute_minutes,1"),
+        ],
+    );
+    let file = file.to_str().unwrap();
+    let columns =
+        "id=event_id,project_id=project,quantity=qty,timestamp=at,properties.region=region";
+    let (code, s) = import(
+        &env,
+        &["--org", &tenant.org, file, "--columns", columns],
+        IMPORT_AT,
+    );
+    assert_eq!(code, Some(5), "{s}");
+    assert_eq!(s["events"], 4, "the header is not an event: {s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["rejected"], 2, "{s}");
+    let r = &s["rejections"];
+    assert_eq!(r[0]["line"], 4, "{s}");
+    assert_eq!(r[0]["code"], "invalid_quantity", "{s}");
+    assert_eq!(r[0]["field"], "qty", "the CSV column is named: {s}");
+    assert_eq!(r[0]["id"], "csv-3", "{s}");
+    assert_eq!(r[1]["line"], 5, "{s}");
+    assert_eq!(r[1]["code"], "malformed_event", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "6.5"}])
+    );
+    // A mapping naming a column the header lacks is refused before anything is imported.
+    let out = env.cli_raw_env(
+        &["import", "--org", &tenant.org, file, "--columns", "id=nope"],
+        &at(IMPORT_AT),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nope\""), "{err}");
+}
+
+#[test]
+fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "stdin");
+    let p0 = &tenant.projects[0];
+    // One line past the 64 KiB bound (a property far beyond the 4 KiB an event may hold),
+    // between two good ones.
+    let long = json!({"id": "long", "project_id": p0, "meter": "compute_minutes",
+        "quantity": "1", "timestamp": "2026-03-02T00:00:00Z",
+        "properties": {"blob": "x".repeat(70_000)}})
+    .to_string();
+    let input = [
+        minutes("in-1", p0, "3", "2026-03-02T00:00:00Z"),
+        long,
+        minutes("in-2", p0, "4", "2026-03-02T00:00:00Z"),
+    ]
+    .join("\n");
+    let mut child = Command::new(bin())
+        .args(["import", "--org", &tenant.org, "-"])
+        .args(env.flags())
+        .arg("--data")
+        .arg(env.data())
+        .arg("--json")
+        .env("TALLY_LOG", "warn")
+        .env("TALLY_NOW", IMPORT_AT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejections"][0]["line"], 2, "{s}");
+    assert_eq!(s["rejections"][0]["code"], "line_too_long", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "7"}])
+    );
+}
