@@ -1,6 +1,6 @@
-//! End-to-end tests of `tally import` on the embedded default: the real binary applies an
-//! NDJSON file straight to a temporary SQLite store, with time pinned by `TALLY_NOW`, and
-//! usage is read back with `tally usage` and `tally bill`.
+//! End-to-end tests of `tally import`: the real binary applies an NDJSON file straight to
+//! the store (a temporary SQLite file; DynamoDB on the emulator in the last test), with time
+//! pinned by `TALLY_NOW`, and usage is read back with `tally usage` and `tally bill`.
 //!
 //! The tenant is on the pro plan (10,000 compute minutes included), created on 1 February
 //! 2026; February is billed (closed) before the imports, which run on 10 March.
@@ -347,5 +347,49 @@ fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
     assert_eq!(
         month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
         json!([{"start": "2026-03-01T00:00:00Z", "value": "7"}])
+    );
+}
+
+/// The same import on DynamoDB (the AWS backend, on the emulator): good lines counted once
+/// through the DynamoDB ledger, a bad one refused by line, usage read back exact, and a
+/// rerun all duplicates.
+#[test]
+fn an_import_on_dynamodb_counts_once_and_reruns_as_duplicates() {
+    let env = Env::aws("sqs");
+    let tenant = make_tenant(&env, "acme-import-aws");
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    let file = env.data().join("events.ndjson");
+    write(
+        &file,
+        &[
+            minutes("aws-1", p0, "10", "2026-03-02T10:00:00Z"),
+            minutes("aws-2", p1, "5.5", "2026-03-03T10:00:00Z"),
+            minutes("aws-1", p0, "10", "2026-03-02T10:00:00Z"),
+            minutes("aws-3", "prj_doesnotexist", "1", "2026-03-04T10:00:00Z"),
+        ],
+    );
+    let file = file.to_str().unwrap();
+    let (code, s) = import(&env, &["--org", &tenant.org, file], IMPORT_AT);
+    assert_eq!(code, Some(5), "{s}");
+    assert_eq!(
+        (&s["accepted"], &s["duplicate"], &s["rejected"]),
+        (&json!(2), &json!(1), &json!(1)),
+        "{s}"
+    );
+    assert_eq!(s["rejections"][0]["line"], 4, "{s}");
+    assert_eq!(s["rejections"][0]["code"], "unknown_project", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "15.5"}])
+    );
+    let (_, again) = import(&env, &["--org", &tenant.org, file], IMPORT_AT);
+    assert_eq!(
+        (&again["accepted"], &again["duplicate"]),
+        (&json!(0), &json!(3)),
+        "{again}"
+    );
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "15.5"}])
     );
 }
