@@ -28,7 +28,12 @@
 //! through `bench/write_cost.sh`, which starts the emulator.
 //!
 //! `cargo run -p tally-bench --bin write_cost -- [--events N] [--seed S]
-//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--endpoint URL]`
+//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--endpoint URL]`
+//!
+//! `--aggregators N` hands the batches in turn to N stores of their own, as N aggregator
+//! processes would share a queue: each keeps its own caches and counter-guard allowances,
+//! which is what their number changes in the units (moto serializes requests, so running
+//! them at once would change only the time).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -77,6 +82,9 @@ struct Args {
     batch: usize,
     check_orgs: usize,
     endpoint: Option<String>,
+    /// Aggregator processes taking the batches in turn, each a store of its own (own
+    /// caches and counter-guard allowances).
+    aggregators: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -87,13 +95,15 @@ fn args() -> anyhow::Result<Args> {
         batch: 1_000,
         check_orgs: 20,
         endpoint: None,
+        aggregators: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
                 "write_cost [--events N (200000)] [--seed S (42)] [--baseline-sample F (0.05)] \
-                 [--batch N (1000)] [--check-orgs N (20)] [--endpoint URL (TALLY_TEST_AWS_ENDPOINT)]"
+                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] \
+                 [--endpoint URL (TALLY_TEST_AWS_ENDPOINT)]"
             );
             std::process::exit(0);
         }
@@ -107,6 +117,7 @@ fn args() -> anyhow::Result<Args> {
             "--batch" => a.batch = value.parse().context("--batch")?,
             "--check-orgs" => a.check_orgs = value.parse().context("--check-orgs")?,
             "--endpoint" => a.endpoint = Some(value),
+            "--aggregators" => a.aggregators = value.parse().context("--aggregators")?,
             _ => bail!("unknown flag {flag} (try --help)"),
         }
     }
@@ -118,6 +129,9 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(1..=10_000).contains(&a.batch) {
         bail!("--batch must be in 1..=10000");
+    }
+    if !(1..=64).contains(&a.aggregators) {
+        bail!("--aggregators must be in 1..=64");
     }
     if a.check_orgs > 100_000 {
         bail!("--check-orgs must be at most 100000");
@@ -181,7 +195,7 @@ struct TallyRun {
 
 /// Runs the workload through the aggregator library in batches of `batch` one-event records.
 async fn tally_path(
-    store: &DynamoStore,
+    stores: &[DynamoStore],
     meter: &CapacityMeter,
     events: &[Event],
     batch: usize,
@@ -212,6 +226,9 @@ async fn tally_path(
                 org: None,
             })
             .collect();
+        // Batches go to the aggregators in turn: moto serializes every request, so running
+        // them at once would change no unit, only the time.
+        let store = &stores[done_batches % stores.len()];
         let outcomes = apply_records(store, None, &inputs).await;
         for (&(i, tries), outcome) in records.iter().zip(&outcomes) {
             match outcome {
@@ -567,14 +584,16 @@ async fn main() -> anyhow::Result<()> {
     let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     println!(
         "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, 4 meters, {:.0}% resends, \
-         one hour from {start}), seed {}, batches of {} one-event records; emulator {endpoint}",
+         one hour from {start}), seed {}, batches of {} one-event records, {} aggregator(s) in turn; \
+         emulator {endpoint}",
         a.events,
         spec.orgs,
         spec.zipf_s,
         spec.projects,
         spec.resend_share * 100.0,
         a.seed,
-        a.batch
+        a.batch,
+        a.aggregators
     );
 
     // 1. Baseline first: its own small table, so it is quick whatever Tally's table holds.
@@ -620,8 +639,10 @@ async fn main() -> anyhow::Result<()> {
     create_table(&plain, &table)
         .await
         .context("creating Tally's table")?;
-    let store = DynamoStore::new(metered.clone(), table.clone());
-    let tally = tally_path(&store, &meter, &events, a.batch).await?;
+    let stores: Vec<DynamoStore> = (0..a.aggregators)
+        .map(|_| DynamoStore::new(metered.clone(), table.clone()))
+        .collect();
+    let tally = tally_path(&stores, &meter, &events, a.batch).await?;
     let tt = &tally.totals;
     let w_rec = per(tt.wcu, tally.records);
     let w_dist = per(tt.wcu, tally.distinct);
@@ -703,7 +724,7 @@ async fn main() -> anyhow::Result<()> {
     let wrong = checked.wrong;
 
     // 4. Dashboard reads.
-    let reads = dashboard_reads(&store, &meter, &events, start).await?;
+    let reads = dashboard_reads(&stores[0], &meter, &events, start).await?;
 
     println!();
     println!(
