@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use super::cells::{self, CellKind};
 use super::codec::{
     Item, RETRYABLE_REASONS, build_error, describe_sdk_error, encode_body, get_opt_s,
-    instant_number, is_retryable, item, n, s,
+    instant_number, is_retryable, item, n, s, send_retrying,
 };
 use super::guard;
 use super::keys::{
@@ -312,10 +312,8 @@ async fn release(
 ) -> Result<(), String> {
     for &i in refused {
         let e = &events[i];
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = store
+        let sent = send_retrying(&store.retry, || {
+            store
                 .client
                 .delete_item()
                 .table_name(&*store.table)
@@ -325,26 +323,17 @@ async fn release(
                 .expression_attribute_names("#owner", OWNER)
                 .expression_attribute_values(":batch", s(batch))
                 .send()
-                .await;
-            let why = match sent {
-                Ok(_) => break,
-                Err(err) => {
-                    if let Some(DeleteItemError::ConditionalCheckFailedException(_)) =
-                        err.as_service_error()
-                    {
-                        break;
-                    }
-                    let why = describe_sdk_error("DeleteItem", &err);
-                    if !is_retryable(&err) {
-                        return Err(why);
-                    }
-                    why
-                }
-            };
-            if attempt >= store.retry.max_attempts {
-                return Err(format!("gave up after {attempt} attempts: {why}"));
-            }
-            crate::aws::sleep_before_retry(&store.retry, attempt).await;
+        })
+        .await;
+        match sent {
+            Ok(_) => {}
+            // Another batch owns the record by now: ours was fenced off.
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(DeleteItemError::ConditionalCheckFailedException(_))
+                ) => {}
+            Err(err) => return Err(describe_sdk_error("DeleteItem", &err)),
         }
     }
     Ok(())

@@ -170,6 +170,30 @@ pub fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     }
 }
 
+/// Sends one call (`send` builds and sends it afresh each time) until it answers, fails
+/// for a reason retrying cannot help (a failed condition among them, for the caller to
+/// read), or `policy`'s attempts run out, pausing between attempts as every store call
+/// does. The last error is handed back either way.
+pub async fn send_retrying<O, E, Fut>(
+    policy: &tally_core::backoff::Backoff,
+    mut send: impl FnMut() -> Fut,
+) -> Result<O, SdkError<E>>
+where
+    E: ProvideErrorMetadata,
+    Fut: std::future::Future<Output = Result<O, SdkError<E>>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match send().await {
+            Err(e) if is_retryable(&e) && attempt < policy.max_attempts => {
+                crate::aws::sleep_before_retry(policy, attempt).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Describes an SDK error in one line, with its code and the whole cause chain.
 pub fn describe_sdk_error<E>(op: &str, err: &SdkError<E>) -> String
 where

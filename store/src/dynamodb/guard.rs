@@ -39,7 +39,7 @@ use tally_core::headroom::{self, COUNTER_LIMIT, TotalKey};
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
-use super::codec::{Item, describe_sdk_error, is_retryable, n, s};
+use super::codec::{Item, describe_sdk_error, n, s, send_retrying};
 use super::keys::{PK, SK, TTL};
 
 /// Attribute of a guard item: the room reserved so far.
@@ -115,18 +115,19 @@ pub(super) async fn admit(store: &DynamoStore, events: &[Event], owned: &[usize]
     // served, as on the other stores.
     let mut owned = owned.to_vec();
     owned.sort_unstable();
-    let mut by_key: HashMap<TotalKey, Vec<usize>> = HashMap::new();
+    // Each total's events, and what they add up to.
+    let mut by_key: HashMap<TotalKey, (Vec<usize>, Decimal)> = HashMap::new();
     for &i in &owned {
-        if let Some((key, _)) = TotalKey::of(&events[i]) {
-            by_key.entry(key).or_default().push(i);
+        if let Some((key, amount)) = TotalKey::of(&events[i]) {
+            let (members, need) = by_key.entry(key).or_default();
+            members.push(i);
+            // At most 1,000 events of under 10^18: far inside `Decimal`'s range.
+            *need = need.saturating_add(amount);
         }
     }
     let mut verdict = Verdict::default();
     let mut need_room = Vec::new();
-    for (key, members) in by_key {
-        let need = headroom::needs(members.iter().map(|&i| &events[i]))
-            .remove(&key)
-            .unwrap_or_default();
+    for (key, (members, need)) in by_key {
         let mut held = store.allowances.take(&key);
         if held.left >= need {
             held.left -= need;
@@ -240,10 +241,8 @@ async fn reserve(
 ) -> Result<Reservation, String> {
     let most_before = COUNTER_LIMIT - want;
     let ttl = (key.month.end() + chrono::Duration::days(TTL_DAYS_AFTER_MONTH)).timestamp();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
+    let sent = send_retrying(&store.retry, || {
+        store
             .client
             .update_item()
             .table_name(&*store.table)
@@ -259,32 +258,18 @@ async fn reserve(
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        let why = match sent {
-            Ok(out) => {
-                return Ok(Reservation::Made {
-                    total: reserved(out.attributes()).unwrap_or(want),
-                });
-            }
-            Err(e) => {
-                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
-                    e.as_service_error()
-                {
-                    return Ok(Reservation::Full {
-                        total: reserved(c.item()).unwrap_or(COUNTER_LIMIT),
-                    });
-                }
-                let why = describe_sdk_error("UpdateItem", &e);
-                if !is_retryable(&e) {
-                    return Err(why);
-                }
-                why
-            }
-        };
-        if attempt >= store.retry.max_attempts {
-            return Err(format!("gave up after {attempt} attempts: {why}"));
-        }
-        crate::aws::sleep_before_retry(&store.retry, attempt).await;
+    })
+    .await;
+    match sent {
+        Ok(out) => Ok(Reservation::Made {
+            total: reserved(out.attributes()).unwrap_or(want),
+        }),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Reservation::Full {
+                total: reserved(c.item()).unwrap_or(COUNTER_LIMIT),
+            }),
+            _ => Err(describe_sdk_error("UpdateItem", &e)),
+        },
     }
 }
 
