@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::{StoreError, TenantStore};
-use tally_core::tenant::{Project, ProjectChanges, Role, check_name, check_slug};
+use tally_core::tenant::{Org, Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
 use crate::auth::{Authorized, Caller};
@@ -87,14 +87,36 @@ async fn visible_projects(
 }
 
 /// How many of the org's projects count against the plan's limit: the ones not archived.
-pub(crate) async fn active_projects(state: &ApiState, org: &OrgId) -> Result<usize, MgmtError> {
-    Ok(state
-        .tenants
+async fn active_projects(tenants: &dyn TenantStore, org: &OrgId) -> Result<usize, MgmtError> {
+    Ok(tenants
         .list_projects(org)
         .await?
         .iter()
         .filter(|p| p.archived_at.is_none())
         .count())
+}
+
+/// Refuses a new project past the org's plan limit (`limit`, `None` for unlimited):
+/// [`MgmtError::CountLimit`], `403` with `limit` and `count`. The management API and the
+/// operator's `tally project create` both call it, so neither can go past the plan.
+pub async fn check_project_room(
+    tenants: &dyn TenantStore,
+    org: &Org,
+    limit: Option<u32>,
+) -> Result<(), MgmtError> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let count = active_projects(tenants, &org.id).await?;
+    if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        return Err(MgmtError::CountLimit {
+            what: "projects",
+            plan: org.plan.as_str().to_owned(),
+            limit,
+            count,
+        });
+    }
+    Ok(())
 }
 
 /// `POST /v1/orgs/{org_id}/projects` body.
@@ -124,17 +146,7 @@ pub(crate) async fn create_project(
             check_slug("slug", &req.slug).map_err(field_error)?;
             let org = state.org(&auth.org).await?;
             let plan = state.plan(org.plan);
-            if let Some(limit) = plan.limits.projects {
-                let count = active_projects(&state, &org.id).await?;
-                if count >= usize::try_from(limit).unwrap_or(usize::MAX) {
-                    return Err(MgmtError::CountLimit {
-                        what: "projects",
-                        plan: org.plan.as_str().to_owned(),
-                        limit,
-                        count,
-                    });
-                }
-            }
+            check_project_room(&*state.tenants, &org, plan.limits.projects).await?;
             let project = Project {
                 id: ProjectId::from_random(random()),
                 org_id: org.id,

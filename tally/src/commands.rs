@@ -469,7 +469,18 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
     let org_id = OrgId::parse(&org).context("--org")?;
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
+    let catalogue = common.load_catalogue()?;
     let store = backend::open_store(common).await?;
+    // The operator creates projects as the API does, within the org's plan: an org that is
+    // gone or at its plan's project limit is refused with the API's error.
+    let org = match store.tenants.get_org(&org_id).await? {
+        Some(org) if org.deleted_at.is_none() => org,
+        _ => return Err(crate::manage::api_refusal(tally_api::auth::org_not_found())),
+    };
+    let limit = catalogue.core().plan(org.plan).projects;
+    tally_api::projects::check_project_room(&*store.tenants, &org, limit)
+        .await
+        .map_err(crate::manage::refusal)?;
     let project = Project {
         id: ProjectId::from_random(random()),
         org_id,
@@ -595,13 +606,26 @@ pub async fn reconcile(common: &Common, args: ReconcileArgs) -> anyhow::Result<b
         None => store.tenants.list_org_ids().await?,
     };
     let mut drift = Vec::new();
-    // Each org's test-mode usage is kept under its test twin: checked the same way.
-    for org in orgs.iter().flat_map(|o| [o.clone(), o.test_twin()]) {
-        drift.extend(
-            tally_aggregator::reconcile(store.usage.as_ref(), &org, month, now)
-                .await
-                .with_context(|| format!("cannot reconcile {org}"))?,
-        );
+    let bar = crate::output::orgs_bar(
+        common.json,
+        format!("reconciling {month}"),
+        orgs.len() as u64,
+    );
+    for org in &orgs {
+        // Each org's test-mode usage is kept under its test twin: checked the same way.
+        for org in [org.clone(), org.test_twin()] {
+            drift.extend(
+                tally_aggregator::reconcile(store.usage.as_ref(), &org, month, now)
+                    .await
+                    .with_context(|| format!("cannot reconcile {org}"))?,
+            );
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let found = !drift.is_empty();
     let out = ReconcileOut {

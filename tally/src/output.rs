@@ -1,7 +1,24 @@
 //! Printing results: JSON on stdout with `--json`, a short human text otherwise, and the
 //! aligned tables the listing commands print for people.
 
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+/// A bar on stderr counting `len` orgs, or `None` when it must stay quiet: in `--json` mode
+/// or when stderr is not a terminal (a pipe, a log file, a test), so scripts see clean output.
+pub fn orgs_bar(json: bool, message: String, len: u64) -> Option<ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} orgs {elapsed}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    Some(bar)
+}
 
 /// Prints `value` as JSON when `json` is set, else the human text `human` builds.
 pub fn print<T: Serialize>(

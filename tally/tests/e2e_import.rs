@@ -10,8 +10,10 @@
 mod common;
 
 use std::path::Path;
+use std::str::FromStr;
 
 use common::*;
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 const FEB_BILLED: &str = "2026-03-01T02:00:00Z";
@@ -392,4 +394,163 @@ fn an_import_on_dynamodb_counts_once_and_reruns_as_duplicates() {
         month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
         json!([{"start": "2026-03-01T00:00:00Z", "value": "15.5"}])
     );
+}
+
+/// The org's compute minutes of March 2026 for one project.
+fn project_march_minutes(env: &Env, org: &str, project: &str) -> Decimal {
+    let out = env.cli_env(
+        &[
+            "usage",
+            "--org",
+            org,
+            "--project",
+            project,
+            "--meter",
+            "compute_minutes",
+            "--granularity",
+            "month",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-04-01",
+        ],
+        &at(IMPORT_AT),
+    );
+    out["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Decimal::from_str(p["value"].as_str().unwrap()).unwrap())
+        .sum()
+}
+
+/// The issue's acceptance run: a million lines with duplicates and bad lines, the import
+/// SIGKILLed part way, then run again to the end, and the counters are exact (and agree with
+/// the ledger): an interrupted import resumes by running it again.
+#[test]
+fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
+    const LINES: usize = 1_000_000;
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "acme-million");
+    let projects = [&tenant.projects[0], &tenant.projects[1]];
+
+    // Line i (1-based numbers in the summary are i + 1): every 1,000th line is bad (three
+    // kinds in turn), every 100th repeats the line 50 before it (a duplicate, same contents),
+    // the rest are fresh events of 1 to 7 minutes on two projects over nine days.
+    let mut expected = [Decimal::ZERO; 2];
+    let (mut bad, mut duplicates) = (0u64, 0u64);
+    let mut text = String::with_capacity(LINES * 150);
+    let fresh = |i: usize| -> (usize, u64, String) {
+        let project = i % 2;
+        let q = (i % 7 + 1) as u64;
+        let ts = format!("2026-03-{:02}T{:02}:00:00Z", i % 9 + 1, i % 24);
+        (
+            project,
+            q,
+            minutes(&format!("mil-{i}"), projects[project], &q.to_string(), &ts),
+        )
+    };
+    for i in 0..LINES {
+        let line = if i % 1000 == 999 {
+            bad += 1;
+            match (i / 1000) % 3 {
+                0 => format!(r#"{{"id": "mil-{i}", "project_id": "#),
+                1 => minutes(
+                    &format!("mil-{i}"),
+                    projects[0],
+                    "-1",
+                    "2026-03-02T00:00:00Z",
+                ),
+                _ => minutes(
+                    &format!("mil-{i}"),
+                    "prj_doesnotexist",
+                    "1",
+                    "2026-03-02T00:00:00Z",
+                ),
+            }
+        } else if i % 100 == 50 {
+            duplicates += 1;
+            fresh(i - 50).2
+        } else {
+            let (project, q, line) = fresh(i);
+            expected[project] += Decimal::from(q);
+            line
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let file = env.data().join("million.ndjson");
+    std::fs::write(&file, text).unwrap();
+    let good = LINES as u64 - bad - duplicates;
+
+    // Start the import and SIGKILL it once some of it is counted and before the end.
+    let mut child = std::process::Command::new(bin())
+        .args(["import", "--org", &tenant.org, file.to_str().unwrap()])
+        .args(env.flags())
+        .arg("--data")
+        .arg(env.data())
+        .arg("--json")
+        .env("TALLY_LOG", "warn")
+        .env("TALLY_NOW", IMPORT_AT)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let total = expected[0] + expected[1];
+    let partial = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the import ended ({status}) before it could be killed part way");
+        }
+        let counted: Decimal = projects
+            .iter()
+            .map(|p| project_march_minutes(&env, &tenant.org, p))
+            .sum();
+        if counted > Decimal::ZERO {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break counted;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let partial_after_kill: Decimal = projects
+        .iter()
+        .map(|p| project_march_minutes(&env, &tenant.org, p))
+        .sum();
+    assert!(partial <= partial_after_kill, "counters never go back");
+    assert!(
+        partial_after_kill < total,
+        "the kill landed part way: {partial_after_kill} of {total} minutes counted"
+    );
+
+    // Run it again: what the killed run applied is a duplicate now, the rest is accepted.
+    let (code, s) = import(
+        &env,
+        &["--org", &tenant.org, file.to_str().unwrap()],
+        IMPORT_AT,
+    );
+    assert_eq!(code, Some(5), "the bad lines are still refused: {s}");
+    assert_eq!(s["events"], LINES as u64, "{s}");
+    assert_eq!(s["rejected"], bad, "{s}");
+    let (accepted, duplicate) = (
+        s["accepted"].as_u64().unwrap(),
+        s["duplicate"].as_u64().unwrap(),
+    );
+    assert_eq!(accepted + duplicate, good + duplicates, "{s}");
+    assert!(
+        accepted > 0 && accepted < good,
+        "the rerun applied only what the killed run had not: {s}"
+    );
+    assert!(duplicate > duplicates, "{s}");
+    for (project, want) in projects.iter().zip(expected) {
+        assert_eq!(
+            project_march_minutes(&env, &tenant.org, project),
+            want,
+            "project {project} is exact after the resumed import"
+        );
+    }
+    let reconciled = env.cli_env(
+        &["reconcile", "--period", "2026-03", "--org", &tenant.org],
+        &at(IMPORT_AT),
+    );
+    assert_eq!(reconciled["drift"], json!([]), "{reconciled}");
 }

@@ -295,6 +295,39 @@ fn orgs_projects_and_keys_are_listed_shown_and_changed_and_audited_as_the_operat
     assert_eq!(audit(&env, other_id, &["--action", "org.delete"]).len(), 1);
 }
 
+/// The operator's `project create` stays within the org's plan, as the API's does: the free
+/// plan's one project, then `plan_limit_exceeded`; an archived project frees its place.
+#[test]
+fn project_create_keeps_to_the_plans_project_limit() {
+    let env = Env::embedded();
+    let org = env.create_org("Solo", "solo", "sol@example.com", Some("free"));
+    let org = org["id"].as_str().unwrap();
+    let create = |org: &str, slug: &str| -> Vec<String> {
+        [
+            "project", "create", "--org", org, "--name", slug, "--slug", slug,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let run = |args: Vec<String>| env.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let refuse =
+        |args: Vec<String>| refused(&env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = run(create(org, "one"));
+    let err = refuse(create(org, "two"));
+    assert!(err.contains("plan_limit_exceeded"), "{err}");
+    assert!(err.contains("allows 1 projects"), "{err}");
+    assert_eq!(
+        ids(&env.cli(&["project", "list", "--org", org]), "projects").len(),
+        1,
+        "nothing was created past the limit"
+    );
+    let first = first["id"].as_str().unwrap();
+    env.cli(&["project", "archive", "--org", org, "--project", first]);
+    run(create(org, "two"));
+    let err = refuse(create("org_gone", "x"));
+    assert!(err.contains("no such organization"), "{err}");
+}
+
 #[test]
 fn members_join_only_by_invitation_and_the_owner_stays() {
     let env = Env::embedded();
