@@ -11,21 +11,15 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::template::{get, keys_of, resource_at, resources, root, str_of, template};
 
 use serde_norway::Value;
 use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn template() -> Value {
-    let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
-    serde_norway::from_str(&text).unwrap()
-}
 
 fn makefile() -> String {
     std::fs::read_to_string(root().join("lambda/Makefile")).unwrap()
@@ -61,35 +55,6 @@ fn workspace_bins() -> BTreeSet<String> {
         .collect()
 }
 
-/// `v[key]` through YAML mappings; `Null` when absent.
-fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-    static NULL: Value = Value::Null;
-    path.iter().try_fold(v, |v, k| v.get(*k)).unwrap_or(&NULL)
-}
-
-/// The value at `path` (keys joined by `.`) under the template's `Resources`; `Null` when
-/// absent.
-fn resource_at<'a>(t: &'a Value, path: &str) -> &'a Value {
-    let keys: Vec<&str> = std::iter::once("Resources")
-        .chain(path.split('.'))
-        .collect();
-    get(t, &keys)
-}
-
-fn str_of(v: &Value) -> Option<&str> {
-    v.as_str()
-}
-
-fn keys_of(v: &Value) -> BTreeSet<String> {
-    v.as_mapping()
-        .map(|m| {
-            m.keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// (`AttributeName`, `second`) of each element of a sequence of attribute mappings, in
 /// order; empty when `v` is not a sequence.
 fn attribute_pairs<C: FromIterator<(String, String)>>(v: &Value, second: &str) -> C {
@@ -104,17 +69,6 @@ fn attribute_pairs<C: FromIterator<(String, String)>>(v: &Value, second: &str) -
 /// (attribute, key type) pairs of a `KeySchema`.
 fn key_schema(v: &Value) -> Vec<(String, String)> {
     attribute_pairs(v, "KeyType")
-}
-
-/// The resources of type `ty`, as (logical id, resource).
-fn resources<'a>(t: &'a Value, ty: &str) -> Vec<(String, &'a Value)> {
-    get(t, &["Resources"])
-        .as_mapping()
-        .unwrap()
-        .iter()
-        .filter(|(_, r)| str_of(get(r, &["Type"])) == Some(ty))
-        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
-        .collect()
 }
 
 /// The binary `lambda/Makefile`'s `build-<id>` target copies.
