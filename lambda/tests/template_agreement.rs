@@ -3,7 +3,8 @@
 //! function builds a binary of the workspace (through `lambda/Makefile`), and every
 //! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
 //! Secrets reach a function only as ARNs, each readable by that function's role and by no
-//! other, never as values.
+//! other, never as values. Every function's environment evaluates in either transport
+//! (`common::template`, the evaluation `runtime_api_aws.rs` starts the binaries with).
 //!
 //! The checks are a function returning the problems found, so the last tests can show
 //! that a broken template is caught, naming what is wrong.
@@ -13,10 +14,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use common::template::{get, keys_of, resource_at, resources, root, str_of, template};
+use common::template::{Stack, get, keys_of, resource_at, resources, root, str_of, template};
 
 use serde_norway::Value;
 use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
@@ -704,4 +705,72 @@ fn the_rules_refuse_what_sqs_would_refuse_and_nothing_else() {
             ("AggregatorBatchSize", "100"),
         ]
     ));
+}
+
+/// Each function's environment (by logical id) as a stack of `transport` would give it (the evaluation the
+/// Lambda runtime test starts the binaries with, `common::template::Stack`), every resource
+/// of the stack standing for itself as `ref:<id>`.
+fn evaluated_environments(
+    t: &Value,
+    transport: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let mut stack = Stack::new(
+        t,
+        "tally",
+        "us-east-1",
+        "123456789012",
+        &[("Transport", transport)],
+    )?;
+    for (id, r) in get(t, &["Resources"]).as_mapping().unwrap() {
+        let id = id.as_str().unwrap();
+        if stack.exists(r)? {
+            stack.refs.insert(id.to_owned(), format!("ref:{id}"));
+            stack
+                .attributes
+                .insert(format!("{id}.Arn"), format!("arn:{id}"));
+        }
+    }
+    resources(t, "AWS::Serverless::Function")
+        .into_iter()
+        .map(|(id, _)| Ok((id.clone(), stack.function_environment(&id)?)))
+        .collect()
+}
+
+/// In either transport every function's environment evaluates, and ingest and the
+/// aggregator get the transport's variables and not the other's; an environment naming
+/// something the stack does not have is an error naming it, not a made-up value.
+#[test]
+fn every_function_environment_evaluates_in_either_transport() {
+    let t = template();
+    for (transport, present, absent) in [
+        (
+            "sqs",
+            ("TALLY_QUEUE_URL", "ref:EventsQueue"),
+            "TALLY_STREAM",
+        ),
+        (
+            "kinesis",
+            ("TALLY_STREAM", "ref:EventsStream"),
+            "TALLY_QUEUE_URL",
+        ),
+    ] {
+        let envs = evaluated_environments(&t, transport).unwrap();
+        let ingest = &envs["IngestFunction"];
+        assert_eq!(ingest.get(present.0).map(String::as_str), Some(present.1));
+        assert!(!ingest.contains_key(absent), "{transport}: {ingest:?}");
+        for id in ["IngestFunction", "AggregatorFunction"] {
+            assert_eq!(envs[id]["TALLY_TRANSPORT"], transport);
+        }
+        for env in envs.values() {
+            assert_eq!(env["TALLY_TABLE"], "ref:Table");
+        }
+    }
+    let mut wrong = template();
+    wrong["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"]["TALLY_QUEUE_URL"] =
+        serde_norway::from_str("!Ref EventQueue").unwrap();
+    let e = evaluated_environments(&wrong, "sqs").unwrap_err();
+    assert!(
+        e.contains("TALLY_QUEUE_URL") && e.contains("!Ref EventQueue"),
+        "{e}"
+    );
 }
