@@ -42,7 +42,7 @@ use tally_core::ports::{
 use tally_core::tenant::{KeyScope, Org, Project};
 use tally_store::dynamodb::DynamoStore;
 use tally_tests::conformance::fixtures::{
-    api_key, create_owned_org, event, fresh_project, random_hex,
+    api_key, create_owned_org, dec, event, fresh_project, random_hex,
 };
 
 use common::deploy::{ACCOUNT, Deployed, REGION, deploy};
@@ -332,14 +332,27 @@ async fn kinesis_event(d: &Deployed<'_>, stream: &str, stream_arn: &str) -> Valu
     json!({ "Records": records })
 }
 
-/// The events a client sends: three of [`METER`] now, 43.5 in all.
-fn events_body(project: &ProjectId) -> (String, usize, &'static str) {
+/// What a client sends: three events of [`METER`] now, in one request body.
+struct Sent {
+    body: String,
+    ids: Vec<String>,
+    /// Their sum, as the counters print it.
+    total: String,
+}
+
+fn events_body(project: &ProjectId) -> Sent {
     let now = rfc3339(Utc::now());
-    let events: Vec<Value> = ["1.5", "2", "40"]
+    let quantities = ["1.5", "2", "40"];
+    let ids: Vec<String> = quantities
         .iter()
-        .map(|q| {
+        .map(|_| format!("evt_{}", random_hex()))
+        .collect();
+    let events: Vec<Value> = quantities
+        .iter()
+        .zip(&ids)
+        .map(|(q, id)| {
             json!({
-                "id": format!("evt_{}", random_hex()),
+                "id": id,
                 "project_id": project.as_str(),
                 "meter": METER,
                 "quantity": q,
@@ -347,27 +360,32 @@ fn events_body(project: &ProjectId) -> (String, usize, &'static str) {
             })
         })
         .collect();
-    (
-        json!({ "events": events }).to_string(),
-        events.len(),
-        "43.5",
-    )
+    let total = quantities
+        .iter()
+        .fold(dec("0"), |sum, q| sum + dec(q))
+        .normalize()
+        .to_string();
+    Sent {
+        body: json!({ "events": events }).to_string(),
+        ids,
+        total,
+    }
 }
 
 /// Ingest answers `202` to a real request and puts the events on the transport; the
 /// aggregator applies the batch Lambda would build of them, answers no failures, and the
-/// counter is the events' sum, also when the batch comes again. Returns the stack, its
-/// store and the tenant, for what follows.
+/// counter is the events' sum, also when the batch comes again. Returns the stack, the
+/// tenant and the sum, for what follows.
 async fn ingest_then_aggregate<'t>(
     t: &'t serde_norway::Value,
     transport: &str,
-) -> (Deployed<'t>, DynamoStore, Tenant, &'static str) {
+) -> (Deployed<'t>, Tenant, String) {
     let d = deploy(t, &[("Transport", transport)]).await;
     let store = store(&d);
     let tenant = tenant(&store, PlanId::Starter, Utc::now() - TimeDelta::days(40)).await;
 
     let mut ingest = d.start("IngestFunction").await;
-    let (body, sent, total) = events_body(&tenant.project);
+    let sent = events_body(&tenant.project);
     let auth = format!("Bearer {}", tenant.key);
     let request = http_event(
         &d,
@@ -379,11 +397,11 @@ async fn ingest_then_aggregate<'t>(
             ("authorization", &auth),
             ("content-type", "application/json"),
         ],
-        Some(&body),
+        Some(&sent.body),
     );
     let (status, answer) = http_answer(ingest.invoke(request).await);
     assert_eq!(status, 202, "{answer}\n{}", ingest.output());
-    assert_eq!(answer["accepted"], json!(sent), "{answer}");
+    assert_eq!(answer["accepted"], json!(sent.ids.len()), "{answer}");
     assert_eq!(answer["rejected"], json!([]), "{answer}");
     ingest.stop();
     assert!(
@@ -395,6 +413,13 @@ async fn ingest_then_aggregate<'t>(
         "sqs" => {
             let messages = drain_queue(&d, d.physical("EventsQueue")).await;
             assert!(!messages.is_empty(), "ingest put nothing on the queue");
+            let bodies: String = messages.iter().filter_map(|m| m.body()).collect();
+            for id in &sent.ids {
+                assert!(
+                    bodies.contains(id.as_str()),
+                    "{id} is not on the queue: {bodies}"
+                );
+            }
             sqs_event(&d.stack.attributes["EventsQueue.Arn"], &messages)
         }
         _ => {
@@ -421,14 +446,17 @@ async fn ingest_then_aggregate<'t>(
     );
     assert_eq!(
         month_total(&store, &tenant.org.id).await,
-        [total],
+        [sent.total.as_str()],
         "{batch}\n{}",
         aggregator.output()
     );
     // Delivered again (at least once): nothing is counted twice.
     let answer = aggregator.invoke(batch).await;
     assert_eq!(answer, Ok(json!({"batchItemFailures": []})));
-    assert_eq!(month_total(&store, &tenant.org.id).await, [total]);
+    assert_eq!(
+        month_total(&store, &tenant.org.id).await,
+        [sent.total.as_str()]
+    );
     // A batch of the other source fails the invocation (Lambda retries it), through the
     // Runtime API's error route.
     let other = match transport {
@@ -439,13 +467,13 @@ async fn ingest_then_aggregate<'t>(
     let failed = aggregator.invoke(other).await.unwrap_err();
     assert!(failed.to_string().contains("eventSource"), "{failed}");
     aggregator.stop();
-    (d, store, tenant, total)
+    (d, tenant, sent.total)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_ingest_the_aggregator_and_the_api_as_lambda_runs_them() {
     let t = template();
-    let (d, _store, tenant, total) = ingest_then_aggregate(&t, "sqs").await;
+    let (d, tenant, total) = ingest_then_aggregate(&t, "sqs").await;
 
     // The management API, with a JWT signed with the stack's generated secret (read from
     // Secrets Manager by ARN), answers the usage the aggregator counted.
@@ -483,7 +511,7 @@ async fn sqs_ingest_the_aggregator_and_the_api_as_lambda_runs_them() {
         .iter()
         .map(|p| p["value"].as_str().unwrap())
         .collect();
-    assert_eq!(values, [total], "{usage}");
+    assert_eq!(values, [total.as_str()], "{usage}");
     let (status, refused) = http_answer(api.invoke(get_usage(jwt(&"x".repeat(64)))).await);
     assert_eq!(status, 401, "{refused}");
     api.stop();

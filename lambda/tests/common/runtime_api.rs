@@ -51,8 +51,8 @@ struct ApiState {
     answers: Arc<Mutex<Answers>>,
 }
 
-/// The Runtime API of one execution environment: events go in with [`RuntimeApi::send`],
-/// the function takes them with `next`.
+/// The Runtime API of one execution environment: [`Function::invoke`] queues an event, the
+/// function takes it with `next` and posts its outcome back.
 pub struct RuntimeApi {
     /// `host:port`, as `AWS_LAMBDA_RUNTIME_API` holds it.
     pub address: String,
@@ -165,7 +165,7 @@ impl RuntimeApi {
         function_arn: String,
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        let id = format!("{:032x}", rand_id());
+        let id = tally_tests::conformance::fixtures::random_hex();
         self.events
             .send(Invocation {
                 id,
@@ -182,12 +182,6 @@ impl RuntimeApi {
     fn init_error(&self) -> Option<Value> {
         self.answers.lock().unwrap().init_error.clone()
     }
-}
-
-/// A request id: random enough that two invocations never share one.
-fn rand_id() -> u128 {
-    let hex = tally_tests::conformance::fixtures::random_hex();
-    u128::from_str_radix(&hex, 16).unwrap()
 }
 
 /// One execution environment of a function: its binary running against its own
