@@ -6,7 +6,8 @@
 //! and is checked by its answer and its effect:
 //!
 //! - ingest: an API Gateway HTTP API (payload 2.0) `POST /v1/events` with an API key of the
-//!   store; `202`, and the events on the queue (or the stream);
+//!   store; `202`, the events on the queue (or the stream), and a log line for the request
+//!   carrying the Lambda request id and API Gateway's;
 //! - the aggregator: the SQS batch (or Kinesis batch) of exactly what ingest put there;
 //!   `{"batchItemFailures":[]}` and the month's counter in DynamoDB equal to the events'
 //!   sum, unchanged when the batch is delivered again;
@@ -399,11 +400,33 @@ async fn ingest_then_aggregate<'t>(
         ],
         Some(&sent.body),
     );
-    let (status, answer) = http_answer(ingest.invoke(request).await);
+    let (status, answer) = http_answer(ingest.invoke(request.clone()).await);
     assert_eq!(status, 202, "{answer}\n{}", ingest.output());
     assert_eq!(answer["accepted"], json!(sent.ids.len()), "{answer}");
     assert_eq!(answer["rejected"], json!([]), "{answer}");
-    ingest.stop();
+    // Its log line for the request carries the Lambda request id (the runtime's span) and
+    // API Gateway's (the request span), as README's logs section promises.
+    let lambda_request_id = ingest.last_request_id.clone();
+    let log = ingest.stop();
+    let finished = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "request finished")
+        .unwrap_or_else(|| panic!("no request log line:\n{log}"));
+    let span = |field: &str| -> Vec<Value> {
+        finished["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.get(field).cloned())
+            .collect()
+    };
+    assert_eq!(span("requestId"), [json!(lambda_request_id)], "{finished}");
+    assert_eq!(
+        span("request_id"),
+        [request["requestContext"]["requestId"].clone()],
+        "{finished}"
+    );
     assert!(
         month_total(&store, &tenant.org.id).await.is_empty(),
         "counted before aggregation"

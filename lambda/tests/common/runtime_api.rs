@@ -157,18 +157,18 @@ impl RuntimeApi {
         }
     }
 
-    /// Queues `event` for the function; the receiver gets its outcome.
+    /// Queues `event` for the function; its request id, and the receiver of its outcome.
     async fn send(
         &self,
         event: Value,
         deadline_ms: u64,
         function_arn: String,
-    ) -> oneshot::Receiver<Outcome> {
+    ) -> (String, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
         let id = tally_tests::conformance::fixtures::random_hex();
         self.events
             .send(Invocation {
-                id,
+                id: id.clone(),
                 event,
                 deadline_ms,
                 function_arn,
@@ -176,7 +176,7 @@ impl RuntimeApi {
             })
             .await
             .unwrap();
-        rx
+        (id, rx)
     }
 
     fn init_error(&self) -> Option<Value> {
@@ -194,6 +194,8 @@ pub struct Function {
     api: RuntimeApi,
     child: Option<Child>,
     log: tempfile::NamedTempFile,
+    /// The request id of the latest invocation.
+    pub last_request_id: String,
 }
 
 impl Function {
@@ -250,6 +252,7 @@ impl Function {
             api,
             child: Some(child),
             log,
+            last_request_id: String::new(),
         }
     }
 
@@ -266,10 +269,11 @@ impl Function {
     pub async fn invoke(&mut self, event: Value) -> Outcome {
         let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap();
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap();
-        let mut rx = self
+        let (id, mut rx) = self
             .api
             .send(event, now_ms + timeout_ms, self.arn.clone())
             .await;
+        self.last_request_id = id;
         let limit = tokio::time::Instant::now() + self.timeout;
         loop {
             match tokio::time::timeout(Duration::from_millis(50), &mut rx).await {
