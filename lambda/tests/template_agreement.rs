@@ -3,7 +3,8 @@
 //! function builds a binary of the workspace (through `lambda/Makefile`), and every
 //! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
 //! Secrets reach a function only as ARNs, each readable by that function's role and by no
-//! other, never as values.
+//! other, never as values. Every function's environment evaluates in either transport
+//! (`common::template`, the evaluation `runtime_api_aws.rs` starts the binaries with).
 //!
 //! The checks are a function returning the problems found, so the last tests can show
 //! that a broken template is caught, naming what is wrong.
@@ -11,21 +12,15 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+
+use common::template::{Stack, get, keys_of, resource_at, resources, root, str_of, template};
 
 use serde_norway::Value;
 use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn template() -> Value {
-    let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
-    serde_norway::from_str(&text).unwrap()
-}
 
 fn makefile() -> String {
     std::fs::read_to_string(root().join("lambda/Makefile")).unwrap()
@@ -61,35 +56,6 @@ fn workspace_bins() -> BTreeSet<String> {
         .collect()
 }
 
-/// `v[key]` through YAML mappings; `Null` when absent.
-fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-    static NULL: Value = Value::Null;
-    path.iter().try_fold(v, |v, k| v.get(*k)).unwrap_or(&NULL)
-}
-
-/// The value at `path` (keys joined by `.`) under the template's `Resources`; `Null` when
-/// absent.
-fn resource_at<'a>(t: &'a Value, path: &str) -> &'a Value {
-    let keys: Vec<&str> = std::iter::once("Resources")
-        .chain(path.split('.'))
-        .collect();
-    get(t, &keys)
-}
-
-fn str_of(v: &Value) -> Option<&str> {
-    v.as_str()
-}
-
-fn keys_of(v: &Value) -> BTreeSet<String> {
-    v.as_mapping()
-        .map(|m| {
-            m.keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// (`AttributeName`, `second`) of each element of a sequence of attribute mappings, in
 /// order; empty when `v` is not a sequence.
 fn attribute_pairs<C: FromIterator<(String, String)>>(v: &Value, second: &str) -> C {
@@ -104,17 +70,6 @@ fn attribute_pairs<C: FromIterator<(String, String)>>(v: &Value, second: &str) -
 /// (attribute, key type) pairs of a `KeySchema`.
 fn key_schema(v: &Value) -> Vec<(String, String)> {
     attribute_pairs(v, "KeyType")
-}
-
-/// The resources of type `ty`, as (logical id, resource).
-fn resources<'a>(t: &'a Value, ty: &str) -> Vec<(String, &'a Value)> {
-    get(t, &["Resources"])
-        .as_mapping()
-        .unwrap()
-        .iter()
-        .filter(|(_, r)| str_of(get(r, &["Type"])) == Some(ty))
-        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
-        .collect()
 }
 
 /// The binary `lambda/Makefile`'s `build-<id>` target copies.
@@ -750,4 +705,72 @@ fn the_rules_refuse_what_sqs_would_refuse_and_nothing_else() {
             ("AggregatorBatchSize", "100"),
         ]
     ));
+}
+
+/// Each function's environment (by logical id) as a stack of `transport` would give it (the evaluation the
+/// Lambda runtime test starts the binaries with, `common::template::Stack`), every resource
+/// of the stack standing for itself as `ref:<id>`.
+fn evaluated_environments(
+    t: &Value,
+    transport: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let mut stack = Stack::new(
+        t,
+        "tally",
+        "us-east-1",
+        "123456789012",
+        &[("Transport", transport)],
+    )?;
+    for (id, r) in get(t, &["Resources"]).as_mapping().unwrap() {
+        let id = id.as_str().unwrap();
+        if stack.exists(r)? {
+            stack.refs.insert(id.to_owned(), format!("ref:{id}"));
+            stack
+                .attributes
+                .insert(format!("{id}.Arn"), format!("arn:{id}"));
+        }
+    }
+    resources(t, "AWS::Serverless::Function")
+        .into_iter()
+        .map(|(id, _)| Ok((id.clone(), stack.function_environment(&id)?)))
+        .collect()
+}
+
+/// In either transport every function's environment evaluates, and ingest and the
+/// aggregator get the transport's variables and not the other's; an environment naming
+/// something the stack does not have is an error naming it, not a made-up value.
+#[test]
+fn every_function_environment_evaluates_in_either_transport() {
+    let t = template();
+    for (transport, present, absent) in [
+        (
+            "sqs",
+            ("TALLY_QUEUE_URL", "ref:EventsQueue"),
+            "TALLY_STREAM",
+        ),
+        (
+            "kinesis",
+            ("TALLY_STREAM", "ref:EventsStream"),
+            "TALLY_QUEUE_URL",
+        ),
+    ] {
+        let envs = evaluated_environments(&t, transport).unwrap();
+        let ingest = &envs["IngestFunction"];
+        assert_eq!(ingest.get(present.0).map(String::as_str), Some(present.1));
+        assert!(!ingest.contains_key(absent), "{transport}: {ingest:?}");
+        for id in ["IngestFunction", "AggregatorFunction"] {
+            assert_eq!(envs[id]["TALLY_TRANSPORT"], transport);
+        }
+        for env in envs.values() {
+            assert_eq!(env["TALLY_TABLE"], "ref:Table");
+        }
+    }
+    let mut wrong = template();
+    wrong["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"]["TALLY_QUEUE_URL"] =
+        serde_norway::from_str("!Ref EventQueue").unwrap();
+    let e = evaluated_environments(&wrong, "sqs").unwrap_err();
+    assert!(
+        e.contains("TALLY_QUEUE_URL") && e.contains("!Ref EventQueue"),
+        "{e}"
+    );
 }

@@ -1,7 +1,14 @@
-//! Fixtures the Lambda handler tests share.
+//! Fixtures the Lambda handler tests share, and the submodules of the Lambda runtime test
+//! (`runtime_api_aws.rs`): reading and evaluating `template.yaml` ([`template`], also the
+//! agreement test's), creating its stack on the emulator ([`deploy`]), and a local Lambda
+//! Runtime API running a function binary ([`runtime_api`]).
 
 // Each test file uses some of these.
 #![allow(dead_code)]
+
+pub mod deploy;
+pub mod runtime_api;
+pub mod template;
 
 use std::time::Duration;
 
