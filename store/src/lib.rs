@@ -15,6 +15,8 @@
 //! - [`kinesis::KinesisQueue`]: the queue on a Kinesis data stream (the same envelopes, one
 //!   record per org-message) with a polling consumer whose per-shard checkpoints, and dead
 //!   letters, are items in the DynamoDB table.
+//! - [`coalesce::CoalescingQueue`]: merges concurrent `publish` calls into one call of the
+//!   queue below, so `tally serve` fills SQS and Kinesis batch calls.
 //!
 //! - [`dynamodb::DynamoStore`]: tenants, the event ledger and the counters in one DynamoDB
 //!   table, a batch applied as `TransactWriteItems` chunks with conditional ledger puts (the
@@ -35,6 +37,7 @@
 //! (`tests/src/conformance/`).
 
 pub mod aws;
+pub mod coalesce;
 mod conn;
 pub mod derive;
 pub mod dynamodb;

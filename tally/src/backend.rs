@@ -20,6 +20,7 @@ use serde::Serialize;
 use tally_core::ports::{
     AlertLedger, EventQueue, ReportStore, SyncLedger, TenantStore, UsageStore,
 };
+use tally_store::coalesce::CoalescingQueue;
 use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::{KinesisConfig, KinesisQueue};
 use tally_store::local_queue::{LocalQueue, LocalQueueConfig};
@@ -223,15 +224,16 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
             let config = aws_config(common, &mut stores.aws).await;
             let client = aws_sdk_sqs::Client::new(&config);
             match crate::settings::queue_visibility()? {
-                Some(visibility_timeout) => Arc::new(SqsQueue::with_config(
+                // Concurrent ingest requests share SendMessageBatch calls (store::coalesce).
+                Some(visibility_timeout) => Arc::new(CoalescingQueue::new(SqsQueue::with_config(
                     client,
                     url,
                     SqsConfig {
                         visibility_timeout,
                         ..SqsConfig::default()
                     },
-                )),
-                None => Arc::new(SqsQueue::new(client, url)),
+                ))),
+                None => Arc::new(CoalescingQueue::new(SqsQueue::new(client, url))),
             }
         }
         QueueSpec::Kinesis(stream) => {
@@ -246,7 +248,8 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
                     .map_err(|why| anyhow::anyhow!("TALLY_KINESIS_KEY_SPREAD {why}"))?,
                 _ => tally_core::envelope::DEFAULT_KEY_SPREAD,
             };
-            Arc::new(KinesisQueue::with_config(
+            // Concurrent ingest requests share PutRecords calls (store::coalesce).
+            Arc::new(CoalescingQueue::new(KinesisQueue::with_config(
                 aws_sdk_kinesis::Client::new(&config),
                 stream,
                 dynamo,
@@ -258,7 +261,7 @@ pub async fn open(common: &Common) -> anyhow::Result<Backends> {
                         .unwrap_or(KinesisConfig::default().visibility_timeout),
                     ..KinesisConfig::default()
                 },
-            ))
+            )))
         }
     };
     Ok(Backends { stores, queue })

@@ -17,6 +17,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{Message, QueueAttributeName};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue};
+use tally_store::coalesce::CoalescingQueue;
 use tally_store::sqs::{self, MAX_MESSAGE_BYTES, SqsConfig, SqsQueue};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
@@ -109,6 +110,36 @@ mod queue {
 mod replay {
     use super::*;
     tally_tests::replay_conformance!(SqsFactory::new().await);
+}
+
+/// The same queue behind [`CoalescingQueue`], as `tally serve` opens it: merging concurrent
+/// publishes must keep every promise the suite checks.
+struct CoalescedSqsFactory(SqsFactory);
+
+#[async_trait]
+impl QueueFactory for CoalescedSqsFactory {
+    type Queue = CoalescingQueue<SqsQueue>;
+
+    async fn open(&self) -> Self::Queue {
+        CoalescingQueue::new(self.0.queue())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        VISIBILITY
+    }
+
+    async fn inject_malformed(&self, body: &str) {
+        self.0.inject_malformed(body).await;
+    }
+
+    async fn dead_letters(&self) -> Vec<(String, String)> {
+        self.0.dead_letters().await
+    }
+}
+
+mod coalesced {
+    use super::*;
+    tally_tests::queue_conformance!(CoalescedSqsFactory(SqsFactory::new().await));
 }
 
 /// Events of one org with `blob` bytes of properties each.
