@@ -20,7 +20,7 @@ VENV=.cache/venv
 cargo test -p tally-lambda --test billing_fanout_aws --no-run
 
 moto_pid=""
-trap '[ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null || true' EXIT
+trap '[ -n "$moto_pid" ] && kill -9 "$moto_pid" 2>/dev/null || true' EXIT
 
 run() {
   local orgs=$1 port log
@@ -40,6 +40,9 @@ run() {
   end=$(date +%s)
   echo "orgs=$orgs wall=$((end - start)) s (test process, including seeding and checks)"
   kill "$moto_pid" 2>/dev/null || true
+  # A busy emulator may not stop on SIGTERM at once; give it 5 s, then SIGKILL (by PID).
+  for _ in $(seq 1 50); do kill -0 "$moto_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$moto_pid" 2>/dev/null || true
   wait "$moto_pid" 2>/dev/null || true
   moto_pid=""
 }

@@ -387,7 +387,7 @@ pub async fn catch_up(
     let now = ports.clock.now();
     let mut out = CatchUp::default();
     let Some(newest) = previous_month_if_due(now, grace) else {
-        metrics::gauge!(UNBILLED_GAUGE).set(0.0);
+        metrics::gauge!(UNBILLED_GAUGE).set(0_u32);
         return Ok(out);
     };
     let mut months = vec![newest];
@@ -437,7 +437,8 @@ pub async fn catch_up(
     }
     queue.enqueue(&items).await?;
     out.enqueued = items.len();
-    metrics::gauge!(UNBILLED_GAUGE).set(out.unbilled as f64);
+    // A count; u32 is plenty and converts to the gauge's value exactly.
+    metrics::gauge!(UNBILLED_GAUGE).set(u32::try_from(out.unbilled).unwrap_or(u32::MAX));
     if out.unbilled > 0 {
         tracing::error!(
             unbilled = out.unbilled,
