@@ -47,9 +47,11 @@ const BATCH: i32 = 10;
 /// invocation's clock (one tick per item started) plus the one-tick reserve.
 const ITEMS_PER_INVOCATION: i64 = 4;
 
-/// Orgs billed in the test command. moto serves DynamoDB one request at a time, about
-/// 25 requests per org here, so 200 orgs take about a minute on the 2-core sandbox and
-/// 2,000 about ten: the 2,000-org run is `bench/fanout.sh` (figures in bench/RESULTS.md).
+/// Orgs billed in the test command. moto serves DynamoDB one request at a time (about 25
+/// per org here), copies the whole table for each transaction and reads it whole for each
+/// Query, so its cost per org grows with the table: 200 orgs take 40-70 s on the 2-core
+/// sandbox, 500 took 10 minutes, 2,000 did not finish; the larger runs are
+/// `bench/fanout.sh` (figures in bench/RESULTS.md).
 const DEFAULT_ORGS: usize = 200;
 
 fn orgs_wanted() -> usize {
