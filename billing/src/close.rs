@@ -510,7 +510,13 @@ fn decode(stored: &StoredReport) -> Result<UsageReport, OrgError> {
 
 /// One org's report for `period`: the stored one, or a new one (stored unless `dry_run`).
 /// The flag says whether this call stored it.
-async fn bill_org(
+///
+/// The per-org step of [`close_month`]: its loop over every org calls it for each, and so
+/// does a run for one org (`tally bill --org`, the billing queue's consumer through
+/// [`crate::fanout::bill_item`]). It neither checks that the period may be billed nor that
+/// `org` existed in it ([`check_billable`], [`existed_in`]): [`close_month`] does both
+/// first. Idempotent: the first stored report wins and is returned ever after.
+pub async fn bill_org(
     ports: ClosePorts<'_>,
     catalogue: &Catalogue,
     org: &Org,

@@ -38,6 +38,10 @@
 //!   the sync ledger; [`webhook::router`] is its HTTP route (`POST /v1/stripe/webhook`) for
 //!   `tally serve` and the webhook Lambda.
 //!
+//! - [`fanout`]: billing at scale as per-org work items: the monthly run closes the months
+//!   due and enqueues one (org, period) item per org, consumers bill each item with the
+//!   same per-org steps as `tally bill`, and a daily catch-up re-enqueues orgs still
+//!   missing a report or an invoice (the billing Lambda's queue).
 //! - [`alerts`]: plan-limit alerts at 80 % and 100 % of each allowance, claimed once per
 //!   threshold and month in the [`tally_core::ports::AlertLedger`] outbox and sent through
 //!   the [`alerts::AlertSender`] port (`tally-notify` is the signed-webhook adapter).
@@ -75,6 +79,7 @@ pub mod allocate;
 pub mod catalogue;
 pub mod close;
 pub mod error;
+pub mod fanout;
 pub mod period_sync;
 /// The price models, which live in core beside the catalogue that names them.
 pub use tally_core::pricing;
@@ -88,7 +93,9 @@ pub use close::{
     CloseError, CloseOutcome, ClosePorts, CloseRequest, NoProgress, OrgError, Progress, close_month,
 };
 pub use error::{CatalogueError, PricingError, Problem};
-pub use period_sync::{OrgSync, PeriodSync, PeriodSyncOptions, PeriodSyncPorts, sync_period};
+pub use period_sync::{
+    OrgSync, PeriodSync, PeriodSyncOptions, PeriodSyncPorts, sync_org_report, sync_period,
+};
 pub use pricing::{PriceError, Pricing, Tier, TierCharge};
 pub use report::{
     AdjustmentLine, MonthUsage, ProjectAllocation, ProjectLine, ReportLine, UsageReport,

@@ -124,7 +124,7 @@ async fn sync_org(
     policy: RetryPolicy,
     progress: &dyn Progress,
 ) -> OrgSync {
-    let outcome = sync_one(ports, report, policy).await;
+    let outcome = sync_org_report(ports, report, policy).await;
     progress.org_done(&report.org_id);
     OrgSync {
         org_id: report.org_id.clone(),
@@ -132,7 +132,12 @@ async fn sync_org(
     }
 }
 
-async fn sync_one(
+/// Syncs one org's report and turns every error into that org's [`SyncOutcome`] (a ledger
+/// error: pending, a rerun may get through; a report that cannot be invoiced: failed, with
+/// the field at fault). The per-org step of [`sync_period`], and what the billing queue's
+/// consumer ([`crate::fanout::bill_item`]) runs for one (org, period) item, so the two
+/// invoice the same way; resumable from the ledger, so running it again is harmless.
+pub async fn sync_org_report(
     ports: PeriodSyncPorts<'_>,
     report: &UsageReport,
     policy: RetryPolicy,

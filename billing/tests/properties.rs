@@ -391,6 +391,7 @@ fn no_float_in_the_billing_source() {
         ("catalogue.rs", include_str!("../src/catalogue.rs")),
         ("close.rs", include_str!("../src/close.rs")),
         ("error.rs", include_str!("../src/error.rs")),
+        ("fanout.rs", include_str!("../src/fanout.rs")),
         ("period_sync.rs", include_str!("../src/period_sync.rs")),
         ("report.rs", include_str!("../src/report.rs")),
         ("schedule.rs", include_str!("../src/schedule.rs")),

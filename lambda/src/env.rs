@@ -99,6 +99,11 @@ pub const SECRETS_REFRESH_SECONDS: &str = "TALLY_SECRETS_REFRESH_SECONDS";
 pub const DEADLINE_MARGIN_SECONDS: &str = "TALLY_DEADLINE_MARGIN_SECONDS";
 /// Longest [`DEADLINE_MARGIN_SECONDS`] accepted: Lambda's longest timeout, 15 minutes.
 pub const MAX_DEADLINE_MARGIN_SECONDS: u64 = 900;
+/// The URL of the billing function's queue of per-org work items
+/// (`TALLY_BILLING_QUEUE_URL`; see [`crate::fanout`]). Set: the monthly run only enqueues
+/// one item per org and the daily catch-up may run; unset: the monthly run bills every org
+/// itself, as before the fan-out.
+pub const BILLING_QUEUE_URL: &str = "TALLY_BILLING_QUEUE_URL";
 /// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
 pub const LOG: &str = "TALLY_LOG";
 
@@ -122,6 +127,7 @@ pub const BILLING: &[&str] = &[
     ALERT_WEBHOOK_SECRET_ARN,
     STRIPE_SECRET_ARN,
     SECRETS_REFRESH_SECONDS,
+    BILLING_QUEUE_URL,
     LOG,
 ];
 /// What `tally-stripe-webhook-lambda` reads.

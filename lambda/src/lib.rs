@@ -18,6 +18,9 @@
 //!   `lambda_http`.
 //! - [`secrets`]: the JWT, Stripe and alert secrets, read from Secrets Manager by the ARNs
 //!   in the environment and refreshed on an interval, so a rotation needs no redeploy.
+//! - [`fanout`]: the billing function's queue of per-org items (the SQS adapter, the
+//!   consumer under a time budget) and how the billing binary tells a queue batch, the
+//!   alert and catch-up jobs and the monthly schedule apart.
 //! - [`alerts`]: the billing function's `{"job": "alerts"}` run, plan-limit alerts sent as
 //!   signed webhooks.
 //!
@@ -29,6 +32,7 @@ pub mod alerts;
 pub mod backends;
 pub mod consumers;
 pub mod env;
+pub mod fanout;
 pub mod handlers;
 pub mod secrets;
 pub mod sink;

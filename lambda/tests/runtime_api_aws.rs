@@ -628,9 +628,9 @@ async fn the_stripe_webhook_records_a_signed_event_and_refuses_a_badly_signed_on
 }
 
 /// The monthly schedule's event (no `Input`: EventBridge's scheduled-event envelope) closes
-/// a month that has ended and stores its report. Written against the billing function as it
-/// is (it bills in the invocation); when the schedule only enqueues work items, this case
-/// changes with it.
+/// a month that has ended and enqueues one (org, period) work item per org on the billing
+/// queue, billing nothing itself; the same function, invoked with the SQS batch the queue's
+/// event source mapping makes of those items, stores the org's report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monthly_billing_schedule_closes_an_ended_month() {
     let t = template();
@@ -665,11 +665,43 @@ async fn the_monthly_billing_schedule_closes_an_ended_month() {
     let answer = answer.unwrap_or_else(|e| panic!("{e}\n{}", billing.output()));
     let months = answer["months"].as_array().unwrap();
     assert!(
-        months.contains(&json!({"period": month.to_string(), "orgs": 1, "stored_now": 1})),
-        "{answer}"
+        months.contains(&json!([month.to_string(), 1])),
+        "one item enqueued for {month}: {answer}"
+    );
+    assert!(store.is_period_closed(month).await.unwrap());
+    assert!(
+        store
+            .get_report(&tenant.org.id, month)
+            .await
+            .unwrap()
+            .is_none(),
+        "the schedule only enqueues"
+    );
+    // One item per month the schedule closed (the month after it has ended too).
+    let items = drain_queue(&d, d.physical("BillingQueue")).await;
+    assert_eq!(
+        items.len(),
+        months.len(),
+        "one work item per org and month: {answer}"
+    );
+    assert!(
+        items
+            .iter()
+            .filter_map(|m| m.body())
+            .any(|b| b.contains(tenant.org.id.as_str()) && b.contains(&month.to_string())),
+        "no item for {month}"
+    );
+    let answer = billing
+        .invoke(sqs_event(&d.stack.attributes["BillingQueue.Arn"], &items))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", billing.output()));
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": []}),
+        "{}",
+        billing.output()
     );
     billing.stop();
-    assert!(store.is_period_closed(month).await.unwrap());
     let report = store
         .get_report(&tenant.org.id, month)
         .await

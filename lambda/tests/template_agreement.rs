@@ -774,3 +774,166 @@ fn every_function_environment_evaluates_in_either_transport() {
         "{e}"
     );
 }
+
+/// What is wrong with the billing fan-out's wiring in `t`: the queue the billing function
+/// enqueues to (`TALLY_BILLING_QUEUE_URL`) must be the one its mapping reads, at most 10
+/// items a batch with `MaximumConcurrency` a parameter, its visibility timeout at least six
+/// times the function's; each schedule's input must be an event the binary takes for that
+/// job (`tally_lambda::fanout::BillingEvent::classify`), switched by `State`, never
+/// `Enabled`; the role must reach the queue; the unbilled-orgs alarm must watch the gauge
+/// the catch-up sets.
+fn billing_queue_problems(t: &Value) -> Vec<String> {
+    use tally_lambda::fanout::BillingEvent;
+    let mut out = Vec::new();
+    let names = |v: &Value| {
+        let mut s = BTreeSet::new();
+        refs(v, &mut s);
+        s
+    };
+    let function = resource_at(t, "BillingFunction.Properties");
+    let queue_env = get(
+        function,
+        &[
+            "Environment",
+            "Variables",
+            tally_lambda::env::BILLING_QUEUE_URL,
+        ],
+    );
+    let Some((id, mapping)) = resources(t, "AWS::Lambda::EventSourceMapping")
+        .into_iter()
+        .find(|(_, m)| names(get(m, &["Properties", "FunctionName"])).contains("BillingFunction"))
+    else {
+        return vec!["no event-source mapping invokes BillingFunction".into()];
+    };
+    let source = names(get(mapping, &["Properties", "EventSourceArn"]));
+    let queue = names(queue_env);
+    if queue.is_empty() || source != queue {
+        out.push(format!(
+            "{id} reads {source:?} but the billing function enqueues to {queue:?}"
+        ));
+    }
+    if get(mapping, &["Properties", "BatchSize"])
+        .as_u64()
+        .is_none_or(|n| n > 10)
+    {
+        out.push(format!(
+            "{id}: BatchSize must be 1 to 10 (the consumer's budget is per item)"
+        ));
+    }
+    if names(get(
+        mapping,
+        &["Properties", "ScalingConfig", "MaximumConcurrency"],
+    )) != BTreeSet::from(["BillingMaxConcurrency".to_owned()])
+    {
+        out.push(format!(
+            "{id}: MaximumConcurrency must be the BillingMaxConcurrency parameter"
+        ));
+    }
+    for q in &queue {
+        let visibility = resource_at(t, &format!("{q}.Properties.VisibilityTimeout")).as_u64();
+        let timeout = get(function, &["Timeout"]).as_u64().unwrap_or(3);
+        if visibility.is_none_or(|v| v < 6 * timeout) {
+            out.push(format!("{q}: VisibilityTimeout {visibility:?} is under six times the billing function's {timeout} s"));
+        }
+        let role = serde_norway::to_string(resource_at(t, "BillingRole")).unwrap();
+        if !role.contains("sqs:SendMessage") || !role.contains(q.as_str()) {
+            out.push(format!("BillingRole may not send to {q}"));
+        }
+    }
+    for (name, want) in [
+        ("Monthly", "schedule"),
+        ("CatchUp", "catch-up"),
+        ("Alerts", "alerts"),
+    ] {
+        let event = get(function, &["Events", name, "Properties"]);
+        if event.is_null() {
+            out.push(format!("BillingFunction has no {name} schedule"));
+            continue;
+        }
+        if !get(event, &["Enabled"]).is_null() || get(event, &["State"]).is_null() {
+            out.push(format!("{name}: switch a schedule with State, not Enabled"));
+        }
+        let payload: serde_json::Value = match str_of(get(event, &["Input"])) {
+            // No input: EventBridge sends its scheduled event.
+            None => serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"}),
+            Some(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        };
+        let got = match BillingEvent::classify(payload) {
+            Ok(BillingEvent::Schedule) => "schedule",
+            Ok(BillingEvent::CatchUp) => "catch-up",
+            Ok(BillingEvent::Alerts) => "alerts",
+            Ok(BillingEvent::Queue(_)) => "queue",
+            Err(_) => "refused",
+        };
+        if got != want {
+            out.push(format!("{name}: its input is taken as {got}, not {want}"));
+        }
+    }
+    let metric = str_of(resource_at(t, "UnbilledOrgsAlarm.Properties.MetricName"));
+    if metric != Some(tally_billing::fanout::UNBILLED_GAUGE) {
+        out.push(format!(
+            "UnbilledOrgsAlarm watches {metric:?}, not {}",
+            tally_billing::fanout::UNBILLED_GAUGE
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_billing_queue_is_wired_to_the_billing_function() {
+    assert_eq!(billing_queue_problems(&template()), Vec::<String>::new());
+}
+
+#[test]
+fn a_miswired_billing_queue_is_caught() {
+    let t = template();
+    let edit = |path: &[&str], v: Value| {
+        let mut t = t.clone();
+        let mut at = t.get_mut("Resources").unwrap();
+        for k in &path[..path.len() - 1] {
+            at = at.get_mut(*k).unwrap();
+        }
+        at.as_mapping_mut()
+            .unwrap()
+            .insert(Value::from(path[path.len() - 1]), v);
+        t
+    };
+    let input = [
+        "BillingFunction",
+        "Properties",
+        "Events",
+        "CatchUp",
+        "Properties",
+        "Input",
+    ];
+    let bad = edit(&input, Value::from("{\"job\": \"catchup\"}"));
+    let p = billing_queue_problems(&bad);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("CatchUp: its input is taken as refused")),
+        "{p:?}"
+    );
+    let state = [
+        "BillingFunction",
+        "Properties",
+        "Events",
+        "Monthly",
+        "Properties",
+        "Enabled",
+    ];
+    let p = billing_queue_problems(&edit(&state, Value::from(true)));
+    assert!(
+        p.iter()
+            .any(|p| p.contains("Monthly: switch a schedule with State")),
+        "{p:?}"
+    );
+    let batch = ["BillingQueueSource", "Properties", "BatchSize"];
+    let p = billing_queue_problems(&edit(&batch, Value::from(100)));
+    assert!(p.iter().any(|p| p.contains("BatchSize")), "{p:?}");
+    let vis = ["BillingQueue", "Properties", "VisibilityTimeout"];
+    let p = billing_queue_problems(&edit(&vis, Value::from(60)));
+    assert!(p.iter().any(|p| p.contains("VisibilityTimeout")), "{p:?}");
+    let metric = ["UnbilledOrgsAlarm", "Properties", "MetricName"];
+    let p = billing_queue_problems(&edit(&metric, Value::from("tally_billing_unbilled")));
+    assert!(p.iter().any(|p| p.contains("UnbilledOrgsAlarm")), "{p:?}");
+}
