@@ -281,7 +281,7 @@ impl PlanGuard {
             let Step::Add(inc) = step(e) else { continue };
             let key = (org.clone(), e.meter.clone(), Month::of(e.timestamp));
             if let Some(shared) = &self.shared {
-                shared.give_back_plan(&key.0, &key.1, key.2, inc, now);
+                shared.give_back_plan(&key, inc, now);
             }
             self.cache.update(key, now, |cached| {
                 let next = cached.map(|(mut u, expires)| {
@@ -303,10 +303,9 @@ impl PlanGuard {
         limit: Decimal,
         accepted: &[(usize, Decimal, Decimal)],
     ) -> Result<Vec<(usize, Decimal)>, StoreError> {
-        let (org, meter, month) = key;
         let need: Decimal = accepted.iter().map(|(_, inc, _)| *inc).sum();
         let got = match shared
-            .take_plan(org, meter, *month, limit, need, self.ttl, self.clock.now())
+            .take_plan(key, limit, need, self.ttl, self.clock.now())
             .await
         {
             Ok(got) => got,
@@ -330,7 +329,7 @@ impl PlanGuard {
             }
         }
         self.unpend(key, unpended);
-        shared.give_back_plan(org, meter, *month, got - used, self.clock.now());
+        shared.give_back_plan(key, got - used, self.clock.now());
         Ok(denied)
     }
 

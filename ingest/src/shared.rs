@@ -47,12 +47,16 @@
 //!
 //! # Write cost per request
 //!
-//! A busy key costs `writes per window / requests per window`; with the default 8 blocks a
-//! saturated key of the free plan (cap 20 per 2 s, blocks of at most 2) costs 0.5 WCU per
-//! admitted request (10 writes per window, blocks 1, 1, 2, 2, ...), starter (cap 200, blocks up to 25) about 0.06, pro
-//! (cap 2,000, blocks up to 250) about 0.007; refused requests of a used-up window cost
-//! nothing. Measured figures are in `bench/RESULTS.md`. Hard limits cost one write per
-//! block of a month's allowance (about `plan_blocks` writes a month per busy instance).
+//! A key costs `writes per window / requests per window`: each instance writes once per
+//! block and once more to learn a window is used up (refused requests after that cost
+//! nothing). Measured on the emulator (`bench/RESULTS.md`, `limiter_cost`), per admitted
+//! request of a saturated key with the default 8 blocks: **free 0.6 WCU** on one instance,
+//! 0.7 on two, 0.9 on four; starter 0.07–0.16; pro 0.009–0.022; against 1.0 and more for a
+//! counter written on every request. Spread thin over many instances (16 sharing one
+//! key) each instance's blocks stay small and the cost nears one write per request (free
+//! 1.8, as the baseline; pro 0.07). Hard limits cost one write per block of a month's
+//! allowance (or per request, when a request's events need more than a block), plus one
+//! per instance per usage-cache TTL while the allowance is used up.
 //!
 //! # When the store fails
 //!
@@ -117,6 +121,9 @@ impl SharedConfig {
         Ok(())
     }
 }
+
+/// An org's allowance of a meter in a month: what a hard plan limit is shared per.
+pub type PlanKey = (OrgId, MeterName, Month);
 
 /// What this process holds of one window.
 #[derive(Debug, Clone, Copy, Default)]
@@ -257,7 +264,7 @@ impl SharedLimits {
         self.give_back(&window, n, now);
     }
 
-    fn plan_window(org: &OrgId, meter: &MeterName, month: Month) -> AllowanceWindow {
+    fn plan_window((org, meter, month): &PlanKey) -> AllowanceWindow {
         AllowanceWindow {
             scope: format!("PLAN#{}#{}", org.as_str(), meter.as_str()),
             window: month.to_string(),
@@ -265,14 +272,12 @@ impl SharedLimits {
         }
     }
 
-    /// Takes up to `need` of `org`'s shared allowance of `meter` in `month` (`limit` in
-    /// all); what it got, which may be less. `used_up_for`: how long a used-up month is
-    /// refused without asking the store again.
+    /// Takes up to `need` of an org's shared allowance of a meter in a month (`key`;
+    /// `limit` in all); what it got, which may be less. `used_up_for`: how long a used-up
+    /// month is refused without asking the store again.
     pub async fn take_plan(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
+        key: &PlanKey,
         limit: Decimal,
         need: Decimal,
         used_up_for: TimeDelta,
@@ -281,7 +286,7 @@ impl SharedLimits {
         if need <= Decimal::ZERO {
             return Ok(Decimal::ZERO);
         }
-        let window = Self::plan_window(org, meter, month);
+        let window = Self::plan_window(key);
         let take = Take {
             window: &window,
             cap: limit.max(Decimal::ZERO),
@@ -294,15 +299,8 @@ impl SharedLimits {
     }
 
     /// Gives back plan units taken for events that were then not queued.
-    pub fn give_back_plan(
-        &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        n: Decimal,
-        now: DateTime<Utc>,
-    ) {
-        self.give_back(&Self::plan_window(org, meter, month), n, now);
+    pub fn give_back_plan(&self, key: &PlanKey, n: Decimal, now: DateTime<Utc>) {
+        self.give_back(&Self::plan_window(key), n, now);
     }
 
     fn give_back(&self, window: &AllowanceWindow, n: Decimal, now: DateTime<Utc>) {
@@ -427,15 +425,13 @@ mod tests {
             .collect();
         let org = OrgId::from_random([9; 16]);
         let meter = MeterName::parse("api_calls").unwrap();
-        let month = Month::of(t(0, 0));
+        let key = (org, meter, Month::of(t(0, 0)));
         let limit = Decimal::from(500);
         let mut got = Decimal::ZERO;
         for i in 0..400 {
             got += limits[i % 4]
                 .take_plan(
-                    &org,
-                    &meter,
-                    month,
+                    &key,
                     limit,
                     Decimal::from(3),
                     TimeDelta::seconds(2),
@@ -445,12 +441,10 @@ mod tests {
                 .unwrap();
         }
         assert!(got <= limit, "{got} taken of {limit}");
-        limits[0].give_back_plan(&org, &meter, month, Decimal::from(3), t(0, 0));
+        limits[0].give_back_plan(&key, Decimal::from(3), t(0, 0));
         let again = limits[0]
             .take_plan(
-                &org,
-                &meter,
-                month,
+                &key,
                 limit,
                 Decimal::from(3),
                 TimeDelta::seconds(2),

@@ -304,7 +304,10 @@ async fn four_instances_hold_a_free_org_to_its_hard_limit() {
     let (key, project) = free_org(&setup).await;
     let fleet = Fleet::new(&sdk, &table, 4, true);
     let (accepted, refused_429) = drive(&fleet, &key, &project).await;
-    assert!(refused_429, "the allowance was used up: whole requests were refused");
+    assert!(
+        refused_429,
+        "the allowance was used up: whole requests were refused"
+    );
     let writes = fleet.shared_writes();
     println!("shared: {accepted} events accepted of {limit}, {writes} limiter writes");
     let block = limit / 100;

@@ -106,9 +106,8 @@ impl AllowanceStore for DynamoStore {
     }
 }
 
-/// The units an allowance item says are taken; an item without `t` has none taken (the
-/// condition failed on something else: treat the cap as taken is not right, so read zero
-/// and let the next round's condition judge).
+/// The units an allowance item says are taken (an item without `t` has none taken; the
+/// next round's condition judges again).
 fn taken(item: Option<&Item>) -> Result<Decimal, StoreError> {
     match item.and_then(|i| i.get(TAKEN)) {
         None => Ok(Decimal::ZERO),
