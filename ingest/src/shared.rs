@@ -413,6 +413,17 @@ mod tests {
             writes,
             "a used-up window is not asked again"
         );
+        assert!(
+            a.check_rate(&key(), free, t(1, 600)).is_err(),
+            "the pre-check refuses too"
+        );
+        // A unit given back (the process's own bucket refused after the shared take) is
+        // spent by the next request, with no write.
+        a.give_back_rate(&key(), free, 1, t(1, 600));
+        assert!(a.check_rate(&key(), free, t(1, 600)).is_ok());
+        assert!(a.take_rate(&key(), free, 1, t(1, 700)).await.is_ok());
+        assert!(a.take_rate(&key(), free, 1, t(1, 800)).await.is_err());
+        assert_eq!(a.writes() + b.writes(), writes);
         // The next window starts afresh.
         assert!(a.take_rate(&key(), free, 1, t(2, 0)).await.is_ok());
     }
