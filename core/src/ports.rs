@@ -24,7 +24,12 @@ use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::period::{Granularity, Month};
 
+mod allowance;
 mod tenants;
+pub use allowance::{
+    AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
+    check_allowance_request,
+};
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
     UserStore,

@@ -134,6 +134,9 @@ pub struct IngestConfig {
     /// How many times events the queue did not take are published again (the failed ones
     /// only) before they are reported as rejections.
     pub publish_retries: u32,
+    /// How finely limits shared across instances are taken (only with
+    /// [`crate::Ingest::with_allowances`]).
+    pub shared: crate::shared::SharedConfig,
 }
 
 impl Default for IngestConfig {
@@ -143,6 +146,7 @@ impl Default for IngestConfig {
             rate_limits: RateLimitConfig::default(),
             plans: BTreeMap::new(),
             publish_retries: 1,
+            shared: crate::shared::SharedConfig::default(),
         }
     }
 }

@@ -202,14 +202,33 @@ impl FromRequestParts<Ingest> for Admitted {
             let limit = config.limit_for(&key.id, plan_id);
             let now = state.inner.ports.clock.now();
             let limiter = &state.inner.limiter;
+            let refused = |t| rate_limited(t, None, config.cost);
             match config.cost {
-                RateCost::PerRequest => limiter.charge(&key.id, limit, 1, now),
+                RateCost::PerRequest => match &state.inner.shared {
+                    // Shared first (a refusal there costs the process's bucket nothing),
+                    // then the process's own bucket, giving the shared unit back if that
+                    // refuses.
+                    Some(shared) => {
+                        limiter.check(&key.id, limit, now).map_err(refused)?;
+                        shared
+                            .take_rate(&key.id, limit, 1, now)
+                            .await
+                            .map_err(refused)?;
+                        limiter.charge(&key.id, limit, 1, now).map_err(|t| {
+                            shared.give_back_rate(&key.id, limit, 1, now);
+                            refused(t)
+                        })?;
+                    }
+                    None => limiter.charge(&key.id, limit, 1, now).map_err(refused)?,
+                },
                 RateCost::PerEvent => {
                     per_event = Some(limit);
-                    limiter.check(&key.id, limit, now)
+                    limiter.check(&key.id, limit, now).map_err(refused)?;
+                    if let Some(shared) = &state.inner.shared {
+                        shared.check_rate(&key.id, limit, now).map_err(refused)?;
+                    }
                 }
             }
-            .map_err(|t| rate_limited(t, None, config.cost))?;
         }
         Ok(Admitted {
             key,
@@ -270,11 +289,24 @@ pub(crate) async fn post_events(
     metrics::histogram!(METRIC_BATCH_SIZE).record(candidates.len() as f64);
     if let Some(limit) = per_event {
         let now = state.inner.ports.clock.now();
+        let n = candidates.len() as u64;
+        let refused = |t| rate_limited(t, Some(candidates.len()), RateCost::PerEvent);
+        if let Some(shared) = &state.inner.shared {
+            shared
+                .take_rate(&key.id, limit, n, now)
+                .await
+                .map_err(refused)?;
+        }
         state
             .inner
             .limiter
-            .charge(&key.id, limit, candidates.len() as u64, now)
-            .map_err(|t| rate_limited(t, Some(candidates.len()), RateCost::PerEvent))?;
+            .charge(&key.id, limit, n, now)
+            .map_err(|t| {
+                if let Some(shared) = &state.inner.shared {
+                    shared.give_back_rate(&key.id, limit, n, now);
+                }
+                refused(t)
+            })?;
     }
     let response = ingest(&state, &org, key.mode(), &plan, format, &candidates).await?;
     metrics::counter!(METRIC_ACCEPTED).increment(response.accepted as u64);

@@ -16,7 +16,10 @@
 //!    (free 10 requests/s with a burst of 20, starter 100/200, pro 1,000/2,000, enterprise
 //!    5,000/10,000; see [`tally_core::plan::PlanId::default_rate_limit`]) or by a per-key
 //!    override in [`config::RateLimitConfig`]. Taken before the body is read; refused with
-//!    `429`, code `rate_limited`, and `Retry-After` (whole seconds, rounded up).
+//!    `429`, code `rate_limited`, and `Retry-After` (whole seconds, rounded up). On Lambda
+//!    ([`Ingest::with_allowances`]) the key's rate is also held across all instances by a
+//!    shared fixed window ([`shared`]): the limit is the plan's whatever the number of
+//!    warm instances.
 //! 3. **Body** ([`body`]): `413` over 1 MiB, `400` when it is not one event, a batch of 1 to
 //!    1,000, or CloudEvents.
 //! 4. **Each event** ([`events`]): validated on its own (field errors, a timestamp more than
@@ -64,6 +67,7 @@ pub mod events;
 pub mod limits;
 pub mod lookups;
 pub mod openapi;
+pub mod shared;
 
 // The HTTP seam this crate shares with the other APIs lives in `tally-http`; its modules are
 // re-exported under their old paths (`tally_ingest::error::ApiError`, `crate::auth::...`).
@@ -147,6 +151,8 @@ struct Inner {
     lookups: lookups::Lookups,
     limiter: limits::RateLimiter<tally_core::ids::ApiKeyId>,
     plan_guard: limits::PlanGuard,
+    /// Rate and plan limits shared with the other instances ([`Ingest::with_allowances`]).
+    shared: Option<Arc<shared::SharedLimits>>,
 }
 
 impl fmt::Debug for Ingest {
@@ -160,8 +166,38 @@ impl fmt::Debug for Ingest {
 }
 
 impl Ingest {
-    /// Builds the caches and limiters over `ports`.
+    /// Builds the caches and limiters over `ports`; the rate and plan limits are this
+    /// process's own (exact for one process: `tally serve`).
     pub fn new(ports: IngestState, config: IngestConfig) -> Self {
+        Self::build(ports, config, None)
+    }
+
+    /// The same, with rate and hard plan limits shared with every other instance through
+    /// `allowances` ([`shared`]: what the Lambda ingest runs, on DynamoDB), sized by
+    /// [`IngestConfig::shared`].
+    pub fn with_allowances(
+        ports: IngestState,
+        config: IngestConfig,
+        allowances: Arc<dyn tally_core::ports::AllowanceStore>,
+    ) -> Self {
+        let shared = Arc::new(shared::SharedLimits::new(
+            allowances,
+            config.shared,
+            config.cache.capacity,
+        ));
+        Self::build(ports, config, Some(shared))
+    }
+
+    /// The shared limits, when built [`Ingest::with_allowances`] (to read their writes).
+    pub fn shared_limits(&self) -> Option<Arc<shared::SharedLimits>> {
+        self.inner.shared.clone()
+    }
+
+    fn build(
+        ports: IngestState,
+        config: IngestConfig,
+        shared: Option<Arc<shared::SharedLimits>>,
+    ) -> Self {
         let plans = PlanId::ALL
             .into_iter()
             .map(|id| (id, Arc::new(config.plan(id))))
@@ -179,8 +215,11 @@ impl Ingest {
             &config.cache,
         );
         let limiter = limits::RateLimiter::new(config.cache.capacity);
-        let plan_guard =
+        let mut plan_guard =
             limits::PlanGuard::new(ports.usage.clone(), ports.clock.clone(), &config.cache);
+        if let Some(shared) = &shared {
+            plan_guard = plan_guard.with_shared(shared.clone());
+        }
         Ingest {
             inner: Arc::new(Inner {
                 ports,
@@ -190,6 +229,7 @@ impl Ingest {
                 lookups,
                 limiter,
                 plan_guard,
+                shared,
             }),
         }
     }

@@ -50,6 +50,15 @@
 //! the queue (about zero when the aggregator keeps up). Within one process, events accepted
 //! since the last re-read are counted at once. Resent events are counted locally as if new
 //! until the next re-read (so the guard errs towards refusing, never towards overshooting).
+//!
+//! **Across processes** (Lambda): the above bounds one process. With
+//! [`SharedLimits`](crate::shared::SharedLimits) (the Lambda ingest has it), the increments
+//! an event passes with must also be taken from the org's shared monthly allowance of the
+//! meter, capped at the plan's limit, so what all instances accept through ingest together
+//! never passes the limit (overshoot **0**, with four instances as with one); the cost is
+//! an early refusal of at most one block per instance (see [`crate::shared`]). The events
+//! past what the shared allowance grants are refused like any other (a prefix per meter),
+//! with `usage` reported as the limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,6 +112,7 @@ type UsageKey = (OrgId, MeterName, Month);
 /// Hard plan limits. See the module docs.
 pub struct PlanGuard {
     usage: Arc<dyn UsageStore>,
+    shared: Option<Arc<crate::shared::SharedLimits>>,
     clock: Arc<dyn Clock>,
     cache: TtlCache<UsageKey, Usage>,
     ttl: TimeDelta,
@@ -139,10 +149,18 @@ impl PlanGuard {
     pub fn new(usage: Arc<dyn UsageStore>, clock: Arc<dyn Clock>, config: &CacheConfig) -> Self {
         PlanGuard {
             usage,
+            shared: None,
             clock,
             cache: TtlCache::new(config.capacity),
             ttl: delta(config.usage_ttl),
         }
+    }
+
+    /// The same guard, also holding every process together to the limit through `shared`
+    /// (see the module docs).
+    pub fn with_shared(mut self, shared: Arc<crate::shared::SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Decides, per event, whether `org`'s plan refuses it; the accepted events' increments
@@ -180,9 +198,10 @@ impl PlanGuard {
                 }
             };
             let now = self.clock.now();
-            let refusals = self.cache.update(key, now, |cached| {
+            let (mut refusals, accepted) = self.cache.update(key.clone(), now, |cached| {
                 let (mut u, expires) = cached.unwrap_or((fetched, add(now, self.ttl)));
                 let mut refusals = Vec::new();
+                let mut accepted = Vec::new();
                 let mut full = false;
                 for &i in &indexes {
                     let Some(e) = events.get(i) else { continue };
@@ -192,6 +211,7 @@ impl PlanGuard {
                             full = full || current + inc > limit;
                             if !full {
                                 u.pending += inc;
+                                accepted.push((i, inc, current));
                             }
                             full
                         }
@@ -209,8 +229,28 @@ impl PlanGuard {
                         ));
                     }
                 }
-                (refusals, Some((u, expires)))
+                ((refusals, accepted), Some((u, expires)))
             });
+            if let Some(shared) = &self.shared {
+                let denied = self
+                    .take_shared(shared, &key, limit, &accepted)
+                    .instrument(tracing::debug_span!(
+                        "shared_allowance",
+                        meter = meter.as_str()
+                    ))
+                    .await?;
+                for (i, current) in denied {
+                    refusals.push((
+                        i,
+                        PlanRefusal {
+                            meter: meter.clone(),
+                            month,
+                            limit,
+                            usage: current.max(limit),
+                        },
+                    ));
+                }
+            }
             for (i, r) in refusals {
                 metrics::counter!(METRIC_PLAN_LIMITED, "meter" => r.meter.as_str().to_owned())
                     .increment(1);
@@ -240,6 +280,9 @@ impl PlanGuard {
             }
             let Step::Add(inc) = step(e) else { continue };
             let key = (org.clone(), e.meter.clone(), Month::of(e.timestamp));
+            if let Some(shared) = &self.shared {
+                shared.give_back_plan(&key, inc, now);
+            }
             self.cache.update(key, now, |cached| {
                 let next = cached.map(|(mut u, expires)| {
                     u.pending = (u.pending - inc).max(Decimal::ZERO);
@@ -248,6 +291,60 @@ impl PlanGuard {
                 ((), next)
             });
         }
+    }
+
+    /// Takes what the `accepted` events (index, increment, usage before it) add up to from
+    /// the shared allowance; those past what it grants (a suffix) are taken back out of the
+    /// local usage and returned, with the usage they saw, to be refused.
+    async fn take_shared(
+        &self,
+        shared: &crate::shared::SharedLimits,
+        key: &UsageKey,
+        limit: Decimal,
+        accepted: &[(usize, Decimal, Decimal)],
+    ) -> Result<Vec<(usize, Decimal)>, StoreError> {
+        let need: Decimal = accepted.iter().map(|(_, inc, _)| *inc).sum();
+        let got = match shared
+            .take_plan(key, limit, need, self.ttl, self.clock.now())
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                self.unpend(key, need);
+                return Err(e);
+            }
+        };
+        if got >= need {
+            return Ok(Vec::new());
+        }
+        let mut used = Decimal::ZERO;
+        let mut denied = Vec::new();
+        let mut unpended = Decimal::ZERO;
+        for &(i, inc, current) in accepted {
+            if denied.is_empty() && used + inc <= got {
+                used += inc;
+            } else {
+                unpended += inc;
+                denied.push((i, current));
+            }
+        }
+        self.unpend(key, unpended);
+        shared.give_back_plan(key, got - used, self.clock.now());
+        Ok(denied)
+    }
+
+    /// Takes `n` back out of a key's local pending usage.
+    fn unpend(&self, key: &UsageKey, n: Decimal) {
+        if n <= Decimal::ZERO {
+            return;
+        }
+        self.cache.update(key.clone(), self.clock.now(), |cached| {
+            let next = cached.map(|(mut u, expires)| {
+                u.pending = (u.pending - n).max(Decimal::ZERO);
+                (u, expires)
+            });
+            ((), next)
+        });
     }
 
     async fn fetch(&self, key: &UsageKey) -> Result<Usage, StoreError> {

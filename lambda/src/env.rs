@@ -104,11 +104,27 @@ pub const MAX_DEADLINE_MARGIN_SECONDS: u64 = 900;
 /// one item per org and the daily catch-up may run; unset: the monthly run bills every org
 /// itself, as before the fan-out.
 pub const BILLING_QUEUE_URL: &str = "TALLY_BILLING_QUEUE_URL";
+/// Ingest takes a key's shared rate allowance in blocks of at most 1/this of a window's
+/// cap, 1 to 10,000 (`TALLY_SHARED_RATE_BLOCKS`; 8 when unset, see
+/// [`tally_ingest::shared::SharedConfig`]).
+pub const SHARED_RATE_BLOCKS: &str = "TALLY_SHARED_RATE_BLOCKS";
+/// Ingest takes a hard-limited org's monthly allowance in blocks of at most 1/this of it,
+/// 1 to 10,000 (`TALLY_SHARED_PLAN_BLOCKS`; 100 when unset).
+pub const SHARED_PLAN_BLOCKS: &str = "TALLY_SHARED_PLAN_BLOCKS";
 /// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
 pub const LOG: &str = "TALLY_LOG";
 
 /// What `tally-ingest-lambda` reads.
-pub const INGEST: &[&str] = &[TABLE, TRANSPORT, QUEUE_URL, STREAM, KINESIS_KEY_SPREAD, LOG];
+pub const INGEST: &[&str] = &[
+    TABLE,
+    TRANSPORT,
+    QUEUE_URL,
+    STREAM,
+    KINESIS_KEY_SPREAD,
+    SHARED_RATE_BLOCKS,
+    SHARED_PLAN_BLOCKS,
+    LOG,
+];
 /// What `tally-api-lambda` reads.
 pub const API: &[&str] = &[TABLE, JWT_SECRET_ARN, SECRETS_REFRESH_SECONDS, LOG];
 /// What `tally-aggregator-lambda` reads.
@@ -198,6 +214,21 @@ impl Env {
         }
     }
 
+    /// How finely ingest takes shared limits ([`SHARED_RATE_BLOCKS`],
+    /// [`SHARED_PLAN_BLOCKS`]), the defaults for what is unset.
+    pub fn shared_limits(&self) -> Result<tally_ingest::shared::SharedConfig, EnvError> {
+        let mut config = tally_ingest::shared::SharedConfig::default();
+        for (name, slot) in [
+            (SHARED_RATE_BLOCKS, &mut config.rate_blocks),
+            (SHARED_PLAN_BLOCKS, &mut config.plan_blocks),
+        ] {
+            if let Some(v) = self.optional(name)? {
+                *slot = parse_blocks(name, &v)?;
+            }
+        }
+        Ok(config)
+    }
+
     /// The transport named by [`TRANSPORT`].
     pub fn transport(&self) -> Result<Transport, EnvError> {
         let v = self.required(TRANSPORT)?;
@@ -217,6 +248,19 @@ fn parse_deadline_margin(v: Option<&str>) -> Result<std::time::Duration, EnvErro
             DEADLINE_MARGIN_SECONDS,
             v,
             format!("must be whole seconds, 0 to {MAX_DEADLINE_MARGIN_SECONDS}"),
+        )),
+    }
+}
+
+/// A block count of [`Env::shared_limits`]: whole, 1 to [`tally_ingest::shared::MAX_BLOCKS`].
+fn parse_blocks(name: &str, v: &str) -> Result<u32, EnvError> {
+    let max = tally_ingest::shared::MAX_BLOCKS;
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(EnvError::invalid(
+            name,
+            v,
+            format!("must be a whole number, 1 to {max}"),
         )),
     }
 }
@@ -258,6 +302,17 @@ mod tests {
         // The test process never sets TALLY_TABLE.
         let e = env.required(TABLE).unwrap_err().to_string();
         assert_eq!(e, "environment variable TALLY_TABLE must be set");
+    }
+
+    #[test]
+    fn shared_limit_blocks_are_whole_numbers_in_range() {
+        assert_eq!(parse_blocks(SHARED_RATE_BLOCKS, "8"), Ok(8));
+        for bad in ["0", "10001", "-1", "2.5", "many"] {
+            let e = parse_blocks(SHARED_RATE_BLOCKS, bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("TALLY_SHARED_RATE_BLOCKS"), "{e}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@
 //!   org-wide counter derived through [`tally_core::fold::spread`], as [`crate::derive`]
 //!   does for the other stores) and closed periods.
 //! - `memory/billing.rs`: reports, the sync ledger and alerts.
+//! - `memory/allowances.rs`: the shared fixed-window allowances
+//!   ([`AllowanceStore`](tally_core::ports::AllowanceStore)).
 //!
 //! # Observing and failing the hot lookups
 //!
@@ -50,6 +52,7 @@ use tally_core::tenant::{
     ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, PlanChange, Project, User,
 };
 
+mod allowances;
 mod billing;
 mod keys;
 mod tenants;
@@ -190,6 +193,9 @@ struct State {
     closed: BTreeMap<Month, DateTime<Utc>>,
     /// Reports by org, then period.
     reports: BTreeMap<OrgId, BTreeMap<Month, StoredReport>>,
+    /// Shared allowances: what was taken of each (scope, window), and when it expires
+    /// (`memory/allowances.rs`).
+    allowances: HashMap<(String, String), (rust_decimal::Decimal, DateTime<Utc>)>,
     /// Sync step results by (org, period), then step name.
     sync_steps: BTreeMap<(OrgId, Month), BTreeMap<String, String>>,
     /// Provider customers by org.

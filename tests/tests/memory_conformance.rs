@@ -76,3 +76,32 @@ async fn lookups_are_counted_and_fail_on_demand() {
     assert_eq!(store.calls(Op::FindApiKey), 3);
     assert_eq!(other.calls(Op::GetOrg), 0);
 }
+
+/// The shared-limit allowances ([`tally_core::ports::AllowanceStore`]) on handles of one
+/// memory store.
+mod allowance {
+    use std::sync::Arc;
+
+    use tally_core::ports::AllowanceStore;
+    use tally_store::MemoryStore;
+    use tally_tests::conformance::allowance;
+
+    #[tokio::test]
+    async fn grants_stop_at_the_cap() {
+        allowance::grants_stop_at_the_cap(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_takes_never_pass_the_cap() {
+        let store = MemoryStore::new();
+        let handles = (0..8)
+            .map(|_| Arc::new(store.clone()) as Arc<dyn AllowanceStore>)
+            .collect();
+        allowance::racing_takes_never_pass_the_cap(handles).await;
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused() {
+        allowance::bad_requests_are_refused(&MemoryStore::new()).await;
+    }
+}

@@ -3,7 +3,9 @@
 //! The same ingest router `tally serve` runs, on the DynamoDB store and the SQS queue or
 //! Kinesis stream named by the environment ([`tally_lambda::env::INGEST`]). Its caches (keys,
 //! projects, periods, usage) live as long as the execution environment, and the keys'
-//! last-used times are written from it every few seconds while it is warm.
+//! last-used times are written from it every few seconds while it is warm. Its rate and
+//! hard plan limits are shared with every other warm instance through the table
+//! ([`tally_ingest::shared`]; `TALLY_SHARED_RATE_BLOCKS`, `TALLY_SHARED_PLAN_BLOCKS`).
 
 use std::sync::Arc;
 
@@ -20,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
-    let ingest = tally_ingest::Ingest::new(
+    // Rate and hard plan limits are shared by every warm instance through the table
+    // (tally_ingest::shared), so they hold whatever the number of instances.
+    let ingest = tally_ingest::Ingest::with_allowances(
         tally_ingest::IngestState::new(
             store.tenants.clone(),
             store.usage.clone(),
@@ -30,8 +34,10 @@ async fn main() -> anyhow::Result<()> {
         ),
         tally_ingest::IngestConfig {
             plans: catalogue.core_plans(),
+            shared: env.shared_limits()?,
             ..tally_ingest::IngestConfig::default()
         },
+        store.dynamo.clone(),
     );
     // Keys' last-used times, written at most every few seconds while the function is warm.
     tokio::spawn(tally_ingest::keys::flush_key_uses(

@@ -2,6 +2,8 @@
 //!
 //! - [`storage`]: [`TenantStore`](tally_core::ports::TenantStore) and
 //!   [`UsageStore`](tally_core::ports::UsageStore), through a [`storage::StoreFactory`].
+//! - [`allowance`]: [`AllowanceStore`](tally_core::ports::AllowanceStore), the shared
+//!   limits of ingest instances, on handles onto one store.
 //! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
 //!   [`queue::QueueFactory`].
 //! - [`replay`]: replaying dead letters
@@ -17,6 +19,7 @@
 // a failed unwrap here is a failed test, as in any #[test].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod allowance;
 pub mod fixtures;
 pub mod queue;
 pub mod replay;
