@@ -235,6 +235,16 @@ fn name_schema() -> Value {
     })
 }
 
+/// A month as `Month::parse` takes it: `YYYY-MM`, years 2000 to 9999.
+fn month_schema() -> Value {
+    json!({"type": "string", "pattern": "^[2-9][0-9]{3}-(0[1-9]|1[0-2])$"})
+}
+
+/// A meter name as `MeterName::parse` takes it.
+fn meter_schema() -> Value {
+    json!({"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 64})
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
@@ -403,24 +413,14 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 "LineEventsResponse",
                 None,
                 vec![
-                    param(
-                        "period",
-                        true,
-                        "The month, YYYY-MM.",
-                        json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}),
-                    ),
+                    param("period", true, "The month, YYYY-MM.", month_schema()),
                     param(
                         "kind",
                         false,
                         "`counters` (default) or `ledger`.",
                         json!({"type": "string", "enum": ["counters", "ledger"]}),
                     ),
-                    param(
-                        "meter",
-                        false,
-                        "Only this meter.",
-                        json!({"type": "string"}),
-                    ),
+                    param("meter", false, "Only this meter.", meter_schema()),
                 ],
             ),
             Endpoint::LineEvents => (
@@ -429,8 +429,8 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 "LineEventsResponse",
                 None,
                 vec![
-                    path_param("period", "The report's month, YYYY-MM."),
-                    path_param("meter", "The line's meter."),
+                    json!({"name": "period", "in": "path", "required": true, "description": "The report's month, YYYY-MM.", "schema": month_schema()}),
+                    json!({"name": "meter", "in": "path", "required": true, "description": "The line's meter.", "schema": meter_schema()}),
                     param(
                         "limit",
                         false,
