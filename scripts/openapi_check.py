@@ -64,6 +64,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 
 include-operation-id = "createKey"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
 
+[[operations]]
+# A `cursor` the store did not issue (400 invalid_cursor): a constraint on stored data.
+include-operation-id = "listLineEvents"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
+
 """
 
 

@@ -3,7 +3,8 @@
 //! It serves `GET /v1/usage` (see [`usage`]), the management routes under
 //! `/v1/orgs/{org_id}` — the org itself ([`orgs`]), its members ([`members`]), projects
 //! ([`projects`]), API keys ([`keys`]), audit trail ([`audit`]) and invitations with
-//! `POST /v1/invitations/accept` ([`invitations`]) — and `GET /openapi.json`, the OpenAPI
+//! `POST /v1/invitations/accept` ([`invitations`]), the ledger entries of a report line
+//! ([`lines`]) and its streamed CSV export ([`export`]) — and `GET /openapi.json`, the OpenAPI
 //! 3.1 document of every Tally route, ingest's included (see [`openapi`]). Every route is a
 //! row of [`ROUTES`], and [`router`] is built from that table, so the tests that walk it
 //! (tenant isolation, role matrix, audit completeness, the OpenAPI check) cover every route
@@ -31,10 +32,12 @@ use tally_core::tenant::Org;
 
 pub mod audit;
 pub mod auth;
+pub mod export;
 pub mod http;
 pub mod invitations;
 pub mod jwt;
 pub mod keys;
+pub mod lines;
 pub mod members;
 pub mod mgmt;
 pub mod openapi;
@@ -106,6 +109,10 @@ pub enum Endpoint {
     RevokeInvitation,
     /// `POST /v1/invitations/accept`.
     AcceptInvitation,
+    /// `GET /v1/orgs/{org_id}/reports/{period}/lines/{meter}/events`.
+    LineEvents,
+    /// `GET /v1/orgs/{org_id}/export`.
+    Export,
 }
 
 impl Endpoint {
@@ -139,6 +146,7 @@ impl Endpoint {
             Endpoint::ListInvitations => Some(Action::InvitationsRead),
             Endpoint::CreateInvitation => Some(Action::InvitationCreate),
             Endpoint::RevokeInvitation => Some(Action::InvitationRevoke),
+            Endpoint::LineEvents | Endpoint::Export => Some(Action::LedgerRead),
         }
     }
 
@@ -260,6 +268,12 @@ pub const ROUTES: &[Route] = &[
         Endpoint::RevokeInvitation,
     ),
     route("POST", "/v1/invitations/accept", Endpoint::AcceptInvitation),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/reports/{period}/lines/{meter}/events",
+        Endpoint::LineEvents,
+    ),
+    route("GET", "/v1/orgs/{org_id}/export", Endpoint::Export),
 ];
 
 pub use http::{ApiError, ErrorBody};
@@ -403,6 +417,8 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::CreateInvitation => post(invitations::create_invitation),
         Endpoint::RevokeInvitation => delete(invitations::revoke_invitation),
         Endpoint::AcceptInvitation => post(invitations::accept_invitation),
+        Endpoint::LineEvents => get(lines::line_events),
+        Endpoint::Export => get(export::export),
     }
 }
 

@@ -36,7 +36,9 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         | Endpoint::ListProjects
         | Endpoint::GetProject
         | Endpoint::ListKeys => &[200, 400, 401, 403, 404, 429, 500, 503],
-        Endpoint::ListAudit => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::ListAudit | Endpoint::LineEvents | Endpoint::Export => {
+            &[200, 400, 401, 403, 404, 429, 500, 503]
+        }
         Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 429, 500, 503],
         Endpoint::CreateProject | Endpoint::CreateKey => {
             &[201, 400, 401, 403, 404, 409, 429, 500, 503]
@@ -233,6 +235,16 @@ fn name_schema() -> Value {
     })
 }
 
+/// A month as `Month::parse` takes it: `YYYY-MM`, years 2000 to 9999.
+fn month_schema() -> Value {
+    json!({"type": "string", "pattern": "^[2-9][0-9]{3}-(0[1-9]|1[0-2])$"})
+}
+
+/// A meter name as `MeterName::parse` takes it.
+fn meter_schema() -> Value {
+    json!({"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 64})
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
@@ -395,6 +407,44 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 None,
                 vec![],
             ),
+            Endpoint::Export => (
+                "exportUsage",
+                "A month's usage counters (or with kind=ledger its ledger entries, each event once) as CSV, streamed; the rows `tally export` writes (docs/audit.md)",
+                "LineEventsResponse",
+                None,
+                vec![
+                    param("period", true, "The month, YYYY-MM.", month_schema()),
+                    param(
+                        "kind",
+                        false,
+                        "`counters` (default) or `ledger`.",
+                        json!({"type": "string", "enum": ["counters", "ledger"]}),
+                    ),
+                    param("meter", false, "Only this meter.", meter_schema()),
+                ],
+            ),
+            Endpoint::LineEvents => (
+                "listLineEvents",
+                "The ledger entries a report line bills (the meter's events of the month, each once), a page at a time, in the canonical texts its digest is computed from (docs/audit.md); a page may hold fewer than `limit`: follow `next_cursor` until it is absent",
+                "LineEventsResponse",
+                None,
+                vec![
+                    json!({"name": "period", "in": "path", "required": true, "description": "The report's month, YYYY-MM.", "schema": month_schema()}),
+                    json!({"name": "meter", "in": "path", "required": true, "description": "The line's meter.", "schema": meter_schema()}),
+                    param(
+                        "limit",
+                        false,
+                        "Page size, 1 to 1,000; default 100.",
+                        json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ),
+                    param(
+                        "cursor",
+                        false,
+                        "The `next_cursor` of the previous page.",
+                        json!({"type": "string", "minLength": 1, "maxLength": 512}),
+                    ),
+                ],
+            ),
             Endpoint::ListAudit => (
                 "listAudit",
                 "Read the audit trail, newest first",
@@ -466,6 +516,10 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
         "parameters": parameters,
         "responses": responses,
     });
+    if endpoint == Endpoint::Export {
+        // Not JSON: a CSV file, streamed.
+        op["responses"]["200"] = json!({"description": summary, "content": {"text/csv": {"schema": {"type": "string"}}}});
+    }
     if let (Some(schema), Some(obj)) = (body, op.as_object_mut()) {
         obj.insert(
             "requestBody".into(),
@@ -592,6 +646,15 @@ fn management_schemas() -> Value {
             "resource": {"type": "string"}, "outcome": {"type": "string", "enum": ["allowed", "refused"]},
             "reason": {"type": "string", "description": "The error code of a refusal."},
             "before": {}, "after": {}, "at": ts, "ip": {"type": "string"}, "user_agent": {"type": "string"}}},
+        "LineEvent": {"type": "object", "required": ["event_id", "org_id", "project_id", "meter", "aggregation", "quantity", "timestamp", "properties"], "properties": {
+            "event_id": {"type": "string"}, "org_id": {"type": "string"}, "project_id": {"type": "string"}, "meter": {"type": "string"},
+            "aggregation": {"type": "string", "description": "`sum`, `count`, `max`, `latest` or `unique_count:<property>`."},
+            "quantity": {"type": "string", "description": "The decimal, normalized (no trailing zeros)."},
+            "timestamp": {"type": "string", "description": "RFC 3339, UTC, nine fraction digits."},
+            "properties": {"type": "object"}}},
+        "LineEventsResponse": {"type": "object", "required": ["events"], "properties": {
+            "events": {"type": "array", "items": schema_ref("LineEvent")},
+            "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},
         "AuditResponse": {"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "items": schema_ref("AuditRecord")},
             "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},

@@ -25,6 +25,7 @@
 //! | `invitations.read` | `GET /v1/orgs/{org_id}/invitations` (pending ones) | ✓ | ✓ | | |
 //! | `invitation.create` | `POST /v1/orgs/{org_id}/invitations` | ✓ | ✓ | | |
 //! | `invitation.revoke` | `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` | ✓ | ✓ | | |
+//! | `ledger.read` | `GET /v1/orgs/{org_id}/reports/{period}/lines/{meter}/events` (the ledger entries a bill's line is made of), `GET /v1/orgs/{org_id}/export` (a month's counters or ledger entries as CSV) | ✓ | ✓ | | |
 //!
 //! `projects.read` gives members and viewers only the projects they were put on (with
 //! `project_member.add`); owners and admins read every project.
@@ -92,6 +93,8 @@ pub enum Action {
     InvitationRevoke,
     /// Accept an invitation (outside the table: the invited email decides; audited).
     InvitationAccept,
+    /// Read the ledger entries a report line bills (every event of a meter in a month).
+    LedgerRead,
 }
 
 impl Action {
@@ -121,6 +124,7 @@ impl Action {
             Action::InvitationCreate => "invitation.create",
             Action::InvitationRevoke => "invitation.revoke",
             Action::InvitationAccept => "invitation.accept",
+            Action::LedgerRead => "ledger.read",
         }
     }
 
@@ -175,6 +179,7 @@ pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::InvitationsRead, [true, true, false, false]),
     (Action::InvitationCreate, [true, true, false, false]),
     (Action::InvitationRevoke, [true, true, false, false]),
+    (Action::LedgerRead, [true, true, false, false]),
 ];
 
 /// Whether `role` may do `action` (an action missing from the table is refused).

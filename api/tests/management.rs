@@ -358,7 +358,9 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         .replace("{project_id}", ids.project)
         .replace("{key_id}", ids.key)
         .replace("{user_id}", ids.user)
-        .replace("{invitation_id}", ids.invitation);
+        .replace("{invitation_id}", ids.invitation)
+        .replace("{period}", "2026-03")
+        .replace("{meter}", "api_calls");
     assert!(
         !path.contains('{'),
         "a path parameter of {} is not filled in",
@@ -377,7 +379,9 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         | Endpoint::ListAudit
         | Endpoint::UsageSummary
         | Endpoint::ListInvitations
-        | Endpoint::RevokeInvitation => (path, None),
+        | Endpoint::RevokeInvitation
+        | Endpoint::LineEvents => (path, None),
+        Endpoint::Export => (format!("{path}?period=2026-03"), None),
         Endpoint::CreateInvitation => (
             path,
             Some(json!({"email": format!("new{n}@example.com"), "role": "viewer"})),
@@ -433,7 +437,8 @@ async fn tenant_isolation_every_route() {
         if route.endpoint == Endpoint::OpenApi {
             continue; // public, not tenant data
         }
-        let nested = route.path.matches('{').count() > 1;
+        // A line's period and meter are not another org's resources: org A's line is A's.
+        let nested = route.path.matches('{').count() > 1 && route.endpoint != Endpoint::LineEvents;
         let mut targets = vec!["org_b"];
         if nested {
             targets.push("org_a");
@@ -2155,4 +2160,203 @@ async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters
         "{}",
         too_long.text
     );
+}
+
+/// The ledger entries of a report line: owners and admins page through them and rebuild the
+/// line's digest and quantity from the pages alone; members, viewers and API keys are
+/// refused; bad parameters are 400 naming the parameter.
+#[tokio::test]
+async fn report_line_events_are_paged_for_owners_and_admins_only() {
+    use tally_core::audit::LineTally;
+    use tally_core::export::ledger_event;
+    let mem = world(PlanId::Starter).await;
+    let event = |org: &str, id: String, meter: &str, q: &str, day: u32| Event {
+        org_id: org_id(org),
+        id: EventId::parse(&id).unwrap(),
+        project_id: ProjectId::parse("prj_alpha1").unwrap(),
+        meter: MeterName::parse(meter).unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::parse(q).unwrap(),
+        timestamp: t(&format!("2026-03-{day:02}T10:00:00.5Z")),
+        properties: json!({"region": "eu", "n": day})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    };
+    let mut line: Vec<Event> = (0..23)
+        .map(|i| {
+            event(
+                "org_a",
+                format!("cm-{i}"),
+                "compute_minutes",
+                &format!("{i}.5"),
+                1 + i,
+            )
+        })
+        .collect();
+    let mut all = line.clone();
+    all.extend((0..5).map(|i| event("org_a", format!("ac-{i}"), "api_calls", "1", 2 + i)));
+    all.push(event("org_a", "cm-apr".into(), "compute_minutes", "9", 1));
+    all.last_mut().unwrap().timestamp = t("2026-04-01T00:00:00Z");
+    all.push(event("org_b", "cm-0".into(), "compute_minutes", "100", 3));
+    all.push(line[0].clone());
+    mem.store.apply_batch(&all).await.unwrap();
+    let mut want = LineTally::new();
+    line.iter().for_each(|e| want.add(e));
+    line.clear();
+
+    let base = "/v1/orgs/org_a/reports/2026-03/lines/compute_minutes/events";
+    for role in [Role::Owner, Role::Admin] {
+        let bearer = token(&a_user(role));
+        let mut got = LineTally::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let uri = match &cursor {
+                Some(c) => format!("{base}?limit=7&cursor={c}"),
+                None => format!("{base}?limit=7"),
+            };
+            let a = call(&mem, "GET", &uri, Some(&bearer), None).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            let events = a.json["events"].as_array().unwrap();
+            assert!(events.len() <= 7, "{}", a.text);
+            for e in events {
+                let props = tally_core::audit::canonical_json(&e["properties"]);
+                let cells: Vec<&str> = [
+                    "event_id",
+                    "org_id",
+                    "project_id",
+                    "meter",
+                    "aggregation",
+                    "quantity",
+                    "timestamp",
+                ]
+                .iter()
+                .map(|k| e[*k].as_str().unwrap())
+                .chain([props.as_str()])
+                .collect();
+                got.add(&ledger_event(&cells).unwrap());
+            }
+            pages += 1;
+            match a.json["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert!(pages >= 4, "{pages} pages of at most 7");
+        assert_eq!(got.event_count(), 23, "{role:?}");
+        assert_eq!(got.digest(), want.digest(), "{role:?}");
+        assert_eq!(got.quantity(), want.quantity(), "{role:?}");
+    }
+    for role in [Role::Member, Role::Viewer] {
+        let a = call(&mem, "GET", base, Some(&token(&a_user(role))), None).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{role:?}: {}", a.text);
+    }
+    let a = call(&mem, "GET", base, Some(KEY_A), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let owner = token(&a_user(Role::Owner));
+    for (uri, field) in [
+        (
+            "/v1/orgs/org_a/reports/2026-13/lines/compute_minutes/events".to_owned(),
+            "period",
+        ),
+        (
+            "/v1/orgs/org_a/reports/2026-03/lines/Bad%20Meter/events".to_owned(),
+            "meter",
+        ),
+        (format!("{base}?limit=0"), "limit"),
+        (format!("{base}?limit=1001"), "limit"),
+        (format!("{base}?cursor=not-a-cursor"), "cursor"),
+    ] {
+        let a = call(&mem, "GET", &uri, Some(&owner), None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.text);
+        assert_eq!(a.json["error"]["field"], field, "{uri}: {}", a.text);
+    }
+}
+
+/// `GET /v1/orgs/{org_id}/export`: owners and admins get the month's ledger entries or
+/// counters as CSV, streamed (no `Content-Length`: the body is sent a page at a time);
+/// members, viewers and API keys are refused.
+#[tokio::test]
+async fn the_export_streams_csv_to_owners_and_admins_only() {
+    let mem = world(PlanId::Starter).await;
+    let events: Vec<Event> = (0..1_203u32)
+        .map(|i| Event {
+            org_id: org_id("org_a"),
+            id: EventId::parse(&format!("ex-{i}")).unwrap(),
+            project_id: ProjectId::parse("prj_alpha1").unwrap(),
+            meter: MeterName::parse(if i % 3 == 0 {
+                "api_calls"
+            } else {
+                "compute_minutes"
+            })
+            .unwrap(),
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::parse("2").unwrap(),
+            timestamp: t(&format!("2026-03-{:02}T10:00:00Z", 1 + i % 28)),
+            properties: Default::default(),
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        mem.store.apply_batch(chunk).await.unwrap();
+    }
+    let base = "/v1/orgs/org_a/export?period=2026-03";
+    for role in [Role::Owner, Role::Admin] {
+        let bearer = token(&a_user(role));
+        let req = Request::builder()
+            .uri(format!("{base}&kind=ledger&meter=compute_minutes"))
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app(&mem).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{role:?}");
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "text/csv; charset=utf-8"
+        );
+        assert!(
+            res.headers().get(header::CONTENT_LENGTH).is_none(),
+            "a streamed body has no length"
+        );
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("event_id,org_id,project_id,meter,aggregation,quantity,timestamp,properties")
+        );
+        let rows: Vec<&str> = lines.collect();
+        assert_eq!(rows.len(), 802, "{role:?}");
+        assert!(rows.iter().all(|r| r.contains(",compute_minutes,sum,2,")));
+        let ids: std::collections::HashSet<&str> =
+            rows.iter().map(|r| r.split(',').next().unwrap()).collect();
+        assert_eq!(ids.len(), 802, "each entry once");
+    }
+    let owner = token(&a_user(Role::Owner));
+    let a = call(&mem, "GET", base, Some(&owner), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(
+        a.text
+            .lines()
+            .any(|l| l == "org_a,,compute_minutes,month,2026-03-01T00:00:00Z,1604"),
+        "{}",
+        a.text
+    );
+    for role in [Role::Member, Role::Viewer] {
+        let a = call(&mem, "GET", base, Some(&token(&a_user(role))), None).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{role:?}: {}", a.text);
+    }
+    let a = call(&mem, "GET", base, Some(KEY_A), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    for (uri, field) in [
+        ("/v1/orgs/org_a/export".to_owned(), "period"),
+        (format!("{base}&kind=all"), "kind"),
+        (format!("{base}&meter=Bad%20Meter"), "meter"),
+    ] {
+        let a = call(&mem, "GET", &uri, Some(&owner), None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.text);
+        assert_eq!(a.json["error"]["field"], field, "{uri}: {}", a.text);
+    }
 }

@@ -543,6 +543,9 @@ pub async fn bill_org(
     let plan = billed_plan(org.plan, &history, period);
     let usage = month_usage(ports.usage, org_id, period).await?;
     let mut report = price_month(org_id.clone(), period, catalogue.plan(plan), &usage)?;
+    crate::digest::record_line_digests(ports.usage, org_id, period, &mut report.lines)
+        .await
+        .map_err(store("cannot read the month's ledger"))?;
     for adjustment in late_adjustments(ports, org_id, period).await? {
         report.add_adjustment(adjustment);
     }

@@ -24,6 +24,8 @@
 //!   turns late events into adjustment lines on the next report. A month bills only the
 //!   orgs that existed in it. `tally bill`, the `tally serve` scheduler and the billing
 //!   Lambda all run it.
+//! - [`digest`]: the event count and entry digest month close records on each new line, so
+//!   a customer can audit it against an export of the ledger (`tally verify-report`).
 //! - [`schedule`]: which months the schedulers close, oldest first: every ended month
 //!   still open since the earliest org was created, at most
 //!   [`schedule::MAX_CATCH_UP_MONTHS`] back, so a missed month-end is caught up on the
@@ -78,6 +80,7 @@ pub mod alerts;
 pub mod allocate;
 pub mod catalogue;
 pub mod close;
+pub mod digest;
 pub mod error;
 pub mod fanout;
 pub mod period_sync;

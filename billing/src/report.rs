@@ -114,6 +114,15 @@ pub struct ReportLine {
     pub discount_percent: Decimal,
     /// `list_amount − amount`.
     pub discount: Money,
+    /// How many ledger entries make up the line (see `tally_core::audit`), recorded by
+    /// month close. `None` on reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_count: Option<u64>,
+    /// The digest of the line's ledger entries (`sha256:<hex>`, see `tally_core::audit`),
+    /// recorded by month close so a customer can check the entries they are shown are the
+    /// ones billed. `None` on reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A correction for a closed period, carried on a later report.
@@ -286,6 +295,8 @@ pub fn price_line(
         list_amount,
         discount_percent,
         discount: cents(list_amount.amount() - amount.amount()),
+        event_count: None,
+        digest: None,
     })
 }
 

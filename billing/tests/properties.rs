@@ -390,6 +390,7 @@ fn no_float_in_the_billing_source() {
         ("alerts.rs", include_str!("../src/alerts.rs")),
         ("catalogue.rs", include_str!("../src/catalogue.rs")),
         ("close.rs", include_str!("../src/close.rs")),
+        ("digest.rs", include_str!("../src/digest.rs")),
         ("error.rs", include_str!("../src/error.rs")),
         ("fanout.rs", include_str!("../src/fanout.rs")),
         ("period_sync.rs", include_str!("../src/period_sync.rs")),

@@ -8,15 +8,19 @@
 //! that turns events into counter deltas ([`fold`]), the queue envelope ([`envelope`]),
 //! webhook signatures ([`signature`]), tenant records ([`tenant`]), the ports ([`ports`]) that
 //! storage and queue adapters implement and the outgoing ones ([`sinks`]) that capabilities
-//! hand alerts and poison records to, and the one retry policy ([`backoff`]). Keeping it pure
+//! hand alerts and poison records to, the one retry policy ([`backoff`]), and the canonical
+//! ledger entry and report-line digest a customer audits a bill with ([`audit`]), and the
+//! rows of the usage and ledger exports ([`export`]). Keeping it pure
 //! means every rule is unit-testable without a database and every backend applies exactly the
 //! same arithmetic.
 
+pub mod audit;
 pub mod backoff;
 pub mod catalogue;
 pub mod counter;
 pub mod envelope;
 pub mod event;
+pub mod export;
 pub mod fold;
 pub mod headroom;
 pub mod ids;

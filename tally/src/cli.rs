@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
 use crate::{
-    aggregate, alerts, backend, bill, commands, import, people, prune, records, replay, serve,
+    aggregate, alerts, backend, bill, commands, export, import, people, prune, records, replay,
+    serve,
 };
 
 /// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
@@ -73,6 +74,12 @@ enum Command {
     /// Backfill usage from an NDJSON or CSV file of events, checked as POST /v1/events checks them
     /// and counted once (a rerun is harmless). Exits 5 if some line was rejected.
     Import(import::ImportArgs),
+    /// Export usage counters (or with --ledger the ledger's entries) of a month, for one
+    /// organization or all, as CSV to a file or stdout.
+    Export(export::ExportArgs),
+    /// Check a report line against a ledger export of it: recompute its quantity, event
+    /// count and digest. Exits 6 if they do not match.
+    VerifyReport(export::VerifyArgs),
     /// Create the DynamoDB table, the SQS queues or the Kinesis stream named by --store and
     /// --queue (idempotent; nothing to do for the embedded default).
     Init(backend::InitArgs),
@@ -177,6 +184,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(import::EXIT_REJECTED)
+            });
+        }
+        Command::Export(args) => export::export(common, args).await,
+        Command::VerifyReport(args) => {
+            let matches = export::verify_report(common, args).await?;
+            return Ok(if matches {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(export::EXIT_MISMATCH)
             });
         }
         Command::PruneLedger(args) => prune::prune_ledger(common, args).await,

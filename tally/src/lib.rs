@@ -11,7 +11,8 @@
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
-//! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `import`, `output`: the other commands
+//! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `import`, `export` (with
+//!   `verify-report`), `output`: the other commands
 //!   and their printing.
 //! - `manage` (what the operator's management commands share: refusals, audit records),
 //!   `inventory` (orgs, projects, keys), `people` (members, invitations) and `records`
@@ -32,6 +33,7 @@ pub mod stripe;
 mod aggregate;
 mod bill;
 mod commands;
+mod export;
 mod import;
 mod import_csv;
 mod inventory;

@@ -1,0 +1,377 @@
+//! End-to-end tests of `tally export` and `tally verify-report`: the real binary imports a
+//! month of events (with `tally import`), closes it with `tally bill`, exports counters and
+//! the ledger as CSV, and checks a report line against its export; then the faults an audit
+//! must catch are planted (an edited export, a ledger row altered in the store after close)
+//! and seen caught. SQLite (a temporary file) throughout; DynamoDB on the emulator in the
+//! last test.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use serde_json::{Value, json};
+
+const IMPORT_AT: &str = "2026-04-01T00:30:00Z";
+const APRIL: &str = "2026-04-01T02:00:00Z";
+
+fn at(t: &str) -> [(&str, &str); 1] {
+    [("TALLY_NOW", t)]
+}
+
+fn ev(id: &str, project: &str, meter: &str, q: &str, ts: &str) -> String {
+    json!({"id": id, "project_id": project, "meter": meter, "quantity": q, "timestamp": ts})
+        .to_string()
+}
+
+/// Imports a month of compute minutes and storage readings (and one April event, one
+/// duplicate), and closes March: the org's id.
+fn imported_and_billed(env: &Env, slug: &str) -> String {
+    let tenant = make_tenant(env, slug);
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    let file = env.data().join("events.ndjson");
+    let lines = [
+        ev("m-1", p0, "compute_minutes", "10", "2026-03-02T10:00:00Z"),
+        ev(
+            "m-2",
+            p1,
+            "compute_minutes",
+            "5.5",
+            "2026-03-03T10:00:00.250Z",
+        ),
+        ev("m-3", p0, "compute_minutes", "2", "2026-03-31T23:59:59Z"),
+        ev("m-1", p0, "compute_minutes", "10", "2026-03-02T10:00:00Z"),
+        ev("m-apr", p0, "compute_minutes", "7", "2026-04-01T00:10:00Z"),
+        ev("s-1", p0, "storage_bytes", "3000", "2026-03-05T00:00:00Z"),
+        ev("s-2", p1, "storage_bytes", "9000", "2026-03-06T00:00:00Z"),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = env.cli_raw_env(
+        &["import", "--org", &tenant.org, file.to_str().unwrap()],
+        &at(IMPORT_AT),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let billed = env.cli_env(&["bill", "--period", "2026-03"], &at(APRIL));
+    assert_eq!(billed["stored_now"], 1, "{billed}");
+    tenant.org
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `tally export --ledger` of one line into `path`: the JSON summary.
+fn export_line(env: &Env, org: &str, meter: &str, path: &Path) -> Value {
+    env.cli_env(
+        &[
+            "export",
+            "--ledger",
+            "--org",
+            org,
+            "--period",
+            "2026-03",
+            "--meter",
+            meter,
+            "--out",
+            path.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    )
+}
+
+/// `tally verify-report` of one line against `path`: the exit code and the JSON verdict.
+fn verify(env: &Env, org: &str, meter: &str, path: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec![
+        "verify-report",
+        "--org",
+        org,
+        "--period",
+        "2026-03",
+        "--meter",
+        meter,
+    ];
+    args.extend(extra);
+    args.push(path.to_str().unwrap());
+    let out = env.cli_raw_env(&args, &at(APRIL));
+    let verdict = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify-report printed non-JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    (out.status.code(), verdict)
+}
+
+fn report_line(env: &Env, org: &str, meter: &str) -> Value {
+    let shown = env.cli(&["report", "show", "--org", org, "--period", "2026-03"]);
+    shown["report"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == meter)
+        .unwrap()
+        .clone()
+}
+
+fn csv_rows(path: &PathBuf) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records()
+        .map(|rec| rec.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn a_closed_line_exports_its_entries_and_verifies_and_planted_changes_are_caught() {
+    let env = Env::embedded();
+    let org = imported_and_billed(&env, "acme-audit");
+
+    // Month close recorded the line's event count and digest: three March entries (the
+    // duplicate is not an entry, April's is another month).
+    let line = report_line(&env, &org, "compute_minutes");
+    assert_eq!(line["quantity"], "17.5", "{line}");
+    assert_eq!(line["event_count"], 3, "{line}");
+    let digest = line["digest"].as_str().unwrap().to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+
+    // The export holds exactly those entries, in the documented columns.
+    let file = env.data().join("minutes.csv");
+    let summary = export_line(&env, &org, "compute_minutes", &file);
+    assert_eq!(summary["rows"], 3, "{summary}");
+    let header = std::fs::read_to_string(&file).unwrap();
+    assert!(header.starts_with(
+        "event_id,org_id,project_id,meter,aggregation,quantity,timestamp,properties\n"
+    ));
+    let rows = csv_rows(&file);
+    let mut ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["m-1", "m-2", "m-3"]);
+    assert!(
+        rows.iter()
+            .all(|r| r[1] == org && r[3] == "compute_minutes" && r[4] == "sum")
+    );
+
+    // The round trip passes.
+    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["matches"], true, "{v}");
+    assert_eq!(v["digest"]["recorded"], digest.as_str(), "{v}");
+    assert_eq!(v["digest"]["recomputed"], digest.as_str(), "{v}");
+    assert_eq!(v["quantity"]["recomputed"], "17.5", "{v}");
+    assert_eq!(v["event_count"]["result"], "match", "{v}");
+
+    // A `max` meter: the digest covers both readings, the quantity is the peak.
+    let storage = env.data().join("storage.csv");
+    assert_eq!(
+        export_line(&env, &org, "storage_bytes", &storage)["rows"],
+        2
+    );
+    let (code, v) = verify(&env, &org, "storage_bytes", &storage, &[]);
+    assert_eq!(
+        (code, &v["quantity"]["recomputed"]),
+        (Some(0), &json!("9000")),
+        "{v}"
+    );
+
+    // Fault 1: one entry of the export edited. A changed quantity changes both the
+    // quantity and the digest; a changed project leaves the quantity and is still caught.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = env.data().join("edited.csv");
+    std::fs::write(&edited, text.replacen(",sum,10,", ",sum,11,", 1)).unwrap();
+    let (code, v) = verify(&env, &org, "compute_minutes", &edited, &[]);
+    assert_eq!(code, Some(6), "{v}");
+    assert_eq!(v["matches"], false, "{v}");
+    assert_eq!(v["quantity"]["result"], "mismatch", "{v}");
+    assert_eq!(v["digest"]["result"], "mismatch", "{v}");
+    let moved = rows[0][2].clone();
+    let other = if moved.ends_with('x') {
+        "prj_y"
+    } else {
+        "prj_x"
+    };
+    std::fs::write(&edited, text.replacen(&moved, other, 1)).unwrap();
+    let (code, v) = verify(&env, &org, "compute_minutes", &edited, &[]);
+    assert_eq!(code, Some(6), "{v}");
+    assert_eq!(v["quantity"]["result"], "match", "{v}");
+    assert_eq!(v["event_count"]["result"], "match", "{v}");
+    assert_eq!(v["digest"]["result"], "mismatch", "{v}");
+    // A dropped entry changes the count too.
+    let dropped: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&edited, dropped.join("\n") + "\n").unwrap();
+    let (code, v) = verify(&env, &org, "compute_minutes", &edited, &[]);
+    assert_eq!(
+        (code, &v["event_count"]["result"]),
+        (Some(6), &json!("mismatch")),
+        "{v}"
+    );
+
+    // Fault 2: a ledger row altered in the store after close (its timestamp moved by a
+    // second, which leaves every counter and the quantity alone): a fresh export of the
+    // line no longer verifies.
+    let db = rusqlite::Connection::open(env.data().join("tally.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE ledger SET body = replace(body, '2026-03-03T10:00:00.250Z', '2026-03-03T10:00:01.250Z') WHERE org = ?1 AND event_id = 'm-2'",
+            [&org],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the planted row must exist");
+    let after = env.data().join("after.csv");
+    export_line(&env, &org, "compute_minutes", &after);
+    let (code, v) = verify(&env, &org, "compute_minutes", &after, &[]);
+    assert_eq!(code, Some(6), "{v}");
+    assert_eq!(v["quantity"]["result"], "match", "{v}");
+    assert_eq!(v["digest"]["result"], "mismatch", "{v}");
+
+    // A report stored by the previous release has neither field: it still reads, and
+    // verify says so rather than failing.
+    let body: String = db
+        .query_row(
+            "SELECT body FROM reports WHERE org = ?1 AND period = 202603",
+            [&org],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut old: Value = serde_json::from_str(&body).unwrap();
+    for l in old["lines"].as_array_mut().unwrap() {
+        let l = l.as_object_mut().unwrap();
+        l.remove("digest").unwrap();
+        l.remove("event_count").unwrap();
+    }
+    db.execute(
+        "UPDATE reports SET body = ?2 WHERE org = ?1 AND period = 202603",
+        [&org, &old.to_string()],
+    )
+    .unwrap();
+    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["digest"]["result"], "not recorded", "{v}");
+    assert_eq!(v["quantity"]["result"], "match", "{v}");
+    let shown = env.cli(&["report", "show", "--org", &org, "--period", "2026-03"]);
+    assert!(
+        shown["report"]["lines"][0].get("digest").is_none(),
+        "{shown}"
+    );
+
+    // The report can come from a file (what the customer was sent) instead of the store.
+    let report_file = env.data().join("report.json");
+    std::fs::write(&report_file, old.to_string()).unwrap();
+    let (code, v) = verify(
+        &env,
+        &org,
+        "compute_minutes",
+        &edited,
+        &["--report", report_file.to_str().unwrap()],
+    );
+    assert_eq!(
+        (code, &v["quantity"]["result"]),
+        (Some(6), &json!("mismatch")),
+        "{v}"
+    );
+}
+
+#[test]
+fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refused() {
+    let env = Env::embedded();
+    let org = imported_and_billed(&env, "acme-counters");
+    let file = env.data().join("counters.csv");
+    let s = env.cli_env(
+        &[
+            "export",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert_eq!(
+        (&s["kind"], &s["orgs"]),
+        (&json!("counters"), &json!(1)),
+        "{s}"
+    );
+    let rows = csv_rows(&file);
+    assert_eq!(rows.len() as u64, s["rows"].as_u64().unwrap());
+    let month = |meter: &str| {
+        rows.iter()
+            .find(|r| r[1].is_empty() && r[2] == meter && r[3] == "month")
+            .map(|r| (r[4].clone(), r[5].clone()))
+    };
+    assert_eq!(
+        month("compute_minutes"),
+        Some(("2026-03-01T00:00:00Z".to_owned(), "17.5".to_owned()))
+    );
+    assert_eq!(month("storage_bytes").unwrap().1, "9000");
+    // April's event is in April's export, not March's.
+    assert!(rows.iter().all(|r| r[4].starts_with("2026-03")), "{rows:?}");
+
+    // All orgs, to stdout: the same rows (there is one org).
+    let out = env.cli_raw_env(&["export", "--period", "2026-03"], &at(APRIL));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, std::fs::read(&file).unwrap());
+
+    // A ledger export of the whole org handed to verify as one line's is refused by row.
+    let all = env.data().join("all.csv");
+    env.cli_env(
+        &[
+            "export",
+            "--ledger",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--out",
+            all.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            all.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
+}
+
+#[test]
+fn on_dynamodb_the_line_exports_and_verifies() {
+    let env = Env::aws("sqs");
+    let org = imported_and_billed(&env, "acme-audit-aws");
+    let line = report_line(&env, &org, "compute_minutes");
+    assert_eq!(line["event_count"], 3, "{line}");
+    let file = env.data().join("minutes.csv");
+    assert_eq!(export_line(&env, &org, "compute_minutes", &file)["rows"], 3);
+    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["digest"]["recorded"], line["digest"], "{v}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen(",sum,2,", ",sum,3,", 1)).unwrap();
+    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
+    assert_eq!(
+        (code, &v["digest"]["result"]),
+        (Some(6), &json!("mismatch")),
+        "{v}"
+    );
+}
