@@ -28,7 +28,19 @@
 //! through `bench/write_cost.sh`, which starts the emulator.
 //!
 //! `cargo run -p tally-bench --bin write_cost -- [--events N] [--seed S]
-//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--endpoint URL]`
+//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--conflicts F]
+//!  [--endpoint URL]`
+//!
+//! `--conflicts F` puts the fault proxy of `tally-tests` ([`FaultProxy`]) between the
+//! Tally path's client and the emulator: each write is answered, with probability `F`, the
+//! way DynamoDB answers a write that meets another writer — `TransactionCanceledException`
+//! (reason `TransactionConflict`) to a `TransactWriteItems`, `TransactionConflictException`
+//! to a plain write — without reaching the emulator, so the store retries it. Records still
+//! not applied after [`MAX_REDELIVERIES`] deliveries count as dead-lettered (SQS's
+//! `maxReceiveCount` in the template is 5). The baseline never goes through the proxy.
+//!
+//! The last line printed, `CELL ...`, holds the run's figures in `key=value` form, for
+//! `bench/write_cost.sh --matrix` to tabulate.
 //!
 //! `--aggregators N` hands the batches in turn to N stores of their own, as N aggregator
 //! processes would share a queue: each keeps its own caches and counter-guard allowances,
@@ -58,6 +70,7 @@ use tally_core::fold::dedupe_in_batch;
 use tally_core::ports::{CounterQuery, UsageStore};
 use tally_core::{Event, Granularity, Month, OrgId};
 use tally_store::dynamodb::{DynamoStore, create_table};
+use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
 
 /// DynamoDB on-demand, us-east-1, from 1 November 2024: dollars per million write request
 /// units (<https://aws.amazon.com/dynamodb/pricing/on-demand/>).
@@ -69,7 +82,8 @@ const USD_PER_MILLION_RRU: f64 = 0.125;
 const BASELINE_WCU_PER_EVENT: f64 = 6.0;
 /// The issue's target: at most half the baseline's write units per event.
 const TARGET_WCU_PER_EVENT: f64 = 3.0;
-/// Times a record the store left for a retry is resubmitted before the run gives up.
+/// Deliveries of a record before it counts as dead-lettered (the template's SQS
+/// `maxReceiveCount`).
 const MAX_REDELIVERIES: u32 = 5;
 /// Baseline requests in flight at once (the emulator serializes them; this hides client
 /// latency only).
@@ -85,6 +99,8 @@ struct Args {
     /// Aggregator processes taking the batches in turn, each a store of its own (own
     /// caches and counter-guard allowances).
     aggregators: usize,
+    /// Probability that the fault proxy answers a write with a conflict (0: no proxy).
+    conflicts: f64,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -96,13 +112,14 @@ fn args() -> anyhow::Result<Args> {
         check_orgs: 20,
         endpoint: None,
         aggregators: 1,
+        conflicts: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
                 "write_cost [--events N (200000)] [--seed S (42)] [--baseline-sample F (0.05)] \
-                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] \
+                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] [--conflicts F (0)] \
                  [--endpoint URL (TALLY_TEST_AWS_ENDPOINT)]"
             );
             std::process::exit(0);
@@ -118,6 +135,7 @@ fn args() -> anyhow::Result<Args> {
             "--check-orgs" => a.check_orgs = value.parse().context("--check-orgs")?,
             "--endpoint" => a.endpoint = Some(value),
             "--aggregators" => a.aggregators = value.parse().context("--aggregators")?,
+            "--conflicts" => a.conflicts = value.parse().context("--conflicts")?,
             _ => bail!("unknown flag {flag} (try --help)"),
         }
     }
@@ -132,6 +150,9 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&a.aggregators) {
         bail!("--aggregators must be in 1..=64");
+    }
+    if !(0.0..=0.5).contains(&a.conflicts) {
+        bail!("--conflicts must be in 0..=0.5");
     }
     if a.check_orgs > 100_000 {
         bail!("--check-orgs must be at most 100000");
@@ -190,6 +211,14 @@ struct TallyRun {
     applied: usize,
     duplicates: usize,
     redelivered: usize,
+    /// Records still not applied after [`MAX_REDELIVERIES`] deliveries.
+    dead_lettered: Vec<usize>,
+    /// Distinct (aggregator, org, adding meter) the batches met: the guard writes of one item
+    /// per (org, meter, month) if each pair is reserved once per process (all in one month;
+    /// resends included, so slightly above what the store meets).
+    guard_pairs_per_meter: usize,
+    /// Distinct (aggregator, org) with an adding meter: the same for one item per (org, month).
+    guard_pairs_per_org: usize,
     secs: f64,
 }
 
@@ -208,6 +237,9 @@ async fn tally_path(
     meter.take();
     let began = Instant::now();
     let (mut applied, mut duplicates, mut redelivered) = (0usize, 0usize, 0usize);
+    let mut dead_lettered = Vec::new();
+    let mut met_meters: HashSet<(usize, &OrgId, &str)> = HashSet::new();
+    let mut met_orgs: HashSet<(usize, &OrgId)> = HashSet::new();
     // Records left for a retry, with how often they have come back.
     let mut pending: Vec<(usize, u32)> = Vec::new();
     let mut next = 0usize;
@@ -228,7 +260,15 @@ async fn tally_path(
             .collect();
         // Batches go to the aggregators in turn: moto serializes every request, so running
         // them at once would change no unit, only the time.
-        let store = &stores[done_batches % stores.len()];
+        let who = done_batches % stores.len();
+        let store = &stores[who];
+        for &(i, _) in &records {
+            let e = &events[i];
+            if tally_core::headroom::TotalKey::of(e).is_some() {
+                met_meters.insert((who, &e.org_id, e.meter.as_str()));
+                met_orgs.insert((who, &e.org_id));
+            }
+        }
         let outcomes = apply_records(store, None, &inputs).await;
         for (&(i, tries), outcome) in records.iter().zip(&outcomes) {
             match outcome {
@@ -236,9 +276,11 @@ async fn tally_path(
                 RecordOutcome::Duplicate => duplicates += 1,
                 RecordOutcome::Retry { reason } => {
                     if tries + 1 >= MAX_REDELIVERIES {
-                        bail!(
-                            "record {i} still not applied after {MAX_REDELIVERIES} deliveries: {reason}"
+                        eprintln!(
+                            "  record {i} dead-lettered after {MAX_REDELIVERIES} deliveries: {reason}"
                         );
+                        dead_lettered.push(i);
+                        continue;
                     }
                     redelivered += 1;
                     pending.push((i, tries + 1));
@@ -264,6 +306,9 @@ async fn tally_path(
         applied,
         duplicates,
         redelivered,
+        dead_lettered,
+        guard_pairs_per_meter: met_meters.len(),
+        guard_pairs_per_org: met_orgs.len(),
         secs: began.elapsed().as_secs_f64(),
     })
 }
@@ -572,20 +617,51 @@ async fn main() -> anyhow::Result<()> {
     );
     // Table setup and the correctness check go through a client the meter does not see.
     let plain = Client::new(&sdk);
+    // The Tally path's client: through the fault proxy when conflicts are injected.
+    let proxy = if a.conflicts > 0.0 {
+        let config = FaultConfig {
+            seed: a.seed,
+            rates: vec![
+                (Fault::TransactionCanceled, a.conflicts),
+                (Fault::TransactionConflict, a.conflicts),
+            ],
+            latency: std::time::Duration::ZERO,
+            reads: false,
+        };
+        Some(
+            FaultProxy::start(&endpoint, config)
+                .await
+                .context("starting the fault proxy")?,
+        )
+    } else {
+        None
+    };
+    let tally_client = match &proxy {
+        Some(p) => {
+            let sdk = tally_store::aws::sdk_config(Some(&p.url())).await;
+            Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(&sdk)
+                    .interceptor(meter.clone())
+                    .build(),
+            )
+        }
+        None => metered.clone(),
+    };
 
     let start = hour_start()?;
     let spec = WorkloadSpec {
         events: a.events,
         seed: a.seed,
+        all_aggregations: true,
         ..WorkloadSpec::w(start)
     };
     let t = tenants(&spec);
     let events = generate(&spec, &t);
     let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     println!(
-        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, 4 meters, {:.0}% resends, \
-         one hour from {start}), seed {}, batches of {} one-event records, {} aggregator(s) in turn; \
-         emulator {endpoint}",
+        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, 6 meters of all five \
+         aggregations, {:.0}% resends, one hour from {start}), seed {}, batches of {} one-event records, \
+         {} aggregator(s) in turn, {:.1}% of writes answered with a conflict; emulator {endpoint}",
         a.events,
         spec.orgs,
         spec.zipf_s,
@@ -593,7 +669,8 @@ async fn main() -> anyhow::Result<()> {
         spec.resend_share * 100.0,
         a.seed,
         a.batch,
-        a.aggregators
+        a.aggregators,
+        a.conflicts * 100.0
     );
 
     // 1. Baseline first: its own small table, so it is quick whatever Tally's table holds.
@@ -640,7 +717,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating Tally's table")?;
     let stores: Vec<DynamoStore> = (0..a.aggregators)
-        .map(|_| DynamoStore::new(metered.clone(), table.clone()))
+        .map(|_| DynamoStore::new(tally_client.clone(), table.clone()))
         .collect();
     let tally = tally_path(&stores, &meter, &events, a.batch).await?;
     let tt = &tally.totals;
@@ -659,6 +736,27 @@ async fn main() -> anyhow::Result<()> {
         tally.secs
     );
     println!("  requests: {}", requests_text(tt));
+    let injected: u64 = proxy
+        .as_ref()
+        .map(|p| p.injected().values().sum())
+        .unwrap_or_default();
+    if let Some(p) = &proxy {
+        println!("  injected by the fault proxy: {:?}", p.injected());
+    }
+    println!(
+        "  counter guard: one reservation per pair met would be {} writes with an item per (org, meter), \
+         {} with an item per org (pairs met per aggregator)",
+        tally.guard_pairs_per_meter, tally.guard_pairs_per_org
+    );
+    // Every injected conflict is answered with an error the store (or the SDK) retries.
+    let retries = injected as usize + tally.redelivered;
+    println!(
+        "  retries: {injected} writes answered with a conflict and sent again, {} records redelivered: \
+         {:.4} per record; {} records dead-lettered",
+        tally.redelivered,
+        per(retries as f64, tally.records),
+        tally.dead_lettered.len()
+    );
     if !tt.errors.is_empty() {
         println!("  unbilled errors: {:?}", tt.errors);
     }
@@ -693,7 +791,15 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. Exactness, on a sample of orgs (moto's Query scans the whole table, so checking
     // every org of a big run would take longer than the run).
-    let expected = truth(&events);
+    // Dead-lettered records never reach the counters (unless another copy of their event did).
+    let lettered: HashSet<usize> = tally.dead_lettered.iter().copied().collect();
+    let delivered: Vec<Event> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lettered.contains(i))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let expected = truth(&delivered);
     let checked = check_counters(
         &DynamoStore::new(plain.clone(), table.clone()),
         &expected,
@@ -799,6 +905,35 @@ async fn main() -> anyhow::Result<()> {
         "units are computed from the requests and responses by DynamoDB's published rules (bench/src/capacity.rs); \
          moto 5.2.5 reports constants (1 per PutItem/UpdateItem/Query, 0.5 per GetItem, nothing for transactions), \
          so its column is shown only to say it is not a measurement"
+    );
+    let guard_wcu: f64 = tt
+        .by_class
+        .iter()
+        .filter(|(class, _)| class.contains("GUARD"))
+        .map(|(_, c)| c.wcu)
+        .sum();
+    println!(
+        "CELL batch={} aggregators={} conflicts={} records={} wcu_per_event={:.3} \
+         wcu_per_event_if_cancelled_free={:.3} rcu_per_event={:.4} guard_wcu_per_event={:.3} \
+         cancelled_tx={} failed_conditions={} retries_per_event={:.4} redelivered={} dead_lettered={} \
+         baseline_wcu_per_event={:.3} guard_floor_per_meter={} guard_floor_per_org={} exact={}",
+        a.batch,
+        a.aggregators,
+        a.conflicts,
+        tally.records,
+        w_rec,
+        w_low,
+        r_rec,
+        per(guard_wcu, tally.records),
+        tt.cancelled_transactions,
+        tt.failed_conditions,
+        per(retries as f64, tally.records),
+        tally.redelivered,
+        tally.dead_lettered.len(),
+        b_w,
+        tally.guard_pairs_per_meter,
+        tally.guard_pairs_per_org,
+        wrong.is_empty()
     );
     if !wrong.is_empty() {
         bail!("the Tally run's counters are not exact; its figures do not count");
