@@ -29,7 +29,10 @@
 //!
 //! `cargo run -p tally-bench --bin write_cost -- [--events N] [--seed S]
 //!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--conflicts F]
-//!  [--endpoint URL]`
+//!  [--meters 6|4] [--endpoint URL]`
+//!
+//! Workload W has six meters since issue 16, one of each aggregation and three sums
+//! (`--meters 4` drops the `latest` and `unique_count` ones, as the runs before it had).
 //!
 //! `--conflicts F` puts the fault proxy of `tally-tests` ([`FaultProxy`]) between the
 //! Tally path's client and the emulator: each write is answered, with probability `F`, the
@@ -101,6 +104,9 @@ struct Args {
     aggregators: usize,
     /// Probability that the fault proxy answers a write with a conflict (0: no proxy).
     conflicts: f64,
+    /// 6: every aggregation's write path (issue 16's workload W); 4: the four meters of the runs
+    /// before it (sum, sum, max, sum), to compare with their figures.
+    meters: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -113,13 +119,14 @@ fn args() -> anyhow::Result<Args> {
         endpoint: None,
         aggregators: 1,
         conflicts: 0.0,
+        meters: 6,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
                 "write_cost [--events N (200000)] [--seed S (42)] [--baseline-sample F (0.05)] \
-                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] [--conflicts F (0)] \
+                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] [--conflicts F (0)] [--meters 6|4 (6)] \
                  [--endpoint URL (TALLY_TEST_AWS_ENDPOINT)]"
             );
             std::process::exit(0);
@@ -136,6 +143,7 @@ fn args() -> anyhow::Result<Args> {
             "--endpoint" => a.endpoint = Some(value),
             "--aggregators" => a.aggregators = value.parse().context("--aggregators")?,
             "--conflicts" => a.conflicts = value.parse().context("--conflicts")?,
+            "--meters" => a.meters = value.parse().context("--meters")?,
             _ => bail!("unknown flag {flag} (try --help)"),
         }
     }
@@ -150,6 +158,9 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&a.aggregators) {
         bail!("--aggregators must be in 1..=64");
+    }
+    if a.meters != 4 && a.meters != 6 {
+        bail!("--meters must be 6 (with latest and unique_count) or 4 (the runs before issue 16)");
     }
     if !(0.0..=0.5).contains(&a.conflicts) {
         bail!("--conflicts must be in 0..=0.5");
@@ -652,20 +663,20 @@ async fn main() -> anyhow::Result<()> {
     let spec = WorkloadSpec {
         events: a.events,
         seed: a.seed,
-        all_aggregations: true,
+        all_aggregations: a.meters == 6,
         ..WorkloadSpec::w(start)
     };
     let t = tenants(&spec);
     let events = generate(&spec, &t);
     let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     println!(
-        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, 6 meters of all five \
-         aggregations, {:.0}% resends, one hour from {start}), seed {}, batches of {} one-event records, \
+        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, {} meters, {:.0}% resends, one hour from {start}), seed {}, batches of {} one-event records, \
          {} aggregator(s) in turn, {:.1}% of writes answered with a conflict; emulator {endpoint}",
         a.events,
         spec.orgs,
         spec.zipf_s,
         spec.projects,
+        a.meters,
         spec.resend_share * 100.0,
         a.seed,
         a.batch,
@@ -913,10 +924,11 @@ async fn main() -> anyhow::Result<()> {
         .map(|(_, c)| c.wcu)
         .sum();
     println!(
-        "CELL batch={} aggregators={} conflicts={} records={} wcu_per_event={:.3} \
+        "CELL meters={} batch={} aggregators={} conflicts={} records={} wcu_per_event={:.3} \
          wcu_per_event_if_cancelled_free={:.3} rcu_per_event={:.4} guard_wcu_per_event={:.3} \
          cancelled_tx={} failed_conditions={} retries_per_event={:.4} redelivered={} dead_lettered={} \
          baseline_wcu_per_event={:.3} guard_floor_per_meter={} guard_floor_per_org={} exact={}",
+        a.meters,
         a.batch,
         a.aggregators,
         a.conflicts,
@@ -960,6 +972,43 @@ mod tests {
             assert_eq!(keys.len(), 6);
             assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 6);
         }
+    }
+
+    /// Workload W covers every aggregation's write path (`count` shares `sum`'s, and W has
+    /// none), and the truth the run is checked against counts a `unique_count` meter's
+    /// distinct values (it counted none before, failing an exact store).
+    #[test]
+    fn workload_w_has_every_aggregation_and_its_truth_counts_distinct_users() {
+        let start = hour_start().unwrap();
+        let spec = WorkloadSpec {
+            events: 2_000,
+            all_aggregations: true,
+            ..WorkloadSpec::w(start)
+        };
+        let events = generate(&spec, &tenants(&spec));
+        let kinds: HashSet<String> = events
+            .iter()
+            .map(|e| format!("{:?}", e.aggregation).chars().take(6).collect())
+            .collect();
+        let want: HashSet<String> = ["Sum", "Max", "Latest", "Unique"].map(String::from).into();
+        assert_eq!(kinds, want);
+        let truth = truth(&events);
+        let org = &events[0].org_id;
+        let users: HashSet<String> = dedupe_in_batch(&events)
+            .into_iter()
+            .filter(|e| &e.org_id == org && e.meter.as_str() == "active_users")
+            .filter_map(|e| e.unique_value().map(|v| v.into_owned()))
+            .collect();
+        assert!(!users.is_empty(), "the busiest org has active_users events");
+        let month = truth[org]
+            .iter()
+            .find(|(k, _)| {
+                k.meter.as_str() == "active_users"
+                    && k.project.is_none()
+                    && k.granularity == Granularity::Month
+            })
+            .map(|(_, v)| *v);
+        assert_eq!(month, Some(Decimal::from(users.len())));
     }
 
     #[test]
