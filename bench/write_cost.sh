@@ -93,7 +93,7 @@ echo
 python3 - "$cells" <<'PY'
 import sys
 rows = [dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv) for line in open(sys.argv[1])]
-cols = [("batch", "batch"), ("aggregators", "aggregators"), ("conflicts", "conflicts"),
+cols = [("meters", "meters"), ("batch", "batch"), ("aggregators", "aggregators"), ("conflicts", "conflicts"),
         ("wcu_per_event", "WCU/event"), ("wcu_per_event_if_cancelled_free", "WCU/event if cancelled tx are free"),
         ("guard_wcu_per_event", "guard WCU/event"), ("rcu_per_event", "RCU/event"),
         ("cancelled_tx", "cancelled tx"), ("retries_per_event", "retries/event"),
