@@ -457,3 +457,86 @@ async fn corrupt_items_and_cursors_are_reported_not_panicked() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// The counter guard keeps one item per (org, month) for all its meters, and a table the
+/// earlier per-meter layout (`ORG#<org>#GUARD#<YYYY-MM>` / `<meter>`, attribute `r`) wrote
+/// keeps the room its items reserved: the first reservation of a meter in the org's item
+/// carries the old item's room over, so events past the limit it left are still refused.
+#[tokio::test]
+async fn room_reserved_by_the_per_meter_guard_layout_still_counts() {
+    let f = DynamoFactory::new().await;
+    let client = Client::new(&f.config);
+    let s = f.open().await;
+    let (org, p) = (fresh_org(), fresh_project());
+    let pk = format!("ORG#{org}#GUARD#{NOV}");
+    // An earlier release reserved all but 15 units of November's compute_minutes.
+    client
+        .put_item()
+        .table_name(&f.table)
+        .item("pk", AttributeValue::S(pk.clone()))
+        .item("sk", AttributeValue::S("compute_minutes".into()))
+        .item("r", AttributeValue::N("9999999999999999985".into()))
+        .send()
+        .await
+        .unwrap();
+    let at = "2026-11-10T10:00:00Z";
+    let batch = [
+        event(&org, &p, "a", "compute_minutes", "10", at), // fits, 5 left
+        event(&org, &p, "b", "compute_minutes", "10", at), // does not
+        event(&org, &p, "c", "compute_minutes", "5", at),  // fits exactly
+        event(&org, &p, "d", "bandwidth", "1000", at),     // another meter: no old item
+    ];
+    let report = s.apply_batch(&batch).await.unwrap();
+    use ApplyOutcome::{Applied, Overflow};
+    assert_eq!(report.outcomes, [Applied, Overflow, Applied, Applied]);
+    let totals: BTreeMap<String, Decimal> = month_counters(&s, &org)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.project.is_none() && k.granularity == tally_core::Granularity::Month)
+        .map(|(k, v)| (k.meter.as_str().to_owned(), v))
+        .collect();
+    assert_eq!(
+        totals,
+        BTreeMap::from([
+            ("compute_minutes".to_owned(), Decimal::from(15)),
+            ("bandwidth".to_owned(), Decimal::from(1000)),
+        ])
+    );
+
+    // One item for both meters, the old room carried into compute_minutes' number.
+    let guard = client
+        .query()
+        .table_name(&f.table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    let items = guard.items();
+    let sks: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i.get("sk").and_then(|v| v.as_s().ok()))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(sks, ["*", "compute_minutes"], "the old item is left alone");
+    let number = |attr: &str| -> Decimal {
+        items[0]
+            .get(attr)
+            .and_then(|v| v.as_n().ok())
+            .unwrap_or_else(|| panic!("{attr} missing from {:?}", items[0]))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        number("r#compute_minutes") >= Decimal::from_str_exact("10000000000000000000").unwrap(),
+        "the old room is carried over: {:?}",
+        items[0]
+    );
+    assert!(number("r#bandwidth") >= Decimal::from(1000));
+
+    // A second handle (another process) finds no room either: the carried-over number holds.
+    let s2 = f.open().await;
+    let later = [event(&org, &p, "e", "compute_minutes", "0.000000001", at)];
+    assert_eq!(s2.apply_batch(&later).await.unwrap().outcomes, [Overflow]);
+}

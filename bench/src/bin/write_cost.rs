@@ -28,7 +28,22 @@
 //! through `bench/write_cost.sh`, which starts the emulator.
 //!
 //! `cargo run -p tally-bench --bin write_cost -- [--events N] [--seed S]
-//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--endpoint URL]`
+//!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--conflicts F]
+//!  [--meters 6|4] [--endpoint URL]`
+//!
+//! Workload W has six meters since issue 16, one of each aggregation and three sums
+//! (`--meters 4` drops the `latest` and `unique_count` ones, as the runs before it had).
+//!
+//! `--conflicts F` puts the fault proxy of `tally-tests` ([`FaultProxy`]) between the
+//! Tally path's client and the emulator: each write is answered, with probability `F`, the
+//! way DynamoDB answers a write that meets another writer — `TransactionCanceledException`
+//! (reason `TransactionConflict`) to a `TransactWriteItems`, `TransactionConflictException`
+//! to a plain write — without reaching the emulator, so the store retries it. Records still
+//! not applied after [`MAX_REDELIVERIES`] deliveries count as dead-lettered (SQS's
+//! `maxReceiveCount` in the template is 5). The baseline never goes through the proxy.
+//!
+//! The last line printed, `CELL ...`, holds the run's figures in `key=value` form, for
+//! `bench/write_cost.sh --matrix` to tabulate.
 //!
 //! `--aggregators N` hands the batches in turn to N stores of their own, as N aggregator
 //! processes would share a queue: each keeps its own caches and counter-guard allowances,
@@ -58,6 +73,7 @@ use tally_core::fold::dedupe_in_batch;
 use tally_core::ports::{CounterQuery, UsageStore};
 use tally_core::{Event, Granularity, Month, OrgId};
 use tally_store::dynamodb::{DynamoStore, create_table};
+use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
 
 /// DynamoDB on-demand, us-east-1, from 1 November 2024: dollars per million write request
 /// units (<https://aws.amazon.com/dynamodb/pricing/on-demand/>).
@@ -69,7 +85,8 @@ const USD_PER_MILLION_RRU: f64 = 0.125;
 const BASELINE_WCU_PER_EVENT: f64 = 6.0;
 /// The issue's target: at most half the baseline's write units per event.
 const TARGET_WCU_PER_EVENT: f64 = 3.0;
-/// Times a record the store left for a retry is resubmitted before the run gives up.
+/// Deliveries of a record before it counts as dead-lettered (the template's SQS
+/// `maxReceiveCount`).
 const MAX_REDELIVERIES: u32 = 5;
 /// Baseline requests in flight at once (the emulator serializes them; this hides client
 /// latency only).
@@ -85,6 +102,11 @@ struct Args {
     /// Aggregator processes taking the batches in turn, each a store of its own (own
     /// caches and counter-guard allowances).
     aggregators: usize,
+    /// Probability that the fault proxy answers a write with a conflict (0: no proxy).
+    conflicts: f64,
+    /// 6: every aggregation's write path (issue 16's workload W); 4: the four meters of the runs
+    /// before it (sum, sum, max, sum), to compare with their figures.
+    meters: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -96,13 +118,15 @@ fn args() -> anyhow::Result<Args> {
         check_orgs: 20,
         endpoint: None,
         aggregators: 1,
+        conflicts: 0.0,
+        meters: 6,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
                 "write_cost [--events N (200000)] [--seed S (42)] [--baseline-sample F (0.05)] \
-                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] \
+                 [--batch N (1000)] [--check-orgs N (20)] [--aggregators N (1)] [--conflicts F (0)] [--meters 6|4 (6)] \
                  [--endpoint URL (TALLY_TEST_AWS_ENDPOINT)]"
             );
             std::process::exit(0);
@@ -118,6 +142,8 @@ fn args() -> anyhow::Result<Args> {
             "--check-orgs" => a.check_orgs = value.parse().context("--check-orgs")?,
             "--endpoint" => a.endpoint = Some(value),
             "--aggregators" => a.aggregators = value.parse().context("--aggregators")?,
+            "--conflicts" => a.conflicts = value.parse().context("--conflicts")?,
+            "--meters" => a.meters = value.parse().context("--meters")?,
             _ => bail!("unknown flag {flag} (try --help)"),
         }
     }
@@ -132,6 +158,12 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&a.aggregators) {
         bail!("--aggregators must be in 1..=64");
+    }
+    if a.meters != 4 && a.meters != 6 {
+        bail!("--meters must be 6 (with latest and unique_count) or 4 (the runs before issue 16)");
+    }
+    if !(0.0..=0.5).contains(&a.conflicts) {
+        bail!("--conflicts must be in 0..=0.5");
     }
     if a.check_orgs > 100_000 {
         bail!("--check-orgs must be at most 100000");
@@ -190,6 +222,14 @@ struct TallyRun {
     applied: usize,
     duplicates: usize,
     redelivered: usize,
+    /// Records still not applied after [`MAX_REDELIVERIES`] deliveries.
+    dead_lettered: Vec<usize>,
+    /// Distinct (aggregator, org, adding meter) the batches met: the guard writes of one item
+    /// per (org, meter, month) if each pair is reserved once per process (all in one month;
+    /// resends included, so slightly above what the store meets).
+    guard_pairs_per_meter: usize,
+    /// Distinct (aggregator, org) with an adding meter: the same for one item per (org, month).
+    guard_pairs_per_org: usize,
     secs: f64,
 }
 
@@ -208,6 +248,9 @@ async fn tally_path(
     meter.take();
     let began = Instant::now();
     let (mut applied, mut duplicates, mut redelivered) = (0usize, 0usize, 0usize);
+    let mut dead_lettered = Vec::new();
+    let mut met_meters: HashSet<(usize, &OrgId, &str)> = HashSet::new();
+    let mut met_orgs: HashSet<(usize, &OrgId)> = HashSet::new();
     // Records left for a retry, with how often they have come back.
     let mut pending: Vec<(usize, u32)> = Vec::new();
     let mut next = 0usize;
@@ -228,7 +271,15 @@ async fn tally_path(
             .collect();
         // Batches go to the aggregators in turn: moto serializes every request, so running
         // them at once would change no unit, only the time.
-        let store = &stores[done_batches % stores.len()];
+        let who = done_batches % stores.len();
+        let store = &stores[who];
+        for &(i, _) in &records {
+            let e = &events[i];
+            if tally_core::headroom::TotalKey::of(e).is_some() {
+                met_meters.insert((who, &e.org_id, e.meter.as_str()));
+                met_orgs.insert((who, &e.org_id));
+            }
+        }
         let outcomes = apply_records(store, None, &inputs).await;
         for (&(i, tries), outcome) in records.iter().zip(&outcomes) {
             match outcome {
@@ -236,9 +287,11 @@ async fn tally_path(
                 RecordOutcome::Duplicate => duplicates += 1,
                 RecordOutcome::Retry { reason } => {
                     if tries + 1 >= MAX_REDELIVERIES {
-                        bail!(
-                            "record {i} still not applied after {MAX_REDELIVERIES} deliveries: {reason}"
+                        eprintln!(
+                            "  record {i} dead-lettered after {MAX_REDELIVERIES} deliveries: {reason}"
                         );
+                        dead_lettered.push(i);
+                        continue;
                     }
                     redelivered += 1;
                     pending.push((i, tries + 1));
@@ -264,6 +317,9 @@ async fn tally_path(
         applied,
         duplicates,
         redelivered,
+        dead_lettered,
+        guard_pairs_per_meter: met_meters.len(),
+        guard_pairs_per_org: met_orgs.len(),
         secs: began.elapsed().as_secs_f64(),
     })
 }
@@ -572,28 +628,60 @@ async fn main() -> anyhow::Result<()> {
     );
     // Table setup and the correctness check go through a client the meter does not see.
     let plain = Client::new(&sdk);
+    // The Tally path's client: through the fault proxy when conflicts are injected.
+    let proxy = if a.conflicts > 0.0 {
+        let config = FaultConfig {
+            seed: a.seed,
+            rates: vec![
+                (Fault::TransactionCanceled, a.conflicts),
+                (Fault::TransactionConflict, a.conflicts),
+            ],
+            latency: std::time::Duration::ZERO,
+            reads: false,
+        };
+        Some(
+            FaultProxy::start(&endpoint, config)
+                .await
+                .context("starting the fault proxy")?,
+        )
+    } else {
+        None
+    };
+    let tally_client = match &proxy {
+        Some(p) => {
+            let sdk = tally_store::aws::sdk_config(Some(&p.url())).await;
+            Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(&sdk)
+                    .interceptor(meter.clone())
+                    .build(),
+            )
+        }
+        None => metered.clone(),
+    };
 
     let start = hour_start()?;
     let spec = WorkloadSpec {
         events: a.events,
         seed: a.seed,
+        all_aggregations: a.meters == 6,
         ..WorkloadSpec::w(start)
     };
     let t = tenants(&spec);
     let events = generate(&spec, &t);
     let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     println!(
-        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, 4 meters, {:.0}% resends, \
-         one hour from {start}), seed {}, batches of {} one-event records, {} aggregator(s) in turn; \
-         emulator {endpoint}",
+        "write cost: workload W, {} events ({} orgs Zipf s={}, {} projects, {} meters, {:.0}% resends, one hour from {start}), seed {}, batches of {} one-event records, \
+         {} aggregator(s) in turn, {:.1}% of writes answered with a conflict; emulator {endpoint}",
         a.events,
         spec.orgs,
         spec.zipf_s,
         spec.projects,
+        a.meters,
         spec.resend_share * 100.0,
         a.seed,
         a.batch,
-        a.aggregators
+        a.aggregators,
+        a.conflicts * 100.0
     );
 
     // 1. Baseline first: its own small table, so it is quick whatever Tally's table holds.
@@ -640,7 +728,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating Tally's table")?;
     let stores: Vec<DynamoStore> = (0..a.aggregators)
-        .map(|_| DynamoStore::new(metered.clone(), table.clone()))
+        .map(|_| DynamoStore::new(tally_client.clone(), table.clone()))
         .collect();
     let tally = tally_path(&stores, &meter, &events, a.batch).await?;
     let tt = &tally.totals;
@@ -659,6 +747,27 @@ async fn main() -> anyhow::Result<()> {
         tally.secs
     );
     println!("  requests: {}", requests_text(tt));
+    let injected: u64 = proxy
+        .as_ref()
+        .map(|p| p.injected().values().sum())
+        .unwrap_or_default();
+    if let Some(p) = &proxy {
+        println!("  injected by the fault proxy: {:?}", p.injected());
+    }
+    println!(
+        "  counter guard: one reservation per pair met would be {} writes with an item per (org, meter), \
+         {} with an item per org (pairs met per aggregator)",
+        tally.guard_pairs_per_meter, tally.guard_pairs_per_org
+    );
+    // Every injected conflict is answered with an error the store (or the SDK) retries.
+    let retries = injected as usize + tally.redelivered;
+    println!(
+        "  retries: {injected} writes answered with a conflict and sent again, {} records redelivered: \
+         {:.4} per record; {} records dead-lettered",
+        tally.redelivered,
+        per(retries as f64, tally.records),
+        tally.dead_lettered.len()
+    );
     if !tt.errors.is_empty() {
         println!("  unbilled errors: {:?}", tt.errors);
     }
@@ -693,7 +802,15 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. Exactness, on a sample of orgs (moto's Query scans the whole table, so checking
     // every org of a big run would take longer than the run).
-    let expected = truth(&events);
+    // Dead-lettered records never reach the counters (unless another copy of their event did).
+    let lettered: HashSet<usize> = tally.dead_lettered.iter().copied().collect();
+    let delivered: Vec<Event> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lettered.contains(i))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let expected = truth(&delivered);
     let checked = check_counters(
         &DynamoStore::new(plain.clone(), table.clone()),
         &expected,
@@ -800,6 +917,36 @@ async fn main() -> anyhow::Result<()> {
          moto 5.2.5 reports constants (1 per PutItem/UpdateItem/Query, 0.5 per GetItem, nothing for transactions), \
          so its column is shown only to say it is not a measurement"
     );
+    let guard_wcu: f64 = tt
+        .by_class
+        .iter()
+        .filter(|(class, _)| class.contains("GUARD"))
+        .map(|(_, c)| c.wcu)
+        .sum();
+    println!(
+        "CELL meters={} batch={} aggregators={} conflicts={} records={} wcu_per_event={:.3} \
+         wcu_per_event_if_cancelled_free={:.3} rcu_per_event={:.4} guard_wcu_per_event={:.3} \
+         cancelled_tx={} failed_conditions={} retries_per_event={:.4} redelivered={} dead_lettered={} \
+         baseline_wcu_per_event={:.3} guard_floor_per_meter={} guard_floor_per_org={} exact={}",
+        a.meters,
+        a.batch,
+        a.aggregators,
+        a.conflicts,
+        tally.records,
+        w_rec,
+        w_low,
+        r_rec,
+        per(guard_wcu, tally.records),
+        tt.cancelled_transactions,
+        tt.failed_conditions,
+        per(retries as f64, tally.records),
+        tally.redelivered,
+        tally.dead_lettered.len(),
+        b_w,
+        tally.guard_pairs_per_meter,
+        tally.guard_pairs_per_org,
+        wrong.is_empty()
+    );
     if !wrong.is_empty() {
         bail!("the Tally run's counters are not exact; its figures do not count");
     }
@@ -825,6 +972,43 @@ mod tests {
             assert_eq!(keys.len(), 6);
             assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 6);
         }
+    }
+
+    /// Workload W covers every aggregation's write path (`count` shares `sum`'s, and W has
+    /// none), and the truth the run is checked against counts a `unique_count` meter's
+    /// distinct values (it counted none before, failing an exact store).
+    #[test]
+    fn workload_w_has_every_aggregation_and_its_truth_counts_distinct_users() {
+        let start = hour_start().unwrap();
+        let spec = WorkloadSpec {
+            events: 2_000,
+            all_aggregations: true,
+            ..WorkloadSpec::w(start)
+        };
+        let events = generate(&spec, &tenants(&spec));
+        let kinds: HashSet<String> = events
+            .iter()
+            .map(|e| format!("{:?}", e.aggregation).chars().take(6).collect())
+            .collect();
+        let want: HashSet<String> = ["Sum", "Max", "Latest", "Unique"].map(String::from).into();
+        assert_eq!(kinds, want);
+        let truth = truth(&events);
+        let org = &events[0].org_id;
+        let users: HashSet<String> = dedupe_in_batch(&events)
+            .into_iter()
+            .filter(|e| &e.org_id == org && e.meter.as_str() == "active_users")
+            .filter_map(|e| e.unique_value().map(|v| v.into_owned()))
+            .collect();
+        assert!(!users.is_empty(), "the busiest org has active_users events");
+        let month = truth[org]
+            .iter()
+            .find(|(k, _)| {
+                k.meter.as_str() == "active_users"
+                    && k.project.is_none()
+                    && k.granularity == Granularity::Month
+            })
+            .map(|(_, v)| *v);
+        assert_eq!(month, Some(Decimal::from(users.len())));
     }
 
     #[test]

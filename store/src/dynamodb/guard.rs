@@ -5,30 +5,47 @@
 //! cannot: a month total is derived from up to 31 × projects day cells when it is read, so
 //! checking it on every batch would cost a strongly consistent query per (org, meter,
 //! month) per batch (a few read units each, as much as the writes it guards), and two
-//! aggregators could still both pass the check and then both write. So each (org, meter,
-//! month) that adds up has a **guard** item, `ORG#<org>#GUARD#<YYYY-MM>` / `<meter>`, whose
-//! number `r` is the room *reserved* so far: an aggregator reserves room with one
-//! conditional `ADD` (`r <= COUNTER_LIMIT − want`) before it writes the intent of the
-//! events it owns, and only counts events it holds room for. Reserved room is never given
-//! back, so the guard is always at or above everything counted: a crash, a failed batch
-//! or a duplicate only wastes room, and the month total cannot pass the limit whatever
-//! runs concurrently.
+//! aggregators could still both pass the check and then both write. So each (org, month)
+//! has a **guard** item, `ORG#<org>#GUARD#<YYYY-MM>` / `*`, with one number per meter that
+//! adds up, `r#<meter>`: the room *reserved* so far for that meter's total. An aggregator
+//! reserves room with one conditional `UpdateItem` — `ADD` to every meter it needs, each
+//! held to `r#<meter> <= COUNTER_LIMIT − want` — before it writes the intent of the events
+//! it owns, and only counts events it holds room for. Reserved room is never given back,
+//! so each number is always at or above everything counted for its meter: a crash, a
+//! failed batch or a duplicate only wastes room, and a month total cannot pass the limit
+//! whatever runs concurrently.
 //!
-//! Writing the guard for every batch would add a write per (org, meter) per batch. So a
-//! store reserves more than it needs — a 1/10,000 share of the room left, 10^15 on a fresh
+//! Writing the guard for every batch would add a write per org per batch. So a store
+//! reserves more than it needs — a 1/10,000 share of the room left, 10^15 on a fresh
 //! month — and keeps the rest as an *allowance* in memory, spent by later batches of that
-//! (org, meter, month) with no write. An honest tenant costs one guard write per (org,
-//! meter, month) per aggregator process; allowances lost with a process only bring the
-//! refusal earlier, and since each reservation takes a share of what is left, 7,000
-//! processes that each waste a whole one still leave half the limit.
+//! (org, meter, month) with no write. The same write also reserves a share for the batch's
+//! other adding meters (up to [`MAX_METERS_PER_RESERVATION`] in all) the process holds no
+//! allowance for, so an org's later batches on another meter need no write either. An
+//! honest tenant costs about one guard write per (org, month) per aggregator process;
+//! allowances lost with a process only bring the refusal earlier, and since each
+//! reservation takes a share of what is left, 7,000 processes that each waste a whole one
+//! still leave half the limit. (Releases before this layout kept one item per (org, meter,
+//! month), `ORG#<org>#GUARD#<YYYY-MM>` / `<meter>`: twice the guard writes on workload W,
+//! see `bench/RESULTS.md`.)
 //!
 //! Near the limit the reservation fails and returns the guard (`ALL_OLD`): the events are
 //! then admitted in batch order as far as the allowance plus the room left allow
 //! ([`headroom::admit`]), exactly that much is reserved, and the rest are refused
 //! ([`ApplyOutcome::Overflow`](tally_core::ports::ApplyOutcome::Overflow)). Their ledger
 //! claims are released before the intent, so a later replay may count them.
+//!
+//! **Tables written by the per-meter layout.** Its items are room reserved by earlier
+//! processes, and the events they admitted are in the counters, so they still count: the
+//! reservation that *creates* a meter's number in the org's item (its `ALL_OLD` lacks it)
+//! reads that meter's old item (a strongly consistent `GetItem`, once per (org, meter,
+//! month) ever) and, if it holds room, adds it to the new number. A process that met the
+//! new number in between saw it without the old room; the window is one round trip, and
+//! matters only for a total within a batch of the limit. If the read fails the batch
+//! fails and is retried, but the new number stays without the old room (the limit is
+//! then looser by it for that month). Old items are never written again and expire with
+//! their TTL, 90 days after their month.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -36,27 +53,43 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::headroom::{self, COUNTER_LIMIT, TotalKey};
+use tally_core::{MeterName, Month, OrgId};
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
 use super::codec::{Item, describe_sdk_error, n, s, send_retrying};
 use super::keys::{PK, SK, TTL};
 
-/// Attribute of a guard item: the room reserved so far.
+/// Attribute of an earlier release's per-meter guard item: the room reserved so far.
 const RESERVED: &str = "r";
+/// Prefix of a guard item's per-meter attributes: `r#<meter>` is the room reserved so far
+/// for that meter.
+const RESERVED_PREFIX: &str = "r#";
+/// Sort key of the guard item that holds every meter of an (org, month). Meter names start
+/// with a lowercase letter, so it never meets an earlier release's per-meter item.
+const ORG_GUARD_SK: &str = "*";
 /// A reservation beyond what a batch needs takes this share of the room left.
 const BLOCK_SHARE: u32 = 10_000;
 /// Rounds of reserving against a guard that others keep moving, before the events are
 /// failed for a later retry.
 const ROUNDS: usize = 4;
-/// Guards reserved at once per batch.
+/// Guards (orgs) reserved at once per batch.
 const CONCURRENCY: usize = 16;
+/// Most meters one reservation covers: the org's own that need room, then other adding
+/// meters of the batch the process holds no allowance for (so the org's next batches need
+/// no write for them). Bounds the update expression and the guard item's size.
+const MAX_METERS_PER_RESERVATION: usize = 8;
 /// Days a guard outlives its month: long after the month is closed to events.
 const TTL_DAYS_AFTER_MONTH: i64 = 90;
 
-/// `ORG#<org>#GUARD#<YYYY-MM>`: the guards of an org's month (sort key: the meter).
-fn guard_pk(key: &TotalKey) -> String {
-    format!("ORG#{}#GUARD#{}", key.org, key.month)
+/// `ORG#<org>#GUARD#<YYYY-MM>`: the partition of an org's month guard.
+fn guard_pk(org: &OrgId, month: Month) -> String {
+    format!("ORG#{org}#GUARD#{month}")
+}
+
+/// The guard item's attribute for `meter`.
+fn meter_attr(meter: &MeterName) -> String {
+    format!("{RESERVED_PREFIX}{meter}")
 }
 
 /// Room this process has reserved and not spent, per (org, meter, month), and the guard's
@@ -85,6 +118,14 @@ impl Allowances {
             .unwrap_or_default()
     }
 
+    /// Whether the process holds any allowance for `key` (without taking it).
+    fn holds(&self, key: &TotalKey) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .is_some_and(|m| m.get(key).is_some_and(|h| h.left > Decimal::ZERO))
+    }
+
     /// Puts an allowance back, adding to what another batch put back meanwhile.
     fn give(&self, key: TotalKey, held: Held) {
         if let Ok(mut m) = self.0.lock() {
@@ -108,8 +149,24 @@ pub(super) struct Verdict {
     pub failed: Option<String>,
 }
 
-/// Reserves room for the owned events of a batch, one guard per (org, meter, month) that
-/// adds up, and says which events do not fit.
+/// One meter's part in an org's reservation.
+#[derive(Debug)]
+struct MeterNeed {
+    key: TotalKey,
+    /// The batch's events of this total, in batch order (empty for a meter reserved ahead).
+    members: Vec<(usize, Event)>,
+    /// What they add up to.
+    need: Decimal,
+    /// The allowance in hand.
+    held: Held,
+    /// What the events to count add up to: all of them, until the guard says otherwise.
+    target: Decimal,
+    /// Events that do not fit.
+    refused: Vec<usize>,
+}
+
+/// Reserves room for the owned events of a batch, one guard write per org that needs room,
+/// and says which events do not fit.
 pub(super) async fn admit(store: &DynamoStore, events: &[Event], owned: &[usize]) -> Verdict {
     // In batch order (claims settle in any order): who fits is decided first come, first
     // served, as on the other stores.
@@ -125,29 +182,65 @@ pub(super) async fn admit(store: &DynamoStore, events: &[Event], owned: &[usize]
             *need = need.saturating_add(amount);
         }
     }
+    // The batch's adding meters, in a stable order: reserved ahead for an org that writes.
+    let mut batch_meters: Vec<MeterName> = by_key.keys().map(|k| k.meter.clone()).collect();
+    batch_meters.sort_unstable();
+    batch_meters.dedup();
     let mut verdict = Verdict::default();
-    let mut need_room = Vec::new();
+    let mut by_org: BTreeMap<(OrgId, Month), Vec<MeterNeed>> = BTreeMap::new();
     for (key, (members, need)) in by_key {
         let mut held = store.allowances.take(&key);
         if held.left >= need {
             held.left -= need;
             store.allowances.give(key, held);
         } else {
-            need_room.push((key, members, need, held));
+            by_org
+                .entry((key.org.clone(), key.month))
+                .or_default()
+                .push(MeterNeed {
+                    members: members.iter().map(|&i| (i, events[i].clone())).collect(),
+                    key,
+                    need,
+                    held,
+                    target: need,
+                    refused: Vec::new(),
+                });
         }
     }
-    if need_room.is_empty() {
+    if by_org.is_empty() {
         return verdict;
     }
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for (key, members, need, held) in need_room {
-        let amounts: Vec<(usize, Event)> =
-            members.iter().map(|&i| (i, events[i].clone())).collect();
+    for ((org, month), mut needs) in by_org {
+        needs.sort_by(|a, b| a.key.meter.cmp(&b.key.meter));
+        // The batch's other adding meters this process holds nothing for, as room allows.
+        for meter in &batch_meters {
+            if needs.len() >= MAX_METERS_PER_RESERVATION {
+                break;
+            }
+            let key = TotalKey {
+                org: org.clone(),
+                meter: meter.clone(),
+                month,
+            };
+            if needs.iter().any(|m| m.key.meter == *meter) || store.allowances.holds(&key) {
+                continue;
+            }
+            let held = store.allowances.take(&key);
+            needs.push(MeterNeed {
+                key,
+                members: Vec::new(),
+                need: Decimal::ZERO,
+                held,
+                target: Decimal::ZERO,
+                refused: Vec::new(),
+            });
+        }
         let (store, permits) = (store.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            settle_key(&store, key, &amounts, need, held).await
+            settle_org(&store, org, month, needs).await
         });
     }
     while let Some(joined) = tasks.join_next().await {
@@ -161,121 +254,228 @@ pub(super) async fn admit(store: &DynamoStore, events: &[Event], owned: &[usize]
     verdict
 }
 
-/// Reserves room for one key's events (`need` in all, `held` already in hand): every event
-/// when the guard allows, else those that fit in batch order. The events refused.
-async fn settle_key(
+/// Reserves room for one org's month (`needs`, one per meter): for every event when the
+/// guard allows, else for those that fit in batch order. The events refused.
+async fn settle_org(
     store: &DynamoStore,
-    key: TotalKey,
-    members: &[(usize, Event)],
-    need: Decimal,
-    mut held: Held,
+    org: OrgId,
+    month: Month,
+    mut needs: Vec<MeterNeed>,
 ) -> Result<Vec<usize>, String> {
-    // What the events to count add up to: all of them, until the guard says otherwise.
-    let mut target = need;
-    let mut refused = Vec::new();
     let mut reservations = 0;
-    while held.left < target {
-        // The room the last seen guard left: at least the room there really is.
-        let room_seen = headroom::room_under_limit(held.seen);
-        if target - held.left > room_seen {
-            // Not all of them can fit: count those that do, in batch order.
-            let room = held.left + room_seen;
-            let a = headroom::admit(members.iter().map(|(i, e)| (*i, e)), |_| room);
-            refused = a.refused;
-            target = a.growth.get(&key).copied().unwrap_or_default();
-            continue;
+    loop {
+        // What each meter asks of this round's write.
+        let mut wants: Vec<(usize, Decimal)> = Vec::new();
+        for (at, m) in needs.iter_mut().enumerate() {
+            // A meter reserved ahead (no events) asks only on the first round.
+            if m.members.is_empty() && reservations > 0 {
+                continue;
+            }
+            // The room the last seen guard left: at least the room there really is.
+            let room_seen = headroom::room_under_limit(m.held.seen);
+            if m.target - m.held.left > room_seen {
+                // Not all of them can fit: count those that do, in batch order.
+                let room = m.held.left + room_seen;
+                let a = headroom::admit(m.members.iter().map(|(i, e)| (*i, e)), |_| room);
+                m.refused = a.refused;
+                m.target = a.growth.get(&m.key).copied().unwrap_or_default();
+            }
+            if m.held.left >= m.target && !(m.members.is_empty() && m.held.left.is_zero()) {
+                continue;
+            }
+            let short = m.target - m.held.left;
+            // The first reservation also takes a share of the room for later batches, in
+            // whole units so the allowance keeps at most the events' nine decimal places,
+            // exactly.
+            let want = if reservations == 0 && m.refused.is_empty() {
+                (short + (room_seen / Decimal::from(BLOCK_SHARE)).trunc()).min(room_seen)
+            } else {
+                short
+            };
+            if want > Decimal::ZERO {
+                wants.push((at, want));
+            }
+        }
+        if wants.is_empty() {
+            break;
         }
         if reservations == ROUNDS {
-            store.allowances.give(key, held);
+            give_back(store, needs);
             return Err("the counter guard kept changing under other aggregators; retry".into());
         }
-        let short = target - held.left;
-        // The first reservation also takes a share of the room for later batches, in whole
-        // units so the allowance keeps at most the events' nine decimal places, exactly.
-        let want = if reservations == 0 && refused.is_empty() {
-            (short + (room_seen / Decimal::from(BLOCK_SHARE)).trunc()).min(room_seen)
-        } else {
-            short
-        };
         reservations += 1;
-        match reserve(store, &key, want).await {
-            Ok(Reservation::Made { total }) => {
+        let asked: Vec<(&MeterName, Decimal)> = wants
+            .iter()
+            .map(|&(at, w)| (&needs[at].key.meter, w))
+            .collect();
+        match reserve(store, &org, month, &asked).await {
+            Ok(Reservation::Made { granted }) => {
                 metrics::counter!("tally_dynamodb_guard_reservations_total").increment(1);
-                held.left += want;
-                held.seen = held.seen.max(total);
+                for ((at, _), (room, total)) in wants.into_iter().zip(granted) {
+                    let m = &mut needs[at];
+                    m.held.left += room;
+                    m.held.seen = m.held.seen.max(total);
+                }
             }
-            Ok(Reservation::Full { total }) => {
+            Ok(Reservation::Full { totals }) => {
                 // Someone reserved meanwhile: judge every event again against the guard.
-                held.seen = held.seen.max(total);
-                target = need;
-                refused.clear();
+                for ((at, _), total) in wants.into_iter().zip(totals) {
+                    let m = &mut needs[at];
+                    m.held.seen = m.held.seen.max(total);
+                    m.target = m.need;
+                    m.refused.clear();
+                }
             }
             Err(why) => {
-                store.allowances.give(key, held);
+                give_back(store, needs);
                 return Err(why);
             }
         }
     }
-    held.left -= target;
-    store.allowances.give(key, held);
+    let mut refused = Vec::new();
+    for mut m in needs {
+        m.held.left -= m.target;
+        refused.append(&mut m.refused);
+        store.allowances.give(m.key, m.held);
+    }
     if !refused.is_empty() {
         metrics::counter!("tally_counter_overflow_refusals_total").increment(refused.len() as u64);
     }
     Ok(refused)
 }
 
-/// What one reservation did.
-enum Reservation {
-    /// Reserved; the guard now holds `total`.
-    Made { total: Decimal },
-    /// Not enough room: the guard holds `total`.
-    Full { total: Decimal },
+/// Puts every allowance in hand back (a failed reservation spent none of it).
+fn give_back(store: &DynamoStore, needs: Vec<MeterNeed>) {
+    for m in needs {
+        store.allowances.give(m.key, m.held);
+    }
 }
 
-/// One conditional `ADD` of `want` to the guard of `key`, retried while DynamoDB says
-/// retrying may help.
+/// What one reservation did.
+enum Reservation {
+    /// Reserved: per meter (in the order asked), the room granted (what was asked, less
+    /// any an earlier release's item turned out to hold already) and the number's value.
+    Made { granted: Vec<(Decimal, Decimal)> },
+    /// Not enough room for some meter: each meter's number holds this (in the order asked).
+    Full { totals: Vec<Decimal> },
+}
+
+/// One conditional `UpdateItem` adding each `(meter, want)` to the org's month guard,
+/// retried while DynamoDB says retrying may help; then, for a meter's number it created,
+/// the room an earlier release's per-meter item reserved is carried over.
 async fn reserve(
     store: &DynamoStore,
-    key: &TotalKey,
-    want: Decimal,
+    org: &OrgId,
+    month: Month,
+    wants: &[(&MeterName, Decimal)],
 ) -> Result<Reservation, String> {
-    let most_before = COUNTER_LIMIT - want;
-    let ttl = (key.month.end() + chrono::Duration::days(TTL_DAYS_AFTER_MONTH)).timestamp();
+    let ttl = (month.end() + chrono::Duration::days(TTL_DAYS_AFTER_MONTH)).timestamp();
+    let pk = guard_pk(org, month);
+    let mut adds = Vec::with_capacity(wants.len());
+    let mut conditions = Vec::with_capacity(wants.len());
+    for i in 0..wants.len() {
+        adds.push(format!("#r{i} :w{i}"));
+        conditions.push(format!(
+            "(attribute_not_exists(#r{i}) OR #r{i} <= :most{i})"
+        ));
+    }
+    let update = format!(
+        "SET #ttl = if_not_exists(#ttl, :ttl) ADD {}",
+        adds.join(", ")
+    );
+    let condition = conditions.join(" AND ");
     let sent = send_retrying(&store.retry, || {
-        store
+        let mut req = store
             .client
             .update_item()
             .table_name(&*store.table)
-            .key(PK, s(guard_pk(key)))
-            .key(SK, s(key.meter.as_str()))
-            .update_expression("SET #ttl = if_not_exists(#ttl, :ttl) ADD #r :w")
-            .condition_expression("attribute_not_exists(#r) OR #r <= :most")
-            .expression_attribute_names("#r", RESERVED)
+            .key(PK, s(pk.clone()))
+            .key(SK, s(ORG_GUARD_SK))
+            .update_expression(update.clone())
+            .condition_expression(condition.clone())
             .expression_attribute_names("#ttl", TTL)
-            .expression_attribute_values(":w", n(want))
-            .expression_attribute_values(":most", n(most_before))
             .expression_attribute_values(":ttl", n(ttl))
-            .return_values(ReturnValue::UpdatedNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (i, (meter, want)) in wants.iter().enumerate() {
+            req = req
+                .expression_attribute_names(format!("#r{i}"), meter_attr(meter))
+                .expression_attribute_values(format!(":w{i}"), n(*want))
+                .expression_attribute_values(format!(":most{i}"), n(COUNTER_LIMIT - *want));
+        }
+        req.send()
     })
     .await;
     match sent {
-        Ok(out) => Ok(Reservation::Made {
-            total: reserved(out.attributes()).unwrap_or(want),
-        }),
+        Ok(out) => {
+            let before = out.attributes();
+            let mut granted = Vec::with_capacity(wants.len());
+            for (meter, want) in wants {
+                granted.push(match reserved(before, &meter_attr(meter)) {
+                    Some(old) => (*want, old + *want),
+                    // This write created the meter's number: carry an earlier release's
+                    // reservations for it over. Only the room they left was really there.
+                    None => {
+                        let old = carry_over(store, &pk, meter).await?;
+                        let room = (*want).min(COUNTER_LIMIT - old).max(Decimal::ZERO);
+                        (room, old + *want)
+                    }
+                });
+            }
+            Ok(Reservation::Made { granted })
+        }
         Err(e) => match e.as_service_error() {
             Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Reservation::Full {
-                total: reserved(c.item()).unwrap_or(COUNTER_LIMIT),
+                totals: wants
+                    .iter()
+                    .map(|(meter, _)| reserved(c.item(), &meter_attr(meter)).unwrap_or_default())
+                    .collect(),
             }),
             _ => Err(describe_sdk_error("UpdateItem", &e)),
         },
     }
 }
 
-/// The reserved room an item (or its updated attributes) holds.
-fn reserved(item: Option<&Item>) -> Option<Decimal> {
-    match item?.get(RESERVED)? {
+/// Adds the room an earlier release's per-meter guard item (`<pk>` / `<meter>`) reserved to
+/// the org's guard, and says how much that was (zero when there is no such item).
+async fn carry_over(store: &DynamoStore, pk: &str, meter: &MeterName) -> Result<Decimal, String> {
+    let got = send_retrying(&store.retry, || {
+        store
+            .client
+            .get_item()
+            .table_name(&*store.table)
+            .key(PK, s(pk))
+            .key(SK, s(meter.as_str()))
+            .consistent_read(true)
+            .send()
+    })
+    .await
+    .map_err(|e| describe_sdk_error("GetItem", &e))?;
+    let old = reserved(got.item(), RESERVED).unwrap_or_default();
+    if old.is_zero() {
+        return Ok(old);
+    }
+    send_retrying(&store.retry, || {
+        store
+            .client
+            .update_item()
+            .table_name(&*store.table)
+            .key(PK, s(pk))
+            .key(SK, s(ORG_GUARD_SK))
+            .update_expression("ADD #r :old")
+            .expression_attribute_names("#r", meter_attr(meter))
+            .expression_attribute_values(":old", n(old))
+            .send()
+    })
+    .await
+    .map_err(|e| describe_sdk_error("UpdateItem", &e))?;
+    metrics::counter!("tally_dynamodb_guard_carried_over_total").increment(1);
+    Ok(old)
+}
+
+/// The reserved room an item (or its old attributes) holds in `attr`.
+fn reserved(item: Option<&Item>, attr: &str) -> Option<Decimal> {
+    match item?.get(attr)? {
         AttributeValue::N(v) => v.parse().ok(),
         _ => None,
     }
