@@ -676,11 +676,11 @@ fn the_rules_refuse_what_sqs_would_refuse_and_nothing_else() {
     };
     assert!(!with("sqs", "0", "11"), "SQS, no window, 11 records");
     assert!(
-        !with("sqs", "0", "100"),
+        !with("sqs", "0", "1000"),
         "SQS, no window, the default batch"
     );
     assert!(with("sqs", "0", "10"));
-    assert!(with("sqs", "1", "100"), "the defaults");
+    assert!(with("sqs", "1", "1000"), "the defaults");
     assert!(with("kinesis", "0", "100"), "Kinesis needs no window");
     // A rule that forgot the transport would refuse Kinesis too; one that forgot the
     // window would refuse the defaults: both are caught.
