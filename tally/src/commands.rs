@@ -473,10 +473,7 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
     let store = backend::open_store(common).await?;
     // The operator creates projects as the API does, within the org's plan: an org that is
     // gone or at its plan's project limit is refused with the API's error.
-    let org = match store.tenants.get_org(&org_id).await? {
-        Some(org) if org.deleted_at.is_none() => org,
-        _ => return Err(crate::manage::api_refusal(tally_api::auth::org_not_found())),
-    };
+    let org = crate::manage::live_org(&store, &org_id).await?;
     let limit = catalogue.core().plan(org.plan).projects;
     tally_api::projects::check_project_room(&*store.tenants, &org, limit)
         .await

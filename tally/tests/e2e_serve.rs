@@ -112,7 +112,7 @@ fn cli_refuses_bad_input_with_one_line_reasons() {
         ),
         (
             "project create --org org_missing --name P --slug p",
-            "not found",
+            "no such organization org_missing",
         ),
         ("reconcile --period 2026-13", "YYYY-MM"),
         ("reconcile --period 2026-11 --store postgres:x", "--store"),
