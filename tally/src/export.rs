@@ -24,6 +24,7 @@ use tally_core::export::{
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::backend::{Stores, open_store};
+use crate::export_s3::S3Target;
 use crate::manage::{any_org, org_id};
 use crate::output::{print, table};
 use crate::settings::Common;
@@ -61,7 +62,8 @@ pub struct ExportArgs {
     /// The file format.
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
-    /// Where to write: a file, or `-` for stdout (the default).
+    /// Where to write: a file, `-` for stdout (the default), or `s3://BUCKET/PREFIX` (an
+    /// object named `<kind>-<period>[-<org>][-<meter>].<format>` under the prefix).
     #[arg(long, default_value = "-")]
     out: String,
 }
@@ -89,10 +91,10 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--meter")?;
     let store = open_store(common).await?;
-    let orgs = match org {
+    let orgs = match &org {
         Some(id) => {
-            any_org(&store, &id).await?;
-            vec![id]
+            any_org(&store, id).await?;
+            vec![id.clone()]
         }
         None => {
             let mut ids = store
@@ -105,8 +107,19 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
             ids
         }
     };
+    let s3 = S3Target::parse(&args.out).transpose()?;
     let to_stdout = args.out == "-";
-    let mut out: Box<dyn Write> = if to_stdout {
+    // An S3 export is written to a temporary file first (see `export_s3`), deleted on drop.
+    let mut staging = None;
+    let mut out: Box<dyn Write> = if s3.is_some() {
+        let file = tempfile::NamedTempFile::new()
+            .context("cannot create a temporary file for the upload")?;
+        let writer = file
+            .reopen()
+            .context("cannot open the temporary file for the upload")?;
+        staging = Some(file);
+        Box::new(BufWriter::new(writer))
+    } else if to_stdout {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
         let path = PathBuf::from(&args.out);
@@ -132,13 +145,27 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
     let rows = rows?;
     out.flush().context("--out: cannot write")?;
     drop(out);
+    let written_to = match (&s3, &staging) {
+        (Some(target), Some(file)) => {
+            let key = target.key(&object_name(
+                kind,
+                period,
+                org.as_ref(),
+                meter.as_ref(),
+                args.format,
+            ));
+            crate::export_s3::upload(common, target, &key, file.path()).await?;
+            target.url(&key)
+        }
+        _ => args.out.clone(),
+    };
     let summary = ExportSummary {
         kind,
         period,
         format: args.format,
         orgs: orgs.len(),
         rows,
-        out: args.out.clone(),
+        out: written_to,
     };
     if to_stdout {
         // Stdout holds the data; the summary goes to stderr, and only for people.
@@ -148,6 +175,29 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print(common.json, &summary, human)
+}
+
+/// The S3 object's name: `<kind>-<period>[-<org>][-<meter>].<format>`, so exports of
+/// different months, orgs and meters under one prefix never overwrite each other.
+fn object_name(
+    kind: &str,
+    period: Month,
+    org: Option<&OrgId>,
+    meter: Option<&MeterName>,
+    format: Format,
+) -> String {
+    let mut name = format!("{kind}-{period}");
+    if let Some(org) = org {
+        name.push_str(&format!("-{org}"));
+    }
+    if let Some(meter) = meter {
+        name.push_str(&format!("-{meter}"));
+    }
+    let ext = format
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    format!("{name}.{ext}")
 }
 
 fn human(s: &ExportSummary) -> String {

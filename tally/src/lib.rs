@@ -34,6 +34,7 @@ mod aggregate;
 mod bill;
 mod commands;
 mod export;
+mod export_s3;
 mod import;
 mod import_csv;
 mod inventory;

@@ -375,3 +375,88 @@ fn on_dynamodb_the_line_exports_and_verifies() {
         "{v}"
     );
 }
+
+/// `--out s3://BUCKET/PREFIX` on the emulator's S3: the object holds byte for byte what the
+/// same export writes to a file, under a name that says what it is; the summary names the
+/// object; a malformed URL and a missing bucket are refused naming `--out` and S3's reason.
+#[test]
+fn an_export_to_s3_uploads_the_same_bytes_as_a_file_export() {
+    let endpoint = std::env::var("TALLY_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!("TALLY_TEST_AWS_ENDPOINT is not set: AWS tests need the emulator; run `bash scripts/test.sh`, which starts it")
+    });
+    let mut env = Env::embedded();
+    env.aws_endpoint = Some(endpoint.clone());
+    let org = imported_and_billed(&env, "acme-audit-s3");
+    let bucket = format!("tally-exports-{}", &org[4..20]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(async {
+        let config = tally_store::aws::sdk_config(Some(&endpoint)).await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        );
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        s3
+    });
+
+    let file = env.data().join("minutes.csv");
+    export_line(&env, &org, "compute_minutes", &file);
+    let url = format!("s3://{bucket}/finance/2026/");
+    let summary = env.cli_env(
+        &[
+            "export",
+            "--ledger",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            "--out",
+            &url,
+        ],
+        &at(APRIL),
+    );
+    let key = format!("finance/2026/ledger-2026-03-{org}-compute_minutes.csv");
+    assert_eq!(summary["out"], format!("s3://{bucket}/{key}"), "{summary}");
+    assert_eq!(summary["rows"], 3, "{summary}");
+    let uploaded = runtime.block_on(async {
+        let object = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        object.body.collect().await.unwrap().into_bytes().to_vec()
+    });
+    assert_eq!(
+        uploaded,
+        std::fs::read(&file).unwrap(),
+        "the object is the file's bytes"
+    );
+
+    let refused = env.cli_raw(&[
+        "export",
+        "--period",
+        "2026-03",
+        "--out",
+        "s3://Not_A_Bucket/x",
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--out"), "{}", stderr(&refused));
+    let missing = env.cli_raw(&[
+        "export",
+        "--period",
+        "2026-03",
+        "--out",
+        &format!("s3://{bucket}-missing/x"),
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("cannot upload"),
+        "{}",
+        stderr(&missing)
+    );
+}
