@@ -5,11 +5,12 @@
 //! same), and verification recomputes a line with `tally_core::audit`, the code month close
 //! recorded the line's digest with, so the three cannot drift apart. An export streams: the
 //! ledger is read a page at a time and each page written before the next is read, so memory
-//! stays flat whatever the month holds. `docs/audit.md` specifies the formats.
+//! stays flat whatever the month holds. `docs/audit.md` specifies the formats; Parquet is
+//! written by `crate::export_parquet` from the same rows.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -24,6 +25,7 @@ use tally_core::export::{
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::backend::{Stores, open_store};
+use crate::export_parquet::{GROUP_ROWS, ParquetStream};
 use crate::manage::{any_org, org_id};
 use crate::output::{print, table};
 use crate::settings::Common;
@@ -40,6 +42,8 @@ const PAGE: usize = 1_000;
 pub enum Format {
     /// Comma-separated values with a header row (RFC 4180).
     Csv,
+    /// Apache Parquet: the same columns and rows, every column a UTF-8 string.
+    Parquet,
 }
 
 /// `tally export` flags.
@@ -58,7 +62,7 @@ pub struct ExportArgs {
     /// that report line (what `tally verify-report` checks).
     #[arg(long)]
     meter: Option<String>,
-    /// The file format.
+    /// The file format: csv, or parquet (the same rows; `tally verify-report` reads csv).
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Where to write: a file, or `-` for stdout (the default).
@@ -122,6 +126,7 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
         period,
         meter.as_ref(),
         args.ledger,
+        args.format,
         &mut out,
         bar.as_ref(),
     )
@@ -167,26 +172,71 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Writes the header and every row; answers how many rows.
+/// Where `write_export` puts rows: CSV records, or a Parquet file of the same rows.
+enum Rows<'a> {
+    Csv(&'a mut dyn Write),
+    // Boxed: the writer's state is some hundreds of bytes, built once per export.
+    Parquet(Box<ParquetStream<'a>>),
+}
+
+impl<'a> Rows<'a> {
+    /// Starts the export under `columns` (the CSV header row; in Parquet, the schema
+    /// `name`'s columns).
+    fn start(
+        format: Format,
+        name: &str,
+        columns: &[&str],
+        out: &'a mut dyn Write,
+    ) -> anyhow::Result<Self> {
+        Ok(match format {
+            Format::Csv => {
+                let mut rows = Rows::Csv(out);
+                rows.push(columns)?;
+                rows
+            }
+            Format::Parquet => Rows::Parquet(Box::new(ParquetStream::new(
+                name, columns, GROUP_ROWS, out,
+            )?)),
+        })
+    }
+
+    fn push<S: AsRef<str>>(&mut self, row: &[S]) -> anyhow::Result<()> {
+        match self {
+            Rows::Csv(out) => out
+                .write_all(csv_record(row).as_bytes())
+                .context("--out: cannot write"),
+            Rows::Parquet(p) => p.push(row),
+        }
+    }
+
+    /// Writes what a format writes last (Parquet's last row group and footer).
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Rows::Csv(_) => Ok(()),
+            Rows::Parquet(p) => p.finish(),
+        }
+    }
+}
+
+/// Writes the header and every row in `format`; answers how many rows.
+#[allow(clippy::too_many_arguments)]
 async fn write_export(
     store: &Stores,
     orgs: &[OrgId],
     period: Month,
     meter: Option<&MeterName>,
     ledger: bool,
+    format: Format,
     out: &mut dyn Write,
     bar: Option<&ProgressBar>,
 ) -> anyhow::Result<u64> {
-    let write = |out: &mut dyn Write, record: String| {
-        out.write_all(record.as_bytes())
-            .context("--out: cannot write")
-    };
-    let mut rows = 0u64;
-    if ledger {
-        write(out, csv_record(&LEDGER_COLUMNS))?;
+    let (name, columns): (_, &[&str]) = if ledger {
+        ("tally_ledger", &LEDGER_COLUMNS)
     } else {
-        write(out, csv_record(&COUNTER_COLUMNS))?;
-    }
+        ("tally_counters", &COUNTER_COLUMNS)
+    };
+    let mut sink = Rows::start(format, name, columns, out)?;
+    let mut rows = 0u64;
     for org in orgs {
         if let Some(bar) = bar {
             bar.set_message(org.to_string());
@@ -203,7 +253,7 @@ async fn write_export(
                     if meter.is_some_and(|m| *m != e.meter) {
                         continue;
                     }
-                    write(out, csv_record(&ledger_row(e)))?;
+                    sink.push(&ledger_row(e))?;
                     rows += 1;
                 }
                 if let Some(bar) = bar {
@@ -224,7 +274,7 @@ async fn write_export(
                 if meter.is_some_and(|m| *m != key.meter) {
                     continue;
                 }
-                write(out, csv_record(&counter_row(key, *value)))?;
+                sink.push(&counter_row(key, *value))?;
                 rows += 1;
             }
             if let Some(bar) = bar {
@@ -232,6 +282,7 @@ async fn write_export(
             }
         }
     }
+    sink.finish()?;
     Ok(rows)
 }
 
@@ -411,10 +462,21 @@ fn tally_file(
     meter: &MeterName,
 ) -> anyhow::Result<LineTally> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let name = path.display();
+    let mut file = std::io::BufReader::new(file);
+    // A Parquet export begins with its magic; said plainly rather than as a bad CSV header.
+    if file
+        .fill_buf()
+        .with_context(|| format!("cannot read {name}"))?
+        .starts_with(b"PAR1")
+    {
+        bail!(
+            "{name} is a Parquet export; verify-report reads a CSV ledger export (tally export --ledger --format csv)"
+        );
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
-        .from_reader(std::io::BufReader::new(file));
-    let name = path.display();
+        .from_reader(file);
     let header = reader
         .headers()
         .with_context(|| format!("{name}: cannot read the header"))?;
