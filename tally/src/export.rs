@@ -25,7 +25,7 @@ use tally_core::export::{
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::backend::{Stores, open_store};
-use crate::export_parquet::{GROUP_ROWS, ParquetStream};
+use crate::export_parquet::{GROUP_ROWS, ParquetStream, read_rows};
 use crate::manage::{any_org, org_id};
 use crate::output::{print, table};
 use crate::settings::Common;
@@ -62,7 +62,7 @@ pub struct ExportArgs {
     /// that report line (what `tally verify-report` checks).
     #[arg(long)]
     meter: Option<String>,
-    /// The file format: csv, or parquet (the same rows; `tally verify-report` reads csv).
+    /// The file format: csv, or parquet (the same rows, every column a UTF-8 string).
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Where to write: a file, or `-` for stdout (the default).
@@ -302,7 +302,8 @@ pub struct VerifyArgs {
     /// under `report`, or the bare report); the store's copy by default.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// A ledger export of the line: `tally export --ledger --org O --period P --meter M`.
+    /// A ledger export of the line, CSV or Parquet: `tally export --ledger --org O --period P
+    /// --meter M [--format parquet]`.
     file: PathBuf,
 }
 
@@ -453,8 +454,8 @@ fn read_report(path: &PathBuf) -> anyhow::Result<UsageReport> {
     serde_json::from_value(inner).with_context(|| format!("--report: {}", path.display()))
 }
 
-/// Tallies the ledger export at `path`, refusing a row that cannot belong to the line
-/// (another org, meter or month, or an event id seen before) with its row number.
+/// Tallies the ledger export at `path`, CSV or Parquet, refusing a row that cannot belong to
+/// the line (another org, meter or month, or an event id seen before) with its row number.
 fn tally_file(
     path: &PathBuf,
     org: &OrgId,
@@ -464,15 +465,35 @@ fn tally_file(
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let name = path.display();
     let mut file = std::io::BufReader::new(file);
-    // A Parquet export begins with its magic; said plainly rather than as a bad CSV header.
-    if file
+    let mut tally = LineTally::new();
+    // The ledger holds each event once; a repeated id is an edited export.
+    let mut ids = HashSet::new();
+    let mut add = |row: usize, fields: &[&str]| -> anyhow::Result<()> {
+        let e = ledger_event(fields).with_context(|| format!("{name}: row {row}"))?;
+        if e.org_id != *org || e.meter != *meter || Month::of(e.timestamp) != period {
+            bail!(
+                "{name}: row {row} is an entry of {} {} {}, not of the line {org} {period} {meter}",
+                e.org_id,
+                Month::of(e.timestamp),
+                e.meter
+            );
+        }
+        if !ids.insert(e.id.clone()) {
+            bail!("{name}: row {row} repeats event {}", e.id);
+        }
+        tally.add(&e);
+        Ok(())
+    };
+    // A Parquet export begins with its magic (and has no header row: its row 1 is the first
+    // entry).
+    let parquet = file
         .fill_buf()
         .with_context(|| format!("cannot read {name}"))?
-        .starts_with(b"PAR1")
-    {
-        bail!(
-            "{name} is a Parquet export; verify-report reads a CSV ledger export (tally export --ledger --format csv)"
-        );
+        .starts_with(b"PAR1");
+    if parquet {
+        read_rows(file.into_inner(), &LEDGER_COLUMNS, &mut add)
+            .with_context(|| format!("{name}: not a readable Parquet ledger export"))?;
+        return Ok(tally);
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -486,27 +507,12 @@ fn tally_file(
             LEDGER_COLUMNS.join(",")
         );
     }
-    let mut tally = LineTally::new();
-    // The ledger holds each event once; a repeated id is an edited export.
-    let mut ids = HashSet::new();
     for (i, record) in reader.records().enumerate() {
         // Row 1 is the header.
         let row = i + 2;
         let record = record.with_context(|| format!("{name}: row {row}"))?;
         let fields: Vec<&str> = record.iter().collect();
-        let e = ledger_event(&fields).with_context(|| format!("{name}: row {row}"))?;
-        if e.org_id != *org || e.meter != *meter || Month::of(e.timestamp) != period {
-            bail!(
-                "{name}: row {row} is an entry of {} {} {}, not of the line {org} {period} {meter}",
-                e.org_id,
-                Month::of(e.timestamp),
-                e.meter
-            );
-        }
-        if !ids.insert(e.id.clone()) {
-            bail!("{name}: row {row} repeats event {}", e.id);
-        }
-        tally.add(&e);
+        add(row, &fields)?;
     }
     Ok(tally)
 }

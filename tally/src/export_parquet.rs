@@ -15,7 +15,10 @@
 //! ([`GROUP_ROWS`] rows) and each group is encoded and handed to the output before the next
 //! is buffered, so memory stays flat for a month's ledger. Parquet writes strictly forwards
 //! (the footer comes last), so the output needs no seeking: a file or stdout.
+//!
+//! [`read_rows`] reads such a file back, a row group at a time, for `tally verify-report`.
 
+use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -23,7 +26,9 @@ use anyhow::{Context, bail};
 use parquet::basic::{Compression, LogicalType, Repetition, Type as PhysicalType};
 use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::record::RowAccessor;
 use parquet::schema::types::Type;
 
 /// Rows per row group of an export: large enough for efficient column chunks, small enough
@@ -195,12 +200,45 @@ impl<'a> ParquetStream<'a> {
     }
 }
 
+/// Reads a Parquet export back: checks its columns are `columns` (strings, in that order)
+/// and hands each row's fields to `each` with its row number (1 is the first row; Parquet
+/// has no header row), stopping at the first error. Reads a row group at a time.
+pub fn read_rows(
+    file: File,
+    columns: &[&str],
+    each: &mut dyn FnMut(usize, &[&str]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reader = SerializedFileReader::new(file).context("not a Parquet file")?;
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let found: Vec<&str> = schema.columns().iter().map(|c| c.name()).collect();
+    if found != columns {
+        bail!(
+            "the columns are {}, not {}",
+            found.join(","),
+            columns.join(",")
+        );
+    }
+    let rows = reader.get_row_iter(None).context("cannot read the rows")?;
+    for (i, record) in rows.enumerate() {
+        let row = i + 1;
+        let record = record.with_context(|| format!("row {row}"))?;
+        let fields = (0..columns.len())
+            .map(|c| {
+                record
+                    .get_string(c)
+                    .map(String::as_str)
+                    .with_context(|| format!("row {row}: column {} is not a string", columns[c]))
+            })
+            .collect::<anyhow::Result<Vec<&str>>>()?;
+        each(row, &fields)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::RowAccessor;
 
     const COLUMNS: [&str; 3] = ["id", "quantity", "properties"];
 
@@ -285,5 +323,30 @@ mod tests {
         let err = w.push(&["only", "two"]).unwrap_err().to_string();
         assert!(err.contains("2 fields, not the schema's 3"), "{err}");
         assert!(ParquetRows::new("t", &COLUMNS, 0, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn read_rows_hands_back_every_row_numbered_and_refuses_other_columns() {
+        let mut w = ParquetRows::new("t", &COLUMNS, 2, Vec::new()).unwrap();
+        for i in 0..5 {
+            w.push(&row(i)).unwrap();
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&w.finish().unwrap()).unwrap();
+        let mut seen = Vec::new();
+        read_rows(file.try_clone().unwrap(), &COLUMNS, &mut |n, fields| {
+            seen.push((n, fields.iter().map(|f| f.to_string()).collect::<Vec<_>>()));
+            Ok(())
+        })
+        .unwrap();
+        let expected: Vec<_> = (0..5).map(|i| (i + 1, row(i).to_vec())).collect();
+        assert_eq!(seen, expected);
+        let err = read_rows(file, &["id", "quantity"], &mut |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the columns are id,quantity,properties"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! the ledger as CSV, and checks a report line against its export; then the faults an audit
 //! must catch are planted (an edited export, a ledger row altered in the store after close)
 //! and seen caught; the Parquet export is read back with the parquet crate's reader and must
-//! hold the CSV export's rows exactly. SQLite (a temporary file) throughout; DynamoDB on the
+//! hold the CSV export's rows exactly, and verifies a line as its CSV export does. SQLite (a temporary file) throughout; DynamoDB on the
 //! emulator in the last test.
 
 #![allow(clippy::unwrap_used)]
@@ -450,29 +450,64 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
         "{ledger:?}"
     );
 
-    // verify-report reads CSV: the line's CSV export verifies, its Parquet export is refused
-    // by name rather than misread.
-    let file = env.data().join("minutes.csv");
-    export_line(&env, &org, "compute_minutes", &file);
-    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
-    assert_eq!(code, Some(0), "{v}");
-    let pq = env.data().join("ledger.parquet");
-    let out = env.cli_raw_env(
+    // verify-report reads either format: the line's Parquet export verifies with the digest
+    // month close recorded, like its CSV export.
+    let digest = report_line(&env, &org, "compute_minutes")["digest"].clone();
+    let pq = env.data().join("minutes.parquet");
+    let s = env.cli_env(
         &[
-            "verify-report",
+            "export",
+            "--ledger",
             "--org",
-            org.as_str(),
+            &org,
             "--period",
             "2026-03",
             "--meter",
             "compute_minutes",
+            "--format",
+            "parquet",
+            "--out",
             pq.to_str().unwrap(),
         ],
         &at(APRIL),
     );
-    assert!(!out.status.success());
+    assert_eq!(s["rows"], 3, "{s}");
+    let (code, v) = verify(&env, &org, "compute_minutes", &pq, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["digest"]["recomputed"], digest, "{v}");
+    assert_eq!(v["event_count"]["recomputed"], "3", "{v}");
+    // Its rows are checked like a CSV's: the whole ledger (both meters) is not the line's.
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            env.data().join("ledger.parquet").to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
+    // A counters export is not a ledger export.
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            env.data().join("counters.parquet").to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
     assert!(
-        stderr(&out).contains("is a Parquet export; verify-report reads a CSV"),
+        stderr(&out).contains("not a readable Parquet ledger export"),
         "{}",
         stderr(&out)
     );
