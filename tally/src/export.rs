@@ -5,11 +5,12 @@
 //! same), and verification recomputes a line with `tally_core::audit`, the code month close
 //! recorded the line's digest with, so the three cannot drift apart. An export streams: the
 //! ledger is read a page at a time and each page written before the next is read, so memory
-//! stays flat whatever the month holds. `docs/audit.md` specifies the formats.
+//! stays flat whatever the month holds. `docs/audit.md` specifies the formats; Parquet is
+//! written by `crate::export_parquet` from the same rows.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -24,6 +25,7 @@ use tally_core::export::{
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::backend::{Stores, open_store};
+use crate::export_parquet::{GROUP_ROWS, ParquetStream, read_rows};
 use crate::export_s3::S3Target;
 use crate::manage::{any_org, org_id};
 use crate::output::{print, table};
@@ -41,6 +43,8 @@ const PAGE: usize = 1_000;
 pub enum Format {
     /// Comma-separated values with a header row (RFC 4180).
     Csv,
+    /// Apache Parquet: the same columns and rows, every column a UTF-8 string.
+    Parquet,
 }
 
 /// `tally export` flags.
@@ -59,7 +63,7 @@ pub struct ExportArgs {
     /// that report line (what `tally verify-report` checks).
     #[arg(long)]
     meter: Option<String>,
-    /// The file format.
+    /// The file format: csv, or parquet (the same rows, every column a UTF-8 string).
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Where to write: a file, `-` for stdout (the default), or `s3://BUCKET/PREFIX` (an
@@ -135,6 +139,7 @@ pub async fn export(common: &Common, args: ExportArgs) -> anyhow::Result<()> {
         period,
         meter.as_ref(),
         args.ledger,
+        args.format,
         &mut out,
         bar.as_ref(),
     )
@@ -217,26 +222,71 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Writes the header and every row; answers how many rows.
+/// Where `write_export` puts rows: CSV records, or a Parquet file of the same rows.
+enum Rows<'a> {
+    Csv(&'a mut dyn Write),
+    // Boxed: the writer's state is some hundreds of bytes, built once per export.
+    Parquet(Box<ParquetStream<'a>>),
+}
+
+impl<'a> Rows<'a> {
+    /// Starts the export under `columns` (the CSV header row; in Parquet, the schema
+    /// `name`'s columns).
+    fn start(
+        format: Format,
+        name: &str,
+        columns: &[&str],
+        out: &'a mut dyn Write,
+    ) -> anyhow::Result<Self> {
+        Ok(match format {
+            Format::Csv => {
+                let mut rows = Rows::Csv(out);
+                rows.push(columns)?;
+                rows
+            }
+            Format::Parquet => Rows::Parquet(Box::new(ParquetStream::new(
+                name, columns, GROUP_ROWS, out,
+            )?)),
+        })
+    }
+
+    fn push<S: AsRef<str>>(&mut self, row: &[S]) -> anyhow::Result<()> {
+        match self {
+            Rows::Csv(out) => out
+                .write_all(csv_record(row).as_bytes())
+                .context("--out: cannot write"),
+            Rows::Parquet(p) => p.push(row),
+        }
+    }
+
+    /// Writes what a format writes last (Parquet's last row group and footer).
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Rows::Csv(_) => Ok(()),
+            Rows::Parquet(p) => p.finish(),
+        }
+    }
+}
+
+/// Writes the header and every row in `format`; answers how many rows.
+#[allow(clippy::too_many_arguments)]
 async fn write_export(
     store: &Stores,
     orgs: &[OrgId],
     period: Month,
     meter: Option<&MeterName>,
     ledger: bool,
+    format: Format,
     out: &mut dyn Write,
     bar: Option<&ProgressBar>,
 ) -> anyhow::Result<u64> {
-    let write = |out: &mut dyn Write, record: String| {
-        out.write_all(record.as_bytes())
-            .context("--out: cannot write")
-    };
-    let mut rows = 0u64;
-    if ledger {
-        write(out, csv_record(&LEDGER_COLUMNS))?;
+    let (name, columns): (_, &[&str]) = if ledger {
+        ("tally_ledger", &LEDGER_COLUMNS)
     } else {
-        write(out, csv_record(&COUNTER_COLUMNS))?;
-    }
+        ("tally_counters", &COUNTER_COLUMNS)
+    };
+    let mut sink = Rows::start(format, name, columns, out)?;
+    let mut rows = 0u64;
     for org in orgs {
         if let Some(bar) = bar {
             bar.set_message(org.to_string());
@@ -253,7 +303,7 @@ async fn write_export(
                     if meter.is_some_and(|m| *m != e.meter) {
                         continue;
                     }
-                    write(out, csv_record(&ledger_row(e)))?;
+                    sink.push(&ledger_row(e))?;
                     rows += 1;
                 }
                 if let Some(bar) = bar {
@@ -274,7 +324,7 @@ async fn write_export(
                 if meter.is_some_and(|m| *m != key.meter) {
                     continue;
                 }
-                write(out, csv_record(&counter_row(key, *value)))?;
+                sink.push(&counter_row(key, *value))?;
                 rows += 1;
             }
             if let Some(bar) = bar {
@@ -282,6 +332,7 @@ async fn write_export(
             }
         }
     }
+    sink.finish()?;
     Ok(rows)
 }
 
@@ -301,7 +352,8 @@ pub struct VerifyArgs {
     /// under `report`, or the bare report); the store's copy by default.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// A ledger export of the line: `tally export --ledger --org O --period P --meter M`.
+    /// A ledger export of the line, CSV or Parquet: `tally export --ledger --org O --period P
+    /// --meter M [--format parquet]`.
     file: PathBuf,
 }
 
@@ -452,8 +504,8 @@ fn read_report(path: &PathBuf) -> anyhow::Result<UsageReport> {
     serde_json::from_value(inner).with_context(|| format!("--report: {}", path.display()))
 }
 
-/// Tallies the ledger export at `path`, refusing a row that cannot belong to the line
-/// (another org, meter or month, or an event id seen before) with its row number.
+/// Tallies the ledger export at `path`, CSV or Parquet, refusing a row that cannot belong to
+/// the line (another org, meter or month, or an event id seen before) with its row number.
 fn tally_file(
     path: &PathBuf,
     org: &OrgId,
@@ -461,28 +513,13 @@ fn tally_file(
     meter: &MeterName,
 ) -> anyhow::Result<LineTally> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(std::io::BufReader::new(file));
     let name = path.display();
-    let header = reader
-        .headers()
-        .with_context(|| format!("{name}: cannot read the header"))?;
-    if header.iter().ne(LEDGER_COLUMNS) {
-        bail!(
-            "{name}: the header is not a ledger export's ({})",
-            LEDGER_COLUMNS.join(",")
-        );
-    }
+    let mut file = std::io::BufReader::new(file);
     let mut tally = LineTally::new();
     // The ledger holds each event once; a repeated id is an edited export.
     let mut ids = HashSet::new();
-    for (i, record) in reader.records().enumerate() {
-        // Row 1 is the header.
-        let row = i + 2;
-        let record = record.with_context(|| format!("{name}: row {row}"))?;
-        let fields: Vec<&str> = record.iter().collect();
-        let e = ledger_event(&fields).with_context(|| format!("{name}: row {row}"))?;
+    let mut add = |row: usize, fields: &[&str]| -> anyhow::Result<()> {
+        let e = ledger_event(fields).with_context(|| format!("{name}: row {row}"))?;
         if e.org_id != *org || e.meter != *meter || Month::of(e.timestamp) != period {
             bail!(
                 "{name}: row {row} is an entry of {} {} {}, not of the line {org} {period} {meter}",
@@ -495,6 +532,44 @@ fn tally_file(
             bail!("{name}: row {row} repeats event {}", e.id);
         }
         tally.add(&e);
+        Ok(())
+    };
+    // A Parquet export begins with its magic (and has no header row: its row 1 is the first
+    // entry).
+    let parquet = file
+        .fill_buf()
+        .with_context(|| format!("cannot read {name}"))?
+        .starts_with(b"PAR1");
+    if parquet {
+        // The file may come from anyone (a customer's copy of an export), and the parquet
+        // crate can panic on a corrupt one instead of returning an error: a panic is turned
+        // into the same refusal, never a crash.
+        let file = file.into_inner();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_rows(file, &LEDGER_COLUMNS, &mut add)
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet reader failed on it")))
+        .with_context(|| format!("{name}: not a readable Parquet ledger export"))?;
+        return Ok(tally);
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(file);
+    let header = reader
+        .headers()
+        .with_context(|| format!("{name}: cannot read the header"))?;
+    if header.iter().ne(LEDGER_COLUMNS) {
+        bail!(
+            "{name}: the header is not a ledger export's ({})",
+            LEDGER_COLUMNS.join(",")
+        );
+    }
+    for (i, record) in reader.records().enumerate() {
+        // Row 1 is the header.
+        let row = i + 2;
+        let record = record.with_context(|| format!("{name}: row {row}"))?;
+        let fields: Vec<&str> = record.iter().collect();
+        add(row, &fields)?;
     }
     Ok(tally)
 }

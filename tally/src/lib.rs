@@ -12,7 +12,7 @@
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
 //! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `import`, `export` (with
-//!   `verify-report`), `output`: the other commands
+//!   `verify-report`; `export_parquet` is its Parquet writer), `output`: the other commands
 //!   and their printing.
 //! - `manage` (what the operator's management commands share: refusals, audit records),
 //!   `inventory` (orgs, projects, keys), `people` (members, invitations) and `records`
@@ -34,6 +34,7 @@ mod aggregate;
 mod bill;
 mod commands;
 mod export;
+mod export_parquet;
 mod export_s3;
 mod import;
 mod import_csv;

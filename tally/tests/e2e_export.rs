@@ -2,8 +2,9 @@
 //! month of events (with `tally import`), closes it with `tally bill`, exports counters and
 //! the ledger as CSV, and checks a report line against its export; then the faults an audit
 //! must catch are planted (an edited export, a ledger row altered in the store after close)
-//! and seen caught. SQLite (a temporary file) throughout; DynamoDB on the emulator in the
-//! last test.
+//! and seen caught; the Parquet export is read back with the parquet crate's reader and must
+//! hold the CSV export's rows exactly, and verifies a line as its CSV export does. SQLite (a temporary file) throughout; DynamoDB on the
+//! emulator in the last test.
 
 #![allow(clippy::unwrap_used)]
 
@@ -269,7 +270,7 @@ fn a_closed_line_exports_its_entries_and_verifies_and_planted_changes_are_caught
     std::fs::write(&report_file, old.to_string()).unwrap();
     let (code, v) = verify(
         &env,
-        &org,
+        org.as_str(),
         "compute_minutes",
         &edited,
         &["--report", report_file.to_str().unwrap()],
@@ -290,7 +291,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
         &[
             "export",
             "--org",
-            &org,
+            org.as_str(),
             "--period",
             "2026-03",
             "--out",
@@ -330,7 +331,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
             "export",
             "--ledger",
             "--org",
-            &org,
+            org.as_str(),
             "--period",
             "2026-03",
             "--out",
@@ -342,7 +343,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
         &[
             "verify-report",
             "--org",
-            &org,
+            org.as_str(),
             "--period",
             "2026-03",
             "--meter",
@@ -353,6 +354,187 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
+}
+
+/// A Parquet file's column names and its rows, every field read as the string it holds.
+fn parquet_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let columns = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let rows = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (0..r.len())
+                .map(|i| r.get_string(i).unwrap().clone())
+                .collect()
+        })
+        .collect();
+    (columns, rows)
+}
+
+#[test]
+fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
+    let env = Env::embedded();
+    let org = imported_and_billed(&env, "acme-parquet");
+    for (kind, extra) in [("counters", &[][..]), ("ledger", &["--ledger"][..])] {
+        let export = |format: &str, path: &Path| {
+            let mut args = vec![
+                "export",
+                "--org",
+                org.as_str(),
+                "--period",
+                "2026-03",
+                "--format",
+                format,
+                "--out",
+                path.to_str().unwrap(),
+            ];
+            args.extend(extra);
+            env.cli_env(&args, &at(APRIL))
+        };
+        let csv_file = env.data().join(format!("{kind}.csv"));
+        let pq_file = env.data().join(format!("{kind}.parquet"));
+        export("csv", &csv_file);
+        let s = export("parquet", &pq_file);
+        assert_eq!(
+            (&s["kind"], &s["format"]),
+            (&json!(kind), &json!("parquet")),
+            "{s}"
+        );
+        let bytes = std::fs::read(&pq_file).unwrap();
+        assert!(
+            bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+            "{kind}"
+        );
+
+        // The same columns, and the same rows in the same order, field for field.
+        let (columns, rows) = parquet_rows(&pq_file);
+        let text = std::fs::read_to_string(&csv_file).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        assert_eq!(columns, header, "{kind}");
+        let expected = csv_rows(&csv_file);
+        assert!(expected.len() >= 3, "{kind}: {expected:?}");
+        assert_eq!(rows, expected, "{kind}");
+        assert_eq!(s["rows"], expected.len(), "{s}");
+
+        // To stdout (no seeking needed): the same file byte for byte.
+        let mut args = vec![
+            "export",
+            "--org",
+            org.as_str(),
+            "--period",
+            "2026-03",
+            "--format",
+            "parquet",
+        ];
+        args.extend(extra);
+        let out = env.cli_raw_env(&args, &at(APRIL));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(out.stdout, bytes, "{kind} to stdout");
+    }
+
+    // The exact decimal texts survive (no float column): 5.5 and 17.5 as written.
+    let (_, ledger) = parquet_rows(&env.data().join("ledger.parquet"));
+    assert!(
+        ledger.iter().any(|r| r[0] == "m-2" && r[5] == "5.5"),
+        "{ledger:?}"
+    );
+
+    // verify-report reads either format: the line's Parquet export verifies with the digest
+    // month close recorded, like its CSV export.
+    let digest = report_line(&env, &org, "compute_minutes")["digest"].clone();
+    let pq = env.data().join("minutes.parquet");
+    let s = env.cli_env(
+        &[
+            "export",
+            "--ledger",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            "--format",
+            "parquet",
+            "--out",
+            pq.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert_eq!(s["rows"], 3, "{s}");
+    let (code, v) = verify(&env, &org, "compute_minutes", &pq, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["digest"]["recomputed"], digest, "{v}");
+    assert_eq!(v["event_count"]["recomputed"], "3", "{v}");
+    // Its rows are checked like a CSV's: the whole ledger (both meters) is not the line's.
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            env.data().join("ledger.parquet").to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
+    // A counters export is not a ledger export.
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            env.data().join("counters.parquet").to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert!(
+        stderr(&out).contains("not a readable Parquet ledger export"),
+        "{}",
+        stderr(&out)
+    );
+    // A damaged file (the line's export with its middle bytes garbled, magic kept) is a
+    // refusal naming the file, never a crash, whatever the parquet reader makes of it.
+    let mut bytes = std::fs::read(&pq).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[8..len - 8] {
+        *b = b.wrapping_mul(31).wrapping_add(7);
+    }
+    let damaged = env.data().join("damaged.parquet");
+    std::fs::write(&damaged, bytes).unwrap();
+    let out = env.cli_raw_env(
+        &[
+            "verify-report",
+            "--org",
+            &org,
+            "--period",
+            "2026-03",
+            "--meter",
+            "compute_minutes",
+            damaged.to_str().unwrap(),
+        ],
+        &at(APRIL),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged.parquet"), "{}", stderr(&out));
 }
 
 #[test]
