@@ -6,6 +6,7 @@
 //! module doc (`tally_store::sqlite`, "Retention"). On DynamoDB there is nothing to do:
 //! DynamoDB's TTL deletes the records itself.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,11 +53,25 @@ pub async fn prune_ledger(common: &Common, args: PruneArgs) -> anyhow::Result<()
     let now = crate::clock::from_env()?.now();
     let stores = backend::open_store(common).await?;
     let out = match stores.sqlite() {
-        Some(store) => PruneOut {
-            store: "sqlite",
-            retention_days: LEDGER_RETENTION.num_days(),
-            report: Some(store.prune_ledger(now, args.dry_run).await?),
-        },
+        Some(store) => {
+            // A spinner while the store works (10,000 rows per transaction); quiet in
+            // `--json` mode and when stderr is not a terminal.
+            let spinner = (!common.json && std::io::stderr().is_terminal()).then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message("pruning the ledger");
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                s
+            });
+            let report = store.prune_ledger(now, args.dry_run).await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            PruneOut {
+                store: "sqlite",
+                retention_days: LEDGER_RETENTION.num_days(),
+                report: Some(report?),
+            }
+        }
         None => PruneOut {
             store: "dynamodb",
             retention_days: LEDGER_RETENTION.num_days(),
