@@ -183,6 +183,16 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         ),
     ];
     store.apply_batch(&events).await.unwrap();
+    // Ingest's shared rate allowance of the key (what every ingest instance takes from).
+    let window = tally_core::ports::AllowanceWindow {
+        scope: format!("RATE#{}", key.id),
+        window: "1790000000".into(),
+        expires_at: now + Duration::seconds(2),
+    };
+    let one = rust_decimal::Decimal::ONE;
+    tally_core::ports::AllowanceStore::take_allowance(&store, &window, one + one, one, now)
+        .await
+        .unwrap();
     store
         .close_period(Month::parse("2001-01").unwrap(), now)
         .await
