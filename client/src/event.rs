@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// Longest id Tally takes (CONTRACT.md: 1–128 printable ASCII characters).
+/// Longest id Tally takes (README.md, HTTP: `id` is 1–128 printable ASCII characters).
 pub const MAX_ID_LEN: usize = 128;
 /// Longest project id, meter name or property key this crate sends; Tally's own bounds are
 /// tighter for some of them and it names the field when it refuses.
