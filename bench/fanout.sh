@@ -9,6 +9,9 @@
 #   bash bench/fanout.sh            # 200 (baseline), then 2,000 orgs
 #   bash bench/fanout.sh 500        # 200, then 500
 #   BASELINE=0 bash bench/fanout.sh # 2,000 only
+#   TALLY_MOTO_WHOLE_TABLE=1 bash bench/fanout.sh 500
+#                                   # on the emulator as it was before its keyed transaction
+#                                   # rollback and partition queries (see scripts/moto_serial.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
@@ -38,7 +41,7 @@ run() {
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
     cargo test -q -p tally-lambda --test billing_fanout_aws -- --nocapture 2>&1 | grep -E -A3 '^fanout:|test result|panicked'
   end=$(date +%s)
-  echo "orgs=$orgs wall=$((end - start)) s (test process, including seeding and checks)"
+  echo "orgs=$orgs wall=$((end - start)) s (test process, including seeding and checks)${TALLY_MOTO_WHOLE_TABLE:+, TALLY_MOTO_WHOLE_TABLE=$TALLY_MOTO_WHOLE_TABLE}"
   kill "$moto_pid" 2>/dev/null || true
   # A busy emulator may not stop on SIGTERM at once; give it 5 s, then SIGKILL (by PID).
   for _ in $(seq 1 50); do kill -0 "$moto_pid" 2>/dev/null || break; sleep 0.1; done

@@ -129,9 +129,10 @@ step "docker-compose.yml (syntax, built or pinned images)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 step "starting moto on 127.0.0.1:$port"
-# scripts/moto_serial.py is moto_server with two fixes (see its header): DynamoDB requests
-# run one at a time, as DynamoDB's own isolation promises, and a transaction snapshots each
-# table once instead of once per action.
+# scripts/moto_serial.py is moto_server with fixes (see its header): DynamoDB requests run
+# one at a time, as DynamoDB's own isolation promises; a transaction saves only the items it
+# names for its rollback, and a Query reads its partition, instead of the whole table. It
+# runs its own self-test (a cancelled transaction restores every item) before it serves.
 "$VENV/bin/python" scripts/moto_serial.py -H 127.0.0.1 -p "$port" > .cache/moto.log 2>&1 &
 moto_pid=$!
 stop_moto() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; }
