@@ -29,8 +29,11 @@
 #    queue's whole attribute dictionary twice per received message, and three of its entries
 #    (the approximate message counts) walk every message in the queue, so a receive cost
 #    messages received x queue length (the main cost left at 2,000 queued items).
+# 7. SQS SendMessage reads the queue's content-based deduplication setting as the attribute
+#    itself, for the same reason: stock moto builds the whole attribute dictionary (walking
+#    every message three times) for each message sent.
 #
-# TALLY_MOTO_WHOLE_TABLE=1 applies only fixes 1 and 2 (the emulator as it was before 3-6), to
+# TALLY_MOTO_WHOLE_TABLE=1 applies only fixes 1 and 2 (the emulator as it was before 3-7), to
 # measure the difference (bench/fanout.sh, bench/RESULTS.md).
 #
 # `moto_serial.py --self-test` runs the self-test below and exits; it also runs before every
@@ -151,6 +154,7 @@ def _unsorted_items(table):
     return [item for partition in table.items.values() for item in partition.values()]
 
 
+_STOCK_SEND = sqs.SQSBackend.send_message
 _STOCK_RETENTION = sqs.SQSBackend.is_message_valid_based_on_retention_period
 _STOCK_TRANSACT = ddb.DynamoDBBackend.transact_write_items
 _STOCK_QUERY = ddb_table.Table.query
@@ -211,12 +215,37 @@ _retention_direct = _patched(
 )
 
 
+
+# Fix 7: `Queue.attributes` holds `ContentBasedDeduplication` only for a FIFO queue, as the
+# attribute's value with a bool written "true"/"false".
+def _content_dedup(queue):
+    if not queue.fifo_queue:
+        return None
+    value = queue.content_based_deduplication
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+_send_direct = _patched(
+    _STOCK_SEND,
+    sqs,
+    [
+        (
+            """queue.attributes.get("ContentBasedDeduplication")""",
+            "_content_dedup(queue)",
+            1,
+        )
+    ],
+    {"_content_dedup": _content_dedup},
+)
+
+
 def _install(keyed):
     ddb.DynamoDBBackend.transact_write_items = _transact_keyed if keyed else _transact_once
     ddb_table.Table.query = _query_keyed if keyed else _STOCK_QUERY
     sqs.SQSBackend.is_message_valid_based_on_retention_period = (
         _retention_direct if keyed else _STOCK_RETENTION
     )
+    sqs.SQSBackend.send_message = _send_direct if keyed else _STOCK_SEND
 
 
 # The self-test: on an in-process backend (no server), a cancelled transaction must leave the
@@ -323,6 +352,17 @@ def _self_test():
     for message, valid in ((fresh, True), (old, False)):
         assert _STOCK_RETENTION(queues, "q", message) is valid
         assert _retention_direct(queues, "q", message) is valid
+
+    # Content-based deduplication is read as stock moto reads it, on and off, FIFO or not.
+    for name, attrs in (
+        ("s", {}),
+        ("f.fifo", {"FifoQueue": "true"}),
+        ("d.fifo", {"FifoQueue": "true", "ContentBasedDeduplication": "true"}),
+    ):
+        queue = queues.create_queue(name, **attrs)
+        assert _content_dedup(queue) == queue.attributes.get("ContentBasedDeduplication")
+    sent = queues.send_message("d.fifo", "same body", group_id="g")
+    assert sent.deduplication_id, "content-based deduplication was not applied"
 
     # A planted fault: a restore that skips items the transaction created must be caught.
     real = _restore
