@@ -9,8 +9,8 @@
 #    the whole table for every one of up to 100 actions, which makes a transaction cost
 #    actions x table size: seconds on a table of a few thousand items).
 # 3. TransactWriteItems saves only the items its actions name, not the whole table. Even once
-#    per table (fix 2), the deep copy made every transaction cost the table's size: the
-#    billing fan-out at 2,000 orgs (~30,000 items) spent most of its emulator time copying.
+#    per table (fix 2), the deep copy made every transaction (each org created, each batch
+#    applied) cost the table's size, ~30,000 items in the 2,000-org billing fan-out.
 #    Each action touches exactly one item, the one its key names, so saving those items (a
 #    deep copy, or "absent") before the first action runs and putting them back on
 #    cancellation leaves the table exactly as restoring the whole copy did. A table with a

@@ -48,10 +48,10 @@ const BATCH: i32 = 10;
 const ITEMS_PER_INVOCATION: i64 = 4;
 
 /// Orgs billed in the test command. moto serves DynamoDB one request at a time (about 25
-/// per org here), copies the whole table for each transaction and reads it whole for each
-/// Query, so its cost per org grows with the table: 200 orgs take 40-70 s on the 2-core
-/// sandbox, 500 took 10 minutes, 2,000 did not finish; the larger runs are
-/// `bench/fanout.sh` (figures in bench/RESULTS.md).
+/// per org here); `scripts/moto_serial.py` makes its transactions and queries cost the items
+/// they name rather than the whole table, so the cost per org no longer grows with the
+/// table, but 200 orgs still take most of a minute on the shared 2-core sandbox. The larger
+/// runs (2,000 orgs) are `bench/fanout.sh` (figures in bench/RESULTS.md).
 const DEFAULT_ORGS: usize = 200;
 
 fn orgs_wanted() -> usize {
