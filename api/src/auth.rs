@@ -8,6 +8,12 @@
 //! checked against [`crate::roles`]); a key acts for its own org within its scopes, and
 //! only on `GET /v1/usage` (the management routes need a user).
 //!
+//! A JWT whose (unverified) `iss` is the configured OpenID Connect issuer goes to that
+//! issuer's verifier instead ([`oidc_user`]), and its verified email names the Tally user;
+//! the issuer's verifier accepts only its own asymmetric algorithms, so such a token can
+//! never be checked against the local HS256 secret, nor a local token against the issuer's
+//! keys.
+//!
 //! Another org is never revealed: an org the caller is not a member of (or that does not
 //! exist, or whose id is malformed) is `404`; a role without the permission is `403`.
 
@@ -179,11 +185,23 @@ impl FromRequestParts<ApiState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let credential = bearer_token(&parts.headers)?;
         if looks_like_jwt(credential) {
-            let jwt = state.jwt.as_ref().ok_or_else(|| {
-                ApiError::Unauthorized("user tokens are not configured on this server".into())
-            })?;
             let now = state.clock.now();
-            let user = jwt.verify(credential, now)?;
+            let user = match &state.oidc {
+                Some(oidc)
+                    if tally_oidc::unverified_issuer(credential).as_deref()
+                        == Some(oidc.issuer()) =>
+                {
+                    oidc_user(state, oidc, credential, now).await?
+                }
+                _ => {
+                    let jwt = state.jwt.as_ref().ok_or_else(|| {
+                        ApiError::Unauthorized(
+                            "user tokens are not configured on this server".into(),
+                        )
+                    })?;
+                    jwt.verify(credential, now)?
+                }
+            };
             // One bucket per user, charged before any store read.
             state
                 .users
@@ -199,5 +217,52 @@ impl FromRequestParts<ApiState> for Caller {
         }
         let key = KeyAuth::from_ref(state).authenticate(credential).await?;
         Ok(Caller::ApiKey(key))
+    }
+}
+
+/// The Tally user an OIDC issuer's token speaks for: the token verified
+/// ([`tally_oidc::OidcVerifier::verify`]), then the user whose email is the token's
+/// `email`, which the issuer must vouch for (`email_verified`). `401` with a sentence saying
+/// which of these failed; `503` when the issuer's keys cannot be fetched.
+pub async fn oidc_user(
+    state: &ApiState,
+    oidc: &tally_oidc::OidcVerifier,
+    token: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<UserId, ApiError> {
+    use tally_oidc::OidcError;
+    let identity = oidc.verify(token, now).await.map_err(|e| match e {
+        OidcError::Unavailable(detail) => {
+            tracing::warn!(%detail, "OIDC keys unavailable");
+            ApiError::UnavailableBecause {
+                code: "identity_provider_unavailable",
+                message: "the identity provider's signing keys cannot be fetched; retry shortly"
+                    .into(),
+                retry_after_secs: Some(5),
+            }
+        }
+        OidcError::Expired | OidcError::NotYetValid => ApiError::Unauthorized(e.to_string()),
+        OidcError::UnknownKey(_) => ApiError::Unauthorized(
+            "the bearer token is signed with a key its issuer does not publish".into(),
+        ),
+        OidcError::Invalid(_) | OidcError::Algorithm(_) => {
+            ApiError::Unauthorized("the bearer token is not valid".into())
+        }
+    })?;
+    let Some(email) = identity.email.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "the identity token carries no email; send the provider's ID token".into(),
+        ));
+    };
+    if !identity.email_verified {
+        return Err(ApiError::Unauthorized(
+            "the identity provider has not verified this email (email_verified is not true)".into(),
+        ));
+    }
+    match state.tenants.find_user_by_email(email).await? {
+        Some(user) => Ok(user.id),
+        None => Err(ApiError::Unauthorized(format!(
+            "no Tally user has the email {email}; ask an org admin for an invitation"
+        ))),
     }
 }

@@ -11,7 +11,7 @@
 //! there is.
 //!
 //! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
-//! ([`jwt`]), whose role in the path's org is checked against the one permission table in
+//! ([`jwt`], or an OpenID Connect issuer's through `tally_oidc`), whose role in the path's org is checked against the one permission table in
 //! [`roles`]. Every mutating management route is the one skeleton of `mgmt::Mutation::run`:
 //! authorize, parse, change, write the audit record. Errors are the shared JSON
 //! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
@@ -292,6 +292,10 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     /// How users' JWTs are verified; `None` refuses every JWT with `401`.
     pub jwt: Option<Arc<JwtConfig>>,
+    /// The OpenID Connect issuer whose tokens are accepted too (a token whose `iss` is
+    /// this issuer goes to it, any other to [`ApiState::jwt`]); its users are matched to
+    /// Tally users by verified email ([`auth`]).
+    pub oidc: Option<Arc<tally_oidc::OidcVerifier>>,
     /// The plans of the process's catalogue: the user and project caps the API enforces
     /// and the allowances the usage summary shows. A plan missing here is the built-in one.
     pub plans: Arc<BTreeMap<PlanId, Plan>>,
@@ -331,6 +335,7 @@ impl ApiState {
             catalogue,
             clock,
             jwt: None,
+            oidc: None,
             plans: Arc::new(BTreeMap::new()),
             users: Arc::new(crate::http::RateLimiter::new(USER_BUCKETS)),
             user_rate: USER_RATE,
@@ -341,6 +346,12 @@ impl ApiState {
     /// The same state, accepting users' JWTs as `jwt` says.
     pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
         self.jwt = Some(Arc::new(jwt));
+        self
+    }
+
+    /// The same state, accepting tokens of the OIDC issuer `oidc` verifies.
+    pub fn with_oidc(mut self, oidc: tally_oidc::OidcVerifier) -> Self {
+        self.oidc = Some(Arc::new(oidc));
         self
     }
 

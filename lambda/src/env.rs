@@ -74,6 +74,13 @@ pub const DEAD_LETTER_QUEUE_URL: &str = "TALLY_DEAD_LETTER_QUEUE_URL";
 /// with, at least 32 bytes (`TALLY_JWT_SECRET_ARN`; read at run time, see
 /// [`crate::secrets`]).
 pub const JWT_SECRET_ARN: &str = "TALLY_JWT_SECRET_ARN";
+/// The OpenID Connect issuer whose ID tokens the API accepts besides its own HS256 tokens
+/// (`TALLY_OIDC_ISSUER`; the template's Cognito user pool,
+/// `https://cognito-idp.REGION.amazonaws.com/POOL_ID`). Unset: only the HS256 tokens.
+pub const OIDC_ISSUER: &str = "TALLY_OIDC_ISSUER";
+/// The `aud` the issuer's tokens must carry (`TALLY_OIDC_AUDIENCE`; the user-pool client's
+/// id). Set with [`OIDC_ISSUER`], or neither.
+pub const OIDC_AUDIENCE: &str = "TALLY_OIDC_AUDIENCE";
 /// Seconds after a month ends before billing closes it (`TALLY_GRACE_PERIOD_SECONDS`).
 pub const GRACE_PERIOD_SECONDS: &str = "TALLY_GRACE_PERIOD_SECONDS";
 /// Where plan-limit alerts are POSTed (`TALLY_ALERT_WEBHOOK_URL`; the template's
@@ -126,7 +133,14 @@ pub const INGEST: &[&str] = &[
     LOG,
 ];
 /// What `tally-api-lambda` reads.
-pub const API: &[&str] = &[TABLE, JWT_SECRET_ARN, SECRETS_REFRESH_SECONDS, LOG];
+pub const API: &[&str] = &[
+    TABLE,
+    JWT_SECRET_ARN,
+    SECRETS_REFRESH_SECONDS,
+    OIDC_ISSUER,
+    OIDC_AUDIENCE,
+    LOG,
+];
 /// What `tally-aggregator-lambda` reads.
 pub const AGGREGATOR: &[&str] = &[
     TABLE,

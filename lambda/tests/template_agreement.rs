@@ -1,7 +1,8 @@
 //! `template.yaml` and the code agree: the table the template creates is the one the
 //! DynamoDB adapter reads and writes (keys, index, TTL attribute, redrive count), every
 //! function builds a binary of the workspace (through `lambda/Makefile`), and every
-//! environment variable a function's binary reads (`tally_lambda::env`) is set on it.
+//! environment variable a function's binary reads (`tally_lambda::env`) is set on it; the
+//! API function accepts the ID tokens of the template's Cognito user pool.
 //! Secrets reach a function only as ARNs, each readable by that function's role and by no
 //! other, never as values. Every function's environment evaluates in either transport
 //! (`common::template`, the evaluation `runtime_api_aws.rs` starts the binaries with).
@@ -936,4 +937,96 @@ fn a_miswired_billing_queue_is_caught() {
     let metric = ["UnbilledOrgsAlarm", "Properties", "MetricName"];
     let p = billing_queue_problems(&edit(&metric, Value::from("tally_billing_unbilled")));
     assert!(p.iter().any(|p| p.contains("UnbilledOrgsAlarm")), "{p:?}");
+}
+
+/// What is wrong with sign-in in `t`: the API function must accept the ID tokens of the
+/// template's user pool (`TALLY_OIDC_ISSUER` the issuer Cognito writes for it,
+/// `TALLY_OIDC_AUDIENCE` its client, a client of that pool), and the pool must offer MFA
+/// by authenticator app.
+fn user_pool_problems(t: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let envs = match evaluated_environments(t, "sqs") {
+        Ok(e) => e,
+        Err(e) => return vec![e],
+    };
+    let api = &envs["ApiFunction"];
+    let want = [
+        (
+            tally_lambda::env::OIDC_ISSUER,
+            "https://cognito-idp.us-east-1.amazonaws.com/ref:UserPool",
+        ),
+        (tally_lambda::env::OIDC_AUDIENCE, "ref:UserPoolClient"),
+    ];
+    for (var, value) in want {
+        if api.get(var).map(String::as_str) != Some(value) {
+            p.push(format!(
+                "ApiFunction: {var} is {:?}, not {value:?}",
+                api.get(var)
+            ));
+        }
+    }
+    let pool = get(t, &["Resources", "UserPool"]);
+    if str_of(get(pool, &["Type"])) != Some("AWS::Cognito::UserPool") {
+        p.push("UserPool is not an AWS::Cognito::UserPool".into());
+    }
+    if str_of(get(pool, &["Properties", "MfaConfiguration"])) != Some("OPTIONAL") {
+        p.push("UserPool: MfaConfiguration is not OPTIONAL".into());
+    }
+    let mfas = get(pool, &["Properties", "EnabledMfas"]);
+    if !mfas
+        .as_sequence()
+        .is_some_and(|s| s.iter().any(|m| str_of(m) == Some("SOFTWARE_TOKEN_MFA")))
+    {
+        p.push("UserPool: EnabledMfas lacks SOFTWARE_TOKEN_MFA".into());
+    }
+    let client = get(t, &["Resources", "UserPoolClient"]);
+    if str_of(get(client, &["Type"])) != Some("AWS::Cognito::UserPoolClient") {
+        p.push("UserPoolClient is not an AWS::Cognito::UserPoolClient".into());
+    }
+    let mut pool_ref = BTreeSet::new();
+    refs(get(client, &["Properties", "UserPoolId"]), &mut pool_ref);
+    if pool_ref != BTreeSet::from(["UserPool".to_owned()]) {
+        p.push(format!(
+            "UserPoolClient: UserPoolId refers to {pool_ref:?}, not UserPool"
+        ));
+    }
+    let reads = get(client, &["Properties", "ReadAttributes"]);
+    for attribute in ["email", "email_verified"] {
+        if !reads
+            .as_sequence()
+            .is_some_and(|s| s.iter().any(|a| str_of(a) == Some(attribute)))
+        {
+            p.push(format!("UserPoolClient: ID tokens would lack {attribute}"));
+        }
+    }
+    p
+}
+
+#[test]
+fn the_api_accepts_the_user_pools_id_tokens() {
+    let p = user_pool_problems(&template());
+    assert!(p.is_empty(), "{p:#?}");
+}
+
+#[test]
+fn a_miswired_user_pool_is_caught() {
+    let mut wrong = template();
+    let vars = &mut wrong["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"];
+    vars["TALLY_OIDC_ISSUER"] =
+        serde_norway::from_str("!Sub https://cognito-idp.${AWS::Region}.amazonaws.com/x").unwrap();
+    wrong["Resources"]["UserPool"]["Properties"]["MfaConfiguration"] = "OFF".into();
+    wrong["Resources"]["UserPoolClient"]["Properties"]["ReadAttributes"] =
+        serde_norway::from_str("[email]").unwrap();
+    let p = user_pool_problems(&wrong).join("\n");
+    for expected in ["TALLY_OIDC_ISSUER", "MfaConfiguration", "email_verified"] {
+        assert!(p.contains(expected), "{expected} not caught: {p}");
+    }
+    // Without the audience the function's environment misses a variable its binary reads.
+    let mut unset = template();
+    unset["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("TALLY_OIDC_AUDIENCE");
+    let p = function_problems(&unset, &makefile(), &workspace_bins()).join("\n");
+    assert!(p.contains("reads TALLY_OIDC_AUDIENCE"), "{p}");
 }

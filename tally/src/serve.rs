@@ -45,6 +45,7 @@ use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month
 use tally_core::Month;
 use tally_core::ports::{Clock, SystemClock};
 use tally_notify::WebhookSender;
+use tally_oidc::{OidcSettings, OidcVerifier};
 use tally_stripe::StripeProvider;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,6 +79,33 @@ pub struct ServeArgs {
     /// TALLY_ALERT_WEBHOOK_SECRET are set (e.g. 60s, 5m; at least 1s).
     #[arg(long, env = "TALLY_ALERT_INTERVAL", default_value = "60s", value_parser = parse_alert_interval)]
     pub alert_interval: Duration,
+    /// An OpenID Connect issuer whose ID tokens the management API accepts besides its own
+    /// (e.g. a Cognito user pool: https://cognito-idp.REGION.amazonaws.com/POOL_ID); users
+    /// are matched by verified email. Needs --oidc-audience.
+    #[arg(long, env = "TALLY_OIDC_ISSUER", requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` the issuer's tokens must carry (Cognito: the app client id).
+    #[arg(long, env = "TALLY_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+    /// The issuer's JWKS URL, when not found by discovery at
+    /// ISSUER/.well-known/openid-configuration.
+    #[arg(long, env = "TALLY_OIDC_JWKS_URL", requires = "oidc_issuer")]
+    pub oidc_jwks_url: Option<String>,
+}
+
+/// The OIDC verifier `args` configure, if an issuer is set.
+pub fn oidc_from_args(args: &ServeArgs) -> anyhow::Result<Option<OidcVerifier>> {
+    let (Some(issuer), Some(audience)) = (&args.oidc_issuer, &args.oidc_audience) else {
+        return Ok(None);
+    };
+    let verifier = OidcVerifier::new(OidcSettings {
+        issuer: issuer.clone(),
+        audience: audience.clone(),
+        jwks_url: args.oidc_jwks_url.clone(),
+    })
+    .context("--oidc-issuer, --oidc-audience or --oidc-jwks-url")?;
+    info!(issuer = %issuer, "accepting the OIDC issuer's tokens");
+    Ok(Some(verifier))
 }
 
 fn parse_alert_interval(s: &str) -> Result<Duration, String> {
@@ -89,13 +117,14 @@ fn parse_alert_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// The ingest and management routers merged, plus `GET /healthz`; `jwt` verifies users'
-/// tokens (none: JWTs are refused); both take their meters and plan limits from
+/// tokens (none: JWTs are refused), and `oidc` those of an OpenID Connect issuer; both take their meters and plan limits from
 /// `catalogue`. Also hands back ingest's key cache, whose last-used times
 /// [`tally_ingest::keys::flush_key_uses`] writes.
 pub fn router(
     backends: &Backends,
     clock: Arc<dyn Clock>,
     jwt: Option<JwtConfig>,
+    oidc: Option<OidcVerifier>,
     catalogue: &Catalogue,
     edge: EdgeSettings,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
@@ -122,6 +151,7 @@ pub fn router(
         catalogue: meters,
         clock,
         jwt: jwt.map(Arc::new),
+        oidc: oidc.map(Arc::new),
         plans: Arc::new(plans),
         users: Arc::new(tally_api::http::RateLimiter::new(tally_api::USER_BUCKETS)),
         user_rate: edge.user_rate,
@@ -198,6 +228,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// How users' JWTs are verified: the same configuration `tally token create` signs with.
     pub jwt: JwtConfig,
+    /// The OpenID Connect issuer whose tokens are accepted too; `None`: only `jwt`'s.
+    pub oidc: Option<OidcVerifier>,
     /// The Stripe adapter the billing scheduler syncs invoices through; `None`: no sync.
     pub stripe: Option<StripeProvider>,
     /// The signing secret of Stripe's webhooks at `POST /v1/stripe/webhook`; `None`: the
@@ -228,6 +260,7 @@ impl App {
             settings,
             clock: Arc::new(SystemClock),
             jwt,
+            oidc: None,
             stripe: None,
             stripe_webhook_secret: None,
             alert_sender: None,
@@ -251,7 +284,8 @@ impl App {
 
 /// `tally serve`: binds `--addr` and runs the app until SIGINT or SIGTERM.
 pub async fn serve(common: &Common, args: ServeArgs) -> anyhow::Result<()> {
-    let app = App::from_env(common, Settings::from(&args)).await?;
+    let mut app = App::from_env(common, Settings::from(&args)).await?;
+    app.oidc = oidc_from_args(&args)?;
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -274,6 +308,7 @@ pub async fn run(
         settings,
         clock,
         jwt,
+        oidc,
         stripe,
         stripe_webhook_secret,
         alert_sender,
@@ -345,7 +380,7 @@ pub async fn run(
     });
 
     info!(addr = %local, "tally listening on http://{local}");
-    let (routes, keys) = router(&backends, clock, Some(jwt), &catalogue, edge);
+    let (routes, keys) = router(&backends, clock, Some(jwt), oidc, &catalogue, edge);
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,

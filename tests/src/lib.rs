@@ -6,7 +6,7 @@
 //! [`storage_conformance!`] and [`queue_conformance!`] turn a factory into one `#[tokio::test]`
 //! per suite test. `tests/tests/sqlite_conformance.rs` runs them against the embedded
 //! backend; the AWS adapters plug their own factories into the same macros, with the
-//! emulator helpers in [`aws`]. [`fault_proxy`] stands between the SDK and the emulator and
+//! emulator helpers in [`aws`] (and [`cognito`] for the emulator's user pools). [`fault_proxy`] stands between the SDK and the emulator and
 //! answers DynamoDB calls the way DynamoDB does under load (throttles, conflicts, cancelled
 //! transactions, 500s, lost answers), kills or pauses a client at a chosen request (crashes
 //! inside a protocol), and fails some entries of SQS and Kinesis batch sends. [`stripe_double`] is the stateful Stripe double the invoice
@@ -14,6 +14,7 @@
 //! receiver).
 
 pub mod aws;
+pub mod cognito;
 pub mod conformance;
 pub mod fault_proxy;
 pub mod faults;

@@ -32,6 +32,9 @@ pub trait UserStore: Send + Sync {
     async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError>;
     /// Looks a user up.
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    /// The user with this email (compared lowercased), if any. Creates nothing: an
+    /// identity provider's verified email finds the Tally user it belongs to.
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     /// The user's memberships in every org, by org id. May lag a membership created a
     /// moment ago on backends whose index is eventually consistent (DynamoDB).
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError>;

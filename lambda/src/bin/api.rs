@@ -4,7 +4,9 @@
 //! Users' JWTs are verified with the HS256 secret read from Secrets Manager at the ARN in
 //! [`tally_lambda::env::JWT_SECRET_ARN`], read again every
 //! [`tally_lambda::env::SECRETS_REFRESH_SECONDS`] ([`tally_lambda::secrets`]), so a
-//! rotated secret takes over without a redeploy.
+//! rotated secret takes over without a redeploy. ID tokens of the OpenID Connect issuer in
+//! [`tally_lambda::env::OIDC_ISSUER`] (the template's Cognito user pool) are accepted too,
+//! verified against the pool's published keys (`tally_oidc`).
 
 use std::sync::Arc;
 
@@ -39,6 +41,26 @@ async fn main() -> anyhow::Result<()> {
     .with_plans(catalogue.core_plans())
     // API Gateway appends the address it was reached from to X-Forwarded-For.
     .with_trusted_proxies(1);
+    let state = match (
+        env.optional(env::OIDC_ISSUER)?,
+        env.optional(env::OIDC_AUDIENCE)?,
+    ) {
+        (Some(issuer), Some(audience)) => {
+            let oidc = tally_oidc::OidcVerifier::new(tally_oidc::OidcSettings {
+                issuer,
+                audience,
+                jwks_url: None,
+            })
+            .with_context(|| format!("{} or {}", env::OIDC_ISSUER, env::OIDC_AUDIENCE))?;
+            state.with_oidc(oidc)
+        }
+        (None, None) => state,
+        _ => anyhow::bail!(
+            "set both {} and {}, or neither",
+            env::OIDC_ISSUER,
+            env::OIDC_AUDIENCE
+        ),
+    };
     let router = handlers::http::api_router(state, secret);
     handlers::http::serve_derived(Arc::new(router), telemetry)
         .await

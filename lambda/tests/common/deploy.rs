@@ -1,5 +1,5 @@
 //! `template.yaml` "deployed" on the emulator for the Lambda runtime test: the stack's
-//! table, queues, streams and generated secrets created there (those whose condition holds
+//! table, queues, streams, generated secrets and Cognito user pool and client created there (those whose condition holds
 //! for the parameters given), and each function's binary started as Lambda starts it, with
 //! the environment the template gives the function in that stack ([`Stack`]), plus what
 //! Lambda adds itself: the role's credentials, the region, and here the emulator's endpoint
@@ -156,6 +156,24 @@ pub async fn deploy<'t>(template: &'t Value, overrides: &[(&str, &str)]) -> Depl
                     .unwrap();
                 secret_values.insert(id.clone(), value);
                 stack.refs.insert(id.clone(), arn);
+            }
+            "AWS::Cognito::UserPool" => {
+                let endpoint = tally_tests::aws::endpoint();
+                let pool = tally_tests::cognito::create_user_pool(&endpoint, &physical).await;
+                stack.attributes.insert(
+                    format!("{id}.Arn"),
+                    format!("arn:aws:cognito-idp:{REGION}:{ACCOUNT}:userpool/{pool}"),
+                );
+                stack.refs.insert(id.clone(), pool);
+            }
+            "AWS::Cognito::UserPoolClient" => {
+                let pool = match stack.eval(get(props, &["UserPoolId"])).unwrap() {
+                    Some(Json::String(s)) => s,
+                    other => panic!("{id}: UserPoolId {other:?}"),
+                };
+                let endpoint = tally_tests::aws::endpoint();
+                let client = tally_tests::cognito::create_client(&endpoint, &pool, &physical).await;
+                stack.refs.insert(id.clone(), client);
             }
             // Functions, roles, APIs, alarms, logs: Lambda and the test play their part.
             _ => {}

@@ -123,6 +123,19 @@ impl UserStore for DynamoStore {
             .transpose()
     }
 
+    /// Through the email guard (`EMAIL#<email>`), which names the user.
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let email = email.to_lowercase();
+        let Some(guard) = self.get(keys::email_pk(&email), EMAIL_SK).await? else {
+            return Ok(None);
+        };
+        let id = parse_id(get_s(&guard, "user_id")?, UserId::parse)?;
+        self.get_user(&id)
+            .await?
+            .ok_or_else(|| corrupt(format!("email guard of {email:?} names missing user {id}")))
+            .map(Some)
+    }
+
     /// The user's membership items, from the index (`gsi1pk` `USER#<user>`), by org id.
     /// Eventually consistent.
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {

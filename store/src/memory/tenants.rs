@@ -87,6 +87,15 @@ impl UserStore for MemoryStore {
         Ok(self.lock().users.get(id).cloned())
     }
 
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let st = self.lock();
+        Ok(st
+            .emails
+            .get(&email.to_lowercase())
+            .and_then(|id| st.users.get(id))
+            .cloned())
+    }
+
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         // By org id: the map is ordered by (org, user).
         Ok(self

@@ -155,6 +155,15 @@ impl UserStore for SqliteStore {
         .await
     }
 
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let email = email.to_lowercase();
+        self.read(move |conn| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE email = ?1");
+            read_one(conn, &sql, params![email], user_row, user_of)
+        })
+        .await
+    }
+
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         let user_id = user.clone();
         self.read(move |conn| {

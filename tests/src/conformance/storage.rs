@@ -696,7 +696,8 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
     assert_eq!(s.list_invitations(&b.id, now).await.unwrap(), vec![in_b]);
 }
 
-/// `ensure_user` creates a user once per email, compared and stored lowercased.
+/// `ensure_user` creates a user once per email, compared and stored lowercased, and
+/// `find_user_by_email` finds it by that email in any case.
 pub async fn users_are_unique_by_lowercased_email<F: StoreFactory>(f: &F) {
     let s = f.open().await;
     let local = format!("Grace.{}", random_hex());
@@ -721,8 +722,17 @@ pub async fn users_are_unique_by_lowercased_email<F: StoreFactory>(f: &F) {
         "the existing user is returned, not a second one"
     );
 
-    assert_eq!(s.get_user(&first.id).await.unwrap(), Some(stored));
+    assert_eq!(s.get_user(&first.id).await.unwrap(), Some(stored.clone()));
     assert_eq!(s.get_user(&second.id).await.unwrap(), None);
+
+    // Found by email in any case; an unknown email finds nothing and creates nothing.
+    let shouted = format!("{}@EXAMPLE.com", local.to_uppercase());
+    assert_eq!(
+        s.find_user_by_email(&shouted).await.unwrap(),
+        Some(stored.clone())
+    );
+    let stranger = format!("nobody.{}@example.com", random_hex());
+    assert_eq!(s.find_user_by_email(&stranger).await.unwrap(), None);
 }
 
 /// `create_org` stores the org with its owner; slugs are unique; the owner must exist.
