@@ -239,4 +239,30 @@ async fn entitlement_checks_follow_the_plan_through_tally_serve() {
         assert!(std::time::Instant::now() < deadline, "never counted: {e}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+
+    // The operator's view of the same month: pro is $99.00 plus 5 minutes over the 10,000
+    // included at $0.10 = $0.50, 20 % off = $0.40: $99.40 so far. No month is closed yet.
+    let upcoming = env.cli(&["invoice", "upcoming", "--org", &pro.org]);
+    assert_eq!(upcoming["plan"], "pro", "{upcoming}");
+    assert_eq!(upcoming["total"], "99.40", "{upcoming}");
+    assert_eq!(upcoming["period"], period.as_str());
+    // The server's scheduler closes the months since the org's creation (no usage: the
+    // $99.00 fee each), listed newest first, none synced to Stripe (it is off here).
+    let listed = env.cli(&["invoice", "list", "--org", &pro.org]);
+    let listed = listed["invoices"].as_array().unwrap();
+    let periods: Vec<&str> = listed
+        .iter()
+        .map(|i| i["period"].as_str().unwrap())
+        .collect();
+    let mut newest_first = periods.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(periods, newest_first);
+    assert!(periods.iter().all(|p| *p < period.as_str()), "{periods:?}");
+    for i in listed {
+        assert_eq!(
+            (&i["total"], &i["stripe"]["status"]),
+            (&json!("99.00"), &json!("not_synced")),
+            "{i}"
+        );
+    }
 }
