@@ -157,7 +157,7 @@ pub(crate) async fn list(
     let org = state.org(&auth.org).await?;
     let mut stored = billing.reports.list_reports(&org.id).await?;
     stored.retain(|r| before.is_none_or(|b| r.period < b));
-    stored.sort_by(|a, b| b.period.cmp(&a.period));
+    stored.sort_by_key(|r| std::cmp::Reverse(r.period));
     let more = stored.len() > limit;
     stored.truncate(limit);
     let mut invoices = Vec::with_capacity(stored.len());

@@ -66,7 +66,7 @@ pub async fn invoice(common: &Common, cmd: InvoiceCommand) -> anyhow::Result<()>
             let store = open(common).await?;
             any_org(&store, &id).await?;
             let mut stored = store.reports.list_reports(&id).await?;
-            stored.sort_by(|a, b| b.period.cmp(&a.period));
+            stored.sort_by_key(|r| std::cmp::Reverse(r.period));
             let mut invoices = Vec::with_capacity(stored.len());
             for r in &stored {
                 let report: UsageReport = serde_json::from_str(&r.body)

@@ -255,7 +255,7 @@ async fn entitlement_checks_follow_the_plan_through_tally_serve() {
         .map(|i| i["period"].as_str().unwrap())
         .collect();
     let mut newest_first = periods.clone();
-    newest_first.sort_by(|a, b| b.cmp(a));
+    newest_first.sort_by_key(|p| std::cmp::Reverse(*p));
     assert_eq!(periods, newest_first);
     assert!(periods.iter().all(|p| *p < period.as_str()), "{periods:?}");
     for i in listed {
