@@ -212,13 +212,7 @@ async fn entitlement_checks_follow_the_plan_through_tally_serve() {
         (400, &json!("meter")),
         "{e}"
     );
-    let (status, _) = entitlement(
-        &client,
-        &server,
-        &unused["key"].as_str().unwrap().to_owned(),
-        "",
-    )
-    .await;
+    let (status, _) = entitlement(&client, &server, unused["key"].as_str().unwrap(), "").await;
     assert_eq!(status, 401);
 
     // The pro plan is soft: past its 10,000 included minutes it stays allowed, with
