@@ -60,6 +60,12 @@ include-operation-id = "getUsage"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
 
 [[operations]]
+# A meter the catalogue does not have (400 unknown_meter): the catalogue is the operator's
+# data, not the document's.
+include-operation-id = "getEntitlements"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
+
+[[operations]]
 # An `expires_at` that is not in the future (400 invalid_field): a bound on the clock.
 include-operation-id = "createKey"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]

@@ -27,7 +27,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId, RateLimit};
-use tally_core::ports::{Clock, TenantStore, UsageStore};
+use tally_core::ports::{Clock, ReportStore, SyncLedger, TenantStore, UsageStore};
 use tally_core::tenant::Org;
 
 pub mod audit;
@@ -35,6 +35,7 @@ pub mod auth;
 pub mod export;
 pub mod http;
 pub mod invitations;
+pub mod invoices;
 pub mod jwt;
 pub mod keys;
 pub mod lines;
@@ -113,6 +114,10 @@ pub enum Endpoint {
     LineEvents,
     /// `GET /v1/orgs/{org_id}/export`.
     Export,
+    /// `GET /v1/orgs/{org_id}/invoices/upcoming`.
+    UpcomingInvoice,
+    /// `GET /v1/orgs/{org_id}/invoices`.
+    ListInvoices,
 }
 
 impl Endpoint {
@@ -142,7 +147,9 @@ impl Endpoint {
             Endpoint::RevokeKey => Some(Action::KeyRevoke),
             Endpoint::RotateKey => Some(Action::KeyRotate),
             Endpoint::ListAudit => Some(Action::AuditRead),
-            Endpoint::UsageSummary => Some(Action::UsageRead),
+            Endpoint::UsageSummary | Endpoint::UpcomingInvoice | Endpoint::ListInvoices => {
+                Some(Action::UsageRead)
+            }
             Endpoint::ListInvitations => Some(Action::InvitationsRead),
             Endpoint::CreateInvitation => Some(Action::InvitationCreate),
             Endpoint::RevokeInvitation => Some(Action::InvitationRevoke),
@@ -274,6 +281,12 @@ pub const ROUTES: &[Route] = &[
         Endpoint::LineEvents,
     ),
     route("GET", "/v1/orgs/{org_id}/export", Endpoint::Export),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/invoices/upcoming",
+        Endpoint::UpcomingInvoice,
+    ),
+    route("GET", "/v1/orgs/{org_id}/invoices", Endpoint::ListInvoices),
 ];
 
 pub use http::{ApiError, ErrorBody};
@@ -309,6 +322,21 @@ pub struct ApiState {
     /// them saw. 0 (the default): the connection's peer, and the header is ignored, since
     /// any client can write it.
     pub trusted_proxies: usize,
+    /// The prices of the process's catalogue, for the upcoming invoice; `None`: the
+    /// built-in catalogue's.
+    pub prices: Option<Arc<tally_core::Catalogue>>,
+    /// Month close's reports and the Stripe sync ledger, for the invoice list; `None`
+    /// answers that route `503` (a deployment without billing).
+    pub billing: Option<BillingPorts>,
+}
+
+/// The billing records the invoice list reads.
+#[derive(Clone)]
+pub struct BillingPorts {
+    /// Month close's stored reports.
+    pub reports: Arc<dyn ReportStore>,
+    /// The Stripe sync's recorded steps.
+    pub sync: Arc<dyn SyncLedger>,
 }
 
 /// A user's requests per second (and burst) on the management API by default: far above
@@ -340,7 +368,43 @@ impl ApiState {
             users: Arc::new(crate::http::RateLimiter::new(USER_BUCKETS)),
             user_rate: USER_RATE,
             trusted_proxies: 0,
+            prices: None,
+            billing: None,
         }
+    }
+
+    /// The same state, pricing upcoming invoices with `catalogue` (the one the composition
+    /// root loaded, as month close does).
+    pub fn with_prices(mut self, catalogue: tally_core::Catalogue) -> Self {
+        self.prices = Some(Arc::new(catalogue));
+        self
+    }
+
+    /// The same state, listing closed months from `reports` and `sync`.
+    pub fn with_billing(
+        mut self,
+        reports: Arc<dyn ReportStore>,
+        sync: Arc<dyn SyncLedger>,
+    ) -> Self {
+        self.billing = Some(BillingPorts { reports, sync });
+        self
+    }
+
+    /// The catalogue upcoming invoices are priced with.
+    pub fn prices(&self) -> Result<Arc<tally_core::Catalogue>, ApiError> {
+        match &self.prices {
+            Some(c) => Ok(c.clone()),
+            None => tally_core::Catalogue::builtin()
+                .map(Arc::new)
+                .map_err(|e| ApiError::Internal(format!("the built-in catalogue: {e}"))),
+        }
+    }
+
+    /// The billing records, or the `503` of a deployment without them.
+    pub fn billing(&self) -> Result<&BillingPorts, ApiError> {
+        self.billing.as_ref().ok_or_else(|| {
+            ApiError::Unavailable("this server does not keep billing records".into())
+        })
     }
 
     /// The same state, accepting users' JWTs as `jwt` says.
@@ -430,6 +494,8 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::AcceptInvitation => post(invitations::accept_invitation),
         Endpoint::LineEvents => get(lines::line_events),
         Endpoint::Export => get(export::export),
+        Endpoint::UpcomingInvoice => get(invoices::upcoming),
+        Endpoint::ListInvoices => get(invoices::list),
     }
 }
 

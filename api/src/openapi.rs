@@ -39,7 +39,9 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         Endpoint::ListAudit | Endpoint::LineEvents | Endpoint::Export => {
             &[200, 400, 401, 403, 404, 429, 500, 503]
         }
-        Endpoint::UsageSummary => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::UsageSummary | Endpoint::UpcomingInvoice | Endpoint::ListInvoices => {
+            &[200, 400, 401, 403, 404, 429, 500, 503]
+        }
         Endpoint::CreateProject | Endpoint::CreateKey => {
             &[201, 400, 401, 403, 404, 409, 429, 500, 503]
         }
@@ -95,6 +97,7 @@ pub fn document() -> Value {
         );
     }
     add_schemas(&mut doc, management_schemas());
+    add_schemas(&mut doc, invoice_schemas());
     add_schemas(
         &mut doc,
         json!({
@@ -407,6 +410,33 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 None,
                 vec![],
             ),
+            Endpoint::UpcomingInvoice => (
+                "upcomingInvoice",
+                "This month so far priced with month close's engine (the plan month close would bill, the stored month counters, `price_month`), and `projected_total`: the month projected to its end at the current rate and priced the same way. Projection: sum and count meters scale by days_in_month / days_elapsed (elapsed counted in seconds, at least one hour; rounded to 9 decimal places); max, latest and unique_count meters are not scaled (a peak, a latest reading or a distinct count is already the month's level). Adjustment lines for late usage of closed months are added by month close and not shown here",
+                "UpcomingInvoice",
+                None,
+                vec![],
+            ),
+            Endpoint::ListInvoices => (
+                "listInvoices",
+                "Closed months' reports, newest first, with their total and Stripe invoice (id, status, hosted URL when recorded); 503 on a server without billing records",
+                "InvoicesResponse",
+                None,
+                vec![
+                    param(
+                        "limit",
+                        false,
+                        "Page size, 1 to 100; default 12.",
+                        json!({"type": "integer", "minimum": 1, "maximum": 100}),
+                    ),
+                    param(
+                        "before",
+                        false,
+                        "Only months before this one (the previous page's `next_before`).",
+                        month_schema(),
+                    ),
+                ],
+            ),
             Endpoint::Export => (
                 "exportUsage",
                 "A month's usage counters (or with kind=ledger its ledger entries, each event once) as CSV, streamed; the rows `tally export` writes (docs/audit.md)",
@@ -663,4 +693,51 @@ fn management_schemas() -> Value {
         all.extend(more.clone());
     }
     schemas
+}
+
+/// The schemas of the invoice routes (`crate::invoices`).
+fn invoice_schemas() -> Value {
+    json!({
+        "UpcomingLine": {"type": "object", "required": ["meter", "quantity", "included", "billable", "amount", "projected_quantity", "projected_amount"], "properties": {
+            "meter": {"type": "string"},
+            "quantity": {"type": "string", "description": "Month-to-date quantity, in the meter's unit."},
+            "included": {"type": "string", "description": "The plan's allowance."},
+            "billable": {"type": "string", "description": "max(0, quantity − included)."},
+            "amount": {"type": "string", "description": "The line so far, after the plan's discount, rounded once to the cent."},
+            "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not)."},
+            "projected_amount": {"type": "string", "description": "The line priced at the projected quantity."},
+        }},
+        "UpcomingInvoice": {"type": "object", "required": ["org_id", "period", "plan", "currency", "as_of", "days_elapsed", "days_in_month", "lines", "flat_fee", "subtotal", "discount", "total", "projected_total"], "properties": {
+            "org_id": {"type": "string"},
+            "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+            "plan": {"type": "string", "description": "The plan month close would bill the month on."},
+            "currency": {"type": "string"},
+            "as_of": {"type": "string", "format": "date-time", "description": "The server's clock when the figures were computed."},
+            "days_elapsed": {"type": "string", "description": "Days of the month gone by (decimal, at least 1/24)."},
+            "days_in_month": {"type": "integer", "minimum": 28, "maximum": 31},
+            "lines": {"type": "array", "items": schema_ref("UpcomingLine")},
+            "flat_fee": {"type": "string"},
+            "subtotal": {"type": "string"},
+            "discount": {"type": "string"},
+            "total": {"type": "string", "description": "The month so far: subtotal − discount."},
+            "projected_total": {"type": "string", "description": "The projected month's total, same engine."},
+        }},
+        "StripeStatus": {"type": "object", "required": ["status", "invoice_id", "hosted_url"], "properties": {
+            "status": {"type": "string", "enum": ["not_synced", "in_progress", "finalized", "paid", "payment_failed"]},
+            "invoice_id": {"type": ["string", "null"]},
+            "hosted_url": {"type": ["string", "null"], "description": "The invoice's hosted page when recorded (not recorded by the sync yet: null)."},
+        }},
+        "InvoiceSummary": {"type": "object", "required": ["period", "plan", "currency", "total", "closed_at", "stripe"], "properties": {
+            "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+            "plan": {"type": "string"},
+            "currency": {"type": "string"},
+            "total": {"type": "string"},
+            "closed_at": {"type": "string", "format": "date-time", "description": "When month close stored the report."},
+            "stripe": schema_ref("StripeStatus"),
+        }},
+        "InvoicesResponse": {"type": "object", "required": ["invoices"], "properties": {
+            "invoices": {"type": "array", "items": schema_ref("InvoiceSummary"), "description": "Closed months, newest first."},
+            "next_before": {"type": "string", "description": "Pass as `before` for the next page; absent on the last."},
+        }},
+    })
 }

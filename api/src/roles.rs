@@ -21,7 +21,7 @@
 //! | `key.revoke` | `POST /v1/orgs/{org_id}/keys/{key_id}/revoke` | ✓ | ✓ | | |
 //! | `key.rotate` | `POST /v1/orgs/{org_id}/keys/{key_id}/rotate` | ✓ | ✓ | | |
 //! | `audit.read` | `GET /v1/orgs/{org_id}/audit` | ✓ | ✓ | | |
-//! | `usage.read` | `GET /v1/usage` with a JWT, `GET /v1/orgs/{org_id}/usage/summary` | ✓ | ✓ | ✓ | ✓ |
+//! | `usage.read` | `GET /v1/usage` with a JWT, `GET /v1/orgs/{org_id}/usage/summary`, `GET /v1/orgs/{org_id}/invoices/upcoming`, `GET /v1/orgs/{org_id}/invoices` | ✓ | ✓ | ✓ | ✓ |
 //! | `invitations.read` | `GET /v1/orgs/{org_id}/invitations` (pending ones) | ✓ | ✓ | | |
 //! | `invitation.create` | `POST /v1/orgs/{org_id}/invitations` | ✓ | ✓ | | |
 //! | `invitation.revoke` | `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` | ✓ | ✓ | | |

@@ -19,7 +19,7 @@ use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, OrgStore, ProjectStore,
-    UsageStore, UserStore,
+    ReportStore, SyncLedger, UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
@@ -262,6 +262,7 @@ fn app(mem: &World) -> Router {
         )
         .with_jwt(jwt())
         .with_plans(mem.plans.clone())
+        .with_billing(Arc::new(mem.store.clone()), Arc::new(mem.store.clone()))
         // The tests' requests come through two trusted proxies: the client 203.0.113.9
         // reached the outer one, which reached the inner one, 10.0.0.1.
         .with_trusted_proxies(2),
@@ -380,7 +381,9 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         | Endpoint::UsageSummary
         | Endpoint::ListInvitations
         | Endpoint::RevokeInvitation
-        | Endpoint::LineEvents => (path, None),
+        | Endpoint::LineEvents
+        | Endpoint::UpcomingInvoice
+        | Endpoint::ListInvoices => (path, None),
         Endpoint::Export => (format!("{path}?period=2026-03"), None),
         Endpoint::CreateInvitation => (
             path,
@@ -2358,5 +2361,119 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
         let a = call(&mem, "GET", &uri, Some(&owner), None).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.text);
         assert_eq!(a.json["error"]["field"], field, "{uri}: {}", a.text);
+    }
+}
+
+/// The upcoming invoice through the route: starter, 2,500 API calls by 2026-11-26T12:30Z
+/// (under the 100,000 included), so the month so far is the $29.00 fee. Elapsed: 25 days
+/// 12.5 hours = 2,205,000 s of November's 2,592,000, so the calls project to
+/// 2,500 × 2,592,000 / 2,205,000 = 2,938.775510204 (9 places), still included: $29.00.
+#[tokio::test]
+async fn the_upcoming_invoice_prices_the_month_so_far_and_projects_it() {
+    let mem = world(PlanId::Starter).await;
+    let a = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invoices/upcoming",
+        Some(&token(&a_user(Role::Viewer))),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["period"], "2026-11");
+    assert_eq!(a.json["plan"], "starter");
+    assert_eq!(a.json["as_of"], NOW);
+    assert_eq!(a.json["days_in_month"], 30);
+    assert_eq!(a.json["days_elapsed"], "25.520833");
+    let api = a.json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "api_calls")
+        .unwrap()
+        .clone();
+    assert_eq!(api["quantity"], "2500");
+    assert_eq!(api["included"], "100000");
+    assert_eq!(api["billable"], "0");
+    assert_eq!(api["amount"], "0.00");
+    assert_eq!(api["projected_quantity"], "2938.775510204");
+    assert_eq!(a.json["total"], "29.00");
+    assert_eq!(a.json["projected_total"], "29.00");
+}
+
+/// Closed months come newest first with their total and Stripe state, a page at a time.
+#[tokio::test]
+async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
+    let mem = world(PlanId::Starter).await;
+    let catalogue = tally_core::Catalogue::builtin().unwrap();
+    let org = org_id("org_a");
+    for period in ["2026-09", "2026-10"] {
+        let period = tally_core::period::Month::parse(period).unwrap();
+        let report = tally_core::report::price_month(
+            org.clone(),
+            period,
+            catalogue.plan(PlanId::Starter),
+            &tally_core::report::MonthUsage::default(),
+        )
+        .unwrap();
+        mem.store
+            .save_report(&tally_core::ports::StoredReport {
+                org_id: org.clone(),
+                period,
+                body: serde_json::to_string(&report).unwrap(),
+                created_at: period.end(),
+            })
+            .await
+            .unwrap();
+    }
+    let oct = tally_core::period::Month::parse("2026-10").unwrap();
+    for (step, result) in [
+        ("invoice", "in_123"),
+        ("finalize", "open 2900"),
+        ("webhook:invoice.paid", "in_123"),
+    ] {
+        mem.store
+            .record_step(&org, oct, step, result)
+            .await
+            .unwrap();
+    }
+    let bearer = token(&a_user(Role::Member));
+    let a = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invoices?limit=1",
+        Some(&bearer),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json,
+        json!({"invoices": [{"period": "2026-10", "plan": "starter", "currency": "usd",
+            "total": "29.00", "closed_at": "2026-11-01T00:00:00Z",
+            "stripe": {"status": "paid", "invoice_id": "in_123", "hosted_url": null}}],
+            "next_before": "2026-10"})
+    );
+    let a = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invoices?before=2026-10",
+        Some(&bearer),
+        None,
+    )
+    .await;
+    assert_eq!(a.json["invoices"][0]["period"], "2026-09");
+    assert_eq!(a.json["invoices"][0]["stripe"]["status"], "not_synced");
+    assert!(a.json.get("next_before").is_none());
+    for bad in ["limit=0", "limit=101", "before=2026-13", "before=soon"] {
+        let a = call(
+            &mem,
+            "GET",
+            &format!("/v1/orgs/org_a/invoices?{bad}"),
+            Some(&bearer),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }

@@ -107,3 +107,17 @@ impl Deref for Catalogue {
         &self.inner
     }
 }
+
+// Pricing a month with a whole catalogue: core's engine on one of its plans.
+impl Catalogue {
+    /// Prices an org's month on one of this catalogue's plans (see [`tally_core::report::price_month`]).
+    pub fn price_month(
+        &self,
+        org_id: tally_core::OrgId,
+        period: tally_core::Month,
+        plan: tally_core::PlanId,
+        usage: &tally_core::report::MonthUsage,
+    ) -> Result<tally_core::report::UsageReport, PricingError> {
+        tally_core::report::price_month(org_id, period, self.plan(plan), usage)
+    }
+}

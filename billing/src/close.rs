@@ -584,23 +584,7 @@ async fn month_usage(
         .stored_counters(org, period)
         .await
         .map_err(store("cannot read the month's counters"))?;
-    let mut out = MonthUsage::default();
-    for (key, value) in counters {
-        if key.granularity != Granularity::Month || Month::of(key.start) != period {
-            continue;
-        }
-        let slot = match key.project {
-            None => out.meters.entry(key.meter).or_default(),
-            Some(project) => out
-                .projects
-                .entry(project)
-                .or_default()
-                .entry(key.meter)
-                .or_default(),
-        };
-        *slot = checked_sum([*slot, value]).map_err(|_| OrgError::Overflow)?;
-    }
-    Ok(out)
+    MonthUsage::from_counters(counters, period).map_err(|_| OrgError::Overflow)
 }
 
 /// The org-wide month counter of one meter, now: what month close compares late usage

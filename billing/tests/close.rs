@@ -814,3 +814,56 @@ async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
         Err(CloseError::OrgNotInPeriod { .. })
     ));
 }
+
+/// The upcoming invoice and month close are one engine: the preview of November computed at
+/// its last instant (over the counters as they stand, on the plan month close bills) has
+/// the total of the report month close then stores. Starter: 1,500 minutes = 500 over the
+/// 1,000 included at $0.10 = $50.00, 10 % off = $45.00, plus $29.00 = $74.00; and 40,000 API
+/// calls, under the 100,000 included.
+#[tokio::test]
+async fn the_closed_total_is_the_upcoming_total_at_the_months_last_instant() {
+    let w = World::new();
+    let (org, project) = w.org("preview", PlanId::Starter).await;
+    w.minutes(&org, &project, "m1", "1000", "2026-11-03T10:00:00Z")
+        .await;
+    w.minutes(&org, &project, "m2", "500", "2026-11-29T10:00:00Z")
+        .await;
+    w.usage(
+        &org,
+        &project,
+        "c1",
+        "api_calls",
+        "40000",
+        "2026-11-10T00:00:00Z",
+    )
+    .await;
+    let last_instant = month("2026-11").end() - Duration::nanoseconds(1);
+    assert_eq!(Month::of(last_instant), month("2026-11"));
+    let period = Month::of(last_instant);
+    let history = w.store.plan_history(&org).await.unwrap();
+    let plan = tally_core::plan::billed_plan(PlanId::Starter, &history, period);
+    let usage = tally_core::report::MonthUsage::from_counters(
+        w.store.stored_counters(&org, period).await.unwrap(),
+        period,
+    )
+    .unwrap();
+    let preview = tally_core::upcoming::upcoming_invoice(
+        &org,
+        w.catalogue.plan(plan),
+        &w.catalogue.meter_catalogue(),
+        &usage,
+        last_instant,
+    )
+    .unwrap();
+    assert_eq!(preview.total, "74.00");
+
+    let reports = w.bill("2026-11").await.unwrap();
+    let closed = reports.iter().find(|r| r.org_id == org).unwrap();
+    assert_eq!(closed.total.to_string(), preview.total);
+    assert_eq!(closed.subtotal.to_string(), preview.subtotal);
+    assert_eq!(closed.discount.to_string(), preview.discount);
+    for (line, shown) in closed.lines.iter().zip(&preview.lines) {
+        assert_eq!(line.meter.to_string(), shown.meter);
+        assert_eq!(line.amount.to_string(), shown.amount);
+    }
+}

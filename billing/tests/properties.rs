@@ -399,7 +399,7 @@ fn no_float_in_the_billing_source() {
         ("sync.rs", include_str!("../src/sync.rs")),
         ("webhook.rs", include_str!("../src/webhook.rs")),
     ];
-    // Core's catalogue and price models, which billing prices with.
+    // Core's catalogue, price models and pricing engine, which billing prices with.
     let core = [
         (
             "core/src/catalogue.rs",
@@ -408,6 +408,19 @@ fn no_float_in_the_billing_source() {
         (
             "core/src/pricing.rs",
             include_str!("../../core/src/pricing.rs"),
+        ),
+        // The pricing engine month close and the upcoming invoice share.
+        (
+            "core/src/report.rs",
+            include_str!("../../core/src/report.rs"),
+        ),
+        (
+            "core/src/allocate.rs",
+            include_str!("../../core/src/allocate.rs"),
+        ),
+        (
+            "core/src/upcoming.rs",
+            include_str!("../../core/src/upcoming.rs"),
         ),
         (
             "core/catalogue.json",

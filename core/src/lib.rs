@@ -14,6 +14,7 @@
 //! means every rule is unit-testable without a database and every backend applies exactly the
 //! same arithmetic.
 
+pub mod allocate;
 pub mod audit;
 pub mod backoff;
 pub mod catalogue;
@@ -31,9 +32,11 @@ pub mod period;
 pub mod plan;
 pub mod ports;
 pub mod pricing;
+pub mod report;
 pub mod signature;
 pub mod sinks;
 pub mod tenant;
+pub mod upcoming;
 
 pub use catalogue::{Catalogue, CatalogueError, MeterPrice, MeterSpec, PlanSpec, Problem};
 pub use counter::{CounterKey, CounterScope, OwnedCounterKey};

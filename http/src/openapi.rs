@@ -25,7 +25,10 @@ pub const OPENAPI_VERSION: &str = "3.1.0";
 /// The statuses `POST /v1/events` answers with.
 pub const POST_EVENTS_STATUSES: &[u16] = &[202, 400, 401, 403, 413, 429, 500, 503];
 
-/// The shared document: `POST /v1/events`, `GET /openapi.json` and every shared component.
+/// The statuses `GET /v1/entitlements` answers with.
+pub const GET_ENTITLEMENTS_STATUSES: &[u16] = &[200, 400, 401, 403, 500, 503];
+
+/// The shared document: `POST /v1/events`, `GET /v1/entitlements`, `GET /openapi.json` and every shared component.
 pub fn document() -> Value {
     let mut doc = json!({
         "openapi": OPENAPI_VERSION,
@@ -41,6 +44,7 @@ pub fn document() -> Value {
         &mut doc,
         json!({
             "/v1/events": {"post": post_events()},
+            "/v1/entitlements": {"get": get_entitlements()},
             "/openapi.json": {"get": get_openapi()},
         }),
     );
@@ -195,6 +199,32 @@ fn post_events() -> Value {
     })
 }
 
+/// The operation of `GET /v1/entitlements` (served by ingest, `tally_ingest::entitlements`).
+fn get_entitlements() -> Value {
+    let mut responses = error_responses(GET_ENTITLEMENTS_STATUSES);
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "With `meter`: that meter's Entitlement; without: every meter's, in an EntitlementsResponse.",
+            "content": {"application/json": {"schema": {"anyOf": [schema_ref("Entitlement"), schema_ref("EntitlementsResponse")]}}},
+        }),
+    );
+    json!({
+        "operationId": "getEntitlements",
+        "summary": "Whether the key's org may consume more of a meter now",
+        "description": "Needs an API key with scope `events:write` or `usage:read`. Per meter: the plan's monthly allowance (`limit`, null when unlimited), whether it is hard (events past it are refused) or soft (billed as overage), the month-to-date `usage`, `remaining` = max(0, limit − usage), and `allowed`: false only on a hard plan whose sum, count or unique_count meter has usage >= limit (a max or latest meter takes any reading up to the limit; soft plans stay allowed past the allowance, with remaining 0). A test key answers for the org's test usage under the free plan's hard limits. Staleness and latency: the figures are the month counters ingest's hard limits read, cached per process for the usage TTL (2 s by default) plus the events this process accepted since; usage accepted elsewhere shows within that TTL + the aggregator's batching window (200 ms) + the time events wait in the queue. An answer costs at most one store read per meter per TTL; otherwise it is served from memory.",
+        "security": [{"apiKey": []}],
+        "parameters": [{
+            "name": "meter",
+            "in": "query",
+            "required": false,
+            "description": "The meter (one of the catalogue's; unknown: 400 with field `meter`). Without it, every meter.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+        }],
+        "responses": responses,
+    })
+}
+
 fn components() -> Value {
     json!({
         "securitySchemes": {
@@ -245,6 +275,28 @@ fn components() -> Value {
                     "accepted": {"type": "integer", "minimum": 0, "description": "Events durably queued."},
                     "rejected": {"type": "array", "items": schema_ref("Rejection"), "description": "Refused events, in body order."},
                     "notices": {"type": "array", "items": schema_ref("Rejection"), "description": "Accepted events to look at, absent when none: duplicate_conflict for an id sent twice in the request with other contents (the first is counted)."},
+                },
+            },
+            "Entitlement": {
+                "type": "object",
+                "required": ["meter", "allowed", "limit", "usage", "remaining", "hard", "period"],
+                "properties": {
+                    "meter": {"type": "string"},
+                    "allowed": {"type": "boolean", "description": "Whether one more event of the meter would be accepted now."},
+                    "limit": {"type": ["string", "null"], "description": "The plan's monthly allowance (decimal string); null when unlimited."},
+                    "usage": {"type": "string", "description": "Month-to-date usage (decimal string), at most a few seconds stale (see the operation)."},
+                    "remaining": {"type": ["string", "null"], "description": "max(0, limit − usage); null when unlimited."},
+                    "hard": {"type": "boolean", "description": "Whether events past `limit` are refused (else billed as overage)."},
+                    "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "description": "The month (UTC)."},
+                },
+            },
+            "EntitlementsResponse": {
+                "type": "object",
+                "required": ["plan", "period", "entitlements"],
+                "properties": {
+                    "plan": {"type": "string", "description": "The plan the limits come from (`free` for a test key)."},
+                    "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                    "entitlements": {"type": "array", "items": schema_ref("Entitlement"), "description": "Every meter, in name order."},
                 },
             },
             "Rejection": {

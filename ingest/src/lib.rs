@@ -38,6 +38,10 @@
 //!    as a whole is `503` with `Retry-After: 1` (nothing was accepted; resend everything,
 //!    resent ids are deduplicated downstream).
 //!
+//! `GET /v1/entitlements` ([`entitlements`]) answers, for the key's org, whether one more
+//! event of a meter would be accepted now, with the limit, month-to-date usage and what
+//! remains, from the same cached counters the hard limits read (same staleness bound).
+//!
 //! The HTTP seam ingest shares with the other APIs lives in `tally-http`: API-key
 //! authentication ([`auth`], [`keys`]), the one JSON error ([`error`], [`ApiError`]),
 //! the request span ([`trace`]), the bounded TTL map the caches are made of ([`cache`]) and
@@ -54,7 +58,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::post;
+use axum::routing::{get, post};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{
@@ -63,6 +67,7 @@ use tally_core::ports::{
 
 pub mod body;
 pub mod config;
+pub mod entitlements;
 pub mod events;
 pub mod limits;
 pub mod lookups;
@@ -80,7 +85,7 @@ pub use events::{IngestResponse, Rejection, placement};
 pub use keys::KeyCache;
 
 /// Every route [`router`] serves, as (method, path), for the OpenAPI check.
-pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
+pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events"), ("GET", "/v1/entitlements")];
 
 /// Everything the ingest route needs, as ports. Cheap to clone (all `Arc`s).
 #[derive(Clone)]
@@ -259,7 +264,8 @@ impl Ingest {
             .unwrap_or_else(|| Arc::new(Plan::builtin(id)))
     }
 
-    /// The ingest API: `POST /v1/events` (see [`events`]), with the 1 MiB body limit, the
+    /// The ingest API: `POST /v1/events` (see [`events`]) and `GET /v1/entitlements` (see
+    /// [`entitlements`]), with the 1 MiB body limit, the
     /// request span of [`trace`], and [`tally_http::drain`] so that an answer given before
     /// the body was read is not lost to a connection reset. It does not serve `/openapi.json`: the usage API's
     /// router serves the whole document (see [`openapi`]); a deployment of ingest alone
@@ -267,6 +273,7 @@ impl Ingest {
     pub fn router(self) -> Router {
         Router::new()
             .route("/v1/events", post(events::post_events))
+            .route("/v1/entitlements", get(entitlements::get_entitlements))
             .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(trace::trace_requests))
             // Outermost: a 401/403/413/429 given before the body is read still reaches a

@@ -347,6 +347,34 @@ impl PlanGuard {
         });
     }
 
+    /// The org's month-to-date usage of `meter` in `month` as this guard sees it: the
+    /// cached month counter (re-read from the store once it is older than the usage TTL)
+    /// plus what this process accepted since. The figure `GET /v1/entitlements` answers
+    /// with (see [`crate::entitlements`]), from the same cache the hard limits read, so it
+    /// is exactly as stale as enforcement is. A figure read here is cached too, so asking
+    /// costs at most one store read per (org, meter, month) and TTL.
+    pub async fn month_usage(
+        &self,
+        org: &OrgId,
+        meter: &MeterName,
+        month: Month,
+    ) -> Result<Decimal, StoreError> {
+        let key = (org.clone(), meter.clone(), month);
+        if let Some(u) = self.cache.get(&key, self.clock.now()) {
+            return Ok(u.stored + u.pending);
+        }
+        let fetched = self
+            .fetch(&key)
+            .instrument(tracing::debug_span!("month_usage", meter = meter.as_str()))
+            .await?;
+        let now = self.clock.now();
+        // Another request may have cached (and added to) the figure meanwhile: keep it.
+        Ok(self.cache.update(key, now, |cached| {
+            let (u, expires) = cached.unwrap_or((fetched, add(now, self.ttl)));
+            (u.stored + u.pending, Some((u, expires)))
+        }))
+    }
+
     async fn fetch(&self, key: &UsageKey) -> Result<Usage, StoreError> {
         let (org, meter, month) = key;
         let series = self

@@ -2388,3 +2388,147 @@ async fn a_client_waiting_for_100_continue_is_refused_without_being_asked_for_it
     assert_eq!(a.json["error"]["code"], "unauthorized", "{a:?}");
     assert_eq!(a.header("connection"), Some("close"), "{a:?}");
 }
+
+impl Harness {
+    /// `GET /v1/entitlements` with `query` (`""` for none), checked against the document.
+    async fn entitlements(&self, key: &str, query: &str) -> Answer {
+        let req = Request::get(format!("/v1/entitlements{query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = self.ingest.clone().router().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap();
+        let a = Answer {
+            status,
+            json,
+            headers,
+        };
+        assert_documented("GET", "/v1/entitlements", &a);
+        if a.status == StatusCode::OK {
+            let one = a.json.get("meter").is_some();
+            let schema = if one {
+                "Entitlement"
+            } else {
+                "EntitlementsResponse"
+            };
+            assert_eq!(keys_of(&a.json), schema_properties(schema), "{schema}");
+        }
+        a
+    }
+}
+
+#[tokio::test]
+async fn a_hard_limited_free_org_is_allowed_under_its_allowance_and_refused_at_it() {
+    let h = Harness::new().await;
+    h.set_usage("org_f", "api_calls", "2026-11", 9_999).await;
+    let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.json,
+        json!({"meter": "api_calls", "allowed": true, "limit": "10000", "usage": "9999",
+               "remaining": "1", "hard": true, "period": "2026-11"})
+    );
+    // The one call ingest accepts next is counted at once (same cache as the hard limit):
+    // the org is now at its allowance and refused, before any re-read of the store.
+    let posted = h
+        .post(Some(FREE_KEY), fev("last", "api_calls", 1).to_string())
+        .await;
+    assert_eq!(posted.json["accepted"], 1);
+    let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
+    assert_eq!(a.json["allowed"], false);
+    assert_eq!(a.json["usage"], "10000");
+    assert_eq!(a.json["remaining"], "0");
+    assert_eq!(h.store.calls(Op::CounterSeries), 1, "usage is cached");
+
+    // Usage applied elsewhere shows once the cache's TTL (2 s) has passed, not before.
+    h.set_usage("org_f", "api_calls", "2026-11", 10_500).await;
+    assert_eq!(
+        h.entitlements(FREE_KEY, "?meter=api_calls").await.json["usage"],
+        "10000"
+    );
+    h.advance(secs(3));
+    let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
+    assert_eq!(a.json["usage"], "10500");
+    assert_eq!(a.json["remaining"], "0");
+    assert_eq!(a.json["allowed"], false);
+    // A `max` meter takes any reading up to the limit: still allowed at its limit.
+    let a = h.entitlements(FREE_KEY, "?meter=storage_bytes").await;
+    assert_eq!(a.json["allowed"], true);
+    assert_eq!(a.json["hard"], true);
+}
+
+#[tokio::test]
+async fn a_soft_plan_past_its_allowance_stays_allowed_with_nothing_remaining() {
+    let h = Harness::new().await;
+    h.set_usage("org_a", "api_calls", "2026-11", 1_000_005)
+        .await;
+    // A usage:read key may ask too.
+    for key in [GOOD_KEY, READ_KEY] {
+        let a = h.entitlements(key, "?meter=api_calls").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.json,
+            json!({"meter": "api_calls", "allowed": true, "limit": "1000000",
+                   "usage": "1000005", "remaining": "0", "hard": false, "period": "2026-11"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_meter_every_meter_of_the_plan_is_listed() {
+    let h = Harness::new().await;
+    h.set_usage("org_f", "compute_minutes", "2026-11", 40).await;
+    let a = h.entitlements(FREE_KEY, "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["plan"], "free");
+    assert_eq!(a.json["period"], "2026-11");
+    let meters: Vec<&str> = a.json["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["meter"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        meters,
+        [
+            "api_calls",
+            "bandwidth_bytes",
+            "compute_minutes",
+            "storage_bytes"
+        ]
+    );
+    let compute = &a.json["entitlements"][2];
+    assert_eq!(compute["usage"], "40");
+    assert_eq!(compute["remaining"], "60");
+    assert_eq!(compute["allowed"], true);
+}
+
+#[tokio::test]
+async fn entitlement_checks_refuse_unknown_meters_and_bad_keys() {
+    let h = Harness::new().await;
+    let a = h.entitlements(GOOD_KEY, "?meter=gpu_hours").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error(), ("unknown_meter", "meter"));
+    let long = "m".repeat(65);
+    let a = h.entitlements(GOOD_KEY, &format!("?meter={long}")).await;
+    assert_eq!(a.error(), ("invalid_meter", "meter"));
+    for key in [REVOKED_KEY, EXPIRED_KEY, ORPHAN_KEY] {
+        let a = h.entitlements(key, "?meter=api_calls").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{key}");
+    }
+    // A key with neither scope is 403.
+    let bare = "tk_live_0000000000000000000000000000000000000000000000000000000000000001";
+    h.store
+        .create_api_key(&key(bare, "org_a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.entitlements(bare, "?meter=api_calls").await.status,
+        StatusCode::FORBIDDEN
+    );
+}

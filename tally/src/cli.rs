@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
 use crate::{
-    aggregate, alerts, backend, bill, commands, export, import, people, prune, records, replay,
-    serve,
+    aggregate, alerts, backend, bill, commands, export, import, invoices, people, prune, records,
+    replay, serve,
 };
 
 /// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
@@ -51,6 +51,10 @@ enum Command {
     /// Read the usage reports month close stored, with their lines and Stripe invoices.
     #[command(subcommand)]
     Report(records::ReportCommand),
+    /// An organization's upcoming invoice (the month so far, priced as month close would,
+    /// and projected) and its closed months with their Stripe invoices.
+    #[command(subcommand)]
+    Invoice(invoices::InvoiceCommand),
     /// Print a shell completion script for bash, zsh or fish on stdout.
     Completions(CompletionsArgs),
     /// Mint JWTs for users (local use and tests).
@@ -162,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => records::audit(common, args).await,
         Command::Usage(args) => records::usage(common, args).await,
         Command::Report(cmd) => records::report(common, cmd).await,
+        Command::Invoice(cmd) => invoices::invoice(common, cmd).await,
         Command::Completions(args) => {
             completions(args);
             Ok(())

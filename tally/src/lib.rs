@@ -39,6 +39,7 @@ mod export_s3;
 mod import;
 mod import_csv;
 mod inventory;
+mod invoices;
 mod manage;
 mod output;
 mod people;

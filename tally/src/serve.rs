@@ -156,6 +156,13 @@ pub fn router(
         users: Arc::new(tally_api::http::RateLimiter::new(tally_api::USER_BUCKETS)),
         user_rate: edge.user_rate,
         trusted_proxies: edge.trusted_proxies,
+        // The upcoming invoice prices with the catalogue month close bills with; the
+        // invoice list reads month close's reports and the Stripe sync ledger.
+        prices: Some(Arc::new(catalogue.core().clone())),
+        billing: Some(tally_api::BillingPorts {
+            reports: backends.stores.reports.clone(),
+            sync: backends.stores.sync.clone(),
+        }),
     });
     let router = ingest.merge(api).route(
         "/healthz",

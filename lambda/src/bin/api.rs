@@ -39,6 +39,8 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )
     .with_plans(catalogue.core_plans())
+    .with_prices(catalogue.core().clone())
+    .with_billing(store.reports.clone(), store.dynamo.clone())
     // API Gateway appends the address it was reached from to X-Forwarded-For.
     .with_trusted_proxies(1);
     let state = match (
