@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::{Value, json};
@@ -47,7 +47,7 @@ fn line_of(text: &str, needle: &str) -> u64 {
 }
 
 /// Runs `tally catalogue check FILE --json`: its exit code and its answer.
-fn check(env: &Env, path: &PathBuf) -> (i32, Value) {
+fn check(env: &Env, path: &Path) -> (i32, Value) {
     let out = env.cli_raw(&["catalogue", "check", path.to_str().unwrap()]);
     let answer = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

@@ -82,10 +82,8 @@ impl CatalogueStore for SqliteStore {
         self.read(move |conn| {
             read_one(
                 conn,
-                &format!(
-                    "SELECT version, effective_from, digest, applied_by, applied_at, body
-                     FROM catalogue_versions WHERE version = ?1"
-                ),
+                "SELECT version, effective_from, digest, applied_by, applied_at, body
+                 FROM catalogue_versions WHERE version = ?1",
                 params![i64::from(version)],
                 |r| Ok((summary_row(r)?, r.get::<_, String>(5)?)),
                 |(row, body)| {
