@@ -10,6 +10,8 @@
 //!   gives the one catalogue whose views are core's [`tally_core::Plan`]s and
 //!   [`tally_core::MeterCatalogue`] (what ingest and the API enforce) and the priced plans
 //!   billing charges with, so limits and prices cannot disagree.
+//! - [`versions`]: the catalogue versions the operator publishes (`tally catalogue apply`)
+//!   and which one prices a month; the versioning rule is its module doc.
 //! - [`pricing`]: the price models (per unit, package, graduated and volume tiers), exact in
 //!   `rust_decimal`, never floats; they live in core beside the catalogue.
 //! - [`report`]: [`price_month`] turns a plan and an org's month quantities into a
@@ -89,6 +91,7 @@ pub use tally_core::pricing;
 pub mod report;
 pub mod schedule;
 pub mod sync;
+pub mod versions;
 pub mod webhook;
 
 pub use catalogue::{BUILTIN_JSON, CURRENCY, Catalogue, MeterPrice, MeterSpec, PlanSpec};

@@ -26,6 +26,7 @@ pub mod fold;
 pub mod headroom;
 pub mod ids;
 pub mod json;
+pub mod locate;
 pub mod meter;
 pub mod money;
 pub mod period;

@@ -10,6 +10,8 @@
 //! DynamoDB item can hold, with a first-write-wins put so month close can rerun safely.
 //! [`AlertLedger`] is the outbox of plan-limit alerts: a conditional-write claim per
 //! (org, month, meter, threshold), and a lease so concurrent checks never both send one.
+//! [`CatalogueStore`] keeps the catalogue versions the operator publishes, immutable and
+//! numbered by a first-write-wins put.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -25,10 +27,16 @@ use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::period::{Granularity, Month};
 
 mod allowance;
+mod catalogue;
 mod tenants;
 pub use allowance::{
     AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
     check_allowance_request,
+};
+pub use catalogue::{
+    CatalogueStore, CatalogueVersion, CatalogueVersionSummary, MAX_APPLIED_BY_BYTES,
+    MAX_CATALOGUE_BYTES, MAX_CATALOGUE_VERSION, catalogue_digest, check_catalogue_version,
+    effective_version,
 };
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,

@@ -28,6 +28,8 @@
 //!   org-wide counter derived through [`tally_core::fold::spread`], as [`crate::derive`]
 //!   does for the other stores) and closed periods.
 //! - `memory/billing.rs`: reports, the sync ledger and alerts.
+//! - `memory/catalogue.rs`: the published catalogue versions
+//!   ([`CatalogueStore`](tally_core::ports::CatalogueStore)).
 //! - `memory/allowances.rs`: the shared fixed-window allowances
 //!   ([`AllowanceStore`](tally_core::ports::AllowanceStore)).
 //!
@@ -54,6 +56,7 @@ use tally_core::tenant::{
 
 mod allowances;
 mod billing;
+mod catalogue;
 mod keys;
 mod tenants;
 mod usage;
@@ -203,6 +206,8 @@ struct State {
     /// Alerts by key (org first, so one org's alerts are one range, by month, meter and
     /// threshold).
     alerts: BTreeMap<AlertKey, StoredAlert>,
+    /// Published catalogue versions by number (`memory/catalogue.rs`).
+    catalogues: BTreeMap<u32, tally_core::ports::CatalogueVersion>,
     /// Injected failures.
     faults: HashMap<Op, Fault>,
     /// How often each observed lookup was called.

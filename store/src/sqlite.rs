@@ -122,6 +122,7 @@ use crate::secs::{bucket_start, ceil_secs};
 
 mod alerts;
 mod audit;
+mod catalogue;
 mod counters;
 mod invitations;
 mod keys;
@@ -134,7 +135,7 @@ use members::role_of;
 use tenants::{read_org, read_project, require_live_org};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Most ledger rows [`SqliteStore::prune_ledger`] looks at (and deletes) in one write
 /// transaction, so a batch of events never waits long behind it.
@@ -496,6 +497,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if !has {
             tx.execute_batch(SCHEMA_V9).map_err(db)?;
         }
+    }
+    if version < 10 {
+        tx.execute_batch(catalogue::SCHEMA_V10).map_err(db)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

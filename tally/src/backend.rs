@@ -125,6 +125,8 @@ pub struct Stores {
     pub sync: Arc<dyn SyncLedger>,
     /// The outbox of plan-limit alerts.
     pub alerts: Arc<dyn AlertLedger>,
+    /// The published catalogue versions (`tally catalogue apply`).
+    pub catalogues: Arc<dyn tally_core::ports::CatalogueStore>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
     /// The SQLite store, when the store is SQLite: its ledger is pruned by Tally (on
@@ -151,14 +153,21 @@ impl Stores {
         aws: Option<SdkConfig>,
     ) -> Stores
     where
-        S: TenantStore + UsageStore + ReportStore + SyncLedger + AlertLedger + 'static,
+        S: TenantStore
+            + UsageStore
+            + ReportStore
+            + SyncLedger
+            + AlertLedger
+            + tally_core::ports::CatalogueStore
+            + 'static,
     {
         Stores {
             tenants: store.clone(),
             usage: store.clone(),
             reports: store.clone(),
             sync: store.clone(),
-            alerts: store,
+            alerts: store.clone(),
+            catalogues: store,
             dynamo,
             sqlite: None,
             aws,

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::settings::Common;
 use crate::{
-    aggregate, alerts, backend, bill, commands, export, import, invoices, people, prune, records,
-    replay, serve,
+    aggregate, alerts, backend, bill, catalogue, commands, export, import, invoices, people, prune,
+    records, replay, serve,
 };
 
 /// Tally meters the usage of a multi-tenant SaaS and bills it: the server, the workers and
@@ -29,6 +29,9 @@ pub struct Cli {
 enum Command {
     /// Run everything in one process: ingest and usage APIs, aggregator, billing scheduler.
     Serve(serve::ServeArgs),
+    /// Check a catalogue file, publish it as a new version, list and show versions.
+    #[command(subcommand)]
+    Catalogue(catalogue::CatalogueCommand),
     /// Manage organizations.
     #[command(subcommand)]
     Org(commands::OrgCommand),
@@ -157,6 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Every command but `reconcile`, `replay` and `import` exits 0 once it has done its work.
     let done = match cli.command {
         Command::Serve(args) => serve::serve(common, args).await,
+        Command::Catalogue(cmd) => {
+            let valid = catalogue::catalogue(common, cmd).await?;
+            return Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(catalogue::EXIT_INVALID)
+            });
+        }
         Command::Org(cmd) => commands::org(common, cmd).await,
         Command::Project(cmd) => commands::project(common, cmd).await,
         Command::Key(cmd) => commands::key(common, cmd).await,

@@ -9,6 +9,8 @@
 //! - [`signal`]: the SIGINT/SIGTERM future `serve` and `aggregate` stop on.
 //! - [`clock`], [`backend`], [`stripe`], [`alerts`]: the clock (`TALLY_NOW`), the backends
 //!   `--store` and `--queue` name, and the outside services configured by the environment.
+//! - [`catalogue`]: `tally catalogue` (check, apply, show, versions), and the catalogue in
+//!   force that `serve` and `bill` run with (the store's version, else the file).
 //! - [`serve`]: `tally serve`, and [`serve::run`], which runs the whole app on a bound
 //!   listener until a shutdown future completes.
 //! - `commands`, `bill`, `aggregate`, `replay`, `prune`, `import`, `export` (with
@@ -23,6 +25,7 @@
 
 pub mod alerts;
 pub mod backend;
+pub mod catalogue;
 pub mod cli;
 pub mod clock;
 pub mod serve;

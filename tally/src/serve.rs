@@ -247,6 +247,10 @@ pub struct App {
     /// The one catalogue of this run: ingest validates and limits by it, the API reads its
     /// meters, billing and alerts price and measure by it.
     pub catalogue: Arc<Catalogue>,
+    /// The `--catalogue` file or the built-in one: what the billing scheduler prices a month
+    /// with when no published version covers it (each month is priced with the version
+    /// effective for it, `tally_billing::versions`).
+    pub file_catalogue: Arc<Catalogue>,
     /// Trusted proxies and the per-user rate.
     pub edge: EdgeSettings,
 }
@@ -261,7 +265,14 @@ impl App {
             trusted_proxies: crate::settings::trusted_proxies()?,
             user_rate: crate::settings::user_rate()?,
         };
-        let catalogue = Arc::new(common.load_catalogue()?);
+        // The store's version in force this month, else the file or built-in catalogue; read
+        // once, so a version published later reaches this process when it restarts.
+        let in_force = crate::catalogue::in_force(common, &backends.stores).await?;
+        if let Some(version) = in_force.version {
+            info!(version, "running with the published catalogue version");
+        }
+        let catalogue = Arc::new(in_force.catalogue);
+        let file_catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,
             settings,
@@ -272,6 +283,7 @@ impl App {
             stripe_webhook_secret: None,
             alert_sender: None,
             catalogue,
+            file_catalogue,
             edge,
         })
     }
@@ -320,6 +332,7 @@ pub async fn run(
         stripe_webhook_secret,
         alert_sender,
         catalogue,
+        file_catalogue,
         edge,
     } = app;
     let grace = chrono::Duration::from_std(settings.grace_period)
@@ -378,7 +391,7 @@ pub async fn run(
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
-            catalogue.clone(),
+            file_catalogue,
             stripe,
             clock.clone(),
             grace,
@@ -565,7 +578,21 @@ async fn bill_one_month(
         grace,
         ..CloseRequest::new(period)
     };
-    let out = match close_month(ports, catalogue, &request, &NoProgress).await {
+    // The version effective for the month, else `catalogue` (the file or built-in one).
+    let priced = match tally_billing::versions::catalogue_for(
+        backends.stores.catalogues.as_ref(),
+        catalogue,
+        period,
+    )
+    .await
+    {
+        Ok(priced) => priced,
+        Err(e) => {
+            warn!(period = %period, error = %e, "cannot find the month's catalogue; will retry");
+            return false;
+        }
+    };
+    let out = match close_month(ports, &priced.catalogue, &request, &NoProgress).await {
         Ok(out) => out,
         Err(e) => {
             warn!(period = %period, error = %e, "billing run failed; will retry, and no later period is closed before this one");

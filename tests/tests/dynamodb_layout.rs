@@ -2,7 +2,7 @@
 //!
 //! The test reads the item table out of `store/src/dynamodb.rs`'s own `//!` doc, exercises
 //! every kind of write on a fresh table (user, org, project, key, events of every
-//! aggregation, a closed period, a usage report, a Stripe sync step and customer, an audit
+//! aggregation, a closed period, a usage report, a Stripe sync step and customer, a catalogue version, an audit
 //! record, an invitation, a plan-limit alert), scans the table as `aws dynamodb scan` would, and checks
 //! that every item's `pk`/`sk` matches a documented row and that every documented row the
 //! store writes appears. A new item type without a doc row, or a doc row that no longer
@@ -216,6 +216,21 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .await
         .unwrap();
     store.record_customer(&org.id, "cus_layout").await.unwrap();
+    // A published catalogue version (`tally catalogue apply`).
+    let body = tally_core::catalogue::BUILTIN_JSON.to_owned();
+    tally_core::ports::CatalogueStore::put_catalogue_version(
+        &store,
+        &tally_core::ports::CatalogueVersion {
+            version: 1,
+            effective_from: Month::parse("2001-02").unwrap(),
+            digest: tally_core::ports::catalogue_digest(&body),
+            body,
+            applied_by: "cli".into(),
+            applied_at: now,
+        },
+    )
+    .await
+    .unwrap();
     store
         .record_audit(&AuditRecord {
             id: format!("aud_{}", "0".repeat(32)),

@@ -20,9 +20,9 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, ApplyOutcome, AuditLog, CounterQuery, InvitationStore, MAX_REPORT_BODY_BYTES,
-    MemberStore, OrgStore, ProjectStore, ReportStore, StoreError, StoredReport, TenantStore,
-    UsageStore, UserStore,
+    ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion, CounterQuery,
+    InvitationStore, MAX_REPORT_BODY_BYTES, MemberStore, OrgStore, ProjectStore, ReportStore,
+    StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -43,6 +43,7 @@ pub trait StoreFactory: Send + Sync {
         + ReportStore
         + tally_core::ports::SyncLedger
         + tally_core::ports::AlertLedger
+        + tally_core::ports::CatalogueStore
         + 'static;
 
     /// A new handle onto this factory's data. A second call is like a second process opening
@@ -101,6 +102,7 @@ macro_rules! storage_conformance {
             alerts_are_claimed_once_and_pending_until_delivered,
             racing_alert_claims_have_one_winner,
             alert_leases_are_taken_over_once,
+            catalogue_versions_are_numbered_once_and_listed_in_order,
         );
     };
 }
@@ -2668,6 +2670,75 @@ pub async fn oversized_reports_are_refused<F: StoreFactory>(f: &F) {
         s.get_report(&org, month("2026-10")).await.unwrap(),
         Some(at_limit)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Catalogue versions.
+
+fn catalogue_version(version: u32, from: &str, body: &str) -> CatalogueVersion {
+    CatalogueVersion {
+        version,
+        effective_from: month(from),
+        body: body.to_owned(),
+        digest: catalogue_digest(body),
+        applied_by: "cli".into(),
+        applied_at: created(),
+    }
+}
+
+/// A version number is taken once (first write wins, the stored one kept whole, also among
+/// racing handles), read back whole by number, listed oldest first without bodies, and the
+/// latest is the highest number. The table may hold versions of earlier runs, so numbers
+/// start past the latest.
+pub async fn catalogue_versions_are_numbered_once_and_listed_in_order<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let base = s
+        .latest_catalogue_version()
+        .await
+        .unwrap()
+        .map_or(0, |v| v.version);
+    let first = catalogue_version(base + 1, "2031-01", r#"{"first":true}"#);
+    assert!(s.put_catalogue_version(&first).await.unwrap());
+    let again = catalogue_version(base + 1, "2031-02", r#"{"second":true}"#);
+    assert!(!s.put_catalogue_version(&again).await.unwrap());
+    assert_eq!(
+        s.get_catalogue_version(base + 1).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(s.get_catalogue_version(base + 1_000).await.unwrap(), None);
+
+    // Six handles race for the next number: exactly one wins, and its body is stored.
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let h = f.open().await;
+        let v = catalogue_version(base + 2, "2031-03", &format!(r#"{{"writer":{i}}}"#));
+        handles.push(tokio::spawn(async move {
+            (h.put_catalogue_version(&v).await.unwrap(), v)
+        }));
+    }
+    let mut winners = Vec::new();
+    for h in handles {
+        let (won, v) = h.await.unwrap();
+        if won {
+            winners.push(v);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let latest = f.open().await.latest_catalogue_version().await.unwrap();
+    assert_eq!(latest, Some(winners[0].clone()));
+
+    let listed = s.list_catalogue_versions().await.unwrap();
+    let mine: Vec<_> = listed.iter().filter(|v| v.version > base).collect();
+    assert_eq!(mine, vec![&first.summary(), &winners[0].summary()]);
+    assert!(listed.windows(2).all(|w| w[0].version < w[1].version));
+
+    // Bounds: number 0 and a digest that is not the body's are refused, nothing stored.
+    let zero = catalogue_version(0, "2031-01", "{}");
+    assert!(s.put_catalogue_version(&zero).await.is_err());
+    let mut forged = catalogue_version(base + 3, "2031-01", "{}");
+    forged.digest = catalogue_digest("{ }");
+    assert!(s.put_catalogue_version(&forged).await.is_err());
+    assert_eq!(s.get_catalogue_version(base + 3).await.unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------
