@@ -15,7 +15,7 @@ use tally_core::tenant::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::http::ApiError;
+use crate::http::{ApiError, query_params};
 use crate::mgmt::{MgmtError, PathParams};
 use crate::roles::Action;
 use crate::usage::parse_instant;
@@ -120,13 +120,7 @@ pub(crate) async fn list_audit(
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditResponse>, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::AuditRead).await?;
-    let Query(p) = params.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            "query",
-            format!("the query string is malformed: {}", e.body_text()),
-        )
-    })?;
+    let p = query_params(params)?;
     let page = state
         .tenants
         .list_audit(&audit_query(auth.org, p, state.clock.now())?)

@@ -21,7 +21,7 @@ use tally_core::ports::UsageStore;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::http::ApiError;
+use crate::http::{ApiError, query_params};
 use crate::mgmt::{MgmtError, PathParams};
 use crate::roles::Action;
 
@@ -39,10 +39,6 @@ pub struct ExportParams {
     pub meter: Option<String>,
 }
 
-fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(code, field, message.into())
-}
-
 /// `GET /v1/orgs/{org_id}/export` (`ledger.read`).
 pub(crate) async fn export(
     State(state): State<ApiState>,
@@ -51,19 +47,13 @@ pub(crate) async fn export(
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::LedgerRead).await?;
-    let Query(p) = params.map_err(|e| {
-        bad(
-            "invalid_query",
-            "query",
-            format!("the query string is malformed: {}", e.body_text()),
-        )
-    })?;
+    let p = query_params(params)?;
     let period = p
         .period
         .as_deref()
         .and_then(|s| Month::parse(s).ok())
         .ok_or_else(|| {
-            bad(
+            ApiError::bad_request(
                 "invalid_period",
                 "period",
                 "period must be a month, YYYY-MM",
@@ -73,7 +63,12 @@ pub(crate) async fn export(
         None | Some("counters") => false,
         Some("ledger") => true,
         Some(_) => {
-            return Err(bad("invalid_kind", "kind", "kind must be counters or ledger").into());
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                "kind",
+                "kind must be counters or ledger",
+            )
+            .into());
         }
     };
     let meter = p
@@ -81,7 +76,7 @@ pub(crate) async fn export(
         .as_deref()
         .map(MeterName::parse)
         .transpose()
-        .map_err(|e| bad("invalid_meter", "meter", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_meter", "meter", e.to_string()))?;
     let kind = if ledger { "ledger" } else { "counters" };
     let name = format!("attachment; filename=\"{kind}-{}-{period}.csv\"", auth.org);
     let body = if ledger {

@@ -9,6 +9,20 @@ pub use tally_http::error::{ApiError, ErrorBody, PLAN_LIMIT_EXCEEDED};
 pub use tally_http::rate::RateLimiter;
 pub use tally_http::trace::trace_requests;
 
+/// The query string of a route, deserialized, or the `400` (`invalid_query`, field `query`)
+/// every route answers for one that does not fit its parameters.
+pub fn query_params<T>(
+    params: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    params.map(|axum::extract::Query(p)| p).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            "query",
+            format!("the query string is malformed: {}", e.body_text()),
+        )
+    })
+}
+
 /// The OpenAPI pieces shared by every API's document.
 pub mod openapi {
     pub use tally_http::openapi::{

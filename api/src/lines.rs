@@ -21,7 +21,7 @@ use tally_core::ports::StoreError;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::http::ApiError;
+use crate::http::{ApiError, query_params};
 use crate::mgmt::{MgmtError, PathParams};
 use crate::roles::Action;
 
@@ -74,10 +74,6 @@ pub struct LineEventsResponse {
     pub next_cursor: Option<String>,
 }
 
-fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(code, field, message.into())
-}
-
 /// `GET /v1/orgs/{org_id}/reports/{period}/lines/{meter}/events` (`ledger.read`).
 pub(crate) async fn line_events(
     State(state): State<ApiState>,
@@ -86,22 +82,16 @@ pub(crate) async fn line_events(
     params: Result<Query<LineEventsParams>, QueryRejection>,
 ) -> Result<Json<LineEventsResponse>, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::LedgerRead).await?;
-    let Query(p) = params.map_err(|e| {
-        bad(
-            "invalid_query",
-            "query",
-            format!("the query string is malformed: {}", e.body_text()),
-        )
-    })?;
+    let p = query_params(params)?;
     let period = Month::parse(&period).map_err(|_| {
-        bad(
+        ApiError::bad_request(
             "invalid_period",
             "period",
             "period must be a month, YYYY-MM",
         )
     })?;
-    let meter =
-        MeterName::parse(&meter).map_err(|e| bad("invalid_meter", "meter", e.to_string()))?;
+    let meter = MeterName::parse(&meter)
+        .map_err(|e| ApiError::bad_request("invalid_meter", "meter", e.to_string()))?;
     let limit = match p.limit.as_deref() {
         None => DEFAULT_LINE_EVENTS_PAGE,
         Some(l) => l
@@ -109,7 +99,7 @@ pub(crate) async fn line_events(
             .ok()
             .filter(|n| (1..=MAX_LINE_EVENTS_PAGE).contains(n))
             .ok_or_else(|| {
-                bad(
+                ApiError::bad_request(
                     "invalid_limit",
                     "limit",
                     format!("limit must be 1 to {MAX_LINE_EVENTS_PAGE}"),
@@ -117,7 +107,7 @@ pub(crate) async fn line_events(
             })?,
     };
     let invalid_cursor = || {
-        bad(
+        ApiError::bad_request(
             "invalid_cursor",
             "cursor",
             "cursor must be the next_cursor of a previous page",

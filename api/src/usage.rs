@@ -29,7 +29,7 @@ use tally_core::tenant::KeyMode;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::http::ApiError;
+use crate::http::{ApiError, query_params};
 
 /// Most buckets one request may span (about 416 days of hours, 27 years of days).
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -275,13 +275,7 @@ pub(crate) async fn get_usage(
     caller: Caller,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<UsageResponse>, ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            "query",
-            format!("the query string is malformed: {}", e.body_text()),
-        )
-    })?;
+    let params = query_params(params)?;
     let reader = caller.usage_org(&state, params.org_id.as_deref()).await?;
     let org = reader.org.clone();
     tracing::Span::current().record("org", org.as_str());

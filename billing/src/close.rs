@@ -103,6 +103,22 @@ pub struct ClosePorts<'a> {
     pub clock: &'a dyn Clock,
 }
 
+impl<'a> ClosePorts<'a> {
+    /// All three stores from one backend that holds them all (SQLite, DynamoDB, memory),
+    /// with `clock`.
+    pub fn of<S>(store: &'a S, clock: &'a dyn Clock) -> Self
+    where
+        S: OrgStore + UsageStore + ReportStore,
+    {
+        ClosePorts {
+            tenants: store,
+            usage: store,
+            reports: store,
+            clock,
+        }
+    }
+}
+
 /// What to close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {

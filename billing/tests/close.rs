@@ -51,12 +51,7 @@ impl World {
     }
 
     fn ports(&self) -> ClosePorts<'_> {
-        ClosePorts {
-            tenants: &self.store,
-            usage: &self.store,
-            reports: &self.store,
-            clock: &self.clock,
-        }
+        ClosePorts::of(&self.store, &self.clock)
     }
 
     async fn org(&self, slug: &str, plan: PlanId) -> (OrgId, ProjectId) {
@@ -791,12 +786,7 @@ async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
         ids.push(org.id);
     }
     let clock = FixedClock::at(ts("2026-12-15T00:00:00Z"));
-    let ports = ClosePorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock: &clock,
-    };
+    let ports = ClosePorts::of(&store, &clock);
     let catalogue = Catalogue::builtin().unwrap();
     let mut request = CloseRequest::new(month("2026-11"));
     let out = close_month(ports, &catalogue, &request, &NoProgress)

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::period::Granularity;
 
@@ -65,6 +66,23 @@ pub struct OwnedCounterKey {
 }
 
 impl OwnedCounterKey {
+    /// The six counters `event` counts in: its hour, day and month bucket, each for its
+    /// project and org-wide. The plain definition, which test oracles and benchmarks
+    /// compute their expected counters with, independently of the fold.
+    pub fn all_of(event: &Event) -> impl Iterator<Item = OwnedCounterKey> + '_ {
+        Granularity::ALL.into_iter().flat_map(move |granularity| {
+            [Some(event.project_id.clone()), None]
+                .into_iter()
+                .map(move |project| OwnedCounterKey {
+                    org: event.org_id.clone(),
+                    project,
+                    meter: event.meter.clone(),
+                    granularity,
+                    start: granularity.truncate(event.timestamp),
+                })
+        })
+    }
+
     /// A borrowed view.
     pub fn as_key(&self) -> CounterKey<'_> {
         CounterKey {

@@ -717,18 +717,9 @@ mod tests {
         fn fold_equals_six_counters_per_event(events in proptest::collection::vec(arb_event(), 0..150)) {
             let mut expected: BTreeMap<crate::counter::OwnedCounterKey, Delta> = BTreeMap::new();
             for e in dedupe_in_batch(&events) {
-                for g in Granularity::ALL {
-                    for project in [None, Some(e.project_id.clone())] {
-                        let key = crate::counter::OwnedCounterKey {
-                            org: e.org_id.clone(),
-                            project,
-                            meter: e.meter.clone(),
-                            granularity: g,
-                            start: g.truncate(e.timestamp),
-                        };
-                        let d = Delta::of(e);
-                        expected.entry(key).and_modify(|x| x.merge(&d)).or_insert(d);
-                    }
+                for key in crate::counter::OwnedCounterKey::all_of(e) {
+                    let d = Delta::of(e);
+                    expected.entry(key).and_modify(|x| x.merge(&d)).or_insert(d);
                 }
             }
             let folded = fold(dedupe_in_batch(&events));

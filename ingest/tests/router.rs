@@ -2073,14 +2073,7 @@ mod hostile {
     }
 
     fn event_object() -> impl Strategy<Value = Value> {
-        let fields = [
-            "id",
-            "project_id",
-            "meter",
-            "quantity",
-            "timestamp",
-            "properties",
-        ];
+        let fields = tally_core::event::EVENT_FIELDS;
         let known: Vec<BoxedStrategy<Option<Value>>> = fields
             .iter()
             .map(|f| proptest::option::weighted(0.85, field_value(f)).boxed())

@@ -5,15 +5,10 @@
 
 mod common;
 
-use tally_store::dynamodb::sdk::Client;
-use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_after_two_missed_month_ends_bills_both_months_oldest_first_on_dynamodb() {
-    let config = aws::sdk_config().await;
-    let client = Client::new(&config);
-    let table = aws::fresh_name("tally-billing-catch-up");
-    create_table(&client, &table).await.unwrap();
-    common::missed_month_ends(&DynamoStore::new(client, table)).await;
+    let store = aws::fresh_dynamo_store(&aws::sdk_config().await, "tally-billing-catch-up").await;
+    common::missed_month_ends(&store).await;
 }

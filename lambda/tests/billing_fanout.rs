@@ -93,12 +93,7 @@ async fn a_short_budget_bills_what_fits_and_reports_exactly_the_rest() {
     let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
     let ids = orgs(&store, 5).await;
     let clock = FixedClock::at(at(2026, 11, 1, 2));
-    let ports = ClosePorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock: &clock,
-    };
+    let ports = ClosePorts::of(&store, &clock);
     let queue = Recorded::default();
     let run = enqueue_due(ports, &queue, Duration::hours(1))
         .await
@@ -177,12 +172,7 @@ async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a
     let catalogue = Catalogue::builtin().unwrap();
     let queue = Recorded::default();
     let grace = Duration::hours(1);
-    let ports_at = |clock: &'static FixedClock| ClosePorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock,
-    };
+    let ports_at = |clock: &'static FixedClock| ClosePorts::of(&store, clock);
     let close_clock: &'static FixedClock = Box::leak(Box::new(FixedClock::at(at(2026, 11, 1, 2))));
     enqueue_due(ports_at(close_clock), &queue, grace)
         .await

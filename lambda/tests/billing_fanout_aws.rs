@@ -167,12 +167,7 @@ struct World {
 
 impl World {
     fn ports(&self) -> ClosePorts<'_> {
-        ClosePorts {
-            tenants: &self.store,
-            usage: &self.store,
-            reports: &self.store,
-            clock: &self.clock,
-        }
+        ClosePorts::of(&self.store, &self.clock)
     }
 
     /// Makes messages visible at once: what the visibility timeout does for the items a

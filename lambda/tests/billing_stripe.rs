@@ -29,12 +29,7 @@ async fn the_billing_run_syncs_invoices_and_a_refusal_fails_the_invocation() {
     let double = StripeDouble::start().await.unwrap();
     let sleeper = RecordingSleeper::default();
     let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap());
-    let ports = BillingPorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock: &clock,
-    };
+    let ports = BillingPorts::of(&store, &clock);
     let catalogue = Catalogue::builtin().unwrap();
     let grace = Duration::from_secs(3600);
 

@@ -180,12 +180,8 @@ async fn a_failed_month_stops_the_run_before_the_next_is_closed() {
         properties: serde_json::Map::new(),
     };
     assert_eq!(store.apply_batch(&[event]).await.unwrap().applied(), 1);
-    let ports = BillingPorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock: &FixedClock::at(Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap()),
-    };
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap());
+    let ports = BillingPorts::of(&store, &clock);
     let catalogue = Catalogue::builtin().unwrap();
     let grace = Duration::from_secs(3600);
     for _ in 0..2 {
@@ -219,12 +215,8 @@ async fn a_run_short_of_time_leaves_later_months_to_the_retry() {
     )
     .await;
     let now = Utc.with_ymd_and_hms(2027, 1, 2, 9, 0, 0).unwrap();
-    let ports = BillingPorts {
-        tenants: &store,
-        usage: &store,
-        reports: &store,
-        clock: &FixedClock::at(now),
-    };
+    let clock = FixedClock::at(now);
+    let ports = BillingPorts::of(&store, &clock);
     let catalogue = Catalogue::builtin().unwrap();
     let grace = Duration::from_secs(3600);
     let short = now + MONTH_TIME_RESERVE - chrono::Duration::seconds(1);

@@ -21,8 +21,6 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{Clock, FixedClock};
 use tally_lambda::handlers::http::{api_router, route_current, stripe_webhook_router};
 use tally_lambda::secrets::{STRIPE_WEBHOOK_SECRET_FIELD, Secret};
-use tally_store::dynamodb::sdk::Client as DynamoClient;
-use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::create_owned_org;
 
@@ -122,10 +120,7 @@ async fn get_my_orgs(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_accepts_the_rotated_jwt_secret_after_the_refresh_interval() {
     let config = aws::sdk_config().await;
-    let dynamo = DynamoClient::new(&config);
-    let table = aws::fresh_name("tally-secrets-api");
-    create_table(&dynamo, &table).await.unwrap();
-    let store = Arc::new(DynamoStore::new(dynamo, table));
+    let store = Arc::new(aws::fresh_dynamo_store(&config, "tally-secrets-api").await);
     let clock = Arc::new(FixedClock::at(t0()));
     let org = create_owned_org(
         store.as_ref(),
@@ -218,10 +213,7 @@ async fn post_webhook(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stripe_webhook_follows_a_rotated_signing_secret() {
     let config = aws::sdk_config().await;
-    let dynamo = DynamoClient::new(&config);
-    let table = aws::fresh_name("tally-secrets-webhook");
-    create_table(&dynamo, &table).await.unwrap();
-    let store = Arc::new(DynamoStore::new(dynamo, table));
+    let store = Arc::new(aws::fresh_dynamo_store(&config, "tally-secrets-webhook").await);
     let clock = Arc::new(FixedClock::at(t0()));
     let client = SecretsClient::new(&config);
     let stripe_json = |whsec: &str| {

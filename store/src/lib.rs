@@ -25,6 +25,9 @@
 //! - [`memory::MemoryStore`]: every storage port in process memory, for tests and test
 //!   doubles; it passes the same conformance suite as the SQLite and DynamoDB stores.
 //!
+//! - [`hooked::Hooked`]: a usage store whose batches go through a hook (faults, delays)
+//!   and whose other calls go to the store it wraps; the fault-injecting test stores.
+//!
 //! - [`replay`]: moving dead letters of the local queue or SQS back onto the main queue
 //!   once the fault is fixed (`tally replay`); Kinesis keeps only pointers, so not there.
 //!
@@ -41,6 +44,7 @@ pub mod coalesce;
 mod conn;
 pub mod derive;
 pub mod dynamodb;
+pub mod hooked;
 pub mod kinesis;
 mod ledger_body;
 pub mod local_queue;

@@ -16,6 +16,13 @@ pub(crate) fn ceil_secs(t: DateTime<Utc>) -> i64 {
     }
 }
 
+/// The instant `secs` says, or the earliest one for a number no instant has: for figures
+/// only shown or compared (a cut-off, a scan range), where a stored bucket start would use
+/// [`bucket_start`] and report the bad number instead.
+pub(crate) fn secs_ts(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The bucket start `secs` stored; `Corrupt` for a number no instant has.
 pub(crate) fn bucket_start(secs: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp(secs, 0)

@@ -748,15 +748,16 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Mutex;
 
-    use tally_core::ports::{ApplyReport, CounterQuery, CounterValue, LedgerPage};
-    use tally_core::{Aggregation, EventId, MeterName, OwnedCounterKey, ProjectId, Quantity};
+    use tally_core::ports::ApplyReport;
+    use tally_core::{Aggregation, EventId, MeterName, ProjectId, Quantity};
     use tally_store::MemoryStore;
+    use tally_store::hooked::{BatchHook, Hooked};
 
-    /// A store that fails whole calls, fails given ids once each, and leaves the last
-    /// outcome out of a report, as told; the rest goes to a memory store.
+    /// A hook that fails whole calls, fails given ids once each, and leaves the last
+    /// outcome out of a report, as told; the rest goes to the wrapped memory store
+    /// ([`Flaky::store`]).
     #[derive(Default)]
     struct Flaky {
-        inner: MemoryStore,
         whole_failures: Mutex<u32>,
         fail_once: Mutex<HashSet<String>>,
         fail_always: HashSet<String>,
@@ -764,12 +765,19 @@ mod tests {
         calls: Mutex<Vec<usize>>,
     }
 
-    #[async_trait::async_trait]
-    impl UsageStore for Flaky {
-        fn ledger_retention(&self) -> Option<chrono::Duration> {
-            self.inner.ledger_retention()
+    impl Flaky {
+        fn store(self) -> Hooked<Flaky> {
+            Hooked::new(Arc::new(MemoryStore::default()), self)
         }
-        async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+    }
+
+    #[async_trait::async_trait]
+    impl BatchHook for Flaky {
+        async fn apply_batch(
+            &self,
+            store: &dyn UsageStore,
+            events: &[Event],
+        ) -> Result<ApplyReport, StoreError> {
             self.calls.lock().unwrap().push(events.len());
             {
                 let mut whole = self.whole_failures.lock().unwrap();
@@ -789,7 +797,7 @@ mod tests {
                 }
             }
             let sub: Vec<Event> = pass.iter().map(|i| events[*i].clone()).collect();
-            let report = self.inner.apply_batch(&sub).await?;
+            let report = store.apply_batch(&sub).await?;
             for (j, o) in report.outcomes.into_iter().enumerate() {
                 outcomes[pass[j]] = Some(o);
             }
@@ -801,35 +809,6 @@ mod tests {
                 outcomes.pop();
             }
             Ok(ApplyReport::of(outcomes))
-        }
-        async fn counter_series(&self, q: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-            self.inner.counter_series(q).await
-        }
-        async fn ledger_page(
-            &self,
-            org: &OrgId,
-            month: Month,
-            cursor: Option<String>,
-            limit: usize,
-        ) -> Result<LedgerPage, StoreError> {
-            self.inner.ledger_page(org, month, cursor, limit).await
-        }
-        async fn stored_counters(
-            &self,
-            org: &OrgId,
-            month: Month,
-        ) -> Result<Vec<(OwnedCounterKey, rust_decimal::Decimal)>, StoreError> {
-            self.inner.stored_counters(org, month).await
-        }
-        async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
-            self.inner.is_period_closed(month).await
-        }
-        async fn close_period(
-            &self,
-            month: Month,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
-            self.inner.close_period(month, at).await
         }
     }
 
@@ -857,7 +836,8 @@ mod tests {
             fail_once: Mutex::new(["e1", "e3"].map(str::to_owned).into()),
             short_reports: Mutex::new(1),
             ..Flaky::default()
-        };
+        }
+        .store();
         let evs = events(5);
         let (outcomes, conflicts) = apply_with_retries(&store, &evs, NO_PAUSE).await.unwrap();
         // e4 was applied by the call whose report left it out: asked again, the ledger
@@ -867,7 +847,7 @@ mod tests {
         assert_eq!(outcomes, want);
         assert_eq!(conflicts, vec![false; 5]);
         // A whole failure; all five (e1, e3 failed, e4 left out); then those three.
-        assert_eq!(*store.calls.lock().unwrap(), vec![5, 5, 3]);
+        assert_eq!(*store.hook().calls.lock().unwrap(), vec![5, 5, 3]);
         // Each counted once: a second pass finds them all in the ledger.
         let (again, _) = apply_with_retries(&store, &evs, NO_PAUSE).await.unwrap();
         assert_eq!(again, vec![Some(ApplyOutcome::Duplicate); 5]);
@@ -878,24 +858,32 @@ mod tests {
         let store = Flaky {
             fail_always: ["e0"].map(str::to_owned).into(),
             ..Flaky::default()
-        };
+        }
+        .store();
         let (outcomes, _) = apply_with_retries(&store, &events(2), NO_PAUSE)
             .await
             .unwrap();
         assert!(matches!(outcomes[0], Some(ApplyOutcome::Failed(_))));
         assert_eq!(outcomes[1], Some(ApplyOutcome::Applied));
-        assert_eq!(store.calls.lock().unwrap().len(), APPLY_ATTEMPTS as usize);
+        assert_eq!(
+            store.hook().calls.lock().unwrap().len(),
+            APPLY_ATTEMPTS as usize
+        );
 
         let down = Flaky {
             whole_failures: Mutex::new(APPLY_ATTEMPTS),
             ..Flaky::default()
-        };
+        }
+        .store();
         assert!(
             apply_with_retries(&down, &events(2), NO_PAUSE)
                 .await
                 .is_err()
         );
-        assert_eq!(down.calls.lock().unwrap().len(), APPLY_ATTEMPTS as usize);
+        assert_eq!(
+            down.hook().calls.lock().unwrap().len(),
+            APPLY_ATTEMPTS as usize
+        );
     }
 
     fn lines(input: &[u8]) -> Vec<Option<Vec<u8>>> {

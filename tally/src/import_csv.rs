@@ -15,17 +15,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use serde_json::value::RawValue;
-use tally_core::event::{ErrorCode, EventError};
-
-/// The event fields a column can be mapped to (besides `properties.KEY`).
-const FIELDS: [&str; 6] = [
-    "id",
-    "project_id",
-    "meter",
-    "quantity",
-    "timestamp",
-    "properties",
-];
+use tally_core::event::{EVENT_FIELDS, ErrorCode, EventError};
 
 /// Most `properties.KEY` columns (an event has at most 32 properties).
 const MAX_PROPERTY_COLUMNS: usize = 32;
@@ -35,7 +25,7 @@ const MAX_PROPERTY_COLUMNS: usize = 32;
 pub struct CsvLayout {
     /// Number of columns of the header.
     width: usize,
-    /// (field, column index, column name), fields in [`FIELDS`] order then properties.
+    /// (field, column index, column name), fields in [`EVENT_FIELDS`] order then properties.
     fields: Vec<(String, usize, String)>,
 }
 
@@ -60,14 +50,14 @@ pub fn parse_columns(entries: &[String]) -> anyhow::Result<Vec<(String, String)>
             bail!("--columns: {entry:?} must be FIELD=COLUMN");
         };
         let (field, column) = (field.trim(), column.trim());
-        let known = FIELDS.contains(&field)
+        let known = EVENT_FIELDS.contains(&field)
             || field
                 .strip_prefix("properties.")
                 .is_some_and(|k| !k.is_empty() && !k.contains('.'));
         if !known {
             bail!(
                 "--columns: {field:?} is not an event field; map {}, or properties.KEY",
-                FIELDS.join(", ")
+                EVENT_FIELDS.join(", ")
             );
         }
         if column.is_empty() {
@@ -91,7 +81,7 @@ impl CsvLayout {
             .collect();
         let index = |column: &str| names.iter().position(|n| n == column);
         let mut fields = Vec::new();
-        for field in FIELDS {
+        for field in EVENT_FIELDS {
             let column = columns
                 .iter()
                 .find(|(f, _)| f == field)

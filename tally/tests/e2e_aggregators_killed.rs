@@ -32,13 +32,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
@@ -52,6 +52,7 @@ use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::KinesisQueue;
 use tally_store::sqs::SqsQueue;
 use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
+use tally_tests::oracle::plain_counters;
 
 /// Aggregator processes running at once.
 const PROCESSES: usize = 4;
@@ -135,75 +136,6 @@ fn with_resends(rng: &mut StdRng, events: &[Event], resends: usize) -> Vec<Event
         stream.insert(at, events[i].clone());
     }
     stream
-}
-
-/// One counter's value under construction.
-enum Acc {
-    Add(Decimal),
-    Max(Decimal),
-    Latest(DateTime<Utc>, Decimal),
-    Unique(BTreeSet<String>),
-}
-
-/// The oracle: every (scope, meter, granularity, bucket) the distinct events imply, with a
-/// plain map (not `tally_core::fold`). Latest keeps the reading with the latest timestamp,
-/// ties to the larger value; unique_count counts distinct `user` values per bucket, the
-/// org-wide bucket across projects.
-fn oracle(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal> {
-    let mut seen = HashSet::new();
-    let mut acc: BTreeMap<OwnedCounterKey, Acc> = BTreeMap::new();
-    for e in events.iter().filter(|e| seen.insert((&e.org_id, &e.id))) {
-        let q = e.quantity.value();
-        for g in Granularity::ALL {
-            for project in [Some(e.project_id.clone()), None] {
-                let key = OwnedCounterKey {
-                    org: e.org_id.clone(),
-                    project,
-                    meter: e.meter.clone(),
-                    granularity: g,
-                    start: g.truncate(e.timestamp),
-                };
-                match (&e.aggregation, acc.get_mut(&key)) {
-                    (Aggregation::Sum, Some(Acc::Add(v))) => *v += q,
-                    (Aggregation::Count, Some(Acc::Add(v))) => *v += Decimal::ONE,
-                    (Aggregation::Max, Some(Acc::Max(v))) => *v = (*v).max(q),
-                    (Aggregation::Latest, Some(Acc::Latest(at, v))) => {
-                        if (e.timestamp, q) > (*at, *v) {
-                            (*at, *v) = (e.timestamp, q);
-                        }
-                    }
-                    (Aggregation::UniqueCount { property }, Some(Acc::Unique(set))) => {
-                        set.insert(e.properties[property].as_str().unwrap().to_owned());
-                    }
-                    (agg, None) => {
-                        let first = match agg {
-                            Aggregation::Sum => Acc::Add(q),
-                            Aggregation::Count => Acc::Add(Decimal::ONE),
-                            Aggregation::Max => Acc::Max(q),
-                            Aggregation::Latest => Acc::Latest(e.timestamp, q),
-                            Aggregation::UniqueCount { property } => {
-                                Acc::Unique(BTreeSet::from([e.properties[property]
-                                    .as_str()
-                                    .unwrap()
-                                    .to_owned()]))
-                            }
-                        };
-                        acc.insert(key, first);
-                    }
-                    (agg, Some(_)) => panic!("meter {} changed aggregation to {agg:?}", e.meter),
-                }
-            }
-        }
-    }
-    acc.into_iter()
-        .map(|(k, a)| {
-            let v = match a {
-                Acc::Add(v) | Acc::Max(v) | Acc::Latest(_, v) => v,
-                Acc::Unique(set) => Decimal::from(set.len()),
-            };
-            (k, v)
-        })
-        .collect()
 }
 
 /// `None` if the org's stored counters of `month` are exactly `want` (no counter missing,
@@ -541,7 +473,7 @@ async fn killed_at_random(kind: &str) {
         "{dead} message(s) were dead-lettered (seed {seed}): received too often, or undecodable\n{}",
         fleet.log_tails()
     );
-    let want = oracle(&events);
+    let want = plain_counters(&events);
     let diff = compare(&store, &org, month, &want).await;
     assert!(
         diff.is_none(),
@@ -645,7 +577,7 @@ fn oracle_counts_distinct_events_by_aggregation() {
         ev("g", 4, 1, 30, "u1"),
         ev("h", 4, 1, 40, "u2"),
     ];
-    let got = oracle(&events);
+    let got = plain_counters(&events);
     let value = |meter: &str| {
         got[&OwnedCounterKey {
             org: org.clone(),

@@ -41,18 +41,7 @@ async fn dynamodb_bills_a_month_once() {
     let feb_1 = one_event("feb-1", "10250", "2026-02-14T12:00:00Z");
     post_accepted(&client, &server, &tenant.key, feb_1).await;
     // Test mode on DynamoDB: the same id with a test key is another event, kept apart.
-    let test_key = env.cli(&[
-        "key",
-        "create",
-        "--org",
-        &tenant.org,
-        "--name",
-        "sandbox",
-        "--test",
-    ])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let test_key = create_key(&env, &tenant.org, "sandbox", true);
     let test_feb = one_event("feb-1", "50", "2026-02-14T12:00:00Z");
     post_accepted(&client, &server, &test_key, test_feb).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -29,16 +29,7 @@ async fn test_key_usage_is_counted_apart_never_billed_and_reconciled() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "testmode");
     let p0 = &tenant.projects[0];
-    let test_key = env.cli(&[
-        "key",
-        "create",
-        "--org",
-        &tenant.org,
-        "--name",
-        "sandbox",
-        "--test",
-    ]);
-    let test_key = test_key["key"].as_str().unwrap().to_owned();
+    let test_key = create_key(&env, &tenant.org, "sandbox", true);
     assert!(test_key.starts_with("tk_test_"));
     let client = reqwest::Client::new();
 

@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
+use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_store::kinesis::{KinesisConfig, KinesisQueue, create_stream};
 
 /// The environment variable naming the emulator's endpoint.
@@ -60,6 +61,17 @@ pub async fn sdk_config_at(endpoint: &str) -> SdkConfig {
 /// `<prefix>-<12 random hex digits>`: a queue, stream or table name no other test uses.
 pub fn fresh_name(prefix: &str) -> String {
     format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A [`DynamoStore`] on a fresh table of Tally's layout named from `prefix`: how a test on
+/// the emulator gets a store no other test writes to.
+pub async fn fresh_dynamo_store(sdk: &SdkConfig, prefix: &str) -> DynamoStore {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let table = fresh_name(prefix);
+    create_table(&client, &table)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the table {table}: {e}"));
+    DynamoStore::new(client, table)
 }
 
 /// Creates a DynamoDB table keyed by `pk` (S, hash) and `sk` (S, range), on demand, if it

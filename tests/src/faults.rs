@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use tally_aggregator::{AggregatorConfig, process_batch, reconcile};
@@ -61,11 +61,12 @@ use tally_core::counter::OwnedCounterKey;
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{EventId, MeterName, OrgId};
 use tally_core::meter::Aggregation;
-use tally_core::period::{Granularity, Month};
+use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, Delivery, EventQueue, LedgerPage,
-    PublishReport, QueueError, StoreError, UsageStore,
+    ApplyOutcome, ApplyReport, Delivery, EventQueue, PublishReport, QueueError, StoreError,
+    UsageStore,
 };
+use tally_store::hooked::{BatchHook, Hooked};
 use tokio::time::Instant;
 
 use crate::conformance::fixtures::{fresh_org, fresh_project};
@@ -217,16 +218,17 @@ impl Faults {
 }
 
 /// A [`UsageStore`] that fails `apply_batch` as the schedule says and delegates the rest.
-pub struct FaultyStore {
-    inner: Arc<dyn UsageStore>,
+pub type FaultyStore = Hooked<FaultyBatches>;
+
+/// The hook of a [`FaultyStore`]: applies a batch, or part of one, or none, as the next
+/// store fault of the schedule says.
+pub struct FaultyBatches {
     faults: Arc<Faults>,
 }
 
-impl FaultyStore {
-    /// Wraps a real store.
-    pub fn new(inner: Arc<dyn UsageStore>, faults: Arc<Faults>) -> Self {
-        FaultyStore { inner, faults }
-    }
+/// Wraps a real store in a [`FaultyStore`].
+pub fn faulty_store(inner: Arc<dyn UsageStore>, faults: Arc<Faults>) -> FaultyStore {
+    Hooked::new(inner, FaultyBatches { faults })
 }
 
 fn cut(len: usize, pct: u8) -> usize {
@@ -234,11 +236,12 @@ fn cut(len: usize, pct: u8) -> usize {
 }
 
 #[async_trait]
-impl UsageStore for FaultyStore {
-    fn ledger_retention(&self) -> Option<chrono::Duration> {
-        self.inner.ledger_retention()
-    }
-    async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+impl BatchHook for FaultyBatches {
+    async fn apply_batch(
+        &self,
+        store: &dyn UsageStore,
+        events: &[Event],
+    ) -> Result<ApplyReport, StoreError> {
         let fault = self
             .faults
             .store
@@ -248,7 +251,7 @@ impl UsageStore for FaultyStore {
             .unwrap_or(StoreFault::Pass);
         let injected = |what| StoreError::Unavailable(format!("injected fault: {what}"));
         match fault {
-            StoreFault::Pass => self.inner.apply_batch(events).await,
+            StoreFault::Pass => store.apply_batch(events).await,
             StoreFault::FailBefore => {
                 self.faults.note("store: fail before the ledger write");
                 Err(injected("before the ledger write"))
@@ -256,13 +259,13 @@ impl UsageStore for FaultyStore {
             StoreFault::PrefixThenErr(pct) => {
                 self.faults.note("store: crash between chunks");
                 let k = cut(events.len(), pct);
-                self.inner.apply_batch(&events[..k]).await?;
+                store.apply_batch(&events[..k]).await?;
                 Err(injected("crash between transaction chunks"))
             }
             StoreFault::PrefixThenFailed(pct) => {
                 self.faults.note("store: failed chunk");
                 let k = cut(events.len(), pct);
-                let mut report = self.inner.apply_batch(&events[..k]).await?;
+                let mut report = store.apply_batch(&events[..k]).await?;
                 let mut seen: HashSet<(&OrgId, &EventId)> = HashSet::new();
                 for (i, e) in events.iter().enumerate() {
                     let repeat = !seen.insert((&e.org_id, &e.id));
@@ -278,40 +281,10 @@ impl UsageStore for FaultyStore {
             }
             StoreFault::AfterApplyErr => {
                 self.faults.note("store: crash after apply");
-                self.inner.apply_batch(events).await?;
+                store.apply_batch(events).await?;
                 Err(injected("crash after apply"))
             }
         }
-    }
-
-    async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        self.inner.counter_series(query).await
-    }
-
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
-        self.inner.ledger_page(org, month, cursor, limit).await
-    }
-
-    async fn stored_counters(
-        &self,
-        org: &OrgId,
-        month: Month,
-    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-        self.inner.stored_counters(org, month).await
-    }
-
-    async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
-        self.inner.is_period_closed(month).await
-    }
-
-    async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.inner.close_period(month, at).await
     }
 }
 
@@ -604,32 +577,7 @@ fn workload(s: &Schedule) -> (Vec<OrgId>, Vec<Event>) {
 /// The ground truth, computed with a plain map from the distinct events (not with
 /// `tally_core::fold`): every (org, scope, meter, granularity, bucket) they imply.
 pub fn ground_truth(events: &[Event]) -> HashMap<OwnedCounterKey, Decimal> {
-    let mut seen: HashSet<(&OrgId, &EventId)> = HashSet::new();
-    let mut truth: HashMap<OwnedCounterKey, Decimal> = HashMap::new();
-    for e in events.iter().filter(|e| seen.insert((&e.org_id, &e.id))) {
-        for g in Granularity::ALL {
-            for project in [Some(e.project_id.clone()), None] {
-                let key = OwnedCounterKey {
-                    org: e.org_id.clone(),
-                    project,
-                    meter: e.meter.clone(),
-                    granularity: g,
-                    start: g.truncate(e.timestamp),
-                };
-                let q = e.quantity.value();
-                match e.aggregation {
-                    Aggregation::Sum => *truth.entry(key).or_default() += q,
-                    Aggregation::Count => *truth.entry(key).or_default() += Decimal::ONE,
-                    Aggregation::Max => {
-                        let v = truth.entry(key).or_insert(q);
-                        *v = (*v).max(q);
-                    }
-                    _ => unreachable!("the harness uses sum, count and max meters"),
-                }
-            }
-        }
-    }
-    truth
+    crate::oracle::plain_counters(events).into_iter().collect()
 }
 
 /// The aggregator tasks of a running schedule; dropping it aborts them.
@@ -668,7 +616,7 @@ pub async fn run_schedule(
         None => h.store.clone(),
     };
     let faults = Arc::new(Faults::new(s));
-    let store: Arc<dyn UsageStore> = Arc::new(FaultyStore::new(real_store.clone(), faults.clone()));
+    let store: Arc<dyn UsageStore> = Arc::new(faulty_store(real_store.clone(), faults.clone()));
     let queue = Arc::new(FaultyQueue::new(
         real_queue.clone(),
         faults.clone(),
@@ -872,22 +820,7 @@ async fn compare(
             stored.insert(k, v);
         }
     }
-    let mut diffs = Vec::new();
-    for (k, want) in truth {
-        let have = stored.remove(k);
-        if have != Some(*want) {
-            diffs.push(format!("{k:?}: want {want}, have {have:?}"));
-        }
-    }
-    for (k, v) in stored {
-        if !v.is_zero() {
-            diffs.push(format!("{k:?}: want nothing, have {v}"));
-        }
-    }
-    Ok((!diffs.is_empty()).then(|| {
-        diffs.truncate(5);
-        diffs.join("; ")
-    }))
+    Ok(crate::oracle::counter_differences(stored, truth, 5))
 }
 
 /// The schedules of a run: schedule `i` of base seed `seed` is drawn from [`schedules`]

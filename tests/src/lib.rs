@@ -11,13 +11,15 @@
 //! transactions, 500s, lost answers), kills or pauses a client at a chosen request (crashes
 //! inside a protocol), and fails some entries of SQS and Kinesis batch sends. [`stripe_double`] is the stateful Stripe double the invoice
 //! sync's tests run against, and [`serve_local`] serves a test's own endpoint (a webhook
-//! receiver).
+//! receiver). [`oracle`] is the plain-map counting oracle the crash and chaos tests judge stored
+//! counters by.
 
 pub mod aws;
 pub mod cognito;
 pub mod conformance;
 pub mod fault_proxy;
 pub mod faults;
+pub mod oracle;
 pub mod stripe_double;
 pub mod stripe_sync;
 

@@ -57,20 +57,18 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rust_decimal::Decimal;
 use tally_aggregator::reconcile;
 use tally_core::backoff::Backoff;
-use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId, ProjectId};
-use tally_core::meter::Aggregation;
-use tally_core::period::{Granularity, Month};
+use tally_core::period::Month;
 use tally_core::ports::{ApplyOutcome, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, with_prop};
 use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
+use tally_tests::oracle::{counter_differences, plain_counters};
 
 const MONTH: &str = "2026-11";
 /// Step kinds; schedule `i` crashes at kind `i % STEPS`.
@@ -346,104 +344,6 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         extra_a,
         extra_b,
     }
-}
-
-/// The oracle: every counter the distinct events imply, computed with plain maps (not with
-/// `tally_core::fold`), for all five aggregations.
-fn oracle(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal> {
-    enum Acc {
-        Add(Decimal),
-        Max(Decimal),
-        Latest(DateTime<Utc>, Decimal),
-        Unique(BTreeSet<String>),
-    }
-    let mut seen: HashSet<(&OrgId, &EventId)> = HashSet::new();
-    let mut acc: HashMap<OwnedCounterKey, Acc> = HashMap::new();
-    for e in events.iter().filter(|e| seen.insert((&e.org_id, &e.id))) {
-        for g in Granularity::ALL {
-            for project in [Some(e.project_id.clone()), None] {
-                let key = OwnedCounterKey {
-                    org: e.org_id.clone(),
-                    project,
-                    meter: e.meter.clone(),
-                    granularity: g,
-                    start: g.truncate(e.timestamp),
-                };
-                let q = e.quantity.value();
-                match &e.aggregation {
-                    Aggregation::Sum => match acc.entry(key).or_insert(Acc::Add(Decimal::ZERO)) {
-                        Acc::Add(v) => *v += q,
-                        _ => unreachable!(),
-                    },
-                    Aggregation::Count => match acc.entry(key).or_insert(Acc::Add(Decimal::ZERO)) {
-                        Acc::Add(v) => *v += Decimal::ONE,
-                        _ => unreachable!(),
-                    },
-                    Aggregation::Max => match acc.entry(key).or_insert(Acc::Max(q)) {
-                        Acc::Max(v) => *v = (*v).max(q),
-                        _ => unreachable!(),
-                    },
-                    Aggregation::Latest => {
-                        match acc.entry(key).or_insert(Acc::Latest(e.timestamp, q)) {
-                            Acc::Latest(at, v) => {
-                                if (e.timestamp, q) > (*at, *v) {
-                                    (*at, *v) = (e.timestamp, q);
-                                }
-                            }
-                            _ => unreachable!(),
-                        }
-                    }
-                    Aggregation::UniqueCount { property } => {
-                        let value = match e.properties.get(property) {
-                            Some(serde_json::Value::String(s)) => s.clone(),
-                            other => panic!("unique_count event without {property}: {other:?}"),
-                        };
-                        match acc.entry(key).or_insert(Acc::Unique(BTreeSet::new())) {
-                            Acc::Unique(set) => {
-                                set.insert(value);
-                            }
-                            _ => unreachable!(),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    acc.into_iter()
-        .map(|(k, a)| {
-            let v = match a {
-                Acc::Add(v) | Acc::Max(v) | Acc::Latest(_, v) => v,
-                Acc::Unique(set) => Decimal::from(set.len()),
-            };
-            (k, v)
-        })
-        .collect()
-}
-
-/// `None` if `stored` equals `truth` (counters absent from the truth must be zero), else
-/// the first differences.
-fn differences(
-    stored: &[(OwnedCounterKey, Decimal)],
-    truth: &BTreeMap<OwnedCounterKey, Decimal>,
-) -> Option<String> {
-    let mut stored: HashMap<&OwnedCounterKey, Decimal> =
-        stored.iter().map(|(k, v)| (k, *v)).collect();
-    let mut diffs = Vec::new();
-    for (k, want) in truth {
-        let have = stored.remove(k);
-        if have != Some(*want) {
-            diffs.push(format!("{k:?}: want {want}, have {have:?}"));
-        }
-    }
-    for (k, v) in stored {
-        if !v.is_zero() {
-            diffs.push(format!("{k:?}: want nothing, have {v}"));
-        }
-    }
-    (!diffs.is_empty()).then(|| {
-        diffs.truncate(4);
-        diffs.join("; ")
-    })
 }
 
 /// A plain string attribute of a JSON-protocol item in a request body.
@@ -753,25 +653,25 @@ async fn run(
     }
 
     // 5. The counters, read straight from the emulator, against the oracle.
-    let truth = oracle(&all);
+    let truth = plain_counters(&all);
     let reader = DynamoStore::new(direct.clone(), table);
     let stored = reader
         .stored_counters(&s.org, month)
         .await
         .map_err(|e| format!("stored_counters: {e}"))?;
-    if let Some(diff) = differences(&stored, &truth) {
+    if let Some(diff) = counter_differences(stored.clone(), &truth, 4) {
         return Err(format!("counters differ from the oracle: {diff}"));
     }
     if s.i == 0 {
         // The oracle catches a planted difference: one event fewer.
-        let short = oracle(
+        let short = plain_counters(
             &all[1..]
                 .iter()
                 .filter(|e| e.id != all[0].id)
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        if differences(&stored, &short).is_none() {
+        if counter_differences(stored.clone(), &short, 4).is_none() {
             return Err("the oracle misses a counter that counts one event too many".into());
         }
     }

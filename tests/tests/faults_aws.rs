@@ -24,8 +24,6 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 
 use tally_core::ports::{EventQueue, UsageStore};
-use tally_store::dynamodb::sdk::Client;
-use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_store::kinesis::KinesisConfig;
 use tally_store::sqlite::SqliteStore;
 use tally_store::sqs::{self, SqsConfig, SqsQueue};
@@ -52,9 +50,7 @@ fn run_on_emulator(
 
 /// A DynamoDB store on a fresh table named from `prefix`.
 async fn fresh_dynamo(config: &SdkConfig, prefix: &str) -> Arc<dyn UsageStore> {
-    let table = aws::fresh_name(prefix);
-    create_table(&Client::new(config), &table).await.unwrap();
-    Arc::new(DynamoStore::new(Client::new(config), table))
+    Arc::new(aws::fresh_dynamo_store(config, prefix).await)
 }
 
 /// A fresh table per schedule: moto's transactions snapshot the whole table, so one table

@@ -4,23 +4,21 @@
 // Test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rust_decimal::Decimal;
 use serde_json::json;
-use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{
-    ApplyReport, Clock, CounterQuery, CounterValue, FixedClock, LedgerPage, StoreError, UsageStore,
-};
+use tally_core::ports::{ApplyReport, Clock, FixedClock, StoreError, UsageStore};
 use tally_lambda::consumers::aws_lambda_events::event::kinesis::KinesisEvent;
 use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
 use tally_lambda::consumers::{Deadline, PoisonSink, handle_kinesis, handle_sqs};
+use tally_store::hooked::{BatchHook, Hooked};
 use tally_store::sqlite::SqliteStore;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
 
@@ -241,57 +239,32 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
 /// The SQLite store, with each `apply_batch` taking `step` of the test's clock: a batch too
 /// big for its invocation without sleeping through one.
 struct Slow<'a> {
-    inner: &'a SqliteStore,
     clock: &'a FixedClock,
     step: chrono::Duration,
     calls: Mutex<usize>,
 }
 
 impl<'a> Slow<'a> {
-    fn new(inner: &'a SqliteStore, clock: &'a FixedClock) -> Self {
-        Slow {
-            inner,
+    fn new(inner: &SqliteStore, clock: &'a FixedClock) -> Hooked<Self> {
+        let slow = Slow {
             clock,
             step: chrono::Duration::seconds(20),
             calls: Mutex::new(0),
-        }
+        };
+        Hooked::new(Arc::new(inner.clone()), slow)
     }
 }
 
 #[async_trait]
-impl UsageStore for Slow<'_> {
-    fn ledger_retention(&self) -> Option<chrono::Duration> {
-        self.inner.ledger_retention()
-    }
-    async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
+impl BatchHook for Slow<'_> {
+    async fn apply_batch(
+        &self,
+        store: &dyn UsageStore,
+        events: &[Event],
+    ) -> Result<ApplyReport, StoreError> {
         *self.calls.lock().unwrap() += 1;
         self.clock.advance(self.step);
-        self.inner.apply_batch(events).await
-    }
-    async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
-        self.inner.counter_series(query).await
-    }
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
-        self.inner.ledger_page(org, month, cursor, limit).await
-    }
-    async fn stored_counters(
-        &self,
-        org: &OrgId,
-        month: Month,
-    ) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
-        self.inner.stored_counters(org, month).await
-    }
-    async fn is_period_closed(&self, month: Month) -> Result<bool, StoreError> {
-        self.inner.is_period_closed(month).await
-    }
-    async fn close_period(&self, month: Month, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.inner.close_period(month, at).await
+        store.apply_batch(events).await
     }
 }
 
@@ -363,7 +336,7 @@ async fn sqs_out_of_time_reports_only_the_groups_not_started() {
         .iter()
         .map(|f| f.item_identifier.clone()));
     assert_eq!(failed, ["m1", "m2"]);
-    assert_eq!(*slow.calls.lock().unwrap(), 1);
+    assert_eq!(*slow.hook().calls.lock().unwrap(), 1);
     assert_eq!(counted(&store, &org).await, Decimal::from(2));
 
     // SQS redelivers exactly the failures; with time, they are applied in two groups.
@@ -378,7 +351,7 @@ async fn sqs_out_of_time_reports_only_the_groups_not_started() {
     };
     let response = handle_sqs(&slow, None, None, &again, Some(&plenty)).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
-    assert_eq!(*slow.calls.lock().unwrap(), 3);
+    assert_eq!(*slow.hook().calls.lock().unwrap(), 3);
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
     assert_eq!(total(&store, &org).await, 6);
 }
@@ -444,6 +417,6 @@ async fn with_time_enough_every_group_is_applied() {
     let response = handle_sqs(&slow, None, None, &event, Some(&plenty)).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // In groups: the duplicated message's two copies (4 events) in one, then one per record.
-    assert_eq!(*slow.calls.lock().unwrap(), 3);
+    assert_eq!(*slow.hook().calls.lock().unwrap(), 3);
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
 }

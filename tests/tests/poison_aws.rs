@@ -15,8 +15,7 @@ use tally_aggregator::{AggregatorConfig, process_batch};
 use tally_core::event::Event;
 use tally_core::meter::Aggregation;
 use tally_core::ports::{EventQueue, UsageStore};
-use tally_store::dynamodb::sdk::Client;
-use tally_store::dynamodb::{DynamoStore, create_table};
+use tally_store::dynamodb::DynamoStore;
 use tally_store::kinesis::KinesisConfig;
 use tally_store::sqs::{self, SqsConfig, SqsQueue};
 use tally_tests::aws;
@@ -77,9 +76,7 @@ async fn drain(queue: &dyn EventQueue, store: &dyn UsageStore) -> (usize, usize)
 }
 
 async fn store(config: &aws_config::SdkConfig) -> DynamoStore {
-    let table = aws::fresh_name("tally-poison");
-    create_table(&Client::new(config), &table).await.unwrap();
-    DynamoStore::new(Client::new(config), table)
+    aws::fresh_dynamo_store(config, "tally-poison").await
 }
 
 #[tokio::test]

@@ -116,7 +116,9 @@ async fn reconcile_refuses_a_month_past_the_ledger_retention() {
     use std::sync::Arc;
     use tally_core::period::{LEDGER_RETENTION, Month};
     use tally_core::ports::{FixedClock, UsageStore};
-    use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
+    use tally_tests::conformance::fixtures::{
+        assert_reconcile_retention, event, fresh_org, fresh_project,
+    };
 
     let files = Files::new();
     let month = Month::parse("2026-10").unwrap();
@@ -134,30 +136,10 @@ async fn reconcile_refuses_a_month_past_the_ledger_retention() {
     );
     store.apply_batch(&[e]).await.unwrap();
     let within = month.start() + LEDGER_RETENTION - chrono::Duration::minutes(6);
-    assert!(
-        tally_aggregator::reconcile(&store, &org, month, within)
-            .await
-            .unwrap()
-            .is_empty()
-    );
     // Nothing of the month is pruned while reconcile still judges it.
     assert_eq!(store.prune_ledger(within, false).await.unwrap().deleted, 0);
-
     let past = month.start() + LEDGER_RETENTION;
-    let refused = tally_aggregator::reconcile(&store, &org, month, past)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            tally_aggregator::ReconcileError::BeyondRetention { days: 45, .. }
-        ),
-        "{refused}"
-    );
-    assert!(
-        refused.to_string().contains("too old to reconcile"),
-        "{refused}"
-    );
+    assert_reconcile_retention(&store, &org, month, within, past).await;
     let counters = store.stored_counters(&org, month).await.unwrap();
     let pruned = store
         .prune_ledger(past + chrono::Duration::seconds(1), false)

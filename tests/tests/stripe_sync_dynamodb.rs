@@ -6,16 +6,11 @@
 
 use std::sync::Arc;
 
-use tally_store::dynamodb::sdk::Client;
-use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::stripe_sync::chaos;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_twenty_orgs_each_get_exactly_one_invoice_equal_to_the_report_on_dynamodb() {
-    let config = aws::sdk_config().await;
-    let client = Client::new(&config);
-    let table = aws::fresh_name("tally-stripe-chaos");
-    create_table(&client, &table).await.unwrap();
-    chaos(Arc::new(DynamoStore::new(client, table)), 20, 11).await;
+    let store = aws::fresh_dynamo_store(&aws::sdk_config().await, "tally-stripe-chaos").await;
+    chaos(Arc::new(store), 20, 11).await;
 }

@@ -33,12 +33,8 @@ pub async fn bill_at<S>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun
 where
     S: TenantStore + UsageStore + ReportStore,
 {
-    let ports = BillingPorts {
-        tenants: store,
-        usage: store,
-        reports: store,
-        clock: &FixedClock::at(at),
-    };
+    let clock = FixedClock::at(at);
+    let ports = BillingPorts::of(store, &clock);
     bill(
         ports,
         &Catalogue::builtin().unwrap(),

@@ -17,7 +17,7 @@ use tally_core::period::Month;
 use super::codec::{corrupt, get_decimal, get_s, item, s, ts_text};
 use super::keys::{self, LEDGER_SHARDS, PERIOD_SK, PK, SK};
 use super::{DynamoStore, QuerySpec, cells};
-use crate::secs::ceil_secs;
+use crate::secs::{ceil_secs, secs_ts};
 
 /// Most ledger events one `ledger_page` call returns (as on SQLite).
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -27,10 +27,6 @@ fn month_bounds() -> (Month, Month) {
     let first = Month::new(2000, 1).unwrap_or_else(|| Month::of(DateTime::<Utc>::UNIX_EPOCH));
     let last = Month::new(9999, 12).unwrap_or(first);
     (first, last)
-}
-
-fn secs_ts(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 #[async_trait]

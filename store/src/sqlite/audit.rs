@@ -115,6 +115,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use rusqlite::Connection;
+    use tally_core::ids::OrgId;
     use tally_core::tenant::AuditOutcome;
 
     use super::*;

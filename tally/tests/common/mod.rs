@@ -207,9 +207,21 @@ pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
             p["id"].as_str().expect("project id").to_owned()
         })
         .collect();
-    let key = env.cli(&["key", "create", "--org", &org, "--name", "ci"]);
-    let key = key["key"].as_str().expect("key secret").to_owned();
+    let key = create_key(env, &org, "ci", false);
     Tenant { org, projects, key }
+}
+
+/// A new API key of `org` named `name` (a test-mode key when `test`), made through the CLI:
+/// its secret.
+pub fn create_key(env: &Env, org: &str, name: &str, test: bool) -> String {
+    let mut args = vec!["key", "create", "--org", org, "--name", name];
+    if test {
+        args.push("--test");
+    }
+    env.cli(&args)["key"]
+        .as_str()
+        .expect("key secret")
+        .to_owned()
 }
 
 /// Anything serving Tally's HTTP API that a test talks to: an in-process [`TestApp`] or a

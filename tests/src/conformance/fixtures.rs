@@ -12,8 +12,9 @@ use tally_core::event::{Event, Quantity};
 use tally_core::fold::{self, Delta};
 use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::Aggregation;
+use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{OrgStore, UserStore};
+use tally_core::ports::{OrgStore, UsageStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
@@ -177,4 +178,33 @@ pub fn api_key(org: &OrgId, secret: &str, scopes: &[KeyScope], at: DateTime<Utc>
         revoked_at: None,
         last_used_at: None,
     }
+}
+
+/// Asserts that reconcile judges `org`'s `month` at `within` (and finds no drift) and
+/// refuses it at `past` as beyond the 45-day ledger retention, with a sentence saying so
+/// rather than reporting every counter as drift.
+pub async fn assert_reconcile_retention(
+    store: &dyn UsageStore,
+    org: &OrgId,
+    month: Month,
+    within: DateTime<Utc>,
+    past: DateTime<Utc>,
+) {
+    let judged = tally_aggregator::reconcile(store, org, month, within).await;
+    assert!(judged.as_ref().is_ok_and(Vec::is_empty), "{judged:?}");
+    let refused = tally_aggregator::reconcile(store, org, month, past).await;
+    let Err(refused) = refused else {
+        panic!("reconcile judged a month past the retention: {refused:?}");
+    };
+    assert!(
+        matches!(
+            refused,
+            tally_aggregator::ReconcileError::BeyondRetention { days: 45, .. }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("too old to reconcile"),
+        "{refused}"
+    );
 }

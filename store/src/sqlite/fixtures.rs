@@ -1,0 +1,48 @@
+//! What the SQLite adapter's unit tests share: an event to apply and a look at the raw file.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use rust_decimal::Decimal;
+use serde_json::Map;
+use tally_core::event::{Event, Quantity};
+use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
+use tally_core::meter::Aggregation;
+
+/// A `sum` event of 2.5 `api_calls` on `prj_1`.
+pub(super) fn event(org: &OrgId, id: &str, ts: &str) -> Event {
+    Event {
+        org_id: org.clone(),
+        id: EventId::parse(id).unwrap(),
+        project_id: ProjectId::parse("prj_1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(Decimal::new(25, 1)).unwrap(),
+        timestamp: DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .with_timezone(&Utc),
+        properties: Map::new(),
+    }
+}
+
+/// An RFC 3339 instant.
+pub(super) fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// How many rows the ledger table of the file at `path` holds.
+pub(super) fn ledger_rows(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A fresh directory and the path of a store file in it (not created yet); the directory
+/// goes when the first value is dropped.
+pub(super) fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    (dir, path)
+}
