@@ -110,7 +110,7 @@
 //!    the intent; an org with 8 or more such ops in the intent (a hot org) gets chunks of
 //!    its own, so a `TransactionConflict` on its cells, which every concurrent batch
 //!    writes, cancels only its own actions and never the tail's (the packing is stored with
-//!    the intent, see `apply::Packing`). Each chunk is one `TransactWriteItems` with a chunk marker put under
+//!    the intent, see `chunks::Packing`). Each chunk is one `TransactWriteItems` with a chunk marker put under
 //!    `attribute_not_exists`: a marker that exists means the chunk was applied, by this
 //!    call or anyone else. A failed unique marker means the value was counted (the marker
 //!    and its share of the `ADD` go) and the chunk is sent again at once.
@@ -186,6 +186,7 @@ mod api_keys;
 mod apply;
 mod audit;
 mod cells;
+mod chunks;
 mod codec;
 mod guard;
 mod invitations;
