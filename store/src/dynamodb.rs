@@ -105,17 +105,21 @@
 //!    `sum`/`count` (all its hours), one conditional `SET` per hour for `max`/`latest`, and
 //!    marker puts plus an `ADD` per `unique_count` counter. The ops are sorted and put as
 //!    the batch's intent under `attribute_not_exists`.
-//! 4. **Apply.** The ops that must apply once (`ADD`s, unique markers) are packed
-//!    first-fit into chunks of at most 99 actions with no item twice, a pure function of
-//!    the intent; an org with 8 or more such ops in the intent (a hot org) gets chunks of
-//!    its own, so a `TransactionConflict` on its cells, which every concurrent batch
-//!    writes, cancels only its own actions and never the tail's (the packing is stored with
-//!    the intent, see `chunks::Packing`). Each chunk is one `TransactWriteItems` with a chunk marker put under
-//!    `attribute_not_exists`: a marker that exists means the chunk was applied, by this
-//!    call or anyone else. A failed unique marker means the value was counted (the marker
-//!    and its share of the `ADD` go) and the chunk is sent again at once.
-//!    `TransactionConflict`, throttling, 5xx and network failures are retried with jittered
-//!    exponential backoff ([`RetryPolicy`]).
+//! 4. **Apply.** First the `unique_count` markers: each is a plain conditional `PutItem`
+//!    that records the batch owning it (`attribute_not_exists` or already this batch's);
+//!    a marker another batch owns was counted by that batch
+//!    ([`markers`](self::markers) says why ownership, which never moves, keeps this
+//!    exactly once). Then the ops that must apply once (day cell `ADD`s, and per unique
+//!    counter one `ADD` of the markers this batch owns) are packed first-fit into chunks of
+//!    at most 99 actions with no item twice, a pure function of the intent; an org with 8
+//!    or more such ops in the intent (a hot org) gets chunks of its own, so a
+//!    `TransactionConflict` on its cells, which every concurrent batch writes, cancels only
+//!    its own actions and never the tail's (the packing is stored with the intent, see
+//!    `chunks::Packing`; intents of older releases, whose markers rode inside the chunks,
+//!    are replayed their way). Each chunk is one `TransactWriteItems` with a chunk marker
+//!    put under `attribute_not_exists`: a marker that exists means the chunk was applied,
+//!    by this call or anyone else. `TransactionConflict`, throttling, 5xx and network
+//!    failures are retried with jittered exponential backoff ([`RetryPolicy`]).
 //! 5. **Raise.** `max`/`latest` ops are idempotent (a value that does not beat the stored
 //!    one changes nothing, however often it is sent), so they need neither a transaction
 //!    nor a marker: each is one plain conditional `UpdateItem`, 16 at a time. A failed
@@ -192,6 +196,7 @@ mod guard;
 mod invitations;
 mod keys;
 mod limiter;
+mod markers;
 mod members;
 mod ops;
 mod raise;
@@ -255,6 +260,8 @@ pub struct DynamoStore {
     /// Lower bounds of stored `max`/`latest` hours, so a value that cannot win costs no
     /// write (see [`raise::KnownHours`]).
     known_hours: Arc<raise::KnownHours>,
+    /// Owners of `unique_count` markers this process has learned ([`markers`]).
+    marker_owners: Arc<markers::MarkerOwners>,
     /// Room reserved under the counter guards and not yet spent (see [`guard`]).
     allowances: Arc<guard::Allowances>,
 }
@@ -329,6 +336,7 @@ impl DynamoStore {
             owner_wait: Duration::from_secs(5),
             done_batches: Arc::default(),
             known_hours: Arc::default(),
+            marker_owners: Arc::default(),
             allowances: Arc::default(),
         }
     }

@@ -32,6 +32,7 @@ use super::keys::{
     PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
     marker_sk, unique_pk,
 };
+use super::markers::claim_markers;
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
 use super::raise::raise_hours;
 
@@ -362,7 +363,7 @@ async fn apply_owned(
             return ApplyOutcome::Failed(e.to_string());
         }
     }
-    match complete(store, batch, &ops, Packing::HotApart, now).await {
+    match complete(store, batch, &ops, Packing::MarkersApart, now).await {
         Ok(()) => ApplyOutcome::Applied,
         Err(why) => ApplyOutcome::Failed(why),
     }
@@ -609,6 +610,9 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
 /// An intent's ops and how they are packed, from whichever attribute the release that
 /// wrote it used.
 fn intent_ops(intent: &Item) -> Result<(Ops, Packing), StoreError> {
+    if let Some(AttributeValue::B(packed)) = intent.get(OPS_MARKERS_APART) {
+        return Ok((unpack_ops(packed.as_ref())?, Packing::MarkersApart));
+    }
     match (intent.get(OPS_HOT_APART), intent.get(OPS_PACKED)) {
         (Some(AttributeValue::B(packed)), _) => {
             Ok((unpack_ops(packed.as_ref())?, Packing::HotApart))
@@ -634,6 +638,10 @@ const OPS_PACKED: &str = "opsz";
 /// together does not read, so such a release fails those batches for a later retry instead
 /// of cutting their chunks differently (which would apply some ops twice).
 const OPS_HOT_APART: &str = "opsh";
+/// Attribute of an intent whose `unique_count` markers are put outside its chunks
+/// ([`Packing::MarkersApart`], what this release writes): the same deflated JSON again,
+/// under a name older releases do not read, for the same reason as [`OPS_HOT_APART`].
+const OPS_MARKERS_APART: &str = "opsu";
 /// Largest inflated intent accepted when reading one back (a corrupt or hostile item
 /// must not make the reader allocate without bound); well above [`MAX_INTENT_BYTES`].
 const MAX_UNPACKED_INTENT: usize = 8 * 1024 * 1024;
@@ -814,7 +822,10 @@ async fn write_intent(
             .put_if_absent(item([
                 (PK, s(batch_pk(batch))),
                 (SK, s(INTENT_SK)),
-                (OPS_HOT_APART, AttributeValue::B(Blob::new(packed.clone()))),
+                (
+                    OPS_MARKERS_APART,
+                    AttributeValue::B(Blob::new(packed.clone())),
+                ),
                 (TTL, n(ttl)),
             ]))
             .await
@@ -844,8 +855,12 @@ async fn complete(
     now: DateTime<Utc>,
 ) -> Result<(), String> {
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    let owned = match packing {
+        Packing::MarkersApart => Some(claim_markers(store, batch, ops).await?),
+        Packing::Mixed | Packing::HotApart => None,
+    };
     for (n_chunk, chunk) in plan_chunks(ops, packing).into_iter().enumerate() {
-        apply_chunk(store, batch, n_chunk, &chunk, ttl).await?;
+        apply_chunk(store, batch, n_chunk, &chunk, owned.as_ref(), ttl).await?;
     }
     raise_hours(store, ops).await?;
     let done = store
@@ -1053,6 +1068,15 @@ mod tests {
     fn an_intent_is_replayed_with_the_packing_it_was_written_with() {
         let (_, ops) = hot_and_cold();
         let packed = pack_ops(&ops).unwrap();
+        let mut newest = Item::new();
+        newest.insert(
+            OPS_MARKERS_APART.into(),
+            AttributeValue::B(Blob::new(packed.clone())),
+        );
+        assert_eq!(
+            intent_ops(&newest).unwrap(),
+            (ops.clone(), Packing::MarkersApart)
+        );
         let mut new = Item::new();
         new.insert(
             OPS_HOT_APART.into(),
@@ -1099,23 +1123,45 @@ mod tests {
         let rev: Vec<usize> = fwd.iter().rev().copied().collect();
         let ops = plan_ops(&events, &fwd);
         assert_eq!(ops, plan_ops(&events, &rev));
-        let chunks = plan_chunks(&ops, Packing::HotApart);
-        // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
-        let once = ops
+        // Every marker of every unique op, as if this batch owned them all.
+        let all_markers: HashSet<(String, String)> = ops
             .iter()
             .flat_map(|(_, l)| l)
-            .filter(|op| !op.is_idempotent());
-        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), once.count());
-        assert!(chunks.iter().flatten().all(|(_, op)| !op.is_idempotent()));
-        assert!(ops.iter().flat_map(|(_, l)| l).any(Op::is_idempotent));
-        for chunk in &chunks {
-            let items: HashSet<(&str, &str)> =
-                chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
-            assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
-            let skip = HashSet::new();
-            let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, 0).unwrap();
-            assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
-            assert_eq!(actions.len(), roles.len());
+            .filter_map(|op| match op {
+                Op::Unique(_, mpk, markers) => {
+                    Some(markers.iter().map(|m| (mpk.clone(), m.clone())))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(!all_markers.is_empty());
+        for (packing, owned) in [
+            (Packing::HotApart, None),
+            (Packing::MarkersApart, Some(&all_markers)),
+        ] {
+            let chunks = plan_chunks(&ops, packing);
+            // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
+            let once = ops
+                .iter()
+                .flat_map(|(_, l)| l)
+                .filter(|op| !op.is_idempotent());
+            assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), once.count());
+            assert!(chunks.iter().flatten().all(|(_, op)| !op.is_idempotent()));
+            assert!(ops.iter().flat_map(|(_, l)| l).any(Op::is_idempotent));
+            for chunk in &chunks {
+                let items: HashSet<(&str, &str)> =
+                    chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
+                assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
+                let skip = HashSet::new();
+                let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, owned, 0).unwrap();
+                assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
+                assert_eq!(actions.len(), roles.len());
+                if owned.is_some() {
+                    // Markers apart: the chunk marker and one update per op, no marker put.
+                    assert_eq!(actions.len(), chunk.len() + 1, "{packing:?}");
+                }
+            }
         }
         let text = serde_json::to_string(&ops).unwrap();
         assert_eq!(serde_json::from_str::<Ops>(&text).unwrap(), ops);

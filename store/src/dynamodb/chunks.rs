@@ -38,6 +38,14 @@ pub(super) enum Packing {
     /// 2.078 (`bench/RESULTS.md`). The threshold of [`HOT_ORG_OPS`] keeps the Zipf tail,
     /// whose orgs have one or two cells per batch, packed together as before.
     HotApart,
+    /// As `HotApart`, but `unique_count` markers are not in the chunks: each is a plain
+    /// conditional put that records the batch owning it, made before the chunks
+    /// ([`claim_markers`](super::markers::claim_markers), whose module doc says why that is
+    /// exactly once), and an [`Op::Unique`] is one `ADD` of the markers its batch owns. A
+    /// marker costs 1 write unit instead of 2, and a value counted before no longer cancels
+    /// its chunk. Stored under its own attribute, so a release without it fails such batches
+    /// for a later retry instead of applying their markers inside the chunks.
+    MarkersApart,
 }
 
 /// Ops (that must apply once) an org needs in one intent to count as hot for
@@ -64,7 +72,7 @@ pub(super) fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> 
         owner: Option<&'a str>,
     }
     let mut per_org: HashMap<&str, usize> = HashMap::new();
-    if packing == Packing::HotApart {
+    if packing != Packing::Mixed {
         for (pk, list) in ops {
             *per_org.entry(org_of_pk(pk)).or_default() +=
                 list.iter().filter(|op| !op.is_idempotent()).count();
@@ -77,7 +85,9 @@ pub(super) fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> 
         for op in list.iter().filter(|op| !op.is_idempotent()) {
             let id = (pk.as_str(), op.item_sk());
             let fits = |c: &Open<'_>| {
-                c.owner == owner && c.actions + op.actions() < MAX_ACTIONS && !c.items.contains(&id)
+                c.owner == owner
+                    && c.actions + actions(op, packing) < MAX_ACTIONS
+                    && !c.items.contains(&id)
             };
             let at = match chunks.iter().position(fits) {
                 Some(at) => at,
@@ -92,13 +102,25 @@ pub(super) fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> 
                 }
             };
             let chunk = &mut chunks[at];
-            chunk.actions += op.actions();
+            chunk.actions += actions(op, packing);
             chunk.items.insert(id);
             chunk.ops.push((pk.as_str(), op));
         }
     }
     chunks.into_iter().map(|c| c.ops).collect()
 }
+
+/// Transaction actions `op` takes in a chunk packed by `packing`.
+fn actions(op: &Op, packing: Packing) -> usize {
+    match (op, packing) {
+        (Op::Unique(..), Packing::MarkersApart) => 1,
+        _ => op.actions(),
+    }
+}
+
+/// The `unique_count` markers a batch owns ([`Packing::MarkersApart`]), as (marker
+/// partition, marker sort key); `None` for packings whose markers ride in the chunks.
+pub(super) type Owned<'a> = Option<&'a HashSet<(String, String)>>;
 
 /// What one action of a chunk's transaction is, so a cancellation reason at its position
 /// can be turned into a decision.
@@ -120,6 +142,7 @@ pub(super) async fn apply_chunk(
     batch: &str,
     n_chunk: usize,
     chunk: &[(&str, &Op)],
+    owned: Owned<'_>,
     ttl: i64,
 ) -> Result<(), String> {
     let mut skip: HashSet<(usize, usize)> = HashSet::new();
@@ -130,8 +153,14 @@ pub(super) async fn apply_chunk(
             return Err("counter transaction kept being cancelled".into());
         }
         rounds_left -= 1;
-        let (actions, roles) = build_actions(&store.table, batch, n_chunk, chunk, &skip, ttl)
-            .map_err(|e| e.to_string())?;
+        let (actions, roles) =
+            build_actions(&store.table, batch, n_chunk, chunk, &skip, owned, ttl)
+                .map_err(|e| e.to_string())?;
+        // Only the chunk's marker: every op owns nothing to count (markers apart), so
+        // there is nothing to apply, on this call or any replay (ownership never moves).
+        if roles.len() == 1 && owned.is_some() {
+            return Ok(());
+        }
         let why = match store.transact(actions).await {
             Ok(()) => return Ok(()),
             Err(TxFailure::Fatal(why)) => return Err(why),
@@ -185,6 +214,7 @@ pub(super) fn build_actions(
     n_chunk: usize,
     chunk: &[(&str, &Op)],
     skip: &HashSet<(usize, usize)>,
+    owned: Owned<'_>,
     ttl: i64,
 ) -> Result<(Vec<TransactWriteItem>, Vec<Role>), StoreError> {
     let mut actions = vec![put_if_absent(
@@ -222,7 +252,13 @@ pub(super) fn build_actions(
             Op::Max(..) | Op::Latest(..) => {}
             Op::Unique(csk, mpk, markers) => {
                 let mut fresh = 0;
-                for (j, msk) in markers.iter().enumerate() {
+                if let Some(owned) = owned {
+                    fresh = markers
+                        .iter()
+                        .filter(|msk| owned.contains(&(mpk.clone(), (*msk).clone())))
+                        .count();
+                }
+                for (j, msk) in markers.iter().enumerate().filter(|_| owned.is_none()) {
                     if skip.contains(&(i, j)) {
                         continue;
                     }
