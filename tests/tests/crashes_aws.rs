@@ -11,12 +11,14 @@
 //! events again, with new ones and in-batch repeats mixed in, and redeliver what comes back
 //! `Failed` until nothing does.
 //!
-//! The crash steps, in turn (schedule `i` takes step kind `i % 9`): during the ledger
+//! The crash steps, in turn (schedule `i` takes step kind `i % 11`): during the ledger
 //! claims (claim `k` of the batch, any mode), after all claims (before the intent), the
-//! intent put answered lost, after the intent, at chunk `k` of `n` (batches of 18 events
-//! with 16 `unique_count` values in one hour take two chunks), the last chunk answered
-//! lost, at the first `max`/`latest` raise, before `DONE`, and `DONE` answered lost. The
-//! takeover modes, in turn (`i / 9 % 4`): one taker; a taker inside the dead batch's lease
+//! intent put answered lost, after the intent, at chunk `k` of `n` (batches of 52 events
+//! with 50 `unique_count` values in one hour take two chunks), the last chunk answered
+//! lost, at the first `max`/`latest` raise, before `DONE`, `DONE` answered lost, at the
+//! counter guard, and at the first `unique_count` marker put (markers are put outside the
+//! chunks, owned by their batch). The
+//! takeover modes, in turn (`i / 11 % 4`): one taker; a taker inside the dead batch's lease
 //! first (owner wait zero: the events the dead batch claimed must come back `Failed` and
 //! nobody may fence it yet), then one with lease zero; two takers racing on overlapping
 //! batches (both with lease zero, so they also fence each other's live batches); and a
@@ -40,7 +42,7 @@
 //! Each schedule has a table of its own (dropped when it passes).
 //!
 //! The seed is printed; `TALLY_CRASH_SEED` replays a run, `TALLY_CRASH_ONLY=<i>` one
-//! schedule of it, `TALLY_CRASH_SCHEDULES` sets how many (default 250, 25 per step).
+//! schedule of it, `TALLY_CRASH_SCHEDULES` sets how many (default 250, 22 or 23 per step).
 //!
 //! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
 
@@ -72,7 +74,7 @@ use tally_tests::oracle::{counter_differences, plain_counters};
 
 const MONTH: &str = "2026-11";
 /// Step kinds; schedule `i` crashes at kind `i % STEPS`.
-const STEPS: usize = 10;
+const STEPS: usize = 11;
 /// Names of the step kinds, for the summary.
 const KINDS: [&str; STEPS] = [
     "during claims",
@@ -85,6 +87,7 @@ const KINDS: [&str; STEPS] = [
     "before done",
     "done answer lost",
     "at the counter guard",
+    "at a unique marker",
 ];
 /// Schedules run at once (each with a dying store behind a crash proxy of its own).
 const PARALLEL: usize = 4;
@@ -112,6 +115,8 @@ enum Step {
     DoneLost,
     /// At the first counter guard reservation (after the claims, before the intent).
     Guard(CrashMode),
+    /// At the first `unique_count` marker put (after the intent, before the chunks).
+    Marker(CrashMode),
 }
 
 impl Step {
@@ -123,12 +128,14 @@ impl Step {
             mode,
         };
         // Ledger claims are the puts of `EVT#` records; the intent is the put carrying the
-        // packed ops (`opsh`); a chunk is the transaction holding its marker.
+        // packed ops (`opsu`); a unique marker is a put into an `UNQ#` partition; a chunk is
+        // the transaction holding its marker.
         match self {
             Step::Claim(k, mode) => at("PutItem", "EVT#".into(), k, mode),
-            Step::BeforeIntent => at("PutItem", "opsh".into(), 0, CrashMode::Before),
-            Step::IntentLost => at("PutItem", "opsh".into(), 0, CrashMode::AnswerLost),
-            Step::AfterIntent => at("PutItem", "opsh".into(), 0, CrashMode::After),
+            Step::BeforeIntent => at("PutItem", "opsu".into(), 0, CrashMode::Before),
+            Step::IntentLost => at("PutItem", "opsu".into(), 0, CrashMode::AnswerLost),
+            Step::AfterIntent => at("PutItem", "opsu".into(), 0, CrashMode::After),
+            Step::Marker(mode) => at("PutItem", "#UNQ#".into(), 0, mode),
             Step::Chunk(k, mode) => at("TransactWriteItems", format!("CHUNK#{k}\""), 0, mode),
             // Raises update day cells; the counter guard's reservation is an `UpdateItem` too.
             Step::Raise(mode) => at("UpdateItem", "DAY#".into(), 0, mode),
@@ -144,7 +151,11 @@ impl Step {
         if stalled {
             matches!(
                 self,
-                Step::Chunk(..) | Step::Raise(..) | Step::BeforeDone | Step::DoneLost
+                Step::Marker(..)
+                    | Step::Chunk(..)
+                    | Step::Raise(..)
+                    | Step::BeforeDone
+                    | Step::DoneLost
             )
         } else {
             !matches!(self, Step::Claim(..) | Step::BeforeIntent | Step::Guard(..))
@@ -242,10 +253,11 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
     };
     let mut dying = Vec::new();
     if wide {
-        // 16 `unique_count` values in one hour of one project: six counters of 16 markers
-        // (17 actions each), and two `sum` day cells: 5 of those ops fill chunk 0 (2 + 85
-        // actions), the sixth opens chunk 1.
-        for v in 0..16 {
+        // 50 `unique_count` values in one hour of one project: six counters of 50 markers,
+        // each split into two ops (48 markers and 2, the most one op carries), and two
+        // `sum` day cells. Two ops of one counter update the same item, which one
+        // transaction may not hold twice: the second op of each counter opens chunk 1.
+        for v in 0..50 {
             let at = instant(&mut rng, 3600);
             let e = event(
                 &org,
@@ -276,8 +288,10 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         let n = rng.random_range(2..=6);
         for k in 0..n {
             let meter = match k {
-                // The guard step needs an adding meter to reserve room for.
+                // The guard step needs an adding meter to reserve room for; the marker
+                // step a unique value to put a marker for.
                 0 if kind == 9 => ["compute_minutes", "requests"][rng.random_range(0..2)],
+                0 if kind == 10 => "active_users",
                 0 => ["compute_minutes", "requests", "active_users"][rng.random_range(0..3)],
                 1 => ["storage_bytes", "temperature"][rng.random_range(0..2)],
                 _ => METERS[rng.random_range(0..METERS.len())],
@@ -314,7 +328,8 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         6 => Step::Raise(mode(&mut rng)),
         7 => Step::BeforeDone,
         8 => Step::DoneLost,
-        _ => Step::Guard(mode(&mut rng)),
+        9 => Step::Guard(mode(&mut rng)),
+        _ => Step::Marker(mode(&mut rng)),
     };
     let takeover = match (i / STEPS) % 4 {
         0 => Takeover::Single,

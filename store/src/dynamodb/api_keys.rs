@@ -13,7 +13,7 @@ use tally_core::tenant::{
 };
 
 use super::DynamoStore;
-use super::apply::put_if_absent;
+use super::chunks::put_if_absent;
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};

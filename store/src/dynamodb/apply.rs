@@ -11,9 +11,7 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Duration, Utc};
 use tally_core::event::Event;
 use tally_core::fold::{self, Delta};
@@ -22,20 +20,21 @@ use tally_core::period::Month;
 use tally_core::ports::{ApplyOutcome, ApplyReport, StoreError};
 use tokio::sync::Semaphore;
 
-use super::cells::{self, CellKind};
+use super::DynamoStore;
+use super::cells;
+use super::chunks::{Packing, apply_chunk, plan_chunks};
 use super::codec::{
-    Item, RETRYABLE_REASONS, build_error, describe_sdk_error, encode_body, get_opt_s,
-    instant_number, is_retryable, item, n, s, send_retrying,
+    Item, describe_sdk_error, encode_body, get_opt_s, instant_number, is_retryable, item, n, s,
+    send_retrying,
 };
 use super::guard;
 use super::keys::{
     PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
     marker_sk, unique_pk,
 };
+use super::markers::claim_markers;
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
 use super::raise::raise_hours;
-use super::tx::update_action;
-use super::{DynamoStore, TxFailure};
 
 /// Most actions in one `TransactWriteItems` (DynamoDB's limit).
 pub const MAX_ACTIONS: usize = 100;
@@ -57,7 +56,7 @@ pub const OWNER: &str = "owner";
 pub const CLAIMED: &str = "claimed";
 
 /// `BATCH#<id>`: a batch's state items (`INTENT`, `CHUNK#<n>`, `DONE`).
-fn batch_pk(id: &str) -> String {
+pub(super) fn batch_pk(id: &str) -> String {
     format!("BATCH#{id}")
 }
 const INTENT_SK: &str = "INTENT";
@@ -364,7 +363,7 @@ async fn apply_owned(
             return ApplyOutcome::Failed(e.to_string());
         }
     }
-    match complete(store, batch, &ops, Packing::HotApart, now).await {
+    match complete(store, batch, &ops, Packing::MarkersApart, now).await {
         Ok(()) => ApplyOutcome::Applied,
         Err(why) => ApplyOutcome::Failed(why),
     }
@@ -611,6 +610,9 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
 /// An intent's ops and how they are packed, from whichever attribute the release that
 /// wrote it used.
 fn intent_ops(intent: &Item) -> Result<(Ops, Packing), StoreError> {
+    if let Some(AttributeValue::B(packed)) = intent.get(OPS_MARKERS_APART) {
+        return Ok((unpack_ops(packed.as_ref())?, Packing::MarkersApart));
+    }
     match (intent.get(OPS_HOT_APART), intent.get(OPS_PACKED)) {
         (Some(AttributeValue::B(packed)), _) => {
             Ok((unpack_ops(packed.as_ref())?, Packing::HotApart))
@@ -636,6 +638,10 @@ const OPS_PACKED: &str = "opsz";
 /// together does not read, so such a release fails those batches for a later retry instead
 /// of cutting their chunks differently (which would apply some ops twice).
 const OPS_HOT_APART: &str = "opsh";
+/// Attribute of an intent whose `unique_count` markers are put outside its chunks
+/// ([`Packing::MarkersApart`], what this release writes): the same deflated JSON again,
+/// under a name older releases do not read, for the same reason as [`OPS_HOT_APART`].
+const OPS_MARKERS_APART: &str = "opsu";
 /// Largest inflated intent accepted when reading one back (a corrupt or hostile item
 /// must not make the reader allocate without bound); well above [`MAX_INTENT_BYTES`].
 const MAX_UNPACKED_INTENT: usize = 8 * 1024 * 1024;
@@ -816,7 +822,10 @@ async fn write_intent(
             .put_if_absent(item([
                 (PK, s(batch_pk(batch))),
                 (SK, s(INTENT_SK)),
-                (OPS_HOT_APART, AttributeValue::B(Blob::new(packed.clone()))),
+                (
+                    OPS_MARKERS_APART,
+                    AttributeValue::B(Blob::new(packed.clone())),
+                ),
                 (TTL, n(ttl)),
             ]))
             .await
@@ -846,8 +855,12 @@ async fn complete(
     now: DateTime<Utc>,
 ) -> Result<(), String> {
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    let owned = match packing {
+        Packing::MarkersApart => Some(claim_markers(store, batch, ops).await?),
+        Packing::Mixed | Packing::HotApart => None,
+    };
     for (n_chunk, chunk) in plan_chunks(ops, packing).into_iter().enumerate() {
-        apply_chunk(store, batch, n_chunk, &chunk, ttl).await?;
+        apply_chunk(store, batch, n_chunk, &chunk, owned.as_ref(), ttl).await?;
     }
     raise_hours(store, ops).await?;
     let done = store
@@ -869,277 +882,10 @@ async fn complete(
     Ok(())
 }
 
-/// How an intent's ops are packed into chunks. The packing is part of the intent (the
-/// attribute its ops are stored under), because chunk markers name chunks by number: a
-/// batch finished by another process must be cut exactly as it began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Packing {
-    /// Every org's ops first-fit together (intents stored as `opsz` or `ops`, written
-    /// before hot orgs were kept apart).
-    Mixed,
-    /// As `Mixed`, but the ops of each *hot* org of the intent (one with at least
-    /// [`HOT_ORG_OPS`] ops that must apply once) go in chunks of their own.
-    ///
-    /// Why: a hot org's cells are written by every concurrent batch, so its transactions
-    /// are the ones DynamoDB cancels with `TransactionConflict`. Mixed with 90 cells of the
-    /// Zipf tail, one conflict cancelled (and billed, and delayed) them all; kept apart, a
-    /// conflict costs only the hot org's own actions, and the tail's chunks, whose cells few
-    /// batches share, go through at the first attempt. The price is one chunk marker per hot
-    /// org per batch (2 WCU): on workload W, 275 transactions instead of 100 for 20,000
-    /// events (about 9 hot orgs per 1,000-event batch), +0.0175 WCU per event, 2.061 →
-    /// 2.078 (`bench/RESULTS.md`). The threshold of [`HOT_ORG_OPS`] keeps the Zipf tail,
-    /// whose orgs have one or two cells per batch, packed together as before.
-    HotApart,
-}
-
-/// Ops (that must apply once) an org needs in one intent to count as hot for
-/// [`Packing::HotApart`]: eight day cells or unique counters is an org with several
-/// projects or meters active in one batch, which on a Zipf workload is the top few orgs.
-pub(super) const HOT_ORG_OPS: usize = 8;
-
-/// The org a counter partition key (`ORG#<org>#CTR#…`, `ORG#<org>#UNQ#…`) belongs to.
-fn org_of_pk(pk: &str) -> &str {
-    pk.split('#').nth(1).unwrap_or(pk)
-}
-
-/// Packs the ops that must apply once (`ADD`s and `unique_count` markers; `max`/`latest`
-/// go through [`raise_hours`]) first-fit into chunks of at most [`MAX_ACTIONS`] − 1 actions
-/// (one is the chunk's marker) where no item is written twice (DynamoDB refuses that in one
-/// transaction), keeping hot orgs apart under [`Packing::HotApart`]. A pure function of
-/// the intent and its packing, so every replay packs the same chunks.
-fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> {
-    struct Open<'a> {
-        ops: Vec<(&'a str, &'a Op)>,
-        actions: usize,
-        items: HashSet<(&'a str, &'a str)>,
-        /// The hot org the chunk is kept for, or `None` for everyone else.
-        owner: Option<&'a str>,
-    }
-    let mut per_org: HashMap<&str, usize> = HashMap::new();
-    if packing == Packing::HotApart {
-        for (pk, list) in ops {
-            *per_org.entry(org_of_pk(pk)).or_default() +=
-                list.iter().filter(|op| !op.is_idempotent()).count();
-        }
-    }
-    let mut chunks: Vec<Open<'_>> = Vec::new();
-    for (pk, list) in ops {
-        let org = org_of_pk(pk);
-        let owner = (per_org.get(org).copied().unwrap_or(0) >= HOT_ORG_OPS).then_some(org);
-        for op in list.iter().filter(|op| !op.is_idempotent()) {
-            let id = (pk.as_str(), op.item_sk());
-            let fits = |c: &Open<'_>| {
-                c.owner == owner && c.actions + op.actions() < MAX_ACTIONS && !c.items.contains(&id)
-            };
-            let at = match chunks.iter().position(fits) {
-                Some(at) => at,
-                None => {
-                    chunks.push(Open {
-                        ops: Vec::new(),
-                        actions: 0,
-                        items: HashSet::new(),
-                        owner,
-                    });
-                    chunks.len() - 1
-                }
-            };
-            let chunk = &mut chunks[at];
-            chunk.actions += op.actions();
-            chunk.items.insert(id);
-            chunk.ops.push((pk.as_str(), op));
-        }
-    }
-    chunks.into_iter().map(|c| c.ops).collect()
-}
-
-/// What one action of a chunk's transaction is, so a cancellation reason at its position
-/// can be turned into a decision.
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    /// The chunk's marker: failing its condition means the chunk was applied before.
-    Marker,
-    /// An unconditional `ADD`.
-    Add,
-    /// A `unique_count` marker (part = the marker's index) of op `i`: failing its
-    /// condition means that value was counted before.
-    Conditional(usize, usize),
-}
-
-/// Applies one chunk in one transaction, dropping ops whose condition says they have
-/// nothing to do, until it lands, is found applied, or the retries run out.
-async fn apply_chunk(
-    store: &DynamoStore,
-    batch: &str,
-    n_chunk: usize,
-    chunk: &[(&str, &Op)],
-    ttl: i64,
-) -> Result<(), String> {
-    let mut skip: HashSet<(usize, usize)> = HashSet::new();
-    let mut failures = 0u32;
-    let mut rounds_left = 2 * MAX_ACTIONS + store.retry.max_attempts as usize;
-    loop {
-        if rounds_left == 0 {
-            return Err("counter transaction kept being cancelled".into());
-        }
-        rounds_left -= 1;
-        let (actions, roles) = build_actions(&store.table, batch, n_chunk, chunk, &skip, ttl)
-            .map_err(|e| e.to_string())?;
-        let why = match store.transact(actions).await {
-            Ok(()) => return Ok(()),
-            Err(TxFailure::Fatal(why)) => return Err(why),
-            Err(TxFailure::Retryable(why)) => why,
-            Err(TxFailure::Cancelled(reasons)) if reasons.len() == roles.len() => {
-                let mut learned = false;
-                let mut retryable = None;
-                for (role, (code, message)) in roles.iter().zip(&reasons) {
-                    match (code.as_str(), role) {
-                        ("None" | "", _) => {}
-                        ("ConditionalCheckFailed", Role::Marker) => return Ok(()),
-                        ("ConditionalCheckFailed", Role::Conditional(i, part)) => {
-                            skip.insert((*i, *part));
-                            learned = true;
-                        }
-                        (code, _) if RETRYABLE_REASONS.contains(&code) => {
-                            retryable = Some(format!("transaction cancelled: {code}"));
-                        }
-                        (code, role) => {
-                            return Err(format!(
-                                "transaction cancelled: {code} on {role:?}: {}",
-                                message.as_deref().unwrap_or("no message")
-                            ));
-                        }
-                    }
-                }
-                if learned {
-                    continue;
-                }
-                retryable.unwrap_or_else(|| "transaction cancelled without a reason".into())
-            }
-            Err(TxFailure::Cancelled(reasons)) => format!(
-                "transaction cancelled with {} reasons for {} actions",
-                reasons.len(),
-                roles.len()
-            ),
-        };
-        failures += 1;
-        if failures >= store.retry.max_attempts {
-            return Err(format!("gave up after {failures} attempts: {why}"));
-        }
-        tracing::debug!(attempt = failures, reason = %why, "retrying a counter chunk");
-        crate::aws::sleep_before_retry(&store.retry, failures).await;
-    }
-}
-
-/// The actions of one attempt of a chunk: its marker, then its ops not skipped.
-fn build_actions(
-    table: &str,
-    batch: &str,
-    n_chunk: usize,
-    chunk: &[(&str, &Op)],
-    skip: &HashSet<(usize, usize)>,
-    ttl: i64,
-) -> Result<(Vec<TransactWriteItem>, Vec<Role>), StoreError> {
-    let mut actions = vec![put_if_absent(
-        table,
-        item([
-            (PK, s(batch_pk(batch))),
-            (SK, s(format!("CHUNK#{n_chunk}"))),
-            (TTL, n(ttl)),
-        ]),
-    )?];
-    let mut roles = vec![Role::Marker];
-    for (i, (pk, op)) in chunk.iter().enumerate() {
-        match op {
-            Op::Add(sk, hours) => {
-                let mut names = vec![("#k", cells::KIND.to_owned())];
-                let mut values = vec![(":k".to_owned(), s(CellKind::Add.as_str()))];
-                let mut adds = Vec::new();
-                for (h, d) in hours {
-                    names.push(("", cells::hour_attr(*h)));
-                    adds.push(format!(
-                        "#{} :{}",
-                        cells::hour_attr(*h),
-                        cells::hour_attr(*h)
-                    ));
-                    values.push((
-                        format!(":{}", cells::hour_attr(*h)),
-                        AttributeValue::N(d.clone()),
-                    ));
-                }
-                let expr = format!("SET #k = :k ADD {}", adds.join(", "));
-                actions.push(update(table, pk, sk, &expr, None, &names, values)?);
-                roles.push(Role::Add);
-            }
-            // Never chunked: `raise_hours` writes them.
-            Op::Max(..) | Op::Latest(..) => {}
-            Op::Unique(csk, mpk, markers) => {
-                let mut fresh = 0;
-                for (j, msk) in markers.iter().enumerate() {
-                    if skip.contains(&(i, j)) {
-                        continue;
-                    }
-                    actions.push(put_if_absent(
-                        table,
-                        item([(PK, s(mpk.clone())), (SK, s(msk.clone()))]),
-                    )?);
-                    roles.push(Role::Conditional(i, j));
-                    fresh += 1;
-                }
-                if fresh > 0 {
-                    actions.push(update(
-                        table,
-                        pk,
-                        csk,
-                        "ADD #v :n",
-                        None,
-                        &[("#v", "v".to_owned())],
-                        vec![(":n".into(), n(fresh))],
-                    )?);
-                    roles.push(Role::Add);
-                }
-            }
-        }
-    }
-    Ok((actions, roles))
-}
-
-/// A put that only succeeds if no item has its key.
-pub(super) fn put_if_absent(table: &str, record: Item) -> Result<TransactWriteItem, StoreError> {
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(record))
-        .condition_expression("attribute_not_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .build()
-        .map_err(build_error)?;
-    Ok(TransactWriteItem::builder().put(put).build())
-}
-
-/// An update of one counter item. A name `("", attr)` is the placeholder `#<attr>`.
-fn update(
-    table: &str,
-    pk: &str,
-    sk: &str,
-    expression: &str,
-    condition: Option<&str>,
-    names: &[(&str, String)],
-    values: Vec<(String, AttributeValue)>,
-) -> Result<TransactWriteItem, StoreError> {
-    let names = names.iter().map(|(placeholder, attr)| {
-        let placeholder = if placeholder.is_empty() {
-            format!("#{attr}")
-        } else {
-            (*placeholder).to_owned()
-        };
-        (placeholder, attr.clone())
-    });
-    let (pk, sk) = (pk.to_owned(), sk.to_owned());
-    update_action(table, pk, sk, expression, condition, names, values)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::super::chunks::{build_actions, org_of_pk};
     use super::*;
     use serde_json::Map;
     use tally_core::event::Quantity;
@@ -1322,6 +1068,15 @@ mod tests {
     fn an_intent_is_replayed_with_the_packing_it_was_written_with() {
         let (_, ops) = hot_and_cold();
         let packed = pack_ops(&ops).unwrap();
+        let mut newest = Item::new();
+        newest.insert(
+            OPS_MARKERS_APART.into(),
+            AttributeValue::B(Blob::new(packed.clone())),
+        );
+        assert_eq!(
+            intent_ops(&newest).unwrap(),
+            (ops.clone(), Packing::MarkersApart)
+        );
         let mut new = Item::new();
         new.insert(
             OPS_HOT_APART.into(),
@@ -1368,23 +1123,45 @@ mod tests {
         let rev: Vec<usize> = fwd.iter().rev().copied().collect();
         let ops = plan_ops(&events, &fwd);
         assert_eq!(ops, plan_ops(&events, &rev));
-        let chunks = plan_chunks(&ops, Packing::HotApart);
-        // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
-        let once = ops
+        // Every marker of every unique op, as if this batch owned them all.
+        let all_markers: HashSet<(String, String)> = ops
             .iter()
             .flat_map(|(_, l)| l)
-            .filter(|op| !op.is_idempotent());
-        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), once.count());
-        assert!(chunks.iter().flatten().all(|(_, op)| !op.is_idempotent()));
-        assert!(ops.iter().flat_map(|(_, l)| l).any(Op::is_idempotent));
-        for chunk in &chunks {
-            let items: HashSet<(&str, &str)> =
-                chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
-            assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
-            let skip = HashSet::new();
-            let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, 0).unwrap();
-            assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
-            assert_eq!(actions.len(), roles.len());
+            .filter_map(|op| match op {
+                Op::Unique(_, mpk, markers) => {
+                    Some(markers.iter().map(|m| (mpk.clone(), m.clone())))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(!all_markers.is_empty());
+        for (packing, owned) in [
+            (Packing::HotApart, None),
+            (Packing::MarkersApart, Some(&all_markers)),
+        ] {
+            let chunks = plan_chunks(&ops, packing);
+            // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
+            let once = ops
+                .iter()
+                .flat_map(|(_, l)| l)
+                .filter(|op| !op.is_idempotent());
+            assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), once.count());
+            assert!(chunks.iter().flatten().all(|(_, op)| !op.is_idempotent()));
+            assert!(ops.iter().flat_map(|(_, l)| l).any(Op::is_idempotent));
+            for chunk in &chunks {
+                let items: HashSet<(&str, &str)> =
+                    chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
+                assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
+                let skip = HashSet::new();
+                let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, owned, 0).unwrap();
+                assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
+                assert_eq!(actions.len(), roles.len());
+                if owned.is_some() {
+                    // Markers apart: the chunk marker and one update per op, no marker put.
+                    assert_eq!(actions.len(), chunk.len() + 1, "{packing:?}");
+                }
+            }
         }
         let text = serde_json::to_string(&ops).unwrap();
         assert_eq!(serde_json::from_str::<Ops>(&text).unwrap(), ops);

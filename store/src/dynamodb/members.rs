@@ -12,7 +12,7 @@ use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
 use super::DynamoStore;
-use super::apply::put_if_absent;
+use super::chunks::put_if_absent;
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text};
 use super::keys::{self, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
