@@ -397,6 +397,7 @@ fn no_float_in_the_billing_source() {
         ("report.rs", include_str!("../src/report.rs")),
         ("schedule.rs", include_str!("../src/schedule.rs")),
         ("sync.rs", include_str!("../src/sync.rs")),
+        ("versions.rs", include_str!("../src/versions.rs")),
         ("webhook.rs", include_str!("../src/webhook.rs")),
     ];
     // Core's catalogue, price models and pricing engine, which billing prices with.
