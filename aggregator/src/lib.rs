@@ -84,8 +84,9 @@
 //!   units per event (`bench/RESULTS.md`). `FaultProxy::contend` in `tests/` plants the
 //!   conflicts and shows the tail is never cancelled with the hot org.
 //! - **Conflicts retried, and never fatal to the events.** A cancelled chunk is retried with
-//!   jittered backoff (8 attempts), and `unique_count` markers whose value was counted
-//!   before are dropped from the retry rather than cancelling it again. A chunk that still
+//!   jittered backoff (8 attempts). `unique_count` markers are not in the transactions at
+//!   all (`store/src/dynamodb/markers.rs`): each is a plain conditional put owned by its
+//!   batch, so a value counted before fails alone and cancels nothing. A chunk that still
 //!   fails leaves its intent written: the redelivery finds the intent and finishes it, so an
 //!   event reaches the dead-letter queue only if five deliveries in a row fail to finish
 //!   one transaction of a dozen cells.
@@ -96,14 +97,17 @@
 //! Measured with the fault proxy injecting conflicts at 1 % and 5 % of writes (issue 16,
 //! `bench/RESULTS.md`): retries per event track the injected rate (0.011 at 1 %, 0.07 at
 //! 5 %), no record was redelivered or dead-lettered, and counters stayed exact; injected
-//! conflicts cancelled 1–3 transactions per run. Most cancelled transactions are the
-//! store's own: a `unique_count` value seen before cancels its chunk (258 marker actions in
-//! 29 cancelled transactions on 3,000 events), which with markers at 2 units each inside
-//! the transactions makes the six-meter workload cost 5.8 units per event against 2.3 for
-//! the four of the earlier workload. #16's target (≤ 2.0 at the default batch size, four
-//! aggregators, 1 % conflicts) is therefore not met; the next steps are markers as plain
-//! conditional writes outside the transactions, and counter updates made idempotent by the
-//! batch intent outside them (1 unit instead of 2).
+//! conflicts cancelled 1–3 transactions per run. Before the markers left the
+//! transactions, most cancelled transactions were the store's own: a `unique_count` value
+//! seen before cancelled its chunk (258 marker actions in 29 cancelled transactions on
+//! 3,000 events), and with markers at 2 units each the six-meter workload cost 5.84 units
+//! per event. With markers as plain puts owned by their batch: 4.17 units per event, one
+//! cancelled transaction (the injected conflict), counters exact (batch 1,000, four
+//! aggregators, 1 % conflicts). #16's target (≤ 2.0 at the default batch size, four
+//! aggregators, 1 % conflicts) is still not met: 4.17 with six meters, 2.30 with four. What
+//! is left is the transactional `ADD`s (1.90 units per event with six meters, 0.93 with
+//! four) and the ledger (0.95); the next step is counter updates made idempotent by the
+//! batch intent outside the transactions (1 unit instead of 2).
 //!
 //! Not yet done: write-sharding a hot org's own cells (so its batches stop conflicting
 //! with each other at all).
