@@ -106,6 +106,27 @@ pub struct InvoiceSummary {
     pub stripe: StripeStatus,
 }
 
+impl InvoiceSummary {
+    /// The summary of a stored report and its Stripe sync steps, as the API and
+    /// `tally invoice list` show it; fails if the stored report does not decode.
+    pub fn of(
+        stored: &tally_core::ports::StoredReport,
+        steps: &[SyncStep],
+    ) -> Result<Self, serde_json::Error> {
+        let report: UsageReport = serde_json::from_str(&stored.body)?;
+        Ok(Self {
+            period: stored.period.to_string(),
+            plan: report.plan.as_str().to_owned(),
+            currency: report.currency,
+            total: report.total.to_string(),
+            closed_at: stored
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            stripe: stripe_status(steps),
+        })
+    }
+}
+
 /// The answer of `GET /v1/orgs/{org_id}/invoices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoicesResponse {
@@ -162,19 +183,12 @@ pub(crate) async fn list(
     stored.truncate(limit);
     let mut invoices = Vec::with_capacity(stored.len());
     for r in &stored {
-        let report: UsageReport = serde_json::from_str(&r.body)
-            .map_err(|e| ApiError::Internal(format!("the stored report of {}: {e}", r.period)))?;
         let steps = billing.sync.list_steps(&org.id, r.period).await?;
-        invoices.push(InvoiceSummary {
-            period: r.period.to_string(),
-            plan: report.plan.as_str().to_owned(),
-            currency: report.currency,
-            total: report.total.to_string(),
-            closed_at: r
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            stripe: stripe_status(&steps),
-        });
+        invoices.push(
+            InvoiceSummary::of(r, &steps).map_err(|e| {
+                ApiError::Internal(format!("the stored report of {}: {e}", r.period))
+            })?,
+        );
     }
     let next_before = more
         .then(|| stored.last().map(|r| r.period.to_string()))

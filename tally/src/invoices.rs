@@ -9,10 +9,10 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use tally_api::invoices::{InvoiceSummary, InvoicesResponse, stripe_status};
+use tally_api::invoices::{InvoiceSummary, InvoicesResponse};
 use tally_core::Month;
 use tally_core::plan::billed_plan;
-use tally_core::report::{MonthUsage, UsageReport};
+use tally_core::report::MonthUsage;
 use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice};
 
 use crate::manage::{any_org, now, open, org_id};
@@ -69,19 +69,11 @@ pub async fn invoice(common: &Common, cmd: InvoiceCommand) -> anyhow::Result<()>
             stored.sort_by_key(|r| std::cmp::Reverse(r.period));
             let mut invoices = Vec::with_capacity(stored.len());
             for r in &stored {
-                let report: UsageReport = serde_json::from_str(&r.body)
-                    .with_context(|| format!("the stored report of {id} {}", r.period))?;
                 let steps = store.sync.list_steps(&id, r.period).await?;
-                invoices.push(InvoiceSummary {
-                    period: r.period.to_string(),
-                    plan: report.plan.as_str().to_owned(),
-                    currency: report.currency,
-                    total: report.total.to_string(),
-                    closed_at: r
-                        .created_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    stripe: stripe_status(&steps),
-                });
+                invoices.push(
+                    InvoiceSummary::of(r, &steps)
+                        .with_context(|| format!("the stored report of {id} {}", r.period))?,
+                );
             }
             let out = InvoicesResponse {
                 invoices,
