@@ -19,7 +19,8 @@
 //!   or a later one, at most [`MAX_MONTHS_AHEAD`] ahead; an earlier month, or a month that
 //!   is already closed, is refused.
 //!
-//! A new version may not change a meter's aggregation, or remove a meter, while that meter
+//! A new version may not change a meter's aggregation or the field it reads its amount from
+//! (`value`), or remove a meter, while that meter
 //! has counters in an open period (the current month, and the previous one until it is
 //! closed): the counters were aggregated the old way and would be read the new way. The
 //! check compares with the catalogue in force now and reads each org's open months'
@@ -273,6 +274,11 @@ pub fn meter_changes(old: &Catalogue, new: &Catalogue) -> Vec<(MeterName, String
                     aggregation_name(&m.aggregation),
                     aggregation_name(&n.aggregation)
                 ),
+            )),
+            // Counters summed from one field would be topped up from another.
+            Some(n) if n.value != m.value => Some((
+                m.name.clone(),
+                format!("changes its value from {} to {}", m.value, n.value),
             )),
             Some(_) => None,
         })

@@ -323,6 +323,71 @@ fn aggregations_are_known() {
 }
 
 #[test]
+fn a_value_path_is_checked_with_its_aggregation() {
+    // compute_minutes is a sum meter with no default quantity; api_calls has one.
+    let minutes = r#""unit": "minutes","#;
+    let ok = edited(
+        minutes,
+        r#""unit": "minutes", "value": "properties.usage.minutes","#,
+    );
+    let c = Catalogue::from_json(&ok, "ok").unwrap();
+    let m = c
+        .meter(&MeterName::parse("compute_minutes").unwrap())
+        .unwrap();
+    assert_eq!(m.value.path(), "properties.usage.minutes");
+    assert_eq!(m.to_core().value, m.value);
+    // Writing the default explicitly is the same as leaving it out.
+    let explicit = edited(minutes, r#""unit": "minutes", "value": "quantity","#);
+    assert_eq!(
+        Catalogue::from_json(&explicit, "x").unwrap(),
+        Catalogue::builtin().unwrap()
+    );
+    // Changing the field a meter reads is a change that live counters refuse.
+    let changes = tally_billing::versions::meter_changes(&Catalogue::builtin().unwrap(), &c);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].0.as_str(), "compute_minutes");
+    assert!(
+        changes[0]
+            .1
+            .contains("changes its value from quantity to properties.usage.minutes"),
+        "{changes:?}"
+    );
+    assert_problem(
+        &edited(minutes, r#""unit": "minutes", "value": "tokens","#),
+        "meters.compute_minutes.value",
+        "property path like",
+    );
+    assert_problem(
+        &edited(
+            minutes,
+            r#""unit": "minutes", "value": "properties.a.b.c.d.e","#,
+        ),
+        "meters.compute_minutes.value",
+        "at most 4 keys",
+    );
+    assert_problem(
+        &edited(minutes, r#""unit": "minutes", "value": "properties.a..b","#),
+        "meters.compute_minutes.value",
+        "each key of a property path",
+    );
+    // A count reads no amount.
+    let count = edited(
+        r#""aggregation": "max""#,
+        r#""aggregation": "count", "value": "properties.bytes""#,
+    );
+    assert_problem(&count, "meters.storage_bytes.value", "reads no amount");
+    // A default quantity would count a missing property as a guess.
+    assert_problem(
+        &edited(
+            r#""default_quantity": 1,"#,
+            r#""default_quantity": 1, "value": "properties.calls","#,
+        ),
+        "meters.api_calls.default_quantity",
+        "refused, never counted as a guess",
+    );
+}
+
+#[test]
 fn units_convert_exactly() {
     assert_problem(
         &edited(

@@ -28,6 +28,10 @@
 //!       "unit": "bytes",       required; what the meter's counters count
 //!       "aggregation": "sum",  required: sum | count | max | latest | unique_count
 //!       "property": "user_id", required for unique_count, refused otherwise
+//!       "value": "properties.tokens",  optional (default "quantity"): the event field
+//!                              holding the amount; a path of 1 to 4 keys (A-Z a-z 0-9 _ -,
+//!                              1 to 64 each) under properties; not for count/unique_count
+//!                              and not with default_quantity
 //!       "default_quantity": 1, optional; quantity of an event that gives none (>= 0)
 //!       "price_unit": "GB",    required; the unit prices are quoted in, for people
 //!       "price_unit_size": "1 GB",  required; meter units per price unit: a power of ten
@@ -72,7 +76,8 @@
 //!
 //! Rules checked at parse, each reported with its path (`plans.pro.meters.api_calls.price.
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
-//! `property` exactly for `unique_count`); a positive power-of-ten `price_unit_size`;
+//! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
+//! `max` and `latest` meters and never with a `default_quantity`; a positive power-of-ten `price_unit_size`;
 //! non-negative prices, fees and allowances; a positive package size; tiers non-empty,
 //! strictly ascending and contiguous (`from`, when given, equals the previous `up_to`), only
 //! the last one unbounded; volume tables whose amount never drops as usage grows; fees in
@@ -103,7 +108,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::ids::MeterName;
-use crate::meter::{Aggregation, Meter, MeterCatalogue};
+use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 use crate::money::Money;
 use crate::plan::{Plan, PlanId, PlanLimits};
 use crate::pricing::{Pricing, Tier};
@@ -128,6 +133,10 @@ pub struct MeterSpec {
     pub unit: String,
     /// How events combine into the month's quantity.
     pub aggregation: Aggregation,
+    /// Which field of an event holds the amount (left out in versions stored before it
+    /// existed: `quantity`).
+    #[serde(default)]
+    pub value: ValueSource,
     /// Quantity of an event that gives none.
     #[serde(with = "rust_decimal::serde::str_option")]
     pub default_quantity: Option<Decimal>,
@@ -148,6 +157,7 @@ impl MeterSpec {
             unit: self.unit.clone(),
             aggregation: self.aggregation.clone(),
             default_quantity: self.default_quantity,
+            value: self.value.clone(),
         }
     }
 }
@@ -506,6 +516,7 @@ struct RawMeter {
     unit: String,
     aggregation: String,
     property: Option<String>,
+    value: Option<String>,
     default_quantity: Option<Num>,
     price_unit: String,
     price_unit_size: Num,
@@ -761,6 +772,37 @@ impl Checker {
                 None
             }
         };
+        let value = match m.value.as_deref().map(ValueSource::parse) {
+            None => Some(ValueSource::Quantity),
+            Some(Err(message)) => {
+                self.bad(format!("{path}.value"), message);
+                None
+            }
+            Some(Ok(ValueSource::Quantity)) => Some(ValueSource::Quantity),
+            Some(Ok(v)) => {
+                if matches!(m.aggregation.as_str(), "count" | "unique_count") {
+                    self.bad(
+                        format!("{path}.value"),
+                        format!(
+                            "a {} meter reads no amount; value is for sum, max and latest",
+                            m.aggregation
+                        ),
+                    );
+                }
+                if m.default_quantity.is_some() {
+                    self.bad(
+                        format!("{path}.default_quantity"),
+                        format!(
+                            "cannot go with value = {:?}: an event without {} is refused, \
+                             never counted as a guess",
+                            v.path(),
+                            v.path()
+                        ),
+                    );
+                }
+                Some(v)
+            }
+        };
         let default_quantity = m
             .default_quantity
             .as_ref()
@@ -799,6 +841,7 @@ impl Checker {
             name: meter_name?,
             unit: m.unit,
             aggregation: aggregation?,
+            value: value?,
             // A bad default quantity was reported above, so None here means "not given".
             default_quantity: default_quantity.flatten(),
             price_unit: m.price_unit,

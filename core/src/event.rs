@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::ids::{EventId, IdError, MeterName, OrgId, ProjectId};
-use crate::meter::{Aggregation, MeterCatalogue};
+use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 
 /// How far into the future a timestamp may be (clock skew between services).
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
@@ -478,9 +478,24 @@ impl Event {
         })?;
         let project_id = ProjectId::parse(&string_field(&fields, "project_id")?)
             .map_err(|e| EventError::from_id(ErrorCode::UnknownProject, e))?;
-        let quantity = match fields.get("quantity") {
-            Some(raw) if raw.get() != "null" => parse_quantity(raw)?,
-            _ => match meter.default_quantity {
+        let quantity = match (&meter.value, fields.get("quantity")) {
+            (ValueSource::Property(_), Some(raw)) if raw.get() != "null" => {
+                // Two amounts would leave the client guessing which one was counted.
+                return Err(EventError::new(
+                    ErrorCode::InvalidQuantity,
+                    "quantity",
+                    format!(
+                        "meter {:?} reads its amount from {}; leave quantity out",
+                        meter.name.as_str(),
+                        meter.value
+                    ),
+                ));
+            }
+            (ValueSource::Property(keys), _) => {
+                property_value(fields.get("properties").copied(), keys, meter)?
+            }
+            (ValueSource::Quantity, Some(raw)) if raw.get() != "null" => parse_quantity(raw)?,
+            (ValueSource::Quantity, _) => match meter.default_quantity {
                 Some(d) => Quantity::new(d)?,
                 None => {
                     return Err(EventError::new(
@@ -590,6 +605,48 @@ fn parse_quantity(raw: &RawValue) -> Result<Quantity, EventError> {
             "quantity must be a number or a decimal string",
         ))
     }
+}
+
+/// The amount of an event for a meter that reads a property path: the number at
+/// `properties.KEY...`, read from the JSON text as sent (not from the parsed map, where a
+/// fraction would have passed through a binary float), by the rules of `quantity`. A
+/// missing key, a value that is not a number or a decimal string, or a number out of
+/// `quantity`'s range is refused with the path as the field.
+fn property_value(
+    properties: Option<&RawValue>,
+    keys: &[String],
+    meter: &Meter,
+) -> Result<Quantity, EventError> {
+    let path = meter.value.path();
+    let missing = || {
+        EventError::new(
+            ErrorCode::InvalidProperties,
+            path.clone(),
+            format!(
+                "meter {:?} reads its amount from {path}, which is missing",
+                meter.name.as_str()
+            ),
+        )
+    };
+    let mut raw = properties
+        .filter(|r| r.get() != "null")
+        .ok_or_else(missing)?;
+    for key in keys {
+        // Keys given twice were refused before (`json::check`), so a map loses nothing.
+        let object: HashMap<Cow<'_, str>, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|_| missing())?;
+        raw = object.get(key.as_str()).copied().ok_or_else(missing)?;
+    }
+    if raw.get() == "null" {
+        return Err(missing());
+    }
+    parse_quantity(raw).map_err(|e| {
+        EventError::new(
+            ErrorCode::InvalidQuantity,
+            path.clone(),
+            e.message.replacen("quantity", &path, 1),
+        )
+    })
 }
 
 fn parse_timestamp(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, EventError> {
@@ -753,6 +810,99 @@ mod tests {
     fn field_of(json: &str) -> (ErrorCode, String) {
         let e = validate(json).unwrap_err();
         (e.code, e.field)
+    }
+
+    /// Validates against a catalogue with one meter, `llm_tokens`, that sums
+    /// `properties.usage.tokens`.
+    fn validate_tokens(json: &str) -> Result<Event, EventError> {
+        let org = OrgId::parse("org_abc").unwrap();
+        let cat = MeterCatalogue::new([Meter {
+            name: MeterName::parse("llm_tokens").unwrap(),
+            unit: "tokens".into(),
+            aggregation: Aggregation::Sum,
+            default_quantity: None,
+            value: ValueSource::parse("properties.usage.tokens").unwrap(),
+        }]);
+        Event::validate(
+            json,
+            &ValidationContext {
+                org_id: &org,
+                catalogue: &cat,
+                now: ctx_now(),
+            },
+        )
+    }
+
+    fn tokens_event(properties: &str) -> String {
+        format!(
+            r#"{{"id":"evt_1","project_id":"prj_1","meter":"llm_tokens","timestamp":"2026-11-26T10:00:00Z","properties":{properties}}}"#
+        )
+    }
+
+    #[test]
+    fn a_meter_reads_its_amount_from_a_property_path_exactly() {
+        let e = validate_tokens(&tokens_event(
+            r#"{"model":"gpt-4","usage":{"tokens":1234}}"#,
+        ))
+        .unwrap();
+        assert_eq!(e.quantity.value(), Decimal::from(1234));
+        // A decimal string, and a fraction with more digits than a float holds, stay exact.
+        let e = validate_tokens(&tokens_event(r#"{"usage":{"tokens":"2.5"}}"#)).unwrap();
+        assert_eq!(e.quantity.value().to_string(), "2.5");
+        let e =
+            validate_tokens(&tokens_event(r#"{"usage":{"tokens":123456789.123456789}}"#)).unwrap();
+        assert_eq!(e.quantity.value().to_string(), "123456789.123456789");
+        // The properties travel as sent.
+        assert!(e.properties.contains_key("usage"));
+    }
+
+    #[test]
+    fn a_missing_or_bad_property_value_is_refused_naming_the_path() {
+        let path = "properties.usage.tokens";
+        let cases: &[(&str, ErrorCode)] = &[
+            (r#"{"model":"gpt-4"}"#, ErrorCode::InvalidProperties),
+            (r#"{"usage":{}}"#, ErrorCode::InvalidProperties),
+            (r#"{"usage":{"tokens":null}}"#, ErrorCode::InvalidProperties),
+            (r#"{"usage":7}"#, ErrorCode::InvalidProperties),
+            (r#"{"usage":{"tokens":"many"}}"#, ErrorCode::InvalidQuantity),
+            (r#"{"usage":{"tokens":true}}"#, ErrorCode::InvalidQuantity),
+            (
+                r#"{"usage":{"tokens":{"n":1}}}"#,
+                ErrorCode::InvalidQuantity,
+            ),
+            (r#"{"usage":{"tokens":-1}}"#, ErrorCode::InvalidQuantity),
+            (r#"{"usage":{"tokens":1e40}}"#, ErrorCode::InvalidQuantity),
+            (
+                r#"{"usage":{"tokens":1234567890123456789}}"#,
+                ErrorCode::InvalidQuantity,
+            ),
+            (
+                r#"{"usage":{"tokens":0.0000000001}}"#,
+                ErrorCode::InvalidQuantity,
+            ),
+        ];
+        for (props, code) in cases {
+            let e = validate_tokens(&tokens_event(props)).unwrap_err();
+            assert_eq!((e.code, e.field.as_str()), (*code, path), "{props}");
+            assert!(e.message.contains(path), "{props}: {}", e.message);
+        }
+        // No properties at all.
+        let no_props = r#"{"id":"evt_1","project_id":"prj_1","meter":"llm_tokens","timestamp":"2026-11-26T10:00:00Z"}"#;
+        let e = validate_tokens(no_props).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::InvalidProperties, path)
+        );
+        // A quantity as well as the property: which one counts would be a guess.
+        let both = no_props.replace(
+            r#""timestamp""#,
+            r#""quantity":5,"properties":{"usage":{"tokens":1}},"timestamp""#,
+        );
+        let e = validate_tokens(&both).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::InvalidQuantity, "quantity")
+        );
     }
 
     const GOOD: &str = r#"{"id":"evt_1","project_id":"prj_1","meter":"compute_minutes","quantity":"2.50","timestamp":"2026-11-26T10:00:00Z","properties":{"route":"/x"}}"#;

@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
-use tally_core::meter::Aggregation;
+use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
@@ -353,6 +353,10 @@ impl Harness {
     }
 
     fn over(store: MemoryStore, config: IngestConfig) -> Self {
+        Harness::over_catalogue(store, config, MeterCatalogue::default())
+    }
+
+    fn over_catalogue(store: MemoryStore, config: IngestConfig, meters: MeterCatalogue) -> Self {
         let mem = Arc::new(Queue::default());
         let clock = Arc::new(FixedClock::at(t(NOW)));
         let shared = Arc::new(store.clone());
@@ -361,7 +365,7 @@ impl Harness {
                 shared.clone(),
                 shared,
                 mem.clone(),
-                Arc::new(MeterCatalogue::default()),
+                Arc::new(meters),
                 clock.clone(),
             ),
             config,
@@ -568,6 +572,78 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
     // month 10 ended more than a week ago, so it is refused without asking the store.
     assert_eq!(h.store.calls(Op::GetProject), 4);
     assert_eq!(h.store.calls(Op::IsPeriodClosed), 1);
+}
+
+/// A meter that reads its amount from a property path: the number there becomes the
+/// queued quantity, exactly; an event whose path is missing or not a number in range is
+/// refused naming the path, and the rest of its batch goes through.
+#[tokio::test]
+async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() {
+    let mut meters: Vec<Meter> = MeterCatalogue::default().meters().cloned().collect();
+    meters.push(Meter {
+        name: meter("llm_tokens"),
+        unit: "tokens".into(),
+        aggregation: Aggregation::Sum,
+        default_quantity: None,
+        value: ValueSource::parse("properties.tokens").unwrap(),
+    });
+    let h = Harness::over_catalogue(
+        seeded().await,
+        IngestConfig::default(),
+        MeterCatalogue::new(meters),
+    );
+    let tokens = |id: &str, props: Value| {
+        json!({"id": id, "project_id": "prj_a1", "meter": "llm_tokens",
+               "timestamp": "2026-11-26T10:00:00Z", "properties": props})
+    };
+    let a = h
+        .batch(
+            GOOD_KEY,
+            vec![
+                tokens("t0", json!({"tokens": 1200, "model": "gpt-4"})),
+                tokens("t1", json!({"model": "gpt-4"})),
+                tokens("t2", json!({"tokens": "lots"})),
+                ev("c0"),
+                tokens("t4", json!({"tokens": "0.5"})),
+                with(tokens("t5", json!({"tokens": 3})), "quantity", json!(3)),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    assert_eq!(a.json["accepted"], 3, "{}", a.json);
+    let got: Vec<(u64, &str, &str)> = a.json["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["error"]["code"].as_str().unwrap(),
+                r["error"]["field"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "invalid_properties", "properties.tokens"),
+            (2, "invalid_quantity", "properties.tokens"),
+            (5, "invalid_quantity", "quantity"),
+        ]
+    );
+    let published = h.mem.published.lock().unwrap();
+    let summary: Vec<(&str, String)> = published
+        .iter()
+        .map(|e| (e.id.as_str(), e.quantity.value().to_string()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("t0", "1200".to_string()),
+            ("c0", "1".to_string()),
+            ("t4", "0.5".to_string()),
+        ]
+    );
 }
 
 /// Backdating: only the current month, and the previous one within a week of its end and

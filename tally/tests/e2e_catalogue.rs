@@ -95,7 +95,16 @@ fn check_names_the_line_and_field_of_each_problem_and_exits_2() {
             .unwrap()
             .remove("compute_minutes");
     });
+    let bad_value = edited(|v| {
+        v["meters"]["compute_minutes"]["value"] = json!("properties.a b");
+    });
     let cases: Vec<(&str, &String, u64, &str)> = vec![
+        (
+            "a property path that is not one",
+            &bad_value,
+            line_of(&bad_value, "properties.a b"),
+            "meters.compute_minutes.value",
+        ),
         (
             "missing comma",
             &missing_comma,
