@@ -37,6 +37,7 @@ pub mod report;
 pub mod signature;
 pub mod sinks;
 pub mod tenant;
+pub mod time_weighted;
 pub mod upcoming;
 
 pub use catalogue::{Catalogue, CatalogueError, MeterPrice, MeterSpec, PlanSpec, Problem};

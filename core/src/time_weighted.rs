@@ -1,0 +1,298 @@
+//! Time-weighted sums (GB-hours from storage readings): how hour cells hold readings so the
+//! period total is exact and independent of arrival order, and the integral over a period.
+//!
+//! This is the arithmetic and the cell format only; no meter uses it yet (the catalogue
+//! does not accept a `time_weighted_sum` aggregation, and the stores do not persist
+//! [`HourReadings`]). `docs/meters-dimensions.md` says what wiring it takes.
+//!
+//! # The rule
+//!
+//! A meter of this kind receives readings ("the resource is 30 GB now"). A reading holds
+//! from its timestamp until the next reading; the period total is the integral of that
+//! step function over the period, in value × seconds, and is shown in value × hours.
+//!
+//! # How hour cells hold it
+//!
+//! An hour cell holds the *set of readings* taken in its hour, one per second: the
+//! timestamp truncated to the second, and on a tie the larger value (as `latest` does).
+//! Merging two cells is set union with that tie rule, which is commutative, associative and
+//! idempotent, so the cell is the same whatever order the events arrive in and however
+//! often a batch is replayed; nothing in a cell depends on another cell. The integral is
+//! computed at read time from the readings of the period's cells plus the *carry-in*: the
+//! last reading before the period starts (the last entry of the latest earlier non-empty
+//! cell). A cell holds at most [`MAX_READINGS_PER_HOUR`] readings by construction.
+//!
+//! Exactness: a reading's value has at most 9 decimal places and seconds are whole, so
+//! every value × seconds product and their sum are exact `Decimal`s (a month of readings
+//! below 10^18 stays below 3 × 10^24, far inside `Decimal`'s 7.9 × 10^28). Converting to
+//! hours divides by 3,600 and rounds once, half to even, to 9 decimal places
+//! ([`value_hours`]); that rounding is a function of the exact total only, so it too is
+//! independent of order.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::counter::Overflow;
+
+/// Most readings one hour cell can hold: one per second.
+pub const MAX_READINGS_PER_HOUR: usize = 3_600;
+
+/// Decimal places of a total in value × hours.
+pub const HOURS_DP: u32 = 9;
+
+/// A reading offered to a cell of another hour: the caller picked the wrong cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a reading at {at} does not belong to the hour starting {hour}")]
+pub struct OutsideHour {
+    /// The reading's timestamp.
+    pub at: DateTime<Utc>,
+    /// The cell's hour.
+    pub hour: DateTime<Utc>,
+}
+
+/// The readings taken in one hour, keyed by Unix second; only that hour's seconds, so at
+/// most [`MAX_READINGS_PER_HOUR`] of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourReadings {
+    hour: DateTime<Utc>,
+    readings: BTreeMap<i64, Decimal>,
+}
+
+impl HourReadings {
+    /// An empty cell for the hour containing `at`.
+    pub fn new(at: DateTime<Utc>) -> HourReadings {
+        HourReadings {
+            hour: crate::period::Granularity::Hour.truncate(at),
+            readings: BTreeMap::new(),
+        }
+    }
+
+    /// The hour's start.
+    pub fn hour(&self) -> DateTime<Utc> {
+        self.hour
+    }
+
+    /// Adds a reading of this hour. Its timestamp is truncated to the second; on a tie
+    /// the larger value stays, so the result does not depend on which arrived first.
+    pub fn insert(&mut self, at: DateTime<Utc>, value: Decimal) -> Result<(), OutsideHour> {
+        if crate::period::Granularity::Hour.truncate(at) != self.hour {
+            return Err(OutsideHour {
+                at,
+                hour: self.hour,
+            });
+        }
+        keep_larger(&mut self.readings, at.timestamp(), value);
+        Ok(())
+    }
+
+    /// Union with another cell of the same hour, by the same tie rule as
+    /// [`HourReadings::insert`].
+    pub fn merge(&mut self, other: &HourReadings) -> Result<(), OutsideHour> {
+        if other.hour != self.hour {
+            return Err(OutsideHour {
+                at: other.hour,
+                hour: self.hour,
+            });
+        }
+        for (&second, &value) in &other.readings {
+            keep_larger(&mut self.readings, second, value);
+        }
+        Ok(())
+    }
+
+    /// The last reading of the hour (the carry-in of the hours after it).
+    pub fn last(&self) -> Option<Decimal> {
+        self.readings.last_key_value().map(|(_, v)| *v)
+    }
+
+    /// The readings, by Unix second.
+    pub fn readings(&self) -> impl Iterator<Item = (i64, Decimal)> + '_ {
+        self.readings.iter().map(|(s, v)| (*s, *v))
+    }
+
+    /// How many readings the cell holds.
+    pub fn len(&self) -> usize {
+        self.readings.len()
+    }
+
+    /// Whether the cell holds no reading.
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+    }
+}
+
+fn keep_larger(readings: &mut BTreeMap<i64, Decimal>, second: i64, value: Decimal) {
+    readings
+        .entry(second)
+        .and_modify(|v| *v = (*v).max(value))
+        .or_insert(value);
+}
+
+/// The integral over `[start, end)`, in value × seconds, of the step function the readings
+/// define: `carry_in` (the last reading before `start`; `None`: nothing held) until the
+/// first reading, then each reading until the next. Readings outside the period are
+/// ignored (the caller passes the period's cells). An `end` not after `start` gives zero.
+pub fn value_seconds<'a>(
+    carry_in: Option<Decimal>,
+    cells: impl IntoIterator<Item = &'a HourReadings>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Decimal, Overflow> {
+    let (start, end) = (start.timestamp(), end.timestamp());
+    if end <= start {
+        return Ok(Decimal::ZERO);
+    }
+    // Cells are merged first so the same second in two cells (a caller passing
+    // overlapping cells) counts once, by the tie rule.
+    let mut all = BTreeMap::new();
+    for cell in cells {
+        for (second, value) in cell.readings() {
+            keep_larger(&mut all, second, value);
+        }
+    }
+    let mut total = Decimal::ZERO;
+    let mut held = carry_in.unwrap_or(Decimal::ZERO);
+    let mut since = start;
+    for (second, value) in all.range(start..end) {
+        total = add_product(total, held, second - since)?;
+        held = *value;
+        since = *second;
+    }
+    add_product(total, held, end - since)
+}
+
+fn add_product(total: Decimal, value: Decimal, seconds: i64) -> Result<Decimal, Overflow> {
+    value
+        .checked_mul(Decimal::from(seconds))
+        .and_then(|p| total.checked_add(p))
+        .ok_or(Overflow)
+}
+
+/// A total in value × seconds as value × hours: divided by 3,600 and rounded once, half to
+/// even, to [`HOURS_DP`] places.
+pub fn value_hours(value_seconds: Decimal) -> Decimal {
+    (value_seconds / Decimal::from(3_600))
+        .round_dp_with_strategy(HOURS_DP, RoundingStrategy::MidpointNearestEven)
+        .normalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Timelike};
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, h, m, s)
+            .single()
+            .unwrap()
+    }
+
+    /// Cells by hour, as a store would hold them.
+    fn cells(readings: &[(DateTime<Utc>, i64)]) -> BTreeMap<u32, HourReadings> {
+        let mut cells: BTreeMap<u32, HourReadings> = BTreeMap::new();
+        for (t, v) in readings {
+            cells
+                .entry(t.hour())
+                .or_insert_with(|| HourReadings::new(*t))
+                .insert(*t, Decimal::from(*v))
+                .unwrap();
+        }
+        cells
+    }
+
+    fn day_total(readings: &[(DateTime<Utc>, i64)], carry_in: Option<i64>) -> Decimal {
+        let c = cells(readings);
+        let s = value_seconds(
+            carry_in.map(Decimal::from),
+            c.values(),
+            at(0, 0, 0),
+            at(0, 0, 0) + Duration::days(1),
+        )
+        .unwrap();
+        value_hours(s)
+    }
+
+    /// 10 GB from 00:00, 30 GB from 06:00, 0 from 18:00: 10·6 + 30·12 + 0·6 = 420 GB-hours.
+    #[test]
+    fn a_hand_worked_day_is_420_gb_hours() {
+        let readings = [(at(0, 0, 0), 10), (at(6, 0, 0), 30), (at(18, 0, 0), 0)];
+        assert_eq!(day_total(&readings, None), Decimal::from(420));
+        // With nothing at 00:00, the carry-in from the day before holds until 06:00.
+        let later = [(at(6, 0, 0), 30), (at(18, 0, 0), 0)];
+        assert_eq!(day_total(&later, Some(10)), Decimal::from(420));
+        assert_eq!(day_total(&later, None), Decimal::from(360));
+    }
+
+    #[test]
+    fn order_and_replays_do_not_change_the_total() {
+        let readings = [
+            (at(0, 0, 0), 10),
+            (at(6, 0, 0), 30),
+            (at(6, 30, 15), 25),
+            (at(6, 30, 15), 20), // same second: the larger, 25, stays
+            (at(18, 0, 0), 0),
+            (at(23, 59, 59), 7),
+        ];
+        // 10·6h + 30·(30m15s) + 25·(11h29m45s) + 0·(5h59m59s) + 7·1s, in seconds:
+        let want_seconds = 10 * 6 * 3600 + 30 * 1815 + 25 * 41_385 + 7;
+        let want = value_hours(Decimal::from(want_seconds));
+        let mut permuted = readings.to_vec();
+        for round in 0..readings.len() {
+            permuted.rotate_left(1);
+            if round % 2 == 0 {
+                permuted.reverse();
+            }
+            // A replay: the whole batch again.
+            let mut replayed = permuted.clone();
+            replayed.extend_from_slice(&permuted);
+            assert_eq!(day_total(&permuted, None), want, "{permuted:?}");
+            assert_eq!(day_total(&replayed, None), want, "{replayed:?}");
+        }
+        // Merging cells built apart is the same as one cell built from everything.
+        let (a, b) = readings.split_at(3);
+        let mut left = cells(a);
+        for (h, cell) in cells(b) {
+            match left.get_mut(&h) {
+                Some(l) => l.merge(&cell).unwrap(),
+                None => {
+                    left.insert(h, cell);
+                }
+            }
+        }
+        assert_eq!(left, cells(&readings));
+    }
+
+    #[test]
+    fn exact_to_the_second_and_rounded_once() {
+        // 1 GB for one second is 1/3600 GB-hour: rounded once, to 9 places.
+        let one = [(at(12, 0, 0), 1), (at(12, 0, 1), 0)];
+        assert_eq!(day_total(&one, None), Decimal::new(277_778, 9));
+        // Readings outside the period do not count, and an empty period is zero.
+        let c = cells(&[(at(1, 0, 0), 5)]);
+        let s = value_seconds(None, c.values(), at(2, 0, 0), at(3, 0, 0)).unwrap();
+        assert_eq!(s, Decimal::ZERO);
+        let s = value_seconds(Some(Decimal::ONE), c.values(), at(3, 0, 0), at(2, 0, 0));
+        assert_eq!(s, Ok(Decimal::ZERO));
+        // A cell holds one reading a second of its own hour, at most.
+        let mut cell = HourReadings::new(at(5, 17, 0));
+        assert_eq!(cell.hour(), at(5, 0, 0));
+        for s in 0..4000 {
+            let t = at(5, 0, 0) + Duration::seconds(s);
+            assert_eq!(cell.insert(t, Decimal::ONE).is_ok(), s < 3600, "{t}");
+        }
+        assert_eq!(cell.len(), MAX_READINGS_PER_HOUR);
+        assert_eq!(cell.last(), Some(Decimal::ONE));
+        let other = HourReadings::new(at(6, 0, 0));
+        assert!(cell.merge(&other).is_err());
+    }
+
+    #[test]
+    fn a_total_past_decimal_range_is_an_overflow_not_a_panic() {
+        let huge = Decimal::MAX / Decimal::TWO;
+        let c = cells(&[]);
+        let s = value_seconds(Some(huge), c.values(), at(0, 0, 0), at(1, 0, 0));
+        assert_eq!(s, Err(Overflow));
+    }
+}
