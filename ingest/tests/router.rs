@@ -631,18 +631,31 @@ async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() 
             (5, "invalid_quantity", "quantity"),
         ]
     );
-    let published = h.mem.published.lock().unwrap();
-    let summary: Vec<(&str, String)> = published
+    let summary: Vec<(String, String)> = h
+        .mem
+        .published
+        .lock()
+        .unwrap()
         .iter()
-        .map(|e| (e.id.as_str(), e.quantity.value().to_string()))
+        .map(|e| (e.id.as_str().to_owned(), e.quantity.value().to_string()))
         .collect();
+    let want = [("t0", "1200"), ("c0", "1"), ("t4", "0.5")];
+    assert_eq!(summary, want.map(|(id, q)| (id.to_owned(), q.to_owned())));
+    // A CloudEvent carries properties in `data`, and its errors say so.
+    let ce = json!({"specversion": "1.0", "source": "/svc", "id": "ce1", "type": "llm_tokens",
+        "subject": "prj_a1", "time": "2026-11-26T10:00:00Z",
+        "data": {"tokens": 40, "model": "gpt-4"}});
+    let no_tokens = with(ce.clone(), "data", json!({"model": "gpt-4"}));
+    let body = json!([ce, no_tokens]).to_string();
+    let a = h
+        .post_with(Some(GOOD_KEY), "application/cloudevents-batch+json", body)
+        .await;
+    assert_eq!(a.json["accepted"], 1, "{}", a.json);
+    assert_eq!(a.json["rejected"][0]["error"]["field"], "data.tokens");
+    let last = h.mem.published.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
-        summary,
-        [
-            ("t0", "1200".to_string()),
-            ("c0", "1".to_string()),
-            ("t4", "0.5".to_string()),
-        ]
+        (last.id.as_str(), last.quantity.value()),
+        ("ce1", Decimal::from(40))
     );
 }
 
