@@ -1,7 +1,8 @@
 //! End-to-end tests of `tally catalogue`: `check` on broken files (each problem named by its
 //! line and field, exit 2) and on the built-in one (exit 0); `apply` publishing versions
 //! that month close prices each month by, the versioning rule's refusals, and a running
-//! app picking up a published version on restart.
+//! app picking up a published version on restart (with a meter that reads its amount from
+//! `properties.tokens`).
 //!
 //! The tenant is on pro: $99.00 a month, 10,000 compute minutes included, 20 % off usage.
 //! Built in, a minute over costs $0.10; version 1 of these tests makes it $0.20 from March.
@@ -336,8 +337,8 @@ async fn a_restarted_app_runs_with_the_applied_version() {
         "id": "tok-1",
         "project_id": tenant.projects[0],
         "meter": "llm_tokens",
-        "quantity": "1200",
         "timestamp": now.to_rfc3339(),
+        "properties": { "tokens": 1200, "model": "gpt-4" },
     }]);
 
     let server = spawn_app_with(&env, |app| app.settings.billing_scheduler = false).await;
@@ -361,6 +362,7 @@ async fn a_restarted_app_runs_with_the_applied_version() {
         v["meters"]["llm_tokens"] = json!({
             "unit": "tokens",
             "aggregation": "sum",
+            "value": "properties.tokens",
             "price_unit": "1,000 tokens",
             "price_unit_size": 1000,
             "list_price": { "model": "per_unit", "unit_price": "0.02" }
@@ -391,5 +393,36 @@ async fn a_restarted_app_runs_with_the_applied_version() {
     .unwrap();
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 1, "{answer}");
+    // The meter reads its amount from properties.tokens: an event without it is refused
+    // naming that path, and the one accepted counts its 1,200 tokens.
+    let mut no_tokens = event[0].clone();
+    no_tokens["id"] = json!("tok-2");
+    no_tokens["properties"] = json!({ "model": "gpt-4" });
+    let (status, answer) = post_events(&client, &server, &tenant.key, vec![no_tokens])
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["rejected"][0]["error"]["field"], "properties.tokens",
+        "{answer}"
+    );
+    let m = tally_core::Month::of(now);
+    let query = format!(
+        "meter=llm_tokens&granularity=month&from={}&to={}",
+        m.start().format("%Y-%m-%d"),
+        m.end().format("%Y-%m-%d")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = usage(&client, &server, &tenant.key, &query).await;
+        if got.first().map(|(_, v)| v.as_str()) == Some("1200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "llm_tokens never reached 1200: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     server.stop().await.unwrap();
 }
