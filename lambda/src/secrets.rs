@@ -361,6 +361,17 @@ impl<T> Derived<T> {
         &self.secret
     }
 
+    /// [`Derived::current`] of `derived` when there is one; `None` when the secret is not
+    /// configured (the feature it serves is off).
+    pub async fn current_if_any(
+        derived: Option<&Derived<T>>,
+    ) -> Result<Option<Arc<T>>, DerivedError> {
+        match derived {
+            Some(d) => d.current().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The value built from the secret's current value ([`Secret::current`]).
     pub async fn current(&self) -> Result<Arc<T>, DerivedError> {
         let value = self.secret.current().await?;

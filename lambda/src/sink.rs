@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use tally_core::sinks::PoisonSink;
+use tally_store::aws::truncate_utf8;
 use tally_store::sqs::{REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE};
 
 /// Message attribute saying how the body is encoded when it is not the record's own text.
@@ -44,15 +45,6 @@ fn attribute(value: &str) -> Result<MessageAttributeValue, String> {
         .map_err(|e| format!("building message attribute: {e}"))
 }
 
-/// `s` cut to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[async_trait]
 impl PoisonSink for SqsSink {
     async fn dead_letter(&self, id: &str, body: &[u8], reason: &str) -> Result<(), String> {
@@ -68,7 +60,7 @@ impl PoisonSink for SqsSink {
             .message_body(text)
             .message_attributes(
                 REASON_ATTRIBUTE,
-                attribute(truncate(reason, MAX_REASON_BYTES))?,
+                attribute(truncate_utf8(reason, MAX_REASON_BYTES))?,
             );
         if !id.is_empty() {
             send = send.message_attributes(SOURCE_ID_ATTRIBUTE, attribute(id)?);
@@ -85,16 +77,5 @@ impl PoisonSink for SqsSink {
         })?;
         metrics::counter!("tally_lambda_dead_lettered_total").increment(1);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncation_keeps_whole_characters() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

@@ -124,11 +124,7 @@ async fn a_short_budget_bills_what_fits_and_reports_exactly_the_rest() {
     };
     let bodies: Vec<String> = items.iter().map(BillItem::encode).collect();
     let response = consume(item_ports, &event(&bodies), Some(&budget)).await;
-    let back: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
+    let back = common::failed_ids(&response);
     assert_eq!(back, ["m2", "m3", "m4"]);
     for (n, item) in items.iter().enumerate() {
         let stored = store.get_report(&item.org, october).await.unwrap();
@@ -154,11 +150,7 @@ async fn a_short_budget_bills_what_fits_and_reports_exactly_the_rest() {
         None,
     )
     .await;
-    let back: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
+    let back = common::failed_ids(&response);
     assert_eq!(back, ["m0"]);
     assert!(store.list_reports(&stranger.org).await.unwrap().is_empty());
 }

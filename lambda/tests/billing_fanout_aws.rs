@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -290,11 +292,7 @@ async fn consumer(world: Arc<World>, me: usize) {
         let response = CONSUMER
             .scope(me, consume(ports, &event, Some(&budget)))
             .await;
-        let again: BTreeSet<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
+        let again: BTreeSet<&str> = common::failed_ids(&response).into_iter().collect();
         world.reported.fetch_add(again.len(), Ordering::SeqCst);
         let (retry, done): (Vec<_>, Vec<_>) = receipts
             .iter()

@@ -29,8 +29,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use aws_lambda_events::encodings::Base64Data;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -717,34 +715,11 @@ async fn the_monthly_billing_schedule_closes_an_ended_month() {
     assert_eq!(line["quantity"], "7", "{report}");
 }
 
-/// What the alert receiver got: each request's signature header and body.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_schedule_sends_a_signed_alert_past_80_percent() {
-    let received: Received = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/hooks/tally",
-            axum::routing::post(
-                |axum::extract::State(got): axum::extract::State<Received>,
-                 headers: axum::http::HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    let signature = headers
-                        .get(tally_notify::SIGNATURE_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    got.lock().unwrap().push((signature, body.to_vec()));
-                    axum::http::StatusCode::NO_CONTENT
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let addr = tally_tests::serve_local(app).await.unwrap();
     // The parameter takes https:// URLs; the sender also takes http:// for a loopback
     // receiver like this one.
-    let url = format!("http://{addr}/hooks/tally");
+    let (url, received) = common::alert_receiver("/hooks/tally").await;
     let t = template();
     let d = deploy(&t, &[("AlertWebhookUrl", &url)]).await;
     let store = store(&d);

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,13 +66,20 @@ async fn secrets_client() -> SecretsClient {
     SecretsClient::new(&aws::sdk_config().await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_secret_is_used_once_the_refresh_interval_has_passed_and_not_before() {
+/// A new secret holding `value(c)`, read once through a [`Secret`] on a fixed clock at
+/// [`t0`]: the client, its ARN, the clock and the `Secret`.
+async fn secret_read_once(c: char) -> (SecretsClient, String, Arc<FixedClock>, Secret) {
     let client = secrets_client().await;
-    let arn = create_secret(&client, &value('a')).await;
+    let arn = create_secret(&client, &value(c)).await;
     let clock = Arc::new(FixedClock::at(t0()));
     let secret = Secret::new(client.clone(), &arn, None, REFRESH, clock.clone());
-    assert_eq!(&*secret.current().await.unwrap(), value('a'));
+    assert_eq!(&*secret.current().await.unwrap(), value(c));
+    (client, arn, clock, secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_is_used_once_the_refresh_interval_has_passed_and_not_before() {
+    let (client, arn, clock, secret) = secret_read_once('a').await;
 
     rotate(&client, &arn, &value('b')).await;
     assert_eq!(&*secret.current().await.unwrap(), value('a'), "still fresh");
@@ -82,11 +91,7 @@ async fn a_rotated_secret_is_used_once_the_refresh_interval_has_passed_and_not_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_that_cannot_be_read_again_keeps_the_value_read_earlier() {
-    let client = secrets_client().await;
-    let arn = create_secret(&client, &value('a')).await;
-    let clock = Arc::new(FixedClock::at(t0()));
-    let secret = Secret::new(client.clone(), &arn, None, REFRESH, clock.clone());
-    assert_eq!(&*secret.current().await.unwrap(), value('a'));
+    let (client, arn, clock, secret) = secret_read_once('a').await;
     client
         .delete_secret()
         .secret_id(&arn)
@@ -295,42 +300,13 @@ async fn the_stripe_adapter_follows_a_rotated_secret_key() {
     assert_eq!(found.unwrap(), None);
 }
 
-/// One request the alert receiver got: its `Tally-Signature` and body.
-type Received = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A loopback alert receiver answering 204; its URL and what it received.
-async fn alert_receiver() -> (String, Received) {
-    let received: Received = Arc::default();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(
-            |axum::extract::State(got): axum::extract::State<Received>,
-             headers: axum::http::HeaderMap,
-             body: axum::body::Bytes| async move {
-                let signature = headers
-                    .get(tally_notify::SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                got.lock().unwrap().push((signature, body.to_vec()));
-                StatusCode::NO_CONTENT
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let state = received.clone();
-    tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await });
-    (url, received)
-}
-
 /// Plan-limit alerts are signed with the alert secret as it is now: after a rotation and
 /// the refresh interval, the receiver verifies them with the new secret only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_signed_with_the_rotated_secret_after_the_refresh_interval() {
     use tally_core::sinks::AlertSender;
 
-    let (url, received) = alert_receiver().await;
+    let (url, received) = common::alert_receiver("/hook").await;
     let client = secrets_client().await;
     let clock = Arc::new(FixedClock::at(t0()));
     let (old, new) = (value('p'), value('q'));
@@ -340,23 +316,18 @@ async fn alerts_are_signed_with_the_rotated_secret_after_the_refresh_interval() 
         Secret::new(client.clone(), &arn, None, REFRESH, clock.clone()),
         clock.clone(),
     );
-    let body = r#"{"id":"alert_1"}"#;
-    sender
-        .current()
-        .await
-        .unwrap()
-        .send("alert_1", body)
-        .await
-        .unwrap();
+    // The same alert, signed with the secret as it is at each send.
+    let send = || async {
+        let current = sender.current().await.unwrap();
+        current
+            .send("alert_1", r#"{"id":"alert_1"}"#)
+            .await
+            .unwrap();
+    };
+    send().await;
     rotate(&client, &arn, &new).await;
     clock.advance(TimeDelta::seconds(300));
-    sender
-        .current()
-        .await
-        .unwrap()
-        .send("alert_1", body)
-        .await
-        .unwrap();
+    send().await;
 
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 2, "{got:?}");

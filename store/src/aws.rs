@@ -222,7 +222,7 @@ where
 
 /// Cuts `s` to at most `max` bytes on a character boundary (message attributes and items
 /// have byte limits; a reason is worth keeping even when cut).
-pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

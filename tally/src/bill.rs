@@ -25,6 +25,7 @@ use tally_billing::{
 use tally_core::{Month, OrgId};
 
 use crate::backend;
+use crate::manage::org_id;
 use crate::output::print;
 use crate::settings::Common;
 use crate::stripe::OrgInvoice;
@@ -95,12 +96,7 @@ fn bar(message: String) -> ProgressBar {
 pub async fn bill(common: &Common, args: BillArgs) -> anyhow::Result<()> {
     let period = Month::parse(&args.period)
         .map_err(|_| anyhow::anyhow!("--period must be YYYY-MM, got {:?}", args.period))?;
-    let org = args
-        .org
-        .as_deref()
-        .map(OrgId::parse)
-        .transpose()
-        .context("--org")?;
+    let org = args.org.as_deref().map(org_id).transpose()?;
     let grace = chrono::Duration::from_std(args.grace_period).context("--grace-period")?;
     let catalogue = common.load_catalogue()?;
     let clock = crate::clock::from_env()?;

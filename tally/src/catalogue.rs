@@ -158,16 +158,9 @@ async fn apply(common: &Common, file: &Path, from: Option<&str>) -> anyhow::Resu
 
 async fn show(common: &Common, version: Option<u32>) -> anyhow::Result<()> {
     let stores = crate::backend::open_store(common).await?;
-    let body = match version {
-        Some(n) => {
-            stores
-                .catalogues
-                .get_catalogue_version(n)
-                .await
-                .with_context(|| format!("cannot read catalogue version {n}"))?
-                .with_context(|| format!("there is no catalogue version {n}"))?
-                .body
-        }
+    // The version to print, and what to say if it cannot be found.
+    let wanted = match version {
+        Some(n) => Some((n, format!("there is no catalogue version {n}"))),
         None => {
             let month = Month::of(crate::clock::from_env()?.now());
             let listed = stores
@@ -175,22 +168,25 @@ async fn show(common: &Common, version: Option<u32>) -> anyhow::Result<()> {
                 .list_catalogue_versions()
                 .await
                 .context("cannot list the catalogue versions")?;
-            match tally_core::ports::effective_version(&listed, month) {
-                Some(n) => {
-                    stores
-                        .catalogues
-                        .get_catalogue_version(n)
-                        .await
-                        .with_context(|| format!("cannot read catalogue version {n}"))?
-                        .with_context(|| format!("catalogue version {n} was listed but is gone"))?
-                        .body
-                }
-                None => match &common.catalogue {
-                    Some(path) => read(path)?,
-                    None => tally_billing::BUILTIN_JSON.to_owned(),
-                },
-            }
+            tally_core::ports::effective_version(&listed, month)
+                .map(|n| (n, format!("catalogue version {n} was listed but is gone")))
         }
+    };
+    let body = match wanted {
+        Some((n, missing)) => {
+            stores
+                .catalogues
+                .get_catalogue_version(n)
+                .await
+                .with_context(|| format!("cannot read catalogue version {n}"))?
+                .context(missing)?
+                .body
+        }
+        // No version in force: the file the operator named, else the built-in catalogue.
+        None => match &common.catalogue {
+            Some(path) => read(path)?,
+            None => tally_billing::BUILTIN_JSON.to_owned(),
+        },
     };
     print!("{body}");
     if !body.ends_with('\n') {

@@ -188,40 +188,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Aggregate(args) => aggregate::aggregate(common, args).await,
         Command::Replay(args) => {
             let complete = replay::replay(common, args).await?;
-            return Ok(if complete {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_REPLAY_INCOMPLETE)
-            });
+            return Ok(unless(complete, EXIT_REPLAY_INCOMPLETE));
         }
         Command::Import(args) => {
             let clean = import::import(common, args).await?;
-            return Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(import::EXIT_REJECTED)
-            });
+            return Ok(unless(clean, import::EXIT_REJECTED));
         }
         Command::Export(args) => export::export(common, args).await,
         Command::VerifyReport(args) => {
             let matches = export::verify_report(common, args).await?;
-            return Ok(if matches {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(export::EXIT_MISMATCH)
-            });
+            return Ok(unless(matches, export::EXIT_MISMATCH));
         }
         Command::PruneLedger(args) => prune::prune_ledger(common, args).await,
         Command::Reconcile(args) => {
             let drift = commands::reconcile(common, args).await?;
-            return Ok(if drift {
-                ExitCode::from(EXIT_DRIFT)
-            } else {
-                ExitCode::SUCCESS
-            });
+            return Ok(unless(!drift, EXIT_DRIFT));
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// Success when `ok`, else the command's own exit status `code` (a finding, not a failure
+/// to run: scripts tell the two apart).
+fn unless(ok: bool, code: u8) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(code)
+    }
 }
 
 fn init_tracing() {

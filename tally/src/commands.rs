@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use tally_core::ports::StoreError;
 use tally_core::tenant::AuditOutcome;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret,
@@ -259,16 +260,19 @@ pub async fn token(common: &Common, cmd: TokenCommand) -> anyhow::Result<()> {
     )
 }
 
-/// Writes the audit record of the CLI (actor `cli`) creating `what` (`org`, `project`,
-/// `key`) `id` in `org`, as `after` shows it. A failure is reported on stderr but does not
-/// undo the command.
+/// Finishes the CLI (actor `cli`) creating `what` (`org`, `project`, `key`) `id` in `org`:
+/// the store's answer `created` (a refusal ends the command, naming `what`), then the audit
+/// record, with `after` as it shows the new thing. A failure to write the record is
+/// reported on stderr but does not undo the command.
 async fn audit_created(
     store: &backend::Stores,
     org: &OrgId,
     what: &str,
     id: &impl fmt::Display,
     after: &impl Serialize,
-) {
+    created: Result<(), StoreError>,
+) -> anyhow::Result<()> {
+    created.with_context(|| format!("cannot create the {what}"))?;
     audit_record(
         store,
         org,
@@ -278,6 +282,7 @@ async fn audit_created(
         serde_json::to_value(after).ok(),
     )
     .await;
+    Ok(())
 }
 
 /// Writes an allowed audit record with actor `cli`; a failure to write it is logged, not
@@ -368,12 +373,8 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
         created_at: now,
         deleted_at: None,
     };
-    store
-        .tenants
-        .create_org(&org)
-        .await
-        .context("cannot create the organization")?;
-    audit_created(&store, &org.id, "org", &org.id, &org).await;
+    let created = store.tenants.create_org(&org).await;
+    audit_created(&store, &org.id, "org", &org.id, &org, created).await?;
     print(
         common.json,
         &OrgOut {
@@ -486,12 +487,9 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
         created_at: Utc::now(),
         archived_at: None,
     };
-    store
-        .tenants
-        .create_project(&project)
-        .await
-        .context("cannot create the project")?;
-    audit_created(&store, &project.org_id, "project", &project.id, &project).await;
+    let created = store.tenants.create_project(&project).await;
+    let org = &project.org_id;
+    audit_created(&store, org, "project", &project.id, &project, created).await?;
     print(common.json, &project, |p| {
         format!("created project {} ({}) in {}", p.id, p.slug, p.org_id)
     })
@@ -562,13 +560,9 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         last_used_at: None,
     };
     let store = backend::open_store(common).await?;
-    store
-        .tenants
-        .create_api_key(&key)
-        .await
-        .context("cannot create the key")?;
+    let created = store.tenants.create_api_key(&key).await;
     let view = tally_api::keys::KeyView::from(&key);
-    audit_created(&store, &key.org_id, "key", &key.id, &view).await;
+    audit_created(&store, &key.org_id, "key", &key.id, &view, created).await?;
     let out = KeyOut {
         id: key.id,
         org_id: key.org_id,

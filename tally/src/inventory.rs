@@ -10,7 +10,9 @@
 use anyhow::bail;
 use serde::Serialize;
 use tally_api::keys::{KeyView, KeysResponse, RotatedKey};
+use tally_api::mgmt::MgmtError;
 use tally_api::projects::ProjectsResponse;
+use tally_core::ports::StoreError;
 use tally_core::tenant::{Org, OrgChanges, PlanChange, Project, ProjectChanges, check_name};
 
 use crate::manage::{Change, any_org, audited, live_org, now, open, org_id, refusal};
@@ -133,6 +135,19 @@ pub async fn org_show(common: &Common, org: &str) -> anyhow::Result<()> {
     })
 }
 
+/// What a store's change of the org `before` came to, for [`audited`]: the change, or the
+/// API's `404` when the org was gone by then.
+fn org_changed(
+    before: &Org,
+    changed: Result<Option<Org>, StoreError>,
+) -> Result<Change<Org>, MgmtError> {
+    match changed {
+        Ok(Some(after)) => Ok(Change::updated(before, after)),
+        Ok(None) => Err(tally_api::auth::org_not_found().into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `tally org update`: renames the org, audited as `org.update`. The plan is not changed
 /// here but by `tally org set-plan`, which checks the new plan's limits.
 pub async fn org_update(common: &Common, org: &str, name: &str) -> anyhow::Result<()> {
@@ -143,11 +158,7 @@ pub async fn org_update(common: &Common, org: &str, name: &str) -> anyhow::Resul
     let changes = OrgChanges {
         name: Some(name.to_owned()),
     };
-    let result = match store.tenants.update_org(&id, &changes).await {
-        Ok(Some(after)) => Ok(Change::updated(&before, after)),
-        Ok(None) => Err(tally_api::auth::org_not_found().into()),
-        Err(e) => Err(e.into()),
-    };
+    let result = org_changed(&before, store.tenants.update_org(&id, &changes).await);
     let after = audited(&store, &id, "org.update", format!("org:{id}"), result).await?;
     print(common.json, &after, |o| {
         format!(
@@ -169,11 +180,7 @@ pub async fn org_delete(common: &Common, org: &str, yes: bool) -> anyhow::Result
     }
     let store = open(common).await?;
     let before = live_org(&store, &id).await?;
-    let result = match store.tenants.delete_org(&id, now()?).await {
-        Ok(Some(after)) => Ok(Change::updated(&before, after)),
-        Ok(None) => Err(tally_api::auth::org_not_found().into()),
-        Err(e) => Err(e.into()),
-    };
+    let result = org_changed(&before, store.tenants.delete_org(&id, now()?).await);
     let after = audited(&store, &id, "org.delete", format!("org:{id}"), result).await?;
     print(common.json, &after, |o| {
         format!(

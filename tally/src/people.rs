@@ -10,7 +10,7 @@
 //! (`tally_api::invitations::create`, `tally_api::members::remove`), so they refuse alike,
 //! and are audited with actor `cli`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use tally_api::invitations::{
     CreateInvitation, CreatedInvitation, InvitationView, InvitationsResponse,
 };
@@ -19,6 +19,20 @@ use tally_api::members::{MemberView, MembersResponse};
 use crate::manage::{Change, any_org, audited, live_org, now, open, org_id};
 use crate::output::{print, table, when};
 use crate::settings::Common;
+
+/// Whom `tally member add` and `tally invitation create` invite, and as what.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// The organization's id (org_…).
+    #[arg(long)]
+    org: String,
+    /// The invitee's email address.
+    #[arg(long)]
+    email: String,
+    /// admin, member or viewer (ownership moves only by a transfer).
+    #[arg(long, default_value = "member")]
+    role: String,
+}
 
 /// `tally member …`
 #[derive(Debug, Subcommand)]
@@ -33,17 +47,7 @@ pub enum MemberCommand {
     /// joins an org only by accepting an invitation sent to their email, the operator's
     /// included, so that nobody is made a member of an org they did not agree to join; the
     /// invitation's token is printed once for the operator to pass on.
-    Add {
-        /// The organization's id (org_…).
-        #[arg(long)]
-        org: String,
-        /// The invitee's email address.
-        #[arg(long)]
-        email: String,
-        /// admin, member or viewer (ownership moves only by a transfer).
-        #[arg(long, default_value = "member")]
-        role: String,
-    },
+    Add(InviteArgs),
     /// Give a member another role (admin, member or viewer); the owner's role changes only
     /// by `tally org transfer`. Audited as `member.update`.
     SetRole {
@@ -83,17 +87,7 @@ pub enum InvitationCommand {
     /// invitee knows them, not the operator), and the audit trail records the operator
     /// (`cli`). Refused past the plan's user limit, or if the address has a pending
     /// invitation already. Audited as `invitation.create`.
-    Create {
-        /// The organization's id (org_…).
-        #[arg(long)]
-        org: String,
-        /// The invitee's email address.
-        #[arg(long)]
-        email: String,
-        /// admin, member or viewer (ownership moves only by a transfer).
-        #[arg(long, default_value = "member")]
-        role: String,
-    },
+    Create(InviteArgs),
     /// Revoke a pending invitation. Audited as `invitation.revoke`.
     Revoke {
         /// The organization's id (org_…).
@@ -134,7 +128,7 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
                 table(&["USER", "EMAIL", "ROLE", "SINCE"], &rows, "no members")
             })
         }
-        MemberCommand::Add { org, email, role } => invite(common, &org, email, role).await,
+        MemberCommand::Add(a) => invite(common, &a.org, a.email, a.role).await,
         MemberCommand::SetRole { org, user, role } => {
             let id = org_id(&org)?;
             let store = open(common).await?;
@@ -213,7 +207,7 @@ pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Resu
                 )
             })
         }
-        InvitationCommand::Create { org, email, role } => invite(common, &org, email, role).await,
+        InvitationCommand::Create(a) => invite(common, &a.org, a.email, a.role).await,
         InvitationCommand::Revoke { org, invitation } => {
             let id = org_id(&org)?;
             let store = open(common).await?;

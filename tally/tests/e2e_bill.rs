@@ -22,22 +22,8 @@ const IN_GRACE: &str = "2026-03-01T00:30:00Z";
 const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 const APRIL: &str = "2026-04-01T02:00:00Z";
 
-fn now(t: &str) -> [(&str, &str); 1] {
-    [("TALLY_NOW", t)]
-}
-
-/// The app without the billing scheduler, its clock starting at `at`: what `tally serve
-/// --no-billing-scheduler` gives with `TALLY_NOW=at`.
-async fn serve_at(env: &Env, at: &str) -> TestApp {
-    spawn_app_with(env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(at);
-    })
-    .await
-}
-
 fn failure(env: &Env, args: &[&str], at: &str) -> String {
-    let out = env.cli_raw_env(args, &now(at));
+    let out = env.cli_raw_env(args, &tally_now(at));
     assert!(!out.status.success(), "tally {args:?} should have failed");
     assert!(out.stdout.is_empty(), "nothing on stdout when refusing");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -58,24 +44,7 @@ fn line<'a>(report: &'a Value, meter: &str) -> &'a Value {
 async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_late_usage() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "acme");
-    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let client = reqwest::Client::new();
-
-    // February's usage: 10,500 minutes over two projects.
-    let server = serve_at(&env, IN_GRACE).await;
-    let out = post_accepted(
-        &client,
-        &server,
-        &tenant.key,
-        vec![
-            compute_minutes("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
-            compute_minutes("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
-        ],
-    )
-    .await;
-    assert_eq!(out["accepted"], 2, "{out}");
-    wait_for_month(&client, &server, &tenant.key, "2026-02", "10500").await;
-    server.stop().await.unwrap();
+    february_usage(&env, &tenant, IN_GRACE).await;
 
     // Refusals: the current month, a later one, an ended month inside its grace period.
     let bill = ["bill", "--period", "2026-02"];
@@ -98,13 +67,13 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
             "10m",
             "--dry-run",
         ],
-        &now(IN_GRACE),
+        &tally_now(IN_GRACE),
     );
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["stored_now"], 0);
 
     // The run: closes February and stores the report, in the contract's shape.
-    let first = env.cli_env(&bill, &now(AFTER_GRACE));
+    let first = env.cli_env(&bill, &tally_now(AFTER_GRACE));
     assert_eq!(first["stored_now"], 1);
     let reports = first["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 1);
@@ -130,6 +99,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     // $40.00 split 6,000 : 4,500 between the projects, to the cent.
     let projects = r["projects"].as_array().unwrap();
     assert_eq!(projects.len(), 2);
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
     let share = |p: &str| {
         projects.iter().find(|a| a["project_id"] == p).unwrap()["amount"]
             .as_str()
@@ -142,16 +112,17 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     assert_eq!(dry["reports"], first["reports"]);
 
     // Twice: the same reports, nothing stored; a dry run and a one-org run agree.
-    let again = env.cli_env(&bill, &now(AFTER_GRACE));
+    let again = env.cli_env(&bill, &tally_now(AFTER_GRACE));
     assert_eq!(again["stored_now"], 0);
     assert_eq!(again["reports"], first["reports"]);
     let one = env.cli_env(
         &["bill", "--period", "2026-02", "--org", &tenant.org],
-        &now(AFTER_GRACE),
+        &tally_now(AFTER_GRACE),
     );
     assert_eq!(one["reports"], first["reports"]);
 
     // The period is closed: ingest refuses February, takes March.
+    let client = reqwest::Client::new();
     let server = serve_at(&env, AFTER_GRACE).await;
     let out = post_accepted(
         &client,
@@ -192,10 +163,10 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     server.stop().await.unwrap();
 
     // February's report does not change...
-    let still = env.cli_env(&bill, &now(APRIL));
+    let still = env.cli_env(&bill, &tally_now(APRIL));
     assert_eq!(still["reports"], first["reports"]);
     // ...the 100 late minutes are an adjustment on March's report.
-    let march = env.cli_env(&["bill", "--period", "2026-03"], &now(APRIL));
+    let march = env.cli_env(&["bill", "--period", "2026-03"], &tally_now(APRIL));
     let m = &march["reports"][0];
     assert_eq!(m["period"], "2026-03");
     let adjustments = m["adjustments"].as_array().unwrap();
@@ -211,7 +182,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     assert_eq!(line(m, "compute_minutes")["quantity"], "1");
     assert_eq!(m["total"], "107.00");
     // And a rerun of March keeps it exactly once.
-    let march_again = env.cli_env(&["bill", "--period", "2026-03"], &now(APRIL));
+    let march_again = env.cli_env(&["bill", "--period", "2026-03"], &tally_now(APRIL));
     assert_eq!(march_again["reports"], march["reports"]);
     assert_eq!(march_again["stored_now"], 0);
 }
@@ -238,7 +209,7 @@ async fn the_serve_scheduler_bills_the_ended_month_with_the_same_code() {
     };
     server.stop().await.unwrap();
     // `tally bill` finds the scheduler's report and prints it unchanged.
-    let out = env.cli_env(&["bill", "--period", "2026-02"], &now(AFTER_GRACE));
+    let out = env.cli_env(&["bill", "--period", "2026-02"], &tally_now(AFTER_GRACE));
     assert_eq!(out["stored_now"], 0);
     let body: Value = serde_json::from_str(&stored.body).unwrap();
     assert_eq!(out["reports"][0], body);
@@ -254,7 +225,7 @@ async fn the_serve_scheduler_catches_up_missed_months_oldest_first() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "catchup");
     let org = OrgId::parse(&tenant.org).unwrap();
-    let out = env.cli_env(&["bill", "--period", "2026-02"], &now(AFTER_GRACE));
+    let out = env.cli_env(&["bill", "--period", "2026-02"], &tally_now(AFTER_GRACE));
     assert_eq!(out["stored_now"], 1, "{out}");
     let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
     let [feb, mar, apr] = ["2026-02", "2026-03", "2026-04"].map(|m| Month::parse(m).unwrap());
@@ -289,7 +260,10 @@ async fn the_serve_scheduler_catches_up_missed_months_oldest_first() {
     );
     // `tally bill` finds both stored: nothing left to bill.
     for period in ["2026-03", "2026-04"] {
-        let out = env.cli_env(&["bill", "--period", period], &now("2026-05-01T02:00:00Z"));
+        let out = env.cli_env(
+            &["bill", "--period", period],
+            &tally_now("2026-05-01T02:00:00Z"),
+        );
         assert_eq!(out["stored_now"], 0, "{out}");
     }
 }
@@ -312,7 +286,7 @@ async fn bill_refuses_an_org_created_after_the_month() {
             "--plan",
             "pro",
         ],
-        &now("2026-03-10T00:00:00Z"),
+        &tally_now("2026-03-10T00:00:00Z"),
     );
     let org = created["id"].as_str().unwrap().to_owned();
     let err = failure(&env, &["bill", "--period", "2026-02", "--org", &org], APRIL);
@@ -328,9 +302,12 @@ async fn bill_refuses_an_org_created_after_the_month() {
             .unwrap()
     );
     // Billing every org for February leaves it out; March is its first month.
-    let feb = env.cli_env(&["bill", "--period", "2026-02"], &now(APRIL));
+    let feb = env.cli_env(&["bill", "--period", "2026-02"], &tally_now(APRIL));
     assert_eq!(feb["reports"].as_array().unwrap().len(), 0, "{feb}");
     assert_eq!(feb["not_in_period"], 1, "{feb}");
-    let mar = env.cli_env(&["bill", "--period", "2026-03", "--org", &org], &now(APRIL));
+    let mar = env.cli_env(
+        &["bill", "--period", "2026-03", "--org", &org],
+        &tally_now(APRIL),
+    );
     assert_eq!(mar["reports"][0]["total"], "99.00", "{mar}");
 }

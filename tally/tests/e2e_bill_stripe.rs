@@ -80,11 +80,7 @@ async fn bill_syncs_one_finalized_invoice_per_org_to_stripe_and_a_rerun_changes_
     let env = Env::embedded();
     let a = make_tenant(&env, "alpha");
     let b = make_tenant(&env, "beta");
-    let server = spawn_app_with(&env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(IN_GRACE);
-    })
-    .await;
+    let server = serve_at(&env, IN_GRACE).await;
     feb_usage(&server, &a, "10500").await;
     feb_usage(&server, &b, "12000").await;
     server.stop().await.unwrap();

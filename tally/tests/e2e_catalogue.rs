@@ -193,11 +193,9 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
     let env = Env::embedded();
     let tenant = make_tenant(&env, "acme");
     let p0 = &tenant.projects[0];
-    let client = reqwest::Client::new();
-    let at = |t: &'static str| [("TALLY_NOW", t)];
 
     // No version yet: the built-in catalogue is in force.
-    let none = env.cli_env(&["catalogue", "versions"], &at(FEB));
+    let none = env.cli_env(&["catalogue", "versions"], &tally_now(FEB));
     assert_eq!(none["versions"], json!([]));
     assert_eq!(none["in_force"], Value::Null);
 
@@ -208,7 +206,7 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
     });
     let v1_path = file(&env, "v1.json", &v1);
     let v1_arg = v1_path.to_str().unwrap();
-    let applied = env.cli_env(&["catalogue", "apply", v1_arg], &at(FEB));
+    let applied = env.cli_env(&["catalogue", "apply", v1_arg], &tally_now(FEB));
     assert_eq!(applied["version"], 1);
     assert_eq!(applied["effective_from"], "2026-03");
     assert_eq!(applied["applied_by"], "cli");
@@ -216,38 +214,29 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
     // A month before the current one may have been billed: refused, and nothing stored.
     let out = env.cli_raw_env(
         &["catalogue", "apply", v1_arg, "--from", "2026-01"],
-        &at(FEB),
+        &tally_now(FEB),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot apply from 2026-01"), "{err}");
     // An invalid file is refused before anything is stored.
     let bad = file(&env, "bad.json", "{\"version\": 1}");
-    let out = env.cli_raw_env(&["catalogue", "apply", bad.to_str().unwrap()], &at(FEB));
+    let out = env.cli_raw_env(
+        &["catalogue", "apply", bad.to_str().unwrap()],
+        &tally_now(FEB),
+    );
     assert_eq!(out.status.code(), Some(1));
-    let listed = env.cli_env(&["catalogue", "versions"], &at(FEB));
+    let listed = env.cli_env(&["catalogue", "versions"], &tally_now(FEB));
     assert_eq!(listed["versions"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["in_force"], Value::Null, "version 1 starts in March");
 
     // 10,500 minutes in February and 10,500 in March.
-    let server = spawn_app_with(&env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(IN_MARCH);
-    })
-    .await;
-    post_accepted(
-        &client,
-        &server,
-        &tenant.key,
-        vec![
-            compute_minutes("feb-1", p0, "10500", "2026-02-10T10:00:00Z"),
-            compute_minutes("mar-1", p0, "10500", "2026-03-01T00:10:00Z"),
-        ],
-    )
-    .await;
-    wait_for_month(&client, &server, &tenant.key, "2026-02", "10500").await;
-    wait_for_month(&client, &server, &tenant.key, "2026-03", "10500").await;
-    server.stop().await.unwrap();
+    let events = vec![
+        compute_minutes("feb-1", p0, "10500", "2026-02-10T10:00:00Z"),
+        compute_minutes("mar-1", p0, "10500", "2026-03-01T00:10:00Z"),
+    ];
+    let months = [("2026-02", "10500"), ("2026-03", "10500")];
+    count_usage(&env, &tenant, IN_MARCH, events, &months).await;
 
     // Changing compute_minutes to `max` while it has counters in open months is refused,
     // with the reason; so is removing it.
@@ -258,7 +247,7 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
             "apply",
             file(&env, "max.json", &to_max).to_str().unwrap(),
         ],
-        &at(IN_MARCH),
+        &tally_now(IN_MARCH),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -288,40 +277,58 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
             "apply",
             file(&env, "rm.json", &removed).to_str().unwrap(),
         ],
-        &at(IN_MARCH),
+        &tally_now(IN_MARCH),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("meter compute_minutes is removed"), "{err}");
-    let listed = env.cli_env(&["catalogue", "versions"], &at(IN_MARCH));
+    let listed = env.cli_env(&["catalogue", "versions"], &tally_now(IN_MARCH));
     assert_eq!(listed["versions"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["in_force"], 1);
 
     // February is priced with the built-in catalogue (no version covers it):
     // 500 minutes over × $0.10 = $50.00, 20 % off = $40.00; $99.00 + $40.00 = $139.00.
-    let feb = env.cli_env(
-        &["bill", "--period", "2026-02", "--no-stripe"],
-        &at(AFTER_FEB_GRACE),
-    );
-    let r = &feb["reports"][0];
+    let r = &bill(&env, "2026-02", AFTER_FEB_GRACE)["reports"][0];
     assert_eq!(compute_line(r)["unit_price"], "0.10", "{r}");
     assert_eq!(compute_line(r)["amount"], "40.00");
     assert_eq!(r["total"], "139.00");
 
     // March with version 1: 500 × $0.20 = $100.00, 20 % off = $80.00; $99.00 + $80.00 =
     // $179.00.
-    let mar = env.cli_env(&["bill", "--period", "2026-03", "--no-stripe"], &at(APRIL));
-    let r = &mar["reports"][0];
+    let r = &bill(&env, "2026-03", APRIL)["reports"][0];
     assert_eq!(compute_line(r)["unit_price"], "0.20", "{r}");
     assert_eq!(compute_line(r)["amount"], "80.00");
     assert_eq!(r["total"], "179.00");
 
     // The stored version is the file as applied, byte for byte.
-    let out = env.cli_raw_env(&["catalogue", "show", "--version", "1"], &at(APRIL));
+    let out = env.cli_raw_env(&["catalogue", "show", "--version", "1"], &tally_now(APRIL));
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim_end(),
         v1.trim_end()
     );
+}
+
+/// `tally bill --period MONTH --no-stripe` at `at`: what it printed.
+fn bill(env: &Env, month: &str, at: &str) -> Value {
+    let args = ["bill", "--period", month, "--no-stripe"];
+    env.cli_env(&args, &tally_now(at))
+}
+
+/// Starts the app (no billing scheduler), which reads the catalogue version in force,
+/// posts `events` (a JSON array) with the tenant's key, and stops it: the status and answer.
+async fn post_to_a_started_app(env: &Env, tenant: &Tenant, events: &Value) -> (u16, Value) {
+    let server = spawn_app_with(env, |app| app.settings.billing_scheduler = false).await;
+    let client = reqwest::Client::new();
+    let answer = post_events(
+        &client,
+        &server,
+        &tenant.key,
+        events.as_array().unwrap().clone(),
+    )
+    .await
+    .unwrap();
+    server.stop().await.unwrap();
+    answer
 }
 
 /// A running app reads the version in force when it starts: an event of a meter only
@@ -331,7 +338,6 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
 async fn a_restarted_app_runs_with_the_applied_version() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "tokens");
-    let client = reqwest::Client::new();
     let now = chrono::Utc::now();
     let event = json!([{
         "id": "tok-1",
@@ -341,22 +347,13 @@ async fn a_restarted_app_runs_with_the_applied_version() {
         "properties": { "tokens": 1200, "model": "gpt-4" },
     }]);
 
-    let server = spawn_app_with(&env, |app| app.settings.billing_scheduler = false).await;
-    let (status, answer) = post_events(
-        &client,
-        &server,
-        &tenant.key,
-        event.as_array().unwrap().clone(),
-    )
-    .await
-    .unwrap();
+    let (status, answer) = post_to_a_started_app(&env, &tenant, &event).await;
     // Refused as a whole or event by event, depending on the status ingest picks.
     assert!(
         answer["accepted"].as_u64().unwrap_or(0) == 0
             && answer.to_string().contains("unknown_meter"),
         "llm_tokens is not a built-in meter: {status} {answer}"
     );
-    server.stop().await.unwrap();
 
     let with_tokens = edited(|v| {
         v["meters"]["llm_tokens"] = json!({
@@ -382,15 +379,7 @@ async fn a_restarted_app_runs_with_the_applied_version() {
     ]);
     assert_eq!(applied["effective_from"], month.as_str());
 
-    let server = spawn_app_with(&env, |app| app.settings.billing_scheduler = false).await;
-    let (status, answer) = post_events(
-        &client,
-        &server,
-        &tenant.key,
-        event.as_array().unwrap().clone(),
-    )
-    .await
-    .unwrap();
+    let (status, answer) = post_to_a_started_app(&env, &tenant, &event).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 1, "{answer}");
     // The meter reads its amount from properties.tokens: an event without it is refused
@@ -398,6 +387,8 @@ async fn a_restarted_app_runs_with_the_applied_version() {
     let mut no_tokens = event[0].clone();
     no_tokens["id"] = json!("tok-2");
     no_tokens["properties"] = json!({ "model": "gpt-4" });
+    let server = spawn_app_with(&env, |app| app.settings.billing_scheduler = false).await;
+    let client = reqwest::Client::new();
     let (status, answer) = post_events(&client, &server, &tenant.key, vec![no_tokens])
         .await
         .unwrap();

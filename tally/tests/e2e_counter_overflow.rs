@@ -18,14 +18,6 @@ const SECRET: &str = "whsec_e2e_overflow_0123456789";
 const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 const MAX_QUANTITY: &str = "999999999999999999";
 
-async fn serve_at(env: &Env, at: &str) -> TestApp {
-    spawn_app_with(env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(at);
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_quantity_stream_stops_at_the_limit_and_leaves_other_tenants_alone() {
     let env = Env::embedded();

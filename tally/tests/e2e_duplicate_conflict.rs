@@ -71,10 +71,14 @@ async fn a_resend_with_other_contents_is_audited_and_the_first_copy_stays_counte
     };
     assert_eq!(records.len(), 1, "one conflicting resend: {records:?}");
     let r = &records[0];
-    assert_eq!(r["actor"], "aggregator");
-    assert_eq!(r["resource"], "event:x");
-    assert_eq!(r["outcome"], "refused");
-    assert_eq!(r["reason"], "duplicate_conflict");
+    for (field, want) in [
+        ("actor", "aggregator"),
+        ("resource", "event:x"),
+        ("outcome", "refused"),
+        ("reason", "duplicate_conflict"),
+    ] {
+        assert_eq!(r[field], want, "{field}: {r}");
+    }
     assert_eq!(r["after"]["quantity"], "9", "{r}");
     // The first copy stays counted.
     assert_eq!(

@@ -19,10 +19,6 @@ use serde_json::{Value, json};
 const IMPORT_AT: &str = "2026-04-01T00:30:00Z";
 const APRIL: &str = "2026-04-01T02:00:00Z";
 
-fn at(t: &str) -> [(&str, &str); 1] {
-    [("TALLY_NOW", t)]
-}
-
 fn ev(id: &str, project: &str, meter: &str, q: &str, ts: &str) -> String {
     json!({"id": id, "project_id": project, "meter": meter, "quantity": q, "timestamp": ts})
         .to_string()
@@ -52,7 +48,7 @@ fn imported_and_billed(env: &Env, slug: &str) -> String {
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let out = env.cli_raw_env(
         &["import", "--org", &tenant.org, file.to_str().unwrap()],
-        &at(IMPORT_AT),
+        &tally_now(IMPORT_AT),
     );
     assert!(
         out.status.success(),
@@ -60,7 +56,7 @@ fn imported_and_billed(env: &Env, slug: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         stderr(&out)
     );
-    let billed = env.cli_env(&["bill", "--period", "2026-03"], &at(APRIL));
+    let billed = env.cli_env(&["bill", "--period", "2026-03"], &tally_now(APRIL));
     assert_eq!(billed["stored_now"], 1, "{billed}");
     tenant.org
 }
@@ -84,7 +80,7 @@ fn export_line(env: &Env, org: &str, meter: &str, path: &Path) -> Value {
             "--out",
             path.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     )
 }
 
@@ -101,7 +97,7 @@ fn verify(env: &Env, org: &str, meter: &str, path: &Path, extra: &[&str]) -> (Op
     ];
     args.extend(extra);
     args.push(path.to_str().unwrap());
-    let out = env.cli_raw_env(&args, &at(APRIL));
+    let out = env.cli_raw_env(&args, &tally_now(APRIL));
     let verdict = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "verify-report printed non-JSON ({e}): {}\nstderr: {}",
@@ -297,7 +293,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
             "--out",
             file.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert_eq!(
         (&s["kind"], &s["orgs"]),
@@ -320,7 +316,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
     assert!(rows.iter().all(|r| r[4].starts_with("2026-03")), "{rows:?}");
 
     // All orgs, to stdout: the same rows (there is one org).
-    let out = env.cli_raw_env(&["export", "--period", "2026-03"], &at(APRIL));
+    let out = env.cli_raw_env(&["export", "--period", "2026-03"], &tally_now(APRIL));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, std::fs::read(&file).unwrap());
 
@@ -337,7 +333,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
             "--out",
             all.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     let out = env.cli_raw_env(
         &[
@@ -350,7 +346,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
             "compute_minutes",
             all.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
@@ -400,7 +396,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
                 path.to_str().unwrap(),
             ];
             args.extend(extra);
-            env.cli_env(&args, &at(APRIL))
+            env.cli_env(&args, &tally_now(APRIL))
         };
         let csv_file = env.data().join(format!("{kind}.csv"));
         let pq_file = env.data().join(format!("{kind}.parquet"));
@@ -438,7 +434,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
             "parquet",
         ];
         args.extend(extra);
-        let out = env.cli_raw_env(&args, &at(APRIL));
+        let out = env.cli_raw_env(&args, &tally_now(APRIL));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(out.stdout, bytes, "{kind} to stdout");
     }
@@ -469,7 +465,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
             "--out",
             pq.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert_eq!(s["rows"], 3, "{s}");
     let (code, v) = verify(&env, &org, "compute_minutes", &pq, &[]);
@@ -488,7 +484,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
             "compute_minutes",
             env.data().join("ledger.parquet").to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
@@ -504,7 +500,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
             "compute_minutes",
             env.data().join("counters.parquet").to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert!(
         stderr(&out).contains("not a readable Parquet ledger export"),
@@ -531,7 +527,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
             "compute_minutes",
             damaged.to_str().unwrap(),
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("damaged.parquet"), "{}", stderr(&out));
@@ -598,7 +594,7 @@ fn an_export_to_s3_uploads_the_same_bytes_as_a_file_export() {
             "--out",
             &url,
         ],
-        &at(APRIL),
+        &tally_now(APRIL),
     );
     let key = format!("finance/2026/ledger-2026-03-{org}-compute_minutes.csv");
     assert_eq!(summary["out"], format!("s3://{bucket}/{key}"), "{summary}");

@@ -20,23 +20,21 @@ const FEB_BILLED: &str = "2026-03-01T02:00:00Z";
 const IMPORT_AT: &str = "2026-03-10T00:00:00Z";
 const APRIL: &str = "2026-04-01T02:00:00Z";
 
-fn at(t: &str) -> [(&str, &str); 1] {
-    [("TALLY_NOW", t)]
-}
-
 /// Runs `tally import ARGS` at `now`: the exit code and the JSON summary.
 fn import(env: &Env, args: &[&str], now: &str) -> (Option<i32>, Value) {
     let mut all = vec!["import"];
     all.extend(args);
-    let out = env.cli_raw_env(&all, &at(now));
-    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "import printed non-JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), summary)
+    env.cli_status_env(&all, &tally_now(now))
+}
+
+/// Runs `tally import ARGS` at [`IMPORT_AT`], which must refuse them before importing
+/// anything (exit 1): what it said on stderr.
+fn refused(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["import"];
+    all.extend(args);
+    let out = env.cli_raw_env(&all, &tally_now(IMPORT_AT));
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The org's compute minutes of `month` (YYYY-MM) through `tally usage`.
@@ -55,7 +53,7 @@ fn month_minutes(env: &Env, org: &str, month: &str, next: &str) -> Value {
             "--to",
             &format!("{next}-01"),
         ],
-        &at(IMPORT_AT),
+        &tally_now(IMPORT_AT),
     );
     out["series"].clone()
 }
@@ -75,7 +73,7 @@ fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicat
     let tenant = make_tenant(&env, "acme");
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
     // February is billed, so closed.
-    let billed = env.cli_env(&["bill", "--period", "2026-02"], &at(FEB_BILLED));
+    let billed = env.cli_env(&["bill", "--period", "2026-02"], &tally_now(FEB_BILLED));
     assert_eq!(billed["stored_now"], 1, "{billed}");
 
     let file = env.data().join("events.ndjson");
@@ -205,7 +203,7 @@ fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicat
         json!([{"start": "2026-02-01T00:00:00Z", "value": "7"}])
     );
     // February's report stays; the 7 minutes are an adjustment on March's.
-    let march = env.cli_env(&["bill", "--period", "2026-03"], &at(APRIL));
+    let march = env.cli_env(&["bill", "--period", "2026-03"], &tally_now(APRIL));
     let adjustments = march["reports"][0]["adjustments"].as_array().unwrap();
     assert_eq!(adjustments.len(), 1, "{march}");
     assert_eq!(adjustments[0]["period"], "2026-02");
@@ -236,20 +234,14 @@ fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
     );
 
     // --rejected naming the file imported is refused before it is truncated.
-    let out = env.cli_raw_env(
-        &["import", "--org", &tenant.org, file, "--rejected", file],
-        &at(IMPORT_AT),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--rejected"));
+    let err = refused(&env, &["--org", &tenant.org, file, "--rejected", file]);
+    assert!(err.contains("--rejected"), "{err}");
     assert_eq!(
         std::fs::read_to_string(file).unwrap().lines().count(),
         2_500
     );
 
-    let out = env.cli_raw_env(&["import", "--org", "org_nope", file], &at(IMPORT_AT));
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&env, &["--org", "org_nope", file]);
     assert!(err.contains("--org"), "{err}");
 }
 
@@ -293,12 +285,7 @@ fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
         json!([{"start": "2026-03-01T00:00:00Z", "value": "6.5"}])
     );
     // A mapping naming a column the header lacks is refused before anything is imported.
-    let out = env.cli_raw_env(
-        &["import", "--org", &tenant.org, file, "--columns", "id=nope"],
-        &at(IMPORT_AT),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&env, &["--org", &tenant.org, file, "--columns", "id=nope"]);
     assert!(err.contains("\"nope\""), "{err}");
 }
 
@@ -414,7 +401,7 @@ fn project_march_minutes(env: &Env, org: &str, project: &str) -> Decimal {
             "--to",
             "2026-04-01",
         ],
-        &at(IMPORT_AT),
+        &tally_now(IMPORT_AT),
     );
     out["series"]
         .as_array()
@@ -550,7 +537,7 @@ fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
     }
     let reconciled = env.cli_env(
         &["reconcile", "--period", "2026-03", "--org", &tenant.org],
-        &at(IMPORT_AT),
+        &tally_now(IMPORT_AT),
     );
     assert_eq!(reconciled["drift"], json!([]), "{reconciled}");
 }

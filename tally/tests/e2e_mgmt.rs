@@ -15,10 +15,7 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
     let env = Env::embedded();
     let org = env.create_org("Acme", "acme-mgmt", "ada@example.com", Some("starter"));
     let other = env.create_org("Other", "other-mgmt", "bob@example.com", None);
-    let (org_id, owner) = (
-        org["id"].as_str().unwrap(),
-        org["owner_id"].as_str().unwrap(),
-    );
+    let (org_id, owner) = org_and_owner(&org);
     let token = env.cli(&["token", "create", "--user", owner, "--ttl", "10m"]);
     let token = token["token"].as_str().unwrap().to_owned();
     let refused = env.cli_raw(&["token", "create", "--user", "usr_nobody"]);
@@ -86,10 +83,7 @@ async fn cli_tokens_work_in_the_server_and_mutations_are_audited() {
 async fn only_the_operator_changes_a_plan() {
     let env = Env::embedded();
     let org = env.create_org("Plan Co", "plan-co", "pat@example.com", Some("starter"));
-    let (org_id, owner) = (
-        org["id"].as_str().unwrap(),
-        org["owner_id"].as_str().unwrap(),
-    );
+    let (org_id, owner) = org_and_owner(&org);
     for slug in ["one", "two"] {
         env.cli(&[
             "project", "create", "--org", org_id, "--name", "P", "--slug", slug,

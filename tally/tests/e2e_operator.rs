@@ -462,25 +462,7 @@ fn members_join_only_by_invitation_and_the_owner_stays() {
 async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused() {
     let env = Env::embedded();
     let tenant = make_tenant(&env, "acme");
-    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let client = reqwest::Client::new();
-    let server = spawn_app_with(&env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(IN_GRACE);
-    })
-    .await;
-    post_accepted(
-        &client,
-        &server,
-        &tenant.key,
-        vec![
-            compute_minutes("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
-            compute_minutes("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
-        ],
-    )
-    .await;
-    wait_for_month(&client, &server, &tenant.key, "2026-02", "10500").await;
-    server.stop().await.unwrap();
+    february_usage(&env, &tenant, IN_GRACE).await;
 
     // Usage: the API's query, as JSON or a table.
     let at = [("TALLY_NOW", AFTER_GRACE)];
@@ -507,6 +489,7 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
         [("2026-02-01T00:00:00Z".to_owned(), "10500".to_owned())]
     );
     let mut per_project = month.to_vec();
+    let p1 = &tenant.projects[1];
     per_project.extend(["--project", p1]);
     let usage = env.cli_env(&per_project, &at);
     assert_eq!(usage["project_id"], p1.as_str());
@@ -689,16 +672,17 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
         &["key", "revoke", "--org", &tenant.org, "--key", &key_id],
         &at,
     );
-    let server = spawn_app_with(&env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(AFTER_GRACE);
-    })
-    .await;
+    let server = serve_at(&env, AFTER_GRACE).await;
     let (status, body) = post_events(
-        &client,
+        &reqwest::Client::new(),
         &server,
         &tenant.key,
-        vec![compute_minutes("mar-1", p0, "1", "2026-03-01T01:00:00Z")],
+        vec![compute_minutes(
+            "mar-1",
+            &tenant.projects[0],
+            "1",
+            "2026-03-01T01:00:00Z",
+        )],
     )
     .await
     .unwrap();
@@ -728,10 +712,7 @@ fn completions_are_printed_for_each_shell_and_help_is_written_in_sentences() {
 async fn an_invited_member_accepts_then_the_operator_changes_roles_and_transfers_ownership() {
     let env = Env::embedded();
     let org = env.create_org("Acme", "acme", "ada@example.com", Some("starter"));
-    let (org_id, ada) = (
-        org["id"].as_str().unwrap(),
-        org["owner_id"].as_str().unwrap(),
-    );
+    let (org_id, ada) = org_and_owner(&org);
     // Eve exists as a user (the owner of her own org) before she is invited.
     let eve = env.create_org("Eve's", "eves", "eve@example.com", None)["owner_id"]
         .as_str()

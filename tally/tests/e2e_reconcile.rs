@@ -36,6 +36,32 @@ fn drifted(report: &Value) -> Vec<(String, String, String, String, Value)> {
         .collect()
 }
 
+/// `tally reconcile` of `period` after the store was edited: it must exit 3; the drift.
+fn drift(env: &Env, period: &str) -> Vec<(String, String, String, String, Value)> {
+    let (code, report) = reconcile(env, period);
+    assert_eq!(code, Some(3), "{report}");
+    drifted(&report)
+}
+
+/// Asserts that `d` names the month counter of `meter` in `project`, expected `want`,
+/// stored `have` (null: missing).
+fn assert_month_drift(
+    d: &[(String, String, String, String, Value)],
+    meter: &str,
+    project: &str,
+    want: &str,
+    have: Value,
+) {
+    assert!(
+        d.iter().any(|(m, p, g, w, h)| m == meter
+            && p == project
+            && g == "month"
+            && w == want
+            && *h == have),
+        "no {meter} {project} {want} {have}: {d:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_names_each_kind_of_drift_and_exits_3() {
     let env = Env::embedded();
@@ -65,64 +91,31 @@ async fn reconcile_names_each_kind_of_drift_and_exits_3() {
 
     let db = rusqlite::Connection::open(env.data().join("tally.db")).unwrap();
     // 1. A changed counter: project 0's cells say 100 instead of 7.5.
-    let changed = db
-        .execute(
-            "UPDATE cells SET value = '100' WHERE org = ?1 AND project = ?2",
-            [&tenant.org, p0],
-        )
-        .unwrap();
-    assert!(changed > 0);
-    let (code, report) = reconcile(&env, &period);
-    assert_eq!(code, Some(3), "{report}");
-    let d = drifted(&report);
-    assert!(
-        d.iter().any(|(m, p, g, want, have)| m == "compute_minutes"
-            && p == p0
-            && g == "month"
-            && want == "7.5"
-            && have == "100"),
-        "{d:?}"
+    let edit = |sql: &str, project: &str| {
+        let rows = db.execute(sql, [tenant.org.as_str(), project]).unwrap();
+        assert!(rows > 0, "{sql}");
+    };
+    edit(
+        "UPDATE cells SET value = '100' WHERE org = ?1 AND project = ?2",
+        p0,
     );
+    let d = drift(&env, &period);
+    assert_month_drift(&d, "compute_minutes", p0, "7.5", Value::from("100"));
 
     // 2. A missing counter: project 1's cells are gone.
-    db.execute(
-        "DELETE FROM cells WHERE org = ?1 AND project = ?2",
-        [&tenant.org, p1],
-    )
-    .unwrap();
-    let (code, report) = reconcile(&env, &period);
-    assert_eq!(code, Some(3));
-    let d = drifted(&report);
-    assert!(
-        d.iter().any(|(m, p, g, want, have)| m == "compute_minutes"
-            && p == p1
-            && g == "month"
-            && want == "2"
-            && have.is_null()),
-        "{d:?}"
-    );
+    edit("DELETE FROM cells WHERE org = ?1 AND project = ?2", p1);
+    let d = drift(&env, &period);
+    assert_month_drift(&d, "compute_minutes", p1, "2", Value::Null);
 
     // 3. An extra counter: bandwidth nobody sent, copied from a compute cell.
-    let extra = db
-        .execute(
-            "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
-             SELECT org, 'bandwidth_bytes', span, start, project, kind, '5', latest_at
-             FROM cells WHERE org = ?1 AND project = ?2",
-            [&tenant.org, p0],
-        )
-        .unwrap();
-    assert!(extra > 0);
-    let (code, report) = reconcile(&env, &period);
-    assert_eq!(code, Some(3));
-    let d = drifted(&report);
-    assert!(
-        d.iter().any(|(m, p, g, want, have)| m == "bandwidth_bytes"
-            && p == p0
-            && g == "month"
-            && want == "0"
-            && have == "5"),
-        "{d:?}"
+    edit(
+        "INSERT INTO cells (org, meter, span, start, project, kind, value, latest_at)
+         SELECT org, 'bandwidth_bytes', span, start, project, kind, '5', latest_at
+         FROM cells WHERE org = ?1 AND project = ?2",
+        p0,
     );
+    let d = drift(&env, &period);
+    assert_month_drift(&d, "bandwidth_bytes", p0, "0", Value::from("5"));
     // Every kind is reported at once, and for the org-wide counters too.
     assert!(d.iter().any(|(m, p, ..)| m == "compute_minutes" && p == p1));
     assert!(

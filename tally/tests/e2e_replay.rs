@@ -61,15 +61,22 @@ async fn plant(env: &Env, events: &[Event], reason: &str) {
 fn replay(env: &Env, args: &[&str]) -> (Option<i32>, Value) {
     let mut all = vec!["replay"];
     all.extend_from_slice(args);
-    let out = env.cli_raw(&all);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "tally replay printed non-JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), report)
+    env.cli_status_env(&all, &[])
+}
+
+/// `tally replay ARGS` as people run it (no `--json`): what it printed, once it succeeded.
+fn replay_human(env: &Env, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("replay")
+        .args(args)
+        .arg("--data")
+        .arg(env.data())
+        .env("TALLY_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tally replay {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs the app until the queue is empty, then stops it (which drains as well).
@@ -117,14 +124,7 @@ async fn replay_lists_then_replays_and_the_events_count_exactly_once() {
     assert_eq!(queue(&env).depth().await.unwrap(), 0);
 
     // The human listing says the same in words.
-    let human = Command::new(bin())
-        .args(["replay", "--dry-run", "--data"])
-        .arg(env.data())
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(human.status.success());
-    let text = String::from_utf8_lossy(&human.stdout);
+    let text = replay_human(&env, &["--dry-run"]);
     assert!(
         text.contains("would replay 1 dead letters (2 events)")
             && text.contains("store unavailable: disk full"),
@@ -141,14 +141,7 @@ async fn replay_lists_then_replays_and_the_events_count_exactly_once() {
 
     // The same letter again (a copy): replayed, and counted before, so not again.
     plant(&env, &events, "store unavailable: disk full").await;
-    let human = Command::new(bin())
-        .args(["replay", "--data"])
-        .arg(env.data())
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(human.status.success());
-    let text = String::from_utf8_lossy(&human.stdout);
+    let text = replay_human(&env, &[]);
     assert!(
         text.contains("replayed 1 dead letters (2 events); 0 left"),
         "{text}"

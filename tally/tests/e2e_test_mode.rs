@@ -33,11 +33,7 @@ async fn test_key_usage_is_counted_apart_never_billed_and_reconciled() {
     assert!(test_key.starts_with("tk_test_"));
     let client = reqwest::Client::new();
 
-    let server = spawn_app_with(&env, |app| {
-        app.settings.billing_scheduler = false;
-        app.clock = clock_at(IN_FEBRUARY);
-    })
-    .await;
+    let server = serve_at(&env, IN_FEBRUARY).await;
     // The same event id in both modes: two namespaces, each counted once.
     let live = post_accepted(
         &client,

@@ -68,7 +68,7 @@ use tally_core::ports::{ApplyOutcome, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
-use tally_tests::conformance::fixtures::{event, with_prop};
+use tally_tests::conformance::fixtures::{drawn_quantity, event, with_prop};
 use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
 use tally_tests::oracle::{counter_differences, plain_counters};
 
@@ -212,14 +212,7 @@ fn draw_event(
     meter: &str,
     at: DateTime<Utc>,
 ) -> Event {
-    let quantity = match meter {
-        "requests" => "1".to_owned(),
-        _ => format!(
-            "{}.{:02}",
-            rng.random_range(0..500),
-            rng.random_range(0..100)
-        ),
-    };
+    let quantity = drawn_quantity(meter, rng);
     let e = event(org, project, id, meter, &quantity, &at.to_rfc3339());
     if meter == "active_users" {
         with_prop(e, "user", format!("u{}", rng.random_range(0..6)))

@@ -25,7 +25,7 @@ use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_ta
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
     MIXED_METERS, assert_reconcile_retention, dice, event, expected_counters, fresh_org,
-    fresh_project, with_prop,
+    fresh_project, stored_counter_map, with_prop,
 };
 use tally_tests::conformance::storage::StoreFactory;
 
@@ -61,11 +61,7 @@ mod storage {
 const NOV: &str = "2026-11";
 
 async fn month_counters(s: &DynamoStore, org: &OrgId) -> BTreeMap<OwnedCounterKey, Decimal> {
-    s.stored_counters(org, Month::parse(NOV).unwrap())
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
+    stored_counter_map(s, org, Month::parse(NOV).unwrap()).await
 }
 
 async fn whole_ledger(s: &DynamoStore, org: &OrgId) -> Vec<Event> {

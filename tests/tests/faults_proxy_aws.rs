@@ -38,7 +38,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
 use tally_aggregator::reconcile;
-use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::Month;
@@ -47,7 +46,8 @@ use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
-    MIXED_METERS, event, expected_counters, fresh_org, fresh_project, with_prop,
+    MIXED_METERS, drawn_quantity, event, expected_counters, fresh_org, fresh_project,
+    stored_counter_map, with_prop,
 };
 use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
 
@@ -452,14 +452,7 @@ fn workload(rng: &mut StdRng, org: &OrgId, n: usize, resends: usize) -> (Vec<Eve
     let distinct: Vec<Event> = (0..n)
         .map(|i| {
             let meter = MIXED_METERS[rng.random_range(0..MIXED_METERS.len())];
-            let quantity = match meter {
-                "requests" => "1".to_owned(),
-                _ => format!(
-                    "{}.{:02}",
-                    rng.random_range(0..500),
-                    rng.random_range(0..100)
-                ),
-            };
+            let quantity = drawn_quantity(meter, rng);
             let at = format!(
                 "2026-11-0{}T{:02}:{:02}:{:02}Z",
                 3 + rng.random_range(0..3),
@@ -671,12 +664,7 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
     let month = Month::parse("2026-11").unwrap();
     let truth = expected_counters(&distinct);
     let stored = |store: DynamoStore, org: OrgId| async move {
-        store
-            .stored_counters(&org, month)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect::<BTreeMap<OwnedCounterKey, Decimal>>()
+        stored_counter_map(&store, &org, month).await
     };
     let drift = reconcile(&truth_store, &org, month, month.start())
         .await
@@ -794,11 +782,6 @@ async fn conflicts_on_a_hot_org_never_cancel_other_orgs_writes() {
         );
     }
     let month = Month::parse("2026-11").unwrap();
-    let counters: BTreeMap<OwnedCounterKey, Decimal> = store
-        .stored_counters(&hot, month)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let counters = stored_counter_map(&store, &hot, month).await;
     assert_eq!(counters, expected_counters(&events[..40]));
 }

@@ -19,7 +19,7 @@ use tally_core::ports::{Delivery, EventQueue};
 use tally_store::kinesis::{self, KinesisConfig, KinesisQueue};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
-use tally_tests::conformance::queue::QueueFactory;
+use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons};
 use tokio::time::Instant;
 
 const VISIBILITY: Duration = Duration::from_millis(500);
@@ -101,13 +101,7 @@ impl QueueFactory for KinesisFactory {
     }
 
     async fn dead_letters(&self) -> Vec<(String, String)> {
-        self.queue()
-            .dead_letters()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| (d.body, d.reason))
-            .collect()
+        bodies_and_reasons(self.queue().dead_letters().await, |d| (d.body, d.reason))
     }
 }
 
@@ -231,14 +225,20 @@ async fn a_reopened_consumer_resumes_after_its_checkpoint_without_losing_unacked
     assert_eq!(ids(&all), vec!["r0", "r1", "r2", "r3"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_shards_and_orgs_are_all_read_and_checkpointed() {
+/// A factory of a two-shard stream, created a second time on the way (creating is
+/// idempotent: the stream exists already), and a handle onto it.
+async fn two_shards() -> (KinesisFactory, KinesisQueue) {
     let f = KinesisFactory::with_shards(2, LONG_VISIBILITY).await;
-    // Idempotent: the stream exists already.
     kinesis::create_stream(&f.kinesis, &f.stream, 2)
         .await
         .unwrap();
     let q = f.queue();
+    (f, q)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_shards_and_orgs_are_all_read_and_checkpointed() {
+    let (_factory, q) = two_shards().await;
     // One publish of many orgs: one record per org, spread over the shards by org id.
     let sent: Vec<Event> = (0..20).map(|i| one_event(&format!("s{i:02}"))).collect();
     let report = q.publish(&sent).await.unwrap();
@@ -260,11 +260,7 @@ async fn several_shards_and_orgs_are_all_read_and_checkpointed() {
 /// messages carry `<org>#<n>` keys and land on every shard, and all are read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_orgs_records_spread_over_the_shards() {
-    let f = KinesisFactory::with_shards(2, LONG_VISIBILITY).await;
-    kinesis::create_stream(&f.kinesis, &f.stream, 2)
-        .await
-        .unwrap();
-    let q = f.queue();
+    let (f, q) = two_shards().await;
     let (org, project) = (fresh_org(), fresh_project());
     let sent: Vec<Event> = (0..24)
         .map(|i| {

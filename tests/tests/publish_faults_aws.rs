@@ -106,6 +106,18 @@ async fn take(q: &dyn EventQueue, want: usize) -> Vec<Event> {
     got
 }
 
+/// The proxy failed some `what`s (entries, records) and throttled some calls, and yet
+/// forwarded each of the [`EVENTS`] exactly once: no resend of one the backend took.
+fn assert_failed_then_forwarded_once(proxy: &FaultProxy, what: &str, seed: u64) {
+    assert!(proxy.entries_failed() > 0, "no {what} failed (seed {seed})");
+    assert!(proxy.calls_failed() > 0, "no call was throttled");
+    assert_eq!(
+        proxy.entries_forwarded(),
+        EVENTS as u64,
+        "an {what} the backend took was sent again (seed {seed})"
+    );
+}
+
 async fn proxy(seed: u64) -> FaultProxy {
     let proxy = FaultProxy::start(
         &aws::endpoint(),
@@ -142,13 +154,7 @@ async fn sqs_publish_resends_only_the_failed_entries() {
         "{:?} (seed {seed})",
         report.failed
     );
-    assert!(proxy.entries_failed() > 0, "no entry failed (seed {seed})");
-    assert!(proxy.calls_failed() > 0, "no call was throttled");
-    assert_eq!(
-        proxy.entries_forwarded(),
-        EVENTS as u64,
-        "an entry SQS took was sent again (seed {seed})"
-    );
+    assert_failed_then_forwarded_once(&proxy, "entry", seed);
 
     let reader = SqsQueue::with_config(direct, url, config);
     let got = take(&reader, EVENTS).await;
@@ -199,13 +205,7 @@ async fn kinesis_publish_resends_only_the_failed_records() {
             report.failed
         );
     }
-    assert!(proxy.entries_failed() > 0, "no record failed (seed {seed})");
-    assert!(proxy.calls_failed() > 0, "no call was throttled");
-    assert_eq!(
-        proxy.entries_forwarded(),
-        EVENTS as u64,
-        "a record Kinesis took was sent again (seed {seed})"
-    );
+    assert_failed_then_forwarded_once(&proxy, "record", seed);
 
     let reader = KinesisQueue::with_config(kinesis, stream, dynamo, checkpoints, "reader", config);
     let got = take(&reader, EVENTS).await;

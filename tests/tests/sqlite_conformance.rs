@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tally_store::{LocalQueue, LocalQueueConfig, SqliteStore};
-use tally_tests::conformance::queue::QueueFactory;
+use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons};
 use tally_tests::conformance::storage::StoreFactory;
 use tempfile::TempDir;
 
@@ -78,13 +78,9 @@ impl QueueFactory for Files {
     }
 
     async fn dead_letters(&self) -> Vec<(String, String)> {
-        self.open_queue(false)
-            .dead_letters()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| (d.body, d.reason))
-            .collect()
+        bodies_and_reasons(self.open_queue(false).dead_letters().await, |d| {
+            (d.body, d.reason)
+        })
     }
 
     fn body_of(items: &[String]) -> String {

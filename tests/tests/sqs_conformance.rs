@@ -21,7 +21,7 @@ use tally_store::coalesce::CoalescingQueue;
 use tally_store::sqs::{self, MAX_MESSAGE_BYTES, SqsConfig, SqsQueue};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
-use tally_tests::conformance::queue::QueueFactory;
+use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons};
 use tokio::time::Instant;
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -92,13 +92,9 @@ impl QueueFactory for SqsFactory {
     }
 
     async fn dead_letters(&self) -> Vec<(String, String)> {
-        self.queue()
-            .dead_letters(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| (d.body, d.reason.unwrap_or_default()))
-            .collect()
+        bodies_and_reasons(self.queue().dead_letters(100).await, |d| {
+            (d.body, d.reason.unwrap_or_default())
+        })
     }
 }
 

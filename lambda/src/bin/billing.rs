@@ -105,13 +105,9 @@ async fn main() -> anyhow::Result<()> {
         if let BillingEvent::Alerts = kind {
             // The secret as it is now: a rotation signs this run's alerts once the refresh
             // interval has passed.
-            let sender = match alert_sender.map(Derived::current) {
-                Some(current) => Some(current.await.map_err(|e| {
-                    tracing::error!(error = %e, "alert run failed: no signing secret");
-                    lambda_runtime::Error::from(e.to_string())
-                })?),
-                None => None,
-            };
+            let sender = Derived::current_if_any(alert_sender)
+                .await
+                .map_err(|e| fail("alert run (no signing secret)", e.to_string()))?;
             let sender = sender
                 .as_deref()
                 .map(|s| s as &dyn tally_billing::alerts::AlertSender);
@@ -121,13 +117,9 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| fail("alert run", format!("{e:#}")))
                 .and_then(|run| to_value(JobOutput::<()>::Alerts(run)));
         }
-        let provider = match stripe.map(Derived::current) {
-            Some(current) => Some(current.await.map_err(|e| {
-                tracing::error!(error = %e, "billing run failed: no Stripe secret key");
-                lambda_runtime::Error::from(e.to_string())
-            })?),
-            None => None,
-        };
+        let provider = Derived::current_if_any(stripe)
+            .await
+            .map_err(|e| fail("billing run (no Stripe secret key)", e.to_string()))?;
         let stripe_ports = provider.as_deref().map(|provider| handlers::StripePorts {
             provider,
             ledger: store.dynamo.as_ref(),

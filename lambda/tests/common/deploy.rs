@@ -56,6 +56,13 @@ fn generated(length: usize) -> String {
     s
 }
 
+/// Records a resource created under the name `physical`: `!GetAtt <id>.Arn` gives `arn`,
+/// `!Ref <id>` the name.
+fn created(stack: &mut Stack<'_>, id: &str, arn: String, physical: String) {
+    stack.attributes.insert(format!("{id}.Arn"), arn);
+    stack.refs.insert(id.to_owned(), physical);
+}
+
 /// Creates, on the emulator, a stack of `template` with `overrides` for its parameters.
 pub async fn deploy<'t>(template: &'t Value, overrides: &[(&str, &str)]) -> Deployed<'t> {
     let name = aws::fresh_name("tally-rt");
@@ -80,11 +87,8 @@ pub async fn deploy<'t>(template: &'t Value, overrides: &[(&str, &str)]) -> Depl
                 tally_store::dynamodb::create_table(&client, &physical)
                     .await
                     .unwrap();
-                stack.attributes.insert(
-                    format!("{id}.Arn"),
-                    format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{physical}"),
-                );
-                stack.refs.insert(id.clone(), physical);
+                let arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{physical}");
+                created(&mut stack, id, arn, physical);
             }
             "AWS::SQS::Queue" => {
                 let client = aws_sdk_sqs::Client::new(&sdk);
@@ -123,11 +127,8 @@ pub async fn deploy<'t>(template: &'t Value, overrides: &[(&str, &str)]) -> Depl
                 tally_store::kinesis::create_stream(&client, &physical, shards)
                     .await
                     .unwrap();
-                stack.attributes.insert(
-                    format!("{id}.Arn"),
-                    format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{physical}"),
-                );
-                stack.refs.insert(id.clone(), physical);
+                let arn = format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{physical}");
+                created(&mut stack, id, arn, physical);
             }
             "AWS::SecretsManager::Secret" => {
                 let generate = get(props, &["GenerateSecretString"]);

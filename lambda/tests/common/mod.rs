@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod runtime_api;
 pub mod template;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -101,4 +102,41 @@ pub async fn missed_month_ends<S: TenantStore + UsageStore + ReportStore>(store:
     // The next run finds nothing open and runs December alone, storing nothing.
     let again = bill_at(store, late).await;
     assert_eq!(runs(&again), [("2026-12".into(), 1, 0)]);
+}
+
+/// What a loopback alert receiver got: each request's `Tally-Signature` header and body.
+pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A loopback alert receiver answering 204 at `path`; its URL and what it received.
+pub async fn alert_receiver(path: &'static str) -> (String, Received) {
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            path,
+            axum::routing::post(
+                |axum::extract::State(got): axum::extract::State<Received>,
+                 headers: axum::http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let signature = headers
+                        .get(tally_notify::SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    got.lock().unwrap().push((signature, body.to_vec()));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let addr = tally_tests::serve_local(app).await.unwrap();
+    (format!("http://{addr}{path}"), received)
+}
+
+/// The ids of the messages a partial batch response reports as failed, in its order.
+pub fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<&str> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect()
 }

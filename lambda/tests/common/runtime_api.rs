@@ -110,20 +110,17 @@ fn body_json(body: &Bytes) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
-async fn response(
+/// `POST …/invocation/{id}/response` and `…/{id}/error`: the function's result or its error.
+async fn outcome(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    Path((id, kind)): Path<(String, String)>,
     body: Bytes,
 ) -> axum::response::Response {
-    answer(&state, &id, Ok(body_json(&body)))
-}
-
-async fn error(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> axum::response::Response {
-    answer(&state, &id, Err(body_json(&body)))
+    match kind.as_str() {
+        "response" => answer(&state, &id, Ok(body_json(&body))),
+        "error" => answer(&state, &id, Err(body_json(&body))),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn init_error(State(state): State<ApiState>, body: Bytes) -> axum::response::Response {
@@ -142,11 +139,7 @@ impl RuntimeApi {
         };
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(outcome))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(state);
         let addr = tally_tests::serve_local(app).await.unwrap();

@@ -102,6 +102,16 @@ pub async fn spawn_app_with(env: &Env, configure: impl FnOnce(&mut App)) -> Test
     }
 }
 
+/// The app without the billing scheduler, its clock starting at `at`: what `tally serve
+/// --no-billing-scheduler` gives with `TALLY_NOW=at`.
+pub async fn serve_at(env: &Env, at: &str) -> TestApp {
+    spawn_app_with(env, |app| {
+        app.settings.billing_scheduler = false;
+        app.clock = clock_at(at);
+    })
+    .await
+}
+
 /// A clock that reads `at` (RFC 3339) now and runs on: what `TALLY_NOW=at` gives a process.
 pub fn clock_at(at: &str) -> Arc<dyn Clock> {
     let start: DateTime<Utc> = at.parse().expect("an RFC 3339 instant");

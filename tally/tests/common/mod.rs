@@ -132,7 +132,6 @@ impl Env {
         self.cli_env(args, &[])
     }
 
-    /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
     /// `tally org create`, on `plan` if given, at [`ORGS_CREATED_AT`]: the org, as the CLI
     /// prints it.
     pub fn create_org(&self, name: &str, slug: &str, owner: &str, plan: Option<&str>) -> Value {
@@ -142,6 +141,7 @@ impl Env {
         self.cli_env(&args, &[("TALLY_NOW", ORGS_CREATED_AT)])
     }
 
+    /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
         self.cli_raw_env(args, &[])
     }
@@ -168,13 +168,39 @@ impl Env {
             "tally {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "tally {args:?} printed non-JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        json_of(args, &out)
     }
+
+    /// Runs `tally ARGS <flags> --data DATA --json` with `envs`, whatever its exit status:
+    /// the status code and the JSON it printed.
+    pub fn cli_status_env(&self, args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, Value) {
+        let out = self.cli_raw_env(args, envs);
+        (out.status.code(), json_of(args, &out))
+    }
+}
+
+/// What `tally ARGS` printed on stdout, as JSON; panics naming both streams when it is not.
+fn json_of(args: &[&str], out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tally {args:?} printed non-JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The environment that makes `tally` take `t` (RFC 3339) as now.
+pub fn tally_now(t: &str) -> [(&str, &str); 1] {
+    [("TALLY_NOW", t)]
+}
+
+/// An org as the CLI prints it: its id and its owner's user id.
+pub fn org_and_owner(org: &Value) -> (&str, &str) {
+    (
+        org["id"].as_str().unwrap(),
+        org["owner_id"].as_str().unwrap(),
+    )
 }
 
 fn rand_u64() -> u64 {
@@ -411,6 +437,38 @@ pub async fn post_accepted(
     let (status, answer) = post_events(client, server, key, events).await.unwrap();
     assert_eq!(status, 202, "{answer}");
     answer
+}
+
+/// Posts `events` with the tenant's key to the app serving at `at` (see [`serve_at`]), all
+/// accepted, and returns once each of `months` (`YYYY-MM`, compute minutes) reads its total
+/// and the app has stopped.
+pub async fn count_usage(
+    env: &Env,
+    tenant: &Tenant,
+    at: &str,
+    events: Vec<Value>,
+    months: &[(&str, &str)],
+) {
+    let client = reqwest::Client::new();
+    let server = serve_at(env, at).await;
+    let sent = events.len();
+    let out = post_accepted(&client, &server, &tenant.key, events).await;
+    assert_eq!(out["accepted"], sent, "{out}");
+    for (month, total) in months {
+        wait_for_month(&client, &server, &tenant.key, month, total).await;
+    }
+    server.stop().await.unwrap();
+}
+
+/// The billing scenarios' February, counted by the app serving at `at`: 10,500 compute
+/// minutes over the tenant's two projects (6,000 and 4,500).
+pub async fn february_usage(env: &Env, tenant: &Tenant, at: &str) {
+    let (p0, p1) = (tenant.projects[0].as_str(), tenant.projects[1].as_str());
+    let events = vec![
+        compute_minutes("feb-1", p0, "6000", "2026-02-10T10:00:00Z"),
+        compute_minutes("feb-2", p1, "4500", "2026-02-28T23:59:59Z"),
+    ];
+    count_usage(env, tenant, at, events, &[("2026-02", "10500")]).await;
 }
 
 /// An event of `minutes` compute minutes, as JSON.

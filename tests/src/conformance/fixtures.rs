@@ -112,6 +112,33 @@ pub fn with_prop(mut e: Event, key: &str, value: impl Into<Value>) -> Event {
     e
 }
 
+/// A quantity of `meter` drawn from `rng`, as the random workloads send them: `1` for
+/// `requests`, else 0.00 to 499.99 with two places.
+pub fn drawn_quantity(meter: &str, rng: &mut impl rand::Rng) -> String {
+    match meter {
+        "requests" => "1".to_owned(),
+        _ => format!(
+            "{}.{:02}",
+            rng.random_range(0..500),
+            rng.random_range(0..100)
+        ),
+    }
+}
+
+/// The org's counters of `month` as the store holds them, by key (to compare with
+/// [`expected_counters`]).
+pub async fn stored_counter_map<S: UsageStore + ?Sized>(
+    s: &S,
+    org: &OrgId,
+    month: Month,
+) -> BTreeMap<OwnedCounterKey, Decimal> {
+    s.stored_counters(org, month)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 /// What every counter should hold after exactly these events (each counted once, however
 /// they were batched): one fold, each delta applied to an absent counter.
 pub fn expected_counters(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal> {

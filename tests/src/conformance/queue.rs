@@ -43,6 +43,15 @@ pub trait QueueFactory: Send + Sync {
     }
 }
 
+/// What a factory's [`QueueFactory::dead_letters`] answers, from its backend's own listing
+/// of dead letters and how to take one apart into (body, reason).
+pub fn bodies_and_reasons<L, E: std::fmt::Debug>(
+    listed: Result<Vec<L>, E>,
+    parts: impl Fn(L) -> (String, String),
+) -> Vec<(String, String)> {
+    listed.unwrap().into_iter().map(parts).collect()
+}
+
 /// Expands to one `#[tokio::test]` per queue conformance test, each building its factory with
 /// the given expression (evaluated inside the async test, so it may `.await`).
 ///

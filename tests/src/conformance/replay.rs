@@ -127,6 +127,11 @@ async fn total(store: &MemoryStore, org: &OrgId) -> Decimal {
         .sum()
 }
 
+/// A [`QueueFactory`] whose queue replays dead letters: what every test here takes.
+pub trait ReplayFactory: QueueFactory<Queue: DeadLetterReplay> {}
+
+impl<F: QueueFactory<Queue: DeadLetterReplay>> ReplayFactory for F {}
+
 async fn listing<Q: DeadLetterReplay>(q: &Q) -> ReplayReport {
     let r = q
         .replay_dead_letters(&ReplayRequest::all().listing())
@@ -145,14 +150,8 @@ async fn replay<Q: DeadLetterReplay>(q: &Q, request: ReplayRequest) -> ReplayRep
 /// A dead letter of valid events (the aggregator gave up on it while the store was down) is
 /// listed by a dry run without moving, replayed, and then counted exactly once; the same
 /// letter planted and replayed again changes no counter.
-pub async fn replayed_dead_letters_are_counted_exactly_once<F>(f: &F)
-where
-    F: QueueFactory,
-    F::Queue: DeadLetterReplay,
-{
-    let q = f.open().await;
-    let store = MemoryStore::new();
-    let org = fresh_org();
+pub async fn replayed_dead_letters_are_counted_exactly_once<F: ReplayFactory>(f: &F) {
+    let (q, store, org) = (f.open().await, MemoryStore::new(), fresh_org());
     let events = good_events(&org, "replay", &["2", "3"]);
     let reason = "store unavailable: the disk was full";
     plant(&q, &events, reason).await;
@@ -202,14 +201,10 @@ where
 /// An event that does not decode is set aside by the aggregator; replayed before any fix,
 /// it is set aside again with its reason: back in the dead-letter store once, not lost, not
 /// on the queue. Its good neighbour is counted once through it all.
-pub async fn a_letter_still_unreadable_after_replay_comes_back_with_its_reason<F>(f: &F)
-where
-    F: QueueFactory,
-    F::Queue: DeadLetterReplay,
-{
-    let q = f.open().await;
-    let store = MemoryStore::new();
-    let org = fresh_org();
+pub async fn a_letter_still_unreadable_after_replay_comes_back_with_its_reason<F: ReplayFactory>(
+    f: &F,
+) {
+    let (q, store, org) = (f.open().await, MemoryStore::new(), fresh_org());
     let good = good_events(&org, "nb", &["4"]);
     let bad = format!(
         r#"{{"org_id":"{}","id":"bad-{}","quantity":7}}"#,
@@ -252,14 +247,12 @@ where
 /// `--id`, `--reason` (a substring, ignoring case) and `--limit` select; an unknown id is
 /// reported; a body that is not a message of events is listed as left, stays, and makes
 /// the run incomplete.
-pub async fn letters_are_selected_by_id_reason_and_limit_and_undecodable_ones_are_left<F>(f: &F)
-where
-    F: QueueFactory,
-    F::Queue: DeadLetterReplay,
-{
-    let q = f.open().await;
-    let store = MemoryStore::new();
-    let org = fresh_org();
+pub async fn letters_are_selected_by_id_reason_and_limit_and_undecodable_ones_are_left<
+    F: ReplayFactory,
+>(
+    f: &F,
+) {
+    let (q, store, org) = (f.open().await, MemoryStore::new(), fresh_org());
     let a = good_events(&org, "a", &["1"]);
     let b = good_events(&org, "b", &["10"]);
     let c = good_events(&org, "c", &["100"]);

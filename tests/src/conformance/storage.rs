@@ -8,13 +8,12 @@
 //! expression. Tests use fresh org ids, slugs, emails and (for period closing) random far-off
 //! months, so backends may share tables between tests and runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::{Granularity, Month};
@@ -31,7 +30,7 @@ use tally_core::tenant::{
 
 use super::fixtures::{
     MIXED_METERS, api_key, dec, dice, event, expected_counters, fresh_org, fresh_project,
-    random_hex, ts, with_prop,
+    random_hex, stored_counter_map, ts, with_prop,
 };
 
 /// Makes handles onto one backing store.
@@ -2417,12 +2416,7 @@ pub async fn report_lines_tally_from_the_ledger_as_the_counters_say<F: StoreFact
     let tallies = tally_billing::digest::tally_lines(&s, &org, month)
         .await
         .unwrap();
-    let counters: BTreeMap<OwnedCounterKey, Decimal> = s
-        .stored_counters(&org, month)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let counters = stored_counter_map(&s, &org, month).await;
     assert_eq!(tallies.len(), MIXED_METERS.len());
     for meter in MIXED_METERS {
         let name = MeterName::parse(meter).unwrap();
@@ -2514,12 +2508,7 @@ pub async fn stored_counters_agree_with_a_fold_of_the_ledger<F: StoreFactory>(f:
     }
 
     let month = Month::parse("2026-11").unwrap();
-    let stored: BTreeMap<OwnedCounterKey, Decimal> = s
-        .stored_counters(&org, month)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let stored = stored_counter_map(&s, &org, month).await;
     let ledger = whole_ledger(&s, &org, month, 25).await;
     let from_ledger = expected_counters(&ledger);
     let in_month: Vec<Event> = accepted
