@@ -4,7 +4,11 @@
 //!
 //! The upcoming invoice is `tally_core::upcoming::upcoming_invoice` (month close's
 //! engine, `tally_core::report::price_month`, on the plan month close would bill and the
-//! stored month counters; see that module for the projection). Counters read are the
+//! stored month counters; see that module for the projection), with the catalogue version
+//! in force for the month and the org's price overrides applied exactly as month close
+//! applies them (`tally_core::overrides`), so the preview's lines say which version and
+//! overrides priced them. Overrides are read here, never written: only the operator sets
+//! them (`tally org override`). Counters read are the
 //! stored ones (what the aggregator applied, within its 200 ms batching of ingest).
 
 use axum::Json;
@@ -12,11 +16,15 @@ use axum::extract::Query;
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tally_core::period::Month;
 use tally_core::plan::billed_plan;
 use tally_core::ports::SyncStep;
 use tally_core::report::{MonthUsage, PricingError, UsageReport};
-use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice};
+
+use tally_core::overrides::apply_overrides;
+use tally_core::ports::effective_version;
+use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice_priced};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -48,10 +56,53 @@ pub(crate) async fn upcoming(
     let counters = state.usage.stored_counters(&org.id, period).await?;
     let usage = MonthUsage::from_counters(counters, period)
         .map_err(|e| ApiError::Internal(format!("upcoming invoice: {e}")))?;
-    let prices = state.prices()?;
-    let invoice = upcoming_invoice(&org.id, prices.plan(plan), &state.catalogue, &usage, now)
+    let (catalogue, version) = catalogue_of(&state, period).await?;
+    let overrides = match &state.pricing {
+        Some(p) => p.overrides.list_overrides(&org.id).await?,
+        None => Vec::new(),
+    };
+    let priced = apply_overrides(catalogue.plan(plan), &version, &overrides, period)
         .map_err(pricing_failed)?;
+    let invoice =
+        upcoming_invoice_priced(&org.id, &priced, &catalogue.meter_catalogue(), &usage, now)
+            .map_err(pricing_failed)?;
     Ok(Json(invoice))
+}
+
+/// The catalogue that prices `period` and its label, as month close finds it
+/// (`tally_billing::versions::catalogue_for`, which this crate may not call): the stored
+/// version in force for the month, else the process's catalogue (`file`, or `builtin` when
+/// it is the built-in one).
+async fn catalogue_of(
+    state: &ApiState,
+    period: Month,
+) -> Result<(Arc<tally_core::Catalogue>, String), MgmtError> {
+    let fallback = state.prices()?;
+    let Some(pricing) = &state.pricing else {
+        return Ok((fallback.clone(), fallback_label(&fallback)));
+    };
+    let listed = pricing.versions.list_catalogue_versions().await?;
+    let Some(number) = effective_version(&listed, period) else {
+        return Ok((fallback.clone(), fallback_label(&fallback)));
+    };
+    let stored = pricing
+        .versions
+        .get_catalogue_version(number)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(format!("catalogue version {number} was listed but is gone"))
+        })?;
+    let catalogue = tally_core::Catalogue::from_json(&stored.body, &format!("version {number}"))
+        .map_err(|e| ApiError::Internal(format!("stored catalogue version {number}: {e}")))?;
+    Ok((Arc::new(catalogue), number.to_string()))
+}
+
+fn fallback_label(catalogue: &tally_core::Catalogue) -> String {
+    if tally_core::Catalogue::builtin().is_ok_and(|b| b == *catalogue) {
+        "builtin".into()
+    } else {
+        "file".into()
+    }
 }
 
 /// Where a closed month's Stripe invoice stands, from the sync ledger.
@@ -104,6 +155,13 @@ pub struct InvoiceSummary {
     pub closed_at: String,
     /// Its Stripe invoice.
     pub stripe: StripeStatus,
+    /// The catalogue version that priced it (a number, `file` or `builtin`); absent on
+    /// reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// The price overrides that applied to the month; absent when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 impl InvoiceSummary {
@@ -123,6 +181,8 @@ impl InvoiceSummary {
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             stripe: stripe_status(steps),
+            catalogue_version: report.catalogue_version,
+            overrides: report.overrides.iter().map(ToString::to_string).collect(),
         })
     }
 }

@@ -328,6 +328,19 @@ pub struct ApiState {
     /// Month close's reports and the Stripe sync ledger, for the invoice list; `None`
     /// answers that route `503` (a deployment without billing).
     pub billing: Option<BillingPorts>,
+    /// The stored catalogue versions and the orgs' price overrides the upcoming invoice
+    /// prices with, as month close does; `None` (a deployment that keeps neither): the
+    /// month is previewed with [`ApiState::prices`] at list price.
+    pub pricing: Option<PricingPorts>,
+}
+
+/// What the upcoming invoice reads to price a month as month close will.
+#[derive(Clone)]
+pub struct PricingPorts {
+    /// The published catalogue versions.
+    pub versions: Arc<dyn tally_core::ports::CatalogueStore>,
+    /// Each org's price overrides (read only: no route of this API writes one).
+    pub overrides: Arc<dyn tally_core::ports::OverrideStore>,
 }
 
 /// The billing records the invoice list reads.
@@ -369,6 +382,7 @@ impl ApiState {
             user_rate: USER_RATE,
             trusted_proxies: 0,
             prices: None,
+            pricing: None,
             billing: None,
         }
     }
@@ -377,6 +391,20 @@ impl ApiState {
     /// root loaded, as month close does).
     pub fn with_prices(mut self, catalogue: tally_core::Catalogue) -> Self {
         self.prices = Some(Arc::new(catalogue));
+        self
+    }
+
+    /// The same state, previewing the upcoming invoice with the catalogue versions in
+    /// `versions` and the overrides in `overrides`, as month close prices.
+    pub fn with_pricing(
+        mut self,
+        versions: Arc<dyn tally_core::ports::CatalogueStore>,
+        overrides: Arc<dyn tally_core::ports::OverrideStore>,
+    ) -> Self {
+        self.pricing = Some(PricingPorts {
+            versions,
+            overrides,
+        });
         self
     }
 

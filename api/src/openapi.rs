@@ -706,6 +706,8 @@ fn invoice_schemas() -> Value {
             "amount": {"type": "string", "description": "The line so far, after the plan's discount, rounded once to the cent."},
             "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not)."},
             "projected_amount": {"type": "string", "description": "The line priced at the projected quantity."},
+            "catalogue_version": {"type": "string", "description": "The catalogue version that priced the line: its number, or file / builtin when no stored version is in force."},
+            "overrides": {"type": "array", "items": {"type": "string", "pattern": "^ovr_[0-9a-f]{16}$"}, "description": "The org's price overrides that changed the line (operator-set); absent at list price."},
         }},
         "UpcomingInvoice": {"type": "object", "required": ["org_id", "period", "plan", "currency", "as_of", "days_elapsed", "days_in_month", "lines", "flat_fee", "subtotal", "discount", "total", "projected_total"], "properties": {
             "org_id": {"type": "string"},
@@ -721,6 +723,8 @@ fn invoice_schemas() -> Value {
             "discount": {"type": "string"},
             "total": {"type": "string", "description": "The month so far: subtotal − discount."},
             "projected_total": {"type": "string", "description": "The projected month's total, same engine."},
+            "catalogue_version": {"type": "string", "description": "The catalogue version that priced the month: its number, or file / builtin."},
+            "overrides": {"type": "array", "items": {"type": "string", "pattern": "^ovr_[0-9a-f]{16}$"}, "description": "Every price override that applied (fee, discount, lines); absent when none did."},
         }},
         "StripeStatus": {"type": "object", "required": ["status", "invoice_id", "hosted_url"], "properties": {
             "status": {"type": "string", "enum": ["not_synced", "in_progress", "finalized", "paid", "payment_failed"]},
@@ -734,6 +738,8 @@ fn invoice_schemas() -> Value {
             "total": {"type": "string"},
             "closed_at": {"type": "string", "format": "date-time", "description": "When month close stored the report."},
             "stripe": schema_ref("StripeStatus"),
+            "catalogue_version": {"type": "string", "description": "The catalogue version that priced the month (a number, file or builtin); absent on reports stored before it was recorded."},
+            "overrides": {"type": "array", "items": {"type": "string", "pattern": "^ovr_[0-9a-f]{16}$"}, "description": "The price overrides that applied to the month; absent when none did."},
         }},
         "InvoicesResponse": {"type": "object", "required": ["invoices"], "properties": {
             "invoices": {"type": "array", "items": schema_ref("InvoiceSummary"), "description": "Closed months, newest first."},

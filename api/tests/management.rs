@@ -263,6 +263,7 @@ fn app(mem: &World) -> Router {
         .with_jwt(jwt())
         .with_plans(mem.plans.clone())
         .with_billing(Arc::new(mem.store.clone()), Arc::new(mem.store.clone()))
+        .with_pricing(Arc::new(mem.store.clone()), Arc::new(mem.store.clone()))
         // The tests' requests come through two trusted proxies: the client 203.0.113.9
         // reached the outer one, which reached the inner one, 10.0.0.1.
         .with_trusted_proxies(2),
@@ -2399,6 +2400,58 @@ async fn the_upcoming_invoice_prices_the_month_so_far_and_projects_it() {
     assert_eq!(api["projected_quantity"], "2938.775510204");
     assert_eq!(a.json["total"], "29.00");
     assert_eq!(a.json["projected_total"], "29.00");
+}
+
+/// The org's price override applies to the preview as month close would apply it, and the
+/// line says so. Starter with 1,000 API calls included instead of 100,000 (set by the
+/// operator from 2026-11): 2,500 calls so far → 1,500 billable = 1.5 × $0.50 = $0.75, −10 %
+/// = 0.675 → $0.68, total $29.68; projected 2,938.775510204 − 1,000 = 1.938775510204 ×
+/// $0.50 × 0.9 = 0.87244… → $0.87, projected total $29.87.
+#[tokio::test]
+async fn the_upcoming_invoice_applies_the_orgs_price_override() {
+    let mem = world(PlanId::Starter).await;
+    let o = tally_core::overrides::PriceOverride {
+        id: tally_core::overrides::OverrideId::from_random([5; 8]),
+        org_id: org_id("org_a"),
+        plan: PlanId::Starter,
+        change: tally_core::overrides::OverrideChange::Included {
+            meter: MeterName::parse("api_calls").unwrap(),
+            quantity: 1000.into(),
+        },
+        start: tally_core::period::Month::parse("2026-11").unwrap(),
+        end: None,
+        reason: None,
+        created_by: "cli".into(),
+        created_at: t("2026-11-01T00:00:00Z"),
+    };
+    assert!(
+        tally_core::ports::OverrideStore::put_override(&mem.store, &o)
+            .await
+            .unwrap()
+    );
+    let a = call(
+        &mem,
+        "GET",
+        "/v1/orgs/org_a/invoices/upcoming",
+        Some(&token(&a_user(Role::Viewer))),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let api = a.json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "api_calls")
+        .unwrap()
+        .clone();
+    assert_eq!(api["included"], "1000");
+    assert_eq!(api["amount"], "0.68");
+    assert_eq!(api["overrides"], json!([o.id.to_string()]));
+    assert_eq!(api["catalogue_version"], "builtin");
+    assert_eq!(a.json["total"], "29.68");
+    assert_eq!(a.json["projected_total"], "29.87");
+    assert_eq!(a.json["overrides"], json!([o.id.to_string()]));
 }
 
 /// Closed months come newest first with their total and Stripe state, a page at a time.

@@ -25,6 +25,15 @@
 //!    a report stored for such an org by an earlier version is left in the store untouched
 //!    but no longer returned (nor synced).
 //!
+//!    The month is priced with the catalogue version in force for it
+//!    ([`crate::versions::catalogue_for`], read through [`ClosePorts::versions`] by every
+//!    caller: `tally bill`, `tally serve`'s scheduler and the billing Lambda), else the file
+//!    or built-in catalogue the caller passes, on the plan the org is billed on
+//!    ([`billed_plan`]), with the org's price overrides covering the month applied
+//!    ([`tally_core::overrides::apply_overrides`], the upcoming invoice's code too). Every
+//!    line records the plan, the catalogue version (`3`, `file` or `builtin`) and the
+//!    overrides that priced it.
+//!
 //!    If the org has a stored report for the month,
 //!    that is the report: it is returned as stored and nothing is recomputed, so a rerun
 //!    prints the same reports and never changes what an invoice was built from. Otherwise
@@ -67,10 +76,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::checked_sum;
+use tally_core::overrides::apply_overrides;
 use tally_core::plan::billed_plan;
 use tally_core::ports::{
-    Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, ReportStore, StoreError, StoredReport,
-    UsageStore,
+    CatalogueStore, Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, OverrideStore,
+    ReportStore, StoreError, StoredReport, UsageStore,
 };
 use tally_core::tenant::Org;
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
@@ -78,6 +88,7 @@ use tally_core::{Granularity, MeterName, Money, Month, OrgId};
 use crate::catalogue::{Catalogue, MeterPrice};
 use crate::error::PricingError;
 use crate::report::{AdjustmentLine, MonthUsage, UsageReport, price_line, price_month};
+use crate::versions::{VersionError, Versioned, catalogue_for};
 
 /// The grace period when none is given: one hour after a month ends.
 pub const DEFAULT_GRACE: Duration = Duration::hours(1);
@@ -99,21 +110,27 @@ pub struct ClosePorts<'a> {
     pub usage: &'a dyn UsageStore,
     /// Where reports are kept.
     pub reports: &'a dyn ReportStore,
+    /// The published catalogue versions: the one in force for the month prices it.
+    pub versions: &'a dyn CatalogueStore,
+    /// Each org's price overrides.
+    pub overrides: &'a dyn OverrideStore,
     /// Where "now" comes from.
     pub clock: &'a dyn Clock,
 }
 
 impl<'a> ClosePorts<'a> {
-    /// All three stores from one backend that holds them all (SQLite, DynamoDB, memory),
-    /// with `clock`.
+    /// Every store from one backend that holds them all (SQLite, DynamoDB, memory), with
+    /// `clock`.
     pub fn of<S>(store: &'a S, clock: &'a dyn Clock) -> Self
     where
-        S: OrgStore + UsageStore + ReportStore,
+        S: OrgStore + UsageStore + ReportStore + CatalogueStore + OverrideStore,
     {
         ClosePorts {
             tenants: store,
             usage: store,
             reports: store,
+            versions: store,
+            overrides: store,
             clock,
         }
     }
@@ -250,6 +267,16 @@ pub enum CloseError {
         /// The store's error.
         #[source]
         source: StoreError,
+    },
+    /// The catalogue version in force for the month could not be read (or no longer
+    /// validates); nothing was closed or stored.
+    #[error("the catalogue of {period}: {source}")]
+    Catalogue {
+        /// The month.
+        period: Month,
+        /// Why.
+        #[source]
+        source: VersionError,
     },
     /// Some orgs could not be billed; every other org's report is stored, and a rerun
     /// bills the rest.
@@ -453,6 +480,12 @@ pub async fn close_month(
         }
     };
 
+    // The version in force for the month, else `catalogue` (the file or built-in one):
+    // read before anything is closed, so a store that cannot say leaves the month open.
+    let priced = catalogue_for(ports.versions, catalogue, period)
+        .await
+        .map_err(|source| CloseError::Catalogue { period, source })?;
+
     if !request.dry_run {
         ports
             .usage
@@ -479,7 +512,7 @@ pub async fn close_month(
                 not_in_period += 1;
                 None
             }
-            Ok(org) => Some(bill_org(ports, catalogue, &org, period, request.dry_run, now).await),
+            Ok(org) => Some(bill_org(ports, &priced, &org, period, request.dry_run, now).await),
             Err(e) => Some(Err(e)),
         };
         match billed {
@@ -534,7 +567,7 @@ fn decode(stored: &StoredReport) -> Result<UsageReport, OrgError> {
 /// first. Idempotent: the first stored report wins and is returned ever after.
 pub async fn bill_org(
     ports: ClosePorts<'_>,
-    catalogue: &Catalogue,
+    priced: &Versioned,
     org: &Org,
     period: Month,
     dry_run: bool,
@@ -558,7 +591,19 @@ pub async fn bill_org(
         .map_err(store("cannot read the plan history"))?;
     let plan = billed_plan(org.plan, &history, period);
     let usage = month_usage(ports.usage, org_id, period).await?;
-    let mut report = price_month(org_id.clone(), period, catalogue.plan(plan), &usage)?;
+    let overrides = ports
+        .overrides
+        .list_overrides(org_id)
+        .await
+        .map_err(store("cannot read the price overrides"))?;
+    let plan = apply_overrides(
+        priced.catalogue.plan(plan),
+        &priced.label(),
+        &overrides,
+        period,
+    )?;
+    let mut report = price_month(org_id.clone(), period, &plan.spec, &usage)?;
+    plan.stamp(&mut report);
     crate::digest::record_line_digests(ports.usage, org_id, period, &mut report.lines)
         .await
         .map_err(store("cannot read the month's ledger"))?;

@@ -51,6 +51,20 @@ pub struct Versioned {
     pub version: Option<u32>,
 }
 
+impl Versioned {
+    /// Where its prices come from, as report lines record it (`catalogue_version`): the
+    /// version number; else `builtin` when the fallback is the built-in catalogue, `file`
+    /// when it is an operator's file (a file identical to the built-in one reads as
+    /// `builtin`: its prices are the built-in ones).
+    pub fn label(&self) -> String {
+        match self.version {
+            Some(v) => v.to_string(),
+            None if Catalogue::builtin().is_ok_and(|b| b == self.catalogue) => "builtin".into(),
+            None => "file".into(),
+        }
+    }
+}
+
 /// Why a stored version or a publish failed. Each variant says what the operator sees.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {

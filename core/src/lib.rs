@@ -29,6 +29,7 @@ pub mod json;
 pub mod locate;
 pub mod meter;
 pub mod money;
+pub mod overrides;
 pub mod period;
 pub mod plan;
 pub mod ports;

@@ -11,7 +11,8 @@
 //! [`AlertLedger`] is the outbox of plan-limit alerts: a conditional-write claim per
 //! (org, month, meter, threshold), and a lease so concurrent checks never both send one.
 //! [`CatalogueStore`] keeps the catalogue versions the operator publishes, immutable and
-//! numbered by a first-write-wins put.
+//! numbered by a first-write-wins put. [`OverrideStore`] keeps each org's price overrides
+//! (operator-set contracts), written once and only ever ended earlier.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -28,6 +29,7 @@ use crate::period::{Granularity, Month};
 
 mod allowance;
 mod catalogue;
+mod overrides;
 mod tenants;
 pub use allowance::{
     AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
@@ -37,6 +39,9 @@ pub use catalogue::{
     CatalogueStore, CatalogueVersion, CatalogueVersionSummary, MAX_APPLIED_BY_BYTES,
     MAX_CATALOGUE_BYTES, MAX_CATALOGUE_VERSION, catalogue_digest, check_catalogue_version,
     effective_version,
+};
+pub use overrides::{
+    EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,

@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocate::allocate_cents;
 use crate::catalogue::{CURRENCY, MeterPrice, PlanSpec};
 use crate::counter::{Overflow, OwnedCounterKey, checked_sum};
+use crate::overrides::OverrideId;
 use crate::period::Granularity;
 use crate::pricing::{PriceError, Pricing, TierCharge};
 use crate::{MeterName, Money, Month, OrgId, PlanId, ProjectId};
@@ -199,6 +200,17 @@ pub struct ReportLine {
     /// ones billed. `None` on reports stored before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The plan that priced the line. `None` on reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
+    /// The catalogue version that priced the line: its number, or `file` / `builtin` when
+    /// no stored version was in force. `None` on reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// The org's price overrides that changed the line (see `tally_core::overrides`);
+    /// empty when it is at the plan's list price (and on reports stored before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideId>,
 }
 
 /// A correction for a closed period, carried on a later report.
@@ -275,6 +287,14 @@ pub struct UsageReport {
     pub discount: Money,
     /// `subtotal − discount`: what the invoice comes to.
     pub total: Money,
+    /// The catalogue version that priced the month (a number, `file` or `builtin`). `None`
+    /// on reports stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// Every price override that applied to the month (the fee's, the discount's and the
+    /// lines'); empty when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideId>,
 }
 
 /// Rounds an exact amount to the cent, half away from zero, and shows two decimals. The
@@ -373,6 +393,9 @@ pub fn price_line(
         discount: cents(list_amount.amount() - amount.amount()),
         event_count: None,
         digest: None,
+        plan: None,
+        catalogue_version: None,
+        overrides: Vec::new(),
     })
 }
 
@@ -410,9 +433,11 @@ pub fn price_month(
                 .get(&price.meter)
                 .copied()
                 .unwrap_or(Decimal::ZERO);
-            price_line(price, quantity, plan.discount_percent)
+            let mut line = price_line(price, quantity, plan.discount_percent)?;
+            line.plan = Some(plan.id);
+            Ok(line)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, PricingError>>()?;
 
     let mut projects: Vec<ProjectAllocation> = usage
         .projects
@@ -460,6 +485,8 @@ pub fn price_month(
         subtotal: Money::ZERO,
         discount: Money::ZERO,
         total: Money::ZERO,
+        catalogue_version: None,
+        overrides: Vec::new(),
     };
     report.recompute_totals();
     Ok(report)

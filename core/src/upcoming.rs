@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::PlanSpec;
 use crate::ids::OrgId;
 use crate::meter::{Aggregation, MeterCatalogue};
+use crate::overrides::PricedPlan;
 use crate::period::Month;
 use crate::report::{MonthUsage, PricingError, UsageReport, price_month};
 
@@ -60,6 +61,13 @@ pub struct UpcomingLine {
     pub projected_quantity: String,
     /// The line priced at the projected quantity.
     pub projected_amount: String,
+    /// The catalogue version that priced the line (a number, `file` or `builtin`), as month
+    /// close's report line records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// The org's price overrides that changed the line; empty at list price.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// The answer of `GET /v1/orgs/{org_id}/invoices/upcoming`. Money is decimal strings in
@@ -92,6 +100,12 @@ pub struct UpcomingInvoice {
     pub total: String,
     /// The total of the projected month.
     pub projected_total: String,
+    /// The catalogue version that priced the month (a number, `file` or `builtin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// Every price override that applied (fee, discount and lines); empty when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// The upcoming invoice of `org_id` at `now`: `usage` (the month's quantities so far)
@@ -104,8 +118,35 @@ pub fn upcoming_invoice(
     usage: &MonthUsage,
     now: DateTime<Utc>,
 ) -> Result<UpcomingInvoice, PricingError> {
+    priced_upcoming(org_id, plan, None, meters, usage, now)
+}
+
+/// [`upcoming_invoice`] on a plan with the org's overrides applied
+/// ([`crate::overrides::apply_overrides`], as month close does), recording on the invoice
+/// and its lines the catalogue version and the overrides that priced them.
+pub fn upcoming_invoice_priced(
+    org_id: &OrgId,
+    priced: &PricedPlan,
+    meters: &MeterCatalogue,
+    usage: &MonthUsage,
+    now: DateTime<Utc>,
+) -> Result<UpcomingInvoice, PricingError> {
+    priced_upcoming(org_id, &priced.spec, Some(priced), meters, usage, now)
+}
+
+fn priced_upcoming(
+    org_id: &OrgId,
+    plan: &PlanSpec,
+    priced: Option<&PricedPlan>,
+    meters: &MeterCatalogue,
+    usage: &MonthUsage,
+    now: DateTime<Utc>,
+) -> Result<UpcomingInvoice, PricingError> {
     let period = Month::of(now);
-    let so_far = price_month(org_id.clone(), period, plan, usage)?;
+    let mut so_far = price_month(org_id.clone(), period, plan, usage)?;
+    if let Some(p) = priced {
+        p.stamp(&mut so_far);
+    }
     let month_seconds = (period.end() - period.start()).num_seconds();
     let elapsed_seconds = (now - period.start())
         .num_seconds()
@@ -163,6 +204,8 @@ fn shape(
                     |p| p.quantity.normalize().to_string(),
                 ),
                 projected_amount: p.map_or_else(|| l.amount.to_string(), |p| p.amount.to_string()),
+                catalogue_version: l.catalogue_version.clone(),
+                overrides: l.overrides.iter().map(ToString::to_string).collect(),
             }
         })
         .collect();
@@ -183,6 +226,8 @@ fn shape(
         discount: so_far.discount.to_string(),
         total: so_far.total.to_string(),
         projected_total: projection.total.to_string(),
+        catalogue_version: so_far.catalogue_version.clone(),
+        overrides: so_far.overrides.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -48,6 +48,7 @@
 //! | plan-limit alert | `ORG#<org>#ALERT` | `<YYYY-MM>#<meter>#<threshold, 3 digits>` | `body` (the webhook JSON), `claimed_at`, `lease_until`, `delivered_at`? (N, Unix µs) | | the alert outbox: `claim_alert` (put under `attribute_not_exists`: the first claim wins); `pending_alerts` (query `sk >= <YYYY-MM>`, filter `attribute_not_exists(delivered_at)`); `renew_alert_lease` (`UpdateItem` conditioned on the lease seen and no delivery); `mark_alert_delivered` (`if_not_exists`); `dynamodb/alerts.rs` |
 //! | shared allowance | `LIMIT#<scope>` (`RATE#<api key id>`, `PLAN#<org>#<meter>`) | `<window>` (start in Unix seconds, or `YYYY-MM`) | `t` (N: units taken by every ingest instance), `ttl` (the window's end + 1 day) | | ingest's rate and hard plan limits shared across instances: `take_allowance`, one conditional `UpdateItem` (`ADD t` if `t <= cap − want`) per block of units (`dynamodb/limiter.rs`) |
 //! | catalogue version | `CATALOGUE` | `V#<version, 10 digits>` | `version` (N), `effective_from` (`YYYY-MM`), `body` (the catalogue JSON, at most 256 KiB), `digest`, `applied_by`, `applied_at` | | `put_catalogue_version` (put under `attribute_not_exists`: the first write wins); `get_catalogue_version`; `list_catalogue_versions` (query the partition); `dynamodb/catalogue.rs` |
+//! | price override | `ORG#<org>#OVERRIDE` | `<override id>` | `body` (the override as set, JSON), `end` (`YYYY-MM`, exclusive; absent: open-ended), `created_at` | | `put_override` (query for the per-org bound, then put under `attribute_not_exists`: the first write wins); `list_overrides` (query the partition); `end_override` (`UpdateItem` conditioned on no end or a later one); `dynamodb/overrides.rs` |
 //! | sync customer | `ORG#<org>` | `SYNCCUSTOMER` | `customer` (the Stripe customer id) | | `record_customer` (first write wins, as steps), `get_customer` |
 //! | Kinesis checkpoint (reserved: written by [`KinesisQueue`](crate::kinesis::KinesisQueue)) | `CHECKPOINT#<stream>#<consumer>` | `SHARD#<shard id>` | `seq`, `seq_order`, `updated_at` | | where each consumer is in each shard |
 //! | Kinesis dead letter (reserved: written by the Kinesis adapter) | `DEADLETTER#<stream>#<consumer>` | `<shard id>#<seq_order>` | reason, record data and position | | records that did not decode |
@@ -205,6 +206,7 @@ mod limiter;
 mod markers;
 mod members;
 mod ops;
+mod overrides;
 mod raise;
 mod reports;
 mod sync_ledger;

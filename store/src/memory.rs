@@ -30,6 +30,8 @@
 //! - `memory/billing.rs`: reports, the sync ledger and alerts.
 //! - `memory/catalogue.rs`: the published catalogue versions
 //!   ([`CatalogueStore`](tally_core::ports::CatalogueStore)).
+//! - `memory/overrides.rs`: each org's price overrides
+//!   ([`OverrideStore`](tally_core::ports::OverrideStore)).
 //! - `memory/allowances.rs`: the shared fixed-window allowances
 //!   ([`AllowanceStore`](tally_core::ports::AllowanceStore)).
 //!
@@ -58,6 +60,7 @@ mod allowances;
 mod billing;
 mod catalogue;
 mod keys;
+mod overrides;
 mod tenants;
 mod usage;
 
@@ -208,6 +211,8 @@ struct State {
     alerts: BTreeMap<AlertKey, StoredAlert>,
     /// Published catalogue versions by number (`memory/catalogue.rs`).
     catalogues: BTreeMap<u32, tally_core::ports::CatalogueVersion>,
+    /// Price overrides by org, oldest first (`memory/overrides.rs`).
+    overrides: BTreeMap<OrgId, Vec<tally_core::overrides::PriceOverride>>,
     /// Injected failures.
     faults: HashMap<Op, Fault>,
     /// How often each observed lookup was called.

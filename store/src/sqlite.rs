@@ -126,6 +126,7 @@ mod fixtures;
 mod invitations;
 mod keys;
 mod members;
+mod overrides;
 mod prune;
 mod reports;
 mod schema;

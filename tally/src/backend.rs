@@ -127,6 +127,8 @@ pub struct Stores {
     pub alerts: Arc<dyn AlertLedger>,
     /// The published catalogue versions (`tally catalogue apply`).
     pub catalogues: Arc<dyn tally_core::ports::CatalogueStore>,
+    /// Each org's price overrides (`tally org override`).
+    pub overrides: Arc<dyn tally_core::ports::OverrideStore>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
     /// The SQLite store, when the store is SQLite: its ledger is pruned by Tally (on
@@ -159,6 +161,7 @@ impl Stores {
             + SyncLedger
             + AlertLedger
             + tally_core::ports::CatalogueStore
+            + tally_core::ports::OverrideStore
             + 'static,
     {
         Stores {
@@ -167,7 +170,8 @@ impl Stores {
             reports: store.clone(),
             sync: store.clone(),
             alerts: store.clone(),
-            catalogues: store,
+            catalogues: store.clone(),
+            overrides: store,
             dynamo,
             sqlite: None,
             aws,

@@ -117,14 +117,12 @@ pub async fn bill(common: &Common, args: BillArgs) -> anyhow::Result<()> {
         tenants: stores.tenants.as_ref(),
         usage: stores.usage.as_ref(),
         reports: stores.reports.as_ref(),
+        versions: stores.catalogues.as_ref(),
+        overrides: stores.overrides.as_ref(),
         clock: clock.as_ref(),
     };
-    // The version effective for the month, else the file or built-in catalogue.
-    let catalogue =
-        tally_billing::versions::catalogue_for(stores.catalogues.as_ref(), &catalogue, period)
-            .await
-            .with_context(|| format!("cannot find the catalogue of {period}"))?
-            .catalogue;
+    // Month close prices with the version effective for the month (through
+    // `ports.versions`), else this file or built-in catalogue.
     let show_bar = !common.json && std::io::stderr().is_terminal();
     let outcome = if show_bar {
         let progress = Bar(bar(format!("billing {period}")));

@@ -60,6 +60,9 @@ pub enum OrgCommand {
         #[arg(long)]
         plan: String,
     },
+    /// An org's negotiated prices (price overrides): set, list, end. Operator only.
+    #[command(subcommand)]
+    Override(crate::overrides::OverrideCommand),
     /// List the organizations as a table (or `{"orgs": [...]}` with --json), by id.
     List {
         /// Include deleted organizations.
@@ -287,7 +290,7 @@ async fn audit_created(
 
 /// Writes an allowed audit record with actor `cli`; a failure to write it is logged, not
 /// fatal (the change itself is done).
-async fn audit_record(
+pub(crate) async fn audit_record(
     store: &backend::Stores,
     org: &OrgId,
     action: &str,
@@ -336,6 +339,7 @@ pub async fn org(common: &Common, cmd: OrgCommand) -> anyhow::Result<()> {
             plan,
         } => (name, slug, owner_email, plan),
         OrgCommand::SetPlan { org, plan } => return set_plan(common, &org, &plan).await,
+        OrgCommand::Override(cmd) => return crate::overrides::run(common, cmd).await,
         OrgCommand::List { all } => return inventory::org_list(common, all).await,
         OrgCommand::Show { org } => return inventory::org_show(common, &org).await,
         OrgCommand::Update { org, name } => {

@@ -45,6 +45,7 @@ mod inventory;
 mod invoices;
 mod manage;
 mod output;
+mod overrides;
 mod people;
 mod prune;
 mod records;

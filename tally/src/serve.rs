@@ -163,6 +163,10 @@ pub fn router(
             reports: backends.stores.reports.clone(),
             sync: backends.stores.sync.clone(),
         }),
+        pricing: Some(tally_api::PricingPorts {
+            versions: backends.stores.catalogues.clone(),
+            overrides: backends.stores.overrides.clone(),
+        }),
     });
     let router = ingest.merge(api).route(
         "/healthz",
@@ -572,27 +576,17 @@ async fn bill_one_month(
         tenants: backends.stores.tenants.as_ref(),
         usage: backends.stores.usage.as_ref(),
         reports: backends.stores.reports.as_ref(),
+        versions: backends.stores.catalogues.as_ref(),
+        overrides: backends.stores.overrides.as_ref(),
         clock: clock.as_ref(),
     };
     let request = CloseRequest {
         grace,
         ..CloseRequest::new(period)
     };
-    // The version effective for the month, else `catalogue` (the file or built-in one).
-    let priced = match tally_billing::versions::catalogue_for(
-        backends.stores.catalogues.as_ref(),
-        catalogue,
-        period,
-    )
-    .await
-    {
-        Ok(priced) => priced,
-        Err(e) => {
-            warn!(period = %period, error = %e, "cannot find the month's catalogue; will retry");
-            return false;
-        }
-    };
-    let out = match close_month(ports, &priced.catalogue, &request, &NoProgress).await {
+    // Month close prices with the version effective for the month (through
+    // `ports.versions`), else `catalogue` (the file or built-in one).
+    let out = match close_month(ports, catalogue, &request, &NoProgress).await {
         Ok(out) => out,
         Err(e) => {
             warn!(period = %period, error = %e, "billing run failed; will retry, and no later period is closed before this one");

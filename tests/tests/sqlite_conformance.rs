@@ -93,6 +93,11 @@ mod storage {
     tally_tests::storage_conformance!(Files::new());
 }
 
+mod overrides {
+    use super::*;
+    tally_tests::override_conformance!(Files::new());
+}
+
 mod queue {
     use super::*;
     tally_tests::queue_conformance!(Files::new());

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     .with_plans(catalogue.core_plans())
     .with_prices(catalogue.core().clone())
     .with_billing(store.reports.clone(), store.dynamo.clone())
+    .with_pricing(store.dynamo.clone(), store.dynamo.clone())
     // API Gateway appends the address it was reached from to X-Forwarded-For.
     .with_trusted_proxies(1);
     let state = match (

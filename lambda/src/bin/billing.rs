@@ -75,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),
         reports: store.reports.as_ref(),
+        // Month close reads the catalogue version in force for each month from the table,
+        // as `tally bill` does; the built-in catalogue prices months no version covers.
+        versions: store.dynamo.as_ref(),
+        overrides: store.dynamo.as_ref(),
         clock: &SystemClock,
     };
     let alert_sender =

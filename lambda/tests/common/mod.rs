@@ -32,7 +32,11 @@ pub async fn acme<S: UserStore + OrgStore>(store: &S, plan: PlanId, at: DateTime
 /// The billing run (no Stripe, no deadline) at `at`, with a one-hour grace period.
 pub async fn bill_at<S>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun
 where
-    S: TenantStore + UsageStore + ReportStore,
+    S: TenantStore
+        + UsageStore
+        + ReportStore
+        + tally_core::ports::CatalogueStore
+        + tally_core::ports::OverrideStore,
 {
     let clock = FixedClock::at(at);
     let ports = BillingPorts::of(store, &clock);
@@ -56,7 +60,14 @@ pub fn runs(run: &BillingRun) -> Vec<(String, usize, usize)> {
 /// The billing function was down (or failed all its retries) on 1 December and 1 January:
 /// the run on 2 January bills November and December, oldest first, after checking October
 /// (billed on time) again without storing or closing anything anew.
-pub async fn missed_month_ends<S: TenantStore + UsageStore + ReportStore>(store: &S) {
+pub async fn missed_month_ends<S>(store: &S)
+where
+    S: TenantStore
+        + UsageStore
+        + ReportStore
+        + tally_core::ports::CatalogueStore
+        + tally_core::ports::OverrideStore,
+{
     let created = Utc.with_ymd_and_hms(2026, 9, 20, 0, 0, 0).unwrap();
     let acme = acme(store, PlanId::Starter, created).await;
     let (sep, oct, nov, dec) = (

@@ -4,6 +4,8 @@
 //!   [`UsageStore`](tally_core::ports::UsageStore), through a [`storage::StoreFactory`].
 //! - [`allowance`]: [`AllowanceStore`](tally_core::ports::AllowanceStore), the shared
 //!   limits of ingest instances, on handles onto one store.
+//! - [`overrides`]: [`OverrideStore`](tally_core::ports::OverrideStore), each org's price
+//!   overrides, through a [`storage::StoreFactory`].
 //! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
 //!   [`queue::QueueFactory`].
 //! - [`replay`]: replaying dead letters
@@ -21,6 +23,7 @@
 
 pub mod allowance;
 pub mod fixtures;
+pub mod overrides;
 pub mod queue;
 pub mod replay;
 pub mod storage;
