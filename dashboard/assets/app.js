@@ -129,6 +129,7 @@ const iso = (d) => d.toISOString().replace('.000Z', 'Z');
 // ---- session ------------------------------------------------------------------------
 
 function signedOut(message) {
+  delete document.body.dataset.loaded;
   $('session').hidden = true;
   $('app-view').hidden = true;
   $('sign-in-view').hidden = false;
@@ -210,7 +211,8 @@ async function showPage(page) {
   } catch (e) {
     showError(e);
   }
-  document.body.dataset.loaded = page;
+  // What the page shows now, for the browser test to wait on.
+  document.body.dataset.loaded = state.zoomDay && page === 'usage' ? `usage:${state.zoomDay}` : page;
 }
 
 // Usage: per meter, the month by day (or one day by hour), stacked by project.
