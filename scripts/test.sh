@@ -151,6 +151,19 @@ done
 python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=2)" ||
   { echo "moto did not answer on port $port" >&2; cat .cache/moto.log >&2; exit 1; }
 
+# The dashboard's real-browser test (tally/tests/e2e_dashboard.rs) drives Debian's Chromium
+# through chromedriver; install both when missing (about 20 s with a warm apt mirror).
+if ! command -v chromedriver > /dev/null || ! command -v chromium > /dev/null; then
+  step "installing chromium and chromium-driver"
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  browser_start=$(date +%s)
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver > .cache/apt-chromium.log
+  echo "chromium installed in $(( $(date +%s) - browser_start )) s"
+fi
+export TALLY_TEST_BROWSER=1
+
 export TALLY_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 

@@ -183,7 +183,11 @@ impl FromRequestParts<ApiState> for Caller {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let credential = bearer_token(&parts.headers)?;
+        let session = session_cookie_credential(parts)?;
+        let credential = match &session {
+            Some(token) => token.as_str(),
+            None => bearer_token(&parts.headers)?,
+        };
         if looks_like_jwt(credential) {
             let now = state.clock.now();
             let user = match &state.oidc {
@@ -265,4 +269,91 @@ pub async fn oidc_user(
             "no Tally user has the email {email}; ask an org admin for an invitation"
         ))),
     }
+}
+
+/// The dashboard's session cookie: it holds the user token the sign-in page verified
+/// (`tally_dashboard` sets it HTTP-only, `SameSite=Strict`).
+pub const SESSION_COOKIE: &str = "tally_session";
+
+/// The dashboard's CSRF cookie (readable by the page's script), whose value every
+/// cookie-authenticated mutation repeats in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "tally_csrf";
+
+/// The header a cookie-authenticated mutation must carry, equal to [`CSRF_COOKIE`].
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The user token of the dashboard's session cookie, when the request has no
+/// `Authorization` header (a header always wins, so API clients never meet this). A
+/// request that is not `GET`/`HEAD` authenticated so must prove it comes from the
+/// dashboard's own page: [`CSRF_HEADER`] equal to the [`CSRF_COOKIE`] (a cross-site page
+/// can neither read the cookie nor set the header without a CORS preflight Tally never
+/// grants) and an `Origin` naming this server's `Host`; otherwise `403 csrf`. A cookie
+/// that holds no JWT is `401`: only users sign in to the dashboard.
+pub fn session_cookie_credential(parts: &Parts) -> Result<Option<String>, ApiError> {
+    use axum::http::{Method, header};
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return Ok(None);
+    }
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    if !looks_like_jwt(token) {
+        return Err(ApiError::Unauthorized(
+            "the session cookie holds no user token; sign in again".into(),
+        ));
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        let csrf = |message: &str| ApiError::ForbiddenBecause {
+            code: "csrf",
+            message: message.into(),
+        };
+        let expected = cookie(&parts.headers, CSRF_COOKIE).filter(|c| !c.is_empty());
+        let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        match (expected, sent) {
+            (Some(e), Some(s)) if constant_time_eq(e.as_bytes(), s.as_bytes()) => {}
+            _ => {
+                return Err(csrf(
+                    "a change made with the session cookie needs the X-CSRF-Token header equal to the tally_csrf cookie",
+                ));
+            }
+        }
+        if !same_origin(&parts.headers) {
+            return Err(csrf(
+                "a change made with the session cookie must come from this server's own origin",
+            ));
+        }
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, if present.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether the request's `Origin` names the server it was sent to (its `Host`). The scheme
+/// is not compared: behind a TLS-terminating proxy the server cannot see it, and the host
+/// alone is what another site cannot forge in a browser.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    use axum::http::header;
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) => origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host)),
+        _ => false,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -91,6 +91,16 @@ pub enum ApiError {
     /// route's scope).
     #[error("{0}")]
     Forbidden(String),
+    /// `403 Forbidden` with a code of the route's own (`csrf`: a cookie-authenticated
+    /// mutation without the page's CSRF header or from another origin), its message shown as
+    /// written.
+    #[error("{message}")]
+    ForbiddenBecause {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence saying what to do.
+        message: String,
+    },
     /// `404 Not Found`: the resource does not exist or belongs to another org (the two are
     /// indistinguishable on purpose, so nothing leaks across tenants).
     #[error("{message}")]
@@ -179,7 +189,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForbiddenBecause { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -223,6 +233,9 @@ impl ApiError {
             } => ErrorBody::new(*code, message.clone(), field.clone()),
             ApiError::Unauthorized(m) => ErrorBody::new("unauthorized", m.clone(), none),
             ApiError::Forbidden(m) => ErrorBody::new("forbidden", m.clone(), none),
+            ApiError::ForbiddenBecause { code, message } => {
+                ErrorBody::new(*code, message.clone(), none)
+            }
             ApiError::NotFound { message, field } => {
                 ErrorBody::new("not_found", message.clone(), field.clone())
             }

@@ -145,7 +145,8 @@ pub fn router(
     );
     let keys = ingest.key_cache();
     let ingest = ingest.router();
-    let api = tally_api::router(tally_api::ApiState {
+    // The dashboard's page and sign-in ride on the API's router (tally_dashboard::with_api).
+    let api = tally_dashboard::with_api(tally_api::ApiState {
         tenants: backends.stores.tenants.clone(),
         usage: backends.stores.usage.clone(),
         catalogue: meters,

@@ -105,7 +105,8 @@ pub async fn serve_derived(
 pub fn api_router(state: tally_api::ApiState, jwt_secret: Secret) -> Derived<Router> {
     Derived::new(jwt_secret, move |value| {
         let jwt = tally_api::jwt::JwtConfig::hs256(value.as_bytes()).map_err(|e| e.to_string())?;
-        Ok(tally_api::router(state.clone().with_jwt(jwt)))
+        // The dashboard is served by the same function: its routes ride on the API's.
+        Ok(tally_dashboard::with_api(state.clone().with_jwt(jwt)))
     })
 }
 

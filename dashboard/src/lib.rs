@@ -1,0 +1,313 @@
+//! Tally's tenant dashboard: `GET /dashboard`, its assets under `/dashboard/assets/…`, and
+//! the sign-in and sign-out routes that turn a user token into the session cookie.
+//!
+//! The page is plain HTML, one ES module and one stylesheet, with uPlot (MIT, vendored by
+//! `scripts/update_uplot.sh`) for the charts; every file is embedded in the binary
+//! ([`ASSETS`]), so `cargo build` needs neither Node nor the network, and [`with_api`]
+//! merges these routes into the management API's router, so `tally serve` and the API
+//! Lambda serve the page with no second deployment. The page holds no rules of its own: it
+//! calls the API, and shows the API's refusals as they come.
+//!
+//! Every answer carries a strict Content-Security-Policy ([`CSP`]: only this origin's
+//! scripts, styles and connections; no inline script or style; no framing) and
+//! `X-Content-Type-Options: nosniff`. The page is `no-store`; assets are `no-cache` with an
+//! `ETag` (their SHA-256), so a new binary's assets are picked up at once and an unchanged
+//! one costs a `304`.
+//!
+//! Sign-in ([`sign_in`]) verifies the token with the API's own [`Caller`] extractor (the
+//! same checks as a bearer token, so the cookie can never admit what the header would
+//! not) and sets two cookies: [`SESSION_COOKIE`] (the token; HTTP-only) and [`CSRF_COOKIE`]
+//! (a random value the page repeats in `X-CSRF-Token` on every mutation; see
+//! [`tally_api::auth::session_cookie_credential`]). Both are `SameSite=Strict; Path=/;
+//! Secure`: browsers keep `Secure` cookies over plain HTTP on `localhost` and `127.0.0.1`
+//! (Chromium treats them as secure contexts; the browser test signs in over
+//! `http://127.0.0.1`), and anywhere else the dashboard must be served over HTTPS.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tally_api::ApiState;
+use tally_api::auth::{CSRF_COOKIE, Caller, SESSION_COOKIE, same_origin};
+use tally_api::http::ApiError;
+use tally_api::jwt::looks_like_jwt;
+
+/// The Content-Security-Policy of every dashboard answer: everything from this origin only,
+/// no inline script or style (the page sets styles through the CSSOM alone), no plugins, no
+/// `<base>`, forms posting here only, and no framing (clickjacking).
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Largest sign-in body accepted: a token of an OIDC issuer is a few kilobytes at most.
+pub const MAX_SIGN_IN_BYTES: usize = 16 * 1024;
+
+/// How long the session cookies live (12 hours); the token's own expiry still applies, so a
+/// session never outlives its token.
+pub const SESSION_MAX_AGE_SECS: u64 = 12 * 3600;
+
+/// One embedded file.
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    /// Its path under `/dashboard/assets/`.
+    pub path: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'static [u8],
+}
+
+/// The page.
+pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// Every asset the page loads, embedded in the binary.
+pub const ASSETS: &[Asset] = &[
+    Asset {
+        path: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/app.js"),
+    },
+    Asset {
+        path: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../assets/app.css"),
+    },
+    Asset {
+        path: "vendor/uplot/uPlot.esm.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/vendor/uplot/uPlot.esm.js"),
+    },
+    Asset {
+        path: "vendor/uplot/uPlot.min.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../assets/vendor/uplot/uPlot.min.css"),
+    },
+    Asset {
+        path: "vendor/uplot/LICENSE",
+        content_type: "text/plain; charset=utf-8",
+        body: include_bytes!("../assets/vendor/uplot/LICENSE"),
+    },
+];
+
+/// Every route this crate serves (method, path), for the template and OpenAPI checks.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/assets/{*path}"),
+    ("POST", "/dashboard/sign-in"),
+    ("POST", "/dashboard/sign-out"),
+];
+
+/// The dashboard's routes alone, on the API's state (sign-in verifies tokens with it).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/dashboard", get(index))
+        .route("/dashboard/assets/{*path}", get(asset))
+        .route("/dashboard/sign-in", post(sign_in))
+        .route("/dashboard/sign-out", post(sign_out))
+        .layer(axum::middleware::from_fn(tally_api::http::trace_requests))
+        .with_state(state)
+}
+
+/// The management API's router ([`tally_api::router`]) with the dashboard's routes merged
+/// in: what `tally serve` and the API Lambda serve.
+pub fn with_api(state: ApiState) -> Router {
+    tally_api::router(state.clone()).merge(router(state))
+}
+
+/// The headers every dashboard answer carries.
+fn secure(mut response: Response, cache: &'static str) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+async fn index() -> Response {
+    secure(
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            INDEX_HTML,
+        )
+            .into_response(),
+        "no-store",
+    )
+}
+
+/// The strong `ETag` of each asset (a quoted SHA-256 prefix), computed once.
+fn etags() -> &'static [String] {
+    static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
+    ETAGS.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| format!("\"{}\"", hex::encode(&Sha256::digest(a.body)[..16])))
+            .collect()
+    })
+}
+
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let Some((i, found)) = ASSETS.iter().enumerate().find(|(_, a)| a.path == path) else {
+        return secure(
+            (StatusCode::NOT_FOUND, "no such dashboard asset").into_response(),
+            "no-store",
+        );
+    };
+    let etag = &etags()[i];
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let response = if fresh {
+        (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.as_str())]).into_response()
+    } else {
+        (
+            [
+                (header::CONTENT_TYPE, found.content_type),
+                (header::ETAG, etag.as_str()),
+            ],
+            found.body,
+        )
+            .into_response()
+    };
+    secure(response, "no-cache")
+}
+
+/// `POST /dashboard/sign-in` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    /// A user token (`tally token create`, or an ID token of the configured OIDC issuer).
+    token: String,
+}
+
+/// `POST /dashboard/sign-in` answer.
+#[derive(Debug, Serialize)]
+struct SignedIn {
+    user_id: String,
+}
+
+fn csrf_refused() -> ApiError {
+    ApiError::ForbiddenBecause {
+        code: "csrf",
+        message: "sign-in and sign-out must come from this server's own dashboard page".into(),
+    }
+}
+
+/// `POST /dashboard/sign-in`: `{"token": "…"}` from this server's own page (`Origin`, else
+/// `403 csrf`); the token is checked exactly as a bearer token would be (`401` when it is
+/// not valid; an API key is `400`), then the session and CSRF cookies are set.
+async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    match sign_in_inner(&state, &headers, &body).await {
+        Ok(r) => secure(r, "no-store"),
+        Err(e) => secure(e.into_response(), "no-store"),
+    }
+}
+
+async fn sign_in_inner(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if !same_origin(headers) {
+        return Err(csrf_refused());
+    }
+    if body.len() > MAX_SIGN_IN_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_SIGN_IN_BYTES,
+        });
+    }
+    let SignIn { token } = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            "body",
+            format!("the body must be {{\"token\": \"…\"}}: {e}"),
+        )
+    })?;
+    let token = token.trim();
+    if !looks_like_jwt(token) {
+        return Err(ApiError::bad_request(
+            "invalid_token",
+            "token",
+            "sign in with a user token (`tally token create --user …`), not an API key",
+        ));
+    }
+    let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_token",
+            "token",
+            "the token has characters no token has",
+        )
+    })?;
+    // The API's own extractor, on a request carrying the token as a bearer header: the
+    // cookie admits exactly what the header would.
+    let request = Request::builder()
+        .header(header::AUTHORIZATION, value)
+        .body(())
+        .map_err(|e| ApiError::Internal(format!("sign-in request: {e}")))?;
+    let (mut parts, ()) = request.into_parts();
+    let user = match Caller::from_request_parts(&mut parts, state).await? {
+        Caller::User(user) => user,
+        Caller::ApiKey(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_token",
+                "token",
+                "an API key cannot sign in to the dashboard",
+            ));
+        }
+    };
+    let csrf = hex::encode(rand::random::<[u8; 16]>());
+    let mut response = (
+        StatusCode::OK,
+        axum::Json(SignedIn {
+            user_id: user.to_string(),
+        }),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    for cookie in [
+        format!(
+            "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={SESSION_MAX_AGE_SECS}"
+        ),
+        format!(
+            "{CSRF_COOKIE}={csrf}; Secure; SameSite=Strict; Path=/; Max-Age={SESSION_MAX_AGE_SECS}"
+        ),
+    ] {
+        let value = HeaderValue::from_str(&cookie)
+            .map_err(|e| ApiError::Internal(format!("session cookie: {e}")))?;
+        h.append(header::SET_COOKIE, value);
+    }
+    tracing::info!(user = %user, "dashboard sign-in");
+    Ok(response)
+}
+
+/// `POST /dashboard/sign-out`: clears both cookies (from this server's own page, else
+/// `403 csrf`). The token itself stays valid until it expires.
+async fn sign_out(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return secure(csrf_refused().into_response(), "no-store");
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+        let cookie = format!("{name}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    secure(response, "no-store")
+}

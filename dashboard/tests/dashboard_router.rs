@@ -1,0 +1,482 @@
+//! The dashboard's routes in process (the API's router with the dashboard merged in, on the
+//! in-memory store): the page and its assets with their security headers, sign-in to the
+//! session cookie, the API accepting that cookie, and CSRF refusals of cookie-authenticated
+//! mutations (a planted cross-site POST carrying the cookie is refused).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tally_api::ApiState;
+use tally_api::jwt::JwtConfig;
+use tally_core::ids::{OrgId, UserId};
+use tally_core::meter::MeterCatalogue;
+use tally_core::plan::PlanId;
+use tally_core::ports::{FixedClock, OrgStore, UserStore};
+use tally_core::tenant::{Org, User};
+use tally_store::MemoryStore;
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"dashboard-router-test-secret-32-bytes!!";
+const HOST: &str = "tally.test:8080";
+const ORIGIN: &str = "http://tally.test:8080";
+
+fn now() -> DateTime<Utc> {
+    "2026-11-26T12:30:00Z".parse().unwrap()
+}
+
+struct Fixture {
+    app: Router,
+    token: String,
+}
+
+async fn fixture() -> Fixture {
+    let store = MemoryStore::new();
+    let owner = store
+        .ensure_user(&User {
+            id: UserId::parse("usr_owner").unwrap(),
+            email: "owner@example.com".into(),
+            created_at: now(),
+        })
+        .await
+        .unwrap();
+    store
+        .create_org(&Org {
+            id: OrgId::parse("org_a").unwrap(),
+            name: "Acme".into(),
+            slug: "acme".into(),
+            plan: PlanId::Pro,
+            owner_id: owner.id.clone(),
+            created_at: now(),
+            deleted_at: None,
+        })
+        .await
+        .unwrap();
+    let shared = Arc::new(store);
+    let jwt = JwtConfig::hs256(SECRET).unwrap();
+    let token = jwt
+        .mint(&owner.id, now(), chrono::Duration::minutes(10))
+        .unwrap();
+    let state = ApiState::new(
+        shared.clone(),
+        shared,
+        Arc::new(MeterCatalogue::default()),
+        Arc::new(FixedClock::at(now())),
+    )
+    .with_jwt(jwt);
+    Fixture {
+        app: tally_dashboard::with_api(state),
+        token,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    fn cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Signs in from the page's own origin; the session and CSRF cookie values.
+async fn sign_in(f: &Fixture) -> (String, String) {
+    let a = send(
+        &f.app,
+        Request::post("/dashboard/sign-in")
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, ORIGIN)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"token": f.token}).to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+    assert_eq!(a.json()["user_id"], "usr_owner");
+    let cookies = a.cookies();
+    let value = |name: &str| {
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} cookie in {cookies:?}"));
+        (
+            c.clone(),
+            c[name.len() + 1..].split(';').next().unwrap().to_owned(),
+        )
+    };
+    let (session_attrs, session) = value("tally_session");
+    let (csrf_attrs, csrf) = value("tally_csrf");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(session_attrs.contains(attr), "{session_attrs} lacks {attr}");
+    }
+    assert!(!csrf_attrs.contains("HttpOnly"), "the page must read it");
+    for attr in ["Secure", "SameSite=Strict", "Path=/"] {
+        assert!(csrf_attrs.contains(attr), "{csrf_attrs} lacks {attr}");
+    }
+    assert_eq!(session, f.token);
+    assert_eq!(csrf.len(), 32);
+    (session, csrf)
+}
+
+/// Creates a project with the session cookie, with the CSRF header and `Origin` given.
+async fn cookie_post(
+    f: &Fixture,
+    session: &str,
+    csrf_cookie: &str,
+    csrf_header: Option<&str>,
+    origin: Option<&str>,
+) -> Answer {
+    let mut req = Request::post("/v1/orgs/org_a/projects")
+        .header(header::HOST, HOST)
+        .header(
+            header::COOKIE,
+            format!("tally_session={session}; tally_csrf={csrf_cookie}"),
+        )
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(h) = csrf_header {
+        req = req.header("x-csrf-token", h);
+    }
+    if let Some(o) = origin {
+        req = req.header(header::ORIGIN, o);
+    }
+    send(
+        &f.app,
+        req.body(Body::from(
+            json!({"name": "Web", "slug": "web"}).to_string(),
+        ))
+        .unwrap(),
+    )
+    .await
+}
+
+/// Inline script or style in an HTML page: what the CSP forbids, so the page must hold none.
+fn inline_code(html: &str) -> Vec<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut found = Vec::new();
+    for (i, _) in lower.match_indices("<script") {
+        let tag_end = lower[i..].find('>').map(|e| i + e).unwrap_or(lower.len());
+        if !lower[i..tag_end].contains(" src=") {
+            found.push(format!("inline <script> at {i}"));
+        }
+    }
+    if lower.contains("<style") {
+        found.push("a <style> element".into());
+    }
+    for attr in [
+        " style=",
+        " onclick=",
+        " onload=",
+        " onerror=",
+        " onsubmit=",
+        "javascript:",
+    ] {
+        if lower.contains(attr) {
+            found.push(format!("{attr} attribute"));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_inline_code_check_catches_planted_inline_code() {
+    assert!(inline_code(tally_dashboard::INDEX_HTML).is_empty());
+    for planted in [
+        "<script>alert(1)</script>",
+        "<p style=\"color:red\">x</p>",
+        "<button onclick=\"go()\">x</button>",
+        "<style>p{}</style>",
+    ] {
+        let html = tally_dashboard::INDEX_HTML.replace("</main>", &format!("{planted}</main>"));
+        assert!(!inline_code(&html).is_empty(), "{planted} not caught");
+    }
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_with_a_strict_policy() {
+    let f = fixture().await;
+    let page = send(
+        &f.app,
+        Request::get("/dashboard").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.header("content-type").starts_with("text/html"));
+    let csp = page.header("content-security-policy");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp} lacks {directive}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    assert_eq!(page.header("cache-control"), "no-store");
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(inline_code(&html).is_empty(), "{:?}", inline_code(&html));
+
+    // Every asset the page names is embedded and served with its type; the module's
+    // imports too.
+    let mut referenced: Vec<String> = html
+        .split('"')
+        .filter(|s| s.starts_with("/dashboard/assets/"))
+        .map(str::to_owned)
+        .collect();
+    referenced.push("/dashboard/assets/vendor/uplot/LICENSE".into());
+    assert!(referenced.len() >= 4, "{referenced:?}");
+    let app_js = String::from_utf8(
+        tally_dashboard::ASSETS
+            .iter()
+            .find(|a| a.path == "app.js")
+            .unwrap()
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    for import in app_js.lines().filter(|l| l.starts_with("import ")) {
+        let rel = import.split('\'').nth(1).unwrap();
+        referenced.push(format!(
+            "/dashboard/assets/{}",
+            rel.trim_start_matches("./")
+        ));
+    }
+    for path in &referenced {
+        let a = send(&f.app, Request::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        let expected = match path.rsplit('.').next() {
+            Some("js") => "text/javascript",
+            Some("css") => "text/css",
+            _ => "text/plain",
+        };
+        assert!(a.header("content-type").starts_with(expected), "{path}");
+        assert_eq!(a.header("x-content-type-options"), "nosniff", "{path}");
+        assert!(
+            a.header("content-security-policy")
+                .contains("default-src 'self'")
+        );
+        assert_eq!(a.header("cache-control"), "no-cache", "{path}");
+        // An unchanged asset costs a 304.
+        let etag = a.header("etag").to_owned();
+        assert!(etag.starts_with('"') && etag.len() > 10, "{path}: {etag}");
+        let again = send(
+            &f.app,
+            Request::get(path)
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+        assert!(again.body.is_empty());
+    }
+    let license = send(
+        &f.app,
+        Request::get("/dashboard/assets/vendor/uplot/LICENSE")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&license.body).contains("MIT License"));
+    let missing = send(
+        &f.app,
+        Request::get("/dashboard/assets/../Cargo.toml")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn sign_in_verifies_the_token_and_refuses_other_origins() {
+    let f = fixture().await;
+    let post = |origin: Option<&str>, body: String| {
+        let mut req = Request::post("/dashboard/sign-in").header(header::HOST, HOST);
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let body = json!({"token": f.token}).to_string();
+    // Login CSRF: another site cannot sign a browser in.
+    for origin in [
+        None,
+        Some("http://evil.example"),
+        Some("http://tally.test:9999"),
+    ] {
+        let a = send(&f.app, post(origin, body.clone())).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{origin:?}");
+        assert_eq!(a.json()["error"]["code"], "csrf");
+        assert!(a.cookies().is_empty());
+    }
+    // A forged token, an API key and a malformed body are refused, with no cookie.
+    let forged = JwtConfig::hs256(b"another-secret-another-secret-32b!!")
+        .unwrap()
+        .mint(
+            &UserId::parse("usr_owner").unwrap(),
+            now(),
+            chrono::Duration::minutes(5),
+        )
+        .unwrap();
+    for (body, status) in [
+        (
+            json!({"token": forged}).to_string(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"token": "tk_live_0123456789abcdef"}).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("not json".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            json!({"token": "x".repeat(tally_dashboard::MAX_SIGN_IN_BYTES)}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let a = send(&f.app, post(Some(ORIGIN), body)).await;
+        assert_eq!(a.status, status, "{}", a.json());
+        assert!(a.cookies().is_empty());
+    }
+    let (session, _) = sign_in(&f).await;
+    // The cookie alone reads the API.
+    let me = send(
+        &f.app,
+        Request::get("/v1/me/orgs")
+            .header(header::COOKIE, format!("tally_session={session}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["orgs"][0]["org"]["id"], "org_a");
+    // Sign-out clears both cookies.
+    let out = send(
+        &f.app,
+        Request::post("/dashboard/sign-out")
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, ORIGIN)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let cleared = out.cookies();
+    assert_eq!(cleared.len(), 2, "{cleared:?}");
+    assert!(
+        cleared.iter().all(|c| c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+}
+
+#[tokio::test]
+async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
+    let f = fixture().await;
+    let (session, csrf) = sign_in(&f).await;
+    // A planted cross-site POST: the browser sent the cookie, but the other site can
+    // neither read tally_csrf nor name this origin.
+    let cross_site = cookie_post(&f, &session, &csrf, None, Some("http://evil.example")).await;
+    assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
+    assert_eq!(cross_site.json()["error"]["code"], "csrf");
+    // Even a guessed header from another origin, or the right header with no Origin.
+    let other_origin = cookie_post(
+        &f,
+        &session,
+        &csrf,
+        Some(&csrf),
+        Some("http://evil.example"),
+    )
+    .await;
+    assert_eq!(other_origin.json()["error"]["code"], "csrf");
+    let no_origin = cookie_post(&f, &session, &csrf, Some(&csrf), None).await;
+    assert_eq!(no_origin.json()["error"]["code"], "csrf");
+    // A header that does not match the cookie, or an empty pair.
+    let wrong = cookie_post(
+        &f,
+        &session,
+        &csrf,
+        Some("0".repeat(32).as_str()),
+        Some(ORIGIN),
+    )
+    .await;
+    assert_eq!(wrong.json()["error"]["code"], "csrf");
+    let empty = cookie_post(&f, &session, "", Some(""), Some(ORIGIN)).await;
+    assert_eq!(empty.json()["error"]["code"], "csrf");
+    // None of them made anything.
+    let list = send(
+        &f.app,
+        Request::get("/v1/orgs/org_a/projects")
+            .header(header::COOKIE, format!("tally_session={session}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.json()["projects"].as_array().unwrap().len(), 0);
+    // The page's own request passes.
+    let ok = cookie_post(&f, &session, &csrf, Some(&csrf), Some(ORIGIN)).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.json());
+    // A bearer header wins over the cookie and needs no CSRF header (API clients).
+    let bearer = send(
+        &f.app,
+        Request::post("/v1/orgs/org_a/projects")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.token))
+            .header(header::COOKIE, "tally_session=garbage")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"name": "Api", "slug": "api"}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bearer.status, StatusCode::CREATED, "{}", bearer.json());
+    // A cookie that holds no user token is 401.
+    let junk = send(
+        &f.app,
+        Request::get("/v1/me/orgs")
+            .header(header::COOKIE, "tally_session=tk_live_abc")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(junk.status, StatusCode::UNAUTHORIZED);
+}
