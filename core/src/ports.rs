@@ -12,6 +12,7 @@
 //! (org, month, meter, threshold), and a lease so concurrent checks never both send one.
 //! [`CatalogueStore`] keeps the catalogue versions the operator publishes, immutable and
 //! numbered by a first-write-wins put.
+//! [`SecurityStore`] keeps each org's security policy and users' sign-in sessions.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -28,6 +29,7 @@ use crate::period::{Granularity, Month};
 
 mod allowance;
 mod catalogue;
+mod security;
 mod tenants;
 pub use allowance::{
     AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
@@ -38,6 +40,7 @@ pub use catalogue::{
     MAX_CATALOGUE_BYTES, MAX_CATALOGUE_VERSION, catalogue_digest, check_catalogue_version,
     effective_version,
 };
+pub use security::SecurityStore;
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
     UserStore,

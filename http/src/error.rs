@@ -91,6 +91,16 @@ pub enum ApiError {
     /// route's scope).
     #[error("{0}")]
     Forbidden(String),
+    /// `403 Forbidden` with a code of its own: the caller is who they say, but the org's
+    /// security policy refuses them here (`mfa_required`: the token shows no second factor;
+    /// `ip_not_allowed`: the client address is outside the org's allowlist).
+    #[error("{message}")]
+    ForbiddenBecause {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence saying what the policy wants.
+        message: String,
+    },
     /// `404 Not Found`: the resource does not exist or belongs to another org (the two are
     /// indistinguishable on purpose, so nothing leaks across tenants).
     #[error("{message}")]
@@ -103,6 +113,18 @@ pub enum ApiError {
     /// `409 Conflict`: a unique value is taken.
     #[error("{0}")]
     Conflict(String),
+    /// `409 Conflict` with a code and field of its own: the change is well formed but would
+    /// leave things in a state the server refuses (`would_lock_out`: an IP allowlist that
+    /// excludes the caller's own address).
+    #[error("{message}")]
+    ConflictBecause {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence saying what to change.
+        message: String,
+        /// The field to change.
+        field: &'static str,
+    },
     /// `413 Payload Too Large`: the body is larger than `limit` bytes.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -179,9 +201,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForbiddenBecause { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictBecause { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } | ApiError::PlanLimitExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -227,6 +249,14 @@ impl ApiError {
                 ErrorBody::new("not_found", message.clone(), field.clone())
             }
             ApiError::Conflict(m) => ErrorBody::new("conflict", m.clone(), none),
+            ApiError::ForbiddenBecause { code, message } => {
+                ErrorBody::new(*code, message.clone(), none)
+            }
+            ApiError::ConflictBecause {
+                code,
+                message,
+                field,
+            } => ErrorBody::new(*code, message.clone(), Some(*field)),
             ApiError::PayloadTooLarge { limit } => ErrorBody::new(
                 "payload_too_large",
                 format!("the request body must be at most {limit} bytes; send smaller batches"),

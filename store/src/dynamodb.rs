@@ -207,6 +207,7 @@ mod members;
 mod ops;
 mod raise;
 mod reports;
+mod security;
 mod sync_ledger;
 mod table;
 mod tenants;

@@ -129,6 +129,7 @@ mod members;
 mod prune;
 mod reports;
 mod schema;
+mod security;
 mod sync_ledger;
 mod tenants;
 mod usage;

@@ -140,6 +140,7 @@ pub fn router(
         ),
         tally_ingest::IngestConfig {
             plans: plans.clone(),
+            trusted_proxies: edge.trusted_proxies,
             ..tally_ingest::IngestConfig::default()
         },
     );

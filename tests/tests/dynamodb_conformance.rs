@@ -58,6 +58,11 @@ mod storage {
     tally_tests::storage_conformance!(DynamoFactory::new().await);
 }
 
+mod security {
+    use super::*;
+    tally_tests::security_conformance!(DynamoFactory::new().await);
+}
+
 const NOV: &str = "2026-11";
 
 async fn month_counters(s: &DynamoStore, org: &OrgId) -> BTreeMap<OwnedCounterKey, Decimal> {

@@ -30,6 +30,11 @@ mod storage {
     tally_tests::storage_conformance!(MemoryFactory::default());
 }
 
+mod security {
+    use super::*;
+    tally_tests::security_conformance!(MemoryFactory::default());
+}
+
 /// `fail(Op::FindApiKey, ..)` makes `find_api_key` fail on every handle, with the chosen error,
 /// until it is cleared; nothing else fails meanwhile.
 #[tokio::test]

@@ -97,6 +97,11 @@ mod storage {
     tally_tests::storage_conformance!(Files::new());
 }
 
+mod security {
+    use super::*;
+    tally_tests::security_conformance!(Files::new());
+}
+
 mod queue {
     use super::*;
     tally_tests::queue_conformance!(Files::new());
