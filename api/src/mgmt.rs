@@ -261,6 +261,14 @@ impl FromRequestParts<ApiState> for Actor {
 }
 
 impl Actor {
+    /// The user's request context (how they signed in, from where), for a user.
+    pub(crate) fn user_context(&self) -> Option<&crate::auth::UserContext> {
+        match &self.caller {
+            Caller::User(_, context) => Some(context),
+            Caller::ApiKey(_) => None,
+        }
+    }
+
     /// The caller doing `action` on `resource` in the org `org` (a path parameter): a
     /// mutation, made and audited by [`Mutation::run`].
     pub(crate) fn mutation<'a>(

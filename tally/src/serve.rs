@@ -164,6 +164,9 @@ pub fn router(
             reports: backends.stores.reports.clone(),
             sync: backends.stores.sync.clone(),
         }),
+        sessions: Arc::new(tally_api::sessions::SessionCache::new(
+            tally_api::sessions::SESSION_CACHE_CAPACITY,
+        )),
     });
     let router = ingest.merge(api).route(
         "/healthz",
