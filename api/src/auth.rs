@@ -14,6 +14,11 @@
 //! never be checked against the local HS256 secret, nor a local token against the issuer's
 //! keys.
 //!
+//! An org's security policy ([`crate::security`]) is checked once the caller is known to be
+//! a member: its IP allowlist against the client's address, its MFA requirement against the
+//! token's `amr`, and a session token's age against its session lifetime. A session token
+//! (`sid`) is checked against the store on every request ([`crate::sessions`]).
+//!
 //! Another org is never revealed: an org the caller is not a member of (or that does not
 //! exist, or whose id is malformed) is `404`; a role without the permission is `403`.
 
@@ -32,8 +37,21 @@ use crate::roles::{Action, allows};
 pub enum Caller {
     /// An active API key. It acts for its own org only, within its scopes.
     ApiKey(ApiKey),
-    /// A user, from a verified JWT. Acts in the orgs they are a member of, by role.
-    User(UserId),
+    /// A user, from a verified JWT. Acts in the orgs they are a member of, by role, as
+    /// each org's security policy allows given the [`UserContext`].
+    User(UserId, UserContext),
+}
+
+/// What an org's security policy looks at besides the user: how they signed in, where the
+/// request comes from, and the session, for a session token.
+#[derive(Debug, Clone, Default)]
+pub struct UserContext {
+    /// The token's `amr` (empty when it has none).
+    pub amr: Vec<String>,
+    /// The client's address ([`crate::http::client_ip_of`]).
+    pub ip: Option<std::net::IpAddr>,
+    /// The session of a session token, and when the token was issued.
+    pub session: Option<(tally_core::ids::SessionId, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// What [`Caller::authorize`] found: the org, and the caller's role in it.
@@ -92,7 +110,7 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::ApiKey(k) => format!("apikey:{}", k.id),
-            Caller::User(u) => u.to_string(),
+            Caller::User(u, _) => u.to_string(),
         }
     }
 
@@ -119,7 +137,7 @@ impl Caller {
                     }),
                 }
             }
-            Caller::User(_) => {
+            Caller::User(..) => {
                 let org = requested.ok_or_else(|| {
                     ApiError::bad_request(
                         "missing_field",
@@ -146,13 +164,13 @@ impl Caller {
         org: &str,
         action: Action,
     ) -> Result<Authorized, ApiError> {
-        let user = match self {
+        let (user, context) = match self {
             Caller::ApiKey(_) => {
                 return Err(ApiError::Forbidden(
                     "this route needs a user's bearer token (JWT), not an API key".into(),
                 ));
             }
-            Caller::User(u) => u,
+            Caller::User(u, context) => (u, context),
         };
         let org = OrgId::parse(org).map_err(|_| org_not_found())?;
         tracing::Span::current().record("org", org.as_str());
@@ -161,6 +179,7 @@ impl Caller {
             .get_role(&org, user)
             .await?
             .ok_or_else(org_not_found)?;
+        crate::security::enforce_policy(state, &org, context).await?;
         if !allows(role, action) {
             return Err(ApiError::Forbidden(format!(
                 "the {} role may not do {}",
@@ -189,39 +208,60 @@ impl FromRequestParts<ApiState> for Caller {
             None => bearer_token(&parts.headers)?,
         };
         if looks_like_jwt(credential) {
-            let now = state.clock.now();
-            let user = match &state.oidc {
-                Some(oidc)
-                    if tally_oidc::unverified_issuer(credential).as_deref()
-                        == Some(oidc.issuer()) =>
-                {
-                    oidc_user(state, oidc, credential, now).await?
-                }
-                _ => {
-                    let jwt = state.jwt.as_ref().ok_or_else(|| {
-                        ApiError::Unauthorized(
-                            "user tokens are not configured on this server".into(),
-                        )
-                    })?;
-                    jwt.verify(credential, now)?
-                }
-            };
-            // One bucket per user, charged before any store read.
-            state
-                .users
-                .charge(&user, state.user_rate, 1, now)
-                .map_err(|t| ApiError::RateLimited {
-                    message: format!(
-                        "this user may make {} requests per second (bursts of {}); retry in {} s",
-                        t.limit.per_second, t.limit.burst, t.retry_after_secs
-                    ),
-                    retry_after_secs: t.retry_after_secs,
-                })?;
-            return Ok(Caller::User(user));
+            let (user, context) = user_from_jwt(parts, state, credential).await?;
+            return Ok(Caller::User(user, context));
         }
         let key = KeyAuth::from_ref(state).authenticate(credential).await?;
         Ok(Caller::ApiKey(key))
     }
+}
+
+/// The user a JWT speaks for, with the [`UserContext`] their orgs' policies look at: an
+/// OIDC issuer's token through [`oidc_user`], any other through the server's
+/// [`JwtConfig`](crate::jwt::JwtConfig); a session token's session must be active
+/// ([`crate::sessions::check_session`]). Charges the user's rate bucket before any store
+/// read but the session check.
+pub async fn user_from_jwt(
+    parts: &Parts,
+    state: &ApiState,
+    credential: &str,
+) -> Result<(UserId, UserContext), ApiError> {
+    let now = state.clock.now();
+    let (user, facts) = match &state.oidc {
+        Some(oidc)
+            if tally_oidc::unverified_issuer(credential).as_deref() == Some(oidc.issuer()) =>
+        {
+            oidc_user(state, oidc, credential, now).await?
+        }
+        _ => {
+            let jwt = state.jwt.as_ref().ok_or_else(|| {
+                ApiError::Unauthorized("user tokens are not configured on this server".into())
+            })?;
+            jwt.verify_facts(credential, now)?
+        }
+    };
+    // One bucket per user, charged before any store read.
+    state
+        .users
+        .charge(&user, state.user_rate, 1, now)
+        .map_err(|t| ApiError::RateLimited {
+            message: format!(
+                "this user may make {} requests per second (bursts of {}); retry in {} s",
+                t.limit.per_second, t.limit.burst, t.retry_after_secs
+            ),
+            retry_after_secs: t.retry_after_secs,
+        })?;
+    if let Some((sid, _)) = &facts.session {
+        crate::sessions::check_session(state, &user, sid, now).await?;
+    }
+    Ok((
+        user,
+        UserContext {
+            amr: facts.amr,
+            ip: crate::http::client_ip_of(parts, state.trusted_proxies),
+            session: facts.session,
+        },
+    ))
 }
 
 /// The Tally user an OIDC issuer's token speaks for: the token verified
@@ -233,7 +273,7 @@ pub async fn oidc_user(
     oidc: &tally_oidc::OidcVerifier,
     token: &str,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<UserId, ApiError> {
+) -> Result<(UserId, crate::jwt::TokenFacts), ApiError> {
     use tally_oidc::OidcError;
     let identity = oidc.verify(token, now).await.map_err(|e| match e {
         OidcError::Unavailable(detail) => {
@@ -263,8 +303,13 @@ pub async fn oidc_user(
             "the identity provider has not verified this email (email_verified is not true)".into(),
         ));
     }
+    let facts = crate::jwt::TokenFacts {
+        amr: crate::jwt::bounded_amr(&identity.amr),
+        // An issuer's `sid` is its own session, not Tally's: only Tally's tokens name one.
+        session: None,
+    };
     match state.tenants.find_user_by_email(email).await? {
-        Some(user) => Ok(user.id),
+        Some(user) => Ok((user.id, facts)),
         None => Err(ApiError::Unauthorized(format!(
             "no Tally user has the email {email}; ask an org admin for an invitation"
         ))),

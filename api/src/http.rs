@@ -4,6 +4,7 @@
 //! where they live is a change of this file alone.
 
 pub use tally_http::auth::{KeyAuth, bearer_token, require_scope};
+pub use tally_http::client::client_ip_of;
 pub use tally_http::drain::drain_unread_body;
 pub use tally_http::error::{ApiError, ErrorBody, PLAN_LIMIT_EXCEEDED};
 pub use tally_http::rate::RateLimiter;

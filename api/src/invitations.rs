@@ -292,7 +292,7 @@ pub(crate) async fn accept_invitation(
             Some(org) if org.deleted_at.is_none() => {}
             _ => return Err(no_such_invitation().into()),
         }
-        let Caller::User(user) = &caller else {
+        let Caller::User(user, _) = &caller else {
             return Err(ApiError::Forbidden(
                 "accepting an invitation needs a user's bearer token (JWT), not an API key".into(),
             )

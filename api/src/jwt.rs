@@ -18,7 +18,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use tally_core::ids::UserId;
+use tally_core::ids::{SessionId, UserId};
 
 use crate::http::ApiError;
 
@@ -73,7 +73,33 @@ pub struct Claims {
     pub nbf: Option<i64>,
     /// Expires at, Unix seconds.
     pub exp: i64,
+    /// How the user authenticated (RFC 8176 values, e.g. `["pwd", "otp"]`); an org that
+    /// requires MFA looks for a second factor here ([`tally_core::security::shows_mfa`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
+    /// The sign-in session this token belongs to (a Tally session token, minted by
+    /// `POST /v1/sessions`): the session is checked against the store on every request, so
+    /// revoking it ends the token. Such a token may live up to
+    /// [`tally_core::security::MAX_SESSION_LIFETIME_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
+
+/// What a verified token says beyond the user: how they signed in, and the session, if the
+/// token is a session token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// The token's `amr`, empty when it has none.
+    pub amr: Vec<String>,
+    /// The token's session and when it was issued (`iat`), for a session token.
+    pub session: Option<(SessionId, DateTime<Utc>)>,
+}
+
+/// Most `amr` values read from a token, and the longest one: more is not a token Tally or a
+/// real issuer minted.
+pub const MAX_AMR_VALUES: usize = 16;
+/// The longest `amr` value kept.
+pub const MAX_AMR_LEN: usize = 32;
 
 /// How tokens are verified (and, with HS256, minted).
 #[derive(Clone)]
@@ -133,8 +159,22 @@ impl JwtConfig {
         now: DateTime<Utc>,
         ttl: chrono::Duration,
     ) -> Result<String, JwtError> {
+        self.mint_with(user, now, ttl, &TokenFacts::default())
+    }
+
+    /// Signs a token for `user`, valid from `now` for `ttl`, carrying `facts`' `amr` and,
+    /// for a session token, its `sid` (which allows a lifetime up to
+    /// [`tally_core::security::MAX_SESSION_LIFETIME_SECS`] instead of [`MAX_TTL_SECS`]).
+    pub fn mint_with(
+        &self,
+        user: &UserId,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        facts: &TokenFacts,
+    ) -> Result<String, JwtError> {
         let key = self.encoding.as_ref().ok_or(JwtError::CannotSign)?;
-        if ttl <= chrono::Duration::zero() || ttl.num_seconds() > MAX_TTL_SECS {
+        let max = max_ttl(facts.session.is_some());
+        if ttl <= chrono::Duration::zero() || ttl.num_seconds() > max {
             return Err(JwtError::BadTtl);
         }
         let (iss, aud) = match &self.pinned {
@@ -148,6 +188,8 @@ impl JwtConfig {
             iat: now.timestamp(),
             nbf: None,
             exp: (now + ttl).timestamp(),
+            amr: (!facts.amr.is_empty()).then(|| facts.amr.clone()),
+            sid: facts.session.as_ref().map(|(id, _)| id.to_string()),
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
             .map_err(|e| JwtError::Signing(e.to_string()))
@@ -156,6 +198,16 @@ impl JwtConfig {
     /// The user a token speaks for: `401` when the signature, the algorithm or the claims
     /// are wrong, or the token has expired at `now`.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<UserId, ApiError> {
+        self.verify_facts(token, now).map(|(user, _)| user)
+    }
+
+    /// The user a token speaks for and what else it says ([`TokenFacts`]): `401` when the
+    /// signature, the algorithm or the claims are wrong, or the token has expired at `now`.
+    pub fn verify_facts(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(UserId, TokenFacts), ApiError> {
         let invalid = || ApiError::Unauthorized("the bearer token is not valid".into());
         let mut validation = Validation::new(self.algorithm);
         // Time is checked below against the API's clock, not the system's.
@@ -190,14 +242,50 @@ impl JwtConfig {
                 "the bearer token is not valid yet".into(),
             ));
         }
-        if c.exp.saturating_sub(c.iat) > MAX_TTL_SECS {
+        let max = max_ttl(c.sid.is_some());
+        if c.exp.saturating_sub(c.iat) > max {
             return Err(ApiError::Unauthorized(format!(
                 "the bearer token lives longer than {} hours; mint a shorter one",
-                MAX_TTL_SECS / 3600
+                max / 3600
             )));
         }
-        UserId::parse(&data.claims.sub).map_err(|_| invalid())
+        let user = UserId::parse(&c.sub).map_err(|_| invalid())?;
+        let session = match &c.sid {
+            Some(sid) => {
+                let id = SessionId::parse(sid).map_err(|_| invalid())?;
+                let issued = DateTime::from_timestamp(c.iat, 0).ok_or_else(invalid)?;
+                Some((id, issued))
+            }
+            None => None,
+        };
+        Ok((
+            user,
+            TokenFacts {
+                amr: bounded_amr(c.amr.as_deref().unwrap_or_default()),
+                session,
+            },
+        ))
     }
+}
+
+/// The longest a token may live: a session token (`sid`) as long as a session may, any
+/// other [`MAX_TTL_SECS`].
+fn max_ttl(session: bool) -> i64 {
+    if session {
+        i64::from(tally_core::security::MAX_SESSION_LIFETIME_SECS)
+    } else {
+        MAX_TTL_SECS
+    }
+}
+
+/// The `amr` values kept from a token: at most [`MAX_AMR_VALUES`], each at most
+/// [`MAX_AMR_LEN`] bytes (longer ones are dropped, never truncated into another value).
+pub fn bounded_amr(amr: &[String]) -> Vec<String> {
+    amr.iter()
+        .filter(|m| m.len() <= MAX_AMR_LEN)
+        .take(MAX_AMR_VALUES)
+        .cloned()
+        .collect()
 }
 
 /// Whether a bearer credential looks like a JWT (three dot-separated parts) rather than an

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId, RateLimit};
@@ -45,6 +45,8 @@ pub mod openapi;
 pub mod orgs;
 pub mod projects;
 pub mod roles;
+pub mod security;
+pub mod sessions;
 pub mod usage;
 
 use crate::http::KeyAuth;
@@ -118,6 +120,10 @@ pub enum Endpoint {
     UpcomingInvoice,
     /// `GET /v1/orgs/{org_id}/invoices`.
     ListInvoices,
+    /// `GET /v1/orgs/{org_id}/security-policy`.
+    GetSecurityPolicy,
+    /// `PUT /v1/orgs/{org_id}/security-policy`.
+    PutSecurityPolicy,
 }
 
 impl Endpoint {
@@ -154,6 +160,8 @@ impl Endpoint {
             Endpoint::CreateInvitation => Some(Action::InvitationCreate),
             Endpoint::RevokeInvitation => Some(Action::InvitationRevoke),
             Endpoint::LineEvents | Endpoint::Export => Some(Action::LedgerRead),
+            Endpoint::GetSecurityPolicy => Some(Action::SecurityPolicyRead),
+            Endpoint::PutSecurityPolicy => Some(Action::SecurityPolicyUpdate),
         }
     }
 
@@ -287,6 +295,16 @@ pub const ROUTES: &[Route] = &[
         Endpoint::UpcomingInvoice,
     ),
     route("GET", "/v1/orgs/{org_id}/invoices", Endpoint::ListInvoices),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/security-policy",
+        Endpoint::GetSecurityPolicy,
+    ),
+    route(
+        "PUT",
+        "/v1/orgs/{org_id}/security-policy",
+        Endpoint::PutSecurityPolicy,
+    ),
 ];
 
 pub use http::{ApiError, ErrorBody};
@@ -328,6 +346,9 @@ pub struct ApiState {
     /// Month close's reports and the Stripe sync ledger, for the invoice list; `None`
     /// answers that route `503` (a deployment without billing).
     pub billing: Option<BillingPorts>,
+    /// Session lookups of session tokens, cached for
+    /// [`sessions::SESSION_CACHE_TTL_SECS`] ([`sessions`]).
+    pub sessions: Arc<sessions::SessionCache>,
     /// The stored catalogue versions and the orgs' price overrides the upcoming invoice
     /// prices with, as month close does; `None` (a deployment that keeps neither): the
     /// month is previewed with [`ApiState::prices`] at list price.
@@ -384,6 +405,9 @@ impl ApiState {
             prices: None,
             pricing: None,
             billing: None,
+            sessions: Arc::new(sessions::SessionCache::new(
+                sessions::SESSION_CACHE_CAPACITY,
+            )),
         }
     }
 
@@ -524,6 +548,8 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::Export => get(export::export),
         Endpoint::UpcomingInvoice => get(invoices::upcoming),
         Endpoint::ListInvoices => get(invoices::list),
+        Endpoint::GetSecurityPolicy => get(security::get_policy),
+        Endpoint::PutSecurityPolicy => put(security::put_policy),
     }
 }
 

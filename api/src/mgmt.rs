@@ -14,11 +14,9 @@
 //! caller) and a path org id that is not an org id at all (no org). A record that cannot be
 //! written is logged as an error; the answer is the mutation's own.
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -158,44 +156,16 @@ impl FromRequestParts<ApiState> for RequestMeta {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let forwarded: Vec<&str> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(MAX_USER_AGENT).collect());
         Ok(RequestMeta {
-            ip: client_ip(&forwarded, peer, state.trusted_proxies),
+            ip: crate::http::client_ip_of(parts, state.trusted_proxies).map(|ip| ip.to_string()),
             user_agent,
         })
     }
-}
-
-/// The client's address: with `trusted` proxies in front, the `X-Forwarded-For` entry the
-/// outermost of them appended (the `trusted`-th from the right; entries left of it are the
-/// client's own words); with none, the peer. An entry that is not an IP address is not
-/// believed.
-fn client_ip(forwarded: &[&str], peer: Option<String>, trusted: usize) -> Option<String> {
-    if trusted == 0 {
-        return peer;
-    }
-    let at = forwarded.len().saturating_sub(trusted);
-    forwarded
-        .get(at)
-        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
-        .map(|ip| ip.to_string())
-        .or(peer)
 }
 
 /// What a successful change answers, and what its audit record shows.
@@ -291,6 +261,14 @@ impl FromRequestParts<ApiState> for Actor {
 }
 
 impl Actor {
+    /// The user's request context (how they signed in, from where), for a user.
+    pub(crate) fn user_context(&self) -> Option<&crate::auth::UserContext> {
+        match &self.caller {
+            Caller::User(_, context) => Some(context),
+            Caller::ApiKey(_) => None,
+        }
+    }
+
     /// The caller doing `action` on `resource` in the org `org` (a path parameter): a
     /// mutation, made and audited by [`Mutation::run`].
     pub(crate) fn mutation<'a>(
@@ -505,24 +483,4 @@ pub(crate) fn field_error(e: tally_core::tenant::FieldError) -> MgmtError {
 /// `v` as JSON for an audit record (`None` if it does not serialize, which our types do).
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
-}
-
-#[cfg(test)]
-mod client_ip_tests {
-    use super::client_ip;
-
-    #[test]
-    fn only_trusted_proxies_entries_are_believed() {
-        let peer = || Some("10.0.0.9".to_owned());
-        let xff = ["6.6.6.6", "1.2.3.4", "10.0.0.2"];
-        assert_eq!(client_ip(&xff, peer(), 0).as_deref(), Some("10.0.0.9"));
-        assert_eq!(client_ip(&xff, peer(), 1).as_deref(), Some("10.0.0.2"));
-        assert_eq!(client_ip(&xff, peer(), 2).as_deref(), Some("1.2.3.4"));
-        assert_eq!(client_ip(&xff, peer(), 5).as_deref(), Some("6.6.6.6"));
-        assert_eq!(
-            client_ip(&["not an ip"], peer(), 1).as_deref(),
-            Some("10.0.0.9")
-        );
-        assert_eq!(client_ip(&[], None, 1), None);
-    }
 }

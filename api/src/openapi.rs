@@ -62,6 +62,8 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         Endpoint::CreateInvitation | Endpoint::AcceptInvitation => {
             &[201, 400, 401, 403, 404, 409, 429, 500, 503]
         }
+        Endpoint::GetSecurityPolicy => &[200, 400, 401, 403, 404, 429, 500, 503],
+        Endpoint::PutSecurityPolicy => &[200, 400, 401, 403, 404, 409, 429, 500, 503],
     }
 }
 
@@ -279,6 +281,20 @@ fn management_operation(endpoint: Endpoint) -> Option<Value> {
                 "InvitationView",
                 None,
                 vec![path_param("invitation_id", "The invitation.")],
+            ),
+            Endpoint::GetSecurityPolicy => (
+                "getSecurityPolicy",
+                "Read the organization's security policy (the default, with `updated_at` null, if it set none)",
+                "SecurityPolicy",
+                None,
+                vec![],
+            ),
+            Endpoint::PutSecurityPolicy => (
+                "putSecurityPolicy",
+                "Replace the organization's security policy: require MFA (the token's `amr` must contain `mfa`, `otp`, `hwk` or `swk`, else 403 `mfa_required`), an IP allowlist of at most 50 IPv4/IPv6 CIDR blocks for users and API keys (403 `ip_not_allowed` outside it; empty: any address), and the session lifetime. 409 `would_lock_out` when the policy would refuse the caller's own address or token.",
+                "SecurityPolicy",
+                Some("PutSecurityPolicy"),
+                vec![],
             ),
             Endpoint::GetOrg => ("getOrg", "Read the organization", "Org", None, vec![]),
             Endpoint::UpdateOrg => (
@@ -685,6 +701,15 @@ fn management_schemas() -> Value {
         "LineEventsResponse": {"type": "object", "required": ["events"], "properties": {
             "events": {"type": "array", "items": schema_ref("LineEvent")},
             "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},
+        "SecurityPolicy": {"type": "object", "required": ["org_id", "require_mfa", "ip_allowlist", "session_lifetime_seconds", "updated_at"], "properties": {
+            "org_id": {"type": "string"}, "require_mfa": {"type": "boolean"},
+            "ip_allowlist": {"type": "array", "maxItems": 50, "items": {"type": "string", "description": "A network in CIDR notation, canonical."}},
+            "session_lifetime_seconds": {"type": "integer", "minimum": 300, "maximum": 2_592_000},
+            "updated_at": ts_opt}},
+        "PutSecurityPolicy": {"type": "object", "required": ["require_mfa", "ip_allowlist", "session_lifetime_seconds"], "additionalProperties": false, "properties": {
+            "require_mfa": {"type": "boolean", "description": "Users' tokens must show a second factor in `amr`."},
+            "ip_allowlist": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 64, "description": "An IPv4 or IPv6 network in CIDR notation (no bits set below the prefix), or a bare address."}, "description": "Empty: any address."},
+            "session_lifetime_seconds": {"type": "integer", "minimum": 300, "maximum": 2_592_000, "description": "How long a session of the org's members may live (5 minutes to 30 days)."}}},
         "AuditResponse": {"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "items": schema_ref("AuditRecord")},
             "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},

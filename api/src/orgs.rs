@@ -57,7 +57,7 @@ pub(crate) async fn my_orgs(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<MyOrgsResponse>, MgmtError> {
-    let Caller::User(user) = &caller else {
+    let Caller::User(user, _) = &caller else {
         return Err(ApiError::Forbidden(
             "this route needs a user's bearer token (JWT), not an API key".into(),
         )

@@ -25,6 +25,8 @@
 //! | `invitations.read` | `GET /v1/orgs/{org_id}/invitations` (pending ones) | ✓ | ✓ | | |
 //! | `invitation.create` | `POST /v1/orgs/{org_id}/invitations` | ✓ | ✓ | | |
 //! | `invitation.revoke` | `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` | ✓ | ✓ | | |
+//! | `security_policy.read` | `GET /v1/orgs/{org_id}/security-policy` | ✓ | ✓ | | |
+//! | `security_policy.update` | `PUT /v1/orgs/{org_id}/security-policy` (MFA, IP allowlist, session lifetime; audited) | ✓ | ✓ | | |
 //! | `ledger.read` | `GET /v1/orgs/{org_id}/reports/{period}/lines/{meter}/events` (the ledger entries a bill's line is made of), `GET /v1/orgs/{org_id}/export` (a month's counters or ledger entries as CSV) | ✓ | ✓ | | |
 //!
 //! `projects.read` gives members and viewers only the projects they were put on (with
@@ -95,6 +97,10 @@ pub enum Action {
     InvitationAccept,
     /// Read the ledger entries a report line bills (every event of a meter in a month).
     LedgerRead,
+    /// Read the org's security policy.
+    SecurityPolicyRead,
+    /// Replace the org's security policy (MFA, IP allowlist, session lifetime).
+    SecurityPolicyUpdate,
 }
 
 impl Action {
@@ -125,6 +131,8 @@ impl Action {
             Action::InvitationRevoke => "invitation.revoke",
             Action::InvitationAccept => "invitation.accept",
             Action::LedgerRead => "ledger.read",
+            Action::SecurityPolicyRead => "security_policy.read",
+            Action::SecurityPolicyUpdate => "security_policy.update",
         }
     }
 
@@ -148,6 +156,7 @@ impl Action {
                 | Action::InvitationCreate
                 | Action::InvitationRevoke
                 | Action::InvitationAccept
+                | Action::SecurityPolicyUpdate
         )
     }
 }
@@ -180,6 +189,8 @@ pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::InvitationCreate, [true, true, false, false]),
     (Action::InvitationRevoke, [true, true, false, false]),
     (Action::LedgerRead, [true, true, false, false]),
+    (Action::SecurityPolicyRead, [true, true, false, false]),
+    (Action::SecurityPolicyUpdate, [true, true, false, false]),
 ];
 
 /// Whether `role` may do `action` (an action missing from the table is refused).

@@ -404,6 +404,13 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         Endpoint::RemoveProjectMember => (path, None),
         Endpoint::TransferOwnership => (path, Some(json!({"user_id": ids.user}))),
         Endpoint::RotateKey => (path, Some(json!({"overlap_seconds": 60}))),
+        Endpoint::GetSecurityPolicy => (path, None),
+        Endpoint::PutSecurityPolicy => (
+            path,
+            Some(
+                json!({"require_mfa": false, "ip_allowlist": [], "session_lifetime_seconds": 3600}),
+            ),
+        ),
     }
 }
 

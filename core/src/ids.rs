@@ -169,6 +169,10 @@ prefixed_id!(
     /// An invitation's public id (its token is never stored, only the token's SHA-256).
     InvitationId, "inv_", "invitation_id"
 );
+prefixed_id!(
+    /// A sign-in session's id (the `sid` claim of a session token).
+    SessionId, "ses_", "session_id"
+);
 
 /// What a test-mode twin's id ends with (see [`OrgId::test_twin`]). Not hexadecimal, so no
 /// issued org id (32 hex digits) ends with it.

@@ -35,6 +35,7 @@ pub mod plan;
 pub mod ports;
 pub mod pricing;
 pub mod report;
+pub mod security;
 pub mod signature;
 pub mod sinks;
 pub mod tenant;

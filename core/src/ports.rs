@@ -13,6 +13,8 @@
 //! [`CatalogueStore`] keeps the catalogue versions the operator publishes, immutable and
 //! numbered by a first-write-wins put. [`OverrideStore`] keeps each org's price overrides
 //! (operator-set contracts), written once and only ever ended earlier.
+//! numbered by a first-write-wins put.
+//! [`SecurityStore`] keeps each org's security policy and users' sign-in sessions.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -30,6 +32,7 @@ use crate::period::{Granularity, Month};
 mod allowance;
 mod catalogue;
 mod overrides;
+mod security;
 mod tenants;
 pub use allowance::{
     AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
@@ -43,6 +46,7 @@ pub use catalogue::{
 pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
+pub use security::SecurityStore;
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
     UserStore,

@@ -262,7 +262,7 @@ async fn sign_in_inner(
         .map_err(|e| ApiError::Internal(format!("sign-in request: {e}")))?;
     let (mut parts, ()) = request.into_parts();
     let user = match Caller::from_request_parts(&mut parts, state).await? {
-        Caller::User(user) => user,
+        Caller::User(user, _) => user,
         Caller::ApiKey(_) => {
             return Err(ApiError::bad_request(
                 "invalid_token",

@@ -18,12 +18,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use tally_core::ports::{ApiKeyStore, Clock};
+use tally_core::security::SecurityPolicy;
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, MAX_KEY_SECRET_LEN, looks_like_key};
 
 use crate::error::ApiError;
@@ -69,15 +71,53 @@ impl KeyAuth {
     /// Finds the active key whose secret is `secret`: `401` when it is too long, unknown,
     /// revoked or expired; `503`/`500` when the store fails.
     pub async fn authenticate(&self, secret: &str) -> Result<ApiKey, ApiError> {
-        if secret.len() > MAX_KEY_SECRET_LEN || !looks_like_key(secret) {
-            return Err(ApiError::Unauthorized("the API key is not valid".into()));
-        }
-        let hash = KeyHash::of_secret(secret);
+        let hash = Self::hash_of(secret)?;
         let found = match &self.cache {
             Some(cache) => cache.find(&hash).await?,
             None => self.keys.find_api_key(&hash).await?,
         };
         let key = found.ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
+        self.admit(&key)?;
+        Ok(key)
+    }
+
+    /// [`KeyAuth::authenticate`], then the key's org's IP allowlist against the client's
+    /// address `client` ([`SecurityPolicy::permits_ip`]): `403 ip_not_allowed` outside it.
+    /// The policy comes from the key cache with the key, so the check reads nothing per
+    /// request (see [`crate::keys`] for how soon a policy change is seen); without a cache
+    /// there is no policy to check against, and the request is refused with `500` rather
+    /// than admitted unchecked.
+    pub async fn authenticate_from(
+        &self,
+        secret: &str,
+        client: Option<IpAddr>,
+    ) -> Result<ApiKey, ApiError> {
+        let hash = Self::hash_of(secret)?;
+        let Some(cache) = &self.cache else {
+            return Err(ApiError::Internal(
+                "IP allowlists are checked through the key cache, and this router has none".into(),
+            ));
+        };
+        let found = cache
+            .find_with_policy(&hash)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
+        self.admit(&found.key)?;
+        check_ip(&found.policy, client)?;
+        Ok(found.key.clone())
+    }
+
+    /// The hash a key-shaped secret is looked up by, or the `401` of one that is too long
+    /// or not shaped like a key (no hashing, no store read, no cache slot for it).
+    fn hash_of(secret: &str) -> Result<KeyHash, ApiError> {
+        if secret.len() > MAX_KEY_SECRET_LEN || !looks_like_key(secret) {
+            return Err(ApiError::Unauthorized("the API key is not valid".into()));
+        }
+        Ok(KeyHash::of_secret(secret))
+    }
+
+    /// `401` unless the key found is active now; records its use in the cache.
+    fn admit(&self, key: &ApiKey) -> Result<(), ApiError> {
         let now = self.clock.now();
         if key.revoked_at.is_some_and(|r| r <= now) {
             return Err(ApiError::Unauthorized(
@@ -89,9 +129,9 @@ impl KeyAuth {
         }
         debug_assert!(key.is_active(now));
         if let Some(cache) = &self.cache {
-            cache.touch(&key);
+            cache.touch(key);
         }
-        Ok(key)
+        Ok(())
     }
 
     /// Authenticates the bearer key of a request and checks that it carries `scope`.
@@ -104,6 +144,23 @@ impl KeyAuth {
         require_scope(&key, scope)?;
         Ok(key)
     }
+}
+
+/// Code of the refusal of a client outside its org's IP allowlist (`403`).
+pub const IP_NOT_ALLOWED: &str = "ip_not_allowed";
+
+/// `403 ip_not_allowed` unless `policy` lets a client at `client` act for its org.
+pub fn check_ip(policy: &SecurityPolicy, client: Option<IpAddr>) -> Result<(), ApiError> {
+    if policy.permits_ip(client) {
+        return Ok(());
+    }
+    let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+    Err(ApiError::ForbiddenBecause {
+        code: IP_NOT_ALLOWED,
+        message: format!(
+            "requests from {from} are not allowed by this organization's IP allowlist"
+        ),
+    })
 }
 
 /// The credential of `Authorization: Bearer <credential>` (scheme case-insensitive): `401`

@@ -91,9 +91,11 @@ pub enum ApiError {
     /// route's scope).
     #[error("{0}")]
     Forbidden(String),
-    /// `403 Forbidden` with a code of the route's own (`csrf`: a cookie-authenticated
-    /// mutation without the page's CSRF header or from another origin), its message shown as
-    /// written.
+    /// `403 Forbidden` with a code of its own, its message shown as written: `csrf` (a
+    /// cookie-authenticated mutation without the page's CSRF header or from another origin),
+    /// or the org's security policy refusing a caller who is who they say (`mfa_required`:
+    /// the token shows no second factor; `ip_not_allowed`: the client address is outside the
+    /// org's allowlist).
     #[error("{message}")]
     ForbiddenBecause {
         /// Machine-readable reason, snake_case.
@@ -113,6 +115,18 @@ pub enum ApiError {
     /// `409 Conflict`: a unique value is taken.
     #[error("{0}")]
     Conflict(String),
+    /// `409 Conflict` with a code and field of its own: the change is well formed but would
+    /// leave things in a state the server refuses (`would_lock_out`: an IP allowlist that
+    /// excludes the caller's own address).
+    #[error("{message}")]
+    ConflictBecause {
+        /// Machine-readable reason, snake_case.
+        code: &'static str,
+        /// Human sentence saying what to change.
+        message: String,
+        /// The field to change.
+        field: &'static str,
+    },
     /// `413 Payload Too Large`: the body is larger than `limit` bytes.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -191,7 +205,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::ForbiddenBecause { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictBecause { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } | ApiError::PlanLimitExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -240,6 +254,11 @@ impl ApiError {
                 ErrorBody::new("not_found", message.clone(), field.clone())
             }
             ApiError::Conflict(m) => ErrorBody::new("conflict", m.clone(), none),
+            ApiError::ConflictBecause {
+                code,
+                message,
+                field,
+            } => ErrorBody::new(*code, message.clone(), Some(*field)),
             ApiError::PayloadTooLarge { limit } => ErrorBody::new(
                 "payload_too_large",
                 format!("the request body must be at most {limit} bytes; send smaller batches"),

@@ -9,6 +9,12 @@
 //! distinct key per two seconds. New keys are unaffected by miss caching: a secret has 256
 //! random bits, so nobody presents it before it exists.
 //!
+//! Each cached key carries its org's [`SecurityPolicy`] (read from the store with the key,
+//! on a miss only), so ingest checks an org's IP allowlist with no store read per request.
+//! A policy change is therefore seen within the same [`KeyCacheConfig::ttl`] (10 s) as a
+//! revocation: an allowlist tightened in the management API refuses a key's requests from
+//! a removed address at most that long afterwards.
+//!
 //! Last-used times are recorded in memory on every successful authentication (never a store
 //! write per request); [`KeyCache::take_last_used`] hands them over for a bulk write.
 //!
@@ -22,7 +28,8 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use tally_core::ids::ApiKeyId;
-use tally_core::ports::{ApiKeyStore, Clock, StoreError};
+use tally_core::ports::{ApiKeyStore, Clock, SecurityStore, StoreError};
+use tally_core::security::SecurityPolicy;
 use tally_core::tenant::{ApiKey, KeyHash, KeyUse};
 
 use tracing::Instrument;
@@ -57,11 +64,22 @@ impl Default for KeyCacheConfig {
     }
 }
 
+/// A key as the cache holds it: the key and its org's security policy (the default when
+/// the org set none), read together.
+#[derive(Debug, Clone)]
+pub struct CachedKey {
+    /// The key.
+    pub key: ApiKey,
+    /// Its org's policy when the key was read.
+    pub policy: SecurityPolicy,
+}
+
 /// API keys by hash, cached; plus last-used times. Share one per process (`Arc`).
 pub struct KeyCache {
     store: Arc<dyn ApiKeyStore>,
+    policies: Arc<dyn SecurityStore>,
     clock: Arc<dyn Clock>,
-    keys: TtlCache<KeyHash, Option<Arc<ApiKey>>>,
+    keys: TtlCache<KeyHash, Option<Arc<CachedKey>>>,
     ttl: TimeDelta,
     miss_ttl: TimeDelta,
     last_used: Mutex<HashMap<ApiKeyId, KeyUse>>,
@@ -78,16 +96,19 @@ impl fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// A cache over `store` with the capacity and TTLs of `config` (a [`KeyCacheConfig`],
-    /// or anything that converts into one, such as ingest's `&CacheConfig`).
+    /// A cache over `store` (keys) and `policies` (their orgs' security policies) with the
+    /// capacity and TTLs of `config` (a [`KeyCacheConfig`], or anything that converts into
+    /// one, such as ingest's `&CacheConfig`).
     pub fn new(
         store: Arc<dyn ApiKeyStore>,
+        policies: Arc<dyn SecurityStore>,
         clock: Arc<dyn Clock>,
         config: impl Into<KeyCacheConfig>,
     ) -> Self {
         let config = config.into();
         KeyCache {
             store,
+            policies,
             clock,
             keys: TtlCache::new(config.capacity),
             ttl: delta(config.ttl),
@@ -99,10 +120,20 @@ impl KeyCache {
     /// The key whose secret hashes to `hash`, from the cache or (on a miss or after the TTL)
     /// from the store. Store errors are not cached.
     pub async fn find(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.find_with_policy(hash).await?.map(|c| c.key.clone()))
+    }
+
+    /// The key whose secret hashes to `hash` with its org's security policy, from the cache
+    /// or (on a miss or after the TTL) from the store: the key, then its org's policy, two
+    /// reads per miss and none per hit. Store errors are not cached.
+    pub async fn find_with_policy(
+        &self,
+        hash: &KeyHash,
+    ) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let now = self.clock.now();
         if let Some(found) = self.keys.get(hash, now) {
             metrics::counter!(METRIC_KEY_CACHE, "result" => "hit").increment(1);
-            return Ok(found.map(|k| (*k).clone()));
+            return Ok(found);
         }
         metrics::counter!(METRIC_KEY_CACHE, "result" => "miss").increment(1);
         let found = self
@@ -110,17 +141,26 @@ impl KeyCache {
             .find_api_key(hash)
             .instrument(tracing::debug_span!("find_api_key"))
             .await?;
+        let found = match found {
+            Some(key) => {
+                let policy = self
+                    .policies
+                    .get_security_policy(&key.org_id)
+                    .instrument(tracing::debug_span!("get_security_policy"))
+                    .await?
+                    .map(|p| p.policy)
+                    .unwrap_or_default();
+                Some(Arc::new(CachedKey { key, policy }))
+            }
+            None => None,
+        };
         let ttl = if found.is_some() {
             self.ttl
         } else {
             self.miss_ttl
         };
-        self.keys.insert_for(
-            hash.clone(),
-            found.clone().map(Arc::new),
-            ttl,
-            self.clock.now(),
-        );
+        self.keys
+            .insert_for(hash.clone(), found.clone(), ttl, self.clock.now());
         Ok(found)
     }
 

@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client;
 pub mod drain;
 pub mod error;
 pub mod events;

@@ -137,6 +137,10 @@ pub struct IngestConfig {
     /// How finely limits shared across instances are taken (only with
     /// [`crate::Ingest::with_allowances`]).
     pub shared: crate::shared::SharedConfig,
+    /// How many proxies in front append to `X-Forwarded-For` and are trusted to
+    /// ([`tally_http::client`]): the address an org's IP allowlist is checked against. 0
+    /// (the default, `tally serve` without `--trusted-proxies`): the connection's peer.
+    pub trusted_proxies: usize,
 }
 
 impl Default for IngestConfig {
@@ -147,6 +151,7 @@ impl Default for IngestConfig {
             plans: BTreeMap::new(),
             publish_retries: 1,
             shared: crate::shared::SharedConfig::default(),
+            trusted_proxies: 0,
         }
     }
 }

@@ -120,14 +120,33 @@ pub fn entitlement(meter: &Meter, plan: &Plan, usage: Decimal, period: Month) ->
     }
 }
 
+/// The client's address ([`tally_http::client`]), which the key's org's IP allowlist is
+/// checked against.
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl axum::extract::FromRequestParts<Ingest> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Ingest,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(tally_http::client::client_ip_of(
+            parts,
+            state.config().trusted_proxies,
+        )))
+    }
+}
+
 /// The handler.
 pub(crate) async fn get_entitlements(
     State(state): State<Ingest>,
+    client: ClientAddr,
     headers: HeaderMap,
     query: Result<Query<EntitlementParams>, QueryRejection>,
 ) -> Result<Json<EntitlementsAnswer>, ApiError> {
     let key = KeyAuth::from_ref(&state)
-        .authenticate(bearer_token(&headers)?)
+        .authenticate_from(bearer_token(&headers)?, client.0)
         .await?;
     if !key.has_scope(KeyScope::EventsWrite) && !key.has_scope(KeyScope::UsageRead) {
         return Err(ApiError::Forbidden(

@@ -30,7 +30,7 @@ use tally_core::tenant::{ApiKey, KeyMode, KeyScope};
 use tracing::Instrument;
 
 use crate::Ingest;
-use crate::auth::KeyAuth;
+use crate::auth::{KeyAuth, bearer_token, require_scope};
 use crate::body::{BodyFormat, Candidate, MAX_BODY_BYTES, split_body};
 use crate::config::RateCost;
 use crate::error::{ApiError, ErrorBody, LimitDetails, PLAN_LIMIT_EXCEEDED};
@@ -184,9 +184,11 @@ impl FromRequestParts<Ingest> for Admitted {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Ingest) -> Result<Self, ApiError> {
+        let client = tally_http::client::client_ip_of(parts, state.inner.config.trusted_proxies);
         let key = KeyAuth::from_ref(state)
-            .authorize(&parts.headers, KeyScope::EventsWrite)
+            .authenticate_from(bearer_token(&parts.headers)?, client)
             .await?;
+        require_scope(&key, KeyScope::EventsWrite)?;
         tracing::Span::current().record("org", key.org_id.as_str());
         let plan_id = state
             .inner

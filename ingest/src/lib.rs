@@ -62,7 +62,7 @@ use axum::routing::{get, post};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{
-    ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, TenantStore, UsageStore,
+    ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, SecurityStore, TenantStore, UsageStore,
 };
 
 pub mod body;
@@ -92,6 +92,9 @@ pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events"), ("GET", "/v1/entit
 pub struct IngestState {
     /// Finds API keys by hash (auth) and records their last use.
     pub keys: Arc<dyn ApiKeyStore>,
+    /// The orgs' security policies (their IP allowlists apply to their keys), read into the
+    /// key cache with each key.
+    pub security: Arc<dyn SecurityStore>,
     /// Finds the key's org (its plan decides the limits).
     pub orgs: Arc<dyn OrgStore>,
     /// Finds projects (an event's project must be an active one of the key's org).
@@ -117,6 +120,7 @@ impl IngestState {
     ) -> Self {
         IngestState {
             keys: tenants.clone(),
+            security: tenants.clone(),
             orgs: tenants.clone(),
             projects: tenants,
             usage,
@@ -209,6 +213,7 @@ impl Ingest {
             .collect();
         let keys = Arc::new(KeyCache::new(
             ports.keys.clone(),
+            ports.security.clone(),
             ports.clock.clone(),
             &config.cache,
         ));

@@ -114,6 +114,9 @@ pub struct Identity {
     /// Whether the issuer vouches for the email (`email_verified` true, as a JSON boolean
     /// or, as Cognito writes its attributes, the string `"true"`).
     pub email_verified: bool,
+    /// The `amr` claim (how the user authenticated, e.g. Cognito's `["pwd", "otp", "mfa"]`),
+    /// empty when absent; a single string is read as a one-value list.
+    pub amr: Vec<String>,
 }
 
 /// The claims read from a token (beyond `iss`/`aud`, which `jsonwebtoken` checks).
@@ -129,6 +132,8 @@ struct Claims {
     email: Option<String>,
     #[serde(default)]
     email_verified: Option<serde_json::Value>,
+    #[serde(default)]
+    amr: Option<serde_json::Value>,
 }
 
 /// The part of an OpenID provider's discovery document Tally reads.
@@ -298,6 +303,14 @@ impl OidcVerifier {
             subject: c.sub,
             email: c.email.filter(|e| e.len() <= 320).map(|e| e.to_lowercase()),
             email_verified,
+            amr: match c.amr {
+                Some(serde_json::Value::Array(values)) => values
+                    .into_iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                Some(serde_json::Value::String(one)) => vec![one],
+                _ => Vec::new(),
+            },
         })
     }
 

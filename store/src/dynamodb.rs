@@ -209,6 +209,7 @@ mod ops;
 mod overrides;
 mod raise;
 mod reports;
+mod security;
 mod sync_ledger;
 mod table;
 mod tenants;

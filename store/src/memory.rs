@@ -61,6 +61,7 @@ mod billing;
 mod catalogue;
 mod keys;
 mod overrides;
+mod security;
 mod tenants;
 mod usage;
 
@@ -186,6 +187,10 @@ struct State {
     invitations: BTreeMap<(OrgId, InvitationId), Invitation>,
     /// Where each token hash points in `invitations`.
     invitation_hashes: HashMap<KeyHash, (OrgId, InvitationId)>,
+    /// Each org's security policy (`memory/security.rs`).
+    policies: BTreeMap<OrgId, tally_core::security::OrgSecurityPolicy>,
+    /// Sign-in sessions by (user, id).
+    sessions: BTreeMap<(UserId, tally_core::ids::SessionId), tally_core::security::Session>,
     /// Each org's audit trail by [`AuditRecord::sort_key`].
     audit: BTreeMap<OrgId, BTreeMap<String, AuditRecord>>,
     /// (expiry in Unix seconds, org, sort key) of every audit record, for pruning.

@@ -130,6 +130,7 @@ mod overrides;
 mod prune;
 mod reports;
 mod schema;
+mod security;
 mod sync_ledger;
 mod tenants;
 mod usage;

@@ -228,6 +228,11 @@ pub enum TokenCommand {
         /// How long the token is valid (e.g. 90s, 30m, 1h), at most a day.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: std::time::Duration,
+        /// Authentication methods to put in the token's `amr` claim, comma-separated (e.g.
+        /// `pwd,otp`): an org that requires MFA accepts a token showing `mfa`, `otp`,
+        /// `hwk` or `swk`. At most 16 values of at most 32 characters.
+        #[arg(long, value_delimiter = ',')]
+        amr: Vec<String>,
     },
 }
 
@@ -240,8 +245,19 @@ struct TokenOut {
 
 /// Runs a `token` command.
 pub async fn token(common: &Common, cmd: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Create { user, ttl } = cmd;
+    let TokenCommand::Create { user, ttl, amr } = cmd;
     let user = UserId::parse(&user).context("--user")?;
+    if amr.len() > tally_api::jwt::MAX_AMR_VALUES
+        || amr
+            .iter()
+            .any(|m| m.is_empty() || m.len() > tally_api::jwt::MAX_AMR_LEN)
+    {
+        bail!(
+            "--amr: at most {} values of 1 to {} characters",
+            tally_api::jwt::MAX_AMR_VALUES,
+            tally_api::jwt::MAX_AMR_LEN
+        );
+    }
     let ttl = chrono::Duration::from_std(ttl).context("--ttl is too long")?;
     let jwt = jwt_config(common)?;
     let store = backend::open_store(common).await?;
@@ -250,7 +266,12 @@ pub async fn token(common: &Common, cmd: TokenCommand) -> anyhow::Result<()> {
     }
     let now = Utc::now();
     let token = jwt
-        .mint(&user, now, ttl)
+        .mint_with(
+            &user,
+            now,
+            ttl,
+            &tally_api::jwt::TokenFacts { amr, session: None },
+        )
         .context("cannot mint a token (token create needs an HS256 secret)")?;
     print(
         common.json,

@@ -140,6 +140,7 @@ pub fn router(
         ),
         tally_ingest::IngestConfig {
             plans: plans.clone(),
+            trusted_proxies: edge.trusted_proxies,
             ..tally_ingest::IngestConfig::default()
         },
     );
@@ -168,6 +169,9 @@ pub fn router(
             versions: backends.stores.catalogues.clone(),
             overrides: backends.stores.overrides.clone(),
         }),
+        sessions: Arc::new(tally_api::sessions::SessionCache::new(
+            tally_api::sessions::SESSION_CACHE_CAPACITY,
+        )),
     });
     let router = ingest.merge(api).route(
         "/healthz",

@@ -63,6 +63,11 @@ mod overrides {
     tally_tests::override_conformance!(DynamoFactory::new().await);
 }
 
+mod security {
+    use super::*;
+    tally_tests::security_conformance!(DynamoFactory::new().await);
+}
+
 const NOV: &str = "2026-11";
 
 async fn month_counters(s: &DynamoStore, org: &OrgId) -> BTreeMap<OwnedCounterKey, Decimal> {

@@ -35,6 +35,11 @@ mod overrides {
     tally_tests::override_conformance!(MemoryFactory::default());
 }
 
+mod security {
+    use super::*;
+    tally_tests::security_conformance!(MemoryFactory::default());
+}
+
 /// `fail(Op::FindApiKey, ..)` makes `find_api_key` fail on every handle, with the chosen error,
 /// until it is cleared; nothing else fails meanwhile.
 #[tokio::test]

@@ -253,7 +253,14 @@ pub trait AuditLog: Send + Sync {
 /// Every tenant role at once: what a whole backend (memory, SQLite, DynamoDB) implements and
 /// what the composition root builds. Capabilities should hold the roles they use instead.
 pub trait TenantStore:
-    UserStore + OrgStore + MemberStore + ProjectStore + ApiKeyStore + InvitationStore + AuditLog
+    UserStore
+    + OrgStore
+    + MemberStore
+    + ProjectStore
+    + ApiKeyStore
+    + InvitationStore
+    + AuditLog
+    + super::SecurityStore
 {
 }
 
@@ -265,6 +272,7 @@ impl<T> TenantStore for T where
         + ApiKeyStore
         + InvitationStore
         + AuditLog
+        + super::SecurityStore
         + ?Sized
 {
 }

@@ -35,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
         tally_ingest::IngestConfig {
             plans: catalogue.core_plans(),
             shared: env.shared_limits()?,
+            // API Gateway appends the address it was reached from to X-Forwarded-For.
+            trusted_proxies: 1,
             ..tally_ingest::IngestConfig::default()
         },
         store.dynamo.clone(),

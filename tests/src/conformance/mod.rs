@@ -2,6 +2,8 @@
 //!
 //! - [`storage`]: [`TenantStore`](tally_core::ports::TenantStore) and
 //!   [`UsageStore`](tally_core::ports::UsageStore), through a [`storage::StoreFactory`].
+//! - [`security`]: [`SecurityStore`](tally_core::ports::SecurityStore), org security
+//!   policies and sign-in sessions, through the same [`storage::StoreFactory`].
 //! - [`allowance`]: [`AllowanceStore`](tally_core::ports::AllowanceStore), the shared
 //!   limits of ingest instances, on handles onto one store.
 //! - [`overrides`]: [`OverrideStore`](tally_core::ports::OverrideStore), each org's price
@@ -26,6 +28,7 @@ pub mod fixtures;
 pub mod overrides;
 pub mod queue;
 pub mod replay;
+pub mod security;
 pub mod storage;
 
 /// What [`queue_conformance!`](crate::queue_conformance) and
