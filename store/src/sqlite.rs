@@ -63,6 +63,17 @@
 //! alternating runs; `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold
 //! either way and the ledger sets the pace (42k–47k at 1,000 per batch).
 //!
+//! Layouts measured against this one at a multi-million-entry ledger (issue 21;
+//! `bench/src/bin/ledger_layouts.rs`, figures in `bench/RESULTS.md`, 2-core sandbox under
+//! heavy load, so ratios only): at 3 M entries, 1,000 rows per commit, a 64-bit hash index
+//! instead of `UNIQUE (org, event_id)` ran 1.4–1.6× this layout; tables partitioned by
+//! arrival (20k or 100k entries each, a Bloom filter in front, older tables probed by key on
+//! a hit, so still exact) 2.3–2.9×; 1 KiB pages and a `WITHOUT ROWID` ledger were slower
+//! (at 100k entries). The partitioned layout is not adopted yet: its filter is rebuilt at
+//! open by scanning every table's keys (4.4–4.9 s at 3 M entries; linear, so ~15 s at
+//! 10 M), past the 5 s a cold start may take, so it first needs a filter persisted per
+//! sealed table.
+//!
 //! # Retention
 //!
 //! The ledger keeps a row [`LEDGER_RETENTION`] (45 days) after writing it, as DynamoDB's TTL
