@@ -216,6 +216,50 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .await
         .unwrap();
     store.record_customer(&org.id, "cus_layout").await.unwrap();
+    // A negotiated price (`tally org override set`).
+    tally_core::ports::OverrideStore::put_override(
+        &store,
+        &tally_core::overrides::PriceOverride {
+            id: tally_core::overrides::OverrideId::from_random([7; 8]),
+            org_id: org.id.clone(),
+            plan: tally_core::PlanId::Pro,
+            change: tally_core::overrides::OverrideChange::MonthlyFee {
+                amount: tally_core::Money::new(rust_decimal::Decimal::from(99)),
+            },
+            start: Month::parse("2001-03").unwrap(),
+            end: None,
+            reason: None,
+            created_by: "cli".into(),
+            created_at: now,
+        },
+    )
+    .await
+    .unwrap();
+    // The org's security policy (attributes of the org item) and a sign-in session.
+    tally_core::ports::SecurityStore::put_security_policy(
+        &store,
+        &tally_core::security::OrgSecurityPolicy {
+            org_id: org.id.clone(),
+            policy: tally_core::security::SecurityPolicy::default(),
+            updated_at: now,
+        },
+    )
+    .await
+    .unwrap();
+    tally_core::ports::SecurityStore::create_session(
+        &store,
+        &tally_core::security::Session {
+            id: tally_core::ids::SessionId::from_random([9; 16]),
+            user_id: user.clone(),
+            created_at: now,
+            expires_at: now + Duration::hours(1),
+            ip: None,
+            user_agent: None,
+            revoked_at: None,
+        },
+    )
+    .await
+    .unwrap();
     // A published catalogue version (`tally catalogue apply`).
     let body = tally_core::catalogue::BUILTIN_JSON.to_owned();
     tally_core::ports::CatalogueStore::put_catalogue_version(
