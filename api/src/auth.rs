@@ -212,6 +212,15 @@ impl FromRequestParts<ApiState> for Caller {
             return Ok(Caller::User(user, context));
         }
         let key = KeyAuth::from_ref(state).authenticate(credential).await?;
+        // A key is its org's: the org's IP allowlist holds for it here as on ingest, or a
+        // leaked key would read usage from anywhere. One store read per request, as for
+        // users (this router has no key cache).
+        if let Some(stored) = state.tenants.get_security_policy(&key.org_id).await? {
+            tally_http::auth::check_ip(
+                &stored.policy,
+                crate::http::client_ip_of(parts, state.trusted_proxies),
+            )?;
+        }
         Ok(Caller::ApiKey(key))
     }
 }

@@ -242,7 +242,10 @@ impl JwtConfig {
                 "the bearer token is not valid yet".into(),
             ));
         }
-        let max = max_ttl(c.sid.is_some());
+        // Only a token this server signs can name a Tally session: another issuer's `sid`
+        // (Keycloak, Okta and Auth0 put their own there) is not ours and is ignored.
+        let own = self.encoding.is_some();
+        let max = max_ttl(own && c.sid.is_some());
         if c.exp.saturating_sub(c.iat) > max {
             return Err(ApiError::Unauthorized(format!(
                 "the bearer token lives longer than {} hours; mint a shorter one",
@@ -250,7 +253,7 @@ impl JwtConfig {
             )));
         }
         let user = UserId::parse(&c.sub).map_err(|_| invalid())?;
-        let session = match &c.sid {
+        let session = match c.sid.as_ref().filter(|_| own) {
             Some(sid) => {
                 let id = SessionId::parse(sid).map_err(|_| invalid())?;
                 let issued = DateTime::from_timestamp(c.iat, 0).ok_or_else(invalid)?;

@@ -586,3 +586,49 @@ async fn a_session_older_than_the_orgs_lifetime_is_refused_there() {
         StatusCode::OK
     );
 }
+
+/// An API key is its org's: on the management API too (`GET /v1/usage`) a key used from
+/// outside the org's allowlist is refused, as on ingest.
+#[tokio::test]
+async fn the_allowlist_holds_for_the_orgs_api_keys_on_the_management_api() {
+    use tally_core::ids::ApiKeyId;
+    use tally_core::ports::ApiKeyStore;
+    use tally_core::tenant::{ApiKey, KeyHash, KeyScope};
+    const KEY: &str = "tk_live_5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f2a4c6e8b0d1f";
+    let w = world().await;
+    w.store
+        .create_api_key(&ApiKey {
+            id: ApiKeyId::parse("key_policy1").unwrap(),
+            org_id: OrgId::parse("org_a").unwrap(),
+            name: "reader".into(),
+            hash: KeyHash::of_secret(KEY),
+            display_prefix: KEY.chars().take(12).collect(),
+            scopes: vec![KeyScope::UsageRead],
+            created_at: t("2026-01-01T00:00:00Z"),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .await
+        .unwrap();
+    let uri = "/v1/usage?meter=api_calls&granularity=day&from=2026-12-01&to=2026-12-05";
+    // Before any policy the key reads its org's usage from anywhere.
+    let before = w.call("GET", uri, KEY, Some(ELSEWHERE), None).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.json);
+    let owner = w.token("usr_own", &[]);
+    assert_eq!(
+        w.put_policy(
+            &owner,
+            Some(OFFICE),
+            policy(false, &["203.0.113.0/24"], 3600)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let inside = w.call("GET", uri, KEY, Some(OFFICE), None).await;
+    assert_eq!(inside.status, StatusCode::OK, "{}", inside.json);
+    let outside = w.call("GET", uri, KEY, Some(ELSEWHERE), None).await;
+    assert_eq!(outside.status, StatusCode::FORBIDDEN, "{}", outside.json);
+    assert_eq!(code(&outside), "ip_not_allowed");
+}

@@ -380,11 +380,6 @@ async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow
     let store = backend::open_store(common).await?;
     crate::manage::live_org(&store, &org_id).await?;
     let current = Month::of(crate::manage::now()?);
-    let end = match from {
-        Some(f) => month("--from", f)?,
-        None => current.next(),
-    };
-    check_open(&store, "--from", end, current).await?;
     let before = store
         .overrides
         .list_overrides(&org_id)
@@ -392,6 +387,14 @@ async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow
         .context("cannot read the overrides")?
         .into_iter()
         .find(|o| o.id == id);
+    let end = match from {
+        Some(f) => month("--from", f)?,
+        // Next month, or the start of one that has not begun (it then never applies).
+        None => before
+            .as_ref()
+            .map_or(current.next(), |o| o.start.max(current.next())),
+    };
+    check_open(&store, "--from", end, current).await?;
     match store
         .overrides
         .end_override(&org_id, &id, end)

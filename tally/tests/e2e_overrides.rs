@@ -92,7 +92,31 @@ fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
     );
     assert_eq!(listed(&env, &org)[0]["end"], "2026-04");
 
-    // The audit trail shows the creation and the one real end, by the operator.
+    // An override that has not begun is ended by default at its own start: it never
+    // applies (ending it "next month" would put its end before its start).
+    let later = at_now(
+        &env,
+        &[
+            "org",
+            "override",
+            "set",
+            "--org",
+            &org,
+            "--monthly-fee",
+            "49.00",
+            "--from",
+            "2026-07",
+        ],
+    );
+    let later_id = later["id"].as_str().unwrap().to_owned();
+    let cancelled = at_now(
+        &env,
+        &["org", "override", "end", "--org", &org, "--id", &later_id],
+    );
+    assert_eq!(cancelled["start"], "2026-07", "{cancelled}");
+    assert_eq!(cancelled["end"], "2026-07", "{cancelled}");
+
+    // The audit trail shows the creations and the real ends, by the operator.
     let audit = at_now(&env, &["audit", "--org", &org]);
     let actions: Vec<(String, String)> = audit["records"]
         .as_array()
@@ -109,6 +133,8 @@ fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
     assert_eq!(
         actions,
         vec![
+            ("price_override.end".to_owned(), "cli".to_owned()),
+            ("price_override.create".to_owned(), "cli".to_owned()),
             ("price_override.end".to_owned(), "cli".to_owned()),
             ("price_override.create".to_owned(), "cli".to_owned()),
         ],
