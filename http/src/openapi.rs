@@ -26,7 +26,7 @@ pub const OPENAPI_VERSION: &str = "3.1.0";
 pub const POST_EVENTS_STATUSES: &[u16] = &[202, 400, 401, 403, 413, 429, 500, 503];
 
 /// The statuses `GET /v1/entitlements` answers with.
-pub const GET_ENTITLEMENTS_STATUSES: &[u16] = &[200, 400, 401, 403, 500, 503];
+pub const GET_ENTITLEMENTS_STATUSES: &[u16] = &[200, 400, 401, 403, 429, 500, 503];
 
 /// The shared document: `POST /v1/events`, `GET /v1/entitlements`, `GET /openapi.json` and every shared component.
 pub fn document() -> Value {
@@ -212,7 +212,7 @@ fn get_entitlements() -> Value {
     json!({
         "operationId": "getEntitlements",
         "summary": "Whether the key's org may consume more of a meter now",
-        "description": "Needs an API key with scope `events:write` or `usage:read`. Per meter: the plan's monthly allowance (`limit`, null when unlimited), whether it is hard (events past it are refused) or soft (billed as overage), the month-to-date `usage`, `remaining` = max(0, limit − usage), and `allowed`: false only on a hard plan whose sum, count or unique_count meter has usage >= limit (a max or latest meter takes any reading up to the limit; soft plans stay allowed past the allowance, with remaining 0). A test key answers for the org's test usage under the free plan's hard limits. Staleness and latency: the figures are the month counters ingest's hard limits read, cached per process for the usage TTL (2 s by default) plus the events this process accepted since; usage accepted elsewhere shows within that TTL + the aggregator's batching window (200 ms) + the time events wait in the queue. An answer costs at most one store read per meter per TTL; otherwise it is served from memory.",
+        "description": "Needs an API key with scope `events:write` or `usage:read`. Per meter: the plan's monthly allowance (`limit`, null when unlimited), whether it is hard (events past it are refused) or soft (billed as overage), the month-to-date `usage`, `remaining` = max(0, limit − usage), and `allowed`: false only on a hard plan whose sum, count or unique_count meter has usage >= limit (a max or latest meter takes any reading up to the limit; soft plans stay allowed past the allowance, with remaining 0). A test key answers for the org's test usage under the free plan's hard limits. Staleness and latency: the figures are the month counters ingest's hard limits read, cached per process for the usage TTL (2 s by default) plus the events this process accepted since; usage accepted elsewhere shows within that TTL + the aggregator's batching window (200 ms) + the time events wait in the queue. An answer costs at most one store read per meter per TTL; otherwise it is served from memory. Each check takes one unit from the key's rate bucket, the one `POST /v1/events` takes from (429 `rate_limited` with Retry-After when it is empty).",
         "security": [{"apiKey": []}],
         "parameters": [{
             "name": "meter",

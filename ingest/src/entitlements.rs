@@ -21,6 +21,12 @@
 //! `latest` meter takes any reading up to the limit, so it stays allowed; soft plans are
 //! always allowed (overage is billed, `remaining` shows 0).
 //!
+//! **Rate limit**: every check takes one unit from the key's rate bucket, the same bucket
+//! `POST /v1/events` takes from (sized by the org's plan, or the key's override; shared
+//! across instances on Lambda), and is refused with `429 rate_limited` and `Retry-After`
+//! when it is empty. So a key cannot poll without bound, and polling eats into what it may
+//! send.
+//!
 //! A test key (`tk_test_…`) answers for the org's test usage, held to the free plan's hard
 //! limits, as ingest holds it. Keys with `events:write` or `usage:read` may ask; the key
 //! itself is authenticated through ingest's key cache (a revoked key stops working within
@@ -185,6 +191,14 @@ pub(crate) async fn get_entitlements(
     let plan_id = inner.lookups.org_plan(&key.org_id).await?.ok_or_else(|| {
         ApiError::Unauthorized("the organization of this API key no longer exists".into())
     })?;
+    // A check is a request like any other: it takes a unit from the key's rate bucket (the
+    // bucket of the org's plan, as `POST /v1/events` takes it), so a key cannot poll
+    // without bound. Taken before any usage is read, so a refused poll costs no store read.
+    let rates = &inner.config.rate_limits;
+    if rates.enabled {
+        let limit = rates.limit_for(&key.id, plan_id);
+        crate::events::take_one(&state, &key.id, limit, rates.cost).await?;
+    }
     // A test key's usage is the twin's, held to the free plan (as ingest holds it).
     let mode = key.mode();
     let plan_id = match mode {

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::event::{ErrorCode, Event, EventError, ValidationContext};
-use tally_core::ids::{OrgId, ProjectId};
+use tally_core::ids::{ApiKeyId, OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
 use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
@@ -206,23 +206,7 @@ impl FromRequestParts<Ingest> for Admitted {
             let limiter = &state.inner.limiter;
             let refused = |t| rate_limited(t, None, config.cost);
             match config.cost {
-                RateCost::PerRequest => match &state.inner.shared {
-                    // Shared first (a refusal there costs the process's bucket nothing),
-                    // then the process's own bucket, giving the shared unit back if that
-                    // refuses.
-                    Some(shared) => {
-                        limiter.check(&key.id, limit, now).map_err(refused)?;
-                        shared
-                            .take_rate(&key.id, limit, 1, now)
-                            .await
-                            .map_err(refused)?;
-                        limiter.charge(&key.id, limit, 1, now).map_err(|t| {
-                            shared.give_back_rate(&key.id, limit, 1, now);
-                            refused(t)
-                        })?;
-                    }
-                    None => limiter.charge(&key.id, limit, 1, now).map_err(refused)?,
-                },
+                RateCost::PerRequest => take_one(state, &key.id, limit, config.cost).await?,
                 RateCost::PerEvent => {
                     per_event = Some(limit);
                     limiter.check(&key.id, limit, now).map_err(refused)?;
@@ -237,6 +221,36 @@ impl FromRequestParts<Ingest> for Admitted {
             plan: state.plan(plan_id),
             per_event,
         })
+    }
+}
+
+/// Takes one unit from the key's rate bucket: the shared one first when there is one (a
+/// refusal there costs the process's bucket nothing), then the process's own, giving the
+/// shared unit back if that refuses. `429 rate_limited` with `Retry-After` when either is
+/// empty. Every request that is not `POST /v1/events` charged per event pays this way
+/// (`GET /v1/entitlements` too, so a key cannot poll without bound).
+pub(crate) async fn take_one(
+    state: &Ingest,
+    key: &ApiKeyId,
+    limit: RateLimit,
+    cost: RateCost,
+) -> Result<(), ApiError> {
+    let now = state.inner.ports.clock.now();
+    let limiter = &state.inner.limiter;
+    let refused = |t| rate_limited(t, None, cost);
+    match &state.inner.shared {
+        Some(shared) => {
+            limiter.check(key, limit, now).map_err(refused)?;
+            shared
+                .take_rate(key, limit, 1, now)
+                .await
+                .map_err(refused)?;
+            limiter.charge(key, limit, 1, now).map_err(|t| {
+                shared.give_back_rate(key, limit, 1, now);
+                refused(t)
+            })
+        }
+        None => limiter.charge(key, limit, 1, now).map_err(refused),
     }
 }
 

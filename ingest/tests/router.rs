@@ -2614,3 +2614,43 @@ async fn entitlement_checks_refuse_unknown_meters_and_bad_keys() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn entitlement_checks_take_from_the_keys_rate_bucket() {
+    let h = Harness::new().await;
+    // The free plan's bucket holds 20: posts and checks draw on the same one.
+    for i in 0..10 {
+        let a = h
+            .post(
+                Some(FREE_KEY),
+                fev(&format!("e{i}"), "api_calls", 1).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "post {i}");
+    }
+    for i in 0..10 {
+        let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
+        assert_eq!(a.status, StatusCode::OK, "check {i}");
+    }
+    let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.error().0, "rate_limited");
+    assert_eq!(a.retry_after(), Some(1), "0.1 s rounded up");
+    let a = h
+        .post(Some(FREE_KEY), fev("late", "api_calls", 1).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "checks emptied it");
+    // Another key's bucket is its own.
+    assert_eq!(
+        h.entitlements(GOOD_KEY, "?meter=api_calls").await.status,
+        StatusCode::OK
+    );
+    // One token after 100 ms, and a check takes it.
+    h.advance(ms(100));
+    let a = h.entitlements(FREE_KEY, "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        h.entitlements(FREE_KEY, "").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
