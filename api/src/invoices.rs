@@ -113,8 +113,8 @@ pub struct StripeStatus {
     pub status: String,
     /// The Stripe invoice id, once created.
     pub invoice_id: Option<String>,
-    /// The invoice's hosted page, when one is recorded (the sync does not record it yet, so
-    /// this is `null` today).
+    /// The invoice's hosted page (Stripe's `hosted_invoice_url`), recorded by the sync when
+    /// it finalizes the invoice; `null` before that, or when Stripe gave none.
     pub hosted_url: Option<String>,
 }
 

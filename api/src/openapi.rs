@@ -754,7 +754,7 @@ fn invoice_schemas() -> Value {
         "StripeStatus": {"type": "object", "required": ["status", "invoice_id", "hosted_url"], "properties": {
             "status": {"type": "string", "enum": ["not_synced", "in_progress", "finalized", "paid", "payment_failed"]},
             "invoice_id": {"type": ["string", "null"]},
-            "hosted_url": {"type": ["string", "null"], "description": "The invoice's hosted page when recorded (not recorded by the sync yet: null)."},
+            "hosted_url": {"type": ["string", "null"], "description": "The invoice's hosted page (Stripe's hosted_invoice_url), recorded when the sync finalizes the invoice; null before that or when Stripe gave none."},
         }},
         "InvoiceSummary": {"type": "object", "required": ["period", "plan", "currency", "total", "closed_at", "stripe"], "properties": {
             "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},

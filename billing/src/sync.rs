@@ -13,7 +13,10 @@
 //! record. A step's [`SyncStep::name`] is both its ledger step and the last part of its key,
 //! unchanged from earlier releases so their half-synced months resume. Ids are recorded as
 //! they are; the finalize step as a [`FinalizeRecord`] in JSON, and the
-//! `"<status> <total>"` text earlier releases recorded is still read.
+//! `"<status> <total>"` text earlier releases recorded is still read. The finalized
+//! invoice's hosted page URL, when the provider gives one, is recorded as step
+//! [`HOSTED_URL_STEP`] (just before the finalize step, so a crash between them loses
+//! nothing: the rerun finalizes again with the same key and gets the same answer).
 //!
 //! The ledger write follows the provider's answer, so an answer lost after the provider
 //! applied the write leaves the ledger without the step. Within a day the same key replays
@@ -226,6 +229,10 @@ impl std::fmt::Display for SyncStep {
         f.write_str(&self.name())
     }
 }
+
+/// The ledger step holding the finalized invoice's hosted page URL (as the provider gave
+/// it), which `GET /v1/orgs/{id}/invoices` shows; absent when the provider gave none.
+pub const HOSTED_URL_STEP: &str = "hosted_url";
 
 /// What the ledger holds for a finished finalize step. Written as JSON
 /// (`{"status":"open","total_minor":9650}`); releases before this one wrote
@@ -446,6 +453,18 @@ impl InvoiceSync<'_> {
                 || std::future::ready(Ok(None)),
                 |key| async move {
                     let f = self.provider.finalize_invoice(invoice, &key).await?;
+                    // Recorded before the finalize step, so a crash between the two leaves
+                    // the URL (first write wins) and the rerun finalizes again (the key
+                    // replays the same answer) and records the step.
+                    if let Some(url) = &f.hosted_url {
+                        self.ledger
+                            .record_step(org, period, HOSTED_URL_STEP, url)
+                            .await
+                            .map_err(|e| ProviderError::Retryable {
+                                reason: format!("recording the hosted invoice URL: {e}"),
+                                retry_after: None,
+                            })?;
+                    }
                     Ok(FinalizeRecord {
                         status: f.status,
                         total_minor: f.total_minor,
@@ -454,10 +473,12 @@ impl InvoiceSync<'_> {
             )
             .await?
         );
+        let hosted_url = self.ledger.get_step(org, period, HOSTED_URL_STEP).await?;
         Ok(SyncOutcome::Finalized(FinalizedInvoice {
             id: invoice.clone(),
             status: finalized.status,
             total_minor: finalized.total_minor,
+            hosted_url,
         }))
     }
 
@@ -656,6 +677,7 @@ mod tests {
                 id: invoice.clone(),
                 status: "open".to_owned(),
                 total_minor: 9650,
+                hosted_url: Some("https://pay.example/in_1".to_owned()),
             })
         }
         async fn find_invoice(
@@ -792,6 +814,8 @@ mod tests {
                 id: ProviderId::new("in_old").unwrap(),
                 status: "open".to_owned(),
                 total_minor: 9650,
+                // The old release recorded no URL, and nothing was asked of the provider.
+                hosted_url: None,
             })
         );
         assert!(
@@ -823,6 +847,7 @@ mod tests {
                 id: ProviderId::new("in_1").unwrap(),
                 status: "open".to_owned(),
                 total_minor: 9650,
+                hosted_url: Some("https://pay.example/in_1".to_owned()),
             })
         );
         let items = planned_items(&report).unwrap();
@@ -861,6 +886,15 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some(r#"{"status":"open","total_minor":9650}"#)
+        );
+        // The hosted page is recorded for the invoice list, and a rerun still reports it.
+        assert_eq!(
+            ledger
+                .get_step(org, period, HOSTED_URL_STEP)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("https://pay.example/in_1")
         );
 
         let again = Provider {

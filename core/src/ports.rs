@@ -525,6 +525,24 @@ pub struct FinalizedInvoice {
     pub status: String,
     /// Its total in minor units.
     pub total_minor: i64,
+    /// The page where the customer sees and pays it (Stripe's `hosted_invoice_url`), when
+    /// the provider gave one: an `https://` URL of at most [`MAX_HOSTED_URL_LEN`] bytes
+    /// (anything else is dropped by the provider adapter rather than shown to customers).
+    pub hosted_url: Option<String>,
+}
+
+/// Longest hosted invoice URL kept (Stripe's are about 150 bytes); within
+/// [`MAX_SYNC_VALUE_LEN`], so the sync ledger can record it.
+pub const MAX_HOSTED_URL_LEN: usize = 1024;
+
+/// `url` if it is a hosted invoice page worth recording: `https://`, printable ASCII
+/// without spaces, at most [`MAX_HOSTED_URL_LEN`] bytes; `None` otherwise.
+pub fn hosted_url(url: &str) -> Option<String> {
+    let ok = url.len() <= MAX_HOSTED_URL_LEN
+        && url.len() > "https://".len()
+        && url.starts_with("https://")
+        && url.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| url.to_owned())
 }
 
 /// The invoice provider (Stripe). Every call carries an idempotency key; callers reuse the

@@ -241,6 +241,9 @@ struct Object {
     status: Option<String>,
     #[serde(default)]
     total: Option<i64>,
+    /// Set on finalized invoices: the page the customer pays at.
+    #[serde(default)]
+    hosted_invoice_url: Option<String>,
 }
 
 fn object(body: &Bytes) -> Result<(ProviderId, Object), ProviderError> {
@@ -368,6 +371,12 @@ impl InvoiceProvider for StripeProvider {
             id,
             status: obj.status.unwrap_or_default(),
             total_minor: obj.total.unwrap_or_default(),
+            // A URL that is not a plain https page is not shown to customers; the invoice
+            // itself is still finalized and recorded.
+            hosted_url: obj
+                .hosted_invoice_url
+                .as_deref()
+                .and_then(tally_core::ports::hosted_url),
         })
     }
 

@@ -180,6 +180,7 @@ mod tests {
                 id: ProviderId::new("in_1").unwrap(),
                 status: "open".into(),
                 total_minor: 13900,
+                hosted_url: None,
             }),
         );
         let all_done = PeriodSync {

@@ -170,6 +170,50 @@ async fn bill_syncs_one_finalized_invoice_per_org_to_stripe_and_a_rerun_changes_
         "the rerun answered from the ledger"
     );
     assert_eq!(double.invoices().len(), 2);
+
+    // The finalized invoices' hosted pages, as Stripe answered them, reach the invoice
+    // list: over HTTP for the org's owner, and from `tally invoice list`.
+    let jwt = tally::settings::jwt_config(&env.common()).unwrap();
+    let server = serve_at(&env, AFTER_GRACE).await;
+    let http = reqwest::Client::new();
+    for tenant in [&a, &b] {
+        let theirs = double
+            .invoices()
+            .into_iter()
+            .find(|i| i.metadata.get("tally_invoice") == Some(&format!("{}:2026-02", tenant.org)))
+            .unwrap();
+        let want = tally_tests::stripe_double::hosted_invoice_url(&theirs.id);
+        let owner = env.cli(&["org", "show", "--org", &tenant.org])["owner_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let token = jwt
+            .mint(
+                &tally_core::ids::UserId::parse(&owner).unwrap(),
+                AFTER_GRACE.parse().unwrap(),
+                chrono::Duration::minutes(30),
+            )
+            .unwrap();
+        let r = http
+            .get(server.url(&format!("/v1/orgs/{}/invoices", tenant.org)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let listed: Value = r.json().await.unwrap();
+        let stripe = &listed["invoices"][0]["stripe"];
+        assert_eq!(stripe["invoice_id"], theirs.id.as_str(), "{listed}");
+        assert_eq!(stripe["status"], "finalized", "{listed}");
+        assert_eq!(stripe["hosted_url"], want.as_str(), "{listed}");
+        let cli = env.cli(&["invoice", "list", "--org", &tenant.org]);
+        assert_eq!(
+            cli["invoices"][0]["stripe"]["hosted_url"],
+            want.as_str(),
+            "{cli}"
+        );
+    }
+    server.stop().await.unwrap();
 }
 
 /// `tally serve` answers Stripe's webhooks at `POST /v1/stripe/webhook` with the signing

@@ -421,6 +421,11 @@ fn metadata(form: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The hosted page the double gives a finalized invoice, shaped like Stripe's.
+pub fn hosted_invoice_url(invoice: &str) -> String {
+    format!("https://invoice.stripe.com/i/acct_double/{invoice}")
+}
+
 fn invoice_json(inv: &InvoiceView) -> Value {
     json!({
         "id": inv.id,
@@ -431,6 +436,8 @@ fn invoice_json(inv: &InvoiceView) -> Value {
         "amount_due": inv.total,
         "currency": "usd",
         "metadata": inv.metadata,
+        // Stripe sets it once an invoice is finalized; a draft has none.
+        "hosted_invoice_url": (inv.status != "draft").then(|| hosted_invoice_url(&inv.id)),
         "lines": {"object": "list", "data": inv.items.iter().map(|i| json!({"id": i.id, "amount": i.amount})).collect::<Vec<_>>()},
     })
 }
