@@ -777,3 +777,27 @@ pub trait AlertLedger: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod hosted_url_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_https_pages_within_the_bound_are_kept() {
+        let stripe = "https://invoice.stripe.com/i/acct_1/test_YWNjdF8x";
+        assert_eq!(hosted_url(stripe).as_deref(), Some(stripe));
+        let longest = format!("https://{}", "a".repeat(MAX_HOSTED_URL_LEN - 8));
+        assert_eq!(hosted_url(&longest), Some(longest.clone()));
+        for bad in [
+            "",
+            "https://",
+            "http://invoice.stripe.com/i/x",
+            "javascript:alert(1)",
+            "https://invoice.stripe.com/i/a b",
+            "https://invoice.stripe.com/i/\u{e9}",
+            &format!("{longest}a"),
+        ] {
+            assert_eq!(hosted_url(bad), None, "{bad:?}");
+        }
+    }
+}

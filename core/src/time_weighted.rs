@@ -1,7 +1,8 @@
 //! Time-weighted sums (GB-hours from storage readings): how hour cells hold readings so the
 //! period total is exact and independent of arrival order, and the integral over a period.
 //!
-//! This is the arithmetic and the cell format only; no meter uses it yet (the catalogue
+//! This is the arithmetic, the cell format and the month carry ([`month_total`]: how a
+//! reading is carried into the months after it) only; no meter uses it yet (the catalogue
 //! does not accept a `time_weighted_sum` aggregation, and the stores do not persist
 //! [`HourReadings`]). `docs/meters-dimensions.md` says what wiring it takes.
 //!
@@ -35,6 +36,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::counter::Overflow;
+use crate::period::Month;
 
 /// Most readings one hour cell can hold: one per second.
 pub const MAX_READINGS_PER_HOUR: usize = 3_600;
@@ -178,10 +180,131 @@ pub fn value_hours(value_seconds: Decimal) -> Decimal {
         .normalize()
 }
 
+/// One series' time-weighted total over a month, or over its first part (the upcoming
+/// invoice), with the reading it ends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthTotal {
+    /// The integral over the span in value × hours, rounded once ([`value_hours`]).
+    pub value_hours: Decimal,
+    /// The reading held when the span ends: the last reading inside it, else the carry-in.
+    /// Month close records it per series so that it is the next month's carry-in.
+    pub closing: Option<Decimal>,
+}
+
+/// The time-weighted total of one series over `month` up to `until` (the month's end for
+/// month close, now for the upcoming invoice; clamped to the month), from its hour cells
+/// and `carry_in`, the closing reading of the month before.
+///
+/// # Across months
+///
+/// A reading holds until the next one, into the months after it: a resource reported at
+/// 10 GB on 31 October and not again is charged 10 GB for every hour of November. Month
+/// close does not look back through earlier months' cells for that reading; it carries it
+/// forward: closing month M records each series' [`MonthTotal::closing`] with M's report,
+/// and closing M + 1 takes it as `carry_in`. A month with no readings at all is therefore
+/// charged the carry-in for its whole length, and its closing reading is the carry-in
+/// again, so a resource silent for a year is still charged each month. Month close runs
+/// only after M's late window has closed (events for M are refused from then on), so the
+/// closing reading it records is final. A series with no earlier report (a new org or a new
+/// meter) has no carry-in: nothing is charged before its first reading.
+pub fn month_total<'a>(
+    carry_in: Option<Decimal>,
+    cells: impl IntoIterator<Item = &'a HourReadings> + Clone,
+    month: Month,
+    until: DateTime<Utc>,
+) -> Result<MonthTotal, Overflow> {
+    let (start, end) = (month.start(), until.clamp(month.start(), month.end()));
+    let seconds = value_seconds(carry_in, cells.clone(), start, end)?;
+    let (start_s, end_s) = (start.timestamp(), end.timestamp());
+    let last = cells
+        .into_iter()
+        .flat_map(HourReadings::readings)
+        .filter(|(s, _)| (start_s..end_s).contains(s))
+        .max_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    Ok(MonthTotal {
+        value_hours: value_hours(seconds),
+        closing: last.map(|(_, v)| v).or(carry_in),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone, Timelike};
+
+    fn ts(y: i32, mo: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, 0, 0).single().unwrap()
+    }
+
+    fn month_cells(readings: &[(DateTime<Utc>, i64)]) -> Vec<HourReadings> {
+        let mut by_hour: BTreeMap<DateTime<Utc>, HourReadings> = BTreeMap::new();
+        for (t, v) in readings {
+            by_hour
+                .entry(crate::period::Granularity::Hour.truncate(*t))
+                .or_insert_with(|| HourReadings::new(*t))
+                .insert(*t, Decimal::from(*v))
+                .unwrap();
+        }
+        by_hour.into_values().collect()
+    }
+
+    /// A storage meter priced $0.0001 per GB-hour, over three months:
+    /// - October 2026 (31 days): 10 GB from 31 Oct 18:00 only: 10 × 6 h = 60 GB-hours, $0.006;
+    ///   closes on 10 GB.
+    /// - November (30 days, no readings): the 10 GB carried forward holds all month:
+    ///   10 × 720 h = 7,200 GB-hours, $0.72; closes on 10 GB again.
+    /// - December: 10 GB carried in until 10 Dec 00:00 (9 days), 40 GB until 20 Dec 12:00
+    ///   (10.5 days), then 0: 10 × 216 + 40 × 252 = 12,240 GB-hours, $1.224.
+    #[test]
+    fn a_reading_carried_across_months_is_charged_per_gb_hour() {
+        use crate::pricing::Pricing;
+        let price = Pricing::PerUnit {
+            unit_price: Decimal::new(1, 4),
+        };
+        let oct = Month::new(2026, 10).unwrap();
+        let oct_cells = month_cells(&[(ts(2026, 10, 31, 18), 10)]);
+        let o = month_total(None, &oct_cells, oct, oct.end()).unwrap();
+        assert_eq!(o.value_hours, Decimal::from(60));
+        assert_eq!(o.closing, Some(Decimal::from(10)));
+        assert_eq!(
+            price.price(o.value_hours).unwrap().amount,
+            Decimal::new(6, 3)
+        );
+
+        let nov = oct.next();
+        let n = month_total(o.closing, &[], nov, nov.end()).unwrap();
+        assert_eq!(n.value_hours, Decimal::from(7_200));
+        assert_eq!(n.closing, Some(Decimal::from(10)));
+        assert_eq!(
+            price.price(n.value_hours).unwrap().amount,
+            Decimal::new(72, 2)
+        );
+        // Without the carried reading November would be free: the carry is what charges it.
+        let lost = month_total(None, &[], nov, nov.end()).unwrap();
+        assert_eq!(lost.value_hours, Decimal::ZERO);
+        assert_eq!(lost.closing, None);
+
+        let dec = nov.next();
+        let dec_cells = month_cells(&[(ts(2026, 12, 10, 0), 40), (ts(2026, 12, 20, 12), 0)]);
+        let d = month_total(n.closing, &dec_cells, dec, dec.end()).unwrap();
+        assert_eq!(d.value_hours, Decimal::from(10 * 216 + 40 * 252));
+        assert_eq!(d.closing, Some(Decimal::ZERO));
+        assert_eq!(
+            price.price(d.value_hours).unwrap().amount,
+            Decimal::new(1224, 3)
+        );
+
+        // The upcoming invoice on 15 Dec 00:00: 10 × 216 + 40 × 120, and the reading held.
+        let so_far = month_total(n.closing, &dec_cells, dec, ts(2026, 12, 15, 0)).unwrap();
+        assert_eq!(so_far.value_hours, Decimal::from(10 * 216 + 40 * 120));
+        assert_eq!(so_far.closing, Some(Decimal::from(40)));
+        // A reading of another month among the cells changes nothing (readings outside the
+        // span are ignored), and `until` past the month is the month's end.
+        let mut mixed = dec_cells.clone();
+        mixed.extend(month_cells(&[(ts(2027, 1, 2, 0), 99)]));
+        let later = month_total(n.closing, &mixed, dec, ts(2027, 2, 1, 0)).unwrap();
+        assert_eq!(later, d);
+    }
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 26, h, m, s)
