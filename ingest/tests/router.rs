@@ -299,6 +299,7 @@ fn assert_documented(method: &str, path: &str, a: &Answer) {
     }
 }
 
+#[derive(Debug)]
 struct Answer {
     status: StatusCode,
     json: Value,
@@ -420,7 +421,8 @@ impl Harness {
         self.clock.advance(d);
     }
 
-    async fn send(&self, req: Request<Body>) -> Answer {
+    /// The router's answer to `req`, its body read as JSON.
+    async fn answer(&self, req: Request<Body>) -> Answer {
         let res = self.ingest.clone().router().oneshot(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
@@ -429,11 +431,16 @@ impl Harness {
             .unwrap();
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-        let a = Answer {
+        Answer {
             status,
             json,
             headers,
-        };
+        }
+    }
+
+    /// Sends a `POST /v1/events` request, checked against the document.
+    async fn send(&self, req: Request<Body>) -> Answer {
+        let a = self.answer(req).await;
         assert_documented("POST", "/v1/events", &a);
         a
     }
@@ -2478,18 +2485,12 @@ impl Harness {
             .header(header::AUTHORIZATION, format!("Bearer {key}"))
             .body(Body::empty())
             .unwrap();
-        let res = self.ingest.clone().router().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let json = serde_json::from_slice(&bytes).unwrap();
-        let a = Answer {
-            status,
-            json,
-            headers,
-        };
+        self.send_entitlements(req).await
+    }
+
+    /// Sends a `GET /v1/entitlements` request, checked against the document.
+    async fn send_entitlements(&self, req: Request<Body>) -> Answer {
+        let a = self.answer(req).await;
         assert_documented("GET", "/v1/entitlements", &a);
         if a.status == StatusCode::OK {
             let one = a.json.get("meter").is_some();
@@ -2653,4 +2654,154 @@ async fn entitlement_checks_take_from_the_keys_rate_bucket() {
         h.entitlements(FREE_KEY, "").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// An org's IP allowlist applied to its API keys on ingest: `POST /v1/events` and
+/// `GET /v1/entitlements` from an address outside it are `403 ip_not_allowed`, inside it
+/// they are served; the address is the peer, or behind trusted proxies the entry the
+/// outermost appended (a client's own `X-Forwarded-For` words are never believed). The
+/// policy travels in the key cache with the key, so a change is seen within the cache's
+/// TTL, which the test shows by moving the clock, not by sleeping.
+mod ip_allowlist {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use tally_core::ports::SecurityStore;
+    use tally_core::security::{Cidr, OrgSecurityPolicy, SecurityPolicy};
+
+    use super::*;
+
+    /// The seeded store with org_a's allowlist set, behind `trusted_proxies` proxies.
+    async fn world(trusted_proxies: usize, allowlist: &[&str]) -> Harness {
+        let store = seeded().await;
+        set_policy(&store, allowlist).await;
+        Harness::over(
+            store,
+            IngestConfig {
+                trusted_proxies,
+                ..IngestConfig::default()
+            },
+        )
+    }
+
+    async fn set_policy(store: &MemoryStore, allowlist: &[&str]) {
+        store
+            .put_security_policy(&OrgSecurityPolicy {
+                org_id: org("org_a"),
+                policy: SecurityPolicy {
+                    ip_allowlist: allowlist.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
+                    ..SecurityPolicy::default()
+                },
+                updated_at: t(NOW),
+            })
+            .await
+            .unwrap();
+    }
+
+    impl Harness {
+        /// Sends `route` (`events` or `entitlements`) with org_a's key from `peer`, with
+        /// `forwarded` as its `X-Forwarded-For` if given.
+        async fn from(&self, route: &str, peer: Option<&str>, forwarded: Option<&str>) -> Answer {
+            let events = route == "events";
+            let mut req = if events {
+                Request::post("/v1/events").header(header::CONTENT_TYPE, "application/json")
+            } else {
+                Request::get("/v1/entitlements")
+            }
+            .header(header::AUTHORIZATION, format!("Bearer {GOOD_KEY}"));
+            if let Some(xff) = forwarded {
+                req = req.header("x-forwarded-for", xff);
+            }
+            let body = if events {
+                Body::from(ev("e1").to_string())
+            } else {
+                Body::empty()
+            };
+            let mut req = req.body(body).unwrap();
+            if let Some(peer) = peer {
+                let addr: SocketAddr = format!("{peer}:40000")
+                    .parse()
+                    .unwrap_or_else(|_| format!("[{peer}]:40000").parse().unwrap());
+                req.extensions_mut().insert(ConnectInfo(addr));
+            }
+            if events {
+                self.send(req).await
+            } else {
+                self.send_entitlements(req).await
+            }
+        }
+    }
+
+    fn refused(answer: &Answer) -> bool {
+        answer.status == StatusCode::FORBIDDEN && answer.error().0 == "ip_not_allowed"
+    }
+
+    #[tokio::test]
+    async fn keys_are_served_inside_the_allowlist_and_refused_outside_it() {
+        let w = world(0, &["203.0.113.0/24", "2001:db8::/32"]).await;
+        for route in ["events", "entitlements"] {
+            let inside = w.from(route, Some("203.0.113.7"), None).await;
+            assert!(
+                inside.status.is_success(),
+                "{route} from inside: {inside:?}"
+            );
+            let v6 = w.from(route, Some("2001:db8::9"), None).await;
+            assert!(v6.status.is_success(), "{route} from inside (IPv6): {v6:?}");
+            let outside = w.from(route, Some("198.51.100.1"), None).await;
+            assert!(refused(&outside), "{route} from outside: {outside:?}");
+            // Without trusted proxies the client's own X-Forwarded-For is not believed.
+            let spoofed = w
+                .from(route, Some("198.51.100.1"), Some("203.0.113.7"))
+                .await;
+            assert!(
+                refused(&spoofed),
+                "{route} spoofing the header: {spoofed:?}"
+            );
+            // No address at all fails closed.
+            let unknown = w.from(route, None, None).await;
+            assert!(refused(&unknown), "{route} from nowhere: {unknown:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_trusted_proxy_its_entry_is_the_address() {
+        let w = world(1, &["203.0.113.0/24"]).await;
+        let proxy = Some("10.0.0.2");
+        let inside = w
+            .from("entitlements", proxy, Some("198.51.100.1, 203.0.113.7"))
+            .await;
+        assert!(inside.status.is_success(), "{inside:?}");
+        let outside = w
+            .from("entitlements", proxy, Some("203.0.113.7, 198.51.100.1"))
+            .await;
+        assert!(refused(&outside), "{outside:?}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_allowlist_admits_any_address() {
+        let w = world(0, &[]).await;
+        let any = w.from("events", Some("192.0.2.44"), None).await;
+        assert!(any.status.is_success(), "{any:?}");
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_reaches_ingest_within_the_key_cache_ttl() {
+        let w = world(0, &[]).await;
+        let served = |a: Answer| a.status.is_success();
+        assert!(served(
+            w.from("entitlements", Some("192.0.2.44"), None).await
+        ));
+        set_policy(&w.store, &["203.0.113.0/24"]).await;
+        // The key and its policy are cached: no store read per request, so the old policy
+        // holds until the cache's TTL (10 s) runs out...
+        w.advance(secs(5));
+        assert!(served(
+            w.from("entitlements", Some("192.0.2.44"), None).await
+        ));
+        // ...and not a moment past it.
+        w.advance(secs(6));
+        assert!(refused(
+            &w.from("entitlements", Some("192.0.2.44"), None).await
+        ));
+    }
 }

@@ -19,7 +19,6 @@ use chrono::{TimeDelta, TimeZone, Utc};
 use common::template::{get, resources, str_of, template};
 use serde_json::json;
 use serde_norway::Value;
-use tally_billing::Catalogue;
 use tally_core::plan::PlanId;
 use tally_core::ports::FixedClock;
 use tally_lambda::handlers::http::{api_router, route_current};
@@ -151,13 +150,7 @@ async fn the_api_lambda_serves_the_dashboard_and_its_sessions() {
         .arn()
         .unwrap()
         .to_owned();
-    let catalogue = Catalogue::builtin().unwrap();
-    let state = tally_api::ApiState::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(catalogue.meter_catalogue()),
-        clock.clone(),
-    );
+    let state = common::api_state(store.clone(), clock.clone());
     let router = api_router(
         state,
         Secret::new(secrets, &arn, None, Duration::from_secs(300), clock),

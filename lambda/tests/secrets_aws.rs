@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Value, json};
-use tally_billing::Catalogue;
 use tally_core::plan::PlanId;
 use tally_core::ports::{Clock, FixedClock};
 use tally_lambda::handlers::http::{api_router, route_current, stripe_webhook_router};
@@ -140,13 +139,7 @@ async fn the_api_accepts_the_rotated_jwt_secret_after_the_refresh_interval() {
     let client = SecretsClient::new(&config);
     let (old, new) = (value('o'), value('n'));
     let arn = create_secret(&client, &old).await;
-    let catalogue = Catalogue::builtin().unwrap();
-    let state = tally_api::ApiState::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(catalogue.meter_catalogue()),
-        clock.clone(),
-    );
+    let state = common::api_state(store.clone(), clock.clone());
     let router = api_router(
         state,
         Secret::new(client.clone(), &arn, None, REFRESH, clock.clone()),

@@ -152,6 +152,17 @@ fn shard_of(d: &Delivery) -> String {
     d.receipt.rsplit_once('/').unwrap().0.to_owned()
 }
 
+/// Takes as many deliveries from `q` as `sent` has events, checks they carry exactly the
+/// events of `sent` (by id), and returns them with the shards they were read from.
+async fn take_sent(q: &KinesisQueue, sent: &[Event]) -> (Vec<Delivery>, BTreeSet<String>) {
+    let got = take(q, sent.len()).await;
+    let got_ids: BTreeSet<String> = ids(&got).into_iter().collect();
+    let want: BTreeSet<String> = sent.iter().map(|e| e.id.as_str().to_owned()).collect();
+    assert_eq!(got_ids, want);
+    let shards = got.iter().map(shard_of).collect();
+    (got, shards)
+}
+
 fn ids(deliveries: &[Delivery]) -> Vec<String> {
     deliveries
         .iter()
@@ -243,11 +254,7 @@ async fn several_shards_and_orgs_are_all_read_and_checkpointed() {
     let sent: Vec<Event> = (0..20).map(|i| one_event(&format!("s{i:02}"))).collect();
     let report = q.publish(&sent).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    let got = take(&q, 20).await;
-    let got_ids: BTreeSet<String> = ids(&got).into_iter().collect();
-    let want: BTreeSet<String> = sent.iter().map(|e| e.id.as_str().to_owned()).collect();
-    assert_eq!(got_ids, want);
-    let shards: BTreeSet<String> = got.iter().map(shard_of).collect();
+    let (got, shards) = take_sent(&q, &sent).await;
     assert_eq!(shards.len(), 2, "20 orgs land on both shards");
     let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
     q.ack(&receipts).await.unwrap();
@@ -275,11 +282,7 @@ async fn one_orgs_records_spread_over_the_shards() {
         })
         .collect();
     publish_each(&q, &sent).await;
-    let got = take(&q, 24).await;
-    let got_ids: BTreeSet<String> = ids(&got).into_iter().collect();
-    let want: BTreeSet<String> = sent.iter().map(|e| e.id.as_str().to_owned()).collect();
-    assert_eq!(got_ids, want);
-    let shards: BTreeSet<String> = got.iter().map(shard_of).collect();
+    let (_, shards) = take_sent(&q, &sent).await;
     assert_eq!(shards.len(), 2, "one org's 24 records land on both shards");
     // The keys as Kinesis stored them: the org, then '#' and a spread index.
     let mut keys = BTreeSet::new();

@@ -118,6 +118,22 @@ fn assert_failed_then_forwarded_once(proxy: &FaultProxy, what: &str, seed: u64) 
     );
 }
 
+/// Reads `sent` back from `reader` (a direct client, past the proxy) and checks each event
+/// came exactly once; then plants a duplicate and sees the check catch it.
+async fn assert_read_back_exactly_once(reader: &dyn EventQueue, sent: &[Event], seed: u64) {
+    let mut got = take(reader, EVENTS).await;
+    assert_eq!(exactly_once(sent, &got), None, "seed {seed}");
+
+    // A planted duplicate: the check sees it.
+    let report = reader.publish(&sent[..1]).await.unwrap();
+    assert!(report.failed.is_empty());
+    got.extend(take(reader, 1).await);
+    assert!(
+        exactly_once(sent, &got).is_some(),
+        "a duplicate went unseen"
+    );
+}
+
 async fn proxy(seed: u64) -> FaultProxy {
     let proxy = FaultProxy::start(
         &aws::endpoint(),
@@ -157,18 +173,7 @@ async fn sqs_publish_resends_only_the_failed_entries() {
     assert_failed_then_forwarded_once(&proxy, "entry", seed);
 
     let reader = SqsQueue::with_config(direct, url, config);
-    let got = take(&reader, EVENTS).await;
-    assert_eq!(exactly_once(&sent, &got), None, "seed {seed}");
-
-    // A planted duplicate: the check sees it.
-    let report = reader.publish(&sent[..1]).await.unwrap();
-    assert!(report.failed.is_empty());
-    let mut got = got;
-    got.extend(take(&reader, 1).await);
-    assert!(
-        exactly_once(&sent, &got).is_some(),
-        "a duplicate went unseen"
-    );
+    assert_read_back_exactly_once(&reader, &sent, seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,16 +213,5 @@ async fn kinesis_publish_resends_only_the_failed_records() {
     assert_failed_then_forwarded_once(&proxy, "record", seed);
 
     let reader = KinesisQueue::with_config(kinesis, stream, dynamo, checkpoints, "reader", config);
-    let got = take(&reader, EVENTS).await;
-    assert_eq!(exactly_once(&sent, &got), None, "seed {seed}");
-
-    // A planted duplicate: the check sees it.
-    let report = reader.publish(&sent[..1]).await.unwrap();
-    assert!(report.failed.is_empty());
-    let mut got = got;
-    got.extend(take(&reader, 1).await);
-    assert!(
-        exactly_once(&sent, &got).is_some(),
-        "a duplicate went unseen"
-    );
+    assert_read_back_exactly_once(&reader, &sent, seed).await;
 }

@@ -22,6 +22,40 @@ use tally_core::ports::{FixedClock, OrgStore, ReportStore, TenantStore, UsageSto
 use tally_lambda::handlers::{BillingPorts, BillingRun, bill};
 use tally_tests::conformance::fixtures::create_owned_org;
 
+/// The ports a billing run reads and writes, in one store (the tests' stores hold them all).
+pub trait BillingStore:
+    TenantStore
+    + UsageStore
+    + ReportStore
+    + tally_core::ports::CatalogueStore
+    + tally_core::ports::OverrideStore
+{
+}
+
+impl<S> BillingStore for S where
+    S: TenantStore
+        + UsageStore
+        + ReportStore
+        + tally_core::ports::CatalogueStore
+        + tally_core::ports::OverrideStore
+{
+}
+
+/// The management API's state over `store` (its tenants and its usage) with the built-in
+/// catalogue's meters, as the API function builds it.
+pub fn api_state<S: TenantStore + UsageStore + 'static>(
+    store: Arc<S>,
+    clock: Arc<FixedClock>,
+) -> tally_api::ApiState {
+    let catalogue = Catalogue::builtin().unwrap();
+    tally_api::ApiState::new(
+        store.clone(),
+        store,
+        Arc::new(catalogue.meter_catalogue()),
+        clock,
+    )
+}
+
 /// The org "Acme" on `plan`, created at `at` with its owner, in any store.
 pub async fn acme<S: UserStore + OrgStore>(store: &S, plan: PlanId, at: DateTime<Utc>) -> OrgId {
     create_owned_org(store, (7, 9), "ada@example.com", "Acme", plan, at)
@@ -30,14 +64,7 @@ pub async fn acme<S: UserStore + OrgStore>(store: &S, plan: PlanId, at: DateTime
 }
 
 /// The billing run (no Stripe, no deadline) at `at`, with a one-hour grace period.
-pub async fn bill_at<S>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun
-where
-    S: TenantStore
-        + UsageStore
-        + ReportStore
-        + tally_core::ports::CatalogueStore
-        + tally_core::ports::OverrideStore,
-{
+pub async fn bill_at<S: BillingStore>(store: &S, at: chrono::DateTime<Utc>) -> BillingRun {
     let clock = FixedClock::at(at);
     let ports = BillingPorts::of(store, &clock);
     bill(
@@ -60,14 +87,7 @@ pub fn runs(run: &BillingRun) -> Vec<(String, usize, usize)> {
 /// The billing function was down (or failed all its retries) on 1 December and 1 January:
 /// the run on 2 January bills November and December, oldest first, after checking October
 /// (billed on time) again without storing or closing anything anew.
-pub async fn missed_month_ends<S>(store: &S)
-where
-    S: TenantStore
-        + UsageStore
-        + ReportStore
-        + tally_core::ports::CatalogueStore
-        + tally_core::ports::OverrideStore,
-{
+pub async fn missed_month_ends<S: BillingStore>(store: &S) {
     let created = Utc.with_ymd_and_hms(2026, 9, 20, 0, 0, 0).unwrap();
     let acme = acme(store, PlanId::Starter, created).await;
     let (sep, oct, nov, dec) = (

@@ -284,14 +284,20 @@ impl Function {
                     self.output()
                 );
             }
-            assert!(
-                tokio::time::Instant::now() < limit,
-                "{}: no answer within its timeout of {:?}\n{}",
-                self.name,
-                self.timeout,
-                self.output()
-            );
+            self.assert_before(limit, "no answer within its timeout of");
         }
+    }
+
+    /// Panics once `limit` has passed, saying `what` happened within the timeout, with the
+    /// function's output so far.
+    fn assert_before(&self, limit: tokio::time::Instant, what: &str) {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "{}: {what} {:?}\n{}",
+            self.name,
+            self.timeout,
+            self.output()
+        );
     }
 
     /// Waits for the process to exit by itself (a function that cannot start); its status
@@ -302,13 +308,7 @@ impl Function {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return (status, self.output());
             }
-            assert!(
-                tokio::time::Instant::now() < limit,
-                "{}: still running after {:?}\n{}",
-                self.name,
-                self.timeout,
-                self.output()
-            );
+            self.assert_before(limit, "still running after");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
