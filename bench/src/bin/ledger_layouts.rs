@@ -25,19 +25,34 @@
 //!   them: a miss goes straight to the hot table's insert, a hit probes the older tables by
 //!   key, newest first, so the check is exact. The filter is rebuilt at open by scanning
 //!   every table's key index; that scan is timed and printed.
+//! - `pfilt-N`: the same tables, but a filter per table (a split-block Bloom filter, one
+//!   64-byte block per key, 16 bits per entry). When the hot table fills it is sealed: its
+//!   filter is written as a BLOB row of `ledger_filters` (format version, entry count,
+//!   checksum) in the transaction that starts the next table. A key is probed by key only
+//!   in the sealed tables whose own filter says "maybe"; the hot table's unique index
+//!   catches its own duplicates. Opening loads the sealed filters (a wrong version or
+//!   checksum is rebuilt from that table and written back) and scans only the hot table.
+//!
+//! `--cold-open N` (with `--parts` naming one size) measures the cold start instead: one
+//! `pfilt` file filled to N entries (each table's rows inserted in key order, so the fill
+//! is quick; the index scan it times is then, if anything, faster than a random-order
+//! one's), its pages dropped from the OS cache (`dd iflag=nocache`, this file only), then
+//! opens alternating: the `part` way (a global filter rebuilt by scanning every table's key
+//! index) and the `pfilt` way (loading the persisted filters), each followed by a first
+//! 1,000-row commit (1 % resends), timed from open to that commit. It checks that the
+//! loaded filters equal ones rebuilt from the tables, then plants a torn filter (a flipped
+//! byte) and checks the open finds it, rebuilds it and still counts the resends as seen.
 //!
 //! `cargo run --release -p tally-bench --bin ledger_layouts -- [--prefill N] [--measure N]
-//!  [--per N] [--rounds N] [--only a,b] [--parts N,M]`
+//!  [--per N] [--rounds N] [--only a,b] [--parts N,M] [--cold-open N] [--dir PATH]`
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// Longest one timed insert run may take before the benchmark gives up.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -60,11 +75,23 @@ struct Row {
     body: String,
 }
 
+/// splitmix64's finalizer: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a over the org, a 0xff byte (never in UTF-8, so ("ab","c") and ("a","bc") differ)
+/// and the id, then [`mix`]: fixed across Rust releases and platforms, which a persisted
+/// filter needs (std's `DefaultHasher` promises neither).
 fn key_hash(org: &str, id: &str) -> i64 {
-    let mut h = DefaultHasher::new();
-    org.hash(&mut h);
-    id.hash(&mut h);
-    h.finish() as i64
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in org.bytes().chain([0xff]).chain(id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h) as i64
 }
 
 fn rows(rng: &mut StdRng, n: usize, orgs: &[String]) -> Vec<Row> {
@@ -127,12 +154,100 @@ impl Bloom {
     }
 }
 
+/// Format of a persisted [`PartFilter`]; a row with another version is rebuilt.
+const FILTER_VERSION: i64 = 1;
+/// Bits per entry of one table's filter (~0.1 % false positives per table).
+const PART_FILTER_BITS_PER_ENTRY: usize = 16;
+
+/// One cache line of a [`PartFilter`]: a key sets one bit in each of its eight words.
+#[derive(Clone, Copy, Default, PartialEq)]
+#[repr(align(64))]
+struct Block([u64; 8]);
+
+/// A split-block Bloom filter over one table's keys: a key's eight bits all lie in one
+/// 64-byte block, so a "no" costs one cache miss however many tables are checked.
+#[derive(Clone, PartialEq)]
+struct PartFilter {
+    blocks: Vec<Block>,
+}
+
+impl PartFilter {
+    fn with_capacity(entries: usize) -> PartFilter {
+        let blocks = (entries.max(1) * PART_FILTER_BITS_PER_ENTRY).div_ceil(512);
+        PartFilter {
+            blocks: vec![Block::default(); blocks],
+        }
+    }
+
+    /// The key's block and the bit it sets in each of that block's words.
+    fn slot(&self, h: i64) -> (usize, u64) {
+        let h = h as u64;
+        // Lemire's multiply-shift: the block from the hash's high bits, no division.
+        let block = ((u128::from(h) * self.blocks.len() as u128) >> 64) as usize;
+        (block, mix(h ^ 0x5bd1_e995_5bd1_e995))
+    }
+
+    fn add(&mut self, h: i64) {
+        let (b, bits) = self.slot(h);
+        for (i, w) in self.blocks[b].0.iter_mut().enumerate() {
+            *w |= 1 << ((bits >> (i * 6)) & 63);
+        }
+    }
+
+    fn may_hold(&self, h: i64) -> bool {
+        let (b, bits) = self.slot(h);
+        self.blocks[b]
+            .0
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w & (1 << ((bits >> (i * 6)) & 63)) != 0)
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.0)
+            .flat_map(u64::to_le_bytes)
+            .collect()
+    }
+
+    /// The filter `bytes` hold, or `None` when they are no whole number of blocks.
+    fn from_bytes(bytes: &[u8]) -> Option<PartFilter> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(64) {
+            return None;
+        }
+        let blocks = bytes
+            .chunks_exact(64)
+            .map(|c| {
+                let mut b = Block::default();
+                for (w, word) in b.0.iter_mut().zip(c.chunks_exact(8)) {
+                    // chunks_exact(8) yields 8-byte slices only.
+                    *w = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                }
+                b
+            })
+            .collect();
+        Some(PartFilter { blocks })
+    }
+
+    /// Checksum of the bits, stored beside them: a torn or altered row is rebuilt, never
+    /// trusted (a filter that says "no" for a present key would let a duplicate through).
+    fn checksum(&self) -> i64 {
+        let mut c: u64 = 0x243f_6a88_85a3_08d3;
+        for w in self.blocks.iter().flat_map(|b| b.0) {
+            c = mix(c ^ w);
+        }
+        c as i64
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Keyed { page: u32 },
     WithoutRowid,
     HashIndex,
     Partitioned { rows: usize },
+    Filtered { rows: usize },
 }
 
 impl Kind {
@@ -143,6 +258,7 @@ impl Kind {
             Kind::WithoutRowid => "without-rowid".into(),
             Kind::HashIndex => "hash-index".into(),
             Kind::Partitioned { rows } => format!("part-{rows}"),
+            Kind::Filtered { rows } => format!("pfilt-{rows}"),
         }
     }
 }
@@ -154,6 +270,8 @@ struct Contender {
     parts: Vec<String>,
     hot_rows: usize,
     bloom: Bloom,
+    /// Sealed tables' filters, oldest first, then the hot table's (`Filtered` only).
+    filters: Vec<PartFilter>,
     /// Older partitions probed because the filter said "maybe".
     probes: u64,
 }
@@ -176,6 +294,75 @@ fn open(path: &Path, cache_mib: i64, page: u32, fill: bool) -> anyhow::Result<Co
 
 const ROWID_TABLE: &str = "(seq INTEGER PRIMARY KEY, org TEXT NOT NULL, event_id TEXT NOT NULL,
      month INTEGER NOT NULL, body TEXT NOT NULL, written INTEGER)";
+
+/// Sealed tables' filters (`pfilt-N`): one row per table, written when it is sealed.
+const FILTER_TABLE: &str = "CREATE TABLE ledger_filters (part INTEGER PRIMARY KEY,
+     version INTEGER NOT NULL, entries INTEGER NOT NULL, checksum INTEGER NOT NULL,
+     bits BLOB NOT NULL)";
+
+/// Creates partition table number `n` with its key index; returns its name.
+fn new_part(conn: &Connection, n: usize) -> anyhow::Result<String> {
+    let name = format!("ledger_{n:05}");
+    conn.execute_batch(&format!(
+        "CREATE TABLE {name} {ROWID_TABLE};
+         CREATE UNIQUE INDEX {name}_by_event ON {name} (org, event_id);"
+    ))?;
+    Ok(name)
+}
+
+/// Calls `each` with the key hash of every row of `part`, read from its key index (the
+/// smallest structure holding the keys); returns the row count.
+fn scan_keys(conn: &Connection, part: &str, mut each: impl FnMut(i64)) -> anyhow::Result<usize> {
+    let mut s = conn.prepare(&format!(
+        "SELECT org, event_id FROM {part} INDEXED BY {part}_by_event"
+    ))?;
+    let mut q = s.query([])?;
+    let mut n = 0;
+    while let Some(r) = q.next()? {
+        each(key_hash(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Seals the hot table (`Filtered`): persists its filter in `conn`'s open transaction,
+/// the one that starts the next table, so a committed seal always has its filter.
+fn seal(
+    conn: &Connection,
+    parts: &mut Vec<String>,
+    filters: &mut Vec<PartFilter>,
+    hot_rows: &mut usize,
+    per_part: usize,
+) -> anyhow::Result<()> {
+    let sealed = parts.len() - 1;
+    let f = filters.last().context("no partition")?;
+    save_filter(conn, sealed, *hot_rows, f)?;
+    parts.push(new_part(conn, sealed + 1)?);
+    filters.push(PartFilter::with_capacity(per_part));
+    *hot_rows = 0;
+    Ok(())
+}
+
+/// Writes (or replaces) sealed table `part`'s filter row.
+fn save_filter(
+    conn: &Connection,
+    part: usize,
+    entries: usize,
+    f: &PartFilter,
+) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO ledger_filters (part, version, entries, checksum, bits)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            part as i64,
+            FILTER_VERSION,
+            entries as i64,
+            f.checksum(),
+            f.to_bytes()
+        ],
+    )?;
+    Ok(())
+}
 
 impl Contender {
     fn create(kind: Kind, path: &Path, capacity: usize) -> anyhow::Result<Contender> {
@@ -201,31 +388,80 @@ impl Contender {
                  CREATE INDEX ledger_by_hash ON ledger (h);",
             )?,
             Kind::Partitioned { .. } => {}
+            Kind::Filtered { .. } => conn.execute_batch(FILTER_TABLE)?,
         }
+        let bloom = match kind {
+            Kind::Partitioned { .. } => Bloom::with_capacity(capacity),
+            _ => Bloom::with_capacity(0),
+        };
         let mut c = Contender {
             kind,
             conn,
             parts: Vec::new(),
             hot_rows: 0,
-            bloom: Bloom::with_capacity(capacity),
+            bloom,
+            filters: Vec::new(),
             probes: 0,
         };
-        if let Kind::Partitioned { .. } = kind {
-            c.rotate()?;
+        if let Kind::Partitioned { rows } | Kind::Filtered { rows } = kind {
+            let name = new_part(&c.conn, 0)?;
+            c.parts.push(name);
+            c.filters.push(PartFilter::with_capacity(rows));
         }
         Ok(c)
     }
 
-    /// Starts a new hot partition (`Partitioned` only).
-    fn rotate(&mut self) -> anyhow::Result<()> {
-        let name = format!("ledger_{:05}", self.parts.len());
-        self.conn.execute_batch(&format!(
-            "CREATE TABLE {name} {ROWID_TABLE};
-             CREATE UNIQUE INDEX {name}_by_event ON {name} (org, event_id);"
-        ))?;
-        self.parts.push(name);
-        self.hot_rows = 0;
+    /// Rebuilds the global filter (`Partitioned`) by scanning every table's key index.
+    fn rebuild_global(&mut self, capacity: usize) -> anyhow::Result<()> {
+        self.bloom = Bloom::with_capacity(capacity);
+        for p in &self.parts {
+            let bloom = &mut self.bloom;
+            self.hot_rows = scan_keys(&self.conn, p, |h| bloom.add(h))?;
+        }
         Ok(())
+    }
+
+    /// Loads the sealed tables' filters (`Filtered`), rebuilding (and writing back) any
+    /// that is missing, of another version or fails its checksum, and rebuilds the hot
+    /// table's from its rows. Returns how many sealed filters were rebuilt.
+    fn load_filters(&mut self, per_part: usize) -> anyhow::Result<usize> {
+        let (hot, sealed) = self.parts.split_last().context("no partition")?;
+        let mut filters = Vec::with_capacity(self.parts.len());
+        let mut rebuilt = 0;
+        let mut load = self
+            .conn
+            .prepare("SELECT version, checksum, bits FROM ledger_filters WHERE part = ?1")?;
+        for (i, p) in sealed.iter().enumerate() {
+            let stored = load
+                .query_row(params![i as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()?;
+            let good = stored.and_then(|(version, checksum, bits)| {
+                let f = PartFilter::from_bytes(&bits)?;
+                (version == FILTER_VERSION && f.checksum() == checksum).then_some(f)
+            });
+            let f = match good {
+                Some(f) => f,
+                None => {
+                    rebuilt += 1;
+                    let mut f = PartFilter::with_capacity(per_part);
+                    let rows = scan_keys(&self.conn, p, |h| f.add(h))?;
+                    save_filter(&self.conn, i, rows, &f)?;
+                    f
+                }
+            };
+            filters.push(f);
+        }
+        let mut f = PartFilter::with_capacity(per_part);
+        self.hot_rows = scan_keys(&self.conn, hot, |h| f.add(h))?;
+        filters.push(f);
+        self.filters = filters;
+        Ok(rebuilt)
     }
 
     /// Reopens the file with the store's writer settings; a partitioned ledger rebuilds its
@@ -241,19 +477,18 @@ impl Contender {
         if mode != "wal" {
             bail!("{}: journal mode {mode}, not wal", self.kind.name());
         }
-        if let Kind::Partitioned { .. } = self.kind {
-            self.bloom = Bloom::with_capacity(capacity);
-            for p in &self.parts {
-                let mut s = self.conn.prepare(&format!(
-                    "SELECT org, event_id FROM {p} INDEXED BY {p}_by_event"
-                ))?;
-                let mut q = s.query([])?;
-                while let Some(r) = q.next()? {
-                    let org: &str = r.get_ref(0)?.as_str()?;
-                    let id: &str = r.get_ref(1)?.as_str()?;
-                    self.bloom.add(key_hash(org, id));
+        match self.kind {
+            Kind::Partitioned { .. } => self.rebuild_global(capacity)?,
+            Kind::Filtered { rows } => {
+                let rebuilt = self.load_filters(rows)?;
+                if rebuilt > 0 {
+                    bail!(
+                        "{}: {rebuilt} sealed filters were not persisted",
+                        self.kind.name()
+                    );
                 }
             }
+            _ => {}
         }
         Ok(began.elapsed())
     }
@@ -299,12 +534,7 @@ impl Contender {
             Kind::Partitioned { rows: per_part } => {
                 for r in rows {
                     if self.hot_rows >= per_part {
-                        let name = format!("ledger_{:05}", self.parts.len());
-                        tx.execute_batch(&format!(
-                            "CREATE TABLE {name} {ROWID_TABLE};
-                             CREATE UNIQUE INDEX {name}_by_event ON {name} (org, event_id);"
-                        ))?;
-                        self.parts.push(name);
+                        self.parts.push(new_part(&tx, self.parts.len())?);
                         self.hot_rows = 0;
                     }
                     let (hot, older) = self.parts.split_last().context("no partition")?;
@@ -332,6 +562,48 @@ impl Contender {
                     if n == 1 {
                         // Bits set for a transaction that then fails only cost false positives.
                         self.bloom.add(r.hash);
+                        self.hot_rows += 1;
+                    }
+                    new += n;
+                }
+            }
+            Kind::Filtered { rows: per_part } => {
+                for r in rows {
+                    if self.hot_rows >= per_part {
+                        seal(
+                            &tx,
+                            &mut self.parts,
+                            &mut self.filters,
+                            &mut self.hot_rows,
+                            per_part,
+                        )?;
+                    }
+                    let (hot, older) = self.parts.split_last().context("no partition")?;
+                    let mut seen = false;
+                    for (p, f) in older.iter().zip(&self.filters).rev() {
+                        if f.may_hold(r.hash) {
+                            self.probes += 1;
+                            let mut s = tx.prepare_cached(&format!(
+                                "SELECT 1 FROM {p} WHERE org = ?1 AND event_id = ?2"
+                            ))?;
+                            if s.exists(params![r.org, r.id])? {
+                                seen = true;
+                                break;
+                            }
+                        }
+                    }
+                    if seen {
+                        continue;
+                    }
+                    let mut ins = tx.prepare_cached(&format!(
+                        "INSERT INTO {hot} (org, event_id, month, body, written)
+                         VALUES (?1, ?2, 202611, ?3, 1764150000) ON CONFLICT (org, event_id) DO NOTHING"
+                    ))?;
+                    let n = ins.execute(params![r.org, r.id, r.body])?;
+                    if n == 1 {
+                        // Bits of a transaction that then rolls back only cost false
+                        // positives; the sealed filter is a superset of the table's keys.
+                        self.filters.last_mut().context("no partition")?.add(r.hash);
                         self.hot_rows += 1;
                     }
                     new += n;
@@ -375,6 +647,8 @@ struct Args {
     rounds: usize,
     only: Option<Vec<String>>,
     parts: Vec<usize>,
+    cold_open: Option<usize>,
+    dir: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -385,6 +659,8 @@ fn parse_args() -> anyhow::Result<Args> {
         rounds: 3,
         only: None,
         parts: vec![20_000, 100_000],
+        cold_open: None,
+        dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -410,6 +686,8 @@ fn parse_args() -> anyhow::Result<Args> {
                     .map(|v| count(v.to_owned(), 10_000_000))
                     .collect::<anyhow::Result<_>>()?
             }
+            "--cold-open" => a.cold_open = Some(count(value()?, 50_000_000)?),
+            "--dir" => a.dir = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -430,6 +708,7 @@ fn main() -> anyhow::Result<()> {
         kinds.retain(|k| !matches!(k, Kind::Keyed { page: 1024 } | Kind::WithoutRowid));
     }
     kinds.extend(args.parts.iter().map(|&rows| Kind::Partitioned { rows }));
+    kinds.extend(args.parts.iter().map(|&rows| Kind::Filtered { rows }));
     if let Some(only) = &args.only {
         kinds.retain(|k| only.contains(&k.name()));
     }
@@ -440,9 +719,15 @@ fn main() -> anyhow::Result<()> {
     let orgs: Vec<String> = (0..ORGS)
         .map(|_| format!("org_{:016x}", rng.random::<u64>()))
         .collect();
+    let dir = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    if let Some(entries) = args.cold_open {
+        return cold_open(&args, entries, &mut rng, &orgs, dir.path());
+    }
     let prefill = rows(&mut rng, args.prefill, &orgs);
     let capacity = args.prefill + args.measure * args.rounds;
-    let dir = tempfile::tempdir()?;
     println!(
         "ledger_layouts: prefill {} entries, timed {} rows x {} rounds, {} rows per commit, \
          {RESEND_PERCENT}% resends",
@@ -515,5 +800,209 @@ fn main() -> anyhow::Result<()> {
             file_mib(path)
         );
     }
+    Ok(())
+}
+
+/// Syncs `path` (and its WAL) and drops its pages from the OS cache, so the next open
+/// reads them from disk as after a reboot. Only this file's pages are dropped.
+fn evict(path: &Path) -> anyhow::Result<()> {
+    let wal = path.with_extension("db-wal");
+    for p in [path, wal.as_path()] {
+        if !p.exists() {
+            continue;
+        }
+        std::fs::File::open(p)?.sync_all()?;
+        let status = std::process::Command::new("dd")
+            .arg(format!("if={}", p.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()
+            .context("running dd to drop the file's cached pages")?;
+        if !status.success() {
+            bail!("dd iflag=nocache on {} failed: {status}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The partition tables of the file `conn` has open, oldest first.
+fn list_parts(conn: &Connection) -> anyhow::Result<Vec<String>> {
+    let mut s = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'ledger_[0-9]*'
+         ORDER BY name",
+    )?;
+    let names = s.query_map([], |r| r.get(0))?;
+    Ok(names.collect::<Result<_, _>>()?)
+}
+
+/// A first request's rows: `per` rows, 1 % of them resends of `present` rows (the first
+/// of them from the oldest table), in key order.
+fn first_batch(rng: &mut StdRng, orgs: &[String], present: &[Row], per: usize) -> Vec<Row> {
+    let mut batch = rows(rng, per, orgs);
+    for (n, i) in (0..batch.len()).step_by(100 / RESEND_PERCENT).enumerate() {
+        batch[i] = if n == 0 {
+            present[0].clone()
+        } else {
+            present[rng.random_range(0..present.len())].clone()
+        };
+    }
+    batch.sort_unstable_by(|a, b| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+    batch
+}
+
+/// Opens the cold-open file `path` the `kind` way from cold OS caches and commits one
+/// first batch; returns (open, open to first commit, sealed filters rebuilt, new rows,
+/// the contender).
+fn open_cold(
+    kind: Kind,
+    path: &Path,
+    capacity: usize,
+    batch: &[Row],
+) -> anyhow::Result<(Duration, Duration, usize, usize, Contender)> {
+    evict(path)?;
+    let began = Instant::now();
+    let conn = open(path, 64, 4096, false)?;
+    let parts = list_parts(&conn)?;
+    let mut c = Contender {
+        kind,
+        conn,
+        parts,
+        hot_rows: 0,
+        bloom: Bloom::with_capacity(0),
+        filters: Vec::new(),
+        probes: 0,
+    };
+    let rebuilt = match kind {
+        Kind::Partitioned { .. } => {
+            c.rebuild_global(capacity)?;
+            0
+        }
+        Kind::Filtered { rows } => c.load_filters(rows)?,
+        _ => bail!("--cold-open compares part and pfilt only"),
+    };
+    let opened = began.elapsed();
+    let refs: Vec<&Row> = batch.iter().collect();
+    let new = c.insert(&refs)?;
+    Ok((opened, began.elapsed(), rebuilt, new, c))
+}
+
+/// `--cold-open N`: the cold start of a ledger of `entries` entries (see the module doc).
+fn cold_open(
+    args: &Args,
+    entries: usize,
+    rng: &mut StdRng,
+    orgs: &[String],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let &[per_part] = args.parts.as_slice() else {
+        bail!("--cold-open wants one --parts size");
+    };
+    let path = dir.join("cold.db");
+    let kind = Kind::Filtered { rows: per_part };
+    let began = Instant::now();
+    let mut c = Contender::create(kind, &path, 0)?;
+    // Every 1,000th row, kept for resends.
+    let mut present = Vec::new();
+    let mut left = entries;
+    while left > 0 {
+        let n = left.min(per_part);
+        let mut chunk = rows(rng, n, orgs);
+        chunk.sort_unstable_by(|a, b| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+        present.extend(chunk.iter().step_by(1_000).cloned());
+        let refs: Vec<&Row> = chunk.iter().collect();
+        if c.insert(&refs)? != n {
+            bail!("cold-open fill: a fresh row was counted as seen");
+        }
+        left -= n;
+        if (entries - left) % 1_000_000 < per_part {
+            println!(
+                "filled {:>9} entries in {:>6.1}s",
+                entries - left,
+                began.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // Seal the last table too: every entry is then in a sealed table, the hot one empty.
+    let tx = c.conn.transaction()?;
+    seal(&tx, &mut c.parts, &mut c.filters, &mut c.hot_rows, per_part)?;
+    tx.commit()?;
+    let written = c.filters.clone();
+    drop(c);
+    println!(
+        "cold-open: {entries} entries in {} tables of {per_part}, {:.0} MiB, filled in {:.1}s; \
+         each open starts with the file dropped from the OS cache",
+        entries.div_ceil(per_part),
+        file_mib(&path),
+        began.elapsed().as_secs_f64()
+    );
+    let capacity = entries + per_part;
+    let expected_new = args.per - args.per.div_ceil(100 / RESEND_PERCENT);
+    for round in 0..args.rounds {
+        for way in [Kind::Partitioned { rows: per_part }, kind] {
+            let batch = first_batch(rng, orgs, &present, args.per);
+            let (opened, first, rebuilt, new, c) = open_cold(way, &path, capacity, &batch)?;
+            if new != expected_new || rebuilt != 0 {
+                bail!(
+                    "{}: {new} new (expected {expected_new}), {rebuilt} filters rebuilt",
+                    way.name()
+                );
+            }
+            println!(
+                "round {round}  {:<12} open {:>6.2}s  open to first commit of {} rows {:>6.2}s",
+                way.name(),
+                opened.as_secs_f64(),
+                args.per,
+                first.as_secs_f64()
+            );
+            if round == 0 && way == kind {
+                // What was loaded is what was written at each seal.
+                let sealed = c.filters.len() - 1;
+                if c.filters[..sealed] != written[..sealed] {
+                    bail!("the loaded filters differ from the ones written at seal");
+                }
+                println!("loaded filters equal the ones written at seal: {sealed} tables");
+            }
+        }
+    }
+    // A torn filter (one flipped byte) fails its checksum: the open rebuilds it from its
+    // table and writes it back, and the resend from that table is still found.
+    let conn = Connection::open(&path)?;
+    let mut bits: Vec<u8> =
+        conn.query_row("SELECT bits FROM ledger_filters WHERE part = 0", [], |r| {
+            r.get(0)
+        })?;
+    let byte = bits
+        .get_mut(100)
+        .context("a filter shorter than 101 bytes")?;
+    *byte ^= 1;
+    conn.execute(
+        "UPDATE ledger_filters SET bits = ?1 WHERE part = 0",
+        params![bits],
+    )?;
+    drop(conn);
+    let batch = first_batch(rng, orgs, &present, args.per);
+    let (opened, first, rebuilt, new, _) = open_cold(kind, &path, capacity, &batch)?;
+    if rebuilt != 1 || new != expected_new {
+        bail!("torn filter: {rebuilt} rebuilt (expected 1), {new} new (expected {expected_new})");
+    }
+    println!(
+        "torn filter of table 0: found and rebuilt; open {:.2}s, to first commit {:.2}s",
+        opened.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    // The fault the checksum guards against: a filter that says "no" for keys its table
+    // holds (here all zeros, with a matching checksum) lets resends through as new.
+    let conn = Connection::open(&path)?;
+    let empty = PartFilter::with_capacity(per_part);
+    save_filter(&conn, 0, per_part, &empty)?;
+    drop(conn);
+    let batch = first_batch(rng, orgs, &present, args.per);
+    let (_, _, _, new, _) = open_cold(kind, &path, capacity, &batch)?;
+    if new <= expected_new {
+        bail!("a filter that says \"no\" for present keys went unnoticed: {new} new");
+    }
+    println!(
+        "planted wrong filter (table 0 all \"no\"): {} resends counted new, as expected",
+        new - expected_new
+    );
     Ok(())
 }
