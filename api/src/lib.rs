@@ -4,7 +4,8 @@
 //! `/v1/orgs/{org_id}` — the org itself ([`orgs`]), its members ([`members`]), projects
 //! ([`projects`]), API keys ([`keys`]), audit trail ([`audit`]) and invitations with
 //! `POST /v1/invitations/accept` ([`invitations`]), the ledger entries of a report line
-//! ([`lines`]) and its streamed CSV export ([`export`]) — and `GET /openapi.json`, the OpenAPI
+//! ([`lines`]) and its streamed CSV export ([`export`]), the org's security policy
+//! ([`security`]) and sign-in sessions, the caller's own and the org's ([`sessions`]) — and `GET /openapi.json`, the OpenAPI
 //! 3.1 document of every Tally route, ingest's included (see [`openapi`]). Every route is a
 //! row of [`ROUTES`], and [`router`] is built from that table, so the tests that walk it
 //! (tenant isolation, role matrix, audit completeness, the OpenAPI check) cover every route
@@ -124,17 +125,31 @@ pub enum Endpoint {
     GetSecurityPolicy,
     /// `PUT /v1/orgs/{org_id}/security-policy`.
     PutSecurityPolicy,
+    /// `POST /v1/sessions`.
+    CreateSession,
+    /// `GET /v1/sessions`.
+    MySessions,
+    /// `DELETE /v1/sessions/{session_id}`.
+    RevokeMySession,
+    /// `GET /v1/orgs/{org_id}/sessions`.
+    ListOrgSessions,
+    /// `DELETE /v1/orgs/{org_id}/sessions/{session_id}`.
+    RevokeOrgSession,
 }
 
 impl Endpoint {
     /// The role-table action the route is checked against (`None` for routes outside the
     /// org scope: the document; usage, whose key callers need a scope instead; the caller's
-    /// own orgs; accepting an invitation, which the invited email decides).
+    /// own orgs and own sessions; accepting an invitation, which the invited email decides).
     pub fn action(self) -> Option<Action> {
         match self {
-            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs | Endpoint::AcceptInvitation => {
-                None
-            }
+            Endpoint::Usage
+            | Endpoint::OpenApi
+            | Endpoint::MyOrgs
+            | Endpoint::AcceptInvitation
+            | Endpoint::CreateSession
+            | Endpoint::MySessions
+            | Endpoint::RevokeMySession => None,
             Endpoint::GetOrg => Some(Action::OrgRead),
             Endpoint::UpdateOrg => Some(Action::OrgUpdate),
             Endpoint::DeleteOrg => Some(Action::OrgDelete),
@@ -162,11 +177,14 @@ impl Endpoint {
             Endpoint::LineEvents | Endpoint::Export => Some(Action::LedgerRead),
             Endpoint::GetSecurityPolicy => Some(Action::SecurityPolicyRead),
             Endpoint::PutSecurityPolicy => Some(Action::SecurityPolicyUpdate),
+            Endpoint::ListOrgSessions => Some(Action::SessionsRead),
+            Endpoint::RevokeOrgSession => Some(Action::SessionRevoke),
         }
     }
 
-    /// The action a mutating route records in the audit trail (`None` for reads): its
-    /// role-table action, or `invitation.accept`, which is outside the table.
+    /// The action a mutating route records in the audit trail (`None` for reads, and for a
+    /// user's own sessions, which belong to no org's trail): its role-table action, or
+    /// `invitation.accept`, which is outside the table.
     pub fn audit_action(self) -> Option<Action> {
         match self {
             Endpoint::AcceptInvitation => Some(Action::InvitationAccept),
@@ -304,6 +322,23 @@ pub const ROUTES: &[Route] = &[
         "PUT",
         "/v1/orgs/{org_id}/security-policy",
         Endpoint::PutSecurityPolicy,
+    ),
+    route("POST", "/v1/sessions", Endpoint::CreateSession),
+    route("GET", "/v1/sessions", Endpoint::MySessions),
+    route(
+        "DELETE",
+        "/v1/sessions/{session_id}",
+        Endpoint::RevokeMySession,
+    ),
+    route(
+        "GET",
+        "/v1/orgs/{org_id}/sessions",
+        Endpoint::ListOrgSessions,
+    ),
+    route(
+        "DELETE",
+        "/v1/orgs/{org_id}/sessions/{session_id}",
+        Endpoint::RevokeOrgSession,
     ),
 ];
 
@@ -550,6 +585,11 @@ fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::ListInvoices => get(invoices::list),
         Endpoint::GetSecurityPolicy => get(security::get_policy),
         Endpoint::PutSecurityPolicy => put(security::put_policy),
+        Endpoint::CreateSession => post(sessions::create),
+        Endpoint::MySessions => get(sessions::list_mine),
+        Endpoint::RevokeMySession => delete(sessions::revoke_mine),
+        Endpoint::ListOrgSessions => get(sessions::list_org),
+        Endpoint::RevokeOrgSession => delete(sessions::revoke_org),
     }
 }
 

@@ -64,6 +64,11 @@ pub fn statuses(endpoint: Endpoint) -> &'static [u16] {
         }
         Endpoint::GetSecurityPolicy => &[200, 400, 401, 403, 404, 429, 500, 503],
         Endpoint::PutSecurityPolicy => &[200, 400, 401, 403, 404, 409, 429, 500, 503],
+        Endpoint::CreateSession => &[201, 401, 403, 409, 429, 500, 503],
+        Endpoint::MySessions => &[200, 401, 403, 429, 500, 503],
+        Endpoint::RevokeMySession | Endpoint::ListOrgSessions | Endpoint::RevokeOrgSession => {
+            &[200, 400, 401, 403, 404, 429, 500, 503]
+        }
     }
 }
 
@@ -75,6 +80,14 @@ pub fn document() -> Value {
     add_paths(
         &mut doc,
         json!({"/v1/invitations/accept": {"post": accept_invitation()}}),
+    );
+    add_paths(
+        &mut doc,
+        json!({"/v1/sessions": {"post": create_session(), "get": my_sessions()}}),
+    );
+    add_paths(
+        &mut doc,
+        json!({"/v1/sessions/{session_id}": {"delete": revoke_my_session()}}),
     );
     for route in ROUTES {
         if let Some(op) = management_operation(route.endpoint) {
@@ -217,6 +230,70 @@ fn accept_invitation() -> Value {
     })
 }
 
+fn create_session() -> Value {
+    let mut responses = error_responses(statuses(Endpoint::CreateSession));
+    responses.insert(
+        "409".into(),
+        json_response(
+            "`too_many_sessions`: the user holds 50 live sessions already.",
+            "Error",
+        ),
+    );
+    responses.insert(
+        "201".into(),
+        json_response(
+            "The session, and its token (shown this once).",
+            "OpenedSession",
+        ),
+    );
+    json!({
+        "operationId": "createSession",
+        "summary": "Open a sign-in session: a session token the user and their orgs' admins can list and revoke",
+        "description": format!(
+            "Needs a user's token (`tally token create`, or the configured OIDC issuer's); a session token is 403 `session_token` (a session never renews itself), an API key 403. The session token is an HS256 JWT whose `sid` names the session; it carries the opening token's `amr` and lives the shortest `session_lifetime_seconds` among the user's orgs' security policies ({} seconds, 12 hours, when none sets one shorter). Revoking the session ends the token at once on the server that revoked it and within {} seconds on the others. A user holds at most {} live sessions (409 `too_many_sessions`).",
+            tally_core::security::DEFAULT_SESSION_LIFETIME_SECS,
+            crate::sessions::SESSION_CACHE_TTL_SECS,
+            tally_core::security::MAX_SESSIONS_PER_USER,
+        ),
+        "security": [{"userToken": []}],
+        "responses": responses,
+    })
+}
+
+fn my_sessions() -> Value {
+    let mut responses = error_responses(statuses(Endpoint::MySessions));
+    responses.insert(
+        "200".into(),
+        json_response(
+            "The caller's live sessions, newest first.",
+            "SessionsResponse",
+        ),
+    );
+    json!({
+        "operationId": "mySessions",
+        "summary": "List the caller's live sign-in sessions",
+        "description": "Needs a user's JWT (an API key is 403). `current` marks the session of the token that asks.",
+        "security": [{"userToken": []}],
+        "responses": responses,
+    })
+}
+
+fn revoke_my_session() -> Value {
+    let mut responses = error_responses(statuses(Endpoint::RevokeMySession));
+    responses.insert(
+        "200".into(),
+        json_response("The revoked session.", "SessionView"),
+    );
+    json!({
+        "operationId": "revokeMySession",
+        "summary": "Revoke one of the caller's own sign-in sessions (its token stops working; revoking again keeps the first time)",
+        "description": "Needs a user's JWT (an API key is 403). A session that is not the caller's is 404.",
+        "security": [{"userToken": []}],
+        "parameters": [json!({"name": "session_id", "in": "path", "required": true, "description": "The session.", "schema": {"type": "string"}})],
+        "responses": responses,
+    })
+}
+
 /// An instant of a query: RFC 3339 or a date (midnight UTC), as `parse_instant` reads it.
 fn instant_schema() -> Value {
     json!({
@@ -258,9 +335,29 @@ fn path_param(name: &str, description: &str) -> Value {
 fn management_operation(endpoint: Endpoint) -> Option<Value> {
     let (id, summary, ok_schema, body, extra): (&str, &str, &str, Option<&str>, Vec<Value>) =
         match endpoint {
-            Endpoint::Usage | Endpoint::OpenApi | Endpoint::MyOrgs | Endpoint::AcceptInvitation => {
+            Endpoint::Usage
+            | Endpoint::OpenApi
+            | Endpoint::MyOrgs
+            | Endpoint::AcceptInvitation
+            | Endpoint::CreateSession
+            | Endpoint::MySessions
+            | Endpoint::RevokeMySession => {
                 return None;
             }
+            Endpoint::ListOrgSessions => (
+                "listOrgSessions",
+                "The live sign-in sessions of the organization's members, newest first (at most 500; `truncated` says more exist). A session is its user's: a member of two orgs is seen by the admins of both",
+                "SessionsResponse",
+                None,
+                vec![],
+            ),
+            Endpoint::RevokeOrgSession => (
+                "revokeOrgSession",
+                "Revoke a sign-in session of one of the organization's members (its token stops working); a session of anyone outside the organization is 404",
+                "SessionView",
+                None,
+                vec![path_param("session_id", "The session.")],
+            ),
             Endpoint::ListInvitations => (
                 "listInvitations",
                 "List the pending invitations (never their tokens or hashes)",
@@ -710,6 +807,18 @@ fn management_schemas() -> Value {
             "require_mfa": {"type": "boolean", "description": "Users' tokens must show a second factor in `amr`."},
             "ip_allowlist": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 64, "description": "An IPv4 or IPv6 network in CIDR notation (no bits set below the prefix), or a bare address."}, "description": "Empty: any address."},
             "session_lifetime_seconds": {"type": "integer", "minimum": 300, "maximum": 2_592_000, "description": "How long a session of the org's members may live (5 minutes to 30 days)."}}},
+        "SessionView": {"type": "object", "required": ["id", "user_id", "created_at", "expires_at", "ip", "user_agent", "revoked_at", "current"], "properties": {
+            "id": {"type": "string"}, "user_id": {"type": "string"}, "created_at": ts, "expires_at": ts,
+            "ip": {"type": ["string", "null"], "description": "The client address it was opened from."},
+            "user_agent": {"type": ["string", "null"], "maxLength": 256, "description": "The User-Agent it was opened with."},
+            "revoked_at": ts_opt,
+            "current": {"type": "boolean", "description": "Whether the request that shows it was made with it."}}},
+        "OpenedSession": {"type": "object", "required": ["token", "session"], "properties": {
+            "token": {"type": "string", "description": "The session token (a JWT), shown this once."},
+            "session": schema_ref("SessionView")}},
+        "SessionsResponse": {"type": "object", "required": ["sessions", "truncated"], "properties": {
+            "sessions": {"type": "array", "items": schema_ref("SessionView")},
+            "truncated": {"type": "boolean", "description": "Whether more live sessions exist than were listed."}}},
         "AuditResponse": {"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "items": schema_ref("AuditRecord")},
             "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}},

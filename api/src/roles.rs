@@ -27,12 +27,16 @@
 //! | `invitation.revoke` | `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` | ✓ | ✓ | | |
 //! | `security_policy.read` | `GET /v1/orgs/{org_id}/security-policy` | ✓ | ✓ | | |
 //! | `security_policy.update` | `PUT /v1/orgs/{org_id}/security-policy` (MFA, IP allowlist, session lifetime; audited) | ✓ | ✓ | | |
+//! | `sessions.read` | `GET /v1/orgs/{org_id}/sessions` (the live sign-in sessions of the org's members) | ✓ | ✓ | | |
+//! | `session.revoke` | `DELETE /v1/orgs/{org_id}/sessions/{session_id}` (a member's session; audited) | ✓ | ✓ | | |
 //! | `ledger.read` | `GET /v1/orgs/{org_id}/reports/{period}/lines/{meter}/events` (the ledger entries a bill's line is made of), `GET /v1/orgs/{org_id}/export` (a month's counters or ledger entries as CSV) | ✓ | ✓ | | |
 //!
 //! `projects.read` gives members and viewers only the projects they were put on (with
 //! `project_member.add`); owners and admins read every project.
 //!
-//! `GET /v1/me/orgs` is outside the table: any user may list the orgs they belong to. So is
+//! `GET /v1/me/orgs` is outside the table: any user may list the orgs they belong to. So
+//! are a user's own sessions (`POST`/`GET /v1/sessions`, `DELETE /v1/sessions/{session_id}`):
+//! any user opens, lists and revokes their own. So is
 //! `invitation.accept` (`POST /v1/invitations/accept`): any user whose email is the one the
 //! invitation was sent to, whatever their roles elsewhere.
 //!
@@ -101,6 +105,10 @@ pub enum Action {
     SecurityPolicyRead,
     /// Replace the org's security policy (MFA, IP allowlist, session lifetime).
     SecurityPolicyUpdate,
+    /// List the live sign-in sessions of the org's members.
+    SessionsRead,
+    /// Revoke a sign-in session of one of the org's members.
+    SessionRevoke,
 }
 
 impl Action {
@@ -133,6 +141,8 @@ impl Action {
             Action::LedgerRead => "ledger.read",
             Action::SecurityPolicyRead => "security_policy.read",
             Action::SecurityPolicyUpdate => "security_policy.update",
+            Action::SessionsRead => "sessions.read",
+            Action::SessionRevoke => "session.revoke",
         }
     }
 
@@ -157,6 +167,7 @@ impl Action {
                 | Action::InvitationRevoke
                 | Action::InvitationAccept
                 | Action::SecurityPolicyUpdate
+                | Action::SessionRevoke
         )
     }
 }
@@ -191,6 +202,8 @@ pub const PERMISSIONS: &[(Action, [bool; 4])] = &[
     (Action::LedgerRead, [true, true, false, false]),
     (Action::SecurityPolicyRead, [true, true, false, false]),
     (Action::SecurityPolicyUpdate, [true, true, false, false]),
+    (Action::SessionsRead, [true, true, false, false]),
+    (Action::SessionRevoke, [true, true, false, false]),
 ];
 
 /// Whether `role` may do `action` (an action missing from the table is refused).

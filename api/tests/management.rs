@@ -14,12 +14,14 @@ use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_core::event::{Event, Quantity};
-use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{
+    ApiKeyId, EventId, InvitationId, MeterName, OrgId, ProjectId, SessionId, UserId,
+};
 use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, OrgStore, ProjectStore,
-    ReportStore, SyncLedger, UsageStore, UserStore,
+    ReportStore, SecurityStore, SyncLedger, UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
@@ -224,6 +226,21 @@ async fn world(plan: PlanId) -> World {
     ] {
         store.create_invitation(&inv).await.unwrap();
     }
+    // A's viewer and B's owner are signed in.
+    for (sid, who) in [("ses_alpha1", "usr_aviewer"), ("ses_beta1", "usr_bowner")] {
+        store
+            .create_session(&tally_core::security::Session {
+                id: SessionId::parse(sid).unwrap(),
+                user_id: user(who),
+                created_at: t("2026-11-26T12:00:00Z"),
+                expires_at: t("2026-11-27T00:00:00Z"),
+                ip: Some("203.0.113.9".into()),
+                user_agent: Some("mgmt-tests/1".into()),
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+    }
     // Org A used 2,500 API calls this month.
     let used = Event {
         id: EventId::parse("seeded_usage").unwrap(),
@@ -329,6 +346,8 @@ struct Ids {
     token: &'static str,
     /// A member of the org who is not on its project yet.
     project_user: &'static str,
+    /// A sign-in session of a member of the org.
+    session: &'static str,
 }
 
 /// Org A's own resources (the user is a non-owner member).
@@ -339,6 +358,7 @@ const A_IDS: Ids = Ids {
     invitation: "inv_alpha1",
     token: INVITE_A,
     project_user: "usr_aadmin",
+    session: "ses_alpha1",
 };
 
 /// Org B's resources.
@@ -349,6 +369,7 @@ const B_IDS: Ids = Ids {
     invitation: "inv_beta1",
     token: INVITE_B,
     project_user: "usr_bowner",
+    session: "ses_beta1",
 };
 
 /// The request that exercises `route` on `org` with the nested ids given, and the body it
@@ -361,6 +382,7 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         .replace("{key_id}", ids.key)
         .replace("{user_id}", ids.user)
         .replace("{invitation_id}", ids.invitation)
+        .replace("{session_id}", ids.session)
         .replace("{period}", "2026-03")
         .replace("{meter}", "api_calls");
     assert!(
@@ -384,7 +406,12 @@ fn request_for(route: &Route, org: &str, ids: &Ids, n: usize) -> (String, Option
         | Endpoint::RevokeInvitation
         | Endpoint::LineEvents
         | Endpoint::UpcomingInvoice
-        | Endpoint::ListInvoices => (path, None),
+        | Endpoint::ListInvoices
+        | Endpoint::CreateSession
+        | Endpoint::MySessions
+        | Endpoint::RevokeMySession
+        | Endpoint::ListOrgSessions
+        | Endpoint::RevokeOrgSession => (path, None),
         Endpoint::Export => (format!("{path}?period=2026-03"), None),
         Endpoint::CreateInvitation => (
             path,
@@ -437,6 +464,7 @@ async fn tenant_isolation_every_route() {
         "usr_bowner",
         "tk_test_2c70e12b7a0646f92279f427c7b38e7334d8e5389cff167a1dc30e73f826b683",
         "inv_beta1",
+        "ses_beta1",
     ];
     let mut credentials: Vec<(String, String)> = ROLES
         .iter()
@@ -459,8 +487,12 @@ async fn tenant_isolation_every_route() {
                 n += 1;
                 let (uri, body) = request_for(route, org, &B_IDS, n);
                 let a = call(&mem, route.method, &uri, Some(bearer), body).await;
-                // The caller's own orgs are theirs to list; B's must not be among them.
-                let own = route.endpoint == Endpoint::MyOrgs && a.status == StatusCode::OK;
+                // The caller's own orgs and sessions are theirs to list (and open); B's must
+                // not be among them.
+                let own = matches!(
+                    route.endpoint,
+                    Endpoint::MyOrgs | Endpoint::MySessions | Endpoint::CreateSession
+                ) && a.status.is_success();
                 assert!(
                     own || a.status == StatusCode::NOT_FOUND || a.status == StatusCode::FORBIDDEN,
                     "{who}: {} {uri} answered {}: {}",
@@ -513,6 +545,12 @@ async fn tenant_isolation_every_route() {
         1,
         "nobody joined B"
     );
+    let b_session = mem
+        .get_session(&user("usr_bowner"), &SessionId::parse("ses_beta1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b_session.revoked_at.is_none(), "B's session is not revoked");
 }
 
 /// Every org-scoped route against every role of the org: allowed by the table is 2xx,
@@ -566,10 +604,12 @@ async fn audit_completeness_every_mutating_route() {
     let mut n = 0;
     for route in ROUTES {
         let mutation = route.endpoint.audit_action().is_some();
+        // A user's own sessions are no org's: there is no trail to file them in.
+        let own_session = route.path.starts_with("/v1/sessions");
         assert_eq!(
             mutation,
-            route.method != "GET",
-            "{} {}: mutations are exactly the non-GET routes",
+            route.method != "GET" && !own_session,
+            "{} {}: mutations are exactly the non-GET routes but one's own sessions",
             route.method,
             route.path
         );

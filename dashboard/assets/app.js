@@ -404,12 +404,12 @@ async function loadBilling() {
   }
 }
 
-// Manage: projects, keys, members, invitations, audit trail. Each list the role may not
-// read shows the API's refusal in its place.
+// Manage: projects, keys, members, invitations, the security policy, sessions, audit
+// trail. Each list the role may not read shows the API's refusal in its place.
 
-async function listInto(table, path, render) {
+async function listInto(table, path, render, full = false) {
   try {
-    const data = await api('GET', orgPath(path));
+    const data = await api('GET', full ? path : orgPath(path));
     fillBody(table, render(data));
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) throw e;
@@ -425,7 +425,54 @@ async function loadManage() {
     listInto($('invitations'), '/invitations', (d) => d.invitations.map((i) => row(i.email, i.role, i.expires_at,
       el('button', { type: 'button', text: 'Revoke', onclick: () => mutate('DELETE', `/invitations/${encodeURIComponent(i.id)}`) })))),
     listInto($('audit'), '/audit', (d) => d.records.map((r) => row(r.at, r.actor, `${r.action} (${r.outcome})`, r.resource))),
+    loadPolicy(),
+    listInto($('my-sessions'), '/v1/sessions', (d) => d.sessions.map((s) => sessionRow(s, false)), true),
+    listInto($('org-sessions'), '/sessions', (d) => d.sessions.map((s) => sessionRow(s, true))),
   ]);
+}
+
+// The policy as the API has it; a role that may not read it sees the API's refusal.
+async function loadPolicy() {
+  const note = $('policy-note');
+  try {
+    const p = await api('GET', orgPath('/security-policy'));
+    $('policy-mfa').checked = p.require_mfa;
+    $('policy-allowlist').value = p.ip_allowlist.join('\n');
+    $('policy-lifetime').value = String(p.session_lifetime_seconds);
+    note.textContent = p.updated_at ? `Last changed ${p.updated_at}.` : 'The default policy: no change made yet.';
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) throw e;
+    note.textContent = e.message;
+  }
+  note.hidden = false;
+}
+
+function savePolicy(event) {
+  event.preventDefault();
+  const allowlist = $('policy-allowlist').value.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  mutate('PUT', '/security-policy', {
+    require_mfa: $('policy-mfa').checked,
+    ip_allowlist: allowlist,
+    session_lifetime_seconds: Number($('policy-lifetime').value),
+  });
+}
+
+// One session: yours (revoked through /v1/sessions) or a member's (through the org).
+function sessionRow(s, ofOrg) {
+  const label = s.current ? 'Sign out this session' : 'Revoke';
+  const button = el('button', {
+    type: 'button', 'data-action': 'revoke-session', 'data-session': s.id, text: label,
+    'aria-label': `${label} opened ${s.created_at}`,
+    onclick: () => (ofOrg
+      ? mutate('DELETE', `/sessions/${encodeURIComponent(s.id)}`)
+      : mutateAt('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`)),
+  });
+  const from = s.ip ?? '';
+  const tr = ofOrg
+    ? row(s.user_id + (s.current ? ' (this session)' : ''), s.created_at, s.expires_at, from, button)
+    : row(s.created_at + (s.current ? ' (this session)' : ''), s.expires_at, from, s.user_agent ?? '', button);
+  tr.dataset.session = s.id;
+  return tr;
 }
 
 function keyRow(k) {
@@ -451,9 +498,13 @@ function showSecret(secret) {
 }
 
 async function mutate(method, path, body, then) {
+  return mutateAt(method, orgPath(path), body, then);
+}
+
+async function mutateAt(method, path, body, then) {
   clearError();
   try {
-    const result = await api(method, orgPath(path), body);
+    const result = await api(method, path, body);
     if (then) then(result);
     await loadManage();
   } catch (e) {
@@ -482,6 +533,7 @@ function wire() {
     e.preventDefault();
     mutate('POST', '/projects', { name: $('project-name').value.trim(), slug: $('project-slug').value.trim() });
   });
+  $('policy-form').addEventListener('submit', savePolicy);
   $('invite-form').addEventListener('submit', (e) => {
     e.preventDefault();
     mutate('POST', '/invitations', { email: $('invite-email').value.trim(), role: $('invite-role').value });

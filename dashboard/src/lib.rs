@@ -14,27 +14,33 @@
 //! `ETag` (their SHA-256), so a new binary's assets are picked up at once and an unchanged
 //! one costs a `304`.
 //!
-//! Sign-in ([`sign_in`]) verifies the token with the API's own [`Caller`] extractor (the
-//! same checks as a bearer token, so the cookie can never admit what the header would
-//! not) and sets two cookies: [`SESSION_COOKIE`] (the token; HTTP-only) and [`CSRF_COOKIE`]
-//! (a random value the page repeats in `X-CSRF-Token` on every mutation; see
-//! [`tally_api::auth::session_cookie_credential`]). Both are `SameSite=Strict; Path=/;
-//! Secure`: browsers keep `Secure` cookies over plain HTTP on `localhost` and `127.0.0.1`
-//! (Chromium treats them as secure contexts; the browser test signs in over
-//! `http://127.0.0.1`), and anywhere else the dashboard must be served over HTTPS.
+//! Sign-in ([`sign_in`]) verifies the pasted user token with the API's own [`Caller`]
+//! extractor (the same checks as a bearer token, so the cookie can never admit what the
+//! header would not), opens a Tally session for the user
+//! ([`tally_api::sessions::open_session`]: listed by the user and the org's admins,
+//! revocable, as long-lived as the user's orgs allow) and sets two cookies:
+//! [`SESSION_COOKIE`] (the session's token, never the pasted one; HTTP-only) and
+//! [`CSRF_COOKIE`] (a random value the page repeats in `X-CSRF-Token` on every mutation; see
+//! [`tally_api::auth::session_cookie_credential`]). Both live as long as the session and
+//! are `SameSite=Strict; Path=/; Secure`: browsers keep `Secure` cookies over plain HTTP on
+//! `localhost` and `127.0.0.1` (Chromium treats them as secure contexts; the browser test
+//! signs in over `http://127.0.0.1`), and anywhere else the dashboard must be served over
+//! HTTPS. Sign-out ([`sign_out`]) revokes the session, so a copy of the cookie stops
+//! working too.
 
 use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tally_api::ApiState;
-use tally_api::auth::{CSRF_COOKIE, Caller, SESSION_COOKIE, same_origin};
+use tally_api::auth::{CSRF_COOKIE, Caller, SESSION_COOKIE, cookie, same_origin};
 use tally_api::http::ApiError;
 use tally_api::jwt::looks_like_jwt;
 
@@ -46,10 +52,6 @@ connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; fram
 
 /// Largest sign-in body accepted: a token of an OIDC issuer is a few kilobytes at most.
 pub const MAX_SIGN_IN_BYTES: usize = 16 * 1024;
-
-/// How long the session cookies live (12 hours); the token's own expiry still applies, so a
-/// session never outlives its token.
-pub const SESSION_MAX_AGE_SECS: u64 = 12 * 3600;
 
 /// One embedded file.
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +202,8 @@ struct SignIn {
 #[derive(Debug, Serialize)]
 struct SignedIn {
     user_id: String,
+    /// The session opened (the cookie holds its token).
+    session: tally_api::sessions::SessionView,
 }
 
 fn csrf_refused() -> ApiError {
@@ -211,9 +215,16 @@ fn csrf_refused() -> ApiError {
 
 /// `POST /dashboard/sign-in`: `{"token": "…"}` from this server's own page (`Origin`, else
 /// `403 csrf`); the token is checked exactly as a bearer token would be (`401` when it is
-/// not valid; an API key is `400`), then the session and CSRF cookies are set.
-async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    match sign_in_inner(&state, &headers, &body).await {
+/// not valid; an API key is `400`; a session token `403 session_token`), then a session is
+/// opened and the session and CSRF cookies are set.
+async fn sign_in(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // One byte past the bound tells a body that is too large from one that fits.
+    let body = match axum::body::to_bytes(body, MAX_SIGN_IN_BYTES + 1).await {
+        Ok(b) => b,
+        Err(_) => Bytes::from(vec![0; MAX_SIGN_IN_BYTES + 1]),
+    };
+    match sign_in_inner(&state, parts, &body).await {
         Ok(r) => secure(r, "no-store"),
         Err(e) => secure(e.into_response(), "no-store"),
     }
@@ -221,10 +232,10 @@ async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, body: Bytes)
 
 async fn sign_in_inner(
     state: &ApiState,
-    headers: &HeaderMap,
+    mut parts: Parts,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if !same_origin(headers) {
+    if !same_origin(&parts.headers) {
         return Err(csrf_refused());
     }
     if body.len() > MAX_SIGN_IN_BYTES {
@@ -254,15 +265,13 @@ async fn sign_in_inner(
             "the token has characters no token has",
         )
     })?;
-    // The API's own extractor, on a request carrying the token as a bearer header: the
-    // cookie admits exactly what the header would.
-    let request = Request::builder()
-        .header(header::AUTHORIZATION, value)
-        .body(())
-        .map_err(|e| ApiError::Internal(format!("sign-in request: {e}")))?;
-    let (mut parts, ()) = request.into_parts();
-    let user = match Caller::from_request_parts(&mut parts, state).await? {
-        Caller::User(user, _) => user,
+    // The API's own extractor, on this request (its peer address and forwarding headers
+    // kept, for the session's record) carrying the token as a bearer header instead of any
+    // cookie: the session admits exactly what the token would.
+    parts.headers.remove(header::COOKIE);
+    parts.headers.insert(header::AUTHORIZATION, value);
+    let (user, context) = match Caller::from_request_parts(&mut parts, state).await? {
+        Caller::User(user, context) => (user, context),
         Caller::ApiKey(_) => {
             return Err(ApiError::bad_request(
                 "invalid_token",
@@ -271,36 +280,61 @@ async fn sign_in_inner(
             ));
         }
     };
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let opened = tally_api::sessions::open_session(state, &user, &context, user_agent).await?;
+    let session = opened.session;
+    let max_age = (session.expires_at - session.created_at)
+        .num_seconds()
+        .max(0);
     let csrf = hex::encode(rand::random::<[u8; 16]>());
     let mut response = (
         StatusCode::OK,
         axum::Json(SignedIn {
             user_id: user.to_string(),
+            session: session.clone(),
         }),
     )
         .into_response();
     let h = response.headers_mut();
     for cookie in [
         format!(
-            "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={SESSION_MAX_AGE_SECS}"
+            "{SESSION_COOKIE}={}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}",
+            opened.token
         ),
-        format!(
-            "{CSRF_COOKIE}={csrf}; Secure; SameSite=Strict; Path=/; Max-Age={SESSION_MAX_AGE_SECS}"
-        ),
+        format!("{CSRF_COOKIE}={csrf}; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"),
     ] {
         let value = HeaderValue::from_str(&cookie)
             .map_err(|e| ApiError::Internal(format!("session cookie: {e}")))?;
         h.append(header::SET_COOKIE, value);
     }
-    tracing::info!(user = %user, "dashboard sign-in");
+    tracing::info!(user = %user, session = %session.id, "dashboard sign-in");
     Ok(response)
 }
 
-/// `POST /dashboard/sign-out`: clears both cookies (from this server's own page, else
-/// `403 csrf`). The token itself stays valid until it expires.
-async fn sign_out(headers: HeaderMap) -> Response {
+/// `POST /dashboard/sign-out`: revokes the cookie's session, so a copy of the cookie stops
+/// working too, and clears both cookies (from this server's own page, else `403 csrf`). A
+/// cookie whose session is gone already (revoked, expired, not a session token) is just
+/// cleared.
+async fn sign_out(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return secure(csrf_refused().into_response(), "no-store");
+    }
+    if let Some(token) = cookie(&headers, SESSION_COOKIE)
+        && let Some(jwt) = &state.jwt
+        && let Ok((user, facts)) = jwt.verify_facts(token, state.clock.now())
+        && let Some((sid, _)) = facts.session
+    {
+        // Only the holder of the session's own token ends it this way; a store failure
+        // leaves the session to its expiry (or to a revocation from the Manage page).
+        match tally_api::sessions::revoke(&state, &user, &sid).await {
+            Ok(_) => tracing::info!(user = %user, session = %sid, "dashboard sign-out"),
+            Err(e) => {
+                tracing::warn!(error = %e, session = %sid, "sign-out could not revoke the session")
+            }
+        }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     for name in [SESSION_COOKIE, CSRF_COOKIE] {

@@ -1,6 +1,7 @@
 //! The dashboard's routes in process (the API's router with the dashboard merged in, on the
 //! in-memory store): the page and its assets with their security headers, sign-in to the
-//! session cookie, the API accepting that cookie, and CSRF refusals of cookie-authenticated
+//! session cookie (a Tally session's token, revoked by sign-out), the API accepting that
+//! cookie, and CSRF refusals of cookie-authenticated
 //! mutations (a planted cross-site POST carrying the cookie is refused).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -149,7 +150,17 @@ async fn sign_in(f: &Fixture) -> (String, String) {
     for attr in ["Secure", "SameSite=Strict", "Path=/"] {
         assert!(csrf_attrs.contains(attr), "{csrf_attrs} lacks {attr}");
     }
-    assert_eq!(session, f.token);
+    // The cookie holds a session's token, never the pasted one: the session is listed and
+    // revocable, and the cookie lives as long as the session (12 hours by default).
+    assert_ne!(session, f.token);
+    let (user, facts) = JwtConfig::hs256(SECRET)
+        .unwrap()
+        .verify_facts(&session, now())
+        .unwrap();
+    assert_eq!(user.as_str(), "usr_owner");
+    let (sid, _) = facts.session.expect("a session token");
+    assert_eq!(a.json()["session"]["id"], sid.as_str());
+    assert!(session_attrs.contains("Max-Age=43200"), "{session_attrs}");
     assert_eq!(csrf.len(), 32);
     (session, csrf)
 }
@@ -390,12 +401,32 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
     .await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.json()["orgs"][0]["org"]["id"], "org_a");
-    // Sign-out clears both cookies.
+    // The session is the user's to see through the API.
+    let listed = send(
+        &f.app,
+        Request::get("/v1/sessions")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.token))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.json()["sessions"].as_array().unwrap().len(), 1);
+    // A session token pasted into the sign-in form opens no second session.
+    let chained = send(
+        &f.app,
+        post(Some(ORIGIN), json!({"token": session}).to_string()),
+    )
+    .await;
+    assert_eq!(chained.status, StatusCode::FORBIDDEN, "{}", chained.json());
+    assert_eq!(chained.json()["error"]["code"], "session_token");
+    // Sign-out revokes the session and clears both cookies: a kept copy of the cookie no
+    // longer reads the API.
     let out = send(
         &f.app,
         Request::post("/dashboard/sign-out")
             .header(header::HOST, HOST)
             .header(header::ORIGIN, ORIGIN)
+            .header(header::COOKIE, format!("tally_session={session}"))
             .body(Body::empty())
             .unwrap(),
     )
@@ -406,6 +437,21 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
     assert!(
         cleared.iter().all(|c| c.contains("Max-Age=0")),
         "{cleared:?}"
+    );
+    let after = send(
+        &f.app,
+        Request::get("/v1/me/orgs")
+            .header(header::COOKIE, format!("tally_session={session}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        after.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
     );
 }
 

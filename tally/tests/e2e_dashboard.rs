@@ -2,8 +2,10 @@
 //! (chromedriver, started here on an ephemeral port) against the whole app in process on
 //! the embedded store, with usage posted through ingest. It signs in with a CLI-minted
 //! token, checks that a chart's total is the API's, zooms to hours, creates a key (its
-//! secret shown once) and revokes it, sees a viewer refused a mutation by the API, and sees
-//! a hard-limited meter's gauge at 100 %. Screenshots go to docs/screenshots/ (the README's
+//! secret shown once) and revokes it, sees the security policy and its own session on the
+//! Manage page, sees a viewer refused a mutation by the API, sees a hard-limited meter's
+//! gauge at 100 %, is refused from outside the org's IP allowlist with the API's message,
+//! and loses access once the owner revokes its session. Screenshots go to docs/screenshots/ (the README's
 //! "Dashboard" section shows them).
 //!
 //! It needs `chromium` and `chromium-driver`: with `TALLY_TEST_BROWSER=1` (set by
@@ -110,26 +112,35 @@ async fn wait_css(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
 }
 
+/// The element `css` names, which must be on the page now.
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} is not on the page: {e}"))
+}
+
+async fn click(c: &Client, css: &str) {
+    find(c, css).await.click().await.unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) {
+    find(c, css).await.send_keys(text).await.unwrap();
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    find(c, css).await.text().await.unwrap()
+}
+
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/dashboard")).await.unwrap();
     let field = wait_css(c, "#sign-in-view:not([hidden]) #token").await;
     field.send_keys(token).await.unwrap();
-    c.find(Locator::Css("#sign-in-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#sign-in-form button[type=submit]").await;
     wait_css(c, "body[data-loaded]").await;
 }
 
 async fn tab(c: &Client, page: &str) {
-    c.find(Locator::Css(&format!("#tab-{page}")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, &format!("#tab-{page}")).await;
     wait_css(c, &format!("body[data-loaded=\"{page}\"]")).await;
 }
 
@@ -215,7 +226,13 @@ async fn the_dashboard_in_chromium() {
     };
     let (owner_token, viewer_token) = (token_of(&owner), token_of(&viewer));
 
-    let server = spawn_app_with(&env, |app| app.clock = clock_at(NOW)).await;
+    // One trusted proxy: the owner's policy changes below come "through" it from an
+    // allowed address; the browser, which sends no X-Forwarded-For, is seen as its peer.
+    let server = spawn_app_with(&env, |app| {
+        app.clock = clock_at(NOW);
+        app.edge.trusted_proxies = 1;
+    })
+    .await;
     let base = server.base_url.clone();
     let http = reqwest::Client::new();
     let api = |path: String, token: &str| {
@@ -321,13 +338,7 @@ async fn the_dashboard_in_chromium() {
         .sum();
     assert_eq!(shown, meter("compute_minutes")["value"].as_str().unwrap());
     assert_eq!(shown, summed.normalize().to_string());
-    let calls_shown = c
-        .find(Locator::Css("#meter-api_calls-total"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let calls_shown = text_of(&c, "#meter-api_calls-total").await;
     assert_eq!(calls_shown, "5");
     // Each chart has its table: the 3rd of November's row holds the API's day value.
     let day_row = c
@@ -349,14 +360,11 @@ async fn the_dashboard_in_chromium() {
     shot(&c, "usage").await;
 
     // Zoom to the hours of the 3rd: the hour rows are the API's hourly series.
-    c.find(Locator::Css(
+    click(
+        &c,
         "#meter-compute_minutes button.zoom[data-day=\"2026-11-03T00:00:00Z\"]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    )
+    .await;
     wait_css(&c, "body[data-loaded=\"usage:2026-11-03T00:00:00Z\"]").await;
     let hours = api(
         format!(
@@ -397,23 +405,12 @@ async fn the_dashboard_in_chromium() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 24, "one row per hour of the day");
-    assert_eq!(
-        c.find(Locator::Css("#meter-api_calls-total"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "5"
-    );
+    assert_eq!(text_of(&c, "#meter-api_calls-total").await, "5");
     shot(&c, "usage-hours").await;
 
     // Limits: compute minutes' gauge is full, of a hard limit.
     tab(&c, "limits").await;
-    let gauge = c
-        .find(Locator::Css(".gauge[data-meter=\"compute_minutes\"]"))
-        .await
-        .unwrap();
+    let gauge = find(&c, ".gauge[data-meter=\"compute_minutes\"]").await;
     assert_eq!(
         gauge.attr("data-percent").await.unwrap().as_deref(),
         Some("100.00")
@@ -428,10 +425,8 @@ async fn the_dashboard_in_chromium() {
     );
     assert!(gauge.attr("class").await.unwrap().unwrap().contains("full"));
     let (_, _, gauge_width, _) = gauge.rectangle().await.unwrap();
-    let (_, _, fill_width, _) = c
-        .find(Locator::Css(".gauge[data-meter=\"compute_minutes\"] .fill"))
+    let (_, _, fill_width, _) = find(&c, ".gauge[data-meter=\"compute_minutes\"] .fill")
         .await
-        .unwrap()
         .rectangle()
         .await
         .unwrap();
@@ -444,13 +439,7 @@ async fn the_dashboard_in_chromium() {
     // Billing: the upcoming invoice as the API prices it.
     tab(&c, "billing").await;
     let upcoming = api(format!("/v1/orgs/{org_id}/invoices/upcoming"), &owner_token).await;
-    let total = c
-        .find(Locator::Css("#upcoming-total"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let total = text_of(&c, "#upcoming-total").await;
     assert_eq!(
         total,
         format!(
@@ -463,18 +452,8 @@ async fn the_dashboard_in_chromium() {
 
     // Manage: a key is created, its secret shown once, then revoked.
     tab(&c, "manage").await;
-    c.find(Locator::Css("#key-name"))
-        .await
-        .unwrap()
-        .send_keys("browser-key")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#key-create"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "#key-name", "browser-key").await;
+    click(&c, "#key-create").await;
     let secret = wait_css(&c, "#key-secret:not([hidden]) #key-secret-value")
         .await
         .text()
@@ -492,25 +471,17 @@ async fn the_dashboard_in_chromium() {
     let key_id = created["id"].as_str().unwrap().to_owned();
     assert!(secret.starts_with(created["display_prefix"].as_str().unwrap()));
     shot(&c, "manage-key-created").await;
-    c.find(Locator::Css("#key-secret-done"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#key-secret-done").await;
     wait_css(&c, "#key-secret[hidden]").await;
     assert!(
         !c.source().await.unwrap().contains(&secret),
         "the secret is shown once"
     );
-    c.find(Locator::Css(&format!(
-        "button[data-action=\"revoke\"][data-key=\"{key_id}\"]"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(
+        &c,
+        &format!("button[data-action=\"revoke\"][data-key=\"{key_id}\"]"),
+    )
+    .await;
     wait_css(
         &c,
         &format!("#keys tr[data-key=\"{key_id}\"][data-state=\"revoked\"]"),
@@ -526,28 +497,64 @@ async fn the_dashboard_in_chromium() {
     assert_eq!(refused.status(), 401, "the revoked key is refused");
     shot(&c, "manage-key-revoked").await;
 
-    // Sign out; the viewer signs in and is refused a key by the API, shown on the page.
-    c.find(Locator::Css("#sign-out"))
+    // The security policy and the sessions, as the API has them: the owner's dashboard
+    // sign-in is a session of their own, marked as this one, and listed for the org.
+    let sessions = api("/v1/sessions".into(), &owner_token).await;
+    let owner_sid = sessions["sessions"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1);
+    let mine = wait_css(
+        &c,
+        &format!("#my-sessions tr[data-session=\"{owner_sid}\"]"),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(mine.contains("(this session)"), "{mine}");
+    find(
+        &c,
+        &format!("#org-sessions tr[data-session=\"{owner_sid}\"]"),
+    )
+    .await;
+    assert_eq!(
+        find(&c, "#policy-lifetime")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("43200")
+    );
+    c.execute(
+        "document.getElementById('policy-form').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "manage-security").await;
+
+    // Sign out (which ends the session); the viewer signs in and is refused a key by the
+    // API, shown on the page.
+    click(&c, "#sign-out").await;
+    wait_css(&c, "#sign-in-view:not([hidden])").await;
+    let ended = http
+        .get(format!("{base}/v1/sessions"))
+        .bearer_auth(&owner_token)
+        .send()
         .await
         .unwrap()
-        .click()
+        .json::<Value>()
         .await
         .unwrap();
-    wait_css(&c, "#sign-in-view:not([hidden])").await;
+    assert_eq!(
+        ended["sessions"].as_array().unwrap().len(),
+        0,
+        "sign-out revoked it"
+    );
     sign_in(&c, &base, &viewer_token).await;
     tab(&c, "manage").await;
-    c.find(Locator::Css("#key-name"))
-        .await
-        .unwrap()
-        .send_keys("viewer-key")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#key-create"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "#key-name", "viewer-key").await;
+    click(&c, "#key-create").await;
     let alert = wait_css(&c, "#alert:not([hidden])").await;
     let message = alert.text().await.unwrap();
     assert!(
@@ -569,6 +576,65 @@ async fn the_dashboard_in_chromium() {
     c.set_window_size(375, 900).await.unwrap();
     tab(&c, "usage").await;
     shot(&c, "usage-phone").await;
+    c.set_window_size(1280, 1000).await.unwrap();
+
+    // The owner allows only 192.0.2.0/24, through the API from an address inside it (a
+    // trusted proxy's X-Forwarded-For); the browser talks to the server directly from
+    // 127.0.0.1, outside it, and its next request is refused with the API's message.
+    let put_policy = |allowlist: Value| {
+        http.put(format!("{base}/v1/orgs/{org_id}/security-policy"))
+            .bearer_auth(&owner_token)
+            .header("x-forwarded-for", "192.0.2.10")
+            .json(&json!({"require_mfa": false, "ip_allowlist": allowlist, "session_lifetime_seconds": 43200}))
+            .send()
+    };
+    assert_eq!(
+        put_policy(json!(["192.0.2.0/24"])).await.unwrap().status(),
+        200
+    );
+    let direct = http
+        .get(format!("{base}/v1/orgs/{org_id}/usage/summary"))
+        .bearer_auth(&viewer_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 403);
+    let direct: Value = direct.json().await.unwrap();
+    assert_eq!(direct["error"]["code"], "ip_not_allowed");
+    click(&c, "#tab-limits").await;
+    let alert = wait_css(&c, "#alert[data-code=\"ip_not_allowed\"]:not([hidden])").await;
+    let message = alert.text().await.unwrap();
+    assert!(
+        message.contains(direct["error"]["message"].as_str().unwrap()) && message.contains("403"),
+        "{message}"
+    );
+    shot(&c, "allowlist-refused").await;
+    assert_eq!(put_policy(json!([])).await.unwrap().status(), 200);
+    tab(&c, "limits").await;
+
+    // The owner revokes the viewer's dashboard session through the API: the page loses
+    // access on its next request and asks to sign in again.
+    let listed = api(format!("/v1/orgs/{org_id}/sessions"), &owner_token).await;
+    let viewer_sessions: Vec<&Value> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["user_id"] == viewer.as_str())
+        .collect();
+    assert_eq!(viewer_sessions.len(), 1, "{listed}");
+    let sid = viewer_sessions[0]["id"].as_str().unwrap();
+    let revoked = http
+        .delete(format!("{base}/v1/orgs/{org_id}/sessions/{sid}"))
+        .bearer_auth(&owner_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    click(&c, "#tab-billing").await;
+    wait_css(&c, "#sign-in-view:not([hidden])").await;
+    let alert = text_of(&c, "#alert").await;
+    assert!(alert.contains("session has ended"), "{alert}");
+    shot(&c, "session-revoked").await;
 
     c.close().await.unwrap();
     drop(driver);

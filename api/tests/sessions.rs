@@ -1,0 +1,533 @@
+//! Sign-in sessions on the management API: opening one with a user token (`POST
+//! /v1/sessions`), its lifetime (the strictest of the user's orgs), listing and revoking
+//! one's own, and org admins listing and revoking their members' sessions, with the role
+//! table and tenant bounds. In-memory store and a [`FixedClock`]: the session cache's bound
+//! is crossed by moving the clock, never by sleeping. Two routers on one store stand for
+//! two server processes.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+use tally_api::jwt::{JwtConfig, TokenFacts};
+use tally_api::sessions::SESSION_CACHE_TTL_SECS;
+use tally_api::{ApiState, router};
+use tally_core::MeterCatalogue;
+use tally_core::ids::{OrgId, SessionId, UserId};
+use tally_core::plan::PlanId;
+use tally_core::ports::{
+    AuditLog, Clock, FixedClock, MemberStore, OrgStore, SecurityStore, UserStore,
+};
+use tally_core::security::{DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER};
+use tally_core::tenant::{AuditOutcome, AuditQuery, Membership, Org, Role, User};
+use tally_store::MemoryStore;
+use tower::ServiceExt;
+
+const NOW: &str = "2026-12-05T12:00:00Z";
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-sessions";
+const FROM: &str = "203.0.113.7";
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+struct World {
+    /// One server process.
+    app: Router,
+    /// Another process on the same store, with a session cache of its own.
+    other: Router,
+    store: MemoryStore,
+    clock: Arc<FixedClock>,
+    jwt: JwtConfig,
+}
+
+struct Answer {
+    status: StatusCode,
+    json: Value,
+}
+
+/// `org_a` owned by `usr_own` with an admin, a member and a viewer; `org_b` owned by
+/// `usr_bown`, who is in no other org.
+async fn world() -> World {
+    let store = MemoryStore::new();
+    let at = t("2026-01-01T00:00:00Z");
+    for id in ["usr_own", "usr_adm", "usr_mem", "usr_view", "usr_bown"] {
+        store
+            .ensure_user(&User {
+                id: user(id),
+                email: format!("{id}@example.com"),
+                created_at: at,
+            })
+            .await
+            .unwrap();
+    }
+    for (org, owner) in [("org_a", "usr_own"), ("org_b", "usr_bown")] {
+        store
+            .create_org(&Org {
+                id: OrgId::parse(org).unwrap(),
+                name: org.into(),
+                slug: org.replace('_', "-"),
+                plan: PlanId::Pro,
+                owner_id: user(owner),
+                created_at: at,
+                deleted_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    for (id, role) in [
+        ("usr_adm", Role::Admin),
+        ("usr_mem", Role::Member),
+        ("usr_view", Role::Viewer),
+    ] {
+        store
+            .add_member(&Membership {
+                org_id: OrgId::parse("org_a").unwrap(),
+                user_id: user(id),
+                role,
+                created_at: at,
+            })
+            .await
+            .unwrap();
+    }
+    let clock = Arc::new(FixedClock::at(t(NOW)));
+    let jwt = JwtConfig::hs256(SECRET).unwrap();
+    let shared = Arc::new(store.clone());
+    let state = || {
+        ApiState::new(
+            shared.clone(),
+            shared.clone(),
+            Arc::new(MeterCatalogue::default()),
+            clock.clone(),
+        )
+        .with_jwt(jwt.clone())
+    };
+    World {
+        app: router(state()),
+        other: router(state()),
+        store,
+        clock,
+        jwt,
+    }
+}
+
+impl World {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A plain user token (no session), as `tally token create` mints, with `amr`.
+    fn token(&self, who: &str, amr: &[&str]) -> String {
+        let facts = TokenFacts {
+            amr: amr.iter().map(|s| (*s).to_owned()).collect(),
+            session: None,
+        };
+        self.jwt
+            .mint_with(&user(who), self.now(), TimeDelta::hours(1), &facts)
+            .unwrap()
+    }
+
+    async fn call_on(
+        &self,
+        app: &Router,
+        method: &str,
+        uri: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::USER_AGENT, "sessions-test/1")
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let mut req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let addr: SocketAddr = format!("{FROM}:50000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(addr));
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn call(&self, method: &str, uri: &str, bearer: &str) -> Answer {
+        self.call_on(&self.app, method, uri, bearer, None).await
+    }
+
+    /// Opens a session for `who` (signed in with `amr`) and answers its token and id.
+    async fn open(&self, who: &str, amr: &[&str]) -> (String, String) {
+        let a = self
+            .call("POST", "/v1/sessions", &self.token(who, amr))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
+        (
+            a.json["token"].as_str().unwrap().to_owned(),
+            a.json["session"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn put_policy(&self, org: &str, owner: &str, policy: Value) {
+        let a = self
+            .call_on(
+                &self.app,
+                "PUT",
+                &format!("/v1/orgs/{org}/security-policy"),
+                &self.token(owner, &["pwd", "otp"]),
+                Some(policy),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    }
+}
+
+fn code(a: &Answer) -> &str {
+    a.json["error"]["code"].as_str().unwrap_or("")
+}
+
+fn ids(a: &Answer) -> Vec<String> {
+    a.json["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_token_opens_a_session_that_is_listed_and_revoked_by_its_user() {
+    let w = world().await;
+    let a = w
+        .call("POST", "/v1/sessions", &w.token("usr_mem", &["pwd"]))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
+    let s = &a.json["session"];
+    assert_eq!(s["user_id"], "usr_mem");
+    assert_eq!(s["ip"], FROM);
+    assert_eq!(s["user_agent"], "sessions-test/1");
+    assert_eq!(s["current"], true);
+    assert!(s["revoked_at"].is_null());
+    let expires = t(s["expires_at"].as_str().unwrap());
+    assert_eq!(
+        expires - w.now(),
+        TimeDelta::seconds(i64::from(DEFAULT_SESSION_LIFETIME_SECS)),
+        "no org of the user sets a lifetime: the default, 12 hours"
+    );
+    let token = a.json["token"].as_str().unwrap().to_owned();
+    let sid = s["id"].as_str().unwrap().to_owned();
+    // The token is a session token of this server: its `sid` names the stored session.
+    let (who, facts) = w.jwt.verify_facts(&token, w.now()).unwrap();
+    assert_eq!(who, user("usr_mem"));
+    assert_eq!(facts.session.unwrap().0.as_str(), sid);
+    assert_eq!(facts.amr, ["pwd"]);
+
+    assert_eq!(
+        w.call("GET", "/v1/orgs/org_a", &token).await.status,
+        StatusCode::OK
+    );
+    let (_, second) = w.open("usr_mem", &[]).await;
+    let mine = w.call("GET", "/v1/sessions", &token).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.json);
+    let listed = ids(&mine);
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&sid) && listed.contains(&second));
+    for s in mine.json["sessions"].as_array().unwrap() {
+        assert_eq!(s["current"], s["id"] == sid.as_str(), "{s}");
+    }
+
+    // Revoked by its user: refused at once by the process that revoked it.
+    let r = w
+        .call("DELETE", &format!("/v1/sessions/{sid}"), &token)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(t(r.json["revoked_at"].as_str().unwrap()), w.now());
+    let refused = w.call("GET", "/v1/orgs/org_a", &token).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    let left = w
+        .call("GET", "/v1/sessions", &w.token("usr_mem", &[]))
+        .await;
+    assert_eq!(ids(&left), std::slice::from_ref(&second));
+    // Revoking again keeps the first time; an unknown or malformed id is 404.
+    w.clock.advance(TimeDelta::seconds(60));
+    let again = w
+        .call(
+            "DELETE",
+            &format!("/v1/sessions/{sid}"),
+            &w.token("usr_mem", &[]),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json["revoked_at"], r.json["revoked_at"]);
+    for bad in ["ses_0000", "nonsense"] {
+        let a = w
+            .call(
+                "DELETE",
+                &format!("/v1/sessions/{bad}"),
+                &w.token("usr_mem", &[]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn the_session_lives_as_long_as_the_strictest_of_the_users_orgs_allows() {
+    let w = world().await;
+    w.put_policy(
+        "org_a",
+        "usr_own",
+        json!({"require_mfa": false, "ip_allowlist": [], "session_lifetime_seconds": 900}),
+    )
+    .await;
+    let a = w
+        .call("POST", "/v1/sessions", &w.token("usr_mem", &[]))
+        .await;
+    let expires = t(a.json["session"]["expires_at"].as_str().unwrap());
+    assert_eq!(expires - w.now(), TimeDelta::seconds(900));
+    let token = a.json["token"].as_str().unwrap();
+    let (_, facts) = w.jwt.verify_facts(token, w.now()).unwrap();
+    assert!(facts.session.is_some());
+    // The token itself ends with the session.
+    assert!(
+        w.jwt
+            .verify(token, w.now() + TimeDelta::seconds(960))
+            .is_err()
+    );
+    // org_b's owner is in no org that shortens it.
+    let b = w
+        .call("POST", "/v1/sessions", &w.token("usr_bown", &[]))
+        .await;
+    let expires = t(b.json["session"]["expires_at"].as_str().unwrap());
+    assert_eq!(
+        expires - w.now(),
+        TimeDelta::seconds(i64::from(DEFAULT_SESSION_LIFETIME_SECS))
+    );
+}
+
+#[tokio::test]
+async fn a_session_keeps_the_sign_in_factors_an_mfa_org_asks_for() {
+    let w = world().await;
+    w.put_policy(
+        "org_a",
+        "usr_own",
+        json!({"require_mfa": true, "ip_allowlist": [], "session_lifetime_seconds": 3600}),
+    )
+    .await;
+    let (with_mfa, _) = w.open("usr_mem", &["pwd", "otp"]).await;
+    let (without, _) = w.open("usr_mem", &["pwd"]).await;
+    assert_eq!(
+        w.call("GET", "/v1/orgs/org_a", &with_mfa).await.status,
+        StatusCode::OK
+    );
+    let a = w.call("GET", "/v1/orgs/org_a", &without).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(code(&a), "mfa_required");
+}
+
+#[tokio::test]
+async fn a_session_token_opens_no_session_and_a_user_holds_a_bounded_number() {
+    let w = world().await;
+    let (token, _) = w.open("usr_mem", &[]).await;
+    let a = w.call("POST", "/v1/sessions", &token).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.json);
+    assert_eq!(code(&a), "session_token");
+    // A user holds at most MAX_SESSIONS_PER_USER live sessions (opened a tenth of a
+    // second apart, within the user's request rate).
+    for _ in 1..MAX_SESSIONS_PER_USER {
+        w.clock.advance(TimeDelta::milliseconds(100));
+        w.open("usr_mem", &[]).await;
+    }
+    let a = w
+        .call("POST", "/v1/sessions", &w.token("usr_mem", &[]))
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.json);
+    assert_eq!(code(&a), "too_many_sessions");
+    assert_eq!(a.json["error"]["field"], "sessions");
+    // One ends: there is room again.
+    let plain = w.token("usr_mem", &[]);
+    let oldest = ids(&w.call("GET", "/v1/sessions", &plain).await)[0].clone();
+    let a = w
+        .call("DELETE", &format!("/v1/sessions/{oldest}"), &plain)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    w.open("usr_mem", &[]).await;
+}
+
+#[tokio::test]
+async fn a_session_revoked_by_another_process_stops_within_the_cache_bound() {
+    let w = world().await;
+    let (token, sid) = w.open("usr_mem", &[]).await;
+    // The other process has looked the session up (and cached it).
+    let seen = w
+        .call_on(&w.other, "GET", "/v1/orgs/org_a", &token, None)
+        .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let admin = w.token("usr_adm", &[]);
+    let r = w
+        .call("DELETE", &format!("/v1/orgs/org_a/sessions/{sid}"), &admin)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["user_id"], "usr_mem");
+    // At once where it was revoked ...
+    assert_eq!(
+        w.call("GET", "/v1/orgs/org_a", &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // ... and in the other process once its lookup is SESSION_CACHE_TTL_SECS old.
+    w.clock.advance(TimeDelta::seconds(SESSION_CACHE_TTL_SECS));
+    let a = w
+        .call_on(&w.other, "GET", "/v1/orgs/org_a", &token, None)
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.json);
+}
+
+#[tokio::test]
+async fn owners_and_admins_list_and_revoke_their_members_sessions_and_the_revocation_is_audited() {
+    let w = world().await;
+    let (_, mem_sid) = w.open("usr_mem", &[]).await;
+    let (adm_token, adm_sid) = w.open("usr_adm", &[]).await;
+    let (_, bown_sid) = w.open("usr_bown", &[]).await;
+    for (who, listed) in [
+        ("usr_own", true),
+        ("usr_adm", true),
+        ("usr_mem", false),
+        ("usr_view", false),
+    ] {
+        let a = w
+            .call("GET", "/v1/orgs/org_a/sessions", &w.token(who, &[]))
+            .await;
+        if listed {
+            assert_eq!(a.status, StatusCode::OK, "{who}: {}", a.json);
+            let got = ids(&a);
+            assert!(got.contains(&mem_sid) && got.contains(&adm_sid), "{who}");
+            assert!(!got.contains(&bown_sid), "{who} saw a stranger's session");
+            assert_eq!(a.json["truncated"], false);
+        } else {
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{who}: {}", a.json);
+        }
+    }
+    // The admin's own session token marks itself current in the org's list.
+    let a = w.call("GET", "/v1/orgs/org_a/sessions", &adm_token).await;
+    for s in a.json["sessions"].as_array().unwrap() {
+        assert_eq!(s["current"], s["id"] == adm_sid.as_str(), "{s}");
+    }
+    // A member cannot revoke another member's session, through either route.
+    let member = w.token("usr_mem", &[]);
+    let a = w
+        .call(
+            "DELETE",
+            &format!("/v1/orgs/org_a/sessions/{adm_sid}"),
+            &member,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.json);
+    let a = w
+        .call("DELETE", &format!("/v1/sessions/{adm_sid}"), &member)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
+    let adm = w
+        .store
+        .get_session(&user("usr_adm"), &SessionId::parse(&adm_sid).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        adm.revoked_at.is_none(),
+        "the member revoked the admin's session"
+    );
+    // An admin of org_a neither lists nor revokes the session of a user only in org_b.
+    let admin = w.token("usr_adm", &[]);
+    let a = w
+        .call(
+            "DELETE",
+            &format!("/v1/orgs/org_a/sessions/{bown_sid}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
+    let a = w.call("GET", "/v1/orgs/org_b/sessions", &admin).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
+    let a = w
+        .call(
+            "DELETE",
+            &format!("/v1/orgs/org_b/sessions/{bown_sid}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
+    let bown = w
+        .store
+        .get_session(&user("usr_bown"), &SessionId::parse(&bown_sid).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bown.revoked_at.is_none());
+    // The owner revokes the member's session: allowed and on record with before and after.
+    let a = w
+        .call(
+            "DELETE",
+            &format!("/v1/orgs/org_a/sessions/{mem_sid}"),
+            &w.token("usr_own", &[]),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let audit = w
+        .store
+        .list_audit(&AuditQuery {
+            org: OrgId::parse("org_a").unwrap(),
+            from: None,
+            to: None,
+            actor: None,
+            action: Some("session.revoke".into()),
+            resource: None,
+            limit: 50,
+            cursor: None,
+            now: w.now(),
+        })
+        .await
+        .unwrap()
+        .records;
+    let allowed: Vec<_> = audit
+        .iter()
+        .filter(|r| r.outcome == AuditOutcome::Allowed)
+        .collect();
+    assert_eq!(allowed.len(), 1, "{audit:?}");
+    assert_eq!(allowed[0].actor, "usr_own");
+    assert_eq!(allowed[0].resource, format!("session:{mem_sid}"));
+    assert!(allowed[0].before.as_ref().unwrap()["revoked_at"].is_null());
+    assert!(!allowed[0].after.as_ref().unwrap()["revoked_at"].is_null());
+    assert_eq!(allowed[0].ip.as_deref(), Some(FROM));
+    let refused = audit
+        .iter()
+        .filter(|r| r.outcome == AuditOutcome::Refused)
+        .count();
+    assert_eq!(refused, 2, "the member's try and the stranger's session");
+    let left = ids(&w.call("GET", "/v1/orgs/org_a/sessions", &admin).await);
+    assert!(!left.contains(&mem_sid));
+}
