@@ -36,6 +36,7 @@ chmod +x "$wrapper"
 mkdir -p bench/flamegraphs
 svg=bench/flamegraphs/ingest_1event.svg
 [ "$profile" = release ] || svg="bench/flamegraphs/ingest_1event_$profile.svg"
-perf script -i "$data" 2>/dev/null |
+# --no-inline: resolving inlined frames runs addr2line per frame and takes minutes.
+perf script --no-inline -i "$data" 2>/dev/null |
 	python3 bench/flamegraph.py "$svg" \
 		"tally serve ($profile build), 1-event POST /v1/events (ingest_load zipf-1, scale $scale)"
