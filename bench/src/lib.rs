@@ -12,6 +12,11 @@
 //!   embedded default (workload W over HTTP on 127.0.0.1, 1, 100 and 1,000 events per
 //!   request, half-load latency, a uniform spread), beside raw SQLite inserts of the same
 //!   ledger rows as the machine's ceiling.
+//! - `src/bin/page_load.rs`: every request the dashboard makes for an org's pages, against
+//!   `tally serve`'s code in process, for an org with a million events this month beside one
+//!   with a thousand (issue 20, item 5).
+//! - `profile_ingest.sh` (with `flamegraph.py`): a `perf` flamegraph of `tally serve` under
+//!   1-event requests (issue 21, item 2).
 //! - `src/bin/write_cost.rs` (run by `bench/write_cost.sh`): DynamoDB write and read units
 //!   per event of workload W through the aggregator against the emulator, beside a naive
 //!   six-`UpdateItem` baseline, priced at on-demand rates. [`capacity`] measures the units on

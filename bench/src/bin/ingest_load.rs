@@ -325,7 +325,9 @@ async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
                 })
                 .await?;
         }
-        let secret = format!("tk_test_{:064x}", rand::random::<u128>());
+        // A live key: a test key's events are held to the free plan's hard limits, which
+        // the workload's storage_bytes readings exceed at once.
+        let secret = format!("tk_live_{:064x}", rand::random::<u128>());
         store
             .create_api_key(&ApiKey {
                 id: ApiKeyId::from_random(rand::random()),
