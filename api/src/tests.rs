@@ -529,10 +529,15 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
             start: "2026-11-01T00:00:00Z".into(),
             value: "1".into(),
         }],
+        groups: Some(vec![crate::usage::UsageGroup {
+            value: "gpt-4".into(),
+            series: vec![],
+        }]),
     };
     let v = serde_json::to_value(&full).unwrap();
     assert_eq!(keys_of(&v), schema_properties("UsageResponse"));
     assert_eq!(keys_of(&v["series"][0]), schema_properties("SeriesPoint"));
+    assert_eq!(keys_of(&v["groups"][0]), schema_properties("UsageGroup"));
     let required: BTreeSet<String> = doc()["components"]["schemas"]["UsageResponse"]["required"]
         .as_array()
         .unwrap()

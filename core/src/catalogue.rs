@@ -33,6 +33,11 @@
 //!                              1 to 64 each) under properties; not for count/unique_count
 //!                              and not with default_quantity
 //!       "default_quantity": 1, optional; quantity of an event that gives none (>= 0)
+//!       "dimensions": [        optional (default none): at most 3, not on unique_count;
+//!         { "name": "model", "property": "properties.model" }   each name 1 to 32 of
+//!       ],                     a-z 0-9 _ (letter first), each property a path as in value
+//!       "max_series": 1000,    optional (default 1000, 1 to 10000), only with dimensions:
+//!                              series one org may make of the meter in one month
 //!       "price_unit": "GB",    required; the unit prices are quoted in, for people
 //!       "price_unit_size": "1 GB",  required; meter units per price unit: a power of ten
 //!       "list_price": { "model": "per_unit", "unit_price": "0.08" }  optional default price
@@ -77,7 +82,10 @@
 //! Rules checked at parse, each reported with its path (`plans.pro.meters.api_calls.price.
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
 //! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
-//! `max` and `latest` meters and never with a `default_quantity`; a positive power-of-ten `price_unit_size`;
+//! `max` and `latest` meters and never with a `default_quantity`; dimensions
+//! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, not on
+//! `unique_count`, and `max_series` within its bounds, only with dimensions; a positive
+//! power-of-ten `price_unit_size`;
 //! non-negative prices, fees and allowances; a positive package size; tiers non-empty,
 //! strictly ascending and contiguous (`from`, when given, equals the previous `up_to`), only
 //! the last one unbounded; volume tables whose amount never drops as usage grows; fees in
@@ -107,6 +115,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::dimension::{
+    self, DEFAULT_MAX_SERIES, Dimension, Dimensions, MAX_DIMENSIONS, MAX_MAX_SERIES,
+};
 use crate::ids::MeterName;
 use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 use crate::money::Money;
@@ -147,6 +158,10 @@ pub struct MeterSpec {
     pub price_unit_size: Decimal,
     /// The price plans use unless they give their own.
     pub list_price: Option<Pricing>,
+    /// The properties the meter's counters are split by, and its series bound (left out in
+    /// versions stored before dimensions existed: none).
+    #[serde(default)]
+    pub dimensions: Dimensions,
 }
 
 impl MeterSpec {
@@ -158,6 +173,7 @@ impl MeterSpec {
             aggregation: self.aggregation.clone(),
             default_quantity: self.default_quantity,
             value: self.value.clone(),
+            dimensions: self.dimensions.clone(),
         }
     }
 }
@@ -521,6 +537,16 @@ struct RawMeter {
     price_unit: String,
     price_unit_size: Num,
     list_price: Option<RawPrice>,
+    dimensions: Option<Vec<RawDimension>>,
+    max_series: Option<i64>,
+}
+
+/// One entry of a meter's `dimensions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimension {
+    name: String,
+    property: String,
 }
 
 #[derive(Deserialize)]
@@ -833,6 +859,7 @@ impl Checker {
             Some(raw) => self.price(&format!("{path}.list_price"), raw),
             None => None,
         };
+        let dimensions = self.dimensions(&path, &m.aggregation, m.dimensions, m.max_series);
         if self.problems.len() > before {
             return None;
         }
@@ -847,7 +874,93 @@ impl Checker {
             price_unit: m.price_unit,
             price_unit_size: price_unit_size?,
             list_price,
+            dimensions: dimensions?,
         })
+    }
+
+    /// A meter's `dimensions` and `max_series` (see [`crate::dimension`]).
+    fn dimensions(
+        &mut self,
+        path: &str,
+        aggregation: &str,
+        raw: Option<Vec<RawDimension>>,
+        max_series: Option<i64>,
+    ) -> Option<Dimensions> {
+        let before = self.problems.len();
+        let raw = raw.unwrap_or_default();
+        let list_path = format!("{path}.dimensions");
+        if raw.len() > MAX_DIMENSIONS {
+            self.bad(
+                &list_path,
+                format!(
+                    "a meter may have at most {MAX_DIMENSIONS} dimensions (each multiplies its \
+                     series), got {}",
+                    raw.len()
+                ),
+            );
+        }
+        if !raw.is_empty() && aggregation == "unique_count" {
+            self.bad(
+                &list_path,
+                "a unique_count meter cannot have dimensions: distinct values across series \
+                 would need every series' markers",
+            );
+        }
+        let mut keys: Vec<Dimension> = Vec::with_capacity(raw.len());
+        for (i, d) in raw.into_iter().enumerate() {
+            let at = format!("{list_path}[{i}]");
+            if let Err(message) = dimension::check_name(&d.name) {
+                self.bad(format!("{at}.name"), message);
+            } else if keys.iter().any(|k| k.name == d.name) {
+                self.bad(
+                    format!("{at}.name"),
+                    format!("dimension {:?} is declared twice", d.name),
+                );
+            }
+            let property = match ValueSource::parse(&d.property) {
+                Ok(p @ ValueSource::Property(_)) => Some(p),
+                Ok(ValueSource::Quantity) => {
+                    self.bad(
+                        format!("{at}.property"),
+                        "must be a property path like \"properties.model\", not quantity",
+                    );
+                    None
+                }
+                Err(message) => {
+                    self.bad(format!("{at}.property"), message);
+                    None
+                }
+            };
+            if let Some(property) = property {
+                keys.push(Dimension {
+                    name: d.name,
+                    property,
+                });
+            }
+        }
+        let max_path = format!("{path}.max_series");
+        let max_series = match max_series {
+            None => DEFAULT_MAX_SERIES,
+            Some(n) if (1..=i64::from(MAX_MAX_SERIES)).contains(&n) && !keys.is_empty() => {
+                u32::try_from(n).unwrap_or(MAX_MAX_SERIES)
+            }
+            Some(_) if keys.is_empty() => {
+                self.bad(
+                    &max_path,
+                    "is only allowed on a meter with dimensions (a meter without them has one \
+                     series)",
+                );
+                DEFAULT_MAX_SERIES
+            }
+            Some(n) => {
+                self.bad(
+                    &max_path,
+                    format!("must be 1 to {MAX_MAX_SERIES} series per org and month, got {n}"),
+                );
+                DEFAULT_MAX_SERIES
+            }
+        };
+        (self.problems.len() == before).then_some(Dimensions { keys, max_series })
     }
 
     fn plan(

@@ -79,6 +79,9 @@ pub enum ErrorCode {
     MalformedEvent,
     /// An object in the event gives the same key twice (`field` names it).
     DuplicateKey,
+    /// The event would make a new series of a dimensioned meter past the org's bound for
+    /// the month (`field` names the dimension's property; see [`crate::dimension`]).
+    DimensionCardinalityExceeded,
 }
 
 impl ErrorCode {
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::UnknownField => "unknown_field",
             ErrorCode::MalformedEvent => "malformed_event",
             ErrorCode::DuplicateKey => "duplicate_key",
+            ErrorCode::DimensionCardinalityExceeded => "dimension_cardinality_exceeded",
         }
     }
 }
@@ -515,7 +519,7 @@ impl Event {
             org_id: ctx.org_id.clone(),
             id,
             project_id,
-            meter: meter.name.clone(),
+            meter: series_of(meter, &properties)?,
             aggregation: meter.aggregation.clone(),
             quantity,
             timestamp,
@@ -647,6 +651,46 @@ fn property_value(
             e.message.replacen("quantity", &path, 1),
         )
     })
+}
+
+/// The counter key an event of `meter` lands in: the meter itself, or for a dimensioned
+/// meter its series (`llm_tokens{model=gpt-4}`) from the event's values. A value that is
+/// missing, `null`, not a string, or outside [`crate::dimension::check_value`] is refused
+/// naming its property; it is never rewritten, so two values never share a series.
+fn series_of(meter: &Meter, properties: &Map<String, Value>) -> Result<MeterName, EventError> {
+    if meter.dimensions.is_empty() {
+        return Ok(meter.name.clone());
+    }
+    let mut values: Vec<(&str, &str)> = Vec::with_capacity(meter.dimensions.keys.len());
+    for d in &meter.dimensions.keys {
+        let path = d.property.path();
+        let bad = |why: String| {
+            EventError::new(
+                ErrorCode::InvalidProperties,
+                path.clone(),
+                format!(
+                    "meter {:?} splits its usage by {} from {path}: {why}",
+                    meter.name.as_str(),
+                    d.name
+                ),
+            )
+        };
+        let ValueSource::Property(keys) = &d.property else {
+            return Err(bad("not a property path".into()));
+        };
+        let mut at = properties.get(keys[0].as_str());
+        for key in &keys[1..] {
+            at = at.and_then(|v| v.get(key.as_str()));
+        }
+        let value = match at {
+            None | Some(Value::Null) => return Err(bad("it is missing".into())),
+            Some(Value::String(v)) => v.as_str(),
+            Some(_) => return Err(bad("it must be a string".into())),
+        };
+        crate::dimension::check_value(value).map_err(bad)?;
+        values.push((d.name.as_str(), value));
+    }
+    Ok(meter.name.series(&values))
 }
 
 fn parse_timestamp(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, EventError> {

@@ -34,6 +34,7 @@ fn validate_tokens(json: &str) -> Result<Event, EventError> {
         aggregation: Aggregation::Sum,
         default_quantity: None,
         value: ValueSource::parse("properties.usage.tokens").unwrap(),
+        dimensions: Default::default(),
     }]);
     Event::validate(
         json,
