@@ -719,3 +719,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "usage_dimensions_tests.rs"]
+mod dimensions_tests;

@@ -49,7 +49,7 @@ pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use security::SecurityStore;
-pub use series::{Registration, SeriesRegistry, check_registration};
+pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
     UserStore,

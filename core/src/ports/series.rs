@@ -8,12 +8,16 @@
 //! exactly across any number of ingest instances: of two instances registering the same
 //! series one makes it and the other finds it known; past the bound both are refused.
 
-use async_trait::async_trait;
+use std::collections::BTreeSet;
 
-use super::StoreError;
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use super::{CounterQuery, StoreError, UsageStore};
+use crate::counter::{OwnedCounterKey, checked_sum};
 use crate::dimension::MAX_MAX_SERIES;
-use crate::ids::{MeterName, OrgId};
-use crate::period::Month;
+use crate::ids::{MeterName, OrgId, ProjectId};
+use crate::period::{Granularity, Month};
 
 /// What [`SeriesRegistry::register_series`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,4 +69,59 @@ pub trait SeriesRegistry: Send + Sync {
         meter: &MeterName,
         month: Month,
     ) -> Result<Vec<MeterName>, StoreError>;
+}
+
+/// The org's stored counters of `period` (`UsageStore::stored_counters`), with every
+/// dimensioned meter's series (`meter{dim=value}`) replaced by the
+/// meter's month total, org-wide and per project: a series is never billed as a meter of
+/// its own, and never escapes the bill. The total is the store's own fold over the series
+/// (`counter_series` of the bare meter: sums add, a max takes the largest), not a sum here,
+/// which would be wrong for a max.
+pub async fn month_counters(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    period: Month,
+) -> Result<Vec<(OwnedCounterKey, Decimal)>, StoreError> {
+    let counters = usage.stored_counters(org, period).await?;
+    let split: BTreeSet<(Option<ProjectId>, MeterName)> = counters
+        .iter()
+        .filter(|(k, _)| k.granularity == Granularity::Month && k.meter.is_series())
+        .map(|(k, _)| (k.project.clone(), k.meter.base_meter()))
+        .collect();
+    if split.is_empty() {
+        return Ok(counters);
+    }
+    let mut out: Vec<(OwnedCounterKey, Decimal)> = counters
+        .into_iter()
+        .filter(|(k, _)| {
+            k.granularity != Granularity::Month
+                || !split.contains(&(k.project.clone(), k.meter.base_meter()))
+        })
+        .collect();
+    for (project, meter) in split {
+        let series = usage
+            .counter_series(&CounterQuery {
+                org: org.clone(),
+                project: project.clone(),
+                meter: meter.clone(),
+                granularity: Granularity::Month,
+                from: period.start(),
+                to: period.end(),
+            })
+            .await?;
+        let total = checked_sum(series.iter().map(|c| c.value)).map_err(|e| {
+            StoreError::Corrupt(format!("the month counters of {org} for {meter}: {e}"))
+        })?;
+        out.push((
+            OwnedCounterKey {
+                org: org.clone(),
+                project,
+                meter,
+                granularity: Granularity::Month,
+                start: period.start(),
+            },
+            total,
+        ));
+    }
+    Ok(out)
 }
