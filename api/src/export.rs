@@ -87,7 +87,7 @@ pub(crate) async fn export(
         let mut text = csv_record(&COUNTER_COLUMNS);
         for (key, value) in counters
             .iter()
-            .filter(|(k, _)| meter.as_ref().is_none_or(|m| *m == k.meter))
+            .filter(|(k, _)| meter.as_ref().is_none_or(|m| m.as_str() == k.meter.base()))
         {
             text.push_str(&csv_record(&counter_row(key, *value)));
         }
@@ -150,11 +150,11 @@ fn ledger_body(
         } else {
             String::new()
         };
-        for e in page
-            .events
-            .iter()
-            .filter(|e| st.meter.as_ref().is_none_or(|m| *m == e.meter))
-        {
+        for e in page.events.iter().filter(|e| {
+            st.meter
+                .as_ref()
+                .is_none_or(|m| m.as_str() == e.meter.base())
+        }) {
             text.push_str(&csv_record(&ledger_row(e)));
         }
         st.next = Some(page.next);

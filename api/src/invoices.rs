@@ -53,7 +53,7 @@ pub(crate) async fn upcoming(
     let period = Month::of(now);
     let history = state.tenants.plan_history(&org.id).await?;
     let plan = billed_plan(org.plan, &history, period);
-    let counters = state.usage.stored_counters(&org.id, period).await?;
+    let counters = tally_core::ports::month_counters(&*state.usage, &org.id, period).await?;
     let usage = MonthUsage::from_counters(counters, period)
         .map_err(|e| ApiError::Internal(format!("upcoming invoice: {e}")))?;
     let (catalogue, version) = catalogue_of(&state, period).await?;

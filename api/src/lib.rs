@@ -388,6 +388,9 @@ pub struct ApiState {
     /// prices with, as month close does; `None` (a deployment that keeps neither): the
     /// month is previewed with [`ApiState::prices`] at list price.
     pub pricing: Option<PricingPorts>,
+    /// The series of dimensioned meters, the index `group_by` and `filter[..]` read on
+    /// `GET /v1/usage`; `None` answers such a request `503`.
+    pub series: Option<Arc<dyn tally_core::ports::SeriesRegistry>>,
 }
 
 /// What the upcoming invoice reads to price a month as month close will.
@@ -440,10 +443,17 @@ impl ApiState {
             prices: None,
             pricing: None,
             billing: None,
+            series: None,
             sessions: Arc::new(sessions::SessionCache::new(
                 sessions::SESSION_CACHE_CAPACITY,
             )),
         }
+    }
+
+    /// The same state, splitting dimensioned meters' usage by the series `registry` lists.
+    pub fn with_series(mut self, registry: Arc<dyn tally_core::ports::SeriesRegistry>) -> Self {
+        self.series = Some(registry);
+        self
     }
 
     /// The same state, pricing upcoming invoices with `catalogue` (the one the composition

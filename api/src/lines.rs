@@ -132,7 +132,11 @@ pub(crate) async fn line_events(
             }
             Err(e) => return Err(e.into()),
         };
-        for e in page.events.iter().filter(|e| e.meter == meter) {
+        for e in page
+            .events
+            .iter()
+            .filter(|e| e.meter.base() == meter.as_str())
+        {
             let [
                 event_id,
                 org_id,

@@ -529,10 +529,15 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
             start: "2026-11-01T00:00:00Z".into(),
             value: "1".into(),
         }],
+        groups: Some(vec![crate::usage::UsageGroup {
+            value: "gpt-4".into(),
+            series: vec![],
+        }]),
     };
     let v = serde_json::to_value(&full).unwrap();
     assert_eq!(keys_of(&v), schema_properties("UsageResponse"));
     assert_eq!(keys_of(&v["series"][0]), schema_properties("SeriesPoint"));
+    assert_eq!(keys_of(&v["groups"][0]), schema_properties("UsageGroup"));
     let required: BTreeSet<String> = doc()["components"]["schemas"]["UsageResponse"]["required"]
         .as_array()
         .unwrap()
@@ -541,6 +546,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         .collect();
     let minimal = serde_json::to_value(UsageResponse {
         project_id: None,
+        groups: None,
         ..full
     })
     .unwrap();
@@ -555,7 +561,11 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         .collect();
     let query = params
         .iter()
-        .map(|p| format!("{p}=x"))
+        // `filter` is a deepObject: `filter[<dimension>]=<value>`.
+        .map(|p| match p.as_str() {
+            "filter" => "filter[model]=x".to_owned(),
+            _ => format!("{p}=x"),
+        })
         .collect::<Vec<_>>()
         .join("&");
     let parsed: usage::UsageParams =
@@ -570,6 +580,8 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         ("project_id", parsed.project_id.is_some()),
         ("org_id", parsed.org_id.is_some()),
         ("mode", parsed.mode.is_some()),
+        ("group_by", parsed.group_by.is_some()),
+        ("filter", parsed.other.contains_key("filter[model]")),
     ];
     assert_eq!(params.len(), read.len());
     for (name, is_read) in read {

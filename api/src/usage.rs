@@ -14,17 +14,30 @@
 //! `from` is moved back to the start of its bucket, so the first bucket is whole; a range
 //! may span at most [`MAX_BUCKETS`] buckets. Values are decimal strings exactly as stored;
 //! buckets without usage are omitted.
+//!
+//! A meter with dimensions (see [`tally_core::dimension`]) may be narrowed and split:
+//! `filter[<dim>]=<value>` (at most one per dimension, values by the dimension charset)
+//! keeps the series with that value, and `group_by=<dim>` answers one series per value in
+//! value order under `groups`, with `series` the total of what was kept. The series are
+//! those the org's ingest registered in the months read (the registry is their index); at
+//! most [`MAX_SERIES_READ`] are read per request. A `latest` meter can be split only by all
+//! its dimensions (the latest reading across several series needs reading times the
+//! buckets do not carry).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use tally_core::event::ErrorCode;
 use tally_core::ids::{MeterName, OrgId, ProjectId};
-use tally_core::meter::MeterCatalogue;
+
+use rust_decimal::Decimal;
+use tally_core::dimension::{self, MAX_DIMENSIONS};
+use tally_core::meter::{Aggregation, Meter, MeterCatalogue};
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{CounterQuery, UsageStore};
+use tally_core::ports::{CounterQuery, CounterValue, SeriesRegistry, UsageStore};
 use tally_core::tenant::KeyMode;
 
 use crate::ApiState;
@@ -33,6 +46,10 @@ use crate::http::{ApiError, query_params};
 
 /// Most buckets one request may span (about 416 days of hours, 27 years of days).
 pub const MAX_BUCKETS: i64 = 10_000;
+
+/// Most series of a dimensioned meter one grouped or filtered request reads (each is one
+/// counter read per month touched); narrow it with `filter[..]`.
+pub const MAX_SERIES_READ: usize = 200;
 
 /// Most calendar months one request may touch, whatever its granularity: a store keeps
 /// counters by org and month, so each month touched is at least one read (5 years).
@@ -56,6 +73,12 @@ pub struct UsageParams {
     pub org_id: Option<String>,
     /// `live` or `test`; by default a user's `live`, an API key's own mode.
     pub mode: Option<String>,
+    /// A dimension of the meter to split the answer by.
+    pub group_by: Option<String>,
+    /// Every other parameter; the `filter[<dim>]` ones narrow a dimensioned meter, the rest
+    /// are ignored as before.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, String>,
 }
 
 /// The `200` answer.
@@ -76,6 +99,18 @@ pub struct UsageResponse {
     pub from: String,
     /// Exclusive end of the range.
     pub to: String,
+    /// Buckets with usage, in time order (with filters: of the series kept).
+    pub series: Vec<SeriesPoint>,
+    /// With `group_by`: one entry per value of the dimension, in value order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<UsageGroup>>,
+}
+
+/// One value of the `group_by` dimension and its buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageGroup {
+    /// The dimension's value.
+    pub value: String,
     /// Buckets with usage, in time order.
     pub series: Vec<SeriesPoint>,
 }
@@ -105,6 +140,19 @@ pub struct UsageRequest {
     /// One project instead of the whole org; the caller checks it is the org's (see
     /// [`project_not_found`]).
     pub project: Option<ProjectId>,
+    /// How a dimensioned meter is narrowed and split; `None` for the meter's total.
+    pub split: Option<Split>,
+}
+
+/// `group_by` and `filter[..]` of a dimensioned meter, checked against its dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// How the meter aggregates (series fold into a group by it).
+    pub aggregation: Aggregation,
+    /// The dimension to group by.
+    pub group_by: Option<String>,
+    /// (dimension, value) pairs a kept series must have.
+    pub filters: Vec<(String, String)>,
 }
 
 /// The `mode` parameter: `None` when absent, else `live` or `test` (`400 invalid_mode`).
@@ -153,9 +201,10 @@ impl UsageRequest {
             }
             Some(m) => catalogue
                 .get(m)
-                .map(|m| m.name.clone())
                 .ok_or_else(|| unknown_meter(catalogue, m))?,
         };
+        let split = parse_split(params, meter)?;
+        let meter = meter.name.clone();
         let granularity = match params.granularity.as_deref() {
             None => Granularity::Day,
             Some(g) => Granularity::parse(g).ok_or_else(|| {
@@ -225,31 +274,56 @@ impl UsageRequest {
             from,
             to,
             project,
+            split,
         })
     }
 }
 
 /// Reads the series `req` asks for from `org`'s `mode` usage (test usage is kept under the
-/// org's test twin, see `OrgId::test_twin`).
+/// org's test twin, see `OrgId::test_twin`); `registry` lists a dimensioned meter's series
+/// when the request splits it (without one, such a request is `503`).
 pub async fn read(
     usage: &dyn UsageStore,
+    registry: Option<&dyn SeriesRegistry>,
     org: &OrgId,
     mode: KeyMode,
     req: UsageRequest,
 ) -> Result<UsageResponse, ApiError> {
-    let series = if bucket_count(req.granularity, req.from, req.to) == 0 {
-        Vec::new()
-    } else {
-        usage
-            .counter_series(&CounterQuery {
-                org: mode.usage_org(org),
-                project: req.project.clone(),
-                meter: req.meter.clone(),
-                granularity: req.granularity,
-                from: req.from,
-                to: req.to,
-            })
-            .await?
+    let empty = bucket_count(req.granularity, req.from, req.to) == 0;
+    let mut groups = None;
+    let series = match (&req.split, empty) {
+        (_, true) => Vec::new(),
+        (None, false) => {
+            usage
+                .counter_series(&CounterQuery {
+                    org: mode.usage_org(org),
+                    project: req.project.clone(),
+                    meter: req.meter.clone(),
+                    granularity: req.granularity,
+                    from: req.from,
+                    to: req.to,
+                })
+                .await?
+        }
+        (Some(split), false) => {
+            let registry = registry.ok_or_else(|| {
+                ApiError::Unavailable("this server keeps no series registry".into())
+            })?;
+            let (total, by_value) =
+                read_split(usage, registry, &mode.usage_org(org), &req, split).await?;
+            if split.group_by.is_some() {
+                groups = Some(
+                    by_value
+                        .into_iter()
+                        .map(|(value, points)| UsageGroup {
+                            value,
+                            series: points_of(points),
+                        })
+                        .collect(),
+                );
+            }
+            total
+        }
     };
     Ok(UsageResponse {
         org_id: org.to_string(),
@@ -259,14 +333,193 @@ pub async fn read(
         granularity: req.granularity.to_string(),
         from: rfc3339(req.from),
         to: rfc3339(req.to),
-        series: series
-            .into_iter()
-            .map(|c| SeriesPoint {
-                start: rfc3339(c.start),
-                value: c.value.to_string(),
-            })
-            .collect(),
+        series: points_of(series),
+        groups,
     })
+}
+
+fn points_of(series: Vec<CounterValue>) -> Vec<SeriesPoint> {
+    series
+        .into_iter()
+        .map(|c| SeriesPoint {
+            start: rfc3339(c.start),
+            value: c.value.to_string(),
+        })
+        .collect()
+}
+
+/// Checks `group_by` and the `filter[..]` parameters against `meter`'s dimensions: `None`
+/// when there are none (the meter's total).
+fn parse_split(params: &UsageParams, meter: &Meter) -> Result<Option<Split>, ApiError> {
+    let mut filters: Vec<(String, String)> = Vec::new();
+    for (key, value) in &params.other {
+        let Some(dim) = key
+            .strip_prefix("filter[")
+            .and_then(|k| k.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let field = format!("filter[{}]", clip(dim));
+        if filters.len() >= MAX_DIMENSIONS {
+            return Err(ApiError::bad_request(
+                "too_many_filters",
+                field,
+                format!("at most {MAX_DIMENSIONS} filters, one per dimension"),
+            ));
+        }
+        known_dimension(meter, dim, &field)?;
+        dimension::check_value(value)
+            .map_err(|e| ApiError::bad_request("invalid_filter", field.clone(), e))?;
+        filters.push((dim.to_owned(), value.clone()));
+    }
+    if let Some(g) = params.group_by.as_deref() {
+        known_dimension(meter, g, "group_by")?;
+    }
+    if filters.is_empty() && params.group_by.is_none() {
+        return Ok(None);
+    }
+    if meter.aggregation == Aggregation::Latest {
+        let named = filters.len() + usize::from(params.group_by.is_some());
+        let all = meter.dimensions.keys.iter().all(|d| {
+            filters.iter().any(|(f, _)| *f == d.name) || params.group_by.as_deref() == Some(&d.name)
+        });
+        if !all || named > meter.dimensions.keys.len() {
+            return Err(ApiError::bad_request(
+                "invalid_group_by",
+                "group_by",
+                format!(
+                    "meter {:?} keeps the latest reading; it can be split only by all its \
+                     dimensions ({}) at once",
+                    meter.name.as_str(),
+                    meter.dimensions.names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Some(Split {
+        aggregation: meter.aggregation.clone(),
+        group_by: params.group_by.clone(),
+        filters,
+    }))
+}
+
+/// `400` unless `dim` is a dimension of `meter`: `no_dimensions` for a meter without any,
+/// `unknown_dimension` otherwise, both naming `field`.
+fn known_dimension(meter: &Meter, dim: &str, field: &str) -> Result<(), ApiError> {
+    if meter.dimensions.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_dimensions",
+            field.to_owned(),
+            format!(
+                "meter {:?} has no dimensions to group or filter by",
+                meter.name.as_str()
+            ),
+        ));
+    }
+    if meter.dimensions.get(dim).is_none() {
+        return Err(ApiError::bad_request(
+            "unknown_dimension",
+            field.to_owned(),
+            format!(
+                "unknown dimension {:?} of meter {:?}; its dimensions are {}",
+                clip(dim),
+                meter.name.as_str(),
+                meter.dimensions.names().join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The kept series of a split request, read and folded: the total over them, and per value
+/// of the `group_by` dimension (empty without one).
+async fn read_split(
+    usage: &dyn UsageStore,
+    registry: &dyn SeriesRegistry,
+    usage_org: &OrgId,
+    req: &UsageRequest,
+    split: &Split,
+) -> Result<(Vec<CounterValue>, BTreeMap<String, Vec<CounterValue>>), ApiError> {
+    let mut keys = BTreeSet::new();
+    let mut month = Month::of(req.from);
+    let last = Month::of(
+        req.to
+            .checked_sub_signed(TimeDelta::nanoseconds(1))
+            .unwrap_or(req.to),
+    );
+    while month <= last {
+        for key in registry.list_series(usage_org, &req.meter, month).await? {
+            let values = key.series_values();
+            if split
+                .filters
+                .iter()
+                .all(|(d, v)| values.iter().any(|(kd, kv)| kd == d && kv == v))
+            {
+                keys.insert(key);
+            }
+        }
+        month = month.next();
+    }
+    if keys.len() > MAX_SERIES_READ {
+        return Err(ApiError::bad_request(
+            "too_many_series",
+            "group_by",
+            format!(
+                "{} series match; at most {MAX_SERIES_READ} per request (add filter[..])",
+                keys.len()
+            ),
+        ));
+    }
+    let mut total: BTreeMap<DateTime<Utc>, Decimal> = BTreeMap::new();
+    let mut groups: BTreeMap<String, BTreeMap<DateTime<Utc>, Decimal>> = BTreeMap::new();
+    for key in keys {
+        let points = usage
+            .counter_series(&CounterQuery {
+                org: usage_org.clone(),
+                project: req.project.clone(),
+                meter: key.clone(),
+                granularity: req.granularity,
+                from: req.from,
+                to: req.to,
+            })
+            .await?;
+        let group = split.group_by.as_deref().and_then(|g| {
+            key.series_values()
+                .into_iter()
+                .find(|(d, _)| *d == g)
+                .map(|(_, v)| v.to_owned())
+        });
+        for p in points {
+            fold_into(
+                &split.aggregation,
+                total.entry(p.start).or_default(),
+                p.value,
+            );
+            if let Some(g) = &group {
+                let at = groups.entry(g.clone()).or_default();
+                fold_into(&split.aggregation, at.entry(p.start).or_default(), p.value);
+            }
+        }
+    }
+    let listed = |m: BTreeMap<DateTime<Utc>, Decimal>| {
+        m.into_iter()
+            .map(|(start, value)| CounterValue { start, value })
+            .collect::<Vec<_>>()
+    };
+    Ok((
+        listed(total),
+        groups.into_iter().map(|(g, m)| (g, listed(m))).collect(),
+    ))
+}
+
+/// Folds one series' bucket value into a group's: sums and counts add, a max keeps the
+/// largest; a latest group holds one series (see [`parse_split`]), so it keeps the value.
+fn fold_into(aggregation: &Aggregation, into: &mut Decimal, value: Decimal) {
+    *into = match aggregation {
+        Aggregation::Max => (*into).max(value),
+        Aggregation::Latest => value,
+        _ => *into + value,
+    };
 }
 
 /// The route handler.
@@ -299,7 +552,9 @@ pub(crate) async fn get_usage(
     {
         return Err(project_not_found(id));
     }
-    Ok(Json(read(&*state.usage, &org, mode, req).await?))
+    Ok(Json(
+        read(&*state.usage, state.series.as_deref(), &org, mode, req).await?,
+    ))
 }
 
 fn unknown_meter(catalogue: &MeterCatalogue, m: &str) -> ApiError {
@@ -464,3 +719,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "usage_dimensions_tests.rs"]
+mod dimensions_tests;

@@ -80,7 +80,7 @@ use tally_core::overrides::apply_overrides;
 use tally_core::plan::billed_plan;
 use tally_core::ports::{
     CatalogueStore, Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, OverrideStore,
-    ReportStore, StoreError, StoredReport, UsageStore,
+    ReportStore, StoreError, StoredReport, UsageStore, month_counters,
 };
 use tally_core::tenant::Org;
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
@@ -641,8 +641,7 @@ async fn month_usage(
     org: &OrgId,
     period: Month,
 ) -> Result<MonthUsage, OrgError> {
-    let counters = usage
-        .stored_counters(org, period)
+    let counters = month_counters(usage, org, period)
         .await
         .map_err(store("cannot read the month's counters"))?;
     MonthUsage::from_counters(counters, period).map_err(|_| OrgError::Overflow)

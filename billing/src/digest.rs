@@ -30,7 +30,8 @@ pub async fn tally_lines(
     loop {
         let page = usage.ledger_page(org, period, cursor, PAGE).await?;
         for e in &page.events {
-            tallies.entry(e.meter.clone()).or_default().add(e);
+            // A line is a meter's total, so its entries are those of all its series.
+            tallies.entry(e.meter.base_meter()).or_default().add(e);
         }
         match page.next {
             Some(next) => cursor = Some(next),

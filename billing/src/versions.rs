@@ -294,6 +294,16 @@ pub fn meter_changes(old: &Catalogue, new: &Catalogue) -> Vec<(MeterName, String
                 m.name.clone(),
                 format!("changes its value from {} to {}", m.value, n.value),
             )),
+            // Series keys would change shape inside a month: a group_by over it would split
+            // one value's usage between the old and the new key.
+            Some(n) if n.dimensions.keys != m.dimensions.keys => Some((
+                m.name.clone(),
+                format!(
+                    "changes its dimensions from [{}] to [{}]",
+                    m.dimensions.names().join(", "),
+                    n.dimensions.names().join(", ")
+                ),
+            )),
             Some(_) => None,
         })
         .collect()
@@ -348,7 +358,9 @@ async fn check_live_meters(
                 if key.granularity != Granularity::Month || value.is_zero() {
                     continue;
                 }
-                if let Some((meter, change)) = changes.iter().find(|(m, _)| *m == key.meter) {
+                if let Some((meter, change)) =
+                    changes.iter().find(|(m, _)| m.as_str() == key.meter.base())
+                {
                     return Err(VersionError::LiveMeter {
                         meter: meter.clone(),
                         change: change.clone(),

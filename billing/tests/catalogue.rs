@@ -539,3 +539,122 @@ fn a_number_with_an_exponent_is_refused_like_a_float() {
     assert_eq!(line, line_of(&text, "1e0"));
     assert!(message.contains("floating point"), "{message}");
 }
+
+#[test]
+fn dimensions_are_checked_with_their_bounds() {
+    let minutes = r#""unit": "minutes","#;
+    let with = |dims: &str| edited(minutes, &format!(r#""unit": "minutes", {dims}"#));
+    let ok = with(
+        r#""dimensions": [{ "name": "model", "property": "properties.model" },
+                          { "name": "region", "property": "properties.where.region" }],
+           "max_series": 250,"#,
+    );
+    let c = Catalogue::from_json(&ok, "ok").unwrap();
+    let m = c
+        .meter(&MeterName::parse("compute_minutes").unwrap())
+        .unwrap();
+    assert_eq!(m.dimensions.names(), ["model", "region"]);
+    assert_eq!(
+        m.dimensions.keys[1].property.path(),
+        "properties.where.region"
+    );
+    assert_eq!(m.dimensions.max_series, 250);
+    assert_eq!(m.to_core().dimensions, m.dimensions);
+    // Left out, the bound is the documented default.
+    let default = with(r#""dimensions": [{ "name": "model", "property": "properties.model" }],"#);
+    let d = Catalogue::from_json(&default, "d").unwrap();
+    let dm = d
+        .meter(&MeterName::parse("compute_minutes").unwrap())
+        .unwrap();
+    assert_eq!(
+        dm.dimensions.max_series,
+        tally_core::dimension::DEFAULT_MAX_SERIES
+    );
+    // Adding, removing or changing dimensions under live counters is refused.
+    let changes = tally_billing::versions::meter_changes(&Catalogue::builtin().unwrap(), &c);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0]
+            .1
+            .contains("changes its dimensions from [] to [model, region]"),
+        "{changes:?}"
+    );
+    assert_eq!(
+        tally_billing::versions::meter_changes(&d, &c)[0].1,
+        "changes its dimensions from [model] to [model, region]"
+    );
+    // A new bound alone is not a change of the counters.
+    let wider = with(
+        r#""dimensions": [{ "name": "model", "property": "properties.model" },
+                          { "name": "region", "property": "properties.where.region" }],
+           "max_series": 5000,"#,
+    );
+    assert!(
+        tally_billing::versions::meter_changes(&c, &Catalogue::from_json(&wider, "w").unwrap())
+            .is_empty()
+    );
+
+    let one = r#"{ "name": "a", "property": "properties.a" }"#;
+    let p = "meters.compute_minutes";
+    assert_problem(
+        &with(&format!(
+            r#""dimensions": [{one}, {{ "name": "b", "property": "properties.b" }},
+               {{ "name": "c", "property": "properties.c" }},
+               {{ "name": "d", "property": "properties.d" }}],"#
+        )),
+        &format!("{p}.dimensions"),
+        "at most 3 dimensions",
+    );
+    assert_problem(
+        &with(r#""dimensions": [{ "name": "Model", "property": "properties.model" }],"#),
+        &format!("{p}.dimensions[0].name"),
+        "a-z, 0-9 and _",
+    );
+    assert_problem(
+        &with(&format!(r#""dimensions": [{one}, {one}],"#)),
+        &format!("{p}.dimensions[1].name"),
+        "declared twice",
+    );
+    assert_problem(
+        &with(r#""dimensions": [{ "name": "model", "property": "quantity" }],"#),
+        &format!("{p}.dimensions[0].property"),
+        "not quantity",
+    );
+    assert_problem(
+        &with(r#""dimensions": [{ "name": "model", "property": "model" }],"#),
+        &format!("{p}.dimensions[0].property"),
+        "property path like",
+    );
+    assert_problem(
+        &with(&format!(r#""dimensions": [{one}], "max_series": 0,"#)),
+        &format!("{p}.max_series"),
+        "must be 1 to 10000",
+    );
+    assert_problem(
+        &with(&format!(r#""dimensions": [{one}], "max_series": 10001,"#)),
+        &format!("{p}.max_series"),
+        "must be 1 to 10000",
+    );
+    assert_problem(
+        &with(r#""max_series": 10,"#),
+        &format!("{p}.max_series"),
+        "only allowed on a meter with dimensions",
+    );
+    // unique_count cannot be split (distinct values across series).
+    let unique = edited(
+        r#""aggregation": "max""#,
+        r#""aggregation": "unique_count", "property": "user_id",
+           "dimensions": [{ "name": "model", "property": "properties.model" }]"#,
+    );
+    assert_problem(
+        &unique,
+        "meters.storage_bytes.dimensions",
+        "unique_count meter cannot have dimensions",
+    );
+    // A misspelt field inside a dimension is a shape error with its line.
+    let (line, message) = parse_error(&with(
+        r#""dimensions": [{ "name": "model", "path": "properties.model" }],"#,
+    ));
+    assert_eq!(line, line_of(BUILTIN_JSON, minutes));
+    assert!(message.contains("unknown field `path`"), "{message}");
+}

@@ -109,7 +109,9 @@ impl World {
             org_id: org.clone(),
             id: EventId::parse(id).unwrap(),
             project_id: project.clone(),
-            meter: MeterName::parse(meter).unwrap(),
+            // A series key (`meter{dim=value}`) is what ingest queues for a meter with
+            // dimensions.
+            meter: MeterName::parse_key(meter).unwrap(),
             aggregation: Aggregation::Sum,
             quantity: Quantity::parse(q).unwrap(),
             timestamp: ts(at),
@@ -198,6 +200,33 @@ async fn a_refused_run_closes_and_stores_nothing() {
     ));
     assert!(!w.store.is_period_closed(month("2026-11")).await.unwrap());
     assert!(w.store.list_reports(&org).await.unwrap().is_empty());
+}
+
+/// A meter with dimensions is billed on its total over its series: no series escapes the
+/// bill, and the line's ledger digest counts the events of every series.
+#[tokio::test]
+async fn a_bill_over_two_series_equals_the_hand_worked_total() {
+    let w = World::new();
+    let (a, pa) = w.org("series", PlanId::Starter).await;
+    let gpt = "compute_minutes{model=gpt-4}";
+    let claude = "compute_minutes{model=claude}";
+    w.usage(&a, &pa, "s1", gpt, "700", "2026-11-03T10:00:00Z")
+        .await;
+    w.usage(&a, &pa, "s2", claude, "450", "2026-11-10T10:00:00Z")
+        .await;
+    w.usage(&a, &pa, "s3", claude, "50.5", "2026-11-30T23:00:00Z")
+        .await;
+    let reports = w.bill("2026-11").await.unwrap();
+    let r = reports.iter().find(|r| r.org_id == a).unwrap();
+    r.check().unwrap();
+    // Starter: 700 + 450 + 50.5 = 1,200.5 minutes, 1,000 included: 200.5 × $0.10 = $20.05,
+    // 10 % off: 20.05 × 0.9 = 18.045 → $18.05 (half away from zero); + $29.00 = $47.05.
+    let cm = line(r, "compute_minutes");
+    assert_eq!(cm.quantity.to_string(), "1200.5");
+    assert_eq!(cm.billable.to_string(), "200.5");
+    assert_eq!(cm.amount.to_string(), "18.05");
+    assert_eq!(r.total.to_string(), "47.05");
+    assert_eq!(cm.event_count, Some(3));
 }
 
 #[tokio::test]

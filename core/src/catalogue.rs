@@ -33,6 +33,11 @@
 //!                              1 to 64 each) under properties; not for count/unique_count
 //!                              and not with default_quantity
 //!       "default_quantity": 1, optional; quantity of an event that gives none (>= 0)
+//!       "dimensions": [        optional (default none): at most 3, not on unique_count;
+//!         { "name": "model", "property": "properties.model" }   each name 1 to 32 of
+//!       ],                     a-z 0-9 _ (letter first), each property a path as in value
+//!       "max_series": 1000,    optional (default 1000, 1 to 10000), only with dimensions:
+//!                              series one org may make of the meter in one month
 //!       "price_unit": "GB",    required; the unit prices are quoted in, for people
 //!       "price_unit_size": "1 GB",  required; meter units per price unit: a power of ten
 //!       "list_price": { "model": "per_unit", "unit_price": "0.08" }  optional default price
@@ -77,7 +82,10 @@
 //! Rules checked at parse, each reported with its path (`plans.pro.meters.api_calls.price.
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
 //! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
-//! `max` and `latest` meters and never with a `default_quantity`; a positive power-of-ten `price_unit_size`;
+//! `max` and `latest` meters and never with a `default_quantity`; dimensions
+//! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, not on
+//! `unique_count`, and `max_series` within its bounds, only with dimensions; a positive
+//! power-of-ten `price_unit_size`;
 //! non-negative prices, fees and allowances; a positive package size; tiers non-empty,
 //! strictly ascending and contiguous (`from`, when given, equals the previous `up_to`), only
 //! the last one unbounded; volume tables whose amount never drops as usage grows; fees in
@@ -107,6 +115,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::dimension::{
+    self, DEFAULT_MAX_SERIES, Dimension, Dimensions, MAX_DIMENSIONS, MAX_MAX_SERIES,
+};
 use crate::ids::MeterName;
 use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 use crate::money::Money;
@@ -147,6 +158,10 @@ pub struct MeterSpec {
     pub price_unit_size: Decimal,
     /// The price plans use unless they give their own.
     pub list_price: Option<Pricing>,
+    /// The properties the meter's counters are split by, and its series bound (left out in
+    /// versions stored before dimensions existed: none).
+    #[serde(default)]
+    pub dimensions: Dimensions,
 }
 
 impl MeterSpec {
@@ -158,6 +173,7 @@ impl MeterSpec {
             aggregation: self.aggregation.clone(),
             default_quantity: self.default_quantity,
             value: self.value.clone(),
+            dimensions: self.dimensions.clone(),
         }
     }
 }
@@ -521,6 +537,16 @@ struct RawMeter {
     price_unit: String,
     price_unit_size: Num,
     list_price: Option<RawPrice>,
+    dimensions: Option<Vec<RawDimension>>,
+    max_series: Option<i64>,
+}
+
+/// One entry of a meter's `dimensions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimension {
+    name: String,
+    property: String,
 }
 
 #[derive(Deserialize)]
@@ -833,6 +859,7 @@ impl Checker {
             Some(raw) => self.price(&format!("{path}.list_price"), raw),
             None => None,
         };
+        let dimensions = self.dimensions(&path, &m.aggregation, m.dimensions, m.max_series);
         if self.problems.len() > before {
             return None;
         }
@@ -847,7 +874,93 @@ impl Checker {
             price_unit: m.price_unit,
             price_unit_size: price_unit_size?,
             list_price,
+            dimensions: dimensions?,
         })
+    }
+
+    /// A meter's `dimensions` and `max_series` (see [`crate::dimension`]).
+    fn dimensions(
+        &mut self,
+        path: &str,
+        aggregation: &str,
+        raw: Option<Vec<RawDimension>>,
+        max_series: Option<i64>,
+    ) -> Option<Dimensions> {
+        let before = self.problems.len();
+        let raw = raw.unwrap_or_default();
+        let list_path = format!("{path}.dimensions");
+        if raw.len() > MAX_DIMENSIONS {
+            self.bad(
+                &list_path,
+                format!(
+                    "a meter may have at most {MAX_DIMENSIONS} dimensions (each multiplies its \
+                     series), got {}",
+                    raw.len()
+                ),
+            );
+        }
+        if !raw.is_empty() && aggregation == "unique_count" {
+            self.bad(
+                &list_path,
+                "a unique_count meter cannot have dimensions: distinct values across series \
+                 would need every series' markers",
+            );
+        }
+        let mut keys: Vec<Dimension> = Vec::with_capacity(raw.len());
+        for (i, d) in raw.into_iter().enumerate() {
+            let at = format!("{list_path}[{i}]");
+            if let Err(message) = dimension::check_name(&d.name) {
+                self.bad(format!("{at}.name"), message);
+            } else if keys.iter().any(|k| k.name == d.name) {
+                self.bad(
+                    format!("{at}.name"),
+                    format!("dimension {:?} is declared twice", d.name),
+                );
+            }
+            let property = match ValueSource::parse(&d.property) {
+                Ok(p @ ValueSource::Property(_)) => Some(p),
+                Ok(ValueSource::Quantity) => {
+                    self.bad(
+                        format!("{at}.property"),
+                        "must be a property path like \"properties.model\", not quantity",
+                    );
+                    None
+                }
+                Err(message) => {
+                    self.bad(format!("{at}.property"), message);
+                    None
+                }
+            };
+            if let Some(property) = property {
+                keys.push(Dimension {
+                    name: d.name,
+                    property,
+                });
+            }
+        }
+        let max_path = format!("{path}.max_series");
+        let max_series = match max_series {
+            None => DEFAULT_MAX_SERIES,
+            Some(n) if (1..=i64::from(MAX_MAX_SERIES)).contains(&n) && !keys.is_empty() => {
+                u32::try_from(n).unwrap_or(MAX_MAX_SERIES)
+            }
+            Some(_) if keys.is_empty() => {
+                self.bad(
+                    &max_path,
+                    "is only allowed on a meter with dimensions (a meter without them has one \
+                     series)",
+                );
+                DEFAULT_MAX_SERIES
+            }
+            Some(n) => {
+                self.bad(
+                    &max_path,
+                    format!("must be 1 to {MAX_MAX_SERIES} series per org and month, got {n}"),
+                );
+                DEFAULT_MAX_SERIES
+            }
+        };
+        (self.problems.len() == before).then_some(Dimensions { keys, max_series })
     }
 
     fn plan(
@@ -1083,129 +1196,5 @@ impl Checker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-    use std::str::FromStr;
-
-    /// A whole number of the file, read without the catalogue's parser: an integer, or a
-    /// string with an optional binary byte unit (all the built-in file uses).
-    fn raw_quantity(v: &Value) -> Decimal {
-        match v {
-            Value::Number(n) => Decimal::from(n.as_u64().unwrap()),
-            Value::String(s) => match s.strip_suffix(" GiB") {
-                Some(gib) => Decimal::from_str(gib).unwrap() * Decimal::from(1_u64 << 30),
-                None => Decimal::from_str(s).unwrap(),
-            },
-            other => panic!("not a quantity: {other}"),
-        }
-    }
-
-    #[test]
-    fn the_builtin_catalogue_loads() {
-        let c = Catalogue::builtin().unwrap();
-        assert_eq!(c.plans().len(), 4);
-        assert_eq!(builtin_catalogue(), &c);
-    }
-
-    /// The limits ingest and the API enforce (`Plan::builtin`, which ingest's configuration
-    /// falls back to, and `Catalogue::core_plans`, which a composition root hands it) are
-    /// the catalogue file's, read here straight from the JSON.
-    #[test]
-    fn enforced_limits_are_the_catalogue_files() {
-        let file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
-        let loaded = Catalogue::builtin().unwrap().core_plans();
-        for id in PlanId::ALL {
-            let raw = &file["plans"][id.as_str()];
-            let cap = |field: &str| raw.get(field).map(|v| v.as_u64().unwrap() as u32);
-            let want = PlanLimits {
-                users: cap("users"),
-                projects: cap("projects"),
-                meters: raw["meters"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .filter_map(|(name, m)| {
-                        let included = raw_quantity(m.get("included")?);
-                        Some((MeterName::parse(name).unwrap(), included))
-                    })
-                    .collect(),
-                hard_usage_limits: raw["hard_usage_limits"].as_bool().unwrap(),
-            };
-            assert_eq!(Plan::builtin(id).limits, want, "{id}");
-            assert_eq!(loaded[&id].limits, want, "{id}");
-            assert_eq!(
-                Plan::builtin(id).monthly_fee.amount(),
-                raw_quantity(&raw["monthly_fee"]),
-                "{id}"
-            );
-        }
-        // And the design's numbers, so a bad edit of the file is caught here too.
-        let calls = MeterName::parse("api_calls").unwrap();
-        let free = Plan::builtin(PlanId::Free);
-        assert!(free.limits.hard_usage_limits);
-        assert_eq!(free.meter_limit(&calls), Some(Decimal::from(10_000)));
-        // Every meter of the free plan is capped: a hard-limited plan with one unlimited
-        // meter is unlimited for whoever meters that.
-        for meter in MeterCatalogue::default().meters() {
-            assert!(free.meter_limit(&meter.name).is_some(), "{}", meter.name);
-        }
-        assert_eq!(
-            free.meter_limit(&MeterName::parse("bandwidth_bytes").unwrap()),
-            Some(Decimal::from(1u64 << 30))
-        );
-        assert_eq!(
-            Plan::builtin(PlanId::Pro).limits.meters.len(),
-            3,
-            "bandwidth has no allowance"
-        );
-    }
-
-    #[test]
-    fn the_default_meter_catalogue_is_the_files() {
-        let file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
-        let meters = MeterCatalogue::default();
-        let names: Vec<&str> = file["meters"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(meters.names(), names);
-        for m in meters.meters() {
-            let raw = &file["meters"][m.name.as_str()];
-            assert_eq!(m.unit, raw["unit"].as_str().unwrap());
-            assert_eq!(
-                m.default_quantity,
-                raw.get("default_quantity").map(raw_quantity)
-            );
-        }
-    }
-
-    #[test]
-    fn quantities_with_byte_units_are_exact() {
-        assert_eq!(
-            parse_quantity("10 GiB", true).unwrap(),
-            Decimal::from(10_737_418_240_i64)
-        );
-        assert_eq!(
-            parse_quantity("1GB", true).unwrap(),
-            Decimal::from(1_000_000_000)
-        );
-        assert_eq!(parse_quantity("0.5 KiB", true).unwrap(), Decimal::from(512));
-        assert!(parse_quantity("1 GiB", false).is_err());
-        assert!(parse_quantity("1 parsec", true).is_err());
-        assert!(parse_quantity("1e3", false).is_err());
-        assert!(parse_quantity("", false).is_err());
-    }
-
-    #[test]
-    fn powers_of_ten() {
-        for ok in ["1", "10", "1000", "1000000000"] {
-            assert!(is_power_of_ten(Decimal::from_str(ok).unwrap()), "{ok}");
-        }
-        for bad in ["0", "0.1", "2", "1024", "1073741824", "110", "-10"] {
-            assert!(!is_power_of_ten(Decimal::from_str(bad).unwrap()), "{bad}");
-        }
-    }
-}
+#[path = "catalogue_tests.rs"]
+mod tests;

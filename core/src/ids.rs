@@ -250,9 +250,78 @@ impl MeterName {
         }
         Ok(Self(s.to_owned()))
     }
+
+    /// Parses a counter key as the stores and the queue hold it: a meter name, or one of
+    /// its series (`llm_tokens{model=gpt-4}`, see [`crate::dimension`]). What a client
+    /// names a meter by is parsed with [`MeterName::parse`], which refuses series keys.
+    pub fn parse_key(s: &str) -> Result<Self, IdError> {
+        match crate::dimension::parse_series_key(s) {
+            Some((base, pairs)) if !pairs.is_empty() => {
+                MeterName::parse(base)?;
+                Ok(Self(s.to_owned()))
+            }
+            _ => MeterName::parse(s),
+        }
+    }
+
+    /// The key of one series of this meter: `values` are `(dimension, value)` pairs in
+    /// declaration order, each already checked ([`crate::dimension::check_value`]). With no
+    /// values, the meter itself.
+    pub fn series(&self, values: &[(&str, &str)]) -> MeterName {
+        Self(crate::dimension::series_key(self.base(), values))
+    }
+
+    /// The meter this key counts for: itself, or the meter of a series key.
+    pub fn base(&self) -> &str {
+        self.0.split_once('{').map_or(&self.0, |(base, _)| base)
+    }
+
+    /// The meter this key counts for, as a name of its own: what plan limits, prices and
+    /// totals are keyed by (a clone of `self` for a bare meter).
+    pub fn base_meter(&self) -> MeterName {
+        Self(self.base().to_owned())
+    }
+
+    /// Whether this is the key of a series (`meter{...}`) rather than a bare meter.
+    pub fn is_series(&self) -> bool {
+        self.0.contains('{')
+    }
+
+    /// The `(dimension, value)` pairs of a series key; empty for a bare meter.
+    pub fn series_values(&self) -> Vec<(&str, &str)> {
+        crate::dimension::parse_series_key(&self.0)
+            .map(|(_, pairs)| pairs)
+            .unwrap_or_default()
+    }
 }
 
-text_id!(MeterName);
+// Not `text_id!`: a stored or queued meter may be a series key, so decoding one takes
+// `parse_key`, while everything a client sends goes through `parse`.
+impl MeterName {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MeterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MeterName {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse_key(&s)
+    }
+}
+
+impl From<MeterName> for String {
+    fn from(id: MeterName) -> String {
+        id.0
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -307,5 +376,26 @@ mod tests {
         assert!(MeterName::parse("1abc").is_err());
         assert!(MeterName::parse("Api").is_err());
         assert!(MeterName::parse("a#b").is_err());
+        // Series keys decode from storage and the queue, never from what a client names.
+        assert!(MeterName::parse("llm{model=x}").is_err());
+        let series = MeterName::parse_key("llm{model=gpt-4}").unwrap();
+        assert_eq!(series.base(), "llm");
+        assert!(series.is_series());
+        assert_eq!(series.series_values(), [("model", "gpt-4")]);
+        let json = serde_json::to_string(&series).unwrap();
+        assert_eq!(serde_json::from_str::<MeterName>(&json).unwrap(), series);
+        assert_eq!(
+            MeterName::parse("llm")
+                .unwrap()
+                .series(&[("model", "gpt-4")]),
+            series
+        );
+        for bad in ["Llm{model=x}", "llm{model=x", "llm{model=a#b}", "llm{}"] {
+            assert!(MeterName::parse_key(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            MeterName::parse_key("api_calls").unwrap().base(),
+            "api_calls"
+        );
     }
 }

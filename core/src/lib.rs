@@ -19,6 +19,7 @@ pub mod audit;
 pub mod backoff;
 pub mod catalogue;
 pub mod counter;
+pub mod dimension;
 pub mod envelope;
 pub mod event;
 pub mod export;

@@ -149,6 +149,10 @@ pub struct Meter {
     /// otherwise; a missing field in stored data means `quantity`, as before this existed).
     #[serde(default)]
     pub value: ValueSource,
+    /// The properties the meter's counters are split by, and the bound on how many series
+    /// an org may make in a month (none in stored data written before dimensions existed).
+    #[serde(default)]
+    pub dimensions: crate::dimension::Dimensions,
 }
 
 /// The meters an organization can send events for.

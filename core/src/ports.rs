@@ -15,6 +15,7 @@
 //! (operator-set contracts), written once and only ever ended earlier.
 //! numbered by a first-write-wins put.
 //! [`SecurityStore`] keeps each org's security policy and users' sign-in sessions.
+//! [`SeriesRegistry`] keeps the series of dimensioned meters and their cardinality bound.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -33,6 +34,7 @@ mod allowance;
 mod catalogue;
 mod overrides;
 mod security;
+mod series;
 mod tenants;
 pub use allowance::{
     AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
@@ -47,6 +49,7 @@ pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use security::SecurityStore;
+pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
 pub use tenants::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
     UserStore,

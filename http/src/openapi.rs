@@ -319,7 +319,7 @@ fn error_body_schema() -> Value {
         "properties": {
             "code": {
                 "type": "string",
-                "description": "snake_case reason: invalid_body, malformed_json, unauthorized, forbidden, not_found, payload_too_large, rate_limited, plan_limit_exceeded, service_unavailable, internal_error; per event: missing_field, invalid_type, invalid_id, invalid_quantity, invalid_timestamp, timestamp_in_future, unknown_meter, unknown_project, project_archived, too_many_projects, period_closed, invalid_properties, unknown_field, malformed_event, duplicate_key, queue_unavailable, plan_limit_exceeded.",
+                "description": "snake_case reason: invalid_body, malformed_json, unauthorized, forbidden, not_found, payload_too_large, rate_limited, plan_limit_exceeded, service_unavailable, internal_error; per event: missing_field, invalid_type, invalid_id, invalid_quantity, invalid_timestamp, timestamp_in_future, unknown_meter, unknown_project, project_archived, too_many_projects, period_closed, invalid_properties, unknown_field, malformed_event, duplicate_key, dimension_cardinality_exceeded, queue_unavailable, plan_limit_exceeded.",
             },
             "message": {"type": "string", "description": "A human sentence."},
             "field": {"type": "string", "description": "The offending field (`body`, `events`, `quantity`, `data.quantity`, ...), when one is to blame."},

@@ -423,6 +423,33 @@ async fn ingest(
         events.push(event);
     }
 
+    // The series bound of dimensioned meters, before plan limits reserve anything: a
+    // refused event leaves the publish list, the rest of the batch goes on.
+    let series_refusals = inner
+        .series
+        .check(&inner.ports.catalogue, &events)
+        .instrument(tracing::debug_span!("series", events = events.len()))
+        .await?;
+    let (indexes, events) = {
+        let mut keep = (
+            Vec::with_capacity(events.len()),
+            Vec::with_capacity(events.len()),
+        );
+        for ((index, event), refusal) in indexes.into_iter().zip(events).zip(series_refusals) {
+            match refusal {
+                Some(e) => {
+                    let id = Some(event.id.as_str().to_owned());
+                    rejected.push(Rejection::of(index, id, format, e));
+                }
+                None => {
+                    keep.0.push(index);
+                    keep.1.push(event);
+                }
+            }
+        }
+        keep
+    };
+
     // Hard plan limits: refused events leave the publish list. Test usage is held to the
     // free plan's, on the twin's own counters (see the doc above).
     let test_plan;

@@ -62,7 +62,8 @@ use axum::routing::{get, post};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{
-    ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, SecurityStore, TenantStore, UsageStore,
+    ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, SecurityStore, SeriesRegistry,
+    TenantStore, UsageStore,
 };
 
 pub mod body;
@@ -72,6 +73,7 @@ pub mod events;
 pub mod limits;
 pub mod lookups;
 pub mod openapi;
+pub mod series;
 pub mod shared;
 
 // The HTTP seam this crate shares with the other APIs lives in `tally-http`; its modules are
@@ -107,6 +109,11 @@ pub struct IngestState {
     pub catalogue: Arc<MeterCatalogue>,
     /// The server's time: key expiry and the "not in the future" rule.
     pub clock: Arc<dyn Clock>,
+    /// Registers the series of dimensioned meters under their cardinality bound before an
+    /// event that makes one is accepted. Without one, events of dimensioned meters are
+    /// refused (`dimension_cardinality_exceeded`): an unbounded series count is never
+    /// accepted.
+    pub series: Option<Arc<dyn SeriesRegistry>>,
 }
 
 impl IngestState {
@@ -127,7 +134,14 @@ impl IngestState {
             queue,
             catalogue,
             clock,
+            series: None,
         }
+    }
+
+    /// The same ports with a series registry (see [`IngestState::series`]).
+    pub fn with_series(mut self, series: Arc<dyn SeriesRegistry>) -> Self {
+        self.series = Some(series);
+        self
     }
 }
 
@@ -160,6 +174,8 @@ struct Inner {
     lookups: lookups::Lookups,
     limiter: limits::RateLimiter<tally_core::ids::ApiKeyId>,
     plan_guard: limits::PlanGuard,
+    /// The cardinality bound of dimensioned meters ([`series`]).
+    series: series::SeriesGuard,
     /// Rate and plan limits shared with the other instances ([`Ingest::with_allowances`]).
     shared: Option<Arc<shared::SharedLimits>>,
 }
@@ -230,8 +246,14 @@ impl Ingest {
         if let Some(shared) = &shared {
             plan_guard = plan_guard.with_shared(shared.clone());
         }
+        let series = series::SeriesGuard::new(
+            ports.series.clone(),
+            ports.clock.clone(),
+            config.cache.capacity,
+        );
         Ingest {
             inner: Arc::new(Inner {
+                series,
                 ports,
                 config,
                 plans,

@@ -179,9 +179,12 @@ impl PlanGuard {
         // Group the limited events by (meter, month), in body order.
         let mut groups: HashMap<(MeterName, Month), (Decimal, Vec<usize>)> = HashMap::new();
         for (i, e) in events.iter().enumerate() {
-            if let Some(limit) = plan.meter_limit(&e.meter) {
+            // A series counts toward its meter's limit: the key is the bare meter, whose
+            // month counter is the total over its series.
+            let meter = e.meter.base_meter();
+            if let Some(limit) = plan.meter_limit(&meter) {
                 groups
-                    .entry((e.meter.clone(), Month::of(e.timestamp)))
+                    .entry((meter, Month::of(e.timestamp)))
                     .or_insert_with(|| (limit, Vec::new()))
                     .1
                     .push(i);
@@ -275,11 +278,12 @@ impl PlanGuard {
         }
         let now = self.clock.now();
         for e in events {
-            if plan.meter_limit(&e.meter).is_none() {
+            let meter = e.meter.base_meter();
+            if plan.meter_limit(&meter).is_none() {
                 continue;
             }
             let Step::Add(inc) = step(e) else { continue };
-            let key = (org.clone(), e.meter.clone(), Month::of(e.timestamp));
+            let key = (org.clone(), meter, Month::of(e.timestamp));
             if let Some(shared) = &self.shared {
                 shared.give_back_plan(&key, inc, now);
             }

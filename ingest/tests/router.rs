@@ -593,6 +593,7 @@ async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() 
         aggregation: Aggregation::Sum,
         default_quantity: None,
         value: ValueSource::parse("properties.tokens").unwrap(),
+        dimensions: Default::default(),
     });
     let h = Harness::over_catalogue(
         seeded().await,

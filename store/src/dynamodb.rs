@@ -50,6 +50,7 @@
 //! | catalogue version | `CATALOGUE` | `V#<version, 10 digits>` | `version` (N), `effective_from` (`YYYY-MM`), `body` (the catalogue JSON, at most 256 KiB), `digest`, `applied_by`, `applied_at` | | `put_catalogue_version` (put under `attribute_not_exists`: the first write wins); `get_catalogue_version`; `list_catalogue_versions` (query the partition); `dynamodb/catalogue.rs` |
 //! | session | `USER#<user>` | `SESSION#<session id>` | `id`, `user_id`, `created_at`, `expires_at`, `ip`?, `user_agent`?, `revoked_at`?, `ttl` (its expiry) | | a session token's session (`sid`): `create_session` (put under `attribute_not_exists`), `get_session` (one `GetItem`), `list_sessions` (query `begins_with SESSION#`), `revoke_session` (`UpdateItem` keeping the first revocation); `dynamodb/security.rs` (the org's security policy is attributes of the org item, set by one conditional `UpdateItem` returning the old value) |
 //! | price override | `ORG#<org>#OVERRIDE` | `<override id>` | `body` (the override as set, JSON), `end` (`YYYY-MM`, exclusive; absent: open-ended), `created_at` | | `put_override` (query for the per-org bound, then put under `attribute_not_exists`: the first write wins); `list_overrides` (query the partition); `end_override` (`UpdateItem` conditioned on no end or a later one); `dynamodb/overrides.rs` |
+//! | meter series | `ORG#<org>#SERIES#<YYYY-MM>#<meter>` | `#COUNT`; `<series key>` (`meter{dim=value,...}`) | `n` (N, on `#COUNT`: the series registered) | | `register_series` (one `TransactWriteItems`: put the series under `attribute_not_exists`, `ADD n :one` on `#COUNT` under `n < :bound`); `list_series` (query the series keys, `begins_with <meter>{`); `dynamodb/series.rs` |
 //! | sync customer | `ORG#<org>` | `SYNCCUSTOMER` | `customer` (the Stripe customer id) | | `record_customer` (first write wins, as steps), `get_customer` |
 //! | Kinesis checkpoint (reserved: written by [`KinesisQueue`](crate::kinesis::KinesisQueue)) | `CHECKPOINT#<stream>#<consumer>` | `SHARD#<shard id>` | `seq`, `seq_order`, `updated_at` | | where each consumer is in each shard |
 //! | Kinesis dead letter (reserved: written by the Kinesis adapter) | `DEADLETTER#<stream>#<consumer>` | `<shard id>#<seq_order>` | reason, record data and position | | records that did not decode |
@@ -211,6 +212,7 @@ mod overrides;
 mod raise;
 mod reports;
 mod security;
+mod series;
 mod sync_ledger;
 mod table;
 mod tenants;

@@ -32,6 +32,8 @@
 //!   ([`CatalogueStore`](tally_core::ports::CatalogueStore)).
 //! - `memory/overrides.rs`: each org's price overrides
 //!   ([`OverrideStore`](tally_core::ports::OverrideStore)).
+//! - `memory/series.rs`: the series registry of dimensioned meters
+//!   ([`SeriesRegistry`](tally_core::ports::SeriesRegistry)).
 //! - `memory/allowances.rs`: the shared fixed-window allowances
 //!   ([`AllowanceStore`](tally_core::ports::AllowanceStore)).
 //!
@@ -62,6 +64,7 @@ mod catalogue;
 mod keys;
 mod overrides;
 mod security;
+mod series;
 mod tenants;
 mod usage;
 
@@ -218,6 +221,9 @@ struct State {
     catalogues: BTreeMap<u32, tally_core::ports::CatalogueVersion>,
     /// Price overrides by org, oldest first (`memory/overrides.rs`).
     overrides: BTreeMap<OrgId, Vec<tally_core::overrides::PriceOverride>>,
+    /// Registered series of dimensioned meters by (org, meter, month)
+    /// (`memory/series.rs`).
+    series: BTreeMap<(OrgId, MeterName, Month), BTreeSet<MeterName>>,
     /// Injected failures.
     faults: HashMap<Op, Fault>,
     /// How often each observed lookup was called.

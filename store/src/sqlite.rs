@@ -142,6 +142,7 @@ mod prune;
 mod reports;
 mod schema;
 mod security;
+mod series;
 mod sync_ledger;
 mod tenants;
 mod usage;

@@ -129,6 +129,8 @@ pub struct Stores {
     pub catalogues: Arc<dyn tally_core::ports::CatalogueStore>,
     /// Each org's price overrides (`tally org override`).
     pub overrides: Arc<dyn tally_core::ports::OverrideStore>,
+    /// The series of dimensioned meters and their cardinality bound (ingest).
+    pub series: Arc<dyn tally_core::ports::SeriesRegistry>,
     /// The DynamoDB table, when the store is DynamoDB (Kinesis checkpoints live there too).
     dynamo: Option<(aws_sdk_dynamodb::Client, String)>,
     /// The SQLite store, when the store is SQLite: its ledger is pruned by Tally (on
@@ -162,6 +164,7 @@ impl Stores {
             + AlertLedger
             + tally_core::ports::CatalogueStore
             + tally_core::ports::OverrideStore
+            + tally_core::ports::SeriesRegistry
             + 'static,
     {
         Stores {
@@ -171,7 +174,8 @@ impl Stores {
             sync: store.clone(),
             alerts: store.clone(),
             catalogues: store.clone(),
-            overrides: store,
+            overrides: store.clone(),
+            series: store,
             dynamo,
             sqlite: None,
             aws,

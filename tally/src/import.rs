@@ -226,6 +226,13 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
     let mut run = Run {
         org: org.clone(),
         catalogue,
+        // The series bound of dimensioned meters holds for imported events as for posted
+        // ones.
+        series: tally_ingest::series::SeriesGuard::new(
+            Some(stores.series.clone()),
+            clock.clone(),
+            10_000,
+        ),
         clock,
         usage: stores.usage.clone(),
         lookups,
@@ -277,6 +284,7 @@ struct Pending {
 struct Run {
     org: OrgId,
     catalogue: MeterCatalogue,
+    series: tally_ingest::series::SeriesGuard,
     clock: Arc<dyn Clock>,
     usage: Arc<dyn UsageStore>,
     lookups: Lookups,
@@ -485,6 +493,16 @@ impl Run {
                 return self.reject(r, Some(text));
             }
         };
+        let refused = self
+            .series
+            .check(&self.catalogue, std::slice::from_ref(&event))
+            .await
+            .context("cannot register a series")?;
+        if let Some(e) = refused.into_iter().flatten().next() {
+            let id = Some(event.id.as_str().to_owned());
+            let r = self.rejection(number, id, e);
+            return self.reject(r, Some(text));
+        }
         self.pending.push(Pending {
             line: number,
             event,

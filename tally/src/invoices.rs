@@ -48,7 +48,8 @@ pub async fn invoice(common: &Common, cmd: InvoiceCommand) -> anyhow::Result<()>
             let period = Month::of(at);
             let history = store.tenants.plan_history(&org.id).await?;
             let plan = billed_plan(org.plan, &history, period);
-            let counters = store.usage.stored_counters(&org.id, period).await?;
+            let counters =
+                tally_core::ports::month_counters(&*store.usage, &org.id, period).await?;
             let usage = MonthUsage::from_counters(counters, period)
                 .map_err(|e| anyhow::anyhow!("the month's counters of {}: {e}", org.id))?;
             let invoice = upcoming_invoice(

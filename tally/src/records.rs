@@ -66,6 +66,7 @@ pub async fn usage(common: &Common, args: UsageArgs) -> anyhow::Result<()> {
         project_id: args.project,
         org_id: Some(org.to_string()),
         mode: Some(mode.as_str().to_owned()),
+        ..UsageParams::default()
     };
     let catalogue = common.load_catalogue()?.meter_catalogue();
     let req = UsageRequest::parse(&params, &catalogue, now()?).map_err(api_refusal)?;
@@ -81,7 +82,7 @@ pub async fn usage(common: &Common, args: UsageArgs) -> anyhow::Result<()> {
     {
         return Err(api_refusal(tally_api::usage::project_not_found(id)));
     }
-    let answer = tally_api::usage::read(&*store.usage, &org, mode, req)
+    let answer = tally_api::usage::read(&*store.usage, Some(&*store.series), &org, mode, req)
         .await
         .map_err(api_refusal)?;
     print(common.json, &answer, |u| {

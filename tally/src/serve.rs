@@ -137,7 +137,8 @@ pub fn router(
             backends.queue.clone(),
             meters.clone(),
             clock.clone(),
-        ),
+        )
+        .with_series(backends.stores.series.clone()),
         tally_ingest::IngestConfig {
             plans: plans.clone(),
             trusted_proxies: edge.trusted_proxies,
@@ -172,6 +173,7 @@ pub fn router(
         sessions: Arc::new(tally_api::sessions::SessionCache::new(
             tally_api::sessions::SESSION_CACHE_CAPACITY,
         )),
+        series: Some(backends.stores.series.clone()),
     });
     let router = ingest.merge(api).route(
         "/healthz",

@@ -99,7 +99,17 @@ fn check_names_the_line_and_field_of_each_problem_and_exits_2() {
     let bad_value = edited(|v| {
         v["meters"]["compute_minutes"]["value"] = json!("properties.a b");
     });
+    let bad_dimension = edited(|v| {
+        v["meters"]["compute_minutes"]["dimensions"] =
+            json!([{ "name": "model", "property": "model_name" }]);
+    });
     let cases: Vec<(&str, &String, u64, &str)> = vec![
+        (
+            "a dimension whose property is not a path",
+            &bad_dimension,
+            line_of(&bad_dimension, "model_name"),
+            "meters.compute_minutes.dimensions[0].property",
+        ),
         (
             "a property path that is not one",
             &bad_value,

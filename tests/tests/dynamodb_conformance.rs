@@ -63,6 +63,11 @@ mod overrides {
     tally_tests::override_conformance!(DynamoFactory::new().await);
 }
 
+mod dimensions {
+    use super::*;
+    tally_tests::dimensions_conformance!(DynamoFactory::new().await);
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(DynamoFactory::new().await);

@@ -35,6 +35,11 @@ mod overrides {
     tally_tests::override_conformance!(MemoryFactory::default());
 }
 
+mod dimensions {
+    use super::*;
+    tally_tests::dimensions_conformance!(MemoryFactory::default());
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(MemoryFactory::default());

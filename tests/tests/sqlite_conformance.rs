@@ -98,6 +98,11 @@ mod overrides {
     tally_tests::override_conformance!(Files::new());
 }
 
+mod dimensions {
+    use super::*;
+    tally_tests::dimensions_conformance!(Files::new());
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(Files::new());

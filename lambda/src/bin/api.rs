@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     .with_prices(catalogue.core().clone())
     .with_billing(store.reports.clone(), store.dynamo.clone())
     .with_pricing(store.dynamo.clone(), store.dynamo.clone())
+    .with_series(store.dynamo.clone())
     // API Gateway appends the address it was reached from to X-Forwarded-For.
     .with_trusted_proxies(1);
     let state = match (

@@ -31,7 +31,8 @@ async fn main() -> anyhow::Result<()> {
             queue,
             Arc::new(catalogue.meter_catalogue()),
             Arc::new(SystemClock),
-        ),
+        )
+        .with_series(store.dynamo.clone()),
         tally_ingest::IngestConfig {
             plans: catalogue.core_plans(),
             shared: env.shared_limits()?,

@@ -103,7 +103,7 @@ pub fn read_cell(item: &Item) -> Result<StoredCell, StoreError> {
     else {
         return Err(bad("expected 3 parts"));
     };
-    let meter = MeterName::parse(meter).map_err(|e| bad(&e.to_string()))?;
+    let meter = MeterName::parse_key(meter).map_err(|e| bad(&e.to_string()))?;
     let project = ProjectId::parse(project).map_err(|e| bad(&e.to_string()))?;
     let day: i64 = day.parse().map_err(|_| bad("day start"))?;
     let kind = CellKind::parse(get_s(item, KIND)?)

@@ -218,7 +218,7 @@ pub fn parse_counter_sk(org: &OrgId, sk: &str) -> Result<OwnedCounterKey, StoreE
         "ALL" => None,
         p => Some(ProjectId::parse(p).map_err(|e| bad(&e.to_string()))?),
     };
-    let meter = MeterName::parse(meter).map_err(|e| bad(&e.to_string()))?;
+    let meter = MeterName::parse_key(meter).map_err(|e| bad(&e.to_string()))?;
     let granularity = Granularity::parse(gran).ok_or_else(|| bad("granularity"))?;
     let secs: i64 = start.parse().map_err(|_| bad("bucket start"))?;
     let start: DateTime<Utc> =

@@ -10,6 +10,7 @@ use tally_core::ports::{
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
+use tally_core::dimension::is_series_of;
 use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
@@ -56,9 +57,13 @@ impl UsageStore for DynamoStore {
             return Ok(Vec::new());
         }
         let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
-        let cell_prefix = match &q.project {
-            Some(p) => cells::series_prefix(&q.meter, p),
-            None => cells::meter_prefix(&q.meter),
+        // A bare meter's total takes in its series (`DAY#meter{dim=value}#...`): the query
+        // is by the meter's name, and cells of other meters sharing the prefix
+        // (`api_calls_v2`) or of other projects are dropped here.
+        let cell_prefix = match (&q.project, q.meter.is_series()) {
+            (Some(p), true) => cells::series_prefix(&q.meter, p),
+            (None, true) => cells::meter_prefix(&q.meter),
+            (_, false) => format!("{}{}", cells::CELL_PREFIX, q.meter),
         };
         let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
         let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
@@ -70,12 +75,13 @@ impl UsageStore for DynamoStore {
                 .iter()
                 .map(cells::read_cell)
                 .collect::<Result<Vec<_>, _>>()?;
-            for (start, delta) in cells::derive_series(
-                stored.into_iter().flat_map(|c| c.hours),
-                q.granularity,
-                from,
-                to + 1,
-            ) {
+            let stored = stored.into_iter().filter(|c| {
+                is_series_of(c.meter.as_str(), q.meter.as_str())
+                    && q.project.as_ref().is_none_or(|p| *p == c.project)
+            });
+            for (start, delta) in
+                cells::derive_series(stored.flat_map(|c| c.hours), q.granularity, from, to + 1)
+            {
                 buckets.insert(start, cells::value_of(&delta));
             }
             let items = self

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
+use tally_core::dimension::is_series_of;
 use tally_core::event::Event;
 use tally_core::fold::{self, Cell, Delta};
 use tally_core::headroom::{self, TotalKey};
@@ -168,9 +169,12 @@ impl UsageStore for MemoryStore {
             };
             // The meter's cells from `from` on (a bucket holding an earlier cell starts
             // before `from`); `derive_series` drops those of buckets outside the range.
+            // A bare meter's total takes in its series (`meter{dim=value}`, which sort
+            // after it, past any longer meter name sharing its prefix).
             let of_meter = cells
                 .range((q.meter.clone(), from)..)
-                .take_while(|((meter, _), _)| *meter == q.meter)
+                .take_while(|((meter, _), _)| meter.as_str().starts_with(q.meter.as_str()))
+                .filter(|((meter, _), _)| is_series_of(meter.as_str(), q.meter.as_str()))
                 .flat_map(|((_, hour), projects)| {
                     projects
                         .iter()

@@ -353,7 +353,7 @@ fn read_cells(
         let (project, meter, start, kind, value, at) = row.map_err(db)?;
         out.push(StoredCell {
             project: parse_id(&project, ProjectId::parse)?,
-            meter: parse_id(&meter, MeterName::parse)?,
+            meter: parse_id(&meter, MeterName::parse_key)?,
             hours: vec![(start, cell_delta(kind, &value, at)?)],
         });
     }
@@ -390,8 +390,9 @@ pub(super) fn series(
         let mut stmt = conn
             .prepare_cached(
                 "SELECT start, kind, value, latest_at FROM cells
-                 WHERE org = ?1 AND meter = ?2 AND span = ?3 AND start >= ?4 AND start < ?5
-                   AND (?6 = '' OR project = ?6)",
+                 WHERE org = ?1 AND span = ?3 AND start >= ?4 AND start < ?5
+                   AND (?6 = '' OR project = ?6)
+                   AND (meter = ?2 OR (meter >= ?2 || '{' AND meter < ?2 || '|'))",
             )
             .map_err(db)?;
         let rows = stmt
@@ -470,7 +471,7 @@ pub(super) fn stored(
             OwnedCounterKey {
                 org: org.clone(),
                 project,
-                meter: parse_id(&meter, MeterName::parse)?,
+                meter: parse_id(&meter, MeterName::parse_key)?,
                 granularity: gran_of(gran)?,
                 start: bucket_start(start)?,
             },

@@ -8,6 +8,8 @@
 //!   limits of ingest instances, on handles onto one store.
 //! - [`overrides`]: [`OverrideStore`](tally_core::ports::OverrideStore), each org's price
 //!   overrides, through a [`storage::StoreFactory`].
+//! - [`dimensions`]: [`SeriesRegistry`](tally_core::ports::SeriesRegistry), the series
+//!   of dimensioned meters and their cardinality bound, through a [`storage::StoreFactory`].
 //! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
 //!   [`queue::QueueFactory`].
 //! - [`replay`]: replaying dead letters
@@ -24,6 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod allowance;
+pub mod dimensions;
 pub mod fixtures;
 pub mod overrides;
 pub mod queue;

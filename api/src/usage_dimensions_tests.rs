@@ -1,0 +1,203 @@
+//! `group_by` and `filter[..]` on `GET /v1/usage`, through [`UsageRequest::parse`] and
+//! [`read`] over the memory store (the store primitives they use, `list_series` and a
+//! series' `counter_series`, are held to the same answers on SQLite and DynamoDB by the
+//! dimensions conformance suite), with every figure worked out by hand.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Map;
+use tally_core::dimension::{Dimension, Dimensions};
+use tally_core::event::{Event, Quantity};
+use tally_core::ids::{EventId, ProjectId};
+use tally_core::meter::ValueSource;
+use tally_core::ports::SeriesRegistry;
+use tally_store::MemoryStore;
+
+use super::*;
+
+fn ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn catalogue() -> MeterCatalogue {
+    let mut meters: Vec<Meter> = MeterCatalogue::default().meters().cloned().collect();
+    let dim = |name: &str| Dimension {
+        name: name.into(),
+        property: ValueSource::parse(&format!("properties.{name}")).unwrap(),
+    };
+    meters.push(Meter {
+        name: MeterName::parse("llm_tokens").unwrap(),
+        unit: "tokens".into(),
+        aggregation: Aggregation::Sum,
+        default_quantity: None,
+        value: ValueSource::parse("properties.tokens").unwrap(),
+        dimensions: Dimensions {
+            keys: vec![dim("model"), dim("region")],
+            max_series: 10,
+        },
+    });
+    MeterCatalogue::new(meters)
+}
+
+/// An org with three series of `llm_tokens` in November 2026, registered as ingest would:
+/// gpt-4/eu 100 (Nov 3) + 30 (Nov 20), gpt-4/us 20 (Nov 3), claude/eu 7 (Nov 20).
+async fn world() -> (MemoryStore, OrgId) {
+    let store = MemoryStore::new();
+    let org = OrgId::parse("org_dims").unwrap();
+    let project = ProjectId::parse("prj_dims").unwrap();
+    let llm = MeterName::parse("llm_tokens").unwrap();
+    let rows = [
+        ("e1", "gpt-4", "eu", "100", "2026-11-03T10:00:00Z"),
+        ("e2", "gpt-4", "us", "20", "2026-11-03T11:00:00Z"),
+        ("e3", "claude", "eu", "7", "2026-11-20T10:00:00Z"),
+        ("e4", "gpt-4", "eu", "30", "2026-11-20T10:00:00Z"),
+    ];
+    let mut events = Vec::new();
+    for (id, model, region, q, at) in rows {
+        let series = llm.series(&[("model", model), ("region", region)]);
+        let month = Month::of(ts(at));
+        store
+            .register_series(&org, month, &series, 10)
+            .await
+            .unwrap();
+        events.push(Event {
+            org_id: org.clone(),
+            id: EventId::parse(id).unwrap(),
+            project_id: project.clone(),
+            meter: series,
+            aggregation: Aggregation::Sum,
+            quantity: Quantity::parse(q).unwrap(),
+            timestamp: ts(at),
+            properties: Map::new(),
+        });
+    }
+    store.apply_batch(&events).await.unwrap();
+    (store, org)
+}
+
+fn params(extra: &[(&str, &str)]) -> UsageParams {
+    let mut p = UsageParams {
+        meter: Some("llm_tokens".into()),
+        granularity: Some("month".into()),
+        from: Some("2026-11-01".into()),
+        to: Some("2026-12-01".into()),
+        ..UsageParams::default()
+    };
+    for (k, v) in extra {
+        if *k == "group_by" {
+            p.group_by = Some((*v).to_owned());
+        } else {
+            p.other.insert((*k).to_owned(), (*v).to_owned());
+        }
+    }
+    p
+}
+
+/// (value, month total) of each group, and the total.
+async fn answer(extra: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<String>) {
+    let (store, org) = world().await;
+    let req =
+        UsageRequest::parse(&params(extra), &catalogue(), ts("2026-12-02T00:00:00Z")).unwrap();
+    let registry: Arc<dyn SeriesRegistry> = Arc::new(store.clone());
+    let r = read(&store, Some(&*registry), &org, KeyMode::Live, req)
+        .await
+        .unwrap();
+    let groups = r
+        .groups
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| {
+            assert_eq!(g.series.len(), 1, "one month bucket");
+            (g.value, g.series[0].value.clone())
+        })
+        .collect();
+    (groups, r.series.into_iter().map(|p| p.value).collect())
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn usage_is_grouped_and_filtered_by_dimension() {
+    // The meter's total, as before dimensions: 100 + 30 + 20 + 7.
+    assert_eq!(answer(&[]).await, (vec![], vec!["157".to_owned()]));
+    // By model: claude 7; gpt-4 100 + 30 + 20 = 150; in value order.
+    assert_eq!(
+        answer(&[("group_by", "model")]).await,
+        (
+            pairs(&[("claude", "7"), ("gpt-4", "150")]),
+            vec!["157".into()]
+        )
+    );
+    // In eu only: claude 7, gpt-4 130; total 137.
+    assert_eq!(
+        answer(&[("group_by", "model"), ("filter[region]", "eu")]).await,
+        (
+            pairs(&[("claude", "7"), ("gpt-4", "130")]),
+            vec!["137".into()]
+        )
+    );
+    // A filter alone narrows the total: gpt-4 in us is 20.
+    assert_eq!(
+        answer(&[("filter[model]", "gpt-4"), ("filter[region]", "us")]).await,
+        (vec![], vec!["20".into()])
+    );
+    // A value no series has reads as no usage.
+    assert_eq!(
+        answer(&[("filter[model]", "llama")]).await,
+        (vec![], vec![])
+    );
+}
+
+fn refused(extra: &[(&str, &str)], meter: &str) -> (&'static str, Option<String>) {
+    let mut p = params(extra);
+    p.meter = Some(meter.into());
+    match UsageRequest::parse(&p, &catalogue(), ts("2026-12-02T00:00:00Z")) {
+        Err(ApiError::BadRequest { code, field, .. }) => (code, field),
+        other => panic!("{extra:?}: expected a 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_dimensions_are_refused_naming_the_parameter() {
+    let f = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        refused(&[("group_by", "colour")], "llm_tokens"),
+        ("unknown_dimension", f("group_by"))
+    );
+    assert_eq!(
+        refused(&[("filter[colour]", "red")], "llm_tokens"),
+        ("unknown_dimension", f("filter[colour]"))
+    );
+    assert_eq!(
+        refused(&[("filter[model]", "gpt 4")], "llm_tokens"),
+        ("invalid_filter", f("filter[model]"))
+    );
+    let long = "m".repeat(65);
+    assert_eq!(
+        refused(&[("filter[model]", long.as_str())], "llm_tokens"),
+        ("invalid_filter", f("filter[model]"))
+    );
+    assert_eq!(
+        refused(&[("group_by", "model")], "api_calls"),
+        ("no_dimensions", f("group_by"))
+    );
+    assert_eq!(
+        refused(&[("filter[model]", "x")], "api_calls"),
+        ("no_dimensions", f("filter[model]"))
+    );
+    // Without a registry a split read is a 503, never a silently empty answer.
+    let (store, org) = world().await;
+    let req = UsageRequest::parse(
+        &params(&[("group_by", "model")]),
+        &catalogue(),
+        ts("2026-12-02T00:00:00Z"),
+    )
+    .unwrap();
+    let r = read(&store, None, &org, KeyMode::Live, req).await;
+    assert!(matches!(r, Err(ApiError::Unavailable(_))), "{r:?}");
+}

@@ -1,0 +1,124 @@
+use super::*;
+use serde_json::Value;
+use std::str::FromStr;
+
+/// A whole number of the file, read without the catalogue's parser: an integer, or a
+/// string with an optional binary byte unit (all the built-in file uses).
+fn raw_quantity(v: &Value) -> Decimal {
+    match v {
+        Value::Number(n) => Decimal::from(n.as_u64().unwrap()),
+        Value::String(s) => match s.strip_suffix(" GiB") {
+            Some(gib) => Decimal::from_str(gib).unwrap() * Decimal::from(1_u64 << 30),
+            None => Decimal::from_str(s).unwrap(),
+        },
+        other => panic!("not a quantity: {other}"),
+    }
+}
+
+#[test]
+fn the_builtin_catalogue_loads() {
+    let c = Catalogue::builtin().unwrap();
+    assert_eq!(c.plans().len(), 4);
+    assert_eq!(builtin_catalogue(), &c);
+}
+
+/// The limits ingest and the API enforce (`Plan::builtin`, which ingest's configuration
+/// falls back to, and `Catalogue::core_plans`, which a composition root hands it) are
+/// the catalogue file's, read here straight from the JSON.
+#[test]
+fn enforced_limits_are_the_catalogue_files() {
+    let file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    let loaded = Catalogue::builtin().unwrap().core_plans();
+    for id in PlanId::ALL {
+        let raw = &file["plans"][id.as_str()];
+        let cap = |field: &str| raw.get(field).map(|v| v.as_u64().unwrap() as u32);
+        let want = PlanLimits {
+            users: cap("users"),
+            projects: cap("projects"),
+            meters: raw["meters"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter_map(|(name, m)| {
+                    let included = raw_quantity(m.get("included")?);
+                    Some((MeterName::parse(name).unwrap(), included))
+                })
+                .collect(),
+            hard_usage_limits: raw["hard_usage_limits"].as_bool().unwrap(),
+        };
+        assert_eq!(Plan::builtin(id).limits, want, "{id}");
+        assert_eq!(loaded[&id].limits, want, "{id}");
+        assert_eq!(
+            Plan::builtin(id).monthly_fee.amount(),
+            raw_quantity(&raw["monthly_fee"]),
+            "{id}"
+        );
+    }
+    // And the design's numbers, so a bad edit of the file is caught here too.
+    let calls = MeterName::parse("api_calls").unwrap();
+    let free = Plan::builtin(PlanId::Free);
+    assert!(free.limits.hard_usage_limits);
+    assert_eq!(free.meter_limit(&calls), Some(Decimal::from(10_000)));
+    // Every meter of the free plan is capped: a hard-limited plan with one unlimited
+    // meter is unlimited for whoever meters that.
+    for meter in MeterCatalogue::default().meters() {
+        assert!(free.meter_limit(&meter.name).is_some(), "{}", meter.name);
+    }
+    assert_eq!(
+        free.meter_limit(&MeterName::parse("bandwidth_bytes").unwrap()),
+        Some(Decimal::from(1u64 << 30))
+    );
+    assert_eq!(
+        Plan::builtin(PlanId::Pro).limits.meters.len(),
+        3,
+        "bandwidth has no allowance"
+    );
+}
+
+#[test]
+fn the_default_meter_catalogue_is_the_files() {
+    let file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    let meters = MeterCatalogue::default();
+    let names: Vec<&str> = file["meters"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(meters.names(), names);
+    for m in meters.meters() {
+        let raw = &file["meters"][m.name.as_str()];
+        assert_eq!(m.unit, raw["unit"].as_str().unwrap());
+        assert_eq!(
+            m.default_quantity,
+            raw.get("default_quantity").map(raw_quantity)
+        );
+    }
+}
+
+#[test]
+fn quantities_with_byte_units_are_exact() {
+    assert_eq!(
+        parse_quantity("10 GiB", true).unwrap(),
+        Decimal::from(10_737_418_240_i64)
+    );
+    assert_eq!(
+        parse_quantity("1GB", true).unwrap(),
+        Decimal::from(1_000_000_000)
+    );
+    assert_eq!(parse_quantity("0.5 KiB", true).unwrap(), Decimal::from(512));
+    assert!(parse_quantity("1 GiB", false).is_err());
+    assert!(parse_quantity("1 parsec", true).is_err());
+    assert!(parse_quantity("1e3", false).is_err());
+    assert!(parse_quantity("", false).is_err());
+}
+
+#[test]
+fn powers_of_ten() {
+    for ok in ["1", "10", "1000", "1000000000"] {
+        assert!(is_power_of_ten(Decimal::from_str(ok).unwrap()), "{ok}");
+    }
+    for bad in ["0", "0.1", "2", "1024", "1073741824", "110", "-10"] {
+        assert!(!is_power_of_ten(Decimal::from_str(bad).unwrap()), "{bad}");
+    }
+}

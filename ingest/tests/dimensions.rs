@@ -1,0 +1,285 @@
+//! Dimensioned meters at ingest: an event of a meter with dimensions is queued under its
+//! series key (`llm_tokens{model=gpt-4}`); a value that is missing, not a string or outside
+//! the documented charset is refused naming its property; and the per-org, per-meter,
+//! per-month series bound is held before the `202`, by a registry shared by every ingest
+//! instance: the event that would make one series too many is refused
+//! (`dimension_cardinality_exceeded`, naming the meter and the property) while the rest of
+//! its batch goes through.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tally_core::catalogue::{BUILTIN_JSON, Catalogue};
+use tally_core::event::Event;
+use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::period::Month;
+use tally_core::plan::PlanId;
+use tally_core::ports::{
+    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
+    QueueError, SeriesRegistry, UserStore,
+};
+use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_ingest::{Ingest, IngestConfig, IngestState};
+use tally_store::MemoryStore;
+use tower::ServiceExt;
+
+const NOW: &str = "2026-11-26T12:00:00Z";
+const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// A queue that keeps what it is given.
+#[derive(Default)]
+struct Kept(Mutex<Vec<Event>>);
+
+#[async_trait]
+impl EventQueue for Kept {
+    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
+        self.0.lock().unwrap().extend_from_slice(events);
+        Ok(PublishReport::default())
+    }
+    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+}
+
+/// The built-in catalogue plus `llm_tokens`: a sum of `properties.tokens` split by
+/// `properties.model`, at most two series per org and month.
+fn catalogue() -> Catalogue {
+    let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    file["meters"]["llm_tokens"] = json!({
+        "unit": "tokens", "aggregation": "sum", "value": "properties.tokens",
+        "dimensions": [{ "name": "model", "property": "properties.model" }],
+        "max_series": 2,
+        "price_unit": "token", "price_unit_size": 1,
+        "list_price": { "model": "per_unit", "unit_price": "0.001" }
+    });
+    for plan in ["free", "starter", "pro", "enterprise"] {
+        file["plans"][plan]["meters"]["llm_tokens"] = json!({});
+    }
+    Catalogue::from_json(&file.to_string(), "test").unwrap()
+}
+
+async fn seeded() -> MemoryStore {
+    let store = MemoryStore::new();
+    let at = t("2026-01-01T00:00:00Z");
+    let owner = UserId::parse("usr_owner").unwrap();
+    store
+        .ensure_user(&User {
+            id: owner.clone(),
+            email: "owner@example.com".into(),
+            created_at: at,
+        })
+        .await
+        .unwrap();
+    let org = OrgId::parse("org_a").unwrap();
+    store
+        .create_org(&Org {
+            id: org.clone(),
+            name: "Alpha".into(),
+            slug: "alpha".into(),
+            plan: PlanId::Pro,
+            owner_id: owner,
+            created_at: at,
+            deleted_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .create_project(&Project {
+            id: ProjectId::parse("prj_a1").unwrap(),
+            org_id: org.clone(),
+            name: "A1".into(),
+            slug: "a1".into(),
+            created_at: at,
+            archived_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .create_api_key(&ApiKey {
+            id: ApiKeyId::parse("key_a1").unwrap(),
+            org_id: org,
+            name: "ci".into(),
+            hash: KeyHash::of_secret(KEY),
+            display_prefix: KEY.chars().take(12).collect(),
+            scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
+            created_at: at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .await
+        .unwrap();
+    store
+}
+
+/// One ingest instance over `store`, with the store as its series registry or without one.
+fn instance(store: &MemoryStore, queue: Arc<Kept>, registry: bool) -> Ingest {
+    let shared = Arc::new(store.clone());
+    let mut ports = IngestState::new(
+        shared.clone(),
+        shared.clone(),
+        queue,
+        Arc::new(catalogue().meter_catalogue()),
+        Arc::new(FixedClock::at(t(NOW))),
+    );
+    if registry {
+        ports = ports.with_series(shared);
+    }
+    Ingest::new(ports, IngestConfig::default())
+}
+
+fn tokens(id: &str, model: Value, tokens: u64) -> Value {
+    json!({"id": id, "project_id": "prj_a1", "meter": "llm_tokens",
+           "timestamp": "2026-11-26T10:00:00Z",
+           "properties": {"tokens": tokens, "model": model}})
+}
+
+/// Posts `events`: the status and the answer.
+async fn post(ingest: &Ingest, events: Vec<Value>) -> (StatusCode, Value) {
+    let req = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+        .body(Body::from(json!({ "events": events }).to_string()))
+        .unwrap();
+    let res = ingest.clone().router().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// (index, code, field) of each rejection.
+fn rejections(answer: &Value) -> Vec<(u64, String, String)> {
+    answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["error"]["code"].as_str().unwrap().to_owned(),
+                r["error"]["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many() {
+    let store = seeded().await;
+    let queue = Arc::new(Kept::default());
+    let a = instance(&store, queue.clone(), true);
+    let (status, answer) = post(
+        &a,
+        vec![
+            tokens("t0", json!("gpt-4"), 100),
+            tokens("t1", json!("claude-3.5:sonnet/v2"), 5),
+            tokens("t2", json!("gpt-4"), 7),
+            // A third series: past the bound of two.
+            tokens("t3", json!("llama"), 1),
+            tokens("t4", Value::Null, 1),
+            tokens("t5", json!("gpt 4"), 1),
+            tokens("t6", json!(4), 1),
+            tokens("t7", json!("m".repeat(65)), 1),
+            json!({"id": "c0", "project_id": "prj_a1", "meter": "api_calls",
+                   "timestamp": "2026-11-26T10:00:00Z"}),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], 4, "{answer}");
+    let field = "properties.model".to_owned();
+    let invalid = "invalid_properties".to_owned();
+    assert_eq!(
+        rejections(&answer),
+        vec![
+            (3, "dimension_cardinality_exceeded".into(), field.clone()),
+            (4, invalid.clone(), field.clone()),
+            (5, invalid.clone(), field.clone()),
+            (6, invalid.clone(), field.clone()),
+            (7, invalid, field),
+        ]
+    );
+    let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("llm_tokens") && message.contains("model") && message.contains('2'),
+        "{message}"
+    );
+    let queued: Vec<(String, String)> = queue
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.meter.to_string(), e.quantity.value().to_string()))
+        .collect();
+    let want = [
+        ("llm_tokens{model=gpt-4}", "100"),
+        ("llm_tokens{model=claude-3.5:sonnet/v2}", "5"),
+        ("llm_tokens{model=gpt-4}", "7"),
+        ("api_calls", "1"),
+    ];
+    assert_eq!(queued, want.map(|(m, q)| (m.to_owned(), q.to_owned())));
+
+    // The registry holds the two series, and a second instance (its own cache, the same
+    // store) holds the same bound: known series pass, a new one is refused.
+    let org = OrgId::parse("org_a").unwrap();
+    let llm = MeterName::parse("llm_tokens").unwrap();
+    let nov = Month::parse("2026-11").unwrap();
+    assert_eq!(store.list_series(&org, &llm, nov).await.unwrap().len(), 2);
+    let b = instance(&store, queue.clone(), true);
+    let (_, answer) = post(
+        &b,
+        vec![
+            tokens("u0", json!("llama"), 1),
+            tokens("u1", json!("claude-3.5:sonnet/v2"), 2),
+        ],
+    )
+    .await;
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(
+        rejections(&answer),
+        vec![(
+            0,
+            "dimension_cardinality_exceeded".into(),
+            "properties.model".into()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
+    let store = seeded().await;
+    let queue = Arc::new(Kept::default());
+    let ingest = instance(&store, queue.clone(), false);
+    let (status, answer) = post(&ingest, vec![tokens("t0", json!("gpt-4"), 1)]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], 0, "{answer}");
+    assert_eq!(
+        rejections(&answer),
+        vec![(
+            0,
+            "dimension_cardinality_exceeded".into(),
+            "properties.model".into()
+        )]
+    );
+    assert!(queue.0.lock().unwrap().is_empty());
+}
