@@ -260,6 +260,16 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     )
     .await
     .unwrap();
+    // A dimensioned meter's series, registered under its org's per-month bound.
+    tally_core::ports::SeriesRegistry::register_series(
+        &store,
+        &org.id,
+        Month::parse("2001-02").unwrap(),
+        &tally_core::MeterName::parse_key("llm_tokens{model=gpt-4}").unwrap(),
+        10,
+    )
+    .await
+    .unwrap();
     // A published catalogue version (`tally catalogue apply`).
     let body = tally_core::catalogue::BUILTIN_JSON.to_owned();
     tally_core::ports::CatalogueStore::put_catalogue_version(
