@@ -17,31 +17,23 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
-use tally_api::jwt::{JwtConfig, TokenFacts};
+use tally_api::jwt::JwtConfig;
 use tally_api::sessions::SESSION_CACHE_TTL_SECS;
 use tally_api::{ApiState, router};
 use tally_core::MeterCatalogue;
-use tally_core::ids::{OrgId, SessionId, UserId};
-use tally_core::plan::PlanId;
-use tally_core::ports::{
-    AuditLog, Clock, FixedClock, MemberStore, OrgStore, SecurityStore, UserStore,
-};
+use tally_core::ids::{OrgId, SessionId};
+use tally_core::ports::{AuditLog, Clock, FixedClock, SecurityStore};
 use tally_core::security::{DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER};
-use tally_core::tenant::{AuditOutcome, AuditQuery, Membership, Org, Role, User};
+use tally_core::tenant::{AuditOutcome, AuditQuery};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
+
+mod common;
+use common::{Answer, t, user};
 
 const NOW: &str = "2026-12-05T12:00:00Z";
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-sessions";
 const FROM: &str = "203.0.113.7";
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn user(id: &str) -> UserId {
-    UserId::parse(id).unwrap()
-}
 
 struct World {
     /// One server process.
@@ -53,55 +45,10 @@ struct World {
     jwt: JwtConfig,
 }
 
-struct Answer {
-    status: StatusCode,
-    json: Value,
-}
-
 /// `org_a` owned by `usr_own` with an admin, a member and a viewer; `org_b` owned by
 /// `usr_bown`, who is in no other org.
 async fn world() -> World {
-    let store = MemoryStore::new();
-    let at = t("2026-01-01T00:00:00Z");
-    for id in ["usr_own", "usr_adm", "usr_mem", "usr_view", "usr_bown"] {
-        store
-            .ensure_user(&User {
-                id: user(id),
-                email: format!("{id}@example.com"),
-                created_at: at,
-            })
-            .await
-            .unwrap();
-    }
-    for (org, owner) in [("org_a", "usr_own"), ("org_b", "usr_bown")] {
-        store
-            .create_org(&Org {
-                id: OrgId::parse(org).unwrap(),
-                name: org.into(),
-                slug: org.replace('_', "-"),
-                plan: PlanId::Pro,
-                owner_id: user(owner),
-                created_at: at,
-                deleted_at: None,
-            })
-            .await
-            .unwrap();
-    }
-    for (id, role) in [
-        ("usr_adm", Role::Admin),
-        ("usr_mem", Role::Member),
-        ("usr_view", Role::Viewer),
-    ] {
-        store
-            .add_member(&Membership {
-                org_id: OrgId::parse("org_a").unwrap(),
-                user_id: user(id),
-                role,
-                created_at: at,
-            })
-            .await
-            .unwrap();
-    }
+    let store = common::two_orgs().await;
     let clock = Arc::new(FixedClock::at(t(NOW)));
     let jwt = JwtConfig::hs256(SECRET).unwrap();
     let shared = Arc::new(store.clone());
@@ -130,13 +77,7 @@ impl World {
 
     /// A plain user token (no session), as `tally token create` mints, with `amr`.
     fn token(&self, who: &str, amr: &[&str]) -> String {
-        let facts = TokenFacts {
-            amr: amr.iter().map(|s| (*s).to_owned()).collect(),
-            session: None,
-        };
-        self.jwt
-            .mint_with(&user(who), self.now(), TimeDelta::hours(1), &facts)
-            .unwrap()
+        common::user_token(&self.jwt, who, amr, self.now())
     }
 
     async fn call_on(
