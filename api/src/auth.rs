@@ -79,6 +79,41 @@ pub struct UsageReader {
 }
 
 impl UsageReader {
+    /// The org's projects whose usage the reader may see ([`Self::may_read_project`]), in
+    /// id order; `400 too_many_projects` past
+    /// [`MAX_PER_PROJECT`](crate::usage::MAX_PER_PROJECT).
+    pub async fn readable_projects(&self, state: &ApiState) -> Result<Vec<ProjectId>, ApiError> {
+        let mut ids: Vec<ProjectId> = state
+            .tenants
+            .list_projects(&self.org)
+            .await?
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        if let Some(auth) = &self.user
+            && matches!(auth.role, Role::Member | Role::Viewer)
+        {
+            let own = state
+                .tenants
+                .list_user_projects(&auth.org, &auth.user)
+                .await?;
+            ids.retain(|id| own.contains(id));
+        }
+        if ids.len() > crate::usage::MAX_PER_PROJECT {
+            return Err(ApiError::bad_request(
+                "too_many_projects",
+                "per_project",
+                format!(
+                    "this org has {} projects you can see; per_project splits at most {} (read a project at a time with project_id)",
+                    ids.len(),
+                    crate::usage::MAX_PER_PROJECT
+                ),
+            ));
+        }
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
+    }
+
     /// Whether the reader may see `project`'s usage: API keys, owners and admins see every
     /// project; members and viewers the ones they are on, as the project routes show them.
     pub async fn may_read_project(

@@ -129,6 +129,16 @@ pub fn document() -> Value {
                     "to": {"type": "string", "format": "date-time", "description": "Exclusive end."},
                     "series": {"type": "array", "items": schema_ref("SeriesPoint"), "description": "Buckets with usage, in time order; buckets without usage are omitted. With `filter[..]`: of the series kept."},
                     "groups": {"type": "array", "items": schema_ref("UsageGroup"), "description": "With `group_by`: one entry per value of the dimension, in value order."},
+                    "projects": {"type": "array", "items": schema_ref("ProjectUsage"), "description": "With `per_project=true`: one entry per project the caller may see, in id order."},
+                },
+            },
+            "ProjectUsage": {
+                "type": "object",
+                "required": ["project_id", "series"],
+                "properties": {
+                    "project_id": {"type": "string"},
+                    "series": {"type": "array", "items": schema_ref("SeriesPoint"), "description": "The project's buckets with usage, in time order."},
+                    "groups": {"type": "array", "items": schema_ref("UsageGroup"), "description": "With `group_by`: the project's series per value of the dimension."},
                 },
             },
             "UsageGroup": {
@@ -201,6 +211,7 @@ fn get_usage() -> Value {
                 "description": format!("`filter[<dimension>]=<value>`: keep the series with that value (at most {} filters, values 1 to 64 bytes of A-Z a-z 0-9 _ . : / -; else 400 `invalid_filter`, `unknown_dimension` or `no_dimensions`). At most {} series are read per request (400 `too_many_series`).", tally_core::dimension::MAX_DIMENSIONS, crate::usage::MAX_SERIES_READ),
                 "schema": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": tally_core::dimension::MAX_DIMENSIONS},
             }),
+            param("per_project", false, &format!("`true`: beside the org's series, `projects` has one series per project the caller may see (owners, admins and API keys: every project; members and viewers: their own), in one request. With `project_id` it is 400 `invalid_parameter`; more than {} such projects is 400 `too_many_projects`.", crate::usage::MAX_PER_PROJECT), json!({"type": "string", "enum": ["true", "false"], "default": "false"})),
             param("mode", false, "`live` or `test`. Test-mode usage (events sent with `tk_test_` keys) is counted apart, never priced or invoiced, and held to the free plan's hard limits of its own. Default: `live` for a user; an API key's own mode, and an API key asking for the other mode is 403.", json!({"type": "string", "enum": ["live", "test"]})),
         ],
         "responses": responses,

@@ -298,6 +298,55 @@ async fn project_filter_and_own_org_id() {
     assert_eq!(series(&a), pairs(&[("2026-11-01T00:00:00Z", "100")]));
 }
 
+/// `per_project=true`: the org's series and each project's in one answer, equal to what a
+/// request per project reads; refused beside `project_id` and for a value not a boolean.
+#[tokio::test]
+async fn per_project_splits_the_org_in_one_answer() {
+    let mem = seeded().await;
+    let range = "meter=api_calls&from=2026-11-01&to=2026-11-03";
+    let a = read_ok(&mem, &format!("{range}&per_project=true")).await;
+    assert_eq!(
+        series(&a),
+        pairs(&[
+            ("2026-11-01T00:00:00Z", "123"),
+            ("2026-11-02T00:00:00Z", "2.5")
+        ])
+    );
+    let projects = a.json["projects"].as_array().unwrap();
+    let ids: Vec<&str> = projects
+        .iter()
+        .map(|p| p["project_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["prj_a1", "prj_a2"],
+        "the org's projects only, in id order"
+    );
+    for p in projects {
+        let id = p["project_id"].as_str().unwrap();
+        let one = read_ok(&mem, &format!("{range}&project_id={id}")).await;
+        assert_eq!(p["series"], one.json["series"], "{id}");
+    }
+    assert_eq!(
+        projects[1]["series"],
+        serde_json::json!([
+            {"start": "2026-11-01T00:00:00Z", "value": "23"},
+            {"start": "2026-11-02T00:00:00Z", "value": "2.5"}
+        ])
+    );
+    // Without it, no `projects` at all.
+    assert!(read_ok(&mem, range).await.json.get("projects").is_none());
+    for query in [
+        format!("{range}&per_project=true&project_id=prj_a1"),
+        format!("{range}&per_project=yes"),
+    ] {
+        let a = read(&mem, &query).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(a.json["error"]["code"], "invalid_parameter", "{query}");
+        assert_eq!(a.json["error"]["field"], "per_project", "{query}");
+    }
+}
+
 #[tokio::test]
 async fn other_orgs_and_their_projects_are_404() {
     let mem = seeded().await;
@@ -533,11 +582,20 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
             value: "gpt-4".into(),
             series: vec![],
         }]),
+        projects: Some(vec![crate::usage::ProjectUsage {
+            project_id: "prj_a1".into(),
+            series: vec![],
+            groups: Some(vec![]),
+        }]),
     };
     let v = serde_json::to_value(&full).unwrap();
     assert_eq!(keys_of(&v), schema_properties("UsageResponse"));
     assert_eq!(keys_of(&v["series"][0]), schema_properties("SeriesPoint"));
     assert_eq!(keys_of(&v["groups"][0]), schema_properties("UsageGroup"));
+    assert_eq!(
+        keys_of(&v["projects"][0]),
+        schema_properties("ProjectUsage")
+    );
     let required: BTreeSet<String> = doc()["components"]["schemas"]["UsageResponse"]["required"]
         .as_array()
         .unwrap()
@@ -547,6 +605,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
     let minimal = serde_json::to_value(UsageResponse {
         project_id: None,
         groups: None,
+        projects: None,
         ..full
     })
     .unwrap();
@@ -581,6 +640,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         ("org_id", parsed.org_id.is_some()),
         ("mode", parsed.mode.is_some()),
         ("group_by", parsed.group_by.is_some()),
+        ("per_project", parsed.per_project.is_some()),
         ("filter", parsed.other.contains_key("filter[model]")),
     ];
     assert_eq!(params.len(), read.len());

@@ -75,6 +75,9 @@ pub struct UsageParams {
     pub mode: Option<String>,
     /// A dimension of the meter to split the answer by.
     pub group_by: Option<String>,
+    /// `true`: beside the org's series, one series per project the caller may see (the
+    /// dashboard's stacked chart in one request instead of one per project).
+    pub per_project: Option<String>,
     /// Every other parameter; the `filter[<dim>]` ones narrow a dimensioned meter, the rest
     /// are ignored as before.
     #[serde(flatten)]
@@ -104,7 +107,26 @@ pub struct UsageResponse {
     /// With `group_by`: one entry per value of the dimension, in value order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<UsageGroup>>,
+    /// With `per_project=true`: one entry per project the caller may see, in id order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<ProjectUsage>>,
 }
+
+/// One project's series in a `per_project=true` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectUsage {
+    /// The project.
+    pub project_id: String,
+    /// Its buckets with usage, in time order (with filters: of the series kept).
+    pub series: Vec<SeriesPoint>,
+    /// With `group_by`: the project's series per value of the dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<UsageGroup>>,
+}
+
+/// The most projects a `per_project=true` answer splits into (each is one more store read;
+/// past it the answer is `400 too_many_projects`, and a project at a time is the way).
+pub const MAX_PER_PROJECT: usize = 100;
 
 /// One value of the `group_by` dimension and its buckets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +357,7 @@ pub async fn read(
         to: rfc3339(req.to),
         series: points_of(series),
         groups,
+        projects: None,
     })
 }
 
@@ -552,9 +575,53 @@ pub(crate) async fn get_usage(
     {
         return Err(project_not_found(id));
     }
-    Ok(Json(
-        read(&*state.usage, state.series.as_deref(), &org, mode, req).await?,
-    ))
+    let per_project = parse_per_project(params.per_project.as_deref())?;
+    if per_project && req.project.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "per_project",
+            "per_project splits the whole org by project: leave project_id out",
+        ));
+    }
+    let mut answer = read(
+        &*state.usage,
+        state.series.as_deref(),
+        &org,
+        mode,
+        req.clone(),
+    )
+    .await?;
+    if per_project {
+        let mut projects = Vec::new();
+        for id in reader.readable_projects(&state).await? {
+            let one = UsageRequest {
+                project: Some(id),
+                ..req.clone()
+            };
+            let part = read(&*state.usage, state.series.as_deref(), &org, mode, one).await?;
+            projects.push(ProjectUsage {
+                project_id: part.project_id.unwrap_or_default(),
+                series: part.series,
+                groups: part.groups,
+            });
+        }
+        answer.projects = Some(projects);
+    }
+    Ok(Json(answer))
+}
+
+/// The `per_project` parameter: absent or `false` is off, `true` on, anything else `400
+/// invalid_parameter`.
+fn parse_per_project(v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "per_project",
+            format!("per_project must be true or false, got {:?}", clip(other)),
+        )),
+    }
 }
 
 fn unknown_meter(catalogue: &MeterCatalogue, m: &str) -> ApiError {

@@ -1103,18 +1103,34 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
             StatusCode::NOT_FOUND,
             "the project routes agree"
         );
+        // Split by project, the answer holds only the projects they see.
+        let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
+        assert_eq!(split.status, StatusCode::OK, "{role:?}: {}", split.text);
+        assert_eq!(split_ids(&split.json), ["prj_alpha1"], "{role:?}");
     }
     for role in [Role::Owner, Role::Admin] {
-        let a = call(
-            &mem,
-            "GET",
-            &read("prj_alpha2"),
-            Some(&token(&a_user(role))),
-            None,
-        )
-        .await;
+        let bearer = token(&a_user(role));
+        let a = call(&mem, "GET", &read("prj_alpha2"), Some(&bearer), None).await;
         assert_eq!(a.status, StatusCode::OK, "{role:?}: {}", a.text);
+        let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
+        assert_eq!(
+            split_ids(&split.json),
+            ["prj_alpha1", "prj_alpha2"],
+            "{role:?}"
+        );
     }
+}
+
+const PER_PROJECT: &str = "/v1/usage?meter=api_calls&org_id=org_a&per_project=true";
+
+/// The project ids of a `per_project=true` answer, in its order.
+fn split_ids(answer: &serde_json::Value) -> Vec<String> {
+    answer["projects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no projects: {answer}"))
+        .iter()
+        .map(|p| p["project_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// One token bucket per user across the management API: a burst of 40, then 429 with

@@ -219,9 +219,9 @@ async function showPage(page) {
 
 const COLORS = ['#2563eb', '#db2777', '#16a34a', '#d97706', '#7c3aed', '#0891b2', '#dc2626', '#4b5563'];
 
-async function series(meter, granularity, project, from, to) {
-  const q = new URLSearchParams({ org_id: state.org, meter, granularity });
-  if (project) q.set('project_id', project);
+// One request per meter: the org's series and, with per_project, each project's.
+async function series(meter, granularity, from, to) {
+  const q = new URLSearchParams({ org_id: state.org, meter, granularity, per_project: 'true' });
   if (from) q.set('from', from);
   if (to) q.set('to', to);
   return api('GET', `/v1/usage?${q}`);
@@ -248,10 +248,9 @@ async function loadUsage() {
   const container = $('usage-meters');
   charts.splice(0).forEach((c) => c.destroy());
   const figures = await Promise.all(summary.meters.map(async (m) => {
-    const [org, ...perProject] = await Promise.all([
-      series(m.meter, granularity, null, from, to),
-      ...state.projects.map((p) => series(m.meter, granularity, p.id, from, to)),
-    ]);
+    const org = await series(m.meter, granularity, from, to);
+    const byId = new Map((org.projects || []).map((p) => [p.project_id, p]));
+    const perProject = state.projects.map((p) => byId.get(p.id) || { series: [] });
     return { m, org, perProject };
   }));
   container.replaceChildren(...figures.map(({ m, org, perProject }) => meterFigure(m, org, perProject, granularity)));
