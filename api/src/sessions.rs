@@ -414,17 +414,23 @@ pub async fn check_session(
 }
 
 /// Caches what the store says of a session (after a lookup, or after this process revoked
-/// it, so the revocation bites here at once).
+/// it, so the revocation bites here at once). A cached revocation is never replaced by a
+/// lookup that saw the session live: that lookup may have read the store just before this
+/// process revoked it, and would otherwise undo the revocation here for a whole TTL.
 pub fn remember(
     state: &ApiState,
     key: (UserId, SessionId),
     session: Option<Session>,
     now: DateTime<Utc>,
 ) {
-    state.sessions.insert_for(
-        key,
-        session,
-        TimeDelta::seconds(SESSION_CACHE_TTL_SECS),
-        now,
-    );
+    let expires_at = tally_http::cache::add(now, TimeDelta::seconds(SESSION_CACHE_TTL_SECS));
+    state.sessions.update(key, now, |current| {
+        let revoked = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.revoked_at.is_some());
+        match current {
+            Some((cached, until)) if revoked(&cached) && !revoked(&session) => {
+                ((), Some((cached, until)))
+            }
+            _ => ((), Some((session, expires_at))),
+        }
+    });
 }

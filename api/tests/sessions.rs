@@ -472,3 +472,50 @@ async fn owners_and_admins_list_and_revoke_their_members_sessions_and_the_revoca
     let left = ids(&w.call("GET", "/v1/orgs/org_a/sessions", &admin).await);
     assert!(!left.contains(&mem_sid));
 }
+
+/// A lookup that read the session live just before this process revoked it does not undo
+/// the revocation in this process's cache (it would otherwise stand for a whole TTL).
+#[tokio::test]
+async fn a_stale_live_lookup_never_replaces_a_cached_revocation() {
+    let w = world().await;
+    let (_, sid) = w.open("usr_mem", &["pwd"]).await;
+    let key = (user("usr_mem"), SessionId::parse(&sid).unwrap());
+    let live = w.store.get_session(&key.0, &key.1).await.unwrap();
+    assert!(live.as_ref().unwrap().revoked_at.is_none());
+    let state = ApiState::new(
+        Arc::new(w.store.clone()),
+        Arc::new(w.store.clone()),
+        Arc::new(MeterCatalogue::default()),
+        w.clock.clone(),
+    );
+    let revoked = tally_api::sessions::revoke(&state, &key.0, &key.1)
+        .await
+        .unwrap();
+    assert!(revoked.unwrap().revoked_at.is_some());
+    // The stale answer of a lookup that raced the revocation arrives last.
+    tally_api::sessions::remember(&state, key.clone(), live.clone(), w.now());
+    let cached = state.sessions.get(&key, w.now()).unwrap();
+    assert!(
+        cached.unwrap().revoked_at.is_some(),
+        "the revocation stays cached"
+    );
+    // A fresh revocation still replaces a live entry.
+    let other = (
+        user("usr_mem"),
+        SessionId::parse(&w.open("usr_mem", &["pwd"]).await.1).unwrap(),
+    );
+    let fresh = w.store.get_session(&other.0, &other.1).await.unwrap();
+    tally_api::sessions::remember(&state, other.clone(), fresh, w.now());
+    tally_api::sessions::revoke(&state, &other.0, &other.1)
+        .await
+        .unwrap();
+    assert!(
+        state
+            .sessions
+            .get(&other, w.now())
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+}

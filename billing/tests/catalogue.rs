@@ -651,6 +651,22 @@ fn dimensions_are_checked_with_their_bounds() {
         "meters.storage_bytes.dimensions",
         "unique_count meter cannot have dimensions",
     );
+    // Nor can a gauge: its total over series would be one series' reading, and billing and
+    // hard limits would undercount what is held across them.
+    for gauge in ["max", "latest"] {
+        let split = edited(
+            r#""aggregation": "max""#,
+            &format!(
+                r#""aggregation": "{gauge}",
+                   "dimensions": [{{ "name": "region", "property": "properties.region" }}]"#
+            ),
+        );
+        assert_problem(
+            &split,
+            "meters.storage_bytes.dimensions",
+            &format!("{gauge} meter cannot have dimensions"),
+        );
+    }
     // A misspelt field inside a dimension is a shape error with its line.
     let (line, message) = parse_error(&with(
         r#""dimensions": [{ "name": "model", "path": "properties.model" }],"#,

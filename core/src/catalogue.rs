@@ -33,7 +33,7 @@
 //!                              1 to 64 each) under properties; not for count/unique_count
 //!                              and not with default_quantity
 //!       "default_quantity": 1, optional; quantity of an event that gives none (>= 0)
-//!       "dimensions": [        optional (default none): at most 3, not on unique_count;
+//!       "dimensions": [        optional (default none): at most 3, sum and count only;
 //!         { "name": "model", "property": "properties.model" }   each name 1 to 32 of
 //!       ],                     a-z 0-9 _ (letter first), each property a path as in value
 //!       "max_series": 1000,    optional (default 1000, 1 to 10000), only with dimensions:
@@ -83,8 +83,8 @@
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
 //! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
 //! `max` and `latest` meters and never with a `default_quantity`; dimensions
-//! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, not on
-//! `unique_count`, and `max_series` within its bounds, only with dimensions; a positive
+//! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, only on
+//! `sum` and `count` meters, and `max_series` within its bounds, only with dimensions; a positive
 //! power-of-ten `price_unit_size`;
 //! non-negative prices, fees and allowances; a positive package size; tiers non-empty,
 //! strictly ascending and contiguous (`from`, when given, equals the previous `up_to`), only
@@ -899,12 +899,12 @@ impl Checker {
                 ),
             );
         }
-        if !raw.is_empty() && aggregation == "unique_count" {
-            self.bad(
-                &list_path,
-                "a unique_count meter cannot have dimensions: distinct values across series \
-                 would need every series' markers",
-            );
+        // Only sums and counts add up over series: distinct values would need every series'
+        // markers, and a gauge's total is not one series' reading (eu 100 GB + us 1 GB).
+        if !raw.is_empty() && matches!(aggregation, "unique_count" | "max" | "latest") {
+            let why = "only sum and count meters add up over their series";
+            let message = format!("a {aggregation} meter cannot have dimensions: {why}");
+            self.bad(&list_path, message);
         }
         let mut keys: Vec<Dimension> = Vec::with_capacity(raw.len());
         for (i, d) in raw.into_iter().enumerate() {

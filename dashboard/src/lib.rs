@@ -317,7 +317,9 @@ async fn sign_in_inner(
 /// `POST /dashboard/sign-out`: revokes the cookie's session, so a copy of the cookie stops
 /// working too, and clears both cookies (from this server's own page, else `403 csrf`). A
 /// cookie whose session is gone already (revoked, expired, not a session token) is just
-/// cleared.
+/// cleared. When the store cannot record the revocation the answer is `503` and the cookies
+/// are kept: telling the user they signed out while a copied cookie still works would be a
+/// lie, and keeping the cookie lets them try again.
 async fn sign_out(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return secure(csrf_refused().into_response(), "no-store");
@@ -327,12 +329,15 @@ async fn sign_out(State(state): State<ApiState>, headers: HeaderMap) -> Response
         && let Ok((user, facts)) = jwt.verify_facts(token, state.clock.now())
         && let Some((sid, _)) = facts.session
     {
-        // Only the holder of the session's own token ends it this way; a store failure
-        // leaves the session to its expiry (or to a revocation from the Manage page).
+        // Only the holder of the session's own token ends it this way.
         match tally_api::sessions::revoke(&state, &user, &sid).await {
             Ok(_) => tracing::info!(user = %user, session = %sid, "dashboard sign-out"),
             Err(e) => {
-                tracing::warn!(error = %e, session = %sid, "sign-out could not revoke the session")
+                tracing::warn!(error = %e, session = %sid, "sign-out could not revoke the session");
+                let refused = ApiError::Unavailable(
+                    "the session could not be ended; you are still signed in: try again".into(),
+                );
+                return secure(refused.into_response(), "no-store");
             }
         }
     }

@@ -57,20 +57,32 @@ impl UsageStore for DynamoStore {
             return Ok(Vec::new());
         }
         let prefix = keys::series_prefix(q.project.as_ref(), &q.meter, q.granularity);
-        // A bare meter's total takes in its series (`DAY#meter{dim=value}#...`): the query
-        // is by the meter's name, and cells of other meters sharing the prefix
-        // (`api_calls_v2`) or of other projects are dropped here.
-        let cell_prefix = match (&q.project, q.meter.is_series()) {
-            (Some(p), true) => cells::series_prefix(&q.meter, p),
-            (None, true) => cells::meter_prefix(&q.meter),
-            (_, false) => format!("{}{}", cells::CELL_PREFIX, q.meter),
+        // A bare meter's total takes in its series (`DAY#meter{dim=value}#...`): its own
+        // cells (of the project, or of every project) and its series' cells are two
+        // queries, so neither another meter sharing the name's start (`api_calls_v2`) nor,
+        // for one project, the other projects' plain cells are read; the series' cells of
+        // other projects are dropped here.
+        let cell_prefixes = match (&q.project, q.meter.is_series()) {
+            (Some(p), true) => vec![cells::series_prefix(&q.meter, p)],
+            (None, true) => vec![cells::meter_prefix(&q.meter)],
+            (Some(p), false) => vec![
+                cells::series_prefix(&q.meter, p),
+                format!("{}{}{{", cells::CELL_PREFIX, q.meter),
+            ],
+            (None, false) => vec![
+                cells::meter_prefix(&q.meter),
+                format!("{}{}{{", cells::CELL_PREFIX, q.meter),
+            ],
         };
         let (first, last) = (Month::of(secs_ts(from)), Month::of(secs_ts(to)));
         let mut buckets: BTreeMap<i64, Decimal> = BTreeMap::new();
         let mut month = first;
         while month <= last {
             let pk = keys::counter_pk(&q.org, month);
-            let cell_items = self.query_prefix(&pk, &cell_prefix).await?;
+            let mut cell_items = Vec::new();
+            for prefix in &cell_prefixes {
+                cell_items.extend(self.query_prefix(&pk, prefix).await?);
+            }
             let stored = cell_items
                 .iter()
                 .map(cells::read_cell)
