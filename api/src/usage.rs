@@ -20,9 +20,10 @@
 //! keeps the series with that value, and `group_by=<dim>` answers one series per value in
 //! value order under `groups`, with `series` the total of what was kept. The series are
 //! those the org's ingest registered in the months read (the registry is their index); at
-//! most [`MAX_SERIES_READ`] are read per request. A `latest` meter can be split only by all
-//! its dimensions (the latest reading across several series needs reading times the
-//! buckets do not carry).
+//! most [`MAX_SERIES_READ`] are read per request. The catalogue gives dimensions to `sum`
+//! and `count` meters only; the `latest` rule below (split only by all its dimensions) is a
+//! guard for a meter built in code. `per_project=true` adds each visible project's series
+//! under `projects` (not beside a dimension split: see [`check_per_project`]).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -119,7 +120,8 @@ pub struct ProjectUsage {
     pub project_id: String,
     /// Its buckets with usage, in time order (with filters: of the series kept).
     pub series: Vec<SeriesPoint>,
-    /// With `group_by`: the project's series per value of the dimension.
+    /// Never set today: `per_project` is refused beside `group_by` and `filter`; kept so a
+    /// later release may allow both without a new shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<UsageGroup>>,
 }
@@ -576,13 +578,7 @@ pub(crate) async fn get_usage(
         return Err(project_not_found(id));
     }
     let per_project = parse_per_project(params.per_project.as_deref())?;
-    if per_project && req.project.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            "per_project",
-            "per_project splits the whole org by project: leave project_id out",
-        ));
-    }
+    check_per_project(per_project, &req)?;
     let mut answer = read(
         &*state.usage,
         state.series.as_deref(),
@@ -608,6 +604,31 @@ pub(crate) async fn get_usage(
         answer.projects = Some(projects);
     }
     Ok(Json(answer))
+}
+
+/// `per_project` splits the whole org, by project only: refused beside `project_id`, and
+/// beside `group_by`/`filter` (each project would read up to [`MAX_SERIES_READ`] series, so
+/// one request would multiply the series bound by the project bound).
+pub(crate) fn check_per_project(per_project: bool, req: &UsageRequest) -> Result<(), ApiError> {
+    let clash = if !per_project {
+        None
+    } else if req.project.is_some() {
+        Some("per_project splits the whole org by project: leave project_id out")
+    } else if req.split.is_some() {
+        Some(
+            "per_project cannot be combined with group_by or filter: split by project or by dimension",
+        )
+    } else {
+        None
+    };
+    match clash {
+        Some(message) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "per_project",
+            message,
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The `per_project` parameter: absent or `false` is off, `true` on, anything else `400

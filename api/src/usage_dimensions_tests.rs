@@ -201,3 +201,22 @@ async fn bad_dimensions_are_refused_naming_the_parameter() {
     let r = read(&store, None, &org, KeyMode::Live, req).await;
     assert!(matches!(r, Err(ApiError::Unavailable(_))), "{r:?}");
 }
+
+/// `per_project` beside a dimension split is refused naming `per_project`; the same split
+/// without it passes the check.
+#[test]
+fn per_project_is_refused_beside_a_dimension_split() {
+    let now = ts("2026-12-02T00:00:00Z");
+    for extra in [[("group_by", "model")], [("filter[model]", "gpt-4")]] {
+        let req = UsageRequest::parse(&params(&extra), &catalogue(), now).unwrap();
+        assert!(crate::usage::check_per_project(false, &req).is_ok());
+        let err = crate::usage::check_per_project(true, &req).unwrap_err();
+        let text = format!("{err:?}");
+        assert!(
+            text.contains("per_project") && text.contains("group_by or filter"),
+            "{text}"
+        );
+    }
+    let plain = UsageRequest::parse(&params(&[]), &catalogue(), now).unwrap();
+    assert!(crate::usage::check_per_project(true, &plain).is_ok());
+}
