@@ -129,39 +129,19 @@ impl From<SessionError> for MgmtError {
 /// A session as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
-    /// The id (the token's `sid`).
-    pub id: SessionId,
-    /// Whose session it is.
-    pub user_id: UserId,
-    /// When it was opened.
-    pub created_at: DateTime<Utc>,
-    /// When it ends by itself.
-    pub expires_at: DateTime<Utc>,
-    /// The client address it was opened from.
-    pub ip: Option<String>,
-    /// The `User-Agent` it was opened with (at most 256 characters).
-    pub user_agent: Option<String>,
-    /// When it was revoked; `null` while it is live.
-    pub revoked_at: Option<DateTime<Utc>>,
+    /// The session as stored (its fields appear at the top level of the JSON).
+    #[serde(flatten)]
+    pub session: Session,
     /// Whether the request that shows it was made with it.
     pub current: bool,
 }
 
 impl SessionView {
-    fn of(s: Session, context: Option<&UserContext>) -> Self {
+    fn of(session: Session, context: Option<&UserContext>) -> Self {
         let current = context
             .and_then(|c| c.session.as_ref())
-            .is_some_and(|(sid, _)| *sid == s.id);
-        SessionView {
-            id: s.id,
-            user_id: s.user_id,
-            created_at: s.created_at,
-            expires_at: s.expires_at,
-            ip: s.ip,
-            user_agent: s.user_agent,
-            revoked_at: s.revoked_at,
-            current,
-        }
+            .is_some_and(|(sid, _)| *sid == session.id);
+        SessionView { session, current }
     }
 }
 

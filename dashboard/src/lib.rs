@@ -286,7 +286,7 @@ async fn sign_in_inner(
         .and_then(|v| v.to_str().ok());
     let opened = tally_api::sessions::open_session(state, &user, &context, user_agent).await?;
     let session = opened.session;
-    let max_age = (session.expires_at - session.created_at)
+    let max_age = (session.session.expires_at - session.session.created_at)
         .num_seconds()
         .max(0);
     let csrf = hex::encode(rand::random::<[u8; 16]>());
@@ -310,7 +310,7 @@ async fn sign_in_inner(
             .map_err(|e| ApiError::Internal(format!("session cookie: {e}")))?;
         h.append(header::SET_COOKIE, value);
     }
-    tracing::info!(user = %user, session = %session.id, "dashboard sign-in");
+    tracing::info!(user = %user, session = %session.session.id, "dashboard sign-in");
     Ok(response)
 }
 
