@@ -16,6 +16,7 @@
 //! numbered by a first-write-wins put.
 //! [`SecurityStore`] keeps each org's security policy and users' sign-in sessions.
 //! [`SeriesRegistry`] keeps the series of dimensioned meters and their cardinality bound.
+//! [`ReadingStore`] keeps the readings of time-weighted meters, one hour cell at a time.
 //! The tenant ports, one trait per role, live in [`tenants`](self::UserStore) and are
 //! re-exported here.
 
@@ -33,6 +34,7 @@ use crate::period::{Granularity, Month};
 mod allowance;
 mod catalogue;
 mod overrides;
+mod readings;
 mod security;
 mod series;
 mod tenants;
@@ -48,6 +50,7 @@ pub use catalogue::{
 pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
+pub use readings::{MAX_READINGS_PER_PUT, Reading, ReadingStore, check_readings};
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
 pub use tenants::{

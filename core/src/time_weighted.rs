@@ -2,9 +2,9 @@
 //! period total is exact and independent of arrival order, and the integral over a period.
 //!
 //! This is the arithmetic, the cell format and the month carry ([`month_total`]: how a
-//! reading is carried into the months after it) only; no meter uses it yet (the catalogue
-//! does not accept a `time_weighted_sum` aggregation, and the stores do not persist
-//! [`HourReadings`]). `docs/meters-dimensions.md` says what wiring it takes.
+//! reading is carried into the months after it). The stores persist [`HourReadings`]
+//! through [`crate::ports::ReadingStore`]; `docs/meters-dimensions.md` says what else the
+//! wiring takes.
 //!
 //! # The rule
 //!
@@ -146,14 +146,29 @@ pub fn value_seconds<'a>(
     if end <= start {
         return Ok(Decimal::ZERO);
     }
-    // Cells are merged first so the same second in two cells (a caller passing
-    // overlapping cells) counts once, by the tie rule.
+    integrate(&merged(cells), carry_in, start, end)
+}
+
+/// The readings of `cells` by second, merged so the same second in two cells (a caller
+/// passing overlapping cells) counts once, by the tie rule.
+fn merged<'a>(cells: impl IntoIterator<Item = &'a HourReadings>) -> BTreeMap<i64, Decimal> {
     let mut all = BTreeMap::new();
     for cell in cells {
         for (second, value) in cell.readings() {
             keep_larger(&mut all, second, value);
         }
     }
+    all
+}
+
+/// The integral over `[start, end)` (Unix seconds, `start < end`) of the step function of
+/// `all`, holding `carry_in` until the first reading.
+fn integrate(
+    all: &BTreeMap<i64, Decimal>,
+    carry_in: Option<Decimal>,
+    start: i64,
+    end: i64,
+) -> Result<Decimal, Overflow> {
     let mut total = Decimal::ZERO;
     let mut held = carry_in.unwrap_or(Decimal::ZERO);
     let mut since = start;
@@ -163,6 +178,36 @@ pub fn value_seconds<'a>(
         since = *second;
     }
     add_product(total, held, end - since)
+}
+
+/// The time-weighted totals of several periods of one month, in value × hours
+/// ([`value_hours`]), from the month's cells of one series and `month_carry_in` (the
+/// closing reading of the month before, if any): what `GET /v1/usage` answers per hour, day
+/// or month bucket. Each period's carry-in is the last reading of the month before its
+/// start, else `month_carry_in`. A period not after its start is zero. The caller keeps
+/// the periods inside the month (readings of other months among the cells would otherwise
+/// be taken as carry-ins).
+pub fn period_totals<'a>(
+    month_carry_in: Option<Decimal>,
+    cells: impl IntoIterator<Item = &'a HourReadings>,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Result<Vec<Decimal>, Overflow> {
+    let all = merged(cells);
+    periods
+        .iter()
+        .map(|(start, end)| {
+            let (start, end) = (start.timestamp(), end.timestamp());
+            if end <= start {
+                return Ok(Decimal::ZERO);
+            }
+            let carry = all
+                .range(..start)
+                .next_back()
+                .map(|(_, v)| *v)
+                .or(month_carry_in);
+            integrate(&all, carry, start, end).map(value_hours)
+        })
+        .collect()
 }
 
 fn add_product(total: Decimal, value: Decimal, seconds: i64) -> Result<Decimal, Overflow> {
@@ -417,5 +462,28 @@ mod tests {
         let c = cells(&[]);
         let s = value_seconds(Some(huge), c.values(), at(0, 0, 0), at(1, 0, 0));
         assert_eq!(s, Err(Overflow));
+    }
+
+    /// The hand-worked day (10 GB from 00:00, 30 GB from 06:00, 0 from 18:00) in 6-hour
+    /// periods: 60, 180, 180, 0 GB-hours. Each period's carry-in is the last reading before
+    /// it (30 GB into 12:00–18:00); with no reading before 00:00 the month's carry-in (5 GB)
+    /// holds until the first one.
+    #[test]
+    fn periods_take_the_last_earlier_reading_as_carry_in() {
+        let quarters: Vec<_> = (0..4)
+            .map(|q| (at(6 * q, 0, 0), at(6 * q, 0, 0) + Duration::hours(6)))
+            .collect();
+        let day = cells(&[(at(0, 0, 0), 10), (at(6, 0, 0), 30), (at(18, 0, 0), 0)]);
+        let got = period_totals(None, day.values(), &quarters).unwrap();
+        assert_eq!(got, [60, 180, 180, 0].map(Decimal::from));
+        let late = cells(&[(at(6, 0, 0), 30), (at(18, 0, 0), 0)]);
+        let got = period_totals(Some(Decimal::from(5)), late.values(), &quarters).unwrap();
+        assert_eq!(got, [30, 180, 180, 0].map(Decimal::from));
+        let empty = period_totals(
+            Some(Decimal::ONE),
+            late.values(),
+            &[(at(3, 0, 0), at(2, 0, 0))],
+        );
+        assert_eq!(empty, Ok(vec![Decimal::ZERO]));
     }
 }

@@ -51,6 +51,7 @@
 //! | session | `USER#<user>` | `SESSION#<session id>` | `id`, `user_id`, `created_at`, `expires_at`, `ip`?, `user_agent`?, `revoked_at`?, `ttl` (its expiry) | | a session token's session (`sid`): `create_session` (put under `attribute_not_exists`), `get_session` (one `GetItem`), `list_sessions` (query `begins_with SESSION#`), `revoke_session` (`UpdateItem` keeping the first revocation); `dynamodb/security.rs` (the org's security policy is attributes of the org item, set by one conditional `UpdateItem` returning the old value) |
 //! | price override | `ORG#<org>#OVERRIDE` | `<override id>` | `body` (the override as set, JSON), `end` (`YYYY-MM`, exclusive; absent: open-ended), `created_at` | | `put_override` (query for the per-org bound, then put under `attribute_not_exists`: the first write wins); `list_overrides` (query the partition); `end_override` (`UpdateItem` conditioned on no end or a later one); `dynamodb/overrides.rs` |
 //! | meter series | `ORG#<org>#SERIES#<YYYY-MM>#<meter>` | `#COUNT`; `<series key>` (`meter{dim=value,...}`) | `n` (N, on `#COUNT`: the series registered) | | `register_series` (one `TransactWriteItems`: put the series under `attribute_not_exists`, `ADD n :one` on `#COUNT` under `n < :bound`); `list_series` (query the series keys, `begins_with <meter>{`); `dynamodb/series.rs` |
+//! | time-weighted readings | `ORG#<org>#TWS#<YYYY-MM>` | `TWS#<meter>#<project>#<hour start>` | `s0000`…`s3599` (N, the reading of each second of the hour that has one) | | `time_weighted_sum` meters' hour cells: `put_readings` (one `UpdateItem` per second, `SET #s = :v` on `attribute_not_exists(#s) OR #s < :v`, outside the batch transactions); `month_readings` (query `begins_with TWS#<meter>#`); `dynamodb/readings.rs` |
 //! | sync customer | `ORG#<org>` | `SYNCCUSTOMER` | `customer` (the Stripe customer id) | | `record_customer` (first write wins, as steps), `get_customer` |
 //! | Kinesis checkpoint (reserved: written by [`KinesisQueue`](crate::kinesis::KinesisQueue)) | `CHECKPOINT#<stream>#<consumer>` | `SHARD#<shard id>` | `seq`, `seq_order`, `updated_at` | | where each consumer is in each shard |
 //! | Kinesis dead letter (reserved: written by the Kinesis adapter) | `DEADLETTER#<stream>#<consumer>` | `<shard id>#<seq_order>` | reason, record data and position | | records that did not decode |
@@ -210,6 +211,7 @@ mod members;
 mod ops;
 mod overrides;
 mod raise;
+mod readings;
 mod reports;
 mod security;
 mod series;

@@ -34,6 +34,8 @@
 //!   ([`OverrideStore`](tally_core::ports::OverrideStore)).
 //! - `memory/series.rs`: the series registry of dimensioned meters
 //!   ([`SeriesRegistry`](tally_core::ports::SeriesRegistry)).
+//! - `memory/readings.rs`: the hour cells of time-weighted meters
+//!   ([`ReadingStore`](tally_core::ports::ReadingStore)).
 //! - `memory/allowances.rs`: the shared fixed-window allowances
 //!   ([`AllowanceStore`](tally_core::ports::AllowanceStore)).
 //!
@@ -63,6 +65,7 @@ mod billing;
 mod catalogue;
 mod keys;
 mod overrides;
+mod readings;
 mod security;
 mod series;
 mod tenants;
@@ -224,6 +227,8 @@ struct State {
     /// Registered series of dimensioned meters by (org, meter, month)
     /// (`memory/series.rs`).
     series: BTreeMap<(OrgId, MeterName, Month), BTreeSet<MeterName>>,
+    /// Hour cells of time-weighted meters (`memory/readings.rs`).
+    readings: readings::ReadingCells,
     /// Injected failures.
     faults: HashMap<Op, Fault>,
     /// How often each observed lookup was called.

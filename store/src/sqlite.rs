@@ -7,7 +7,8 @@
 //! `sqlite/members.rs`, API keys in `sqlite/keys.rs`, invitations in
 //! `sqlite/invitations.rs`, the audit trail in `sqlite/audit.rs`,
 //! [`ReportStore`](tally_core::ports::ReportStore) in `sqlite/reports.rs`, the Stripe sync
-//! ledger in `sqlite/sync_ledger.rs` and plan-limit alerts in `sqlite/alerts.rs`.
+//! ledger in `sqlite/sync_ledger.rs`, plan-limit alerts in `sqlite/alerts.rs` and the
+//! readings of time-weighted meters in `sqlite/readings.rs`.
 //!
 //! # Processes and connections
 //!
@@ -139,6 +140,7 @@ mod keys;
 mod members;
 mod overrides;
 mod prune;
+mod readings;
 mod reports;
 mod schema;
 mod security;

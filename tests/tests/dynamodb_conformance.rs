@@ -68,6 +68,11 @@ mod dimensions {
     tally_tests::dimensions_conformance!(DynamoFactory::new().await);
 }
 
+mod readings {
+    use super::*;
+    tally_tests::readings_conformance!(DynamoFactory::new().await);
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(DynamoFactory::new().await);

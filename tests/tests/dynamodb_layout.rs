@@ -270,6 +270,19 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     )
     .await
     .unwrap();
+    // A reading of a time-weighted meter (its hour cell).
+    tally_core::ports::ReadingStore::put_readings(
+        &store,
+        &[tally_core::ports::Reading {
+            org: org.id.clone(),
+            project: project.id.clone(),
+            meter: tally_core::MeterName::parse("disk_gb").unwrap(),
+            at: now,
+            value: rust_decimal::Decimal::TEN,
+        }],
+    )
+    .await
+    .unwrap();
     // A published catalogue version (`tally catalogue apply`).
     let body = tally_core::catalogue::BUILTIN_JSON.to_owned();
     tally_core::ports::CatalogueStore::put_catalogue_version(

@@ -40,6 +40,11 @@ mod dimensions {
     tally_tests::dimensions_conformance!(MemoryFactory::default());
 }
 
+mod readings {
+    use super::*;
+    tally_tests::readings_conformance!(MemoryFactory::default());
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(MemoryFactory::default());

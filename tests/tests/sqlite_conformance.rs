@@ -103,6 +103,11 @@ mod dimensions {
     tally_tests::dimensions_conformance!(Files::new());
 }
 
+mod readings {
+    use super::*;
+    tally_tests::readings_conformance!(Files::new());
+}
+
 mod security {
     use super::*;
     tally_tests::security_conformance!(Files::new());

@@ -9,7 +9,7 @@ use tally_core::ports::StoreError;
 use super::{alerts, audit, counters, db, immediate, invitations, reports, sync_ledger};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 13;
+pub const SCHEMA_VERSION: i64 = 14;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
@@ -169,6 +169,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 13 {
         tx.execute_batch(super::series::SCHEMA_V13).map_err(db)?;
+    }
+    if version < 14 {
+        tx.execute_batch(super::readings::SCHEMA_V14).map_err(db)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

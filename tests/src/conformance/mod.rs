@@ -10,6 +10,8 @@
 //!   overrides, through a [`storage::StoreFactory`].
 //! - [`dimensions`]: [`SeriesRegistry`](tally_core::ports::SeriesRegistry), the series
 //!   of dimensioned meters and their cardinality bound, through a [`storage::StoreFactory`].
+//! - [`readings`]: [`ReadingStore`](tally_core::ports::ReadingStore), the hour cells of
+//!   time-weighted meters, through a [`storage::StoreFactory`].
 //! - [`queue`]: [`EventQueue`](tally_core::ports::EventQueue), through a
 //!   [`queue::QueueFactory`].
 //! - [`replay`]: replaying dead letters
@@ -30,6 +32,7 @@ pub mod dimensions;
 pub mod fixtures;
 pub mod overrides;
 pub mod queue;
+pub mod readings;
 pub mod replay;
 pub mod security;
 pub mod storage;

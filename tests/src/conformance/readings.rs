@@ -1,0 +1,274 @@
+//! The time-weighted readings conformance suite: the [`ReadingStore`] of every backend,
+//! through the storage suite's [`StoreFactory`].
+//!
+//! What it pins down is what makes a `time_weighted_sum` total exact whatever happens to
+//! its events: a cell is the same set of readings (one per second, the larger on a tie)
+//! under any arrival order, any replay and concurrent writers; cells are kept per org,
+//! meter, project and month; and the totals read back from a store are the hand-worked
+//! figures, carry-in included. Tests use fresh org ids, so backends may share tables.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use tally_core::ports::{Reading, ReadingStore, StoreError};
+use tally_core::time_weighted::{HourReadings, month_total, period_totals};
+use tally_core::{MeterName, Month, OrgId, ProjectId};
+
+use super::fixtures::{dec, fresh_org, fresh_project, ts};
+use super::storage::StoreFactory;
+
+/// Expands to one `#[tokio::test]` per readings conformance test, each building its
+/// factory with the given expression (evaluated inside the async test, so it may `.await`).
+///
+/// ```text
+/// tally_tests::readings_conformance!(SqliteFactory::new());
+/// ```
+#[macro_export]
+macro_rules! readings_conformance {
+    ($factory:expr) => {
+        $crate::conformance_tests!(readings, $factory;
+            readings_in_any_order_and_replayed_give_the_hand_worked_day,
+            cells_are_kept_per_org_meter_project_and_month,
+            a_period_carries_in_the_last_earlier_reading,
+            concurrent_writers_of_one_second_keep_the_larger,
+            a_store_refuses_readings_it_must_never_write,
+        );
+    };
+}
+
+fn meter(name: &str) -> MeterName {
+    MeterName::parse(name).unwrap()
+}
+
+fn reading(org: &OrgId, project: &ProjectId, m: &str, at: &str, value: &str) -> Reading {
+    Reading {
+        org: org.clone(),
+        project: project.clone(),
+        meter: meter(m),
+        at: ts(at),
+        value: dec(value),
+    }
+}
+
+/// The cells of one project's meter in a month.
+async fn cells_of<S: ReadingStore>(
+    s: &S,
+    org: &OrgId,
+    m: &str,
+    month: &str,
+    project: Option<&ProjectId>,
+) -> Vec<(ProjectId, HourReadings)> {
+    s.month_readings(org, &meter(m), Month::parse(month).unwrap(), project)
+        .await
+        .unwrap()
+}
+
+/// The total in value × hours over `[from, to)` from a month's cells and its carry-in.
+fn total(
+    cells: &[(ProjectId, HourReadings)],
+    carry: Option<&str>,
+    from: &str,
+    to: &str,
+) -> Decimal {
+    let period = [(ts(from), ts(to))];
+    period_totals(carry.map(dec), cells.iter().map(|(_, c)| c), &period).unwrap()[0]
+}
+
+/// 10 GB from 00:00, 30 GB from 06:00, 0 from 18:00 on 26 November: 10·6 + 30·12 + 0·6 =
+/// 420 GB-hours, whatever order the readings arrive in, split over two handles, replayed
+/// whole; a smaller reading of an occupied second (a resend with another value) loses.
+pub async fn readings_in_any_order_and_replayed_give_the_hand_worked_day<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let (a, b) = (f.open().await, f.open().await);
+    let (org, p) = (fresh_org(), fresh_project());
+    let day = [
+        reading(&org, &p, "disk_gb", "2031-11-26T18:00:00Z", "0"),
+        reading(&org, &p, "disk_gb", "2031-11-26T06:00:00.700Z", "30"),
+        reading(&org, &p, "disk_gb", "2031-11-26T00:00:00Z", "10"),
+    ];
+    b.put_readings(&day[2..]).await.unwrap();
+    a.put_readings(&day[..2]).await.unwrap();
+    let want = dec("420");
+    let got = cells_of(&a, &org, "disk_gb", "2031-11", Some(&p)).await;
+    assert_eq!(got.len(), 3, "one cell per hour with a reading: {got:?}");
+    assert_eq!(
+        total(&got, None, "2031-11-26T00:00:00Z", "2031-11-27T00:00:00Z"),
+        want
+    );
+    // The whole batch again, in reverse, and a smaller value for the 06:00 second.
+    let mut replay = day.to_vec();
+    replay.reverse();
+    replay.push(reading(&org, &p, "disk_gb", "2031-11-26T06:00:00Z", "25"));
+    b.put_readings(&replay).await.unwrap();
+    let again = cells_of(&b, &org, "disk_gb", "2031-11", Some(&p)).await;
+    assert_eq!(again, got, "a replay changes no cell");
+    // A larger value for the same second wins (the tie rule), wherever it arrives.
+    a.put_readings(&[reading(&org, &p, "disk_gb", "2031-11-26T06:00:00Z", "40")])
+        .await
+        .unwrap();
+    let raised = cells_of(&b, &org, "disk_gb", "2031-11", Some(&p)).await;
+    // 10·6 + 40·12: 540 GB-hours.
+    assert_eq!(
+        total(
+            &raised,
+            None,
+            "2031-11-26T00:00:00Z",
+            "2031-11-27T00:00:00Z"
+        ),
+        dec("540")
+    );
+}
+
+/// Another org, another project, a meter whose name extends this one's, and the month
+/// after: each has cells of its own. `None` reads every project of the meter, by project
+/// then hour; a reading at the month's last second is that month's.
+pub async fn cells_are_kept_per_org_meter_project_and_month<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let s = f.open().await;
+    let (org, other_org) = (fresh_org(), fresh_org());
+    let (mut p1, mut p2) = (fresh_project(), fresh_project());
+    if p2 < p1 {
+        std::mem::swap(&mut p1, &mut p2);
+    }
+    s.put_readings(&[
+        reading(&org, &p1, "disk", "2031-11-30T23:59:59Z", "5"),
+        reading(&org, &p1, "disk", "2031-11-02T10:00:00Z", "1"),
+        reading(&org, &p2, "disk", "2031-11-03T10:30:00Z", "2"),
+        reading(&org, &p1, "disk_v2", "2031-11-02T10:00:00Z", "7"),
+        reading(&org, &p1, "disk", "2031-12-01T00:00:00Z", "9"),
+        reading(&other_org, &p1, "disk", "2031-11-02T10:00:00Z", "8"),
+    ])
+    .await
+    .unwrap();
+    let all = cells_of(&s, &org, "disk", "2031-11", None).await;
+    let seen: Vec<(&ProjectId, DateTime<Utc>, Option<Decimal>)> =
+        all.iter().map(|(p, c)| (p, c.hour(), c.last())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (&p1, ts("2031-11-02T10:00:00Z"), Some(dec("1"))),
+            (&p1, ts("2031-11-30T23:00:00Z"), Some(dec("5"))),
+            (&p2, ts("2031-11-03T10:00:00Z"), Some(dec("2"))),
+        ]
+    );
+    let one = cells_of(&s, &org, "disk", "2031-11", Some(&p2)).await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].0, p2);
+    let dec_cells = cells_of(&s, &org, "disk", "2031-12", None).await;
+    assert_eq!(dec_cells.len(), 1);
+    assert_eq!(dec_cells[0].1.last(), Some(dec("9")));
+    let v2 = cells_of(&s, &org, "disk_v2", "2031-11", None).await;
+    assert_eq!(v2.len(), 1);
+    assert!(
+        cells_of(&s, &other_org, "disk_v2", "2031-11", None)
+            .await
+            .is_empty()
+    );
+    assert!(cells_of(&s, &org, "disk", "2031-10", None).await.is_empty());
+}
+
+/// A day with no reading carries in the last earlier reading of the month; before the
+/// month's first reading the month's carry-in (the closing reading of the month before)
+/// holds. November 2031, one project:
+/// - carry-in 4 GB from October; 12 GB from 10 Nov 00:00; 6 GB from 20 Nov 12:00.
+/// - 5 Nov (no readings, none earlier): 4 × 24 = 96 GB-hours.
+/// - 15 Nov (none that day): 12 × 24 = 288 GB-hours.
+/// - 20 Nov: 12 × 12 + 6 × 12 = 216 GB-hours.
+/// - The month: 4 × 216 h + 12 × 252 h + 6 × 252 h = 864 + 3,024 + 1,512 = 5,400 GB-hours,
+///   closing on 6 GB; December with no readings: 6 × 744 = 4,464 GB-hours.
+pub async fn a_period_carries_in_the_last_earlier_reading<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let s = f.open().await;
+    let (org, p) = (fresh_org(), fresh_project());
+    s.put_readings(&[
+        reading(&org, &p, "disk", "2031-11-20T12:00:00Z", "6"),
+        reading(&org, &p, "disk", "2031-11-10T00:00:00Z", "12"),
+    ])
+    .await
+    .unwrap();
+    let cells = cells_of(&s, &org, "disk", "2031-11", Some(&p)).await;
+    let carry = Some("4");
+    let day = |d: u32| {
+        let start = ts(&format!("2031-11-{d:02}T00:00:00Z"));
+        (start, start + Duration::days(1))
+    };
+    let days = period_totals(
+        carry.map(dec),
+        cells.iter().map(|(_, c)| c),
+        &[day(5), day(15), day(20)],
+    )
+    .unwrap();
+    assert_eq!(days, [dec("96"), dec("288"), dec("216")]);
+    let nov = Month::parse("2031-11").unwrap();
+    let m = month_total(carry.map(dec), cells.iter().map(|(_, c)| c), nov, nov.end()).unwrap();
+    assert_eq!(m.value_hours, dec("5400"));
+    assert_eq!(m.closing, Some(dec("6")));
+    let dec_month = nov.next();
+    let next = cells_of(&s, &org, "disk", "2031-12", Some(&p)).await;
+    let d = month_total(
+        m.closing,
+        next.iter().map(|(_, c)| c),
+        dec_month,
+        dec_month.end(),
+    )
+    .unwrap();
+    assert_eq!(d.value_hours, dec("4464"));
+}
+
+/// Eight handles write the same second at once, values 1 to 8, twice each: the cell holds
+/// 8, as any order of the same writes would leave it.
+pub async fn concurrent_writers_of_one_second_keep_the_larger<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let (org, p) = (fresh_org(), fresh_project());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        for v in 1..=8 {
+            let s = f.open().await;
+            let r = reading(&org, &p, "disk", "2031-11-26T12:34:56Z", &v.to_string());
+            tasks.spawn(async move { s.put_readings(&[r]).await });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let s = f.open().await;
+    let cells = cells_of(&s, &org, "disk", "2031-11", Some(&p)).await;
+    assert_eq!(cells.len(), 1);
+    let readings: Vec<(i64, Decimal)> = cells[0].1.readings().collect();
+    assert_eq!(
+        readings,
+        vec![(ts("2031-11-26T12:34:56Z").timestamp(), dec("8"))]
+    );
+}
+
+/// A series key (time-weighted meters have no dimensions) and a negative reading are a
+/// caller's bug, refused before anything is written.
+pub async fn a_store_refuses_readings_it_must_never_write<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let s = f.open().await;
+    let (org, p) = (fresh_org(), fresh_project());
+    let mut series = reading(&org, &p, "disk", "2031-11-26T12:00:00Z", "1");
+    series.meter = meter("disk").series(&[("region", "eu")]);
+    let mut negative = reading(&org, &p, "disk", "2031-11-26T13:00:00Z", "1");
+    negative.value = -negative.value;
+    let fine = reading(&org, &p, "disk", "2031-11-26T11:00:00Z", "1");
+    for bad in [series, negative] {
+        let got = s.put_readings(&[fine.clone(), bad]).await;
+        assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
+    }
+    assert!(cells_of(&s, &org, "disk", "2031-11", None).await.is_empty());
+}
