@@ -50,7 +50,10 @@ pub use catalogue::{
 pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
-pub use readings::{MAX_READINGS_PER_PUT, Reading, ReadingStore, check_readings};
+pub use readings::{
+    CarryIns, MAX_READINGS_PER_PUT, Reading, ReadingStore, check_readings, month_totals,
+    period_usage,
+};
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
 pub use tenants::{

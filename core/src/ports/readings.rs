@@ -9,6 +9,8 @@
 //! and the exactly-once protocol of [`UsageStore::apply_batch`](super::UsageStore) is
 //! untouched.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -16,7 +18,7 @@ use rust_decimal::Decimal;
 use super::StoreError;
 use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::period::Month;
-use crate::time_weighted::HourReadings;
+use crate::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
 
 /// Most readings one [`ReadingStore::put_readings`] call may carry: a batch's worth (the
 /// aggregator applies at most this many events at once).
@@ -82,4 +84,87 @@ pub trait ReadingStore: Send + Sync {
         month: Month,
         project: Option<&ProjectId>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError>;
+}
+
+/// The closing readings of a month per project (the carry-ins of the month after), as
+/// month close records them with the month's report.
+pub type CarryIns = BTreeMap<ProjectId, Decimal>;
+
+fn overflow(org: &OrgId, meter: &MeterName) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the time-weighted total of {meter} for {org} is past the exact range"
+    ))
+}
+
+/// The month's cells of `meter` for `org` grouped by project, with an empty entry for
+/// every project that has only a carry-in: every series the month has.
+async fn series_cells(
+    store: &dyn ReadingStore,
+    org: &OrgId,
+    meter: &MeterName,
+    month: Month,
+    project: Option<&ProjectId>,
+    carry_ins: &CarryIns,
+) -> Result<BTreeMap<ProjectId, Vec<HourReadings>>, StoreError> {
+    let mut by_project: BTreeMap<ProjectId, Vec<HourReadings>> = BTreeMap::new();
+    for (p, cell) in store.month_readings(org, meter, month, project).await? {
+        by_project.entry(p).or_default().push(cell);
+    }
+    for p in carry_ins.keys() {
+        if project.is_none_or(|want| want == p) {
+            by_project.entry(p.clone()).or_default();
+        }
+    }
+    Ok(by_project)
+}
+
+/// The time-weighted totals of `meter` for `org` over `month` up to `until` (month close:
+/// the month's end; the upcoming invoice: now), one per project that has readings in the
+/// month or a carry-in (`carry_ins`: the closing readings month close recorded for the
+/// month before), each with the reading it closes on ([`month_total`]). Month close sums
+/// the projects' totals (integration is linear) and records the closing readings as the
+/// next month's carry-ins.
+pub async fn month_totals(
+    store: &dyn ReadingStore,
+    org: &OrgId,
+    meter: &MeterName,
+    month: Month,
+    carry_ins: &CarryIns,
+    until: DateTime<Utc>,
+) -> Result<BTreeMap<ProjectId, MonthTotal>, StoreError> {
+    let cells = series_cells(store, org, meter, month, None, carry_ins).await?;
+    cells
+        .into_iter()
+        .map(|(p, cells)| {
+            let carry = carry_ins.get(&p).copied();
+            let total =
+                month_total(carry, &cells, month, until).map_err(|_| overflow(org, meter))?;
+            Ok((p, total))
+        })
+        .collect()
+}
+
+/// The time-weighted usage of `meter` for `org` in each of `periods` (all inside `month`),
+/// in value × hours: of one project, or (`None`) summed over every project. Each period's
+/// carry-in is the project's last reading of the month before the period, else its
+/// month carry-in. What `GET /v1/usage` answers per hour, day or month bucket.
+pub async fn period_usage(
+    store: &dyn ReadingStore,
+    org: &OrgId,
+    meter: &MeterName,
+    month: Month,
+    project: Option<&ProjectId>,
+    carry_ins: &CarryIns,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Result<Vec<Decimal>, StoreError> {
+    let cells = series_cells(store, org, meter, month, project, carry_ins).await?;
+    let mut sums = vec![Decimal::ZERO; periods.len()];
+    for (p, cells) in cells {
+        let totals = period_totals(carry_ins.get(&p).copied(), &cells, periods)
+            .map_err(|_| overflow(org, meter))?;
+        for (sum, t) in sums.iter_mut().zip(totals) {
+            *sum = sum.checked_add(t).ok_or_else(|| overflow(org, meter))?;
+        }
+    }
+    Ok(sums)
 }

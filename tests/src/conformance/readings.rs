@@ -9,9 +9,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use tally_core::ports::{Reading, ReadingStore, StoreError};
-use tally_core::time_weighted::{HourReadings, month_total, period_totals};
-use tally_core::{MeterName, Month, OrgId, ProjectId};
+use tally_core::ports::{CarryIns, Reading, ReadingStore, StoreError, month_totals, period_usage};
+use tally_core::pricing::Pricing;
+use tally_core::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
+use tally_core::{MeterName, Money, Month, OrgId, ProjectId};
 
 use super::fixtures::{dec, fresh_org, fresh_project, ts};
 use super::storage::StoreFactory;
@@ -31,6 +32,7 @@ macro_rules! readings_conformance {
             a_period_carries_in_the_last_earlier_reading,
             concurrent_writers_of_one_second_keep_the_larger,
             a_store_refuses_readings_it_must_never_write,
+            a_storage_meter_is_priced_per_gb_hour_over_two_months,
         );
     };
 }
@@ -271,4 +273,127 @@ where
         assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
     }
     assert!(cells_of(&s, &org, "disk", "2031-11", None).await.is_empty());
+}
+
+/// The org's total over its projects, priced at $0.00015 per GB-hour and rounded to the
+/// cent as an invoice line is.
+fn invoice_line(totals: &std::collections::BTreeMap<ProjectId, MonthTotal>) -> Decimal {
+    let gb_hours: Decimal = totals.values().map(|t| t.value_hours).sum();
+    let price = Pricing::PerUnit {
+        unit_price: dec("0.00015"),
+    };
+    Money::new(price.price(gb_hours).unwrap().amount)
+        .round_to_minor()
+        .amount()
+}
+
+/// A storage meter billed per GB-hour over October and November 2031, two projects, no
+/// carry-in into October (a new meter), read from the store as month close reads it:
+/// - October (744 h). Project A: 100 GB from 1 Oct 00:00, 40 GB from 16 Oct 00:00 (the
+///   batch replayed): 100 × 360 h + 40 × 384 h = 36,000 + 15,360 = 51,360 GB-hours, closing
+///   on 40. Project B: 20 GB from 31 Oct 12:00: 20 × 12 h = 240, closing on 20. The org:
+///   51,600 GB-hours × $0.00015 = $7.74.
+/// - November (720 h), no readings: the closing readings carried in hold all month:
+///   40 × 720 + 20 × 720 = 28,800 + 14,400 = 43,200 GB-hours = $6.48, closing on 40 and 20.
+/// - The upcoming invoice on 15 Nov 12:00 (348 h in): 60 × 348 = 20,880 GB-hours = $3.132,
+///   $3.13.
+///
+/// Planted faults the figures catch: November without the carry ($0.00), November carrying
+/// October's first reading instead of its closing one (100 and 20 GB: 86,400 GB-hours,
+/// $12.96), and a reading applied twice as a sum would (the 40 GB second holding 80 GB:
+/// 100 × 360 + 80 × 384 = 66,720 GB-hours for A, $10.04 for the org).
+pub async fn a_storage_meter_is_priced_per_gb_hour_over_two_months<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    let s = f.open().await;
+    let (org, mut a, mut b) = (fresh_org(), fresh_project(), fresh_project());
+    if b < a {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let storage = meter("storage_gb");
+    let batch = [
+        reading(&org, &a, "storage_gb", "2031-10-16T00:00:00Z", "40"),
+        reading(&org, &b, "storage_gb", "2031-10-31T12:00:00Z", "20"),
+        reading(&org, &a, "storage_gb", "2031-10-01T00:00:00Z", "100"),
+    ];
+    s.put_readings(&batch).await.unwrap();
+    s.put_readings(&batch).await.unwrap();
+    let (oct, nov) = (
+        Month::parse("2031-10").unwrap(),
+        Month::parse("2031-11").unwrap(),
+    );
+    let none = CarryIns::new();
+
+    let october = month_totals(&s, &org, &storage, oct, &none, oct.end())
+        .await
+        .unwrap();
+    let figures: Vec<(Decimal, Option<Decimal>)> = october
+        .values()
+        .map(|t| (t.value_hours, t.closing))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            (dec("51360"), Some(dec("40"))),
+            (dec("240"), Some(dec("20")))
+        ]
+    );
+    assert_eq!(invoice_line(&october), dec("7.74"));
+
+    // What month close records with October's report: the closing readings.
+    let carry: CarryIns = october
+        .iter()
+        .filter_map(|(p, t)| t.closing.map(|c| (p.clone(), c)))
+        .collect();
+    let november = month_totals(&s, &org, &storage, nov, &carry, nov.end())
+        .await
+        .unwrap();
+    let figures: Vec<(Decimal, Option<Decimal>)> = november
+        .values()
+        .map(|t| (t.value_hours, t.closing))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            (dec("28800"), Some(dec("40"))),
+            (dec("14400"), Some(dec("20")))
+        ]
+    );
+    assert_eq!(invoice_line(&november), dec("6.48"));
+    let so_far = month_totals(&s, &org, &storage, nov, &carry, ts("2031-11-15T12:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(invoice_line(&so_far), dec("3.13"));
+    // The usage API's view of November: one month bucket, org-wide and of project B.
+    let whole = [(nov.start(), nov.end())];
+    let usage = period_usage(&s, &org, &storage, nov, None, &carry, &whole).await;
+    assert_eq!(usage.unwrap(), [dec("43200")]);
+    let of_b = period_usage(&s, &org, &storage, nov, Some(&b), &carry, &whole).await;
+    assert_eq!(of_b.unwrap(), [dec("14400")]);
+
+    // Planted faults: each moves the figure the checks above pin to the cent.
+    let lost = month_totals(&s, &org, &storage, nov, &none, nov.end())
+        .await
+        .unwrap();
+    assert_eq!(invoice_line(&lost), dec("0.00"));
+    let first: CarryIns = [(a.clone(), dec("100")), (b.clone(), dec("20"))].into();
+    let wrong = month_totals(&s, &org, &storage, nov, &first, nov.end())
+        .await
+        .unwrap();
+    assert_eq!(invoice_line(&wrong), dec("12.96"));
+    let mut doubled = s
+        .month_readings(&org, &storage, oct, Some(&a))
+        .await
+        .unwrap();
+    let at = ts("2031-10-16T00:00:00Z");
+    for (_, cell) in doubled.iter_mut().filter(|(_, c)| c.hour() == at) {
+        cell.insert(at, dec("80")).unwrap();
+    }
+    let summed = month_total(None, doubled.iter().map(|(_, c)| c), oct, oct.end()).unwrap();
+    assert_eq!(summed.value_hours, dec("66720"));
+    let mut with_b = october.clone();
+    with_b.insert(a.clone(), summed);
+    assert_eq!(invoice_line(&with_b), dec("10.04"));
 }
