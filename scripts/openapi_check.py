@@ -250,6 +250,8 @@ def main():
             "path.org_id": org["id"],
             "query.org_id": org["id"],
             "path.project_id": project["id"],
+            # An asset the dashboard embeds, so its 200 and 304 are fuzzed, not just 404s.
+            "path.path": "app.js",
         }
         # Deleting the org would turn every later request into a 404: it runs last, alone.
         rest = ["--exclude-operation-id", "deleteOrg"]

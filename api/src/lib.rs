@@ -43,6 +43,7 @@ pub mod lines;
 pub mod members;
 pub mod mgmt;
 pub mod openapi;
+pub mod openapi_dashboard;
 pub mod orgs;
 pub mod projects;
 pub mod roles;

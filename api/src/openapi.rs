@@ -111,6 +111,7 @@ pub fn document() -> Value {
             }),
         );
     }
+    crate::openapi_dashboard::add(&mut doc);
     add_schemas(&mut doc, management_schemas());
     add_schemas(&mut doc, invoice_schemas());
     add_schemas(
@@ -807,7 +808,8 @@ fn management_schemas() -> Value {
             "value": {"type": "string", "description": "The month's counter so far, a decimal string."},
             "included": {"type": "string", "description": "The plan's monthly allowance; absent when unlimited."},
             "limit": {"type": "string", "description": "The hard limit (free plan: the allowance); absent when usage past the allowance is billed as overage."},
-            "percent_used": {"type": "string", "description": "value / included × 100, two decimals; absent without an allowance."}}},
+            "percent_used": {"type": "string", "description": "value / included × 100, two decimals; absent without an allowance."},
+            "dimensions": {"type": "array", "items": {"type": "string"}, "description": "The meter's dimensions by name, in catalogue order (each a `group_by` of GET /v1/usage); absent when it has none."}}},
         "KeysResponse": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": schema_ref("KeyView")}}},
         "CreateKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
             "name": name_schema(), "scopes": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string", "enum": ["events:write", "usage:read"]}, "description": "At least one scope; absent or null: both."},

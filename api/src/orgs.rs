@@ -211,6 +211,10 @@ pub struct MeterSummary {
     /// `value / included × 100`, rounded to two decimals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent_used: Option<String>,
+    /// The meter's dimensions by name, in catalogue order (each one a `group_by` of
+    /// `GET /v1/usage`); absent when it has none. The dashboard offers to stack by them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimensions: Vec<String>,
 }
 
 /// `GET /v1/orgs/{org_id}/usage/summary` answer.
@@ -264,6 +268,12 @@ pub(crate) async fn usage_summary(
                 .filter(|_| plan.limits.hard_usage_limits)
                 .map(|i| i.to_string()),
             percent_used: percent.map(|p| format!("{p:.2}")),
+            dimensions: meter
+                .dimensions
+                .names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         });
     }
     Ok(Json(UsageSummary {

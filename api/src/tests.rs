@@ -537,11 +537,13 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
     assert_eq!(&served, doc());
     assert_eq!(served["openapi"], "3.1.0");
 
-    // The documented operations are exactly the routes of both routers ...
+    // The documented operations are exactly the routes of both routers and the dashboard's
+    // (which tally_dashboard's tests hold to its own table) ...
     let routes: BTreeSet<(String, String)> = ROUTES
         .iter()
         .map(|r| (r.method, r.path))
         .chain(tally_ingest::ROUTES.iter().copied())
+        .chain(crate::openapi_dashboard::DASHBOARD_ROUTES.iter().copied())
         .map(|(m, p)| (m.to_ascii_lowercase(), p.to_owned()))
         .collect();
     let documented: BTreeSet<(String, String)> = doc()["paths"]

@@ -220,3 +220,76 @@ fn per_project_is_refused_beside_a_dimension_split() {
     let plain = UsageRequest::parse(&params(&[]), &catalogue(), now).unwrap();
     assert!(crate::usage::check_per_project(true, &plain).is_ok());
 }
+
+/// The usage summary names each meter's dimensions in catalogue order (what the dashboard
+/// offers to stack by) and leaves the field out for a meter without any.
+#[tokio::test]
+async fn the_summary_lists_each_meters_dimensions() {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use tally_core::ids::UserId;
+    use tally_core::plan::PlanId;
+    use tally_core::ports::{FixedClock, OrgStore, UserStore};
+    use tally_core::tenant::{Org, User};
+    use tower::ServiceExt;
+
+    let (store, org) = world().await;
+    let at = ts("2026-11-25T00:00:00Z");
+    let owner = UserId::parse("usr_dims").unwrap();
+    store
+        .ensure_user(&User {
+            id: owner.clone(),
+            email: "dims@example.com".into(),
+            created_at: at,
+        })
+        .await
+        .unwrap();
+    store
+        .create_org(&Org {
+            id: org.clone(),
+            name: "Dims".into(),
+            slug: "dims".into(),
+            plan: PlanId::Pro,
+            owner_id: owner.clone(),
+            created_at: at,
+            deleted_at: None,
+        })
+        .await
+        .unwrap();
+    let jwt = crate::jwt::JwtConfig::hs256(b"dimensions-summary-test-secret-32-bytes").unwrap();
+    let token = jwt.mint(&owner, at, TimeDelta::minutes(5)).unwrap();
+    let shared = Arc::new(store);
+    let app = crate::router(
+        crate::ApiState::new(
+            shared.clone(),
+            shared,
+            Arc::new(catalogue()),
+            Arc::new(FixedClock::at(at)),
+        )
+        .with_jwt(jwt),
+    );
+    let req = Request::get(format!("/v1/orgs/{org}/usage/summary"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), axum::http::StatusCode::OK);
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let meter = |name: &str| {
+        summary["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == name)
+            .unwrap()
+            .clone()
+    };
+    // 100 + 20 + 7 + 30 = 157 tokens this month, over the series of both dimensions.
+    let llm = meter("llm_tokens");
+    assert_eq!(llm["dimensions"], serde_json::json!(["model", "region"]));
+    assert_eq!(llm["value"], "157");
+    assert!(meter("api_calls").get("dimensions").is_none());
+}

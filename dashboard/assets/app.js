@@ -6,8 +6,10 @@
 import uPlot from './vendor/uplot/uPlot.esm.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { org: null, role: null, summary: null, projects: [], page: 'usage', zoomDay: null };
-const charts = [];
+// stackBy: per meter, 'project' or the dimension its chart is stacked by.
+const state = { org: null, role: null, summary: null, projects: [], page: 'usage', zoomDay: null, stackBy: {} };
+// The drawn charts by meter (destroyed before they are drawn again).
+const charts = new Map();
 
 // ---- API ----------------------------------------------------------------------------
 
@@ -155,7 +157,9 @@ async function signIn(event) {
 }
 
 async function signOut() {
-  try { await api('POST', '/dashboard/sign-out'); } catch (e) { showError(e); }
+  // A refused sign-out (503 sign_out_failed: the session could not be revoked) leaves the
+  // user signed in, and says so; only a done one shows the sign-in form.
+  try { await api('POST', '/dashboard/sign-out'); } catch (e) { showError(e); return; }
   signedOut('Signed out.');
 }
 
@@ -212,19 +216,73 @@ async function showPage(page) {
     showError(e);
   }
   // What the page shows now, for the browser test to wait on.
-  document.body.dataset.loaded = state.zoomDay && page === 'usage' ? `usage:${state.zoomDay}` : page;
+  document.body.dataset.loaded = loadedKey(page);
 }
 
-// Usage: per meter, the month by day (or one day by hour), stacked by project.
+function loadedKey(page) {
+  return state.zoomDay && page === 'usage' ? `usage:${state.zoomDay}` : page;
+}
+
+// Usage: per meter, a range by day (or one day by hour), stacked by project or by one of
+// the meter's dimensions; the table under each chart follows the same choice.
 
 const COLORS = ['#2563eb', '#db2777', '#16a34a', '#d97706', '#7c3aed', '#0891b2', '#dc2626', '#4b5563'];
 
-// One request per meter: the org's series and, with per_project, each project's.
-async function series(meter, granularity, from, to) {
-  const q = new URLSearchParams({ org_id: state.org, meter, granularity, per_project: 'true' });
-  if (from) q.set('from', from);
-  if (to) q.set('to', to);
-  return api('GET', `/v1/usage?${q}`);
+// The range picked above the charts, in whole UTC days: this month so far (the API's
+// default), last month, or a custom first..last day (sent as the API's half-open from..to).
+// "This month" is the server's (the summary's period), not the browser's clock. The API
+// bounds a range (buckets, months); its refusal is shown as it comes.
+function usageRange(period) {
+  const kind = $('usage-range').value;
+  if (kind === 'last-month') {
+    const [y, m] = period.split('-').map(Number);
+    const from = new Date(Date.UTC(y, m - 2, 1)).toISOString().slice(0, 10);
+    return { kind, from, to: `${period}-01`, label: `last month (${from.slice(0, 7)})` };
+  }
+  if (kind === 'custom') {
+    const from = $('usage-from').value;
+    const last = $('usage-to').value;
+    if (!from || !last) throw new Error('Pick the first and the last day of the range.');
+    const to = new Date(Date.parse(last) + 86400000).toISOString().slice(0, 10);
+    return { kind, from, to, label: `${from} to ${last}` };
+  }
+  return { kind: 'this-month', from: undefined, to: undefined, label: `this month (${period})` };
+}
+
+// What the usage page reads now: the picked range, or the zoomed day by hour.
+function usageView() {
+  const range = usageRange(state.summary.period);
+  if (!state.zoomDay) return { range, granularity: 'day', from: range.from, to: range.to };
+  const start = Date.parse(state.zoomDay);
+  return { range, granularity: 'hour', from: iso(new Date(start)), to: iso(new Date(start + 86400000)) };
+}
+
+// One meter's series, split the way its stack choice says: `per_project=true`, or
+// `group_by=<dimension>`. An org with more projects than one request splits is refused
+// `too_many_projects`: the org's series is drawn unstacked, with the API's reason shown.
+async function meterSeries(m, stack, view) {
+  const q = new URLSearchParams({ org_id: state.org, meter: m.meter, granularity: view.granularity });
+  if (view.from) q.set('from', view.from);
+  if (view.to) q.set('to', view.to);
+  const split = new URLSearchParams(q);
+  split.set(stack === 'project' ? 'per_project' : 'group_by', stack === 'project' ? 'true' : stack);
+  try {
+    return { org: await api('GET', `/v1/usage?${split}`), stack };
+  } catch (e) {
+    if (stack !== 'project' || !(e instanceof ApiError) || e.code !== 'too_many_projects') throw e;
+    return { org: await api('GET', `/v1/usage?${q}`), stack: 'none', notice: e.message };
+  }
+}
+
+// The parts a meter's answer is stacked by: each project, or each value of the dimension.
+function partsOf({ org, stack }) {
+  if (stack === 'project') {
+    const byId = new Map((org.projects || []).map((p) => [p.project_id, p.series]));
+    // The rest is what the org has in projects the caller does not see (a member's view).
+    return { parts: state.projects.map((p) => ({ label: p.name, series: byId.get(p.id) || [] })), rest: 'Other projects' };
+  }
+  if (stack === 'none') return { parts: [{ label: 'All usage', series: org.series }], rest: 'Other' };
+  return { parts: (org.groups || []).map((g) => ({ label: `${stack}=${g.value}`, series: g.series })), rest: `No ${stack}` };
 }
 
 async function loadUsage() {
@@ -234,27 +292,39 @@ async function loadUsage() {
   ]);
   state.summary = summary;
   state.projects = projects.projects.filter((p) => !p.archived_at);
-  $('usage-period').textContent = summary.period;
-  const granularity = state.zoomDay ? 'hour' : 'day';
-  let from;
-  let to;
-  if (state.zoomDay) {
-    const start = new Date(state.zoomDay);
-    from = iso(start);
-    to = iso(new Date(start.getTime() + 86400000));
-  }
+  const view = usageView();
+  $('usage-period').textContent = view.range.label;
   $('usage-zoom').hidden = !state.zoomDay;
   $('usage-day').textContent = state.zoomDay ? state.zoomDay.slice(0, 10) : '';
-  const container = $('usage-meters');
-  charts.splice(0).forEach((c) => c.destroy());
+  document.body.dataset.usageRange = `${view.range.kind}:${view.from ?? ''}/${view.to ?? ''}`;
+  for (const c of charts.values()) c.destroy();
+  charts.clear();
   const figures = await Promise.all(summary.meters.map(async (m) => {
-    const org = await series(m.meter, granularity, from, to);
-    const byId = new Map((org.projects || []).map((p) => [p.project_id, p]));
-    const perProject = state.projects.map((p) => byId.get(p.id) || { series: [] });
-    return { m, org, perProject };
+    const answer = await meterSeries(m, state.stackBy[m.meter] || 'project', view);
+    return { m, answer };
   }));
-  container.replaceChildren(...figures.map(({ m, org, perProject }) => meterFigure(m, org, perProject, granularity)));
-  for (const f of figures) drawChart(f, granularity);
+  $('usage-meters').replaceChildren(...figures.map(({ m, answer }) => meterFigure(m, answer, view)));
+  for (const { m, answer } of figures) drawChart(m, answer, view);
+}
+
+// A new stack choice for one meter: only its figure is read and drawn again, and the
+// keyboard focus stays on its picker.
+async function restack(m, stack) {
+  state.stackBy[m.meter] = stack;
+  delete document.body.dataset.loaded;
+  clearError();
+  try {
+    const view = usageView();
+    const answer = await meterSeries(m, stack, view);
+    const old = charts.get(m.meter);
+    if (old) old.destroy();
+    $(`meter-${m.meter}`).replaceWith(meterFigure(m, answer, view));
+    drawChart(m, answer, view);
+    $(`meter-${m.meter}-stack`).focus();
+  } catch (e) {
+    showError(e);
+  }
+  document.body.dataset.loaded = loadedKey('usage');
 }
 
 function buckets(org, granularity) {
@@ -264,37 +334,58 @@ function buckets(org, granularity) {
   return out;
 }
 
-function stacks(org, perProject) {
-  // One stack per project with usage, plus whatever the org has outside its projects.
-  const layers = [];
-  state.projects.forEach((p, i) => {
-    const values = new Map(perProject[i].series.map((s) => [s.start, s.value]));
-    if (values.size > 0) layers.push({ label: p.name, values });
-  });
-  const orgValues = new Map(org.series.map((s) => [s.start, s.value]));
+function stacks(answer) {
+  // One layer per part with usage, plus whatever the org has outside them (exactly).
+  const { parts, rest: restLabel } = partsOf(answer);
+  const layers = parts.filter((p) => p.series.length > 0)
+    .map((p) => ({ label: p.label, values: new Map(p.series.map((s) => [s.start, s.value])) }));
+  const orgValues = new Map(answer.org.series.map((s) => [s.start, s.value]));
   const rest = new Map();
   for (const [start, value] of orgValues) {
-    const parts = layers.map((l) => l.values.get(start)).filter((v) => v !== undefined);
-    const other = decimalSum([value], parts);
+    const inParts = layers.map((l) => l.values.get(start)).filter((v) => v !== undefined);
+    const other = decimalSum([value], inParts);
     if (other !== '0') rest.set(start, other);
   }
-  if (rest.size > 0) layers.push({ label: 'No project', values: rest });
+  if (rest.size > 0) layers.push({ label: restLabel, values: rest });
   return { layers, orgValues };
 }
 
-function meterFigure(m, org, perProject, granularity) {
-  const { layers, orgValues } = stacks(org, perProject);
+// The stack picker of a meter with dimensions: by project, or by one of its dimensions.
+function stackPicker(m, stack) {
+  const id = `meter-${m.meter}-stack`;
+  const select = el('select', { id, 'data-meter': m.meter },
+    el('option', { value: 'project', text: 'Project' }),
+    ...m.dimensions.map((d) => el('option', { value: d, text: `Dimension: ${d}` })));
+  select.value = stack === 'none' ? 'project' : stack;
+  select.addEventListener('change', () => restack(m, select.value));
+  return el('p', { class: 'stack-by' }, el('label', { for: id, text: 'Stack by ' }), select);
+}
+
+function meterFigure(m, answer, view) {
+  const { org } = answer;
+  const { layers, orgValues } = stacks(answer);
+  const { granularity } = view;
   const id = `meter-${m.meter}`;
   const figure = el('figure', { class: 'meter', id, 'aria-labelledby': `${id}-title` });
-  const total = state.zoomDay ? decimalSum([...orgValues.values()]) : m.value;
+  // The month so far is the summary's figure; any other span is the exact sum of the
+  // API's buckets (decimal strings added as integers, never as floats).
+  const month = !state.zoomDay && view.range.kind === 'this-month';
+  const total = month ? m.value : decimalSum([...orgValues.values()]);
+  const totalLabel = state.zoomDay ? 'Total this day' : month ? 'Total this month' : `Total ${view.range.label}`;
+  const by = answer.stack === 'project' ? 'project' : answer.stack === 'none' ? 'nothing (the organization as a whole)' : `its ${answer.stack} dimension`;
+  figure.append(el('h3', { id: `${id}-title`, text: m.meter }));
+  if (m.dimensions && m.dimensions.length > 0) figure.append(stackPicker(m, answer.stack));
+  if (answer.notice) {
+    figure.append(el('p', { class: 'notice', role: 'status', id: `${id}-notice`,
+      text: `Not stacked by project: ${answer.notice}. Showing the organization's total.` }));
+  }
   figure.append(
-    el('h3', { id: `${id}-title`, text: m.meter }),
     el('div', { class: 'chart-row' },
-      el('div', { class: 'chart', id: `${id}-chart`, role: 'img', 'aria-label': `${m.meter} by ${granularity}, stacked by project; the table below has the figures` }),
+      el('div', { class: 'chart', id: `${id}-chart`, role: 'img', 'aria-label': `${m.meter} by ${granularity}, stacked by ${by}; the table below has the figures` }),
       el('dl', { class: 'totals' },
-        el('dt', { text: state.zoomDay ? 'Total this day' : 'Total this month' }),
+        el('dt', { text: totalLabel }),
         el('dd', { class: 'total', id: `${id}-total`, 'data-meter': m.meter, text: total }),
-        ...layers.flatMap((l) => [el('dt', { text: l.label }), el('dd', { text: decimalSum([...l.values.values()]) })]))),
+        ...layers.flatMap((l) => [el('dt', { text: l.label }), el('dd', { 'data-layer': l.label, text: decimalSum([...l.values.values()]) })]))),
   );
   const head = el('tr', {}, el('th', { scope: 'col', text: granularity === 'hour' ? 'Hour (UTC)' : 'Day (UTC)' }),
     ...layers.map((l) => el('th', { scope: 'col', text: l.label })), el('th', { scope: 'col', text: 'Total' }));
@@ -318,13 +409,14 @@ function meterFigure(m, org, perProject, granularity) {
   details.open = true;
   figure.append(details);
   figure.dataset.layers = JSON.stringify(layers.map((l) => l.label));
+  figure.dataset.stack = answer.stack;
   return figure;
 }
 
-function drawChart({ m, org, perProject }, granularity) {
-  const { layers } = stacks(org, perProject);
+function drawChart(m, answer, view) {
+  const { layers } = stacks(answer);
   const target = $(`meter-${m.meter}-chart`);
-  const xs = buckets(org, granularity);
+  const xs = buckets(answer.org, view.granularity);
   const x = xs.map((s) => Date.parse(s) / 1000);
   // Stacked areas: layer i is drawn at the sum of layers 0..i, tallest first, so each
   // lower layer paints over the part of the one above it.
@@ -353,7 +445,7 @@ function drawChart({ m, org, perProject }, granularity) {
     opts.series.push({ label: 'No usage', stroke: '#9ca3af' });
     data.push(x.map(() => 0));
   }
-  charts.push(new uPlot(opts, data, target));
+  charts.set(m.meter, new uPlot(opts, data, target));
 }
 
 // Limits: each allowance as a gauge, with the 80 % and 100 % marks and its kind.
@@ -519,6 +611,13 @@ function wire() {
   $('org').addEventListener('change', () => selectOrg($('org').value));
   for (const p of PAGES) $(`tab-${p}`).addEventListener('click', () => showPage(p));
   $('usage-back').addEventListener('click', () => { state.zoomDay = null; showPage('usage'); });
+  $('usage-range').addEventListener('change', () => { $('usage-custom').hidden = $('usage-range').value !== 'custom'; });
+  $('usage-controls').addEventListener('submit', (e) => {
+    e.preventDefault();
+    state.zoomDay = null;
+    delete document.body.dataset.loaded;
+    showPage('usage');
+  });
   $('key-form').addEventListener('submit', (e) => {
     e.preventDefault();
     mutate('POST', '/keys', { name: $('key-name').value.trim() }, (r) => { $('key-name').value = ''; showSecret(r.key); });

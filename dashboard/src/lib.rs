@@ -334,9 +334,14 @@ async fn sign_out(State(state): State<ApiState>, headers: HeaderMap) -> Response
             Ok(_) => tracing::info!(user = %user, session = %sid, "dashboard sign-out"),
             Err(e) => {
                 tracing::warn!(error = %e, session = %sid, "sign-out could not revoke the session");
-                let refused = ApiError::Unavailable(
-                    "the session could not be ended; you are still signed in: try again".into(),
-                );
+                // The route's own code and sentence (the generic 503 would hide it): the
+                // page shows the user that they are still signed in.
+                let refused = ApiError::UnavailableBecause {
+                    code: "sign_out_failed",
+                    message: "the session could not be ended; you are still signed in: try again"
+                        .into(),
+                    retry_after_secs: Some(1),
+                };
                 return secure(refused.into_response(), "no-store");
             }
         }

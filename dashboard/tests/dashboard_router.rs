@@ -11,25 +11,22 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_api::ApiState;
 use tally_api::jwt::JwtConfig;
-use tally_core::ids::{OrgId, UserId};
+use tally_core::ids::UserId;
 use tally_core::meter::MeterCatalogue;
-use tally_core::plan::PlanId;
-use tally_core::ports::{FixedClock, OrgStore, UserStore};
-use tally_core::tenant::{Org, User};
+use tally_core::ports::FixedClock;
 use tally_store::MemoryStore;
 use tower::ServiceExt;
+
+mod common;
+
+use common::now;
 
 const SECRET: &[u8] = b"dashboard-router-test-secret-32-bytes!!";
 const HOST: &str = "tally.test:8080";
 const ORIGIN: &str = "http://tally.test:8080";
-
-fn now() -> DateTime<Utc> {
-    "2026-11-26T12:30:00Z".parse().unwrap()
-}
 
 struct Fixture {
     app: Router,
@@ -38,26 +35,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let store = MemoryStore::new();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: now(),
-        })
-        .await
-        .unwrap();
-    store
-        .create_org(&Org {
-            id: OrgId::parse("org_a").unwrap(),
-            name: "Acme".into(),
-            slug: "acme".into(),
-            plan: PlanId::Pro,
-            owner_id: owner.id.clone(),
-            created_at: now(),
-            deleted_at: None,
-        })
-        .await
-        .unwrap();
+    let owner = common::seed_owner(&store).await;
     let shared = Arc::new(store);
     let jwt = JwtConfig::hs256(SECRET).unwrap();
     let token = jwt

@@ -1,7 +1,10 @@
 //! The dashboard in a real browser: Debian's Chromium, driven headless over WebDriver
 //! (chromedriver, started here on an ephemeral port) against the whole app in process on
 //! the embedded store, with usage posted through ingest. It signs in with a CLI-minted
-//! token, checks that a chart's total is the API's, zooms to hours, creates a key (its
+//! token, checks that a chart's total is the API's, zooms to hours, stacks a meter by its
+//! dimension and picks a custom range and last month (each total the API's), sees an org
+//! with more projects than one request splits drawn unstacked with the API's reason,
+//! creates a key (its
 //! secret shown once) and revokes it, sees the security policy and its own session on the
 //! Manage page, sees a viewer refused a mutation by the API, sees a hard-limited meter's
 //! gauge at 100 %, is refused from outside the org's IP allowlist with the API's message,
@@ -144,6 +147,273 @@ async fn tab(c: &Client, page: &str) {
     wait_css(c, &format!("body[data-loaded=\"{page}\"]")).await;
 }
 
+/// GETs of the API with one user's token.
+struct Api<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Api<'_> {
+    /// `GET path`, which must answer 200: its JSON.
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+}
+
+/// The exact sum of a series of the API (`[{start, value}]`), normalized as the page
+/// writes it.
+fn series_sum(series: &Value) -> String {
+    let sum: Decimal = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_str().unwrap().parse::<Decimal>().unwrap())
+        .sum();
+    sum.normalize().to_string()
+}
+
+/// Forgets what the page last loaded, so the next `body[data-loaded]` is a fresh one.
+async fn forget_loaded(c: &Client) {
+    c.execute("delete document.body.dataset.loaded", vec![])
+        .await
+        .unwrap();
+}
+
+/// Picks `value` in the `<select>` `css`.
+async fn pick(c: &Client, css: &str, value: &str) {
+    find(c, css).await.select_by_value(value).await.unwrap();
+}
+
+/// The range picker and stacking by a dimension: llm_tokens stacked by `model` shows each
+/// model's total and the month's as the API's `group_by=model` answer has them; a custom
+/// range (the 3rd to the 5th of November) and last month show the API's totals for those
+/// spans; the stack choice outlives a range change.
+async fn usage_range_and_dimension(c: &Client, api: &Api<'_>, org_id: &str) {
+    click(c, "#usage-back").await;
+    wait_css(c, "body[data-loaded=\"usage\"]").await;
+    assert!(
+        c.find(Locator::Css("#meter-compute_minutes-stack"))
+            .await
+            .is_err(),
+        "a meter without dimensions is stacked by project alone"
+    );
+    forget_loaded(c).await;
+    pick(c, "#meter-llm_tokens-stack", "model").await;
+    wait_css(
+        c,
+        "body[data-loaded=\"usage\"] #meter-llm_tokens[data-stack=\"model\"]",
+    )
+    .await;
+    // The picker keeps the keyboard focus after its chart is drawn again.
+    let focused = c
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, "meter-llm_tokens-stack");
+    let grouped = api
+        .get(&format!(
+            "/v1/usage?org_id={org_id}&meter=llm_tokens&granularity=day&group_by=model"
+        ))
+        .await;
+    let groups = grouped["groups"].as_array().unwrap();
+    let labels: Vec<String> = groups
+        .iter()
+        .map(|g| format!("model={}", g["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(labels, ["model=claude", "model=gpt-4"]);
+    let layers = find(c, "#meter-llm_tokens")
+        .await
+        .attr("data-layers")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(layers, serde_json::to_string(&labels).unwrap());
+    // claude 300 + 0.25 = 300.25; gpt-4 1200.5 + 99.5 = 1300.
+    for (group, want) in groups.iter().zip(["300.25", "1300"]) {
+        let label = format!("model={}", group["value"].as_str().unwrap());
+        let shown = text_of(c, &format!("#meter-llm_tokens dd[data-layer=\"{label}\"]")).await;
+        assert_eq!(shown, series_sum(&group["series"]), "{label}");
+        assert_eq!(shown, want, "{label}");
+    }
+    let total = text_of(c, "#meter-llm_tokens-total").await;
+    assert_eq!(total, series_sum(&grouped["series"]));
+    assert_eq!(total, "1600.25");
+    // The table follows the stacking: the 4th's row is claude 300, gpt-4 1200.5, total 1500.5.
+    let row = text_of(c, "#meter-llm_tokens details tbody tr:nth-child(4)").await;
+    let cells: Vec<&str> = row.split_whitespace().take(4).collect();
+    assert_eq!(cells, ["2026-11-04", "300", "1200.5", "1500.5"], "{row}");
+    shot(c, "usage-by-dimension").await;
+
+    // A custom range, the 3rd to the 5th inclusive (from=2026-11-03, to=2026-11-06): compute
+    // minutes 40.25 + 35.5 = 75.75 (the 10th's 24.25 is outside), tokens 1600.
+    pick(c, "#usage-range", "custom").await;
+    wait_css(c, "#usage-custom:not([hidden]) #usage-from").await;
+    c.execute(
+        "document.getElementById('usage-from').value = '2026-11-03'; \
+         document.getElementById('usage-to').value = '2026-11-05';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    forget_loaded(c).await;
+    click(c, "#usage-show").await;
+    wait_css(
+        c,
+        "body[data-loaded=\"usage\"][data-usage-range=\"custom:2026-11-03/2026-11-06\"]",
+    )
+    .await;
+    for (meter, want) in [("compute_minutes", "75.75"), ("llm_tokens", "1600")] {
+        let answer = api
+            .get(&format!(
+                "/v1/usage?org_id={org_id}&meter={meter}&granularity=day&from=2026-11-03&to=2026-11-06"
+            ))
+            .await;
+        let shown = text_of(c, &format!("#meter-{meter}-total")).await;
+        assert_eq!(shown, series_sum(&answer["series"]), "{meter}");
+        assert_eq!(shown, want, "{meter}");
+        let rows = c
+            .find_all(Locator::Css(&format!("#meter-{meter} details tbody tr")))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3, "{meter}: one row per day of the range");
+    }
+    find(c, "#meter-llm_tokens[data-stack=\"model\"]").await;
+    let gpt = text_of(c, "#meter-llm_tokens dd[data-layer=\"model=gpt-4\"]").await;
+    assert_eq!(gpt, "1300", "1200.5 + 99.5 within the range");
+    shot(c, "usage-range").await;
+
+    // Last month, October: the page asks for 2026-10-01..2026-11-01 (the server's month
+    // before, not the browser's), and shows the API's total for it.
+    pick(c, "#usage-range", "last-month").await;
+    forget_loaded(c).await;
+    click(c, "#usage-show").await;
+    wait_css(
+        c,
+        "body[data-loaded=\"usage\"][data-usage-range=\"last-month:2026-10-01/2026-11-01\"]",
+    )
+    .await;
+    let october = api
+        .get(&format!(
+            "/v1/usage?org_id={org_id}&meter=compute_minutes&granularity=day&from=2026-10-01&to=2026-11-01"
+        ))
+        .await;
+    assert_eq!(
+        text_of(c, "#meter-compute_minutes-total").await,
+        series_sum(&october["series"])
+    );
+    // Back to this month, by project, for the rest of the test.
+    pick(c, "#usage-range", "this-month").await;
+    forget_loaded(c).await;
+    click(c, "#usage-show").await;
+    wait_css(
+        c,
+        "body[data-loaded=\"usage\"][data-usage-range^=\"this-month\"]",
+    )
+    .await;
+    forget_loaded(c).await;
+    pick(c, "#meter-llm_tokens-stack", "project").await;
+    wait_css(
+        c,
+        "body[data-loaded=\"usage\"] #meter-llm_tokens[data-stack=\"project\"]",
+    )
+    .await;
+}
+
+/// An org with more projects than one `per_project` request splits (101, on the enterprise
+/// plan, owned by the same user): the API refuses the split with `too_many_projects`, and
+/// the page draws the org's series unstacked with the API's reason shown beside it.
+async fn too_many_projects_falls_back(c: &Client, env: &Env, api: &Api<'_>, org_id: &str) {
+    let at_now = [("TALLY_NOW", NOW)];
+    let big = env.cli_env(
+        &[
+            "org",
+            "create",
+            "--name",
+            "Big",
+            "--slug",
+            "acme-big",
+            "--owner-email",
+            "ada@example.com",
+            "--plan",
+            "enterprise",
+        ],
+        &at_now,
+    );
+    let big_id = big["id"].as_str().unwrap().to_owned();
+    for i in 0..=tally_api::usage::MAX_PER_PROJECT {
+        let (name, slug) = (format!("P{i}"), format!("p{i}"));
+        env.cli_env(
+            &[
+                "project", "create", "--org", &big_id, "--name", &name, "--slug", &slug,
+            ],
+            &at_now,
+        );
+    }
+    let refused = api
+        .http
+        .get(format!(
+            "{}/v1/usage?org_id={big_id}&meter=api_calls&per_project=true",
+            api.base
+        ))
+        .bearer_auth(api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "too_many_projects");
+
+    // The page learns of the new org when it loads again; it keeps the org it showed.
+    c.refresh().await.unwrap();
+    wait_css(c, "body[data-loaded=\"usage\"]").await;
+    assert_eq!(
+        find(c, "#org")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(org_id)
+    );
+    forget_loaded(c).await;
+    pick(c, "#org", &big_id).await;
+    wait_css(c, "body[data-loaded=\"usage\"]").await;
+    let figure = find(c, "#meter-api_calls").await;
+    assert_eq!(
+        figure.attr("data-stack").await.unwrap().as_deref(),
+        Some("none")
+    );
+    let notice = text_of(c, "#meter-api_calls-notice").await;
+    assert!(
+        notice.contains(refused["error"]["message"].as_str().unwrap()),
+        "{notice}"
+    );
+    let summary = api.get(&format!("/v1/orgs/{big_id}/usage/summary")).await;
+    let calls = summary["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == "api_calls")
+        .unwrap();
+    assert_eq!(
+        text_of(c, "#meter-api_calls-total").await,
+        calls["value"].as_str().unwrap()
+    );
+    shot(c, "usage-too-many-projects").await;
+    forget_loaded(c).await;
+    pick(c, "#org", org_id).await;
+    wait_css(c, "body[data-loaded=\"usage\"]").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_chromium() {
     let Some(binary) = chromedriver() else {
@@ -226,6 +496,34 @@ async fn the_dashboard_in_chromium() {
     };
     let (owner_token, viewer_token) = (token_of(&owner), token_of(&viewer));
 
+    // A catalogue version from this month with one more meter, llm_tokens, split by its
+    // `model` dimension (read from properties.model), so the usage page can stack by it.
+    let mut catalogue: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
+    catalogue["meters"]["llm_tokens"] = json!({"description": "Model tokens", "unit": "tokens",
+        "aggregation": "sum", "value": "properties.tokens", "price_unit": "1,000 tokens",
+        "price_unit_size": 1000, "dimensions": [{"name": "model", "property": "properties.model"}],
+        "list_price": {"model": "per_unit", "unit_price": "0.02"}});
+    for (name, plan) in catalogue["plans"].as_object_mut().unwrap() {
+        plan["meters"]["llm_tokens"] = if name == "free" {
+            json!({"included": 10000, "price": {"model": "per_unit", "unit_price": "0"}})
+        } else {
+            json!({"included": 100000})
+        };
+    }
+    let catalogue_path = env.data().join("catalogue-llm.json");
+    std::fs::write(&catalogue_path, catalogue.to_string()).unwrap();
+    let applied = env.cli_env(
+        &[
+            "catalogue",
+            "apply",
+            catalogue_path.to_str().unwrap(),
+            "--from",
+            "2026-11",
+        ],
+        &at_now,
+    );
+    assert_eq!(applied["effective_from"], "2026-11");
+
     // One trusted proxy: the owner's policy changes below come "through" it from an
     // allowed address; the browser, which sends no X-Forwarded-For, is seen as its peer.
     let server = spawn_app_with(&env, |app| {
@@ -281,6 +579,20 @@ async fn the_dashboard_in_chromium() {
             "timestamp": format!("2026-11-03T{hour:02}:0{i}:00Z")}),
         );
     }
+    // Model tokens by model: gpt-4 1200.5 + 99.5 = 1300, claude 300 + 0.25 = 300.25; the
+    // month 1600.25; the 3rd to the 5th (the custom range below) 1200.5 + 300 + 99.5 = 1600.
+    let tokens = [
+        ("t1", "2026-11-04T10:00:00Z", "gpt-4", "1200.5"),
+        ("t2", "2026-11-04T11:00:00Z", "claude", "300"),
+        ("t3", "2026-11-05T09:00:00Z", "gpt-4", "99.5"),
+        ("t4", "2026-11-12T09:00:00Z", "claude", "0.25"),
+    ];
+    for (id, at, model, n) in tokens {
+        evs.push(
+            json!({"id": id, "project_id": project, "meter": "llm_tokens", "timestamp": at,
+            "properties": {"model": model, "tokens": n}}),
+        );
+    }
     post_accepted(&http, &server, &key, evs).await;
     let summary_path = format!("/v1/orgs/{org_id}/usage/summary");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -296,6 +608,7 @@ async fn the_dashboard_in_chromium() {
         };
         if value("compute_minutes").as_deref() == Some("100")
             && value("api_calls").as_deref() == Some("5")
+            && value("llm_tokens").as_deref() == Some("1600.25")
         {
             break s;
         }
@@ -407,6 +720,14 @@ async fn the_dashboard_in_chromium() {
     assert_eq!(rows.len(), 24, "one row per hour of the day");
     assert_eq!(text_of(&c, "#meter-api_calls-total").await, "5");
     shot(&c, "usage-hours").await;
+
+    let owner_api = Api {
+        http: &http,
+        base: &base,
+        token: &owner_token,
+    };
+    usage_range_and_dimension(&c, &owner_api, &org_id).await;
+    too_many_projects_falls_back(&c, &env, &owner_api, &org_id).await;
 
     // Limits: compute minutes' gauge is full, of a hard limit.
     tab(&c, "limits").await;

@@ -1,0 +1,216 @@
+//! The dashboard's routes in the OpenAPI document: `GET /dashboard`, its assets, sign-in
+//! and sign-out, with their cookies and errors.
+//!
+//! The routes themselves live in `tally_dashboard` (which depends on this crate, so this
+//! crate cannot read its route table); [`DASHBOARD_ROUTES`] spells them as the document
+//! does, and `tally_dashboard`'s tests check that table against the dashboard's own
+//! (`tally_dashboard::ROUTES`) and every status its handlers answer against [`statuses`].
+//! `/openapi.json` lists them on every server that serves it: `tally serve` and the API
+//! Lambda both merge the dashboard into the API's router.
+
+use serde_json::{Map, Value, json};
+
+use crate::auth::{CSRF_COOKIE, SESSION_COOKIE};
+use crate::http::openapi::{add_paths, add_schemas, error_responses, json_response, schema_ref};
+
+/// Every dashboard route (method, path as the document spells it: the assets' wildcard is
+/// the one `{path}` parameter).
+pub const DASHBOARD_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/assets/{path}"),
+    ("POST", "/dashboard/sign-in"),
+    ("POST", "/dashboard/sign-out"),
+];
+
+/// Largest sign-in body the dashboard accepts (`tally_dashboard::MAX_SIGN_IN_BYTES`, which
+/// its tests hold equal to this): a token of an OIDC issuer is a few kilobytes at most.
+pub const MAX_SIGN_IN_BYTES: usize = 16 * 1024;
+
+/// The statuses each dashboard route answers with, by its documented path and method;
+/// `None` for a route that is not the dashboard's.
+pub fn statuses(method: &str, path: &str) -> Option<&'static [u16]> {
+    let listed: &'static [u16] = match (method, path) {
+        ("GET", "/dashboard") => &[200],
+        ("GET", "/dashboard/assets/{path}") => &[200, 304, 404],
+        ("POST", "/dashboard/sign-in") => &[200, 400, 401, 403, 409, 413, 429, 500, 503],
+        ("POST", "/dashboard/sign-out") => &[204, 403, 503],
+        _ => return None,
+    };
+    Some(listed)
+}
+
+/// Adds the dashboard's paths, its cookie security scheme and its schemas to `doc`.
+pub fn add(doc: &mut Value) {
+    add_paths(
+        doc,
+        json!({
+            "/dashboard": {"get": page()},
+            "/dashboard/assets/{path}": {"get": asset()},
+            "/dashboard/sign-in": {"post": sign_in()},
+            "/dashboard/sign-out": {"post": sign_out()},
+        }),
+    );
+    if let Some(schemes) = doc
+        .pointer_mut("/components/securitySchemes")
+        .and_then(Value::as_object_mut)
+    {
+        schemes.insert(
+            "sessionCookie".into(),
+            json!({
+                "type": "apiKey",
+                "in": "cookie",
+                "name": SESSION_COOKIE,
+                "description": format!("The dashboard's session cookie (HTTP-only, `SameSite=Strict`, `Secure`), set by `POST /dashboard/sign-in`: a session token. The management API accepts it in place of a bearer token; a request that is not GET must then repeat the `{CSRF_COOKIE}` cookie in `X-CSRF-Token` and come from this server's own origin (else 403 `csrf`)."),
+            }),
+        );
+    }
+    add_schemas(
+        doc,
+        json!({
+            "DashboardSignIn": {
+                "type": "object",
+                "required": ["token"],
+                "additionalProperties": false,
+                "properties": {
+                    "token": {"type": "string", "description": "A user token: `tally token create --user …`, or an ID token of the configured OIDC issuer. Not an API key (400 `invalid_token`), not a session token (403 `session_token`)."},
+                },
+            },
+            "DashboardSignedIn": {
+                "type": "object",
+                "required": ["user_id", "session"],
+                "properties": {
+                    "user_id": {"type": "string"},
+                    "session": schema_ref("SessionView"),
+                },
+            },
+        }),
+    );
+}
+
+/// The `Origin` header sign-in and sign-out require.
+fn origin() -> Value {
+    json!({
+        "name": "Origin",
+        "in": "header",
+        "required": true,
+        "description": "Must name this server (the request's `Host`, either scheme): a browser sets it, and another site cannot forge it; anything else is 403 `csrf`.",
+        "schema": {"type": "string"},
+    })
+}
+
+/// `responses` of `statuses` (error bodies as the API's), with `own` in place of the shared
+/// ones it names.
+fn responses(method: &str, path: &str, own: Map<String, Value>) -> Value {
+    let codes = statuses(method, path).unwrap_or(&[]);
+    let mut all = error_responses(codes);
+    all.extend(own);
+    Value::Object(all)
+}
+
+fn page() -> Value {
+    let mut own = Map::new();
+    own.insert(
+        "200".into(),
+        json!({"description": "The page (HTML; its script signs in, or shows the signed-in user's orgs).", "content": {"text/html": {"schema": {"type": "string"}}}}),
+    );
+    json!({
+        "operationId": "dashboardPage",
+        "summary": "The tenant dashboard's page",
+        "description": "Public: the page holds no data; its script calls this API with the session cookie. Every dashboard answer carries a strict `Content-Security-Policy` (this origin only, no inline script or style, no framing), `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`; the page is `no-store`.",
+        "security": [],
+        "responses": responses("GET", "/dashboard", own),
+    })
+}
+
+fn asset() -> Value {
+    let mut own = Map::new();
+    let etag = json!({"description": "The asset's SHA-256 (a prefix, quoted).", "schema": {"type": "string"}});
+    own.insert(
+        "200".into(),
+        json!({
+            "description": "The asset (the page's script and stylesheet, and the vendored uPlot with its license), embedded in the binary.",
+            "headers": {"ETag": etag},
+            "content": {
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }),
+    );
+    own.insert(
+        "304".into(),
+        json!({"description": "`If-None-Match` names the asset's current ETag.", "headers": {"ETag": etag}}),
+    );
+    own.insert(
+        "404".into(),
+        json!({"description": "No such asset.", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+    );
+    json!({
+        "operationId": "dashboardAsset",
+        "summary": "One of the dashboard's embedded assets",
+        "description": "`Cache-Control: no-cache` with a strong ETag, so a new binary's assets are picked up at once and an unchanged one costs a 304.",
+        "security": [],
+        "parameters": [
+            {"name": "path", "in": "path", "required": true, "description": "The asset's path under `/dashboard/assets/` (e.g. `app.js`, `vendor/uplot/uPlot.esm.js`).", "schema": {"type": "string"}},
+            {"name": "If-None-Match", "in": "header", "required": false, "description": "ETags the client holds.", "schema": {"type": "string"}},
+        ],
+        "responses": responses("GET", "/dashboard/assets/{path}", own),
+    })
+}
+
+fn sign_in() -> Value {
+    let mut own = Map::new();
+    let mut ok = json_response(
+        "Signed in: a session is open (listed and revocable like any), and two cookies are set: the session token HTTP-only, and the CSRF value the page repeats in `X-CSRF-Token`.",
+        "DashboardSignedIn",
+    );
+    ok["headers"] = json!({"Set-Cookie": {
+        "description": format!("`{SESSION_COOKIE}=<session token>; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=<session lifetime>` and `{CSRF_COOKIE}=<random>; Secure; SameSite=Strict; Path=/; Max-Age=<same>` (two headers)."),
+        "schema": {"type": "string"},
+    }});
+    own.insert("200".into(), ok);
+    own.insert(
+        "409".into(),
+        json_response(
+            "`too_many_sessions`: the user holds 50 live sessions already.",
+            "Error",
+        ),
+    );
+    json!({
+        "operationId": "dashboardSignIn",
+        "summary": "Sign in to the dashboard: a user token for a session cookie",
+        "description": format!("The token is checked exactly as a bearer token (401 when it is not valid; the org security policies' MFA and IP allowlist apply, 403), then a session is opened as `createSession` does. The body is at most {} bytes (413); a body that is not `{{\"token\": \"…\"}}` is 400 `invalid_body`, an API key 400 `invalid_token`.", MAX_SIGN_IN_BYTES),
+        "security": [],
+        "parameters": [origin()],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("DashboardSignIn")}}},
+        "responses": responses("POST", "/dashboard/sign-in", own),
+    })
+}
+
+fn sign_out() -> Value {
+    let mut own = Map::new();
+    own.insert(
+        "204".into(),
+        json!({
+            "description": "Signed out: the cookie's session is revoked (a copy of the cookie stops working too) and both cookies are cleared. A cookie whose session is gone already, or none, is just cleared.",
+            "headers": {"Set-Cookie": {
+                "description": format!("`{SESSION_COOKIE}=; …; Max-Age=0` and `{CSRF_COOKIE}=; …; Max-Age=0`."),
+                "schema": {"type": "string"},
+            }},
+        }),
+    );
+    own.insert(
+        "503".into(),
+        json_response(
+            "`sign_out_failed`: the store could not record the revocation; the session still works and the cookies are kept (no `Set-Cookie`), so the user may try again.",
+            "Error",
+        ),
+    );
+    json!({
+        "operationId": "dashboardSignOut",
+        "summary": "Sign out of the dashboard: revoke the cookie's session and clear the cookies",
+        "security": [{"sessionCookie": []}, {}],
+        "parameters": [origin()],
+        "responses": responses("POST", "/dashboard/sign-out", own),
+    })
+}
