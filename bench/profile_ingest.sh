@@ -2,20 +2,22 @@
 # Profiles `tally serve` (embedded) under 1-event `POST /v1/events` requests (issue 21,
 # item 2) and draws the flamegraph.
 #
-# Runs `ingest_load --only zipf-1` (workload W, one event per request, 32 connections)
+# Runs `ingest_load --only zipf-1 --path raw` (workload W, one event per request, 32 connections)
 # against the release `tally`, through a wrapper that starts `tally serve` and attaches
 # `perf record --call-graph dwarf` to that process only (not to the load generator). The
 # release profile keeps symbols (`strip = "debuginfo"`) and .eh_frame, which is all dwarf
 # unwinding needs. The SVG and the folded stacks go to bench/flamegraphs/.
 #
-# Usage: bench/profile_ingest.sh [SCALE] [PROFILE]
+# Usage: bench/profile_ingest.sh [SCALE] [PROFILE] [TALLY] [SVG]
 #   (after cargo build --release -p tally -p tally-bench; PROFILE `debug` profiles the dev
-#   build instead, whose costs are not release's: say so beside any figure from it)
+#   build instead, whose costs are not release's: say so beside any figure from it; TALLY
+#   profiles another `tally` binary, such as a copy of the one before a change, and SVG
+#   names the output instead of bench/flamegraphs/ingest_1event[_PROFILE].svg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-1.0}"
 profile="${2:-release}"
-tally="$PWD/target/$profile/tally"
+tally="$(realpath "${3:-target/$profile/tally}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$work/perf.data"
@@ -32,10 +34,11 @@ trap 'kill -TERM \$pid; wait \$pid; kill -INT \$perf; wait \$perf; exit 0' TERM
 wait \$pid
 EOF
 chmod +x "$wrapper"
-"target/$profile/ingest_load" --tally "$wrapper" --only zipf-1 --scale "$scale"
+"target/$profile/ingest_load" --tally "$wrapper" --only zipf-1 --path raw --scale "$scale"
 mkdir -p bench/flamegraphs
 svg=bench/flamegraphs/ingest_1event.svg
 [ "$profile" = release ] || svg="bench/flamegraphs/ingest_1event_$profile.svg"
+svg="${4:-$svg}"
 # --no-inline: resolving inlined frames runs addr2line per frame and takes minutes.
 perf script --no-inline -i "$data" 2>/dev/null |
 	python3 bench/flamegraph.py "$svg" \

@@ -26,7 +26,7 @@ use tally_core::ids::{ApiKeyId, OrgId, ProjectId};
 use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
 use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
-use tally_core::tenant::{ApiKey, KeyMode, KeyScope};
+use tally_core::tenant::{KeyMode, KeyScope};
 use tracing::Instrument;
 
 use crate::Ingest;
@@ -34,6 +34,7 @@ use crate::auth::{KeyAuth, bearer_token, require_scope};
 use crate::body::{BodyFormat, Candidate, MAX_BODY_BYTES, split_body};
 use crate::config::RateCost;
 use crate::error::{ApiError, ErrorBody, LimitDetails, PLAN_LIMIT_EXCEEDED};
+use crate::keys::CachedKey;
 use crate::limits::{METRIC_RATE_LIMITED, PlanRefusal, Throttled};
 use crate::lookups::ProjectState;
 
@@ -74,7 +75,16 @@ pub const METRIC_DUPLICATE_CONFLICTS: &str = "tally_events_duplicate_conflicts_t
 /// Notices for the events of `events` (index, event) whose id an earlier event of the same
 /// request already used with other contents: the later one changes nothing downstream.
 fn duplicate_conflicts<'a>(events: impl IntoIterator<Item = (usize, &'a Event)>) -> Vec<Rejection> {
-    let mut first: HashMap<&str, &Event> = HashMap::new();
+    let mut events = events.into_iter().peekable();
+    // Fewer than two events cannot conflict: no map (nor its allocation) for a 1-event
+    // request.
+    let Some((_, head)) = events.next() else {
+        return Vec::new();
+    };
+    if events.peek().is_none() {
+        return Vec::new();
+    }
+    let mut first: HashMap<&str, &Event> = HashMap::from([(head.id.as_str(), head)]);
     let mut notices = Vec::new();
     for (index, event) in events {
         match first.get(event.id.as_str()) {
@@ -173,7 +183,8 @@ fn plan_limit_message(r: &PlanRefusal, mode: KeyMode) -> String {
 /// limit token (`429`: taken when charging per request, only checked for when charging per
 /// event). Runs before the body is read, so refused callers never upload it.
 pub(crate) struct Admitted {
-    key: ApiKey,
+    /// The key as the key cache holds it (shared, not copied per request).
+    key: Arc<CachedKey>,
     plan: Arc<Plan>,
     /// The key's limit, when rate limits are on and charged per event (after the body is
     /// split).
@@ -185,10 +196,11 @@ impl FromRequestParts<Ingest> for Admitted {
 
     async fn from_request_parts(parts: &mut Parts, state: &Ingest) -> Result<Self, ApiError> {
         let client = tally_http::client::client_ip_of(parts, state.inner.config.trusted_proxies);
-        let key = KeyAuth::from_ref(state)
-            .authenticate_from(bearer_token(&parts.headers)?, client)
+        let cached = KeyAuth::from_ref(state)
+            .authenticate_cached(bearer_token(&parts.headers)?, client)
             .await?;
-        require_scope(&key, KeyScope::EventsWrite)?;
+        let key = &cached.key;
+        require_scope(key, KeyScope::EventsWrite)?;
         tracing::Span::current().record("org", key.org_id.as_str());
         let plan_id = state
             .inner
@@ -217,7 +229,7 @@ impl FromRequestParts<Ingest> for Admitted {
             }
         }
         Ok(Admitted {
-            key,
+            key: cached.clone(),
             plan: state.plan(plan_id),
             per_event,
         })
@@ -284,11 +296,12 @@ pub(crate) async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     let Admitted {
-        key,
+        key: cached,
         plan,
         per_event,
     } = caller;
-    let org = key.org_id.clone();
+    let key = &cached.key;
+    let org = &key.org_id;
     let span = tracing::Span::current();
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -324,7 +337,7 @@ pub(crate) async fn post_events(
                 refused(t)
             })?;
     }
-    let response = ingest(&state, &org, key.mode(), &plan, format, &candidates).await?;
+    let response = ingest(&state, org, key.mode(), &plan, format, &candidates).await?;
     metrics::counter!(METRIC_ACCEPTED).increment(response.accepted as u64);
     for r in &response.rejected {
         metrics::counter!(METRIC_REJECTED, "code" => r.error.code.clone()).increment(1);

@@ -4,7 +4,9 @@
 //! aggregator (applying batches to the store) never wait for one write lock.
 //!
 //! - **Publish** writes one message row per org in the call (ingest publishes one request,
-//!   which is one org, so normally exactly one row) in one transaction. WAL mode with
+//!   which is one org, so normally exactly one row) in one transaction, which concurrent
+//!   publishes share ([`group_commit`]: one transaction and one blocking-pool hop for all
+//!   the publishes waiting, each answered only once it committed). WAL mode with
 //!   `synchronous=NORMAL`: once `publish` returns, the message survives a crash of the process
 //!   (a SIGKILL); `LocalQueueConfig::sync_full` also covers power loss.
 //! - **Receive** takes visible messages, oldest first, until about `max_events` events (the
@@ -49,7 +51,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::conn::{self, ConnSettings, Kind};
+
+mod group_commit;
 use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
+pub use group_commit::METRIC_PUBLISHES_PER_COMMIT;
+use group_commit::{GroupCommit, Writer};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -141,6 +147,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Wakes waiting receivers when this process publishes.
     published: Notify,
+    /// Publishes waiting for the transaction that will write them.
+    group: Arc<GroupCommit>,
     config: LocalQueueConfig,
     /// Checkpoints the WAL in the background; stops when the queue is dropped.
     _checkpointer: Option<conn::Checkpointer>,
@@ -223,6 +231,7 @@ impl LocalQueue {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 published: Notify::new(),
+                group: Arc::default(),
                 config,
                 _checkpointer: checkpointer,
             }),
@@ -271,24 +280,21 @@ impl LocalQueue {
         .await
     }
 
+    /// Writes `bodies` as messages, in the next group commit ([`group_commit`]), and
+    /// returns once the transaction holding them committed.
     async fn insert_bodies(&self, bodies: Vec<(String, usize)>) -> Result<(), QueueError> {
-        self.run(move |conn, _| {
-            let now = conn::now_millis();
-            let tx = write_tx(conn)?;
-            {
-                let mut ins = tx
-                    .prepare_cached(
-                        "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
-                         VALUES (?1, ?2, 0, ?3)",
-                    )
-                    .map_err(qerr)?;
-                for (body, n) in &bodies {
-                    ins.execute(params![body, *n as i64, now]).map_err(qerr)?;
-                }
-            }
-            tx.commit().map_err(qerr)
-        })
-        .await?;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        if self.inner.group.join(bodies, done) {
+            // No writer runs: this publish starts one. It is detached: it answers every
+            // publish it writes, this one included, and hands over while any is left. Its
+            // guard fails the waiting publishes if it never runs or panics.
+            start_writer(Arc::clone(&self.inner), tokio::runtime::Handle::current());
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(
+                "the queue's writer stopped before answering".into(),
+            ))
+        })?;
         self.inner.published.notify_waiters();
         Ok(())
     }
@@ -571,6 +577,53 @@ struct Taken {
     receive_count: u32,
 }
 
+/// Starts a group-commit writer ([`write_group`]) on `runtime`'s blocking pool.
+fn start_writer(inner: Arc<Inner>, runtime: tokio::runtime::Handle) {
+    let writer = Writer::new(Arc::clone(&inner.group));
+    let next = runtime.clone();
+    runtime.spawn_blocking(move || write_group(inner, writer, next));
+}
+
+/// The group-commit writer (on the blocking pool): takes the pending publishes under the
+/// queue's connection, writes them in one transaction and answers each with the outcome.
+/// When more are pending by then, it hands over to a fresh writer task instead of looping,
+/// so the connection's other users (the aggregator's take and ack) get their turn at its
+/// lock between groups rather than racing a thread that takes it straight back.
+fn write_group(inner: Arc<Inner>, writer: Writer, runtime: tokio::runtime::Handle) {
+    let mut conn = conn::lock(&inner.conn);
+    let Some(group) = inner.group.next_group() else {
+        writer.finish();
+        return;
+    };
+    metrics::histogram!(group_commit::METRIC_PUBLISHES_PER_COMMIT).record(group.publishes() as f64);
+    let result = write_messages(&mut conn, &group.bodies);
+    drop(conn);
+    group.answer(&result);
+    let more = inner.group.more();
+    writer.finish();
+    if more {
+        start_writer(inner, runtime);
+    }
+}
+
+/// Inserts `bodies` (each a message body and its event count) in one write transaction.
+fn write_messages(conn: &mut Connection, bodies: &[(String, usize)]) -> Result<(), QueueError> {
+    let now = conn::now_millis();
+    let tx = write_tx(conn)?;
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
+                 VALUES (?1, ?2, 0, ?3)",
+            )
+            .map_err(qerr)?;
+        for (body, n) in bodies {
+            ins.execute(params![body, *n as i64, now]).map_err(qerr)?;
+        }
+    }
+    tx.commit().map_err(qerr)
+}
+
 fn parse_receipt(r: &str) -> Result<i64, QueueError> {
     r.split_once('.')
         .and_then(|(id, _)| id.parse::<i64>().ok())
@@ -724,6 +777,74 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].events, vec![batch[0].clone(), batch[2].clone()]);
         assert_eq!(got[1].events, vec![batch[1].clone()]);
+    }
+
+    /// Starts `n` one-event publishes (one org each) while the test holds the queue's
+    /// connection, and waits until all of them are pending, so that they form one group.
+    /// Synchronous on purpose: the caller holds the connection's lock, and the publishes
+    /// run on the multi-thread runtime's workers while this thread spins.
+    fn held_publishes(
+        q: &LocalQueue,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<PublishReport, QueueError>>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move { q.publish(&[event(&format!("org_{i}"), "1")]).await })
+            })
+            .collect();
+        while q.inner.group.pending() < n {
+            std::thread::yield_now();
+        }
+        tasks
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publishes_share_one_transaction_and_each_returns_once_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let held = conn::lock(&q.inner.conn);
+        let tasks = held_publishes(&q, 20);
+        // Nothing can have returned: the writer waits for the connection.
+        assert!(tasks.iter().all(|t| !t.is_finished()));
+        let groups_before = q.inner.group.groups();
+        drop(held);
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), PublishReport::default());
+        }
+        // One transaction wrote the 20 rows: the writer took every pending publish at once.
+        assert_eq!(q.inner.group.groups() - groups_before, 1);
+        assert_eq!(q.depth().await.unwrap(), 20, "one message per publish");
+        let got = q.receive(100, Duration::ZERO).await.unwrap();
+        let mut orgs: Vec<String> = got.iter().map(|d| d.events[0].org_id.to_string()).collect();
+        orgs.sort();
+        orgs.dedup();
+        assert_eq!(orgs.len(), 20, "each publish's own message, one org each");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_transaction_fails_each_of_its_publishes_and_writes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let config = LocalQueueConfig {
+            busy_timeout: Duration::from_millis(50),
+            ..LocalQueueConfig::default()
+        };
+        let q = LocalQueue::open_with(&path, config).unwrap();
+        // The fault: another connection holds the file's write lock past the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let held = conn::lock(&q.inner.conn);
+        let tasks = held_publishes(&q, 5);
+        drop(held);
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Err(QueueError::Unavailable(_))));
+        }
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(q.depth().await.unwrap(), 0, "a failed publish left no row");
+        // The writer stopped cleanly: the next publish starts another and succeeds.
+        q.publish(&[event("org_a", "2")]).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -12,6 +12,18 @@
 //! rusqlite table keyed like the ledger (rowid table, `UNIQUE (org, event_id)`, WAL,
 //! `synchronous=NORMAL`), in the same rows per commit.
 //!
+//! `--path` chooses how the events are sent. `raw` (the baseline) builds each request's body
+//! itself and posts it with reqwest, `clients` requests in flight. `client` emits every event
+//! on its own through `tally_client::Client` (one per org, since a key is one org's), which
+//! batches them (at most N events per request, the run's size; `--linger-ms`, default 20),
+//! keeps each event's id across retries and retries `429`/`503`/5xx; at most `clients × N`
+//! events are outstanding at once (the raw path's `clients` requests of N events), and every
+//! event's ticket must resolve to `Accepted`. `both` (the default) runs each case both ways,
+//! raw first, on a fresh server each, so the two are compared in the same run. Either way the
+//! run ends only when the counters equal the truth: the resent 10 % (same ids) are counted
+//! once, whichever path sent them. Latency on the client path is per event, from `send` to
+//! its outcome (linger included); requests are counted by the server (`/metrics`).
+//!
 //! `--queue sqs` runs the same measurement with SQS between ingest and the aggregator, on
 //! the fast SQS emulator (npm `fauxqs@1.9.2`, see `bench/ingest_sqs.sh`, which installs it
 //! under `.cache/fauxqs`): each run starts its own fauxqs on a free port, creates the queue
@@ -23,7 +35,8 @@
 //! Only 127.0.0.1 is ever addressed; every loop is bounded in count and in time.
 //!
 //! `cargo run --release -p tally-bench --bin ingest_load -- [--tally PATH] [--scale F]
-//!  [--clients N] [--only LIST] [--queue local|sqs] [--fauxqs PATH/TO/cli.js]`
+//!  [--clients N] [--only LIST] [--queue local|sqs] [--fauxqs PATH/TO/cli.js]
+//!  [--path raw|client|both] [--linger-ms MS]`
 //! (scale 1.0 = 200,000 events per batched run).
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,6 +62,17 @@ use tally_store::{SqliteConfig, SqliteStore};
 /// Longest any one run may take before it is abandoned.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
+/// How the load generator sends the events (`--path`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SendPath {
+    /// Bodies built here and posted with reqwest: the baseline.
+    Raw,
+    /// Every event through `tally_client::Client`, which batches and retries.
+    Client,
+    /// Each case both ways, raw first.
+    Both,
+}
+
 /// What sits between ingest and the aggregator in the measured server.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum QueueKind {
@@ -69,6 +93,9 @@ struct Args {
     /// `tally serve --batch-events`: most events the aggregator applies per batch; `None`
     /// runs tally's default (1,000), which is what the targets are measured on.
     batch_events: Option<usize>,
+    path: SendPath,
+    /// `tally_client::Config::linger` on the client path.
+    linger: Duration,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -80,6 +107,8 @@ fn args() -> anyhow::Result<Args> {
         queue: QueueKind::Local,
         fauxqs: PathBuf::from(".cache/fauxqs/node_modules/fauxqs/dist/cli.js"),
         batch_events: None,
+        path: SendPath::Both,
+        linger: Duration::from_millis(20),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,6 +127,21 @@ fn args() -> anyhow::Result<Args> {
             }
             "--fauxqs" => a.fauxqs = PathBuf::from(value),
             "--batch-events" => a.batch_events = Some(value.parse().context("--batch-events")?),
+            "--path" => {
+                a.path = match value.as_str() {
+                    "raw" => SendPath::Raw,
+                    "client" => SendPath::Client,
+                    "both" => SendPath::Both,
+                    _ => bail!("--path must be raw, client or both, got {value:?}"),
+                }
+            }
+            "--linger-ms" => {
+                let ms: u64 = value.parse().context("--linger-ms")?;
+                if ms > 60_000 {
+                    bail!("--linger-ms must be at most 60000, got {ms}");
+                }
+                a.linger = Duration::from_millis(ms);
+            }
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -418,7 +462,10 @@ async fn start_server(a: &Args, t: &Tenants) -> anyhow::Result<(Server, Vec<Stri
 /// What one run measured.
 struct RunResult {
     events: usize,
-    requests: usize,
+    /// Requests sent (the raw path's own count; the client path's as the server counted).
+    requests: Option<usize>,
+    /// Mean publishes per local-queue transaction, when the server reports it.
+    per_commit: Option<f64>,
     send_secs: f64,
     exact_secs: f64,
     p50_ms: f64,
@@ -504,9 +551,26 @@ async fn run(
         );
     }
     lat.sort_by(f64::total_cmp);
+    let exact_secs = await_exact(server, expected, month, began).await?;
+    Ok(RunResult {
+        events,
+        requests: Some(n),
+        per_commit: publishes_per_commit(server).await,
+        send_secs,
+        exact_secs,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+    })
+}
 
-    // Exact counters: every org's stored counters equal the truth. Orgs are checked in turn
-    // and stay checked (nothing is sent any more).
+/// Waits until every org's stored counters equal the truth, and returns the seconds from
+/// `began`. Orgs are checked in turn and stay checked (nothing is sent any more).
+async fn await_exact(
+    server: &Server,
+    expected: &HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>>,
+    month: Month,
+    began: Instant,
+) -> anyhow::Result<f64> {
     let store = SqliteStore::open_with(
         &server.db,
         SqliteConfig {
@@ -533,15 +597,141 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let exact_secs = began.elapsed().as_secs_f64();
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// The client path: every event emitted on its own through `tally_client::Client` (one
+/// client per org, batching up to `per` events and lingering `linger`), at most
+/// `clients × per` events outstanding, or paced at `rate` events/s when given. Every
+/// ticket must come back `Accepted`; then the counters must equal the truth, as on the raw
+/// path (the workload's resends carry their original ids: counted once).
+async fn run_client(
+    server: &Server,
+    secrets: &[String],
+    case: &Case<'_>,
+    clients: usize,
+    linger: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<RunResult> {
+    let (events, org_index, per) = (case.events, case.org_index, case.per);
+    // Clients for the orgs the workload names, built before the clock starts.
+    let mut by_org: HashMap<usize, tally_client::Client> = HashMap::new();
+    for e in events {
+        let org = org_index[&e.org_id];
+        if let std::collections::hash_map::Entry::Vacant(slot) = by_org.entry(org) {
+            let mut config = tally_client::Config::new(server.url.clone(), secrets[org].clone());
+            config.max_batch_events = per;
+            config.linger = linger;
+            slot.insert(tally_client::Client::start(config)?);
+        }
+    }
+    let window = Arc::new(tokio::sync::Semaphore::new(clients * per));
+    let before = server_requests(server).await;
+    let began = Instant::now();
+    let mut pending = tokio::task::JoinSet::new();
+    for (i, e) in events.iter().enumerate() {
+        if began.elapsed() > RUN_LIMIT {
+            bail!(
+                "only {i} of {} events were sent within {RUN_LIMIT:?}",
+                events.len()
+            );
+        }
+        if let Some(rate) = rate {
+            let at = began + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let permit = window.clone().acquire_owned().await?;
+        let t = Instant::now();
+        let ticket = by_org[&org_index[&e.org_id]]
+            .send(client_event(e))
+            .await
+            .with_context(|| format!("event {i} was not taken by the client"))?;
+        pending.spawn(async move {
+            let outcome = ticket.outcome().await;
+            drop(permit);
+            (i, outcome, t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    for client in by_org.into_values() {
+        client.shutdown().await;
+    }
+    let mut lat = Vec::with_capacity(events.len());
+    while let Some(done) = pending.join_next().await {
+        let (i, outcome, ms) = done?;
+        match outcome {
+            Ok(tally_client::Outcome::Accepted) => lat.push(ms),
+            other => bail!("event {i} was not accepted: {other:?}"),
+        }
+    }
+    let send_secs = began.elapsed().as_secs_f64();
+    if lat.len() != events.len() {
+        bail!("{} of {} events were accepted", lat.len(), events.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    let exact_secs = await_exact(server, case.expected, case.month, began).await?;
+    let requests = match (before, server_requests(server).await) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
     Ok(RunResult {
-        events,
-        requests: n,
+        events: events.len(),
+        requests,
+        per_commit: publishes_per_commit(server).await,
         send_secs,
         exact_secs,
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
     })
+}
+
+/// The workload's event as a service would emit it through the client: same id (so a
+/// resend is one), project, meter, quantity, instant (to the millisecond, which keeps its
+/// hour) and properties.
+fn client_event(e: &Event) -> tally_client::Event {
+    let mut out =
+        tally_client::Event::new(e.project_id.as_str(), e.meter.as_str(), e.quantity.value())
+            .with_id(e.id.as_str())
+            .at(e.timestamp);
+    for (k, v) in &e.properties {
+        out = out.property(k.clone(), v.clone());
+    }
+    out
+}
+
+/// Requests `POST /v1/events` has split into events so far, from the server's `/metrics`
+/// (the count of `tally_ingest_batch_size`, absent before the first request); `None` when
+/// it cannot be read.
+async fn server_requests(server: &Server) -> Option<usize> {
+    server_metric(server, "tally_ingest_batch_size_count")
+        .await
+        .map(|v| v.unwrap_or(0.0) as usize)
+}
+
+/// One unlabelled sample of the server's `/metrics` (`Some(None)` when it is not there
+/// yet); `None` when the page cannot be read.
+async fn server_metric(server: &Server, name: &str) -> Option<Option<f64>> {
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    }))
+}
+
+/// Publishes per local-queue transaction over the whole run (the group commit's
+/// histogram, `tally_local_queue_publishes_per_commit`): 1.0 when publishes never overlap.
+async fn publishes_per_commit(server: &Server) -> Option<f64> {
+    let name = tally_store::local_queue::METRIC_PUBLISHES_PER_COMMIT;
+    let sum = server_metric(server, &format!("{name}_sum")).await??;
+    let count = server_metric(server, &format!("{name}_count")).await??;
+    (count > 0.0).then(|| sum / count)
 }
 
 /// Raw SQLite: the same ledger rows into a plain table keyed like the ledger, `per` rows per
@@ -591,15 +781,85 @@ fn raw_sqlite(events: &[Event], per: usize) -> anyhow::Result<f64> {
     Ok(rows.len() as f64 / began.elapsed().as_secs_f64())
 }
 
+impl SendPath {
+    /// The paths a run measures, in order (the baseline first).
+    fn each(self) -> Vec<SendPath> {
+        match self {
+            SendPath::Both => vec![SendPath::Raw, SendPath::Client],
+            one => vec![one],
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            SendPath::Raw => "raw",
+            SendPath::Client => "tally-client",
+            SendPath::Both => "both",
+        }
+    }
+}
+
+/// One case of the workload, ready to be sent either way.
+struct Case<'a> {
+    tenants: &'a Tenants,
+    events: &'a [Event],
+    org_index: &'a HashMap<OrgId, usize>,
+    /// Events per request (the client path's `max_batch_events`).
+    per: usize,
+    expected: &'a HashMap<OrgId, BTreeMap<OwnedCounterKey, Decimal>>,
+    month: Month,
+}
+
+impl Case<'_> {
+    /// Starts a fresh server and sends the case along `path`, at most as fast as it goes,
+    /// or paced at `rate` events/s.
+    async fn measure(
+        &self,
+        a: &Args,
+        path: SendPath,
+        rate: Option<f64>,
+    ) -> anyhow::Result<RunResult> {
+        let (server, secrets) = start_server(a, self.tenants).await?;
+        let result = match path {
+            SendPath::Client => {
+                run_client(&server, &secrets, self, a.clients, a.linger, rate).await
+            }
+            SendPath::Raw | SendPath::Both => {
+                let reqs = requests(self.events, self.org_index, self.per);
+                // Events/s to requests/s at this case's mean events per request.
+                let per_request = self.events.len() as f64 / reqs.len().max(1) as f64;
+                let rate = rate.map(|eps| eps / per_request);
+                run(
+                    &server,
+                    &secrets,
+                    reqs,
+                    a.clients,
+                    rate,
+                    self.expected,
+                    self.month,
+                )
+                .await
+            }
+        };
+        drop(server);
+        result
+    }
+}
+
 fn print_run(label: &str, r: &RunResult, ceiling: Option<f64>) {
     let eps = r.events as f64 / r.exact_secs;
     let frac = ceiling
         .map(|c| format!("  ({:.0}% of raw SQLite {c:.0} rows/s)", 100.0 * eps / c))
         .unwrap_or_default();
+    let requests = r.requests.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let per_commit = r
+        .per_commit
+        .map(|p| format!("  {p:.2} publishes/commit"))
+        .unwrap_or_default();
     println!(
-        "{label:<34} {:>8} events {:>7} req  sent in {:>6.2}s  exact after {:>6.2}s  \
-         {:>8.0} events/s end to end  p50 {:>6.2} ms  p99 {:>7.2} ms{frac}",
-        r.events, r.requests, r.send_secs, r.exact_secs, eps, r.p50_ms, r.p99_ms
+        "{label:<46} {:>8} events {requests:>7} req  sent in {:>6.2}s  exact after {:>6.2}s  \
+         {:>8.0} events/s end to end  p50 {:>6.2} ms  p99 {:>7.2} ms{per_commit}{frac}",
+        r.events, r.send_secs, r.exact_secs, eps, r.p50_ms, r.p99_ms
     );
 }
 
@@ -659,30 +919,26 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         let expected = truth(&events);
         let ceiling = raw_sqlite(&events, per)?;
-        let (server, secrets) = start_server(&a, &t).await?;
-        let reqs = requests(&events, &org_index, per);
-        let r = run(&server, &secrets, reqs, a.clients, None, &expected, month).await?;
-        print_run(&format!("{name} (max load)"), &r, Some(ceiling));
-        drop(server);
-        if name == "zipf-100" {
-            max_100 = Some(r.events as f64 / r.exact_secs);
-            // Half load: a fresh server, the same workload paced at half the measured rate.
-            let (server, secrets) = start_server(&a, &t).await?;
-            let reqs = requests(&events, &org_index, per);
-            let half_eps = r.events as f64 / r.exact_secs / 2.0;
-            let rate = half_eps / (r.events as f64 / r.requests as f64);
-            let h = run(
-                &server,
-                &secrets,
-                reqs,
-                a.clients,
-                Some(rate),
-                &expected,
-                month,
-            )
-            .await?;
-            print_run(&format!("zipf-100 (half load, {half_eps:.0}/s)"), &h, None);
-            drop(server);
+        let case = Case {
+            tenants: &t,
+            events: &events,
+            org_index: &org_index,
+            per,
+            expected: &expected,
+            month,
+        };
+        for path in a.path.each() {
+            let r = case.measure(&a, path, None).await?;
+            let label = format!("{name} {}", path.label());
+            print_run(&format!("{label} (max load)"), &r, Some(ceiling));
+            if name == "zipf-100" {
+                let eps = r.events as f64 / r.exact_secs;
+                max_100.get_or_insert(eps);
+                // Half load: a fresh server, the same workload paced at half the measured rate.
+                let half_eps = eps / 2.0;
+                let h = case.measure(&a, path, Some(half_eps)).await?;
+                print_run(&format!("{label} (half load, {half_eps:.0}/s)"), &h, None);
+            }
         }
     }
     if let (Some(m), QueueKind::Local) = (max_100, a.queue) {
