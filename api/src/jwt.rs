@@ -271,6 +271,43 @@ impl JwtConfig {
     }
 }
 
+impl JwtConfig {
+    /// Signs `claims` with the HS256 secret, for state this server hands a browser and reads
+    /// back itself (the dashboard's sign-in flow cookie). The claims must carry `aud` (a
+    /// value no user token has, so the one can never pass for the other) and `exp`.
+    /// [`JwtError::CannotSign`] on a server that only verifies (RS256).
+    pub fn seal<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
+        let key = self.encoding.as_ref().ok_or(JwtError::CannotSign)?;
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key)
+            .map_err(|e| JwtError::Signing(e.to_string()))
+    }
+
+    /// What [`JwtConfig::seal`] signed for `audience`, if the signature holds, `aud` is
+    /// `audience` and `exp` (Unix seconds) is after `now`; `None` for anything else (forged,
+    /// altered, for another audience, expired, or a server that cannot seal).
+    pub fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        now: DateTime<Utc>,
+    ) -> Option<T> {
+        self.encoding.as_ref()?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[audience]);
+        // Time is checked below against the caller's clock, with no leeway: the state is
+        // this server's own and short-lived.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp", "aud"].iter().map(|s| (*s).to_owned()).collect();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &validation).ok()?;
+        let exp = data.claims.get("exp")?.as_i64()?;
+        if exp <= now.timestamp() {
+            return None;
+        }
+        serde_json::from_value(data.claims).ok()
+    }
+}
+
 /// The longest a token may live: a session token (`sid`) as long as a session may, any
 /// other [`MAX_TTL_SECS`].
 fn max_ttl(session: bool) -> i64 {
