@@ -340,6 +340,36 @@ mod tests {
     use crate::tests::t;
 
     #[test]
+    fn sealed_state_opens_only_for_its_audience_secret_and_time() {
+        let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
+        let now = t("2026-11-26T12:00:00Z");
+        // exp = now + 600 s.
+        let state = serde_json::json!({"aud": "flow", "exp": now.timestamp() + 600, "x": 1});
+        let sealed = cfg.seal(&state).unwrap();
+        let open =
+            |c: &JwtConfig, token: &str, aud: &str, at| c.open::<serde_json::Value>(token, aud, at);
+        assert_eq!(open(&cfg, &sealed, "flow", now), Some(state));
+        // Planted faults: another audience, another secret, at exp, a user token as state.
+        assert_eq!(open(&cfg, &sealed, "other", now), None);
+        let other = JwtConfig::hs256(&[8; 32]).unwrap();
+        assert_eq!(open(&other, &sealed, "flow", now), None);
+        let at_exp = now + chrono::Duration::seconds(600);
+        assert_eq!(open(&cfg, &sealed, "flow", at_exp), None);
+        let user = UserId::parse("usr_ann").unwrap();
+        let token = cfg.mint(&user, now, chrono::Duration::hours(1)).unwrap();
+        assert_eq!(open(&cfg, &token, "flow", now), None);
+        // ...and sealed state is no user token.
+        assert!(cfg.verify(&sealed, now).is_err());
+        // A server that only verifies cannot seal.
+        let rs =
+            JwtConfig::rs256_public_pem(include_bytes!("testdata/rs256-test-public.pem")).unwrap();
+        assert!(matches!(
+            rs.seal(&serde_json::json!({})),
+            Err(JwtError::CannotSign)
+        ));
+    }
+
+    #[test]
     fn hs256_round_trips_and_expires() {
         let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
         let user = UserId::parse("usr_ann").unwrap();

@@ -323,12 +323,19 @@ mod tests {
         );
         let empty_secret = ClientSettings {
             client_secret: Some(String::new()),
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(
             empty_secret.check(),
             Err(OidcConfigError::Client("the OIDC client secret"))
         );
-        assert!(!format!("{empty_secret:?}").contains("client_secret: Some(\"\")"));
+        let secret = ClientSettings {
+            client_secret: Some("s3cret-value".into()),
+            ..ok
+        };
+        assert!(
+            !format!("{secret:?}").contains("s3cret-value"),
+            "{secret:?}"
+        );
     }
 }
