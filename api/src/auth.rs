@@ -361,12 +361,15 @@ pub async fn oidc_user(
 }
 
 /// The dashboard's session cookie: it holds the user token the sign-in page verified
-/// (`tally_dashboard` sets it HTTP-only, `SameSite=Strict`).
-pub const SESSION_COOKIE: &str = "tally_session";
+/// (`tally_dashboard` sets it HTTP-only, `SameSite=Strict`). The `__Host-` prefix makes the
+/// browser accept it only `Secure`, with `Path=/` and no `Domain`, so neither a sibling
+/// subdomain nor a plain-HTTP page can plant or shadow it.
+pub const SESSION_COOKIE: &str = "__Host-tally_session";
 
 /// The dashboard's CSRF cookie (readable by the page's script), whose value every
-/// cookie-authenticated mutation repeats in [`CSRF_HEADER`].
-pub const CSRF_COOKIE: &str = "tally_csrf";
+/// cookie-authenticated mutation repeats in [`CSRF_HEADER`]; `__Host-` as
+/// [`SESSION_COOKIE`], so a subdomain cannot plant a value of its choosing.
+pub const CSRF_COOKIE: &str = "__Host-tally_csrf";
 
 /// The header a cookie-authenticated mutation must carry, equal to [`CSRF_COOKIE`].
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -402,7 +405,7 @@ pub fn session_cookie_credential(parts: &Parts) -> Result<Option<String>, ApiErr
             (Some(e), Some(s)) if constant_time_eq(e.as_bytes(), s.as_bytes()) => {}
             _ => {
                 return Err(csrf(
-                    "a change made with the session cookie needs the X-CSRF-Token header equal to the tally_csrf cookie",
+                    "a change made with the session cookie needs the X-CSRF-Token header equal to the __Host-tally_csrf cookie",
                 ));
             }
         }
@@ -443,6 +446,8 @@ pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` equals `b`, in time that does not depend on where they first differ (for
+/// secrets: CSRF values, the dashboard's sign-in `state` and `nonce`).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

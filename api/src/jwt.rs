@@ -271,6 +271,43 @@ impl JwtConfig {
     }
 }
 
+impl JwtConfig {
+    /// Signs `claims` with the HS256 secret, for state this server hands a browser and reads
+    /// back itself (the dashboard's sign-in flow cookie). The claims must carry `aud` (a
+    /// value no user token has, so the one can never pass for the other) and `exp`.
+    /// [`JwtError::CannotSign`] on a server that only verifies (RS256).
+    pub fn seal<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
+        let key = self.encoding.as_ref().ok_or(JwtError::CannotSign)?;
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key)
+            .map_err(|e| JwtError::Signing(e.to_string()))
+    }
+
+    /// What [`JwtConfig::seal`] signed for `audience`, if the signature holds, `aud` is
+    /// `audience` and `exp` (Unix seconds) is after `now`; `None` for anything else (forged,
+    /// altered, for another audience, expired, or a server that cannot seal).
+    pub fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        now: DateTime<Utc>,
+    ) -> Option<T> {
+        self.encoding.as_ref()?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[audience]);
+        // Time is checked below against the caller's clock, with no leeway: the state is
+        // this server's own and short-lived.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp", "aud"].iter().map(|s| (*s).to_owned()).collect();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &validation).ok()?;
+        let exp = data.claims.get("exp")?.as_i64()?;
+        if exp <= now.timestamp() {
+            return None;
+        }
+        serde_json::from_value(data.claims).ok()
+    }
+}
+
 /// The longest a token may live: a session token (`sid`) as long as a session may, any
 /// other [`MAX_TTL_SECS`].
 fn max_ttl(session: bool) -> i64 {
@@ -301,6 +338,36 @@ pub fn looks_like_jwt(credential: &str) -> bool {
 mod tests {
     use super::*;
     use crate::tests::t;
+
+    #[test]
+    fn sealed_state_opens_only_for_its_audience_secret_and_time() {
+        let cfg = JwtConfig::hs256(&[7; 32]).unwrap();
+        let now = t("2026-11-26T12:00:00Z");
+        // exp = now + 600 s.
+        let state = serde_json::json!({"aud": "flow", "exp": now.timestamp() + 600, "x": 1});
+        let sealed = cfg.seal(&state).unwrap();
+        let open =
+            |c: &JwtConfig, token: &str, aud: &str, at| c.open::<serde_json::Value>(token, aud, at);
+        assert_eq!(open(&cfg, &sealed, "flow", now), Some(state));
+        // Planted faults: another audience, another secret, at exp, a user token as state.
+        assert_eq!(open(&cfg, &sealed, "other", now), None);
+        let other = JwtConfig::hs256(&[8; 32]).unwrap();
+        assert_eq!(open(&other, &sealed, "flow", now), None);
+        let at_exp = now + chrono::Duration::seconds(600);
+        assert_eq!(open(&cfg, &sealed, "flow", at_exp), None);
+        let user = UserId::parse("usr_ann").unwrap();
+        let token = cfg.mint(&user, now, chrono::Duration::hours(1)).unwrap();
+        assert_eq!(open(&cfg, &token, "flow", now), None);
+        // ...and sealed state is no user token.
+        assert!(cfg.verify(&sealed, now).is_err());
+        // A server that only verifies cannot seal.
+        let rs =
+            JwtConfig::rs256_public_pem(include_bytes!("testdata/rs256-test-public.pem")).unwrap();
+        assert!(matches!(
+            rs.seal(&serde_json::json!({})),
+            Err(JwtError::CannotSign)
+        ));
+    }
 
     #[test]
     fn hs256_round_trips_and_expires() {

@@ -19,6 +19,8 @@ pub const DASHBOARD_ROUTES: &[(&str, &str)] = &[
     ("GET", "/dashboard"),
     ("GET", "/dashboard/assets/{path}"),
     ("POST", "/dashboard/sign-in"),
+    ("GET", "/dashboard/sign-in/oidc"),
+    ("GET", "/dashboard/callback"),
     ("POST", "/dashboard/sign-out"),
 ];
 
@@ -33,6 +35,8 @@ pub fn statuses(method: &str, path: &str) -> Option<&'static [u16]> {
         ("GET", "/dashboard") => &[200],
         ("GET", "/dashboard/assets/{path}") => &[200, 304, 404],
         ("POST", "/dashboard/sign-in") => &[200, 400, 401, 403, 409, 413, 429, 500, 503],
+        ("GET", "/dashboard/sign-in/oidc") => &[303, 400, 401, 404, 500, 503],
+        ("GET", "/dashboard/callback") => &[303, 400, 401, 403, 404, 409, 429, 500, 503],
         ("POST", "/dashboard/sign-out") => &[204, 403, 503],
         _ => return None,
     };
@@ -47,6 +51,8 @@ pub fn add(doc: &mut Value) {
             "/dashboard": {"get": page()},
             "/dashboard/assets/{path}": {"get": asset()},
             "/dashboard/sign-in": {"post": sign_in()},
+            "/dashboard/sign-in/oidc": {"get": code_flow_start()},
+            "/dashboard/callback": {"get": code_flow_callback()},
             "/dashboard/sign-out": {"post": sign_out()},
         }),
     );
@@ -184,6 +190,75 @@ fn sign_in() -> Value {
         "parameters": [origin()],
         "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("DashboardSignIn")}}},
         "responses": responses("POST", "/dashboard/sign-in", own),
+    })
+}
+
+/// `GET /dashboard/sign-in/oidc`: the start of the OIDC authorization-code flow with PKCE.
+fn code_flow_start() -> Value {
+    let mut own = Map::new();
+    own.insert(
+        "303".into(),
+        json!({
+            "description": "To the issuer's authorization endpoint, with `state`, `nonce` and an S256 `code_challenge`; the flow (state, nonce, verifier, redirect URI) is kept, signed, in a short-lived cookie.",
+            "headers": {
+                "Location": {"description": "The issuer's authorization URL.", "schema": {"type": "string"}},
+                "Set-Cookie": {"description": "`__Host-tally_oidc_flow=<signed flow>; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600` (`Lax`: it must come back with the issuer's cross-site redirect).", "schema": {"type": "string"}},
+            },
+        }),
+    );
+    own.insert(
+        "404".into(),
+        json_response(
+            "No OIDC client is configured on this server: it signs in with a pasted user token only.",
+            "Error",
+        ),
+    );
+    json!({
+        "operationId": "dashboardOidcStart",
+        "summary": "Sign in to the dashboard through the OIDC issuer (authorization code with PKCE)",
+        "description": "400 `invalid_host` when no redirect URL is configured and the `Host` header is not a host name; 503 `identity_provider_unavailable` when the issuer's discovery document cannot be read.",
+        "security": [],
+        "responses": responses("GET", "/dashboard/sign-in/oidc", own),
+    })
+}
+
+/// `GET /dashboard/callback`: the issuer's redirect back, which ends the code flow.
+fn code_flow_callback() -> Value {
+    let mut own = Map::new();
+    own.insert(
+        "303".into(),
+        json!({
+            "description": "Signed in: to `/dashboard`, with the session and CSRF cookies set as `POST /dashboard/sign-in` sets them, and the flow cookie cleared.",
+            "headers": {
+                "Location": {"description": "`/dashboard`.", "schema": {"type": "string"}},
+                "Set-Cookie": {"description": format!("`{SESSION_COOKIE}=…`, `{CSRF_COOKIE}=…`, and the cleared flow cookie (one header each)."), "schema": {"type": "string"}},
+            },
+        }),
+    );
+    own.insert(
+        "404".into(),
+        json_response("No OIDC client is configured on this server.", "Error"),
+    );
+    own.insert(
+        "409".into(),
+        json_response(
+            "`too_many_sessions`: the user holds 50 live sessions already.",
+            "Error",
+        ),
+    );
+    let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string", "maxLength": 2048}});
+    json!({
+        "operationId": "dashboardOidcCallback",
+        "summary": "The OIDC issuer's redirect back to the dashboard",
+        "description": "Every answer clears the flow cookie (a callback is tried once). Refusals, each 400 with its code: `oidc_flow_missing` (no flow cookie, or a forged or expired one), `oidc_provider_error` (the issuer sent `error`), `oidc_state_mismatch`, `oidc_code_refused` (the token endpoint refused the code, e.g. a reused one), `oidc_nonce_mismatch`, `invalid_callback` (a missing or oversized field). An ID token that does not verify is 401; the org security policies apply as on sign-in (403); `too_many_sessions` is 409.",
+        "security": [],
+        "parameters": [
+            query("code", "The authorization code."),
+            query("state", "The `state` sent to the issuer."),
+            query("error", "The issuer's error code, when it refused."),
+            query("error_description", "The issuer's explanation."),
+        ],
+        "responses": responses("GET", "/dashboard/callback", own),
     })
 }
 

@@ -33,7 +33,7 @@ async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   // Every change made with the session cookie repeats the CSRF cookie in this header
   // (the API refuses it with 403 csrf otherwise).
-  if (method !== 'GET') headers['X-CSRF-Token'] = cookie('tally_csrf');
+  if (method !== 'GET') headers['X-CSRF-Token'] = cookie('__Host-tally_csrf');
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const response = await fetch(path, {
     method,

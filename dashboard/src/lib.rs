@@ -25,8 +25,16 @@
 //! are `SameSite=Strict; Path=/; Secure`: browsers keep `Secure` cookies over plain HTTP on
 //! `localhost` and `127.0.0.1` (Chromium treats them as secure contexts; the browser test
 //! signs in over `http://127.0.0.1`), and anywhere else the dashboard must be served over
-//! HTTPS. Sign-out ([`sign_out`]) revokes the session, so a copy of the cookie stops
-//! working too.
+//! HTTPS. Both names carry the `__Host-` prefix, so the browser keeps them only when they
+//! are `Secure`, `Path=/` and without `Domain`: a sibling subdomain cannot plant or shadow
+//! them. Sign-out ([`sign_out`]) revokes the session, so a copy of the cookie stops working
+//! too.
+//!
+//! With an OIDC issuer and a client configured, the page also offers "Sign in with …": the
+//! authorization-code flow with PKCE in [`code_flow`], ending in the same session and
+//! cookies.
+
+pub mod code_flow;
 
 use std::sync::OnceLock;
 
@@ -101,6 +109,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/dashboard"),
     ("GET", "/dashboard/assets/{*path}"),
     ("POST", "/dashboard/sign-in"),
+    ("GET", "/dashboard/sign-in/oidc"),
+    ("GET", "/dashboard/callback"),
     ("POST", "/dashboard/sign-out"),
 ];
 
@@ -110,6 +120,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/dashboard", get(index))
         .route("/dashboard/assets/{*path}", get(asset))
         .route("/dashboard/sign-in", post(sign_in))
+        .route("/dashboard/sign-in/oidc", get(code_flow::start))
+        .route("/dashboard/callback", get(code_flow::callback))
         .route("/dashboard/sign-out", post(sign_out))
         .layer(axum::middleware::from_fn(tally_api::http::trace_requests))
         .with_state(state)
@@ -122,7 +134,7 @@ pub fn with_api(state: ApiState) -> Router {
 }
 
 /// The headers every dashboard answer carries.
-fn secure(mut response: Response, cache: &'static str) -> Response {
+pub(crate) fn secure(mut response: Response, cache: &'static str) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -141,15 +153,43 @@ fn secure(mut response: Response, cache: &'static str) -> Response {
     response
 }
 
-async fn index() -> Response {
+/// Where [`INDEX_HTML`] takes the "Sign in with …" link when the code flow is configured.
+const OIDC_MARKER: &str = "<!-- oidc-sign-in -->";
+
+/// The page: with a "Sign in with <issuer>" link above the token form when the code flow
+/// is configured ([`code_flow::provider_name`]), else the token form alone.
+async fn index(State(state): State<ApiState>) -> Response {
+    let page = match code_flow::provider_name(&state) {
+        Some(name) => INDEX_HTML.replacen(
+            OIDC_MARKER,
+            &format!(
+                "<p><a class=\"button\" id=\"sign-in-oidc\" href=\"/dashboard/sign-in/oidc\">Sign in with {}</a></p>\n  <p>Or paste a user token:</p>",
+                html_escape(&name)
+            ),
+            1,
+        ),
+        None => INDEX_HTML.to_owned(),
+    };
     secure(
-        (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            INDEX_HTML,
-        )
-            .into_response(),
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response(),
         "no-store",
     )
+}
+
+/// `text` safe inside HTML text or a quoted attribute.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The strong `ETag` of each asset (a quoted SHA-256 prefix), computed once.
@@ -258,6 +298,41 @@ async fn sign_in_inner(
             "sign in with a user token (`tally token create --user …`), not an API key",
         ));
     }
+    let opened = open_for_token(state, &mut parts, token).await?;
+    let mut response = (
+        StatusCode::OK,
+        axum::Json(SignedIn {
+            user_id: opened.user.to_string(),
+            session: opened.session.clone(),
+        }),
+    )
+        .into_response();
+    for cookie in opened.cookies {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    tracing::info!(user = %opened.user, session = %opened.session.session.id, "dashboard sign-in");
+    Ok(response)
+}
+
+/// A session opened for a user token, and the cookies that carry it.
+pub(crate) struct Opened {
+    /// The user the token speaks for.
+    pub(crate) user: tally_core::ids::UserId,
+    /// The session opened.
+    pub(crate) session: tally_api::sessions::SessionView,
+    /// The session and CSRF cookies.
+    pub(crate) cookies: Vec<HeaderValue>,
+}
+
+/// Checks `token` exactly as a bearer token on this request would be (`401` when it is
+/// not valid; an API key is `400`; a session token `403 session_token`), opens a session
+/// for its user and makes the session and CSRF cookies: the pasted-token sign-in and the
+/// OIDC callback both end here.
+pub(crate) async fn open_for_token(
+    state: &ApiState,
+    parts: &mut Parts,
+    token: &str,
+) -> Result<Opened, ApiError> {
     let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
         ApiError::bad_request(
             "invalid_token",
@@ -270,7 +345,7 @@ async fn sign_in_inner(
     // cookie: the session admits exactly what the token would.
     parts.headers.remove(header::COOKIE);
     parts.headers.insert(header::AUTHORIZATION, value);
-    let (user, context) = match Caller::from_request_parts(&mut parts, state).await? {
+    let (user, context) = match Caller::from_request_parts(parts, state).await? {
         Caller::User(user, context) => (user, context),
         Caller::ApiKey(_) => {
             return Err(ApiError::bad_request(
@@ -290,15 +365,7 @@ async fn sign_in_inner(
         .num_seconds()
         .max(0);
     let csrf = hex::encode(rand::random::<[u8; 16]>());
-    let mut response = (
-        StatusCode::OK,
-        axum::Json(SignedIn {
-            user_id: user.to_string(),
-            session: session.clone(),
-        }),
-    )
-        .into_response();
-    let h = response.headers_mut();
+    let mut cookies = Vec::with_capacity(2);
     for cookie in [
         format!(
             "{SESSION_COOKIE}={}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}",
@@ -306,12 +373,16 @@ async fn sign_in_inner(
         ),
         format!("{CSRF_COOKIE}={csrf}; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"),
     ] {
-        let value = HeaderValue::from_str(&cookie)
-            .map_err(|e| ApiError::Internal(format!("session cookie: {e}")))?;
-        h.append(header::SET_COOKIE, value);
+        cookies.push(
+            HeaderValue::from_str(&cookie)
+                .map_err(|e| ApiError::Internal(format!("session cookie: {e}")))?,
+        );
     }
-    tracing::info!(user = %user, session = %session.session.id, "dashboard sign-in");
-    Ok(response)
+    Ok(Opened {
+        user,
+        session,
+        cookies,
+    })
 }
 
 /// `POST /dashboard/sign-out`: revokes the cookie's session, so a copy of the cookie stops

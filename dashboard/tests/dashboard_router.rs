@@ -119,8 +119,8 @@ async fn sign_in(f: &Fixture) -> (String, String) {
             c[name.len() + 1..].split(';').next().unwrap().to_owned(),
         )
     };
-    let (session_attrs, session) = value("tally_session");
-    let (csrf_attrs, csrf) = value("tally_csrf");
+    let (session_attrs, session) = value("__Host-tally_session");
+    let (csrf_attrs, csrf) = value("__Host-tally_csrf");
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(session_attrs.contains(attr), "{session_attrs} lacks {attr}");
     }
@@ -155,7 +155,7 @@ async fn cookie_post(
         .header(header::HOST, HOST)
         .header(
             header::COOKIE,
-            format!("tally_session={session}; tally_csrf={csrf_cookie}"),
+            format!("__Host-tally_session={session}; __Host-tally_csrf={csrf_cookie}"),
         )
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(h) = csrf_header {
@@ -372,7 +372,7 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
     let me = send(
         &f.app,
         Request::get("/v1/me/orgs")
-            .header(header::COOKIE, format!("tally_session={session}"))
+            .header(header::COOKIE, format!("__Host-tally_session={session}"))
             .body(Body::empty())
             .unwrap(),
     )
@@ -404,7 +404,7 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
         Request::post("/dashboard/sign-out")
             .header(header::HOST, HOST)
             .header(header::ORIGIN, ORIGIN)
-            .header(header::COOKIE, format!("tally_session={session}"))
+            .header(header::COOKIE, format!("__Host-tally_session={session}"))
             .body(Body::empty())
             .unwrap(),
     )
@@ -419,7 +419,7 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
     let after = send(
         &f.app,
         Request::get("/v1/me/orgs")
-            .header(header::COOKIE, format!("tally_session={session}"))
+            .header(header::COOKIE, format!("__Host-tally_session={session}"))
             .body(Body::empty())
             .unwrap(),
     )
@@ -438,7 +438,7 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
     let f = fixture().await;
     let (session, csrf) = sign_in(&f).await;
     // A planted cross-site POST: the browser sent the cookie, but the other site can
-    // neither read tally_csrf nor name this origin.
+    // neither read __Host-tally_csrf nor name this origin.
     let cross_site = cookie_post(&f, &session, &csrf, None, Some("http://evil.example")).await;
     assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
     assert_eq!(cross_site.json()["error"]["code"], "csrf");
@@ -470,7 +470,7 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
     let list = send(
         &f.app,
         Request::get("/v1/orgs/org_a/projects")
-            .header(header::COOKIE, format!("tally_session={session}"))
+            .header(header::COOKIE, format!("__Host-tally_session={session}"))
             .body(Body::empty())
             .unwrap(),
     )
@@ -484,7 +484,7 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
         &f.app,
         Request::post("/v1/orgs/org_a/projects")
             .header(header::AUTHORIZATION, format!("Bearer {}", f.token))
-            .header(header::COOKIE, "tally_session=garbage")
+            .header(header::COOKIE, "__Host-tally_session=garbage")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(
                 json!({"name": "Api", "slug": "api"}).to_string(),
@@ -497,7 +497,7 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
     let junk = send(
         &f.app,
         Request::get("/v1/me/orgs")
-            .header(header::COOKIE, "tally_session=tk_live_abc")
+            .header(header::COOKIE, "__Host-tally_session=tk_live_abc")
             .body(Body::empty())
             .unwrap(),
     )

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tally_api::ApiState;
+use tally_api::auth::SESSION_COOKIE;
 use tally_api::jwt::JwtConfig;
 use tally_api::openapi_dashboard::{DASHBOARD_ROUTES, statuses};
 use tally_core::meter::MeterCatalogue;
@@ -103,7 +104,7 @@ fn sign_out_request(origin: Option<&str>, session: Option<&str>) -> Request<Body
         req = req.header(header::ORIGIN, o);
     }
     if let Some(s) = session {
-        req = req.header(header::COOKIE, format!("tally_session={s}"));
+        req = req.header(header::COOKIE, format!("{SESSION_COOKIE}={s}"));
     }
     req.body(Body::empty()).unwrap()
 }
@@ -119,7 +120,7 @@ async fn sign_in(w: &World) -> String {
     let cookie = a
         .cookies
         .iter()
-        .find_map(|c| c.strip_prefix("tally_session="))
+        .find_map(|c| c.strip_prefix(&format!("{SESSION_COOKIE}=")))
         .expect("a session cookie");
     cookie.split(';').next().unwrap().to_owned()
 }
@@ -127,7 +128,7 @@ async fn sign_in(w: &World) -> String {
 /// `GET /v1/me/orgs` with the session cookie alone.
 async fn me_with(w: &World, session: &str) -> StatusCode {
     let req = Request::get("/v1/me/orgs")
-        .header(header::COOKIE, format!("tally_session={session}"))
+        .header(header::COOKIE, format!("{SESSION_COOKIE}={session}"))
         .body(Body::empty())
         .unwrap();
     send(&w.app, req).await.status
@@ -222,7 +223,7 @@ async fn the_document_lists_exactly_the_dashboard_routes() {
     // The cookie scheme sign-out names is defined.
     assert_eq!(
         doc["components"]["securitySchemes"]["sessionCookie"]["name"],
-        "tally_session"
+        SESSION_COOKIE
     );
 }
 
@@ -290,6 +291,22 @@ async fn every_answer_of_the_dashboard_routes_is_documented() {
             "/dashboard/sign-in",
             sign_in_request(Some(ORIGIN), json!({"token": forged}).to_string()),
             StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            "/dashboard/sign-in/oidc",
+            Request::get("/dashboard/sign-in/oidc")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            "/dashboard/callback",
+            Request::get("/dashboard/callback?code=c&state=s")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
         ),
         (
             "POST",

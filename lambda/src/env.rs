@@ -81,6 +81,14 @@ pub const OIDC_ISSUER: &str = "TALLY_OIDC_ISSUER";
 /// The `aud` the issuer's tokens must carry (`TALLY_OIDC_AUDIENCE`; the user-pool client's
 /// id). Set with [`OIDC_ISSUER`], or neither.
 pub const OIDC_AUDIENCE: &str = "TALLY_OIDC_AUDIENCE";
+/// The user-pool client the dashboard's "Sign in with …" button uses, a public client
+/// (the authorization-code flow with PKCE; `TALLY_OIDC_CLIENT_ID`). Unset: the dashboard
+/// takes a pasted token only.
+pub const OIDC_CLIENT_ID: &str = "TALLY_OIDC_CLIENT_ID";
+/// The callback URL registered for that client, `https://HOST/dashboard/callback`
+/// (`TALLY_OIDC_REDIRECT_URL`; the template's `DashboardCallbackUrl`). Unset: derived from
+/// each request's `Host`.
+pub const OIDC_REDIRECT_URL: &str = "TALLY_OIDC_REDIRECT_URL";
 /// Seconds after a month ends before billing closes it (`TALLY_GRACE_PERIOD_SECONDS`).
 pub const GRACE_PERIOD_SECONDS: &str = "TALLY_GRACE_PERIOD_SECONDS";
 /// Where plan-limit alerts are POSTed (`TALLY_ALERT_WEBHOOK_URL`; the template's
@@ -139,6 +147,8 @@ pub const API: &[&str] = &[
     SECRETS_REFRESH_SECONDS,
     OIDC_ISSUER,
     OIDC_AUDIENCE,
+    OIDC_CLIENT_ID,
+    OIDC_REDIRECT_URL,
     LOG,
 ];
 /// What `tally-aggregator-lambda` reads.

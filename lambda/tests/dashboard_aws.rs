@@ -186,7 +186,7 @@ async fn the_api_lambda_serves_the_dashboard_and_its_sessions() {
         .get_all(header::SET_COOKIE)
         .iter()
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("tally_session="))
+        .find(|c| c.starts_with("__Host-tally_session="))
         .expect("a session cookie");
     let me = route_current(
         &router,

@@ -990,7 +990,92 @@ fn user_pool_problems(t: &Value) -> Vec<String> {
             p.push(format!("UserPoolClient: ID tokens would lack {attribute}"));
         }
     }
+    p.extend(code_flow_problems(t, client));
     p
+}
+
+/// What is wrong with the dashboard's "Sign in with …" in `t`: the API function must name
+/// the user-pool client (`TALLY_OIDC_CLIENT_ID`) and the callback parameter
+/// (`TALLY_OIDC_REDIRECT_URL`); the client must allow the code flow with the `openid` and
+/// `email` scopes and send people back to that same parameter only; and the pool must have
+/// a hosted-UI domain.
+fn code_flow_problems(t: &Value, client: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let vars = get(
+        t,
+        &[
+            "Resources",
+            "ApiFunction",
+            "Properties",
+            "Environment",
+            "Variables",
+        ],
+    );
+    let refs_of = |v: &Value| {
+        let mut out = BTreeSet::new();
+        refs(v, &mut out);
+        out
+    };
+    let want = |name: &str| BTreeSet::from([name.to_owned()]);
+    for (var, target) in [
+        (tally_lambda::env::OIDC_CLIENT_ID, "UserPoolClient"),
+        (tally_lambda::env::OIDC_REDIRECT_URL, "DashboardCallbackUrl"),
+    ] {
+        if refs_of(get(vars, &[var])) != want(target) {
+            p.push(format!("ApiFunction: {var} does not refer to {target}"));
+        }
+    }
+    let props = get(client, &["Properties"]);
+    if get(props, &["AllowedOAuthFlowsUserPoolClient"]).as_bool() != Some(true) {
+        p.push("UserPoolClient: AllowedOAuthFlowsUserPoolClient is not true".into());
+    }
+    let has = |key: &str, value: &str| {
+        get(props, &[key])
+            .as_sequence()
+            .is_some_and(|s| s.iter().any(|v| str_of(v) == Some(value)))
+    };
+    for (key, value) in [
+        ("AllowedOAuthFlows", "code"),
+        ("AllowedOAuthScopes", "openid"),
+        ("AllowedOAuthScopes", "email"),
+    ] {
+        if !has(key, value) {
+            p.push(format!("UserPoolClient: {key} lacks {value}"));
+        }
+    }
+    if refs_of(get(props, &["CallbackURLs"])) != want("DashboardCallbackUrl") {
+        p.push("UserPoolClient: CallbackURLs is not DashboardCallbackUrl alone".into());
+    }
+    let domain = get(t, &["Resources", "UserPoolDomain"]);
+    if str_of(get(domain, &["Type"])) != Some("AWS::Cognito::UserPoolDomain")
+        || refs_of(get(domain, &["Properties", "UserPoolId"])) != want("UserPool")
+    {
+        p.push("UserPoolDomain: no hosted-UI domain of UserPool".into());
+    }
+    p
+}
+
+#[test]
+fn a_miswired_code_flow_is_caught() {
+    let mut wrong = template();
+    let client = &mut wrong["Resources"]["UserPoolClient"]["Properties"];
+    client["AllowedOAuthFlows"] = serde_norway::from_str("[implicit]").unwrap();
+    client["CallbackURLs"] = serde_norway::from_str("[https://elsewhere.example/cb]").unwrap();
+    wrong["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]["TALLY_OIDC_CLIENT_ID"] =
+        "some-other-client".into();
+    wrong["Resources"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("UserPoolDomain");
+    let p = user_pool_problems(&wrong).join("\n");
+    for expected in [
+        "AllowedOAuthFlows lacks code",
+        "CallbackURLs",
+        "TALLY_OIDC_CLIENT_ID",
+        "UserPoolDomain",
+    ] {
+        assert!(p.contains(expected), "{expected} not caught: {p}");
+    }
 }
 
 #[test]

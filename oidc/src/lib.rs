@@ -16,15 +16,20 @@
 //! [`LEEWAY_SECS`] of leeway. What the token says about its user comes back as an
 //! [`Identity`]; mapping it to a Tally user is the API's business.
 //!
+//! With a client configured ([`OidcVerifier::with_client`]), [`flow`] also drives the
+//! authorization-code flow with PKCE for the dashboard's "Sign in with …" button.
+//!
 //! This crate does the I/O (the fetches) so that the API crate stays written against ports.
+
+pub mod flow;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{ACCEPT, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -75,6 +80,9 @@ pub enum OidcConfigError {
     /// The audience is empty or too long.
     #[error("the OIDC audience must be 1 to {MAX_SETTING_LEN} characters")]
     Audience,
+    /// A client setting (named) is empty or too long.
+    #[error("{0} must be 1 to {MAX_SETTING_LEN} characters")]
+    Client(&'static str),
 }
 
 /// Why a token was refused. Every variant but [`OidcError::Unavailable`] is the caller's
@@ -117,6 +125,9 @@ pub struct Identity {
     /// The `amr` claim (how the user authenticated, e.g. Cognito's `["pwd", "otp", "mfa"]`),
     /// empty when absent; a single string is read as a one-value list.
     pub amr: Vec<String>,
+    /// The `nonce` claim, when the token carries one of at most
+    /// [`flow::MAX_FLOW_VALUE_LEN`] bytes: the code flow compares it with the nonce it sent.
+    pub nonce: Option<String>,
 }
 
 /// The claims read from a token (beyond `iss`/`aud`, which `jsonwebtoken` checks).
@@ -134,6 +145,8 @@ struct Claims {
     email_verified: Option<serde_json::Value>,
     #[serde(default)]
     amr: Option<serde_json::Value>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// The part of an OpenID provider's discovery document Tally reads.
@@ -154,15 +167,19 @@ struct Cache {
     last_attempt: Option<DateTime<Utc>>,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Verifies tokens of one OIDC issuer against its published keys.
 #[derive(Clone)]
 pub struct OidcVerifier {
     settings: Arc<OidcSettings>,
     discovery_url: Uri,
-    client: HttpClient,
+    client_http: HttpClient,
     cache: Arc<Mutex<Cache>>,
+    /// The code flow's client, when the dashboard signs people in through the issuer.
+    client: Option<Arc<flow::ClientSettings>>,
+    /// The issuer's authorization and token endpoints, once discovered.
+    endpoints: Arc<Mutex<Option<flow::Endpoints>>>,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -174,7 +191,7 @@ impl std::fmt::Debug for OidcVerifier {
     }
 }
 
-fn parse_url(value: &str, setting: &'static str) -> Result<Uri, OidcConfigError> {
+pub(crate) fn parse_url(value: &str, setting: &'static str) -> Result<Uri, OidcConfigError> {
     if value.len() > MAX_SETTING_LEN {
         return Err(OidcConfigError::Url(setting));
     }
@@ -226,12 +243,27 @@ impl OidcVerifier {
         Ok(OidcVerifier {
             settings: Arc::new(settings),
             discovery_url,
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client_http: Client::builder(TokioExecutor::new()).build(https),
             cache: Arc::new(Mutex::new(Cache {
                 jwks_url,
                 ..Cache::default()
             })),
+            client: None,
+            endpoints: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Adds the OAuth client the dashboard's code flow signs people in as (checked:
+    /// [`flow::ClientSettings::check`]).
+    pub fn with_client(mut self, client: flow::ClientSettings) -> Result<Self, OidcConfigError> {
+        client.check()?;
+        self.client = Some(Arc::new(client));
+        Ok(self)
+    }
+
+    /// The code flow's client, when one is configured.
+    pub fn client(&self) -> Option<&flow::ClientSettings> {
+        self.client.as_deref()
     }
 
     /// The configured issuer (what `iss` must be).
@@ -311,6 +343,9 @@ impl OidcVerifier {
                 Some(serde_json::Value::String(one)) => vec![one],
                 _ => Vec::new(),
             },
+            nonce: c
+                .nonce
+                .filter(|n| !n.is_empty() && n.len() <= flow::MAX_FLOW_VALUE_LEN),
         })
     }
 
@@ -409,11 +444,11 @@ impl OidcVerifier {
             .uri(url.clone())
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("tally/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| OidcError::Unavailable(format!("cannot build the request: {e}")))?;
         let exchange = async {
             let response = self
-                .client
+                .client_http
                 .request(request)
                 .await
                 .map_err(|e| format!("GET {url} failed: {e}"))?;
@@ -434,6 +469,50 @@ impl OidcVerifier {
                 "GET {url}: no answer within {FETCH_TIMEOUT:?}"
             ))),
             Ok(r) => r.map_err(OidcError::Unavailable),
+        }
+    }
+}
+
+impl OidcVerifier {
+    /// A bounded form POST answered within [`FETCH_TIMEOUT`]: its status and body (any
+    /// status; the caller reads the issuer's error from the body), or why it failed.
+    async fn post_form(
+        &self,
+        url: &Uri,
+        form: Bytes,
+        authorization: Option<&str>,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(url.clone())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(USER_AGENT, concat!("tally/", env!("CARGO_PKG_VERSION")));
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(form))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client_http
+                .request(request)
+                .await
+                .map_err(|e| format!("POST {url} failed: {e}"))?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| {
+                    format!("POST {url}: body unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}")
+                })?;
+            Ok((status, body))
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, exchange).await {
+            Err(_) => Err(format!("POST {url}: no answer within {FETCH_TIMEOUT:?}")),
+            Ok(r) => r,
         }
     }
 }

@@ -91,6 +91,24 @@ pub struct ServeArgs {
     /// ISSUER/.well-known/openid-configuration.
     #[arg(long, env = "TALLY_OIDC_JWKS_URL", requires = "oidc_issuer")]
     pub oidc_jwks_url: Option<String>,
+    /// The OAuth client the dashboard's "Sign in with …" button uses (the authorization-code
+    /// flow with PKCE; Cognito: the user-pool client id, usually the audience). Unset: the
+    /// dashboard takes a pasted token only.
+    #[arg(long, env = "TALLY_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    /// The client's secret, for a confidential client (sent to the token endpoint by HTTP
+    /// Basic); a public client needs none, PKCE protects its code.
+    #[arg(
+        long,
+        env = "TALLY_OIDC_CLIENT_SECRET",
+        requires = "oidc_client_id",
+        hide_env_values = true
+    )]
+    pub oidc_client_secret: Option<String>,
+    /// The callback URL registered for the client (https://HOST/dashboard/callback); unset:
+    /// derived from each request's Host (http:// only on 127.0.0.1 and localhost).
+    #[arg(long, env = "TALLY_OIDC_REDIRECT_URL", requires = "oidc_client_id")]
+    pub oidc_redirect_url: Option<String>,
 }
 
 /// The OIDC verifier `args` configure, if an issuer is set.
@@ -104,6 +122,16 @@ pub fn oidc_from_args(args: &ServeArgs) -> anyhow::Result<Option<OidcVerifier>> 
         jwks_url: args.oidc_jwks_url.clone(),
     })
     .context("--oidc-issuer, --oidc-audience or --oidc-jwks-url")?;
+    let verifier = match &args.oidc_client_id {
+        Some(client_id) => verifier
+            .with_client(tally_oidc::flow::ClientSettings {
+                client_id: client_id.clone(),
+                client_secret: args.oidc_client_secret.clone(),
+                redirect_url: args.oidc_redirect_url.clone(),
+            })
+            .context("--oidc-client-id, --oidc-client-secret or --oidc-redirect-url")?,
+        None => verifier,
+    };
     info!(issuer = %issuer, "accepting the OIDC issuer's tokens");
     Ok(Some(verifier))
 }

@@ -19,6 +19,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../dashboard/tests/support/issuer.rs"]
+mod issuer;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -414,8 +416,9 @@ async fn too_many_projects_falls_back(c: &Client, env: &Env, api: &Api<'_>, org_
     wait_css(c, "body[data-loaded=\"usage\"]").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_in_chromium() {
+/// chromedriver, when the browser tests are to run: `None` (the test says why and passes)
+/// without `TALLY_TEST_BROWSER=1`; a failure when it is set and chromedriver is missing.
+fn driver_or_skip() -> Option<PathBuf> {
     let Some(binary) = chromedriver() else {
         assert!(
             std::env::var("TALLY_TEST_BROWSER").as_deref() != Ok("1"),
@@ -423,12 +426,20 @@ async fn the_dashboard_in_chromium() {
              (apt-get install -y --no-install-recommends chromium chromium-driver)"
         );
         println!("skipping: chromedriver is not installed (scripts/test.sh installs it)");
-        return;
+        return None;
     };
     if std::env::var("TALLY_TEST_BROWSER").as_deref() != Ok("1") {
         println!("skipping: set TALLY_TEST_BROWSER=1 to drive Chromium (scripts/test.sh does)");
-        return;
+        return None;
     }
+    Some(binary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_chromium() {
+    let Some(binary) = driver_or_skip() else {
+        return;
+    };
     let started = Instant::now();
 
     // An org on the free plan (hard limits) with one project, its owner and a viewer.
@@ -961,4 +972,121 @@ async fn the_dashboard_in_chromium() {
     drop(driver);
     server.stop().await.unwrap();
     println!("browser test took {:?}", started.elapsed());
+}
+
+/// "Sign in with …" in Chromium: the app configured with an RS256 issuer double
+/// (`dashboard/tests/support/issuer.rs`, whose authorization endpoint signs the user in at
+/// once) as its OIDC issuer and client. Clicking the button goes to the issuer and back
+/// through `/dashboard/callback`, and lands signed in on the org picker, with the
+/// `__Host-` session and CSRF cookies Chromium kept over http://127.0.0.1. Then, signed out,
+/// a planted ID token with another nonce is refused with the callback's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_the_oidc_issuer_in_chromium() {
+    let Some(binary) = driver_or_skip() else {
+        return;
+    };
+    let env = Env::embedded();
+    let at_now = [("TALLY_NOW", NOW)];
+    env.cli_env(
+        &[
+            "org",
+            "create",
+            "--name",
+            "Oidc Org",
+            "--slug",
+            "oidc-org",
+            "--owner-email",
+            "ida@example.com",
+        ],
+        &at_now,
+    );
+    let now: chrono::DateTime<chrono::Utc> = NOW.parse().unwrap();
+    let issuer =
+        issuer::Issuer::start("tally-e2e-client", "ida@example.com", now.timestamp()).await;
+    let oidc = tally_oidc::OidcVerifier::new(tally_oidc::OidcSettings {
+        issuer: issuer.url.clone(),
+        audience: "tally-e2e-client".into(),
+        jwks_url: None,
+    })
+    .unwrap()
+    .with_client(tally_oidc::flow::ClientSettings {
+        client_id: "tally-e2e-client".into(),
+        client_secret: None,
+        redirect_url: None,
+    })
+    .unwrap();
+    let server = spawn_app_with(&env, |app| {
+        app.clock = clock_at(NOW);
+        app.oidc = Some(oidc);
+    })
+    .await;
+    let base = server.base_url.clone();
+    let driver = start_driver(&binary).await;
+    let c = browser(&driver).await;
+
+    c.goto(&format!("{base}/dashboard")).await.unwrap();
+    let button = wait_css(&c, "#sign-in-view:not([hidden]) #sign-in-oidc").await;
+    let label = button.text().await.unwrap();
+    let issuer_host = issuer.url.trim_start_matches("http://");
+    assert_eq!(label, format!("Sign in with {issuer_host}"));
+    button.click().await.unwrap();
+    wait_css(&c, "body[data-loaded]").await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/dashboard");
+    let picked = text_of(&c, "#org option:checked").await;
+    assert!(picked.contains("Oidc Org (owner)"), "{picked}");
+    assert_eq!(issuer.exchanged(), 1);
+    // Chromium kept the __Host- cookies over http://127.0.0.1 (a secure context); the page
+    // can read the CSRF one (the session one is HTTP-only).
+    let names: Vec<String> = c
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect();
+    for name in ["__Host-tally_session", "__Host-tally_csrf"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} not kept: {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n == "__Host-tally_oidc_flow"),
+        "the flow cookie is cleared: {names:?}"
+    );
+
+    // Signed out, a token carrying another sign-in's nonce is refused with the callback's
+    // error, and no session cookie is set.
+    click(&c, "#sign-out").await;
+    wait_css(&c, "#sign-in-view:not([hidden])").await;
+    issuer.plant(issuer::Faults {
+        nonce: Some("another-sign-in".into()),
+        ..issuer::Faults::default()
+    });
+    click(&c, "#sign-in-oidc").await;
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::XPath(
+            "//*[contains(text(), 'oidc_nonce_mismatch')]",
+        ))
+        .await
+        .expect("the callback's refusal");
+    assert_eq!(c.current_url().await.unwrap().path(), "/dashboard/callback");
+    let body = text_of(&c, "body").await;
+    assert!(body.contains("oidc_nonce_mismatch"), "{body}");
+    let names: Vec<String> = c
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "__Host-tally_session"),
+        "{names:?}"
+    );
+
+    c.close().await.unwrap();
+    drop(driver);
+    server.stop().await.unwrap();
 }

@@ -56,6 +56,18 @@ async fn main() -> anyhow::Result<()> {
                 jwks_url: None,
             })
             .with_context(|| format!("{} or {}", env::OIDC_ISSUER, env::OIDC_AUDIENCE))?;
+            let oidc = match env.optional(env::OIDC_CLIENT_ID)? {
+                Some(client_id) => oidc
+                    .with_client(tally_oidc::flow::ClientSettings {
+                        client_id,
+                        client_secret: None,
+                        redirect_url: env.optional(env::OIDC_REDIRECT_URL)?,
+                    })
+                    .with_context(|| {
+                        format!("{} or {}", env::OIDC_CLIENT_ID, env::OIDC_REDIRECT_URL)
+                    })?,
+                None => oidc,
+            };
             state.with_oidc(oidc)
         }
         (None, None) => state,
