@@ -10,7 +10,9 @@ use tally_core::ports::StoreError;
 
 use std::sync::Arc;
 
-use super::{Inner, PRUNE_BATCH_ROWS, SqliteStore, db, execute, immediate, ledger, month_key};
+use super::{
+    Inner, PRUNE_BATCH_ROWS, SqliteStore, db, execute, exists, immediate, ledger, month_key,
+};
 use crate::secs::secs_ts;
 
 /// What [`SqliteStore::prune_ledger`] did (or, dry, would do).
@@ -105,7 +107,9 @@ impl SqliteStore {
                 let inner = Arc::clone(&self.inner);
                 self.write(move |conn| {
                     let tx = immediate(conn)?;
-                    if count_rows(&tx, &name)? == 0 {
+                    // `EXISTS`, not `count(*)`: a legacy table may hold millions of rows.
+                    let sql = format!("SELECT 1 FROM {name} LIMIT 1");
+                    if !exists(&tx, &sql, [])? {
                         drop_part(&tx, part, &name)?;
                     }
                     tx.commit().map_err(db)?;
