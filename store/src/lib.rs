@@ -47,6 +47,7 @@ pub mod dynamodb;
 pub mod hooked;
 pub mod kinesis;
 mod ledger_body;
+pub mod ledger_filter;
 pub mod local_queue;
 pub mod memory;
 pub mod replay;

@@ -28,52 +28,69 @@
 //! The ledger must answer one question per event, in every batch: "has (org, event id) been
 //! seen?". Event ids are the clients' own and arrive in no particular order across orgs, so
 //! whatever B-tree is keyed by (org, event id) is written at random places, and each touched
-//! page is written to the WAL at commit (and again at checkpoint). That is the embedded
-//! backend's wall (see `docs/testing.md`: ~55k rows/s when the ledger *table* is keyed by
-//! (org, id), ~68k when it is a rowid table with a unique index on (org, id), ~690k for
-//! inserts in key order). So:
+//! page is written to the WAL at commit (and again at checkpoint). Once that tree outgrows
+//! the page cache, every key of a 1,000-event commit lands on a leaf page of its own: that
+//! is the embedded backend's wall (`bench/RESULTS.md`, "Ledger layouts past the
+//! random-insert wall": at 3 M entries one keyed table took 8.6–9.0k rows/s, half its rate
+//! at 100k entries). So the ledger is **partitioned by arrival** (schema 15; the code in
+//! `sqlite/ledger.rs`):
 //!
-//! - The ledger table is a rowid table: rows are appended in arrival order (`seq`), which
-//!   touches only the last pages of the table. Row size then costs sequential bytes only,
-//!   and the row is kept small anyway: the key columns plus a compact JSON body that leaves
-//!   out what the columns already hold (org, id).
-//! - Uniqueness lives in a narrow index, `UNIQUE (org, event_id)`: the only structure
-//!   written at random, with entries as small as the key allows, so more of it fits per page
-//!   and in the page cache. `INSERT ... ON CONFLICT (org, event_id) DO NOTHING` both checks and
-//!   records an event in one probe; the changed-row count says whether it was new.
-//! - Inside a batch, ledger rows are inserted in (org, event id) order, so events of one org
-//!   that land on the same index page are written while it is hot.
-//! - Bigger batches amortize the random pages better (a page touched by several events of one
-//!   commit is written once), so callers should apply a few thousand events per call when
-//!   they have them.
+//! - Rows go to the hot table, `ledger`: a rowid table appended in arrival order (`seq`)
+//!   with a narrow `UNIQUE (org, event_id)` index. `INSERT ... ON CONFLICT (org, event_id)
+//!   DO NOTHING` checks and records an event in one probe; the changed-row count says
+//!   whether it was new. The hot table holds at most about 100,000 entries
+//!   ([`SqliteConfig::ledger_part_rows`]), so its index stays small and cached, and a
+//!   commit's keys share a few hundred pages instead of dirtying one each.
+//! - When the hot table is full, the batch that filled it seals it, in its own transaction:
+//!   a split-block Bloom filter of its keys ([`crate::ledger_filter`], 16 bits per entry,
+//!   ~0.1 % false positives, 200 KiB per 100,000 entries) is written to `ledger_filters`
+//!   with its format version and a checksum, the table is renamed `ledger_NNNNN`, and a new
+//!   hot table starts. A crash keeps the seal and its filter, or neither.
+//! - Before a key is inserted, each sealed table whose filter says "maybe" is probed by key
+//!   (its own unique index), newest first; a "no" costs one cache line. Sealed tables are
+//!   only ever read. A filter that fails its version or checksum when loaded is rebuilt
+//!   from its table and written back, never trusted: one that said "no" for a present key
+//!   would count a resend twice (the store's tests plant both faults).
+//! - A file from before schema 15 keeps its whole ledger, unrewritten, as the legacy table
+//!   `ledger_00000`, probed by key for every event (no filter) until pruning empties it.
+//! - The writer keeps the filters in memory and reloads the table list when another process
+//!   wrote the file (`PRAGMA data_version`), so a seal by `tally import` is seen before the
+//!   next batch. Opening loads the persisted filters and scans nothing.
+//! - Inside a batch, rows are inserted in (org, event id) order, so events of one org that
+//!   land on the same index page are written while it is hot.
 //! - Checkpoints run on a background thread ([`SqliteConfig::checkpoint_interval`]), not in
 //!   the commit: with random inserts nearly every commit crosses SQLite's automatic
 //!   threshold, and copying plus fsyncing the pages inside the batch's commit halved
 //!   throughput.
-//! - `ledger_page` reads through the same index (org, then event id), filtering on the
-//!   `month` column; no second index is kept for it, because every index on the ledger costs
-//!   random writes on the hot path, while reading a month is a rare reconcile/billing job.
+//! - `ledger_page` reads every table (`ledger_parts` lists them in arrival order) through
+//!   its (org, event id) index in one read snapshot, merged in event id order, filtering on
+//!   `month`; no second index is kept, because every index on the ledger costs random
+//!   writes on the hot path, while reading a month is a rare reconcile/billing job.
 //! - Each ledger row records when it was written (`written`, Unix seconds, from the store's
 //!   clock: [`SqliteStore::with_clock`]); rows written before schema 9 have none. See
 //!   "Retention" below.
 //!
-//! Measured with `examples/apply_throughput.rs` (release, 2 cores, 32-character random
-//! event ids, `sum` meter, two projects per org): 1,000 orgs interleaved at random,
-//! 1,000,000 events, 28k–34k events/s at 1,000 events per batch and 44k–48k at 5,000,
-//! against 19k–27k and 38k–41k when the store wrote six counters per event (same host,
-//! alternating runs; `bench/RESULTS.md`). With 10 orgs the counters collapse in the fold
-//! either way and the ledger sets the pace (42k–47k at 1,000 per batch).
+//! The figures that chose it (`bench/src/bin/ledger_layouts.rs`, which uses this crate's
+//! filter; 2-core sandbox under heavy load, so ratios within one run only):
 //!
-//! Layouts measured against this one at a multi-million-entry ledger (issue 21;
-//! `bench/src/bin/ledger_layouts.rs`, figures in `bench/RESULTS.md`, 2-core sandbox under
-//! heavy load, so ratios only): at 3 M entries, 1,000 rows per commit, a 64-bit hash index
-//! instead of `UNIQUE (org, event_id)` ran 1.4–1.6× this layout; tables partitioned by
-//! arrival (20k or 100k entries each, a Bloom filter in front, older tables probed by key on
-//! a hit, so still exact) 2.3–2.9×; 1 KiB pages and a `WITHOUT ROWID` ledger were slower
-//! (at 100k entries). The partitioned layout is not adopted yet: its filter is rebuilt at
-//! open by scanning every table's keys (4.4–4.9 s at 3 M entries; linear, so ~15 s at
-//! 10 M), past the 5 s a cold start may take, so it first needs a filter persisted per
-//! sealed table.
+//! - Raw inserts at 3 M entries, 1,000 rows per commit, 1 % resends: tables of 100,000
+//!   entries with a filter in front ran **2.65–2.94×** the single keyed table; a 64-bit hash
+//!   index instead of `UNIQUE (org, event_id)` 1.4–1.6×; 1 KiB pages and a `WITHOUT ROWID`
+//!   ledger were slower. At 2 M entries, a filter per table (this layout) ran
+//!   **3.1–4.4×** the keyed table and probed 4–5× fewer old tables than one global filter.
+//! - Cold open of 10 M entries (100 sealed tables, file dropped from the OS cache): loading
+//!   the persisted filters took **0.19–0.31 s** to open and 0.26–0.36 s to the first
+//!   committed batch, against 39–41 s rebuilding one filter from every table's keys.
+//! - These are raw ledger inserts; in the store the counters share the transaction, so
+//!   Tally's own gain on a workload is smaller, and is measured by `ingest_load`.
+//!
+//! Earlier measurements of the single keyed table, with `examples/apply_throughput.rs`
+//! (release, 2 cores, 32-character random event ids, `sum` meter, two projects per org):
+//! 1,000 orgs interleaved at random, 1,000,000 events, 28k–34k events/s at 1,000 events per
+//! batch and 44k–48k at 5,000, against 19k–27k and 38k–41k when the store wrote six
+//! counters per event (same host, alternating runs; `bench/RESULTS.md`). With 10 orgs the
+//! counters collapse in the fold either way and the ledger sets the pace (42k–47k at 1,000
+//! per batch).
 //!
 //! # Retention
 //!
@@ -94,10 +111,13 @@
 //! in the queue more than a week after the month closed, or an id resent with another
 //! timestamp, is counted again once the first row is gone: the same holds on DynamoDB.
 //!
-//! How it prunes: rows are appended in write order (`seq`), so the old ones are a prefix of
-//! the table. Pruning walks that prefix [`PRUNE_BATCH_ROWS`] (10,000) rows per write
-//! transaction, so a batch of events waits at most for one such transaction, and stops at
-//! the first span holding a row written within the retention. A row without `written`
+//! How it prunes: a sealed table goes whole, with one `DROP TABLE` (and its filter), once
+//! its newest row's `written` is past the retention (so its older rows stay a little
+//! longer, never shorter). In the hot and legacy tables rows are appended in write order
+//! (`seq`), so the old ones are a prefix of the table. Pruning walks that prefix
+//! [`PRUNE_BATCH_ROWS`] (10,000) rows per write transaction, so a batch of events waits at
+//! most for one such transaction, and stops at the first span holding a row written within
+//! the retention. A row without `written`
 //! (written before schema 9) goes when its month is past the retention as reconcile counts
 //! it (its start − 5 minutes + 45 days), which is no sooner than its write time plus 45 days.
 //! Pruning deletes rows by the `written` it finds, so a clock set back only delays it.
@@ -137,6 +157,7 @@ mod counters;
 mod fixtures;
 mod invitations;
 mod keys;
+mod ledger;
 mod members;
 mod overrides;
 mod prune;
@@ -149,6 +170,9 @@ mod sync_ledger;
 mod tenants;
 mod usage;
 
+pub use ledger::{
+    DEFAULT_PART_ROWS as DEFAULT_LEDGER_PART_ROWS, MAX_PART_ROWS as MAX_LEDGER_PART_ROWS,
+};
 use members::role_of;
 pub use prune::PruneReport;
 pub use schema::SCHEMA_VERSION;
@@ -180,6 +204,11 @@ pub struct SqliteConfig {
     /// random-order ledger inserts). `None` leaves it to SQLite's automatic checkpoint on
     /// commit. Default 200 ms.
     pub checkpoint_interval: Option<Duration>,
+    /// Ledger entries per table before the table is sealed behind its filter (see "The
+    /// ledger's key layout"). Default [`DEFAULT_LEDGER_PART_ROWS`]; taken as 1 to
+    /// [`MAX_LEDGER_PART_ROWS`]. Tests seal small tables; a file's tables need not all be
+    /// the same size.
+    pub ledger_part_rows: usize,
 }
 
 impl Default for SqliteConfig {
@@ -190,6 +219,7 @@ impl Default for SqliteConfig {
             reader_cache_mib: 16,
             sync_full: false,
             checkpoint_interval: Some(Duration::from_millis(200)),
+            ledger_part_rows: DEFAULT_LEDGER_PART_ROWS,
         }
     }
 }
@@ -214,6 +244,9 @@ struct Inner {
     /// Month totals this process knows, so the `counter_overflow` check reads nothing in
     /// steady state ([`counters::Totals`]). Locked only by the writer, inside its lock.
     totals: Mutex<counters::Totals>,
+    /// The partitioned ledger's sealed tables and their filters ([`ledger::Ledger`]).
+    /// Locked only by the writer, inside its lock.
+    ledger: Mutex<ledger::Ledger>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -242,6 +275,8 @@ impl SqliteStore {
         };
         let mut writer = conn::open(path, settings(config.writer_cache_mib)).map_err(db)?;
         migrate(&mut writer)?;
+        // A batch probes up to one statement per sealed ledger table.
+        writer.set_prepared_statement_cache_capacity(512);
         let reader = conn::open(path, settings(config.reader_cache_mib)).map_err(db)?;
         reader.pragma_update(None, "query_only", true).map_err(db)?;
         let checkpointer = config
@@ -255,6 +290,7 @@ impl SqliteStore {
                 reader: Mutex::new(reader),
                 _checkpointer: checkpointer,
                 totals: Mutex::default(),
+                ledger: Mutex::new(ledger::Ledger::new(config.ledger_part_rows)),
             }),
             clock: Arc::new(SystemClock),
         })

@@ -26,9 +26,10 @@
 //!   key, newest first, so the check is exact. The filter is rebuilt at open by scanning
 //!   every table's key index; that scan is timed and printed.
 //! - `pfilt-N`: the same tables, but a filter per table (a split-block Bloom filter, one
-//!   64-byte block per key, 16 bits per entry). When the hot table fills it is sealed: its
-//!   filter is written as a BLOB row of `ledger_filters` (format version, entry count,
-//!   checksum) in the transaction that starts the next table. A key is probed by key only
+//!   64-byte block per key, 16 bits per entry: the store's own,
+//!   `tally_store::ledger_filter`). When the hot table fills it is sealed: its filter is
+//!   written as a BLOB row of `ledger_filters` (format version, entry count, checksum) in
+//!   the transaction that starts the next table. A key is probed by key only
 //!   in the sealed tables whose own filter says "maybe"; the hot table's unique index
 //!   catches its own duplicates. Opening loads the sealed filters (a wrong version or
 //!   checksum is rebuilt from that table and written back) and scans only the hot table.
@@ -53,6 +54,9 @@ use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, OptionalExtension, params};
+// The store's own filter and key hash (store/src/ledger_filter.rs): what is measured here
+// is what the store runs.
+use tally_store::ledger_filter::{PartFilter, VERSION as FILTER_VERSION, key_hash};
 
 /// Longest one timed insert run may take before the benchmark gives up.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -73,25 +77,6 @@ struct Row {
     id: String,
     hash: i64,
     body: String,
-}
-
-/// splitmix64's finalizer: spreads every input bit over the output.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a over the org, a 0xff byte (never in UTF-8, so ("ab","c") and ("a","bc") differ)
-/// and the id, then [`mix`]: fixed across Rust releases and platforms, which a persisted
-/// filter needs (std's `DefaultHasher` promises neither).
-fn key_hash(org: &str, id: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in org.bytes().chain([0xff]).chain(id.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    mix(h) as i64
 }
 
 fn rows(rng: &mut StdRng, n: usize, orgs: &[String]) -> Vec<Row> {
@@ -151,93 +136,6 @@ impl Bloom {
     fn may_hold(&self, h: i64) -> bool {
         self.positions(h)
             .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
-    }
-}
-
-/// Format of a persisted [`PartFilter`]; a row with another version is rebuilt.
-const FILTER_VERSION: i64 = 1;
-/// Bits per entry of one table's filter (~0.1 % false positives per table).
-const PART_FILTER_BITS_PER_ENTRY: usize = 16;
-
-/// One cache line of a [`PartFilter`]: a key sets one bit in each of its eight words.
-#[derive(Clone, Copy, Default, PartialEq)]
-#[repr(align(64))]
-struct Block([u64; 8]);
-
-/// A split-block Bloom filter over one table's keys: a key's eight bits all lie in one
-/// 64-byte block, so a "no" costs one cache miss however many tables are checked.
-#[derive(Clone, PartialEq)]
-struct PartFilter {
-    blocks: Vec<Block>,
-}
-
-impl PartFilter {
-    fn with_capacity(entries: usize) -> PartFilter {
-        let blocks = (entries.max(1) * PART_FILTER_BITS_PER_ENTRY).div_ceil(512);
-        PartFilter {
-            blocks: vec![Block::default(); blocks],
-        }
-    }
-
-    /// The key's block and the bit it sets in each of that block's words.
-    fn slot(&self, h: i64) -> (usize, u64) {
-        let h = h as u64;
-        // Lemire's multiply-shift: the block from the hash's high bits, no division.
-        let block = ((u128::from(h) * self.blocks.len() as u128) >> 64) as usize;
-        (block, mix(h ^ 0x5bd1_e995_5bd1_e995))
-    }
-
-    fn add(&mut self, h: i64) {
-        let (b, bits) = self.slot(h);
-        for (i, w) in self.blocks[b].0.iter_mut().enumerate() {
-            *w |= 1 << ((bits >> (i * 6)) & 63);
-        }
-    }
-
-    fn may_hold(&self, h: i64) -> bool {
-        let (b, bits) = self.slot(h);
-        self.blocks[b]
-            .0
-            .iter()
-            .enumerate()
-            .all(|(i, w)| w & (1 << ((bits >> (i * 6)) & 63)) != 0)
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        self.blocks
-            .iter()
-            .flat_map(|b| b.0)
-            .flat_map(u64::to_le_bytes)
-            .collect()
-    }
-
-    /// The filter `bytes` hold, or `None` when they are no whole number of blocks.
-    fn from_bytes(bytes: &[u8]) -> Option<PartFilter> {
-        if bytes.is_empty() || !bytes.len().is_multiple_of(64) {
-            return None;
-        }
-        let blocks = bytes
-            .chunks_exact(64)
-            .map(|c| {
-                let mut b = Block::default();
-                for (w, word) in b.0.iter_mut().zip(c.chunks_exact(8)) {
-                    // chunks_exact(8) yields 8-byte slices only.
-                    *w = u64::from_le_bytes(word.try_into().unwrap_or_default());
-                }
-                b
-            })
-            .collect();
-        Some(PartFilter { blocks })
-    }
-
-    /// Checksum of the bits, stored beside them: a torn or altered row is rebuilt, never
-    /// trusted (a filter that says "no" for a present key would let a duplicate through).
-    fn checksum(&self) -> i64 {
-        let mut c: u64 = 0x243f_6a88_85a3_08d3;
-        for w in self.blocks.iter().flat_map(|b| b.0) {
-            c = mix(c ^ w);
-        }
-        c as i64
     }
 }
 

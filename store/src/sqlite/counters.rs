@@ -497,35 +497,43 @@ pub(super) fn stored(
 /// keeps the maximum, so replaying is the one exact conversion. It runs inside the
 /// migration's transaction, so a crash or a bad ledger row leaves the old schema in place;
 /// it holds the write lock meanwhile (~40k events/s), so other processes opening the file
-/// wait and may time out.
+/// wait and may time out. Reads every ledger table in arrival order (a file before schema
+/// 15 has the one).
 pub(super) fn rebuild_from_ledger(conn: &Connection) -> Result<u64, StoreError> {
     conn.execute_batch(
         "DELETE FROM cells; DELETE FROM unique_counters; DELETE FROM unique_markers;",
     )
     .map_err(db)?;
-    let mut stmt = conn
-        .prepare("SELECT seq, org, event_id, body FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-        .map_err(db)?;
-    let (mut after, mut replayed) = (0i64, 0u64);
-    loop {
-        let rows = stmt
-            .query_map(params![after, REBUILD_CHUNK], |r| {
-                <(i64, String, String, String)>::try_from(r)
-            })
+    let mut replayed = 0u64;
+    for part in super::ledger::parts(conn)? {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT seq, org, event_id, body FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                part.name
+            ))
             .map_err(db)?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, org, id, body) = row.map_err(db)?;
-            after = seq;
-            let event = parse_id(&org, OrgId::parse)
-                .and_then(|org| decode_event(&org, &id, &body))
-                .map_err(|e| corrupt(format!("replaying ledger row {seq}: {e}")))?;
-            events.push(event);
+        let mut after = 0i64;
+        loop {
+            let rows = stmt
+                .query_map(params![after, REBUILD_CHUNK], |r| {
+                    <(i64, String, String, String)>::try_from(r)
+                })
+                .map_err(db)?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (seq, org, id, body) = row.map_err(db)?;
+                after = seq;
+                let event = parse_id(&org, OrgId::parse)
+                    .and_then(|org| decode_event(&org, &id, &body))
+                    .map_err(|e| corrupt(format!("replaying {} row {seq}: {e}", part.name)))?;
+                events.push(event);
+            }
+            if events.is_empty() {
+                break;
+            }
+            replayed += events.len() as u64;
+            apply(conn, &events)?;
         }
-        if events.is_empty() {
-            return Ok(replayed);
-        }
-        replayed += events.len() as u64;
-        apply(conn, &events)?;
     }
+    Ok(replayed)
 }

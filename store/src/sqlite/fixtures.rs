@@ -31,12 +31,19 @@ pub(super) fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-/// How many rows the ledger table of the file at `path` holds.
+/// How many rows the ledger tables of the file at `path` hold together.
 pub(super) fn ledger_rows(path: &Path) -> i64 {
-    Connection::open(path)
+    let c = Connection::open(path).unwrap();
+    super::ledger::parts(&c)
         .unwrap()
-        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
-        .unwrap()
+        .iter()
+        .map(|p| {
+            c.query_row(&format!("SELECT count(*) FROM {}", p.name), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+        })
+        .sum()
 }
 
 /// A fresh directory and the path of a store file in it (not created yet); the directory

@@ -1,13 +1,18 @@
-//! Pruning the ledger: [`SqliteStore::prune_ledger`] deletes the rows past
-//! [`LEDGER_RETENTION`] in spans of [`PRUNE_BATCH_ROWS`], oldest first (see "Retention" in
-//! the adapter's module doc for why forgetting them is safe).
+//! Pruning the ledger: [`SqliteStore::prune_ledger`] drops each sealed ledger table whose
+//! newest row is past [`LEDGER_RETENTION`] (one `DROP TABLE`), and deletes the hot and
+//! legacy tables' rows past it in spans of [`PRUNE_BATCH_ROWS`], oldest first (see
+//! "Retention" in the adapter's module doc for why forgetting them is safe).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 use tally_core::period::{LEDGER_RETENTION, Month};
 use tally_core::ports::StoreError;
 
-use super::{PRUNE_BATCH_ROWS, SqliteStore, db, execute, immediate, month_key};
+use std::sync::Arc;
+
+use super::{
+    Inner, PRUNE_BATCH_ROWS, SqliteStore, db, execute, exists, immediate, ledger, month_key,
+};
 use crate::secs::secs_ts;
 
 /// What [`SqliteStore::prune_ledger`] did (or, dry, would do).
@@ -48,25 +53,69 @@ impl SqliteStore {
             cutoff: secs_ts(bound.before),
             dry_run,
         };
-        let mut after = 0i64;
-        loop {
-            let step = if dry_run {
-                self.read(move |conn| prune_step(conn, after, bound, false))
-                    .await?
+        let tables = self.read(ledger::parts).await?;
+        // Sealed tables wholly past the retention go whole, one `DROP TABLE` each.
+        for p in tables.iter().filter(|p| p.is_sealed()) {
+            if p.newest_written.is_none_or(|w| w >= bound.before) {
+                continue;
+            }
+            let (part, name) = (p.part, p.name.clone());
+            let rows = if dry_run {
+                self.read(move |conn| count_rows(conn, &name)).await?
             } else {
+                let inner = Arc::clone(&self.inner);
                 self.write(move |conn| {
                     let tx = immediate(conn)?;
-                    let step = prune_step(&tx, after, bound, true)?;
+                    let rows = drop_part(&tx, part, &name)?;
                     tx.commit().map_err(db)?;
-                    Ok(step)
+                    // This connection's own change: `data_version` does not show it.
+                    forget_tables(&inner)?;
+                    Ok(rows)
                 })
                 .await?
             };
             report.batches += 1;
-            report.deleted += step.deleted;
-            match step.next {
-                Some(next) => after = next,
-                None => break,
+            report.deleted += rows;
+        }
+        // The hot table and a legacy one lose rows span by span.
+        for p in tables.iter().filter(|p| !p.is_sealed()) {
+            let mut after = 0i64;
+            loop {
+                let table = p.name.clone();
+                let step = if dry_run {
+                    self.read(move |conn| prune_step(conn, &table, after, bound, false))
+                        .await?
+                } else {
+                    self.write(move |conn| {
+                        let tx = immediate(conn)?;
+                        let step = prune_step(&tx, &table, after, bound, true)?;
+                        tx.commit().map_err(db)?;
+                        Ok(step)
+                    })
+                    .await?
+                };
+                report.batches += 1;
+                report.deleted += step.deleted;
+                match step.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            if p.is_legacy() && !dry_run {
+                // Emptied: no longer probed for every key.
+                let (part, name) = (p.part, p.name.clone());
+                let inner = Arc::clone(&self.inner);
+                self.write(move |conn| {
+                    let tx = immediate(conn)?;
+                    // `EXISTS`, not `count(*)`: a legacy table may hold millions of rows.
+                    let sql = format!("SELECT 1 FROM {name} LIMIT 1");
+                    if !exists(&tx, &sql, [])? {
+                        drop_part(&tx, part, &name)?;
+                    }
+                    tx.commit().map_err(db)?;
+                    forget_tables(&inner)
+                })
+                .await?;
             }
         }
         Ok(report)
@@ -81,6 +130,47 @@ struct PruneBound {
     last_old_month: i64,
 }
 
+/// How many rows ledger table `name` holds.
+fn count_rows(conn: &Connection, name: &str) -> Result<u64, StoreError> {
+    conn.query_row(&format!("SELECT count(*) FROM {name}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+    .map_err(db)
+}
+
+/// Drops ledger table `name` (part `part`) with its filter and its place in the list,
+/// inside `tx`; returns how many rows it held (none when it was already gone).
+fn drop_part(tx: &Connection, part: i64, name: &str) -> Result<u64, StoreError> {
+    if execute(
+        tx,
+        "DELETE FROM ledger_parts WHERE part = ?1 AND state != 0",
+        params![part],
+    )? == 0
+    {
+        return Ok(0);
+    }
+    let rows = count_rows(tx, name)?;
+    execute(
+        tx,
+        "DELETE FROM ledger_filters WHERE part = ?1",
+        params![part],
+    )?;
+    tx.execute_batch(&format!("DROP TABLE {name}"))
+        .map_err(db)?;
+    Ok(rows)
+}
+
+/// Makes the writer's view of the ledger tables read them again.
+fn forget_tables(inner: &Inner) -> Result<(), StoreError> {
+    inner
+        .ledger
+        .lock()
+        .map_err(|_| StoreError::Unavailable("ledger tables lock poisoned".into()))?
+        .forget();
+    Ok(())
+}
+
 /// One span of [`SqliteStore::prune_ledger`].
 struct PruneStep {
     /// Rows deleted (or, dry, that would be).
@@ -91,20 +181,22 @@ struct PruneStep {
 
 const PRUNABLE: &str = "(written < ?3 OR (written IS NULL AND month <= ?4))";
 
-/// Looks at the [`PRUNE_BATCH_ROWS`] rows after `seq` `after` and deletes (when `delete`)
-/// or counts those past `bound`. The prefix ends at a span holding a row written since
-/// `bound.before`: rows are appended in write order, so the rest is newer still.
+/// Looks at the [`PRUNE_BATCH_ROWS`] rows of ledger table `table` after `seq` `after` and
+/// deletes (when `delete`) or counts those past `bound`. The prefix ends at a span holding
+/// a row written since `bound.before`: rows are appended in write order, so the rest is
+/// newer still.
 fn prune_step(
     conn: &Connection,
+    table: &str,
     after: i64,
     bound: PruneBound,
     delete: bool,
 ) -> Result<PruneStep, StoreError> {
     let span: (Option<i64>, i64, bool) = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT max(seq), count(*), coalesce(max(written >= ?3), 0) FROM (
-                 SELECT seq, written FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
-        )
+                 SELECT seq, written FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+        ))
         .and_then(|mut s| {
             s.query_row(params![after, PRUNE_BATCH_ROWS as i64, bound.before], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -121,12 +213,12 @@ fn prune_step(
     let deleted = if delete {
         execute(
             conn,
-            &format!("DELETE FROM ledger WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"),
+            &format!("DELETE FROM {table} WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"),
             range,
         )? as u64
     } else {
         conn.prepare_cached(&format!(
-            "SELECT count(*) FROM ledger WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"
+            "SELECT count(*) FROM {table} WHERE seq > ?1 AND seq <= ?2 AND {PRUNABLE}"
         ))
         .and_then(|mut s| s.query_row(range, |r| r.get::<_, i64>(0)))
         .map_err(db)? as u64

@@ -9,7 +9,7 @@ use tally_core::ports::StoreError;
 use super::{alerts, audit, counters, db, immediate, invitations, reports, sync_ledger};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
@@ -117,7 +117,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
-    // Versions 1 to 6, 8 and 9 are plain SQL; 7 also rebuilds the counters; 10 is the catalogue versions table; 11 the price overrides; 12 the security policies and sessions; 13 the series registry.
+    // Versions 1 to 6, 8 and 9 are plain SQL; 7 also rebuilds the counters; 10 is the catalogue versions table; 11 the price overrides; 12 the security policies and sessions; 13 the series registry; 15 the partitioned ledger.
     let plain = [
         SCHEMA_V1,
         audit::SCHEMA_V2,
@@ -172,6 +172,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 14 {
         tx.execute_batch(super::readings::SCHEMA_V14).map_err(db)?;
+    }
+    if version < 15 {
+        super::ledger::migrate_v15(&tx)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

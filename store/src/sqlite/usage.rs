@@ -20,7 +20,7 @@ use tally_core::ports::{
     ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
 };
 
-use super::{SqliteStore, corrupt, counters, db, immediate, month_key, parse_id, ts_text};
+use super::{SqliteStore, corrupt, counters, db, immediate, ledger, month_key, parse_id, ts_text};
 
 /// Most ledger events one [`UsageStore::ledger_page`] call returns.
 pub const MAX_LEDGER_PAGE: usize = 10_000;
@@ -51,6 +51,7 @@ fn apply_batch_tx(
     events: &[Event],
     written: i64,
     totals: &mut counters::Totals,
+    parts: &mut ledger::Ledger,
 ) -> Result<ApplyReport, StoreError> {
     // First occurrence of each (org, id) in the batch, by position.
     let kept = fold::dedupe_in_batch(events);
@@ -72,7 +73,10 @@ fn apply_batch_tx(
         .collect::<Result<Vec<_>, _>>()?;
 
     let tx = immediate(conn)?;
+    parts.sync(&tx)?;
     let mut new = vec![false; events.len()];
+    // Keys already in a sealed table, and which: a repeat's body is read from there.
+    let mut holders: HashMap<(&OrgId, &EventId), String> = HashMap::new();
     {
         let mut ins = tx
             .prepare_cached(
@@ -83,6 +87,10 @@ fn apply_batch_tx(
             .map_err(db)?;
         for (&i, body) in order.iter().zip(&bodies) {
             let e = &events[i];
+            if let Some(t) = parts.holder(&tx, e.org_id.as_str(), e.id.as_str())? {
+                holders.insert((&e.org_id, &e.id), t.to_owned());
+                continue;
+            }
             let changed = ins
                 .execute(params![
                     e.org_id.as_str(),
@@ -136,9 +144,13 @@ fn apply_batch_tx(
         events.iter().zip(&new).filter_map(|(e, n)| n.then_some(e)),
     )?;
     let compared: Vec<bool> = new.iter().zip(&refused).map(|(n, r)| *n || *r).collect();
-    let conflicts = conflicting_repeats(&tx, events, &compared)?;
+    let conflicts = conflicting_repeats(&tx, events, &compared, &holders)?;
+    let sealed = parts.seal_if_full(&tx)?;
     tx.commit().map_err(db)?;
     totals.committed(before, &admission.growth);
+    if let Some(s) = sealed {
+        parts.sealed_committed(s);
+    }
     Ok(ApplyReport {
         conflicts,
         outcomes: new
@@ -155,21 +167,20 @@ fn apply_batch_tx(
 
 /// The repeats (`skip[i]` false: neither new nor refused) whose contents differ from the copy the ledger counted: read
 /// back inside the batch's transaction, so a first copy earlier in the same batch is seen
-/// too. One indexed read per distinct repeated id; a batch without repeats reads nothing.
+/// too. One indexed read per distinct repeated id, from the sealed table `holders` names
+/// or else the hot one; a batch without repeats reads nothing.
 /// Only a report: a stored body that does not decode is logged and left uncompared, never
 /// a reason to fail (and forever retry) the batch.
 fn conflicting_repeats(
     tx: &rusqlite::Transaction<'_>,
     events: &[Event],
     skip: &[bool],
+    holders: &HashMap<(&OrgId, &EventId), String>,
 ) -> Result<Vec<usize>, StoreError> {
     let mut conflicts = Vec::new();
     if skip.iter().all(|n| *n) {
         return Ok(conflicts);
     }
-    let mut read = tx
-        .prepare_cached("SELECT body FROM ledger WHERE org = ?1 AND event_id = ?2")
-        .map_err(db)?;
     let mut counted: HashMap<(&OrgId, &EventId), Option<Event>> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
         if skip[i] {
@@ -178,8 +189,16 @@ fn conflicting_repeats(
         let copy = match counted.entry((&e.org_id, &e.id)) {
             std::collections::hash_map::Entry::Occupied(c) => c.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
-                let body: String = read
-                    .query_row(params![e.org_id.as_str(), e.id.as_str()], |r| r.get(0))
+                let table = holders
+                    .get(&(&e.org_id, &e.id))
+                    .map_or(ledger::HOT, String::as_str);
+                let body: String = tx
+                    .prepare_cached(&format!(
+                        "SELECT body FROM {table} WHERE org = ?1 AND event_id = ?2"
+                    ))
+                    .and_then(|mut s| {
+                        s.query_row(params![e.org_id.as_str(), e.id.as_str()], |r| r.get(0))
+                    })
                     .map_err(db)?;
                 let copy = decode_event(&e.org_id, e.id.as_str(), &body)
                     .inspect_err(|err| {
@@ -216,7 +235,11 @@ impl UsageStore for SqliteStore {
                 .totals
                 .lock()
                 .map_err(|_| StoreError::Unavailable("month totals lock poisoned".into()))?;
-            apply_batch_tx(conn, &events, written, &mut totals)
+            let mut parts = inner
+                .ledger
+                .lock()
+                .map_err(|_| StoreError::Unavailable("ledger tables lock poisoned".into()))?;
+            apply_batch_tx(conn, &events, written, &mut totals, &mut parts)
         })
         .await
     }
@@ -248,14 +271,23 @@ impl UsageStore for SqliteStore {
         let limit = limit.clamp(1, MAX_LEDGER_PAGE);
         let org = org.clone();
         self.read(move |conn| {
-            // Fetch one more than asked to learn whether another page exists.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT event_id, body FROM ledger
-                     WHERE org = ?1 AND event_id > ?2 AND month = ?3
-                     ORDER BY event_id LIMIT ?4",
-                )
-                .map_err(db)?;
+            // One read transaction: the table list and the rows of one snapshot, so a seal
+            // committed meanwhile (a rename) cannot hide rows from the page.
+            let snapshot = conn.unchecked_transaction().map_err(db)?;
+            // Every table, each read through its (org, event_id) index; SQLite merges the
+            // ordered arms. Fetch one more than asked to learn whether another page exists.
+            let arms: Vec<String> = ledger::parts(&snapshot)?
+                .iter()
+                .map(|p| {
+                    format!(
+                        "SELECT event_id, body FROM {}
+                         WHERE org = ?1 AND event_id > ?2 AND month = ?3",
+                        p.name
+                    )
+                })
+                .collect();
+            let sql = format!("{} ORDER BY 1 LIMIT ?4", arms.join(" UNION ALL "));
+            let mut stmt = snapshot.prepare_cached(&sql).map_err(db)?;
             let rows = stmt
                 .query_map(
                     params![
