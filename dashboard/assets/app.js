@@ -193,6 +193,8 @@ async function selectOrg(id, orgs) {
   if (found) state.role = found.role;
   sessionStorage.setItem('tally.org', id);
   state.zoomDay = null;
+  // Another org's meters may lack the dimensions a chart was stacked by here.
+  state.stackBy = {};
   await showPage(state.page);
 }
 
@@ -300,7 +302,10 @@ async function loadUsage() {
   for (const c of charts.values()) c.destroy();
   charts.clear();
   const figures = await Promise.all(summary.meters.map(async (m) => {
-    const answer = await meterSeries(m, state.stackBy[m.meter] || 'project', view);
+    // A remembered dimension the meter no longer lists (a new catalogue version) is dropped.
+    const chosen = state.stackBy[m.meter];
+    const stack = chosen && (m.dimensions || []).includes(chosen) ? chosen : 'project';
+    const answer = await meterSeries(m, stack, view);
     return { m, answer };
   }));
   $('usage-meters').replaceChildren(...figures.map(({ m, answer }) => meterFigure(m, answer, view)));
@@ -310,12 +315,13 @@ async function loadUsage() {
 // A new stack choice for one meter: only its figure is read and drawn again, and the
 // keyboard focus stays on its picker.
 async function restack(m, stack) {
-  state.stackBy[m.meter] = stack;
   delete document.body.dataset.loaded;
   clearError();
   try {
     const view = usageView();
     const answer = await meterSeries(m, stack, view);
+    // Remembered only once the API answered it, so a refused choice cannot blank the tab.
+    state.stackBy[m.meter] = stack;
     const old = charts.get(m.meter);
     if (old) old.destroy();
     $(`meter-${m.meter}`).replaceWith(meterFigure(m, answer, view));

@@ -97,6 +97,34 @@ pub struct Endpoints {
     pub fetched_at: DateTime<Utc>,
 }
 
+/// Seconds a failed discovery fetch is remembered: sign-ins in that window fail at once with
+/// the same reason instead of each waiting out its own fetch (up to the client's timeout)
+/// behind the cache's lock while the issuer is down.
+pub const DISCOVERY_RETRY_SECS: i64 = 5;
+
+/// Most bytes of an issuer's own error text kept in a refusal.
+const MAX_ISSUER_TEXT: usize = 300;
+
+/// `text` cut to at most `max` bytes on a character boundary (the text is the issuer's, and
+/// `String::truncate` inside a character panics).
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let end = (0..=max)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(end);
+    }
+    text
+}
+
+/// The endpoints found by discovery, or the last failure to find them.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCache {
+    found: Option<Endpoints>,
+    failed: Option<(DateTime<Utc>, String)>,
+}
+
 /// What the authorization URL carries besides the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorize<'a> {
@@ -154,12 +182,37 @@ impl OidcVerifier {
     /// per [`JWKS_TTL_SECS`] (an issuer moves its endpoints as rarely as its keys).
     pub async fn endpoints(&self, now: DateTime<Utc>) -> Result<Endpoints, FlowError> {
         let mut cached = self.endpoints.lock().await;
-        if let Some(e) = cached.as_ref()
+        if let Some(e) = cached.found.as_ref()
             && now >= e.fetched_at
             && (now - e.fetched_at).num_seconds() < JWKS_TTL_SECS
         {
             return Ok(e.clone());
         }
+        if let Some((at, reason)) = cached.failed.as_ref()
+            && now >= *at
+            && (now - *at).num_seconds() < DISCOVERY_RETRY_SECS
+        {
+            return Err(FlowError::Unavailable(reason.clone()));
+        }
+        match self.discover(now).await {
+            Ok(found) => {
+                cached.found = Some(found.clone());
+                cached.failed = None;
+                Ok(found)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    FlowError::Unavailable(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                cached.failed = Some((now, reason));
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches and checks the discovery document's endpoints.
+    async fn discover(&self, now: DateTime<Utc>) -> Result<Endpoints, FlowError> {
         let body = self
             .get(&self.discovery_url)
             .await
@@ -181,13 +234,11 @@ impl OidcVerifier {
                 .map_err(|_| FlowError::Unavailable(format!("{name} {v:?} is not a URL")))?;
             Ok::<_, FlowError>(v)
         };
-        let found = Endpoints {
+        Ok(Endpoints {
             authorization: endpoint(doc.authorization_endpoint, "authorization_endpoint")?,
             token: endpoint(doc.token_endpoint, "token_endpoint")?,
             fetched_at: now,
-        };
-        *cached = Some(found.clone());
-        Ok(found)
+        })
     }
 
     /// The URL to send the browser to: the issuer's authorization endpoint with
@@ -266,9 +317,10 @@ impl OidcVerifier {
             let detail = parsed
                 .and_then(|r| {
                     r.error.map(|e| {
-                        let mut e = format!("{e}: {}", r.error_description.unwrap_or_default());
-                        e.truncate(300);
-                        e
+                        cut(
+                            format!("{e}: {}", r.error_description.unwrap_or_default()),
+                            MAX_ISSUER_TEXT,
+                        )
                     })
                 })
                 .unwrap_or_else(|| format!("it answered {status}"));
@@ -295,6 +347,56 @@ mod tests {
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         assert_eq!(url_safe([0; 32]).len(), MIN_VERIFIER_LEN);
+    }
+
+    #[test]
+    fn an_issuers_text_is_cut_on_a_character_boundary() {
+        // 299 ASCII bytes then a 3-byte character across the 300-byte bound.
+        let text = format!("{}€€", "a".repeat(299));
+        assert_eq!(cut(text, MAX_ISSUER_TEXT), "a".repeat(299));
+        assert_eq!(cut("short".into(), MAX_ISSUER_TEXT), "short");
+        let exact = "é".repeat(150);
+        assert_eq!(cut(exact.clone(), MAX_ISSUER_TEXT), exact);
+    }
+
+    /// A discovery fetch that failed is remembered for [`DISCOVERY_RETRY_SECS`]: sign-ins in
+    /// that window fail at once, without another fetch; after it, the issuer is asked again.
+    #[tokio::test]
+    async fn a_failed_discovery_is_not_fetched_again_within_its_retry_window() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            // Every connection is closed unanswered: the issuer is down.
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let verifier = crate::OidcVerifier::new(crate::OidcSettings {
+            issuer: format!("http://127.0.0.1:{port}"),
+            audience: "client".into(),
+            jwks_url: None,
+        })
+        .unwrap();
+        let t0 = DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let first = verifier.endpoints(t0).await.unwrap_err();
+        let fetches = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(fetches >= 1, "the first sign-in asks the issuer");
+        let again = verifier
+            .endpoints(t0 + chrono::Duration::seconds(DISCOVERY_RETRY_SECS - 1))
+            .await
+            .unwrap_err();
+        assert_eq!(again, first, "the same reason, remembered");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), fetches);
+        verifier
+            .endpoints(t0 + chrono::Duration::seconds(DISCOVERY_RETRY_SECS))
+            .await
+            .unwrap_err();
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > fetches);
     }
 
     #[test]

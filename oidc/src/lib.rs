@@ -83,6 +83,18 @@ pub enum OidcConfigError {
     /// A client setting (named) is empty or too long.
     #[error("{0} must be 1 to {MAX_SETTING_LEN} characters")]
     Client(&'static str),
+    /// The code flow's client id is not the audience tokens are checked against: the ID
+    /// token an issuer returns to a client names that client in `aud`, so every sign-in
+    /// through the flow would be refused.
+    #[error(
+        "the OIDC client id ({client:?}) must equal the OIDC audience ({audience:?}): the ID token the sign-in flow receives names its client as its audience"
+    )]
+    ClientAudience {
+        /// The configured client id.
+        client: String,
+        /// The configured audience.
+        audience: String,
+    },
 }
 
 /// Why a token was refused. Every variant but [`OidcError::Unavailable`] is the caller's
@@ -179,7 +191,7 @@ pub struct OidcVerifier {
     /// The code flow's client, when the dashboard signs people in through the issuer.
     client: Option<Arc<flow::ClientSettings>>,
     /// The issuer's authorization and token endpoints, once discovered.
-    endpoints: Arc<Mutex<Option<flow::Endpoints>>>,
+    endpoints: Arc<Mutex<flow::EndpointCache>>,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -249,7 +261,7 @@ impl OidcVerifier {
                 ..Cache::default()
             })),
             client: None,
-            endpoints: Arc::new(Mutex::new(None)),
+            endpoints: Arc::new(Mutex::new(flow::EndpointCache::default())),
         })
     }
 
@@ -257,6 +269,12 @@ impl OidcVerifier {
     /// [`flow::ClientSettings::check`]).
     pub fn with_client(mut self, client: flow::ClientSettings) -> Result<Self, OidcConfigError> {
         client.check()?;
+        if client.client_id != self.settings.audience {
+            return Err(OidcConfigError::ClientAudience {
+                client: client.client_id,
+                audience: self.settings.audience.clone(),
+            });
+        }
         self.client = Some(Arc::new(client));
         Ok(self)
     }
@@ -585,6 +603,28 @@ mod tests {
             OidcVerifier::new(no_audience).unwrap_err(),
             OidcConfigError::Audience
         );
+    }
+
+    #[test]
+    fn a_code_flow_client_must_be_the_audience_its_id_tokens_name() {
+        let verifier = || {
+            OidcVerifier::new(OidcSettings {
+                issuer: "https://issuer.example".into(),
+                audience: "client".into(),
+                jwks_url: None,
+            })
+            .unwrap()
+        };
+        let client = |id: &str| flow::ClientSettings {
+            client_id: id.into(),
+            client_secret: None,
+            redirect_url: None,
+        };
+        assert!(verifier().with_client(client("client")).is_ok());
+        assert!(matches!(
+            verifier().with_client(client("another")).unwrap_err(),
+            OidcConfigError::ClientAudience { client, audience } if client == "another" && audience == "client"
+        ));
     }
 
     #[test]

@@ -38,6 +38,11 @@ fn encode_cursor(id: &str) -> String {
     hex::encode(id.as_bytes())
 }
 
+/// Most ledger tables one `ledger_page` statement reads (one `UNION ALL` arm each): SQLite
+/// refuses a compound SELECT of more than 500 terms, and a long-retained busy org seals
+/// more tables than that; the statements' rows are merged in Rust.
+pub(super) const LEDGER_ARMS_PER_QUERY: usize = 200;
+
 fn decode_cursor(c: &str) -> Result<String, StoreError> {
     hex::decode(c)
         .ok()
@@ -275,34 +280,48 @@ impl UsageStore for SqliteStore {
             // committed meanwhile (a rename) cannot hide rows from the page.
             let snapshot = conn.unchecked_transaction().map_err(db)?;
             // Every table, each read through its (org, event_id) index; SQLite merges the
-            // ordered arms. Fetch one more than asked to learn whether another page exists.
-            let arms: Vec<String> = ledger::parts(&snapshot)?
-                .iter()
-                .map(|p| {
-                    format!(
-                        "SELECT event_id, body FROM {}
-                         WHERE org = ?1 AND event_id > ?2 AND month = ?3",
-                        p.name
+            // ordered arms of one statement, and statements of at most
+            // `LEDGER_ARMS_PER_QUERY` arms (SQLite refuses a compound SELECT of more than
+            // 500) are merged here. Event ids are unique across the tables (a table takes
+            // an id only when no other holds it) and SQLite's BINARY order is byte order,
+            // as `String`'s is. Fetch one more than asked to learn whether another page
+            // exists.
+            let parts = ledger::parts(&snapshot)?;
+            let mut rows: Vec<(String, String)> = Vec::new();
+            for group in parts.chunks(LEDGER_ARMS_PER_QUERY) {
+                let arms: Vec<String> = group
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "SELECT event_id, body FROM {}
+                             WHERE org = ?1 AND event_id > ?2 AND month = ?3",
+                            p.name
+                        )
+                    })
+                    .collect();
+                let sql = format!("{} ORDER BY 1 LIMIT ?4", arms.join(" UNION ALL "));
+                let mut stmt = snapshot.prepare_cached(&sql).map_err(db)?;
+                let found = stmt
+                    .query_map(
+                        params![
+                            org.as_str(),
+                            after.as_deref().unwrap_or_default(),
+                            month_key(month),
+                            (limit + 1) as i64
+                        ],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                     )
-                })
-                .collect();
-            let sql = format!("{} ORDER BY 1 LIMIT ?4", arms.join(" UNION ALL "));
-            let mut stmt = snapshot.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        org.as_str(),
-                        after.unwrap_or_default(),
-                        month_key(month),
-                        (limit + 1) as i64
-                    ],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-                )
-                .map_err(db)?;
+                    .map_err(db)?;
+                for row in found {
+                    rows.push(row.map_err(db)?);
+                }
+            }
+            if parts.len() > LEDGER_ARMS_PER_QUERY {
+                rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            }
             let mut events = Vec::with_capacity(limit);
             let mut more = false;
-            for row in rows {
-                let (id, body) = row.map_err(db)?;
+            for (id, body) in rows {
                 if events.len() == limit {
                     more = true;
                     break;
