@@ -384,32 +384,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use tally_core::ports::{CatalogueVersion, FixedClock, catalogue_digest};
+    use tally_core::ports::FixedClock;
 
     fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
         s.parse().unwrap()
     }
 
-    /// The built-in catalogue with `tokens` as one more meter, as version `n` from `from`.
-    fn version(n: u32, from: &str) -> CatalogueVersion {
-        let mut v: serde_json::Value = serde_json::from_str(tally_billing::BUILTIN_JSON).unwrap();
-        v["meters"]["tokens"] = serde_json::json!({
-            "unit": "tokens", "aggregation": "sum", "value": "properties.tokens",
-            "price_unit": "token", "price_unit_size": 1,
-            "list_price": { "model": "per_unit", "unit_price": "0.01" }
-        });
-        for plan in ["free", "starter", "pro", "enterprise"] {
-            v["plans"][plan]["meters"]["tokens"] = serde_json::json!({});
-        }
-        let body = v.to_string();
-        CatalogueVersion {
-            version: n,
-            effective_from: Month::parse(from).unwrap(),
-            digest: catalogue_digest(&body),
-            body,
-            applied_by: "cli".into(),
-            applied_at: at("2026-03-10T00:00:00Z"),
-        }
+    fn version(n: u32, from: &str) -> tally_core::ports::CatalogueVersion {
+        tally_tests::catalogues::version_with_tokens(n, from, at("2026-03-10T00:00:00Z"))
     }
 
     fn knows_tokens(running: &Running) -> bool {
