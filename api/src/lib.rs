@@ -26,10 +26,10 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tally_core::ids::{OrgId, UserId};
-use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{Clock, ReportStore, SyncLedger, TenantStore, UsageStore};
 use tally_core::tenant::Org;
+use tally_http::live::{InForce, LiveCatalogue};
 
 pub mod audit;
 pub mod auth;
@@ -353,8 +353,11 @@ pub struct ApiState {
     pub tenants: Arc<dyn TenantStore>,
     /// The counters usage is read from.
     pub usage: Arc<dyn UsageStore>,
-    /// The meters that can be asked about.
-    pub catalogue: Arc<MeterCatalogue>,
+    /// The catalogue in force: the meters that can be asked about, and the plans whose
+    /// user and project caps the API enforces and whose allowances the usage summary shows
+    /// (a plan missing from it is the built-in one). The composition root may replace it
+    /// while the API runs; a request reads one snapshot ([`tally_http::live`]).
+    pub catalogue: LiveCatalogue,
     /// The server's time: key and token expiry, audit times, the default usage range.
     pub clock: Arc<dyn Clock>,
     /// How users' JWTs are verified; `None` refuses every JWT with `401`.
@@ -363,9 +366,6 @@ pub struct ApiState {
     /// this issuer goes to it, any other to [`ApiState::jwt`]); its users are matched to
     /// Tally users by verified email ([`auth`]).
     pub oidc: Option<Arc<tally_oidc::OidcVerifier>>,
-    /// The plans of the process's catalogue: the user and project caps the API enforces
-    /// and the allowances the usage summary shows. A plan missing here is the built-in one.
-    pub plans: Arc<BTreeMap<PlanId, Plan>>,
     /// One token bucket per user across the management API and user-token usage reads
     /// ([`USER_RATE`] by default), so one user cannot flood the store for everyone.
     pub users: Arc<crate::http::RateLimiter<UserId>>,
@@ -427,17 +427,16 @@ impl ApiState {
     pub fn new(
         tenants: Arc<dyn TenantStore>,
         usage: Arc<dyn UsageStore>,
-        catalogue: Arc<MeterCatalogue>,
+        catalogue: impl Into<LiveCatalogue>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         ApiState {
             tenants,
             usage,
-            catalogue,
+            catalogue: catalogue.into(),
             clock,
             jwt: None,
             oidc: None,
-            plans: Arc::new(BTreeMap::new()),
             users: Arc::new(crate::http::RateLimiter::new(USER_BUCKETS)),
             user_rate: USER_RATE,
             trusted_proxies: 0,
@@ -520,7 +519,19 @@ impl ApiState {
     /// The same state, enforcing `plans` (the catalogue's, as the composition root loaded
     /// it) instead of the built-in ones.
     pub fn with_plans(mut self, plans: BTreeMap<PlanId, Plan>) -> Self {
-        self.plans = Arc::new(plans);
+        let meters = self.catalogue.load().meters.clone();
+        self.catalogue = LiveCatalogue::new(InForce {
+            meters,
+            plans: plans.into_iter().map(|(id, p)| (id, Arc::new(p))).collect(),
+            version: None,
+        });
+        self
+    }
+
+    /// The same state, reading the meters and plans from `catalogue`, which the caller may
+    /// replace while the API serves (`tally serve` and the Lambda API refresh it).
+    pub fn with_catalogue(mut self, catalogue: LiveCatalogue) -> Self {
+        self.catalogue = catalogue;
         self
     }
 
@@ -538,19 +549,16 @@ impl ApiState {
             .ok_or_else(auth::org_not_found)
     }
 
-    /// The plan `id` as this process's catalogue defines it.
+    /// The plan `id` as the catalogue in force defines it.
     pub fn plan(&self, id: PlanId) -> Plan {
-        self.plans
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| Plan::builtin(id))
+        Plan::clone(&self.catalogue.load().plan(id))
     }
 }
 
 impl fmt::Debug for ApiState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiState")
-            .field("catalogue", &self.catalogue.names())
+            .field("catalogue", &self.catalogue.load().meters.names())
             .finish_non_exhaustive()
     }
 }

@@ -238,11 +238,13 @@ pub(crate) async fn usage_summary(
 ) -> Result<Json<UsageSummary>, MgmtError> {
     let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
     let org = state.org(&auth.org).await?;
-    let plan = state.plan(org.plan);
+    // One catalogue snapshot for the plan and its meters.
+    let catalogue = state.catalogue.load();
+    let plan = catalogue.plan(org.plan);
     let now = state.clock.now();
     let month = Month::of(now);
     let mut meters = Vec::new();
-    for meter in state.catalogue.meters() {
+    for meter in catalogue.meters.meters() {
         let series = state
             .usage
             .counter_series(&CounterQuery {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
-use tally_core::meter::Aggregation;
+use tally_core::meter::{Aggregation, MeterCatalogue};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, FixedClock, OrgStore, ProjectStore, UsageStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};

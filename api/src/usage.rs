@@ -569,7 +569,7 @@ pub(crate) async fn get_usage(
             "a {own} key reads {own} usage only: leave mode out, or ask for mode={own}"
         )));
     }
-    let req = UsageRequest::parse(&params, &state.catalogue, state.clock.now())?;
+    let req = UsageRequest::parse(&params, &state.catalogue.load().meters, state.clock.now())?;
     if let Some(id) = &req.project
         // A project the reader may not see is answered like one that does not exist.
         && (state.tenants.get_project(&org, id).await?.is_none()

@@ -149,7 +149,37 @@ pub async fn catalogue_for(
         .list_catalogue_versions()
         .await
         .map_err(store("cannot list the catalogue versions"))?;
-    let Some(number) = effective_version(&listed, month) else {
+    read_version(versions, fallback, effective_version(&listed, month)).await
+}
+
+/// The catalogue in force in `month` if it is not version `current` (`None`: the fallback),
+/// else `Ok(None)`: what a running process re-reads on an interval to pick up a published
+/// version without a restart. Versions are immutable, so an unchanged number costs one
+/// listing and no parse.
+pub async fn changed_since(
+    versions: &dyn CatalogueStore,
+    fallback: &Catalogue,
+    month: Month,
+    current: Option<u32>,
+) -> Result<Option<Versioned>, VersionError> {
+    let listed = versions
+        .list_catalogue_versions()
+        .await
+        .map_err(store("cannot list the catalogue versions"))?;
+    let wanted = effective_version(&listed, month);
+    if wanted == current {
+        return Ok(None);
+    }
+    read_version(versions, fallback, wanted).await.map(Some)
+}
+
+/// Version `number` parsed, or `fallback` for `None`.
+async fn read_version(
+    versions: &dyn CatalogueStore,
+    fallback: &Catalogue,
+    number: Option<u32>,
+) -> Result<Versioned, VersionError> {
+    let Some(number) = number else {
         return Ok(Versioned {
             catalogue: fallback.clone(),
             version: None,

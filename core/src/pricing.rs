@@ -32,7 +32,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
     /// Inclusive upper bound in price units; `None` (only on the last tier) means no bound.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
+    /// Left out when `None`, and read back from a missing field, `null` or a string: a
+    /// `Tier` sits inside the internally tagged [`Pricing`], whose buffered `null` reaches a
+    /// field as a unit, which `rust_decimal::serde::str_option` refuses (so a stored report
+    /// of a graduated or volume price with an unbounded last tier could not be read back).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal_str"
+    )]
     pub up_to: Option<Decimal>,
     /// Price per price unit inside this tier.
     #[serde(with = "rust_decimal::serde::str")]
@@ -41,6 +50,17 @@ pub struct Tier {
     /// or when the quantity lands in this tier (volume).
     #[serde(default, with = "rust_decimal::serde::str")]
     pub flat_fee: Decimal,
+}
+
+/// An optional decimal string: `null`, a unit or `""` is `None`.
+fn optional_decimal_str<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Decimal>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 impl Tier {
@@ -453,6 +473,29 @@ pub(crate) fn ceil_div(q: Decimal, size: Decimal) -> Option<Decimal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A graduated price whose last tier is unbounded survives a round trip through JSON,
+    /// as a stored report holds it; so does the `null` older reports wrote for it.
+    #[test]
+    fn an_unbounded_last_tier_reads_back_from_stored_json() {
+        let pricing = Pricing::Graduated {
+            tiers: vec![
+                Tier::new(Some(Decimal::from(20)), Decimal::new(50, 2)),
+                Tier::new(None, Decimal::new(30, 2)),
+            ],
+        };
+        let json = serde_json::to_string(&pricing).unwrap();
+        assert_eq!(serde_json::from_str::<Pricing>(&json).unwrap(), pricing);
+        let with_null = json.replace(
+            r#""unit_price":"0.30""#,
+            r#""up_to":null,"unit_price":"0.30""#,
+        );
+        assert_ne!(with_null, json, "the planted null is in the text");
+        assert_eq!(
+            serde_json::from_str::<Pricing>(&with_null).unwrap(),
+            pricing
+        );
+    }
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {

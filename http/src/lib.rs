@@ -18,6 +18,9 @@
 //!   object, the security scheme) and the helpers each API adds its routes with; [`events`]
 //!   holds the body limits of `POST /v1/events` the document states and ingest enforces.
 //!
+//! - [`live`]: the catalogue a running process serves by ([`LiveCatalogue`]), swapped
+//!   whole when a new catalogue version comes into force.
+//!
 //! It depends on `tally-core` and the HTTP stack only, never on an adapter, so every API
 //! that uses it still runs on every backend.
 
@@ -28,6 +31,7 @@ pub mod drain;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod live;
 pub mod openapi;
 pub mod rate;
 pub mod trace;
@@ -36,3 +40,4 @@ pub use auth::{KeyAuth, ScopedKey};
 pub use drain::drain_unread_body;
 pub use error::{ApiError, ErrorBody, LimitDetails};
 pub use keys::{KeyCache, KeyCacheConfig};
+pub use live::{InForce, Live, LiveCatalogue};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tally_core::ids::ApiKeyId;
-use tally_core::plan::{Plan, PlanId, RateLimit};
+use tally_core::plan::{PlanId, RateLimit};
 
 use crate::cache::DEFAULT_CAPACITY;
 use crate::keys::KeyCacheConfig;
@@ -128,9 +128,6 @@ pub struct IngestConfig {
     pub cache: CacheConfig,
     /// Rate limits.
     pub rate_limits: RateLimitConfig,
-    /// The plans whose allowances hard limits enforce; a plan missing here is
-    /// [`Plan::builtin`].
-    pub plans: BTreeMap<PlanId, Plan>,
     /// How many times events the queue did not take are published again (the failed ones
     /// only) before they are reported as rejections.
     pub publish_retries: u32,
@@ -148,20 +145,9 @@ impl Default for IngestConfig {
         IngestConfig {
             cache: CacheConfig::default(),
             rate_limits: RateLimitConfig::default(),
-            plans: BTreeMap::new(),
             publish_retries: 1,
             shared: crate::shared::SharedConfig::default(),
             trusted_proxies: 0,
         }
-    }
-}
-
-impl IngestConfig {
-    /// The plan `id` as configured.
-    pub fn plan(&self, id: PlanId) -> Plan {
-        self.plans
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| Plan::builtin(id))
     }
 }

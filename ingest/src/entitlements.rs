@@ -165,6 +165,8 @@ pub(crate) async fn get_entitlements(
         ApiError::bad_request("invalid_query", "query", format!("invalid query: {e}"))
     })?;
     let inner = &state.inner;
+    // One catalogue snapshot for the whole answer (see `tally_http::live`).
+    let catalogue = inner.ports.catalogue.load();
     let meters: Vec<&Meter> = match &params.meter {
         Some(name) => {
             if name.len() > MAX_METER_LEN {
@@ -174,19 +176,19 @@ pub(crate) async fn get_entitlements(
                     format!("meter is longer than {MAX_METER_LEN} characters"),
                 ));
             }
-            let meter = inner.ports.catalogue.get(name).ok_or_else(|| {
+            let meter = catalogue.meters.get(name).ok_or_else(|| {
                 ApiError::bad_request(
                     "unknown_meter",
                     "meter",
                     format!(
                         "unknown meter {name:?}; known meters: {}",
-                        inner.ports.catalogue.names().join(", ")
+                        catalogue.meters.names().join(", ")
                     ),
                 )
             })?;
             vec![meter]
         }
-        None => inner.ports.catalogue.meters().collect(),
+        None => catalogue.meters.meters().collect(),
     };
     let plan_id = inner.lookups.org_plan(&key.org_id).await?.ok_or_else(|| {
         ApiError::Unauthorized("the organization of this API key no longer exists".into())
@@ -205,7 +207,7 @@ pub(crate) async fn get_entitlements(
         KeyMode::Live => plan_id,
         KeyMode::Test => PlanId::Free,
     };
-    let plan = state.plan(plan_id);
+    let plan = catalogue.plan(plan_id);
     let usage_org = mode.usage_org(&key.org_id);
     let period = Month::of(inner.ports.clock.now());
     let mut out = Vec::with_capacity(meters.len());

@@ -27,6 +27,7 @@ use tally_core::period::{MAX_LATE_WINDOW, Month, open_for_events};
 use tally_core::plan::{Plan, PlanId, RateLimit};
 use tally_core::ports::{EventQueue, QueueError};
 use tally_core::tenant::{KeyMode, KeyScope};
+use tally_http::InForce;
 use tracing::Instrument;
 
 use crate::Ingest;
@@ -185,6 +186,10 @@ fn plan_limit_message(r: &PlanRefusal, mode: KeyMode) -> String {
 pub(crate) struct Admitted {
     /// The key as the key cache holds it (shared, not copied per request).
     key: Arc<CachedKey>,
+    /// The catalogue in force when the request came in: the whole request is validated,
+    /// bounded and limited by this one snapshot, even if a new version is swapped in
+    /// meanwhile.
+    catalogue: Arc<InForce>,
     plan: Arc<Plan>,
     /// The key's limit, when rate limits are on and charged per event (after the body is
     /// split).
@@ -228,9 +233,11 @@ impl FromRequestParts<Ingest> for Admitted {
                 }
             }
         }
+        let catalogue = state.inner.ports.catalogue.load();
         Ok(Admitted {
             key: cached.clone(),
-            plan: state.plan(plan_id),
+            plan: catalogue.plan(plan_id),
+            catalogue,
             per_event,
         })
     }
@@ -297,6 +304,7 @@ pub(crate) async fn post_events(
 ) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     let Admitted {
         key: cached,
+        catalogue,
         plan,
         per_event,
     } = caller;
@@ -337,7 +345,14 @@ pub(crate) async fn post_events(
                 refused(t)
             })?;
     }
-    let response = ingest(&state, org, key.mode(), &plan, format, &candidates).await?;
+    let request = Request {
+        org,
+        mode: key.mode(),
+        catalogue: &catalogue,
+        plan: &plan,
+        format,
+    };
+    let response = ingest(&state, &request, &candidates).await?;
     metrics::counter!(METRIC_ACCEPTED).increment(response.accepted as u64);
     for r in &response.rejected {
         metrics::counter!(METRIC_REJECTED, "code" => r.error.code.clone()).increment(1);
@@ -350,6 +365,21 @@ pub(crate) async fn post_events(
     Ok((StatusCode::ACCEPTED, Json(response)))
 }
 
+/// Who sent one request and what it is held to.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    /// The key's org.
+    org: &'a OrgId,
+    /// Live or test key.
+    mode: KeyMode,
+    /// The catalogue snapshot of the request ([`Admitted::catalogue`]).
+    catalogue: &'a InForce,
+    /// The org's plan in that catalogue.
+    plan: &'a Plan,
+    /// How the body is encoded (how rejections name events).
+    format: BodyFormat,
+}
+
 /// Validates, checks and publishes the candidates of one request for `org`. Test-mode
 /// events (`mode` of a test key) are stamped with the org's
 /// [test twin](OrgId::test_twin): they are counted apart and never priced, so they neither
@@ -358,18 +388,22 @@ pub(crate) async fn post_events(
 /// production traffic for nothing.
 async fn ingest(
     state: &Ingest,
-    org: &OrgId,
-    mode: KeyMode,
-    plan: &Plan,
-    format: BodyFormat,
+    request: &Request<'_>,
     candidates: &[Candidate<'_>],
 ) -> Result<IngestResponse, ApiError> {
+    let Request {
+        org,
+        mode,
+        catalogue,
+        plan,
+        format,
+    } = *request;
     let inner = &state.inner;
     let now = inner.ports.clock.now();
     let usage_org = mode.usage_org(org);
     let ctx = ValidationContext {
         org_id: &usage_org,
-        catalogue: &inner.ports.catalogue,
+        catalogue: &catalogue.meters,
         now,
     };
     let mut rejected = Vec::new();
@@ -440,7 +474,7 @@ async fn ingest(
     // refused event leaves the publish list, the rest of the batch goes on.
     let series_refusals = inner
         .series
-        .check(&inner.ports.catalogue, &events)
+        .check(&catalogue.meters, &events)
         .instrument(tracing::debug_span!("series", events = events.len()))
         .await?;
     let (indexes, events) = {
@@ -469,7 +503,7 @@ async fn ingest(
     let guarded: (&OrgId, &Plan) = match mode {
         KeyMode::Live => (org, plan),
         KeyMode::Test => {
-            test_plan = state.plan(PlanId::Free);
+            test_plan = catalogue.plan(PlanId::Free);
             (&usage_org, &test_plan)
         }
     };

@@ -54,13 +54,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
-use tally_core::meter::MeterCatalogue;
-use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{
     ApiKeyStore, Clock, EventQueue, OrgStore, ProjectStore, SecurityStore, SeriesRegistry,
     TenantStore, UsageStore,
@@ -85,6 +81,7 @@ pub use config::{CacheConfig, IngestConfig, RateCost, RateLimitConfig};
 pub use error::{ApiError, ErrorBody, LimitDetails};
 pub use events::{IngestResponse, Rejection, placement};
 pub use keys::KeyCache;
+pub use tally_http::live::{InForce, LiveCatalogue};
 
 /// Every route [`router`] serves, as (method, path), for the OpenAPI check.
 pub const ROUTES: &[(&str, &str)] = &[("POST", "/v1/events"), ("GET", "/v1/entitlements")];
@@ -105,8 +102,10 @@ pub struct IngestState {
     pub usage: Arc<dyn UsageStore>,
     /// Where accepted events go, for the aggregator.
     pub queue: Arc<dyn EventQueue>,
-    /// The meters events may name.
-    pub catalogue: Arc<MeterCatalogue>,
+    /// The meters events may name and the plans whose allowances hard limits enforce: the
+    /// catalogue in force, which the composition root may replace while ingest runs (each
+    /// request reads one snapshot; see [`tally_http::live`]).
+    pub catalogue: LiveCatalogue,
     /// The server's time: key expiry and the "not in the future" rule.
     pub clock: Arc<dyn Clock>,
     /// Registers the series of dimensioned meters under their cardinality bound before an
@@ -122,7 +121,7 @@ impl IngestState {
         tenants: Arc<dyn TenantStore>,
         usage: Arc<dyn UsageStore>,
         queue: Arc<dyn EventQueue>,
-        catalogue: Arc<MeterCatalogue>,
+        catalogue: impl Into<LiveCatalogue>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         IngestState {
@@ -132,7 +131,7 @@ impl IngestState {
             projects: tenants,
             usage,
             queue,
-            catalogue,
+            catalogue: catalogue.into(),
             clock,
             series: None,
         }
@@ -148,7 +147,7 @@ impl IngestState {
 impl fmt::Debug for IngestState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IngestState")
-            .field("catalogue", &self.catalogue.names())
+            .field("catalogue", &self.catalogue.load().meters.names())
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +168,6 @@ pub struct Ingest {
 struct Inner {
     ports: IngestState,
     config: IngestConfig,
-    plans: BTreeMap<PlanId, Arc<Plan>>,
     keys: Arc<KeyCache>,
     lookups: lookups::Lookups,
     limiter: limits::RateLimiter<tally_core::ids::ApiKeyId>,
@@ -223,10 +221,6 @@ impl Ingest {
         config: IngestConfig,
         shared: Option<Arc<shared::SharedLimits>>,
     ) -> Self {
-        let plans = PlanId::ALL
-            .into_iter()
-            .map(|id| (id, Arc::new(config.plan(id))))
-            .collect();
         let keys = Arc::new(KeyCache::new(
             ports.keys.clone(),
             ports.security.clone(),
@@ -256,7 +250,6 @@ impl Ingest {
                 series,
                 ports,
                 config,
-                plans,
                 keys,
                 lookups,
                 limiter,
@@ -280,15 +273,6 @@ impl Ingest {
     /// share with another router that authenticates keys ([`KeyAuth::cached`]).
     pub fn key_cache(&self) -> Arc<KeyCache> {
         self.inner.keys.clone()
-    }
-
-    /// The plan `id` as configured.
-    fn plan(&self, id: PlanId) -> Arc<Plan> {
-        self.inner
-            .plans
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Plan::builtin(id)))
     }
 
     /// The ingest API: `POST /v1/events` (see [`events`]) and `GET /v1/entitlements` (see

@@ -111,8 +111,10 @@ impl SeriesGuard {
     }
 }
 
-/// The refusal of `e`: names the meter, the series it would make, and (as `field`) the
-/// property of its first dimension.
+/// The refusal of `e`: names the meter, the bound, and the new series it would make, as
+/// each dimension's property with the value the event gave it (the series key too), so the
+/// sender sees which value is the new one whatever dimension it is on. `field` stays the
+/// first dimension's property (one field per error; the message names them all).
 fn refusal(meter: &tally_core::Meter, e: &Event, bound: u32, why: &str) -> EventError {
     let field = meter
         .dimensions
@@ -120,13 +122,26 @@ fn refusal(meter: &tally_core::Meter, e: &Event, bound: u32, why: &str) -> Event
         .first()
         .map(|d| d.property.path())
         .unwrap_or_default();
-    let dims = meter.dimensions.names().join(", ");
+    let values = e.meter.series_values();
+    let series = meter
+        .dimensions
+        .keys
+        .iter()
+        .map(|d| {
+            let value = values
+                .iter()
+                .find(|(name, _)| *name == d.name.as_str())
+                .map_or("", |(_, v)| v);
+            format!("{}={value:?}", d.property.path())
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     EventError::new(
         ErrorCode::DimensionCardinalityExceeded,
         field,
         format!(
-            "meter {:?} may have at most {bound} series ({dims}) per org and month; \
-             {} would be a new one and {why}",
+            "meter {:?} may have at most {bound} series per org and month; the new series \
+             {series} ({}) would be one more and {why}",
             meter.name.as_str(),
             e.meter.as_str()
         ),

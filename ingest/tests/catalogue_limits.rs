@@ -1,6 +1,6 @@
-//! The limits ingest enforces are the catalogue file's: with no plans configured it falls
-//! back to the built-in catalogue (`core/catalogue.json`), and a loaded catalogue handed to
-//! [`IngestConfig::plans`] replaces them. The file is read here as plain JSON, not through
+//! The limits ingest enforces are the catalogue file's: with no plans in its catalogue it
+//! falls back to the built-in catalogue (`core/catalogue.json`), and a loaded catalogue's
+//! plans handed to ingest as its [`InForce`] catalogue replace them. The file is read here as plain JSON, not through
 //! the catalogue's parser, so a parser that misread it would be caught.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::{Catalogue, MeterName, PlanId, PlanLimits};
-use tally_ingest::IngestConfig;
+use tally_ingest::InForce;
 
 /// A quantity as the built-in file writes it: an integer, or a string with an optional
 /// `GiB` (all the file uses).
@@ -54,7 +54,7 @@ fn limits_in(text: &str, id: PlanId) -> PlanLimits {
 
 #[test]
 fn ingest_enforces_the_builtin_catalogue_files_limits() {
-    let config = IngestConfig::default();
+    let config = InForce::meters_only(std::sync::Arc::new(Default::default()));
     for id in PlanId::ALL {
         assert_eq!(config.plan(id).limits, limits_in(BUILTIN_JSON, id), "{id}");
     }
@@ -75,10 +75,7 @@ fn ingest_enforces_a_loaded_catalogues_limits() {
         "the free api_calls allowance is in the file"
     );
     let catalogue = Catalogue::from_json(&text, "test").unwrap();
-    let config = IngestConfig {
-        plans: catalogue.core_plans(),
-        ..IngestConfig::default()
-    };
+    let config = InForce::new(catalogue.meter_catalogue(), catalogue.core_plans(), None);
     for id in PlanId::ALL {
         assert_eq!(config.plan(id).limits, limits_in(&text, id), "{id}");
     }

@@ -62,11 +62,19 @@ impl EventQueue for Kept {
 /// The built-in catalogue plus `llm_tokens`: a sum of `properties.tokens` split by
 /// `properties.model`, at most two series per org and month.
 fn catalogue() -> Catalogue {
+    catalogue_with(
+        json!([{ "name": "model", "property": "properties.model" }]),
+        2,
+    )
+}
+
+/// The built-in catalogue plus `llm_tokens` split by `dimensions`, at most `max_series`.
+fn catalogue_with(dimensions: Value, max_series: u32) -> Catalogue {
     let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
     file["meters"]["llm_tokens"] = json!({
         "unit": "tokens", "aggregation": "sum", "value": "properties.tokens",
-        "dimensions": [{ "name": "model", "property": "properties.model" }],
-        "max_series": 2,
+        "dimensions": dimensions,
+        "max_series": max_series,
         "price_unit": "token", "price_unit_size": 1,
         "list_price": { "model": "per_unit", "unit_price": "0.001" }
     });
@@ -132,12 +140,21 @@ async fn seeded() -> MemoryStore {
 
 /// One ingest instance over `store`, with the store as its series registry or without one.
 fn instance(store: &MemoryStore, queue: Arc<Kept>, registry: bool) -> Ingest {
+    instance_of(store, queue, registry, &catalogue())
+}
+
+fn instance_of(
+    store: &MemoryStore,
+    queue: Arc<Kept>,
+    registry: bool,
+    catalogue: &Catalogue,
+) -> Ingest {
     let shared = Arc::new(store.clone());
     let mut ports = IngestState::new(
         shared.clone(),
         shared.clone(),
         queue,
-        Arc::new(catalogue().meter_catalogue()),
+        Arc::new(catalogue.meter_catalogue()),
         Arc::new(FixedClock::at(t(NOW))),
     );
     if registry {
@@ -282,4 +299,45 @@ async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
         )]
     );
     assert!(queue.0.lock().unwrap().is_empty());
+}
+
+/// The refusal names the new series by each dimension's property and value, and the bound:
+/// with two dimensions, the sender sees which value made the series new, whatever dimension
+/// it is on (here the region, while the model is one already used).
+#[tokio::test]
+async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
+    let store = seeded().await;
+    let catalogue = catalogue_with(
+        json!([
+            { "name": "model", "property": "properties.model" },
+            { "name": "region", "property": "properties.region" }
+        ]),
+        1,
+    );
+    let ingest = instance_of(&store, Arc::new(Kept::default()), true, &catalogue);
+    let event = |id: &str, region: &str| {
+        let mut e = tokens(id, json!("gpt-4"), 10);
+        e["properties"]["region"] = json!(region);
+        e
+    };
+    let (status, answer) = post(&ingest, vec![event("r0", "eu"), event("r1", "us-east")]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(
+        rejections(&answer),
+        vec![(
+            1,
+            "dimension_cardinality_exceeded".into(),
+            "properties.model".into()
+        )]
+    );
+    let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
+    for part in [
+        "at most 1 series",
+        r#"properties.model="gpt-4""#,
+        r#"properties.region="us-east""#,
+        "llm_tokens{model=gpt-4,region=us-east}",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
 }

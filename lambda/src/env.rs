@@ -126,6 +126,12 @@ pub const SHARED_RATE_BLOCKS: &str = "TALLY_SHARED_RATE_BLOCKS";
 /// Ingest takes a hard-limited org's monthly allowance in blocks of at most 1/this of it,
 /// 1 to 10,000 (`TALLY_SHARED_PLAN_BLOCKS`; 100 when unset).
 pub const SHARED_PLAN_BLOCKS: &str = "TALLY_SHARED_PLAN_BLOCKS";
+/// How many seconds the ingest and API functions serve a catalogue before reading the
+/// stored versions again, so how long a version published for the current month takes to
+/// reach a warm function (`TALLY_CATALOGUE_REFRESH_SECONDS`; 30 when unset, 1 to 3,600; see
+/// [`crate::catalogue`]). A version effective from a later month is read at the first
+/// request of that month.
+pub const CATALOGUE_REFRESH_SECONDS: &str = "TALLY_CATALOGUE_REFRESH_SECONDS";
 /// The `tracing` filter, e.g. `info` or `tally=debug` (`TALLY_LOG`); `info` when unset.
 pub const LOG: &str = "TALLY_LOG";
 
@@ -138,6 +144,7 @@ pub const INGEST: &[&str] = &[
     KINESIS_KEY_SPREAD,
     SHARED_RATE_BLOCKS,
     SHARED_PLAN_BLOCKS,
+    CATALOGUE_REFRESH_SECONDS,
     LOG,
 ];
 /// What `tally-api-lambda` reads.
@@ -149,6 +156,7 @@ pub const API: &[&str] = &[
     OIDC_AUDIENCE,
     OIDC_CLIENT_ID,
     OIDC_REDIRECT_URL,
+    CATALOGUE_REFRESH_SECONDS,
     LOG,
 ];
 /// What `tally-aggregator-lambda` reads.

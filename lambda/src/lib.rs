@@ -9,6 +9,8 @@
 //!   request span's `request_id` and `org`) and the `metrics` recorder
 //!   (`metrics_cloudwatch_embedded`) that prints CloudWatch embedded-metric-format lines
 //!   after each invocation.
+//! - [`catalogue`]: the catalogue the ingest and API functions serve by, the stored version
+//!   in force, read at cold start and re-read on an interval and at each month turn.
 //! - [`backends`]: the DynamoDB store and the SQS or Kinesis queue, from the environment.
 //! - [`consumers`]: the aggregator's SQS and Kinesis consumers over Lambda's event shapes
 //!   (partial batch responses, poison records to a dead-letter sink).
@@ -30,6 +32,7 @@
 
 pub mod alerts;
 pub mod backends;
+pub mod catalogue;
 pub mod consumers;
 pub mod env;
 pub mod fanout;

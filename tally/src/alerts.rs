@@ -13,9 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tally_billing::Catalogue;
 use tally_billing::alerts::{AlertPorts, CheckOutcome, DEFAULT_LEASE, check_alerts};
+use tally_billing::versions::Versioned;
 use tally_core::ports::Clock;
+use tally_http::Live;
 use tally_notify::{TokioSleeper, WebhookConfig, WebhookSender};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -147,7 +148,7 @@ pub async fn alerts(common: &Common, command: AlertsCommand) -> anyhow::Result<(
 /// (`tally_alerts_delivered_total`); nothing here waits on or for ingest and the aggregator.
 pub async fn run_periodically(
     backends: Backends,
-    catalogue: Arc<Catalogue>,
+    catalogue: Live<Versioned>,
     sender: WebhookSender,
     clock: Arc<dyn Clock>,
     interval: Duration,
@@ -160,9 +161,11 @@ pub async fn run_periodically(
             alerts: backends.stores.alerts.as_ref(),
             clock: clock.as_ref(),
         };
+        // The catalogue in force at this pass (`tally serve` may swap it between passes).
+        let in_force = catalogue.load();
         // A pass is bounded (each alert's attempts are), but stop waiting for it on shutdown.
         let pass = tokio::select! {
-            pass = check_alerts(ports, &catalogue, &sender, DEFAULT_LEASE) => Some(pass),
+            pass = check_alerts(ports, &in_force.catalogue, &sender, DEFAULT_LEASE) => Some(pass),
             _ = stop.changed() => None,
         };
         match pass {

@@ -1,11 +1,22 @@
 //! `tally catalogue`: checking a catalogue file, publishing it as a new version in the store,
 //! and reading the versions; and [`in_force`] / [`for_period`], the catalogue a composition
-//! root runs with.
+//! root runs with, and [`Running`] / [`refresh_periodically`], how a running `tally serve`
+//! picks up a newly published version without a restart.
+//!
+//! `tally serve` re-reads the stored versions every `--catalogue-refresh` (env
+//! `TALLY_CATALOGUE_REFRESH_SECONDS`, default [`DEFAULT_REFRESH_SECONDS`]) and also right
+//! after each month turns (by its clock), and swaps the catalogue in force when the version
+//! effective for the current month is another one. So a version applied for the current
+//! month is served within one interval of `apply`, and one applied for a later month takes
+//! over when that month starts. A re-read lists the versions (one small read); only a
+//! changed version is fetched and parsed.
 //!
 //! The rule that decides which version prices a month, and what publishing refuses, is
 //! `tally_billing::versions`' module doc; the README has the schema and an example.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -14,7 +25,10 @@ use tally_billing::Catalogue;
 use tally_billing::versions::{self, PublishPorts, PublishRequest, Versioned};
 use tally_core::Month;
 use tally_core::locate::{Finding, findings};
-use tally_core::ports::{CatalogueVersionSummary, MAX_CATALOGUE_BYTES};
+use tally_core::ports::{CatalogueStore, CatalogueVersionSummary, Clock, MAX_CATALOGUE_BYTES};
+use tally_http::{InForce, Live, LiveCatalogue};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::backend::Stores;
 use crate::output;
@@ -150,7 +164,7 @@ async fn apply(common: &Common, file: &Path, from: Option<&str>) -> anyhow::Resu
     let summary = published.summary();
     output::print(common.json, &summary, |v| {
         format!(
-            "published catalogue version {} ({}), effective from {}; processes pick it up when they start",
+            "published catalogue version {} ({}), effective from {}; running processes serve it from then, within their TALLY_CATALOGUE_REFRESH_SECONDS (default {DEFAULT_REFRESH_SECONDS} s)",
             v.version, v.digest, v.effective_from
         )
     })
@@ -243,8 +257,8 @@ async fn list(common: &Common) -> anyhow::Result<()> {
 
 /// The catalogue in force now: the store's version effective for the current month (by the
 /// process clock, `TALLY_NOW`), else the `--catalogue` file or the built-in one. A
-/// composition root reads it once at start, so a published version reaches a running
-/// process when it restarts.
+/// composition root reads it at start; `tally serve` then keeps it current with
+/// [`refresh_periodically`].
 pub async fn in_force(common: &Common, stores: &Stores) -> anyhow::Result<Versioned> {
     let month = Month::of(crate::clock::from_env()?.now());
     for_period(common, stores, month).await
@@ -261,4 +275,174 @@ pub async fn for_period(
     versions::catalogue_for(stores.catalogues.as_ref(), &fallback, period)
         .await
         .with_context(|| format!("cannot find the catalogue of {period}"))
+}
+
+/// How often a running process re-reads the stored catalogue versions by default, in
+/// seconds: a version applied for the current month is in force everywhere within this
+/// long, for one small store read per process per interval.
+pub const DEFAULT_REFRESH_SECONDS: u64 = 30;
+
+/// The longest refresh interval accepted (an hour): longer would leave a new month priced
+/// and limited by the old version for too long after it starts.
+pub const MAX_REFRESH_SECONDS: u64 = 3_600;
+
+/// The catalogue a running process serves by: the meters and plans ingest and the API read
+/// ([`LiveCatalogue`]) and the whole priced catalogue with its version (the alert task's),
+/// each replaced whole by [`refresh`]. Cheap to clone; every clone sees the replacements.
+#[derive(Clone)]
+pub struct Running {
+    /// The meters and plans of the HTTP routes.
+    pub routes: LiveCatalogue,
+    /// The whole catalogue and the version it came from.
+    pub whole: Live<Versioned>,
+}
+
+impl Running {
+    /// Runs with `versioned` until a refresh replaces it.
+    pub fn new(versioned: Versioned) -> Running {
+        Running {
+            routes: Live::new(routes_of(&versioned)),
+            whole: Live::new(versioned),
+        }
+    }
+
+    /// The version in force (`None`: the file or built-in catalogue).
+    pub fn version(&self) -> Option<u32> {
+        self.whole.load().version
+    }
+}
+
+/// The meters and plans of `versioned`, as the HTTP routes read them.
+pub fn routes_of(versioned: &Versioned) -> InForce {
+    InForce::new(
+        versioned.catalogue.meter_catalogue(),
+        versioned.catalogue.core_plans(),
+        versioned.version,
+    )
+}
+
+/// Re-reads the stored versions once and swaps `running` to the version in force for the
+/// current month (by `clock`) if it is another one: whether it swapped. The routes are
+/// swapped before the whole catalogue; each is one atomic replacement, so every request
+/// reads one version's meters and plans.
+pub async fn refresh(
+    store: &dyn CatalogueStore,
+    fallback: &Catalogue,
+    running: &Running,
+    clock: &dyn Clock,
+) -> Result<bool, versions::VersionError> {
+    let month = Month::of(clock.now());
+    let current = running.version();
+    let Some(next) = versions::changed_since(store, fallback, month, current).await? else {
+        return Ok(false);
+    };
+    running.routes.store(routes_of(&next));
+    info!(
+        from = ?current,
+        to = ?next.version,
+        month = %month,
+        "the catalogue in force changed; serving the new one"
+    );
+    running.whole.store(next);
+    Ok(true)
+}
+
+/// `tally serve`'s refresh task: [`refresh`] every `interval`, and at each month turn by
+/// `clock` (so a version effective from next month takes over as the month starts), until
+/// `stop`. A failed read is logged and retried at the next tick; the process keeps the
+/// catalogue it has.
+pub async fn refresh_periodically(
+    store: Arc<dyn CatalogueStore>,
+    fallback: Arc<Catalogue>,
+    running: Running,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = until_next_tick(clock.as_ref(), interval);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = refresh(store.as_ref(), &fallback, &running, clock.as_ref()).await {
+            warn!(error = %e, "cannot re-read the catalogue versions; keeping the one in force");
+        }
+    }
+}
+
+/// How long to wait before the next re-read: `interval`, or less when the month turns
+/// sooner (a moment after the turn, so the clock reads the new month).
+fn until_next_tick(clock: &dyn Clock, interval: Duration) -> Duration {
+    let now = clock.now();
+    let turn = Month::of(now).next().start() - now + chrono::Duration::milliseconds(10);
+    turn.to_std().map_or(interval, |t| t.min(interval))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tally_core::ports::FixedClock;
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        s.parse().unwrap()
+    }
+
+    fn version(n: u32, from: &str) -> tally_core::ports::CatalogueVersion {
+        tally_tests::catalogues::version_with_tokens(n, from, at("2026-03-10T00:00:00Z"))
+    }
+
+    fn knows_tokens(running: &Running) -> bool {
+        running.routes.load().meters.get("tokens").is_some()
+    }
+
+    #[tokio::test]
+    async fn a_version_for_next_month_takes_over_when_the_month_turns() {
+        let store = tally_store::memory::MemoryStore::new();
+        let fallback = Catalogue::builtin().unwrap();
+        let clock = FixedClock::at(at("2026-03-31T23:59:00Z"));
+        let running = Running::new(Versioned {
+            catalogue: fallback.clone(),
+            version: None,
+        });
+        // Nothing stored: nothing to swap.
+        assert!(!refresh(&store, &fallback, &running, &clock).await.unwrap());
+        assert!(
+            store
+                .put_catalogue_version(&version(1, "2026-04"))
+                .await
+                .unwrap()
+        );
+        // Still March: version 1 is stored but not in force.
+        assert!(!refresh(&store, &fallback, &running, &clock).await.unwrap());
+        assert_eq!(running.version(), None);
+        assert!(!knows_tokens(&running));
+        // The month turns: the same process swaps in version 1, routes and whole alike.
+        clock.set(at("2026-04-01T00:00:01Z"));
+        let snapshot = running.routes.load();
+        assert!(refresh(&store, &fallback, &running, &clock).await.unwrap());
+        assert_eq!(running.version(), Some(1));
+        assert_eq!(running.routes.load().version, Some(1));
+        assert!(knows_tokens(&running));
+        assert!(
+            snapshot.meters.get("tokens").is_none(),
+            "a request's snapshot taken before the swap keeps the old catalogue"
+        );
+        // Unchanged: no second swap.
+        assert!(!refresh(&store, &fallback, &running, &clock).await.unwrap());
+    }
+
+    #[test]
+    fn the_next_tick_comes_at_the_month_turn_when_it_is_sooner() {
+        let interval = Duration::from_secs(30);
+        let clock = FixedClock::at(at("2026-03-31T23:59:55Z"));
+        assert_eq!(
+            until_next_tick(&clock, interval),
+            Duration::from_millis(5_010)
+        );
+        clock.set(at("2026-03-15T00:00:00Z"));
+        assert_eq!(until_next_tick(&clock, interval), interval);
+    }
 }

@@ -24,6 +24,10 @@
 //! `TALLY_ALERT_WEBHOOK_SECRET` for the binary), a task sends plan-limit alerts every
 //! `--alert-interval` ([`crate::alerts::run_periodically`]).
 //!
+//! The catalogue in force is re-read from the store every `--catalogue-refresh` and at each
+//! month turn, and swapped without a restart ([`crate::catalogue::refresh_periodically`]):
+//! ingest, the API and the alert task read the new version from their next request or pass.
+//!
 //! `GET /metrics` serves the process's `metrics` (ingest, aggregator, queue) in Prometheus
 //! text format. API keys' last-used times, which ingest keeps in memory, are written to the
 //! store every few seconds ([`tally_ingest::keys::flush_key_uses`]) and once more on shutdown.
@@ -44,6 +48,7 @@ use tally_billing::schedule::{earliest_org_month, months_to_bill};
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, close_month};
 use tally_core::Month;
 use tally_core::ports::{Clock, SystemClock};
+use tally_http::LiveCatalogue;
 use tally_notify::WebhookSender;
 use tally_oidc::{OidcSettings, OidcVerifier};
 use tally_stripe::StripeProvider;
@@ -52,6 +57,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backend::{self, Backends};
+use crate::catalogue::Running;
 use crate::settings::{Common, jwt_config, parse_duration};
 
 /// `tally serve` flags.
@@ -79,6 +85,11 @@ pub struct ServeArgs {
     /// TALLY_ALERT_WEBHOOK_SECRET are set (e.g. 60s, 5m; at least 1s).
     #[arg(long, env = "TALLY_ALERT_INTERVAL", default_value = "60s", value_parser = parse_alert_interval)]
     pub alert_interval: Duration,
+    /// How often, in seconds, the stored catalogue versions are re-read so that a version
+    /// published with `tally catalogue apply` is served without a restart (also at each
+    /// month turn, when a version effective from the new month takes over); 1 to 3600.
+    #[arg(long, env = "TALLY_CATALOGUE_REFRESH_SECONDS", default_value_t = crate::catalogue::DEFAULT_REFRESH_SECONDS, value_parser = clap::value_parser!(u64).range(1..=crate::catalogue::MAX_REFRESH_SECONDS))]
+    pub catalogue_refresh: u64,
     /// An OpenID Connect issuer whose ID tokens the management API accepts besides its own
     /// (e.g. a Cognito user pool: https://cognito-idp.REGION.amazonaws.com/POOL_ID); users
     /// are matched by verified email. Needs --oidc-audience.
@@ -145,30 +156,30 @@ fn parse_alert_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// The ingest and management routers merged, plus `GET /healthz`; `jwt` verifies users'
-/// tokens (none: JWTs are refused), and `oidc` those of an OpenID Connect issuer; both take their meters and plan limits from
-/// `catalogue`. Also hands back ingest's key cache, whose last-used times
-/// [`tally_ingest::keys::flush_key_uses`] writes.
+/// tokens (none: JWTs are refused), and `oidc` those of an OpenID Connect issuer; both take
+/// their meters and plan limits from `catalogue` (whatever it holds at each request), and
+/// the upcoming invoice of a month no stored version covers is priced with `file` (the
+/// `--catalogue` file or the built-in one). Also hands back ingest's key cache, whose
+/// last-used times [`tally_ingest::keys::flush_key_uses`] writes.
 pub fn router(
     backends: &Backends,
     clock: Arc<dyn Clock>,
-    jwt: Option<JwtConfig>,
-    oidc: Option<OidcVerifier>,
-    catalogue: &Catalogue,
+    auth: (Option<JwtConfig>, Option<OidcVerifier>),
+    catalogue: &LiveCatalogue,
+    file: &Catalogue,
     edge: EdgeSettings,
 ) -> (Router, Arc<tally_ingest::KeyCache>) {
-    let meters = Arc::new(catalogue.meter_catalogue());
-    let plans = catalogue.core_plans();
+    let (jwt, oidc) = auth;
     let ingest = tally_ingest::Ingest::new(
         tally_ingest::IngestState::new(
             backends.stores.tenants.clone(),
             backends.stores.usage.clone(),
             backends.queue.clone(),
-            meters.clone(),
+            catalogue.clone(),
             clock.clone(),
         )
         .with_series(backends.stores.series.clone()),
         tally_ingest::IngestConfig {
-            plans: plans.clone(),
             trusted_proxies: edge.trusted_proxies,
             ..tally_ingest::IngestConfig::default()
         },
@@ -179,17 +190,17 @@ pub fn router(
     let api = tally_dashboard::with_api(tally_api::ApiState {
         tenants: backends.stores.tenants.clone(),
         usage: backends.stores.usage.clone(),
-        catalogue: meters,
+        catalogue: catalogue.clone(),
         clock,
         jwt: jwt.map(Arc::new),
         oidc: oidc.map(Arc::new),
-        plans: Arc::new(plans),
         users: Arc::new(tally_api::http::RateLimiter::new(tally_api::USER_BUCKETS)),
         user_rate: edge.user_rate,
         trusted_proxies: edge.trusted_proxies,
-        // The upcoming invoice prices with the catalogue month close bills with; the
-        // invoice list reads month close's reports and the Stripe sync ledger.
-        prices: Some(Arc::new(catalogue.core().clone())),
+        // The upcoming invoice prices as month close does: the stored version of the month
+        // (through `pricing`), else the file or built-in catalogue; the invoice list reads
+        // month close's reports and the Stripe sync ledger.
+        prices: Some(Arc::new(file.core().clone())),
         billing: Some(tally_api::BillingPorts {
             reports: backends.stores.reports.clone(),
             sync: backends.stores.sync.clone(),
@@ -225,6 +236,8 @@ pub struct Settings {
     pub drain_limit: Duration,
     /// How often plan-limit alerts are checked, when [`App::alert_sender`] is set.
     pub alert_interval: Duration,
+    /// How often the stored catalogue versions are re-read (and at each month turn).
+    pub catalogue_refresh: Duration,
 }
 
 impl Default for Settings {
@@ -235,6 +248,7 @@ impl Default for Settings {
             batch_events: 1_000,
             drain_limit: Duration::from_secs(30),
             alert_interval: Duration::from_secs(60),
+            catalogue_refresh: Duration::from_secs(crate::catalogue::DEFAULT_REFRESH_SECONDS),
         }
     }
 }
@@ -247,6 +261,7 @@ impl From<&ServeArgs> for Settings {
             batch_events: args.batch_events as usize,
             drain_limit: args.drain_limit,
             alert_interval: args.alert_interval,
+            catalogue_refresh: Duration::from_secs(args.catalogue_refresh),
         }
     }
 }
@@ -283,9 +298,10 @@ pub struct App {
     pub stripe_webhook_secret: Option<String>,
     /// Where plan-limit alerts are sent; `None`: no alert task.
     pub alert_sender: Option<WebhookSender>,
-    /// The one catalogue of this run: ingest validates and limits by it, the API reads its
-    /// meters, billing and alerts price and measure by it.
-    pub catalogue: Arc<Catalogue>,
+    /// The catalogue in force: ingest validates and limits by it, the API reads its meters
+    /// and plans, alerts measure by it. Read at start and replaced while the app runs when
+    /// another stored version comes into force ([`Settings::catalogue_refresh`]).
+    pub catalogue: Running,
     /// The `--catalogue` file or the built-in one: what the billing scheduler prices a month
     /// with when no published version covers it (each month is priced with the version
     /// effective for it, `tally_billing::versions`).
@@ -304,13 +320,13 @@ impl App {
             trusted_proxies: crate::settings::trusted_proxies()?,
             user_rate: crate::settings::user_rate()?,
         };
-        // The store's version in force this month, else the file or built-in catalogue; read
-        // once, so a version published later reaches this process when it restarts.
+        // The store's version in force this month, else the file or built-in catalogue;
+        // `run` keeps it current (`crate::catalogue::refresh_periodically`).
         let in_force = crate::catalogue::in_force(common, &backends.stores).await?;
         if let Some(version) = in_force.version {
             info!(version, "running with the published catalogue version");
         }
-        let catalogue = Arc::new(in_force.catalogue);
+        let catalogue = Running::new(in_force);
         let file_catalogue = Arc::new(common.load_catalogue()?);
         Ok(App {
             backends,
@@ -407,11 +423,19 @@ pub async fn run(
         stop_rx.clone(),
         settings.drain_limit,
     ));
+    let refresher = tokio::spawn(crate::catalogue::refresh_periodically(
+        backends.stores.catalogues.clone(),
+        file_catalogue.clone(),
+        catalogue.clone(),
+        clock.clone(),
+        settings.catalogue_refresh,
+        stop_rx.clone(),
+    ));
     // Its own task: a slow or failing alert endpoint never holds up ingest or aggregation.
     let alert_task = alert_sender.map(|sender| {
         tokio::spawn(crate::alerts::run_periodically(
             backends.clone(),
-            catalogue.clone(),
+            catalogue.whole.clone(),
             sender,
             clock.clone(),
             settings.alert_interval,
@@ -430,7 +454,7 @@ pub async fn run(
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
-            file_catalogue,
+            file_catalogue.clone(),
             stripe,
             clock.clone(),
             grace,
@@ -439,7 +463,14 @@ pub async fn run(
     });
 
     info!(addr = %local, "tally listening on http://{local}");
-    let (routes, keys) = router(&backends, clock, Some(jwt), oidc, &catalogue, edge);
+    let (routes, keys) = router(
+        &backends,
+        clock,
+        (Some(jwt), oidc),
+        &catalogue.routes,
+        &file_catalogue,
+        edge,
+    );
     let mut stop_keys = stop_rx.clone();
     let key_uses = tokio::spawn(tally_ingest::keys::flush_key_uses(
         keys,
@@ -481,6 +512,7 @@ pub async fn run(
     if let Some(p) = pruner {
         let _ = p.await;
     }
+    let _ = refresher.await;
     let _ = key_uses.await;
     served.context("server failed")?;
     match backends.queue.depth().await {

@@ -12,9 +12,11 @@
 //! inside a protocol), and fails some entries of SQS and Kinesis batch sends. [`stripe_double`] is the stateful Stripe double the invoice
 //! sync's tests run against, and [`serve_local`] serves a test's own endpoint (a webhook
 //! receiver). [`oracle`] is the plain-map counting oracle the crash and chaos tests judge stored
-//! counters by.
+//! counters by. [`catalogues`] holds stored catalogue versions for the tests of processes
+//! that pick a new version up while they run.
 
 pub mod aws;
+pub mod catalogues;
 pub mod cognito;
 pub mod conformance;
 pub mod fault_proxy;

@@ -41,7 +41,7 @@ use tally_core::ports::{
     QueueError,
 };
 use tally_core::tenant::{KeyScope, Project};
-use tally_ingest::{Ingest, IngestConfig, IngestState};
+use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
@@ -116,18 +116,24 @@ async fn free_org(store: &DynamoStore) -> (String, ProjectId) {
     (secret, project.id)
 }
 
-/// The free plan with a small allowance of `api_calls`, so the hard-limit test is short.
-fn config() -> IngestConfig {
+/// The built-in meters with the free plan given a small allowance of `api_calls`, so the
+/// hard-limit test is short.
+fn catalogue() -> InForce {
     let mut free = Plan::builtin(PlanId::Free);
     free.limits.meters.insert(
         MeterName::parse("api_calls").unwrap(),
         Decimal::from(ALLOWANCE),
     );
     free.limits.hard_usage_limits = true;
-    IngestConfig {
-        plans: BTreeMap::from([(PlanId::Free, free)]),
-        ..IngestConfig::default()
-    }
+    InForce::new(
+        MeterCatalogue::default(),
+        BTreeMap::from([(PlanId::Free, free)]),
+        None,
+    )
+}
+
+fn config() -> IngestConfig {
+    IngestConfig::default()
 }
 
 /// `n` ingest instances on one table and one clock.
@@ -148,7 +154,7 @@ impl Fleet {
                     store.clone(),
                     store.clone(),
                     Arc::new(Sink::default()),
-                    Arc::new(MeterCatalogue::default()),
+                    LiveCatalogue::new(catalogue()),
                     clock.clone(),
                 );
                 if shared {

@@ -6,13 +6,16 @@
 //! [`tally_lambda::env::SECRETS_REFRESH_SECONDS`] ([`tally_lambda::secrets`]), so a
 //! rotated secret takes over without a redeploy. ID tokens of the OpenID Connect issuer in
 //! [`tally_lambda::env::OIDC_ISSUER`] (the template's Cognito user pool) are accepted too,
-//! verified against the pool's published keys (`tally_oidc`).
+//! verified against the pool's published keys (`tally_oidc`). Its meters and plans are the
+//! stored catalogue version in force, re-read every `TALLY_CATALOGUE_REFRESH_SECONDS`
+//! ([`tally_lambda::catalogue`]).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
+use tally_lambda::catalogue::{self, CatalogueRefresh};
 use tally_lambda::env::{self, Env};
 use tally_lambda::secrets::Secret;
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -32,14 +35,24 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = secret.current().await {
         tracing::error!(error = %e, "the JWT secret cannot be read yet");
     }
+    // The upcoming invoice of a month no stored version covers is priced with the built-in
+    // catalogue, as month close prices it.
+    let prices = catalogue.core().clone();
+    let refresh = CatalogueRefresh::open(
+        store.dynamo.clone(),
+        catalogue,
+        Arc::new(SystemClock),
+        catalogue::refresh_from_env(&env)?,
+    )
+    .await
+    .context("the catalogue version in force")?;
     let state = tally_api::ApiState::new(
         store.tenants.clone(),
         store.usage.clone(),
-        Arc::new(catalogue.meter_catalogue()),
+        refresh.catalogue(),
         Arc::new(SystemClock),
     )
-    .with_plans(catalogue.core_plans())
-    .with_prices(catalogue.core().clone())
+    .with_prices(prices)
     .with_billing(store.reports.clone(), store.dynamo.clone())
     .with_pricing(store.dynamo.clone(), store.dynamo.clone())
     .with_series(store.dynamo.clone())
@@ -77,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
             env::OIDC_AUDIENCE
         ),
     };
-    let router = handlers::http::api_router(state, secret);
+    let router = handlers::http::api_router_with(state, secret, move |router| {
+        catalogue::refreshing(router, refresh.clone())
+    });
     handlers::http::serve_derived(Arc::new(router), telemetry)
         .await
         .map_err(|e| anyhow::anyhow!(e))

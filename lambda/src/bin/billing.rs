@@ -115,7 +115,14 @@ async fn main() -> anyhow::Result<()> {
             let sender = sender
                 .as_deref()
                 .map(|s| s as &dyn tally_billing::alerts::AlertSender);
-            let out = tally_lambda::alerts::run(alert_ports, catalogue, sender).await;
+            // Alerts measure by the catalogue version in force now (read each run, so a
+            // published version applies from its month without a redeploy).
+            let month = tally_core::Month::of(tally_core::ports::Clock::now(&SystemClock));
+            let in_force =
+                tally_billing::versions::catalogue_for(store.dynamo.as_ref(), catalogue, month)
+                    .await
+                    .map_err(|e| fail("alert run (catalogue version)", e.to_string()))?;
+            let out = tally_lambda::alerts::run(alert_ports, &in_force.catalogue, sender).await;
             telemetry.flush();
             return out
                 .map_err(|e| fail("alert run", format!("{e:#}")))

@@ -6,12 +6,15 @@
 //! last-used times are written from it every few seconds while it is warm. Its rate and
 //! hard plan limits are shared with every other warm instance through the table
 //! ([`tally_ingest::shared`]; `TALLY_SHARED_RATE_BLOCKS`, `TALLY_SHARED_PLAN_BLOCKS`).
+//! Its meters and plans are the stored catalogue version in force, re-read every
+//! `TALLY_CATALOGUE_REFRESH_SECONDS` ([`tally_lambda::catalogue`]).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
+use tally_lambda::catalogue::{self, CatalogueRefresh};
 use tally_lambda::env::{self, Env};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
 
@@ -22,6 +25,14 @@ async fn main() -> anyhow::Result<()> {
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
+    let refresh = CatalogueRefresh::open(
+        store.dynamo.clone(),
+        catalogue,
+        Arc::new(SystemClock),
+        catalogue::refresh_from_env(&env)?,
+    )
+    .await
+    .context("the catalogue version in force")?;
     // Rate and hard plan limits are shared by every warm instance through the table
     // (tally_ingest::shared), so they hold whatever the number of instances.
     let ingest = tally_ingest::Ingest::with_allowances(
@@ -29,12 +40,11 @@ async fn main() -> anyhow::Result<()> {
             store.tenants.clone(),
             store.usage.clone(),
             queue,
-            Arc::new(catalogue.meter_catalogue()),
+            refresh.catalogue(),
             Arc::new(SystemClock),
         )
         .with_series(store.dynamo.clone()),
         tally_ingest::IngestConfig {
-            plans: catalogue.core_plans(),
             shared: env.shared_limits()?,
             // API Gateway appends the address it was reached from to X-Forwarded-For.
             trusted_proxies: 1,
@@ -49,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         tally_ingest::keys::KEY_USE_FLUSH_EVERY,
         std::future::pending(),
     ));
-    let router = ingest.router();
+    let router = catalogue::refreshing(ingest.router(), refresh);
     handlers::http::serve(router, telemetry)
         .await
         .map_err(|e| anyhow::anyhow!(e))

@@ -103,10 +103,20 @@ pub async fn serve_derived(
 /// current value; everything else as `state` says. The rebuilt router shares `state`'s
 /// stores and per-user rate buckets.
 pub fn api_router(state: tally_api::ApiState, jwt_secret: Secret) -> Derived<Router> {
+    api_router_with(state, jwt_secret, |router| router)
+}
+
+/// [`api_router`] with `wrap` applied to each router built (the API function layers the
+/// catalogue refresh of [`crate::catalogue::refreshing`] on it).
+pub fn api_router_with(
+    state: tally_api::ApiState,
+    jwt_secret: Secret,
+    wrap: impl Fn(Router) -> Router + Send + Sync + 'static,
+) -> Derived<Router> {
     Derived::new(jwt_secret, move |value| {
         let jwt = tally_api::jwt::JwtConfig::hs256(value.as_bytes()).map_err(|e| e.to_string())?;
         // The dashboard is served by the same function: its routes ride on the API's.
-        Ok(tally_dashboard::with_api(state.clone().with_jwt(jwt)))
+        Ok(wrap(tally_dashboard::with_api(state.clone().with_jwt(jwt))))
     })
 }
 

@@ -211,12 +211,15 @@ fn rand_u64() -> u64 {
 /// An org with two projects and an API key, made through the CLI.
 pub struct Tenant {
     pub org: String,
+    /// The org's owner's user id (for `tally token create --user`).
+    pub owner: String,
     pub projects: Vec<String>,
     pub key: String,
 }
 
 pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
     let org = env.create_org("Acme", slug, "ada@example.com", Some("pro"));
+    let owner = org["owner_id"].as_str().expect("owner id").to_owned();
     let org = org["id"].as_str().expect("org id").to_owned();
     let projects = (0..2)
         .map(|i| {
@@ -234,7 +237,12 @@ pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
         })
         .collect();
     let key = create_key(env, &org, "ci", false);
-    Tenant { org, projects, key }
+    Tenant {
+        org,
+        owner,
+        projects,
+        key,
+    }
 }
 
 /// A new API key of `org` named `name` (a test-mode key when `test`), made through the CLI:

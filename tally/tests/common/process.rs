@@ -24,7 +24,13 @@ const LISTENING: &str = "listening on http://";
 impl Server {
     /// Starts `tally serve` on a free port and waits until it listens.
     pub fn start(env: &Env) -> Server {
+        Server::start_with(env, &[])
+    }
+
+    /// [`Server::start`] with `vars` added to the process's environment (e.g. `TALLY_NOW`).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
+            .envs(vars.iter().copied())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(env.flags())
             .arg("--data")
