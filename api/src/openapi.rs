@@ -281,7 +281,7 @@ fn create_session() -> Value {
         "operationId": "createSession",
         "summary": "Open a sign-in session: a session token the user and their orgs' admins can list and revoke",
         "description": format!(
-            "Needs a user's token (`tally token create`, or the configured OIDC issuer's); a session token is 403 `session_token` (a session never renews itself), an API key 403. The session token is an HS256 JWT whose `sid` names the session; it carries the opening token's `amr` and lives the shortest `session_lifetime_seconds` among the user's orgs' security policies ({} seconds, 12 hours, when none sets one shorter). Revoking the session ends the token at once on the server that revoked it and within {} seconds on the others. A user holds at most {} live sessions (409 `too_many_sessions`).",
+            "Needs a user's token (`tally token create`, or the configured OIDC issuer's); a session token is 403 `session_token` (a session never renews itself), an API key 403. The session token is an HS256 JWT whose `sid` names the session; it carries the opening token's `amr` and lives the shortest `session_lifetime_seconds` among the user's orgs' security policies (an org that set none counts as {} seconds, 12 hours). Revoking the session ends the token at once on the server that revoked it and within {} seconds on the others. A user holds at most {} live sessions (409 `too_many_sessions`).",
             tally_core::security::DEFAULT_SESSION_LIFETIME_SECS,
             crate::sessions::SESSION_CACHE_TTL_SECS,
             tally_core::security::MAX_SESSIONS_PER_USER,

@@ -10,8 +10,8 @@
 //! `tally token create`, or the configured OIDC issuer's); a session token cannot open
 //! another, so a stolen one dies with its session instead of renewing itself. The session
 //! lives as long as the strictest `session_lifetime_seconds` among the user's orgs allows
-//! ([`session_lifetime`]; [`DEFAULT_SESSION_LIFETIME_SECS`], 12 hours, for a user whose
-//! orgs set none), and carries the opening token's `amr`, so an org that requires MFA
+//! ([`session_lifetime`]; an org that set no policy counts as
+//! [`DEFAULT_SESSION_LIFETIME_SECS`], 12 hours), and carries the opening token's `amr`, so an org that requires MFA
 //! still sees how the user signed in. A user holds at most [`MAX_SESSIONS_PER_USER`] live
 //! sessions.
 //!
@@ -165,16 +165,20 @@ pub struct SessionsResponse {
 }
 
 /// How long a new session of `user` may live, in seconds: the shortest
-/// `session_lifetime_seconds` among the policies of the user's live orgs, or
-/// [`DEFAULT_SESSION_LIFETIME_SECS`] when none sets one shorter.
+/// `session_lifetime_seconds` among the user's orgs, an org that never set a policy
+/// counting as [`DEFAULT_SESSION_LIFETIME_SECS`] (its default policy's value), and that
+/// default for a user in no org. So every org's policy is honoured, longer than the default
+/// too, when all the user's orgs allow it.
 pub async fn session_lifetime(state: &ApiState, user: &UserId) -> Result<u32, StoreError> {
-    let mut lifetime = DEFAULT_SESSION_LIFETIME_SECS;
+    let mut lifetime: Option<u32> = None;
     for m in state.tenants.list_user_memberships(user).await? {
-        if let Some(p) = state.tenants.get_security_policy(&m.org_id).await? {
-            lifetime = lifetime.min(p.policy.session_lifetime_seconds);
-        }
+        let org = match state.tenants.get_security_policy(&m.org_id).await? {
+            Some(p) => p.policy.session_lifetime_seconds,
+            None => DEFAULT_SESSION_LIFETIME_SECS,
+        };
+        lifetime = Some(lifetime.map_or(org, |l| l.min(org)));
     }
-    Ok(lifetime)
+    Ok(lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME_SECS))
 }
 
 /// Opens a session for `user`, who authenticated with a token that said `context` (a

@@ -269,6 +269,18 @@ async fn the_session_lives_as_long_as_the_strictest_of_the_users_orgs_allows() {
         expires - w.now(),
         TimeDelta::seconds(i64::from(DEFAULT_SESSION_LIFETIME_SECS))
     );
+    // An org may also allow longer than the default: two days for org_b's only member.
+    w.put_policy(
+        "org_b",
+        "usr_bown",
+        json!({"require_mfa": false, "ip_allowlist": [], "session_lifetime_seconds": 172_800}),
+    )
+    .await;
+    let longer = w
+        .call("POST", "/v1/sessions", &w.token("usr_bown", &[]))
+        .await;
+    let expires = t(longer.json["session"]["expires_at"].as_str().unwrap());
+    assert_eq!(expires - w.now(), TimeDelta::seconds(172_800));
 }
 
 #[tokio::test]
