@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
 #[path = "support/issuer.rs"]
 mod issuer;
 
@@ -19,11 +20,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_api::ApiState;
 use tally_api::jwt::JwtConfig;
-use tally_core::ids::{OrgId, UserId};
 use tally_core::meter::MeterCatalogue;
-use tally_core::plan::PlanId;
-use tally_core::ports::{FixedClock, OrgStore, UserStore};
-use tally_core::tenant::{Org, User};
+use tally_core::ports::FixedClock;
 use tally_dashboard::code_flow::{FLOW_COOKIE, FLOW_TTL_SECS};
 use tally_oidc::flow::ClientSettings;
 use tally_oidc::{OidcSettings, OidcVerifier};
@@ -49,26 +47,7 @@ struct World {
 /// The owner `owner@example.com` of org `org_a`; the issuer signs everyone in as `email`.
 async fn world_as(email: &str) -> World {
     let store = MemoryStore::new();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: now(),
-        })
-        .await
-        .unwrap();
-    store
-        .create_org(&Org {
-            id: OrgId::parse("org_a").unwrap(),
-            name: "Acme".into(),
-            slug: "acme".into(),
-            plan: PlanId::Pro,
-            owner_id: owner.id.clone(),
-            created_at: now(),
-            deleted_at: None,
-        })
-        .await
-        .unwrap();
+    common::seed_owner(&store).await;
     let issuer = Issuer::start(CLIENT, email, now().timestamp()).await;
     let oidc = OidcVerifier::new(OidcSettings {
         issuer: issuer.url.clone(),

@@ -39,17 +39,12 @@ pub fn refresh_from_env(env: &Env) -> Result<Duration, EnvError> {
 }
 
 fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
-    let Some(v) = v else {
-        return Ok(DEFAULT_REFRESH);
-    };
-    match v.trim().parse::<u64>() {
-        Ok(secs) if (1..=MAX_REFRESH_SECONDS).contains(&secs) => Ok(Duration::from_secs(secs)),
-        _ => Err(EnvError::invalid(
-            env::CATALOGUE_REFRESH_SECONDS,
-            v,
-            format!("must be whole seconds, 1 to {MAX_REFRESH_SECONDS}"),
-        )),
-    }
+    env::parse_seconds(
+        env::CATALOGUE_REFRESH_SECONDS,
+        v,
+        DEFAULT_REFRESH,
+        MAX_REFRESH_SECONDS,
+    )
 }
 
 /// The meters and plans of `versioned`, as the routers read them.

@@ -194,6 +194,27 @@ pub const BINARIES: &[(&str, &[&str])] = &[
 /// anything that would be a mistake worth carrying around.
 const MAX_VALUE_BYTES: usize = 16 * 1024;
 
+/// An interval setting's value `v` of variable `name`: `default` when unset, whole seconds
+/// from 1 to `max_secs` otherwise (the refresh intervals of the secrets and the catalogue).
+pub fn parse_seconds(
+    name: &str,
+    v: Option<&str>,
+    default: std::time::Duration,
+    max_secs: u64,
+) -> Result<std::time::Duration, EnvError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(secs) if (1..=max_secs).contains(&secs) => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(EnvError::invalid(
+            name,
+            v,
+            format!("must be whole seconds, 1 to {max_secs}"),
+        )),
+    }
+}
+
 /// Reads the variables of one binary's list, and only those.
 #[derive(Debug, Clone, Copy)]
 pub struct Env {

@@ -125,17 +125,12 @@ pub fn refresh_from_env(env: &Env) -> Result<Duration, EnvError> {
 }
 
 fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
-    let Some(v) = v else {
-        return Ok(DEFAULT_REFRESH);
-    };
-    match v.trim().parse::<u64>() {
-        Ok(secs) if (1..=MAX_REFRESH_SECONDS).contains(&secs) => Ok(Duration::from_secs(secs)),
-        _ => Err(EnvError::invalid(
-            env::SECRETS_REFRESH_SECONDS,
-            v,
-            format!("must be whole seconds, 1 to {MAX_REFRESH_SECONDS}"),
-        )),
-    }
+    env::parse_seconds(
+        env::SECRETS_REFRESH_SECONDS,
+        v,
+        DEFAULT_REFRESH,
+        MAX_REFRESH_SECONDS,
+    )
 }
 
 /// The usable value of a `SecretString`: the whole string, or its JSON `field`.
