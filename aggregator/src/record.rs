@@ -603,14 +603,17 @@ fn set_aside_overflows(part: &mut SetAside, events: &[Event], outcomes: &[ApplyO
         tracing::warn!(
             org = %e.org_id,
             event = %e.id.as_str(),
-            meter = %e.meter,
-            "counter_overflow: the event would take its org's month total past the counter limit; dead-lettered"
+            meter = %e.meter.base(),
+            series = %e.meter,
+            "counter_overflow: the event would take its org's month total of the meter (over all its series) past the counter limit; dead-lettered"
         );
     }
     let reasons = refused.iter().map(|e| {
         format!(
-            "event {:?}: counter_overflow: it would take the month's total of meter {:?} past {}",
+            "event {:?}: counter_overflow: it would take the month's total of meter {:?} \
+             (over all its series; the event's is {:?}) past {}",
             e.id.as_str(),
+            e.meter.base(),
             e.meter.as_str(),
             tally_core::headroom::COUNTER_LIMIT
         )

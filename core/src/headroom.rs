@@ -13,6 +13,11 @@
 //! [`COUNTER_LIMIT`] (10^19) is therefore the documented range: the month total of one
 //! org's adding meter (`sum` or `count`; the largest of its counters at every granularity
 //! and scope, since every hour, day and project counter is a part of it) never exceeds it.
+//! A meter with dimensions counts in many series (`llm_tokens{model=gpt-4}`, see
+//! [`crate::dimension`]), and its total is the sum over all of them (what usage reads,
+//! billing prices and plan limits compare), so the limit holds for the *base meter's* total
+//! over every series: [`TotalKey`] names the base meter. Each series is a part of that
+//! total, so each series stays under the limit too.
 //! An event that would take it past the limit is refused, one event at a time, in batch
 //! order: [`admit`]. The store reports it as
 //! [`ApplyOutcome::Overflow`](crate::ports::ApplyOutcome::Overflow), does not put it in the
@@ -40,13 +45,14 @@ use crate::period::Month;
 /// The most one org's month total of one adding meter may reach: 10^19, inclusive.
 pub const COUNTER_LIMIT: Decimal = Decimal::from_parts(0x89E8_0000, 0x8AC7_2304, 0, false, 0);
 
-/// What an event adds to, for the limit: its org's month total of its meter. `None` for
+/// What an event adds to, for the limit: its org's month total of its meter over all the
+/// meter's series (an event of `llm_tokens{model=gpt-4}` adds to `llm_tokens`). `None` for
 /// meters that do not add up (`max`, `latest`, `unique_count`), which cannot overflow.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TotalKey {
     /// The tenant (a test twin is a tenant of its own).
     pub org: OrgId,
-    /// The meter.
+    /// The base meter (never a series key): its total is over every series.
     pub meter: MeterName,
     /// The month the event's timestamp falls in.
     pub month: Month,
@@ -65,7 +71,7 @@ impl TotalKey {
         Some((
             TotalKey {
                 org: event.org_id.clone(),
-                meter: event.meter.clone(),
+                meter: event.meter.base_meter(),
                 month: Month::of(event.timestamp),
             },
             amount,
@@ -227,6 +233,30 @@ mod tests {
         assert!(a.refused.is_empty());
         let a = admit([(0, &c)], |_| Decimal::ZERO);
         assert_eq!(a.refused, vec![0]);
+    }
+
+    #[test]
+    fn series_of_one_meter_share_its_total() {
+        // Two series of `llm_tokens`, one event of 6 × 10^17 each. The room is what the
+        // whole meter's stored total leaves, 10^18: the first event fits (10^18 −
+        // 6 × 10^17 = 4 × 10^17 left), the second, of the other series, does not
+        // (6 × 10^17 > 4 × 10^17), though its own series holds nothing yet.
+        let six = "600000000000000000";
+        let mut gpt = event("o1", "llm_tokens", Aggregation::Sum, six, 1);
+        gpt.meter = gpt.meter.series(&[("model", "gpt-4")]);
+        let mut claude = event("o1", "llm_tokens", Aggregation::Sum, six, 2);
+        claude.meter = claude.meter.series(&[("model", "claude")]);
+        let key = TotalKey::of(&gpt).unwrap().0;
+        assert_eq!(key.meter.as_str(), "llm_tokens");
+        assert_eq!(TotalKey::of(&claude).unwrap().0, key);
+        let room = Decimal::from(1_000_000_000_000_000_000u64);
+        let a = admit([(0, &gpt), (1, &claude)], |k| {
+            assert_eq!(k.meter.as_str(), "llm_tokens", "asked by series");
+            room
+        });
+        assert_eq!(a.refused, vec![1]);
+        assert_eq!(a.growth[&key], Quantity::parse(six).unwrap().value());
+        assert_eq!(needs([&gpt, &claude]).len(), 1);
     }
 
     proptest! {

@@ -538,3 +538,54 @@ async fn room_reserved_by_the_per_meter_guard_layout_still_counts() {
     let later = [event(&org, &p, "e", "compute_minutes", "0.000000001", at)];
     assert_eq!(s2.apply_batch(&later).await.unwrap().outcomes, [Overflow]);
 }
+
+/// Room a build before the meter-total limit reserved per series (`r#<meter>{dim=value}` in
+/// the org's guard item) still counts: the reservation that creates the meter's number
+/// (`r#llm_tokens`) adds it, so the meter's total over its series stays under the limit. The
+/// series of a meter whose name extends this one's (`llm_tokens_v2`) count for that meter
+/// alone.
+#[tokio::test]
+async fn room_reserved_per_series_counts_for_the_meter() {
+    let f = DynamoFactory::new().await;
+    let client = Client::new(&f.config);
+    let s = f.open().await;
+    let (org, p) = (fresh_org(), fresh_project());
+    let pk = format!("ORG#{org}#GUARD#{NOV}");
+    // All but 15 units reserved for one series of llm_tokens; a full one of llm_tokens_v2.
+    client
+        .put_item()
+        .table_name(&f.table)
+        .item("pk", AttributeValue::S(pk.clone()))
+        .item("sk", AttributeValue::S("*".into()))
+        .item(
+            "r#llm_tokens{model=gpt-4}",
+            AttributeValue::N("9999999999999999985".into()),
+        )
+        .item(
+            "r#llm_tokens_v2{model=gpt-4}",
+            AttributeValue::N("10000000000000000000".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let at = "2026-11-10T10:00:00Z";
+    let series = |id: &str, meter: &str, model: &str, q: &str| {
+        let mut e = event(&org, &p, id, meter, q, at);
+        e.meter = e.meter.series(&[("model", model)]);
+        e
+    };
+    let batch = [
+        series("a", "llm_tokens", "claude", "10"), // fits, 5 left
+        series("b", "llm_tokens", "gpt-4", "10"),  // does not
+        series("c", "llm_tokens", "claude", "5"),  // fits exactly
+        // Another meter: its own series' room counts for it alone (none left).
+        series("d", "llm_tokens_v2", "gpt-4", "1000"),
+    ];
+    let report = s.apply_batch(&batch).await.unwrap();
+    use ApplyOutcome::{Applied, Overflow};
+    assert_eq!(report.outcomes, [Applied, Overflow, Applied, Overflow]);
+    // Another handle finds no room in the meter's number either.
+    let s2 = f.open().await;
+    let later = [series("e", "llm_tokens", "mistral", "0.000000001")];
+    assert_eq!(s2.apply_batch(&later).await.unwrap().outcomes, [Overflow]);
+}

@@ -34,6 +34,13 @@
 //! ([`ApplyOutcome::Overflow`](tally_core::ports::ApplyOutcome::Overflow)). Their ledger
 //! claims are released before the intent, so a later replay may count them.
 //!
+//! **One number per meter, not per series.** The limit holds for a meter's total over all
+//! its series ([`TotalKey`] names the base meter), so a dimensioned meter has one number,
+//! `r#llm_tokens`, for every `llm_tokens{model=...}` series. Builds before that kept one
+//! number per series (`r#llm_tokens{model=gpt-4}`); the reservation that creates the
+//! meter's number sees them in its `ALL_OLD` and adds what they hold to it, so the room
+//! they reserved still counts.
+//!
 //! **Tables written by the per-meter layout.** Its items are room reserved by earlier
 //! processes, and the events they admitted are in the counters, so they still count: the
 //! reservation that *creates* a meter's number in the org's item (its `ALL_OLD` lacks it)
@@ -416,7 +423,8 @@ async fn reserve(
                     // This write created the meter's number: carry an earlier release's
                     // reservations for it over. Only the room they left was really there.
                     None => {
-                        let old = carry_over(store, &pk, meter).await?;
+                        let series = series_reserved(before, meter);
+                        let old = carry_over(store, &pk, meter, series).await?;
                         let room = (*want).min(COUNTER_LIMIT - old).max(Decimal::ZERO);
                         (room, old + *want)
                     }
@@ -436,9 +444,16 @@ async fn reserve(
     }
 }
 
-/// Adds the room an earlier release's per-meter guard item (`<pk>` / `<meter>`) reserved to
-/// the org's guard, and says how much that was (zero when there is no such item).
-async fn carry_over(store: &DynamoStore, pk: &str, meter: &MeterName) -> Result<Decimal, String> {
+/// Adds the room an earlier release's per-meter guard item (`<pk>` / `<meter>`) reserved,
+/// and `series` (what the org's guard already holds for the meter's series), to the meter's
+/// number in the org's guard, and says how much that was in all (zero when neither holds
+/// any).
+async fn carry_over(
+    store: &DynamoStore,
+    pk: &str,
+    meter: &MeterName,
+    series: Decimal,
+) -> Result<Decimal, String> {
     let got = send_retrying(&store.retry, || {
         store
             .client
@@ -451,7 +466,9 @@ async fn carry_over(store: &DynamoStore, pk: &str, meter: &MeterName) -> Result<
     })
     .await
     .map_err(|e| describe_sdk_error("GetItem", &e))?;
-    let old = reserved(got.item(), RESERVED).unwrap_or_default();
+    let old = reserved(got.item(), RESERVED)
+        .unwrap_or_default()
+        .saturating_add(series);
     if old.is_zero() {
         return Ok(old);
     }
@@ -471,6 +488,17 @@ async fn carry_over(store: &DynamoStore, pk: &str, meter: &MeterName) -> Result<
     .map_err(|e| describe_sdk_error("UpdateItem", &e))?;
     metrics::counter!("tally_dynamodb_guard_carried_over_total").increment(1);
     Ok(old)
+}
+
+/// The room an earlier build reserved per series of `meter` (`r#<meter>{dim=value}`) in the
+/// org's guard item (its old attributes), before the limit held for the meter's total.
+fn series_reserved(item: Option<&Item>, meter: &MeterName) -> Decimal {
+    let prefix = format!("{}{{", meter_attr(meter));
+    item.into_iter()
+        .flatten()
+        .filter(|(attr, _)| attr.starts_with(&prefix))
+        .filter_map(|(attr, _)| reserved(item, attr))
+        .fold(Decimal::ZERO, Decimal::saturating_add)
 }
 
 /// The reserved room an item (or its old attributes) holds in `attr`.

@@ -49,14 +49,18 @@ fn value_of(delta: &Delta) -> Decimal {
 }
 
 /// The stored month total of an adding meter ([`TotalKey`]): its cells' values over the
-/// month's hours and every project.
+/// month's hours, every project and every series of the meter (`meter{dim=value}` keys
+/// sort after the bare name, past any longer meter name sharing its prefix).
 fn month_total(cells: &HashMap<OrgId, super::Cells>, key: &TotalKey) -> Decimal {
     let Some(series) = cells.get(&key.org) else {
         return Decimal::ZERO;
     };
     let (from, to) = (key.month.start().timestamp(), key.month.end().timestamp());
+    let meter = key.meter.as_str();
     series
-        .range((key.meter.clone(), from)..(key.meter.clone(), to))
+        .range((key.meter.clone(), i64::MIN)..)
+        .take_while(|((m, _), _)| m.as_str().starts_with(meter))
+        .filter(|((m, hour), _)| is_series_of(m.as_str(), meter) && (from..to).contains(hour))
         .flat_map(|(_, by_project)| by_project.values())
         .map(|d| match d {
             Delta::Add(v) => *v,

@@ -283,16 +283,18 @@ impl Totals {
     }
 }
 
-/// The stored month total of an adding meter: its day cells over the month and every
-/// project, read inside the batch's write transaction so the check against
+/// The stored month total of an adding meter: its day cells over the month, every project
+/// and every series of the meter (`meter{dim=value}`, as [`series`] reads a bare
+/// meter), read inside the batch's write transaction so the check against
 /// [`tally_core::headroom::COUNTER_LIMIT`] and the write are one step. One range read of
-/// the primary key per (org, meter, month) an adding batch touches.
+/// the primary key per (org, meter, month) an adding batch touches (two for a meter with
+/// series).
 pub(super) fn month_total(conn: &Connection, key: &TotalKey) -> Result<Decimal, StoreError> {
     let mut read = conn
         .prepare_cached(
             "SELECT value FROM cells
-             WHERE org = ?1 AND meter = ?2 AND span = ?3 AND start >= ?4 AND start < ?5
-               AND kind = ?6",
+             WHERE org = ?1 AND span = ?3 AND start >= ?4 AND start < ?5 AND kind = ?6
+               AND (meter = ?2 OR (meter >= ?2 || '{' AND meter < ?2 || '|'))",
         )
         .map_err(db)?;
     let rows = read

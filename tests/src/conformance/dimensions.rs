@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::period::Granularity;
-use tally_core::ports::{CounterQuery, Registration, SeriesRegistry, StoreError, UsageStore};
+use tally_core::ports::{
+    ApplyOutcome, CounterQuery, Registration, SeriesRegistry, StoreError, UsageStore,
+};
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
 use super::fixtures::{dec, event, fresh_org, fresh_project, ts};
@@ -32,6 +34,7 @@ macro_rules! dimensions_conformance {
             series_are_registered_once_and_bounded,
             the_bound_is_exact_under_concurrent_registrations,
             a_meters_total_is_over_its_series,
+            the_counter_limit_holds_for_a_meters_total_over_its_series,
         );
     };
 }
@@ -286,4 +289,82 @@ pub async fn a_meters_total_is_over_its_series<F: StoreFactory>(f: &F) {
     assert_eq!(month_of(&gpt), Some(dec("120.5")));
     assert_eq!(month_of(&claude), Some(dec("10")));
     assert_eq!(month_of(&llm), None);
+}
+
+/// The `counter_overflow` limit (`COUNTER_LIMIT`, 10^19) holds for a meter's month total
+/// over all its series, not series by series: two series each well under the limit whose
+/// sum would pass it see the event that crosses it refused (and left out of the ledger),
+/// the rest of the batch counted, and nothing counted twice; a meter whose name extends
+/// this one's has a total of its own. A second handle (another aggregator) meets the same
+/// full total.
+pub async fn the_counter_limit_holds_for_a_meters_total_over_its_series<F: StoreFactory>(f: &F) {
+    use ApplyOutcome::{Applied, Overflow};
+    const MAX: &str = "999999999999999999"; // 10^18 − 1, the largest quantity
+    let (s, s2) = (f.open().await, f.open().await);
+    let org = fresh_org();
+    let p = fresh_project();
+    let at = "2031-11-05T10:00:00Z";
+    let llm = |id: String, q: &str, model: &str| {
+        in_series(event(&org, &p, &id, "llm_tokens", q, at), model)
+    };
+    // gpt-4: 6 × (10^18 − 1) = 6 × 10^18 − 6, under the limit alone.
+    let first: Vec<Event> = (0..6).map(|i| llm(format!("g{i}"), MAX, "gpt-4")).collect();
+    let report = s.apply_batch(&first).await.unwrap();
+    assert_eq!(report.outcomes, vec![Applied; 6]);
+    // Then claude 4 × (10^18 − 1) = 4 × 10^18 − 4 brings the meter to
+    // 10^19 − 10 (each series still far under 10^19). Then claude 11 would make it
+    // 10^19 + 1: refused; gpt-4 10 makes it exactly 10^19: counted; one more unit of
+    // 10^-9 on gpt-4 is refused; `llm_tokens_v2` (another meter) is counted.
+    let mut second: Vec<Event> = (0..4)
+        .map(|i| llm(format!("c{i}"), MAX, "claude"))
+        .collect();
+    second.extend([
+        llm("c-over".into(), "11", "claude"),
+        llm("g-last".into(), "10", "gpt-4"),
+        llm("g-over".into(), "0.000000001", "gpt-4"),
+        in_series(event(&org, &p, "v2", "llm_tokens_v2", MAX, at), "gpt-4"),
+    ]);
+    // The same handle: on DynamoDB another one would hold none of the room this one
+    // reserved ahead, and meet the limit earlier (see `store/src/dynamodb/guard.rs`).
+    let report = s.apply_batch(&second).await.unwrap();
+    assert_eq!(
+        report.outcomes,
+        [
+            Applied, Applied, Applied, Applied, Overflow, Applied, Overflow, Applied
+        ]
+    );
+
+    let base = MeterName::parse("llm_tokens").unwrap();
+    let total = month_value(&s, &org, None, &base).await;
+    assert_eq!(total, dec("10000000000000000000"), "exactly the limit");
+    // gpt-4: 6 × 10^18 − 6 + 10; claude: 4 × 10^18 − 4. Each counted once.
+    let gpt = month_value(&s, &org, None, &base.series(&[("model", "gpt-4")])).await;
+    assert_eq!(gpt, dec("6000000000000000004"));
+    let claude = month_value(&s, &org, None, &base.series(&[("model", "claude")])).await;
+    assert_eq!(claude, dec("3999999999999999996"));
+    let v2 = month_value(&s, &org, None, &MeterName::parse("llm_tokens_v2").unwrap()).await;
+    assert_eq!(v2, dec(MAX));
+    let page = s
+        .ledger_page(&org, Month::parse("2031-11").unwrap(), None, 100)
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            "c0", "c1", "c2", "c3", "g-last", "g0", "g1", "g2", "g3", "g4", "g5", "v2"
+        ],
+        "refused events are not in the ledger"
+    );
+
+    // Either handle, either series: nothing more fits this month.
+    let again = [
+        llm("c-over".into(), "11", "claude"),
+        llm("m1".into(), "1", "mistral"),
+    ];
+    for handle in [&s, &s2] {
+        let report = handle.apply_batch(&again).await.unwrap();
+        assert_eq!(report.outcomes, [Overflow, Overflow]);
+    }
 }
