@@ -277,6 +277,15 @@ pub async fn for_period(
         .with_context(|| format!("cannot find the catalogue of {period}"))
 }
 
+/// How a message names the catalogue a check used: `version N`, or `file or built-in`
+/// when no stored version is in force.
+pub fn describe_version(version: Option<u32>) -> String {
+    match version {
+        Some(n) => format!("version {n}"),
+        None => "file or built-in, no version in force".to_owned(),
+    }
+}
+
 /// How often a running process re-reads the stored catalogue versions by default, in
 /// seconds: a version applied for the current month is in force everywhere within this
 /// long, for one small store read per process per interval.

@@ -51,7 +51,8 @@ pub enum OrgCommand {
     /// The change is kept in the org's plan history, and month close prices each month on
     /// the highest plan in force during it (an upgrade counts at once, a downgrade from the
     /// next month). Audited as `org.update` by `cli`. A plan whose project limit the org
-    /// already exceeds is refused.
+    /// already exceeds is refused; the limit is the one of the catalogue version in force
+    /// now (`tally catalogue versions`), the `--catalogue` file only when none is.
     SetPlan {
         /// The organization's id (org_…).
         #[arg(long)]
@@ -421,15 +422,20 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
     let plan = PlanId::parse(plan).with_context(|| {
         format!("--plan must be free, starter, pro or enterprise, got {plan:?}")
     })?;
-    let catalogue = common.load_catalogue()?;
     let store = backend::open_store(common).await?;
+    // The change takes effect now (by the process clock, `TALLY_NOW`): the plan's limits
+    // are those of the catalogue version in force then (what `catalogue apply` published),
+    // not of the `--catalogue` file, which only stands in when no version is in force.
+    let at = crate::clock::from_env()?.now();
+    let in_force = crate::catalogue::for_period(common, &store, Month::of(at)).await?;
     let before = store
         .tenants
         .get_org(&org_id)
         .await?
         .filter(|o| o.deleted_at.is_none())
         .with_context(|| format!("no organization {org_id}"))?;
-    if let Some(limit) = catalogue
+    if let Some(limit) = in_force
+        .catalogue
         .core_plans()
         .get(&plan)
         .and_then(|p| p.limits.projects)
@@ -443,14 +449,15 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
             .count();
         if active > usize::try_from(limit).unwrap_or(usize::MAX) {
             bail!(
-                "the {plan} plan allows {limit} projects; {org_id} has {active} active ones \
-                 (archive some first)"
+                "the {plan} plan allows {limit} projects (catalogue {}); {org_id} has {active} \
+                 active ones (archive some first)",
+                crate::catalogue::describe_version(in_force.version)
             );
         }
     }
     let after = store
         .tenants
-        .change_plan(&org_id, plan, crate::clock::from_env()?.now())
+        .change_plan(&org_id, plan, at)
         .await?
         .with_context(|| format!("no organization {org_id}"))?;
     audit_record(
@@ -495,10 +502,11 @@ pub async fn project(common: &Common, cmd: ProjectCommand) -> anyhow::Result<()>
     let org_id = OrgId::parse(&org).context("--org")?;
     check_name("name", &name)?;
     check_slug("slug", &slug)?;
-    let catalogue = common.load_catalogue()?;
     let store = backend::open_store(common).await?;
-    // The operator creates projects as the API does, within the org's plan: an org that is
-    // gone or at its plan's project limit is refused with the API's error.
+    // The operator creates projects as the API does, within the org's plan as the
+    // catalogue version in force now has it: an org that is gone or at its plan's project
+    // limit is refused with the API's error.
+    let catalogue = crate::catalogue::in_force(common, &store).await?.catalogue;
     let org = crate::manage::live_org(&store, &org_id).await?;
     let limit = catalogue.core().plan(org.plan).projects;
     tally_api::projects::check_project_room(&*store.tenants, &org, limit)

@@ -427,3 +427,59 @@ async fn a_restarted_app_runs_with_the_applied_version() {
     }
     server.stop().await.unwrap();
 }
+
+/// `tally org set-plan` and `tally project create` check the project limit of the catalogue
+/// version in force when they act, not of the `--catalogue` file (here the built-in one:
+/// free allows 1 project, pro 20). Version 1, in force from February, lets free have 3 and
+/// pro only 1: an org of 2 projects may move to free (the file would refuse it), not to pro
+/// (the file would allow it), and on free it may make a third project.
+#[test]
+fn plan_limits_come_from_the_version_in_force() {
+    let env = Env::embedded();
+    let org = env.create_org("Limits", "limits-co", "lim@example.com", Some("starter"));
+    let (org_id, _) = org_and_owner(&org);
+    for slug in ["one", "two"] {
+        let args = [
+            "project", "create", "--org", org_id, "--name", "P", "--slug", slug,
+        ];
+        env.cli_env(&args, &tally_now(FEB));
+    }
+    let v1 = edited(|v| {
+        v["plans"]["free"]["projects"] = json!(3);
+        v["plans"]["pro"]["projects"] = json!(1);
+    });
+    let v1_path = file(&env, "limits.json", &v1);
+    let apply = [
+        "catalogue",
+        "apply",
+        v1_path.to_str().unwrap(),
+        "--from",
+        "2026-02",
+    ];
+    assert_eq!(env.cli_env(&apply, &tally_now(FEB))["version"], 1);
+
+    let set_plan = |plan: &str| {
+        let args = ["org", "set-plan", "--org", org_id, "--plan", plan];
+        env.cli_raw_env(&args, &tally_now(FEB))
+    };
+    let refused = set_plan("pro");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the pro plan allows 1 projects (catalogue version 1)")
+            && err.contains("has 2"),
+        "{err}"
+    );
+    let moved = set_plan("free");
+    assert!(moved.status.success(), "{moved:?}");
+    let three = [
+        "project", "create", "--org", org_id, "--name", "P", "--slug", "three",
+    ];
+    env.cli_env(&three, &tally_now(FEB));
+    let four = [
+        "project", "create", "--org", org_id, "--name", "P", "--slug", "four",
+    ];
+    let out = env.cli_raw_env(&four, &tally_now(FEB));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("allows 3"), "{err}");
+}
