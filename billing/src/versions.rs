@@ -20,11 +20,24 @@
 //!   is already closed, is refused.
 //!
 //! A new version may not change a meter's aggregation or the field it reads its amount from
-//! (`value`), or remove a meter, while that meter
-//! has counters in an open period (the current month, and the previous one until it is
-//! closed): the counters were aggregated the old way and would be read the new way. The
-//! check compares with the catalogue in force now and reads each org's open months'
-//! counters (one read per org and open month; an operator command, not a hot path).
+//! (`value`), or its dimensions, or remove a meter, while that meter has counters in an
+//! open period (the current month, and the previous one until it is closed): the counters
+//! were aggregated the old way and would be read the new way. The new file is compared with
+//! every version it would follow or replace:
+//!
+//! - the versions in force in the open periods (the catalogue in force now, and last
+//!   month's while it is open), against each org's counters of those months (one read per
+//!   org and open month; an operator command, not a hot path): a change is refused when a
+//!   meter it touches has counters there;
+//! - a version already scheduled that would be in force the month before the new one starts
+//!   (applied earlier for a later month): it has no counters yet, but it will when the new
+//!   one takes over, and that month is then still open, so any change to its meters is
+//!   refused. The remedy is to apply the new version from that version's month, so it
+//!   replaces it (a scheduled version the new one replaces never runs, and nothing is
+//!   aggregated under it).
+//!
+//! Each refusal names the meter, what changes, the version it changes from and the number
+//! the new one would get.
 //!
 //! Publishing is audited by the version itself: it records who applied it, when, and the
 //! exact text with its digest, and it is never deleted (the per-org audit trail expires
@@ -32,8 +45,8 @@
 
 use chrono::{DateTime, Utc};
 use tally_core::ports::{
-    CatalogueStore, CatalogueVersion, OrgStore, StoreError, UsageStore, catalogue_digest,
-    effective_version,
+    CatalogueStore, CatalogueVersion, CatalogueVersionSummary, OrgStore, StoreError, UsageStore,
+    catalogue_digest, effective_version,
 };
 use tally_core::{CatalogueError, Granularity, MeterName, Month, OrgId};
 
@@ -100,27 +113,78 @@ pub enum VersionError {
     },
     /// The new version changes how a meter aggregates, or removes it, while it has counters
     /// in an open period.
-    #[error(
-        "meter {meter} {change} while {org} has counters of it in the open period {period}; \
-         its counters were aggregated the old way and would be read the new way. Publish the \
-         change under a new meter name, or wait until {period} is closed and billed"
-    )]
-    LiveMeter {
-        /// The meter.
-        meter: MeterName,
-        /// What the version does to it (`changes aggregation from sum to max`, `is removed`).
-        change: String,
-        /// An org with live counters of it.
-        org: OrgId,
-        /// The open month they are in.
-        period: Month,
-    },
+    #[error(transparent)]
+    LiveMeter(Box<LiveMeter>),
+    /// The new version changes a meter of a version already scheduled to be in force the
+    /// month before it starts.
+    #[error(transparent)]
+    ScheduledMeter(Box<ScheduledMeter>),
     /// Another apply took the version number first; rerunning publishes after it.
     #[error("another apply published version {version} first; run the apply again")]
     Raced {
         /// The number that was taken.
         version: u32,
     },
+}
+
+/// The new version changes how a meter aggregates, or removes it, while it has counters
+/// in an open period.
+#[derive(Debug, thiserror::Error)]
+#[error(
+        "meter {meter} {change} from {} to the new version {new} while {org} has counters \
+         of it in the open period {period}; its counters were aggregated the old way and would \
+         be read the new way. Publish the change under a new meter name, or wait until \
+         {period} is closed and billed",
+        version_label(*.old)
+    )]
+pub struct LiveMeter {
+    /// The meter.
+    pub meter: MeterName,
+    /// What the version does to it (`changes aggregation from sum to max`, `is removed`).
+    pub change: String,
+    /// The version it changes from (`None`: the file or built-in catalogue).
+    pub old: Option<u32>,
+    /// The number the new version would have had.
+    pub new: u32,
+    /// An org with live counters of it.
+    pub org: OrgId,
+    /// The open month they are in.
+    pub period: Month,
+}
+
+/// The new version changes a meter of a version already scheduled to be in force the
+/// month before it starts: that month's counters would be aggregated the old way and
+/// still open when the new version reads them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "meter {meter} {change} from version {old} (scheduled from {old_from}) to the new \
+         version {new} (from {from}): version {old}'s counters of it in {last} would still be \
+         open when the new version takes over. Apply the new version from {old_from} so it \
+         replaces version {old}, or publish the change under a new meter name"
+)]
+pub struct ScheduledMeter {
+    /// The meter.
+    pub meter: MeterName,
+    /// What the new version does to it.
+    pub change: String,
+    /// The scheduled version.
+    pub old: u32,
+    /// The month it starts.
+    pub old_from: Month,
+    /// The number the new version would have had.
+    pub new: u32,
+    /// The month the new version would start.
+    pub from: Month,
+    /// The month before `from`, priced by the scheduled version.
+    pub last: Month,
+}
+
+/// How an error names a catalogue: `version N`, or the fallback's name.
+fn version_label(version: Option<u32>) -> String {
+    match version {
+        Some(n) => format!("version {n}"),
+        None => "the file or built-in catalogue".to_owned(),
+    }
 }
 
 fn store(what: impl Into<String>) -> impl FnOnce(StoreError) -> VersionError {
@@ -268,18 +332,25 @@ pub async fn publish(
         });
     }
 
-    let in_force = catalogue_for(ports.versions, fallback, current).await?;
-    check_live_meters(ports, &in_force.catalogue, &new, current).await?;
-
-    let latest = ports
+    let listed = ports
         .versions
         .list_catalogue_versions()
         .await
-        .map_err(store("cannot list the catalogue versions"))?
-        .last()
-        .map_or(0, |v| v.version);
+        .map_err(store("cannot list the catalogue versions"))?;
+    let number = listed.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+    let check = Neighbours {
+        listed: &listed,
+        fallback,
+        new: &new,
+        number,
+        current,
+        from,
+    };
+    check.live_meters(ports).await?;
+    check.scheduled(ports.versions).await?;
+
     let version = CatalogueVersion {
-        version: latest + 1,
+        version: number,
         effective_from: from,
         body: request.text.to_owned(),
         digest: catalogue_digest(request.text),
@@ -351,55 +422,123 @@ fn aggregation_name(a: &tally_core::Aggregation) -> String {
     }
 }
 
-/// Refuses `new` if it changes or removes a meter that has counters in an open period.
-async fn check_live_meters(
-    ports: PublishPorts<'_>,
-    old: &Catalogue,
-    new: &Catalogue,
+/// A new version and the versions it would follow or replace (see the [module doc](self)).
+struct Neighbours<'a> {
+    /// The stored versions.
+    listed: &'a [CatalogueVersionSummary],
+    /// The file or built-in catalogue, in force where no version is.
+    fallback: &'a Catalogue,
+    /// The new version's catalogue.
+    new: &'a Catalogue,
+    /// The number it would get.
+    number: u32,
+    /// The current month.
     current: Month,
-) -> Result<(), VersionError> {
-    let changes = meter_changes(old, new);
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut open = vec![current];
-    let prev = current.prev();
-    if !ports
-        .usage
-        .is_period_closed(prev)
-        .await
-        .map_err(store(format!("cannot read whether {prev} is closed")))?
-    {
-        open.push(prev);
-    }
-    let orgs = ports
-        .tenants
-        .list_org_ids()
-        .await
-        .map_err(store("cannot list organizations"))?;
-    for org in orgs {
+    /// The month it would start.
+    from: Month,
+}
+
+impl Neighbours<'_> {
+    /// Refuses the new version if it changes or removes a meter that has counters in an
+    /// open period, compared with the version in force in that period.
+    async fn live_meters(&self, ports: PublishPorts<'_>) -> Result<(), VersionError> {
+        let mut open = vec![self.current];
+        let prev = self.current.prev();
+        if !ports
+            .usage
+            .is_period_closed(prev)
+            .await
+            .map_err(store(format!("cannot read whether {prev} is closed")))?
+        {
+            open.push(prev);
+        }
+        // What the new version changes, from each version in force in an open period (the
+        // same one, mostly, compared once).
+        let mut changes: Vec<(MeterName, String, Option<u32>)> = Vec::new();
+        let mut compared: Vec<Option<u32>> = Vec::new();
         for &period in &open {
-            let counters = ports
-                .usage
-                .stored_counters(&org, period)
-                .await
-                .map_err(store(format!("cannot read the counters of {org}")))?;
-            for (key, value) in &counters {
-                if key.granularity != Granularity::Month || value.is_zero() {
-                    continue;
-                }
-                if let Some((meter, change)) =
-                    changes.iter().find(|(m, _)| m.as_str() == key.meter.base())
-                {
-                    return Err(VersionError::LiveMeter {
-                        meter: meter.clone(),
-                        change: change.clone(),
-                        org,
-                        period,
-                    });
+            let number = effective_version(self.listed, period);
+            if compared.contains(&number) {
+                continue;
+            }
+            compared.push(number);
+            let old = read_version(ports.versions, self.fallback, number).await?;
+            for (meter, change) in meter_changes(&old.catalogue, self.new) {
+                changes.push((meter, change, number));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let orgs = ports
+            .tenants
+            .list_org_ids()
+            .await
+            .map_err(store("cannot list organizations"))?;
+        for org in orgs {
+            for &period in &open {
+                let counters = ports
+                    .usage
+                    .stored_counters(&org, period)
+                    .await
+                    .map_err(store(format!("cannot read the counters of {org}")))?;
+                for (key, value) in &counters {
+                    if key.granularity != Granularity::Month || value.is_zero() {
+                        continue;
+                    }
+                    if let Some((meter, change, old)) = changes
+                        .iter()
+                        .find(|(m, ..)| m.as_str() == key.meter.base())
+                    {
+                        return Err(VersionError::LiveMeter(Box::new(LiveMeter {
+                            meter: meter.clone(),
+                            change: change.clone(),
+                            old: *old,
+                            new: self.number,
+                            org,
+                            period,
+                        })));
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Refuses the new version if it changes a meter of a version scheduled for a later
+    /// month than the current one that would be in force the month before it starts.
+    async fn scheduled(&self, versions: &dyn CatalogueStore) -> Result<(), VersionError> {
+        let last = self.from.prev();
+        if last <= self.current {
+            return Ok(());
+        }
+        let Some(number) = effective_version(self.listed, last) else {
+            return Ok(());
+        };
+        let Some(old_from) = self
+            .listed
+            .iter()
+            .find(|v| v.version == number)
+            .map(|v| v.effective_from)
+        else {
+            return Ok(());
+        };
+        if old_from <= self.current {
+            // In force now: its counters are checked by `live_meters`.
+            return Ok(());
+        }
+        let old = read_version(versions, self.fallback, Some(number)).await?;
+        match meter_changes(&old.catalogue, self.new).into_iter().next() {
+            None => Ok(()),
+            Some((meter, change)) => Err(VersionError::ScheduledMeter(Box::new(ScheduledMeter {
+                meter,
+                change,
+                old: number,
+                old_from,
+                new: self.number,
+                from: self.from,
+                last,
+            }))),
+        }
+    }
 }
