@@ -524,6 +524,7 @@ impl ApiState {
             meters,
             plans: plans.into_iter().map(|(id, p)| (id, Arc::new(p))).collect(),
             version: None,
+            previous: None,
         });
         self
     }

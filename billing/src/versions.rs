@@ -216,25 +216,106 @@ pub async fn catalogue_for(
     read_version(versions, fallback, effective_version(&listed, month)).await
 }
 
-/// The catalogue in force in `month` if it is not version `current` (`None`: the fallback),
-/// else `Ok(None)`: what a running process re-reads on an interval to pick up a published
-/// version without a restart. Versions are immutable, so an unchanged number costs one
-/// listing and no parse.
-pub async fn changed_since(
+/// Which catalogues are in force for a month and the month before it: what a running
+/// process keeps, so a late event (stamped last month, while that month is open) is
+/// validated with the catalogue of its own month without a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairKey {
+    /// The current month.
+    pub month: Month,
+    /// The version in force in it (`None`: the fallback).
+    pub current: Option<u32>,
+    /// The version in force the month before.
+    pub previous: Option<u32>,
+}
+
+/// The catalogues of a [`PairKey`].
+#[derive(Debug, Clone)]
+pub struct InForcePair {
+    /// Which versions they are.
+    pub key: PairKey,
+    /// The current month's.
+    pub current: Versioned,
+    /// The previous month's (the same catalogue when the same version).
+    pub previous: Versioned,
+}
+
+impl InForcePair {
+    /// What the HTTP routes read: the current month's meters and plans, and the previous
+    /// month's meters when another version was in force then (late events are validated
+    /// with those).
+    pub fn routes(&self) -> tally_http::live::InForce {
+        let current = &self.current;
+        let routes = tally_http::live::InForce::new(
+            current.catalogue.meter_catalogue(),
+            current.catalogue.core_plans(),
+            current.version,
+        );
+        if self.key.previous == self.key.current {
+            return routes;
+        }
+        routes.with_previous(
+            self.key.month.prev(),
+            self.previous.catalogue.meter_catalogue(),
+            self.previous.version,
+        )
+    }
+}
+
+/// The catalogues in force in `month` and the month before: one listing and a read of each
+/// version (one when both months have the same).
+pub async fn pair_for(
     versions: &dyn CatalogueStore,
     fallback: &Catalogue,
     month: Month,
-    current: Option<u32>,
-) -> Result<Option<Versioned>, VersionError> {
+) -> Result<InForcePair, VersionError> {
+    let key = pair_key(versions, month).await?;
+    read_pair(versions, fallback, key).await
+}
+
+/// [`pair_for`], unless the versions are those `known` names (then `Ok(None)`, after the
+/// listing alone): what a running process re-reads on an interval.
+pub async fn pair_changed_since(
+    versions: &dyn CatalogueStore,
+    fallback: &Catalogue,
+    month: Month,
+    known: Option<PairKey>,
+) -> Result<Option<InForcePair>, VersionError> {
+    let key = pair_key(versions, month).await?;
+    if known == Some(key) {
+        return Ok(None);
+    }
+    read_pair(versions, fallback, key).await.map(Some)
+}
+
+async fn pair_key(versions: &dyn CatalogueStore, month: Month) -> Result<PairKey, VersionError> {
     let listed = versions
         .list_catalogue_versions()
         .await
         .map_err(store("cannot list the catalogue versions"))?;
-    let wanted = effective_version(&listed, month);
-    if wanted == current {
-        return Ok(None);
-    }
-    read_version(versions, fallback, wanted).await.map(Some)
+    Ok(PairKey {
+        month,
+        current: effective_version(&listed, month),
+        previous: effective_version(&listed, month.prev()),
+    })
+}
+
+async fn read_pair(
+    versions: &dyn CatalogueStore,
+    fallback: &Catalogue,
+    key: PairKey,
+) -> Result<InForcePair, VersionError> {
+    let current = read_version(versions, fallback, key.current).await?;
+    let previous = if key.previous == key.current {
+        current.clone()
+    } else {
+        read_version(versions, fallback, key.previous).await?
+    };
+    Ok(InForcePair {
+        key,
+        current,
+        previous,
+    })
 }
 
 /// Version `number` parsed, or `fallback` for `None`.

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::ids::{EventId, IdError, MeterName, OrgId, ProjectId};
 use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
+use crate::period::Month;
 
 /// How far into the future a timestamp may be (clock skew between services).
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
@@ -469,14 +470,29 @@ impl Event {
         let meter_text = string_field(&fields, "meter")?;
         let meter_name = MeterName::parse(&meter_text)
             .map_err(|e| EventError::from_id(ErrorCode::UnknownMeter, e))?;
-        let meter = ctx.catalogue.get(meter_name.as_str()).ok_or_else(|| {
+        // The timestamp picks the catalogue (an event of last month is held to that
+        // month's meters); its own errors are reported where they always were, below.
+        let timestamp =
+            string_field(&fields, "timestamp").and_then(|t| parse_timestamp(&t, ctx.now));
+        let (catalogue, other) = match &timestamp {
+            Ok(at) => ctx.meters_at(*at),
+            Err(_) => (ctx.catalogue, None),
+        };
+        let meter = catalogue.get(meter_name.as_str()).ok_or_else(|| {
+            let when = match other {
+                Some(m) => format!(
+                    " for an event of {m} (its timestamp's month, priced by the catalogue in force then)"
+                ),
+                None => String::new(),
+            };
+            let whose = if other.is_some() { "that month's" } else { "this org's" };
             EventError::new(
                 ErrorCode::UnknownMeter,
                 "meter",
                 format!(
-                    "unknown meter {:?}; this org's meters are {}",
+                    "unknown meter {:?}{when}; {whose} meters are {}",
                     meter_name.as_str(),
-                    ctx.catalogue.names().join(", ")
+                    catalogue.names().join(", ")
                 ),
             )
         })?;
@@ -510,7 +526,7 @@ impl Event {
                 }
             },
         };
-        let timestamp = parse_timestamp(&string_field(&fields, "timestamp")?, ctx.now)?;
+        let timestamp = timestamp?;
         let properties = match fields.get("properties") {
             None => Map::new(),
             Some(raw) => parse_properties(raw)?,
@@ -564,6 +580,22 @@ pub struct ValidationContext<'a> {
     pub catalogue: &'a MeterCatalogue,
     /// The server's clock reading for this request.
     pub now: DateTime<Utc>,
+    /// Another month's meters: an event stamped in that month is validated with them
+    /// instead of `catalogue`. Ingest passes the previous month's when another catalogue
+    /// version was in force then, so a late event (stamped last month, accepted while that
+    /// month is open) is held to the meters of its own month. `None`: `catalogue` for all.
+    pub other_month: Option<(Month, &'a MeterCatalogue)>,
+}
+
+impl<'a> ValidationContext<'a> {
+    /// The meters an event stamped `at` is validated with, and the month they are another
+    /// month's (`None`: `catalogue`, the meters in force now).
+    pub fn meters_at(&self, at: DateTime<Utc>) -> (&'a MeterCatalogue, Option<Month>) {
+        match self.other_month {
+            Some((month, meters)) if Month::of(at) == month => (meters, Some(month)),
+            _ => (self.catalogue, None),
+        }
+    }
 }
 
 /// Raw JSON of one event as the client sent it (a thin alias kept for readability at call

@@ -15,6 +15,7 @@ fn validate(json: &str) -> Result<Event, EventError> {
             org_id: &org,
             catalogue: &cat,
             now: ctx_now(),
+            other_month: None,
         },
     )
 }
@@ -42,6 +43,7 @@ fn validate_tokens(json: &str) -> Result<Event, EventError> {
             org_id: &org,
             catalogue: &cat,
             now: ctx_now(),
+            other_month: None,
         },
     )
 }
@@ -474,4 +476,57 @@ mod accepted_means_decodable {
             }
         }
     }
+}
+
+/// A late event (stamped last month) is validated with last month's meters when the context
+/// carries them: a meter removed this month still takes it, a meter added this month
+/// refuses it naming the field and the month, and this month's events use this month's.
+#[test]
+fn a_late_event_is_validated_with_the_meters_of_its_month() {
+    let org = OrgId::parse("org_abc").unwrap();
+    let meter = |name: &str| Meter {
+        name: MeterName::parse(name).unwrap(),
+        unit: "units".into(),
+        aggregation: Aggregation::Sum,
+        default_quantity: None,
+        value: ValueSource::Quantity,
+        dimensions: Default::default(),
+    };
+    // October had `old_meter`; November (now) replaced it with `new_meter`.
+    let october = MeterCatalogue::new([meter("old_meter")]);
+    let november = MeterCatalogue::new([meter("new_meter")]);
+    let ctx = ValidationContext {
+        org_id: &org,
+        catalogue: &november,
+        now: ctx_now(),
+        other_month: Some((Month::parse("2026-10").unwrap(), &october)),
+    };
+    let event = |meter: &str, at: &str| {
+        format!(
+            r#"{{"id":"e1","project_id":"prj_1","meter":"{meter}","quantity":1,"timestamp":"{at}"}}"#
+        )
+    };
+    let late = "2026-10-31T23:00:00Z";
+    let now = "2026-11-26T10:00:00Z";
+    assert!(Event::validate(&event("old_meter", late), &ctx).is_ok());
+    assert!(Event::validate(&event("new_meter", now), &ctx).is_ok());
+    let e = Event::validate(&event("new_meter", late), &ctx).unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::UnknownMeter, "meter")
+    );
+    assert!(
+        e.message.contains("for an event of 2026-10") && e.message.contains("old_meter"),
+        "{}",
+        e.message
+    );
+    let e = Event::validate(&event("old_meter", now), &ctx).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownMeter);
+    assert!(!e.message.contains("2026-10"), "{}", e.message);
+    // Without last month's meters (the same version in force then), this month's apply.
+    let same = ValidationContext {
+        other_month: None,
+        ..ctx
+    };
+    assert!(Event::validate(&event("new_meter", late), &same).is_ok());
 }

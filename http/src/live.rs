@@ -1,6 +1,7 @@
 //! The catalogue a running process serves by, replaceable while it serves: [`Live`] holds
 //! an `Arc` that a refresh task swaps whole, and [`InForce`] is what the HTTP APIs read
-//! from it (the meters and the plans of the catalogue version in force).
+//! from it (the meters and the plans of the catalogue version in force, and the meters of
+//! the previous month's when it was another version, for late events).
 //!
 //! A request takes one snapshot ([`Live::load`]) and uses it to the end, so it sees the old
 //! catalogue or the new one, never part of each: the swap is one pointer store under a
@@ -12,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use tally_core::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
+use tally_core::{MeterCatalogue, Month};
 
 /// A shared value that can be replaced whole while readers hold earlier snapshots. Cheap
 /// to clone: every clone sees the same current value.
@@ -64,6 +65,22 @@ pub struct InForce {
     /// The stored catalogue version these come from; `None`: the `--catalogue` file or the
     /// built-in catalogue (or a test's).
     pub version: Option<u32>,
+    /// The meters of the previous month, when another version was in force then: ingest
+    /// validates a late event (stamped last month, while that month is open) with them.
+    /// `None`: the same version, so `meters`.
+    pub previous: Option<PreviousMonth>,
+}
+
+/// The meters in force in the month before the current one, kept beside the current ones so
+/// a late event costs no store read to validate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousMonth {
+    /// The month.
+    pub month: Month,
+    /// Its meters.
+    pub meters: Arc<MeterCatalogue>,
+    /// The version they come from (`None`: the file or built-in catalogue).
+    pub version: Option<u32>,
 }
 
 impl InForce {
@@ -77,7 +94,30 @@ impl InForce {
             meters: Arc::new(meters),
             plans: plans.into_iter().map(|(id, p)| (id, Arc::new(p))).collect(),
             version,
+            previous: None,
         }
+    }
+
+    /// The same, validating events stamped in `month` (the previous one) with `meters`,
+    /// version `version`'s.
+    pub fn with_previous(
+        mut self,
+        month: Month,
+        meters: MeterCatalogue,
+        version: Option<u32>,
+    ) -> InForce {
+        self.previous = Some(PreviousMonth {
+            month,
+            meters: Arc::new(meters),
+            version,
+        });
+        self
+    }
+
+    /// What event validation reads for the previous month (see
+    /// [`ValidationContext::other_month`](tally_core::event::ValidationContext)).
+    pub fn other_month(&self) -> Option<(Month, &MeterCatalogue)> {
+        self.previous.as_ref().map(|p| (p.month, p.meters.as_ref()))
     }
 
     /// `meters` with the built-in plans.
@@ -86,6 +126,7 @@ impl InForce {
             meters,
             plans: BTreeMap::new(),
             version: None,
+            previous: None,
         }
     }
 

@@ -405,6 +405,9 @@ async fn ingest(
         org_id: &usage_org,
         catalogue: &catalogue.meters,
         now,
+        // Late events are held to the meters of their own month (kept with the catalogue
+        // in force, so this costs no read).
+        other_month: catalogue.other_month(),
     };
     let mut rejected = Vec::new();
     let mut valid = Vec::with_capacity(candidates.len());
@@ -474,7 +477,7 @@ async fn ingest(
     // refused event leaves the publish list, the rest of the batch goes on.
     let series_refusals = inner
         .series
-        .check(&catalogue.meters, &events)
+        .check(&catalogue.meters, catalogue.other_month(), &events)
         .instrument(tracing::debug_span!("series", events = events.len()))
         .await?;
     let (indexes, events) = {

@@ -51,14 +51,23 @@ impl SeriesGuard {
     /// One answer per event: `None` to go on, or why the event is refused. Registers each
     /// new series once (in event order, so of a batch's new series the first ones fill the
     /// bound); a store failure is a `503` for the whole request, as other lookups are.
+    ///
+    /// An event stamped in `other_month`'s month (a late event of the previous month, when
+    /// another catalogue version was in force then) is held to that month's meters and
+    /// bounds, as it was validated.
     pub async fn check(
         &self,
         catalogue: &MeterCatalogue,
+        other_month: Option<(Month, &MeterCatalogue)>,
         events: &[Event],
     ) -> Result<Vec<Option<EventError>>, StoreError> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            out.push(self.check_one(catalogue, e).await?);
+            let meters = match other_month {
+                Some((month, meters)) if Month::of(e.timestamp) == month => meters,
+                _ => catalogue,
+            };
+            out.push(self.check_one(meters, e).await?);
         }
         Ok(out)
     }

@@ -4,7 +4,8 @@
 //! per-month series bound is held before the `202`, by a registry shared by every ingest
 //! instance: the event that would make one series too many is refused
 //! (`dimension_cardinality_exceeded`, naming the meter and the property) while the rest of
-//! its batch goes through.
+//! its batch goes through. A late event (stamped last month) is held to the meters, and
+//! series bounds, of the catalogue version in force in its own month.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,7 +28,7 @@ use tally_core::ports::{
     QueueError, SeriesRegistry, UserStore,
 };
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
-use tally_ingest::{Ingest, IngestConfig, IngestState};
+use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
 
@@ -340,4 +341,95 @@ async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
     ] {
         assert!(message.contains(part), "{part:?} not in {message}");
     }
+}
+
+/// October's catalogue had `llm_tokens` (split by model, at most two series); November's
+/// (in force now, 2 November, while October is still open for late events) drops it and
+/// adds `gpu_hours`. Ingest holds each event to its own month's meters: an October event of
+/// `llm_tokens` is accepted, and October's series bound still applies to it; an October
+/// event of `gpu_hours` is refused naming the `meter` field and the month; November's
+/// events are held to November's meters.
+#[tokio::test]
+async fn late_events_are_validated_with_the_catalogue_of_their_month() {
+    let store = seeded().await;
+    let queue = Arc::new(Kept::default());
+    let october = catalogue();
+    let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    file["meters"]["gpu_hours"] = json!({
+        "unit": "hours", "aggregation": "sum", "price_unit": "hour", "price_unit_size": 1,
+        "list_price": { "model": "per_unit", "unit_price": "2.00" }
+    });
+    for plan in ["free", "starter", "pro", "enterprise"] {
+        file["plans"][plan]["meters"]["gpu_hours"] = json!({});
+    }
+    let november = Catalogue::from_json(&file.to_string(), "november").unwrap();
+    let in_force = InForce::new(november.meter_catalogue(), november.core_plans(), Some(2))
+        .with_previous(
+            Month::parse("2026-10").unwrap(),
+            october.meter_catalogue(),
+            Some(1),
+        );
+    let shared = Arc::new(store.clone());
+    let ports = IngestState::new(
+        shared.clone(),
+        shared.clone(),
+        queue.clone(),
+        LiveCatalogue::new(in_force),
+        Arc::new(FixedClock::at(t("2026-11-02T12:00:00Z"))),
+    )
+    .with_series(shared);
+    let ingest = Ingest::new(ports, IngestConfig::default());
+    let at = |mut e: Value, ts: &str| {
+        e["timestamp"] = json!(ts);
+        e
+    };
+    let (oct, nov) = ("2026-10-31T23:00:00Z", "2026-11-02T10:00:00Z");
+    let gpu =
+        |id: &str| json!({"id": id, "project_id": "prj_a1", "meter": "gpu_hours", "quantity": 3});
+    let (status, answer) = post(
+        &ingest,
+        vec![
+            at(tokens("t0", json!("gpt-4"), 100), oct),
+            at(tokens("t1", json!("claude"), 5), oct),
+            // A third October series: past October's bound of two.
+            at(tokens("t2", json!("llama"), 1), oct),
+            at(gpu("g0"), oct),
+            at(gpu("g1"), nov),
+            at(tokens("t3", json!("gpt-4"), 1), nov),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], 3, "{answer}");
+    let unknown = "unknown_meter".to_owned();
+    assert_eq!(
+        rejections(&answer),
+        vec![
+            (
+                2,
+                "dimension_cardinality_exceeded".into(),
+                "properties.model".into()
+            ),
+            (3, unknown.clone(), "meter".into()),
+            (5, unknown, "meter".into()),
+        ],
+        "{answer}"
+    );
+    let message = answer["rejected"][1]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("for an event of 2026-10"), "{message}");
+    let queued: Vec<String> = queue
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.meter.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            "llm_tokens{model=gpt-4}",
+            "llm_tokens{model=claude}",
+            "gpu_hours"
+        ]
+    );
 }

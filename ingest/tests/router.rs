@@ -2077,6 +2077,7 @@ async fn the_document_matches_the_routes_and_the_structs() {
         org_id: &org_a,
         catalogue: &catalogue,
         now: t(NOW),
+        other_month: None,
     };
     let documented = schema_properties("Event");
     let mut full = ev("e");
@@ -2201,6 +2202,7 @@ mod hostile {
             org_id: &org_a,
             catalogue: &catalogue,
             now: t(NOW),
+            other_month: None,
         };
         match Event::validate(json, &ctx) {
             Ok(e) => {

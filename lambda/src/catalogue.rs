@@ -5,6 +5,9 @@
 //! reaches a warm function within that interval of coming into force, with no redeploy and
 //! no restart, and a version effective from next month takes over at the first request of
 //! that month. The built-in catalogue is what a month no version covers is served with.
+//! The previous month's version is read with it (when it is another one), so a late event,
+//! stamped last month while that month is open, is validated with its own month's meters
+//! at no cost per request.
 //!
 //! The check runs on the request, not on a timer: a Lambda execution environment is frozen
 //! between invocations, so a timer could leave the first request after a long freeze on a
@@ -17,10 +20,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tally_billing::Catalogue;
-use tally_billing::versions::{self, VersionError, Versioned};
+use tally_billing::versions::{self, PairKey, VersionError};
 use tally_core::Month;
 use tally_core::ports::{CatalogueStore, Clock};
-use tally_ingest::{InForce, LiveCatalogue};
+use tally_ingest::LiveCatalogue;
 use tokio::sync::Mutex;
 
 use crate::env::{self, Env, EnvError};
@@ -47,15 +50,6 @@ fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
     )
 }
 
-/// The meters and plans of `versioned`, as the routers read them.
-fn routes_of(versioned: &Versioned) -> InForce {
-    InForce::new(
-        versioned.catalogue.meter_catalogue(),
-        versioned.catalogue.core_plans(),
-        versioned.version,
-    )
-}
-
 /// Keeps a [`LiveCatalogue`] on the stored version in force (see the module doc).
 pub struct CatalogueRefresh {
     store: Arc<dyn CatalogueStore>,
@@ -63,8 +57,9 @@ pub struct CatalogueRefresh {
     live: LiveCatalogue,
     clock: Arc<dyn Clock>,
     interval: Duration,
-    /// When the versions were last read, by `clock`.
-    last_read: Mutex<DateTime<Utc>>,
+    /// When the versions were last read, by `clock`, and which were in force then this
+    /// month and the last.
+    last_read: Mutex<(DateTime<Utc>, PairKey)>,
 }
 
 impl CatalogueRefresh {
@@ -77,17 +72,17 @@ impl CatalogueRefresh {
         interval: Duration,
     ) -> Result<Arc<CatalogueRefresh>, VersionError> {
         let now = clock.now();
-        let in_force = versions::catalogue_for(store.as_ref(), &fallback, Month::of(now)).await?;
-        if let Some(version) = in_force.version {
+        let in_force = versions::pair_for(store.as_ref(), &fallback, Month::of(now)).await?;
+        if let Some(version) = in_force.current.version {
             tracing::info!(version, "serving the published catalogue version");
         }
         Ok(Arc::new(CatalogueRefresh {
-            live: LiveCatalogue::new(routes_of(&in_force)),
+            live: LiveCatalogue::new(in_force.routes()),
             store,
             fallback,
             clock,
             interval,
-            last_read: Mutex::new(now),
+            last_read: Mutex::new((now, in_force.key)),
         }))
     }
 
@@ -102,19 +97,24 @@ impl CatalogueRefresh {
     pub async fn refresh_if_due(&self) -> bool {
         let mut last = self.last_read.lock().await;
         let now = self.clock.now();
-        let elapsed = (now - *last).to_std().ok();
-        let due = Month::of(now) != Month::of(*last) || elapsed.is_none_or(|e| e >= self.interval);
+        let elapsed = (now - last.0).to_std().ok();
+        let due = Month::of(now) != Month::of(last.0) || elapsed.is_none_or(|e| e >= self.interval);
         if !due {
             return false;
         }
-        *last = now;
+        last.0 = now;
         let current = self.live.load().version;
-        match versions::changed_since(self.store.as_ref(), &self.fallback, Month::of(now), current)
-            .await
-        {
+        let read = versions::pair_changed_since(
+            self.store.as_ref(),
+            &self.fallback,
+            Month::of(now),
+            Some(last.1),
+        );
+        match read.await {
             Ok(Some(next)) => {
-                tracing::info!(from = ?current, to = ?next.version, "the catalogue in force changed; serving the new one");
-                self.live.store(routes_of(&next));
+                tracing::info!(from = ?current, to = ?next.current.version, previous_month = ?next.key.previous, "the catalogue in force changed; serving the new one");
+                last.1 = next.key;
+                self.live.store(next.routes());
             }
             Ok(None) => {}
             Err(e) => {
@@ -190,6 +190,13 @@ mod tests {
         clock.set(at("2026-04-01T00:00:01Z"));
         assert!(refresh.refresh_if_due().await, "the month turned");
         assert_eq!(live.load().version, Some(2));
+        // March's version 1 stays at hand for March's late events.
+        let previous = live.load().previous.clone().unwrap();
+        assert_eq!(
+            (previous.month.to_string(), previous.version),
+            ("2026-03".into(), Some(1))
+        );
+        assert!(previous.meters.get("tokens").is_some());
     }
 
     #[test]

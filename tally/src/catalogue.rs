@@ -9,7 +9,9 @@
 //! effective for the current month is another one. So a version applied for the current
 //! month is served within one interval of `apply`, and one applied for a later month takes
 //! over when that month starts. A re-read lists the versions (one small read); only a
-//! changed version is fetched and parsed.
+//! changed version is fetched and parsed. The version in force last month is kept too
+//! (its meters, when it is another version): ingest validates a late event, stamped last
+//! month while that month is open, with the meters of its own month.
 //!
 //! The rule that decides which version prices a month, and what publishing refuses, is
 //! `tally_billing::versions`' module doc; the README has the schema and an example.
@@ -300,10 +302,14 @@ pub const MAX_REFRESH_SECONDS: u64 = 3_600;
 /// each replaced whole by [`refresh`]. Cheap to clone; every clone sees the replacements.
 #[derive(Clone)]
 pub struct Running {
-    /// The meters and plans of the HTTP routes.
+    /// The meters and plans of the HTTP routes (and the previous month's meters, for late
+    /// events, when another version was in force then).
     pub routes: LiveCatalogue,
     /// The whole catalogue and the version it came from.
     pub whole: Live<Versioned>,
+    /// Which versions the last refresh found in force this month and the last (`None`
+    /// before the first).
+    key: Live<Option<versions::PairKey>>,
 }
 
 impl Running {
@@ -312,6 +318,7 @@ impl Running {
         Running {
             routes: Live::new(routes_of(&versioned)),
             whole: Live::new(versioned),
+            key: Live::new(None),
         }
     }
 
@@ -330,10 +337,11 @@ pub fn routes_of(versioned: &Versioned) -> InForce {
     )
 }
 
-/// Re-reads the stored versions once and swaps `running` to the version in force for the
-/// current month (by `clock`) if it is another one: whether it swapped. The routes are
-/// swapped before the whole catalogue; each is one atomic replacement, so every request
-/// reads one version's meters and plans.
+/// Re-reads the stored versions once and swaps `running` to the versions in force for the
+/// current month (by `clock`) and the previous one (whose meters validate late events) if
+/// either is another one: whether it swapped. The routes are swapped before the whole
+/// catalogue; each is one atomic replacement, so every request reads one version's meters
+/// and plans.
 pub async fn refresh(
     store: &dyn CatalogueStore,
     fallback: &Catalogue,
@@ -341,18 +349,26 @@ pub async fn refresh(
     clock: &dyn Clock,
 ) -> Result<bool, versions::VersionError> {
     let month = Month::of(clock.now());
-    let current = running.version();
-    let Some(next) = versions::changed_since(store, fallback, month, current).await? else {
+    let known = *running.key.load();
+    let Some(next) = versions::pair_changed_since(store, fallback, month, known).await? else {
         return Ok(false);
     };
-    running.routes.store(routes_of(&next));
+    running.key.store(Some(next.key));
+    let routes = next.routes();
+    let before = running.routes.load();
+    let previous = |r: &InForce| r.previous.as_ref().map(|p| (p.month, p.version));
+    if before.version == routes.version && previous(&before) == previous(&routes) {
+        return Ok(false);
+    }
+    running.routes.store(routes);
     info!(
-        from = ?current,
-        to = ?next.version,
+        from = ?before.version,
+        to = ?next.current.version,
+        previous_month = ?next.key.previous,
         month = %month,
         "the catalogue in force changed; serving the new one"
     );
-    running.whole.store(next);
+    running.whole.store(next.current);
     Ok(true)
 }
 
@@ -439,6 +455,11 @@ mod tests {
             snapshot.meters.get("tokens").is_none(),
             "a request's snapshot taken before the swap keeps the old catalogue"
         );
+        // March's meters (the built-in ones) stay at hand for March's late events.
+        let previous = running.routes.load().previous.clone().unwrap();
+        assert_eq!(previous.month, Month::parse("2026-03").unwrap());
+        assert_eq!(previous.version, None);
+        assert!(previous.meters.get("tokens").is_none());
         // Unchanged: no second swap.
         assert!(!refresh(&store, &fallback, &running, &clock).await.unwrap());
     }

@@ -460,6 +460,7 @@ impl Run {
             org_id: &self.org,
             catalogue: &self.catalogue,
             now,
+            other_month: None,
         };
         let event = match Event::validate(&json, &ctx) {
             Ok(event) => event,
@@ -495,7 +496,7 @@ impl Run {
         };
         let refused = self
             .series
-            .check(&self.catalogue, std::slice::from_ref(&event))
+            .check(&self.catalogue, None, std::slice::from_ref(&event))
             .await
             .context("cannot register a series")?;
         if let Some(e) = refused.into_iter().flatten().next() {

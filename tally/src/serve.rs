@@ -423,6 +423,18 @@ pub async fn run(
         stop_rx.clone(),
         settings.drain_limit,
     ));
+    // Once now, by the app's clock (`App::open` read by the process's), so the previous
+    // month's meters are at hand for late events from the first request.
+    let first = crate::catalogue::refresh(
+        backends.stores.catalogues.as_ref(),
+        &file_catalogue,
+        &catalogue,
+        clock.as_ref(),
+    )
+    .await;
+    if let Err(e) = first {
+        warn!(error = %e, "cannot re-read the catalogue versions; keeping the one read at start");
+    }
     let refresher = tokio::spawn(crate::catalogue::refresh_periodically(
         backends.stores.catalogues.clone(),
         file_catalogue.clone(),

@@ -483,3 +483,78 @@ fn plan_limits_come_from_the_version_in_force() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("allows 3"), "{err}");
 }
+
+/// A late event is validated with the catalogue version in force in its own month. Version
+/// 1 (February) adds `llm_tokens`; version 2 (March) drops it and adds `gpu_hours`. On
+/// 1 March, February is still open: a February event of `llm_tokens` is accepted and one of
+/// `gpu_hours` refused naming the `meter` field, while March's events follow version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_follow_the_catalogue_of_their_month() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "late");
+    let meter = |v: &mut Value, name: &str, value: Value| {
+        v["meters"][name] = value;
+        for plan in ["free", "starter", "pro", "enterprise"] {
+            v["plans"][plan]["meters"][name] = json!({});
+        }
+    };
+    let v1 = edited(|v| {
+        let tokens = json!({
+            "unit": "tokens", "aggregation": "sum", "value": "properties.tokens",
+            "price_unit": "1,000 tokens", "price_unit_size": 1000,
+            "list_price": { "model": "per_unit", "unit_price": "0.02" }
+        });
+        meter(v, "llm_tokens", tokens);
+    });
+    let v2 = edited(|v| {
+        let gpu = json!({
+            "unit": "hours", "aggregation": "sum", "price_unit": "hour", "price_unit_size": 1,
+            "list_price": { "model": "per_unit", "unit_price": "2.00" }
+        });
+        meter(v, "gpu_hours", gpu);
+    });
+    for (name, text, from) in [("v1.json", &v1, "2026-02"), ("v2.json", &v2, "2026-03")] {
+        let path = file(&env, name, text);
+        let args = ["catalogue", "apply", path.to_str().unwrap(), "--from", from];
+        env.cli_env(&args, &tally_now(FEB));
+    }
+
+    let server = serve_at(&env, IN_MARCH).await;
+    let p0 = &tenant.projects[0];
+    let (feb, mar) = ("2026-02-27T10:00:00Z", "2026-03-01T00:10:00Z");
+    let tokens = |id: &str, at: &str| {
+        json!({"id": id, "project_id": p0, "meter": "llm_tokens", "timestamp": at,
+               "properties": {"tokens": 1200}})
+    };
+    let gpu = |id: &str, at: &str| json!({"id": id, "project_id": p0, "meter": "gpu_hours", "timestamp": at, "quantity": 2});
+    let events = vec![
+        tokens("t-feb", feb),
+        gpu("g-feb", feb),
+        gpu("g-mar", mar),
+        tokens("t-mar", mar),
+    ];
+    let client = reqwest::Client::new();
+    let (status, answer) = post_events(&client, &server, &tenant.key, events)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let rejected: Vec<(u64, &str, &str)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let e = &r["error"];
+            let (code, field) = (e["code"].as_str().unwrap(), e["field"].as_str().unwrap());
+            (r["index"].as_u64().unwrap(), code, field)
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [(1, "unknown_meter", "meter"), (3, "unknown_meter", "meter")],
+        "{answer}"
+    );
+    let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("for an event of 2026-02"), "{message}");
+    server.stop().await.unwrap();
+}
