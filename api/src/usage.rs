@@ -542,7 +542,7 @@ async fn read_split(
 fn fold_into(aggregation: &Aggregation, into: &mut Decimal, value: Decimal) {
     *into = match aggregation {
         Aggregation::Max => (*into).max(value),
-        Aggregation::Latest => value,
+        Aggregation::Latest | Aggregation::TimeWeightedSum => value,
         _ => *into + value,
     };
 }

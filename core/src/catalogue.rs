@@ -115,9 +115,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::dimension::{
-    self, DEFAULT_MAX_SERIES, Dimension, Dimensions, MAX_DIMENSIONS, MAX_MAX_SERIES,
-};
+use crate::dimension::Dimensions;
 use crate::ids::MeterName;
 use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 use crate::money::Money;
@@ -281,13 +279,30 @@ impl Catalogue {
     /// Parses and validates catalogue JSON; `origin` (a path, or `built-in`) names it in
     /// errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Catalogue, CatalogueError> {
+        Catalogue::parse(text, origin, false)
+    }
+
+    /// [`Catalogue::from_json`] that also accepts `time_weighted_sum` meters: for this
+    /// crate's tests only until month close prices them (docs/meters-dimensions.md).
+    #[cfg(test)]
+    pub(crate) fn from_json_time_weighted(
+        text: &str,
+        origin: &str,
+    ) -> Result<Catalogue, CatalogueError> {
+        Catalogue::parse(text, origin, true)
+    }
+
+    fn parse(text: &str, origin: &str, time_weighted: bool) -> Result<Catalogue, CatalogueError> {
         let raw: RawCatalogue = serde_json::from_str(text).map_err(|e| CatalogueError::Parse {
             origin: origin.to_owned(),
             line: e.line(),
             column: e.column(),
             message: parse_message(&e),
         })?;
-        let mut check = Checker::default();
+        let mut check = Checker {
+            time_weighted,
+            ..Checker::default()
+        };
         let catalogue = check.catalogue(raw);
         match catalogue {
             Some(c) if check.problems.is_empty() => Ok(c),
@@ -653,6 +668,9 @@ fn is_power_of_ten(d: Decimal) -> bool {
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
+    /// Whether `time_weighted_sum` is accepted: not yet in a released catalogue (only this
+    /// crate's tests turn it on) until month close prices it; docs/meters-dimensions.md.
+    time_weighted: bool,
 }
 
 impl Checker {
@@ -766,7 +784,16 @@ impl Checker {
             self.bad(format!("{path}.unit"), "must not be empty");
         }
         let bytes = m.unit == "bytes";
+        let tws = self.time_weighted && m.aggregation == "time_weighted_sum";
         let aggregation = match (m.aggregation.as_str(), m.property) {
+            ("time_weighted_sum", None) if tws => Some(Aggregation::TimeWeightedSum),
+            ("time_weighted_sum", Some(_)) if tws => {
+                self.bad(
+                    format!("{path}.property"),
+                    "is only allowed with aggregation = \"unique_count\"",
+                );
+                None
+            }
             ("sum", None) => Some(Aggregation::Sum),
             ("count", None) => Some(Aggregation::Count),
             ("max", None) => Some(Aggregation::Max),
@@ -792,7 +819,13 @@ impl Checker {
                 self.bad(
                     format!("{path}.aggregation"),
                     format!(
-                        "unknown aggregation {other:?}; expected sum, count, max, latest or unique_count"
+                        "unknown aggregation {other:?}; expected sum, count, max, latest{} or \
+                         unique_count",
+                        if self.time_weighted {
+                            ", time_weighted_sum"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 None
@@ -860,6 +893,9 @@ impl Checker {
             None => None,
         };
         let dimensions = self.dimensions(&path, &m.aggregation, m.dimensions, m.max_series);
+        if tws {
+            self.time_weighted_meter(&path, m.default_quantity.is_some());
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -876,91 +912,6 @@ impl Checker {
             list_price,
             dimensions: dimensions?,
         })
-    }
-
-    /// A meter's `dimensions` and `max_series` (see [`crate::dimension`]).
-    fn dimensions(
-        &mut self,
-        path: &str,
-        aggregation: &str,
-        raw: Option<Vec<RawDimension>>,
-        max_series: Option<i64>,
-    ) -> Option<Dimensions> {
-        let before = self.problems.len();
-        let raw = raw.unwrap_or_default();
-        let list_path = format!("{path}.dimensions");
-        if raw.len() > MAX_DIMENSIONS {
-            self.bad(
-                &list_path,
-                format!(
-                    "a meter may have at most {MAX_DIMENSIONS} dimensions (each multiplies its \
-                     series), got {}",
-                    raw.len()
-                ),
-            );
-        }
-        // Only sums and counts add up over series: distinct values would need every series'
-        // markers, and a gauge's total is not one series' reading (eu 100 GB + us 1 GB).
-        if !raw.is_empty() && matches!(aggregation, "unique_count" | "max" | "latest") {
-            let why = "only sum and count meters add up over their series";
-            let message = format!("a {aggregation} meter cannot have dimensions: {why}");
-            self.bad(&list_path, message);
-        }
-        let mut keys: Vec<Dimension> = Vec::with_capacity(raw.len());
-        for (i, d) in raw.into_iter().enumerate() {
-            let at = format!("{list_path}[{i}]");
-            if let Err(message) = dimension::check_name(&d.name) {
-                self.bad(format!("{at}.name"), message);
-            } else if keys.iter().any(|k| k.name == d.name) {
-                self.bad(
-                    format!("{at}.name"),
-                    format!("dimension {:?} is declared twice", d.name),
-                );
-            }
-            let property = match ValueSource::parse(&d.property) {
-                Ok(p @ ValueSource::Property(_)) => Some(p),
-                Ok(ValueSource::Quantity) => {
-                    self.bad(
-                        format!("{at}.property"),
-                        "must be a property path like \"properties.model\", not quantity",
-                    );
-                    None
-                }
-                Err(message) => {
-                    self.bad(format!("{at}.property"), message);
-                    None
-                }
-            };
-            if let Some(property) = property {
-                keys.push(Dimension {
-                    name: d.name,
-                    property,
-                });
-            }
-        }
-        let max_path = format!("{path}.max_series");
-        let max_series = match max_series {
-            None => DEFAULT_MAX_SERIES,
-            Some(n) if (1..=i64::from(MAX_MAX_SERIES)).contains(&n) && !keys.is_empty() => {
-                u32::try_from(n).unwrap_or(MAX_MAX_SERIES)
-            }
-            Some(_) if keys.is_empty() => {
-                self.bad(
-                    &max_path,
-                    "is only allowed on a meter with dimensions (a meter without them has one \
-                     series)",
-                );
-                DEFAULT_MAX_SERIES
-            }
-            Some(n) => {
-                self.bad(
-                    &max_path,
-                    format!("must be 1 to {MAX_MAX_SERIES} series per org and month, got {n}"),
-                );
-                DEFAULT_MAX_SERIES
-            }
-        };
-        (self.problems.len() == before).then_some(Dimensions { keys, max_series })
     }
 
     fn plan(
@@ -1013,6 +964,9 @@ impl Checker {
                 }
                 None => None,
             };
+            if spec.aggregation == Aggregation::TimeWeightedSum {
+                self.time_weighted_limit(&mpath, p.hard_usage_limits, entry.included.is_some());
+            }
             let pricing = match entry.price {
                 Some(raw) => self.price(&format!("{mpath}.price"), raw),
                 None => {
@@ -1194,6 +1148,9 @@ impl Checker {
         (self.problems.len() == before).then_some(tiers)
     }
 }
+
+#[path = "catalogue_meters.rs"]
+mod meters;
 
 #[cfg(test)]
 #[path = "catalogue_tests.rs"]
