@@ -15,8 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::StoreError;
+use super::{StoreError, UsageStore};
+use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
+use crate::meter::Aggregation;
 use crate::period::Month;
 use crate::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
 
@@ -84,6 +86,49 @@ pub trait ReadingStore: Send + Sync {
         month: Month,
         project: Option<&ProjectId>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError>;
+}
+
+/// The readings of a batch's `time_weighted_sum` events, in batch order: each event's
+/// quantity is a reading of its (org, project, meter) at its timestamp.
+pub fn batch_readings(events: &[Event]) -> Vec<Reading> {
+    events
+        .iter()
+        .filter(|e| e.aggregation == Aggregation::TimeWeightedSum)
+        .map(|e| Reading {
+            org: e.org_id.clone(),
+            project: e.project_id.clone(),
+            meter: e.meter.clone(),
+            at: e.timestamp,
+            value: e.quantity.value(),
+        })
+        .collect()
+}
+
+/// Writes the readings of `events` ([`batch_readings`]) to `usage`'s [`ReadingStore`], in
+/// writes of at most [`MAX_READINGS_PER_PUT`]: what every caller of
+/// [`UsageStore::apply_batch`] does first, so that a counted event's reading is always
+/// stored. Idempotent, so a crash between this and `apply_batch`, or a replay of the whole
+/// batch, leaves the readings exactly as one clean run does. A batch without such events
+/// writes nothing. A store that keeps no readings is refused for a batch that has some
+/// ([`StoreError::Corrupt`], `500`): dropping them would bill the meter as free.
+pub async fn put_batch_readings(
+    usage: &dyn UsageStore,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    let readings = batch_readings(events);
+    if readings.is_empty() {
+        return Ok(());
+    }
+    let Some(store) = usage.readings() else {
+        return Err(StoreError::Corrupt(format!(
+            "{} readings of time_weighted_sum meters, and this store keeps no readings",
+            readings.len()
+        )));
+    };
+    for chunk in readings.chunks(MAX_READINGS_PER_PUT) {
+        store.put_readings(chunk).await?;
+    }
+    Ok(())
 }
 
 /// The closing readings of a month per project (the carry-ins of the month after), as
