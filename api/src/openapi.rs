@@ -155,7 +155,7 @@ pub fn document() -> Value {
                 "required": ["start", "value"],
                 "properties": {
                     "start": {"type": "string", "format": "date-time"},
-                    "value": {"type": "string", "description": "The counter as a decimal string, exactly what the accepted events imply."},
+                    "value": {"type": "string", "description": "The counter as a decimal string, exactly what the accepted events imply; for a time_weighted_sum meter the bucket's value × hours (at most 9 decimal places, rounded once half to even)."},
                 },
             },
         }),
@@ -190,7 +190,7 @@ fn get_usage() -> Value {
         "operationId": "getUsage",
         "summary": "Read a usage counter series",
         "description": format!(
-            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets and {} calendar months. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role).",
+            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets and {} calendar months. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role). A `time_weighted_sum` meter answers value × hours per bucket (GB-hours from storage readings: each reading holds until the next), integrated from its readings up to the end of the bucket, the range's `to` or now, whichever comes first (a reading is never integrated into the future).",
             crate::usage::MAX_BUCKETS,
             crate::usage::MAX_MONTHS
         ),
