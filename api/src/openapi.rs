@@ -866,11 +866,11 @@ fn invoice_schemas() -> Value {
     json!({
         "UpcomingLine": {"type": "object", "required": ["meter", "quantity", "included", "billable", "amount", "projected_quantity", "projected_amount"], "properties": {
             "meter": {"type": "string"},
-            "quantity": {"type": "string", "description": "Month-to-date quantity, in the meter's unit."},
+            "quantity": {"type": "string", "description": "Month-to-date quantity, in the meter's unit (for a time_weighted_sum meter, value × hours up to now, with last month's closing readings carried in)."},
             "included": {"type": "string", "description": "The plan's allowance."},
             "billable": {"type": "string", "description": "max(0, quantity − included)."},
             "amount": {"type": "string", "description": "The line so far, after the plan's discount, rounded once to the cent."},
-            "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not)."},
+            "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not; time_weighted_sum: the value × hours so far plus the readings held now for the hours left)."},
             "projected_amount": {"type": "string", "description": "The line priced at the projected quantity."},
             "catalogue_version": {"type": "string", "description": "The catalogue version that priced the line: its number, or file / builtin when no stored version is in force."},
             "overrides": {"type": "array", "items": {"type": "string", "pattern": "^ovr_[0-9a-f]{16}$"}, "description": "The org's price overrides that changed the line (operator-set); absent at list price."},

@@ -26,7 +26,10 @@
 //!     "NAME": {                one object per meter; NAME is a meter name (a-z, 0-9, _)
 //!       "description": "...",  optional; shown on reports and invoices (default: NAME)
 //!       "unit": "bytes",       required; what the meter's counters count
-//!       "aggregation": "sum",  required: sum | count | max | latest | unique_count
+//!       "aggregation": "sum",  required: sum | count | max | latest | unique_count |
+//!                              time_weighted_sum (value × hours: each event a reading held
+//!                              until the next; no dimensions, no default_quantity, and no
+//!                              included on a plan with hard_usage_limits)
 //!       "property": "user_id", required for unique_count, refused otherwise
 //!       "value": "properties.tokens",  optional (default "quantity"): the event field
 //!                              holding the amount; a path of 1 to 4 keys (A-Z a-z 0-9 _ -,
@@ -82,7 +85,7 @@
 //! Rules checked at parse, each reported with its path (`plans.pro.meters.api_calls.price.
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
 //! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
-//! `max` and `latest` meters and never with a `default_quantity`; dimensions
+//! `max`, `latest` and `time_weighted_sum` meters and never with a `default_quantity`; dimensions
 //! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, only on
 //! `sum` and `count` meters, and `max_series` within its bounds, only with dimensions; a positive
 //! power-of-ten `price_unit_size`;
@@ -279,30 +282,13 @@ impl Catalogue {
     /// Parses and validates catalogue JSON; `origin` (a path, or `built-in`) names it in
     /// errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Catalogue, CatalogueError> {
-        Catalogue::parse(text, origin, false)
-    }
-
-    /// [`Catalogue::from_json`] that also accepts `time_weighted_sum` meters: for this
-    /// crate's tests only until month close prices them (docs/meters-dimensions.md).
-    #[cfg(test)]
-    pub(crate) fn from_json_time_weighted(
-        text: &str,
-        origin: &str,
-    ) -> Result<Catalogue, CatalogueError> {
-        Catalogue::parse(text, origin, true)
-    }
-
-    fn parse(text: &str, origin: &str, time_weighted: bool) -> Result<Catalogue, CatalogueError> {
         let raw: RawCatalogue = serde_json::from_str(text).map_err(|e| CatalogueError::Parse {
             origin: origin.to_owned(),
             line: e.line(),
             column: e.column(),
             message: parse_message(&e),
         })?;
-        let mut check = Checker {
-            time_weighted,
-            ..Checker::default()
-        };
+        let mut check = Checker::default();
         let catalogue = check.catalogue(raw);
         match catalogue {
             Some(c) if check.problems.is_empty() => Ok(c),
@@ -668,9 +654,6 @@ fn is_power_of_ten(d: Decimal) -> bool {
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
-    /// Whether `time_weighted_sum` is accepted: not yet in a released catalogue (only this
-    /// crate's tests turn it on) until month close prices it; docs/meters-dimensions.md.
-    time_weighted: bool,
 }
 
 impl Checker {
@@ -784,7 +767,7 @@ impl Checker {
             self.bad(format!("{path}.unit"), "must not be empty");
         }
         let bytes = m.unit == "bytes";
-        let tws = self.time_weighted && m.aggregation == "time_weighted_sum";
+        let tws = m.aggregation == "time_weighted_sum";
         let aggregation = match (m.aggregation.as_str(), m.property) {
             ("time_weighted_sum", None) if tws => Some(Aggregation::TimeWeightedSum),
             ("time_weighted_sum", Some(_)) if tws => {
@@ -819,13 +802,8 @@ impl Checker {
                 self.bad(
                     format!("{path}.aggregation"),
                     format!(
-                        "unknown aggregation {other:?}; expected sum, count, max, latest{} or \
-                         unique_count",
-                        if self.time_weighted {
-                            ", time_weighted_sum"
-                        } else {
-                            ""
-                        }
+                        "unknown aggregation {other:?}; expected sum, count, max, latest, \
+                         unique_count or time_weighted_sum"
                     ),
                 );
                 None
@@ -843,7 +821,8 @@ impl Checker {
                     self.bad(
                         format!("{path}.value"),
                         format!(
-                            "a {} meter reads no amount; value is for sum, max and latest",
+                            "a {} meter reads no amount; value is for sum, max, latest \
+                             and time_weighted_sum",
                             m.aggregation
                         ),
                     );

@@ -148,7 +148,7 @@ fn with_storage_gb(meter: Value, entries: &[(&str, Value)]) -> String {
 }
 
 fn problem_paths(text: &str) -> Vec<String> {
-    match Catalogue::from_json_time_weighted(text, "test") {
+    match Catalogue::from_json(text, "test") {
         Err(CatalogueError::Invalid { problems, .. }) => {
             problems.into_iter().map(|p| p.path).collect()
         }
@@ -156,23 +156,15 @@ fn problem_paths(text: &str) -> Vec<String> {
     }
 }
 
-/// Until month close prices it, a released catalogue refuses the aggregation as unknown;
-/// the switch accepts it with its value path and an allowance on a plan without hard limits.
+/// A time_weighted_sum meter parses with its value path, and an allowance on a plan
+/// without hard limits (billed as overage at month close).
 #[test]
-fn a_time_weighted_sum_meter_parses_only_behind_the_switch() {
+fn a_time_weighted_sum_meter_parses() {
     let text = with_storage_gb(
         serde_json::json!({}),
         &[("pro", serde_json::json!({"included": 1000}))],
     );
-    match Catalogue::from_json(&text, "test") {
-        Err(CatalogueError::Invalid { problems, .. }) => {
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert_eq!(problems[0].path, "meters.storage_gb.aggregation");
-            assert!(problems[0].message.contains("unknown aggregation"));
-        }
-        other => panic!("accepted: {other:?}"),
-    }
-    let c = Catalogue::from_json_time_weighted(&text, "test").unwrap();
+    let c = Catalogue::from_json(&text, "test").unwrap();
     let m = c.meter(&MeterName::parse("storage_gb").unwrap()).unwrap();
     assert_eq!(m.aggregation, Aggregation::TimeWeightedSum);
     assert_eq!(m.value, ValueSource::parse("properties.gb").unwrap());
@@ -213,17 +205,13 @@ fn a_time_weighted_sum_meter_refuses_dimensions_defaults_and_hard_limits() {
         problem_paths(&text),
         ["plans.free.meters.storage_gb.included"]
     );
-    let Err(CatalogueError::Invalid { problems, .. }) =
-        Catalogue::from_json_time_weighted(&text, "test")
-    else {
+    let Err(CatalogueError::Invalid { problems, .. }) = Catalogue::from_json(&text, "test") else {
         panic!("accepted");
     };
     assert!(problems[0].message.contains("hard limit"), "{problems:?}");
     // No allowance on the hard plan: no limit, accepted; the limits ingest enforces have
     // no entry for the meter.
-    let c =
-        Catalogue::from_json_time_weighted(&with_storage_gb(serde_json::json!({}), &[]), "test")
-            .unwrap();
+    let c = Catalogue::from_json(&with_storage_gb(serde_json::json!({}), &[]), "test").unwrap();
     let gb = MeterName::parse("storage_gb").unwrap();
     assert!(!c.plan(PlanId::Free).limits().meters.contains_key(&gb));
 }

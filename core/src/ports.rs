@@ -51,8 +51,8 @@ pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use readings::{
-    CarryIns, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings, check_readings,
-    month_totals, period_usage, put_batch_readings,
+    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
+    check_readings, month_totals, period_usage, put_batch_readings, time_weighted_month,
 };
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
