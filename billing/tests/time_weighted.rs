@@ -229,3 +229,43 @@ async fn the_upcoming_invoice_holds_the_reading_to_month_end() {
     assert_eq!(inv.projected_total, "502.20");
     assert_eq!(line.catalogue_version.as_deref(), Some("file"), "{line:?}");
 }
+
+/// The live-meter rule of `tally catalogue apply` sees changes to and from the aggregation
+/// (it refuses them while the meter has counters in an open month), and nothing when the
+/// meter is unchanged.
+#[test]
+fn changes_to_and_from_time_weighted_sum_are_meter_changes() {
+    let old = catalogue();
+    let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    file["meters"]["storage_gb"] = serde_json::json!({
+        "unit": "GB", "aggregation": "max", "price_unit": "GB", "price_unit_size": 1,
+        "list_price": {"model": "per_unit", "unit_price": "0.01"}
+    });
+    file["meters"]["compute_minutes"]["aggregation"] = serde_json::json!("time_weighted_sum");
+    for id in ["free", "starter", "pro", "enterprise"] {
+        file["plans"][id]["meters"]["storage_gb"] = serde_json::json!({});
+        file["plans"][id]["meters"]["compute_minutes"]
+            .as_object_mut()
+            .unwrap()
+            .remove("included");
+    }
+    let new = Catalogue::from_json(&file.to_string(), "test").unwrap();
+    let changes: Vec<(String, String)> = tally_billing::versions::meter_changes(&old, &new)
+        .into_iter()
+        .map(|(m, why)| (m.to_string(), why))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "compute_minutes".to_owned(),
+                "changes aggregation from sum to time_weighted_sum".to_owned()
+            ),
+            (
+                "storage_gb".to_owned(),
+                "changes aggregation from time_weighted_sum to max".to_owned()
+            ),
+        ]
+    );
+    assert!(tally_billing::versions::meter_changes(&old, &catalogue()).is_empty());
+}
