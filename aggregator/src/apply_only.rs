@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
 };
 use tally_core::{Event, Month, OrgId};
 
@@ -35,6 +35,10 @@ impl<A> Deref for ApplyOnly<A> {
 
 #[async_trait]
 impl<A: Apply> UsageStore for ApplyOnly<A> {
+    fn readings(&self) -> Option<&dyn ReadingStore> {
+        None
+    }
+
     fn ledger_retention(&self) -> Option<chrono::Duration> {
         None
     }

@@ -527,7 +527,14 @@ async fn apply_group(
     let span = tracing::info_span!("apply_batch", batch_size = batch.len());
     let result = {
         use tracing::Instrument;
-        usage.apply_batch(&batch).instrument(span).await
+        // The readings of time-weighted meters first: idempotent, so a crash between the
+        // two writes, or a replay, stores them exactly as one clean run does.
+        async {
+            tally_core::ports::put_batch_readings(usage, &batch).await?;
+            usage.apply_batch(&batch).await
+        }
+        .instrument(span)
+        .await
     };
     metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("tally_batch_size").record(batch.len() as f64);
@@ -723,6 +730,38 @@ mod tests {
         );
         let bad_qty = body.replace("\"1\",\"timestamp\"", "\"-1\",\"timestamp\"");
         assert!(decode_envelope(bad_qty.as_bytes()).is_err(), "{bad_qty}");
+    }
+
+    /// A store that keeps no readings cannot take a time-weighted meter's events: the
+    /// record comes back (never counted with its reading dropped, which would bill the
+    /// meter as free) and the batch is never applied; a batch without such events is.
+    #[tokio::test]
+    async fn readings_go_first_and_a_store_without_them_is_refused() {
+        let mut tws = event("org_a", "1");
+        tws.aggregation = Aggregation::TimeWeightedSum;
+        let store = ApplyOnly(Scripted::new(Ok(vec![ApplyOutcome::Applied])));
+        let events = [tws];
+        let input = [RecordInput::Decoded {
+            events: &events,
+            unreadable: &[],
+            org: None,
+        }];
+        let out = apply_records(&store, None, &input).await;
+        match &out[0] {
+            RecordOutcome::Retry { reason } => assert!(reason.contains("keeps no readings")),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.seen.lock().unwrap().is_empty());
+        let plain = [event("org_a", "2")];
+        let input = [RecordInput::Decoded {
+            events: &plain,
+            unreadable: &[],
+            org: None,
+        }];
+        assert_eq!(
+            apply_records(&store, None, &input).await,
+            [RecordOutcome::Applied]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tally_core::report::{MonthUsage, PricingError, UsageReport};
 
 use tally_core::overrides::apply_overrides;
 use tally_core::ports::effective_version;
-use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice_priced};
+use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice_held};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -54,18 +54,43 @@ pub(crate) async fn upcoming(
     let history = state.tenants.plan_history(&org.id).await?;
     let plan = billed_plan(org.plan, &history, period);
     let counters = tally_core::ports::month_counters(&*state.usage, &org.id, period).await?;
-    let usage = MonthUsage::from_counters(counters, period)
+    let mut usage = MonthUsage::from_counters(counters, period)
         .map_err(|e| ApiError::Internal(format!("upcoming invoice: {e}")))?;
     let (catalogue, version) = catalogue_of(&state, period).await?;
+    let meters = catalogue.meter_catalogue();
+    // Time-weighted meters: value × hours up to now, carried in from last month's report,
+    // and the readings held now, which the projection holds to month end.
+    let carry = match &state.billing {
+        Some(billing) => match billing.reports.get_report(&org.id, period.prev()).await? {
+            Some(stored) => {
+                serde_json::from_str::<UsageReport>(&stored.body)
+                    .map_err(|e| {
+                        ApiError::Internal(format!("the report of {}: {e}", stored.period))
+                    })?
+                    .closing_readings
+            }
+            None => Default::default(),
+        },
+        None => Default::default(),
+    };
+    let held = tally_core::ports::time_weighted_month(
+        &*state.usage,
+        &meters,
+        &org.id,
+        period,
+        &carry,
+        now,
+        &mut usage,
+    )
+    .await?;
     let overrides = match &state.pricing {
         Some(p) => p.overrides.list_overrides(&org.id).await?,
         None => Vec::new(),
     };
     let priced = apply_overrides(catalogue.plan(plan), &version, &overrides, period)
         .map_err(pricing_failed)?;
-    let invoice =
-        upcoming_invoice_priced(&org.id, &priced, &catalogue.meter_catalogue(), &usage, now)
-            .map_err(pricing_failed)?;
+    let invoice = upcoming_invoice_held(&org.id, &priced, &meters, &usage, &held, now)
+        .map_err(pricing_failed)?;
     Ok(Json(invoice))
 }
 

@@ -50,6 +50,7 @@ pub mod roles;
 pub mod security;
 pub mod sessions;
 pub mod usage;
+mod usage_time_weighted;
 
 use crate::http::KeyAuth;
 use crate::jwt::JwtConfig;

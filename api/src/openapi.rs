@@ -155,7 +155,7 @@ pub fn document() -> Value {
                 "required": ["start", "value"],
                 "properties": {
                     "start": {"type": "string", "format": "date-time"},
-                    "value": {"type": "string", "description": "The counter as a decimal string, exactly what the accepted events imply."},
+                    "value": {"type": "string", "description": "The counter as a decimal string, exactly what the accepted events imply; for a time_weighted_sum meter the bucket's value × hours (at most 9 decimal places, rounded once half to even)."},
                 },
             },
         }),
@@ -190,7 +190,7 @@ fn get_usage() -> Value {
         "operationId": "getUsage",
         "summary": "Read a usage counter series",
         "description": format!(
-            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets and {} calendar months. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role).",
+            "A meter's counter of the caller's org (or of one of its projects) at month, day or hour granularity over a half-open range; at most {} buckets and {} calendar months. Needs an API key with scope `usage:read`, or a user's JWT with `org_id` naming an org they are a member of (any role). A `time_weighted_sum` meter answers value × hours per bucket (GB-hours from storage readings: each reading holds until the next), integrated from its readings up to the end of the bucket, the range's `to` or now, whichever comes first (a reading is never integrated into the future).",
             crate::usage::MAX_BUCKETS,
             crate::usage::MAX_MONTHS
         ),
@@ -866,11 +866,11 @@ fn invoice_schemas() -> Value {
     json!({
         "UpcomingLine": {"type": "object", "required": ["meter", "quantity", "included", "billable", "amount", "projected_quantity", "projected_amount"], "properties": {
             "meter": {"type": "string"},
-            "quantity": {"type": "string", "description": "Month-to-date quantity, in the meter's unit."},
+            "quantity": {"type": "string", "description": "Month-to-date quantity, in the meter's unit (for a time_weighted_sum meter, value × hours up to now, with last month's closing readings carried in)."},
             "included": {"type": "string", "description": "The plan's allowance."},
             "billable": {"type": "string", "description": "max(0, quantity − included)."},
             "amount": {"type": "string", "description": "The line so far, after the plan's discount, rounded once to the cent."},
-            "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not)."},
+            "projected_quantity": {"type": "string", "description": "The quantity projected to month end (sum and count scaled; max, latest and unique_count not; time_weighted_sum: the value × hours so far plus the readings held now for the hours left)."},
             "projected_amount": {"type": "string", "description": "The line priced at the projected quantity."},
             "catalogue_version": {"type": "string", "description": "The catalogue version that priced the line: its number, or file / builtin when no stored version is in force."},
             "overrides": {"type": "array", "items": {"type": "string", "pattern": "^ovr_[0-9a-f]{16}$"}, "description": "The org's price overrides that changed the line (operator-set); absent at list price."},

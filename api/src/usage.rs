@@ -24,6 +24,9 @@
 //! and `count` meters only; the `latest` rule below (split only by all its dimensions) is a
 //! guard for a meter built in code. `per_project=true` adds each visible project's series
 //! under `projects` (not beside a dimension split: see [`check_per_project`]).
+//!
+//! A `time_weighted_sum` meter answers value × hours per bucket from its readings
+//! (`crate::usage_time_weighted`), integrated up to now, not its counters.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -166,6 +169,10 @@ pub struct UsageRequest {
     pub project: Option<ProjectId>,
     /// How a dimensioned meter is narrowed and split; `None` for the meter's total.
     pub split: Option<Split>,
+    /// For a `time_weighted_sum` meter, the instant its readings are integrated up to: the
+    /// `now` the request was parsed at, so a reading is never integrated into the future
+    /// (a bucket of the current hour, day or month ends at now). `None` for other meters.
+    pub integrate_until: Option<DateTime<Utc>>,
 }
 
 /// `group_by` and `filter[..]` of a dimensioned meter, checked against its dimensions.
@@ -228,6 +235,7 @@ impl UsageRequest {
                 .ok_or_else(|| unknown_meter(catalogue, m))?,
         };
         let split = parse_split(params, meter)?;
+        let integrate_until = (meter.aggregation == Aggregation::TimeWeightedSum).then_some(now);
         let meter = meter.name.clone();
         let granularity = match params.granularity.as_deref() {
             None => Granularity::Day,
@@ -299,6 +307,7 @@ impl UsageRequest {
             to,
             project,
             split,
+            integrate_until,
         })
     }
 }
@@ -317,6 +326,9 @@ pub async fn read(
     let mut groups = None;
     let series = match (&req.split, empty) {
         (_, true) => Vec::new(),
+        (None, false) if req.integrate_until.is_some() => {
+            crate::usage_time_weighted::read(usage, &mode.usage_org(org), &req).await?
+        }
         (None, false) => {
             usage
                 .counter_series(&CounterQuery {
@@ -542,7 +554,7 @@ async fn read_split(
 fn fold_into(aggregation: &Aggregation, into: &mut Decimal, value: Decimal) {
     *into = match aggregation {
         Aggregation::Max => (*into).max(value),
-        Aggregation::Latest => value,
+        Aggregation::Latest | Aggregation::TimeWeightedSum => value,
         _ => *into + value,
     };
 }

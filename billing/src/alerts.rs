@@ -275,6 +275,13 @@ async fn check_org(
         .iter()
         .filter_map(|(name, price)| price.included.map(|q| (name, q)))
         .filter(|(_, q)| *q > Decimal::ZERO)
+        // A time-weighted meter's counter holds its latest reading, not its value × hours,
+        // so it says nothing about the allowance: no alert for it.
+        .filter(|(name, _)| {
+            catalogue
+                .meter(name)
+                .is_none_or(|m| m.aggregation != tally_core::Aggregation::TimeWeightedSum)
+        })
         .collect();
     for (meter, limit) in limits {
         let usage = match crate::close::month_counter(ports.usage, org_id, period, meter)

@@ -79,8 +79,9 @@ use tally_core::counter::checked_sum;
 use tally_core::overrides::apply_overrides;
 use tally_core::plan::billed_plan;
 use tally_core::ports::{
-    CatalogueStore, Clock, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore, OverrideStore,
-    ReportStore, StoreError, StoredReport, UsageStore, month_counters,
+    CatalogueStore, Clock, ClosingReadings, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore,
+    OverrideStore, ReportStore, StoreError, StoredReport, UsageStore, month_counters,
+    time_weighted_month,
 };
 use tally_core::tenant::Org;
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
@@ -590,7 +591,19 @@ pub async fn bill_org(
         .await
         .map_err(store("cannot read the plan history"))?;
     let plan = billed_plan(org.plan, &history, period);
-    let usage = month_usage(ports.usage, org_id, period).await?;
+    let mut usage = month_usage(ports.usage, org_id, period).await?;
+    let carry = previous_closing_readings(ports.reports, org_id, period).await?;
+    let closing = time_weighted_month(
+        ports.usage,
+        &priced.catalogue.meter_catalogue(),
+        org_id,
+        period,
+        &carry,
+        period.end(),
+        &mut usage,
+    )
+    .await
+    .map_err(store("cannot read the month's readings"))?;
     let overrides = ports
         .overrides
         .list_overrides(org_id)
@@ -604,6 +617,7 @@ pub async fn bill_org(
     )?;
     let mut report = price_month(org_id.clone(), period, &plan.spec, &usage)?;
     plan.stamp(&mut report);
+    report.closing_readings = closing;
     crate::digest::record_line_digests(ports.usage, org_id, period, &mut report.lines)
         .await
         .map_err(store("cannot read the month's ledger"))?;
@@ -633,6 +647,24 @@ pub async fn bill_org(
         .map_err(store("cannot store the report"))?;
     let new = stored == candidate;
     Ok((decode(&stored)?, new))
+}
+
+/// The closing readings month close recorded with the org's report of the month before
+/// `period`: this month's carry-ins. None without that report (a new org), so nothing is
+/// carried in; month close bills months in order, so the report is there when it should be.
+async fn previous_closing_readings(
+    reports: &dyn ReportStore,
+    org: &OrgId,
+    period: Month,
+) -> Result<ClosingReadings, OrgError> {
+    let previous = reports
+        .get_report(org, period.prev())
+        .await
+        .map_err(store("cannot read the month before's report"))?;
+    Ok(match previous {
+        Some(stored) => decode(&stored)?.closing_readings,
+        None => ClosingReadings::new(),
+    })
 }
 
 /// The org's month counters: org-wide and per project, each meter's month bucket.
@@ -709,7 +741,13 @@ async fn late_adjustments(
 
     let mut out = Vec::new();
     for report in &earlier {
-        for line in &report.lines {
+        // A time-weighted meter's line is value × hours, which its counter (the latest
+        // reading) cannot check: such lines are never adjusted (docs/meters-dimensions.md).
+        let lines = report
+            .lines
+            .iter()
+            .filter(|l| !report.closing_readings.contains_key(&l.meter));
+        for line in lines {
             let so_far = billed
                 .get(&(report.period, line.meter.clone()))
                 .copied()

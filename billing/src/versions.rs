@@ -493,13 +493,10 @@ pub fn meter_changes(old: &Catalogue, new: &Catalogue) -> Vec<(MeterName, String
 
 fn aggregation_name(a: &tally_core::Aggregation) -> String {
     match a {
-        tally_core::Aggregation::Sum => "sum".into(),
-        tally_core::Aggregation::Count => "count".into(),
-        tally_core::Aggregation::Max => "max".into(),
-        tally_core::Aggregation::Latest => "latest".into(),
         tally_core::Aggregation::UniqueCount { property } => {
             format!("unique_count of {property}")
         }
+        other => other.as_str().into(),
     }
 }
 

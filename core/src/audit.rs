@@ -53,6 +53,7 @@ pub fn aggregation_text(a: &Aggregation) -> String {
         Aggregation::Max => "max".to_owned(),
         Aggregation::Latest => "latest".to_owned(),
         Aggregation::UniqueCount { property } => format!("unique_count:{property}"),
+        Aggregation::TimeWeightedSum => "time_weighted_sum".to_owned(),
     }
 }
 
@@ -63,6 +64,7 @@ pub fn parse_aggregation(text: &str) -> Option<Aggregation> {
         "count" => Aggregation::Count,
         "max" => Aggregation::Max,
         "latest" => Aggregation::Latest,
+        "time_weighted_sum" => Aggregation::TimeWeightedSum,
         other => {
             let property = other.strip_prefix("unique_count:")?;
             if property.is_empty() {
@@ -213,8 +215,9 @@ impl LineTally {
             },
             Aggregation::Count => self.sum += Decimal::ONE,
             Aggregation::Max => self.max = Some(self.max.map_or(q, |m| m.max(q))),
-            // Ties on time go to the larger value, as the counters break them.
-            Aggregation::Latest => {
+            // Ties on time go to the larger value, as the counters break them. A
+            // time-weighted meter's counter holds its reading the same way.
+            Aggregation::Latest | Aggregation::TimeWeightedSum => {
                 if self.latest.is_none_or(|cur| (e.timestamp, q) > cur) {
                     self.latest = Some((e.timestamp, q));
                 }
@@ -243,7 +246,9 @@ impl LineTally {
             Some(Aggregation::Sum) if self.overflow => return Err(TallyError::Overflow),
             Some(Aggregation::Sum | Aggregation::Count) => self.sum,
             Some(Aggregation::Max) => self.max.unwrap_or_default(),
-            Some(Aggregation::Latest) => self.latest.map(|(_, v)| v).unwrap_or_default(),
+            Some(Aggregation::Latest | Aggregation::TimeWeightedSum) => {
+                self.latest.map(|(_, v)| v).unwrap_or_default()
+            }
             Some(Aggregation::UniqueCount { .. }) => Decimal::from(self.uniques.len()),
         })
     }
@@ -373,6 +378,7 @@ mod tests {
             Aggregation::UniqueCount {
                 property: "p:q".into(),
             },
+            Aggregation::TimeWeightedSum,
         ] {
             assert_eq!(parse_aggregation(&aggregation_text(&a)), Some(a));
         }

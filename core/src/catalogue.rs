@@ -26,7 +26,10 @@
 //!     "NAME": {                one object per meter; NAME is a meter name (a-z, 0-9, _)
 //!       "description": "...",  optional; shown on reports and invoices (default: NAME)
 //!       "unit": "bytes",       required; what the meter's counters count
-//!       "aggregation": "sum",  required: sum | count | max | latest | unique_count
+//!       "aggregation": "sum",  required: sum | count | max | latest | unique_count |
+//!                              time_weighted_sum (value × hours: each event a reading held
+//!                              until the next; no dimensions, no default_quantity, and no
+//!                              included on a plan with hard_usage_limits)
 //!       "property": "user_id", required for unique_count, refused otherwise
 //!       "value": "properties.tokens",  optional (default "quantity"): the event field
 //!                              holding the amount; a path of 1 to 4 keys (A-Z a-z 0-9 _ -,
@@ -82,7 +85,7 @@
 //! Rules checked at parse, each reported with its path (`plans.pro.meters.api_calls.price.
 //! tiers[1].up_to`): known version and currency; valid meter names; known aggregation (and
 //! `property` exactly for `unique_count`); a `value` path within its bounds, only on `sum`,
-//! `max` and `latest` meters and never with a `default_quantity`; dimensions
+//! `max`, `latest` and `time_weighted_sum` meters and never with a `default_quantity`; dimensions
 //! ([`crate::dimension`]) with valid, distinct names and property paths, at most 3, only on
 //! `sum` and `count` meters, and `max_series` within its bounds, only with dimensions; a positive
 //! power-of-ten `price_unit_size`;
@@ -115,9 +118,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::dimension::{
-    self, DEFAULT_MAX_SERIES, Dimension, Dimensions, MAX_DIMENSIONS, MAX_MAX_SERIES,
-};
+use crate::dimension::Dimensions;
 use crate::ids::MeterName;
 use crate::meter::{Aggregation, Meter, MeterCatalogue, ValueSource};
 use crate::money::Money;
@@ -766,7 +767,16 @@ impl Checker {
             self.bad(format!("{path}.unit"), "must not be empty");
         }
         let bytes = m.unit == "bytes";
+        let tws = m.aggregation == "time_weighted_sum";
         let aggregation = match (m.aggregation.as_str(), m.property) {
+            ("time_weighted_sum", None) if tws => Some(Aggregation::TimeWeightedSum),
+            ("time_weighted_sum", Some(_)) if tws => {
+                self.bad(
+                    format!("{path}.property"),
+                    "is only allowed with aggregation = \"unique_count\"",
+                );
+                None
+            }
             ("sum", None) => Some(Aggregation::Sum),
             ("count", None) => Some(Aggregation::Count),
             ("max", None) => Some(Aggregation::Max),
@@ -792,7 +802,8 @@ impl Checker {
                 self.bad(
                     format!("{path}.aggregation"),
                     format!(
-                        "unknown aggregation {other:?}; expected sum, count, max, latest or unique_count"
+                        "unknown aggregation {other:?}; expected sum, count, max, latest, \
+                         unique_count or time_weighted_sum"
                     ),
                 );
                 None
@@ -810,7 +821,8 @@ impl Checker {
                     self.bad(
                         format!("{path}.value"),
                         format!(
-                            "a {} meter reads no amount; value is for sum, max and latest",
+                            "a {} meter reads no amount; value is for sum, max, latest \
+                             and time_weighted_sum",
                             m.aggregation
                         ),
                     );
@@ -860,6 +872,9 @@ impl Checker {
             None => None,
         };
         let dimensions = self.dimensions(&path, &m.aggregation, m.dimensions, m.max_series);
+        if tws {
+            self.time_weighted_meter(&path, m.default_quantity.is_some());
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -876,91 +891,6 @@ impl Checker {
             list_price,
             dimensions: dimensions?,
         })
-    }
-
-    /// A meter's `dimensions` and `max_series` (see [`crate::dimension`]).
-    fn dimensions(
-        &mut self,
-        path: &str,
-        aggregation: &str,
-        raw: Option<Vec<RawDimension>>,
-        max_series: Option<i64>,
-    ) -> Option<Dimensions> {
-        let before = self.problems.len();
-        let raw = raw.unwrap_or_default();
-        let list_path = format!("{path}.dimensions");
-        if raw.len() > MAX_DIMENSIONS {
-            self.bad(
-                &list_path,
-                format!(
-                    "a meter may have at most {MAX_DIMENSIONS} dimensions (each multiplies its \
-                     series), got {}",
-                    raw.len()
-                ),
-            );
-        }
-        // Only sums and counts add up over series: distinct values would need every series'
-        // markers, and a gauge's total is not one series' reading (eu 100 GB + us 1 GB).
-        if !raw.is_empty() && matches!(aggregation, "unique_count" | "max" | "latest") {
-            let why = "only sum and count meters add up over their series";
-            let message = format!("a {aggregation} meter cannot have dimensions: {why}");
-            self.bad(&list_path, message);
-        }
-        let mut keys: Vec<Dimension> = Vec::with_capacity(raw.len());
-        for (i, d) in raw.into_iter().enumerate() {
-            let at = format!("{list_path}[{i}]");
-            if let Err(message) = dimension::check_name(&d.name) {
-                self.bad(format!("{at}.name"), message);
-            } else if keys.iter().any(|k| k.name == d.name) {
-                self.bad(
-                    format!("{at}.name"),
-                    format!("dimension {:?} is declared twice", d.name),
-                );
-            }
-            let property = match ValueSource::parse(&d.property) {
-                Ok(p @ ValueSource::Property(_)) => Some(p),
-                Ok(ValueSource::Quantity) => {
-                    self.bad(
-                        format!("{at}.property"),
-                        "must be a property path like \"properties.model\", not quantity",
-                    );
-                    None
-                }
-                Err(message) => {
-                    self.bad(format!("{at}.property"), message);
-                    None
-                }
-            };
-            if let Some(property) = property {
-                keys.push(Dimension {
-                    name: d.name,
-                    property,
-                });
-            }
-        }
-        let max_path = format!("{path}.max_series");
-        let max_series = match max_series {
-            None => DEFAULT_MAX_SERIES,
-            Some(n) if (1..=i64::from(MAX_MAX_SERIES)).contains(&n) && !keys.is_empty() => {
-                u32::try_from(n).unwrap_or(MAX_MAX_SERIES)
-            }
-            Some(_) if keys.is_empty() => {
-                self.bad(
-                    &max_path,
-                    "is only allowed on a meter with dimensions (a meter without them has one \
-                     series)",
-                );
-                DEFAULT_MAX_SERIES
-            }
-            Some(n) => {
-                self.bad(
-                    &max_path,
-                    format!("must be 1 to {MAX_MAX_SERIES} series per org and month, got {n}"),
-                );
-                DEFAULT_MAX_SERIES
-            }
-        };
-        (self.problems.len() == before).then_some(Dimensions { keys, max_series })
     }
 
     fn plan(
@@ -1013,6 +943,9 @@ impl Checker {
                 }
                 None => None,
             };
+            if spec.aggregation == Aggregation::TimeWeightedSum {
+                self.time_weighted_limit(&mpath, p.hard_usage_limits, entry.included.is_some());
+            }
             let pricing = match entry.price {
                 Some(raw) => self.price(&format!("{mpath}.price"), raw),
                 None => {
@@ -1194,6 +1127,9 @@ impl Checker {
         (self.problems.len() == before).then_some(tiers)
     }
 }
+
+#[path = "catalogue_meters.rs"]
+mod meters;
 
 #[cfg(test)]
 #[path = "catalogue_tests.rs"]

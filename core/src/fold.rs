@@ -55,7 +55,9 @@ impl Delta {
             Aggregation::Sum => Delta::Add(q),
             Aggregation::Count => Delta::Add(Decimal::ONE),
             Aggregation::Max => Delta::Max(q),
-            Aggregation::Latest => Delta::Latest {
+            // A time-weighted meter's counter keeps the reading held, as `latest` does; the
+            // readings themselves are written to the `ReadingStore` before the batch.
+            Aggregation::Latest | Aggregation::TimeWeightedSum => Delta::Latest {
                 at: event.timestamp,
                 value: q,
             },

@@ -64,7 +64,10 @@ impl TotalKey {
         let amount = match event.aggregation {
             Aggregation::Sum => event.quantity.value(),
             Aggregation::Count => Decimal::ONE,
-            Aggregation::Max | Aggregation::Latest | Aggregation::UniqueCount { .. } => {
+            Aggregation::Max
+            | Aggregation::Latest
+            | Aggregation::UniqueCount { .. }
+            | Aggregation::TimeWeightedSum => {
                 return None;
             }
         };

@@ -26,6 +26,27 @@ pub enum Aggregation {
         /// The property whose distinct values are counted.
         property: String,
     },
+    /// Integrates readings over time (`time_weighted_sum`): each event is a reading that
+    /// holds from its timestamp until the next one, and a period's figure is value × hours
+    /// (GB-hours from storage readings); see [`crate::time_weighted`]. The counters keep
+    /// the reading as a `latest` cell; the readings themselves go to a
+    /// [`crate::ports::ReadingStore`]. No dimensions and no hard limits: a GB-hours figure
+    /// is known only after the fact.
+    TimeWeightedSum,
+}
+
+impl Aggregation {
+    /// The aggregation's name in the catalogue file (`sum`, `time_weighted_sum`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Count => "count",
+            Aggregation::Max => "max",
+            Aggregation::Latest => "latest",
+            Aggregation::UniqueCount { .. } => "unique_count",
+            Aggregation::TimeWeightedSum => "time_weighted_sum",
+        }
+    }
 }
 
 /// Most segments a meter's property path may have after `properties.` (`properties.a.b.c.d`).

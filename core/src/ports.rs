@@ -51,8 +51,8 @@ pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use readings::{
-    CarryIns, MAX_READINGS_PER_PUT, Reading, ReadingStore, check_readings, month_totals,
-    period_usage,
+    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
+    check_readings, month_totals, period_usage, put_batch_readings, time_weighted_month,
 };
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
@@ -199,6 +199,10 @@ pub trait UsageStore: Send + Sync {
     /// Reconcile refuses a month whose first records may already be gone, instead of
     /// reporting every counter as drift.
     fn ledger_retention(&self) -> Option<chrono::Duration>;
+    /// The store of `time_weighted_sum` readings that goes with these counters, which every
+    /// caller of [`UsageStore::apply_batch`] writes a batch's readings to first
+    /// ([`put_batch_readings`]); `None` for a store that keeps none (a test double).
+    fn readings(&self) -> Option<&dyn ReadingStore>;
     /// Applies a batch exactly once: events already in the ledger (or repeated inside the
     /// batch) are reported `Duplicate` and change nothing; the rest are written to the ledger
     /// and their deltas added to the counters atomically with their ledger records.

@@ -295,6 +295,13 @@ pub struct UsageReport {
     /// lines'); empty when none did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<OverrideId>,
+    /// Per `time_weighted_sum` meter of the month's catalogue, each project's closing
+    /// reading (the reading held at the month's end), recorded by month close and read
+    /// back as the next month's carry-ins (`tally_core::ports::time_weighted_month`). An
+    /// entry for every such meter, empty when nothing was read or carried; left out of
+    /// reports without such meters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closing_readings: crate::ports::ClosingReadings,
 }
 
 /// Rounds an exact amount to the cent, half away from zero, and shows two decimals. The
@@ -487,6 +494,7 @@ pub fn price_month(
         total: Money::ZERO,
         catalogue_version: None,
         overrides: Vec::new(),
+        closing_readings: BTreeMap::new(),
     };
     report.recompute_totals();
     Ok(report)

@@ -24,6 +24,10 @@
 //! - `max`, `latest` and `unique_count`: not scaled (`projected = quantity`): a peak or a
 //!   latest reading is already the month's level, and a count of distinct values does not
 //!   grow in proportion to time (the same users come back).
+//! - `time_weighted_sum`: the value × hours so far plus the readings held now (summed over
+//!   projects) for the rest of the month: a resource is taken to stay at its level, so
+//!   `projected = so_far + held × hours left`, rounded once to 9 places, half to even.
+//!   The month so far integrates readings up to now, never past it.
 //!
 //! The flat fee is the month's in both.
 
@@ -32,11 +36,14 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::PlanSpec;
-use crate::ids::OrgId;
+use crate::counter::checked_sum;
+use crate::ids::{MeterName, OrgId};
 use crate::meter::{Aggregation, MeterCatalogue};
 use crate::overrides::PricedPlan;
 use crate::period::Month;
+use crate::ports::{CarryIns, ClosingReadings};
 use crate::report::{MonthUsage, PricingError, UsageReport, price_month};
+use crate::time_weighted::value_hours;
 
 /// The least time taken as elapsed in a projection (see the module doc).
 const MIN_ELAPSED_SECONDS: i64 = 3_600;
@@ -118,7 +125,15 @@ pub fn upcoming_invoice(
     usage: &MonthUsage,
     now: DateTime<Utc>,
 ) -> Result<UpcomingInvoice, PricingError> {
-    priced_upcoming(org_id, plan, None, meters, usage, now)
+    priced_upcoming(
+        org_id,
+        plan,
+        None,
+        meters,
+        usage,
+        &ClosingReadings::new(),
+        now,
+    )
 }
 
 /// [`upcoming_invoice`] on a plan with the org's overrides applied
@@ -131,7 +146,52 @@ pub fn upcoming_invoice_priced(
     usage: &MonthUsage,
     now: DateTime<Utc>,
 ) -> Result<UpcomingInvoice, PricingError> {
-    priced_upcoming(org_id, &priced.spec, Some(priced), meters, usage, now)
+    let held = ClosingReadings::new();
+    priced_upcoming(
+        org_id,
+        &priced.spec,
+        Some(priced),
+        meters,
+        usage,
+        &held,
+        now,
+    )
+}
+
+/// [`upcoming_invoice_priced`] with the readings held now of the `time_weighted_sum`
+/// meters (what [`crate::ports::time_weighted_month`] returns at now), which the
+/// projection holds to month end (see the module doc).
+pub fn upcoming_invoice_held(
+    org_id: &OrgId,
+    priced: &PricedPlan,
+    meters: &MeterCatalogue,
+    usage: &MonthUsage,
+    held: &ClosingReadings,
+    now: DateTime<Utc>,
+) -> Result<UpcomingInvoice, PricingError> {
+    priced_upcoming(org_id, &priced.spec, Some(priced), meters, usage, held, now)
+}
+
+/// A time-weighted meter's projection: the value × hours so far plus the readings held
+/// now (summed over projects) for the rest of the month, rounded once ([`value_hours`]).
+fn held_to_month_end(
+    meter: &MeterName,
+    so_far: Decimal,
+    held: Option<&CarryIns>,
+    seconds_left: i64,
+) -> Result<Decimal, PricingError> {
+    let out_of_range = || PricingError::Invalid {
+        meter: meter.clone(),
+        reason: "the projected quantity is out of range".into(),
+    };
+    let level = checked_sum(held.into_iter().flat_map(|h| h.values().copied()))
+        .map_err(|_| out_of_range())?;
+    let rest = level
+        .checked_mul(Decimal::from(seconds_left))
+        .ok_or_else(out_of_range)?;
+    so_far
+        .checked_add(value_hours(rest))
+        .ok_or_else(out_of_range)
 }
 
 fn priced_upcoming(
@@ -140,6 +200,7 @@ fn priced_upcoming(
     priced: Option<&PricedPlan>,
     meters: &MeterCatalogue,
     usage: &MonthUsage,
+    held: &ClosingReadings,
     now: DateTime<Utc>,
 ) -> Result<UpcomingInvoice, PricingError> {
     let period = Month::of(now);
@@ -153,7 +214,16 @@ fn priced_upcoming(
         .clamp(MIN_ELAPSED_SECONDS, month_seconds);
     let factor = Decimal::from(month_seconds) / Decimal::from(elapsed_seconds);
     let mut projected = MonthUsage::default();
+    let seconds_left = (period.end() - now).num_seconds().max(0);
+    for meter in held.keys() {
+        let so_far = usage.meters.get(meter).copied().unwrap_or_default();
+        let q = held_to_month_end(meter, so_far, held.get(meter), seconds_left)?;
+        projected.meters.insert(meter.clone(), q);
+    }
     for (meter, quantity) in &usage.meters {
+        if held.contains_key(meter) {
+            continue;
+        }
         let scales = meters
             .get(meter.as_str())
             .is_some_and(|m| matches!(m.aggregation, Aggregation::Sum | Aggregation::Count));

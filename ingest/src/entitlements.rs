@@ -69,7 +69,9 @@ pub struct Entitlement {
     pub meter: String,
     /// Whether one more event of the meter would be accepted now.
     pub allowed: bool,
-    /// The plan's monthly allowance; `null` when the plan does not limit the meter.
+    /// The plan's monthly allowance; `null` when the plan does not limit the meter, and
+    /// always for a `time_weighted_sum` meter (its value × hours is known only after the
+    /// fact, so it is never limited: `allowed` is `true`).
     pub limit: Option<String>,
     /// Month-to-date usage (see the module doc for how stale it may be).
     pub usage: String,
@@ -105,7 +107,13 @@ pub enum EntitlementsAnswer {
 /// What ingest would do with one more event of `meter`, from its figures. Pure: the rule
 /// the handler applies, written once.
 pub fn entitlement(meter: &Meter, plan: &Plan, usage: Decimal, period: Month) -> Entitlement {
-    let limit = plan.meter_limit(&meter.name);
+    // A time-weighted meter's figure (GB-hours) is known only after the fact, so it has no
+    // limit to check against: the catalogue refuses a hard limit on it, and an allowance
+    // is an amount billed at month close, not a limit.
+    let limit = match meter.aggregation {
+        Aggregation::TimeWeightedSum => None,
+        _ => plan.meter_limit(&meter.name),
+    };
     let hard = plan.limits.hard_usage_limits;
     let adds = matches!(
         meter.aggregation,
@@ -234,3 +242,45 @@ pub(crate) async fn get_entitlements(
 
 /// Counter of entitlement checks answered.
 pub const METRIC_ENTITLEMENT_CHECKS: &str = "tally_ingest_entitlement_checks_total";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tally_core::{MeterName, Money, PlanId, PlanLimits};
+
+    /// A time-weighted meter has no limit to answer against, even on a hard plan that
+    /// lists an allowance for it (the catalogue refuses that; this is the second guard):
+    /// allowed, no limit, no remaining. The same figures on a sum meter are refused, so
+    /// the rule is what makes the difference.
+    #[test]
+    fn a_time_weighted_meter_is_allowed_with_no_limit() {
+        let name = MeterName::parse("storage_gb").unwrap();
+        let plan = Plan {
+            id: PlanId::Free,
+            monthly_fee: Money::new(Decimal::ZERO),
+            limits: PlanLimits {
+                users: None,
+                projects: None,
+                meters: BTreeMap::from([(name.clone(), Decimal::from(10))]),
+                hard_usage_limits: true,
+            },
+        };
+        let mut meter = Meter {
+            name,
+            unit: "GB".into(),
+            aggregation: Aggregation::TimeWeightedSum,
+            default_quantity: None,
+            value: Default::default(),
+            dimensions: Default::default(),
+        };
+        let month = Month::new(2026, 11).unwrap();
+        let e = entitlement(&meter, &plan, Decimal::from(20), month);
+        assert!(e.allowed);
+        assert_eq!((e.limit, e.remaining), (None, None));
+        meter.aggregation = Aggregation::Sum;
+        let e = entitlement(&meter, &plan, Decimal::from(20), month);
+        assert!(!e.allowed);
+        assert_eq!(e.limit.as_deref(), Some("10"));
+    }
+}

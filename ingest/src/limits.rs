@@ -140,7 +140,9 @@ fn step(event: &Event) -> Step {
     match event.aggregation {
         Aggregation::Sum => Step::Add(q),
         Aggregation::Count | Aggregation::UniqueCount { .. } => Step::Add(Decimal::ONE),
-        Aggregation::Max | Aggregation::Latest => Step::Reading(q),
+        // A time-weighted meter never has a hard limit (the catalogue refuses one); its
+        // counter holds the reading, like `latest`.
+        Aggregation::Max | Aggregation::Latest | Aggregation::TimeWeightedSum => Step::Reading(q),
     }
 }
 

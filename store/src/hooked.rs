@@ -16,7 +16,7 @@ use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
 };
 
 /// What a [`Hooked`] store does with a batch instead of handing it to the store it wraps.
@@ -58,6 +58,10 @@ impl<H> std::fmt::Debug for Hooked<H> {
 
 #[async_trait]
 impl<H: BatchHook> UsageStore for Hooked<H> {
+    fn readings(&self) -> Option<&dyn ReadingStore> {
+        self.inner.readings()
+    }
+
     fn ledger_retention(&self) -> Option<chrono::Duration> {
         self.inner.ledger_retention()
     }

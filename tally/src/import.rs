@@ -660,7 +660,12 @@ async fn apply_with_retries(usage: &dyn UsageStore, events: &[Event], pause: Dur
                 .collect();
             &subset
         };
-        let report = match usage.apply_batch(call).await {
+        // The readings of time-weighted meters first, as the aggregator writes them.
+        let applied = match tally_core::ports::put_batch_readings(usage, call).await {
+            Ok(()) => usage.apply_batch(call).await,
+            Err(e) => Err(e),
+        };
+        let report = match applied {
             Ok(report) => report,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "the store did not take a batch");

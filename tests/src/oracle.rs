@@ -34,14 +34,14 @@ pub fn plain_counters(events: &[Event]) -> BTreeMap<OwnedCounterKey, Decimal> {
             let first = || match &e.aggregation {
                 Aggregation::Sum | Aggregation::Count => Acc::Add(Decimal::ZERO),
                 Aggregation::Max => Acc::Max(q),
-                Aggregation::Latest => Acc::Latest(e.timestamp, q),
+                Aggregation::Latest | Aggregation::TimeWeightedSum => Acc::Latest(e.timestamp, q),
                 Aggregation::UniqueCount { .. } => Acc::Unique(BTreeSet::new()),
             };
             match (&e.aggregation, acc.entry(key).or_insert_with(first)) {
                 (Aggregation::Sum, Acc::Add(v)) => *v += q,
                 (Aggregation::Count, Acc::Add(v)) => *v += Decimal::ONE,
                 (Aggregation::Max, Acc::Max(v)) => *v = (*v).max(q),
-                (Aggregation::Latest, Acc::Latest(at, v)) => {
+                (Aggregation::Latest | Aggregation::TimeWeightedSum, Acc::Latest(at, v)) => {
                     if (e.timestamp, q) > (*at, *v) {
                         (*at, *v) = (e.timestamp, q);
                     }

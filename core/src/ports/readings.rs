@@ -15,9 +15,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::StoreError;
+use super::{StoreError, UsageStore};
+use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
+use crate::meter::{Aggregation, MeterCatalogue};
 use crate::period::Month;
+use crate::report::MonthUsage;
 use crate::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
 
 /// Most readings one [`ReadingStore::put_readings`] call may carry: a batch's worth (the
@@ -86,9 +89,115 @@ pub trait ReadingStore: Send + Sync {
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError>;
 }
 
+/// The readings of a batch's `time_weighted_sum` events, in batch order: each event's
+/// quantity is a reading of its (org, project, meter) at its timestamp.
+pub fn batch_readings(events: &[Event]) -> Vec<Reading> {
+    events
+        .iter()
+        .filter(|e| e.aggregation == Aggregation::TimeWeightedSum)
+        .map(|e| Reading {
+            org: e.org_id.clone(),
+            project: e.project_id.clone(),
+            meter: e.meter.clone(),
+            at: e.timestamp,
+            value: e.quantity.value(),
+        })
+        .collect()
+}
+
+/// Writes the readings of `events` ([`batch_readings`]) to `usage`'s [`ReadingStore`], in
+/// writes of at most [`MAX_READINGS_PER_PUT`]: what every caller of
+/// [`UsageStore::apply_batch`] does first, so that a counted event's reading is always
+/// stored. Idempotent, so a crash between this and `apply_batch`, or a replay of the whole
+/// batch, leaves the readings exactly as one clean run does. A batch without such events
+/// writes nothing. A store that keeps no readings is refused for a batch that has some
+/// ([`StoreError::Corrupt`], `500`): dropping them would bill the meter as free.
+pub async fn put_batch_readings(
+    usage: &dyn UsageStore,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    let readings = batch_readings(events);
+    if readings.is_empty() {
+        return Ok(());
+    }
+    let Some(store) = usage.readings() else {
+        return Err(StoreError::Corrupt(format!(
+            "{} readings of time_weighted_sum meters, and this store keeps no readings",
+            readings.len()
+        )));
+    };
+    for chunk in readings.chunks(MAX_READINGS_PER_PUT) {
+        store.put_readings(chunk).await?;
+    }
+    Ok(())
+}
+
 /// The closing readings of a month per project (the carry-ins of the month after), as
 /// month close records them with the month's report.
 pub type CarryIns = BTreeMap<ProjectId, Decimal>;
+
+/// [`CarryIns`] per `time_weighted_sum` meter: a report's `closing_readings`.
+pub type ClosingReadings = BTreeMap<MeterName, CarryIns>;
+
+/// Prices-ready quantities of the `time_weighted_sum` meters of `meters` for `org` over
+/// `month` up to `until` (month close: the month's end; the upcoming invoice: now): each
+/// such meter's month quantity in `usage`, org-wide and per project, becomes its value ×
+/// hours from [`month_totals`] (the counters hold only the latest reading, which is left
+/// out), with `carry` (the month before's report's closing readings) as carry-ins.
+/// Returns the closing readings at `until` (an entry per such meter, empty when nothing
+/// was read or carried), which month close records with the report. A catalogue without
+/// such meters reads nothing.
+pub async fn time_weighted_month(
+    usage_store: &dyn UsageStore,
+    meters: &MeterCatalogue,
+    org: &OrgId,
+    month: Month,
+    carry: &ClosingReadings,
+    until: DateTime<Utc>,
+    usage: &mut MonthUsage,
+) -> Result<ClosingReadings, StoreError> {
+    let mut closing = ClosingReadings::new();
+    let none = CarryIns::new();
+    for meter in meters
+        .meters()
+        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
+    {
+        let store = usage_store.readings().ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{} is a time_weighted_sum meter, and this store keeps no readings",
+                meter.name
+            ))
+        })?;
+        let carry_ins = carry.get(&meter.name).unwrap_or(&none);
+        let totals = month_totals(store, org, &meter.name, month, carry_ins, until).await?;
+        usage.meters.remove(&meter.name);
+        for per_meter in usage.projects.values_mut() {
+            per_meter.remove(&meter.name);
+        }
+        let mut sum = Decimal::ZERO;
+        let mut closes = CarryIns::new();
+        for (project, total) in totals {
+            sum = sum
+                .checked_add(total.value_hours)
+                .ok_or_else(|| overflow(org, &meter.name))?;
+            if !total.value_hours.is_zero() {
+                usage
+                    .projects
+                    .entry(project.clone())
+                    .or_default()
+                    .insert(meter.name.clone(), total.value_hours);
+            }
+            if let Some(c) = total.closing {
+                closes.insert(project, c);
+            }
+        }
+        if !sum.is_zero() {
+            usage.meters.insert(meter.name.clone(), sum);
+        }
+        closing.insert(meter.name.clone(), closes);
+    }
+    Ok(closing)
+}
 
 fn overflow(org: &OrgId, meter: &MeterName) -> StoreError {
     StoreError::Corrupt(format!(

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
 };
 
 use chrono::{DateTime, Utc};
@@ -33,6 +33,10 @@ fn month_bounds() -> (Month, Month) {
 #[async_trait]
 impl UsageStore for DynamoStore {
     /// Ledger items carry a TTL of their write time plus [`super::apply::LEDGER_TTL_DAYS`].
+    fn readings(&self) -> Option<&dyn ReadingStore> {
+        Some(self)
+    }
+
     fn ledger_retention(&self) -> Option<chrono::Duration> {
         Some(tally_core::period::LEDGER_RETENTION)
     }

@@ -27,7 +27,8 @@ use tally_core::headroom::{self, TotalKey};
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError,
+    UsageStore,
 };
 
 use super::{MemoryStore, Op};
@@ -87,6 +88,10 @@ fn decode_cursor(c: &str) -> Result<EventId, StoreError> {
 #[async_trait]
 impl UsageStore for MemoryStore {
     /// The ledger is kept as long as the store.
+    fn readings(&self) -> Option<&dyn ReadingStore> {
+        Some(self)
+    }
+
     fn ledger_retention(&self) -> Option<chrono::Duration> {
         None
     }

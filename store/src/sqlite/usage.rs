@@ -17,7 +17,8 @@ use tally_core::headroom;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{LEDGER_RETENTION, Month};
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, StoreError, UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError,
+    UsageStore,
 };
 
 use super::{SqliteStore, corrupt, counters, db, immediate, ledger, month_key, parse_id, ts_text};
@@ -224,6 +225,10 @@ fn conflicting_repeats(
 impl UsageStore for SqliteStore {
     /// Rows are kept [`LEDGER_RETENTION`] after they are written, then pruned
     /// ([`SqliteStore::prune_ledger`]), as on DynamoDB.
+    fn readings(&self) -> Option<&dyn ReadingStore> {
+        Some(self)
+    }
+
     fn ledger_retention(&self) -> Option<chrono::Duration> {
         Some(LEDGER_RETENTION)
     }

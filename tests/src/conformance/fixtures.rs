@@ -54,6 +54,7 @@ pub fn aggregation_of(meter: &str) -> Aggregation {
         "requests" => Aggregation::Count,
         "storage_bytes" => Aggregation::Max,
         "temperature" => Aggregation::Latest,
+        "storage_gb" => Aggregation::TimeWeightedSum,
         "active_users" => Aggregation::UniqueCount {
             property: "user".into(),
         },
@@ -83,8 +84,8 @@ pub fn dice() -> impl FnMut(u64) -> u64 {
 }
 
 /// Builds an event. The aggregation follows the meter name ([`aggregation_of`]): `requests`
-/// counts, `storage_bytes` is a max, `temperature` a latest, `active_users` counts distinct
-/// `properties.user`, anything else sums.
+/// counts, `storage_bytes` is a max, `temperature` a latest, `storage_gb` a time-weighted
+/// sum, `active_users` counts distinct `properties.user`, anything else sums.
 pub fn event(
     org: &OrgId,
     project: &ProjectId,

@@ -14,7 +14,9 @@ use tally_core::pricing::Pricing;
 use tally_core::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
 use tally_core::{MeterName, Money, Month, OrgId, ProjectId};
 
-use super::fixtures::{dec, fresh_org, fresh_project, ts};
+use super::fixtures::{
+    dec, event, expected_counters, fresh_org, fresh_project, stored_counter_map, ts,
+};
 use super::storage::StoreFactory;
 
 /// Expands to one `#[tokio::test]` per readings conformance test, each building its
@@ -33,6 +35,7 @@ macro_rules! readings_conformance {
             concurrent_writers_of_one_second_keep_the_larger,
             a_store_refuses_readings_it_must_never_write,
             a_storage_meter_is_priced_per_gb_hour_over_two_months,
+            a_crash_between_readings_and_apply_is_replayed_exactly,
         );
     };
 }
@@ -396,4 +399,79 @@ where
     let mut with_b = october.clone();
     with_b.insert(a.clone(), summed);
     assert_eq!(invoice_line(&with_b), dec("10.04"));
+}
+
+/// Fails every batch without applying it: the process died after the readings were
+/// written and before the ledger transaction.
+struct CrashBeforeApply;
+
+#[async_trait::async_trait]
+impl tally_store::hooked::BatchHook for CrashBeforeApply {
+    async fn apply_batch(
+        &self,
+        _: &dyn tally_core::ports::UsageStore,
+        _: &[tally_core::Event],
+    ) -> Result<tally_core::ports::ApplyReport, StoreError> {
+        Err(StoreError::Unavailable("crashed before the apply".into()))
+    }
+}
+
+/// The aggregator writes a batch's readings before it applies the batch. A crash between
+/// the two leaves the readings and no counter; the redelivered record applies the batch,
+/// and a second redelivery is a duplicate; through all of it the day stays the hand-worked
+/// 10 GB from 00:00, 30 GB from 06:00, 5 GB from 18:00 = 10·6 + 30·12 + 5·6 = 450
+/// GB-hours, never a reading counted twice (a replay as a sum would hold 20, 60 and 10 GB:
+/// 900), and the counters are one fold of the events, the month's holding the latest
+/// reading, 5 GB, as a `latest` meter's does.
+pub async fn a_crash_between_readings_and_apply_is_replayed_exactly<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
+    let store: std::sync::Arc<F::Store> = std::sync::Arc::new(f.open().await);
+    let (org, p) = (fresh_org(), fresh_project());
+    let events = [
+        event(&org, &p, "r1", "storage_gb", "10", "2031-11-26T00:00:00Z"),
+        event(&org, &p, "r2", "storage_gb", "30", "2031-11-26T06:00:00Z"),
+        event(&org, &p, "r3", "storage_gb", "5", "2031-11-26T18:00:00Z"),
+    ];
+    let input = [RecordInput::Decoded {
+        events: &events,
+        unreadable: &[],
+        org: None,
+    }];
+    let day = [(ts("2031-11-26T00:00:00Z"), ts("2031-11-27T00:00:00Z"))];
+    let month = Month::parse("2031-11").unwrap();
+    let usage = |s: std::sync::Arc<F::Store>| {
+        let org = org.clone();
+        async move {
+            let (m, none) = (meter("storage_gb"), CarryIns::new());
+            period_usage(s.as_ref(), &org, &m, month, None, &none, &day)
+                .await
+                .unwrap()[0]
+        }
+    };
+
+    let crashing = tally_store::hooked::Hooked::new(store.clone(), CrashBeforeApply);
+    let out = apply_records(&crashing, None, &input).await;
+    assert!(matches!(out[0], RecordOutcome::Retry { .. }), "{out:?}");
+    assert_eq!(usage(store.clone()).await, Decimal::from(450));
+    assert!(
+        stored_counter_map(store.as_ref(), &org, month)
+            .await
+            .is_empty()
+    );
+
+    let out = apply_records(store.as_ref(), None, &input).await;
+    assert_eq!(out, [RecordOutcome::Applied]);
+    let out = apply_records(store.as_ref(), None, &input).await;
+    assert_eq!(out, [RecordOutcome::Duplicate]);
+    assert_eq!(usage(store.clone()).await, Decimal::from(450));
+    let counters = stored_counter_map(store.as_ref(), &org, month).await;
+    assert_eq!(counters, expected_counters(&events));
+    let month_key = counters.iter().find(|(k, _)| {
+        k.project.is_none() && k.granularity == tally_core::period::Granularity::Month
+    });
+    assert_eq!(month_key.map(|(_, v)| *v), Some(Decimal::from(5)));
 }

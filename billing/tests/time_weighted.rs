@@ -1,0 +1,271 @@
+//! A `time_weighted_sum` storage meter through month close and the upcoming invoice,
+//! worked by hand.
+//!
+//! `storage_gb` (GB, a reading per event, each held until the next) is priced $0.01 per
+//! GB-hour; the org is on the built-in pro plan ($99.00 a month, 20 % off usage, no
+//! allowance for storage_gb).
+//!
+//! - October 2026 (744 h). Project A: 100 GB from 16 Oct 00:00, 20 GB from 31 Oct 00:00:
+//!   100 × 360 h + 20 × 24 h = 36,480 GB-hours. Project B: 50 GB from 31 Oct 12:00:
+//!   50 × 12 h = 600. Org: 37,080 GB-hours × $0.01 = $370.80 list, $296.64 after 20 %,
+//!   total $395.64. Closes on A 20 GB, B 50 GB.
+//! - November (720 h, no readings): the carried readings hold all month: A 20 × 720 =
+//!   14,400, B 50 × 720 = 36,000; 50,400 GB-hours = $504.00 list, $403.20, total $502.20.
+//!   Without the carry November would be free ($99.00).
+//! - The upcoming invoice on 16 Nov 00:00 (360 h gone, 360 h left): so far 70 GB × 360 h
+//!   = 25,200 GB-hours, $252.00 list, $201.60; projected 25,200 + 70 × 360 = 50,400, the
+//!   month's final figure: $403.20, projected total $502.20.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_core::catalogue::BUILTIN_JSON;
+use tally_core::ports::{
+    ClosingReadings, FixedClock, OrgStore, UsageStore, UserStore, month_counters,
+    put_batch_readings, time_weighted_month,
+};
+use tally_core::report::MonthUsage;
+use tally_core::tenant::{Org, User};
+use tally_core::upcoming::upcoming_invoice_held;
+use tally_core::{
+    Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
+};
+use tally_store::MemoryStore;
+
+fn ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn month(s: &str) -> Month {
+    Month::parse(s).unwrap()
+}
+
+fn storage_gb() -> MeterName {
+    MeterName::parse("storage_gb").unwrap()
+}
+
+/// The built-in catalogue plus `storage_gb` at its list price in every plan.
+fn catalogue() -> Catalogue {
+    let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    file["meters"]["storage_gb"] = serde_json::json!({
+        "description": "Storage", "unit": "GB", "aggregation": "time_weighted_sum",
+        "price_unit": "GB-hour", "price_unit_size": 1,
+        "list_price": {"model": "per_unit", "unit_price": "0.01"}
+    });
+    for id in ["free", "starter", "pro", "enterprise"] {
+        file["plans"][id]["meters"]["storage_gb"] = serde_json::json!({});
+    }
+    Catalogue::from_json(&file.to_string(), "test").unwrap()
+}
+
+fn project(n: u8) -> ProjectId {
+    ProjectId::from_random([n; 16])
+}
+
+/// A pro org with October's readings written as the aggregator writes them.
+async fn world() -> (MemoryStore, OrgId) {
+    let store = MemoryStore::new();
+    let owner = store
+        .ensure_user(&User {
+            id: UserId::from_random([1; 16]),
+            email: "storage@example.com".into(),
+            created_at: ts("2026-01-01T00:00:00Z"),
+        })
+        .await
+        .unwrap();
+    let org = Org {
+        id: OrgId::from_random([2; 16]),
+        name: "Storage".into(),
+        slug: "storage".into(),
+        plan: PlanId::Pro,
+        owner_id: owner.id,
+        created_at: ts("2026-01-01T00:00:00Z"),
+        deleted_at: None,
+    };
+    store.create_org(&org).await.unwrap();
+    let rows = [
+        ("a1", 1, "100", "2026-10-16T00:00:00Z"),
+        ("a2", 1, "20", "2026-10-31T00:00:00Z"),
+        ("b1", 2, "50", "2026-10-31T12:00:00Z"),
+    ];
+    let events: Vec<Event> = rows
+        .into_iter()
+        .map(|(id, p, q, at)| Event {
+            org_id: org.id.clone(),
+            id: EventId::parse(id).unwrap(),
+            project_id: project(p),
+            meter: storage_gb(),
+            aggregation: Aggregation::TimeWeightedSum,
+            quantity: Quantity::parse(q).unwrap(),
+            timestamp: ts(at),
+            properties: Map::new(),
+        })
+        .collect();
+    put_batch_readings(&store, &events).await.unwrap();
+    assert_eq!(store.apply_batch(&events).await.unwrap().applied(), 3);
+    (store, org.id)
+}
+
+async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
+    let clock = FixedClock::at(ts(now));
+    let out = close_month(
+        ClosePorts::of(store, &clock),
+        &catalogue(),
+        &CloseRequest::new(month(period)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.reports.len(), 1);
+    out.reports.into_iter().next().unwrap()
+}
+
+/// (quantity, list amount, amount) of the storage_gb line, and the report's total; the
+/// line says its plan and catalogue version as every line does.
+fn storage_line(r: &UsageReport) -> (String, String, String, String) {
+    let l = r.lines.iter().find(|l| l.meter == storage_gb()).unwrap();
+    assert_eq!(l.plan, Some(PlanId::Pro));
+    assert_eq!(l.catalogue_version.as_deref(), Some("file"));
+    (
+        l.quantity.normalize().to_string(),
+        l.list_amount.to_string(),
+        l.amount.to_string(),
+        r.total.to_string(),
+    )
+}
+
+fn closing(a: &str, b: &str) -> ClosingReadings {
+    ClosingReadings::from([(
+        storage_gb(),
+        [
+            (project(1), a.parse().unwrap()),
+            (project(2), b.parse().unwrap()),
+        ]
+        .into(),
+    )])
+}
+
+#[tokio::test]
+async fn a_storage_meter_is_billed_per_gb_hour_with_the_carry() {
+    let (store, _) = world().await;
+    let oct = close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
+    assert_eq!(
+        storage_line(&oct),
+        (
+            "37080".into(),
+            "370.80".into(),
+            "296.64".into(),
+            "395.64".into()
+        )
+    );
+    assert_eq!(oct.closing_readings, closing("20", "50"));
+    let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
+    assert_eq!(
+        storage_line(&nov),
+        (
+            "50400".into(),
+            "504.00".into(),
+            "403.20".into(),
+            "502.20".into()
+        )
+    );
+    assert_eq!(nov.closing_readings, closing("20", "50"));
+    // The report's field survives the store: a rerun returns the stored report.
+    let again = close(&store, "2026-12-02T00:00:00Z", "2026-11").await;
+    assert_eq!(again, nov);
+}
+
+/// The planted fault: November priced without October's closing readings is free.
+#[tokio::test]
+async fn without_the_carry_a_silent_month_would_be_free() {
+    let (store, org) = world().await;
+    let nov = month("2026-11");
+    let mut usage = MonthUsage::default();
+    let held = time_weighted_month(
+        &store,
+        &catalogue().meter_catalogue(),
+        &org,
+        nov,
+        &ClosingReadings::new(),
+        nov.end(),
+        &mut usage,
+    )
+    .await
+    .unwrap();
+    assert!(!usage.meters.contains_key(&storage_gb()));
+    assert_eq!(held, ClosingReadings::from([(storage_gb(), [].into())]));
+}
+
+#[tokio::test]
+async fn the_upcoming_invoice_holds_the_reading_to_month_end() {
+    let (store, org) = world().await;
+    let oct = close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
+    let (now, nov) = (ts("2026-11-16T00:00:00Z"), month("2026-11"));
+    let c = catalogue();
+    let counters = month_counters(&store, &org, nov).await.unwrap();
+    let mut usage = MonthUsage::from_counters(counters, nov).unwrap();
+    let held = time_weighted_month(
+        &store,
+        &c.meter_catalogue(),
+        &org,
+        nov,
+        &oct.closing_readings,
+        now,
+        &mut usage,
+    )
+    .await
+    .unwrap();
+    assert_eq!(held, closing("20", "50"));
+    let plan =
+        tally_core::overrides::apply_overrides(c.plan(PlanId::Pro), "file", &[], nov).unwrap();
+    let inv = upcoming_invoice_held(&org, &plan, &c.meter_catalogue(), &usage, &held, now).unwrap();
+    let line = inv.lines.iter().find(|l| l.meter == "storage_gb").unwrap();
+    assert_eq!(line.quantity, "25200");
+    assert_eq!(line.amount, "201.60");
+    assert_eq!(line.projected_quantity, "50400");
+    assert_eq!(line.projected_amount, "403.20");
+    assert_eq!(inv.projected_total, "502.20");
+    assert_eq!(line.catalogue_version.as_deref(), Some("file"), "{line:?}");
+}
+
+/// The live-meter rule of `tally catalogue apply` sees changes to and from the aggregation
+/// (it refuses them while the meter has counters in an open month), and nothing when the
+/// meter is unchanged.
+#[test]
+fn changes_to_and_from_time_weighted_sum_are_meter_changes() {
+    let old = catalogue();
+    let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
+    file["meters"]["storage_gb"] = serde_json::json!({
+        "unit": "GB", "aggregation": "max", "price_unit": "GB", "price_unit_size": 1,
+        "list_price": {"model": "per_unit", "unit_price": "0.01"}
+    });
+    file["meters"]["compute_minutes"]["aggregation"] = serde_json::json!("time_weighted_sum");
+    for id in ["free", "starter", "pro", "enterprise"] {
+        file["plans"][id]["meters"]["storage_gb"] = serde_json::json!({});
+        file["plans"][id]["meters"]["compute_minutes"]
+            .as_object_mut()
+            .unwrap()
+            .remove("included");
+    }
+    let new = Catalogue::from_json(&file.to_string(), "test").unwrap();
+    let changes: Vec<(String, String)> = tally_billing::versions::meter_changes(&old, &new)
+        .into_iter()
+        .map(|(m, why)| (m.to_string(), why))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "compute_minutes".to_owned(),
+                "changes aggregation from sum to time_weighted_sum".to_owned()
+            ),
+            (
+                "storage_gb".to_owned(),
+                "changes aggregation from time_weighted_sum to max".to_owned()
+            ),
+        ]
+    );
+    assert!(tally_billing::versions::meter_changes(&old, &catalogue()).is_empty());
+}

@@ -1,0 +1,293 @@
+//! Issue #18's hand-worked time-weighted test: an operator defines a storage meter
+//! `storage_gb` (`time_weighted_sum`: each event a reading of a project's GB, held until its
+//! next reading) priced per GB-hour, applies it to a running app, ingests readings in
+//! October, reads usage by day and by hour, checks the entitlement, previews the upcoming
+//! invoice at a fixed time, and bills October and November, November with no readings at
+//! all, charged on the readings October closed on. Once on the embedded default (SQLite and
+//! the local queue) and once on DynamoDB and SQS. The app runs on a test clock
+//! ([`FixedClock`]); the CLI runs with `TALLY_NOW`.
+//!
+//! `storage_gb` is priced $0.01 per GB-hour (list price). The org is on pro: $99.00 a
+//! month, 20 % off usage, no allowance for the meter.
+//!
+//! October 2026 (744 hours). Project 0: 100 GB from 16 Oct 00:00, 20 GB from 31 Oct 00:00;
+//! project 1: 50 GB from 31 Oct 12:00.
+//!
+//! - Usage at 31 Oct 18:00 (now), by day: 30 Oct: 100 × 24 h = 2,400 GB-hours (the 16 Oct
+//!   reading carried in); 31 Oct up to now: 20 × 18 + 50 × 6 = 660. By hour on 31 Oct:
+//!   11:00 20; 12:00 and 13:00 20 + 50 = 70.
+//! - The upcoming invoice at 31 Oct 18:00: so far 100 × 360 + 20 × 18 + 50 × 6 = 36,660
+//!   GB-hours = $366.60 list, $293.28 after 20 %, $392.28 with the fee; projected: the
+//!   70 GB held now for the 6 hours left, 36,660 + 420 = 37,080 = $370.80, $296.64,
+//!   projected total $395.64.
+//! - October billed: 100 × 360 + 20 × 24 + 50 × 12 = 37,080 GB-hours: $370.80 list,
+//!   − $74.16 = $296.64, total $395.64; closing readings: project 0 20 GB, project 1 50 GB.
+//! - November (720 hours), no readings: 20 × 720 + 50 × 720 = 50,400 GB-hours: $504.00
+//!   list, − $100.80 = $403.20, total $502.20 (without the carry it would be $99.00).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tally_core::ports::FixedClock;
+
+/// When the app starts and the file is applied: September, so version 1 starts in October.
+const IN_SEPT: &str = "2026-09-20T12:00:00Z";
+/// When usage is read and the upcoming invoice previewed.
+const NOW: &str = "2026-10-31T18:00:00Z";
+/// After October's grace period: October is billed.
+const AFTER_OCT: &str = "2026-11-01T02:00:00Z";
+/// After November's: November is billed.
+const AFTER_NOV: &str = "2026-12-01T02:00:00Z";
+
+fn catalogue_file() -> String {
+    let mut v: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
+    v["meters"]["storage_gb"] = json!({
+        "description": "Storage held",
+        "unit": "GB",
+        "aggregation": "time_weighted_sum",
+        "price_unit": "GB-hour",
+        "price_unit_size": 1,
+        "list_price": { "model": "per_unit", "unit_price": "0.01" }
+    });
+    for plan in ["free", "starter", "pro", "enterprise"] {
+        v["plans"][plan]["meters"]["storage_gb"] = json!({});
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().unwrap()
+}
+
+fn reading(id: &str, project: &str, gb: u64, when: &str) -> Value {
+    json!({ "id": id, "project_id": project, "meter": "storage_gb", "timestamp": when,
+            "quantity": gb })
+}
+
+async fn get(client: &reqwest::Client, url: String, bearer: &str) -> (u16, Value) {
+    let r = client.get(url).bearer_auth(bearer).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// Waits (up to 30 s) until `ready` holds for the answer of GET `path`.
+async fn wait_for(
+    client: &reqwest::Client,
+    server: &TestApp,
+    path: &str,
+    bearer: &str,
+    what: &str,
+    ready: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(client, server.url(path), bearer).await;
+        if ready(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (start, value) of each bucket of a usage answer.
+fn buckets(answer: &Value) -> Vec<(String, String)> {
+    answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+    want.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// The org's report of `period`, billed by `tally bill` at `now`.
+fn bill(env: &Env, org: &str, period: &str, now: &str) -> Value {
+    let billed = env.cli_env(
+        &["bill", "--period", period, "--no-stripe"],
+        &tally_now(now),
+    );
+    billed["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["org_id"] == org)
+        .unwrap_or_else(|| panic!("no report for the org: {billed}"))
+        .clone()
+}
+
+/// (quantity, list amount, amount) of the storage_gb line; it says its plan and catalogue
+/// version as every line does.
+fn storage_line(report: &Value) -> (String, String, String) {
+    let line = report["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "storage_gb")
+        .unwrap_or_else(|| panic!("no storage_gb line: {report}"));
+    assert_eq!(line["plan"], "pro", "{line}");
+    assert_eq!(line["catalogue_version"], "1", "{line}");
+    let s = |k: &str| line[k].as_str().unwrap().to_owned();
+    (s("quantity"), s("list_amount"), s("amount"))
+}
+
+async fn scenario(env: &Env, slug: &str) {
+    let tenant = make_tenant(env, slug);
+    let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
+    let clock = Arc::new(FixedClock::at(at(IN_SEPT)));
+    let server = spawn_app_with(env, |app| {
+        app.settings.billing_scheduler = false;
+        app.settings.catalogue_refresh = Duration::from_millis(200);
+        app.clock = clock.clone();
+    })
+    .await;
+    let client = reqwest::Client::new();
+
+    let path = env.data().join("storage.json");
+    std::fs::write(&path, catalogue_file()).unwrap();
+    let path = path.to_str().unwrap();
+    let applied = env.cli_env(&["catalogue", "apply", path], &tally_now(IN_SEPT));
+    assert_eq!(applied["effective_from"], "2026-10", "{applied}");
+    let moved = env.cli_env(
+        &["org", "set-plan", "--org", &tenant.org, "--plan", "pro"],
+        &tally_now(IN_SEPT),
+    );
+    assert_eq!(moved["plan"], "pro", "{moved}");
+
+    clock.set(at(NOW));
+    let entitlement = "/v1/entitlements?meter=storage_gb";
+    let e = wait_for(
+        &client,
+        &server,
+        entitlement,
+        &tenant.key,
+        "version 1 in force",
+        |s, _| s == 200,
+    )
+    .await;
+    // Never limited: a GB-hours figure is known only after the fact.
+    assert_eq!(e["allowed"], true, "{e}");
+    assert_eq!(e["limit"], Value::Null);
+    assert_eq!(e["remaining"], Value::Null);
+
+    let events = vec![
+        reading("a-1", p0, 100, "2026-10-16T00:00:00Z"),
+        reading("a-2", p0, 20, "2026-10-31T00:00:00Z"),
+        reading("b-1", p1, 50, "2026-10-31T12:00:00Z"),
+    ];
+    let answer = post_accepted(&client, &server, &tenant.key, events).await;
+    assert_eq!(answer["accepted"], 3, "{answer}");
+
+    let days = "meter=storage_gb&granularity=day&from=2026-10-30&to=2026-11-01";
+    let by_day = wait_for(
+        &client,
+        &server,
+        &format!("/v1/usage?{days}"),
+        &tenant.key,
+        "the readings applied",
+        |s, b| s == 200 && b["series"].as_array().is_some_and(|a| a.len() == 2),
+    )
+    .await;
+    assert_eq!(
+        buckets(&by_day),
+        pairs(&[
+            ("2026-10-30T00:00:00Z", "2400"),
+            ("2026-10-31T00:00:00Z", "660"),
+        ])
+    );
+    let hours =
+        "meter=storage_gb&granularity=hour&from=2026-10-31T11:00:00Z&to=2026-10-31T14:00:00Z";
+    let (status, by_hour) = get(
+        &client,
+        server.url(&format!("/v1/usage?{hours}")),
+        &tenant.key,
+    )
+    .await;
+    assert_eq!(status, 200, "{by_hour}");
+    assert_eq!(
+        buckets(&by_hour),
+        pairs(&[
+            ("2026-10-31T11:00:00Z", "20"),
+            ("2026-10-31T12:00:00Z", "70"),
+            ("2026-10-31T13:00:00Z", "70"),
+        ])
+    );
+
+    let owner = tally_core::ids::UserId::parse(&tenant.owner).unwrap();
+    let token = tally::settings::jwt_config(&env.common())
+        .unwrap()
+        .mint(&owner, at(NOW), chrono::Duration::minutes(10))
+        .unwrap();
+    let (status, upcoming) = get(
+        &client,
+        server.url(&format!("/v1/orgs/{}/invoices/upcoming", tenant.org)),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200, "{upcoming}");
+    assert_eq!(upcoming["plan"], "pro");
+    assert_eq!(upcoming["catalogue_version"], "1");
+    let line = upcoming["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "storage_gb")
+        .unwrap_or_else(|| panic!("no storage_gb line: {upcoming}"));
+    assert_eq!(line["quantity"], "36660", "{line}");
+    assert_eq!(line["amount"], "293.28");
+    assert_eq!(line["projected_quantity"], "37080");
+    assert_eq!(line["projected_amount"], "296.64");
+    assert_eq!(upcoming["total"], "392.28", "{upcoming}");
+    assert_eq!(upcoming["projected_total"], "395.64");
+
+    server.stop().await.unwrap();
+
+    let oct = bill(env, &tenant.org, "2026-10", AFTER_OCT);
+    assert_eq!(
+        storage_line(&oct),
+        ("37080".into(), "370.80".into(), "296.64".into())
+    );
+    assert_eq!(oct["total"], "395.64", "{oct}");
+    let closing = json!({ "storage_gb": { p0.as_str(): "20", p1.as_str(): "50" } });
+    assert_eq!(oct["closing_readings"], closing, "{oct}");
+    let nov = bill(env, &tenant.org, "2026-11", AFTER_NOV);
+    assert_eq!(
+        storage_line(&nov),
+        ("50400".into(), "504.00".into(), "403.20".into())
+    );
+    assert_eq!(nov["total"], "502.20", "{nov}");
+    assert_eq!(nov["closing_readings"], closing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_meter_is_billed_per_gb_hour_over_two_months() {
+    scenario(&Env::embedded(), "storage-co").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_dynamodb() {
+    if std::env::var_os("TALLY_TEST_AWS_ENDPOINT").is_none() {
+        eprintln!("skipped: TALLY_TEST_AWS_ENDPOINT is not set (the DynamoDB emulator)");
+        return;
+    }
+    scenario(&Env::aws("sqs"), "storage-co-aws").await;
+}
