@@ -28,6 +28,7 @@ use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::tenant::{ApiKey, KeyMode, KeyScope, Role};
 
 use crate::ApiState;
+pub use crate::gate::UserContext;
 use crate::http::{ApiError, KeyAuth, bearer_token, require_scope};
 use crate::jwt::looks_like_jwt;
 use crate::roles::{Action, allows};
@@ -42,18 +43,6 @@ pub enum Caller {
     User(UserId, UserContext),
 }
 
-/// What an org's security policy looks at besides the user: how they signed in, where the
-/// request comes from, and the session, for a session token.
-#[derive(Debug, Clone, Default)]
-pub struct UserContext {
-    /// The token's `amr` (empty when it has none).
-    pub amr: Vec<String>,
-    /// The client's address ([`crate::http::client_ip_of`]).
-    pub ip: Option<std::net::IpAddr>,
-    /// The session of a session token, and when the token was issued.
-    pub session: Option<(tally_core::ids::SessionId, chrono::DateTime<chrono::Utc>)>,
-}
-
 /// What [`Caller::authorize`] found: the org, and the caller's role in it.
 #[derive(Debug, Clone)]
 pub struct Authorized {
@@ -64,6 +53,10 @@ pub struct Authorized {
     /// Their role in the org.
     pub role: Role,
 }
+
+/// The most projects a `per_project=true` answer splits into (each is one more store read;
+/// past it the answer is `400 too_many_projects`, and a project at a time is the way).
+pub const MAX_PER_PROJECT: usize = 100;
 
 /// Who reads usage: the org, and the user with their role when a user token reads it (an
 /// API key reads all of its org's usage).
@@ -81,7 +74,7 @@ pub struct UsageReader {
 impl UsageReader {
     /// The org's projects whose usage the reader may see ([`Self::may_read_project`]), in
     /// id order; `400 too_many_projects` past
-    /// [`MAX_PER_PROJECT`](crate::usage::MAX_PER_PROJECT).
+    /// [`MAX_PER_PROJECT`].
     pub async fn readable_projects(&self, state: &ApiState) -> Result<Vec<ProjectId>, ApiError> {
         let mut ids: Vec<ProjectId> = state
             .tenants
@@ -99,14 +92,14 @@ impl UsageReader {
                 .await?;
             ids.retain(|id| own.contains(id));
         }
-        if ids.len() > crate::usage::MAX_PER_PROJECT {
+        if ids.len() > MAX_PER_PROJECT {
             return Err(ApiError::bad_request(
                 "too_many_projects",
                 "per_project",
                 format!(
                     "this org has {} projects you can see; per_project splits at most {} (read a project at a time with project_id)",
                     ids.len(),
-                    crate::usage::MAX_PER_PROJECT
+                    MAX_PER_PROJECT
                 ),
             ));
         }
@@ -214,7 +207,7 @@ impl Caller {
             .get_role(&org, user)
             .await?
             .ok_or_else(org_not_found)?;
-        crate::security::enforce_policy(state, &org, context).await?;
+        crate::gate::enforce_policy(state, &org, context).await?;
         if !allows(role, action) {
             return Err(ApiError::Forbidden(format!(
                 "the {} role may not do {}",
@@ -296,7 +289,7 @@ pub async fn user_from_jwt(
             retry_after_secs: t.retry_after_secs,
         })?;
     if let Some((sid, _)) = &facts.session {
-        crate::sessions::check_session(state, &user, sid, now).await?;
+        crate::gate::check_session(state, &user, sid, now).await?;
     }
     Ok((
         user,

@@ -13,7 +13,8 @@
 //!
 //! Callers are identified by [`auth::Caller`]: API keys, or users by JWT bearer tokens
 //! ([`jwt`], or an OpenID Connect issuer's through `tally_oidc`), whose role in the path's org is checked against the one permission table in
-//! [`roles`]. Every mutating management route is the one skeleton of `mgmt::Mutation::run`:
+//! [`roles`], and a user then passes the org's security policy and their session's check
+//! ([`gate`]). Every mutating management route is the one skeleton of `mgmt::Mutation::run`:
 //! authorize, parse, change, write the audit record. Errors are the shared JSON
 //! [`ApiError`], so every Tally API refuses alike; it and the rest of the HTTP seam (API-key
 //! authentication, the request span, the OpenAPI helpers) come through [`http`] alone.
@@ -34,6 +35,7 @@ use tally_http::live::{InForce, LiveCatalogue};
 pub mod audit;
 pub mod auth;
 pub mod export;
+pub mod gate;
 pub mod http;
 pub mod invitations;
 pub mod invoices;

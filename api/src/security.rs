@@ -5,11 +5,12 @@
 //! A policy ([`SecurityPolicy`]) asks for three things:
 //!
 //! - `require_mfa`: the user's token must show a second factor in its `amr` claim (one of
-//!   [`MFA_METHODS`]: `mfa`, `otp`, `hwk`, `swk`), else `403 mfa_required`.
-//! - `ip_allowlist`: at most [`MAX_ALLOWLIST`] IPv4/IPv6 CIDR blocks; a user's request from
-//!   an address outside them is `403 ip_not_allowed` on the org's routes, and so is an API
-//!   key's on ingest (checked there from the key cache, see `tally_http::keys`). Empty: any
-//!   address.
+//!   [`MFA_METHODS`](tally_core::security::MFA_METHODS): `mfa`, `otp`, `hwk`, `swk`), else
+//!   `403 mfa_required`.
+//! - `ip_allowlist`: at most [`MAX_ALLOWLIST`](tally_core::security::MAX_ALLOWLIST)
+//!   IPv4/IPv6 CIDR blocks; a user's request from an address outside them is `403
+//!   ip_not_allowed` on the org's routes, and so is an API key's on ingest (checked there
+//!   from the key cache, see `tally_http::keys`). Empty: any address.
 //! - `session_lifetime_seconds`: a session token older than this is `401` on the org's
 //!   routes (5 minutes to 30 days; 12 hours for an org that set nothing).
 //!
@@ -27,17 +28,16 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::OrgId;
-use tally_core::security::{Cidr, MAX_ALLOWLIST, MFA_METHODS, OrgSecurityPolicy, SecurityPolicy};
+use tally_core::security::{Cidr, OrgSecurityPolicy, SecurityPolicy};
 use tally_core::tenant::FieldError;
 
 use crate::ApiState;
-use crate::auth::{Caller, UserContext};
+use crate::auth::Caller;
+pub use crate::gate::{MFA_REQUIRED, UserContext, check_user, enforce_policy};
 use crate::http::ApiError;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
 use crate::roles::Action;
 
-/// Code of the refusal of a token without a second factor by an org that requires one.
-pub const MFA_REQUIRED: &str = "mfa_required";
 /// Code of the refusal of a policy that would shut its own author out.
 pub const WOULD_LOCK_OUT: &str = "would_lock_out";
 
@@ -78,7 +78,8 @@ impl PolicyView {
 pub struct PutPolicy {
     /// Require a second factor in users' tokens.
     pub require_mfa: bool,
-    /// At most [`MAX_ALLOWLIST`] CIDR blocks (or bare addresses); empty: any address.
+    /// At most [`MAX_ALLOWLIST`](tally_core::security::MAX_ALLOWLIST) CIDR blocks (or bare
+    /// addresses); empty: any address.
     pub ip_allowlist: Vec<String>,
     /// 300 to 2 592 000 seconds.
     pub session_lifetime_seconds: u32,
@@ -87,15 +88,8 @@ pub struct PutPolicy {
 impl PutPolicy {
     /// The policy, parsed and bounded, or the `400` naming the field.
     fn parse(&self) -> Result<SecurityPolicy, FieldError> {
-        if self.ip_allowlist.len() > MAX_ALLOWLIST {
-            return Err(FieldError {
-                field: "ip_allowlist",
-                message: format!(
-                    "at most {MAX_ALLOWLIST} entries (got {})",
-                    self.ip_allowlist.len()
-                ),
-            });
-        }
+        // Bounded before any entry is parsed.
+        SecurityPolicy::check_allowlist_len(self.ip_allowlist.len())?;
         let policy = SecurityPolicy {
             require_mfa: self.require_mfa,
             ip_allowlist: self
@@ -108,48 +102,6 @@ impl PutPolicy {
         policy.check()?;
         Ok(policy)
     }
-}
-
-/// The refusals of `policy` for a user in `context` at `now`: `403 ip_not_allowed` outside
-/// the allowlist, `403 mfa_required` without a second factor, `401` for a session token
-/// older than the session lifetime.
-pub fn check_user(
-    policy: &SecurityPolicy,
-    context: &UserContext,
-    now: DateTime<Utc>,
-) -> Result<(), ApiError> {
-    tally_http::auth::check_ip(policy, context.ip)?;
-    if !policy.permits_amr(&context.amr) {
-        return Err(ApiError::ForbiddenBecause {
-            code: MFA_REQUIRED,
-            message: format!(
-                "this organization requires multi-factor sign-in; sign in again with a second factor (the token's amr must contain one of {})",
-                MFA_METHODS.join(", ")
-            ),
-        });
-    }
-    if let Some((_, issued)) = &context.session
-        && (now - *issued).num_seconds() >= i64::from(policy.session_lifetime_seconds)
-    {
-        return Err(ApiError::Unauthorized(format!(
-            "this session is older than this organization's session lifetime of {} seconds; sign in again",
-            policy.session_lifetime_seconds
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the org's stored policy (the default one admits everyone) against the user's
-/// request ([`check_user`]).
-pub async fn enforce_policy(
-    state: &ApiState,
-    org: &OrgId,
-    context: &UserContext,
-) -> Result<(), ApiError> {
-    let Some(stored) = state.tenants.get_security_policy(org).await? else {
-        return Ok(());
-    };
-    check_user(&stored.policy, context, state.clock.now())
 }
 
 /// `409 would_lock_out` when `policy` would refuse the caller who is setting it.

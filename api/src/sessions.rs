@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, SessionId, UserId};
 use tally_core::ports::StoreError;
@@ -39,15 +39,12 @@ use tally_core::security::{
 };
 
 use crate::ApiState;
-use crate::auth::{Caller, UserContext};
+use crate::auth::Caller;
+pub use crate::gate::{SESSION_CACHE_TTL_SECS, UserContext, check_session, remember};
 use crate::http::ApiError;
 use crate::jwt::TokenFacts;
 use crate::mgmt::{Actor, Change, MgmtError, PathParams, RequestMeta};
 use crate::roles::Action;
-
-/// How long a session lookup is trusted: a session revoked elsewhere stops working within
-/// this many seconds.
-pub const SESSION_CACHE_TTL_SECS: i64 = 2;
 
 /// Most sessions whose lookups are cached at once.
 pub const SESSION_CACHE_CAPACITY: usize = 10_000;
@@ -365,56 +362,4 @@ pub(crate) async fn revoke_org(
         })
         .await?;
     Ok(Json(view))
-}
-
-/// `401` unless the user's session `sid` is active at `now`.
-pub async fn check_session(
-    state: &ApiState,
-    user: &UserId,
-    sid: &SessionId,
-    now: DateTime<Utc>,
-) -> Result<(), ApiError> {
-    let key = (user.clone(), sid.clone());
-    let session = match state.sessions.get(&key, now) {
-        Some(found) => found,
-        None => {
-            let found = state.tenants.get_session(user, sid).await?;
-            remember(state, key, found.clone(), now);
-            found
-        }
-    };
-    match session {
-        Some(s) if s.is_active(now) => Ok(()),
-        Some(s) if s.revoked_at.is_some_and(|r| r <= now) => Err(ApiError::Unauthorized(
-            "this session has been revoked; sign in again".into(),
-        )),
-        Some(_) => Err(ApiError::Unauthorized(
-            "this session has ended; sign in again".into(),
-        )),
-        None => Err(ApiError::Unauthorized(
-            "this session does not exist; sign in again".into(),
-        )),
-    }
-}
-
-/// Caches what the store says of a session (after a lookup, or after this process revoked
-/// it, so the revocation bites here at once). A cached revocation is never replaced by a
-/// lookup that saw the session live: that lookup may have read the store just before this
-/// process revoked it, and would otherwise undo the revocation here for a whole TTL.
-pub fn remember(
-    state: &ApiState,
-    key: (UserId, SessionId),
-    session: Option<Session>,
-    now: DateTime<Utc>,
-) {
-    let expires_at = tally_http::cache::add(now, TimeDelta::seconds(SESSION_CACHE_TTL_SECS));
-    state.sessions.update(key, now, |current| {
-        let revoked = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.revoked_at.is_some());
-        match current {
-            Some((cached, until)) if revoked(&cached) && !revoked(&session) => {
-                ((), Some((cached, until)))
-            }
-            _ => ((), Some((session, expires_at))),
-        }
-    });
 }

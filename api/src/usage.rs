@@ -129,9 +129,10 @@ pub struct ProjectUsage {
     pub groups: Option<Vec<UsageGroup>>,
 }
 
-/// The most projects a `per_project=true` answer splits into (each is one more store read;
-/// past it the answer is `400 too_many_projects`, and a project at a time is the way).
-pub const MAX_PER_PROJECT: usize = 100;
+/// The most projects a `per_project=true` answer splits into; defined beside
+/// [`UsageReader::readable_projects`](crate::auth::UsageReader::readable_projects), which
+/// enforces it, so that `auth` need not import this module.
+pub use crate::auth::MAX_PER_PROJECT;
 
 /// One value of the `group_by` dimension and its buckets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,9 @@ use tally_api::roles::{ROLES, allows};
 use tally_api::*;
 use tally_core::MeterCatalogue;
 
+mod common;
+use common::Answer;
+
 const NOW: &str = "2026-11-26T12:30:00Z";
 const KEY_A: &str = "tk_live_a88b9b7c672fb38c5270af4721bd209c3d58beb6ebe1e76eb10a76817dc76491";
 const KEY_B: &str = "tk_live_9960a17fc76af7594b9ffb54aae98c384dd7c65d182cf60746f79ea492af8643";
@@ -287,13 +290,6 @@ fn app(mem: &World) -> Router {
     )
 }
 
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    json: Value,
-    text: String,
-}
-
 async fn call(
     mem: &World,
     method: &str,
@@ -312,29 +308,12 @@ async fn call_text(
     bearer: Option<&str>,
     body: Option<String>,
 ) -> Answer {
-    let mut req = Request::builder()
+    let req = Request::builder()
         .method(method)
         .uri(uri)
         .header(header::USER_AGENT, "mgmt-tests/1")
         .header("x-forwarded-for", "203.0.113.9, 10.0.0.1");
-    if let Some(b) = bearer {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {b}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b)),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app(mem).oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer { status, json, text }
+    common::send(&app(mem), req, bearer, None, body).await
 }
 
 /// The ids a request's nested path parameters are filled with.
@@ -2289,19 +2268,14 @@ async fn report_line_events_are_paged_for_owners_and_admins_only() {
             assert!(events.len() <= 7, "{}", a.text);
             for e in events {
                 let props = tally_core::audit::canonical_json(&e["properties"]);
-                let cells: Vec<&str> = [
-                    "event_id",
-                    "org_id",
-                    "project_id",
-                    "meter",
-                    "aggregation",
-                    "quantity",
-                    "timestamp",
-                ]
-                .iter()
-                .map(|k| e[*k].as_str().unwrap())
-                .chain([props.as_str()])
-                .collect();
+                // The ledger's columns are the event's fields, its canonical properties last.
+                let (last, fields) = tally_core::export::LEDGER_COLUMNS.split_last().unwrap();
+                assert_eq!(*last, "properties");
+                let cells: Vec<&str> = fields
+                    .iter()
+                    .map(|k| e[*k].as_str().unwrap())
+                    .chain([props.as_str()])
+                    .collect();
                 got.add(&ledger_event(&cells).unwrap());
             }
             pages += 1;

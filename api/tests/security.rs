@@ -8,60 +8,30 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use tally_api::jwt::{JwtConfig, TokenFacts};
-use tally_api::{ApiState, router};
-use tally_core::MeterCatalogue;
 use tally_core::ids::{OrgId, SessionId};
 use tally_core::ports::{FixedClock, SecurityStore};
 use tally_core::security::Session;
-use tally_store::MemoryStore;
 use tower::ServiceExt;
 
 mod common;
-use common::{Answer, t, user};
+use common::{Answer, World, t, user};
 
 const NOW: &str = "2026-12-05T12:00:00Z";
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-policy";
 const OFFICE: &str = "203.0.113.7";
 const ELSEWHERE: &str = "198.51.100.1";
 
-struct World {
-    app: Router,
-    store: MemoryStore,
-    clock: Arc<FixedClock>,
-    jwt: JwtConfig,
-}
-
 /// `org_a` owned by `usr_own` with an admin, a member and a viewer; `org_b` owned by
 /// `usr_bown`.
 async fn world() -> World {
-    let store = common::two_orgs().await;
-    let clock = Arc::new(FixedClock::at(t(NOW)));
-    let jwt = JwtConfig::hs256(SECRET).unwrap();
-    let shared = Arc::new(store.clone());
-    let app = router(
-        ApiState::new(
-            shared.clone(),
-            shared,
-            Arc::new(MeterCatalogue::default()),
-            clock.clone(),
-        )
-        .with_jwt(jwt.clone()),
-    );
-    World {
-        app,
-        store,
-        clock,
-        jwt,
-    }
+    World::new(NOW, SECRET).await
 }
 
 impl World {
@@ -77,29 +47,9 @@ impl World {
         from: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"));
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let mut req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        if let Some(ip) = from {
-            let addr: SocketAddr = format!("{ip}:50000").parse().unwrap();
-            req.extensions_mut().insert(ConnectInfo(addr));
-        }
-        let res = self.app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            status,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        let req = Request::builder().method(method).uri(uri);
+        let body = body.map(|b| b.to_string());
+        common::send(&self.app, req, Some(token), from, body).await
     }
 
     async fn put_policy(&self, token: &str, from: Option<&str>, policy: Value) -> Answer {

@@ -8,66 +8,31 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
-use tally_api::jwt::JwtConfig;
+use tally_api::ApiState;
 use tally_api::sessions::SESSION_CACHE_TTL_SECS;
-use tally_api::{ApiState, router};
 use tally_core::MeterCatalogue;
 use tally_core::ids::{OrgId, SessionId};
-use tally_core::ports::{AuditLog, Clock, FixedClock, SecurityStore};
+use tally_core::ports::{AuditLog, Clock, SecurityStore};
 use tally_core::security::{DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER};
 use tally_core::tenant::{AuditOutcome, AuditQuery};
-use tally_store::MemoryStore;
-use tower::ServiceExt;
 
 mod common;
-use common::{Answer, t, user};
+use common::{Answer, World, t, user};
 
 const NOW: &str = "2026-12-05T12:00:00Z";
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-sessions";
 const FROM: &str = "203.0.113.7";
 
-struct World {
-    /// One server process.
-    app: Router,
-    /// Another process on the same store, with a session cache of its own.
-    other: Router,
-    store: MemoryStore,
-    clock: Arc<FixedClock>,
-    jwt: JwtConfig,
-}
-
 /// `org_a` owned by `usr_own` with an admin, a member and a viewer; `org_b` owned by
 /// `usr_bown`, who is in no other org.
 async fn world() -> World {
-    let store = common::two_orgs().await;
-    let clock = Arc::new(FixedClock::at(t(NOW)));
-    let jwt = JwtConfig::hs256(SECRET).unwrap();
-    let shared = Arc::new(store.clone());
-    let state = || {
-        ApiState::new(
-            shared.clone(),
-            shared.clone(),
-            Arc::new(MeterCatalogue::default()),
-            clock.clone(),
-        )
-        .with_jwt(jwt.clone())
-    };
-    World {
-        app: router(state()),
-        other: router(state()),
-        store,
-        clock,
-        jwt,
-    }
+    World::new(NOW, SECRET).await
 }
 
 impl World {
@@ -88,28 +53,12 @@ impl World {
         bearer: &str,
         body: Option<Value>,
     ) -> Answer {
-        let mut req = Request::builder()
+        let req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::USER_AGENT, "sessions-test/1")
-            .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let mut req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        let addr: SocketAddr = format!("{FROM}:50000").parse().unwrap();
-        req.extensions_mut().insert(ConnectInfo(addr));
-        let res = app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            status,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+            .header(header::USER_AGENT, "sessions-test/1");
+        let body = body.map(|b| b.to_string());
+        common::send(app, req, Some(bearer), Some(FROM), body).await
     }
 
     async fn call(&self, method: &str, uri: &str, bearer: &str) -> Answer {
@@ -335,10 +284,11 @@ async fn a_session_token_opens_no_session_and_a_user_holds_a_bounded_number() {
 #[tokio::test]
 async fn a_session_revoked_by_another_process_stops_within_the_cache_bound() {
     let w = world().await;
+    let other = w.other_process();
     let (token, sid) = w.open("usr_mem", &[]).await;
     // The other process has looked the session up (and cached it).
     let seen = w
-        .call_on(&w.other, "GET", "/v1/orgs/org_a", &token, None)
+        .call_on(&other, "GET", "/v1/orgs/org_a", &token, None)
         .await;
     assert_eq!(seen.status, StatusCode::OK);
     let admin = w.token("usr_adm", &[]);
@@ -355,7 +305,7 @@ async fn a_session_revoked_by_another_process_stops_within_the_cache_bound() {
     // ... and in the other process once its lookup is SESSION_CACHE_TTL_SECS old.
     w.clock.advance(TimeDelta::seconds(SESSION_CACHE_TTL_SECS));
     let a = w
-        .call_on(&w.other, "GET", "/v1/orgs/org_a", &token, None)
+        .call_on(&other, "GET", "/v1/orgs/org_a", &token, None)
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.json);
 }

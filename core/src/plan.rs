@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::MeterName;
+use crate::ids::{MeterName, OrgId};
 use crate::money::Money;
 
 /// Which plan an organization is on.
@@ -178,6 +179,22 @@ mod tests {
     }
 }
 
+/// One change of an org's plan, kept for good: month close prices each month by the
+/// changes in force during it ([`billed_plan`]), so a plan can never be
+/// changed just before close to reprice the month gone by. Made only by the operator
+/// ([`OrgStore::change_plan`](crate::ports::OrgStore::change_plan)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChange {
+    /// The org.
+    pub org_id: OrgId,
+    /// The plan before.
+    pub from: PlanId,
+    /// The plan from `at` on.
+    pub to: PlanId,
+    /// When it took effect.
+    pub at: DateTime<Utc>,
+}
+
 /// The plan month close prices `month` on, by the documented policy: **the highest plan in
 /// force at any instant of the month** (plans rank free < starter < pro < enterprise). So
 /// an upgrade applies at once (the month of the upgrade is priced on the new plan) and a
@@ -187,12 +204,8 @@ mod tests {
 ///
 /// `current` is the org's plan now and `history` its changes (any order); with no change
 /// the org has always been on `current`.
-pub fn billed_plan(
-    current: PlanId,
-    history: &[crate::tenant::PlanChange],
-    month: crate::period::Month,
-) -> PlanId {
-    let mut changes: Vec<&crate::tenant::PlanChange> = history.iter().collect();
+pub fn billed_plan(current: PlanId, history: &[PlanChange], month: crate::period::Month) -> PlanId {
+    let mut changes: Vec<&PlanChange> = history.iter().collect();
     changes.sort_by_key(|c| c.at);
     let (start, end) = (month.start(), month.end());
     // The plan in force when the month began: the last change before it, else the plan
@@ -215,8 +228,6 @@ pub fn billed_plan(
 mod billed_plan_tests {
     use super::*;
     use crate::period::Month;
-    use crate::tenant::PlanChange;
-    use chrono::{DateTime, Utc};
 
     fn change(from: PlanId, to: PlanId, at: &str) -> PlanChange {
         PlanChange {

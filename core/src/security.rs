@@ -144,18 +144,23 @@ impl Default for SecurityPolicy {
 }
 
 impl SecurityPolicy {
+    /// The bound on `ip_allowlist`'s length (at most [`MAX_ALLOWLIST`] entries), naming the
+    /// field: the first of [`Self::check`]'s checks, and one a caller can make on the raw
+    /// entries before parsing any of them.
+    pub fn check_allowlist_len(len: usize) -> Result<(), FieldError> {
+        if len > MAX_ALLOWLIST {
+            return Err(FieldError {
+                field: "ip_allowlist",
+                message: format!("at most {MAX_ALLOWLIST} entries (got {len})"),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the bounds, naming the field: at most [`MAX_ALLOWLIST`] entries, no entry
     /// twice, a lifetime in range.
     pub fn check(&self) -> Result<(), FieldError> {
-        if self.ip_allowlist.len() > MAX_ALLOWLIST {
-            return Err(FieldError {
-                field: "ip_allowlist",
-                message: format!(
-                    "at most {MAX_ALLOWLIST} entries (got {})",
-                    self.ip_allowlist.len()
-                ),
-            });
-        }
+        Self::check_allowlist_len(self.ip_allowlist.len())?;
         for (i, c) in self.ip_allowlist.iter().enumerate() {
             if self.ip_allowlist[..i].contains(c) {
                 return Err(FieldError {

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, UserId};
+/// Defined beside [`crate::plan::billed_plan`], which reads it, so `plan` need not import
+/// this module.
+pub use crate::plan::PlanChange;
 use crate::plan::PlanId;
 
 pub mod rules;
@@ -408,22 +411,6 @@ pub struct OrgChanges {
     /// A new display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-}
-
-/// One change of an org's plan, kept for good: month close prices each month by the
-/// changes in force during it ([`crate::plan::billed_plan`]), so a plan can never be
-/// changed just before close to reprice the month gone by. Made only by the operator
-/// ([`OrgStore::change_plan`](crate::ports::OrgStore::change_plan)).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanChange {
-    /// The org.
-    pub org_id: OrgId,
-    /// The plan before.
-    pub from: PlanId,
-    /// The plan from `at` on.
-    pub to: PlanId,
-    /// When it took effect.
-    pub at: DateTime<Utc>,
 }
 
 /// A user's membership of one org: who, with which role, since when.

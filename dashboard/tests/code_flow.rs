@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
+use common::Answer;
 #[path = "support/issuer.rs"]
 mod issuer;
 
@@ -17,7 +18,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use tally_api::ApiState;
 use tally_api::jwt::JwtConfig;
 use tally_core::meter::MeterCatalogue;
@@ -26,7 +26,6 @@ use tally_dashboard::code_flow::{FLOW_COOKIE, FLOW_TTL_SECS};
 use tally_oidc::flow::ClientSettings;
 use tally_oidc::{OidcSettings, OidcVerifier};
 use tally_store::MemoryStore;
-use tower::ServiceExt;
 
 use issuer::{Faults, Issuer};
 
@@ -82,53 +81,12 @@ async fn world() -> World {
     world_as("owner@example.com").await
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn location(&self) -> String {
-        self.headers
-            .get(header::LOCATION)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    }
-    /// The `Set-Cookie` of `name`, whole.
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .find(|c| c.starts_with(&format!("{name}=")))
-    }
-}
-
 async fn get(app: &Router, path: &str, cookie: Option<&str>) -> Answer {
     let mut req = Request::get(path).header(header::HOST, HOST);
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap()
-        .to_vec();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    common::send(app, req.body(Body::empty()).unwrap()).await
 }
 
 /// The value of a `Set-Cookie` line (`name=value; …` → `value`).

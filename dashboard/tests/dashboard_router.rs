@@ -11,18 +11,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 use tally_api::ApiState;
 use tally_api::jwt::JwtConfig;
 use tally_core::ids::UserId;
 use tally_core::meter::MeterCatalogue;
 use tally_core::ports::FixedClock;
 use tally_store::MemoryStore;
-use tower::ServiceExt;
 
 mod common;
 
-use common::now;
+use common::{Answer, now, send};
 
 const SECRET: &[u8] = b"dashboard-router-test-secret-32-bytes!!";
 const HOST: &str = "tally.test:8080";
@@ -51,46 +50,6 @@ async fn fixture() -> Fixture {
     Fixture {
         app: tally_dashboard::with_api(state),
         token,
-    }
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
-    }
-    fn cookies(&self) -> Vec<String> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect()
-    }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Answer {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap()
-        .to_vec();
-    Answer {
-        status,
-        headers,
-        body,
     }
 }
 

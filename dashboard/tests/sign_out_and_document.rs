@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 use tally_api::ApiState;
 use tally_api::auth::SESSION_COOKIE;
 use tally_api::jwt::JwtConfig;
@@ -24,7 +24,7 @@ use tower::ServiceExt;
 mod common;
 
 use common::failing_store::FailingRevoke;
-use common::now;
+use common::{now, send};
 
 const SECRET: &[u8] = b"dashboard-document-test-secret-32-bytes!";
 const HOST: &str = "tally.test:8080";
@@ -63,31 +63,6 @@ async fn world() -> World {
     }
 }
 
-struct Answer {
-    status: StatusCode,
-    cookies: Vec<String>,
-    json: Value,
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Answer {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let cookies = res
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    Answer {
-        status,
-        cookies,
-        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    }
-}
-
 fn sign_in_request(origin: Option<&str>, body: String) -> Request<Body> {
     let mut req = Request::post("/dashboard/sign-in")
         .header(header::HOST, HOST)
@@ -116,13 +91,10 @@ async fn sign_in(w: &World) -> String {
         sign_in_request(Some(ORIGIN), json!({"token": w.token}).to_string()),
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
-    let cookie = a
-        .cookies
-        .iter()
-        .find_map(|c| c.strip_prefix(&format!("{SESSION_COOKIE}=")))
-        .expect("a session cookie");
-    cookie.split(';').next().unwrap().to_owned()
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+    let cookie = a.cookie(SESSION_COOKIE).expect("a session cookie");
+    let value = &cookie[SESSION_COOKIE.len() + 1..];
+    value.split(';').next().unwrap().to_owned()
 }
 
 /// `GET /v1/me/orgs` with the session cookie alone.
@@ -146,16 +118,22 @@ async fn sign_out_keeps_the_cookie_and_answers_503_when_the_revocation_is_not_re
 
     w.seam.set_failing(true);
     let out = send(&w.app, sign_out_request(Some(ORIGIN), Some(&session))).await;
-    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE, "{}", out.json);
+    assert_eq!(
+        out.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        out.json()
+    );
     assert!(
         statuses("POST", "/dashboard/sign-out")
             .unwrap()
             .contains(&503)
     );
     // No cookie is cleared: the browser keeps the session it still has.
-    assert!(out.cookies.is_empty(), "{:?}", out.cookies);
-    assert_eq!(out.json["error"]["code"], "sign_out_failed");
-    let message = out.json["error"]["message"].as_str().unwrap();
+    assert!(out.cookies().is_empty(), "{:?}", out.cookies());
+    assert_eq!(out.json()["error"]["code"], "sign_out_failed");
+    let json = out.json();
+    let message = json["error"]["message"].as_str().unwrap();
     assert!(message.contains("still signed in"), "{message}");
     // The store holds the session unrevoked, and the cookie still reads the API.
     let stored = w.store.get_session(&user, &sid).await.unwrap().unwrap();
@@ -167,8 +145,8 @@ async fn sign_out_keeps_the_cookie_and_answers_503_when_the_revocation_is_not_re
     w.seam.set_failing(false);
     let out = send(&w.app, sign_out_request(Some(ORIGIN), Some(&session))).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
-    assert_eq!(out.cookies.len(), 2, "{:?}", out.cookies);
-    assert!(out.cookies.iter().all(|c| c.contains("Max-Age=0")));
+    assert_eq!(out.cookies().len(), 2, "{:?}", out.cookies());
+    assert!(out.cookies().iter().all(|c| c.contains("Max-Age=0")));
     let stored = w.store.get_session(&user, &sid).await.unwrap().unwrap();
     assert_eq!(stored.revoked_at, Some(now()));
     assert_eq!(me_with(&w, &session).await, StatusCode::UNAUTHORIZED);
@@ -323,7 +301,7 @@ async fn every_answer_of_the_dashboard_routes_is_documented() {
     ];
     for (method, path, req, want) in cases {
         let a = send(&w.app, req).await;
-        assert_eq!(a.status, want, "{method} {path}: {}", a.json);
+        assert_eq!(a.status, want, "{method} {path}: {}", a.json());
         assert!(
             statuses(method, path).unwrap().contains(&want.as_u16()),
             "{method} {path} answered {want}, which its OpenAPI entry does not list"

@@ -32,6 +32,9 @@ use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
 
+mod common;
+use common::rejections;
+
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
 
@@ -185,22 +188,6 @@ async fn post(ingest: &Ingest, events: Vec<Value>) -> (StatusCode, Value) {
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 
-/// (index, code, field) of each rejection.
-fn rejections(answer: &Value) -> Vec<(u64, String, String)> {
-    answer["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["error"]["code"].as_str().unwrap().to_owned(),
-                r["error"]["field"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many() {
     let store = seeded().await;
@@ -225,15 +212,15 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     assert_eq!(answer["accepted"], 4, "{answer}");
-    let field = "properties.model".to_owned();
-    let invalid = "invalid_properties".to_owned();
+    let field = "properties.model";
+    let invalid = "invalid_properties";
     assert_eq!(
         rejections(&answer),
         vec![
-            (3, "dimension_cardinality_exceeded".into(), field.clone()),
-            (4, invalid.clone(), field.clone()),
-            (5, invalid.clone(), field.clone()),
-            (6, invalid.clone(), field.clone()),
+            (3, "dimension_cardinality_exceeded", field),
+            (4, invalid, field),
+            (5, invalid, field),
+            (6, invalid, field),
             (7, invalid, field),
         ]
     );
@@ -275,11 +262,7 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
     assert_eq!(answer["accepted"], 1, "{answer}");
     assert_eq!(
         rejections(&answer),
-        vec![(
-            0,
-            "dimension_cardinality_exceeded".into(),
-            "properties.model".into()
-        )]
+        vec![(0, "dimension_cardinality_exceeded", "properties.model")]
     );
 }
 
@@ -293,11 +276,7 @@ async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
     assert_eq!(answer["accepted"], 0, "{answer}");
     assert_eq!(
         rejections(&answer),
-        vec![(
-            0,
-            "dimension_cardinality_exceeded".into(),
-            "properties.model".into()
-        )]
+        vec![(0, "dimension_cardinality_exceeded", "properties.model")]
     );
     assert!(queue.0.lock().unwrap().is_empty());
 }
@@ -326,11 +305,7 @@ async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
     assert_eq!(answer["accepted"], 1, "{answer}");
     assert_eq!(
         rejections(&answer),
-        vec![(
-            1,
-            "dimension_cardinality_exceeded".into(),
-            "properties.model".into()
-        )]
+        vec![(1, "dimension_cardinality_exceeded", "properties.model")]
     );
     let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
     for part in [

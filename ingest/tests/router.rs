@@ -35,6 +35,9 @@ use tally_store::memory::{Fault, Op};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+mod common;
+use common::rejections;
+
 use std::sync::Arc;
 
 use tally_core::MeterCatalogue;
@@ -522,16 +525,7 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 3);
     let rejected = a.json["rejected"].as_array().unwrap();
-    let got: Vec<(u64, &str, &str)> = rejected
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["error"]["code"].as_str().unwrap(),
-                r["error"]["field"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let got = rejections(&a.json);
     assert_eq!(
         got,
         [
@@ -619,18 +613,7 @@ async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() 
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 3, "{}", a.json);
-    let got: Vec<(u64, &str, &str)> = a.json["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["error"]["code"].as_str().unwrap(),
-                r["error"]["field"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let got = rejections(&a.json);
     assert_eq!(
         got,
         [
@@ -986,24 +969,13 @@ async fn what_ingest_accepts_the_aggregator_applies() {
     let a = h.post(Some(GOOD_KEY), body).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 997);
-    let fields: Vec<(u64, String, String)> = a.json["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["error"]["code"].as_str().unwrap().to_owned(),
-                r["error"]["field"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let fields = rejections(&a.json);
     assert_eq!(
         fields,
         [
-            (997, "invalid_properties".into(), "properties".into()),
-            (998, "invalid_properties".into(), "properties".into()),
-            (999, "duplicate_key".into(), "quantity".into()),
+            (997, "invalid_properties", "properties"),
+            (998, "invalid_properties", "properties"),
+            (999, "duplicate_key", "quantity"),
         ]
     );
     let published = h.mem.published.lock().unwrap().clone();

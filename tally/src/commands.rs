@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tally_core::ports::StoreError;
-use tally_core::tenant::AuditOutcome;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret,
     check_email, check_name, check_slug,
@@ -298,7 +297,7 @@ async fn audit_created(
     created: Result<(), StoreError>,
 ) -> anyhow::Result<()> {
     created.with_context(|| format!("cannot create the {what}"))?;
-    audit_record(
+    crate::manage::audit_record(
         store,
         org,
         &format!("{what}.create"),
@@ -308,29 +307,6 @@ async fn audit_created(
     )
     .await;
     Ok(())
-}
-
-/// Writes an allowed audit record with actor `cli`; a failure to write it is logged, not
-/// fatal (the change itself is done).
-pub(crate) async fn audit_record(
-    store: &backend::Stores,
-    org: &OrgId,
-    action: &str,
-    resource: String,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-) {
-    crate::manage::record(
-        store,
-        org,
-        action,
-        resource,
-        AuditOutcome::Allowed,
-        None,
-        before,
-        after,
-    )
-    .await;
 }
 
 /// `tally reconcile …`
@@ -460,7 +436,7 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
         .change_plan(&org_id, plan, at)
         .await?
         .with_context(|| format!("no organization {org_id}"))?;
-    audit_record(
+    crate::manage::audit_record(
         &store,
         &org_id,
         "org.update",

@@ -143,6 +143,29 @@ pub(crate) async fn record(
     }
 }
 
+/// Writes an allowed audit record with actor `cli`; a failure to write it is logged, not
+/// fatal (the change itself is done).
+pub(crate) async fn audit_record(
+    store: &Stores,
+    org: &OrgId,
+    action: &str,
+    resource: String,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) {
+    record(
+        store,
+        org,
+        action,
+        resource,
+        AuditOutcome::Allowed,
+        None,
+        before,
+        after,
+    )
+    .await;
+}
+
 /// The actor of the operator's audit records.
 pub(crate) const OPERATOR: &str = "cli";
 

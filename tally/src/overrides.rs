@@ -300,7 +300,7 @@ async fn set(
     if !stored {
         bail!("override id {} is taken; run the command again", o.id);
     }
-    crate::commands::audit_record(
+    crate::manage::audit_record(
         &store,
         &org_id,
         "price_override.create",
@@ -410,7 +410,7 @@ async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow
             )
         }),
         EndOutcome::Ended(o) => {
-            crate::commands::audit_record(
+            crate::manage::audit_record(
                 &store,
                 &org_id,
                 "price_override.end",

@@ -53,30 +53,7 @@ impl StoreFactory for DynamoFactory {
     }
 }
 
-mod storage {
-    use super::*;
-    tally_tests::storage_conformance!(DynamoFactory::new().await);
-}
-
-mod overrides {
-    use super::*;
-    tally_tests::override_conformance!(DynamoFactory::new().await);
-}
-
-mod dimensions {
-    use super::*;
-    tally_tests::dimensions_conformance!(DynamoFactory::new().await);
-}
-
-mod readings {
-    use super::*;
-    tally_tests::readings_conformance!(DynamoFactory::new().await);
-}
-
-mod security {
-    use super::*;
-    tally_tests::security_conformance!(DynamoFactory::new().await);
-}
+tally_tests::store_conformance!(DynamoFactory::new().await);
 
 const NOV: &str = "2026-11";
 

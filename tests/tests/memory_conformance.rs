@@ -25,30 +25,7 @@ impl StoreFactory for MemoryFactory {
     }
 }
 
-mod storage {
-    use super::*;
-    tally_tests::storage_conformance!(MemoryFactory::default());
-}
-
-mod overrides {
-    use super::*;
-    tally_tests::override_conformance!(MemoryFactory::default());
-}
-
-mod dimensions {
-    use super::*;
-    tally_tests::dimensions_conformance!(MemoryFactory::default());
-}
-
-mod readings {
-    use super::*;
-    tally_tests::readings_conformance!(MemoryFactory::default());
-}
-
-mod security {
-    use super::*;
-    tally_tests::security_conformance!(MemoryFactory::default());
-}
+tally_tests::store_conformance!(MemoryFactory::default());
 
 /// `fail(Op::FindApiKey, ..)` makes `find_api_key` fail on every handle, with the chosen error,
 /// until it is cleared; nothing else fails meanwhile.

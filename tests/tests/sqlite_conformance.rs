@@ -88,30 +88,7 @@ impl QueueFactory for Files {
     }
 }
 
-mod storage {
-    use super::*;
-    tally_tests::storage_conformance!(Files::new());
-}
-
-mod overrides {
-    use super::*;
-    tally_tests::override_conformance!(Files::new());
-}
-
-mod dimensions {
-    use super::*;
-    tally_tests::dimensions_conformance!(Files::new());
-}
-
-mod readings {
-    use super::*;
-    tally_tests::readings_conformance!(Files::new());
-}
-
-mod security {
-    use super::*;
-    tally_tests::security_conformance!(Files::new());
-}
+tally_tests::store_conformance!(Files::new());
 
 mod queue {
     use super::*;

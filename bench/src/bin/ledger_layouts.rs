@@ -241,6 +241,23 @@ fn seal(
     Ok(())
 }
 
+/// Whether partition table `part` holds `r`'s key.
+fn holds(conn: &Connection, part: &str, r: &Row) -> anyhow::Result<bool> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT 1 FROM {part} WHERE org = ?1 AND event_id = ?2"
+    ))?;
+    Ok(s.exists(params![r.org, r.id])?)
+}
+
+/// Inserts `r` into partition table `hot` unless its key is there: 1 if it was new, else 0.
+fn insert_into(conn: &Connection, hot: &str, r: &Row) -> anyhow::Result<usize> {
+    let mut ins = conn.prepare_cached(&format!(
+        "INSERT INTO {hot} (org, event_id, month, body, written)
+         VALUES (?1, ?2, 202611, ?3, 1764150000) ON CONFLICT (org, event_id) DO NOTHING"
+    ))?;
+    Ok(ins.execute(params![r.org, r.id, r.body])?)
+}
+
 /// Writes (or replaces) sealed table `part`'s filter row.
 fn save_filter(
     conn: &Connection,
@@ -440,10 +457,7 @@ impl Contender {
                         let mut seen = false;
                         for p in older.iter().rev() {
                             self.probes += 1;
-                            let mut s = tx.prepare_cached(&format!(
-                                "SELECT 1 FROM {p} WHERE org = ?1 AND event_id = ?2"
-                            ))?;
-                            if s.exists(params![r.org, r.id])? {
+                            if holds(&tx, p, r)? {
                                 seen = true;
                                 break;
                             }
@@ -452,11 +466,7 @@ impl Contender {
                             continue;
                         }
                     }
-                    let mut ins = tx.prepare_cached(&format!(
-                        "INSERT INTO {hot} (org, event_id, month, body, written)
-                         VALUES (?1, ?2, 202611, ?3, 1764150000) ON CONFLICT (org, event_id) DO NOTHING"
-                    ))?;
-                    let n = ins.execute(params![r.org, r.id, r.body])?;
+                    let n = insert_into(&tx, hot, r)?;
                     if n == 1 {
                         // Bits set for a transaction that then fails only cost false positives.
                         self.bloom.add(r.hash);
@@ -481,10 +491,7 @@ impl Contender {
                     for (p, f) in older.iter().zip(&self.filters).rev() {
                         if f.may_hold(r.hash) {
                             self.probes += 1;
-                            let mut s = tx.prepare_cached(&format!(
-                                "SELECT 1 FROM {p} WHERE org = ?1 AND event_id = ?2"
-                            ))?;
-                            if s.exists(params![r.org, r.id])? {
+                            if holds(&tx, p, r)? {
                                 seen = true;
                                 break;
                             }
@@ -493,11 +500,7 @@ impl Contender {
                     if seen {
                         continue;
                     }
-                    let mut ins = tx.prepare_cached(&format!(
-                        "INSERT INTO {hot} (org, event_id, month, body, written)
-                         VALUES (?1, ?2, 202611, ?3, 1764150000) ON CONFLICT (org, event_id) DO NOTHING"
-                    ))?;
-                    let n = ins.execute(params![r.org, r.id, r.body])?;
+                    let n = insert_into(&tx, hot, r)?;
                     if n == 1 {
                         // Bits of a transaction that then rolls back only cost false
                         // positives; the sealed filter is a superset of the table's keys.

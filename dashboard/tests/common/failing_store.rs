@@ -1,7 +1,7 @@
 //! A failing-store seam: [`FailingRevoke`] wraps the memory adapter, delegates every tenant
 //! method to it, and fails `revoke_session` with `StoreError::Unavailable` while its switch
 //! is on, so a test can see what a route does when the store cannot record a revocation.
-//! Every other method is a plain delegation (generated from the port traits' signatures).
+//! Every other method is a plain delegation, written once by [`delegate!`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,262 +44,92 @@ impl FailingRevoke {
     }
 }
 
-#[async_trait]
-impl UserStore for FailingRevoke {
-    async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError> {
-        self.inner.ensure_user(candidate).await
-    }
-    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        self.inner.get_user(id).await
-    }
-    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.inner.find_user_by_email(email).await
-    }
-    async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
-        self.inner.list_user_memberships(user).await
-    }
-}
-
-#[async_trait]
-impl OrgStore for FailingRevoke {
-    async fn create_org(&self, org: &Org) -> Result<(), StoreError> {
-        self.inner.create_org(org).await
-    }
-    async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        self.inner.get_org(id).await
-    }
-    async fn list_org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        self.inner.list_org_ids().await
-    }
-    async fn update_org(
-        &self,
-        id: &OrgId,
-        changes: &OrgChanges,
-    ) -> Result<Option<Org>, StoreError> {
-        self.inner.update_org(id, changes).await
-    }
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
-        self.inner.change_plan(id, plan, at).await
-    }
-    async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError> {
-        self.inner.plan_history(id).await
-    }
-    async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError> {
-        self.inner.delete_org(id, at).await
-    }
-}
-
-#[async_trait]
-impl MemberStore for FailingRevoke {
-    async fn get_role(&self, org: &OrgId, user: &UserId) -> Result<Option<Role>, StoreError> {
-        self.inner.get_role(org, user).await
-    }
-    async fn list_members(&self, org: &OrgId) -> Result<Vec<Membership>, StoreError> {
-        self.inner.list_members(org).await
-    }
-    async fn add_member(&self, member: &Membership) -> Result<(), StoreError> {
-        self.inner.add_member(member).await
-    }
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
-        self.inner.set_member_role(org, user, role).await
-    }
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
-        self.inner.remove_member(org, user).await
-    }
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
-        self.inner.transfer_ownership(org, from, to).await
-    }
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.inner.add_project_member(org, project, user, at).await
-    }
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
-        self.inner.remove_project_member(org, project, user).await
-    }
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
-        self.inner.list_user_projects(org, user).await
-    }
-}
-
-#[async_trait]
-impl ProjectStore for FailingRevoke {
-    async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
-        self.inner.create_project(project).await
-    }
-    async fn get_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-    ) -> Result<Option<Project>, StoreError> {
-        self.inner.get_project(org, id).await
-    }
-    async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
-        self.inner.list_projects(org).await
-    }
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
-        self.inner.update_project(org, id, changes).await
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for FailingRevoke {
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        self.inner.create_api_key(key).await
-    }
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        self.inner.find_api_key(hash).await
-    }
-    async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, StoreError> {
-        self.inner.list_api_keys(org).await
-    }
-    async fn revoke_api_key(
-        &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        self.inner.revoke_api_key(org, id, at).await
-    }
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        self.inner.rotate_api_key(old, new, old_expires_at).await
-    }
-    async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.inner.touch_api_keys(uses).await
-    }
-}
-
-#[async_trait]
-impl InvitationStore for FailingRevoke {
-    async fn create_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
-        self.inner.create_invitation(invitation).await
-    }
-    async fn list_invitations(
-        &self,
-        org: &OrgId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Invitation>, StoreError> {
-        self.inner.list_invitations(org, now).await
-    }
-    async fn find_invitation(
-        &self,
-        hash: &KeyHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        self.inner.find_invitation(hash, now).await
-    }
-    async fn revoke_invitation(
-        &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Invitation>, StoreError> {
-        self.inner.revoke_invitation(org, id, now).await
-    }
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
-        self.inner.accept_invitation(hash, user, at).await
-    }
-}
-
-#[async_trait]
-impl AuditLog for FailingRevoke {
-    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        self.inner.record_audit(record).await
-    }
-    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
-        self.inner.list_audit(query).await
-    }
-}
-
-#[async_trait]
-impl SecurityStore for FailingRevoke {
-    async fn get_security_policy(
-        &self,
-        org: &OrgId,
-    ) -> Result<Option<OrgSecurityPolicy>, StoreError> {
-        self.inner.get_security_policy(org).await
-    }
-    async fn put_security_policy(
-        &self,
-        policy: &OrgSecurityPolicy,
-    ) -> Result<Option<OrgSecurityPolicy>, StoreError> {
-        self.inner.put_security_policy(policy).await
-    }
-    async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.inner.create_session(session).await
-    }
-    async fn get_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-    ) -> Result<Option<Session>, StoreError> {
-        self.inner.get_session(user, id).await
-    }
-    async fn list_sessions(
-        &self,
-        user: &UserId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Session>, StoreError> {
-        self.inner.list_sessions(user, now).await
-    }
-    async fn revoke_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Session>, StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "planted: revoke_session fails".into(),
-            ));
+/// Writes `impl $port for FailingRevoke`: each listed method hands its arguments to the
+/// memory adapter; one marked `fails while FIELD` first answers `Unavailable` (and changes
+/// nothing) while that switch is on. A macro because a trait impl's methods cannot come
+/// from a function; one line a method keeps the wrapper from restating every port signature.
+macro_rules! delegate {
+    ($port:ident {
+        $(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $(, fails while $switch:ident)?;)*
+    }) => {
+        #[async_trait]
+        impl $port for FailingRevoke {
+            $(async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                $(if self.$switch.load(Ordering::SeqCst) {
+                    let planted = concat!("planted: ", stringify!($name), " fails");
+                    return Err(StoreError::Unavailable(planted.into()));
+                })?
+                self.inner.$name($($arg),*).await
+            })*
         }
-        self.inner.revoke_session(user, id, at).await
-    }
+    };
 }
+
+delegate!(UserStore {
+    fn ensure_user(candidate: &User) -> User;
+    fn get_user(id: &UserId) -> Option<User>;
+    fn find_user_by_email(email: &str) -> Option<User>;
+    fn list_user_memberships(user: &UserId) -> Vec<Membership>;
+});
+
+delegate!(OrgStore {
+    fn create_org(org: &Org) -> ();
+    fn get_org(id: &OrgId) -> Option<Org>;
+    fn list_org_ids() -> Vec<OrgId>;
+    fn update_org(id: &OrgId, changes: &OrgChanges) -> Option<Org>;
+    fn change_plan(id: &OrgId, plan: PlanId, at: DateTime<Utc>) -> Option<Org>;
+    fn plan_history(id: &OrgId) -> Vec<PlanChange>;
+    fn delete_org(id: &OrgId, at: DateTime<Utc>) -> Option<Org>;
+});
+
+delegate!(MemberStore {
+    fn get_role(org: &OrgId, user: &UserId) -> Option<Role>;
+    fn list_members(org: &OrgId) -> Vec<Membership>;
+    fn add_member(member: &Membership) -> ();
+    fn set_member_role(org: &OrgId, user: &UserId, role: Role) -> Option<Membership>;
+    fn remove_member(org: &OrgId, user: &UserId) -> Option<Membership>;
+    fn transfer_ownership(org: &OrgId, from: &UserId, to: &UserId) -> Option<Org>;
+    fn add_project_member(org: &OrgId, project: &ProjectId, user: &UserId, at: DateTime<Utc>)
+        -> ();
+    fn remove_project_member(org: &OrgId, project: &ProjectId, user: &UserId) -> bool;
+    fn list_user_projects(org: &OrgId, user: &UserId) -> Vec<ProjectId>;
+});
+
+delegate!(ProjectStore {
+    fn create_project(project: &Project) -> ();
+    fn get_project(org: &OrgId, id: &ProjectId) -> Option<Project>;
+    fn list_projects(org: &OrgId) -> Vec<Project>;
+    fn update_project(org: &OrgId, id: &ProjectId, changes: &ProjectChanges) -> Option<Project>;
+});
+
+delegate!(ApiKeyStore {
+    fn create_api_key(key: &ApiKey) -> ();
+    fn find_api_key(hash: &KeyHash) -> Option<ApiKey>;
+    fn list_api_keys(org: &OrgId) -> Vec<ApiKey>;
+    fn revoke_api_key(org: &OrgId, id: &ApiKeyId, at: DateTime<Utc>) -> Option<ApiKey>;
+    fn rotate_api_key(old: &ApiKeyId, new: &ApiKey, old_expires_at: DateTime<Utc>) -> Option<ApiKey>;
+    fn touch_api_keys(uses: &[KeyUse]) -> ();
+});
+
+delegate!(InvitationStore {
+    fn create_invitation(invitation: &Invitation) -> ();
+    fn list_invitations(org: &OrgId, now: DateTime<Utc>) -> Vec<Invitation>;
+    fn find_invitation(hash: &KeyHash, now: DateTime<Utc>) -> Option<Invitation>;
+    fn revoke_invitation(org: &OrgId, id: &InvitationId, now: DateTime<Utc>) -> Option<Invitation>;
+    fn accept_invitation(hash: &KeyHash, user: &UserId, at: DateTime<Utc>) -> Membership;
+});
+
+delegate!(AuditLog {
+    fn record_audit(record: &AuditRecord) -> ();
+    fn list_audit(query: &AuditQuery) -> AuditPage;
+});
+
+delegate!(SecurityStore {
+    fn get_security_policy(org: &OrgId) -> Option<OrgSecurityPolicy>;
+    fn put_security_policy(policy: &OrgSecurityPolicy) -> Option<OrgSecurityPolicy>;
+    fn create_session(session: &Session) -> ();
+    fn get_session(user: &UserId, id: &SessionId) -> Option<Session>;
+    fn list_sessions(user: &UserId, now: DateTime<Utc>) -> Vec<Session>;
+    fn revoke_session(user: &UserId, id: &SessionId, at: DateTime<Utc>) -> Option<Session>,
+        fails while fail;
+});

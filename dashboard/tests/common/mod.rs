@@ -1,16 +1,79 @@
-//! What the dashboard's router tests share: the org they sign in to, and the failing-store
-//! seam.
+//! What the dashboard's router tests share: the org they sign in to, the failing-store
+//! seam, and one way to send a request and read its answer.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod failing_store;
 
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{OrgStore, UserStore};
 use tally_core::tenant::{Org, User};
 use tally_store::MemoryStore;
+use tower::ServiceExt;
+
+/// A response: its status, headers and body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON (`null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The header `name`'s value (empty when it has none).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// Every `Set-Cookie`, whole.
+    pub fn cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The `Set-Cookie` of `name`, whole.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.cookies().into_iter().find(|c| c.starts_with(&prefix))
+    }
+
+    /// The `Location` header (empty when it has none).
+    pub fn location(&self) -> String {
+        self.header(header::LOCATION.as_str()).to_owned()
+    }
+}
+
+/// Sends `req` to `app` and reads the whole answer.
+pub async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
 
 /// The tests' fixed clock.
 pub fn now() -> DateTime<Utc> {

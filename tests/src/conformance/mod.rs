@@ -53,3 +53,33 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// Every suite a [`storage::StoreFactory`] runs (storage, overrides, dimensions, readings,
+/// security), each in a module named after it, building the factory with `factory`: what a
+/// storage backend's test file registers, so that a suite is added to every backend in one
+/// place. The invoking module's items are in scope of each suite's module (`use super::*`).
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        mod storage {
+            use super::*;
+            $crate::storage_conformance!($factory);
+        }
+        mod overrides {
+            use super::*;
+            $crate::override_conformance!($factory);
+        }
+        mod dimensions {
+            use super::*;
+            $crate::dimensions_conformance!($factory);
+        }
+        mod readings {
+            use super::*;
+            $crate::readings_conformance!($factory);
+        }
+        mod security {
+            use super::*;
+            $crate::security_conformance!($factory);
+        }
+    };
+}
