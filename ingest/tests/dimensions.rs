@@ -376,17 +376,12 @@ async fn late_events_are_validated_with_the_catalogue_of_their_month() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     assert_eq!(answer["accepted"], 3, "{answer}");
-    let unknown = "unknown_meter".to_owned();
     assert_eq!(
         rejections(&answer),
         vec![
-            (
-                2,
-                "dimension_cardinality_exceeded".into(),
-                "properties.model".into()
-            ),
-            (3, unknown.clone(), "meter".into()),
-            (5, unknown, "meter".into()),
+            (2, "dimension_cardinality_exceeded", "properties.model"),
+            (3, "unknown_meter", "meter"),
+            (5, "unknown_meter", "meter"),
         ],
         "{answer}"
     );
