@@ -157,6 +157,17 @@
 //! a repeated token twice). A timeout after DynamoDB applied a put or a chunk is retried
 //! like any failure and finds its own owner, or its own marker.
 //!
+//! **Next format (designed, not built):** the chunk transactions are the largest write cost
+//! after the ledger (each `ADD` 2 units, plus a chunk marker per chunk). They are to be
+//! replaced by plain conditional `UpdateItem`s (1 unit, in no transaction) made idempotent by
+//! *writer slots*: K slot items `SLOT#<k>` leased to stores, each numbering its batches
+//! `seq` = 1, 2, ... and starting batch n + 1 only after batch n is done; the intent records
+//! (k, n), and each cell's `ADD` also sets a flat high-water attribute `w<k>` = n under
+//! `attribute_not_exists(w<k>) OR w<k> < n`. A cell then applies (k, n) at most once, and a
+//! write of (k, n) that finds `w<k>` >= n lands where n is already applied (every op of n
+//! lands before n + 1 starts). The items, the protocol, the full exactly-once argument, the
+//! item-size bound and the tests it needs are in `docs/dynamodb-writer-slots.md`.
+//!
 //! ## What it costs
 //!
 //! On-demand DynamoDB bills a standard write 1 WCU per KB (rounded up) and a transactional
