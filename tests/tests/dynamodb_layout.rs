@@ -183,6 +183,18 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         ),
     ];
     store.apply_batch(&events).await.unwrap();
+    // The slotted format's writer slot (and its high-water marks on the same cells).
+    let slotted = vec![event(&org.id, &project.id, "e5", "api_calls", "2", at)];
+    let report = store
+        .clone()
+        .with_writer_slots(4)
+        .apply_batch(&slotted)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![tally_core::ports::ApplyOutcome::Applied]
+    );
     // Ingest's shared rate allowance of the key (what every ingest instance takes from).
     let window = tally_core::ports::AllowanceWindow {
         scope: format!("RATE#{}", key.id),
