@@ -200,6 +200,9 @@
 //! a `unique_count` meter added to W (six meters, 4 aggregators, 1 % injected conflicts),
 //! 4.17 WCU per record, where markers inside the transactions cost 5.84 (they were 2 units
 //! each, and a value counted before cancelled its chunk: 28 cancelled transactions of 29).
+//! In the slotted format (writer slots, off by default) each day-cell and unique-counter `ADD`
+//! is 1 unit and there are no chunk markers: on the same runs 1.771 WCU per record with four
+//! meters (from 2.295) and 3.144 with six (from 4.169), no transaction cancelled.
 //!
 //! Reads: a project's series is one query per month over at most 31 cells (a few KB, so
 //! 1–3 RCU); an org-wide series reads the meter's cells of every project in the month;
