@@ -557,6 +557,18 @@ async fn run_handle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_are_exact_under_dynamodb_failure_modes() {
+    failure_modes(false).await;
+}
+
+/// The same in the slotted counter format (`with_writer_slots`): no transaction is sent, so
+/// every fault but `TransactionCanceled` meets the plain conditional updates and the writer
+/// slots' own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slotted_counters_are_exact_under_dynamodb_failure_modes() {
+    failure_modes(true).await;
+}
+
+async fn failure_modes(slotted: bool) {
     let seed = std::env::var("TALLY_PROXY_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -600,8 +612,15 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         Client::from_conf(b.build())
     };
     // Two aggregators: separate clients, separate caches of done batches and known hours.
-    let a = DynamoStore::new(client(), &table);
-    let b = DynamoStore::new(client(), &table);
+    let format = |store: DynamoStore| {
+        if slotted {
+            store.with_writer_slots(4)
+        } else {
+            store
+        }
+    };
+    let a = format(DynamoStore::new(client(), &table));
+    let b = format(DynamoStore::new(client(), &table));
 
     let mut rng = StdRng::seed_from_u64(seed);
     let org = fresh_org();
@@ -652,6 +671,14 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         distinct.len()
     );
     for f in Fault::ALL {
+        if slotted && f == Fault::TransactionCanceled {
+            assert_eq!(
+                injected.get(&f),
+                None,
+                "the slotted format sent a transaction"
+            );
+            continue;
+        }
         assert!(
             injected.get(&f).copied().unwrap_or(0) > 0,
             "{f:?} was never injected (TALLY_PROXY_SEED={seed}): {injected:?}"
