@@ -158,10 +158,10 @@
 //! a repeated token twice). A timeout after DynamoDB applied a put or a chunk is retried
 //! like any failure and finds its own owner, or its own marker.
 //!
-//! **The slotted format (built, off by default: [`DynamoStore::with_writer_slots`],
-//! `TALLY_DYNAMODB_WRITER_SLOTS`):** the chunk transactions are the largest write cost
-//! after the ledger (each `ADD` 2 units, plus a chunk marker per chunk). They are to be
-//! replaced by plain conditional `UpdateItem`s (1 unit, in no transaction) made idempotent by
+//! **The slotted format (the default since issue 16; [`DynamoStore::with_writer_slots`],
+//! `TALLY_DYNAMODB_WRITER_SLOTS`, 0 for the chunked format above):** the chunk transactions
+//! are the largest write cost after the ledger (each `ADD` 2 units, plus a chunk marker per
+//! chunk). They are replaced by plain conditional `UpdateItem`s (1 unit, in no transaction) made idempotent by
 //! *writer slots*: K slot items `SLOT#<k>` leased to stores, each numbering its batches
 //! `seq` = 1, 2, ... and starting batch n + 1 only after batch n is done; the intent records
 //! (k, n), and each cell's `ADD` also sets a flat high-water attribute `w<k>` = n under
@@ -200,7 +200,7 @@
 //! a `unique_count` meter added to W (six meters, 4 aggregators, 1 % injected conflicts),
 //! 4.17 WCU per record, where markers inside the transactions cost 5.84 (they were 2 units
 //! each, and a value counted before cancelled its chunk: 28 cancelled transactions of 29).
-//! In the slotted format (writer slots, off by default) each day-cell and unique-counter `ADD`
+//! In the slotted format (writer slots, the default) each day-cell and unique-counter `ADD`
 //! is 1 unit and there are no chunk markers: on the same runs 1.771 WCU per record with four
 //! meters (from 2.295) and 3.144 with six (from 4.169), no transaction cancelled.
 //!
@@ -374,19 +374,30 @@ impl DynamoStore {
             known_hours: Arc::default(),
             marker_owners: Arc::default(),
             allowances: Arc::default(),
-            slots: None,
+            slots: Some(Arc::new(slots::Slots::new(DEFAULT_WRITER_SLOTS))),
         }
     }
 
-    /// The same store writing new batches in the slotted counter format with `count` writer
-    /// slots (clamped to 1..=[`MAX_WRITER_SLOTS`]; `TALLY_DYNAMODB_WRITER_SLOTS`): each
-    /// day-cell and unique-counter `ADD` a plain conditional `UpdateItem` instead of a
-    /// transactional write (see `docs/dynamodb-writer-slots.md`). `count` must exceed the
-    /// number of batches applied at once by every aggregator of the table together. Batches
-    /// of either format are finished by a store of either setting.
+    /// The same store writing new batches in the slotted counter format (the default, with
+    /// [`DEFAULT_WRITER_SLOTS`]) with `count` writer slots (clamped to
+    /// ..=[`MAX_WRITER_SLOTS`]; `TALLY_DYNAMODB_WRITER_SLOTS`): each day-cell and
+    /// unique-counter `ADD` a plain conditional `UpdateItem` instead of a transactional
+    /// write (see `docs/dynamodb-writer-slots.md`). `count` must exceed the number of
+    /// batches applied at once by every aggregator of the table together. `0` is the
+    /// chunked format ([`with_chunked_counters`](Self::with_chunked_counters)). Batches of
+    /// either format are finished by a store of either setting.
     pub fn with_writer_slots(mut self, count: u32) -> Self {
-        self.slots = Some(Arc::new(slots::Slots::new(count)));
+        self.slots = (count > 0).then(|| Arc::new(slots::Slots::new(count)));
         self
+    }
+
+    /// The same store writing new batches in the chunked format of releases before the
+    /// writer slots: day-cell and unique-counter `ADD`s in `TransactWriteItems` chunks
+    /// guarded by chunk markers (2 write units an `ADD`; `TALLY_DYNAMODB_WRITER_SLOTS=0`).
+    /// For a table still written by aggregators of an older release that must not meet
+    /// slotted intents they cannot read, and for the tests of that format.
+    pub fn with_chunked_counters(self) -> Self {
+        self.with_writer_slots(0)
     }
 
     /// Plants a fault in the slotted format, for tests that show they catch it. Only on a

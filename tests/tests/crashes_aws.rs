@@ -410,7 +410,7 @@ impl Schedule {
         if self.slotted {
             store.with_writer_slots(SLOTTED_SLOTS)
         } else {
-            store
+            store.with_chunked_counters()
         }
     }
 }

@@ -240,7 +240,8 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
 
     // The store meets each fault once, on whichever write of `apply_batch` comes next
     // that it applies to, and still applies the event exactly once.
-    let store = DynamoStore::new(Client::new(&proxied), &table);
+    // The chunked format: some faults answer a `TransactWriteItems`, which it sends.
+    let store = DynamoStore::new(Client::new(&proxied), &table).with_chunked_counters();
     let (org, project) = (fresh_org(), fresh_project());
     for (i, fault) in Fault::ALL.into_iter().enumerate() {
         let before = proxy.injected().get(&fault).copied().unwrap_or(0);
@@ -616,7 +617,7 @@ async fn failure_modes(slotted: bool) {
         if slotted {
             store.with_writer_slots(4)
         } else {
-            store
+            store.with_chunked_counters()
         }
     };
     let a = format(DynamoStore::new(client(), &table));
@@ -765,7 +766,9 @@ async fn conflicts_on_a_hot_org_never_cancel_other_orgs_writes() {
         .await
         .unwrap();
     let (_direct, table) = fresh_table().await;
-    let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table);
+    // The chunked format, whose chunk transactions are what conflicts could cancel.
+    let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table)
+        .with_chunked_counters();
     let hot = fresh_org();
     let projects: Vec<_> = (0..10).map(|_| fresh_project()).collect();
     let mut events: Vec<Event> = (0..40)

@@ -399,3 +399,33 @@ async fn updates_without_the_high_water_check_are_caught() {
         "replaying a batch whose ADDs landed must count them twice without the check"
     );
 }
+
+/// One slot and two applies at once in one store: the second finds the only slot in use
+/// and waits for it (within the store's owner wait) instead of failing its whole batch for
+/// a redelivery. Before the wait it failed every event at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_waits_for_a_busy_slot_instead_of_failing() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let store = DynamoStore::new(direct.clone(), &table)
+        .with_writer_slots(1)
+        .with_owner_wait(Duration::from_secs(20));
+    let org = OrgId::from_random(rand::random());
+    let projects = [
+        ProjectId::from_random(rand::random()),
+        ProjectId::from_random(rand::random()),
+    ];
+    let first = mixed(&org, &projects, "w1", 60);
+    let second = mixed(&org, &projects, "w2", 60);
+    let (a, b) = tokio::join!(store.apply_batch(&first), store.apply_batch(&second));
+    for report in [a.unwrap(), b.unwrap()] {
+        let failed: Vec<_> = report
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, ApplyOutcome::Failed(_)))
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}

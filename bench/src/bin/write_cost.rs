@@ -31,7 +31,8 @@
 //!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--conflicts F]
 //!  [--meters 6|4] [--writer-slots K] [--endpoint URL]`
 //!
-//! `--writer-slots K` (1–64; default 0, off) runs the Tally path's stores in the slotted
+//! `--writer-slots K` (0–64; default 32, the store's default; 0 is the chunked format of
+//! releases before it) runs the Tally path's stores in the slotted
 //! counter format (`DynamoStore::with_writer_slots`, `docs/dynamodb-writer-slots.md`): each
 //! day-cell and unique-counter `ADD` a plain conditional `UpdateItem`. An update is priced
 //! here from the request (key plus written attributes), not from the stored item, which
@@ -130,7 +131,7 @@ fn args() -> anyhow::Result<Args> {
         aggregators: 1,
         conflicts: 0.0,
         meters: 6,
-        writer_slots: 0,
+        writer_slots: tally_store::dynamodb::DEFAULT_WRITER_SLOTS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -744,11 +745,7 @@ async fn main() -> anyhow::Result<()> {
         .context("creating Tally's table")?;
     let stores: Vec<DynamoStore> = (0..a.aggregators)
         .map(|_| {
-            let store = DynamoStore::new(tally_client.clone(), table.clone());
-            match a.writer_slots {
-                0 => store,
-                k => store.with_writer_slots(k),
-            }
+            DynamoStore::new(tally_client.clone(), table.clone()).with_writer_slots(a.writer_slots)
         })
         .collect();
     let tally = tally_path(&stores, &meter, &events, a.batch).await?;

@@ -434,7 +434,12 @@ async fn apply_slotted(
             ApplyOutcome::Failed("another aggregator took this batch's events over; retry".into())
         }
         Err(e) => {
-            slot.finished = abort(store, batch, now).await.is_ok();
+            // Finished only if this call fenced the batch: `Ok(false)` means an intent may
+            // exist (its write landed but the answer was lost), and stepping past a batch
+            // whose ops were never applied would make every later replay of them skip the
+            // cells the next batch raised. Unfinished, the slot's next use reads the batch
+            // again and replays or fences it.
+            slot.finished = matches!(abort(store, batch, now).await, Ok(true));
             ApplyOutcome::Failed(e.to_string())
         }
     };
@@ -444,8 +449,37 @@ async fn apply_slotted(
 
 /// A slot this store holds with its last batch finished, ready to step: an idle one
 /// (renewed when its lease is half gone) or a newly acquired one, whose unfinished batch
-/// is finished first (replayed from its intent, or fenced off without one).
+/// is finished first (replayed from its intent, or fenced off without one). With every
+/// slot leased it waits, with backoff, up to the store's owner wait (5 s by default) for
+/// one to come free before failing the batch for a later delivery.
 async fn ready_slot(store: &DynamoStore, slots: &Slots, lease_ms: i64) -> Result<Slot, String> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        if let Some(slot) = ready_slot_once(store, slots, lease_ms).await? {
+            return Ok(slot);
+        }
+        if started.elapsed() + pause > store.owner_wait {
+            break;
+        }
+        metrics::counter!("tally_writer_slot_waits_total").increment(1);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+    metrics::counter!("tally_writer_slots_exhausted_total").increment(1);
+    Err(format!(
+        "no writer slot free within {:?}: TALLY_DYNAMODB_WRITER_SLOTS ({}) must exceed the \
+         batches applied at once; retry",
+        store.owner_wait, slots.count
+    ))
+}
+
+/// One pass of [`ready_slot`] over every slot; `None` when none was free.
+async fn ready_slot_once(
+    store: &DynamoStore,
+    slots: &Slots,
+    lease_ms: i64,
+) -> Result<Option<Slot>, String> {
     // Every slot in turn from a random one, so a free slot is found if there is one.
     let start = rand::random_range(0..slots.count);
     let tries = slots.count as usize + SLOT_TRIES;
@@ -465,21 +499,17 @@ async fn ready_slot(store: &DynamoStore, slots: &Slots, lease_ms: i64) -> Result
         };
         let Some(mut slot) = held else { continue };
         if slots.fault == Some(SlotFault::StepBeforeDone) {
-            return Ok(slot);
+            return Ok(Some(slot));
         }
         match finish_slot_batch(store, &mut slot).await {
-            Ok(()) => return Ok(slot),
+            Ok(()) => return Ok(Some(slot)),
             // Left to expire: whoever acquires it next finishes the batch.
             Err(why) => {
                 tracing::warn!(slot = slot.k, error = %why, "cannot finish a writer slot's batch")
             }
         }
     }
-    Err(format!(
-        "no writer slot free after {tries} tries: TALLY_DYNAMODB_WRITER_SLOTS ({}) must \
-         exceed the batches applied at once; retry",
-        slots.count
-    ))
+    Ok(None)
 }
 
 /// Finishes the batch a slot last began, unless known finished: done or aborted is
