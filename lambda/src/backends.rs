@@ -42,7 +42,12 @@ pub async fn sdk_config() -> SdkConfig {
 pub async fn store(env: &Env) -> Result<Store, EnvError> {
     let table = env.required(env::TABLE)?;
     let sdk = sdk_config().await;
-    let dynamo = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    let mut dynamo = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    // Only the aggregator applies batches, so only it reads the counter format's setting.
+    if env.lists(env::WRITER_SLOTS) {
+        dynamo = dynamo.with_writer_slots(env.writer_slots()?);
+    }
+    let dynamo = Arc::new(dynamo);
     Ok(Store {
         tenants: dynamo.clone(),
         usage: dynamo.clone(),

@@ -112,6 +112,12 @@ pub const SECRETS_REFRESH_SECONDS: &str = "TALLY_SECRETS_REFRESH_SECONDS";
 /// (`TALLY_DEADLINE_MARGIN_SECONDS`; whole seconds, 30 when unset, see
 /// [`tally_aggregator::DEFAULT_DEADLINE_MARGIN`] for why).
 pub const DEADLINE_MARGIN_SECONDS: &str = "TALLY_DEADLINE_MARGIN_SECONDS";
+/// How many batches the aggregators of the table may apply at once in the slotted counter
+/// format (`TALLY_DYNAMODB_WRITER_SLOTS`, 0 to [`tally_store::dynamodb::MAX_WRITER_SLOTS`];
+/// [`tally_store::dynamodb::DEFAULT_WRITER_SLOTS`] when unset; 0 is the chunked format of
+/// earlier releases). It must exceed the aggregator's concurrency: see
+/// `docs/dynamodb-writer-slots.md`.
+pub const WRITER_SLOTS: &str = "TALLY_DYNAMODB_WRITER_SLOTS";
 /// Longest [`DEADLINE_MARGIN_SECONDS`] accepted: Lambda's longest timeout, 15 minutes.
 pub const MAX_DEADLINE_MARGIN_SECONDS: u64 = 900;
 /// The URL of the billing function's queue of per-org work items
@@ -165,6 +171,7 @@ pub const AGGREGATOR: &[&str] = &[
     TRANSPORT,
     DEAD_LETTER_QUEUE_URL,
     DEADLINE_MARGIN_SECONDS,
+    WRITER_SLOTS,
     LOG,
 ];
 /// What `tally-billing-lambda` reads.
@@ -258,6 +265,16 @@ impl Env {
         parse_deadline_margin(self.optional(DEADLINE_MARGIN_SECONDS)?.as_deref())
     }
 
+    /// Whether this binary reads `name` (it is on its list).
+    pub fn lists(&self, name: &str) -> bool {
+        self.allowed.contains(&name)
+    }
+
+    /// The DynamoDB store's writer slots ([`WRITER_SLOTS`]).
+    pub fn writer_slots(&self) -> Result<u32, EnvError> {
+        parse_writer_slots(self.optional(WRITER_SLOTS)?.as_deref())
+    }
+
     /// The Kinesis key spread named by [`KINESIS_KEY_SPREAD`], or the default when unset.
     pub fn kinesis_key_spread(&self) -> Result<u16, EnvError> {
         match self.optional(KINESIS_KEY_SPREAD)? {
@@ -301,6 +318,21 @@ fn parse_deadline_margin(v: Option<&str>) -> Result<std::time::Duration, EnvErro
             DEADLINE_MARGIN_SECONDS,
             v,
             format!("must be whole seconds, 0 to {MAX_DEADLINE_MARGIN_SECONDS}"),
+        )),
+    }
+}
+
+fn parse_writer_slots(v: Option<&str>) -> Result<u32, EnvError> {
+    let max = tally_store::dynamodb::MAX_WRITER_SLOTS;
+    let Some(v) = v else {
+        return Ok(tally_store::dynamodb::DEFAULT_WRITER_SLOTS);
+    };
+    match v.trim().parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(EnvError::invalid(
+            WRITER_SLOTS,
+            v,
+            format!("must be a whole number, 0 to {max}"),
         )),
     }
 }
@@ -380,6 +412,17 @@ mod tests {
         for bad in ["-1", "2.5", "30s", "901"] {
             let e = parse_deadline_margin(Some(bad)).unwrap_err().to_string();
             assert!(e.contains(DEADLINE_MARGIN_SECONDS), "{e}");
+        }
+    }
+
+    #[test]
+    fn writer_slots_default_to_32_and_refuse_nonsense() {
+        assert_eq!(parse_writer_slots(None), Ok(32));
+        assert_eq!(parse_writer_slots(Some(" 0 ")), Ok(0));
+        assert_eq!(parse_writer_slots(Some("64")), Ok(64));
+        for bad in ["-1", "65", "8.5", "lots"] {
+            let e = parse_writer_slots(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(WRITER_SLOTS), "{e}");
         }
     }
 

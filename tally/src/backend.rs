@@ -7,7 +7,9 @@
 //! has its own SQLite file so ingest's writes and the aggregator's never wait on one lock.
 //! Two settings for tests that kill aggregators come from the environment:
 //! `TALLY_DYNAMODB_CLAIM_LEASE_SECONDS` and `TALLY_QUEUE_VISIBILITY_SECONDS` (see
-//! [`crate::settings::claim_lease`] and [`crate::settings::queue_visibility`]).
+//! [`crate::settings::claim_lease`] and [`crate::settings::queue_visibility`]), and one for
+//! the DynamoDB counter format: `TALLY_DYNAMODB_WRITER_SLOTS`
+//! ([`crate::settings::writer_slots`]).
 //! `tally replay` opens only the queue ([`open_dead_letters`]).
 
 use std::path::{Path, PathBuf};
@@ -219,6 +221,9 @@ pub async fn open_store(common: &Common) -> anyhow::Result<Stores> {
             let mut store = DynamoStore::new(client.clone(), table.clone());
             if let Some(lease) = crate::settings::claim_lease()? {
                 store = store.with_claim_lease(lease);
+            }
+            if let Some(slots) = crate::settings::writer_slots()? {
+                store = store.with_writer_slots(slots);
             }
             let store = Arc::new(store);
             Ok(Stores::of(store, Some((client, table)), aws))

@@ -160,6 +160,32 @@ pub fn claim_lease() -> anyhow::Result<Option<Duration>> {
     env_seconds("TALLY_DYNAMODB_CLAIM_LEASE_SECONDS", 3600)
 }
 
+/// The DynamoDB store's writer slots (`TALLY_DYNAMODB_WRITER_SLOTS`, 0 to
+/// [`tally_store::dynamodb::MAX_WRITER_SLOTS`]; default
+/// [`tally_store::dynamodb::DEFAULT_WRITER_SLOTS`]): how many batches every aggregator of
+/// the table may apply at once in the slotted counter format
+/// (`docs/dynamodb-writer-slots.md`); 0 writes the chunked format of earlier releases.
+pub fn writer_slots() -> anyhow::Result<Option<u32>> {
+    parse_writer_slots(std::env::var("TALLY_DYNAMODB_WRITER_SLOTS").ok().as_deref())
+}
+
+fn parse_writer_slots(value: Option<&str>) -> anyhow::Result<Option<u32>> {
+    let max = tally_store::dynamodb::MAX_WRITER_SLOTS;
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= max)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "TALLY_DYNAMODB_WRITER_SLOTS must be a whole number from 0 to {max}, got {v:?}"
+                )
+            }),
+    }
+}
+
 /// The visibility timeout of the SQS and Kinesis queues (`TALLY_QUEUE_VISIBILITY_SECONDS`,
 /// 1 to 43200; default 30 s): how long a message or record handed out and not acknowledged
 /// (its aggregator died, or left it for redelivery) stays hidden. With it set,
@@ -240,6 +266,21 @@ fn data_dir_secret(dir: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writer_slots_parse_within_their_bounds() {
+        assert_eq!(parse_writer_slots(None).unwrap(), None);
+        assert_eq!(parse_writer_slots(Some(" ")).unwrap(), None);
+        assert_eq!(parse_writer_slots(Some("0")).unwrap(), Some(0));
+        assert_eq!(parse_writer_slots(Some("64")).unwrap(), Some(64));
+        for bad in ["65", "-1", "many", "3.5"] {
+            let e = parse_writer_slots(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("TALLY_DYNAMODB_WRITER_SLOTS") && e.contains("0 to 64"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn durations_parse() {

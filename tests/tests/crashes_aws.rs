@@ -41,6 +41,14 @@
 //!
 //! Each schedule has a table of its own (dropped when it passes).
 //!
+//! A second test runs the schedules in the slotted format (`with_writer_slots`, three slots,
+//! `docs/dynamodb-writer-slots.md`): a "chunk" is then the `k`th counter update carrying a
+//! high-water mark (a wide batch has eight: six unique counters and two cells, so crashes
+//! land between updates), and two more step kinds crash at the writer slot's acquisition
+//! and at its step to the batch (13 kinds, 16 schedules each by default). Outside the
+//! lease-held mode the dying store's slot lease is zero, so takers (three slots between
+//! them all) often take its slot and must finish or fence its batch before their own.
+//!
 //! The seed is printed; `TALLY_CRASH_SEED` replays a run, `TALLY_CRASH_ONLY=<i>` one
 //! schedule of it, `TALLY_CRASH_SCHEDULES` sets how many (default 250, 22 or 23 per step).
 //!
@@ -73,10 +81,18 @@ use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
 use tally_tests::oracle::{counter_differences, plain_counters};
 
 const MONTH: &str = "2026-11";
-/// Step kinds; schedule `i` crashes at kind `i % STEPS`.
+/// Step kinds of the chunked format; schedule `i` crashes at kind `i % STEPS`.
 const STEPS: usize = 11;
+/// Step kinds of the slotted format: the same eleven (a chunk is a cell update there) and
+/// two around the writer slot.
+const SLOTTED_STEPS: usize = 13;
+/// Writer slots of the slotted schedules' stores: three, one more than the stores that
+/// may hold one at once beside a taker (the dead store and the lease-held taker keep
+/// theirs for the claim lease), and few, so takers often take the dead store's slot (and
+/// each other's) and must finish its batch first.
+const SLOTTED_SLOTS: u32 = 3;
 /// Names of the step kinds, for the summary.
-const KINDS: [&str; STEPS] = [
+const KINDS: [&str; SLOTTED_STEPS] = [
     "during claims",
     "after claims",
     "intent answer lost",
@@ -88,6 +104,8 @@ const KINDS: [&str; STEPS] = [
     "done answer lost",
     "at the counter guard",
     "at a unique marker",
+    "at the slot acquisition",
+    "at the slot step",
 ];
 /// Schedules run at once (each with a dying store behind a crash proxy of its own).
 const PARALLEL: usize = 4;
@@ -117,10 +135,14 @@ enum Step {
     Guard(CrashMode),
     /// At the first `unique_count` marker put (after the intent, before the chunks).
     Marker(CrashMode),
+    /// Slotted format: at the writer slot's acquisition (after the claims and the guard).
+    SlotAcquire(CrashMode),
+    /// Slotted format: at the slot's step to this batch (just before the intent).
+    SlotAdvance(CrashMode),
 }
 
 impl Step {
-    fn point(self) -> CrashPoint {
+    fn point(self, slotted: bool) -> CrashPoint {
         let at = |op: &str, needle: String, nth: u64, mode: CrashMode| CrashPoint {
             op: op.to_owned(),
             needle,
@@ -128,17 +150,24 @@ impl Step {
             mode,
         };
         // Ledger claims are the puts of `EVT#` records; the intent is the put carrying the
-        // packed ops (`opsu`); a unique marker is a put into an `UNQ#` partition; a chunk is
-        // the transaction holding its marker.
+        // packed ops (`opsu`, slotted `opss`); a unique marker is a put into an `UNQ#`
+        // partition; a chunk is the transaction holding its marker, and in the slotted
+        // format the `k`th update carrying a high-water mark (`#w`).
+        let intent = if slotted { "opss" } else { "opsu" };
         match self {
             Step::Claim(k, mode) => at("PutItem", "EVT#".into(), k, mode),
-            Step::BeforeIntent => at("PutItem", "opsu".into(), 0, CrashMode::Before),
-            Step::IntentLost => at("PutItem", "opsu".into(), 0, CrashMode::AnswerLost),
-            Step::AfterIntent => at("PutItem", "opsu".into(), 0, CrashMode::After),
+            Step::BeforeIntent => at("PutItem", intent.into(), 0, CrashMode::Before),
+            Step::IntentLost => at("PutItem", intent.into(), 0, CrashMode::AnswerLost),
+            Step::AfterIntent => at("PutItem", intent.into(), 0, CrashMode::After),
             Step::Marker(mode) => at("PutItem", "#UNQ#".into(), 0, mode),
+            Step::Chunk(k, mode) if slotted => at("UpdateItem", "\"#w\"".into(), k, mode),
             Step::Chunk(k, mode) => at("TransactWriteItems", format!("CHUNK#{k}\""), 0, mode),
-            // Raises update day cells; the counter guard's reservation is an `UpdateItem` too.
+            // Raises update day cells (slotted: the only updates naming an hour `#h`); the
+            // counter guard's reservation is an `UpdateItem` too.
+            Step::Raise(mode) if slotted => at("UpdateItem", "\"#h\"".into(), 0, mode),
             Step::Raise(mode) => at("UpdateItem", "DAY#".into(), 0, mode),
+            Step::SlotAcquire(mode) => at("UpdateItem", "\":one\"".into(), 0, mode),
+            Step::SlotAdvance(mode) => at("UpdateItem", "\":next\"".into(), 0, mode),
             Step::Guard(mode) => at("UpdateItem", "#GUARD#".into(), 0, mode),
             Step::BeforeDone => at("PutItem", "\"DONE\"".into(), 0, CrashMode::Before),
             Step::DoneLost => at("PutItem", "\"DONE\"".into(), 0, CrashMode::AnswerLost),
@@ -158,7 +187,14 @@ impl Step {
                     | Step::DoneLost
             )
         } else {
-            !matches!(self, Step::Claim(..) | Step::BeforeIntent | Step::Guard(..))
+            !matches!(
+                self,
+                Step::Claim(..)
+                    | Step::BeforeIntent
+                    | Step::Guard(..)
+                    | Step::SlotAcquire(..)
+                    | Step::SlotAdvance(..)
+            )
         }
     }
 }
@@ -182,6 +218,10 @@ enum Takeover {
 #[derive(Debug)]
 struct Schedule {
     i: usize,
+    /// The step kind (an index of [`KINDS`]).
+    kind: usize,
+    /// Whether the stores write the slotted format.
+    slotted: bool,
     org: OrgId,
     step: Step,
     takeover: Takeover,
@@ -221,7 +261,7 @@ fn draw_event(
     }
 }
 
-fn draw_schedule(seed: u64, i: usize) -> Schedule {
+fn draw_schedule(seed: u64, i: usize, slotted: bool) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let org = OrgId::from_random(rng.random());
     let projects = [
@@ -237,8 +277,9 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
             break at;
         }
     };
-    let kind = i % STEPS;
-    let wide = kind == 4 && (i / STEPS).is_multiple_of(2);
+    let steps = if slotted { SLOTTED_STEPS } else { STEPS };
+    let kind = i % steps;
+    let wide = kind == 4 && (i / steps).is_multiple_of(2);
     let mode = |rng: &mut StdRng| match rng.random_range(0..3) {
         0 => CrashMode::Before,
         1 => CrashMode::AnswerLost,
@@ -312,8 +353,13 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         1 => Step::BeforeIntent,
         2 => Step::IntentLost,
         3 => Step::AfterIntent,
+        // Slotted, a wide batch has eight updates: six unique counters, two cells.
         4 => Step::Chunk(
-            if wide { rng.random_range(0..2) } else { 0 },
+            match (wide, slotted) {
+                (true, true) => rng.random_range(0..8),
+                (true, false) => rng.random_range(0..2),
+                _ => 0,
+            },
             mode(&mut rng),
         ),
         // The last chunk (chunk 0 of a small batch) answered lost.
@@ -322,9 +368,11 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         7 => Step::BeforeDone,
         8 => Step::DoneLost,
         9 => Step::Guard(mode(&mut rng)),
-        _ => Step::Marker(mode(&mut rng)),
+        10 => Step::Marker(mode(&mut rng)),
+        11 => Step::SlotAcquire(mode(&mut rng)),
+        _ => Step::SlotAdvance(mode(&mut rng)),
     };
-    let takeover = match (i / STEPS) % 4 {
+    let takeover = match (i / steps) % 4 {
         0 => Takeover::Single,
         1 => Takeover::LeaseHeld,
         2 => Takeover::Race,
@@ -344,6 +392,8 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
     let extra_b = extras(&mut rng, "xb");
     Schedule {
         i,
+        kind,
+        slotted,
         org,
         step,
         takeover,
@@ -351,6 +401,17 @@ fn draw_schedule(seed: u64, i: usize) -> Schedule {
         dying_distinct,
         extra_a,
         extra_b,
+    }
+}
+
+impl Schedule {
+    /// `store` writing the schedule's format.
+    fn format(&self, store: DynamoStore) -> DynamoStore {
+        if self.slotted {
+            store.with_writer_slots(SLOTTED_SLOTS)
+        } else {
+            store.with_chunked_counters()
+        }
     }
 }
 
@@ -485,14 +546,16 @@ async fn take_over(
     table: &str,
     tally: &Mutex<Tally>,
 ) -> Result<Vec<Event>, String> {
-    let fresh = || DynamoStore::new(direct.clone(), table).with_claim_lease(Duration::ZERO);
+    let fresh =
+        || s.format(DynamoStore::new(direct.clone(), table).with_claim_lease(Duration::ZERO));
     let mut batch_a: Vec<Event> = s.dying.iter().chain(&s.extra_a).cloned().collect();
     let mut rng = StdRng::seed_from_u64(s.i as u64);
     batch_a.shuffle(&mut rng);
     Ok(match s.takeover {
         Takeover::Single | Takeover::Zombie => deliver(&fresh(), batch_a, tally).await,
         Takeover::LeaseHeld => {
-            let held = DynamoStore::new(direct.clone(), table).with_owner_wait(Duration::ZERO);
+            let held =
+                s.format(DynamoStore::new(direct.clone(), table).with_owner_wait(Duration::ZERO));
             let report = held
                 .apply_batch(&batch_a)
                 .await
@@ -556,13 +619,19 @@ async fn run(
     let month = Month::parse(MONTH).unwrap();
     // 1. The dying store: fresh caches, one attempt per write, killed (or paused) at the
     //    step.
-    let dying = DynamoStore::new(dying_client.clone(), table).with_retry_policy(Backoff::new(
+    let mut dying = DynamoStore::new(dying_client.clone(), table).with_retry_policy(Backoff::new(
         1,
         Duration::from_millis(1),
         Duration::from_millis(1),
     ));
+    // Slotted: the dead store's writer slot is free to take at once (its lease is the claim
+    // lease), except where a taker must respect the dead batch's claim lease.
+    if s.slotted && s.takeover != Takeover::LeaseHeld {
+        dying = dying.with_claim_lease(Duration::ZERO);
+    }
+    let dying = s.format(dying);
     let zombie = s.takeover == Takeover::Zombie;
-    let mut point = s.step.point();
+    let mut point = s.step.point(s.slotted);
     if zombie {
         point.mode = CrashMode::Stall;
     }
@@ -696,6 +765,18 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_inside_apply_is_taken_over_exactly_once() {
+    run_schedules(false).await;
+}
+
+/// The same schedules in the slotted format (`with_writer_slots`), two more step kinds
+/// (the slot's acquisition and its step), 16 schedules each by default (208).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_inside_a_slotted_apply_is_taken_over_exactly_once() {
+    run_schedules(true).await;
+}
+
+async fn run_schedules(slotted: bool) {
+    let steps = if slotted { SLOTTED_STEPS } else { STEPS };
     let seed: u64 = std::env::var("TALLY_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -703,18 +784,18 @@ async fn every_crash_inside_apply_is_taken_over_exactly_once() {
     let count: usize = std::env::var("TALLY_CRASH_SCHEDULES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(25 * STEPS);
+        .unwrap_or(if slotted { 16 } else { 25 } * steps);
     let only: Option<usize> = std::env::var("TALLY_CRASH_ONLY")
         .ok()
         .and_then(|v| v.parse().ok());
-    println!("crash schedules: TALLY_CRASH_SEED={seed}, {count} schedules");
+    println!("crash schedules (slotted {slotted}): TALLY_CRASH_SEED={seed}, {count} schedules");
     let direct = Client::new(&aws::sdk_config().await);
     // A table per schedule: the emulator copies a table for each transaction, so one
     // table holding every schedule's items makes the run quadratic.
     let prefix = aws::fresh_name("tally-crash");
     let schedules: Vec<Schedule> = (0..count)
         .filter(|i| only.is_none_or(|o| o == *i))
-        .map(|i| draw_schedule(seed, i))
+        .map(|i| draw_schedule(seed, i, slotted))
         .collect();
 
     let started = Instant::now();
@@ -756,7 +837,7 @@ async fn every_crash_inside_apply_is_taken_over_exactly_once() {
         let s = by_i[i];
         match r {
             Ok(o) => {
-                *kinds.entry(KINDS[s.i % STEPS].to_owned()).or_default() += 1;
+                *kinds.entry(KINDS[s.kind].to_owned()).or_default() += 1;
                 *kinds.entry(format!("{:?}", s.takeover)).or_default() += 1;
                 fenced += usize::from(o.fenced);
                 finished += usize::from(o.finished);
@@ -767,7 +848,7 @@ async fn every_crash_inside_apply_is_taken_over_exactly_once() {
             }
             Err(why) => failures.push(format!(
                 "schedule {i} ({:?}, {:?}, {} events): {why} \
-                 (replay: TALLY_CRASH_SEED={seed} TALLY_CRASH_ONLY={i})",
+                 (replay: TALLY_CRASH_SEED={seed} TALLY_CRASH_ONLY={i}, slotted {slotted})",
                 s.step,
                 s.takeover,
                 s.dying.len()

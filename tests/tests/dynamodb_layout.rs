@@ -143,7 +143,8 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     let client = Client::new(&config);
     let table = aws::fresh_name("tally-layout");
     create_table(&client, &table).await.unwrap();
-    let store = DynamoStore::new(client.clone(), table.clone());
+    // The chunked format writes the chunk markers; a slotted store below writes a slot.
+    let store = DynamoStore::new(client.clone(), table.clone()).with_chunked_counters();
 
     let now = Utc::now();
     let org = create_owned_org(
@@ -183,6 +184,18 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         ),
     ];
     store.apply_batch(&events).await.unwrap();
+    // The slotted format's writer slot (and its high-water marks on the same cells).
+    let slotted = vec![event(&org.id, &project.id, "e5", "api_calls", "2", at)];
+    let report = store
+        .clone()
+        .with_writer_slots(4)
+        .apply_batch(&slotted)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![tally_core::ports::ApplyOutcome::Applied]
+    );
     // Ingest's shared rate allowance of the key (what every ingest instance takes from).
     let window = tally_core::ports::AllowanceWindow {
         scope: format!("RATE#{}", key.id),

@@ -240,7 +240,8 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
 
     // The store meets each fault once, on whichever write of `apply_batch` comes next
     // that it applies to, and still applies the event exactly once.
-    let store = DynamoStore::new(Client::new(&proxied), &table);
+    // The chunked format: some faults answer a `TransactWriteItems`, which it sends.
+    let store = DynamoStore::new(Client::new(&proxied), &table).with_chunked_counters();
     let (org, project) = (fresh_org(), fresh_project());
     for (i, fault) in Fault::ALL.into_iter().enumerate() {
         let before = proxy.injected().get(&fault).copied().unwrap_or(0);
@@ -557,6 +558,18 @@ async fn run_handle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_are_exact_under_dynamodb_failure_modes() {
+    failure_modes(false).await;
+}
+
+/// The same in the slotted counter format (`with_writer_slots`): no transaction is sent, so
+/// every fault but `TransactionCanceled` meets the plain conditional updates and the writer
+/// slots' own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slotted_counters_are_exact_under_dynamodb_failure_modes() {
+    failure_modes(true).await;
+}
+
+async fn failure_modes(slotted: bool) {
     let seed = std::env::var("TALLY_PROXY_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -600,8 +613,15 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         Client::from_conf(b.build())
     };
     // Two aggregators: separate clients, separate caches of done batches and known hours.
-    let a = DynamoStore::new(client(), &table);
-    let b = DynamoStore::new(client(), &table);
+    let format = |store: DynamoStore| {
+        if slotted {
+            store.with_writer_slots(4)
+        } else {
+            store.with_chunked_counters()
+        }
+    };
+    let a = format(DynamoStore::new(client(), &table));
+    let b = format(DynamoStore::new(client(), &table));
 
     let mut rng = StdRng::seed_from_u64(seed);
     let org = fresh_org();
@@ -652,6 +672,14 @@ async fn counters_are_exact_under_dynamodb_failure_modes() {
         distinct.len()
     );
     for f in Fault::ALL {
+        if slotted && f == Fault::TransactionCanceled {
+            assert_eq!(
+                injected.get(&f),
+                None,
+                "the slotted format sent a transaction"
+            );
+            continue;
+        }
         assert!(
             injected.get(&f).copied().unwrap_or(0) > 0,
             "{f:?} was never injected (TALLY_PROXY_SEED={seed}): {injected:?}"
@@ -738,7 +766,9 @@ async fn conflicts_on_a_hot_org_never_cancel_other_orgs_writes() {
         .await
         .unwrap();
     let (_direct, table) = fresh_table().await;
-    let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table);
+    // The chunked format, whose chunk transactions are what conflicts could cancel.
+    let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table)
+        .with_chunked_counters();
     let hot = fresh_org();
     let projects: Vec<_> = (0..10).map(|_| fresh_project()).collect();
     let mut events: Vec<Event> = (0..40)

@@ -29,7 +29,16 @@
 //!
 //! `cargo run -p tally-bench --bin write_cost -- [--events N] [--seed S]
 //!  [--baseline-sample F] [--batch N] [--check-orgs N] [--aggregators N] [--conflicts F]
-//!  [--meters 6|4] [--endpoint URL]`
+//!  [--meters 6|4] [--writer-slots K] [--endpoint URL]`
+//!
+//! `--writer-slots K` (0–64; default 32, the store's default; 0 is the chunked format of
+//! releases before it) runs the Tally path's stores in the slotted
+//! counter format (`DynamoStore::with_writer_slots`, `docs/dynamodb-writer-slots.md`): each
+//! day-cell and unique-counter `ADD` a plain conditional `UpdateItem`. An update is priced
+//! here from the request (key plus written attributes), not from the stored item, which
+//! also holds the other hours and the slots' high-water marks; so the run ends by scanning
+//! the counter items and printing the largest one's size by DynamoDB's rules: while it is
+//! under 1 KB, every counter update is billed 1 unit either way.
 //!
 //! Workload W has six meters since issue 16, one of each aggregation and three sums
 //! (`--meters 4` drops the `latest` and `unique_count` ones, as the runs before it had).
@@ -107,6 +116,8 @@ struct Args {
     /// 6: every aggregation's write path (issue 16's workload W); 4: the four meters of the runs
     /// before it (sum, sum, max, sum), to compare with their figures.
     meters: usize,
+    /// Writer slots of the slotted counter format (0: off, the chunked format).
+    writer_slots: u32,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -120,6 +131,7 @@ fn args() -> anyhow::Result<Args> {
         aggregators: 1,
         conflicts: 0.0,
         meters: 6,
+        writer_slots: tally_store::dynamodb::DEFAULT_WRITER_SLOTS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -144,6 +156,7 @@ fn args() -> anyhow::Result<Args> {
             "--aggregators" => a.aggregators = value.parse().context("--aggregators")?,
             "--conflicts" => a.conflicts = value.parse().context("--conflicts")?,
             "--meters" => a.meters = value.parse().context("--meters")?,
+            "--writer-slots" => a.writer_slots = value.parse().context("--writer-slots")?,
             _ => bail!("unknown flag {flag} (try --help)"),
         }
     }
@@ -164,6 +177,9 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(0.0..=0.5).contains(&a.conflicts) {
         bail!("--conflicts must be in 0..=0.5");
+    }
+    if a.writer_slots > tally_store::dynamodb::MAX_WRITER_SLOTS {
+        bail!("--writer-slots must be in 0..=64 (0: the chunked format)");
     }
     if a.check_orgs > 100_000 {
         bail!("--check-orgs must be at most 100000");
@@ -728,7 +744,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating Tally's table")?;
     let stores: Vec<DynamoStore> = (0..a.aggregators)
-        .map(|_| DynamoStore::new(tally_client.clone(), table.clone()))
+        .map(|_| {
+            DynamoStore::new(tally_client.clone(), table.clone()).with_writer_slots(a.writer_slots)
+        })
         .collect();
     let tally = tally_path(&stores, &meter, &events, a.batch).await?;
     let tt = &tally.totals;
@@ -923,6 +941,12 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(class, _)| class.contains("GUARD"))
         .map(|(_, c)| c.wcu)
         .sum();
+    let (largest, over) = largest_counter_item(&plain, &table).await?;
+    println!(
+        "  largest counter item (day cell or unique counter, stored, by DynamoDB's size rules): \
+         {largest} bytes; {over} counter items over 1 KB (writer slots: {})",
+        a.writer_slots
+    );
     println!(
         "CELL meters={} batch={} aggregators={} conflicts={} records={} wcu_per_event={:.3} \
          wcu_per_event_if_cancelled_free={:.3} rcu_per_event={:.4} guard_wcu_per_event={:.3} \
@@ -951,6 +975,33 @@ async fn main() -> anyhow::Result<()> {
         bail!("the Tally run's counters are not exact; its figures do not count");
     }
     Ok(())
+}
+
+/// The size of the largest stored counter item (`ORG#<org>#CTR#<month>`) and how many are
+/// over 1 KB: what bills a counter update beyond what its request shows.
+async fn largest_counter_item(client: &Client, table: &str) -> anyhow::Result<(usize, usize)> {
+    let (mut largest, mut over) = (0, 0);
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .filter_expression("contains(pk, :ctr)")
+            .expression_attribute_values(":ctr", AttributeValue::S("#CTR#".into()))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .context("scanning the counter items")?;
+        for item in page.items() {
+            let size = tally_bench::capacity::item_size(item);
+            largest = largest.max(size);
+            over += usize::from(size > 1024);
+        }
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            return Ok((largest, over));
+        }
+    }
 }
 
 #[cfg(test)]

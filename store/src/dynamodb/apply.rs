@@ -35,6 +35,8 @@ use super::keys::{
 use super::markers::claim_markers;
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
 use super::raise::raise_hours;
+use super::slots::{self, Slot, SlotFault, Slots};
+use super::slotted;
 
 /// Most actions in one `TransactWriteItems` (DynamoDB's limit).
 pub const MAX_ACTIONS: usize = 100;
@@ -349,7 +351,10 @@ async fn apply_owned(
     now: DateTime<Utc>,
 ) -> ApplyOutcome {
     let ops = plan_ops(events, owned);
-    match write_intent(store, batch, &ops, now).await {
+    if let Some(slots) = &store.slots {
+        return apply_slotted(store, slots, batch, &ops, now).await;
+    }
+    match write_intent(store, batch, &ops, Packing::MarkersApart, now).await {
         Ok(true) => {}
         Ok(false) => {
             return ApplyOutcome::Failed(
@@ -367,6 +372,170 @@ async fn apply_owned(
         Ok(()) => ApplyOutcome::Applied,
         Err(why) => ApplyOutcome::Failed(why),
     }
+}
+
+/// Tries at getting a slot ready (acquired or renewed, its last batch finished) or stepped.
+const SLOT_TRIES: usize = 8;
+
+/// [`apply_owned`] in the slotted format: a ready writer slot stepped to this batch, the
+/// intent with the slot and number, its updates, done; the slot goes back to the store's
+/// idle slots, marked finished only if the batch is (so its next use finishes it first).
+async fn apply_slotted(
+    store: &DynamoStore,
+    slots: &Slots,
+    batch: &str,
+    ops: &Ops,
+    now: DateTime<Utc>,
+) -> ApplyOutcome {
+    let lease_ms = i64::try_from(store.claim_lease.as_millis()).unwrap_or(i64::MAX);
+    let mut stepped = None;
+    for _ in 0..SLOT_TRIES {
+        let slot = match ready_slot(store, slots, lease_ms).await {
+            Ok(slot) => slot,
+            Err(why) => {
+                let _ = abort(store, batch, now).await;
+                return ApplyOutcome::Failed(why);
+            }
+        };
+        let now_ms = Utc::now().timestamp_millis();
+        match slots::step(store, &slots.owner, &slot, batch, now_ms, lease_ms).await {
+            Ok(Some(next)) => {
+                stepped = Some(next);
+                break;
+            }
+            // Taken by another store: its batch is that store's to finish; try another.
+            Ok(None) => {}
+            Err(e) => {
+                slots.give_back(slot);
+                let _ = abort(store, batch, now).await;
+                return ApplyOutcome::Failed(e.to_string());
+            }
+        }
+    }
+    let Some(mut slot) = stepped else {
+        let _ = abort(store, batch, now).await;
+        return ApplyOutcome::Failed("no writer slot could be stepped; retry".into());
+    };
+    let packing = Packing::Slotted {
+        slot: slot.k,
+        seq: slot.seq,
+    };
+    let outcome = match write_intent(store, batch, ops, packing, now).await {
+        Ok(true) => match complete(store, batch, ops, packing, now).await {
+            Ok(()) => {
+                slot.finished = true;
+                ApplyOutcome::Applied
+            }
+            Err(why) => ApplyOutcome::Failed(why),
+        },
+        // Fenced off (the slot or the events were taken over): finished, as an abort.
+        Ok(false) => {
+            slot.finished = true;
+            ApplyOutcome::Failed("another aggregator took this batch's events over; retry".into())
+        }
+        Err(e) => {
+            // Finished only if this call fenced the batch: `Ok(false)` means an intent may
+            // exist (its write landed but the answer was lost), and stepping past a batch
+            // whose ops were never applied would make every later replay of them skip the
+            // cells the next batch raised. Unfinished, the slot's next use reads the batch
+            // again and replays or fences it.
+            slot.finished = matches!(abort(store, batch, now).await, Ok(true));
+            ApplyOutcome::Failed(e.to_string())
+        }
+    };
+    slots.give_back(slot);
+    outcome
+}
+
+/// A slot this store holds with its last batch finished, ready to step: an idle one
+/// (renewed when its lease is half gone) or a newly acquired one, whose unfinished batch
+/// is finished first (replayed from its intent, or fenced off without one). With every
+/// slot leased it waits, with backoff, up to the store's owner wait (5 s by default) for
+/// one to come free before failing the batch for a later delivery.
+async fn ready_slot(store: &DynamoStore, slots: &Slots, lease_ms: i64) -> Result<Slot, String> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        if let Some(slot) = ready_slot_once(store, slots, lease_ms).await? {
+            return Ok(slot);
+        }
+        if started.elapsed() + pause > store.owner_wait {
+            break;
+        }
+        metrics::counter!("tally_writer_slot_waits_total").increment(1);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+    metrics::counter!("tally_writer_slots_exhausted_total").increment(1);
+    Err(format!(
+        "no writer slot free within {:?}: TALLY_DYNAMODB_WRITER_SLOTS ({}) must exceed the \
+         batches applied at once; retry",
+        store.owner_wait, slots.count
+    ))
+}
+
+/// One pass of [`ready_slot`] over every slot; `None` when none was free.
+async fn ready_slot_once(
+    store: &DynamoStore,
+    slots: &Slots,
+    lease_ms: i64,
+) -> Result<Option<Slot>, String> {
+    // Every slot in turn from a random one, so a free slot is found if there is one.
+    let start = rand::random_range(0..slots.count);
+    let tries = slots.count as usize + SLOT_TRIES;
+    for attempt in 0..tries {
+        let now_ms = Utc::now().timestamp_millis();
+        let held = match slots.take_idle() {
+            Some(slot) if slot.expires_ms.saturating_sub(now_ms) > lease_ms / 2 => Some(slot),
+            Some(slot) => slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
+                .await
+                .map_err(|e| e.to_string())?,
+            None => {
+                let k = (start + attempt as u32) % slots.count;
+                slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let Some(mut slot) = held else { continue };
+        if slots.fault == Some(SlotFault::StepBeforeDone) {
+            return Ok(Some(slot));
+        }
+        match finish_slot_batch(store, &mut slot).await {
+            Ok(()) => return Ok(Some(slot)),
+            // Left to expire: whoever acquires it next finishes the batch.
+            Err(why) => {
+                tracing::warn!(slot = slot.k, error = %why, "cannot finish a writer slot's batch")
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Finishes the batch a slot last began, unless known finished: done or aborted is
+/// finished; an intent is replayed (under its own slot and number) and marked done; no
+/// intent is fenced off with an abort (its owner can then never write one).
+async fn finish_slot_batch(store: &DynamoStore, slot: &mut Slot) -> Result<(), String> {
+    let Some(id) = slot.batch.clone().filter(|_| !slot.finished) else {
+        slot.finished = true;
+        return Ok(());
+    };
+    let now = Utc::now();
+    let mut state = batch_state(store, &id).await.map_err(|e| e.to_string())?;
+    if matches!(state, BatchState::Missing) {
+        abort(store, &id, now).await.map_err(|e| e.to_string())?;
+        state = batch_state(store, &id).await.map_err(|e| e.to_string())?;
+    }
+    match state {
+        BatchState::Done | BatchState::Aborted => {}
+        BatchState::Intent(ops, packing) => {
+            complete(store, &id, &ops, packing, now).await?;
+            metrics::counter!("tally_dynamodb_slot_batches_finished_total").increment(1);
+        }
+        BatchState::Missing => return Err(format!("batch {id}: neither intent nor abort")),
+    }
+    slot.finished = true;
+    Ok(())
 }
 
 /// Puts every event's ledger record under `attribute_not_exists`, owned by `batch`, a few
@@ -610,6 +779,20 @@ async fn batch_state(store: &DynamoStore, id: &str) -> Result<BatchState, StoreE
 /// An intent's ops and how they are packed, from whichever attribute the release that
 /// wrote it used.
 fn intent_ops(intent: &Item) -> Result<(Ops, Packing), StoreError> {
+    if let Some(AttributeValue::B(packed)) = intent.get(OPS_SLOTTED) {
+        let number = |name: &str| match intent.get(name) {
+            Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+            _ => None,
+        };
+        let (Some(slot), Some(seq)) = (number(SLOT_ATTR), number(SEQ_ATTR)) else {
+            return Err(super::codec::corrupt(
+                "slotted intent without its slot and seq",
+            ));
+        };
+        let slot = u32::try_from(slot).map_err(|_| super::codec::corrupt("intent slot"))?;
+        let packing = Packing::Slotted { slot, seq };
+        return Ok((unpack_ops(packed.as_ref())?, packing));
+    }
     if let Some(AttributeValue::B(packed)) = intent.get(OPS_MARKERS_APART) {
         return Ok((unpack_ops(packed.as_ref())?, Packing::MarkersApart));
     }
@@ -642,6 +825,13 @@ const OPS_HOT_APART: &str = "opsh";
 /// ([`Packing::MarkersApart`], what this release writes): the same deflated JSON again,
 /// under a name older releases do not read, for the same reason as [`OPS_HOT_APART`].
 const OPS_MARKERS_APART: &str = "opsu";
+/// Attribute of a slotted intent ([`Packing::Slotted`]): the same deflated JSON under a
+/// name older releases do not read (they fail such a batch for a retry rather than apply
+/// it in chunks), with the batch's writer slot and number beside it.
+const OPS_SLOTTED: &str = "opss";
+/// Attributes of a slotted intent: its writer slot and its number on the slot.
+const SLOT_ATTR: &str = "slot";
+const SEQ_ATTR: &str = "seq";
 /// Largest inflated intent accepted when reading one back (a corrupt or hostile item
 /// must not make the reader allocate without bound); well above [`MAX_INTENT_BYTES`].
 const MAX_UNPACKED_INTENT: usize = 8 * 1024 * 1024;
@@ -811,25 +1001,25 @@ async fn write_intent(
     store: &DynamoStore,
     batch: &str,
     ops: &Ops,
+    packing: Packing,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let packed = pack_ops(ops)?;
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
+    let mut record = item([(PK, s(batch_pk(batch))), (SK, s(INTENT_SK)), (TTL, n(ttl))]);
+    let ops_attr = match packing {
+        Packing::Slotted { slot, seq } => {
+            record.insert(SLOT_ATTR.into(), n(slot));
+            record.insert(SEQ_ATTR.into(), n(seq));
+            OPS_SLOTTED
+        }
+        _ => OPS_MARKERS_APART,
+    };
+    record.insert(ops_attr.into(), AttributeValue::B(Blob::new(packed)));
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match store
-            .put_if_absent(item([
-                (PK, s(batch_pk(batch))),
-                (SK, s(INTENT_SK)),
-                (
-                    OPS_MARKERS_APART,
-                    AttributeValue::B(Blob::new(packed.clone())),
-                ),
-                (TTL, n(ttl)),
-            ]))
-            .await
-        {
+        match store.put_if_absent(record.clone()).await {
             Ok(true) => return Ok(true),
             // Our own earlier attempt may have landed with its answer lost: look.
             Ok(false) => {
@@ -856,11 +1046,20 @@ async fn complete(
 ) -> Result<(), String> {
     let ttl = (now + Duration::days(LEDGER_TTL_DAYS)).timestamp();
     let owned = match packing {
-        Packing::MarkersApart => Some(claim_markers(store, batch, ops).await?),
+        Packing::MarkersApart | Packing::Slotted { .. } => {
+            Some(claim_markers(store, batch, ops).await?)
+        }
         Packing::Mixed | Packing::HotApart => None,
     };
-    for (n_chunk, chunk) in plan_chunks(ops, packing).into_iter().enumerate() {
-        apply_chunk(store, batch, n_chunk, &chunk, owned.as_ref(), ttl).await?;
+    match (packing, &owned) {
+        (Packing::Slotted { slot, seq }, Some(owned)) => {
+            slotted::apply_updates(store, ops, owned, slot, seq).await?;
+        }
+        _ => {
+            for (n_chunk, chunk) in plan_chunks(ops, packing).into_iter().enumerate() {
+                apply_chunk(store, batch, n_chunk, &chunk, owned.as_ref(), ttl).await?;
+            }
+        }
     }
     raise_hours(store, ops).await?;
     let done = store
@@ -883,287 +1082,5 @@ async fn complete(
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::super::chunks::{build_actions, org_of_pk};
-    use super::*;
-    use serde_json::Map;
-    use tally_core::event::Quantity;
-    use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
-    use tally_core::meter::Aggregation;
-
-    fn event(org: &str, project: &str, id: u32, meter: &str, agg: Aggregation, hour: i64) -> Event {
-        let mut properties = Map::new();
-        properties.insert("user".into(), format!("u{id}").into());
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(&format!("e{id}")).unwrap(),
-            project_id: ProjectId::parse(project).unwrap(),
-            meter: MeterName::parse(meter).unwrap(),
-            aggregation: agg,
-            quantity: Quantity::ONE,
-            timestamp: DateTime::from_timestamp(1_795_687_200 + hour * 3600, 0).unwrap(),
-            properties,
-        }
-    }
-
-    #[test]
-    fn one_cell_of_one_day_is_one_op_however_many_events_and_hours() {
-        let events: Vec<Event> = (0..200)
-            .map(|i| event("org_a", "prj_a", i, "m", Aggregation::Sum, i64::from(i % 3)))
-            .collect();
-        let all: Vec<usize> = (0..events.len()).collect();
-        let ops = plan_ops(&events, &all);
-        assert_eq!(ops.len(), 1);
-        assert_eq!(ops[0].1.len(), 1);
-        let Op::Add(_, hours) = &ops[0].1[0] else {
-            panic!("{ops:?}")
-        };
-        assert_eq!(hours.len(), 3);
-        let total: u32 = hours.iter().map(|(_, d)| d.parse::<u32>().unwrap()).sum();
-        assert_eq!(total, 200);
-    }
-
-    #[test]
-    fn intents_stay_far_below_the_item_limit() {
-        let sums: Vec<Event> = (0..1200)
-            .map(|i| event("org_a", "prj_a", i, "m", Aggregation::Sum, 0))
-            .collect();
-        let all: Vec<usize> = (0..sums.len()).collect();
-        let sizes: Vec<usize> = intent_groups(&sums, &all).iter().map(|g| g.len()).collect();
-        assert_eq!(sizes, vec![1000, 200]);
-        // Worst case: every event a new value of 128 bytes, a new hour, a new project.
-        let uniques: Vec<Event> = (0..1000)
-            .map(|i| {
-                let mut e = event(
-                    "org_a",
-                    &format!("prj_{i}"),
-                    i,
-                    "m",
-                    Aggregation::UniqueCount {
-                        property: "user".into(),
-                    },
-                    i64::from(i % 24),
-                );
-                e.properties
-                    .insert("user".into(), format!("{i:0>128}").into());
-                e
-            })
-            .collect();
-        let all: Vec<usize> = (0..uniques.len()).collect();
-        let groups = intent_groups(&uniques, &all);
-        assert!(groups.len() > 1);
-        for g in groups {
-            let text = serde_json::to_string(&plan_ops(&uniques, g)).unwrap();
-            assert!(text.len() < 400 * 1024, "{} bytes", text.len());
-        }
-    }
-
-    #[test]
-    fn packed_intents_read_back_equal_and_are_much_smaller() {
-        let events: Vec<Event> = (0..1000)
-            .map(|i| {
-                let agg = if i % 4 == 0 {
-                    Aggregation::Max
-                } else {
-                    Aggregation::Sum
-                };
-                event(
-                    "org_a",
-                    &format!("prj_{}", i % 37),
-                    i,
-                    "m",
-                    agg,
-                    i64::from(i % 3),
-                )
-            })
-            .collect();
-        let all: Vec<usize> = (0..events.len()).collect();
-        let ops = plan_ops(&events, &all);
-        let packed = pack_ops(&ops).unwrap();
-        assert_eq!(unpack_ops(&packed).unwrap(), ops);
-        let json = serde_json::to_vec(&ops).unwrap();
-        assert!(
-            packed.len() * 3 < json.len(),
-            "{} of {} bytes",
-            packed.len(),
-            json.len()
-        );
-        assert!(matches!(
-            unpack_ops(&packed[..packed.len() / 2]),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
-
-    /// One hot org (ten projects, two meters: twenty day cells) among forty orgs with one
-    /// event each.
-    fn hot_and_cold() -> (Vec<Event>, Ops) {
-        let mut events: Vec<Event> = (0..40)
-            .map(|i| {
-                event(
-                    "org_hot",
-                    &format!("prj_{}", i % 10),
-                    i,
-                    &format!("m{}", i % 2),
-                    Aggregation::Sum,
-                    0,
-                )
-            })
-            .collect();
-        events.extend((0..40).map(|i| {
-            event(
-                &format!("org_c{i:02}"),
-                "prj_1",
-                100 + i,
-                "m0",
-                Aggregation::Sum,
-                0,
-            )
-        }));
-        let all: Vec<usize> = (0..events.len()).collect();
-        let ops = plan_ops(&events, &all);
-        (events, ops)
-    }
-
-    #[test]
-    fn hot_orgs_get_chunks_of_their_own_and_everything_is_in_one_chunk() {
-        let (_, ops) = hot_and_cold();
-        let once = ops
-            .iter()
-            .flat_map(|(_, l)| l)
-            .filter(|op| !op.is_idempotent())
-            .count();
-        for packing in [Packing::Mixed, Packing::HotApart] {
-            let chunks = plan_chunks(&ops, packing);
-            assert_eq!(
-                chunks.iter().map(Vec::len).sum::<usize>(),
-                once,
-                "{packing:?}"
-            );
-        }
-        let mixed = plan_chunks(&ops, Packing::Mixed);
-        assert!(
-            mixed.iter().any(|c| {
-                let orgs: HashSet<&str> = c.iter().map(|(pk, _)| org_of_pk(pk)).collect();
-                orgs.contains("org_hot") && orgs.len() > 1
-            }),
-            "the old packing mixes the hot org with others"
-        );
-        let apart = plan_chunks(&ops, Packing::HotApart);
-        for chunk in &apart {
-            let orgs: HashSet<&str> = chunk.iter().map(|(pk, _)| org_of_pk(pk)).collect();
-            assert!(
-                !orgs.contains("org_hot") || orgs.len() == 1,
-                "a chunk mixes the hot org with {orgs:?}"
-            );
-        }
-        assert_eq!(
-            apart.len(),
-            2,
-            "one chunk for the hot org, one for the tail"
-        );
-    }
-
-    #[test]
-    fn an_intent_is_replayed_with_the_packing_it_was_written_with() {
-        let (_, ops) = hot_and_cold();
-        let packed = pack_ops(&ops).unwrap();
-        let mut newest = Item::new();
-        newest.insert(
-            OPS_MARKERS_APART.into(),
-            AttributeValue::B(Blob::new(packed.clone())),
-        );
-        assert_eq!(
-            intent_ops(&newest).unwrap(),
-            (ops.clone(), Packing::MarkersApart)
-        );
-        let mut new = Item::new();
-        new.insert(
-            OPS_HOT_APART.into(),
-            AttributeValue::B(Blob::new(packed.clone())),
-        );
-        assert_eq!(intent_ops(&new).unwrap(), (ops.clone(), Packing::HotApart));
-        let mut old = Item::new();
-        old.insert(OPS_PACKED.into(), AttributeValue::B(Blob::new(packed)));
-        assert_eq!(intent_ops(&old).unwrap(), (ops.clone(), Packing::Mixed));
-        let mut older = Item::new();
-        older.insert("ops".into(), s(serde_json::to_string(&ops).unwrap()));
-        assert_eq!(intent_ops(&older).unwrap(), (ops.clone(), Packing::Mixed));
-        // The two packings cut this intent differently: replaying one with the other would
-        // apply some ops twice, which is why the packing travels with the intent.
-        assert_ne!(
-            plan_chunks(&ops, Packing::Mixed),
-            plan_chunks(&ops, Packing::HotApart)
-        );
-    }
-
-    #[test]
-    fn ops_and_chunks_do_not_depend_on_event_order() {
-        let agg = |i: u32| match i % 4 {
-            0 => Aggregation::Sum,
-            1 => Aggregation::Max,
-            2 => Aggregation::Latest,
-            _ => Aggregation::UniqueCount {
-                property: "user".into(),
-            },
-        };
-        let events: Vec<Event> = (0..300)
-            .map(|i| {
-                event(
-                    &format!("org_{}", i % 4),
-                    &format!("prj_{}", i % 3),
-                    i,
-                    &format!("m{}", i % 4),
-                    agg(i),
-                    i64::from(i % 7),
-                )
-            })
-            .collect();
-        let fwd: Vec<usize> = (0..events.len()).collect();
-        let rev: Vec<usize> = fwd.iter().rev().copied().collect();
-        let ops = plan_ops(&events, &fwd);
-        assert_eq!(ops, plan_ops(&events, &rev));
-        // Every marker of every unique op, as if this batch owned them all.
-        let all_markers: HashSet<(String, String)> = ops
-            .iter()
-            .flat_map(|(_, l)| l)
-            .filter_map(|op| match op {
-                Op::Unique(_, mpk, markers) => {
-                    Some(markers.iter().map(|m| (mpk.clone(), m.clone())))
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert!(!all_markers.is_empty());
-        for (packing, owned) in [
-            (Packing::HotApart, None),
-            (Packing::MarkersApart, Some(&all_markers)),
-        ] {
-            let chunks = plan_chunks(&ops, packing);
-            // Every op that must apply once is in exactly one chunk; `max`/`latest` in none.
-            let once = ops
-                .iter()
-                .flat_map(|(_, l)| l)
-                .filter(|op| !op.is_idempotent());
-            assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), once.count());
-            assert!(chunks.iter().flatten().all(|(_, op)| !op.is_idempotent()));
-            assert!(ops.iter().flat_map(|(_, l)| l).any(Op::is_idempotent));
-            for chunk in &chunks {
-                let items: HashSet<(&str, &str)> =
-                    chunk.iter().map(|(pk, op)| (*pk, op.item_sk())).collect();
-                assert_eq!(items.len(), chunk.len(), "an item twice in one transaction");
-                let skip = HashSet::new();
-                let (actions, roles) = build_actions("t", "b", 0, chunk, &skip, owned, 0).unwrap();
-                assert!(actions.len() <= MAX_ACTIONS, "{}", actions.len());
-                assert_eq!(actions.len(), roles.len());
-                if owned.is_some() {
-                    // Markers apart: the chunk marker and one update per op, no marker put.
-                    assert_eq!(actions.len(), chunk.len() + 1, "{packing:?}");
-                }
-            }
-        }
-        let text = serde_json::to_string(&ops).unwrap();
-        assert_eq!(serde_json::from_str::<Ops>(&text).unwrap(), ops);
-    }
-}
+#[path = "apply_tests.rs"]
+mod tests;

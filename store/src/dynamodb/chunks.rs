@@ -46,6 +46,10 @@ pub(super) enum Packing {
     /// its chunk. Stored under its own attribute, so a release without it fails such batches
     /// for a later retry instead of applying their markers inside the chunks.
     MarkersApart,
+    /// Not chunked: markers as in `MarkersApart`, then each `ADD` one plain conditional
+    /// `UpdateItem` under the high-water mark of writer slot `slot` for batch number `seq`
+    /// ([`slotted`](super::slotted)). Stored as `opss` with `slot` and `seq`.
+    Slotted { slot: u32, seq: u64 },
 }
 
 /// Ops (that must apply once) an org needs in one intent to count as hot for
@@ -113,7 +117,7 @@ pub(super) fn plan_chunks(ops: &Ops, packing: Packing) -> Vec<Vec<(&str, &Op)>> 
 /// Transaction actions `op` takes in a chunk packed by `packing`.
 fn actions(op: &Op, packing: Packing) -> usize {
     match (op, packing) {
-        (Op::Unique(..), Packing::MarkersApart) => 1,
+        (Op::Unique(..), Packing::MarkersApart | Packing::Slotted { .. }) => 1,
         _ => op.actions(),
     }
 }

@@ -1,0 +1,371 @@
+//! Writer slots: the numbering that makes counter `ADD`s outside transactions exactly once
+//! (the slotted format, `docs/dynamodb-writer-slots.md`).
+//!
+//! A slot is one item, `SLOT#<k>` / `SLOT`, leased to one store at a time (`owner`, a
+//! random id per store; `epoch`, raised by every acquisition; `expires`, Unix ms). Its owner
+//! numbers the batches it applies through it: `seq` is the last one begun and `batch` its
+//! id. A slot steps from `n` to `n + 1` (one conditional `UpdateItem`, which also renews the
+//! lease) only after batch `n` is finished, and whoever acquires a slot whose batch `n` is
+//! not finished finishes it first (`apply.rs` does both, because finishing needs the
+//! intent). So every op of `(k, n)` is applied before any op of `(k, n + 1)` is sent, which
+//! is what lets a cell's high-water mark `w<k>` tell an applied op from a new one.
+//!
+//! Slot items have no TTL and are never deleted: `seq` must only rise (a slot made again
+//! at `seq` 0 would have its batches skipped by cells that already hold a higher mark).
+//! Time is a parameter (`now_ms`), so tests of leases never wait for a clock.
+
+use std::sync::Mutex;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use tally_core::ports::StoreError;
+
+use super::DynamoStore;
+use super::codec::{Item, corrupt, get_opt_s, n, s, sdk_error, send_retrying};
+use super::keys::{PK, SK};
+
+/// Default number of writer slots (`TALLY_DYNAMODB_WRITER_SLOTS`): it must exceed the
+/// number of batches applied at once by every aggregator of the table together.
+pub const DEFAULT_WRITER_SLOTS: u32 = 32;
+/// Most writer slots: each adds one high-water attribute (about 9 bytes) to the cells it
+/// writes, and at 64 a day cell stays under the 1 KB a write unit covers.
+pub const MAX_WRITER_SLOTS: u32 = 64;
+
+const SLOT_SK: &str = "SLOT";
+const OWNER: &str = "owner";
+const EPOCH: &str = "epoch";
+const EXPIRES: &str = "expires";
+const SEQ: &str = "seq";
+const BATCH: &str = "batch";
+
+/// `SLOT#<k>`.
+pub(super) fn slot_pk(k: u32) -> String {
+    format!("SLOT#{k}")
+}
+
+/// The high-water attribute of slot `k` on a cell or unique counter: `w<k>`, flat and
+/// top-level (a cell's first write creates it; a map entry could not be set on an item
+/// that does not exist yet). Not `h<k>`: hours are `h00`–`h23`.
+pub(super) fn hw_attr(k: u32) -> String {
+    format!("w{k}")
+}
+
+/// A slot as its holder knows it.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub k: u32,
+    pub epoch: u64,
+    /// The last batch number begun on the slot.
+    pub seq: u64,
+    /// The id of batch `seq` (`None` before the slot's first batch).
+    pub batch: Option<String>,
+    /// Whether batch `seq` is known finished (done or aborted): the slot may step.
+    pub finished: bool,
+    /// When the lease ends (Unix ms).
+    pub expires_ms: i64,
+}
+
+/// A fault planted in the slotted format, so tests can show they catch it. Never set
+/// outside tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotFault {
+    /// A slot steps to `n + 1` without finishing batch `n` first.
+    StepBeforeDone,
+    /// Cell and counter updates carry no high-water condition (they still set the mark).
+    NoHighWater,
+}
+
+/// The writer slots of one store (shared by its clones): the settings and the slots it
+/// holds and is not using.
+#[derive(Debug)]
+pub(super) struct Slots {
+    /// K: slots `0..count` exist.
+    pub count: u32,
+    /// This store's owner id.
+    pub owner: String,
+    /// Slots held and idle.
+    idle: Mutex<Vec<Slot>>,
+    pub fault: Option<SlotFault>,
+}
+
+impl Slots {
+    /// `count` slots (clamped to 1..=[`MAX_WRITER_SLOTS`]) under a fresh owner id.
+    pub fn new(count: u32) -> Self {
+        Slots {
+            count: count.clamp(1, MAX_WRITER_SLOTS),
+            owner: format!("{:032x}", rand::random::<u128>()),
+            idle: Mutex::default(),
+            fault: None,
+        }
+    }
+
+    /// An idle held slot, if any.
+    pub fn take_idle(&self) -> Option<Slot> {
+        self.idle.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    /// Gives a held slot back for the next apply.
+    pub fn give_back(&self, slot: Slot) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.push(slot);
+        }
+    }
+}
+
+fn num(item: &Item, name: &str) -> Result<i64, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| corrupt(format!("slot attribute {name}: {v:?}"))),
+        None => Ok(0),
+        Some(_) => Err(corrupt(format!("slot attribute {name}: not a number"))),
+    }
+}
+
+/// A slot from its stored item.
+fn slot_of(k: u32, item: &Item) -> Result<Slot, StoreError> {
+    let seq = num(item, SEQ)?;
+    Ok(Slot {
+        k,
+        epoch: u64::try_from(num(item, EPOCH)?).map_err(|_| corrupt("slot epoch"))?,
+        seq: u64::try_from(seq).map_err(|_| corrupt("slot seq"))?,
+        batch: get_opt_s(item, BATCH)?.map(str::to_owned),
+        // Nothing begun yet is nothing to finish.
+        finished: seq == 0,
+        expires_ms: num(item, EXPIRES)?,
+    })
+}
+
+/// Tries to acquire slot `k` at `now_ms` for `lease_ms`: it is free, or its lease is over.
+/// `None` if another store holds it. The returned slot's batch is not known finished: the
+/// caller must finish it before stepping (`finished` is only set for a slot never used).
+pub(super) async fn try_acquire(
+    store: &DynamoStore,
+    owner: &str,
+    k: u32,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<Slot>, StoreError> {
+    let sent = send_retrying(&store.retry, || {
+        store
+            .client
+            .update_item()
+            .table_name(&*store.table)
+            .key(PK, s(slot_pk(k)))
+            .key(SK, s(SLOT_SK))
+            .update_expression("SET #o = :me, #x = :exp ADD #e :one, #s :zero")
+            .condition_expression("attribute_not_exists(#o) OR #x < :now")
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#x", EXPIRES)
+            .expression_attribute_names("#e", EPOCH)
+            .expression_attribute_names("#s", SEQ)
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":exp", n(now_ms.saturating_add(lease_ms)))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":zero", n(0))
+            .return_values(ReturnValue::AllNew)
+            .send()
+    })
+    .await;
+    match sent {
+        Ok(out) => {
+            let item = out.attributes.unwrap_or_default();
+            slot_of(k, &item).map(Some)
+        }
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_error("UpdateItem", e)),
+    }
+}
+
+/// What a conditional update of a held slot found.
+enum Held {
+    /// It landed (now, or on an earlier attempt whose answer was lost).
+    Landed,
+    /// Another store holds the slot now (or its numbering moved on without us).
+    Lost,
+}
+
+/// Steps `slot` to batch `seq + 1` = `batch`, renewing its lease; conditioned on this
+/// store's owner and epoch and on `seq`. `None`: the slot is lost (another store took it).
+/// The caller must have finished the slot's batch `seq` first (see the module doc).
+pub(super) async fn step(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &Slot,
+    batch: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<Slot>, StoreError> {
+    let next = slot.seq + 1;
+    let expires = now_ms.saturating_add(lease_ms);
+    let held = update_held(
+        store,
+        owner,
+        slot,
+        "SET #s = :next, #b = :batch, #x = :exp",
+        "#o = :me AND #e = :epoch AND #s = :seq",
+        vec![
+            (":next", n(next)),
+            (":batch", s(batch)),
+            (":exp", n(expires)),
+            (":seq", n(slot.seq)),
+        ],
+        |old| {
+            // A retry after a lost answer finds its own step.
+            num(old, SEQ).ok() == i64::try_from(next).ok()
+                && get_opt_s(old, BATCH).ok().flatten() == Some(batch)
+        },
+    )
+    .await?;
+    Ok(match held {
+        Held::Landed => Some(Slot {
+            seq: next,
+            batch: Some(batch.to_owned()),
+            finished: false,
+            expires_ms: expires,
+            ..slot.clone()
+        }),
+        Held::Lost => None,
+    })
+}
+
+/// Renews the lease of a held slot; `None`: the slot is lost.
+pub(super) async fn renew(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &Slot,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<Slot>, StoreError> {
+    let expires = now_ms.saturating_add(lease_ms);
+    let held = update_held(
+        store,
+        owner,
+        slot,
+        "SET #x = :exp",
+        "#o = :me AND #e = :epoch",
+        vec![(":exp", n(expires))],
+        |_| false,
+    )
+    .await?;
+    Ok(match held {
+        Held::Landed => Some(Slot {
+            expires_ms: expires,
+            ..slot.clone()
+        }),
+        Held::Lost => None,
+    })
+}
+
+/// One conditional update of a slot this store holds; `landed_before` tells, from the item
+/// a failed condition returns, whether an earlier attempt already made the change.
+async fn update_held(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &Slot,
+    update: &str,
+    condition: &str,
+    values: Vec<(&str, AttributeValue)>,
+    landed_before: impl Fn(&Item) -> bool,
+) -> Result<Held, StoreError> {
+    let sent = send_retrying(&store.retry, || {
+        let mut req = store
+            .client
+            .update_item()
+            .table_name(&*store.table)
+            .key(PK, s(slot_pk(slot.k)))
+            .key(SK, s(SLOT_SK))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":epoch", n(slot.epoch))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (name, attr) in [
+            ("#o", OWNER),
+            ("#e", EPOCH),
+            ("#s", SEQ),
+            ("#b", BATCH),
+            ("#x", EXPIRES),
+        ] {
+            if update.contains(name) || condition.contains(name) {
+                req = req.expression_attribute_names(name, attr);
+            }
+        }
+        for (name, value) in &values {
+            req = req.expression_attribute_values(*name, value.clone());
+        }
+        req.send()
+    })
+    .await;
+    match sent {
+        Ok(_) => Ok(Held::Landed),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                let mine = c.item().is_some_and(|old| {
+                    get_opt_s(old, OWNER).ok().flatten() == Some(owner)
+                        && num(old, EPOCH).ok() == i64::try_from(slot.epoch).ok()
+                        && landed_before(old)
+                });
+                Ok(if mine { Held::Landed } else { Held::Lost })
+            }
+            _ => Err(sdk_error("UpdateItem", e)),
+        },
+    }
+}
+
+/// The slot protocol's steps one by one, with explicit owners and times, for tests of it
+/// on the emulator (the apply protocol uses the functions above).
+#[doc(hidden)]
+impl DynamoStore {
+    pub async fn slot_acquire(
+        &self,
+        owner: &str,
+        k: u32,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Slot>, StoreError> {
+        try_acquire(self, owner, k, now_ms, lease_ms).await
+    }
+
+    pub async fn slot_step(
+        &self,
+        owner: &str,
+        slot: &Slot,
+        batch: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Slot>, StoreError> {
+        step(self, owner, slot, batch, now_ms, lease_ms).await
+    }
+
+    pub async fn slot_renew(
+        &self,
+        owner: &str,
+        slot: &Slot,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Slot>, StoreError> {
+        renew(self, owner, slot, now_ms, lease_ms).await
+    }
+
+    /// The stored slot `k` and its owner.
+    pub async fn slot_read(&self, k: u32) -> Result<Option<(Slot, Option<String>)>, StoreError> {
+        match self.get(slot_pk(k), SLOT_SK).await? {
+            Some(item) => {
+                let owner = get_opt_s(&item, OWNER)?.map(str::to_owned);
+                Ok(Some((slot_of(k, &item)?, owner)))
+            }
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Writer slots and the slotted counter format (`docs/dynamodb-writer-slots.md`) on the
+//! emulator.
+//!
+//! - The slot protocol one step at a time, with explicit owners and clocks (no sleeping):
+//!   acquire a free slot, a held one refused until its lease is over, the epoch raised by
+//!   every acquisition and `seq` kept, a step conditioned on owner, epoch and `seq`, a step
+//!   whose answer was lost recognised on its retry, a renewal, and a stale owner refused.
+//! - `apply_batch` in the slotted format: counters equal the oracle for all five
+//!   aggregations, cells carry their slot's high-water mark, intents are `opss`, no chunk
+//!   transaction is sent.
+//! - Take-over: a store dies after its slotted intent (or before its `DONE`), another
+//!   store with one slot (so it must take the dead one's slot) applies new events on the
+//!   same cells, then the dead batch's events come back. Counters stay exact; and each
+//!   planted fault is caught by the same check: a slot that steps to n + 1 before
+//!   finishing n (the dead batch's `ADD`s then meet a higher mark and are skipped:
+//!   undercount), and updates without the high-water condition (the replay of a batch
+//!   whose `ADD`s landed counts them again: overcount).
+//!
+//! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::types::AttributeValue;
+use tally_core::backoff::Backoff;
+use tally_core::event::Event;
+use tally_core::ids::{OrgId, ProjectId};
+use tally_core::period::Month;
+use tally_core::ports::{ApplyOutcome, UsageStore};
+use tally_store::dynamodb::sdk::Client;
+use tally_store::dynamodb::{DynamoStore, SlotFault, create_table};
+use tally_tests::aws;
+use tally_tests::conformance::fixtures::{event, with_prop};
+use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
+use tally_tests::oracle::{counter_differences, plain_counters};
+
+const MONTH: &str = "2026-11";
+
+async fn fresh_table(direct: &Client) -> String {
+    let table = aws::fresh_name("tally-slots");
+    create_table(direct, &table).await.unwrap();
+    table
+}
+
+#[tokio::test]
+async fn the_slot_protocol_step_by_step() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let store = DynamoStore::new(direct.clone(), &table);
+    let lease = 30_000;
+    let t0 = 1_800_000_000_000i64;
+
+    // A free slot: epoch 1, nothing begun.
+    let a = store
+        .slot_acquire("A", 3, t0, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.k, a.epoch, a.seq, a.batch.clone()), (3, 1, 0, None));
+    assert!(a.finished, "a slot never used has nothing to finish");
+    // Held: refused to B until the lease is over (t0 + 30 s), even at its last ms.
+    assert!(
+        store
+            .slot_acquire("B", 3, t0 + lease, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A steps to batch 1; B cannot (not the owner); A cannot step from a stale seq.
+    let a1 = store
+        .slot_step("A", &a, "b-1", t0 + 1, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a1.seq, a1.batch.as_deref(), a1.finished),
+        (1, Some("b-1"), false)
+    );
+    assert!(
+        store
+            .slot_step("B", &a, "b-x", t0 + 2, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The same step sent again (its answer lost): recognised as landed, not lost.
+    let again = store
+        .slot_step("A", &a, "b-1", t0 + 3, lease)
+        .await
+        .unwrap()
+        .expect("a retried step finds its own change");
+    assert_eq!(again.seq, 1);
+    // But a different batch from the stale seq is refused: one batch per number.
+    assert!(
+        store
+            .slot_step("A", &a, "b-other", t0 + 4, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Renewed at t0 + 20 s: held until t0 + 50 s.
+    let a1 = store
+        .slot_renew("A", &a1, t0 + 20_000, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a1.expires_ms, t0 + 50_000);
+    assert!(
+        store
+            .slot_acquire("B", 3, t0 + 40_000, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Lease over: B takes the slot. Epoch 2, seq and batch kept (B must finish b-1).
+    let b = store
+        .slot_acquire("B", 3, t0 + 50_001, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.epoch, b.seq, b.batch.as_deref()), (2, 1, Some("b-1")));
+    assert!(!b.finished, "a taken slot's batch must be finished first");
+    // A is stale: its step and its renewal are refused.
+    assert!(
+        store
+            .slot_step("A", &a1, "b-2", t0 + 50_002, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .slot_renew("A", &a1, t0 + 50_002, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let b2 = store
+        .slot_step("B", &b, "b-2", t0 + 50_003, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b2.seq, 2);
+    let (stored, owner) = store.slot_read(3).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.epoch,
+            stored.seq,
+            stored.batch.as_deref(),
+            owner.as_deref()
+        ),
+        (2, 2, Some("b-2"), Some("B"))
+    );
+    // Other slots are untouched.
+    assert!(store.slot_read(4).await.unwrap().is_none());
+}
+
+/// Events of all five aggregations on two projects, ids `<prefix>-<i>`, in three days.
+fn mixed(org: &OrgId, projects: &[ProjectId; 2], prefix: &str, count: usize) -> Vec<Event> {
+    let meters = [
+        "compute_minutes",
+        "requests",
+        "storage_bytes",
+        "temperature",
+        "active_users",
+    ];
+    (0..count)
+        .map(|i| {
+            let meter = meters[i % meters.len()];
+            // Distinct instants, so no two `latest` readings tie.
+            let at = format!(
+                "2026-11-{:02}T{:02}:{:02}:{:02}Z",
+                3 + i % 3,
+                i % 24,
+                (i * 7) % 60,
+                i % 60
+            );
+            let q = format!("{}", 1 + i % 9);
+            let e = event(
+                org,
+                &projects[i % 2],
+                &format!("{prefix}-{i}"),
+                meter,
+                &q,
+                &at,
+            );
+            if meter == "active_users" {
+                with_prop(e, "user", format!("u{}", i % 7))
+            } else {
+                e
+            }
+        })
+        .collect()
+}
+
+async fn assert_exact(
+    direct: &Client,
+    table: &str,
+    org: &OrgId,
+    all: &[Event],
+) -> Result<(), String> {
+    let reader = DynamoStore::new(direct.clone(), table);
+    let stored = reader
+        .stored_counters(org, Month::parse(MONTH).unwrap())
+        .await
+        .unwrap();
+    match counter_differences(stored, &plain_counters(all), 6) {
+        None => Ok(()),
+        Some(diff) => Err(diff),
+    }
+}
+
+/// Applies until nothing comes back `Failed`.
+async fn deliver(store: &DynamoStore, mut batch: Vec<Event>) -> usize {
+    let mut applied = 0;
+    for _ in 0..20 {
+        if batch.is_empty() {
+            return applied;
+        }
+        let report = store.apply_batch(&batch).await.unwrap();
+        let mut again = Vec::new();
+        for (e, o) in batch.iter().zip(&report.outcomes) {
+            match o {
+                ApplyOutcome::Applied => applied += 1,
+                ApplyOutcome::Failed(_) => again.push(e.clone()),
+                _ => {}
+            }
+        }
+        batch = again;
+    }
+    panic!("{} events still failing", batch.len());
+}
+
+#[tokio::test]
+async fn slotted_batches_count_exactly_without_transactions() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let store = DynamoStore::new(via_proxy, &table).with_writer_slots(4);
+    let org = OrgId::from_random(rand::random());
+    let projects = [
+        ProjectId::from_random(rand::random()),
+        ProjectId::from_random(rand::random()),
+    ];
+    let first = mixed(&org, &projects, "a", 60);
+    let second = mixed(&org, &projects, "b", 45);
+    // Watch every request of the store (a crash point that never matches).
+    proxy.crash_at(CrashPoint {
+        op: "NoSuchOperation".into(),
+        needle: String::new(),
+        nth: 0,
+        mode: CrashMode::Before,
+    });
+    assert_eq!(deliver(&store, first.clone()).await, 60);
+    // Resends and new events together: resends are duplicates.
+    let mut both = second.clone();
+    both.extend(first.iter().take(10).cloned());
+    assert_eq!(deliver(&store, both).await, 45);
+    let all: Vec<Event> = first.iter().chain(&second).cloned().collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+    let log = proxy.crash_log();
+    assert!(
+        !log.iter().any(|(op, _)| op == "TransactWriteItems"),
+        "the slotted format sends no transaction"
+    );
+    assert!(
+        log.iter()
+            .any(|(op, body)| op == "PutItem" && body.contains("\"opss\"")),
+        "slotted intents"
+    );
+    assert!(
+        log.iter()
+            .any(|(op, body)| op == "UpdateItem" && body.contains("\"#w\":\"w")),
+        "high-water updates"
+    );
+    // A cell carries its slot's mark, a flat number attribute.
+    let cells = direct
+        .query()
+        .table_name(&table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :day)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("ORG#{org}#CTR#{MONTH}")))
+        .expression_attribute_values(":day", AttributeValue::S("DAY#compute_minutes#".into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert!(!cells.is_empty());
+    for cell in &cells {
+        let marks: Vec<&String> = cell.keys().filter(|k| k.starts_with('w')).collect();
+        assert_eq!(marks.len(), 1, "one slot wrote each cell here: {cell:?}");
+        assert!(matches!(cell[marks[0]], AttributeValue::N(_)));
+    }
+}
+
+/// What the dying store is killed at.
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    /// Just after its intent: none of its `ADD`s landed.
+    AfterIntent,
+    /// Just before its `DONE`: every `ADD` landed.
+    BeforeDone,
+}
+
+/// A store dies in its slotted batch; a taker with ONE slot (so it takes the dead store's
+/// slot) applies new events on the same cells, then the dead batch's events come back.
+/// `Err` describes the counters' difference from the oracle.
+async fn takeover(death: Death, fault: Option<SlotFault>) -> Result<(), String> {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let dying_client = Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let once = Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1));
+    // Lease zero on the dying store too: its slot is free to take as soon as it dies.
+    let dying = DynamoStore::new(dying_client, &table)
+        .with_claim_lease(Duration::ZERO)
+        .with_writer_slots(1)
+        .with_retry_policy(once);
+    let org = OrgId::from_random(rand::random());
+    let projects = [
+        ProjectId::from_random(rand::random()),
+        ProjectId::from_random(rand::random()),
+    ];
+    let dead_events = mixed(&org, &projects, "d", 30);
+    // The same days, hours and projects: the taker's `ADD`s land on the dead batch's cells.
+    let new_events = mixed(&org, &projects, "n", 30);
+    proxy.crash_at(match death {
+        Death::AfterIntent => CrashPoint {
+            op: "PutItem".into(),
+            needle: "\"opss\"".into(),
+            nth: 0,
+            mode: CrashMode::After,
+        },
+        Death::BeforeDone => CrashPoint {
+            op: "PutItem".into(),
+            needle: "\"DONE\"".into(),
+            nth: 0,
+            mode: CrashMode::Before,
+        },
+    });
+    let _ = dying.apply_batch(&dead_events).await;
+    assert!(proxy.crashed(), "the crash at {death:?} never fired");
+
+    let mut taker = DynamoStore::new(direct.clone(), &table)
+        .with_claim_lease(Duration::ZERO)
+        .with_writer_slots(1);
+    if let Some(fault) = fault {
+        taker = taker.with_planted_slot_fault(fault);
+    }
+    assert_eq!(deliver(&taker, new_events.clone()).await, 30);
+    // The dead batch's intent covers its events: they come back as duplicates.
+    deliver(&taker, dead_events.clone()).await;
+    let (slot, _) = taker.slot_read(0).await.unwrap().unwrap();
+    assert!(
+        slot.epoch >= 2,
+        "the taker took the dead store's slot: {slot:?}"
+    );
+    let all: Vec<Event> = dead_events.iter().chain(&new_events).cloned().collect();
+    assert_exact(&direct, &table, &org, &all).await
+}
+
+#[tokio::test]
+async fn a_taken_slots_unfinished_batch_is_finished_before_the_next() {
+    for death in [Death::AfterIntent, Death::BeforeDone] {
+        takeover(death, None)
+            .await
+            .unwrap_or_else(|diff| panic!("{death:?}: counters differ: {diff}"));
+    }
+}
+
+#[tokio::test]
+async fn a_slot_stepping_before_done_is_caught() {
+    let caught = takeover(Death::AfterIntent, Some(SlotFault::StepBeforeDone)).await;
+    println!("planted step before done: {caught:?}");
+    assert!(
+        caught.is_err(),
+        "a slot that begins n + 1 before n is done must undercount n's cells"
+    );
+}
+
+#[tokio::test]
+async fn updates_without_the_high_water_check_are_caught() {
+    let caught = takeover(Death::BeforeDone, Some(SlotFault::NoHighWater)).await;
+    println!("planted update without the high-water check: {caught:?}");
+    assert!(
+        caught.is_err(),
+        "replaying a batch whose ADDs landed must count them twice without the check"
+    );
+}
+
+/// One slot and two applies at once in one store: the second finds the only slot in use
+/// and waits for it (within the store's owner wait) instead of failing its whole batch for
+/// a redelivery. Before the wait it failed every event at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_waits_for_a_busy_slot_instead_of_failing() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let store = DynamoStore::new(direct.clone(), &table)
+        .with_writer_slots(1)
+        .with_owner_wait(Duration::from_secs(20));
+    let org = OrgId::from_random(rand::random());
+    let projects = [
+        ProjectId::from_random(rand::random()),
+        ProjectId::from_random(rand::random()),
+    ];
+    let first = mixed(&org, &projects, "w1", 60);
+    let second = mixed(&org, &projects, "w2", 60);
+    let (a, b) = tokio::join!(store.apply_batch(&first), store.apply_batch(&second));
+    for report in [a.unwrap(), b.unwrap()] {
+        let failed: Vec<_> = report
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, ApplyOutcome::Failed(_)))
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
