@@ -471,7 +471,7 @@ async fn pipelined_step(
 /// (bounded by `drain_limit`) and returns.
 ///
 /// Each turn takes the next batch off the queue while the current one is applied
-/// ([`pipelined_step`]); see the crate doc for the figures.
+/// (`pipelined_step`); see the crate doc for the figures.
 pub async fn run(
     queue: Arc<dyn EventQueue>,
     usage: Arc<dyn UsageStore>,
