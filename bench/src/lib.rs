@@ -15,6 +15,9 @@
 //! - `src/bin/page_load.rs`: every request the dashboard makes for an org's pages, against
 //!   `tally serve`'s code in process, for an org with a million events this month beside one
 //!   with a thousand (issue 20, item 5).
+//! - `src/bin/cold_start.rs`: a store holding millions of ledger entries (10 M by default),
+//!   filled through the store's own `apply_batch`; then the time from starting `tally
+//!   serve` on it to its first `202` (issue 21's cold-restart target).
 //! - `profile_ingest.sh` (with `flamegraph.py`): a `perf` flamegraph of `tally serve` under
 //!   1-event requests (issue 21, item 2).
 //! - `src/bin/write_cost.rs` (run by `bench/write_cost.sh`): DynamoDB write and read units
@@ -23,4 +26,5 @@
 //!   the wire with an SDK interceptor, by DynamoDB's published rules.
 
 pub mod capacity;
+pub mod server;
 pub mod workload;

@@ -15,6 +15,15 @@
 //!   waits up to `wait`: a publish in the same process wakes it at once (a
 //!   `tokio::sync::Notify`), a publish from another process is seen by polling (every 20 ms by
 //!   default).
+//! - **A lease rewrites one page, not the body.** A message is written visible with
+//!   `visible_at` = [`VISIBLE`] (2^40 ms, a moment in 2004), not 0: SQLite stores 0 in no
+//!   bytes and a lease deadline (Unix ms) in six, so hiding a message at 0 changed its
+//!   record's size, and SQLite then rewrote the whole row, overflow pages of the body
+//!   included (a 100-event message is about 20 KiB: five pages more in the WAL per take,
+//!   and as many again at checkpoint). With six bytes either way the record keeps its
+//!   size, SQLite overwrites it in place and only the page holding the changed bytes is
+//!   written (`receive_count` 0 → 1 is no bytes either way). The test
+//!   `taking_a_large_message_writes_only_its_first_page` counts the WAL frames.
 //! - **Ack** deletes the messages. Receipts are `"<message id>.<receive count>"`; message ids
 //!   come from `AUTOINCREMENT`, so an id is never reused and a late ack cannot delete a newer
 //!   message.
@@ -56,6 +65,11 @@ mod group_commit;
 use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
 pub use group_commit::METRIC_PUBLISHES_PER_COMMIT;
 use group_commit::{GroupCommit, Writer};
+
+/// `visible_at` of a message nobody holds: long past, and stored in the six bytes a lease
+/// deadline (Unix ms until 2^47, the year 6429) takes, so taking a message overwrites its
+/// record in place (see the module doc). Rows written as 0 by older builds are visible too.
+const VISIBLE: i64 = 1 << 40;
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -216,8 +230,8 @@ impl LocalQueue {
         }
         if config.redeliver_on_open {
             tx.execute(
-                "UPDATE messages SET visible_at = 0 WHERE visible_at > 0",
-                [],
+                "UPDATE messages SET visible_at = ?1 WHERE visible_at > ?1",
+                params![VISIBLE],
             )
             .map_err(qerr)?;
         }
@@ -500,7 +514,7 @@ impl LocalQueue {
                     let mut insert = tx
                         .prepare_cached(
                             "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
-                             VALUES (?1, ?2, 0, ?3)",
+                             VALUES (?1, ?2, ?4, ?3)",
                         )
                         .map_err(qerr)?;
                     let mut delete = tx
@@ -514,7 +528,7 @@ impl LocalQueue {
                             }
                             Ok(n) => {
                                 insert
-                                    .execute(params![c.body, *n as i64, now])
+                                    .execute(params![c.body, *n as i64, now, VISIBLE])
                                     .map_err(qerr)?;
                                 delete.execute(params![c.row]).map_err(qerr)?;
                                 c.letter.status = LetterStatus::Replayed;
@@ -614,11 +628,12 @@ fn write_messages(conn: &mut Connection, bodies: &[(String, usize)]) -> Result<(
         let mut ins = tx
             .prepare_cached(
                 "INSERT INTO messages (body, event_count, visible_at, enqueued_at)
-                 VALUES (?1, ?2, 0, ?3)",
+                 VALUES (?1, ?2, ?4, ?3)",
             )
             .map_err(qerr)?;
         for (body, n) in bodies {
-            ins.execute(params![body, *n as i64, now]).map_err(qerr)?;
+            ins.execute(params![body, *n as i64, now, VISIBLE])
+                .map_err(qerr)?;
         }
     }
     tx.commit().map_err(qerr)
@@ -862,6 +877,40 @@ mod tests {
         ));
         q.ack(&[got[0].receipt.clone()]).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn taking_a_large_message_writes_only_its_first_page() {
+        // 200 events of ~200 bytes: a body of ~40 KiB, ten 4 KiB overflow pages. Hiding it
+        // must overwrite its record in place (one leaf page, plus at most the pages
+        // SQLite's header and the table's root may need), not write the body again: with
+        // a message written at `visible_at = 0` the take wrote 11 frames.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let config = LocalQueueConfig {
+            checkpoint_interval: None,
+            ..LocalQueueConfig::default()
+        };
+        let q = LocalQueue::open_with(&path, config).unwrap();
+        let big: Vec<Event> = (0..200)
+            .map(|i| event("org_a", &format!("event-{i:04}")))
+            .collect();
+        q.publish(&big).await.unwrap();
+        let other = Connection::open(&path).unwrap();
+        let frames = |mode: &str| -> i64 {
+            other
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+                .unwrap()
+        };
+        assert!(frames("PASSIVE") >= 10, "the body spans ten pages or more");
+        frames("TRUNCATE");
+        let got = q.receive(1_000, Duration::ZERO).await.unwrap();
+        assert_eq!(got[0].events.len(), 200);
+        let written = frames("PASSIVE");
+        assert!(
+            (1..=3).contains(&written),
+            "taking the message wrote {written} WAL frames"
+        );
     }
 
     #[tokio::test]

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// bench/RESULTS.md, at the cost of a longer tail for ingest latency.
     #[arg(long, env = "TALLY_BATCH_EVENTS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_events: u32,
+    /// Most events the aggregator applies in one batch while the queue is deep (a receive
+    /// came back with --batch-events events): a backlog is drained in fewer, fuller store
+    /// transactions. Never below --batch-events. See "Aggregator throughput" in
+    /// bench/RESULTS.md for the figures behind the default.
+    #[arg(long, env = "TALLY_DEEP_BATCH_EVENTS", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub deep_batch_events: u32,
     /// Longest the aggregator keeps draining the queue at shutdown (e.g. 30s).
     #[arg(long, env = "TALLY_DRAIN_LIMIT", default_value = "30s", value_parser = parse_duration)]
     pub drain_limit: Duration,
@@ -232,6 +238,8 @@ pub struct Settings {
     pub grace_period: Duration,
     /// Most events the aggregator applies in one batch.
     pub batch_events: usize,
+    /// Most events the aggregator applies in one batch while the queue is deep.
+    pub deep_batch_events: usize,
     /// Longest the aggregator keeps draining the queue at shutdown.
     pub drain_limit: Duration,
     /// How often plan-limit alerts are checked, when [`App::alert_sender`] is set.
@@ -246,6 +254,7 @@ impl Default for Settings {
             billing_scheduler: true,
             grace_period: Duration::from_secs(3600),
             batch_events: 1_000,
+            deep_batch_events: 5_000,
             drain_limit: Duration::from_secs(30),
             alert_interval: Duration::from_secs(60),
             catalogue_refresh: Duration::from_secs(crate::catalogue::DEFAULT_REFRESH_SECONDS),
@@ -259,6 +268,7 @@ impl From<&ServeArgs> for Settings {
             billing_scheduler: !args.no_billing_scheduler,
             grace_period: args.grace_period,
             batch_events: args.batch_events as usize,
+            deep_batch_events: args.deep_batch_events as usize,
             drain_limit: args.drain_limit,
             alert_interval: args.alert_interval,
             catalogue_refresh: Duration::from_secs(args.catalogue_refresh),
@@ -418,6 +428,7 @@ pub async fn run(
         Some(backends.stores.tenants.clone() as Arc<dyn tally_core::ports::AuditLog>),
         AggregatorConfig {
             max_events: settings.batch_events.max(1),
+            deep_events: settings.deep_batch_events,
             ..AggregatorConfig::default()
         },
         stop_rx.clone(),

@@ -50,12 +50,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_bench::server::{create_tenants, stop};
 use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants, truth};
 use tally_core::counter::OwnedCounterKey;
-use tally_core::ids::{ApiKeyId, UserId};
-use tally_core::plan::PlanId;
-use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, UsageStore, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::ports::UsageStore;
 use tally_core::{Event, Month, OrgId};
 use tally_store::{SqliteConfig, SqliteStore};
 
@@ -219,21 +217,6 @@ impl Drop for Server {
     }
 }
 
-/// SIGTERM through `kill`, so the process drains; after `grace`, `Child::kill` (SIGKILL to
-/// this PID only).
-fn stop(child: &mut Child, grace: Duration) {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A fauxqs process, stopped by its PID when dropped (pass or fail).
 struct Emulator {
     child: Child,
@@ -335,62 +318,6 @@ fn create_queue(tally: &Path, data: &Path, endpoint: &str) -> anyhow::Result<Str
 }
 
 /// Creates the tenants (enterprise plan, one key per org) and returns the key secrets.
-async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String>> {
-    let store = SqliteStore::open(db)?;
-    let now = Utc::now();
-    let user = User {
-        id: UserId::from_random(rand::random()),
-        email: "bench@example.com".into(),
-        created_at: now,
-    };
-    let user = store.ensure_user(&user).await?;
-    let mut secrets = Vec::with_capacity(t.orgs.len());
-    for (i, org) in t.orgs.iter().enumerate() {
-        store
-            .create_org(&Org {
-                id: org.clone(),
-                name: format!("Bench org {i}"),
-                slug: format!("bench-{i}"),
-                plan: PlanId::Enterprise,
-                owner_id: user.id.clone(),
-                created_at: now,
-                deleted_at: None,
-            })
-            .await?;
-        for (j, p) in t.projects[i].iter().enumerate() {
-            store
-                .create_project(&Project {
-                    id: p.clone(),
-                    org_id: org.clone(),
-                    name: format!("Project {j}"),
-                    slug: format!("p{j}"),
-                    created_at: now,
-                    archived_at: None,
-                })
-                .await?;
-        }
-        // A live key: a test key's events are held to the free plan's hard limits, which
-        // the workload's storage_bytes readings exceed at once.
-        let secret = format!("tk_live_{:064x}", rand::random::<u128>());
-        store
-            .create_api_key(&ApiKey {
-                id: ApiKeyId::from_random(rand::random()),
-                org_id: org.clone(),
-                name: "bench".into(),
-                hash: KeyHash::of_secret(&secret),
-                display_prefix: secret[..12].to_owned(),
-                scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
-                created_at: now,
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
-            })
-            .await?;
-        secrets.push(secret);
-    }
-    Ok(secrets)
-}
-
 async fn start_server(a: &Args, t: &Tenants) -> anyhow::Result<(Server, Vec<String>)> {
     let tally = a.tally.as_path();
     let dir = tempfile::tempdir()?;
