@@ -91,37 +91,6 @@ fn tokens(id: &str, project: &str, model: &str, n: u64, when: &str) -> Value {
     })
 }
 
-/// A GET with `bearer`: the status and the JSON answer.
-async fn get(client: &reqwest::Client, url: String, bearer: &str) -> (u16, Value) {
-    let r = client.get(url).bearer_auth(bearer).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
-/// Waits (up to 30 s) until `ready` holds for the answer of GET `path`, returning it: how
-/// the test sees the refresh swap the catalogue, and the aggregator count the events.
-async fn wait_for(
-    client: &reqwest::Client,
-    server: &TestApp,
-    path: &str,
-    bearer: &str,
-    what: &str,
-    ready: impl Fn(u16, &Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = get(client, server.url(path), bearer).await;
-        if ready(status, &body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} never happened: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The month's value of a usage answer's `series`.
 fn month_value(series: &Value) -> &str {
     assert_eq!(series.as_array().unwrap().len(), 1, "{series}");
@@ -172,7 +141,7 @@ async fn scenario(env: &Env, slug: &str) {
     // The month turns on the app's clock: the same process takes version 1 up.
     clock.set(at(MID_JUNE));
     let entitlement = "/v1/entitlements?meter=llm_tokens";
-    wait_for(
+    wait_for_answer(
         &client,
         &server,
         entitlement,
@@ -193,7 +162,7 @@ async fn scenario(env: &Env, slug: &str) {
     // Usage grouped by model: the total 35,000 and one group per model, in value order:
     // claude 15,000; gpt-4 12,000 + 8,000 = 20,000.
     let june = "meter=llm_tokens&granularity=month&from=2026-06-01&to=2026-07-01";
-    let grouped = wait_for(
+    let grouped = wait_for_answer(
         &client,
         &server,
         &format!("/v1/usage?{june}&group_by=model"),
@@ -210,7 +179,7 @@ async fn scenario(env: &Env, slug: &str) {
     assert_eq!(groups[1]["value"], "gpt-4");
     assert_eq!(month_value(&groups[1]["series"]), "20000");
     // Filtered to gpt-4: 20,000.
-    let (status, filtered) = get(
+    let (status, filtered) = get_json(
         &client,
         server.url(&format!("/v1/usage?{june}&filter%5Bmodel%5D=gpt-4")),
         &tenant.key,
@@ -229,7 +198,7 @@ async fn scenario(env: &Env, slug: &str) {
         .unwrap()
         .mint(&owner, at(MID_JUNE), chrono::Duration::minutes(10))
         .unwrap();
-    let (status, upcoming) = get(
+    let (status, upcoming) = get_json(
         &client,
         server.url(&format!("/v1/orgs/{}/invoices/upcoming", tenant.org)),
         &token,
@@ -262,7 +231,7 @@ async fn scenario(env: &Env, slug: &str) {
     // includes 10,000 and is soft (overage is billed), so the org may go on; usage 35,000,
     // remaining max(0, 10,000 − 35,000) = 0.
     clock.advance(chrono::Duration::minutes(1));
-    let answer = wait_for(
+    let answer = wait_for_answer(
         &client,
         &server,
         entitlement,
@@ -328,7 +297,7 @@ async fn a_tally_serve_process_serves_a_version_applied_while_it_runs() {
     let server = Server::start_with(&env, &now);
     let client = reqwest::Client::new();
     let entitlement = server.url("/v1/entitlements?meter=llm_tokens");
-    let (status, answer) = get(&client, entitlement.clone(), &tenant.key).await;
+    let (status, answer) = get_json(&client, entitlement.clone(), &tenant.key).await;
     assert_eq!(status, 400, "not in force before the apply: {answer}");
     assert_eq!(answer["error"]["code"], "unknown_meter");
 
@@ -347,7 +316,7 @@ async fn a_tally_serve_process_serves_a_version_applied_while_it_runs() {
     assert_eq!(applied["effective_from"], "2026-06", "{applied}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, answer) = get(&client, entitlement.clone(), &tenant.key).await;
+        let (status, answer) = get_json(&client, entitlement.clone(), &tenant.key).await;
         if status == 200 {
             // Pro lists llm_tokens without an allowance: unlimited, nothing used yet.
             assert_eq!(answer["meter"], "llm_tokens", "{answer}");

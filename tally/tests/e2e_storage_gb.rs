@@ -30,7 +30,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -68,35 +68,6 @@ fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
 fn reading(id: &str, project: &str, gb: u64, when: &str) -> Value {
     json!({ "id": id, "project_id": project, "meter": "storage_gb", "timestamp": when,
             "quantity": gb })
-}
-
-async fn get(client: &reqwest::Client, url: String, bearer: &str) -> (u16, Value) {
-    let r = client.get(url).bearer_auth(bearer).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
-/// Waits (up to 30 s) until `ready` holds for the answer of GET `path`.
-async fn wait_for(
-    client: &reqwest::Client,
-    server: &TestApp,
-    path: &str,
-    bearer: &str,
-    what: &str,
-    ready: impl Fn(u16, &Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = get(client, server.url(path), bearer).await;
-        if ready(status, &body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} never happened: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// (start, value) of each bucket of a usage answer.
@@ -175,7 +146,7 @@ async fn scenario(env: &Env, slug: &str) {
 
     clock.set(at(NOW));
     let entitlement = "/v1/entitlements?meter=storage_gb";
-    let e = wait_for(
+    let e = wait_for_answer(
         &client,
         &server,
         entitlement,
@@ -198,7 +169,7 @@ async fn scenario(env: &Env, slug: &str) {
     assert_eq!(answer["accepted"], 3, "{answer}");
 
     let days = "meter=storage_gb&granularity=day&from=2026-10-30&to=2026-11-01";
-    let by_day = wait_for(
+    let by_day = wait_for_answer(
         &client,
         &server,
         &format!("/v1/usage?{days}"),
@@ -216,7 +187,7 @@ async fn scenario(env: &Env, slug: &str) {
     );
     let hours =
         "meter=storage_gb&granularity=hour&from=2026-10-31T11:00:00Z&to=2026-10-31T14:00:00Z";
-    let (status, by_hour) = get(
+    let (status, by_hour) = get_json(
         &client,
         server.url(&format!("/v1/usage?{hours}")),
         &tenant.key,
@@ -237,7 +208,7 @@ async fn scenario(env: &Env, slug: &str) {
         .unwrap()
         .mint(&owner, at(NOW), chrono::Duration::minutes(10))
         .unwrap();
-    let (status, upcoming) = get(
+    let (status, upcoming) = get_json(
         &client,
         server.url(&format!("/v1/orgs/{}/invoices/upcoming", tenant.org)),
         &token,

@@ -159,6 +159,10 @@ pub struct CrashPoint {
     pub mode: CrashMode,
 }
 
+/// A forced fault: only requests of this operation (if set), only those whose body contains
+/// this text (if set), and the fault.
+type Forced = (Option<String>, Option<String>, Fault);
+
 /// An armed crash: its point and how many requests matched so far.
 struct Armed {
     point: CrashPoint,
@@ -225,7 +229,7 @@ struct Shared {
     eligible: AtomicU64,
     forwarded: AtomicU64,
     /// Forced faults, each with the one operation it is for (`None`: any it applies to).
-    forced: Mutex<VecDeque<(Option<String>, Fault)>>,
+    forced: Mutex<VecDeque<Forced>>,
     injected: Mutex<BTreeMap<Fault, u64>>,
     /// The armed crash, if any (see [`FaultProxy::crash_at`]).
     crash: Mutex<Option<Armed>>,
@@ -314,7 +318,11 @@ impl FaultProxy {
     /// Injects `fault` into the next eligible request it applies to, ahead of the schedule
     /// (and even while the proxy is [`set_active`](Self::set_active)`(false)`).
     pub fn force(&self, fault: Fault) {
-        self.shared.forced.lock().unwrap().push_back((None, fault));
+        self.shared
+            .forced
+            .lock()
+            .unwrap()
+            .push_back((None, None, fault));
     }
 
     /// Like [`force`](Self::force), for the next request of operation `op` only (e.g.
@@ -324,7 +332,17 @@ impl FaultProxy {
             .forced
             .lock()
             .unwrap()
-            .push_back((Some(op.to_owned()), fault));
+            .push_back((Some(op.to_owned()), None, fault));
+    }
+
+    /// Like [`force_on`](Self::force_on), for the next request of `op` whose body contains
+    /// `needle` (e.g. a `PutItem` of a batch's `INTENT`): other requests pass by it.
+    pub fn force_where(&self, op: &str, needle: &str, fault: Fault) {
+        self.shared.forced.lock().unwrap().push_back((
+            Some(op.to_owned()),
+            Some(needle.to_owned()),
+            fault,
+        ));
     }
 
     /// Contention on a hot item, as concurrent writers cause it on DynamoDB: the next
@@ -434,14 +452,18 @@ impl FaultProxy {
 
 /// The fault eligible request `n` of operation `op` meets, if any: a forced one that applies first,
 /// else the schedule's draw.
-fn pick(shared: &Shared, op: &str, n: u64) -> Option<Fault> {
+fn pick(shared: &Shared, op: &str, n: u64, body: &[u8]) -> Option<Fault> {
     {
         let mut forced = shared.forced.lock().unwrap();
-        let fits = |(only, f): &(Option<String>, Fault)| {
-            f.applies_to(op) && only.as_deref().is_none_or(|o| o == op)
+        let fits = |(only, needle, f): &Forced| {
+            f.applies_to(op)
+                && only.as_deref().is_none_or(|o| o == op)
+                && needle
+                    .as_deref()
+                    .is_none_or(|t| String::from_utf8_lossy(body).contains(t))
         };
         if let Some(at) = forced.iter().position(fits) {
-            return forced.remove(at).map(|(_, f)| f);
+            return forced.remove(at).map(|(_, _, f)| f);
         }
     }
     if !shared.active.load(Ordering::SeqCst) {
@@ -526,7 +548,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let eligible =
         WRITES.contains(&op.as_str()) || (shared.config.reads && READS.contains(&op.as_str()));
     let n = eligible.then(|| shared.eligible.fetch_add(1, Ordering::SeqCst));
-    let fault = n.and_then(|n| pick(&shared, &op, n));
+    let fault = n.and_then(|n| pick(&shared, &op, n, &body));
     if let Some(f) = fault {
         *shared.injected.lock().unwrap().entry(f).or_default() += 1;
     }

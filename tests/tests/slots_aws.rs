@@ -34,7 +34,7 @@ use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, SlotFault, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, with_prop};
-use tally_tests::fault_proxy::{CrashMode, CrashPoint, FaultConfig, FaultProxy};
+use tally_tests::fault_proxy::{CrashMode, CrashPoint, Fault, FaultConfig, FaultProxy};
 use tally_tests::oracle::{counter_differences, plain_counters};
 
 const MONTH: &str = "2026-11";
@@ -426,6 +426,53 @@ async fn an_apply_waits_for_a_busy_slot_instead_of_failing() {
             .collect();
         assert!(failed.is_empty(), "{failed:?}");
     }
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
+
+/// An intent whose write landed with its answer lost, on a store that then gives the batch
+/// up (one attempt, no SDK retry): the slot must not count that batch finished. If it did
+/// (a review finding: the failed apply's abort finds the intent and answers "not mine"),
+/// the slot's next batch would raise the shared cells' marks past it, and the replay of
+/// the first batch's events would skip them: an undercount, seen by the oracle below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_intent_answer_is_finished_before_its_slot_steps() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let client = Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let once = Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1));
+    let store = DynamoStore::new(client, &table)
+        .with_writer_slots(1)
+        .with_retry_policy(once)
+        .with_owner_wait(Duration::ZERO);
+    let org = OrgId::from_random(rand::random());
+    let projects = [
+        ProjectId::from_random(rand::random()),
+        ProjectId::from_random(rand::random()),
+    ];
+    let first = mixed(&org, &projects, "x", 30);
+    // The same days, hours and projects: the second batch's `ADD`s land on the first's cells.
+    let second = mixed(&org, &projects, "y", 30);
+    proxy.force_where("PutItem", "\"opss\"", Fault::AnswerLost500);
+    let report = store.apply_batch(&first).await.unwrap();
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, ApplyOutcome::Failed(_))),
+        "{:?}",
+        report.outcomes
+    );
+    assert_eq!(proxy.injected().get(&Fault::AnswerLost500), Some(&1));
+    deliver(&store, second.clone()).await;
+    deliver(&store, first.clone()).await;
     let all: Vec<Event> = first.into_iter().chain(second).collect();
     assert_exact(&direct, &table, &org, &all).await.unwrap();
 }

@@ -117,3 +117,38 @@ pub fn clock_at(at: &str) -> Arc<dyn Clock> {
     let start: DateTime<Utc> = at.parse().expect("an RFC 3339 instant");
     tally::clock::starting_at(start)
 }
+
+/// A GET with `bearer`: the status and the JSON answer.
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: String,
+    bearer: &str,
+) -> (u16, serde_json::Value) {
+    let r = client.get(url).bearer_auth(bearer).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// Waits (up to 30 s) until `ready` holds for the answer of GET `path` on `app`, returning
+/// it: how a test sees a catalogue refresh land or the aggregator count its events.
+pub async fn wait_for_answer(
+    client: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    bearer: &str,
+    what: &str,
+    ready: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get_json(client, app.url(path), bearer).await;
+        if ready(status, &body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
