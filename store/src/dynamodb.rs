@@ -161,7 +161,8 @@
 //! **The slotted format (the default since issue 16; [`DynamoStore::with_writer_slots`],
 //! `TALLY_DYNAMODB_WRITER_SLOTS`, 0 for the chunked format above):** the chunk transactions
 //! are the largest write cost after the ledger (each `ADD` 2 units, plus a chunk marker per
-//! chunk). They are replaced by plain conditional `UpdateItem`s (1 unit, in no transaction) made idempotent by
+//! chunk). They are replaced by plain conditional `UpdateItem`s (1 unit, in no transaction)
+//! made idempotent by
 //! *writer slots*: K slot items `SLOT#<k>` leased to stores, each numbering its batches
 //! `seq` = 1, 2, ... and starting batch n + 1 only after batch n is done; the intent records
 //! (k, n), and each cell's `ADD` also sets a flat high-water attribute `w<k>` = n under
@@ -378,9 +379,9 @@ impl DynamoStore {
         }
     }
 
-    /// The same store writing new batches in the slotted counter format (the default, with
-    /// [`DEFAULT_WRITER_SLOTS`]) with `count` writer slots (clamped to
-    /// ..=[`MAX_WRITER_SLOTS`]; `TALLY_DYNAMODB_WRITER_SLOTS`): each day-cell and
+    /// The same store writing new batches in the slotted counter format with `count` writer
+    /// slots (at most [`MAX_WRITER_SLOTS`]; [`new`](Self::new) starts with
+    /// [`DEFAULT_WRITER_SLOTS`]; `TALLY_DYNAMODB_WRITER_SLOTS`): each day-cell and
     /// unique-counter `ADD` a plain conditional `UpdateItem` instead of a transactional
     /// write (see `docs/dynamodb-writer-slots.md`). `count` must exceed the number of
     /// batches applied at once by every aggregator of the table together. `0` is the

@@ -228,7 +228,8 @@ struct Shared {
     active: AtomicBool,
     eligible: AtomicU64,
     forwarded: AtomicU64,
-    /// Forced faults, each with the one operation it is for (`None`: any it applies to).
+    /// Forced faults, each with the one operation it is for and the text its request's body
+    /// must hold (`None`: any request it applies to).
     forced: Mutex<VecDeque<Forced>>,
     injected: Mutex<BTreeMap<Fault, u64>>,
     /// The armed crash, if any (see [`FaultProxy::crash_at`]).
