@@ -299,6 +299,20 @@ async fn slotted_batches_count_exactly_without_transactions() {
     }
 }
 
+/// A store on `table` behind `proxy` with one writer slot that tries every write once (no
+/// SDK retry, a one-attempt policy): a fault the proxy plants is the store's last word.
+async fn one_try_store(proxy: &FaultProxy, table: &str) -> DynamoStore {
+    let client = Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let once = Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1));
+    DynamoStore::new(client, table)
+        .with_writer_slots(1)
+        .with_retry_policy(once)
+}
+
 /// What the dying store is killed at.
 #[derive(Clone, Copy, Debug)]
 enum Death {
@@ -317,17 +331,10 @@ async fn takeover(death: Death, fault: Option<SlotFault>) -> Result<(), String> 
     let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
         .await
         .unwrap();
-    let dying_client = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
-    let once = Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1));
     // Lease zero on the dying store too: its slot is free to take as soon as it dies.
-    let dying = DynamoStore::new(dying_client, &table)
-        .with_claim_lease(Duration::ZERO)
-        .with_writer_slots(1)
-        .with_retry_policy(once);
+    let dying = one_try_store(&proxy, &table)
+        .await
+        .with_claim_lease(Duration::ZERO);
     let org = OrgId::from_random(rand::random());
     let projects = [
         ProjectId::from_random(rand::random()),
@@ -442,15 +449,8 @@ async fn a_lost_intent_answer_is_finished_before_its_slot_steps() {
     let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
         .await
         .unwrap();
-    let client = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
-    let once = Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1));
-    let store = DynamoStore::new(client, &table)
-        .with_writer_slots(1)
-        .with_retry_policy(once)
+    let store = one_try_store(&proxy, &table)
+        .await
         .with_owner_wait(Duration::ZERO);
     let org = OrgId::from_random(rand::random());
     let projects = [
