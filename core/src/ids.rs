@@ -70,18 +70,7 @@ macro_rules! text_id {
             }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(s: String) -> Result<Self, IdError> {
-                Self::parse(&s)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
+        string_conversions!($name, IdError, $name::parse, |id: $name| id.0);
     };
 }
 
@@ -310,18 +299,8 @@ impl fmt::Display for MeterName {
     }
 }
 
-impl TryFrom<String> for MeterName {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        Self::parse_key(&s)
-    }
-}
-
-impl From<MeterName> for String {
-    fn from(id: MeterName) -> String {
-        id.0
-    }
-}
+string_conversions!(MeterName, IdError, MeterName::parse_key, |id: MeterName| id
+    .0);
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,27 @@
 //! means every rule is unit-testable without a database and every backend applies exactly the
 //! same arithmetic.
 
+/// Implements the two `String` conversions serde goes through for a type carried as text
+/// (`#[serde(try_from = "String", into = "String")]`): `TryFrom<String>` by `$parse` (so a
+/// deserialized value is always a parsed one, refused with `$err`) and `From<$ty> for String`
+/// by `$show`. Trait impls, so a macro rather than a function.
+macro_rules! string_conversions {
+    ($ty:ty, $err:ty, $parse:expr, $show:expr) => {
+        impl TryFrom<String> for $ty {
+            type Error = $err;
+            fn try_from(s: String) -> Result<Self, $err> {
+                $parse(&s)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                $show(v)
+            }
+        }
+    };
+}
+
 pub mod allocate;
 pub mod audit;
 pub mod backoff;

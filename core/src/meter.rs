@@ -133,18 +133,8 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-impl TryFrom<String> for ValueSource {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        ValueSource::parse(&s)
-    }
-}
-
-impl From<ValueSource> for String {
-    fn from(v: ValueSource) -> String {
-        v.path()
-    }
-}
+string_conversions!(ValueSource, String, ValueSource::parse, |v: ValueSource| v
+    .path());
 
 impl std::fmt::Display for ValueSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

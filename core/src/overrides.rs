@@ -101,18 +101,12 @@ impl std::fmt::Display for OverrideId {
     }
 }
 
-impl TryFrom<String> for OverrideId {
-    type Error = OverrideError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        OverrideId::parse(&s)
-    }
-}
-
-impl From<OverrideId> for String {
-    fn from(id: OverrideId) -> String {
-        id.0
-    }
-}
+string_conversions!(
+    OverrideId,
+    OverrideError,
+    OverrideId::parse,
+    |id: OverrideId| id.0
+);
 
 /// What an override changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -216,18 +216,8 @@ impl fmt::Display for Month {
     }
 }
 
-impl TryFrom<String> for Month {
-    type Error = MonthParseError;
-    fn try_from(s: String) -> Result<Self, MonthParseError> {
-        Month::parse(&s)
-    }
-}
-
-impl From<Month> for String {
-    fn from(m: Month) -> String {
-        m.to_string()
-    }
-}
+string_conversions!(Month, MonthParseError, Month::parse, |m: Month| m
+    .to_string());
 
 /// Seconds since the hour started; exposed for callers that bucket by hand.
 pub fn seconds_into_hour(ts: DateTime<Utc>) -> u32 {

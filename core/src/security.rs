@@ -104,18 +104,7 @@ impl fmt::Display for Cidr {
     }
 }
 
-impl TryFrom<String> for Cidr {
-    type Error = FieldError;
-    fn try_from(s: String) -> Result<Self, FieldError> {
-        Cidr::parse(&s)
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(c: Cidr) -> String {
-        c.to_string()
-    }
-}
+string_conversions!(Cidr, FieldError, Cidr::parse, |c: Cidr| c.to_string());
 
 /// What an org requires of whoever acts for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
