@@ -7,13 +7,17 @@ fn ctx_now() -> DateTime<Utc> {
 }
 
 fn validate(json: &str) -> Result<Event, EventError> {
+    validate_in(json, &MeterCatalogue::default())
+}
+
+/// Validates `json` for `org_abc` at [`ctx_now`] against `cat`.
+fn validate_in(json: &str, cat: &MeterCatalogue) -> Result<Event, EventError> {
     let org = OrgId::parse("org_abc").unwrap();
-    let cat = MeterCatalogue::default();
     Event::validate(
         json,
         &ValidationContext {
             org_id: &org,
-            catalogue: &cat,
+            catalogue: cat,
             now: ctx_now(),
             other_month: None,
         },
@@ -28,7 +32,6 @@ fn field_of(json: &str) -> (ErrorCode, String) {
 /// Validates against a catalogue with one meter, `llm_tokens`, that sums
 /// `properties.usage.tokens`.
 fn validate_tokens(json: &str) -> Result<Event, EventError> {
-    let org = OrgId::parse("org_abc").unwrap();
     let cat = MeterCatalogue::new([Meter {
         name: MeterName::parse("llm_tokens").unwrap(),
         unit: "tokens".into(),
@@ -37,15 +40,7 @@ fn validate_tokens(json: &str) -> Result<Event, EventError> {
         value: ValueSource::parse("properties.usage.tokens").unwrap(),
         dimensions: Default::default(),
     }]);
-    Event::validate(
-        json,
-        &ValidationContext {
-            org_id: &org,
-            catalogue: &cat,
-            now: ctx_now(),
-            other_month: None,
-        },
-    )
+    validate_in(json, &cat)
 }
 
 fn tokens_event(properties: &str) -> String {

@@ -447,6 +447,16 @@ impl DynamoStore {
         &self.client
     }
 
+    /// One item by key ([`Self::get`]) decoded by `decode`; `None` when there is none.
+    async fn get_as<T>(
+        &self,
+        pk: String,
+        sk: &str,
+        decode: impl FnOnce(&Item) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        self.get(pk, sk).await?.as_ref().map(decode).transpose()
+    }
+
     /// One item by key, strongly consistent, retried under [`RetryPolicy`] while retrying
     /// may help: `apply_batch` reads other batches' state with it, and one throttled read
     /// there would otherwise fail every event those batches share with this call.

@@ -105,11 +105,10 @@ impl AlertLedger for DynamoStore {
     }
 
     async fn get_alert(&self, key: &AlertKey) -> Result<Option<StoredAlert>, StoreError> {
-        self.get(alerts_pk(&key.org), &alert_sk(key))
-            .await?
-            .as_ref()
-            .map(|it| alert_of(&key.org, it))
-            .transpose()
+        self.get_as(alerts_pk(&key.org), &alert_sk(key), |it| {
+            alert_of(&key.org, it)
+        })
+        .await
     }
 
     async fn pending_alerts(

@@ -3,7 +3,7 @@
 //! revoking by id; both are written in one transaction.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::{ApiKeyStore, StoreError};
@@ -17,8 +17,9 @@ use super::chunks::put_if_absent;
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
+use super::tenants::{revoke_existing, update_request};
 
-use super::tx::{failed, org_must_be_live, tx_update};
+use super::tx::{conflict, not_found, org_must_be_live, refusal, tx_update};
 
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;
@@ -80,24 +81,16 @@ impl ApiKeyStore for DynamoStore {
         let table = self.table();
         let [key, guard] = key_puts(table, k)?;
         let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("org {}", k.org_id),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("api key {}", k.id),
-            }),
-        }
+        let org = not_found(format!("org {}", k.org_id));
+        let taken = conflict(format!("api key {}", k.id));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, [(0, org)], taken))
     }
 
     /// One `GetItem` by hash.
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        self.get(keys::key_pk(hash), KEY_SK)
-            .await?
-            .as_ref()
-            .map(key_of)
-            .transpose()
+        self.get_as(keys::key_pk(hash), KEY_SK, key_of).await
     }
 
     /// The org's key id guards (one strongly consistent query of the org partition), then each
@@ -133,25 +126,10 @@ impl ApiKeyStore for DynamoStore {
         };
         let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
             .ok_or_else(|| corrupt("api key id guard hash"))?;
-        let updated = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::key_pk(&hash)))
-            .key(SK, s(KEY_SK))
-            .update_expression("SET revoked_at = if_not_exists(revoked_at, :at)")
+        let req = update_request(self, keys::key_pk(&hash), KEY_SK)
             .condition_expression("attribute_exists(#pk) AND org_id = :org")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":at", s(ts_text(at)))
-            .expression_attribute_values(":org", s(org.as_str()))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        unless_condition_failed("UpdateItem", updated)?
-            .and_then(|out| out.attributes)
-            .as_ref()
-            .map(key_of)
-            .transpose()
+            .expression_attribute_values(":org", s(org.as_str()));
+        revoke_existing(req, at, key_of).await
     }
 
     /// One conditional `UpdateItem` per use, on the key item found by its hash: `SET
@@ -220,17 +198,14 @@ impl ApiKeyStore for DynamoStore {
             key,
             key_guard,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(Some(ApiKey {
-                expires_at: Some(expires),
-                ..current
-            })),
-            Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
-                what: format!("revocation of api key {old}"),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("api key {}", new.id),
-            }),
-        }
+        let revoked = conflict(format!("revocation of api key {old}"));
+        let taken = conflict(format!("api key {}", new.id));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, [(0, revoked)], taken))?;
+        Ok(Some(ApiKey {
+            expires_at: Some(expires),
+            ..current
+        }))
     }
 }

@@ -68,11 +68,8 @@ impl CatalogueStore for DynamoStore {
         &self,
         version: u32,
     ) -> Result<Option<CatalogueVersion>, StoreError> {
-        self.get(CATALOGUE_PK.to_owned(), &version_sk(version))
-            .await?
-            .as_ref()
-            .map(version_of)
-            .transpose()
+        self.get_as(CATALOGUE_PK.to_owned(), &version_sk(version), version_of)
+            .await
     }
 
     async fn list_catalogue_versions(&self) -> Result<Vec<CatalogueVersionSummary>, StoreError> {

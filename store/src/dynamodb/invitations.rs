@@ -23,8 +23,8 @@ use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
 };
 use super::keys::{self, PK, SK, TTL, USER_SK};
-use super::members::membership_put;
-use super::tx::{failed, must_exist, org_must_be_live, tx_update};
+use super::members::{member_taken, membership_put};
+use super::tx::{conflict, must_exist, not_found, org_must_be_live, refusal, tx_update};
 
 /// Sort key of an invitation item.
 pub const INVITE_SK: &str = "INVITE";
@@ -128,15 +128,11 @@ impl InvitationStore for DynamoStore {
                 ]),
             )?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("org {}", inv.org_id),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("invitation {}", inv.id),
-            }),
-        }
+        let org = not_found(format!("org {}", inv.org_id));
+        let taken = conflict(format!("invitation {}", inv.id));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, [(0, org)], taken))
     }
 
     /// One `GetItem` by hash; an item past its expiry (TTL deletion lags) is `None`.
@@ -235,20 +231,15 @@ impl InvitationStore for DynamoStore {
             must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
             membership_put(table, &m)?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(m),
-            Err(r) if failed(&r, 0) => Err(StoreError::Conflict {
-                what: format!("acceptance of invitation {}", inv.id),
-            }),
-            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-                what: format!("org {}", m.org_id),
-            }),
-            Err(r) if failed(&r, 2) => Err(StoreError::NotFound {
-                what: format!("user {}", m.user_id),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-            }),
-        }
+        let checks = [
+            (0, conflict(format!("acceptance of invitation {}", inv.id))),
+            (1, not_found(format!("org {}", m.org_id))),
+            (2, not_found(format!("user {}", m.user_id))),
+        ];
+        let taken = member_taken(&m);
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, checks, taken))?;
+        Ok(m)
     }
 }

@@ -17,7 +17,7 @@ use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error, ts_text};
 use super::keys::{self, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
 
-use super::tx::{failed, must_exist, org_must_be_live, tx_update};
+use super::tx::{conflict, failed, must_exist, not_found, org_must_be_live, refusal, tx_update};
 
 #[async_trait]
 impl MemberStore for DynamoStore {
@@ -80,18 +80,14 @@ impl MemberStore for DynamoStore {
                 ]),
             )?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("project {project} in org {org}"),
-            }),
-            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-                what: format!("member {user} of org {org}"),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("user {user} on project {project}"),
-            }),
-        }
+        let checks = [
+            (0, not_found(format!("project {project} in org {org}"))),
+            (1, not_found(format!("member {user} of org {org}"))),
+        ];
+        let taken = conflict(format!("user {user} on project {project}"));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, checks, taken))
     }
 
     /// One `DeleteItem`, returning the old item to tell whether there was one.
@@ -141,18 +137,14 @@ impl MemberStore for DynamoStore {
             must_exist(table, keys::user_pk(&m.user_id), USER_SK)?,
             membership_put(table, m)?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("org {}", m.org_id),
-            }),
-            Err(r) if failed(&r, 1) => Err(StoreError::NotFound {
-                what: format!("user {}", m.user_id),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-            }),
-        }
+        let checks = [
+            (0, not_found(format!("org {}", m.org_id))),
+            (1, not_found(format!("user {}", m.user_id))),
+        ];
+        let taken = member_taken(m);
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, checks, taken))
     }
 
     /// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
@@ -274,6 +266,15 @@ impl MemberStore for DynamoStore {
             }),
         }
     }
+}
+
+/// The `Conflict` of a membership put whose item exists already (adding a member, accepting
+/// an invitation).
+pub(super) fn member_taken(m: &Membership) -> StoreError {
+    conflict(format!(
+        "membership of user {} in org {}",
+        m.user_id, m.org_id
+    ))
 }
 
 /// The role the membership item `ORG#<org>` / `MEMBER#<user>` holds, whatever the org's

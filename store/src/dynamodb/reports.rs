@@ -71,11 +71,8 @@ impl ReportStore for DynamoStore {
         org: &OrgId,
         period: Month,
     ) -> Result<Option<StoredReport>, StoreError> {
-        self.get(report_pk(org), &report_sk(period))
-            .await?
-            .as_ref()
-            .map(report_of)
-            .transpose()
+        self.get_as(report_pk(org), &report_sk(period), report_of)
+            .await
     }
 
     async fn list_reports(&self, org: &OrgId) -> Result<Vec<StoredReport>, StoreError> {

@@ -24,6 +24,7 @@ use super::codec::{
     unless_condition_failed,
 };
 use super::keys::{self, ORG_SK, PK, SK, TTL};
+use super::tenants::{revoke_existing, update_request};
 
 /// Sort key prefix of session items inside a user's partition.
 pub const SESSION_PREFIX: &str = "SESSION#";
@@ -142,11 +143,8 @@ impl SecurityStore for DynamoStore {
         user: &UserId,
         id: &SessionId,
     ) -> Result<Option<Session>, StoreError> {
-        self.get(keys::user_pk(user), &session_sk(id))
-            .await?
-            .as_ref()
-            .map(session_of)
-            .transpose()
+        self.get_as(keys::user_pk(user), &session_sk(id), session_of)
+            .await
     }
 
     async fn list_sessions(
@@ -176,23 +174,7 @@ impl SecurityStore for DynamoStore {
         id: &SessionId,
         at: DateTime<Utc>,
     ) -> Result<Option<Session>, StoreError> {
-        let updated = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::user_pk(user)))
-            .key(SK, s(session_sk(id)))
-            .update_expression("SET revoked_at = if_not_exists(revoked_at, :at)")
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":at", s(ts_text(at)))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        unless_condition_failed("UpdateItem", updated)?
-            .and_then(|out| out.attributes)
-            .as_ref()
-            .map(session_of)
-            .transpose()
+        let req = update_request(self, keys::user_pk(user), &session_sk(id));
+        revoke_existing(req, at, session_of).await
     }
 }

@@ -76,11 +76,10 @@ impl SyncLedger for DynamoStore {
         period: Month,
         step: &str,
     ) -> Result<Option<String>, StoreError> {
-        self.get(steps_pk(org, period), &step_sk(step))
-            .await?
-            .as_ref()
-            .map(|it| get_s(it, "result").map(str::to_owned))
-            .transpose()
+        self.get_as(steps_pk(org, period), &step_sk(step), |it| {
+            get_s(it, "result").map(str::to_owned)
+        })
+        .await
     }
 
     async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError> {
@@ -107,11 +106,10 @@ impl SyncLedger for DynamoStore {
     }
 
     async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
-        self.get(customer_pk(org), CUSTOMER_SK)
-            .await?
-            .as_ref()
-            .map(|it| get_s(it, "customer").map(str::to_owned))
-            .transpose()
+        self.get_as(customer_pk(org), CUSTOMER_SK, |it| {
+            get_s(it, "customer").map(str::to_owned)
+        })
+        .await
     }
 }
 

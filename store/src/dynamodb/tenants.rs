@@ -23,7 +23,9 @@ use super::keys::{
     USER_SK,
 };
 use super::members::membership_of;
-use super::tx::{failed, must_exist, org_must_be_live, put, tx_update};
+use super::tx::{
+    conflict, failed, must_exist, not_found, org_must_be_live, put, refusal, tx_update,
+};
 
 /// Sort key prefix of an org's plan changes (`PLAN#<at>#<to>`), in its partition.
 pub const PLAN_CHANGE_PREFIX: &str = "PLAN#";
@@ -116,11 +118,7 @@ impl UserStore for DynamoStore {
 
     /// Looks a user up.
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        self.get(keys::user_pk(id), USER_SK)
-            .await?
-            .as_ref()
-            .map(user_of)
-            .transpose()
+        self.get_as(keys::user_pk(id), USER_SK, user_of).await
     }
 
     /// Through the email guard (`EMAIL#<email>`), which names the user.
@@ -198,27 +196,19 @@ impl OrgStore for DynamoStore {
                 ]),
             )?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("user {}", org.owner_id),
-            }),
-            Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
-                what: format!("org slug {:?}", org.slug),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("org {}", org.id),
-            }),
-        }
+        let checks = [
+            (0, not_found(format!("user {}", org.owner_id))),
+            (1, conflict(format!("org slug {:?}", org.slug))),
+        ];
+        let taken = conflict(format!("org {}", org.id));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, checks, taken))
     }
 
     /// Looks an org up.
     async fn get_org(&self, id: &OrgId) -> Result<Option<Org>, StoreError> {
-        self.get(keys::org_pk(id), ORG_SK)
-            .await?
-            .as_ref()
-            .map(org_of)
-            .transpose()
+        self.get_as(keys::org_pk(id), ORG_SK, org_of).await
     }
 
     /// Every org's id, from the index (in id order; eventually consistent).
@@ -408,18 +398,17 @@ impl ProjectStore for DynamoStore {
                 .collect(),
             )?,
         ];
-        match self.transact_tenant(actions).await? {
-            Ok(()) => Ok(()),
-            Err(r) if failed(&r, 0) => Err(StoreError::NotFound {
-                what: format!("org {}", p.org_id),
-            }),
-            Err(r) if failed(&r, 1) => Err(StoreError::Conflict {
-                what: format!("project slug {:?} in org {}", p.slug, p.org_id),
-            }),
-            Err(_) => Err(StoreError::Conflict {
-                what: format!("project {}", p.id),
-            }),
-        }
+        let checks = [
+            (0, not_found(format!("org {}", p.org_id))),
+            (
+                1,
+                conflict(format!("project slug {:?} in org {}", p.slug, p.org_id)),
+            ),
+        ];
+        let taken = conflict(format!("project {}", p.id));
+        self.transact_tenant(actions)
+            .await?
+            .map_err(|r| refusal(&r, checks, taken))
     }
 
     /// Looks a project up inside its org's partition, so another org's project is `None`.
@@ -485,15 +474,7 @@ fn update_named(
     name: &Option<String>,
 ) -> (UpdateItemFluentBuilder, Vec<&'static str>) {
     let mut sets = Vec::new();
-    let mut req = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(pk))
-        .key(SK, s(sk))
-        .condition_expression("attribute_exists(#pk)")
-        .expression_attribute_names("#pk", PK)
-        .return_values(ReturnValue::AllNew);
+    let mut req = update_request(store, pk, sk);
     if let Some(name) = name {
         sets.push("#name = :name");
         req = req
@@ -501,6 +482,37 @@ fn update_named(
             .expression_attribute_values(":name", s(name));
     }
     (req, sets)
+}
+
+/// An `UpdateItem` of the item `pk`/`sk` conditioned on it existing (`#pk` names the
+/// partition key) and returning `ALL_NEW`: the start of every [`update_existing`] request.
+pub(super) fn update_request(store: &DynamoStore, pk: String, sk: &str) -> UpdateItemFluentBuilder {
+    store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .key(PK, s(pk))
+        .key(SK, s(sk))
+        .condition_expression("attribute_exists(#pk)")
+        .expression_attribute_names("#pk", PK)
+        .return_values(ReturnValue::AllNew)
+}
+
+/// Sets `revoked_at` to `at` on the item `req` updates unless it is set already (a second
+/// revoke keeps the first time), returning the item as it is now; `None` when `req`'s
+/// condition failed. What revoking a key and a session share.
+pub(super) async fn revoke_existing<T>(
+    req: UpdateItemFluentBuilder,
+    at: DateTime<Utc>,
+    decode: impl Fn(&Item) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let req = req.expression_attribute_values(":at", s(ts_text(at)));
+    update_existing(
+        req,
+        &["revoked_at = if_not_exists(revoked_at, :at)"],
+        decode,
+    )
+    .await
 }
 
 /// Sends `SET <sets>` on an update conditioned on the item existing (and returning

@@ -17,6 +17,30 @@ pub(super) fn failed(reasons: &[String], i: usize) -> bool {
     reasons.get(i).is_some_and(|c| c == CONDITIONAL)
 }
 
+/// The error a cancelled tenant transaction answers: that of the first `(action, error)` of
+/// `checks` whose action failed its condition (a parent missing, a slug taken), else
+/// `otherwise` (the write's own condition: what it writes exists already).
+pub(super) fn refusal<const N: usize>(
+    reasons: &[String],
+    checks: [(usize, StoreError); N],
+    otherwise: StoreError,
+) -> StoreError {
+    checks
+        .into_iter()
+        .find(|(i, _)| failed(reasons, *i))
+        .map_or(otherwise, |(_, e)| e)
+}
+
+/// `NotFound` of `what` (`404`): a parent a write checks is missing.
+pub(super) fn not_found(what: String) -> StoreError {
+    StoreError::NotFound { what }
+}
+
+/// `Conflict` of `what` (`409`): what a write puts exists already, or changed meanwhile.
+pub(super) fn conflict(what: String) -> StoreError {
+    StoreError::Conflict { what }
+}
+
 /// A check that an item exists, inside a transaction.
 pub(super) fn must_exist(
     table: &str,
