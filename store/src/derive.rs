@@ -96,21 +96,11 @@ pub fn derive_series(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::test_fixtures::{DAY as day, org_a, two_hour_cell};
 
     #[test]
     fn cells_derive_like_the_fold() {
-        let org = OrgId::parse("org_a").unwrap();
-        let p = ProjectId::parse("prj_b").unwrap();
-        let m = MeterName::parse("api_calls").unwrap();
-        let day = 1_795_651_200; // 2026-11-26T00:00:00Z
-        let cell = StoredCell {
-            project: p,
-            meter: m,
-            hours: vec![
-                (day + 5 * 3600, Delta::Add(Decimal::from(3))),
-                (day + 7 * 3600, Delta::Add(Decimal::new(15, 1))),
-            ],
-        };
+        let (org, cell) = (org_a(), two_hour_cell());
         let counters = derive_counters(&org, std::slice::from_ref(&cell));
         // 2 hours × 2 scopes + 1 day × 2 + 1 month × 2.
         assert_eq!(counters.len(), 8);

@@ -54,6 +54,8 @@ pub mod replay;
 mod secs;
 pub mod sqlite;
 pub mod sqs;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use local_queue::{DeadLetter, LocalQueue, LocalQueueConfig};
 pub use memory::MemoryStore;

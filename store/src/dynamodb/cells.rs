@@ -144,14 +144,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::codec::{item, n, s};
     use super::*;
-    use rust_decimal::Decimal;
+    use crate::test_fixtures::{DAY, api_calls, prj_b, two_hour_cell};
 
     /// Derivation from the parsed hours is tested in [`crate::derive`].
     #[test]
     fn cells_round_trip() {
-        let p = ProjectId::parse("prj_b").unwrap();
-        let m = MeterName::parse("api_calls").unwrap();
-        let day = 1_795_651_200; // 2026-11-26T00:00:00Z
+        let (p, m, day) = (prj_b(), api_calls(), DAY);
         assert_eq!(day_and_hour(day + 5 * 3600), (day, 5));
         let it = item([
             (SK, s(cell_sk(&m, &p, day))),
@@ -159,15 +157,7 @@ mod tests {
             ("h05", n(3)),
             ("h07", n("1.5")),
         ]);
-        let expected = StoredCell {
-            project: p,
-            meter: m,
-            hours: vec![
-                (day + 5 * 3600, Delta::Add(Decimal::from(3))),
-                (day + 7 * 3600, Delta::Add(Decimal::new(15, 1))),
-            ],
-        };
-        assert_eq!(read_cell(&it).unwrap(), expected);
+        assert_eq!(read_cell(&it).unwrap(), two_hour_cell());
     }
 
     #[test]

@@ -251,12 +251,11 @@ fn bad_key(what: &str, key: &str) -> StoreError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::test_fixtures::{api_calls, org_a, prj_b};
 
     #[test]
     fn counter_keys_round_trip_and_sort_by_time() {
-        let org = OrgId::parse("org_a").unwrap();
-        let p = ProjectId::parse("prj_b").unwrap();
-        let m = MeterName::parse("api_calls").unwrap();
+        let (org, p, m) = (org_a(), prj_b(), api_calls());
         let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let k = |scope, start| CounterKey {
             org: &org,
@@ -291,10 +290,7 @@ mod tests {
             seen[ledger_shard(&EventId::parse(&format!("e{i}")).unwrap()) as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
-        assert_eq!(
-            ledger_pk(&OrgId::parse("org_a").unwrap(), 3),
-            "ORG#org_a#LEDGER#03"
-        );
+        assert_eq!(ledger_pk(&org_a(), 3), "ORG#org_a#LEDGER#03");
     }
 
     #[test]

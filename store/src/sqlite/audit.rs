@@ -114,12 +114,12 @@ impl AuditLog for SqliteStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use rusqlite::Connection;
     use tally_core::ids::OrgId;
     use tally_core::tenant::AuditOutcome;
 
     use super::*;
     use crate::sqlite::SCHEMA_VERSION;
+    use crate::sqlite::fixtures::{older_db, user_version};
 
     fn record(org: &OrgId, at: &str) -> AuditRecord {
         AuditRecord {
@@ -144,21 +144,14 @@ mod tests {
     /// archiving, last use and project members) is upgraded in place.
     #[tokio::test]
     async fn version_1_files_gain_the_audit_trail() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tally.db");
-        drop(SqliteStore::open(&path).unwrap());
-        {
-            let c = Connection::open(&path).unwrap();
-            // What version 1 had: no audit trail, none of version 4's tables and columns.
-            c.execute_batch(
-                "DROP TABLE audit; DROP TABLE invitations; DROP TABLE project_members;
-                 ALTER TABLE orgs DROP COLUMN deleted_at;
-                 ALTER TABLE projects DROP COLUMN archived_at;
-                 ALTER TABLE api_keys DROP COLUMN last_used_at;
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
-        }
+        // What version 1 had: no audit trail, none of version 4's tables and columns.
+        let (_dir, path) = older_db(
+            "DROP TABLE audit; DROP TABLE invitations; DROP TABLE project_members;
+             ALTER TABLE orgs DROP COLUMN deleted_at;
+             ALTER TABLE projects DROP COLUMN archived_at;
+             ALTER TABLE api_keys DROP COLUMN last_used_at;
+             PRAGMA user_version = 1;",
+        );
         let store = SqliteStore::open(&path).unwrap();
         let org = OrgId::parse("org_a").unwrap();
         let r = record(&org, "2026-11-26T10:00:00Z");
@@ -175,11 +168,7 @@ mod tests {
             now: r.at,
         };
         assert_eq!(store.list_audit(&q).await.unwrap().records, vec![r]);
-        let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
     }
 
     /// Expired records are deleted by later writes, not only hidden.

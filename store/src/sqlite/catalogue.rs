@@ -119,28 +119,18 @@ impl CatalogueStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use rusqlite::Connection;
 
     use super::*;
+    use crate::sqlite::fixtures::{older_db, user_version};
 
     /// A file of the schema before this table (version 9) opens, gains the empty table, and
     /// reads as "no version published".
     #[tokio::test]
     async fn a_store_from_before_catalogue_versions_opens_with_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tally.db");
-        drop(SqliteStore::open(&path).unwrap());
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch("DROP TABLE catalogue_versions; PRAGMA user_version = 9;")
-            .unwrap();
-        drop(c);
+        let (_dir, path) = older_db("DROP TABLE catalogue_versions; PRAGMA user_version = 9;");
         let store = SqliteStore::open(&path).unwrap();
         assert!(store.list_catalogue_versions().await.unwrap().is_empty());
         assert!(store.latest_catalogue_version().await.unwrap().is_none());
-        let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, super::super::SCHEMA_VERSION);
+        assert_eq!(user_version(&path), super::super::SCHEMA_VERSION);
     }
 }

@@ -53,3 +53,20 @@ pub(super) fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("tally.db");
     (dir, path)
 }
+
+/// A store file of an older schema, for the upgrade tests: made by this release, then set
+/// back by `downgrade` (SQL dropping what came later and setting `PRAGMA user_version`).
+pub(super) fn older_db(downgrade: &str) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = temp_db();
+    drop(super::SqliteStore::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch(downgrade).unwrap();
+    (dir, path)
+}
+
+/// The schema version the file at `path` says it has (`PRAGMA user_version`).
+pub(super) fn user_version(path: &Path) -> i64 {
+    let c = Connection::open(path).unwrap();
+    c.pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
