@@ -486,7 +486,7 @@ fn scope_text<'a>(scope: &CounterScope<'a>) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{event, temp_db};
+    use super::fixtures::{event, temp_store_with};
     use super::*;
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
@@ -494,15 +494,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_background_checkpointer_moves_the_wal_into_the_database_file() {
-        let (_dir, path) = temp_db();
-        let s = SqliteStore::open_with(
-            &path,
-            SqliteConfig {
-                checkpoint_interval: Some(Duration::from_millis(20)),
-                ..SqliteConfig::default()
-            },
-        )
-        .unwrap();
+        let (_dir, path, s) = temp_store_with(SqliteConfig {
+            checkpoint_interval: Some(Duration::from_millis(20)),
+            ..SqliteConfig::default()
+        });
         let org = OrgId::parse("org_a").unwrap();
         let events: Vec<Event> = (0..2000)
             .map(|i| event(&org, &format!("e{i}"), "2026-11-26T10:00:00Z"))
@@ -528,15 +523,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_write_lock_makes_writes_wait_then_fail_unavailable() {
-        let (_dir, path) = temp_db();
-        let s = SqliteStore::open_with(
-            &path,
-            SqliteConfig {
-                busy_timeout: Duration::from_millis(100),
-                ..SqliteConfig::default()
-            },
-        )
-        .unwrap();
+        let (_dir, path, s) = temp_store_with(SqliteConfig {
+            busy_timeout: Duration::from_millis(100),
+            ..SqliteConfig::default()
+        });
         let mut other = Connection::open(&path).unwrap();
         let tx = other
             .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -54,6 +54,16 @@ pub(super) fn temp_db() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A store on a new file under `config`, with the file's directory (kept for the test's
+/// length) and path.
+pub(super) fn temp_store_with(
+    config: super::SqliteConfig,
+) -> (tempfile::TempDir, PathBuf, super::SqliteStore) {
+    let (dir, path) = temp_db();
+    let store = super::SqliteStore::open_with(&path, config).unwrap();
+    (dir, path, store)
+}
+
 /// A store file of an older schema, for the upgrade tests: made by this release, then set
 /// back by `downgrade` (SQL dropping what came later and setting `PRAGMA user_version`).
 pub(super) fn older_db(downgrade: &str) -> (tempfile::TempDir, PathBuf) {
