@@ -198,6 +198,43 @@ fn whole_seconds_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The [`REASON_ATTRIBUTE`] a dead letter is sent with: `reason`, cut to
+/// [`MAX_REASON_BYTES`].
+fn reason_attribute(reason: &str) -> Result<MessageAttributeValue, QueueError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(truncate_utf8(reason, MAX_REASON_BYTES))
+        .build()
+        .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))
+}
+
+/// The reason a dead letter carries in [`REASON_ATTRIBUTE`], if it has one.
+fn reason_of(m: &Message) -> Option<String> {
+    m.message_attributes
+        .as_ref()
+        .and_then(|a| a.get(REASON_ATTRIBUTE))
+        .and_then(|v| v.string_value.clone())
+}
+
+/// One attribute of the queue `url` (`GetQueueAttributes` of `name`); `None` when SQS
+/// returns none. `what` names the call in errors.
+async fn queue_attribute(
+    client: &Client,
+    url: &str,
+    name: QueueAttributeName,
+    what: &str,
+) -> Result<Option<String>, QueueError> {
+    Ok(client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .map_err(|e| sdk_err(what, e))?
+        .attributes
+        .and_then(|mut a| a.remove(&name)))
+}
+
 fn visibility_seconds(d: Duration) -> i32 {
     i32::try_from(whole_seconds_up(d).min(MAX_VISIBILITY_SECONDS)).unwrap_or(i32::MAX)
 }
@@ -217,18 +254,15 @@ pub async fn create_queues(client: &Client, name: &str) -> Result<(String, Strin
         .send()
         .await
         .map_err(|e| sdk_err("SetQueueAttributes (dead-letter queue)", e))?;
-    let dlq_arn = client
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| sdk_err("GetQueueAttributes (dead-letter queue)", e))?
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .ok_or_else(|| {
-            QueueError::Unavailable(format!("SQS did not return the ARN of {dlq_name}"))
-        })?;
+    let arn = QueueAttributeName::QueueArn;
+    let dlq_arn = queue_attribute(
+        client,
+        &dlq_url,
+        arn,
+        "GetQueueAttributes (dead-letter queue)",
+    )
+    .await?
+    .ok_or_else(|| QueueError::Unavailable(format!("SQS did not return the ARN of {dlq_name}")))?;
     let url = create_queue(client, name).await?;
     let policy = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
@@ -301,17 +335,10 @@ impl SqsQueue {
         if let Some(url) = lock(&self.inner.dlq_url).clone() {
             return Ok(url);
         }
-        let policy = self
-            .inner
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.inner.queue_url)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
-            .send()
-            .await
-            .map_err(|e| sdk_err("GetQueueAttributes (redrive policy)", e))?
-            .attributes
-            .and_then(|mut a| a.remove(&QueueAttributeName::RedrivePolicy))
+        let (client, url) = (&self.inner.client, &self.inner.queue_url);
+        let redrive = QueueAttributeName::RedrivePolicy;
+        let policy = queue_attribute(client, url, redrive, "GetQueueAttributes (redrive policy)")
+            .await?
             .ok_or_else(|| {
                 QueueError::Unavailable(format!(
                     "queue {} has no RedrivePolicy and no dead-letter queue is configured",
@@ -384,11 +411,7 @@ impl SqsQueue {
                     continue;
                 }
                 new += 1;
-                let reason = m
-                    .message_attributes
-                    .as_ref()
-                    .and_then(|a| a.get(REASON_ATTRIBUTE))
-                    .and_then(|v| v.string_value.clone());
+                let reason = reason_of(&m);
                 out.push(SqsDeadLetter {
                     message_id: id,
                     body: m.body.unwrap_or_default(),
@@ -465,11 +488,7 @@ impl SqsQueue {
                     continue;
                 }
                 examined += 1;
-                let reason = m
-                    .message_attributes
-                    .as_ref()
-                    .and_then(|a| a.get(REASON_ATTRIBUTE))
-                    .and_then(|v| v.string_value.clone());
+                let reason = reason_of(&m);
                 if !request.matches(&id, reason.as_deref()) {
                     release.push(receipt);
                     continue;
@@ -573,29 +592,12 @@ impl SqsQueue {
             return;
         }
         let released = self
-            .receipt_batches(
+            .change_visibility_in(
+                dlq,
                 "ChangeMessageVisibilityBatch (dead-letter queue)",
                 receipts,
+                0,
                 |n| tracing::debug_span!("sqs_release_dead_letters", entries = n),
-                |id, handle| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(id)
-                        .receipt_handle(handle)
-                        .visibility_timeout(0)
-                        .build()
-                },
-                |entries| async move {
-                    let out = self
-                        .inner
-                        .client
-                        .change_message_visibility_batch()
-                        .queue_url(dlq)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err("ChangeMessageVisibilityBatch", e))?;
-                    Ok(out.failed().to_vec())
-                },
             )
             .await;
         if let Err(e) = released {
@@ -681,11 +683,7 @@ impl SqsQueue {
         tracing::error!(message_id, reason, "dead-lettering SQS message");
         let result: Result<(), QueueError> = async {
             let dlq = self.dead_letter_queue_url().await?;
-            let reason_value = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(truncate_utf8(reason, MAX_REASON_BYTES))
-                .build()
-                .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))?;
+            let reason_value = reason_attribute(reason)?;
             let mut send = self
                 .inner
                 .client
@@ -758,10 +756,31 @@ impl SqsQueue {
 
     /// `ChangeMessageVisibilityBatch` over `receipts`, 10 per call, retrying failed entries.
     async fn change_visibility(&self, receipts: &[String], seconds: i32) -> Result<(), QueueError> {
-        self.receipt_batches(
+        self.change_visibility_in(
+            &self.inner.queue_url,
             "ChangeMessageVisibilityBatch",
             receipts,
+            seconds,
             |n| tracing::debug_span!("sqs_change_visibility_batch", entries = n, seconds),
+        )
+        .await
+    }
+
+    /// `ChangeMessageVisibilityBatch` over `receipts` of the queue `url` (the main one, or the
+    /// dead-letter queue), 10 per call under the span `span(entries)`, retrying failed
+    /// entries; `what` names it in errors.
+    async fn change_visibility_in(
+        &self,
+        url: &str,
+        what: &str,
+        receipts: &[String],
+        seconds: i32,
+        span: impl Fn(usize) -> tracing::Span,
+    ) -> Result<(), QueueError> {
+        self.receipt_batches(
+            what,
+            receipts,
+            span,
             |id, handle| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(id)
@@ -774,7 +793,7 @@ impl SqsQueue {
                     .inner
                     .client
                     .change_message_visibility_batch()
-                    .queue_url(&self.inner.queue_url)
+                    .queue_url(url)
                     .set_entries(Some(entries))
                     .send()
                     .await
@@ -1113,11 +1132,7 @@ impl EventQueue for SqsQueue {
         let body = envelope::encode_parts(&delivery.events, &delivery.unreadable)
             .map_err(|e| QueueError::Malformed(format!("re-encoding the events: {e}")))?;
         let dlq = self.dead_letter_queue_url().await?;
-        let reason_value = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(truncate_utf8(reason, MAX_REASON_BYTES))
-            .build()
-            .map_err(|e| QueueError::Unavailable(format!("building attribute: {e}")))?;
+        let reason_value = reason_attribute(reason)?;
         self.inner
             .client
             .send_message()
