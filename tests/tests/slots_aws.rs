@@ -16,6 +16,10 @@
 //!   undercount), and updates without the high-water condition (the replay of a batch
 //!   whose `ADD`s landed counts them again: overcount).
 //!
+//! - A slot's loose ends: an acquisition whose answer was lost is adopted on its retry
+//!   (not leaked until its lease ends), and
+//!   never a slot the store holds for another of its applies.
+//!
 //! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
 
 // Test harness code: a failed unwrap is a failed test.
@@ -29,6 +33,7 @@ use tally_core::backoff::Backoff;
 use tally_core::event::Event;
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::Month;
+use tally_core::ports::ApplyReport;
 use tally_core::ports::{ApplyOutcome, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, SlotFault, create_table};
@@ -473,6 +478,115 @@ async fn a_lost_intent_answer_is_finished_before_its_slot_steps() {
     assert_eq!(proxy.injected().get(&Fault::AnswerLost500), Some(&1));
     deliver(&store, second.clone()).await;
     deliver(&store, first.clone()).await;
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
+
+/// How many of a report's outcomes are `Applied` and how many `Failed`.
+fn tally_outcomes(report: &ApplyReport) -> (usize, usize) {
+    let applied = report
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, ApplyOutcome::Applied))
+        .count();
+    let failed = report
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, ApplyOutcome::Failed(_)))
+        .count();
+    (applied, failed)
+}
+
+/// Returns once the proxy has injected `fault` (an event, not time passing: a held
+/// request is in flight).
+async fn until_injected(proxy: &FaultProxy, fault: Fault) {
+    while !proxy.injected().contains_key(&fault) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two fresh projects of a fresh org.
+fn fresh_org() -> (OrgId, [ProjectId; 2]) {
+    (
+        OrgId::from_random(rand::random()),
+        [
+            ProjectId::from_random(rand::random()),
+            ProjectId::from_random(rand::random()),
+        ],
+    )
+}
+
+/// The acquisition of the store's only slot lands, its answer is lost (a 500 after the
+/// write), and the retry fails its condition on the lease it took itself. The store must
+/// adopt the slot (epoch 1 as stored, `seq` from the item) and apply the batch. Before
+/// adoption every try met "held" (by itself) and the whole batch failed, the slot leased
+/// for nothing until its lease ran out.
+#[tokio::test]
+async fn a_lost_acquire_answer_adopts_the_slot_instead_of_leaking_it() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
+        .await
+        .unwrap();
+    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    // One slot and no waiting: a slot it cannot get fails the batch at once.
+    let store = DynamoStore::new(via_proxy, &table)
+        .with_writer_slots(1)
+        .with_owner_wait(Duration::ZERO);
+    let (org, projects) = fresh_org();
+    let first = mixed(&org, &projects, "la", 30);
+    let second = mixed(&org, &projects, "lb", 30);
+    // Only the acquisition carries this condition.
+    proxy.force_where(
+        "UpdateItem",
+        "attribute_not_exists(#o) OR #x < :now",
+        Fault::AnswerLost500,
+    );
+    let report = store.apply_batch(&first).await.unwrap();
+    assert_eq!(proxy.injected().get(&Fault::AnswerLost500), Some(&1));
+    assert_eq!(tally_outcomes(&report), (30, 0), "{:?}", report.outcomes);
+    let (slot, owner) = store.slot_read(0).await.unwrap().unwrap();
+    assert_eq!(owner.as_deref(), store.writer_slot_owner());
+    // Epoch 1: the lost acquisition's own, adopted, not a second acquisition. Seq 1: the
+    // batch was numbered once.
+    assert_eq!((slot.epoch, slot.seq), (1, 1), "{slot:?}");
+    assert_eq!(deliver(&store, second.clone()).await, 30);
+    assert_eq!(store.slot_read(0).await.unwrap().unwrap().0.seq, 2);
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
+
+/// Adoption is only for a slot the store does not hold: one store, one slot, two applies.
+/// The first's intent is held 3 s by the proxy after its step; the second, started then,
+/// meets the slot leased to its own store's owner id. Adopting it (the planted fault: a
+/// store that forgets which slots it holds) would make it finish the first's batch, find
+/// no intent yet and fence it off, failing the first's events; instead it waits for the
+/// slot to come back idle, and both batches apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let config = FaultConfig {
+        latency: Duration::from_secs(3),
+        ..FaultConfig::quiet()
+    };
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let store = DynamoStore::new(via_proxy, &table)
+        .with_writer_slots(1)
+        .with_owner_wait(Duration::from_secs(20));
+    let (org, projects) = fresh_org();
+    let first = mixed(&org, &projects, "ha", 30);
+    let second = mixed(&org, &projects, "hb", 30);
+    proxy.force_where("PutItem", "\"opss\"", Fault::Latency);
+    let (a, b) = tokio::join!(store.apply_batch(&first), async {
+        until_injected(&proxy, Fault::Latency).await;
+        store.apply_batch(&second).await
+    });
+    assert_eq!(tally_outcomes(&a.unwrap()), (30, 0), "the first apply");
+    assert_eq!(tally_outcomes(&b.unwrap()), (30, 0), "the second apply");
+    let (slot, _) = store.slot_read(0).await.unwrap().unwrap();
+    assert_eq!((slot.epoch, slot.seq), (1, 2), "{slot:?}");
     let all: Vec<Event> = first.into_iter().chain(second).collect();
     assert_exact(&direct, &table, &org, &all).await.unwrap();
 }

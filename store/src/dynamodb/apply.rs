@@ -404,7 +404,7 @@ async fn apply_slotted(
                 break;
             }
             // Taken by another store: its batch is that store's to finish; try another.
-            Ok(None) => {}
+            Ok(None) => slots.forget(slot.k),
             Err(e) => {
                 slots.give_back(slot);
                 let _ = abort(store, batch, now).await;
@@ -487,14 +487,25 @@ async fn ready_slot_once(
         let now_ms = Utc::now().timestamp_millis();
         let held = match slots.take_idle() {
             Some(slot) if slot.expires_ms.saturating_sub(now_ms) > lease_ms / 2 => Some(slot),
-            Some(slot) => slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
-                .await
-                .map_err(|e| e.to_string())?,
+            Some(slot) => {
+                let renewed = slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if renewed.is_none() {
+                    slots.forget(slot.k);
+                }
+                renewed
+            }
             None => {
                 let k = (start + attempt as u32) % slots.count;
-                slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms)
+                let adopt = slots.adoptable(k);
+                let acquired = slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms, adopt)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if acquired.is_some() {
+                    slots.hold(k);
+                }
+                acquired
             }
         };
         let Some(mut slot) = held else { continue };
@@ -503,8 +514,10 @@ async fn ready_slot_once(
         }
         match finish_slot_batch(store, &mut slot).await {
             Ok(()) => return Ok(Some(slot)),
-            // Left to expire: whoever acquires it next finishes the batch.
+            // Left to expire (or adopted by this store's next try): whoever acquires it
+            // next finishes the batch.
             Err(why) => {
+                slots.forget(slot.k);
                 tracing::warn!(slot = slot.k, error = %why, "cannot finish a writer slot's batch")
             }
         }

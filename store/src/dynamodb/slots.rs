@@ -13,7 +13,13 @@
 //! Slot items have no TTL and are never deleted: `seq` must only rise (a slot made again
 //! at `seq` 0 would have its batches skipped by cells that already hold a higher mark).
 //! Time is a parameter (`now_ms`), so tests of leases never wait for a clock.
+//!
+//! An acquisition whose write landed but whose answer was lost meets, on its retry, a
+//! slot leased to this very store: [`try_acquire`] adopts it (the stored epoch and `seq`,
+//! its batch not known finished) unless the store already holds it for another apply
+//! ([`Slots`] keeps the numbers it holds).
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -87,6 +93,10 @@ pub(super) struct Slots {
     pub owner: String,
     /// Slots held and idle.
     idle: Mutex<Vec<Slot>>,
+    /// Numbers of the slots held (idle or in use by an apply): a slot leased to this
+    /// store's owner id but not among them is one whose acquisition answer was lost (or
+    /// one given up after a failed take-over), and may be adopted.
+    held: Mutex<HashSet<u32>>,
     pub fault: Option<SlotFault>,
 }
 
@@ -97,6 +107,7 @@ impl Slots {
             count: count.clamp(1, MAX_WRITER_SLOTS),
             owner: format!("{:032x}", rand::random::<u128>()),
             idle: Mutex::default(),
+            held: Mutex::default(),
             fault: None,
         }
     }
@@ -104,6 +115,27 @@ impl Slots {
     /// An idle held slot, if any.
     pub fn take_idle(&self) -> Option<Slot> {
         self.idle.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    /// Records slot `k` as held by this store.
+    pub fn hold(&self, k: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(k);
+        }
+    }
+
+    /// Records slot `k` as no longer held (lost, or left to expire).
+    pub fn forget(&self, k: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&k);
+        }
+    }
+
+    /// Whether slot `k`, if the stored item names this store's owner, may be adopted: it
+    /// is not held for another apply of this store. (A poisoned lock answers no: adopting
+    /// a slot in use would make two applies of one store share it.)
+    pub fn adoptable(&self, k: u32) -> bool {
+        self.held.lock().is_ok_and(|held| !held.contains(&k))
     }
 
     /// Gives a held slot back for the next apply.
@@ -141,12 +173,23 @@ fn slot_of(k: u32, item: &Item) -> Result<Slot, StoreError> {
 /// Tries to acquire slot `k` at `now_ms` for `lease_ms`: it is free, or its lease is over.
 /// `None` if another store holds it. The returned slot's batch is not known finished: the
 /// caller must finish it before stepping (`finished` is only set for a slot never used).
+///
+/// With `adopt`, a slot whose lease is not over but whose stored `owner` is `owner` is
+/// returned too, as stored: the retry of an acquisition whose answer was lost fails its
+/// condition on the lease it took itself. Adopting takes the stored epoch (the lost
+/// acquisition raised it, so a store that held the slot before is fenced all the same) and
+/// the stored `seq` with its batch not known finished, exactly what a fresh acquisition
+/// returns: the batch `seq` is finished before the slot steps, and the step goes to
+/// `seq + 1`, so no number is used twice. The caller passes `adopt` only for a slot it
+/// does not hold for another apply ([`Slots::adoptable`]); even if it did, the step's
+/// `seq` condition lets only one of two holders begin each number.
 pub(super) async fn try_acquire(
     store: &DynamoStore,
     owner: &str,
     k: u32,
     now_ms: i64,
     lease_ms: i64,
+    adopt: bool,
 ) -> Result<Option<Slot>, StoreError> {
     let sent = send_retrying(&store.retry, || {
         store
@@ -167,6 +210,7 @@ pub(super) async fn try_acquire(
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
     })
     .await;
@@ -175,15 +219,16 @@ pub(super) async fn try_acquire(
             let item = out.attributes.unwrap_or_default();
             slot_of(k, &item).map(Some)
         }
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                Some(old) if adopt && get_opt_s(old, OWNER)? == Some(owner) => {
+                    metrics::counter!("tally_writer_slot_adoptions_total").increment(1);
+                    slot_of(k, old).map(Some)
+                }
+                _ => Ok(None),
+            },
+            _ => Err(sdk_error("UpdateItem", e)),
+        },
     }
 }
 
@@ -323,6 +368,15 @@ async fn update_held(
     }
 }
 
+impl DynamoStore {
+    /// This store's owner id on the slots it holds (`None` in the chunked format), for
+    /// tests that read a slot's owner.
+    #[doc(hidden)]
+    pub fn writer_slot_owner(&self) -> Option<&str> {
+        self.slots.as_ref().map(|slots| slots.owner.as_str())
+    }
+}
+
 /// The slot protocol's steps one by one, with explicit owners and times, for tests of it
 /// on the emulator (the apply protocol uses the functions above).
 #[doc(hidden)]
@@ -334,7 +388,7 @@ impl DynamoStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<Slot>, StoreError> {
-        try_acquire(self, owner, k, now_ms, lease_ms).await
+        try_acquire(self, owner, k, now_ms, lease_ms, false).await
     }
 
     pub async fn slot_step(
