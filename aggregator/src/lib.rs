@@ -478,7 +478,8 @@ async fn pipelined_step(
 }
 
 /// Runs the aggregator until `shutdown` turns true, then drains what is left on the queue
-/// (bounded by `drain_limit`) and returns.
+/// (bounded by `drain_limit`), releases what the store holds for writing
+/// ([`UsageStore::release_writers`]) and returns.
 ///
 /// Each turn takes the next batch off the queue while the current one is applied
 /// (`pipelined_step`); see the crate doc for the figures.
@@ -522,6 +523,11 @@ pub async fn run(
                 break;
             }
         }
+    }
+    // What the store holds for writing (DynamoDB's writer slots) is given back, so another
+    // aggregator need not wait out its leases.
+    if let Err(e) = usage.release_writers().await {
+        warn!(error = %e, "could not release the store's writer slots; their leases run out");
     }
     info!(drained, "aggregator stopped");
 }

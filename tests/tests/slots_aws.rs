@@ -17,8 +17,8 @@
 //!   whose `ADD`s landed counts them again: overcount).
 //!
 //! - A slot's loose ends: an acquisition whose answer was lost is adopted on its retry
-//!   (not leaked until its lease ends), and
-//!   never a slot the store holds for another of its applies.
+//!   (not leaked until its lease ends); a stopping store releases its slot so another
+//!   takes it at once, and a stale release changes nothing.
 //!
 //! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
 
@@ -553,6 +553,68 @@ async fn a_lost_acquire_answer_adopts_the_slot_instead_of_leaking_it() {
     assert_eq!(deliver(&store, second.clone()).await, 30);
     assert_eq!(store.slot_read(0).await.unwrap().unwrap().0.seq, 2);
     let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
+
+/// A store that stops releases its idle slot: another store with one slot and no wait,
+/// refused while the lease runs (30 s), takes it at once after the release. A stale
+/// release (the slot was taken since: the epoch moved on) changes nothing.
+#[tokio::test]
+async fn a_released_slot_is_taken_at_once_and_a_stale_release_changes_nothing() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let (org, projects) = fresh_org();
+    let batches: Vec<Vec<Event>> = ["ra", "rb", "rc"]
+        .iter()
+        .map(|p| mixed(&org, &projects, p, 20))
+        .collect();
+    let one_slot = || {
+        DynamoStore::new(direct.clone(), &table)
+            .with_writer_slots(1)
+            .with_owner_wait(Duration::ZERO)
+    };
+    let a = one_slot();
+    // B's lease is zero, so the stale part below needs no waiting.
+    let b = one_slot().with_claim_lease(Duration::ZERO);
+    let c = one_slot();
+    assert_eq!(deliver(&a, batches[0].clone()).await, 20);
+    let refused = b.apply_batch(&batches[1]).await.unwrap();
+    assert_eq!(
+        tally_outcomes(&refused),
+        (0, 20),
+        "A's lease holds the only slot"
+    );
+
+    assert_eq!(a.release_writer_slots().await.unwrap(), 1);
+    let (released, owner) = a.slot_read(0).await.unwrap().unwrap();
+    assert_eq!(owner, None, "released: no owner");
+    assert_eq!(
+        (released.epoch, released.seq, released.expires_ms),
+        (1, 1, 0),
+        "epoch and seq kept, lease ended"
+    );
+    let taken = b.apply_batch(&batches[1]).await.unwrap();
+    assert_eq!(tally_outcomes(&taken), (20, 0), "{:?}", taken.outcomes);
+    let (slot, owner) = b.slot_read(0).await.unwrap().unwrap();
+    assert_eq!((slot.epoch, owner.as_deref()), (2, b.writer_slot_owner()));
+
+    // B's lease (zero) is over: C takes the slot (epoch 3) while B still keeps it idle.
+    assert_eq!(deliver(&c, batches[2].clone()).await, 20);
+    let (before, owner_before) = c.slot_read(0).await.unwrap().unwrap();
+    assert_eq!(
+        (before.epoch, owner_before.as_deref()),
+        (3, c.writer_slot_owner())
+    );
+    assert_eq!(b.release_writer_slots().await.unwrap(), 0, "stale: not B's");
+    let (after, owner_after) = c.slot_read(0).await.unwrap().unwrap();
+    assert_eq!((after, owner_after), (before, owner_before), "unchanged");
+    // And C's slot is still C's to use at once.
+    let again = mixed(&org, &projects, "rd", 10);
+    assert_eq!(
+        tally_outcomes(&c.apply_batch(&again).await.unwrap()),
+        (10, 0)
+    );
+    let all: Vec<Event> = batches.into_iter().flatten().chain(again).collect();
     assert_exact(&direct, &table, &org, &all).await.unwrap();
 }
 

@@ -17,7 +17,8 @@
 //! An acquisition whose write landed but whose answer was lost meets, on its retry, a
 //! slot leased to this very store: [`try_acquire`] adopts it (the stored epoch and `seq`,
 //! its batch not known finished) unless the store already holds it for another apply
-//! ([`Slots`] keeps the numbers it holds).
+//! ([`Slots`] keeps the numbers it holds). A store that stops gives its idle slots back
+//! ([`release`]).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -117,6 +118,14 @@ impl Slots {
         self.idle.lock().ok().and_then(|mut v| v.pop())
     }
 
+    /// Every idle held slot (to release them).
+    pub fn take_all_idle(&self) -> Vec<Slot> {
+        self.idle
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
     /// Records slot `k` as held by this store.
     pub fn hold(&self, k: u32) {
         if let Ok(mut held) = self.held.lock() {
@@ -124,7 +133,7 @@ impl Slots {
         }
     }
 
-    /// Records slot `k` as no longer held (lost, or left to expire).
+    /// Records slot `k` as no longer held (lost, released, or left to expire).
     pub fn forget(&self, k: u32) {
         if let Ok(mut held) = self.held.lock() {
             held.remove(&k);
@@ -312,6 +321,29 @@ pub(super) async fn renew(
     })
 }
 
+/// Gives a held slot back (its lease ends now, its owner is removed), conditioned on this
+/// store's owner and the slot's epoch, so a stale holder (the slot was taken since)
+/// changes nothing. `seq` and `batch` stay: the next holder finishes that batch if it is
+/// not finished, as after any take-over. `false`: the slot was not this store's any more
+/// (or an earlier attempt released it and its answer was lost).
+pub(super) async fn release(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &Slot,
+) -> Result<bool, StoreError> {
+    let held = update_held(
+        store,
+        owner,
+        slot,
+        "REMOVE #o SET #x = :zero",
+        "#o = :me AND #e = :epoch",
+        vec![(":zero", n(0))],
+        |_| false,
+    )
+    .await?;
+    Ok(matches!(held, Held::Landed))
+}
+
 /// One conditional update of a slot this store holds; `landed_before` tells, from the item
 /// a failed condition returns, whether an earlier attempt already made the change.
 async fn update_held(
@@ -369,6 +401,34 @@ async fn update_held(
 }
 
 impl DynamoStore {
+    /// Gives back the writer slots this store holds and is not using, so another process
+    /// need not wait out their leases: for a store that stops writing (an aggregator's
+    /// graceful shutdown). Each is released only if this store still holds it (owner and
+    /// epoch), so a stale release changes nothing. Slots in use by an apply are left to it.
+    /// The store stays usable: its next apply acquires a slot again. Returns how many were
+    /// released; `Ok(0)` in the chunked format.
+    pub async fn release_writer_slots(&self) -> Result<usize, StoreError> {
+        let Some(slots) = &self.slots else {
+            return Ok(0);
+        };
+        let mut released = 0;
+        let mut first_error = None;
+        for slot in slots.take_all_idle() {
+            match release(self, &slots.owner, &slot).await {
+                Ok(landed) => {
+                    slots.forget(slot.k);
+                    released += usize::from(landed);
+                }
+                // Kept: a later call (or its lease running out) ends it.
+                Err(e) => {
+                    slots.give_back(slot);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(released), Err)
+    }
+
     /// This store's owner id on the slots it holds (`None` in the chunked format), for
     /// tests that read a slot's owner.
     #[doc(hidden)]
