@@ -18,7 +18,8 @@
 //!
 //! - A slot's loose ends: an acquisition whose answer was lost is adopted on its retry
 //!   (not leaked until its lease ends); a stopping store releases its slot so another
-//!   takes it at once, and a stale release changes nothing.
+//!   takes it at once, and a stale release changes nothing; a slow apply keeps its slot's
+//!   lease alive, so it is not taken over while it runs.
 //!
 //! Needs `TALLY_TEST_AWS_ENDPOINT`; without it the test fails and says how to run it.
 
@@ -615,6 +616,52 @@ async fn a_released_slot_is_taken_at_once_and_a_stale_release_changes_nothing() 
         (10, 0)
     );
     let all: Vec<Event> = batches.into_iter().flatten().chain(again).collect();
+    assert_exact(&direct, &table, &org, &all).await.unwrap();
+}
+
+/// An apply slowed past its slot's lease (one cell update held 6 s by the proxy, lease
+/// 2 s) renews the lease while it runs: another store with one slot, waiting up to 4 s
+/// for it from the moment the slow update is held, never gets it (without renewal the
+/// lease ends at most 2 s after the step and the other store takes the slot over, epoch
+/// 2). Afterwards the slot is still the slow store's, its batch applied, and the other
+/// store's events go through once the slot is idle and its lease over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_apply_keeps_its_slots_lease() {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let config = FaultConfig {
+        latency: Duration::from_secs(6),
+        ..FaultConfig::quiet()
+    };
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let slow = DynamoStore::new(via_proxy, &table)
+        .with_writer_slots(1)
+        .with_claim_lease(Duration::from_secs(2));
+    let other = DynamoStore::new(direct.clone(), &table)
+        .with_writer_slots(1)
+        .with_owner_wait(Duration::from_secs(4));
+    let (org, projects) = fresh_org();
+    let first = mixed(&org, &projects, "sa", 30);
+    let second = mixed(&org, &projects, "sb", 30);
+    // One cell update (they carry the high-water name `#w`) answered 6 s late.
+    proxy.force_where("UpdateItem", "\"#w\"", Fault::Latency);
+    let (slow_report, other_report) = tokio::join!(slow.apply_batch(&first), async {
+        until_injected(&proxy, Fault::Latency).await;
+        other.apply_batch(&second).await
+    });
+    let (slow_report, other_report) = (slow_report.unwrap(), other_report.unwrap());
+    assert_eq!(tally_outcomes(&slow_report), (30, 0));
+    assert_eq!(
+        tally_outcomes(&other_report),
+        (0, 30),
+        "the other store must not get the slot of an apply still running"
+    );
+    let (slot, owner) = slow.slot_read(0).await.unwrap().unwrap();
+    assert_eq!((slot.epoch, slot.seq), (1, 1), "never taken over: {slot:?}");
+    assert_eq!(owner.as_deref(), slow.writer_slot_owner());
+    assert_eq!(deliver(&other, second.clone()).await, 30);
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
     assert_exact(&direct, &table, &org, &all).await.unwrap();
 }
 

@@ -420,8 +420,17 @@ async fn apply_slotted(
         slot: slot.k,
         seq: slot.seq,
     };
-    let outcome = match write_intent(store, batch, ops, packing, now).await {
-        Ok(true) => match complete(store, batch, ops, packing, now).await {
+    // The lease is renewed while the batch runs, so a slow one is not taken over.
+    let written = slots::keep_alive(store, &slots.owner, &mut slot, lease_ms, async {
+        match write_intent(store, batch, ops, packing, now).await {
+            Ok(true) => Ok(Some(complete(store, batch, ops, packing, now).await)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let outcome = match written {
+        Ok(Some(completed)) => match completed {
             Ok(()) => {
                 slot.finished = true;
                 ApplyOutcome::Applied
@@ -429,7 +438,7 @@ async fn apply_slotted(
             Err(why) => ApplyOutcome::Failed(why),
         },
         // Fenced off (the slot or the events were taken over): finished, as an abort.
-        Ok(false) => {
+        Ok(None) => {
             slot.finished = true;
             ApplyOutcome::Failed("another aggregator took this batch's events over; retry".into())
         }
@@ -512,7 +521,17 @@ async fn ready_slot_once(
         if slots.fault == Some(SlotFault::StepBeforeDone) {
             return Ok(Some(slot));
         }
-        match finish_slot_batch(store, &mut slot).await {
+        // A take-over's replay may be long: the lease is kept alive through it.
+        let finished = {
+            let mut kept = slot.clone();
+            let finished = slots::keep_alive(store, &slots.owner, &mut kept, lease_ms, async {
+                finish_slot_batch(store, &mut slot).await
+            })
+            .await;
+            slot.expires_ms = kept.expires_ms;
+            finished
+        };
+        match finished {
             Ok(()) => return Ok(Some(slot)),
             // Left to expire (or adopted by this store's next try): whoever acquires it
             // next finishes the batch.

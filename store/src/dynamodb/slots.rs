@@ -18,10 +18,11 @@
 //! slot leased to this very store: [`try_acquire`] adopts it (the stored epoch and `seq`,
 //! its batch not known finished) unless the store already holds it for another apply
 //! ([`Slots`] keeps the numbers it holds). A store that stops gives its idle slots back
-//! ([`release`]).
+//! ([`release`]), and an apply keeps its slot's lease alive while it runs ([`keep_alive`]).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -342,6 +343,59 @@ pub(super) async fn release(
     )
     .await?;
     Ok(matches!(held, Held::Landed))
+}
+
+/// The shortest renewal period [`keep_alive`] keeps: a lease under twice this (tests use
+/// zero, to let another store take a slot at once) is not kept alive.
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs `work` while keeping `slot`'s lease alive: each time half of the lease is gone
+/// the slot is renewed (one conditional `UpdateItem`), so a slow apply (many cells,
+/// throttled or slow writes, a long take-over replay) is not taken over while its store
+/// is alive. `slot` ends with the last renewal's expiry. A renewal that finds the slot
+/// taken stops renewing (the work goes on: whatever it writes is the taker's to replay
+/// under the same number, and this store's next step of the slot fails); one that fails
+/// on an error is tried again at the next period.
+pub(super) async fn keep_alive<T>(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &mut Slot,
+    lease_ms: i64,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let half = u64::try_from(lease_ms / 2).unwrap_or(0);
+    if Duration::from_millis(half) < MIN_RENEW_EVERY {
+        return work.await;
+    }
+    let mut current = slot.clone();
+    let out = {
+        let renewing = async {
+            loop {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let due = current.expires_ms.saturating_sub(lease_ms / 2);
+                let wait = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait).max(MIN_RENEW_EVERY)).await;
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                match renew(store, owner, &current, now_ms, lease_ms).await {
+                    Ok(Some(renewed)) => {
+                        metrics::counter!("tally_writer_slot_renewals_total").increment(1);
+                        current = renewed;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(slot = current.k, error = %e, "cannot renew a writer slot's lease")
+                    }
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = renewing => work.await,
+        }
+    };
+    *slot = current;
+    out
 }
 
 /// One conditional update of a slot this store holds; `landed_before` tells, from the item
