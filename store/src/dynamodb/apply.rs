@@ -1094,17 +1094,19 @@ async fn complete(
         }
     }
     raise_hours(store, ops).await?;
-    let done = store
-        .client
-        .put_item()
-        .table_name(&*store.table)
-        .set_item(Some(item([
-            (PK, s(batch_pk(batch))),
-            (SK, s(DONE_SK)),
-            (TTL, n(ttl)),
-        ])))
-        .send()
-        .await;
+    // Retried like every other write: a conflict or a throttle here would leave the batch
+    // without DONE, and the next process to meet its events would replay the whole intent
+    // (every update a billed failed condition).
+    let done_item = item([(PK, s(batch_pk(batch))), (SK, s(DONE_SK)), (TTL, n(ttl))]);
+    let done = send_retrying(&store.retry, || {
+        store
+            .client
+            .put_item()
+            .table_name(&*store.table)
+            .set_item(Some(done_item.clone()))
+            .send()
+    })
+    .await;
     // Counters are applied whatever happens here; a missing DONE only makes a later
     // duplicate replay the (already applied, so skipped) chunks.
     if done.is_ok() {
