@@ -29,8 +29,8 @@ use super::codec::{
 };
 use super::guard;
 use super::keys::{
-    PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
-    marker_sk, unique_pk,
+    PK, SK, TTL, batch_pk, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard,
+    ledger_sk, marker_sk, unique_pk,
 };
 use super::markers::claim_markers;
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
@@ -38,8 +38,6 @@ use super::raise::raise_hours;
 use super::slots::{self, Slot, SlotFault, Slots};
 use super::slotted;
 
-/// Most actions in one `TransactWriteItems` (DynamoDB's limit).
-pub const MAX_ACTIONS: usize = 100;
 /// How long ledger records and batch state are kept (TTL): the retention every ledger has,
 /// [`tally_core::period::LEDGER_RETENTION_DAYS`] (why that is safe is written there).
 pub const LEDGER_TTL_DAYS: i64 = tally_core::period::LEDGER_RETENTION_DAYS;
@@ -57,10 +55,6 @@ pub const OWNER: &str = "owner";
 /// Attribute of a ledger record: when it was claimed (Unix seconds).
 pub const CLAIMED: &str = "claimed";
 
-/// `BATCH#<id>`: a batch's state items (`INTENT`, `CHUNK#<n>`, `DONE`).
-pub(super) fn batch_pk(id: &str) -> String {
-    format!("BATCH#{id}")
-}
 const INTENT_SK: &str = "INTENT";
 const DONE_SK: &str = "DONE";
 
