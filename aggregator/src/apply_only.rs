@@ -19,6 +19,10 @@ use tally_core::{Event, Month, OrgId};
 pub(crate) trait Apply: Send + Sync {
     /// [`UsageStore::apply_batch`].
     async fn apply(&self, events: &[Event]) -> Result<ApplyReport, StoreError>;
+    /// [`UsageStore::release_writers`]; nothing by default.
+    async fn release(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A [`UsageStore`] that applies with `A` and stores nothing else; derefs to `A` so a test
@@ -44,6 +48,9 @@ impl<A: Apply> UsageStore for ApplyOnly<A> {
     }
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError> {
         self.0.apply(events).await
+    }
+    async fn release_writers(&self) -> Result<(), StoreError> {
+        self.0.release().await
     }
     async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
         Ok(Vec::new())

@@ -109,9 +109,21 @@
 //! smaller) because it removes both the conflicts and the 2-unit transactional price:
 //! 1.771 units per event on workload W against 2.295 for the chunked format below (four
 //! meters, batch 1,000, four aggregators, 1 % injected conflicts; 3.144 against 4.169 with a
-//! `latest` and a `unique_count` meter added). The chunked format stays for tables still
-//! written by an older release (`TALLY_DYNAMODB_WRITER_SLOTS=0`), and is what the three
-//! choices below were built for:
+//! `latest` and a `unique_count` meter added). The whole matrix in this format (batch
+//! 1,000; 1, 4 and 8 aggregators; 1 % and 5 % injected conflicts; 3,000 events a cell,
+//! `bench/RESULTS.md`, 2026-12-06 14:42): 1.684 units per event with one aggregator and
+//! 1.771–1.772 with four or eight on the four-meter W, 3.012–3.013 and 3.143–3.147 on the
+//! six-meter W (one cell measured 3.533 once and 3.144 when run again: most likely an
+//! injected conflict on a `DONE` put, then sent once, had a batch finished twice; that put
+//! is retried now), against 6.000 for the naive baseline; no transaction sent or cancelled,
+//! retries per event tracking the injected rate (0.015 at 1 %, 0.085 at 5 %, four meters),
+//! nothing redelivered or dead-lettered, counters exact in every cell. Slots are leases,
+//! so the aggregator looks after them: a slot whose acquisition answer was lost is adopted
+//! on the retry, a running batch renews its slot's lease each time half of it is gone, and
+//! [`run`] releases the store's idle slots when it stops
+//! ([`UsageStore::release_writers`]), so another process takes them at once. The chunked
+//! format stays for tables still written by an older release
+//! (`TALLY_DYNAMODB_WRITER_SLOTS=0`), and is what the three choices below were built for:
 //!
 //! - **Hot orgs in transactions of their own.** An org with 8 or more counter ops in a
 //!   batch's intent gets chunks of its own (`Packing::HotApart` in the DynamoDB store), so a
@@ -478,7 +490,8 @@ async fn pipelined_step(
 }
 
 /// Runs the aggregator until `shutdown` turns true, then drains what is left on the queue
-/// (bounded by `drain_limit`) and returns.
+/// (bounded by `drain_limit`), releases what the store holds for writing
+/// ([`UsageStore::release_writers`]) and returns.
 ///
 /// Each turn takes the next batch off the queue while the current one is applied
 /// (`pipelined_step`); see the crate doc for the figures.
@@ -522,6 +535,11 @@ pub async fn run(
                 break;
             }
         }
+    }
+    // What the store holds for writing (DynamoDB's writer slots) is given back, so another
+    // aggregator need not wait out its leases.
+    if let Err(e) = usage.release_writers().await {
+        warn!(error = %e, "could not release the store's writer slots; their leases run out");
     }
     info!(drained, "aggregator stopped");
 }

@@ -97,6 +97,10 @@ impl Apply for LoggedStore {
         note(&self.log, format!("apply {} end", events.len()));
         Ok(ApplyReport::of(vec![ApplyOutcome::Applied; events.len()]))
     }
+    async fn release(&self) -> Result<(), StoreError> {
+        note(&self.log, "release".into());
+        Ok(())
+    }
 }
 
 fn event(id: &str) -> Event {
@@ -212,4 +216,29 @@ async fn at_shutdown_the_drain_settles_every_batch_the_one_taken_ahead_included(
         .cloned()
         .collect();
     assert_eq!(acks, ["ack r1", "ack r2", "ack r3"]);
+}
+
+#[tokio::test]
+async fn a_stopping_aggregator_releases_the_stores_writers_after_its_drain() {
+    // DynamoDB's writer slots are leased: released at the end, another aggregator takes
+    // them at once instead of waiting out the lease. Once, and after the last batch.
+    let log = Log::default();
+    let queue: Arc<dyn EventQueue> = Arc::new(ListQueue::new(2, 10, &log));
+    let store: Arc<dyn UsageStore> = Arc::new(ApplyOnly(LoggedStore {
+        delay: Duration::ZERO,
+        log: log.clone(),
+    }));
+    let cfg = AggregatorConfig {
+        max_events: 10,
+        max_wait: Duration::ZERO,
+        ..AggregatorConfig::default()
+    };
+    let (_stop, stopped) = watch::channel(true);
+    run(queue, store, None, cfg, stopped, Duration::from_secs(10)).await;
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.iter().filter(|l| *l == "release").count(), 1, "{log:?}");
+    assert!(
+        position(&log, "ack r2") < position(&log, "release"),
+        "{log:?}"
+    );
 }

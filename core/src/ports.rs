@@ -207,6 +207,13 @@ pub trait UsageStore: Send + Sync {
     /// batch) are reported `Duplicate` and change nothing; the rest are written to the ledger
     /// and their deltas added to the counters atomically with their ledger records.
     async fn apply_batch(&self, events: &[Event]) -> Result<ApplyReport, StoreError>;
+    /// Gives back what this store holds for writing that other processes would otherwise
+    /// wait out (DynamoDB's writer slots); an aggregator calls it when it stops. The store
+    /// stays usable: a later `apply_batch` takes what it needs again. Default: nothing is
+    /// held (memory, SQLite). An error is logged by the caller; leases end on their own.
+    async fn release_writers(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Counter values for the buckets of a range, in time order, omitting buckets with no
     /// usage.
     async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError>;

@@ -70,6 +70,10 @@ impl<H: BatchHook> UsageStore for Hooked<H> {
         self.hook.apply_batch(self.inner.as_ref(), events).await
     }
 
+    async fn release_writers(&self) -> Result<(), StoreError> {
+        self.inner.release_writers().await
+    }
+
     async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
         self.inner.counter_series(query).await
     }

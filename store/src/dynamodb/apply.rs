@@ -29,8 +29,8 @@ use super::codec::{
 };
 use super::guard;
 use super::keys::{
-    PK, SK, TTL, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard, ledger_sk,
-    marker_sk, unique_pk,
+    PK, SK, TTL, batch_pk, counter_month, counter_pk, counter_sk, ledger_pk, ledger_shard,
+    ledger_sk, marker_sk, unique_pk,
 };
 use super::markers::claim_markers;
 use super::ops::{MAX_MARKERS_PER_OP, Op, Ops};
@@ -38,8 +38,6 @@ use super::raise::raise_hours;
 use super::slots::{self, Slot, SlotFault, Slots};
 use super::slotted;
 
-/// Most actions in one `TransactWriteItems` (DynamoDB's limit).
-pub const MAX_ACTIONS: usize = 100;
 /// How long ledger records and batch state are kept (TTL): the retention every ledger has,
 /// [`tally_core::period::LEDGER_RETENTION_DAYS`] (why that is safe is written there).
 pub const LEDGER_TTL_DAYS: i64 = tally_core::period::LEDGER_RETENTION_DAYS;
@@ -57,10 +55,6 @@ pub const OWNER: &str = "owner";
 /// Attribute of a ledger record: when it was claimed (Unix seconds).
 pub const CLAIMED: &str = "claimed";
 
-/// `BATCH#<id>`: a batch's state items (`INTENT`, `CHUNK#<n>`, `DONE`).
-pub(super) fn batch_pk(id: &str) -> String {
-    format!("BATCH#{id}")
-}
 const INTENT_SK: &str = "INTENT";
 const DONE_SK: &str = "DONE";
 
@@ -404,7 +398,7 @@ async fn apply_slotted(
                 break;
             }
             // Taken by another store: its batch is that store's to finish; try another.
-            Ok(None) => {}
+            Ok(None) => slots.forget(slot.k),
             Err(e) => {
                 slots.give_back(slot);
                 let _ = abort(store, batch, now).await;
@@ -420,8 +414,17 @@ async fn apply_slotted(
         slot: slot.k,
         seq: slot.seq,
     };
-    let outcome = match write_intent(store, batch, ops, packing, now).await {
-        Ok(true) => match complete(store, batch, ops, packing, now).await {
+    // The lease is renewed while the batch runs, so a slow one is not taken over.
+    let written = slots::keep_alive(store, &slots.owner, &mut slot, lease_ms, async {
+        match write_intent(store, batch, ops, packing, now).await {
+            Ok(true) => Ok(Some(complete(store, batch, ops, packing, now).await)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let outcome = match written {
+        Ok(Some(completed)) => match completed {
             Ok(()) => {
                 slot.finished = true;
                 ApplyOutcome::Applied
@@ -429,7 +432,7 @@ async fn apply_slotted(
             Err(why) => ApplyOutcome::Failed(why),
         },
         // Fenced off (the slot or the events were taken over): finished, as an abort.
-        Ok(false) => {
+        Ok(None) => {
             slot.finished = true;
             ApplyOutcome::Failed("another aggregator took this batch's events over; retry".into())
         }
@@ -487,24 +490,47 @@ async fn ready_slot_once(
         let now_ms = Utc::now().timestamp_millis();
         let held = match slots.take_idle() {
             Some(slot) if slot.expires_ms.saturating_sub(now_ms) > lease_ms / 2 => Some(slot),
-            Some(slot) => slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
-                .await
-                .map_err(|e| e.to_string())?,
+            Some(slot) => {
+                let renewed = slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if renewed.is_none() {
+                    slots.forget(slot.k);
+                }
+                renewed
+            }
             None => {
                 let k = (start + attempt as u32) % slots.count;
-                slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms)
+                let adopt = slots.adoptable(k);
+                let acquired = slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms, adopt)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if acquired.is_some() {
+                    slots.hold(k);
+                }
+                acquired
             }
         };
         let Some(mut slot) = held else { continue };
         if slots.fault == Some(SlotFault::StepBeforeDone) {
             return Ok(Some(slot));
         }
-        match finish_slot_batch(store, &mut slot).await {
+        // A take-over's replay may be long: the lease is kept alive through it.
+        let finished = {
+            let mut kept = slot.clone();
+            let finished = slots::keep_alive(store, &slots.owner, &mut kept, lease_ms, async {
+                finish_slot_batch(store, &mut slot).await
+            })
+            .await;
+            slot.expires_ms = kept.expires_ms;
+            finished
+        };
+        match finished {
             Ok(()) => return Ok(Some(slot)),
-            // Left to expire: whoever acquires it next finishes the batch.
+            // Left to expire (or adopted by this store's next try): whoever acquires it
+            // next finishes the batch.
             Err(why) => {
+                slots.forget(slot.k);
                 tracing::warn!(slot = slot.k, error = %why, "cannot finish a writer slot's batch")
             }
         }
@@ -1062,17 +1088,19 @@ async fn complete(
         }
     }
     raise_hours(store, ops).await?;
-    let done = store
-        .client
-        .put_item()
-        .table_name(&*store.table)
-        .set_item(Some(item([
-            (PK, s(batch_pk(batch))),
-            (SK, s(DONE_SK)),
-            (TTL, n(ttl)),
-        ])))
-        .send()
-        .await;
+    // Retried like every other write: a conflict or a throttle here would leave the batch
+    // without DONE, and the next process to meet its events would replay the whole intent
+    // (every update a billed failed condition).
+    let done_item = item([(PK, s(batch_pk(batch))), (SK, s(DONE_SK)), (TTL, n(ttl))]);
+    let done = send_retrying(&store.retry, || {
+        store
+            .client
+            .put_item()
+            .table_name(&*store.table)
+            .set_item(Some(done_item.clone()))
+            .send()
+    })
+    .await;
     // Counters are applied whatever happens here; a missing DONE only makes a later
     // duplicate replay the (already applied, so skipped) chunks.
     if done.is_ok() {

@@ -1,7 +1,7 @@
 //! Tests of `apply.rs`: the planner's ops, intent groups and packing, and the chunks.
 
 #![allow(clippy::unwrap_used)]
-use super::super::chunks::{build_actions, org_of_pk};
+use super::super::chunks::{MAX_ACTIONS, build_actions, org_of_pk};
 use super::*;
 use serde_json::Map;
 use tally_core::event::Quantity;

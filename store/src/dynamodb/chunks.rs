@@ -9,13 +9,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
 use super::cells::{self, CellKind};
 use super::codec::{Item, RETRYABLE_REASONS, build_error, item, n, s};
-use super::keys::{PK, SK, TTL};
+use super::keys::{PK, SK, TTL, batch_pk};
 use super::ops::{Op, Ops};
 use super::tx::update_action;
 use super::{DynamoStore, TxFailure};
 use tally_core::ports::StoreError;
-
-use super::apply::{MAX_ACTIONS, batch_pk};
 
 /// How an intent's ops are packed into chunks. The packing is part of the intent (the
 /// attribute its ops are stored under), because chunk markers name chunks by number: a
@@ -52,6 +50,8 @@ pub(super) enum Packing {
     Slotted { slot: u32, seq: u64 },
 }
 
+/// Most actions in one `TransactWriteItems` (DynamoDB's limit): a chunk and its marker.
+pub(super) const MAX_ACTIONS: usize = 100;
 /// Ops (that must apply once) an org needs in one intent to count as hot for
 /// [`Packing::HotApart`]: eight day cells or unique counters is an org with several
 /// projects or meters active in one batch, which on a Zipf workload is the top few orgs.

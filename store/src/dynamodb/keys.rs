@@ -144,6 +144,11 @@ pub fn ledger_shard(id: &EventId) -> u8 {
     (h % u64::from(LEDGER_SHARDS)) as u8
 }
 
+/// `BATCH#<id>`: a batch's state items (`INTENT`, `CHUNK#<n>`, `DONE`).
+pub fn batch_pk(id: &str) -> String {
+    format!("BATCH#{id}")
+}
+
 /// `ORG#<org>#LEDGER#<shard, two digits>`.
 pub fn ledger_pk(org: &OrgId, shard: u8) -> String {
     format!("ORG#{org}#LEDGER#{shard:02}")

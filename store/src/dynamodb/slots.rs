@@ -13,8 +13,16 @@
 //! Slot items have no TTL and are never deleted: `seq` must only rise (a slot made again
 //! at `seq` 0 would have its batches skipped by cells that already hold a higher mark).
 //! Time is a parameter (`now_ms`), so tests of leases never wait for a clock.
+//!
+//! An acquisition whose write landed but whose answer was lost meets, on its retry, a
+//! slot leased to this very store: [`try_acquire`] adopts it (the stored epoch and `seq`,
+//! its batch not known finished) unless the store already holds it for another apply
+//! ([`Slots`] keeps the numbers it holds). A store that stops gives its idle slots back
+//! ([`release`]), and an apply keeps its slot's lease alive while it runs ([`keep_alive`]).
 
+use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -87,6 +95,10 @@ pub(super) struct Slots {
     pub owner: String,
     /// Slots held and idle.
     idle: Mutex<Vec<Slot>>,
+    /// Numbers of the slots held (idle or in use by an apply): a slot leased to this
+    /// store's owner id but not among them is one whose acquisition answer was lost (or
+    /// one given up after a failed take-over), and may be adopted.
+    held: Mutex<HashSet<u32>>,
     pub fault: Option<SlotFault>,
 }
 
@@ -97,6 +109,7 @@ impl Slots {
             count: count.clamp(1, MAX_WRITER_SLOTS),
             owner: format!("{:032x}", rand::random::<u128>()),
             idle: Mutex::default(),
+            held: Mutex::default(),
             fault: None,
         }
     }
@@ -104,6 +117,35 @@ impl Slots {
     /// An idle held slot, if any.
     pub fn take_idle(&self) -> Option<Slot> {
         self.idle.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    /// Every idle held slot (to release them).
+    pub fn take_all_idle(&self) -> Vec<Slot> {
+        self.idle
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Records slot `k` as held by this store.
+    pub fn hold(&self, k: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(k);
+        }
+    }
+
+    /// Records slot `k` as no longer held (lost, released, or left to expire).
+    pub fn forget(&self, k: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&k);
+        }
+    }
+
+    /// Whether slot `k`, if the stored item names this store's owner, may be adopted: it
+    /// is not held for another apply of this store. (A poisoned lock answers no: adopting
+    /// a slot in use would make two applies of one store share it.)
+    pub fn adoptable(&self, k: u32) -> bool {
+        self.held.lock().is_ok_and(|held| !held.contains(&k))
     }
 
     /// Gives a held slot back for the next apply.
@@ -141,12 +183,23 @@ fn slot_of(k: u32, item: &Item) -> Result<Slot, StoreError> {
 /// Tries to acquire slot `k` at `now_ms` for `lease_ms`: it is free, or its lease is over.
 /// `None` if another store holds it. The returned slot's batch is not known finished: the
 /// caller must finish it before stepping (`finished` is only set for a slot never used).
+///
+/// With `adopt`, a slot whose lease is not over but whose stored `owner` is `owner` is
+/// returned too, as stored: the retry of an acquisition whose answer was lost fails its
+/// condition on the lease it took itself. Adopting takes the stored epoch (the lost
+/// acquisition raised it, so a store that held the slot before is fenced all the same) and
+/// the stored `seq` with its batch not known finished, exactly what a fresh acquisition
+/// returns: the batch `seq` is finished before the slot steps, and the step goes to
+/// `seq + 1`, so no number is used twice. The caller passes `adopt` only for a slot it
+/// does not hold for another apply ([`Slots::adoptable`]); even if it did, the step's
+/// `seq` condition lets only one of two holders begin each number.
 pub(super) async fn try_acquire(
     store: &DynamoStore,
     owner: &str,
     k: u32,
     now_ms: i64,
     lease_ms: i64,
+    adopt: bool,
 ) -> Result<Option<Slot>, StoreError> {
     let sent = send_retrying(&store.retry, || {
         store
@@ -167,6 +220,7 @@ pub(super) async fn try_acquire(
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
     })
     .await;
@@ -175,15 +229,16 @@ pub(super) async fn try_acquire(
             let item = out.attributes.unwrap_or_default();
             slot_of(k, &item).map(Some)
         }
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(sdk_error("UpdateItem", e)),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                Some(old) if adopt && get_opt_s(old, OWNER)? == Some(owner) => {
+                    metrics::counter!("tally_writer_slot_adoptions_total").increment(1);
+                    slot_of(k, old).map(Some)
+                }
+                _ => Ok(None),
+            },
+            _ => Err(sdk_error("UpdateItem", e)),
+        },
     }
 }
 
@@ -267,6 +322,82 @@ pub(super) async fn renew(
     })
 }
 
+/// Gives a held slot back (its lease ends now, its owner is removed), conditioned on this
+/// store's owner and the slot's epoch, so a stale holder (the slot was taken since)
+/// changes nothing. `seq` and `batch` stay: the next holder finishes that batch if it is
+/// not finished, as after any take-over. `false`: the slot was not this store's any more
+/// (or an earlier attempt released it and its answer was lost).
+pub(super) async fn release(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &Slot,
+) -> Result<bool, StoreError> {
+    let held = update_held(
+        store,
+        owner,
+        slot,
+        "REMOVE #o SET #x = :zero",
+        "#o = :me AND #e = :epoch",
+        vec![(":zero", n(0))],
+        |_| false,
+    )
+    .await?;
+    Ok(matches!(held, Held::Landed))
+}
+
+/// The shortest renewal period [`keep_alive`] keeps: a lease under twice this (tests use
+/// zero, to let another store take a slot at once) is not kept alive.
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs `work` while keeping `slot`'s lease alive: each time half of the lease is gone
+/// the slot is renewed (one conditional `UpdateItem`), so a slow apply (many cells,
+/// throttled or slow writes, a long take-over replay) is not taken over while its store
+/// is alive. `slot` ends with the last renewal's expiry. A renewal that finds the slot
+/// taken stops renewing (the work goes on: whatever it writes is the taker's to replay
+/// under the same number, and this store's next step of the slot fails); one that fails
+/// on an error is tried again at the next period.
+pub(super) async fn keep_alive<T>(
+    store: &DynamoStore,
+    owner: &str,
+    slot: &mut Slot,
+    lease_ms: i64,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let half = u64::try_from(lease_ms / 2).unwrap_or(0);
+    if Duration::from_millis(half) < MIN_RENEW_EVERY {
+        return work.await;
+    }
+    let mut current = slot.clone();
+    let out = {
+        let renewing = async {
+            loop {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let due = current.expires_ms.saturating_sub(lease_ms / 2);
+                let wait = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait).max(MIN_RENEW_EVERY)).await;
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                match renew(store, owner, &current, now_ms, lease_ms).await {
+                    Ok(Some(renewed)) => {
+                        metrics::counter!("tally_writer_slot_renewals_total").increment(1);
+                        current = renewed;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(slot = current.k, error = %e, "cannot renew a writer slot's lease")
+                    }
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = renewing => work.await,
+        }
+    };
+    *slot = current;
+    out
+}
+
 /// One conditional update of a slot this store holds; `landed_before` tells, from the item
 /// a failed condition returns, whether an earlier attempt already made the change.
 async fn update_held(
@@ -323,6 +454,43 @@ async fn update_held(
     }
 }
 
+impl DynamoStore {
+    /// Gives back the writer slots this store holds and is not using, so another process
+    /// need not wait out their leases: for a store that stops writing (an aggregator's
+    /// graceful shutdown). Each is released only if this store still holds it (owner and
+    /// epoch), so a stale release changes nothing. Slots in use by an apply are left to it.
+    /// The store stays usable: its next apply acquires a slot again. Returns how many were
+    /// released; `Ok(0)` in the chunked format.
+    pub async fn release_writer_slots(&self) -> Result<usize, StoreError> {
+        let Some(slots) = &self.slots else {
+            return Ok(0);
+        };
+        let mut released = 0;
+        let mut first_error = None;
+        for slot in slots.take_all_idle() {
+            match release(self, &slots.owner, &slot).await {
+                Ok(landed) => {
+                    slots.forget(slot.k);
+                    released += usize::from(landed);
+                }
+                // Kept: a later call (or its lease running out) ends it.
+                Err(e) => {
+                    slots.give_back(slot);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(released), Err)
+    }
+
+    /// This store's owner id on the slots it holds (`None` in the chunked format), for
+    /// tests that read a slot's owner.
+    #[doc(hidden)]
+    pub fn writer_slot_owner(&self) -> Option<&str> {
+        self.slots.as_ref().map(|slots| slots.owner.as_str())
+    }
+}
+
 /// The slot protocol's steps one by one, with explicit owners and times, for tests of it
 /// on the emulator (the apply protocol uses the functions above).
 #[doc(hidden)]
@@ -334,7 +502,7 @@ impl DynamoStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<Slot>, StoreError> {
-        try_acquire(self, owner, k, now_ms, lease_ms).await
+        try_acquire(self, owner, k, now_ms, lease_ms, false).await
     }
 
     pub async fn slot_step(

@@ -46,6 +46,11 @@ impl UsageStore for DynamoStore {
         super::apply::apply_batch(self, events).await
     }
 
+    /// The idle writer slots, released ([`DynamoStore::release_writer_slots`]).
+    async fn release_writers(&self) -> Result<(), StoreError> {
+        self.release_writer_slots().await.map(|_| ())
+    }
+
     /// Per month partition the range touches: one `BETWEEN` query on the explicit series
     /// (`unique_count` counters) and one `begins_with` query on the day cells of the meter (of
     /// the project, or of every project for an org-wide series), whose hours are merged into

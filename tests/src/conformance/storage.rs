@@ -78,6 +78,7 @@ macro_rules! storage_conformance {
             api_keys_remember_their_latest_use,
             members_are_put_on_projects_of_their_org,
             apply_batch_counts_each_event_once,
+            a_store_applies_again_after_releasing_its_writers,
             resends_with_other_contents_are_reported_as_conflicts,
             event_ids_are_unique_per_org_not_globally,
             concurrent_overlapping_batches_count_once,
@@ -1534,6 +1535,32 @@ pub async fn apply_batch_counts_each_event_once<F: StoreFactory>(f: &F) {
     let c = ledger.iter().find(|x| x.id.as_str() == "c").unwrap();
     assert_eq!(c.quantity.value(), dec("4"));
     assert_eq!(ledger.len(), 5);
+}
+
+/// A store that released what it holds for writing ([`UsageStore::release_writers`], what
+/// a stopping aggregator calls: DynamoDB's writer slots; nothing elsewhere) keeps working:
+/// its next batch applies, and a resend of an event applied before the release is still a
+/// duplicate. Releasing twice is harmless.
+pub async fn a_store_applies_again_after_releasing_its_writers<F: StoreFactory>(f: &F) {
+    let s = f.open().await;
+    let org = fresh_org();
+    let p = fresh_project();
+    let e = |id: &str, q: &str| event(&org, &p, id, "compute_minutes", q, "2026-11-26T10:00:00Z");
+    assert_eq!(
+        apply(&s, &[e("a", "1"), e("b", "2")]).await,
+        [Applied, Applied]
+    );
+    s.release_writers().await.unwrap();
+    s.release_writers().await.unwrap();
+    assert_eq!(
+        apply(&s, &[e("b", "2"), e("c", "4")]).await,
+        [Duplicate, Applied]
+    );
+    // 1 + 2 + 4: b once.
+    assert_eq!(
+        november(&s, &org, None, "compute_minutes").await,
+        exp(&[("2026-11-01T00:00:00Z", "7")])
+    );
 }
 
 /// A duplicate whose contents differ from the counted copy (in an earlier batch or earlier
