@@ -660,9 +660,17 @@ async fn apply_with_retries(usage: &dyn UsageStore, events: &[Event], pause: Dur
                 .collect();
             &subset
         };
-        // The readings of time-weighted meters first, as the aggregator writes them.
-        let applied = match tally_core::ports::put_batch_readings(usage, call).await {
+        // The readings of the events the ledger counted, after the apply, as the aggregator
+        // writes them; a failure there tries the call again (then all identical duplicates,
+        // which write them).
+        let applied = match tally_core::ports::check_keeps_readings(usage, call) {
             Ok(()) => usage.apply_batch(call).await,
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
+            Ok(report) => tally_core::ports::put_counted_readings(usage, call, &report)
+                .await
+                .map(|()| report),
             Err(e) => Err(e),
         };
         let report = match applied {
