@@ -52,8 +52,8 @@ pub use overrides::{
 };
 pub use readings::{
     CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
-    check_keeps_readings, check_readings, month_totals, period_usage, put_batch_readings,
-    put_counted_readings, time_weighted_month,
+    carry_ins_after, check_keeps_readings, check_readings, keeps_readings, month_carry_ins,
+    month_totals, period_usage, put_batch_readings, put_counted_readings, time_weighted_month,
 };
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};

@@ -199,7 +199,7 @@ pub type ClosingReadings = BTreeMap<MeterName, CarryIns>;
 /// `month` up to `until` (month close: the month's end; the upcoming invoice: now): each
 /// such meter's month quantity in `usage`, org-wide and per project, becomes its value ×
 /// hours from [`month_totals`] (the counters hold only the latest reading, which is left
-/// out), with `carry` (the month before's report's closing readings) as carry-ins.
+/// out), with `carry` ([`month_carry_ins`] of the month before) as carry-ins.
 /// Returns the closing readings at `until` (an entry per such meter, empty when nothing
 /// was read or carried), which month close records with the report. A catalogue without
 /// such meters reads nothing.
@@ -218,12 +218,7 @@ pub async fn time_weighted_month(
         .meters()
         .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
     {
-        let store = usage_store.readings().ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "{} is a time_weighted_sum meter, and this store keeps no readings",
-                meter.name
-            ))
-        })?;
+        let store = keeps_readings(usage_store, &meter.name)?;
         let carry_ins = carry.get(&meter.name).unwrap_or(&none);
         let totals = month_totals(store, org, &meter.name, month, carry_ins, until).await?;
         usage.meters.remove(&meter.name);
@@ -253,6 +248,64 @@ pub async fn time_weighted_month(
         closing.insert(meter.name.clone(), closes);
     }
     Ok(closing)
+}
+
+/// The carry-ins of the month after `month` of `meter` for `org`, per project: the last
+/// reading at or before `month`'s end in `store`, so a reading of `month` applied after
+/// month close counts, else `recorded` (the closing readings month close stored with
+/// `month`'s report; `month` has no reading of the project). One read of `month`'s cells.
+pub async fn carry_ins_after(
+    store: &dyn ReadingStore,
+    org: &OrgId,
+    meter: &MeterName,
+    month: Month,
+    recorded: &CarryIns,
+) -> Result<CarryIns, StoreError> {
+    let mut carry = recorded.clone();
+    // Cells come in (project, hour) order: the last one of a project holds its last reading.
+    for (project, cell) in store.month_readings(org, meter, month, None).await? {
+        if let Some(last) = cell.last() {
+            carry.insert(project, last);
+        }
+    }
+    Ok(carry)
+}
+
+/// [`carry_ins_after`] for every `time_weighted_sum` meter of `meters`: the carry-ins month
+/// close and the upcoming invoice price the month after `month` with, from `recorded` (the
+/// `closing_readings` of `month`'s report, empty without one).
+pub async fn month_carry_ins(
+    usage_store: &dyn UsageStore,
+    meters: &MeterCatalogue,
+    org: &OrgId,
+    month: Month,
+    recorded: &ClosingReadings,
+) -> Result<ClosingReadings, StoreError> {
+    let mut carry = ClosingReadings::new();
+    let none = CarryIns::new();
+    for meter in meters
+        .meters()
+        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
+    {
+        let store = keeps_readings(usage_store, &meter.name)?;
+        let recorded = recorded.get(&meter.name).unwrap_or(&none);
+        let ins = carry_ins_after(store, org, &meter.name, month, recorded).await?;
+        carry.insert(meter.name.clone(), ins);
+    }
+    Ok(carry)
+}
+
+/// `usage_store`'s [`ReadingStore`], which a `time_weighted_sum` meter needs
+/// ([`StoreError::Corrupt`], `500`, for a store that keeps none).
+pub fn keeps_readings<'a>(
+    usage_store: &'a dyn UsageStore,
+    meter: &MeterName,
+) -> Result<&'a dyn ReadingStore, StoreError> {
+    usage_store.readings().ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{meter} is a time_weighted_sum meter, and this store keeps no readings"
+        ))
+    })
 }
 
 fn overflow(org: &OrgId, meter: &MeterName) -> StoreError {
