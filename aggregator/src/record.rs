@@ -527,11 +527,14 @@ async fn apply_group(
     let span = tracing::info_span!("apply_batch", batch_size = batch.len());
     let result = {
         use tracing::Instrument;
-        // The readings of time-weighted meters first: idempotent, so a crash between the
-        // two writes, or a replay, stores them exactly as one clean run does.
+        // The readings of time-weighted meters after the apply, only those of the events
+        // the ledger counted (never a conflicting resend's). A failure there retries the
+        // whole group: its redelivery is identical duplicates, which write the readings.
         async {
-            tally_core::ports::put_batch_readings(usage, &batch).await?;
-            usage.apply_batch(&batch).await
+            tally_core::ports::check_keeps_readings(usage, &batch)?;
+            let report = usage.apply_batch(&batch).await?;
+            tally_core::ports::put_counted_readings(usage, &batch, &report).await?;
+            Ok::<_, tally_core::ports::StoreError>(report)
         }
         .instrument(span)
         .await

@@ -58,9 +58,10 @@ pub(crate) async fn upcoming(
         .map_err(|e| ApiError::Internal(format!("upcoming invoice: {e}")))?;
     let (catalogue, version) = catalogue_of(&state, period).await?;
     let meters = catalogue.meter_catalogue();
-    // Time-weighted meters: value × hours up to now, carried in from last month's report,
-    // and the readings held now, which the projection holds to month end.
-    let carry = match &state.billing {
+    // Time-weighted meters: value × hours up to now, carried in as month close will (last
+    // month's last reading, else its report's closing reading), and the readings held now,
+    // which the projection holds to month end.
+    let recorded = match &state.billing {
         Some(billing) => match billing.reports.get_report(&org.id, period.prev()).await? {
             Some(stored) => {
                 serde_json::from_str::<UsageReport>(&stored.body)
@@ -73,6 +74,14 @@ pub(crate) async fn upcoming(
         },
         None => Default::default(),
     };
+    let carry = tally_core::ports::month_carry_ins(
+        &*state.usage,
+        &meters,
+        &org.id,
+        period.prev(),
+        &recorded,
+    )
+    .await?;
     let held = tally_core::ports::time_weighted_month(
         &*state.usage,
         &meters,

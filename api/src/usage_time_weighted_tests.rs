@@ -38,7 +38,7 @@ fn catalogue() -> MeterCatalogue {
 }
 
 /// On 26 November 2026: prj_1 reads 10 GB at 00:00 and 30 GB at 06:00, prj_2 4 GB at
-/// 03:00, written as the aggregator writes them (readings first, then the batch).
+/// 03:00, the batch applied and its readings written.
 async fn world() -> (MemoryStore, OrgId) {
     let store = MemoryStore::new();
     let org = OrgId::parse("org_tws").unwrap();

@@ -66,6 +66,14 @@
 //!   order the late events came in, the month is billed in total exactly what its final
 //!   quantity costs.
 //!
+//! A `time_weighted_sum` line (value × hours, which its counter, the latest reading, cannot
+//! check) is priced again from the readings stored now instead: the month's cells, carried
+//! in from the last reading of the month before, else that month's recorded closing
+//! reading. So a reading applied after its month closed (a replayed dead letter, queue lag
+//! past the grace period) adjusts its month like a late event; and the month after takes
+//! its carry-in the same way ([`month_carry_ins`]), so the reading moves that month's bill
+//! too.
+//!
 //! This needs no extra bookkeeping on the hot path: the counters already hold the truth,
 //! and the stored reports hold what was billed. It reads one counter series per line of
 //! each looked-back report. The lookback bounds that work; late events come within seconds
@@ -79,9 +87,9 @@ use tally_core::counter::checked_sum;
 use tally_core::overrides::apply_overrides;
 use tally_core::plan::billed_plan;
 use tally_core::ports::{
-    CatalogueStore, Clock, ClosingReadings, CounterQuery, MAX_REPORT_BODY_BYTES, OrgStore,
-    OverrideStore, ReportStore, StoreError, StoredReport, UsageStore, month_counters,
-    time_weighted_month,
+    CarryIns, CatalogueStore, Clock, ClosingReadings, CounterQuery, MAX_REPORT_BODY_BYTES,
+    OrgStore, OverrideStore, ReportStore, StoreError, StoredReport, UsageStore, carry_ins_after,
+    keeps_readings, month_carry_ins, month_counters, month_totals, time_weighted_month,
 };
 use tally_core::tenant::Org;
 use tally_core::{Granularity, MeterName, Money, Month, OrgId};
@@ -592,10 +600,14 @@ pub async fn bill_org(
         .map_err(store("cannot read the plan history"))?;
     let plan = billed_plan(org.plan, &history, period);
     let mut usage = month_usage(ports.usage, org_id, period).await?;
-    let carry = previous_closing_readings(ports.reports, org_id, period).await?;
+    let meters = priced.catalogue.meter_catalogue();
+    let recorded = previous_closing_readings(ports.reports, org_id, period).await?;
+    let carry = month_carry_ins(ports.usage, &meters, org_id, period.prev(), &recorded)
+        .await
+        .map_err(store("cannot read the month before's readings"))?;
     let closing = time_weighted_month(
         ports.usage,
-        &priced.catalogue.meter_catalogue(),
+        &meters,
         org_id,
         period,
         &carry,
@@ -650,8 +662,10 @@ pub async fn bill_org(
 }
 
 /// The closing readings month close recorded with the org's report of the month before
-/// `period`: this month's carry-ins. None without that report (a new org), so nothing is
-/// carried in; month close bills months in order, so the report is there when it should be.
+/// `period`: this month's carry-ins where that month has no reading of a project (the
+/// month's own readings come first, [`month_carry_ins`], so one applied after it closed
+/// counts). None without that report (a new org); month close bills months in order, so
+/// the report is there when it should be.
 async fn previous_closing_readings(
     reports: &dyn ReportStore,
     org: &OrgId,
@@ -701,6 +715,25 @@ pub(crate) async fn month_counter(
         .map_err(|e| StoreError::Corrupt(format!("the month counters of {org} for {meter}: {e}")))
 }
 
+/// A closed month's time-weighted quantity of `meter` now, as month close would price it
+/// with the readings stored now: the month's value × hours summed over the projects, each
+/// carried in from its last reading of the month before, else `recorded` (the closing
+/// readings of the month before's report).
+async fn time_weighted_now(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    month: Month,
+    meter: &MeterName,
+    recorded: Option<&CarryIns>,
+) -> Result<Decimal, StoreError> {
+    let store = keeps_readings(usage, meter)?;
+    let recorded = recorded.cloned().unwrap_or_default();
+    let carry = carry_ins_after(store, org, meter, month.prev(), &recorded).await?;
+    let totals = month_totals(store, org, meter, month, &carry, month.end()).await?;
+    checked_sum(totals.values().map(|t| t.value_hours))
+        .map_err(|e| StoreError::Corrupt(format!("the time-weighted total of {meter}: {e}")))
+}
+
 /// Adjustment lines for usage applied to earlier months after their reports were stored
 /// (see the [module doc](self)).
 async fn late_adjustments(
@@ -722,6 +755,21 @@ async fn late_adjustments(
         .filter(|r| r.period >= oldest && r.period < period)
         .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
+    // The report before the oldest, for its closing readings only (the carry-ins of the
+    // oldest's time-weighted lines).
+    let before = stored
+        .iter()
+        .find(|r| r.period == oldest.prev())
+        .map(decode)
+        .transpose()?;
+    let none = ClosingReadings::new();
+    let closing_of = |month: Month| {
+        earlier
+            .iter()
+            .chain(&before)
+            .find(|r| r.period == month)
+            .map_or(&none, |r| &r.closing_readings)
+    };
 
     // What each (month, meter) was billed so far: adjustments on later reports supersede
     // the line (reports are oldest first, so the last one seen is the latest).
@@ -741,20 +789,20 @@ async fn late_adjustments(
 
     let mut out = Vec::new();
     for report in &earlier {
-        // A time-weighted meter's line is value × hours, which its counter (the latest
-        // reading) cannot check: such lines are never adjusted (docs/meters-dimensions.md).
-        let lines = report
-            .lines
-            .iter()
-            .filter(|l| !report.closing_readings.contains_key(&l.meter));
-        for line in lines {
+        for line in &report.lines {
             let so_far = billed
                 .get(&(report.period, line.meter.clone()))
                 .copied()
                 .unwrap_or(line.quantity);
-            let now = month_counter(ports.usage, org, report.period, &line.meter)
-                .await
-                .map_err(store("cannot read a closed month's counter"))?;
+            // A time-weighted meter's line is value × hours, which its counter (the latest
+            // reading) cannot check: it is priced again from the readings as they are now.
+            let now = if report.closing_readings.contains_key(&line.meter) {
+                let recorded = closing_of(report.period.prev()).get(&line.meter);
+                time_weighted_now(ports.usage, org, report.period, &line.meter, recorded).await
+            } else {
+                month_counter(ports.usage, org, report.period, &line.meter).await
+            }
+            .map_err(store("cannot read a closed month's counter"))?;
             if now == so_far {
                 continue;
             }

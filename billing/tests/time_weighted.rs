@@ -24,7 +24,7 @@ use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::ports::{
     ClosingReadings, FixedClock, OrgStore, UsageStore, UserStore, month_counters,
-    put_batch_readings, time_weighted_month,
+    put_batch_readings, put_counted_readings, time_weighted_month,
 };
 use tally_core::report::MonthUsage;
 use tally_core::tenant::{Org, User};
@@ -92,20 +92,25 @@ async fn world() -> (MemoryStore, OrgId) {
     ];
     let events: Vec<Event> = rows
         .into_iter()
-        .map(|(id, p, q, at)| Event {
-            org_id: org.id.clone(),
-            id: EventId::parse(id).unwrap(),
-            project_id: project(p),
-            meter: storage_gb(),
-            aggregation: Aggregation::TimeWeightedSum,
-            quantity: Quantity::parse(q).unwrap(),
-            timestamp: ts(at),
-            properties: Map::new(),
-        })
+        .map(|(id, p, q, at)| reading(&org.id, id, p, q, at))
         .collect();
     put_batch_readings(&store, &events).await.unwrap();
     assert_eq!(store.apply_batch(&events).await.unwrap().applied(), 3);
     (store, org.id)
+}
+
+/// A `storage_gb` reading of project `p`: event `id`, `q` GB at `at`.
+fn reading(org: &OrgId, id: &str, p: u8, q: &str, at: &str) -> Event {
+    Event {
+        org_id: org.clone(),
+        id: EventId::parse(id).unwrap(),
+        project_id: project(p),
+        meter: storage_gb(),
+        aggregation: Aggregation::TimeWeightedSum,
+        quantity: Quantity::parse(q).unwrap(),
+        timestamp: ts(at),
+        properties: Map::new(),
+    }
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
@@ -175,6 +180,66 @@ async fn a_storage_meter_is_billed_per_gb_hour_with_the_carry() {
     // The report's field survives the store: a rerun returns the stored report.
     let again = close(&store, "2026-12-02T00:00:00Z", "2026-11").await;
     assert_eq!(again, nov);
+}
+
+/// A reading of October applied after October closed (a replayed dead letter, queue lag
+/// past the grace period): project A reads 40 GB at 31 Oct 18:00, applied as the aggregator
+/// applies it (the batch, then its counted readings).
+///
+/// - November carries A's last October reading from the reading store, 40 GB, not the
+///   20 GB October's report recorded: A 40 × 720 = 28,800 + B 50 × 720 = 36,000; 64,800
+///   GB-hours = $648.00 list, $518.40 after 20 %.
+/// - October gets an adjustment on November's report: A 100 × 360 + 20 × 18 + 40 × 6 =
+///   36,600, B 600; 37,200 GB-hours against the 37,080 billed: +120 GB-hours, +$1.20 list,
+///   +$0.96 after 20 %.
+/// - November's total: $99.00 + $518.40 + $0.96 = $618.36; it closes on A 40, B 50.
+/// - December (744 h) carries 40 + 50 = 90 GB: 66,960 GB-hours, $669.60 list, $535.68,
+///   and adjusts nothing again (October's corrected 37,200 and November's 64,800 stand).
+///
+/// Without the store's reading November bills 50,400 GB-hours ($502.20) and October is
+/// never adjusted.
+#[tokio::test]
+async fn a_reading_applied_after_its_month_closed_moves_the_carry_and_adjusts_the_month() {
+    let (store, org) = world().await;
+    let oct = close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
+    assert_eq!(storage_line(&oct).0, "37080");
+    let late = [reading(&org, "a3", 1, "40", "2026-10-31T18:00:00Z")];
+    let applied = store.apply_batch(&late).await.unwrap();
+    assert_eq!(applied.applied(), 1);
+    put_counted_readings(&store, &late, &applied).await.unwrap();
+
+    let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
+    let (quantity, list, amount, _) = storage_line(&nov);
+    assert_eq!(
+        (quantity.as_str(), list.as_str(), amount.as_str()),
+        ("64800", "648.00", "518.40")
+    );
+    assert_eq!(nov.closing_readings, closing("40", "50"));
+    let [adj] = nov.adjustments.as_slice() else {
+        panic!("one adjustment: {:?}", nov.adjustments)
+    };
+    assert_eq!((adj.period, &adj.meter), (month("2026-10"), &storage_gb()));
+    assert_eq!(
+        (adj.invoiced_quantity, adj.corrected_quantity),
+        ("37080".parse().unwrap(), "37200".parse().unwrap())
+    );
+    assert_eq!(
+        (adj.list_amount.to_string(), adj.amount.to_string()),
+        ("1.20".into(), "0.96".into())
+    );
+    assert_eq!(nov.total.to_string(), "618.36");
+
+    let dec = close(&store, "2027-01-01T02:00:00Z", "2026-12").await;
+    assert_eq!(
+        storage_line(&dec),
+        (
+            "66960".into(),
+            "669.60".into(),
+            "535.68".into(),
+            "634.68".into()
+        )
+    );
+    assert!(dec.adjustments.is_empty(), "{:?}", dec.adjustments);
 }
 
 /// The planted fault: November priced without October's closing readings is free.

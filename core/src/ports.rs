@@ -52,7 +52,8 @@ pub use overrides::{
 };
 pub use readings::{
     CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
-    check_readings, month_totals, period_usage, put_batch_readings, time_weighted_month,
+    carry_ins_after, check_keeps_readings, check_readings, keeps_readings, month_carry_ins,
+    month_totals, period_usage, put_batch_readings, put_counted_readings, time_weighted_month,
 };
 pub use security::SecurityStore;
 pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
@@ -200,8 +201,9 @@ pub trait UsageStore: Send + Sync {
     /// reporting every counter as drift.
     fn ledger_retention(&self) -> Option<chrono::Duration>;
     /// The store of `time_weighted_sum` readings that goes with these counters, which every
-    /// caller of [`UsageStore::apply_batch`] writes a batch's readings to first
-    /// ([`put_batch_readings`]); `None` for a store that keeps none (a test double).
+    /// caller of [`UsageStore::apply_batch`] writes the readings of the events it counted
+    /// to right after it ([`put_counted_readings`]); `None` for a store that keeps none (a
+    /// test double).
     fn readings(&self) -> Option<&dyn ReadingStore>;
     /// Applies a batch exactly once: events already in the ledger (or repeated inside the
     /// batch) are reported `Duplicate` and change nothing; the rest are written to the ledger

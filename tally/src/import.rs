@@ -8,8 +8,9 @@
 //! are skipped; line numbers count every line from 1 (the header included).
 //!
 //! Each line goes through ingest's own checks: [`Event::validate`] (fields, id, meter of the
-//! catalogue, quantity and properties bounds, repeated keys, a timestamp at most five
-//! minutes ahead) and then [`tally_ingest::placement`] with ingest's cached
+//! catalogue version in force in the event's own month, as month close prices that month,
+//! see [`crate::import_months`]; quantity and properties bounds, repeated keys, a timestamp
+//! at most five minutes ahead) and then [`tally_ingest::placement`] with ingest's cached
 //! [`Lookups`] (a live project of the org: `unknown_project`, `project_archived`; a month
 //! still open: `period_closed`). What passes is applied straight to the store in batches of
 //! [`BATCH`] through [`UsageStore::apply_batch`], the aggregator's exactly-once ledger:
@@ -46,8 +47,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tally_core::event::{ErrorCode, EventError, ValidationContext};
-use tally_core::meter::MeterCatalogue;
+use tally_core::event::{ErrorCode, EventError};
 use tally_core::period::{Month, open_for_events};
 use tally_core::ports::{ApplyOutcome, Clock, StoreError, UsageStore};
 use tally_core::{Event, OrgId};
@@ -58,6 +58,7 @@ use tally_ingest::{Rejection, placement};
 
 use crate::backend;
 use crate::import_csv::{CsvLayout, parse_columns};
+use crate::import_months::MonthMeters;
 use crate::output::{print, table};
 use crate::settings::Common;
 
@@ -184,7 +185,7 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
     if format == Format::Ndjson && !columns.is_empty() {
         bail!("--columns is for CSV files (--format csv)");
     }
-    let catalogue = common.load_catalogue()?.meter_catalogue();
+    let fallback = common.load_catalogue()?;
     let clock = crate::clock::from_env()?;
     let (input, size): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), None)
@@ -225,7 +226,7 @@ pub async fn import(common: &Common, args: ImportArgs) -> anyhow::Result<bool> {
     let bar = (!common.json && std::io::stderr().is_terminal()).then(|| progress_bar(size));
     let mut run = Run {
         org: org.clone(),
-        catalogue,
+        meters: MonthMeters::new(stores.catalogues.clone(), fallback),
         // The series bound of dimensioned meters holds for imported events as for posted
         // ones.
         series: tally_ingest::series::SeriesGuard::new(
@@ -283,7 +284,8 @@ struct Pending {
 
 struct Run {
     org: OrgId,
-    catalogue: MeterCatalogue,
+    /// The meters of each event's month.
+    meters: MonthMeters,
     series: tally_ingest::series::SeriesGuard,
     clock: Arc<dyn Clock>,
     usage: Arc<dyn UsageStore>,
@@ -456,13 +458,8 @@ impl Run {
             },
         };
         let now = self.clock.now();
-        let ctx = ValidationContext {
-            org_id: &self.org,
-            catalogue: &self.catalogue,
-            now,
-            other_month: None,
-        };
-        let event = match Event::validate(&json, &ctx) {
+        let (meters, checked) = self.meters.validate(&self.org, &json, now).await?;
+        let event = match checked {
             Ok(event) => event,
             Err(e) => {
                 let r = self.rejection(number, Event::id_hint(&json), e);
@@ -496,7 +493,7 @@ impl Run {
         };
         let refused = self
             .series
-            .check(&self.catalogue, None, std::slice::from_ref(&event))
+            .check(&meters, None, std::slice::from_ref(&event))
             .await
             .context("cannot register a series")?;
         if let Some(e) = refused.into_iter().flatten().next() {
@@ -660,9 +657,17 @@ async fn apply_with_retries(usage: &dyn UsageStore, events: &[Event], pause: Dur
                 .collect();
             &subset
         };
-        // The readings of time-weighted meters first, as the aggregator writes them.
-        let applied = match tally_core::ports::put_batch_readings(usage, call).await {
+        // The readings of the events the ledger counted, after the apply, as the aggregator
+        // writes them; a failure there tries the call again (then all identical duplicates,
+        // which write them).
+        let applied = match tally_core::ports::check_keeps_readings(usage, call) {
             Ok(()) => usage.apply_batch(call).await,
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
+            Ok(report) => tally_core::ports::put_counted_readings(usage, call, &report)
+                .await
+                .map(|()| report),
             Err(e) => Err(e),
         };
         let report = match applied {

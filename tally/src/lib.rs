@@ -41,6 +41,7 @@ mod export_parquet;
 mod export_s3;
 mod import;
 mod import_csv;
+mod import_months;
 mod inventory;
 mod invoices;
 mod manage;

@@ -541,3 +541,58 @@ fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
     );
     assert_eq!(reconciled["drift"], json!([]), "{reconciled}");
 }
+
+/// An import holds each event to the meters of the catalogue version in force in its own
+/// month (as month close prices that month), not to the version in force when it runs, nor
+/// to the `--catalogue` file. Version 1, applied on 10 March, adds a `gpu_seconds` meter
+/// from April. On 2 April (March still open) a file of a March compute line, an April GPU
+/// line and a March GPU line imports the first two and refuses the third as
+/// `unknown_meter` (March has no such meter). Held to one catalogue, the April and March
+/// GPU lines would go the same way: both refused (the built-in file, as before) or both
+/// accepted (April's version for all).
+#[test]
+fn an_import_holds_each_event_to_its_own_month_s_catalogue() {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, "months");
+    let p0 = &tenant.projects[0];
+    let mut v: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
+    v["meters"]["gpu_seconds"] = json!({
+        "description": "GPU time", "unit": "second", "aggregation": "sum",
+        "price_unit": "second", "price_unit_size": 1,
+        "list_price": {"model": "per_unit", "unit_price": "0.001"}
+    });
+    for plan in ["free", "starter", "pro", "enterprise"] {
+        v["plans"][plan]["meters"]["gpu_seconds"] = json!({});
+    }
+    let catalogue = env.data().join("v1.json");
+    std::fs::write(&catalogue, v.to_string()).unwrap();
+    let applied = env.cli_env(
+        &["catalogue", "apply", catalogue.to_str().unwrap()],
+        &tally_now(IMPORT_AT),
+    );
+    assert_eq!(applied["effective_from"], "2026-04", "{applied}");
+    let gpu = |id: &str, ts: &str| {
+        json!({"id": id, "project_id": p0, "meter": "gpu_seconds", "quantity": "30", "timestamp": ts})
+            .to_string()
+    };
+    let file = env.data().join("months.ndjson");
+    write(
+        &file,
+        &[
+            minutes("m-1", p0, "5", "2026-03-20T00:00:00Z"),
+            gpu("g-apr", "2026-04-01T12:00:00Z"),
+            gpu("g-mar", "2026-03-20T00:00:00Z"),
+        ],
+    );
+    let file = file.to_str().unwrap();
+    let (code, s) = import(&env, &["--org", &tenant.org, file], "2026-04-02T00:00:00Z");
+    assert_eq!(code, Some(5), "{s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejections"][0]["line"], 3, "{s}");
+    assert_eq!(s["rejections"][0]["code"], "unknown_meter", "{s}");
+    assert_eq!(
+        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": "5"}])
+    );
+}

@@ -4,18 +4,22 @@
 //!
 //! Writing a reading is idempotent and commutative: a cell keeps one reading per second and,
 //! on a tie, the larger value. So the aggregator writes the readings of a batch *outside*
-//! the ledger transaction, before it applies the batch, like `unique_count`'s markers: a
-//! replay or a crash between the two writes the same readings again and changes nothing,
-//! and the exactly-once protocol of [`UsageStore::apply_batch`](super::UsageStore) is
-//! untouched.
+//! the ledger transaction, like `unique_count`'s markers, and the exactly-once protocol of
+//! [`UsageStore::apply_batch`](super::UsageStore) is untouched. It writes them *after* the
+//! apply, and only those of events the ledger counted ([`put_counted_readings`]): newly
+//! applied ones, and identical resends of counted ones (the same ledger body, so the same
+//! reading). A resend of a counted id with other contents (a `duplicate_conflict`) writes
+//! nothing, so a duplicate changes nothing. A crash between the apply and the readings
+//! leaves the readings unwritten and the batch unacknowledged; its redelivery is all
+//! identical duplicates and writes them, exactly as one clean run does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::{StoreError, UsageStore};
+use super::{ApplyOutcome, ApplyReport, StoreError, UsageStore};
 use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
 use crate::meter::{Aggregation, MeterCatalogue};
@@ -92,39 +96,91 @@ pub trait ReadingStore: Send + Sync {
 /// The readings of a batch's `time_weighted_sum` events, in batch order: each event's
 /// quantity is a reading of its (org, project, meter) at its timestamp.
 pub fn batch_readings(events: &[Event]) -> Vec<Reading> {
-    events
-        .iter()
-        .filter(|e| e.aggregation == Aggregation::TimeWeightedSum)
-        .map(|e| Reading {
-            org: e.org_id.clone(),
-            project: e.project_id.clone(),
-            meter: e.meter.clone(),
-            at: e.timestamp,
-            value: e.quantity.value(),
-        })
-        .collect()
+    events.iter().filter_map(reading_of).collect()
+}
+
+/// The reading an event is, if it is of a `time_weighted_sum` meter.
+fn reading_of(e: &Event) -> Option<Reading> {
+    (e.aggregation == Aggregation::TimeWeightedSum).then(|| Reading {
+        org: e.org_id.clone(),
+        project: e.project_id.clone(),
+        meter: e.meter.clone(),
+        at: e.timestamp,
+        value: e.quantity.value(),
+    })
 }
 
 /// Writes the readings of `events` ([`batch_readings`]) to `usage`'s [`ReadingStore`], in
-/// writes of at most [`MAX_READINGS_PER_PUT`]: what every caller of
-/// [`UsageStore::apply_batch`] does first, so that a counted event's reading is always
-/// stored. Idempotent, so a crash between this and `apply_batch`, or a replay of the whole
-/// batch, leaves the readings exactly as one clean run does. A batch without such events
-/// writes nothing. A store that keeps no readings is refused for a batch that has some
-/// ([`StoreError::Corrupt`], `500`): dropping them would bill the meter as free.
+/// writes of at most [`MAX_READINGS_PER_PUT`], whatever the ledger says of them: for
+/// events known to be counted (a test's fixture). What callers of
+/// [`UsageStore::apply_batch`] use is [`put_counted_readings`]. Idempotent. A batch without
+/// such events writes nothing. A store that keeps no readings is refused for a batch that
+/// has some ([`StoreError::Corrupt`], `500`): dropping them would bill the meter as free.
 pub async fn put_batch_readings(
     usage: &dyn UsageStore,
     events: &[Event],
 ) -> Result<(), StoreError> {
-    let readings = batch_readings(events);
+    put_readings_of(usage, batch_readings(events)).await
+}
+
+/// Writes the readings of the events of `events` that `report` (what
+/// [`UsageStore::apply_batch`] answered for them) says the ledger counted: each one
+/// [`Applied`](ApplyOutcome::Applied), and each [`Duplicate`](ApplyOutcome::Duplicate)
+/// not listed in [`ApplyReport::conflicts`] (the same contents as the counted copy, so the
+/// same reading: this repairs a crash between an earlier apply and its readings). Never a
+/// conflicting resend's, nor a failed, overflowing or unreported event's (a report shorter
+/// than the batch). What every caller of `apply_batch` does right after it; a caller that
+/// fails here must not acknowledge the batch (its redelivery writes the readings). A store
+/// that keeps no readings is refused for a batch that has some (as
+/// [`put_batch_readings`]); callers check that before the apply
+/// ([`check_keeps_readings`]).
+pub async fn put_counted_readings(
+    usage: &dyn UsageStore,
+    events: &[Event],
+    report: &ApplyReport,
+) -> Result<(), StoreError> {
+    let conflicts: BTreeSet<usize> = report.conflicts.iter().copied().collect();
+    let readings = events
+        .iter()
+        .zip(&report.outcomes)
+        .enumerate()
+        .filter(|(i, (_, o))| match o {
+            ApplyOutcome::Applied => true,
+            ApplyOutcome::Duplicate => !conflicts.contains(i),
+            ApplyOutcome::Failed(_) | ApplyOutcome::Overflow => false,
+        })
+        .filter_map(|(_, (e, _))| reading_of(e))
+        .collect();
+    put_readings_of(usage, readings).await
+}
+
+/// Refuses `events` when some are of `time_weighted_sum` meters and `usage` keeps no
+/// readings ([`StoreError::Corrupt`], `500`): what a caller checks *before*
+/// [`UsageStore::apply_batch`], so such a batch is never counted with its readings dropped
+/// (which would bill the meter as free).
+pub fn check_keeps_readings(usage: &dyn UsageStore, events: &[Event]) -> Result<(), StoreError> {
+    let readings = events
+        .iter()
+        .filter(|e| e.aggregation == Aggregation::TimeWeightedSum)
+        .count();
+    if readings > 0 && usage.readings().is_none() {
+        return Err(no_readings(readings));
+    }
+    Ok(())
+}
+
+fn no_readings(n: usize) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{n} readings of time_weighted_sum meters, and this store keeps no readings"
+    ))
+}
+
+async fn put_readings_of(usage: &dyn UsageStore, readings: Vec<Reading>) -> Result<(), StoreError> {
     if readings.is_empty() {
         return Ok(());
     }
     let Some(store) = usage.readings() else {
-        return Err(StoreError::Corrupt(format!(
-            "{} readings of time_weighted_sum meters, and this store keeps no readings",
-            readings.len()
-        )));
+        return Err(no_readings(readings.len()));
     };
     for chunk in readings.chunks(MAX_READINGS_PER_PUT) {
         store.put_readings(chunk).await?;
@@ -143,7 +199,7 @@ pub type ClosingReadings = BTreeMap<MeterName, CarryIns>;
 /// `month` up to `until` (month close: the month's end; the upcoming invoice: now): each
 /// such meter's month quantity in `usage`, org-wide and per project, becomes its value ×
 /// hours from [`month_totals`] (the counters hold only the latest reading, which is left
-/// out), with `carry` (the month before's report's closing readings) as carry-ins.
+/// out), with `carry` ([`month_carry_ins`] of the month before) as carry-ins.
 /// Returns the closing readings at `until` (an entry per such meter, empty when nothing
 /// was read or carried), which month close records with the report. A catalogue without
 /// such meters reads nothing.
@@ -162,12 +218,7 @@ pub async fn time_weighted_month(
         .meters()
         .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
     {
-        let store = usage_store.readings().ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "{} is a time_weighted_sum meter, and this store keeps no readings",
-                meter.name
-            ))
-        })?;
+        let store = keeps_readings(usage_store, &meter.name)?;
         let carry_ins = carry.get(&meter.name).unwrap_or(&none);
         let totals = month_totals(store, org, &meter.name, month, carry_ins, until).await?;
         usage.meters.remove(&meter.name);
@@ -197,6 +248,64 @@ pub async fn time_weighted_month(
         closing.insert(meter.name.clone(), closes);
     }
     Ok(closing)
+}
+
+/// The carry-ins of the month after `month` of `meter` for `org`, per project: the last
+/// reading at or before `month`'s end in `store`, so a reading of `month` applied after
+/// month close counts, else `recorded` (the closing readings month close stored with
+/// `month`'s report; `month` has no reading of the project). One read of `month`'s cells.
+pub async fn carry_ins_after(
+    store: &dyn ReadingStore,
+    org: &OrgId,
+    meter: &MeterName,
+    month: Month,
+    recorded: &CarryIns,
+) -> Result<CarryIns, StoreError> {
+    let mut carry = recorded.clone();
+    // Cells come in (project, hour) order: the last one of a project holds its last reading.
+    for (project, cell) in store.month_readings(org, meter, month, None).await? {
+        if let Some(last) = cell.last() {
+            carry.insert(project, last);
+        }
+    }
+    Ok(carry)
+}
+
+/// [`carry_ins_after`] for every `time_weighted_sum` meter of `meters`: the carry-ins month
+/// close and the upcoming invoice price the month after `month` with, from `recorded` (the
+/// `closing_readings` of `month`'s report, empty without one).
+pub async fn month_carry_ins(
+    usage_store: &dyn UsageStore,
+    meters: &MeterCatalogue,
+    org: &OrgId,
+    month: Month,
+    recorded: &ClosingReadings,
+) -> Result<ClosingReadings, StoreError> {
+    let mut carry = ClosingReadings::new();
+    let none = CarryIns::new();
+    for meter in meters
+        .meters()
+        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
+    {
+        let store = keeps_readings(usage_store, &meter.name)?;
+        let recorded = recorded.get(&meter.name).unwrap_or(&none);
+        let ins = carry_ins_after(store, org, &meter.name, month, recorded).await?;
+        carry.insert(meter.name.clone(), ins);
+    }
+    Ok(carry)
+}
+
+/// `usage_store`'s [`ReadingStore`], which a `time_weighted_sum` meter needs
+/// ([`StoreError::Corrupt`], `500`, for a store that keeps none).
+pub fn keeps_readings<'a>(
+    usage_store: &'a dyn UsageStore,
+    meter: &MeterName,
+) -> Result<&'a dyn ReadingStore, StoreError> {
+    usage_store.readings().ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{meter} is a time_weighted_sum meter, and this store keeps no readings"
+        ))
+    })
 }
 
 fn overflow(org: &OrgId, meter: &MeterName) -> StoreError {

@@ -35,7 +35,8 @@ macro_rules! readings_conformance {
             concurrent_writers_of_one_second_keep_the_larger,
             a_store_refuses_readings_it_must_never_write,
             a_storage_meter_is_priced_per_gb_hour_over_two_months,
-            a_crash_between_readings_and_apply_is_replayed_exactly,
+            a_crash_between_apply_and_readings_is_repaired_by_redelivery,
+            a_conflicting_resend_writes_no_reading,
         );
     };
 }
@@ -401,8 +402,7 @@ where
     assert_eq!(invoice_line(&with_b), dec("10.04"));
 }
 
-/// Fails every batch without applying it: the process died after the readings were
-/// written and before the ledger transaction.
+/// Fails every batch without applying it: the process died before the ledger transaction.
 struct CrashBeforeApply;
 
 #[async_trait::async_trait]
@@ -416,14 +416,42 @@ impl tally_store::hooked::BatchHook for CrashBeforeApply {
     }
 }
 
-/// The aggregator writes a batch's readings before it applies the batch. A crash between
-/// the two leaves the readings and no counter; the redelivered record applies the batch,
-/// and a second redelivery is a duplicate; through all of it the day stays the hand-worked
-/// 10 GB from 00:00, 30 GB from 06:00, 5 GB from 18:00 = 10·6 + 30·12 + 5·6 = 450
-/// GB-hours, never a reading counted twice (a replay as a sum would hold 20, 60 and 10 GB:
-/// 900), and the counters are one fold of the events, the month's holding the latest
-/// reading, 5 GB, as a `latest` meter's does.
-pub async fn a_crash_between_readings_and_apply_is_replayed_exactly<F>(f: &F)
+/// Applies every batch and then fails it: the process died after the ledger transaction
+/// and before the batch's readings were written.
+struct CrashAfterApply;
+
+#[async_trait::async_trait]
+impl tally_store::hooked::BatchHook for CrashAfterApply {
+    async fn apply_batch(
+        &self,
+        store: &dyn tally_core::ports::UsageStore,
+        events: &[tally_core::Event],
+    ) -> Result<tally_core::ports::ApplyReport, StoreError> {
+        store.apply_batch(events).await?;
+        Err(StoreError::Unavailable("crashed after the apply".into()))
+    }
+}
+
+/// The day of 26 November 2031 of `storage_gb`, org-wide, in GB-hours, with no carry-in.
+async fn day_26<S: ReadingStore>(s: &S, org: &OrgId) -> Decimal {
+    let day = [(ts("2031-11-26T00:00:00Z"), ts("2031-11-27T00:00:00Z"))];
+    let month = Month::parse("2031-11").unwrap();
+    let (m, none) = (meter("storage_gb"), CarryIns::new());
+    period_usage(s, org, &m, month, None, &none, &day)
+        .await
+        .unwrap()[0]
+}
+
+/// The aggregator applies a batch, then writes the readings of the events the ledger
+/// counted. A crash before the apply leaves neither counters nor readings; a crash between
+/// the apply and the readings leaves the counters and no reading (the record is not
+/// acknowledged); the redelivered record is all identical duplicates, which write the
+/// readings, and a second redelivery changes nothing. At the end the day is the
+/// hand-worked 10 GB from 00:00, 30 GB from 06:00, 5 GB from 18:00 = 10·6 + 30·12 + 5·6 =
+/// 450 GB-hours, never a reading counted twice (a replay as a sum would hold 20, 60 and
+/// 10 GB: 900), and the counters are one fold of the events, the month's holding the
+/// latest reading, 5 GB, as a `latest` meter's does.
+pub async fn a_crash_between_apply_and_readings_is_repaired_by_redelivery<F>(f: &F)
 where
     F: StoreFactory,
     F::Store: ReadingStore,
@@ -441,37 +469,87 @@ where
         unreadable: &[],
         org: None,
     }];
-    let day = [(ts("2031-11-26T00:00:00Z"), ts("2031-11-27T00:00:00Z"))];
     let month = Month::parse("2031-11").unwrap();
-    let usage = |s: std::sync::Arc<F::Store>| {
-        let org = org.clone();
-        async move {
-            let (m, none) = (meter("storage_gb"), CarryIns::new());
-            period_usage(s.as_ref(), &org, &m, month, None, &none, &day)
-                .await
-                .unwrap()[0]
-        }
-    };
 
     let crashing = tally_store::hooked::Hooked::new(store.clone(), CrashBeforeApply);
     let out = apply_records(&crashing, None, &input).await;
     assert!(matches!(out[0], RecordOutcome::Retry { .. }), "{out:?}");
-    assert_eq!(usage(store.clone()).await, Decimal::from(450));
+    assert_eq!(day_26(store.as_ref(), &org).await, Decimal::ZERO);
     assert!(
         stored_counter_map(store.as_ref(), &org, month)
             .await
             .is_empty()
     );
 
-    let out = apply_records(store.as_ref(), None, &input).await;
-    assert_eq!(out, [RecordOutcome::Applied]);
+    let crashing = tally_store::hooked::Hooked::new(store.clone(), CrashAfterApply);
+    let out = apply_records(&crashing, None, &input).await;
+    assert!(matches!(out[0], RecordOutcome::Retry { .. }), "{out:?}");
+    assert_eq!(day_26(store.as_ref(), &org).await, Decimal::ZERO);
+    assert_eq!(
+        stored_counter_map(store.as_ref(), &org, month).await,
+        expected_counters(&events)
+    );
+
     let out = apply_records(store.as_ref(), None, &input).await;
     assert_eq!(out, [RecordOutcome::Duplicate]);
-    assert_eq!(usage(store.clone()).await, Decimal::from(450));
+    assert_eq!(day_26(store.as_ref(), &org).await, Decimal::from(450));
+    let out = apply_records(store.as_ref(), None, &input).await;
+    assert_eq!(out, [RecordOutcome::Duplicate]);
+    assert_eq!(day_26(store.as_ref(), &org).await, Decimal::from(450));
     let counters = stored_counter_map(store.as_ref(), &org, month).await;
     assert_eq!(counters, expected_counters(&events));
     let month_key = counters.iter().find(|(k, _)| {
         k.project.is_none() && k.granularity == tally_core::period::Granularity::Month
     });
     assert_eq!(month_key.map(|(_, v)| *v), Some(Decimal::from(5)));
+}
+
+/// A duplicate changes nothing, readings included: a resend of a counted id with other
+/// contents (`duplicate_conflict`) writes no reading, whether it names the same second with
+/// a larger value (which would win the second) or another second. Batch 1 counts 10 GB at
+/// 00:00 and 30 GB at 06:00; batch 2 resends r1 as it was (an identical duplicate), r2 as
+/// 80 GB at 06:00 (a conflict) and a new r3, 5 GB at 18:00; batch 3 resends r3 as 0 GB at
+/// 12:00 (a conflict). The day stays 10·6 + 30·12 + 5·6 = 450 GB-hours. Planted fault:
+/// writing the conflicting resends' readings would make it 10·6 + 80·6 + 0·6 + 5·6 = 570.
+pub async fn a_conflicting_resend_writes_no_reading<F>(f: &F)
+where
+    F: StoreFactory,
+    F::Store: ReadingStore,
+{
+    use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
+    let s = f.open().await;
+    let (org, p) = (fresh_org(), fresh_project());
+    let e = |id: &str, q: &str, at: &str| event(&org, &p, id, "storage_gb", q, at);
+    let batches = [
+        vec![
+            e("r1", "10", "2031-11-26T00:00:00Z"),
+            e("r2", "30", "2031-11-26T06:00:00Z"),
+        ],
+        vec![
+            e("r1", "10", "2031-11-26T00:00:00Z"),
+            e("r2", "80", "2031-11-26T06:00:00Z"),
+            e("r3", "5", "2031-11-26T18:00:00Z"),
+        ],
+        vec![e("r3", "0", "2031-11-26T12:00:00Z")],
+    ];
+    let want = [
+        RecordOutcome::Applied,
+        RecordOutcome::Applied,
+        RecordOutcome::Duplicate,
+    ];
+    for (events, want) in batches.iter().zip(want) {
+        let input = [RecordInput::Decoded {
+            events,
+            unreadable: &[],
+            org: None,
+        }];
+        assert_eq!(apply_records(&s, None, &input).await, [want]);
+    }
+    assert_eq!(day_26(&s, &org).await, Decimal::from(450));
+    let planted = [
+        reading(&org, &p, "storage_gb", "2031-11-26T06:00:00Z", "80"),
+        reading(&org, &p, "storage_gb", "2031-11-26T12:00:00Z", "0"),
+    ];
+    s.put_readings(&planted).await.unwrap();
+    assert_eq!(day_26(&s, &org).await, Decimal::from(570));
 }
