@@ -74,9 +74,9 @@ use tally_core::ids::{ApiKeyId, MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::RateLimit;
 use tally_core::ports::{AllowanceStore, AllowanceWindow, StoreError};
+use tally_http::rate::Throttled;
 
 use crate::cache::TtlCache;
-use crate::limits::Throttled;
 
 /// Counter of allowance store writes (each 1 WCU on DynamoDB), labelled `limit`
 /// (`rate` or `plan`).
