@@ -18,29 +18,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{DateTime, Utc};
+mod common;
+
+use common::{month, pro_org, ts};
+
 use serde_json::{Map, Value};
 use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::ports::{
-    ClosingReadings, FixedClock, OrgStore, UsageStore, UserStore, month_counters,
-    put_batch_readings, time_weighted_month,
+    ClosingReadings, FixedClock, UsageStore, month_counters, put_batch_readings,
+    time_weighted_month,
 };
 use tally_core::report::MonthUsage;
-use tally_core::tenant::{Org, User};
 use tally_core::upcoming::upcoming_invoice_held;
-use tally_core::{
-    Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
-};
+use tally_core::{Aggregation, Event, EventId, MeterName, OrgId, PlanId, ProjectId, Quantity};
 use tally_store::MemoryStore;
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn month(s: &str) -> Month {
-    Month::parse(s).unwrap()
-}
 
 fn storage_gb() -> MeterName {
     MeterName::parse("storage_gb").unwrap()
@@ -67,24 +59,7 @@ fn project(n: u8) -> ProjectId {
 /// A pro org with October's readings written as the aggregator writes them.
 async fn world() -> (MemoryStore, OrgId) {
     let store = MemoryStore::new();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "storage@example.com".into(),
-            created_at: ts("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Storage".into(),
-        slug: "storage".into(),
-        plan: PlanId::Pro,
-        owner_id: owner.id,
-        created_at: ts("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = pro_org(&store, "storage@example.com", "Storage").await;
     let rows = [
         ("a1", 1, "100", "2026-10-16T00:00:00Z"),
         ("a2", 1, "20", "2026-10-31T00:00:00Z"),
@@ -93,7 +68,7 @@ async fn world() -> (MemoryStore, OrgId) {
     let events: Vec<Event> = rows
         .into_iter()
         .map(|(id, p, q, at)| Event {
-            org_id: org.id.clone(),
+            org_id: org.clone(),
             id: EventId::parse(id).unwrap(),
             project_id: project(p),
             meter: storage_gb(),
@@ -105,7 +80,7 @@ async fn world() -> (MemoryStore, OrgId) {
         .collect();
     put_batch_readings(&store, &events).await.unwrap();
     assert_eq!(store.apply_batch(&events).await.unwrap().applied(), 3);
-    (store, org.id)
+    (store, org)
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
