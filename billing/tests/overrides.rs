@@ -21,16 +21,16 @@
 
 mod common;
 
-use common::{month, ts};
+use common::{close_one, month, ts};
 
 use rust_decimal::Decimal;
 use serde_json::Map;
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_billing::{Catalogue, UsageReport};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::overrides::{OverrideChange, OverrideId, PriceOverride, apply_overrides};
 use tally_core::ports::{
-    CatalogueStore, CatalogueVersion, FixedClock, OverrideStore, ProjectStore, ReportStore,
-    UsageStore, catalogue_digest,
+    CatalogueStore, CatalogueVersion, OverrideStore, ProjectStore, ReportStore, UsageStore,
+    catalogue_digest,
 };
 use tally_core::pricing::Pricing;
 use tally_core::report::MonthUsage;
@@ -88,18 +88,7 @@ fn contract(org: &OrgId, n: u8, change: OverrideChange) -> PriceOverride {
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
-    let clock = FixedClock::at(ts(now));
-    let catalogue = Catalogue::builtin().unwrap();
-    let out = close_month(
-        ClosePorts::of(store, &clock),
-        &catalogue,
-        &CloseRequest::new(month(period)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.reports.len(), 1);
-    out.reports.into_iter().next().unwrap()
+    close_one(store, &Catalogue::builtin().unwrap(), now, period).await
 }
 
 /// (list amount, amount, catalogue version, override ids) of the api_calls line, and the

@@ -20,14 +20,13 @@
 
 mod common;
 
-use common::{month, pro_org, ts};
+use common::{close_one, month, pro_org, ts};
 
 use serde_json::{Map, Value};
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_billing::{Catalogue, UsageReport};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::ports::{
-    ClosingReadings, FixedClock, UsageStore, month_counters, put_batch_readings,
-    time_weighted_month,
+    ClosingReadings, UsageStore, month_counters, put_batch_readings, time_weighted_month,
 };
 use tally_core::report::MonthUsage;
 use tally_core::upcoming::upcoming_invoice_held;
@@ -84,17 +83,7 @@ async fn world() -> (MemoryStore, OrgId) {
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
-    let clock = FixedClock::at(ts(now));
-    let out = close_month(
-        ClosePorts::of(store, &clock),
-        &catalogue(),
-        &CloseRequest::new(month(period)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.reports.len(), 1);
-    out.reports.into_iter().next().unwrap()
+    close_one(store, &catalogue(), now, period).await
 }
 
 /// (quantity, list amount, amount) of the storage_gb line, and the report's total; the

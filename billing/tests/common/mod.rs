@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
-use tally_core::ports::{OrgStore, UserStore};
+use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_core::ports::{FixedClock, OrgStore, UserStore};
 use tally_core::tenant::{Org, User};
 use tally_core::{Month, OrgId, PlanId, UserId};
 use tally_store::MemoryStore;
@@ -43,4 +44,25 @@ pub async fn pro_org(store: &MemoryStore, email: &str, name: &str) -> OrgId {
     };
     store.create_org(&org).await.unwrap();
     org.id
+}
+
+/// Closes `period` at `now` with `catalogue`, for a store holding one billable org: its
+/// report (asserting there is exactly one).
+pub async fn close_one(
+    store: &MemoryStore,
+    catalogue: &Catalogue,
+    now: &str,
+    period: &str,
+) -> UsageReport {
+    let clock = FixedClock::at(ts(now));
+    let out = close_month(
+        ClosePorts::of(store, &clock),
+        catalogue,
+        &CloseRequest::new(month(period)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.reports.len(), 1);
+    out.reports.into_iter().next().unwrap()
 }
