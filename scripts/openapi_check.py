@@ -52,36 +52,26 @@ CHECKS = ",".join(
 # documented 400: constraints between fields or on stored data, which JSON Schema cannot
 # state. `positive_data_acceptance` accepts a 400 for these operations only; every other
 # check still runs on them.
-OPERATIONS = """
-[[operations]]
-# A meter the org does not have (400 unknown_meter), `to` before `from`, or more than
-# 10,000 buckets or 60 months between them.
-include-operation-id = "getUsage"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
-
-[[operations]]
-# A meter the catalogue does not have (400 unknown_meter): the catalogue is the operator's
-# data, not the document's.
-include-operation-id = "getEntitlements"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
-
-[[operations]]
-# An `expires_at` that is not in the future (400 invalid_field): a bound on the clock.
-include-operation-id = "createKey"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
-
-[[operations]]
-# A `cursor` the store did not issue (400 invalid_cursor): a constraint on stored data.
-include-operation-id = "listLineEvents"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
-
-[[operations]]
-# An `ip_allowlist` entry that is not a network in CIDR notation, or that has bits set below
-# its prefix (400 invalid_field): a string pattern cannot state either exactly.
-include-operation-id = "putSecurityPolicy"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
-
-"""
+# Each entry: (operation id, the rule beyond the schema that refuses with the 400).
+RULES_BEYOND_THE_SCHEMA = [
+    ("getUsage", "A meter the org does not have (400 unknown_meter), `to` before `from`, or "
+     "more than 10,000 buckets or 60 months between them."),
+    ("getEntitlements", "A meter the catalogue does not have (400 unknown_meter): the "
+     "catalogue is the operator's data, not the document's."),
+    ("createKey", "An `expires_at` that is not in the future (400 invalid_field): a bound on "
+     "the clock."),
+    ("listLineEvents", "A `cursor` the store did not issue (400 invalid_cursor): a constraint "
+     "on stored data."),
+    ("putSecurityPolicy", "An `ip_allowlist` entry that is not a network in CIDR notation, or "
+     "that has bits set below its prefix (400 invalid_field): a string pattern cannot state "
+     "either exactly."),
+]
+OPERATIONS = "".join(
+    f'[[operations]]\n# {why}\ninclude-operation-id = "{op}"\n'
+    'checks.positive_data_acceptance.expected-statuses = '
+    '["2xx", 400, 401, 403, 404, 409, 429]\n\n'
+    for op, why in RULES_BEYOND_THE_SCHEMA
+)
 
 
 def step(msg):

@@ -20,9 +20,21 @@ mkdir -p .cache
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
+# venv_ready VENV PIN...: VENV holds each pinned distribution (`moto[server]==5.2.5`) at
+# exactly its version.
+venv_ready() {
+  local venv=$1
+  shift
+  [ -x "$venv/bin/python" ] &&
+    "$venv/bin/python" - "$@" 2>/dev/null <<'PY'
+import importlib.metadata as m, sys
+pins = [p.split("==") for p in sys.argv[1:]]
+sys.exit(not all(m.version(name.split("[")[0]) == version for name, version in pins))
+PY
+}
+
 moto_ready() {
-  [ -x "$VENV/bin/moto_server" ] &&
-    [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ]
+  [ -x "$VENV/bin/moto_server" ] && venv_ready "$VENV" "moto[server]==$MOTO_VERSION"
 }
 
 # Background installs still running when the script stops early (a failed fmt, clippy or
@@ -36,15 +48,34 @@ stop_background() {
 }
 trap stop_background EXIT
 
+# venv_install VENV LOG PIN...: builds VENV afresh with the pins in the background, logging
+# to LOG; the installer's PID is left in last_pid (and in bg_pids, to stop on an early exit).
+venv_install() {
+  local venv=$1 log=$2
+  shift 2
+  step "installing $* into $venv (background)"
+  ( rm -rf "$venv" && python3 -m venv "$venv" &&
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" ) > "$log" 2>&1 &
+  last_pid=$!
+  bg_pids+=("$last_pid")
+}
+
+# venv_await PID LOG WHAT READY: waits for an install venv_install started (none if PID is
+# empty), then checks it with the function READY; on a failure shows LOG and stops.
+venv_await() {
+  local pid=$1 log=$2 what=$3 ready=$4
+  if [ -n "$pid" ]; then
+    step "waiting for the $what install"
+    wait "$pid" || { echo "installing $what failed:" >&2; cat "$log" >&2; exit 1; }
+  fi
+  "$ready" || { echo "$what is not usable:" >&2; cat "$log" >&2 || true; exit 1; }
+}
+
 # Install the emulator in the background while cargo compiles; pip needs no CPU to speak of.
 install_pid=""
 if ! moto_ready; then
-  step "installing moto[server]==$MOTO_VERSION into $VENV (background)"
-  ( rm -rf "$VENV" && python3 -m venv "$VENV" &&
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ) \
-    > .cache/pip.log 2>&1 &
-  install_pid=$!
-  bg_pids+=("$install_pid")
+  venv_install "$VENV" .cache/pip.log "moto[server]==$MOTO_VERSION"
+  install_pid=$last_pid
 fi
 
 # The template checkers (cfn-lint, sam validate --lint) in their own cached venv, also in the
@@ -52,17 +83,14 @@ fi
 CFN_LINT_VERSION=1.58.0
 SAM_CLI_VERSION=1.170.0
 TOOLS=.cache/tools-venv
+TOOLS_PINS=("cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION")
 tools_ready() {
-  [ -x "$TOOLS/bin/cfn-lint" ] && [ -x "$TOOLS/bin/sam" ] &&
-    "$TOOLS/bin/python" -c "import importlib.metadata as m, sys; sys.exit(not (m.version('cfn-lint') == '$CFN_LINT_VERSION' and m.version('aws-sam-cli') == '$SAM_CLI_VERSION'))" 2>/dev/null
+  [ -x "$TOOLS/bin/cfn-lint" ] && [ -x "$TOOLS/bin/sam" ] && venv_ready "$TOOLS" "${TOOLS_PINS[@]}"
 }
 tools_pid=""
 if ! tools_ready; then
-  step "installing cfn-lint==$CFN_LINT_VERSION aws-sam-cli==$SAM_CLI_VERSION into $TOOLS (background)"
-  ( python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install --quiet --disable-pip-version-check \
-      "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION" ) > .cache/tools-pip.log 2>&1 &
-  tools_pid=$!
-  bg_pids+=("$tools_pid")
+  venv_install "$TOOLS" .cache/tools-pip.log "${TOOLS_PINS[@]}"
+  tools_pid=$last_pid
 fi
 
 # The OpenAPI checkers (openapi-spec-validator, schemathesis) in their own cached venv, also
@@ -70,17 +98,15 @@ fi
 OAS_VALIDATOR_VERSION=0.9.0
 SCHEMATHESIS_VERSION=4.32.5
 OAS=.cache/oas-venv
+OAS_PINS=("openapi-spec-validator==$OAS_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION")
 oas_ready() {
   [ -x "$OAS/bin/openapi-spec-validator" ] && [ -x "$OAS/bin/schemathesis" ] &&
-    "$OAS/bin/python" -c "import importlib.metadata as m, sys; sys.exit(not (m.version('openapi-spec-validator') == '$OAS_VALIDATOR_VERSION' and m.version('schemathesis') == '$SCHEMATHESIS_VERSION'))" 2>/dev/null
+    venv_ready "$OAS" "${OAS_PINS[@]}"
 }
 oas_pid=""
 if ! oas_ready; then
-  step "installing openapi-spec-validator==$OAS_VALIDATOR_VERSION schemathesis==$SCHEMATHESIS_VERSION into $OAS (background)"
-  ( rm -rf "$OAS" && python3 -m venv "$OAS" && "$OAS/bin/pip" install --quiet --disable-pip-version-check \
-      "openapi-spec-validator==$OAS_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" ) > .cache/oas-pip.log 2>&1 &
-  oas_pid=$!
-  bg_pids+=("$oas_pid")
+  venv_install "$OAS" .cache/oas-pip.log "${OAS_PINS[@]}"
+  oas_pid=$last_pid
 fi
 
 step "cargo fmt --check"
@@ -92,21 +118,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --no-run"
 cargo test --workspace --locked --no-run
 
-if [ -n "$install_pid" ]; then
-  step "waiting for the emulator install"
-  if ! wait "$install_pid"; then
-    echo "installing moto failed:" >&2
-    cat .cache/pip.log >&2
-    exit 1
-  fi
-fi
-moto_ready || { echo "moto $MOTO_VERSION is not usable in $VENV" >&2; cat .cache/pip.log >&2 || true; exit 1; }
+venv_await "$install_pid" .cache/pip.log "emulator (moto $MOTO_VERSION in $VENV)" moto_ready
 
-if [ -n "$tools_pid" ]; then
-  step "waiting for the template tools install"
-  wait "$tools_pid" || { echo "installing cfn-lint/sam failed:" >&2; cat .cache/tools-pip.log >&2; exit 1; }
-fi
-tools_ready || { echo "cfn-lint/sam are not usable in $TOOLS" >&2; cat .cache/tools-pip.log >&2 || true; exit 1; }
+venv_await "$tools_pid" .cache/tools-pip.log "template tools (cfn-lint, sam in $TOOLS)" tools_ready
 
 step "cfn-lint template.yaml"
 AWS_REGION=us-east-1 "$TOOLS/bin/cfn-lint" template.yaml
@@ -114,11 +128,7 @@ AWS_REGION=us-east-1 "$TOOLS/bin/cfn-lint" template.yaml
 step "sam validate --lint"
 AWS_REGION=us-east-1 SAM_CLI_TELEMETRY=0 "$TOOLS/bin/sam" validate --lint --template template.yaml
 
-if [ -n "$oas_pid" ]; then
-  step "waiting for the OpenAPI tools install"
-  wait "$oas_pid" || { echo "installing openapi-spec-validator/schemathesis failed:" >&2; cat .cache/oas-pip.log >&2; exit 1; }
-fi
-oas_ready || { echo "openapi-spec-validator/schemathesis are not usable in $OAS" >&2; cat .cache/oas-pip.log >&2 || true; exit 1; }
+venv_await "$oas_pid" .cache/oas-pip.log "OpenAPI tools (openapi-spec-validator, schemathesis in $OAS)" oas_ready
 
 # `cargo test --no-run` built the binary the tally crate's end-to-end tests run.
 step "OpenAPI: openapi-spec-validator and schemathesis against tally serve"

@@ -6,17 +6,15 @@
 //! (`user`), the `action` and the `resource`.
 
 use axum::Json;
+use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::OrgId;
 use tally_core::tenant::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
 
-use crate::ApiState;
-use crate::auth::Caller;
 use crate::http::{ApiError, query_params};
-use crate::mgmt::{MgmtError, PathParams};
+use crate::mgmt::{MgmtError, OrgCaller};
 use crate::roles::Action;
 use crate::usage::parse_instant;
 
@@ -114,12 +112,10 @@ pub fn audit_query(org: OrgId, p: AuditParams, now: DateTime<Utc>) -> Result<Aud
 
 /// `GET /v1/orgs/{org_id}/audit` (`audit.read`).
 pub(crate) async fn list_audit(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
+    at: OrgCaller,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::AuditRead).await?;
+    let (state, auth) = at.authorize(Action::AuditRead).await?;
     let p = query_params(params)?;
     let page = state
         .tenants

@@ -9,8 +9,8 @@
 //! closed before the chunked body ended.
 
 use axum::body::{Body, Bytes};
+use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -19,10 +19,8 @@ use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::UsageStore;
 
-use crate::ApiState;
-use crate::auth::Caller;
 use crate::http::{ApiError, query_params};
-use crate::mgmt::{MgmtError, PathParams};
+use crate::mgmt::{MgmtError, OrgCaller};
 use crate::roles::Action;
 
 /// Ledger entries read per page of the stream.
@@ -41,12 +39,10 @@ pub struct ExportParams {
 
 /// `GET /v1/orgs/{org_id}/export` (`ledger.read`).
 pub(crate) async fn export(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
+    at: OrgCaller,
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::LedgerRead).await?;
+    let (state, auth) = at.authorize(Action::LedgerRead).await?;
     let p = query_params(params)?;
     let period = p
         .period

@@ -30,8 +30,8 @@ use crate::auth::Caller;
 use crate::http::ApiError;
 use crate::members::{check_user_limit, grantable_role};
 use crate::mgmt::{
-    Actor, Audit, Change, JsonObject, MgmtError, PathParams, RequestMeta, body, field_error,
-    random, to_json,
+    Actor, Audit, Change, JsonObject, MgmtError, OrgCaller, PathParams, RequestMeta, body,
+    field_error, random, to_json,
 };
 use crate::roles::Action;
 
@@ -77,13 +77,9 @@ pub struct InvitationsResponse {
 
 /// `GET /v1/orgs/{org_id}/invitations` (`invitations.read`): the pending invitations.
 pub(crate) async fn list_invitations(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
+    at: OrgCaller,
 ) -> Result<Json<InvitationsResponse>, MgmtError> {
-    let auth = caller
-        .authorize(&state, &org, Action::InvitationsRead)
-        .await?;
+    let (state, auth) = at.authorize(Action::InvitationsRead).await?;
     let invitations = state
         .tenants
         .list_invitations(&auth.org, state.clock.now())

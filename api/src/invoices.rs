@@ -13,7 +13,6 @@
 
 use axum::Json;
 use axum::extract::Query;
-use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -27,9 +26,8 @@ use tally_core::ports::effective_version;
 use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice_held};
 
 use crate::ApiState;
-use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{MgmtError, PathParams};
+use crate::mgmt::{MgmtError, OrgCaller};
 use crate::roles::Action;
 
 /// Default page size of the invoice list.
@@ -42,12 +40,8 @@ fn pricing_failed(e: PricingError) -> ApiError {
 }
 
 /// `GET /v1/orgs/{org_id}/invoices/upcoming` (`usage.read`).
-pub(crate) async fn upcoming(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<UpcomingInvoice>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
+pub(crate) async fn upcoming(at: OrgCaller) -> Result<Json<UpcomingInvoice>, MgmtError> {
+    let (state, auth) = at.authorize(Action::UsageRead).await?;
     let org = state.org(&auth.org).await?;
     let now = state.clock.now();
     let period = Month::of(now);
@@ -246,12 +240,10 @@ fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
 
 /// `GET /v1/orgs/{org_id}/invoices` (`usage.read`).
 pub(crate) async fn list(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
+    at: OrgCaller,
     query: Result<Query<InvoicesParams>, QueryRejection>,
 ) -> Result<Json<InvoicesResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
+    let (state, auth) = at.authorize(Action::UsageRead).await?;
     let Query(params) = query.map_err(|e| bad("query", format!("invalid query: {e}")))?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_INVOICES_PAGE,

@@ -18,9 +18,10 @@ use tally_core::ports::TenantStore;
 use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
 
 use crate::ApiState;
-use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error, random};
+use crate::mgmt::{
+    Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error, random,
+};
 use crate::roles::Action;
 use crate::usage::parse_instant;
 
@@ -75,12 +76,8 @@ pub struct KeysResponse {
 }
 
 /// `GET /v1/orgs/{org_id}/keys` (`keys.read`).
-pub(crate) async fn list_keys(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<KeysResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::KeysRead).await?;
+pub(crate) async fn list_keys(at: OrgCaller) -> Result<Json<KeysResponse>, MgmtError> {
+    let (state, auth) = at.authorize(Action::KeysRead).await?;
     let keys = state.tenants.list_api_keys(&auth.org).await?;
     Ok(Json(KeysResponse {
         keys: keys.iter().map(KeyView::from).collect(),

@@ -17,9 +17,8 @@ use tally_core::ports::TenantStore;
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::ApiState;
-use crate::auth::Caller;
 use crate::http::ApiError;
-use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body};
 use crate::roles::Action;
 
 /// One member as listed.
@@ -51,12 +50,8 @@ pub struct MembersResponse {
 }
 
 /// `GET /v1/orgs/{org_id}/members` (`members.read`).
-pub(crate) async fn list_members(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<MembersResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::MembersRead).await?;
+pub(crate) async fn list_members(at: OrgCaller) -> Result<Json<MembersResponse>, MgmtError> {
+    let (state, auth) = at.authorize(Action::MembersRead).await?;
     let members = state.tenants.list_members(&auth.org).await?;
     Ok(Json(MembersResponse {
         members: members.into_iter().map(|m| MemberView::from(&m)).collect(),

@@ -250,6 +250,44 @@ pub(crate) struct Actor {
     meta: RequestMeta,
 }
 
+/// The inputs of a read route of one org (`/v1/orgs/{org_id}/...`): the app's state, the
+/// caller and the org path parameter, extracted in that order (the caller first, as when
+/// they were three extractors: a request without credentials is a `401` whatever its path).
+pub(crate) struct OrgCaller {
+    state: ApiState,
+    caller: Caller,
+    org: String,
+}
+
+impl FromRequestParts<ApiState> for OrgCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let PathParams(org) = PathParams::<String>::from_request_parts(parts, state).await?;
+        Ok(OrgCaller {
+            state: state.clone(),
+            caller,
+            org,
+        })
+    }
+}
+
+impl OrgCaller {
+    /// The caller authorized for `action` in the org ([`Caller::authorize`]), and the app's
+    /// state.
+    pub(crate) async fn authorize(
+        self,
+        action: Action,
+    ) -> Result<(ApiState, Authorized), ApiError> {
+        let auth = self
+            .caller
+            .authorize(&self.state, &self.org, action)
+            .await?;
+        Ok((self.state, auth))
+    }
+}
+
 impl FromRequestParts<ApiState> for Actor {
     type Rejection = ApiError;
 

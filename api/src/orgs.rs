@@ -22,16 +22,12 @@ use crate::ApiState;
 use crate::auth::{Caller, org_not_found};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error};
 use crate::roles::Action;
 
 /// `GET /v1/orgs/{org_id}`: the org (`org.read`).
-pub(crate) async fn get_org(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<Org>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::OrgRead).await?;
+pub(crate) async fn get_org(at: OrgCaller) -> Result<Json<Org>, MgmtError> {
+    let (state, auth) = at.authorize(Action::OrgRead).await?;
     let org = state.org(&auth.org).await?;
     Ok(Json(org))
 }
@@ -231,12 +227,8 @@ pub struct UsageSummary {
 }
 
 /// `GET /v1/orgs/{org_id}/usage/summary` (`usage.read`): this month so far, per meter.
-pub(crate) async fn usage_summary(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<UsageSummary>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::UsageRead).await?;
+pub(crate) async fn usage_summary(at: OrgCaller) -> Result<Json<UsageSummary>, MgmtError> {
+    let (state, auth) = at.authorize(Action::UsageRead).await?;
     let org = state.org(&auth.org).await?;
     // One catalogue snapshot for the plan and its meters.
     let catalogue = state.catalogue.load();

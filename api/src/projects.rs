@@ -19,7 +19,9 @@ use crate::ApiState;
 use crate::auth::{Authorized, Caller};
 use crate::http::ApiError;
 use crate::members::member_not_found;
-use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error, random};
+use crate::mgmt::{
+    Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error, random,
+};
 use crate::roles::Action;
 
 /// `GET /v1/orgs/{org_id}/projects` answer.
@@ -35,12 +37,8 @@ pub fn project_not_found() -> ApiError {
 }
 
 /// `GET /v1/orgs/{org_id}/projects` (`projects.read`).
-pub(crate) async fn list_projects(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<ProjectsResponse>, MgmtError> {
-    let auth = caller.authorize(&state, &org, Action::ProjectsRead).await?;
+pub(crate) async fn list_projects(at: OrgCaller) -> Result<Json<ProjectsResponse>, MgmtError> {
+    let (state, auth) = at.authorize(Action::ProjectsRead).await?;
     let mut projects = state.tenants.list_projects(&auth.org).await?;
     if let Some(mine) = visible_projects(&state, &auth).await? {
         projects.retain(|p| mine.contains(&p.id));

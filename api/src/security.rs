@@ -32,10 +32,9 @@ use tally_core::security::{Cidr, OrgSecurityPolicy, SecurityPolicy};
 use tally_core::tenant::FieldError;
 
 use crate::ApiState;
-use crate::auth::Caller;
 pub use crate::gate::{MFA_REQUIRED, UserContext, check_user, enforce_policy};
 use crate::http::ApiError;
-use crate::mgmt::{Actor, Change, JsonObject, MgmtError, PathParams, body, field_error};
+use crate::mgmt::{Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error};
 use crate::roles::Action;
 
 /// Code of the refusal of a policy that would shut its own author out.
@@ -130,14 +129,8 @@ fn guard_lock_out(policy: &SecurityPolicy, context: &UserContext) -> Result<(), 
 
 /// `GET /v1/orgs/{org_id}/security-policy` (`security_policy.read`): the org's policy (the
 /// default one, `updated_at: null`, when it set none).
-pub(crate) async fn get_policy(
-    State(state): State<ApiState>,
-    caller: Caller,
-    PathParams(org): PathParams<String>,
-) -> Result<Json<PolicyView>, MgmtError> {
-    let auth = caller
-        .authorize(&state, &org, Action::SecurityPolicyRead)
-        .await?;
+pub(crate) async fn get_policy(at: OrgCaller) -> Result<Json<PolicyView>, MgmtError> {
+    let (state, auth) = at.authorize(Action::SecurityPolicyRead).await?;
     let stored = state.tenants.get_security_policy(&auth.org).await?;
     Ok(Json(PolicyView::of(&auth.org, stored)))
 }

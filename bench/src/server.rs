@@ -5,14 +5,26 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use tally_core::ids::{ApiKeyId, UserId};
+use chrono::{DateTime, Utc};
+use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 use tally_store::SqliteStore;
 
 use crate::workload::Tenants;
+
+/// Project `j` of a benchmark org: `Project {j}`, slug `p{j}`, created at `now`.
+pub fn bench_project(org: &OrgId, id: ProjectId, j: usize, now: DateTime<Utc>) -> Project {
+    Project {
+        id,
+        org_id: org.clone(),
+        name: format!("Project {j}"),
+        slug: format!("p{j}"),
+        created_at: now,
+        archived_at: None,
+    }
+}
 
 /// Creates `t`'s orgs (on the `enterprise` plan: no hard limits), their projects and one
 /// live key per org directly in the SQLite store at `db`; returns the keys' secrets, in
@@ -41,14 +53,7 @@ pub async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String
             .await?;
         for (j, p) in t.projects[i].iter().enumerate() {
             store
-                .create_project(&Project {
-                    id: p.clone(),
-                    org_id: org.clone(),
-                    name: format!("Project {j}"),
-                    slug: format!("p{j}"),
-                    created_at: now,
-                    archived_at: None,
-                })
+                .create_project(&bench_project(org, p.clone(), j, now))
                 .await?;
         }
         // A live key: a test key's events are held to the free plan's hard limits, which

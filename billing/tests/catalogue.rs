@@ -165,61 +165,48 @@ const PRO_CALLS: &str = r#""api_calls": { "included": 1000000 }"#;
 /// Starter's `compute_minutes` entry, which the price tests replace.
 const STARTER_MINUTES: &str = r#""compute_minutes": { "included": 1000 }"#;
 
+/// A price table's tiers ascend, meet without gaps, and only the last is unbounded: each
+/// case (the entry replaced, its replacement) is refused at its path, naming the rule.
 #[test]
-fn tiers_must_ascend() {
-    let text = edited(
-        PRO_CALLS,
-        r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
+fn tier_tables_must_ascend_be_contiguous_and_end_unbounded() {
+    let cases = [
+        (
+            PRO_CALLS,
+            r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
             { "up_to": "100", "unit_price": "0.50" },
             { "up_to": "100", "unit_price": "0.40" },
             { "unit_price": "0.30" } ] } }"#,
-    );
-    assert_problem(
-        &text,
-        "plans.pro.meters.api_calls.price.tiers[1].up_to",
-        "greater than the previous bound 100",
-    );
-}
-
-#[test]
-fn tiers_must_be_contiguous() {
-    let text = edited(
-        PRO_CALLS,
-        r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
+            "plans.pro.meters.api_calls.price.tiers[1].up_to",
+            "greater than the previous bound 100",
+        ),
+        (
+            PRO_CALLS,
+            r#""api_calls": { "included": 1000000, "price": { "model": "graduated", "tiers": [
             { "from": "0", "up_to": "100", "unit_price": "0.50" },
             { "from": "150", "up_to": "200", "unit_price": "0.40" },
             { "from": "200", "unit_price": "0.30" } ] } }"#,
-    );
-    assert_problem(
-        &text,
-        "plans.pro.meters.api_calls.price.tiers[1].from",
-        "previous tier ends at 100",
-    );
-}
-
-#[test]
-fn only_the_last_tier_is_unbounded() {
-    let text = edited(
-        STARTER_MINUTES,
-        r#""compute_minutes": { "included": 1000, "price": { "model": "volume", "tiers": [
+            "plans.pro.meters.api_calls.price.tiers[1].from",
+            "previous tier ends at 100",
+        ),
+        (
+            STARTER_MINUTES,
+            r#""compute_minutes": { "included": 1000, "price": { "model": "volume", "tiers": [
             { "up_to": "100", "unit_price": "0.10" },
             { "up_to": "200", "unit_price": "0.10" } ] } }"#,
-    );
-    assert_problem(
-        &text,
-        "plans.starter.meters.compute_minutes.price.tiers[1].up_to",
-        "last tier",
-    );
-    let text = edited(
-        STARTER_MINUTES,
-        r#""compute_minutes": { "included": 1000, "price": { "model": "graduated", "tiers": [
+            "plans.starter.meters.compute_minutes.price.tiers[1].up_to",
+            "last tier",
+        ),
+        (
+            STARTER_MINUTES,
+            r#""compute_minutes": { "included": 1000, "price": { "model": "graduated", "tiers": [
             { "unit_price": "0.10" }, { "unit_price": "0.10" } ] } }"#,
-    );
-    assert_problem(
-        &text,
-        "plans.starter.meters.compute_minutes.price.tiers[0].up_to",
-        "only the last tier may be unbounded",
-    );
+            "plans.starter.meters.compute_minutes.price.tiers[0].up_to",
+            "only the last tier may be unbounded",
+        ),
+    ];
+    for (entry, replacement, path, needle) in cases {
+        assert_problem(&edited(entry, replacement), path, needle);
+    }
 }
 
 #[test]

@@ -19,67 +19,44 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{DateTime, Utc};
+mod common;
+
+use common::{close_one, month, ts};
+
 use rust_decimal::Decimal;
 use serde_json::Map;
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_billing::{Catalogue, UsageReport};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::overrides::{OverrideChange, OverrideId, PriceOverride, apply_overrides};
 use tally_core::ports::{
-    CatalogueStore, CatalogueVersion, FixedClock, OrgStore, OverrideStore, ProjectStore,
-    ReportStore, UsageStore, UserStore, catalogue_digest,
+    CatalogueStore, CatalogueVersion, OverrideStore, ProjectStore, ReportStore, UsageStore,
+    catalogue_digest,
 };
 use tally_core::pricing::Pricing;
 use tally_core::report::MonthUsage;
-use tally_core::tenant::{Org, Project, User};
+use tally_core::tenant::Project;
 use tally_core::upcoming::upcoming_invoice_priced;
 use tally_core::{
-    Aggregation, Event, EventId, MeterName, Money, Month, OrgId, PlanId, ProjectId, Quantity,
-    UserId,
+    Aggregation, Event, EventId, MeterName, Money, OrgId, PlanId, ProjectId, Quantity,
 };
 use tally_store::MemoryStore;
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn month(s: &str) -> Month {
-    Month::parse(s).unwrap()
-}
 
 fn api_calls() -> MeterName {
     MeterName::parse("api_calls").unwrap()
 }
 
 async fn pro_org(store: &MemoryStore) -> (OrgId, ProjectId) {
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "contract@example.com".into(),
-            created_at: ts("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Contract".into(),
-        slug: "contract".into(),
-        plan: PlanId::Pro,
-        owner_id: owner.id,
-        created_at: ts("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = common::pro_org(store, "contract@example.com", "Contract").await;
     let project = Project {
         id: ProjectId::from_random([3; 16]),
-        org_id: org.id.clone(),
+        org_id: org.clone(),
         name: "Web".into(),
         slug: "web".into(),
         created_at: ts("2026-01-01T00:00:00Z"),
         archived_at: None,
     };
     store.create_project(&project).await.unwrap();
-    (org.id, project.id)
+    (org, project.id)
 }
 
 async fn calls(store: &MemoryStore, org: &OrgId, project: &ProjectId, id: &str, q: u64, at: &str) {
@@ -111,18 +88,7 @@ fn contract(org: &OrgId, n: u8, change: OverrideChange) -> PriceOverride {
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
-    let clock = FixedClock::at(ts(now));
-    let catalogue = Catalogue::builtin().unwrap();
-    let out = close_month(
-        ClosePorts::of(store, &clock),
-        &catalogue,
-        &CloseRequest::new(month(period)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.reports.len(), 1);
-    out.reports.into_iter().next().unwrap()
+    close_one(store, &Catalogue::builtin().unwrap(), now, period).await
 }
 
 /// (list amount, amount, catalogue version, override ids) of the api_calls line, and the

@@ -18,29 +18,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{DateTime, Utc};
+mod common;
+
+use common::{close_one, month, pro_org, ts};
+
 use serde_json::{Map, Value};
-use tally_billing::{Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month};
+use tally_billing::{Catalogue, UsageReport};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::ports::{
-    ClosingReadings, FixedClock, OrgStore, UsageStore, UserStore, month_counters,
+    ClosingReadings, UsageStore, month_counters,
     put_batch_readings, put_counted_readings, time_weighted_month,
 };
 use tally_core::report::MonthUsage;
-use tally_core::tenant::{Org, User};
 use tally_core::upcoming::upcoming_invoice_held;
-use tally_core::{
-    Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
-};
+use tally_core::{Aggregation, Event, EventId, MeterName, OrgId, PlanId, ProjectId, Quantity};
 use tally_store::MemoryStore;
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn month(s: &str) -> Month {
-    Month::parse(s).unwrap()
-}
 
 fn storage_gb() -> MeterName {
     MeterName::parse("storage_gb").unwrap()
@@ -67,24 +59,7 @@ fn project(n: u8) -> ProjectId {
 /// A pro org with October's readings written as the aggregator writes them.
 async fn world() -> (MemoryStore, OrgId) {
     let store = MemoryStore::new();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "storage@example.com".into(),
-            created_at: ts("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Storage".into(),
-        slug: "storage".into(),
-        plan: PlanId::Pro,
-        owner_id: owner.id,
-        created_at: ts("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = pro_org(&store, "storage@example.com", "Storage").await;
     let rows = [
         ("a1", 1, "100", "2026-10-16T00:00:00Z"),
         ("a2", 1, "20", "2026-10-31T00:00:00Z"),
@@ -92,11 +67,11 @@ async fn world() -> (MemoryStore, OrgId) {
     ];
     let events: Vec<Event> = rows
         .into_iter()
-        .map(|(id, p, q, at)| reading(&org.id, id, p, q, at))
+        .map(|(id, p, q, at)| reading(&org, id, p, q, at))
         .collect();
     put_batch_readings(&store, &events).await.unwrap();
     assert_eq!(store.apply_batch(&events).await.unwrap().applied(), 3);
-    (store, org.id)
+    (store, org)
 }
 
 /// A `storage_gb` reading of project `p`: event `id`, `q` GB at `at`.
@@ -114,17 +89,7 @@ fn reading(org: &OrgId, id: &str, p: u8, q: &str, at: &str) -> Event {
 }
 
 async fn close(store: &MemoryStore, now: &str, period: &str) -> UsageReport {
-    let clock = FixedClock::at(ts(now));
-    let out = close_month(
-        ClosePorts::of(store, &clock),
-        &catalogue(),
-        &CloseRequest::new(month(period)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.reports.len(), 1);
-    out.reports.into_iter().next().unwrap()
+    close_one(store, &catalogue(), now, period).await
 }
 
 /// (quantity, list amount, amount) of the storage_gb line, and the report's total; the

@@ -9,26 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{DateTime, Utc};
+mod common;
+
+use common::{month, pro_org, ts};
+
 use serde_json::{Map, Value, json};
 use tally_billing::Catalogue;
 use tally_billing::versions::{PublishPorts, PublishRequest, VersionError, publish};
-use tally_core::ports::{CatalogueVersion, OrgStore, UsageStore, UserStore};
-use tally_core::tenant::{Org, User};
-use tally_core::{
-    Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
-};
+use tally_core::ports::{CatalogueVersion, UsageStore};
+use tally_core::{Aggregation, Event, EventId, MeterName, OrgId, ProjectId, Quantity};
 use tally_store::memory::MemoryStore;
 
 const NOW: &str = "2026-03-10T00:00:00Z";
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn month(s: &str) -> Month {
-    Month::parse(s).unwrap()
-}
 
 /// The built-in catalogue with a `gpu_hours` meter of `aggregation`, priced on every plan.
 fn with_gpu_hours(aggregation: &str) -> String {
@@ -76,26 +68,9 @@ async fn apply(
 
 /// An org with `q` compute minutes counted on 2026-03-02.
 async fn org_with_minutes(store: &MemoryStore, q: &str) -> OrgId {
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::from_random([1; 16]),
-            email: "ops@example.com".into(),
-            created_at: ts("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
-    let org = Org {
-        id: OrgId::from_random([2; 16]),
-        name: "Acme".into(),
-        slug: "acme".into(),
-        plan: PlanId::Pro,
-        owner_id: owner.id,
-        created_at: ts("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    };
-    store.create_org(&org).await.unwrap();
+    let org = pro_org(store, "ops@example.com", "Acme").await;
     let event = Event {
-        org_id: org.id.clone(),
+        org_id: org.clone(),
         id: EventId::parse("m1").unwrap(),
         project_id: ProjectId::from_random([3; 16]),
         meter: MeterName::parse("compute_minutes").unwrap(),
@@ -105,7 +80,7 @@ async fn org_with_minutes(store: &MemoryStore, q: &str) -> OrgId {
         properties: Map::new(),
     };
     assert_eq!(store.apply_batch(&[event]).await.unwrap().applied(), 1);
-    org.id
+    org
 }
 
 /// Order one: version 1 (scheduled from April) defines `gpu_hours` as a sum; a file from

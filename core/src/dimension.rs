@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::meter::ValueSource;
+use crate::value_source::ValueSource;
 
 /// Most dimensions one meter may declare. Each is one more factor in the number of series,
 /// and the usage API allows at most this many filters.

@@ -216,6 +216,37 @@ impl EventId {
 
 text_id!(EventId);
 
+/// An override's id ([`crate::overrides`]): `ovr_` and 16 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OverrideId(String);
+
+impl OverrideId {
+    /// Parses `ovr_` + 16 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<OverrideId, IdError> {
+        let ok = s.len() == 20
+            && s.starts_with("ovr_")
+            && s[4..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(OverrideId(s.to_owned()))
+        } else {
+            Err(IdError::Malformed {
+                field: "id",
+                expected: "must be ovr_ and 16 lowercase hex digits",
+            })
+        }
+    }
+
+    /// A new id from 8 random bytes.
+    pub fn from_random(bytes: [u8; 8]) -> OverrideId {
+        OverrideId(format!("ovr_{}", hex::encode(bytes)))
+    }
+}
+
+text_id!(OverrideId);
+
 /// Longest meter name.
 pub const MAX_METER_LEN: usize = 64;
 

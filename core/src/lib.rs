@@ -63,6 +63,7 @@ pub mod sinks;
 pub mod tenant;
 pub mod time_weighted;
 pub mod upcoming;
+pub mod value_source;
 
 pub use catalogue::{Catalogue, CatalogueError, MeterPrice, MeterSpec, PlanSpec, Problem};
 pub use counter::{CounterKey, CounterScope, OwnedCounterKey};

@@ -43,6 +43,9 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::PlanSpec;
 use crate::pricing::Pricing;
 use crate::report::{PricingError, UsageReport};
+// The id lives with the other ids: the report names the overrides that priced it, and
+// this module prices reports, so the id here would make the two import each other.
+pub use crate::ids::OverrideId;
 use crate::{MeterName, Money, Month, OrgId, PlanId};
 
 /// Largest number of overrides one org may carry (ended ones included): a contract has a
@@ -60,53 +63,6 @@ pub const MAX_CHANGE_BYTES: usize = 16 * 1024;
 
 /// Most tiers a graduated or volume override may have.
 pub const MAX_OVERRIDE_TIERS: usize = 32;
-
-/// An override's id: `ovr_` and 16 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct OverrideId(String);
-
-impl OverrideId {
-    /// Parses `ovr_` + 16 lowercase hex digits.
-    pub fn parse(s: &str) -> Result<OverrideId, OverrideError> {
-        let ok = s.len() == 20
-            && s.starts_with("ovr_")
-            && s[4..]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok {
-            Ok(OverrideId(s.to_owned()))
-        } else {
-            Err(OverrideError::field(
-                "id",
-                format!("must be ovr_ and 16 lowercase hex digits, got {s:?}"),
-            ))
-        }
-    }
-
-    /// A new id from 8 random bytes.
-    pub fn from_random(bytes: [u8; 8]) -> OverrideId {
-        OverrideId(format!("ovr_{}", hex::encode(bytes)))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for OverrideId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-string_conversions!(
-    OverrideId,
-    OverrideError,
-    OverrideId::parse,
-    |id: OverrideId| id.0
-);
 
 /// What an override changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -624,6 +580,6 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
         }
         assert!(OverrideId::parse("ovr_0123456789abcdef").is_ok());
-        assert_eq!(OverrideId::parse("ovr_XYZ").unwrap_err().field, "id");
+        assert_eq!(OverrideId::parse("ovr_XYZ").unwrap_err().field(), "id");
     }
 }

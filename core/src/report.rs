@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocate::allocate_cents;
 use crate::catalogue::{CURRENCY, MeterPrice, PlanSpec};
 use crate::counter::{Overflow, OwnedCounterKey, checked_sum};
-use crate::overrides::OverrideId;
+use crate::ids::OverrideId;
 use crate::period::Granularity;
 use crate::pricing::{PriceError, Pricing, TierCharge};
 use crate::{MeterName, Money, Month, OrgId, PlanId, ProjectId};

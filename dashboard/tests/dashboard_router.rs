@@ -12,20 +12,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::json;
-use tally_api::ApiState;
 use tally_api::jwt::JwtConfig;
 use tally_core::ids::UserId;
-use tally_core::meter::MeterCatalogue;
-use tally_core::ports::FixedClock;
 use tally_store::MemoryStore;
 
 mod common;
 
-use common::{Answer, now, send};
+use common::{Answer, HOST, ORIGIN, bare_get, now, send, session_get, signed_app};
 
 const SECRET: &[u8] = b"dashboard-router-test-secret-32-bytes!!";
-const HOST: &str = "tally.test:8080";
-const ORIGIN: &str = "http://tally.test:8080";
 
 struct Fixture {
     app: Router,
@@ -36,21 +31,8 @@ async fn fixture() -> Fixture {
     let store = MemoryStore::new();
     let owner = common::seed_owner(&store).await;
     let shared = Arc::new(store);
-    let jwt = JwtConfig::hs256(SECRET).unwrap();
-    let token = jwt
-        .mint(&owner.id, now(), chrono::Duration::minutes(10))
-        .unwrap();
-    let state = ApiState::new(
-        shared.clone(),
-        shared,
-        Arc::new(MeterCatalogue::default()),
-        Arc::new(FixedClock::at(now())),
-    )
-    .with_jwt(jwt);
-    Fixture {
-        app: tally_dashboard::with_api(state),
-        token,
-    }
+    let (app, token) = signed_app(shared.clone(), shared, SECRET, &owner.id);
+    Fixture { app, token }
 }
 
 /// Signs in from the page's own origin; the session and CSRF cookie values.
@@ -258,21 +240,9 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy() {
         assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
         assert!(again.body.is_empty());
     }
-    let license = send(
-        &f.app,
-        Request::get("/dashboard/assets/vendor/uplot/LICENSE")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let license = send(&f.app, bare_get("/dashboard/assets/vendor/uplot/LICENSE")).await;
     assert!(String::from_utf8_lossy(&license.body).contains("MIT License"));
-    let missing = send(
-        &f.app,
-        Request::get("/dashboard/assets/../Cargo.toml")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let missing = send(&f.app, bare_get("/dashboard/assets/../Cargo.toml")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
@@ -328,14 +298,7 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
     }
     let (session, _) = sign_in(&f).await;
     // The cookie alone reads the API.
-    let me = send(
-        &f.app,
-        Request::get("/v1/me/orgs")
-            .header(header::COOKIE, format!("__Host-tally_session={session}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let me = send(&f.app, session_get("/v1/me/orgs", &session)).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.json()["orgs"][0]["org"]["id"], "org_a");
     // The session is the user's to see through the API.
@@ -375,14 +338,7 @@ async fn sign_in_verifies_the_token_and_refuses_other_origins() {
         cleared.iter().all(|c| c.contains("Max-Age=0")),
         "{cleared:?}"
     );
-    let after = send(
-        &f.app,
-        Request::get("/v1/me/orgs")
-            .header(header::COOKIE, format!("__Host-tally_session={session}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let after = send(&f.app, session_get("/v1/me/orgs", &session)).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
     assert!(
         after.json()["error"]["message"]
@@ -426,14 +382,7 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
     let empty = cookie_post(&f, &session, "", Some(""), Some(ORIGIN)).await;
     assert_eq!(empty.json()["error"]["code"], "csrf");
     // None of them made anything.
-    let list = send(
-        &f.app,
-        Request::get("/v1/orgs/org_a/projects")
-            .header(header::COOKIE, format!("__Host-tally_session={session}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let list = send(&f.app, session_get("/v1/orgs/org_a/projects", &session)).await;
     assert_eq!(list.json()["projects"].as_array().unwrap().len(), 0);
     // The page's own request passes.
     let ok = cookie_post(&f, &session, &csrf, Some(&csrf), Some(ORIGIN)).await;
@@ -453,13 +402,6 @@ async fn cookie_mutations_need_the_csrf_header_and_the_same_origin() {
     .await;
     assert_eq!(bearer.status, StatusCode::CREATED, "{}", bearer.json());
     // A cookie that holds no user token is 401.
-    let junk = send(
-        &f.app,
-        Request::get("/v1/me/orgs")
-            .header(header::COOKIE, "__Host-tally_session=tk_live_abc")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let junk = send(&f.app, session_get("/v1/me/orgs", "tk_live_abc")).await;
     assert_eq!(junk.status, StatusCode::UNAUTHORIZED);
 }

@@ -12,23 +12,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::json;
-use tally_api::ApiState;
 use tally_api::auth::SESSION_COOKIE;
 use tally_api::jwt::JwtConfig;
 use tally_api::openapi_dashboard::{DASHBOARD_ROUTES, statuses};
-use tally_core::meter::MeterCatalogue;
-use tally_core::ports::{FixedClock, SecurityStore, TenantStore};
+use tally_core::ports::SecurityStore;
 use tally_store::MemoryStore;
 use tower::ServiceExt;
 
 mod common;
 
 use common::failing_store::FailingRevoke;
-use common::{now, send};
+use common::{HOST, ORIGIN, now, send, signed_app};
 
 const SECRET: &[u8] = b"dashboard-document-test-secret-32-bytes!";
-const HOST: &str = "tally.test:8080";
-const ORIGIN: &str = "http://tally.test:8080";
 
 struct World {
     app: Router,
@@ -43,20 +39,9 @@ async fn world() -> World {
     let store = Arc::new(MemoryStore::new());
     let owner = common::seed_owner(&store).await;
     let seam = Arc::new(FailingRevoke::new(store.clone()));
-    let jwt = JwtConfig::hs256(SECRET).unwrap();
-    let token = jwt
-        .mint(&owner.id, now(), chrono::Duration::minutes(10))
-        .unwrap();
-    let tenants: Arc<dyn TenantStore> = seam.clone();
-    let state = ApiState::new(
-        tenants,
-        store.clone(),
-        Arc::new(MeterCatalogue::default()),
-        Arc::new(FixedClock::at(now())),
-    )
-    .with_jwt(jwt);
+    let (app, token) = signed_app(seam.clone(), store.clone(), SECRET, &owner.id);
     World {
-        app: tally_dashboard::with_api(state),
+        app,
         token,
         store,
         seam,

@@ -74,9 +74,9 @@ use tally_core::ids::{ApiKeyId, MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::RateLimit;
 use tally_core::ports::{AllowanceStore, AllowanceWindow, StoreError};
+use tally_http::rate::Throttled;
 
 use crate::cache::TtlCache;
-use crate::limits::Throttled;
 
 /// Counter of allowance store writes (each 1 WCU on DynamoDB), labelled `limit`
 /// (`rate` or `plan`).
@@ -438,23 +438,9 @@ mod tests {
         let meter = MeterName::parse("api_calls").unwrap();
         let key = (org, meter, Month::of(t(0, 0)));
         let limit = Decimal::from(500);
-        let mut got = Decimal::ZERO;
-        for i in 0..400 {
-            got += limits[i % 4]
-                .take_plan(
-                    &key,
-                    limit,
-                    Decimal::from(3),
-                    TimeDelta::seconds(2),
-                    t(0, 0),
-                )
-                .await
-                .unwrap();
-        }
-        assert!(got <= limit, "{got} taken of {limit}");
-        limits[0].give_back_plan(&key, Decimal::from(3), t(0, 0));
-        let again = limits[0]
-            .take_plan(
+        // Each take asks for 3 units of the 500 at t(0, 0), marking the key used up for 2 s.
+        let take = async |l: &SharedLimits| {
+            l.take_plan(
                 &key,
                 limit,
                 Decimal::from(3),
@@ -462,7 +448,15 @@ mod tests {
                 t(0, 0),
             )
             .await
-            .unwrap();
+            .unwrap()
+        };
+        let mut got = Decimal::ZERO;
+        for i in 0..400 {
+            got += take(&limits[i % 4]).await;
+        }
+        assert!(got <= limit, "{got} taken of {limit}");
+        limits[0].give_back_plan(&key, Decimal::from(3), t(0, 0));
+        let again = take(&limits[0]).await;
         assert_eq!(again, Decimal::from(3));
     }
 }

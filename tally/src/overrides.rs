@@ -376,7 +376,9 @@ async fn list(common: &Common, org: &str) -> anyhow::Result<()> {
 
 async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow::Result<()> {
     let org_id = crate::manage::org_id(org)?;
-    let id = OverrideId::parse(id).map_err(|e| anyhow::anyhow!("--id: {}", e.message))?;
+    let id = OverrideId::parse(id).map_err(|_| {
+        anyhow::anyhow!("--id: must be ovr_ and 16 lowercase hex digits, got {id:?}")
+    })?;
     let store = backend::open_store(common).await?;
     crate::manage::live_org(&store, &org_id).await?;
     let current = Month::of(crate::manage::now()?);

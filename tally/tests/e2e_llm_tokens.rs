@@ -26,13 +26,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tally_core::ports::FixedClock;
 
 /// When the app starts and the file is applied: May, so version 1 starts in June.
 const IN_MAY: &str = "2026-05-20T12:00:00Z";
@@ -44,8 +42,7 @@ const AFTER_JUNE: &str = "2026-07-01T02:00:00Z";
 
 /// The catalogue file: the built-in catalogue plus `llm_tokens` (see the module doc).
 fn catalogue_file() -> String {
-    let mut v: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
-    v["meters"]["llm_tokens"] = json!({
+    let spec = json!({
         "description": "Model tokens",
         "unit": "tokens",
         "aggregation": "sum",
@@ -56,17 +53,17 @@ fn catalogue_file() -> String {
         "price_unit_size": 1000,
         "list_price": { "model": "per_unit", "unit_price": "0.50" }
     });
-    for plan in ["free", "pro", "enterprise"] {
-        v["plans"][plan]["meters"]["llm_tokens"] = json!({});
-    }
-    v["plans"]["starter"]["meters"]["llm_tokens"] = json!({
-        "included": 10000,
-        "price": { "model": "graduated", "tiers": [
-            { "up_to": "20", "unit_price": "0.50" },
-            { "unit_price": "0.30" }
-        ] }
-    });
-    serde_json::to_string_pretty(&v).unwrap()
+    // Starter includes 10,000 tokens and tiers the rest; the other plans list it as is.
+    catalogue_with_meter("llm_tokens", spec, |plan| match plan {
+        "starter" => json!({
+            "included": 10000,
+            "price": { "model": "graduated", "tiers": [
+                { "up_to": "20", "unit_price": "0.50" },
+                { "unit_price": "0.30" }
+            ] }
+        }),
+        _ => json!({}),
+    })
 }
 
 /// A decimal string of an answer, as a number (so `70000` and `70000.000000000` agree).
@@ -75,10 +72,6 @@ fn num(v: &Value) -> Decimal {
         .unwrap_or_else(|| panic!("not a decimal string: {v}"))
         .parse()
         .unwrap()
-}
-
-fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
-    s.parse().unwrap()
 }
 
 fn tokens(id: &str, project: &str, model: &str, n: u64, when: &str) -> Value {
@@ -101,13 +94,7 @@ fn month_value(series: &Value) -> &str {
 async fn scenario(env: &Env, slug: &str) {
     let tenant = make_tenant(env, slug);
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let clock = Arc::new(FixedClock::at(at(IN_MAY)));
-    let server = spawn_app_with(env, |app| {
-        app.settings.billing_scheduler = false;
-        app.settings.catalogue_refresh = Duration::from_millis(200);
-        app.clock = clock.clone();
-    })
-    .await;
+    let (server, clock) = app_on_clock(env, IN_MAY).await;
     let client = reqwest::Client::new();
 
     // Check, then apply, the file while the app runs (May: version 1 starts in June).
@@ -193,27 +180,12 @@ async fn scenario(env: &Env, slug: &str) {
     // 20 × $0.50 + 40 × $0.30 = $22.00, 10 % off = $19.80; $29.00 + $19.80 = $48.80.
     // The owner's token, minted on the app's clock (`tally token create` mints on the real
     // one, months after this test's June).
-    let owner = tally_core::ids::UserId::parse(&tenant.owner).unwrap();
-    let token = tally::settings::jwt_config(&env.common())
-        .unwrap()
-        .mint(&owner, at(MID_JUNE), chrono::Duration::minutes(10))
-        .unwrap();
-    let (status, upcoming) = get_json(
-        &client,
-        server.url(&format!("/v1/orgs/{}/invoices/upcoming", tenant.org)),
-        &token,
-    )
-    .await;
-    assert_eq!(status, 200, "{upcoming}");
+    let token = owner_token(env, &tenant, MID_JUNE);
+    let upcoming = upcoming_invoice(&client, &server, &tenant.org, &token).await;
     assert_eq!(upcoming["period"], "2026-06");
     assert_eq!(upcoming["plan"], "starter");
     assert_eq!(upcoming["catalogue_version"], "1");
-    let line = upcoming["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "llm_tokens")
-        .unwrap_or_else(|| panic!("no llm_tokens line: {upcoming}"));
+    let line = meter_line(&upcoming, "llm_tokens");
     assert_eq!(line["quantity"], "35000", "{line}");
     assert_eq!(line["included"], "10000");
     assert_eq!(line["billable"], "25000");
@@ -250,24 +222,10 @@ async fn scenario(env: &Env, slug: &str) {
     server.stop().await.unwrap();
 
     // Bill June: the same figures, from the report month close stores.
-    let billed = env.cli_env(
-        &["bill", "--period", "2026-06", "--no-stripe"],
-        &tally_now(AFTER_JUNE),
-    );
-    let report = billed["reports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["org_id"] == tenant.org.as_str())
-        .unwrap_or_else(|| panic!("no report for the org: {billed}"));
+    let report = billed_report(env, &tenant.org, "2026-06", AFTER_JUNE);
     assert_eq!(report["plan"], "starter", "{report}");
     assert_eq!(report["catalogue_version"], "1");
-    let line = report["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "llm_tokens")
-        .unwrap_or_else(|| panic!("no llm_tokens line: {report}"));
+    let line = meter_line(&report, "llm_tokens");
     assert_eq!(line["quantity"], "35000", "{line}");
     assert_eq!(line["billable_price_units"], "25");
     // Tier 1 takes 20 units at $0.50, tier 2 the 5 past the boundary at $0.30.
@@ -338,8 +296,7 @@ async fn a_running_app_serves_and_bills_a_new_meter_applied_while_it_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_on_dynamodb() {
-    if std::env::var_os("TALLY_TEST_AWS_ENDPOINT").is_none() {
-        eprintln!("skipped: TALLY_TEST_AWS_ENDPOINT is not set (the DynamoDB emulator)");
+    if !emulator_or_skip() {
         return;
     }
     scenario(&Env::aws("sqs"), "llm-co-aws").await;

@@ -25,8 +25,23 @@ fn refused(env: &Env, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_owned()
 }
 
+/// `tally org override VERB --org ORG REST` at [`NOW`]: its answer.
+fn override_cmd(env: &Env, verb: &str, org: &str, rest: &[&str]) -> Value {
+    let args: Vec<&str> = ["org", "override", verb, "--org", org]
+        .into_iter()
+        .chain(rest.iter().copied())
+        .collect();
+    at_now(env, &args)
+}
+
+/// Creates the pro org `acme` the tests give overrides to: its id.
+fn acme_on_pro(env: &Env) -> String {
+    let org = env.create_org("Acme", "acme", "owner@acme.test", Some("pro"));
+    org_and_owner(&org).0.to_owned()
+}
+
 fn listed(env: &Env, org: &str) -> Vec<Value> {
-    at_now(env, &["org", "override", "list", "--org", org])["overrides"]
+    override_cmd(env, "list", org, &[])["overrides"]
         .as_array()
         .unwrap()
         .clone()
@@ -35,18 +50,13 @@ fn listed(env: &Env, org: &str) -> Vec<Value> {
 #[test]
 fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
     let env = Env::embedded();
-    let org = env.create_org("Acme", "acme", "owner@acme.test", Some("pro"));
-    let (org, _) = org_and_owner(&org);
-    let org = org.to_owned();
+    let org = acme_on_pro(&env);
 
-    let set = at_now(
+    let set = override_cmd(
         &env,
+        "set",
+        &org,
         &[
-            "org",
-            "override",
-            "set",
-            "--org",
-            &org,
             "--meter",
             "api_calls",
             "--included",
@@ -73,19 +83,9 @@ fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
     assert_eq!(list[0]["id"], id.as_str());
 
     // Ending it earlier moves its end; a later end does not move it back out.
-    let ended = at_now(
-        &env,
-        &[
-            "org", "override", "end", "--org", &org, "--id", &id, "--from", "2026-04",
-        ],
-    );
+    let ended = override_cmd(&env, "end", &org, &["--id", &id, "--from", "2026-04"]);
     assert_eq!(ended["end"], "2026-04", "{ended}");
-    let again = at_now(
-        &env,
-        &[
-            "org", "override", "end", "--org", &org, "--id", &id, "--from", "2026-05",
-        ],
-    );
+    let again = override_cmd(&env, "end", &org, &["--id", &id, "--from", "2026-05"]);
     assert_eq!(
         again["end"], "2026-04",
         "an end only moves earlier: {again}"
@@ -94,25 +94,14 @@ fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
 
     // An override that has not begun is ended by default at its own start: it never
     // applies (ending it "next month" would put its end before its start).
-    let later = at_now(
+    let later = override_cmd(
         &env,
-        &[
-            "org",
-            "override",
-            "set",
-            "--org",
-            &org,
-            "--monthly-fee",
-            "49.00",
-            "--from",
-            "2026-07",
-        ],
+        "set",
+        &org,
+        &["--monthly-fee", "49.00", "--from", "2026-07"],
     );
     let later_id = later["id"].as_str().unwrap().to_owned();
-    let cancelled = at_now(
-        &env,
-        &["org", "override", "end", "--org", &org, "--id", &later_id],
-    );
+    let cancelled = override_cmd(&env, "end", &org, &["--id", &later_id]);
     assert_eq!(cancelled["start"], "2026-07", "{cancelled}");
     assert_eq!(cancelled["end"], "2026-07", "{cancelled}");
 
@@ -145,9 +134,7 @@ fn an_operator_sets_lists_and_ends_an_override_and_each_step_is_audited() {
 #[test]
 fn an_override_the_plan_or_the_calendar_does_not_allow_is_refused_naming_the_flag() {
     let env = Env::embedded();
-    let org = env.create_org("Acme", "acme", "owner@acme.test", Some("pro"));
-    let (org, _) = org_and_owner(&org);
-    let org = org.to_owned();
+    let org = acme_on_pro(&env);
     let base = ["org", "override", "set", "--org", org.as_str()];
     let with =
         |rest: &[&str]| -> Vec<String> { base.iter().chain(rest).map(|s| s.to_string()).collect() };

@@ -29,12 +29,8 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
-use tally_core::ports::FixedClock;
 
 /// When the app starts and the file is applied: September, so version 1 starts in October.
 const IN_SEPT: &str = "2026-09-20T12:00:00Z";
@@ -46,8 +42,7 @@ const AFTER_OCT: &str = "2026-11-01T02:00:00Z";
 const AFTER_NOV: &str = "2026-12-01T02:00:00Z";
 
 fn catalogue_file() -> String {
-    let mut v: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
-    v["meters"]["storage_gb"] = json!({
+    let spec = json!({
         "description": "Storage held",
         "unit": "GB",
         "aggregation": "time_weighted_sum",
@@ -55,14 +50,8 @@ fn catalogue_file() -> String {
         "price_unit_size": 1,
         "list_price": { "model": "per_unit", "unit_price": "0.01" }
     });
-    for plan in ["free", "starter", "pro", "enterprise"] {
-        v["plans"][plan]["meters"]["storage_gb"] = json!({});
-    }
-    serde_json::to_string_pretty(&v).unwrap()
-}
-
-fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
-    s.parse().unwrap()
+    // Every plan lists it at the list price, with no allowance.
+    catalogue_with_meter("storage_gb", spec, |_| json!({}))
 }
 
 fn reading(id: &str, project: &str, gb: u64, when: &str) -> Value {
@@ -91,30 +80,10 @@ fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The org's report of `period`, billed by `tally bill` at `now`.
-fn bill(env: &Env, org: &str, period: &str, now: &str) -> Value {
-    let billed = env.cli_env(
-        &["bill", "--period", period, "--no-stripe"],
-        &tally_now(now),
-    );
-    billed["reports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["org_id"] == org)
-        .unwrap_or_else(|| panic!("no report for the org: {billed}"))
-        .clone()
-}
-
 /// (quantity, list amount, amount) of the storage_gb line; it says its plan and catalogue
 /// version as every line does.
 fn storage_line(report: &Value) -> (String, String, String) {
-    let line = report["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "storage_gb")
-        .unwrap_or_else(|| panic!("no storage_gb line: {report}"));
+    let line = meter_line(report, "storage_gb");
     assert_eq!(line["plan"], "pro", "{line}");
     assert_eq!(line["catalogue_version"], "1", "{line}");
     let s = |k: &str| line[k].as_str().unwrap().to_owned();
@@ -124,13 +93,7 @@ fn storage_line(report: &Value) -> (String, String, String) {
 async fn scenario(env: &Env, slug: &str) {
     let tenant = make_tenant(env, slug);
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let clock = Arc::new(FixedClock::at(at(IN_SEPT)));
-    let server = spawn_app_with(env, |app| {
-        app.settings.billing_scheduler = false;
-        app.settings.catalogue_refresh = Duration::from_millis(200);
-        app.clock = clock.clone();
-    })
-    .await;
+    let (server, clock) = app_on_clock(env, IN_SEPT).await;
     let client = reqwest::Client::new();
 
     let path = env.data().join("storage.json");
@@ -203,26 +166,11 @@ async fn scenario(env: &Env, slug: &str) {
         ])
     );
 
-    let owner = tally_core::ids::UserId::parse(&tenant.owner).unwrap();
-    let token = tally::settings::jwt_config(&env.common())
-        .unwrap()
-        .mint(&owner, at(NOW), chrono::Duration::minutes(10))
-        .unwrap();
-    let (status, upcoming) = get_json(
-        &client,
-        server.url(&format!("/v1/orgs/{}/invoices/upcoming", tenant.org)),
-        &token,
-    )
-    .await;
-    assert_eq!(status, 200, "{upcoming}");
+    let token = owner_token(env, &tenant, NOW);
+    let upcoming = upcoming_invoice(&client, &server, &tenant.org, &token).await;
     assert_eq!(upcoming["plan"], "pro");
     assert_eq!(upcoming["catalogue_version"], "1");
-    let line = upcoming["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "storage_gb")
-        .unwrap_or_else(|| panic!("no storage_gb line: {upcoming}"));
+    let line = meter_line(&upcoming, "storage_gb");
     assert_eq!(line["quantity"], "36660", "{line}");
     assert_eq!(line["amount"], "293.28");
     assert_eq!(line["projected_quantity"], "37080");
@@ -232,7 +180,7 @@ async fn scenario(env: &Env, slug: &str) {
 
     server.stop().await.unwrap();
 
-    let oct = bill(env, &tenant.org, "2026-10", AFTER_OCT);
+    let oct = billed_report(env, &tenant.org, "2026-10", AFTER_OCT);
     assert_eq!(
         storage_line(&oct),
         ("37080".into(), "370.80".into(), "296.64".into())
@@ -240,7 +188,7 @@ async fn scenario(env: &Env, slug: &str) {
     assert_eq!(oct["total"], "395.64", "{oct}");
     let closing = json!({ "storage_gb": { p0.as_str(): "20", p1.as_str(): "50" } });
     assert_eq!(oct["closing_readings"], closing, "{oct}");
-    let nov = bill(env, &tenant.org, "2026-11", AFTER_NOV);
+    let nov = billed_report(env, &tenant.org, "2026-11", AFTER_NOV);
     assert_eq!(
         storage_line(&nov),
         ("50400".into(), "504.00".into(), "403.20".into())
@@ -256,8 +204,7 @@ async fn a_storage_meter_is_billed_per_gb_hour_over_two_months() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_on_dynamodb() {
-    if std::env::var_os("TALLY_TEST_AWS_ENDPOINT").is_none() {
-        eprintln!("skipped: TALLY_TEST_AWS_ENDPOINT is not set (the DynamoDB emulator)");
+    if !emulator_or_skip() {
         return;
     }
     scenario(&Env::aws("sqs"), "storage-co-aws").await;

@@ -506,19 +506,24 @@ fn request_rng(seed: u64, n: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// The operation a request names in its `x-amz-target` header (`PutItem` of
+/// `DynamoDB_20120810.PutItem`), or empty.
+fn target_op(headers: &HeaderMap) -> String {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
         Err(e) => return plain(StatusCode::BAD_REQUEST, format!("proxy: reading body: {e}")),
     };
-    let op = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or("")
-        .to_owned();
+    let op = target_op(&parts.headers);
     until_resumed(&shared).await;
     if shared.dark.load(Ordering::SeqCst) {
         return internal_error();
@@ -807,13 +812,7 @@ async fn forward(
     }
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
     if shared.crash.lock().unwrap().is_some() || shared.fired.load(Ordering::SeqCst) {
-        let op = parts
-            .headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.rsplit('.').next())
-            .unwrap_or("")
-            .to_owned();
+        let op = target_op(&parts.headers);
         let text = String::from_utf8_lossy(&body).into_owned();
         shared.crash_log.lock().unwrap().push((op, text));
     }

@@ -433,6 +433,22 @@ async fn corrupt_items_and_cursors_are_reported_not_panicked() {
     ));
 }
 
+/// Writes `org`'s November counter guard item `sk` as an earlier release did, holding the
+/// reservations `room` (attribute, units): the item's partition key.
+async fn put_old_guard(f: &DynamoFactory, org: &OrgId, sk: &str, room: &[(&str, &str)]) -> String {
+    let pk = format!("ORG#{org}#GUARD#{NOV}");
+    let mut put = Client::new(&f.config)
+        .put_item()
+        .table_name(&f.table)
+        .item("pk", AttributeValue::S(pk.clone()))
+        .item("sk", AttributeValue::S(sk.into()));
+    for (attr, units) in room {
+        put = put.item(*attr, AttributeValue::N((*units).into()));
+    }
+    put.send().await.unwrap();
+    pk
+}
+
 /// The counter guard keeps one item per (org, month) for all its meters, and a table the
 /// earlier per-meter layout (`ORG#<org>#GUARD#<YYYY-MM>` / `<meter>`, attribute `r`) wrote
 /// keeps the room its items reserved: the first reservation of a meter in the org's item
@@ -440,20 +456,10 @@ async fn corrupt_items_and_cursors_are_reported_not_panicked() {
 #[tokio::test]
 async fn room_reserved_by_the_per_meter_guard_layout_still_counts() {
     let f = DynamoFactory::new().await;
-    let client = Client::new(&f.config);
     let s = f.open().await;
     let (org, p) = (fresh_org(), fresh_project());
-    let pk = format!("ORG#{org}#GUARD#{NOV}");
     // An earlier release reserved all but 15 units of November's compute_minutes.
-    client
-        .put_item()
-        .table_name(&f.table)
-        .item("pk", AttributeValue::S(pk.clone()))
-        .item("sk", AttributeValue::S("compute_minutes".into()))
-        .item("r", AttributeValue::N("9999999999999999985".into()))
-        .send()
-        .await
-        .unwrap();
+    let pk = put_old_guard(&f, &org, "compute_minutes", &[("r", "9999999999999999985")]).await;
     let at = "2026-11-10T10:00:00Z";
     let batch = [
         event(&org, &p, "a", "compute_minutes", "10", at), // fits, 5 left
@@ -479,7 +485,7 @@ async fn room_reserved_by_the_per_meter_guard_layout_still_counts() {
     );
 
     // One item for both meters, the old room carried into compute_minutes' number.
-    let guard = client
+    let guard = Client::new(&f.config)
         .query()
         .table_name(&f.table)
         .key_condition_expression("pk = :pk")
@@ -524,27 +530,14 @@ async fn room_reserved_by_the_per_meter_guard_layout_still_counts() {
 #[tokio::test]
 async fn room_reserved_per_series_counts_for_the_meter() {
     let f = DynamoFactory::new().await;
-    let client = Client::new(&f.config);
     let s = f.open().await;
     let (org, p) = (fresh_org(), fresh_project());
-    let pk = format!("ORG#{org}#GUARD#{NOV}");
     // All but 15 units reserved for one series of llm_tokens; a full one of llm_tokens_v2.
-    client
-        .put_item()
-        .table_name(&f.table)
-        .item("pk", AttributeValue::S(pk.clone()))
-        .item("sk", AttributeValue::S("*".into()))
-        .item(
-            "r#llm_tokens{model=gpt-4}",
-            AttributeValue::N("9999999999999999985".into()),
-        )
-        .item(
-            "r#llm_tokens_v2{model=gpt-4}",
-            AttributeValue::N("10000000000000000000".into()),
-        )
-        .send()
-        .await
-        .unwrap();
+    let room = [
+        ("r#llm_tokens{model=gpt-4}", "9999999999999999985"),
+        ("r#llm_tokens_v2{model=gpt-4}", "10000000000000000000"),
+    ];
+    put_old_guard(&f, &org, "*", &room).await;
     let at = "2026-11-10T10:00:00Z";
     let series = |id: &str, meter: &str, model: &str, q: &str| {
         let mut e = event(&org, &p, id, meter, q, at);

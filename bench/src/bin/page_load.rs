@@ -33,10 +33,11 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tally::serve::{App, Settings};
 use tally::settings::Common;
+use tally_bench::server::bench_project;
 use tally_bench::workload::meters;
 use tally_core::plan::RateLimit;
 use tally_core::ports::UsageStore;
-use tally_core::tenant::{Org, Project, User};
+use tally_core::tenant::{Org, User};
 use tally_core::{Aggregation, Event, EventId, OrgId, PlanId, ProjectId, Quantity, UserId};
 use tokio::sync::oneshot;
 
@@ -130,14 +131,7 @@ async fn create_tenants(app: &App, now: DateTime<Utc>) -> anyhow::Result<(UserId
         for j in 0..PROJECTS {
             let p = ProjectId::from_random(id16(2, i as u64, j as u32));
             tenants
-                .create_project(&Project {
-                    id: p.clone(),
-                    org_id: org.clone(),
-                    name: format!("Project {j}"),
-                    slug: format!("p{j}"),
-                    created_at: now,
-                    archived_at: None,
-                })
+                .create_project(&bench_project(&org, p.clone(), j, now))
                 .await?;
             projects.push(p);
         }

@@ -5,14 +5,19 @@
 
 pub mod failing_store;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tally_api::ApiState;
+use tally_api::jwt::JwtConfig;
 use tally_core::ids::{OrgId, UserId};
+use tally_core::meter::MeterCatalogue;
 use tally_core::plan::PlanId;
-use tally_core::ports::{OrgStore, UserStore};
+use tally_core::ports::{FixedClock, OrgStore, TenantStore, UsageStore, UserStore};
 use tally_core::tenant::{Org, User};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
@@ -59,6 +64,34 @@ impl Answer {
     }
 }
 
+/// The API with the dashboard merged in, on `tenants` and `usage` with the built-in meters
+/// and the tests' fixed clock, taking user tokens signed with `secret`: the app, and a
+/// 10-minute token for `owner`.
+pub fn signed_app(
+    tenants: Arc<dyn TenantStore>,
+    usage: Arc<dyn UsageStore>,
+    secret: &[u8],
+    owner: &UserId,
+) -> (Router, String) {
+    let jwt = JwtConfig::hs256(secret).unwrap();
+    let token = jwt
+        .mint(owner, now(), chrono::Duration::minutes(10))
+        .unwrap();
+    let state = ApiState::new(
+        tenants,
+        usage,
+        Arc::new(MeterCatalogue::default()),
+        Arc::new(FixedClock::at(now())),
+    )
+    .with_jwt(jwt);
+    (tally_dashboard::with_api(state), token)
+}
+
+/// The host the tests' requests name, and the dashboard's origin on it.
+pub const HOST: &str = "tally.test:8080";
+/// The origin a same-site request of the dashboard carries.
+pub const ORIGIN: &str = "http://tally.test:8080";
+
 /// Sends `req` to `app` and reads the whole answer.
 pub async fn send(app: &Router, req: Request<Body>) -> Answer {
     let res = app.clone().oneshot(req).await.unwrap();
@@ -73,6 +106,19 @@ pub async fn send(app: &Router, req: Request<Body>) -> Answer {
         headers,
         body,
     }
+}
+
+/// A GET of `path` with no header at all.
+pub fn bare_get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+/// A GET of `path` carrying only the session cookie `__Host-tally_session=<session>`.
+pub fn session_get(path: &str, session: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, format!("__Host-tally_session={session}"))
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// The tests' fixed clock.

@@ -10,12 +10,15 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod app;
+mod priced;
 mod process;
 mod receiver;
 
 // Each test binary uses some of these: the in-process app or the process.
 #[allow(unused_imports)]
 pub use app::*;
+#[allow(unused_imports)]
+pub use priced::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

@@ -18,7 +18,7 @@ use tally_core::ports::{
 };
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
-use super::fixtures::{dec, event, fresh_org, fresh_project, ts};
+use super::fixtures::{dec, event, fresh_org, fresh_project, month, ts};
 use super::storage::StoreFactory;
 
 /// Expands to one `#[tokio::test]` per dimensions conformance test, each building its
@@ -30,17 +30,8 @@ use super::storage::StoreFactory;
 #[macro_export]
 macro_rules! dimensions_conformance {
     ($factory:expr) => {
-        $crate::conformance_tests!(dimensions, $factory;
-            series_are_registered_once_and_bounded,
-            the_bound_is_exact_under_concurrent_registrations,
-            a_meters_total_is_over_its_series,
-            the_counter_limit_holds_for_a_meters_total_over_its_series,
-        );
+        $crate::conformance_tests!(dimensions, $factory);
     };
-}
-
-fn month(s: &str) -> Month {
-    Month::parse(s).unwrap()
 }
 
 /// Registers the series `model` of `meter` for `org` and `month` under `bound`.

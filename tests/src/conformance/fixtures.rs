@@ -40,6 +40,22 @@ pub fn ts(s: &str) -> DateTime<Utc> {
     }
 }
 
+/// The creation time the tenant suites stamp on what they make. Sub-second precision on
+/// purpose: timestamps must round-trip exactly.
+pub fn created() -> DateTime<Utc> {
+    ts("2026-11-26T10:00:00.123456Z")
+}
+
+/// Parses a month (`2026-03`; test literals only).
+pub fn month(s: &str) -> Month {
+    Month::parse(s).unwrap()
+}
+
+/// Parses a meter name (test literals only).
+pub fn meter(name: &str) -> MeterName {
+    MeterName::parse(name).unwrap()
+}
+
 /// Parses a decimal (test literals only).
 pub fn dec(s: &str) -> Decimal {
     match Decimal::from_str(s) {

@@ -12,10 +12,10 @@ use rust_decimal::Decimal;
 use tally_core::ports::{CarryIns, Reading, ReadingStore, StoreError, month_totals, period_usage};
 use tally_core::pricing::Pricing;
 use tally_core::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
-use tally_core::{MeterName, Money, Month, OrgId, ProjectId};
+use tally_core::{Money, Month, OrgId, ProjectId};
 
 use super::fixtures::{
-    dec, event, expected_counters, fresh_org, fresh_project, stored_counter_map, ts,
+    dec, event, expected_counters, fresh_org, fresh_project, meter, stored_counter_map, ts,
 };
 use super::storage::StoreFactory;
 
@@ -28,21 +28,8 @@ use super::storage::StoreFactory;
 #[macro_export]
 macro_rules! readings_conformance {
     ($factory:expr) => {
-        $crate::conformance_tests!(readings, $factory;
-            readings_in_any_order_and_replayed_give_the_hand_worked_day,
-            cells_are_kept_per_org_meter_project_and_month,
-            a_period_carries_in_the_last_earlier_reading,
-            concurrent_writers_of_one_second_keep_the_larger,
-            a_store_refuses_readings_it_must_never_write,
-            a_storage_meter_is_priced_per_gb_hour_over_two_months,
-            a_crash_between_apply_and_readings_is_repaired_by_redelivery,
-            a_conflicting_resend_writes_no_reading,
-        );
+        $crate::conformance_tests!(readings, $factory);
     };
-}
-
-fn meter(name: &str) -> MeterName {
-    MeterName::parse(name).unwrap()
 }
 
 fn reading(org: &OrgId, project: &ProjectId, m: &str, at: &str, value: &str) -> Reading {
