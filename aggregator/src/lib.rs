@@ -44,6 +44,12 @@
 //!   ~20 KiB body (`store/src/local_queue.rs`: 11 WAL frames per take of a 40 KiB message
 //!   before, 1-3 after).
 //!
+//! Measured on release builds (`bench/RESULTS.md`, "Issue 21 on release builds, base against
+//! new alternating"): the same 2 M events now exact at 22.4 s (89 k/s, 1.19× the raw keyed
+//! ceiling of that run), 76.7 k/s with deep batches off. The drain is still the wall (ingest
+//! took them in 9.6 s); its profile puts JSON decoding of queue bodies, allocation and
+//! re-encoding ledger bodies next in line after the store transaction itself.
+//!
 //! The fault-injection harness in `tests/src/faults.rs` checks all of this under random
 //! fault schedules (failed and partial applies, skipped and partial acknowledgements,
 //! redeliveries, client resends, several aggregators at once) on SQLite + local queue,

@@ -26,8 +26,8 @@ use serde_json::{Map, Value};
 use tally_billing::{Catalogue, UsageReport};
 use tally_core::catalogue::BUILTIN_JSON;
 use tally_core::ports::{
-    ClosingReadings, UsageStore, month_counters,
-    put_batch_readings, put_counted_readings, time_weighted_month,
+    ClosingReadings, UsageStore, month_counters, put_batch_readings, put_counted_readings,
+    time_weighted_month,
 };
 use tally_core::report::MonthUsage;
 use tally_core::upcoming::upcoming_invoice_held;
