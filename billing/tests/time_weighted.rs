@@ -207,6 +207,61 @@ async fn a_reading_applied_after_its_month_closed_moves_the_carry_and_adjusts_th
     assert!(dec.adjustments.is_empty(), "{:?}", dec.adjustments);
 }
 
+/// The same late October reading (A 40 GB at 31 Oct 18:00), applied only after November
+/// closed too, with no reading in November: December's close must carry A from October's
+/// stored readings (walking back past the reading-less November), not from November's
+/// report, whose recorded closing (A 20) was fixed before the reading came.
+///
+/// - October adjusted: 37,080 → 37,200 GB-hours (+120: +$1.20 list, +$0.96).
+/// - November adjusted: billed A 20 × 720 + B 50 × 720 = 50,400; now A 40 × 720 + B 50 ×
+///   720 = 64,800: +14,400 GB-hours, +$144.00 list, +$115.20 after 20 %.
+/// - December (744 h) carries A 40 + B 50 = 90 GB: 66,960 GB-hours, $669.60 list, $535.68.
+/// - December's total: $99.00 + $535.68 + $0.96 + $115.20 = $750.84.
+///
+/// With November's recorded closing as the carry-in, December bills (20 + 50) × 744 =
+/// 52,080 GB-hours, and every month after it too, never adjusted.
+#[tokio::test]
+async fn a_late_reading_carries_past_a_month_without_readings() {
+    let (store, org) = world().await;
+    close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
+    let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
+    assert_eq!(storage_line(&nov).0, "50400");
+    assert_eq!(nov.closing_readings, closing("20", "50"));
+    let late = [reading(&org, "a3", 1, "40", "2026-10-31T18:00:00Z")];
+    let applied = store.apply_batch(&late).await.unwrap();
+    assert_eq!(applied.applied(), 1);
+    put_counted_readings(&store, &late, &applied).await.unwrap();
+
+    let dec = close(&store, "2027-01-01T02:00:00Z", "2026-12").await;
+    let (quantity, list, amount, _) = storage_line(&dec);
+    assert_eq!(
+        (quantity.as_str(), list.as_str(), amount.as_str()),
+        ("66960", "669.60", "535.68")
+    );
+    assert_eq!(dec.closing_readings, closing("40", "50"));
+    let adjusted: Vec<[String; 5]> = dec
+        .adjustments
+        .iter()
+        .map(|a| {
+            [
+                a.period.to_string(),
+                a.invoiced_quantity.to_string(),
+                a.corrected_quantity.to_string(),
+                a.list_amount.to_string(),
+                a.amount.to_string(),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        adjusted,
+        [
+            ["2026-10", "37080", "37200", "1.20", "0.96"].map(String::from),
+            ["2026-11", "50400", "64800", "144.00", "115.20"].map(String::from),
+        ]
+    );
+    assert_eq!(dec.total.to_string(), "750.84");
+}
+
 /// The planted fault: November priced without October's closing readings is free.
 #[tokio::test]
 async fn without_the_carry_a_silent_month_would_be_free() {

@@ -139,19 +139,37 @@ pub async fn put_counted_readings(
     events: &[Event],
     report: &ApplyReport,
 ) -> Result<(), StoreError> {
+    let readings = counted_readings(events, report);
+    put_readings_of(usage, readings).await
+}
+
+/// The readings [`put_counted_readings`] writes: those of the events `report` says the
+/// ledger counted. A `Duplicate` counts only when it is not a conflict **and** no copy of
+/// its id in the batch failed or overflowed: a repeat of an id whose first copy's write
+/// failed is reported `Duplicate` without being compared with anything (nothing of the id
+/// was counted yet), so its contents are unknown to match; the redelivery of the batch
+/// counts one copy and writes its reading then.
+fn counted_readings(events: &[Event], report: &ApplyReport) -> Vec<Reading> {
     let conflicts: BTreeSet<usize> = report.conflicts.iter().copied().collect();
-    let readings = events
+    let uncounted: BTreeSet<(&OrgId, &str)> = events
+        .iter()
+        .zip(&report.outcomes)
+        .filter(|(_, o)| matches!(o, ApplyOutcome::Failed(_) | ApplyOutcome::Overflow))
+        .map(|(e, _)| (&e.org_id, e.id.as_str()))
+        .collect();
+    events
         .iter()
         .zip(&report.outcomes)
         .enumerate()
-        .filter(|(i, (_, o))| match o {
+        .filter(|(i, (e, o))| match o {
             ApplyOutcome::Applied => true,
-            ApplyOutcome::Duplicate => !conflicts.contains(i),
+            ApplyOutcome::Duplicate => {
+                !conflicts.contains(i) && !uncounted.contains(&(&e.org_id, e.id.as_str()))
+            }
             ApplyOutcome::Failed(_) | ApplyOutcome::Overflow => false,
         })
         .filter_map(|(_, (e, _))| reading_of(e))
-        .collect();
-    put_readings_of(usage, readings).await
+        .collect()
 }
 
 /// Refuses `events` when some are of `time_weighted_sum` meters and `usage` keeps no
@@ -250,10 +268,21 @@ pub async fn time_weighted_month(
     Ok(closing)
 }
 
+/// Months [`carry_ins_after`] reads back from the month it is asked about, that month
+/// included, before it trusts a report's recorded closing reading: as far back as month
+/// close looks for late usage to adjust (`tally_billing`'s `ADJUSTMENT_LOOKBACK_MONTHS`,
+/// 3) plus the month itself, so a reading applied late to any month still adjusted is also
+/// the carry-in of every month after it, not only of the next one.
+pub const CARRY_LOOKBACK_MONTHS: usize = 4;
+
 /// The carry-ins of the month after `month` of `meter` for `org`, per project: the last
-/// reading at or before `month`'s end in `store`, so a reading of `month` applied after
-/// month close counts, else `recorded` (the closing readings month close stored with
-/// `month`'s report; `month` has no reading of the project). One read of `month`'s cells.
+/// reading at or before `month`'s end in `store`, so a reading applied after its month
+/// closed counts. A project without a reading in `month` is looked up in the months before
+/// it, up to [`CARRY_LOOKBACK_MONTHS`] in all; only past that is `recorded` (the closing
+/// readings month close stored with `month`'s report) taken, since a recorded closing was
+/// fixed when `month` closed and misses a reading applied late to an earlier month since.
+/// One read of `month`'s cells, and one more per earlier month while a project of
+/// `recorded` is still unresolved.
 pub async fn carry_ins_after(
     store: &dyn ReadingStore,
     org: &OrgId,
@@ -261,12 +290,27 @@ pub async fn carry_ins_after(
     month: Month,
     recorded: &CarryIns,
 ) -> Result<CarryIns, StoreError> {
-    let mut carry = recorded.clone();
-    // Cells come in (project, hour) order: the last one of a project holds its last reading.
-    for (project, cell) in store.month_readings(org, meter, month, None).await? {
-        if let Some(last) = cell.last() {
-            carry.insert(project, last);
+    let mut carry = CarryIns::new();
+    let mut at = month;
+    for step in 0..CARRY_LOOKBACK_MONTHS {
+        if step > 0 && recorded.keys().all(|p| carry.contains_key(p)) {
+            break;
         }
+        // Cells come in (project, hour) order: the last one of a project holds its last
+        // reading in `at`; a later month's reading, found first, wins over it.
+        let mut last_of_month = CarryIns::new();
+        for (project, cell) in store.month_readings(org, meter, at, None).await? {
+            if let Some(last) = cell.last() {
+                last_of_month.insert(project, last);
+            }
+        }
+        for (project, last) in last_of_month {
+            carry.entry(project).or_insert(last);
+        }
+        at = at.prev();
+    }
+    for (project, last) in recorded {
+        carry.entry(project.clone()).or_insert(*last);
     }
     Ok(carry)
 }
@@ -385,4 +429,67 @@ pub async fn period_usage(
         }
     }
     Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Quantity;
+    use crate::ids::EventId;
+
+    fn reading_event(id: &str, q: &str, at: &str) -> Event {
+        Event {
+            org_id: OrgId::from_random([7; 16]),
+            id: EventId::parse(id).unwrap(),
+            project_id: ProjectId::from_random([8; 16]),
+            meter: MeterName::parse("storage_gb").unwrap(),
+            aggregation: Aggregation::TimeWeightedSum,
+            quantity: Quantity::parse(q).unwrap(),
+            timestamp: DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .with_timezone(&Utc),
+            properties: serde_json::Map::new(),
+        }
+    }
+
+    fn values(readings: &[Reading]) -> Vec<String> {
+        readings.iter().map(|r| r.value.to_string()).collect()
+    }
+
+    /// A repeat of an id whose first copy failed in the same batch is reported `Duplicate`
+    /// without any comparison; its reading (here 0 GB, a tenant's attempt to lower the
+    /// held amount) must wait for the redelivery that counts one copy.
+    #[test]
+    fn a_repeat_of_a_failed_copy_writes_no_reading() {
+        let events = [
+            reading_event("a", "500", "2026-10-31T00:00:00Z"),
+            reading_event("a", "0", "2026-10-31T01:00:00Z"),
+            reading_event("b", "40", "2026-10-31T02:00:00Z"),
+            reading_event("b", "40", "2026-10-31T02:00:00Z"),
+            reading_event("c", "7", "2026-10-31T03:00:00Z"),
+            reading_event("c", "9", "2026-10-31T04:00:00Z"),
+            reading_event("d", "3", "2026-10-31T05:00:00Z"),
+            reading_event("d", "3", "2026-10-31T05:00:00Z"),
+        ];
+        let report = ApplyReport {
+            outcomes: vec![
+                ApplyOutcome::Failed("throttled".into()),
+                ApplyOutcome::Duplicate,
+                ApplyOutcome::Applied,
+                ApplyOutcome::Duplicate,
+                ApplyOutcome::Applied,
+                ApplyOutcome::Duplicate,
+                ApplyOutcome::Overflow,
+                ApplyOutcome::Duplicate,
+            ],
+            conflicts: vec![5],
+        };
+        // a: failed + unchecked repeat -> none; b: applied + identical repeat -> both (one
+        // value); c: applied + conflicting repeat -> the applied one only; d: overflowed +
+        // repeat -> none.
+        assert_eq!(
+            values(&counted_readings(&events, &report)),
+            ["40", "40", "7"]
+        );
+    }
 }
