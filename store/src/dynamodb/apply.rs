@@ -491,8 +491,11 @@ async fn ready_slot_once(
         let held = match slots.take_idle() {
             Some(slot) if slot.expires_ms.saturating_sub(now_ms) > lease_ms / 2 => Some(slot),
             Some(slot) => {
+                // A failed renewal forgets the slot rather than dropping it held: the
+                // lease may still be this store's, and a later acquisition adopts it.
                 let renewed = slots::renew(store, &slots.owner, &slot, now_ms, lease_ms)
                     .await
+                    .inspect_err(|_| slots.forget(slot.k))
                     .map_err(|e| e.to_string())?;
                 if renewed.is_none() {
                     slots.forget(slot.k);
@@ -501,12 +504,16 @@ async fn ready_slot_once(
             }
             None => {
                 let k = (start + attempt as u32) % slots.count;
-                let adopt = slots.adoptable(k);
-                let acquired = slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms, adopt)
+                // Held or being acquired by another apply of this store: not this one's.
+                if !slots.reserve(k) {
+                    continue;
+                }
+                let acquired = slots::try_acquire(store, &slots.owner, k, now_ms, lease_ms, true)
                     .await
+                    .inspect_err(|_| slots.forget(k))
                     .map_err(|e| e.to_string())?;
-                if acquired.is_some() {
-                    slots.hold(k);
+                if acquired.is_none() {
+                    slots.forget(k);
                 }
                 acquired
             }

@@ -127,13 +127,6 @@ impl Slots {
             .unwrap_or_default()
     }
 
-    /// Records slot `k` as held by this store.
-    pub fn hold(&self, k: u32) {
-        if let Ok(mut held) = self.held.lock() {
-            held.insert(k);
-        }
-    }
-
     /// Records slot `k` as no longer held (lost, released, or left to expire).
     pub fn forget(&self, k: u32) {
         if let Ok(mut held) = self.held.lock() {
@@ -141,11 +134,16 @@ impl Slots {
         }
     }
 
-    /// Whether slot `k`, if the stored item names this store's owner, may be adopted: it
-    /// is not held for another apply of this store. (A poisoned lock answers no: adopting
-    /// a slot in use would make two applies of one store share it.)
-    pub fn adoptable(&self, k: u32) -> bool {
-        self.held.lock().is_ok_and(|held| !held.contains(&k))
+    /// Reserves slot `k` for one acquisition by this store: true, and `k` is recorded as
+    /// held, when no other apply of this store holds or is acquiring it, so the stored
+    /// item, if it names this store's owner (a lost acquisition answer), may be adopted.
+    /// (A poisoned lock answers no: adopting a slot in use would make two applies of one
+    /// store share it.) Checking and
+    /// recording in one step keeps two concurrent applies of one store from both
+    /// acquiring (the second adopting the first's fresh lease) and then sharing `k`. An
+    /// acquisition that gets nothing [`forget`](Self::forget)s the reservation.
+    pub fn reserve(&self, k: u32) -> bool {
+        self.held.lock().is_ok_and(|mut held| held.insert(k))
     }
 
     /// Gives a held slot back for the next apply.
@@ -191,8 +189,8 @@ fn slot_of(k: u32, item: &Item) -> Result<Slot, StoreError> {
 /// the stored `seq` with its batch not known finished, exactly what a fresh acquisition
 /// returns: the batch `seq` is finished before the slot steps, and the step goes to
 /// `seq + 1`, so no number is used twice. The caller passes `adopt` only for a slot it
-/// does not hold for another apply ([`Slots::adoptable`]); even if it did, the step's
-/// `seq` condition lets only one of two holders begin each number.
+/// has reserved, so no other apply of this store holds it ([`Slots::reserve`]); even if
+/// one did, the step's `seq` condition lets only one of two holders begin each number.
 pub(super) async fn try_acquire(
     store: &DynamoStore,
     owner: &str,
@@ -535,5 +533,23 @@ impl DynamoStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    /// Two applies of one store racing for slot 3: only the first reservation wins, so the
+    /// second never sends an acquisition that would adopt the first one's fresh lease; once
+    /// the first gives up on it (`forget`), it may be reserved again.
+    #[test]
+    fn a_slot_is_reserved_by_one_apply_at_a_time() {
+        let slots = Slots::new(4);
+        assert!(slots.reserve(3));
+        assert!(!slots.reserve(3), "a second apply must not reserve a held slot");
+        assert!(slots.reserve(2), "other slots stay free");
+        slots.forget(3);
+        assert!(slots.reserve(3));
     }
 }
