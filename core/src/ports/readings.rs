@@ -277,12 +277,14 @@ pub const CARRY_LOOKBACK_MONTHS: usize = 4;
 
 /// The carry-ins of the month after `month` of `meter` for `org`, per project: the last
 /// reading at or before `month`'s end in `store`, so a reading applied after its month
-/// closed counts. A project without a reading in `month` is looked up in the months before
-/// it, up to [`CARRY_LOOKBACK_MONTHS`] in all; only past that is `recorded` (the closing
-/// readings month close stored with `month`'s report) taken, since a recorded closing was
-/// fixed when `month` closed and misses a reading applied late to an earlier month since.
-/// One read of `month`'s cells, and one more per earlier month while a project of
-/// `recorded` is still unresolved.
+/// closed counts. A project of `recorded` (the closing readings month close stored with
+/// `month`'s report) without a reading in `month` is looked up in the months before it, up
+/// to [`CARRY_LOOKBACK_MONTHS`] in all, and only past that is its recorded closing taken,
+/// since that was fixed when `month` closed and misses a reading applied late to an earlier
+/// month since. (A project `recorded` does not name had no carry when `month` closed; one
+/// whose first reading lands more than a month late is not looked for, so a month without
+/// such a project's readings costs no extra read.) One read of `month`'s cells, and one
+/// more per earlier month while a project of `recorded` is still unresolved.
 pub async fn carry_ins_after(
     store: &dyn ReadingStore,
     org: &OrgId,

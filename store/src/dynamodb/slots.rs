@@ -547,7 +547,10 @@ mod tests {
     fn a_slot_is_reserved_by_one_apply_at_a_time() {
         let slots = Slots::new(4);
         assert!(slots.reserve(3));
-        assert!(!slots.reserve(3), "a second apply must not reserve a held slot");
+        assert!(
+            !slots.reserve(3),
+            "a second apply must not reserve a held slot"
+        );
         assert!(slots.reserve(2), "other slots stay free");
         slots.forget(3);
         assert!(slots.reserve(3));
