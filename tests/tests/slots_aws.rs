@@ -45,6 +45,20 @@ use tally_tests::oracle::{counter_differences, plain_counters};
 
 const MONTH: &str = "2026-11";
 
+/// A fresh table, a client straight to the emulator (for setup and the final check), and
+/// a fault proxy with `config` in front of the emulator.
+async fn table_behind_proxy(config: FaultConfig) -> (Client, String, FaultProxy) {
+    let direct = Client::new(&aws::sdk_config().await);
+    let table = fresh_table(&direct).await;
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    (direct, table, proxy)
+}
+
+/// A client whose every request goes through `proxy`.
+async fn via(proxy: &FaultProxy) -> Client {
+    Client::new(&aws::sdk_config_at(&proxy.url()).await)
+}
+
 async fn fresh_table(direct: &Client) -> String {
     let table = aws::fresh_name("tally-slots");
     create_table(direct, &table).await.unwrap();
@@ -242,12 +256,8 @@ async fn deliver(store: &DynamoStore, mut batch: Vec<Event>) -> usize {
 
 #[tokio::test]
 async fn slotted_batches_count_exactly_without_transactions() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
+    let via_proxy = via(&proxy).await;
     let store = DynamoStore::new(via_proxy, &table).with_writer_slots(4);
     let org = OrgId::from_random(rand::random());
     let projects = [
@@ -332,11 +342,7 @@ enum Death {
 /// slot) applies new events on the same cells, then the dead batch's events come back.
 /// `Err` describes the counters' difference from the oracle.
 async fn takeover(death: Death, fault: Option<SlotFault>) -> Result<(), String> {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
+    let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
     // Lease zero on the dying store too: its slot is free to take as soon as it dies.
     let dying = one_try_store(&proxy, &table)
         .await
@@ -450,11 +456,7 @@ async fn an_apply_waits_for_a_busy_slot_instead_of_failing() {
 /// the first batch's events would skip them: an undercount, seen by the oracle below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_intent_answer_is_finished_before_its_slot_steps() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
+    let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
     let store = one_try_store(&proxy, &table)
         .await
         .with_owner_wait(Duration::ZERO);
@@ -524,12 +526,8 @@ fn fresh_org() -> (OrgId, [ProjectId; 2]) {
 /// for nothing until its lease ran out.
 #[tokio::test]
 async fn a_lost_acquire_answer_adopts_the_slot_instead_of_leaking_it() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
+    let via_proxy = via(&proxy).await;
     // One slot and no waiting: a slot it cannot get fails the batch at once.
     let store = DynamoStore::new(via_proxy, &table)
         .with_writer_slots(1)
@@ -627,14 +625,12 @@ async fn a_released_slot_is_taken_at_once_and_a_stale_release_changes_nothing() 
 /// store's events go through once the slot is idle and its lease over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_apply_keeps_its_slots_lease() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
     let config = FaultConfig {
         latency: Duration::from_secs(6),
         ..FaultConfig::quiet()
     };
-    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
-    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let (direct, table, proxy) = table_behind_proxy(config).await;
+    let via_proxy = via(&proxy).await;
     let slow = DynamoStore::new(via_proxy, &table)
         .with_writer_slots(1)
         .with_claim_lease(Duration::from_secs(2));
@@ -673,14 +669,12 @@ async fn a_slow_apply_keeps_its_slots_lease() {
 /// slot to come back idle, and both batches apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
     let config = FaultConfig {
         latency: Duration::from_secs(3),
         ..FaultConfig::quiet()
     };
-    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
-    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let (direct, table, proxy) = table_behind_proxy(config).await;
+    let via_proxy = via(&proxy).await;
     let store = DynamoStore::new(via_proxy, &table)
         .with_writer_slots(1)
         .with_owner_wait(Duration::from_secs(20));
@@ -708,12 +702,8 @@ async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
 /// event where its rerun measured 3.144).
 #[tokio::test]
 async fn a_done_put_met_by_a_conflict_is_sent_again() {
-    let direct = Client::new(&aws::sdk_config().await);
-    let table = fresh_table(&direct).await;
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let via_proxy = Client::new(&aws::sdk_config_at(&proxy.url()).await);
+    let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
+    let via_proxy = via(&proxy).await;
     let store = DynamoStore::new(via_proxy, &table).with_writer_slots(1);
     let (org, projects) = fresh_org();
     let events = mixed(&org, &projects, "dn", 20);
