@@ -187,6 +187,14 @@ impl World {
             .to_owned();
         (status, message)
     }
+
+    /// `claims` signed with key 1 (the one the issuer serves at first), checked to be taken
+    /// (`GET /v1/orgs/org_a` is 200): the tests' known-good token.
+    async fn key1_token_taken(&self, claims: &Value) -> String {
+        let token = sign(KEY1, "test-key-1", claims);
+        assert_eq!(self.get_org(&token).await.0, StatusCode::OK);
+        token
+    }
 }
 
 fn sign(key_pem: &[u8], kid: &str, claims: &Value) -> String {
@@ -331,8 +339,7 @@ async fn another_issuer_is_refused_by_the_verifier_and_by_the_api() {
 async fn alg_none_and_hs256_tokens_naming_an_rsa_key_are_refused() {
     let w = world().await;
     let claims = w.claims();
-    let good = sign(KEY1, "test-key-1", &claims);
-    assert_eq!(w.get_org(&good).await.0, StatusCode::OK);
+    let good = w.key1_token_taken(&claims).await;
     // HMAC keyed with the RSA public key, the classic confusion attack, and with the
     // JWK's text.
     for secret in [KEY1_PUBLIC, include_bytes!("testdata/oidc-jwk1.json")] {
@@ -374,8 +381,7 @@ async fn alg_none_and_hs256_tokens_naming_an_rsa_key_are_refused() {
 async fn a_rotated_key_verifies_after_a_rate_limited_refetch() {
     let w = world().await;
     let claims = w.claims();
-    let old = sign(KEY1, "test-key-1", &claims);
-    assert_eq!(w.get_org(&old).await.0, StatusCode::OK);
+    let old = w.key1_token_taken(&claims).await;
     assert_eq!(w.issuer.fetches(), 1);
 
     // The issuer rotates: key 2 only. The cached set lacks it, and the last fetch was
