@@ -19,8 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tally_api::jwt::JwtConfig;
-use tally_api::{ApiState, router};
-use tally_core::MeterCatalogue;
+use tally_api::router;
 use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{Clock, FixedClock, OrgStore, UserStore};
@@ -28,6 +27,8 @@ use tally_core::tenant::{Org, User};
 use tally_oidc::{OidcError, OidcSettings, OidcVerifier};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
+
+mod common;
 
 const KEY1: &[u8] = include_bytes!("testdata/oidc-key1.pem");
 const KEY1_PUBLIC: &[u8] = include_bytes!("testdata/oidc-key1.pub.pem");
@@ -133,17 +134,7 @@ async fn world() -> World {
     .unwrap();
     let clock = Arc::new(FixedClock::at(t(NOW)));
     let local = JwtConfig::hs256(&[7; 32]).unwrap();
-    let store = Arc::new(store);
-    let app = router(
-        ApiState::new(
-            store.clone(),
-            store,
-            Arc::new(MeterCatalogue::default()),
-            clock.clone(),
-        )
-        .with_jwt(local.clone())
-        .with_oidc(oidc),
-    );
+    let app = router(common::state(&store, &clock, &local).with_oidc(oidc));
     World {
         app,
         clock,
