@@ -108,6 +108,16 @@ fn responses(method: &str, path: &str, own: Value) -> Value {
     Value::Object(operation_responses(codes, own))
 }
 
+/// A `303` answer of the code flow: `description`, and its `Location` and `Set-Cookie`
+/// headers described as `location` and `set_cookie`.
+fn redirect(description: &str, location: &str, set_cookie: &str) -> Value {
+    let header = |d: &str| json!({"description": d, "schema": {"type": "string"}});
+    json!({
+        "description": description,
+        "headers": {"Location": header(location), "Set-Cookie": header(set_cookie)},
+    })
+}
+
 fn page() -> Value {
     let own = json!({
         "200": {"description": "The page (HTML; its script signs in, or shows the signed-in user's orgs).", "content": {"text/html": {"schema": {"type": "string"}}}},
@@ -179,13 +189,11 @@ fn sign_in() -> Value {
 /// `GET /dashboard/sign-in/oidc`: the start of the OIDC authorization-code flow with PKCE.
 fn code_flow_start() -> Value {
     let own = json!({
-        "303": {
-            "description": "To the issuer's authorization endpoint, with `state`, `nonce` and an S256 `code_challenge`; the flow (state, nonce, verifier, redirect URI) is kept, signed, in a short-lived cookie.",
-            "headers": {
-                "Location": {"description": "The issuer's authorization URL.", "schema": {"type": "string"}},
-                "Set-Cookie": {"description": "`__Host-tally_oidc_flow=<signed flow>; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600` (`Lax`: it must come back with the issuer's cross-site redirect).", "schema": {"type": "string"}},
-            },
-        },
+        "303": redirect(
+            "To the issuer's authorization endpoint, with `state`, `nonce` and an S256 `code_challenge`; the flow (state, nonce, verifier, redirect URI) is kept, signed, in a short-lived cookie.",
+            "The issuer's authorization URL.",
+            "`__Host-tally_oidc_flow=<signed flow>; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600` (`Lax`: it must come back with the issuer's cross-site redirect).",
+        ),
         "404": json_response(
             "No OIDC client is configured on this server: it signs in with a pasted user token only.",
             "Error",
@@ -203,13 +211,11 @@ fn code_flow_start() -> Value {
 /// `GET /dashboard/callback`: the issuer's redirect back, which ends the code flow.
 fn code_flow_callback() -> Value {
     let own = json!({
-        "303": {
-            "description": "Signed in: to `/dashboard`, with the session and CSRF cookies set as `POST /dashboard/sign-in` sets them, and the flow cookie cleared.",
-            "headers": {
-                "Location": {"description": "`/dashboard`.", "schema": {"type": "string"}},
-                "Set-Cookie": {"description": format!("`{SESSION_COOKIE}=…`, `{CSRF_COOKIE}=…`, and the cleared flow cookie (one header each)."), "schema": {"type": "string"}},
-            },
-        },
+        "303": redirect(
+            "Signed in: to `/dashboard`, with the session and CSRF cookies set as `POST /dashboard/sign-in` sets them, and the flow cookie cleared.",
+            "`/dashboard`.",
+            &format!("`{SESSION_COOKIE}=…`, `{CSRF_COOKIE}=…`, and the cleared flow cookie (one header each)."),
+        ),
         "404": json_response("No OIDC client is configured on this server.", "Error"),
         "409": json_response(
             "`too_many_sessions`: the user holds 50 live sessions already.",
