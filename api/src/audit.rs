@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::ids::OrgId;
 use tally_core::tenant::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
 
-use crate::http::{ApiError, query_params};
+use crate::http::{ApiError, page_limit, query_params};
 use crate::mgmt::{MgmtError, OrgCaller};
 use crate::roles::Action;
 use crate::usage::parse_instant;
@@ -65,20 +65,8 @@ fn valid_cursor(c: &str) -> bool {
 /// `cursor`, `from` or `to` when one is malformed. The route and `tally audit` both build
 /// it here, so both refuse alike.
 pub fn audit_query(org: OrgId, p: AuditParams, now: DateTime<Utc>) -> Result<AuditQuery, ApiError> {
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_AUDIT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    "limit",
-                    format!("limit must be 1 to {MAX_AUDIT_PAGE}"),
-                )
-            })?,
-    };
+    let limit = page_limit(p.limit.as_deref(), DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        .map_err(|m| ApiError::bad_request("invalid_limit", "limit", m))?;
     if let Some(c) = &p.cursor
         && !valid_cursor(c)
     {

@@ -24,10 +24,24 @@ pub fn query_params<T>(
     })
 }
 
+/// The page size a `limit` query parameter (`raw`, as sent) asks for: `default` when it is
+/// absent, else a whole number from 1 to `max`. `Err` carries the message every paged route
+/// answers for any other value (`limit must be 1 to {max}`); the route picks the error code.
+pub fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, String> {
+    match raw {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("limit must be 1 to {max}")),
+    }
+}
+
 /// The OpenAPI pieces shared by every API's document.
 pub mod openapi {
     pub use tally_http::openapi::{
-        add_paths, add_schemas, document as service_document, error_responses, json_response,
-        schema_ref,
+        add_paths, add_schemas, add_security_schemes, document as service_document,
+        error_responses, json_response, operation_responses, schema_ref,
     };
 }

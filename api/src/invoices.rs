@@ -26,7 +26,7 @@ use tally_core::ports::effective_version;
 use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice_held};
 
 use crate::ApiState;
-use crate::http::ApiError;
+use crate::http::{ApiError, page_limit};
 use crate::mgmt::{MgmtError, OrgCaller};
 use crate::roles::Action;
 
@@ -245,14 +245,12 @@ pub(crate) async fn list(
 ) -> Result<Json<InvoicesResponse>, MgmtError> {
     let (state, auth) = at.authorize(Action::UsageRead).await?;
     let Query(params) = query.map_err(|e| bad("query", format!("invalid query: {e}")))?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_INVOICES_PAGE,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_INVOICES_PAGE).contains(n))
-            .ok_or_else(|| bad("limit", format!("limit must be 1 to {MAX_INVOICES_PAGE}")))?,
-    };
+    let limit = page_limit(
+        params.limit.as_deref(),
+        DEFAULT_INVOICES_PAGE,
+        MAX_INVOICES_PAGE,
+    )
+    .map_err(|m| bad("limit", m))?;
     let before = match params.before.as_deref() {
         None => None,
         Some(s) if s.len() <= 7 => {

@@ -141,19 +141,31 @@ pub enum Endpoint {
     RevokeOrgSession,
 }
 
+/// The pattern of the endpoints outside the org scope, which the role table does not decide
+/// (the document; usage, whose key callers need a scope instead; the caller's own orgs and
+/// own sessions; accepting an invitation, which the invited email decides). A macro, not a
+/// function, so that [`Endpoint::action`] and the OpenAPI document's operation table name
+/// them in one place and both still match exhaustively.
+macro_rules! outside_org {
+    () => {
+        Endpoint::Usage
+            | Endpoint::OpenApi
+            | Endpoint::MyOrgs
+            | Endpoint::AcceptInvitation
+            | Endpoint::CreateSession
+            | Endpoint::MySessions
+            | Endpoint::RevokeMySession
+    };
+}
+pub(crate) use outside_org;
+
 impl Endpoint {
     /// The role-table action the route is checked against (`None` for routes outside the
     /// org scope: the document; usage, whose key callers need a scope instead; the caller's
     /// own orgs and own sessions; accepting an invitation, which the invited email decides).
     pub fn action(self) -> Option<Action> {
         match self {
-            Endpoint::Usage
-            | Endpoint::OpenApi
-            | Endpoint::MyOrgs
-            | Endpoint::AcceptInvitation
-            | Endpoint::CreateSession
-            | Endpoint::MySessions
-            | Endpoint::RevokeMySession => None,
+            outside_org!() => None,
             Endpoint::GetOrg => Some(Action::OrgRead),
             Endpoint::UpdateOrg => Some(Action::OrgUpdate),
             Endpoint::DeleteOrg => Some(Action::OrgDelete),

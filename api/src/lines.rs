@@ -21,7 +21,7 @@ use tally_core::ports::StoreError;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::http::{ApiError, query_params};
+use crate::http::{ApiError, page_limit, query_params};
 use crate::mgmt::{MgmtError, PathParams};
 use crate::roles::Action;
 
@@ -92,20 +92,12 @@ pub(crate) async fn line_events(
     })?;
     let meter = MeterName::parse(&meter)
         .map_err(|e| ApiError::bad_request("invalid_meter", "meter", e.to_string()))?;
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_LINE_EVENTS_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LINE_EVENTS_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    "limit",
-                    format!("limit must be 1 to {MAX_LINE_EVENTS_PAGE}"),
-                )
-            })?,
-    };
+    let limit = page_limit(
+        p.limit.as_deref(),
+        DEFAULT_LINE_EVENTS_PAGE,
+        MAX_LINE_EVENTS_PAGE,
+    )
+    .map_err(|m| ApiError::bad_request("invalid_limit", "limit", m))?;
     let invalid_cursor = || {
         ApiError::bad_request(
             "invalid_cursor",

@@ -17,10 +17,11 @@ use axum::Json;
 use serde_json::{Value, json};
 
 use crate::http::openapi::{
-    add_paths, add_schemas, error_responses, json_response, schema_ref, service_document,
+    add_paths, add_schemas, add_security_schemes, error_responses, json_response,
+    operation_responses, schema_ref, service_document,
 };
 use crate::roles::markdown_table;
-use crate::{Endpoint, ROUTES};
+use crate::{Endpoint, ROUTES, outside_org};
 
 /// The statuses `GET /v1/usage` answers with.
 pub const GET_USAGE_STATUSES: &[u16] = &[200, 400, 401, 403, 404, 429, 500, 503];
@@ -97,20 +98,15 @@ pub fn document() -> Value {
             );
         }
     }
-    if let Some(schemes) = doc
-        .pointer_mut("/components/securitySchemes")
-        .and_then(Value::as_object_mut)
-    {
-        schemes.insert(
-            "userToken".into(),
-            json!({
-                "type": "http",
-                "scheme": "bearer",
-                "bearerFormat": "JWT",
-                "description": "A user's JWT (HS256 or RS256 as the server is configured; `sub` is the user id), e.g. from `tally token create`.",
-            }),
-        );
-    }
+    add_security_schemes(
+        &mut doc,
+        json!({"userToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A user's JWT (HS256 or RS256 as the server is configured; `sub` is the user id), e.g. from `tally token create`.",
+        }}),
+    );
     crate::openapi_dashboard::add(&mut doc);
     add_schemas(&mut doc, management_schemas());
     add_schemas(&mut doc, invoice_schemas());
@@ -180,10 +176,9 @@ fn param(name: &str, required: bool, description: &str, schema: Value) -> Value 
 }
 
 fn get_usage() -> Value {
-    let mut responses = error_responses(GET_USAGE_STATUSES);
-    responses.insert(
-        "200".into(),
-        json_response("The counter series.", "UsageResponse"),
+    let responses = operation_responses(
+        GET_USAGE_STATUSES,
+        json!({"200": json_response("The counter series.", "UsageResponse")}),
     );
     let instant = instant_schema();
     json!({
@@ -220,13 +215,9 @@ fn get_usage() -> Value {
 }
 
 fn my_orgs() -> Value {
-    let mut responses = error_responses(statuses(Endpoint::MyOrgs));
-    responses.insert(
-        "200".into(),
-        json_response(
-            "The caller's orgs with their role in each.",
-            "MyOrgsResponse",
-        ),
+    let responses = operation_responses(
+        statuses(Endpoint::MyOrgs),
+        json!({"200": json_response("The caller's orgs with their role in each.", "MyOrgsResponse")}),
     );
     json!({
         "operationId": "myOrgs",
@@ -239,17 +230,12 @@ fn my_orgs() -> Value {
 
 fn accept_invitation() -> Value {
     let codes = statuses(Endpoint::AcceptInvitation);
-    let mut responses = error_responses(codes);
-    responses.insert(
-        "409".into(),
-        json_response(
-            "The invitation was accepted already, or the caller is a member already.",
-            "Error",
-        ),
-    );
-    responses.insert(
-        "201".into(),
-        json_response("The new membership.", "Membership"),
+    let responses = operation_responses(
+        codes,
+        json!({
+            "409": json_response("The invitation was accepted already, or the caller is a member already.", "Error"),
+            "201": json_response("The new membership.", "Membership"),
+        }),
     );
     json!({
         "operationId": "acceptInvitation",
@@ -262,20 +248,12 @@ fn accept_invitation() -> Value {
 }
 
 fn create_session() -> Value {
-    let mut responses = error_responses(statuses(Endpoint::CreateSession));
-    responses.insert(
-        "409".into(),
-        json_response(
-            "`too_many_sessions`: the user holds 50 live sessions already.",
-            "Error",
-        ),
-    );
-    responses.insert(
-        "201".into(),
-        json_response(
-            "The session, and its token (shown this once).",
-            "OpenedSession",
-        ),
+    let responses = operation_responses(
+        statuses(Endpoint::CreateSession),
+        json!({
+            "409": json_response("`too_many_sessions`: the user holds 50 live sessions already.", "Error"),
+            "201": json_response("The session, and its token (shown this once).", "OpenedSession"),
+        }),
     );
     json!({
         "operationId": "createSession",
@@ -292,13 +270,9 @@ fn create_session() -> Value {
 }
 
 fn my_sessions() -> Value {
-    let mut responses = error_responses(statuses(Endpoint::MySessions));
-    responses.insert(
-        "200".into(),
-        json_response(
-            "The caller's live sessions, newest first.",
-            "SessionsResponse",
-        ),
+    let responses = operation_responses(
+        statuses(Endpoint::MySessions),
+        json!({"200": json_response("The caller's live sessions, newest first.", "SessionsResponse")}),
     );
     json!({
         "operationId": "mySessions",
@@ -310,10 +284,9 @@ fn my_sessions() -> Value {
 }
 
 fn revoke_my_session() -> Value {
-    let mut responses = error_responses(statuses(Endpoint::RevokeMySession));
-    responses.insert(
-        "200".into(),
-        json_response("The revoked session.", "SessionView"),
+    let responses = operation_responses(
+        statuses(Endpoint::RevokeMySession),
+        json!({"200": json_response("The revoked session.", "SessionView")}),
     );
     json!({
         "operationId": "revokeMySession",
@@ -366,13 +339,7 @@ fn path_param(name: &str, description: &str) -> Value {
 fn management_operation(endpoint: Endpoint) -> Option<Value> {
     let (id, summary, ok_schema, body, extra): (&str, &str, &str, Option<&str>, Vec<Value>) =
         match endpoint {
-            Endpoint::Usage
-            | Endpoint::OpenApi
-            | Endpoint::MyOrgs
-            | Endpoint::AcceptInvitation
-            | Endpoint::CreateSession
-            | Endpoint::MySessions
-            | Endpoint::RevokeMySession => {
+            outside_org!() => {
                 return None;
             }
             Endpoint::ListOrgSessions => (

@@ -8,10 +8,12 @@
 //! `/openapi.json` lists them on every server that serves it: `tally serve` and the API
 //! Lambda both merge the dashboard into the API's router.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::{CSRF_COOKIE, SESSION_COOKIE};
-use crate::http::openapi::{add_paths, add_schemas, error_responses, json_response, schema_ref};
+use crate::http::openapi::{
+    add_paths, add_schemas, add_security_schemes, json_response, operation_responses, schema_ref,
+};
 
 /// Every dashboard route (method, path as the document spells it: the assets' wildcard is
 /// the one `{path}` parameter).
@@ -56,20 +58,15 @@ pub fn add(doc: &mut Value) {
             "/dashboard/sign-out": {"post": sign_out()},
         }),
     );
-    if let Some(schemes) = doc
-        .pointer_mut("/components/securitySchemes")
-        .and_then(Value::as_object_mut)
-    {
-        schemes.insert(
-            "sessionCookie".into(),
-            json!({
-                "type": "apiKey",
-                "in": "cookie",
-                "name": SESSION_COOKIE,
-                "description": format!("The dashboard's session cookie (HTTP-only, `SameSite=Strict`, `Secure`), set by `POST /dashboard/sign-in`: a session token. The management API accepts it in place of a bearer token; a request that is not GET must then repeat the `{CSRF_COOKIE}` cookie in `X-CSRF-Token` and come from this server's own origin (else 403 `csrf`)."),
-            }),
-        );
-    }
+    add_security_schemes(
+        doc,
+        json!({"sessionCookie": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": SESSION_COOKIE,
+            "description": format!("The dashboard's session cookie (HTTP-only, `SameSite=Strict`, `Secure`), set by `POST /dashboard/sign-in`: a session token. The management API accepts it in place of a bearer token; a request that is not GET must then repeat the `{CSRF_COOKIE}` cookie in `X-CSRF-Token` and come from this server's own origin (else 403 `csrf`)."),
+        }}),
+    );
     add_schemas(
         doc,
         json!({
@@ -104,21 +101,27 @@ fn origin() -> Value {
     })
 }
 
-/// `responses` of `statuses` (error bodies as the API's), with `own` in place of the shared
-/// ones it names.
-fn responses(method: &str, path: &str, own: Map<String, Value>) -> Value {
+/// `responses` of `statuses` (error bodies as the API's), with `own` (an object of status ->
+/// response) in place of the shared ones it names.
+fn responses(method: &str, path: &str, own: Value) -> Value {
     let codes = statuses(method, path).unwrap_or(&[]);
-    let mut all = error_responses(codes);
-    all.extend(own);
-    Value::Object(all)
+    Value::Object(operation_responses(codes, own))
+}
+
+/// A `303` answer of the code flow: `description`, and its `Location` and `Set-Cookie`
+/// headers described as `location` and `set_cookie`.
+fn redirect(description: &str, location: &str, set_cookie: &str) -> Value {
+    let header = |d: &str| json!({"description": d, "schema": {"type": "string"}});
+    json!({
+        "description": description,
+        "headers": {"Location": header(location), "Set-Cookie": header(set_cookie)},
+    })
 }
 
 fn page() -> Value {
-    let mut own = Map::new();
-    own.insert(
-        "200".into(),
-        json!({"description": "The page (HTML; its script signs in, or shows the signed-in user's orgs).", "content": {"text/html": {"schema": {"type": "string"}}}}),
-    );
+    let own = json!({
+        "200": {"description": "The page (HTML; its script signs in, or shows the signed-in user's orgs).", "content": {"text/html": {"schema": {"type": "string"}}}},
+    });
     json!({
         "operationId": "dashboardPage",
         "summary": "The tenant dashboard's page",
@@ -129,11 +132,9 @@ fn page() -> Value {
 }
 
 fn asset() -> Value {
-    let mut own = Map::new();
     let etag = json!({"description": "The asset's SHA-256 (a prefix, quoted).", "schema": {"type": "string"}});
-    own.insert(
-        "200".into(),
-        json!({
+    let own = json!({
+        "200": {
             "description": "The asset (the page's script and stylesheet, and the vendored uPlot with its license), embedded in the binary.",
             "headers": {"ETag": etag},
             "content": {
@@ -141,16 +142,10 @@ fn asset() -> Value {
                 "text/css": {"schema": {"type": "string"}},
                 "text/plain": {"schema": {"type": "string"}},
             },
-        }),
-    );
-    own.insert(
-        "304".into(),
-        json!({"description": "`If-None-Match` names the asset's current ETag.", "headers": {"ETag": etag}}),
-    );
-    own.insert(
-        "404".into(),
-        json!({"description": "No such asset.", "content": {"text/plain": {"schema": {"type": "string"}}}}),
-    );
+        },
+        "304": {"description": "`If-None-Match` names the asset's current ETag.", "headers": {"ETag": etag}},
+        "404": {"description": "No such asset.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    });
     json!({
         "operationId": "dashboardAsset",
         "summary": "One of the dashboard's embedded assets",
@@ -165,7 +160,6 @@ fn asset() -> Value {
 }
 
 fn sign_in() -> Value {
-    let mut own = Map::new();
     let mut ok = json_response(
         "Signed in: a session is open (listed and revocable like any), and two cookies are set: the session token HTTP-only, and the CSRF value the page repeats in `X-CSRF-Token`.",
         "DashboardSignedIn",
@@ -174,14 +168,13 @@ fn sign_in() -> Value {
         "description": format!("`{SESSION_COOKIE}=<session token>; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=<session lifetime>` and `{CSRF_COOKIE}=<random>; Secure; SameSite=Strict; Path=/; Max-Age=<same>` (two headers)."),
         "schema": {"type": "string"},
     }});
-    own.insert("200".into(), ok);
-    own.insert(
-        "409".into(),
-        json_response(
+    let own = json!({
+        "200": ok,
+        "409": json_response(
             "`too_many_sessions`: the user holds 50 live sessions already.",
             "Error",
         ),
-    );
+    });
     json!({
         "operationId": "dashboardSignIn",
         "summary": "Sign in to the dashboard: a user token for a session cookie",
@@ -195,24 +188,17 @@ fn sign_in() -> Value {
 
 /// `GET /dashboard/sign-in/oidc`: the start of the OIDC authorization-code flow with PKCE.
 fn code_flow_start() -> Value {
-    let mut own = Map::new();
-    own.insert(
-        "303".into(),
-        json!({
-            "description": "To the issuer's authorization endpoint, with `state`, `nonce` and an S256 `code_challenge`; the flow (state, nonce, verifier, redirect URI) is kept, signed, in a short-lived cookie.",
-            "headers": {
-                "Location": {"description": "The issuer's authorization URL.", "schema": {"type": "string"}},
-                "Set-Cookie": {"description": "`__Host-tally_oidc_flow=<signed flow>; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600` (`Lax`: it must come back with the issuer's cross-site redirect).", "schema": {"type": "string"}},
-            },
-        }),
-    );
-    own.insert(
-        "404".into(),
-        json_response(
+    let own = json!({
+        "303": redirect(
+            "To the issuer's authorization endpoint, with `state`, `nonce` and an S256 `code_challenge`; the flow (state, nonce, verifier, redirect URI) is kept, signed, in a short-lived cookie.",
+            "The issuer's authorization URL.",
+            "`__Host-tally_oidc_flow=<signed flow>; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600` (`Lax`: it must come back with the issuer's cross-site redirect).",
+        ),
+        "404": json_response(
             "No OIDC client is configured on this server: it signs in with a pasted user token only.",
             "Error",
         ),
-    );
+    });
     json!({
         "operationId": "dashboardOidcStart",
         "summary": "Sign in to the dashboard through the OIDC issuer (authorization code with PKCE)",
@@ -224,28 +210,18 @@ fn code_flow_start() -> Value {
 
 /// `GET /dashboard/callback`: the issuer's redirect back, which ends the code flow.
 fn code_flow_callback() -> Value {
-    let mut own = Map::new();
-    own.insert(
-        "303".into(),
-        json!({
-            "description": "Signed in: to `/dashboard`, with the session and CSRF cookies set as `POST /dashboard/sign-in` sets them, and the flow cookie cleared.",
-            "headers": {
-                "Location": {"description": "`/dashboard`.", "schema": {"type": "string"}},
-                "Set-Cookie": {"description": format!("`{SESSION_COOKIE}=…`, `{CSRF_COOKIE}=…`, and the cleared flow cookie (one header each)."), "schema": {"type": "string"}},
-            },
-        }),
-    );
-    own.insert(
-        "404".into(),
-        json_response("No OIDC client is configured on this server.", "Error"),
-    );
-    own.insert(
-        "409".into(),
-        json_response(
+    let own = json!({
+        "303": redirect(
+            "Signed in: to `/dashboard`, with the session and CSRF cookies set as `POST /dashboard/sign-in` sets them, and the flow cookie cleared.",
+            "`/dashboard`.",
+            &format!("`{SESSION_COOKIE}=…`, `{CSRF_COOKIE}=…`, and the cleared flow cookie (one header each)."),
+        ),
+        "404": json_response("No OIDC client is configured on this server.", "Error"),
+        "409": json_response(
             "`too_many_sessions`: the user holds 50 live sessions already.",
             "Error",
         ),
-    );
+    });
     let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string", "maxLength": 2048}});
     json!({
         "operationId": "dashboardOidcCallback",
@@ -263,24 +239,19 @@ fn code_flow_callback() -> Value {
 }
 
 fn sign_out() -> Value {
-    let mut own = Map::new();
-    own.insert(
-        "204".into(),
-        json!({
+    let own = json!({
+        "204": {
             "description": "Signed out: the cookie's session is revoked (a copy of the cookie stops working too) and both cookies are cleared. A cookie whose session is gone already, or none, is just cleared.",
             "headers": {"Set-Cookie": {
                 "description": format!("`{SESSION_COOKIE}=; …; Max-Age=0` and `{CSRF_COOKIE}=; …; Max-Age=0`."),
                 "schema": {"type": "string"},
             }},
-        }),
-    );
-    own.insert(
-        "503".into(),
-        json_response(
+        },
+        "503": json_response(
             "`sign_out_failed`: the store could not record the revocation; the session still works and the cookies are kept (no `Set-Cookie`), so the user may try again.",
             "Error",
         ),
-    );
+    });
     json!({
         "operationId": "dashboardSignOut",
         "summary": "Sign out of the dashboard: revoke the cookie's session and clear the cookies",

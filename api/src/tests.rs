@@ -220,7 +220,9 @@ fn series(a: &Answer) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+/// `v` as owned pairs, to compare with a series or groups read back (the unit tests of
+/// every module of the crate).
+pub(crate) fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()

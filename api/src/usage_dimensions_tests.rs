@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde_json::Map;
 use tally_core::dimension::{Dimension, Dimensions};
 use tally_core::event::{Event, Quantity};
@@ -15,10 +14,7 @@ use tally_core::ports::SeriesRegistry;
 use tally_store::MemoryStore;
 
 use super::*;
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
+use crate::tests::{pairs, t as ts};
 
 fn catalogue() -> MeterCatalogue {
     let mut meters: Vec<Meter> = MeterCatalogue::default().meters().cloned().collect();
@@ -115,12 +111,6 @@ async fn answer(extra: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<String>) 
     (groups, r.series.into_iter().map(|p| p.value).collect())
 }
 
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect()
-}
-
 #[tokio::test]
 async fn usage_is_grouped_and_filtered_by_dimension() {
     // The meter's total, as before dimensions: 100 + 30 + 20 + 7.
@@ -164,32 +154,27 @@ fn refused(extra: &[(&str, &str)], meter: &str) -> (&'static str, Option<String>
 
 #[tokio::test]
 async fn bad_dimensions_are_refused_naming_the_parameter() {
-    let f = |s: &str| Some(s.to_owned());
-    assert_eq!(
-        refused(&[("group_by", "colour")], "llm_tokens"),
-        ("unknown_dimension", f("group_by"))
-    );
-    assert_eq!(
-        refused(&[("filter[colour]", "red")], "llm_tokens"),
-        ("unknown_dimension", f("filter[colour]"))
-    );
-    assert_eq!(
-        refused(&[("filter[model]", "gpt 4")], "llm_tokens"),
-        ("invalid_filter", f("filter[model]"))
-    );
     let long = "m".repeat(65);
-    assert_eq!(
-        refused(&[("filter[model]", long.as_str())], "llm_tokens"),
-        ("invalid_filter", f("filter[model]"))
-    );
-    assert_eq!(
-        refused(&[("group_by", "model")], "api_calls"),
-        ("no_dimensions", f("group_by"))
-    );
-    assert_eq!(
-        refused(&[("filter[model]", "x")], "api_calls"),
-        ("no_dimensions", f("filter[model]"))
-    );
+    // (parameter, value, meter) -> (code, the field the refusal names: the parameter).
+    for (param, value, meter, code) in [
+        ("group_by", "colour", "llm_tokens", "unknown_dimension"),
+        ("filter[colour]", "red", "llm_tokens", "unknown_dimension"),
+        ("filter[model]", "gpt 4", "llm_tokens", "invalid_filter"),
+        (
+            "filter[model]",
+            long.as_str(),
+            "llm_tokens",
+            "invalid_filter",
+        ),
+        ("group_by", "model", "api_calls", "no_dimensions"),
+        ("filter[model]", "x", "api_calls", "no_dimensions"),
+    ] {
+        assert_eq!(
+            refused(&[(param, value)], meter),
+            (code, Some(param.to_owned())),
+            "{param}={value} of {meter}"
+        );
+    }
     // Without a registry a split read is a 503, never a silently empty answer.
     let (store, org) = world().await;
     let req = UsageRequest::parse(

@@ -4,7 +4,6 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Map;
 use tally_core::event::{Event, Quantity};
@@ -15,11 +14,8 @@ use tally_core::tenant::KeyMode;
 use tally_store::MemoryStore;
 
 use super::*;
+use crate::tests::{pairs, t as ts};
 use crate::usage::{UsageParams, UsageRequest};
-
-fn ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 /// The time the request is made: the clock's now in the handler.
 const NOW: &str = "2026-11-26T12:00:00Z";
@@ -87,12 +83,6 @@ async fn series(query: &[(&str, &str)]) -> Vec<(String, String)> {
         .await
         .unwrap();
     r.series.into_iter().map(|s| (s.start, s.value)).collect()
-}
-
-fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
-    want.iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect()
 }
 
 /// The day so far, clamped to 12:00: prj_1 10 × 6 h + 30 × 6 h = 240 GB-hours, prj_2

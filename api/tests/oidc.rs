@@ -19,8 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tally_api::jwt::JwtConfig;
-use tally_api::{ApiState, router};
-use tally_core::MeterCatalogue;
+use tally_api::router;
 use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{Clock, FixedClock, OrgStore, UserStore};
@@ -28,6 +27,8 @@ use tally_core::tenant::{Org, User};
 use tally_oidc::{OidcError, OidcSettings, OidcVerifier};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
+
+mod common;
 
 const KEY1: &[u8] = include_bytes!("testdata/oidc-key1.pem");
 const KEY1_PUBLIC: &[u8] = include_bytes!("testdata/oidc-key1.pub.pem");
@@ -133,17 +134,7 @@ async fn world() -> World {
     .unwrap();
     let clock = Arc::new(FixedClock::at(t(NOW)));
     let local = JwtConfig::hs256(&[7; 32]).unwrap();
-    let store = Arc::new(store);
-    let app = router(
-        ApiState::new(
-            store.clone(),
-            store,
-            Arc::new(MeterCatalogue::default()),
-            clock.clone(),
-        )
-        .with_jwt(local.clone())
-        .with_oidc(oidc),
-    );
+    let app = router(common::state(&store, &clock, &local).with_oidc(oidc));
     World {
         app,
         clock,
@@ -186,6 +177,14 @@ impl World {
             .unwrap_or_default()
             .to_owned();
         (status, message)
+    }
+
+    /// `claims` signed with key 1 (the one the issuer serves at first), checked to be taken
+    /// (`GET /v1/orgs/org_a` is 200): the tests' known-good token.
+    async fn key1_token_taken(&self, claims: &Value) -> String {
+        let token = sign(KEY1, "test-key-1", claims);
+        assert_eq!(self.get_org(&token).await.0, StatusCode::OK);
+        token
     }
 }
 
@@ -331,8 +330,7 @@ async fn another_issuer_is_refused_by_the_verifier_and_by_the_api() {
 async fn alg_none_and_hs256_tokens_naming_an_rsa_key_are_refused() {
     let w = world().await;
     let claims = w.claims();
-    let good = sign(KEY1, "test-key-1", &claims);
-    assert_eq!(w.get_org(&good).await.0, StatusCode::OK);
+    let good = w.key1_token_taken(&claims).await;
     // HMAC keyed with the RSA public key, the classic confusion attack, and with the
     // JWK's text.
     for secret in [KEY1_PUBLIC, include_bytes!("testdata/oidc-jwk1.json")] {
@@ -374,8 +372,7 @@ async fn alg_none_and_hs256_tokens_naming_an_rsa_key_are_refused() {
 async fn a_rotated_key_verifies_after_a_rate_limited_refetch() {
     let w = world().await;
     let claims = w.claims();
-    let old = sign(KEY1, "test-key-1", &claims);
-    assert_eq!(w.get_org(&old).await.0, StatusCode::OK);
+    let old = w.key1_token_taken(&claims).await;
     assert_eq!(w.issuer.fetches(), 1);
 
     // The issuer rotates: key 2 only. The cached set lacks it, and the last fetch was

@@ -19,7 +19,7 @@ use tally_api::sessions::SESSION_CACHE_TTL_SECS;
 use tally_core::MeterCatalogue;
 use tally_core::ids::{OrgId, SessionId};
 use tally_core::ports::{AuditLog, Clock, SecurityStore};
-use tally_core::security::{DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER};
+use tally_core::security::{DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER, Session};
 use tally_core::tenant::{AuditOutcome, AuditQuery};
 
 mod common;
@@ -65,11 +65,36 @@ impl World {
         self.call_on(&self.app, method, uri, bearer, None).await
     }
 
+    /// `POST /v1/sessions` with a plain token of `who` signed in with `amr`: the answer.
+    async fn post_session(&self, who: &str, amr: &[&str]) -> Answer {
+        self.call("POST", "/v1/sessions", &self.token(who, amr))
+            .await
+    }
+
+    /// `DELETE /v1/sessions/{sid}` (revoking one's own session) with `bearer`.
+    async fn revoke_own(&self, sid: &str, bearer: &str) -> Answer {
+        self.call("DELETE", &format!("/v1/sessions/{sid}"), bearer)
+            .await
+    }
+
+    /// `DELETE /v1/orgs/{org}/sessions/{sid}` (an admin revoking a member's) with `bearer`.
+    async fn revoke_in(&self, org: &str, sid: &str, bearer: &str) -> Answer {
+        self.call("DELETE", &format!("/v1/orgs/{org}/sessions/{sid}"), bearer)
+            .await
+    }
+
+    /// The stored session `sid` of `who`, which must exist.
+    async fn stored_session(&self, who: &str, sid: &str) -> Session {
+        self.store
+            .get_session(&user(who), &SessionId::parse(sid).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Opens a session for `who` (signed in with `amr`) and answers its token and id.
     async fn open(&self, who: &str, amr: &[&str]) -> (String, String) {
-        let a = self
-            .call("POST", "/v1/sessions", &self.token(who, amr))
-            .await;
+        let a = self.post_session(who, amr).await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
         (
             a.json["token"].as_str().unwrap().to_owned(),
@@ -91,6 +116,16 @@ impl World {
     }
 }
 
+/// A session policy: MFA required or not, no allowlist, sessions of `secs` seconds.
+fn policy(mfa: bool, secs: u32) -> Value {
+    json!({"require_mfa": mfa, "ip_allowlist": [], "session_lifetime_seconds": secs})
+}
+
+/// When the session a `POST /v1/sessions` answer opened expires.
+fn expires_at(a: &Answer) -> DateTime<Utc> {
+    t(a.json["session"]["expires_at"].as_str().unwrap())
+}
+
 fn code(a: &Answer) -> &str {
     a.json["error"]["code"].as_str().unwrap_or("")
 }
@@ -107,9 +142,7 @@ fn ids(a: &Answer) -> Vec<String> {
 #[tokio::test]
 async fn a_user_token_opens_a_session_that_is_listed_and_revoked_by_its_user() {
     let w = world().await;
-    let a = w
-        .call("POST", "/v1/sessions", &w.token("usr_mem", &["pwd"]))
-        .await;
+    let a = w.post_session("usr_mem", &["pwd"]).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
     let s = &a.json["session"];
     assert_eq!(s["user_id"], "usr_mem");
@@ -146,42 +179,23 @@ async fn a_user_token_opens_a_session_that_is_listed_and_revoked_by_its_user() {
     }
 
     // Revoked by its user: refused at once by the process that revoked it.
-    let r = w
-        .call("DELETE", &format!("/v1/sessions/{sid}"), &token)
-        .await;
+    let r = w.revoke_own(&sid, &token).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     assert_eq!(t(r.json["revoked_at"].as_str().unwrap()), w.now());
     let refused = w.call("GET", "/v1/orgs/org_a", &token).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        refused.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("revoked")
-    );
+    assert!(refused.message().contains("revoked"), "{}", refused.json);
     let left = w
         .call("GET", "/v1/sessions", &w.token("usr_mem", &[]))
         .await;
     assert_eq!(ids(&left), std::slice::from_ref(&second));
     // Revoking again keeps the first time; an unknown or malformed id is 404.
     w.clock.advance(TimeDelta::seconds(60));
-    let again = w
-        .call(
-            "DELETE",
-            &format!("/v1/sessions/{sid}"),
-            &w.token("usr_mem", &[]),
-        )
-        .await;
+    let again = w.revoke_own(&sid, &w.token("usr_mem", &[])).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json["revoked_at"], r.json["revoked_at"]);
     for bad in ["ses_0000", "nonsense"] {
-        let a = w
-            .call(
-                "DELETE",
-                &format!("/v1/sessions/{bad}"),
-                &w.token("usr_mem", &[]),
-            )
-            .await;
+        let a = w.revoke_own(bad, &w.token("usr_mem", &[])).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{bad}");
     }
 }
@@ -189,16 +203,9 @@ async fn a_user_token_opens_a_session_that_is_listed_and_revoked_by_its_user() {
 #[tokio::test]
 async fn the_session_lives_as_long_as_the_strictest_of_the_users_orgs_allows() {
     let w = world().await;
-    w.put_policy(
-        "org_a",
-        "usr_own",
-        json!({"require_mfa": false, "ip_allowlist": [], "session_lifetime_seconds": 900}),
-    )
-    .await;
-    let a = w
-        .call("POST", "/v1/sessions", &w.token("usr_mem", &[]))
-        .await;
-    let expires = t(a.json["session"]["expires_at"].as_str().unwrap());
+    w.put_policy("org_a", "usr_own", policy(false, 900)).await;
+    let a = w.post_session("usr_mem", &[]).await;
+    let expires = expires_at(&a);
     assert_eq!(expires - w.now(), TimeDelta::seconds(900));
     let token = a.json["token"].as_str().unwrap();
     let (_, facts) = w.jwt.verify_facts(token, w.now()).unwrap();
@@ -210,37 +217,24 @@ async fn the_session_lives_as_long_as_the_strictest_of_the_users_orgs_allows() {
             .is_err()
     );
     // org_b's owner is in no org that shortens it.
-    let b = w
-        .call("POST", "/v1/sessions", &w.token("usr_bown", &[]))
-        .await;
-    let expires = t(b.json["session"]["expires_at"].as_str().unwrap());
+    let b = w.post_session("usr_bown", &[]).await;
+    let expires = expires_at(&b);
     assert_eq!(
         expires - w.now(),
         TimeDelta::seconds(i64::from(DEFAULT_SESSION_LIFETIME_SECS))
     );
     // An org may also allow longer than the default: two days for org_b's only member.
-    w.put_policy(
-        "org_b",
-        "usr_bown",
-        json!({"require_mfa": false, "ip_allowlist": [], "session_lifetime_seconds": 172_800}),
-    )
-    .await;
-    let longer = w
-        .call("POST", "/v1/sessions", &w.token("usr_bown", &[]))
+    w.put_policy("org_b", "usr_bown", policy(false, 172_800))
         .await;
-    let expires = t(longer.json["session"]["expires_at"].as_str().unwrap());
+    let longer = w.post_session("usr_bown", &[]).await;
+    let expires = expires_at(&longer);
     assert_eq!(expires - w.now(), TimeDelta::seconds(172_800));
 }
 
 #[tokio::test]
 async fn a_session_keeps_the_sign_in_factors_an_mfa_org_asks_for() {
     let w = world().await;
-    w.put_policy(
-        "org_a",
-        "usr_own",
-        json!({"require_mfa": true, "ip_allowlist": [], "session_lifetime_seconds": 3600}),
-    )
-    .await;
+    w.put_policy("org_a", "usr_own", policy(true, 3600)).await;
     let (with_mfa, _) = w.open("usr_mem", &["pwd", "otp"]).await;
     let (without, _) = w.open("usr_mem", &["pwd"]).await;
     assert_eq!(
@@ -265,18 +259,14 @@ async fn a_session_token_opens_no_session_and_a_user_holds_a_bounded_number() {
         w.clock.advance(TimeDelta::milliseconds(100));
         w.open("usr_mem", &[]).await;
     }
-    let a = w
-        .call("POST", "/v1/sessions", &w.token("usr_mem", &[]))
-        .await;
+    let a = w.post_session("usr_mem", &[]).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.json);
     assert_eq!(code(&a), "too_many_sessions");
     assert_eq!(a.json["error"]["field"], "sessions");
     // One ends: there is room again.
     let plain = w.token("usr_mem", &[]);
     let oldest = ids(&w.call("GET", "/v1/sessions", &plain).await)[0].clone();
-    let a = w
-        .call("DELETE", &format!("/v1/sessions/{oldest}"), &plain)
-        .await;
+    let a = w.revoke_own(&oldest, &plain).await;
     assert_eq!(a.status, StatusCode::OK);
     w.open("usr_mem", &[]).await;
 }
@@ -292,9 +282,7 @@ async fn a_session_revoked_by_another_process_stops_within_the_cache_bound() {
         .await;
     assert_eq!(seen.status, StatusCode::OK);
     let admin = w.token("usr_adm", &[]);
-    let r = w
-        .call("DELETE", &format!("/v1/orgs/org_a/sessions/{sid}"), &admin)
-        .await;
+    let r = w.revoke_in("org_a", &sid, &admin).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     assert_eq!(r.json["user_id"], "usr_mem");
     // At once where it was revoked ...
@@ -342,62 +330,28 @@ async fn owners_and_admins_list_and_revoke_their_members_sessions_and_the_revoca
     }
     // A member cannot revoke another member's session, through either route.
     let member = w.token("usr_mem", &[]);
-    let a = w
-        .call(
-            "DELETE",
-            &format!("/v1/orgs/org_a/sessions/{adm_sid}"),
-            &member,
-        )
-        .await;
+    let a = w.revoke_in("org_a", &adm_sid, &member).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.json);
-    let a = w
-        .call("DELETE", &format!("/v1/sessions/{adm_sid}"), &member)
-        .await;
+    let a = w.revoke_own(&adm_sid, &member).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
-    let adm = w
-        .store
-        .get_session(&user("usr_adm"), &SessionId::parse(&adm_sid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let adm = w.stored_session("usr_adm", &adm_sid).await;
     assert!(
         adm.revoked_at.is_none(),
         "the member revoked the admin's session"
     );
     // An admin of org_a neither lists nor revokes the session of a user only in org_b.
     let admin = w.token("usr_adm", &[]);
-    let a = w
-        .call(
-            "DELETE",
-            &format!("/v1/orgs/org_a/sessions/{bown_sid}"),
-            &admin,
-        )
-        .await;
+    let a = w.revoke_in("org_a", &bown_sid, &admin).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
     let a = w.call("GET", "/v1/orgs/org_b/sessions", &admin).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
-    let a = w
-        .call(
-            "DELETE",
-            &format!("/v1/orgs/org_b/sessions/{bown_sid}"),
-            &admin,
-        )
-        .await;
+    let a = w.revoke_in("org_b", &bown_sid, &admin).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
-    let bown = w
-        .store
-        .get_session(&user("usr_bown"), &SessionId::parse(&bown_sid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let bown = w.stored_session("usr_bown", &bown_sid).await;
     assert!(bown.revoked_at.is_none());
     // The owner revokes the member's session: allowed and on record with before and after.
     let a = w
-        .call(
-            "DELETE",
-            &format!("/v1/orgs/org_a/sessions/{mem_sid}"),
-            &w.token("usr_own", &[]),
-        )
+        .revoke_in("org_a", &mem_sid, &w.token("usr_own", &[]))
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     let audit = w

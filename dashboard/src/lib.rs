@@ -75,33 +75,29 @@ pub struct Asset {
 /// The page.
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 
+/// An [`Asset`] of the file `path` under `assets/`, embedded. A macro, not a function:
+/// `include_bytes!` takes a literal, and this way the served path and the embedded file
+/// are one literal that cannot drift apart.
+macro_rules! asset {
+    ($path:literal, $content_type:literal) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../assets/", $path)),
+        }
+    };
+}
+
 /// Every asset the page loads, embedded in the binary.
 pub const ASSETS: &[Asset] = &[
-    Asset {
-        path: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../assets/app.js"),
-    },
-    Asset {
-        path: "app.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../assets/app.css"),
-    },
-    Asset {
-        path: "vendor/uplot/uPlot.esm.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../assets/vendor/uplot/uPlot.esm.js"),
-    },
-    Asset {
-        path: "vendor/uplot/uPlot.min.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../assets/vendor/uplot/uPlot.min.css"),
-    },
-    Asset {
-        path: "vendor/uplot/LICENSE",
-        content_type: "text/plain; charset=utf-8",
-        body: include_bytes!("../assets/vendor/uplot/LICENSE"),
-    },
+    asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("app.css", "text/css; charset=utf-8"),
+    asset!(
+        "vendor/uplot/uPlot.esm.js",
+        "text/javascript; charset=utf-8"
+    ),
+    asset!("vendor/uplot/uPlot.min.css", "text/css; charset=utf-8"),
+    asset!("vendor/uplot/LICENSE", "text/plain; charset=utf-8"),
 ];
 
 /// Every route this crate serves (method, path), for the template and OpenAPI checks.

@@ -106,6 +106,16 @@ struct Started {
     callback: String,
 }
 
+impl Started {
+    /// The callback URL with each `key=value` part of its query mapped by `part` (dropped
+    /// where it answers `None`), in order.
+    fn callback_with(&self, part: impl Fn(&str) -> Option<String>) -> String {
+        let (path, query) = self.callback.split_once('?').unwrap();
+        let kept: Vec<String> = query.split('&').filter_map(part).collect();
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
 async fn start(w: &World) -> Started {
     let a = get(&w.app, "/dashboard/sign-in/oidc", None).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.json());
@@ -122,6 +132,19 @@ async fn start(w: &World) -> Started {
 }
 
 /// Asserts a refusal: the status, the code, and the flow cookie cleared.
+/// A flow started and the browser back from the issuer with its flow cookie: the flow
+/// and the callback's answer.
+async fn come_back(w: &World) -> (Started, Answer) {
+    let s = start(w).await;
+    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    (s, a)
+}
+
+/// The message of a refusal's error body.
+fn error_message(a: &Answer) -> String {
+    a.json()["error"]["message"].as_str().unwrap().to_owned()
+}
+
 fn refused(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "{}", a.json());
     assert_eq!(a.json()["error"]["code"], code, "{}", a.json());
@@ -206,8 +229,7 @@ async fn the_start_sends_the_browser_to_the_issuer_with_pkce_state_and_nonce() {
 #[tokio::test]
 async fn the_callback_opens_a_session_the_api_accepts() {
     let w = world().await;
-    let s = start(&w).await;
-    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    let (_, a) = come_back(&w).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.json());
     assert_eq!(a.location(), "/dashboard");
     let session = a.cookie("__Host-tally_session").expect("a session cookie");
@@ -221,20 +243,11 @@ async fn the_callback_opens_a_session_the_api_accepts() {
     assert_eq!(w.issuer.exchanged(), 1);
 
     // The session cookie acts as the issuer's user, mapped by verified email.
-    let me = get(
-        &w.app,
-        "/v1/me/orgs",
-        Some(&format!("__Host-tally_session={}", value_of(&session))),
-    )
-    .await;
+    let cookie = format!("__Host-tally_session={}", value_of(&session));
+    let me = get(&w.app, "/v1/me/orgs", Some(&cookie)).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.json());
     assert_eq!(me.json()["orgs"][0]["org"]["id"], "org_a");
-    let sessions = get(
-        &w.app,
-        "/v1/sessions",
-        Some(&format!("__Host-tally_session={}", value_of(&session))),
-    )
-    .await;
+    let sessions = get(&w.app, "/v1/sessions", Some(&cookie)).await;
     assert_eq!(sessions.status, StatusCode::OK, "{}", sessions.json());
     assert_eq!(sessions.json()["sessions"].as_array().unwrap().len(), 1);
 }
@@ -243,19 +256,14 @@ async fn the_callback_opens_a_session_the_api_accepts() {
 async fn a_wrong_state_is_refused_before_the_code_is_spent() {
     let w = world().await;
     let s = start(&w).await;
-    let (path, query) = s.callback.split_once('?').unwrap();
-    let forged = query
-        .split('&')
-        .map(|kv| {
-            if kv.starts_with("state=") {
-                "state=forged".to_owned()
-            } else {
-                kv.to_owned()
-            }
+    let forged = s.callback_with(|kv| {
+        Some(if kv.starts_with("state=") {
+            "state=forged".to_owned()
+        } else {
+            kv.to_owned()
         })
-        .collect::<Vec<_>>()
-        .join("&");
-    let a = get(&w.app, &format!("{path}?{forged}"), Some(&s.cookie)).await;
+    });
+    let a = get(&w.app, &forged, Some(&s.cookie)).await;
     refused(&a, StatusCode::BAD_REQUEST, "oidc_state_mismatch");
     assert_eq!(w.issuer.exchanged(), 0, "the code was not exchanged");
     // Another browser's flow cookie with this callback: its state differs too.
@@ -274,10 +282,7 @@ async fn a_reused_code_is_refused() {
     // issuer refuses the spent code, and the refusal says so.
     let again = get(&w.app, &s.callback, Some(&s.cookie)).await;
     refused(&again, StatusCode::BAD_REQUEST, "oidc_code_refused");
-    let message = again.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = error_message(&again);
     assert!(message.contains("invalid_grant"), "{message}");
     assert_eq!(w.issuer.exchanged(), 1);
 }
@@ -289,8 +294,7 @@ async fn a_token_with_another_nonce_is_refused() {
         nonce: Some("nonce-of-another-sign-in".into()),
         ..Faults::default()
     });
-    let s = start(&w).await;
-    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    let (_, a) = come_back(&w).await;
     refused(&a, StatusCode::BAD_REQUEST, "oidc_nonce_mismatch");
 }
 
@@ -325,10 +329,9 @@ async fn the_issuers_error_and_a_failing_token_endpoint_are_refused() {
         deny: true,
         ..Faults::default()
     });
-    let s = start(&w).await;
-    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    let (_, a) = come_back(&w).await;
     refused(&a, StatusCode::BAD_REQUEST, "oidc_provider_error");
-    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = error_message(&a);
     assert!(
         message.contains("access_denied: User cancelled"),
         "{message}"
@@ -338,8 +341,7 @@ async fn the_issuers_error_and_a_failing_token_endpoint_are_refused() {
         token_endpoint_down: true,
         ..Faults::default()
     });
-    let s = start(&w).await;
-    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    let (_, a) = come_back(&w).await;
     refused(&a, StatusCode::BAD_REQUEST, "oidc_code_refused");
     assert!(
         a.json()["error"]["message"]
@@ -355,18 +357,14 @@ async fn the_issuers_error_and_a_failing_token_endpoint_are_refused() {
 async fn a_callback_without_a_code_or_with_an_oversized_query_is_refused() {
     let w = world().await;
     let s = start(&w).await;
-    let (path, query) = s.callback.split_once('?').unwrap();
-    let state = query
-        .split('&')
-        .find(|kv| kv.starts_with("state="))
-        .unwrap();
-    let a = get(&w.app, &format!("{path}?{state}"), Some(&s.cookie)).await;
+    let state_only = s.callback_with(|kv| kv.starts_with("state=").then(|| kv.to_owned()));
+    let a = get(&w.app, &state_only, Some(&s.cookie)).await;
     refused(&a, StatusCode::BAD_REQUEST, "invalid_callback");
     assert_eq!(a.json()["error"]["field"], "code");
     let long = "x".repeat(tally_dashboard::code_flow::MAX_CALLBACK_QUERY);
     let a = get(
         &w.app,
-        &format!("{path}?{state}&code={long}"),
+        &format!("{state_only}&code={long}"),
         Some(&s.cookie),
     )
     .await;
@@ -377,10 +375,9 @@ async fn a_callback_without_a_code_or_with_an_oversized_query_is_refused() {
 #[tokio::test]
 async fn an_email_no_tally_user_has_is_refused_as_a_bearer_token_would_be() {
     let w = world_as("stranger@example.com").await;
-    let s = start(&w).await;
-    let a = get(&w.app, &s.callback, Some(&s.cookie)).await;
+    let (_, a) = come_back(&w).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.json());
-    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = error_message(&a);
     assert!(
         message.contains("no Tally user has the email stranger@example.com"),
         "{message}"

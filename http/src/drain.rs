@@ -254,6 +254,13 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The bound the connection tests drain within: 64 KiB, so that a 60 KiB rest is
+    /// drained and a 100,000-byte one is not.
+    const WITHIN_64_KIB: DrainLimits = DrainLimits {
+        max_bytes: 64 * 1024,
+        max_time: DRAIN_MAX_TIME,
+    };
+
     /// A server on loopback whose one route refuses without reading the body, behind the
     /// middleware with `limits`.
     async fn refusing_server(limits: DrainLimits) -> std::net::SocketAddr {
@@ -287,11 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_declared_rest_within_the_bound_is_drained_and_the_connection_kept() {
-        let addr = refusing_server(DrainLimits {
-            max_bytes: 64 * 1024,
-            max_time: DRAIN_MAX_TIME,
-        })
-        .await;
+        let addr = refusing_server(WITHIN_64_KIB).await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         for _ in 0..2 {
             let body = vec![b'x'; 60 * 1024];
@@ -318,11 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_bound_or_of_unknown_length_the_answer_says_close() {
-        let addr = refusing_server(DrainLimits {
-            max_bytes: 64 * 1024,
-            max_time: DRAIN_MAX_TIME,
-        })
-        .await;
+        let addr = refusing_server(WITHIN_64_KIB).await;
         for head in [
             "POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n",
             "POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n",

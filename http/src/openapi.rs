@@ -74,11 +74,20 @@ pub fn add_paths(doc: &mut Value, paths: Value) {
 
 /// Merges `schemas` (name -> schema) into `doc["components"]["schemas"]`.
 pub fn add_schemas(doc: &mut Value, schemas: Value) {
-    let Value::Object(new) = schemas else { return };
-    if let Some(existing) = doc
-        .pointer_mut("/components/schemas")
-        .and_then(Value::as_object_mut)
-    {
+    add_components(doc, "/components/schemas", schemas);
+}
+
+/// Merges `schemes` (name -> security scheme) into `doc["components"]["securitySchemes"]`,
+/// beside the `apiKey` scheme every document has.
+pub fn add_security_schemes(doc: &mut Value, schemes: Value) {
+    add_components(doc, "/components/securitySchemes", schemes);
+}
+
+/// Merges the object `new` into the components object at `pointer` (which the document
+/// skeleton holds already).
+fn add_components(doc: &mut Value, pointer: &str, new: Value) {
+    let Value::Object(new) = new else { return };
+    if let Some(existing) = doc.pointer_mut(pointer).and_then(Value::as_object_mut) {
         existing.extend(new);
     }
 }
@@ -110,6 +119,17 @@ pub fn json_response(description: &str, schema: &str) -> Value {
         "description": description,
         "content": {"application/json": {"schema": schema_ref(schema)}},
     })
+}
+
+/// The `responses` of an operation: the shared error responses of `statuses`
+/// ([`error_responses`]), with the operation's `own` (an object of status -> response)
+/// added, or in place of the shared ones it names.
+pub fn operation_responses(statuses: &[u16], own: Value) -> Map<String, Value> {
+    let mut responses = error_responses(statuses);
+    if let Value::Object(own) = own {
+        responses.extend(own);
+    }
+    responses
 }
 
 /// A reference to a response of `components.responses`.
@@ -153,13 +173,9 @@ pub fn error_responses(statuses: &[u16]) -> Map<String, Value> {
 }
 
 fn post_events() -> Value {
-    let mut responses = error_responses(POST_EVENTS_STATUSES);
-    responses.insert(
-        "202".into(),
-        json_response(
-            "The request was taken: `accepted` events are durably queued (resent ids included; they are counted once), each refused event is listed in `rejected` with its index, id and error.",
-            "IngestResponse",
-        ),
+    let responses = operation_responses(
+        POST_EVENTS_STATUSES,
+        json!({"202": json_response("The request was taken: `accepted` events are durably queued (resent ids included; they are counted once), each refused event is listed in `rejected` with its index, id and error.", "IngestResponse")}),
     );
     json!({
         "operationId": "postEvents",
@@ -201,13 +217,12 @@ fn post_events() -> Value {
 
 /// The operation of `GET /v1/entitlements` (served by ingest, `tally_ingest::entitlements`).
 fn get_entitlements() -> Value {
-    let mut responses = error_responses(GET_ENTITLEMENTS_STATUSES);
-    responses.insert(
-        "200".into(),
-        json!({
+    let responses = operation_responses(
+        GET_ENTITLEMENTS_STATUSES,
+        json!({"200": {
             "description": "With `meter`: that meter's Entitlement; without: every meter's, in an EntitlementsResponse.",
             "content": {"application/json": {"schema": {"anyOf": [schema_ref("Entitlement"), schema_ref("EntitlementsResponse")]}}},
-        }),
+        }}),
     );
     json!({
         "operationId": "getEntitlements",

@@ -141,11 +141,17 @@ mod tests {
         "key_x".to_owned()
     }
 
+    /// A limiter (room for 10 buckets) whose bucket for [`key`] under `limit` was charged
+    /// `tokens` at [`t0`], a charge it took; and `limit`.
+    fn charged(limit: RateLimit, tokens: u64) -> (RateLimiter<String>, RateLimit) {
+        let l = RateLimiter::<String>::new(10);
+        assert!(l.charge(&key(), limit, tokens, t0()).is_ok());
+        (l, limit)
+    }
+
     #[test]
     fn a_clock_going_back_never_adds_tokens() {
-        let l = RateLimiter::<String>::new(10);
-        let limit = RateLimit::new(10, 2);
-        assert!(l.charge(&key(), limit, 2, t0()).is_ok());
+        let (l, limit) = charged(RateLimit::new(10, 2), 2);
         let earlier = t0() - TimeDelta::seconds(60);
         assert!(l.charge(&key(), limit, 1, earlier).is_err());
         assert!(l.check(&key(), limit, t0()).is_err());
@@ -157,9 +163,7 @@ mod tests {
 
     #[test]
     fn zero_limits_are_treated_as_one() {
-        let l = RateLimiter::<String>::new(10);
-        let limit = RateLimit::new(0, 0);
-        assert!(l.charge(&key(), limit, 1, t0()).is_ok());
+        let (l, limit) = charged(RateLimit::new(0, 0), 1);
         let refused = l.charge(&key(), limit, 1, t0()).unwrap_err();
         assert_eq!(refused.retry_after_secs, 1);
         assert!(
@@ -170,9 +174,7 @@ mod tests {
 
     #[test]
     fn a_bucket_is_forgotten_exactly_when_it_is_full_again() {
-        let l = RateLimiter::<String>::new(10);
-        let limit = RateLimit::new(10, 20);
-        assert!(l.charge(&key(), limit, 5, t0()).is_ok());
+        let (l, _) = charged(RateLimit::new(10, 20), 5);
         assert_eq!(l.buckets.len(), 1);
         // 5 tokens come back in 0.5 s: just before, the bucket is still remembered.
         let almost = t0() + TimeDelta::microseconds(499_999);
@@ -186,9 +188,7 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        let l = RateLimiter::<String>::new(10);
-        let limit = RateLimit::new(3, 3);
-        assert!(l.charge(&key(), limit, 3, t0()).is_ok());
+        let (l, limit) = charged(RateLimit::new(3, 3), 3);
         // A third of a second per token.
         assert_eq!(
             l.check(&key(), limit, t0()).unwrap_err().retry_after_secs,

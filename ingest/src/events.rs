@@ -615,38 +615,33 @@ pub fn placement(
     month_closed: Option<bool>,
     now: DateTime<Utc>,
 ) -> Result<(), EventError> {
-    match project {
-        Some(ProjectState::Active) => {}
-        Some(ProjectState::Archived) => {
-            return Err(EventError::new(
-                ErrorCode::ProjectArchived,
-                "project_id",
-                format!(
-                    "project {} is archived and takes no more usage",
-                    event.project_id
-                ),
-            ));
-        }
-        Some(ProjectState::Missing) => {
-            return Err(EventError::new(
-                ErrorCode::UnknownProject,
-                "project_id",
-                format!(
-                    "{} is not a project of this API key's organization",
-                    event.project_id
-                ),
-            ));
-        }
-        None => {
-            return Err(EventError::new(
-                ErrorCode::TooManyProjects,
-                "project_id",
-                format!(
-                    "a request may name at most {MAX_PROJECTS_PER_REQUEST} distinct projects; \
-                     send events of the others in another request"
-                ),
-            ));
-        }
+    // Every project refusal names `project_id`; only the code and the message differ.
+    let refusal = match project {
+        Some(ProjectState::Active) => None,
+        Some(ProjectState::Archived) => Some((
+            ErrorCode::ProjectArchived,
+            format!(
+                "project {} is archived and takes no more usage",
+                event.project_id
+            ),
+        )),
+        Some(ProjectState::Missing) => Some((
+            ErrorCode::UnknownProject,
+            format!(
+                "{} is not a project of this API key's organization",
+                event.project_id
+            ),
+        )),
+        None => Some((
+            ErrorCode::TooManyProjects,
+            format!(
+                "a request may name at most {MAX_PROJECTS_PER_REQUEST} distinct projects; \
+                 send events of the others in another request"
+            ),
+        )),
+    };
+    if let Some((code, message)) = refusal {
+        return Err(EventError::new(code, "project_id", message));
     }
     let month = Month::of(event.timestamp);
     if !open_for_events(month, now) {

@@ -16,31 +16,26 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_core::catalogue::{BUILTIN_JSON, Catalogue};
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, SeriesRegistry, UserStore,
+    QueueError, SeriesRegistry,
 };
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
 
 mod common;
-use common::rejections;
+use common::{an_org, key, project, rejections, seed_owner, t};
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 /// A queue that keeps what it is given.
 #[derive(Default)]
@@ -90,53 +85,18 @@ fn catalogue_with(dimensions: Value, max_series: u32) -> Catalogue {
 
 async fn seeded() -> MemoryStore {
     let store = MemoryStore::new();
-    let at = t("2026-01-01T00:00:00Z");
-    let owner = UserId::parse("usr_owner").unwrap();
+    seed_owner(&store).await;
     store
-        .ensure_user(&User {
-            id: owner.clone(),
-            email: "owner@example.com".into(),
-            created_at: at,
-        })
-        .await
-        .unwrap();
-    let org = OrgId::parse("org_a").unwrap();
-    store
-        .create_org(&Org {
-            id: org.clone(),
-            name: "Alpha".into(),
-            slug: "alpha".into(),
-            plan: PlanId::Pro,
-            owner_id: owner,
-            created_at: at,
-            deleted_at: None,
-        })
+        .create_org(&an_org("org_a", PlanId::Pro))
         .await
         .unwrap();
     store
-        .create_project(&Project {
-            id: ProjectId::parse("prj_a1").unwrap(),
-            org_id: org.clone(),
-            name: "A1".into(),
-            slug: "a1".into(),
-            created_at: at,
-            archived_at: None,
-        })
+        .create_project(&project("prj_a1", "org_a"))
         .await
         .unwrap();
+    let scopes = [KeyScope::EventsWrite, KeyScope::UsageRead];
     store
-        .create_api_key(&ApiKey {
-            id: ApiKeyId::parse("key_a1").unwrap(),
-            org_id: org,
-            name: "ci".into(),
-            hash: KeyHash::of_secret(KEY),
-            display_prefix: KEY.chars().take(12).collect(),
-            scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
-            created_at: at,
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-        })
+        .create_api_key(&key(KEY, "org_a", &scopes))
         .await
         .unwrap();
     store

@@ -17,35 +17,31 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tally_core::event::{Event, Quantity};
-use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::ids::{ApiKeyId, EventId, MeterName};
 use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
     ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, UsageStore, UserStore,
+    QueueError, UsageStore,
 };
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
 use tally_store::memory::{Fault, Op};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
 mod common;
-use common::rejections;
+use common::{an_org, key, org, project, rejections, seed_owner, t};
 
 use std::sync::Arc;
 
 use tally_core::MeterCatalogue;
 use tally_ingest::*;
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 /// `events:write` key of org_a (pro plan).
@@ -106,10 +102,6 @@ impl Queue {
     }
 }
 
-fn org(s: &str) -> OrgId {
-    OrgId::parse(s).unwrap()
-}
-
 fn meter(s: &str) -> MeterName {
     MeterName::parse(s).unwrap()
 }
@@ -118,60 +110,15 @@ fn month(s: &str) -> Month {
     Month::parse(s).unwrap()
 }
 
-fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
-    ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap(),
-        org_id: org(org_id),
-        name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
-        scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    }
-}
-
 fn key_id(secret: &str) -> ApiKeyId {
     key(secret, "org_a", &[]).id
-}
-
-fn an_org(id: &str, plan: PlanId) -> Org {
-    Org {
-        id: org(id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        plan,
-        owner_id: UserId::parse("usr_owner").unwrap(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    }
-}
-
-fn project(id: &str, org_id: &str) -> Project {
-    Project {
-        id: ProjectId::parse(id).unwrap(),
-        org_id: org(org_id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        created_at: t("2026-01-01T00:00:00Z"),
-        archived_at: None,
-    }
 }
 
 /// A store holding orgs a (pro), b (pro) and f (free) with their projects and keys, and a
 /// deleted org whose key was revoked with it; October is closed.
 async fn seeded() -> MemoryStore {
     let store = MemoryStore::new();
-    store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: t("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
+    seed_owner(&store).await;
     for (id, plan) in [
         ("org_a", PlanId::Pro),
         ("org_b", PlanId::Pro),

@@ -44,6 +44,14 @@ pub struct Answer {
     pub text: String,
 }
 
+impl Answer {
+    /// The message of a refused request's error body (`error.message`); panics when the
+    /// body has none.
+    pub fn message(&self) -> &str {
+        self.json["error"]["message"].as_str().unwrap()
+    }
+}
+
 /// Sends `req` (its method, URI and any headers already set) to `app` with `bearer` as its
 /// bearer token, `body` as a JSON body, and `from` as the client's address (the peer the
 /// server sees); answers what came back.
@@ -170,7 +178,7 @@ impl World {
 
 /// An API state on `store` (its tenants and its usage), with the built-in meters, `clock`
 /// and `jwt`.
-fn state(store: &MemoryStore, clock: &Arc<FixedClock>, jwt: &JwtConfig) -> ApiState {
+pub fn state(store: &MemoryStore, clock: &Arc<FixedClock>, jwt: &JwtConfig) -> ApiState {
     let shared = Arc::new(store.clone());
     ApiState::new(
         shared.clone(),
