@@ -416,6 +416,14 @@ impl CapacityMeter {
         self.totals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A priced write of the whole of `item` (a put's item, or a delete's key: what it names
+    /// is what it sizes), as [`Self::write`]; a request without one is sized as empty.
+    fn write_whole(&self, out: &mut Vec<PlannedWrite>, how: &str, item: Option<&Item>, tx: bool) {
+        let empty = Item::new();
+        let item = item.unwrap_or(&empty);
+        self.write(out, how, item, item_size(item), tx);
+    }
+
     /// A priced write of `item` (`size` bytes), plus its index copies.
     fn write(&self, out: &mut Vec<PlannedWrite>, how: &str, item: &Item, size: usize, tx: bool) {
         let class = format!("{how} {}", item_class(item, &self.partition_key));
@@ -445,8 +453,7 @@ impl CapacityMeter {
         let mut tx_classes = Vec::new();
         let (op, read) = if let Some(i) = input.downcast_mut::<PutItemInput>() {
             i.return_consumed_capacity = total;
-            let item = i.item.clone().unwrap_or_default();
-            self.write(&mut writes, "Put", &item, item_size(&item), false);
+            self.write_whole(&mut writes, "Put", i.item.as_ref(), false);
             ("PutItem", ReadPlan::None)
         } else if let Some(i) = input.downcast_mut::<UpdateItemInput>() {
             i.return_consumed_capacity = total;
@@ -461,8 +468,7 @@ impl CapacityMeter {
             ("UpdateItem", ReadPlan::None)
         } else if let Some(i) = input.downcast_mut::<DeleteItemInput>() {
             i.return_consumed_capacity = total;
-            let key = i.key.clone().unwrap_or_default();
-            self.write(&mut writes, "Delete", &key, item_size(&key), false);
+            self.write_whole(&mut writes, "Delete", i.key.as_ref(), false);
             ("DeleteItem", ReadPlan::None)
         } else if let Some(i) = input.downcast_mut::<TransactWriteItemsInput>() {
             i.return_consumed_capacity = total;

@@ -26,5 +26,6 @@
 //!   the wire with an SDK interceptor, by DynamoDB's published rules.
 
 pub mod capacity;
+pub mod flags;
 pub mod server;
 pub mod workload;

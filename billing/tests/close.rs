@@ -16,7 +16,9 @@ use tally_billing::schedule::{MAX_CATCH_UP_MONTHS, earliest_org_month, months_to
 use tally_billing::{
     AdjustmentLine, Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month,
 };
-use tally_core::ports::{FixedClock, OrgStore, ProjectStore, ReportStore, UsageStore, UserStore};
+use tally_core::ports::{
+    FixedClock, OrgStore, ProjectStore, ReportStore, StoredReport, UsageStore, UserStore,
+};
 use tally_core::tenant::{Org, Project, User};
 use tally_core::{
     Aggregation, Event, EventId, MeterName, Month, OrgId, PlanId, ProjectId, Quantity, UserId,
@@ -60,25 +62,7 @@ impl World {
 
     /// An org on `plan` created at `created` (RFC 3339), with one project.
     async fn org_created(&self, slug: &str, plan: PlanId, created: &str) -> (OrgId, ProjectId) {
-        let owner = self
-            .store
-            .ensure_user(&User {
-                id: UserId::from_random(rand_bytes()),
-                email: format!("{slug}@example.com"),
-                created_at: ts("2026-01-01T00:00:00Z"),
-            })
-            .await
-            .unwrap();
-        let org = Org {
-            id: OrgId::from_random(rand_bytes()),
-            name: slug.into(),
-            slug: slug.into(),
-            plan,
-            owner_id: owner.id,
-            created_at: ts(created),
-            deleted_at: None,
-        };
-        self.store.create_org(&org).await.unwrap();
+        let org = create_org(&self.store, slug, plan, created).await;
         let project = Project {
             id: ProjectId::from_random(rand_bytes()),
             org_id: org.id.clone(),
@@ -94,6 +78,35 @@ impl World {
     /// Applies `q` compute minutes of `project` at `at`, as event `id`.
     async fn minutes(&self, org: &OrgId, project: &ProjectId, id: &str, q: &str, at: &str) {
         self.usage(org, project, id, "compute_minutes", q, at).await;
+    }
+
+    /// Applies one compute minute of `project` on each of `days` (events `{prefix}0`,
+    /// `{prefix}1`), then plants a value past what a decimal sums in every counter cell of
+    /// `org` in the store file, as months of the largest quantities would leave them.
+    async fn overflow(&self, org: &OrgId, project: &ProjectId, prefix: &str, days: [&str; 2]) {
+        for (i, day) in days.iter().enumerate() {
+            let at = format!("{day}T00:00:00Z");
+            self.minutes(org, project, &format!("{prefix}{i}"), "1", &at)
+                .await;
+        }
+        let conn = rusqlite::Connection::open(self.dir.path().join("tally.db")).unwrap();
+        let planted = conn
+            .execute(
+                "UPDATE cells SET value = '50000000000000000000000000000' WHERE org = ?1",
+                [org.as_str()],
+            )
+            .unwrap();
+        assert!(planted >= 2, "{planted}");
+    }
+
+    /// The report stored for `org`'s `period`, if any.
+    async fn stored(&self, org: &OrgId, period: &str) -> Option<StoredReport> {
+        self.store.get_report(org, month(period)).await.unwrap()
+    }
+
+    /// Moves `org` to `plan` at `at` (RFC 3339).
+    async fn change_plan(&self, org: &OrgId, plan: PlanId, at: &str) {
+        self.store.change_plan(org, plan, ts(at)).await.unwrap();
     }
 
     async fn usage(
@@ -163,6 +176,15 @@ fn line<'a>(r: &'a UsageReport, meter: &str) -> &'a tally_billing::ReportLine {
     r.lines.iter().find(|l| l.meter.as_str() == meter).unwrap()
 }
 
+/// Asserts `r`'s compute_minutes quantity, billable quantity and amount, then its total.
+fn assert_minutes_and_total(r: &UsageReport, [quantity, billable, amount, total]: [&str; 4]) {
+    let cm = line(r, "compute_minutes");
+    assert_eq!(cm.quantity.to_string(), quantity);
+    assert_eq!(cm.billable.to_string(), billable);
+    assert_eq!(cm.amount.to_string(), amount);
+    assert_eq!(r.total.to_string(), total);
+}
+
 #[test]
 fn the_current_month_and_the_grace_period_are_refused() {
     let nov = month("2026-11");
@@ -221,12 +243,8 @@ async fn a_bill_over_two_series_equals_the_hand_worked_total() {
     r.check().unwrap();
     // Starter: 700 + 450 + 50.5 = 1,200.5 minutes, 1,000 included: 200.5 × $0.10 = $20.05,
     // 10 % off: 20.05 × 0.9 = 18.045 → $18.05 (half away from zero); + $29.00 = $47.05.
-    let cm = line(r, "compute_minutes");
-    assert_eq!(cm.quantity.to_string(), "1200.5");
-    assert_eq!(cm.billable.to_string(), "200.5");
-    assert_eq!(cm.amount.to_string(), "18.05");
-    assert_eq!(r.total.to_string(), "47.05");
-    assert_eq!(cm.event_count, Some(3));
+    assert_minutes_and_total(r, ["1200.5", "200.5", "18.05", "47.05"]);
+    assert_eq!(line(r, "compute_minutes").event_count, Some(3));
 }
 
 #[tokio::test]
@@ -260,11 +278,7 @@ async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
     let acme = first.reports.iter().find(|r| r.org_id == a).unwrap();
     acme.check().unwrap();
     // 1,200 minutes, 1,000 included: 200 × $0.10 = $20.00, 10 % off = $18.00, + $29.00.
-    let cm = line(acme, "compute_minutes");
-    assert_eq!(cm.quantity.to_string(), "1200");
-    assert_eq!(cm.billable.to_string(), "200");
-    assert_eq!(cm.amount.to_string(), "18.00");
-    assert_eq!(acme.total.to_string(), "47.00");
+    assert_minutes_and_total(acme, ["1200", "200", "18.00", "47.00"]);
     assert_eq!(acme.projects.len(), 1);
     assert_eq!(acme.projects[0].project_id, pa);
     let bolt = first.reports.iter().find(|r| r.org_id == b).unwrap();
@@ -364,20 +378,8 @@ async fn one_org_failing_does_not_stop_the_others() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, bad);
     assert!(err.to_string().contains("gpu_hours"), "{err}");
-    assert!(
-        w.store
-            .get_report(&good, month("2026-11"))
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        w.store
-            .get_report(&bad, month("2026-11"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(w.stored(&good, "2026-11").await.is_some());
+    assert!(w.stored(&bad, "2026-11").await.is_none());
 }
 
 #[tokio::test]
@@ -414,30 +416,10 @@ async fn an_overflowing_tenant_fails_alone() {
     let w = World::new();
     let (good, pg) = w.org("good", PlanId::Starter).await;
     let (huge, ph) = w.org("huge", PlanId::Starter).await;
-    w.usage(
-        &good,
-        &pg,
-        "g",
-        "compute_minutes",
-        "1200",
-        "2026-11-02T00:00:00Z",
-    )
-    .await;
-    for (i, day) in ["2026-11-02", "2026-11-03"].iter().enumerate() {
-        let at = format!("{day}T00:00:00Z");
-        w.usage(&huge, &ph, &format!("h{i}"), "compute_minutes", "1", &at)
-            .await;
-    }
-    {
-        let conn = rusqlite::Connection::open(w.dir.path().join("tally.db")).unwrap();
-        let planted = conn
-            .execute(
-                "UPDATE cells SET value = '50000000000000000000000000000' WHERE org = ?1",
-                [huge.as_str()],
-            )
-            .unwrap();
-        assert!(planted >= 2, "{planted}");
-    }
+    w.minutes(&good, &pg, "g", "1200", "2026-11-02T00:00:00Z")
+        .await;
+    w.overflow(&huge, &ph, "h", ["2026-11-02", "2026-11-03"])
+        .await;
     let err = w.bill("2026-11").await.unwrap_err();
     let CloseError::OrgsFailed { failed, total, .. } = &err else {
         panic!("{err}");
@@ -445,7 +427,7 @@ async fn an_overflowing_tenant_fails_alone() {
     assert_eq!((*total, failed.len()), (2, 1));
     assert_eq!(failed[0].0, huge);
     assert!(err.to_string().contains("too large to sum"), "{err}");
-    let report = w.store.get_report(&good, month("2026-11")).await.unwrap();
+    let report = w.stored(&good, "2026-11").await;
     assert_eq!(
         line(&decode_report(report), "compute_minutes")
             .quantity
@@ -455,28 +437,10 @@ async fn an_overflowing_tenant_fails_alone() {
 
     // Alerts for the current month: the same planted counters in December.
     w.clock.set(ts("2026-12-20T00:00:00Z"));
-    w.usage(
-        &good,
-        &pg,
-        "g2",
-        "compute_minutes",
-        "900",
-        "2026-12-02T00:00:00Z",
-    )
-    .await;
-    for (i, day) in ["2026-12-02", "2026-12-03"].iter().enumerate() {
-        let at = format!("{day}T00:00:00Z");
-        w.usage(&huge, &ph, &format!("d{i}"), "compute_minutes", "1", &at)
-            .await;
-    }
-    {
-        let conn = rusqlite::Connection::open(w.dir.path().join("tally.db")).unwrap();
-        conn.execute(
-            "UPDATE cells SET value = '50000000000000000000000000000' WHERE org = ?1",
-            [huge.as_str()],
-        )
-        .unwrap();
-    }
+    w.minutes(&good, &pg, "g2", "900", "2026-12-02T00:00:00Z")
+        .await;
+    w.overflow(&huge, &ph, "d", ["2026-12-02", "2026-12-03"])
+        .await;
     let sent = Recorder::default();
     let outcome = tally_billing::alerts::check_alerts(
         tally_billing::alerts::AlertPorts {
@@ -522,40 +486,39 @@ impl tally_billing::alerts::AlertSender for Recorder {
     }
 }
 
+/// An org on `from` with `minutes` compute minutes on November 5th (event `n1`), moved to
+/// `to` at `at` (RFC 3339): the world, the org, its project and November's one report.
+async fn november_across_a_plan_change(
+    from: PlanId,
+    minutes: &str,
+    to: PlanId,
+    at: &str,
+) -> (World, OrgId, ProjectId, UsageReport) {
+    let w = World::new();
+    let (org, p) = w.org("mover", from).await;
+    w.minutes(&org, &p, "n1", minutes, "2026-11-05T00:00:00Z")
+        .await;
+    w.change_plan(&org, to, at).await;
+    let mut november = w.bill("2026-11").await.unwrap();
+    assert_eq!(november.len(), 1, "{november:?}");
+    let report = november.remove(0);
+    (w, org, p, report)
+}
+
 /// Hand-worked: an org on pro (\$99, 10,000 minutes included, 20 % off) moved down to
 /// starter (\$29, 1,000 included, \$0.10 a minute, 10 % off) on the 28th keeps pro for that
 /// month: 1,200 minutes are \$99.00, not starter's \$29 + 200 × \$0.10 − 10 % = \$47.00.
 /// The next month is starter's.
 #[tokio::test]
 async fn a_downgrade_applies_from_the_next_month() {
-    let w = World::new();
-    let (org, p) = w.org("down", PlanId::Pro).await;
-    w.usage(
-        &org,
-        &p,
-        "n1",
-        "compute_minutes",
-        "1200",
-        "2026-11-05T00:00:00Z",
-    )
-    .await;
-    w.store
-        .change_plan(&org, PlanId::Starter, ts("2026-11-28T23:00:00Z"))
-        .await
-        .unwrap();
-    let november = w.bill("2026-11").await.unwrap();
-    assert_eq!(november[0].plan, PlanId::Pro);
-    assert_eq!(november[0].total.to_string(), "99.00");
+    let (w, org, p, november) =
+        november_across_a_plan_change(PlanId::Pro, "1200", PlanId::Starter, "2026-11-28T23:00:00Z")
+            .await;
+    assert_eq!(november.plan, PlanId::Pro);
+    assert_eq!(november.total.to_string(), "99.00");
     w.clock.set(ts("2027-01-15T00:00:00Z"));
-    w.usage(
-        &org,
-        &p,
-        "d1",
-        "compute_minutes",
-        "1200",
-        "2026-12-05T00:00:00Z",
-    )
-    .await;
+    w.minutes(&org, &p, "d1", "1200", "2026-12-05T00:00:00Z")
+        .await;
     let december = w.bill("2026-12").await.unwrap();
     assert_eq!(december[0].plan, PlanId::Starter);
     assert_eq!(
@@ -570,24 +533,15 @@ async fn a_downgrade_applies_from_the_next_month() {
 /// be \$29 + 11,000 × \$0.10 − 10 % = \$1,019.00), and the month before stays starter.
 #[tokio::test]
 async fn an_upgrade_applies_at_once() {
-    let w = World::new();
-    let (org, p) = w.org("up", PlanId::Starter).await;
-    w.usage(
-        &org,
-        &p,
-        "n1",
-        "compute_minutes",
+    let (w, _, _, november) = november_across_a_plan_change(
+        PlanId::Starter,
         "12000",
-        "2026-11-05T00:00:00Z",
+        PlanId::Pro,
+        "2026-11-20T00:00:00Z",
     )
     .await;
-    w.store
-        .change_plan(&org, PlanId::Pro, ts("2026-11-20T00:00:00Z"))
-        .await
-        .unwrap();
-    let november = w.bill("2026-11").await.unwrap();
-    assert_eq!(november[0].plan, PlanId::Pro);
-    assert_eq!(november[0].total.to_string(), "259.00");
+    assert_eq!(november.plan, PlanId::Pro);
+    assert_eq!(november.total.to_string(), "259.00");
     let october = w.bill("2026-10").await.unwrap();
     assert_eq!(october[0].plan, PlanId::Starter);
     assert_eq!(october[0].total.to_string(), "29.00");
@@ -631,20 +585,8 @@ async fn a_month_bills_only_the_orgs_that_existed_in_it() {
     expected.sort();
     assert_eq!(billed, expected);
     assert_eq!((out.stored_now, out.not_in_period), (3, 2));
-    assert!(
-        w.store
-            .get_report(&new, month("2026-11"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        w.store
-            .get_report(&gone, month("2026-11"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(w.stored(&new, "2026-11").await.is_none());
+    assert!(w.stored(&gone, "2026-11").await.is_none());
 
     // `tally bill --org` for the org created after November: refused, nothing stored.
     let mut only = CloseRequest::new(month("2026-11"));
@@ -725,26 +667,7 @@ async fn catch_up(tenants: &dyn TenantsForTest, usage: &dyn UsageStore) {
         ("late", "2026-09-20T00:00:00Z"),
         ("early", "2026-06-10T00:00:00Z"),
     ] {
-        let owner = tenants
-            .ensure_user(&User {
-                id: UserId::from_random(rand_bytes()),
-                email: format!("{slug}@example.com"),
-                created_at: ts(created),
-            })
-            .await
-            .unwrap();
-        tenants
-            .create_org(&Org {
-                id: OrgId::from_random(rand_bytes()),
-                name: slug.into(),
-                slug: slug.into(),
-                plan: PlanId::Free,
-                owner_id: owner.id,
-                created_at: ts(created),
-                deleted_at: None,
-            })
-            .await
-            .unwrap();
+        create_org(tenants, slug, PlanId::Free, created).await;
     }
     let earliest = earliest_org_month(tenants).await.unwrap();
     assert_eq!(earliest, Some(month("2026-06")));
@@ -775,6 +698,30 @@ async fn catch_up(tenants: &dyn TenantsForTest, usage: &dyn UsageStore) {
     assert_eq!(plan.left_open_beyond_cap, Some(month("2027-02")));
 }
 
+/// Creates an org named and slugged `slug` on `plan`, created at `created` (RFC 3339), with
+/// its own owner (`{slug}@example.com`, created at the same instant).
+async fn create_org(tenants: &dyn TenantsForTest, slug: &str, plan: PlanId, created: &str) -> Org {
+    let owner = tenants
+        .ensure_user(&User {
+            id: UserId::from_random(rand_bytes()),
+            email: format!("{slug}@example.com"),
+            created_at: ts(created),
+        })
+        .await
+        .unwrap();
+    let org = Org {
+        id: OrgId::from_random(rand_bytes()),
+        name: slug.into(),
+        slug: slug.into(),
+        plan,
+        owner_id: owner.id,
+        created_at: ts(created),
+        deleted_at: None,
+    };
+    tenants.create_org(&org).await.unwrap();
+    org
+}
+
 /// The tenant roles the plan test creates orgs through.
 trait TenantsForTest: OrgStore + UserStore {}
 impl<T: OrgStore + UserStore> TenantsForTest for T {}
@@ -791,24 +738,7 @@ async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
         ("new", "2026-12-03T00:00:00Z", None),
         ("gone", "2026-01-01T00:00:00Z", Some("2026-10-31T23:00:00Z")),
     ] {
-        let owner = store
-            .ensure_user(&User {
-                id: UserId::from_random(rand_bytes()),
-                email: format!("{slug}@example.com"),
-                created_at: ts(created),
-            })
-            .await
-            .unwrap();
-        let org = Org {
-            id: OrgId::from_random(rand_bytes()),
-            name: slug.into(),
-            slug: slug.into(),
-            plan: PlanId::Starter,
-            owner_id: owner.id,
-            created_at: ts(created),
-            deleted_at: None,
-        };
-        store.create_org(&org).await.unwrap();
+        let org = create_org(&store, slug, PlanId::Starter, created).await;
         if let Some(at) = deleted {
             store.delete_org(&org.id, ts(at)).await.unwrap();
         }

@@ -88,6 +88,16 @@ fn assert_totals(report: &UsageReport, fee: &str, subtotal: &str, discount: &str
     assert_eq!(report.total.to_string(), total, "total");
 }
 
+/// Asserts each of `lines` on `report`, then its totals: flat fee, subtotal, discount and
+/// total, in that order.
+fn assert_report(report: &UsageReport, totals: [&str; 4], lines: &[Expect<'_>]) {
+    for e in lines {
+        assert_line(report, e);
+    }
+    let [fee, subtotal, discount, total] = totals;
+    assert_totals(report, fee, subtotal, discount, total);
+}
+
 #[test]
 fn free_plan_never_charges() {
     // Free: $0, hard limits (10,000 calls, 100 minutes, 1 GiB stored, 1 GiB of bandwidth),
@@ -180,47 +190,48 @@ fn starter_usage() -> MonthUsage {
 #[test]
 fn starter_plan() {
     let report = bill(PlanId::Starter, &starter_usage());
-    for e in [
-        Expect {
-            meter: "api_calls",
-            quantity: "250000",
-            included: "100000",
-            billable: "150000",
-            list: "75.00",
-            discount: "7.50",
-            amount: "67.50",
-        },
-        Expect {
-            meter: "compute_minutes",
-            quantity: "1234.5",
-            included: "1000",
-            billable: "234.5",
-            list: "23.45",
-            discount: "2.34",
-            amount: "21.11",
-        },
-        Expect {
-            meter: "storage_bytes",
-            quantity: "12500000000",
-            included: "10737418240",
-            billable: "1762581760",
-            list: "0.18",
-            discount: "0.02",
-            amount: "0.16",
-        },
-        Expect {
-            meter: "bandwidth_bytes",
-            quantity: "40000000000",
-            included: "0",
-            billable: "40000000000",
-            list: "3.20",
-            discount: "0.32",
-            amount: "2.88",
-        },
-    ] {
-        assert_line(&report, &e);
-    }
-    assert_totals(&report, "29.00", "130.83", "10.18", STARTER_TOTAL);
+    assert_report(
+        &report,
+        ["29.00", "130.83", "10.18", STARTER_TOTAL],
+        &[
+            Expect {
+                meter: "api_calls",
+                quantity: "250000",
+                included: "100000",
+                billable: "150000",
+                list: "75.00",
+                discount: "7.50",
+                amount: "67.50",
+            },
+            Expect {
+                meter: "compute_minutes",
+                quantity: "1234.5",
+                included: "1000",
+                billable: "234.5",
+                list: "23.45",
+                discount: "2.34",
+                amount: "21.11",
+            },
+            Expect {
+                meter: "storage_bytes",
+                quantity: "12500000000",
+                included: "10737418240",
+                billable: "1762581760",
+                list: "0.18",
+                discount: "0.02",
+                amount: "0.16",
+            },
+            Expect {
+                meter: "bandwidth_bytes",
+                quantity: "40000000000",
+                included: "0",
+                billable: "40000000000",
+                list: "3.20",
+                discount: "0.32",
+                amount: "2.88",
+            },
+        ],
+    );
 
     // The storage line explains itself: 1.76258176 GB priced, exact 0.176258176.
     let storage = &report.lines[report
@@ -288,47 +299,48 @@ fn pro_plan() {
         PlanId::Pro,
         &usage("1002345", "9000", "150000000000", "1000000000000"),
     );
-    for e in [
-        Expect {
-            meter: "api_calls",
-            quantity: "1002345",
-            included: "1000000",
-            billable: "2345",
-            list: "1.17",
-            discount: "0.23",
-            amount: "0.94",
-        },
-        Expect {
-            meter: "compute_minutes",
-            quantity: "9000",
-            included: "10000",
-            billable: "0",
-            list: "0.00",
-            discount: "0.00",
-            amount: "0.00",
-        },
-        Expect {
-            meter: "storage_bytes",
-            quantity: "150000000000",
-            included: "107374182400",
-            billable: "42625817600",
-            list: "4.26",
-            discount: "0.85",
-            amount: "3.41",
-        },
-        Expect {
-            meter: "bandwidth_bytes",
-            quantity: "1000000000000",
-            included: "0",
-            billable: "1000000000000",
-            list: "80.00",
-            discount: "16.00",
-            amount: "64.00",
-        },
-    ] {
-        assert_line(&report, &e);
-    }
-    assert_totals(&report, "99.00", "184.43", "17.08", "167.35");
+    assert_report(
+        &report,
+        ["99.00", "184.43", "17.08", "167.35"],
+        &[
+            Expect {
+                meter: "api_calls",
+                quantity: "1002345",
+                included: "1000000",
+                billable: "2345",
+                list: "1.17",
+                discount: "0.23",
+                amount: "0.94",
+            },
+            Expect {
+                meter: "compute_minutes",
+                quantity: "9000",
+                included: "10000",
+                billable: "0",
+                list: "0.00",
+                discount: "0.00",
+                amount: "0.00",
+            },
+            Expect {
+                meter: "storage_bytes",
+                quantity: "150000000000",
+                included: "107374182400",
+                billable: "42625817600",
+                list: "4.26",
+                discount: "0.85",
+                amount: "3.41",
+            },
+            Expect {
+                meter: "bandwidth_bytes",
+                quantity: "1000000000000",
+                included: "0",
+                billable: "1000000000000",
+                list: "80.00",
+                discount: "16.00",
+                amount: "64.00",
+            },
+        ],
+    );
     // No projects given: everything is unallocated.
     assert!(report.projects.is_empty());
     assert_eq!(report.unallocated.to_string(), "167.35");
@@ -359,47 +371,48 @@ fn enterprise_report() -> UsageReport {
 #[test]
 fn enterprise_plan() {
     let report = enterprise_report();
-    for e in [
-        Expect {
-            meter: "api_calls",
-            quantity: "5000000",
-            included: "0",
-            billable: "5000000",
-            list: "2500.00",
-            discount: "1000.00",
-            amount: "1500.00",
-        },
-        Expect {
-            meter: "compute_minutes",
-            quantity: "20000",
-            included: "0",
-            billable: "20000",
-            list: "2000.00",
-            discount: "800.00",
-            amount: "1200.00",
-        },
-        Expect {
-            meter: "storage_bytes",
-            quantity: "2000000000000",
-            included: "0",
-            billable: "2000000000000",
-            list: "200.00",
-            discount: "80.00",
-            amount: "120.00",
-        },
-        Expect {
-            meter: "bandwidth_bytes",
-            quantity: "12345678901",
-            included: "0",
-            billable: "12345678901",
-            list: "0.99",
-            discount: "0.40",
-            amount: "0.59",
-        },
-    ] {
-        assert_line(&report, &e);
-    }
-    assert_totals(&report, "0.00", "4700.99", "1880.40", "2820.59");
+    assert_report(
+        &report,
+        ["0.00", "4700.99", "1880.40", "2820.59"],
+        &[
+            Expect {
+                meter: "api_calls",
+                quantity: "5000000",
+                included: "0",
+                billable: "5000000",
+                list: "2500.00",
+                discount: "1000.00",
+                amount: "1500.00",
+            },
+            Expect {
+                meter: "compute_minutes",
+                quantity: "20000",
+                included: "0",
+                billable: "20000",
+                list: "2000.00",
+                discount: "800.00",
+                amount: "1200.00",
+            },
+            Expect {
+                meter: "storage_bytes",
+                quantity: "2000000000000",
+                included: "0",
+                billable: "2000000000000",
+                list: "200.00",
+                discount: "80.00",
+                amount: "120.00",
+            },
+            Expect {
+                meter: "bandwidth_bytes",
+                quantity: "12345678901",
+                included: "0",
+                billable: "12345678901",
+                list: "0.99",
+                discount: "0.40",
+                amount: "0.59",
+            },
+        ],
+    );
 }
 
 #[test]

@@ -105,6 +105,19 @@ fn api_line(r: &UsageReport) -> (String, String, Option<String>, Vec<String>, St
     )
 }
 
+/// Asserts `r`'s api_calls line and total as [`api_line`] gives them.
+fn assert_api_line(r: &UsageReport, want: (&str, &str, Option<&str>, &[String], &str)) {
+    let (list, amount, version, overrides, total) = api_line(r);
+    let got = (
+        list.as_str(),
+        amount.as_str(),
+        version.as_deref(),
+        overrides.as_slice(),
+        total.as_str(),
+    );
+    assert_eq!(got, want);
+}
+
 #[tokio::test]
 async fn an_override_for_july_and_august_prices_both_closed_months_and_not_september() {
     let store = MemoryStore::new();
@@ -145,66 +158,23 @@ async fn an_override_for_july_and_august_prices_both_closed_months_and_not_septe
     );
     let both = vec![included.id.to_string(), price.id.to_string()];
 
-    calls(
-        &store,
-        &org,
-        &project,
-        "evt_june",
-        1_500_000,
-        "2026-06-20T00:00:00Z",
-    )
-    .await;
-    calls(
-        &store,
-        &org,
-        &project,
-        "evt_july",
-        2_500_000,
-        "2026-07-20T00:00:00Z",
-    )
-    .await;
-    calls(
-        &store,
-        &org,
-        &project,
-        "evt_aug",
-        1_800_000,
-        "2026-08-20T00:00:00Z",
-    )
-    .await;
-    calls(
-        &store,
-        &org,
-        &project,
-        "evt_sep",
-        1_200_000,
-        "2026-09-10T00:00:00Z",
-    )
-    .await;
+    for (id, n, at) in [
+        ("evt_june", 1_500_000, "2026-06-20T00:00:00Z"),
+        ("evt_july", 2_500_000, "2026-07-20T00:00:00Z"),
+        ("evt_aug", 1_800_000, "2026-08-20T00:00:00Z"),
+        ("evt_sep", 1_200_000, "2026-09-10T00:00:00Z"),
+    ] {
+        calls(&store, &org, &project, id, n, at).await;
+    }
 
     let june = close(&store, "2026-07-02T00:00:00Z", "2026-06").await;
-    assert_eq!(
-        api_line(&june),
-        (
-            "250.00".into(),
-            "200.00".into(),
-            Some("builtin".into()),
-            vec![],
-            "299.00".into()
-        )
-    );
+    assert_api_line(&june, ("250.00", "200.00", Some("builtin"), &[], "299.00"));
     assert!(june.overrides.is_empty());
 
     let july = close(&store, "2026-08-02T00:00:00Z", "2026-07").await;
-    assert_eq!(
-        api_line(&july),
-        (
-            "200.00".into(),
-            "160.00".into(),
-            Some("builtin".into()),
-            both.clone(),
-            "259.00".into()
-        )
+    assert_api_line(
+        &july,
+        ("200.00", "160.00", Some("builtin"), &both, "259.00"),
     );
     assert_eq!(july.overrides, vec![included.id.clone(), price.id.clone()]);
     // The other lines are at list price and say so.
@@ -217,16 +187,7 @@ async fn an_override_for_july_and_august_prices_both_closed_months_and_not_septe
     assert_eq!(july.check(), Ok(()));
 
     let august = close(&store, "2026-09-02T00:00:00Z", "2026-08").await;
-    assert_eq!(
-        api_line(&august),
-        (
-            "0.00".into(),
-            "0.00".into(),
-            Some("1".into()),
-            both.clone(),
-            "99.00".into()
-        )
-    );
+    assert_api_line(&august, ("0.00", "0.00", Some("1"), &both, "99.00"));
     assert_eq!(august.catalogue_version.as_deref(), Some("1"));
 
     // The preview of September, as `GET /v1/orgs/{id}/invoices/upcoming` builds it: the

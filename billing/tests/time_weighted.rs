@@ -106,6 +106,21 @@ fn storage_line(r: &UsageReport) -> (String, String, String, String) {
     )
 }
 
+/// Asserts the storage_gb line's (quantity, list amount, amount) on `r`.
+fn assert_storage_amounts(r: &UsageReport, want: [&str; 3]) {
+    let (quantity, list, amount, _) = storage_line(r);
+    assert_eq!([quantity.as_str(), list.as_str(), amount.as_str()], want);
+}
+
+/// Applies project A's late October reading (event `a3`: 40 GB at 31 Oct 18:00) as the
+/// aggregator applies it: the batch, then its counted readings.
+async fn apply_late_october_reading(store: &MemoryStore, org: &OrgId) {
+    let late = [reading(org, "a3", 1, "40", "2026-10-31T18:00:00Z")];
+    let applied = store.apply_batch(&late).await.unwrap();
+    assert_eq!(applied.applied(), 1);
+    put_counted_readings(store, &late, &applied).await.unwrap();
+}
+
 fn closing(a: &str, b: &str) -> ClosingReadings {
     ClosingReadings::from([(
         storage_gb(),
@@ -168,17 +183,10 @@ async fn a_reading_applied_after_its_month_closed_moves_the_carry_and_adjusts_th
     let (store, org) = world().await;
     let oct = close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
     assert_eq!(storage_line(&oct).0, "37080");
-    let late = [reading(&org, "a3", 1, "40", "2026-10-31T18:00:00Z")];
-    let applied = store.apply_batch(&late).await.unwrap();
-    assert_eq!(applied.applied(), 1);
-    put_counted_readings(&store, &late, &applied).await.unwrap();
+    apply_late_october_reading(&store, &org).await;
 
     let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
-    let (quantity, list, amount, _) = storage_line(&nov);
-    assert_eq!(
-        (quantity.as_str(), list.as_str(), amount.as_str()),
-        ("64800", "648.00", "518.40")
-    );
+    assert_storage_amounts(&nov, ["64800", "648.00", "518.40"]);
     assert_eq!(nov.closing_readings, closing("40", "50"));
     let [adj] = nov.adjustments.as_slice() else {
         panic!("one adjustment: {:?}", nov.adjustments)
@@ -227,17 +235,10 @@ async fn a_late_reading_carries_past_a_month_without_readings() {
     let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
     assert_eq!(storage_line(&nov).0, "50400");
     assert_eq!(nov.closing_readings, closing("20", "50"));
-    let late = [reading(&org, "a3", 1, "40", "2026-10-31T18:00:00Z")];
-    let applied = store.apply_batch(&late).await.unwrap();
-    assert_eq!(applied.applied(), 1);
-    put_counted_readings(&store, &late, &applied).await.unwrap();
+    apply_late_october_reading(&store, &org).await;
 
     let dec = close(&store, "2027-01-01T02:00:00Z", "2026-12").await;
-    let (quantity, list, amount, _) = storage_line(&dec);
-    assert_eq!(
-        (quantity.as_str(), list.as_str(), amount.as_str()),
-        ("66960", "669.60", "535.68")
-    );
+    assert_storage_amounts(&dec, ["66960", "669.60", "535.68"]);
     assert_eq!(dec.closing_readings, closing("40", "50"));
     let adjusted: Vec<[String; 5]> = dec
         .adjustments

@@ -43,6 +43,11 @@ struct Double {
 }
 
 impl Double {
+    /// Queues `answer` for the next request the script answers.
+    fn answer(&self, answer: Answer) {
+        self.script.lock().unwrap().push_back(answer);
+    }
+
     fn ids(&self) -> Vec<Vec<String>> {
         let seen = self.seen.lock().unwrap();
         seen.requests.iter().map(|r| r.0.clone()).collect()
@@ -195,11 +200,7 @@ async fn a_rejected_event_is_reported_on_its_own_ticket() {
 #[tokio::test]
 async fn a_503_is_retried_after_its_retry_after_with_the_same_ids() {
     let double = Double::default();
-    double
-        .script
-        .lock()
-        .unwrap()
-        .push_back(Answer::Status(503, Some(1)));
+    double.answer(Answer::Status(503, Some(1)));
     let client = Client::start(config(&start(double.clone()).await)).unwrap();
     let tickets = [
         client.send(event(1)).await.unwrap(),
@@ -222,19 +223,20 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_ids() {
     );
 }
 
+/// Sends `event(i)` on `client`, flushes, and returns its ticket's outcome.
+async fn send_and_flush(client: &Client, i: usize) -> Result<Outcome, DeliveryError> {
+    let t = client.send(event(i)).await.unwrap();
+    client.flush().await;
+    t.outcome().await
+}
+
 #[tokio::test]
 async fn a_throttle_longer_than_allowed_a_refusal_and_an_outage_each_end_as_they_should() {
     // 429 with an hour's Retry-After (a hard plan limit): failed at once, not waited out.
     let double = Double::default();
-    double
-        .script
-        .lock()
-        .unwrap()
-        .push_back(Answer::Status(429, Some(3600)));
+    double.answer(Answer::Status(429, Some(3600)));
     let client = Client::start(config(&start(double.clone()).await)).unwrap();
-    let t = client.send(event(1)).await.unwrap();
-    client.flush().await;
-    match t.outcome().await {
+    match send_and_flush(&client, 1).await {
         Err(DeliveryError::Throttled {
             retry_after,
             rejection,
@@ -247,18 +249,10 @@ async fn a_throttle_longer_than_allowed_a_refusal_and_an_outage_each_end_as_they
     assert_eq!(double.ids().len(), 1);
 
     // 401: refused, never retried.
-    double
-        .script
-        .lock()
-        .unwrap()
-        .push_back(Answer::Status(401, None));
-    let t = client.send(event(2)).await.unwrap();
-    client.flush().await;
+    double.answer(Answer::Status(401, None));
+    let outcome = send_and_flush(&client, 2).await;
     assert!(
-        matches!(
-            t.outcome().await,
-            Err(DeliveryError::Refused { status: 401, .. })
-        ),
+        matches!(outcome, Err(DeliveryError::Refused { status: 401, .. })),
         "401 is final"
     );
     assert_eq!(double.ids().len(), 2);
@@ -266,11 +260,7 @@ async fn a_throttle_longer_than_allowed_a_refusal_and_an_outage_each_end_as_they
     // 500s: retried up to max_attempts, then given up.
     let double = Double::default();
     for _ in 0..3 {
-        double
-            .script
-            .lock()
-            .unwrap()
-            .push_back(Answer::Status(500, None));
+        double.answer(Answer::Status(500, None));
     }
     let mut c = config(&start(double.clone()).await);
     c.max_attempts = 3;

@@ -22,10 +22,11 @@ use chrono::{DateTime, Utc};
 use tally_billing::Catalogue;
 use tally_billing::versions::{self, PairKey, VersionError};
 use tally_core::Month;
-use tally_core::ports::{CatalogueStore, Clock};
+use tally_core::ports::{CatalogueStore, Clock, SystemClock};
 use tally_ingest::LiveCatalogue;
 use tokio::sync::Mutex;
 
+use crate::backends::Store;
 use crate::env::{self, Env, EnvError};
 
 /// The refresh interval when [`env::CATALOGUE_REFRESH_SECONDS`] is unset: the same default
@@ -48,6 +49,36 @@ fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
         DEFAULT_REFRESH,
         MAX_REFRESH_SECONDS,
     )
+}
+
+/// Why a function could not start serving its catalogue.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// [`env::CATALOGUE_REFRESH_SECONDS`] is not a valid interval; the message names it.
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    /// The stored versions could not be read at cold start: the start fails.
+    #[error("the catalogue version in force")]
+    Read(#[source] VersionError),
+}
+
+/// The cold start of a function that serves the catalogue (ingest and the API): the
+/// version in force in `store`'s table, else `fallback`, re-read every
+/// [`env::CATALOGUE_REFRESH_SECONDS`] by the system clock.
+pub async fn open_from_env(
+    env: &Env,
+    store: &Store,
+    fallback: Catalogue,
+) -> Result<Arc<CatalogueRefresh>, StartError> {
+    let interval = refresh_from_env(env)?;
+    CatalogueRefresh::open(
+        store.dynamo.clone(),
+        fallback,
+        Arc::new(SystemClock),
+        interval,
+    )
+    .await
+    .map_err(StartError::Read)
 }
 
 /// Keeps a [`LiveCatalogue`] on the stored version in force (see the module doc).

@@ -70,16 +70,60 @@ async fn set_aside_part(sink: Option<&dyn PoisonSink>, id: &str, part: &SetAside
     }
 }
 
+/// What a consumer applies a batch through: the counters, the audit log and the poison sink
+/// (see the module doc), and the invocation's deadline. Only `usage` is required.
+#[derive(Clone, Copy)]
+pub struct Consumer<'a> {
+    /// Where the events are applied.
+    pub usage: &'a dyn UsageStore,
+    /// Where apply-time decisions are recorded, if anywhere.
+    pub audit: Option<&'a dyn AuditLog>,
+    /// Where poison records are set aside; without one they are reported as failures.
+    pub sink: Option<&'a dyn PoisonSink>,
+    /// With one, records are applied in groups and no group is started too near it.
+    pub deadline: Option<&'a Deadline<'a>>,
+}
+
+impl<'a> Consumer<'a> {
+    /// Applies to `usage`, with no audit log, no sink and no deadline.
+    pub fn new(usage: &'a dyn UsageStore) -> Self {
+        Consumer {
+            usage,
+            audit: None,
+            sink: None,
+            deadline: None,
+        }
+    }
+
+    /// The same, recording apply-time decisions in `audit`.
+    pub fn with_audit(self, audit: &'a dyn AuditLog) -> Self {
+        Consumer {
+            audit: Some(audit),
+            ..self
+        }
+    }
+
+    /// The same, setting poison records aside in `sink`.
+    pub fn with_sink(self, sink: &'a dyn PoisonSink) -> Self {
+        Consumer {
+            sink: Some(sink),
+            ..self
+        }
+    }
+
+    /// The same, starting no group of records too near `deadline`.
+    pub fn with_deadline(self, deadline: &'a Deadline<'a>) -> Self {
+        Consumer {
+            deadline: Some(deadline),
+            ..self
+        }
+    }
+}
+
 /// Applies an SQS event and returns the partial batch response: the message ids of every
-/// message not settled (retry, poison that could not be set aside, or, with a `deadline`,
+/// message not settled (retry, poison that could not be set aside, or, with a deadline,
 /// in a group there was no time left to start).
-pub async fn handle_sqs(
-    usage: &dyn UsageStore,
-    audit: Option<&dyn AuditLog>,
-    sink: Option<&dyn PoisonSink>,
-    event: &SqsEvent,
-    deadline: Option<&Deadline<'_>>,
-) -> SqsBatchResponse {
+pub async fn handle_sqs(consumer: &Consumer<'_>, event: &SqsEvent) -> SqsBatchResponse {
     let span = tracing::info_span!("handle_sqs", records = event.records.len());
     let _enter = span.enter();
     let bodies: Vec<&[u8]> = event
@@ -92,7 +136,8 @@ pub async fn handle_sqs(
         .iter()
         .map(|body| RecordInput::Raw { body, org: None })
         .collect();
-    let outcomes = apply_records_until(usage, audit, &inputs, deadline).await;
+    let outcomes =
+        apply_records_until(consumer.usage, consumer.audit, &inputs, consumer.deadline).await;
     let mut response = SqsBatchResponse::default();
     for ((message, body), outcome) in event.records.iter().zip(&bodies).zip(&outcomes) {
         let id = message.message_id.clone().unwrap_or_default();
@@ -102,8 +147,8 @@ pub async fn handle_sqs(
                 warn!(message_id = %id, %reason, "message not applied; SQS will redeliver it");
                 false
             }
-            RecordOutcome::Poison { reason } => set_aside(sink, &id, body, reason).await,
-            RecordOutcome::SetAside(part) => set_aside_part(sink, &id, part).await,
+            RecordOutcome::Poison { reason } => set_aside(consumer.sink, &id, body, reason).await,
+            RecordOutcome::SetAside(part) => set_aside_part(consumer.sink, &id, part).await,
         };
         if !settled {
             response.add_failure(id);
@@ -113,15 +158,9 @@ pub async fn handle_sqs(
 }
 
 /// Applies a Kinesis event and returns the response naming the first record not settled
-/// (none when all are); with a `deadline`, the first record of the groups there was no
+/// (none when all are); with a deadline, the first record of the groups there was no
 /// time left to start is such a record, unless an earlier one is.
-pub async fn handle_kinesis(
-    usage: &dyn UsageStore,
-    audit: Option<&dyn AuditLog>,
-    sink: Option<&dyn PoisonSink>,
-    event: &KinesisEvent,
-    deadline: Option<&Deadline<'_>>,
-) -> KinesisEventResponse {
+pub async fn handle_kinesis(consumer: &Consumer<'_>, event: &KinesisEvent) -> KinesisEventResponse {
     let inputs: Vec<RecordInput<'_>> = event
         .records
         .iter()
@@ -135,7 +174,7 @@ pub async fn handle_kinesis(
     let span = tracing::info_span!("handle_kinesis", records = event.records.len());
     let outcomes = {
         use tracing::Instrument;
-        apply_records_until(usage, audit, &inputs, deadline)
+        apply_records_until(consumer.usage, consumer.audit, &inputs, consumer.deadline)
             .instrument(span)
             .await
     };
@@ -149,9 +188,9 @@ pub async fn handle_kinesis(
                 false
             }
             RecordOutcome::Poison { reason } => {
-                set_aside(sink, seq, &record.kinesis.data.0, reason).await
+                set_aside(consumer.sink, seq, &record.kinesis.data.0, reason).await
             }
-            RecordOutcome::SetAside(part) => set_aside_part(sink, seq, part).await,
+            RecordOutcome::SetAside(part) => set_aside_part(consumer.sink, seq, part).await,
         };
         if !settled {
             response.add_failure(seq.clone());

@@ -15,9 +15,9 @@ use tally_billing::{
     close_month, sync_period,
 };
 use tally_core::period::Month;
-use tally_core::ports::{AuditLog, InvoiceProvider, StoreError, SyncLedger, UsageStore};
+use tally_core::ports::{InvoiceProvider, StoreError, SyncLedger};
 
-use crate::consumers::{Deadline, PoisonSink, handle_kinesis, handle_sqs};
+use crate::consumers::{Consumer, handle_kinesis, handle_sqs};
 use crate::env::Transport;
 
 pub mod http;
@@ -121,27 +121,24 @@ pub enum BillingError {
 /// An event of the other shape is an error (the function is wired to the wrong source),
 /// and Lambda retries the whole batch; nothing is acknowledged by mistake.
 ///
-/// With a `deadline` (the invocation's), records are applied in groups and the groups there
+/// With a deadline in `consumer` (the invocation's), records are applied in groups and the groups there
 /// is no time left to start are reported as failures ([`crate::consumers`]), so a batch too
 /// big for one invocation makes progress instead of timing out whole.
 pub async fn aggregate(
     transport: Transport,
-    usage: &dyn UsageStore,
-    audit: Option<&dyn AuditLog>,
-    sink: Option<&dyn PoisonSink>,
+    consumer: &Consumer<'_>,
     event: Value,
-    deadline: Option<&Deadline<'_>>,
 ) -> Result<Value, AggregateError> {
     check_source(transport, &event)?;
     match transport {
         Transport::Sqs => {
             let event: SqsEvent = decode(event, "aws:sqs")?;
-            let r = handle_sqs(usage, audit, sink, &event, deadline).await;
+            let r = handle_sqs(consumer, &event).await;
             respond("sqs", event.records.len(), r.batch_item_failures.len(), &r)
         }
         Transport::Kinesis => {
             let event: KinesisEvent = decode(event, "aws:kinesis")?;
-            let r = handle_kinesis(usage, audit, sink, &event, deadline).await;
+            let r = handle_kinesis(consumer, &event).await;
             respond(
                 "kinesis",
                 event.records.len(),

@@ -235,6 +235,17 @@ impl Secret {
         )))
     }
 
+    /// The `field` ([`STRIPE_SECRET_KEY_FIELD`] or [`STRIPE_WEBHOOK_SECRET_FIELD`]) of the
+    /// Stripe secret named by [`env::STRIPE_SECRET_ARN`], if set, as [`Secret::from_env`]
+    /// reads it.
+    pub fn stripe_from_env(
+        env: &Env,
+        field: &'static str,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Option<Secret>, EnvError> {
+        Self::from_env(env, env::STRIPE_SECRET_ARN, Some(field), sdk)
+    }
+
     /// The secret's ARN.
     pub fn arn(&self) -> &str {
         &self.arn

@@ -16,7 +16,7 @@ use aws_sdk_secretsmanager::Client as SecretsClient;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{TimeDelta, TimeZone, Utc};
-use common::template::{get, resources, str_of, template};
+use common::template::{assert_no_problems, get, resources, str_of, template};
 use serde_json::json;
 use serde_norway::Value;
 use tally_core::plan::PlanId;
@@ -83,8 +83,7 @@ fn dashboard_route_problems(t: &Value) -> Vec<String> {
 
 #[test]
 fn the_api_function_is_routed_every_dashboard_route() {
-    let problems = dashboard_route_problems(&template());
-    assert!(problems.is_empty(), "{problems:#?}");
+    assert_no_problems(&dashboard_route_problems(&template()));
 }
 
 #[test]

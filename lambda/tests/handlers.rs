@@ -16,7 +16,7 @@ use tally_billing::Catalogue;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{FixedClock, ReportStore, UsageStore};
-use tally_lambda::consumers::PoisonSink;
+use tally_lambda::consumers::{Consumer, PoisonSink};
 use tally_lambda::env::Transport;
 use tally_lambda::handlers::{
     BillingError, BillingPorts, BillingRun, MONTH_TIME_RESERVE, MonthRun, aggregate, bill,
@@ -87,12 +87,11 @@ async fn billing_closes_the_previous_month_once_its_grace_period_has_passed() {
 async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let (_dir, store) = store();
     let sink = Sink::default();
+    let with_sink = Consumer::new(&store).with_sink(&sink);
     let event = json!({"Records": [
         {"messageId": "m1", "body": "not an envelope", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, None, Some(&sink), event, None)
-        .await
-        .unwrap();
+    let out = aggregate(Transport::Sqs, &with_sink, event).await.unwrap();
     assert_eq!(out, json!({"batchItemFailures": []}));
     let kept = sink.0.lock().unwrap().clone();
     assert_eq!(kept.len(), 1);
@@ -102,7 +101,7 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
     let event = json!({"Records": [
         {"messageId": "m2", "body": "{}", "eventSource": "aws:sqs"},
     ]});
-    let out = aggregate(Transport::Sqs, &store, None, None, event, None)
+    let out = aggregate(Transport::Sqs, &Consumer::new(&store), event)
         .await
         .unwrap();
     assert_eq!(
@@ -115,27 +114,21 @@ async fn the_aggregator_answers_batch_item_failures_and_dead_letters_poison() {
 async fn an_event_from_the_other_transport_is_refused_not_dead_lettered() {
     let (_dir, store) = store();
     let sink = Sink::default();
+    let with_sink = Consumer::new(&store).with_sink(&sink);
     let kinesis = json!({"Records": [{
         "eventSource": "aws:kinesis",
         "kinesis": {"partitionKey": "org_a", "data": "e30=", "sequenceNumber": "1"},
     }]});
-    let e = aggregate(Transport::Sqs, &store, None, Some(&sink), kinesis, None)
+    let e = aggregate(Transport::Sqs, &with_sink, kinesis)
         .await
         .unwrap_err();
     assert!(
         format!("{e:#}").contains("eventSource is \"aws:kinesis\", expected \"aws:sqs\""),
         "{e:#}"
     );
-    let e = aggregate(
-        Transport::Kinesis,
-        &store,
-        None,
-        Some(&sink),
-        json!({"detail": {}}),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let e = aggregate(Transport::Kinesis, &with_sink, json!({"detail": {}}))
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("no Records array"), "{e:#}");
     assert!(sink.0.lock().unwrap().is_empty());
 }

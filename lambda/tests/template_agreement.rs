@@ -18,7 +18,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use common::template::{Stack, get, keys_of, resource_at, resources, root, str_of, template};
+use common::template::{
+    Stack, assert_no_problems, get, keys_of, resource_at, resources, root, str_of, template,
+};
 
 use serde_norway::Value;
 use tally_store::dynamodb::{GSI1, GSI1_PROJECTED, GSI1PK, GSI1SK, PK, SK, TTL};
@@ -240,8 +242,7 @@ fn function_problems(t: &Value, makefile: &str, bins: &BTreeSet<String>) -> Vec<
 
 #[test]
 fn the_table_is_the_one_the_adapter_uses() {
-    let p = table_problems(&template());
-    assert!(p.is_empty(), "{p:#?}");
+    assert_no_problems(&table_problems(&template()));
 }
 
 #[test]
@@ -253,8 +254,7 @@ fn every_function_runs_a_workspace_binary_with_the_environment_it_reads() {
             "cargo metadata lists no binary {bin}: {bins:?}"
         );
     }
-    let p = function_problems(&template(), &makefile(), &bins);
-    assert!(p.is_empty(), "{p:#?}");
+    assert_no_problems(&function_problems(&template(), &makefile(), &bins));
 }
 
 #[test]
@@ -428,8 +428,7 @@ fn secret_problems(t: &Value) -> Vec<String> {
 #[test]
 fn secrets_reach_functions_as_arns_their_roles_alone_may_read() {
     let t = template();
-    let p = secret_problems(&t);
-    assert!(p.is_empty(), "{p:#?}");
+    assert_no_problems(&secret_problems(&t));
     // And each variable the code reads a secret from is an ARN variable.
     for (bin, vars) in tally_lambda::env::BINARIES {
         for var in *vars {
@@ -1103,6 +1102,5 @@ fn a_miswired_user_pool_is_caught() {
 
 #[test]
 fn the_api_accepts_the_user_pools_id_tokens() {
-    let p = user_pool_problems(&template());
-    assert!(p.is_empty(), "{p:#?}");
+    assert_no_problems(&user_pool_problems(&template()));
 }

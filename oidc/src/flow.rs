@@ -18,7 +18,9 @@ use hyper::Uri;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::{JWKS_TTL_SECS, MAX_SETTING_LEN, OidcConfigError, OidcVerifier, parse_url};
+use crate::{
+    DiscoveryDoc, JWKS_TTL_SECS, MAX_SETTING_LEN, OidcConfigError, OidcVerifier, parse_url,
+};
 
 /// The longest `state`, `nonce`, code verifier or authorization code handled, in bytes
 /// (RFC 7636 caps the verifier at 128 characters; codes are opaque but short).
@@ -166,6 +168,12 @@ struct FlowDiscovery {
     token_endpoint: Option<String>,
 }
 
+impl DiscoveryDoc for FlowDiscovery {
+    fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
 /// The part of a token response read.
 #[derive(Debug, Deserialize)]
 struct TokenResponse {
@@ -217,15 +225,7 @@ impl OidcVerifier {
             .get(&self.discovery_url)
             .await
             .map_err(|e| FlowError::Unavailable(e.to_string()))?;
-        let doc: FlowDiscovery = serde_json::from_slice(&body).map_err(|e| {
-            FlowError::Unavailable(format!("the discovery document is not valid: {e}"))
-        })?;
-        if doc.issuer != self.settings.issuer {
-            return Err(FlowError::Unavailable(format!(
-                "the discovery document names issuer {:?}, not the configured one",
-                doc.issuer
-            )));
-        }
+        let doc: FlowDiscovery = self.read_discovery(&body).map_err(FlowError::Unavailable)?;
         let endpoint = |v: Option<String>, name: &'static str| {
             let v = v.ok_or_else(|| {
                 FlowError::Unavailable(format!("the discovery document has no {name}"))
@@ -407,30 +407,29 @@ mod tests {
             redirect_url: Some("https://tally.example/dashboard/callback".into()),
         };
         assert!(ok.check().is_ok());
+        // Each setting made bad in turn, and the error naming it.
         let no_id = ClientSettings {
             client_id: String::new(),
             ..ok.clone()
         };
-        assert_eq!(
-            no_id.check(),
-            Err(OidcConfigError::Client("the OIDC client id"))
-        );
         let bad_url = ClientSettings {
             redirect_url: Some("/dashboard/callback".into()),
             ..ok.clone()
         };
-        assert_eq!(
-            bad_url.check(),
-            Err(OidcConfigError::Url("the OIDC redirect URL"))
-        );
         let empty_secret = ClientSettings {
             client_secret: Some(String::new()),
             ..ok.clone()
         };
-        assert_eq!(
-            empty_secret.check(),
-            Err(OidcConfigError::Client("the OIDC client secret"))
-        );
+        for (bad, want) in [
+            (no_id, OidcConfigError::Client("the OIDC client id")),
+            (bad_url, OidcConfigError::Url("the OIDC redirect URL")),
+            (
+                empty_secret,
+                OidcConfigError::Client("the OIDC client secret"),
+            ),
+        ] {
+            assert_eq!(bad.check(), Err(want), "{bad:?}");
+        }
         let secret = ClientSettings {
             client_secret: Some("s3cret-value".into()),
             ..ok

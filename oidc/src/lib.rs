@@ -168,6 +168,18 @@ struct Discovery {
     jwks_uri: String,
 }
 
+impl DiscoveryDoc for Discovery {
+    fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
+/// The part of the issuer's discovery document one caller reads; every such part holds the
+/// issuer it names, which must be the configured one.
+trait DiscoveryDoc: serde::de::DeserializeOwned {
+    fn issuer(&self) -> &str;
+}
+
 /// The cached keys and when they were fetched.
 #[derive(Debug, Default)]
 struct Cache {
@@ -427,15 +439,7 @@ impl OidcVerifier {
             Some(u) => u.clone(),
             None => {
                 let body = self.get(&self.discovery_url).await?;
-                let doc: Discovery = serde_json::from_slice(&body).map_err(|e| {
-                    OidcError::Unavailable(format!("the discovery document is not valid: {e}"))
-                })?;
-                if doc.issuer != self.settings.issuer {
-                    return Err(OidcError::Unavailable(format!(
-                        "the discovery document names issuer {:?}, not the configured one",
-                        doc.issuer
-                    )));
-                }
+                let doc: Discovery = self.read_discovery(&body).map_err(OidcError::Unavailable)?;
                 let url = parse_url(&doc.jwks_uri, "jwks_uri").map_err(|_| {
                     OidcError::Unavailable(format!("jwks_uri {:?} is not a URL", doc.jwks_uri))
                 })?;
@@ -455,6 +459,20 @@ impl OidcVerifier {
         Ok(set.keys)
     }
 
+    /// Parses the discovery document `body` and checks that it names the configured
+    /// issuer; why not, if it is not valid or names another.
+    fn read_discovery<D: DiscoveryDoc>(&self, body: &[u8]) -> Result<D, String> {
+        let doc: D = serde_json::from_slice(body)
+            .map_err(|e| format!("the discovery document is not valid: {e}"))?;
+        if doc.issuer() != self.settings.issuer {
+            return Err(format!(
+                "the discovery document names issuer {:?}, not the configured one",
+                doc.issuer()
+            ));
+        }
+        Ok(doc)
+    }
+
     /// A bounded GET that must answer 200 within [`FETCH_TIMEOUT`].
     async fn get(&self, url: &Uri) -> Result<Bytes, OidcError> {
         let request = Request::builder()
@@ -464,29 +482,49 @@ impl OidcVerifier {
             .header(USER_AGENT, concat!("tally/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::new()))
             .map_err(|e| OidcError::Unavailable(format!("cannot build the request: {e}")))?;
+        self.exchange(request, url, Answer::OnlyOk)
+            .await
+            .map(|(_, body)| body)
+            .map_err(OidcError::Unavailable)
+    }
+
+    /// Sends `request` (to `url`) and reads its answer, all within [`FETCH_TIMEOUT`]: the
+    /// status and at most [`MAX_DOCUMENT_BYTES`] of body, or why not, naming the method and
+    /// the URL. With [`Answer::OnlyOk`] a status other than 200 is a failure, and its body
+    /// is not read.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        url: &Uri,
+        answer: Answer,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let method = request.method().clone();
         let exchange = async {
             let response = self
                 .client_http
                 .request(request)
                 .await
-                .map_err(|e| format!("GET {url} failed: {e}"))?;
+                .map_err(|e| format!("{method} {url} failed: {e}"))?;
             let status = response.status();
-            if status != hyper::StatusCode::OK {
-                return Err(format!("GET {url} answered {status}"));
+            if answer == Answer::OnlyOk && status != hyper::StatusCode::OK {
+                return Err(format!("{method} {url} answered {status}"));
             }
-            http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+            let body = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .map_err(|e| {
-                    format!("GET {url}: body unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}")
-                })
+                    format!(
+                        "{method} {url}: body unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}"
+                    )
+                })?;
+            Ok((status, body))
         };
         match tokio::time::timeout(FETCH_TIMEOUT, exchange).await {
-            Err(_) => Err(OidcError::Unavailable(format!(
-                "GET {url}: no answer within {FETCH_TIMEOUT:?}"
-            ))),
-            Ok(r) => r.map_err(OidcError::Unavailable),
+            Err(_) => Err(format!(
+                "{method} {url}: no answer within {FETCH_TIMEOUT:?}"
+            )),
+            Ok(r) => r,
         }
     }
 }
@@ -512,27 +550,17 @@ impl OidcVerifier {
         let request = request
             .body(Full::new(form))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        let exchange = async {
-            let response = self
-                .client_http
-                .request(request)
-                .await
-                .map_err(|e| format!("POST {url} failed: {e}"))?;
-            let status = response.status();
-            let body = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| {
-                    format!("POST {url}: body unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}")
-                })?;
-            Ok((status, body))
-        };
-        match tokio::time::timeout(FETCH_TIMEOUT, exchange).await {
-            Err(_) => Err(format!("POST {url}: no answer within {FETCH_TIMEOUT:?}")),
-            Ok(r) => r,
-        }
+        self.exchange(request, url, Answer::Any).await
     }
+}
+
+/// Which answers [`OidcVerifier::exchange`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Only a `200`: any other status fails the exchange, naming it.
+    OnlyOk,
+    /// Any status: the caller reads the issuer's error from the body.
+    Any,
 }
 
 fn find(keys: &[Jwk], kid: &str) -> Option<Jwk> {

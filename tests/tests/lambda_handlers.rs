@@ -17,7 +17,7 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::{ApplyReport, Clock, FixedClock, StoreError, UsageStore};
 use tally_lambda::consumers::aws_lambda_events::event::kinesis::KinesisEvent;
 use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
-use tally_lambda::consumers::{Deadline, PoisonSink, handle_kinesis, handle_sqs};
+use tally_lambda::consumers::{Consumer, Deadline, PoisonSink, handle_kinesis, handle_sqs};
 use tally_store::hooked::{BatchHook, Hooked};
 use tally_store::sqlite::SqliteStore;
 use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
@@ -159,7 +159,7 @@ async fn sqs_reports_only_unsettled_messages() {
 
     // With a working sink: poison is set aside, everything is settled.
     let sink = Sink::default();
-    let response = handle_sqs(&store, None, Some(&sink), &event, None).await;
+    let response = handle_sqs(&Consumer::new(&store).with_sink(&sink), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let kept = sink.kept.lock().unwrap().clone();
     assert_eq!(kept.len(), 2);
@@ -173,14 +173,14 @@ async fn sqs_reports_only_unsettled_messages() {
         fail: true,
         ..Sink::default()
     };
-    let response = handle_sqs(&store, None, Some(&failing), &event, None).await;
+    let response = handle_sqs(&Consumer::new(&store).with_sink(&failing), &event).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
     assert_eq!(ids, ["m-poison", "m-garbage"]);
-    let response = handle_sqs(&store, None, None, &event, None).await;
+    let response = handle_sqs(&Consumer::new(&store), &event).await;
     assert_eq!(response.batch_item_failures.len(), 2);
     // The redelivered good messages changed nothing.
     assert_eq!(total(&store, &org).await, 2);
@@ -220,7 +220,7 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     ]});
     let event: KinesisEvent = serde_json::from_value(raw).unwrap();
 
-    let response = handle_kinesis(&store, None, None, &event, None).await;
+    let response = handle_kinesis(&Consumer::new(&store), &event).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -230,7 +230,7 @@ async fn kinesis_reports_the_first_unsettled_sequence_number() {
     assert_eq!(total(&store, &org).await, 2);
 
     let sink = Sink::default();
-    let response = handle_kinesis(&store, None, Some(&sink), &event, None).await;
+    let response = handle_kinesis(&Consumer::new(&store).with_sink(&sink), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(sink.kept.lock().unwrap()[0].0, "4959002");
     assert_eq!(total(&store, &org).await, 2);
@@ -330,7 +330,7 @@ async fn sqs_out_of_time_reports_only_the_groups_not_started() {
     let clock = FixedClock::at(Utc::now());
     let slow = Slow::new(&store, &clock);
 
-    let response = handle_sqs(&slow, None, None, &event, Some(&tight(&clock))).await;
+    let response = handle_sqs(&Consumer::new(&slow).with_deadline(&tight(&clock)), &event).await;
     let failed = ids(response
         .batch_item_failures
         .iter()
@@ -349,7 +349,7 @@ async fn sqs_out_of_time_reports_only_the_groups_not_started() {
         at: clock.now() + chrono::Duration::minutes(5),
         ..tight(&clock)
     };
-    let response = handle_sqs(&slow, None, None, &again, Some(&plenty)).await;
+    let response = handle_sqs(&Consumer::new(&slow).with_deadline(&plenty), &again).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(*slow.hook().calls.lock().unwrap(), 3);
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
@@ -370,7 +370,8 @@ async fn kinesis_out_of_time_resends_from_the_first_group_not_started() {
     let clock = FixedClock::at(Utc::now());
     let slow = Slow::new(&store, &clock);
 
-    let response = handle_kinesis(&slow, None, None, &event, Some(&tight(&clock))).await;
+    let response =
+        handle_kinesis(&Consumer::new(&slow).with_deadline(&tight(&clock)), &event).await;
     let failed = ids(response
         .batch_item_failures
         .iter()
@@ -384,11 +385,11 @@ async fn kinesis_out_of_time_resends_from_the_first_group_not_started() {
         at: clock.now() + chrono::Duration::minutes(5),
         ..tight(&clock)
     };
-    let response = handle_kinesis(&slow, None, None, &rest, Some(&plenty)).await;
+    let response = handle_kinesis(&Consumer::new(&slow).with_deadline(&plenty), &rest).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
     // The whole batch again (a resend from further back) counts nothing twice.
-    let response = handle_kinesis(&slow, None, None, &event, Some(&plenty)).await;
+    let response = handle_kinesis(&Consumer::new(&slow).with_deadline(&plenty), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
     assert_eq!(total(&store, &org).await, 6);
@@ -414,7 +415,7 @@ async fn with_time_enough_every_group_is_applied() {
         at: clock.now() + chrono::Duration::minutes(5),
         ..tight(&clock)
     };
-    let response = handle_sqs(&slow, None, None, &event, Some(&plenty)).await;
+    let response = handle_sqs(&Consumer::new(&slow).with_deadline(&plenty), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // In groups: the duplicated message's two copies (4 events) in one, then one per record.
     assert_eq!(*slow.hook().calls.lock().unwrap(), 3);

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use tally_bench::flags::each_flag;
 use tally_bench::server::{create_tenants, stop};
 use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants};
 use tally_core::ports::UsageStore;
@@ -53,17 +54,16 @@ fn args() -> anyhow::Result<Args> {
         rounds: 3,
         data: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
+    each_flag(|flag, value| {
+        match flag {
             "--tally" => a.tally = PathBuf::from(value),
             "--entries" => a.entries = value.parse().context("--entries")?,
             "--rounds" => a.rounds = value.parse().context("--rounds")?,
             "--data" => a.data = Some(PathBuf::from(value)),
             other => bail!("unknown flag {other}"),
         }
-    }
+        Ok(())
+    })?;
     if !(1..=100_000_000).contains(&a.entries) || !(1..=20).contains(&a.rounds) {
         bail!("--entries must be in 1..=100000000 and --rounds in 1..=20");
     }

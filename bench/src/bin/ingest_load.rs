@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_bench::flags::each_flag;
 use tally_bench::server::{create_tenants, stop};
 use tally_bench::workload::{Tenants, WorkloadSpec, generate, tenants, truth};
 use tally_core::counter::OwnedCounterKey;
@@ -108,10 +109,8 @@ fn args() -> anyhow::Result<Args> {
         path: SendPath::Both,
         linger: Duration::from_millis(20),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
+    each_flag(|flag, value| {
+        match flag {
             "--tally" => a.tally = PathBuf::from(value),
             "--scale" => a.scale = value.parse().context("--scale")?,
             "--clients" => a.clients = value.parse().context("--clients")?,
@@ -142,7 +141,8 @@ fn args() -> anyhow::Result<Args> {
             }
             _ => bail!("unknown flag {flag}"),
         }
-    }
+        Ok(())
+    })?;
     if !(0.001..=20.0).contains(&a.scale) || a.clients == 0 || a.clients > 512 {
         bail!("--scale must be in 0.001..=20 and --clients in 1..=512");
     }

@@ -249,6 +249,24 @@ fn holds(conn: &Connection, part: &str, r: &Row) -> anyhow::Result<bool> {
     Ok(s.exists(params![r.org, r.id])?)
 }
 
+/// Whether any of `parts` holds `r`'s key, probing them in the order given and stopping at
+/// the first that does; adds each table probed to `probes`. Both partitioned layouts probe
+/// this way and differ only in which tables their filters let through.
+fn held_by_any<'p>(
+    conn: &Connection,
+    parts: impl Iterator<Item = &'p String>,
+    r: &Row,
+    probes: &mut u64,
+) -> anyhow::Result<bool> {
+    for p in parts {
+        *probes += 1;
+        if holds(conn, p, r)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Inserts `r` into partition table `hot` unless its key is there: 1 if it was new, else 0.
 fn insert_into(conn: &Connection, hot: &str, r: &Row) -> anyhow::Result<usize> {
     let mut ins = conn.prepare_cached(&format!(
@@ -453,18 +471,10 @@ impl Contender {
                         self.hot_rows = 0;
                     }
                     let (hot, older) = self.parts.split_last().context("no partition")?;
-                    if self.bloom.may_hold(r.hash) {
-                        let mut seen = false;
-                        for p in older.iter().rev() {
-                            self.probes += 1;
-                            if holds(&tx, p, r)? {
-                                seen = true;
-                                break;
-                            }
-                        }
-                        if seen {
-                            continue;
-                        }
+                    if self.bloom.may_hold(r.hash)
+                        && held_by_any(&tx, older.iter().rev(), r, &mut self.probes)?
+                    {
+                        continue;
                     }
                     let n = insert_into(&tx, hot, r)?;
                     if n == 1 {
@@ -487,17 +497,13 @@ impl Contender {
                         )?;
                     }
                     let (hot, older) = self.parts.split_last().context("no partition")?;
-                    let mut seen = false;
-                    for (p, f) in older.iter().zip(&self.filters).rev() {
-                        if f.may_hold(r.hash) {
-                            self.probes += 1;
-                            if holds(&tx, p, r)? {
-                                seen = true;
-                                break;
-                            }
-                        }
-                    }
-                    if seen {
+                    let maybe = older
+                        .iter()
+                        .zip(&self.filters)
+                        .rev()
+                        .filter(|(_, f)| f.may_hold(r.hash))
+                        .map(|(p, _)| p);
+                    if held_by_any(&tx, maybe, r, &mut self.probes)? {
                         continue;
                     }
                     let n = insert_into(&tx, hot, r)?;

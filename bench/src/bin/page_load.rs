@@ -33,6 +33,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tally::serve::{App, Settings};
 use tally::settings::Common;
+use tally_bench::flags::each_flag;
 use tally_bench::server::bench_project;
 use tally_bench::workload::meters;
 use tally_core::plan::RateLimit;
@@ -62,16 +63,15 @@ fn args() -> anyhow::Result<Args> {
         rounds: 200,
         warmup: 20,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
+    each_flag(|flag, value| {
+        match flag {
             "--events" => a.events = value.parse().context("--events")?,
             "--rounds" => a.rounds = value.parse().context("--rounds")?,
             "--warmup" => a.warmup = value.parse().context("--warmup")?,
             _ => bail!("unknown flag {flag}"),
         }
-    }
+        Ok(())
+    })?;
     if !(1..=20_000_000).contains(&a.events) || !(1..=10_000).contains(&a.rounds) {
         bail!("--events must be in 1..=20,000,000 and --rounds in 1..=10,000");
     }

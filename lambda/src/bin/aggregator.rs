@@ -9,7 +9,7 @@ use anyhow::Context;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use tally_core::ports::SystemClock;
-use tally_lambda::consumers::Deadline;
+use tally_lambda::consumers::{Consumer, Deadline};
 use tally_lambda::env::{self, Env};
 use tally_lambda::sink::SqsSink;
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -39,15 +39,11 @@ async fn main() -> anyhow::Result<()> {
                 margin,
                 ..Deadline::new(at, &SystemClock)
             });
-        let out = handlers::aggregate(
-            transport,
-            store.usage.as_ref(),
-            Some(audit),
-            Some(sink),
-            event.payload,
-            deadline.as_ref(),
-        )
-        .await;
+        let mut consumer = Consumer::new(store.usage.as_ref())
+            .with_audit(audit)
+            .with_sink(sink);
+        consumer.deadline = deadline.as_ref();
+        let out = handlers::aggregate(transport, &consumer, event.payload).await;
         telemetry.flush();
         out.map_err(|e| {
             tracing::error!(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
-use tally_lambda::catalogue::{self, CatalogueRefresh};
+use tally_lambda::catalogue;
 use tally_lambda::env::{self, Env};
 use tally_lambda::secrets::Secret;
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
@@ -38,14 +38,7 @@ async fn main() -> anyhow::Result<()> {
     // The upcoming invoice of a month no stored version covers is priced with the built-in
     // catalogue, as month close prices it.
     let prices = catalogue.core().clone();
-    let refresh = CatalogueRefresh::open(
-        store.dynamo.clone(),
-        catalogue,
-        Arc::new(SystemClock),
-        catalogue::refresh_from_env(&env)?,
-    )
-    .await
-    .context("the catalogue version in force")?;
+    let refresh = catalogue::open_from_env(&env, &store, catalogue).await?;
     let state = tally_api::ApiState::new(
         store.tenants.clone(),
         store.usage.clone(),

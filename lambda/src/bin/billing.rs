@@ -64,13 +64,8 @@ async fn main() -> anyhow::Result<()> {
     let grace = Duration::from_secs(grace);
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
-    let stripe = Secret::from_env(
-        &env,
-        env::STRIPE_SECRET_ARN,
-        Some(STRIPE_SECRET_KEY_FIELD),
-        &store.sdk,
-    )?
-    .map(|secret| handlers::stripe_provider(secret, tally_stripe::STRIPE_API_BASE.to_owned()));
+    let stripe = Secret::stripe_from_env(&env, STRIPE_SECRET_KEY_FIELD, &store.sdk)?
+        .map(|secret| handlers::stripe_provider(secret, tally_stripe::STRIPE_API_BASE.to_owned()));
     let ports = BillingPorts {
         tenants: store.tenants.as_ref(),
         usage: store.usage.as_ref(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
-use tally_lambda::catalogue::{self, CatalogueRefresh};
+use tally_lambda::catalogue;
 use tally_lambda::env::{self, Env};
 use tally_lambda::{backends, handlers, telemetry::Telemetry};
 
@@ -25,14 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
     let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
-    let refresh = CatalogueRefresh::open(
-        store.dynamo.clone(),
-        catalogue,
-        Arc::new(SystemClock),
-        catalogue::refresh_from_env(&env)?,
-    )
-    .await
-    .context("the catalogue version in force")?;
+    let refresh = catalogue::open_from_env(&env, &store, catalogue).await?;
     // Rate and hard plan limits are shared by every warm instance through the table
     // (tally_ingest::shared), so they hold whatever the number of instances.
     let ingest = tally_ingest::Ingest::with_allowances(

@@ -22,12 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let env = Env::new(env::STRIPE_WEBHOOK);
     let telemetry = Telemetry::init(&env, "stripe-webhook")?;
     let store = backends::store(&env).await?;
-    let secret = Secret::from_env(
-        &env,
-        env::STRIPE_SECRET_ARN,
-        Some(STRIPE_WEBHOOK_SECRET_FIELD),
-        &store.sdk,
-    )?;
+    let secret = Secret::stripe_from_env(&env, STRIPE_WEBHOOK_SECRET_FIELD, &store.sdk)?;
     let Some(secret) = secret else {
         tracing::warn!(
             "{} is not set: every webhook is answered 503",

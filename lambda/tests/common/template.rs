@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 use serde_norway::Value;
 
+/// Asserts that a template checker found no problems, listing them if it did.
+pub fn assert_no_problems(problems: &[String]) {
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
