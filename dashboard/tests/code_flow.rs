@@ -131,7 +131,6 @@ async fn start(w: &World) -> Started {
     }
 }
 
-/// Asserts a refusal: the status, the code, and the flow cookie cleared.
 /// A flow started and the browser back from the issuer with its flow cookie: the flow
 /// and the callback's answer.
 async fn come_back(w: &World) -> (Started, Answer) {
@@ -145,6 +144,7 @@ fn error_message(a: &Answer) -> String {
     a.json()["error"]["message"].as_str().unwrap().to_owned()
 }
 
+/// Asserts a refusal: the status, the code, and the flow cookie cleared.
 fn refused(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "{}", a.json());
     assert_eq!(a.json()["error"]["code"], code, "{}", a.json());
