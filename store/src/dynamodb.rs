@@ -461,26 +461,18 @@ impl DynamoStore {
     /// may help: `apply_batch` reads other batches' state with it, and one throttled read
     /// there would otherwise fail every event those batches share with this call.
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = self
-                .client
+        let sent = codec::send_retrying(&self.retry, || {
+            self.client
                 .get_item()
                 .table_name(&*self.table)
                 .key(keys::PK, AttributeValue::S(pk.clone()))
                 .key(keys::SK, AttributeValue::S(sk.to_owned()))
                 .consistent_read(true)
                 .send()
-                .await;
-            match sent {
-                Ok(out) => return Ok(out.item),
-                Err(e) if attempt < self.retry.max_attempts && is_retryable(&e) => {
-                    crate::aws::sleep_before_retry(&self.retry, attempt).await;
-                }
-                Err(e) => return Err(sdk_error("GetItem", e)),
-            }
-        }
+        })
+        .await;
+        sent.map(|out| out.item)
+            .map_err(|e| sdk_error("GetItem", e))
     }
 
     /// Puts an item unless one with its key exists; `false` if one did.

@@ -24,8 +24,8 @@ use super::DynamoStore;
 use super::cells;
 use super::chunks::{Packing, apply_chunk, plan_chunks};
 use super::codec::{
-    Item, describe_sdk_error, encode_body, get_opt_s, instant_number, is_retryable, item, n, s,
-    send_retrying,
+    Item, describe_last_error, describe_sdk_error, encode_body, get_opt_s, instant_number,
+    is_retryable, item, n, s, send_retrying,
 };
 use super::guard;
 use super::keys::{
@@ -623,10 +623,8 @@ async fn claim_all(
 /// One conditional ledger put, retried while DynamoDB says retrying may help. A record that
 /// exists says who owns it (DynamoDB returns it with the failed condition).
 async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
+    let sent = send_retrying(&store.retry, || {
+        store
             .client
             .put_item()
             .table_name(&*store.table)
@@ -635,27 +633,20 @@ async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
             .expression_attribute_names("#pk", PK)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        let why = match sent {
-            Ok(_) => return Claim::Owned,
-            Err(e) => {
-                if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error()
-                {
-                    return foreign(c.item(), batch);
-                }
-                let why = describe_sdk_error("PutItem", &e);
-                if !is_retryable(&e) {
-                    return Claim::Done(ApplyOutcome::Failed(why));
-                }
-                why
+    })
+    .await;
+    match sent {
+        Ok(_) => Claim::Owned,
+        Err(e) => {
+            if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
+                return foreign(c.item(), batch);
             }
-        };
-        if attempt >= store.retry.max_attempts {
-            return Claim::Done(ApplyOutcome::Failed(format!(
-                "gave up after {attempt} attempts: {why}"
-            )));
+            Claim::Done(ApplyOutcome::Failed(describe_last_error(
+                &store.retry,
+                "PutItem",
+                &e,
+            )))
         }
-        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::DynamoStore;
 use super::cells::{self, CellKind};
-use super::codec::{describe_sdk_error, n, s, send_retrying};
+use super::codec::{describe_sdk_error, join_all_or_first_error, n, s, send_retrying};
 use super::keys::{PK, SK};
 use super::ops::{Op, Ops};
 use super::slots::{SlotFault, hw_attr};
@@ -98,14 +98,7 @@ pub(super) async fn apply_updates(
             update_item(&store, &pk, &sk, &body, k, seq, checked).await
         });
     }
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| format!("a counter update task failed: {e}"));
-        if let Err(e) = result.and_then(|r| r) {
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+    join_all_or_first_error(tasks, "a counter update task").await
 }
 
 /// The update expression, names and values of one item's update.
