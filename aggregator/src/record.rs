@@ -744,11 +744,7 @@ mod tests {
         tws.aggregation = Aggregation::TimeWeightedSum;
         let store = ApplyOnly(Scripted::new(Ok(vec![ApplyOutcome::Applied])));
         let events = [tws];
-        let input = [RecordInput::Decoded {
-            events: &events,
-            unreadable: &[],
-            org: None,
-        }];
+        let input = [decoded(&events)];
         let out = apply_records(&store, None, &input).await;
         match &out[0] {
             RecordOutcome::Retry { reason } => assert!(reason.contains("keeps no readings")),
@@ -756,11 +752,7 @@ mod tests {
         }
         assert!(store.seen.lock().unwrap().is_empty());
         let plain = [event("org_a", "2")];
-        let input = [RecordInput::Decoded {
-            events: &plain,
-            unreadable: &[],
-            org: None,
-        }];
+        let input = [decoded(&plain)];
         assert_eq!(
             apply_records(&store, None, &input).await,
             [RecordOutcome::Applied]
@@ -825,35 +817,15 @@ mod tests {
             ApplyOutcome::Failed("chunk failed".into()),
         ])));
         let records = [
-            RecordInput::Decoded {
-                events: &a,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &mixed,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &b,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&a),
+            decoded(&mixed),
+            decoded(&b),
             RecordInput::Raw {
                 body: b"garbage",
                 org: None,
             },
-            RecordInput::Decoded {
-                events: &c,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &all_bad,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&c),
+            decoded(&all_bad),
         ];
         let out = apply_records(&store, None, &records).await;
         assert_eq!(out[0], RecordOutcome::Applied);
@@ -918,18 +890,7 @@ mod tests {
             ApplyOutcome::Overflow,
             ApplyOutcome::Overflow,
         ])));
-        let records = [
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &lone,
-                unreadable: &[],
-                org: None,
-            },
-        ];
+        let records = [decoded(&m), decoded(&lone)];
         let out = apply_records(&store, None, &records).await;
         for (o, want) in out.iter().zip([&m[1], &lone[0]]) {
             match o {
@@ -957,23 +918,7 @@ mod tests {
             ApplyOutcome::Duplicate,
             ApplyOutcome::Applied,
         ])));
-        let records = [
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &other,
-                unreadable: &[],
-                org: None,
-            },
-        ];
+        let records = [decoded(&m), decoded(&m), decoded(&other)];
         let out = apply_records(&store, None, &records).await;
         assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
         assert!(
@@ -990,11 +935,7 @@ mod tests {
         let store = ApplyOnly(Scripted::new(Err(StoreError::Unavailable("down".into()))));
         let body = serde_json::json!({"v": 1, "events": [event("org_a", "2")]}).to_string();
         let records = [
-            RecordInput::Decoded {
-                events: &a,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&a),
             RecordInput::Raw {
                 body: body.as_bytes(),
                 org: Some("org_a"),

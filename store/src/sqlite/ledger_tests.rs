@@ -2,7 +2,7 @@
 //! upgrade of a schema 13 file, pruning by table, and a second process's seal. Tables are
 //! sealed at 10 rows here so a few events cross several seals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -37,6 +37,16 @@ fn events(range: std::ops::Range<usize>) -> Vec<Event> {
     range
         .map(|i| event(&org(), &format!("e{i:03}"), NOV))
         .collect()
+}
+
+/// A store of 10-row tables on a fresh file, and the 10 events it applied: they fill the
+/// first table, which the batch sealed (`ledger_00001`).
+async fn one_full_table() -> (tempfile::TempDir, PathBuf, SqliteStore, Vec<Event>) {
+    let (dir, path) = temp_db();
+    let s = small(&path);
+    let first = events(0..10);
+    s.apply_batch(&first).await.unwrap();
+    (dir, path, s, first)
 }
 
 /// The month total of `api_calls` for org_a (2.5 per event).
@@ -132,10 +142,7 @@ async fn full_tables_are_sealed_behind_filters_and_every_resend_stays_a_duplicat
 /// trusted) lets that key's resend be counted a second time.
 #[tokio::test]
 async fn a_filter_saying_no_for_a_present_key_lets_the_resend_count_twice() {
-    let (_dir, path) = temp_db();
-    let s = small(&path);
-    let first = events(0..10);
-    s.apply_batch(&first).await.unwrap();
+    let (_dir, path, s, first) = one_full_table().await;
     assert_eq!(tables(&path)[0], ("ledger_00001".into(), 1));
     // With the true filter the resend is a duplicate.
     assert_eq!(s.apply_batch(&first[..1]).await.unwrap().duplicates(), 1);
@@ -154,10 +161,7 @@ async fn a_filter_saying_no_for_a_present_key_lets_the_resend_count_twice() {
 /// table, writes it back, and every resend is still a duplicate.
 #[tokio::test]
 async fn a_torn_filter_is_rebuilt_from_its_table_and_stays_exact() {
-    let (_dir, path) = temp_db();
-    let s = small(&path);
-    let first = events(0..10);
-    s.apply_batch(&first).await.unwrap();
+    let (_dir, path, s, first) = one_full_table().await;
     drop(s);
     let (checksum, bits) = filter_row(&path, 1).unwrap();
     let mut torn = bits.clone();
