@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -24,8 +23,8 @@ use super::DynamoStore;
 use super::cells;
 use super::chunks::{Packing, apply_chunk, plan_chunks};
 use super::codec::{
-    Item, describe_last_error, describe_sdk_error, encode_body, get_opt_s, instant_number,
-    is_retryable, item, n, s, send_retrying,
+    Item, describe_last_error, describe_sdk_error, encode_body, get_opt_s, instant_number, item, n,
+    s, send_retrying, written_or_condition_failed,
 };
 use super::guard;
 use super::keys::{
@@ -320,16 +319,8 @@ async fn release(
                 .send()
         })
         .await;
-        match sent {
-            Ok(_) => {}
-            // Another batch owns the record by now: ours was fenced off.
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(DeleteItemError::ConditionalCheckFailedException(_))
-                ) => {}
-            Err(err) => return Err(describe_sdk_error("DeleteItem", &err)),
-        }
+        // A failed condition: another batch owns the record by now (ours was fenced off).
+        written_or_condition_failed("DeleteItem", sent)?;
     }
     Ok(())
 }
@@ -910,10 +901,10 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
         Ok(body) => body,
         Err(err) => return Claim::Done(ApplyOutcome::Failed(err.to_string())),
     };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
+    // A throttle or a 5xx is retried: a lost answer makes the retry's condition fail on
+    // the record it moved, which `foreign` recognizes as already ours.
+    let sent = send_retrying(&store.retry, || {
+        store
             .client
             .update_item()
             .table_name(&*store.table)
@@ -932,20 +923,14 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
             .expression_attribute_values(":month", s(Month::of(e.timestamp).to_string()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        // A throttle or a 5xx is retried: a lost answer makes the retry's condition fail on
-        // the record it moved, which `foreign` recognizes as already ours.
-        return match sent {
-            Ok(_) => Claim::Owned,
-            Err(err) => match err.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
-                _ if attempt < store.retry.max_attempts && is_retryable(&err) => {
-                    crate::aws::sleep_before_retry(&store.retry, attempt).await;
-                    continue;
-                }
-                _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
-            },
-        };
+    })
+    .await;
+    match sent {
+        Ok(_) => Claim::Owned,
+        Err(err) => match err.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
+            _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
+        },
     }
 }
 

@@ -293,13 +293,30 @@ where
 {
     match sent {
         Ok(out) => Ok(Some(out)),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(ConditionalWriteError::is_condition_failed) =>
-        {
-            Ok(None)
-        }
+        Err(e) if condition_failed(&e) => Ok(None),
         Err(e) => Err(sdk_error(op, e)),
+    }
+}
+
+/// Whether a conditional write was refused because its condition was false.
+pub fn condition_failed<E: ConditionalWriteError>(err: &SdkError<E>) -> bool {
+    err.as_service_error()
+        .is_some_and(ConditionalWriteError::is_condition_failed)
+}
+
+/// A conditional write whose failed condition needs nothing more from the caller (the
+/// write was done before, or is no longer this caller's to do): `Ok` then as when it
+/// wrote; any other failure described for `op`.
+pub fn written_or_condition_failed<T, E>(
+    op: &str,
+    sent: Result<T, SdkError<E>>,
+) -> Result<(), String>
+where
+    E: ConditionalWriteError + ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match sent {
+        Err(e) if !condition_failed(&e) => Err(describe_sdk_error(op, &e)),
+        _ => Ok(()),
     }
 }
 

@@ -14,13 +14,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
 use super::cells::{self, CellKind};
-use super::codec::{describe_sdk_error, join_all_or_first_error, n, s, send_retrying};
+use super::codec::{join_all_or_first_error, n, s, send_retrying, written_or_condition_failed};
 use super::keys::{PK, SK};
 use super::ops::{Op, Ops};
 use super::slots::{SlotFault, hw_attr};
@@ -161,20 +160,9 @@ async fn update_item(
             .send()
     })
     .await;
-    match sent {
-        Ok(_) => Ok(()),
-        // Applied before: by this batch on an attempt whose answer was lost, or by anyone
-        // finishing it (see the module doc).
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(describe_sdk_error("UpdateItem", &e)),
-    }
+    // A failed condition: applied before, by this batch on an attempt whose answer was
+    // lost, or by anyone finishing it (see the module doc).
+    written_or_condition_failed("UpdateItem", sent)
 }
 
 #[cfg(test)]
