@@ -18,11 +18,17 @@ use super::*;
 
 const NOV: &str = "2026-11-26T10:00:00Z";
 
+/// The store at `path` sealing its ledger tables at 10 entries.
 fn small(path: &Path) -> SqliteStore {
+    parts_of(path, 10)
+}
+
+/// The store at `path` sealing its ledger tables at `rows` entries.
+fn parts_of(path: &Path, rows: usize) -> SqliteStore {
     SqliteStore::open_with(
         path,
         SqliteConfig {
-            ledger_part_rows: 10,
+            ledger_part_rows: rows,
             ..SqliteConfig::default()
         },
     )
@@ -232,15 +238,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
         .map(Result::unwrap)
         .collect();
     drop(c);
-    let s = SqliteStore::open_with(
-        &path,
-        SqliteConfig {
-            ledger_part_rows: 10,
-            ..SqliteConfig::default()
-        },
-    )
-    .unwrap()
-    .with_clock(clock.clone());
+    let s = small(&path).with_clock(clock.clone());
     let c = Connection::open(&path).unwrap();
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -374,15 +372,7 @@ async fn the_schema_7_replay_reads_every_ledger_table() {
 #[tokio::test]
 async fn ledger_pages_read_more_tables_than_one_statement_may_name() {
     let (_dir, path) = temp_db();
-    let s = SqliteStore::open_with(
-        &path,
-        SqliteConfig {
-            ledger_part_rows: 1,
-            ..SqliteConfig::default()
-        },
-    )
-    .unwrap()
-    .with_clock(Arc::new(FixedClock::at(at(NOV))));
+    let s = parts_of(&path, 1).with_clock(Arc::new(FixedClock::at(at(NOV))));
     let n = 2 * crate::sqlite::usage::LEDGER_ARMS_PER_QUERY + 50;
     let all = events(0..n);
     for e in &all {
