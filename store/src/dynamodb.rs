@@ -244,7 +244,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
+use aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use tally_core::backoff::Backoff;
 use tally_core::ports::StoreError;
@@ -361,6 +364,44 @@ struct QuerySpec<'a> {
     values: Vec<(&'a str, AttributeValue)>,
 }
 
+// The SDK's fluent builders share no trait a generic function could take, so the same
+// method is written once here for each item operation.
+macro_rules! item_request_at {
+    ($(#[$doc:meta])* $name:ident, $call:ident, $builder:ty) => {
+        $(#[$doc])*
+        fn $name(&self, pk: impl Into<String>, sk: impl Into<String>) -> $builder {
+            self.client
+                .$call()
+                .table_name(&*self.table)
+                .key(keys::PK, codec::s(pk))
+                .key(keys::SK, codec::s(sk))
+        }
+    };
+}
+
+/// Requests on one item of the store's table, for the caller to finish and send: every
+/// read and write of a single item starts from its table and key this way.
+impl DynamoStore {
+    item_request_at!(
+        /// A `GetItem` of the item at (`pk`, `sk`).
+        get_item_at,
+        get_item,
+        GetItemFluentBuilder
+    );
+    item_request_at!(
+        /// An `UpdateItem` of the item at (`pk`, `sk`).
+        update_item_at,
+        update_item,
+        UpdateItemFluentBuilder
+    );
+    item_request_at!(
+        /// A `DeleteItem` of the item at (`pk`, `sk`).
+        delete_item_at,
+        delete_item,
+        DeleteItemFluentBuilder
+    );
+}
+
 impl DynamoStore {
     /// A store on `table` (made by [`create_table`]) through `client`, with the default
     /// [`RetryPolicy`] ([`DEFAULT_RETRY`]).
@@ -462,11 +503,7 @@ impl DynamoStore {
     /// there would otherwise fail every event those batches share with this call.
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let sent = codec::send_retrying(&self.retry, || {
-            self.client
-                .get_item()
-                .table_name(&*self.table)
-                .key(keys::PK, AttributeValue::S(pk.clone()))
-                .key(keys::SK, AttributeValue::S(sk.to_owned()))
+            self.get_item_at(pk.clone(), sk.to_owned())
                 .consistent_read(true)
                 .send()
         })

@@ -308,11 +308,7 @@ async fn release(
         let e = &events[i];
         let sent = send_retrying(&store.retry, || {
             store
-                .client
-                .delete_item()
-                .table_name(&*store.table)
-                .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
-                .key(SK, s(ledger_sk(&e.id)))
+                .delete_item_at(ledger_pk(&e.org_id, ledger_shard(&e.id)), ledger_sk(&e.id))
                 .condition_expression("#owner = :batch")
                 .expression_attribute_names("#owner", OWNER)
                 .expression_attribute_values(":batch", s(batch))
@@ -905,11 +901,7 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
     // the record it moved, which `foreign` recognizes as already ours.
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
-            .key(SK, s(ledger_sk(&e.id)))
+            .update_item_at(ledger_pk(&e.org_id, ledger_shard(&e.id)), ledger_sk(&e.id))
             .update_expression("SET #o = :to, #c = :now, #b = :body, #m = :month")
             .condition_expression("#o = :from")
             .expression_attribute_names("#o", OWNER)

@@ -14,7 +14,6 @@ use tokio::sync::Semaphore;
 use super::DynamoStore;
 use super::cells::{self, CellKind};
 use super::codec::{Item, describe_last_error, join_all_or_first_error, s, send_retrying};
-use super::keys::{PK, SK};
 use super::ops::{Op, Ops};
 
 /// Conditional `SET`s of one batch in flight at once.
@@ -130,11 +129,7 @@ async fn raise_hour(
         _ => return Ok(()),
     };
     let mut request = store
-        .client
-        .update_item()
-        .table_name(&*store.table)
-        .key(PK, s(pk))
-        .key(SK, s(sk))
+        .update_item_at(pk, sk)
         .update_expression(expression)
         .condition_expression(condition)
         .expression_attribute_names("#h", cells::hour_attr(h))

@@ -20,7 +20,6 @@ use tokio::sync::Semaphore;
 use super::DynamoStore;
 use super::cells::{self, CellKind};
 use super::codec::{join_all_or_first_error, n, s, send_retrying, written_or_condition_failed};
-use super::keys::{PK, SK};
 use super::ops::{Op, Ops};
 use super::slots::{SlotFault, hw_attr};
 
@@ -148,11 +147,7 @@ async fn update_item(
     let condition = checked.then_some("attribute_not_exists(#w) OR #w < :n");
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk))
-            .key(SK, s(sk))
+            .update_item_at(pk, sk)
             .update_expression(&expr)
             .set_condition_expression(condition.map(str::to_owned))
             .set_expression_attribute_names(Some(names.clone()))
