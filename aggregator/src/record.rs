@@ -883,8 +883,7 @@ mod tests {
     async fn events_refused_as_overflows_are_set_aside_alone_and_the_record_acknowledged() {
         // The store counts "1", refuses "2" (it would take the total past the limit), and
         // refuses the second record's only event too.
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let lone = [event("org_a", "3")];
+        let (m, lone) = two_and_one();
         let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Overflow,
@@ -909,8 +908,7 @@ mod tests {
         // One message handed out twice in the batch: the store answers the second copy
         // `Duplicate` although the first copy's chunk failed. Acknowledging the second
         // receipt would delete the message, so both copies must come back.
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let other = [event("org_a", "3")];
+        let (m, other) = two_and_one();
         let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Failed("chunk failed".into()),
@@ -969,6 +967,14 @@ mod tests {
             };
             Ok(ApplyReport::of(answer))
         }
+    }
+
+    /// The events of two records of `org_a`: "1" and "2", then "3" alone.
+    fn two_and_one() -> ([Event; 2], [Event; 1]) {
+        (
+            [event("org_a", "1"), event("org_a", "2")],
+            [event("org_a", "3")],
+        )
     }
 
     fn decoded(events: &[Event]) -> RecordInput<'_> {
@@ -1072,8 +1078,7 @@ mod tests {
             clock: &clock,
             step: chrono::Duration::zero(),
         });
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let other = [event("org_a", "3")];
+        let (m, other) = two_and_one();
         let records = [decoded(&m), decoded(&other), decoded(&m)];
         let deadline = Deadline {
             group_events: 2,
