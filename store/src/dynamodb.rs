@@ -246,6 +246,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
 use aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
@@ -400,6 +401,14 @@ impl DynamoStore {
         delete_item,
         DeleteItemFluentBuilder
     );
+
+    /// A `PutItem` of `record` into the store's table.
+    fn put_item_of(&self, record: Item) -> PutItemFluentBuilder {
+        self.client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(record))
+    }
 }
 
 impl DynamoStore {
@@ -515,10 +524,7 @@ impl DynamoStore {
     /// Puts an item unless one with its key exists; `false` if one did.
     async fn put_if_absent(&self, record: Item) -> Result<bool, StoreError> {
         let put = self
-            .client
-            .put_item()
-            .table_name(&*self.table)
-            .set_item(Some(record))
+            .put_item_of(record)
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", keys::PK)
             .send()

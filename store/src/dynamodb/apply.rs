@@ -612,10 +612,7 @@ async fn claim_all(
 async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(record.clone()))
+            .put_item_of(record.clone())
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -1067,15 +1064,7 @@ async fn complete(
     // without DONE, and the next process to meet its events would replay the whole intent
     // (every update a billed failed condition).
     let done_item = item([(PK, s(batch_pk(batch))), (SK, s(DONE_SK)), (TTL, n(ttl))]);
-    let done = send_retrying(&store.retry, || {
-        store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(done_item.clone()))
-            .send()
-    })
-    .await;
+    let done = send_retrying(&store.retry, || store.put_item_of(done_item.clone()).send()).await;
     // Counters are applied whatever happens here; a missing DONE only makes a later
     // duplicate replay the (already applied, so skipped) chunks.
     if done.is_ok() {

@@ -124,14 +124,7 @@ async fn put_marker(
 ) -> Result<String, String> {
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(item([
-                (PK, s(mpk)),
-                (SK, s(msk)),
-                (MARKER_OWNER, s(batch)),
-            ])))
+            .put_item_of(item([(PK, s(mpk)), (SK, s(msk)), (MARKER_OWNER, s(batch))]))
             .condition_expression("attribute_not_exists(#pk) OR #o = :b")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#o", MARKER_OWNER)
