@@ -55,6 +55,16 @@ async fn one_full_table() -> (tempfile::TempDir, PathBuf, SqliteStore, Vec<Event
     (dir, path, s, first)
 }
 
+/// `(seq, event_id)` of every row of ledger table `table`, in `seq` order.
+fn seqs_and_ids(c: &Connection, table: &str) -> Vec<(i64, String)> {
+    c.prepare(&format!("SELECT seq, event_id FROM {table} ORDER BY seq"))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The month total of `api_calls` for org_a (2.5 per event).
 async fn month_total(s: &SqliteStore) -> Decimal {
     s.stored_counters(&org(), Month::parse("2026-11").unwrap())
@@ -230,13 +240,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
          PRAGMA user_version = 13;",
     )
     .unwrap();
-    let rows_before: Vec<(i64, String)> = c
-        .prepare("SELECT seq, event_id FROM ledger ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows_before = seqs_and_ids(&c, "ledger");
     drop(c);
     let s = small(&path).with_clock(clock.clone());
     let c = Connection::open(&path).unwrap();
@@ -248,13 +252,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
         tables(&path),
         vec![("ledger_00000".into(), 2), ("ledger".into(), 0)]
     );
-    let kept: Vec<(i64, String)> = c
-        .prepare("SELECT seq, event_id FROM ledger_00000 ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let kept = seqs_and_ids(&c, "ledger_00000");
     assert_eq!(kept, rows_before, "the legacy rows are kept as they were");
     assert_eq!(s.apply_batch(&old).await.unwrap().duplicates(), 5);
     // 15 new rows: the hot table (part 1) fills and is sealed; the legacy table stays.
