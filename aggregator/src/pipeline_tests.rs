@@ -103,6 +103,25 @@ impl Apply for LoggedStore {
     }
 }
 
+/// A store whose applies take `delay` and log their start and end, and its release, to `log`.
+fn logged_store(delay: Duration, log: &Log) -> ApplyOnly<LoggedStore> {
+    ApplyOnly(LoggedStore {
+        delay,
+        log: log.clone(),
+    })
+}
+
+/// Batches of `max_events`, topped up to `deep_events` from a deep queue, taken without
+/// waiting for more.
+fn batches(max_events: usize, deep_events: usize) -> AggregatorConfig {
+    AggregatorConfig {
+        max_events,
+        deep_events,
+        max_wait: Duration::ZERO,
+        ..AggregatorConfig::default()
+    }
+}
+
 fn event(id: &str) -> Event {
     let json = format!(
         r#"{{"org_id":"org_a","id":"{id}","project_id":"prj_a","meter":"api_calls","aggregation":{{"kind":"sum"}},"quantity":"1","timestamp":"2026-11-26T10:00:00Z"}}"#
@@ -123,16 +142,8 @@ async fn a_full_receive_tops_the_batch_up_to_deep_events_and_a_partial_one_does_
     // (500 events) are a partial first receive: no top-up, the batch is those 500.
     let log = Log::default();
     let queue = ListQueue::new(30, 100, &log);
-    let store = ApplyOnly(LoggedStore {
-        delay: Duration::ZERO,
-        log: log.clone(),
-    });
-    let cfg = AggregatorConfig {
-        max_events: 1_000,
-        deep_events: 2_500,
-        max_wait: Duration::ZERO,
-        ..AggregatorConfig::default()
-    };
+    let store = logged_store(Duration::ZERO, &log);
+    let cfg = batches(1_000, 2_500);
     let first = process_batch(&queue, &store, None, &cfg, Duration::ZERO)
         .await
         .unwrap();
@@ -160,16 +171,10 @@ async fn the_next_batch_is_taken_while_the_current_one_applies_and_kept_hidden()
     // acknowledged only after its apply; r2 comes back as the next batch.
     let log = Log::default();
     let queue = ListQueue::new(2, 100, &log);
-    let store = ApplyOnly(LoggedStore {
-        delay: Duration::from_millis(120),
-        log: log.clone(),
-    });
+    let store = logged_store(Duration::from_millis(120), &log);
     let cfg = AggregatorConfig {
-        max_events: 100,
-        deep_events: 100,
-        max_wait: Duration::ZERO,
         heartbeat: Duration::from_millis(20),
-        ..AggregatorConfig::default()
+        ..batches(100, 100)
     };
     let (res, ahead) = pipelined_step(&queue, &store, None, &cfg, None, Duration::ZERO).await;
     assert_eq!(res.unwrap().acked, 1);
@@ -196,16 +201,8 @@ async fn at_shutdown_the_drain_settles_every_batch_the_one_taken_ahead_included(
     // r2 ahead, then settles r2 while taking r3, then r3: all three acknowledged once.
     let log = Log::default();
     let queue: Arc<dyn EventQueue> = Arc::new(ListQueue::new(3, 100, &log));
-    let store: Arc<dyn UsageStore> = Arc::new(ApplyOnly(LoggedStore {
-        delay: Duration::from_millis(5),
-        log: log.clone(),
-    }));
-    let cfg = AggregatorConfig {
-        max_events: 100,
-        deep_events: 100,
-        max_wait: Duration::ZERO,
-        ..AggregatorConfig::default()
-    };
+    let store: Arc<dyn UsageStore> = Arc::new(logged_store(Duration::from_millis(5), &log));
+    let cfg = batches(100, 100);
     let (_stop, stopped) = watch::channel(true);
     run(queue, store, None, cfg, stopped, Duration::from_secs(10)).await;
     let acks: Vec<String> = log
@@ -224,10 +221,7 @@ async fn a_stopping_aggregator_releases_the_stores_writers_after_its_drain() {
     // them at once instead of waiting out the lease. Once, and after the last batch.
     let log = Log::default();
     let queue: Arc<dyn EventQueue> = Arc::new(ListQueue::new(2, 10, &log));
-    let store: Arc<dyn UsageStore> = Arc::new(ApplyOnly(LoggedStore {
-        delay: Duration::ZERO,
-        log: log.clone(),
-    }));
+    let store: Arc<dyn UsageStore> = Arc::new(logged_store(Duration::ZERO, &log));
     let cfg = AggregatorConfig {
         max_events: 10,
         max_wait: Duration::ZERO,

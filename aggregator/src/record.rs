@@ -744,11 +744,7 @@ mod tests {
         tws.aggregation = Aggregation::TimeWeightedSum;
         let store = ApplyOnly(Scripted::new(Ok(vec![ApplyOutcome::Applied])));
         let events = [tws];
-        let input = [RecordInput::Decoded {
-            events: &events,
-            unreadable: &[],
-            org: None,
-        }];
+        let input = [decoded(&events)];
         let out = apply_records(&store, None, &input).await;
         match &out[0] {
             RecordOutcome::Retry { reason } => assert!(reason.contains("keeps no readings")),
@@ -756,11 +752,7 @@ mod tests {
         }
         assert!(store.seen.lock().unwrap().is_empty());
         let plain = [event("org_a", "2")];
-        let input = [RecordInput::Decoded {
-            events: &plain,
-            unreadable: &[],
-            org: None,
-        }];
+        let input = [decoded(&plain)];
         assert_eq!(
             apply_records(&store, None, &input).await,
             [RecordOutcome::Applied]
@@ -825,35 +817,15 @@ mod tests {
             ApplyOutcome::Failed("chunk failed".into()),
         ])));
         let records = [
-            RecordInput::Decoded {
-                events: &a,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &mixed,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &b,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&a),
+            decoded(&mixed),
+            decoded(&b),
             RecordInput::Raw {
                 body: b"garbage",
                 org: None,
             },
-            RecordInput::Decoded {
-                events: &c,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &all_bad,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&c),
+            decoded(&all_bad),
         ];
         let out = apply_records(&store, None, &records).await;
         assert_eq!(out[0], RecordOutcome::Applied);
@@ -911,25 +883,13 @@ mod tests {
     async fn events_refused_as_overflows_are_set_aside_alone_and_the_record_acknowledged() {
         // The store counts "1", refuses "2" (it would take the total past the limit), and
         // refuses the second record's only event too.
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let lone = [event("org_a", "3")];
+        let (m, lone) = two_and_one();
         let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Overflow,
             ApplyOutcome::Overflow,
         ])));
-        let records = [
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &lone,
-                unreadable: &[],
-                org: None,
-            },
-        ];
+        let records = [decoded(&m), decoded(&lone)];
         let out = apply_records(&store, None, &records).await;
         for (o, want) in out.iter().zip([&m[1], &lone[0]]) {
             match o {
@@ -948,8 +908,7 @@ mod tests {
         // One message handed out twice in the batch: the store answers the second copy
         // `Duplicate` although the first copy's chunk failed. Acknowledging the second
         // receipt would delete the message, so both copies must come back.
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let other = [event("org_a", "3")];
+        let (m, other) = two_and_one();
         let store = ApplyOnly(Scripted::new(Ok(vec![
             ApplyOutcome::Applied,
             ApplyOutcome::Failed("chunk failed".into()),
@@ -957,31 +916,9 @@ mod tests {
             ApplyOutcome::Duplicate,
             ApplyOutcome::Applied,
         ])));
-        let records = [
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &m,
-                unreadable: &[],
-                org: None,
-            },
-            RecordInput::Decoded {
-                events: &other,
-                unreadable: &[],
-                org: None,
-            },
-        ];
+        let records = [decoded(&m), decoded(&m), decoded(&other)];
         let out = apply_records(&store, None, &records).await;
-        assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
-        assert!(
-            matches!(&out[1], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
-            "{:?}",
-            out[1]
-        );
-        assert_eq!(out[2], RecordOutcome::Applied);
+        assert_repeat_not_settled(&out, 1, 2);
     }
 
     #[tokio::test]
@@ -990,11 +927,7 @@ mod tests {
         let store = ApplyOnly(Scripted::new(Err(StoreError::Unavailable("down".into()))));
         let body = serde_json::json!({"v": 1, "events": [event("org_a", "2")]}).to_string();
         let records = [
-            RecordInput::Decoded {
-                events: &a,
-                unreadable: &[],
-                org: None,
-            },
+            decoded(&a),
             RecordInput::Raw {
                 body: body.as_bytes(),
                 org: Some("org_a"),
@@ -1028,6 +961,27 @@ mod tests {
             };
             Ok(ApplyReport::of(answer))
         }
+    }
+
+    /// The outcomes of [`two_and_one`]'s first record, whose chunk failed (`out[0]`), its
+    /// repeat at `repeat` (not settled either: retried, naming event "2") and the lone
+    /// record at `lone` (applied).
+    fn assert_repeat_not_settled(out: &[RecordOutcome], repeat: usize, lone: usize) {
+        assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
+        assert!(
+            matches!(&out[repeat], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
+            "{:?}",
+            out[repeat]
+        );
+        assert_eq!(out[lone], RecordOutcome::Applied);
+    }
+
+    /// The events of two records of `org_a`: "1" and "2", then "3" alone.
+    fn two_and_one() -> ([Event; 2], [Event; 1]) {
+        (
+            [event("org_a", "1"), event("org_a", "2")],
+            [event("org_a", "3")],
+        )
     }
 
     fn decoded(events: &[Event]) -> RecordInput<'_> {
@@ -1131,21 +1085,14 @@ mod tests {
             clock: &clock,
             step: chrono::Duration::zero(),
         });
-        let m = [event("org_a", "1"), event("org_a", "2")];
-        let other = [event("org_a", "3")];
+        let (m, other) = two_and_one();
         let records = [decoded(&m), decoded(&other), decoded(&m)];
         let deadline = Deadline {
             group_events: 2,
             ..Deadline::new(now + chrono::Duration::minutes(5), &clock)
         };
         let out = apply_records_until(&store, None, &records, Some(&deadline)).await;
-        assert!(matches!(&out[0], RecordOutcome::Retry { reason } if reason == "chunk failed"));
-        assert!(
-            matches!(&out[2], RecordOutcome::Retry { reason } if reason.contains("\"2\"")),
-            "{:?}",
-            out[2]
-        );
-        assert_eq!(out[1], RecordOutcome::Applied);
+        assert_repeat_not_settled(&out, 2, 1);
         let calls = store.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0], [m.to_vec(), m.to_vec()].concat());

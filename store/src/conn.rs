@@ -87,6 +87,28 @@ pub(crate) fn open(path: &Path, s: ConnSettings) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
+/// The schema version (`user_version`) of the file `conn` is on, refused when it is past
+/// `supported`: a later build wrote the file, and this one must not touch it. `read` maps a
+/// failed read, `newer` the refusal (`"<what> schema version N is newer than this build
+/// supports (M)"`), into the caller's error.
+pub(crate) fn schema_version<E>(
+    conn: &Connection,
+    what: &str,
+    supported: i64,
+    read: impl FnOnce(rusqlite::Error) -> E,
+    newer: impl FnOnce(String) -> E,
+) -> Result<i64, E> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(read)?;
+    if version > supported {
+        return Err(newer(format!(
+            "{what} schema version {version} is newer than this build supports ({supported})"
+        )));
+    }
+    Ok(version)
+}
+
 /// How a rusqlite error should be reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

@@ -244,7 +244,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
+use aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use tally_core::backoff::Backoff;
 use tally_core::ports::StoreError;
@@ -361,6 +365,52 @@ struct QuerySpec<'a> {
     values: Vec<(&'a str, AttributeValue)>,
 }
 
+// The SDK's fluent builders share no trait a generic function could take, so the same
+// method is written once here for each item operation.
+macro_rules! item_request_at {
+    ($(#[$doc:meta])* $name:ident, $call:ident, $builder:ty) => {
+        $(#[$doc])*
+        fn $name(&self, pk: impl Into<String>, sk: impl Into<String>) -> $builder {
+            self.client
+                .$call()
+                .table_name(&*self.table)
+                .key(keys::PK, codec::s(pk))
+                .key(keys::SK, codec::s(sk))
+        }
+    };
+}
+
+/// Requests on one item of the store's table, for the caller to finish and send: every
+/// read and write of a single item starts from its table and key this way.
+impl DynamoStore {
+    item_request_at!(
+        /// A `GetItem` of the item at (`pk`, `sk`).
+        get_item_at,
+        get_item,
+        GetItemFluentBuilder
+    );
+    item_request_at!(
+        /// An `UpdateItem` of the item at (`pk`, `sk`).
+        update_item_at,
+        update_item,
+        UpdateItemFluentBuilder
+    );
+    item_request_at!(
+        /// A `DeleteItem` of the item at (`pk`, `sk`).
+        delete_item_at,
+        delete_item,
+        DeleteItemFluentBuilder
+    );
+
+    /// A `PutItem` of `record` into the store's table.
+    fn put_item_of(&self, record: Item) -> PutItemFluentBuilder {
+        self.client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(record))
+    }
+}
+
 impl DynamoStore {
     /// A store on `table` (made by [`create_table`]) through `client`, with the default
     /// [`RetryPolicy`] ([`DEFAULT_RETRY`]).
@@ -461,35 +511,20 @@ impl DynamoStore {
     /// may help: `apply_batch` reads other batches' state with it, and one throttled read
     /// there would otherwise fail every event those batches share with this call.
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = self
-                .client
-                .get_item()
-                .table_name(&*self.table)
-                .key(keys::PK, AttributeValue::S(pk.clone()))
-                .key(keys::SK, AttributeValue::S(sk.to_owned()))
+        let sent = codec::send_retrying(&self.retry, || {
+            self.get_item_at(pk.clone(), sk.to_owned())
                 .consistent_read(true)
                 .send()
-                .await;
-            match sent {
-                Ok(out) => return Ok(out.item),
-                Err(e) if attempt < self.retry.max_attempts && is_retryable(&e) => {
-                    crate::aws::sleep_before_retry(&self.retry, attempt).await;
-                }
-                Err(e) => return Err(sdk_error("GetItem", e)),
-            }
-        }
+        })
+        .await;
+        sent.map(|out| out.item)
+            .map_err(|e| sdk_error("GetItem", e))
     }
 
     /// Puts an item unless one with its key exists; `false` if one did.
     async fn put_if_absent(&self, record: Item) -> Result<bool, StoreError> {
         let put = self
-            .client
-            .put_item()
-            .table_name(&*self.table)
-            .set_item(Some(record))
+            .put_item_of(record)
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", keys::PK)
             .send()

@@ -215,14 +215,8 @@ impl LocalQueue {
         };
         let mut conn = conn::open(path, settings(8)).map_err(qerr)?;
         let tx = write_tx(&mut conn)?;
-        let version: i64 = tx
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(qerr)?;
-        if version > SCHEMA_VERSION {
-            return Err(QueueError::Malformed(format!(
-                "queue schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
-            )));
-        }
+        let version =
+            conn::schema_version(&tx, "queue", SCHEMA_VERSION, qerr, QueueError::Malformed)?;
         if version < 1 {
             tx.execute_batch(SCHEMA_V1).map_err(qerr)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -759,6 +753,7 @@ impl EventQueue for LocalQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::temp_file;
     use rust_decimal::Decimal;
     use tally_core::event::Quantity;
     use tally_core::ids::{EventId, MeterName, ProjectId};
@@ -779,8 +774,8 @@ mod tests {
 
     #[tokio::test]
     async fn publish_splits_by_org_in_one_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let (_dir, path) = temp_file("q.db");
+        let q = LocalQueue::open(&path).unwrap();
         let batch = [
             event("org_a", "1"),
             event("org_b", "2"),
@@ -816,8 +811,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publishes_share_one_transaction_and_each_returns_once_it_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let (_dir, path) = temp_file("q.db");
+        let q = LocalQueue::open(&path).unwrap();
         let held = conn::lock(&q.inner.conn);
         let tasks = held_publishes(&q, 20);
         // Nothing can have returned: the writer waits for the connection.
@@ -839,8 +834,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_group_transaction_fails_each_of_its_publishes_and_writes_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
+        let (_dir, path) = temp_file("q.db");
         let config = LocalQueueConfig {
             busy_timeout: Duration::from_millis(50),
             ..LocalQueueConfig::default()
@@ -864,8 +858,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_first_message_is_still_delivered_and_bad_receipts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = LocalQueue::open(&dir.path().join("q.db")).unwrap();
+        let (_dir, path) = temp_file("q.db");
+        let q = LocalQueue::open(&path).unwrap();
         let big: Vec<Event> = (0..5).map(|i| event("org_a", &i.to_string())).collect();
         q.publish(&big).await.unwrap();
         let got = q.receive(2, Duration::ZERO).await.unwrap();
@@ -885,8 +879,7 @@ mod tests {
         // must overwrite its record in place (one leaf page, plus at most the pages
         // SQLite's header and the table's root may need), not write the body again: with
         // a message written at `visible_at = 0` the take wrote 11 frames.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
+        let (_dir, path) = temp_file("q.db");
         let config = LocalQueueConfig {
             checkpoint_interval: None,
             ..LocalQueueConfig::default()
@@ -916,8 +909,7 @@ mod tests {
     #[tokio::test]
     async fn a_publish_that_returned_survives_a_handle_that_never_closed() {
         // What a SIGKILL leaves behind: connections never closed, the WAL never checkpointed.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
+        let (_dir, path) = temp_file("q.db");
         let q = LocalQueue::open(&path).unwrap();
         let batch = [event("org_a", "1"), event("org_a", "2")];
         q.publish(&batch).await.unwrap();
@@ -932,8 +924,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redeliver_on_open_in_flight_messages_wait_for_their_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
+        let (_dir, path) = temp_file("q.db");
         let config = LocalQueueConfig {
             redeliver_on_open: false,
             visibility_timeout: Duration::from_secs(60),

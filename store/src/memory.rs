@@ -284,6 +284,22 @@ fn list_of_org<K: Ord, V: Clone>(
     found.into_iter().map(|(_, _, v)| v.clone()).collect()
 }
 
+/// Stores `value` under `key` unless the key is taken: `Conflict` naming `what()` then,
+/// and nothing written. Every create of a keyed record (sessions, projects, memberships)
+/// refuses a second copy this way.
+fn insert_new<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    if map.contains_key(&key) {
+        return Err(StoreError::Conflict { what: what() });
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
 /// `t` cut to the microsecond, the precision the other stores keep last-used and alert
 /// times at.
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {

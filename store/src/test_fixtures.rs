@@ -1,7 +1,9 @@
 //! What the store's unit tests share: the ids they use (`org_a`, `prj_b`, `api_calls`), the
-//! day their cells and counters fall on, and one stored cell, built here once rather than in
-//! each test module.
+//! day their cells and counters fall on, one stored cell, and a file in a fresh directory,
+//! built here once rather than in each test module.
 #![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
 
 use rust_decimal::Decimal;
 use tally_core::fold::Delta;
@@ -37,4 +39,12 @@ pub(crate) fn two_hour_cell() -> StoredCell {
             (DAY + 7 * 3600, Delta::Add(Decimal::new(15, 1))),
         ],
     }
+}
+
+/// A fresh directory (removed when the first half drops) and the path of a file `name` in
+/// it, not created yet: where a test opens its database or queue file.
+pub(crate) fn temp_file(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
 }

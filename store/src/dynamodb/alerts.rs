@@ -176,11 +176,7 @@ async fn update(
     values: Vec<(&str, AttributeValue)>,
 ) -> Result<bool, StoreError> {
     let mut req = store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(alerts_pk(&key.org)))
-        .key(SK, s(alert_sk(key)))
+        .update_item_at(alerts_pk(&key.org), alert_sk(key))
         .update_expression(update)
         .condition_expression(condition)
         .expression_attribute_names("#pk", PK);

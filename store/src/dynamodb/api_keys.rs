@@ -144,11 +144,7 @@ impl ApiKeyStore for DynamoStore {
         }
         for u in uses {
             let sent = self
-                .client
-                .update_item()
-                .table_name(self.table())
-                .key(PK, s(keys::key_pk(&u.hash)))
-                .key(SK, s(KEY_SK))
+                .update_item_at(keys::key_pk(&u.hash), KEY_SK)
                 .update_expression("SET last_used_at = :at")
                 .condition_expression(
                     "attribute_exists(#pk) AND org_id = :org \

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -24,8 +23,8 @@ use super::DynamoStore;
 use super::cells;
 use super::chunks::{Packing, apply_chunk, plan_chunks};
 use super::codec::{
-    Item, describe_sdk_error, encode_body, get_opt_s, instant_number, is_retryable, item, n, s,
-    send_retrying,
+    Item, describe_last_error, describe_sdk_error, encode_body, get_opt_s, instant_number, item, n,
+    s, send_retrying, written_or_condition_failed,
 };
 use super::guard;
 use super::keys::{
@@ -309,27 +308,15 @@ async fn release(
         let e = &events[i];
         let sent = send_retrying(&store.retry, || {
             store
-                .client
-                .delete_item()
-                .table_name(&*store.table)
-                .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
-                .key(SK, s(ledger_sk(&e.id)))
+                .delete_item_at(ledger_pk(&e.org_id, ledger_shard(&e.id)), ledger_sk(&e.id))
                 .condition_expression("#owner = :batch")
                 .expression_attribute_names("#owner", OWNER)
                 .expression_attribute_values(":batch", s(batch))
                 .send()
         })
         .await;
-        match sent {
-            Ok(_) => {}
-            // Another batch owns the record by now: ours was fenced off.
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(DeleteItemError::ConditionalCheckFailedException(_))
-                ) => {}
-            Err(err) => return Err(describe_sdk_error("DeleteItem", &err)),
-        }
+        // A failed condition: another batch owns the record by now (ours was fenced off).
+        written_or_condition_failed("DeleteItem", sent)?;
     }
     Ok(())
 }
@@ -623,39 +610,27 @@ async fn claim_all(
 /// One conditional ledger put, retried while DynamoDB says retrying may help. A record that
 /// exists says who owns it (DynamoDB returns it with the failed condition).
 async fn claim(store: &DynamoStore, record: Item, batch: &str) -> Claim {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(record.clone()))
+    let sent = send_retrying(&store.retry, || {
+        store
+            .put_item_of(record.clone())
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        let why = match sent {
-            Ok(_) => return Claim::Owned,
-            Err(e) => {
-                if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error()
-                {
-                    return foreign(c.item(), batch);
-                }
-                let why = describe_sdk_error("PutItem", &e);
-                if !is_retryable(&e) {
-                    return Claim::Done(ApplyOutcome::Failed(why));
-                }
-                why
+    })
+    .await;
+    match sent {
+        Ok(_) => Claim::Owned,
+        Err(e) => {
+            if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
+                return foreign(c.item(), batch);
             }
-        };
-        if attempt >= store.retry.max_attempts {
-            return Claim::Done(ApplyOutcome::Failed(format!(
-                "gave up after {attempt} attempts: {why}"
-            )));
+            Claim::Done(ApplyOutcome::Failed(describe_last_error(
+                &store.retry,
+                "PutItem",
+                &e,
+            )))
         }
-        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 
@@ -919,15 +894,11 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
         Ok(body) => body,
         Err(err) => return Claim::Done(ApplyOutcome::Failed(err.to_string())),
     };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(ledger_pk(&e.org_id, ledger_shard(&e.id))))
-            .key(SK, s(ledger_sk(&e.id)))
+    // A throttle or a 5xx is retried: a lost answer makes the retry's condition fail on
+    // the record it moved, which `foreign` recognizes as already ours.
+    let sent = send_retrying(&store.retry, || {
+        store
+            .update_item_at(ledger_pk(&e.org_id, ledger_shard(&e.id)), ledger_sk(&e.id))
             .update_expression("SET #o = :to, #c = :now, #b = :body, #m = :month")
             .condition_expression("#o = :from")
             .expression_attribute_names("#o", OWNER)
@@ -941,20 +912,14 @@ async fn reown(store: &DynamoStore, e: &Event, from: &str, to: &str, now: DateTi
             .expression_attribute_values(":month", s(Month::of(e.timestamp).to_string()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        // A throttle or a 5xx is retried: a lost answer makes the retry's condition fail on
-        // the record it moved, which `foreign` recognizes as already ours.
-        return match sent {
-            Ok(_) => Claim::Owned,
-            Err(err) => match err.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
-                _ if attempt < store.retry.max_attempts && is_retryable(&err) => {
-                    crate::aws::sleep_before_retry(&store.retry, attempt).await;
-                    continue;
-                }
-                _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
-            },
-        };
+    })
+    .await;
+    match sent {
+        Ok(_) => Claim::Owned,
+        Err(err) => match err.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => foreign(c.item(), to),
+            _ => Claim::Done(ApplyOutcome::Failed(describe_sdk_error("UpdateItem", &err))),
+        },
     }
 }
 
@@ -1099,15 +1064,7 @@ async fn complete(
     // without DONE, and the next process to meet its events would replay the whole intent
     // (every update a billed failed condition).
     let done_item = item([(PK, s(batch_pk(batch))), (SK, s(DONE_SK)), (TTL, n(ttl))]);
-    let done = send_retrying(&store.retry, || {
-        store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(done_item.clone()))
-            .send()
-    })
-    .await;
+    let done = send_retrying(&store.retry, || store.put_item_of(done_item.clone()).send()).await;
     // Counters are applied whatever happens here; a missing DONE only makes a later
     // duplicate replay the (already applied, so skipped) chunks.
     if done.is_ok() {

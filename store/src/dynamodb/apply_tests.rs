@@ -180,27 +180,25 @@ fn hot_orgs_get_chunks_of_their_own_and_everything_is_in_one_chunk() {
     );
 }
 
+/// An intent item holding nothing but the packed ops `packed` under attribute `attr`.
+fn intent_with(attr: &str, packed: &[u8]) -> Item {
+    let mut intent = Item::new();
+    intent.insert(attr.into(), AttributeValue::B(Blob::new(packed)));
+    intent
+}
+
 #[test]
 fn an_intent_is_replayed_with_the_packing_it_was_written_with() {
     let (_, ops) = hot_and_cold();
     let packed = pack_ops(&ops).unwrap();
-    let mut newest = Item::new();
-    newest.insert(
-        OPS_MARKERS_APART.into(),
-        AttributeValue::B(Blob::new(packed.clone())),
-    );
+    let newest = intent_with(OPS_MARKERS_APART, &packed);
     assert_eq!(
         intent_ops(&newest).unwrap(),
         (ops.clone(), Packing::MarkersApart)
     );
-    let mut new = Item::new();
-    new.insert(
-        OPS_HOT_APART.into(),
-        AttributeValue::B(Blob::new(packed.clone())),
-    );
+    let new = intent_with(OPS_HOT_APART, &packed);
     assert_eq!(intent_ops(&new).unwrap(), (ops.clone(), Packing::HotApart));
-    let mut old = Item::new();
-    old.insert(OPS_PACKED.into(), AttributeValue::B(Blob::new(packed)));
+    let old = intent_with(OPS_PACKED, &packed);
     assert_eq!(intent_ops(&old).unwrap(), (ops.clone(), Packing::Mixed));
     let mut older = Item::new();
     older.insert("ops".into(), s(serde_json::to_string(&ops).unwrap()));
@@ -285,11 +283,7 @@ fn ops_and_chunks_do_not_depend_on_event_order() {
 fn a_slotted_intent_is_replayed_under_its_slot_and_number_or_not_at_all() {
     let (_, ops) = hot_and_cold();
     let packed = pack_ops(&ops).unwrap();
-    let mut slotted = Item::new();
-    slotted.insert(
-        OPS_SLOTTED.into(),
-        AttributeValue::B(Blob::new(packed.clone())),
-    );
+    let mut slotted = intent_with(OPS_SLOTTED, &packed);
     // Without its slot and number it cannot be replayed: corrupt, never chunked.
     assert!(matches!(intent_ops(&slotted), Err(StoreError::Corrupt(_))));
     slotted.insert(SLOT_ATTR.into(), n(7));

@@ -194,6 +194,44 @@ where
     }
 }
 
+/// The last error of a [`send_retrying`] call in words, for a caller that reports failures
+/// as text: one retrying could not help as [`describe_sdk_error`] says it, one that was still
+/// worth retrying when `policy`'s attempts ran out as `gave up after N attempts: …`.
+pub fn describe_last_error<E>(
+    policy: &tally_core::backoff::Backoff,
+    op: &str,
+    err: &SdkError<E>,
+) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let why = describe_sdk_error(op, err);
+    if is_retryable(err) {
+        // `send_retrying` stops on a retryable error only at its last attempt.
+        let attempts = policy.max_attempts.max(1);
+        format!("gave up after {attempts} attempts: {why}")
+    } else {
+        why
+    }
+}
+
+/// Waits for every task of `tasks` and keeps the first error: a task's own, or `what`
+/// failed (panicked or was cancelled). Every task is awaited, so none is left writing
+/// after the caller reports.
+pub async fn join_all_or_first_error(
+    mut tasks: tokio::task::JoinSet<Result<(), String>>,
+    what: &str,
+) -> Result<(), String> {
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| format!("{what} failed: {e}"));
+        if let Err(e) = result.and_then(|r| r) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// Describes an SDK error in one line, with its code and the whole cause chain.
 pub fn describe_sdk_error<E>(op: &str, err: &SdkError<E>) -> String
 where
@@ -255,13 +293,30 @@ where
 {
     match sent {
         Ok(out) => Ok(Some(out)),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(ConditionalWriteError::is_condition_failed) =>
-        {
-            Ok(None)
-        }
+        Err(e) if condition_failed(&e) => Ok(None),
         Err(e) => Err(sdk_error(op, e)),
+    }
+}
+
+/// Whether a conditional write was refused because its condition was false.
+pub fn condition_failed<E: ConditionalWriteError>(err: &SdkError<E>) -> bool {
+    err.as_service_error()
+        .is_some_and(ConditionalWriteError::is_condition_failed)
+}
+
+/// A conditional write whose failed condition needs nothing more from the caller (the
+/// write was done before, or is no longer this caller's to do): `Ok` then as when it
+/// wrote; any other failure described for `op`.
+pub fn written_or_condition_failed<T, E>(
+    op: &str,
+    sent: Result<T, SdkError<E>>,
+) -> Result<(), String>
+where
+    E: ConditionalWriteError + ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match sent {
+        Err(e) if !condition_failed(&e) => Err(describe_sdk_error(op, &e)),
+        _ => Ok(()),
     }
 }
 

@@ -64,8 +64,8 @@ use tally_core::{MeterName, Month, OrgId};
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
-use super::codec::{Item, describe_sdk_error, n, s, send_retrying};
-use super::keys::{PK, SK, TTL};
+use super::codec::{Item, describe_sdk_error, n, send_retrying};
+use super::keys::TTL;
 
 /// Attribute of an earlier release's per-meter guard item: the room reserved so far.
 const RESERVED: &str = "r";
@@ -393,11 +393,7 @@ async fn reserve(
     let condition = conditions.join(" AND ");
     let sent = send_retrying(&store.retry, || {
         let mut req = store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk.clone()))
-            .key(SK, s(ORG_GUARD_SK))
+            .update_item_at(pk.clone(), ORG_GUARD_SK)
             .update_expression(update.clone())
             .condition_expression(condition.clone())
             .expression_attribute_names("#ttl", TTL)
@@ -456,11 +452,7 @@ async fn carry_over(
 ) -> Result<Decimal, String> {
     let got = send_retrying(&store.retry, || {
         store
-            .client
-            .get_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk))
-            .key(SK, s(meter.as_str()))
+            .get_item_at(pk, meter.as_str())
             .consistent_read(true)
             .send()
     })
@@ -474,11 +466,7 @@ async fn carry_over(
     }
     send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk))
-            .key(SK, s(ORG_GUARD_SK))
+            .update_item_at(pk, ORG_GUARD_SK)
             .update_expression("ADD #r :old")
             .expression_attribute_names("#r", meter_attr(meter))
             .expression_attribute_values(":old", n(old))

@@ -24,8 +24,8 @@ use tally_core::ports::{
 };
 
 use super::DynamoStore;
-use super::codec::{Item, describe_sdk_error, n, s, send_retrying};
-use super::keys::{PK, SK, TTL};
+use super::codec::{Item, describe_sdk_error, n, send_retrying};
+use super::keys::TTL;
 
 /// Attribute of an allowance item: the units taken so far.
 const TAKEN: &str = "t";
@@ -57,11 +57,7 @@ impl AllowanceStore for DynamoStore {
             writes += 1;
             let most_before = cap - want;
             let sent = send_retrying(&self.retry, || {
-                self.client
-                    .update_item()
-                    .table_name(&*self.table)
-                    .key(PK, s(limit_pk(&window.scope)))
-                    .key(SK, s(&window.window))
+                self.update_item_at(limit_pk(&window.scope), &window.window)
                     .update_expression("SET #ttl = :ttl ADD #t :w")
                     .condition_expression("attribute_not_exists(#t) OR #t <= :most")
                     .expression_attribute_names("#t", TAKEN)

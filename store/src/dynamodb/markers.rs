@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
-use super::codec::{describe_sdk_error, get_opt_s, is_retryable, item, s};
+use super::codec::{describe_last_error, get_opt_s, item, s, send_retrying};
 use super::keys::{PK, SK};
 use super::ops::{Op, Ops};
 
@@ -122,49 +122,31 @@ async fn put_marker(
     batch: &str,
     (mpk, msk): &(String, String),
 ) -> Result<String, String> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = store
-            .client
-            .put_item()
-            .table_name(&*store.table)
-            .set_item(Some(item([
-                (PK, s(mpk)),
-                (SK, s(msk)),
-                (MARKER_OWNER, s(batch)),
-            ])))
+    let sent = send_retrying(&store.retry, || {
+        store
+            .put_item_of(item([(PK, s(mpk)), (SK, s(msk)), (MARKER_OWNER, s(batch))]))
             .condition_expression("attribute_not_exists(#pk) OR #o = :b")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#o", MARKER_OWNER)
             .expression_attribute_values(":b", s(batch))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await;
-        let why = match sent {
-            Ok(_) => return Ok(batch.to_owned()),
-            Err(e) => {
-                if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error()
-                {
-                    // Another batch's (or an old release's transaction's): counted by it.
-                    let owner = c
-                        .item()
-                        .and_then(|old| get_opt_s(old, MARKER_OWNER).ok().flatten())
-                        .map(str::to_owned)
-                        .unwrap_or_default();
-                    return Ok(owner);
-                }
-                let why = describe_sdk_error("PutItem", &e);
-                if !is_retryable(&e) {
-                    return Err(why);
-                }
-                why
+    })
+    .await;
+    match sent {
+        Ok(_) => Ok(batch.to_owned()),
+        Err(e) => {
+            if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
+                // Another batch's (or an old release's transaction's): counted by it.
+                let owner = c
+                    .item()
+                    .and_then(|old| get_opt_s(old, MARKER_OWNER).ok().flatten())
+                    .map(str::to_owned)
+                    .unwrap_or_default();
+                return Ok(owner);
             }
-        };
-        if attempt >= store.retry.max_attempts {
-            return Err(format!("gave up after {attempt} attempts: {why}"));
+            Err(describe_last_error(&store.retry, "PutItem", &e))
         }
-        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 

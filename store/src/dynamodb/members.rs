@@ -98,11 +98,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
     ) -> Result<bool, StoreError> {
         let out = self
-            .client
-            .delete_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(org)))
-            .key(SK, s(project_member_sk(user, project)))
+            .delete_item_at(keys::org_pk(org), project_member_sk(user, project))
             .return_values(ReturnValue::AllOld)
             .send()
             .await
@@ -156,11 +152,7 @@ impl MemberStore for DynamoStore {
     ) -> Result<Option<Membership>, StoreError> {
         rules::check_new_member(role)?;
         let updated = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(org)))
-            .key(SK, s(keys::member_sk(user)))
+            .update_item_at(keys::org_pk(org), keys::member_sk(user))
             .update_expression("SET #role = :role")
             .condition_expression("attribute_exists(#pk) AND #role <> :owner")
             .expression_attribute_names("#pk", PK)
@@ -181,11 +173,7 @@ impl MemberStore for DynamoStore {
         user: &UserId,
     ) -> Result<Option<Membership>, StoreError> {
         let deleted = self
-            .client
-            .delete_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(org)))
-            .key(SK, s(keys::member_sk(user)))
+            .delete_item_at(keys::org_pk(org), keys::member_sk(user))
             .condition_expression("attribute_exists(#pk) AND #role <> :owner")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#role", "role")

@@ -92,11 +92,7 @@ impl OverrideStore for DynamoStore {
         ended.end = Some(end);
         check_stored_override(&ended)?;
         let sent = self
-            .client()
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(pk.clone()))
-            .key(SK, s(id.as_str()))
+            .update_item_at(pk.clone(), id.as_str())
             .update_expression("SET #end = :end")
             .condition_expression(
                 "attribute_exists(#pk) AND (attribute_not_exists(#end) OR #end > :end)",

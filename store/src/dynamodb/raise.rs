@@ -13,8 +13,7 @@ use tokio::sync::Semaphore;
 
 use super::DynamoStore;
 use super::cells::{self, CellKind};
-use super::codec::{Item, describe_sdk_error, is_retryable, s};
-use super::keys::{PK, SK};
+use super::codec::{Item, describe_last_error, join_all_or_first_error, s, send_retrying};
 use super::ops::{Op, Ops};
 
 /// Conditional `SET`s of one batch in flight at once.
@@ -91,14 +90,7 @@ pub(super) async fn raise_hours(store: &DynamoStore, ops: &Ops) -> Result<(), St
             });
         }
     }
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| format!("a max/latest write task failed: {e}"));
-        if let Err(e) = result.and_then(|r| r) {
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+    join_all_or_first_error(tasks, "a max/latest write task").await
 }
 
 /// The cache key and value of a `max`/`latest` op.
@@ -136,61 +128,44 @@ async fn raise_hour(
         ),
         _ => return Ok(()),
     };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut request = store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk))
-            .key(SK, s(sk))
-            .update_expression(expression)
-            .condition_expression(condition)
-            .expression_attribute_names("#h", cells::hour_attr(h))
-            .expression_attribute_names("#k", cells::KIND)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        match op {
-            Op::Max(_, _, x) => {
-                request = request
-                    .expression_attribute_values(":x", AttributeValue::N(x.clone()))
-                    .expression_attribute_values(":k", s(CellKind::Max.as_str()));
-            }
-            Op::Latest(_, _, x, at) => {
-                request = request
-                    .expression_attribute_names("#a", cells::at_attr(h))
-                    .expression_attribute_values(":x", AttributeValue::N(x.clone()))
-                    .expression_attribute_values(":at", AttributeValue::N(at.clone()))
-                    .expression_attribute_values(":k", s(CellKind::Latest.as_str()));
-            }
-            _ => {}
+    let mut request = store
+        .update_item_at(pk, sk)
+        .update_expression(expression)
+        .condition_expression(condition)
+        .expression_attribute_names("#h", cells::hour_attr(h))
+        .expression_attribute_names("#k", cells::KIND)
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+    match op {
+        Op::Max(_, _, x) => {
+            request = request
+                .expression_attribute_values(":x", AttributeValue::N(x.clone()))
+                .expression_attribute_values(":k", s(CellKind::Max.as_str()));
         }
-        let why = match request.send().await {
-            Ok(_) => {
-                store.known_hours.learn(key, value);
+        Op::Latest(_, _, x, at) => {
+            request = request
+                .expression_attribute_names("#a", cells::at_attr(h))
+                .expression_attribute_values(":x", AttributeValue::N(x.clone()))
+                .expression_attribute_values(":at", AttributeValue::N(at.clone()))
+                .expression_attribute_values(":k", s(CellKind::Latest.as_str()));
+        }
+        _ => {}
+    }
+    match send_retrying(&store.retry, || request.clone().send()).await {
+        Ok(_) => {
+            store.known_hours.learn(key, value);
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(UpdateItemError::ConditionalCheckFailedException(c)) = e.as_service_error()
+            {
+                // Nothing to do: what is stored already wins. Remember it.
+                if let Some(stored) = c.item().and_then(|old| stored_known(old, h, value)) {
+                    store.known_hours.learn(key, stored);
+                }
                 return Ok(());
             }
-            Err(e) => {
-                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
-                    e.as_service_error()
-                {
-                    // Nothing to do: what is stored already wins. Remember it.
-                    if let Some(stored) = c.item().and_then(|old| stored_known(old, h, value)) {
-                        store.known_hours.learn(key, stored);
-                    }
-                    return Ok(());
-                }
-                let why = describe_sdk_error("UpdateItem", &e);
-                if !is_retryable(&e) {
-                    return Err(why);
-                }
-                why
-            }
-        };
-        if attempt >= store.retry.max_attempts {
-            return Err(format!("gave up after {attempt} attempts: {why}"));
+            Err(describe_last_error(&store.retry, "UpdateItem", &e))
         }
-        crate::aws::sleep_before_retry(&store.retry, attempt).await;
     }
 }
 

@@ -23,8 +23,8 @@ use tally_core::{MeterName, Month, OrgId, ProjectId};
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
-use super::codec::{corrupt, get_s, n, parse_decimal, s, send_retrying, unless_condition_failed};
-use super::keys::{PK, SK, start_text};
+use super::codec::{corrupt, get_s, n, parse_decimal, send_retrying, unless_condition_failed};
+use super::keys::{SK, start_text};
 
 /// Reading writes of one call in flight at once.
 const WRITE_CONCURRENCY: usize = 16;
@@ -60,11 +60,7 @@ async fn put_one(
 ) -> Result<(), StoreError> {
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(store.table())
-            .key(PK, s(&pk))
-            .key(SK, s(&sk))
+            .update_item_at(&pk, &sk)
             .update_expression("SET #s = :v")
             .condition_expression("attribute_not_exists(#s) OR #s < :v")
             .expression_attribute_names("#s", &attr)

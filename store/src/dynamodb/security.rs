@@ -83,11 +83,7 @@ impl SecurityStore for DynamoStore {
         let body = serde_json::to_string(&policy.policy)
             .map_err(|e| StoreError::Unavailable(format!("encoding a policy: {e}")))?;
         let updated = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(&policy.org_id)))
-            .key(SK, s(ORG_SK))
+            .update_item_at(keys::org_pk(&policy.org_id), ORG_SK)
             .update_expression("SET #p = :p, #at = :at")
             .condition_expression("attribute_exists(#pk) AND attribute_not_exists(deleted_at)")
             .expression_attribute_names("#pk", PK)

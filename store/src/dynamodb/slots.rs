@@ -30,7 +30,6 @@ use tally_core::ports::StoreError;
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_opt_s, n, s, sdk_error, send_retrying};
-use super::keys::{PK, SK};
 
 /// Default number of writer slots (`TALLY_DYNAMODB_WRITER_SLOTS`): it must exceed the
 /// number of batches applied at once by every aggregator of the table together.
@@ -201,11 +200,7 @@ pub(super) async fn try_acquire(
 ) -> Result<Option<Slot>, StoreError> {
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(slot_pk(k)))
-            .key(SK, s(SLOT_SK))
+            .update_item_at(slot_pk(k), SLOT_SK)
             .update_expression("SET #o = :me, #x = :exp ADD #e :one, #s :zero")
             .condition_expression("attribute_not_exists(#o) OR #x < :now")
             .expression_attribute_names("#o", OWNER)
@@ -409,11 +404,7 @@ async fn update_held(
 ) -> Result<Held, StoreError> {
     let sent = send_retrying(&store.retry, || {
         let mut req = store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(slot_pk(slot.k)))
-            .key(SK, s(SLOT_SK))
+            .update_item_at(slot_pk(slot.k), SLOT_SK)
             .update_expression(update)
             .condition_expression(condition)
             .expression_attribute_values(":me", s(owner))

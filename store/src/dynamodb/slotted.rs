@@ -14,14 +14,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::sync::Semaphore;
 
 use super::DynamoStore;
 use super::cells::{self, CellKind};
-use super::codec::{describe_sdk_error, n, s, send_retrying};
-use super::keys::{PK, SK};
+use super::codec::{join_all_or_first_error, n, s, send_retrying, written_or_condition_failed};
 use super::ops::{Op, Ops};
 use super::slots::{SlotFault, hw_attr};
 
@@ -98,14 +96,7 @@ pub(super) async fn apply_updates(
             update_item(&store, &pk, &sk, &body, k, seq, checked).await
         });
     }
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| format!("a counter update task failed: {e}"));
-        if let Err(e) = result.and_then(|r| r) {
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+    join_all_or_first_error(tasks, "a counter update task").await
 }
 
 /// The update expression, names and values of one item's update.
@@ -156,11 +147,7 @@ async fn update_item(
     let condition = checked.then_some("attribute_not_exists(#w) OR #w < :n");
     let sent = send_retrying(&store.retry, || {
         store
-            .client
-            .update_item()
-            .table_name(&*store.table)
-            .key(PK, s(pk))
-            .key(SK, s(sk))
+            .update_item_at(pk, sk)
             .update_expression(&expr)
             .set_condition_expression(condition.map(str::to_owned))
             .set_expression_attribute_names(Some(names.clone()))
@@ -168,20 +155,9 @@ async fn update_item(
             .send()
     })
     .await;
-    match sent {
-        Ok(_) => Ok(()),
-        // Applied before: by this batch on an attempt whose answer was lost, or by anyone
-        // finishing it (see the module doc).
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(describe_sdk_error("UpdateItem", &e)),
-    }
+    // A failed condition: applied before, by this batch on an attempt whose answer was
+    // lost, or by anyone finishing it (see the module doc).
+    written_or_condition_failed("UpdateItem", sent)
 }
 
 #[cfg(test)]

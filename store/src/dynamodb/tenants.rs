@@ -328,11 +328,7 @@ impl OrgStore for DynamoStore {
         let revoked_at = before.deleted_at.unwrap_or(at);
         self.revoke_live_keys(id, revoked_at).await?;
         let marked = self
-            .client
-            .update_item()
-            .table_name(self.table())
-            .key(PK, s(keys::org_pk(id)))
-            .key(SK, s(ORG_SK))
+            .update_item_at(keys::org_pk(id), ORG_SK)
             .update_expression("SET deleted_at = if_not_exists(deleted_at, :at)")
             .condition_expression("attribute_exists(#pk)")
             .expression_attribute_names("#pk", PK)
@@ -488,11 +484,7 @@ fn update_named(
 /// partition key) and returning `ALL_NEW`: the start of every [`update_existing`] request.
 pub(super) fn update_request(store: &DynamoStore, pk: String, sk: &str) -> UpdateItemFluentBuilder {
     store
-        .client
-        .update_item()
-        .table_name(store.table())
-        .key(PK, s(pk))
-        .key(SK, s(sk))
+        .update_item_at(pk, sk)
         .condition_expression("attribute_exists(#pk)")
         .expression_attribute_names("#pk", PK)
         .return_values(ReturnValue::AllNew)

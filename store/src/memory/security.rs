@@ -7,7 +7,7 @@ use tally_core::ids::{OrgId, SessionId, UserId};
 use tally_core::ports::{SecurityStore, StoreError};
 use tally_core::security::{OrgSecurityPolicy, Session};
 
-use super::MemoryStore;
+use super::{MemoryStore, insert_new};
 
 #[async_trait]
 impl SecurityStore for MemoryStore {
@@ -30,13 +30,9 @@ impl SecurityStore for MemoryStore {
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let mut st = self.lock();
         let key = (session.user_id.clone(), session.id.clone());
-        if st.sessions.contains_key(&key) {
-            return Err(StoreError::Conflict {
-                what: format!("session {}", session.id),
-            });
-        }
-        st.sessions.insert(key, session.clone());
-        Ok(())
+        insert_new(&mut st.sessions, key, session.clone(), || {
+            format!("session {}", session.id)
+        })
     }
 
     async fn get_session(

@@ -11,7 +11,7 @@ use tally_core::tenant::{
     Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
 };
 
-use super::{MemoryStore, Op, State, list_of_org};
+use super::{MemoryStore, Op, State, insert_new, list_of_org};
 
 impl State {
     /// Adds a membership: `Conflict` for an owner or a member already, `NotFound` for a
@@ -25,13 +25,9 @@ impl State {
             });
         }
         let key = (m.org_id.clone(), m.user_id.clone());
-        if self.members.contains_key(&key) {
-            return Err(StoreError::Conflict {
-                what: format!("membership of user {} in org {}", m.user_id, m.org_id),
-            });
-        }
-        self.members.insert(key, m.clone());
-        Ok(())
+        insert_new(&mut self.members, key, m.clone(), || {
+            format!("membership of user {} in org {}", m.user_id, m.org_id)
+        })
     }
 
     /// A membership about to change or go, refusing the owner's; `None` if the user is not
@@ -312,13 +308,9 @@ impl MemberStore for MemoryStore {
             });
         }
         let key = (org.clone(), user.clone(), project.clone());
-        if st.project_members.contains_key(&key) {
-            return Err(StoreError::Conflict {
-                what: format!("user {user} on project {project}"),
-            });
-        }
-        st.project_members.insert(key, at);
-        Ok(())
+        insert_new(&mut st.project_members, key, at, || {
+            format!("user {user} on project {project}")
+        })
     }
 
     async fn remove_project_member(
@@ -365,13 +357,9 @@ impl ProjectStore for MemoryStore {
             });
         }
         let key = (project.org_id.clone(), project.id.clone());
-        if st.projects.contains_key(&key) {
-            return Err(StoreError::Conflict {
-                what: format!("project {}", project.id),
-            });
-        }
-        st.projects.insert(key, project.clone());
-        Ok(())
+        insert_new(&mut st.projects, key, project.clone(), || {
+            format!("project {}", project.id)
+        })
     }
 
     async fn get_project(

@@ -49,9 +49,7 @@ pub(super) fn ledger_rows(path: &Path) -> i64 {
 /// A fresh directory and the path of a store file in it (not created yet); the directory
 /// goes when the first value is dropped.
 pub(super) fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tally.db");
-    (dir, path)
+    crate::test_fixtures::temp_file("tally.db")
 }
 
 /// A store on a new file under `config`, with the file's directory (kept for the test's

@@ -2,7 +2,7 @@
 //! upgrade of a schema 13 file, pruning by table, and a second process's seal. Tables are
 //! sealed at 10 rows here so a few events cross several seals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -18,11 +18,17 @@ use super::*;
 
 const NOV: &str = "2026-11-26T10:00:00Z";
 
+/// The store at `path` sealing its ledger tables at 10 entries.
 fn small(path: &Path) -> SqliteStore {
+    parts_of(path, 10)
+}
+
+/// The store at `path` sealing its ledger tables at `rows` entries.
+fn parts_of(path: &Path, rows: usize) -> SqliteStore {
     SqliteStore::open_with(
         path,
         SqliteConfig {
-            ledger_part_rows: 10,
+            ledger_part_rows: rows,
             ..SqliteConfig::default()
         },
     )
@@ -36,6 +42,26 @@ fn org() -> OrgId {
 fn events(range: std::ops::Range<usize>) -> Vec<Event> {
     range
         .map(|i| event(&org(), &format!("e{i:03}"), NOV))
+        .collect()
+}
+
+/// A store of 10-row tables on a fresh file, and the 10 events it applied: they fill the
+/// first table, which the batch sealed (`ledger_00001`).
+async fn one_full_table() -> (tempfile::TempDir, PathBuf, SqliteStore, Vec<Event>) {
+    let (dir, path) = temp_db();
+    let s = small(&path);
+    let first = events(0..10);
+    s.apply_batch(&first).await.unwrap();
+    (dir, path, s, first)
+}
+
+/// `(seq, event_id)` of every row of ledger table `table`, in `seq` order.
+fn seqs_and_ids(c: &Connection, table: &str) -> Vec<(i64, String)> {
+    c.prepare(&format!("SELECT seq, event_id FROM {table} ORDER BY seq"))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
         .collect()
 }
 
@@ -132,10 +158,7 @@ async fn full_tables_are_sealed_behind_filters_and_every_resend_stays_a_duplicat
 /// trusted) lets that key's resend be counted a second time.
 #[tokio::test]
 async fn a_filter_saying_no_for_a_present_key_lets_the_resend_count_twice() {
-    let (_dir, path) = temp_db();
-    let s = small(&path);
-    let first = events(0..10);
-    s.apply_batch(&first).await.unwrap();
+    let (_dir, path, s, first) = one_full_table().await;
     assert_eq!(tables(&path)[0], ("ledger_00001".into(), 1));
     // With the true filter the resend is a duplicate.
     assert_eq!(s.apply_batch(&first[..1]).await.unwrap().duplicates(), 1);
@@ -154,10 +177,7 @@ async fn a_filter_saying_no_for_a_present_key_lets_the_resend_count_twice() {
 /// table, writes it back, and every resend is still a duplicate.
 #[tokio::test]
 async fn a_torn_filter_is_rebuilt_from_its_table_and_stays_exact() {
-    let (_dir, path) = temp_db();
-    let s = small(&path);
-    let first = events(0..10);
-    s.apply_batch(&first).await.unwrap();
+    let (_dir, path, s, first) = one_full_table().await;
     drop(s);
     let (checksum, bits) = filter_row(&path, 1).unwrap();
     let mut torn = bits.clone();
@@ -220,23 +240,9 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
          PRAGMA user_version = 13;",
     )
     .unwrap();
-    let rows_before: Vec<(i64, String)> = c
-        .prepare("SELECT seq, event_id FROM ledger ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows_before = seqs_and_ids(&c, "ledger");
     drop(c);
-    let s = SqliteStore::open_with(
-        &path,
-        SqliteConfig {
-            ledger_part_rows: 10,
-            ..SqliteConfig::default()
-        },
-    )
-    .unwrap()
-    .with_clock(clock.clone());
+    let s = small(&path).with_clock(clock.clone());
     let c = Connection::open(&path).unwrap();
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -246,13 +252,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
         tables(&path),
         vec![("ledger_00000".into(), 2), ("ledger".into(), 0)]
     );
-    let kept: Vec<(i64, String)> = c
-        .prepare("SELECT seq, event_id FROM ledger_00000 ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let kept = seqs_and_ids(&c, "ledger_00000");
     assert_eq!(kept, rows_before, "the legacy rows are kept as they were");
     assert_eq!(s.apply_batch(&old).await.unwrap().duplicates(), 5);
     // 15 new rows: the hot table (part 1) fills and is sealed; the legacy table stays.
@@ -306,22 +306,12 @@ async fn pruning_drops_a_sealed_table_only_when_its_newest_row_is_past_the_reten
         .await
         .unwrap();
     assert_eq!(edge.deleted, 0, "{edge:?}");
-    let dry = s
-        .prune_ledger(
-            written + LEDGER_RETENTION + chrono::Duration::seconds(1),
-            true,
-        )
-        .await
-        .unwrap();
+    // One second past the sealed table's newest row's retention: it may go.
+    let past = written + LEDGER_RETENTION + chrono::Duration::seconds(1);
+    let dry = s.prune_ledger(past, true).await.unwrap();
     assert_eq!(dry.deleted, 10, "{dry:?}");
     assert_eq!(ledger_rows(&path), 13, "a dry run drops nothing");
-    let done = s
-        .prune_ledger(
-            written + LEDGER_RETENTION + chrono::Duration::seconds(1),
-            false,
-        )
-        .await
-        .unwrap();
+    let done = s.prune_ledger(past, false).await.unwrap();
     assert_eq!(done.deleted, 10, "{done:?}");
     assert_eq!(tables(&path), vec![("ledger".into(), 0)]);
     assert_eq!(filter_row(&path, 1), None);
@@ -370,15 +360,7 @@ async fn the_schema_7_replay_reads_every_ledger_table() {
 #[tokio::test]
 async fn ledger_pages_read_more_tables_than_one_statement_may_name() {
     let (_dir, path) = temp_db();
-    let s = SqliteStore::open_with(
-        &path,
-        SqliteConfig {
-            ledger_part_rows: 1,
-            ..SqliteConfig::default()
-        },
-    )
-    .unwrap()
-    .with_clock(Arc::new(FixedClock::at(at(NOV))));
+    let s = parts_of(&path, 1).with_clock(Arc::new(FixedClock::at(at(NOV))));
     let n = 2 * crate::sqlite::usage::LEDGER_ARMS_PER_QUERY + 50;
     let all = events(0..n);
     for e in &all {

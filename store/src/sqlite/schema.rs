@@ -109,14 +109,8 @@ const SCHEMA_V9: &str = "ALTER TABLE ledger ADD COLUMN written INTEGER;";
 /// at once do it once.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = immediate(conn)?;
-    let version: i64 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(db)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
-        )));
-    }
+    let version =
+        crate::conn::schema_version(&tx, "database", SCHEMA_VERSION, db, StoreError::Corrupt)?;
     // Versions 1 to 6, 8 and 9 are plain SQL; 7 also rebuilds the counters; 10 is the catalogue versions table; 11 the price overrides; 12 the security policies and sessions; 13 the series registry; 15 the partitioned ledger.
     let plain = [
         SCHEMA_V1,

@@ -120,6 +120,20 @@ pub(super) fn require_live_org(conn: &Connection, org: &OrgId) -> Result<(), Sto
     }
 }
 
+/// The user whose `column` (`id`, or `email` lowercased: both unique) is `value`.
+async fn user_where(
+    store: &SqliteStore,
+    column: &'static str,
+    value: String,
+) -> Result<Option<User>, StoreError> {
+    store
+        .read(move |conn| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE {column} = ?1");
+            read_one(conn, &sql, params![value], user_row, user_of)
+        })
+        .await
+}
+
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn ensure_user(&self, candidate: &User) -> Result<User, StoreError> {
@@ -147,21 +161,11 @@ impl UserStore for SqliteStore {
     }
 
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        let id = id.as_str().to_owned();
-        self.read(move |conn| {
-            let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ?1");
-            read_one(conn, &sql, params![id], user_row, user_of)
-        })
-        .await
+        user_where(self, "id", id.as_str().to_owned()).await
     }
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let email = email.to_lowercase();
-        self.read(move |conn| {
-            let sql = format!("SELECT {USER_COLS} FROM users WHERE email = ?1");
-            read_one(conn, &sql, params![email], user_row, user_of)
-        })
-        .await
+        user_where(self, "email", email.to_lowercase()).await
     }
 
     async fn list_user_memberships(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
