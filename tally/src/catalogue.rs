@@ -231,30 +231,29 @@ async fn list(common: &Common) -> anyhow::Result<()> {
         versions,
     };
     output::print(common.json, &out, |o| {
-        let rows: Vec<Vec<String>> = o
-            .versions
-            .iter()
-            .map(|v| {
-                vec![
-                    v.version.to_string(),
-                    v.effective_from.to_string(),
-                    if Some(v.version) == o.in_force {
-                        "in force".into()
-                    } else {
-                        String::new()
-                    },
-                    v.applied_at.to_rfc3339(),
-                    v.applied_by.clone(),
-                    v.digest.clone(),
-                ]
-            })
-            .collect();
-        output::table(
+        output::table_of(
             &["VERSION", "FROM", "", "APPLIED", "BY", "DIGEST"],
-            &rows,
+            &o.versions,
             "no catalogue version published: the --catalogue file or the built-in one is in force",
+            |v| version_row(v, o.in_force),
         )
     })
+}
+
+/// A row of `tally catalogue list`.
+fn version_row(v: &CatalogueVersionSummary, in_force: Option<u32>) -> Vec<String> {
+    vec![
+        v.version.to_string(),
+        v.effective_from.to_string(),
+        if Some(v.version) == in_force {
+            "in force".into()
+        } else {
+            String::new()
+        },
+        v.applied_at.to_rfc3339(),
+        v.applied_by.clone(),
+        v.digest.clone(),
+    ]
 }
 
 /// The catalogue in force now: the store's version effective for the current month (by the
