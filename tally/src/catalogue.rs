@@ -178,12 +178,7 @@ async fn show(common: &Common, version: Option<u32>) -> anyhow::Result<()> {
     let wanted = match version {
         Some(n) => Some((n, format!("there is no catalogue version {n}"))),
         None => {
-            let month = Month::of(crate::clock::from_env()?.now());
-            let listed = stores
-                .catalogues
-                .list_catalogue_versions()
-                .await
-                .context("cannot list the catalogue versions")?;
+            let (listed, month) = versions_now(&stores).await?;
             tally_core::ports::effective_version(&listed, month)
                 .map(|n| (n, format!("catalogue version {n} was listed but is gone")))
         }
@@ -218,14 +213,21 @@ struct VersionsOutput {
     versions: Vec<CatalogueVersionSummary>,
 }
 
-async fn list(common: &Common) -> anyhow::Result<()> {
-    let stores = crate::backend::open_store(common).await?;
+/// The store's catalogue versions and the current month (by the process clock,
+/// `TALLY_NOW`): what picks the version in force.
+async fn versions_now(stores: &Stores) -> anyhow::Result<(Vec<CatalogueVersionSummary>, Month)> {
     let month = Month::of(crate::clock::from_env()?.now());
     let versions = stores
         .catalogues
         .list_catalogue_versions()
         .await
         .context("cannot list the catalogue versions")?;
+    Ok((versions, month))
+}
+
+async fn list(common: &Common) -> anyhow::Result<()> {
+    let stores = crate::backend::open_store(common).await?;
+    let (versions, month) = versions_now(&stores).await?;
     let out = VersionsOutput {
         in_force: tally_core::ports::effective_version(&versions, month),
         versions,
