@@ -749,14 +749,7 @@ fn human(s: &ImportSummary) -> String {
             &["LINE", "CODE", "FIELD", "MESSAGE"],
             &s.rejections,
             "",
-            |r| {
-                vec![
-                    r.line.to_string(),
-                    r.code.clone(),
-                    r.field.clone().unwrap_or_else(|| "-".to_owned()),
-                    r.message.clone(),
-                ]
-            },
+            rejection_row,
         ));
         if s.rejected > s.rejections.len() as u64 {
             out.push(format!(
@@ -769,6 +762,16 @@ fn human(s: &ImportSummary) -> String {
         out.push(format!("rejected lines written to {path}"));
     }
     out.join("\n")
+}
+
+/// A row of the rejected lines `tally import` lists.
+fn rejection_row(r: &LineRejection) -> Vec<String> {
+    vec![
+        r.line.to_string(),
+        r.code.clone(),
+        r.field.clone().unwrap_or_else(|| "-".to_owned()),
+        r.message.clone(),
+    ]
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_api::audit::{AuditParams, AuditResponse};
 use tally_api::usage::{UsageParams, UsageRequest, parse_mode};
-use tally_billing::UsageReport;
 use tally_billing::sync::FinalizeRecord;
+use tally_billing::{AdjustmentLine, UsageReport};
 use tally_core::ports::StoredReport;
 use tally_core::tenant::{AuditOutcome, AuditRecord, KeyMode};
 use tally_core::{Month, OrgId};
@@ -379,6 +379,18 @@ fn report_row(o: &ReportOut) -> Vec<String> {
     ]
 }
 
+/// A row of the adjustments of `tally report show`.
+fn adjustment_row(a: &AdjustmentLine) -> Vec<String> {
+    vec![
+        a.period.to_string(),
+        a.meter.to_string(),
+        a.invoiced_quantity.to_string(),
+        a.corrected_quantity.to_string(),
+        a.amount.to_string(),
+        a.reason.clone(),
+    ]
+}
+
 /// The human text of `tally report show`: the lines as a table, then the totals and the
 /// invoice. A report this build cannot read as a `UsageReport` is shown as its JSON.
 fn show_report(o: &ReportOut) -> String {
@@ -421,16 +433,7 @@ fn show_report(o: &ReportOut) -> String {
             ],
             &r.adjustments,
             "",
-            |a| {
-                vec![
-                    a.period.to_string(),
-                    a.meter.to_string(),
-                    a.invoiced_quantity.to_string(),
-                    a.corrected_quantity.to_string(),
-                    a.amount.to_string(),
-                    a.reason.clone(),
-                ]
-            },
+            adjustment_row,
         ));
     }
     out.push(format!(
