@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::catalogue::PlanSpec;
+use crate::catalogue::{MeterPrice, PlanSpec};
 use crate::pricing::Pricing;
 use crate::report::{PricingError, UsageReport};
 // The id lives with the other ids: the report names the overrides that priced it, and
@@ -315,6 +315,14 @@ impl PricedPlan {
         }
     }
 
+    /// The price of `meter` for override `id` to change, with `id` recorded among the
+    /// meter's overrides; `None` when the plan does not price `meter`.
+    fn overridden_price(&mut self, meter: &MeterName, id: &OverrideId) -> Option<&mut MeterPrice> {
+        let price = self.spec.meters.get_mut(meter)?;
+        add_override(&mut self.meter_overrides, meter, id);
+        Some(price)
+    }
+
     /// Writes where the report's prices came from on it and on each of its lines: the plan,
     /// the catalogue version, and the overrides that applied.
     pub fn stamp(&self, report: &mut UsageReport) {
@@ -334,6 +342,18 @@ impl PricedPlan {
         all.dedup();
         report.overrides = all;
     }
+}
+
+/// Records that override `id` changed `meter`'s line.
+fn add_override(
+    meter_overrides: &mut BTreeMap<MeterName, Vec<OverrideId>>,
+    meter: &MeterName,
+    id: &OverrideId,
+) {
+    meter_overrides
+        .entry(meter.clone())
+        .or_default()
+        .push(id.clone());
 }
 
 /// The plan `base` (the catalogue's, for the plan the org is billed on in `month`) with
@@ -378,37 +398,18 @@ pub fn apply_overrides(
                 discount = Some(&o.id);
             }
             OverrideChange::Included { meter, quantity } => {
-                let price = out
-                    .spec
-                    .meters
-                    .get_mut(meter)
-                    .ok_or_else(|| missing(meter))?;
-                price.included = Some(*quantity);
-                out.meter_overrides
-                    .entry(meter.clone())
-                    .or_default()
-                    .push(o.id.clone());
+                let price = out.overridden_price(meter, &o.id);
+                price.ok_or_else(|| missing(meter))?.included = Some(*quantity);
             }
             OverrideChange::Price { meter, pricing } => {
-                let price = out
-                    .spec
-                    .meters
-                    .get_mut(meter)
-                    .ok_or_else(|| missing(meter))?;
-                price.pricing = pricing.clone();
-                out.meter_overrides
-                    .entry(meter.clone())
-                    .or_default()
-                    .push(o.id.clone());
+                let price = out.overridden_price(meter, &o.id);
+                price.ok_or_else(|| missing(meter))?.pricing = pricing.clone();
             }
         }
     }
     if let Some(id) = discount {
         for meter in out.spec.meters.keys() {
-            out.meter_overrides
-                .entry(meter.clone())
-                .or_default()
-                .push(id.clone());
+            add_override(&mut out.meter_overrides, meter, id);
         }
     }
     for ids in out.meter_overrides.values_mut() {

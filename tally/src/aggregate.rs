@@ -15,9 +15,10 @@ use clap::Args;
 use tally_aggregator::AggregatorConfig;
 use tally_core::ports::AuditLog;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend;
+use crate::backend::{self, Backends};
 use crate::settings::{Common, parse_duration};
 
 /// Flags of `tally aggregate`.
@@ -50,36 +51,52 @@ pub async fn aggregate(common: &Common, args: AggregateArgs) -> anyhow::Result<(
         cfg.visibility_extension = visibility;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = tokio::spawn(tally_aggregator::run(
-        backends.queue.clone(),
-        backends.stores.usage.clone(),
-        Some(backends.stores.tenants.clone() as Arc<dyn AuditLog>),
-        cfg,
-        stop_rx.clone(),
-        args.drain_limit,
-    ));
+    let worker = spawn_aggregator(&backends, cfg, &stop_rx, args.drain_limit);
     // On SQLite this worker also keeps the ledger to its retention, as `tally serve` does
     // (pruning twice from two processes is harmless: each run deletes what is left).
-    let pruner = backends.stores.sqlite().cloned().map(|store| {
-        tokio::spawn(crate::prune::run_periodically(
-            store,
-            clock,
-            crate::prune::PRUNE_EVERY,
-            stop_rx.clone(),
-        ))
-    });
+    let pruner = crate::prune::spawn_periodic(&backends, clock, &stop_rx);
     info!(
         max_events = cfg.max_events,
         "aggregator running; stop with Ctrl-C or SIGTERM"
     );
     crate::signal::shutdown().await;
     info!("stopping: draining what is queued");
-    let _ = stop_tx.send(true);
-    if let Err(e) = worker.await {
-        warn!(error = %e, "aggregator task ended abnormally; unacknowledged records come back");
-    }
-    if let Some(p) = pruner {
-        let _ = p.await;
-    }
+    stop_aggregator(&stop_tx, worker, "unacknowledged records come back", pruner).await;
     Ok(())
+}
+
+/// Starts [`tally_aggregator::run`] on `backends` (auditing to the tenant store) until
+/// `stop` turns true, then draining for at most `drain_limit`.
+pub fn spawn_aggregator(
+    backends: &Backends,
+    cfg: AggregatorConfig,
+    stop: &watch::Receiver<bool>,
+    drain_limit: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(tally_aggregator::run(
+        backends.queue.clone(),
+        backends.stores.usage.clone(),
+        Some(backends.stores.tenants.clone() as Arc<dyn AuditLog>),
+        cfg,
+        stop.clone(),
+        drain_limit,
+    ))
+}
+
+/// Tells the aggregator and the tasks beside it to stop through `stop` and waits for them
+/// all: the aggregator first (a failure logged, saying what becomes of its `unfinished`
+/// work), then each of `others`.
+pub async fn stop_aggregator(
+    stop: &watch::Sender<bool>,
+    aggregator: JoinHandle<()>,
+    unfinished: &str,
+    others: impl IntoIterator<Item = JoinHandle<()>>,
+) {
+    let _ = stop.send(true);
+    if let Err(e) = aggregator.await {
+        warn!(error = %e, "aggregator task ended abnormally; {unfinished}");
+    }
+    for task in others {
+        let _ = task.await;
+    }
 }

@@ -178,12 +178,7 @@ async fn show(common: &Common, version: Option<u32>) -> anyhow::Result<()> {
     let wanted = match version {
         Some(n) => Some((n, format!("there is no catalogue version {n}"))),
         None => {
-            let month = Month::of(crate::clock::from_env()?.now());
-            let listed = stores
-                .catalogues
-                .list_catalogue_versions()
-                .await
-                .context("cannot list the catalogue versions")?;
+            let (listed, month) = versions_now(&stores).await?;
             tally_core::ports::effective_version(&listed, month)
                 .map(|n| (n, format!("catalogue version {n} was listed but is gone")))
         }
@@ -218,43 +213,49 @@ struct VersionsOutput {
     versions: Vec<CatalogueVersionSummary>,
 }
 
-async fn list(common: &Common) -> anyhow::Result<()> {
-    let stores = crate::backend::open_store(common).await?;
+/// The store's catalogue versions and the current month (by the process clock,
+/// `TALLY_NOW`): what picks the version in force.
+async fn versions_now(stores: &Stores) -> anyhow::Result<(Vec<CatalogueVersionSummary>, Month)> {
     let month = Month::of(crate::clock::from_env()?.now());
     let versions = stores
         .catalogues
         .list_catalogue_versions()
         .await
         .context("cannot list the catalogue versions")?;
+    Ok((versions, month))
+}
+
+async fn list(common: &Common) -> anyhow::Result<()> {
+    let stores = crate::backend::open_store(common).await?;
+    let (versions, month) = versions_now(&stores).await?;
     let out = VersionsOutput {
         in_force: tally_core::ports::effective_version(&versions, month),
         versions,
     };
     output::print(common.json, &out, |o| {
-        let rows: Vec<Vec<String>> = o
-            .versions
-            .iter()
-            .map(|v| {
-                vec![
-                    v.version.to_string(),
-                    v.effective_from.to_string(),
-                    if Some(v.version) == o.in_force {
-                        "in force".into()
-                    } else {
-                        String::new()
-                    },
-                    v.applied_at.to_rfc3339(),
-                    v.applied_by.clone(),
-                    v.digest.clone(),
-                ]
-            })
-            .collect();
-        output::table(
+        output::table_of(
             &["VERSION", "FROM", "", "APPLIED", "BY", "DIGEST"],
-            &rows,
+            &o.versions,
             "no catalogue version published: the --catalogue file or the built-in one is in force",
+            |v| version_row(v, o.in_force),
         )
     })
+}
+
+/// A row of `tally catalogue list`.
+fn version_row(v: &CatalogueVersionSummary, in_force: Option<u32>) -> Vec<String> {
+    vec![
+        v.version.to_string(),
+        v.effective_from.to_string(),
+        if Some(v.version) == in_force {
+            "in force".into()
+        } else {
+            String::new()
+        },
+        v.applied_at.to_rfc3339(),
+        v.applied_by.clone(),
+        v.digest.clone(),
+    ]
 }
 
 /// The catalogue in force now: the store's version effective for the current month (by the

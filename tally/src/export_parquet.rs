@@ -255,23 +255,20 @@ mod tests {
     fn read(bytes: Vec<u8>) -> (Vec<i64>, Vec<Vec<String>>) {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
-        let reader = SerializedFileReader::new(file).unwrap();
+        let reader = SerializedFileReader::new(file.try_clone().unwrap()).unwrap();
         let groups = reader
             .metadata()
             .row_groups()
             .iter()
             .map(|g| g.num_rows())
             .collect();
-        let rows = reader
-            .get_row_iter(None)
-            .unwrap()
-            .map(|r| {
-                let r = r.unwrap();
-                (0..r.len())
-                    .map(|i| r.get_string(i).unwrap().clone())
-                    .collect()
-            })
-            .collect();
+        // The rows through the module's own reader, which also checks the columns.
+        let mut rows = Vec::new();
+        read_rows(file, &COLUMNS, &mut |_, fields| {
+            rows.push(fields.iter().map(|f| f.to_string()).collect());
+            Ok(())
+        })
+        .unwrap();
         (groups, rows)
     }
 

@@ -59,7 +59,7 @@ use tally_ingest::{Rejection, placement};
 use crate::backend;
 use crate::import_csv::{CsvLayout, parse_columns};
 use crate::import_months::MonthMeters;
-use crate::output::{print, table};
+use crate::output::{print, table_of};
 use crate::settings::Common;
 
 /// Longest line, in bytes (without its line break): far above what an event can be
@@ -745,19 +745,12 @@ fn human(s: &ImportSummary) -> String {
         ));
     }
     if !s.rejections.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .rejections
-            .iter()
-            .map(|r| {
-                vec![
-                    r.line.to_string(),
-                    r.code.clone(),
-                    r.field.clone().unwrap_or_else(|| "-".to_owned()),
-                    r.message.clone(),
-                ]
-            })
-            .collect();
-        out.push(table(&["LINE", "CODE", "FIELD", "MESSAGE"], &rows, ""));
+        out.push(table_of(
+            &["LINE", "CODE", "FIELD", "MESSAGE"],
+            &s.rejections,
+            "",
+            rejection_row,
+        ));
         if s.rejected > s.rejections.len() as u64 {
             out.push(format!(
                 "... and {} more",
@@ -769,6 +762,16 @@ fn human(s: &ImportSummary) -> String {
         out.push(format!("rejected lines written to {path}"));
     }
     out.join("\n")
+}
+
+/// A row of the rejected lines `tally import` lists.
+fn rejection_row(r: &LineRejection) -> Vec<String> {
+    vec![
+        r.line.to_string(),
+        r.code.clone(),
+        r.field.clone().unwrap_or_else(|| "-".to_owned()),
+        r.message.clone(),
+    ]
 }
 
 #[cfg(test)]

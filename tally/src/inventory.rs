@@ -16,7 +16,7 @@ use tally_core::ports::StoreError;
 use tally_core::tenant::{Org, OrgChanges, PlanChange, Project, ProjectChanges, check_name};
 
 use crate::manage::{Change, any_org, audited, live_org, now, open, org_id, refusal};
-use crate::output::{print, table, when};
+use crate::output::{print, table, table_of, when};
 use crate::settings::Common;
 
 /// What `tally org list --json` prints.
@@ -38,27 +38,26 @@ pub async fn org_list(common: &Common, all: bool) -> anyhow::Result<()> {
     }
     orgs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     print(common.json, &OrgsOut { orgs }, |o| {
-        let rows: Vec<Vec<String>> = o
-            .orgs
-            .iter()
-            .map(|org| {
-                vec![
-                    org.id.to_string(),
-                    org.slug.clone(),
-                    org.name.clone(),
-                    org.plan.to_string(),
-                    org.owner_id.to_string(),
-                    when(Some(org.created_at)),
-                    when(org.deleted_at),
-                ]
-            })
-            .collect();
-        table(
+        table_of(
             &["ID", "SLUG", "NAME", "PLAN", "OWNER", "CREATED", "DELETED"],
-            &rows,
+            &o.orgs,
             "no organizations",
+            org_row,
         )
     })
+}
+
+/// A row of `tally org list`.
+fn org_row(org: &Org) -> Vec<String> {
+    vec![
+        org.id.to_string(),
+        org.slug.clone(),
+        org.name.clone(),
+        org.plan.to_string(),
+        org.owner_id.to_string(),
+        when(Some(org.created_at)),
+        when(org.deleted_at),
+    ]
 }
 
 /// What `tally org show` prints.
@@ -122,12 +121,10 @@ pub async fn org_show(common: &Common, org: &str) -> anyhow::Result<()> {
         ];
         if !s.plan_history.is_empty() {
             lines.push("plan history:".to_owned());
-            let rows: Vec<Vec<String>> = s
-                .plan_history
-                .iter()
-                .map(|c| vec![when(Some(c.at)), c.from.to_string(), c.to.to_string()])
-                .collect();
-            for l in table(&["AT", "FROM", "TO"], &rows, "").lines() {
+            let history = table_of(&["AT", "FROM", "TO"], &s.plan_history, "", |c| {
+                vec![when(Some(c.at)), c.from.to_string(), c.to.to_string()]
+            });
+            for l in history.lines() {
                 lines.push(format!("  {l}"));
             }
         }
@@ -215,11 +212,11 @@ pub async fn project_list(common: &Common, org: &str) -> anyhow::Result<()> {
     any_org(&store, &id).await?;
     let projects = store.tenants.list_projects(&id).await?;
     print(common.json, &ProjectsResponse { projects }, |r| {
-        let rows: Vec<Vec<String>> = r.projects.iter().map(project_row).collect();
-        table(
+        table_of(
             &["ID", "SLUG", "NAME", "CREATED", "ARCHIVED"],
-            &rows,
+            &r.projects,
             "no projects",
+            project_row,
         )
     })
 }
@@ -291,27 +288,7 @@ pub async fn key_list(common: &Common, org: &str) -> anyhow::Result<()> {
         keys: keys.iter().map(KeyView::from).collect(),
     };
     print(common.json, &answer, |r| {
-        let rows: Vec<Vec<String>> = r
-            .keys
-            .iter()
-            .map(|k| {
-                vec![
-                    k.id.to_string(),
-                    k.name.clone(),
-                    k.display_prefix.clone(),
-                    k.scopes
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    key_state(k, now).to_owned(),
-                    when(Some(k.created_at)),
-                    when(k.expires_at),
-                    when(k.last_used_at),
-                ]
-            })
-            .collect();
-        table(
+        table_of(
             &[
                 "ID",
                 "NAME",
@@ -322,13 +299,32 @@ pub async fn key_list(common: &Common, org: &str) -> anyhow::Result<()> {
                 "EXPIRES",
                 "LAST USED",
             ],
-            &rows,
+            &r.keys,
             "no API keys",
+            |k| key_row(k, now),
         )
     })
 }
 
 /// `active`, `revoked` or `expired`, as of `now`.
+/// A row of `tally key list`, the key's state as of `now`.
+fn key_row(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    vec![
+        k.id.to_string(),
+        k.name.clone(),
+        k.display_prefix.clone(),
+        k.scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        key_state(k, now).to_owned(),
+        when(Some(k.created_at)),
+        when(k.expires_at),
+        when(k.last_used_at),
+    ]
+}
+
 fn key_state(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> &'static str {
     if k.revoked_at.is_some() {
         "revoked"

@@ -16,7 +16,7 @@ use tally_core::report::MonthUsage;
 use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice};
 
 use crate::manage::{any_org, now, open, org_id};
-use crate::output::{print, table};
+use crate::output::{print, table_of, usage_headers, usage_row};
 use crate::settings::Common;
 
 /// `tally invoice …`.
@@ -81,65 +81,47 @@ pub async fn invoice(common: &Common, cmd: InvoiceCommand) -> anyhow::Result<()>
                 next_before: None,
             };
             print(common.json, &out, |o| {
-                let rows: Vec<Vec<String>> = o
-                    .invoices
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.period.clone(),
-                            i.plan.clone(),
-                            i.total.clone(),
-                            i.currency.clone(),
-                            i.closed_at.clone(),
-                            i.stripe.status.clone(),
-                            i.stripe
-                                .invoice_id
-                                .clone()
-                                .unwrap_or_else(|| "-".to_owned()),
-                        ]
-                    })
-                    .collect();
-                table(
+                table_of(
                     &[
                         "PERIOD", "PLAN", "TOTAL", "CURRENCY", "CLOSED", "STRIPE", "INVOICE",
                     ],
-                    &rows,
+                    &o.invoices,
                     "no closed months",
+                    invoice_row,
                 )
             })
         }
     }
 }
 
+/// A row of `tally invoice list`.
+fn invoice_row(i: &InvoiceSummary) -> Vec<String> {
+    vec![
+        i.period.clone(),
+        i.plan.clone(),
+        i.total.clone(),
+        i.currency.clone(),
+        i.closed_at.clone(),
+        i.stripe.status.clone(),
+        i.stripe
+            .invoice_id
+            .clone()
+            .unwrap_or_else(|| "-".to_owned()),
+    ]
+}
+
 /// The human text of `tally invoice upcoming`: the lines, then the totals.
 fn show_upcoming(i: &UpcomingInvoice) -> String {
-    let rows: Vec<Vec<String>> = i
-        .lines
-        .iter()
-        .map(|l| {
-            vec![
-                l.meter.clone(),
-                l.quantity.clone(),
-                l.included.clone(),
-                l.billable.clone(),
-                l.amount.clone(),
-                l.projected_quantity.clone(),
-                l.projected_amount.clone(),
-            ]
-        })
-        .collect();
-    let lines = table(
-        &[
-            "METER",
-            "QUANTITY",
-            "INCLUDED",
-            "BILLABLE",
-            "AMOUNT",
-            "PROJECTED",
-            "PROJECTED AMOUNT",
-        ],
-        &rows,
+    let lines = table_of(
+        &usage_headers(&["AMOUNT", "PROJECTED", "PROJECTED AMOUNT"]),
+        &i.lines,
         "no lines",
+        |l| {
+            usage_row(
+                [&l.meter, &l.quantity, &l.included, &l.billable],
+                [&l.amount, &l.projected_quantity, &l.projected_amount].map(String::clone),
+            )
+        },
     );
     format!(
         "{} {} on {} as of {} ({} of {} days)\n{lines}\nflat fee {}  subtotal {}  discount {}  total {} {}  projected {} {}",

@@ -63,6 +63,41 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
     out.join("\n")
 }
 
+/// [`table`] of a listing: one row per item of `items`, its cells as `row` writes them, so a
+/// command says only its columns and not how a table is gathered.
+pub fn table_of<T>(
+    headers: &[&str],
+    items: impl IntoIterator<Item = T>,
+    empty: &str,
+    row: impl FnMut(T) -> Vec<String>,
+) -> String {
+    let rows: Vec<Vec<String>> = items.into_iter().map(row).collect();
+    table(headers, &rows, empty)
+}
+
+/// The columns a priced usage line opens with, in `tally report show` and `tally invoice
+/// upcoming` alike, so that the closed month and the month so far read the same.
+const USAGE_COLUMNS: [&str; 4] = ["METER", "QUANTITY", "INCLUDED", "BILLABLE"];
+
+/// The headers of a table of priced usage lines: [`USAGE_COLUMNS`], then `rest`.
+pub fn usage_headers<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    [USAGE_COLUMNS.as_slice(), rest].concat()
+}
+
+/// A row under [`usage_headers`]: the line's meter, quantity, included and billable
+/// quantities, then `rest`.
+pub fn usage_row(
+    [meter, quantity, included, billable]: [&dyn std::fmt::Display; 4],
+    rest: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut row: Vec<String> = [meter, quantity, included, billable]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    row.extend(rest);
+    row
+}
+
 /// An optional time as a table shows it: RFC 3339 to the second, or `-`.
 pub fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or_else(

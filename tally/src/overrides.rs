@@ -25,7 +25,7 @@ use tally_core::{MeterName, Money, Month, OrgId, PlanId};
 
 use crate::backend::{self, Stores};
 use crate::manage::{OPERATOR, random};
-use crate::output::{print, table};
+use crate::output::{print, table_of};
 use crate::settings::Common;
 
 /// Longest `--price` JSON, in bytes.
@@ -352,26 +352,25 @@ async fn list(common: &Common, org: &str) -> anyhow::Result<()> {
         .context("cannot read the overrides")?;
     let current = Month::of(crate::manage::now()?);
     print(common.json, &Listing { overrides }, |l| {
-        let rows: Vec<Vec<String>> = l
-            .overrides
-            .iter()
-            .map(|o| {
-                vec![
-                    o.id.to_string(),
-                    o.plan.to_string(),
-                    describe(&o.change),
-                    o.start.to_string(),
-                    o.end.map_or_else(|| "-".into(), |e| e.to_string()),
-                    if o.covers(current) { "yes" } else { "no" }.into(),
-                ]
-            })
-            .collect();
-        table(
+        table_of(
             &["ID", "PLAN", "CHANGE", "FROM", "UNTIL", "NOW"],
-            &rows,
+            &l.overrides,
             "no overrides",
+            |o| override_row(o, current),
         )
     })
+}
+
+/// A row of `tally override list`: `current` is the month whose overrides show `NOW` yes.
+fn override_row(o: &PriceOverride, current: Month) -> Vec<String> {
+    vec![
+        o.id.to_string(),
+        o.plan.to_string(),
+        describe(&o.change),
+        o.start.to_string(),
+        o.end.map_or_else(|| "-".into(), |e| e.to_string()),
+        if o.covers(current) { "yes" } else { "no" }.into(),
+    ]
 }
 
 async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow::Result<()> {

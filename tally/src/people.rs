@@ -17,7 +17,7 @@ use tally_api::invitations::{
 use tally_api::members::{MemberView, MembersResponse};
 
 use crate::manage::{Change, any_org, audited, live_org, now, open, org_id};
-use crate::output::{print, table, when};
+use crate::output::{print, table, table_of, when};
 use crate::settings::Common;
 
 /// Whom `tally member add` and `tally invitation create` invite, and as what.
@@ -174,6 +174,18 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A row of `tally invitation list`.
+fn invitation_row(i: &InvitationView) -> Vec<String> {
+    vec![
+        i.id.to_string(),
+        i.email.clone(),
+        i.role.as_str().to_owned(),
+        i.invited_by.to_string(),
+        when(Some(i.created_at)),
+        when(Some(i.expires_at)),
+    ]
+}
+
 /// Runs an `invitation` command.
 pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Result<()> {
     match cmd {
@@ -186,24 +198,11 @@ pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Resu
                 invitations: invitations.iter().map(InvitationView::from).collect(),
             };
             print(common.json, &answer, |r| {
-                let rows: Vec<Vec<String>> = r
-                    .invitations
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.id.to_string(),
-                            i.email.clone(),
-                            i.role.as_str().to_owned(),
-                            i.invited_by.to_string(),
-                            when(Some(i.created_at)),
-                            when(Some(i.expires_at)),
-                        ]
-                    })
-                    .collect();
-                table(
+                table_of(
                     &["ID", "EMAIL", "ROLE", "INVITED BY", "CREATED", "EXPIRES"],
-                    &rows,
+                    &r.invitations,
                     "no pending invitations",
+                    invitation_row,
                 )
             })
         }

@@ -16,9 +16,10 @@ use tally_core::period::LEDGER_RETENTION;
 use tally_core::ports::Clock;
 use tally_store::sqlite::{PruneReport, SqliteStore};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend;
+use crate::backend::{self, Backends};
 use crate::output::print;
 use crate::settings::Common;
 
@@ -97,6 +98,22 @@ pub async fn prune_ledger(common: &Common, args: PruneArgs) -> anyhow::Result<()
             o.retention_days
         ),
     })
+}
+
+/// Starts [`run_periodically`] every [`PRUNE_EVERY`] on `backends`' store when it is SQLite
+/// (DynamoDB expires ledger records itself), until `stop` turns true.
+pub fn spawn_periodic(
+    backends: &Backends,
+    clock: Arc<dyn Clock>,
+    stop: &watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let store = backends.stores.sqlite().cloned()?;
+    Some(tokio::spawn(run_periodically(
+        store,
+        clock,
+        PRUNE_EVERY,
+        stop.clone(),
+    )))
 }
 
 /// Prunes `store`'s ledger every `every` at `clock`'s time until `stop` turns true. A failed

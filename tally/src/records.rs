@@ -14,15 +14,15 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_api::audit::{AuditParams, AuditResponse};
 use tally_api::usage::{UsageParams, UsageRequest, parse_mode};
-use tally_billing::UsageReport;
 use tally_billing::sync::FinalizeRecord;
+use tally_billing::{AdjustmentLine, UsageReport};
 use tally_core::ports::StoredReport;
-use tally_core::tenant::{AuditOutcome, KeyMode};
+use tally_core::tenant::{AuditOutcome, AuditRecord, KeyMode};
 use tally_core::{Month, OrgId};
 
 use crate::backend::Stores;
 use crate::manage::{any_org, api_refusal, now, open, org_id, refusal};
-use crate::output::{print, table, when};
+use crate::output::{print, table_of, usage_headers, usage_row, when};
 use crate::settings::Common;
 
 /// `tally usage` flags: the query parameters of `GET /v1/usage`.
@@ -99,15 +99,13 @@ pub async fn usage(common: &Common, args: UsageArgs) -> anyhow::Result<()> {
             u.from,
             u.to
         );
-        let rows: Vec<Vec<String>> = u
-            .series
-            .iter()
-            .map(|p| vec![p.start.clone(), p.value.clone()])
-            .collect();
-        format!(
-            "{head}\n{}",
-            table(&["START", "VALUE"], &rows, "no usage in this range")
-        )
+        let series = table_of(
+            &["START", "VALUE"],
+            &u.series,
+            "no usage in this range",
+            |p| vec![p.start.clone(), p.value.clone()],
+        );
+        format!("{head}\n{series}")
     })
 }
 
@@ -165,33 +163,32 @@ pub async fn audit(common: &Common, args: AuditArgs) -> anyhow::Result<()> {
         next_cursor: page.next,
     };
     print(common.json, &answer, |a| {
-        let rows: Vec<Vec<String>> = a
-            .records
-            .iter()
-            .map(|r| {
-                vec![
-                    when(Some(r.at)),
-                    r.actor.clone(),
-                    r.action.clone(),
-                    r.resource.clone(),
-                    match r.outcome {
-                        AuditOutcome::Allowed => "allowed".to_owned(),
-                        AuditOutcome::Refused => "refused".to_owned(),
-                    },
-                    r.reason.clone().unwrap_or_else(|| "-".to_owned()),
-                ]
-            })
-            .collect();
-        let mut out = table(
+        let mut out = table_of(
             &["AT", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "REASON"],
-            &rows,
+            &a.records,
             "no audit records",
+            audit_row,
         );
         if let Some(c) = &a.next_cursor {
             out.push_str(&format!("\nmore: pass --cursor {c}"));
         }
         out
     })
+}
+
+/// A row of `tally audit`.
+fn audit_row(r: &AuditRecord) -> Vec<String> {
+    vec![
+        when(Some(r.at)),
+        r.actor.clone(),
+        r.action.clone(),
+        r.resource.clone(),
+        match r.outcome {
+            AuditOutcome::Allowed => "allowed".to_owned(),
+            AuditOutcome::Refused => "refused".to_owned(),
+        },
+        r.reason.clone().unwrap_or_else(|| "-".to_owned()),
+    ]
 }
 
 /// `tally report …`
@@ -335,28 +332,13 @@ pub async fn report(common: &Common, cmd: ReportCommand) -> anyhow::Result<()> {
                 }
             }
             print(common.json, &ReportsOut { reports }, |r| {
-                let rows: Vec<Vec<String>> = r
-                    .reports
-                    .iter()
-                    .map(|o| {
-                        vec![
-                            o.org_id.to_string(),
-                            o.period.to_string(),
-                            field(&o.report, "plan"),
-                            field(&o.report, "total"),
-                            field(&o.report, "currency"),
-                            when(Some(o.stored_at)),
-                            o.stripe.status.to_owned(),
-                            o.stripe.invoice.clone().unwrap_or_else(|| "-".to_owned()),
-                        ]
-                    })
-                    .collect();
-                table(
+                table_of(
                     &[
                         "ORG", "PERIOD", "PLAN", "TOTAL", "CURRENCY", "STORED", "STRIPE", "INVOICE",
                     ],
-                    &rows,
+                    &r.reports,
                     "no stored reports",
+                    report_row,
                 )
             })
         }
@@ -383,6 +365,32 @@ pub async fn report(common: &Common, cmd: ReportCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A row of `tally report list`.
+fn report_row(o: &ReportOut) -> Vec<String> {
+    vec![
+        o.org_id.to_string(),
+        o.period.to_string(),
+        field(&o.report, "plan"),
+        field(&o.report, "total"),
+        field(&o.report, "currency"),
+        when(Some(o.stored_at)),
+        o.stripe.status.to_owned(),
+        o.stripe.invoice.clone().unwrap_or_else(|| "-".to_owned()),
+    ]
+}
+
+/// A row of the adjustments of `tally report show`.
+fn adjustment_row(a: &AdjustmentLine) -> Vec<String> {
+    vec![
+        a.period.to_string(),
+        a.meter.to_string(),
+        a.invoiced_quantity.to_string(),
+        a.corrected_quantity.to_string(),
+        a.amount.to_string(),
+        a.reason.clone(),
+    ]
+}
+
 /// The human text of `tally report show`: the lines as a table, then the totals and the
 /// invoice. A report this build cannot read as a `UsageReport` is shown as its JSON.
 fn show_report(o: &ReportOut) -> String {
@@ -397,51 +405,24 @@ fn show_report(o: &ReportOut) -> String {
         r.currency,
         when(Some(o.stored_at))
     )];
-    let rows: Vec<Vec<String>> = r
-        .lines
-        .iter()
-        .map(|l| {
-            vec![
-                l.meter.to_string(),
-                l.quantity.to_string(),
-                l.included.to_string(),
-                l.billable.to_string(),
-                l.unit_price.to_string(),
-                l.discount.to_string(),
-                l.amount.to_string(),
-            ]
-        })
-        .collect();
-    out.push(table(
-        &[
-            "METER",
-            "QUANTITY",
-            "INCLUDED",
-            "BILLABLE",
-            "UNIT PRICE",
-            "DISCOUNT",
-            "AMOUNT",
-        ],
-        &rows,
+    out.push(table_of(
+        &usage_headers(&["UNIT PRICE", "DISCOUNT", "AMOUNT"]),
+        &r.lines,
         "no usage lines",
+        |l| {
+            usage_row(
+                [&l.meter, &l.quantity, &l.included, &l.billable],
+                [
+                    l.unit_price.to_string(),
+                    l.discount.to_string(),
+                    l.amount.to_string(),
+                ],
+            )
+        },
     ));
     if !r.adjustments.is_empty() {
         out.push("adjustments:".to_owned());
-        let rows: Vec<Vec<String>> = r
-            .adjustments
-            .iter()
-            .map(|a| {
-                vec![
-                    a.period.to_string(),
-                    a.meter.to_string(),
-                    a.invoiced_quantity.to_string(),
-                    a.corrected_quantity.to_string(),
-                    a.amount.to_string(),
-                    a.reason.clone(),
-                ]
-            })
-            .collect();
-        out.push(table(
+        out.push(table_of(
             &[
                 "PERIOD",
                 "METER",
@@ -450,8 +431,9 @@ fn show_report(o: &ReportOut) -> String {
                 "AMOUNT",
                 "REASON",
             ],
-            &rows,
+            &r.adjustments,
             "",
+            adjustment_row,
         ));
     }
     out.push(format!(

@@ -422,18 +422,16 @@ pub async fn run(
     let prometheus = prometheus()?;
     tokio::spawn(prometheus_upkeep(prometheus.clone(), stop_rx.clone()));
 
-    let aggregator = tokio::spawn(tally_aggregator::run(
-        backends.queue.clone(),
-        backends.stores.usage.clone(),
-        Some(backends.stores.tenants.clone() as Arc<dyn tally_core::ports::AuditLog>),
+    let aggregator = crate::aggregate::spawn_aggregator(
+        &backends,
         AggregatorConfig {
             max_events: settings.batch_events.max(1),
             deep_events: settings.deep_batch_events,
             ..AggregatorConfig::default()
         },
-        stop_rx.clone(),
+        &stop_rx,
         settings.drain_limit,
-    ));
+    );
     // Once now, by the app's clock (`App::open` read by the process's), so the previous
     // month's meters are at hand for late events from the first request.
     let first = crate::catalogue::refresh(
@@ -466,14 +464,7 @@ pub async fn run(
         ))
     });
     // The SQLite ledger keeps a record 45 days after writing it (DynamoDB: TTL).
-    let pruner = backends.stores.sqlite().cloned().map(|store| {
-        tokio::spawn(crate::prune::run_periodically(
-            store,
-            clock.clone(),
-            crate::prune::PRUNE_EVERY,
-            stop_rx.clone(),
-        ))
-    });
+    let pruner = crate::prune::spawn_periodic(&backends, clock.clone(), &stop_rx);
     let scheduler = settings.billing_scheduler.then(|| {
         tokio::spawn(close_ended_months(
             backends.clone(),
@@ -522,21 +513,20 @@ pub async fn run(
     .with_graceful_shutdown(shutdown)
     .await;
     info!("no longer accepting requests; draining the queue");
-    let _ = stop_tx.send(true);
-    if let Err(e) = aggregator.await {
-        warn!(error = %e, "aggregator task ended abnormally; queued events stay on disk for the next start");
-    }
-    if let Some(s) = scheduler {
-        let _ = s.await;
-    }
-    if let Some(a) = alert_task {
-        let _ = a.await;
-    }
-    if let Some(p) = pruner {
-        let _ = p.await;
-    }
-    let _ = refresher.await;
-    let _ = key_uses.await;
+    let others = [
+        scheduler,
+        alert_task,
+        pruner,
+        Some(refresher),
+        Some(key_uses),
+    ];
+    crate::aggregate::stop_aggregator(
+        &stop_tx,
+        aggregator,
+        "queued events stay on disk for the next start",
+        others.into_iter().flatten(),
+    )
+    .await;
     served.context("server failed")?;
     match backends.queue.depth().await {
         Ok(0) => info!("stopped; queue empty"),

@@ -31,15 +31,6 @@ fn failure(env: &Env, args: &[&str], at: &str) -> String {
     err
 }
 
-fn line<'a>(report: &'a Value, meter: &str) -> &'a Value {
-    report["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == meter)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_late_usage() {
     let env = Env::embedded();
@@ -82,7 +73,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     assert_eq!(r["period"], "2026-02");
     assert_eq!(r["plan"], "pro");
     assert_eq!(r["currency"], "usd");
-    let cm = line(r, "compute_minutes");
+    let cm = meter_line(r, "compute_minutes");
     assert_eq!(cm["quantity"], "10500");
     assert_eq!(cm["included"], "10000");
     assert_eq!(cm["billable"], "500");
@@ -91,7 +82,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     assert_eq!(cm["amount"], "40.00");
     assert!(cm["tiers"].is_array());
     for meter in ["api_calls", "storage_bytes", "bandwidth_bytes"] {
-        assert_eq!(line(r, meter)["amount"], "0.00", "{meter}");
+        assert_eq!(meter_line(r, meter)["amount"], "0.00", "{meter}");
     }
     assert_eq!(r["subtotal"], "149.00");
     assert_eq!(r["discount"], "10.00");
@@ -179,7 +170,7 @@ async fn bill_refuses_open_months_closes_prices_reruns_identically_and_adjusts_l
     // 100 × $0.10 = $10.00 list, 20 % off: $8.00 added.
     assert_eq!(a["list_amount"], "10.00");
     assert_eq!(a["amount"], "8.00");
-    assert_eq!(line(m, "compute_minutes")["quantity"], "1");
+    assert_eq!(meter_line(m, "compute_minutes")["quantity"], "1");
     assert_eq!(m["total"], "107.00");
     // And a rerun of March keeps it exactly once.
     let march_again = env.cli_env(&["bill", "--period", "2026-03"], &tally_now(APRIL));

@@ -190,12 +190,7 @@ fn the_readme_example_is_valid() {
 }
 
 fn compute_line(report: &Value) -> &Value {
-    report["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "compute_minutes")
-        .unwrap()
+    meter_line(report, "compute_minutes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

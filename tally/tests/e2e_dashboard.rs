@@ -400,12 +400,7 @@ async fn too_many_projects_falls_back(c: &Client, env: &Env, api: &Api<'_>, org_
         "{notice}"
     );
     let summary = api.get(&format!("/v1/orgs/{big_id}/usage/summary")).await;
-    let calls = summary["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["meter"] == "api_calls")
-        .unwrap();
+    let calls = entry(&summary, "meters", "meter", "api_calls");
     assert_eq!(
         text_of(c, "#meter-api_calls-total").await,
         calls["value"].as_str().unwrap()
@@ -521,18 +516,8 @@ async fn the_dashboard_in_chromium() {
             json!({"included": 100000})
         };
     }
-    let catalogue_path = env.data().join("catalogue-llm.json");
-    std::fs::write(&catalogue_path, catalogue.to_string()).unwrap();
-    let applied = env.cli_env(
-        &[
-            "catalogue",
-            "apply",
-            catalogue_path.to_str().unwrap(),
-            "--from",
-            "2026-11",
-        ],
-        &at_now,
-    );
+    let body = catalogue.to_string();
+    let applied = env.apply_catalogue("catalogue-llm.json", &body, "2026-11", &at_now);
     assert_eq!(applied["effective_from"], "2026-11");
 
     // One trusted proxy: the owner's policy changes below come "through" it from an
@@ -626,15 +611,7 @@ async fn the_dashboard_in_chromium() {
         assert!(Instant::now() < deadline, "usage never counted: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let meter = |m: &str| {
-        summary["meters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["meter"] == m)
-            .unwrap()
-            .clone()
-    };
+    let meter = |m: &str| entry(&summary, "meters", "meter", m).clone();
     assert_eq!(meter("compute_minutes")["percent_used"], "100.00");
 
     let driver = start_driver(&binary).await;

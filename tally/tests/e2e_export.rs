@@ -110,13 +110,7 @@ fn verify(env: &Env, org: &str, meter: &str, path: &Path, extra: &[&str]) -> (Op
 
 fn report_line(env: &Env, org: &str, meter: &str) -> Value {
     let shown = env.cli(&["report", "show", "--org", org, "--period", "2026-03"]);
-    shown["report"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == meter)
-        .unwrap()
-        .clone()
+    meter_line(&shown["report"], meter).clone()
 }
 
 fn csv_rows(path: &PathBuf) -> Vec<Vec<String>> {

@@ -259,18 +259,8 @@ async fn a_tally_serve_process_serves_a_version_applied_while_it_runs() {
     assert_eq!(status, 400, "not in force before the apply: {answer}");
     assert_eq!(answer["error"]["code"], "unknown_meter");
 
-    let path = env.data().join("llm.json");
-    std::fs::write(&path, catalogue_file()).unwrap();
-    let applied = env.cli_env(
-        &[
-            "catalogue",
-            "apply",
-            path.to_str().unwrap(),
-            "--from",
-            "2026-06",
-        ],
-        &tally_now(MID_JUNE),
-    );
+    let body = catalogue_file();
+    let applied = env.apply_catalogue("llm.json", &body, "2026-06", &tally_now(MID_JUNE));
     assert_eq!(applied["effective_from"], "2026-06", "{applied}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -92,12 +92,7 @@ async fn test_key_usage_is_counted_apart_never_billed_and_reconciled() {
     assert_eq!(reports.len(), 1, "the test twin is not an org: {bill}");
     let r = &reports[0];
     assert_eq!(r["org_id"], tenant.org);
-    let cm = r["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "compute_minutes")
-        .unwrap();
+    let cm = meter_line(r, "compute_minutes");
     assert_eq!(cm["quantity"], "100", "{r}");
     assert_eq!(r["total"], "99.00", "the flat fee only: {r}");
 

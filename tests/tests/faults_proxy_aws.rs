@@ -64,6 +64,27 @@ async fn fresh_table() -> (Client, String) {
     (direct, table)
 }
 
+/// A client through `proxy` with the SDK's retries off, so that what the store does with a
+/// faulted answer is all that happens to it.
+async fn bare_client(proxy: &FaultProxy) -> Client {
+    Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    )
+}
+
+/// A proxy that may fault reads as well as writes, and a fresh table with a direct client.
+async fn table_with_read_faults() -> (FaultProxy, Client, String) {
+    let config = FaultConfig {
+        reads: true,
+        ..FaultConfig::quiet()
+    };
+    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
+    let (direct, table) = fresh_table().await;
+    (proxy, direct, table)
+}
+
 /// Whether the emulator holds `pk`/`sk` in `table`.
 async fn exists(direct: &Client, table: &str, pk: &str) -> bool {
     direct
@@ -86,11 +107,7 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
         .unwrap();
     let (direct, table) = fresh_table().await;
     let proxied = aws::sdk_config_at(&proxy.url()).await;
-    let bare = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&proxied)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
+    let bare = bare_client(&proxy).await;
     let put = |pk: &str| {
         bare.put_item()
             .table_name(&table)
@@ -278,19 +295,10 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
 /// is a `Duplicate` at once instead of `Failed` until its next delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_read_of_another_batch_s_state_is_retried() {
-    let config = FaultConfig {
-        reads: true,
-        ..FaultConfig::quiet()
-    };
-    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
-    let (direct, table) = fresh_table().await;
+    let (proxy, direct, table) = table_with_read_faults().await;
     let first = DynamoStore::new(direct, &table);
     // No SDK retry: the store itself must retry the read.
-    let bare = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
+    let bare = bare_client(&proxy).await;
     let second = DynamoStore::new(bare, &table);
     let (org, project) = (fresh_org(), fresh_project());
     for (i, fault) in [
@@ -327,18 +335,9 @@ async fn a_failed_read_of_another_batch_s_state_is_retried() {
 /// usage read or a reconcile does not fail on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_query_page_is_retried() {
-    let config = FaultConfig {
-        reads: true,
-        ..FaultConfig::quiet()
-    };
-    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
-    let (direct, table) = fresh_table().await;
+    let (proxy, direct, table) = table_with_read_faults().await;
     let writer = DynamoStore::new(direct, &table);
-    let bare = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
+    let bare = bare_client(&proxy).await;
     let reader = DynamoStore::new(bare, &table);
     let (org, project) = (fresh_org(), fresh_project());
     let e = event(
@@ -385,13 +384,7 @@ async fn a_failed_takeover_of_an_orphan_is_retried() {
         .await
         .unwrap();
     let (_, table) = fresh_table().await;
-    let bare = || async {
-        Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&aws::sdk_config_at(&proxy.url()).await)
-                .retry_config(RetryConfig::disabled())
-                .build(),
-        )
-    };
+    let bare = || bare_client(&proxy);
     // One attempt per write: the throttled intent put is final for this batch.
     let dying = DynamoStore::new(bare().await, &table).with_retry_policy(
         tally_core::backoff::Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),

@@ -508,6 +508,39 @@ async fn until_injected(proxy: &FaultProxy, fault: Fault) {
     }
 }
 
+/// A table behind a proxy that holds each call it is told to fault `latency` long, and a
+/// client whose requests go through the proxy.
+async fn slow_table(latency: Duration) -> (Client, String, FaultProxy, Client) {
+    let config = FaultConfig {
+        latency,
+        ..FaultConfig::quiet()
+    };
+    let (direct, table, proxy) = table_behind_proxy(config).await;
+    let via_proxy = via(&proxy).await;
+    (direct, table, proxy, via_proxy)
+}
+
+/// Runs `first`, and `second` from the moment the proxy holds a call (`first`'s), so that
+/// `second` meets `first` mid-apply.
+async fn while_held<A: Future, B: Future>(
+    proxy: &FaultProxy,
+    first: A,
+    second: B,
+) -> (A::Output, B::Output) {
+    tokio::join!(first, async {
+        until_injected(proxy, Fault::Latency).await;
+        second.await
+    })
+}
+
+/// A fresh org and two batches of 30 events for it, their ids starting `a` and `b`.
+fn two_batches(a: &str, b: &str) -> (OrgId, Vec<Event>, Vec<Event>) {
+    let (org, projects) = fresh_org();
+    let first = mixed(&org, &projects, a, 30);
+    let second = mixed(&org, &projects, b, 30);
+    (org, first, second)
+}
+
 /// Two fresh projects of a fresh org.
 fn fresh_org() -> (OrgId, [ProjectId; 2]) {
     (
@@ -625,27 +658,18 @@ async fn a_released_slot_is_taken_at_once_and_a_stale_release_changes_nothing() 
 /// store's events go through once the slot is idle and its lease over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_apply_keeps_its_slots_lease() {
-    let config = FaultConfig {
-        latency: Duration::from_secs(6),
-        ..FaultConfig::quiet()
-    };
-    let (direct, table, proxy) = table_behind_proxy(config).await;
-    let via_proxy = via(&proxy).await;
+    let (direct, table, proxy, via_proxy) = slow_table(Duration::from_secs(6)).await;
     let slow = DynamoStore::new(via_proxy, &table)
         .with_writer_slots(1)
         .with_claim_lease(Duration::from_secs(2));
     let other = DynamoStore::new(direct.clone(), &table)
         .with_writer_slots(1)
         .with_owner_wait(Duration::from_secs(4));
-    let (org, projects) = fresh_org();
-    let first = mixed(&org, &projects, "sa", 30);
-    let second = mixed(&org, &projects, "sb", 30);
+    let (org, first, second) = two_batches("sa", "sb");
     // One cell update (they carry the high-water name `#w`) answered 6 s late.
     proxy.force_where("UpdateItem", "\"#w\"", Fault::Latency);
-    let (slow_report, other_report) = tokio::join!(slow.apply_batch(&first), async {
-        until_injected(&proxy, Fault::Latency).await;
-        other.apply_batch(&second).await
-    });
+    let (slow_report, other_report) =
+        while_held(&proxy, slow.apply_batch(&first), other.apply_batch(&second)).await;
     let (slow_report, other_report) = (slow_report.unwrap(), other_report.unwrap());
     assert_eq!(tally_outcomes(&slow_report), (30, 0));
     assert_eq!(
@@ -669,23 +693,18 @@ async fn a_slow_apply_keeps_its_slots_lease() {
 /// slot to come back idle, and both batches apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
-    let config = FaultConfig {
-        latency: Duration::from_secs(3),
-        ..FaultConfig::quiet()
-    };
-    let (direct, table, proxy) = table_behind_proxy(config).await;
-    let via_proxy = via(&proxy).await;
+    let (direct, table, proxy, via_proxy) = slow_table(Duration::from_secs(3)).await;
     let store = DynamoStore::new(via_proxy, &table)
         .with_writer_slots(1)
         .with_owner_wait(Duration::from_secs(20));
-    let (org, projects) = fresh_org();
-    let first = mixed(&org, &projects, "ha", 30);
-    let second = mixed(&org, &projects, "hb", 30);
+    let (org, first, second) = two_batches("ha", "hb");
     proxy.force_where("PutItem", "\"opss\"", Fault::Latency);
-    let (a, b) = tokio::join!(store.apply_batch(&first), async {
-        until_injected(&proxy, Fault::Latency).await;
-        store.apply_batch(&second).await
-    });
+    let (a, b) = while_held(
+        &proxy,
+        store.apply_batch(&first),
+        store.apply_batch(&second),
+    )
+    .await;
     assert_eq!(tally_outcomes(&a.unwrap()), (30, 0), "the first apply");
     assert_eq!(tally_outcomes(&b.unwrap()), (30, 0), "the second apply");
     let (slot, _) = store.slot_read(0).await.unwrap().unwrap();

@@ -163,6 +163,21 @@ impl Env {
             .expect("run tally")
     }
 
+    /// Writes the catalogue `body` to `name` in the data directory and publishes it with
+    /// `tally catalogue apply … --from <from>` under `envs`: the command's JSON answer.
+    pub fn apply_catalogue(
+        &self,
+        name: &str,
+        body: &str,
+        from: &str,
+        envs: &[(&str, &str)],
+    ) -> Value {
+        let path = self.data().join(name);
+        std::fs::write(&path, body).unwrap();
+        let path = path.to_str().unwrap();
+        self.cli_env(&["catalogue", "apply", path, "--from", from], envs)
+    }
+
     /// [`Env::cli`] with extra environment variables (such as `TALLY_NOW`).
     pub fn cli_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Value {
         let out = self.cli_raw_env(args, envs);

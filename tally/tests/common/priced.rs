@@ -54,7 +54,7 @@ pub async fn upcoming_invoice(
 }
 
 /// The entry of the list `doc[list]` whose `key` is `value`.
-fn entry<'a>(doc: &'a Value, list: &str, key: &str, value: &str) -> &'a Value {
+pub fn entry<'a>(doc: &'a Value, list: &str, key: &str, value: &str) -> &'a Value {
     doc[list]
         .as_array()
         .unwrap()

@@ -92,12 +92,16 @@ where
 
     // Another month, another meter (even one whose name extends this one's) and another
     // org each start from zero.
-    let r = reg(&s, &org, dec, "llm_tokens", "llama", 1).await;
-    assert_eq!(r, Registration::New);
-    let r = reg(&s, &org, nov, "llm_tokens_v2", "llama", 1).await;
-    assert_eq!(r, Registration::New);
-    let r = reg(&s, &fresh_org(), nov, "llm_tokens", "llama", 1).await;
-    assert_eq!(r, Registration::New);
+    let another_org = fresh_org();
+    let fresh_starts = [
+        (&org, dec, "llm_tokens"),
+        (&org, nov, "llm_tokens_v2"),
+        (&another_org, nov, "llm_tokens"),
+    ];
+    for (who, month, meter) in fresh_starts {
+        let r = reg(&s, who, month, meter, "llama", 1).await;
+        assert_eq!(r, Registration::New, "{who} {month} {meter}");
+    }
     assert_eq!(s.list_series(&org, &llm, nov).await.unwrap().len(), 4);
     assert_eq!(s.list_series(&org, &llm, dec).await.unwrap().len(), 1);
 

@@ -62,6 +62,11 @@ fn policy(org: &OrgId, list: &[&str], mfa: bool, at: DateTime<Utc>) -> OrgSecuri
     }
 }
 
+/// Two fresh users: one whose sessions a test makes, one who must not see or revoke them.
+async fn two_users<S: UserStore>(s: &S) -> (User, User) {
+    (new_user(s).await, new_user(s).await)
+}
+
 fn session(user: &UserId, created_at: DateTime<Utc>, ttl_secs: i64) -> Session {
     Session {
         id: SessionId::from_random(rand::random()),
@@ -128,8 +133,7 @@ pub async fn policies_need_a_live_org<F: StoreFactory>(f: &F) {
 /// nothing; an id is not stored twice.
 pub async fn sessions_are_found_by_user_and_id<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let ada = new_user(&s).await;
-    let bob = new_user(&s).await;
+    let (ada, bob) = two_users(&s).await;
     let mine = session(&ada.id, created(), 3600);
     s.create_session(&mine).await.unwrap();
     let other = f.open().await;
@@ -156,8 +160,7 @@ pub async fn sessions_are_found_by_user_and_id<F: StoreFactory>(f: &F) {
 /// users', are not.
 pub async fn sessions_are_listed_while_active<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let ada = new_user(&s).await;
-    let bob = new_user(&s).await;
+    let (ada, bob) = two_users(&s).await;
     let t0 = created();
     let later = session(&ada.id, t0 + Duration::seconds(10), 3600);
     let earlier = session(&ada.id, t0, 3600);
@@ -192,8 +195,7 @@ pub async fn sessions_are_listed_while_active<F: StoreFactory>(f: &F) {
 /// revocation keeps that time; another user cannot revoke it; an unknown id is `None`.
 pub async fn sessions_are_revoked_once<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let ada = new_user(&s).await;
-    let bob = new_user(&s).await;
+    let (ada, bob) = two_users(&s).await;
     let x = session(&ada.id, created(), 3600);
     s.create_session(&x).await.unwrap();
     let first = created() + Duration::milliseconds(1500);
