@@ -306,7 +306,6 @@ pub async fn key_list(common: &Common, org: &str) -> anyhow::Result<()> {
     })
 }
 
-/// `active`, `revoked` or `expired`, as of `now`.
 /// A row of `tally key list`, the key's state as of `now`.
 fn key_row(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     vec![
@@ -325,6 +324,7 @@ fn key_row(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     ]
 }
 
+/// `active`, `revoked` or `expired`, as of `now`.
 fn key_state(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> &'static str {
     if k.revoked_at.is_some() {
         "revoked"
