@@ -79,7 +79,8 @@ pub fn table_of<T>(
 /// upcoming` alike, so that the closed month and the month so far read the same.
 const USAGE_COLUMNS: [&str; 4] = ["METER", "QUANTITY", "INCLUDED", "BILLABLE"];
 
-/// The headers of a table of priced usage lines: `METER`, `QUANTITY`, `INCLUDED`, `BILLABLE`, then `rest`.
+/// The headers of a table of priced usage lines: `METER`, `QUANTITY`, `INCLUDED`,
+/// `BILLABLE`, then `rest`.
 pub fn usage_headers<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     [USAGE_COLUMNS.as_slice(), rest].concat()
 }
