@@ -51,15 +51,18 @@ pub use overrides::{
     EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
 };
 pub use readings::{
-    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
-    carry_ins_after, check_keeps_readings, check_readings, keeps_readings, month_carry_ins,
-    month_totals, period_usage, put_batch_readings, put_counted_readings, time_weighted_month,
+    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, MonthReadingsQuery, Reading, ReadingStore,
+    batch_readings, carry_ins_after, check_keeps_readings, check_readings, keeps_readings,
+    month_carry_ins, month_totals, period_usage, put_batch_readings, put_counted_readings,
+    time_weighted_month,
 };
 pub use security::SecurityStore;
-pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
+pub use series::{
+    MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
+};
 pub use tenants::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
-    UserStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
+    TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.

@@ -24,8 +24,8 @@ use tally_core::ids::{ApiKeyId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, SeriesRegistry, UserStore,
+    ApiKeyStore, Delivery, EventQueue, FixedClock, MeterMonth, OrgStore, ProjectStore,
+    PublishReport, QueueError, SeriesRegistry, UserStore,
 };
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
@@ -249,7 +249,14 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
     let org = OrgId::parse("org_a").unwrap();
     let llm = MeterName::parse("llm_tokens").unwrap();
     let nov = Month::parse("2026-11").unwrap();
-    assert_eq!(store.list_series(&org, &llm, nov).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_series(&MeterMonth::new(&org, &llm, nov))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let b = instance(&store, queue.clone(), true);
     let (_, answer) = post(
         &b,

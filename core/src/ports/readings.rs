@@ -82,15 +82,26 @@ pub trait ReadingStore: Send + Sync {
     /// repeat a write after any failure; a failed call may have written some readings.
     async fn put_readings(&self, readings: &[Reading]) -> Result<(), StoreError>;
 
-    /// The non-empty hour cells of `meter` for `org` in `month`, of one project or (`None`)
-    /// of every project, in (project, hour) order. At most 744 cells per project.
+    /// The non-empty hour cells the query asks for, in (project, hour) order. At most 744
+    /// cells per project.
     async fn month_readings(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        project: Option<&ProjectId>,
+        q: &MonthReadingsQuery<'_>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError>;
+}
+
+/// Which hour cells [`ReadingStore::month_readings`] reads: those of `meter` for `org` in
+/// `month`, of one project or (`None`) of every project.
+#[derive(Debug, Clone, Copy)]
+pub struct MonthReadingsQuery<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The meter (a bare name).
+    pub meter: &'a MeterName,
+    /// The month whose hours are read.
+    pub month: Month,
+    /// One project, or `None` for every project of the org.
+    pub project: Option<&'a ProjectId>,
 }
 
 /// The readings of a batch's `time_weighted_sum` events, in batch order: each event's
@@ -293,6 +304,12 @@ pub async fn carry_ins_after(
     recorded: &CarryIns,
 ) -> Result<CarryIns, StoreError> {
     let mut carry = CarryIns::new();
+    let every_project = MonthReadingsQuery {
+        org,
+        meter,
+        month,
+        project: None,
+    };
     let mut at = month;
     for step in 0..CARRY_LOOKBACK_MONTHS {
         if step > 0 && recorded.keys().all(|p| carry.contains_key(p)) {
@@ -301,7 +318,11 @@ pub async fn carry_ins_after(
         // Cells come in (project, hour) order: the last one of a project holds its last
         // reading in `at`; a later month's reading, found first, wins over it.
         let mut last_of_month = CarryIns::new();
-        for (project, cell) in store.month_readings(org, meter, at, None).await? {
+        let q = MonthReadingsQuery {
+            month: at,
+            ..every_project
+        };
+        for (project, cell) in store.month_readings(&q).await? {
             if let Some(last) = cell.last() {
                 last_of_month.insert(project, last);
             }
@@ -371,7 +392,13 @@ async fn series_cells(
     carry_ins: &CarryIns,
 ) -> Result<BTreeMap<ProjectId, Vec<HourReadings>>, StoreError> {
     let mut by_project: BTreeMap<ProjectId, Vec<HourReadings>> = BTreeMap::new();
-    for (p, cell) in store.month_readings(org, meter, month, project).await? {
+    let q = MonthReadingsQuery {
+        org,
+        meter,
+        month,
+        project,
+    };
+    for (p, cell) in store.month_readings(&q).await? {
         by_project.entry(p).or_default().push(cell);
     }
     for p in carry_ins.keys() {

@@ -20,8 +20,8 @@ use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion, CounterQuery,
-    InvitationStore, MAX_REPORT_BODY_BYTES, MemberStore, OrgStore, ProjectStore, ReportStore,
-    StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    InvitationStore, MAX_REPORT_BODY_BYTES, MemberStore, NewProjectMember, OrgStore, ProjectStore,
+    ReportStore, StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -447,25 +447,25 @@ pub async fn members_are_put_on_projects_of_their_org<F: StoreFactory>(f: &F) {
     for p in [&p1, &p2, &pb] {
         s.create_project(p).await.unwrap();
     }
-    s.add_project_member(&a.id, &p2.id, &member.id, created())
+    s.add_project_member(&NewProjectMember::new(&a.id, &p2.id, &member.id, created()))
         .await
         .unwrap();
-    s.add_project_member(&a.id, &p1.id, &member.id, created())
+    s.add_project_member(&NewProjectMember::new(&a.id, &p1.id, &member.id, created()))
         .await
         .unwrap();
     assert!(matches!(
-        s.add_project_member(&a.id, &p1.id, &member.id, created())
+        s.add_project_member(&NewProjectMember::new(&a.id, &p1.id, &member.id, created()))
             .await,
         Err(StoreError::Conflict { .. })
     ));
     assert!(matches!(
-        s.add_project_member(&a.id, &pb.id, &member.id, created())
+        s.add_project_member(&NewProjectMember::new(&a.id, &pb.id, &member.id, created()))
             .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(
         matches!(
-            s.add_project_member(&b.id, &pb.id, &member.id, created())
+            s.add_project_member(&NewProjectMember::new(&b.id, &pb.id, &member.id, created()))
                 .await,
             Err(StoreError::NotFound { .. })
         ),
