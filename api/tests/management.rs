@@ -21,7 +21,7 @@ use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, NewProjectMember,
-    OrgStore, ProjectStore, ReportStore, SecurityStore, SyncLedger, UsageStore, UserStore,
+    OrgStore, ProjectStore, ReportStore, SecurityStore, StepKey, SyncLedger, UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
@@ -2523,7 +2523,7 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
         ("webhook:invoice.paid", "in_123"),
     ] {
         mem.store
-            .record_step(&org, oct, step, result)
+            .record_step(&StepKey::new(&org, oct, step), result)
             .await
             .unwrap();
     }

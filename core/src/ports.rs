@@ -187,6 +187,32 @@ pub struct CounterValue {
     pub value: Decimal,
 }
 
+/// Which page of ledger records [`UsageStore::ledger_page`] reads.
+#[derive(Debug, Clone)]
+pub struct LedgerPageQuery<'a> {
+    /// The org whose records are read.
+    pub org: &'a OrgId,
+    /// The month the records' timestamps fall in.
+    pub month: Month,
+    /// Where the previous page stopped ([`LedgerPage::next`]); `None` for the first page.
+    pub cursor: Option<String>,
+    /// Most records on the page; each store clamps it to its own largest page.
+    pub limit: usize,
+}
+
+impl<'a> LedgerPageQuery<'a> {
+    /// The page of `org`'s records in `month` after `cursor`, of at most `limit` records.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, month: Month, cursor: Option<String>, limit: usize) -> Self {
+        Self {
+            org,
+            month,
+            cursor,
+            limit,
+        }
+    }
+}
+
 /// A page of ledger records.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerPage {
@@ -222,14 +248,8 @@ pub trait UsageStore: Send + Sync {
     /// Counter values for the buckets of a range, in time order, omitting buckets with no
     /// usage.
     async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError>;
-    /// Ledger records of one org whose timestamp falls in `month`, a page at a time.
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError>;
+    /// Ledger records of one org whose timestamp falls in a month, a page at a time.
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError>;
     /// Every stored counter of one org for buckets inside `month` (all granularities,
     /// org-wide and per project), for reconcile.
     async fn stored_counters(
@@ -654,6 +674,25 @@ pub struct SyncStep {
     pub result: String,
 }
 
+/// One step of one org's sync of one period: what [`SyncLedger`] records a result under.
+#[derive(Debug, Clone, Copy)]
+pub struct StepKey<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The billing period.
+    pub period: Month,
+    /// The step's name (at most [`MAX_SYNC_VALUE_LEN`] bytes, not empty).
+    pub step: &'a str,
+}
+
+impl<'a> StepKey<'a> {
+    /// `step` of `org`'s sync of `period`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, period: Month, step: &'a str) -> Self {
+        Self { org, period, step }
+    }
+}
+
 /// Tally's own record of the Stripe sync: each step's result per (org, period, step), and
 /// each org's Stripe customer. Writes are first-write-wins, so two runs racing (or a rerun
 /// after an answer was lost) agree on one result.
@@ -662,20 +701,9 @@ pub trait SyncLedger: Send + Sync {
     /// Records a step's result unless one is recorded already; returns the stored result
     /// (the earlier one if there was one). `Unavailable` if `step` or `result` is empty or
     /// longer than [`MAX_SYNC_VALUE_LEN`].
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError>;
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError>;
     /// A step's recorded result.
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError>;
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError>;
     /// Every recorded step of one org's period, by step name.
     async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError>;
     /// Records the org's provider customer unless one is recorded already; returns the

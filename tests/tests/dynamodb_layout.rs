@@ -18,7 +18,7 @@ use chrono::{Duration, Utc};
 use tally_core::ids::InvitationId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    ReportStore, StoredReport, SyncLedger, UsageStore,
+    ReportStore, StepKey, StoredReport, SyncLedger, UsageStore,
 };
 use tally_core::tenant::{AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role};
 use tally_core::{Month, PlanId, ProjectId};
@@ -221,9 +221,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .unwrap();
     store
         .record_step(
-            &org.id,
-            Month::parse("2001-01").unwrap(),
-            "invoice",
+            &StepKey::new(&org.id, Month::parse("2001-01").unwrap(), "invoice"),
             "in_layout",
         )
         .await

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger,
+    AlertKey, AlertLedger, ReportStore, StepKey, StoreError, StoredAlert, StoredReport, SyncLedger,
     SyncStep, check_alert_body, check_report_body, check_sync_value,
 };
 
@@ -56,13 +56,8 @@ impl ReportStore for MemoryStore {
 
 #[async_trait]
 impl SyncLedger for MemoryStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         check_sync_value("step", step)?;
         check_sync_value("result", result)?;
         Ok(self
@@ -75,12 +70,8 @@ impl SyncLedger for MemoryStore {
             .clone())
     }
 
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         Ok(self
             .lock()
             .sync_steps

@@ -14,8 +14,8 @@ use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::period::Granularity;
 use tally_core::ports::{
-    ApplyOutcome, CounterQuery, MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError,
-    UsageStore,
+    ApplyOutcome, CounterQuery, LedgerPageQuery, MeterMonth, NewSeries, Registration,
+    SeriesRegistry, StoreError, UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
@@ -372,7 +372,12 @@ pub async fn the_counter_limit_holds_for_a_meters_total_over_its_series<F: Store
     let v2 = month_value(&s, &org, None, &MeterName::parse("llm_tokens_v2").unwrap()).await;
     assert_eq!(v2, dec(MAX));
     let page = s
-        .ledger_page(&org, Month::parse("2031-11").unwrap(), None, 100)
+        .ledger_page(&LedgerPageQuery::new(
+            &org,
+            Month::parse("2031-11").unwrap(),
+            None,
+            100,
+        ))
         .await
         .unwrap();
     let mut ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();

@@ -20,8 +20,9 @@ use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion, CounterQuery,
-    InvitationStore, MAX_REPORT_BODY_BYTES, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    ReportStore, StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore, NewProjectMember,
+    OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport, TenantStore,
+    UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -174,7 +175,10 @@ async fn whole_ledger<S: UsageStore>(s: &S, org: &OrgId, month: Month, limit: us
     let mut out = Vec::new();
     let mut cursor = None;
     for _ in 0..10_000 {
-        let page = s.ledger_page(org, month, cursor, limit).await.unwrap();
+        let page = s
+            .ledger_page(&LedgerPageQuery::new(org, month, cursor, limit))
+            .await
+            .unwrap();
         assert!(
             page.events.len() <= limit,
             "a page holds at most `limit` events"
@@ -2320,7 +2324,12 @@ pub async fn ledger_pages_cover_each_event_once<F: StoreFactory>(f: &F) {
     let oct = whole_ledger(&s, &org, Month::parse("2026-10").unwrap(), 10).await;
     assert_eq!(oct, vec![edges[0].clone()]);
     let empty = s
-        .ledger_page(&org, Month::parse("2026-09").unwrap(), None, 10)
+        .ledger_page(&LedgerPageQuery::new(
+            &org,
+            Month::parse("2026-09").unwrap(),
+            None,
+            10,
+        ))
         .await
         .unwrap();
     assert!(empty.events.is_empty() && empty.next.is_none());
@@ -2714,28 +2723,45 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     let s = f.open().await;
     let (org, other) = (fresh_org(), fresh_org());
     let (oct, nov) = (month("2026-10"), month("2026-11"));
-    assert_eq!(s.get_step(&org, oct, "invoice").await.unwrap(), None);
+    assert_eq!(
+        s.get_step(&StepKey::new(&org, oct, "invoice"))
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.list_steps(&org, oct).await.unwrap().is_empty());
 
     assert_eq!(
-        s.record_step(&org, oct, "invoice", "in_1").await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "invoice"), "in_1")
+            .await
+            .unwrap(),
         "in_1"
     );
     // A rerun that got another answer (or a racing run) keeps the first.
     assert_eq!(
-        s.record_step(&org, oct, "invoice", "in_2").await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "invoice"), "in_2")
+            .await
+            .unwrap(),
         "in_1"
     );
     assert_eq!(
-        f.open().await.get_step(&org, oct, "invoice").await.unwrap(),
+        f.open()
+            .await
+            .get_step(&StepKey::new(&org, oct, "invoice"))
+            .await
+            .unwrap(),
         Some("in_1".to_owned())
     );
-    s.record_step(&org, oct, "item:0", "ii_a").await.unwrap();
-    s.record_step(&org, oct, "finalize", "open 14205")
-        .await
-        .unwrap();
-    s.record_step(&org, nov, "invoice", "in_9").await.unwrap();
-    s.record_step(&other, oct, "invoice", "in_x").await.unwrap();
+    for (o, period, st, v) in [
+        (&org, oct, "item:0", "ii_a"),
+        (&org, oct, "finalize", "open 14205"),
+        (&org, nov, "invoice", "in_9"),
+        (&other, oct, "invoice", "in_x"),
+    ] {
+        s.record_step(&StepKey::new(o, period, st), v)
+            .await
+            .unwrap();
+    }
     let step = |a: &str, b: &str| SyncStep {
         step: a.to_owned(),
         result: b.to_owned(),
@@ -2764,7 +2790,7 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     ] {
         assert!(
             matches!(
-                s.record_step(&org, oct, st, v).await,
+                s.record_step(&StepKey::new(&org, oct, st), v).await,
                 Err(StoreError::Unavailable(_))
             ),
             "{st:?}/{} bytes",
@@ -2773,7 +2799,9 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     }
     let at_limit = "r".repeat(MAX_SYNC_VALUE_LEN);
     assert_eq!(
-        s.record_step(&org, oct, "big", &at_limit).await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "big"), &at_limit)
+            .await
+            .unwrap(),
         at_limit
     );
 }
@@ -2789,7 +2817,7 @@ pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
         let s = Arc::new(f.open().await);
         let org = org.clone();
         handles.push(tokio::spawn(async move {
-            s.record_step(&org, oct, "invoice", &format!("in_{i}"))
+            s.record_step(&StepKey::new(&org, oct, "invoice"), &format!("in_{i}"))
                 .await
                 .unwrap()
         }));
@@ -2801,7 +2829,7 @@ pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
     let stored = f
         .open()
         .await
-        .get_step(&org, oct, "invoice")
+        .get_step(&StepKey::new(&org, oct, "invoice"))
         .await
         .unwrap()
         .unwrap();
