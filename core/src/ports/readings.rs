@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use super::{ApplyOutcome, ApplyReport, StoreError, UsageStore};
 use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
-use crate::meter::{Aggregation, MeterCatalogue};
+use crate::meter::{Aggregation, Meter, MeterCatalogue};
 use crate::period::Month;
 use crate::report::MonthUsage;
 use crate::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
@@ -242,13 +242,8 @@ pub async fn time_weighted_month(
     usage: &mut MonthUsage,
 ) -> Result<ClosingReadings, StoreError> {
     let mut closing = ClosingReadings::new();
-    let none = CarryIns::new();
-    for meter in meters
-        .meters()
-        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
-    {
-        let store = keeps_readings(usage_store, &meter.name)?;
-        let carry_ins = carry.get(&meter.name).unwrap_or(&none);
+    for each in time_weighted_meters(usage_store, meters, carry) {
+        let (meter, store, carry_ins) = each?;
         let totals = month_totals(store, org, &meter.name, month, carry_ins, until).await?;
         usage.meters.remove(&meter.name);
         for per_meter in usage.projects.values_mut() {
@@ -349,17 +344,31 @@ pub async fn month_carry_ins(
     recorded: &ClosingReadings,
 ) -> Result<ClosingReadings, StoreError> {
     let mut carry = ClosingReadings::new();
-    let none = CarryIns::new();
-    for meter in meters
-        .meters()
-        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
-    {
-        let store = keeps_readings(usage_store, &meter.name)?;
-        let recorded = recorded.get(&meter.name).unwrap_or(&none);
+    for each in time_weighted_meters(usage_store, meters, recorded) {
+        let (meter, store, recorded) = each?;
         let ins = carry_ins_after(store, org, &meter.name, month, recorded).await?;
         carry.insert(meter.name.clone(), ins);
     }
     Ok(carry)
+}
+
+/// Each `time_weighted_sum` meter of `meters`, with `usage_store`'s [`ReadingStore`]
+/// ([`keeps_readings`]) and the meter's entry of `readings` (empty when it has none): what
+/// month close and the carry-ins walk, one meter at a time.
+fn time_weighted_meters<'a>(
+    usage_store: &'a dyn UsageStore,
+    meters: &'a MeterCatalogue,
+    readings: &'a ClosingReadings,
+) -> impl Iterator<Item = Result<(&'a Meter, &'a dyn ReadingStore, &'a CarryIns), StoreError>> + 'a
+{
+    static NONE: CarryIns = CarryIns::new();
+    meters
+        .meters()
+        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
+        .map(move |meter| {
+            let store = keeps_readings(usage_store, &meter.name)?;
+            Ok((meter, store, readings.get(&meter.name).unwrap_or(&NONE)))
+        })
 }
 
 /// `usage_store`'s [`ReadingStore`], which a `time_weighted_sum` meter needs
