@@ -39,8 +39,8 @@ mod security;
 mod series;
 mod tenants;
 pub use allowance::{
-    AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
-    check_allowance_request,
+    AllowanceRequest, AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES,
+    MAX_ALLOWANCE_WINDOW_BYTES, check_allowance_request,
 };
 pub use catalogue::{
     CatalogueStore, CatalogueVersion, CatalogueVersionSummary, MAX_APPLIED_BY_BYTES,
@@ -48,7 +48,8 @@ pub use catalogue::{
     effective_version,
 };
 pub use overrides::{
-    EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
+    EndOutcome, OverrideEnd, OverrideStore, check_stored_override, sort_overrides,
+    too_many_overrides,
 };
 pub use readings::{
     CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, MonthReadingsQuery, Reading, ReadingStore,
@@ -721,6 +722,26 @@ pub trait SyncLedger: Send + Sync {
 // delivery is retried by a later check instead of being lost. Whoever retries takes a lease
 // with a compare-and-set first, so two checks running at once never both send it.
 
+/// A lease [`AlertLedger::renew_alert_lease`] takes over: the alert's `lease_until` moves
+/// from `seen` to `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertLease<'a> {
+    /// The alert.
+    pub key: &'a AlertKey,
+    /// Its `lease_until` as the caller read it.
+    pub seen: DateTime<Utc>,
+    /// The new `lease_until`.
+    pub until: DateTime<Utc>,
+}
+
+impl<'a> AlertLease<'a> {
+    /// The lease of alert `key` from `seen` to `until`.
+    #[must_use]
+    pub const fn new(key: &'a AlertKey, seen: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        Self { key, seen, until }
+    }
+}
+
 /// A usage threshold in percent of a meter's monthly allowance: 1 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ThresholdPct(u8);
@@ -816,12 +837,7 @@ pub trait AlertLedger: Send + Sync {
     /// if it still is `seen` (as [`pending_alerts`](AlertLedger::pending_alerts) returned
     /// it). `false` if another caller took it first, it was delivered, or it does not
     /// exist.
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError>;
     /// Records that the alert was delivered at `at`; the first time recorded is kept.
     /// `NotFound` if it was never claimed.
     async fn mark_alert_delivered(

@@ -203,9 +203,12 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         expires_at: now + Duration::seconds(2),
     };
     let one = rust_decimal::Decimal::ONE;
-    tally_core::ports::AllowanceStore::take_allowance(&store, &window, one + one, one, now)
-        .await
-        .unwrap();
+    tally_core::ports::AllowanceStore::take_allowance(
+        &store,
+        &tally_core::ports::AllowanceRequest::new(&window, one + one, one, now),
+    )
+    .await
+    .unwrap();
     store
         .close_period(Month::parse("2001-01").unwrap(), now)
         .await

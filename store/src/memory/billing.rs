@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, ReportStore, StepKey, StoreError, StoredAlert, StoredReport, SyncLedger,
-    SyncStep, check_alert_body, check_report_body, check_sync_value,
+    AlertKey, AlertLease, AlertLedger, ReportStore, StepKey, StoreError, StoredAlert, StoredReport,
+    SyncLedger, SyncStep, check_alert_body, check_report_body, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
@@ -149,12 +149,8 @@ impl AlertLedger for MemoryStore {
             .collect())
     }
 
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError> {
+        let (key, seen, until) = (lease.key, lease.seen, lease.until);
         let mut st = self.lock();
         match st.alerts.get_mut(key) {
             Some(a) if a.delivered_at.is_none() && a.lease_until == micros(seen) => {

@@ -19,10 +19,10 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion, CounterQuery,
-    InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore, NewProjectMember,
-    OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport, TenantStore,
-    UsageStore, UserStore, catalogue_digest,
+    AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
+    CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
+    NewProjectMember, OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport,
+    TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -3037,7 +3037,9 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
         let key = a.key.clone();
         let until = seen + Duration::minutes(10) + Duration::microseconds(i);
         handles.push(tokio::spawn(async move {
-            s.renew_alert_lease(&key, seen, until).await.unwrap()
+            s.renew_alert_lease(&AlertLease::new(&key, seen, until))
+                .await
+                .unwrap()
         }));
     }
     let mut wins = 0;
@@ -3047,10 +3049,14 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
     assert_eq!(wins, 1);
     let now = s.get_alert(&a.key).await.unwrap().unwrap();
     assert!(now.lease_until > seen);
-    assert!(!s.renew_alert_lease(&a.key, seen, seen).await.unwrap());
+    assert!(
+        !s.renew_alert_lease(&AlertLease::new(&a.key, seen, seen))
+            .await
+            .unwrap()
+    );
     let later = now.lease_until + Duration::minutes(5);
     assert!(
-        s.renew_alert_lease(&a.key, now.lease_until, later)
+        s.renew_alert_lease(&AlertLease::new(&a.key, now.lease_until, later))
             .await
             .unwrap()
     );
@@ -3061,13 +3067,17 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
 
     s.mark_alert_delivered(&a.key, later).await.unwrap();
     assert!(
-        !s.renew_alert_lease(&a.key, later, later + Duration::minutes(1))
-            .await
-            .unwrap()
+        !s.renew_alert_lease(&AlertLease::new(
+            &a.key,
+            later,
+            later + Duration::minutes(1)
+        ))
+        .await
+        .unwrap()
     );
     let unknown = alert(&org, "2026-11", "api_calls", 80, "{}");
     assert!(
-        !s.renew_alert_lease(&unknown.key, unknown.lease_until, later)
+        !s.renew_alert_lease(&AlertLease::new(&unknown.key, unknown.lease_until, later))
             .await
             .unwrap()
     );
