@@ -57,7 +57,7 @@ pub use readings::{
     month_carry_ins, month_totals, period_usage, put_batch_readings, put_counted_readings,
     time_weighted_month,
 };
-pub use security::SecurityStore;
+pub use security::{RevokeSession, SecurityStore};
 pub use series::{
     MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
 };

@@ -12,7 +12,7 @@ use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserI
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    SecurityStore, StoreError, UserStore,
+    RevokeSession, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -129,6 +129,6 @@ delegate!(SecurityStore {
     fn create_session(session: &Session) -> ();
     fn get_session(user: &UserId, id: &SessionId) -> Option<Session>;
     fn list_sessions(user: &UserId, now: DateTime<Utc>) -> Vec<Session>;
-    fn revoke_session(user: &UserId, id: &SessionId, at: DateTime<Utc>) -> Option<Session>,
+    fn revoke_session(r: &RevokeSession<'_>) -> Option<Session>,
         fails while fail;
 });
