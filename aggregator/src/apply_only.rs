@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, LedgerPageQuery, ReadingStore, StoreError,
+    UsageStore,
 };
 use tally_core::{Event, Month, OrgId};
 
@@ -55,13 +56,7 @@ impl<A: Apply> UsageStore for ApplyOnly<A> {
     async fn counter_series(&self, _: &CounterQuery) -> Result<Vec<CounterValue>, StoreError> {
         Ok(Vec::new())
     }
-    async fn ledger_page(
-        &self,
-        _: &OrgId,
-        _: Month,
-        _: Option<String>,
-        _: usize,
-    ) -> Result<LedgerPage, StoreError> {
+    async fn ledger_page(&self, _: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError> {
         Ok(LedgerPage::default())
     }
     async fn stored_counters(

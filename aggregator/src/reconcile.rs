@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::fold::{Delta, apply_delta, fold};
-use tally_core::ports::{StoreError, UsageStore};
+use tally_core::ports::{LedgerPageQuery, StoreError, UsageStore};
 use tally_core::{Month, OrgId};
 
 /// Ledger records read per page.
@@ -75,7 +75,9 @@ pub async fn reconcile(
     let mut expected: BTreeMap<OwnedCounterKey, Delta> = BTreeMap::new();
     let mut cursor = None;
     loop {
-        let page = usage.ledger_page(org, month, cursor, PAGE).await?;
+        let page = usage
+            .ledger_page(&LedgerPageQuery::new(org, month, cursor, PAGE))
+            .await?;
         for (key, delta) in fold(page.events.iter()) {
             match expected.entry(key.to_owned_key()) {
                 std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&delta),

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tally_core::export::{COUNTER_COLUMNS, LEDGER_COLUMNS, counter_row, csv_record, ledger_row};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
-use tally_core::ports::UsageStore;
+use tally_core::ports::{LedgerPageQuery, UsageStore};
 
 use crate::http::{ApiError, query_params};
 use crate::mgmt::{MgmtError, OrgCaller};
@@ -132,7 +132,11 @@ fn ledger_body(
             Some(None) => return None,
             Some(Some(c)) => (Some(c), false),
         };
-        let page = match st.usage.ledger_page(&st.org, st.period, cursor, PAGE).await {
+        let page = match st
+            .usage
+            .ledger_page(&LedgerPageQuery::new(&st.org, st.period, cursor, PAGE))
+            .await
+        {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(org = %st.org, period = %st.period, error = %e, "ledger export cut short");

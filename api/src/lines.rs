@@ -17,7 +17,7 @@ use serde_json::Value;
 use tally_core::export::ledger_row;
 use tally_core::ids::MeterName;
 use tally_core::period::Month;
-use tally_core::ports::StoreError;
+use tally_core::ports::{LedgerPageQuery, StoreError};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -114,7 +114,12 @@ pub(crate) async fn line_events(
         let given = cursor.is_some();
         let page = match state
             .usage
-            .ledger_page(&auth.org, period, cursor.take(), limit)
+            .ledger_page(&LedgerPageQuery::new(
+                &auth.org,
+                period,
+                cursor.take(),
+                limit,
+            ))
             .await
         {
             Ok(page) => page,

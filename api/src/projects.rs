@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{StoreError, TenantStore};
+use tally_core::ports::{NewProjectMember, StoreError, TenantStore};
 use tally_core::tenant::{Org, Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
@@ -275,7 +275,12 @@ pub(crate) async fn add_project_member(
             let user = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
             state
                 .tenants
-                .add_project_member(&auth.org, &project, &user, state.clock.now())
+                .add_project_member(&NewProjectMember::new(
+                    &auth.org,
+                    &project,
+                    &user,
+                    state.clock.now(),
+                ))
                 .await
                 .map_err(|e| match e {
                     StoreError::NotFound { what } if what.starts_with("project") => {

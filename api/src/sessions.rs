@@ -33,7 +33,7 @@ use axum::http::StatusCode;
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, SessionId, UserId};
-use tally_core::ports::StoreError;
+use tally_core::ports::{RevokeSession, StoreError};
 use tally_core::security::{
     DEFAULT_SESSION_LIFETIME_SECS, MAX_SESSIONS_PER_USER, Session, clip_user_agent,
 };
@@ -233,7 +233,14 @@ pub async fn revoke(
     sid: &SessionId,
 ) -> Result<Option<Session>, StoreError> {
     let now = state.clock.now();
-    let revoked = state.tenants.revoke_session(user, sid, now).await?;
+    let revoked = state
+        .tenants
+        .revoke_session(&RevokeSession {
+            user,
+            id: sid,
+            at: now,
+        })
+        .await?;
     if revoked.is_some() {
         remember(state, (user.clone(), sid.clone()), revoked.clone(), now);
         tracing::info!(user = %user, session = %sid, "session revoked");

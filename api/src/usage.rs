@@ -41,7 +41,7 @@ use rust_decimal::Decimal;
 use tally_core::dimension::{self, MAX_DIMENSIONS};
 use tally_core::meter::{Aggregation, Meter, MeterCatalogue};
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{CounterQuery, CounterValue, SeriesRegistry, UsageStore};
+use tally_core::ports::{CounterQuery, CounterValue, MeterMonth, SeriesRegistry, UsageStore};
 use tally_core::tenant::KeyMode;
 
 use crate::ApiState;
@@ -486,7 +486,10 @@ async fn read_split(
             .unwrap_or(req.to),
     );
     while month <= last {
-        for key in registry.list_series(usage_org, &req.meter, month).await? {
+        for key in registry
+            .list_series(&MeterMonth::new(usage_org, &req.meter, month))
+            .await?
+        {
             let values = key.series_values();
             if split
                 .filters

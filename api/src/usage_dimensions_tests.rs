@@ -10,7 +10,7 @@ use tally_core::dimension::{Dimension, Dimensions};
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{EventId, ProjectId};
 use tally_core::meter::ValueSource;
-use tally_core::ports::SeriesRegistry;
+use tally_core::ports::{NewSeries, SeriesRegistry};
 use tally_store::MemoryStore;
 
 use super::*;
@@ -54,7 +54,7 @@ async fn world() -> (MemoryStore, OrgId) {
         let series = llm.series(&[("model", model), ("region", region)]);
         let month = Month::of(ts(at));
         store
-            .register_series(&org, month, &series, 10)
+            .register_series(&NewSeries::new(&org, month, &series, 10))
             .await
             .unwrap();
         events.push(Event {

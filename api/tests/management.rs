@@ -20,8 +20,8 @@ use tally_core::ids::{
 use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, OrgStore, ProjectStore,
-    ReportStore, SecurityStore, SyncLedger, UsageStore, UserStore,
+    ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, NewProjectMember,
+    OrgStore, ProjectStore, ReportStore, SecurityStore, StepKey, SyncLedger, UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
@@ -208,12 +208,12 @@ async fn world(plan: PlanId) -> World {
     // A's member and viewer are on A's project (owners and admins see every project).
     for role in [Role::Member, Role::Viewer] {
         store
-            .add_project_member(
+            .add_project_member(&NewProjectMember::new(
                 &org_id("org_a"),
                 &ProjectId::parse("prj_alpha1").unwrap(),
                 &a_user(role),
                 t("2026-01-03T00:00:00Z"),
-            )
+            ))
             .await
             .unwrap();
     }
@@ -2523,7 +2523,7 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
         ("webhook:invoice.paid", "in_123"),
     ] {
         mem.store
-            .record_step(&org, oct, step, result)
+            .record_step(&StepKey::new(&org, oct, step), result)
             .await
             .unwrap();
     }

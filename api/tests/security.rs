@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use tally_api::jwt::{JwtConfig, TokenFacts};
 use tally_core::ids::{OrgId, SessionId};
-use tally_core::ports::{FixedClock, SecurityStore};
+use tally_core::ports::{FixedClock, RevokeSession, SecurityStore};
 use tally_core::security::Session;
 use tower::ServiceExt;
 
@@ -396,7 +396,11 @@ async fn a_revoked_session_stops_its_token_within_the_cache_bound() {
     let (token, sid) = session_token(&w, "usr_mem", 3600).await;
     assert_eq!(w.get_status("/v1/orgs/org_a", &token).await, StatusCode::OK);
     w.store
-        .revoke_session(&user("usr_mem"), &sid, w.clock.now_utc())
+        .revoke_session(&RevokeSession {
+            user: &user("usr_mem"),
+            id: &sid,
+            at: w.clock.now_utc(),
+        })
         .await
         .unwrap();
     // Another process revoked it: this one trusts its lookup for at most 2 s.

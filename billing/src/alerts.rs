@@ -52,7 +52,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
-    AlertKey, AlertLedger, Clock, OrgStore, StoreError, StoredAlert, ThresholdPct, UsageStore,
+    AlertKey, AlertLease, AlertLedger, Clock, OrgStore, StoreError, StoredAlert, ThresholdPct,
+    UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, PlanId};
 
@@ -254,7 +255,7 @@ async fn check_org(
         }
         match ports
             .alerts
-            .renew_alert_lease(&alert.key, alert.lease_until, now + lease)
+            .renew_alert_lease(&AlertLease::new(&alert.key, alert.lease_until, now + lease))
             .await
         {
             Ok(true) => retry.push(alert),

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use tally_core::audit::LineTally;
-use tally_core::ports::{StoreError, UsageStore};
+use tally_core::ports::{LedgerPageQuery, StoreError, UsageStore};
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::report::ReportLine;
@@ -28,7 +28,9 @@ pub async fn tally_lines(
     let mut tallies: BTreeMap<MeterName, LineTally> = BTreeMap::new();
     let mut cursor = None;
     loop {
-        let page = usage.ledger_page(org, period, cursor, PAGE).await?;
+        let page = usage
+            .ledger_page(&LedgerPageQuery::new(org, period, cursor, PAGE))
+            .await?;
         for e in &page.events {
             // A line is a meter's total, so its entries are those of all its series.
             tallies.entry(e.meter.base_meter()).or_default().add(e);

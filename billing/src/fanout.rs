@@ -27,7 +27,7 @@
 use async_trait::async_trait;
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
-use tally_core::ports::{InvoiceProvider, StoreError, SyncLedger};
+use tally_core::ports::{InvoiceProvider, StepKey, StoreError, SyncLedger};
 use tally_core::{Month, OrgId};
 
 use crate::catalogue::Catalogue;
@@ -422,7 +422,7 @@ pub async fn catch_up(
                 (None, _) => true,
                 (Some(_), None) => false,
                 (Some(_), Some(ledger)) => ledger
-                    .get_step(&org, period, &finalize)
+                    .get_step(&StepKey::new(&org, period, &finalize))
                     .await
                     .map_err(store_err(format!(
                         "reading the invoice of {org} for {period}"

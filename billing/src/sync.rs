@@ -51,7 +51,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use sha2::{Digest, Sha256};
 use tally_core::ports::{
     FinalizedInvoice, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice, NewInvoiceItem,
-    ProviderError, ProviderId, StoreError, SyncLedger,
+    ProviderError, ProviderId, StepKey, StoreError, SyncLedger,
 };
 use tally_core::{Money, Month, OrgId};
 
@@ -458,7 +458,7 @@ impl InvoiceSync<'_> {
                     // replays the same answer) and records the step.
                     if let Some(url) = &f.hosted_url {
                         self.ledger
-                            .record_step(org, period, HOSTED_URL_STEP, url)
+                            .record_step(&StepKey::new(org, period, HOSTED_URL_STEP), url)
                             .await
                             .map_err(|e| ProviderError::Retryable {
                                 reason: format!("recording the hosted invoice URL: {e}"),
@@ -473,7 +473,10 @@ impl InvoiceSync<'_> {
             )
             .await?
         );
-        let hosted_url = self.ledger.get_step(org, period, HOSTED_URL_STEP).await?;
+        let hosted_url = self
+            .ledger
+            .get_step(&StepKey::new(org, period, HOSTED_URL_STEP))
+            .await?;
         Ok(SyncOutcome::Finalized(FinalizedInvoice {
             id: invoice.clone(),
             status: finalized.status,
@@ -504,7 +507,11 @@ impl InvoiceSync<'_> {
         let name = step.name();
         let recorded = match step {
             SyncStep::Customer => self.ledger.get_customer(org).await?,
-            _ => self.ledger.get_step(org, period, &name).await?,
+            _ => {
+                self.ledger
+                    .get_step(&StepKey::new(org, period, &name))
+                    .await?
+            }
         };
         if let Some(stored) = recorded {
             return self.decode(org, period, &name, &stored).map(Step::Done);
@@ -524,7 +531,7 @@ impl InvoiceSync<'_> {
             SyncStep::Customer => self.ledger.record_customer(org, &encoded).await?,
             _ => {
                 self.ledger
-                    .record_step(org, period, &name, &encoded)
+                    .record_step(&StepKey::new(org, period, &name), &encoded)
                     .await?
             }
         };
@@ -573,7 +580,10 @@ impl InvoiceSync<'_> {
                     };
                     let recorded: String = message.chars().take(1000).collect();
                     self.ledger
-                        .record_step(org, period, &format!("error:{step}"), &recorded)
+                        .record_step(
+                            &StepKey::new(org, period, &format!("error:{step}")),
+                            &recorded,
+                        )
                         .await?;
                     return Ok(Step::Stop(SyncOutcome::Failed {
                         step: step.to_owned(),
@@ -788,18 +798,18 @@ mod tests {
         let period = report.period;
         ledger.record_customer(org, "cus_old").await.unwrap();
         ledger
-            .record_step(org, period, "invoice", "in_old")
+            .record_step(&StepKey::new(org, period, "invoice"), "in_old")
             .await
             .unwrap();
         for item in planned_items(&report).unwrap() {
             ledger
-                .record_step(org, period, &item.step, "ii_old")
+                .record_step(&StepKey::new(org, period, &item.step), "ii_old")
                 .await
                 .unwrap();
         }
         // The form releases before the typed finalize record wrote.
         ledger
-            .record_step(org, period, "finalize", "open 9650")
+            .record_step(&StepKey::new(org, period, "finalize"), "open 9650")
             .await
             .unwrap();
 
@@ -826,7 +836,7 @@ mod tests {
         // Read, never rewritten: first write wins, and nothing tried to write.
         assert_eq!(
             ledger
-                .get_step(org, period, "finalize")
+                .get_step(&StepKey::new(org, period, "finalize"))
                 .await
                 .unwrap()
                 .as_deref(),
@@ -881,7 +891,7 @@ mod tests {
         );
         assert_eq!(
             ledger
-                .get_step(org, period, "finalize")
+                .get_step(&StepKey::new(org, period, "finalize"))
                 .await
                 .unwrap()
                 .as_deref(),
@@ -890,7 +900,7 @@ mod tests {
         // The hosted page is recorded for the invoice list, and a rerun still reports it.
         assert_eq!(
             ledger
-                .get_step(org, period, HOSTED_URL_STEP)
+                .get_step(&StepKey::new(org, period, HOSTED_URL_STEP))
                 .await
                 .unwrap()
                 .as_deref(),

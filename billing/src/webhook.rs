@@ -38,7 +38,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use tally_core::ports::{Clock, StoreError, SyncLedger};
+use tally_core::ports::{Clock, StepKey, StoreError, SyncLedger};
 use tally_core::{Month, OrgId};
 use tally_http::ApiError;
 
@@ -155,7 +155,10 @@ pub async fn record_invoice_event(
         .map_err(|e| WebhookError::Body(format!("metadata.tally_invoice period: {e}")))?;
     let invoice = event.data.object.id;
     ledger
-        .record_step(&org, period, &format!("webhook:{}", event.kind), &invoice)
+        .record_step(
+            &StepKey::new(&org, period, &format!("webhook:{}", event.kind)),
+            &invoice,
+        )
         .await?;
     Ok(WebhookOutcome::Recorded {
         org,

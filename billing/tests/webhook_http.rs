@@ -13,7 +13,7 @@ use axum::http::{Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_billing::webhook::{MAX_WEBHOOK_BODY_BYTES, WEBHOOK_PATH, WebhookState, router, sign};
-use tally_core::ports::{FixedClock, SyncLedger};
+use tally_core::ports::{FixedClock, StepKey, SyncLedger};
 use tally_core::{Month, OrgId};
 use tally_store::SqliteStore;
 use tower::ServiceExt;
@@ -65,11 +65,11 @@ async fn post(app: &axum::Router, signature: Option<String>, body: String) -> (S
 
 async fn recorded(store: &SqliteStore, kind: &str) -> Option<String> {
     store
-        .get_step(
+        .get_step(&StepKey::new(
             &OrgId::parse("org_acme").unwrap(),
             Month::parse("2026-10").unwrap(),
             &format!("webhook:{kind}"),
-        )
+        ))
         .await
         .unwrap()
 }

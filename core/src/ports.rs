@@ -39,8 +39,8 @@ mod security;
 mod series;
 mod tenants;
 pub use allowance::{
-    AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES, MAX_ALLOWANCE_WINDOW_BYTES,
-    check_allowance_request,
+    AllowanceRequest, AllowanceStore, AllowanceWindow, Grant, MAX_ALLOWANCE_SCOPE_BYTES,
+    MAX_ALLOWANCE_WINDOW_BYTES, check_allowance_request,
 };
 pub use catalogue::{
     CatalogueStore, CatalogueVersion, CatalogueVersionSummary, MAX_APPLIED_BY_BYTES,
@@ -48,18 +48,22 @@ pub use catalogue::{
     effective_version,
 };
 pub use overrides::{
-    EndOutcome, OverrideStore, check_stored_override, sort_overrides, too_many_overrides,
+    EndOutcome, OverrideEnd, OverrideStore, check_stored_override, sort_overrides,
+    too_many_overrides,
 };
 pub use readings::{
-    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, Reading, ReadingStore, batch_readings,
-    carry_ins_after, check_keeps_readings, check_readings, keeps_readings, month_carry_ins,
-    month_totals, period_usage, put_batch_readings, put_counted_readings, time_weighted_month,
+    CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, MonthReadingsQuery, Reading, ReadingStore,
+    batch_readings, carry_ins_after, check_keeps_readings, check_readings, keeps_readings,
+    month_carry_ins, month_totals, period_usage, put_batch_readings, put_counted_readings,
+    time_weighted_month,
 };
-pub use security::SecurityStore;
-pub use series::{Registration, SeriesRegistry, check_registration, month_counters};
+pub use security::{RevokeSession, SecurityStore};
+pub use series::{
+    MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
+};
 pub use tenants::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, TenantStore,
-    UserStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
+    TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.
@@ -184,6 +188,32 @@ pub struct CounterValue {
     pub value: Decimal,
 }
 
+/// Which page of ledger records [`UsageStore::ledger_page`] reads.
+#[derive(Debug, Clone)]
+pub struct LedgerPageQuery<'a> {
+    /// The org whose records are read.
+    pub org: &'a OrgId,
+    /// The month the records' timestamps fall in.
+    pub month: Month,
+    /// Where the previous page stopped ([`LedgerPage::next`]); `None` for the first page.
+    pub cursor: Option<String>,
+    /// Most records on the page; each store clamps it to its own largest page.
+    pub limit: usize,
+}
+
+impl<'a> LedgerPageQuery<'a> {
+    /// The page of `org`'s records in `month` after `cursor`, of at most `limit` records.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, month: Month, cursor: Option<String>, limit: usize) -> Self {
+        Self {
+            org,
+            month,
+            cursor,
+            limit,
+        }
+    }
+}
+
 /// A page of ledger records.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerPage {
@@ -219,14 +249,8 @@ pub trait UsageStore: Send + Sync {
     /// Counter values for the buckets of a range, in time order, omitting buckets with no
     /// usage.
     async fn counter_series(&self, query: &CounterQuery) -> Result<Vec<CounterValue>, StoreError>;
-    /// Ledger records of one org whose timestamp falls in `month`, a page at a time.
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError>;
+    /// Ledger records of one org whose timestamp falls in a month, a page at a time.
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError>;
     /// Every stored counter of one org for buckets inside `month` (all granularities,
     /// org-wide and per project), for reconcile.
     async fn stored_counters(
@@ -651,6 +675,25 @@ pub struct SyncStep {
     pub result: String,
 }
 
+/// One step of one org's sync of one period: what [`SyncLedger`] records a result under.
+#[derive(Debug, Clone, Copy)]
+pub struct StepKey<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The billing period.
+    pub period: Month,
+    /// The step's name (at most [`MAX_SYNC_VALUE_LEN`] bytes, not empty).
+    pub step: &'a str,
+}
+
+impl<'a> StepKey<'a> {
+    /// `step` of `org`'s sync of `period`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, period: Month, step: &'a str) -> Self {
+        Self { org, period, step }
+    }
+}
+
 /// Tally's own record of the Stripe sync: each step's result per (org, period, step), and
 /// each org's Stripe customer. Writes are first-write-wins, so two runs racing (or a rerun
 /// after an answer was lost) agree on one result.
@@ -659,20 +702,9 @@ pub trait SyncLedger: Send + Sync {
     /// Records a step's result unless one is recorded already; returns the stored result
     /// (the earlier one if there was one). `Unavailable` if `step` or `result` is empty or
     /// longer than [`MAX_SYNC_VALUE_LEN`].
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError>;
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError>;
     /// A step's recorded result.
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError>;
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError>;
     /// Every recorded step of one org's period, by step name.
     async fn list_steps(&self, org: &OrgId, period: Month) -> Result<Vec<SyncStep>, StoreError>;
     /// Records the org's provider customer unless one is recorded already; returns the
@@ -689,6 +721,26 @@ pub trait SyncLedger: Send + Sync {
 // claimed alert stays pending until its delivery is recorded, so a failed or interrupted
 // delivery is retried by a later check instead of being lost. Whoever retries takes a lease
 // with a compare-and-set first, so two checks running at once never both send it.
+
+/// A lease [`AlertLedger::renew_alert_lease`] takes over: the alert's `lease_until` moves
+/// from `seen` to `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertLease<'a> {
+    /// The alert.
+    pub key: &'a AlertKey,
+    /// Its `lease_until` as the caller read it.
+    pub seen: DateTime<Utc>,
+    /// The new `lease_until`.
+    pub until: DateTime<Utc>,
+}
+
+impl<'a> AlertLease<'a> {
+    /// The lease of alert `key` from `seen` to `until`.
+    #[must_use]
+    pub const fn new(key: &'a AlertKey, seen: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        Self { key, seen, until }
+    }
+}
 
 /// A usage threshold in percent of a meter's monthly allowance: 1 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -785,12 +837,7 @@ pub trait AlertLedger: Send + Sync {
     /// if it still is `seen` (as [`pending_alerts`](AlertLedger::pending_alerts) returned
     /// it). `false` if another caller took it first, it was delivered, or it does not
     /// exist.
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError>;
     /// Records that the alert was delivered at `at`; the first time recorded is kept.
     /// `NotFound` if it was never claimed.
     async fn mark_alert_delivered(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use tally_core::event::{ErrorCode, EventError};
 use tally_core::meter::MeterCatalogue;
-use tally_core::ports::{Clock, Registration, SeriesRegistry, StoreError};
+use tally_core::ports::{Clock, NewSeries, Registration, SeriesRegistry, StoreError};
 use tally_core::{Event, MeterName, Month, OrgId};
 use tally_http::cache::TtlCache;
 
@@ -99,7 +99,7 @@ impl SeriesGuard {
             )));
         };
         match registry
-            .register_series(&e.org_id, month, &e.meter, bound)
+            .register_series(&NewSeries::new(&e.org_id, month, &e.meter, bound))
             .await?
         {
             Registration::New | Registration::Known => {

@@ -73,7 +73,7 @@ use rust_decimal::Decimal;
 use tally_core::ids::{ApiKeyId, MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::RateLimit;
-use tally_core::ports::{AllowanceStore, AllowanceWindow, StoreError};
+use tally_core::ports::{AllowanceRequest, AllowanceStore, AllowanceWindow, StoreError};
 use tally_http::rate::Throttled;
 
 use crate::cache::TtlCache;
@@ -336,7 +336,11 @@ impl SharedLimits {
         let ask = short
             .max(taken_so_far.min(t.max_block))
             .min(t.cap.max(short));
-        let grant = match self.store.take_allowance(t.window, t.cap, ask, now).await {
+        let grant = match self
+            .store
+            .take_allowance(&AllowanceRequest::new(t.window, t.cap, ask, now))
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 self.give_back(t.window, got, now);

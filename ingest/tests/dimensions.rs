@@ -23,8 +23,8 @@ use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, SeriesRegistry,
+    ApiKeyStore, Delivery, EventQueue, FixedClock, MeterMonth, OrgStore, ProjectStore,
+    PublishReport, QueueError, SeriesRegistry,
 };
 use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
@@ -209,7 +209,14 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
     let org = OrgId::parse("org_a").unwrap();
     let llm = MeterName::parse("llm_tokens").unwrap();
     let nov = Month::parse("2026-11").unwrap();
-    assert_eq!(store.list_series(&org, &llm, nov).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_series(&MeterMonth::new(&org, &llm, nov))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let b = instance(&store, queue.clone(), true);
     let (_, answer) = post(
         &b,

@@ -17,7 +17,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use tally_billing::fanout::{BillItem, BillQueue, QueueError, catch_up, enqueue_due};
 use tally_billing::{Catalogue, ClosePorts};
-use tally_core::ports::{Clock, FixedClock, ReportStore, SyncLedger};
+use tally_core::ports::{Clock, FixedClock, ReportStore, StepKey, SyncLedger};
 use tally_core::{Month, OrgId, PlanId};
 use tally_lambda::fanout::{Budget, ItemPorts, consume};
 use tally_store::sqlite::SqliteStore;
@@ -188,9 +188,7 @@ async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a
     let (invoiced, uninvoiced, lost) = (&items[0].org, &items[1].org, &items[2].org);
     store
         .record_step(
-            invoiced,
-            october,
-            "finalize",
+            &StepKey::new(invoiced, october, "finalize"),
             "{\"status\":\"open\",\"total_minor\":2900}",
         )
         .await
@@ -234,18 +232,14 @@ async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a
     );
     store
         .record_step(
-            uninvoiced,
-            october,
-            "finalize",
+            &StepKey::new(uninvoiced, october, "finalize"),
             "{\"status\":\"open\",\"total_minor\":2900}",
         )
         .await
         .unwrap();
     store
         .record_step(
-            lost,
-            october,
-            "finalize",
+            &StepKey::new(lost, october, "finalize"),
             "{\"status\":\"open\",\"total_minor\":2900}",
         )
         .await

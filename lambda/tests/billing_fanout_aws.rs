@@ -29,8 +29,8 @@ use tally_billing::fanout::{BillItem, StripeItemPorts, catch_up, enqueue_due};
 use tally_billing::{Catalogue, ClosePorts, UsageReport};
 use tally_core::ports::{
     Clock, FinalizedInvoice, FixedClock, IdempotencyKey, InvoiceProvider, NewCustomer, NewInvoice,
-    NewInvoiceItem, OrgStore, ProviderError, ProviderId, ReportStore, SyncLedger, UsageStore,
-    UserStore,
+    NewInvoiceItem, OrgStore, ProviderError, ProviderId, ReportStore, StepKey, SyncLedger,
+    UsageStore, UserStore,
 };
 use tally_core::tenant::{Org, User};
 use tally_core::{Month, OrgId, PlanId, UserId};
@@ -536,7 +536,7 @@ async fn orgs_fan_out_to_concurrent_consumers_and_each_gets_one_report_and_one_i
         assert!(
             world
                 .store
-                .get_step(&o.id, october, "finalize")
+                .get_step(&StepKey::new(&o.id, october, "finalize"))
                 .await
                 .unwrap()
                 .is_some(),

@@ -36,7 +36,7 @@ use tally_core::ids::{MeterName, OrgId, ProjectId};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, CounterQuery, ProjectStore, ReportStore, SyncLedger, UsageStore,
+    ApiKeyStore, CounterQuery, ProjectStore, ReportStore, StepKey, SyncLedger, UsageStore,
 };
 use tally_core::tenant::{KeyScope, Org, Project};
 use tally_store::dynamodb::DynamoStore;
@@ -601,7 +601,7 @@ async fn the_stripe_webhook_records_a_signed_event_and_refuses_a_badly_signed_on
     assert_eq!(answer["recorded"]["invoice"], "in_paid", "{answer}");
     assert_eq!(
         store
-            .get_step(&org, period, "webhook:invoice.paid")
+            .get_step(&StepKey::new(&org, period, "webhook:invoice.paid"))
             .await
             .unwrap()
             .as_deref(),
@@ -617,7 +617,11 @@ async fn the_stripe_webhook_records_a_signed_event_and_refuses_a_badly_signed_on
     assert_eq!(answer["error"]["code"], "bad_signature", "{answer}");
     assert_eq!(
         store
-            .get_step(&org, period, "webhook:invoice.payment_failed")
+            .get_step(&StepKey::new(
+                &org,
+                period,
+                "webhook:invoice.payment_failed"
+            ))
             .await
             .unwrap(),
         None

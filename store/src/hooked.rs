@@ -16,7 +16,8 @@ use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, LedgerPageQuery, ReadingStore, StoreError,
+    UsageStore,
 };
 
 /// What a [`Hooked`] store does with a batch instead of handing it to the store it wraps.
@@ -78,14 +79,8 @@ impl<H: BatchHook> UsageStore for Hooked<H> {
         self.inner.counter_series(query).await
     }
 
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
-        self.inner.ledger_page(org, month, cursor, limit).await
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError> {
+        self.inner.ledger_page(q).await
     }
 
     async fn stored_counters(

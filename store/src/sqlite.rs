@@ -490,7 +490,7 @@ mod tests {
     use super::*;
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
-    use tally_core::ports::UsageStore;
+    use tally_core::ports::{LedgerPageQuery, UsageStore};
 
     #[tokio::test]
     async fn the_background_checkpointer_moves_the_wal_into_the_database_file() {
@@ -515,7 +515,12 @@ mod tests {
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
         let page = s
-            .ledger_page(&org, Month::parse("2026-11").unwrap(), None, 5000)
+            .ledger_page(&LedgerPageQuery::new(
+                &org,
+                Month::parse("2026-11").unwrap(),
+                None,
+                5000,
+            ))
             .await
             .unwrap();
         assert_eq!(page.events.len(), 2000);

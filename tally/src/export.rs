@@ -22,6 +22,7 @@ use tally_core::audit::LineTally;
 use tally_core::export::{
     COUNTER_COLUMNS, LEDGER_COLUMNS, counter_row, csv_record, ledger_event, ledger_row,
 };
+use tally_core::ports::LedgerPageQuery;
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::backend::{Stores, open_store};
@@ -296,7 +297,7 @@ async fn write_export(
             loop {
                 let page = store
                     .usage
-                    .ledger_page(org, period, cursor, PAGE)
+                    .ledger_page(&LedgerPageQuery::new(org, period, cursor, PAGE))
                     .await
                     .with_context(|| format!("cannot read the ledger of {org}"))?;
                 for e in &page.events {

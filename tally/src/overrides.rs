@@ -19,7 +19,7 @@ use serde::Serialize;
 use tally_core::overrides::{
     MAX_REASON_BYTES, OverrideChange, OverrideId, PriceOverride, check_override_on,
 };
-use tally_core::ports::EndOutcome;
+use tally_core::ports::{EndOutcome, OverrideEnd};
 use tally_core::pricing::Pricing;
 use tally_core::{MeterName, Money, Month, OrgId, PlanId};
 
@@ -398,7 +398,11 @@ async fn end(common: &Common, org: &str, id: &str, from: Option<&str>) -> anyhow
     check_open(&store, "--from", end, current).await?;
     match store
         .overrides
-        .end_override(&org_id, &id, end)
+        .end_override(&OverrideEnd {
+            org: &org_id,
+            id: &id,
+            end,
+        })
         .await
         .context("cannot end the override")?
     {

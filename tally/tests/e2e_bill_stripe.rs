@@ -222,7 +222,7 @@ async fn bill_syncs_one_finalized_invoice_per_org_to_stripe_and_a_rerun_changes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
     use tally_billing::webhook::sign;
-    use tally_core::ports::SyncLedger;
+    use tally_core::ports::{StepKey, SyncLedger};
     let env = Env::embedded();
     let client = reqwest::Client::new();
     let body = json!({"id": "evt_1", "type": "invoice.paid",
@@ -261,11 +261,11 @@ async fn serve_records_signed_stripe_webhooks_and_refuses_when_unconfigured() {
     server.stop().await.unwrap();
     let store = tally_store::SqliteStore::open(&env.data().join("tally.db")).unwrap();
     let got = store
-        .get_step(
+        .get_step(&StepKey::new(
             &tally_core::OrgId::parse("org_hook").unwrap(),
             Month::parse("2026-02").unwrap(),
             "webhook:invoice.paid",
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(got.as_deref(), Some("in_9"));

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
+use tally_core::ports::StepKey;
 use tally_core::{Month, OrgId};
 use tally_tests::stripe_double::{DOUBLE_SECRET_KEY, StripeDouble};
 
@@ -649,9 +650,11 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
     store
         .sync
         .record_step(
-            &OrgId::parse(&tenant.org).unwrap(),
-            Month::parse("2026-02").unwrap(),
-            "webhook:invoice.paid",
+            &StepKey::new(
+                &OrgId::parse(&tenant.org).unwrap(),
+                Month::parse("2026-02").unwrap(),
+                "webhook:invoice.paid",
+            ),
             &invoice,
         )
         .await

@@ -18,7 +18,7 @@ use tally_core::counter::OwnedCounterKey;
 use tally_core::event::Event;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{ApplyOutcome, OrgStore, StoreError, UsageStore};
+use tally_core::ports::{ApplyOutcome, LedgerPageQuery, OrgStore, StoreError, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_table};
@@ -66,7 +66,12 @@ async fn whole_ledger(s: &DynamoStore, org: &OrgId) -> Vec<Event> {
     let mut cursor = None;
     loop {
         let page = s
-            .ledger_page(org, Month::parse(NOV).unwrap(), cursor, 97)
+            .ledger_page(&LedgerPageQuery::new(
+                org,
+                Month::parse(NOV).unwrap(),
+                cursor,
+                97,
+            ))
             .await
             .unwrap();
         out.extend(page.events);
@@ -389,7 +394,8 @@ async fn corrupt_items_and_cursors_are_reported_not_panicked() {
     for bad in ["zz", "3a", "31363a"] {
         assert!(
             matches!(
-                s.ledger_page(&org, month, Some(bad.into()), 10).await,
+                s.ledger_page(&LedgerPageQuery::new(&org, month, Some(bad.into()), 10))
+                    .await,
                 Err(StoreError::Corrupt(_))
             ),
             "cursor {bad}"
@@ -428,7 +434,8 @@ async fn corrupt_items_and_cursors_are_reported_not_panicked() {
             .unwrap();
     }
     assert!(matches!(
-        s.ledger_page(&org, month, None, 10).await,
+        s.ledger_page(&LedgerPageQuery::new(&org, month, None, 10))
+            .await,
         Err(StoreError::Corrupt(_))
     ));
 }

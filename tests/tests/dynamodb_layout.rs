@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use chrono::{Duration, Utc};
 use tally_core::ids::InvitationId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, ReportStore,
-    StoredReport, SyncLedger, UsageStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
+    ReportStore, StepKey, StoredReport, SyncLedger, UsageStore,
 };
 use tally_core::tenant::{AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role};
 use tally_core::{Month, PlanId, ProjectId};
@@ -203,9 +203,12 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         expires_at: now + Duration::seconds(2),
     };
     let one = rust_decimal::Decimal::ONE;
-    tally_core::ports::AllowanceStore::take_allowance(&store, &window, one + one, one, now)
-        .await
-        .unwrap();
+    tally_core::ports::AllowanceStore::take_allowance(
+        &store,
+        &tally_core::ports::AllowanceRequest::new(&window, one + one, one, now),
+    )
+    .await
+    .unwrap();
     store
         .close_period(Month::parse("2001-01").unwrap(), now)
         .await
@@ -221,9 +224,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .unwrap();
     store
         .record_step(
-            &org.id,
-            Month::parse("2001-01").unwrap(),
-            "invoice",
+            &StepKey::new(&org.id, Month::parse("2001-01").unwrap(), "invoice"),
             "in_layout",
         )
         .await
@@ -276,10 +277,12 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     // A dimensioned meter's series, registered under its org's per-month bound.
     tally_core::ports::SeriesRegistry::register_series(
         &store,
-        &org.id,
-        Month::parse("2001-02").unwrap(),
-        &tally_core::MeterName::parse_key("llm_tokens{model=gpt-4}").unwrap(),
-        10,
+        &tally_core::ports::NewSeries::new(
+            &org.id,
+            Month::parse("2001-02").unwrap(),
+            &tally_core::MeterName::parse_key("llm_tokens{model=gpt-4}").unwrap(),
+            10,
+        ),
     )
     .await
     .unwrap();
@@ -345,7 +348,7 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
         .unwrap();
 
     store
-        .add_project_member(&org.id, &project.id, &user, now)
+        .add_project_member(&NewProjectMember::new(&org.id, &project.id, &user, now))
         .await
         .unwrap();
 

@@ -14,7 +14,7 @@ use tally_core::event::Event;
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{ApplyReport, Clock, FixedClock, StoreError, UsageStore};
+use tally_core::ports::{ApplyReport, Clock, FixedClock, LedgerPageQuery, StoreError, UsageStore};
 use tally_lambda::consumers::aws_lambda_events::event::kinesis::KinesisEvent;
 use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
 use tally_lambda::consumers::{Consumer, Deadline, PoisonSink, handle_kinesis, handle_sqs};
@@ -108,7 +108,7 @@ fn month() -> Month {
 
 async fn total(store: &SqliteStore, org: &tally_core::ids::OrgId) -> usize {
     store
-        .ledger_page(org, month(), None, 100)
+        .ledger_page(&LedgerPageQuery::new(org, month(), None, 100))
         .await
         .unwrap()
         .events

@@ -18,7 +18,8 @@ use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, ApplyOutcome, AuditLog, CounterQuery, OrgStore, ProjectStore, UsageStore,
+    ApiKeyStore, ApplyOutcome, AuditLog, CounterQuery, LedgerPageQuery, OrgStore, ProjectStore,
+    UsageStore,
 };
 use tally_core::tenant::{AuditQuery, KeyHash};
 use tally_store::SqliteStore;
@@ -112,7 +113,7 @@ async fn the_previous_release_s_file_reads_and_counts_on() {
     );
     let december = Month::parse("2026-12").unwrap();
     let ledger = store
-        .ledger_page(&org_id, december, None, 100)
+        .ledger_page(&LedgerPageQuery::new(&org_id, december, None, 100))
         .await
         .unwrap();
     assert_eq!(ledger.events.len(), 5);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_billing::{InvoiceSync, RetryPolicy, SyncOutcome, idempotency_key, planned_items};
-use tally_core::ports::{InvoiceProvider, NewCustomer, ProviderError, SyncLedger};
+use tally_core::ports::{InvoiceProvider, NewCustomer, ProviderError, StepKey, SyncLedger};
 use tally_core::{Month, OrgId};
 use tally_store::SqliteStore;
 use tally_stripe::{StripeConfig, StripeProvider};
@@ -169,7 +169,7 @@ async fn a_refused_request_stops_the_org_and_is_recorded_with_stripes_message() 
         "{message}"
     );
     let recorded = ledger
-        .get_step(&report.org_id, period(), "error:invoice")
+        .get_step(&StepKey::new(&report.org_id, period(), "error:invoice"))
         .await
         .unwrap()
         .unwrap();
@@ -236,7 +236,7 @@ async fn a_rerun_after_the_idempotency_keys_expired_adopts_what_stripe_already_h
     assert_eq!(invoices_of(&double, &report.org_id).len(), 1);
     assert_eq!(
         ledger
-            .get_step(&report.org_id, period(), "invoice")
+            .get_step(&StepKey::new(&report.org_id, period(), "invoice"))
             .await
             .unwrap(),
         None
@@ -258,7 +258,7 @@ async fn a_rerun_after_the_idempotency_keys_expired_adopts_what_stripe_already_h
     let inv = &invoices_of(&double, &report.org_id)[0];
     assert_eq!(
         ledger
-            .get_step(&report.org_id, period(), "invoice")
+            .get_step(&StepKey::new(&report.org_id, period(), "invoice"))
             .await
             .unwrap()
             .as_deref(),
@@ -485,7 +485,11 @@ async fn a_signed_invoice_paid_webhook_is_recorded_in_the_ledger() {
     );
     assert_eq!(
         ledger
-            .get_step(&report.org_id, period(), "webhook:invoice.paid")
+            .get_step(&StepKey::new(
+                &report.org_id,
+                period(),
+                "webhook:invoice.paid"
+            ))
             .await
             .unwrap(),
         None
@@ -509,7 +513,11 @@ async fn a_signed_invoice_paid_webhook_is_recorded_in_the_ledger() {
     }
     assert_eq!(
         ledger
-            .get_step(&report.org_id, period(), "webhook:invoice.paid")
+            .get_step(&StepKey::new(
+                &report.org_id,
+                period(),
+                "webhook:invoice.paid"
+            ))
             .await
             .unwrap(),
         Some(inv.id.clone())

@@ -60,13 +60,38 @@ pub trait AllowanceStore: Send + Sync {
     ///
     /// `want` must be above zero and `cap` not negative, the window's strings within their
     /// bounds: otherwise [`StoreError::Corrupt`] (a caller's bug, `500`), naming the field.
-    async fn take_allowance(
-        &self,
-        window: &AllowanceWindow,
+    async fn take_allowance(&self, req: &AllowanceRequest<'_>) -> Result<Grant, StoreError>;
+}
+
+/// One [`AllowanceStore::take_allowance`] call: take up to `want` units of `window`'s `cap`.
+#[derive(Debug, Clone, Copy)]
+pub struct AllowanceRequest<'a> {
+    /// The window taken from.
+    pub window: &'a AllowanceWindow,
+    /// The most all callers together may take from it (not negative).
+    pub cap: Decimal,
+    /// How many units this caller asks for (above zero).
+    pub want: Decimal,
+    /// The caller's clock (windows expired at `now` may be forgotten).
+    pub now: DateTime<Utc>,
+}
+
+impl<'a> AllowanceRequest<'a> {
+    /// Up to `want` units of `window`'s `cap`, asked at `now`.
+    #[must_use]
+    pub const fn new(
+        window: &'a AllowanceWindow,
         cap: Decimal,
         want: Decimal,
         now: DateTime<Utc>,
-    ) -> Result<Grant, StoreError>;
+    ) -> Self {
+        Self {
+            window,
+            cap,
+            want,
+            now,
+        }
+    }
 }
 
 /// Checks a [`AllowanceStore::take_allowance`] request's bounds, as every store does before

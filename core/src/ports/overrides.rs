@@ -46,12 +46,18 @@ pub trait OverrideStore: Send + Sync {
     /// Sets the end of `org`'s override `id` to `end` (exclusive) if it has no end or a later
     /// one; an end is never moved later. Conditional in every store, so of two operators
     /// ending one override at once, the earlier end stands.
-    async fn end_override(
-        &self,
-        org: &OrgId,
-        id: &OverrideId,
-        end: Month,
-    ) -> Result<EndOutcome, StoreError>;
+    async fn end_override(&self, req: &OverrideEnd<'_>) -> Result<EndOutcome, StoreError>;
+}
+
+/// What [`OverrideStore::end_override`] is asked: end `org`'s override `id` at `end`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverrideEnd<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// Its override.
+    pub id: &'a OverrideId,
+    /// The month the override ends at (exclusive).
+    pub end: Month,
 }
 
 /// The error a store returns for an org past [`MAX_OVERRIDES_PER_ORG`].

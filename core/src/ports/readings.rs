@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use super::{ApplyOutcome, ApplyReport, StoreError, UsageStore};
 use crate::event::Event;
 use crate::ids::{MeterName, OrgId, ProjectId};
-use crate::meter::{Aggregation, MeterCatalogue};
+use crate::meter::{Aggregation, Meter, MeterCatalogue};
 use crate::period::Month;
 use crate::report::MonthUsage;
 use crate::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
@@ -82,15 +82,26 @@ pub trait ReadingStore: Send + Sync {
     /// repeat a write after any failure; a failed call may have written some readings.
     async fn put_readings(&self, readings: &[Reading]) -> Result<(), StoreError>;
 
-    /// The non-empty hour cells of `meter` for `org` in `month`, of one project or (`None`)
-    /// of every project, in (project, hour) order. At most 744 cells per project.
+    /// The non-empty hour cells the query asks for, in (project, hour) order. At most 744
+    /// cells per project.
     async fn month_readings(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        project: Option<&ProjectId>,
+        q: &MonthReadingsQuery<'_>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError>;
+}
+
+/// Which hour cells [`ReadingStore::month_readings`] reads: those of `meter` for `org` in
+/// `month`, of one project or (`None`) of every project.
+#[derive(Debug, Clone, Copy)]
+pub struct MonthReadingsQuery<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The meter (a bare name).
+    pub meter: &'a MeterName,
+    /// The month whose hours are read.
+    pub month: Month,
+    /// One project, or `None` for every project of the org.
+    pub project: Option<&'a ProjectId>,
 }
 
 /// The readings of a batch's `time_weighted_sum` events, in batch order: each event's
@@ -231,13 +242,8 @@ pub async fn time_weighted_month(
     usage: &mut MonthUsage,
 ) -> Result<ClosingReadings, StoreError> {
     let mut closing = ClosingReadings::new();
-    let none = CarryIns::new();
-    for meter in meters
-        .meters()
-        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
-    {
-        let store = keeps_readings(usage_store, &meter.name)?;
-        let carry_ins = carry.get(&meter.name).unwrap_or(&none);
+    for each in time_weighted_meters(usage_store, meters, carry) {
+        let (meter, store, carry_ins) = each?;
         let totals = month_totals(store, org, &meter.name, month, carry_ins, until).await?;
         usage.meters.remove(&meter.name);
         for per_meter in usage.projects.values_mut() {
@@ -293,6 +299,12 @@ pub async fn carry_ins_after(
     recorded: &CarryIns,
 ) -> Result<CarryIns, StoreError> {
     let mut carry = CarryIns::new();
+    let every_project = MonthReadingsQuery {
+        org,
+        meter,
+        month,
+        project: None,
+    };
     let mut at = month;
     for step in 0..CARRY_LOOKBACK_MONTHS {
         if step > 0 && recorded.keys().all(|p| carry.contains_key(p)) {
@@ -301,7 +313,11 @@ pub async fn carry_ins_after(
         // Cells come in (project, hour) order: the last one of a project holds its last
         // reading in `at`; a later month's reading, found first, wins over it.
         let mut last_of_month = CarryIns::new();
-        for (project, cell) in store.month_readings(org, meter, at, None).await? {
+        let q = MonthReadingsQuery {
+            month: at,
+            ..every_project
+        };
+        for (project, cell) in store.month_readings(&q).await? {
             if let Some(last) = cell.last() {
                 last_of_month.insert(project, last);
             }
@@ -328,17 +344,31 @@ pub async fn month_carry_ins(
     recorded: &ClosingReadings,
 ) -> Result<ClosingReadings, StoreError> {
     let mut carry = ClosingReadings::new();
-    let none = CarryIns::new();
-    for meter in meters
-        .meters()
-        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
-    {
-        let store = keeps_readings(usage_store, &meter.name)?;
-        let recorded = recorded.get(&meter.name).unwrap_or(&none);
+    for each in time_weighted_meters(usage_store, meters, recorded) {
+        let (meter, store, recorded) = each?;
         let ins = carry_ins_after(store, org, &meter.name, month, recorded).await?;
         carry.insert(meter.name.clone(), ins);
     }
     Ok(carry)
+}
+
+/// Each `time_weighted_sum` meter of `meters`, with `usage_store`'s [`ReadingStore`]
+/// ([`keeps_readings`]) and the meter's entry of `readings` (empty when it has none): what
+/// month close and the carry-ins walk, one meter at a time.
+fn time_weighted_meters<'a>(
+    usage_store: &'a dyn UsageStore,
+    meters: &'a MeterCatalogue,
+    readings: &'a ClosingReadings,
+) -> impl Iterator<Item = Result<(&'a Meter, &'a dyn ReadingStore, &'a CarryIns), StoreError>> + 'a
+{
+    static NONE: CarryIns = CarryIns::new();
+    meters
+        .meters()
+        .filter(|m| m.aggregation == Aggregation::TimeWeightedSum)
+        .map(move |meter| {
+            let store = keeps_readings(usage_store, &meter.name)?;
+            Ok((meter, store, readings.get(&meter.name).unwrap_or(&NONE)))
+        })
 }
 
 /// `usage_store`'s [`ReadingStore`], which a `time_weighted_sum` meter needs
@@ -371,7 +401,13 @@ async fn series_cells(
     carry_ins: &CarryIns,
 ) -> Result<BTreeMap<ProjectId, Vec<HourReadings>>, StoreError> {
     let mut by_project: BTreeMap<ProjectId, Vec<HourReadings>> = BTreeMap::new();
-    for (p, cell) in store.month_readings(org, meter, month, project).await? {
+    let q = MonthReadingsQuery {
+        org,
+        meter,
+        month,
+        project,
+    };
+    for (p, cell) in store.month_readings(&q).await? {
         by_project.entry(p).or_default().push(cell);
     }
     for p in carry_ins.keys() {

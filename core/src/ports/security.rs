@@ -46,10 +46,16 @@ pub trait SecurityStore: Send + Sync {
     /// Marks the user's session `id` revoked at `at` and returns it as it is now; a session
     /// revoked before keeps its first revocation time. `None` if the user has no such
     /// session.
-    async fn revoke_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Session>, StoreError>;
+    async fn revoke_session(&self, r: &RevokeSession<'_>) -> Result<Option<Session>, StoreError>;
+}
+
+/// What [`SecurityStore::revoke_session`] is asked: revoke `user`'s session `id` at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct RevokeSession<'a> {
+    /// The user the session belongs to.
+    pub user: &'a UserId,
+    /// The session.
+    pub id: &'a SessionId,
+    /// When it is revoked (kept unless it was revoked before).
+    pub at: DateTime<Utc>,
 }

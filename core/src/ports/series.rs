@@ -50,25 +50,60 @@ pub fn check_registration(series: &MeterName, bound: u32) -> Result<(), StoreErr
 /// The series registry. See the [module docs](self).
 #[async_trait]
 pub trait SeriesRegistry: Send + Sync {
-    /// Registers `series` (a series key, [`MeterName::is_series`]) of its meter for `org`
-    /// and `month`, unless the org has `bound` series of that meter in that month already.
-    /// Atomic: the count and the series are written together or not at all.
-    async fn register_series(
-        &self,
-        org: &OrgId,
-        month: Month,
-        series: &MeterName,
-        bound: u32,
-    ) -> Result<Registration, StoreError>;
+    /// Registers the request's series of its meter for its org and month, unless the org
+    /// has `bound` series of that meter in that month already. Atomic: the count and the
+    /// series are written together or not at all.
+    async fn register_series(&self, req: &NewSeries<'_>) -> Result<Registration, StoreError>;
 
-    /// The registered series of `meter` (a bare meter name) for `org` and `month`, in key
-    /// order; at most [`MAX_MAX_SERIES`].
-    async fn list_series(
-        &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-    ) -> Result<Vec<MeterName>, StoreError>;
+    /// The registered series of `of.meter` (a bare meter name) for `of.org` and `of.month`,
+    /// in key order; at most [`MAX_MAX_SERIES`].
+    async fn list_series(&self, of: &MeterMonth<'_>) -> Result<Vec<MeterName>, StoreError>;
+}
+
+/// A series [`SeriesRegistry::register_series`] is asked to register.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSeries<'a> {
+    /// The org that makes the series.
+    pub org: &'a OrgId,
+    /// The month it is made in (the bound counts per month).
+    pub month: Month,
+    /// The series key ([`MeterName::is_series`]); its meter is [`MeterName::base`].
+    pub series: &'a MeterName,
+    /// How many series of the meter the org may have in the month
+    /// (`1..=`[`MAX_MAX_SERIES`], [`check_registration`]).
+    pub bound: u32,
+}
+
+impl<'a> NewSeries<'a> {
+    /// `series` of `org` in `month`, under `bound`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, month: Month, series: &'a MeterName, bound: u32) -> Self {
+        Self {
+            org,
+            month,
+            series,
+            bound,
+        }
+    }
+}
+
+/// One meter of one org in one month: whose series [`SeriesRegistry::list_series`] lists.
+#[derive(Debug, Clone, Copy)]
+pub struct MeterMonth<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The meter (a bare name).
+    pub meter: &'a MeterName,
+    /// The month.
+    pub month: Month,
+}
+
+impl<'a> MeterMonth<'a> {
+    /// `meter` of `org` in `month`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, meter: &'a MeterName, month: Month) -> Self {
+        Self { org, meter, month }
+    }
 }
 
 /// The org's stored counters of `period` (`UsageStore::stored_counters`), with every

@@ -119,13 +119,7 @@ pub trait MemberStore: Send + Sync {
     /// Puts a member of the org on one of its projects (members and viewers see only the
     /// projects they are on). `NotFound` if the org has no such project or the user is not
     /// a member of the org; `Conflict` if they are on it already.
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn add_project_member(&self, m: &NewProjectMember<'_>) -> Result<(), StoreError>;
     /// Takes a user off one of the org's projects; `false` if they were not on it.
     async fn remove_project_member(
         &self,
@@ -139,6 +133,37 @@ pub trait MemberStore: Send + Sync {
         org: &OrgId,
         user: &UserId,
     ) -> Result<Vec<ProjectId>, StoreError>;
+}
+
+/// A member of an org [`MemberStore::add_project_member`] puts on one of its projects.
+#[derive(Debug, Clone, Copy)]
+pub struct NewProjectMember<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The org's project.
+    pub project: &'a ProjectId,
+    /// The member of the org put on it.
+    pub user: &'a UserId,
+    /// When (kept as the project membership's `created_at`).
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> NewProjectMember<'a> {
+    /// `user` of `org` on `project` from `at`.
+    #[must_use]
+    pub const fn new(
+        org: &'a OrgId,
+        project: &'a ProjectId,
+        user: &'a UserId,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            org,
+            project,
+            user,
+            at,
+        }
+    }
 }
 
 /// Projects inside an org.

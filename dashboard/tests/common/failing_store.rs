@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, OrgStore, ProjectStore, SecurityStore,
-    StoreError, UserStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
+    RevokeSession, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -89,8 +89,7 @@ delegate!(MemberStore {
     fn set_member_role(org: &OrgId, user: &UserId, role: Role) -> Option<Membership>;
     fn remove_member(org: &OrgId, user: &UserId) -> Option<Membership>;
     fn transfer_ownership(org: &OrgId, from: &UserId, to: &UserId) -> Option<Org>;
-    fn add_project_member(org: &OrgId, project: &ProjectId, user: &UserId, at: DateTime<Utc>)
-        -> ();
+    fn add_project_member(m: &NewProjectMember<'_>) -> ();
     fn remove_project_member(org: &OrgId, project: &ProjectId, user: &UserId) -> bool;
     fn list_user_projects(org: &OrgId, user: &UserId) -> Vec<ProjectId>;
 });
@@ -130,6 +129,6 @@ delegate!(SecurityStore {
     fn create_session(session: &Session) -> ();
     fn get_session(user: &UserId, id: &SessionId) -> Option<Session>;
     fn list_sessions(user: &UserId, now: DateTime<Utc>) -> Vec<Session>;
-    fn revoke_session(user: &UserId, id: &SessionId, at: DateTime<Utc>) -> Option<Session>,
+    fn revoke_session(r: &RevokeSession<'_>) -> Option<Session>,
         fails while fail;
 });

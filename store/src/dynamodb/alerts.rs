@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
+    AlertKey, AlertLease, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
 };
 
 use super::codec::unless_condition_failed;
@@ -128,12 +128,8 @@ impl AlertLedger for DynamoStore {
         items.iter().map(|it| alert_of(org, it)).collect()
     }
 
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError> {
+        let (key, seen, until) = (lease.key, lease.seen, lease.until);
         update(
             self,
             key,

@@ -17,10 +17,9 @@
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::ports::{
-    AllowanceStore, AllowanceWindow, Grant, StoreError, check_allowance_request,
+    AllowanceRequest, AllowanceStore, Grant, StoreError, check_allowance_request,
 };
 
 use super::DynamoStore;
@@ -42,13 +41,8 @@ fn limit_pk(scope: &str) -> String {
 
 #[async_trait::async_trait]
 impl AllowanceStore for DynamoStore {
-    async fn take_allowance(
-        &self,
-        window: &AllowanceWindow,
-        cap: Decimal,
-        want: Decimal,
-        _now: DateTime<Utc>,
-    ) -> Result<Grant, StoreError> {
+    async fn take_allowance(&self, req: &AllowanceRequest<'_>) -> Result<Grant, StoreError> {
+        let (window, cap, want) = (req.window, req.cap, req.want);
         check_allowance_request(window, cap, want)?;
         let mut want = want.min(cap);
         let mut writes = 0;

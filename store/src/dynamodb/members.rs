@@ -5,9 +5,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
-use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{MemberStore, OrgStore, StoreError};
+use tally_core::ports::{MemberStore, NewProjectMember, OrgStore, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
@@ -58,13 +57,8 @@ impl MemberStore for DynamoStore {
 
     /// Checks of the project and of the user's membership, and the put under
     /// `attribute_not_exists`, in one transaction.
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn add_project_member(&self, m: &NewProjectMember<'_>) -> Result<(), StoreError> {
+        let (org, project, user, at) = (m.org, m.project, m.user, m.at);
         let table = self.table();
         let actions = vec![
             must_exist(table, keys::org_pk(org), &keys::project_sk(project))?,

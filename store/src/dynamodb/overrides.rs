@@ -12,9 +12,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, OverrideId, PriceOverride};
+use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, PriceOverride};
 use tally_core::ports::{
-    EndOutcome, OverrideStore, StoreError, check_stored_override, sort_overrides,
+    EndOutcome, OverrideEnd, OverrideStore, StoreError, check_stored_override, sort_overrides,
     too_many_overrides,
 };
 use tally_core::{Month, OrgId};
@@ -74,12 +74,8 @@ impl OverrideStore for DynamoStore {
         Ok(list)
     }
 
-    async fn end_override(
-        &self,
-        org: &OrgId,
-        id: &OverrideId,
-        end: Month,
-    ) -> Result<EndOutcome, StoreError> {
+    async fn end_override(&self, req: &OverrideEnd<'_>) -> Result<EndOutcome, StoreError> {
+        let (org, id, end) = (req.org, req.id, req.end);
         let pk = overrides_pk(org);
         let Some(current) = self.get(pk.clone(), id.as_str()).await? else {
             return Ok(EndOutcome::NotFound);

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::DateTime;
 use rust_decimal::Decimal;
 use tally_core::period::Granularity;
-use tally_core::ports::{Reading, ReadingStore, StoreError, check_readings};
+use tally_core::ports::{MonthReadingsQuery, Reading, ReadingStore, StoreError, check_readings};
 use tally_core::time_weighted::HourReadings;
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 use tokio::sync::Semaphore;
@@ -114,11 +114,9 @@ impl ReadingStore for DynamoStore {
 
     async fn month_readings(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        project: Option<&ProjectId>,
+        q: &MonthReadingsQuery<'_>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError> {
+        let (org, meter, month, project) = (q.org, q.meter, q.month, q.project);
         let prefix = match project {
             Some(p) => format!("{}{p}#", meter_prefix(meter)),
             None => meter_prefix(meter),

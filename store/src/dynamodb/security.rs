@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, SessionId, UserId};
-use tally_core::ports::{SecurityStore, StoreError};
+use tally_core::ports::{RevokeSession, SecurityStore, StoreError};
 use tally_core::security::{OrgSecurityPolicy, SecurityPolicy, Session};
 
 use super::DynamoStore;
@@ -164,12 +164,8 @@ impl SecurityStore for DynamoStore {
 
     /// One conditional `UpdateItem`: `revoked_at` unless set, returning the session as it
     /// is now.
-    async fn revoke_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Session>, StoreError> {
+    async fn revoke_session(&self, r: &RevokeSession<'_>) -> Result<Option<Session>, StoreError> {
+        let (user, id, at) = (r.user, r.id, r.at);
         let req = update_request(self, keys::user_pk(user), &session_sk(id));
         revoke_existing(req, at, session_of).await
     }

@@ -11,7 +11,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tally_core::ports::{Registration, SeriesRegistry, StoreError, check_registration};
+use tally_core::ports::{
+    MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError, check_registration,
+};
 use tally_core::{MeterName, Month, OrgId};
 
 use super::DynamoStore;
@@ -27,13 +29,8 @@ fn series_pk(org: &OrgId, month: Month, meter: &str) -> String {
 
 #[async_trait]
 impl SeriesRegistry for DynamoStore {
-    async fn register_series(
-        &self,
-        org: &OrgId,
-        month: Month,
-        series: &MeterName,
-        bound: u32,
-    ) -> Result<Registration, StoreError> {
+    async fn register_series(&self, req: &NewSeries<'_>) -> Result<Registration, StoreError> {
+        let (org, month, series, bound) = (req.org, req.month, req.series, req.bound);
         check_registration(series, bound)?;
         let pk = series_pk(org, month, series.base());
         let put = aws_sdk_dynamodb::types::Put::builder()
@@ -69,12 +66,8 @@ impl SeriesRegistry for DynamoStore {
         }
     }
 
-    async fn list_series(
-        &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-    ) -> Result<Vec<MeterName>, StoreError> {
+    async fn list_series(&self, of: &MeterMonth<'_>) -> Result<Vec<MeterName>, StoreError> {
+        let MeterMonth { org, meter, month } = *of;
         let items = self
             .query_prefix(
                 series_pk(org, month, meter.as_str()),

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, SyncLedger, SyncStep, check_sync_value};
+use tally_core::ports::{StepKey, StoreError, SyncLedger, SyncStep, check_sync_value};
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, s};
@@ -46,13 +46,8 @@ fn step_of(it: &Item) -> Result<SyncStep, StoreError> {
 
 #[async_trait]
 impl SyncLedger for DynamoStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         check_sync_value("step", step)?;
         check_sync_value("result", result)?;
         let record = item([
@@ -63,19 +58,15 @@ impl SyncLedger for DynamoStore {
         if self.put_if_absent(record).await? {
             return Ok(result.to_owned());
         }
-        self.get_step(org, period, step).await?.ok_or_else(|| {
+        self.get_step(key).await?.ok_or_else(|| {
             corrupt(format!(
                 "sync step {org}/{period}/{step} was refused as existing but cannot be read"
             ))
         })
     }
 
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         self.get_as(steps_pk(org, period), &step_sk(step), |it| {
             get_s(it, "result").map(str::to_owned)
         })

@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use tally_core::ports::{
-    ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError, UsageStore,
+    ApplyReport, CounterQuery, CounterValue, LedgerPage, LedgerPageQuery, ReadingStore, StoreError,
+    UsageStore,
 };
 
 use chrono::{DateTime, Utc};
@@ -135,13 +136,8 @@ impl UsageStore for DynamoStore {
 
     /// Reads the org's 16 ledger shards in turn with a filter on `month`, until `limit` events
     /// are found; the cursor says where it stopped.
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError> {
+        let (org, month, cursor, limit) = (q.org, q.month, &q.cursor, q.limit);
         let (mut shard, mut after) = match cursor.as_deref() {
             Some(c) => decode_cursor(c)?,
             None => (0, None),

@@ -3,10 +3,9 @@
 //! `expires_at` passed are forgotten when the map grows past [`MAX_WINDOWS`].
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::ports::{
-    AllowanceStore, AllowanceWindow, Grant, StoreError, check_allowance_request,
+    AllowanceRequest, AllowanceStore, Grant, StoreError, check_allowance_request,
 };
 
 use super::MemoryStore;
@@ -16,13 +15,8 @@ const MAX_WINDOWS: usize = 10_000;
 
 #[async_trait]
 impl AllowanceStore for MemoryStore {
-    async fn take_allowance(
-        &self,
-        window: &AllowanceWindow,
-        cap: Decimal,
-        want: Decimal,
-        now: DateTime<Utc>,
-    ) -> Result<Grant, StoreError> {
+    async fn take_allowance(&self, req: &AllowanceRequest<'_>) -> Result<Grant, StoreError> {
+        let (window, cap, want, now) = (req.window, req.cap, req.want, req.now);
         check_allowance_request(window, cap, want)?;
         let mut st = self.lock();
         if st.allowances.len() >= MAX_WINDOWS {

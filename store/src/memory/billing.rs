@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, ReportStore, StoreError, StoredAlert, StoredReport, SyncLedger,
-    SyncStep, check_alert_body, check_report_body, check_sync_value,
+    AlertKey, AlertLease, AlertLedger, ReportStore, StepKey, StoreError, StoredAlert, StoredReport,
+    SyncLedger, SyncStep, check_alert_body, check_report_body, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
@@ -56,13 +56,8 @@ impl ReportStore for MemoryStore {
 
 #[async_trait]
 impl SyncLedger for MemoryStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         check_sync_value("step", step)?;
         check_sync_value("result", result)?;
         Ok(self
@@ -75,12 +70,8 @@ impl SyncLedger for MemoryStore {
             .clone())
     }
 
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         Ok(self
             .lock()
             .sync_steps
@@ -158,12 +149,8 @@ impl AlertLedger for MemoryStore {
             .collect())
     }
 
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError> {
+        let (key, seen, until) = (lease.key, lease.seen, lease.until);
         let mut st = self.lock();
         match st.alerts.get_mut(key) {
             Some(a) if a.delivered_at.is_none() && a.lease_until == micros(seen) => {

@@ -2,12 +2,12 @@
 //! put is first-write-wins and an end is conditional, as the other stores' writes.
 
 use async_trait::async_trait;
-use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, OverrideId, PriceOverride};
+use tally_core::OrgId;
+use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, PriceOverride};
 use tally_core::ports::{
-    EndOutcome, OverrideStore, StoreError, check_stored_override, sort_overrides,
+    EndOutcome, OverrideEnd, OverrideStore, StoreError, check_stored_override, sort_overrides,
     too_many_overrides,
 };
-use tally_core::{Month, OrgId};
 
 use super::MemoryStore;
 
@@ -32,12 +32,8 @@ impl OverrideStore for MemoryStore {
         Ok(self.lock().overrides.get(org).cloned().unwrap_or_default())
     }
 
-    async fn end_override(
-        &self,
-        org: &OrgId,
-        id: &OverrideId,
-        end: Month,
-    ) -> Result<EndOutcome, StoreError> {
+    async fn end_override(&self, req: &OverrideEnd<'_>) -> Result<EndOutcome, StoreError> {
+        let (org, id, end) = (req.org, req.id, req.end);
         let mut st = self.lock();
         let Some(o) = st
             .overrides

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use tally_core::period::Granularity;
-use tally_core::ports::{Reading, ReadingStore, StoreError, check_readings};
+use tally_core::ports::{MonthReadingsQuery, Reading, ReadingStore, StoreError, check_readings};
 use tally_core::time_weighted::HourReadings;
-use tally_core::{MeterName, Month, OrgId, ProjectId};
+use tally_core::{MeterName, OrgId, ProjectId};
 
 use super::MemoryStore;
 
@@ -32,11 +32,9 @@ impl ReadingStore for MemoryStore {
 
     async fn month_readings(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        project: Option<&ProjectId>,
+        q: &MonthReadingsQuery<'_>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError> {
+        let (org, meter, month, project) = (q.org, q.meter, q.month, q.project);
         let (start, end) = (month.start().timestamp(), month.end().timestamp());
         Ok(self
             .lock()

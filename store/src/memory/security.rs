@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, SessionId, UserId};
-use tally_core::ports::{SecurityStore, StoreError};
+use tally_core::ports::{RevokeSession, SecurityStore, StoreError};
 use tally_core::security::{OrgSecurityPolicy, Session};
 
 use super::{MemoryStore, insert_new};
@@ -65,12 +65,8 @@ impl SecurityStore for MemoryStore {
         Ok(out)
     }
 
-    async fn revoke_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Session>, StoreError> {
+    async fn revoke_session(&self, r: &RevokeSession<'_>) -> Result<Option<Session>, StoreError> {
+        let (user, id, at) = (r.user, r.id, r.at);
         let mut st = self.lock();
         Ok(st.sessions.get_mut(&(user.clone(), id.clone())).map(|s| {
             s.revoked_at.get_or_insert(at);

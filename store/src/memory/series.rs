@@ -3,20 +3,17 @@
 //! writes are.
 
 use async_trait::async_trait;
-use tally_core::ports::{Registration, SeriesRegistry, StoreError, check_registration};
-use tally_core::{MeterName, Month, OrgId};
+use tally_core::MeterName;
+use tally_core::ports::{
+    MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError, check_registration,
+};
 
 use super::MemoryStore;
 
 #[async_trait]
 impl SeriesRegistry for MemoryStore {
-    async fn register_series(
-        &self,
-        org: &OrgId,
-        month: Month,
-        series: &MeterName,
-        bound: u32,
-    ) -> Result<Registration, StoreError> {
+    async fn register_series(&self, req: &NewSeries<'_>) -> Result<Registration, StoreError> {
+        let (org, month, series, bound) = (req.org, req.month, req.series, req.bound);
         check_registration(series, bound)?;
         let meter = MeterName::parse(series.base())
             .map_err(|e| StoreError::Corrupt(format!("series {series}: {e}")))?;
@@ -32,12 +29,8 @@ impl SeriesRegistry for MemoryStore {
         Ok(Registration::New)
     }
 
-    async fn list_series(
-        &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-    ) -> Result<Vec<MeterName>, StoreError> {
+    async fn list_series(&self, of: &MeterMonth<'_>) -> Result<Vec<MeterName>, StoreError> {
+        let MeterMonth { org, meter, month } = *of;
         Ok(self
             .lock()
             .series

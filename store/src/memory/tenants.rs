@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{MemberStore, OrgStore, ProjectStore, StoreError, UserStore};
+use tally_core::ports::{
+    MemberStore, NewProjectMember, OrgStore, ProjectStore, StoreError, UserStore,
+};
 use tally_core::tenant::{
     Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
 };
@@ -289,13 +291,8 @@ impl MemberStore for MemoryStore {
         Ok(st.orgs.get(org).cloned())
     }
 
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn add_project_member(&self, m: &NewProjectMember<'_>) -> Result<(), StoreError> {
+        let (org, project, user, at) = (m.org, m.project, m.user, m.at);
         let mut st = self.lock();
         if !st.projects.contains_key(&(org.clone(), project.clone())) {
             return Err(StoreError::NotFound {

@@ -27,8 +27,8 @@ use tally_core::headroom::{self, TotalKey};
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError,
-    UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, LedgerPageQuery,
+    ReadingStore, StoreError, UsageStore,
 };
 
 use super::{MemoryStore, Op};
@@ -203,13 +203,8 @@ impl UsageStore for MemoryStore {
             .collect()
     }
 
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError> {
+        let (org, month, cursor, limit) = (q.org, q.month, &q.cursor, q.limit);
         let after = cursor.as_deref().map(decode_cursor).transpose()?;
         let limit = limit.clamp(1, MAX_LEDGER_PAGE);
         let st = self.lock();

@@ -13,7 +13,7 @@ use rusqlite::params;
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::ports::{
-    AlertKey, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
+    AlertKey, AlertLease, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
 };
 
 use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, read_one};
@@ -153,12 +153,8 @@ impl AlertLedger for SqliteStore {
         .await
     }
 
-    async fn renew_alert_lease(
-        &self,
-        key: &AlertKey,
-        seen: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn renew_alert_lease(&self, lease: &AlertLease<'_>) -> Result<bool, StoreError> {
+        let (key, seen, until) = (lease.key, lease.seen, lease.until);
         let (org, period, meter, threshold) = key_params(key);
         let (seen, until) = (micros(seen), micros(until));
         self.write(move |conn| {

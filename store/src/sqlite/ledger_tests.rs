@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::OrgId;
 use tally_core::period::{Granularity, LEDGER_RETENTION, Month};
-use tally_core::ports::{FixedClock, UsageStore};
+use tally_core::ports::{FixedClock, LedgerPageQuery, UsageStore};
 
 use super::super::fixtures::{at, event, ledger_rows, temp_db};
 use super::super::{SqliteConfig, SqliteStore};
@@ -137,7 +137,10 @@ async fn full_tables_are_sealed_behind_filters_and_every_resend_stays_a_duplicat
     let mut read = Vec::new();
     let mut cursor = None;
     loop {
-        let page = s.ledger_page(&org(), month, cursor, 7).await.unwrap();
+        let page = s
+            .ledger_page(&LedgerPageQuery::new(&org(), month, cursor, 7))
+            .await
+            .unwrap();
         read.extend(page.events);
         match page.next {
             Some(next) => cursor = Some(next),
@@ -269,7 +272,12 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
     let all = events(0..20);
     assert_eq!(s.apply_batch(&all).await.unwrap().duplicates(), 20);
     let page = s
-        .ledger_page(&org(), Month::parse("2026-11").unwrap(), None, 100)
+        .ledger_page(&LedgerPageQuery::new(
+            &org(),
+            Month::parse("2026-11").unwrap(),
+            None,
+            100,
+        ))
         .await
         .unwrap();
     assert_eq!(page.events, all);
@@ -370,7 +378,10 @@ async fn ledger_pages_read_more_tables_than_one_statement_may_name() {
     let month = Month::parse("2026-11").unwrap();
     let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
     loop {
-        let page = s.ledger_page(&org(), month, cursor, 100).await.unwrap();
+        let page = s
+            .ledger_page(&LedgerPageQuery::new(&org(), month, cursor, 100))
+            .await
+            .unwrap();
         pages += 1;
         seen.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
         match page.next {

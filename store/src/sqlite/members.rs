@@ -5,7 +5,6 @@
 //! projects in an org are one range scan. The owner guards are [`rules`]'.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rusqlite::params;
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::*;
@@ -231,13 +230,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn add_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn add_project_member(&self, m: &NewProjectMember<'_>) -> Result<(), StoreError> {
+        let (org, project, user, at) = (m.org, m.project, m.user, m.at);
         let (org, project, user) = (
             org.as_str().to_owned(),
             project.as_str().to_owned(),

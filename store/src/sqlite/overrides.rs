@@ -11,9 +11,9 @@
 
 use async_trait::async_trait;
 use rusqlite::params;
-use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, OverrideId, PriceOverride};
+use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, PriceOverride};
 use tally_core::ports::{
-    EndOutcome, OverrideStore, StoreError, check_stored_override, sort_overrides,
+    EndOutcome, OverrideEnd, OverrideStore, StoreError, check_stored_override, sort_overrides,
     too_many_overrides,
 };
 use tally_core::{Month, OrgId};
@@ -106,12 +106,8 @@ impl OverrideStore for SqliteStore {
         Ok(list)
     }
 
-    async fn end_override(
-        &self,
-        org: &OrgId,
-        id: &OverrideId,
-        end: Month,
-    ) -> Result<EndOutcome, StoreError> {
+    async fn end_override(&self, req: &OverrideEnd<'_>) -> Result<EndOutcome, StoreError> {
+        let (org, id, end) = (req.org, req.id, req.end);
         let (org, id) = (org.to_string(), id.clone());
         self.transact(move |tx| {
             let row = query_opt(

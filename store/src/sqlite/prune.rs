@@ -236,7 +236,7 @@ mod tests {
 
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
-    use tally_core::ports::{FixedClock, UsageStore};
+    use tally_core::ports::{FixedClock, LedgerPageQuery, UsageStore};
 
     use super::super::fixtures::{at, event, ledger_rows, temp_db};
     use super::*;
@@ -291,14 +291,14 @@ mod tests {
         assert!(done.batches >= 3, "{done:?}");
         assert_eq!(ledger_rows(&path), 2);
         assert!(
-            s.ledger_page(&org, october, None, 10)
+            s.ledger_page(&LedgerPageQuery::new(&org, october, None, 10))
                 .await
                 .unwrap()
                 .events
                 .is_empty()
         );
         assert_eq!(
-            s.ledger_page(&org, november, None, 10)
+            s.ledger_page(&LedgerPageQuery::new(&org, november, None, 10))
                 .await
                 .unwrap()
                 .events,

@@ -10,10 +10,10 @@
 use async_trait::async_trait;
 use rusqlite::params;
 use rust_decimal::Decimal;
+use tally_core::ProjectId;
 use tally_core::period::Granularity;
-use tally_core::ports::{Reading, ReadingStore, StoreError, check_readings};
+use tally_core::ports::{MonthReadingsQuery, Reading, ReadingStore, StoreError, check_readings};
 use tally_core::time_weighted::HourReadings;
-use tally_core::{MeterName, Month, OrgId, ProjectId};
 
 use super::{SqliteStore, corrupt, execute, query_all, query_opt};
 
@@ -76,11 +76,9 @@ impl ReadingStore for SqliteStore {
 
     async fn month_readings(
         &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-        project: Option<&ProjectId>,
+        q: &MonthReadingsQuery<'_>,
     ) -> Result<Vec<(ProjectId, HourReadings)>, StoreError> {
+        let (org, meter, month, project) = (q.org, q.meter, q.month, q.project);
         let (org, meter) = (org.to_string(), meter.to_string());
         let project = project.map(ToString::to_string);
         let (start, end) = (month.start().timestamp(), month.end().timestamp());

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 use tally_core::ids::{OrgId, SessionId, UserId};
-use tally_core::ports::{SecurityStore, StoreError};
+use tally_core::ports::{RevokeSession, SecurityStore, StoreError};
 use tally_core::security::{OrgSecurityPolicy, SecurityPolicy, Session};
 
 use super::*;
@@ -196,12 +196,8 @@ impl SecurityStore for SqliteStore {
         .await
     }
 
-    async fn revoke_session(
-        &self,
-        user: &UserId,
-        id: &SessionId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Session>, StoreError> {
+    async fn revoke_session(&self, r: &RevokeSession<'_>) -> Result<Option<Session>, StoreError> {
+        let (user, id, at) = (r.user, r.id, r.at);
         let (user, id) = (user.clone(), id.clone());
         self.transact(move |tx| {
             execute(

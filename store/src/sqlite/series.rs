@@ -9,8 +9,10 @@
 
 use async_trait::async_trait;
 use rusqlite::params;
-use tally_core::ports::{Registration, SeriesRegistry, StoreError, check_registration};
-use tally_core::{MeterName, Month, OrgId};
+use tally_core::MeterName;
+use tally_core::ports::{
+    MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError, check_registration,
+};
 
 use super::{SqliteStore, corrupt, execute, query_all, query_opt};
 
@@ -27,13 +29,8 @@ CREATE TABLE IF NOT EXISTS meter_series (
 
 #[async_trait]
 impl SeriesRegistry for SqliteStore {
-    async fn register_series(
-        &self,
-        org: &OrgId,
-        month: Month,
-        series: &MeterName,
-        bound: u32,
-    ) -> Result<Registration, StoreError> {
+    async fn register_series(&self, req: &NewSeries<'_>) -> Result<Registration, StoreError> {
+        let (org, month, series, bound) = (req.org, req.month, req.series, req.bound);
         check_registration(series, bound)?;
         let (org, series) = (org.to_string(), series.to_string());
         let month = month.to_string();
@@ -70,12 +67,8 @@ impl SeriesRegistry for SqliteStore {
         .await
     }
 
-    async fn list_series(
-        &self,
-        org: &OrgId,
-        meter: &MeterName,
-        month: Month,
-    ) -> Result<Vec<MeterName>, StoreError> {
+    async fn list_series(&self, of: &MeterMonth<'_>) -> Result<Vec<MeterName>, StoreError> {
+        let MeterMonth { org, meter, month } = *of;
         let (org, meter, month) = (org.to_string(), meter.to_string(), month.to_string());
         self.read(move |conn| {
             query_all(

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StoreError, SyncLedger, SyncStep, check_sync_value};
+use tally_core::ports::{StepKey, StoreError, SyncLedger, SyncStep, check_sync_value};
 
 use super::{SqliteStore, insert_or_keep, month_key, query_all, query_opt};
 
@@ -38,13 +38,8 @@ const CUSTOMER: &str = "SELECT customer FROM sync_customers WHERE org = ?1";
 
 #[async_trait]
 impl SyncLedger for SqliteStore {
-    async fn record_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-        result: &str,
-    ) -> Result<String, StoreError> {
+    async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         check_sync_value("step", step)?;
         check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
@@ -64,12 +59,8 @@ impl SyncLedger for SqliteStore {
         .await
     }
 
-    async fn get_step(
-        &self,
-        org: &OrgId,
-        period: Month,
-        step: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError> {
+        let (org, period, step) = (key.org, key.period, key.step);
         let (org, step) = (org.as_str().to_owned(), step.to_owned());
         self.read(move |conn| {
             query_opt(conn, STEP, params![org, month_key(period), step], |r| {

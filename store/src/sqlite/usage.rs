@@ -17,8 +17,8 @@ use tally_core::headroom;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::period::{LEDGER_RETENTION, Month};
 use tally_core::ports::{
-    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, ReadingStore, StoreError,
-    UsageStore,
+    ApplyOutcome, ApplyReport, CounterQuery, CounterValue, LedgerPage, LedgerPageQuery,
+    ReadingStore, StoreError, UsageStore,
 };
 
 use super::{SqliteStore, corrupt, counters, db, immediate, ledger, month_key, parse_id, ts_text};
@@ -270,13 +270,8 @@ impl UsageStore for SqliteStore {
         .await
     }
 
-    async fn ledger_page(
-        &self,
-        org: &OrgId,
-        month: Month,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<LedgerPage, StoreError> {
+    async fn ledger_page(&self, q: &LedgerPageQuery<'_>) -> Result<LedgerPage, StoreError> {
+        let (org, month, cursor, limit) = (q.org, q.month, &q.cursor, q.limit);
         let after = cursor.as_deref().map(decode_cursor).transpose()?;
         let limit = limit.clamp(1, MAX_LEDGER_PAGE);
         let org = org.clone();
@@ -396,7 +391,12 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         let page = s
-            .ledger_page(&org, Month::of(e.timestamp), None, 10)
+            .ledger_page(&LedgerPageQuery::new(
+                &org,
+                Month::of(e.timestamp),
+                None,
+                10,
+            ))
             .await
             .unwrap();
         assert_eq!(page.events, vec![e.clone()]);
@@ -432,14 +432,16 @@ mod tests {
         s.apply_batch(std::slice::from_ref(&e)).await.unwrap();
         let month = Month::of(e.timestamp);
         assert!(matches!(
-            s.ledger_page(&org, month, Some("zz".into()), 10).await,
+            s.ledger_page(&LedgerPageQuery::new(&org, month, Some("zz".into()), 10))
+                .await,
             Err(StoreError::Corrupt(_))
         ));
         let c = Connection::open(&path).unwrap();
         c.execute("UPDATE ledger SET body = 'nope'", []).unwrap();
         c.execute("UPDATE cells SET value = 'x'", []).unwrap();
         assert!(matches!(
-            s.ledger_page(&org, month, None, 10).await,
+            s.ledger_page(&LedgerPageQuery::new(&org, month, None, 10))
+                .await,
             Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(

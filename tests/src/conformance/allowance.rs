@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
-use tally_core::ports::{AllowanceStore, AllowanceWindow, StoreError};
+use tally_core::ports::{AllowanceRequest, AllowanceStore, AllowanceWindow, StoreError};
 
 use super::fixtures::{dec, random_hex, ts};
 
@@ -35,7 +35,11 @@ pub async fn grants_stop_at_the_cap(s: &dyn AllowanceStore) {
     let take = |want: &str| {
         let w = w.clone();
         let want = dec(want);
-        async move { s.take_allowance(&w, dec("10"), want, now()).await.unwrap() }
+        async move {
+            s.take_allowance(&AllowanceRequest::new(&w, dec("10"), want, now()))
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(take("7").await.granted, dec("7"));
     assert_eq!(take("5").await.granted, dec("3"), "only what is left");
@@ -43,14 +47,14 @@ pub async fn grants_stop_at_the_cap(s: &dyn AllowanceStore) {
     assert_eq!(none.granted, Decimal::ZERO, "the cap is taken");
     let next = window(&scope, "1790000002");
     let fresh = s
-        .take_allowance(&next, dec("10"), dec("25"), now())
+        .take_allowance(&AllowanceRequest::new(&next, dec("10"), dec("25"), now()))
         .await
         .unwrap();
     assert_eq!(fresh.granted, dec("10"), "a new window, at most the cap");
     assert!(fresh.writes >= 1);
     let other = window(&format!("RATE#key_{}", random_hex()), "1790000000");
     assert_eq!(
-        s.take_allowance(&other, dec("10"), dec("4"), now())
+        s.take_allowance(&AllowanceRequest::new(&other, dec("10"), dec("4"), now()))
             .await
             .unwrap()
             .granted,
@@ -59,13 +63,18 @@ pub async fn grants_stop_at_the_cap(s: &dyn AllowanceStore) {
     let plan = window(&format!("PLAN#org_{}#storage_gb", random_hex()), "2026-11");
     for want in ["0.75", "0.75"] {
         let g = s
-            .take_allowance(&plan, dec("1.5"), dec(want), now())
+            .take_allowance(&AllowanceRequest::new(&plan, dec("1.5"), dec(want), now()))
             .await
             .unwrap();
         assert_eq!(g.granted, dec(want));
     }
     let g = s
-        .take_allowance(&plan, dec("1.5"), dec("0.000000001"), now())
+        .take_allowance(&AllowanceRequest::new(
+            &plan,
+            dec("1.5"),
+            dec("0.000000001"),
+            now(),
+        ))
         .await
         .unwrap();
     assert_eq!(g.granted, Decimal::ZERO);
@@ -83,7 +92,10 @@ pub async fn racing_takes_never_pass_the_cap(handles: Vec<Arc<dyn AllowanceStore
             let mut got = Decimal::ZERO;
             for j in 0..10 {
                 let want = Decimal::from(1 + (i + j) % 3);
-                let g = h.take_allowance(&w, cap, want, now()).await.unwrap();
+                let g = h
+                    .take_allowance(&AllowanceRequest::new(&w, cap, want, now()))
+                    .await
+                    .unwrap();
                 assert!(g.granted <= want && g.granted >= Decimal::ZERO);
                 got += g.granted;
             }
@@ -101,7 +113,7 @@ pub async fn racing_takes_never_pass_the_cap(handles: Vec<Arc<dyn AllowanceStore
 pub async fn bad_requests_are_refused(s: &dyn AllowanceStore) {
     let w = window(&format!("RATE#key_{}", random_hex()), "1");
     let e = s
-        .take_allowance(&w, dec("10"), Decimal::ZERO, now())
+        .take_allowance(&AllowanceRequest::new(&w, dec("10"), Decimal::ZERO, now()))
         .await
         .unwrap_err();
     assert!(
@@ -110,12 +122,12 @@ pub async fn bad_requests_are_refused(s: &dyn AllowanceStore) {
     );
     let long = window(&"x".repeat(300), "1");
     let e = s
-        .take_allowance(&long, dec("10"), dec("1"), now())
+        .take_allowance(&AllowanceRequest::new(&long, dec("10"), dec("1"), now()))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("scope"), "{e}");
     let g = s
-        .take_allowance(&w, dec("10"), dec("10"), now())
+        .take_allowance(&AllowanceRequest::new(&w, dec("10"), dec("10"), now()))
         .await
         .unwrap();
     assert_eq!(g.granted, dec("10"), "the refused requests took nothing");

@@ -14,7 +14,8 @@ use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::period::Granularity;
 use tally_core::ports::{
-    ApplyOutcome, CounterQuery, Registration, SeriesRegistry, StoreError, UsageStore,
+    ApplyOutcome, CounterQuery, LedgerPageQuery, MeterMonth, NewSeries, Registration,
+    SeriesRegistry, StoreError, UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
@@ -43,7 +44,7 @@ async fn reg<S: SeriesRegistry>(
     model: &str,
     bound: u32,
 ) -> Registration {
-    s.register_series(org, month, &series(meter, model), bound)
+    s.register_series(&NewSeries::new(org, month, &series(meter, model), bound))
         .await
         .unwrap()
 }
@@ -64,7 +65,12 @@ where
     let org = fresh_org();
     let (nov, dec) = (month("2031-11"), month("2031-12"));
     let llm = MeterName::parse("llm_tokens").unwrap();
-    assert_eq!(s.list_series(&org, &llm, nov).await.unwrap(), vec![]);
+    assert_eq!(
+        s.list_series(&MeterMonth::new(&org, &llm, nov))
+            .await
+            .unwrap(),
+        vec![]
+    );
 
     for model in ["gpt-4", "claude", "mistral:7b"] {
         let r = reg(&s, &org, nov, "llm_tokens", model, 3).await;
@@ -77,7 +83,10 @@ where
     assert_eq!(full, Registration::Full);
     let known = reg(&s, &org, nov, "llm_tokens", "gpt-4", 3).await;
     assert_eq!(known, Registration::Known);
-    let listed = other.list_series(&org, &llm, nov).await.unwrap();
+    let listed = other
+        .list_series(&MeterMonth::new(&org, &llm, nov))
+        .await
+        .unwrap();
     assert_eq!(
         listed,
         vec![
@@ -102,15 +111,32 @@ where
         let r = reg(&s, who, month, meter, "llama", 1).await;
         assert_eq!(r, Registration::New, "{who} {month} {meter}");
     }
-    assert_eq!(s.list_series(&org, &llm, nov).await.unwrap().len(), 4);
-    assert_eq!(s.list_series(&org, &llm, dec).await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_series(&MeterMonth::new(&org, &llm, nov))
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        s.list_series(&MeterMonth::new(&org, &llm, dec))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A bare meter is not a series, and a bound out of range is a caller's bug.
-    let bare = s.register_series(&org, nov, &llm, 3).await;
+    let bare = s.register_series(&NewSeries::new(&org, nov, &llm, 3)).await;
     assert!(matches!(bare, Err(StoreError::Corrupt(_))), "{bare:?}");
     for bound in [0, tally_core::dimension::MAX_MAX_SERIES + 1] {
         let r = s
-            .register_series(&org, nov, &series("llm_tokens", "x"), bound)
+            .register_series(&NewSeries::new(
+                &org,
+                nov,
+                &series("llm_tokens", "x"),
+                bound,
+            ))
             .await;
         assert!(matches!(r, Err(StoreError::Corrupt(_))), "{bound}: {r:?}");
     }
@@ -132,9 +158,15 @@ where
         let org = org.clone();
         tasks.push(tokio::spawn(async move {
             let mine = series("llm_tokens", &format!("m{i:02}"));
-            let a = s.register_series(&org, nov, &mine, 5).await.unwrap();
+            let a = s
+                .register_series(&NewSeries::new(&org, nov, &mine, 5))
+                .await
+                .unwrap();
             let shared = series("llm_tokens", "shared");
-            let b = s.register_series(&org, nov, &shared, 5).await.unwrap();
+            let b = s
+                .register_series(&NewSeries::new(&org, nov, &shared, 5))
+                .await
+                .unwrap();
             [(mine, a), (shared, b)]
         }));
     }
@@ -157,7 +189,11 @@ where
     assert_eq!(made.len(), 5, "{made:?}");
     let s = f.open().await;
     let listed: BTreeSet<MeterName> = s
-        .list_series(&org, &MeterName::parse("llm_tokens").unwrap(), nov)
+        .list_series(&MeterMonth::new(
+            &org,
+            &MeterName::parse("llm_tokens").unwrap(),
+            nov,
+        ))
         .await
         .unwrap()
         .into_iter()
@@ -340,7 +376,12 @@ pub async fn the_counter_limit_holds_for_a_meters_total_over_its_series<F: Store
     let v2 = month_value(&s, &org, None, &MeterName::parse("llm_tokens_v2").unwrap()).await;
     assert_eq!(v2, dec(MAX));
     let page = s
-        .ledger_page(&org, Month::parse("2031-11").unwrap(), None, 100)
+        .ledger_page(&LedgerPageQuery::new(
+            &org,
+            Month::parse("2031-11").unwrap(),
+            None,
+            100,
+        ))
         .await
         .unwrap();
     let mut ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();

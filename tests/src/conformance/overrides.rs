@@ -12,7 +12,7 @@
 use chrono::Duration;
 use rust_decimal::Decimal;
 use tally_core::overrides::{MAX_OVERRIDES_PER_ORG, OverrideChange, OverrideId, PriceOverride};
-use tally_core::ports::{EndOutcome, OverrideStore, StoreError};
+use tally_core::ports::{EndOutcome, OverrideEnd, OverrideStore, StoreError};
 use tally_core::pricing::Pricing;
 use tally_core::{MeterName, OrgId, PlanId};
 
@@ -30,6 +30,15 @@ macro_rules! override_conformance {
     ($factory:expr) => {
         $crate::conformance_tests!(overrides, $factory);
     };
+}
+
+/// The request to end `org`'s override `id` at `m` (`YYYY-MM`).
+fn ending<'a>(org: &'a OrgId, id: &'a OverrideId, m: &str) -> OverrideEnd<'a> {
+    OverrideEnd {
+        org,
+        id,
+        end: month(m),
+    }
 }
 
 fn id(n: u64) -> OverrideId {
@@ -99,25 +108,31 @@ where
     let o = api_calls_price(&org, 7, "0.8", "2031-02");
     assert!(s.put_override(&o).await.unwrap());
 
-    let ended = s.end_override(&org, &o.id, month("2031-09")).await.unwrap();
+    let ended = s
+        .end_override(&ending(&org, &o.id, "2031-09"))
+        .await
+        .unwrap();
     let expected = PriceOverride {
         end: Some(month("2031-09")),
         ..o.clone()
     };
     assert_eq!(ended, EndOutcome::Ended(expected.clone()));
     // Later: nothing changes.
-    let later = s.end_override(&org, &o.id, month("2031-12")).await.unwrap();
+    let later = s
+        .end_override(&ending(&org, &o.id, "2031-12"))
+        .await
+        .unwrap();
     assert_eq!(later, EndOutcome::AlreadyEnded(expected.clone()));
     assert_eq!(s.list_overrides(&org).await.unwrap(), vec![expected]);
     // Unknown id, or the id under another org.
     assert_eq!(
-        s.end_override(&org, &id(999), month("2031-05"))
+        s.end_override(&ending(&org, &id(999), "2031-05"))
             .await
             .unwrap(),
         EndOutcome::NotFound
     );
     assert_eq!(
-        s.end_override(&fresh_org(), &o.id, month("2031-05"))
+        s.end_override(&ending(&fresh_org(), &o.id, "2031-05"))
             .await
             .unwrap(),
         EndOutcome::NotFound
@@ -129,7 +144,7 @@ where
         let h = f.open().await;
         let (org, oid) = (org.clone(), o.id.clone());
         tasks.push(tokio::spawn(async move {
-            h.end_override(&org, &oid, month(m)).await.unwrap()
+            h.end_override(&ending(&org, &oid, m)).await.unwrap()
         }));
     }
     for t in tasks {
@@ -139,11 +154,14 @@ where
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].end, Some(month("2031-04")));
     // Cancelled before it began: end = start covers no month and is allowed.
-    let cancelled = s.end_override(&org, &o.id, month("2031-02")).await.unwrap();
+    let cancelled = s
+        .end_override(&ending(&org, &o.id, "2031-02"))
+        .await
+        .unwrap();
     assert!(matches!(cancelled, EndOutcome::Ended(ref c) if !c.covers(month("2031-02"))));
     // Before the start: refused by the store, and the end stays.
     assert!(matches!(
-        s.end_override(&org, &o.id, month("2031-01")).await,
+        s.end_override(&ending(&org, &o.id, "2031-01")).await,
         Err(StoreError::Corrupt(_))
     ));
     let listed = s.list_overrides(&org).await.unwrap();

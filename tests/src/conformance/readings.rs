@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use tally_core::ports::{CarryIns, Reading, ReadingStore, StoreError, month_totals, period_usage};
+use tally_core::ports::{
+    CarryIns, MonthReadingsQuery, Reading, ReadingStore, StoreError, month_totals, period_usage,
+};
 use tally_core::pricing::Pricing;
 use tally_core::time_weighted::{HourReadings, MonthTotal, month_total, period_totals};
 use tally_core::{Money, Month, OrgId, ProjectId};
@@ -50,9 +52,14 @@ async fn cells_of<S: ReadingStore>(
     month: &str,
     project: Option<&ProjectId>,
 ) -> Vec<(ProjectId, HourReadings)> {
-    s.month_readings(org, &meter(m), Month::parse(month).unwrap(), project)
-        .await
-        .unwrap()
+    let meter = meter(m);
+    let q = MonthReadingsQuery {
+        org,
+        meter: &meter,
+        month: Month::parse(month).unwrap(),
+        project,
+    };
+    s.month_readings(&q).await.unwrap()
 }
 
 /// The total in value × hours over `[from, to)` from a month's cells and its carry-in.
@@ -375,7 +382,12 @@ where
         .unwrap();
     assert_eq!(invoice_line(&wrong), dec("12.96"));
     let mut doubled = s
-        .month_readings(&org, &storage, oct, Some(&a))
+        .month_readings(&MonthReadingsQuery {
+            org: &org,
+            meter: &storage,
+            month: oct,
+            project: Some(&a),
+        })
         .await
         .unwrap();
     let at = ts("2031-10-16T00:00:00Z");

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, Utc};
 use tally_core::ids::{OrgId, SessionId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{OrgStore, SecurityStore, StoreError, UserStore};
+use tally_core::ports::{OrgStore, RevokeSession, SecurityStore, StoreError, UserStore};
 use tally_core::security::{Cidr, OrgSecurityPolicy, SecurityPolicy, Session};
 use tally_core::tenant::{Org, User};
 
@@ -170,7 +170,7 @@ pub async fn sessions_are_listed_while_active<F: StoreFactory>(f: &F) {
         s.create_session(x).await.unwrap();
     }
     s.create_session(&session(&bob.id, t0, 3600)).await.unwrap();
-    s.revoke_session(&ada.id, &revoked.id, t0 + Duration::seconds(30))
+    s.revoke_session(&revoking(&ada.id, &revoked.id, t0 + Duration::seconds(30)))
         .await
         .unwrap();
     let now = t0 + Duration::seconds(120);
@@ -191,6 +191,11 @@ pub async fn sessions_are_listed_while_active<F: StoreFactory>(f: &F) {
     );
 }
 
+/// The request to revoke `user`'s session `id` at `at`.
+fn revoking<'a>(user: &'a UserId, id: &'a SessionId, at: DateTime<Utc>) -> RevokeSession<'a> {
+    RevokeSession { user, id, at }
+}
+
 /// Revoking marks the session at the first revocation time and returns it; a second
 /// revocation keeps that time; another user cannot revoke it; an unknown id is `None`.
 pub async fn sessions_are_revoked_once<F: StoreFactory>(f: &F) {
@@ -199,7 +204,12 @@ pub async fn sessions_are_revoked_once<F: StoreFactory>(f: &F) {
     let x = session(&ada.id, created(), 3600);
     s.create_session(&x).await.unwrap();
     let first = created() + Duration::milliseconds(1500);
-    assert_eq!(s.revoke_session(&bob.id, &x.id, first).await.unwrap(), None);
+    assert_eq!(
+        s.revoke_session(&revoking(&bob.id, &x.id, first))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         s.get_session(&ada.id, &x.id)
             .await
@@ -210,14 +220,14 @@ pub async fn sessions_are_revoked_once<F: StoreFactory>(f: &F) {
         "another user's revocation changed nothing"
     );
     let revoked = s
-        .revoke_session(&ada.id, &x.id, first)
+        .revoke_session(&revoking(&ada.id, &x.id, first))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(revoked.revoked_at, Some(first));
     assert!(!revoked.is_active(first));
     let again = s
-        .revoke_session(&ada.id, &x.id, first + Duration::hours(1))
+        .revoke_session(&revoking(&ada.id, &x.id, first + Duration::hours(1)))
         .await
         .unwrap()
         .unwrap();
@@ -228,9 +238,13 @@ pub async fn sessions_are_revoked_once<F: StoreFactory>(f: &F) {
         Some(revoked)
     );
     assert_eq!(
-        s.revoke_session(&ada.id, &SessionId::from_random(rand::random()), first)
-            .await
-            .unwrap(),
+        s.revoke_session(&revoking(
+            &ada.id,
+            &SessionId::from_random(rand::random()),
+            first
+        ))
+        .await
+        .unwrap(),
         None
     );
 }

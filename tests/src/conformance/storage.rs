@@ -19,9 +19,10 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion, CounterQuery,
-    InvitationStore, MAX_REPORT_BODY_BYTES, MemberStore, OrgStore, ProjectStore, ReportStore,
-    StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
+    CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
+    NewProjectMember, OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport,
+    TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -191,7 +192,10 @@ async fn whole_ledger<S: UsageStore>(s: &S, org: &OrgId, month: Month, limit: us
     let mut out = Vec::new();
     let mut cursor = None;
     for _ in 0..10_000 {
-        let page = s.ledger_page(org, month, cursor, limit).await.unwrap();
+        let page = s
+            .ledger_page(&LedgerPageQuery::new(org, month, cursor, limit))
+            .await
+            .unwrap();
         assert!(
             page.events.len() <= limit,
             "a page holds at most `limit` events"
@@ -464,25 +468,25 @@ pub async fn members_are_put_on_projects_of_their_org<F: StoreFactory>(f: &F) {
     for p in [&p1, &p2, &pb] {
         s.create_project(p).await.unwrap();
     }
-    s.add_project_member(&a.id, &p2.id, &member.id, created())
+    s.add_project_member(&NewProjectMember::new(&a.id, &p2.id, &member.id, created()))
         .await
         .unwrap();
-    s.add_project_member(&a.id, &p1.id, &member.id, created())
+    s.add_project_member(&NewProjectMember::new(&a.id, &p1.id, &member.id, created()))
         .await
         .unwrap();
     assert!(matches!(
-        s.add_project_member(&a.id, &p1.id, &member.id, created())
+        s.add_project_member(&NewProjectMember::new(&a.id, &p1.id, &member.id, created()))
             .await,
         Err(StoreError::Conflict { .. })
     ));
     assert!(matches!(
-        s.add_project_member(&a.id, &pb.id, &member.id, created())
+        s.add_project_member(&NewProjectMember::new(&a.id, &pb.id, &member.id, created()))
             .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(
         matches!(
-            s.add_project_member(&b.id, &pb.id, &member.id, created())
+            s.add_project_member(&NewProjectMember::new(&b.id, &pb.id, &member.id, created()))
                 .await,
             Err(StoreError::NotFound { .. })
         ),
@@ -2317,7 +2321,12 @@ pub async fn ledger_pages_cover_each_event_once<F: StoreFactory>(f: &F) {
     let oct = whole_ledger(&s, &org, Month::parse("2026-10").unwrap(), 10).await;
     assert_eq!(oct, vec![edges[0].clone()]);
     let empty = s
-        .ledger_page(&org, Month::parse("2026-09").unwrap(), None, 10)
+        .ledger_page(&LedgerPageQuery::new(
+            &org,
+            Month::parse("2026-09").unwrap(),
+            None,
+            10,
+        ))
         .await
         .unwrap();
     assert!(empty.events.is_empty() && empty.next.is_none());
@@ -2711,28 +2720,45 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     let s = f.open().await;
     let (org, other) = (fresh_org(), fresh_org());
     let (oct, nov) = (month("2026-10"), month("2026-11"));
-    assert_eq!(s.get_step(&org, oct, "invoice").await.unwrap(), None);
+    assert_eq!(
+        s.get_step(&StepKey::new(&org, oct, "invoice"))
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.list_steps(&org, oct).await.unwrap().is_empty());
 
     assert_eq!(
-        s.record_step(&org, oct, "invoice", "in_1").await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "invoice"), "in_1")
+            .await
+            .unwrap(),
         "in_1"
     );
     // A rerun that got another answer (or a racing run) keeps the first.
     assert_eq!(
-        s.record_step(&org, oct, "invoice", "in_2").await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "invoice"), "in_2")
+            .await
+            .unwrap(),
         "in_1"
     );
     assert_eq!(
-        f.open().await.get_step(&org, oct, "invoice").await.unwrap(),
+        f.open()
+            .await
+            .get_step(&StepKey::new(&org, oct, "invoice"))
+            .await
+            .unwrap(),
         Some("in_1".to_owned())
     );
-    s.record_step(&org, oct, "item:0", "ii_a").await.unwrap();
-    s.record_step(&org, oct, "finalize", "open 14205")
-        .await
-        .unwrap();
-    s.record_step(&org, nov, "invoice", "in_9").await.unwrap();
-    s.record_step(&other, oct, "invoice", "in_x").await.unwrap();
+    for (o, period, st, v) in [
+        (&org, oct, "item:0", "ii_a"),
+        (&org, oct, "finalize", "open 14205"),
+        (&org, nov, "invoice", "in_9"),
+        (&other, oct, "invoice", "in_x"),
+    ] {
+        s.record_step(&StepKey::new(o, period, st), v)
+            .await
+            .unwrap();
+    }
     let step = |a: &str, b: &str| SyncStep {
         step: a.to_owned(),
         result: b.to_owned(),
@@ -2761,7 +2787,7 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     ] {
         assert!(
             matches!(
-                s.record_step(&org, oct, st, v).await,
+                s.record_step(&StepKey::new(&org, oct, st), v).await,
                 Err(StoreError::Unavailable(_))
             ),
             "{st:?}/{} bytes",
@@ -2770,7 +2796,9 @@ pub async fn sync_steps_are_recorded_once_per_org_period_and_step<F: StoreFactor
     }
     let at_limit = "r".repeat(MAX_SYNC_VALUE_LEN);
     assert_eq!(
-        s.record_step(&org, oct, "big", &at_limit).await.unwrap(),
+        s.record_step(&StepKey::new(&org, oct, "big"), &at_limit)
+            .await
+            .unwrap(),
         at_limit
     );
 }
@@ -2786,7 +2814,7 @@ pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
         let s = Arc::new(f.open().await);
         let org = org.clone();
         handles.push(tokio::spawn(async move {
-            s.record_step(&org, oct, "invoice", &format!("in_{i}"))
+            s.record_step(&StepKey::new(&org, oct, "invoice"), &format!("in_{i}"))
                 .await
                 .unwrap()
         }));
@@ -2798,7 +2826,7 @@ pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
     let stored = f
         .open()
         .await
-        .get_step(&org, oct, "invoice")
+        .get_step(&StepKey::new(&org, oct, "invoice"))
         .await
         .unwrap()
         .unwrap();
@@ -3006,7 +3034,9 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
         let key = a.key.clone();
         let until = seen + Duration::minutes(10) + Duration::microseconds(i);
         handles.push(tokio::spawn(async move {
-            s.renew_alert_lease(&key, seen, until).await.unwrap()
+            s.renew_alert_lease(&AlertLease::new(&key, seen, until))
+                .await
+                .unwrap()
         }));
     }
     let mut wins = 0;
@@ -3016,10 +3046,14 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
     assert_eq!(wins, 1);
     let now = s.get_alert(&a.key).await.unwrap().unwrap();
     assert!(now.lease_until > seen);
-    assert!(!s.renew_alert_lease(&a.key, seen, seen).await.unwrap());
+    assert!(
+        !s.renew_alert_lease(&AlertLease::new(&a.key, seen, seen))
+            .await
+            .unwrap()
+    );
     let later = now.lease_until + Duration::minutes(5);
     assert!(
-        s.renew_alert_lease(&a.key, now.lease_until, later)
+        s.renew_alert_lease(&AlertLease::new(&a.key, now.lease_until, later))
             .await
             .unwrap()
     );
@@ -3030,13 +3064,17 @@ pub async fn alert_leases_are_taken_over_once<F: StoreFactory>(f: &F) {
 
     s.mark_alert_delivered(&a.key, later).await.unwrap();
     assert!(
-        !s.renew_alert_lease(&a.key, later, later + Duration::minutes(1))
-            .await
-            .unwrap()
+        !s.renew_alert_lease(&AlertLease::new(
+            &a.key,
+            later,
+            later + Duration::minutes(1)
+        ))
+        .await
+        .unwrap()
     );
     let unknown = alert(&org, "2026-11", "api_calls", 80, "{}");
     assert!(
-        !s.renew_alert_lease(&unknown.key, unknown.lease_until, later)
+        !s.renew_alert_lease(&AlertLease::new(&unknown.key, unknown.lease_until, later))
             .await
             .unwrap()
     );
