@@ -27,7 +27,7 @@ use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
     ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, UsageStore,
+    QueueError, Revocation, UsageStore,
 };
 use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
@@ -1098,7 +1098,11 @@ async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
     assert_eq!(h.store.calls(Op::GetOrg), 1, "plan cached too");
 
     h.store
-        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(1))
+        .revoke_api_key(&Revocation::new(
+            &org("org_a"),
+            &key_id(GOOD_KEY),
+            t(NOW) + secs(1),
+        ))
         .await
         .unwrap();
     h.advance(secs(9));
@@ -1120,7 +1124,11 @@ async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
 async fn a_revocation_time_on_the_cached_key_is_exact() {
     let h = Harness::new().await;
     h.store
-        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(3))
+        .revoke_api_key(&Revocation::new(
+            &org("org_a"),
+            &key_id(GOOD_KEY),
+            t(NOW) + secs(3),
+        ))
         .await
         .unwrap();
     // A rotation with a 3 s overlap: the old key expires then.

@@ -201,9 +201,7 @@ pub trait ApiKeyStore: Send + Sync {
     /// before keeps its first revocation time. `None` if the org has no such key.
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Rotates the org's key `old`: stores `new` (a key of the same org) and makes `old`
     /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
@@ -221,6 +219,26 @@ pub trait ApiKeyStore: Send + Sync {
     /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
     /// (`Unavailable` beyond).
     async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+}
+
+/// One of an org's items, named by its id, to revoke at an instant: the key
+/// [`ApiKeyStore::revoke_api_key`] revokes.
+#[derive(Debug, Clone, Copy)]
+pub struct Revocation<'a, Id> {
+    /// The org the item belongs to (an item of another org is not found).
+    pub org: &'a OrgId,
+    /// The item's id.
+    pub id: &'a Id,
+    /// When it is revoked.
+    pub at: DateTime<Utc>,
+}
+
+impl<'a, Id> Revocation<'a, Id> {
+    /// The org's item `id`, revoked at `at`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, id: &'a Id, at: DateTime<Utc>) -> Self {
+        Self { org, id, at }
+    }
 }
 
 /// Invitations to join an org, found by the hash of their token.

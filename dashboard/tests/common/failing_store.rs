@@ -12,7 +12,7 @@ use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserI
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    RevokeSession, SecurityStore, StoreError, UserStore,
+    Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -105,7 +105,7 @@ delegate!(ApiKeyStore {
     fn create_api_key(key: &ApiKey) -> ();
     fn find_api_key(hash: &KeyHash) -> Option<ApiKey>;
     fn list_api_keys(org: &OrgId) -> Vec<ApiKey>;
-    fn revoke_api_key(org: &OrgId, id: &ApiKeyId, at: DateTime<Utc>) -> Option<ApiKey>;
+    fn revoke_api_key(r: &Revocation<'_, ApiKeyId>) -> Option<ApiKey>;
     fn rotate_api_key(old: &ApiKeyId, new: &ApiKey, old_expires_at: DateTime<Utc>) -> Option<ApiKey>;
     fn touch_api_keys(uses: &[KeyUse]) -> ();
 });

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::{ApiKeyStore, StoreError};
+use tally_core::ports::{ApiKeyStore, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
@@ -117,10 +117,9 @@ impl ApiKeyStore for DynamoStore {
     /// `revoked_at` unless it is set, and returns the key as it is now.
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let (org, id, at) = (r.org, r.id, r.at);
         let Some(guard) = self.get(keys::org_pk(org), &keys::key_id_sk(id)).await? else {
             return Ok(None);
         };

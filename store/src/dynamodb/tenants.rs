@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, StoreError, UserStore};
+use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, Revocation, StoreError, UserStore};
 use tally_core::tenant::{
     Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
 };
@@ -352,7 +352,8 @@ impl DynamoStore {
     async fn revoke_live_keys(&self, org: &OrgId, at: DateTime<Utc>) -> Result<(), StoreError> {
         for key in self.list_api_keys(org).await? {
             if key.revoked_at.is_none() {
-                self.revoke_api_key(org, &key.id, at).await?;
+                self.revoke_api_key(&Revocation::new(org, &key.id, at))
+                    .await?;
             }
         }
         Ok(())

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, UserId};
-use tally_core::ports::{ApiKeyStore, AuditLog, InvitationStore, StoreError};
+use tally_core::ports::{ApiKeyStore, AuditLog, InvitationStore, Revocation, StoreError};
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, MAX_AUDIT_PAGE,
     MAX_KEY_USES_PER_CALL, Membership, audit_instant_key, rules,
@@ -80,10 +80,9 @@ impl ApiKeyStore for MemoryStore {
 
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let (org, id, at) = (r.org, r.id, r.at);
         let mut st = self.lock();
         let Some(key) = st.keys.get_mut(&(org.clone(), id.clone())) else {
             return Ok(None);

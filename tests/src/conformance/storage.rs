@@ -21,8 +21,8 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport,
-    TenantStore, UsageStore, UserStore, catalogue_digest,
+    NewProjectMember, OrgStore, ProjectStore, ReportStore, Revocation, StepKey, StoreError,
+    StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -1194,7 +1194,7 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
 
     // Another org's key id is not found through this org.
     assert_eq!(
-        s.revoke_api_key(&a.id, &kb.id, ts("2026-11-27T00:00:00Z"))
+        s.revoke_api_key(&Revocation::new(&a.id, &kb.id, ts("2026-11-27T00:00:00Z")))
             .await
             .unwrap(),
         None
@@ -1202,7 +1202,11 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
     assert_eq!(s.find_api_key(&kb.hash).await.unwrap(), Some(kb));
 
     let at = ts("2026-11-27T00:00:00.25Z");
-    let revoked = s.revoke_api_key(&a.id, &k1.id, at).await.unwrap().unwrap();
+    let revoked = s
+        .revoke_api_key(&Revocation::new(&a.id, &k1.id, at))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         revoked,
         ApiKey {
@@ -1212,7 +1216,7 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
         }
     );
     let again = s
-        .revoke_api_key(&a.id, &k1.id, at + Duration::hours(1))
+        .revoke_api_key(&Revocation::new(&a.id, &k1.id, at + Duration::hours(1)))
         .await
         .unwrap()
         .unwrap();
@@ -1225,7 +1229,12 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
     assert_eq!(other.find_api_key(&k1.hash).await.unwrap(), Some(revoked));
     assert_eq!(other.find_api_key(&k2.hash).await.unwrap(), Some(k2));
     let unknown = ApiKeyId::from_random(rand::random());
-    assert_eq!(s.revoke_api_key(&a.id, &unknown, at).await.unwrap(), None);
+    assert_eq!(
+        s.revoke_api_key(&Revocation::new(&a.id, &unknown, at))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// A rotation stores the new key and makes the old one expire at the end of the overlap
@@ -1275,7 +1284,9 @@ pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
         s.rotate_api_key(&kb.id, &key_in(&a.id), end).await.unwrap(),
         None
     );
-    s.revoke_api_key(&a.id, &third.id, end).await.unwrap();
+    s.revoke_api_key(&Revocation::new(&a.id, &third.id, end))
+        .await
+        .unwrap();
     let err = s
         .rotate_api_key(&third.id, &key_in(&a.id), end)
         .await
