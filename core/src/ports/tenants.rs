@@ -222,7 +222,8 @@ pub trait ApiKeyStore: Send + Sync {
 }
 
 /// One of an org's items, named by its id, to revoke at an instant: the key
-/// [`ApiKeyStore::revoke_api_key`] revokes.
+/// [`ApiKeyStore::revoke_api_key`] revokes, the invitation
+/// [`InvitationStore::revoke_invitation`] deletes (if it is pending at that instant).
 #[derive(Debug, Clone, Copy)]
 pub struct Revocation<'a, Id> {
     /// The org the item belongs to (an item of another org is not found).
@@ -261,13 +262,11 @@ pub trait InvitationStore: Send + Sync {
         hash: &KeyHash,
         now: DateTime<Utc>,
     ) -> Result<Option<Invitation>, StoreError>;
-    /// Deletes the org's invitation `id` if it is pending at `now`, and returns it; `None`
-    /// if the org has no such pending invitation.
+    /// Deletes the org's invitation `r.id` if it is pending at `r.at`, and returns it;
+    /// `None` if the org has no such pending invitation.
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError>;
     /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
     /// marks it accepted and adds the membership with the invitation's role, which it

@@ -114,7 +114,7 @@ delegate!(InvitationStore {
     fn create_invitation(invitation: &Invitation) -> ();
     fn list_invitations(org: &OrgId, now: DateTime<Utc>) -> Vec<Invitation>;
     fn find_invitation(hash: &KeyHash, now: DateTime<Utc>) -> Option<Invitation>;
-    fn revoke_invitation(org: &OrgId, id: &InvitationId, now: DateTime<Utc>) -> Option<Invitation>;
+    fn revoke_invitation(r: &Revocation<'_, InvitationId>) -> Option<Invitation>;
     fn accept_invitation(hash: &KeyHash, user: &UserId, at: DateTime<Utc>) -> Membership;
 });
 

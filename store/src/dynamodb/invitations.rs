@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{InvitationId, OrgId, UserId};
-use tally_core::ports::{InvitationStore, StoreError};
+use tally_core::ports::{InvitationStore, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
@@ -177,10 +177,9 @@ impl InvitationStore for DynamoStore {
     /// org and on not being accepted) and its guard.
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id, now) = (r.org, r.id, r.at);
         let Some(guard) = self.get(keys::org_pk(org), &invite_id_sk(id)).await? else {
             return Ok(None);
         };

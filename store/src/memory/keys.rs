@@ -196,10 +196,9 @@ impl InvitationStore for MemoryStore {
 
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id, now) = (r.org, r.id, r.at);
         let mut st = self.lock();
         let key = (org.clone(), id.clone());
         let Some(inv) = st

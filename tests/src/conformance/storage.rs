@@ -649,22 +649,16 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
     );
 
     // Revocation: within the org only, pending only.
+    let of_b = Revocation::new(&b.id, &other.id, now);
+    let accepted_inv = Revocation::new(&a.id, &inv.id, now);
+    let pending = Revocation::new(&a.id, &other.id, now);
+    assert_eq!(s.revoke_invitation(&of_b).await.unwrap(), None);
+    assert_eq!(s.revoke_invitation(&accepted_inv).await.unwrap(), None);
     assert_eq!(
-        s.revoke_invitation(&b.id, &other.id, now).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &inv.id, now).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
+        s.revoke_invitation(&pending).await.unwrap(),
         Some(other.clone())
     );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
-        None
-    );
+    assert_eq!(s.revoke_invitation(&pending).await.unwrap(), None);
     assert_eq!(s.find_invitation(&other.hash, now).await.unwrap(), None);
     assert_eq!(s.list_invitations(&a.id, now).await.unwrap(), vec![dup]);
     assert_eq!(s.list_invitations(&b.id, now).await.unwrap(), vec![in_b]);
