@@ -268,17 +268,31 @@ pub trait InvitationStore: Send + Sync {
         &self,
         r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError>;
-    /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
-    /// marks it accepted and adds the membership with the invitation's role, which it
-    /// returns. `NotFound` if there is no such invitation, it expired, or the org or the user
-    /// does not exist; `Conflict` if it was accepted already or the user is a member
+    /// Accepts the invitation whose token hashes to `a.hash` for `a.user` at `a.at`,
+    /// atomically: marks it accepted and adds the membership with the invitation's role,
+    /// which it returns. `NotFound` if there is no such invitation, it expired, or the org or
+    /// the user does not exist; `Conflict` if it was accepted already or the user is a member
     /// already. (Whether the user's email matches is the caller's check.)
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError>;
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError>;
+}
+
+/// A user accepting an invitation ([`InvitationStore::accept_invitation`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance<'a> {
+    /// The hash of the invitation's token.
+    pub hash: &'a KeyHash,
+    /// The user who becomes a member.
+    pub user: &'a UserId,
+    /// When (the invitation's `accepted_at` and the membership's `created_at`).
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Acceptance<'a> {
+    /// `user` accepts the invitation whose token hashes to `hash`, at `at`.
+    #[must_use]
+    pub const fn new(hash: &'a KeyHash, user: &'a UserId, at: DateTime<Utc>) -> Self {
+        Self { hash, user, at }
+    }
 }
 
 /// The audit trail of every mutation, allowed or refused.

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
+    ProjectStore, Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -115,7 +115,7 @@ delegate!(InvitationStore {
     fn list_invitations(org: &OrgId, now: DateTime<Utc>) -> Vec<Invitation>;
     fn find_invitation(hash: &KeyHash, now: DateTime<Utc>) -> Option<Invitation>;
     fn revoke_invitation(r: &Revocation<'_, InvitationId>) -> Option<Invitation>;
-    fn accept_invitation(hash: &KeyHash, user: &UserId, at: DateTime<Utc>) -> Membership;
+    fn accept_invitation(a: &Acceptance<'_>) -> Membership;
 });
 
 delegate!(AuditLog {

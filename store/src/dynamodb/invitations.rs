@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{InvitationId, OrgId, UserId};
-use tally_core::ports::{InvitationStore, Revocation, StoreError};
+use tally_core::ports::{Acceptance, InvitationStore, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
@@ -208,12 +208,8 @@ impl InvitationStore for DynamoStore {
 
     /// One transaction: `accepted_at` on the invitation (not accepted, not expired), the org
     /// and the user exist, and the membership is new.
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let found = self.find_invitation(hash, at).await?;
         let (inv, m) = rules::accepted_membership(found, user, at)?;
         rules::check_new_member(m.role)?;

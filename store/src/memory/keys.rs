@@ -9,8 +9,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tally_core::ids::{ApiKeyId, InvitationId, OrgId, UserId};
-use tally_core::ports::{ApiKeyStore, AuditLog, InvitationStore, Revocation, StoreError};
+use tally_core::ids::{ApiKeyId, InvitationId, OrgId};
+use tally_core::ports::{
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, Revocation, StoreError,
+};
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, MAX_AUDIT_PAGE,
     MAX_KEY_USES_PER_CALL, Membership, audit_instant_key, rules,
@@ -214,12 +216,8 @@ impl InvitationStore for MemoryStore {
         Ok(Some(inv))
     }
 
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let mut st = self.lock();
         let found = st.invitation_by_hash(hash).cloned();
         let (inv, m) = rules::accepted_membership(found, user, at)?;

@@ -180,12 +180,8 @@ impl InvitationStore for SqliteStore {
         .await
     }
 
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
         self.transact(move |tx| {
             let found = read_invitation(tx, "hash = ?1", params![hash])?;

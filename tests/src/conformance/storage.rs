@@ -19,7 +19,7 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
+    Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
     NewProjectMember, OrgStore, ProjectStore, ReportStore, Revocation, StepKey, StoreError,
     StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
@@ -600,11 +600,14 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
 
     // Too late is refused; in time makes the membership once.
     assert!(matches!(
-        s.accept_invitation(&hash, &invitee.id, inv.expires_at)
+        s.accept_invitation(&Acceptance::new(&hash, &invitee.id, inv.expires_at))
             .await,
         Err(StoreError::NotFound { .. })
     ));
-    let m = s.accept_invitation(&hash, &invitee.id, now).await.unwrap();
+    let m = s
+        .accept_invitation(&Acceptance::new(&hash, &invitee.id, now))
+        .await
+        .unwrap();
     assert_eq!(
         m,
         Membership {
@@ -619,7 +622,8 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
         Some(Role::Admin)
     );
     assert!(matches!(
-        s.accept_invitation(&hash, &invitee.id, now).await,
+        s.accept_invitation(&Acceptance::new(&hash, &invitee.id, now))
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     let accepted = s.find_invitation(&hash, now).await.unwrap().unwrap();
@@ -630,16 +634,24 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
         "an accepted invitation is not pending"
     );
     assert!(matches!(
-        s.accept_invitation(&KeyHash::of_secret("tinv_unknown"), &invitee.id, now)
-            .await,
+        s.accept_invitation(&Acceptance::new(
+            &KeyHash::of_secret("tinv_unknown"),
+            &invitee.id,
+            now
+        ))
+        .await,
         Err(StoreError::NotFound { .. })
     ));
     // A member already cannot accept a second invitation to the same org.
     let (dup, dup_token) = invitation_to(&a, &invitee.email, Role::Viewer);
     s.create_invitation(&dup).await.unwrap();
     assert!(matches!(
-        s.accept_invitation(&KeyHash::of_secret(&dup_token), &invitee.id, now)
-            .await,
+        s.accept_invitation(&Acceptance::new(
+            &KeyHash::of_secret(&dup_token),
+            &invitee.id,
+            now
+        ))
+        .await,
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
