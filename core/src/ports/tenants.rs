@@ -54,17 +54,12 @@ pub trait OrgStore: Send + Sync {
     /// such org.
     async fn update_org(&self, id: &OrgId, changes: &OrgChanges)
     -> Result<Option<Org>, StoreError>;
-    /// Moves a live org to `plan` from `at` on and keeps the change in its plan history, in
+    /// Moves a live org `m.org` to `m.plan` from `m.at` on and keeps the change in its plan history, in
     /// one atomic write; returns the org as it is now, or `None` if there is no such live
     /// org. Moving to the plan it is on changes nothing and records nothing. Changes are
     /// kept in time order: one at an instant before the org's last change is a `Conflict`,
     /// and so is the loser of two racing changes (read the org and try again).
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError>;
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError>;
     /// The org's plan changes, oldest first (empty for an org never moved).
     async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError>;
     /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
@@ -75,6 +70,25 @@ pub trait OrgStore: Send + Sync {
     /// [`get_org`](OrgStore::get_org) still returns it (billing closes its last month), with
     /// `deleted_at` set.
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError>;
+}
+
+/// An org moving to another plan ([`OrgStore::change_plan`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PlanMove<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The plan it moves to.
+    pub plan: PlanId,
+    /// From when (the plan change's `at`).
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> PlanMove<'a> {
+    /// `org` moves to `plan` from `at` on.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, plan: PlanId, at: DateTime<Utc>) -> Self {
+        Self { org, plan, at }
+    }
 }
 
 /// Who belongs to an org, with which role, and on which of its projects.

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
-use tally_core::plan::PlanId;
 use tally_core::ports::{
     Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    ProjectStore, Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
+    PlanMove, ProjectStore, Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -77,7 +76,7 @@ delegate!(OrgStore {
     fn get_org(id: &OrgId) -> Option<Org>;
     fn list_org_ids() -> Vec<OrgId>;
     fn update_org(id: &OrgId, changes: &OrgChanges) -> Option<Org>;
-    fn change_plan(id: &OrgId, plan: PlanId, at: DateTime<Utc>) -> Option<Org>;
+    fn change_plan(m: &PlanMove<'_>) -> Option<Org>;
     fn plan_history(id: &OrgId) -> Vec<PlanChange>;
     fn delete_org(id: &OrgId, at: DateTime<Utc>) -> Option<Org>;
 });

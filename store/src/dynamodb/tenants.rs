@@ -9,7 +9,9 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, Revocation, StoreError, UserStore};
+use tally_core::ports::{
+    ApiKeyStore, OrgStore, PlanMove, ProjectStore, Revocation, StoreError, UserStore,
+};
 use tally_core::tenant::{
     Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
 };
@@ -238,12 +240,8 @@ impl OrgStore for DynamoStore {
     /// was read with, on being live and on no later change, and the history item
     /// `PLAN#<at>#<to>` (put if absent). A racing or out-of-order change fails the
     /// condition: `Conflict`.
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         let Some(org) = self.get_org(id).await?.filter(|o| o.deleted_at.is_none()) else {
             return Ok(None);
         };

@@ -5,9 +5,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::plan::PlanId;
 use tally_core::ports::{
-    MemberStore, NewProjectMember, OrgStore, ProjectStore, StoreError, UserStore,
+    MemberStore, NewProjectMember, OrgStore, PlanMove, ProjectStore, StoreError, UserStore,
 };
 use tally_core::tenant::{
     Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
@@ -164,12 +163,8 @@ impl OrgStore for MemoryStore {
         Ok(Some(org.clone()))
     }
 
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(org) = st.orgs.get_mut(id).filter(|o| o.deleted_at.is_none()) else {

@@ -266,12 +266,8 @@ impl OrgStore for SqliteStore {
 
     /// The org row and its history row in one write transaction (which also serializes
     /// racing changes: the second reads the first's plan as its `from`).
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         // Fixed width (microseconds always written), so times compare and sort as text.
         let (id, at) = (
             id.as_str().to_owned(),

@@ -21,8 +21,8 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, ProjectStore, ReportStore, Revocation, StepKey, StoreError,
-    StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    NewProjectMember, OrgStore, PlanMove, ProjectStore, ReportStore, Revocation, StepKey,
+    StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -1105,18 +1105,20 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     let t1 = ts("2026-11-10T08:00:00.5Z");
     let t2 = ts("2026-11-20T09:30:00Z");
     let moved = s
-        .change_plan(&a.id, PlanId::Pro, t1)
+        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t1))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(moved.plan, PlanId::Pro);
     let same = s
-        .change_plan(&a.id, PlanId::Pro, t2)
+        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t2))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(same.plan, PlanId::Pro);
-    s.change_plan(&a.id, PlanId::Free, t2).await.unwrap();
+    s.change_plan(&PlanMove::new(&a.id, PlanId::Free, t2))
+        .await
+        .unwrap();
     let other = f.open().await;
     assert_eq!(
         other.get_org(&a.id).await.unwrap().unwrap().plan,
@@ -1135,7 +1137,9 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     assert!(history.iter().all(|c| c.org_id == a.id));
     // Kept in time order: a change dated before the last one is refused, and changes
     // nothing.
-    let earlier = s.change_plan(&a.id, PlanId::Enterprise, t1).await;
+    let earlier = s
+        .change_plan(&PlanMove::new(&a.id, PlanId::Enterprise, t1))
+        .await;
     assert!(
         matches!(earlier, Err(StoreError::Conflict { .. })),
         "{earlier:?}"
@@ -1143,23 +1147,29 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     assert_eq!(s.get_org(&a.id).await.unwrap().unwrap().plan, PlanId::Free);
     assert_eq!(s.plan_history(&a.id).await.unwrap().len(), 2);
     assert_eq!(
-        s.change_plan(&fresh_org(), PlanId::Pro, t2).await.unwrap(),
+        s.change_plan(&PlanMove::new(&fresh_org(), PlanId::Pro, t2))
+            .await
+            .unwrap(),
         None
     );
     let b = new_org(&s).await;
     assert!(s.plan_history(&b.id).await.unwrap().is_empty(), "per org");
     s.delete_org(&b.id, t2).await.unwrap();
-    assert_eq!(s.change_plan(&b.id, PlanId::Pro, t2).await.unwrap(), None);
+    assert_eq!(
+        s.change_plan(&PlanMove::new(&b.id, PlanId::Pro, t2))
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.plan_history(&b.id).await.unwrap().is_empty());
 
     // Racing changes.
     let c = new_org(&s).await;
     let (x, y) = (f.open().await, f.open().await);
     let t3 = ts("2026-11-21T00:00:00Z");
-    let (rx, ry) = tokio::join!(
-        x.change_plan(&c.id, PlanId::Pro, t3),
-        y.change_plan(&c.id, PlanId::Enterprise, t3 + chrono::Duration::seconds(1)),
-    );
+    let to_pro = PlanMove::new(&c.id, PlanId::Pro, t3);
+    let to_enterprise = PlanMove::new(&c.id, PlanId::Enterprise, t3 + chrono::Duration::seconds(1));
+    let (rx, ry) = tokio::join!(x.change_plan(&to_pro), y.change_plan(&to_enterprise));
     for r in [&rx, &ry] {
         assert!(
             matches!(r, Ok(Some(_)) | Err(StoreError::Conflict { .. })),
