@@ -63,7 +63,7 @@ pub use series::{
 };
 pub use tenants::{
     Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    PlanMove, ProjectStore, Revocation, TenantStore, UserStore,
+    PlanMove, ProjectStore, ProjectUpdate, Revocation, TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.

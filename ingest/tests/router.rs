@@ -26,8 +26,8 @@ use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, Revocation, UsageStore,
+    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, ProjectUpdate,
+    PublishReport, QueueError, Revocation, UsageStore,
 };
 use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
@@ -672,14 +672,14 @@ async fn projects_per_request_are_bounded_and_archived_ones_say_so() {
     let archived = project("prj_a2", "org_a");
     h.store.create_project(&archived).await.ok();
     h.store
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &org("org_a"),
             &archived.id,
             &tally_core::tenant::ProjectChanges {
                 name: None,
                 archive_at: Some(t(NOW)),
             },
-        )
+        ))
         .await
         .unwrap();
     let a = h

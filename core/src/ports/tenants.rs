@@ -191,14 +191,28 @@ pub trait ProjectStore: Send + Sync {
     -> Result<Option<Project>, StoreError>;
     /// The org's projects.
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError>;
-    /// Applies `changes` to the org's project `id` and returns it as it is now; `None` if
+    /// Applies `u.changes` to the org's project `u.id` and returns it as it is now; `None` if
     /// the org has no such project.
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError>;
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError>;
+}
+
+/// Changes to one of an org's projects ([`ProjectStore::update_project`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectUpdate<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The org's project.
+    pub id: &'a ProjectId,
+    /// What changes.
+    pub changes: &'a ProjectChanges,
+}
+
+impl<'a> ProjectUpdate<'a> {
+    /// `changes` to the project `id` of `org`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, id: &'a ProjectId, changes: &'a ProjectChanges) -> Self {
+        Self { org, id, changes }
+    }
 }
 
 /// API keys, stored by the hash of their secret.

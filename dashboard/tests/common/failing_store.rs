@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
 use tally_core::ports::{
     Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    PlanMove, ProjectStore, Revocation, RevokeSession, SecurityStore, StoreError, UserStore,
+    PlanMove, ProjectStore, ProjectUpdate, Revocation, RevokeSession, SecurityStore, StoreError,
+    UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
-    OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
+    OrgChanges, PlanChange, Project, Role, User,
 };
 use tally_store::MemoryStore;
 
@@ -97,7 +98,7 @@ delegate!(ProjectStore {
     fn create_project(project: &Project) -> ();
     fn get_project(org: &OrgId, id: &ProjectId) -> Option<Project>;
     fn list_projects(org: &OrgId) -> Vec<Project>;
-    fn update_project(org: &OrgId, id: &ProjectId, changes: &ProjectChanges) -> Option<Project>;
+    fn update_project(u: &ProjectUpdate<'_>) -> Option<Project>;
 });
 
 delegate!(ApiKeyStore {

@@ -10,11 +10,9 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, OrgStore, PlanMove, ProjectStore, Revocation, StoreError, UserStore,
+    ApiKeyStore, OrgStore, PlanMove, ProjectStore, ProjectUpdate, Revocation, StoreError, UserStore,
 };
-use tally_core::tenant::{
-    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
-};
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User};
 
 use super::DynamoStore;
 use super::chunks::put_if_absent;
@@ -441,12 +439,8 @@ impl ProjectStore for DynamoStore {
     /// One conditional `UpdateItem` of the project item (`SET` of the name, and of
     /// `archived_at` unless set), returning the project as it is now; `None` when the org has no
     /// such project.
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let sk = keys::project_sk(id);
         let (mut req, mut sets) = update_named(self, keys::org_pk(org), &sk, &changes.name);
         if let Some(at) = changes.archive_at {

@@ -6,11 +6,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::{
-    MemberStore, NewProjectMember, OrgStore, PlanMove, ProjectStore, StoreError, UserStore,
+    MemberStore, NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, StoreError,
+    UserStore,
 };
-use tally_core::tenant::{
-    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
-};
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User, rules};
 
 use super::{MemoryStore, Op, State, insert_new, list_of_org};
 
@@ -368,12 +367,8 @@ impl ProjectStore for MemoryStore {
         Ok(list_of_org(&self.lock().projects, org, |p| p.created_at))
     }
 
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let mut st = self.lock();
         let Some(p) = st.projects.get_mut(&(org.clone(), id.clone())) else {
             return Ok(None);

@@ -420,12 +420,8 @@ impl ProjectStore for SqliteStore {
         .await
     }
 
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
         self.transact(move |tx| {

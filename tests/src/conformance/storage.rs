@@ -21,8 +21,8 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, PlanMove, ProjectStore, ReportStore, Revocation, StepKey,
-    StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, ReportStore, Revocation,
+    StepKey, StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -320,14 +320,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     let p = project_in(&a.id, "web");
     s.create_project(&p).await.unwrap();
     let renamed = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: Some("Website".into()),
                 archive_at: None,
             },
-        )
+        ))
         .await
         .unwrap();
     let expected = Project {
@@ -337,14 +337,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     assert_eq!(renamed, Some(expected.clone()));
     let at = ts("2026-11-27T09:00:00.75Z");
     let archived = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: None,
                 archive_at: Some(at),
             },
-        )
+        ))
         .await
         .unwrap();
     let expected = Project {
@@ -353,14 +353,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     };
     assert_eq!(archived, Some(expected.clone()));
     let again = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: None,
                 archive_at: Some(at + Duration::hours(1)),
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -375,14 +375,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     );
     assert_eq!(other.list_projects(&a.id).await.unwrap(), vec![expected]);
     let through_b = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &b.id,
             &p.id,
             &ProjectChanges {
                 name: Some("Stolen".into()),
                 archive_at: None,
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(through_b, None, "another org's project is not found");
