@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{InvitationId, OrgId, UserId};
 use tally_core::plan::Plan;
-use tally_core::ports::{StoreError, TenantStore};
+use tally_core::ports::{Acceptance, Revocation, StoreError, TenantStore};
 use tally_core::tenant::{
     INVITATION_TTL_DAYS, Invitation, KeyHash, MAX_INVITATION_TOKEN_LEN, Membership, Org, Role,
     check_email, invitation_token,
@@ -175,7 +175,7 @@ pub async fn revoke(
 ) -> Result<InvitationView, MgmtError> {
     let id = InvitationId::parse(id).map_err(|_| invitation_not_found())?;
     let revoked = tenants
-        .revoke_invitation(org, &id, now)
+        .revoke_invitation(&Revocation::new(org, &id, now))
         .await?
         .ok_or_else(invitation_not_found)?;
     Ok(InvitationView::from(&revoked))
@@ -311,7 +311,7 @@ pub(crate) async fn accept_invitation(
         }
         state
             .tenants
-            .accept_invitation(&hash, user, now)
+            .accept_invitation(&Acceptance::new(&hash, user, now))
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => MgmtError::Api(no_such_invitation()),

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::TenantStore;
+use tally_core::ports::{Revocation, TenantStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
 
 use crate::ApiState;
@@ -230,7 +230,7 @@ pub async fn revoke(
 ) -> Result<(KeyView, KeyView), MgmtError> {
     let before = org_key(tenants, org, key).await?;
     let after = tenants
-        .revoke_api_key(org, &before.id, now)
+        .revoke_api_key(&Revocation::new(org, &before.id, now))
         .await?
         .ok_or_else(key_not_found)?;
     Ok((KeyView::from(&before), KeyView::from(&after)))

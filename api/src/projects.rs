@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{NewProjectMember, StoreError, TenantStore};
+use tally_core::ports::{NewProjectMember, ProjectUpdate, StoreError, TenantStore};
 use tally_core::tenant::{Org, Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
@@ -234,7 +234,7 @@ pub async fn change_project(
         .await?
         .ok_or_else(project_not_found)?;
     let after = tenants
-        .update_project(org, &id, changes)
+        .update_project(&ProjectUpdate::new(org, &id, changes))
         .await?
         .ok_or_else(project_not_found)?;
     Ok((before, after))

@@ -21,7 +21,8 @@ use tally_core::meter::Aggregation;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, NewProjectMember,
-    OrgStore, ProjectStore, ReportStore, SecurityStore, StepKey, SyncLedger, UsageStore, UserStore,
+    OrgStore, ProjectStore, ReportStore, Revocation, SecurityStore, StepKey, SyncLedger,
+    UsageStore, UserStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
@@ -1838,7 +1839,7 @@ async fn expired_invitations_are_refused_and_no_longer_count() {
     let mem = world(PlanId::Starter).await;
     // A's invitation, as it is once its expiry has come.
     let a_inv = InvitationId::parse("inv_alpha1").unwrap();
-    mem.revoke_invitation(&org_id("org_a"), &a_inv, t(NOW))
+    mem.revoke_invitation(&Revocation::new(&org_id("org_a"), &a_inv, t(NOW)))
         .await
         .unwrap()
         .unwrap();

@@ -17,7 +17,7 @@ use tally_billing::{
     AdjustmentLine, Catalogue, ClosePorts, CloseRequest, NoProgress, UsageReport, close_month,
 };
 use tally_core::ports::{
-    FixedClock, OrgStore, ProjectStore, ReportStore, StoredReport, UsageStore, UserStore,
+    FixedClock, OrgStore, PlanMove, ProjectStore, ReportStore, StoredReport, UsageStore, UserStore,
 };
 use tally_core::tenant::{Org, Project, User};
 use tally_core::{
@@ -106,7 +106,10 @@ impl World {
 
     /// Moves `org` to `plan` at `at` (RFC 3339).
     async fn change_plan(&self, org: &OrgId, plan: PlanId, at: &str) {
-        self.store.change_plan(org, plan, ts(at)).await.unwrap();
+        self.store
+            .change_plan(&PlanMove::new(org, plan, ts(at)))
+            .await
+            .unwrap();
     }
 
     async fn usage(

@@ -62,8 +62,8 @@ pub use series::{
     MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
 };
 pub use tenants::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    TenantStore, UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
+    PlanMove, ProjectStore, ProjectUpdate, Revocation, TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.

@@ -26,8 +26,8 @@ use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, PublishReport,
-    QueueError, UsageStore,
+    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, ProjectUpdate,
+    PublishReport, QueueError, Revocation, UsageStore,
 };
 use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
@@ -672,14 +672,14 @@ async fn projects_per_request_are_bounded_and_archived_ones_say_so() {
     let archived = project("prj_a2", "org_a");
     h.store.create_project(&archived).await.ok();
     h.store
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &org("org_a"),
             &archived.id,
             &tally_core::tenant::ProjectChanges {
                 name: None,
                 archive_at: Some(t(NOW)),
             },
-        )
+        ))
         .await
         .unwrap();
     let a = h
@@ -1098,7 +1098,11 @@ async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
     assert_eq!(h.store.calls(Op::GetOrg), 1, "plan cached too");
 
     h.store
-        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(1))
+        .revoke_api_key(&Revocation::new(
+            &org("org_a"),
+            &key_id(GOOD_KEY),
+            t(NOW) + secs(1),
+        ))
         .await
         .unwrap();
     h.advance(secs(9));
@@ -1120,7 +1124,11 @@ async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
 async fn a_revocation_time_on_the_cached_key_is_exact() {
     let h = Harness::new().await;
     h.store
-        .revoke_api_key(&org("org_a"), &key_id(GOOD_KEY), t(NOW) + secs(3))
+        .revoke_api_key(&Revocation::new(
+            &org("org_a"),
+            &key_id(GOOD_KEY),
+            t(NOW) + secs(3),
+        ))
         .await
         .unwrap();
     // A rotation with a 3 s overlap: the old key expires then.

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tally_core::ports::StoreError;
+use tally_core::ports::{PlanMove, StoreError};
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret,
     check_email, check_name, check_slug,
@@ -433,7 +433,7 @@ async fn set_plan(common: &Common, org: &str, plan: &str) -> anyhow::Result<()> 
     }
     let after = store
         .tenants
-        .change_plan(&org_id, plan, at)
+        .change_plan(&PlanMove::new(&org_id, plan, at))
         .await?
         .with_context(|| format!("no organization {org_id}"))?;
     crate::manage::audit_record(

@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use chrono::{Duration, Utc};
 use tally_core::ids::InvitationId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    ReportStore, StepKey, StoredReport, SyncLedger, UsageStore,
+    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, PlanMove,
+    ProjectStore, ReportStore, StepKey, StoredReport, SyncLedger, UsageStore,
 };
 use tally_core::tenant::{AuditOutcome, AuditRecord, Invitation, KeyHash, KeyScope, Project, Role};
 use tally_core::{Month, PlanId, ProjectId};
@@ -167,7 +167,11 @@ async fn table_items_are_laid_out_as_the_module_doc_says() {
     };
     store.create_project(&project).await.unwrap();
     store
-        .change_plan(&org.id, tally_core::plan::PlanId::Enterprise, now)
+        .change_plan(&PlanMove::new(
+            &org.id,
+            tally_core::plan::PlanId::Enterprise,
+            now,
+        ))
         .await
         .unwrap();
     let key = api_key(&org.id, "tk_test_layout", &[KeyScope::EventsWrite], now);

@@ -54,17 +54,12 @@ pub trait OrgStore: Send + Sync {
     /// such org.
     async fn update_org(&self, id: &OrgId, changes: &OrgChanges)
     -> Result<Option<Org>, StoreError>;
-    /// Moves a live org to `plan` from `at` on and keeps the change in its plan history, in
+    /// Moves a live org `m.org` to `m.plan` from `m.at` on and keeps the change in its plan history, in
     /// one atomic write; returns the org as it is now, or `None` if there is no such live
     /// org. Moving to the plan it is on changes nothing and records nothing. Changes are
     /// kept in time order: one at an instant before the org's last change is a `Conflict`,
     /// and so is the loser of two racing changes (read the org and try again).
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError>;
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError>;
     /// The org's plan changes, oldest first (empty for an org never moved).
     async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError>;
     /// Soft-deletes the org: sets its `deleted_at` to `at` (a second delete keeps the first
@@ -75,6 +70,25 @@ pub trait OrgStore: Send + Sync {
     /// [`get_org`](OrgStore::get_org) still returns it (billing closes its last month), with
     /// `deleted_at` set.
     async fn delete_org(&self, id: &OrgId, at: DateTime<Utc>) -> Result<Option<Org>, StoreError>;
+}
+
+/// An org moving to another plan ([`OrgStore::change_plan`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PlanMove<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The plan it moves to.
+    pub plan: PlanId,
+    /// From when (the plan change's `at`).
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> PlanMove<'a> {
+    /// `org` moves to `plan` from `at` on.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, plan: PlanId, at: DateTime<Utc>) -> Self {
+        Self { org, plan, at }
+    }
 }
 
 /// Who belongs to an org, with which role, and on which of its projects.
@@ -177,14 +191,28 @@ pub trait ProjectStore: Send + Sync {
     -> Result<Option<Project>, StoreError>;
     /// The org's projects.
     async fn list_projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError>;
-    /// Applies `changes` to the org's project `id` and returns it as it is now; `None` if
+    /// Applies `u.changes` to the org's project `u.id` and returns it as it is now; `None` if
     /// the org has no such project.
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError>;
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError>;
+}
+
+/// Changes to one of an org's projects ([`ProjectStore::update_project`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectUpdate<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The org's project.
+    pub id: &'a ProjectId,
+    /// What changes.
+    pub changes: &'a ProjectChanges,
+}
+
+impl<'a> ProjectUpdate<'a> {
+    /// `changes` to the project `id` of `org`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, id: &'a ProjectId, changes: &'a ProjectChanges) -> Self {
+        Self { org, id, changes }
+    }
 }
 
 /// API keys, stored by the hash of their secret.
@@ -201,9 +229,7 @@ pub trait ApiKeyStore: Send + Sync {
     /// before keeps its first revocation time. `None` if the org has no such key.
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Rotates the org's key `old`: stores `new` (a key of the same org) and makes `old`
     /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
@@ -221,6 +247,27 @@ pub trait ApiKeyStore: Send + Sync {
     /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
     /// (`Unavailable` beyond).
     async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+}
+
+/// One of an org's items, named by its id, to revoke at an instant: the key
+/// [`ApiKeyStore::revoke_api_key`] revokes, the invitation
+/// [`InvitationStore::revoke_invitation`] deletes (if it is pending at that instant).
+#[derive(Debug, Clone, Copy)]
+pub struct Revocation<'a, Id> {
+    /// The org the item belongs to (an item of another org is not found).
+    pub org: &'a OrgId,
+    /// The item's id.
+    pub id: &'a Id,
+    /// When it is revoked.
+    pub at: DateTime<Utc>,
+}
+
+impl<'a, Id> Revocation<'a, Id> {
+    /// The org's item `id`, revoked at `at`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, id: &'a Id, at: DateTime<Utc>) -> Self {
+        Self { org, id, at }
+    }
 }
 
 /// Invitations to join an org, found by the hash of their token.
@@ -243,25 +290,37 @@ pub trait InvitationStore: Send + Sync {
         hash: &KeyHash,
         now: DateTime<Utc>,
     ) -> Result<Option<Invitation>, StoreError>;
-    /// Deletes the org's invitation `id` if it is pending at `now`, and returns it; `None`
-    /// if the org has no such pending invitation.
+    /// Deletes the org's invitation `r.id` if it is pending at `r.at`, and returns it;
+    /// `None` if the org has no such pending invitation.
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError>;
-    /// Accepts the invitation whose token hashes to `hash` for `user` at `at`, atomically:
-    /// marks it accepted and adds the membership with the invitation's role, which it
-    /// returns. `NotFound` if there is no such invitation, it expired, or the org or the user
-    /// does not exist; `Conflict` if it was accepted already or the user is a member
+    /// Accepts the invitation whose token hashes to `a.hash` for `a.user` at `a.at`,
+    /// atomically: marks it accepted and adds the membership with the invitation's role,
+    /// which it returns. `NotFound` if there is no such invitation, it expired, or the org or
+    /// the user does not exist; `Conflict` if it was accepted already or the user is a member
     /// already. (Whether the user's email matches is the caller's check.)
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError>;
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError>;
+}
+
+/// A user accepting an invitation ([`InvitationStore::accept_invitation`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance<'a> {
+    /// The hash of the invitation's token.
+    pub hash: &'a KeyHash,
+    /// The user who becomes a member.
+    pub user: &'a UserId,
+    /// When (the invitation's `accepted_at` and the membership's `created_at`).
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Acceptance<'a> {
+    /// `user` accepts the invitation whose token hashes to `hash`, at `at`.
+    #[must_use]
+    pub const fn new(hash: &'a KeyHash, user: &'a UserId, at: DateTime<Utc>) -> Self {
+        Self { hash, user, at }
+    }
 }
 
 /// The audit trail of every mutation, allowed or refused.

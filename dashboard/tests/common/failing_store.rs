@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
-use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore, ProjectStore,
-    RevokeSession, SecurityStore, StoreError, UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
+    PlanMove, ProjectStore, ProjectUpdate, Revocation, RevokeSession, SecurityStore, StoreError,
+    UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, Membership, Org,
-    OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
+    OrgChanges, PlanChange, Project, Role, User,
 };
 use tally_store::MemoryStore;
 
@@ -77,7 +77,7 @@ delegate!(OrgStore {
     fn get_org(id: &OrgId) -> Option<Org>;
     fn list_org_ids() -> Vec<OrgId>;
     fn update_org(id: &OrgId, changes: &OrgChanges) -> Option<Org>;
-    fn change_plan(id: &OrgId, plan: PlanId, at: DateTime<Utc>) -> Option<Org>;
+    fn change_plan(m: &PlanMove<'_>) -> Option<Org>;
     fn plan_history(id: &OrgId) -> Vec<PlanChange>;
     fn delete_org(id: &OrgId, at: DateTime<Utc>) -> Option<Org>;
 });
@@ -98,14 +98,14 @@ delegate!(ProjectStore {
     fn create_project(project: &Project) -> ();
     fn get_project(org: &OrgId, id: &ProjectId) -> Option<Project>;
     fn list_projects(org: &OrgId) -> Vec<Project>;
-    fn update_project(org: &OrgId, id: &ProjectId, changes: &ProjectChanges) -> Option<Project>;
+    fn update_project(u: &ProjectUpdate<'_>) -> Option<Project>;
 });
 
 delegate!(ApiKeyStore {
     fn create_api_key(key: &ApiKey) -> ();
     fn find_api_key(hash: &KeyHash) -> Option<ApiKey>;
     fn list_api_keys(org: &OrgId) -> Vec<ApiKey>;
-    fn revoke_api_key(org: &OrgId, id: &ApiKeyId, at: DateTime<Utc>) -> Option<ApiKey>;
+    fn revoke_api_key(r: &Revocation<'_, ApiKeyId>) -> Option<ApiKey>;
     fn rotate_api_key(old: &ApiKeyId, new: &ApiKey, old_expires_at: DateTime<Utc>) -> Option<ApiKey>;
     fn touch_api_keys(uses: &[KeyUse]) -> ();
 });
@@ -114,8 +114,8 @@ delegate!(InvitationStore {
     fn create_invitation(invitation: &Invitation) -> ();
     fn list_invitations(org: &OrgId, now: DateTime<Utc>) -> Vec<Invitation>;
     fn find_invitation(hash: &KeyHash, now: DateTime<Utc>) -> Option<Invitation>;
-    fn revoke_invitation(org: &OrgId, id: &InvitationId, now: DateTime<Utc>) -> Option<Invitation>;
-    fn accept_invitation(hash: &KeyHash, user: &UserId, at: DateTime<Utc>) -> Membership;
+    fn revoke_invitation(r: &Revocation<'_, InvitationId>) -> Option<Invitation>;
+    fn accept_invitation(a: &Acceptance<'_>) -> Membership;
 });
 
 delegate!(AuditLog {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::{ApiKeyStore, StoreError};
+use tally_core::ports::{ApiKeyStore, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
@@ -21,13 +21,33 @@ use super::tenants::{revoke_existing, update_request};
 
 use super::tx::{conflict, not_found, org_must_be_live, refusal, tx_update};
 
+/// The `hash` attribute of a key, invitation or id guard item; `what` names it in the
+/// `Corrupt` error a malformed one gives.
+pub(super) fn hash_of(it: &Item, what: &'static str) -> Result<KeyHash, StoreError> {
+    KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt(what))
+}
+
+impl DynamoStore {
+    /// The hash the org's id guard `sk` (of a key or an invitation) holds; `None` if the org
+    /// has no such guard. One strongly consistent `GetItem`.
+    pub(super) async fn guarded_hash(
+        &self,
+        org: &OrgId,
+        sk: &str,
+        what: &'static str,
+    ) -> Result<Option<KeyHash>, StoreError> {
+        let guard = self.get(keys::org_pk(org), sk).await?;
+        guard.map(|g| hash_of(&g, what)).transpose()
+    }
+}
+
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;
     Ok(ApiKey {
         id: parse_id(get_s(it, "id")?, ApiKeyId::parse)?,
         org_id: parse_id(get_s(it, "org_id")?, OrgId::parse)?,
         name: get_s(it, "name")?.to_owned(),
-        hash: KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt("api key hash"))?,
+        hash: hash_of(it, "api key hash")?,
         display_prefix: get_s(it, "display_prefix")?.to_owned(),
         scopes: serde_json::from_str::<Vec<KeyScope>>(scopes)
             .map_err(|e| corrupt(format!("api key scopes {scopes:?}: {e}")))?,
@@ -101,8 +121,7 @@ impl ApiKeyStore for DynamoStore {
             .await?;
         let mut out = Vec::with_capacity(guards.len());
         for g in &guards {
-            let hash = KeyHash::from_hex(get_s(g, "hash")?)
-                .ok_or_else(|| corrupt("api key id guard hash"))?;
+            let hash = hash_of(g, "api key id guard hash")?;
             if let Some(key) = self.find_api_key(&hash).await?
                 && &key.org_id == org
             {
@@ -117,15 +136,13 @@ impl ApiKeyStore for DynamoStore {
     /// `revoked_at` unless it is set, and returns the key as it is now.
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        let Some(guard) = self.get(keys::org_pk(org), &keys::key_id_sk(id)).await? else {
+        let (org, id, at) = (r.org, r.id, r.at);
+        let sk = keys::key_id_sk(id);
+        let Some(hash) = self.guarded_hash(org, &sk, "api key id guard hash").await? else {
             return Ok(None);
         };
-        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-            .ok_or_else(|| corrupt("api key id guard hash"))?;
         let req = update_request(self, keys::key_pk(&hash), KEY_SK)
             .condition_expression("attribute_exists(#pk) AND org_id = :org")
             .expression_attribute_values(":org", s(org.as_str()));
@@ -170,11 +187,10 @@ impl ApiKeyStore for DynamoStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
         let org = &new.org_id;
-        let Some(guard) = self.get(keys::org_pk(org), &keys::key_id_sk(old)).await? else {
+        let sk = keys::key_id_sk(old);
+        let Some(hash) = self.guarded_hash(org, &sk, "api key id guard hash").await? else {
             return Ok(None);
         };
-        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-            .ok_or_else(|| corrupt("api key id guard hash"))?;
         let Some(current) = self.find_api_key(&hash).await? else {
             return Ok(None);
         };

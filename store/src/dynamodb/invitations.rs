@@ -13,11 +13,12 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use tally_core::ids::{InvitationId, OrgId, UserId};
-use tally_core::ports::{InvitationStore, StoreError};
+use tally_core::ports::{Acceptance, InvitationStore, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
 use super::DynamoStore;
+use super::api_keys::hash_of;
 use super::chunks::put_if_absent;
 use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
@@ -58,7 +59,7 @@ fn invitation_of(it: &Item) -> Result<Invitation, StoreError> {
         org_id: parse_id(get_s(it, "org_id")?, OrgId::parse)?,
         email: get_s(it, "email")?.to_owned(),
         role: Role::parse(role).ok_or_else(|| corrupt(format!("invitation role {role:?}")))?,
-        hash: KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt("invitation hash"))?,
+        hash: hash_of(it, "invitation hash")?,
         invited_by: parse_id(get_s(it, "invited_by")?, UserId::parse)?,
         created_at: parse_ts(get_s(it, "created_at")?)?,
         expires_at: parse_ts(get_s(it, "expires_at")?)?,
@@ -160,8 +161,7 @@ impl InvitationStore for DynamoStore {
         let guards = self.query_prefix(keys::org_pk(org), INVITE_PREFIX).await?;
         let mut out = Vec::with_capacity(guards.len());
         for g in &guards {
-            let hash = KeyHash::from_hex(get_s(g, "hash")?)
-                .ok_or_else(|| corrupt("invitation id guard hash"))?;
+            let hash = hash_of(g, "invitation id guard hash")?;
             if let Some(inv) = self.find_invitation(&hash, now).await?
                 && &inv.org_id == org
                 && inv.is_pending(now)
@@ -177,15 +177,16 @@ impl InvitationStore for DynamoStore {
     /// org and on not being accepted) and its guard.
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError> {
-        let Some(guard) = self.get(keys::org_pk(org), &invite_id_sk(id)).await? else {
+        let (org, id, now) = (r.org, r.id, r.at);
+        let sk = invite_id_sk(id);
+        let Some(hash) = self
+            .guarded_hash(org, &sk, "invitation id guard hash")
+            .await?
+        else {
             return Ok(None);
         };
-        let hash = KeyHash::from_hex(get_s(&guard, "hash")?)
-            .ok_or_else(|| corrupt("invitation id guard hash"))?;
         let Some(inv) = self
             .find_invitation(&hash, now)
             .await?
@@ -207,12 +208,8 @@ impl InvitationStore for DynamoStore {
 
     /// One transaction: `accepted_at` on the invitation (not accepted, not expired), the org
     /// and the user exist, and the membership is new.
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let found = self.find_invitation(hash, at).await?;
         let (inv, m) = rules::accepted_membership(found, user, at)?;
         rules::check_new_member(m.role)?;

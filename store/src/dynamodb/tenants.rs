@@ -9,10 +9,10 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, StoreError, UserStore};
-use tally_core::tenant::{
-    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User,
+use tally_core::ports::{
+    ApiKeyStore, OrgStore, PlanMove, ProjectStore, ProjectUpdate, Revocation, StoreError, UserStore,
 };
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User};
 
 use super::DynamoStore;
 use super::chunks::put_if_absent;
@@ -238,12 +238,8 @@ impl OrgStore for DynamoStore {
     /// was read with, on being live and on no later change, and the history item
     /// `PLAN#<at>#<to>` (put if absent). A racing or out-of-order change fails the
     /// condition: `Conflict`.
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         let Some(org) = self.get_org(id).await?.filter(|o| o.deleted_at.is_none()) else {
             return Ok(None);
         };
@@ -352,7 +348,8 @@ impl DynamoStore {
     async fn revoke_live_keys(&self, org: &OrgId, at: DateTime<Utc>) -> Result<(), StoreError> {
         for key in self.list_api_keys(org).await? {
             if key.revoked_at.is_none() {
-                self.revoke_api_key(org, &key.id, at).await?;
+                self.revoke_api_key(&Revocation::new(org, &key.id, at))
+                    .await?;
             }
         }
         Ok(())
@@ -442,12 +439,8 @@ impl ProjectStore for DynamoStore {
     /// One conditional `UpdateItem` of the project item (`SET` of the name, and of
     /// `archived_at` unless set), returning the project as it is now; `None` when the org has no
     /// such project.
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let sk = keys::project_sk(id);
         let (mut req, mut sets) = update_named(self, keys::org_pk(org), &sk, &changes.name);
         if let Some(at) = changes.archive_at {

@@ -9,8 +9,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tally_core::ids::{ApiKeyId, InvitationId, OrgId, UserId};
-use tally_core::ports::{ApiKeyStore, AuditLog, InvitationStore, StoreError};
+use tally_core::ids::{ApiKeyId, InvitationId, OrgId};
+use tally_core::ports::{
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, Revocation, StoreError,
+};
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, MAX_AUDIT_PAGE,
     MAX_KEY_USES_PER_CALL, Membership, audit_instant_key, rules,
@@ -80,10 +82,9 @@ impl ApiKeyStore for MemoryStore {
 
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let (org, id, at) = (r.org, r.id, r.at);
         let mut st = self.lock();
         let Some(key) = st.keys.get_mut(&(org.clone(), id.clone())) else {
             return Ok(None);
@@ -197,10 +198,9 @@ impl InvitationStore for MemoryStore {
 
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id, now) = (r.org, r.id, r.at);
         let mut st = self.lock();
         let key = (org.clone(), id.clone());
         let Some(inv) = st
@@ -216,12 +216,8 @@ impl InvitationStore for MemoryStore {
         Ok(Some(inv))
     }
 
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let mut st = self.lock();
         let found = st.invitation_by_hash(hash).cloned();
         let (inv, m) = rules::accepted_membership(found, user, at)?;

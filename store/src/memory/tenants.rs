@@ -5,13 +5,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::plan::PlanId;
 use tally_core::ports::{
-    MemberStore, NewProjectMember, OrgStore, ProjectStore, StoreError, UserStore,
+    MemberStore, NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, StoreError,
+    UserStore,
 };
-use tally_core::tenant::{
-    Membership, Org, OrgChanges, PlanChange, Project, ProjectChanges, Role, User, rules,
-};
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User, rules};
 
 use super::{MemoryStore, Op, State, insert_new, list_of_org};
 
@@ -164,12 +162,8 @@ impl OrgStore for MemoryStore {
         Ok(Some(org.clone()))
     }
 
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(org) = st.orgs.get_mut(id).filter(|o| o.deleted_at.is_none()) else {
@@ -373,12 +367,8 @@ impl ProjectStore for MemoryStore {
         Ok(list_of_org(&self.lock().projects, org, |p| p.created_at))
     }
 
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let mut st = self.lock();
         let Some(p) = st.projects.get_mut(&(org.clone(), id.clone())) else {
             return Ok(None);

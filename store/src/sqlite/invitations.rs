@@ -161,10 +161,9 @@ impl InvitationStore for SqliteStore {
 
     async fn revoke_invitation(
         &self,
-        org: &OrgId,
-        id: &InvitationId,
-        now: DateTime<Utc>,
+        r: &Revocation<'_, InvitationId>,
     ) -> Result<Option<Invitation>, StoreError> {
+        let (org, id, now) = (r.org, r.id, r.at);
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         self.transact(move |tx| {
             let found = read_invitation(tx, "org = ?1 AND id = ?2", params![org, id])?;
@@ -181,12 +180,8 @@ impl InvitationStore for SqliteStore {
         .await
     }
 
-    async fn accept_invitation(
-        &self,
-        hash: &KeyHash,
-        user: &UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Membership, StoreError> {
+    async fn accept_invitation(&self, a: &Acceptance<'_>) -> Result<Membership, StoreError> {
+        let (hash, user, at) = (a.hash, a.user, a.at);
         let (hash, user) = (hash.as_str().to_owned(), user.clone());
         self.transact(move |tx| {
             let found = read_invitation(tx, "hash = ?1", params![hash])?;

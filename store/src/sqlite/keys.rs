@@ -147,10 +147,9 @@ impl ApiKeyStore for SqliteStore {
 
     async fn revoke_api_key(
         &self,
-        org: &OrgId,
-        id: &ApiKeyId,
-        at: DateTime<Utc>,
+        r: &Revocation<'_, ApiKeyId>,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let (org, id, at) = (r.org, r.id, r.at);
         let (org, id, at) = (org.as_str().to_owned(), id.as_str().to_owned(), ts_text(at));
         self.transact(move |tx| {
             execute(

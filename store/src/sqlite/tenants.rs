@@ -266,12 +266,8 @@ impl OrgStore for SqliteStore {
 
     /// The org row and its history row in one write transaction (which also serializes
     /// racing changes: the second reads the first's plan as its `from`).
-    async fn change_plan(
-        &self,
-        id: &OrgId,
-        plan: PlanId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError> {
+        let (id, plan, at) = (m.org, m.plan, m.at);
         // Fixed width (microseconds always written), so times compare and sort as text.
         let (id, at) = (
             id.as_str().to_owned(),
@@ -424,12 +420,8 @@ impl ProjectStore for SqliteStore {
         .await
     }
 
-    async fn update_project(
-        &self,
-        org: &OrgId,
-        id: &ProjectId,
-        changes: &ProjectChanges,
-    ) -> Result<Option<Project>, StoreError> {
+    async fn update_project(&self, u: &ProjectUpdate<'_>) -> Result<Option<Project>, StoreError> {
+        let (org, id, changes) = (u.org, u.id, u.changes);
         let (org, id) = (org.as_str().to_owned(), id.as_str().to_owned());
         let (name, archive) = (changes.name.clone(), changes.archive_at.map(ts_text));
         self.transact(move |tx| {

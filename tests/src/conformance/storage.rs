@@ -19,10 +19,10 @@ use tally_core::ids::{ApiKeyId, InvitationId, MeterName, OrgId, ProjectId, UserI
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
+    Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, ProjectStore, ReportStore, StepKey, StoreError, StoredReport,
-    TenantStore, UsageStore, UserStore, catalogue_digest,
+    NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, ReportStore, Revocation,
+    StepKey, StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -320,14 +320,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     let p = project_in(&a.id, "web");
     s.create_project(&p).await.unwrap();
     let renamed = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: Some("Website".into()),
                 archive_at: None,
             },
-        )
+        ))
         .await
         .unwrap();
     let expected = Project {
@@ -337,14 +337,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     assert_eq!(renamed, Some(expected.clone()));
     let at = ts("2026-11-27T09:00:00.75Z");
     let archived = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: None,
                 archive_at: Some(at),
             },
-        )
+        ))
         .await
         .unwrap();
     let expected = Project {
@@ -353,14 +353,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     };
     assert_eq!(archived, Some(expected.clone()));
     let again = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &a.id,
             &p.id,
             &ProjectChanges {
                 name: None,
                 archive_at: Some(at + Duration::hours(1)),
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -375,14 +375,14 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     );
     assert_eq!(other.list_projects(&a.id).await.unwrap(), vec![expected]);
     let through_b = s
-        .update_project(
+        .update_project(&ProjectUpdate::new(
             &b.id,
             &p.id,
             &ProjectChanges {
                 name: Some("Stolen".into()),
                 archive_at: None,
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(through_b, None, "another org's project is not found");
@@ -600,11 +600,14 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
 
     // Too late is refused; in time makes the membership once.
     assert!(matches!(
-        s.accept_invitation(&hash, &invitee.id, inv.expires_at)
+        s.accept_invitation(&Acceptance::new(&hash, &invitee.id, inv.expires_at))
             .await,
         Err(StoreError::NotFound { .. })
     ));
-    let m = s.accept_invitation(&hash, &invitee.id, now).await.unwrap();
+    let m = s
+        .accept_invitation(&Acceptance::new(&hash, &invitee.id, now))
+        .await
+        .unwrap();
     assert_eq!(
         m,
         Membership {
@@ -619,7 +622,8 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
         Some(Role::Admin)
     );
     assert!(matches!(
-        s.accept_invitation(&hash, &invitee.id, now).await,
+        s.accept_invitation(&Acceptance::new(&hash, &invitee.id, now))
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     let accepted = s.find_invitation(&hash, now).await.unwrap().unwrap();
@@ -630,16 +634,24 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
         "an accepted invitation is not pending"
     );
     assert!(matches!(
-        s.accept_invitation(&KeyHash::of_secret("tinv_unknown"), &invitee.id, now)
-            .await,
+        s.accept_invitation(&Acceptance::new(
+            &KeyHash::of_secret("tinv_unknown"),
+            &invitee.id,
+            now
+        ))
+        .await,
         Err(StoreError::NotFound { .. })
     ));
     // A member already cannot accept a second invitation to the same org.
     let (dup, dup_token) = invitation_to(&a, &invitee.email, Role::Viewer);
     s.create_invitation(&dup).await.unwrap();
     assert!(matches!(
-        s.accept_invitation(&KeyHash::of_secret(&dup_token), &invitee.id, now)
-            .await,
+        s.accept_invitation(&Acceptance::new(
+            &KeyHash::of_secret(&dup_token),
+            &invitee.id,
+            now
+        ))
+        .await,
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
@@ -649,22 +661,16 @@ pub async fn invitations_are_found_by_hash_accepted_once_and_revoked<F: StoreFac
     );
 
     // Revocation: within the org only, pending only.
+    let of_b = Revocation::new(&b.id, &other.id, now);
+    let accepted_inv = Revocation::new(&a.id, &inv.id, now);
+    let pending = Revocation::new(&a.id, &other.id, now);
+    assert_eq!(s.revoke_invitation(&of_b).await.unwrap(), None);
+    assert_eq!(s.revoke_invitation(&accepted_inv).await.unwrap(), None);
     assert_eq!(
-        s.revoke_invitation(&b.id, &other.id, now).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &inv.id, now).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
+        s.revoke_invitation(&pending).await.unwrap(),
         Some(other.clone())
     );
-    assert_eq!(
-        s.revoke_invitation(&a.id, &other.id, now).await.unwrap(),
-        None
-    );
+    assert_eq!(s.revoke_invitation(&pending).await.unwrap(), None);
     assert_eq!(s.find_invitation(&other.hash, now).await.unwrap(), None);
     assert_eq!(s.list_invitations(&a.id, now).await.unwrap(), vec![dup]);
     assert_eq!(s.list_invitations(&b.id, now).await.unwrap(), vec![in_b]);
@@ -1099,18 +1105,20 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     let t1 = ts("2026-11-10T08:00:00.5Z");
     let t2 = ts("2026-11-20T09:30:00Z");
     let moved = s
-        .change_plan(&a.id, PlanId::Pro, t1)
+        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t1))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(moved.plan, PlanId::Pro);
     let same = s
-        .change_plan(&a.id, PlanId::Pro, t2)
+        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t2))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(same.plan, PlanId::Pro);
-    s.change_plan(&a.id, PlanId::Free, t2).await.unwrap();
+    s.change_plan(&PlanMove::new(&a.id, PlanId::Free, t2))
+        .await
+        .unwrap();
     let other = f.open().await;
     assert_eq!(
         other.get_org(&a.id).await.unwrap().unwrap().plan,
@@ -1129,7 +1137,9 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     assert!(history.iter().all(|c| c.org_id == a.id));
     // Kept in time order: a change dated before the last one is refused, and changes
     // nothing.
-    let earlier = s.change_plan(&a.id, PlanId::Enterprise, t1).await;
+    let earlier = s
+        .change_plan(&PlanMove::new(&a.id, PlanId::Enterprise, t1))
+        .await;
     assert!(
         matches!(earlier, Err(StoreError::Conflict { .. })),
         "{earlier:?}"
@@ -1137,23 +1147,29 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     assert_eq!(s.get_org(&a.id).await.unwrap().unwrap().plan, PlanId::Free);
     assert_eq!(s.plan_history(&a.id).await.unwrap().len(), 2);
     assert_eq!(
-        s.change_plan(&fresh_org(), PlanId::Pro, t2).await.unwrap(),
+        s.change_plan(&PlanMove::new(&fresh_org(), PlanId::Pro, t2))
+            .await
+            .unwrap(),
         None
     );
     let b = new_org(&s).await;
     assert!(s.plan_history(&b.id).await.unwrap().is_empty(), "per org");
     s.delete_org(&b.id, t2).await.unwrap();
-    assert_eq!(s.change_plan(&b.id, PlanId::Pro, t2).await.unwrap(), None);
+    assert_eq!(
+        s.change_plan(&PlanMove::new(&b.id, PlanId::Pro, t2))
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.plan_history(&b.id).await.unwrap().is_empty());
 
     // Racing changes.
     let c = new_org(&s).await;
     let (x, y) = (f.open().await, f.open().await);
     let t3 = ts("2026-11-21T00:00:00Z");
-    let (rx, ry) = tokio::join!(
-        x.change_plan(&c.id, PlanId::Pro, t3),
-        y.change_plan(&c.id, PlanId::Enterprise, t3 + chrono::Duration::seconds(1)),
-    );
+    let to_pro = PlanMove::new(&c.id, PlanId::Pro, t3);
+    let to_enterprise = PlanMove::new(&c.id, PlanId::Enterprise, t3 + chrono::Duration::seconds(1));
+    let (rx, ry) = tokio::join!(x.change_plan(&to_pro), y.change_plan(&to_enterprise));
     for r in [&rx, &ry] {
         assert!(
             matches!(r, Ok(Some(_)) | Err(StoreError::Conflict { .. })),
@@ -1194,7 +1210,7 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
 
     // Another org's key id is not found through this org.
     assert_eq!(
-        s.revoke_api_key(&a.id, &kb.id, ts("2026-11-27T00:00:00Z"))
+        s.revoke_api_key(&Revocation::new(&a.id, &kb.id, ts("2026-11-27T00:00:00Z")))
             .await
             .unwrap(),
         None
@@ -1202,7 +1218,11 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
     assert_eq!(s.find_api_key(&kb.hash).await.unwrap(), Some(kb));
 
     let at = ts("2026-11-27T00:00:00.25Z");
-    let revoked = s.revoke_api_key(&a.id, &k1.id, at).await.unwrap().unwrap();
+    let revoked = s
+        .revoke_api_key(&Revocation::new(&a.id, &k1.id, at))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         revoked,
         ApiKey {
@@ -1212,7 +1232,7 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
         }
     );
     let again = s
-        .revoke_api_key(&a.id, &k1.id, at + Duration::hours(1))
+        .revoke_api_key(&Revocation::new(&a.id, &k1.id, at + Duration::hours(1)))
         .await
         .unwrap()
         .unwrap();
@@ -1225,7 +1245,12 @@ pub async fn api_keys_are_listed_and_revoked_by_id<F: StoreFactory>(f: &F) {
     assert_eq!(other.find_api_key(&k1.hash).await.unwrap(), Some(revoked));
     assert_eq!(other.find_api_key(&k2.hash).await.unwrap(), Some(k2));
     let unknown = ApiKeyId::from_random(rand::random());
-    assert_eq!(s.revoke_api_key(&a.id, &unknown, at).await.unwrap(), None);
+    assert_eq!(
+        s.revoke_api_key(&Revocation::new(&a.id, &unknown, at))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// A rotation stores the new key and makes the old one expire at the end of the overlap
@@ -1275,7 +1300,9 @@ pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
         s.rotate_api_key(&kb.id, &key_in(&a.id), end).await.unwrap(),
         None
     );
-    s.revoke_api_key(&a.id, &third.id, end).await.unwrap();
+    s.revoke_api_key(&Revocation::new(&a.id, &third.id, end))
+        .await
+        .unwrap();
     let err = s
         .rotate_api_key(&third.id, &key_in(&a.id), end)
         .await
