@@ -54,11 +54,11 @@ pub trait OrgStore: Send + Sync {
     /// such org.
     async fn update_org(&self, id: &OrgId, changes: &OrgChanges)
     -> Result<Option<Org>, StoreError>;
-    /// Moves a live org `m.org` to `m.plan` from `m.at` on and keeps the change in its plan history, in
-    /// one atomic write; returns the org as it is now, or `None` if there is no such live
-    /// org. Moving to the plan it is on changes nothing and records nothing. Changes are
-    /// kept in time order: one at an instant before the org's last change is a `Conflict`,
-    /// and so is the loser of two racing changes (read the org and try again).
+    /// Moves a live org `m.org` to `m.plan` from `m.at` on and keeps the change in its plan
+    /// history, in one atomic write; returns the org as it is now, or `None` if there is no
+    /// such live org. Moving to the plan it is on changes nothing and records nothing.
+    /// Changes are kept in time order: one at an instant before the org's last change is a
+    /// `Conflict`, and so is the loser of two racing changes (read the org and try again).
     async fn change_plan(&self, m: &PlanMove<'_>) -> Result<Option<Org>, StoreError>;
     /// The org's plan changes, oldest first (empty for an org never moved).
     async fn plan_history(&self, id: &OrgId) -> Result<Vec<PlanChange>, StoreError>;
