@@ -197,7 +197,7 @@ pub struct LedgerPageQuery<'a> {
     pub month: Month,
     /// Where the previous page stopped ([`LedgerPage::next`]); `None` for the first page.
     pub cursor: Option<String>,
-    /// Most records on the page; each store clamps it to its own largest page.
+    /// Most records on the page; each store clamps it to 1 through its own largest page.
     pub limit: usize,
 }
 

@@ -251,9 +251,11 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use tally_core::backoff::Backoff;
+use tally_core::ids::OrgId;
 use tally_core::ports::StoreError;
+use tally_core::tenant::KeyHash;
 
-use codec::{Item, describe_sdk_error, is_retryable, sdk_error, unless_condition_failed};
+use codec::{Item, describe_sdk_error, hash_of, is_retryable, sdk_error, unless_condition_failed};
 
 pub use apply::LEDGER_TTL_DAYS;
 pub use audit::{AUDIT_QUERY_PAGE_ITEMS, AUDIT_QUERY_PAGES};
@@ -519,6 +521,18 @@ impl DynamoStore {
         .await;
         sent.map(|out| out.item)
             .map_err(|e| sdk_error("GetItem", e))
+    }
+
+    /// The hash the org's id guard `sk` (of a key or an invitation) holds; `None` if the org
+    /// has no such guard. One strongly consistent `GetItem`.
+    pub(super) async fn guarded_hash(
+        &self,
+        org: &OrgId,
+        sk: &str,
+        what: &'static str,
+    ) -> Result<Option<KeyHash>, StoreError> {
+        let guard = self.get(keys::org_pk(org), sk).await?;
+        guard.map(|g| hash_of(&g, what)).transpose()
     }
 
     /// Puts an item unless one with its key exists; `false` if one did.

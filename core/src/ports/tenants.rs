@@ -311,7 +311,8 @@ pub struct Acceptance<'a> {
     pub hash: &'a KeyHash,
     /// The user who becomes a member.
     pub user: &'a UserId,
-    /// When (the invitation's `accepted_at` and the membership's `created_at`).
+    /// When: the invitation's `accepted_at`, the membership's `created_at`, and the instant
+    /// the invitation must not have expired by.
     pub at: DateTime<Utc>,
 }
 

@@ -15,31 +15,13 @@ use tally_core::tenant::{
 use super::DynamoStore;
 use super::chunks::put_if_absent;
 use super::codec::unless_condition_failed;
-use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
+use super::codec::{
+    Item, corrupt, get_opt_s, get_s, hash_of, item, parse_id, parse_ts, s, ts_text,
+};
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
 use super::tenants::{revoke_existing, update_request};
 
 use super::tx::{conflict, not_found, org_must_be_live, refusal, tx_update};
-
-/// The `hash` attribute of a key, invitation or id guard item; `what` names it in the
-/// `Corrupt` error a malformed one gives.
-pub(super) fn hash_of(it: &Item, what: &'static str) -> Result<KeyHash, StoreError> {
-    KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt(what))
-}
-
-impl DynamoStore {
-    /// The hash the org's id guard `sk` (of a key or an invitation) holds; `None` if the org
-    /// has no such guard. One strongly consistent `GetItem`.
-    pub(super) async fn guarded_hash(
-        &self,
-        org: &OrgId,
-        sk: &str,
-        what: &'static str,
-    ) -> Result<Option<KeyHash>, StoreError> {
-        let guard = self.get(keys::org_pk(org), sk).await?;
-        guard.map(|g| hash_of(&g, what)).transpose()
-    }
-}
 
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;

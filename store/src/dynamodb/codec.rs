@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::ids::{EventId, OrgId};
 use tally_core::ports::StoreError;
+use tally_core::tenant::KeyHash;
 
 /// One DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -323,6 +324,12 @@ where
 /// A request that could not be built (a missing required field: a bug in this module).
 pub fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::Unavailable(format!("building a DynamoDB request: {err}"))
+}
+
+/// The `hash` attribute of a key, invitation or id guard item; `what` names it in the
+/// `Corrupt` error a malformed one gives.
+pub fn hash_of(it: &Item, what: &'static str) -> Result<KeyHash, StoreError> {
+    KeyHash::from_hex(get_s(it, "hash")?).ok_or_else(|| corrupt(what))
 }
 
 #[cfg(test)]

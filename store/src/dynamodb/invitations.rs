@@ -18,8 +18,8 @@ use tally_core::tenant::rules;
 use tally_core::tenant::{Invitation, KeyHash, Membership, Role};
 
 use super::DynamoStore;
-use super::api_keys::hash_of;
 use super::chunks::put_if_absent;
+use super::codec::hash_of;
 use super::codec::{
     Item, build_error, corrupt, get_opt_s, get_s, item, n, parse_id, parse_ts, s, ts_text,
 };
