@@ -185,15 +185,14 @@ pub async fn revoke(
 /// `409` if the email has a pending invitation already; `403` with `limit` and `count`
 /// past the plan's user limit (members plus pending invitations).
 pub(crate) async fn create_invitation(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateInvitation>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), MgmtError> {
     let resource = "invitations".to_owned();
     let created = actor
-        .mutation(&state, &org, Action::InvitationCreate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::InvitationCreate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             let org = state.org(&auth.org).await?;
             let plan = state.plan(org.plan);
@@ -218,14 +217,13 @@ pub(crate) async fn create_invitation(
 /// `DELETE /v1/orgs/{org_id}/invitations/{invitation_id}` (`invitation.revoke`): the
 /// revoked invitation; one that is not pending (accepted, expired, revoked) is `404`.
 pub(crate) async fn revoke_invitation(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, id)): PathParams<(String, String)>,
 ) -> Result<Json<InvitationView>, MgmtError> {
     let resource = format!("invitation:{id}");
     let revoked = actor
-        .mutation(&state, &org, Action::InvitationRevoke, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::InvitationRevoke, resource)
+        .run(async |state, auth| {
             let revoked = revoke(&*state.tenants, &auth.org, &id, state.clock.now()).await?;
             Ok(Change::removed(revoked))
         })

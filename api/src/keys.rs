@@ -8,7 +8,6 @@
 //! authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,6 @@ use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::{Revocation, TenantStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
 
-use crate::ApiState;
 use crate::http::ApiError;
 use crate::mgmt::{
     Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error, random,
@@ -145,15 +143,14 @@ fn parse_scopes(requested: Option<Vec<String>>) -> Result<Vec<KeyScope>, ApiErro
 
 /// `POST /v1/orgs/{org_id}/keys` (`key.create`): `201` with the secret, shown once.
 pub(crate) async fn create_key(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<CreatedKey>), MgmtError> {
     let resource = "keys".to_owned();
     let created = actor
-        .mutation(&state, &org, Action::KeyCreate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::KeyCreate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             let scopes = parse_scopes(req.scopes)?;
@@ -240,14 +237,13 @@ pub async fn revoke(
 /// revoked before keeps its first revocation time). Ingest's key cache may accept it for
 /// up to its TTL.
 pub(crate) async fn revoke_key(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, key)): PathParams<(String, String)>,
 ) -> Result<Json<KeyView>, MgmtError> {
     let resource = format!("key:{key}");
     let revoked = actor
-        .mutation(&state, &org, Action::KeyRevoke, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::KeyRevoke, resource)
+        .run(async |state, auth| {
             let (before, after) =
                 revoke(&*state.tenants, &auth.org, &key, state.clock.now()).await?;
             Ok(Change::updated(&before, after))
@@ -300,15 +296,14 @@ pub struct RotatedKey {
 /// `POST /v1/orgs/{org_id}/keys/{key_id}/rotate` (`key.rotate`): `201` with a new key of
 /// the same name and scopes; the old key expires after the overlap. A revoked key is `409`.
 pub(crate) async fn rotate_key(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, key)): PathParams<(String, String)>,
     payload: Result<JsonObject<RotateKey>, MgmtError>,
 ) -> Result<(StatusCode, Json<RotatedKey>), MgmtError> {
     let resource = format!("key:{key}");
     let rotated = actor
-        .mutation(&state, &org, Action::KeyRotate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::KeyRotate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             let (old, rotated) = rotate(
                 &*state.tenants,

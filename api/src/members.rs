@@ -8,7 +8,6 @@
 //! `crate::mgmt::Mutation::run`, which authorizes them and writes their audit record.
 
 use axum::Json;
-use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
@@ -16,7 +15,6 @@ use tally_core::plan::Plan;
 use tally_core::ports::TenantStore;
 use tally_core::tenant::{Membership, Org, Role};
 
-use crate::ApiState;
 use crate::http::ApiError;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body};
 use crate::roles::Action;
@@ -137,15 +135,14 @@ pub struct UpdateMember {
 /// `PATCH /v1/orgs/{org_id}/members/{user_id}` (`member.update`): the membership as
 /// changed; the owner's is `403`.
 pub(crate) async fn update_member(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, user)): PathParams<(String, String)>,
     payload: Result<JsonObject<UpdateMember>, MgmtError>,
 ) -> Result<Json<MemberView>, MgmtError> {
     let resource = format!("member:{user}");
     let member = actor
-        .mutation(&state, &org, Action::MemberUpdate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::MemberUpdate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             let (before, after) = set_role(&*state.tenants, &auth.org, &user, &req.role).await?;
             Ok(Change::updated(&before, after))
@@ -157,14 +154,13 @@ pub(crate) async fn update_member(
 /// `DELETE /v1/orgs/{org_id}/members/{user_id}` (`member.remove`): the removed
 /// membership; the owner is `403`.
 pub(crate) async fn remove_member(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, user)): PathParams<(String, String)>,
 ) -> Result<Json<MemberView>, MgmtError> {
     let resource = format!("member:{user}");
     let removed = actor
-        .mutation(&state, &org, Action::MemberRemove, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::MemberRemove, resource)
+        .run(async |state, auth| {
             let removed = remove(&*state.tenants, &auth.org, &user).await?;
             Ok(Change::removed(removed))
         })

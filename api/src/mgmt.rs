@@ -242,10 +242,12 @@ impl<T: Serialize> Change<T> {
 }
 
 /// Who makes a management request, and from where: the authenticated [`Caller`] and the
-/// [`RequestMeta`] its audit record shows. A mutating route takes it and calls
-/// [`Actor::mutation`]; it refuses like [`Caller`] (`401`) before anything else is read.
+/// [`RequestMeta`] its audit record shows, with the app's state (as [`OrgCaller`] holds it
+/// for a read route). A mutating route takes it and calls [`Actor::mutation`]; it refuses
+/// like [`Caller`] (`401`) before anything else is read.
 #[derive(Debug)]
 pub(crate) struct Actor {
+    state: ApiState,
     caller: Caller,
     meta: RequestMeta,
 }
@@ -294,7 +296,11 @@ impl FromRequestParts<ApiState> for Actor {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
         let Ok(meta) = RequestMeta::from_request_parts(parts, state).await;
-        Ok(Actor { caller, meta })
+        Ok(Actor {
+            state: state.clone(),
+            caller,
+            meta,
+        })
     }
 }
 
@@ -309,17 +315,11 @@ impl Actor {
 
     /// The caller doing `action` on `resource` in the org `org` (a path parameter): a
     /// mutation, made and audited by [`Mutation::run`].
-    pub(crate) fn mutation<'a>(
-        self,
-        state: &'a ApiState,
-        org: &'a str,
-        action: Action,
-        resource: String,
-    ) -> Mutation<'a> {
+    pub(crate) fn mutation(self, org: &str, action: Action, resource: String) -> Mutation<'_> {
         Mutation {
             audit: Audit::new(&self.caller, self.meta, org, action, resource),
             caller: self.caller,
-            state,
+            state: self.state,
             org,
             action,
         }
@@ -330,7 +330,7 @@ impl Actor {
 #[derive(Debug)]
 pub(crate) struct Mutation<'a> {
     caller: Caller,
-    state: &'a ApiState,
+    state: ApiState,
     org: &'a str,
     action: Action,
     audit: Audit,
@@ -338,12 +338,12 @@ pub(crate) struct Mutation<'a> {
 
 impl Mutation<'_> {
     /// The one skeleton of a mutating management route: authorizes the caller for the
-    /// action in the org, runs `work` with that authorization (it parses the body and makes
-    /// the change), and writes the audit record of the outcome, allowed or refused.
-    /// Answers `work`'s answer, or the refusal.
+    /// action in the org, runs `work` with the app's state and that authorization (it parses
+    /// the body and makes the change), and writes the audit record of the outcome, allowed
+    /// or refused. Answers `work`'s answer, or the refusal.
     pub(crate) async fn run<T>(
         self,
-        work: impl AsyncFnOnce(Authorized) -> Result<Change<T>, MgmtError>,
+        work: impl AsyncFnOnce(&ApiState, Authorized) -> Result<Change<T>, MgmtError>,
     ) -> Result<T, MgmtError> {
         let Mutation {
             caller,
@@ -352,8 +352,8 @@ impl Mutation<'_> {
             action,
             mut audit,
         } = self;
-        let result = match caller.authorize(state, org, action).await {
-            Ok(auth) => work(auth).await,
+        let result = match caller.authorize(&state, org, action).await {
+            Ok(auth) => work(&state, auth).await,
             Err(e) => {
                 if matches!(e, ApiError::NotFound { .. } | ApiError::Unauthorized(_)) {
                     // Not a member (or no valid credential): the org's trail is its members'
@@ -372,7 +372,7 @@ impl Mutation<'_> {
             }
             c.answer
         });
-        audit.finish(state, result).await
+        audit.finish(&state, result).await
     }
 }
 

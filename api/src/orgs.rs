@@ -87,15 +87,14 @@ pub struct UpdateOrg {
 /// `PATCH /v1/orgs/{org_id}` (`org.update`): the org as changed (its name). A `plan` is
 /// refused `403 plan_change_forbidden` and audited as refused, whatever the caller's role.
 pub(crate) async fn update_org(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<UpdateOrg>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
     let resource = format!("org:{org}");
     let org = actor
-        .mutation(&state, &org, Action::OrgUpdate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::OrgUpdate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             if req.plan.is_some() {
                 return Err(MgmtError::PlanChangeForbidden);
@@ -119,14 +118,13 @@ pub(crate) async fn update_org(
 /// every API key revoked (ingest refuses them once its key cache entry expires). From then
 /// on the org's routes answer `404` to everyone; its usage and reports stay for billing.
 pub(crate) async fn delete_org(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
 ) -> Result<Json<Org>, MgmtError> {
     let resource = format!("org:{org}");
     let org = actor
-        .mutation(&state, &org, Action::OrgDelete, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::OrgDelete, resource)
+        .run(async |state, auth| {
             let before = state.org(&auth.org).await?;
             let after = state
                 .tenants
@@ -150,15 +148,14 @@ pub struct TransferOwnership {
 /// `POST /v1/orgs/{org_id}/transfer` (`org.transfer`, the owner only): the org with its
 /// new `owner_id`; the caller becomes an admin. `404` if the user is not a member.
 pub(crate) async fn transfer_ownership(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<TransferOwnership>, MgmtError>,
 ) -> Result<Json<Org>, MgmtError> {
     let resource = format!("org:{org}");
     let org = actor
-        .mutation(&state, &org, Action::OrgTransfer, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::OrgTransfer, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             let (before, after) =
                 transfer(&*state.tenants, &auth.org, &auth.user, &req.user_id).await?;

@@ -130,15 +130,14 @@ pub struct CreateProject {
 /// `POST /v1/orgs/{org_id}/projects` (`project.create`): `201` with the project; `403`
 /// with `limit` and `count` past the plan's project limit; `409` when the slug is taken.
 pub(crate) async fn create_project(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<CreateProject>, MgmtError>,
 ) -> Result<(StatusCode, Json<Project>), MgmtError> {
     let resource = "projects".to_owned();
     let project = actor
-        .mutation(&state, &org, Action::ProjectCreate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::ProjectCreate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             check_slug("slug", &req.slug).map_err(field_error)?;
@@ -171,15 +170,14 @@ pub struct UpdateProject {
 /// `PATCH /v1/orgs/{org_id}/projects/{project_id}` (`project.update`): the project,
 /// renamed (its slug, which events never carry, stays).
 pub(crate) async fn update_project(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, project)): PathParams<(String, String)>,
     payload: Result<JsonObject<UpdateProject>, MgmtError>,
 ) -> Result<Json<Project>, MgmtError> {
     let resource = format!("project:{project}");
     let project = actor
-        .mutation(&state, &org, Action::ProjectUpdate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::ProjectUpdate, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             check_name("name", &req.name).map_err(field_error)?;
             let changes = ProjectChanges {
@@ -199,14 +197,13 @@ pub(crate) async fn update_project(
 /// project cache entry expires (10 s by default), and it no longer counts against the
 /// plan's project limit; it stays listed, with `archived_at`.
 pub(crate) async fn archive_project(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, project)): PathParams<(String, String)>,
 ) -> Result<Json<Project>, MgmtError> {
     let resource = format!("project:{project}");
     let project = actor
-        .mutation(&state, &org, Action::ProjectArchive, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::ProjectArchive, resource)
+        .run(async |state, auth| {
             let changes = ProjectChanges {
                 name: None,
                 archive_at: Some(state.clock.now()),
@@ -261,15 +258,14 @@ pub struct ProjectMemberView {
 /// `404` for a project of another org or a user who is not a member of the org, `409` if
 /// they are on the project already.
 pub(crate) async fn add_project_member(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, project)): PathParams<(String, String)>,
     payload: Result<JsonObject<AddProjectMember>, MgmtError>,
 ) -> Result<(StatusCode, Json<ProjectMemberView>), MgmtError> {
     let resource = format!("project:{project}");
     let added = actor
-        .mutation(&state, &org, Action::ProjectMemberAdd, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::ProjectMemberAdd, resource)
+        .run(async |state, auth| {
             let req = body(payload)?;
             let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let user = UserId::parse(&req.user_id).map_err(|_| member_not_found())?;
@@ -301,14 +297,13 @@ pub(crate) async fn add_project_member(
 /// `DELETE /v1/orgs/{org_id}/projects/{project_id}/members/{user_id}`
 /// (`project_member.remove`): the removed place; `404` if the user was not on the project.
 pub(crate) async fn remove_project_member(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, project, user)): PathParams<(String, String, String)>,
 ) -> Result<Json<ProjectMemberView>, MgmtError> {
     let resource = format!("project:{project}");
     let removed = actor
-        .mutation(&state, &org, Action::ProjectMemberRemove, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::ProjectMemberRemove, resource)
+        .run(async |state, auth| {
             let not_on = || ApiError::not_found("user_id", "no such member on this project");
             let project = ProjectId::parse(&project).map_err(|_| project_not_found())?;
             let user = UserId::parse(&user).map_err(|_| not_on())?;

@@ -24,14 +24,12 @@
 //! org, beside the role lookup), so a change applies to the next request.
 
 use axum::Json;
-use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::OrgId;
 use tally_core::security::{Cidr, OrgSecurityPolicy, SecurityPolicy};
 use tally_core::tenant::FieldError;
 
-use crate::ApiState;
 pub use crate::gate::{MFA_REQUIRED, UserContext, check_user, enforce_policy};
 use crate::http::ApiError;
 use crate::mgmt::{Actor, Change, JsonObject, MgmtError, OrgCaller, PathParams, body, field_error};
@@ -139,7 +137,6 @@ pub(crate) async fn get_policy(at: OrgCaller) -> Result<Json<PolicyView>, MgmtEr
 /// and answers it; audited with the policy before and after. `400` naming the field for a
 /// policy out of bounds, `409 would_lock_out` for one that would refuse the caller.
 pub(crate) async fn put_policy(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams(org): PathParams<String>,
     payload: Result<JsonObject<PutPolicy>, MgmtError>,
@@ -147,8 +144,8 @@ pub(crate) async fn put_policy(
     let context = actor.user_context().cloned().unwrap_or_default();
     let resource = "security_policy".to_owned();
     let view = actor
-        .mutation(&state, &org, Action::SecurityPolicyUpdate, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::SecurityPolicyUpdate, resource)
+        .run(async |state, auth| {
             let policy = body(payload)?.parse().map_err(field_error)?;
             guard_lock_out(&policy, &context)?;
             let stored = OrgSecurityPolicy {

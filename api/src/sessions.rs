@@ -346,20 +346,19 @@ async fn find_member_session(
 /// of one of the org's members and answers it; audited with the session before and after.
 /// `404` for a session of anyone outside the org (or none).
 pub(crate) async fn revoke_org(
-    State(state): State<ApiState>,
     actor: Actor,
     PathParams((org, sid)): PathParams<(String, String)>,
 ) -> Result<Json<SessionView>, MgmtError> {
     let context = actor.user_context().cloned();
     let resource = format!("session:{sid}");
     let view = actor
-        .mutation(&state, &org, Action::SessionRevoke, resource)
-        .run(async |auth| {
+        .mutation(&org, Action::SessionRevoke, resource)
+        .run(async |state, auth| {
             let sid = SessionId::parse(&sid).map_err(|_| SessionError::NotFound)?;
-            let before = find_member_session(&state, &auth.org, &sid)
+            let before = find_member_session(state, &auth.org, &sid)
                 .await?
                 .ok_or(SessionError::NotFound)?;
-            let after = revoke(&state, &before.user_id, &sid)
+            let after = revoke(state, &before.user_id, &sid)
                 .await?
                 .ok_or(SessionError::NotFound)?;
             Ok(Change::updated(
