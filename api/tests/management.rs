@@ -22,11 +22,11 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, AuditLog, Clock, FixedClock, InvitationStore, MemberStore, NewProjectMember,
     OrgStore, ProjectStore, ReportStore, Revocation, SecurityStore, StepKey, SyncLedger,
-    UsageStore, UserStore,
+    UsageStore,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, MAX_AUDIT_PAGE,
-    Membership, Org, Project, Role, User,
+    Project, Role,
 };
 use tally_store::MemoryStore;
 use tower::ServiceExt;
@@ -156,42 +156,26 @@ async fn world(plan: PlanId) -> World {
     ids.push(user("usr_bowner"));
     ids.push(user("usr_invitee"));
     for id in ids {
-        store
-            .ensure_user(&User {
-                email: format!("{}@example.com", &id.as_str()[4..]),
-                id,
-                created_at: t("2026-01-01T00:00:00Z"),
-            })
-            .await
-            .unwrap();
+        let id = id.as_str();
+        common::add_user(
+            &store,
+            id,
+            &format!("{}@example.com", &id[4..]),
+            t("2026-01-01T00:00:00Z"),
+        )
+        .await;
     }
     for (id, name, owner, plan) in [
         ("org_a", "Alpha Ltd", a_user(Role::Owner), plan),
         ("org_b", "Beta Corp", user("usr_bowner"), PlanId::Starter),
     ] {
-        store
-            .create_org(&Org {
-                id: org_id(id),
-                name: name.into(),
-                slug: name.to_lowercase().replace(' ', "-"),
-                plan,
-                owner_id: owner,
-                created_at: t("2026-01-01T00:00:00Z"),
-                deleted_at: None,
-            })
-            .await
-            .unwrap();
+        let slug = name.to_lowercase().replace(' ', "-");
+        let at = t("2026-01-01T00:00:00Z");
+        common::add_org(&store, id, name, &slug, plan, owner.as_str(), at).await;
     }
     for role in [Role::Admin, Role::Member, Role::Viewer] {
-        store
-            .add_member(&Membership {
-                org_id: org_id("org_a"),
-                user_id: a_user(role),
-                role,
-                created_at: t("2026-01-02T00:00:00Z"),
-            })
-            .await
-            .unwrap();
+        let at = t("2026-01-02T00:00:00Z");
+        common::add_member(&store, "org_a", a_user(role).as_str(), role, at).await;
     }
     for (org, p) in [("org_a", "prj_alpha1"), ("org_b", "prj_beta1")] {
         store
@@ -1349,13 +1333,7 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
         ("usr_carol", "carol@example.com"),
         ("usr_dave", "dave@example.com"),
     ] {
-        mem.ensure_user(&User {
-            id: user(id),
-            email: email.into(),
-            created_at: t(NOW),
-        })
-        .await
-        .unwrap();
+        common::add_user(&mem, id, email, t(NOW)).await;
     }
     let admin = token(&a_user(Role::Admin));
     // Nobody is added to an org without consent: there is no route that adds an existing
@@ -1376,14 +1354,7 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
             .is_none()
     );
     // Carol accepted an invitation (what the invitation tests drive end to end).
-    mem.add_member(&Membership {
-        org_id: org_id("org_a"),
-        user_id: user("usr_carol"),
-        role: Role::Viewer,
-        created_at: t(NOW),
-    })
-    .await
-    .unwrap();
+    common::add_member(&mem, "org_a", "usr_carol", Role::Viewer, t(NOW)).await;
     let p = call(
         &mem,
         "PATCH",
@@ -1498,14 +1469,8 @@ async fn the_owner_hands_over_ownership_to_a_member() {
 #[tokio::test]
 async fn users_list_their_own_orgs_only() {
     let mem = world(PlanId::Starter).await;
-    mem.add_member(&Membership {
-        org_id: org_id("org_b"),
-        user_id: a_user(Role::Viewer),
-        role: Role::Member,
-        created_at: t(NOW),
-    })
-    .await
-    .unwrap();
+    let viewer = a_user(Role::Viewer);
+    common::add_member(&mem, "org_b", viewer.as_str(), Role::Member, t(NOW)).await;
     let a = call(
         &mem,
         "GET",
@@ -1745,13 +1710,7 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert!(!listed.text.contains("hash") && !listed.text.contains("token"));
 
     // Carol signs up and accepts; a second accept is refused.
-    mem.ensure_user(&User {
-        id: user("usr_carol"),
-        email: "carol@example.com".into(),
-        created_at: t(NOW),
-    })
-    .await
-    .unwrap();
+    common::add_user(&mem, "usr_carol", "carol@example.com", t(NOW)).await;
     let carol = token(&user("usr_carol"));
     let accept = |bearer: String, token: String| {
         let mem = mem.clone();

@@ -20,10 +20,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tally_api::jwt::JwtConfig;
 use tally_api::router;
-use tally_core::ids::{OrgId, UserId};
+use tally_core::ids::UserId;
 use tally_core::plan::PlanId;
-use tally_core::ports::{Clock, FixedClock, OrgStore, UserStore};
-use tally_core::tenant::{Org, User};
+use tally_core::ports::{Clock, FixedClock};
 use tally_oidc::{OidcError, OidcSettings, OidcVerifier};
 use tally_store::MemoryStore;
 use tower::ServiceExt;
@@ -105,27 +104,18 @@ struct World {
 async fn world() -> World {
     let issuer = Issuer::start(vec![jwk(1)]).await;
     let store = MemoryStore::new();
-    let ann = UserId::parse("usr_ann").unwrap();
-    store
-        .ensure_user(&User {
-            id: ann.clone(),
-            email: "Ann@Example.com".into(),
-            created_at: t("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
-    store
-        .create_org(&Org {
-            id: OrgId::parse("org_a").unwrap(),
-            name: "Alpha".into(),
-            slug: "alpha".into(),
-            plan: PlanId::Starter,
-            owner_id: ann,
-            created_at: t("2026-01-01T00:00:00Z"),
-            deleted_at: None,
-        })
-        .await
-        .unwrap();
+    let at = t("2026-01-01T00:00:00Z");
+    common::add_user(&store, "usr_ann", "Ann@Example.com", at).await;
+    common::add_org(
+        &store,
+        "org_a",
+        "Alpha",
+        "alpha",
+        PlanId::Starter,
+        "usr_ann",
+        at,
+    )
+    .await;
     let oidc = OidcVerifier::new(OidcSettings {
         issuer: issuer.url.clone(),
         audience: AUDIENCE.into(),

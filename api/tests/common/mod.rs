@@ -93,45 +93,70 @@ pub async fn two_orgs() -> MemoryStore {
     let store = MemoryStore::new();
     let at = t("2026-01-01T00:00:00Z");
     for id in ["usr_own", "usr_adm", "usr_mem", "usr_view", "usr_bown"] {
-        store
-            .ensure_user(&User {
-                id: user(id),
-                email: format!("{id}@example.com"),
-                created_at: at,
-            })
-            .await
-            .unwrap();
+        add_user(&store, id, &format!("{id}@example.com"), at).await;
     }
     for (org, owner) in [("org_a", "usr_own"), ("org_b", "usr_bown")] {
-        store
-            .create_org(&Org {
-                id: OrgId::parse(org).unwrap(),
-                name: org.into(),
-                slug: org.replace('_', "-"),
-                plan: PlanId::Pro,
-                owner_id: user(owner),
-                created_at: at,
-                deleted_at: None,
-            })
-            .await
-            .unwrap();
+        let slug = org.replace('_', "-");
+        add_org(&store, org, org, &slug, PlanId::Pro, owner, at).await;
     }
     for (id, role) in [
         ("usr_adm", Role::Admin),
         ("usr_mem", Role::Member),
         ("usr_view", Role::Viewer),
     ] {
-        store
-            .add_member(&Membership {
-                org_id: OrgId::parse("org_a").unwrap(),
-                user_id: user(id),
-                role,
-                created_at: at,
-            })
-            .await
-            .unwrap();
+        add_member(&store, "org_a", id, role, at).await;
     }
     store
+}
+
+/// Stores the user `id` with `email`, created at `at`.
+pub async fn add_user(store: &MemoryStore, id: &str, email: &str, at: DateTime<Utc>) {
+    store
+        .ensure_user(&User {
+            id: user(id),
+            email: email.into(),
+            created_at: at,
+        })
+        .await
+        .unwrap();
+}
+
+/// Stores the org `id` named `name` (slug `slug`) on `plan`, owned by the user `owner`,
+/// created at `at`.
+pub async fn add_org(
+    store: &MemoryStore,
+    id: &str,
+    name: &str,
+    slug: &str,
+    plan: PlanId,
+    owner: &str,
+    at: DateTime<Utc>,
+) {
+    store
+        .create_org(&Org {
+            id: OrgId::parse(id).unwrap(),
+            name: name.into(),
+            slug: slug.into(),
+            plan,
+            owner_id: user(owner),
+            created_at: at,
+            deleted_at: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// Stores the membership of the user `id` in `org` with `role`, since `at`.
+pub async fn add_member(store: &MemoryStore, org: &str, id: &str, role: Role, at: DateTime<Utc>) {
+    store
+        .add_member(&Membership {
+            org_id: OrgId::parse(org).unwrap(),
+            user_id: user(id),
+            role,
+            created_at: at,
+        })
+        .await
+        .unwrap();
 }
 
 /// A plain user token (no session) for `who`, signed in with `amr`, valid for an hour
