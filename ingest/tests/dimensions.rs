@@ -10,21 +10,17 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tally_core::catalogue::{BUILTIN_JSON, Catalogue};
-use tally_core::event::Event;
 use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, MeterMonth, OrgStore, ProjectStore,
-    PublishReport, QueueError, SeriesRegistry,
+    ApiKeyStore, FixedClock, MeterMonth, OrgStore, ProjectStore, SeriesRegistry,
 };
 use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
@@ -32,31 +28,10 @@ use tally_store::MemoryStore;
 use tower::ServiceExt;
 
 mod common;
-use common::{an_org, key, project, rejections, seed_owner, t};
+use common::{Queue, an_org, key, project, rejections, seed_owner, t};
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
-
-/// A queue that keeps what it is given.
-#[derive(Default)]
-struct Kept(Mutex<Vec<Event>>);
-
-#[async_trait]
-impl EventQueue for Kept {
-    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
-        self.0.lock().unwrap().extend_from_slice(events);
-        Ok(PublishReport::default())
-    }
-    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        Ok(Vec::new())
-    }
-    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        Ok(0)
-    }
-}
 
 /// The built-in catalogue plus `llm_tokens`: a sum of `properties.tokens` split by
 /// `properties.model`, at most two series per org and month.
@@ -103,13 +78,13 @@ async fn seeded() -> MemoryStore {
 }
 
 /// One ingest instance over `store`, with the store as its series registry or without one.
-fn instance(store: &MemoryStore, queue: Arc<Kept>, registry: bool) -> Ingest {
+fn instance(store: &MemoryStore, queue: Arc<Queue>, registry: bool) -> Ingest {
     instance_of(store, queue, registry, &catalogue())
 }
 
 fn instance_of(
     store: &MemoryStore,
-    queue: Arc<Kept>,
+    queue: Arc<Queue>,
     registry: bool,
     catalogue: &Catalogue,
 ) -> Ingest {
@@ -151,7 +126,7 @@ async fn post(ingest: &Ingest, events: Vec<Value>) -> (StatusCode, Value) {
 #[tokio::test]
 async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many() {
     let store = seeded().await;
-    let queue = Arc::new(Kept::default());
+    let queue = Arc::new(Queue::default());
     let a = instance(&store, queue.clone(), true);
     let (status, answer) = post(
         &a,
@@ -190,7 +165,7 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
         "{message}"
     );
     let queued: Vec<(String, String)> = queue
-        .0
+        .published
         .lock()
         .unwrap()
         .iter()
@@ -236,7 +211,7 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
 #[tokio::test]
 async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
     let store = seeded().await;
-    let queue = Arc::new(Kept::default());
+    let queue = Arc::new(Queue::default());
     let ingest = instance(&store, queue.clone(), false);
     let (status, answer) = post(&ingest, vec![tokens("t0", json!("gpt-4"), 1)]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
@@ -245,7 +220,7 @@ async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
         rejections(&answer),
         vec![(0, "dimension_cardinality_exceeded", "properties.model")]
     );
-    assert!(queue.0.lock().unwrap().is_empty());
+    assert!(queue.published.lock().unwrap().is_empty());
 }
 
 /// The refusal names the new series by each dimension's property and value, and the bound:
@@ -261,7 +236,7 @@ async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
         ]),
         1,
     );
-    let ingest = instance_of(&store, Arc::new(Kept::default()), true, &catalogue);
+    let ingest = instance_of(&store, Arc::new(Queue::default()), true, &catalogue);
     let event = |id: &str, region: &str| {
         let mut e = tokens(id, json!("gpt-4"), 10);
         e["properties"]["region"] = json!(region);
@@ -294,7 +269,7 @@ async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
 #[tokio::test]
 async fn late_events_are_validated_with_the_catalogue_of_their_month() {
     let store = seeded().await;
-    let queue = Arc::new(Kept::default());
+    let queue = Arc::new(Queue::default());
     let october = catalogue();
     let mut file: Value = serde_json::from_str(BUILTIN_JSON).unwrap();
     file["meters"]["gpu_hours"] = json!({
@@ -355,7 +330,7 @@ async fn late_events_are_validated_with_the_catalogue_of_their_month() {
     let message = answer["rejected"][1]["error"]["message"].as_str().unwrap();
     assert!(message.contains("for an event of 2026-10"), "{message}");
     let queued: Vec<String> = queue
-        .0
+        .published
         .lock()
         .unwrap()
         .iter()

@@ -9,12 +9,11 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::TimeDelta;
@@ -26,8 +25,7 @@ use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, OrgStore, ProjectStore, ProjectUpdate,
-    PublishReport, QueueError, Revocation, UsageStore,
+    ApiKeyStore, FixedClock, OrgStore, ProjectStore, ProjectUpdate, Revocation, UsageStore,
 };
 use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
@@ -36,7 +34,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 mod common;
-use common::{an_org, key, org, project, rejections, seed_owner, t};
+use common::{PublishMode, Queue, an_org, key, org, project, rejections, seed_owner, t};
 
 use std::sync::Arc;
 
@@ -66,40 +64,6 @@ fn ms(n: i64) -> TimeDelta {
 
 fn secs(n: i64) -> TimeDelta {
     TimeDelta::seconds(n)
-}
-
-#[derive(Default)]
-enum PublishMode {
-    #[default]
-    Ok,
-    /// The whole call fails.
-    Error,
-    /// These event ids are refused every time.
-    FailIds(HashSet<String>),
-    /// These event ids are refused on the first call only.
-    FailIdsOnce(HashSet<String>),
-}
-
-/// The queue fake: records what ingest published, and refuses or holds publishes on demand
-/// (what a queue does when it is down, full or slow).
-#[derive(Default)]
-struct Queue {
-    published: Mutex<Vec<Event>>,
-    publish_calls: AtomicUsize,
-    publish_mode: Mutex<PublishMode>,
-    /// When set, `publish` waits for a notification before answering.
-    publish_gate: Mutex<Option<std::sync::Arc<Notify>>>,
-}
-
-impl Queue {
-    fn published_ids(&self) -> Vec<String> {
-        self.published
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.id.as_str().to_owned())
-            .collect()
-    }
 }
 
 fn meter(s: &str) -> MeterName {
@@ -159,43 +123,6 @@ async fn seeded() -> MemoryStore {
         .await
         .unwrap();
     store
-}
-
-#[async_trait]
-impl EventQueue for Queue {
-    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
-        let call = self.publish_calls.fetch_add(1, Ordering::SeqCst);
-        let gate = self.publish_gate.lock().unwrap().clone();
-        if let Some(gate) = gate {
-            gate.notified().await;
-        }
-        let refuse: HashSet<String> = match &*self.publish_mode.lock().unwrap() {
-            PublishMode::Ok => HashSet::new(),
-            PublishMode::Error => return Err(QueueError::Unavailable("down".into())),
-            PublishMode::FailIds(ids) => ids.clone(),
-            PublishMode::FailIdsOnce(ids) if call == 0 => ids.clone(),
-            PublishMode::FailIdsOnce(_) => HashSet::new(),
-        };
-        let mut published = self.published.lock().unwrap();
-        let mut failed = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            if refuse.contains(e.id.as_str()) {
-                failed.push((i, "full".to_owned()));
-            } else {
-                published.push(e.clone());
-            }
-        }
-        Ok(PublishReport { failed })
-    }
-    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        unreachable!("ingest only publishes")
-    }
-    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        unreachable!("ingest only publishes")
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        unreachable!("ingest only publishes")
-    }
 }
 
 /// The OpenAPI document, built once.

@@ -1,16 +1,28 @@
-//! What the ingest router tests share: reading a `POST /v1/events` answer's rejections, and
-//! the instants, orgs, projects and keys their stores are seeded with.
+//! What the ingest router tests share: reading a `POST /v1/events` answer's rejections, the
+//! instants, orgs, projects and keys their stores are seeded with, and the queue fake ingest
+//! publishes to.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
-use tally_core::ports::UserStore;
+use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 use tally_store::MemoryStore;
+use tokio::sync::Notify;
 
 /// (index, code, field) of each rejection in a `POST /v1/events` answer, in its order.
 pub fn rejections(answer: &Value) -> Vec<(u64, &str, &str)> {
@@ -90,4 +102,80 @@ pub async fn seed_owner(store: &MemoryStore) {
         })
         .await
         .unwrap();
+}
+
+/// How the [`Queue`] fake answers a publish.
+#[derive(Default)]
+pub enum PublishMode {
+    #[default]
+    Ok,
+    /// The whole call fails.
+    Error,
+    /// These event ids are refused every time.
+    FailIds(HashSet<String>),
+    /// These event ids are refused on the first call only.
+    FailIdsOnce(HashSet<String>),
+}
+
+/// The queue fake: records what ingest published, and refuses or holds publishes on demand
+/// (what a queue does when it is down, full or slow).
+#[derive(Default)]
+pub struct Queue {
+    /// What ingest published, in order.
+    pub published: Mutex<Vec<Event>>,
+    /// How many `publish` calls came.
+    pub publish_calls: AtomicUsize,
+    /// How `publish` answers.
+    pub publish_mode: Mutex<PublishMode>,
+    /// When set, `publish` waits for a notification before answering.
+    pub publish_gate: Mutex<Option<Arc<Notify>>>,
+}
+
+impl Queue {
+    /// The ids of the published events, in order.
+    pub fn published_ids(&self) -> Vec<String> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_str().to_owned())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventQueue for Queue {
+    async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
+        let call = self.publish_calls.fetch_add(1, Ordering::SeqCst);
+        let gate = self.publish_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        let refuse: HashSet<String> = match &*self.publish_mode.lock().unwrap() {
+            PublishMode::Ok => HashSet::new(),
+            PublishMode::Error => return Err(QueueError::Unavailable("down".into())),
+            PublishMode::FailIds(ids) => ids.clone(),
+            PublishMode::FailIdsOnce(ids) if call == 0 => ids.clone(),
+            PublishMode::FailIdsOnce(_) => HashSet::new(),
+        };
+        let mut published = self.published.lock().unwrap();
+        let mut failed = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if refuse.contains(e.id.as_str()) {
+                failed.push((i, "full".to_owned()));
+            } else {
+                published.push(e.clone());
+            }
+        }
+        Ok(PublishReport { failed })
+    }
+    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        unreachable!("ingest only publishes")
+    }
+    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
+        unreachable!("ingest only publishes")
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        unreachable!("ingest only publishes")
+    }
 }
