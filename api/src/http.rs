@@ -41,7 +41,7 @@ pub fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize
 /// The OpenAPI pieces shared by every API's document.
 pub mod openapi {
     pub use tally_http::openapi::{
-        add_paths, add_schemas, add_security_schemes, document as service_document,
+        BuiltOnce, add_paths, add_schemas, add_security_schemes, document as service_document,
         error_responses, json_response, operation_responses, schema_ref,
     };
 }

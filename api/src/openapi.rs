@@ -11,13 +11,11 @@
 //! [`UsageResponse`](crate::UsageResponse), [`SeriesPoint`](crate::SeriesPoint) and
 //! [`UsageParams`](crate::usage::UsageParams).
 
-use std::sync::OnceLock;
-
 use axum::Json;
 use serde_json::{Value, json};
 
 use crate::http::openapi::{
-    add_paths, add_schemas, add_security_schemes, error_responses, json_response,
+    BuiltOnce, add_paths, add_schemas, add_security_schemes, error_responses, json_response,
     operation_responses, schema_ref, service_document,
 };
 use crate::roles::markdown_table;
@@ -161,8 +159,8 @@ pub fn document() -> Value {
 
 /// The handler: the document, built once.
 pub(crate) async fn serve() -> Json<Value> {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    Json(DOC.get_or_init(document).clone())
+    static DOC: BuiltOnce = BuiltOnce::new(document);
+    Json(DOC.get().clone())
 }
 
 fn param(name: &str, required: bool, description: &str, schema: Value) -> Value {

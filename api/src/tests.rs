@@ -3,7 +3,6 @@
 //! `apply_batch` the aggregator uses, with a [`FixedClock`].
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -138,28 +137,21 @@ fn app(store: &MemoryStore) -> Router {
     ))
 }
 
-/// The OpenAPI document, built once.
-fn doc() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(openapi::document)
-}
-
-/// Follows a `$ref` inside the document.
-fn resolve(v: &Value) -> &Value {
-    tally_http::openapi::resolve(doc(), v)
-}
+/// The OpenAPI document, built once (apart from the one the route serves).
+static DOC: tally_http::openapi::BuiltOnce = tally_http::openapi::BuiltOnce::new(openapi::document);
 
 fn keys_of(v: &Value) -> BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
 
 fn schema_properties(name: &str) -> BTreeSet<String> {
-    keys_of(&doc()["components"]["schemas"][name]["properties"])
+    keys_of(&DOC.get()["components"]["schemas"][name]["properties"])
 }
 
 /// Every answer of `GET /v1/usage` the tests see must be documented.
 fn assert_documented(a: &Answer) {
-    let response = resolve(&doc()["paths"]["/v1/usage"]["get"]["responses"][a.status.as_str()]);
+    let response =
+        DOC.resolve(&DOC.get()["paths"]["/v1/usage"]["get"]["responses"][a.status.as_str()]);
     assert!(
         response.is_object(),
         "GET /v1/usage answered {} which is not documented",
@@ -510,7 +502,7 @@ async fn every_status_code_of_get_usage_is_produced_and_documented() {
         }
         assert!(seen.contains(&429));
     }
-    let documented: BTreeSet<u16> = keys_of(&doc()["paths"]["/v1/usage"]["get"]["responses"])
+    let documented: BTreeSet<u16> = keys_of(&DOC.get()["paths"]["/v1/usage"]["get"]["responses"])
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
@@ -536,7 +528,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         .await
         .unwrap();
     let served: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(&served, doc());
+    assert_eq!(&served, DOC.get());
     assert_eq!(served["openapi"], "3.1.0");
 
     // The documented operations are exactly the routes of both routers and the dashboard's
@@ -548,7 +540,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         .chain(crate::openapi_dashboard::DASHBOARD_ROUTES.iter().copied())
         .map(|(m, p)| (m.to_ascii_lowercase(), p.to_owned()))
         .collect();
-    let documented: BTreeSet<(String, String)> = doc()["paths"]
+    let documented: BTreeSet<(String, String)> = DOC.get()["paths"]
         .as_object()
         .unwrap()
         .iter()
@@ -600,12 +592,13 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
         keys_of(&v["projects"][0]),
         schema_properties("ProjectUsage")
     );
-    let required: BTreeSet<String> = doc()["components"]["schemas"]["UsageResponse"]["required"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
+    let required: BTreeSet<String> =
+        DOC.get()["components"]["schemas"]["UsageResponse"]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
     let minimal = serde_json::to_value(UsageResponse {
         project_id: None,
         groups: None,
@@ -616,7 +609,7 @@ async fn the_document_is_served_and_matches_the_routes_and_the_structs() {
     assert_eq!(keys_of(&minimal), required);
 
     // Every documented query parameter is one the handler reads, and vice versa.
-    let params: Vec<String> = doc()["paths"]["/v1/usage"]["get"]["parameters"]
+    let params: Vec<String> = DOC.get()["paths"]["/v1/usage"]["get"]["parameters"]
         .as_array()
         .unwrap()
         .iter()

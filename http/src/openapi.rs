@@ -15,6 +15,8 @@
 //! and [`ErrorBody`](crate::ErrorBody) have exactly the documented keys; the documented
 //! event fields are exactly what validation accepts).
 
+use std::sync::OnceLock;
+
 use serde_json::{Map, Value, json};
 
 use crate::events::{MAX_BATCH_EVENTS, MAX_BODY_BYTES};
@@ -148,6 +150,33 @@ pub fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
                 .unwrap_or_else(|| panic!("dangling $ref {r}")),
         ),
         None => v,
+    }
+}
+
+/// A document built on first use and kept for the life of the process: what a handler
+/// serves on every request, and what the tests read and follow `$ref`s in.
+pub struct BuiltOnce {
+    doc: OnceLock<Value>,
+    build: fn() -> Value,
+}
+
+impl BuiltOnce {
+    /// The document `build` makes, once, when it is first asked for.
+    pub const fn new(build: fn() -> Value) -> Self {
+        BuiltOnce {
+            doc: OnceLock::new(),
+            build,
+        }
+    }
+
+    /// The document, built now if it was not yet.
+    pub fn get(&self) -> &Value {
+        self.doc.get_or_init(self.build)
+    }
+
+    /// What `v` stands for in the document ([`resolve`]).
+    pub fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        resolve(self.get(), v)
     }
 }
 

@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -126,18 +125,10 @@ async fn seeded() -> MemoryStore {
 }
 
 /// The OpenAPI document, built once.
-fn doc() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(openapi::document)
-}
-
-/// Follows a `$ref` inside the document.
-fn resolve(v: &Value) -> &Value {
-    tally_http::openapi::resolve(doc(), v)
-}
+static DOC: openapi::BuiltOnce = openapi::BuiltOnce::new(openapi::document);
 
 fn schema_properties(name: &str) -> BTreeSet<String> {
-    doc()["components"]["schemas"][name]["properties"]
+    DOC.get()["components"]["schemas"][name]["properties"]
         .as_object()
         .unwrap_or_else(|| panic!("schema {name} has no properties"))
         .keys()
@@ -151,9 +142,9 @@ fn keys_of(v: &Value) -> BTreeSet<String> {
 
 /// Asserts that `status` is documented for the operation, with `Retry-After` when sent.
 fn assert_documented(method: &str, path: &str, a: &Answer) {
-    let op = &doc()["paths"][path][method.to_ascii_lowercase()];
+    let op = &DOC.get()["paths"][path][method.to_ascii_lowercase()];
     assert!(op.is_object(), "{method} {path} is not documented");
-    let response = resolve(&op["responses"][a.status.as_str()]);
+    let response = DOC.resolve(&op["responses"][a.status.as_str()]);
     assert!(
         response.is_object(),
         "{method} {path} answered {} which is not documented",
@@ -1809,7 +1800,7 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
     );
 
     let seen: BTreeSet<String> = seen.iter().map(|s| s.as_str().to_owned()).collect();
-    let documented: BTreeSet<String> = doc()["paths"]["/v1/events"]["post"]["responses"]
+    let documented: BTreeSet<String> = DOC.get()["paths"]["/v1/events"]["post"]["responses"]
         .as_object()
         .unwrap()
         .keys()
@@ -1828,7 +1819,7 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
 
 #[tokio::test]
 async fn the_document_matches_the_routes_and_the_structs() {
-    let d = doc();
+    let d = DOC.get();
     assert_eq!(d["openapi"], "3.1.0");
     // Every route the router serves is documented with its method ...
     for (method, path) in ROUTES {
@@ -1863,7 +1854,7 @@ async fn the_document_matches_the_routes_and_the_structs() {
         match v {
             Value::Object(m) => {
                 if m.contains_key("$ref") {
-                    resolve(v);
+                    DOC.resolve(v);
                 }
                 m.values().for_each(walk);
             }
