@@ -2249,14 +2249,7 @@ async fn report_line_events_are_paged_for_owners_and_admins_only() {
         assert_eq!(got.digest(), want.digest(), "{role:?}");
         assert_eq!(got.quantity(), want.quantity(), "{role:?}");
     }
-    for role in [Role::Member, Role::Viewer] {
-        let a = call(&mem, "GET", base, Some(&token(&a_user(role))), None).await;
-        assert_eq!(a.status, StatusCode::FORBIDDEN, "{role:?}: {}", a.text);
-    }
-    let a = call(&mem, "GET", base, Some(KEY_A), None).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
-    let owner = token(&a_user(Role::Owner));
-    for (uri, field) in [
+    let bad = [
         (
             "/v1/orgs/org_a/reports/2026-13/lines/compute_minutes/events".to_owned(),
             "period",
@@ -2268,10 +2261,24 @@ async fn report_line_events_are_paged_for_owners_and_admins_only() {
         (format!("{base}?limit=0"), "limit"),
         (format!("{base}?limit=1001"), "limit"),
         (format!("{base}?cursor=not-a-cursor"), "cursor"),
-    ] {
-        let a = call(&mem, "GET", &uri, Some(&owner), None).await;
+    ];
+    assert_ledger_refusals(&mem, base, &bad).await;
+}
+
+/// A `ledger.read` route at `base` refuses members, viewers and API keys (`403`), and
+/// answers the owner's request of each `(uri, field)` of `bad` with a `400` naming `field`.
+async fn assert_ledger_refusals(mem: &World, base: &str, bad: &[(String, &str)]) {
+    for role in [Role::Member, Role::Viewer] {
+        let a = call(mem, "GET", base, Some(&token(&a_user(role))), None).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{role:?}: {}", a.text);
+    }
+    let a = call(mem, "GET", base, Some(KEY_A), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let owner = token(&a_user(Role::Owner));
+    for (uri, field) in bad {
+        let a = call(mem, "GET", uri, Some(&owner), None).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.text);
-        assert_eq!(a.json["error"]["field"], field, "{uri}: {}", a.text);
+        assert_eq!(a.json["error"]["field"], *field, "{uri}: {}", a.text);
     }
 }
 
@@ -2345,21 +2352,12 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
         "{}",
         a.text
     );
-    for role in [Role::Member, Role::Viewer] {
-        let a = call(&mem, "GET", base, Some(&token(&a_user(role))), None).await;
-        assert_eq!(a.status, StatusCode::FORBIDDEN, "{role:?}: {}", a.text);
-    }
-    let a = call(&mem, "GET", base, Some(KEY_A), None).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
-    for (uri, field) in [
+    let bad = [
         ("/v1/orgs/org_a/export".to_owned(), "period"),
         (format!("{base}&kind=all"), "kind"),
         (format!("{base}&meter=Bad%20Meter"), "meter"),
-    ] {
-        let a = call(&mem, "GET", &uri, Some(&owner), None).await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.text);
-        assert_eq!(a.json["error"]["field"], field, "{uri}: {}", a.text);
-    }
+    ];
+    assert_ledger_refusals(&mem, base, &bad).await;
 }
 
 /// The upcoming invoice through the route: starter, 2,500 API calls by 2026-11-26T12:30Z
