@@ -285,6 +285,11 @@ async fn call(
     call_text(mem, method, uri, bearer, body.map(|b| b.to_string())).await
 }
 
+/// `GET uri` with `bearer` as the bearer token.
+async fn get_with(mem: &World, uri: &str, bearer: &str) -> Answer {
+    call(mem, "GET", uri, Some(bearer), None).await
+}
+
 /// [`call`] with the body as written, for JSON a `Value` cannot hold (a key given twice).
 async fn call_text(
     mem: &World,
@@ -698,14 +703,7 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     assert!(!listed.text.contains("hash"));
 
     // The new key reads usage; once revoked it is refused.
-    let ok = call(
-        &mem,
-        "GET",
-        "/v1/usage?meter=api_calls",
-        Some(&secret),
-        None,
-    )
-    .await;
+    let ok = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
     let r = call(
         &mem,
@@ -717,14 +715,7 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["revoked_at"], "2026-11-26T12:30:00Z");
-    let refused = call(
-        &mem,
-        "GET",
-        "/v1/usage?meter=api_calls",
-        Some(&secret),
-        None,
-    )
-    .await;
+    let refused = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     let unknown = call(
         &mem,
@@ -736,14 +727,7 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
-    let audit = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/audit?action=key.revoke",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.revoke", &admin).await;
     let recs = audit.json["records"].as_array().unwrap();
     assert_eq!(recs.len(), 2, "{}", audit.text);
     assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
@@ -812,12 +796,10 @@ async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let id = a.json["id"].as_str().unwrap().to_owned();
-    let got = call(
+    let got = get_with(
         &mem,
-        "GET",
         &format!("/v1/orgs/org_a/projects/{id}"),
-        Some(&token(&a_user(Role::Admin))),
-        None,
+        &token(&a_user(Role::Admin)),
     )
     .await;
     assert_eq!(got.json["slug"], "two");
@@ -905,34 +887,13 @@ async fn the_org_and_its_members_are_read_by_members() {
 async fn usage_accepts_a_members_jwt_with_org_id() {
     let mem = world(PlanId::Starter).await;
     let viewer = token(&a_user(Role::Viewer));
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/usage?meter=api_calls&org_id=org_a",
-        Some(&viewer),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_a", &viewer).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["org_id"], "org_a");
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/usage?meter=api_calls",
-        Some(&viewer),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/usage?meter=api_calls", &viewer).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.json["error"]["field"], "org_id");
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/usage?meter=api_calls&org_id=org_b",
-        Some(&viewer),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_b", &viewer).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
@@ -1012,14 +973,7 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
 
     // The usage summary (what plan limits and alerts see) counts live usage only.
     let owner = token(&a_user(Role::Owner));
-    let summary = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/usage/summary",
-        Some(&owner),
-        None,
-    )
-    .await;
+    let summary = get_with(&mem, "/v1/orgs/org_a/usage/summary", &owner).await;
     assert!(summary.text.contains("\"2500\""), "{}", summary.text);
     assert!(!summary.text.contains("2507"), "{}", summary.text);
 }
@@ -1054,14 +1008,7 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
             other.text
         );
         assert_eq!(other.json["error"]["field"], "project_id");
-        let project = call(
-            &mem,
-            "GET",
-            "/v1/orgs/org_a/projects/prj_alpha2",
-            Some(&bearer),
-            None,
-        )
-        .await;
+        let project = get_with(&mem, "/v1/orgs/org_a/projects/prj_alpha2", &bearer).await;
         assert_eq!(
             project.status,
             StatusCode::NOT_FOUND,
@@ -1205,21 +1152,12 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
     assert_eq!(seen[0]["outcome"], "refused");
     assert_eq!(seen[0]["actor"], "usr_amember");
 
-    let refused_only = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/audit?user=usr_amember",
-        Some(&owner),
-        None,
-    )
-    .await;
+    let refused_only = get_with(&mem, "/v1/orgs/org_a/audit?user=usr_amember", &owner).await;
     assert_eq!(refused_only.json["records"].as_array().unwrap().len(), 1);
-    let window = call(
+    let window = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/audit?from=2026-11-26T12:21:00Z&to=2026-11-26T12:23:00Z",
-        Some(&owner),
-        None,
+        &owner,
     )
     .await;
     assert_eq!(
@@ -1235,24 +1173,10 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
         "cursor=zzz",
         "from=yesterday",
     ] {
-        let a = call(
-            &mem,
-            "GET",
-            &format!("/v1/orgs/org_a/audit?{bad}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+        let a = get_with(&mem, &format!("/v1/orgs/org_a/audit?{bad}"), &owner).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
-    let viewer = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/audit",
-        Some(&token(&a_user(Role::Viewer))),
-        None,
-    )
-    .await;
+    let viewer = get_with(&mem, "/v1/orgs/org_a/audit", &token(&a_user(Role::Viewer))).await;
     assert_eq!(viewer.status, StatusCode::FORBIDDEN);
 }
 
@@ -1304,14 +1228,7 @@ async fn owners_and_admins_rename_but_never_replan() {
     let got = call(&mem, "GET", "/v1/orgs/org_a", Some(&owner), None).await;
     assert_eq!(got.json["plan"], "starter");
     assert_eq!(got.json["name"], "Alpha Two");
-    let audit = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/audit?action=org.update",
-        Some(&owner),
-        None,
-    )
-    .await;
+    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=org.update", &owner).await;
     let recs = audit.json["records"].as_array().unwrap();
     assert_eq!(recs.len(), 4);
     let allowed: Vec<&Value> = recs.iter().filter(|r| r["outcome"] == "allowed").collect();
@@ -1471,14 +1388,7 @@ async fn users_list_their_own_orgs_only() {
     let mem = world(PlanId::Starter).await;
     let viewer = a_user(Role::Viewer);
     common::add_member(&mem, "org_b", viewer.as_str(), Role::Member, t(NOW)).await;
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/me/orgs",
-        Some(&token(&a_user(Role::Viewer))),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/me/orgs", &token(&a_user(Role::Viewer))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let orgs: Vec<(&str, &str)> = a.json["orgs"]
         .as_array()
@@ -1492,14 +1402,7 @@ async fn users_list_their_own_orgs_only() {
         })
         .collect();
     assert_eq!(orgs, [("org_a", "viewer"), ("org_b", "member")]);
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/me/orgs",
-        Some(&token(&a_user(Role::Owner))),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/me/orgs", &token(&a_user(Role::Owner))).await;
     assert_eq!(a.json["orgs"].as_array().unwrap().len(), 1);
     assert!(!a.text.contains("org_b"));
     let a = call(&mem, "GET", "/v1/me/orgs", Some(KEY_A), None).await;
@@ -1530,14 +1433,7 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
         let u = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(k), None).await;
         assert_eq!(u.status, StatusCode::OK);
     }
-    let audit = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/audit?action=key.rotate",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.rotate", &admin).await;
     assert!(
         !audit.text.contains(&secret),
         "the audit trail never holds a secret"
@@ -1573,12 +1469,10 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
 #[tokio::test]
 async fn the_usage_summary_shows_value_allowance_and_percentage() {
     let mem = world(PlanId::Free).await;
-    let a = call(
+    let a = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/usage/summary",
-        Some(&token(&a_user(Role::Viewer))),
-        None,
+        &token(&a_user(Role::Viewer)),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -1601,12 +1495,10 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
     assert_eq!(bw["percent_used"], "0.00");
 
     let mem = world(PlanId::Starter).await;
-    let a = call(
+    let a = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/usage/summary",
-        Some(&token(&a_user(Role::Owner))),
-        None,
+        &token(&a_user(Role::Owner)),
     )
     .await;
     let api = a.json["meters"]
@@ -1692,14 +1584,7 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert_eq!(a.json["error"]["field"], field);
     }
-    let listed = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/invitations",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
     assert_eq!(listed.json["invitations"].as_array().unwrap().len(), 2);
     assert!(
@@ -1740,25 +1625,16 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text);
     let unknown = accept(carol.clone(), "tinv_nope".into()).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    let listed = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/invitations",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
     assert_eq!(
         listed.json["invitations"].as_array().unwrap().len(),
         1,
         "an accepted invitation is no longer pending"
     );
-    let audit = call(
+    let audit = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/audit?action=invitation.accept",
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     let recs = audit.json["records"].as_array().unwrap();
@@ -1814,12 +1690,10 @@ async fn expired_invitations_are_refused_and_no_longer_count() {
     )
     .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
-    let listed = call(
+    let listed = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/invitations",
-        Some(&token(&a_user(Role::Owner))),
-        None,
+        &token(&a_user(Role::Owner)),
     )
     .await;
     assert!(listed.json["invitations"].as_array().unwrap().is_empty());
@@ -1993,12 +1867,10 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
         let a = call(&mem, method, uri, Some(&admin), body).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
     }
-    let audit = call(
+    let audit = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/audit?resource=project:prj_alpha1",
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     let recs = audit.json["records"].as_array().unwrap();
@@ -2036,14 +1908,7 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
     assert_eq!(ids(&all), ["prj_alpha1", two.as_str()], "admins see all");
     let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
     assert_eq!(ids(&mine), ["prj_alpha1"]);
-    let hidden = call(
-        &mem,
-        "GET",
-        &format!("/v1/orgs/org_a/projects/{two}"),
-        Some(&member),
-        None,
-    )
-    .await;
+    let hidden = get_with(&mem, &format!("/v1/orgs/org_a/projects/{two}"), &member).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
 
     let add = |user: &'static str| {
@@ -2367,12 +2232,10 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
 #[tokio::test]
 async fn the_upcoming_invoice_prices_the_month_so_far_and_projects_it() {
     let mem = world(PlanId::Starter).await;
-    let a = call(
+    let a = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/invoices/upcoming",
-        Some(&token(&a_user(Role::Viewer))),
-        None,
+        &token(&a_user(Role::Viewer)),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -2424,12 +2287,10 @@ async fn the_upcoming_invoice_applies_the_orgs_price_override() {
             .await
             .unwrap()
     );
-    let a = call(
+    let a = get_with(
         &mem,
-        "GET",
         "/v1/orgs/org_a/invoices/upcoming",
-        Some(&token(&a_user(Role::Viewer))),
-        None,
+        &token(&a_user(Role::Viewer)),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -2486,14 +2347,7 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             .unwrap();
     }
     let bearer = token(&a_user(Role::Member));
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/invoices?limit=1",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/orgs/org_a/invoices?limit=1", &bearer).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         a.json,
@@ -2502,26 +2356,12 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             "stripe": {"status": "paid", "invoice_id": "in_123", "hosted_url": null}}],
             "next_before": "2026-10"})
     );
-    let a = call(
-        &mem,
-        "GET",
-        "/v1/orgs/org_a/invoices?before=2026-10",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let a = get_with(&mem, "/v1/orgs/org_a/invoices?before=2026-10", &bearer).await;
     assert_eq!(a.json["invoices"][0]["period"], "2026-09");
     assert_eq!(a.json["invoices"][0]["stripe"]["status"], "not_synced");
     assert!(a.json.get("next_before").is_none());
     for bad in ["limit=0", "limit=101", "before=2026-13", "before=soon"] {
-        let a = call(
-            &mem,
-            "GET",
-            &format!("/v1/orgs/org_a/invoices?{bad}"),
-            Some(&bearer),
-            None,
-        )
-        .await;
+        let a = get_with(&mem, &format!("/v1/orgs/org_a/invoices?{bad}"), &bearer).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
