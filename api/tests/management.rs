@@ -835,12 +835,7 @@ async fn the_org_and_its_members_are_read_by_members() {
     assert_eq!(a.json["name"], "Alpha Ltd");
     assert_eq!(a.json["owner_id"], "usr_aowner");
     let m = call(&mem, "GET", "/v1/orgs/org_a/members", Some(&viewer), None).await;
-    let roles: Vec<&str> = m.json["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = texts(&m.json, "members", "role");
     assert_eq!(roles, ["owner", "admin", "member", "viewer"]);
     // Tokens: none, garbage, expired, another secret.
     assert_eq!(
@@ -1017,30 +1012,28 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
         // Split by project, the answer holds only the projects they see.
         let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
         assert_eq!(split.status, StatusCode::OK, "{role:?}: {}", split.text);
-        assert_eq!(split_ids(&split.json), ["prj_alpha1"], "{role:?}");
+        let split_ids = texts(&split.json, "projects", "project_id");
+        assert_eq!(split_ids, ["prj_alpha1"], "{role:?}");
     }
     for role in [Role::Owner, Role::Admin] {
         let bearer = token(&a_user(role));
         let a = call(&mem, "GET", &read("prj_alpha2"), Some(&bearer), None).await;
         assert_eq!(a.status, StatusCode::OK, "{role:?}: {}", a.text);
         let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
-        assert_eq!(
-            split_ids(&split.json),
-            ["prj_alpha1", "prj_alpha2"],
-            "{role:?}"
-        );
+        let split_ids = texts(&split.json, "projects", "project_id");
+        assert_eq!(split_ids, ["prj_alpha1", "prj_alpha2"], "{role:?}");
     }
 }
 
 const PER_PROJECT: &str = "/v1/usage?meter=api_calls&org_id=org_a&per_project=true";
 
-/// The project ids of a `per_project=true` answer, in its order.
-fn split_ids(answer: &serde_json::Value) -> Vec<String> {
-    answer["projects"]
+/// The text `field` of each element of the array `answer[list]`, in its order.
+fn texts<'a>(answer: &'a Value, list: &str, field: &str) -> Vec<&'a str> {
+    answer[list]
         .as_array()
-        .unwrap_or_else(|| panic!("no projects: {answer}"))
+        .unwrap_or_else(|| panic!("no {list}: {answer}"))
         .iter()
-        .map(|p| p["project_id"].as_str().unwrap().to_owned())
+        .map(|e| e[field].as_str().unwrap())
         .collect()
 }
 
