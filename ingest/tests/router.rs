@@ -2145,28 +2145,35 @@ fn post_head(key: Option<&str>, len: usize) -> String {
     )
 }
 
+/// Reads what comes next from `r` onto `buf`; panics on an error ("reading `what` failed")
+/// or at EOF ("EOF `place`"), with what was read so far.
+async fn read_more(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    what: &str,
+    place: &str,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let n = r.read(&mut chunk).await.unwrap_or_else(|e| {
+        panic!(
+            "reading {what} failed ({e}) after {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    });
+    assert!(n > 0, "EOF {place}: {:?}", String::from_utf8_lossy(buf));
+    buf.extend_from_slice(&chunk[..n]);
+}
+
 /// Reads one answer (head, then a `content-length` body) from `r`; any I/O error (a reset)
 /// fails the test with what was read so far.
 async fn read_answer(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> WireAnswer {
-    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = r.read(&mut chunk).await.unwrap_or_else(|e| {
-            panic!(
-                "reading the answer failed ({e}) after {:?}",
-                String::from_utf8_lossy(&buf)
-            )
-        });
-        assert!(
-            n > 0,
-            "EOF before a whole head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(r, &mut buf, "the answer", "before a whole head").await;
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
@@ -2192,18 +2199,7 @@ async fn read_answer(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> WireAnswer 
         .expect("a content-length answer");
     let mut body = buf[head_end..].to_vec();
     while body.len() < len {
-        let n = r.read(&mut chunk).await.unwrap_or_else(|e| {
-            panic!(
-                "reading the answer's body failed ({e}) after {:?}",
-                String::from_utf8_lossy(&body)
-            )
-        });
-        assert!(
-            n > 0,
-            "EOF inside the body: {:?}",
-            String::from_utf8_lossy(&body)
-        );
-        body.extend_from_slice(&chunk[..n]);
+        read_more(r, &mut body, "the answer's body", "inside the body").await;
     }
     assert_eq!(body.len(), len, "bytes after the answer's body");
     WireAnswer {
