@@ -635,6 +635,14 @@ mod tests {
     }
 
     impl Provider {
+        /// A provider that refuses every call.
+        fn refusing() -> Self {
+            Provider {
+                refuse: true,
+                ..Provider::default()
+            }
+        }
+
         fn note(&self, call: &str, key: Option<&IdempotencyKey>) -> Result<(), ProviderError> {
             lock(&self.calls).push(format!("{call} {key:?}"));
             if self.refuse {
@@ -683,12 +691,10 @@ mod tests {
             key: &IdempotencyKey,
         ) -> Result<FinalizedInvoice, ProviderError> {
             self.note("finalize_invoice", Some(key))?;
-            Ok(FinalizedInvoice {
-                id: invoice.clone(),
-                status: "open".to_owned(),
-                total_minor: 9650,
-                hosted_url: Some("https://pay.example/in_1".to_owned()),
-            })
+            Ok(open_invoice(
+                invoice.clone(),
+                Some("https://pay.example/in_1"),
+            ))
         }
         async fn find_invoice(
             &self,
@@ -731,6 +737,29 @@ mod tests {
                 PlanId::Starter,
                 &usage,
             )
+            .unwrap()
+    }
+
+    /// The open invoice of 96.50 the fake provider finalizes (and earlier releases recorded).
+    fn open_invoice(id: ProviderId, hosted_url: Option<&str>) -> FinalizedInvoice {
+        FinalizedInvoice {
+            id,
+            status: "open".to_owned(),
+            total_minor: 9650,
+            hosted_url: hosted_url.map(str::to_owned),
+        }
+    }
+
+    /// What `ledger` recorded for `step` of the org's month.
+    async fn recorded(
+        ledger: &MemoryStore,
+        org: &OrgId,
+        period: Month,
+        step: &str,
+    ) -> Option<String> {
+        ledger
+            .get_step(&StepKey::new(org, period, step))
+            .await
             .unwrap()
     }
 
@@ -813,20 +842,12 @@ mod tests {
             .await
             .unwrap();
 
-        let provider = Provider {
-            refuse: true,
-            ..Provider::default()
-        };
+        let provider = Provider::refusing();
         let out = run(&provider, &ledger).await;
         assert_eq!(
             out,
-            SyncOutcome::Finalized(FinalizedInvoice {
-                id: ProviderId::new("in_old").unwrap(),
-                status: "open".to_owned(),
-                total_minor: 9650,
-                // The old release recorded no URL, and nothing was asked of the provider.
-                hosted_url: None,
-            })
+            // The old release recorded no URL, and nothing was asked of the provider.
+            SyncOutcome::Finalized(open_invoice(ProviderId::new("in_old").unwrap(), None))
         );
         assert!(
             lock(&provider.calls).is_empty(),
@@ -835,11 +856,7 @@ mod tests {
         );
         // Read, never rewritten: first write wins, and nothing tried to write.
         assert_eq!(
-            ledger
-                .get_step(&StepKey::new(org, period, "finalize"))
-                .await
-                .unwrap()
-                .as_deref(),
+            recorded(&ledger, org, period, "finalize").await.as_deref(),
             Some("open 9650")
         );
     }
@@ -853,12 +870,10 @@ mod tests {
         let out = run(&provider, &ledger).await;
         assert_eq!(
             out,
-            SyncOutcome::Finalized(FinalizedInvoice {
-                id: ProviderId::new("in_1").unwrap(),
-                status: "open".to_owned(),
-                total_minor: 9650,
-                hosted_url: Some("https://pay.example/in_1".to_owned()),
-            })
+            SyncOutcome::Finalized(open_invoice(
+                ProviderId::new("in_1").unwrap(),
+                Some("https://pay.example/in_1")
+            ))
         );
         let items = planned_items(&report).unwrap();
         let mut want = vec![
@@ -890,27 +905,18 @@ mod tests {
             "the invoice's items are listed once"
         );
         assert_eq!(
-            ledger
-                .get_step(&StepKey::new(org, period, "finalize"))
-                .await
-                .unwrap()
-                .as_deref(),
+            recorded(&ledger, org, period, "finalize").await.as_deref(),
             Some(r#"{"status":"open","total_minor":9650}"#)
         );
         // The hosted page is recorded for the invoice list, and a rerun still reports it.
         assert_eq!(
-            ledger
-                .get_step(&StepKey::new(org, period, HOSTED_URL_STEP))
+            recorded(&ledger, org, period, HOSTED_URL_STEP)
                 .await
-                .unwrap()
                 .as_deref(),
             Some("https://pay.example/in_1")
         );
 
-        let again = Provider {
-            refuse: true,
-            ..Provider::default()
-        };
+        let again = Provider::refusing();
         assert_eq!(run(&again, &ledger).await, out);
         assert!(lock(&again.calls).is_empty());
     }

@@ -1,19 +1,7 @@
 use super::*;
+use crate::catalogue_as_written::{plan_limits, quantity as raw_quantity};
 use serde_json::Value;
 use std::str::FromStr;
-
-/// A whole number of the file, read without the catalogue's parser: an integer, or a
-/// string with an optional binary byte unit (all the built-in file uses).
-fn raw_quantity(v: &Value) -> Decimal {
-    match v {
-        Value::Number(n) => Decimal::from(n.as_u64().unwrap()),
-        Value::String(s) => match s.strip_suffix(" GiB") {
-            Some(gib) => Decimal::from_str(gib).unwrap() * Decimal::from(1_u64 << 30),
-            None => Decimal::from_str(s).unwrap(),
-        },
-        other => panic!("not a quantity: {other}"),
-    }
-}
 
 #[test]
 fn the_builtin_catalogue_loads() {
@@ -31,21 +19,7 @@ fn enforced_limits_are_the_catalogue_files() {
     let loaded = Catalogue::builtin().unwrap().core_plans();
     for id in PlanId::ALL {
         let raw = &file["plans"][id.as_str()];
-        let cap = |field: &str| raw.get(field).map(|v| v.as_u64().unwrap() as u32);
-        let want = PlanLimits {
-            users: cap("users"),
-            projects: cap("projects"),
-            meters: raw["meters"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter_map(|(name, m)| {
-                    let included = raw_quantity(m.get("included")?);
-                    Some((MeterName::parse(name).unwrap(), included))
-                })
-                .collect(),
-            hard_usage_limits: raw["hard_usage_limits"].as_bool().unwrap(),
-        };
+        let want = plan_limits(BUILTIN_JSON, id);
         assert_eq!(Plan::builtin(id).limits, want, "{id}");
         assert_eq!(loaded[&id].limits, want, "{id}");
         assert_eq!(

@@ -39,6 +39,8 @@ pub mod allocate;
 pub mod audit;
 pub mod backoff;
 pub mod catalogue;
+#[cfg(any(test, feature = "test-support"))]
+pub mod catalogue_as_written;
 pub mod counter;
 pub mod dimension;
 pub mod envelope;

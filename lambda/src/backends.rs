@@ -13,6 +13,7 @@ use tally_store::kinesis::{KinesisConfig, KinesisQueue};
 use tally_store::sqs::SqsQueue;
 
 use crate::env::{self, Env, EnvError, Transport};
+use crate::telemetry::Telemetry;
 
 /// The consumer name Kinesis checkpoints would be kept under; ingest only publishes, but
 /// the adapter is built with one (the same as `tally aggregate`'s).
@@ -55,6 +56,20 @@ pub async fn store(env: &Env) -> Result<Store, EnvError> {
         dynamo,
         sdk,
     })
+}
+
+/// A function's cold start up to its store, the same for every function that needs one:
+/// the reader of its variables (`allowed`, one of [`env`]'s lists), its logs and metrics
+/// ([`Telemetry::init`] for `function`, first, so that everything after it is logged), and
+/// the store ([`store`]).
+pub async fn start(
+    allowed: &'static [&'static str],
+    function: &'static str,
+) -> Result<(Env, Telemetry, Store), EnvError> {
+    let env = Env::new(allowed);
+    let telemetry = Telemetry::init(&env, function)?;
+    let store = store(&env).await?;
+    Ok((env, telemetry, store))
 }
 
 /// Opens the queue ingest publishes to: [`env::QUEUE_URL`] or [`env::STREAM`], as

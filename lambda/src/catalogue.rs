@@ -36,20 +36,13 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 /// The longest interval accepted, in seconds (an hour).
 pub const MAX_REFRESH_SECONDS: u64 = 3_600;
 
-/// The interval named by [`env::CATALOGUE_REFRESH_SECONDS`]: [`DEFAULT_REFRESH`] when unset,
-/// whole seconds from 1 to [`MAX_REFRESH_SECONDS`] otherwise.
-pub fn refresh_from_env(env: &Env) -> Result<Duration, EnvError> {
-    parse_refresh(env.optional(env::CATALOGUE_REFRESH_SECONDS)?.as_deref())
-}
-
-fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
-    env::parse_seconds(
-        env::CATALOGUE_REFRESH_SECONDS,
-        v,
-        DEFAULT_REFRESH,
-        MAX_REFRESH_SECONDS,
-    )
-}
+/// The refresh interval setting, [`env::CATALOGUE_REFRESH_SECONDS`]: [`DEFAULT_REFRESH`] when
+/// unset, whole seconds from 1 to [`MAX_REFRESH_SECONDS`] otherwise.
+pub const REFRESH: env::Seconds = env::Seconds::new(
+    env::CATALOGUE_REFRESH_SECONDS,
+    DEFAULT_REFRESH,
+    MAX_REFRESH_SECONDS,
+);
 
 /// Why a function could not start serving its catalogue.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +63,7 @@ pub async fn open_from_env(
     store: &Store,
     fallback: Catalogue,
 ) -> Result<Arc<CatalogueRefresh>, StartError> {
-    let interval = refresh_from_env(env)?;
+    let interval = REFRESH.read(env)?;
     CatalogueRefresh::open(
         store.dynamo.clone(),
         fallback,
@@ -232,10 +225,10 @@ mod tests {
 
     #[test]
     fn the_interval_is_whole_seconds_within_bounds() {
-        assert_eq!(parse_refresh(None).unwrap(), DEFAULT_REFRESH);
-        assert_eq!(parse_refresh(Some("5")).unwrap(), Duration::from_secs(5));
+        assert_eq!(REFRESH.parse(None).unwrap(), DEFAULT_REFRESH);
+        assert_eq!(REFRESH.parse(Some("5")).unwrap(), Duration::from_secs(5));
         for bad in ["0", "3601", "1.5", "soon"] {
-            let e = parse_refresh(Some(bad)).unwrap_err().to_string();
+            let e = REFRESH.parse(Some(bad)).unwrap_err().to_string();
             assert!(e.contains("TALLY_CATALOGUE_REFRESH_SECONDS"), "{bad}: {e}");
         }
     }

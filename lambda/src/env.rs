@@ -201,6 +201,36 @@ pub const BINARIES: &[(&str, &[&str])] = &[
 /// anything that would be a mistake worth carrying around.
 const MAX_VALUE_BYTES: usize = 16 * 1024;
 
+/// An interval setting (the refresh intervals of the secrets and the catalogue): its
+/// variable, the interval when that is unset, and the most whole seconds it may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Seconds {
+    name: &'static str,
+    default: std::time::Duration,
+    max_secs: u64,
+}
+
+impl Seconds {
+    /// Variable `name`: `default` when unset, whole seconds from 1 to `max_secs` otherwise.
+    pub const fn new(name: &'static str, default: std::time::Duration, max_secs: u64) -> Self {
+        Seconds {
+            name,
+            default,
+            max_secs,
+        }
+    }
+
+    /// The interval the variable's value `v` sets ([`parse_seconds`]).
+    pub fn parse(&self, v: Option<&str>) -> Result<std::time::Duration, EnvError> {
+        parse_seconds(self.name, v, self.default, self.max_secs)
+    }
+
+    /// The interval `env` sets.
+    pub fn read(&self, env: &Env) -> Result<std::time::Duration, EnvError> {
+        self.parse(env.optional(self.name)?.as_deref())
+    }
+}
+
 /// An interval setting's value `v` of variable `name`: `default` when unset, whole seconds
 /// from 1 to `max_secs` otherwise (the refresh intervals of the secrets and the catalogue).
 pub fn parse_seconds(

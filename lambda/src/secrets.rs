@@ -118,20 +118,13 @@ pub fn parse_arn(var: &str, value: &str) -> Result<String, EnvError> {
     }
 }
 
-/// The refresh interval named by [`env::SECRETS_REFRESH_SECONDS`]: [`DEFAULT_REFRESH`] when
+/// The refresh interval setting, [`env::SECRETS_REFRESH_SECONDS`]: [`DEFAULT_REFRESH`] when
 /// unset, whole seconds from 1 to [`MAX_REFRESH_SECONDS`] otherwise.
-pub fn refresh_from_env(env: &Env) -> Result<Duration, EnvError> {
-    parse_refresh(env.optional(env::SECRETS_REFRESH_SECONDS)?.as_deref())
-}
-
-fn parse_refresh(v: Option<&str>) -> Result<Duration, EnvError> {
-    env::parse_seconds(
-        env::SECRETS_REFRESH_SECONDS,
-        v,
-        DEFAULT_REFRESH,
-        MAX_REFRESH_SECONDS,
-    )
-}
+pub const REFRESH: env::Seconds = env::Seconds::new(
+    env::SECRETS_REFRESH_SECONDS,
+    DEFAULT_REFRESH,
+    MAX_REFRESH_SECONDS,
+);
 
 /// The usable value of a `SecretString`: the whole string, or its JSON `field`.
 fn extract(arn: &str, raw: &str, field: Option<&'static str>) -> Result<Arc<str>, SecretError> {
@@ -230,7 +223,7 @@ impl Secret {
             aws_sdk_secretsmanager::Client::new(sdk),
             arn,
             field,
-            refresh_from_env(env)?,
+            REFRESH.read(env)?,
             Arc::new(tally_core::ports::SystemClock),
         )))
     }
@@ -433,13 +426,13 @@ mod tests {
 
     #[test]
     fn the_refresh_interval_defaults_to_five_minutes_and_is_bounded() {
-        assert_eq!(parse_refresh(None).unwrap(), DEFAULT_REFRESH);
+        assert_eq!(REFRESH.parse(None).unwrap(), DEFAULT_REFRESH);
         assert_eq!(
-            parse_refresh(Some(" 60 ")).unwrap(),
+            REFRESH.parse(Some(" 60 ")).unwrap(),
             Duration::from_secs(60)
         );
         for bad in ["0", "-1", "1.5", "86401", "5m"] {
-            let e = parse_refresh(Some(bad)).unwrap_err().to_string();
+            let e = REFRESH.parse(Some(bad)).unwrap_err().to_string();
             assert!(e.contains(env::SECRETS_REFRESH_SECONDS), "{e}");
         }
     }

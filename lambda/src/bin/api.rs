@@ -16,16 +16,14 @@ use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
 use tally_lambda::catalogue;
-use tally_lambda::env::{self, Env};
+use tally_lambda::env;
 use tally_lambda::secrets::Secret;
-use tally_lambda::{backends, handlers, telemetry::Telemetry};
+use tally_lambda::{backends, handlers};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let env = Env::new(env::API);
-    let telemetry = Telemetry::init(&env, "api")?;
+    let (env, telemetry, store) = backends::start(env::API, "api").await?;
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
-    let store = backends::store(&env).await?;
     let secret =
         Secret::from_env(&env, env::JWT_SECRET_ARN, None, &store.sdk)?.ok_or_else(|| {
             anyhow::anyhow!("environment variable {} must be set", env::JWT_SECRET_ARN)

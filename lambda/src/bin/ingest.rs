@@ -15,15 +15,13 @@ use anyhow::Context;
 use tally_billing::Catalogue;
 use tally_core::ports::SystemClock;
 use tally_lambda::catalogue;
-use tally_lambda::env::{self, Env};
-use tally_lambda::{backends, handlers, telemetry::Telemetry};
+use tally_lambda::env;
+use tally_lambda::{backends, handlers};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let env = Env::new(env::INGEST);
-    let telemetry = Telemetry::init(&env, "ingest")?;
+    let (env, telemetry, store) = backends::start(env::INGEST, "ingest").await?;
     let catalogue = Catalogue::builtin().context("the built-in catalogue")?;
-    let store = backends::store(&env).await?;
     let queue = backends::queue(&env, &store)?;
     let refresh = catalogue::open_from_env(&env, &store, catalogue).await?;
     // Rate and hard plan limits are shared by every warm instance through the table

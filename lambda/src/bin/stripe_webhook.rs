@@ -13,15 +13,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_billing::webhook::{WebhookState, router};
 use tally_core::ports::SystemClock;
-use tally_lambda::env::{self, Env};
+use tally_lambda::env;
 use tally_lambda::secrets::{STRIPE_WEBHOOK_SECRET_FIELD, Secret};
-use tally_lambda::{backends, handlers, telemetry::Telemetry};
+use tally_lambda::{backends, handlers};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let env = Env::new(env::STRIPE_WEBHOOK);
-    let telemetry = Telemetry::init(&env, "stripe-webhook")?;
-    let store = backends::store(&env).await?;
+    let (env, telemetry, store) = backends::start(env::STRIPE_WEBHOOK, "stripe-webhook").await?;
     let secret = Secret::stripe_from_env(&env, STRIPE_WEBHOOK_SECRET_FIELD, &store.sdk)?;
     let Some(secret) = secret else {
         tracing::warn!(
