@@ -62,6 +62,13 @@ fn ids(list: &Value, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// `tally member add` of `email` as a viewer to `org`: the invitation, as the CLI prints it.
+fn invite_viewer(env: &Env, org: &str, email: &str) -> Value {
+    env.cli(&[
+        "member", "add", "--org", org, "--email", email, "--role", "viewer",
+    ])
+}
+
 /// `tally audit --json` for `org` with `filters`: (action, actor, outcome) of each record,
 /// newest first.
 fn audit(env: &Env, org: &str, filters: &[&str]) -> Vec<(String, String, String)> {
@@ -180,26 +187,8 @@ fn orgs_projects_and_keys_are_listed_shown_and_changed_and_audited_as_the_operat
         !listed.contains(key["key"].as_str().unwrap()) && !listed.contains("hash"),
         "a listing never holds a secret or a hash: {listed}"
     );
-    let rotated = env.cli(&[
-        "key",
-        "rotate",
-        "--org",
-        acme_id,
-        "--key",
-        key_id,
-        "--overlap",
-        "1h",
-    ]);
-    let new_id = rotated["new"]["id"].as_str().unwrap();
-    assert_eq!(rotated["previous"]["id"], key_id);
-    assert!(rotated["previous"]["expires_at"].is_string(), "{rotated}");
-    assert!(
-        rotated["key"].as_str().unwrap().starts_with("tk_live_"),
-        "{rotated}"
-    );
-    let err = refused(
-        &env,
-        &[
+    let rotate = |overlap| {
+        [
             "key",
             "rotate",
             "--org",
@@ -207,9 +196,18 @@ fn orgs_projects_and_keys_are_listed_shown_and_changed_and_audited_as_the_operat
             "--key",
             key_id,
             "--overlap",
-            "31d",
-        ],
+            overlap,
+        ]
+    };
+    let rotated = env.cli(&rotate("1h"));
+    let new_id = rotated["new"]["id"].as_str().unwrap();
+    assert_eq!(rotated["previous"]["id"], key_id);
+    assert!(rotated["previous"]["expires_at"].is_string(), "{rotated}");
+    assert!(
+        rotated["key"].as_str().unwrap().starts_with("tk_live_"),
+        "{rotated}"
     );
+    let err = refused(&env, &rotate("31d"));
     assert!(err.contains("overlap_seconds must be at most"), "{err}");
     let revoked = env.cli(&["key", "revoke", "--org", acme_id, "--key", new_id]);
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
@@ -341,16 +339,7 @@ fn members_join_only_by_invitation_and_the_owner_stays() {
     assert!(table(&env, &["member", "list", "--org", org_id]).contains("ada@example.com"));
 
     // `member add` invites: the membership exists only once the invitation is accepted.
-    let invited = env.cli(&[
-        "member",
-        "add",
-        "--org",
-        org_id,
-        "--email",
-        "Eve@Example.com",
-        "--role",
-        "viewer",
-    ]);
+    let invited = invite_viewer(&env, org_id, "Eve@Example.com");
     assert_eq!(invited["email"], "eve@example.com");
     assert_eq!(invited["invited_by"], owner);
     assert!(invited["token"].is_string(), "{invited}");
@@ -368,68 +357,32 @@ fn members_join_only_by_invitation_and_the_owner_stays() {
             .to_string()
             .contains(invited["token"].as_str().unwrap())
     );
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "eve@example.com",
-        ],
-    );
-    assert!(err.contains("pending invitation"), "{err}");
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "x@example.com",
-            "--role",
-            "owner",
-        ],
-    );
-    assert!(err.contains("field role"), "{err}");
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "not-an-email",
-        ],
-    );
-    assert!(err.contains("field email"), "{err}");
+    // Refused: a second invitation of the same address, an owner's, a malformed address.
+    for (email, extra, want) in [
+        ("eve@example.com", &[][..], "pending invitation"),
+        ("x@example.com", &["--role", "owner"][..], "field role"),
+        ("not-an-email", &[][..], "field email"),
+    ] {
+        let mut args = vec!["invitation", "create", "--org", org_id, "--email", email];
+        args.extend(extra);
+        let err = refused(&env, &args);
+        assert!(err.contains(want), "{err}");
+    }
     let inv_id = invited["id"].as_str().unwrap();
-    env.cli(&[
+    let revoke = [
         "invitation",
         "revoke",
         "--org",
         org_id,
         "--invitation",
         inv_id,
-    ]);
+    ];
+    env.cli(&revoke);
     assert_eq!(
         table(&env, &["invitation", "list", "--org", org_id]).trim(),
         "no pending invitations"
     );
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "revoke",
-            "--org",
-            org_id,
-            "--invitation",
-            inv_id,
-        ],
-    );
+    let err = refused(&env, &revoke);
     assert!(err.contains("no such pending invitation"), "{err}");
 
     // The owner cannot be removed; a non-member is not found.
@@ -580,34 +533,15 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
             .len(),
         0
     );
-    let shown = table(
-        &env,
-        &[
-            "report",
-            "show",
-            "--org",
-            &tenant.org,
-            "--period",
-            "2026-02",
-        ],
-    );
+    let show = |period| ["report", "show", "--org", &tenant.org, "--period", period];
+    let shown = table(&env, &show("2026-02"));
     assert!(
         shown.contains("compute_minutes") && shown.contains("10500"),
         "{shown}"
     );
     assert!(shown.contains(&format!("total {total}")), "{shown}");
     assert!(shown.contains("stripe: not_synced"), "{shown}");
-    let err = refused(
-        &env,
-        &[
-            "report",
-            "show",
-            "--org",
-            &tenant.org,
-            "--period",
-            "2026-01",
-        ],
-    );
+    let err = refused(&env, &show("2026-01"));
     assert!(err.contains("no stored report"), "{err}");
 
     // Once `tally bill` synced it to Stripe, the report shows its finalized invoice; once
@@ -634,14 +568,7 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
     assert_eq!(theirs.len(), 1);
     let invoice = theirs[0].id.clone();
     let cents: i64 = theirs[0].items.iter().map(|i| i.amount).sum();
-    let report = env.cli(&[
-        "report",
-        "show",
-        "--org",
-        &tenant.org,
-        "--period",
-        "2026-02",
-    ]);
+    let report = env.cli(&show("2026-02"));
     assert_eq!(report["stripe"]["status"], "finalized", "{report}");
     assert_eq!(report["stripe"]["invoice"], invoice.as_str());
     assert_eq!(report["stripe"]["invoice_status"], "open");
@@ -721,16 +648,7 @@ async fn an_invited_member_accepts_then_the_operator_changes_roles_and_transfers
         .as_str()
         .unwrap()
         .to_owned();
-    let invited = env.cli(&[
-        "member",
-        "add",
-        "--org",
-        org_id,
-        "--email",
-        "eve@example.com",
-        "--role",
-        "viewer",
-    ]);
+    let invited = invite_viewer(&env, org_id, "eve@example.com");
     let token = env.cli(&["token", "create", "--user", &eve])["token"]
         .as_str()
         .unwrap()
