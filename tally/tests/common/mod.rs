@@ -138,10 +138,22 @@ impl Env {
     /// `tally org create`, on `plan` if given, at [`ORGS_CREATED_AT`]: the org, as the CLI
     /// prints it.
     pub fn create_org(&self, name: &str, slug: &str, owner: &str, plan: Option<&str>) -> Value {
+        self.create_org_at(name, slug, owner, plan, ORGS_CREATED_AT)
+    }
+
+    /// [`Env::create_org`] at `now` (`TALLY_NOW`): the org, as the CLI prints it.
+    pub fn create_org_at(
+        &self,
+        name: &str,
+        slug: &str,
+        owner: &str,
+        plan: Option<&str>,
+        now: &str,
+    ) -> Value {
         let mut args = vec!["org", "create", "--name", name, "--slug", slug];
         args.extend(["--owner-email", owner]);
         args.extend(plan.into_iter().flat_map(|p| ["--plan", p]));
-        self.cli_env(&args, &[("TALLY_NOW", ORGS_CREATED_AT)])
+        self.cli_env(&args, &tally_now(now))
     }
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
