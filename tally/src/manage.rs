@@ -86,6 +86,15 @@ impl<T: Serialize> Change<T> {
             answer: after,
         }
     }
+
+    /// The removal of `gone`, which is also the answer: a change with no after.
+    pub fn removed(gone: T) -> Self {
+        Change {
+            before: serde_json::to_value(&gone).ok(),
+            after: None,
+            answer: gone,
+        }
+    }
 }
 
 /// Writes the audit record of the operator's `action` on `resource` in `org`, allowed or
@@ -177,6 +186,29 @@ pub(crate) fn now() -> anyhow::Result<chrono::DateTime<Utc>> {
 /// Opens the store named by the global flags.
 pub(crate) async fn open(common: &Common) -> anyhow::Result<Stores> {
     crate::backend::open_store(common).await
+}
+
+/// Parses `--org`, opens the store and finds the org, deleted or not ([`any_org`]): the
+/// store, the org's id and the org.
+pub(crate) async fn open_any_org(
+    common: &Common,
+    org: &str,
+) -> anyhow::Result<(Stores, OrgId, Org)> {
+    let id = org_id(org)?;
+    let store = open(common).await?;
+    let org = any_org(&store, &id).await?;
+    Ok((store, id, org))
+}
+
+/// [`open_any_org`] of an org that must not be deleted ([`live_org`]).
+pub(crate) async fn open_live_org(
+    common: &Common,
+    org: &str,
+) -> anyhow::Result<(Stores, OrgId, Org)> {
+    let id = org_id(org)?;
+    let store = open(common).await?;
+    let org = live_org(&store, &id).await?;
+    Ok((store, id, org))
 }
 
 /// `N` random bytes, for ids, secrets and audit record ids.
