@@ -55,9 +55,13 @@ pub(crate) async fn any_org(store: &Stores, id: &OrgId) -> anyhow::Result<Org> {
 /// The org `id` if it exists and is not deleted (the orgs a change may touch), or the API's
 /// `404`.
 pub(crate) async fn live_org(store: &Stores, id: &OrgId) -> anyhow::Result<Org> {
-    let org = any_org(store, id).await?;
+    alive(any_org(store, id).await?)
+}
+
+/// `org`, refused as not found when it is deleted.
+fn alive(org: Org) -> anyhow::Result<Org> {
     if org.deleted_at.is_some() {
-        return Err(api_refusal(no_org(id)));
+        return Err(api_refusal(no_org(&org.id)));
     }
     Ok(org)
 }
@@ -205,10 +209,8 @@ pub(crate) async fn open_live_org(
     common: &Common,
     org: &str,
 ) -> anyhow::Result<(Stores, OrgId, Org)> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    let org = live_org(&store, &id).await?;
-    Ok((store, id, org))
+    let (store, id, org) = open_any_org(common, org).await?;
+    Ok((store, id, alive(org)?))
 }
 
 /// `N` random bytes, for ids, secrets and audit record ids.
