@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -22,14 +22,7 @@ const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 
 /// Runs `tally ARGS` without `--json`: what a person sees.
 fn human(env: &Env, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .args(env.flags())
-        .arg("--data")
-        .arg(env.data())
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
+    env.human_command(args).output().unwrap()
 }
 
 /// [`human`], which must succeed: its stdout.
@@ -547,22 +540,8 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
     // Once `tally bill` synced it to Stripe, the report shows its finalized invoice; once
     // Stripe's webhook said it was paid, it shows paid.
     let double = StripeDouble::start().await.unwrap();
-    let (data, flags, base) = (env.data(), env.flags(), double.base_url());
-    let synced = tokio::task::spawn_blocking(move || {
-        Command::new(bin())
-            .args(["bill", "--period", "2026-02", "--json"])
-            .args(&flags)
-            .arg("--data")
-            .arg(&data)
-            .env("TALLY_LOG", "warn")
-            .env("TALLY_NOW", AFTER_GRACE)
-            .env("TALLY_STRIPE_SECRET_KEY", DOUBLE_SECRET_KEY)
-            .env("TALLY_STRIPE_API_BASE", base)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (base, bill) = (double.base_url(), ["bill", "--period", "2026-02"]);
+    let synced = bill_on_stripe(&env, &bill, AFTER_GRACE, (&base, DOUBLE_SECRET_KEY)).await;
     assert!(synced.status.success(), "{synced:?}");
     let theirs = double.invoices();
     assert_eq!(theirs.len(), 1);
