@@ -15,7 +15,9 @@ use tally_api::projects::ProjectsResponse;
 use tally_core::ports::StoreError;
 use tally_core::tenant::{Org, OrgChanges, PlanChange, Project, ProjectChanges, check_name};
 
-use crate::manage::{Change, any_org, audited, live_org, now, open, org_id, refusal};
+use crate::manage::{
+    Change, audited, live_org, now, open, open_any_org, open_live_org, org_id, refusal,
+};
 use crate::output::{print, table, table_of, when};
 use crate::settings::Common;
 
@@ -77,9 +79,7 @@ struct OrgShow {
 /// `tally org show`: the org (deleted or not), its owner's email, how many members,
 /// projects and keys it has, and its plan history.
 pub async fn org_show(common: &Common, org: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    let org = any_org(&store, &id).await?;
+    let (store, id, org) = open_any_org(common, org).await?;
     let owner_email = store
         .tenants
         .get_user(&org.owner_id)
@@ -190,9 +190,7 @@ pub async fn org_delete(common: &Common, org: &str, yes: bool) -> anyhow::Result
 /// `tally org transfer`: makes the member `to` the owner in place of the current owner, who
 /// becomes an admin; audited as `org.transfer`.
 pub async fn org_transfer(common: &Common, org: &str, to: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    let current = live_org(&store, &id).await?;
+    let (store, id, current) = open_live_org(common, org).await?;
     let result = tally_api::orgs::transfer(&*store.tenants, &id, &current.owner_id, to)
         .await
         .map(|(before, after)| Change::updated(&before, after));
@@ -207,9 +205,7 @@ pub async fn org_transfer(common: &Common, org: &str, to: &str) -> anyhow::Resul
 
 /// `tally project list`: the org's projects, archived ones included.
 pub async fn project_list(common: &Common, org: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    any_org(&store, &id).await?;
+    let (store, id, _) = open_any_org(common, org).await?;
     let projects = store.tenants.list_projects(&id).await?;
     print(common.json, &ProjectsResponse { projects }, |r| {
         table_of(
@@ -233,9 +229,7 @@ fn project_row(p: &Project) -> Vec<String> {
 
 /// `tally project show`: one project of the org.
 pub async fn project_show(common: &Common, org: &str, project: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    any_org(&store, &id).await?;
+    let (store, id, _) = open_any_org(common, org).await?;
     // A malformed id is answered like an unknown one, as the API does.
     let found = match tally_core::ProjectId::parse(project) {
         Ok(p) => store.tenants.get_project(&id, &p).await?,
@@ -279,9 +273,7 @@ pub async fn project_change(
 
 /// `tally key list`: the org's keys (never a secret or a hash), with their state.
 pub async fn key_list(common: &Common, org: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    any_org(&store, &id).await?;
+    let (store, id, _) = open_any_org(common, org).await?;
     let keys = store.tenants.list_api_keys(&id).await?;
     let now = now()?;
     let answer = KeysResponse {
@@ -337,9 +329,7 @@ fn key_state(k: &KeyView, now: chrono::DateTime<chrono::Utc>) -> &'static str {
 
 /// `tally key revoke`: revokes the key, audited as `key.revoke`.
 pub async fn key_revoke(common: &Common, org: &str, key: &str) -> anyhow::Result<()> {
-    let id = org_id(org)?;
-    let store = open(common).await?;
-    live_org(&store, &id).await?;
+    let (store, id, _) = open_live_org(common, org).await?;
     let result = tally_api::keys::revoke(&*store.tenants, &id, key, now()?)
         .await
         .map(|(before, after)| Change::updated(&before, after));

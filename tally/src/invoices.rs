@@ -15,7 +15,7 @@ use tally_core::plan::billed_plan;
 use tally_core::report::MonthUsage;
 use tally_core::upcoming::{UpcomingInvoice, upcoming_invoice};
 
-use crate::manage::{any_org, now, open, org_id};
+use crate::manage::{any_org, now, open, open_any_org, org_id};
 use crate::output::{print, table_of, usage_headers, usage_row};
 use crate::settings::Common;
 
@@ -63,9 +63,7 @@ pub async fn invoice(common: &Common, cmd: InvoiceCommand) -> anyhow::Result<()>
             print(common.json, &invoice, show_upcoming)
         }
         InvoiceCommand::List { org } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            any_org(&store, &id).await?;
+            let (store, id, _) = open_any_org(common, &org).await?;
             let mut stored = store.reports.list_reports(&id).await?;
             stored.sort_by_key(|r| std::cmp::Reverse(r.period));
             let mut invoices = Vec::with_capacity(stored.len());

@@ -55,9 +55,13 @@ pub(crate) async fn any_org(store: &Stores, id: &OrgId) -> anyhow::Result<Org> {
 /// The org `id` if it exists and is not deleted (the orgs a change may touch), or the API's
 /// `404`.
 pub(crate) async fn live_org(store: &Stores, id: &OrgId) -> anyhow::Result<Org> {
-    let org = any_org(store, id).await?;
+    alive(any_org(store, id).await?)
+}
+
+/// `org`, refused as not found when it is deleted.
+fn alive(org: Org) -> anyhow::Result<Org> {
     if org.deleted_at.is_some() {
-        return Err(api_refusal(no_org(id)));
+        return Err(api_refusal(no_org(&org.id)));
     }
     Ok(org)
 }
@@ -84,6 +88,15 @@ impl<T: Serialize> Change<T> {
             before: serde_json::to_value(before).ok(),
             after: serde_json::to_value(&after).ok(),
             answer: after,
+        }
+    }
+
+    /// The removal of `gone`, which is also the answer: a change with no after.
+    pub fn removed(gone: T) -> Self {
+        Change {
+            before: serde_json::to_value(&gone).ok(),
+            after: None,
+            answer: gone,
         }
     }
 }
@@ -177,6 +190,27 @@ pub(crate) fn now() -> anyhow::Result<chrono::DateTime<Utc>> {
 /// Opens the store named by the global flags.
 pub(crate) async fn open(common: &Common) -> anyhow::Result<Stores> {
     crate::backend::open_store(common).await
+}
+
+/// Parses `--org`, opens the store and finds the org, deleted or not ([`any_org`]): the
+/// store, the org's id and the org.
+pub(crate) async fn open_any_org(
+    common: &Common,
+    org: &str,
+) -> anyhow::Result<(Stores, OrgId, Org)> {
+    let id = org_id(org)?;
+    let store = open(common).await?;
+    let org = any_org(&store, &id).await?;
+    Ok((store, id, org))
+}
+
+/// [`open_any_org`] of an org that must not be deleted ([`live_org`]).
+pub(crate) async fn open_live_org(
+    common: &Common,
+    org: &str,
+) -> anyhow::Result<(Stores, OrgId, Org)> {
+    let (store, id, org) = open_any_org(common, org).await?;
+    Ok((store, id, alive(org)?))
 }
 
 /// `N` random bytes, for ids, secrets and audit record ids.

@@ -16,7 +16,7 @@ use tally_api::invitations::{
 };
 use tally_api::members::{MemberView, MembersResponse};
 
-use crate::manage::{Change, any_org, audited, live_org, now, open, org_id};
+use crate::manage::{Change, audited, live_org, now, open, open_any_org, open_live_org, org_id};
 use crate::output::{print, table, table_of, when};
 use crate::settings::Common;
 
@@ -103,9 +103,7 @@ pub enum InvitationCommand {
 pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
     match cmd {
         MemberCommand::List { org } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            any_org(&store, &id).await?;
+            let (store, id, _) = open_any_org(common, &org).await?;
             let members = store.tenants.list_members(&id).await?;
             let mut rows = Vec::new();
             for m in &members {
@@ -130,9 +128,7 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
         }
         MemberCommand::Add(a) => invite(common, &a.org, a.email, a.role).await,
         MemberCommand::SetRole { org, user, role } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            live_org(&store, &id).await?;
+            let (store, id, _) = open_live_org(common, &org).await?;
             let result = tally_api::members::set_role(&*store.tenants, &id, &user, &role)
                 .await
                 .map(|(before, after)| Change::updated(&before, after));
@@ -149,16 +145,10 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
             })
         }
         MemberCommand::Remove { org, user } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            live_org(&store, &id).await?;
+            let (store, id, _) = open_live_org(common, &org).await?;
             let result = tally_api::members::remove(&*store.tenants, &id, &user)
                 .await
-                .map(|removed| Change {
-                    before: serde_json::to_value(&removed).ok(),
-                    after: None,
-                    answer: removed,
-                });
+                .map(Change::removed);
             let removed = audited(
                 &store,
                 &id,
@@ -190,9 +180,7 @@ fn invitation_row(i: &InvitationView) -> Vec<String> {
 pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Result<()> {
     match cmd {
         InvitationCommand::List { org } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            any_org(&store, &id).await?;
+            let (store, id, _) = open_any_org(common, &org).await?;
             let invitations = store.tenants.list_invitations(&id, now()?).await?;
             let answer = InvitationsResponse {
                 invitations: invitations.iter().map(InvitationView::from).collect(),
@@ -208,16 +196,10 @@ pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Resu
         }
         InvitationCommand::Create(a) => invite(common, &a.org, a.email, a.role).await,
         InvitationCommand::Revoke { org, invitation } => {
-            let id = org_id(&org)?;
-            let store = open(common).await?;
-            live_org(&store, &id).await?;
+            let (store, id, _) = open_live_org(common, &org).await?;
             let result = tally_api::invitations::revoke(&*store.tenants, &id, &invitation, now()?)
                 .await
-                .map(|revoked| Change {
-                    before: serde_json::to_value(&revoked).ok(),
-                    after: None,
-                    answer: revoked,
-                });
+                .map(Change::removed);
             let resource = format!("invitation:{invitation}");
             let revoked = audited(&store, &id, "invitation.revoke", resource, result).await?;
             print(common.json, &revoked, |i| {

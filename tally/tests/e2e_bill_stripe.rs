@@ -23,31 +23,9 @@ const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 /// Runs `tally bill --period 2026-02 <extra>` off the async runtime (the double serves on
 /// it), with Stripe pointed at the double under `secret`.
 async fn bill(env: &Env, double: &StripeDouble, secret: &str, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = ["bill", "--period", "2026-02"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let envs = [
-        ("TALLY_NOW".to_owned(), AFTER_GRACE.to_owned()),
-        ("TALLY_STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
-        ("TALLY_STRIPE_API_BASE".to_owned(), double.base_url()),
-    ];
-    let (bin_args, data, flags) = (args, env.data(), env.flags());
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin())
-            .args(&bin_args)
-            .args(&flags)
-            .arg("--data")
-            .arg(&data)
-            .arg("--json")
-            .env("TALLY_LOG", "warn")
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    let mut args = vec!["bill", "--period", "2026-02"];
+    args.extend(extra);
+    bill_on_stripe(env, &args, AFTER_GRACE, (&double.base_url(), secret)).await
 }
 
 fn json_of(out: &Output) -> Value {

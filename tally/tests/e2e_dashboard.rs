@@ -136,6 +136,29 @@ async fn text_of(c: &Client, css: &str) -> String {
     find(c, css).await.text().await.unwrap()
 }
 
+/// The text of the element `css` names, once it appears.
+async fn wait_text(c: &Client, css: &str) -> String {
+    wait_css(c, css).await.text().await.unwrap()
+}
+
+/// The text of the element the XPath `xpath` names, which must be on the page now.
+async fn xpath_text(c: &Client, xpath: &str) -> String {
+    let found = c.find(Locator::XPath(xpath)).await;
+    let found = found.unwrap_or_else(|e| panic!("{xpath} is not on the page: {e}"));
+    found.text().await.unwrap()
+}
+
+/// The names of the cookies the browser holds.
+async fn cookie_names(c: &Client) -> Vec<String> {
+    let cookies = c.get_all_cookies().await.unwrap();
+    cookies.iter().map(|k| k.name().to_owned()).collect()
+}
+
+/// Sends `request`, which must reach the server: its response.
+async fn sent(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.unwrap()
+}
+
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/dashboard")).await.unwrap();
     let field = wait_css(c, "#sign-in-view:not([hidden]) #token").await;
@@ -193,6 +216,19 @@ async fn forget_loaded(c: &Client) {
 /// Picks `value` in the `<select>` `css`.
 async fn pick(c: &Client, css: &str, value: &str) {
     find(c, css).await.select_by_value(value).await.unwrap();
+}
+
+/// Shows the usage page for the range picked, and waits until it has loaded with
+/// `data-usage-range` matching `loaded` (a CSS attribute test such as
+/// `="last-month:2026-10-01/2026-11-01"`).
+async fn show_range(c: &Client, loaded: &str) {
+    forget_loaded(c).await;
+    click(c, "#usage-show").await;
+    wait_css(
+        c,
+        &format!("body[data-loaded=\"usage\"][data-usage-range{loaded}]"),
+    )
+    .await;
 }
 
 /// The range picker and stacking by a dimension: llm_tokens stacked by `model` shows each
@@ -266,13 +302,7 @@ async fn usage_range_and_dimension(c: &Client, api: &Api<'_>, org_id: &str) {
     )
     .await
     .unwrap();
-    forget_loaded(c).await;
-    click(c, "#usage-show").await;
-    wait_css(
-        c,
-        "body[data-loaded=\"usage\"][data-usage-range=\"custom:2026-11-03/2026-11-06\"]",
-    )
-    .await;
+    show_range(c, "=\"custom:2026-11-03/2026-11-06\"").await;
     for (meter, want) in [("compute_minutes", "75.75"), ("llm_tokens", "1600")] {
         let answer = api
             .get(&format!(
@@ -296,13 +326,7 @@ async fn usage_range_and_dimension(c: &Client, api: &Api<'_>, org_id: &str) {
     // Last month, October: the page asks for 2026-10-01..2026-11-01 (the server's month
     // before, not the browser's), and shows the API's total for it.
     pick(c, "#usage-range", "last-month").await;
-    forget_loaded(c).await;
-    click(c, "#usage-show").await;
-    wait_css(
-        c,
-        "body[data-loaded=\"usage\"][data-usage-range=\"last-month:2026-10-01/2026-11-01\"]",
-    )
-    .await;
+    show_range(c, "=\"last-month:2026-10-01/2026-11-01\"").await;
     let october = api
         .get(&format!(
             "/v1/usage?org_id={org_id}&meter=compute_minutes&granularity=day&from=2026-10-01&to=2026-11-01"
@@ -314,13 +338,7 @@ async fn usage_range_and_dimension(c: &Client, api: &Api<'_>, org_id: &str) {
     );
     // Back to this month, by project, for the rest of the test.
     pick(c, "#usage-range", "this-month").await;
-    forget_loaded(c).await;
-    click(c, "#usage-show").await;
-    wait_css(
-        c,
-        "body[data-loaded=\"usage\"][data-usage-range^=\"this-month\"]",
-    )
-    .await;
+    show_range(c, "^=\"this-month\"").await;
     forget_loaded(c).await;
     pick(c, "#meter-llm_tokens-stack", "project").await;
     wait_css(
@@ -335,20 +353,12 @@ async fn usage_range_and_dimension(c: &Client, api: &Api<'_>, org_id: &str) {
 /// the page draws the org's series unstacked with the API's reason shown beside it.
 async fn too_many_projects_falls_back(c: &Client, env: &Env, api: &Api<'_>, org_id: &str) {
     let at_now = [("TALLY_NOW", NOW)];
-    let big = env.cli_env(
-        &[
-            "org",
-            "create",
-            "--name",
-            "Big",
-            "--slug",
-            "acme-big",
-            "--owner-email",
-            "ada@example.com",
-            "--plan",
-            "enterprise",
-        ],
-        &at_now,
+    let big = env.create_org_at(
+        "Big",
+        "acme-big",
+        "ada@example.com",
+        Some("enterprise"),
+        NOW,
     );
     let big_id = big["id"].as_str().unwrap().to_owned();
     for i in 0..=tally_api::usage::MAX_PER_PROJECT {
@@ -360,16 +370,15 @@ async fn too_many_projects_falls_back(c: &Client, env: &Env, api: &Api<'_>, org_
             &at_now,
         );
     }
-    let refused = api
-        .http
-        .get(format!(
-            "{}/v1/usage?org_id={big_id}&meter=api_calls&per_project=true",
-            api.base
-        ))
-        .bearer_auth(api.token)
-        .send()
-        .await
-        .unwrap();
+    let refused = sent(
+        api.http
+            .get(format!(
+                "{}/v1/usage?org_id={big_id}&meter=api_calls&per_project=true",
+                api.base
+            ))
+            .bearer_auth(api.token),
+    )
+    .await;
     assert_eq!(refused.status(), 400);
     let refused: Value = refused.json().await.unwrap();
     assert_eq!(refused["error"]["code"], "too_many_projects");
@@ -440,38 +449,12 @@ async fn the_dashboard_in_chromium() {
     // An org on the free plan (hard limits) with one project, its owner and a viewer.
     let env = Env::embedded();
     let at_now = [("TALLY_NOW", NOW)];
-    let org = env.cli_env(
-        &[
-            "org",
-            "create",
-            "--name",
-            "Acme",
-            "--slug",
-            "acme-dash",
-            "--owner-email",
-            "ada@example.com",
-            "--plan",
-            "free",
-        ],
-        &at_now,
-    );
+    let org = env.create_org_at("Acme", "acme-dash", "ada@example.com", Some("free"), NOW);
     let (org_id, owner) = (
         org["id"].as_str().unwrap().to_owned(),
         org["owner_id"].as_str().unwrap().to_owned(),
     );
-    let home = env.cli_env(
-        &[
-            "org",
-            "create",
-            "--name",
-            "Home",
-            "--slug",
-            "vic-home",
-            "--owner-email",
-            "vic@example.com",
-        ],
-        &at_now,
-    );
+    let home = env.create_org_at("Home", "vic-home", "vic@example.com", None, NOW);
     let viewer = home["owner_id"].as_str().unwrap().to_owned();
     let project = env.cli_env(
         &[
@@ -539,22 +522,20 @@ async fn the_dashboard_in_chromium() {
     };
 
     // The viewer joins by invitation.
-    let invite = http
-        .post(format!("{base}/v1/orgs/{org_id}/invitations"))
-        .bearer_auth(&owner_token)
-        .json(&json!({"email": "vic@example.com", "role": "viewer"}))
-        .send()
-        .await
-        .unwrap();
+    let invite = sent(
+        http.post(format!("{base}/v1/orgs/{org_id}/invitations"))
+            .bearer_auth(&owner_token)
+            .json(&json!({"email": "vic@example.com", "role": "viewer"})),
+    )
+    .await;
     assert_eq!(invite.status(), 201);
     let invite: Value = invite.json().await.unwrap();
-    let accepted = http
-        .post(format!("{base}/v1/invitations/accept"))
-        .bearer_auth(&viewer_token)
-        .json(&json!({"token": invite["token"]}))
-        .send()
-        .await
-        .unwrap();
+    let accepted = sent(
+        http.post(format!("{base}/v1/invitations/accept"))
+            .bearer_auth(&viewer_token)
+            .json(&json!({"token": invite["token"]})),
+    )
+    .await;
     assert_eq!(accepted.status(), 201);
 
     // Usage: compute minutes to exactly the free plan's 100 (a hard limit), over three
@@ -621,36 +602,22 @@ async fn the_dashboard_in_chromium() {
     // API's daily series.
     sign_in(&c, &base, &owner_token).await;
     wait_css(&c, "body[data-loaded=\"usage\"]").await;
-    let shown = wait_css(&c, "#meter-compute_minutes-total")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let shown = wait_text(&c, "#meter-compute_minutes-total").await;
     let series = api(
         format!("/v1/usage?org_id={org_id}&meter=compute_minutes&granularity=day"),
         &owner_token,
     )
     .await;
-    let summed: Decimal = series["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["value"].as_str().unwrap().parse::<Decimal>().unwrap())
-        .sum();
     assert_eq!(shown, meter("compute_minutes")["value"].as_str().unwrap());
-    assert_eq!(shown, summed.normalize().to_string());
+    assert_eq!(shown, series_sum(&series["series"]));
     let calls_shown = text_of(&c, "#meter-api_calls-total").await;
     assert_eq!(calls_shown, "5");
     // Each chart has its table: the 3rd of November's row holds the API's day value.
-    let day_row = c
-        .find(Locator::XPath(
-            "//figure[@id='meter-compute_minutes']//details//tbody/tr[th='2026-11-03']",
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let day_row = xpath_text(
+        &c,
+        "//figure[@id='meter-compute_minutes']//details//tbody/tr[th='2026-11-03']",
+    )
+    .await;
     assert!(day_row.contains("75.75"), "{day_row}");
     assert!(
         c.find(Locator::Css("#meter-compute_minutes-chart canvas"))
@@ -690,15 +657,11 @@ async fn the_dashboard_in_chromium() {
         [("09:00".into(), "3".into()), ("16:00".into(), "2".into())]
     );
     for (hour, value) in &api_hours {
-        let text = c
-            .find(Locator::XPath(&format!(
-                "//figure[@id='meter-api_calls']//details//tbody/tr[th='{hour}']/td[last()]"
-            )))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = xpath_text(
+            &c,
+            &format!("//figure[@id='meter-api_calls']//details//tbody/tr[th='{hour}']/td[last()]"),
+        )
+        .await;
         assert_eq!(&text, value, "{hour}");
     }
     let rows = c
@@ -763,11 +726,7 @@ async fn the_dashboard_in_chromium() {
     tab(&c, "manage").await;
     type_into(&c, "#key-name", "browser-key").await;
     click(&c, "#key-create").await;
-    let secret = wait_css(&c, "#key-secret:not([hidden]) #key-secret-value")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let secret = wait_text(&c, "#key-secret:not([hidden]) #key-secret-value").await;
     assert!(secret.starts_with("tk_live_"), "{secret}");
     let keys = api(format!("/v1/orgs/{org_id}/keys"), &owner_token).await;
     let created = keys["keys"]
@@ -796,13 +755,14 @@ async fn the_dashboard_in_chromium() {
         &format!("#keys tr[data-key=\"{key_id}\"][data-state=\"revoked\"]"),
     )
     .await;
-    let refused = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&secret)
-        .json(&json!({"events": [compute_minutes("after", &project, "1", "2026-11-20T10:00:00Z")]}))
-        .send()
-        .await
-        .unwrap();
+    let after = compute_minutes("after", &project, "1", "2026-11-20T10:00:00Z");
+    let events = http.post(format!("{base}/v1/events"));
+    let refused = sent(
+        events
+            .bearer_auth(&secret)
+            .json(&json!({"events": [after]})),
+    )
+    .await;
     assert_eq!(refused.status(), 401, "the revoked key is refused");
     shot(&c, "manage-key-revoked").await;
 
@@ -811,14 +771,11 @@ async fn the_dashboard_in_chromium() {
     let sessions = api("/v1/sessions".into(), &owner_token).await;
     let owner_sid = sessions["sessions"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1);
-    let mine = wait_css(
+    let mine = wait_text(
         &c,
         &format!("#my-sessions tr[data-session=\"{owner_sid}\"]"),
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(mine.contains("(this session)"), "{mine}");
     find(
         &c,
@@ -901,12 +858,11 @@ async fn the_dashboard_in_chromium() {
         put_policy(json!(["192.0.2.0/24"])).await.unwrap().status(),
         200
     );
-    let direct = http
-        .get(format!("{base}/v1/orgs/{org_id}/usage/summary"))
-        .bearer_auth(&viewer_token)
-        .send()
-        .await
-        .unwrap();
+    let direct = sent(
+        http.get(format!("{base}/v1/orgs/{org_id}/usage/summary"))
+            .bearer_auth(&viewer_token),
+    )
+    .await;
     assert_eq!(direct.status(), 403);
     let direct: Value = direct.json().await.unwrap();
     assert_eq!(direct["error"]["code"], "ip_not_allowed");
@@ -932,12 +888,11 @@ async fn the_dashboard_in_chromium() {
         .collect();
     assert_eq!(viewer_sessions.len(), 1, "{listed}");
     let sid = viewer_sessions[0]["id"].as_str().unwrap();
-    let revoked = http
-        .delete(format!("{base}/v1/orgs/{org_id}/sessions/{sid}"))
-        .bearer_auth(&owner_token)
-        .send()
-        .await
-        .unwrap();
+    let revoked = sent(
+        http.delete(format!("{base}/v1/orgs/{org_id}/sessions/{sid}"))
+            .bearer_auth(&owner_token),
+    )
+    .await;
     assert_eq!(revoked.status(), 200);
     click(&c, "#tab-billing").await;
     wait_css(&c, "#sign-in-view:not([hidden])").await;
@@ -963,20 +918,7 @@ async fn sign_in_with_the_oidc_issuer_in_chromium() {
         return;
     };
     let env = Env::embedded();
-    let at_now = [("TALLY_NOW", NOW)];
-    env.cli_env(
-        &[
-            "org",
-            "create",
-            "--name",
-            "Oidc Org",
-            "--slug",
-            "oidc-org",
-            "--owner-email",
-            "ida@example.com",
-        ],
-        &at_now,
-    );
+    env.create_org_at("Oidc Org", "oidc-org", "ida@example.com", None, NOW);
     let now: chrono::DateTime<chrono::Utc> = NOW.parse().unwrap();
     let issuer =
         issuer::Issuer::start("tally-e2e-client", "ida@example.com", now.timestamp()).await;
@@ -1014,13 +956,7 @@ async fn sign_in_with_the_oidc_issuer_in_chromium() {
     assert_eq!(issuer.exchanged(), 1);
     // Chromium kept the __Host- cookies over http://127.0.0.1 (a secure context); the page
     // can read the CSRF one (the session one is HTTP-only).
-    let names: Vec<String> = c
-        .get_all_cookies()
-        .await
-        .unwrap()
-        .iter()
-        .map(|k| k.name().to_owned())
-        .collect();
+    let names: Vec<String> = cookie_names(&c).await;
     for name in ["__Host-tally_session", "__Host-tally_csrf"] {
         assert!(
             names.iter().any(|n| n == name),
@@ -1051,13 +987,7 @@ async fn sign_in_with_the_oidc_issuer_in_chromium() {
     assert_eq!(c.current_url().await.unwrap().path(), "/dashboard/callback");
     let body = text_of(&c, "body").await;
     assert!(body.contains("oidc_nonce_mismatch"), "{body}");
-    let names: Vec<String> = c
-        .get_all_cookies()
-        .await
-        .unwrap()
-        .iter()
-        .map(|k| k.name().to_owned())
-        .collect();
+    let names: Vec<String> = cookie_names(&c).await;
     assert!(
         !names.iter().any(|n| n == "__Host-tally_session"),
         "{names:?}"

@@ -65,47 +65,61 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `tally export` of `org`'s March (at [`APRIL`]) with the `extra` flags: the arguments.
+fn export_args<'a>(org: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["export", "--org", org, "--period", "2026-03"];
+    args.extend(extra);
+    args
+}
+
+/// `tally export` of `org`'s March with the `extra` flags: the JSON summary.
+fn export(env: &Env, org: &str, extra: &[&str]) -> Value {
+    env.cli_env(&export_args(org, extra), &tally_now(APRIL))
+}
+
+/// `tally export --ledger` of one line to `out` (a path or an `s3://` URL) with the `extra`
+/// flags: the JSON summary.
+fn export_line_to(env: &Env, org: &str, meter: &str, out: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--ledger", "--meter", meter, "--out", out];
+    args.extend(extra);
+    export(env, org, &args)
+}
+
 /// `tally export --ledger` of one line into `path`: the JSON summary.
 fn export_line(env: &Env, org: &str, meter: &str, path: &Path) -> Value {
-    env.cli_env(
-        &[
-            "export",
-            "--ledger",
-            "--org",
-            org,
-            "--period",
-            "2026-03",
-            "--meter",
-            meter,
-            "--out",
-            path.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    )
+    export_line_to(env, org, meter, path.to_str().unwrap(), &[])
+}
+
+/// The arguments of `tally verify-report` of one line against `path` with the `extra` flags.
+fn verify_args<'a>(
+    org: &'a str,
+    meter: &'a str,
+    path: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["verify-report", "--org", org, "--period", "2026-03"];
+    args.extend(["--meter", meter]);
+    args.extend(extra);
+    args.push(path.to_str().unwrap());
+    args
 }
 
 /// `tally verify-report` of one line against `path`: the exit code and the JSON verdict.
 fn verify(env: &Env, org: &str, meter: &str, path: &Path, extra: &[&str]) -> (Option<i32>, Value) {
-    let mut args = vec![
-        "verify-report",
-        "--org",
-        org,
-        "--period",
-        "2026-03",
-        "--meter",
-        meter,
-    ];
-    args.extend(extra);
-    args.push(path.to_str().unwrap());
-    let out = env.cli_raw_env(&args, &tally_now(APRIL));
-    let verdict = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "verify-report printed non-JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        )
-    });
-    (out.status.code(), verdict)
+    env.cli_status_env(&verify_args(org, meter, path, extra), &tally_now(APRIL))
+}
+
+/// `tally verify-report` of the `compute_minutes` line against `path`: the raw output, for
+/// the refusals (which print no verdict).
+fn verify_raw(env: &Env, org: &str, path: &Path) -> Output {
+    let args = verify_args(org, "compute_minutes", path, &[]);
+    env.cli_raw_env(&args, &tally_now(APRIL))
+}
+
+/// Asserts that a verdict's exit code is `code` and its `field`'s `key` reads `want`.
+fn assert_verdict(verdict: &(Option<i32>, Value), code: i32, field: &str, key: &str, want: &str) {
+    let (got, v) = verdict;
+    assert_eq!((*got, &v[field][key]), (Some(code), &json!(want)), "{v}");
 }
 
 fn report_line(env: &Env, org: &str, meter: &str) -> Value {
@@ -168,12 +182,8 @@ fn a_closed_line_exports_its_entries_and_verifies_and_planted_changes_are_caught
         export_line(&env, &org, "storage_bytes", &storage)["rows"],
         2
     );
-    let (code, v) = verify(&env, &org, "storage_bytes", &storage, &[]);
-    assert_eq!(
-        (code, &v["quantity"]["recomputed"]),
-        (Some(0), &json!("9000")),
-        "{v}"
-    );
+    let verdict = verify(&env, &org, "storage_bytes", &storage, &[]);
+    assert_verdict(&verdict, 0, "quantity", "recomputed", "9000");
 
     // Fault 1: one entry of the export edited. A changed quantity changes both the
     // quantity and the digest; a changed project leaves the quantity and is still caught.
@@ -200,12 +210,8 @@ fn a_closed_line_exports_its_entries_and_verifies_and_planted_changes_are_caught
     // A dropped entry changes the count too.
     let dropped: Vec<&str> = text.lines().take(3).collect();
     std::fs::write(&edited, dropped.join("\n") + "\n").unwrap();
-    let (code, v) = verify(&env, &org, "compute_minutes", &edited, &[]);
-    assert_eq!(
-        (code, &v["event_count"]["result"]),
-        (Some(6), &json!("mismatch")),
-        "{v}"
-    );
+    let verdict = verify(&env, &org, "compute_minutes", &edited, &[]);
+    assert_verdict(&verdict, 6, "event_count", "result", "mismatch");
 
     // Fault 2: a ledger row altered in the store after close (its timestamp moved by a
     // second, which leaves every counter and the quantity alone): a fresh export of the
@@ -258,18 +264,14 @@ fn a_closed_line_exports_its_entries_and_verifies_and_planted_changes_are_caught
     // The report can come from a file (what the customer was sent) instead of the store.
     let report_file = env.data().join("report.json");
     std::fs::write(&report_file, old.to_string()).unwrap();
-    let (code, v) = verify(
+    let verdict = verify(
         &env,
         org.as_str(),
         "compute_minutes",
         &edited,
         &["--report", report_file.to_str().unwrap()],
     );
-    assert_eq!(
-        (code, &v["quantity"]["result"]),
-        (Some(6), &json!("mismatch")),
-        "{v}"
-    );
+    assert_verdict(&verdict, 6, "quantity", "result", "mismatch");
 }
 
 #[test]
@@ -277,18 +279,7 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
     let env = Env::embedded();
     let org = imported_and_billed(&env, "acme-counters");
     let file = env.data().join("counters.csv");
-    let s = env.cli_env(
-        &[
-            "export",
-            "--org",
-            org.as_str(),
-            "--period",
-            "2026-03",
-            "--out",
-            file.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
+    let s = export(&env, &org, &["--out", file.to_str().unwrap()]);
     assert_eq!(
         (&s["kind"], &s["orgs"]),
         (&json!("counters"), &json!(1)),
@@ -316,32 +307,8 @@ fn counters_export_as_csv_for_one_org_or_all_and_rows_from_another_line_are_refu
 
     // A ledger export of the whole org handed to verify as one line's is refused by row.
     let all = env.data().join("all.csv");
-    env.cli_env(
-        &[
-            "export",
-            "--ledger",
-            "--org",
-            org.as_str(),
-            "--period",
-            "2026-03",
-            "--out",
-            all.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
-    let out = env.cli_raw_env(
-        &[
-            "verify-report",
-            "--org",
-            org.as_str(),
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            all.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
+    export(&env, &org, &["--ledger", "--out", all.to_str().unwrap()]);
+    let out = verify_raw(&env, &org, &all);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
 }
@@ -377,25 +344,15 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
     let env = Env::embedded();
     let org = imported_and_billed(&env, "acme-parquet");
     for (kind, extra) in [("counters", &[][..]), ("ledger", &["--ledger"][..])] {
-        let export = |format: &str, path: &Path| {
-            let mut args = vec![
-                "export",
-                "--org",
-                org.as_str(),
-                "--period",
-                "2026-03",
-                "--format",
-                format,
-                "--out",
-                path.to_str().unwrap(),
-            ];
+        let export_as = |format: &str, path: &Path| {
+            let mut args = vec!["--format", format, "--out", path.to_str().unwrap()];
             args.extend(extra);
-            env.cli_env(&args, &tally_now(APRIL))
+            export(&env, &org, &args)
         };
         let csv_file = env.data().join(format!("{kind}.csv"));
         let pq_file = env.data().join(format!("{kind}.parquet"));
-        export("csv", &csv_file);
-        let s = export("parquet", &pq_file);
+        export_as("csv", &csv_file);
+        let s = export_as("parquet", &pq_file);
         assert_eq!(
             (&s["kind"], &s["format"]),
             (&json!(kind), &json!("parquet")),
@@ -418,17 +375,9 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
         assert_eq!(s["rows"], expected.len(), "{s}");
 
         // To stdout (no seeking needed): the same file byte for byte.
-        let mut args = vec![
-            "export",
-            "--org",
-            org.as_str(),
-            "--period",
-            "2026-03",
-            "--format",
-            "parquet",
-        ];
-        args.extend(extra);
-        let out = env.cli_raw_env(&args, &tally_now(APRIL));
+        let mut flags = vec!["--format", "parquet"];
+        flags.extend(extra);
+        let out = env.cli_raw_env(&export_args(&org, &flags), &tally_now(APRIL));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(out.stdout, bytes, "{kind} to stdout");
     }
@@ -444,22 +393,13 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
     // month close recorded, like its CSV export.
     let digest = report_line(&env, &org, "compute_minutes")["digest"].clone();
     let pq = env.data().join("minutes.parquet");
-    let s = env.cli_env(
-        &[
-            "export",
-            "--ledger",
-            "--org",
-            &org,
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            "--format",
-            "parquet",
-            "--out",
-            pq.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
+    let pq_out = pq.to_str().unwrap();
+    let s = export_line_to(
+        &env,
+        &org,
+        "compute_minutes",
+        pq_out,
+        &["--format", "parquet"],
     );
     assert_eq!(s["rows"], 3, "{s}");
     let (code, v) = verify(&env, &org, "compute_minutes", &pq, &[]);
@@ -467,35 +407,11 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
     assert_eq!(v["digest"]["recomputed"], digest, "{v}");
     assert_eq!(v["event_count"]["recomputed"], "3", "{v}");
     // Its rows are checked like a CSV's: the whole ledger (both meters) is not the line's.
-    let out = env.cli_raw_env(
-        &[
-            "verify-report",
-            "--org",
-            &org,
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            env.data().join("ledger.parquet").to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
+    let out = verify_raw(&env, &org, &env.data().join("ledger.parquet"));
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("not of the line"), "{}", stderr(&out));
     // A counters export is not a ledger export.
-    let out = env.cli_raw_env(
-        &[
-            "verify-report",
-            "--org",
-            &org,
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            env.data().join("counters.parquet").to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
+    let out = verify_raw(&env, &org, &env.data().join("counters.parquet"));
     assert!(
         stderr(&out).contains("not a readable Parquet ledger export"),
         "{}",
@@ -510,19 +426,7 @@ fn counters_and_the_ledger_export_as_parquet_holding_the_csv_rows_exactly() {
     }
     let damaged = env.data().join("damaged.parquet");
     std::fs::write(&damaged, bytes).unwrap();
-    let out = env.cli_raw_env(
-        &[
-            "verify-report",
-            "--org",
-            &org,
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            damaged.to_str().unwrap(),
-        ],
-        &tally_now(APRIL),
-    );
+    let out = verify_raw(&env, &org, &damaged);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("damaged.parquet"), "{}", stderr(&out));
 }
@@ -540,12 +444,8 @@ fn on_dynamodb_the_line_exports_and_verifies() {
     assert_eq!(v["digest"]["recorded"], line["digest"], "{v}");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replacen(",sum,2,", ",sum,3,", 1)).unwrap();
-    let (code, v) = verify(&env, &org, "compute_minutes", &file, &[]);
-    assert_eq!(
-        (code, &v["digest"]["result"]),
-        (Some(6), &json!("mismatch")),
-        "{v}"
-    );
+    let verdict = verify(&env, &org, "compute_minutes", &file, &[]);
+    assert_verdict(&verdict, 6, "digest", "result", "mismatch");
 }
 
 /// `--out s3://BUCKET/PREFIX` on the emulator's S3: the object holds byte for byte what the
@@ -575,21 +475,7 @@ fn an_export_to_s3_uploads_the_same_bytes_as_a_file_export() {
     let file = env.data().join("minutes.csv");
     export_line(&env, &org, "compute_minutes", &file);
     let url = format!("s3://{bucket}/finance/2026/");
-    let summary = env.cli_env(
-        &[
-            "export",
-            "--ledger",
-            "--org",
-            &org,
-            "--period",
-            "2026-03",
-            "--meter",
-            "compute_minutes",
-            "--out",
-            &url,
-        ],
-        &tally_now(APRIL),
-    );
+    let summary = export_line_to(&env, &org, "compute_minutes", &url, &[]);
     let key = format!("finance/2026/ledger-2026-03-{org}-compute_minutes.csv");
     assert_eq!(summary["out"], format!("s3://{bucket}/{key}"), "{summary}");
     assert_eq!(summary["rows"], 3, "{summary}");

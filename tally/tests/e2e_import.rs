@@ -28,13 +28,14 @@ fn import(env: &Env, args: &[&str], now: &str) -> (Option<i32>, Value) {
 }
 
 /// Runs `tally import ARGS` at [`IMPORT_AT`], which must refuse them before importing
-/// anything (exit 1): what it said on stderr.
-fn refused(env: &Env, args: &[&str]) -> String {
+/// anything (exit 1), saying `want` on stderr.
+fn refused(env: &Env, args: &[&str], want: &str) {
     let mut all = vec!["import"];
     all.extend(args);
     let out = env.cli_raw_env(&all, &tally_now(IMPORT_AT));
     assert_eq!(out.status.code(), Some(1), "{args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(want), "{err}");
 }
 
 /// The org's compute minutes of `month` (YYYY-MM) through `tally usage`.
@@ -58,6 +59,24 @@ fn month_minutes(env: &Env, org: &str, month: &str, next: &str) -> Value {
     out["series"].clone()
 }
 
+/// Asserts that the org's March holds `value` compute minutes, read with `tally usage`.
+fn assert_march_minutes(env: &Env, org: &str, value: &str) {
+    assert_eq!(
+        month_minutes(env, org, "2026-03", "2026-04"),
+        json!([{"start": "2026-03-01T00:00:00Z", "value": value}])
+    );
+}
+
+/// Asserts that an import exited 5 having accepted `accepted` lines and refused one: the
+/// `line`th, with `code`.
+fn assert_one_refused((exit, s): (Option<i32>, &Value), accepted: u64, (line, code): (u64, &str)) {
+    assert_eq!(exit, Some(5), "{s}");
+    assert_eq!(s["accepted"], accepted, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejections"][0]["line"], line, "{s}");
+    assert_eq!(s["rejections"][0]["code"], code, "{s}");
+}
+
 fn write(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
@@ -69,8 +88,7 @@ fn minutes(id: &str, project: &str, q: &str, ts: &str) -> String {
 
 #[test]
 fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicates() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "acme");
+    let (env, tenant) = embedded_tenant("acme");
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
     // February is billed, so closed.
     let billed = env.cli_env(&["bill", "--period", "2026-02"], &tally_now(FEB_BILLED));
@@ -166,10 +184,7 @@ fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicat
     );
 
     // Counted exactly: 15 minutes in March, nothing added to February.
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "15"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "15");
     assert_eq!(
         month_minutes(&env, &tenant.org, "2026-02", "2026-03"),
         json!([])
@@ -182,10 +197,7 @@ fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicat
     assert_eq!(again["duplicate"], 3, "{again}");
     assert_eq!(again["rejected"], 4, "{again}");
     assert_eq!(again["rejections"], s["rejections"]);
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "15"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "15");
 
     // --into-closed takes February's event, and says so.
     let (code, closed) = import(
@@ -214,8 +226,7 @@ fn import_counts_good_lines_once_refuses_bad_ones_by_line_and_reruns_as_duplicat
 
 #[test]
 fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "clean");
+    let (env, tenant) = embedded_tenant("clean");
     let p0 = &tenant.projects[0];
     let file = env.data().join("clean.ndjson");
     let lines: Vec<String> = (0..2_500)
@@ -228,27 +239,25 @@ fn a_clean_import_exits_zero_and_a_bad_org_is_refused() {
     assert_eq!(s["accepted"], 2_500, "{s}");
     assert_eq!(s["rejected"], 0, "{s}");
     assert_eq!(s["rejections"], json!([]));
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "5000"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "5000");
 
     // --rejected naming the file imported is refused before it is truncated.
-    let err = refused(&env, &["--org", &tenant.org, file, "--rejected", file]);
-    assert!(err.contains("--rejected"), "{err}");
+    refused(
+        &env,
+        &["--org", &tenant.org, file, "--rejected", file],
+        "--rejected",
+    );
     assert_eq!(
         std::fs::read_to_string(file).unwrap().lines().count(),
         2_500
     );
 
-    let err = refused(&env, &["--org", "org_nope", file]);
-    assert!(err.contains("--org"), "{err}");
+    refused(&env, &["--org", "org_nope", file], "--org");
 }
 
 #[test]
 fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "csv");
+    let (env, tenant) = embedded_tenant("csv");
     let p0 = &tenant.projects[0];
     let file = env.data().join("events.csv");
     write(
@@ -280,21 +289,20 @@ fn csv_columns_map_to_event_fields_and_errors_name_the_column() {
     assert_eq!(r[0]["id"], "csv-3", "{s}");
     assert_eq!(r[1]["line"], 5, "{s}");
     assert_eq!(r[1]["code"], "malformed_event", "{s}");
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "6.5"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "6.5");
     // A mapping naming a column the header lacks is refused before anything is imported.
-    let err = refused(&env, &["--org", &tenant.org, file, "--columns", "id=nope"]);
-    assert!(err.contains("\"nope\""), "{err}");
+    refused(
+        &env,
+        &["--org", &tenant.org, file, "--columns", "id=nope"],
+        "\"nope\"",
+    );
 }
 
 #[test]
 fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "stdin");
+    use std::process::Stdio;
+    let (env, tenant) = embedded_tenant("stdin");
     let p0 = &tenant.projects[0];
     // One line past the 64 KiB bound (a property far beyond the 4 KiB an event may hold),
     // between two good ones.
@@ -308,13 +316,8 @@ fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
         minutes("in-2", p0, "4", "2026-03-02T00:00:00Z"),
     ]
     .join("\n");
-    let mut child = Command::new(bin())
-        .args(["import", "--org", &tenant.org, "-"])
-        .args(env.flags())
-        .arg("--data")
-        .arg(env.data())
-        .arg("--json")
-        .env("TALLY_LOG", "warn")
+    let mut child = env
+        .command(&["import", "--org", &tenant.org, "-"])
         .env("TALLY_NOW", IMPORT_AT)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -328,15 +331,8 @@ fn stdin_is_read_and_an_overlong_line_is_refused_alone() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(5), "{s}");
-    assert_eq!(s["accepted"], 2, "{s}");
-    assert_eq!(s["rejected"], 1, "{s}");
-    assert_eq!(s["rejections"][0]["line"], 2, "{s}");
-    assert_eq!(s["rejections"][0]["code"], "line_too_long", "{s}");
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "7"}])
-    );
+    assert_one_refused((out.status.code(), &s), 2, (2, "line_too_long"));
+    assert_march_minutes(&env, &tenant.org, "7");
 }
 
 /// The same import on DynamoDB (the AWS backend, on the emulator): good lines counted once
@@ -367,20 +363,14 @@ fn an_import_on_dynamodb_counts_once_and_reruns_as_duplicates() {
     );
     assert_eq!(s["rejections"][0]["line"], 4, "{s}");
     assert_eq!(s["rejections"][0]["code"], "unknown_project", "{s}");
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "15.5"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "15.5");
     let (_, again) = import(&env, &["--org", &tenant.org, file], IMPORT_AT);
     assert_eq!(
         (&again["accepted"], &again["duplicate"]),
         (&json!(0), &json!(3)),
         "{again}"
     );
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "15.5"}])
-    );
+    assert_march_minutes(&env, &tenant.org, "15.5");
 }
 
 /// The org's compute minutes of March 2026 for one project.
@@ -417,8 +407,7 @@ fn project_march_minutes(env: &Env, org: &str, project: &str) -> Decimal {
 #[test]
 fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
     const LINES: usize = 1_000_000;
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "acme-million");
+    let (env, tenant) = embedded_tenant("acme-million");
     let projects = [&tenant.projects[0], &tenant.projects[1]];
 
     // Line i (1-based numbers in the summary are i + 1): every 1,000th line is bad (three
@@ -471,13 +460,8 @@ fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
     let good = LINES as u64 - bad - duplicates;
 
     // Start the import and SIGKILL it once some of it is counted and before the end.
-    let mut child = std::process::Command::new(bin())
-        .args(["import", "--org", &tenant.org, file.to_str().unwrap()])
-        .args(env.flags())
-        .arg("--data")
-        .arg(env.data())
-        .arg("--json")
-        .env("TALLY_LOG", "warn")
+    let mut child = env
+        .command(&["import", "--org", &tenant.org, file.to_str().unwrap()])
         .env("TALLY_NOW", IMPORT_AT)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -552,8 +536,7 @@ fn a_million_line_import_killed_part_way_resumes_by_rerunning_and_ends_exact() {
 /// accepted (April's version for all).
 #[test]
 fn an_import_holds_each_event_to_its_own_month_s_catalogue() {
-    let env = Env::embedded();
-    let tenant = make_tenant(&env, "months");
+    let (env, tenant) = embedded_tenant("months");
     let p0 = &tenant.projects[0];
     let mut v: Value = serde_json::from_str(tally_core::catalogue::BUILTIN_JSON).unwrap();
     v["meters"]["gpu_seconds"] = json!({
@@ -586,13 +569,6 @@ fn an_import_holds_each_event_to_its_own_month_s_catalogue() {
     );
     let file = file.to_str().unwrap();
     let (code, s) = import(&env, &["--org", &tenant.org, file], "2026-04-02T00:00:00Z");
-    assert_eq!(code, Some(5), "{s}");
-    assert_eq!(s["accepted"], 2, "{s}");
-    assert_eq!(s["rejected"], 1, "{s}");
-    assert_eq!(s["rejections"][0]["line"], 3, "{s}");
-    assert_eq!(s["rejections"][0]["code"], "unknown_meter", "{s}");
-    assert_eq!(
-        month_minutes(&env, &tenant.org, "2026-03", "2026-04"),
-        json!([{"start": "2026-03-01T00:00:00Z", "value": "5"}])
-    );
+    assert_one_refused((code, &s), 2, (3, "unknown_meter"));
+    assert_march_minutes(&env, &tenant.org, "5");
 }

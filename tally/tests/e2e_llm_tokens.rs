@@ -98,20 +98,14 @@ async fn scenario(env: &Env, slug: &str) {
     let client = reqwest::Client::new();
 
     // Check, then apply, the file while the app runs (May: version 1 starts in June).
-    let path = env.data().join("llm.json");
-    std::fs::write(&path, catalogue_file()).unwrap();
-    let path = path.to_str().unwrap();
-    let checked = env.cli_env(&["catalogue", "check", path], &tally_now(IN_MAY));
+    let path = catalogue_path(env, "llm.json", &catalogue_file());
+    let checked = env.cli_env(&["catalogue", "check", &path], &tally_now(IN_MAY));
     assert_eq!(checked["valid"], true, "{checked}");
-    let applied = env.cli_env(&["catalogue", "apply", path], &tally_now(IN_MAY));
+    let applied = env.cli_env(&["catalogue", "apply", &path], &tally_now(IN_MAY));
     assert_eq!(applied["version"], 1, "{applied}");
     assert_eq!(applied["effective_from"], "2026-06");
     // The operator moves the org to starter (in May, so all of June is on it).
-    let moved = env.cli_env(
-        &["org", "set-plan", "--org", &tenant.org, "--plan", "starter"],
-        &tally_now(IN_MAY),
-    );
-    assert_eq!(moved["plan"], "starter", "{moved}");
+    set_plan(env, &tenant.org, "starter", IN_MAY);
 
     // Still May: the running app does not know llm_tokens (the built-in catalogue is in
     // force), however often it re-reads the versions.
@@ -127,16 +121,7 @@ async fn scenario(env: &Env, slug: &str) {
 
     // The month turns on the app's clock: the same process takes version 1 up.
     clock.set(at(MID_JUNE));
-    let entitlement = "/v1/entitlements?meter=llm_tokens";
-    wait_for_answer(
-        &client,
-        &server,
-        entitlement,
-        &tenant.key,
-        "version 1 in force",
-        |s, _| s == 200,
-    )
-    .await;
+    wait_in_force(&client, &server, "llm_tokens", &tenant.key).await;
 
     let events = vec![
         tokens("gpt-1", p0, "gpt-4", 12_000, "2026-06-02T10:00:00Z"),
@@ -166,13 +151,8 @@ async fn scenario(env: &Env, slug: &str) {
     assert_eq!(groups[1]["value"], "gpt-4");
     assert_eq!(month_value(&groups[1]["series"]), "20000");
     // Filtered to gpt-4: 20,000.
-    let (status, filtered) = get_json(
-        &client,
-        server.url(&format!("/v1/usage?{june}&filter%5Bmodel%5D=gpt-4")),
-        &tenant.key,
-    )
-    .await;
-    assert_eq!(status, 200, "{filtered}");
+    let gpt_4 = format!("/v1/usage?{june}&filter%5Bmodel%5D=gpt-4");
+    let filtered = get_ok(&client, &server, &gpt_4, &tenant.key).await;
     assert_eq!(month_value(&filtered["series"]), "20000");
 
     // The upcoming invoice, at mid-June: the month so far is the $39.35 of the module doc.
@@ -180,11 +160,9 @@ async fn scenario(env: &Env, slug: &str) {
     // 20 × $0.50 + 40 × $0.30 = $22.00, 10 % off = $19.80; $29.00 + $19.80 = $48.80.
     // The owner's token, minted on the app's clock (`tally token create` mints on the real
     // one, months after this test's June).
-    let token = owner_token(env, &tenant, MID_JUNE);
-    let upcoming = upcoming_invoice(&client, &server, &tenant.org, &token).await;
+    let owner = (env, &tenant);
+    let upcoming = upcoming_on_version_1(&client, &server, owner, MID_JUNE, "starter").await;
     assert_eq!(upcoming["period"], "2026-06");
-    assert_eq!(upcoming["plan"], "starter");
-    assert_eq!(upcoming["catalogue_version"], "1");
     let line = meter_line(&upcoming, "llm_tokens");
     assert_eq!(line["quantity"], "35000", "{line}");
     assert_eq!(line["included"], "10000");
@@ -206,7 +184,7 @@ async fn scenario(env: &Env, slug: &str) {
     let answer = wait_for_answer(
         &client,
         &server,
-        entitlement,
+        "/v1/entitlements?meter=llm_tokens",
         &tenant.key,
         "the entitlement reads 35,000",
         |s, b| s == 200 && b["usage"] == "35000",

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -22,14 +22,7 @@ const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 
 /// Runs `tally ARGS` without `--json`: what a person sees.
 fn human(env: &Env, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .args(env.flags())
-        .arg("--data")
-        .arg(env.data())
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
+    env.human_command(args).output().unwrap()
 }
 
 /// [`human`], which must succeed: its stdout.
@@ -60,6 +53,13 @@ fn ids(list: &Value, field: &str) -> Vec<String> {
         .iter()
         .map(|v| v["id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// `tally member add` of `email` as a viewer to `org`: the invitation, as the CLI prints it.
+fn invite_viewer(env: &Env, org: &str, email: &str) -> Value {
+    env.cli(&[
+        "member", "add", "--org", org, "--email", email, "--role", "viewer",
+    ])
 }
 
 /// `tally audit --json` for `org` with `filters`: (action, actor, outcome) of each record,
@@ -180,26 +180,8 @@ fn orgs_projects_and_keys_are_listed_shown_and_changed_and_audited_as_the_operat
         !listed.contains(key["key"].as_str().unwrap()) && !listed.contains("hash"),
         "a listing never holds a secret or a hash: {listed}"
     );
-    let rotated = env.cli(&[
-        "key",
-        "rotate",
-        "--org",
-        acme_id,
-        "--key",
-        key_id,
-        "--overlap",
-        "1h",
-    ]);
-    let new_id = rotated["new"]["id"].as_str().unwrap();
-    assert_eq!(rotated["previous"]["id"], key_id);
-    assert!(rotated["previous"]["expires_at"].is_string(), "{rotated}");
-    assert!(
-        rotated["key"].as_str().unwrap().starts_with("tk_live_"),
-        "{rotated}"
-    );
-    let err = refused(
-        &env,
-        &[
+    let rotate = |overlap| {
+        [
             "key",
             "rotate",
             "--org",
@@ -207,9 +189,18 @@ fn orgs_projects_and_keys_are_listed_shown_and_changed_and_audited_as_the_operat
             "--key",
             key_id,
             "--overlap",
-            "31d",
-        ],
+            overlap,
+        ]
+    };
+    let rotated = env.cli(&rotate("1h"));
+    let new_id = rotated["new"]["id"].as_str().unwrap();
+    assert_eq!(rotated["previous"]["id"], key_id);
+    assert!(rotated["previous"]["expires_at"].is_string(), "{rotated}");
+    assert!(
+        rotated["key"].as_str().unwrap().starts_with("tk_live_"),
+        "{rotated}"
     );
+    let err = refused(&env, &rotate("31d"));
     assert!(err.contains("overlap_seconds must be at most"), "{err}");
     let revoked = env.cli(&["key", "revoke", "--org", acme_id, "--key", new_id]);
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
@@ -341,16 +332,7 @@ fn members_join_only_by_invitation_and_the_owner_stays() {
     assert!(table(&env, &["member", "list", "--org", org_id]).contains("ada@example.com"));
 
     // `member add` invites: the membership exists only once the invitation is accepted.
-    let invited = env.cli(&[
-        "member",
-        "add",
-        "--org",
-        org_id,
-        "--email",
-        "Eve@Example.com",
-        "--role",
-        "viewer",
-    ]);
+    let invited = invite_viewer(&env, org_id, "Eve@Example.com");
     assert_eq!(invited["email"], "eve@example.com");
     assert_eq!(invited["invited_by"], owner);
     assert!(invited["token"].is_string(), "{invited}");
@@ -368,68 +350,32 @@ fn members_join_only_by_invitation_and_the_owner_stays() {
             .to_string()
             .contains(invited["token"].as_str().unwrap())
     );
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "eve@example.com",
-        ],
-    );
-    assert!(err.contains("pending invitation"), "{err}");
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "x@example.com",
-            "--role",
-            "owner",
-        ],
-    );
-    assert!(err.contains("field role"), "{err}");
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "create",
-            "--org",
-            org_id,
-            "--email",
-            "not-an-email",
-        ],
-    );
-    assert!(err.contains("field email"), "{err}");
+    // Refused: a second invitation of the same address, an owner's, a malformed address.
+    for (email, extra, want) in [
+        ("eve@example.com", &[][..], "pending invitation"),
+        ("x@example.com", &["--role", "owner"][..], "field role"),
+        ("not-an-email", &[][..], "field email"),
+    ] {
+        let mut args = vec!["invitation", "create", "--org", org_id, "--email", email];
+        args.extend(extra);
+        let err = refused(&env, &args);
+        assert!(err.contains(want), "{err}");
+    }
     let inv_id = invited["id"].as_str().unwrap();
-    env.cli(&[
+    let revoke = [
         "invitation",
         "revoke",
         "--org",
         org_id,
         "--invitation",
         inv_id,
-    ]);
+    ];
+    env.cli(&revoke);
     assert_eq!(
         table(&env, &["invitation", "list", "--org", org_id]).trim(),
         "no pending invitations"
     );
-    let err = refused(
-        &env,
-        &[
-            "invitation",
-            "revoke",
-            "--org",
-            org_id,
-            "--invitation",
-            inv_id,
-        ],
-    );
+    let err = refused(&env, &revoke);
     assert!(err.contains("no such pending invitation"), "{err}");
 
     // The owner cannot be removed; a non-member is not found.
@@ -580,68 +526,28 @@ async fn usage_and_reports_are_read_without_a_token_and_a_revoked_key_is_refused
             .len(),
         0
     );
-    let shown = table(
-        &env,
-        &[
-            "report",
-            "show",
-            "--org",
-            &tenant.org,
-            "--period",
-            "2026-02",
-        ],
-    );
+    let show = |period| ["report", "show", "--org", &tenant.org, "--period", period];
+    let shown = table(&env, &show("2026-02"));
     assert!(
         shown.contains("compute_minutes") && shown.contains("10500"),
         "{shown}"
     );
     assert!(shown.contains(&format!("total {total}")), "{shown}");
     assert!(shown.contains("stripe: not_synced"), "{shown}");
-    let err = refused(
-        &env,
-        &[
-            "report",
-            "show",
-            "--org",
-            &tenant.org,
-            "--period",
-            "2026-01",
-        ],
-    );
+    let err = refused(&env, &show("2026-01"));
     assert!(err.contains("no stored report"), "{err}");
 
     // Once `tally bill` synced it to Stripe, the report shows its finalized invoice; once
     // Stripe's webhook said it was paid, it shows paid.
     let double = StripeDouble::start().await.unwrap();
-    let (data, flags, base) = (env.data(), env.flags(), double.base_url());
-    let synced = tokio::task::spawn_blocking(move || {
-        Command::new(bin())
-            .args(["bill", "--period", "2026-02", "--json"])
-            .args(&flags)
-            .arg("--data")
-            .arg(&data)
-            .env("TALLY_LOG", "warn")
-            .env("TALLY_NOW", AFTER_GRACE)
-            .env("TALLY_STRIPE_SECRET_KEY", DOUBLE_SECRET_KEY)
-            .env("TALLY_STRIPE_API_BASE", base)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (base, bill) = (double.base_url(), ["bill", "--period", "2026-02"]);
+    let synced = bill_on_stripe(&env, &bill, AFTER_GRACE, (&base, DOUBLE_SECRET_KEY)).await;
     assert!(synced.status.success(), "{synced:?}");
     let theirs = double.invoices();
     assert_eq!(theirs.len(), 1);
     let invoice = theirs[0].id.clone();
     let cents: i64 = theirs[0].items.iter().map(|i| i.amount).sum();
-    let report = env.cli(&[
-        "report",
-        "show",
-        "--org",
-        &tenant.org,
-        "--period",
-        "2026-02",
-    ]);
+    let report = env.cli(&show("2026-02"));
     assert_eq!(report["stripe"]["status"], "finalized", "{report}");
     assert_eq!(report["stripe"]["invoice"], invoice.as_str());
     assert_eq!(report["stripe"]["invoice_status"], "open");
@@ -721,16 +627,7 @@ async fn an_invited_member_accepts_then_the_operator_changes_roles_and_transfers
         .as_str()
         .unwrap()
         .to_owned();
-    let invited = env.cli(&[
-        "member",
-        "add",
-        "--org",
-        org_id,
-        "--email",
-        "eve@example.com",
-        "--role",
-        "viewer",
-    ]);
+    let invited = invite_viewer(&env, org_id, "eve@example.com");
     let token = env.cli(&["token", "create", "--user", &eve])["token"]
         .as_str()
         .unwrap()

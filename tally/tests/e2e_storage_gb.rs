@@ -96,28 +96,13 @@ async fn scenario(env: &Env, slug: &str) {
     let (server, clock) = app_on_clock(env, IN_SEPT).await;
     let client = reqwest::Client::new();
 
-    let path = env.data().join("storage.json");
-    std::fs::write(&path, catalogue_file()).unwrap();
-    let path = path.to_str().unwrap();
-    let applied = env.cli_env(&["catalogue", "apply", path], &tally_now(IN_SEPT));
+    let path = catalogue_path(env, "storage.json", &catalogue_file());
+    let applied = env.cli_env(&["catalogue", "apply", &path], &tally_now(IN_SEPT));
     assert_eq!(applied["effective_from"], "2026-10", "{applied}");
-    let moved = env.cli_env(
-        &["org", "set-plan", "--org", &tenant.org, "--plan", "pro"],
-        &tally_now(IN_SEPT),
-    );
-    assert_eq!(moved["plan"], "pro", "{moved}");
+    set_plan(env, &tenant.org, "pro", IN_SEPT);
 
     clock.set(at(NOW));
-    let entitlement = "/v1/entitlements?meter=storage_gb";
-    let e = wait_for_answer(
-        &client,
-        &server,
-        entitlement,
-        &tenant.key,
-        "version 1 in force",
-        |s, _| s == 200,
-    )
-    .await;
+    let e = wait_in_force(&client, &server, "storage_gb", &tenant.key).await;
     // Never limited: a GB-hours figure is known only after the fact.
     assert_eq!(e["allowed"], true, "{e}");
     assert_eq!(e["limit"], Value::Null);
@@ -150,13 +135,7 @@ async fn scenario(env: &Env, slug: &str) {
     );
     let hours =
         "meter=storage_gb&granularity=hour&from=2026-10-31T11:00:00Z&to=2026-10-31T14:00:00Z";
-    let (status, by_hour) = get_json(
-        &client,
-        server.url(&format!("/v1/usage?{hours}")),
-        &tenant.key,
-    )
-    .await;
-    assert_eq!(status, 200, "{by_hour}");
+    let by_hour = get_ok(&client, &server, &format!("/v1/usage?{hours}"), &tenant.key).await;
     assert_eq!(
         buckets(&by_hour),
         pairs(&[
@@ -166,10 +145,7 @@ async fn scenario(env: &Env, slug: &str) {
         ])
     );
 
-    let token = owner_token(env, &tenant, NOW);
-    let upcoming = upcoming_invoice(&client, &server, &tenant.org, &token).await;
-    assert_eq!(upcoming["plan"], "pro");
-    assert_eq!(upcoming["catalogue_version"], "1");
+    let upcoming = upcoming_on_version_1(&client, &server, (env, &tenant), NOW, "pro").await;
     let line = meter_line(&upcoming, "storage_gb");
     assert_eq!(line["quantity"], "36660", "{line}");
     assert_eq!(line["amount"], "293.28");

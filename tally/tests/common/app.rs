@@ -129,6 +129,18 @@ pub async fn get_json(
     (status, r.json().await.unwrap())
 }
 
+/// A GET of `path` on `server` with `bearer` whose answer must be a `200`: the JSON answer.
+pub async fn get_ok(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    path: &str,
+    bearer: &str,
+) -> serde_json::Value {
+    let (status, body) = get_json(client, server.url(path), bearer).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// Waits (up to 30 s) until `ready` holds for the answer of GET `path` on `app`, returning
 /// it: how a test sees a catalogue refresh land or the aggregator count its events.
 pub async fn wait_for_answer(

@@ -138,10 +138,22 @@ impl Env {
     /// `tally org create`, on `plan` if given, at [`ORGS_CREATED_AT`]: the org, as the CLI
     /// prints it.
     pub fn create_org(&self, name: &str, slug: &str, owner: &str, plan: Option<&str>) -> Value {
+        self.create_org_at(name, slug, owner, plan, ORGS_CREATED_AT)
+    }
+
+    /// [`Env::create_org`] at `now` (`TALLY_NOW`): the org, as the CLI prints it.
+    pub fn create_org_at(
+        &self,
+        name: &str,
+        slug: &str,
+        owner: &str,
+        plan: Option<&str>,
+        now: &str,
+    ) -> Value {
         let mut args = vec!["org", "create", "--name", name, "--slug", slug];
         args.extend(["--owner-email", owner]);
         args.extend(plan.into_iter().flat_map(|p| ["--plan", p]));
-        self.cli_env(&args, &[("TALLY_NOW", ORGS_CREATED_AT)])
+        self.cli_env(&args, &tally_now(now))
     }
 
     /// Runs `tally ARGS <flags> --data DATA --json` and returns the raw output.
@@ -151,16 +163,27 @@ impl Env {
 
     /// [`Env::cli_raw`] with extra environment variables (such as `TALLY_NOW`).
     pub fn cli_raw_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .args(self.flags())
-            .arg("--data")
-            .arg(self.dir.path())
-            .arg("--json")
-            .env("TALLY_LOG", "warn")
+        self.command(args)
             .envs(envs.iter().copied())
             .output()
             .expect("run tally")
+    }
+
+    /// `tally ARGS <flags> --data DATA`, logging warnings only, not yet run: what a person
+    /// runs.
+    pub fn human_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin());
+        command.args(args).args(self.flags()).arg("--data");
+        command.arg(self.dir.path()).env("TALLY_LOG", "warn");
+        command
+    }
+
+    /// [`Env::human_command`] with `--json`, not yet run: what [`Env::cli_raw_env`] runs,
+    /// for a test that spawns it, feeds it or adds to its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.human_command(args);
+        command.arg("--json");
+        command
     }
 
     /// Writes the catalogue `body` to `name` in the data directory and publishes it with
@@ -195,6 +218,23 @@ impl Env {
         let out = self.cli_raw_env(args, envs);
         (out.status.code(), json_of(args, &out))
     }
+}
+
+/// Runs `tally ARGS` (`tally bill …`) at `now` with Stripe's API at `base` under the secret
+/// key `secret`, off the async runtime (a Stripe double serves on it): its output.
+pub async fn bill_on_stripe(
+    env: &Env,
+    args: &[&str],
+    now: &str,
+    (base, secret): (&str, &str),
+) -> Output {
+    let mut bill = env.command(args);
+    bill.env("TALLY_NOW", now)
+        .env("TALLY_STRIPE_SECRET_KEY", secret)
+        .env("TALLY_STRIPE_API_BASE", base);
+    tokio::task::spawn_blocking(move || bill.output().unwrap())
+        .await
+        .unwrap()
 }
 
 /// What `tally ARGS` printed on stdout, as JSON; panics naming both streams when it is not.
@@ -261,6 +301,13 @@ pub fn make_tenant(env: &Env, slug: &str) -> Tenant {
         projects,
         key,
     }
+}
+
+/// A fresh embedded [`Env`] and a tenant made in it ([`make_tenant`]).
+pub fn embedded_tenant(slug: &str) -> (Env, Tenant) {
+    let env = Env::embedded();
+    let tenant = make_tenant(&env, slug);
+    (env, tenant)
 }
 
 /// A new API key of `org` named `name` (a test-mode key when `test`), made through the CLI:

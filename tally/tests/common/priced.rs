@@ -1,6 +1,7 @@
 //! What the tests of a meter applied to a running app share (`e2e_llm_tokens`,
-//! `e2e_storage_gb`): the app on a test clock, the owner's token on that clock, the
-//! upcoming invoice, a billed month's report, and the line of one meter in either.
+//! `e2e_storage_gb`): the app on a test clock, the catalogue file and the plan, the wait for
+//! the version in force, the owner's token on that clock, the upcoming invoice, a billed
+//! month's report, and the line of one meter in either.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::ports::FixedClock;
 
-use super::{Endpoint, Env, Tenant, TestApp, get_json, spawn_app_with, tally_now};
+use super::{Endpoint, Env, Tenant, TestApp, get_ok, spawn_app_with, tally_now, wait_for_answer};
 
 /// Parses an RFC 3339 instant (test literals only).
 pub fn at(s: &str) -> DateTime<Utc> {
@@ -48,9 +49,58 @@ pub async fn upcoming_invoice(
     token: &str,
 ) -> Value {
     let path = format!("/v1/orgs/{org}/invoices/upcoming");
-    let (status, upcoming) = get_json(client, server.url(&path), token).await;
-    assert_eq!(status, 200, "{upcoming}");
+    get_ok(client, server, &path, token).await
+}
+
+/// The upcoming invoice at `now` as the tenant's owner sees it, which must be priced on
+/// `plan` by catalogue version 1: the invoice.
+pub async fn upcoming_on_version_1(
+    client: &reqwest::Client,
+    server: &impl Endpoint,
+    (env, tenant): (&Env, &Tenant),
+    now: &str,
+    plan: &str,
+) -> Value {
+    let token = owner_token(env, tenant, now);
+    let upcoming = upcoming_invoice(client, server, &tenant.org, &token).await;
+    assert_eq!(upcoming["plan"], plan, "{upcoming}");
+    assert_eq!(upcoming["catalogue_version"], "1");
     upcoming
+}
+
+/// Writes the catalogue `body` to `name` in the data directory: the file's path.
+pub fn catalogue_path(env: &Env, name: &str, body: &str) -> String {
+    let path = env.data().join(name);
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Moves `org` to `plan` with `tally org set-plan` at `now`, and checks that it moved.
+pub fn set_plan(env: &Env, org: &str, plan: &str, now: &str) {
+    let args = ["org", "set-plan", "--org", org, "--plan", plan];
+    let moved = env.cli_env(&args, &tally_now(now));
+    assert_eq!(moved["plan"], plan, "{moved}");
+}
+
+/// Waits until the app answers `meter`'s entitlement for `key` (a catalogue version that
+/// lists the meter is in force): the answer.
+pub async fn wait_in_force(
+    client: &reqwest::Client,
+    server: &TestApp,
+    meter: &str,
+    key: &str,
+) -> Value {
+    let entitlement = format!("/v1/entitlements?meter={meter}");
+    let in_force = |s: u16, _: &Value| s == 200;
+    wait_for_answer(
+        client,
+        server,
+        &entitlement,
+        key,
+        "version 1 in force",
+        in_force,
+    )
+    .await
 }
 
 /// The entry of the list `doc[list]` whose `key` is `value`.
