@@ -1381,7 +1381,7 @@ async fn users_list_their_own_orgs_only() {
     let mem = world(PlanId::Starter).await;
     let viewer = a_user(Role::Viewer);
     common::add_member(&mem, "org_b", viewer.as_str(), Role::Member, t(NOW)).await;
-    let a = get_with(&mem, "/v1/me/orgs", &token(&a_user(Role::Viewer))).await;
+    let a = get_with(&mem, "/v1/me/orgs", &token(&viewer)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let orgs: Vec<(&str, &str)> = a.json["orgs"]
         .as_array()

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::Event;
