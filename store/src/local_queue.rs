@@ -59,7 +59,7 @@ use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::conn::{self, ConnSettings, Kind};
+use crate::conn::{self, Kind};
 
 mod group_commit;
 use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
@@ -204,16 +204,8 @@ impl LocalQueue {
 
     /// Opens the queue file at `path` with explicit settings.
     pub fn open_with(path: &Path, config: LocalQueueConfig) -> Result<Self, QueueError> {
-        let checkpointing = config.checkpoint_interval.is_some();
-        let settings = |cache_mib| {
-            ConnSettings::new(
-                config.busy_timeout,
-                config.sync_full,
-                checkpointing,
-                cache_mib,
-            )
-        };
-        let mut conn = conn::open(path, settings(8)).map_err(qerr)?;
+        let file = config.file_settings();
+        let mut conn = conn::open(path, file.conn(8)).map_err(qerr)?;
         let tx = write_tx(&mut conn)?;
         let version =
             conn::schema_version(&tx, "queue", SCHEMA_VERSION, qerr, QueueError::Malformed)?;
@@ -230,11 +222,7 @@ impl LocalQueue {
             .map_err(qerr)?;
         }
         tx.commit().map_err(qerr)?;
-        let checkpointer = config
-            .checkpoint_interval
-            .map(|every| conn::Checkpointer::spawn(path, settings(2), every))
-            .transpose()
-            .map_err(QueueError::Unavailable)?;
+        let checkpointer = file.checkpointer(path).map_err(QueueError::Unavailable)?;
         Ok(LocalQueue {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -754,22 +742,9 @@ impl EventQueue for LocalQueue {
 mod tests {
     use super::*;
     use crate::test_fixtures::temp_file;
-    use rust_decimal::Decimal;
-    use tally_core::event::Quantity;
-    use tally_core::ids::{EventId, MeterName, ProjectId};
-    use tally_core::meter::Aggregation;
 
     fn event(org: &str, id: &str) -> Event {
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::parse("prj_1").unwrap(),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Sum,
-            quantity: Quantity::new(Decimal::ONE).unwrap(),
-            timestamp: Utc::now(),
-            properties: serde_json::Map::new(),
-        }
+        tally_core::envelope::test_event(org, id, Utc::now())
     }
 
     #[tokio::test]

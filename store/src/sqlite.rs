@@ -146,7 +146,7 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::UsageStore;
 use tally_core::ports::{Clock, StoreError, SystemClock};
 
-use crate::conn::{self, ConnSettings, Kind};
+use crate::conn::{self, Kind};
 use crate::secs::{bucket_start, ceil_secs};
 
 mod alerts;
@@ -264,26 +264,14 @@ impl SqliteStore {
 
     /// Opens the store at `path` with explicit settings.
     pub fn open_with(path: &Path, config: SqliteConfig) -> Result<Self, StoreError> {
-        let checkpointing = config.checkpoint_interval.is_some();
-        let settings = |cache_mib| {
-            ConnSettings::new(
-                config.busy_timeout,
-                config.sync_full,
-                checkpointing,
-                cache_mib,
-            )
-        };
-        let mut writer = conn::open(path, settings(config.writer_cache_mib)).map_err(db)?;
+        let file = config.file_settings();
+        let mut writer = conn::open(path, file.conn(config.writer_cache_mib)).map_err(db)?;
         migrate(&mut writer)?;
         // A batch probes up to one statement per sealed ledger table.
         writer.set_prepared_statement_cache_capacity(512);
-        let reader = conn::open(path, settings(config.reader_cache_mib)).map_err(db)?;
+        let reader = conn::open(path, file.conn(config.reader_cache_mib)).map_err(db)?;
         reader.pragma_update(None, "query_only", true).map_err(db)?;
-        let checkpointer = config
-            .checkpoint_interval
-            .map(|every| conn::Checkpointer::spawn(path, settings(2), every))
-            .transpose()
-            .map_err(StoreError::Unavailable)?;
+        let checkpointer = file.checkpointer(path).map_err(StoreError::Unavailable)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
