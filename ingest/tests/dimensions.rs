@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -23,8 +22,8 @@ use tally_core::ids::{MeterName, OrgId};
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{
-    ApiKeyStore, Delivery, EventQueue, FixedClock, MeterMonth, OrgStore, ProjectStore,
-    PublishReport, QueueError, SeriesRegistry,
+    ApiKeyStore, FixedClock, MeterMonth, OrgStore, ProjectStore, PublishOnly, PublishReport,
+    Publisher, QueueError, SeriesRegistry,
 };
 use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
@@ -37,24 +36,18 @@ use common::{an_org, key, project, rejections, seed_owner, t};
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
 
-/// A queue that keeps what it is given.
+/// What a [`Kept`] queue is given.
 #[derive(Default)]
-struct Kept(Mutex<Vec<Event>>);
+struct KeptEvents(Mutex<Vec<Event>>);
+
+/// A queue that keeps what it is given.
+type Kept = PublishOnly<KeptEvents>;
 
 #[async_trait]
-impl EventQueue for Kept {
+impl Publisher for KeptEvents {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
         self.0.lock().unwrap().extend_from_slice(events);
         Ok(PublishReport::default())
-    }
-    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        Ok(Vec::new())
-    }
-    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        Ok(0)
     }
 }
 
