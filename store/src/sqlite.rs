@@ -474,11 +474,11 @@ fn scope_text<'a>(scope: &CounterScope<'a>) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{event, temp_store_with};
+    use super::fixtures::{event, first_page, temp_store_with};
     use super::*;
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
-    use tally_core::ports::{LedgerPageQuery, UsageStore};
+    use tally_core::ports::UsageStore;
 
     #[tokio::test]
     async fn the_background_checkpointer_moves_the_wal_into_the_database_file() {
@@ -502,15 +502,7 @@ mod tests {
         }
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
-        let page = s
-            .ledger_page(&LedgerPageQuery::new(
-                &org,
-                Month::parse("2026-11").unwrap(),
-                None,
-                5000,
-            ))
-            .await
-            .unwrap();
+        let page = first_page(&s, &org, Month::parse("2026-11").unwrap(), 5000).await;
         assert_eq!(page.events.len(), 2000);
     }
 
