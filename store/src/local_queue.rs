@@ -60,9 +60,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::conn::{self, Kind};
+use crate::poll::poll_receive;
 
 mod group_commit;
-use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
+use crate::replay::{LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
 pub use group_commit::METRIC_PUBLISHES_PER_COMMIT;
 use group_commit::{GroupCommit, Writer};
 
@@ -427,16 +428,6 @@ fn replayable_items(body: &str) -> Result<usize, String> {
     }
 }
 
-#[async_trait]
-impl DeadLetterReplay for LocalQueue {
-    async fn replay_dead_letters(
-        &self,
-        request: &ReplayRequest,
-    ) -> Result<ReplayReport, QueueError> {
-        self.replay_dead_letters(request).await
-    }
-}
-
 impl LocalQueue {
     /// Replays (or, for a dry run, lists) the dead letters `request` selects, oldest first:
     /// each body goes back into `messages` as it is and its dead-letter row is deleted, both
@@ -660,21 +651,18 @@ impl EventQueue for LocalQueue {
         max_events: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let max_events = max_events.max(1);
-        let deadline = Instant::now() + wait;
-        loop {
+        poll_receive(max_events, wait, |max| async move {
             // Register for the wake-up before looking, so a publish in between is not missed.
-            let published = self.inner.published.notified();
-            tokio::pin!(published);
+            let mut published = Box::pin(self.inner.published.notified());
             published.as_mut().enable();
-            let got = self.take(max_events).await?;
-            let now = Instant::now();
-            if !got.is_empty() || now >= deadline {
-                return Ok(got);
-            }
-            let nap = (deadline - now).min(self.inner.config.poll_interval);
-            let _ = tokio::time::timeout(nap, published).await;
-        }
+            let got = self.take(max).await?;
+            let nap = move |now: Instant, deadline: Instant| async move {
+                let nap = (deadline - now).min(self.inner.config.poll_interval);
+                let _ = tokio::time::timeout(nap, published).await;
+            };
+            Ok::<_, QueueError>((got, nap))
+        })
+        .await
     }
 
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
