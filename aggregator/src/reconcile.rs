@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_core::counter::OwnedCounterKey;
 use tally_core::fold::{Delta, apply_delta, fold};
-use tally_core::ports::{LedgerPageQuery, StoreError, UsageStore};
+use tally_core::ports::{StoreError, UsageStore, each_ledger_page};
 use tally_core::{Month, OrgId};
 
 /// Ledger records read per page.
@@ -73,12 +73,8 @@ pub async fn reconcile(
         }
     }
     let mut expected: BTreeMap<OwnedCounterKey, Delta> = BTreeMap::new();
-    let mut cursor = None;
-    loop {
-        let page = usage
-            .ledger_page(&LedgerPageQuery::new(org, month, cursor, PAGE))
-            .await?;
-        for (key, delta) in fold(page.events.iter()) {
+    each_ledger_page(usage, org, month, PAGE, |events| {
+        for (key, delta) in fold(events.iter()) {
             match expected.entry(key.to_owned_key()) {
                 std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&delta),
                 std::collections::btree_map::Entry::Vacant(v) => {
@@ -86,11 +82,8 @@ pub async fn reconcile(
                 }
             }
         }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    })
+    .await?;
     let mut stored: BTreeMap<OwnedCounterKey, Decimal> = usage
         .stored_counters(org, month)
         .await?

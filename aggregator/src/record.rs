@@ -671,22 +671,13 @@ mod tests {
     use std::sync::Mutex;
 
     use tally_core::event::Quantity;
-    use tally_core::ids::{MeterName, ProjectId};
     use tally_core::meter::Aggregation;
 
     use tally_core::ports::{ApplyReport, StoreError};
 
     fn event(org: &str, id: &str) -> Event {
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::parse("prj_1").unwrap(),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Sum,
-            quantity: Quantity::new(Decimal::ONE).unwrap(),
-            timestamp: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
-            properties: serde_json::Map::new(),
-        }
+        let at = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+        tally_core::envelope::test_event(org, id, at)
     }
 
     /// Answers `apply_batch` with a scripted result and records what it was given.

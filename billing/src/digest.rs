@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use tally_core::audit::LineTally;
-use tally_core::ports::{LedgerPageQuery, StoreError, UsageStore};
+use tally_core::ports::{StoreError, UsageStore, each_ledger_page};
 use tally_core::{MeterName, Month, OrgId};
 
 use crate::report::ReportLine;
@@ -26,20 +26,14 @@ pub async fn tally_lines(
     period: Month,
 ) -> Result<BTreeMap<MeterName, LineTally>, StoreError> {
     let mut tallies: BTreeMap<MeterName, LineTally> = BTreeMap::new();
-    let mut cursor = None;
-    loop {
-        let page = usage
-            .ledger_page(&LedgerPageQuery::new(org, period, cursor, PAGE))
-            .await?;
-        for e in &page.events {
+    each_ledger_page(usage, org, period, PAGE, |events| {
+        for e in events {
             // A line is a meter's total, so its entries are those of all its series.
             tallies.entry(e.meter.base_meter()).or_default().add(e);
         }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(tallies),
-        }
-    }
+    })
+    .await?;
+    Ok(tallies)
 }
 
 /// Sets `event_count` and `digest` of each of `lines` (a line without entries gets 0 and

@@ -332,6 +332,28 @@ pub fn parse_key_spread(v: &str) -> Result<u16, String> {
     }
 }
 
+/// One `api_calls` unit (`Sum`, quantity 1) of project `prj_1` for `org` at `timestamp`,
+/// with no properties: the event the queue tests (this module's, the queue adapters' and
+/// the aggregator's) pack, send and decode. Test-only (tests, or the `test-support`
+/// feature a dev-dependency turns on); panics on an id that does not parse.
+#[cfg(any(test, feature = "test-support"))]
+#[allow(clippy::unwrap_used)] // test fixture: the ids are the caller's literals
+pub fn test_event(org: &str, id: &str, timestamp: chrono::DateTime<chrono::Utc>) -> Event {
+    use crate::event::Quantity;
+    use crate::ids::{EventId, MeterName, ProjectId};
+    use crate::meter::Aggregation;
+    Event {
+        org_id: OrgId::parse(org).unwrap(),
+        id: EventId::parse(id).unwrap(),
+        project_id: ProjectId::parse("prj_1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(rust_decimal::Decimal::ONE).unwrap(),
+        timestamp,
+        properties: serde_json::Map::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -365,26 +387,15 @@ mod tests {
         assert!(parse_key_spread("x").is_err());
     }
     use crate::event::Quantity;
-    use crate::ids::{EventId, MeterName, ProjectId};
-    use crate::meter::Aggregation;
     use chrono::TimeZone;
     use rust_decimal::Decimal;
 
     fn event(org: &str, id: &str, blob: usize) -> Event {
-        let mut properties = serde_json::Map::new();
+        let mut e = test_event(org, id, chrono::Utc::now());
         if blob > 0 {
-            properties.insert("blob".into(), "x".repeat(blob).into());
+            e.properties.insert("blob".into(), "x".repeat(blob).into());
         }
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::parse("prj_1").unwrap(),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Sum,
-            quantity: Quantity::new(Decimal::ONE).unwrap(),
-            timestamp: chrono::Utc::now(),
-            properties,
-        }
+        e
     }
 
     /// A message exactly as the SQS and Kinesis adapters wrote it before the envelope moved

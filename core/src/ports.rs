@@ -34,6 +34,8 @@ use crate::period::{Granularity, Month};
 mod allowance;
 mod catalogue;
 mod overrides;
+#[cfg(feature = "test-support")]
+mod publish_only;
 mod readings;
 mod security;
 mod series;
@@ -51,6 +53,8 @@ pub use overrides::{
     EndOutcome, OverrideEnd, OverrideStore, check_stored_override, sort_overrides,
     too_many_overrides,
 };
+#[cfg(feature = "test-support")]
+pub use publish_only::{PublishOnly, Publisher};
 pub use readings::{
     CarryIns, ClosingReadings, MAX_READINGS_PER_PUT, MonthReadingsQuery, Reading, ReadingStore,
     batch_readings, carry_ins_after, check_keeps_readings, check_readings, keeps_readings,
@@ -221,6 +225,29 @@ pub struct LedgerPage {
     pub events: Vec<Event>,
     /// Pass back to get the next page; `None` when done.
     pub next: Option<String>,
+}
+
+/// Reads every ledger record of `org` stamped in `month`, `page_size` records a page, and
+/// hands each page's events to `each` in order: the month-wide walk of reconciliation and
+/// of the report lines' digests.
+pub async fn each_ledger_page(
+    usage: &dyn UsageStore,
+    org: &OrgId,
+    month: Month,
+    page_size: usize,
+    mut each: impl FnMut(&[Event]) + Send,
+) -> Result<(), StoreError> {
+    let mut cursor = None;
+    loop {
+        let page = usage
+            .ledger_page(&LedgerPageQuery::new(org, month, cursor, page_size))
+            .await?;
+        each(&page.events);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// The event ledger and the counters, applied together exactly once.

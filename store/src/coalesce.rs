@@ -189,6 +189,7 @@ mod tests {
 
     use super::*;
     use std::sync::Mutex as StdMutex;
+    use tally_core::ports::{PublishOnly, Publisher};
     use tokio::sync::Semaphore;
 
     /// A queue that records each publish's event ids, fails events whose id starts with
@@ -199,7 +200,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl EventQueue for Gated {
+    impl Publisher for Gated {
         async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
             self.published
                 .lock()
@@ -215,39 +216,20 @@ mod tests {
                 .collect();
             Ok(PublishReport { failed })
         }
-        async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-            Ok(Vec::new())
-        }
-        async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-            Ok(())
-        }
-        async fn depth(&self) -> Result<u64, QueueError> {
-            Ok(0)
-        }
     }
 
     fn ev(id: &str) -> Event {
-        use tally_core::{Aggregation, EventId, MeterName, OrgId, ProjectId, Quantity};
-        Event {
-            org_id: OrgId::from_random([1; 16]),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::from_random([2; 16]),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Count,
-            quantity: Quantity::parse("1").unwrap(),
-            timestamp: chrono::Utc::now(),
-            properties: serde_json::Map::new(),
-        }
+        tally_core::envelope::test_event("org_a", id, chrono::Utc::now())
     }
 
     #[tokio::test]
     async fn calls_waiting_behind_a_publish_go_out_together_and_failures_find_their_caller() {
         let gate = Arc::new(Semaphore::new(0));
         let queue = Arc::new(CoalescingQueue::with_senders(
-            Gated {
+            PublishOnly::new(Gated {
                 published: StdMutex::new(Vec::new()),
                 gate: gate.clone(),
-            },
+            }),
             1,
         ));
         // The first call goes out alone and is held below.

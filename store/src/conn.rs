@@ -51,6 +51,58 @@ impl ConnSettings {
     }
 }
 
+/// What the config of one file (the local queue's [`crate::LocalQueueConfig`], the store's
+/// [`crate::SqliteConfig`]) says about all its connections: [`FileSettings::conn`] gives
+/// one connection's settings, [`FileSettings::checkpointer`] starts the file's background
+/// checkpointer if the config asks for one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileSettings {
+    /// How long a statement waits for another connection's write lock.
+    pub busy_timeout: Duration,
+    /// `synchronous=FULL` instead of `NORMAL`.
+    pub sync_full: bool,
+    /// How often the background checkpointer runs; `None` runs none.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// Gives each SQLite file config its [`FileSettings`]: the same impl for several types,
+/// so a macro rather than a function.
+macro_rules! file_settings_of {
+    ($($config:ty),+) => {$(
+        impl $config {
+            /// The settings all connections to this config's file share.
+            pub(crate) fn file_settings(&self) -> FileSettings {
+                FileSettings {
+                    busy_timeout: self.busy_timeout,
+                    sync_full: self.sync_full,
+                    checkpoint_interval: self.checkpoint_interval,
+                }
+            }
+        }
+    )+};
+}
+file_settings_of!(crate::LocalQueueConfig, crate::SqliteConfig);
+
+impl FileSettings {
+    /// The settings of one connection to the file with `cache_mib` of page cache.
+    pub(crate) fn conn(self, cache_mib: u32) -> ConnSettings {
+        ConnSettings::new(
+            self.busy_timeout,
+            self.sync_full,
+            self.checkpoint_interval.is_some(),
+            cache_mib,
+        )
+    }
+
+    /// Starts the file's background checkpointer (on its own connection with 2 MiB of
+    /// cache) when the config has a checkpoint interval; `None` when it has not.
+    pub(crate) fn checkpointer(self, path: &Path) -> Result<Option<Checkpointer>, String> {
+        self.checkpoint_interval
+            .map(|every| Checkpointer::spawn(path, self.conn(2), every))
+            .transpose()
+    }
+}
+
 /// Opens (creating if missing) a database file in WAL mode with the shared pragmas.
 ///
 /// The busy timeout is set first, so that switching to WAL waits for a process that holds

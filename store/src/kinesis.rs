@@ -69,13 +69,14 @@ use tally_core::envelope::{self, PackedMessage};
 use tally_core::event::Event;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Instrument;
 
 use crate::aws::{
     BatchNames, ENTRY_RETRY, EntryResult, describe_sdk_error, publish_packed, send_with_retries,
     truncate_utf8,
 };
+use crate::poll::poll_receive;
 
 /// Largest record (data plus partition key) Kinesis accepts: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -725,6 +726,19 @@ impl KinesisQueue {
     /// One pass over the shards: rewinds shards with expired records, hands out buffered
     /// records, polls shards that are due. Returns the deliveries and when the next poll is
     /// due.
+    /// One look of [`poll_receive`]: a [`Self::pass`] over the shards, and the nap until the
+    /// next shard is due (at least 5 ms, at most until the deadline).
+    async fn look(
+        &self,
+        max_events: usize,
+    ) -> Result<(Vec<Delivery>, impl FnOnce(Instant, Instant) -> Sleep), QueueError> {
+        let (out, next_poll) = self.pass(max_events).await?;
+        let nap = move |now: Instant, deadline| {
+            sleep_until(next_poll.max(now + Duration::from_millis(5)).min(deadline))
+        };
+        Ok((out, nap))
+    }
+
     async fn pass(&self, max_events: usize) -> Result<(Vec<Delivery>, Instant), QueueError> {
         let mut st = self.inner.state.lock().await;
         self.refresh_shards(&mut st).await?;
@@ -911,17 +925,7 @@ impl EventQueue for KinesisQueue {
         max_events: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let max_events = max_events.max(1);
-        let deadline = Instant::now() + wait;
-        loop {
-            let (out, next_poll) = self.pass(max_events).await?;
-            let now = Instant::now();
-            if !out.is_empty() || now >= deadline {
-                return Ok(out);
-            }
-            let until = next_poll.max(now + Duration::from_millis(5)).min(deadline);
-            tokio::time::sleep_until(until).await;
-        }
+        poll_receive(max_events, wait, |max| self.look(max)).await
     }
 
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {

@@ -50,6 +50,7 @@ mod ledger_body;
 pub mod ledger_filter;
 pub mod local_queue;
 pub mod memory;
+mod poll;
 pub mod replay;
 mod secs;
 pub mod sqlite;

@@ -59,10 +59,11 @@ use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::conn::{self, ConnSettings, Kind};
+use crate::conn::{self, Kind};
+use crate::poll::poll_receive;
 
 mod group_commit;
-use crate::replay::{DeadLetterReplay, LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
+use crate::replay::{LetterStatus, ReplayReport, ReplayRequest, ReplayedLetter};
 pub use group_commit::METRIC_PUBLISHES_PER_COMMIT;
 use group_commit::{GroupCommit, Writer};
 
@@ -204,16 +205,8 @@ impl LocalQueue {
 
     /// Opens the queue file at `path` with explicit settings.
     pub fn open_with(path: &Path, config: LocalQueueConfig) -> Result<Self, QueueError> {
-        let checkpointing = config.checkpoint_interval.is_some();
-        let settings = |cache_mib| {
-            ConnSettings::new(
-                config.busy_timeout,
-                config.sync_full,
-                checkpointing,
-                cache_mib,
-            )
-        };
-        let mut conn = conn::open(path, settings(8)).map_err(qerr)?;
+        let file = config.file_settings();
+        let mut conn = conn::open(path, file.conn(8)).map_err(qerr)?;
         let tx = write_tx(&mut conn)?;
         let version =
             conn::schema_version(&tx, "queue", SCHEMA_VERSION, qerr, QueueError::Malformed)?;
@@ -230,11 +223,7 @@ impl LocalQueue {
             .map_err(qerr)?;
         }
         tx.commit().map_err(qerr)?;
-        let checkpointer = config
-            .checkpoint_interval
-            .map(|every| conn::Checkpointer::spawn(path, settings(2), every))
-            .transpose()
-            .map_err(QueueError::Unavailable)?;
+        let checkpointer = file.checkpointer(path).map_err(QueueError::Unavailable)?;
         Ok(LocalQueue {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -436,16 +425,6 @@ fn replayable_items(body: &str) -> Result<usize, String> {
         Ok(items) if items.is_empty() => Err("the letter holds no events".to_owned()),
         Ok(items) => Ok(items.len()),
         Err(e) => Err(format!("the body is not a list of events ({e})")),
-    }
-}
-
-#[async_trait]
-impl DeadLetterReplay for LocalQueue {
-    async fn replay_dead_letters(
-        &self,
-        request: &ReplayRequest,
-    ) -> Result<ReplayReport, QueueError> {
-        self.replay_dead_letters(request).await
     }
 }
 
@@ -672,21 +651,18 @@ impl EventQueue for LocalQueue {
         max_events: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let max_events = max_events.max(1);
-        let deadline = Instant::now() + wait;
-        loop {
+        poll_receive(max_events, wait, |max| async move {
             // Register for the wake-up before looking, so a publish in between is not missed.
-            let published = self.inner.published.notified();
-            tokio::pin!(published);
+            let mut published = Box::pin(self.inner.published.notified());
             published.as_mut().enable();
-            let got = self.take(max_events).await?;
-            let now = Instant::now();
-            if !got.is_empty() || now >= deadline {
-                return Ok(got);
-            }
-            let nap = (deadline - now).min(self.inner.config.poll_interval);
-            let _ = tokio::time::timeout(nap, published).await;
-        }
+            let got = self.take(max).await?;
+            let nap = move |now: Instant, deadline: Instant| async move {
+                let nap = (deadline - now).min(self.inner.config.poll_interval);
+                let _ = tokio::time::timeout(nap, published).await;
+            };
+            Ok::<_, QueueError>((got, nap))
+        })
+        .await
     }
 
     async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
@@ -754,22 +730,9 @@ impl EventQueue for LocalQueue {
 mod tests {
     use super::*;
     use crate::test_fixtures::temp_file;
-    use rust_decimal::Decimal;
-    use tally_core::event::Quantity;
-    use tally_core::ids::{EventId, MeterName, ProjectId};
-    use tally_core::meter::Aggregation;
 
     fn event(org: &str, id: &str) -> Event {
-        Event {
-            org_id: OrgId::parse(org).unwrap(),
-            id: EventId::parse(id).unwrap(),
-            project_id: ProjectId::parse("prj_1").unwrap(),
-            meter: MeterName::parse("api_calls").unwrap(),
-            aggregation: Aggregation::Sum,
-            quantity: Quantity::new(Decimal::ONE).unwrap(),
-            timestamp: Utc::now(),
-            properties: serde_json::Map::new(),
-        }
+        tally_core::envelope::test_event(org, id, Utc::now())
     }
 
     #[tokio::test]

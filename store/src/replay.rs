@@ -294,6 +294,24 @@ pub trait DeadLetterReplay: Send + Sync {
     ) -> Result<ReplayReport, QueueError>;
 }
 
+/// Implements [`DeadLetterReplay`] for each queue by its inherent `replay_dead_letters`
+/// (the local queue's and SQS's): the same impl for several types, so a macro rather than
+/// a function.
+macro_rules! replay_by_inherent_method {
+    ($($queue:ty),+) => {$(
+        #[async_trait]
+        impl DeadLetterReplay for $queue {
+            async fn replay_dead_letters(
+                &self,
+                request: &ReplayRequest,
+            ) -> Result<ReplayReport, QueueError> {
+                <$queue>::replay_dead_letters(self, request).await
+            }
+        }
+    )+};
+}
+replay_by_inherent_method!(crate::LocalQueue, crate::sqs::SqsQueue);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,7 +146,7 @@ use tally_core::period::{Granularity, Month};
 use tally_core::ports::UsageStore;
 use tally_core::ports::{Clock, StoreError, SystemClock};
 
-use crate::conn::{self, ConnSettings, Kind};
+use crate::conn::{self, Kind};
 use crate::secs::{bucket_start, ceil_secs};
 
 mod alerts;
@@ -264,26 +264,14 @@ impl SqliteStore {
 
     /// Opens the store at `path` with explicit settings.
     pub fn open_with(path: &Path, config: SqliteConfig) -> Result<Self, StoreError> {
-        let checkpointing = config.checkpoint_interval.is_some();
-        let settings = |cache_mib| {
-            ConnSettings::new(
-                config.busy_timeout,
-                config.sync_full,
-                checkpointing,
-                cache_mib,
-            )
-        };
-        let mut writer = conn::open(path, settings(config.writer_cache_mib)).map_err(db)?;
+        let file = config.file_settings();
+        let mut writer = conn::open(path, file.conn(config.writer_cache_mib)).map_err(db)?;
         migrate(&mut writer)?;
         // A batch probes up to one statement per sealed ledger table.
         writer.set_prepared_statement_cache_capacity(512);
-        let reader = conn::open(path, settings(config.reader_cache_mib)).map_err(db)?;
+        let reader = conn::open(path, file.conn(config.reader_cache_mib)).map_err(db)?;
         reader.pragma_update(None, "query_only", true).map_err(db)?;
-        let checkpointer = config
-            .checkpoint_interval
-            .map(|every| conn::Checkpointer::spawn(path, settings(2), every))
-            .transpose()
-            .map_err(StoreError::Unavailable)?;
+        let checkpointer = file.checkpointer(path).map_err(StoreError::Unavailable)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
@@ -486,11 +474,11 @@ fn scope_text<'a>(scope: &CounterScope<'a>) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{event, temp_store_with};
+    use super::fixtures::{event, first_page, temp_store_with};
     use super::*;
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
-    use tally_core::ports::{LedgerPageQuery, UsageStore};
+    use tally_core::ports::UsageStore;
 
     #[tokio::test]
     async fn the_background_checkpointer_moves_the_wal_into_the_database_file() {
@@ -514,15 +502,7 @@ mod tests {
         }
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
-        let page = s
-            .ledger_page(&LedgerPageQuery::new(
-                &org,
-                Month::parse("2026-11").unwrap(),
-                None,
-                5000,
-            ))
-            .await
-            .unwrap();
+        let page = first_page(&s, &org, Month::parse("2026-11").unwrap(), 5000).await;
         assert_eq!(page.events.len(), 2000);
     }
 

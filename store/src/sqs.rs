@@ -73,9 +73,7 @@ use crate::aws::{
     BatchNames, ENTRY_RETRY, EntryResult, describe_sdk_error, publish_packed, send_with_retries,
     sleep_before_retry, truncate_utf8,
 };
-use crate::replay::{
-    DeadLetterReplay, LetterStatus, MAX_REPLAY_LIMIT, ReplayReport, ReplayRequest, ReplayedLetter,
-};
+use crate::replay::{LetterStatus, MAX_REPLAY_LIMIT, ReplayReport, ReplayRequest, ReplayedLetter};
 
 /// The envelope version this build writes and reads (defined with the envelope, in core).
 pub use tally_core::envelope::ENVELOPE_VERSION;
@@ -936,16 +934,6 @@ fn size_batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize
         }
     }
     out
-}
-
-#[async_trait]
-impl DeadLetterReplay for SqsQueue {
-    async fn replay_dead_letters(
-        &self,
-        request: &ReplayRequest,
-    ) -> Result<ReplayReport, QueueError> {
-        self.replay_dead_letters(request).await
-    }
 }
 
 /// How each sent entry of a `SendMessageBatch` went: refused for good when SQS says it is

@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -37,7 +36,7 @@ use tally_core::ids::{MeterName, ProjectId};
 use tally_core::meter::MeterCatalogue;
 use tally_core::plan::{Plan, PlanId};
 use tally_core::ports::{
-    AllowanceStore, ApiKeyStore, Delivery, EventQueue, FixedClock, ProjectStore, PublishReport,
+    AllowanceStore, ApiKeyStore, FixedClock, ProjectStore, PublishOnly, PublishReport, Publisher,
     QueueError,
 };
 use tally_core::tenant::{KeyScope, Project};
@@ -55,24 +54,18 @@ const FREE_PER_SECOND: u64 = 10;
 /// The hard-limit test's allowance of `api_calls` on the free plan.
 const ALLOWANCE: i64 = 200;
 
-/// A queue that takes every event (ingest only publishes here).
+/// Counts the events of a [`Sink`].
 #[derive(Default)]
-struct Sink(Mutex<usize>);
+struct Counted(Mutex<usize>);
+
+/// A queue that takes every event (ingest only publishes here).
+type Sink = PublishOnly<Counted>;
 
 #[async_trait]
-impl EventQueue for Sink {
+impl Publisher for Counted {
     async fn publish(&self, events: &[Event]) -> Result<PublishReport, QueueError> {
         *self.0.lock().unwrap() += events.len();
         Ok(PublishReport::default())
-    }
-    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        Ok(Vec::new())
-    }
-    async fn ack(&self, _: &[String]) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        Ok(0)
     }
 }
 

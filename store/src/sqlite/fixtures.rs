@@ -1,4 +1,5 @@
-//! What the SQLite adapter's unit tests share: an event to apply and a look at the raw file.
+//! What the SQLite adapter's unit tests share: an event to apply, a read of the ledger and
+//! a look at the raw file.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,10 @@ use serde_json::Map;
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
 use tally_core::meter::Aggregation;
+use tally_core::period::Month;
+use tally_core::ports::{LedgerPage, LedgerPageQuery, UsageStore};
+
+use super::SqliteStore;
 
 /// A `sum` event of 2.5 `api_calls` on `prj_1`.
 pub(super) fn event(org: &OrgId, id: &str, ts: &str) -> Event {
@@ -24,6 +29,18 @@ pub(super) fn event(org: &OrgId, id: &str, ts: &str) -> Event {
             .with_timezone(&Utc),
         properties: Map::new(),
     }
+}
+
+/// The first page (at most `limit` records) of `org`'s ledger records in `month`.
+pub(super) async fn first_page(
+    s: &SqliteStore,
+    org: &OrgId,
+    month: Month,
+    limit: usize,
+) -> LedgerPage {
+    s.ledger_page(&LedgerPageQuery::new(org, month, None, limit))
+        .await
+        .unwrap()
 }
 
 /// An RFC 3339 instant.
