@@ -46,7 +46,7 @@ use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
-    MIXED_METERS, drawn_quantity, event, expected_counters, fresh_org, fresh_project,
+    MIXED_METERS, drawn_quantity, event, expected_counters, fresh_event, fresh_org, fresh_project,
     stored_counter_map, with_prop,
 };
 use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
@@ -339,15 +339,7 @@ async fn a_failed_query_page_is_retried() {
     let writer = DynamoStore::new(direct, &table);
     let bare = bare_client(&proxy).await;
     let reader = DynamoStore::new(bare, &table);
-    let (org, project) = (fresh_org(), fresh_project());
-    let e = event(
-        &org,
-        &project,
-        "q",
-        "compute_minutes",
-        "4",
-        "2026-11-03T10:00:00Z",
-    );
+    let (org, _, e) = fresh_event("q", "compute_minutes", "4", "2026-11-03T10:00:00Z");
     writer.apply_batch(&[e]).await.unwrap();
     let month = Month::parse("2026-11").unwrap();
     for fault in [

@@ -20,7 +20,7 @@ use tally_core::ports::{Delivery, EventQueue};
 use tally_store::coalesce::CoalescingQueue;
 use tally_store::sqs::{self, MAX_MESSAGE_BYTES, SqsConfig, SqsQueue};
 use tally_tests::aws;
-use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
+use tally_tests::conformance::fixtures::{event, fresh_event, fresh_org, fresh_project};
 use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons};
 use tokio::time::Instant;
 
@@ -484,15 +484,7 @@ async fn a_letter_whose_copy_could_not_be_sent_stays_in_the_dead_letter_queue() 
     use tally_store::replay::{LetterStatus, ReplayRequest};
 
     let f = SqsFactory::new().await;
-    let (org, project) = (fresh_org(), fresh_project());
-    let e = event(
-        &org,
-        &project,
-        "kept",
-        "api_calls",
-        "1",
-        "2026-11-26T10:00:00Z",
-    );
+    let (_, _, e) = fresh_event("kept", "api_calls", "1", "2026-11-26T10:00:00Z");
     f.queue().publish(std::slice::from_ref(&e)).await.unwrap();
     let got = drain_unacked(&f.queue()).await;
     f.queue()

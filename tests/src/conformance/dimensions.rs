@@ -14,12 +14,12 @@ use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::period::Granularity;
 use tally_core::ports::{
-    ApplyOutcome, CounterQuery, LedgerPageQuery, MeterMonth, NewSeries, Registration,
-    SeriesRegistry, StoreError, UsageStore,
+    ApplyOutcome, CounterQuery, MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError,
+    UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
-use super::fixtures::{dec, event, fresh_org, fresh_project, month, ts};
+use super::fixtures::{dec, event, first_ledger_page, fresh_org, fresh_project, month, ts};
 use super::storage::StoreFactory;
 
 /// Expands to one `#[tokio::test]` per dimensions conformance test, each building its
@@ -375,15 +375,7 @@ pub async fn the_counter_limit_holds_for_a_meters_total_over_its_series<F: Store
     assert_eq!(claude, dec("3999999999999999996"));
     let v2 = month_value(&s, &org, None, &MeterName::parse("llm_tokens_v2").unwrap()).await;
     assert_eq!(v2, dec(MAX));
-    let page = s
-        .ledger_page(&LedgerPageQuery::new(
-            &org,
-            Month::parse("2031-11").unwrap(),
-            None,
-            100,
-        ))
-        .await
-        .unwrap();
+    let page = first_ledger_page(&s, &org, Month::parse("2031-11").unwrap(), 100).await;
     let mut ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(
