@@ -32,6 +32,12 @@ macro_rules! override_conformance {
     };
 }
 
+/// A [`StoreFactory`] whose store also keeps price overrides: what this suite runs on
+/// (each test takes this one bound instead of restating it).
+pub trait OverrideFactory: StoreFactory<Store: OverrideStore> {}
+
+impl<F: StoreFactory<Store: OverrideStore>> OverrideFactory for F {}
+
 /// The request to end `org`'s override `id` at `m` (`YYYY-MM`).
 fn ending<'a>(org: &'a OrgId, id: &'a OverrideId, m: &str) -> OverrideEnd<'a> {
     OverrideEnd {
@@ -67,11 +73,7 @@ fn api_calls_price(org: &OrgId, n: u64, unit_price: &str, start: &str) -> PriceO
 
 /// A put stores once per id, a second handle sees it, and an org's overrides list oldest
 /// first; another org (and a store from before overrides) has none.
-pub async fn overrides_are_written_once_and_listed_oldest_first<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn overrides_are_written_once_and_listed_oldest_first<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     assert_eq!(s.list_overrides(&org).await.unwrap(), vec![]);
@@ -98,11 +100,7 @@ where
 
 /// Ending sets or brings forward the end, never pushes it later; an unknown id is
 /// `NotFound`; racing ends leave the earliest.
-pub async fn an_end_only_moves_earlier<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn an_end_only_moves_earlier<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     let o = api_calls_price(&org, 7, "0.8", "2031-02");
@@ -169,11 +167,7 @@ where
 }
 
 /// Field bounds and the per-org bound are the store's to enforce too.
-pub async fn bounds_are_enforced_by_the_store<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn bounds_are_enforced_by_the_store<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     let negative = api_calls_price(&org, 1, "-0.1", "2031-02");
