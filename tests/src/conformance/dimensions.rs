@@ -20,7 +20,7 @@ use tally_core::ports::{
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
 use super::fixtures::{dec, event, first_ledger_page, fresh_org, fresh_project, month, ts};
-use super::storage::StoreFactory;
+use super::storage::{SeriesFactory, StoreFactory};
 
 /// Expands to one `#[tokio::test]` per dimensions conformance test, each building its
 /// factory with the given expression (evaluated inside the async test, so it may `.await`).
@@ -34,12 +34,6 @@ macro_rules! dimensions_conformance {
         $crate::conformance_tests!(dimensions, $factory);
     };
 }
-
-/// A [`StoreFactory`] whose store also registers series: what the registry tests here run on
-/// (each test takes this one bound instead of restating it).
-pub trait SeriesFactory: StoreFactory<Store: SeriesRegistry> {}
-
-impl<F: StoreFactory<Store: SeriesRegistry>> SeriesFactory for F {}
 
 /// Registers the series `model` of `meter` for `org` and `month` under `bound`.
 async fn reg<S: SeriesRegistry>(

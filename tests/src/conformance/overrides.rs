@@ -1,5 +1,6 @@
 //! The price override conformance suite: [`OverrideStore`] on every backend, through the
-//! storage suite's [`StoreFactory`] (any factory whose store also keeps overrides).
+//! storage suite's [`StoreFactory`](super::storage::StoreFactory) (any factory whose store
+//! also keeps overrides).
 //!
 //! What it pins down is what month close and the operator commands rely on: an override is
 //! written once under its id (a rerun of `tally org override set` with the same id changes
@@ -17,7 +18,7 @@ use tally_core::pricing::Pricing;
 use tally_core::{MeterName, OrgId, PlanId};
 
 use super::fixtures::{fresh_org, month, ts};
-use super::storage::StoreFactory;
+use super::storage::OverrideFactory;
 
 /// Expands to one `#[tokio::test]` per override conformance test, each building its factory
 /// with the given expression (evaluated inside the async test, so it may `.await`).
@@ -31,12 +32,6 @@ macro_rules! override_conformance {
         $crate::conformance_tests!(overrides, $factory);
     };
 }
-
-/// A [`StoreFactory`] whose store also keeps price overrides: what this suite runs on
-/// (each test takes this one bound instead of restating it).
-pub trait OverrideFactory: StoreFactory<Store: OverrideStore> {}
-
-impl<F: StoreFactory<Store: OverrideStore>> OverrideFactory for F {}
 
 /// The request to end `org`'s override `id` at `m` (`YYYY-MM`).
 fn ending<'a>(org: &'a OrgId, id: &'a OverrideId, m: &str) -> OverrideEnd<'a> {

@@ -1,5 +1,5 @@
 //! The time-weighted readings conformance suite: the [`ReadingStore`] of every backend,
-//! through the storage suite's [`StoreFactory`].
+//! through the storage suite's [`StoreFactory`](super::storage::StoreFactory).
 //!
 //! What it pins down is what makes a `time_weighted_sum` total exact whatever happens to
 //! its events: a cell is the same set of readings (one per second, the larger on a tie)
@@ -19,7 +19,7 @@ use tally_core::{Money, Month, OrgId, ProjectId};
 use super::fixtures::{
     dec, event, expected_counters, fresh_org, fresh_project, meter, stored_counter_map, ts,
 };
-use super::storage::StoreFactory;
+use super::storage::ReadingFactory;
 
 /// Expands to one `#[tokio::test]` per readings conformance test, each building its
 /// factory with the given expression (evaluated inside the async test, so it may `.await`).
@@ -33,12 +33,6 @@ macro_rules! readings_conformance {
         $crate::conformance_tests!(readings, $factory);
     };
 }
-
-/// A [`StoreFactory`] whose store also keeps time-weighted readings: what this suite runs on
-/// (each test takes this one bound instead of restating it).
-pub trait ReadingFactory: StoreFactory<Store: ReadingStore> {}
-
-impl<F: StoreFactory<Store: ReadingStore>> ReadingFactory for F {}
 
 fn reading(org: &OrgId, project: &ProjectId, m: &str, at: &str, value: &str) -> Reading {
     Reading {
