@@ -106,6 +106,20 @@ fn storage_line(r: &UsageReport) -> (String, String, String, String) {
     )
 }
 
+/// Asserts the storage_gb line's (quantity, list amount, amount) and the total of `r`.
+fn assert_storage_line(r: &UsageReport, want: [&str; 4]) {
+    let (quantity, list, amount, total) = storage_line(r);
+    assert_eq!(
+        [
+            quantity.as_str(),
+            list.as_str(),
+            amount.as_str(),
+            total.as_str()
+        ],
+        want
+    );
+}
+
 /// Asserts the storage_gb line's (quantity, list amount, amount) on `r`.
 fn assert_storage_amounts(r: &UsageReport, want: [&str; 3]) {
     let (quantity, list, amount, _) = storage_line(r);
@@ -136,26 +150,10 @@ fn closing(a: &str, b: &str) -> ClosingReadings {
 async fn a_storage_meter_is_billed_per_gb_hour_with_the_carry() {
     let (store, _) = world().await;
     let oct = close(&store, "2026-11-01T02:00:00Z", "2026-10").await;
-    assert_eq!(
-        storage_line(&oct),
-        (
-            "37080".into(),
-            "370.80".into(),
-            "296.64".into(),
-            "395.64".into()
-        )
-    );
+    assert_storage_line(&oct, ["37080", "370.80", "296.64", "395.64"]);
     assert_eq!(oct.closing_readings, closing("20", "50"));
     let nov = close(&store, "2026-12-01T02:00:00Z", "2026-11").await;
-    assert_eq!(
-        storage_line(&nov),
-        (
-            "50400".into(),
-            "504.00".into(),
-            "403.20".into(),
-            "502.20".into()
-        )
-    );
+    assert_storage_line(&nov, ["50400", "504.00", "403.20", "502.20"]);
     assert_eq!(nov.closing_readings, closing("20", "50"));
     // The report's field survives the store: a rerun returns the stored report.
     let again = close(&store, "2026-12-02T00:00:00Z", "2026-11").await;
@@ -203,15 +201,7 @@ async fn a_reading_applied_after_its_month_closed_moves_the_carry_and_adjusts_th
     assert_eq!(nov.total.to_string(), "618.36");
 
     let dec = close(&store, "2027-01-01T02:00:00Z", "2026-12").await;
-    assert_eq!(
-        storage_line(&dec),
-        (
-            "66960".into(),
-            "669.60".into(),
-            "535.68".into(),
-            "634.68".into()
-        )
-    );
+    assert_storage_line(&dec, ["66960", "669.60", "535.68", "634.68"]);
     assert!(dec.adjustments.is_empty(), "{:?}", dec.adjustments);
 }
 

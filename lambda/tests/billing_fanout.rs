@@ -155,6 +155,18 @@ async fn a_short_budget_bills_what_fits_and_reports_exactly_the_rest() {
     assert!(store.list_reports(&stranger.org).await.unwrap().is_empty());
 }
 
+/// Records `org`'s invoice for `month` as finalized (open, $29.00), as the sync's finalize
+/// step does.
+async fn record_finalized(store: &SqliteStore, org: &OrgId, month: Month) {
+    store
+        .record_step(
+            &StepKey::new(org, month, "finalize"),
+            "{\"status\":\"open\",\"total_minor\":2900}",
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a_day() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,13 +198,7 @@ async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a
             .is_empty()
     );
     let (invoiced, uninvoiced, lost) = (&items[0].org, &items[1].org, &items[2].org);
-    store
-        .record_step(
-            &StepKey::new(invoiced, october, "finalize"),
-            "{\"status\":\"open\",\"total_minor\":2900}",
-        )
-        .await
-        .unwrap();
+    record_finalized(&store, invoiced, october).await;
     assert_eq!(ids.len(), 3);
 
     // Two hours after close: both are found and enqueued, neither is overdue yet.
@@ -230,20 +236,8 @@ async fn the_catch_up_finds_missing_reports_and_invoices_and_counts_them_after_a
             .batch_item_failures
             .is_empty()
     );
-    store
-        .record_step(
-            &StepKey::new(uninvoiced, october, "finalize"),
-            "{\"status\":\"open\",\"total_minor\":2900}",
-        )
-        .await
-        .unwrap();
-    store
-        .record_step(
-            &StepKey::new(lost, october, "finalize"),
-            "{\"status\":\"open\",\"total_minor\":2900}",
-        )
-        .await
-        .unwrap();
+    record_finalized(&store, uninvoiced, october).await;
+    record_finalized(&store, lost, october).await;
     let found = catch_up(ports_at(late), Some(ledger), &queue, grace)
         .await
         .unwrap();

@@ -368,6 +368,11 @@ impl FaultProxy {
         self.shared.injected.lock().unwrap().clone()
     }
 
+    /// How many times `fault` was injected so far.
+    pub fn injected_count(&self, fault: Fault) -> u64 {
+        self.injected().get(&fault).copied().unwrap_or(0)
+    }
+
     /// How many requests reached the emulator (faults that forward included).
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)

@@ -256,6 +256,14 @@ impl World {
     async fn check(&self) -> CheckOutcome {
         check_on(self.store.as_ref(), self).await
     }
+
+    /// Runs a check that must claim and deliver nothing, and asserts the endpoint has had
+    /// `requests` requests in all (none of them from this check).
+    async fn assert_quiet_check(&self, requests: usize) {
+        let out = self.check().await;
+        assert_eq!((out.claimed, out.delivered), (0, 0));
+        assert_eq!(self.receiver.got().len(), requests);
+    }
 }
 
 /// One pass on `store` (another handle on the world's state, or the world's own).
@@ -353,9 +361,7 @@ async fn crossing_80_then_100_percent_sends_one_signed_alert_per_threshold(backe
 
     // A new month: nothing used yet, nothing sent.
     w.clock.advance(Duration::days(22));
-    let out = w.check().await;
-    assert_eq!((out.claimed, out.delivered), (0, 0));
-    assert_eq!(w.receiver.got().len(), 2);
+    w.assert_quiet_check(2).await;
 }
 
 /// The endpoint fails every attempt of the first check (5xx, then a hang past the
@@ -386,9 +392,7 @@ async fn a_failing_endpoint_leaves_the_alert_pending_and_a_later_check_delivers_
 
     // Inside the lease the claimer may still be at it: no second sender.
     w.clock.advance(Duration::minutes(1));
-    let out = w.check().await;
-    assert_eq!((out.claimed, out.delivered), (0, 0));
-    assert_eq!(w.receiver.got().len(), 3);
+    w.assert_quiet_check(3).await;
 
     w.clock.advance(DEFAULT_LEASE);
     let out = w.check().await;
@@ -405,9 +409,7 @@ async fn a_failing_endpoint_leaves_the_alert_pending_and_a_later_check_delivers_
     assert_eq!(stored.delivered_at, Some(w.clock.now()));
 
     w.clock.advance(DEFAULT_LEASE * 2);
-    let out = w.check().await;
-    assert_eq!((out.claimed, out.delivered), (0, 0));
-    assert_eq!(w.receiver.got().len(), 4);
+    w.assert_quiet_check(4).await;
 }
 
 /// A 4xx other than 408/429 cannot get better by retrying at once: one attempt, and the

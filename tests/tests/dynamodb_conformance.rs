@@ -24,8 +24,8 @@ use tally_store::dynamodb::sdk::types::AttributeValue;
 use tally_store::dynamodb::{DynamoStore, LEDGER_TTL_DAYS, RetryPolicy, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
-    MIXED_METERS, assert_reconcile_retention, dice, event, expected_counters, fresh_org,
-    fresh_project, stored_counter_map, with_prop,
+    MIXED_METERS, assert_reconcile_retention, dice, event, expected_counters, fresh_event,
+    fresh_org, fresh_project, stored_counter_map, with_prop,
 };
 use tally_tests::conformance::storage::StoreFactory;
 
@@ -295,15 +295,7 @@ async fn ledger_records_expire_after_45_days_by_ttl() {
     assert_eq!(d.attribute_name(), Some("ttl"));
 
     let s = f.open().await;
-    let org = fresh_org();
-    let e = event(
-        &org,
-        &fresh_project(),
-        "ttl-1",
-        "compute_minutes",
-        "1",
-        "2026-11-26T10:00:00Z",
-    );
+    let (_, _, e) = fresh_event("ttl-1", "compute_minutes", "1", "2026-11-26T10:00:00Z");
     let before = chrono::Utc::now().timestamp();
     s.apply_batch(std::slice::from_ref(&e)).await.unwrap();
     let after = chrono::Utc::now().timestamp();

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use rand::seq::SliceRandom;
@@ -39,14 +40,14 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
 use tally_aggregator::reconcile;
 use tally_core::event::Event;
-use tally_core::ids::{EventId, OrgId};
+use tally_core::ids::{EventId, OrgId, ProjectId};
 use tally_core::period::Month;
 use tally_core::ports::{ApplyOutcome, UsageStore};
 use tally_store::dynamodb::sdk::Client;
 use tally_store::dynamodb::{DynamoStore, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{
-    MIXED_METERS, drawn_quantity, event, expected_counters, fresh_org, fresh_project,
+    MIXED_METERS, drawn_quantity, event, expected_counters, fresh_event, fresh_org, fresh_project,
     stored_counter_map, with_prop,
 };
 use tally_tests::fault_proxy::{Fault, FaultConfig, FaultProxy};
@@ -74,15 +75,49 @@ async fn bare_client(proxy: &FaultProxy) -> Client {
     )
 }
 
-/// A proxy that may fault reads as well as writes, and a fresh table with a direct client.
-async fn table_with_read_faults() -> (FaultProxy, Client, String) {
-    let config = FaultConfig {
-        reads: true,
-        ..FaultConfig::quiet()
-    };
+/// A proxy before the emulator with `config`, and a fresh table with a direct client.
+async fn table_behind(config: FaultConfig) -> (FaultProxy, Client, String) {
     let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
     let (direct, table) = fresh_table().await;
     (proxy, direct, table)
+}
+
+/// A proxy that may fault reads as well as writes before a fresh table, a store on the table
+/// with a direct client, and one through the proxy with no SDK retry (the store itself must
+/// retry what the proxy faults).
+async fn read_fault_stores() -> (FaultProxy, DynamoStore, DynamoStore) {
+    let (proxy, direct, table) = table_behind(FaultConfig {
+        reads: true,
+        ..FaultConfig::quiet()
+    })
+    .await;
+    let bare = bare_client(&proxy).await;
+    let (direct, proxied) = (
+        DynamoStore::new(direct, &table),
+        DynamoStore::new(bare, &table),
+    );
+    (proxy, direct, proxied)
+}
+
+/// The put of item `pk`/`x` into `table`, ready to send.
+fn put_x(client: &Client, table: &str, pk: &str) -> PutItemFluentBuilder {
+    client
+        .put_item()
+        .table_name(table)
+        .item("pk", s(pk))
+        .item("sk", s("x"))
+}
+
+/// `q` compute minutes of `project` at 10:00 on 3 November 2026, event id `id`.
+fn minutes(org: &OrgId, project: &ProjectId, id: &str, q: &str) -> Event {
+    event(
+        org,
+        project,
+        id,
+        "compute_minutes",
+        q,
+        "2026-11-03T10:00:00Z",
+    )
 }
 
 /// Whether the emulator holds `pk`/`sk` in `table`.
@@ -102,19 +137,10 @@ async fn exists(direct: &Client, table: &str, pk: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let (direct, table) = fresh_table().await;
+    let (proxy, direct, table) = table_behind(FaultConfig::quiet()).await;
     let proxied = aws::sdk_config_at(&proxy.url()).await;
     let bare = bare_client(&proxy).await;
-    let put = |pk: &str| {
-        bare.put_item()
-            .table_name(&table)
-            .item("pk", s(pk))
-            .item("sk", s("x"))
-            .send()
-    };
+    let put = |pk: &str| put_x(&bare, &table, pk).send();
 
     // Refused answers: the modelled error, nothing written.
     type Check = fn(&PutItemError) -> bool;
@@ -230,21 +256,10 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
     let standard = Client::new(&proxied);
     let before = proxy.eligible();
     proxy.force(Fault::Throttling);
-    standard
-        .put_item()
-        .table_name(&table)
-        .item("pk", s("retried"))
-        .item("sk", s("x"))
-        .send()
-        .await
-        .unwrap();
+    put_x(&standard, &table, "retried").send().await.unwrap();
     assert_eq!(proxy.eligible() - before, 2, "one throttled, one retried");
     proxy.force(Fault::TransactionConflict);
-    let e = standard
-        .put_item()
-        .table_name(&table)
-        .item("pk", s("conflicted"))
-        .item("sk", s("x"))
+    let e = put_x(&standard, &table, "conflicted")
         .send()
         .await
         .expect_err("not retried by the SDK");
@@ -261,23 +276,12 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
     let store = DynamoStore::new(Client::new(&proxied), &table).with_chunked_counters();
     let (org, project) = (fresh_org(), fresh_project());
     for (i, fault) in Fault::ALL.into_iter().enumerate() {
-        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        let before = proxy.injected_count(fault);
         proxy.force(fault);
-        let e = event(
-            &org,
-            &project,
-            &format!("one-{i}"),
-            "compute_minutes",
-            "2",
-            "2026-11-03T10:00:00Z",
-        );
+        let e = minutes(&org, &project, &format!("one-{i}"), "2");
         let report = store.apply_batch(&[e]).await.unwrap();
         assert_eq!(report.outcomes, vec![ApplyOutcome::Applied], "{fault:?}");
-        assert_eq!(
-            proxy.injected().get(&fault).copied().unwrap_or(0),
-            before + 1,
-            "{fault:?} was met"
-        );
+        assert_eq!(proxy.injected_count(fault), before + 1, "{fault:?} was met");
     }
     let month = Month::parse("2026-11").unwrap();
     let stored: Vec<_> = store.stored_counters(&org, month).await.unwrap();
@@ -295,11 +299,8 @@ async fn each_injected_answer_reaches_the_sdk_as_dynamodb_s_would() {
 /// is a `Duplicate` at once instead of `Failed` until its next delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_read_of_another_batch_s_state_is_retried() {
-    let (proxy, direct, table) = table_with_read_faults().await;
-    let first = DynamoStore::new(direct, &table);
-    // No SDK retry: the store itself must retry the read.
-    let bare = bare_client(&proxy).await;
-    let second = DynamoStore::new(bare, &table);
+    // The second store has no SDK retry: the store itself must retry the read.
+    let (proxy, first, second) = read_fault_stores().await;
     let (org, project) = (fresh_org(), fresh_project());
     for (i, fault) in [
         Fault::InternalServerError,
@@ -309,25 +310,14 @@ async fn a_failed_read_of_another_batch_s_state_is_retried() {
     .into_iter()
     .enumerate()
     {
-        let e = event(
-            &org,
-            &project,
-            &format!("resent-{i}"),
-            "compute_minutes",
-            "1",
-            "2026-11-03T10:00:00Z",
-        );
+        let e = minutes(&org, &project, &format!("resent-{i}"), "1");
         let report = first.apply_batch(std::slice::from_ref(&e)).await.unwrap();
         assert_eq!(report.outcomes, vec![ApplyOutcome::Applied]);
-        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        let before = proxy.injected_count(fault);
         proxy.force_on("GetItem", fault);
         let report = second.apply_batch(&[e]).await.unwrap();
         assert_eq!(report.outcomes, vec![ApplyOutcome::Duplicate], "{fault:?}");
-        assert_eq!(
-            proxy.injected().get(&fault).copied().unwrap_or(0),
-            before + 1,
-            "{fault:?} was met"
-        );
+        assert_eq!(proxy.injected_count(fault), before + 1, "{fault:?} was met");
     }
 }
 
@@ -335,19 +325,8 @@ async fn a_failed_read_of_another_batch_s_state_is_retried() {
 /// usage read or a reconcile does not fail on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_query_page_is_retried() {
-    let (proxy, direct, table) = table_with_read_faults().await;
-    let writer = DynamoStore::new(direct, &table);
-    let bare = bare_client(&proxy).await;
-    let reader = DynamoStore::new(bare, &table);
-    let (org, project) = (fresh_org(), fresh_project());
-    let e = event(
-        &org,
-        &project,
-        "q",
-        "compute_minutes",
-        "4",
-        "2026-11-03T10:00:00Z",
-    );
+    let (proxy, writer, reader) = read_fault_stores().await;
+    let (org, _, e) = fresh_event("q", "compute_minutes", "4", "2026-11-03T10:00:00Z");
     writer.apply_batch(&[e]).await.unwrap();
     let month = Month::parse("2026-11").unwrap();
     for fault in [
@@ -355,7 +334,7 @@ async fn a_failed_query_page_is_retried() {
         Fault::ProvisionedThroughputExceeded,
         Fault::InternalServerError,
     ] {
-        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        let before = proxy.injected_count(fault);
         proxy.force_on("Query", fault);
         let drift = reconcile(
             &reader,
@@ -366,11 +345,7 @@ async fn a_failed_query_page_is_retried() {
         .await
         .unwrap();
         assert!(drift.is_empty(), "{fault:?}: {drift:?}");
-        assert_eq!(
-            proxy.injected().get(&fault).copied().unwrap_or(0),
-            before + 1,
-            "{fault:?} was met"
-        );
+        assert_eq!(proxy.injected_count(fault), before + 1, "{fault:?} was met");
     }
 }
 
@@ -380,10 +355,7 @@ async fn a_failed_query_page_is_retried() {
 /// until the next delivery).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_takeover_of_an_orphan_is_retried() {
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let (_, table) = fresh_table().await;
+    let (proxy, _, table) = table_behind(FaultConfig::quiet()).await;
     let bare = || bare_client(&proxy);
     // One attempt per write: the throttled intent put is final for this batch.
     let dying = DynamoStore::new(bare().await, &table).with_retry_policy(
@@ -395,14 +367,7 @@ async fn a_failed_takeover_of_an_orphan_is_retried() {
         .into_iter()
         .enumerate()
     {
-        let e = event(
-            &org,
-            &project,
-            &format!("orphan-{i}"),
-            "compute_minutes",
-            "2",
-            "2026-11-03T10:00:00Z",
-        );
+        let e = minutes(&org, &project, &format!("orphan-{i}"), "2");
         // The claim passes (late), the intent put is throttled: the batch fails its event.
         proxy.force_on("PutItem", Fault::Latency);
         proxy.force_on("PutItem", Fault::Throttling);
@@ -411,7 +376,7 @@ async fn a_failed_takeover_of_an_orphan_is_retried() {
             matches!(died.outcomes[..], [ApplyOutcome::Failed(_)]),
             "{died:?}"
         );
-        let before = proxy.injected().get(&fault).copied().unwrap_or(0);
+        let before = proxy.injected_count(fault);
         proxy.force_on("UpdateItem", fault);
         // The redelivered copy carries other contents (an id resent with 5): the taker
         // counts 5, and the ledger must say 5 too, or reconcile sees drift.
@@ -423,7 +388,7 @@ async fn a_failed_takeover_of_an_orphan_is_retried() {
             .unwrap();
         assert_eq!(taken.outcomes, vec![ApplyOutcome::Applied], "{fault:?}");
         assert_eq!(
-            proxy.injected().get(&fault).copied().unwrap_or(0),
+            proxy.injected_count(fault),
             before + 1,
             "{fault:?} was met by the takeover"
         );
@@ -593,8 +558,7 @@ async fn failure_modes(slotted: bool) {
     for (_, rate) in &mut config.rates {
         *rate *= scale;
     }
-    let proxy = FaultProxy::start(&aws::endpoint(), config).await.unwrap();
-    let (direct, table) = fresh_table().await;
+    let (proxy, direct, table) = table_behind(config).await;
     let proxied = aws::sdk_config_at(&proxy.url()).await;
     // `TALLY_PROXY_NO_SDK_RETRY`: the store meets every fault itself (the SDK's standard
     // retry otherwise absorbs most throttles, 500s and cut connections).
@@ -755,10 +719,7 @@ async fn failure_modes(slotted: bool) {
 /// cancelled or delayed by them, and everything still counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_on_a_hot_org_never_cancel_other_orgs_writes() {
-    let proxy = FaultProxy::start(&aws::endpoint(), FaultConfig::quiet())
-        .await
-        .unwrap();
-    let (_direct, table) = fresh_table().await;
+    let (proxy, _direct, table) = table_behind(FaultConfig::quiet()).await;
     // The chunked format, whose chunk transactions are what conflicts could cancel.
     let store = DynamoStore::new(Client::new(&aws::sdk_config_at(&proxy.url()).await), &table)
         .with_chunked_counters();

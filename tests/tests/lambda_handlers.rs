@@ -11,7 +11,7 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 use serde_json::json;
 use tally_core::event::Event;
-use tally_core::ids::{OrgId, ProjectId};
+use tally_core::ids::OrgId;
 use tally_core::meter::Aggregation;
 use tally_core::period::{Granularity, Month};
 use tally_core::ports::{ApplyReport, Clock, FixedClock, LedgerPageQuery, StoreError, UsageStore};
@@ -20,7 +20,7 @@ use tally_lambda::consumers::aws_lambda_events::event::sqs::SqsEvent;
 use tally_lambda::consumers::{Consumer, Deadline, PoisonSink, handle_kinesis, handle_sqs};
 use tally_store::hooked::{BatchHook, Hooked};
 use tally_store::sqlite::SqliteStore;
-use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
+use tally_tests::conformance::fixtures::{event, fresh_event, fresh_org, fresh_project};
 
 #[derive(Default)]
 struct Sink {
@@ -102,6 +102,13 @@ fn kinesis_record(seq: &str, partition_key: &str, data: &[u8]) -> serde_json::Va
     })
 }
 
+/// A SQLite store in a fresh directory (the directory goes when the returned handle drops).
+fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    (dir, store)
+}
+
 fn month() -> Month {
     Month::parse("2026-10").unwrap()
 }
@@ -117,8 +124,7 @@ async fn total(store: &SqliteStore, org: &tally_core::ids::OrgId) -> usize {
 
 #[tokio::test]
 async fn sqs_reports_only_unsettled_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let (_dir, store) = sqlite_store();
     let (org, project) = (fresh_org(), fresh_project());
     let good = vec![
         event(
@@ -191,17 +197,8 @@ async fn sqs_reports_only_unsettled_messages() {
 
 #[tokio::test]
 async fn kinesis_reports_the_first_unsettled_sequence_number() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    let (org, project) = (fresh_org(), fresh_project());
-    let e1 = event(
-        &org,
-        &project,
-        "k1",
-        "api_calls",
-        "1",
-        "2026-10-02T10:00:00Z",
-    );
+    let (_dir, store) = sqlite_store();
+    let (org, project, e1) = fresh_event("k1", "api_calls", "1", "2026-10-02T10:00:00Z");
     let e2 = event(
         &org,
         &project,
@@ -281,15 +278,16 @@ async fn counted(store: &SqliteStore, org: &OrgId) -> Decimal {
         .sum()
 }
 
-/// Three records of two events each: with two events per group, three groups.
-fn three_records(org: &OrgId, project: &ProjectId) -> Vec<Vec<Event>> {
-    (0..3)
+/// Three records of two events each of a fresh org: with two events per group, three groups.
+fn three_records() -> (OrgId, Vec<Vec<Event>>) {
+    let (org, project) = (fresh_org(), fresh_project());
+    let records = (0..3)
         .map(|r| {
             (0..2)
                 .map(|e| {
                     event(
-                        org,
-                        project,
+                        &org,
+                        &project,
                         &format!("d{r}-{e}"),
                         "api_calls",
                         "1",
@@ -298,7 +296,31 @@ fn three_records(org: &OrgId, project: &ProjectId) -> Vec<Vec<Event>> {
                 })
                 .collect()
         })
+        .collect();
+    (org, records)
+}
+
+/// One SQS message per record, with ids `m0`, `m1`, ...
+fn sqs_messages(records: &[Vec<Event>]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| sqs_message(&format!("m{i}"), &envelope(r)))
         .collect()
+}
+
+/// Five minutes left: time enough for every group.
+fn plenty(clock: &FixedClock) -> Deadline<'_> {
+    Deadline {
+        at: clock.now() + chrono::Duration::minutes(5),
+        ..tight(clock)
+    }
+}
+
+/// The org's month total and its ledger both say `n` events: each counted once, none lost.
+async fn assert_counted_once(store: &SqliteStore, org: &OrgId, n: usize) {
+    assert_eq!(counted(store, org).await, Decimal::from(n));
+    assert_eq!(total(store, org).await, n);
 }
 
 /// 45 s left, a 30 s margin, 20 s per group: the first group runs, then 25 s are left.
@@ -317,15 +339,9 @@ fn ids(failures: impl IntoIterator<Item = String>) -> Vec<String> {
 
 #[tokio::test]
 async fn sqs_out_of_time_reports_only_the_groups_not_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    let (org, project) = (fresh_org(), fresh_project());
-    let records = three_records(&org, &project);
-    let messages: Vec<_> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| sqs_message(&format!("m{i}"), &envelope(r)))
-        .collect();
+    let (_dir, store) = sqlite_store();
+    let (org, records) = three_records();
+    let messages = sqs_messages(&records);
     let event: SqsEvent = serde_json::from_value(json!({ "Records": messages })).unwrap();
     let clock = FixedClock::at(Utc::now());
     let slow = Slow::new(&store, &clock);
@@ -345,23 +361,18 @@ async fn sqs_out_of_time_reports_only_the_groups_not_started() {
         .filter(|m| failed.iter().any(|id| m["messageId"] == id.as_str()))
         .collect();
     let again: SqsEvent = serde_json::from_value(json!({ "Records": again })).unwrap();
-    let plenty = Deadline {
-        at: clock.now() + chrono::Duration::minutes(5),
-        ..tight(&clock)
-    };
+    let plenty = plenty(&clock);
     let response = handle_sqs(&Consumer::new(&slow).with_deadline(&plenty), &again).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(*slow.hook().calls.lock().unwrap(), 3);
-    assert_eq!(counted(&store, &org).await, Decimal::from(6));
-    assert_eq!(total(&store, &org).await, 6);
+    assert_counted_once(&store, &org, 6).await;
 }
 
 #[tokio::test]
 async fn kinesis_out_of_time_resends_from_the_first_group_not_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    let (org, project) = (fresh_org(), fresh_project());
-    let records: Vec<_> = three_records(&org, &project)
+    let (_dir, store) = sqlite_store();
+    let (org, records) = three_records();
+    let records: Vec<_> = records
         .iter()
         .enumerate()
         .map(|(i, r)| kinesis_record(&format!("49590{i}"), org.as_str(), envelope(r).as_bytes()))
@@ -381,40 +392,27 @@ async fn kinesis_out_of_time_resends_from_the_first_group_not_started() {
 
     // Lambda resends from that sequence number on.
     let rest: KinesisEvent = serde_json::from_value(json!({ "Records": records[1..] })).unwrap();
-    let plenty = Deadline {
-        at: clock.now() + chrono::Duration::minutes(5),
-        ..tight(&clock)
-    };
+    let plenty = plenty(&clock);
     let response = handle_kinesis(&Consumer::new(&slow).with_deadline(&plenty), &rest).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(counted(&store, &org).await, Decimal::from(6));
     // The whole batch again (a resend from further back) counts nothing twice.
     let response = handle_kinesis(&Consumer::new(&slow).with_deadline(&plenty), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
-    assert_eq!(counted(&store, &org).await, Decimal::from(6));
-    assert_eq!(total(&store, &org).await, 6);
+    assert_counted_once(&store, &org, 6).await;
 }
 
 #[tokio::test]
 async fn with_time_enough_every_group_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-    let (org, project) = (fresh_org(), fresh_project());
-    let records = three_records(&org, &project);
-    let mut messages: Vec<_> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| sqs_message(&format!("m{i}"), &envelope(r)))
-        .collect();
+    let (_dir, store) = sqlite_store();
+    let (org, records) = three_records();
+    let mut messages = sqs_messages(&records);
     // The first message handed out twice in the batch: judged in one group, counted once.
     messages.push(messages[0].clone());
     let event: SqsEvent = serde_json::from_value(json!({ "Records": messages })).unwrap();
     let clock = FixedClock::at(Utc::now());
     let slow = Slow::new(&store, &clock);
-    let plenty = Deadline {
-        at: clock.now() + chrono::Duration::minutes(5),
-        ..tight(&clock)
-    };
+    let plenty = plenty(&clock);
     let response = handle_sqs(&Consumer::new(&slow).with_deadline(&plenty), &event).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // In groups: the duplicated message's two copies (4 events) in one, then one per record.

@@ -35,9 +35,9 @@ use tally_core::event::Event;
 use tally_core::ids::{OrgId, ProjectId};
 use tally_core::period::Month;
 use tally_core::ports::ApplyReport;
-use tally_core::ports::{ApplyOutcome, UsageStore};
+use tally_core::ports::{ApplyOutcome, StoreError, UsageStore};
 use tally_store::dynamodb::sdk::Client;
-use tally_store::dynamodb::{DynamoStore, SlotFault, create_table};
+use tally_store::dynamodb::{DynamoStore, Slot, SlotFault, create_table};
 use tally_tests::aws;
 use tally_tests::conformance::fixtures::{event, with_prop};
 use tally_tests::fault_proxy::{CrashMode, CrashPoint, Fault, FaultConfig, FaultProxy};
@@ -65,6 +65,11 @@ async fn fresh_table(direct: &Client) -> String {
     table
 }
 
+/// Asserts a slot call was refused: answered (no error), with no slot.
+fn assert_refused(answer: Result<Option<Slot>, StoreError>) {
+    assert!(answer.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn the_slot_protocol_step_by_step() {
     let direct = Client::new(&aws::sdk_config().await);
@@ -82,13 +87,7 @@ async fn the_slot_protocol_step_by_step() {
     assert_eq!((a.k, a.epoch, a.seq, a.batch.clone()), (3, 1, 0, None));
     assert!(a.finished, "a slot never used has nothing to finish");
     // Held: refused to B until the lease is over (t0 + 30 s), even at its last ms.
-    assert!(
-        store
-            .slot_acquire("B", 3, t0 + lease, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_refused(store.slot_acquire("B", 3, t0 + lease, lease).await);
     // A steps to batch 1; B cannot (not the owner); A cannot step from a stale seq.
     let a1 = store
         .slot_step("A", &a, "b-1", t0 + 1, lease)
@@ -99,13 +98,7 @@ async fn the_slot_protocol_step_by_step() {
         (a1.seq, a1.batch.as_deref(), a1.finished),
         (1, Some("b-1"), false)
     );
-    assert!(
-        store
-            .slot_step("B", &a, "b-x", t0 + 2, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_refused(store.slot_step("B", &a, "b-x", t0 + 2, lease).await);
     // The same step sent again (its answer lost): recognised as landed, not lost.
     let again = store
         .slot_step("A", &a, "b-1", t0 + 3, lease)
@@ -114,13 +107,7 @@ async fn the_slot_protocol_step_by_step() {
         .expect("a retried step finds its own change");
     assert_eq!(again.seq, 1);
     // But a different batch from the stale seq is refused: one batch per number.
-    assert!(
-        store
-            .slot_step("A", &a, "b-other", t0 + 4, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_refused(store.slot_step("A", &a, "b-other", t0 + 4, lease).await);
     // Renewed at t0 + 20 s: held until t0 + 50 s.
     let a1 = store
         .slot_renew("A", &a1, t0 + 20_000, lease)
@@ -128,13 +115,7 @@ async fn the_slot_protocol_step_by_step() {
         .unwrap()
         .unwrap();
     assert_eq!(a1.expires_ms, t0 + 50_000);
-    assert!(
-        store
-            .slot_acquire("B", 3, t0 + 40_000, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_refused(store.slot_acquire("B", 3, t0 + 40_000, lease).await);
     // Lease over: B takes the slot. Epoch 2, seq and batch kept (B must finish b-1).
     let b = store
         .slot_acquire("B", 3, t0 + 50_001, lease)
@@ -144,20 +125,8 @@ async fn the_slot_protocol_step_by_step() {
     assert_eq!((b.epoch, b.seq, b.batch.as_deref()), (2, 1, Some("b-1")));
     assert!(!b.finished, "a taken slot's batch must be finished first");
     // A is stale: its step and its renewal are refused.
-    assert!(
-        store
-            .slot_step("A", &a1, "b-2", t0 + 50_002, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .slot_renew("A", &a1, t0 + 50_002, lease)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_refused(store.slot_step("A", &a1, "b-2", t0 + 50_002, lease).await);
+    assert_refused(store.slot_renew("A", &a1, t0 + 50_002, lease).await);
     let b2 = store
         .slot_step("B", &b, "b-2", t0 + 50_003, lease)
         .await
@@ -259,20 +228,11 @@ async fn slotted_batches_count_exactly_without_transactions() {
     let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
     let via_proxy = via(&proxy).await;
     let store = DynamoStore::new(via_proxy, &table).with_writer_slots(4);
-    let org = OrgId::from_random(rand::random());
-    let projects = [
-        ProjectId::from_random(rand::random()),
-        ProjectId::from_random(rand::random()),
-    ];
+    let (org, projects) = fresh_org();
     let first = mixed(&org, &projects, "a", 60);
     let second = mixed(&org, &projects, "b", 45);
     // Watch every request of the store (a crash point that never matches).
-    proxy.crash_at(CrashPoint {
-        op: "NoSuchOperation".into(),
-        needle: String::new(),
-        nth: 0,
-        mode: CrashMode::Before,
-    });
+    proxy.crash_at(crash_point("NoSuchOperation", "", CrashMode::Before));
     assert_eq!(deliver(&store, first.clone()).await, 60);
     // Resends and new events together: resends are duplicates.
     let mut both = second.clone();
@@ -329,6 +289,16 @@ async fn one_try_store(proxy: &FaultProxy, table: &str) -> DynamoStore {
         .with_retry_policy(once)
 }
 
+/// The first `op` request whose body holds `needle`, crashed at `mode`.
+fn crash_point(op: &str, needle: &str, mode: CrashMode) -> CrashPoint {
+    CrashPoint {
+        op: op.into(),
+        needle: needle.into(),
+        nth: 0,
+        mode,
+    }
+}
+
 /// What the dying store is killed at.
 #[derive(Clone, Copy, Debug)]
 enum Death {
@@ -347,27 +317,11 @@ async fn takeover(death: Death, fault: Option<SlotFault>) -> Result<(), String> 
     let dying = one_try_store(&proxy, &table)
         .await
         .with_claim_lease(Duration::ZERO);
-    let org = OrgId::from_random(rand::random());
-    let projects = [
-        ProjectId::from_random(rand::random()),
-        ProjectId::from_random(rand::random()),
-    ];
-    let dead_events = mixed(&org, &projects, "d", 30);
     // The same days, hours and projects: the taker's `ADD`s land on the dead batch's cells.
-    let new_events = mixed(&org, &projects, "n", 30);
+    let (org, dead_events, new_events) = two_batches("d", "n");
     proxy.crash_at(match death {
-        Death::AfterIntent => CrashPoint {
-            op: "PutItem".into(),
-            needle: "\"opss\"".into(),
-            nth: 0,
-            mode: CrashMode::After,
-        },
-        Death::BeforeDone => CrashPoint {
-            op: "PutItem".into(),
-            needle: "\"DONE\"".into(),
-            nth: 0,
-            mode: CrashMode::Before,
-        },
+        Death::AfterIntent => crash_point("PutItem", "\"opss\"", CrashMode::After),
+        Death::BeforeDone => crash_point("PutItem", "\"DONE\"", CrashMode::Before),
     });
     let _ = dying.apply_batch(&dead_events).await;
     assert!(proxy.crashed(), "the crash at {death:?} never fired");
@@ -399,24 +353,34 @@ async fn a_taken_slots_unfinished_batch_is_finished_before_the_next() {
     }
 }
 
+/// Runs [`takeover`] with `fault` planted in the taker (named `planted` in the output) and
+/// asserts the oracle catches it, saying `why` it must if not.
+async fn assert_caught(death: Death, fault: SlotFault, planted: &str, why: &str) {
+    let caught = takeover(death, Some(fault)).await;
+    println!("planted {planted}: {caught:?}");
+    assert!(caught.is_err(), "{why}");
+}
+
 #[tokio::test]
 async fn a_slot_stepping_before_done_is_caught() {
-    let caught = takeover(Death::AfterIntent, Some(SlotFault::StepBeforeDone)).await;
-    println!("planted step before done: {caught:?}");
-    assert!(
-        caught.is_err(),
-        "a slot that begins n + 1 before n is done must undercount n's cells"
-    );
+    assert_caught(
+        Death::AfterIntent,
+        SlotFault::StepBeforeDone,
+        "step before done",
+        "a slot that begins n + 1 before n is done must undercount n's cells",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn updates_without_the_high_water_check_are_caught() {
-    let caught = takeover(Death::BeforeDone, Some(SlotFault::NoHighWater)).await;
-    println!("planted update without the high-water check: {caught:?}");
-    assert!(
-        caught.is_err(),
-        "replaying a batch whose ADDs landed must count them twice without the check"
-    );
+    assert_caught(
+        Death::BeforeDone,
+        SlotFault::NoHighWater,
+        "update without the high-water check",
+        "replaying a batch whose ADDs landed must count them twice without the check",
+    )
+    .await;
 }
 
 /// One slot and two applies at once in one store: the second finds the only slot in use
@@ -429,11 +393,7 @@ async fn an_apply_waits_for_a_busy_slot_instead_of_failing() {
     let store = DynamoStore::new(direct.clone(), &table)
         .with_writer_slots(1)
         .with_owner_wait(Duration::from_secs(20));
-    let org = OrgId::from_random(rand::random());
-    let projects = [
-        ProjectId::from_random(rand::random()),
-        ProjectId::from_random(rand::random()),
-    ];
+    let (org, projects) = fresh_org();
     let first = mixed(&org, &projects, "w1", 60);
     let second = mixed(&org, &projects, "w2", 60);
     let (a, b) = tokio::join!(store.apply_batch(&first), store.apply_batch(&second));
@@ -460,14 +420,8 @@ async fn a_lost_intent_answer_is_finished_before_its_slot_steps() {
     let store = one_try_store(&proxy, &table)
         .await
         .with_owner_wait(Duration::ZERO);
-    let org = OrgId::from_random(rand::random());
-    let projects = [
-        ProjectId::from_random(rand::random()),
-        ProjectId::from_random(rand::random()),
-    ];
-    let first = mixed(&org, &projects, "x", 30);
     // The same days, hours and projects: the second batch's `ADD`s land on the first's cells.
-    let second = mixed(&org, &projects, "y", 30);
+    let (org, first, second) = two_batches("x", "y");
     proxy.force_where("PutItem", "\"opss\"", Fault::AnswerLost500);
     let report = store.apply_batch(&first).await.unwrap();
     assert!(
@@ -531,6 +485,11 @@ async fn while_held<A: Future, B: Future>(
         until_injected(proxy, Fault::Latency).await;
         second.await
     })
+}
+
+/// A store on `table` with one writer slot.
+fn one_slot(client: Client, table: &str) -> DynamoStore {
+    DynamoStore::new(client, table).with_writer_slots(1)
 }
 
 /// A fresh org and two batches of 30 events for it, their ids starting `a` and `b`.
@@ -659,12 +618,8 @@ async fn a_released_slot_is_taken_at_once_and_a_stale_release_changes_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_apply_keeps_its_slots_lease() {
     let (direct, table, proxy, via_proxy) = slow_table(Duration::from_secs(6)).await;
-    let slow = DynamoStore::new(via_proxy, &table)
-        .with_writer_slots(1)
-        .with_claim_lease(Duration::from_secs(2));
-    let other = DynamoStore::new(direct.clone(), &table)
-        .with_writer_slots(1)
-        .with_owner_wait(Duration::from_secs(4));
+    let slow = one_slot(via_proxy, &table).with_claim_lease(Duration::from_secs(2));
+    let other = one_slot(direct.clone(), &table).with_owner_wait(Duration::from_secs(4));
     let (org, first, second) = two_batches("sa", "sb");
     // One cell update (they carry the high-water name `#w`) answered 6 s late.
     proxy.force_where("UpdateItem", "\"#w\"", Fault::Latency);
@@ -694,9 +649,7 @@ async fn a_slow_apply_keeps_its_slots_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
     let (direct, table, proxy, via_proxy) = slow_table(Duration::from_secs(3)).await;
-    let store = DynamoStore::new(via_proxy, &table)
-        .with_writer_slots(1)
-        .with_owner_wait(Duration::from_secs(20));
+    let store = one_slot(via_proxy, &table).with_owner_wait(Duration::from_secs(20));
     let (org, first, second) = two_batches("ha", "hb");
     proxy.force_where("PutItem", "\"opss\"", Fault::Latency);
     let (a, b) = while_held(
@@ -723,7 +676,7 @@ async fn a_store_never_adopts_the_slot_its_other_apply_holds() {
 async fn a_done_put_met_by_a_conflict_is_sent_again() {
     let (direct, table, proxy) = table_behind_proxy(FaultConfig::quiet()).await;
     let via_proxy = via(&proxy).await;
-    let store = DynamoStore::new(via_proxy, &table).with_writer_slots(1);
+    let store = one_slot(via_proxy, &table);
     let (org, projects) = fresh_org();
     let events = mixed(&org, &projects, "dn", 20);
     proxy.force_where("PutItem", "\"DONE\"", Fault::TransactionConflict);

@@ -109,24 +109,14 @@ async fn reconcile_refuses_a_month_past_the_ledger_retention() {
     use std::sync::Arc;
     use tally_core::period::{LEDGER_RETENTION, Month};
     use tally_core::ports::{FixedClock, UsageStore};
-    use tally_tests::conformance::fixtures::{
-        assert_reconcile_retention, event, fresh_org, fresh_project,
-    };
+    use tally_tests::conformance::fixtures::{assert_reconcile_retention, fresh_event};
 
     let files = Files::new();
     let month = Month::parse("2026-10").unwrap();
     let clock = Arc::new(FixedClock::at(month.start()));
     let store = StoreFactory::open(&files).await.with_clock(clock);
     assert_eq!(store.ledger_retention(), Some(LEDGER_RETENTION));
-    let org = fresh_org();
-    let e = event(
-        &org,
-        &fresh_project(),
-        "r1",
-        "compute_minutes",
-        "3",
-        "2026-10-01T00:00:00Z",
-    );
+    let (org, _, e) = fresh_event("r1", "compute_minutes", "3", "2026-10-01T00:00:00Z");
     store.apply_batch(&[e]).await.unwrap();
     let within = month.start() + LEDGER_RETENTION - chrono::Duration::minutes(6);
     // Nothing of the month is pruned while reconcile still judges it.

@@ -20,8 +20,8 @@ use tally_core::ports::{Delivery, EventQueue};
 use tally_store::coalesce::CoalescingQueue;
 use tally_store::sqs::{self, MAX_MESSAGE_BYTES, SqsConfig, SqsQueue};
 use tally_tests::aws;
-use tally_tests::conformance::fixtures::{event, fresh_org, fresh_project};
-use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons};
+use tally_tests::conformance::fixtures::{event, fresh_event, fresh_org, fresh_project};
+use tally_tests::conformance::queue::{QueueFactory, bodies_and_reasons, receive_more};
 use tokio::time::Instant;
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -344,15 +344,8 @@ async fn multi_event_messages_that_would_overshoot_wait_for_the_next_receive() {
     }
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while ids(&got).len() < sent.len() {
-        assert!(
-            Instant::now() < deadline,
-            "only {} arrived",
-            ids(&got).len()
-        );
-        let batch = q.receive(3, Duration::from_secs(1)).await.unwrap();
-        let n: usize = batch.iter().map(|d| d.events.len()).sum();
-        assert!(n <= 3, "receive(3) handed out {n} events");
+    let each = (3, Duration::from_secs(1));
+    while let Some(batch) = receive_more(&q, &got, sent.len(), deadline, each).await {
         // Nothing is handed out twice: held-back messages wait in the handle.
         for d in &batch {
             for e in &d.events {
@@ -484,15 +477,7 @@ async fn a_letter_whose_copy_could_not_be_sent_stays_in_the_dead_letter_queue() 
     use tally_store::replay::{LetterStatus, ReplayRequest};
 
     let f = SqsFactory::new().await;
-    let (org, project) = (fresh_org(), fresh_project());
-    let e = event(
-        &org,
-        &project,
-        "kept",
-        "api_calls",
-        "1",
-        "2026-11-26T10:00:00Z",
-    );
+    let (_, _, e) = fresh_event("kept", "api_calls", "1", "2026-11-26T10:00:00Z");
     f.queue().publish(std::slice::from_ref(&e)).await.unwrap();
     let got = drain_unacked(&f.queue()).await;
     f.queue()

@@ -14,13 +14,13 @@ use rust_decimal::Decimal;
 use tally_core::event::Event;
 use tally_core::period::Granularity;
 use tally_core::ports::{
-    ApplyOutcome, CounterQuery, LedgerPageQuery, MeterMonth, NewSeries, Registration,
-    SeriesRegistry, StoreError, UsageStore,
+    ApplyOutcome, CounterQuery, MeterMonth, NewSeries, Registration, SeriesRegistry, StoreError,
+    UsageStore,
 };
 use tally_core::{MeterName, Month, OrgId, ProjectId};
 
-use super::fixtures::{dec, event, fresh_org, fresh_project, month, ts};
-use super::storage::StoreFactory;
+use super::fixtures::{dec, event, first_ledger_page, fresh_org, fresh_project, month, ts};
+use super::storage::{SeriesFactory, StoreFactory};
 
 /// Expands to one `#[tokio::test]` per dimensions conformance test, each building its
 /// factory with the given expression (evaluated inside the async test, so it may `.await`).
@@ -55,11 +55,7 @@ fn series(meter: &str, model: &str) -> MeterName {
 
 /// New, then known; past the bound full (and not registered); listed in key order from a
 /// second handle; every (org, meter, month) has a bound of its own.
-pub async fn series_are_registered_once_and_bounded<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: SeriesRegistry,
-{
+pub async fn series_are_registered_once_and_bounded<F: SeriesFactory>(f: &F) {
     let s = f.open().await;
     let other = f.open().await;
     let org = fresh_org();
@@ -145,11 +141,7 @@ where
 /// Twelve handles register twelve distinct series and one shared series at once under a
 /// bound of five: exactly five distinct series are made, the shared one at most once, and
 /// the list is exactly what was answered `New`.
-pub async fn the_bound_is_exact_under_concurrent_registrations<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: SeriesRegistry,
-{
+pub async fn the_bound_is_exact_under_concurrent_registrations<F: SeriesFactory>(f: &F) {
     let org = fresh_org();
     let nov = month("2031-11");
     let mut tasks = Vec::new();
@@ -375,15 +367,7 @@ pub async fn the_counter_limit_holds_for_a_meters_total_over_its_series<F: Store
     assert_eq!(claude, dec("3999999999999999996"));
     let v2 = month_value(&s, &org, None, &MeterName::parse("llm_tokens_v2").unwrap()).await;
     assert_eq!(v2, dec(MAX));
-    let page = s
-        .ledger_page(&LedgerPageQuery::new(
-            &org,
-            Month::parse("2031-11").unwrap(),
-            None,
-            100,
-        ))
-        .await
-        .unwrap();
+    let page = first_ledger_page(&s, &org, Month::parse("2031-11").unwrap(), 100).await;
     let mut ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(

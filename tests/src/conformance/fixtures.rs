@@ -14,7 +14,7 @@ use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::Aggregation;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{OrgStore, UsageStore, UserStore};
+use tally_core::ports::{LedgerPage, LedgerPageQuery, OrgStore, UsageStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
@@ -123,6 +123,14 @@ pub fn event(
     }
 }
 
+/// A fresh org and project ([`fresh_org`], [`fresh_project`]) with one event of theirs
+/// ([`event`]): how a test starts that needs an event no other test (or run) writes.
+pub fn fresh_event(id: &str, meter: &str, quantity: &str, at: &str) -> (OrgId, ProjectId, Event) {
+    let (org, project) = (fresh_org(), fresh_project());
+    let e = event(&org, &project, id, meter, quantity, at);
+    (org, project, e)
+}
+
 /// The same event with one property set.
 pub fn with_prop(mut e: Event, key: &str, value: impl Into<Value>) -> Event {
     e.properties.insert(key.to_owned(), value.into());
@@ -140,6 +148,18 @@ pub fn drawn_quantity(meter: &str, rng: &mut impl rand::Rng) -> String {
             rng.random_range(0..100)
         ),
     }
+}
+
+/// The first page of the org's ledger of `month`, at most `limit` events.
+pub async fn first_ledger_page<S: UsageStore + ?Sized>(
+    s: &S,
+    org: &OrgId,
+    month: Month,
+    limit: usize,
+) -> LedgerPage {
+    s.ledger_page(&LedgerPageQuery::new(org, month, None, limit))
+        .await
+        .unwrap()
 }
 
 /// The org's counters of `month` as the store holds them, by key (to compare with

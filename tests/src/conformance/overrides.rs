@@ -1,5 +1,6 @@
 //! The price override conformance suite: [`OverrideStore`] on every backend, through the
-//! storage suite's [`StoreFactory`] (any factory whose store also keeps overrides).
+//! storage suite's [`StoreFactory`](super::storage::StoreFactory) (any factory whose store
+//! also keeps overrides).
 //!
 //! What it pins down is what month close and the operator commands rely on: an override is
 //! written once under its id (a rerun of `tally org override set` with the same id changes
@@ -17,7 +18,7 @@ use tally_core::pricing::Pricing;
 use tally_core::{MeterName, OrgId, PlanId};
 
 use super::fixtures::{fresh_org, month, ts};
-use super::storage::StoreFactory;
+use super::storage::OverrideFactory;
 
 /// Expands to one `#[tokio::test]` per override conformance test, each building its factory
 /// with the given expression (evaluated inside the async test, so it may `.await`).
@@ -67,11 +68,7 @@ fn api_calls_price(org: &OrgId, n: u64, unit_price: &str, start: &str) -> PriceO
 
 /// A put stores once per id, a second handle sees it, and an org's overrides list oldest
 /// first; another org (and a store from before overrides) has none.
-pub async fn overrides_are_written_once_and_listed_oldest_first<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn overrides_are_written_once_and_listed_oldest_first<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     assert_eq!(s.list_overrides(&org).await.unwrap(), vec![]);
@@ -98,11 +95,7 @@ where
 
 /// Ending sets or brings forward the end, never pushes it later; an unknown id is
 /// `NotFound`; racing ends leave the earliest.
-pub async fn an_end_only_moves_earlier<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn an_end_only_moves_earlier<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     let o = api_calls_price(&org, 7, "0.8", "2031-02");
@@ -169,11 +162,7 @@ where
 }
 
 /// Field bounds and the per-org bound are the store's to enforce too.
-pub async fn bounds_are_enforced_by_the_store<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: OverrideStore,
-{
+pub async fn bounds_are_enforced_by_the_store<F: OverrideFactory>(f: &F) {
     let s = f.open().await;
     let org = fresh_org();
     let negative = api_calls_price(&org, 1, "-0.1", "2031-02");

@@ -123,6 +123,30 @@ async fn ack_all<Q: EventQueue>(q: &Q, deliveries: &[Delivery]) {
     q.ack(&receipts).await.unwrap();
 }
 
+/// One `receive` of at most `max` events (waiting up to `wait`) while fewer than `want`
+/// distinct events have arrived in `got`; `None` once they all have. Fails if `deadline`
+/// passes first, or if the receive hands out more than `max` events.
+pub async fn receive_more<Q: EventQueue>(
+    q: &Q,
+    got: &[Delivery],
+    want: usize,
+    deadline: Instant,
+    (max, wait): (usize, Duration),
+) -> Option<Vec<Delivery>> {
+    let arrived = events_of(got).len();
+    if arrived >= want {
+        return None;
+    }
+    assert!(
+        Instant::now() < deadline,
+        "only {arrived} of {want} arrived"
+    );
+    let batch = q.receive(max, wait).await.unwrap();
+    let n: usize = batch.iter().map(|d| d.events.len()).sum();
+    assert!(n <= max, "receive({max}) handed out {n} events");
+    Some(batch)
+}
+
 /// Waits (bounded) for the queue to report depth 0.
 async fn assert_drains<Q: EventQueue>(q: &Q) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -218,15 +242,8 @@ pub async fn receive_respects_max_events<F: QueueFactory>(f: &F) {
     }
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while events_of(&got).len() < sent.len() {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 10 arrived",
-            events_of(&got).len()
-        );
-        let batch = q.receive(3, Duration::from_millis(500)).await.unwrap();
-        let n: usize = batch.iter().map(|d| d.events.len()).sum();
-        assert!(n <= 3, "receive(3) handed out {n} events");
+    let each = (3, Duration::from_millis(500));
+    while let Some(batch) = receive_more(&q, &got, sent.len(), deadline, each).await {
         ack_all(&q, &batch).await;
         got.extend(batch);
     }

@@ -1,5 +1,5 @@
 //! The time-weighted readings conformance suite: the [`ReadingStore`] of every backend,
-//! through the storage suite's [`StoreFactory`].
+//! through the storage suite's [`StoreFactory`](super::storage::StoreFactory).
 //!
 //! What it pins down is what makes a `time_weighted_sum` total exact whatever happens to
 //! its events: a cell is the same set of readings (one per second, the larger on a tie)
@@ -19,7 +19,7 @@ use tally_core::{Money, Month, OrgId, ProjectId};
 use super::fixtures::{
     dec, event, expected_counters, fresh_org, fresh_project, meter, stored_counter_map, ts,
 };
-use super::storage::StoreFactory;
+use super::storage::ReadingFactory;
 
 /// Expands to one `#[tokio::test]` per readings conformance test, each building its
 /// factory with the given expression (evaluated inside the async test, so it may `.await`).
@@ -76,11 +76,7 @@ fn total(
 /// 10 GB from 00:00, 30 GB from 06:00, 0 from 18:00 on 26 November: 10·6 + 30·12 + 0·6 =
 /// 420 GB-hours, whatever order the readings arrive in, split over two handles, replayed
 /// whole; a smaller reading of an occupied second (a resend with another value) loses.
-pub async fn readings_in_any_order_and_replayed_give_the_hand_worked_day<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn readings_in_any_order_and_replayed_give_the_hand_worked_day<F: ReadingFactory>(f: &F) {
     let (a, b) = (f.open().await, f.open().await);
     let (org, p) = (fresh_org(), fresh_project());
     let day = [
@@ -124,11 +120,7 @@ where
 /// Another org, another project, a meter whose name extends this one's, and the month
 /// after: each has cells of its own. `None` reads every project of the meter, by project
 /// then hour; a reading at the month's last second is that month's.
-pub async fn cells_are_kept_per_org_meter_project_and_month<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn cells_are_kept_per_org_meter_project_and_month<F: ReadingFactory>(f: &F) {
     let s = f.open().await;
     let (org, other_org) = (fresh_org(), fresh_org());
     let (mut p1, mut p2) = (fresh_project(), fresh_project());
@@ -181,11 +173,7 @@ where
 /// - 20 Nov: 12 × 12 + 6 × 12 = 216 GB-hours.
 /// - The month: 4 × 216 h + 12 × 252 h + 6 × 252 h = 864 + 3,024 + 1,512 = 5,400 GB-hours,
 ///   closing on 6 GB; December with no readings: 6 × 744 = 4,464 GB-hours.
-pub async fn a_period_carries_in_the_last_earlier_reading<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn a_period_carries_in_the_last_earlier_reading<F: ReadingFactory>(f: &F) {
     let s = f.open().await;
     let (org, p) = (fresh_org(), fresh_project());
     s.put_readings(&[
@@ -225,11 +213,7 @@ where
 
 /// Eight handles write the same second at once, values 1 to 8, twice each: the cell holds
 /// 8, as any order of the same writes would leave it.
-pub async fn concurrent_writers_of_one_second_keep_the_larger<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn concurrent_writers_of_one_second_keep_the_larger<F: ReadingFactory>(f: &F) {
     let (org, p) = (fresh_org(), fresh_project());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..2 {
@@ -254,11 +238,7 @@ where
 
 /// A series key (time-weighted meters have no dimensions) and a negative reading are a
 /// caller's bug, refused before anything is written.
-pub async fn a_store_refuses_readings_it_must_never_write<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn a_store_refuses_readings_it_must_never_write<F: ReadingFactory>(f: &F) {
     let s = f.open().await;
     let (org, p) = (fresh_org(), fresh_project());
     let mut series = reading(&org, &p, "disk", "2031-11-26T12:00:00Z", "1");
@@ -285,6 +265,25 @@ fn invoice_line(totals: &std::collections::BTreeMap<ProjectId, MonthTotal>) -> D
         .amount()
 }
 
+/// Asserts a month's GB-hours and closing reading of each project (in project order) and
+/// the org's invoice line ([`invoice_line`]).
+fn assert_month(
+    totals: &std::collections::BTreeMap<ProjectId, MonthTotal>,
+    projects: [(&str, &str); 2],
+    line: &str,
+) {
+    let figures: Vec<(Decimal, Option<Decimal>)> = totals
+        .values()
+        .map(|t| (t.value_hours, t.closing))
+        .collect();
+    let want: Vec<_> = projects
+        .iter()
+        .map(|(hours, closing)| (dec(hours), Some(dec(closing))))
+        .collect();
+    assert_eq!(figures, want);
+    assert_eq!(invoice_line(totals), dec(line));
+}
+
 /// A storage meter billed per GB-hour over October and November 2031, two projects, no
 /// carry-in into October (a new meter), read from the store as month close reads it:
 /// - October (744 h). Project A: 100 GB from 1 Oct 00:00, 40 GB from 16 Oct 00:00 (the
@@ -300,11 +299,7 @@ fn invoice_line(totals: &std::collections::BTreeMap<ProjectId, MonthTotal>) -> D
 /// October's first reading instead of its closing one (100 and 20 GB: 86,400 GB-hours,
 /// $12.96), and a reading applied twice as a sum would (the 40 GB second holding 80 GB:
 /// 100 × 360 + 80 × 384 = 66,720 GB-hours for A, $10.04 for the org).
-pub async fn a_storage_meter_is_priced_per_gb_hour_over_two_months<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn a_storage_meter_is_priced_per_gb_hour_over_two_months<F: ReadingFactory>(f: &F) {
     let s = f.open().await;
     let (org, mut a, mut b) = (fresh_org(), fresh_project(), fresh_project());
     if b < a {
@@ -327,18 +322,7 @@ where
     let october = month_totals(&s, &org, &storage, oct, &none, oct.end())
         .await
         .unwrap();
-    let figures: Vec<(Decimal, Option<Decimal>)> = october
-        .values()
-        .map(|t| (t.value_hours, t.closing))
-        .collect();
-    assert_eq!(
-        figures,
-        [
-            (dec("51360"), Some(dec("40"))),
-            (dec("240"), Some(dec("20")))
-        ]
-    );
-    assert_eq!(invoice_line(&october), dec("7.74"));
+    assert_month(&october, [("51360", "40"), ("240", "20")], "7.74");
 
     // What month close records with October's report: the closing readings.
     let carry: CarryIns = october
@@ -348,18 +332,7 @@ where
     let november = month_totals(&s, &org, &storage, nov, &carry, nov.end())
         .await
         .unwrap();
-    let figures: Vec<(Decimal, Option<Decimal>)> = november
-        .values()
-        .map(|t| (t.value_hours, t.closing))
-        .collect();
-    assert_eq!(
-        figures,
-        [
-            (dec("28800"), Some(dec("40"))),
-            (dec("14400"), Some(dec("20")))
-        ]
-    );
-    assert_eq!(invoice_line(&november), dec("6.48"));
+    assert_month(&november, [("28800", "40"), ("14400", "20")], "6.48");
     let so_far = month_totals(&s, &org, &storage, nov, &carry, ts("2031-11-15T12:00:00Z"))
         .await
         .unwrap();
@@ -401,33 +374,28 @@ where
     assert_eq!(invoice_line(&with_b), dec("10.04"));
 }
 
-/// Fails every batch without applying it: the process died before the ledger transaction.
-struct CrashBeforeApply;
-
-#[async_trait::async_trait]
-impl tally_store::hooked::BatchHook for CrashBeforeApply {
-    async fn apply_batch(
-        &self,
-        _: &dyn tally_core::ports::UsageStore,
-        _: &[tally_core::Event],
-    ) -> Result<tally_core::ports::ApplyReport, StoreError> {
-        Err(StoreError::Unavailable("crashed before the apply".into()))
-    }
+/// Where a batch's process dies, each batch failing there.
+enum Crash {
+    /// Before the ledger transaction: nothing of the batch is applied.
+    BeforeApply,
+    /// After the ledger transaction and before the batch's readings were written.
+    AfterApply,
 }
 
-/// Applies every batch and then fails it: the process died after the ledger transaction
-/// and before the batch's readings were written.
-struct CrashAfterApply;
-
 #[async_trait::async_trait]
-impl tally_store::hooked::BatchHook for CrashAfterApply {
+impl tally_store::hooked::BatchHook for Crash {
     async fn apply_batch(
         &self,
         store: &dyn tally_core::ports::UsageStore,
         events: &[tally_core::Event],
     ) -> Result<tally_core::ports::ApplyReport, StoreError> {
-        store.apply_batch(events).await?;
-        Err(StoreError::Unavailable("crashed after the apply".into()))
+        match self {
+            Crash::BeforeApply => Err(StoreError::Unavailable("crashed before the apply".into())),
+            Crash::AfterApply => {
+                store.apply_batch(events).await?;
+                Err(StoreError::Unavailable("crashed after the apply".into()))
+            }
+        }
     }
 }
 
@@ -450,11 +418,9 @@ async fn day_26<S: ReadingStore>(s: &S, org: &OrgId) -> Decimal {
 /// 450 GB-hours, never a reading counted twice (a replay as a sum would hold 20, 60 and
 /// 10 GB: 900), and the counters are one fold of the events, the month's holding the
 /// latest reading, 5 GB, as a `latest` meter's does.
-pub async fn a_crash_between_apply_and_readings_is_repaired_by_redelivery<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn a_crash_between_apply_and_readings_is_repaired_by_redelivery<F: ReadingFactory>(
+    f: &F,
+) {
     use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
     let store: std::sync::Arc<F::Store> = std::sync::Arc::new(f.open().await);
     let (org, p) = (fresh_org(), fresh_project());
@@ -470,7 +436,7 @@ where
     }];
     let month = Month::parse("2031-11").unwrap();
 
-    let crashing = tally_store::hooked::Hooked::new(store.clone(), CrashBeforeApply);
+    let crashing = tally_store::hooked::Hooked::new(store.clone(), Crash::BeforeApply);
     let out = apply_records(&crashing, None, &input).await;
     assert!(matches!(out[0], RecordOutcome::Retry { .. }), "{out:?}");
     assert_eq!(day_26(store.as_ref(), &org).await, Decimal::ZERO);
@@ -480,7 +446,7 @@ where
             .is_empty()
     );
 
-    let crashing = tally_store::hooked::Hooked::new(store.clone(), CrashAfterApply);
+    let crashing = tally_store::hooked::Hooked::new(store.clone(), Crash::AfterApply);
     let out = apply_records(&crashing, None, &input).await;
     assert!(matches!(out[0], RecordOutcome::Retry { .. }), "{out:?}");
     assert_eq!(day_26(store.as_ref(), &org).await, Decimal::ZERO);
@@ -510,11 +476,7 @@ where
 /// 80 GB at 06:00 (a conflict) and a new r3, 5 GB at 18:00; batch 3 resends r3 as 0 GB at
 /// 12:00 (a conflict). The day stays 10·6 + 30·12 + 5·6 = 450 GB-hours. Planted fault:
 /// writing the conflicting resends' readings would make it 10·6 + 80·6 + 0·6 + 5·6 = 570.
-pub async fn a_conflicting_resend_writes_no_reading<F>(f: &F)
-where
-    F: StoreFactory,
-    F::Store: ReadingStore,
-{
+pub async fn a_conflicting_resend_writes_no_reading<F: ReadingFactory>(f: &F) {
     use tally_aggregator::{RecordInput, RecordOutcome, apply_records};
     let s = f.open().await;
     let (org, p) = (fresh_org(), fresh_project());

@@ -21,8 +21,9 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
     CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, ReportStore, Revocation,
-    StepKey, StoreError, StoredReport, TenantStore, UsageStore, UserStore, catalogue_digest,
+    NewProjectMember, OrgStore, OverrideStore, PlanMove, ProjectStore, ProjectUpdate, ReadingStore,
+    ReportStore, Revocation, SeriesRegistry, StepKey, StoreError, StoredReport, TenantStore,
+    UsageStore, UserStore, catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -30,8 +31,8 @@ use tally_core::tenant::{
 };
 
 use super::fixtures::{
-    MIXED_METERS, api_key, created, dec, dice, event, expected_counters, fresh_org, fresh_project,
-    month, random_hex, stored_counter_map, ts, with_prop,
+    MIXED_METERS, api_key, created, dec, dice, event, expected_counters, first_ledger_page,
+    fresh_org, fresh_project, month, random_hex, stored_counter_map, ts, with_prop,
 };
 
 /// Makes handles onto one backing store.
@@ -50,6 +51,24 @@ pub trait StoreFactory: Send + Sync {
     /// the same database: both see each other's writes.
     async fn open(&self) -> Self::Store;
 }
+
+/// A [`StoreFactory`] whose store also keeps time-weighted readings: what the
+/// [`readings`](super::readings) suite runs on (one bound its tests share).
+pub trait ReadingFactory: StoreFactory<Store: ReadingStore> {}
+
+impl<F: StoreFactory<Store: ReadingStore>> ReadingFactory for F {}
+
+/// A [`StoreFactory`] whose store also keeps price overrides: what the
+/// [`overrides`](super::overrides) suite runs on.
+pub trait OverrideFactory: StoreFactory<Store: OverrideStore> {}
+
+impl<F: StoreFactory<Store: OverrideStore>> OverrideFactory for F {}
+
+/// A [`StoreFactory`] whose store also registers series: what the registry tests of the
+/// [`dimensions`](super::dimensions) suite run on.
+pub trait SeriesFactory: StoreFactory<Store: SeriesRegistry> {}
+
+impl<F: StoreFactory<Store: SeriesRegistry>> SeriesFactory for F {}
 
 /// Expands to one `#[tokio::test]` per storage conformance test, each building its factory
 /// with the given expression (evaluated inside the async test, so it may `.await`).
@@ -95,6 +114,88 @@ async fn new_org<S: TenantStore>(s: &S) -> Org {
     let org = org_for(&owner);
     s.create_org(&org).await.unwrap();
     org
+}
+
+/// When `key` was revoked, as `s` reads it (`None`: live).
+async fn revoked_at<S: TenantStore>(s: &S, key: &ApiKey) -> Option<DateTime<Utc>> {
+    s.find_api_key(&key.hash).await.unwrap().unwrap().revoked_at
+}
+
+/// Moves `org` to `plan` at `at`; the org as it is after.
+async fn move_plan<S: TenantStore>(s: &S, org: &OrgId, plan: PlanId, at: DateTime<Utc>) -> Org {
+    s.change_plan(&PlanMove::new(org, plan, at))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The org's pending alerts since month `m`, as a new handle reads them.
+async fn pending_in_a_new_handle<F: StoreFactory>(
+    f: &F,
+    org: &OrgId,
+    m: &str,
+) -> Vec<tally_core::ports::StoredAlert> {
+    use tally_core::ports::AlertLedger;
+    f.open().await.pending_alerts(org, month(m)).await.unwrap()
+}
+
+/// A new org and a new user who is its member with `role`.
+async fn org_with_member<S: TenantStore>(s: &S, role: Role) -> (Org, User) {
+    let org = new_org(s).await;
+    let user = new_user(s).await;
+    s.add_member(&membership(&org.id, &user.id, role))
+        .await
+        .unwrap();
+    (org, user)
+}
+
+/// `user`'s membership of `org` with `role`, made at [`created`].
+fn membership(org: &OrgId, user: &UserId, role: Role) -> Membership {
+    Membership {
+        org_id: org.clone(),
+        user_id: user.clone(),
+        role,
+        created_at: created(),
+    }
+}
+
+/// Renames `org`'s project `project` to `name` (nothing else changes), as `s` answers it.
+async fn rename_project<S: TenantStore>(
+    s: &S,
+    org: &OrgId,
+    project: &ProjectId,
+    name: &str,
+) -> Option<Project> {
+    let changes = ProjectChanges {
+        name: Some(name.into()),
+        archive_at: None,
+    };
+    let update = ProjectUpdate::new(org, project, &changes);
+    s.update_project(&update).await.unwrap()
+}
+
+/// Archives `org`'s project `project` at `at` (nothing else changes), as `s` answers it.
+async fn archive_project<S: TenantStore>(
+    s: &S,
+    org: &OrgId,
+    project: &ProjectId,
+    at: DateTime<Utc>,
+) -> Option<Project> {
+    let changes = ProjectChanges {
+        name: None,
+        archive_at: Some(at),
+    };
+    let update = ProjectUpdate::new(org, project, &changes);
+    s.update_project(&update).await.unwrap()
+}
+
+/// What each of `handles` answered, in order (a task that panicked fails the test).
+async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    got
 }
 
 fn project_in(org: &OrgId, slug: &str) -> Project {
@@ -220,17 +321,8 @@ use ApplyOutcome::{Applied, Duplicate};
 /// `list_org_ids` still see it (billing closes its last month).
 pub async fn orgs_are_soft_deleted_with_their_keys_revoked<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let a = new_org(&s).await;
+    let (a, member) = org_with_member(&s, Role::Admin).await;
     let b = new_org(&s).await;
-    let member = new_user(&s).await;
-    s.add_member(&Membership {
-        org_id: a.id.clone(),
-        user_id: member.id.clone(),
-        role: Role::Admin,
-        created_at: created(),
-    })
-    .await
-    .unwrap();
     let early = ts("2026-11-20T00:00:00Z");
     let k1 = key_in(&a.id);
     let k2 = ApiKey {
@@ -258,24 +350,8 @@ pub async fn orgs_are_soft_deleted_with_their_keys_revoked<F: StoreFactory>(f: &
     let other = f.open().await;
     assert_eq!(other.get_org(&a.id).await.unwrap(), Some(expected));
     assert!(other.list_org_ids().await.unwrap().contains(&a.id));
-    assert_eq!(
-        other
-            .find_api_key(&k1.hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at,
-        Some(at)
-    );
-    assert_eq!(
-        other
-            .find_api_key(&k2.hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at,
-        Some(early)
-    );
+    assert_eq!(revoked_at(&other, &k1).await, Some(at));
+    assert_eq!(revoked_at(&other, &k2).await, Some(early));
     assert_eq!(other.find_api_key(&kb.hash).await.unwrap(), Some(kb));
     for user in [&a.owner_id, &member.id] {
         assert_eq!(other.get_role(&a.id, user).await.unwrap(), None);
@@ -286,13 +362,8 @@ pub async fn orgs_are_soft_deleted_with_their_keys_revoked<F: StoreFactory>(f: &
     );
     let newcomer = new_user(&s).await;
     assert!(matches!(
-        s.add_member(&Membership {
-            org_id: a.id.clone(),
-            user_id: newcomer.id.clone(),
-            role: Role::Member,
-            created_at: created(),
-        })
-        .await,
+        s.add_member(&membership(&a.id, &newcomer.id, Role::Member))
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -319,50 +390,20 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
     let b = new_org(&s).await;
     let p = project_in(&a.id, "web");
     s.create_project(&p).await.unwrap();
-    let renamed = s
-        .update_project(&ProjectUpdate::new(
-            &a.id,
-            &p.id,
-            &ProjectChanges {
-                name: Some("Website".into()),
-                archive_at: None,
-            },
-        ))
-        .await
-        .unwrap();
+    let renamed = rename_project(&s, &a.id, &p.id, "Website").await;
     let expected = Project {
         name: "Website".into(),
         ..p.clone()
     };
     assert_eq!(renamed, Some(expected.clone()));
     let at = ts("2026-11-27T09:00:00.75Z");
-    let archived = s
-        .update_project(&ProjectUpdate::new(
-            &a.id,
-            &p.id,
-            &ProjectChanges {
-                name: None,
-                archive_at: Some(at),
-            },
-        ))
-        .await
-        .unwrap();
+    let archived = archive_project(&s, &a.id, &p.id, at).await;
     let expected = Project {
         archived_at: Some(at),
         ..expected
     };
     assert_eq!(archived, Some(expected.clone()));
-    let again = s
-        .update_project(&ProjectUpdate::new(
-            &a.id,
-            &p.id,
-            &ProjectChanges {
-                name: None,
-                archive_at: Some(at + Duration::hours(1)),
-            },
-        ))
-        .await
-        .unwrap();
+    let again = archive_project(&s, &a.id, &p.id, at + Duration::hours(1)).await;
     assert_eq!(
         again,
         Some(expected.clone()),
@@ -374,17 +415,7 @@ pub async fn projects_are_renamed_and_archived_in_their_org<F: StoreFactory>(f: 
         Some(expected.clone())
     );
     assert_eq!(other.list_projects(&a.id).await.unwrap(), vec![expected]);
-    let through_b = s
-        .update_project(&ProjectUpdate::new(
-            &b.id,
-            &p.id,
-            &ProjectChanges {
-                name: Some("Stolen".into()),
-                archive_at: None,
-            },
-        ))
-        .await
-        .unwrap();
+    let through_b = rename_project(&s, &b.id, &p.id, "Stolen").await;
     assert_eq!(through_b, None, "another org's project is not found");
     assert!(other.list_projects(&b.id).await.unwrap().is_empty());
 }
@@ -451,17 +482,8 @@ pub async fn api_keys_remember_their_latest_use<F: StoreFactory>(f: &F) {
 /// user's projects is per org.
 pub async fn members_are_put_on_projects_of_their_org<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let a = new_org(&s).await;
+    let (a, member) = org_with_member(&s, Role::Member).await;
     let b = new_org(&s).await;
-    let member = new_user(&s).await;
-    s.add_member(&Membership {
-        org_id: a.id.clone(),
-        user_id: member.id.clone(),
-        role: Role::Member,
-        created_at: created(),
-    })
-    .await
-    .unwrap();
     let p1 = project_in(&a.id, "one");
     let p2 = project_in(&a.id, "two");
     let pb = project_in(&b.id, "bee");
@@ -866,40 +888,40 @@ pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreF
     s.add_member(&m).await.unwrap();
     let err = s.add_member(&m).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    let err = s
-        .add_member(&Membership {
-            user_id: UserId::from_random(rand::random()),
-            ..m.clone()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { .. }),
-        "unknown user: {err:?}"
-    );
-    let err = s
-        .add_member(&Membership {
-            org_id: fresh_org(),
-            ..m.clone()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { .. }),
-        "unknown org: {err:?}"
-    );
-    let err = s
-        .add_member(&Membership {
-            org_id: b.id.clone(),
-            role: Role::Owner,
-            ..m.clone()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict { .. }),
-        "a second owner: {err:?}"
-    );
+    type Refusal = fn(&StoreError) -> bool;
+    let not_found: Refusal = |e| matches!(e, StoreError::NotFound { .. });
+    let conflict: Refusal = |e| matches!(e, StoreError::Conflict { .. });
+    let refused = [
+        (
+            "unknown user",
+            Membership {
+                user_id: UserId::from_random(rand::random()),
+                ..m.clone()
+            },
+            not_found,
+        ),
+        (
+            "unknown org",
+            Membership {
+                org_id: fresh_org(),
+                ..m.clone()
+            },
+            not_found,
+        ),
+        (
+            "a second owner",
+            Membership {
+                org_id: b.id.clone(),
+                role: Role::Owner,
+                ..m.clone()
+            },
+            conflict,
+        ),
+    ];
+    for (what, membership, expected) in refused {
+        let err = s.add_member(&membership).await.unwrap_err();
+        assert!(expected(&err), "{what}: {err:?}");
+    }
 
     let other = f.open().await;
     assert_eq!(
@@ -984,17 +1006,8 @@ pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreF
 /// admin, at once; only the current owner can hand it over, and only to a member.
 pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F) {
     let s = f.open().await;
-    let a = new_org(&s).await;
-    let bob = new_user(&s).await;
+    let (a, bob) = org_with_member(&s, Role::Member).await;
     let stranger = new_user(&s).await;
-    s.add_member(&Membership {
-        org_id: a.id.clone(),
-        user_id: bob.id.clone(),
-        role: Role::Member,
-        created_at: created(),
-    })
-    .await
-    .unwrap();
     let err = s
         .transfer_ownership(&a.id, &a.owner_id, &stranger.id)
         .await
@@ -1104,17 +1117,9 @@ pub async fn plan_changes_are_kept_in_order<F: StoreFactory>(f: &F) {
     assert!(s.plan_history(&a.id).await.unwrap().is_empty());
     let t1 = ts("2026-11-10T08:00:00.5Z");
     let t2 = ts("2026-11-20T09:30:00Z");
-    let moved = s
-        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t1))
-        .await
-        .unwrap()
-        .unwrap();
+    let moved = move_plan(&s, &a.id, PlanId::Pro, t1).await;
     assert_eq!(moved.plan, PlanId::Pro);
-    let same = s
-        .change_plan(&PlanMove::new(&a.id, PlanId::Pro, t2))
-        .await
-        .unwrap()
-        .unwrap();
+    let same = move_plan(&s, &a.id, PlanId::Pro, t2).await;
     assert_eq!(same.plan, PlanId::Pro);
     s.change_plan(&PlanMove::new(&a.id, PlanId::Free, t2))
         .await
@@ -2347,15 +2352,7 @@ pub async fn ledger_pages_cover_each_event_once<F: StoreFactory>(f: &F) {
     }
     let oct = whole_ledger(&s, &org, Month::parse("2026-10").unwrap(), 10).await;
     assert_eq!(oct, vec![edges[0].clone()]);
-    let empty = s
-        .ledger_page(&LedgerPageQuery::new(
-            &org,
-            Month::parse("2026-09").unwrap(),
-            None,
-            10,
-        ))
-        .await
-        .unwrap();
+    let empty = first_ledger_page(&s, &org, Month::parse("2026-09").unwrap(), 10).await;
     assert!(empty.events.is_empty() && empty.next.is_none());
     assert_eq!(
         whole_ledger(&s, &other, month, 10).await,
@@ -2634,10 +2631,7 @@ pub async fn racing_report_writes_keep_one<F: StoreFactory>(f: &F) {
             async move { s.save_report(&r).await.unwrap() },
         ));
     }
-    let mut got = Vec::new();
-    for h in handles {
-        got.push(h.await.unwrap());
-    }
+    let got = join_all(handles).await;
     let stored = f
         .open()
         .await
@@ -2846,10 +2840,7 @@ pub async fn racing_sync_step_writes_keep_one<F: StoreFactory>(f: &F) {
                 .unwrap()
         }));
     }
-    let mut got = Vec::new();
-    for h in handles {
-        got.push(h.await.unwrap());
-    }
+    let got = join_all(handles).await;
     let stored = f
         .open()
         .await
@@ -2941,12 +2932,7 @@ pub async fn alerts_are_claimed_once_and_pending_until_delivered<F: StoreFactory
             .await
             .unwrap()
     );
-    let pending = f
-        .open()
-        .await
-        .pending_alerts(&org, month("2026-11"))
-        .await
-        .unwrap();
+    let pending = pending_in_a_new_handle(f, &org, "2026-11").await;
     assert_eq!(
         pending,
         vec![
@@ -3036,12 +3022,7 @@ pub async fn racing_alert_claims_have_one_winner<F: StoreFactory>(f: &F) {
         wins += usize::from(h.await.unwrap());
     }
     assert_eq!(wins, 1);
-    let pending = f
-        .open()
-        .await
-        .pending_alerts(&org, month("2026-11"))
-        .await
-        .unwrap();
+    let pending = pending_in_a_new_handle(f, &org, "2026-11").await;
     assert_eq!(pending.len(), 1);
 }
 
