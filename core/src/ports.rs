@@ -62,8 +62,9 @@ pub use series::{
     MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
 };
 pub use tenants::{
-    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    PlanMove, ProjectStore, ProjectUpdate, Revocation, TenantStore, UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, KeyRotation, MemberStore, NewProjectMember,
+    OrgMember, OrgStore, OwnerTransfer, PlanMove, ProjectMember, ProjectStore, ProjectUpdate,
+    Revocation, RoleChange, TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.

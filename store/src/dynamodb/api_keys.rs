@@ -4,9 +4,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::TransactWriteItem;
-use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::{ApiKeyStore, Revocation, StoreError};
+use tally_core::ports::{ApiKeyStore, KeyRotation, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
@@ -162,12 +161,8 @@ impl ApiKeyStore for DynamoStore {
 
     /// The old key's guard gives its hash; one transaction puts the new key and its guard and
     /// sets the old key's `expires_at` (conditioned on its org and on not being revoked).
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
+    async fn rotate_api_key(&self, r: &KeyRotation<'_>) -> Result<Option<ApiKey>, StoreError> {
+        let (old, new, old_expires_at) = (r.old, r.new, r.old_expires_at);
         let org = &new.org_id;
         let sk = keys::key_id_sk(old);
         let Some(hash) = self.guarded_hash(org, &sk, "api key id guard hash").await? else {

@@ -6,7 +6,10 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{MemberStore, NewProjectMember, OrgStore, StoreError};
+use tally_core::ports::{
+    MemberStore, NewProjectMember, OrgMember, OrgStore, OwnerTransfer, ProjectMember, RoleChange,
+    StoreError,
+};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
@@ -85,12 +88,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One `DeleteItem`, returning the old item to tell whether there was one.
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
+    async fn remove_project_member(&self, m: &ProjectMember<'_>) -> Result<bool, StoreError> {
+        let (org, project, user) = (m.org, m.project, m.user);
         let out = self
             .delete_item_at(keys::org_pk(org), project_member_sk(user, project))
             .return_values(ReturnValue::AllOld)
@@ -101,11 +100,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
+    async fn list_user_projects(&self, m: &OrgMember<'_>) -> Result<Vec<ProjectId>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let items = self
             .query_prefix(keys::org_pk(org), format!("PROJECTMEMBER#{user}#"))
             .await?;
@@ -138,12 +134,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user, role) = (c.org, c.user, c.role);
         rules::check_new_member(role)?;
         let updated = self
             .update_item_at(keys::org_pk(org), keys::member_sk(user))
@@ -161,11 +153,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let deleted = self
             .delete_item_at(keys::org_pk(org), keys::member_sk(user))
             .condition_expression("attribute_exists(#pk) AND #role <> :owner")
@@ -182,12 +171,8 @@ impl MemberStore for DynamoStore {
     /// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
     /// membership to admin (conditioned on being owner), the new owner's to owner (conditioned
     /// on existing).
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn transfer_ownership(&self, t: &OwnerTransfer<'_>) -> Result<Option<Org>, StoreError> {
+        let (org, from, to) = (t.org, t.from, t.to);
         let Some(current) = self.get_org(org).await? else {
             return Ok(None);
         };
