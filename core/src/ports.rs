@@ -656,6 +656,13 @@ pub fn check_sync_value(field: &str, value: &str) -> Result<(), StoreError> {
     check_stored_len(&format!("sync ledger {field}"), value, MAX_SYNC_VALUE_LEN)
 }
 
+/// [`check_sync_value`] on what [`SyncLedger::record_step`] writes, the step's name and
+/// then its result: one call for every store, so they check the same fields in one order.
+pub fn check_sync_step(key: &StepKey<'_>, result: &str) -> Result<(), StoreError> {
+    check_sync_value("step", key.step)?;
+    check_sync_value("result", result)
+}
+
 /// `Unavailable` unless `value`, which the store calls `what`, is 1 to `max` bytes.
 fn check_stored_len(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
     if value.is_empty() || value.len() > max {
