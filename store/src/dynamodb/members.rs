@@ -21,6 +21,20 @@ use super::keys::{self, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
 
 use super::tx::{conflict, failed, must_exist, not_found, org_must_be_live, refusal, tx_update};
 
+/// Conditions a membership's `UpdateItem` or `DeleteItem` on the membership existing and not
+/// being the owner's, and asks for the old item back (what [`member_before`] reads). A macro
+/// because the SDK's two request builders share these methods but no trait.
+macro_rules! unless_owner {
+    ($write:expr) => {
+        $write
+            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#role", "role")
+            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+            .return_values(ReturnValue::AllOld)
+    };
+}
+
 #[async_trait]
 impl MemberStore for DynamoStore {
     /// The membership item `ORG#<org>` / `MEMBER#<user>` and the org item, two `GetItem`s at
@@ -137,17 +151,11 @@ impl MemberStore for DynamoStore {
     async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError> {
         let (org, user, role) = (c.org, c.user, c.role);
         rules::check_new_member(role)?;
-        let updated = self
+        let update = self
             .update_item_at(keys::org_pk(org), keys::member_sk(user))
             .update_expression("SET #role = :role")
-            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#role", "role")
-            .expression_attribute_values(":role", s(role.as_str()))
-            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
+            .expression_attribute_values(":role", s(role.as_str()));
+        let updated = unless_owner!(update).send().await;
         let old = unless_condition_failed("UpdateItem", updated)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }
@@ -155,15 +163,8 @@ impl MemberStore for DynamoStore {
     /// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
     async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (m.org, m.user);
-        let deleted = self
-            .delete_item_at(keys::org_pk(org), keys::member_sk(user))
-            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#role", "role")
-            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
+        let delete = self.delete_item_at(keys::org_pk(org), keys::member_sk(user));
+        let deleted = unless_owner!(delete).send().await;
         let old = unless_condition_failed("DeleteItem", deleted)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }
