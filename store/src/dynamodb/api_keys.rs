@@ -20,7 +20,7 @@ use super::codec::{
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
 use super::tenants::{revoke_existing, update_request};
 
-use super::tx::{conflict, not_found, org_must_be_live, refusal, tx_update};
+use super::tx::{conflict, org_must_be_live, refusal, tx_update};
 
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;
@@ -82,7 +82,7 @@ impl ApiKeyStore for DynamoStore {
         let table = self.table();
         let [key, guard] = key_puts(table, k)?;
         let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
-        let org = not_found(format!("org {}", k.org_id));
+        let org = rules::org_not_live(&k.org_id);
         let taken = conflict(format!("api key {}", k.id));
         self.transact_tenant(actions)
             .await?

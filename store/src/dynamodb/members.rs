@@ -138,7 +138,7 @@ impl MemberStore for DynamoStore {
             membership_put(table, m)?,
         ];
         let checks = [
-            (0, not_found(format!("org {}", m.org_id))),
+            (0, rules::org_not_live(&m.org_id)),
             (1, not_found(format!("user {}", m.user_id))),
         ];
         let taken = member_taken(m);

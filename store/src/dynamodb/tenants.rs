@@ -12,7 +12,7 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, OrgStore, PlanMove, ProjectStore, ProjectUpdate, Revocation, StoreError, UserStore,
 };
-use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User};
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User, rules};
 
 use super::DynamoStore;
 use super::chunks::put_if_absent;
@@ -392,7 +392,7 @@ impl ProjectStore for DynamoStore {
             )?,
         ];
         let checks = [
-            (0, not_found(format!("org {}", p.org_id))),
+            (0, rules::org_not_live(&p.org_id)),
             (
                 1,
                 conflict(format!("project slug {:?} in org {}", p.slug, p.org_id)),
