@@ -12,7 +12,7 @@ use tally_core::tenant::{
 };
 
 use super::DynamoStore;
-use super::chunks::put_if_absent;
+use super::chunks::{put_guard, put_if_absent};
 use super::codec::unless_condition_failed;
 use super::codec::{
     Item, corrupt, get_opt_s, get_s, hash_of, item, parse_id, parse_ts, s, ts_text,
@@ -64,13 +64,10 @@ fn key_puts(table: &str, k: &ApiKey) -> Result<[TransactWriteItem; 2], StoreErro
     }
     Ok([
         put_if_absent(table, record)?,
-        put_if_absent(
+        put_guard(
             table,
-            item([
-                (PK, s(keys::org_pk(&k.org_id))),
-                (SK, s(keys::key_id_sk(&k.id))),
-                ("hash", s(k.hash.as_str())),
-            ]),
+            (keys::org_pk(&k.org_id), keys::key_id_sk(&k.id)),
+            ("hash", k.hash.as_str()),
         )?,
     ])
 }
