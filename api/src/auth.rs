@@ -25,6 +25,7 @@
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use tally_core::ids::{OrgId, ProjectId, UserId};
+use tally_core::ports::OrgMember;
 use tally_core::tenant::{ApiKey, KeyMode, KeyScope, Role};
 
 use crate::ApiState;
@@ -52,6 +53,14 @@ pub struct Authorized {
     pub user: UserId,
     /// Their role in the org.
     pub role: Role,
+}
+
+impl Authorized {
+    /// The user as a member of the org, as the member store names them.
+    #[must_use]
+    pub fn member(&self) -> OrgMember<'_> {
+        OrgMember::new(&self.org, &self.user)
+    }
 }
 
 /// The most projects a `per_project=true` answer splits into (each is one more store read;
@@ -86,10 +95,7 @@ impl UsageReader {
         if let Some(auth) = &self.user
             && matches!(auth.role, Role::Member | Role::Viewer)
         {
-            let own = state
-                .tenants
-                .list_user_projects(&auth.org, &auth.user)
-                .await?;
+            let own = state.tenants.list_user_projects(&auth.member()).await?;
             ids.retain(|id| own.contains(id));
         }
         if ids.len() > MAX_PER_PROJECT {
@@ -121,7 +127,7 @@ impl UsageReader {
             Role::Owner | Role::Admin => Ok(true),
             Role::Member | Role::Viewer => Ok(state
                 .tenants
-                .list_user_projects(&auth.org, &auth.user)
+                .list_user_projects(&auth.member())
                 .await?
                 .contains(project)),
         }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::{Revocation, TenantStore};
+use tally_core::ports::{KeyRotation, Revocation, TenantStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
 
 use crate::http::ApiError;
@@ -360,11 +360,11 @@ pub async fn rotate(
         last_used_at: None,
     };
     let previous = tenants
-        .rotate_api_key(
+        .rotate_api_key(&KeyRotation::new(
             &old.id,
             &new,
             now + chrono::TimeDelta::seconds(i64::from(overlap)),
-        )
+        ))
         .await?
         .ok_or_else(key_not_found)?;
     let rotated = RotatedKey {

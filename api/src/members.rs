@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::plan::Plan;
-use tally_core::ports::TenantStore;
+use tally_core::ports::{OrgMember, RoleChange, TenantStore};
 use tally_core::tenant::{Membership, Org, Role};
 
 use crate::http::ApiError;
@@ -178,7 +178,7 @@ pub async fn remove(
 ) -> Result<MemberView, MgmtError> {
     let user = changeable_member(tenants, org, user).await?;
     let before = tenants
-        .remove_member(org, &user)
+        .remove_member(&OrgMember::new(org, &user))
         .await?
         .ok_or_else(member_not_found)?;
     Ok(MemberView::from(&before))
@@ -197,7 +197,11 @@ pub async fn set_role(
     let role = grantable_role(role)?;
     let user = changeable_member(tenants, org, user).await?;
     let before = tenants
-        .set_member_role(org, &user, role)
+        .set_member_role(&RoleChange {
+            org,
+            user: &user,
+            role,
+        })
         .await?
         .ok_or_else(member_not_found)?;
     let after = Membership {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::counter::{Overflow, checked_percent, checked_sum};
 use tally_core::ids::{OrgId, UserId};
 use tally_core::period::{Granularity, Month};
-use tally_core::ports::{CounterQuery, StoreError, TenantStore};
+use tally_core::ports::{CounterQuery, OwnerTransfer, StoreError, TenantStore};
 use tally_core::tenant::{Org, OrgChanges, Role, check_name};
 
 use crate::ApiState;
@@ -178,7 +178,7 @@ pub async fn transfer(
     let to = UserId::parse(to).map_err(|_| member_not_found())?;
     let before = tenants.get_org(org).await?.ok_or_else(org_not_found)?;
     let after = tenants
-        .transfer_ownership(org, from, &to)
+        .transfer_ownership(&OwnerTransfer::new(org, from, &to))
         .await
         .map_err(|e| match e {
             StoreError::NotFound { .. } => MgmtError::Api(member_not_found()),

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{NewProjectMember, ProjectUpdate, StoreError, TenantStore};
+use tally_core::ports::{NewProjectMember, ProjectMember, ProjectUpdate, StoreError, TenantStore};
 use tally_core::tenant::{Org, Project, ProjectChanges, Role, check_name, check_slug};
 
 use crate::ApiState;
@@ -76,10 +76,7 @@ async fn visible_projects(
     match auth.role {
         Role::Owner | Role::Admin => Ok(None),
         Role::Member | Role::Viewer => Ok(Some(
-            state
-                .tenants
-                .list_user_projects(&auth.org, &auth.user)
-                .await?,
+            state.tenants.list_user_projects(&auth.member()).await?,
         )),
     }
 }
@@ -309,7 +306,7 @@ pub(crate) async fn remove_project_member(
             let user = UserId::parse(&user).map_err(|_| not_on())?;
             if !state
                 .tenants
-                .remove_project_member(&auth.org, &project, &user)
+                .remove_project_member(&ProjectMember::new(&auth.org, &project, &user))
                 .await?
             {
                 return Err(not_on().into());

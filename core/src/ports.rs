@@ -66,8 +66,9 @@ pub use series::{
     MeterMonth, NewSeries, Registration, SeriesRegistry, check_registration, month_counters,
 };
 pub use tenants::{
-    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    PlanMove, ProjectStore, ProjectUpdate, Revocation, TenantStore, UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, KeyRotation, MemberStore, NewProjectMember,
+    OrgMember, OrgStore, OwnerTransfer, PlanMove, ProjectMember, ProjectStore, ProjectUpdate,
+    Revocation, RoleChange, TenantStore, UserStore,
 };
 
 /// What a storage adapter can report. Each variant says what an HTTP caller sees.
@@ -680,6 +681,13 @@ pub const MAX_SYNC_VALUE_LEN: usize = 1024;
 /// kept here so the stores refuse alike.
 pub fn check_sync_value(field: &str, value: &str) -> Result<(), StoreError> {
     check_stored_len(&format!("sync ledger {field}"), value, MAX_SYNC_VALUE_LEN)
+}
+
+/// [`check_sync_value`] on what [`SyncLedger::record_step`] writes, the step's name and
+/// then its result: one call for every store, so they check the same fields in one order.
+pub fn check_sync_step(key: &StepKey<'_>, result: &str) -> Result<(), StoreError> {
+    check_sync_value("step", key.step)?;
+    check_sync_value("result", result)
 }
 
 /// `Unavailable` unless `value`, which the store calls `what`, is 1 to `max` bytes.

@@ -24,7 +24,8 @@ use tally_core::meter::{Aggregation, Meter, ValueSource};
 use tally_core::period::{Granularity, Month};
 use tally_core::plan::{PlanId, RateLimit};
 use tally_core::ports::{
-    ApiKeyStore, FixedClock, OrgStore, ProjectStore, ProjectUpdate, Revocation, UsageStore,
+    ApiKeyStore, FixedClock, KeyRotation, OrgStore, ProjectStore, ProjectUpdate, Revocation,
+    UsageStore,
 };
 use tally_core::tenant::KeyScope;
 use tally_store::MemoryStore;
@@ -1056,7 +1057,11 @@ async fn a_revocation_time_on_the_cached_key_is_exact() {
         &[KeyScope::EventsWrite],
     );
     h.store
-        .rotate_api_key(&key_id(FREE_KEY), &successor, t(NOW) + secs(3))
+        .rotate_api_key(&KeyRotation::new(
+            &key_id(FREE_KEY),
+            &successor,
+            t(NOW) + secs(3),
+        ))
         .await
         .unwrap();
     for key in [GOOD_KEY, FREE_KEY] {

@@ -57,7 +57,7 @@ use tally_core::ids::{ApiKeyId, EventId, InvitationId, MeterName, OrgId, Project
 use tally_core::period::Month;
 use tally_core::ports::{AlertKey, StoreError, StoredAlert, StoredReport};
 use tally_core::tenant::{
-    ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, PlanChange, Project, User,
+    ApiKey, AuditRecord, Invitation, KeyHash, Membership, Org, PlanChange, Project, User, rules,
 };
 
 mod allowances;
@@ -257,13 +257,7 @@ impl State {
     /// `NotFound` unless [`org_is_live`](Self::org_is_live): how adding a member, project,
     /// key or invitation to a missing or deleted org is refused.
     fn require_live_org(&self, org: &OrgId) -> Result<(), StoreError> {
-        if self.org_is_live(org) {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound {
-                what: format!("org {org}"),
-            })
-        }
+        rules::require_live_org(org, self.org_is_live(org))
     }
 }
 

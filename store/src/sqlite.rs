@@ -444,6 +444,16 @@ fn month_key(m: Month) -> i64 {
     i64::from(m.year()) * 100 + i64::from(m.month())
 }
 
+/// The month a [`month_key`] stands for; a key that is none is a corrupt `what` period
+/// (`alert`, `report`).
+fn month_of_key(key: i64, what: &str) -> Result<Month, StoreError> {
+    let year = i32::try_from(key / 100).ok();
+    let month = u32::try_from(key % 100).ok();
+    year.zip(month)
+        .and_then(|(y, m)| Month::new(y, m))
+        .ok_or_else(|| corrupt(format!("{what} period {key}")))
+}
+
 fn gran_code(g: Granularity) -> i64 {
     match g {
         Granularity::Hour => 1,

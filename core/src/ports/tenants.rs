@@ -107,46 +107,91 @@ pub trait MemberStore: Send + Sync {
     /// not a member. The owner's role cannot change, and nobody becomes owner this way
     /// (only by a transfer): both are `Conflict`
     /// ([`rules::check_role_change`](crate::tenant::rules::check_role_change)).
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError>;
+    async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError>;
     /// Removes a member and returns the membership as it was; `None` if the user is not a
     /// member. The owner cannot be removed (`Conflict`).
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError>;
+    async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError>;
     /// Makes `to` (a member) the owner and the owner `from` an admin, and records `to` as
     /// the org's `owner_id`, atomically. Returns the org as it is now; `None` if there is no
     /// such org; `NotFound` if `to` is not a member; `Conflict` if `from` is not the owner
     /// (any more).
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError>;
+    async fn transfer_ownership(&self, t: &OwnerTransfer<'_>) -> Result<Option<Org>, StoreError>;
     /// Puts a member of the org on one of its projects (members and viewers see only the
     /// projects they are on). `NotFound` if the org has no such project or the user is not
     /// a member of the org; `Conflict` if they are on it already.
     async fn add_project_member(&self, m: &NewProjectMember<'_>) -> Result<(), StoreError>;
     /// Takes a user off one of the org's projects; `false` if they were not on it.
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError>;
+    async fn remove_project_member(&self, m: &ProjectMember<'_>) -> Result<bool, StoreError>;
     /// The ids of the org's projects the user is on, in id order.
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError>;
+    async fn list_user_projects(&self, m: &OrgMember<'_>) -> Result<Vec<ProjectId>, StoreError>;
+}
+
+/// A user of an org: the member [`MemberStore::remove_member`] removes, or whose projects
+/// [`MemberStore::list_user_projects`] lists.
+#[derive(Debug, Clone, Copy)]
+pub struct OrgMember<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The user.
+    pub user: &'a UserId,
+}
+
+impl<'a> OrgMember<'a> {
+    /// `user` of `org`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, user: &'a UserId) -> Self {
+        Self { org, user }
+    }
+}
+
+/// A member's new role ([`MemberStore::set_member_role`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoleChange<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The member.
+    pub user: &'a UserId,
+    /// The role they get (never owner).
+    pub role: Role,
+}
+
+/// An org's owner handing the org to another member ([`MemberStore::transfer_ownership`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerTransfer<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The owner, who becomes an admin.
+    pub from: &'a UserId,
+    /// The member who becomes the owner.
+    pub to: &'a UserId,
+}
+
+impl<'a> OwnerTransfer<'a> {
+    /// `org` passes from its owner `from` to its member `to`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, from: &'a UserId, to: &'a UserId) -> Self {
+        Self { org, from, to }
+    }
+}
+
+/// A member on one of the org's projects, as [`MemberStore::remove_project_member`] takes
+/// them off it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectMember<'a> {
+    /// The org.
+    pub org: &'a OrgId,
+    /// The org's project.
+    pub project: &'a ProjectId,
+    /// The member of the org on it.
+    pub user: &'a UserId,
+}
+
+impl<'a> ProjectMember<'a> {
+    /// `user` of `org` on `project`.
+    #[must_use]
+    pub const fn new(org: &'a OrgId, project: &'a ProjectId, user: &'a UserId) -> Self {
+        Self { org, project, user }
+    }
 }
 
 /// A member of an org [`MemberStore::add_project_member`] puts on one of its projects.
@@ -235,18 +280,36 @@ pub trait ApiKeyStore: Send + Sync {
     /// expire at `old_expires_at` (or keeps its earlier expiry), atomically. Returns the old
     /// key as it is now; `None` if the org has no such key; `Conflict` if it is revoked
     /// ([`rules::rotated_expiry`](crate::tenant::rules::rotated_expiry)).
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError>;
+    async fn rotate_api_key(&self, r: &KeyRotation<'_>) -> Result<Option<ApiKey>, StoreError>;
     /// Records when keys were last used: each key's `last_used_at` becomes the use's `at`
     /// (to the microsecond) unless it holds a later time. A use whose key does not exist,
     /// or is not of the use's org, is skipped. At most
     /// [`MAX_KEY_USES_PER_CALL`](crate::tenant::MAX_KEY_USES_PER_CALL) uses per call
     /// (`Unavailable` beyond).
     async fn touch_api_keys(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+}
+
+/// A key rotation ([`ApiKeyStore::rotate_api_key`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRotation<'a> {
+    /// The org's key that is rotated out.
+    pub old: &'a ApiKeyId,
+    /// The new key (of the same org) stored in its place.
+    pub new: &'a ApiKey,
+    /// When the old key is to expire (unless it expires earlier already).
+    pub old_expires_at: DateTime<Utc>,
+}
+
+impl<'a> KeyRotation<'a> {
+    /// `new` replaces `old`, which expires at `old_expires_at`.
+    #[must_use]
+    pub const fn new(old: &'a ApiKeyId, new: &'a ApiKey, old_expires_at: DateTime<Utc>) -> Self {
+        Self {
+            old,
+            new,
+            old_expires_at,
+        }
+    }
 }
 
 /// One of an org's items, named by its id, to revoke at an instant: the key

@@ -18,6 +18,20 @@ pub fn owner_by_transfer_only() -> StoreError {
     }
 }
 
+/// How adding anything to a missing or deleted org (a member, project, key, invitation or
+/// security policy) is refused: `NotFound`, naming the org.
+pub fn org_not_live(org: &OrgId) -> StoreError {
+    StoreError::NotFound {
+        what: format!("org {org}"),
+    }
+}
+
+/// `Ok` when the org is `live` (it exists and is not deleted), else [`org_not_live`]: for
+/// adapters that read liveness themselves before they add to the org.
+pub fn require_live_org(org: &OrgId, live: bool) -> Result<(), StoreError> {
+    if live { Ok(()) } else { Err(org_not_live(org)) }
+}
+
 /// A new membership (added directly or by an invitation) may have any role but owner.
 pub fn check_new_member(role: Role) -> Result<(), StoreError> {
     if role == Role::Owner {
@@ -168,6 +182,19 @@ mod tests {
             revoked_at: revoked,
             last_used_at: None,
         }
+    }
+
+    /// Adding to a missing or deleted org is `NotFound` naming the org, the same wording
+    /// every adapter answers; a live org passes.
+    #[test]
+    fn only_a_live_org_is_added_to() {
+        let org = OrgId::parse("org_a").unwrap();
+        assert!(require_live_org(&org, true).is_ok());
+        let err = require_live_org(&org, false).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotFound { what } if what == "org org_a"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId, ProjectId, SessionId, UserId};
 use tally_core::ports::{
-    Acceptance, ApiKeyStore, AuditLog, InvitationStore, MemberStore, NewProjectMember, OrgStore,
-    PlanMove, ProjectStore, ProjectUpdate, Revocation, RevokeSession, SecurityStore, StoreError,
-    UserStore,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, KeyRotation, MemberStore, NewProjectMember,
+    OrgMember, OrgStore, OwnerTransfer, PlanMove, ProjectMember, ProjectStore, ProjectUpdate,
+    Revocation, RevokeSession, RoleChange, SecurityStore, StoreError, UserStore,
 };
 use tally_core::security::{OrgSecurityPolicy, Session};
 use tally_core::tenant::{
@@ -86,12 +86,12 @@ delegate!(MemberStore {
     fn get_role(org: &OrgId, user: &UserId) -> Option<Role>;
     fn list_members(org: &OrgId) -> Vec<Membership>;
     fn add_member(member: &Membership) -> ();
-    fn set_member_role(org: &OrgId, user: &UserId, role: Role) -> Option<Membership>;
-    fn remove_member(org: &OrgId, user: &UserId) -> Option<Membership>;
-    fn transfer_ownership(org: &OrgId, from: &UserId, to: &UserId) -> Option<Org>;
+    fn set_member_role(c: &RoleChange<'_>) -> Option<Membership>;
+    fn remove_member(m: &OrgMember<'_>) -> Option<Membership>;
+    fn transfer_ownership(t: &OwnerTransfer<'_>) -> Option<Org>;
     fn add_project_member(m: &NewProjectMember<'_>) -> ();
-    fn remove_project_member(org: &OrgId, project: &ProjectId, user: &UserId) -> bool;
-    fn list_user_projects(org: &OrgId, user: &UserId) -> Vec<ProjectId>;
+    fn remove_project_member(m: &ProjectMember<'_>) -> bool;
+    fn list_user_projects(m: &OrgMember<'_>) -> Vec<ProjectId>;
 });
 
 delegate!(ProjectStore {
@@ -106,7 +106,7 @@ delegate!(ApiKeyStore {
     fn find_api_key(hash: &KeyHash) -> Option<ApiKey>;
     fn list_api_keys(org: &OrgId) -> Vec<ApiKey>;
     fn revoke_api_key(r: &Revocation<'_, ApiKeyId>) -> Option<ApiKey>;
-    fn rotate_api_key(old: &ApiKeyId, new: &ApiKey, old_expires_at: DateTime<Utc>) -> Option<ApiKey>;
+    fn rotate_api_key(r: &KeyRotation<'_>) -> Option<ApiKey>;
     fn touch_api_keys(uses: &[KeyUse]) -> ();
 });
 

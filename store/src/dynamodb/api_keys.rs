@@ -4,16 +4,15 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::TransactWriteItem;
-use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId};
-use tally_core::ports::{ApiKeyStore, Revocation, StoreError};
+use tally_core::ports::{ApiKeyStore, KeyRotation, Revocation, StoreError};
 use tally_core::tenant::rules;
 use tally_core::tenant::{
     ApiKey, KeyHash, KeyScope, KeyUse, MAX_KEY_USES_PER_CALL, last_used_text,
 };
 
 use super::DynamoStore;
-use super::chunks::put_if_absent;
+use super::chunks::{put_guard, put_if_absent};
 use super::codec::unless_condition_failed;
 use super::codec::{
     Item, corrupt, get_opt_s, get_s, hash_of, item, parse_id, parse_ts, s, ts_text,
@@ -21,7 +20,7 @@ use super::codec::{
 use super::keys::{self, GSI1PK, GSI1SK, KEY_SK, PK, SK};
 use super::tenants::{revoke_existing, update_request};
 
-use super::tx::{conflict, not_found, org_must_be_live, refusal, tx_update};
+use super::tx::{conflict, org_must_be_live, refusal, tx_update};
 
 fn key_of(it: &Item) -> Result<ApiKey, StoreError> {
     let scopes = get_s(it, "scopes")?;
@@ -65,13 +64,10 @@ fn key_puts(table: &str, k: &ApiKey) -> Result<[TransactWriteItem; 2], StoreErro
     }
     Ok([
         put_if_absent(table, record)?,
-        put_if_absent(
+        put_guard(
             table,
-            item([
-                (PK, s(keys::org_pk(&k.org_id))),
-                (SK, s(keys::key_id_sk(&k.id))),
-                ("hash", s(k.hash.as_str())),
-            ]),
+            (keys::org_pk(&k.org_id), keys::key_id_sk(&k.id)),
+            ("hash", k.hash.as_str()),
         )?,
     ])
 }
@@ -83,7 +79,7 @@ impl ApiKeyStore for DynamoStore {
         let table = self.table();
         let [key, guard] = key_puts(table, k)?;
         let actions = vec![org_must_be_live(table, &k.org_id)?, key, guard];
-        let org = not_found(format!("org {}", k.org_id));
+        let org = rules::org_not_live(&k.org_id);
         let taken = conflict(format!("api key {}", k.id));
         self.transact_tenant(actions)
             .await?
@@ -162,12 +158,8 @@ impl ApiKeyStore for DynamoStore {
 
     /// The old key's guard gives its hash; one transaction puts the new key and its guard and
     /// sets the old key's `expires_at` (conditioned on its org and on not being revoked).
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
+    async fn rotate_api_key(&self, r: &KeyRotation<'_>) -> Result<Option<ApiKey>, StoreError> {
+        let (old, new, old_expires_at) = (r.old, r.new, r.old_expires_at);
         let org = &new.org_id;
         let sk = keys::key_id_sk(old);
         let Some(hash) = self.guarded_hash(org, &sk, "api key id guard hash").await? else {

@@ -291,6 +291,18 @@ pub(super) fn build_actions(
     Ok((actions, roles))
 }
 
+/// A guard item, put only if absent: the key `pk`/`sk` spells the unique value (an org
+/// slug, an email, a project slug, a key id), and its one attribute `name` holds `value`,
+/// what the value belongs to. Creating an org, a user, a project or a key puts one beside
+/// the item, so a second holder of the value fails the transaction.
+pub(super) fn put_guard(
+    table: &str,
+    (pk, sk): (String, String),
+    (name, value): (&str, &str),
+) -> Result<TransactWriteItem, StoreError> {
+    put_if_absent(table, item([(PK, s(pk)), (SK, s(sk)), (name, s(value))]))
+}
+
 /// A put that only succeeds if no item has its key.
 pub(super) fn put_if_absent(table: &str, record: Item) -> Result<TransactWriteItem, StoreError> {
     let put = Put::builder()

@@ -129,7 +129,7 @@ impl InvitationStore for DynamoStore {
                 ]),
             )?,
         ];
-        let org = not_found(format!("org {}", inv.org_id));
+        let org = rules::org_not_live(&inv.org_id);
         let taken = conflict(format!("invitation {}", inv.id));
         self.transact_tenant(actions)
             .await?
@@ -230,7 +230,7 @@ impl InvitationStore for DynamoStore {
         ];
         let checks = [
             (0, conflict(format!("acceptance of invitation {}", inv.id))),
-            (1, not_found(format!("org {}", m.org_id))),
+            (1, rules::org_not_live(&m.org_id)),
             (2, not_found(format!("user {}", m.user_id))),
         ];
         let taken = member_taken(&m);

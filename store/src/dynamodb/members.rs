@@ -6,7 +6,10 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use tally_core::ids::{OrgId, ProjectId, UserId};
-use tally_core::ports::{MemberStore, NewProjectMember, OrgStore, StoreError};
+use tally_core::ports::{
+    MemberStore, NewProjectMember, OrgMember, OrgStore, OwnerTransfer, ProjectMember, RoleChange,
+    StoreError,
+};
 use tally_core::tenant::rules;
 use tally_core::tenant::{Membership, Org, Role};
 
@@ -17,6 +20,20 @@ use super::codec::{Item, corrupt, get_s, item, parse_id, parse_ts, s, sdk_error,
 use super::keys::{self, GSI1PK, GSI1SK, ORG_SK, PK, SK, USER_SK};
 
 use super::tx::{conflict, failed, must_exist, not_found, org_must_be_live, refusal, tx_update};
+
+/// Conditions a membership's `UpdateItem` or `DeleteItem` on the membership existing and not
+/// being the owner's, and asks for the old item back (what [`member_before`] reads). A macro
+/// because the SDK's two request builders share these methods but no trait.
+macro_rules! unless_owner {
+    ($write:expr) => {
+        $write
+            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#role", "role")
+            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
+            .return_values(ReturnValue::AllOld)
+    };
+}
 
 #[async_trait]
 impl MemberStore for DynamoStore {
@@ -85,12 +102,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One `DeleteItem`, returning the old item to tell whether there was one.
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
+    async fn remove_project_member(&self, m: &ProjectMember<'_>) -> Result<bool, StoreError> {
+        let (org, project, user) = (m.org, m.project, m.user);
         let out = self
             .delete_item_at(keys::org_pk(org), project_member_sk(user, project))
             .return_values(ReturnValue::AllOld)
@@ -101,11 +114,8 @@ impl MemberStore for DynamoStore {
     }
 
     /// One strongly consistent query of `PROJECTMEMBER#<user>#` in the org partition.
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
+    async fn list_user_projects(&self, m: &OrgMember<'_>) -> Result<Vec<ProjectId>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let items = self
             .query_prefix(keys::org_pk(org), format!("PROJECTMEMBER#{user}#"))
             .await?;
@@ -128,7 +138,7 @@ impl MemberStore for DynamoStore {
             membership_put(table, m)?,
         ];
         let checks = [
-            (0, not_found(format!("org {}", m.org_id))),
+            (0, rules::org_not_live(&m.org_id)),
             (1, not_found(format!("user {}", m.user_id))),
         ];
         let taken = member_taken(m);
@@ -138,43 +148,23 @@ impl MemberStore for DynamoStore {
     }
 
     /// One conditional `UpdateItem` (exists and is not the owner), returning the old item.
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user, role) = (c.org, c.user, c.role);
         rules::check_new_member(role)?;
-        let updated = self
+        let update = self
             .update_item_at(keys::org_pk(org), keys::member_sk(user))
             .update_expression("SET #role = :role")
-            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#role", "role")
-            .expression_attribute_values(":role", s(role.as_str()))
-            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
+            .expression_attribute_values(":role", s(role.as_str()));
+        let updated = unless_owner!(update).send().await;
         let old = unless_condition_failed("UpdateItem", updated)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }
 
     /// One conditional `DeleteItem` (exists and is not the owner), returning the old item.
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
-        let deleted = self
-            .delete_item_at(keys::org_pk(org), keys::member_sk(user))
-            .condition_expression("attribute_exists(#pk) AND #role <> :owner")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#role", "role")
-            .expression_attribute_values(":owner", s(Role::Owner.as_str()))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
+    async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user) = (m.org, m.user);
+        let delete = self.delete_item_at(keys::org_pk(org), keys::member_sk(user));
+        let deleted = unless_owner!(delete).send().await;
         let old = unless_condition_failed("DeleteItem", deleted)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }
@@ -182,12 +172,8 @@ impl MemberStore for DynamoStore {
     /// One transaction: the org's `owner_id` (conditioned on the old owner), the old owner's
     /// membership to admin (conditioned on being owner), the new owner's to owner (conditioned
     /// on existing).
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn transfer_ownership(&self, t: &OwnerTransfer<'_>) -> Result<Option<Org>, StoreError> {
+        let (org, from, to) = (t.org, t.from, t.to);
         let Some(current) = self.get_org(org).await? else {
             return Ok(None);
         };

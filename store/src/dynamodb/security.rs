@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, SessionId, UserId};
 use tally_core::ports::{RevokeSession, SecurityStore, StoreError};
 use tally_core::security::{OrgSecurityPolicy, SecurityPolicy, Session};
+use tally_core::tenant::rules;
 
 use super::DynamoStore;
 use super::codec::{
@@ -95,9 +96,7 @@ impl SecurityStore for DynamoStore {
             .send()
             .await;
         match unless_condition_failed("UpdateItem", updated)? {
-            None => Err(StoreError::NotFound {
-                what: format!("org {}", policy.org_id),
-            }),
+            None => Err(rules::org_not_live(&policy.org_id)),
             Some(out) => match out.attributes {
                 Some(old) => policy_of(&policy.org_id, &old),
                 None => Ok(None),

@@ -10,7 +10,9 @@
 use async_trait::async_trait;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StepKey, StoreError, SyncLedger, SyncStep, check_sync_value};
+use tally_core::ports::{
+    StepKey, StoreError, SyncLedger, SyncStep, check_sync_step, check_sync_value,
+};
 
 use super::DynamoStore;
 use super::codec::{Item, corrupt, get_s, item, s};
@@ -44,25 +46,39 @@ fn step_of(it: &Item) -> Result<SyncStep, StoreError> {
     })
 }
 
+/// First write wins: puts `record` unless its key is taken and answers `value`, or else what
+/// `stored` reads back (the value written first). `what` names the item (`step …`,
+/// `customer of …`) in the error when the put was refused but nothing can be read.
+async fn first_write(
+    store: &DynamoStore,
+    record: Item,
+    value: &str,
+    stored: impl Future<Output = Result<Option<String>, StoreError>>,
+    what: impl FnOnce() -> String,
+) -> Result<String, StoreError> {
+    if store.put_if_absent(record).await? {
+        return Ok(value.to_owned());
+    }
+    stored.await?.ok_or_else(|| {
+        corrupt(format!(
+            "sync {} was refused as existing but cannot be read",
+            what()
+        ))
+    })
+}
+
 #[async_trait]
 impl SyncLedger for DynamoStore {
     async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        check_sync_step(key, result)?;
         let (org, period, step) = (key.org, key.period, key.step);
-        check_sync_value("step", step)?;
-        check_sync_value("result", result)?;
         let record = item([
             (PK, s(steps_pk(org, period))),
             (SK, s(step_sk(step))),
             ("result", s(result)),
         ]);
-        if self.put_if_absent(record).await? {
-            return Ok(result.to_owned());
-        }
-        self.get_step(key).await?.ok_or_else(|| {
-            corrupt(format!(
-                "sync step {org}/{period}/{step} was refused as existing but cannot be read"
-            ))
-        })
+        let what = || format!("step {org}/{period}/{step}");
+        first_write(self, record, result, self.get_step(key), what).await
     }
 
     async fn get_step(&self, key: &StepKey<'_>) -> Result<Option<String>, StoreError> {
@@ -86,14 +102,8 @@ impl SyncLedger for DynamoStore {
             (SK, s(CUSTOMER_SK)),
             ("customer", s(customer)),
         ]);
-        if self.put_if_absent(record).await? {
-            return Ok(customer.to_owned());
-        }
-        self.get_customer(org).await?.ok_or_else(|| {
-            corrupt(format!(
-                "sync customer of {org} was refused as existing but cannot be read"
-            ))
-        })
+        let what = || format!("customer of {org}");
+        first_write(self, record, customer, self.get_customer(org), what).await
     }
 
     async fn get_customer(&self, org: &OrgId) -> Result<Option<String>, StoreError> {

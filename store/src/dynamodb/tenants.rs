@@ -12,10 +12,10 @@ use tally_core::plan::PlanId;
 use tally_core::ports::{
     ApiKeyStore, OrgStore, PlanMove, ProjectStore, ProjectUpdate, Revocation, StoreError, UserStore,
 };
-use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User};
+use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User, rules};
 
 use super::DynamoStore;
-use super::chunks::put_if_absent;
+use super::chunks::{put_guard, put_if_absent};
 use super::codec::unless_condition_failed;
 use super::codec::{Item, corrupt, get_opt_s, get_s, item, parse_id, parse_ts, s, ts_text};
 use super::keys::{
@@ -92,13 +92,10 @@ impl UserStore for DynamoStore {
                         ("created_at", s(ts_text(user.created_at))),
                     ]),
                 )?,
-                put_if_absent(
+                put_guard(
                     table,
-                    item([
-                        (PK, s(keys::email_pk(&email))),
-                        (SK, s(EMAIL_SK)),
-                        ("user_id", s(user.id.as_str())),
-                    ]),
+                    (keys::email_pk(&email), EMAIL_SK.to_owned()),
+                    ("user_id", user.id.as_str()),
                 )?,
             ];
             match self.transact_tenant(actions).await? {
@@ -160,13 +157,10 @@ impl OrgStore for DynamoStore {
         let created = ts_text(org.created_at);
         let actions = vec![
             must_exist(table, keys::user_pk(&org.owner_id), USER_SK)?,
-            put_if_absent(
+            put_guard(
                 table,
-                item([
-                    (PK, s(keys::slug_pk(&org.slug))),
-                    (SK, s(SLUG_SK)),
-                    ("org_id", s(org.id.as_str())),
-                ]),
+                (keys::slug_pk(&org.slug), SLUG_SK.to_owned()),
+                ("org_id", org.id.as_str()),
             )?,
             put_if_absent(
                 table,
@@ -364,13 +358,10 @@ impl ProjectStore for DynamoStore {
         let org_pk = keys::org_pk(&p.org_id);
         let actions = vec![
             org_must_be_live(table, &p.org_id)?,
-            put_if_absent(
+            put_guard(
                 table,
-                item([
-                    (PK, s(&org_pk)),
-                    (SK, s(keys::project_slug_sk(&p.slug))),
-                    ("project_id", s(p.id.as_str())),
-                ]),
+                (org_pk.clone(), keys::project_slug_sk(&p.slug)),
+                ("project_id", p.id.as_str()),
             )?,
             put_if_absent(
                 table,
@@ -392,7 +383,7 @@ impl ProjectStore for DynamoStore {
             )?,
         ];
         let checks = [
-            (0, not_found(format!("org {}", p.org_id))),
+            (0, rules::org_not_live(&p.org_id)),
             (
                 1,
                 conflict(format!("project slug {:?} in org {}", p.slug, p.org_id)),

@@ -12,7 +12,7 @@ use tally_core::ids::OrgId;
 use tally_core::period::Month;
 use tally_core::ports::{
     AlertKey, AlertLease, AlertLedger, ReportStore, StepKey, StoreError, StoredAlert, StoredReport,
-    SyncLedger, SyncStep, check_alert_body, check_report_body, check_sync_value,
+    SyncLedger, SyncStep, check_alert_body, check_report_body, check_sync_step, check_sync_value,
 };
 
 use super::{MemoryStore, micros};
@@ -57,9 +57,8 @@ impl ReportStore for MemoryStore {
 #[async_trait]
 impl SyncLedger for MemoryStore {
     async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        check_sync_step(key, result)?;
         let (org, period, step) = (key.org, key.period, key.step);
-        check_sync_value("step", step)?;
-        check_sync_value("result", result)?;
         Ok(self
             .lock()
             .sync_steps

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, InvitationId, OrgId};
 use tally_core::ports::{
-    Acceptance, ApiKeyStore, AuditLog, InvitationStore, Revocation, StoreError,
+    Acceptance, ApiKeyStore, AuditLog, InvitationStore, KeyRotation, Revocation, StoreError,
 };
 use tally_core::tenant::{
     ApiKey, AuditPage, AuditQuery, AuditRecord, Invitation, KeyHash, KeyUse, MAX_AUDIT_PAGE,
@@ -93,12 +93,8 @@ impl ApiKeyStore for MemoryStore {
         Ok(Some(key.clone()))
     }
 
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
+    async fn rotate_api_key(&self, r: &KeyRotation<'_>) -> Result<Option<ApiKey>, StoreError> {
+        let (old, new, old_expires_at) = (r.old, r.new, r.old_expires_at);
         let mut st = self.lock();
         let id = (new.org_id.clone(), old.clone());
         let Some(current) = st.keys.get(&id).cloned() else {

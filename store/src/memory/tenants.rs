@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tally_core::ids::{OrgId, ProjectId, UserId};
 use tally_core::ports::{
-    MemberStore, NewProjectMember, OrgStore, PlanMove, ProjectStore, ProjectUpdate, StoreError,
-    UserStore,
+    MemberStore, NewProjectMember, OrgMember, OrgStore, OwnerTransfer, PlanMove, ProjectMember,
+    ProjectStore, ProjectUpdate, RoleChange, StoreError, UserStore,
 };
 use tally_core::tenant::{Membership, Org, OrgChanges, PlanChange, Project, Role, User, rules};
 
@@ -236,12 +236,8 @@ impl MemberStore for MemoryStore {
         self.lock().insert_member(member)
     }
 
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user, role) = (c.org, c.user, c.role);
         rules::check_new_member(role)?;
         let mut st = self.lock();
         let Some(before) = st.member_for_change(org, user)? else {
@@ -251,11 +247,8 @@ impl MemberStore for MemoryStore {
         Ok(Some(before))
     }
 
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let mut st = self.lock();
         let Some(before) = st.member_for_change(org, user)? else {
             return Ok(None);
@@ -264,12 +257,8 @@ impl MemberStore for MemoryStore {
         Ok(Some(before))
     }
 
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn transfer_ownership(&self, t: &OwnerTransfer<'_>) -> Result<Option<Org>, StoreError> {
+        let (org, from, to) = (t.org, t.from, t.to);
         let mut st = self.lock();
         let Some(owner) = st.orgs.get(org).map(|o| o.owner_id.clone()) else {
             return Ok(None);
@@ -304,12 +293,8 @@ impl MemberStore for MemoryStore {
         })
     }
 
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
+    async fn remove_project_member(&self, m: &ProjectMember<'_>) -> Result<bool, StoreError> {
+        let (org, project, user) = (m.org, m.project, m.user);
         Ok(self
             .lock()
             .project_members
@@ -317,11 +302,8 @@ impl MemberStore for MemoryStore {
             .is_some())
     }
 
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
+    async fn list_user_projects(&self, m: &OrgMember<'_>) -> Result<Vec<ProjectId>, StoreError> {
+        let (org, user) = (m.org, m.user);
         // In project id order: the map is ordered by (org, user, project).
         Ok(self
             .lock()

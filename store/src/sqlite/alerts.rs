@@ -16,7 +16,9 @@ use tally_core::ports::{
     AlertKey, AlertLease, AlertLedger, StoreError, StoredAlert, ThresholdPct, check_alert_body,
 };
 
-use super::{SqliteStore, corrupt, execute, month_key, parse_id, query_all, read_one};
+use super::{
+    SqliteStore, corrupt, execute, month_key, month_of_key, parse_id, query_all, read_one,
+};
 
 /// Schema version 6: plan-limit alerts.
 pub(super) const SCHEMA_V6: &str = r#"
@@ -50,14 +52,6 @@ fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("alert time {us}")))
 }
 
-fn month_of(key: i64) -> Result<Month, StoreError> {
-    let year = i32::try_from(key / 100).ok();
-    let month = u32::try_from(key % 100).ok();
-    year.zip(month)
-        .and_then(|(y, m)| Month::new(y, m))
-        .ok_or_else(|| corrupt(format!("alert period {key}")))
-}
-
 fn alert_of(
     (org, period, meter, threshold, body, claimed, lease, delivered): AlertRow,
 ) -> Result<StoredAlert, StoreError> {
@@ -68,7 +62,7 @@ fn alert_of(
     Ok(StoredAlert {
         key: AlertKey {
             org: parse_id(&org, OrgId::parse)?,
-            period: month_of(period)?,
+            period: month_of_key(period, "alert")?,
             meter: parse_id(&meter, MeterName::parse)?,
             threshold,
         },

@@ -5,7 +5,6 @@
 //! fixed-width microsecond text, so "unless it holds a later time" is a text comparison.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Params, params};
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::*;
@@ -163,12 +162,8 @@ impl ApiKeyStore for SqliteStore {
         .await
     }
 
-    async fn rotate_api_key(
-        &self,
-        old: &ApiKeyId,
-        new: &ApiKey,
-        old_expires_at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
+    async fn rotate_api_key(&self, r: &KeyRotation<'_>) -> Result<Option<ApiKey>, StoreError> {
+        let (old, new, old_expires_at) = (r.old, r.new, r.old_expires_at);
         let (old_id, old, new) = (old.clone(), old.as_str().to_owned(), new.clone());
         let scopes = encode_scopes(&new.scopes)?;
         self.transact(move |tx| {

@@ -88,6 +88,13 @@ fn tables(path: &Path) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Asserts the ledger's tables, in arrival order, as `(name, state)`.
+#[track_caller]
+fn assert_tables(path: &Path, want: &[(&str, i64)]) {
+    let want: Vec<(String, i64)> = want.iter().map(|&(n, s)| (n.to_owned(), s)).collect();
+    assert_eq!(tables(path), want);
+}
+
 fn filter_row(path: &Path, part: i64) -> Option<(i64, Vec<u8>)> {
     Connection::open(path)
         .unwrap()
@@ -110,13 +117,9 @@ async fn full_tables_are_sealed_behind_filters_and_every_resend_stays_a_duplicat
     for chunk in all.chunks(5) {
         assert_eq!(s.apply_batch(chunk).await.unwrap().applied(), 5);
     }
-    assert_eq!(
-        tables(&path),
-        vec![
-            ("ledger_00001".into(), 1),
-            ("ledger_00002".into(), 1),
-            ("ledger".into(), 0)
-        ]
+    assert_tables(
+        &path,
+        &[("ledger_00001", 1), ("ledger_00002", 1), ("ledger", 0)],
     );
     assert!(filter_row(&path, 1).is_some() && filter_row(&path, 2).is_some());
     assert_eq!(ledger_rows(&path), 25);
@@ -210,7 +213,7 @@ async fn a_seal_cut_short_keeps_neither_the_seal_nor_the_batch() {
     let first = events(0..10);
     s.inner.ledger.lock().unwrap().fail_seal = true;
     assert!(s.apply_batch(&first).await.is_err());
-    assert_eq!(tables(&path), vec![("ledger".into(), 0)]);
+    assert_tables(&path, &[("ledger", 0)]);
     assert_eq!(filter_row(&path, 1), None);
     assert_eq!(ledger_rows(&path), 0);
     assert_eq!(month_total(&s).await, Decimal::ZERO);
@@ -251,23 +254,16 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, 15);
-    assert_eq!(
-        tables(&path),
-        vec![("ledger_00000".into(), 2), ("ledger".into(), 0)]
-    );
+    assert_tables(&path, &[("ledger_00000", 2), ("ledger", 0)]);
     let kept = seqs_and_ids(&c, "ledger_00000");
     assert_eq!(kept, rows_before, "the legacy rows are kept as they were");
     assert_eq!(s.apply_batch(&old).await.unwrap().duplicates(), 5);
     // 15 new rows: the hot table (part 1) fills and is sealed; the legacy table stays.
     let new = events(5..20);
     assert_eq!(s.apply_batch(&new).await.unwrap().applied(), 15);
-    assert_eq!(
-        tables(&path),
-        vec![
-            ("ledger_00000".into(), 2),
-            ("ledger_00001".into(), 1),
-            ("ledger".into(), 0)
-        ]
+    assert_tables(
+        &path,
+        &[("ledger_00000", 2), ("ledger_00001", 1), ("ledger", 0)],
     );
     let all = events(0..20);
     assert_eq!(s.apply_batch(&all).await.unwrap().duplicates(), 20);
@@ -283,7 +279,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
         .await
         .unwrap();
     assert_eq!(done.deleted, 20, "{done:?}");
-    assert_eq!(tables(&path), vec![("ledger".into(), 0)]);
+    assert_tables(&path, &[("ledger", 0)]);
     assert_eq!(ledger_rows(&path), 0);
     // The writer forgot the dropped tables: the next batch does not probe them.
     assert_eq!(s.apply_batch(&events(20..21)).await.unwrap().applied(), 1);
@@ -313,7 +309,7 @@ async fn pruning_drops_a_sealed_table_only_when_its_newest_row_is_past_the_reten
     assert_eq!(ledger_rows(&path), 13, "a dry run drops nothing");
     let done = s.prune_ledger(past, false).await.unwrap();
     assert_eq!(done.deleted, 10, "{done:?}");
-    assert_eq!(tables(&path), vec![("ledger".into(), 0)]);
+    assert_tables(&path, &[("ledger", 0)]);
     assert_eq!(filter_row(&path, 1), None);
     assert_eq!(s.apply_batch(&later).await.unwrap().duplicates(), 3);
 }

@@ -150,12 +150,8 @@ impl MemberStore for SqliteStore {
         self.transact(move |tx| Self::insert_member(tx, &m)).await
     }
 
-    async fn set_member_role(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-        role: Role,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn set_member_role(&self, c: &RoleChange<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user, role) = (c.org, c.user, c.role);
         let (org, user) = (org.clone(), user.clone());
         self.transact(move |tx| {
             rules::check_new_member(role)?;
@@ -168,11 +164,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn remove_member(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Option<Membership>, StoreError> {
+    async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let (org, user) = (org.clone(), user.clone());
         self.transact(move |tx| {
             let Some(before) = Self::member_for_change(tx, &org, &user)? else {
@@ -188,12 +181,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn transfer_ownership(
-        &self,
-        org: &OrgId,
-        from: &UserId,
-        to: &UserId,
-    ) -> Result<Option<Org>, StoreError> {
+    async fn transfer_ownership(&self, t: &OwnerTransfer<'_>) -> Result<Option<Org>, StoreError> {
+        let (org, from, to) = (t.org, t.from, t.to);
         let (org, from, to) = (org.clone(), from.clone(), to.clone());
         self.transact(move |tx| {
             let owner: Option<String> = query_opt(
@@ -269,12 +258,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn remove_project_member(
-        &self,
-        org: &OrgId,
-        project: &ProjectId,
-        user: &UserId,
-    ) -> Result<bool, StoreError> {
+    async fn remove_project_member(&self, m: &ProjectMember<'_>) -> Result<bool, StoreError> {
+        let (org, project, user) = (m.org, m.project, m.user);
         let (org, project, user) = (
             org.as_str().to_owned(),
             project.as_str().to_owned(),
@@ -291,11 +276,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn list_user_projects(
-        &self,
-        org: &OrgId,
-        user: &UserId,
-    ) -> Result<Vec<ProjectId>, StoreError> {
+    async fn list_user_projects(&self, m: &OrgMember<'_>) -> Result<Vec<ProjectId>, StoreError> {
+        let (org, user) = (m.org, m.user);
         let (org, user) = (org.as_str().to_owned(), user.as_str().to_owned());
         self.read(move |conn| {
             query_all(

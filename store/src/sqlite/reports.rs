@@ -14,7 +14,7 @@ use tally_core::period::Month;
 use tally_core::ports::{ReportStore, StoreError, StoredReport, check_report_body};
 
 use super::{
-    SqliteStore, corrupt, insert_or_keep, month_key, parse_id, parse_ts, query_all, read_one,
+    SqliteStore, insert_or_keep, month_key, month_of_key, parse_id, parse_ts, query_all, read_one,
     ts_text,
 };
 
@@ -35,18 +35,10 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-fn month_of(key: i64) -> Result<Month, StoreError> {
-    let year = i32::try_from(key / 100).ok();
-    let month = u32::try_from(key % 100).ok();
-    year.zip(month)
-        .and_then(|(y, m)| Month::new(y, m))
-        .ok_or_else(|| corrupt(format!("report period {key}")))
-}
-
 fn report_of((org, period, body, created): ReportRow) -> Result<StoredReport, StoreError> {
     Ok(StoredReport {
         org_id: parse_id(&org, OrgId::parse)?,
-        period: month_of(period)?,
+        period: month_of_key(period, "report")?,
         body,
         created_at: parse_ts(&created)?,
     })

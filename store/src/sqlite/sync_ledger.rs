@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tally_core::ids::OrgId;
 use tally_core::period::Month;
-use tally_core::ports::{StepKey, StoreError, SyncLedger, SyncStep, check_sync_value};
+use tally_core::ports::{
+    StepKey, StoreError, SyncLedger, SyncStep, check_sync_step, check_sync_value,
+};
 
 use super::{SqliteStore, insert_or_keep, month_key, query_all, query_opt};
 
@@ -39,9 +41,8 @@ const CUSTOMER: &str = "SELECT customer FROM sync_customers WHERE org = ?1";
 #[async_trait]
 impl SyncLedger for SqliteStore {
     async fn record_step(&self, key: &StepKey<'_>, result: &str) -> Result<String, StoreError> {
+        check_sync_step(key, result)?;
         let (org, period, step) = (key.org, key.period, key.step);
-        check_sync_value("step", step)?;
-        check_sync_value("result", result)?;
         let (org, step, result) = (org.as_str().to_owned(), step.to_owned(), result.to_owned());
         self.transact(move |tx| {
             let period = month_key(period);

@@ -111,13 +111,7 @@ pub(super) fn require_live_org(conn: &Connection, org: &OrgId) -> Result<(), Sto
         "SELECT 1 FROM orgs WHERE id = ?1 AND deleted_at IS NULL",
         params![org.as_str()],
     )?;
-    if live {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound {
-            what: format!("org {org}"),
-        })
-    }
+    rules::require_live_org(org, live)
 }
 
 /// The user whose `column` (`id`, or `email` lowercased: both unique) is `value`.

@@ -20,10 +20,11 @@ use tally_core::period::{Granularity, Month};
 use tally_core::plan::PlanId;
 use tally_core::ports::{
     Acceptance, AlertLease, ApiKeyStore, ApplyOutcome, AuditLog, CatalogueStore, CatalogueVersion,
-    CounterQuery, InvitationStore, LedgerPageQuery, MAX_REPORT_BODY_BYTES, MemberStore,
-    NewProjectMember, OrgStore, OverrideStore, PlanMove, ProjectStore, ProjectUpdate, ReadingStore,
-    ReportStore, Revocation, SeriesRegistry, StepKey, StoreError, StoredReport, TenantStore,
-    UsageStore, UserStore, catalogue_digest,
+    CounterQuery, InvitationStore, KeyRotation, LedgerPageQuery, MAX_REPORT_BODY_BYTES,
+    MemberStore, NewProjectMember, OrgMember, OrgStore, OverrideStore, OwnerTransfer, PlanMove,
+    ProjectMember, ProjectStore, ProjectUpdate, ReadingStore, ReportStore, Revocation, RoleChange,
+    SeriesRegistry, StepKey, StoreError, StoredReport, TenantStore, UsageStore, UserStore,
+    catalogue_digest,
 };
 use tally_core::tenant::{
     ApiKey, AuditOutcome, AuditQuery, AuditRecord, Invitation, KeyHash, KeyScope, KeyUse,
@@ -518,28 +519,34 @@ pub async fn members_are_put_on_projects_of_their_org<F: StoreFactory>(f: &F) {
     expected.sort();
     let other = f.open().await;
     assert_eq!(
-        other.list_user_projects(&a.id, &member.id).await.unwrap(),
+        other
+            .list_user_projects(&OrgMember::new(&a.id, &member.id))
+            .await
+            .unwrap(),
         expected
     );
     assert!(
         other
-            .list_user_projects(&b.id, &member.id)
+            .list_user_projects(&OrgMember::new(&b.id, &member.id))
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        s.remove_project_member(&a.id, &p1.id, &member.id)
+        s.remove_project_member(&ProjectMember::new(&a.id, &p1.id, &member.id))
             .await
             .unwrap()
     );
     assert!(
-        !s.remove_project_member(&a.id, &p1.id, &member.id)
+        !s.remove_project_member(&ProjectMember::new(&a.id, &p1.id, &member.id))
             .await
             .unwrap()
     );
     assert_eq!(
-        other.list_user_projects(&a.id, &member.id).await.unwrap(),
+        other
+            .list_user_projects(&OrgMember::new(&a.id, &member.id))
+            .await
+            .unwrap(),
         vec![p2.id.clone()]
     );
     assert!(
@@ -934,21 +941,39 @@ pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreF
     assert_eq!(listed[1], m);
 
     let before = s
-        .set_member_role(&a.id, &bob.id, Role::Admin)
+        .set_member_role(&RoleChange {
+            org: &a.id,
+            user: &bob.id,
+            role: Role::Admin,
+        })
         .await
         .unwrap();
     assert_eq!(before, Some(m.clone()));
     assert_eq!(s.get_role(&a.id, &bob.id).await.unwrap(), Some(Role::Admin));
     assert_eq!(
-        s.set_member_role(&b.id, &bob.id, Role::Admin)
-            .await
-            .unwrap(),
+        s.set_member_role(&RoleChange {
+            org: &b.id,
+            user: &bob.id,
+            role: Role::Admin,
+        })
+        .await
+        .unwrap(),
         None
     );
     for change in [
-        s.set_member_role(&a.id, &a.owner_id, Role::Admin).await,
-        s.set_member_role(&a.id, &bob.id, Role::Owner).await,
-        s.remove_member(&a.id, &a.owner_id).await,
+        s.set_member_role(&RoleChange {
+            org: &a.id,
+            user: &a.owner_id,
+            role: Role::Admin,
+        })
+        .await,
+        s.set_member_role(&RoleChange {
+            org: &a.id,
+            user: &bob.id,
+            role: Role::Owner,
+        })
+        .await,
+        s.remove_member(&OrgMember::new(&a.id, &a.owner_id)).await,
     ] {
         assert!(
             matches!(change, Err(StoreError::Conflict { .. })),
@@ -989,7 +1014,10 @@ pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreF
             .is_empty()
     );
 
-    let removed = s.remove_member(&a.id, &bob.id).await.unwrap();
+    let removed = s
+        .remove_member(&OrgMember::new(&a.id, &bob.id))
+        .await
+        .unwrap();
     assert_eq!(
         removed,
         Some(Membership {
@@ -997,7 +1025,12 @@ pub async fn members_are_added_changed_and_removed_but_never_the_owner<F: StoreF
             ..m
         })
     );
-    assert_eq!(s.remove_member(&a.id, &bob.id).await.unwrap(), None);
+    assert_eq!(
+        s.remove_member(&OrgMember::new(&a.id, &bob.id))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(other.get_role(&a.id, &bob.id).await.unwrap(), None);
     assert_eq!(other.list_members(&a.id).await.unwrap().len(), 1);
 }
@@ -1009,12 +1042,12 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
     let (a, bob) = org_with_member(&s, Role::Member).await;
     let stranger = new_user(&s).await;
     let err = s
-        .transfer_ownership(&a.id, &a.owner_id, &stranger.id)
+        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &stranger.id))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     let err = s
-        .transfer_ownership(&a.id, &bob.id, &bob.id)
+        .transfer_ownership(&OwnerTransfer::new(&a.id, &bob.id, &bob.id))
         .await
         .unwrap_err();
     assert!(
@@ -1022,14 +1055,14 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
         "not the owner: {err:?}"
     );
     assert_eq!(
-        s.transfer_ownership(&fresh_org(), &a.owner_id, &bob.id)
+        s.transfer_ownership(&OwnerTransfer::new(&fresh_org(), &a.owner_id, &bob.id))
             .await
             .unwrap(),
         None
     );
 
     let moved = s
-        .transfer_ownership(&a.id, &a.owner_id, &bob.id)
+        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &bob.id))
         .await
         .unwrap();
     assert_eq!(
@@ -1054,12 +1087,12 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
     );
     // The old owner cannot hand it over again; the new one is protected.
     let err = s
-        .transfer_ownership(&a.id, &a.owner_id, &a.owner_id)
+        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &a.owner_id))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(matches!(
-        s.remove_member(&a.id, &bob.id).await,
+        s.remove_member(&OrgMember::new(&a.id, &bob.id)).await,
         Err(StoreError::Conflict { .. })
     ));
 }
@@ -1275,7 +1308,10 @@ pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
         ..key_in(&a.id)
     };
     let end = ts("2026-11-27T11:00:00.5Z");
-    let before = s.rotate_api_key(&old.id, &new, end).await.unwrap();
+    let before = s
+        .rotate_api_key(&KeyRotation::new(&old.id, &new, end))
+        .await
+        .unwrap();
     let rotated = ApiKey {
         expires_at: Some(end),
         ..old.clone()
@@ -1292,7 +1328,11 @@ pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
     // An earlier expiry is kept.
     let third = key_in(&a.id);
     let kept = s
-        .rotate_api_key(&new.id, &third, ts("2099-01-01T00:00:00Z"))
+        .rotate_api_key(&KeyRotation::new(
+            &new.id,
+            &third,
+            ts("2099-01-01T00:00:00Z"),
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -1302,14 +1342,16 @@ pub async fn api_keys_rotate_with_an_overlap<F: StoreFactory>(f: &F) {
     let kb = key_in(&b.id);
     s.create_api_key(&kb).await.unwrap();
     assert_eq!(
-        s.rotate_api_key(&kb.id, &key_in(&a.id), end).await.unwrap(),
+        s.rotate_api_key(&KeyRotation::new(&kb.id, &key_in(&a.id), end))
+            .await
+            .unwrap(),
         None
     );
     s.revoke_api_key(&Revocation::new(&a.id, &third.id, end))
         .await
         .unwrap();
     let err = s
-        .rotate_api_key(&third.id, &key_in(&a.id), end)
+        .rotate_api_key(&KeyRotation::new(&third.id, &key_in(&a.id), end))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
