@@ -106,7 +106,9 @@ fn storage_line(r: &UsageReport) -> (String, String, String, String) {
     )
 }
 
-/// Asserts the storage_gb line's (quantity, list amount, amount) and the total of `r`.
+/// Asserts the storage_gb line's (quantity, list amount, amount) and the total of `r`. A
+/// failure points at the caller's line.
+#[track_caller]
 fn assert_storage_line(r: &UsageReport, want: [&str; 4]) {
     let (quantity, list, amount, total) = storage_line(r);
     assert_eq!(

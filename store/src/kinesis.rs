@@ -723,9 +723,6 @@ impl KinesisQueue {
         false
     }
 
-    /// One pass over the shards: rewinds shards with expired records, hands out buffered
-    /// records, polls shards that are due. Returns the deliveries and when the next poll is
-    /// due.
     /// One look of [`poll_receive`]: a [`Self::pass`] over the shards, and the nap until the
     /// next shard is due (at least 5 ms, at most until the deadline).
     async fn look(
@@ -739,6 +736,9 @@ impl KinesisQueue {
         Ok((out, nap))
     }
 
+    /// One pass over the shards: rewinds shards with expired records, hands out buffered
+    /// records, polls shards that are due. Returns the deliveries and when the next poll is
+    /// due.
     async fn pass(&self, max_events: usize) -> Result<(Vec<Delivery>, Instant), QueueError> {
         let mut st = self.inner.state.lock().await;
         self.refresh_shards(&mut st).await?;

@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
-/// Settings of a [`LocalQueue`].
+/// Settings of a [`LocalQueue`]. Its `file_settings()` (what all connections to the queue's
+/// file share) is in `conn.rs`, beside the store's.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalQueueConfig {
     /// How long a received message stays invisible before it is handed out again, unless
@@ -433,7 +434,8 @@ impl LocalQueue {
     /// each body goes back into `messages` as it is and its dead-letter row is deleted, both
     /// in one transaction with the selection, so a letter is never lost and never on
     /// both sides. A body that is not a list of events stays and is reported.
-    /// Ids are the `message_id`s [`LocalQueue::dead_letters`] lists.
+    /// Ids are the `message_id`s [`LocalQueue::dead_letters`] lists. It is also the queue's
+    /// [`crate::replay::DeadLetterReplay`].
     pub async fn replay_dead_letters(
         &self,
         request: &ReplayRequest,

@@ -185,7 +185,8 @@ use usage::decode_event;
 /// transaction, so a batch of events never waits long behind it.
 pub const PRUNE_BATCH_ROWS: usize = 10_000;
 
-/// Settings of a [`SqliteStore`].
+/// Settings of a [`SqliteStore`]. Its `file_settings()` (what all connections to the store's
+/// file share) is in `conn.rs`, beside the local queue's.
 #[derive(Debug, Clone, Copy)]
 pub struct SqliteConfig {
     /// How long a write waits for another process's write lock before failing with

@@ -432,7 +432,8 @@ impl SqsQueue {
     /// replayed again; the ledger makes the second copy harmless. A body that is not a Tally
     /// envelope this build reads is left and reported. Everything looked at and not
     /// replayed is made visible again before returning. Ids are the dead-letter queue's
-    /// message ids. At most [`MAX_REPLAY_SCAN`] letters are examined per run.
+    /// message ids. At most [`MAX_REPLAY_SCAN`] letters are examined per run. It is also the
+    /// queue's [`crate::replay::DeadLetterReplay`].
     pub async fn replay_dead_letters(
         &self,
         request: &ReplayRequest,

@@ -65,7 +65,9 @@ async fn fresh_table(direct: &Client) -> String {
     table
 }
 
-/// Asserts a slot call was refused: answered (no error), with no slot.
+/// Asserts a slot call was refused: answered (no error), with no slot. A failure points at
+/// the caller's line.
+#[track_caller]
 fn assert_refused(answer: Result<Option<Slot>, StoreError>) {
     assert!(answer.unwrap().is_none());
 }

@@ -266,7 +266,8 @@ fn invoice_line(totals: &std::collections::BTreeMap<ProjectId, MonthTotal>) -> D
 }
 
 /// Asserts a month's GB-hours and closing reading of each project (in project order) and
-/// the org's invoice line ([`invoice_line`]).
+/// the org's invoice line ([`invoice_line`]). A failure points at the caller's line.
+#[track_caller]
 fn assert_month(
     totals: &std::collections::BTreeMap<ProjectId, MonthTotal>,
     projects: [(&str, &str); 2],
