@@ -178,7 +178,7 @@ pub async fn transfer(
     let to = UserId::parse(to).map_err(|_| member_not_found())?;
     let before = tenants.get_org(org).await?.ok_or_else(org_not_found)?;
     let after = tenants
-        .transfer_ownership(&OwnerTransfer::new(org, from, &to))
+        .transfer_ownership(&OwnerTransfer { org, from, to: &to })
         .await
         .map_err(|e| match e {
             StoreError::NotFound { .. } => MgmtError::Api(member_not_found()),

@@ -156,6 +156,7 @@ pub struct RoleChange<'a> {
 }
 
 /// An org's owner handing the org to another member ([`MemberStore::transfer_ownership`]).
+/// No positional constructor: `from` and `to` are both user ids, so callers name them.
 #[derive(Debug, Clone, Copy)]
 pub struct OwnerTransfer<'a> {
     /// The org.
@@ -164,14 +165,6 @@ pub struct OwnerTransfer<'a> {
     pub from: &'a UserId,
     /// The member who becomes the owner.
     pub to: &'a UserId,
-}
-
-impl<'a> OwnerTransfer<'a> {
-    /// `org` passes from its owner `from` to its member `to`.
-    #[must_use]
-    pub const fn new(org: &'a OrgId, from: &'a UserId, to: &'a UserId) -> Self {
-        Self { org, from, to }
-    }
 }
 
 /// A member on one of the org's projects, as [`MemberStore::remove_project_member`] takes

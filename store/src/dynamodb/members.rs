@@ -24,7 +24,7 @@ use super::tx::{conflict, failed, must_exist, not_found, org_must_be_live, refus
 /// Conditions a membership's `UpdateItem` or `DeleteItem` on the membership existing and not
 /// being the owner's, and asks for the old item back (what [`member_before`] reads). A macro
 /// because the SDK's two request builders share these methods but no trait.
-macro_rules! unless_owner {
+macro_rules! unless_owner_returning_old {
     ($write:expr) => {
         $write
             .condition_expression("attribute_exists(#pk) AND #role <> :owner")
@@ -155,7 +155,7 @@ impl MemberStore for DynamoStore {
             .update_item_at(keys::org_pk(org), keys::member_sk(user))
             .update_expression("SET #role = :role")
             .expression_attribute_values(":role", s(role.as_str()));
-        let updated = unless_owner!(update).send().await;
+        let updated = unless_owner_returning_old!(update).send().await;
         let old = unless_condition_failed("UpdateItem", updated)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }
@@ -164,7 +164,7 @@ impl MemberStore for DynamoStore {
     async fn remove_member(&self, m: &OrgMember<'_>) -> Result<Option<Membership>, StoreError> {
         let (org, user) = (m.org, m.user);
         let delete = self.delete_item_at(keys::org_pk(org), keys::member_sk(user));
-        let deleted = unless_owner!(delete).send().await;
+        let deleted = unless_owner_returning_old!(delete).send().await;
         let old = unless_condition_failed("DeleteItem", deleted)?.map(|out| out.attributes);
         member_before(self, org, user, old).await
     }

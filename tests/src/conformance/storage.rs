@@ -1042,12 +1042,20 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
     let (a, bob) = org_with_member(&s, Role::Member).await;
     let stranger = new_user(&s).await;
     let err = s
-        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &stranger.id))
+        .transfer_ownership(&OwnerTransfer {
+            org: &a.id,
+            from: &a.owner_id,
+            to: &stranger.id,
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     let err = s
-        .transfer_ownership(&OwnerTransfer::new(&a.id, &bob.id, &bob.id))
+        .transfer_ownership(&OwnerTransfer {
+            org: &a.id,
+            from: &bob.id,
+            to: &bob.id,
+        })
         .await
         .unwrap_err();
     assert!(
@@ -1055,14 +1063,22 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
         "not the owner: {err:?}"
     );
     assert_eq!(
-        s.transfer_ownership(&OwnerTransfer::new(&fresh_org(), &a.owner_id, &bob.id))
-            .await
-            .unwrap(),
+        s.transfer_ownership(&OwnerTransfer {
+            org: &fresh_org(),
+            from: &a.owner_id,
+            to: &bob.id
+        })
+        .await
+        .unwrap(),
         None
     );
 
     let moved = s
-        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &bob.id))
+        .transfer_ownership(&OwnerTransfer {
+            org: &a.id,
+            from: &a.owner_id,
+            to: &bob.id,
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -1087,7 +1103,11 @@ pub async fn ownership_moves_only_by_transfer_to_a_member<F: StoreFactory>(f: &F
     );
     // The old owner cannot hand it over again; the new one is protected.
     let err = s
-        .transfer_ownership(&OwnerTransfer::new(&a.id, &a.owner_id, &a.owner_id))
+        .transfer_ownership(&OwnerTransfer {
+            org: &a.id,
+            from: &a.owner_id,
+            to: &a.owner_id,
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
