@@ -1,6 +1,6 @@
-//! What the ingest router tests share: reading a `POST /v1/events` answer's rejections, the
-//! instants, orgs, projects and keys their stores are seeded with, and the queue fake ingest
-//! publishes to.
+//! What the ingest router tests share: reading and checking a `POST /v1/events` answer's
+//! rejections, the instants, orgs, projects and keys their stores are seeded with, and the
+//! queue fake ingest publishes to.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::Event;
@@ -37,6 +38,19 @@ pub fn rejections(answer: &Value) -> Vec<(u64, &str, &str)> {
             )
         })
         .collect()
+}
+
+/// Expects a `POST /v1/events` answer (`status`, `answer`) to be a 202 that accepted
+/// `accepted` events and rejected `rejected` (index, code, field), in order.
+pub fn assert_accepted(
+    status: StatusCode,
+    answer: &Value,
+    accepted: u64,
+    rejected: &[(u64, &str, &str)],
+) {
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], accepted, "{answer}");
+    assert_eq!(rejections(answer), rejected, "{answer}");
 }
 
 /// An RFC 3339 instant.
