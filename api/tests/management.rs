@@ -230,21 +230,27 @@ async fn world(plan: PlanId) -> World {
             .unwrap();
     }
     // Org A used 2,500 API calls this month.
-    let used = Event {
-        id: EventId::parse("seeded_usage").unwrap(),
-        org_id: org_id("org_a"),
-        project_id: ProjectId::parse("prj_alpha1").unwrap(),
-        meter: MeterName::parse("api_calls").unwrap(),
-        aggregation: Aggregation::Sum,
-        quantity: Quantity::new(2500.into()).unwrap(),
-        timestamp: t("2026-11-02T00:00:00Z"),
-        properties: serde_json::Map::new(),
-    };
+    let used = seeded_usage(org_id("org_a"), 2500);
     store.apply_batch(&[used]).await.unwrap();
     World {
         store,
         clock: Arc::new(FixedClock::at(t(NOW))),
         plans: std::collections::BTreeMap::new(),
+    }
+}
+
+/// The event `seeded_usage`: `quantity` API calls of `org` on project `prj_alpha1`, on
+/// 2026-11-02.
+fn seeded_usage(org: OrgId, quantity: u32) -> Event {
+    Event {
+        id: EventId::parse("seeded_usage").unwrap(),
+        org_id: org,
+        project_id: ProjectId::parse("prj_alpha1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(quantity.into()).unwrap(),
+        timestamp: t("2026-11-02T00:00:00Z"),
+        properties: serde_json::Map::new(),
     }
 }
 
@@ -318,6 +324,45 @@ impl Caller<'_> {
     /// `PATCH uri` with the JSON `body`.
     async fn patch(&self, uri: &str, body: Value) -> Answer {
         call(self.mem, "PATCH", uri, Some(&self.bearer), Some(body)).await
+    }
+
+    /// `POST /v1/orgs/org_a/projects`: a new project of org A named `name`.
+    async fn new_project(&self, name: &str, slug: &str) -> Answer {
+        let body = json!({"name": name, "slug": slug});
+        self.post("/v1/orgs/org_a/projects", body).await
+    }
+
+    /// `POST /v1/orgs/org_a/invitations`: invites `email` to org A as `role`.
+    async fn invite(&self, email: &str, role: &str) -> Answer {
+        let body = json!({"email": email, "role": role});
+        self.post("/v1/orgs/org_a/invitations", body).await
+    }
+
+    /// `POST /v1/orgs/org_a/keys/key_alpha1/rotate` with the JSON `body`.
+    async fn rotate(&self, body: Value) -> Answer {
+        self.post("/v1/orgs/org_a/keys/key_alpha1/rotate", body)
+            .await
+    }
+
+    /// `GET uri`, expecting 200.
+    async fn get_ok(&self, uri: &str) -> Answer {
+        let a = self.get(uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.text);
+        a
+    }
+
+    /// `POST uri` without a body: an action on a resource (revoke, archive).
+    async fn act(&self, uri: &str) -> Answer {
+        call(self.mem, "POST", uri, Some(&self.bearer), None).await
+    }
+
+    /// `GET /v1/orgs/org_a/audit?action={action}`: the answer and its records.
+    async fn audit(&self, action: &str) -> (Answer, Vec<Value>) {
+        let a = self
+            .get(&format!("/v1/orgs/org_a/audit?action={action}"))
+            .await;
+        let records = a.json["records"].as_array().unwrap().clone();
+        (a, records)
     }
 
     /// `DELETE uri`.
@@ -702,8 +747,8 @@ async fn audit_completeness_every_mutating_route() {
 #[tokio::test]
 async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     let mem = world(PlanId::Starter).await;
-    let admin = token(&a_user(Role::Admin));
-    let a = caller(&mem, &admin)
+    let admin = as_a(&mem, Role::Admin);
+    let a = admin
         .post(
             "/v1/orgs/org_a/keys",
             json!({"name": "ci", "scopes": ["usage:read"], "test": true}),
@@ -713,7 +758,7 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     let secret = a.json["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tk_test_"));
     // A key cannot be created already expired.
-    let expired = caller(&mem, &admin)
+    let expired = admin
         .post(
             "/v1/orgs/org_a/keys",
             json!({"name": "late", "scopes": ["usage:read"], "expires_at": "2026-01-01T00:00:00Z"}),
@@ -724,7 +769,7 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     let id = a.json["id"].as_str().unwrap().to_owned();
     assert_eq!(a.json["scopes"], json!(["usage:read"]));
 
-    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/keys").await;
+    let listed = admin.get("/v1/orgs/org_a/keys").await;
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.json["keys"].as_array().unwrap().len(), 2);
     assert!(
@@ -738,32 +783,17 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     assert!(!listed.text.contains("hash"));
 
     // The new key reads usage; once revoked it is refused.
-    let ok = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
+    let ok = caller(&mem, &secret).get("/v1/usage?meter=api_calls").await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
-    let r = call(
-        &mem,
-        "POST",
-        &format!("/v1/orgs/org_a/keys/{id}/revoke"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let r = admin.act(&format!("/v1/orgs/org_a/keys/{id}/revoke")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["revoked_at"], "2026-11-26T12:30:00Z");
-    let refused = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
+    let refused = caller(&mem, &secret).get("/v1/usage?meter=api_calls").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    let unknown = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_nope/revoke",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let unknown = admin.act("/v1/orgs/org_a/keys/key_nope/revoke").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.revoke", &admin).await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (audit, recs) = admin.audit("key.revoke").await;
     assert_eq!(recs.len(), 2, "{}", audit.text);
     assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
     let allowed = recs.iter().find(|r| r["outcome"] == "allowed").unwrap();
@@ -783,14 +813,7 @@ async fn the_api_enforces_the_loaded_catalogue_s_caps() {
     let owner = token(&a_user(Role::Owner));
     let create = |slug: &'static str| {
         let (mem, owner) = (mem.clone(), owner.clone());
-        async move {
-            caller(&mem, &owner)
-                .post(
-                    "/v1/orgs/org_a/projects",
-                    json!({"name": slug, "slug": slug}),
-                )
-                .await
-        }
+        async move { caller(&mem, &owner).new_project(slug, slug).await }
     };
     let two = create("two").await;
     assert_eq!(two.status, StatusCode::CREATED, "{}", two.text);
@@ -803,13 +826,8 @@ async fn the_api_enforces_the_loaded_catalogue_s_caps() {
 #[tokio::test]
 async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
     let mem = world(PlanId::Free).await; // free: 1 project, which org A has
-    let owner = token(&a_user(Role::Owner));
-    let a = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.new_project("Two", "two").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
     assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
     assert_eq!(a.json["error"]["limit"], 1);
@@ -817,34 +835,20 @@ async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
     assert_eq!(a.json["error"]["field"], "projects");
 
     let mem = world(PlanId::Starter).await;
-    let a = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.new_project("Two", "two").await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let id = a.json["id"].as_str().unwrap().to_owned();
     let got = as_a(&mem, Role::Admin)
         .get(&format!("/v1/orgs/org_a/projects/{id}"))
         .await;
     assert_eq!(got.json["slug"], "two");
-    let dup = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let dup = owner.new_project("Two", "two").await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
-    let bad = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "X", "slug": "Not A Slug"}),
-        )
-        .await;
+    let bad = owner.new_project("X", "Not A Slug").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json["error"]["field"], "slug");
-    let listed = caller(&mem, &owner).get("/v1/orgs/org_a/projects").await;
+    let listed = owner.get("/v1/orgs/org_a/projects").await;
     assert_eq!(listed.json["projects"].as_array().unwrap().len(), 2);
 }
 
@@ -897,14 +901,14 @@ async fn the_org_and_its_members_are_read_by_members() {
 #[tokio::test]
 async fn usage_accepts_a_members_jwt_with_org_id() {
     let mem = world(PlanId::Starter).await;
-    let viewer = token(&a_user(Role::Viewer));
-    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_a", &viewer).await;
+    let viewer = as_a(&mem, Role::Viewer);
+    let a = viewer.get("/v1/usage?meter=api_calls&org_id=org_a").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["org_id"], "org_a");
-    let a = get_with(&mem, "/v1/usage?meter=api_calls", &viewer).await;
+    let a = viewer.get("/v1/usage?meter=api_calls").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.json["error"]["field"], "org_id");
-    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_b", &viewer).await;
+    let a = viewer.get("/v1/usage?meter=api_calls&org_id=org_b").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
@@ -918,16 +922,7 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
         .create_api_key(&the_key(test_key, "key_alphatest", "org_a"))
         .await
         .unwrap();
-    let sent_in_test = Event {
-        id: EventId::parse("seeded_usage").unwrap(),
-        org_id: org_id("org_a").test_twin(),
-        project_id: ProjectId::parse("prj_alpha1").unwrap(),
-        meter: MeterName::parse("api_calls").unwrap(),
-        aggregation: Aggregation::Sum,
-        quantity: Quantity::new(7.into()).unwrap(),
-        timestamp: t("2026-11-02T00:00:00Z"),
-        properties: serde_json::Map::new(),
-    };
+    let sent_in_test = seeded_usage(org_id("org_a").test_twin(), 7);
     mem.store.apply_batch(&[sent_in_test]).await.unwrap();
     let month = "meter=api_calls&granularity=month";
     let value = |a: &Answer| a.json["series"][0]["value"].as_str().unwrap().to_owned();
@@ -965,8 +960,8 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
     let by_live_key = read(month.into(), KEY_A.into()).await;
     assert_eq!(value(&by_live_key), "2500");
     // A rotated test key stays a test key.
-    let admin = token(&a_user(Role::Admin));
-    let rotated = caller(&mem, &admin)
+    let admin = as_a(&mem, Role::Admin);
+    let rotated = admin
         .post("/v1/orgs/org_a/keys/key_alphatest/rotate", json!({}))
         .await;
     assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.text);
@@ -978,8 +973,8 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
     );
 
     // The usage summary (what plan limits and alerts see) counts live usage only.
-    let owner = token(&a_user(Role::Owner));
-    let summary = get_with(&mem, "/v1/orgs/org_a/usage/summary", &owner).await;
+    let owner = as_a(&mem, Role::Owner);
+    let summary = owner.get("/v1/orgs/org_a/usage/summary").await;
     assert!(summary.text.contains("\"2500\""), "{}", summary.text);
     assert!(!summary.text.contains("2507"), "{}", summary.text);
 }
@@ -1014,7 +1009,9 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
             other.text
         );
         assert_eq!(other.json["error"]["field"], "project_id");
-        let project = get_with(&mem, "/v1/orgs/org_a/projects/prj_alpha2", &bearer).await;
+        let project = caller(&mem, &bearer)
+            .get("/v1/orgs/org_a/projects/prj_alpha2")
+            .await;
         assert_eq!(
             project.status,
             StatusCode::NOT_FOUND,
@@ -1037,6 +1034,16 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
 }
 
 const PER_PROJECT: &str = "/v1/usage?meter=api_calls&org_id=org_a&per_project=true";
+
+/// The item of `answer[list]` (an invoice's `lines`, a summary's `meters`) of `meter`.
+fn of_meter<'a>(answer: &'a Value, list: &str, meter: &str) -> &'a Value {
+    answer[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == meter)
+        .unwrap()
+}
 
 /// The text `field` of each element of the array `answer[list]`, in its order.
 fn texts<'a>(answer: &'a Value, list: &str, field: &str) -> Vec<&'a str> {
@@ -1110,27 +1117,18 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
     for i in 0..5 {
         mem.clock.set(t(NOW) - chrono::Duration::minutes(10 - i));
         let a = caller(&mem, &owner)
-            .post(
-                "/v1/orgs/org_a/projects",
-                json!({"name": "P", "slug": format!("p{i}")}),
-            )
+            .new_project("P", &format!("p{i}"))
             .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
     mem.clock.set(t(NOW));
-    let member = as_a(&mem, Role::Member)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "P", "slug": "nope"}),
-        )
-        .await;
+    let member = as_a(&mem, Role::Member).new_project("P", "nope").await;
     assert_eq!(member.status, StatusCode::FORBIDDEN);
 
     let mut seen = Vec::new();
     let mut uri = "/v1/orgs/org_a/audit?limit=2".to_owned();
     loop {
-        let page = caller(&mem, &owner).get(&uri).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let page = caller(&mem, &owner).get_ok(&uri).await;
         let recs = page.json["records"].as_array().unwrap().clone();
         assert!(recs.len() <= 2);
         seen.extend(recs);
@@ -1152,7 +1150,9 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
     assert_eq!(seen[0]["outcome"], "refused");
     assert_eq!(seen[0]["actor"], "usr_amember");
 
-    let refused_only = get_with(&mem, "/v1/orgs/org_a/audit?user=usr_amember", &owner).await;
+    let refused_only = caller(&mem, &owner)
+        .get("/v1/orgs/org_a/audit?user=usr_amember")
+        .await;
     assert_eq!(refused_only.json["records"].as_array().unwrap().len(), 1);
     let window = caller(&mem, &owner)
         .get("/v1/orgs/org_a/audit?from=2026-11-26T12:21:00Z&to=2026-11-26T12:23:00Z")
@@ -1170,7 +1170,9 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
         "cursor=zzz",
         "from=yesterday",
     ] {
-        let a = get_with(&mem, &format!("/v1/orgs/org_a/audit?{bad}"), &owner).await;
+        let a = caller(&mem, &owner)
+            .get(&format!("/v1/orgs/org_a/audit?{bad}"))
+            .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     let viewer = get_with(&mem, "/v1/orgs/org_a/audit", &token(&a_user(Role::Viewer))).await;
@@ -1184,10 +1186,7 @@ async fn owners_and_admins_rename_but_never_replan() {
     let owner = token(&a_user(Role::Owner));
     for i in 0..2 {
         let a = caller(&mem, &owner)
-            .post(
-                "/v1/orgs/org_a/projects",
-                json!({"name": "P", "slug": format!("p{i}")}),
-            )
+            .new_project("P", &format!("p{i}"))
             .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
@@ -1213,8 +1212,7 @@ async fn owners_and_admins_rename_but_never_replan() {
     let got = caller(&mem, &owner).get("/v1/orgs/org_a").await;
     assert_eq!(got.json["plan"], "starter");
     assert_eq!(got.json["name"], "Alpha Two");
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=org.update", &owner).await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (_, recs) = caller(&mem, &owner).audit("org.update").await;
     assert_eq!(recs.len(), 4);
     let allowed: Vec<&Value> = recs.iter().filter(|r| r["outcome"] == "allowed").collect();
     assert_eq!(allowed.len(), 1);
@@ -1283,10 +1281,7 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
     // so another invitation is refused.
     let mem = world(PlanId::Free).await;
     let a = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/invitations",
-            json!({"email": "carol@example.com", "role": "viewer"}),
-        )
+        .invite("carol@example.com", "viewer")
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json["error"]["field"], "users");
@@ -1358,13 +1353,8 @@ async fn users_list_their_own_orgs_only() {
 #[tokio::test]
 async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
     let mem = world(PlanId::Starter).await;
-    let admin = token(&a_user(Role::Admin));
-    let a = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/keys/key_alpha1/rotate",
-            json!({"overlap_seconds": 3600}),
-        )
-        .await;
+    let admin = as_a(&mem, Role::Admin);
+    let a = admin.rotate(json!({"overlap_seconds": 3600})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let secret = a.json["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tk_live_"), "keeps the mode");
@@ -1375,29 +1365,15 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
         let u = caller(&mem, k).get("/v1/usage?meter=api_calls").await;
         assert_eq!(u.status, StatusCode::OK);
     }
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.rotate", &admin).await;
+    let audit = admin.get("/v1/orgs/org_a/audit?action=key.rotate").await;
     assert!(
         !audit.text.contains(&secret),
         "the audit trail never holds a secret"
     );
-    let too_long = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/keys/key_alpha1/rotate",
-            json!({"overlap_seconds": 99_999_999}),
-        )
-        .await;
+    let too_long = admin.rotate(json!({"overlap_seconds": 99_999_999})).await;
     assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
-    call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/revoke",
-        Some(&admin),
-        None,
-    )
-    .await;
-    let revoked = caller(&mem, &admin)
-        .post("/v1/orgs/org_a/keys/key_alpha1/rotate", json!({}))
-        .await;
+    admin.act("/v1/orgs/org_a/keys/key_alpha1/revoke").await;
+    let revoked = admin.rotate(json!({})).await;
     assert_eq!(revoked.status, StatusCode::CONFLICT);
 }
 
@@ -1405,21 +1381,16 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
 async fn the_usage_summary_shows_value_allowance_and_percentage() {
     let mem = world(PlanId::Free).await;
     let a = as_a(&mem, Role::Viewer)
-        .get("/v1/orgs/org_a/usage/summary")
+        .get_ok("/v1/orgs/org_a/usage/summary")
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["period"], "2026-11");
     assert_eq!(a.json["plan"], "free");
-    let meters = a.json["meters"].as_array().unwrap();
-    let api = meters.iter().find(|m| m["meter"] == "api_calls").unwrap();
+    let api = of_meter(&a.json, "meters", "api_calls");
     assert_eq!(api["value"], "2500");
     assert_eq!(api["included"], "10000");
     assert_eq!(api["limit"], "10000", "free plan limits are hard");
     assert_eq!(api["percent_used"], "25.00");
-    let bw = meters
-        .iter()
-        .find(|m| m["meter"] == "bandwidth_bytes")
-        .unwrap();
+    let bw = of_meter(&a.json, "meters", "bandwidth_bytes");
     assert_eq!(bw["value"], "0");
     // Every free meter is capped, bandwidth included (1 GiB).
     assert_eq!(bw["included"], "1073741824");
@@ -1430,26 +1401,14 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
     let a = as_a(&mem, Role::Owner)
         .get("/v1/orgs/org_a/usage/summary")
         .await;
-    let api = a.json["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let api = of_meter(&a.json, "meters", "api_calls");
     assert_eq!(api["percent_used"], "2.50");
     assert!(
         api.get("limit").is_none(),
         "paid plans bill overage instead"
     );
     // A meter without an allowance (starter's bandwidth) shows no allowance or percentage.
-    let bw = a.json["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["meter"] == "bandwidth_bytes")
-        .unwrap()
-        .clone();
+    let bw = of_meter(&a.json, "meters", "bandwidth_bytes");
     assert!(
         bw.get("included").is_none() && bw.get("percent_used").is_none(),
         "{bw}"
@@ -1461,10 +1420,7 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     let mem = world(PlanId::Starter).await;
     let admin = token(&a_user(Role::Admin));
     let a = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/invitations",
-            json!({"email": "Carol@Example.com", "role": "admin"}),
-        )
+        .invite("Carol@Example.com", "admin")
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let invite = a.json["token"].as_str().unwrap().to_owned();
@@ -1485,10 +1441,7 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     );
     // The same email twice, and owner as a role, are refused.
     let again = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/invitations",
-            json!({"email": "carol@example.com", "role": "viewer"}),
-        )
+        .invite("carol@example.com", "viewer")
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     for (body, field) in [
@@ -1504,7 +1457,7 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert_eq!(a.json["error"]["field"], field);
     }
-    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
+    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/invitations").await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
     assert_eq!(listed.json["invitations"].as_array().unwrap().len(), 2);
     assert!(
@@ -1540,16 +1493,13 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text);
     let unknown = accept(carol.clone(), "tinv_nope".into()).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
+    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/invitations").await;
     assert_eq!(
         listed.json["invitations"].as_array().unwrap().len(),
         1,
         "an accepted invitation is no longer pending"
     );
-    let audit = caller(&mem, &admin)
-        .get("/v1/orgs/org_a/audit?action=invitation.accept")
-        .await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (audit, recs) = caller(&mem, &admin).audit("invitation.accept").await;
     assert_eq!(recs.len(), 4, "{}", audit.text);
     assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
     assert!(
@@ -1597,21 +1547,16 @@ async fn expired_invitations_are_refused_and_no_longer_count() {
 async fn pending_invitations_count_against_the_user_limit() {
     // Starter allows 10 users: org A has 4 members and 1 pending invitation.
     let mem = world(PlanId::Starter).await;
-    let owner = token(&a_user(Role::Owner));
+    let owner = as_a(&mem, Role::Owner);
     for i in 0..5 {
-        let a = caller(&mem, &owner)
-            .post(
-                "/v1/orgs/org_a/invitations",
-                json!({"email": format!("p{i}@example.com"), "role": "viewer"}),
-            )
-            .await;
+        let a = owner.invite(&format!("p{i}@example.com"), "viewer").await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     }
     for (uri, body) in [(
         "/v1/orgs/org_a/invitations",
         json!({"email": "one-more@example.com", "role": "viewer"}),
     )] {
-        let a = caller(&mem, &owner).post(uri, body).await;
+        let a = owner.post(uri, body).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}: {}", a.text);
         assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
         assert_eq!(a.json["error"]["field"], "users");
@@ -1695,22 +1640,12 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json["error"]["field"], "name");
-    let full = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let full = caller(&mem, &admin).new_project("Two", "two").await;
     assert_eq!(full.status, StatusCode::FORBIDDEN, "the plan is full");
 
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects/prj_alpha1/archive",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .act("/v1/orgs/org_a/projects/prj_alpha1/archive")
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["archived_at"], NOW);
     let listed = caller(&mem, &admin).get("/v1/orgs/org_a/projects").await;
@@ -1718,12 +1653,7 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
         listed.json["projects"][0]["archived_at"], NOW,
         "listed, marked"
     );
-    let two = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let two = caller(&mem, &admin).new_project("Two", "two").await;
     assert_eq!(
         two.status,
         StatusCode::CREATED,
@@ -1754,13 +1684,8 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
 async fn members_and_viewers_see_only_the_projects_they_are_on() {
     let mem = world(PlanId::Starter).await;
     let admin = token(&a_user(Role::Admin));
-    let member = token(&a_user(Role::Member));
-    let two = caller(&mem, &admin)
-        .post(
-            "/v1/orgs/org_a/projects",
-            json!({"name": "Two", "slug": "two"}),
-        )
-        .await;
+    let member = as_a(&mem, Role::Member);
+    let two = caller(&mem, &admin).new_project("Two", "two").await;
     let two = two.json["id"].as_str().unwrap().to_owned();
     let ids = |a: &Answer| -> Vec<String> {
         a.json["projects"]
@@ -1772,9 +1697,9 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
     };
     let all = caller(&mem, &admin).get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&all), ["prj_alpha1", two.as_str()], "admins see all");
-    let mine = caller(&mem, &member).get("/v1/orgs/org_a/projects").await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1"]);
-    let hidden = get_with(&mem, &format!("/v1/orgs/org_a/projects/{two}"), &member).await;
+    let hidden = member.get(&format!("/v1/orgs/org_a/projects/{two}")).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
 
     let add = |user: &'static str| {
@@ -1796,7 +1721,7 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
         StatusCode::NOT_FOUND,
         "only members of the org"
     );
-    let mine = caller(&mem, &member).get("/v1/orgs/org_a/projects").await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1", two.as_str()]);
     let removed = caller(&mem, &admin)
         .delete(&format!(
@@ -1804,7 +1729,7 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
         ))
         .await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
-    let mine = caller(&mem, &member).get("/v1/orgs/org_a/projects").await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1"]);
     let again = caller(&mem, &admin)
         .delete(&format!(
@@ -1842,17 +1767,11 @@ async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters
     assert_eq!(twice.json["error"]["code"], "invalid_body");
 
     let half = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/keys/key_alpha1/rotate",
-            json!({"overlap_seconds": 60.5}),
-        )
+        .rotate(json!({"overlap_seconds": 60.5}))
         .await;
     assert_eq!(half.status, StatusCode::BAD_REQUEST, "{}", half.text);
     let whole = caller(&mem, &owner)
-        .post(
-            "/v1/orgs/org_a/keys/key_alpha1/rotate",
-            json!({"overlap_seconds": 60.0}),
-        )
+        .rotate(json!({"overlap_seconds": 60.0}))
         .await;
     assert_eq!(whole.status, StatusCode::CREATED, "{}", whole.text);
 
@@ -1926,8 +1845,7 @@ async fn report_line_events_are_paged_for_owners_and_admins_only() {
                 Some(c) => format!("{base}?limit=7&cursor={c}"),
                 None => format!("{base}?limit=7"),
             };
-            let a = caller(&mem, &bearer).get(&uri).await;
-            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            let a = caller(&mem, &bearer).get_ok(&uri).await;
             let events = a.json["events"].as_array().unwrap();
             assert!(events.len() <= 7, "{}", a.text);
             for e in events {
@@ -2046,9 +1964,8 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
             rows.iter().map(|r| r.split(',').next().unwrap()).collect();
         assert_eq!(ids.len(), 802, "each entry once");
     }
-    let owner = token(&a_user(Role::Owner));
-    let a = caller(&mem, &owner).get(base).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.get_ok(base).await;
     assert!(
         a.text
             .lines()
@@ -2072,21 +1989,14 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
 async fn the_upcoming_invoice_prices_the_month_so_far_and_projects_it() {
     let mem = world(PlanId::Starter).await;
     let a = as_a(&mem, Role::Viewer)
-        .get("/v1/orgs/org_a/invoices/upcoming")
+        .get_ok("/v1/orgs/org_a/invoices/upcoming")
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["period"], "2026-11");
     assert_eq!(a.json["plan"], "starter");
     assert_eq!(a.json["as_of"], NOW);
     assert_eq!(a.json["days_in_month"], 30);
     assert_eq!(a.json["days_elapsed"], "25.520833");
-    let api = a.json["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let api = of_meter(&a.json, "lines", "api_calls");
     assert_eq!(api["quantity"], "2500");
     assert_eq!(api["included"], "100000");
     assert_eq!(api["billable"], "0");
@@ -2124,16 +2034,9 @@ async fn the_upcoming_invoice_applies_the_orgs_price_override() {
             .unwrap()
     );
     let a = as_a(&mem, Role::Viewer)
-        .get("/v1/orgs/org_a/invoices/upcoming")
+        .get_ok("/v1/orgs/org_a/invoices/upcoming")
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    let api = a.json["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let api = of_meter(&a.json, "lines", "api_calls");
     assert_eq!(api["included"], "1000");
     assert_eq!(api["amount"], "0.68");
     assert_eq!(api["overrides"], json!([o.id.to_string()]));
@@ -2179,8 +2082,8 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             .await
             .unwrap();
     }
-    let bearer = token(&a_user(Role::Member));
-    let a = get_with(&mem, "/v1/orgs/org_a/invoices?limit=1", &bearer).await;
+    let bearer = as_a(&mem, Role::Member);
+    let a = bearer.get("/v1/orgs/org_a/invoices?limit=1").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         a.json,
@@ -2189,12 +2092,12 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             "stripe": {"status": "paid", "invoice_id": "in_123", "hosted_url": null}}],
             "next_before": "2026-10"})
     );
-    let a = get_with(&mem, "/v1/orgs/org_a/invoices?before=2026-10", &bearer).await;
+    let a = bearer.get("/v1/orgs/org_a/invoices?before=2026-10").await;
     assert_eq!(a.json["invoices"][0]["period"], "2026-09");
     assert_eq!(a.json["invoices"][0]["stripe"]["status"], "not_synced");
     assert!(a.json.get("next_before").is_none());
     for bad in ["limit=0", "limit=101", "before=2026-13", "before=soon"] {
-        let a = get_with(&mem, &format!("/v1/orgs/org_a/invoices?{bad}"), &bearer).await;
+        let a = bearer.get(&format!("/v1/orgs/org_a/invoices?{bad}")).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
