@@ -1379,10 +1379,14 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
 
 #[tokio::test]
 async fn the_usage_summary_shows_value_allowance_and_percentage() {
-    let mem = world(PlanId::Free).await;
-    let a = as_a(&mem, Role::Viewer)
-        .get_ok("/v1/orgs/org_a/usage/summary")
-        .await;
+    // Org A's usage summary in a world on `plan`, as its user with `role` reads it.
+    async fn summary(plan: PlanId, role: Role) -> Answer {
+        let mem = world(plan).await;
+        as_a(&mem, role)
+            .get_ok("/v1/orgs/org_a/usage/summary")
+            .await
+    }
+    let a = summary(PlanId::Free, Role::Viewer).await;
     assert_eq!(a.json["period"], "2026-11");
     assert_eq!(a.json["plan"], "free");
     let api = of_meter(&a.json, "meters", "api_calls");
@@ -1397,10 +1401,7 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
     assert_eq!(bw["limit"], "1073741824");
     assert_eq!(bw["percent_used"], "0.00");
 
-    let mem = world(PlanId::Starter).await;
-    let a = as_a(&mem, Role::Owner)
-        .get("/v1/orgs/org_a/usage/summary")
-        .await;
+    let a = summary(PlanId::Starter, Role::Owner).await;
     let api = of_meter(&a.json, "meters", "api_calls");
     assert_eq!(api["percent_used"], "2.50");
     assert!(
