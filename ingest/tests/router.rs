@@ -1193,21 +1193,13 @@ async fn unknown_projects_are_remembered_briefly() {
 #[tokio::test]
 async fn the_future_limit_is_five_minutes_on_the_server_clock() {
     let h = Harness::new().await;
-    let a = h
-        .batch(
-            GOOD_KEY,
-            vec![
-                at("ok", "2026-11-26T12:05:00Z"),
-                at("ahead", "2026-11-26T12:05:01Z"),
-            ],
-        )
-        .await;
-    assert_eq!(a.json["accepted"], 1);
-    assert_eq!(a.rejected_codes(), [(1, "timestamp_in_future".to_owned())]);
+    // NOW is 12:00:00: five minutes ahead is allowed, a second more is not.
+    let ok = at("ok", "2026-11-26T12:05:00Z");
+    let ahead = at("ahead", "2026-11-26T12:05:01Z");
+    let a = h.batch(GOOD_KEY, vec![ok, ahead.clone()]).await;
+    a.assert_accepted(1, &[(1, "timestamp_in_future", "timestamp")]);
     h.advance(secs(1));
-    let a = h
-        .post_event(GOOD_KEY, at("ahead", "2026-11-26T12:05:01Z"))
-        .await;
+    let a = h.post_event(GOOD_KEY, ahead).await;
     assert_eq!(
         a.json["accepted"], 1,
         "one second later it is within the skew"
@@ -1505,27 +1497,20 @@ async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
 #[tokio::test]
 async fn a_test_keys_events_are_kept_apart_and_held_to_the_free_allowance_of_their_own() {
     let h = Harness::using("org_f", "compute_minutes", 100).await;
+    let minutes = |id: &str, n: i64| fev(id, "compute_minutes", n);
     // The live key is at the free plan's hard limit...
-    let a = h
-        .post_event(FREE_KEY, fev("live", "compute_minutes", 1))
-        .await;
+    let a = h.post_event(FREE_KEY, minutes("live", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     // ...the test key has an allowance of its own, on the twin's counters, not the live one.
     let a = h
         .batch(
             FREE_TEST_KEY,
-            vec![
-                fev("t1", "compute_minutes", 95),
-                fev("t2", "compute_minutes", 5),
-                fev("t3", "compute_minutes", 1),
-            ],
+            vec![minutes("t1", 95), minutes("t2", 5), minutes("t3", 1)],
         )
         .await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(a.json["accepted"], 2);
     // Unbilled test usage cannot carry production traffic: past the free allowance it is
     // refused, saying why.
-    assert_eq!(a.rejected_codes(), [(2, "plan_limit_exceeded".to_owned())]);
+    a.assert_accepted(2, &[(2, "plan_limit_exceeded", "meter")]);
     let message = a.json["rejected"][0]["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("test mode allows 100"), "{message}");
     // Queued under the org's test twin, so the ledger and counters keep them apart.
@@ -1535,9 +1520,7 @@ async fn a_test_keys_events_are_kept_apart_and_held_to_the_free_allowance_of_the
         assert_eq!(e.org_id, org("org_f").test_twin());
     }
     // And the live allowance is untouched: a live event is still refused at 100.
-    let a = h
-        .post_event(FREE_KEY, fev("live2", "compute_minutes", 1))
-        .await;
+    let a = h.post_event(FREE_KEY, minutes("live2", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json["error"]["usage"], "100");
 }
