@@ -25,10 +25,9 @@ use tally_core::ports::{
 use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::MemoryStore;
-use tower::ServiceExt;
 
 mod common;
-use common::{Queue, an_org, assert_accepted, key, project, seed_owner, t};
+use common::{Queue, an_org, assert_accepted, key, project, respond, seed_owner, t};
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
@@ -124,11 +123,7 @@ async fn post(ingest: &Ingest, events: Vec<Value>) -> (StatusCode, Value) {
         .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
         .body(Body::from(json!({ "events": events }).to_string()))
         .unwrap();
-    let res = ingest.clone().router().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let (status, _, bytes) = respond(ingest.clone().router(), req).await;
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 

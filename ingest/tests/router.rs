@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 mod common;
-use common::{PublishMode, Queue, an_org, key, org, project, seed_owner, t};
+use common::{PublishMode, Queue, an_org, key, org, project, respond, seed_owner, t};
 
 use std::sync::Arc;
 
@@ -321,12 +321,7 @@ impl Harness {
 
     /// The router's answer to `req`, its body read as JSON.
     async fn answer(&self, req: Request<Body>) -> Answer {
-        let res = self.ingest.clone().router().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, headers, bytes) = respond(self.ingest.clone().router(), req).await;
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
         Answer {

@@ -1,6 +1,6 @@
-//! What the ingest router tests share: reading and checking a `POST /v1/events` answer's
-//! rejections, the instants, orgs, projects and keys their stores are seeded with, and the
-//! queue fake ingest publishes to.
+//! What the ingest router tests share: sending a request, reading and checking a
+//! `POST /v1/events` answer's rejections, the instants, orgs, projects and keys their
+//! stores are seeded with, and the queue fake ingest publishes to.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::http::StatusCode;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::Event;
@@ -23,6 +25,18 @@ use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError, UserSto
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 use tally_store::MemoryStore;
 use tokio::sync::Notify;
+use tower::ServiceExt;
+
+/// `router`'s answer to `req`: its status, headers and body.
+pub async fn respond(router: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, bytes)
+}
 
 /// (index, code, field) of each rejection in a `POST /v1/events` answer, in its order.
 pub fn rejections(answer: &Value) -> Vec<(u64, &str, &str)> {
