@@ -19,10 +19,11 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use tally_core::fixtures;
+use tally_core::ids::OrgId;
 use tally_core::plan::PlanId;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org};
 use tally_store::MemoryStore;
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -80,55 +81,21 @@ pub fn org(s: &str) -> OrgId {
 /// The key of `secret` in `org_id` with `scopes`, created 2026-01-01, never expiring (its
 /// id ends with the secret's last 16 characters).
 pub fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
-    ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap(),
-        org_id: org(org_id),
-        name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
-        scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    }
+    let id = format!("key_{}", &secret[secret.len() - 16..]);
+    fixtures::api_key(&id, org_id, secret, scopes)
 }
 
 /// The org `id` on `plan`, owned by `usr_owner`, created 2026-01-01.
 pub fn an_org(id: &str, plan: PlanId) -> Org {
-    Org {
-        id: org(id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        plan,
-        owner_id: UserId::parse("usr_owner").unwrap(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    }
+    fixtures::org(id, plan)
 }
 
 /// The project `id` of `org_id`, created 2026-01-01.
-pub fn project(id: &str, org_id: &str) -> Project {
-    Project {
-        id: ProjectId::parse(id).unwrap(),
-        org_id: org(org_id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        created_at: t("2026-01-01T00:00:00Z"),
-        archived_at: None,
-    }
-}
+pub use fixtures::project;
 
 /// Stores the user `usr_owner` (`owner@example.com`), who owns every org [`an_org`] builds.
 pub async fn seed_owner(store: &MemoryStore) {
-    store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: t("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
+    store.ensure_user(&fixtures::owner()).await.unwrap();
 }
 
 /// How the [`Queue`] fake answers a publish.
