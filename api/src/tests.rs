@@ -9,11 +9,12 @@ use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::{Event, Quantity};
-use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
+use tally_core::fixtures;
+use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
 use tally_core::meter::{Aggregation, MeterCatalogue};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, FixedClock, OrgStore, ProjectStore, UsageStore, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope};
 use tally_store::MemoryStore;
 use tally_store::memory::{Fault, Op};
 use tower::ServiceExt;
@@ -33,30 +34,11 @@ fn org(s: &str) -> OrgId {
     OrgId::parse(s).unwrap()
 }
 
+/// The key of `secret` in org_a with `scopes` (its id ends with the secret's last 12
+/// characters).
 fn key(secret: &str, scopes: &[KeyScope]) -> ApiKey {
-    ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 12..])).unwrap(),
-        org_id: org("org_a"),
-        name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
-        scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    }
-}
-
-fn project(id: &str, org_id: &str) -> Project {
-    Project {
-        id: ProjectId::parse(id).unwrap(),
-        org_id: org(org_id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        created_at: t("2026-01-01T00:00:00Z"),
-        archived_at: None,
-    }
+    let id = format!("key_{}", &secret[secret.len() - 12..]);
+    fixtures::api_key(&id, "org_a", secret, scopes)
 }
 
 /// One `api_calls` event.
@@ -78,32 +60,22 @@ fn usage(id: &str, org_id: &str, project_id: &str, at: &str, quantity: &str) -> 
 /// November at 10:30 (prj_a2); org b 999 on 1 November.
 async fn seeded() -> MemoryStore {
     let store = MemoryStore::new();
-    let owner = store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: t("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
+    store.ensure_user(&fixtures::owner()).await.unwrap();
     for id in ["org_a", "org_b"] {
-        let o = Org {
-            id: org(id),
-            name: id.into(),
-            slug: id.replace('_', "-"),
-            plan: PlanId::Pro,
-            owner_id: owner.id.clone(),
-            created_at: t("2026-01-01T00:00:00Z"),
-            deleted_at: None,
-        };
-        store.create_org(&o).await.unwrap();
+        store
+            .create_org(&fixtures::org(id, PlanId::Pro))
+            .await
+            .unwrap();
     }
     for (id, o) in [
         ("prj_a1", "org_a"),
         ("prj_a2", "org_a"),
         ("prj_b1", "org_b"),
     ] {
-        store.create_project(&project(id, o)).await.unwrap();
+        store
+            .create_project(&fixtures::project(id, o))
+            .await
+            .unwrap();
     }
     for k in [
         key(READ_KEY, &[KeyScope::UsageRead]),

@@ -230,21 +230,27 @@ async fn world(plan: PlanId) -> World {
             .unwrap();
     }
     // Org A used 2,500 API calls this month.
-    let used = Event {
-        id: EventId::parse("seeded_usage").unwrap(),
-        org_id: org_id("org_a"),
-        project_id: ProjectId::parse("prj_alpha1").unwrap(),
-        meter: MeterName::parse("api_calls").unwrap(),
-        aggregation: Aggregation::Sum,
-        quantity: Quantity::new(2500.into()).unwrap(),
-        timestamp: t("2026-11-02T00:00:00Z"),
-        properties: serde_json::Map::new(),
-    };
+    let used = seeded_usage(org_id("org_a"), 2500);
     store.apply_batch(&[used]).await.unwrap();
     World {
         store,
         clock: Arc::new(FixedClock::at(t(NOW))),
         plans: std::collections::BTreeMap::new(),
+    }
+}
+
+/// The event `seeded_usage`: `quantity` API calls of `org` on project `prj_alpha1`, on
+/// 2026-11-02.
+fn seeded_usage(org: OrgId, quantity: u32) -> Event {
+    Event {
+        id: EventId::parse("seeded_usage").unwrap(),
+        org_id: org,
+        project_id: ProjectId::parse("prj_alpha1").unwrap(),
+        meter: MeterName::parse("api_calls").unwrap(),
+        aggregation: Aggregation::Sum,
+        quantity: Quantity::new(quantity.into()).unwrap(),
+        timestamp: t("2026-11-02T00:00:00Z"),
+        properties: serde_json::Map::new(),
     }
 }
 
@@ -283,6 +289,86 @@ async fn call(
     body: Option<Value>,
 ) -> Answer {
     call_text(mem, method, uri, bearer, body.map(|b| b.to_string())).await
+}
+
+/// A caller of the API: the world it calls and the bearer token it sends.
+struct Caller<'a> {
+    mem: &'a World,
+    bearer: String,
+}
+
+/// `mem` called with `bearer` as the bearer token.
+fn caller<'a>(mem: &'a World, bearer: &str) -> Caller<'a> {
+    Caller {
+        mem,
+        bearer: bearer.to_owned(),
+    }
+}
+
+/// `mem` called by org A's user with `role`.
+fn as_a(mem: &World, role: Role) -> Caller<'_> {
+    caller(mem, &token(&a_user(role)))
+}
+
+impl Caller<'_> {
+    /// `GET uri`.
+    async fn get(&self, uri: &str) -> Answer {
+        get_with(self.mem, uri, &self.bearer).await
+    }
+
+    /// `POST uri` with the JSON `body`.
+    async fn post(&self, uri: &str, body: Value) -> Answer {
+        call(self.mem, "POST", uri, Some(&self.bearer), Some(body)).await
+    }
+
+    /// `PATCH uri` with the JSON `body`.
+    async fn patch(&self, uri: &str, body: Value) -> Answer {
+        call(self.mem, "PATCH", uri, Some(&self.bearer), Some(body)).await
+    }
+
+    /// `POST /v1/orgs/org_a/projects`: a new project of org A named `name`.
+    async fn new_project(&self, name: &str, slug: &str) -> Answer {
+        let body = json!({"name": name, "slug": slug});
+        self.post("/v1/orgs/org_a/projects", body).await
+    }
+
+    /// `POST /v1/orgs/org_a/invitations`: invites `email` to org A as `role`.
+    async fn invite(&self, email: &str, role: &str) -> Answer {
+        let body = json!({"email": email, "role": role});
+        self.post("/v1/orgs/org_a/invitations", body).await
+    }
+
+    /// `POST /v1/orgs/org_a/keys/key_alpha1/rotate` with the JSON `body`.
+    async fn rotate(&self, body: Value) -> Answer {
+        self.post("/v1/orgs/org_a/keys/key_alpha1/rotate", body)
+            .await
+    }
+
+    /// `GET uri`, expecting 200.
+    async fn get_ok(&self, uri: &str) -> Answer {
+        let a = self.get(uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.text);
+        a
+    }
+
+    /// `POST uri` without a body: an action on a resource (revoke, archive).
+    async fn act(&self, uri: &str) -> Answer {
+        call(self.mem, "POST", uri, Some(&self.bearer), None).await
+    }
+
+    /// `GET /v1/orgs/org_a/audit?action={action}`: the answer and its records.
+    async fn audit(&self, action: &str) -> (Answer, Vec<Value>) {
+        let a = self
+            .get(&format!("/v1/orgs/org_a/audit?action={action}"))
+            .await;
+        let records = a.json["records"].as_array().unwrap().clone();
+        (a, records)
+    }
+
+    /// `DELETE uri`.
+    async fn delete(&self, uri: &str) -> Answer {
+        call(self.mem, "DELETE", uri, Some(&self.bearer), None).await
+    }
 }
 
 /// `GET uri` with `bearer` as the bearer token.
@@ -661,35 +747,29 @@ async fn audit_completeness_every_mutating_route() {
 #[tokio::test]
 async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     let mem = world(PlanId::Starter).await;
-    let admin = token(&a_user(Role::Admin));
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys",
-        Some(&admin),
-        Some(json!({"name": "ci", "scopes": ["usage:read"], "test": true})),
-    )
-    .await;
+    let admin = as_a(&mem, Role::Admin);
+    let a = admin
+        .post(
+            "/v1/orgs/org_a/keys",
+            json!({"name": "ci", "scopes": ["usage:read"], "test": true}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let secret = a.json["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tk_test_"));
     // A key cannot be created already expired.
-    let expired = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys",
-        Some(&admin),
-        Some(
+    let expired = admin
+        .post(
+            "/v1/orgs/org_a/keys",
             json!({"name": "late", "scopes": ["usage:read"], "expires_at": "2026-01-01T00:00:00Z"}),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(expired.status, StatusCode::BAD_REQUEST, "{}", expired.text);
     assert_eq!(expired.json["error"]["field"], "expires_at");
     let id = a.json["id"].as_str().unwrap().to_owned();
     assert_eq!(a.json["scopes"], json!(["usage:read"]));
 
-    let listed = call(&mem, "GET", "/v1/orgs/org_a/keys", Some(&admin), None).await;
+    let listed = admin.get("/v1/orgs/org_a/keys").await;
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.json["keys"].as_array().unwrap().len(), 2);
     assert!(
@@ -703,32 +783,17 @@ async fn keys_show_the_secret_once_list_without_it_and_revoke() {
     assert!(!listed.text.contains("hash"));
 
     // The new key reads usage; once revoked it is refused.
-    let ok = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
+    let ok = caller(&mem, &secret).get("/v1/usage?meter=api_calls").await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
-    let r = call(
-        &mem,
-        "POST",
-        &format!("/v1/orgs/org_a/keys/{id}/revoke"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let r = admin.act(&format!("/v1/orgs/org_a/keys/{id}/revoke")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["revoked_at"], "2026-11-26T12:30:00Z");
-    let refused = get_with(&mem, "/v1/usage?meter=api_calls", &secret).await;
+    let refused = caller(&mem, &secret).get("/v1/usage?meter=api_calls").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    let unknown = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_nope/revoke",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let unknown = admin.act("/v1/orgs/org_a/keys/key_nope/revoke").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.revoke", &admin).await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (audit, recs) = admin.audit("key.revoke").await;
     assert_eq!(recs.len(), 2, "{}", audit.text);
     assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
     let allowed = recs.iter().find(|r| r["outcome"] == "allowed").unwrap();
@@ -748,16 +813,7 @@ async fn the_api_enforces_the_loaded_catalogue_s_caps() {
     let owner = token(&a_user(Role::Owner));
     let create = |slug: &'static str| {
         let (mem, owner) = (mem.clone(), owner.clone());
-        async move {
-            call(
-                &mem,
-                "POST",
-                "/v1/orgs/org_a/projects",
-                Some(&owner),
-                Some(json!({"name": slug, "slug": slug})),
-            )
-            .await
-        }
+        async move { caller(&mem, &owner).new_project(slug, slug).await }
     };
     let two = create("two").await;
     assert_eq!(two.status, StatusCode::CREATED, "{}", two.text);
@@ -770,15 +826,8 @@ async fn the_api_enforces_the_loaded_catalogue_s_caps() {
 #[tokio::test]
 async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
     let mem = world(PlanId::Free).await; // free: 1 project, which org A has
-    let owner = token(&a_user(Role::Owner));
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&owner),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.new_project("Two", "two").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
     assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
     assert_eq!(a.json["error"]["limit"], 1);
@@ -786,43 +835,20 @@ async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
     assert_eq!(a.json["error"]["field"], "projects");
 
     let mem = world(PlanId::Starter).await;
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&owner),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.new_project("Two", "two").await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let id = a.json["id"].as_str().unwrap().to_owned();
-    let got = get_with(
-        &mem,
-        &format!("/v1/orgs/org_a/projects/{id}"),
-        &token(&a_user(Role::Admin)),
-    )
-    .await;
+    let got = as_a(&mem, Role::Admin)
+        .get(&format!("/v1/orgs/org_a/projects/{id}"))
+        .await;
     assert_eq!(got.json["slug"], "two");
-    let dup = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&owner),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let dup = owner.new_project("Two", "two").await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
-    let bad = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&owner),
-        Some(json!({"name": "X", "slug": "Not A Slug"})),
-    )
-    .await;
+    let bad = owner.new_project("X", "Not A Slug").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json["error"]["field"], "slug");
-    let listed = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&owner), None).await;
+    let listed = owner.get("/v1/orgs/org_a/projects").await;
     assert_eq!(listed.json["projects"].as_array().unwrap().len(), 2);
 }
 
@@ -830,11 +856,11 @@ async fn projects_past_the_plan_limit_are_403_with_limit_and_count() {
 async fn the_org_and_its_members_are_read_by_members() {
     let mem = world(PlanId::Starter).await;
     let viewer = token(&a_user(Role::Viewer));
-    let a = call(&mem, "GET", "/v1/orgs/org_a", Some(&viewer), None).await;
+    let a = caller(&mem, &viewer).get("/v1/orgs/org_a").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["name"], "Alpha Ltd");
     assert_eq!(a.json["owner_id"], "usr_aowner");
-    let m = call(&mem, "GET", "/v1/orgs/org_a/members", Some(&viewer), None).await;
+    let m = caller(&mem, &viewer).get("/v1/orgs/org_a/members").await;
     let roles = texts(&m.json, "members", "role");
     assert_eq!(roles, ["owner", "admin", "member", "viewer"]);
     // Tokens: none, garbage, expired, another secret.
@@ -843,9 +869,7 @@ async fn the_org_and_its_members_are_read_by_members() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        call(&mem, "GET", "/v1/orgs/org_a", Some("a.b.c"), None)
-            .await
-            .status,
+        caller(&mem, "a.b.c").get("/v1/orgs/org_a").await.status,
         StatusCode::UNAUTHORIZED
     );
     let expired = jwt()
@@ -856,9 +880,7 @@ async fn the_org_and_its_members_are_read_by_members() {
         )
         .unwrap();
     assert_eq!(
-        call(&mem, "GET", "/v1/orgs/org_a", Some(&expired), None)
-            .await
-            .status,
+        caller(&mem, &expired).get("/v1/orgs/org_a").await.status,
         StatusCode::UNAUTHORIZED
     );
     let forged = JwtConfig::hs256(&[9; 32])
@@ -866,14 +888,12 @@ async fn the_org_and_its_members_are_read_by_members() {
         .mint(&a_user(Role::Owner), t(NOW), chrono::Duration::hours(1))
         .unwrap();
     assert_eq!(
-        call(&mem, "GET", "/v1/orgs/org_a", Some(&forged), None)
-            .await
-            .status,
+        caller(&mem, &forged).get("/v1/orgs/org_a").await.status,
         StatusCode::UNAUTHORIZED
     );
     // Unknown and malformed org ids look the same as another org's.
     for org in ["org_zzz", "garbage", "org_b"] {
-        let a = call(&mem, "GET", &format!("/v1/orgs/{org}"), Some(&viewer), None).await;
+        let a = caller(&mem, &viewer).get(&format!("/v1/orgs/{org}")).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{org}");
     }
 }
@@ -881,14 +901,14 @@ async fn the_org_and_its_members_are_read_by_members() {
 #[tokio::test]
 async fn usage_accepts_a_members_jwt_with_org_id() {
     let mem = world(PlanId::Starter).await;
-    let viewer = token(&a_user(Role::Viewer));
-    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_a", &viewer).await;
+    let viewer = as_a(&mem, Role::Viewer);
+    let a = viewer.get("/v1/usage?meter=api_calls&org_id=org_a").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["org_id"], "org_a");
-    let a = get_with(&mem, "/v1/usage?meter=api_calls", &viewer).await;
+    let a = viewer.get("/v1/usage?meter=api_calls").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.json["error"]["field"], "org_id");
-    let a = get_with(&mem, "/v1/usage?meter=api_calls&org_id=org_b", &viewer).await;
+    let a = viewer.get("/v1/usage?meter=api_calls&org_id=org_b").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
@@ -902,16 +922,7 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
         .create_api_key(&the_key(test_key, "key_alphatest", "org_a"))
         .await
         .unwrap();
-    let sent_in_test = Event {
-        id: EventId::parse("seeded_usage").unwrap(),
-        org_id: org_id("org_a").test_twin(),
-        project_id: ProjectId::parse("prj_alpha1").unwrap(),
-        meter: MeterName::parse("api_calls").unwrap(),
-        aggregation: Aggregation::Sum,
-        quantity: Quantity::new(7.into()).unwrap(),
-        timestamp: t("2026-11-02T00:00:00Z"),
-        properties: serde_json::Map::new(),
-    };
+    let sent_in_test = seeded_usage(org_id("org_a").test_twin(), 7);
     mem.store.apply_batch(&[sent_in_test]).await.unwrap();
     let month = "meter=api_calls&granularity=month";
     let value = |a: &Answer| a.json["series"][0]["value"].as_str().unwrap().to_owned();
@@ -949,15 +960,10 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
     let by_live_key = read(month.into(), KEY_A.into()).await;
     assert_eq!(value(&by_live_key), "2500");
     // A rotated test key stays a test key.
-    let admin = token(&a_user(Role::Admin));
-    let rotated = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alphatest/rotate",
-        Some(&admin),
-        Some(json!({})),
-    )
-    .await;
+    let admin = as_a(&mem, Role::Admin);
+    let rotated = admin
+        .post("/v1/orgs/org_a/keys/key_alphatest/rotate", json!({}))
+        .await;
     assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.text);
     assert!(
         rotated.json["key"]
@@ -967,8 +973,8 @@ async fn test_mode_usage_is_read_apart_and_a_key_reads_its_own_mode_only() {
     );
 
     // The usage summary (what plan limits and alerts see) counts live usage only.
-    let owner = token(&a_user(Role::Owner));
-    let summary = get_with(&mem, "/v1/orgs/org_a/usage/summary", &owner).await;
+    let owner = as_a(&mem, Role::Owner);
+    let summary = owner.get("/v1/orgs/org_a/usage/summary").await;
     assert!(summary.text.contains("\"2500\""), "{}", summary.text);
     assert!(!summary.text.contains("2507"), "{}", summary.text);
 }
@@ -993,9 +999,9 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
         |project: &str| format!("/v1/usage?meter=api_calls&org_id=org_a&project_id={project}");
     for role in [Role::Member, Role::Viewer] {
         let bearer = token(&a_user(role));
-        let own = call(&mem, "GET", &read("prj_alpha1"), Some(&bearer), None).await;
+        let own = caller(&mem, &bearer).get(&read("prj_alpha1")).await;
         assert_eq!(own.status, StatusCode::OK, "{role:?}: {}", own.text);
-        let other = call(&mem, "GET", &read("prj_alpha2"), Some(&bearer), None).await;
+        let other = caller(&mem, &bearer).get(&read("prj_alpha2")).await;
         assert_eq!(
             other.status,
             StatusCode::NOT_FOUND,
@@ -1003,29 +1009,41 @@ async fn usage_of_a_project_is_read_only_by_those_who_see_the_project() {
             other.text
         );
         assert_eq!(other.json["error"]["field"], "project_id");
-        let project = get_with(&mem, "/v1/orgs/org_a/projects/prj_alpha2", &bearer).await;
+        let project = caller(&mem, &bearer)
+            .get("/v1/orgs/org_a/projects/prj_alpha2")
+            .await;
         assert_eq!(
             project.status,
             StatusCode::NOT_FOUND,
             "the project routes agree"
         );
         // Split by project, the answer holds only the projects they see.
-        let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
+        let split = caller(&mem, &bearer).get(PER_PROJECT).await;
         assert_eq!(split.status, StatusCode::OK, "{role:?}: {}", split.text);
         let split_ids = texts(&split.json, "projects", "project_id");
         assert_eq!(split_ids, ["prj_alpha1"], "{role:?}");
     }
     for role in [Role::Owner, Role::Admin] {
         let bearer = token(&a_user(role));
-        let a = call(&mem, "GET", &read("prj_alpha2"), Some(&bearer), None).await;
+        let a = caller(&mem, &bearer).get(&read("prj_alpha2")).await;
         assert_eq!(a.status, StatusCode::OK, "{role:?}: {}", a.text);
-        let split = call(&mem, "GET", PER_PROJECT, Some(&bearer), None).await;
+        let split = caller(&mem, &bearer).get(PER_PROJECT).await;
         let split_ids = texts(&split.json, "projects", "project_id");
         assert_eq!(split_ids, ["prj_alpha1", "prj_alpha2"], "{role:?}");
     }
 }
 
 const PER_PROJECT: &str = "/v1/usage?meter=api_calls&org_id=org_a&per_project=true";
+
+/// The item of `answer[list]` (an invoice's `lines`, a summary's `meters`) of `meter`.
+fn of_meter<'a>(answer: &'a Value, list: &str, meter: &str) -> &'a Value {
+    answer[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == meter)
+        .unwrap()
+}
 
 /// The text `field` of each element of the array `answer[list]`, in its order.
 fn texts<'a>(answer: &'a Value, list: &str, field: &str) -> Vec<&'a str> {
@@ -1098,32 +1116,19 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
     // Records of one instant are ordered by id; the five are a minute apart for the check.
     for i in 0..5 {
         mem.clock.set(t(NOW) - chrono::Duration::minutes(10 - i));
-        let a = call(
-            &mem,
-            "POST",
-            "/v1/orgs/org_a/projects",
-            Some(&owner),
-            Some(json!({"name": "P", "slug": format!("p{i}")})),
-        )
-        .await;
+        let a = caller(&mem, &owner)
+            .new_project("P", &format!("p{i}"))
+            .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
     mem.clock.set(t(NOW));
-    let member = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&token(&a_user(Role::Member))),
-        Some(json!({"name": "P", "slug": "nope"})),
-    )
-    .await;
+    let member = as_a(&mem, Role::Member).new_project("P", "nope").await;
     assert_eq!(member.status, StatusCode::FORBIDDEN);
 
     let mut seen = Vec::new();
     let mut uri = "/v1/orgs/org_a/audit?limit=2".to_owned();
     loop {
-        let page = call(&mem, "GET", &uri, Some(&owner), None).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let page = caller(&mem, &owner).get_ok(&uri).await;
         let recs = page.json["records"].as_array().unwrap().clone();
         assert!(recs.len() <= 2);
         seen.extend(recs);
@@ -1145,14 +1150,13 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
     assert_eq!(seen[0]["outcome"], "refused");
     assert_eq!(seen[0]["actor"], "usr_amember");
 
-    let refused_only = get_with(&mem, "/v1/orgs/org_a/audit?user=usr_amember", &owner).await;
+    let refused_only = caller(&mem, &owner)
+        .get("/v1/orgs/org_a/audit?user=usr_amember")
+        .await;
     assert_eq!(refused_only.json["records"].as_array().unwrap().len(), 1);
-    let window = get_with(
-        &mem,
-        "/v1/orgs/org_a/audit?from=2026-11-26T12:21:00Z&to=2026-11-26T12:23:00Z",
-        &owner,
-    )
-    .await;
+    let window = caller(&mem, &owner)
+        .get("/v1/orgs/org_a/audit?from=2026-11-26T12:21:00Z&to=2026-11-26T12:23:00Z")
+        .await;
     assert_eq!(
         window.json["records"].as_array().unwrap().len(),
         2,
@@ -1166,7 +1170,9 @@ async fn the_audit_trail_pages_newest_first_with_filters() {
         "cursor=zzz",
         "from=yesterday",
     ] {
-        let a = get_with(&mem, &format!("/v1/orgs/org_a/audit?{bad}"), &owner).await;
+        let a = caller(&mem, &owner)
+            .get(&format!("/v1/orgs/org_a/audit?{bad}"))
+            .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     let viewer = get_with(&mem, "/v1/orgs/org_a/audit", &token(&a_user(Role::Viewer))).await;
@@ -1179,26 +1185,16 @@ async fn owners_and_admins_rename_but_never_replan() {
     let admin = token(&a_user(Role::Admin));
     let owner = token(&a_user(Role::Owner));
     for i in 0..2 {
-        let a = call(
-            &mem,
-            "POST",
-            "/v1/orgs/org_a/projects",
-            Some(&owner),
-            Some(json!({"name": "P", "slug": format!("p{i}")})),
-        )
-        .await;
+        let a = caller(&mem, &owner)
+            .new_project("P", &format!("p{i}"))
+            .await;
         assert_eq!(a.status, StatusCode::CREATED);
     }
     // The name changes; the plan is the operator's, whatever the caller's role or the
     // plan asked for (a cheaper one to shrink the bill, a richer one to skip its fee).
-    let a = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a",
-        Some(&admin),
-        Some(json!({"name": "Alpha Two"})),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .patch("/v1/orgs/org_a", json!({"name": "Alpha Two"}))
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["name"], "Alpha Two");
     for (who, body) in [
@@ -1206,23 +1202,17 @@ async fn owners_and_admins_rename_but_never_replan() {
         (&owner, json!({"plan": "enterprise"})),
         (&owner, json!({"plan": "gold"})),
     ] {
-        let a = call(
-            &mem,
-            "PATCH",
-            "/v1/orgs/org_a",
-            Some(who),
-            Some(body.clone()),
-        )
-        .await;
+        let a = caller(&mem, who)
+            .patch("/v1/orgs/org_a", body.clone())
+            .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{body}: {}", a.text);
         assert_eq!(a.json["error"]["code"], "plan_change_forbidden", "{body}");
         assert_eq!(a.json["error"]["field"], "plan", "{body}");
     }
-    let got = call(&mem, "GET", "/v1/orgs/org_a", Some(&owner), None).await;
+    let got = caller(&mem, &owner).get("/v1/orgs/org_a").await;
     assert_eq!(got.json["plan"], "starter");
     assert_eq!(got.json["name"], "Alpha Two");
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=org.update", &owner).await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (_, recs) = caller(&mem, &owner).audit("org.update").await;
     assert_eq!(recs.len(), 4);
     let allowed: Vec<&Value> = recs.iter().filter(|r| r["outcome"] == "allowed").collect();
     assert_eq!(allowed.len(), 1);
@@ -1248,14 +1238,12 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
     let admin = token(&a_user(Role::Admin));
     // Nobody is added to an org without consent: there is no route that adds an existing
     // user by id; a user joins by accepting an invitation sent to their email.
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/members",
-        Some(&admin),
-        Some(json!({"user_id": "usr_carol", "role": "viewer"})),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .post(
+            "/v1/orgs/org_a/members",
+            json!({"user_id": "usr_carol", "role": "viewer"}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{}", a.text);
     assert!(
         mem.get_role(&org_id("org_a"), &user("usr_carol"))
@@ -1265,14 +1253,9 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
     );
     // Carol accepted an invitation (what the invitation tests drive end to end).
     common::add_member(&mem, "org_a", "usr_carol", Role::Viewer, t(NOW)).await;
-    let p = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a/members/usr_carol",
-        Some(&admin),
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let p = caller(&mem, &admin)
+        .patch("/v1/orgs/org_a/members/usr_carol", json!({"role": "admin"}))
+        .await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.text);
     assert_eq!(p.json["role"], "admin");
     for (method, body) in [("PATCH", Some(json!({"role": "admin"}))), ("DELETE", None)] {
@@ -1286,35 +1269,20 @@ async fn members_join_by_invitation_only_and_are_changed_and_removed_but_never_t
         .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{method}: {}", a.text);
     }
-    let d = call(
-        &mem,
-        "DELETE",
-        "/v1/orgs/org_a/members/usr_carol",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let d = caller(&mem, &admin)
+        .delete("/v1/orgs/org_a/members/usr_carol")
+        .await;
     assert_eq!(d.status, StatusCode::OK);
-    let gone = call(
-        &mem,
-        "DELETE",
-        "/v1/orgs/org_a/members/usr_carol",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let gone = caller(&mem, &admin)
+        .delete("/v1/orgs/org_a/members/usr_carol")
+        .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     // The free plan allows 3 users; org A has 4 members and 1 pending invitation already,
     // so another invitation is refused.
     let mem = world(PlanId::Free).await;
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/invitations",
-        Some(&admin),
-        Some(json!({"email": "carol@example.com", "role": "viewer"})),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .invite("carol@example.com", "viewer")
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json["error"]["field"], "users");
     assert_eq!(a.json["error"]["count"], 5);
@@ -1326,53 +1294,31 @@ async fn the_owner_hands_over_ownership_to_a_member() {
     let owner = token(&a_user(Role::Owner));
     let admin = token(&a_user(Role::Admin));
     let body = json!({"user_id": "usr_amember"});
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/transfer",
-        Some(&admin),
-        Some(body.clone()),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .post("/v1/orgs/org_a/transfer", body.clone())
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "admins cannot");
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/transfer",
-        Some(&owner),
-        Some(json!({"user_id": "usr_bowner"})),
-    )
-    .await;
+    let a = caller(&mem, &owner)
+        .post("/v1/orgs/org_a/transfer", json!({"user_id": "usr_bowner"}))
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "only to a member");
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/transfer",
-        Some(&owner),
-        Some(body),
-    )
-    .await;
+    let a = caller(&mem, &owner)
+        .post("/v1/orgs/org_a/transfer", body)
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["owner_id"], "usr_amember");
     // The old owner is an admin now: may rename, may not transfer, and may demote nobody
     // who owns.
-    let again = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/transfer",
-        Some(&owner),
-        Some(json!({"user_id": "usr_aowner"})),
-    )
-    .await;
+    let again = caller(&mem, &owner)
+        .post("/v1/orgs/org_a/transfer", json!({"user_id": "usr_aowner"}))
+        .await;
     assert_eq!(again.status, StatusCode::FORBIDDEN);
-    let demote = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a/members/usr_amember",
-        Some(&owner),
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let demote = caller(&mem, &owner)
+        .patch(
+            "/v1/orgs/org_a/members/usr_amember",
+            json!({"role": "viewer"}),
+        )
+        .await;
     assert_eq!(demote.status, StatusCode::FORBIDDEN);
 }
 
@@ -1398,7 +1344,7 @@ async fn users_list_their_own_orgs_only() {
     let a = get_with(&mem, "/v1/me/orgs", &token(&a_user(Role::Owner))).await;
     assert_eq!(a.json["orgs"].as_array().unwrap().len(), 1);
     assert!(!a.text.contains("org_b"));
-    let a = call(&mem, "GET", "/v1/me/orgs", Some(KEY_A), None).await;
+    let a = caller(&mem, KEY_A).get("/v1/me/orgs").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = call(&mem, "GET", "/v1/me/orgs", None, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
@@ -1407,15 +1353,8 @@ async fn users_list_their_own_orgs_only() {
 #[tokio::test]
 async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
     let mem = world(PlanId::Starter).await;
-    let admin = token(&a_user(Role::Admin));
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/rotate",
-        Some(&admin),
-        Some(json!({"overlap_seconds": 3600})),
-    )
-    .await;
+    let admin = as_a(&mem, Role::Admin);
+    let a = admin.rotate(json!({"overlap_seconds": 3600})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let secret = a.json["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tk_live_"), "keeps the mode");
@@ -1423,97 +1362,54 @@ async fn keys_rotate_and_the_old_secret_works_for_the_overlap() {
     assert_eq!(a.json["new"]["name"], "key key_alpha1");
     // Both work now (the old one until the overlap ends).
     for k in [KEY_A, secret.as_str()] {
-        let u = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(k), None).await;
+        let u = caller(&mem, k).get("/v1/usage?meter=api_calls").await;
         assert_eq!(u.status, StatusCode::OK);
     }
-    let audit = get_with(&mem, "/v1/orgs/org_a/audit?action=key.rotate", &admin).await;
+    let audit = admin.get("/v1/orgs/org_a/audit?action=key.rotate").await;
     assert!(
         !audit.text.contains(&secret),
         "the audit trail never holds a secret"
     );
-    let too_long = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/rotate",
-        Some(&admin),
-        Some(json!({"overlap_seconds": 99_999_999})),
-    )
-    .await;
+    let too_long = admin.rotate(json!({"overlap_seconds": 99_999_999})).await;
     assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
-    call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/revoke",
-        Some(&admin),
-        None,
-    )
-    .await;
-    let revoked = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/rotate",
-        Some(&admin),
-        Some(json!({})),
-    )
-    .await;
+    admin.act("/v1/orgs/org_a/keys/key_alpha1/revoke").await;
+    let revoked = admin.rotate(json!({})).await;
     assert_eq!(revoked.status, StatusCode::CONFLICT);
 }
 
 #[tokio::test]
 async fn the_usage_summary_shows_value_allowance_and_percentage() {
-    let mem = world(PlanId::Free).await;
-    let a = get_with(
-        &mem,
-        "/v1/orgs/org_a/usage/summary",
-        &token(&a_user(Role::Viewer)),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    // Org A's usage summary in a world on `plan`, as its user with `role` reads it.
+    async fn summary(plan: PlanId, role: Role) -> Answer {
+        let mem = world(plan).await;
+        as_a(&mem, role)
+            .get_ok("/v1/orgs/org_a/usage/summary")
+            .await
+    }
+    let a = summary(PlanId::Free, Role::Viewer).await;
     assert_eq!(a.json["period"], "2026-11");
     assert_eq!(a.json["plan"], "free");
-    let meters = a.json["meters"].as_array().unwrap();
-    let api = meters.iter().find(|m| m["meter"] == "api_calls").unwrap();
+    let api = of_meter(&a.json, "meters", "api_calls");
     assert_eq!(api["value"], "2500");
     assert_eq!(api["included"], "10000");
     assert_eq!(api["limit"], "10000", "free plan limits are hard");
     assert_eq!(api["percent_used"], "25.00");
-    let bw = meters
-        .iter()
-        .find(|m| m["meter"] == "bandwidth_bytes")
-        .unwrap();
+    let bw = of_meter(&a.json, "meters", "bandwidth_bytes");
     assert_eq!(bw["value"], "0");
     // Every free meter is capped, bandwidth included (1 GiB).
     assert_eq!(bw["included"], "1073741824");
     assert_eq!(bw["limit"], "1073741824");
     assert_eq!(bw["percent_used"], "0.00");
 
-    let mem = world(PlanId::Starter).await;
-    let a = get_with(
-        &mem,
-        "/v1/orgs/org_a/usage/summary",
-        &token(&a_user(Role::Owner)),
-    )
-    .await;
-    let api = a.json["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let a = summary(PlanId::Starter, Role::Owner).await;
+    let api = of_meter(&a.json, "meters", "api_calls");
     assert_eq!(api["percent_used"], "2.50");
     assert!(
         api.get("limit").is_none(),
         "paid plans bill overage instead"
     );
     // A meter without an allowance (starter's bandwidth) shows no allowance or percentage.
-    let bw = a.json["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["meter"] == "bandwidth_bytes")
-        .unwrap()
-        .clone();
+    let bw = of_meter(&a.json, "meters", "bandwidth_bytes");
     assert!(
         bw.get("included").is_none() && bw.get("percent_used").is_none(),
         "{bw}"
@@ -1524,14 +1420,9 @@ async fn the_usage_summary_shows_value_allowance_and_percentage() {
 async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     let mem = world(PlanId::Starter).await;
     let admin = token(&a_user(Role::Admin));
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/invitations",
-        Some(&admin),
-        Some(json!({"email": "Carol@Example.com", "role": "admin"})),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .invite("Carol@Example.com", "admin")
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let invite = a.json["token"].as_str().unwrap().to_owned();
     let id = a.json["id"].as_str().unwrap().to_owned();
@@ -1550,14 +1441,9 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
         "only the hash is kept"
     );
     // The same email twice, and owner as a role, are refused.
-    let again = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/invitations",
-        Some(&admin),
-        Some(json!({"email": "carol@example.com", "role": "viewer"})),
-    )
-    .await;
+    let again = caller(&mem, &admin)
+        .invite("carol@example.com", "viewer")
+        .await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     for (body, field) in [
         (
@@ -1566,18 +1452,13 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
         ),
         (json!({"email": "not an email", "role": "member"}), "email"),
     ] {
-        let a = call(
-            &mem,
-            "POST",
-            "/v1/orgs/org_a/invitations",
-            Some(&admin),
-            Some(body),
-        )
-        .await;
+        let a = caller(&mem, &admin)
+            .post("/v1/orgs/org_a/invitations", body)
+            .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert_eq!(a.json["error"]["field"], field);
     }
-    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
+    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/invitations").await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
     assert_eq!(listed.json["invitations"].as_array().unwrap().len(), 2);
     assert!(
@@ -1593,14 +1474,9 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     let accept = |bearer: String, token: String| {
         let mem = mem.clone();
         async move {
-            call(
-                &mem,
-                "POST",
-                "/v1/invitations/accept",
-                Some(&bearer),
-                Some(json!({ "token": token })),
-            )
-            .await
+            caller(&mem, &bearer)
+                .post("/v1/invitations/accept", json!({ "token": token }))
+                .await
         }
     };
     let wrong = accept(token(&user("usr_invitee")), invite.clone()).await;
@@ -1612,25 +1488,19 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
     assert_eq!(ok.json["org_id"], "org_a");
     assert_eq!(ok.json["role"], "admin");
-    let role = call(&mem, "GET", "/v1/orgs/org_a/audit", Some(&carol), None).await;
+    let role = caller(&mem, &carol).get("/v1/orgs/org_a/audit").await;
     assert_eq!(role.status, StatusCode::OK, "carol is an admin of A now");
     let twice = accept(carol.clone(), invite.clone()).await;
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text);
     let unknown = accept(carol.clone(), "tinv_nope".into()).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    let listed = get_with(&mem, "/v1/orgs/org_a/invitations", &admin).await;
+    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/invitations").await;
     assert_eq!(
         listed.json["invitations"].as_array().unwrap().len(),
         1,
         "an accepted invitation is no longer pending"
     );
-    let audit = get_with(
-        &mem,
-        "/v1/orgs/org_a/audit?action=invitation.accept",
-        &admin,
-    )
-    .await;
-    let recs = audit.json["records"].as_array().unwrap();
+    let (audit, recs) = caller(&mem, &admin).audit("invitation.accept").await;
     assert_eq!(recs.len(), 4, "{}", audit.text);
     assert_eq!(recs.iter().filter(|r| r["outcome"] == "allowed").count(), 1);
     assert!(
@@ -1639,24 +1509,14 @@ async fn invitations_are_sent_listed_accepted_once_and_revoked() {
     );
 
     // Revoked: gone from the list, and its token no longer accepted.
-    let r = call(
-        &mem,
-        "DELETE",
-        "/v1/orgs/org_a/invitations/inv_alpha1",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let r = caller(&mem, &admin)
+        .delete("/v1/orgs/org_a/invitations/inv_alpha1")
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["id"], "inv_alpha1");
-    let gone = call(
-        &mem,
-        "DELETE",
-        "/v1/orgs/org_a/invitations/inv_alpha1",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let gone = caller(&mem, &admin)
+        .delete("/v1/orgs/org_a/invitations/inv_alpha1")
+        .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     let revoked = accept(token(&user("usr_invitee")), INVITE_A.into()).await;
     assert_eq!(revoked.status, StatusCode::NOT_FOUND);
@@ -1674,21 +1534,13 @@ async fn expired_invitations_are_refused_and_no_longer_count() {
     let mut expired = the_invitation(INVITE_A, "inv_alpha1", "org_a", "usr_aowner");
     expired.expires_at = t(NOW);
     mem.create_invitation(&expired).await.unwrap();
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/invitations/accept",
-        Some(&token(&user("usr_invitee"))),
-        Some(json!({ "token": INVITE_A })),
-    )
-    .await;
+    let a = caller(&mem, &token(&user("usr_invitee")))
+        .post("/v1/invitations/accept", json!({ "token": INVITE_A }))
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
-    let listed = get_with(
-        &mem,
-        "/v1/orgs/org_a/invitations",
-        &token(&a_user(Role::Owner)),
-    )
-    .await;
+    let listed = as_a(&mem, Role::Owner)
+        .get("/v1/orgs/org_a/invitations")
+        .await;
     assert!(listed.json["invitations"].as_array().unwrap().is_empty());
 }
 
@@ -1696,23 +1548,16 @@ async fn expired_invitations_are_refused_and_no_longer_count() {
 async fn pending_invitations_count_against_the_user_limit() {
     // Starter allows 10 users: org A has 4 members and 1 pending invitation.
     let mem = world(PlanId::Starter).await;
-    let owner = token(&a_user(Role::Owner));
+    let owner = as_a(&mem, Role::Owner);
     for i in 0..5 {
-        let a = call(
-            &mem,
-            "POST",
-            "/v1/orgs/org_a/invitations",
-            Some(&owner),
-            Some(json!({"email": format!("p{i}@example.com"), "role": "viewer"})),
-        )
-        .await;
+        let a = owner.invite(&format!("p{i}@example.com"), "viewer").await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     }
     for (uri, body) in [(
         "/v1/orgs/org_a/invitations",
         json!({"email": "one-more@example.com", "role": "viewer"}),
     )] {
-        let a = call(&mem, "POST", uri, Some(&owner), Some(body)).await;
+        let a = owner.post(uri, body).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}: {}", a.text);
         assert_eq!(a.json["error"]["code"], "plan_limit_exceeded");
         assert_eq!(a.json["error"]["field"], "users");
@@ -1720,14 +1565,9 @@ async fn pending_invitations_count_against_the_user_limit() {
         assert_eq!(a.json["error"]["count"], 10);
     }
     // Accepting turns a pending invitation into a member: the count stays, so it is allowed.
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/invitations/accept",
-        Some(&token(&user("usr_invitee"))),
-        Some(json!({ "token": INVITE_A })),
-    )
-    .await;
+    let a = caller(&mem, &token(&user("usr_invitee")))
+        .post("/v1/invitations/accept", json!({ "token": INVITE_A }))
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["role"], "member");
 }
@@ -1737,15 +1577,15 @@ async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
     let mem = world(PlanId::Starter).await;
     let owner = token(&a_user(Role::Owner));
     let admin = token(&a_user(Role::Admin));
-    let ok = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(KEY_A), None).await;
+    let ok = caller(&mem, KEY_A).get("/v1/usage?meter=api_calls").await;
     assert_eq!(ok.status, StatusCode::OK);
-    let a = call(&mem, "DELETE", "/v1/orgs/org_a", Some(&admin), None).await;
+    let a = caller(&mem, &admin).delete("/v1/orgs/org_a").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "admins cannot");
-    let a = call(&mem, "DELETE", "/v1/orgs/org_a", Some(&owner), None).await;
+    let a = caller(&mem, &owner).delete("/v1/orgs/org_a").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["deleted_at"], NOW);
     // Every key is revoked, so the key is refused; the org is gone for its members.
-    let refused = call(&mem, "GET", "/v1/usage?meter=api_calls", Some(KEY_A), None).await;
+    let refused = caller(&mem, KEY_A).get("/v1/usage?meter=api_calls").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert!(
         mem.list_api_keys(&org_id("org_a"))
@@ -1762,17 +1602,12 @@ async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
         let a = call(&mem, method, uri, Some(&owner), None).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
     }
-    let mine = call(&mem, "GET", "/v1/me/orgs", Some(&owner), None).await;
+    let mine = caller(&mem, &owner).get("/v1/me/orgs").await;
     assert_eq!(mine.json["orgs"], json!([]));
     // Its invitation can no longer be accepted either.
-    let accept = call(
-        &mem,
-        "POST",
-        "/v1/invitations/accept",
-        Some(&token(&user("usr_invitee"))),
-        Some(json!({ "token": INVITE_A })),
-    )
-    .await;
+    let accept = caller(&mem, &token(&user("usr_invitee")))
+        .post("/v1/invitations/accept", json!({ "token": INVITE_A }))
+        .await;
     assert_eq!(accept.status, StatusCode::NOT_FOUND, "{}", accept.text);
     let audit = mem.all_audit().await;
     let recs: Vec<&AuditRecord> = audit.iter().filter(|r| r.action == "org.delete").collect();
@@ -1791,61 +1626,35 @@ async fn the_owner_deletes_the_org_its_keys_stop_and_its_routes_are_404() {
 async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
     let mem = world(PlanId::Free).await; // free: 1 project, which org A has
     let admin = token(&a_user(Role::Admin));
-    let a = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a/projects/prj_alpha1",
-        Some(&admin),
-        Some(json!({"name": "Alpha Main"})),
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .patch(
+            "/v1/orgs/org_a/projects/prj_alpha1",
+            json!({"name": "Alpha Main"}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["name"], "Alpha Main");
     assert_eq!(a.json["slug"], "prj-alpha1");
     assert!(a.json.get("archived_at").is_none());
-    let bad = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a/projects/prj_alpha1",
-        Some(&admin),
-        Some(json!({"name": ""})),
-    )
-    .await;
+    let bad = caller(&mem, &admin)
+        .patch("/v1/orgs/org_a/projects/prj_alpha1", json!({"name": ""}))
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json["error"]["field"], "name");
-    let full = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&admin),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let full = caller(&mem, &admin).new_project("Two", "two").await;
     assert_eq!(full.status, StatusCode::FORBIDDEN, "the plan is full");
 
-    let a = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects/prj_alpha1/archive",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let a = caller(&mem, &admin)
+        .act("/v1/orgs/org_a/projects/prj_alpha1/archive")
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["archived_at"], NOW);
-    let listed = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&admin), None).await;
+    let listed = caller(&mem, &admin).get("/v1/orgs/org_a/projects").await;
     assert_eq!(
         listed.json["projects"][0]["archived_at"], NOW,
         "listed, marked"
     );
-    let two = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&admin),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let two = caller(&mem, &admin).new_project("Two", "two").await;
     assert_eq!(
         two.status,
         StatusCode::CREATED,
@@ -1860,12 +1669,9 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
         let a = call(&mem, method, uri, Some(&admin), body).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
     }
-    let audit = get_with(
-        &mem,
-        "/v1/orgs/org_a/audit?resource=project:prj_alpha1",
-        &admin,
-    )
-    .await;
+    let audit = caller(&mem, &admin)
+        .get("/v1/orgs/org_a/audit?resource=project:prj_alpha1")
+        .await;
     let recs = audit.json["records"].as_array().unwrap();
     let archived = recs
         .iter()
@@ -1879,15 +1685,8 @@ async fn projects_are_renamed_and_archived_and_archived_ones_free_a_slot() {
 async fn members_and_viewers_see_only_the_projects_they_are_on() {
     let mem = world(PlanId::Starter).await;
     let admin = token(&a_user(Role::Admin));
-    let member = token(&a_user(Role::Member));
-    let two = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/projects",
-        Some(&admin),
-        Some(json!({"name": "Two", "slug": "two"})),
-    )
-    .await;
+    let member = as_a(&mem, Role::Member);
+    let two = caller(&mem, &admin).new_project("Two", "two").await;
     let two = two.json["id"].as_str().unwrap().to_owned();
     let ids = |a: &Answer| -> Vec<String> {
         a.json["projects"]
@@ -1897,24 +1696,22 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
             .map(|p| p["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let all = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&admin), None).await;
+    let all = caller(&mem, &admin).get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&all), ["prj_alpha1", two.as_str()], "admins see all");
-    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1"]);
-    let hidden = get_with(&mem, &format!("/v1/orgs/org_a/projects/{two}"), &member).await;
+    let hidden = member.get(&format!("/v1/orgs/org_a/projects/{two}")).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
 
     let add = |user: &'static str| {
         let (mem, admin, two) = (mem.clone(), admin.clone(), two.clone());
         async move {
-            call(
-                &mem,
-                "POST",
-                &format!("/v1/orgs/org_a/projects/{two}/members"),
-                Some(&admin),
-                Some(json!({ "user_id": user })),
-            )
-            .await
+            caller(&mem, &admin)
+                .post(
+                    &format!("/v1/orgs/org_a/projects/{two}/members"),
+                    json!({ "user_id": user }),
+                )
+                .await
         }
     };
     let a = add("usr_amember").await;
@@ -1925,27 +1722,21 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
         StatusCode::NOT_FOUND,
         "only members of the org"
     );
-    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1", two.as_str()]);
-    let removed = call(
-        &mem,
-        "DELETE",
-        &format!("/v1/orgs/org_a/projects/{two}/members/usr_amember"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let removed = caller(&mem, &admin)
+        .delete(&format!(
+            "/v1/orgs/org_a/projects/{two}/members/usr_amember"
+        ))
+        .await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
-    let mine = call(&mem, "GET", "/v1/orgs/org_a/projects", Some(&member), None).await;
+    let mine = member.get("/v1/orgs/org_a/projects").await;
     assert_eq!(ids(&mine), ["prj_alpha1"]);
-    let again = call(
-        &mem,
-        "DELETE",
-        &format!("/v1/orgs/org_a/projects/{two}/members/usr_amember"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let again = caller(&mem, &admin)
+        .delete(&format!(
+            "/v1/orgs/org_a/projects/{two}/members/usr_amember"
+        ))
+        .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
 }
 
@@ -1957,14 +1748,9 @@ async fn members_and_viewers_see_only_the_projects_they_are_on() {
 async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters() {
     let mem = world(PlanId::Starter).await;
     let owner = token(&a_user(Role::Owner));
-    let array = call(
-        &mem,
-        "PATCH",
-        "/v1/orgs/org_a",
-        Some(&owner),
-        Some(json!([null, null])),
-    )
-    .await;
+    let array = caller(&mem, &owner)
+        .patch("/v1/orgs/org_a", json!([null, null]))
+        .await;
     assert_eq!(array.status, StatusCode::BAD_REQUEST, "{}", array.text);
     assert_eq!(array.json["error"]["code"], "invalid_body");
     assert_eq!(array.json["error"]["field"], "body");
@@ -1981,43 +1767,23 @@ async fn bodies_are_objects_integers_are_whole_and_token_limits_count_characters
     assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{}", twice.text);
     assert_eq!(twice.json["error"]["code"], "invalid_body");
 
-    let half = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/rotate",
-        Some(&owner),
-        Some(json!({"overlap_seconds": 60.5})),
-    )
-    .await;
+    let half = caller(&mem, &owner)
+        .rotate(json!({"overlap_seconds": 60.5}))
+        .await;
     assert_eq!(half.status, StatusCode::BAD_REQUEST, "{}", half.text);
-    let whole = call(
-        &mem,
-        "POST",
-        "/v1/orgs/org_a/keys/key_alpha1/rotate",
-        Some(&owner),
-        Some(json!({"overlap_seconds": 60.0})),
-    )
-    .await;
+    let whole = caller(&mem, &owner)
+        .rotate(json!({"overlap_seconds": 60.0}))
+        .await;
     assert_eq!(whole.status, StatusCode::CREATED, "{}", whole.text);
 
     // 128 characters of 2 bytes each: within the documented 1–128, so an unknown token (404).
-    let long = call(
-        &mem,
-        "POST",
-        "/v1/invitations/accept",
-        Some(&owner),
-        Some(json!({"token": "é".repeat(128)})),
-    )
-    .await;
+    let long = caller(&mem, &owner)
+        .post("/v1/invitations/accept", json!({"token": "é".repeat(128)}))
+        .await;
     assert_eq!(long.status, StatusCode::NOT_FOUND, "{}", long.text);
-    let too_long = call(
-        &mem,
-        "POST",
-        "/v1/invitations/accept",
-        Some(&owner),
-        Some(json!({"token": "é".repeat(129)})),
-    )
-    .await;
+    let too_long = caller(&mem, &owner)
+        .post("/v1/invitations/accept", json!({"token": "é".repeat(129)}))
+        .await;
     assert_eq!(
         too_long.status,
         StatusCode::BAD_REQUEST,
@@ -2080,8 +1846,7 @@ async fn report_line_events_are_paged_for_owners_and_admins_only() {
                 Some(c) => format!("{base}?limit=7&cursor={c}"),
                 None => format!("{base}?limit=7"),
             };
-            let a = call(&mem, "GET", &uri, Some(&bearer), None).await;
-            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            let a = caller(&mem, &bearer).get_ok(&uri).await;
             let events = a.json["events"].as_array().unwrap();
             assert!(events.len() <= 7, "{}", a.text);
             for e in events {
@@ -2200,9 +1965,8 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
             rows.iter().map(|r| r.split(',').next().unwrap()).collect();
         assert_eq!(ids.len(), 802, "each entry once");
     }
-    let owner = token(&a_user(Role::Owner));
-    let a = call(&mem, "GET", base, Some(&owner), None).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let owner = as_a(&mem, Role::Owner);
+    let a = owner.get_ok(base).await;
     assert!(
         a.text
             .lines()
@@ -2225,25 +1989,15 @@ async fn the_export_streams_csv_to_owners_and_admins_only() {
 #[tokio::test]
 async fn the_upcoming_invoice_prices_the_month_so_far_and_projects_it() {
     let mem = world(PlanId::Starter).await;
-    let a = get_with(
-        &mem,
-        "/v1/orgs/org_a/invoices/upcoming",
-        &token(&a_user(Role::Viewer)),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let a = as_a(&mem, Role::Viewer)
+        .get_ok("/v1/orgs/org_a/invoices/upcoming")
+        .await;
     assert_eq!(a.json["period"], "2026-11");
     assert_eq!(a.json["plan"], "starter");
     assert_eq!(a.json["as_of"], NOW);
     assert_eq!(a.json["days_in_month"], 30);
     assert_eq!(a.json["days_elapsed"], "25.520833");
-    let api = a.json["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let api = of_meter(&a.json, "lines", "api_calls");
     assert_eq!(api["quantity"], "2500");
     assert_eq!(api["included"], "100000");
     assert_eq!(api["billable"], "0");
@@ -2280,20 +2034,10 @@ async fn the_upcoming_invoice_applies_the_orgs_price_override() {
             .await
             .unwrap()
     );
-    let a = get_with(
-        &mem,
-        "/v1/orgs/org_a/invoices/upcoming",
-        &token(&a_user(Role::Viewer)),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    let api = a.json["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["meter"] == "api_calls")
-        .unwrap()
-        .clone();
+    let a = as_a(&mem, Role::Viewer)
+        .get_ok("/v1/orgs/org_a/invoices/upcoming")
+        .await;
+    let api = of_meter(&a.json, "lines", "api_calls");
     assert_eq!(api["included"], "1000");
     assert_eq!(api["amount"], "0.68");
     assert_eq!(api["overrides"], json!([o.id.to_string()]));
@@ -2339,8 +2083,8 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             .await
             .unwrap();
     }
-    let bearer = token(&a_user(Role::Member));
-    let a = get_with(&mem, "/v1/orgs/org_a/invoices?limit=1", &bearer).await;
+    let bearer = as_a(&mem, Role::Member);
+    let a = bearer.get("/v1/orgs/org_a/invoices?limit=1").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         a.json,
@@ -2349,12 +2093,12 @@ async fn the_invoice_list_shows_closed_months_with_their_stripe_status() {
             "stripe": {"status": "paid", "invoice_id": "in_123", "hosted_url": null}}],
             "next_before": "2026-10"})
     );
-    let a = get_with(&mem, "/v1/orgs/org_a/invoices?before=2026-10", &bearer).await;
+    let a = bearer.get("/v1/orgs/org_a/invoices?before=2026-10").await;
     assert_eq!(a.json["invoices"][0]["period"], "2026-09");
     assert_eq!(a.json["invoices"][0]["stripe"]["status"], "not_synced");
     assert!(a.json.get("next_before").is_none());
     for bad in ["limit=0", "limit=101", "before=2026-13", "before=soon"] {
-        let a = get_with(&mem, &format!("/v1/orgs/org_a/invoices?{bad}"), &bearer).await;
+        let a = bearer.get(&format!("/v1/orgs/org_a/invoices?{bad}")).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }

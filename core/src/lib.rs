@@ -46,6 +46,8 @@ pub mod dimension;
 pub mod envelope;
 pub mod event;
 pub mod export;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fixtures;
 pub mod fold;
 pub mod headroom;
 pub mod ids;

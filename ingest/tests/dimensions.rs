@@ -25,10 +25,9 @@ use tally_core::ports::{
 use tally_core::tenant::KeyScope;
 use tally_ingest::{InForce, Ingest, IngestConfig, IngestState, LiveCatalogue};
 use tally_store::MemoryStore;
-use tower::ServiceExt;
 
 mod common;
-use common::{Queue, an_org, key, project, rejections, seed_owner, t};
+use common::{Queue, an_org, assert_accepted, key, project, respond, seed_owner, t};
 
 const NOW: &str = "2026-11-26T12:00:00Z";
 const KEY: &str = "tk_live_880e607624d689265ca6c44884d0807d9b054d23c473c106c72be9de08b7376c";
@@ -77,6 +76,15 @@ async fn seeded() -> MemoryStore {
     store
 }
 
+/// A seeded store, a queue fake, and one ingest instance over them, with the store as its
+/// series registry or without one.
+async fn started(registry: bool) -> (MemoryStore, Arc<Queue>, Ingest) {
+    let store = seeded().await;
+    let queue = Arc::new(Queue::default());
+    let ingest = instance(&store, queue.clone(), registry);
+    (store, queue, ingest)
+}
+
 /// One ingest instance over `store`, with the store as its series registry or without one.
 fn instance(store: &MemoryStore, queue: Arc<Queue>, registry: bool) -> Ingest {
     instance_of(store, queue, registry, &catalogue())
@@ -115,19 +123,13 @@ async fn post(ingest: &Ingest, events: Vec<Value>) -> (StatusCode, Value) {
         .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
         .body(Body::from(json!({ "events": events }).to_string()))
         .unwrap();
-    let res = ingest.clone().router().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let (status, _, bytes) = respond(ingest.clone().router(), req).await;
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test]
 async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many() {
-    let store = seeded().await;
-    let queue = Arc::new(Queue::default());
-    let a = instance(&store, queue.clone(), true);
+    let (store, queue, a) = started(true).await;
     let (status, answer) = post(
         &a,
         vec![
@@ -145,19 +147,19 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
         ],
     )
     .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["accepted"], 4, "{answer}");
     let field = "properties.model";
     let invalid = "invalid_properties";
-    assert_eq!(
-        rejections(&answer),
-        vec![
+    assert_accepted(
+        status,
+        &answer,
+        4,
+        &[
             (3, "dimension_cardinality_exceeded", field),
             (4, invalid, field),
             (5, invalid, field),
             (6, invalid, field),
             (7, invalid, field),
-        ]
+        ],
     );
     let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
     assert!(
@@ -193,7 +195,7 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
         2
     );
     let b = instance(&store, queue.clone(), true);
-    let (_, answer) = post(
+    let (status, answer) = post(
         &b,
         vec![
             tokens("u0", json!("llama"), 1),
@@ -201,24 +203,23 @@ async fn events_land_in_their_series_and_the_bound_refuses_one_series_too_many()
         ],
     )
     .await;
-    assert_eq!(answer["accepted"], 1, "{answer}");
-    assert_eq!(
-        rejections(&answer),
-        vec![(0, "dimension_cardinality_exceeded", "properties.model")]
+    assert_accepted(
+        status,
+        &answer,
+        1,
+        &[(0, "dimension_cardinality_exceeded", "properties.model")],
     );
 }
 
 #[tokio::test]
 async fn without_a_registry_dimensioned_events_are_refused_not_unbounded() {
-    let store = seeded().await;
-    let queue = Arc::new(Queue::default());
-    let ingest = instance(&store, queue.clone(), false);
+    let (_, queue, ingest) = started(false).await;
     let (status, answer) = post(&ingest, vec![tokens("t0", json!("gpt-4"), 1)]).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["accepted"], 0, "{answer}");
-    assert_eq!(
-        rejections(&answer),
-        vec![(0, "dimension_cardinality_exceeded", "properties.model")]
+    assert_accepted(
+        status,
+        &answer,
+        0,
+        &[(0, "dimension_cardinality_exceeded", "properties.model")],
     );
     assert!(queue.published.lock().unwrap().is_empty());
 }
@@ -243,11 +244,11 @@ async fn the_refusal_names_each_dimension_of_the_new_series_and_the_bound() {
         e
     };
     let (status, answer) = post(&ingest, vec![event("r0", "eu"), event("r1", "us-east")]).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["accepted"], 1, "{answer}");
-    assert_eq!(
-        rejections(&answer),
-        vec![(1, "dimension_cardinality_exceeded", "properties.model")]
+    assert_accepted(
+        status,
+        &answer,
+        1,
+        &[(1, "dimension_cardinality_exceeded", "properties.model")],
     );
     let message = answer["rejected"][0]["error"]["message"].as_str().unwrap();
     for part in [
@@ -316,16 +317,15 @@ async fn late_events_are_validated_with_the_catalogue_of_their_month() {
         ],
     )
     .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["accepted"], 3, "{answer}");
-    assert_eq!(
-        rejections(&answer),
-        vec![
+    assert_accepted(
+        status,
+        &answer,
+        3,
+        &[
             (2, "dimension_cardinality_exceeded", "properties.model"),
             (3, "unknown_meter", "meter"),
             (5, "unknown_meter", "meter"),
         ],
-        "{answer}"
     );
     let message = answer["rejected"][1]["error"]["message"].as_str().unwrap();
     assert!(message.contains("for an event of 2026-10"), "{message}");

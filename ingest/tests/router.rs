@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 mod common;
-use common::{PublishMode, Queue, an_org, key, org, project, rejections, seed_owner, t};
+use common::{PublishMode, Queue, an_org, key, org, project, respond, seed_owner, t};
 
 use std::sync::Arc;
 
@@ -176,6 +176,17 @@ struct Answer {
 }
 
 impl Answer {
+    /// The error's message.
+    fn message(&self) -> &str {
+        self.json["error"]["message"].as_str().unwrap()
+    }
+
+    /// Expects a 202 that accepted `accepted` events and rejected `rejected` (index, code,
+    /// field), in order.
+    fn assert_accepted(&self, accepted: u64, rejected: &[(u64, &str, &str)]) {
+        common::assert_accepted(self.status, &self.json, accepted, rejected);
+    }
+
     fn error(&self) -> (&str, &str) {
         (
             self.json["error"]["code"].as_str().unwrap_or(""),
@@ -216,6 +227,13 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         Harness::with(IngestConfig::default()).await
+    }
+
+    /// The seeded harness, with `org_id`'s November usage of the `sum` meter `m` at `value`.
+    async fn using(org_id: &str, m: &str, value: i64) -> Self {
+        let h = Harness::new().await;
+        h.set_usage(org_id, m, "2026-11", value).await;
+        h
     }
 
     async fn with(config: IngestConfig) -> Self {
@@ -286,18 +304,25 @@ impl Harness {
         self.store.apply_batch(&[e]).await.unwrap();
     }
 
+    /// Revokes `GOOD_KEY` in the store (not in ingest's cache) as from `after` past `NOW`.
+    async fn revoke_good_key(&self, after: TimeDelta) {
+        self.store
+            .revoke_api_key(&Revocation::new(
+                &org("org_a"),
+                &key_id(GOOD_KEY),
+                t(NOW) + after,
+            ))
+            .await
+            .unwrap();
+    }
+
     fn advance(&self, d: TimeDelta) {
         self.clock.advance(d);
     }
 
     /// The router's answer to `req`, its body read as JSON.
     async fn answer(&self, req: Request<Body>) -> Answer {
-        let res = self.ingest.clone().router().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, headers, bytes) = respond(self.ingest.clone().router(), req).await;
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
         Answer {
@@ -331,10 +356,33 @@ impl Harness {
         self.post_with(key, "application/json", body).await
     }
 
+    /// Posts the one event `e` with `key`.
+    async fn post_event(&self, key: &str, e: Value) -> Answer {
+        self.post(Some(key), e.to_string()).await
+    }
+
     /// Posts `events` as a batch with `key`.
     async fn batch(&self, key: &str, events: Vec<Value>) -> Answer {
-        self.post(Some(key), json!({ "events": events }).to_string())
-            .await
+        self.post_event(key, json!({ "events": events })).await
+    }
+
+    /// Posts each of `events` in a request of its own with `key`, and expects each accepted.
+    async fn accepts_each(&self, key: &str, events: impl IntoIterator<Item = Value>) {
+        for (i, e) in events.into_iter().enumerate() {
+            let a = self.post_event(key, e).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}: {}", a.json);
+        }
+    }
+
+    /// Empties the free plan's bucket of `FREE_KEY` (it holds 20 requests, or 20 events when
+    /// charged per event; the clock does not move, so nothing refills): 20 `api_calls`
+    /// events `{prefix}0`..`{prefix}19`, each accepted.
+    async fn empty_free_bucket(&self, prefix: &str) {
+        self.accepts_each(
+            FREE_KEY,
+            (0..20).map(|i| fev(&format!("{prefix}{i}"), "api_calls", 1)),
+        )
+        .await;
     }
 }
 
@@ -347,6 +395,11 @@ fn ev(id: &str) -> Value {
 fn fev(id: &str, meter: &str, quantity: i64) -> Value {
     json!({"id": id, "project_id": "prj_f1", "meter": meter, "quantity": quantity,
            "timestamp": "2026-11-26T10:00:00Z"})
+}
+
+/// The event `id` of org_a, at `ts`.
+fn at(id: &str, ts: &str) -> Value {
+    with(ev(id), "timestamp", json!(ts))
 }
 
 fn many(n: usize, f: impl Fn(usize) -> Value) -> Vec<Value> {
@@ -388,13 +441,9 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
     ];
     events[11]["quantity"] = json!("2.50");
     let a = h.batch(GOOD_KEY, events).await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(a.json["accepted"], 3);
-    let rejected = a.json["rejected"].as_array().unwrap();
-    let got = rejections(&a.json);
-    assert_eq!(
-        got,
-        [
+    a.assert_accepted(
+        3,
+        &[
             (1, "invalid_timestamp", "timestamp"),
             (2, "invalid_quantity", "quantity"),
             (3, "invalid_quantity", "quantity"),
@@ -405,8 +454,9 @@ async fn a_mixed_batch_accepts_the_good_and_names_each_bad_field() {
             (8, "invalid_id", "id"),
             (9, "period_closed", "timestamp"),
             (10, "timestamp_in_future", "timestamp"),
-        ]
+        ],
     );
+    let rejected = a.json["rejected"].as_array().unwrap();
     assert_eq!(rejected[0]["id"], "e1");
     assert_eq!(rejected[6]["id"], Value::Null);
     assert_eq!(rejected[8]["id"], "e9");
@@ -477,16 +527,13 @@ async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() 
             ],
         )
         .await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(a.json["accepted"], 3, "{}", a.json);
-    let got = rejections(&a.json);
-    assert_eq!(
-        got,
-        [
+    a.assert_accepted(
+        3,
+        &[
             (1, "invalid_properties", "properties.tokens"),
             (2, "invalid_quantity", "properties.tokens"),
             (5, "invalid_quantity", "quantity"),
-        ]
+        ],
     );
     let summary: Vec<(String, String)> = h
         .mem
@@ -522,47 +569,27 @@ async fn a_property_valued_meter_reads_its_path_and_refuses_events_without_it() 
 #[tokio::test]
 async fn events_older_than_the_previous_month_are_refused() {
     let h = Harness::new().await;
-    // 2026-11-26: October ended more than a week ago (and is closed in the store too);
-    // September and 2001 were never closed.
-    for ts in [
-        "2026-09-30T23:00:00Z",
-        "2001-01-15T00:00:00Z",
-        "2026-10-31T23:59:59Z",
+    // (server clock, event id, its timestamp, accepted?)
+    let end_of_november = "2026-11-30T23:00:00Z";
+    for (now, id, ts, accepted) in [
+        // 2026-11-26: October ended more than a week ago (and is closed in the store too);
+        // September and 2001 were never closed.
+        (NOW, "old", "2026-09-30T23:00:00Z", false),
+        (NOW, "old", "2001-01-15T00:00:00Z", false),
+        (NOW, "old", "2026-10-31T23:59:59Z", false),
+        // Early in December, November is still open (not closed by billing yet).
+        ("2026-12-03T00:00:00Z", "late", end_of_november, true),
+        // A week after November ended it takes nothing more, although nobody billed it.
+        ("2026-12-08T00:00:01Z", "later", end_of_november, false),
     ] {
-        let a = h
-            .batch(GOOD_KEY, vec![with(ev("old"), "timestamp", json!(ts))])
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED);
-        assert_eq!(a.json["accepted"], 0, "{ts}");
-        assert_eq!(
-            a.json["rejected"][0]["error"]["code"], "period_closed",
-            "{ts}"
-        );
-        assert_eq!(a.json["rejected"][0]["error"]["field"], "timestamp", "{ts}");
+        h.clock.set(t(now));
+        let a = h.batch(GOOD_KEY, vec![at(id, ts)]).await;
+        if accepted {
+            a.assert_accepted(1, &[]);
+        } else {
+            a.assert_accepted(0, &[(0, "period_closed", "timestamp")]);
+        }
     }
-    // Early in December, November is still open (not closed by billing yet).
-    h.clock.set(t("2026-12-03T00:00:00Z"));
-    let a = h
-        .batch(
-            GOOD_KEY,
-            vec![with(ev("late"), "timestamp", json!("2026-11-30T23:00:00Z"))],
-        )
-        .await;
-    assert_eq!(a.json["accepted"], 1, "{}", a.json);
-    // A week after November ended it takes nothing more, although nobody billed it.
-    h.clock.set(t("2026-12-08T00:00:01Z"));
-    let a = h
-        .batch(
-            GOOD_KEY,
-            vec![with(
-                ev("later"),
-                "timestamp",
-                json!("2026-11-30T23:00:00Z"),
-            )],
-        )
-        .await;
-    assert_eq!(a.json["accepted"], 0, "{}", a.json);
-    assert_eq!(a.json["rejected"][0]["error"]["code"], "period_closed");
 }
 
 /// An org marked deleted whose keys were not (yet) revoked: ingest refuses the key, naming
@@ -573,12 +600,7 @@ async fn a_deleted_orgs_live_key_is_refused() {
     assert!(h.store.plant_deleted_org(&org("org_a"), t(NOW)));
     let a = h.batch(GOOD_KEY, vec![ev("after-delete")]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.json);
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no longer exists")
-    );
+    assert!(a.message().contains("no longer exists"));
     assert!(h.mem.published.lock().unwrap().is_empty());
 }
 
@@ -778,16 +800,13 @@ async fn every_event_bound_at_the_limit_and_one_past() {
 #[tokio::test]
 async fn a_single_event_body_is_accepted() {
     let h = Harness::new().await;
-    let a = h.post(Some(GOOD_KEY), ev("solo").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("solo")).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json, json!({"accepted": 1, "rejected": []}));
     assert_eq!(h.mem.published_ids(), ["solo"]);
 
     let a = h
-        .post(
-            Some(GOOD_KEY),
-            with(ev("bad"), "quantity", json!(true)).to_string(),
-        )
+        .post_event(GOOD_KEY, with(ev("bad"), "quantity", json!(true)))
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.json["accepted"], 0);
@@ -802,9 +821,7 @@ async fn a_single_event_body_is_accepted() {
 #[tokio::test]
 async fn an_unknown_field_named_empty_string_is_still_named() {
     let h = Harness::new().await;
-    let a = h
-        .post(Some(GOOD_KEY), with(ev("e"), "", json!(1)).to_string())
-        .await;
+    let a = h.post_event(GOOD_KEY, with(ev("e"), "", json!(1))).await;
     assert_eq!(a.json["rejected"][0]["error"]["code"], "unknown_field");
     assert_eq!(a.json["rejected"][0]["error"]["field"], "\"\"");
 }
@@ -833,16 +850,13 @@ async fn what_ingest_accepts_the_aggregator_applies() {
     let twice = r#"{"id":"twice","project_id":"prj_a1","meter":"api_calls","quantity":"1","quantity":"1000","timestamp":"2026-11-26T10:00:00Z"}"#;
     let body = format!("{},{twice}]}}", &body[..body.len() - 2]);
     let a = h.post(Some(GOOD_KEY), body).await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(a.json["accepted"], 997);
-    let fields = rejections(&a.json);
-    assert_eq!(
-        fields,
-        [
+    a.assert_accepted(
+        997,
+        &[
             (997, "invalid_properties", "properties"),
             (998, "invalid_properties", "properties"),
             (999, "duplicate_key", "quantity"),
-        ]
+        ],
     );
     let published = h.mem.published.lock().unwrap().clone();
     assert_eq!(published.len(), 997);
@@ -919,7 +933,7 @@ async fn malformed_bodies_are_400_naming_body_or_events() {
         let a = h.post(Some(GOOD_KEY), body.clone()).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body:.40}");
         assert_eq!(a.error(), (code, field), "{body:.40}");
-        assert!(!a.json["error"]["message"].as_str().unwrap().is_empty());
+        assert!(!a.message().is_empty());
     }
     assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 0);
     let a = h.batch(GOOD_KEY, vec![ev("e"); 1000]).await;
@@ -953,7 +967,7 @@ async fn request_ids_are_echoed() {
     let a = h.send(req).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(a.headers["x-request-id"], "abc-123");
-    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("e")).await;
     assert!(
         a.headers["x-request-id"]
             .to_str()
@@ -992,12 +1006,7 @@ async fn bad_keys_are_401_and_missing_scope_403() {
     let a = h.post(Some(READ_KEY), body()).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.error().0, "forbidden");
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("events:write")
-    );
+    assert!(a.message().contains("events:write"));
     // Auth is checked before the body is even read.
     let a = h.post(None, "x".repeat(body::MAX_BODY_BYTES + 1)).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
@@ -1007,49 +1016,26 @@ async fn bad_keys_are_401_and_missing_scope_403() {
 #[tokio::test]
 async fn keys_are_cached_and_a_revocation_bites_within_the_ttl() {
     let h = Harness::new().await;
-    for i in 0..5 {
-        let a = h
-            .post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED);
-    }
+    h.accepts_each(GOOD_KEY, (0..5).map(|i| ev(&format!("e{i}"))))
+        .await;
     assert_eq!(h.store.calls(Op::FindApiKey), 1, "one store read");
     assert_eq!(h.store.calls(Op::GetOrg), 1, "plan cached too");
 
-    h.store
-        .revoke_api_key(&Revocation::new(
-            &org("org_a"),
-            &key_id(GOOD_KEY),
-            t(NOW) + secs(1),
-        ))
-        .await
-        .unwrap();
+    h.revoke_good_key(secs(1)).await;
     h.advance(secs(9));
-    let a = h.post(Some(GOOD_KEY), ev("late").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("late")).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "still cached 9 s later");
     h.advance(secs(1));
-    let a = h.post(Some(GOOD_KEY), ev("later").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("later")).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "10 s: the TTL is over");
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("revoked")
-    );
+    assert!(a.message().contains("revoked"));
     assert_eq!(h.store.calls(Op::FindApiKey), 2);
 }
 
 #[tokio::test]
 async fn a_revocation_time_on_the_cached_key_is_exact() {
     let h = Harness::new().await;
-    h.store
-        .revoke_api_key(&Revocation::new(
-            &org("org_a"),
-            &key_id(GOOD_KEY),
-            t(NOW) + secs(3),
-        ))
-        .await
-        .unwrap();
+    h.revoke_good_key(secs(3)).await;
     // A rotation with a 3 s overlap: the old key expires then.
     let successor = key(
         "tk_test_bbee0bbb95d9308643cc605bcc203d27940d58865aefe7e08690101ab532ff5b",
@@ -1065,18 +1051,18 @@ async fn a_revocation_time_on_the_cached_key_is_exact() {
         .await
         .unwrap();
     for key in [GOOD_KEY, FREE_KEY] {
-        let a = h.post(Some(key), ev("e").to_string()).await;
+        let a = h.post_event(key, ev("e")).await;
         assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{key}");
     }
     h.advance(secs(3));
     for key in [GOOD_KEY, FREE_KEY] {
-        let a = h.post(Some(key), ev("e").to_string()).await;
+        let a = h.post_event(key, ev("e")).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{key}");
     }
     assert!(
-        h.post(Some(FREE_KEY), ev("e").to_string()).await.json["error"]["message"]
-            .as_str()
-            .unwrap()
+        h.post_event(FREE_KEY, ev("e"))
+            .await
+            .message()
             .contains("expired")
     );
     assert_eq!(h.store.calls(Op::FindApiKey), 2, "no store read needed");
@@ -1094,7 +1080,7 @@ async fn invented_credentials_cost_no_lookup() {
         &"x".repeat(120),
     ] {
         for _ in 0..20 {
-            let a = h.post(Some(secret), ev("e").to_string()).await;
+            let a = h.post_event(secret, ev("e")).await;
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{secret}");
         }
     }
@@ -1106,18 +1092,18 @@ async fn unknown_keys_are_cached_briefly() {
     let h = Harness::new().await;
     for _ in 0..50 {
         let a = h
-            .post(
-                Some("tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b"),
-                ev("e").to_string(),
+            .post_event(
+                "tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b",
+                ev("e"),
             )
             .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(h.store.calls(Op::FindApiKey), 1);
     h.advance(secs(2));
-    h.post(
-        Some("tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b"),
-        ev("e").to_string(),
+    h.post_event(
+        "tk_test_d8864644c15d33be9c0aef2d08c8fc105adc040de488b0116882a2cc6aa4492b",
+        ev("e"),
     )
     .await;
     assert_eq!(h.store.calls(Op::FindApiKey), 2, "miss TTL is 2 s");
@@ -1126,14 +1112,13 @@ async fn unknown_keys_are_cached_briefly() {
 #[tokio::test]
 async fn last_used_times_are_kept_in_memory_and_taken_in_bulk() {
     let h = Harness::new().await;
-    h.post(Some(GOOD_KEY), ev("a").to_string()).await;
+    h.post_event(GOOD_KEY, ev("a")).await;
     h.advance(secs(30));
-    h.post(Some(GOOD_KEY), ev("b").to_string()).await;
-    h.post(Some(FREE_KEY), fev("c", "api_calls", 1).to_string())
-        .await;
-    h.post(
-        Some("tk_test_b23a6a8439c0dde5515893e7c90c1e3233b8616e634470f20dc4928bcf3609bc"),
-        ev("d").to_string(),
+    h.post_event(GOOD_KEY, ev("b")).await;
+    h.post_event(FREE_KEY, fev("c", "api_calls", 1)).await;
+    h.post_event(
+        "tk_test_b23a6a8439c0dde5515893e7c90c1e3233b8616e634470f20dc4928bcf3609bc",
+        ev("d"),
     )
     .await;
     let used: Vec<_> = h
@@ -1153,7 +1138,7 @@ async fn a_store_failure_is_not_cached() {
     let h = Harness::new().await;
     h.store.fail(Op::FindApiKey, Some(Fault::Corrupt));
     for _ in 0..2 {
-        let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+        let a = h.post_event(GOOD_KEY, ev("e")).await;
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(a.error().0, "internal_error");
     }
@@ -1167,8 +1152,7 @@ async fn a_store_failure_is_not_cached() {
 async fn projects_and_periods_are_cached_between_requests() {
     let h = Harness::new().await;
     for i in 0..3 {
-        h.post(Some(GOOD_KEY), ev(&format!("e{i}")).to_string())
-            .await;
+        h.post_event(GOOD_KEY, ev(&format!("e{i}"))).await;
     }
     assert_eq!(h.store.calls(Op::GetProject), 1);
     assert_eq!(h.store.calls(Op::IsPeriodClosed), 1);
@@ -1178,17 +1162,17 @@ async fn projects_and_periods_are_cached_between_requests() {
         .await
         .unwrap();
     h.advance(secs(4));
-    let a = h.post(Some(GOOD_KEY), ev("in_flight").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("in_flight")).await;
     assert_eq!(a.json["accepted"], 1);
     h.advance(secs(1));
-    let a = h.post(Some(GOOD_KEY), ev("late").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("late")).await;
     assert_eq!(a.json["accepted"], 0);
     assert_eq!(a.rejected_codes(), [(0, "period_closed".to_owned())]);
     assert_eq!(a.json["rejected"][0]["error"]["field"], "timestamp");
     // A closed month stays closed: no more reads for an hour.
     let before = h.store.calls(Op::IsPeriodClosed);
     h.advance(secs(600));
-    h.post(Some(GOOD_KEY), ev("later").to_string()).await;
+    h.post_event(GOOD_KEY, ev("later")).await;
     assert_eq!(h.store.calls(Op::IsPeriodClosed), before);
 }
 
@@ -1197,37 +1181,25 @@ async fn unknown_projects_are_remembered_briefly() {
     let h = Harness::new().await;
     let bad = with(ev("e"), "project_id", json!("prj_nope"));
     for _ in 0..3 {
-        let a = h.post(Some(GOOD_KEY), bad.to_string()).await;
+        let a = h.post_event(GOOD_KEY, bad.clone()).await;
         assert_eq!(a.rejected_codes(), [(0, "unknown_project".to_owned())]);
     }
     assert_eq!(h.store.calls(Op::GetProject), 1);
     h.advance(secs(2));
-    h.post(Some(GOOD_KEY), bad.to_string()).await;
+    h.post_event(GOOD_KEY, bad.clone()).await;
     assert_eq!(h.store.calls(Op::GetProject), 2);
 }
 
 #[tokio::test]
 async fn the_future_limit_is_five_minutes_on_the_server_clock() {
     let h = Harness::new().await;
-    let at = |id: &str, ts: &str| with(ev(id), "timestamp", json!(ts));
-    let a = h
-        .batch(
-            GOOD_KEY,
-            vec![
-                at("ok", "2026-11-26T12:05:00Z"),
-                at("ahead", "2026-11-26T12:05:01Z"),
-            ],
-        )
-        .await;
-    assert_eq!(a.json["accepted"], 1);
-    assert_eq!(a.rejected_codes(), [(1, "timestamp_in_future".to_owned())]);
+    // NOW is 12:00:00: five minutes ahead is allowed, a second more is not.
+    let ok = at("ok", "2026-11-26T12:05:00Z");
+    let ahead = at("ahead", "2026-11-26T12:05:01Z");
+    let a = h.batch(GOOD_KEY, vec![ok, ahead.clone()]).await;
+    a.assert_accepted(1, &[(1, "timestamp_in_future", "timestamp")]);
     h.advance(secs(1));
-    let a = h
-        .post(
-            Some(GOOD_KEY),
-            at("ahead", "2026-11-26T12:05:01Z").to_string(),
-        )
-        .await;
+    let a = h.post_event(GOOD_KEY, ahead).await;
     assert_eq!(
         a.json["accepted"], 1,
         "one second later it is within the skew"
@@ -1247,48 +1219,34 @@ fn per_event() -> IngestConfig {
 async fn the_free_plan_bucket_holds_20_requests_and_refills_10_per_second() {
     let h = Harness::new().await;
     let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
-    for i in 0..19 {
-        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
-        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
-    }
+    h.accepts_each(FREE_KEY, (0..19).map(one)).await;
     // A malformed request pays its token too.
     assert_eq!(
         h.post(Some(FREE_KEY), "{").await.status,
         StatusCode::BAD_REQUEST
     );
-    let a = h.post(Some(FREE_KEY), one(20).to_string()).await;
+    let a = h.post_event(FREE_KEY, one(20)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.error().0, "rate_limited");
     assert_eq!(a.retry_after(), Some(1), "0.1 s rounded up");
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("10 requests per second (burst 20)")
-    );
+    assert!(a.message().contains("10 requests per second (burst 20)"));
     // One token after 100 ms; a batch costs one token.
     h.advance(ms(100));
     let a = h.batch(FREE_KEY, many(500, one)).await;
     assert_eq!(a.json["accepted"], 500);
     assert_eq!(
-        h.post(Some(FREE_KEY), one(0).to_string()).await.status,
+        h.post_event(FREE_KEY, one(0)).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     // Five tokens after 500 ms.
     h.advance(ms(500));
-    for i in 0..5 {
-        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
-        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
-    }
-    let a = h.post(Some(FREE_KEY), one(5).to_string()).await;
+    h.accepts_each(FREE_KEY, (0..5).map(one)).await;
+    let a = h.post_event(FREE_KEY, one(5)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     // Idle for long: the bucket is full again, never fuller.
     h.advance(secs(3600));
-    for i in 0..20 {
-        let a = h.post(Some(FREE_KEY), one(i).to_string()).await;
-        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
-    }
-    let a = h.post(Some(FREE_KEY), one(0).to_string()).await;
+    h.accepts_each(FREE_KEY, (0..20).map(one)).await;
+    let a = h.post_event(FREE_KEY, one(0)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
@@ -1298,17 +1256,12 @@ async fn charged_per_event_the_bucket_holds_20_events() {
     let one = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
     let a = h.batch(FREE_KEY, many(20, one)).await;
     assert_eq!(a.json["accepted"], 20, "the burst");
-    let a = h.post(Some(FREE_KEY), one(20).to_string()).await;
+    let a = h.post_event(FREE_KEY, one(20)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.retry_after(), Some(1));
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("10 events per second")
-    );
+    assert!(a.message().contains("10 events per second"));
     h.advance(ms(100));
-    let a = h.post(Some(FREE_KEY), one(21).to_string()).await;
+    let a = h.post_event(FREE_KEY, one(21)).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "one token after 100 ms");
     // Five tokens after 500 ms: a batch of 6 is refused whole (and costs nothing), a batch
     // of 5 passes.
@@ -1332,23 +1285,18 @@ async fn charged_per_event_a_batch_larger_than_the_burst_waits_for_a_full_bucket
     let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("e{i}")))).await;
     assert_eq!(a.json["accepted"], 50, "a full bucket admits any batch");
     // The bucket is 30 tokens in debt: one token is 3.1 s away.
-    let a = h.post(Some(GOOD_KEY), ev("next").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("next")).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.retry_after(), Some(4));
     h.advance(ms(3100));
-    let a = h.post(Some(GOOD_KEY), ev("next").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("next")).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     // 19 tokens 1.9 s later: a batch of 50 waits for all 20, and says so.
     h.advance(ms(1900));
     let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("f{i}")))).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.retry_after(), Some(1));
-    assert!(
-        a.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exceed the burst")
-    );
+    assert!(a.message().contains("exceed the burst"));
     h.advance(ms(100));
     let a = h.batch(GOOD_KEY, many(50, |i| ev(&format!("f{i}")))).await;
     assert_eq!(a.json["accepted"], 50);
@@ -1358,13 +1306,7 @@ async fn charged_per_event_a_batch_larger_than_the_burst_waits_for_a_full_bucket
 async fn a_throttled_caller_is_refused_before_its_body_is_read() {
     for config in [IngestConfig::default(), per_event()] {
         let h = Harness::with(config).await;
-        for i in 0..20 {
-            h.post(
-                Some(FREE_KEY),
-                fev(&format!("e{i}"), "api_calls", 1).to_string(),
-            )
-            .await;
-        }
+        h.empty_free_bucket("e").await;
         let a = h
             .post(Some(FREE_KEY), "x".repeat(body::MAX_BODY_BYTES + 1))
             .await;
@@ -1375,13 +1317,9 @@ async fn a_throttled_caller_is_refused_before_its_body_is_read() {
         );
         // Refused requests cost nothing: after 100 ms exactly one token is there.
         h.advance(ms(100));
-        let a = h
-            .post(Some(FREE_KEY), fev("x", "api_calls", 1).to_string())
-            .await;
+        let a = h.post_event(FREE_KEY, fev("x", "api_calls", 1)).await;
         assert_eq!(a.status, StatusCode::ACCEPTED);
-        let a = h
-            .post(Some(FREE_KEY), fev("y", "api_calls", 1).to_string())
-            .await;
+        let a = h.post_event(FREE_KEY, fev("y", "api_calls", 1)).await;
         assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     }
 }
@@ -1398,42 +1336,21 @@ async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
         .per_plan
         .insert(PlanId::Free, RateLimit::new(2, 3));
     let h = Harness::with(config).await;
-    for i in 0..2 {
-        let a = h
-            .post(Some(GOOD_KEY), ev(&format!("g{i}")).to_string())
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED);
-    }
-    let a = h.post(Some(GOOD_KEY), ev("g").to_string()).await;
+    h.accepts_each(GOOD_KEY, (0..2).map(|i| ev(&format!("g{i}"))))
+        .await;
+    let a = h.post_event(GOOD_KEY, ev("g")).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.retry_after(), Some(1));
     // Another key has its own bucket (its plan's, as configured: burst 3).
-    for i in 0..3 {
-        let a = h
-            .post(
-                Some(FREE_KEY),
-                fev(&format!("f{i}"), "api_calls", 1).to_string(),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED);
-    }
-    let a = h
-        .post(Some(FREE_KEY), fev("f", "api_calls", 1).to_string())
-        .await;
+    let f = |i: usize| fev(&format!("f{i}"), "api_calls", 1);
+    h.accepts_each(FREE_KEY, (0..3).map(f)).await;
+    let a = h.post_event(FREE_KEY, fev("f", "api_calls", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
 
     let mut off = IngestConfig::default();
     off.rate_limits.enabled = false;
     let h = Harness::with(off).await;
-    for i in 0..100 {
-        let a = h
-            .post(
-                Some(FREE_KEY),
-                fev(&format!("f{i}"), "api_calls", 1).to_string(),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED);
-    }
+    h.accepts_each(FREE_KEY, (0..100).map(f)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1441,8 +1358,7 @@ async fn buckets_are_per_key_and_overridable_and_can_be_turned_off() {
 
 #[tokio::test]
 async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "api_calls", "2026-11", 9_998).await;
+    let h = Harness::using("org_f", "api_calls", 9_998).await;
     let a = h
         .batch(FREE_KEY, many(3, |i| fev(&format!("e{i}"), "api_calls", 1)))
         .await;
@@ -1462,9 +1378,7 @@ async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() 
     // Every event of the next request is past the limit: the request is 429, with
     // Retry-After running to December 1st (4.5 days).
     h.advance(secs(1));
-    let a = h
-        .post(Some(FREE_KEY), fev("e3", "api_calls", 1).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("e3", "api_calls", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.error(), ("plan_limit_exceeded", "meter"));
     assert_eq!(a.json["error"]["limit"], "10000");
@@ -1474,15 +1388,14 @@ async fn free_plan_events_past_the_allowance_are_refused_with_limit_and_usage() 
     assert_eq!(h.store.calls(Op::CounterSeries), 1, "usage is cached");
     // Other meters are not affected.
     let a = h
-        .post(Some(FREE_KEY), fev("c1", "compute_minutes", 5).to_string())
+        .post_event(FREE_KEY, fev("c1", "compute_minutes", 5))
         .await;
     assert_eq!(a.json["accepted"], 1);
 }
 
 #[tokio::test]
 async fn what_is_accepted_is_a_prefix_and_max_meters_compare_readings() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "compute_minutes", "2026-11", 97).await;
+    let h = Harness::using("org_f", "compute_minutes", 97).await;
     let gib = 1_i64 << 30;
     let a = h
         .batch(
@@ -1515,8 +1428,7 @@ async fn what_is_accepted_is_a_prefix_and_max_meters_compare_readings() {
 
 #[tokio::test]
 async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "api_calls", "2026-11", 10_000).await;
+    let h = Harness::using("org_f", "api_calls", 10_000).await;
     let a = h
         .batch(
             FREE_KEY,
@@ -1549,84 +1461,56 @@ async fn a_request_with_other_rejections_is_202_even_if_the_rest_is_plan_limited
 
 #[tokio::test]
 async fn usage_is_reread_after_its_ttl_and_counts_local_acceptances_meanwhile() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "compute_minutes", "2026-11", 90).await;
-    let a = h
-        .post(Some(FREE_KEY), fev("a", "compute_minutes", 8).to_string())
-        .await;
+    let h = Harness::using("org_f", "compute_minutes", 90).await;
+    let a = h.post_event(FREE_KEY, fev("a", "compute_minutes", 8)).await;
     assert_eq!(a.json["accepted"], 1);
     // Not applied by the aggregator yet, but counted locally: 98 + 3 > 100.
-    let a = h
-        .post(Some(FREE_KEY), fev("b", "compute_minutes", 3).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("b", "compute_minutes", 3)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json["error"]["usage"], "98");
     // The aggregator applies "a"; another process accepted 2 more. Seen after the TTL.
     h.set_usage("org_f", "compute_minutes", "2026-11", 100)
         .await;
     h.advance(secs(2));
-    let a = h
-        .post(Some(FREE_KEY), fev("c", "compute_minutes", 1).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("c", "compute_minutes", 1)).await;
     assert_eq!(a.json["error"]["usage"], "100");
     assert_eq!(h.store.calls(Op::CounterSeries), 2);
     // A zero quantity never passes the limit.
-    let a = h
-        .post(Some(FREE_KEY), fev("z", "compute_minutes", 0).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("z", "compute_minutes", 0)).await;
     assert_eq!(a.json["accepted"], 1);
 }
 
 #[tokio::test]
 async fn events_the_queue_did_not_take_do_not_count_against_the_allowance() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "compute_minutes", "2026-11", 95).await;
+    let h = Harness::using("org_f", "compute_minutes", 95).await;
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
-    let a = h
-        .post(Some(FREE_KEY), fev("a", "compute_minutes", 5).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("a", "compute_minutes", 5)).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     *h.mem.publish_mode.lock().unwrap() = PublishMode::FailIds(["b".to_owned()].into());
-    let a = h
-        .post(Some(FREE_KEY), fev("b", "compute_minutes", 5).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("b", "compute_minutes", 5)).await;
     assert_eq!(a.rejected_codes(), [(0, "queue_unavailable".to_owned())]);
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Ok;
-    let a = h
-        .post(Some(FREE_KEY), fev("c", "compute_minutes", 5).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("c", "compute_minutes", 5)).await;
     assert_eq!(a.json["accepted"], 1, "95 + 5 is exactly the allowance");
 }
 
 #[tokio::test]
 async fn a_test_keys_events_are_kept_apart_and_held_to_the_free_allowance_of_their_own() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "compute_minutes", "2026-11", 100)
-        .await;
+    let h = Harness::using("org_f", "compute_minutes", 100).await;
+    let minutes = |id: &str, n: i64| fev(id, "compute_minutes", n);
     // The live key is at the free plan's hard limit...
-    let a = h
-        .post(
-            Some(FREE_KEY),
-            fev("live", "compute_minutes", 1).to_string(),
-        )
-        .await;
+    let a = h.post_event(FREE_KEY, minutes("live", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     // ...the test key has an allowance of its own, on the twin's counters, not the live one.
     let a = h
         .batch(
             FREE_TEST_KEY,
-            vec![
-                fev("t1", "compute_minutes", 95),
-                fev("t2", "compute_minutes", 5),
-                fev("t3", "compute_minutes", 1),
-            ],
+            vec![minutes("t1", 95), minutes("t2", 5), minutes("t3", 1)],
         )
         .await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(a.json["accepted"], 2);
     // Unbilled test usage cannot carry production traffic: past the free allowance it is
     // refused, saying why.
-    assert_eq!(a.rejected_codes(), [(2, "plan_limit_exceeded".to_owned())]);
+    a.assert_accepted(2, &[(2, "plan_limit_exceeded", "meter")]);
     let message = a.json["rejected"][0]["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("test mode allows 100"), "{message}");
     // Queued under the org's test twin, so the ledger and counters keep them apart.
@@ -1636,22 +1520,15 @@ async fn a_test_keys_events_are_kept_apart_and_held_to_the_free_allowance_of_the
         assert_eq!(e.org_id, org("org_f").test_twin());
     }
     // And the live allowance is untouched: a live event is still refused at 100.
-    let a = h
-        .post(
-            Some(FREE_KEY),
-            fev("live2", "compute_minutes", 1).to_string(),
-        )
-        .await;
+    let a = h.post_event(FREE_KEY, minutes("live2", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json["error"]["usage"], "100");
 }
 
 #[tokio::test]
 async fn paid_plans_are_never_hard_limited() {
-    let h = Harness::new().await;
-    h.set_usage("org_a", "api_calls", "2026-11", 5_000_000)
-        .await;
-    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    let h = Harness::using("org_a", "api_calls", 5_000_000).await;
+    let a = h.post_event(GOOD_KEY, ev("e")).await;
     assert_eq!(a.json["accepted"], 1);
     assert_eq!(h.store.calls(Op::CounterSeries), 0);
 }
@@ -1663,7 +1540,7 @@ async fn paid_plans_are_never_hard_limited() {
 async fn a_failing_queue_is_503_with_retry_after_and_partial_failures_are_rejections() {
     let h = Harness::new().await;
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
-    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("e")).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.error().0, "service_unavailable");
     assert_eq!(a.retry_after(), Some(1));
@@ -1715,7 +1592,7 @@ async fn accepted_is_answered_only_after_publish_returned() {
     *h.mem.publish_gate.lock().unwrap() = Some(gate.clone());
     let task = tokio::spawn({
         let h = h.clone();
-        async move { h.post(Some(GOOD_KEY), ev("e").to_string()).await.status }
+        async move { h.post_event(GOOD_KEY, ev("e")).await.status }
     });
     // Let the request run until it waits inside publish.
     while h.mem.publish_calls.load(Ordering::SeqCst) == 0 {
@@ -1737,7 +1614,7 @@ async fn accepted_is_answered_only_after_publish_returned() {
 async fn a_failing_store_is_503() {
     let h = Harness::new().await;
     h.store.fail(Op::GetProject, Some(Fault::Unavailable));
-    let a = h.post(Some(GOOD_KEY), ev("e").to_string()).await;
+    let a = h.post_event(GOOD_KEY, ev("e")).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.retry_after(), Some(1));
     assert_eq!(h.mem.publish_calls.load(Ordering::SeqCst), 0);
@@ -1751,13 +1628,13 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
     let mut seen = BTreeSet::new();
     let h = Harness::new().await;
     // 202
-    seen.insert(h.post(Some(GOOD_KEY), ev("ok").to_string()).await.status);
+    seen.insert(h.post_event(GOOD_KEY, ev("ok")).await.status);
     // 400
     seen.insert(h.post(Some(GOOD_KEY), "{").await.status);
     // 401
     seen.insert(h.post(None, ev("x").to_string()).await.status);
     // 403
-    seen.insert(h.post(Some(READ_KEY), ev("x").to_string()).await.status);
+    seen.insert(h.post_event(READ_KEY, ev("x")).await.status);
     // 413
     seen.insert(
         h.post(Some(GOOD_KEY), " ".repeat(body::MAX_BODY_BYTES + 1))
@@ -1765,16 +1642,8 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
             .status,
     );
     // 429: rate limit
-    for i in 0..20 {
-        h.post(
-            Some(FREE_KEY),
-            fev(&format!("r{i}"), "api_calls", 1).to_string(),
-        )
-        .await;
-    }
-    let a = h
-        .post(Some(FREE_KEY), fev("r", "api_calls", 1).to_string())
-        .await;
+    h.empty_free_bucket("r").await;
+    let a = h.post_event(FREE_KEY, fev("r", "api_calls", 1)).await;
     assert_eq!(
         (a.status, a.error().0),
         (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
@@ -1784,25 +1653,18 @@ async fn every_status_code_of_post_events_is_produced_and_documented() {
     h.advance(secs(10));
     h.set_usage("org_f", "compute_minutes", "2026-11", 100)
         .await;
-    let a = h
-        .post(Some(FREE_KEY), fev("p", "compute_minutes", 1).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("p", "compute_minutes", 1)).await;
     assert_eq!(
         (a.status, a.error().0),
         (StatusCode::TOO_MANY_REQUESTS, "plan_limit_exceeded")
     );
     // 503
     *h.mem.publish_mode.lock().unwrap() = PublishMode::Error;
-    seen.insert(h.post(Some(GOOD_KEY), ev("x").to_string()).await.status);
+    seen.insert(h.post_event(GOOD_KEY, ev("x")).await.status);
     // 500
     let broken = Harness::new().await;
     broken.store.fail(Op::FindApiKey, Some(Fault::Corrupt));
-    seen.insert(
-        broken
-            .post(Some(GOOD_KEY), ev("x").to_string())
-            .await
-            .status,
-    );
+    seen.insert(broken.post_event(GOOD_KEY, ev("x")).await.status);
 
     let seen: BTreeSet<String> = seen.iter().map(|s| s.as_str().to_owned()).collect();
     let documented: BTreeSet<String> = DOC.get()["paths"]["/v1/events"]["post"]["responses"]
@@ -2262,15 +2124,7 @@ async fn an_oversized_body_gets_a_whole_413_and_the_connection_lives_on() {
 async fn refusals_before_the_body_is_read_reach_a_client_still_sending() {
     let h = Harness::new().await;
     // Empty the free key's bucket (20 requests; the clock does not move, so no refill).
-    for i in 0..20 {
-        let a = h
-            .post(
-                Some(FREE_KEY),
-                fev(&format!("e{i}"), "api_calls", 1).to_string(),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED, "request {i}");
-    }
+    h.empty_free_bucket("e").await;
     let addr = serve_on_loopback(h.ingest.clone().router()).await;
     for (key, status, code) in [
         (None, 401, "unauthorized"),
@@ -2356,8 +2210,7 @@ impl Harness {
 
 #[tokio::test]
 async fn a_hard_limited_free_org_is_allowed_under_its_allowance_and_refused_at_it() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "api_calls", "2026-11", 9_999).await;
+    let h = Harness::using("org_f", "api_calls", 9_999).await;
     let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(
@@ -2367,9 +2220,7 @@ async fn a_hard_limited_free_org_is_allowed_under_its_allowance_and_refused_at_i
     );
     // The one call ingest accepts next is counted at once (same cache as the hard limit):
     // the org is now at its allowance and refused, before any re-read of the store.
-    let posted = h
-        .post(Some(FREE_KEY), fev("last", "api_calls", 1).to_string())
-        .await;
+    let posted = h.post_event(FREE_KEY, fev("last", "api_calls", 1)).await;
     assert_eq!(posted.json["accepted"], 1);
     let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
     assert_eq!(a.json["allowed"], false);
@@ -2396,9 +2247,7 @@ async fn a_hard_limited_free_org_is_allowed_under_its_allowance_and_refused_at_i
 
 #[tokio::test]
 async fn a_soft_plan_past_its_allowance_stays_allowed_with_nothing_remaining() {
-    let h = Harness::new().await;
-    h.set_usage("org_a", "api_calls", "2026-11", 1_000_005)
-        .await;
+    let h = Harness::using("org_a", "api_calls", 1_000_005).await;
     // A usage:read key may ask too.
     for key in [GOOD_KEY, READ_KEY] {
         let a = h.entitlements(key, "?meter=api_calls").await;
@@ -2413,8 +2262,7 @@ async fn a_soft_plan_past_its_allowance_stays_allowed_with_nothing_remaining() {
 
 #[tokio::test]
 async fn without_a_meter_every_meter_of_the_plan_is_listed() {
-    let h = Harness::new().await;
-    h.set_usage("org_f", "compute_minutes", "2026-11", 40).await;
+    let h = Harness::using("org_f", "compute_minutes", 40).await;
     let a = h.entitlements(FREE_KEY, "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["plan"], "free");
@@ -2469,15 +2317,8 @@ async fn entitlement_checks_refuse_unknown_meters_and_bad_keys() {
 async fn entitlement_checks_take_from_the_keys_rate_bucket() {
     let h = Harness::new().await;
     // The free plan's bucket holds 20: posts and checks draw on the same one.
-    for i in 0..10 {
-        let a = h
-            .post(
-                Some(FREE_KEY),
-                fev(&format!("e{i}"), "api_calls", 1).to_string(),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::ACCEPTED, "post {i}");
-    }
+    let post = |i: usize| fev(&format!("e{i}"), "api_calls", 1);
+    h.accepts_each(FREE_KEY, (0..10).map(post)).await;
     for i in 0..10 {
         let a = h.entitlements(FREE_KEY, "?meter=api_calls").await;
         assert_eq!(a.status, StatusCode::OK, "check {i}");
@@ -2486,9 +2327,7 @@ async fn entitlement_checks_take_from_the_keys_rate_bucket() {
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.error().0, "rate_limited");
     assert_eq!(a.retry_after(), Some(1), "0.1 s rounded up");
-    let a = h
-        .post(Some(FREE_KEY), fev("late", "api_calls", 1).to_string())
-        .await;
+    let a = h.post_event(FREE_KEY, fev("late", "api_calls", 1)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "checks emptied it");
     // Another key's bucket is its own.
     assert_eq!(

@@ -1,6 +1,6 @@
-//! What the ingest router tests share: reading a `POST /v1/events` answer's rejections, the
-//! instants, orgs, projects and keys their stores are seeded with, and the queue fake ingest
-//! publishes to.
+//! What the ingest router tests share: sending a request, reading and checking a
+//! `POST /v1/events` answer's rejections, the instants, orgs, projects and keys their
+//! stores are seeded with, and the queue fake ingest publishes to.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,15 +13,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_core::event::Event;
-use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use tally_core::fixtures;
+use tally_core::ids::OrgId;
 use tally_core::plan::PlanId;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org};
 use tally_store::MemoryStore;
 use tokio::sync::Notify;
+use tower::ServiceExt;
+
+/// `router`'s answer to `req`: its status, headers and body.
+pub async fn respond(router: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, bytes)
+}
 
 /// (index, code, field) of each rejection in a `POST /v1/events` answer, in its order.
 pub fn rejections(answer: &Value) -> Vec<(u64, &str, &str)> {
@@ -39,6 +55,19 @@ pub fn rejections(answer: &Value) -> Vec<(u64, &str, &str)> {
         .collect()
 }
 
+/// Expects a `POST /v1/events` answer (`status`, `answer`) to be a 202 that accepted
+/// `accepted` events and rejected `rejected` (index, code, field), in order.
+pub fn assert_accepted(
+    status: StatusCode,
+    answer: &Value,
+    accepted: u64,
+    rejected: &[(u64, &str, &str)],
+) {
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], accepted, "{answer}");
+    assert_eq!(rejections(answer), rejected, "{answer}");
+}
+
 /// An RFC 3339 instant.
 pub fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -52,55 +81,21 @@ pub fn org(s: &str) -> OrgId {
 /// The key of `secret` in `org_id` with `scopes`, created 2026-01-01, never expiring (its
 /// id ends with the secret's last 16 characters).
 pub fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
-    ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap(),
-        org_id: org(org_id),
-        name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
-        scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    }
+    let id = format!("key_{}", &secret[secret.len() - 16..]);
+    fixtures::api_key(&id, org_id, secret, scopes)
 }
 
 /// The org `id` on `plan`, owned by `usr_owner`, created 2026-01-01.
 pub fn an_org(id: &str, plan: PlanId) -> Org {
-    Org {
-        id: org(id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        plan,
-        owner_id: UserId::parse("usr_owner").unwrap(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        deleted_at: None,
-    }
+    fixtures::org(id, plan)
 }
 
 /// The project `id` of `org_id`, created 2026-01-01.
-pub fn project(id: &str, org_id: &str) -> Project {
-    Project {
-        id: ProjectId::parse(id).unwrap(),
-        org_id: org(org_id),
-        name: id.into(),
-        slug: id.replace('_', "-"),
-        created_at: t("2026-01-01T00:00:00Z"),
-        archived_at: None,
-    }
-}
+pub use fixtures::project;
 
 /// Stores the user `usr_owner` (`owner@example.com`), who owns every org [`an_org`] builds.
 pub async fn seed_owner(store: &MemoryStore) {
-    store
-        .ensure_user(&User {
-            id: UserId::parse("usr_owner").unwrap(),
-            email: "owner@example.com".into(),
-            created_at: t("2026-01-01T00:00:00Z"),
-        })
-        .await
-        .unwrap();
+    store.ensure_user(&fixtures::owner()).await.unwrap();
 }
 
 /// How the [`Queue`] fake answers a publish.
