@@ -1,7 +1,8 @@
 //! The tenant records other crates' tests seed their stores with (ingest's router tests,
-//! the usage API's): an owner, orgs, projects and API keys, all created 2026-01-01. Test
-//! support only: compiled for core's tests and, behind the `test-support` feature, for
-//! other crates' tests.
+//! the usage API's): an owner, orgs, projects and API keys, all created 2026-01-01; and the
+//! first page of a ledger as any store answers it (the SQLite adapter's unit tests and the
+//! conformance suite). Test support only: compiled for core's tests and, behind the
+//! `test-support` feature, for other crates' tests.
 
 // Test support: an id that does not parse is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +10,9 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::ids::{ApiKeyId, OrgId, ProjectId, UserId};
+use crate::period::Month;
 use crate::plan::PlanId;
+use crate::ports::{LedgerPage, LedgerPageQuery, UsageStore};
 use crate::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
 
 /// 2026-01-01T00:00:00Z: when every fixture was created.
@@ -66,4 +69,16 @@ pub fn api_key(id: &str, org_id: &str, secret: &str, scopes: &[KeyScope]) -> Api
         revoked_at: None,
         last_used_at: None,
     }
+}
+
+/// The first page of `org`'s ledger of `month`, at most `limit` events.
+pub async fn first_ledger_page<S: UsageStore + ?Sized>(
+    s: &S,
+    org: &OrgId,
+    month: Month,
+    limit: usize,
+) -> LedgerPage {
+    s.ledger_page(&LedgerPageQuery::new(org, month, None, limit))
+        .await
+        .unwrap()
 }

@@ -485,7 +485,7 @@ fn scope_text<'a>(scope: &CounterScope<'a>) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{event, first_page, temp_store_with};
+    use super::fixtures::{event, first_ledger_page, temp_store_with};
     use super::*;
     use tally_core::event::Event;
     use tally_core::ids::OrgId;
@@ -513,7 +513,7 @@ mod tests {
         }
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
-        let page = first_page(&s, &org, Month::parse("2026-11").unwrap(), 5000).await;
+        let page = first_ledger_page(&s, &org, Month::parse("2026-11").unwrap(), 5000).await;
         assert_eq!(page.events.len(), 2000);
     }
 

@@ -10,10 +10,6 @@ use serde_json::Map;
 use tally_core::event::{Event, Quantity};
 use tally_core::ids::{EventId, MeterName, OrgId, ProjectId};
 use tally_core::meter::Aggregation;
-use tally_core::period::Month;
-use tally_core::ports::{LedgerPage, LedgerPageQuery, UsageStore};
-
-use super::SqliteStore;
 
 /// A `sum` event of 2.5 `api_calls` on `prj_1`.
 pub(super) fn event(org: &OrgId, id: &str, ts: &str) -> Event {
@@ -31,17 +27,7 @@ pub(super) fn event(org: &OrgId, id: &str, ts: &str) -> Event {
     }
 }
 
-/// The first page (at most `limit` records) of `org`'s ledger records in `month`.
-pub(super) async fn first_page(
-    s: &SqliteStore,
-    org: &OrgId,
-    month: Month,
-    limit: usize,
-) -> LedgerPage {
-    s.ledger_page(&LedgerPageQuery::new(org, month, None, limit))
-        .await
-        .unwrap()
-}
+pub(super) use tally_core::fixtures::first_ledger_page;
 
 /// An RFC 3339 instant.
 pub(super) fn at(s: &str) -> DateTime<Utc> {

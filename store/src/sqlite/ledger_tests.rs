@@ -12,7 +12,7 @@ use tally_core::ids::OrgId;
 use tally_core::period::{Granularity, LEDGER_RETENTION, Month};
 use tally_core::ports::{FixedClock, LedgerPageQuery, UsageStore};
 
-use super::super::fixtures::{at, event, first_page, ledger_rows, temp_db};
+use super::super::fixtures::{at, event, first_ledger_page, ledger_rows, temp_db};
 use super::super::{SqliteConfig, SqliteStore};
 use super::*;
 
@@ -267,7 +267,7 @@ async fn a_schema_13_file_upgrades_and_still_refuses_its_old_ids() {
     );
     let all = events(0..20);
     assert_eq!(s.apply_batch(&all).await.unwrap().duplicates(), 20);
-    let page = first_page(&s, &org(), Month::parse("2026-11").unwrap(), 100).await;
+    let page = first_ledger_page(&s, &org(), Month::parse("2026-11").unwrap(), 100).await;
     assert_eq!(page.events, all);
     // 46 days on, everything is past the retention: the legacy rows are deleted and its
     // table dropped, the sealed one dropped whole, the hot table's rows deleted.

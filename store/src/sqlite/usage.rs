@@ -376,7 +376,7 @@ mod tests {
     use rusqlite::Connection;
     use serde_json::Value;
 
-    use super::super::fixtures::{event, first_page, temp_db};
+    use super::super::fixtures::{event, first_ledger_page, temp_db};
     use super::*;
 
     #[tokio::test]
@@ -390,7 +390,7 @@ mod tests {
             assert_eq!(s.apply_batch(&[e.clone()]).await.unwrap().applied(), 1);
         }
         let s = SqliteStore::open(&path).unwrap();
-        let page = first_page(&s, &org, Month::of(e.timestamp), 10).await;
+        let page = first_ledger_page(&s, &org, Month::of(e.timestamp), 10).await;
         assert_eq!(page.events, vec![e.clone()]);
         assert_eq!(s.apply_batch(&[e]).await.unwrap().duplicates(), 1);
         let c = Connection::open(&path).unwrap();

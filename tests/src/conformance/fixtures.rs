@@ -14,7 +14,7 @@ use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::Aggregation;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
-use tally_core::ports::{LedgerPage, LedgerPageQuery, OrgStore, UsageStore, UserStore};
+use tally_core::ports::{OrgStore, UsageStore, UserStore};
 use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
@@ -150,17 +150,7 @@ pub fn drawn_quantity(meter: &str, rng: &mut impl rand::Rng) -> String {
     }
 }
 
-/// The first page of the org's ledger of `month`, at most `limit` events.
-pub async fn first_ledger_page<S: UsageStore + ?Sized>(
-    s: &S,
-    org: &OrgId,
-    month: Month,
-    limit: usize,
-) -> LedgerPage {
-    s.ledger_page(&LedgerPageQuery::new(org, month, None, limit))
-        .await
-        .unwrap()
-}
+pub use tally_core::fixtures::first_ledger_page;
 
 /// The org's counters of `month` as the store holds them, by key (to compare with
 /// [`expected_counters`]).
