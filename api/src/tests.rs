@@ -13,7 +13,7 @@ use tally_core::ids::{ApiKeyId, EventId, MeterName, OrgId, ProjectId, UserId};
 use tally_core::meter::{Aggregation, MeterCatalogue};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, FixedClock, OrgStore, ProjectStore, UsageStore, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org, Project, User};
 use tally_store::MemoryStore;
 use tally_store::memory::{Fault, Op};
 use tower::ServiceExt;
@@ -34,17 +34,11 @@ fn org(s: &str) -> OrgId {
 }
 
 fn key(secret: &str, scopes: &[KeyScope]) -> ApiKey {
+    let id = ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 12..])).unwrap();
     ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 12..])).unwrap(),
-        org_id: org("org_a"),
         name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(id, org("org_a"), secret, t("2026-01-01T00:00:00Z"))
     }
 }
 

@@ -19,7 +19,7 @@ use tally_core::event::Event;
 use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{Delivery, EventQueue, PublishReport, QueueError, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org, Project, User};
 use tally_store::MemoryStore;
 use tokio::sync::Notify;
 
@@ -52,17 +52,11 @@ pub fn org(s: &str) -> OrgId {
 /// The key of `secret` in `org_id` with `scopes`, created 2026-01-01, never expiring (its
 /// id ends with the secret's last 16 characters).
 pub fn key(secret: &str, org_id: &str, scopes: &[KeyScope]) -> ApiKey {
+    let id = ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap();
     ApiKey {
-        id: ApiKeyId::parse(&format!("key_{}", &secret[secret.len() - 16..])).unwrap(),
-        org_id: org(org_id),
         name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: scopes.to_vec(),
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(id, org(org_id), secret, t("2026-01-01T00:00:00Z"))
     }
 }
 
