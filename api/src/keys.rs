@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_core::ids::{ApiKeyId, OrgId};
 use tally_core::ports::{KeyRotation, Revocation, TenantStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyMode, KeyScope, api_key_secret, check_name};
+use tally_core::tenant::{ApiKey, KeyMode, KeyScope, api_key_secret, check_name};
 
 use crate::http::ApiError;
 use crate::mgmt::{
@@ -167,17 +167,12 @@ pub(crate) async fn create_key(
                 KeyMode::Live
             };
             let secret = api_key_secret(mode, random());
+            let id = ApiKeyId::from_random(random());
             let key = ApiKey {
-                id: ApiKeyId::from_random(random()),
-                org_id: auth.org,
                 name: req.name,
-                hash: KeyHash::of_secret(&secret),
-                display_prefix: secret.chars().take(12).collect(),
                 scopes,
-                created_at: state.clock.now(),
                 expires_at,
-                revoked_at: None,
-                last_used_at: None,
+                ..ApiKey::new(id, auth.org, &secret, state.clock.now())
             };
             state.tenants.create_api_key(&key).await?;
             let view = KeyView::from(&key);
@@ -348,16 +343,10 @@ pub async fn rotate(
     }
     let secret = api_key_secret(old.mode(), random());
     let new = ApiKey {
-        id: ApiKeyId::from_random(random()),
-        org_id: org.clone(),
         name: old.name.clone(),
-        hash: KeyHash::of_secret(&secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: old.scopes.clone(),
-        created_at: now,
         expires_at: old.expires_at,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(ApiKeyId::from_random(random()), org.clone(), &secret, now)
     };
     let previous = tenants
         .rotate_api_key(&KeyRotation::new(

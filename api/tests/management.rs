@@ -113,17 +113,12 @@ fn org_id(s: &str) -> OrgId {
 }
 
 fn the_key(secret: &str, id: &str, org: &str) -> ApiKey {
+    let key_id = ApiKeyId::parse(id).unwrap();
+    let created_at = t("2026-01-01T00:00:00Z");
     ApiKey {
-        id: ApiKeyId::parse(id).unwrap(),
-        org_id: org_id(org),
         name: format!("key {id}"),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
-        created_at: t("2026-01-01T00:00:00Z"),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(key_id, org_id(org), secret, created_at)
     }
 }
 

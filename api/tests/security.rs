@@ -461,21 +461,16 @@ async fn a_session_older_than_the_orgs_lifetime_is_refused_there() {
 async fn the_allowlist_holds_for_the_orgs_api_keys_on_the_management_api() {
     use tally_core::ids::ApiKeyId;
     use tally_core::ports::ApiKeyStore;
-    use tally_core::tenant::{ApiKey, KeyHash, KeyScope};
+    use tally_core::tenant::{ApiKey, KeyScope};
     const KEY: &str = "tk_live_5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f2a4c6e8b0d1f";
     let w = world().await;
+    let id = ApiKeyId::parse("key_policy1").unwrap();
+    let created_at = t("2026-01-01T00:00:00Z");
     w.store
         .create_api_key(&ApiKey {
-            id: ApiKeyId::parse("key_policy1").unwrap(),
-            org_id: OrgId::parse("org_a").unwrap(),
             name: "reader".into(),
-            hash: KeyHash::of_secret(KEY),
-            display_prefix: KEY.chars().take(12).collect(),
             scopes: vec![KeyScope::UsageRead],
-            created_at: t("2026-01-01T00:00:00Z"),
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
+            ..ApiKey::new(id, OrgId::parse("org_a").unwrap(), KEY, created_at)
         })
         .await
         .unwrap();

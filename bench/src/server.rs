@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tally_core::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use tally_core::plan::PlanId;
 use tally_core::ports::{ApiKeyStore, OrgStore, ProjectStore, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org, Project, User};
 use tally_store::SqliteStore;
 
 use crate::workload::Tenants;
@@ -59,18 +59,12 @@ pub async fn create_tenants(db: &Path, t: &Tenants) -> anyhow::Result<Vec<String
         // A live key: a test key's events are held to the free plan's hard limits, which
         // the workload's storage_bytes readings exceed at once.
         let secret = format!("tk_live_{:064x}", rand::random::<u128>());
+        let id = ApiKeyId::from_random(rand::random());
         store
             .create_api_key(&ApiKey {
-                id: ApiKeyId::from_random(rand::random()),
-                org_id: org.clone(),
                 name: "bench".into(),
-                hash: KeyHash::of_secret(&secret),
-                display_prefix: secret[..12].to_owned(),
                 scopes: vec![KeyScope::EventsWrite, KeyScope::UsageRead],
-                created_at: now,
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
+                ..ApiKey::new(id, org.clone(), &secret, now)
             })
             .await?;
         secrets.push(secret);

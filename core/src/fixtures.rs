@@ -13,7 +13,7 @@ use crate::ids::{ApiKeyId, OrgId, ProjectId, UserId};
 use crate::period::Month;
 use crate::plan::PlanId;
 use crate::ports::{LedgerPage, LedgerPageQuery, UsageStore};
-use crate::tenant::{ApiKey, KeyHash, KeyScope, Org, Project, User};
+use crate::tenant::{ApiKey, KeyScope, Org, Project, User};
 
 /// 2026-01-01T00:00:00Z: when every fixture was created.
 pub fn created() -> DateTime<Utc> {
@@ -58,16 +58,14 @@ pub fn project(id: &str, org_id: &str) -> Project {
 /// expiring, revoked or used.
 pub fn api_key(id: &str, org_id: &str, secret: &str, scopes: &[KeyScope]) -> ApiKey {
     ApiKey {
-        id: ApiKeyId::parse(id).unwrap(),
-        org_id: OrgId::parse(org_id).unwrap(),
         name: secret.into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: scopes.to_vec(),
-        created_at: created(),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(
+            ApiKeyId::parse(id).unwrap(),
+            OrgId::parse(org_id).unwrap(),
+            secret,
+            created(),
+        )
     }
 }
 

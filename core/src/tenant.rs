@@ -358,7 +358,32 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// How many leading characters of a key's secret it keeps as its
+/// [`display_prefix`](ApiKey::display_prefix): the mode prefix and four more (`tk_live_ab12`),
+/// enough to tell a person's keys apart, far too few to guess the rest from.
+pub const DISPLAY_PREFIX_LEN: usize = 12;
+
 impl ApiKey {
+    /// The key `id` of `org_id` for `secret`, created at `created_at`: it keeps only the
+    /// secret's SHA-256 ([`KeyHash::of_secret`]) and its first [`DISPLAY_PREFIX_LEN`]
+    /// characters, never the secret. It is active, never used and never expires, with no
+    /// name and no scopes: the caller sets those (and any expiry) with struct update syntax,
+    /// `ApiKey { name, scopes, ..ApiKey::new(id, org_id, &secret, now) }`.
+    pub fn new(id: ApiKeyId, org_id: OrgId, secret: &str, created_at: DateTime<Utc>) -> ApiKey {
+        ApiKey {
+            id,
+            org_id,
+            name: String::new(),
+            hash: KeyHash::of_secret(secret),
+            display_prefix: secret.chars().take(DISPLAY_PREFIX_LEN).collect(),
+            scopes: Vec::new(),
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
     /// Live or test, read from the secret's prefix as kept in
     /// [`display_prefix`](Self::display_prefix).
     pub fn mode(&self) -> KeyMode {
@@ -622,6 +647,31 @@ mod tests {
         assert!(KeyHash::from_hex("xyz").is_none());
         let secret = api_key_secret(KeyMode::Test, [1; 32]);
         assert!(secret.starts_with("tk_test_") && secret.len() == 8 + 64);
+    }
+
+    #[test]
+    fn a_new_key_keeps_the_secrets_hash_and_first_twelve_characters_only() {
+        let secret = api_key_secret(KeyMode::Test, [0xab; 32]);
+        let id = ApiKeyId::parse("key_one").unwrap();
+        let org = OrgId::parse("org_a").unwrap();
+        let at: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let key = ApiKey::new(id.clone(), org.clone(), &secret, at);
+        // "tk_test_" (8 characters) and the first four hex digits of 0xab 0xab.
+        assert_eq!(key.display_prefix, "tk_test_abab");
+        assert_eq!(key.hash, KeyHash::of_secret(&secret));
+        assert_ne!(key.hash.as_str(), secret);
+        assert_eq!((&key.id, &key.org_id, key.created_at), (&id, &org, at));
+        assert_eq!(key.mode(), KeyMode::Test);
+        assert!(key.name.is_empty() && key.scopes.is_empty());
+        assert_eq!(
+            (key.expires_at, key.revoked_at, key.last_used_at),
+            (None, None, None)
+        );
+        assert!(key.is_active(at));
+        // Counted in characters, never splitting one: a short secret is kept whole.
+        let short = ApiKey::new(id, org, "tk_live_é", at);
+        assert_eq!(short.display_prefix, "tk_live_é");
+        assert_eq!(short.mode(), KeyMode::Live);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use tally_core::ports::{PlanMove, StoreError};
 use tally_core::tenant::{
-    ApiKey, KeyHash, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret,
-    check_email, check_name, check_slug,
+    ApiKey, KeyMode, KeyScope, Org, Project, ProjectChanges, User, api_key_secret, check_email,
+    check_name, check_slug,
 };
 use tally_core::{ApiKeyId, Month, OrgId, PlanId, ProjectId, UserId};
 
@@ -557,16 +557,10 @@ pub async fn key(common: &Common, cmd: KeyCommand) -> anyhow::Result<()> {
         .map_err(|m| anyhow::anyhow!("--expires-at: {m}"))?;
     let secret = api_key_secret(if test { KeyMode::Test } else { KeyMode::Live }, random());
     let key = ApiKey {
-        id: ApiKeyId::from_random(random()),
-        org_id,
         name,
-        hash: KeyHash::of_secret(&secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: parsed,
-        created_at: Utc::now(),
         expires_at,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(ApiKeyId::from_random(random()), org_id, &secret, Utc::now())
     };
     let store = backend::open_store(common).await?;
     let created = store.tenants.create_api_key(&key).await;

@@ -124,6 +124,38 @@ pub(crate) async fn audited<T>(
     result.map(|c| c.answer).map_err(refusal)
 }
 
+/// One operator change to audit: the `action` on `resource` in `org`, recorded in `store`.
+pub(crate) struct Audit<'a> {
+    store: &'a Stores,
+    org: &'a OrgId,
+    action: &'a str,
+    resource: String,
+}
+
+impl<'a> Audit<'a> {
+    /// The change `action` (`member.update`, ...) on `resource` (`member:usr_…`) in `org`.
+    pub fn new(store: &'a Stores, org: &'a OrgId, action: &'a str, resource: String) -> Self {
+        Audit {
+            store,
+            org,
+            action,
+            resource,
+        }
+    }
+
+    /// [`audited`], then prints the answer: as JSON with `--json`, else the line `human`
+    /// makes of it. The sequence an operator change ends with, so nothing prints unaudited.
+    pub async fn print<T: Serialize>(
+        self,
+        common: &Common,
+        result: Result<Change<T>, MgmtError>,
+        human: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        let answer = audited(self.store, self.org, self.action, self.resource, result).await?;
+        crate::output::print(common.json, &answer, human)
+    }
+}
+
 /// Writes one audit record with actor `cli` (the operator); a failure to write it is
 /// logged, not fatal.
 #[allow(clippy::too_many_arguments)]

@@ -16,7 +16,7 @@ use tally_api::invitations::{
 };
 use tally_api::members::{MemberView, MembersResponse};
 
-use crate::manage::{Change, audited, live_org, now, open, open_any_org, open_live_org, org_id};
+use crate::manage::{Audit, Change, live_org, now, open, open_any_org, open_live_org, org_id};
 use crate::output::{print, table, table_of, when};
 use crate::settings::Common;
 
@@ -132,34 +132,24 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
             let result = tally_api::members::set_role(&*store.tenants, &id, &user, &role)
                 .await
                 .map(|(before, after)| Change::updated(&before, after));
-            let changed = audited(
-                &store,
-                &id,
-                "member.update",
-                format!("member:{user}"),
-                result,
-            )
-            .await?;
-            print(common.json, &changed, |m| {
-                format!("{} is now {} of {id}", m.user_id, m.role.as_str())
-            })
+            let audit = Audit::new(&store, &id, "member.update", format!("member:{user}"));
+            audit
+                .print(common, result, |m| {
+                    format!("{} is now {} of {id}", m.user_id, m.role.as_str())
+                })
+                .await
         }
         MemberCommand::Remove { org, user } => {
             let (store, id, _) = open_live_org(common, &org).await?;
             let result = tally_api::members::remove(&*store.tenants, &id, &user)
                 .await
                 .map(Change::removed);
-            let removed = audited(
-                &store,
-                &id,
-                "member.remove",
-                format!("member:{user}"),
-                result,
-            )
-            .await?;
-            print(common.json, &removed, |m| {
-                format!("removed {} ({}) from {id}", m.user_id, m.role.as_str())
-            })
+            let audit = Audit::new(&store, &id, "member.remove", format!("member:{user}"));
+            audit
+                .print(common, result, |m| {
+                    format!("removed {} ({}) from {id}", m.user_id, m.role.as_str())
+                })
+                .await
         }
     }
 }
@@ -201,10 +191,12 @@ pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Resu
                 .await
                 .map(Change::removed);
             let resource = format!("invitation:{invitation}");
-            let revoked = audited(&store, &id, "invitation.revoke", resource, result).await?;
-            print(common.json, &revoked, |i| {
-                format!("revoked the invitation {} of {}", i.id, i.email)
-            })
+            let audit = Audit::new(&store, &id, "invitation.revoke", resource);
+            audit
+                .print(common, result, |i| {
+                    format!("revoked the invitation {} of {}", i.id, i.email)
+                })
+                .await
         }
     }
 }
@@ -243,17 +235,18 @@ async fn invite(common: &Common, org: &str, email: String, role: String) -> anyh
         ),
         Err(e) => ("invitations".to_owned(), Err(e)),
     };
-    let created: CreatedInvitation =
-        audited(&store, &id, "invitation.create", resource, result).await?;
-    print(common.json, &created, |c| {
-        format!(
-            "invited {} to {} as {} (invitation {}, expires {}); token (shown once): {}",
-            c.view.email,
-            c.view.org_id,
-            c.view.role.as_str(),
-            c.view.id,
-            when(Some(c.view.expires_at)),
-            c.token
-        )
-    })
+    let audit = Audit::new(&store, &id, "invitation.create", resource);
+    audit
+        .print(common, result, |c: &CreatedInvitation| {
+            format!(
+                "invited {} to {} as {} (invitation {}, expires {}); token (shown once): {}",
+                c.view.email,
+                c.view.org_id,
+                c.view.role.as_str(),
+                c.view.id,
+                when(Some(c.view.expires_at)),
+                c.token
+            )
+        })
+        .await
 }

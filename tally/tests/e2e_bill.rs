@@ -18,10 +18,6 @@ use serde_json::{Map, Value};
 use tally_core::ports::{EventQueue, ReportStore, UsageStore};
 use tally_core::{Aggregation, Event, EventId, MeterName, Month, OrgId, ProjectId, Quantity};
 
-const IN_GRACE: &str = "2026-03-01T00:30:00Z";
-const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
-const APRIL: &str = "2026-04-01T02:00:00Z";
-
 fn failure(env: &Env, args: &[&str], at: &str) -> String {
     let out = env.cli_raw_env(args, &tally_now(at));
     assert!(!out.status.success(), "tally {args:?} should have failed");

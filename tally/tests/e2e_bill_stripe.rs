@@ -17,9 +17,6 @@ use serde_json::{Value, json};
 use tally_core::Month;
 use tally_tests::stripe_double::{DOUBLE_SECRET_KEY, StripeDouble};
 
-const IN_GRACE: &str = "2026-03-01T00:30:00Z";
-const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
-
 /// Runs `tally bill --period 2026-02 <extra>` off the async runtime (the double serves on
 /// it), with Stripe pointed at the double under `secret`.
 async fn bill(env: &Env, double: &StripeDouble, secret: &str, extra: &[&str]) -> Output {

@@ -17,9 +17,6 @@ use common::*;
 use serde_json::{Value, json};
 
 const FEB: &str = "2026-02-10T00:00:00Z";
-const IN_MARCH: &str = "2026-03-01T00:30:00Z";
-const AFTER_FEB_GRACE: &str = "2026-03-01T02:00:00Z";
-const APRIL: &str = "2026-04-01T02:00:00Z";
 
 fn builtin() -> String {
     tally_core::catalogue::BUILTIN_JSON.to_owned()
@@ -241,7 +238,7 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
         compute_minutes("mar-1", p0, "10500", "2026-03-01T00:10:00Z"),
     ];
     let months = [("2026-02", "10500"), ("2026-03", "10500")];
-    count_usage(&env, &tenant, IN_MARCH, events, &months).await;
+    count_usage(&env, &tenant, IN_GRACE, events, &months).await;
 
     // Changing compute_minutes to `max` while it has counters in open months is refused,
     // with the reason; so is removing it.
@@ -252,7 +249,7 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
             "apply",
             file(&env, "max.json", &to_max).to_str().unwrap(),
         ],
-        &tally_now(IN_MARCH),
+        &tally_now(IN_GRACE),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -282,17 +279,17 @@ async fn applied_versions_price_the_months_they_cover_and_live_meters_are_protec
             "apply",
             file(&env, "rm.json", &removed).to_str().unwrap(),
         ],
-        &tally_now(IN_MARCH),
+        &tally_now(IN_GRACE),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("meter compute_minutes is removed"), "{err}");
-    let listed = env.cli_env(&["catalogue", "versions"], &tally_now(IN_MARCH));
+    let listed = env.cli_env(&["catalogue", "versions"], &tally_now(IN_GRACE));
     assert_eq!(listed["versions"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["in_force"], 1);
 
     // February is priced with the built-in catalogue (no version covers it):
     // 500 minutes over × $0.10 = $50.00, 20 % off = $40.00; $99.00 + $40.00 = $139.00.
-    let r = &bill(&env, "2026-02", AFTER_FEB_GRACE)["reports"][0];
+    let r = &bill(&env, "2026-02", AFTER_GRACE)["reports"][0];
     assert_eq!(compute_line(r)["unit_price"], "0.10", "{r}");
     assert_eq!(compute_line(r)["amount"], "40.00");
     assert_eq!(r["total"], "139.00");
@@ -514,7 +511,7 @@ async fn late_events_follow_the_catalogue_of_their_month() {
         env.cli_env(&args, &tally_now(FEB));
     }
 
-    let server = serve_at(&env, IN_MARCH).await;
+    let server = serve_at(&env, IN_GRACE).await;
     let p0 = &tenant.projects[0];
     let (feb, mar) = ("2026-02-27T10:00:00Z", "2026-03-01T00:10:00Z");
     let tokens = |id: &str, at: &str| {

@@ -15,7 +15,6 @@ use serde_json::Value;
 const IN_FEBRUARY: &str = "2026-02-20T00:00:00Z";
 const ALERTS_RUN: &str = "2026-02-20T00:10:00Z";
 const SECRET: &str = "whsec_e2e_overflow_0123456789";
-const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 const MAX_QUANTITY: &str = "999999999999999999";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,6 @@ use common::*;
 use serde_json::{Value, json};
 
 const IMPORT_AT: &str = "2026-04-01T00:30:00Z";
-const APRIL: &str = "2026-04-01T02:00:00Z";
 
 fn ev(id: &str, project: &str, meter: &str, q: &str, ts: &str) -> String {
     json!({"id": id, "project_id": project, "meter": meter, "quantity": q, "timestamp": ts})

@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 const FEB_BILLED: &str = "2026-03-01T02:00:00Z";
 const IMPORT_AT: &str = "2026-03-10T00:00:00Z";
-const APRIL: &str = "2026-04-01T02:00:00Z";
 
 /// Runs `tally import ARGS` at `now`: the exit code and the JSON summary.
 fn import(env: &Env, args: &[&str], now: &str) -> (Option<i32>, Value) {

@@ -42,17 +42,13 @@ const AFTER_JUNE: &str = "2026-07-01T02:00:00Z";
 
 /// The catalogue file: the built-in catalogue plus `llm_tokens` (see the module doc).
 fn catalogue_file() -> String {
-    let spec = json!({
-        "description": "Model tokens",
-        "unit": "tokens",
-        "aggregation": "sum",
+    let by_model = json!({
         "value": "properties.tokens",
         "dimensions": [{ "name": "model", "property": "properties.model" }],
-        "max_series": 10,
-        "price_unit": "1,000 tokens",
-        "price_unit_size": 1000,
-        "list_price": { "model": "per_unit", "unit_price": "0.50" }
+        "max_series": 10
     });
+    let what = ("Model tokens", "tokens", "sum");
+    let spec = priced_meter(what, ("1,000 tokens", 1000, "0.50"), by_model);
     // Starter includes 10,000 tokens and tiers the rest; the other plans list it as is.
     catalogue_with_meter("llm_tokens", spec, |plan| match plan {
         "starter" => json!({
@@ -92,16 +88,14 @@ fn month_value(series: &Value) -> &str {
 }
 
 async fn scenario(env: &Env, slug: &str) {
-    let tenant = make_tenant(env, slug);
+    let (tenant, server, clock, client) = tenant_on_clock(env, slug, IN_MAY).await;
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let (server, clock) = app_on_clock(env, IN_MAY).await;
-    let client = reqwest::Client::new();
 
     // Check, then apply, the file while the app runs (May: version 1 starts in June).
     let path = catalogue_path(env, "llm.json", &catalogue_file());
     let checked = env.cli_env(&["catalogue", "check", &path], &tally_now(IN_MAY));
     assert_eq!(checked["valid"], true, "{checked}");
-    let applied = env.cli_env(&["catalogue", "apply", &path], &tally_now(IN_MAY));
+    let applied = apply_at(env, &path, IN_MAY);
     assert_eq!(applied["version"], 1, "{applied}");
     assert_eq!(applied["effective_from"], "2026-06");
     // The operator moves the org to starter (in May, so all of June is on it).
@@ -128,21 +122,16 @@ async fn scenario(env: &Env, slug: &str) {
         tokens("gpt-2", p1, "gpt-4", 8_000, "2026-06-09T10:00:00Z"),
         tokens("claude-1", p0, "claude", 15_000, "2026-06-12T10:00:00Z"),
     ];
-    let answer = post_accepted(&client, &server, &tenant.key, events).await;
-    assert_eq!(answer["accepted"], 3, "{answer}");
+    post_all_accepted(&client, &server, &tenant.key, events).await;
 
     // Usage grouped by model: the total 35,000 and one group per model, in value order:
     // claude 15,000; gpt-4 12,000 + 8,000 = 20,000.
     let june = "meter=llm_tokens&granularity=month&from=2026-06-01&to=2026-07-01";
-    let grouped = wait_for_answer(
-        &client,
-        &server,
-        &format!("/v1/usage?{june}&group_by=model"),
-        &tenant.key,
-        "June's 35,000 tokens counted",
-        |s, b| s == 200 && b["series"][0]["value"] == "35000",
-    )
-    .await;
+    let by_model = format!("{june}&group_by=model");
+    let counted = |b: &Value| b["series"][0]["value"] == "35000";
+    let usage = (tenant.key.as_str(), by_model.as_str());
+    let done = "June's 35,000 tokens counted";
+    let grouped = wait_for_usage(&client, &server, usage, done, counted).await;
     assert_eq!(month_value(&grouped["series"]), "35000");
     let groups = grouped["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{grouped}");
@@ -257,15 +246,8 @@ async fn a_tally_serve_process_serves_a_version_applied_while_it_runs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_app_serves_and_bills_a_new_meter_applied_while_it_runs() {
-    scenario(&Env::embedded(), "llm-co").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_on_dynamodb() {
-    if !emulator_or_skip() {
-        return;
-    }
-    scenario(&Env::aws("sqs"), "llm-co-aws").await;
-}
+embedded_and_dynamodb_tests!(
+    scenario,
+    "llm-co",
+    a_running_app_serves_and_bills_a_new_meter_applied_while_it_runs
+);

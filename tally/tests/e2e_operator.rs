@@ -17,9 +17,6 @@ use tally_core::ports::StepKey;
 use tally_core::{Month, OrgId};
 use tally_tests::stripe_double::{DOUBLE_SECRET_KEY, StripeDouble};
 
-const IN_GRACE: &str = "2026-03-01T00:30:00Z";
-const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
-
 /// Runs `tally ARGS` without `--json`: what a person sees.
 fn human(env: &Env, args: &[&str]) -> Output {
     env.human_command(args).output().unwrap()

@@ -42,14 +42,8 @@ const AFTER_OCT: &str = "2026-11-01T02:00:00Z";
 const AFTER_NOV: &str = "2026-12-01T02:00:00Z";
 
 fn catalogue_file() -> String {
-    let spec = json!({
-        "description": "Storage held",
-        "unit": "GB",
-        "aggregation": "time_weighted_sum",
-        "price_unit": "GB-hour",
-        "price_unit_size": 1,
-        "list_price": { "model": "per_unit", "unit_price": "0.01" }
-    });
+    let what = ("Storage held", "GB", "time_weighted_sum");
+    let spec = priced_meter(what, ("GB-hour", 1, "0.01"), json!({}));
     // Every plan lists it at the list price, with no allowance.
     catalogue_with_meter("storage_gb", spec, |_| json!({}))
 }
@@ -91,13 +85,11 @@ fn storage_line(report: &Value) -> (String, String, String) {
 }
 
 async fn scenario(env: &Env, slug: &str) {
-    let tenant = make_tenant(env, slug);
+    let (tenant, server, clock, client) = tenant_on_clock(env, slug, IN_SEPT).await;
     let (p0, p1) = (&tenant.projects[0], &tenant.projects[1]);
-    let (server, clock) = app_on_clock(env, IN_SEPT).await;
-    let client = reqwest::Client::new();
 
     let path = catalogue_path(env, "storage.json", &catalogue_file());
-    let applied = env.cli_env(&["catalogue", "apply", &path], &tally_now(IN_SEPT));
+    let applied = apply_at(env, &path, IN_SEPT);
     assert_eq!(applied["effective_from"], "2026-10", "{applied}");
     set_plan(env, &tenant.org, "pro", IN_SEPT);
 
@@ -113,19 +105,12 @@ async fn scenario(env: &Env, slug: &str) {
         reading("a-2", p0, 20, "2026-10-31T00:00:00Z"),
         reading("b-1", p1, 50, "2026-10-31T12:00:00Z"),
     ];
-    let answer = post_accepted(&client, &server, &tenant.key, events).await;
-    assert_eq!(answer["accepted"], 3, "{answer}");
+    post_all_accepted(&client, &server, &tenant.key, events).await;
 
     let days = "meter=storage_gb&granularity=day&from=2026-10-30&to=2026-11-01";
-    let by_day = wait_for_answer(
-        &client,
-        &server,
-        &format!("/v1/usage?{days}"),
-        &tenant.key,
-        "the readings applied",
-        |s, b| s == 200 && b["series"].as_array().is_some_and(|a| a.len() == 2),
-    )
-    .await;
+    let two_days = |b: &Value| b["series"].as_array().is_some_and(|a| a.len() == 2);
+    let usage = (tenant.key.as_str(), days);
+    let by_day = wait_for_usage(&client, &server, usage, "the readings applied", two_days).await;
     assert_eq!(
         buckets(&by_day),
         pairs(&[
@@ -173,15 +158,8 @@ async fn scenario(env: &Env, slug: &str) {
     assert_eq!(nov["closing_readings"], closing);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storage_meter_is_billed_per_gb_hour_over_two_months() {
-    scenario(&Env::embedded(), "storage-co").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_on_dynamodb() {
-    if !emulator_or_skip() {
-        return;
-    }
-    scenario(&Env::aws("sqs"), "storage-co-aws").await;
-}
+embedded_and_dynamodb_tests!(
+    scenario,
+    "storage-co",
+    a_storage_meter_is_billed_per_gb_hour_over_two_months
+);

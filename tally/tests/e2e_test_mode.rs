@@ -13,7 +13,6 @@ use common::*;
 use serde_json::Value;
 
 const IN_FEBRUARY: &str = "2026-02-20T12:00:00Z";
-const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
 
 fn february(key_mode: Option<&str>) -> String {
     let mut q = "meter=compute_minutes&granularity=month&from=2026-02-01&to=2026-03-01".to_owned();

@@ -170,17 +170,14 @@ mod tests {
     }
 
     fn key(expires: Option<DateTime<Utc>>, revoked: Option<DateTime<Utc>>) -> ApiKey {
+        let id = ApiKeyId::parse("key_a").unwrap();
+        let org = OrgId::parse("org_a").unwrap();
         ApiKey {
-            id: ApiKeyId::parse("key_a").unwrap(),
-            org_id: OrgId::parse("org_a").unwrap(),
-            hash: KeyHash::of_secret("tk_test_x"),
             name: "k".into(),
-            display_prefix: "tk_test_x".into(),
             scopes: vec![KeyScope::EventsWrite],
-            created_at: t(0),
             expires_at: expires,
             revoked_at: revoked,
-            last_used_at: None,
+            ..ApiKey::new(id, org, "tk_test_x", t(0))
         }
     }
 

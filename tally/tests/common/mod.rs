@@ -42,6 +42,16 @@ use tempfile::TempDir;
 /// existed in it, and the schedulers bill every month since the earliest org's).
 pub const ORGS_CREATED_AT: &str = "2026-02-01T00:00:00Z";
 
+/// Half an hour into March: inside February's grace period, so February is not billed yet
+/// (month close waits for the grace period, 1 h by default).
+pub const IN_GRACE: &str = "2026-03-01T00:30:00Z";
+
+/// After February's grace period: when the tests bill February.
+pub const AFTER_GRACE: &str = "2026-03-01T02:00:00Z";
+
+/// After March's grace period: when the tests bill March.
+pub const APRIL: &str = "2026-04-01T02:00:00Z";
+
 /// Path of the binary under test, for CLI commands and process-level tests.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tally")

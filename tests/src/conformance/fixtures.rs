@@ -15,7 +15,7 @@ use tally_core::meter::Aggregation;
 use tally_core::period::Month;
 use tally_core::plan::PlanId;
 use tally_core::ports::{OrgStore, UsageStore, UserStore};
-use tally_core::tenant::{ApiKey, KeyHash, KeyScope, Org, User};
+use tally_core::tenant::{ApiKey, KeyScope, Org, User};
 
 /// 32 random hex characters, for unique slugs, emails and event ids.
 pub fn random_hex() -> String {
@@ -220,17 +220,11 @@ where
 /// An active API key of `org` for `secret` (a fresh id, named `ci`), created at `at`, that
 /// may do `scopes` and never expires.
 pub fn api_key(org: &OrgId, secret: &str, scopes: &[KeyScope], at: DateTime<Utc>) -> ApiKey {
+    let id = ApiKeyId::from_random(rand::random());
     ApiKey {
-        id: ApiKeyId::from_random(rand::random()),
-        org_id: org.clone(),
         name: "ci".into(),
-        hash: KeyHash::of_secret(secret),
-        display_prefix: secret.chars().take(12).collect(),
         scopes: scopes.to_vec(),
-        created_at: at,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+        ..ApiKey::new(id, org.clone(), secret, at)
     }
 }
 
