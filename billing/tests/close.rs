@@ -56,6 +56,21 @@ impl World {
         ClosePorts::of(&self.store, &self.clock)
     }
 
+    /// A new world (see [`World::new`]) with one org on `plan` (see [`World::org`]) that
+    /// used `q` compute minutes at `at` (RFC 3339), as event `id`: how most tests begin.
+    async fn with_minutes(
+        slug: &str,
+        plan: PlanId,
+        id: &str,
+        q: &str,
+        at: &str,
+    ) -> (World, OrgId, ProjectId) {
+        let w = World::new();
+        let (org, project) = w.org(slug, plan).await;
+        w.minutes(&org, &project, id, q, at).await;
+        (w, org, project)
+    }
+
     async fn org(&self, slug: &str, plan: PlanId) -> (OrgId, ProjectId) {
         self.org_created(slug, plan, "2026-01-01T00:00:00Z").await
     }
@@ -252,11 +267,15 @@ async fn a_bill_over_two_series_equals_the_hand_worked_total() {
 
 #[tokio::test]
 async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
-    let w = World::new();
-    let (a, pa) = w.org("acme", PlanId::Starter).await;
+    let (w, a, pa) = World::with_minutes(
+        "acme",
+        PlanId::Starter,
+        "e1",
+        "1200",
+        "2026-11-03T10:00:00Z",
+    )
+    .await;
     let (b, _) = w.org("bolt", PlanId::Pro).await;
-    w.minutes(&a, &pa, "e1", "1200", "2026-11-03T10:00:00Z")
-        .await;
     // Another month's usage is not this month's.
     w.minutes(&a, &pa, "e2", "7", "2026-12-01T00:00:00Z").await;
 
@@ -311,10 +330,14 @@ async fn closing_stores_one_report_per_org_and_a_rerun_returns_the_same() {
 
 #[tokio::test]
 async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
-    let w = World::new();
-    let (a, pa) = w.org("acme", PlanId::Starter).await;
-    w.minutes(&a, &pa, "oct", "1200", "2026-10-10T00:00:00Z")
-        .await;
+    let (w, a, pa) = World::with_minutes(
+        "acme",
+        PlanId::Starter,
+        "oct",
+        "1200",
+        "2026-10-10T00:00:00Z",
+    )
+    .await;
     w.clock.set(ts("2026-11-01T02:00:00Z"));
     let oct = w.bill("2026-10").await.unwrap().remove(0);
     assert_eq!(oct.total.to_string(), "47.00");
@@ -365,11 +388,9 @@ async fn late_events_become_adjustments_on_the_next_reports_exactly_once() {
 
 #[tokio::test]
 async fn one_org_failing_does_not_stop_the_others() {
-    let w = World::new();
-    let (good, pg) = w.org("good", PlanId::Starter).await;
+    let (w, good, _) =
+        World::with_minutes("good", PlanId::Starter, "g", "1", "2026-11-02T00:00:00Z").await;
     let (bad, pb) = w.org("bad", PlanId::Starter).await;
-    w.minutes(&good, &pg, "g", "1", "2026-11-02T00:00:00Z")
-        .await;
     // A meter no plan prices: billing refuses to drop it.
     w.usage(&bad, &pb, "b", "gpu_hours", "3", "2026-11-02T00:00:00Z")
         .await;
@@ -416,11 +437,9 @@ async fn the_scheduler_rule_closes_the_previous_month_once_after_its_grace() {
 /// Before, `Decimal`'s `+` and `*` panicked and took the whole run down.
 #[tokio::test]
 async fn an_overflowing_tenant_fails_alone() {
-    let w = World::new();
-    let (good, pg) = w.org("good", PlanId::Starter).await;
+    let (w, good, pg) =
+        World::with_minutes("good", PlanId::Starter, "g", "1200", "2026-11-02T00:00:00Z").await;
     let (huge, ph) = w.org("huge", PlanId::Starter).await;
-    w.minutes(&good, &pg, "g", "1200", "2026-11-02T00:00:00Z")
-        .await;
     w.overflow(&huge, &ph, "h", ["2026-11-02", "2026-11-03"])
         .await;
     let err = w.bill("2026-11").await.unwrap_err();
@@ -497,10 +516,8 @@ async fn november_across_a_plan_change(
     to: PlanId,
     at: &str,
 ) -> (World, OrgId, ProjectId, UsageReport) {
-    let w = World::new();
-    let (org, p) = w.org("mover", from).await;
-    w.minutes(&org, &p, "n1", minutes, "2026-11-05T00:00:00Z")
-        .await;
+    let (w, org, p) =
+        World::with_minutes("mover", from, "n1", minutes, "2026-11-05T00:00:00Z").await;
     w.change_plan(&org, to, at).await;
     let mut november = w.bill("2026-11").await.unwrap();
     assert_eq!(november.len(), 1, "{november:?}");
@@ -556,10 +573,8 @@ async fn an_upgrade_applies_at_once() {
 /// the month is billed for it.
 #[tokio::test]
 async fn a_month_bills_only_the_orgs_that_existed_in_it() {
-    let w = World::new();
-    let (old, po) = w.org("old", PlanId::Starter).await;
-    w.minutes(&old, &po, "o", "10", "2026-11-02T00:00:00Z")
-        .await;
+    let (w, old, _) =
+        World::with_minutes("old", PlanId::Starter, "o", "10", "2026-11-02T00:00:00Z").await;
     // Created in December (M + 1), on a paid plan: nothing to bill for November.
     let (new, _) = w
         .org_created("new", PlanId::Pro, "2026-12-03T00:00:00Z")
@@ -774,10 +789,14 @@ async fn a_month_bills_only_the_orgs_that_existed_in_it_in_memory() {
 /// calls, under the 100,000 included.
 #[tokio::test]
 async fn the_closed_total_is_the_upcoming_total_at_the_months_last_instant() {
-    let w = World::new();
-    let (org, project) = w.org("preview", PlanId::Starter).await;
-    w.minutes(&org, &project, "m1", "1000", "2026-11-03T10:00:00Z")
-        .await;
+    let (w, org, project) = World::with_minutes(
+        "preview",
+        PlanId::Starter,
+        "m1",
+        "1000",
+        "2026-11-03T10:00:00Z",
+    )
+    .await;
     w.minutes(&org, &project, "m2", "500", "2026-11-29T10:00:00Z")
         .await;
     w.usage(
