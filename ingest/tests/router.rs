@@ -363,7 +363,8 @@ impl Harness {
 
     /// Posts `events` as a batch with `key`.
     async fn batch(&self, key: &str, events: Vec<Value>) -> Answer {
-        self.post_event(key, json!({ "events": events })).await
+        self.post(Some(key), json!({ "events": events }).to_string())
+            .await
     }
 
     /// Posts each of `events` in a request of its own with `key`, and expects each accepted.

@@ -143,9 +143,10 @@ impl<'a> Audit<'a> {
         }
     }
 
-    /// [`audited`], then prints the answer: as JSON with `--json`, else the line `human`
-    /// makes of it. The sequence an operator change ends with, so nothing prints unaudited.
-    pub async fn print<T: Serialize>(
+    /// Records the change with [`audited`] (refused or allowed), then prints the answer: as
+    /// JSON with `--json`, else the line `human` makes of it. The member and invitation
+    /// commands end with it; the inventory commands call [`audited`] and print themselves.
+    pub async fn record_and_print<T: Serialize>(
         self,
         common: &Common,
         result: Result<Change<T>, MgmtError>,

@@ -134,7 +134,7 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
                 .map(|(before, after)| Change::updated(&before, after));
             let audit = Audit::new(&store, &id, "member.update", format!("member:{user}"));
             audit
-                .print(common, result, |m| {
+                .record_and_print(common, result, |m| {
                     format!("{} is now {} of {id}", m.user_id, m.role.as_str())
                 })
                 .await
@@ -146,7 +146,7 @@ pub async fn member(common: &Common, cmd: MemberCommand) -> anyhow::Result<()> {
                 .map(Change::removed);
             let audit = Audit::new(&store, &id, "member.remove", format!("member:{user}"));
             audit
-                .print(common, result, |m| {
+                .record_and_print(common, result, |m| {
                     format!("removed {} ({}) from {id}", m.user_id, m.role.as_str())
                 })
                 .await
@@ -193,7 +193,7 @@ pub async fn invitation(common: &Common, cmd: InvitationCommand) -> anyhow::Resu
             let resource = format!("invitation:{invitation}");
             let audit = Audit::new(&store, &id, "invitation.revoke", resource);
             audit
-                .print(common, result, |i| {
+                .record_and_print(common, result, |i| {
                     format!("revoked the invitation {} of {}", i.id, i.email)
                 })
                 .await
@@ -237,7 +237,7 @@ async fn invite(common: &Common, org: &str, email: String, role: String) -> anyh
     };
     let audit = Audit::new(&store, &id, "invitation.create", resource);
     audit
-        .print(common, result, |c: &CreatedInvitation| {
+        .record_and_print(common, result, |c: &CreatedInvitation| {
             format!(
                 "invited {} to {} as {} (invitation {}, expires {}); token (shown once): {}",
                 c.view.email,

@@ -129,9 +129,8 @@ async fn scenario(env: &Env, slug: &str) {
     let june = "meter=llm_tokens&granularity=month&from=2026-06-01&to=2026-07-01";
     let by_model = format!("{june}&group_by=model");
     let counted = |b: &Value| b["series"][0]["value"] == "35000";
-    let usage = (tenant.key.as_str(), by_model.as_str());
     let done = "June's 35,000 tokens counted";
-    let grouped = wait_for_usage(&client, &server, usage, done, counted).await;
+    let grouped = wait_for_usage(&client, &server, &tenant.key, &by_model, done, counted).await;
     assert_eq!(month_value(&grouped["series"]), "35000");
     let groups = grouped["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{grouped}");

@@ -109,8 +109,8 @@ async fn scenario(env: &Env, slug: &str) {
 
     let days = "meter=storage_gb&granularity=day&from=2026-10-30&to=2026-11-01";
     let two_days = |b: &Value| b["series"].as_array().is_some_and(|a| a.len() == 2);
-    let usage = (tenant.key.as_str(), days);
-    let by_day = wait_for_usage(&client, &server, usage, "the readings applied", two_days).await;
+    let applied = "the readings applied";
+    let by_day = wait_for_usage(&client, &server, &tenant.key, days, applied, two_days).await;
     assert_eq!(
         buckets(&by_day),
         pairs(&[

@@ -131,7 +131,8 @@ pub async fn wait_in_force(
 pub async fn wait_for_usage(
     client: &reqwest::Client,
     server: &TestApp,
-    (key, query): (&str, &str),
+    key: &str,
+    query: &str,
     what: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
