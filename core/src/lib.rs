@@ -13,6 +13,11 @@
 //! rows of the usage and ledger exports ([`export`]). Keeping it pure
 //! means every rule is unit-testable without a database and every backend applies exactly the
 //! same arithmetic.
+//!
+//! Other crates' tests also share test support from here, behind the `test-support` feature
+//! their dev-dependencies turn on (never a normal build): `fixtures` (seeded tenant records,
+//! a ledger's first page), `catalogue_as_written` (the catalogue file without the parser),
+//! `envelope::test_event` and `ports::PublishOnly`.
 
 /// Implements the two `String` conversions serde goes through for a type carried as text
 /// (`#[serde(try_from = "String", into = "String")]`): `TryFrom<String>` by `$parse` (so a
