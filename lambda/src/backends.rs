@@ -60,9 +60,9 @@ pub async fn store(env: &Env) -> Result<Store, EnvError> {
 
 /// The cold start, up to the store, of the functions that check none of their own settings
 /// before opening it (api, ingest, stripe-webhook; billing and the aggregator check theirs
-/// first, so that a bad setting fails before any connection): the reader of its variables (`allowed`, one of [`env`]'s lists), its logs and metrics
-/// ([`Telemetry::init`] for `function`, first, so that everything after it is logged), and
-/// the store ([`store`]).
+/// first, so that a bad setting fails before any connection): the reader of its variables
+/// (`allowed`, one of [`env`]'s lists), its logs and metrics ([`Telemetry::init`] for
+/// `function`, first, so that everything after it is logged), and the store ([`store`]).
 pub async fn start(
     allowed: &'static [&'static str],
     function: &'static str,
